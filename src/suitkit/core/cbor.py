@@ -6,15 +6,13 @@ trailing bytes are refused, nesting is bounded, and no tag is given a meaning be
 ``encode`` sorts map keys by their encoded bytes, which cbor2's ``canonical=True`` does not do
 (it sorts length-first, the RFC 7049 rule).
 
-``map_spans`` walks only the heads of a top-level map and returns the exact byte slice of each
-value, so digests can be computed over the bytes received rather than over a re-encoding.
-
 Not here: any SUIT meaning. This module knows CBOR only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import io
+from collections.abc import Mapping
 from typing import Any
 
 import cbor2
@@ -22,7 +20,7 @@ from cbor2 import CBORTag
 
 from suitkit.errors import DecodeError
 
-__all__ = ["CBORTag", "bstr_header", "decode", "encode", "map_spans", "wrap"]
+__all__ = ["CBORTag", "Raw", "bstr_header", "decode", "encode", "wrap"]
 
 # Tags cbor2 decodes to Python objects by itself; we keep them as CBORTag.
 _BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260,
@@ -39,149 +37,53 @@ def _keep_tag(tag: int) -> Any:
 _RAW_TAGS = {tag: _keep_tag(tag) for tag in _BUILTIN_TAGS}
 
 
-def decode(data: bytes, *, path: str, max_depth: int = 16) -> Any:
+def decode(data: bytes, *, path: str, max_depth: int = 16, preferred: bool = False) -> Any:
     """Decode exactly one CBOR item from ``data``.
 
+    Refused: malformed CBOR, duplicate map keys, indefinite lengths, nesting deeper than
+    ``max_depth`` and trailing bytes. With ``preferred=True`` also any head longer than needed
+    (RFC 8949 §4.2.1 preferred serialization), found by re-encoding and comparing bytes; this
+    proves that ``wrap(content)`` of every byte string inside equals the bytes received.
+
+    Map key order is not enforced: digests and signatures are always computed over the bytes
+    received, so order cannot change what was signed (docs/adr/0002-strict-cbor.md).
+
     Raises:
-        DecodeError: malformed CBOR, duplicate keys, indefinite lengths, too deep, trailing bytes.
+        DecodeError: with ``path`` and the reason.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise DecodeError(path, f"expected CBOR bytes, got {type(data).__name__}")
-    data = bytes(data)
+    if type(data) is not bytes:
+        if not isinstance(data, bytearray | memoryview):
+            raise DecodeError(path, f"expected CBOR bytes, got {type(data).__name__}")
+        data = bytes(data)
     if not data:
         raise DecodeError(path, "expected a CBOR item, got 0 bytes")
-    # cbor2.loads ignores trailing data, so we measure the first item's extent ourselves.
+    stream = io.BytesIO(data)
     try:
-        end = _skip(data, 0, 0, max_depth)
-    except DecodeError as e:
-        raise DecodeError(path, e.reason) from None
-    if end != len(data):
-        raise DecodeError(path, f"{len(data) - end} trailing bytes after the CBOR item")
-    try:
-        return cbor2.loads(
-            data,
+        obj = cbor2.CBORDecoder(
+            stream,
             allow_duplicate_keys=False,
             allow_indefinite=False,
-            max_depth=max_depth + 1,
+            max_depth=max_depth,
             semantic_decoders=_RAW_TAGS,
-        )
-    except cbor2.CBORDecodeError as e:
+        ).decode()
+        again = cbor2.dumps(obj) if preferred else None
+    except cbor2.CBORError as e:
         raise DecodeError(path, f"invalid CBOR: {_cbor2_reason(e)}") from e
-    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as e:
         raise DecodeError(path, f"invalid CBOR: {e}") from e
+    if stream.tell() != len(data):
+        raise DecodeError(path, f"{len(data) - stream.tell()} trailing bytes after the CBOR item")
+    if again is not None and again != data:
+        raise DecodeError(path, "CBOR is not in preferred serialization (a head or float is "
+                          "longer than needed, RFC 8949 §4.2.1)")
+    return obj
 
 
 def _cbor2_reason(e: BaseException) -> str:
     text = str(e)
-    if e.__cause__ is not None:
+    if e.__cause__ is not None and str(e.__cause__):
         text = f"{text} ({e.__cause__})"
     return text
-
-
-def _head(data: bytes, pos: int) -> tuple[int, int, int, int]:
-    """Parse a CBOR head at ``pos``: (major type, additional info, argument, next position)."""
-    if pos >= len(data):
-        raise DecodeError("", f"truncated CBOR at byte {pos}")
-    initial = data[pos]
-    major, info = initial >> 5, initial & 0x1F
-    pos += 1
-    if info < 24:
-        return major, info, info, pos
-    if info in (24, 25, 26, 27):
-        size = 1 << (info - 24)
-        if pos + size > len(data):
-            raise DecodeError("", f"truncated CBOR head at byte {pos - 1}")
-        return major, info, int.from_bytes(data[pos:pos + size], "big"), pos + size
-    if info == 31:
-        raise DecodeError("", f"indefinite-length item at byte {pos - 1} is not allowed")
-    raise DecodeError("", f"reserved additional information {info} at byte {pos - 1}")
-
-
-def _skip(data: bytes, pos: int, depth: int, max_depth: int) -> int:
-    """Return the position just after the CBOR item starting at ``pos``."""
-    if depth > max_depth:
-        raise DecodeError("", f"nesting deeper than {max_depth} at byte {pos}")
-    major, _info, arg, pos = _head(data, pos)
-    if major in (2, 3):
-        end = pos + arg
-        if end > len(data):
-            raise DecodeError("", f"string of {arg} bytes runs past the end at byte {pos}")
-        return end
-    if major == 4:
-        if arg > len(data) - pos:
-            raise DecodeError("", f"array of {arg} items cannot fit in the data")
-        for _ in range(arg):
-            pos = _skip(data, pos, depth + 1, max_depth)
-        return pos
-    if major == 5:
-        if arg > (len(data) - pos) // 2:
-            raise DecodeError("", f"map of {arg} entries cannot fit in the data")
-        for _ in range(2 * arg):
-            pos = _skip(data, pos, depth + 1, max_depth)
-        return pos
-    if major == 6:
-        return _skip(data, pos, depth + 1, max_depth)
-    return pos  # 0, 1 ints; 7 simple/float (head already consumed the argument)
-
-
-def map_spans(data: bytes, *, path: str, tag: int | None = None,
-              max_entries: int = 64) -> tuple[bool, dict[object, tuple[int, int]]]:
-    """Spans of the values of a top-level map, optionally wrapped in ``tag``.
-
-    Returns ``(tagged, {key: (start, end)})`` where ``data[start:end]`` is the exact encoding of
-    that key's value. Only integer and text keys are supported; the caller decodes the values.
-
-    Raises:
-        DecodeError: not a (tagged) map, malformed heads, unsupported key types.
-    """
-    try:
-        pos = 0
-        major, _, arg, nxt = _head(data, pos)
-        tagged = False
-        if major == 6:
-            if tag is None or arg != tag:
-                raise DecodeError(path, f"expected tag {tag} or a map, got tag {arg}")
-            tagged, pos = True, nxt
-            major, _, arg, nxt = _head(data, pos)
-        if major != 5:
-            raise DecodeError(path, f"expected a map, got {_MAJOR_NAMES[major]}")
-        if arg > max_entries:
-            raise DecodeError(path, f"map has {arg} entries, limit is {max_entries}")
-        pos = nxt
-        spans: dict[object, tuple[int, int]] = {}
-        for _ in range(arg):
-            kmajor, _, karg, kend = _head(data, pos)
-            key: object
-            if kmajor == 0:
-                key = karg
-            elif kmajor == 1:
-                key = -1 - karg
-            elif kmajor == 3:
-                if kend + karg > len(data):
-                    raise DecodeError(path, "text key runs past the end")
-                try:
-                    key = data[kend:kend + karg].decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DecodeError(path, "text key is not UTF-8") from e
-                kend += karg
-            else:
-                raise DecodeError(path, f"map key of type {_MAJOR_NAMES[kmajor]} is not allowed")
-            if key in spans:
-                raise DecodeError(path, f"duplicate map key {key!r}")
-            vend = _skip(data, kend, 1, 64)
-            spans[key] = (kend, vend)
-            pos = vend
-        if pos != len(data):
-            raise DecodeError(path, f"{len(data) - pos} trailing bytes after the map")
-        return tagged, spans
-    except DecodeError as e:
-        if e.path:
-            raise
-        raise DecodeError(path, e.reason) from None
-
-
-_MAJOR_NAMES = ("unsigned int", "negative int", "bstr", "tstr", "array", "map", "tag",
-                "simple value")
 
 
 def bstr_header(length: int) -> bytes:
@@ -215,6 +117,9 @@ def encode(obj: object) -> bytes:
     return b"".join(_encode_parts(obj))
 
 
+_LEAVES = frozenset({bytes, str, int, bool, type(None)})
+
+
 class Raw(bytes):
     """Already-encoded CBOR inserted verbatim by ``encode`` (e.g. a value kept as received)."""
 
@@ -237,7 +142,9 @@ def _encode_parts(obj: object) -> list[bytes]:
             out.append(k)
             out.append(v)
         return out
-    if isinstance(obj, Sequence):
+    if isinstance(obj, list | tuple):
+        if all(type(item) in _LEAVES for item in obj):
+            return [cbor2.dumps(obj)]  # no maps inside: cbor2's encoding is already the one
         out = [_encode_head(4, len(obj))]
         for item in obj:
             out.extend(_encode_parts(item))

@@ -310,9 +310,15 @@ class ReportReason(IntEnum):
     INVOKE_PENDING = 12
 
 
+_NAME_CACHE: dict[type[IntEnum], dict[int, str]] = {}
+
+
 def name_of(enum: type[IntEnum], value: int) -> str:
     """The registry name of ``value`` in kebab case, or ``"unknown(N)"``/``"custom(N)"``."""
-    try:
-        return enum(value).name.lower().replace("_", "-")
-    except ValueError:
-        return f"custom({value})" if value < CUSTOM_LIMIT else f"unknown({value})"
+    names = _NAME_CACHE.get(enum)
+    if names is None:
+        names = _NAME_CACHE[enum] = {int(m): m.name.lower().replace("_", "-") for m in enum}
+    name = names.get(value)
+    if name is not None:
+        return name
+    return f"custom({value})" if value < CUSTOM_LIMIT else f"unknown({value})"

@@ -1,0 +1,820 @@
+"""Bytes <-> model for SUIT envelopes and manifests (draft-ietf-suit-manifest-34 §8, App. A).
+
+Decoding is strict and bounded: every input passes ``cbor.decode`` (no duplicate keys, no
+indefinite lengths, preferred serialization, depth limit), every size and count is checked
+against ``Limits`` before it is used, and errors carry a path such as
+``manifest.install[2].override-parameters.image-digest``. The manifest's exact bytes are kept
+(``Envelope.manifest_bytes``); digests are computed over them, never over a re-encoding.
+
+Encoding is deterministic (RFC 8949 §4.2.1 key order), so the spec's examples decode and
+re-encode byte for byte.
+
+This module does not check signatures or digests (``verify`` does), and gives commands no
+meaning (``processor`` does). Severed members are kept as bytes until ``verify`` has checked
+their digest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+from uuid import UUID
+
+from suitkit.core import cbor, crypto
+from suitkit.core.cbor import CBORTag
+from suitkit.core.model import (
+    EMPTY,
+    Authentication,
+    Command,
+    CommandArgument,
+    CommandSequence,
+    Common,
+    ComponentIdentifier,
+    DependencyMetadata,
+    Digest,
+    Envelope,
+    FrozenDict,
+    LocalizedText,
+    Manifest,
+    Parameters,
+    Pen,
+    Text,
+    TryEach,
+    VersionMatch,
+)
+from suitkit.core.numbers import (
+    SEVERABLE_MEMBERS,
+    CommonKey,
+    CoseAlg,
+    EnvelopeKey,
+    ManifestKey,
+    Tag,
+    name_of,
+)
+from suitkit.core.numbers import (
+    Command as Cmd,
+)
+from suitkit.core.numbers import (
+    Parameter as P,
+)
+from suitkit.errors import DecodeError
+from suitkit.limits import Limits
+
+__all__ = [
+    "build_envelope",
+    "decode_command_sequence",
+    "decode_envelope",
+    "decode_manifest",
+    "decode_text",
+    "encode_command_sequence",
+    "encode_envelope",
+    "encode_manifest",
+    "encode_text",
+    "member_digest",
+    "sever",
+]
+
+DEFAULT_LIMITS = Limits()
+_KNOWN_COMMANDS = frozenset(int(c) for c in Cmd)
+_STRUCTURED_COMMANDS = frozenset({
+    Cmd.SET_COMPONENT_INDEX, Cmd.OVERRIDE_PARAMETERS, Cmd.SET_PARAMETERS, Cmd.RUN_SEQUENCE,
+    Cmd.TRY_EACH, Cmd.OVERRIDE_MULTIPLE, Cmd.COPY_PARAMS,
+})
+_POLICY_COMMANDS = _KNOWN_COMMANDS - _STRUCTURED_COMMANDS
+
+
+# --------------------------------------------------------------------------- small checks
+
+
+def _type(value: object) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if value is None:
+        return "null"
+    if isinstance(value, CBORTag):
+        return f"tag {value.tag}"
+    return {
+        int: "int",
+        bytes: "bstr",
+        str: "tstr",
+        list: "array",
+        tuple: "array",
+        dict: "map",
+    }.get(type(value), "map" if isinstance(value, Mapping) else type(value).__name__)
+
+
+def _uint(value: object, path: str) -> int:
+    if type(value) is not int or value < 0:
+        raise DecodeError(path, f"expected an unsigned integer, got {_describe(value)}")
+    return value
+
+
+def _int(value: object, path: str) -> int:
+    if type(value) is not int:
+        raise DecodeError(path, f"expected an integer, got {_describe(value)}")
+    return value
+
+
+def _bstr(value: object, path: str) -> bytes:
+    if type(value) is not bytes:
+        raise DecodeError(path, f"expected a byte string, got {_describe(value)}")
+    return value
+
+
+def _tstr(value: object, path: str) -> str:
+    if type(value) is not str:
+        raise DecodeError(path, f"expected a text string, got {_describe(value)}")
+    return value
+
+
+def _bool(value: object, path: str) -> bool:
+    if type(value) is not bool:
+        raise DecodeError(path, f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _array(value: object, path: str, *, limit: int) -> Sequence[Any]:
+    if not isinstance(value, list | tuple):
+        raise DecodeError(path, f"expected an array, got {_describe(value)}")
+    if len(value) > limit:
+        raise DecodeError(path, f"array of {len(value)} items is over the limit of {limit}")
+    return value
+
+
+def _map(value: object, path: str, *, limit: int) -> Mapping[Any, Any]:
+    if type(value) is not dict and not isinstance(value, Mapping):
+        raise DecodeError(path, f"expected a map, got {_describe(value)}")
+    if len(value) > limit:
+        raise DecodeError(path, f"map of {len(value)} entries is over the limit of {limit}")
+    return value
+
+
+def _describe(value: object) -> str:
+    kind = _type(value)
+    if isinstance(value, bool | int) or value is None:
+        return f"{kind} {value!r}" if kind != "null" else "null"
+    if isinstance(value, bytes | str | list | tuple | Mapping):
+        return f"{kind} of length {len(value)}"
+    return kind
+
+
+def _freeze(value: object) -> object:
+    """Decoded CBOR made immutable: arrays to tuples, maps to FrozenDict."""
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, Mapping):
+        return FrozenDict({_freeze(k): _freeze(v) for k, v in value.items()})
+    if isinstance(value, CBORTag):
+        return CBORTag(value.tag, _freeze(value.value))
+    return value
+
+
+def _nested(data: object, path: str, limits: Limits) -> Any:
+    """Decode a ``bstr .cbor X`` member."""
+    return cbor.decode(_bstr(data, path), path=path, max_depth=limits.max_depth)
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+def decode_envelope(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Envelope:
+    """Decode a SUIT_Envelope (tagged 107 or untagged) without checking any signature.
+
+    Raises:
+        DecodeError: the envelope or anything inside it is malformed or over a limit.
+    """
+    if len(data) > limits.max_envelope_bytes:
+        raise DecodeError("envelope", f"{len(data)} bytes is over the limit of "
+                          f"{limits.max_envelope_bytes}")
+    top = cbor.decode(data, path="envelope", max_depth=limits.max_depth, preferred=True)
+    tagged = False
+    if isinstance(top, CBORTag):
+        if top.tag == Tag.MANIFEST:
+            raise DecodeError("envelope", "a bare SUIT_Manifest (tag 1070) has no "
+                              "authentication wrapper; expected a SUIT_Envelope (tag 107)")
+        if top.tag != Tag.ENVELOPE:
+            raise DecodeError("envelope", f"expected tag 107 (SUIT_Envelope), got tag {top.tag}")
+        tagged, top = True, top.value
+    entries = _map(top, "envelope", limit=limits.max_map_entries + limits.max_integrated)
+    auth: Authentication | None = None
+    manifest: Manifest | None = None
+    manifest_bytes = b""
+    severable: dict[int, bytes] = {}
+    integrated: dict[str, bytes] = {}
+    extra: dict[int, object] = {}
+    for key, value in entries.items():
+        if type(key) is str:
+            if len(integrated) >= limits.max_integrated:
+                raise DecodeError("envelope", f"more than {limits.max_integrated} integrated "
+                                  "payloads")
+            integrated[key] = _bstr(value, f"envelope[{key!r}]")
+        elif type(key) is not int:
+            raise DecodeError("envelope", f"map key must be an int or a text string, got "
+                              f"{_describe(key)}")
+        elif key == EnvelopeKey.AUTHENTICATION_WRAPPER:
+            auth = _decode_authentication(value, limits)
+        elif key == EnvelopeKey.MANIFEST:
+            manifest_bytes = _bstr(value, "envelope.manifest")
+            if len(manifest_bytes) > limits.max_manifest_bytes:
+                raise DecodeError("envelope.manifest", f"{len(manifest_bytes)} bytes is over "
+                                  f"the limit of {limits.max_manifest_bytes}")
+            manifest = decode_manifest(manifest_bytes, limits=limits)
+        elif key in SEVERABLE_MEMBERS:
+            severable[key] = _bstr(value, f"envelope.{name_of(EnvelopeKey, key)}")
+        else:
+            extra[key] = _freeze(value)
+    if auth is None:
+        raise DecodeError("envelope", "missing authentication-wrapper (key 2)")
+    if manifest is None:
+        raise DecodeError("envelope", "missing manifest (key 3)")
+    return Envelope(
+        authentication=auth,
+        manifest=manifest,
+        manifest_bytes=manifest_bytes,
+        severable=FrozenDict(severable),
+        integrated=FrozenDict(integrated),
+        extra=FrozenDict(extra) if extra else EMPTY,
+        tagged=tagged,
+    )
+
+
+def _decode_authentication(value: object, limits: Limits) -> Authentication:
+    path = "envelope.authentication-wrapper"
+    items = _array(_nested(value, path, limits), path, limit=limits.max_auth_blocks + 1)
+    if not items:
+        raise DecodeError(path, "expected [digest, *authentication blocks], got an empty array")
+    digest_bytes = _bstr(items[0], f"{path}[0]")
+    digest = _digest_bytes(digest_bytes, f"{path}.digest")
+    blocks = tuple(_bstr(b, f"{path}[{i}]") for i, b in enumerate(items[1:], start=1))
+    return Authentication(digest=digest, digest_bytes=digest_bytes, blocks=blocks)
+
+
+def _digest_bytes(data: bytes, path: str) -> Digest:
+    """Decode an encoded SUIT_Digest; SHA-256 ``[-16, h'<32 bytes>']`` without a CBOR pass."""
+    if len(data) == 36 and data[:4] == b"\x82\x2f\x58\x20":
+        return Digest(CoseAlg.SHA256, data[4:])
+    return _decode_digest(cbor.decode(data, path=path, max_depth=2), path)
+
+
+def _decode_digest(value: object, path: str) -> Digest:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise DecodeError(path, f"expected SUIT_Digest [algorithm-id, bytes], got "
+                          f"{_describe(value)}")
+    return Digest(_int(value[0], f"{path}.algorithm-id"), _bstr(value[1], f"{path}.bytes"))
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def decode_manifest(data: bytes, *, limits: Limits = DEFAULT_LIMITS,
+                    path: str = "manifest") -> Manifest:
+    """Decode a SUIT_Manifest from the content of the envelope's manifest bstr.
+
+    Raises:
+        DecodeError: malformed, missing a required member, or over a limit.
+    """
+    top = cbor.decode(data, path=path, max_depth=limits.max_depth)
+    if isinstance(top, CBORTag) and top.tag == Tag.MANIFEST:
+        top = top.value
+    entries = _map(top, path, limit=limits.max_map_entries)
+    fields: dict[str, Any] = {}
+    extra: dict[int, object] = {}
+    for key, value in entries.items():
+        if type(key) is not int:
+            raise DecodeError(path, f"map key must be an int, got {_describe(key)}")
+        sub = f"{path}.{name_of(ManifestKey, key)}"
+        if key == ManifestKey.VERSION:
+            fields["version"] = _uint(value, sub)
+        elif key == ManifestKey.SEQUENCE_NUMBER:
+            fields["sequence_number"] = _uint(value, sub)
+        elif key == ManifestKey.COMMON:
+            fields["common"] = _decode_common(_nested(value, sub, limits), sub, limits)
+        elif key == ManifestKey.REFERENCE_URI:
+            fields["reference_uri"] = _tstr(value, sub)
+        elif key == ManifestKey.MANIFEST_COMPONENT_ID:
+            fields["manifest_component_id"] = _component_id(value, sub, limits)
+        elif key == ManifestKey.SET_VERSION:
+            fields["set_version"] = _version_list(_nested(value, sub, limits), sub)
+        elif key in _UNSEVERABLE:
+            fields[_UNSEVERABLE[key]] = decode_command_sequence(value, path=sub, limits=limits)
+        elif key == ManifestKey.TEXT:
+            fields["text"] = (_decode_digest(value, sub) if isinstance(value, list | tuple)
+                              else decode_text(_bstr(value, sub), path=sub, limits=limits))
+        elif key == ManifestKey.COSWID:
+            fields["coswid"] = (_decode_digest(value, sub) if isinstance(value, list | tuple)
+                                else _bstr(value, sub))
+        elif key in _SEVERABLE_SEQUENCES:
+            fields[_SEVERABLE_SEQUENCES[key]] = (
+                _decode_digest(value, sub) if isinstance(value, list | tuple)
+                else decode_command_sequence(value, path=sub, limits=limits)
+            )
+        else:
+            extra[key] = _freeze(value)
+    for required, number in (("version", 1), ("sequence_number", 2), ("common", 3)):
+        if required not in fields:
+            raise DecodeError(path, f"missing {required.replace('_', '-')} (key {number})")
+    return Manifest(**fields, extra=FrozenDict(extra) if extra else EMPTY)
+
+
+_UNSEVERABLE: dict[int, str] = {
+    ManifestKey.VALIDATE: "validate",
+    ManifestKey.LOAD: "load",
+    ManifestKey.INVOKE: "invoke",
+    ManifestKey.UNINSTALL: "uninstall",
+}
+_SEVERABLE_SEQUENCES: dict[int, str] = {
+    ManifestKey.DEPENDENCY_RESOLUTION: "dependency_resolution",
+    ManifestKey.PAYLOAD_FETCH: "payload_fetch",
+    ManifestKey.CANDIDATE_VERIFICATION: "candidate_verification",
+    ManifestKey.INSTALL: "install",
+}
+
+
+def _decode_common(value: object, path: str, limits: Limits) -> Common:
+    entries = _map(value, path, limit=limits.max_map_entries)
+    components: tuple[ComponentIdentifier, ...] = ()
+    shared: CommandSequence | None = None
+    dependencies: FrozenDict[int, DependencyMetadata] | None = None
+    extra: dict[int, object] = {}
+    for key, item in entries.items():
+        if key == CommonKey.COMPONENTS:
+            sub = f"{path}.components"
+            ids = _array(item, sub, limit=limits.max_components)
+            if not ids:
+                raise DecodeError(sub, "expected at least one component")
+            components = tuple(_component_id(c, f"{sub}[{i}]", limits)
+                               for i, c in enumerate(ids))
+        elif key == CommonKey.SHARED_SEQUENCE:
+            shared = decode_command_sequence(item, path=f"{path}.shared-sequence", limits=limits)
+        elif key == CommonKey.DEPENDENCIES:
+            dependencies = _decode_dependencies(item, f"{path}.dependencies", limits)
+        elif type(key) is int:
+            extra[key] = _freeze(item)
+        else:
+            raise DecodeError(path, f"map key must be an int, got {_describe(key)}")
+    return Common(components=components, shared_sequence=shared, dependencies=dependencies,
+                  extra=FrozenDict(extra) if extra else EMPTY)
+
+
+def _decode_dependencies(value: object, path: str,
+                         limits: Limits) -> FrozenDict[int, DependencyMetadata]:
+    entries = _map(value, path, limit=limits.max_components)
+    out: dict[int, DependencyMetadata] = {}
+    for index, meta in entries.items():
+        sub = f"{path}[{index!r}]"
+        _uint(index, sub)
+        fields = _map(meta, sub, limit=limits.max_map_entries)
+        prefix = None
+        extra: dict[int, object] = {}
+        for key, item in fields.items():
+            if key == 1:
+                prefix = _component_id(item, f"{sub}.prefix", limits)
+            else:
+                extra[_int(key, sub)] = _freeze(item)
+        out[index] = DependencyMetadata(prefix, FrozenDict(extra) if extra else EMPTY)
+    return FrozenDict(out)
+
+
+def _component_id(value: object, path: str, limits: Limits) -> ComponentIdentifier:
+    parts = _array(value, path, limit=limits.max_component_id_parts)
+    return tuple(_bstr(p, f"{path}[{i}]") for i, p in enumerate(parts))
+
+
+def _version_list(value: object, path: str) -> tuple[int, ...]:
+    items = _array(value, path, limit=16)
+    if not items:
+        raise DecodeError(path, "expected at least one version integer")
+    return tuple(_int(v, f"{path}[{i}]") for i, v in enumerate(items))
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def decode_command_sequence(data: object, *, path: str, limits: Limits = DEFAULT_LIMITS,
+                            depth: int = 0) -> CommandSequence:
+    """Decode ``bstr .cbor SUIT_Command_Sequence`` (manifest §8.4.6)."""
+    if depth > limits.max_sequence_nesting:
+        raise DecodeError(path, f"command sequences nested deeper than "
+                          f"{limits.max_sequence_nesting}")
+    items = _array(_nested(data, path, limits), path, limit=2 * limits.max_commands)
+    if not items or len(items) % 2:
+        raise DecodeError(path, f"expected [command, argument, ...] pairs, got "
+                          f"{len(items)} items")
+    commands = []
+    for i in range(0, len(items), 2):
+        code, arg = items[i], items[i + 1]
+        if code in _POLICY_COMMANDS and type(arg) is int and arg >= 0:
+            commands.append(Command(code, arg))  # the common case, without building a path
+            continue
+        if type(code) is not int:
+            raise DecodeError(f"{path}[{i // 2}]", f"expected a command number, got "
+                              f"{_describe(code)}")
+        sub = f"{path}[{i // 2}].{name_of(Cmd, code)}"
+        commands.append(Command(code, _argument(code, items[i + 1], sub, limits, depth)))
+    return CommandSequence(tuple(commands))
+
+
+def _argument(code: int, arg: object, path: str, limits: Limits,
+              depth: int) -> CommandArgument:
+    if code == Cmd.SET_COMPONENT_INDEX:
+        if arg is True:
+            return True
+        if isinstance(arg, list | tuple):
+            indices = _array(arg, path, limit=limits.max_components)
+            if not indices:
+                raise DecodeError(path, "expected at least one component index")
+            return tuple(_uint(v, f"{path}[{i}]") for i, v in enumerate(indices))
+        return _uint(arg, path)
+    if code in (Cmd.OVERRIDE_PARAMETERS, Cmd.SET_PARAMETERS):
+        return decode_parameters(arg, path=path, limits=limits)
+    if code == Cmd.RUN_SEQUENCE:
+        return decode_command_sequence(arg, path=path, limits=limits, depth=depth + 1)
+    if code == Cmd.TRY_EACH:
+        options = _array(arg, path, limit=limits.max_commands)
+        fallback = bool(options) and options[-1] is None
+        sequences = options[:-1] if fallback else options
+        # manifest §8.4.10.2: [2* bstr .cbor SUIT_Command_Sequence, ?nil]
+        if len(sequences) < 2:
+            raise DecodeError(path, f"expected at least 2 sequences, got {len(sequences)}")
+        return TryEach(
+            tuple(decode_command_sequence(s, path=f"{path}[{i}]", limits=limits,
+                                          depth=depth + 1) for i, s in enumerate(sequences)),
+            fallback,
+        )
+    if code == Cmd.OVERRIDE_MULTIPLE:
+        entries = _map(arg, path, limit=limits.max_components)
+        if not entries:
+            raise DecodeError(path, "expected at least one component")
+        return FrozenDict({
+            _uint(i, path): decode_parameters(p, path=f"{path}[{i!r}]", limits=limits)
+            for i, p in entries.items()
+        })
+    if code == Cmd.COPY_PARAMS:
+        entries = _map(arg, path, limit=limits.max_components)
+        if not entries:
+            raise DecodeError(path, "expected at least one component")
+        out: dict[int, tuple[int, ...]] = {}
+        for i, keys in entries.items():
+            sub = f"{path}[{i!r}]"
+            numbers = _array(keys, sub, limit=limits.max_map_entries)
+            if not numbers:
+                raise DecodeError(sub, "expected at least one parameter number")
+            out[_uint(i, path)] = tuple(_int(k, sub) for k in numbers)
+        return FrozenDict(out)
+    if code < 0:
+        # manifest §8.4.11: SUIT_Command_Custom argument is bstr / tstr / int / nil
+        if arg is None or type(arg) in (bytes, str, int):
+            return arg
+        raise DecodeError(path, f"custom command argument must be bstr, tstr, int or nil, got "
+                          f"{_describe(arg)}")
+    if code in _KNOWN_COMMANDS:
+        return _uint(arg, path)  # SUIT_Rep_Policy
+    return _freeze(arg)  # unknown command: kept so it can be shown; the processor refuses it
+
+
+def decode_parameters(value: object, *, path: str,
+                      limits: Limits = DEFAULT_LIMITS) -> Parameters:
+    """Decode a ``{+ $$SUIT_Parameters}`` map (manifest §8.4.8)."""
+    entries = _map(value, path, limit=limits.max_map_entries)
+    if not entries:
+        raise DecodeError(path, "expected at least one parameter")
+    fields: dict[str, Any] = {}
+    extra: dict[int, object] = {}
+    for key, item in entries.items():
+        if type(key) is not int:
+            raise DecodeError(path, f"parameter key must be an int, got {_describe(key)}")
+        sub = f"{path}.{name_of(P, key)}"
+        decoder = _PARAMETER_DECODERS.get(key)
+        if decoder is None:
+            extra[key] = _freeze(item)
+        else:
+            name, fn = decoder
+            fields[name] = fn(item, sub, limits)
+    if extra:
+        fields["extra"] = FrozenDict(extra)
+    return Parameters.from_fields(fields)
+
+
+_UUIDS: dict[bytes, UUID] = {}
+
+
+def _uuid(value: object, path: str, _limits: Limits) -> UUID:
+    data = _bstr(value, path)
+    if len(data) != 16:
+        raise DecodeError(path, f"expected a 16-byte UUID, got {len(data)} bytes")
+    # Vendor and class IDs repeat in every manifest a device sees; a small cache of these
+    # immutable objects saves a measurable part of decoding (benchmarks/bench_verify.py).
+    uuid = _UUIDS.get(data)
+    if uuid is None:
+        if len(_UUIDS) >= 256:
+            _UUIDS.clear()
+        uuid = _UUIDS[data] = UUID(bytes=data)
+    return uuid
+
+
+def _vendor(value: object, path: str, limits: Limits) -> UUID | Pen:
+    if isinstance(value, CBORTag):
+        if value.tag != Tag.CBOR_PEN:
+            raise DecodeError(path, f"expected a UUID or tag 112 (CBOR PEN), got tag {value.tag}")
+        return Pen(_bstr(value.value, path))
+    return _uuid(value, path, limits)
+
+
+def _image_digest(value: object, path: str, _limits: Limits) -> Digest:
+    return _digest_bytes(_bstr(value, path), path)
+
+
+def _version_match(value: object, path: str, limits: Limits) -> VersionMatch:
+    items = _nested(value, path, limits)
+    if not isinstance(items, list | tuple) or len(items) != 2:
+        raise DecodeError(path, f"expected [comparison-type, [+int]], got {_describe(items)}")
+    return VersionMatch(_uint(items[0], f"{path}.comparison-type"),
+                        _version_list(items[1], f"{path}.comparison-value"))
+
+
+def _frozen_map(value: object, path: str, limits: Limits) -> FrozenDict[int, object]:
+    entries = _map(_nested(value, path, limits), path, limit=limits.max_map_entries)
+    for key in entries:
+        _int(key, path)
+    frozen = _freeze(entries)
+    assert isinstance(frozen, FrozenDict)
+    return frozen
+
+
+def _as(fn: Any) -> Any:
+    return lambda value, path, _limits: fn(value, path)
+
+
+_PARAMETER_DECODERS: dict[int, tuple[str, Any]] = {
+    P.VENDOR_IDENTIFIER: ("vendor_identifier", _vendor),
+    P.CLASS_IDENTIFIER: ("class_identifier", _uuid),
+    P.IMAGE_DIGEST: ("image_digest", _image_digest),
+    P.USE_BEFORE: ("use_before", _as(_uint)),
+    P.COMPONENT_SLOT: ("component_slot", _as(_uint)),
+    P.STRICT_ORDER: ("strict_order", _as(_bool)),
+    P.SOFT_FAILURE: ("soft_failure", _as(_bool)),
+    P.IMAGE_SIZE: ("image_size", _as(_uint)),
+    P.CONTENT: ("content", _as(_bstr)),
+    P.ENCRYPTION_INFO: ("encryption_info", _as(_bstr)),
+    P.URI: ("uri", _as(_tstr)),
+    P.SOURCE_COMPONENT: ("source_component", _as(_uint)),
+    P.INVOKE_ARGS: ("invoke_args", _as(_bstr)),
+    P.DEVICE_IDENTIFIER: ("device_identifier", _uuid),
+    P.FETCH_ARGUMENTS: ("fetch_arguments", _as(_bstr)),
+    P.MINIMUM_BATTERY: ("minimum_battery", _as(_uint)),
+    P.UPDATE_PRIORITY: ("update_priority", _as(_int)),
+    P.VERSION: ("version", _version_match),
+    P.WAIT_INFO: ("wait_info", _frozen_map),
+    P.COMPONENT_METADATA: ("component_metadata", _frozen_map),
+}
+
+
+# --------------------------------------------------------------------------- text
+
+
+def decode_text(data: bytes, *, path: str = "manifest.text",
+                limits: Limits = DEFAULT_LIMITS) -> Text:
+    """Decode ``bstr .cbor SUIT_Text_Map`` (manifest §8.4.4)."""
+    entries = _map(cbor.decode(data, path=path, max_depth=limits.max_depth), path,
+                   limit=limits.max_map_entries)
+    languages: dict[str, LocalizedText] = {}
+    for tag, lmap in entries.items():
+        sub = f"{path}[{tag!r}]"
+        _tstr(tag, path)
+        fields: dict[int, str] = {}
+        components: dict[ComponentIdentifier, FrozenDict[int, str]] = {}
+        for key, value in _map(lmap, sub, limit=limits.max_map_entries).items():
+            if isinstance(key, tuple | list):
+                cid = _component_id(key, f"{sub}[component]", limits)
+                items = _map(value, f"{sub}[{_cid_text(cid)}]", limit=limits.max_map_entries)
+                components[cid] = FrozenDict({
+                    _int(k, f"{sub}[{_cid_text(cid)}]"): _tstr(v, f"{sub}[{_cid_text(cid)}][{k}]")
+                    for k, v in items.items()
+                })
+            else:
+                fields[_int(key, sub)] = _tstr(value, f"{sub}[{key!r}]")
+        languages[tag] = LocalizedText(FrozenDict(fields), FrozenDict(components))
+    return Text(FrozenDict(languages))
+
+
+def _cid_text(cid: ComponentIdentifier) -> str:
+    return "[" + ",".join(f"h'{p.hex()}'" for p in cid) + "]"
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """Deterministic encoding of ``envelope`` (manifest bytes and blocks are kept verbatim)."""
+    auth = envelope.authentication
+    members: dict[object, object] = {
+        EnvelopeKey.AUTHENTICATION_WRAPPER: cbor.encode([auth.digest_bytes, *auth.blocks]),
+        EnvelopeKey.MANIFEST: envelope.manifest_bytes,
+    }
+    members.update({int(k): v for k, v in envelope.severable.items()})
+    members.update(envelope.integrated)
+    members.update({int(k): v for k, v in envelope.extra.items()})
+    body = {int(k) if isinstance(k, int) else k: v for k, v in members.items()}
+    return cbor.encode(CBORTag(Tag.ENVELOPE, body) if envelope.tagged else body)
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    """Deterministic encoding of a SUIT_Manifest (the content of the envelope's key 3)."""
+    out: dict[int, object] = {
+        ManifestKey.VERSION: manifest.version,
+        ManifestKey.SEQUENCE_NUMBER: manifest.sequence_number,
+        ManifestKey.COMMON: cbor.encode(_common_obj(manifest.common)),
+    }
+    if manifest.reference_uri is not None:
+        out[ManifestKey.REFERENCE_URI] = manifest.reference_uri
+    if manifest.manifest_component_id is not None:
+        out[ManifestKey.MANIFEST_COMPONENT_ID] = list(manifest.manifest_component_id)
+    if manifest.set_version is not None:
+        out[ManifestKey.SET_VERSION] = cbor.encode(list(manifest.set_version))
+    for key, name in _UNSEVERABLE.items():
+        seq = getattr(manifest, name)
+        if seq is not None:
+            out[key] = encode_command_sequence(seq)
+    for key, name in _SEVERABLE_SEQUENCES.items():
+        member = getattr(manifest, name)
+        if isinstance(member, Digest):
+            out[key] = _digest_obj(member)
+        elif member is not None:
+            out[key] = encode_command_sequence(member)
+    if isinstance(manifest.text, Digest):
+        out[ManifestKey.TEXT] = _digest_obj(manifest.text)
+    elif manifest.text is not None:
+        out[ManifestKey.TEXT] = encode_text(manifest.text)
+    if isinstance(manifest.coswid, Digest):
+        out[ManifestKey.COSWID] = _digest_obj(manifest.coswid)
+    elif manifest.coswid is not None:
+        out[ManifestKey.COSWID] = manifest.coswid
+    out.update({int(k): _thaw(v) for k, v in manifest.extra.items()})
+    return cbor.encode({int(k): v for k, v in out.items()})
+
+
+def _digest_obj(digest: Digest) -> list[object]:
+    return [digest.algorithm, digest.value]
+
+
+def _common_obj(common: Common) -> dict[int, object]:
+    out: dict[int, object] = {}
+    if common.dependencies is not None:
+        out[CommonKey.DEPENDENCIES] = {
+            index: {**({1: list(meta.prefix)} if meta.prefix is not None else {}),
+                    **{int(k): _thaw(v) for k, v in meta.extra.items()}}
+            for index, meta in common.dependencies.items()
+        }
+    if common.components:
+        out[CommonKey.COMPONENTS] = [list(c) for c in common.components]
+    if common.shared_sequence is not None:
+        out[CommonKey.SHARED_SEQUENCE] = encode_command_sequence(common.shared_sequence)
+    out.update({int(k): _thaw(v) for k, v in common.extra.items()})
+    return {int(k): v for k, v in out.items()}
+
+
+def encode_command_sequence(sequence: CommandSequence) -> bytes:
+    """The encoded SUIT_Command_Sequence (the content of its bstr)."""
+    return cbor.encode(_sequence_obj(sequence))
+
+
+def _sequence_obj(sequence: CommandSequence) -> list[object]:
+    items: list[object] = []
+    for command in sequence.commands:
+        items.append(command.code)
+        items.append(_argument_obj(command.argument))
+    return items
+
+
+def _argument_obj(arg: CommandArgument) -> object:
+    if isinstance(arg, Parameters):
+        return parameters_obj(arg)
+    if isinstance(arg, CommandSequence):
+        return encode_command_sequence(arg)
+    if isinstance(arg, TryEach):
+        options: list[object] = [encode_command_sequence(s) for s in arg.sequences]
+        if arg.empty_fallback:
+            options.append(None)
+        return options
+    if isinstance(arg, FrozenDict):
+        return {
+            int(i): parameters_obj(v) if isinstance(v, Parameters) else _thaw(v)
+            for i, v in arg.items()
+        }
+    return _thaw(arg)
+
+
+def parameters_obj(params: Parameters) -> dict[int, object]:
+    """The CBOR object of a parameters map (bstr-wrapped values already encoded)."""
+    out: dict[int, object] = {}
+    for number, value in params.items():
+        out[int(number)] = _parameter_obj(number, value)
+    return out
+
+
+def _parameter_obj(number: int, value: object) -> object:
+    if isinstance(value, UUID):
+        return value.bytes
+    if isinstance(value, Pen):
+        return CBORTag(Tag.CBOR_PEN, value.oid)
+    if isinstance(value, Digest):
+        return cbor.encode(_digest_obj(value))
+    if isinstance(value, VersionMatch):
+        return cbor.encode([value.comparison, list(value.value)])
+    if number in (P.WAIT_INFO, P.COMPONENT_METADATA):
+        return cbor.encode(_thaw(value))
+    return _thaw(value)
+
+
+def encode_text(text: Text) -> bytes:
+    """The encoded SUIT_Text_Map (the content of its bstr)."""
+    obj: dict[str, object] = {}
+    for tag, lmap in text.languages.items():
+        entry: dict[object, object] = {k: v for k, v in lmap.fields.items()}
+        for cid, fields in lmap.components.items():
+            entry[tuple(cid)] = dict(fields)
+        obj[tag] = entry
+    return cbor.encode(obj)
+
+
+def _thaw(value: object) -> object:
+    if isinstance(value, FrozenDict):
+        return {_thaw(k): _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    if isinstance(value, CBORTag):
+        return CBORTag(value.tag, _thaw(value.value))
+    return value
+
+
+# --------------------------------------------------------------------------- building, severing
+
+def member_digest(member_bytes: bytes, algorithm: int = CoseAlg.SHA256) -> Digest:
+    """SUIT_Digest of a bstr-wrapped member (manifest §8.3, §8.4.12: header included)."""
+    return Digest(algorithm, crypto.digest(algorithm, cbor.wrap(member_bytes)))
+
+
+def build_envelope(
+    manifest: Manifest,
+    *,
+    sever_members: frozenset[int] = frozenset(),
+    integrated: Mapping[str, bytes] | None = None,
+    digest_algorithm: int = CoseAlg.SHA256,
+) -> Envelope:
+    """An unsigned envelope for ``manifest``.
+
+    Members named in ``sever_members`` (severable keys: text, install, payload-fetch, ...) are
+    moved into the envelope and replaced in the manifest by their digest, so they can later be
+    severed without touching the signature (manifest §8.4.12). Sign after this step.
+    """
+    severable: dict[int, bytes] = {}
+    replaced: dict[str, Digest] = {}
+    for key in sorted(sever_members):
+        name = _SEVERABLE_FIELDS.get(key)
+        if name is None:
+            raise ValueError(f"member {key} is not severable")
+        member = getattr(manifest, name)
+        if member is None or isinstance(member, Digest):
+            continue
+        content = _member_bytes(member)
+        severable[key] = content
+        replaced[name] = member_digest(content, digest_algorithm)
+    if replaced:
+        manifest = _replace(manifest, replaced)
+    manifest_bytes = encode_manifest(manifest)
+    digest = member_digest(manifest_bytes, digest_algorithm)
+    return Envelope(
+        authentication=Authentication(digest, cbor.encode(_digest_obj(digest)), ()),
+        manifest=manifest,
+        manifest_bytes=manifest_bytes,
+        severable=FrozenDict(severable),
+        integrated=FrozenDict(dict(integrated or {})),
+    )
+
+
+_SEVERABLE_FIELDS: dict[int, str] = {**_SEVERABLE_SEQUENCES, ManifestKey.TEXT: "text",
+                     ManifestKey.COSWID: "coswid"}
+
+
+def _member_bytes(member: object) -> bytes:
+    if isinstance(member, CommandSequence):
+        return encode_command_sequence(member)
+    if isinstance(member, Text):
+        return encode_text(member)
+    assert isinstance(member, bytes)
+    return member
+
+
+def _replace(manifest: Manifest, changes: Mapping[str, object]) -> Manifest:
+    return replace(manifest, **changes)  # type: ignore[arg-type]
+
+
+def sever(envelope: Envelope, members: frozenset[int] | None = None) -> Envelope:
+    """Drop severable members from the envelope (all of them by default).
+
+    The manifest keeps their digests, so the signature still verifies (manifest §8.4.12).
+    """
+    keep = {k: v for k, v in envelope.severable.items()
+            if members is not None and k not in members}
+    return replace(envelope, severable=FrozenDict(keep))
