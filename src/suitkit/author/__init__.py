@@ -1,0 +1,1 @@
+"""The firmware author's tools."""
