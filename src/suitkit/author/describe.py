@@ -1,0 +1,387 @@
+"""Build a SUIT manifest from a description file (JSON or YAML).
+
+A description names what an author knows (components, images, where devices fetch them, which
+device class they are for) and the command sequences are generated from the templates of
+draft-ietf-suit-manifest-34 §7: compatibility check and image digest in the shared sequence
+(§7.1, §7.2), download or integrated payload in install (§7.3, §7.5), image match in validate
+(secure boot, §7.2), invoke. Any sequence can instead be given as a raw command list in the
+notation of ``suitkit.core.jsonform``. The format is documented in docs/description.md.
+
+Vendor and class IDs are UUIDs, or derived as the spec recommends (§8.4.8.1-2):
+``vendor-domain: example.com`` gives UUID5(NAMESPACE_DNS, "example.com") and
+``class-name: thermostat`` gives UUID5(vendor-id, "thermostat").
+
+Image files are read here (an author-side edge); the result is a pure ``Manifest`` plus the
+integrated payloads, ready for ``codec.build_envelope``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from suitkit.core import jsonform
+from suitkit.core.model import (
+    Command,
+    CommandSequence,
+    Common,
+    ComponentIdentifier,
+    Digest,
+    FrozenDict,
+    LocalizedText,
+    Manifest,
+    Parameters,
+    Text,
+)
+from suitkit.core.numbers import (
+    Command as Cmd,
+)
+from suitkit.core.numbers import (
+    ComponentTextKey,
+    CoseAlg,
+    ManifestKey,
+    TextKey,
+    name_of,
+)
+from suitkit.errors import DecodeError
+
+__all__ = ["Description", "load_description", "parse_description"]
+
+REPORT_ALL = 15  # send records and system info on success and failure (§8.4.7)
+REPORT_FAILURE_RECORD = 2
+
+_TOP_KEYS = {
+    "sequence-number", "vendor-id", "vendor-domain", "class-id", "class-name", "device-id",
+    "reference-uri", "components", "text", "language", "sever", "use-before", "set-version",
+    "shared-sequence", "install", "validate", "invoke", "load", "payload-fetch",
+}
+_COMPONENT_KEYS = {
+    "id", "image", "image-digest", "image-size", "uri", "integrated", "vendor-id",
+    "vendor-domain", "class-id", "class-name", "invoke", "text",
+}
+_SEVERABLE_NAMES = {
+    "text": ManifestKey.TEXT,
+    "install": ManifestKey.INSTALL,
+    "payload-fetch": ManifestKey.PAYLOAD_FETCH,
+    "dependency-resolution": ManifestKey.DEPENDENCY_RESOLUTION,
+    "coswid": ManifestKey.COSWID,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Description:
+    """What a description file yields: the manifest, its integrated payloads, and which members
+    to make severable."""
+
+    manifest: Manifest
+    integrated: Mapping[str, bytes]
+    sever: frozenset[int]
+
+
+def load_description(path: Path) -> Description:
+    """Read a JSON or YAML description; image paths are relative to its folder.
+
+    Raises:
+        DecodeError: unreadable file, bad syntax, unknown keys, missing images, bad values.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DecodeError(str(path), f"cannot read description: {e}") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise DecodeError(str(path), f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}:"
+                          f" {str(e).splitlines()[0]}") from None
+    return parse_description(data, base=path.parent, source=str(path))
+
+
+def parse_description(data: Any, *, base: Path, source: str = "description") -> Description:
+    """Build the manifest from already-parsed description data."""
+    if not isinstance(data, Mapping):
+        raise DecodeError(source, "expected a map at the top level")
+    _known(data, _TOP_KEYS, source)
+    sequence_number = data.get("sequence-number")
+    if not isinstance(sequence_number, int) or isinstance(sequence_number, bool) \
+            or sequence_number < 0:
+        raise DecodeError(f"{source}.sequence-number",
+                          f"expected an unsigned integer, got {sequence_number!r}")
+    vendor = _vendor_id(data, source)
+    klass = _class_id(data, vendor, source)
+    raw_components = data.get("components")
+    if not isinstance(raw_components, list) or not raw_components:
+        raise DecodeError(f"{source}.components", "expected a non-empty list of components")
+
+    components: list[_Component] = []
+    integrated: dict[str, bytes] = {}
+    for i, raw in enumerate(raw_components):
+        comp = _component(raw, i, vendor=vendor, klass=klass, base=base,
+                          path=f"{source}.components[{i}]")
+        components.append(comp)
+        if comp.payload is not None:
+            assert comp.uri is not None
+            integrated[comp.uri] = comp.payload
+    ids = [c.id for c in components]
+    if len(set(ids)) != len(ids):
+        raise DecodeError(f"{source}.components", "component ids must be unique")
+
+    many = len(components) > 1
+    use_before = data.get("use-before")
+    if use_before is not None and (not isinstance(use_before, int) or use_before < 0):
+        raise DecodeError(f"{source}.use-before", "expected seconds since 1970")
+    device_id = _uuid_field(data, "device-id", source)
+
+    def raw_or(name: str, generated: CommandSequence | None) -> CommandSequence | None:
+        if name in data:
+            return jsonform.sequence_from_json(data[name], path=f"{source}.{name}")
+        return generated
+
+    shared = raw_or("shared-sequence", _shared(components, many, use_before, device_id))
+    install = raw_or("install", _install(components, many))
+    validate = raw_or("validate", _per_component(
+        components, many, lambda c: [Command(Cmd.IMAGE_MATCH, REPORT_ALL)]))
+    invokers = [c for c in components if c.invoke]
+    invoke = raw_or("invoke", _per_component(
+        invokers, many, lambda c: [Command(Cmd.INVOKE, REPORT_FAILURE_RECORD)],
+        index_of={c.id: i for i, c in enumerate(components)}) if invokers else None)
+    load = raw_or("load", None)
+    payload_fetch = raw_or("payload-fetch", None)
+
+    text = _text(data, components, source)
+    sever = _sever(data.get("sever", ["text"] if text is not None else []), source)
+    set_version = data.get("set-version")
+    manifest = Manifest(
+        sequence_number=sequence_number,
+        common=Common(components=tuple(ids), shared_sequence=shared),
+        reference_uri=_optional_str(data, "reference-uri", source),
+        set_version=_version(set_version, f"{source}.set-version") if set_version else None,
+        validate=validate,
+        load=load,
+        invoke=invoke,
+        payload_fetch=payload_fetch,
+        install=install,
+        text=text,
+    )
+    return Description(manifest, integrated, sever)
+
+
+@dataclass(frozen=True, slots=True)
+class _Component:
+    id: ComponentIdentifier
+    vendor: uuid.UUID
+    klass: uuid.UUID
+    digest: Digest
+    size: int
+    uri: str | None
+    payload: bytes | None
+    invoke: bool
+    text: Mapping[int, str]
+
+
+def _component(raw: Any, index: int, *, vendor: uuid.UUID | None, klass: uuid.UUID | None,
+               base: Path, path: str) -> _Component:
+    if not isinstance(raw, Mapping):
+        raise DecodeError(path, "expected a map")
+    _known(raw, _COMPONENT_KEYS, path)
+    cid = jsonform.component_id_from_json(raw.get("id", [f"0x{index:02x}"]), path=f"{path}.id")
+    comp_vendor = _vendor_id(raw, path) or vendor
+    comp_class = _class_id(raw, comp_vendor, path) or klass
+    if comp_vendor is None:
+        raise DecodeError(path, "no vendor-id or vendor-domain (here or at the top level)")
+    if comp_class is None:
+        raise DecodeError(path, "no class-id or class-name (here or at the top level)")
+
+    payload: bytes | None = None
+    if "image" in raw:
+        image_path = base / str(raw["image"])
+        try:
+            image = image_path.read_bytes()
+        except OSError as e:
+            raise DecodeError(f"{path}.image", f"cannot read image {image_path}: "
+                              f"{e.strerror or e}") from None
+        digest = Digest(CoseAlg.SHA256, hashlib.sha256(image).digest())
+        size = len(image)
+    elif "image-digest" in raw and "image-size" in raw:
+        digest = jsonform.digest_from_json(raw["image-digest"], path=f"{path}.image-digest")
+        size = raw["image-size"]
+        if not isinstance(size, int) or size < 0:
+            raise DecodeError(f"{path}.image-size", "expected an unsigned integer")
+        image = None
+    else:
+        raise DecodeError(path, "give either image (a file) or image-digest and image-size")
+
+    uri = raw.get("uri")
+    integrated = raw.get("integrated", uri is None)
+    if not isinstance(integrated, bool):
+        raise DecodeError(f"{path}.integrated", "expected true or false")
+    if integrated:
+        if image is None:
+            raise DecodeError(path, "an integrated payload needs the image file")
+        name = Path(str(raw["image"])).name
+        uri = uri if isinstance(uri, str) and uri.startswith("#") else f"#{name}"
+        payload = image
+    elif not isinstance(uri, str) or not uri:
+        raise DecodeError(f"{path}.uri", "a detached image needs a uri")
+    invoke = raw.get("invoke", index == 0)
+    if not isinstance(invoke, bool):
+        raise DecodeError(f"{path}.invoke", "expected true or false")
+    return _Component(cid, comp_vendor, comp_class, digest, size, uri, payload, invoke,
+                      _component_text(raw.get("text"), f"{path}.text"))
+
+
+def _shared(components: list[_Component], many: bool, use_before: int | None,
+            device_id: uuid.UUID | None) -> CommandSequence:
+    # §7.1 compatibility check and §7.2 digest: per component, since parameters are scoped
+    # per component (§8.4.8).
+    commands: list[Command] = []
+    for i, c in enumerate(components):
+        if many:
+            commands.append(Command(Cmd.SET_COMPONENT_INDEX, i))
+        params = Parameters(vendor_identifier=c.vendor, class_identifier=c.klass,
+                            image_digest=c.digest, image_size=c.size,
+                            use_before=use_before, device_identifier=device_id)
+        commands.append(Command(Cmd.OVERRIDE_PARAMETERS, params))
+        commands.append(Command(Cmd.VENDOR_IDENTIFIER, REPORT_ALL))
+        commands.append(Command(Cmd.CLASS_IDENTIFIER, REPORT_ALL))
+        if device_id is not None:
+            commands.append(Command(Cmd.DEVICE_IDENTIFIER, REPORT_ALL))
+        if use_before is not None:
+            commands.append(Command(Cmd.USE_BEFORE, REPORT_ALL))
+    return CommandSequence(tuple(commands))
+
+
+def _install(components: list[_Component], many: bool) -> CommandSequence:
+    # §7.3 download / §7.5 integrated payload: set the URI, fetch, check the image.
+    return _per_component(components, many, lambda c: [
+        Command(Cmd.OVERRIDE_PARAMETERS, Parameters(uri=c.uri)),
+        Command(Cmd.FETCH, REPORT_FAILURE_RECORD),
+        Command(Cmd.IMAGE_MATCH, REPORT_ALL),
+    ])
+
+
+def _per_component(components: list[_Component], many: bool, body: Any,
+                   index_of: Mapping[ComponentIdentifier, int] | None = None
+                   ) -> CommandSequence:
+    commands: list[Command] = []
+    for i, c in enumerate(components):
+        if many:
+            commands.append(Command(Cmd.SET_COMPONENT_INDEX,
+                                    index_of[c.id] if index_of is not None else i))
+        commands.extend(body(c))
+    return CommandSequence(tuple(commands))
+
+
+_TEXT_KEYS = {name_of(TextKey, k): int(k) for k in TextKey}
+_COMPONENT_TEXT_KEYS = {name_of(ComponentTextKey, k): int(k) for k in ComponentTextKey}
+
+
+def _text(data: Mapping[str, Any], components: list[_Component], source: str) -> Text | None:
+    raw = data.get("text")
+    fields: dict[int, str] = {}
+    if raw is not None:
+        if not isinstance(raw, Mapping):
+            raise DecodeError(f"{source}.text", "expected a map of text fields")
+        for key, value in raw.items():
+            if key not in _TEXT_KEYS:
+                raise DecodeError(f"{source}.text", f"unknown text field {key!r}; expected one "
+                                  f"of {', '.join(_TEXT_KEYS)}")
+            fields[_TEXT_KEYS[key]] = str(value)
+    per_component = {c.id: FrozenDict(c.text) for c in components if c.text}
+    if not fields and not per_component:
+        return None
+    language = data.get("language", "en-US")
+    if not isinstance(language, str):
+        raise DecodeError(f"{source}.language", "expected a language tag such as en-US")
+    return Text(FrozenDict({language: LocalizedText(FrozenDict(fields),
+                                                    FrozenDict(per_component))}))
+
+
+def _component_text(raw: Any, path: str) -> Mapping[int, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise DecodeError(path, "expected a map of text fields")
+    out: dict[int, str] = {}
+    for key, value in raw.items():
+        if key not in _COMPONENT_TEXT_KEYS:
+            raise DecodeError(path, f"unknown component text field {key!r}; expected one of "
+                              f"{', '.join(_COMPONENT_TEXT_KEYS)}")
+        out[_COMPONENT_TEXT_KEYS[key]] = str(value)
+    return out
+
+
+def _sever(raw: Any, source: str) -> frozenset[int]:
+    if not isinstance(raw, list):
+        raise DecodeError(f"{source}.sever", "expected a list of member names")
+    keys = set()
+    for name in raw:
+        if name not in _SEVERABLE_NAMES:
+            raise DecodeError(f"{source}.sever", f"{name!r} is not severable; expected one of "
+                              f"{', '.join(_SEVERABLE_NAMES)}")
+        keys.add(int(_SEVERABLE_NAMES[name]))
+    return frozenset(keys)
+
+
+def _vendor_id(data: Mapping[str, Any], path: str) -> uuid.UUID | None:
+    if "vendor-domain" in data:
+        domain = data["vendor-domain"]
+        if not isinstance(domain, str) or not domain:
+            raise DecodeError(f"{path}.vendor-domain", "expected a domain name")
+        # §8.4.8.1: Vendor ID = UUID5(NAMESPACE_DNS, vendor domain)
+        return uuid.uuid5(uuid.NAMESPACE_DNS, domain)
+    return _uuid_field(data, "vendor-id", path)
+
+
+def _class_id(data: Mapping[str, Any], vendor: uuid.UUID | None,
+              path: str) -> uuid.UUID | None:
+    if "class-name" in data:
+        name = data["class-name"]
+        if not isinstance(name, str) or not name:
+            raise DecodeError(f"{path}.class-name", "expected a text string")
+        if vendor is None:
+            raise DecodeError(f"{path}.class-name", "class-name needs a vendor-id or "
+                              "vendor-domain")
+        # §8.4.8.2: Class ID = UUID5(Vendor ID, class-specific information)
+        return uuid.uuid5(vendor, name)
+    return _uuid_field(data, "class-id", path)
+
+
+def _uuid_field(data: Mapping[str, Any], key: str, path: str) -> uuid.UUID | None:
+    if key not in data:
+        return None
+    try:
+        return uuid.UUID(str(data[key]))
+    except ValueError:
+        raise DecodeError(f"{path}.{key}", f"not a UUID: {data[key]!r}") from None
+
+
+def _optional_str(data: Mapping[str, Any], key: str, path: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise DecodeError(f"{path}.{key}", "expected a text string")
+    return value
+
+
+def _version(raw: Any, path: str) -> tuple[int, ...]:
+    if isinstance(raw, str):
+        try:
+            return tuple(int(p) for p in raw.split("."))
+        except ValueError:
+            raise DecodeError(path, f"expected a version such as 1.2.3, got {raw!r}") from None
+    if isinstance(raw, list) and raw and all(isinstance(v, int) for v in raw):
+        return tuple(raw)
+    raise DecodeError(path, f"expected a version such as 1.2.3, got {raw!r}")
+
+
+def _known(data: Mapping[str, Any], allowed: set[str], path: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise DecodeError(path, f"unknown key {key!r}; expected one of "
+                              f"{', '.join(sorted(allowed))}")

@@ -1,0 +1,359 @@
+"""The ``suitkit`` command line: the only code that prints, reads the environment or exits.
+
+Each command parses its arguments, calls one library function and turns a ``SuitError`` into one
+line on stderr and an exit status: 0 success, 1 verification or policy failure, 2 bad usage or
+undecodable input. No traceback reaches the user unless ``SUITKIT_DEBUG=1`` is set.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.tree import Tree
+
+from suitkit import __version__
+from suitkit.author import keys as keyfiles
+from suitkit.author.describe import load_description
+from suitkit.core import cbor, codec, cose, crypto, jsonform
+from suitkit.core import diag as diagnostic
+from suitkit.core.model import Envelope
+from suitkit.core.numbers import ManifestKey, name_of
+from suitkit.core.sign import sign_envelope
+from suitkit.core.verify import TrustAnchor, TrustAnchors, verify_decoded
+from suitkit.errors import (
+    AuthenticationError,
+    DecodeError,
+    PolicyError,
+    ProcessingError,
+    SuitError,
+)
+from suitkit.fileio import atomic_write
+
+app = typer.Typer(
+    name="suitkit",
+    help="SUIT firmware updates (RFC 9019): author, sign, verify and inspect manifests.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """Print one error line and exit with ``code``."""
+    err.print(f"suitkit: error: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+def exit_code(error: SuitError) -> int:
+    """1 for a verification, policy or processing failure; 2 for unusable input."""
+    if isinstance(error, AuthenticationError | PolicyError | ProcessingError):
+        return EXIT_FAILED
+    return EXIT_USAGE
+
+
+def handles_errors(fn: F) -> F:
+    """Turn SuitError and OSError into one line on stderr and an exit status."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SuitError as e:
+            fail(str(e), exit_code(e))
+        except OSError as e:
+            fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), EXIT_USAGE)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def read_input(path: Path, what: str) -> bytes:
+    """Read a file named on the command line, with a one-line error if that fails."""
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        fail(f"cannot read {what} {path}: {e.strerror or e}", EXIT_USAGE)
+
+
+def load_envelope(path: Path) -> Envelope:
+    """Read and decode an envelope file (exit 2 if it is not one)."""
+    return codec.decode_envelope(read_input(path, "envelope"))
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"suitkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback,
+                                          is_eager=True, help="Show the version and exit.")
+                       ] = False,
+) -> None:
+    """SUIT firmware updates (RFC 9019): author, sign, verify and inspect manifests."""
+
+
+# --------------------------------------------------------------------------- keys
+
+ALGORITHMS = ["ES256", "ESP256", "ES384", "EdDSA", "Ed25519", "HSS-LMS", "HMAC-256"]
+
+
+@app.command()
+@handles_errors
+def keygen(
+    alg: Annotated[str, typer.Option("--alg", help="Signature or MAC algorithm: "
+                                     + ", ".join(ALGORITHMS))],
+    out_path: Annotated[Path, typer.Option("--out", help="Private key file to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing key file.")
+                     ] = False,
+) -> None:
+    """Generate a private key (PEM; HSS-LMS and HMAC keys as a COSE_Key in PEM armor)."""
+    if alg not in ALGORITHMS:
+        fail(f"--alg must be one of {', '.join(ALGORITHMS)}, got {alg!r}", EXIT_USAGE)
+    if out_path.exists() and not force:
+        fail(f"{out_path} exists; refusing to overwrite a key (use --force)", EXIT_USAGE)
+    key = crypto.generate_private_key(alg)
+    keyfiles.write_private_key(out_path, key)
+    out.print(f"wrote {alg} private key to {out_path}", markup=False)
+
+
+@app.command()
+@handles_errors
+def pubkey(
+    key: Annotated[Path, typer.Argument(help="Private key file.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Public key file to write.")],
+) -> None:
+    """Write the public key (the device's trust anchor) of a private key."""
+    private = keyfiles.load_private_key(key)
+    keyfiles.write_public_key(out_path, private)
+    out.print(f"wrote public key to {out_path}", markup=False)
+
+
+# --------------------------------------------------------------------------- envelopes
+
+
+@app.command()
+@handles_errors
+def create(
+    description: Annotated[Path, typer.Argument(help="Description file (YAML or JSON).")],
+    out_path: Annotated[Path, typer.Option("--out", help="Unsigned envelope to write.")],
+) -> None:
+    """Build an unsigned envelope from a description file (see docs/description.md)."""
+    desc = load_description(description)
+    envelope = codec.build_envelope(desc.manifest, sever_members=desc.sever,
+                                    integrated=desc.integrated)
+    data = codec.encode_envelope(envelope)
+    atomic_write(out_path, data)
+    out.print(f"wrote unsigned envelope to {out_path} ({len(data)} bytes, manifest "
+              f"{len(envelope.manifest_bytes)} bytes, sequence number "
+              f"{envelope.manifest.sequence_number})", markup=False)
+
+
+@app.command()
+@handles_errors
+def sign(
+    envelope_path: Annotated[Path, typer.Argument(metavar="ENVELOPE", help="Envelope to sign.")],
+    key: Annotated[list[Path], typer.Option("--key", help="Private key; repeat for several "
+                                            "signers (one authentication block each).")],
+    out_path: Annotated[Path, typer.Option("--out", help="Signed envelope to write.")],
+    alg: Annotated[str | None, typer.Option("--alg", help="Override the key's algorithm "
+                                            "(e.g. ESP256 for a P-256 key).")] = None,
+) -> None:
+    """Add one authentication block per key; blocks already present are kept."""
+    envelope = load_envelope(envelope_path)
+    for path in key:
+        signer = keyfiles.load_signer(path, alg)
+        envelope = sign_envelope(envelope, signer)
+        out.print(f"signed with {path} ({crypto.algorithm_name(signer.algorithm)})",
+                  markup=False)
+    data = codec.encode_envelope(envelope)
+    atomic_write(out_path, data)
+    out.print(f"wrote signed envelope to {out_path} ({len(data)} bytes, "
+              f"{len(envelope.authentication.blocks)} authentication block(s))", markup=False)
+
+
+@app.command()
+@handles_errors
+def verify(
+    envelope_path: Annotated[Path, typer.Argument(metavar="ENVELOPE", help="Envelope to check.")],
+    key: Annotated[list[Path], typer.Option("--key", help="Public key (or MAC key); every key "
+                                            "given must have signed the envelope.")],
+) -> None:
+    """Check that every given key signed the envelope and that its members match.
+
+    Exit 1 when the envelope does not verify, including when it cannot even be decoded.
+    """
+    anchors = []
+    for i, path in enumerate(key):
+        anchors.append(TrustAnchor(keyfiles.load_verifier(path), role=f"key {i + 1} ({path})"))
+    policy = TrustAnchors(tuple(anchors), tuple(a.role for a in anchors))
+    data = read_input(envelope_path, "envelope")
+    try:
+        envelope = codec.decode_envelope(data)
+        verified = verify_decoded(envelope, policy)
+    except DecodeError as e:
+        fail(f"{envelope_path} does not verify: {e}", EXIT_FAILED)
+    manifest = verified.manifest
+    severed = ", ".join(name_of(ManifestKey, k) for k in sorted(verified.severed)) or "none"
+    out.print(f"OK: {envelope_path} verifies with {len(key)} key(s); sequence number "
+              f"{manifest.sequence_number}, {len(manifest.common.components)} component(s), "
+              f"severed members: {severed}", markup=False)
+
+
+@app.command()
+@handles_errors
+def show(
+    envelope_path: Annotated[Path, typer.Argument(metavar="ENVELOPE", help="Envelope to show.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_diag: Annotated[bool, typer.Option("--diag", help="Print CBOR diagnostic notation.")
+                       ] = False,
+) -> None:
+    """Show an envelope: a readable tree (default), JSON, or CBOR diagnostic notation.
+
+    Nothing is verified: use ``suitkit verify`` for that.
+    """
+    if as_json and as_diag:
+        fail("choose one of --json and --diag", EXIT_USAGE)
+    data = read_input(envelope_path, "envelope")
+    envelope = codec.decode_envelope(data)
+    if as_diag:
+        out.print(diagnostic.diag(cbor.decode(data, path="envelope", max_depth=64)),
+                  markup=False)
+        return
+    doc = jsonform.envelope_to_json(envelope, blocks=[_block_json(b)
+                                                      for b in envelope.authentication.blocks])
+    if as_json:
+        out.print(json.dumps(doc, indent=2, ensure_ascii=False), markup=False)
+        return
+    tree = Tree(f"SUIT envelope {envelope_path} ({len(data)} bytes"
+                f"{', tagged 107' if envelope.tagged else ''})")
+    _tree(tree, doc)
+    out.print(tree)
+
+
+def _block_json(raw: bytes) -> Any:
+    try:
+        block = cose.decode_auth_block(raw, path="block")
+    except SuitError as e:
+        return {"invalid": str(e)}
+    kind = "COSE_Mac0" if isinstance(block, cose.CoseMac0) else "COSE_Sign1"
+    doc: dict[str, Any] = {"type": kind, "algorithm": crypto.algorithm_name(block.algorithm)}
+    if block.key_id is not None:
+        doc["key-id"] = block.key_id.hex()
+    return doc
+
+
+def _tree(node: Tree, value: Any) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, dict | list) and v:
+                _tree(node.add(f"[bold]{k}[/bold]"), v)
+            else:
+                node.add(f"[bold]{k}[/bold]: {_scalar(v)}")
+    elif isinstance(value, list):
+        for item in value:
+            if (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                    and item[0].startswith(("condition-", "directive-", "custom(", "unknown("))):
+                name, arg = item
+                if isinstance(arg, dict | list) and arg:
+                    _tree(node.add(f"[cyan]{name}[/cyan]"), arg)
+                else:
+                    node.add(f"[cyan]{name}[/cyan] {_scalar(arg)}")
+            elif isinstance(item, dict | list) and item:
+                _tree(node.add("•"), item)
+            else:
+                node.add(_scalar(item))
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, str):
+        return value.replace("[", "\\[")
+    return json.dumps(value)
+
+
+@app.command()
+@handles_errors
+def sever(
+    envelope_path: Annotated[Path, typer.Argument(metavar="ENVELOPE", help="Envelope to shrink.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Smaller envelope to write.")],
+    member: Annotated[list[str] | None, typer.Option(
+        "--member", help="Member to remove (text, install, payload-fetch, "
+        "dependency-resolution, candidate-verification, coswid); default: all present.")
+    ] = None,
+) -> None:
+    """Remove severable members; the manifest keeps their digests, so signatures still hold."""
+    envelope = load_envelope(envelope_path)
+    keys: frozenset[int] | None = None
+    if member:
+        names = {name_of(ManifestKey, k): int(k) for k in envelope.severable}
+        unknown = [m for m in member if m not in names]
+        if unknown:
+            fail(f"not in the envelope: {', '.join(unknown)}; present: "
+                 f"{', '.join(names) or 'none'}", EXIT_USAGE)
+        keys = frozenset(names[m] for m in member)
+    smaller = codec.sever(envelope, keys)
+    data = codec.encode_envelope(smaller)
+    atomic_write(out_path, data)
+    removed = sorted(set(envelope.severable) - set(smaller.severable))
+    out.print(f"wrote {out_path} ({len(data)} bytes); removed: "
+              f"{', '.join(name_of(ManifestKey, k) for k in removed) or 'nothing'}",
+              markup=False)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@app.command()
+@handles_errors
+def demo(
+    workdir: Annotated[Path | None, typer.Option("--dir", help="Where to write the demo files "
+                                                 "(default: a new temporary folder).")] = None,
+) -> None:
+    """Walk through the author flow: keys, description, create, sign twice, show, verify, sever."""
+    from suitkit.cli.demo import run_demo  # noqa: PLC0415 - loaded only when asked for
+
+    run_demo(workdir, out)
+
+
+def main() -> None:
+    """Entry point of the ``suitkit`` command."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Exit as e:
+        code = e.exit_code
+    except typer.Abort:
+        err.print("suitkit: aborted", markup=False)
+        code = 130
+    except typer.exceptions.TyperException as e:  # usage errors (click's, vendored by typer)
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        if message:  # empty when the help was shown because no command was given
+            err.print(f"suitkit: error: {message} (see suitkit --help)", markup=False)
+        code = EXIT_USAGE
+    except Exception as e:
+        if os.environ.get("SUITKIT_DEBUG"):
+            raise
+        err.print(f"suitkit: internal error: {type(e).__name__}: {e} (set SUITKIT_DEBUG=1 for "
+                  "the traceback)", markup=False)
+        code = 3
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
