@@ -47,7 +47,8 @@ class ProcessingError(SuitError):
     """A SUIT command failed: a condition did not hold or a directive aborted.
 
     ``section`` is the manifest member key (e.g. 20 for install), ``offset`` the byte offset of
-    the command inside that sequence, ``component`` the component index, when known.
+    the command inside that sequence, ``component`` the component index, ``manifest_id`` the
+    path of dependency indices from the root manifest (``()`` for the root), when known.
     """
 
     def __init__(
@@ -58,7 +59,9 @@ class ProcessingError(SuitError):
         offset: int | None = None,
         component: int | None = None,
         reason: int | None = None,
+        manifest_id: tuple[int, ...] = (),
     ) -> None:
+        self.manifest_id = manifest_id
         self.section = section
         self.offset = offset
         self.component = component

@@ -66,12 +66,14 @@ __all__ = [
     "decode_command_sequence",
     "decode_envelope",
     "decode_manifest",
+    "decode_parameters",
     "decode_text",
     "encode_command_sequence",
     "encode_envelope",
     "encode_manifest",
     "encode_text",
     "member_digest",
+    "parameters_obj",
     "sever",
 ]
 
