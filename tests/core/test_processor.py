@@ -770,3 +770,49 @@ def test_stream_digest() -> None:
     assert stream_digest([b"ab", b"c"], SHA256) == sha256(b"abc")
     with pytest.raises(PolicyError):
         stream_digest([b""], 12345)
+
+
+def test_shared_parameters_give_each_components_expected_image() -> None:
+    from core.processor_fakes import (
+        EXAMPLE_ANCHORS,
+        SAMPLE_DIGEST_0,
+        SAMPLE_DIGEST_1,
+        MemoryComponent,
+    )
+    from core.processor_fakes import rig as make_rig
+    from suitkit.core.processor import shared_parameters
+    from suitkit.core.verify import verify_envelope
+
+    from helpers import vector
+
+    verified = verify_envelope(vector("example0"), EXAMPLE_ANCHORS)
+    params = shared_parameters(verified, make_rig().device)[(b"\x00",)]
+    assert params.image_size == 34768
+    assert params.image_digest is not None and params.image_digest.value == SAMPLE_DIGEST_0
+    assert params.vendor_identifier is not None and params.soft_failure is None
+
+    # Example 3 (A/B): the digest depends on the slot the component reports.
+    verified = verify_envelope(vector("example3"), EXAMPLE_ANCHORS)
+    for slot, digest, size in ((0, SAMPLE_DIGEST_0, 34768), (1, SAMPLE_DIGEST_1, 76834)):
+        device = make_rig({(b"\x00",): MemoryComponent(slot=slot)}).device
+        params = shared_parameters(verified, device)[(b"\x00",)]
+        assert params.image_digest is not None and params.image_digest.value == digest
+        assert params.image_size == size
+
+
+def test_shared_parameters_refuse_the_wrong_class() -> None:
+    from uuid import uuid4
+
+    from core.processor_fakes import EXAMPLE_ANCHORS, VENDOR, ComponentIdentity, MemoryComponent
+    from core.processor_fakes import rig as make_rig
+    from suitkit.core.processor import shared_parameters
+    from suitkit.core.verify import verify_envelope
+    from suitkit.errors import ProcessingError
+
+    from helpers import vector
+
+    verified = verify_envelope(vector("example0"), EXAMPLE_ANCHORS)
+    other = ComponentIdentity(vendor_ids=frozenset({VENDOR}), class_ids=frozenset({uuid4()}))
+    device = make_rig({(b"\x00",): MemoryComponent(identity=other)}).device
+    with pytest.raises(ProcessingError, match="class-identifier"):
+        shared_parameters(verified, device)

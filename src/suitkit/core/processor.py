@@ -132,6 +132,7 @@ __all__ = [
     "ProcessResult",
     "ProcessorOptions",
     "process",
+    "shared_parameters",
     "stream_digest",
     "version_matches",
 ]
@@ -448,6 +449,38 @@ def process(verified: VerifiedManifest, procedure: Procedure, device: Device, *,
         raise ValueError(f"unknown procedure {procedure!r}; expected one of "
                          f"{', '.join(PROCEDURES)}")
     return _Processor(device, limits, options).run(verified, procedure, sections, nonce)
+
+
+def shared_parameters(verified: VerifiedManifest, device: Device, *,
+                      limits: Limits = codec.DEFAULT_LIMITS,
+                      options: ProcessorOptions = DEFAULT_OPTIONS
+                      ) -> Mapping[ComponentIdentifier, Parameters]:
+    """The parameters each component has after the shared sequence alone.
+
+    The shared sequence has no side effects besides setting parameters (manifest §5.3.2, §6.2),
+    so this is what a bootloader needs to check an image against its manifest at every boot
+    (RFC 9124 REQ.SEC.AUTH.EXEC) without running any section: the image digest and size for the
+    slot it is about to boot, with the compatibility conditions (vendor, class, slot) evaluated
+    against ``device``.
+
+    Raises:
+        ProcessingError: the manifest is unsupported here, or a condition of the shared sequence
+            failed (e.g. the wrong vendor or class).
+    """
+    processor = _Processor(device, limits, options)
+    try:
+        root = processor._prepare(verified, (), 0, ())
+        shared = verified.manifest.common.shared_sequence
+        if shared is not None:
+            processor._run_top(root, _SHARED, _SHARED, shared)
+    except _Failure as failure:
+        message = failure.message()
+        raise ProcessingError(message, section=failure.section, offset=failure.offset,
+                              component=failure.component, reason=int(failure.reason),
+                              manifest_id=failure.manifest_id) from None
+    return {cid: Parameters.from_items({k: v for k, v in params.items()
+                                        if k not in _SEQUENCE_FLAGS})
+            for cid, params in processor.params.items()}
 
 
 # ============================================================================ internals
