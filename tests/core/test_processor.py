@@ -793,10 +793,10 @@ def test_shared_parameters_give_each_components_expected_image() -> None:
 
     # Example 3 (A/B): the digest depends on the slot the component reports.
     verified = verify_envelope(vector("example3"), EXAMPLE_ANCHORS)
-    for slot, digest, size in ((0, SAMPLE_DIGEST_0, 34768), (1, SAMPLE_DIGEST_1, 76834)):
+    for slot, expected, size in ((0, SAMPLE_DIGEST_0, 34768), (1, SAMPLE_DIGEST_1, 76834)):
         device = make_rig({(b"\x00",): MemoryComponent(slot=slot)}).device
         params = shared_parameters(verified, device)[(b"\x00",)]
-        assert params.image_digest is not None and params.image_digest.value == digest
+        assert params.image_digest is not None and params.image_digest.value == expected
         assert params.image_size == size
 
 
