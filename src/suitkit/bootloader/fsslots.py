@@ -1,0 +1,513 @@
+"""A/B slot directories on a filesystem: the Linux-class bootloader (RFC 9019 §5.3 devices).
+
+Devices with a filesystem (RAUC, SWUpdate, Mender style) keep two complete slots and switch
+between them atomically instead of swapping flash sectors. Layout under ``root``::
+
+    slots/a/<component>.manifest   slots/a/<component>.image
+    slots/b/<component>.manifest   slots/b/<component>.image
+    current -> slots/a             the switch the OS boots from (a symlink replaced by rename)
+    state.json                     {"active", "phase", "pending"} -- the authority
+    counters.json                  security counters (highest confirmed sequence numbers)
+
+Every durable change is one atomic step: write a temporary file, fsync it, ``rename`` it over
+the old one, fsync the directory (POSIX ``rename`` is atomic). ``state.json`` decides what runs;
+``current`` is brought in line with it at every boot, so a crash between the two writes is
+repaired. A slot's files appear only through ``rename`` once complete, and are verified before
+use (at every boot: RFC 9124 REQ.SEC.AUTH.EXEC), so a crash while staging leaves at worst a
+stray ``*.tmp`` or a slot that does not verify.
+
+The decisions are exactly :mod:`suitkit.bootloader.decide`'s table with *primary* = the active
+slot and *secondary* = the inactive one; since switching is atomic there is never a swap or a
+revert in progress (phases SWAPPING and REVERTING do not occur). The store API is the flash
+bootloader's (:mod:`suitkit.bootloader.api`): ``open_inactive`` -> ``write``/``finish`` ->
+``mark_pending``, then ``boot`` (on trial) and ``confirm``, or an automatic revert.
+
+What it does not do: simulate lost writes that were not fsynced (a crash here is the process
+stopping between durable steps, see ``crash``), manage partitions or a real bootloader's
+environment (U-Boot, GRUB), or protect ``counters.json`` from a root user (real devices keep it
+in a TPM or RPMB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from suitkit.bootloader.api import BootResult, NoBootableImage, RunningImage
+from suitkit.bootloader.decide import (
+    BOOTS,
+    ON_TRIAL,
+    REFUSAL_ROWS,
+    STEADY,
+    Action,
+    BootState,
+    Decision,
+    Pending,
+    Phase,
+    Verdict,
+    combine,
+    decide,
+)
+from suitkit.bootloader.verifier import ImageInfo, ImageVerifier
+from suitkit.errors import PolicyError, StorageError, SuitError
+from suitkit.limits import Limits
+
+SLOTS = ("a", "b")
+STATE_FORMAT = 1
+MAX_STEPS = 8
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class FsState:
+    """The content of ``state.json``."""
+
+    active: str
+    phase: Phase
+    pending: Pending
+
+    @property
+    def inactive(self) -> str:
+        return SLOTS[1 - SLOTS.index(self.active)]
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "format": STATE_FORMAT,
+                "active": self.active,
+                "phase": self.phase.value,
+                "pending": self.pending.value,
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> FsState:
+        """Raises: StorageError: unreadable or inconsistent state."""
+        try:
+            obj = json.loads(data)
+            if obj["format"] != STATE_FORMAT or obj["active"] not in SLOTS:
+                raise ValueError(f"format {obj['format']!r}, active {obj['active']!r}")
+            state = cls(obj["active"], Phase(obj["phase"]), Pending(obj["pending"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise StorageError(f"state.json is not a valid slot state: {e}") from e
+        if state.phase in (Phase.SWAPPING, Phase.REVERTING) or state.pending is Pending.PARTIAL:
+            raise StorageError(f"state.json holds an impossible state: {state}")
+        return state
+
+
+@dataclass(frozen=True, slots=True)
+class FileImageReader:
+    """An :class:`~suitkit.bootloader.verifier.ImageReader` over a file (bounded memory)."""
+
+    path: Path
+    length: int
+
+    @property
+    def size(self) -> int:
+        return self.length
+
+    def read(self, offset: int, length: int) -> bytes:
+        with self.path.open("rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+
+@dataclass(frozen=True, slots=True)
+class FsCheck:
+    verdict: Verdict
+    info: ImageInfo | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FsObservation:
+    state: FsState
+    primary: tuple[FsCheck, ...]
+    secondary: tuple[FsCheck, ...]
+    counters: dict[str, int]
+    boot_state: BootState
+
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(c.reason for c in self.primary + self.secondary if c.reason)
+
+
+class FsBootloader:
+    """A/B slot directories with an atomic switch, test -> confirm -> automatic revert.
+
+    Args:
+        root: the directory holding ``slots/``, ``current``, ``state.json``, ``counters.json``.
+        components: the image names every slot holds (one set, switched together).
+        verifier: one verifier for all components, or one per component.
+        limits: bounds on what is read from a slot (the manifest size).
+        crash: called with a label (``"rename state.json"``) before every durable step; a test
+            raises :class:`~suitkit.bootloader.flash.PowerCut` from it to simulate a crash.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        components: Sequence[str],
+        verifier: ImageVerifier | Mapping[str, ImageVerifier],
+        *,
+        limits: Limits | None = None,
+        crash: Callable[[str], None] | None = None,
+    ) -> None:
+        if not components or len(set(components)) != len(components):
+            raise ValueError(f"components must be unique and not empty: {components}")
+        for name in components:
+            if not name or "/" in name or name.startswith("."):
+                raise ValueError(f"component name {name!r} is not a plain file name")
+        self.root = Path(root)
+        self._components = tuple(components)
+        if isinstance(verifier, Mapping):
+            missing = set(components) - set(verifier)
+            if missing:
+                raise ValueError(f"no verifier for {sorted(missing)}")
+            self._verifiers = {n: verifier[n] for n in components}
+        else:
+            self._verifiers = dict.fromkeys(components, verifier)
+        self.limits = limits if limits is not None else Limits()
+        self._crash = crash
+        self._staged: set[str] = set()
+        for slot in SLOTS:
+            (self.root / "slots" / slot).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return self._components
+
+    # -- durable steps ---------------------------------------------------------------------
+
+    def _step(self, label: str) -> None:
+        if self._crash is not None:
+            self._crash(label)
+
+    def _rel(self, path: Path) -> str:
+        return str(path.relative_to(self.root))
+
+    def _fsync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        self._step(f"write {self._rel(tmp)}")
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            self._step(f"fsync {self._rel(tmp)}")
+            os.fsync(f.fileno())
+        self._step(f"rename {self._rel(path)}")
+        tmp.replace(path)
+        self._fsync_dir(path.parent)
+
+    def _write_state(self, state: FsState) -> None:
+        self._atomic_write(self.root / "state.json", state.to_json())
+
+    def _switch(self, slot: str) -> None:
+        """Point ``current`` at a slot: a new symlink renamed over the old one."""
+        link = self.root / "current"
+        target = os.path.join("slots", slot)
+        if link.is_symlink() and os.readlink(link) == target:
+            return
+        tmp = self.root / "current.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        self._step("symlink current.tmp")
+        tmp.symlink_to(target)
+        self._step("rename current")
+        tmp.replace(link)
+        self._fsync_dir(self.root)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def read_state(self) -> FsState:
+        path = self.root / "state.json"
+        try:
+            return FsState.from_json(path.read_bytes())
+        except FileNotFoundError:
+            return FsState("a", Phase.NONE, Pending.NONE)
+
+    def read_counters(self) -> dict[str, int]:
+        path = self.root / "counters.json"
+        try:
+            raw = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raw = {}
+        except ValueError as e:
+            raise StorageError(f"counters.json is unreadable: {e}") from e
+        return {n: int(raw.get(n, 0)) for n in self._components}
+
+    def slot_dir(self, slot: str) -> Path:
+        return self.root / "slots" / slot
+
+    def check_slot(self, slot: str, component: str, counters: Mapping[str, int]) -> FsCheck:
+        """Verify one component in one slot and compare it with its security counter."""
+        where = f"{component} in slot {slot}"
+        manifest_path = self.slot_dir(slot) / f"{component}.manifest"
+        image_path = self.slot_dir(slot) / f"{component}.image"
+        try:
+            msize = manifest_path.stat().st_size
+            if msize > self.limits.max_manifest_bytes:
+                return FsCheck(
+                    Verdict.BAD,
+                    None,
+                    f"{where}: manifest of {msize} bytes exceeds the limit of "
+                    f"{self.limits.max_manifest_bytes}",
+                )
+            manifest = manifest_path.read_bytes()
+            reader = FileImageReader(image_path, image_path.stat().st_size)
+            info = self._verifiers[component].verify(manifest, reader)
+        except FileNotFoundError:
+            return FsCheck(Verdict.BAD, None, f"{where}: missing")
+        except SuitError as e:
+            return FsCheck(Verdict.BAD, None, f"{where}: {type(e).__name__}: {e}")
+        floor = counters[component]
+        # RFC 9124 REQ.SEC.SEQUENCE: never run anything older than what was confirmed.
+        if info.sequence_number < floor:
+            return FsCheck(
+                Verdict.ROLLBACK,
+                info,
+                f"{where}: sequence number {info.sequence_number} is below the security "
+                f"counter {floor}",
+            )
+        return FsCheck(Verdict.GOOD, info)
+
+    def observe(self) -> FsObservation:
+        state = self.read_state()
+        counters = self.read_counters()
+        primary = tuple(self.check_slot(state.active, c, counters) for c in self._components)
+        secondary = tuple(self.check_slot(state.inactive, c, counters) for c in self._components)
+        behind = any(
+            c.info is not None and c.info.sequence_number > counters[name]
+            for name, c in zip(self._components, primary, strict=True)
+        )
+        boot_state = BootState(
+            phase=state.phase,
+            pending=state.pending,
+            primary=combine(c.verdict for c in primary),
+            secondary=combine(c.verdict for c in secondary),
+            counters_behind=behind,
+        )
+        return FsObservation(state, primary, secondary, counters, boot_state)
+
+    # -- boot ------------------------------------------------------------------------------
+
+    def boot(self) -> BootResult:
+        """Decide and switch until the active slot can run; report it.
+
+        Raises:
+            NoBootableImage: neither slot holds an authentic, recent-enough set.
+            StorageError: unreadable state.
+        """
+        for pattern in ("*.tmp", "slots/*/*.tmp"):
+            for stray in self.root.glob(pattern):
+                stray.unlink()
+        steps: list[Decision] = []
+        notes: list[str] = []
+        for _ in range(MAX_STEPS):
+            obs = self.observe()
+            decision = decide(obs.boot_state)
+            steps.append(decision)
+            if decision.row in REFUSAL_ROWS:
+                notes += [r for r in obs.reasons() if r not in notes]
+            if decision.action is Action.PANIC:
+                raise NoBootableImage(
+                    f"no bootable slot (row {decision.row}: {decision.why})", tuple(notes)
+                )
+            if decision.action in BOOTS:
+                state = obs.state
+                trial = decision.action is Action.BOOT_TRIAL
+                if trial and state.phase is Phase.TRIAL:
+                    self._write_state(FsState(state.active, Phase.TRIED, state.pending))
+                self._switch(state.active)
+                images = []
+                for name, check in zip(self._components, obs.primary, strict=True):
+                    if check.info is None:  # pragma: no cover - BOOT rows need a GOOD primary
+                        raise AssertionError(f"row {decision.row} boots an unverified slot")
+                    images.append(RunningImage(name, check.info.sequence_number, check.info.digest))
+                return BootResult(tuple(images), trial, tuple(steps), tuple(notes))
+            self._apply(decision.action, obs)
+        raise StorageError(
+            f"boot did not settle after {MAX_STEPS} decisions: "
+            f"{[f'row {d.row} {d.action.value}' for d in steps]}"
+        )
+
+    def _apply(self, action: Action, obs: FsObservation) -> None:
+        state = obs.state
+        if action is Action.START_TEST_SWAP:
+            self._write_state(FsState(state.inactive, Phase.TRIAL, Pending.NONE))
+        elif action in (Action.START_PERMANENT_SWAP, Action.START_FALLBACK_SWAP):
+            self._write_state(FsState(state.inactive, Phase.CONFIRMED, Pending.NONE))
+        elif action is Action.START_REVERT:
+            self._write_state(FsState(state.inactive, Phase.REVERTED, Pending.NONE))
+        elif action is Action.DROP_PENDING:
+            self._write_state(FsState(state.active, state.phase, Pending.NONE))
+        elif action is Action.RAISE_COUNTERS:
+            self._raise_counters(obs)
+        else:
+            raise StorageError(f"{action.value} cannot happen with atomic slot switching")
+
+    def _raise_counters(self, obs: FsObservation) -> None:
+        counters = dict(obs.counters)
+        for name, check in zip(self._components, obs.primary, strict=True):
+            if check.info is not None:
+                counters[name] = max(counters[name], check.info.sequence_number)
+        if counters != obs.counters:
+            data = json.dumps(counters, sort_keys=True).encode()
+            self._atomic_write(self.root / "counters.json", data)
+
+    def confirm(self) -> None:
+        """Mark the running slot good (one atomic state write), then raise the counters.
+
+        Raises:
+            PolicyError: the running slot does not verify.
+        """
+        obs = self.observe()
+        state = obs.state
+        if obs.boot_state.primary is not Verdict.GOOD:
+            raise PolicyError(
+                "the running slot does not verify; not confirming: " + "; ".join(obs.reasons())
+            )
+        if state.phase in ON_TRIAL:
+            self._write_state(FsState(state.active, Phase.CONFIRMED, state.pending))
+        self._raise_counters(obs)
+
+    # -- staging (SlotStore) ---------------------------------------------------------------
+
+    def open_inactive(self, component: str, *, manifest: bytes, image_size: int) -> FsSlotWriter:
+        """Start streaming ``component`` into the inactive slot.
+
+        Raises:
+            PolicyError: the active slot is on trial.
+            StorageError: unknown component, or a manifest over the limit.
+        """
+        if component not in self._components:
+            raise StorageError(f"unknown component {component!r}; this set has {self.components}")
+        if len(manifest) > self.limits.max_manifest_bytes:
+            raise StorageError(
+                f"manifest of {len(manifest)} bytes exceeds the limit of "
+                f"{self.limits.max_manifest_bytes}"
+            )
+        if image_size < 0:
+            raise StorageError(f"image size must not be negative, got {image_size}")
+        state = self.read_state()
+        if state.phase not in STEADY:
+            raise PolicyError(
+                "the running slot is on trial: confirm it (or let it revert) before staging "
+                "another update"
+            )
+        if state.pending is not Pending.NONE:
+            # The old request goes first, so it never points at a half-written slot.
+            self._write_state(FsState(state.active, state.phase, Pending.NONE))
+        self._staged.discard(component)
+        slot = self.slot_dir(state.inactive)
+        for suffix in (".manifest", ".image"):
+            path = slot / f"{component}{suffix}"
+            if path.exists():
+                self._step(f"unlink {self._rel(path)}")
+                path.unlink()
+        return FsSlotWriter(self, slot, component, manifest, image_size)
+
+    def mark_pending(self, *, permanent: bool = False) -> None:
+        """One atomic state write asks the next boot to switch to the inactive slot.
+
+        Raises:
+            StorageError: some component was not staged and finished since the last commit.
+            PolicyError: the active slot is on trial.
+        """
+        missing = [c for c in self._components if c not in self._staged]
+        if missing:
+            raise StorageError(f"cannot mark pending: {missing} not staged")
+        state = self.read_state()
+        if state.phase not in STEADY:
+            raise PolicyError("the running slot is on trial: confirm it before marking pending")
+        pending = Pending.PERMANENT if permanent else Pending.TEST
+        self._write_state(FsState(state.active, state.phase, pending))
+        self._staged.clear()
+
+    def install_factory(self, images: Mapping[str, tuple[bytes, bytes]]) -> None:
+        """Factory state: ``{name: (manifest, image)}`` in slot ``a``, active, counters set.
+
+        Raises:
+            PolicyError: the images do not verify.
+        """
+        slot = self.slot_dir("a")
+        for name, (manifest, image) in images.items():
+            self._atomic_write(slot / f"{name}.image", image)
+            self._atomic_write(slot / f"{name}.manifest", manifest)
+        self._write_state(FsState("a", Phase.NONE, Pending.NONE))
+        self._switch("a")
+        self.confirm()
+
+    def _finished(self, component: str) -> None:
+        self._staged.add(component)
+
+
+class FsSlotWriter:
+    """Streams an image into ``<slot>/<component>.image.tmp``; ``finish`` renames it in place."""
+
+    def __init__(
+        self, owner: FsBootloader, slot: Path, component: str, manifest: bytes, image_size: int
+    ) -> None:
+        self._owner = owner
+        self._slot = slot
+        self._component = component
+        self._manifest = manifest
+        self._size = image_size
+        self._written = 0
+        self._tmp = slot / f"{component}.image.tmp"
+        owner._step(f"write {owner._rel(self._tmp)}")
+        self._file = self._tmp.open("wb")
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        if self._done:
+            raise StorageError("write after finish")
+        if self._written + len(data) > self._size:
+            self._abort()
+            raise StorageError(f"image data exceeds the announced size of {self._size} bytes")
+        try:
+            for pos in range(0, len(data), _CHUNK):
+                self._owner._step(f"write {self._owner._rel(self._tmp)}")
+                self._file.write(data[pos : pos + _CHUNK])
+        except BaseException:
+            self._file.close()  # a crash: the partial .tmp stays behind, as it would
+            raise
+        self._written += len(data)
+
+    def finish(self) -> None:
+        if self._done:
+            raise StorageError("finish called twice")
+        if self._written != self._size:
+            self._abort()
+            raise StorageError(
+                f"image has {self._written} bytes, the announced size is {self._size}"
+            )
+        owner = self._owner
+        try:
+            self._file.flush()
+            owner._step(f"fsync {owner._rel(self._tmp)}")
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+        image = self._slot / f"{self._component}.image"
+        owner._step(f"rename {owner._rel(image)}")
+        self._tmp.replace(image)
+        owner._atomic_write(self._slot / f"{self._component}.manifest", self._manifest)
+        self._done = True
+        owner._finished(self._component)
+
+    def _abort(self) -> None:
+        self._done = True
+        self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()

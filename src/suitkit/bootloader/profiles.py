@@ -1,0 +1,223 @@
+"""Device shapes from RFC 9019 §5, each a flash layout and a bootloader over the flash model.
+
+- ``mcu`` (§5.1 "Single MCU"): one image that executes in place, so an update is a swap
+  between the primary slot and a secondary (staging) slot on the same internal flash.
+- ``secure-split`` (§5.2, secure and normal mode partitioning): a secure image and a normal
+  image on one internal flash, updated together atomically (both or neither) as one boot set;
+  each may have its own trust anchor.
+- ``dual-cpu`` (§5.5 "Dual CPU, Other Bus"): the main CPU's image on its internal flash
+  (non-uniform: a 16 KiB first sector reserved for the bootloader, then 4 KiB sectors), and a
+  co-processor whose executing slot is on the co-processor's own flash (2 KiB sectors, 16-byte
+  write unit). The main CPU stages both images on its flash and swaps the co-processor's image
+  over the bus; the two images form one set applied atomically. Both flashes share one power
+  supply (one board): a cut stops both.
+
+A profile only builds flashes, a layout and a :class:`~suitkit.bootloader.boot.FlashBootloader`;
+it does not install images (see :meth:`Device.provision`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from suitkit.bootloader.boot import FlashBootloader
+from suitkit.bootloader.flash import Flash, PowerSupply
+from suitkit.bootloader.layout import Allocator, BootLayout, ImageSlots, Region
+from suitkit.bootloader.verifier import ImageVerifier
+
+SECTOR = 4096
+COMPONENTS: dict[str, tuple[str, ...]] = {
+    "mcu": ("app",),
+    "secure-split": ("secure", "nonsecure"),
+    "dual-cpu": ("main", "coproc"),
+}
+"""The image names of each shape's boot set, in order (the first one leads)."""
+COUNTER_BYTES = 256
+"""One counter region per image (2048 values)."""
+
+
+@dataclass
+class Device:
+    """A simulated device: its power supply, flashes, layout and bootloader."""
+
+    shape: str
+    supply: PowerSupply
+    flashes: dict[str, Flash]
+    layout: BootLayout
+    bootloader: FlashBootloader
+
+    def restore_power(self) -> None:
+        self.supply.restore()
+
+    def provision(self, images: Mapping[str, tuple[bytes, bytes]]) -> None:
+        """Factory state: ``{name: (manifest, image)}`` in the primary slots, counters set.
+
+        Raises:
+            StorageError: an image does not fit.
+            PolicyError: the factory images do not verify.
+        """
+        self.bootloader.install_factory(images)
+
+    @property
+    def ops(self) -> int:
+        return self.supply.ops
+
+
+def _counters(alloc: Allocator, flash: str, n: int) -> list[Region]:
+    alloc.align(flash)
+    return [alloc.bytes(flash, COUNTER_BYTES) for _ in range(n)]
+
+
+def make_mcu(
+    verifier: ImageVerifier | Mapping[str, ImageVerifier],
+    *,
+    image_sectors: int = 3,
+    seed: int = 0,
+    chunk: int = 1024,
+) -> Device:
+    """RFC 9019 §5.1: one image, swap through a scratch sector, on one internal flash."""
+    supply = PowerSupply()
+    flash = Flash(
+        "internal",
+        [SECTOR] * (2 * image_sectors + 5),
+        write_align=8,
+        page_size=1024,
+        supply=supply,
+        seed=seed,
+    )
+    flashes = {"internal": flash}
+    a = Allocator(flashes)
+    primary = a.sectors("internal", image_sectors)
+    status = a.sectors("internal", 1)
+    secondary = a.sectors("internal", image_sectors)
+    pending = a.sectors("internal", 1)
+    scratch = a.sectors("internal", 1)
+    (counter,) = _counters(a, "internal", 1)
+    layout = BootLayout(
+        images=(ImageSlots(COMPONENTS["mcu"][0], primary, secondary, pending, counter),),
+        status=status,
+        scratch=scratch,
+    )
+    return Device(
+        "mcu", supply, flashes, layout, FlashBootloader(layout, flashes, verifier, chunk=chunk)
+    )
+
+
+def make_secure_split(
+    verifier: ImageVerifier | Mapping[str, ImageVerifier],
+    *,
+    image_sectors: int = 2,
+    seed: int = 0,
+    chunk: int = 1024,
+) -> Device:
+    """RFC 9019 §5.2: a secure and a normal image on one flash, one atomic boot set."""
+    supply = PowerSupply()
+    flash = Flash(
+        "internal",
+        [SECTOR] * (4 * image_sectors + 5),
+        write_align=8,
+        page_size=1024,
+        supply=supply,
+        seed=seed,
+    )
+    flashes = {"internal": flash}
+    a = Allocator(flashes)
+    secure_p = a.sectors("internal", image_sectors)
+    status = a.sectors("internal", 1)
+    normal_p = a.sectors("internal", image_sectors)
+    secure_s = a.sectors("internal", image_sectors)
+    secure_pending = a.sectors("internal", 1)
+    normal_s = a.sectors("internal", image_sectors)
+    normal_pending = a.sectors("internal", 1)
+    scratch = a.sectors("internal", 1)
+    secure_c, normal_c = _counters(a, "internal", 2)
+    layout = BootLayout(
+        images=(
+            ImageSlots(COMPONENTS["secure-split"][0], secure_p, secure_s, secure_pending, secure_c),
+            ImageSlots(COMPONENTS["secure-split"][1], normal_p, normal_s, normal_pending, normal_c),
+        ),
+        status=status,
+        scratch=scratch,
+    )
+    return Device(
+        "secure-split",
+        supply,
+        flashes,
+        layout,
+        FlashBootloader(layout, flashes, verifier, chunk=chunk),
+    )
+
+
+def make_dual_cpu(
+    verifier: ImageVerifier | Mapping[str, ImageVerifier],
+    *,
+    image_sectors: int = 2,
+    seed: int = 0,
+    chunk: int = 1024,
+) -> Device:
+    """RFC 9019 §5.5: main CPU and co-processor flashes on one supply, one atomic boot set."""
+    supply = PowerSupply()
+    main = Flash(
+        "main",
+        [4 * SECTOR] + [SECTOR] * (4 * image_sectors + 5),
+        write_align=8,
+        page_size=1024,
+        supply=supply,
+        seed=seed,
+    )
+    coproc = Flash(
+        "coproc",
+        [SECTOR // 2] * (2 * image_sectors + 2),
+        write_align=16,
+        page_size=512,
+        supply=supply,
+        seed=seed + 1,
+    )
+    flashes = {"main": main, "coproc": coproc}
+    a = Allocator(flashes)
+    a.sectors("main", 1)  # the bootloader itself
+    main_p = a.sectors("main", image_sectors)
+    status = a.sectors("main", 1)
+    main_s = a.sectors("main", image_sectors)
+    main_pending = a.sectors("main", 1)
+    co_s = a.sectors("main", image_sectors)
+    co_pending = a.sectors("main", 1)
+    scratch = a.sectors("main", 1)
+    main_c, co_c = _counters(a, "main", 2)
+    co_p = a.sectors("coproc", 2 * image_sectors)
+    layout = BootLayout(
+        images=(
+            ImageSlots(COMPONENTS["dual-cpu"][0], main_p, main_s, main_pending, main_c),
+            ImageSlots(COMPONENTS["dual-cpu"][1], co_p, co_s, co_pending, co_c),
+        ),
+        status=status,
+        scratch=scratch,
+    )
+    return Device(
+        "dual-cpu", supply, flashes, layout, FlashBootloader(layout, flashes, verifier, chunk=chunk)
+    )
+
+
+SHAPES: dict[str, Callable[..., Device]] = {
+    "mcu": make_mcu,
+    "secure-split": make_secure_split,
+    "dual-cpu": make_dual_cpu,
+}
+
+
+def make_device(
+    shape: str,
+    verifier: ImageVerifier | Mapping[str, ImageVerifier],
+    *,
+    seed: int = 0,
+    chunk: int = 1024,
+) -> Device:
+    """Build a device of one of :data:`SHAPES` with its default sizes.
+
+    Raises:
+        KeyError: unknown shape.
+    """
+    if shape not in SHAPES:
+        raise KeyError(f"unknown device shape {shape!r}; known: {sorted(SHAPES)}")
+    return SHAPES[shape](verifier, seed=seed, chunk=chunk)

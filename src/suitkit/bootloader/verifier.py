@@ -1,0 +1,75 @@
+"""The verifier seam between the bootloader and whatever authenticates an image.
+
+The bootloader (RFC 9019 §4.1 "The Bootloader", the firmware verifier) never parses a manifest
+itself: it hands the opaque manifest bytes stored next to an image, and a reader over the image
+bytes, to an :class:`ImageVerifier`, and gets back an :class:`ImageInfo` (sequence number and
+digest) or a :class:`~suitkit.errors.SuitError`. It does this at every boot, not only after an
+update (RFC 9124 §4.2.8 THREAT.IMG.REPLACE, REQ.SEC.AUTH.EXEC).
+
+The real SUIT envelope verifier plugs in here later; :mod:`suitkit.bootloader.simple_manifest`
+is a small real (SHA-256 + Ed25519) implementation for the simulator and the tests.
+
+This module does not do rollback checks: the sequence number is compared with the device's
+security counter by the bootloader, which owns the counter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class ImageReader(Protocol):
+    """Random access to image bytes that may not fit in memory (a flash slot, a file)."""
+
+    @property
+    def size(self) -> int:
+        """The number of image bytes."""
+        ...
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset+length)`` of the image; ``offset+length <= size``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BytesReader:
+    """An :class:`ImageReader` over bytes already in memory."""
+
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """What a successful verification vouches for."""
+
+    sequence_number: int
+    """The manifest's monotonic sequence number (RFC 9124 §3.2, REQ.SEC.SEQUENCE)."""
+    digest: bytes
+    """The image digest the manifest commits to, and that the image bytes were checked against."""
+
+
+class ImageVerifier(Protocol):
+    """Authenticates a stored image against its stored manifest.
+
+    ``verify`` raises a :class:`~suitkit.errors.SuitError` (``DecodeError`` for a malformed
+    manifest, ``AuthenticationError`` for a bad signature, digest or size); it never returns a
+    boolean (design rule 4).
+    """
+
+    def verify(self, manifest: bytes, image: bytes | ImageReader) -> ImageInfo: ...
+
+
+def as_reader(image: bytes | ImageReader) -> ImageReader:
+    """Wrap bytes in a :class:`BytesReader`; pass readers through."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        return BytesReader(bytes(image))
+    return image

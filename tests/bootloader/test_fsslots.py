@@ -1,0 +1,239 @@
+"""A/B slot directories: atomic switch, trial, confirm, revert, and a crash at every step."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from suitkit.bootloader.api import Bootloader, NoBootableImage, stage_set
+from suitkit.bootloader.flash import PowerCut
+from suitkit.bootloader.fsslots import FsBootloader
+from suitkit.bootloader.powercut import Fixture
+from suitkit.bootloader.profiles import make_device
+from suitkit.errors import PolicyError, StorageError
+
+FX = Fixture(("rootfs", "kernel"))
+
+
+def fs(root: Path, crash: Callable[[str], None] | None = None) -> FsBootloader:
+    return FsBootloader(root, FX.components, FX.verifiers, crash=crash)
+
+
+def provisioned(root: Path, factory: int = 1) -> FsBootloader:
+    bl = fs(root)
+    bl.install_factory(FX.releases(factory))
+    return bl
+
+
+def stage(bl: FsBootloader, seq: int, *, mark: bool = True) -> None:
+    stage_set(bl, FX.releases(seq), mark=mark, piece=1000)
+
+
+def current(root: Path) -> str:
+    return os.readlink(root / "current")
+
+
+def state(root: Path) -> dict[str, object]:
+    loaded: dict[str, object] = json.loads((root / "state.json").read_bytes())
+    return loaded
+
+
+def test_factory_install_boots_slot_a(tmp_path: Path) -> None:
+    bl = provisioned(tmp_path)
+    result = bl.boot()
+    assert (result.sequence_numbers, result.trial) == ({"rootfs": 1, "kernel": 1}, False)
+    assert current(tmp_path) == "slots/a"
+    assert state(tmp_path) == {"format": 1, "active": "a", "phase": "none", "pending": "none"}
+    assert bl.read_counters() == {"rootfs": 1, "kernel": 1}
+
+
+def test_update_on_trial_then_confirm(tmp_path: Path) -> None:
+    bl = provisioned(tmp_path)
+    stage(bl, 2)
+    assert state(tmp_path)["pending"] == "test"
+    trial = bl.boot()
+    assert (trial.sequence_numbers, trial.trial) == ({"rootfs": 2, "kernel": 2}, True)
+    assert current(tmp_path) == "slots/b"
+    assert bl.read_counters() == {"rootfs": 1, "kernel": 1}
+    bl.confirm()
+    assert state(tmp_path)["phase"] == "confirmed"
+    assert bl.read_counters() == {"rootfs": 2, "kernel": 2}
+    before = sorted(p.name for p in tmp_path.iterdir()), (tmp_path / "state.json").read_bytes()
+    assert bl.boot().sequence_numbers == {"rootfs": 2, "kernel": 2}
+    after = sorted(p.name for p in tmp_path.iterdir()), (tmp_path / "state.json").read_bytes()
+    assert before == after
+
+
+def test_no_confirm_reverts_the_switch(tmp_path: Path) -> None:
+    bl = provisioned(tmp_path)
+    stage(bl, 2)
+    assert bl.boot().trial
+    reverted = bl.boot()
+    assert (reverted.sequence_numbers, reverted.trial) == ({"rootfs": 1, "kernel": 1}, False)
+    assert [d.row for d in reverted.steps] == [5, 12]
+    assert current(tmp_path) == "slots/a"
+    assert state(tmp_path)["phase"] == "reverted"
+
+
+def test_permanent_update(tmp_path: Path) -> None:
+    bl = provisioned(tmp_path)
+    stage_set(bl, FX.releases(2), permanent=True)
+    result = bl.boot()
+    assert (result.sequence_numbers, result.trial) == ({"rootfs": 2, "kernel": 2}, False)
+    assert bl.read_counters() == {"rootfs": 2, "kernel": 2}
+
+
+def test_rollback_sequence_number_rejected(tmp_path: Path) -> None:
+    bl = provisioned(tmp_path, factory=5)
+    stage(bl, 4)
+    result = bl.boot()
+    assert result.sequence_numbers == {"rootfs": 5, "kernel": 5}
+    assert any("below the security counter 5" in n for n in result.notes)
+    assert state(tmp_path)["pending"] == "none"
+
+
+def test_image_replaced_after_install_is_not_booted(tmp_path: Path) -> None:
+    bl = provisioned(tmp_path)
+    stage(bl, 2)
+    bl.boot()
+    bl.confirm()
+    image = tmp_path / "slots" / "b" / "kernel.image"
+    data = bytearray(image.read_bytes())
+    data[100] ^= 1
+    image.write_bytes(bytes(data))
+    with pytest.raises(NoBootableImage) as e:  # slot a holds release 1: a rollback now
+        bl.boot()
+    assert any("kernel in slot b" in n and "digest" in n for n in e.value.notes)
+
+
+def test_a_broken_active_slot_falls_back_to_a_good_inactive_one(tmp_path: Path) -> None:
+    bl = provisioned(tmp_path)
+    stage(bl, 2, mark=False)
+    (tmp_path / "slots" / "a" / "rootfs.manifest").write_bytes(b"junk")
+    result = bl.boot()
+    assert (result.sequence_numbers, result.trial) == ({"rootfs": 2, "kernel": 2}, False)
+    assert [d.row for d in result.steps] == [13, 11, 12]
+    assert current(tmp_path) == "slots/b"
+
+
+def test_staging_rules(tmp_path: Path) -> None:
+    bl = provisioned(tmp_path)
+    with pytest.raises(StorageError, match="not staged"):
+        bl.mark_pending()
+    manifest, image = FX.release("kernel", 2)
+    w = bl.open_inactive("kernel", manifest=manifest, image_size=len(image))
+    w.write(image)
+    with pytest.raises(StorageError, match="exceeds the announced size"):
+        w.write(b"x")
+    assert not list((tmp_path / "slots" / "b").glob("*.tmp"))
+    w = bl.open_inactive("kernel", manifest=manifest, image_size=len(image))
+    w.write(image[:10])
+    with pytest.raises(StorageError, match="announced size"):
+        w.finish()
+    with pytest.raises(StorageError, match="unknown component"):
+        bl.open_inactive("nope", manifest=manifest, image_size=1)
+    stage(bl, 2)
+    bl.boot()
+    with pytest.raises(PolicyError, match="on trial"):
+        bl.open_inactive("kernel", manifest=manifest, image_size=len(image))
+
+
+def test_crash_between_state_and_symlink_is_repaired(tmp_path: Path) -> None:
+    bl = provisioned(tmp_path)
+    stage_set(bl, FX.releases(2), permanent=True)
+
+    def crash(label: str) -> None:
+        if label == "symlink current.tmp":
+            raise PowerCut(label)
+
+    with pytest.raises(PowerCut):
+        fs(tmp_path, crash).boot()
+    assert current(tmp_path) == "slots/a"  # the switch did not happen ...
+    assert state(tmp_path)["active"] == "b"  # ... but the state says it did
+    result = fs(tmp_path).boot()  # the state file is the authority
+    assert (result.sequence_numbers, result.trial) == ({"rootfs": 2, "kernel": 2}, False)
+    assert current(tmp_path) == "slots/b"
+
+
+class Steps:
+    """Counts durable steps and raises PowerCut at step ``cut``."""
+
+    def __init__(self, cut: int | None = None) -> None:
+        self.cut = cut
+        self.count = 0
+        self.labels: list[str] = []
+
+    def __call__(self, label: str) -> None:
+        self.count += 1
+        self.labels.append(label)
+        if self.count == self.cut:
+            raise PowerCut(f"crash before step {self.count}: {label}")
+
+
+def update(bl: FsBootloader, marks: list[str]) -> None:
+    bl.boot()
+    stage(bl, 2, mark=False)
+    bl.mark_pending()
+    marks.append("committed")
+    assert bl.boot().trial
+    bl.confirm()
+    marks.append("confirmed")
+    bl.boot()
+
+
+def test_a_crash_before_every_durable_step_recovers(tmp_path: Path) -> None:
+    clean = Steps()
+    probe_root = tmp_path / "probe"
+    provisioned(probe_root)
+    update(fs(probe_root, clean), [])
+    assert clean.count >= 20
+    assert any(label.startswith("rename state.json") for label in clean.labels)
+    outcomes = set()
+    for cut in range(1, clean.count + 1):
+        root = tmp_path / f"cut{cut}"
+        provisioned(root)
+        marks: list[str] = []
+        with pytest.raises(PowerCut):
+            update(fs(root, Steps(cut)), marks)
+        # Reboot: a new process, no crash hook; the application confirms a release-2 trial.
+        bl = fs(root)
+        result = bl.boot()
+        if result.trial:
+            bl.confirm()
+            result = bl.boot()
+        seq = result.sequence_numbers["rootfs"]
+        assert result.sequence_numbers == {"rootfs": seq, "kernel": seq}
+        assert not result.trial
+        if "confirmed" in marks:
+            assert seq == 2
+        if "committed" not in marks:
+            assert seq == 1
+        assert current(root) == f"slots/{state(root)['active']}"
+        assert bl.read_counters() == {"rootfs": seq, "kernel": seq}
+        assert not list(root.glob("*.tmp"))
+        again = bl.boot()
+        assert again.sequence_numbers == result.sequence_numbers and not again.trial
+        outcomes.add(seq)
+    assert outcomes == {1, 2}
+
+
+def test_same_api_shape_as_the_flash_bootloader(tmp_path: Path) -> None:
+    fx = Fixture(("app",))
+    flash_device = make_device("mcu", fx.verifiers)
+    flash_device.provision(fx.releases(1))
+    files = FsBootloader(tmp_path, ("app",), fx.verifiers)
+    files.install_factory(fx.releases(1))
+    implementations: list[Bootloader] = [flash_device.bootloader, files]
+    for bl in implementations:
+        stage_set(bl, fx.releases(2))
+        assert bl.boot().trial
+        bl.confirm()
+        assert bl.boot().sequence_numbers == {"app": 2}
+        stage_set(bl, fx.releases(3))
+        assert bl.boot().sequence_numbers == {"app": 3}
+        reverted = bl.boot()
+        assert (reverted.sequence_numbers, reverted.trial) == ({"app": 2}, False)
