@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from suitkit.bootloader.decide import Decision
+from suitkit.bootloader.verifier import ImageReader
 from suitkit.errors import SuitError
 
 
@@ -141,6 +142,19 @@ class Bootloader(SlotStore, Protocol):
 
         Raises:
             PolicyError: nothing that can be confirmed is running.
+        """
+        ...
+
+    def read_counters(self) -> dict[str, int]:
+        """The anti-rollback security counter of each image (the last confirmed sequence)."""
+        ...
+
+    def running(self, component: str) -> tuple[bytes, ImageReader]:
+        """The stored manifest and an image reader of ``component``'s executing slot
+        (unverified; ``boot`` verifies).
+
+        Raises:
+            SuitError: no image there.
         """
         ...
 

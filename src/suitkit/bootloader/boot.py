@@ -51,7 +51,7 @@ from suitkit.bootloader.image import ImageHeader, header_size, open_slot
 from suitkit.bootloader.layout import BootLayout, Region, program_split, swap_blocks
 from suitkit.bootloader.swap import REVERT_LOG, SWAP_LOG, SwapEngine
 from suitkit.bootloader.trailer import Flag, Kind, Trailer, TrailerArea, TrailerFormat, unit_for
-from suitkit.bootloader.verifier import ImageInfo, ImageVerifier
+from suitkit.bootloader.verifier import ImageInfo, ImageReader, ImageVerifier
 from suitkit.errors import PolicyError, StorageError, SuitError
 from suitkit.limits import Limits
 
@@ -361,6 +361,20 @@ class FlashBootloader:
         for area in self.pending:
             area.start(kind)
         self._staged.clear()
+
+    def running(self, component: str) -> tuple[bytes, ImageReader]:
+        """The manifest and an image reader of ``component``'s primary (executing) slot.
+
+        Nothing is verified here: ``boot`` verifies before it runs anything.
+
+        Raises:
+            StorageError: unknown component. DecodeError: the slot holds no valid image.
+        """
+        index = self._index(component)
+        img = self.layout.images[index]
+        manifest, reader = open_slot(self.flashes[img.primary.flash], img.primary,
+                                     unit=self.image_unit(index), limits=self.limits)
+        return manifest, reader
 
     def install_factory(self, images: Mapping[str, tuple[bytes, bytes]]) -> None:
         """Factory programming: images straight into the primary slots, counters raised.

@@ -361,6 +361,20 @@ class Flash:
         """The whole content, for comparisons in tests."""
         return bytes(self._mem)
 
+    def load(self, content: bytes, erase_counts: Sequence[int]) -> None:
+        """Restore content and wear saved from an earlier :meth:`snapshot` (a device kept in a
+        folder between commands). Not a flash operation.
+
+        Raises:
+            FlashError: the saved state does not fit this geometry.
+        """
+        if len(content) != self.size or len(erase_counts) != len(self.sectors):
+            raise FlashError(f"{self.name}: saved state of {len(content)} bytes and "
+                             f"{len(erase_counts)} sectors does not fit {self.size} bytes and "
+                             f"{len(self.sectors)} sectors")
+        self._mem[:] = content
+        self.erase_counts = list(erase_counts)
+
     # -- internals --------------------------------------------------------------------------
 
     def _start_op(self) -> tuple[int, bool]:

@@ -434,6 +434,23 @@ class FsBootloader:
         self._write_state(FsState(state.active, state.phase, pending))
         self._staged.clear()
 
+    def running(self, component: str) -> tuple[bytes, FileImageReader]:
+        """The manifest and an image reader of ``component`` in the active slot (unverified).
+
+        Raises:
+            StorageError: unknown component or no image in the active slot.
+        """
+        if component not in self.components:
+            raise StorageError(f"unknown component {component!r}; known: "
+                               f"{', '.join(self.components)}")
+        slot = self.slot_dir(self.read_state().active)
+        try:
+            manifest = (slot / f"{component}.manifest").read_bytes()
+            image = slot / f"{component}.image"
+            return manifest, FileImageReader(image, image.stat().st_size)
+        except OSError as e:
+            raise StorageError(f"{component}: no image in the active slot ({e.strerror})") from e
+
     def install_factory(self, images: Mapping[str, tuple[bytes, bytes]]) -> None:
         """Factory state: ``{name: (manifest, image)}`` in slot ``a``, active, counters set.
 

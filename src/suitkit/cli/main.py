@@ -7,21 +7,28 @@ undecodable input. No traceback reaches the user unless ``SUITKIT_DEBUG=1`` is s
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.tree import Tree
 
 from suitkit import __version__
 from suitkit.author import keys as keyfiles
 from suitkit.author.describe import load_description
+from suitkit.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    err,
+    fail,
+    handles_errors,
+    out,
+    read_input,
+)
+from suitkit.cli.device import app as device_app
 from suitkit.core import cbor, codec, cose, crypto, jsonform
 from suitkit.core import diag as diagnostic
 from suitkit.core.model import Envelope
@@ -29,10 +36,7 @@ from suitkit.core.numbers import ManifestKey, name_of
 from suitkit.core.sign import sign_envelope
 from suitkit.core.verify import TrustAnchor, TrustAnchors, verify_decoded
 from suitkit.errors import (
-    AuthenticationError,
     DecodeError,
-    PolicyError,
-    ProcessingError,
     SuitError,
 )
 from suitkit.fileio import atomic_write
@@ -45,50 +49,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def fail(message: str, code: int) -> NoReturn:
-    """Print one error line and exit with ``code``."""
-    err.print(f"suitkit: error: {message}", markup=False)
-    raise typer.Exit(code)
-
-
-def exit_code(error: SuitError) -> int:
-    """1 for a verification, policy or processing failure; 2 for unusable input."""
-    if isinstance(error, AuthenticationError | PolicyError | ProcessingError):
-        return EXIT_FAILED
-    return EXIT_USAGE
-
-
-def handles_errors(fn: F) -> F:
-    """Turn SuitError and OSError into one line on stderr and an exit status."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SuitError as e:
-            fail(str(e), exit_code(e))
-        except OSError as e:
-            fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), EXIT_USAGE)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def read_input(path: Path, what: str) -> bytes:
-    """Read a file named on the command line, with a one-line error if that fails."""
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        fail(f"cannot read {what} {path}: {e.strerror or e}", EXIT_USAGE)
-
 
 def load_envelope(path: Path) -> Envelope:
     """Read and decode an envelope file (exit 2 if it is not one)."""
@@ -108,6 +68,9 @@ def root(
                        ] = False,
 ) -> None:
     """SUIT firmware updates (RFC 9019): author, sign, verify and inspect manifests."""
+
+
+app.add_typer(device_app, name="device")
 
 
 # --------------------------------------------------------------------------- keys

@@ -1020,6 +1020,31 @@ class AesKwKey:
         return aes_unwrap(self.secret, wrapped)
 
 
+def kek_to_pem(key: AesKwKey) -> bytes:
+    """An AES-KW key-encryption key as a COSE_Key (kty 4 Symmetric) in PEM armor."""
+    cose_key: dict[int, object] = {1: 4, -1: key.secret, 3: key.algorithm}
+    if key.key_id is not None:
+        cose_key[2] = key.key_id
+    return _cose_pem(cose_key)
+
+
+def load_kek(data: bytes) -> AesKwKey:
+    """An AES-KW key-encryption key from a COSE_Key (PEM armored or plain CBOR).
+
+    Raises:
+        KeyMaterialError: not a symmetric COSE_Key of 16, 24 or 32 bytes.
+    """
+    split = _split_pem(data)
+    raw = data if split is None else _pem_body(split[2])
+    cose_key = _decode_cose_key(raw)
+    if cose_key.get(1) != 4:
+        raise KeyMaterialError("a key-encryption key must be a COSE_Key of kty 4 (Symmetric)")
+    kid = cose_key.get(2)
+    if kid is not None and not isinstance(kid, bytes):
+        raise KeyMaterialError("COSE_Key kid (label 2) must be a byte string")
+    return AesKwKey(_bstr(cose_key, -1, "k"), key_id=kid)
+
+
 def aes_unwrap(kek: bytes, wrapped: bytes) -> bytes:
     """RFC 3394 unwrap; AuthenticationError when the integrity check fails."""
     try:

@@ -1,0 +1,224 @@
+"""``suitkit device ...``: a simulated or Linux-class device kept in a folder.
+
+Thin commands over ``suitkit.device``: each opens the device folder, calls one library function,
+saves the simulated flash, and prints what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from suitkit.bootloader.api import NoBootableImage
+from suitkit.bootloader.powercut import SCENARIOS, run_scenario
+from suitkit.cli.common import EXIT_FAILED, EXIT_USAGE, err, fail, handles_errors, out, read_input
+from suitkit.core import jsonform
+from suitkit.core.report import Report
+from suitkit.device.config import SHAPE_COMPONENTS, create_device
+from suitkit.device.fetch import FileFetcher, HttpFetcher, RoutingFetcher
+from suitkit.device.wiring import OpenDevice, open_device
+
+app = typer.Typer(help="A simulated (or Linux-class) device kept in a folder.",
+                  no_args_is_help=True, add_completion=False)
+
+
+def _uuid(value: str, option: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        fail(f"{option}: not a UUID: {value!r}", EXIT_USAGE)
+
+
+@app.command()
+@handles_errors
+def init(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Folder for the device.")],
+    vendor_id: Annotated[str, typer.Option("--vendor-id", help="Vendor UUID.")],
+    class_id: Annotated[str, typer.Option("--class-id", help="Class UUID.")],
+    trust_anchor: Annotated[list[Path], typer.Option("--trust-anchor",
+                                                     help="Public key the device trusts.")],
+    shape: Annotated[str, typer.Option("--shape", help="mcu, secure-split, dual-cpu or linux.")
+                     ] = "mcu",
+    device_id: Annotated[str | None, typer.Option("--device-id", help="Device UUID "
+                                                  "(default: random).")] = None,
+    decryption_key: Annotated[list[Path] | None, typer.Option(
+        "--decryption-key", help="AES-KW KEK (COSE_Key) or P-256 private key (ECDH-ES).")
+    ] = None,
+) -> None:
+    """Create a device: identity, trust anchors, empty slots (component i is [h'0i'])."""
+    if shape not in SHAPE_COMPONENTS:
+        fail(f"--shape must be one of {', '.join(SHAPE_COMPONENTS)}, got {shape!r}", EXIT_USAGE)
+    config = create_device(
+        directory, vendor_id=_uuid(vendor_id, "--vendor-id"),
+        class_id=_uuid(class_id, "--class-id"), trust_anchors=trust_anchor, shape=shape,
+        device_id=_uuid(device_id, "--device-id") if device_id else None,
+        decryption_keys=decryption_key)
+    opened = open_device(directory)
+    opened.save()
+    components = ", ".join(f"{c.image}=[h'{c.suit_id[0].hex()}']" for c in config.components)
+    out.print(f"created {shape} device in {directory} (device id {config.device_id}; "
+              f"components {components})", markup=False)
+
+
+def _report_json(report: Report | None) -> Any:
+    if report is None:
+        return None
+    doc: dict[str, Any] = {"manifest-digest": jsonform.to_json(report.reference.manifest_digest),
+                           "records": len(report.records)}
+    if report.result is True:
+        doc["result"] = "ok"
+    else:
+        from suitkit.core.report import reason_name  # noqa: PLC0415
+
+        doc["result"] = {"reason": reason_name(report.result.reason),
+                         "section": report.result.record.manifest_section,
+                         "offset": report.result.record.section_offset,
+                         "component": report.result.record.component_index}
+    return doc
+
+
+@app.command()
+@handles_errors
+def install(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
+    envelope: Annotated[Path, typer.Argument(metavar="ENVELOPE", help="Signed envelope.")],
+    firmware_dir: Annotated[Path | None, typer.Option(
+        "--firmware-dir", help="Where file URIs and relative paths are read from "
+        "(default: the envelope's folder).")] = None,
+) -> None:
+    """Verify and process an update; it is pending until the next boot.
+
+    Exit 0 installed, 1 rejected or failed (the running images and counters are unchanged).
+    """
+    data = read_input(envelope, "envelope")
+    opened = open_device(directory)
+    fetcher = RoutingFetcher(HttpFetcher(), FileFetcher(firmware_dir or envelope.parent))
+    outcome = opened.consumer(fetcher).install(data)
+    opened.save()
+    report = _report_json(outcome.report)
+    if report is not None:
+        out.print("SUIT report: " + json.dumps(report), markup=False)
+    if not outcome.installed:
+        fail(outcome.reason, EXIT_FAILED)
+    out.print(outcome.reason, markup=False)
+
+
+def _boot(opened: OpenDevice) -> str:
+    result = opened.bootloader.boot()
+    images = ", ".join(f"{i.name} #{i.sequence_number}" for i in result.images)
+    steps = " -> ".join(d.action.name.lower().replace("_", "-") for d in result.steps)
+    state = "on trial (confirm it, or the next boot reverts)" if result.trial else "confirmed"
+    return f"booted {images}: {state} [{steps}]"
+
+
+@app.command()
+@handles_errors
+def boot(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
+    fail_boot: Annotated[bool, typer.Option("--fail", help="The new image never confirms: "
+                                            "it dies and the device boots again.")] = False,
+) -> None:
+    """One boot: verify, install a pending update on trial, or revert an unconfirmed one."""
+    opened = open_device(directory)
+    try:
+        line = _boot(opened)
+        out.print(line, markup=False)
+        if fail_boot:
+            out.print("the new image failed before it confirmed; rebooting", markup=False)
+            out.print(_boot(opened), markup=False)
+    except NoBootableImage as e:
+        fail(f"nothing to boot: {e}", EXIT_FAILED)
+    finally:
+        opened.save()
+
+
+@app.command()
+@handles_errors
+def confirm(directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")]
+            ) -> None:
+    """The running images are healthy: keep them and raise the anti-rollback counters."""
+    opened = open_device(directory)
+    try:
+        opened.bootloader.confirm()
+    finally:
+        opened.save()
+    out.print(f"confirmed; counters {opened.bootloader.read_counters()}", markup=False)
+
+
+@app.command()
+@handles_errors
+def status(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Running sequence number and image digest per component, pending update, counters."""
+    opened = open_device(directory)
+    doc = device_status(opened)
+    if as_json:
+        out.print(json.dumps(doc, indent=2), markup=False)
+        return
+    out.print(f"{doc['shape']} device {doc['device-id']}", markup=False)
+    for c in doc["components"]:
+        running = c["running"]
+        what = (f"#{running['sequence-number']} sha256 {running['digest']}" if running
+                else "no valid image")
+        out.print(f"  {c['image']} {c['id']}: {what}; counter {c['counter']}", markup=False)
+    out.print(f"  pending update: {doc['pending']}; on trial: {doc['trial']}", markup=False)
+
+
+def device_status(opened: OpenDevice) -> dict[str, Any]:
+    """The status document of a device (read-only: no boot, no write)."""
+    bootloader = opened.bootloader
+    observation = bootloader.observe()  # type: ignore[attr-defined]
+    counters = bootloader.read_counters()
+    components = []
+    for spec, check in zip(opened.config.components, observation.primary, strict=True):
+        info = None
+        if check.info is not None and check.verdict.name == "GOOD":
+            info = {"sequence-number": check.info.sequence_number,
+                    "digest": check.info.digest.hex()}
+        components.append({"image": spec.image, "id": [f"0x{p.hex()}" for p in spec.suit_id],
+                           "running": info, "counter": counters.get(spec.image, 0),
+                           "reason": check.reason})
+    # FlashBootloader calls the decision input "state"; FsBootloader "boot_state".
+    state = getattr(observation, "boot_state", None) or observation.state
+    return {
+        "shape": opened.config.shape,
+        "device-id": str(opened.config.device_id),
+        "components": components,
+        "pending": state.pending.name.lower() != "none",
+        "trial": state.phase.name.lower() == "trial",
+        "phase": state.phase.name.lower(),
+    }
+
+
+@app.command()
+@handles_errors
+def powercut(
+    scenario: Annotated[str, typer.Option("--scenario", help="One of: " + ", ".join(SCENARIOS))],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    sample: Annotated[int | None, typer.Option("--sample", help="For double-cut: how many "
+                                               "first cut points to sample.")] = None,
+) -> None:
+    """Cut power at every flash operation of a scenario, reboot, and check the device."""
+    if scenario not in SCENARIOS:
+        fail(f"--scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}", EXIT_USAGE)
+    result = run_scenario(scenario, sample=sample)
+    doc: dict[str, Any] = {"scenario": result.scenario, "shape": result.shape,
+           "clean-run-operations": result.clean_ops, "cut-points-tried": result.cut_points_tried,
+           "failures": len(result.failures), "seconds": round(result.seconds, 2),
+           "failure-details": list(result.failures)[:20]}
+    if as_json:
+        out.print(json.dumps(doc, indent=2), markup=False)
+    else:
+        out.print(f"{scenario} ({result.shape}): {result.cut_points_tried} cut points tried "
+                  f"over {result.clean_ops} flash operations; {len(result.failures)} left an "
+                  f"unbootable or wrong device ({result.seconds:.1f} s)", markup=False)
+        for line in doc["failure-details"]:
+            err.print(f"  {line}", markup=False)
+    if result.failures:
+        raise typer.Exit(EXIT_FAILED)

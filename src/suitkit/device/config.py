@@ -1,0 +1,193 @@
+"""A device kept in a folder: its identity, shape, components, trust anchors and keys.
+
+``device.json`` says who the device is (vendor, class and device identifiers, compared with the
+manifest's compatibility conditions, RFC 9124 REQ.SEC.COMPATIBLE), its shape (RFC 9019 §5:
+``mcu``, ``secure-split``, ``dual-cpu``, ``linux``) and which SUIT component identifier maps to
+which image of the boot set. ``anchors/`` holds the trust anchors (public keys, or MAC keys for
+symmetric devices) and ``keys/`` the decryption keys (AES-KW KEKs as COSE_Key files, ECDH P-256
+private keys as PEM). Rollback protection lives with the bootloader's security counters.
+
+Files are written atomically (``fileio.atomic_write``); every malformed file gives one
+``DecodeError`` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from suitkit.core import crypto
+from suitkit.core.model import ComponentIdentifier
+from suitkit.core.verify import TrustAnchor, TrustAnchors
+from suitkit.errors import DecodeError, KeyMaterialError, SuitError
+from suitkit.fileio import atomic_write
+
+__all__ = ["SHAPE_COMPONENTS", "ComponentSpec", "DeviceConfig", "create_device", "load_config"]
+
+CONFIG = "device.json"
+FORMAT = 1
+
+SHAPE_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "mcu": ("app",),
+    "secure-split": ("secure", "nonsecure"),
+    "dual-cpu": ("main", "coproc"),
+    "linux": ("app",),
+}
+"""The images of each shape's boot set; component i is SUIT component ``[h'0i']``."""
+
+IMAGE_SECTORS: dict[str, int] = {"mcu": 80, "secure-split": 40, "dual-cpu": 40, "linux": 0}
+"""Default slot size of each simulated flash shape in 4 KiB sectors (mcu: 320 KiB; the
+two-image shapes 160 KiB each, so that one 4 KiB trailer sector can log a whole set's swap)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentSpec:
+    """One component: its SUIT identifier and the boot-set image it is stored as."""
+
+    suit_id: ComponentIdentifier
+    image: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceConfig:
+    """What ``device.json`` holds."""
+
+    directory: Path
+    shape: str
+    vendor_id: uuid.UUID
+    class_id: uuid.UUID
+    device_id: uuid.UUID
+    components: tuple[ComponentSpec, ...]
+    image_sectors: int = 80
+    """Slot size of simulated flash shapes, in 4 KiB sectors (80: 320 KiB)."""
+
+    def component(self, suit_id: ComponentIdentifier) -> ComponentSpec | None:
+        """The component with this SUIT identifier, or ``None``."""
+        for spec in self.components:
+            if spec.suit_id == suit_id:
+                return spec
+        return None
+
+    def trust_anchors(self) -> TrustAnchors:
+        """The trust anchors in ``anchors/`` (any one of them may sign).
+
+        Raises:
+            KeyMaterialError: none, or one is unreadable.
+        """
+        paths = sorted((self.directory / "anchors").glob("*"))
+        if not paths:
+            raise KeyMaterialError(f"{self.directory}: no trust anchor in anchors/")
+        anchors = []
+        for path in paths:
+            try:
+                anchors.append(TrustAnchor(crypto.load_public_key(path.read_bytes()),
+                                           role=path.stem))
+            except SuitError as e:
+                raise KeyMaterialError(f"{path}: {e}") from None
+        return TrustAnchors(tuple(anchors))
+
+    def decryption_keys(self) -> list[crypto.AesKwKey | crypto.EcPrivateKey]:
+        """The device's decryption keys in ``keys/``: AES-KW KEKs (COSE_Key files) and ECDH-ES
+        P-256 private keys (PEM).
+
+        Raises:
+            KeyMaterialError: a file is neither.
+        """
+        keys: list[crypto.AesKwKey | crypto.EcPrivateKey] = []
+        for path in sorted((self.directory / "keys").glob("*")):
+            data = path.read_bytes()
+            if b"COSE KEY" in data or not data.startswith(b"-"):
+                keys.append(crypto.load_kek(data))
+                continue
+            key = crypto.load_private_key(data)
+            if not isinstance(key, crypto.EcPrivateKey):
+                raise KeyMaterialError(f"{path}: not a decryption key (AES-KW KEK or P-256)")
+            keys.append(key)
+        return keys
+
+    def to_json(self) -> bytes:
+        doc = {
+            "format": FORMAT,
+            "shape": self.shape,
+            "vendor-id": str(self.vendor_id),
+            "class-id": str(self.class_id),
+            "device-id": str(self.device_id),
+            "image-sectors": self.image_sectors,
+            "components": [{"id": ["0x" + p.hex() for p in c.suit_id], "image": c.image}
+                           for c in self.components],
+        }
+        return json.dumps(doc, indent=2).encode() + b"\n"
+
+
+def load_config(directory: Path) -> DeviceConfig:
+    """Read ``DIRECTORY/device.json``.
+
+    Raises:
+        DecodeError: missing or malformed, naming the field.
+    """
+    path = directory / CONFIG
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise DecodeError(str(path), "not a device folder (run suitkit device init)") from None
+    except (OSError, ValueError) as e:
+        raise DecodeError(str(path), f"unreadable: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise DecodeError(str(path), f"expected format {FORMAT}")
+    try:
+        shape = doc["shape"]
+        if shape not in SHAPE_COMPONENTS:
+            raise ValueError(f"unknown shape {shape!r}")
+        components = tuple(
+            ComponentSpec(tuple(bytes.fromhex(p.removeprefix("0x")) for p in c["id"]),
+                          str(c["image"]))
+            for c in doc["components"])
+        return DeviceConfig(
+            directory=directory, shape=shape, vendor_id=uuid.UUID(doc["vendor-id"]),
+            class_id=uuid.UUID(doc["class-id"]), device_id=uuid.UUID(doc["device-id"]),
+            components=components, image_sectors=int(doc.get("image-sectors", 80)))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DecodeError(str(path), f"malformed: {e}") from None
+
+
+def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
+                  trust_anchors: list[Path], shape: str = "mcu",
+                  device_id: uuid.UUID | None = None,
+                  decryption_keys: list[Path] | None = None,
+                  image_sectors: int | None = None) -> DeviceConfig:
+    """Create a device folder: ``device.json``, ``anchors/`` and ``keys/``.
+
+    Raises:
+        DecodeError: the folder already holds a device, or a key file is unreadable.
+    """
+    if shape not in SHAPE_COMPONENTS:
+        raise DecodeError("--shape", f"unknown shape {shape!r}; expected one of "
+                          f"{', '.join(SHAPE_COMPONENTS)}")
+    if (directory / CONFIG).exists():
+        raise DecodeError(str(directory), "already holds a device")
+    if not trust_anchors:
+        raise DecodeError("--trust-anchor", "a device needs at least one trust anchor")
+    for path in [*trust_anchors, *(decryption_keys or [])]:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise DecodeError(str(path), f"cannot read: {e.strerror}") from None
+        if path in trust_anchors:
+            crypto.load_public_key(data)  # refuse an unreadable anchor now, not at first update
+    config = DeviceConfig(
+        directory=directory, shape=shape, vendor_id=vendor_id, class_id=class_id,
+        device_id=device_id or uuid.uuid4(),
+        image_sectors=IMAGE_SECTORS[shape] if image_sectors is None else image_sectors,
+        components=tuple(ComponentSpec((bytes([i]),), name)
+                         for i, name in enumerate(SHAPE_COMPONENTS[shape])))
+    (directory / "anchors").mkdir(parents=True, exist_ok=True)
+    (directory / "keys").mkdir(exist_ok=True)
+    for i, path in enumerate(trust_anchors):
+        shutil.copyfile(path, directory / "anchors" / f"{i:02d}-{path.name}")
+    for path in decryption_keys or []:
+        shutil.copyfile(path, directory / "keys" / path.name)
+    atomic_write(directory / CONFIG, config.to_json())
+    return config

@@ -1,0 +1,405 @@
+"""The firmware consumer (RFC 9019 §3, §4.1): decide whether and how to apply an update.
+
+``Consumer.install(envelope)`` is the device side of an update:
+
+1. ``verify_envelope`` against the device's trust anchors (signatures, signer policy, severable
+   members): nothing else happens before the manifest is authentic (manifest §6.2).
+2. Anti-rollback: the sequence number must not be lower than the security counter of any
+   component it addresses (RFC 9124 REQ.SEC.SEQUENCE; an equal number re-applies, §8.4.2).
+3. The SUIT processor runs the Update Procedure (manifest §8.4.6) against the device: vendor,
+   class and device conditions against the device's identity, payloads fetched (or taken from
+   the envelope) and streamed straight into the inactive slot with bounded memory, never more
+   than image-size bytes, digest checked before the slot is committed.
+4. Members of the boot set the manifest did not touch are re-staged as they run now, and the set
+   is marked pending in one step: the bootloader tests it at the next boot, and reverts it unless
+   the new images confirm.
+
+A rejected or failed update leaves the running images, the counters and the pending state as
+they were. The result carries the SUIT report.
+
+The boot store is any object with the shape of ``suitkit.bootloader.api.SlotStore`` plus
+``running`` and ``read_counters``; this module does not import the bootloader (the roles stay
+apart; ``device.wiring`` connects them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from suitkit.core import cbor, codec, cose, crypto
+from suitkit.core.model import ComponentIdentifier, Envelope, FrozenDict
+from suitkit.core.numbers import CoseAlg
+from suitkit.core.processor import (
+    ComponentIdentity,
+    Device,
+    ProcessorOptions,
+    ProcessResult,
+    process,
+    stream_digest,
+)
+from suitkit.core.report import Record, Report, SystemPropertyClaims
+from suitkit.core.verify import TrustAnchors, VerifiedManifest, verify_decoded
+from suitkit.device.config import ComponentSpec, DeviceConfig
+from suitkit.errors import DecodeError, PolicyError, StorageError, SuitError
+from suitkit.limits import Limits
+
+__all__ = ["BootStore", "Consumer", "InstallOutcome", "slot_record", "split_slot_record"]
+
+CHUNK = 64 * 1024
+
+
+# ---------------------------------------------------------------------------- the boot store
+
+
+class ImageReaderLike(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+
+class SlotWriterLike(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class BootStore(Protocol):
+    """What the consumer needs of a bootloader's slot store."""
+
+    @property
+    def components(self) -> tuple[str, ...]: ...
+
+    def open_inactive(self, component: str, *, manifest: bytes,
+                      image_size: int) -> SlotWriterLike: ...
+
+    def mark_pending(self, *, permanent: bool = False) -> None: ...
+
+    def running(self, component: str) -> tuple[bytes, ImageReaderLike]: ...
+
+    def read_counters(self) -> dict[str, int]: ...
+
+
+class PayloadFetcher(Protocol):
+    def fetch(self, uri: str, *, max_bytes: int, offset: int = 0,
+              arguments: bytes | None = None) -> Iterator[bytes]: ...
+
+
+def slot_record(component: ComponentIdentifier, envelope: Envelope) -> bytes:
+    """What is stored next to an image in its slot: ``[component-id, envelope]``.
+
+    The envelope is kept without its integrated payloads (the image is in the slot already);
+    its signature still verifies, so the bootloader re-checks it at every boot.
+    """
+    from dataclasses import replace  # noqa: PLC0415 - keeps the module's imports about SUIT
+
+    bare = replace(envelope, integrated=FrozenDict())
+    return cbor.encode([list(component), codec.encode_envelope(bare)])
+
+
+def split_slot_record(data: bytes, *, limits: Limits) -> tuple[ComponentIdentifier, bytes]:
+    """The component identifier and envelope bytes of a ``slot_record``.
+
+    Raises:
+        DecodeError: not a slot record.
+    """
+    item = cbor.decode(data, path="slot manifest", max_depth=4)
+    if (not isinstance(item, list | tuple) or len(item) != 2
+            or not isinstance(item[0], list | tuple)
+            or not all(isinstance(p, bytes) for p in item[0])
+            or not isinstance(item[1], bytes) or len(item[1]) > limits.max_envelope_bytes):
+        raise DecodeError("slot manifest", "expected [component-id, envelope]")
+    return tuple(item[0]), item[1]
+
+
+def read_running(store: BootStore, name: str) -> tuple[bytes, ImageReaderLike] | None:
+    """The running image of ``name``, or ``None`` when its slot holds none."""
+    try:
+        return store.running(name)
+    except SuitError:
+        return None
+
+
+def reader_chunks(reader: ImageReaderLike, chunk_size: int) -> Iterator[bytes]:
+    """A reader's bytes in chunks."""
+    for offset in range(0, reader.size, chunk_size):
+        yield reader.read(offset, min(chunk_size, reader.size - offset))
+
+
+# ---------------------------------------------------------------------------- outcome
+
+
+@dataclass(frozen=True, slots=True)
+class InstallOutcome:
+    """What ``install`` did. ``installed``: staged and pending the next boot."""
+
+    installed: bool
+    reason: str
+    sequence_number: int | None = None
+    report: Report | None = None
+    result: ProcessResult | None = None
+    written: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------- processor glue
+
+
+@dataclass
+class _Staged:
+    size: int
+    sha256: bytes
+
+
+class _Writer:
+    """Streams into the inactive slot, hashing on the way; ``commit`` finishes the slot."""
+
+    def __init__(self, slot: SlotWriterLike, on_commit: Callable[[_Staged], None]) -> None:
+        self._slot = slot
+        self._hasher = crypto.new_hasher(CoseAlg.SHA256)
+        self._size = 0
+        self._on_commit = on_commit
+
+    def write(self, data: bytes) -> None:
+        self._slot.write(data)
+        self._hasher.update(data)
+        self._size += len(data)
+
+    def commit(self) -> None:
+        self._slot.finish()
+        self._on_commit(_Staged(self._size, self._hasher.digest()))
+
+    def discard(self) -> None:
+        pass  # the slot is not pending; the next update rewrites it
+
+
+class _SlotComponent:
+    """A boot-set image as a SUIT component: reads the running image, writes the inactive slot."""
+
+    def __init__(self, consumer: _Run, spec: ComponentSpec) -> None:
+        self._run = consumer
+        self._spec = spec
+        self.staged: _Staged | None = None
+
+    @property
+    def identity(self) -> ComponentIdentity:
+        return self._run.identity
+
+    def _running(self) -> ImageReaderLike | None:
+        found = read_running(self._run.store, self._spec.image)
+        return found[1] if found else None
+
+    def size(self) -> int | None:
+        if self.staged is not None:
+            return self.staged.size
+        reader = self._running()
+        return reader.size if reader else None
+
+    def digest(self, algorithm: int) -> bytes | None:
+        if self.staged is not None:
+            if algorithm != CoseAlg.SHA256:
+                raise StorageError(f"{self._spec.image}: the staged image was hashed with "
+                                   "SHA-256 only")
+            return self.staged.sha256
+        reader = self._running()
+        return stream_digest(reader_chunks(reader, CHUNK), algorithm) if reader else None
+
+    def read(self, chunk_size: int) -> Iterator[bytes]:
+        if self.staged is not None:
+            raise StorageError(f"{self._spec.image}: a staged image cannot be read back before "
+                               "it is installed")
+        reader = self._running()
+        return reader_chunks(reader, chunk_size) if reader else iter(())
+
+    def open_writer(self, max_size: int, *,
+                    metadata: Mapping[int, object] | None) -> _Writer:
+        if metadata is not None:
+            raise StorageError(f"{self._spec.image}: component metadata is not supported on "
+                               "a slot")
+        slot = self._run.store.open_inactive(self._spec.image, manifest=self._run.record(
+            self._spec), image_size=max_size)
+
+        def committed(staged: _Staged) -> None:
+            self.staged = staged
+            self._run.written.append(self._spec.image)
+
+        return _Writer(slot, committed)
+
+    def invoke(self, arguments: bytes | None) -> None:
+        # RFC 9019 §4.1: the bootloader invokes the new image after the test boot.
+        raise StorageError(f"{self._spec.image}: images are started by the bootloader at the "
+                           "next boot, not during an update")
+
+    def slot(self) -> int | None:
+        return 0  # images execute from the primary slot after the swap
+
+
+class _Store:
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+        self._components: dict[ComponentIdentifier, _SlotComponent] = {}
+
+    def component(self, identifier: ComponentIdentifier) -> _SlotComponent | None:
+        spec = self._run.config.component(identifier)
+        if spec is None:
+            return None
+        if identifier not in self._components:
+            self._components[identifier] = _SlotComponent(self._run, spec)
+        return self._components[identifier]
+
+    def swap(self, first: ComponentIdentifier, second: ComponentIdentifier) -> None:
+        raise StorageError("swap is the bootloader's job on this device")
+
+
+@dataclass
+class _Environment:
+    clock: Callable[[], float] | None
+    anchors: TrustAnchors
+    keys: list[crypto.AesKwKey | crypto.EcPrivateKey]
+    records: list[Record | SystemPropertyClaims] = field(default_factory=list)
+
+    def now(self) -> int | None:
+        return int(self.clock()) if self.clock is not None else None
+
+    def battery_level(self) -> int | None:
+        return None
+
+    def authorize(self, priority: int) -> bool:
+        return True
+
+    def version(self, component: ComponentIdentifier) -> tuple[int, ...] | None:
+        return None
+
+    def wait(self, events: Mapping[int, object]) -> bool | None:
+        return None
+
+    def decryption_key(self, key_id: bytes | None,
+                       algorithm: int) -> cose.RecipientKey | None:
+        wants_kek = algorithm in (CoseAlg.A128KW, CoseAlg.A192KW, CoseAlg.A256KW)
+        for key in self.keys:
+            named = key_id is None or key.key_id is None or key.key_id == key_id
+            if named and isinstance(key, crypto.AesKwKey) == wants_kek:
+                return key
+        return None
+
+    @property
+    def dependency_anchors(self) -> TrustAnchors | None:
+        return self.anchors
+
+    def report(self, item: Record | SystemPropertyClaims) -> None:
+        self.records.append(item)
+
+
+class _FetcherAdapter:
+    def __init__(self, fetcher: PayloadFetcher) -> None:
+        self._fetcher = fetcher
+
+    def fetch(self, uri: str, *, max_bytes: int,
+              arguments: bytes | None) -> Iterator[bytes]:
+        return self._fetcher.fetch(uri, max_bytes=max_bytes, arguments=arguments)
+
+
+@dataclass
+class _Run:
+    """The state of one install."""
+
+    config: DeviceConfig
+    store: BootStore
+    envelope: Envelope
+    identity: ComponentIdentity
+    written: list[str] = field(default_factory=list)
+    _records: dict[str, bytes] = field(default_factory=dict)
+
+    def record(self, spec: ComponentSpec) -> bytes:
+        if spec.image not in self._records:
+            self._records[spec.image] = slot_record(spec.suit_id, self.envelope)
+        return self._records[spec.image]
+
+
+# ---------------------------------------------------------------------------- the consumer
+
+
+@dataclass
+class Consumer:
+    """The firmware consumer of one device.
+
+    ``clock``: the device's trusted time for use-before (``None``: no clock, so a manifest
+    with use-before fails). ``fetcher``: for payloads that are not integrated.
+    """
+
+    config: DeviceConfig
+    store: BootStore
+    fetcher: PayloadFetcher | None = None
+    clock: Callable[[], float] | None = time.time
+    limits: Limits = field(default_factory=Limits)
+    options: ProcessorOptions = field(default_factory=ProcessorOptions)
+
+    @property
+    def identity(self) -> ComponentIdentity:
+        return ComponentIdentity(vendor_ids=frozenset({self.config.vendor_id}),
+                                 class_ids=frozenset({self.config.class_id}),
+                                 device_ids=frozenset({self.config.device_id}))
+
+    def install(self, data: bytes, *, nonce: bytes | None = None) -> InstallOutcome:
+        """Verify, check, fetch and stage an update; mark it pending on success.
+
+        Never raises a ``SuitError``: a rejection is an outcome with the reason.
+        """
+        try:
+            anchors = self.config.trust_anchors()
+            envelope = codec.decode_envelope(data, limits=self.limits)
+            verified = verify_decoded(envelope, anchors, limits=self.limits)
+            self._check_rollback(verified)
+        except SuitError as e:
+            return InstallOutcome(False, f"rejected: {e}")
+        run = _Run(self.config, self.store, envelope, self.identity)
+        env = _Environment(self.clock, anchors, self.config.decryption_keys())
+        device = Device(store=_Store(run), environment=env,
+                        fetcher=_FetcherAdapter(self.fetcher) if self.fetcher else None)
+        result = process(verified, "update", device, limits=self.limits, options=self.options,
+                         nonce=nonce)
+        sequence = verified.manifest.sequence_number
+        if not result.succeeded:
+            return InstallOutcome(False, f"failed: {result.reason}", sequence, result.report,
+                                  result)
+        try:
+            self._restage_untouched(run)
+            self.store.mark_pending()
+        except SuitError as e:
+            return InstallOutcome(False, f"failed: {e}", sequence, result.report, result)
+        if not run.written:
+            return InstallOutcome(False, "failed: the manifest installed no image",
+                                  sequence, result.report, result)
+        return InstallOutcome(True, f"installed {', '.join(run.written)} (sequence number "
+                              f"{sequence}); pending until the next boot", sequence,
+                              result.report, result, tuple(run.written))
+
+    def _check_rollback(self, verified: VerifiedManifest) -> None:
+        # RFC 9124 REQ.SEC.SEQUENCE / manifest §8.4.2: refuse a lower sequence number.
+        counters = self.store.read_counters()
+        sequence = verified.manifest.sequence_number
+        for cid in verified.manifest.common.components:
+            spec = self.config.component(cid)
+            if spec is None:
+                continue  # the processor refuses unknown components with a report
+            installed = counters.get(spec.image, 0)
+            if sequence < installed:
+                raise PolicyError(f"rollback: sequence number {sequence} is lower than the "
+                                  f"installed {installed} of {spec.image}")
+
+    def _restage_untouched(self, run: _Run) -> None:
+        """Boot sets move together: stage what the manifest left alone as it runs now."""
+        for name in self.store.components:
+            if name in run.written:
+                continue
+            found = read_running(self.store, name)
+            if found is None:
+                raise StorageError(f"the update leaves {name} without an image; it must "
+                                   "include it")
+            manifest, reader = found
+            writer = self.store.open_inactive(name, manifest=manifest, image_size=reader.size)
+            for chunk in reader_chunks(reader, CHUNK):
+                writer.write(chunk)
+            writer.finish()

@@ -1,0 +1,209 @@
+"""The one place where the firmware consumer meets a bootloader (design.md §2).
+
+``open_device(folder)`` builds a device kept in a folder: its configuration, a bootloader of its
+shape (simulated NOR flash for ``mcu``, ``secure-split`` and ``dual-cpu``, saved to the folder
+between commands; A/B slot directories for ``linux``) whose image verifier is the SUIT one, and a
+consumer that stages updates into it.
+
+``SuitImageVerifier`` is what the bootloader runs at every boot (RFC 9124 THREAT.IMG.REPLACE,
+REQ.SEC.AUTH.EXEC): the envelope stored next to the image must verify against the trust anchors,
+and the image must have exactly the digest and size its manifest's shared sequence gives that
+component (``processor.shared_parameters``), with the vendor and class conditions evaluated
+against the device.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from suitkit.bootloader.api import Bootloader
+from suitkit.bootloader.flash import Flash
+from suitkit.bootloader.fsslots import FsBootloader
+from suitkit.bootloader.profiles import SHAPES
+from suitkit.bootloader.verifier import ImageInfo, ImageReader, as_reader
+from suitkit.core.model import ComponentIdentifier
+from suitkit.core.processor import (
+    ComponentIdentity,
+    Device,
+    shared_parameters,
+    stream_digest,
+)
+from suitkit.core.verify import TrustAnchors, verify_envelope
+from suitkit.device.config import DeviceConfig, load_config
+from suitkit.device.consumer import Consumer, PayloadFetcher, reader_chunks, split_slot_record
+from suitkit.errors import AuthenticationError, DecodeError, StorageError
+from suitkit.fileio import atomic_write
+from suitkit.limits import Limits
+
+__all__ = ["OpenDevice", "SuitImageVerifier", "open_device"]
+
+CHUNK = 64 * 1024
+
+
+class _BootComponent:
+    """A component as the bootloader sees it while verifying one slot."""
+
+    def __init__(self, identity: ComponentIdentity, reader: ImageReader | None) -> None:
+        self._identity = identity
+        self._reader = reader
+
+    @property
+    def identity(self) -> ComponentIdentity:
+        return self._identity
+
+    def size(self) -> int | None:
+        return self._reader.size if self._reader else None
+
+    def digest(self, algorithm: int) -> bytes | None:
+        if self._reader is None:
+            return None
+        return stream_digest(reader_chunks(self._reader, CHUNK), algorithm)
+
+    def read(self, chunk_size: int) -> Iterator[bytes]:
+        return reader_chunks(self._reader, chunk_size) if self._reader else iter(())
+
+    def open_writer(self, max_size: int, *, metadata: Mapping[int, object] | None) -> object:
+        raise StorageError("the bootloader does not write while verifying")
+
+    def invoke(self, arguments: bytes | None) -> None:
+        raise StorageError("the bootloader does not invoke while verifying")
+
+    def slot(self) -> int | None:
+        return 0
+
+
+class _BootStore:
+    def __init__(self, identity: ComponentIdentity, target: ComponentIdentifier,
+                 reader: ImageReader) -> None:
+        self._identity, self._target, self._reader = identity, target, reader
+
+    def component(self, identifier: ComponentIdentifier) -> _BootComponent:
+        return _BootComponent(self._identity,
+                              self._reader if identifier == self._target else None)
+
+    def swap(self, first: ComponentIdentifier, second: ComponentIdentifier) -> None:
+        raise StorageError("the bootloader does not swap while verifying")
+
+
+class _NoEnvironment:
+    """Boot-time verification consults nothing but the identity: no clock, no battery."""
+
+    def now(self) -> int | None:
+        return None
+
+    def battery_level(self) -> int | None:
+        return None
+
+    def authorize(self, priority: int) -> bool:
+        return True
+
+    def version(self, component: ComponentIdentifier) -> tuple[int, ...] | None:
+        return None
+
+    def wait(self, events: Mapping[int, object]) -> bool | None:
+        return None
+
+    def decryption_key(self, key_id: bytes | None, algorithm: int) -> None:
+        return None
+
+    @property
+    def dependency_anchors(self) -> TrustAnchors | None:
+        return None
+
+    def report(self, item: object) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class SuitImageVerifier:
+    """The bootloader's ``ImageVerifier`` for slots written by the SUIT consumer."""
+
+    anchors: TrustAnchors
+    identity: ComponentIdentity
+    limits: Limits = field(default_factory=Limits)
+
+    def verify(self, manifest: bytes, image: bytes | ImageReader) -> ImageInfo:
+        """Verify the stored envelope and the image against it.
+
+        Raises:
+            DecodeError, AuthenticationError, PolicyError, ProcessingError: as the checks fail.
+        """
+        reader = as_reader(image)
+        component, envelope = split_slot_record(manifest, limits=self.limits)
+        verified = verify_envelope(envelope, self.anchors, limits=self.limits)
+        if component not in verified.manifest.common.components:
+            raise DecodeError("slot manifest", "the stored component is not in its manifest")
+        store = _BootStore(self.identity, component, reader)
+        params = shared_parameters(verified, Device(store, _NoEnvironment()),  # type: ignore[arg-type]
+                                   limits=self.limits)[component]
+        if params.image_digest is None or params.image_size is None:
+            raise AuthenticationError("the manifest gives this component no image digest and "
+                                      "size to check at boot")
+        if reader.size != params.image_size:
+            raise AuthenticationError(f"image is {reader.size} bytes, the manifest says "
+                                      f"{params.image_size}")
+        actual = stream_digest(reader_chunks(reader, CHUNK), params.image_digest.algorithm)
+        if not hmac.compare_digest(actual, params.image_digest.value):
+            raise AuthenticationError(f"image digest {actual.hex()} does not match the "
+                                      f"manifest's {params.image_digest.value.hex()}")
+        return ImageInfo(verified.manifest.sequence_number, actual)
+
+
+@dataclass
+class OpenDevice:
+    """A device folder, opened: configuration, bootloader, and a way to save flash state."""
+
+    config: DeviceConfig
+    bootloader: Bootloader
+    flashes: dict[str, Flash]
+
+    def consumer(self, fetcher: PayloadFetcher | None = None) -> Consumer:
+        """A consumer that stages updates into this device's inactive slots."""
+        return Consumer(self.config, self.bootloader, fetcher)
+
+    def save(self) -> None:
+        """Persist simulated flash (content and wear) to the folder, atomically."""
+        directory = self.config.directory / "flash"
+        if not self.flashes:
+            return
+        directory.mkdir(exist_ok=True)
+        wear = {}
+        for name, flash in self.flashes.items():
+            atomic_write(directory / f"{name}.bin", flash.snapshot())
+            wear[name] = flash.erase_counts
+        atomic_write(directory / "wear.json", json.dumps(wear).encode())
+
+
+def identity_of(config: DeviceConfig) -> ComponentIdentity:
+    """The identity a device's components answer the compatibility conditions with."""
+    return ComponentIdentity(vendor_ids=frozenset({config.vendor_id}),
+                             class_ids=frozenset({config.class_id}),
+                             device_ids=frozenset({config.device_id}))
+
+
+def open_device(directory: Path) -> OpenDevice:
+    """Open a device folder made by ``config.create_device``.
+
+    Raises:
+        DecodeError: not a device folder, or its saved flash is unreadable.
+        KeyMaterialError: a trust anchor is unreadable.
+    """
+    config = load_config(directory)
+    verifier = SuitImageVerifier(config.trust_anchors(), identity_of(config))
+    if config.shape == "linux":
+        names = tuple(c.image for c in config.components)
+        return OpenDevice(config, FsBootloader(directory / "slots", names, verifier), {})
+    device = SHAPES[config.shape](verifier, image_sectors=config.image_sectors)
+    flash_dir = directory / "flash"
+    if (flash_dir / "wear.json").exists():
+        try:
+            wear = json.loads((flash_dir / "wear.json").read_bytes())
+            for name, flash in device.flashes.items():
+                flash.load((flash_dir / f"{name}.bin").read_bytes(), wear[name])
+        except (OSError, ValueError, KeyError, StorageError) as e:
+            raise DecodeError(str(flash_dir), f"saved flash is unreadable: {e}") from None
+    return OpenDevice(config, device.bootloader, device.flashes)
