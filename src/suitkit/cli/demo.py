@@ -11,6 +11,7 @@ import hashlib
 import os
 import shlex
 import tempfile
+import uuid
 from pathlib import Path
 
 import typer
@@ -86,6 +87,25 @@ def run_demo(workdir: Path | None, console: Console) -> None:
     (root / "update.tampered.suit").write_bytes(bytes(tampered))
     step("7. A single flipped bit is refused (exit 1)", "verify", "update.tampered.suit",
          "--key", "author.pub", expect=1)
+    (root / "integrated.yaml").write_text(
+        DESCRIPTION.replace("sequence-number: 7", "sequence-number: 8")
+        .replace("    uri: https://firmware.example.com/thermostat/2.0/firmware.bin\n", ""),
+        encoding="utf-8")
+    step("8. The same firmware as sequence number 8, with the image inside the envelope",
+         "create", "integrated.yaml", "--out", "integrated.suit")
+    step("", "sign", "integrated.suit", "--key", "author.pem", "--out", "integrated.signed.suit")
+    vendor = uuid.uuid5(uuid.NAMESPACE_DNS, "example.com")
+    klass = uuid.uuid5(vendor, "thermostat-v2")
+    step("9. A microcontroller that trusts the author's key", "device", "init", "thermostat",
+         "--vendor-id", str(vendor), "--class-id", str(klass), "--trust-anchor", "author.pub",
+         "--shape", "mcu")
+    step("", "device", "install", "thermostat", "integrated.signed.suit")
+    step("10. Boot: the bootloader verifies, swaps and runs the update on trial",
+         "device", "boot", "thermostat")
+    step("", "device", "confirm", "thermostat")
+    step("", "device", "status", "thermostat")
+    step("11. The older release (sequence number 7) is refused: no rollback",
+         "device", "install", "thermostat", "update.signed.suit", expect=1)
     signed = (root / "update.signed.suit").stat().st_size
     delivered = (root / "update.delivered.suit").stat().st_size
     console.print(Rule("done", style="green"))

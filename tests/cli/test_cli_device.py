@@ -1,0 +1,142 @@
+"""`suitkit device ...`: a device kept in a folder, driven the way a user would."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cli.test_cli import one_error_line, run
+
+VENDOR = uuid.uuid5(uuid.NAMESPACE_DNS, "example.com")
+CLASS = uuid.uuid5(VENDOR, "board")
+
+
+@pytest.fixture
+def updates(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Path:
+    """Author keys and three signed updates (sequence 1, 2 and 3) for class 'board'."""
+    run(capsys, "keygen", "--alg", "ES256", "--out", tmp_path / "a.pem")
+    run(capsys, "pubkey", tmp_path / "a.pem", "--out", tmp_path / "a.pub")
+    for seq in (1, 2, 3):
+        (tmp_path / f"fw{seq}.bin").write_bytes(bytes([seq]) * (5000 + seq * 1000))
+        (tmp_path / f"v{seq}.yaml").write_text(
+            f"sequence-number: {seq}\nvendor-domain: example.com\nclass-name: board\n"
+            f"components:\n  - id: ['0x00']\n    image: fw{seq}.bin\n")
+        assert run(capsys, "create", tmp_path / f"v{seq}.yaml", "--out",
+                   tmp_path / f"v{seq}.suit")[0] == 0
+        assert run(capsys, "sign", tmp_path / f"v{seq}.suit", "--key", tmp_path / "a.pem",
+                   "--out", tmp_path / f"v{seq}.signed")[0] == 0
+    return tmp_path
+
+
+def init(capsys: pytest.CaptureFixture[str], where: Path, shape: str = "mcu",
+         class_id: uuid.UUID = CLASS) -> Path:
+    device = where / f"dev-{shape}"
+    code, out, err = run(capsys, "device", "init", device, "--vendor-id", str(VENDOR),
+                         "--class-id", str(class_id), "--trust-anchor", where / "a.pub",
+                         "--shape", shape)
+    assert code == 0, err
+    assert f"created {shape} device" in out
+    return device
+
+
+def status(capsys: pytest.CaptureFixture[str], device: Path) -> dict[str, object]:
+    code, out, _ = run(capsys, "device", "status", device, "--json")
+    assert code == 0
+    doc: dict[str, object] = json.loads(out)
+    return doc
+
+
+@pytest.mark.parametrize("shape", ["mcu", "linux"])
+def test_install_boot_confirm_update_revert(capsys: pytest.CaptureFixture[str], updates: Path,
+                                            shape: str) -> None:
+    device = init(capsys, updates, shape)
+    code, out, _ = run(capsys, "device", "install", device, updates / "v1.signed")
+    assert code == 0 and "installed app (sequence number 1)" in out
+    assert '"result": "ok"' in out
+    code, out, _ = run(capsys, "device", "boot", device)
+    assert code == 0 and "booted app #1: on trial" in out
+    assert run(capsys, "device", "confirm", device)[0] == 0
+    doc = status(capsys, device)
+    component = doc["components"][0]  # type: ignore[index]
+    assert component["running"]["sequence-number"] == 1
+    assert component["counter"] == 1
+    assert doc["pending"] is False
+
+    assert run(capsys, "device", "install", device, updates / "v2.signed")[0] == 0
+    code, out, _ = run(capsys, "device", "boot", device, "--fail")
+    assert code == 0
+    assert "booted app #2: on trial" in out and out.strip().splitlines()[-1].startswith(
+        "booted app #1")
+    doc = status(capsys, device)
+    assert doc["components"][0]["running"]["sequence-number"] == 1  # type: ignore[index]
+
+
+def test_rollback_and_bad_envelopes_exit_1(capsys: pytest.CaptureFixture[str],
+                                          updates: Path) -> None:
+    device = init(capsys, updates)
+    for step in (("install", device, updates / "v3.signed"), ("boot", device),
+                 ("confirm", device)):
+        assert run(capsys, "device", *step)[0] == 0
+    before = status(capsys, device)
+    code, _, err = run(capsys, "device", "install", device, updates / "v2.signed")
+    assert code == 1
+    assert "rollback: sequence number 2 is lower than the installed 3" in one_error_line(err)
+    code, _, err = run(capsys, "device", "install", device, updates / "v1.suit")
+    assert code == 1 and "no authentication block" in one_error_line(err)
+    assert status(capsys, device) == before
+
+
+def test_wrong_class_is_refused_with_the_report(capsys: pytest.CaptureFixture[str],
+                                                updates: Path) -> None:
+    device = init(capsys, updates, class_id=uuid.uuid4())
+    code, out, err = run(capsys, "device", "install", device, updates / "v1.signed")
+    assert code == 1
+    assert "condition-class-identifier" in one_error_line(err)
+    assert '"reason": "condition-failed"' in out
+
+
+def test_two_image_shape(capsys: pytest.CaptureFixture[str], updates: Path) -> None:
+    (updates / "pair.yaml").write_text(
+        "sequence-number: 4\nvendor-domain: example.com\nclass-name: board\ncomponents:\n"
+        "  - {id: ['0x00'], image: fw1.bin}\n  - {id: ['0x01'], image: fw2.bin, invoke: false}\n")
+    run(capsys, "create", updates / "pair.yaml", "--out", updates / "pair.suit")
+    run(capsys, "sign", updates / "pair.suit", "--key", updates / "a.pem",
+        "--out", updates / "pair.signed")
+    device = init(capsys, updates, "secure-split")
+    code, out, _ = run(capsys, "device", "install", device, updates / "pair.signed")
+    assert code == 0 and "installed secure, nonsecure" in out
+    code, out, _ = run(capsys, "device", "boot", device)
+    assert "booted secure #4, nonsecure #4" in out
+
+
+def test_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                      updates: Path) -> None:
+    code, _, err = run(capsys, "device", "status", tmp_path / "nothing")
+    assert code == 2 and "not a device folder" in one_error_line(err)
+    code, _, err = run(capsys, "device", "init", tmp_path / "d", "--vendor-id", "nope",
+                       "--class-id", str(CLASS), "--trust-anchor", updates / "a.pub")
+    assert code == 2 and "--vendor-id: not a UUID" in one_error_line(err)
+    code, _, err = run(capsys, "device", "init", tmp_path / "d", "--vendor-id", str(VENDOR),
+                       "--class-id", str(CLASS), "--trust-anchor", updates / "a.pub",
+                       "--shape", "toaster")
+    assert code == 2 and "--shape must be one of" in one_error_line(err)
+    device = init(capsys, updates)
+    code, _, err = run(capsys, "device", "init", device, "--vendor-id", str(VENDOR),
+                       "--class-id", str(CLASS), "--trust-anchor", updates / "a.pub")
+    assert code == 2 and "already holds a device" in one_error_line(err)
+    code, _, err = run(capsys, "device", "boot", device)
+    assert code == 1 and "nothing to boot" in one_error_line(err)
+
+
+@pytest.mark.parametrize("scenario", ["single-image", "revert"])
+def test_powercut_reports_zero_failures(capsys: pytest.CaptureFixture[str],
+                                        scenario: str) -> None:
+    code, out, _ = run(capsys, "device", "powercut", "--scenario", scenario, "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["failures"] == 0
+    assert doc["cut-points-tried"] >= 30
+    assert doc["cut-points-tried"] == doc["clean-run-operations"]
