@@ -97,6 +97,25 @@ class SlotWriter(Protocol):
         """
         ...
 
+    @property
+    def offset(self) -> int:
+        """Image bytes kept from an interrupted write when this one was opened with
+        ``resume_at``: the caller writes from this offset on (0 for a fresh write)."""
+        ...
+
+    @property
+    def durable(self) -> int:
+        """Image bytes that survive a power cut or crash now (a resumable point)."""
+        ...
+
+    def read_back(self, offset: int, length: int) -> bytes:
+        """Image bytes already written (to re-hash the kept prefix of a resumed download)."""
+        ...
+
+    def close(self) -> None:
+        """Give up without finishing: what is durable stays in the slot for a later resume."""
+        ...
+
 
 class SlotStore(Protocol):
     """The write side: what the SUIT processor needs to install images."""
@@ -106,8 +125,12 @@ class SlotStore(Protocol):
         """The names of the images in the boot set, in order."""
         ...
 
-    def open_inactive(self, component: str, *, manifest: bytes, image_size: int) -> SlotWriter:
+    def open_inactive(self, component: str, *, manifest: bytes, image_size: int,
+                      resume_at: int = 0) -> SlotWriter:
         """Start writing ``component``'s inactive slot, forgetting any earlier pending request.
+
+        ``resume_at`` > 0 continues an interrupted write of the same manifest and size: the
+        writer keeps what it safely can of the slot (its ``offset``).
 
         Raises:
             PolicyError: the running images are on trial (confirm them first).

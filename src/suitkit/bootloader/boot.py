@@ -47,7 +47,7 @@ from suitkit.bootloader.decide import (
     phase_of,
 )
 from suitkit.bootloader.flash import ERASED, Flash
-from suitkit.bootloader.image import ImageHeader, header_size, open_slot
+from suitkit.bootloader.image import RAW_HEADER_SIZE, ImageHeader, header_size, open_slot
 from suitkit.bootloader.layout import BootLayout, Region, program_split, swap_blocks
 from suitkit.bootloader.swap import REVERT_LOG, SWAP_LOG, SwapEngine
 from suitkit.bootloader.trailer import Flag, Kind, Trailer, TrailerArea, TrailerFormat, unit_for
@@ -312,8 +312,12 @@ class FlashBootloader:
 
     # -- staging (SlotStore) ---------------------------------------------------------------
 
-    def open_inactive(self, component: str, *, manifest: bytes, image_size: int) -> FlashSlotWriter:
+    def open_inactive(self, component: str, *, manifest: bytes, image_size: int,
+                      resume_at: int = 0) -> FlashSlotWriter:
         """Start streaming ``component`` into its secondary slot.
+
+        ``resume_at``: image bytes a previous, interrupted write of the same manifest got into
+        the slot; the writer keeps what it can (see ``FlashSlotWriter.offset``).
 
         Raises:
             PolicyError: the boot set is on trial or mid-swap.
@@ -339,6 +343,7 @@ class FlashBootloader:
             chunk=self.chunk,
             limits=self.limits,
             on_finish=lambda: self._staged.add(index),
+            resume_at=resume_at,
         )
         # The old request goes first, so no pending trailer ever points at a half-written slot.
         self.pending[index].wipe()
@@ -424,6 +429,7 @@ class FlashSlotWriter:
         chunk: int,
         limits: Limits,
         on_finish: Callable[[], None] | None = None,
+        resume_at: int = 0,
     ) -> None:
         if len(manifest) > limits.max_manifest_bytes:
             raise StorageError(
@@ -449,18 +455,59 @@ class FlashSlotWriter:
         self._buffer = bytearray()
         self._begun = False
         self._finished = False
+        self._resume_at = min(max(resume_at, 0), image_size)
+        self._start = 0
+
+    @property
+    def offset(self) -> int:
+        """Image bytes already in the slot when writing (re)started: write from here on."""
+        return self._start
+
+    @property
+    def durable(self) -> int:
+        """Image bytes programmed so far (they survive a power cut)."""
+        return self._written
+
+    def read_back(self, offset: int, length: int) -> bytes:
+        """Image bytes already programmed (for a resumed download to re-hash its prefix)."""
+        if offset < 0 or offset + length > self._written:
+            raise StorageError(f"bytes {offset}..{offset + length} are not written yet")
+        return self._flash.read(self._region.offset + self._header.image_offset + offset, length)
 
     def begin(self) -> None:
-        """Erase the sectors the image will occupy and program the manifest."""
+        """Erase the sectors the image will occupy and program the manifest.
+
+        With ``resume_at``, a slot partly written earlier with the same manifest and size keeps
+        its image bytes up to the last whole sector before that offset: the sectors from there
+        on are erased (a cut may have torn them) and writing goes on from there.
+        """
         region, flash = self._region, self._flash
+        self._start = self._resumable()
+        first = region.offset + self._header.image_offset + self._start if self._start else 0
         for sector in flash.sectors_in(region.offset, region.size):
             if sector.offset >= region.offset + self._header.end:
                 break
+            if sector.end <= first:
+                continue  # kept: image bytes before the resume point
             if not flash.is_erased(sector.offset, sector.size):
                 flash.erase(sector.offset)
-        if self._manifest:
+        if self._manifest and not self._start:
             self._program(header_size(self._unit), self._manifest)
+        self._written = self._start
         self._begun = True
+
+    def _resumable(self) -> int:
+        """Where a resumed write can start: 0, or a sector boundary inside the image."""
+        if not self._resume_at:
+            return 0
+        region, flash = self._region, self._flash
+        raw = flash.read(region.offset, RAW_HEADER_SIZE)
+        stored = flash.read(region.offset + header_size(self._unit), len(self._manifest))
+        if raw.count(ERASED) != len(raw) or stored != self._manifest:
+            return 0  # not the partial slot of this very image
+        image_start = region.offset + self._header.image_offset
+        sector = flash.sector_at(image_start + self._resume_at)
+        return max(0, sector.offset - image_start)
 
     def write(self, data: bytes) -> None:
         if not self._begun or self._finished:
@@ -491,6 +538,10 @@ class FlashSlotWriter:
         self._finished = True
         if self._on_finish is not None:
             self._on_finish()
+
+    def close(self) -> None:
+        """Let go of the slot without finishing it (what is programmed stays, for a resume)."""
+        self._buffer.clear()
 
     def _flush(self, n: int) -> None:
         data = bytes(self._buffer[:n])

@@ -36,6 +36,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from suitkit.bootloader.api import BootResult, NoBootableImage, RunningImage
 from suitkit.bootloader.decide import (
@@ -383,8 +384,12 @@ class FsBootloader:
 
     # -- staging (SlotStore) ---------------------------------------------------------------
 
-    def open_inactive(self, component: str, *, manifest: bytes, image_size: int) -> FsSlotWriter:
+    def open_inactive(self, component: str, *, manifest: bytes, image_size: int,
+                      resume_at: int = 0) -> FsSlotWriter:
         """Start streaming ``component`` into the inactive slot.
+
+        ``resume_at``: image bytes an interrupted write of the same image made durable; the
+        partial file is kept up to there (see ``FsSlotWriter.offset``).
 
         Raises:
             PolicyError: the active slot is on trial.
@@ -415,7 +420,7 @@ class FsBootloader:
             if path.exists():
                 self._step(f"unlink {self._rel(path)}")
                 path.unlink()
-        return FsSlotWriter(self, slot, component, manifest, image_size)
+        return FsSlotWriter(self, slot, component, manifest, image_size, resume_at=resume_at)
 
     def mark_pending(self, *, permanent: bool = False) -> None:
         """One atomic state write asks the next boot to switch to the inactive slot.
@@ -469,22 +474,55 @@ class FsBootloader:
         self._staged.add(component)
 
 
+_SYNC_EVERY = 1 << 20
+"""A partial image is fsynced every MiB, so an interrupted download can resume from there."""
+
+
 class FsSlotWriter:
     """Streams an image into ``<slot>/<component>.image.tmp``; ``finish`` renames it in place."""
 
     def __init__(
-        self, owner: FsBootloader, slot: Path, component: str, manifest: bytes, image_size: int
+        self, owner: FsBootloader, slot: Path, component: str, manifest: bytes, image_size: int,
+        *, resume_at: int = 0,
     ) -> None:
         self._owner = owner
         self._slot = slot
         self._component = component
         self._manifest = manifest
         self._size = image_size
-        self._written = 0
         self._tmp = slot / f"{component}.image.tmp"
         owner._step(f"write {owner._rel(self._tmp)}")
-        self._file = self._tmp.open("wb")
+        start = 0
+        self._file: BinaryIO
+        if 0 < resume_at <= image_size and self._tmp.exists() \
+                and self._tmp.stat().st_size >= resume_at:
+            start = resume_at  # the caller vouches these bytes were fsynced (``durable``)
+            self._file = self._tmp.open("r+b")
+            self._file.truncate(start)
+            self._file.seek(start)
+        else:
+            self._file = self._tmp.open("wb")
+        self._start = self._written = self._durable = start
         self._done = False
+
+    @property
+    def offset(self) -> int:
+        """Image bytes already in the slot when writing (re)started: write from here on."""
+        return self._start
+
+    @property
+    def durable(self) -> int:
+        """Image bytes written and fsynced so far (they survive a crash)."""
+        return self._durable
+
+    def read_back(self, offset: int, length: int) -> bytes:
+        """Image bytes already written (for a resumed download to re-hash its prefix)."""
+        if offset < 0 or offset + length > self._written:
+            raise StorageError(f"bytes {offset}..{offset + length} are not written yet")
+        self._file.flush()
+        with self._tmp.open("rb") as f:
+            f.seek(offset)
+            return f.read(length)
 
     def write(self, data: bytes) -> None:
         if self._done:
@@ -500,6 +538,10 @@ class FsSlotWriter:
             self._file.close()  # a crash: the partial .tmp stays behind, as it would
             raise
         self._written += len(data)
+        if self._written - self._durable >= _SYNC_EVERY:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._durable = self._written
 
     def finish(self) -> None:
         if self._done:
@@ -522,6 +564,10 @@ class FsSlotWriter:
         owner._atomic_write(self._slot / f"{self._component}.manifest", self._manifest)
         self._done = True
         owner._finished(self._component)
+
+    def close(self) -> None:
+        """Let go of the partial image without finishing it (it stays, for a resume)."""
+        self._file.close()
 
     def _abort(self) -> None:
         self._done = True

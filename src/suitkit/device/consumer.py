@@ -24,13 +24,25 @@ apart; ``device.wiring`` connects them).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from suitkit.core import cbor, codec, cose, crypto
-from suitkit.core.model import ComponentIdentifier, Envelope, FrozenDict
+from suitkit.core.model import (
+    Command,
+    CommandSequence,
+    ComponentIdentifier,
+    Envelope,
+    FrozenDict,
+    Parameters,
+    TryEach,
+)
 from suitkit.core.numbers import CoseAlg
 from suitkit.core.processor import (
     ComponentIdentity,
@@ -44,9 +56,17 @@ from suitkit.core.report import Record, Report, SystemPropertyClaims
 from suitkit.core.verify import TrustAnchors, VerifiedManifest, verify_decoded
 from suitkit.device.config import ComponentSpec, DeviceConfig
 from suitkit.errors import DecodeError, PolicyError, StorageError, SuitError
+from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
-__all__ = ["BootStore", "Consumer", "InstallOutcome", "slot_record", "split_slot_record"]
+__all__ = [
+    "BootStore",
+    "Consumer",
+    "DownloadJournal",
+    "InstallOutcome",
+    "slot_record",
+    "split_slot_record",
+]
 
 CHUNK = 64 * 1024
 
@@ -66,6 +86,16 @@ class SlotWriterLike(Protocol):
 
     def finish(self) -> None: ...
 
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def durable(self) -> int: ...
+
+    def read_back(self, offset: int, length: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
 
 class BootStore(Protocol):
     """What the consumer needs of a bootloader's slot store."""
@@ -73,8 +103,8 @@ class BootStore(Protocol):
     @property
     def components(self) -> tuple[str, ...]: ...
 
-    def open_inactive(self, component: str, *, manifest: bytes,
-                      image_size: int) -> SlotWriterLike: ...
+    def open_inactive(self, component: str, *, manifest: bytes, image_size: int,
+                      resume_at: int = 0) -> SlotWriterLike: ...
 
     def mark_pending(self, *, permanent: bool = False) -> None: ...
 
@@ -115,6 +145,27 @@ def split_slot_record(data: bytes, *, limits: Limits) -> tuple[ComponentIdentifi
     return tuple(item[0]), item[1]
 
 
+def _encrypted(envelope: Envelope) -> bool:
+    """Whether any command sequence of the manifest sets encryption-info."""
+    return any(isinstance(c.argument, Parameters) and c.argument.encryption_info is not None
+               for c in _all_commands(envelope))
+
+
+def _all_commands(envelope: Envelope) -> Iterator[Command]:
+    m = envelope.manifest
+    stack = [s for s in (m.common.shared_sequence, m.validate, m.load, m.invoke, m.install,
+                         m.payload_fetch, m.dependency_resolution, m.candidate_verification)
+             if isinstance(s, CommandSequence)]
+    while stack:
+        for command in stack.pop().commands:
+            yield command
+            arg = command.argument
+            if isinstance(arg, CommandSequence):
+                stack.append(arg)
+            elif isinstance(arg, TryEach):
+                stack.extend(arg.sequences)
+
+
 def read_running(store: BootStore, name: str) -> tuple[bytes, ImageReaderLike] | None:
     """The running image of ``name``, or ``None`` when its slot holds none."""
     try:
@@ -153,26 +204,88 @@ class _Staged:
     sha256: bytes
 
 
-class _Writer:
-    """Streams into the inactive slot, hashing on the way; ``commit`` finishes the slot."""
+class DownloadJournal:
+    """How far the download of an image into its slot got, durably (``download.json``).
 
-    def __init__(self, slot: SlotWriterLike, on_commit: Callable[[_Staged], None]) -> None:
+    Written atomically every ``every`` bytes made durable by the slot writer; read when the same
+    envelope is installed again after a power cut or crash, so the download resumes there.
+    """
+
+    def __init__(self, path: Path, every: int = 64 * 1024) -> None:
+        self.path = path
+        self.every = every
+
+    def load(self, envelope_digest: str) -> dict[str, int]:
+        """``{image: durable bytes}`` left by an interrupted install of this envelope."""
+        try:
+            doc = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(doc, dict) or doc.get("envelope") != envelope_digest:
+            return {}
+        image, durable = doc.get("image"), doc.get("durable")
+        if isinstance(image, str) and isinstance(durable, int) and durable > 0:
+            return {image: durable}
+        return {}
+
+    def save(self, envelope_digest: str, image: str, durable: int) -> None:
+        atomic_write(self.path, json.dumps({"envelope": envelope_digest, "image": image,
+                                            "durable": durable}).encode())
+
+    def clear(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class _Writer:
+    """Streams into the inactive slot, hashing on the way; ``commit`` finishes the slot.
+
+    A resumed slot already holds ``skip`` bytes: the incoming stream still starts at byte 0
+    (the processor hashes all of it), so those bytes are compared with the slot, not written.
+    """
+
+    def __init__(self, run: _Run, image: str, slot: SlotWriterLike,
+                 on_commit: Callable[[_Staged], None]) -> None:
+        self._run = run
+        self._image = image
         self._slot = slot
+        self.skip = slot.offset
         self._hasher = crypto.new_hasher(CoseAlg.SHA256)
         self._size = 0
+        self._journaled = slot.offset
         self._on_commit = on_commit
 
     def write(self, data: bytes) -> None:
-        self._slot.write(data)
-        self._hasher.update(data)
+        start = self._size
         self._size += len(data)
+        self._hasher.update(data)
+        if start < self.skip:
+            kept = data[: self.skip - start]
+            if self._slot.read_back(start, len(kept)) != kept:
+                self._run.journal_clear()
+                raise StorageError(f"{self._image}: the partly downloaded image in the slot "
+                                   f"differs from the payload at byte {start}; start again")
+            data = data[len(kept):]
+        if data:
+            self._slot.write(data)
+        durable = self._slot.durable
+        if durable - self._journaled >= self._run.journal_every:
+            self._run.journal_save(self._image, durable)
+            self._journaled = durable
+
+    def replay(self, chunk_size: int) -> Iterator[bytes]:
+        """The bytes kept in the slot from an interrupted download, for the fetcher to yield
+        instead of downloading them again."""
+        for offset in range(0, self.skip, chunk_size):
+            yield self._slot.read_back(offset, min(chunk_size, self.skip - offset))
 
     def commit(self) -> None:
         self._slot.finish()
+        self._run.journal_clear()
         self._on_commit(_Staged(self._size, self._hasher.digest()))
 
     def discard(self) -> None:
-        pass  # the slot is not pending; the next update rewrites it
+        self._slot.close()  # the slot is not pending; the next update rewrites or resumes it
 
 
 class _SlotComponent:
@@ -218,14 +331,17 @@ class _SlotComponent:
         if metadata is not None:
             raise StorageError(f"{self._spec.image}: component metadata is not supported on "
                                "a slot")
-        slot = self._run.store.open_inactive(self._spec.image, manifest=self._run.record(
-            self._spec), image_size=max_size)
+        run = self._run
+        slot = run.store.open_inactive(self._spec.image, manifest=run.record(self._spec),
+                                       image_size=max_size,
+                                       resume_at=run.resume.pop(self._spec.image, 0))
 
         def committed(staged: _Staged) -> None:
             self.staged = staged
-            self._run.written.append(self._spec.image)
+            run.written.append(self._spec.image)
 
-        return _Writer(slot, committed)
+        run.active = _Writer(run, self._spec.image, slot, committed)
+        return run.active
 
     def invoke(self, arguments: bytes | None) -> None:
         # RFC 9019 §4.1: the bootloader invokes the new image after the test boot.
@@ -293,12 +409,23 @@ class _Environment:
 
 
 class _FetcherAdapter:
-    def __init__(self, fetcher: PayloadFetcher) -> None:
+    """Fetches for the processor; after an interruption, replays what the slot already holds
+    and downloads only the rest (``Range``), when the payload is not encrypted."""
+
+    def __init__(self, fetcher: PayloadFetcher, run: _Run) -> None:
         self._fetcher = fetcher
+        self._run = run
 
     def fetch(self, uri: str, *, max_bytes: int,
               arguments: bytes | None) -> Iterator[bytes]:
-        return self._fetcher.fetch(uri, max_bytes=max_bytes, arguments=arguments)
+        # Lazy: the processor opens the component's writer before it asks for the first chunk.
+        writer = self._run.active
+        if writer is not None and writer.skip and self._run.replayable:
+            yield from writer.replay(CHUNK)
+            yield from self._fetcher.fetch(uri, max_bytes=max_bytes, offset=writer.skip,
+                                           arguments=arguments)
+            return
+        yield from self._fetcher.fetch(uri, max_bytes=max_bytes, arguments=arguments)
 
 
 @dataclass
@@ -309,8 +436,27 @@ class _Run:
     store: BootStore
     envelope: Envelope
     identity: ComponentIdentity
+    journal: DownloadJournal | None = None
+    envelope_digest: str = ""
+    replayable: bool = False
+    """The slot's bytes equal the fetched bytes (no decryption), so a resumed download may
+    replay them instead of downloading them again."""
+    resume: dict[str, int] = field(default_factory=dict)
+    active: _Writer | None = None
     written: list[str] = field(default_factory=list)
     _records: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def journal_every(self) -> int:
+        return self.journal.every if self.journal is not None else 1 << 62
+
+    def journal_save(self, image: str, durable: int) -> None:
+        if self.journal is not None:
+            self.journal.save(self.envelope_digest, image, durable)
+
+    def journal_clear(self) -> None:
+        if self.journal is not None:
+            self.journal.clear()
 
     def record(self, spec: ComponentSpec) -> bytes:
         if spec.image not in self._records:
@@ -354,14 +500,25 @@ class Consumer:
             self._check_rollback(verified)
         except SuitError as e:
             return InstallOutcome(False, f"rejected: {e}")
-        run = _Run(self.config, self.store, envelope, self.identity)
+        journal = DownloadJournal(self.config.directory / "download.json")
+        digest = hashlib.sha256(data).hexdigest()
+        run = _Run(self.config, self.store, envelope, self.identity, journal=journal,
+                   envelope_digest=digest, replayable=not _encrypted(envelope),
+                   resume=journal.load(digest))
         env = _Environment(self.clock, anchors, self.config.decryption_keys())
         device = Device(store=_Store(run), environment=env,
-                        fetcher=_FetcherAdapter(self.fetcher) if self.fetcher else None)
-        result = process(verified, "update", device, limits=self.limits, options=self.options,
-                         nonce=nonce)
+                        fetcher=_FetcherAdapter(self.fetcher, run) if self.fetcher else None)
+        try:
+            result = process(verified, "update", device, limits=self.limits,
+                             options=self.options, nonce=nonce)
+        except BaseException:
+            # A power cut or crash in the middle: keep the journal and what is in the slot.
+            if run.active is not None:
+                run.active.discard()
+            raise
         sequence = verified.manifest.sequence_number
         if not result.succeeded:
+            journal.clear()
             return InstallOutcome(False, f"failed: {result.reason}", sequence, result.report,
                                   result)
         try:
