@@ -125,3 +125,13 @@ def test_non_preferred_envelope_head_refused() -> None:
     index = data.index(bytes.fromhex("035871")) + 1
     longer = bytes(data[:index]) + bytes.fromhex("590071") + bytes(data[index + 2:])
     assert "preferred serialization" in str(decode_error(longer))
+
+
+def test_command_code_that_is_an_array_or_map_is_a_decode_error() -> None:
+    # Regression (found by the device threat tests): an unhashable command code reached a set
+    # lookup before the type check and escaped as TypeError.
+    for code in ([1], {1: 2}):
+        seq = cbor2.dumps([code, 15])
+        e = decode_error(envelope_with_manifest({1: 1, 2: 0, 3: common(), 7: seq}))
+        assert e.path == "manifest.validate[0]"
+        assert "expected a command number" in str(e)

@@ -39,8 +39,9 @@ def init(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Folder for the device.")],
     vendor_id: Annotated[str, typer.Option("--vendor-id", help="Vendor UUID.")],
     class_id: Annotated[str, typer.Option("--class-id", help="Class UUID.")],
-    trust_anchor: Annotated[list[Path], typer.Option("--trust-anchor",
-                                                     help="Public key the device trusts.")],
+    trust_anchor: Annotated[list[str], typer.Option(
+        "--trust-anchor", help="Public key the device trusts, as FILE or ROLE=FILE "
+        "(e.g. operator=op.pub); repeat for several.")],
     shape: Annotated[str, typer.Option("--shape", help="mcu, secure-split, dual-cpu or linux.")
                      ] = "mcu",
     device_id: Annotated[str | None, typer.Option("--device-id", help="Device UUID "
@@ -48,15 +49,22 @@ def init(
     decryption_key: Annotated[list[Path] | None, typer.Option(
         "--decryption-key", help="AES-KW KEK (COSE_Key) or P-256 private key (ECDH-ES).")
     ] = None,
+    require: Annotated[list[str] | None, typer.Option(
+        "--require", help="A role whose signature every update needs (e.g. author and "
+        "operator); repeat for several.")] = None,
 ) -> None:
     """Create a device: identity, trust anchors, empty slots (component i is [h'0i'])."""
     if shape not in SHAPE_COMPONENTS:
         fail(f"--shape must be one of {', '.join(SHAPE_COMPONENTS)}, got {shape!r}", EXIT_USAGE)
+    anchors: list[Path | tuple[str, Path]] = []
+    for item in trust_anchor:
+        role, sep, file = item.partition("=")
+        anchors.append((role, Path(file)) if sep and role and file else Path(item))
     config = create_device(
         directory, vendor_id=_uuid(vendor_id, "--vendor-id"),
-        class_id=_uuid(class_id, "--class-id"), trust_anchors=trust_anchor, shape=shape,
+        class_id=_uuid(class_id, "--class-id"), trust_anchors=anchors, shape=shape,
         device_id=_uuid(device_id, "--device-id") if device_id else None,
-        decryption_keys=decryption_key)
+        decryption_keys=decryption_key, required_roles=require or ())
     opened = open_device(directory)
     opened.save()
     components = ", ".join(f"{c.image}=[h'{c.suit_id[0].hex()}']" for c in config.components)

@@ -406,7 +406,7 @@ def decode_command_sequence(data: object, *, path: str, limits: Limits = DEFAULT
     commands = []
     for i in range(0, len(items), 2):
         code, arg = items[i], items[i + 1]
-        if code in _POLICY_COMMANDS and type(arg) is int and arg >= 0:
+        if type(code) is int and code in _POLICY_COMMANDS and type(arg) is int and arg >= 0:
             commands.append(Command(code, arg))  # the common case, without building a path
             continue
         if type(code) is not int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,14 @@ from suitkit.core.verify import TrustAnchor, TrustAnchors
 from suitkit.errors import DecodeError, KeyMaterialError, SuitError
 from suitkit.fileio import atomic_write
 
-__all__ = ["SHAPE_COMPONENTS", "ComponentSpec", "DeviceConfig", "create_device", "load_config"]
+__all__ = [
+    "SHAPE_COMPONENTS",
+    "AnchorSpec",
+    "ComponentSpec",
+    "DeviceConfig",
+    "create_device",
+    "load_config",
+]
 
 CONFIG = "device.json"
 FORMAT = 1
@@ -51,6 +59,16 @@ class ComponentSpec:
     image: str
 
 
+@dataclass(frozen=True, slots=True)
+class AnchorSpec:
+    """A trust anchor file in ``anchors/``, the authority it speaks for, and (optionally) the
+    component identifiers it may update."""
+
+    file: str
+    role: str = "author"
+    components: tuple[ComponentIdentifier, ...] | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceConfig:
     """What ``device.json`` holds."""
@@ -63,6 +81,9 @@ class DeviceConfig:
     components: tuple[ComponentSpec, ...]
     image_sectors: int = 80
     """Slot size of simulated flash shapes, in 4 KiB sectors (80: 320 KiB)."""
+    anchors: tuple[AnchorSpec, ...] = ()
+    required_roles: tuple[str, ...] = ()
+    """Authorities that must all have signed (RFC 9019 §3.9, e.g. author and operator)."""
 
     def component(self, suit_id: ComponentIdentifier) -> ComponentSpec | None:
         """The component with this SUIT identifier, or ``None``."""
@@ -72,22 +93,22 @@ class DeviceConfig:
         return None
 
     def trust_anchors(self) -> TrustAnchors:
-        """The trust anchors in ``anchors/`` (any one of them may sign).
+        """The trust anchors and signer policy of the device.
 
         Raises:
             KeyMaterialError: none, or one is unreadable.
         """
-        paths = sorted((self.directory / "anchors").glob("*"))
-        if not paths:
-            raise KeyMaterialError(f"{self.directory}: no trust anchor in anchors/")
+        if not self.anchors:
+            raise KeyMaterialError(f"{self.directory}: no trust anchor")
         anchors = []
-        for path in paths:
+        for spec in self.anchors:
+            path = self.directory / "anchors" / spec.file
             try:
-                anchors.append(TrustAnchor(crypto.load_public_key(path.read_bytes()),
-                                           role=path.stem))
-            except SuitError as e:
+                key = crypto.load_public_key(path.read_bytes())
+            except (OSError, SuitError) as e:
                 raise KeyMaterialError(f"{path}: {e}") from None
-        return TrustAnchors(tuple(anchors))
+            anchors.append(TrustAnchor(key, role=spec.role, components=spec.components))
+        return TrustAnchors(tuple(anchors), self.required_roles)
 
     def decryption_keys(self) -> list[crypto.AesKwKey | crypto.EcPrivateKey]:
         """The device's decryption keys in ``keys/``: AES-KW KEKs (COSE_Key files) and ECDH-ES
@@ -116,10 +137,22 @@ class DeviceConfig:
             "class-id": str(self.class_id),
             "device-id": str(self.device_id),
             "image-sectors": self.image_sectors,
-            "components": [{"id": ["0x" + p.hex() for p in c.suit_id], "image": c.image}
+            "components": [{"id": _cid_json(c.suit_id), "image": c.image}
                            for c in self.components],
+            "anchors": [{"file": a.file, "role": a.role,
+                         "components": None if a.components is None
+                         else [_cid_json(c) for c in a.components]} for a in self.anchors],
+            "required-roles": list(self.required_roles),
         }
         return json.dumps(doc, indent=2).encode() + b"\n"
+
+
+def _cid_json(cid: ComponentIdentifier) -> list[str]:
+    return ["0x" + part.hex() for part in cid]
+
+
+def _cid(raw: list[str]) -> ComponentIdentifier:
+    return tuple(bytes.fromhex(p.removeprefix("0x")) for p in raw)
 
 
 def load_config(directory: Path) -> DeviceConfig:
@@ -141,27 +174,36 @@ def load_config(directory: Path) -> DeviceConfig:
         shape = doc["shape"]
         if shape not in SHAPE_COMPONENTS:
             raise ValueError(f"unknown shape {shape!r}")
-        components = tuple(
-            ComponentSpec(tuple(bytes.fromhex(p.removeprefix("0x")) for p in c["id"]),
-                          str(c["image"]))
-            for c in doc["components"])
+        components = tuple(ComponentSpec(_cid(c["id"]), str(c["image"]))
+                           for c in doc["components"])
+        anchors = tuple(
+            AnchorSpec(str(a["file"]), str(a.get("role", "author")),
+                       None if a.get("components") is None
+                       else tuple(_cid(c) for c in a["components"]))
+            for a in doc["anchors"])
         return DeviceConfig(
             directory=directory, shape=shape, vendor_id=uuid.UUID(doc["vendor-id"]),
             class_id=uuid.UUID(doc["class-id"]), device_id=uuid.UUID(doc["device-id"]),
-            components=components, image_sectors=int(doc.get("image-sectors", 80)))
+            components=components, image_sectors=int(doc.get("image-sectors", 80)),
+            anchors=anchors, required_roles=tuple(str(r) for r in doc["required-roles"]))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DecodeError(str(path), f"malformed: {e}") from None
 
 
 def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
-                  trust_anchors: list[Path], shape: str = "mcu",
+                  trust_anchors: Sequence[Path | tuple[str, Path]], shape: str = "mcu",
                   device_id: uuid.UUID | None = None,
                   decryption_keys: list[Path] | None = None,
-                  image_sectors: int | None = None) -> DeviceConfig:
+                  image_sectors: int | None = None,
+                  required_roles: Sequence[str] = ()) -> DeviceConfig:
     """Create a device folder: ``device.json``, ``anchors/`` and ``keys/``.
 
+    ``trust_anchors``: key files, or ``(role, file)`` pairs (a plain file is an ``author``).
+    ``required_roles``: every one of these must have signed an update.
+
     Raises:
-        DecodeError: the folder already holds a device, or a key file is unreadable.
+        DecodeError: the folder already holds a device, a key file is unreadable, or a
+            required role has no anchor.
     """
     if shape not in SHAPE_COMPONENTS:
         raise DecodeError("--shape", f"unknown shape {shape!r}; expected one of "
@@ -170,23 +212,31 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         raise DecodeError(str(directory), "already holds a device")
     if not trust_anchors:
         raise DecodeError("--trust-anchor", "a device needs at least one trust anchor")
-    for path in [*trust_anchors, *(decryption_keys or [])]:
+    pairs = [a if isinstance(a, tuple) else ("author", a) for a in trust_anchors]
+    for role in required_roles:
+        if role not in {r for r, _ in pairs}:
+            raise DecodeError("--require", f"no trust anchor has the role {role!r}")
+    for _, path in pairs:
         try:
-            data = path.read_bytes()
+            crypto.load_public_key(path.read_bytes())  # refuse a bad anchor now, not later
         except OSError as e:
             raise DecodeError(str(path), f"cannot read: {e.strerror}") from None
-        if path in trust_anchors:
-            crypto.load_public_key(data)  # refuse an unreadable anchor now, not at first update
+    for path in decryption_keys or []:
+        if not path.is_file():
+            raise DecodeError(str(path), "cannot read the decryption key")
+    specs = tuple(AnchorSpec(f"{i:02d}-{role}-{path.name}", role)
+                  for i, (role, path) in enumerate(pairs))
     config = DeviceConfig(
         directory=directory, shape=shape, vendor_id=vendor_id, class_id=class_id,
         device_id=device_id or uuid.uuid4(),
         image_sectors=IMAGE_SECTORS[shape] if image_sectors is None else image_sectors,
         components=tuple(ComponentSpec((bytes([i]),), name)
-                         for i, name in enumerate(SHAPE_COMPONENTS[shape])))
+                         for i, name in enumerate(SHAPE_COMPONENTS[shape])),
+        anchors=specs, required_roles=tuple(required_roles))
     (directory / "anchors").mkdir(parents=True, exist_ok=True)
     (directory / "keys").mkdir(exist_ok=True)
-    for i, path in enumerate(trust_anchors):
-        shutil.copyfile(path, directory / "anchors" / f"{i:02d}-{path.name}")
+    for spec, (_, path) in zip(specs, pairs, strict=True):
+        shutil.copyfile(path, directory / "anchors" / spec.file)
     for path in decryption_keys or []:
         shutil.copyfile(path, directory / "keys" / path.name)
     atomic_write(directory / CONFIG, config.to_json())
