@@ -140,3 +140,31 @@ def test_powercut_reports_zero_failures(capsys: pytest.CaptureFixture[str],
     assert doc["failures"] == 0
     assert doc["cut-points-tried"] >= 30
     assert doc["cut-points-tried"] == doc["clean-run-operations"]
+
+
+def test_author_and_operator_both_required(capsys: pytest.CaptureFixture[str],
+                                           updates: Path) -> None:
+    run(capsys, "keygen", "--alg", "EdDSA", "--out", updates / "op.pem")
+    run(capsys, "pubkey", updates / "op.pem", "--out", updates / "op.pub")
+    device = updates / "dev"
+    code, _, err = run(capsys, "device", "init", device, "--vendor-id", str(VENDOR),
+                       "--class-id", str(CLASS), "--trust-anchor", f"author={updates / 'a.pub'}",
+                       "--trust-anchor", f"operator={updates / 'op.pub'}",
+                       "--require", "author", "--require", "operator")
+    assert code == 0, err
+    code, _, err = run(capsys, "device", "install", device, updates / "v1.signed")
+    assert code == 1
+    assert "missing a valid signature from: operator" in one_error_line(err)
+    approved = updates / "v1.approved"
+    assert run(capsys, "sign", updates / "v1.signed", "--key", updates / "op.pem",
+               "--out", approved)[0] == 0
+    code, out, _ = run(capsys, "device", "install", device, approved)
+    assert code == 0 and "installed app" in out
+
+
+def test_require_needs_an_anchor_of_that_role(capsys: pytest.CaptureFixture[str],
+                                              updates: Path) -> None:
+    code, _, err = run(capsys, "device", "init", updates / "d", "--vendor-id", str(VENDOR),
+                       "--class-id", str(CLASS), "--trust-anchor", updates / "a.pub",
+                       "--require", "operator")
+    assert code == 2 and "no trust anchor has the role 'operator'" in one_error_line(err)
