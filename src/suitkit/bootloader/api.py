@@ -168,6 +168,10 @@ class Bootloader(SlotStore, Protocol):
         """
         ...
 
+    def pending_update(self) -> bool:
+        """Whether staged images wait for the next boot."""
+        ...
+
     def read_counters(self) -> dict[str, int]:
         """The anti-rollback security counter of each image (the last confirmed sequence)."""
         ...

@@ -39,6 +39,7 @@ from suitkit.bootloader.decide import (
     Action,
     BootState,
     Decision,
+    Pending,
     Phase,
     Verdict,
     combine,
@@ -366,6 +367,10 @@ class FlashBootloader:
         for area in self.pending:
             area.start(kind)
         self._staged.clear()
+
+    def pending_update(self) -> bool:
+        """Whether staged images wait for the next boot (any member marked pending)."""
+        return pending_of(tuple(p.read() for p in self.pending)) is not Pending.NONE
 
     def running(self, component: str) -> tuple[bytes, ImageReader]:
         """The manifest and an image reader of ``component``'s primary (executing) slot.

@@ -439,6 +439,10 @@ class FsBootloader:
         self._write_state(FsState(state.active, state.phase, pending))
         self._staged.clear()
 
+    def pending_update(self) -> bool:
+        """Whether staged images wait for the next boot."""
+        return self.read_state().pending is not Pending.NONE
+
     def running(self, component: str) -> tuple[bytes, FileImageReader]:
         """The manifest and an image reader of ``component`` in the active slot (unverified).
 

@@ -199,7 +199,8 @@ def device_status(opened: OpenDevice) -> dict[str, Any]:
         "device-id": str(opened.config.device_id),
         "components": components,
         "pending": state.pending.name.lower() != "none",
-        "trial": state.phase.name.lower() == "trial",
+        # TRIAL: swapped in, not booted yet; TRIED: booted once and running unconfirmed.
+        "trial": state.phase.name.lower() in ("trial", "tried"),
         "phase": state.phase.name.lower(),
     }
 

@@ -112,6 +112,8 @@ class BootStore(Protocol):
 
     def read_counters(self) -> dict[str, int]: ...
 
+    def pending_update(self) -> bool: ...
+
 
 class PayloadFetcher(Protocol):
     def fetch(self, uri: str, *, max_bytes: int, offset: int = 0,
@@ -498,6 +500,7 @@ class Consumer:
             envelope = codec.decode_envelope(data, limits=self.limits)
             verified = verify_decoded(envelope, anchors, limits=self.limits)
             self._check_rollback(verified)
+            self._check_pending()
         except SuitError as e:
             return InstallOutcome(False, f"rejected: {e}")
         journal = DownloadJournal(self.config.directory / "download.json")
@@ -532,6 +535,13 @@ class Consumer:
         return InstallOutcome(True, f"installed {', '.join(run.written)} (sequence number "
                               f"{sequence}); pending until the next boot", sequence,
                               result.report, result, tuple(run.written))
+
+    def _check_pending(self) -> None:
+        # One staging slot per image: writing a new update there would destroy the pending one
+        # before the new one is known to be good.
+        if self.store.pending_update():
+            raise PolicyError("an update is already pending: boot the device to install it "
+                              "before staging another")
 
     def _check_rollback(self, verified: VerifiedManifest) -> None:
         # RFC 9124 REQ.SEC.SEQUENCE / manifest §8.4.2: refuse a lower sequence number.

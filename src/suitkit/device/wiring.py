@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,14 +90,21 @@ class _BootStore:
         raise StorageError("the bootloader does not swap while verifying")
 
 
-class _NoEnvironment:
-    """Boot-time verification consults nothing but the identity: no clock, no battery."""
+class _BootEnvironment:
+    """What the shared sequence sees while the bootloader checks an installed image.
+
+    use-before, minimum-battery, update-authorized and wait guard the *installation* of an
+    update (update-management §5): an image installed while they held keeps booting after the
+    deadline passes or the battery runs low. So at boot they hold: the clock reads the epoch,
+    the battery is full, authorization and waits are granted. The compatibility conditions
+    (vendor, class, device, slot) are evaluated for real.
+    """
 
     def now(self) -> int | None:
-        return None
+        return 0
 
     def battery_level(self) -> int | None:
-        return None
+        return sys.maxsize
 
     def authorize(self, priority: int) -> bool:
         return True
@@ -105,7 +113,7 @@ class _NoEnvironment:
         return None
 
     def wait(self, events: Mapping[int, object]) -> bool | None:
-        return None
+        return True
 
     def decryption_key(self, key_id: bytes | None, algorithm: int) -> None:
         return None
@@ -138,7 +146,7 @@ class SuitImageVerifier:
         if component not in verified.manifest.common.components:
             raise DecodeError("slot manifest", "the stored component is not in its manifest")
         store = _BootStore(self.identity, component, reader)
-        params = shared_parameters(verified, Device(store, _NoEnvironment()),  # type: ignore[arg-type]
+        params = shared_parameters(verified, Device(store, _BootEnvironment()),  # type: ignore[arg-type]
                                    limits=self.limits)[component]
         if params.image_digest is None or params.image_size is None:
             raise AuthenticationError("the manifest gives this component no image digest and "
