@@ -100,13 +100,25 @@ def baseline(source: Path, target: Path) -> None:
     hasher.digest()
 
 
-def best_of(fn: Callable[[], object], runs: int) -> float:
+def best_of(fn: Callable[[], object], runs: int,
+            setup: Callable[[], object] | None = None) -> float:
     times = []
     for _ in range(runs):
+        if setup is not None:
+            setup()  # not timed
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def settle(device: Path) -> None:
+    """Boot and confirm what is pending, so the same envelope can be staged again (a device
+    refuses to stage over a pending update)."""
+    opened = open_device(device)
+    if opened.bootloader.pending_update():
+        opened.bootloader.boot()
+        opened.bootloader.confirm()
 
 
 def bench_throughput(size: int, runs: int) -> None:
@@ -116,11 +128,12 @@ def bench_throughput(size: int, runs: int) -> None:
         source, copy = firmware / "app.bin", root / "copy.bin"
         baseline(source, copy)  # warm up both paths (page cache, imports)
         install(device, firmware, envelope)
-        # The same envelope again: staging replaces the previous pending request.
+        # The same envelope again (an equal sequence number re-applies), after settling.
         t_base = best_of(lambda: baseline(source, copy), runs)
-        t_ours = best_of(lambda: install(device, firmware, envelope), runs)
-        (staged,) = device.rglob("app.image")
-        assert staged.stat().st_size == size
+        t_ours = best_of(lambda: install(device, firmware, envelope), runs,
+                         setup=lambda: settle(device))
+        images = list(device.rglob("app.image"))
+        assert images and all(i.stat().st_size == size for i in images)
         mb = size / 1e6
         print(f"  {size // MiB:>3} MiB: suitkit install {mb / t_ours:7.0f} MB/s "
               f"({t_ours * 1e3:7.1f} ms), copy+SHA-256+fsync {mb / t_base:7.0f} MB/s "
@@ -132,7 +145,8 @@ def bench_fixed_cost(runs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="suitkit-bench-") as tmp:
         device, firmware, envelope = make_device(Path(tmp), 4096)
         install(device, firmware, envelope)
-        t = best_of(lambda: install(device, firmware, envelope), runs)
+        t = best_of(lambda: install(device, firmware, envelope), runs,
+                    setup=lambda: settle(device))
         print(f"  fixed cost per install (4 KiB image: open the device, verify ES256, process, "
               f"stage, fsync state): {t * 1e3:.1f} ms")
 
