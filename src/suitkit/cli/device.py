@@ -20,6 +20,7 @@ from suitkit.core import jsonform
 from suitkit.core.report import Report
 from suitkit.device.config import SHAPE_COMPONENTS, create_device
 from suitkit.device.fetch import FileFetcher, HttpFetcher, RoutingFetcher
+from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
 from suitkit.device.wiring import OpenDevice, open_device
 
 app = typer.Typer(help="A simulated (or Linux-class) device kept in a folder.",
@@ -52,6 +53,9 @@ def init(
     require: Annotated[list[str] | None, typer.Option(
         "--require", help="A role whose signature every update needs (e.g. author and "
         "operator); repeat for several.")] = None,
+    app_command: Annotated[str | None, typer.Option(
+        "--app-command", help="Linux-class: the command that starts the application, "
+        "{image} standing for the image file (e.g. 'python3 {image}').")] = None,
 ) -> None:
     """Create a device: identity, trust anchors, empty slots (component i is [h'0i'])."""
     if shape not in SHAPE_COMPONENTS:
@@ -64,7 +68,8 @@ def init(
         directory, vendor_id=_uuid(vendor_id, "--vendor-id"),
         class_id=_uuid(class_id, "--class-id"), trust_anchors=anchors, shape=shape,
         device_id=_uuid(device_id, "--device-id") if device_id else None,
-        decryption_keys=decryption_key, required_roles=require or ())
+        decryption_keys=decryption_key, required_roles=require or (),
+        app_command=app_command)
     opened = open_device(directory)
     opened.save()
     components = ", ".join(f"{c.image}=[h'{c.suit_id[0].hex()}']" for c in config.components)
@@ -115,12 +120,24 @@ def install(
     out.print(outcome.reason, markup=False)
 
 
-def _boot(opened: OpenDevice) -> str:
+def _boot(opened: OpenDevice) -> bool:
+    """Boot, then run the Invocation Procedure; False when the application did not start."""
     result = opened.bootloader.boot()
     images = ", ".join(f"{i.name} #{i.sequence_number}" for i in result.images)
     steps = " -> ".join(d.action.name.lower().replace("_", "-") for d in result.steps)
     state = "on trial (confirm it, or the next boot reverts)" if result.trial else "confirmed"
-    return f"booted {images}: {state} [{steps}]"
+    out.print(f"booted {images}: {state} [{steps}]", markup=False)
+    config = opened.config
+    launcher: Launcher = (
+        ProcessLauncher(config.app_command, config.directory / "app.pid")
+        if config.app_command else RecordingLauncher())
+    invoked = invoke_running(config, opened.bootloader, launcher)
+    for line in invoked.started:
+        out.print(line, markup=False)
+    for r in invoked.results:
+        if not r.succeeded:
+            err.print(f"suitkit: error: invocation failed: {r.reason}", markup=False)
+    return invoked.succeeded
 
 
 @app.command()
@@ -130,18 +147,23 @@ def boot(
     fail_boot: Annotated[bool, typer.Option("--fail", help="The new image never confirms: "
                                             "it dies and the device boots again.")] = False,
 ) -> None:
-    """One boot: verify, install a pending update on trial, or revert an unconfirmed one."""
+    """One boot: verify, install a pending update on trial (or revert an unconfirmed one), and
+    start the images (the manifest's invoke sequence; Linux-class: restart the application).
+
+    Exit 1 when nothing can boot or the application does not start (it is then not confirmed).
+    """
     opened = open_device(directory)
     try:
-        line = _boot(opened)
-        out.print(line, markup=False)
+        started = _boot(opened)
         if fail_boot:
             out.print("the new image failed before it confirmed; rebooting", markup=False)
-            out.print(_boot(opened), markup=False)
+            started = _boot(opened)
     except NoBootableImage as e:
         fail(f"nothing to boot: {e}", EXIT_FAILED)
     finally:
         opened.save()
+    if not started:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()

@@ -84,6 +84,8 @@ class DeviceConfig:
     anchors: tuple[AnchorSpec, ...] = ()
     required_roles: tuple[str, ...] = ()
     """Authorities that must all have signed (RFC 9019 §3.9, e.g. author and operator)."""
+    app_command: str | None = None
+    """Linux-class devices: how to start the application image (``{image}`` is its path)."""
 
     def component(self, suit_id: ComponentIdentifier) -> ComponentSpec | None:
         """The component with this SUIT identifier, or ``None``."""
@@ -143,6 +145,7 @@ class DeviceConfig:
                          "components": None if a.components is None
                          else [_cid_json(c) for c in a.components]} for a in self.anchors],
             "required-roles": list(self.required_roles),
+            "app-command": self.app_command,
         }
         return json.dumps(doc, indent=2).encode() + b"\n"
 
@@ -185,7 +188,8 @@ def load_config(directory: Path) -> DeviceConfig:
             directory=directory, shape=shape, vendor_id=uuid.UUID(doc["vendor-id"]),
             class_id=uuid.UUID(doc["class-id"]), device_id=uuid.UUID(doc["device-id"]),
             components=components, image_sectors=int(doc.get("image-sectors", 80)),
-            anchors=anchors, required_roles=tuple(str(r) for r in doc["required-roles"]))
+            anchors=anchors, required_roles=tuple(str(r) for r in doc["required-roles"]),
+            app_command=doc.get("app-command"))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DecodeError(str(path), f"malformed: {e}") from None
 
@@ -195,11 +199,13 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                   device_id: uuid.UUID | None = None,
                   decryption_keys: list[Path] | None = None,
                   image_sectors: int | None = None,
-                  required_roles: Sequence[str] = ()) -> DeviceConfig:
+                  required_roles: Sequence[str] = (),
+                  app_command: str | None = None) -> DeviceConfig:
     """Create a device folder: ``device.json``, ``anchors/`` and ``keys/``.
 
     ``trust_anchors``: key files, or ``(role, file)`` pairs (a plain file is an ``author``).
     ``required_roles``: every one of these must have signed an update.
+    ``app_command``: Linux-class devices only, the command that starts the application.
 
     Raises:
         DecodeError: the folder already holds a device, a key file is unreadable, or a
@@ -210,6 +216,8 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                           f"{', '.join(SHAPE_COMPONENTS)}")
     if (directory / CONFIG).exists():
         raise DecodeError(str(directory), "already holds a device")
+    if app_command is not None and shape != "linux":
+        raise DecodeError("--app-command", "only Linux-class devices start an application")
     if not trust_anchors:
         raise DecodeError("--trust-anchor", "a device needs at least one trust anchor")
     pairs = [a if isinstance(a, tuple) else ("author", a) for a in trust_anchors]
@@ -232,7 +240,7 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         image_sectors=IMAGE_SECTORS[shape] if image_sectors is None else image_sectors,
         components=tuple(ComponentSpec((bytes([i]),), name)
                          for i, name in enumerate(SHAPE_COMPONENTS[shape])),
-        anchors=specs, required_roles=tuple(required_roles))
+        anchors=specs, required_roles=tuple(required_roles), app_command=app_command)
     (directory / "anchors").mkdir(parents=True, exist_ok=True)
     (directory / "keys").mkdir(exist_ok=True)
     for spec, (_, path) in zip(specs, pairs, strict=True):
