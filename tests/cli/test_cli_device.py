@@ -68,8 +68,9 @@ def test_install_boot_confirm_update_revert(capsys: pytest.CaptureFixture[str], 
     assert run(capsys, "device", "install", device, updates / "v2.signed")[0] == 0
     code, out, _ = run(capsys, "device", "boot", device, "--fail")
     assert code == 0
-    assert "booted app #2: on trial" in out and out.strip().splitlines()[-1].startswith(
-        "booted app #1")
+    lines = out.strip().splitlines()
+    assert "booted app #2: on trial" in out
+    assert lines[-2].startswith("booted app #1") and lines[-1].startswith("jumped to app")
     doc = status(capsys, device)
     assert doc["components"][0]["running"]["sequence-number"] == 1  # type: ignore[index]
 
