@@ -16,7 +16,7 @@ their digest.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 from uuid import UUID
@@ -58,6 +58,18 @@ from suitkit.core.numbers import (
 from suitkit.core.numbers import (
     Parameter as P,
 )
+from suitkit.core.typed import (
+    as_array,
+    as_bool,
+    as_bstr,
+    as_int,
+    as_map,
+    as_tstr,
+    as_uint,
+    describe,
+    freeze,
+    thaw,
+)
 from suitkit.errors import DecodeError
 from suitkit.limits import Limits
 
@@ -88,88 +100,8 @@ _POLICY_COMMANDS = _KNOWN_COMMANDS - _STRUCTURED_COMMANDS
 
 # --------------------------------------------------------------------------- small checks
 
-
-def _type(value: object) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if value is None:
-        return "null"
-    if isinstance(value, CBORTag):
-        return f"tag {value.tag}"
-    return {
-        int: "int",
-        bytes: "bstr",
-        str: "tstr",
-        list: "array",
-        tuple: "array",
-        dict: "map",
-    }.get(type(value), "map" if isinstance(value, Mapping) else type(value).__name__)
-
-
-def _uint(value: object, path: str) -> int:
-    if type(value) is not int or value < 0:
-        raise DecodeError(path, f"expected an unsigned integer, got {_describe(value)}")
-    return value
-
-
-def _int(value: object, path: str) -> int:
-    if type(value) is not int:
-        raise DecodeError(path, f"expected an integer, got {_describe(value)}")
-    return value
-
-
-def _bstr(value: object, path: str) -> bytes:
-    if type(value) is not bytes:
-        raise DecodeError(path, f"expected a byte string, got {_describe(value)}")
-    return value
-
-
-def _tstr(value: object, path: str) -> str:
-    if type(value) is not str:
-        raise DecodeError(path, f"expected a text string, got {_describe(value)}")
-    return value
-
-
-def _bool(value: object, path: str) -> bool:
-    if type(value) is not bool:
-        raise DecodeError(path, f"expected true or false, got {_describe(value)}")
-    return value
-
-
-def _array(value: object, path: str, *, limit: int) -> Sequence[Any]:
-    if not isinstance(value, list | tuple):
-        raise DecodeError(path, f"expected an array, got {_describe(value)}")
-    if len(value) > limit:
-        raise DecodeError(path, f"array of {len(value)} items is over the limit of {limit}")
-    return value
-
-
-def _map(value: object, path: str, *, limit: int) -> Mapping[Any, Any]:
-    if type(value) is not dict and not isinstance(value, Mapping):
-        raise DecodeError(path, f"expected a map, got {_describe(value)}")
-    if len(value) > limit:
-        raise DecodeError(path, f"map of {len(value)} entries is over the limit of {limit}")
-    return value
-
-
-def _describe(value: object) -> str:
-    kind = _type(value)
-    if isinstance(value, bool | int) or value is None:
-        return f"{kind} {value!r}" if kind != "null" else "null"
-    if isinstance(value, bytes | str | list | tuple | Mapping):
-        return f"{kind} of length {len(value)}"
-    return kind
-
-
-def _freeze(value: object) -> object:
-    """Decoded CBOR made immutable: arrays to tuples, maps to FrozenDict."""
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, Mapping):
-        return FrozenDict({_freeze(k): _freeze(v) for k, v in value.items()})
-    if isinstance(value, CBORTag):
-        return CBORTag(value.tag, _freeze(value.value))
-    return value
+_uint, _int, _bstr, _tstr, _bool = as_uint, as_int, as_bstr, as_tstr, as_bool
+_array, _map, _describe, _freeze, _thaw = as_array, as_map, describe, freeze, thaw
 
 
 def _nested(data: object, path: str, limits: Limits) -> Any:
@@ -738,16 +670,6 @@ def encode_text(text: Text) -> bytes:
             entry[tuple(cid)] = dict(fields)
         obj[tag] = entry
     return cbor.encode(obj)
-
-
-def _thaw(value: object) -> object:
-    if isinstance(value, FrozenDict):
-        return {_thaw(k): _thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
-    if isinstance(value, CBORTag):
-        return CBORTag(value.tag, _thaw(value.value))
-    return value
 
 
 # --------------------------------------------------------------------------- building, severing

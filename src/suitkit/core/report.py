@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from suitkit.core import cbor, codec
-from suitkit.core.cbor import CBORTag
 from suitkit.core.model import ComponentIdentifier, Digest, FrozenDict, Parameters
 from suitkit.core.numbers import ReportKey, ReportReason, name_of
+from suitkit.core.typed import as_array, as_bstr, as_int, as_map, as_uint, describe, freeze, thaw
 from suitkit.errors import DecodeError
 from suitkit.limits import Limits
 
@@ -169,16 +169,6 @@ def _record_obj(record: Record) -> list[object]:
     return [list(record.manifest_id), record.manifest_section, record.section_offset,
             record.component_index, codec.parameters_obj(record.properties),
             *(_thaw(e) for e in record.extensions)]
-
-
-def _thaw(value: object) -> object:
-    if isinstance(value, Mapping):
-        return {_thaw(k): _thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_thaw(v) for v in value]
-    if isinstance(value, CBORTag):
-        return CBORTag(value.tag, _thaw(value.value))
-    return value
 
 
 # --------------------------------------------------------------------------------- decoding
@@ -321,71 +311,19 @@ def _result(value: object, path: str, limits: Limits) -> Literal[True] | ResultF
 
 # --------------------------------------------------------------------------------- small checks
 
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool | int):
-        return f"{type(value).__name__} {value!r}"
-    if isinstance(value, CBORTag):
-        return f"tag {value.tag}"
-    if isinstance(value, bytes):
-        return f"bstr of length {len(value)}"
-    if isinstance(value, str):
-        return f"tstr of length {len(value)}"
-    if isinstance(value, Mapping):
-        return f"map of length {len(value)}"
-    if isinstance(value, list | tuple):
-        return f"array of length {len(value)}"
-    return type(value).__name__
-
-
-def _int(value: object, path: str) -> int:
-    if type(value) is not int:
-        raise DecodeError(path, f"expected an integer, got {_describe(value)}")
-    return value
-
-
-def _uint(value: object, path: str) -> int:
-    if type(value) is not int or value < 0:
-        raise DecodeError(path, f"expected an unsigned integer, got {_describe(value)}")
-    return value
-
-
-def _bstr(value: object, path: str) -> bytes:
-    if type(value) is not bytes:
-        raise DecodeError(path, f"expected a byte string, got {_describe(value)}")
-    return value
+_int, _uint, _bstr, _freeze, _thaw, _describe = as_int, as_uint, as_bstr, freeze, thaw, describe
 
 
 def _array(value: object, path: str, limit: int) -> Sequence[Any]:
-    if not isinstance(value, list | tuple):
-        raise DecodeError(path, f"expected an array, got {_describe(value)}")
-    if len(value) > limit:
-        raise DecodeError(path, f"array of {len(value)} items is over the limit of {limit}")
-    return value
+    return as_array(value, path, limit=limit)
 
 
 def _map(value: object, path: str, limit: int) -> Mapping[Any, Any]:
-    if not isinstance(value, Mapping):
-        raise DecodeError(path, f"expected a map, got {_describe(value)}")
-    if len(value) > limit:
-        raise DecodeError(path, f"map of {len(value)} entries is over the limit of {limit}")
-    return value
-
-
-def _freeze(value: object) -> object:
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, Mapping):
-        return FrozenDict({_freeze(k): _freeze(v) for k, v in value.items()})
-    if isinstance(value, CBORTag):
-        return CBORTag(value.tag, _freeze(value.value))
-    return value
+    return as_map(value, path, limit=limit)
 
 
 def _freeze_map(value: Mapping[Any, Any]) -> FrozenDict[Any, Any]:
-    frozen = _freeze(value)
+    frozen = freeze(value)
     assert isinstance(frozen, FrozenDict)
     return frozen
 

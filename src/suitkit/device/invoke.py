@@ -29,13 +29,20 @@ from typing import Protocol
 from suitkit.core.model import ComponentIdentifier
 from suitkit.core.processor import ComponentIdentity, Device, ProcessResult, process, stream_digest
 from suitkit.core.verify import TrustAnchors, verify_envelope
-from suitkit.device.config import ComponentSpec, DeviceConfig
+from suitkit.device.config import DeviceConfig
 from suitkit.device.consumer import BootStore, ImageReaderLike, reader_chunks, split_slot_record
 from suitkit.errors import StorageError, SuitError
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
-__all__ = ["Launcher", "ProcessLauncher", "RecordingLauncher", "invoke_running"]
+__all__ = [
+    "ImageComponent",
+    "InstalledEnvironment",
+    "Launcher",
+    "ProcessLauncher",
+    "RecordingLauncher",
+    "invoke_running",
+]
 
 CHUNK = 64 * 1024
 
@@ -134,11 +141,17 @@ def _running(pid: int) -> bool:
     return True
 
 
-class _RunningComponent:
-    def __init__(self, identity: ComponentIdentity, spec: ComponentSpec,
-                 reader: ImageReaderLike | None, launcher: Launcher, log: list[str]) -> None:
-        self._identity, self._spec, self._reader = identity, spec, reader
-        self._launcher, self._log = launcher, log
+class ImageComponent:
+    """An installed image as a SUIT component: read, hashed, and started through a launcher.
+
+    Used while the bootloader checks a slot (no launcher: nothing is started) and while the
+    Invocation Procedure runs on the booted images.
+    """
+
+    def __init__(self, identity: ComponentIdentity, name: str, reader: ImageReaderLike | None,
+                 launcher: Launcher | None = None, log: list[str] | None = None) -> None:
+        self._identity, self._name, self._reader = identity, name, reader
+        self._launcher, self._log = launcher, log if log is not None else []
 
     @property
     def identity(self) -> ComponentIdentity:
@@ -156,15 +169,17 @@ class _RunningComponent:
         return reader_chunks(self._reader, chunk_size) if self._reader else iter(())
 
     def open_writer(self, max_size: int, *, metadata: Mapping[int, object] | None) -> object:
-        raise StorageError(f"{self._spec.image}: running images are not written at invocation")
+        raise StorageError(f"{self._name}: installed images are not written here")
 
     def invoke(self, arguments: bytes | None) -> None:
+        if self._launcher is None:
+            raise StorageError(f"{self._name}: images are not started while they are checked")
         if self._reader is None:
-            raise StorageError(f"{self._spec.image}: no image to start")
-        self._log.append(self._launcher.launch(self._spec.image, self._reader, arguments))
+            raise StorageError(f"{self._name}: no image to start")
+        self._log.append(self._launcher.launch(self._name, self._reader, arguments))
 
     def slot(self) -> int | None:
-        return 0
+        return 0  # images run from the primary (active) slot
 
 
 class _RunningStore:
@@ -173,7 +188,7 @@ class _RunningStore:
         self._config, self._store, self._launcher = config, store, launcher
         self._log, self._identity = log, identity
 
-    def component(self, identifier: ComponentIdentifier) -> _RunningComponent | None:
+    def component(self, identifier: ComponentIdentifier) -> ImageComponent | None:
         spec = self._config.component(identifier)
         if spec is None:
             return None
@@ -181,17 +196,23 @@ class _RunningStore:
             _, reader = self._store.running(spec.image)
         except SuitError:
             reader = None
-        return _RunningComponent(self._identity, spec, reader, self._launcher, self._log)
+        return ImageComponent(self._identity, spec.image, reader, self._launcher, self._log)
 
     def swap(self, first: ComponentIdentifier, second: ComponentIdentifier) -> None:
         raise StorageError("no swap at invocation")
 
 
-class _InvokeEnvironment:
-    """Invocation checks the images, not the installation preconditions (see
-    ``wiring._BootEnvironment``): time and battery conditions hold."""
+class InstalledEnvironment:
+    """What a manifest's conditions see when an *installed* image is checked or started.
 
-    def __init__(self, anchors: TrustAnchors) -> None:
+    use-before, minimum-battery, update-authorized and wait guard the installation of an update
+    (update-management §5): an image installed while they held keeps booting after the deadline
+    passes or the battery runs low. So here they hold: the clock reads the epoch, the battery is
+    full, authorization and waits are granted. The compatibility conditions (vendor, class,
+    device, slot) and image digests are checked for real.
+    """
+
+    def __init__(self, anchors: TrustAnchors | None = None) -> None:
         self._anchors = anchors
 
     def now(self) -> int | None:
@@ -258,6 +279,6 @@ def invoke_running(config: DeviceConfig, store: BootStore, launcher: Launcher, *
         seen.add(envelope)
         verified = verify_envelope(envelope, anchors, limits=limits)
         device = Device(_RunningStore(config, store, launcher, log, identity),  # type: ignore[arg-type]
-                        _InvokeEnvironment(anchors))
+                        InstalledEnvironment(anchors))
         results.append(process(verified, "invoke", device, limits=limits))
     return Invoked(tuple(log), tuple(results))

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import sys
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from suitkit.core.processor import (
 from suitkit.core.verify import TrustAnchors, verify_envelope
 from suitkit.device.config import DeviceConfig, load_config
 from suitkit.device.consumer import Consumer, PayloadFetcher, reader_chunks, split_slot_record
+from suitkit.device.invoke import ImageComponent, InstalledEnvironment
 from suitkit.errors import AuthenticationError, DecodeError, StorageError
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
@@ -45,85 +44,20 @@ __all__ = ["OpenDevice", "SuitImageVerifier", "open_device"]
 CHUNK = 64 * 1024
 
 
-class _BootComponent:
-    """A component as the bootloader sees it while verifying one slot."""
-
-    def __init__(self, identity: ComponentIdentity, reader: ImageReader | None) -> None:
-        self._identity = identity
-        self._reader = reader
-
-    @property
-    def identity(self) -> ComponentIdentity:
-        return self._identity
-
-    def size(self) -> int | None:
-        return self._reader.size if self._reader else None
-
-    def digest(self, algorithm: int) -> bytes | None:
-        if self._reader is None:
-            return None
-        return stream_digest(reader_chunks(self._reader, CHUNK), algorithm)
-
-    def read(self, chunk_size: int) -> Iterator[bytes]:
-        return reader_chunks(self._reader, chunk_size) if self._reader else iter(())
-
-    def open_writer(self, max_size: int, *, metadata: Mapping[int, object] | None) -> object:
-        raise StorageError("the bootloader does not write while verifying")
-
-    def invoke(self, arguments: bytes | None) -> None:
-        raise StorageError("the bootloader does not invoke while verifying")
-
-    def slot(self) -> int | None:
-        return 0
-
-
 class _BootStore:
+    """The slot being checked is the manifest's component ``target``; the others look empty."""
+
     def __init__(self, identity: ComponentIdentity, target: ComponentIdentifier,
                  reader: ImageReader) -> None:
         self._identity, self._target, self._reader = identity, target, reader
 
-    def component(self, identifier: ComponentIdentifier) -> _BootComponent:
-        return _BootComponent(self._identity,
+    def component(self, identifier: ComponentIdentifier) -> ImageComponent:
+        name = "the checked image" if identifier == self._target else "another image"
+        return ImageComponent(self._identity, name,
                               self._reader if identifier == self._target else None)
 
     def swap(self, first: ComponentIdentifier, second: ComponentIdentifier) -> None:
         raise StorageError("the bootloader does not swap while verifying")
-
-
-class _BootEnvironment:
-    """What the shared sequence sees while the bootloader checks an installed image.
-
-    use-before, minimum-battery, update-authorized and wait guard the *installation* of an
-    update (update-management §5): an image installed while they held keeps booting after the
-    deadline passes or the battery runs low. So at boot they hold: the clock reads the epoch,
-    the battery is full, authorization and waits are granted. The compatibility conditions
-    (vendor, class, device, slot) are evaluated for real.
-    """
-
-    def now(self) -> int | None:
-        return 0
-
-    def battery_level(self) -> int | None:
-        return sys.maxsize
-
-    def authorize(self, priority: int) -> bool:
-        return True
-
-    def version(self, component: ComponentIdentifier) -> tuple[int, ...] | None:
-        return None
-
-    def wait(self, events: Mapping[int, object]) -> bool | None:
-        return True
-
-    def decryption_key(self, key_id: bytes | None, algorithm: int) -> None:
-        return None
-
-    @property
-    def dependency_anchors(self) -> TrustAnchors | None:
-        return None
-
-    def report(self, item: object) -> None:
-        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +80,7 @@ class SuitImageVerifier:
         if component not in verified.manifest.common.components:
             raise DecodeError("slot manifest", "the stored component is not in its manifest")
         store = _BootStore(self.identity, component, reader)
-        params = shared_parameters(verified, Device(store, _BootEnvironment()),  # type: ignore[arg-type]
+        params = shared_parameters(verified, Device(store, InstalledEnvironment()),  # type: ignore[arg-type]
                                    limits=self.limits)[component]
         if params.image_digest is None or params.image_size is None:
             raise AuthenticationError("the manifest gives this component no image digest and "
