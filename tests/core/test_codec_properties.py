@@ -158,3 +158,49 @@ def test_mutated_envelopes_raise_only_suit_errors(name: str, data: st.DataObject
         original[position] = data.draw(st.integers(0, 255))
     with contextlib.suppress(SuitError):
         codec.decode_envelope(bytes(original))
+
+
+cbor_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.binary(max_size=8),
+              st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.integers(-300, 30), inner, max_size=3)),
+    max_leaves=6,
+)
+
+
+def _mutate(obj: object, data: st.DataObject, depth: int = 0) -> object:
+    """Replace one node of a decoded CBOR tree (descending into bstr-wrapped CBOR too)."""
+    import cbor2
+
+    if depth > 6 or data.draw(st.integers(0, 4)) == 0:
+        return data.draw(cbor_values)
+    if isinstance(obj, bytes) and obj[:1] and obj[0] >> 5 in (4, 5):
+        try:
+            inner = cbor2.loads(obj)
+        except Exception:  # noqa: BLE001 - not CBOR: treat as a leaf
+            return data.draw(cbor_values)
+        return cbor2.dumps(_mutate(inner, data, depth + 1))
+    if isinstance(obj, list) and obj:
+        i = data.draw(st.integers(0, len(obj) - 1))
+        return [*obj[:i], _mutate(obj[i], data, depth + 1), *obj[i + 1:]]
+    if isinstance(obj, dict) and obj:
+        key = data.draw(st.sampled_from(list(obj)))
+        return {**obj, key: _mutate(obj[key], data, depth + 1)}
+    return data.draw(cbor_values)
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(ALL_ENVELOPES), st.data())
+def test_structurally_mutated_manifests_raise_only_suit_errors(name: str,
+                                                                data: st.DataObject) -> None:
+    # Type confusion deep inside bstr-wrapped members (a map where a command number belongs,
+    # a list where a digest belongs...) must give DecodeError, never a foreign exception.
+    import cbor2
+
+    envelope = cbor2.loads(vector(name))
+    body = dict(envelope.value)
+    body[3] = cbor2.dumps(_mutate(cbor2.loads(body[3]), data))
+    mutated = cbor2.dumps(cbor2.CBORTag(107, body))
+    with contextlib.suppress(SuitError):
+        codec.decode_envelope(mutated)
