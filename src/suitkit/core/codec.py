@@ -157,7 +157,7 @@ def decode_envelope(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Envelope
         elif key in SEVERABLE_MEMBERS:
             severable[key] = _bstr(value, f"envelope.{name_of(EnvelopeKey, key)}")
         else:
-            extra[key] = _freeze(value)
+            extra[key] = _freeze(value, f"envelope[{key}]")
     if auth is None:
         raise DecodeError("envelope", "missing authentication-wrapper (key 2)")
     if manifest is None:
@@ -244,7 +244,7 @@ def decode_manifest(data: bytes, *, limits: Limits = DEFAULT_LIMITS,
                 else decode_command_sequence(value, path=sub, limits=limits)
             )
         else:
-            extra[key] = _freeze(value)
+            extra[key] = _freeze(value, sub)
     for required, number in (("version", 1), ("sequence_number", 2), ("common", 3)):
         if required not in fields:
             raise DecodeError(path, f"missing {required.replace('_', '-')} (key {number})")
@@ -284,7 +284,7 @@ def _decode_common(value: object, path: str, limits: Limits) -> Common:
         elif key == CommonKey.DEPENDENCIES:
             dependencies = _decode_dependencies(item, f"{path}.dependencies", limits)
         elif type(key) is int:
-            extra[key] = _freeze(item)
+            extra[key] = _freeze(item, path)
         else:
             raise DecodeError(path, f"map key must be an int, got {_describe(key)}")
     return Common(components=components, shared_sequence=shared, dependencies=dependencies,
@@ -305,7 +305,7 @@ def _decode_dependencies(value: object, path: str,
             if key == 1:
                 prefix = _component_id(item, f"{sub}.prefix", limits)
             else:
-                extra[_int(key, sub)] = _freeze(item)
+                extra[_int(key, sub)] = _freeze(item, sub)
         out[index] = DependencyMetadata(prefix, FrozenDict(extra) if extra else EMPTY)
     return FrozenDict(out)
 
@@ -404,7 +404,7 @@ def _argument(code: int, arg: object, path: str, limits: Limits,
                           f"{_describe(arg)}")
     if code in _KNOWN_COMMANDS:
         return _uint(arg, path)  # SUIT_Rep_Policy
-    return _freeze(arg)  # unknown command: kept so it can be shown; the processor refuses it
+    return _freeze(arg, path)  # unknown command: kept to be shown; the processor refuses it
 
 
 def decode_parameters(value: object, *, path: str,
@@ -421,7 +421,7 @@ def decode_parameters(value: object, *, path: str,
         sub = f"{path}.{name_of(P, key)}"
         decoder = _PARAMETER_DECODERS.get(key)
         if decoder is None:
-            extra[key] = _freeze(item)
+            extra[key] = _freeze(item, sub)
         else:
             name, fn = decoder
             fields[name] = fn(item, sub, limits)
@@ -471,7 +471,7 @@ def _frozen_map(value: object, path: str, limits: Limits) -> FrozenDict[int, obj
     entries = _map(_nested(value, path, limits), path, limit=limits.max_map_entries)
     for key in entries:
         _int(key, path)
-    frozen = _freeze(entries)
+    frozen = _freeze(entries, path)
     assert isinstance(frozen, FrozenDict)
     return frozen
 
@@ -617,11 +617,11 @@ def _sequence_obj(sequence: CommandSequence) -> list[object]:
     items: list[object] = []
     for command in sequence.commands:
         items.append(command.code)
-        items.append(_argument_obj(command.argument))
+        items.append(_argument_obj(command.code, command.argument))
     return items
 
 
-def _argument_obj(arg: CommandArgument) -> object:
+def _argument_obj(code: int, arg: CommandArgument) -> object:
     if isinstance(arg, Parameters):
         return parameters_obj(arg)
     if isinstance(arg, CommandSequence):
@@ -631,12 +631,12 @@ def _argument_obj(arg: CommandArgument) -> object:
         if arg.empty_fallback:
             options.append(None)
         return options
-    if isinstance(arg, FrozenDict):
+    if isinstance(arg, FrozenDict) and code in (Cmd.OVERRIDE_MULTIPLE, Cmd.COPY_PARAMS):
         return {
             int(i): parameters_obj(v) if isinstance(v, Parameters) else _thaw(v)
             for i, v in arg.items()
         }
-    return _thaw(arg)
+    return _thaw(arg)  # any other argument, e.g. of a command we do not know, as decoded
 
 
 def parameters_obj(params: Parameters) -> dict[int, object]:

@@ -350,6 +350,12 @@ class ProcessorOptions:
     work a manifest can demand with try-each, run-sequence and component index lists."""
     max_dependency_depth: int = 4
     """Nesting of process-dependency (the root is depth 0)."""
+    allow_unverified_staging: bool = True
+    """Commit fetched or copied bytes into a component that has no image-digest (neither
+    checked nor AEAD-decrypted). The spec's examples do this (the encryption draft stages
+    ciphertext and authenticates it with AES-GCM at copy time); a device that stores only
+    bootable images should turn it off, as ``suitkit.device`` does (manifest §7: "A digest MUST
+    always be set")."""
 
 
 DEFAULT_OPTIONS = ProcessorOptions()
@@ -1287,7 +1293,7 @@ class _Processor:
         content = self._require(ctx, index, P.CONTENT, bytes, condition=False)
         return self._store(ctx, index, _chunks(content, self.options.chunk_size),
                            decryptor=self._decryptor(ctx, index), raw_limit=None,
-                           source="content")
+                           source="content", authenticated=True)
 
     def _copy(self, frame: _Frame, position: int, command: Command, index: int) -> Parameters:
         # manifest §8.4.10.5 (+ encryption: copy decrypts the source component)
@@ -1392,13 +1398,24 @@ class _Processor:
 
     def _store(self, ctx: _Context, index: int, chunks: Iterable[bytes], *,
                decryptor: crypto.ContentDecryptor | None, raw_limit: int | None,
-               source: str) -> Parameters:
-        """Stream ``chunks`` (decrypted if asked) into the component; commit only if verified."""
+               source: str, authenticated: bool = False) -> Parameters:
+        """Stream ``chunks`` (decrypted if asked) into the component; commit only if verified.
+
+        ``authenticated``: the bytes come from the signed manifest itself (write's content);
+        otherwise (fetch, copy) an image-digest must be set, or nothing is written.
+        """
         component = ctx.components[index]
         bound = self._bound(ctx, index)
         size = self._get(ctx, index, P.IMAGE_SIZE, int)
         expected = None if index in ctx.dependencies else self._get(ctx, index, P.IMAGE_DIGEST,
                                                                     Digest)
+        aead = decryptor is not None and decryptor.algorithm in _GCM_ALGORITHMS
+        if (expected is None and index not in ctx.dependencies and not authenticated
+                and not aead and not self.options.allow_unverified_staging):
+            # manifest §7: "A digest MUST always be set"; never commit unauthenticated bytes
+            # (an AEAD decryption authenticates them by itself).
+            raise _operation_failed(f"{source}: no image-digest is set for this component, so "
+                                    "what arrives cannot be checked; refused")
         hasher = _hasher(expected.algorithm) if expected is not None else None
         metadata = self._get(ctx, index, P.COMPONENT_METADATA, FrozenDict)
         writer = component.open_writer(bound, metadata=metadata)

@@ -92,15 +92,25 @@ def describe(value: object) -> str:
     return kind
 
 
-def freeze(value: object) -> object:
-    """Decoded CBOR made immutable: arrays to tuples, maps to FrozenDict."""
+def freeze(value: object, path: str = "") -> object:
+    """Decoded CBOR made immutable: arrays to tuples, maps to FrozenDict.
+
+    Used for members suitkit keeps without giving them a meaning (unknown keys, extensions).
+    Floating-point numbers, ``undefined`` and other simple values appear nowhere in SUIT and
+    are refused, so anything kept can be encoded again deterministically.
+
+    Raises:
+        DecodeError: a float, undefined or simple value.
+    """
     if isinstance(value, list | tuple):
-        return tuple(freeze(v) for v in value)
+        return tuple(freeze(v, path) for v in value)
     if isinstance(value, Mapping):
-        return FrozenDict({freeze(k): freeze(v) for k, v in value.items()})
+        return FrozenDict({freeze(k, path): freeze(v, path) for k, v in value.items()})
     if isinstance(value, CBORTag):
-        return CBORTag(value.tag, freeze(value.value))
-    return value
+        return CBORTag(value.tag, freeze(value.value, path))
+    if value is None or isinstance(value, bool | int | bytes | str):
+        return value
+    raise DecodeError(path, f"{describe(value)} values are not used in SUIT")
 
 
 def thaw(value: object) -> object:

@@ -39,6 +39,7 @@ __all__ = [
     "TrustAnchor",
     "TrustAnchors",
     "VerifiedManifest",
+    "addressed_components",
     "check_severable",
     "verify_decoded",
     "verify_envelope",
@@ -195,9 +196,21 @@ def _candidates(block: cose.CoseSign1 | cose.CoseMac0,
     return out
 
 
+def addressed_components(manifest: Manifest) -> tuple[ComponentIdentifier, ...]:
+    """Every component a manifest can write: its components, and the extra component slots
+    that dependencies beyond them open under their prefix (suit-spec.md §16 item 7)."""
+    components = list(manifest.common.components)
+    for index, meta in sorted((manifest.common.dependencies or {}).items()):
+        if index >= len(manifest.common.components) and meta.prefix is not None:
+            components.append(meta.prefix)
+    return tuple(components)
+
+
 def _check_policy(manifest: Manifest, signers: Sequence[TrustAnchor],
                   anchors: TrustAnchors) -> None:
-    components = manifest.common.components
+    # RFC 9124 REQ.SEC.ACCESS_CONTROL: a signer's scope covers every component it can write,
+    # dependency slots included.
+    components = addressed_components(manifest)
     for anchor in signers:
         for component in components:
             if not anchor.may_update(component):

@@ -50,12 +50,18 @@ from suitkit.core.processor import (
     ProcessorOptions,
     ProcessResult,
     process,
+    shared_parameters,
     stream_digest,
 )
 from suitkit.core.report import Record, Report, SystemPropertyClaims
-from suitkit.core.verify import TrustAnchors, VerifiedManifest, verify_decoded
+from suitkit.core.verify import (
+    TrustAnchors,
+    VerifiedManifest,
+    addressed_components,
+    verify_decoded,
+)
 from suitkit.device.config import ComponentSpec, DeviceConfig
-from suitkit.errors import DecodeError, PolicyError, StorageError, SuitError
+from suitkit.errors import DecodeError, PolicyError, ProcessingError, StorageError, SuitError
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
@@ -482,7 +488,9 @@ class Consumer:
     fetcher: PayloadFetcher | None = None
     clock: Callable[[], float] | None = time.time
     limits: Limits = field(default_factory=Limits)
-    options: ProcessorOptions = field(default_factory=ProcessorOptions)
+    options: ProcessorOptions = field(
+        default_factory=lambda: ProcessorOptions(allow_unverified_staging=False))
+    """Slots hold bootable images only: nothing is written without a digest to check."""
 
     @property
     def identity(self) -> ComponentIdentity:
@@ -512,6 +520,10 @@ class Consumer:
         device = Device(store=_Store(run), environment=env,
                         fetcher=_FetcherAdapter(self.fetcher, run) if self.fetcher else None)
         try:
+            self._check_bootable(verified, device)
+        except SuitError as e:
+            return InstallOutcome(False, f"rejected: {e}", verified.manifest.sequence_number)
+        try:
             result = process(verified, "update", device, limits=self.limits,
                              options=self.options, nonce=nonce)
         except BaseException:
@@ -536,6 +548,24 @@ class Consumer:
                               f"{sequence}); pending until the next boot", sequence,
                               result.report, result, tuple(run.written))
 
+    def _check_bootable(self, verified: VerifiedManifest, device: Device) -> None:
+        """The bootloader checks each image at every boot against the digest and size the
+        shared sequence gives it (``processor.shared_parameters``); refuse a manifest that does
+        not give them, since its images could never boot (manifest §7.2 secure boot template).
+        """
+        try:
+            params = shared_parameters(verified, device, limits=self.limits)
+        except ProcessingError:
+            return  # a condition fails: the processor reports it, with the SUIT report
+        for cid in verified.manifest.common.components:
+            spec = self.config.component(cid)
+            if spec is None:
+                continue  # the processor refuses unknown components with a report
+            found = params.get(cid)
+            if found is None or found.image_digest is None or found.image_size is None:
+                raise PolicyError(f"the shared sequence sets no image-digest and image-size for "
+                                  f"{spec.image}; the bootloader could not check it at boot")
+
     def _check_pending(self) -> None:
         # One staging slot per image: writing a new update there would destroy the pending one
         # before the new one is known to be good.
@@ -547,7 +577,7 @@ class Consumer:
         # RFC 9124 REQ.SEC.SEQUENCE / manifest §8.4.2: refuse a lower sequence number.
         counters = self.store.read_counters()
         sequence = verified.manifest.sequence_number
-        for cid in verified.manifest.common.components:
+        for cid in addressed_components(verified.manifest):
             spec = self.config.component(cid)
             if spec is None:
                 continue  # the processor refuses unknown components with a report

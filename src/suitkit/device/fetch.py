@@ -17,6 +17,7 @@ Not here: where the bytes go (the slot writer), or persistence of the offset (th
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,11 +49,14 @@ class FileFetcher:
         Raises:
             FetchError: the file is missing, outside ``root``, or longer than ``max_bytes``.
         """
-        parsed = urlparse(uri)
-        if parsed.scheme not in ("", "file"):
-            raise FetchError(f"{uri}: not a file URI")
-        root = self.root.resolve()
-        path = (root / unquote(parsed.path).lstrip("/")).resolve()
+        try:
+            parsed = urlparse(uri)
+            if parsed.scheme not in ("", "file"):
+                raise FetchError(f"{uri}: not a file URI")
+            root = self.root.resolve()
+            path = (root / unquote(parsed.path).lstrip("/")).resolve()
+        except (ValueError, OSError) as e:
+            raise FetchError(f"{uri!r}: not a usable file URI: {e}") from e
         if not path.is_relative_to(root):
             raise FetchError(f"{uri}: outside the firmware folder {root}")
         try:
@@ -62,7 +66,12 @@ class FileFetcher:
                                  "manifest allows (image-size)")
             with path.open("rb") as f:
                 f.seek(offset)
+                position = offset
                 while chunk := f.read(CHUNK):
+                    position += len(chunk)
+                    if position > max_bytes:  # the file grew while it was read
+                        raise FetchError(f"{uri}: more than the {max_bytes} bytes the manifest "
+                                         "allows (image-size)")
                     yield chunk
         except OSError as e:
             raise FetchError(f"{uri}: {e.strerror or e}") from e
@@ -88,16 +97,33 @@ class HttpFetcher:
         """Stream ``uri`` from ``offset``, resuming after network errors.
 
         ``arguments`` (suit-parameter-fetch-arguments) is implementation-defined; unused here.
-
-        Raises:
-            FetchError: HTTP error status, too many bytes, changed file, retries or deadline
-                exhausted.
+        With its own client (the default) the deadline holds for the whole fetch, headers
+        included: a watchdog closes the connection when it passes.
         """
+        own = self.client is None
         client = self.client or httpx.Client(timeout=self.timeout, follow_redirects=False)
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            client.close()  # interrupts a read that is blocked on a trickling server
+
+        watchdog = threading.Timer(self.deadline, expire) if own else None
+        if watchdog is not None:
+            watchdog.daemon = True
+            watchdog.start()
         try:
             yield from self._fetch(client, uri, max_bytes=max_bytes, offset=offset)
+        except FetchError:
+            raise
+        except Exception as e:
+            if expired.is_set():
+                raise FetchError(f"{uri}: download took longer than {self.deadline:g} s") from e
+            raise FetchError(f"{uri}: {type(e).__name__}: {e}") from e
         finally:
-            if self.client is None:
+            if watchdog is not None:
+                watchdog.cancel()
+            if own:
                 client.close()
 
     def _fetch(self, client: httpx.Client, uri: str, *, max_bytes: int,
@@ -113,12 +139,17 @@ class HttpFetcher:
             try:
                 with client.stream("GET", uri, headers=headers) as response:
                     _check_status(uri, response, position)
+                    encoding = response.headers.get("Content-Encoding", "identity").lower()
+                    if encoding not in ("identity", ""):
+                        # We asked for identity; decoding gzip would inflate before the bound.
+                        raise FetchError(f"{uri}: the server sent Content-Encoding {encoding!r}; "
+                                         "only identity is accepted")
                     etag = etag or response.headers.get("ETag")
                     total = _announced_total(response, position)
                     if total is not None and total > max_bytes:
                         raise FetchError(f"{uri}: {total} bytes is more than the {max_bytes} "
                                          "bytes the manifest allows (image-size)")
-                    for chunk in response.iter_bytes():
+                    for chunk in response.iter_raw():
                         if position + len(chunk) > max_bytes:
                             raise FetchError(f"{uri}: the server sent more than the {max_bytes} "
                                              "bytes the manifest allows (image-size)")
@@ -129,13 +160,13 @@ class HttpFetcher:
                                              f"{self.deadline:g} s")
                     return
             except (httpx.TransportError, httpx.StreamError) as e:
+                if time.monotonic() - started > self.deadline or client.is_closed:
+                    raise FetchError(f"{uri}: download took longer than {self.deadline:g} s"
+                                     ) from e
                 failures += 1
                 if failures > self.retries:
                     raise FetchError(f"{uri}: {type(e).__name__} after {failures} attempts at "
                                      f"byte {position}: {e}") from e
-                if time.monotonic() - started > self.deadline:
-                    raise FetchError(f"{uri}: download took longer than {self.deadline:g} s"
-                                     ) from e
                 time.sleep(min(self.backoff * 2 ** (failures - 1), 5.0))
 
 
@@ -176,7 +207,10 @@ class RoutingFetcher:
         Raises:
             FetchError: unknown scheme, or the chosen fetcher's errors.
         """
-        scheme = urlparse(uri).scheme
+        try:
+            scheme = urlparse(uri).scheme
+        except ValueError as e:
+            raise FetchError(f"{uri!r}: not a URI: {e}") from e
         if scheme in ("http", "https"):
             return self.http.fetch(uri, max_bytes=max_bytes, offset=offset)
         if scheme in ("", "file") and self.files is not None:

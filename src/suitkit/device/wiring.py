@@ -23,7 +23,7 @@ from suitkit.bootloader.api import Bootloader
 from suitkit.bootloader.flash import Flash
 from suitkit.bootloader.fsslots import FsBootloader
 from suitkit.bootloader.profiles import SHAPES
-from suitkit.bootloader.verifier import ImageInfo, ImageReader, as_reader
+from suitkit.bootloader.verifier import ImageInfo, ImageReader, ImageVerifier, as_reader
 from suitkit.core.model import ComponentIdentifier
 from suitkit.core.processor import (
     ComponentIdentity,
@@ -66,6 +66,8 @@ class SuitImageVerifier:
 
     anchors: TrustAnchors
     identity: ComponentIdentity
+    component: ComponentIdentifier | None = None
+    """The component the verified slot is for (``None``: whichever the slot record names)."""
     limits: Limits = field(default_factory=Limits)
 
     def verify(self, manifest: bytes, image: bytes | ImageReader) -> ImageInfo:
@@ -76,13 +78,17 @@ class SuitImageVerifier:
         """
         reader = as_reader(image)
         component, envelope = split_slot_record(manifest, limits=self.limits)
+        # RFC 9124 REQ.SEC.AUTH.IMG_LOC: the slot must hold the component it is for.
+        if self.component is not None and component != self.component:
+            raise AuthenticationError(f"the slot of {_cid(self.component)} holds an image for "
+                                      f"{_cid(component)}")
         verified = verify_envelope(envelope, self.anchors, limits=self.limits)
         if component not in verified.manifest.common.components:
             raise DecodeError("slot manifest", "the stored component is not in its manifest")
         store = _BootStore(self.identity, component, reader)
         params = shared_parameters(verified, Device(store, InstalledEnvironment()),  # type: ignore[arg-type]
-                                   limits=self.limits)[component]
-        if params.image_digest is None or params.image_size is None:
+                                   limits=self.limits).get(component)
+        if params is None or params.image_digest is None or params.image_size is None:
             raise AuthenticationError("the manifest gives this component no image digest and "
                                       "size to check at boot")
         if reader.size != params.image_size:
@@ -120,6 +126,10 @@ class OpenDevice:
         atomic_write(directory / "wear.json", json.dumps(wear).encode())
 
 
+def _cid(component: ComponentIdentifier) -> str:
+    return "[" + ", ".join(f"h'{p.hex()}'" for p in component) + "]"
+
+
 def identity_of(config: DeviceConfig) -> ComponentIdentity:
     """The identity a device's components answer the compatibility conditions with."""
     return ComponentIdentity(vendor_ids=frozenset({config.vendor_id}),
@@ -135,11 +145,14 @@ def open_device(directory: Path) -> OpenDevice:
         KeyMaterialError: a trust anchor is unreadable.
     """
     config = load_config(directory)
-    verifier = SuitImageVerifier(config.trust_anchors(), identity_of(config))
+    anchors, identity = config.trust_anchors(), identity_of(config)
+    # One verifier per image, each knowing which component its slots must hold.
+    verifiers: dict[str, ImageVerifier] = {
+        c.image: SuitImageVerifier(anchors, identity, c.suit_id) for c in config.components}
     if config.shape == "linux":
         names = tuple(c.image for c in config.components)
-        return OpenDevice(config, FsBootloader(directory / "slots", names, verifier), {})
-    device = SHAPES[config.shape](verifier, image_sectors=config.image_sectors)
+        return OpenDevice(config, FsBootloader(directory / "slots", names, verifiers), {})
+    device = SHAPES[config.shape](verifiers, image_sectors=config.image_sectors)
     flash_dir = directory / "flash"
     if (flash_dir / "wear.json").exists():
         try:
