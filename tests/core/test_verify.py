@@ -169,3 +169,18 @@ def test_payload_must_be_detached() -> None:
     data[index + 1] = 0x40  # payload h''
     with pytest.raises(DecodeError):
         verify_envelope(bytes(data), ANCHORS)
+
+
+def test_manifest_is_not_parsed_before_it_is_authenticated() -> None:
+    # manifest §6.2: verify the signature before parsing the manifest. A manifest that would
+    # not even parse, behind a wrong digest, is refused as unauthentic, not as malformed.
+    import cbor2
+
+    top = cbor2.loads(vector("example0"))
+    body = dict(top.value)
+    body[3] = b"\xff\xff\xff"  # not CBOR at all
+    data = cbor2.dumps(cbor2.CBORTag(107, body))
+    with pytest.raises(AuthenticationError, match="manifest digest mismatch"):
+        verify_envelope(data, ANCHORS)
+    with pytest.raises(DecodeError):
+        codec.decode_envelope(data)  # the plain decoder parses it and says why it is bad

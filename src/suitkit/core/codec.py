@@ -17,7 +17,7 @@ their digest.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
@@ -77,6 +77,7 @@ __all__ = [
     "build_envelope",
     "decode_command_sequence",
     "decode_envelope",
+    "decode_envelope_parts",
     "decode_manifest",
     "decode_parameters",
     "decode_text",
@@ -112,11 +113,41 @@ def _nested(data: object, path: str, limits: Limits) -> Any:
 # --------------------------------------------------------------------------- envelope
 
 
+@dataclass(frozen=True, slots=True)
+class EnvelopeParts:
+    """A decoded envelope whose manifest has not been parsed yet (manifest §6.2: a processor
+    verifies the signature before it parses the manifest). ``verify`` authenticates
+    ``manifest_bytes`` first, then calls ``with_manifest``."""
+
+    authentication: Authentication
+    manifest_bytes: bytes
+    severable: FrozenDict[int, bytes]
+    integrated: FrozenDict[str, bytes]
+    extra: FrozenDict[int, object]
+    tagged: bool
+
+    def with_manifest(self, manifest: Manifest) -> Envelope:
+        """The envelope, with its (now parsed) manifest."""
+        return Envelope(authentication=self.authentication, manifest=manifest,
+                        manifest_bytes=self.manifest_bytes, severable=self.severable,
+                        integrated=self.integrated, extra=self.extra, tagged=self.tagged)
+
+
 def decode_envelope(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Envelope:
     """Decode a SUIT_Envelope (tagged 107 or untagged) without checking any signature.
 
     Raises:
         DecodeError: the envelope or anything inside it is malformed or over a limit.
+    """
+    parts = decode_envelope_parts(data, limits=limits)
+    return parts.with_manifest(decode_manifest(parts.manifest_bytes, limits=limits))
+
+
+def decode_envelope_parts(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> EnvelopeParts:
+    """Decode an envelope's members, leaving the manifest as the bytes received.
+
+    Raises:
+        DecodeError: the envelope is malformed or over a limit.
     """
     if len(data) > limits.max_envelope_bytes:
         raise DecodeError("envelope", f"{len(data)} bytes is over the limit of "
@@ -132,8 +163,7 @@ def decode_envelope(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Envelope
         tagged, top = True, top.value
     entries = _map(top, "envelope", limit=limits.max_map_entries + limits.max_integrated)
     auth: Authentication | None = None
-    manifest: Manifest | None = None
-    manifest_bytes = b""
+    manifest_bytes: bytes | None = None
     severable: dict[int, bytes] = {}
     integrated: dict[str, bytes] = {}
     extra: dict[int, object] = {}
@@ -153,24 +183,16 @@ def decode_envelope(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Envelope
             if len(manifest_bytes) > limits.max_manifest_bytes:
                 raise DecodeError("envelope.manifest", f"{len(manifest_bytes)} bytes is over "
                                   f"the limit of {limits.max_manifest_bytes}")
-            manifest = decode_manifest(manifest_bytes, limits=limits)
         elif key in SEVERABLE_MEMBERS:
             severable[key] = _bstr(value, f"envelope.{name_of(EnvelopeKey, key)}")
         else:
             extra[key] = _freeze(value, f"envelope[{key}]")
     if auth is None:
         raise DecodeError("envelope", "missing authentication-wrapper (key 2)")
-    if manifest is None:
+    if manifest_bytes is None:
         raise DecodeError("envelope", "missing manifest (key 3)")
-    return Envelope(
-        authentication=auth,
-        manifest=manifest,
-        manifest_bytes=manifest_bytes,
-        severable=FrozenDict(severable),
-        integrated=FrozenDict(integrated),
-        extra=FrozenDict(extra) if extra else EMPTY,
-        tagged=tagged,
-    )
+    return EnvelopeParts(auth, manifest_bytes, FrozenDict(severable), FrozenDict(integrated),
+                         FrozenDict(extra) if extra else EMPTY, tagged)
 
 
 def _decode_authentication(value: object, limits: Limits) -> Authentication:

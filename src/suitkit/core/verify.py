@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from suitkit.core import cbor, codec, cose, crypto
 from suitkit.core.model import (
+    Authentication,
     CommandSequence,
     ComponentIdentifier,
     Digest,
@@ -120,24 +121,39 @@ def verify_envelope(data: bytes, anchors: TrustAnchors, *,
         PolicyError: a required authority did not sign, a signer acted outside its scope, or an
             algorithm is not accepted.
     """
-    envelope = codec.decode_envelope(data, limits=limits)
-    return verify_decoded(envelope, anchors, limits=limits)
+    # manifest §6.2: verify the signature before parsing the manifest, so that the manifest
+    # parser only ever sees authenticated bytes.
+    parts = codec.decode_envelope_parts(data, limits=limits)
+    signers = _authenticate(parts.authentication, parts.manifest_bytes, anchors)
+    manifest = codec.decode_manifest(parts.manifest_bytes, limits=limits)
+    return _accept(parts.with_manifest(manifest), signers, anchors, limits)
 
 
 def verify_decoded(envelope: Envelope, anchors: TrustAnchors, *,
                    limits: Limits = codec.DEFAULT_LIMITS) -> VerifiedManifest:
     """``verify_envelope`` for an envelope already decoded (by the same strict codec)."""
-    auth = envelope.authentication
+    signers = _authenticate(envelope.authentication, envelope.manifest_bytes, anchors)
+    return _accept(envelope, signers, anchors, limits)
+
+
+def _authenticate(auth: Authentication, manifest_bytes: bytes,
+                  anchors: TrustAnchors) -> tuple[TrustAnchor, ...]:
+    """Check the manifest digest and the authentication blocks; return who signed."""
     # manifest §8.3: the SUIT_Digest covers the bstr-wrapped manifest as carried in the envelope.
     if auth.digest.algorithm not in anchors.digest_algorithms:
         name = crypto.algorithm_name(auth.digest.algorithm)
         raise PolicyError(f"manifest digest algorithm {name} is not accepted")
-    actual = crypto.digest(auth.digest.algorithm, cbor.wrap(envelope.manifest_bytes))
+    actual = crypto.digest(auth.digest.algorithm, cbor.wrap(manifest_bytes))
     if not hmac.compare_digest(actual, auth.digest.value):
         raise AuthenticationError(f"manifest digest mismatch: the authentication wrapper says "
                                   f"{auth.digest.value.hex()}, the manifest hashes to "
                                   f"{actual.hex()}")
-    signers = _check_blocks(auth.blocks, auth.digest_bytes, anchors)
+    return _check_blocks(auth.blocks, auth.digest_bytes, anchors)
+
+
+def _accept(envelope: Envelope, signers: tuple[TrustAnchor, ...], anchors: TrustAnchors,
+            limits: Limits) -> VerifiedManifest:
+    """The checks that need the parsed manifest: signer policy, version, severable members."""
     _check_policy(envelope.manifest, signers, anchors)
     # manifest §8.1/§8.4.1: only version 1 is defined.
     if envelope.manifest.version != 1:

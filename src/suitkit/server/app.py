@@ -1,0 +1,516 @@
+"""The firmware server's HTTP edge (RFC 9019 §3 firmware server; RFC 9110 §14 range requests).
+
+``create_app(config)`` builds a FastAPI application over a ``BlobStore``:
+
+- ``POST /api/v1/releases`` (multipart/form-data, ``Authorization: Bearer <token>``): a part
+  ``envelope`` (the signed SUIT envelope) and zero or more detached images, each a part named
+  ``image-<N>`` (for component index N of the manifest) or ``image`` (matched to the component
+  whose image-digest it has). The envelope must verify against the author trust anchors; every
+  image and every integrated payload must match the image-digest and image-size of a component.
+- ``GET/HEAD /firmware/{sha256}``, ``GET/HEAD /envelopes/{sha256}``: immutable, content-addressed
+  downloads with Range, If-Range and ETag (Starlette ``FileResponse``).
+- ``GET /api/v1/releases``, ``GET /api/v1/releases/{id}``: release metadata.
+
+What each component should contain is read from the manifest itself: the shared sequence is run
+by ``processor.shared_parameters`` on a permissive stand-in device (its components match every
+vendor, class and device identifier the shared sequence names; use-before and battery
+conditions hold) and its image-digest and
+image-size parameters are what uploads are checked against. The server is not the device's
+policy enforcer: devices verify everything again.
+
+Not here: dependencies (an envelope that declares one is refused), per-slot images chosen by
+try-each (only the first alternative is checked), a version condition in the shared sequence,
+the status tracker, CoAP.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+from uuid import UUID
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message
+
+from suitkit.core import codec, cose, crypto, processor
+from suitkit.core.model import (
+    CommandSequence,
+    ComponentIdentifier,
+    Digest,
+    Parameters,
+    TryEach,
+    VendorIdentifier,
+)
+from suitkit.core.processor import ComponentIdentity, Device, ProcessorOptions
+from suitkit.core.report import Record, SystemPropertyClaims
+from suitkit.core.verify import TrustAnchors, VerifiedManifest, verify_envelope
+from suitkit.errors import (
+    AuthenticationError,
+    DecodeError,
+    PolicyError,
+    ProcessingError,
+    StorageError,
+)
+from suitkit.limits import Limits
+from suitkit.server.store import BlobStore, ComponentRecord, ReleaseRecord, is_digest
+
+__all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "ServerConfig", "UploadRefused", "create_app",
+           "expected_images"]
+
+ENVELOPE_MEDIA_TYPE = "application/suit-envelope+cose"
+IMMUTABLE = "public, max-age=31536000, immutable"
+_CHUNK = 64 * 1024
+_IMAGE_PART = re.compile(r"image(?:-(\d{1,4}))?")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Configuration of one firmware server, built once by the CLI.
+
+    ``upload_token``: the bearer token uploads need; ``None`` disables uploads (403).
+    ``max_upload_bytes``: bound on a whole upload request body (413 beyond it).
+    ``limits``: decoding limits for envelopes (``max_envelope_bytes`` bounds the envelope part).
+    """
+
+    data_dir: Path
+    anchors: TrustAnchors
+    upload_token: str | None = None
+    max_upload_bytes: int = 256 * 1024 * 1024
+    limits: Limits = field(default_factory=Limits)
+
+
+class UploadRefused(Exception):
+    """An upload or request the server refuses: an HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+# ============================================================================ expected images
+
+
+def _named_identities(sequence: CommandSequence | None) -> ComponentIdentity:
+    """Every vendor, class and device identifier the sequence's parameters name (recursively
+    through try-each, run-sequence and override-multiple)."""
+    vendors: set[VendorIdentifier] = set()
+    classes: set[UUID] = set()
+    devices: set[UUID] = set()
+
+    def walk(argument: object) -> None:
+        if isinstance(argument, Parameters):
+            if argument.vendor_identifier is not None:
+                vendors.add(argument.vendor_identifier)
+            if argument.class_identifier is not None:
+                classes.add(argument.class_identifier)
+            if argument.device_identifier is not None:
+                devices.add(argument.device_identifier)
+        elif isinstance(argument, CommandSequence):
+            for command in argument:
+                walk(command.argument)
+        elif isinstance(argument, TryEach):
+            for branch in argument.sequences:
+                walk(branch)
+        elif isinstance(argument, Mapping):
+            for value in argument.values():
+                walk(value)
+
+    walk(sequence)
+    return ComponentIdentity(frozenset(vendors), frozenset(classes), frozenset(devices))
+
+
+class _Placeholder:
+    """A component that matches the identifiers the manifest names and holds nothing."""
+
+    def __init__(self, identity: ComponentIdentity) -> None:
+        self.identity = identity
+
+    def size(self) -> int | None:
+        return None
+
+    def digest(self, algorithm: int) -> bytes | None:
+        return None
+
+    def read(self, chunk_size: int) -> Iterator[bytes]:
+        return iter(())
+
+    def open_writer(self, max_size: int, *,
+                    metadata: Mapping[int, object] | None) -> processor.ComponentWriter:
+        raise StorageError("the firmware server does not write components")
+
+    def invoke(self, arguments: bytes | None) -> None:
+        raise StorageError("the firmware server does not invoke components")
+
+    def slot(self) -> int | None:
+        return None
+
+
+class _PlaceholderStore:
+    def __init__(self, identity: ComponentIdentity) -> None:
+        self.identity = identity
+
+    def component(self, identifier: ComponentIdentifier) -> processor.Component | None:
+        return _Placeholder(self.identity)
+
+    def swap(self, first: ComponentIdentifier, second: ComponentIdentifier) -> None:
+        raise StorageError("the firmware server does not swap components")
+
+
+class _PermissiveEnvironment:
+    """Conditions a device would check against its own state all hold here."""
+
+    def now(self) -> int | None:
+        return 0  # use-before holds; the device checks it with its own clock
+
+    def battery_level(self) -> int | None:
+        return 1 << 62
+
+    def authorize(self, priority: int) -> bool:
+        return True
+
+    def version(self, component: ComponentIdentifier) -> tuple[int, ...] | None:
+        return None
+
+    def wait(self, events: Mapping[int, object]) -> bool | None:
+        return True
+
+    def decryption_key(self, key_id: bytes | None, algorithm: int) -> cose.RecipientKey | None:
+        return None
+
+    @property
+    def dependency_anchors(self) -> TrustAnchors | None:
+        return None
+
+    def report(self, item: Record | SystemPropertyClaims) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Expected:
+    index: int
+    identifier: ComponentIdentifier
+    digest: Digest | None
+    size: int | None
+
+    def label(self) -> str:
+        return f"component {self.index} [{', '.join(p.hex() for p in self.identifier)}]"
+
+
+def expected_images(verified: VerifiedManifest, *,
+                    limits: Limits = codec.DEFAULT_LIMITS) -> list[_Expected]:
+    """Image digest and size each component of the manifest has after the shared sequence.
+
+    Raises:
+        ProcessingError: the shared sequence cannot run (an unsupported manifest).
+    """
+    identity = _named_identities(verified.manifest.common.shared_sequence)
+    device = Device(_PlaceholderStore(identity), _PermissiveEnvironment())
+    params = processor.shared_parameters(verified, device, limits=limits,
+                                         options=ProcessorOptions())
+    result = []
+    for index, cid in enumerate(verified.manifest.common.components):
+        p = params.get(cid)
+        result.append(_Expected(index, cid, p.image_digest if p else None,
+                                p.image_size if p else None))
+    return result
+
+
+# ============================================================================ upload checks
+
+
+@dataclass(frozen=True, slots=True)
+class _Image:
+    """A detached image part: the component index it is for (``None``: match by digest)."""
+
+    name: str
+    component: int | None
+    file: BinaryIO
+    size: int
+
+
+def _digest_of(file: BinaryIO, algorithm: int) -> bytes:
+    file.seek(0)
+    return processor.stream_digest(iter(lambda: file.read(_CHUNK), b""), algorithm)
+
+
+def _check_image(expected: _Expected, name: str, size: int, digest: Callable[[int], bytes]
+                 ) -> None:
+    if expected.digest is None or expected.size is None:
+        raise UploadRefused(422, f"{name}: {expected.label()} has no image-digest and "
+                                 "image-size in the shared sequence; cannot check an image")
+    if size != expected.size:
+        raise UploadRefused(422, f"{name}: image size mismatch for {expected.label()}: "
+                                 f"{size} bytes uploaded, the manifest says {expected.size}")
+    actual = digest(expected.digest.algorithm)
+    if not hmac.compare_digest(actual, expected.digest.value):
+        raise UploadRefused(422, f"{name}: image digest mismatch for {expected.label()}: "
+                                 f"uploaded image hashes to {actual.hex()}, the manifest says "
+                                 f"{expected.digest.value.hex()}")
+
+
+def _match(expected: list[_Expected], name: str, size: int,
+           digest: Callable[[int], bytes]) -> _Expected:
+    """The component whose image-digest and image-size this image has."""
+    for candidate in expected:
+        if (candidate.digest is not None and candidate.size == size
+                and hmac.compare_digest(digest(candidate.digest.algorithm),
+                                        candidate.digest.value)):
+            return candidate
+    raise UploadRefused(422, f"{name} ({size} bytes) matches no component of the manifest "
+                             "(no image-digest and image-size equal its own)")
+
+
+def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
+            images: list[_Image]) -> tuple[int, ReleaseRecord]:
+    """Verify, check and store one upload; (HTTP status, release record)."""
+    try:
+        verified = verify_envelope(envelope, config.anchors, limits=config.limits)
+    except DecodeError as e:
+        raise UploadRefused(400, f"envelope is malformed: {e}") from e
+    except (AuthenticationError, PolicyError) as e:
+        raise UploadRefused(422, f"envelope does not verify against the author trust "
+                                 f"anchors: {e}") from e
+    if verified.manifest.common.dependencies:
+        raise UploadRefused(422, "manifests with dependencies are not supported by this server")
+    try:
+        expected = expected_images(verified, limits=config.limits)
+    except (ProcessingError, PolicyError) as e:
+        raise UploadRefused(422, f"cannot read the component images from the shared "
+                                 f"sequence: {e}") from e
+
+    blobs: dict[int, str] = {}
+    checked: list[tuple[_Expected, _Image]] = []
+    for image in images:
+        def digest(algorithm: int, file: BinaryIO = image.file) -> bytes:
+            return _digest_of(file, algorithm)
+
+        if image.component is None:
+            target = _match(expected, image.name, image.size, digest)
+        else:
+            if image.component >= len(expected):
+                raise UploadRefused(422, f"{image.name}: unknown component {image.component}; "
+                                         f"the manifest has {len(expected)} component(s)")
+            target = expected[image.component]
+            _check_image(target, image.name, image.size, digest)
+        checked.append((target, image))
+    integrated: list[tuple[_Expected, str, bytes]] = []
+    for key, payload in verified.envelope.integrated.items():
+        def digest_payload(algorithm: int, data: bytes = payload) -> bytes:
+            return crypto.digest(algorithm, data)
+
+        target = _match(expected, f"integrated payload {key!r}", len(payload), digest_payload)
+        integrated.append((target, key, payload))
+
+    envelope_blob = store.put_blob(envelope)
+    for target, image in checked:
+        image.file.seek(0)
+        blobs[target.index] = store.put_blob(image.file)
+    integrated_blobs = {}
+    for target, key, payload in integrated:
+        integrated_blobs[key] = blobs[target.index] = store.put_blob(payload)
+    release_id = verified.digest.value.hex()
+    previous = store.get_release(release_id)
+    if previous is not None and previous.envelope != envelope_blob:
+        raise UploadRefused(409, f"release {release_id} already exists with a different "
+                                 f"envelope ({previous.envelope})")
+    old = {c.index: c.blob for c in previous.components} if previous else {}
+    components = tuple(
+        ComponentRecord(e.index, tuple(p.hex() for p in e.identifier),
+                        e.digest.algorithm if e.digest else None,
+                        e.digest.value.hex() if e.digest else None, e.size,
+                        blobs.get(e.index) or old.get(e.index))
+        for e in expected)
+    record = ReleaseRecord(release_id, verified.manifest.sequence_number, envelope_blob,
+                           components, integrated_blobs)
+    store.put_release(record)
+    return (200 if previous is not None else 201), record
+
+
+def _release_json(record: ReleaseRecord) -> dict[str, Any]:
+    return {
+        "id": record.release_id,
+        "sequence_number": record.sequence_number,
+        "envelope": {"sha256": record.envelope, "url": f"/envelopes/{record.envelope}"},
+        "components": [
+            {**c.to_json(), "url": f"/firmware/{c.blob}" if c.blob else None}
+            for c in record.components],
+        "integrated": {k: {"sha256": v, "url": f"/firmware/{v}"}
+                       for k, v in record.integrated.items()},
+    }
+
+
+# ============================================================================ HTTP edge
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None
+           ) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=dict(headers or {}))
+
+
+def _check_token(request: Request, config: ServerConfig) -> None:
+    if config.upload_token is None:
+        raise UploadRefused(403, "uploads are disabled on this server (no upload token "
+                                 "configured)")
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise UploadRefused(401, "upload requires 'Authorization: Bearer <upload token>'")
+    if not hmac.compare_digest(token.strip().encode(), config.upload_token.encode()):
+        raise UploadRefused(403, "the upload token is not valid")
+
+
+def _limited(request: Request, limit: int) -> Request:
+    """The request with a receive channel that refuses more than ``limit`` body bytes."""
+    received = 0
+    receive = request.receive
+
+    async def limited_receive() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _BodyTooLarge
+        return message
+
+    return Request(request.scope, limited_receive)
+
+
+def _file_size(file: BinaryIO) -> int:
+    file.seek(0, 2)
+    size = file.tell()
+    file.seek(0)
+    return size
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """The firmware server application for ``config`` (see the module docstring)."""
+    store = BlobStore(config.data_dir)
+    app = FastAPI(title="suitkit firmware server", version="1",
+                  description="Content-addressed SUIT envelopes and firmware images.")
+
+    @app.exception_handler(UploadRefused)
+    async def refused(request: Request, exc: UploadRefused) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, exc.message, headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        return _error(400, "malformed request")
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> Response:
+        return _error(500, "internal server error")
+
+    @app.post("/api/v1/releases", status_code=201)
+    async def upload(request: Request) -> Response:
+        """Upload a release: multipart parts ``envelope`` and ``image`` / ``image-<N>``."""
+        _check_token(request, config)
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > config.max_upload_bytes):
+            raise UploadRefused(413, f"request body of {length} bytes is larger than the "
+                                     f"{config.max_upload_bytes} bytes allowed")
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise UploadRefused(415, "upload must be multipart/form-data with parts 'envelope' "
+                                     "and 'image' or 'image-<N>'")
+        try:
+            form = await _limited(request, config.max_upload_bytes).form(
+                max_files=1 + config.limits.max_components, max_fields=16,
+                max_part_size=64 * 1024)
+        except _BodyTooLarge:
+            raise UploadRefused(413, f"request body is larger than the "
+                                     f"{config.max_upload_bytes} bytes allowed") from None
+        try:
+            envelope, images = _parts(form.multi_items(), config)
+            status, record = await run_in_threadpool(_accept, store, config, envelope, images)
+        except StorageError:
+            raise UploadRefused(500, "the server could not store the upload") from None
+        finally:
+            await form.close()
+        return JSONResponse(_release_json(record), status_code=status)
+
+    @app.get("/api/v1/releases")
+    async def list_releases() -> Response:
+        """All releases, by sequence number."""
+        records = await run_in_threadpool(store.releases)
+        return JSONResponse({"releases": [_release_json(r) for r in records]})
+
+    @app.get("/api/v1/releases/{release_id}")
+    async def get_release(release_id: str) -> Response:
+        """One release by id (the manifest digest in hex)."""
+        try:
+            record = store.get_release(release_id)
+        except StorageError as e:
+            raise UploadRefused(400, str(e)) from None
+        if record is None:
+            raise UploadRefused(404, f"no release {release_id}")
+        return JSONResponse(_release_json(record))
+
+    def download(digest: str, media_type: str) -> Response:
+        if not is_digest(digest):
+            raise UploadRefused(400, f"not a SHA-256 digest (64 lower-case hex characters): "
+                                     f"{digest[:80]!r}")
+        path = store.blob_path(digest)
+        if not path.is_file():
+            raise UploadRefused(404, f"no such blob {digest}")
+        return FileResponse(path, media_type=media_type,
+                            headers={"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE})
+
+    @app.api_route("/firmware/{digest}", methods=["GET", "HEAD"])
+    async def firmware(digest: str) -> Response:
+        """A firmware image (or any blob) by SHA-256; Range, If-Range, ETag."""
+        return download(digest, "application/octet-stream")
+
+    @app.api_route("/envelopes/{digest}", methods=["GET", "HEAD"])
+    async def envelopes(digest: str) -> Response:
+        """A SUIT envelope by the SHA-256 of its bytes; Range, If-Range, ETag."""
+        return download(digest, ENVELOPE_MEDIA_TYPE)
+
+    return app
+
+
+def _parts(items: list[tuple[str, UploadFile | str]], config: ServerConfig
+           ) -> tuple[bytes, list[_Image]]:
+    envelope: bytes | None = None
+    images: list[_Image] = []
+    for name, value in items:
+        if not isinstance(value, UploadFile):
+            raise UploadRefused(400, f"form field {name[:40]!r} must be a file part")
+        if name == "envelope":
+            if envelope is not None:
+                raise UploadRefused(400, "more than one 'envelope' part")
+            size = _file_size(value.file)
+            if size > config.limits.max_envelope_bytes:
+                raise UploadRefused(413, f"envelope of {size} bytes is larger than the "
+                                         f"{config.limits.max_envelope_bytes} bytes allowed")
+            envelope = value.file.read()
+            continue
+        match = _IMAGE_PART.fullmatch(name)
+        if match is None:
+            raise UploadRefused(400, f"unexpected part {name[:40]!r}; expected 'envelope', "
+                                     "'image' or 'image-<N>'")
+        index = int(match.group(1)) if match.group(1) is not None else None
+        label = f"image {value.filename or name!r}"[:120]
+        images.append(_Image(label, index, value.file, _file_size(value.file)))
+    if envelope is None:
+        raise UploadRefused(400, "missing the 'envelope' part")
+    return envelope, images
+

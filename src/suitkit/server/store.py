@@ -1,0 +1,247 @@
+"""Content-addressed, immutable storage for the firmware server (RFC 9019 §3 firmware server).
+
+Layout of the data directory::
+
+    blobs/ab/abcdef...        one file per blob, named by the SHA-256 of its bytes (lower-case hex)
+    releases/<id>.json        release metadata, <id> the manifest digest in hex
+    tmp/                      temporary files (same file system, so rename is atomic)
+
+A blob is written to ``tmp/``, fsynced, then renamed into place (``os.link``: never replaces an
+existing file, so a blob, once stored, never changes). Storing the same bytes twice is a no-op.
+Release metadata is JSON written with ``fileio.atomic_write``.
+
+No name from a client ever becomes a path: blobs are looked up only by validated 64-character
+lower-case hex digests, releases only by validated hex ids.
+
+Not here: verification (the app checks envelopes and images before storing), garbage
+collection of blobs no release refers to, replication.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from suitkit.errors import StorageError
+from suitkit.fileio import atomic_write, fsync_dir
+
+__all__ = [
+    "BlobStore",
+    "ComponentRecord",
+    "ReleaseRecord",
+    "is_digest",
+    "is_release_id",
+]
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_RELEASE_ID = re.compile(r"[0-9a-f]{32,128}")  # digests from SHA-256 up to SHA-512
+_CHUNK = 64 * 1024
+
+
+def is_digest(text: str) -> bool:
+    """Whether ``text`` is a SHA-256 digest as the store names blobs (64 lower-case hex)."""
+    return _SHA256_HEX.fullmatch(text) is not None
+
+
+def is_release_id(text: str) -> bool:
+    """Whether ``text`` is a release id (a manifest digest in lower-case hex)."""
+    return _RELEASE_ID.fullmatch(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentRecord:
+    """One component of a release: its identifier (hex parts), what the manifest expects
+    (digest algorithm, digest hex, size) and the SHA-256 of the stored image, if any."""
+
+    index: int
+    identifier: tuple[str, ...]
+    digest_algorithm: int | None
+    digest: str | None
+    size: int | None
+    blob: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form stored in the release file."""
+        return {"index": self.index, "identifier": list(self.identifier),
+                "digest_algorithm": self.digest_algorithm, "digest": self.digest,
+                "size": self.size, "blob": self.blob}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ComponentRecord:
+        """Inverse of ``to_json``."""
+        return cls(int(doc["index"]), tuple(doc["identifier"]), doc["digest_algorithm"],
+                   doc["digest"], doc["size"], doc["blob"])
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRecord:
+    """A stored release: the manifest digest (its id), sequence number, the envelope blob and
+    its components. ``integrated`` maps integrated payload keys (``"#app.bin"``) to blobs."""
+
+    release_id: str
+    sequence_number: int
+    envelope: str
+    components: tuple[ComponentRecord, ...]
+    integrated: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form stored in ``releases/<id>.json``."""
+        return {"id": self.release_id, "sequence_number": self.sequence_number,
+                "envelope": self.envelope,
+                "components": [c.to_json() for c in self.components],
+                "integrated": dict(self.integrated)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ReleaseRecord:
+        """Inverse of ``to_json``."""
+        return cls(str(doc["id"]), int(doc["sequence_number"]), str(doc["envelope"]),
+                   tuple(ComponentRecord.from_json(c) for c in doc["components"]),
+                   {str(k): str(v) for k, v in doc["integrated"].items()})
+
+
+class BlobStore:
+    """The data directory: blobs by SHA-256 and release metadata. Safe for several processes
+    (writes are temp + rename; nothing is cached in memory)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._blobs = self.root / "blobs"
+        self._releases = self.root / "releases"
+        self._tmp = self.root / "tmp"
+        try:
+            for folder in (self._blobs, self._releases, self._tmp):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create the data directory {self.root}: "
+                               f"{e.strerror or e}") from e
+
+    # ------------------------------------------------------------------ blobs
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob named ``digest`` lives (whether or not it exists).
+
+        Raises:
+            StorageError: ``digest`` is not 64 lower-case hex characters.
+        """
+        if not is_digest(digest):
+            raise StorageError(f"not a SHA-256 digest: {digest[:80]!r}")
+        return self._blobs / digest[:2] / digest
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether a blob with this digest is stored (False for a malformed digest)."""
+        return is_digest(digest) and self.blob_path(digest).is_file()
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        """Open a stored blob for reading.
+
+        Raises:
+            StorageError: malformed digest, or no such blob.
+        """
+        path = self.blob_path(digest)
+        try:
+            return path.open("rb")
+        except FileNotFoundError:
+            raise StorageError(f"no blob {digest}") from None
+        except OSError as e:
+            raise StorageError(f"cannot read blob {digest}: {e.strerror or e}") from e
+
+    def put_blob(self, source: bytes | BinaryIO | Iterable[bytes]) -> str:
+        """Store bytes (or a binary file, or an iterable of chunks); return their SHA-256 hex.
+
+        Idempotent: storing bytes already present leaves the existing blob untouched.
+
+        Raises:
+            StorageError: the blob could not be written.
+        """
+        hasher = hashlib.sha256()
+        tmp_name: str | None = None
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix="blob.", suffix=".tmp", dir=self._tmp)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in _chunks(source):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp_name, 0o444)
+            digest = hasher.hexdigest()
+            final = self.blob_path(digest)
+            final.parent.mkdir(exist_ok=True)
+            try:
+                # link, not rename: never replaces a blob that is already there (immutable).
+                os.link(tmp_name, final)
+            except FileExistsError:
+                pass
+            else:
+                fsync_dir(final.parent)
+            return digest
+        except OSError as e:
+            raise StorageError(f"cannot store a blob: {e.strerror or e}") from e
+        finally:
+            if tmp_name is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+
+    # ------------------------------------------------------------------ releases
+
+    def _release_path(self, release_id: str) -> Path:
+        if not is_release_id(release_id):
+            raise StorageError(f"not a release id: {release_id[:80]!r}")
+        return self._releases / f"{release_id}.json"
+
+    def put_release(self, record: ReleaseRecord) -> None:
+        """Write the metadata of a release atomically (replacing the same id's record).
+
+        Raises:
+            StorageError: malformed id, or the file could not be written.
+        """
+        data = json.dumps(record.to_json(), indent=2, sort_keys=True).encode()
+        atomic_write(self._release_path(record.release_id), data)
+
+    def get_release(self, release_id: str) -> ReleaseRecord | None:
+        """The release with this id, or ``None``.
+
+        Raises:
+            StorageError: malformed id, or an unreadable record.
+        """
+        path = self._release_path(release_id)
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise StorageError(f"cannot read release {release_id}: {e}") from e
+        try:
+            return ReleaseRecord.from_json(doc)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise StorageError(f"release record {release_id} is malformed: {e}") from e
+
+    def releases(self) -> list[ReleaseRecord]:
+        """Every release, by sequence number then id."""
+        found = []
+        for path in self._releases.glob("*.json"):
+            if is_release_id(path.stem):
+                record = self.get_release(path.stem)
+                if record is not None:
+                    found.append(record)
+        return sorted(found, key=lambda r: (r.sequence_number, r.release_id))
+
+
+def _chunks(source: bytes | BinaryIO | Iterable[bytes]) -> Iterable[bytes]:
+    if isinstance(source, bytes | bytearray | memoryview):
+        yield bytes(source)
+        return
+    read = getattr(source, "read", None)
+    if read is not None:
+        while chunk := read(_CHUNK):
+            yield chunk
+        return
+    yield from source
