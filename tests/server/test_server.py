@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from device.device_kit import Author, image_bytes
-from suitkit.core import crypto
+from suitkit.core import codec, crypto
+from suitkit.core.sign import sign_envelope
 from suitkit.core.verify import TrustAnchors
 from suitkit.device.fetch import HttpFetcher
 
@@ -190,6 +191,18 @@ def test_tampered_integrated_payload_refused(running: Running) -> None:
     response = running.upload(envelope)
     assert response.status_code == 422
     assert "integrated payload '#b.bin'" in response.json()["error"]
+
+
+def test_same_manifest_in_a_different_envelope_conflicts(running: Running) -> None:
+    envelope, image = detached(running, 12)
+    assert running.upload(envelope, ("image-0", image)).status_code == 201
+    twice = codec.encode_envelope(sign_envelope(codec.decode_envelope(envelope),
+                                                running.author.key.signer()))
+    response = running.upload(twice, ("image-0", image))
+    assert response.status_code == 409
+    assert "already exists with a different envelope" in response.json()["error"]
+    blob = hashlib.sha256(twice).hexdigest()
+    assert running.client.get(f"/envelopes/{blob}").status_code == 404
 
 
 def test_missing_token_refused(running: Running) -> None:

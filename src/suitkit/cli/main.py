@@ -29,6 +29,7 @@ from suitkit.cli.common import (
     read_input,
 )
 from suitkit.cli.device import app as device_app
+from suitkit.cli.server import app as server_app
 from suitkit.core import cbor, codec, cose, crypto, jsonform
 from suitkit.core import diag as diagnostic
 from suitkit.core.model import Envelope
@@ -71,6 +72,7 @@ def root(
 
 
 app.add_typer(device_app, name="device")
+app.add_typer(server_app)
 
 
 # --------------------------------------------------------------------------- keys

@@ -25,6 +25,7 @@ the status tracker, CoAP.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -311,6 +312,11 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
         target = _match(expected, f"integrated payload {key!r}", len(payload), digest_payload)
         integrated.append((target, key, payload))
 
+    release_id = verified.digest.value.hex()
+    previous = store.get_release(release_id)
+    if previous is not None and previous.envelope != hashlib.sha256(envelope).hexdigest():
+        raise UploadRefused(409, f"release {release_id} already exists with a different "
+                                 f"envelope ({previous.envelope})")
     envelope_blob = store.put_blob(envelope)
     for target, image in checked:
         image.file.seek(0)
@@ -318,11 +324,6 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     integrated_blobs = {}
     for target, key, payload in integrated:
         integrated_blobs[key] = blobs[target.index] = store.put_blob(payload)
-    release_id = verified.digest.value.hex()
-    previous = store.get_release(release_id)
-    if previous is not None and previous.envelope != envelope_blob:
-        raise UploadRefused(409, f"release {release_id} already exists with a different "
-                                 f"envelope ({previous.envelope})")
     old = {c.index: c.blob for c in previous.components} if previous else {}
     components = tuple(
         ComponentRecord(e.index, tuple(p.hex() for p in e.identifier),

@@ -1,0 +1,120 @@
+"""``suitkit serve`` and ``suitkit upload``: run the firmware server and upload releases to it.
+
+``serve`` builds a ``ServerConfig`` from its options and runs ``server.app.create_app`` on
+uvicorn; FastAPI and uvicorn are imported only when it runs, so the rest of the CLI works
+without them. ``upload`` posts an envelope and its detached images (multipart, see
+docs/server.md) with the bearer token from a file and prints the release the server stored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from suitkit.author import keys as keyfiles
+from suitkit.cli.common import EXIT_FAILED, EXIT_USAGE, fail, handles_errors, out, read_input
+from suitkit.core.verify import TrustAnchor, TrustAnchors
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+MIB = 1024 * 1024
+
+
+def _read_token(path: Path) -> str:
+    token = read_input(path, "token file").decode("utf-8", "replace").strip()
+    if not token or any(c.isspace() for c in token):
+        fail(f"token file {path} must hold one token without spaces", EXIT_USAGE)
+    return token
+
+
+@app.command()
+@handles_errors
+def serve(
+    data: Annotated[Path, typer.Option("--data", help="Data directory (created if missing).")],
+    author_anchor: Annotated[list[Path], typer.Option(
+        "--author-anchor", help="Author public key uploads must be signed with; repeat for "
+        "several (any one suffices).")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8080,
+    upload_token_file: Annotated[Path | None, typer.Option(
+        "--upload-token-file", help="File holding the bearer token uploads need; without it "
+        "uploads are disabled.")] = None,
+    max_upload_mib: Annotated[int, typer.Option(
+        "--max-upload-mib", help="Largest upload request body, in MiB.")] = 256,
+) -> None:
+    """Run the firmware server: verified uploads, immutable content-addressed downloads."""
+    try:
+        import uvicorn  # noqa: PLC0415 - optional at import time of the CLI
+
+        from suitkit.server.app import ServerConfig, create_app  # noqa: PLC0415
+    except ImportError as e:
+        fail(f"the firmware server needs fastapi and uvicorn: {e}", EXIT_USAGE)
+    if max_upload_mib < 1:
+        fail("--max-upload-mib must be at least 1", EXIT_USAGE)
+    anchors = TrustAnchors(tuple(TrustAnchor(keyfiles.load_verifier(p), role="author")
+                                 for p in author_anchor))
+    token = _read_token(upload_token_file) if upload_token_file is not None else None
+    config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
+                          max_upload_bytes=max_upload_mib * MIB)
+    application = create_app(config)
+    shown = f"[{host}]" if ":" in host else host
+    out.print(f"suitkit firmware server on http://{shown}:{port}/ (data {data}; uploads "
+              f"{'enabled' if token else 'disabled'})", markup=False)
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@app.command()
+@handles_errors
+def upload(
+    envelope: Annotated[Path, typer.Argument(metavar="ENVELOPE", help="Signed envelope.")],
+    server: Annotated[str, typer.Option("--server", help="Server URL, e.g. "
+                                        "http://127.0.0.1:8080")],
+    token_file: Annotated[Path, typer.Option("--token-file", help="File holding the upload "
+                                             "token.")],
+    images: Annotated[list[str] | None, typer.Argument(
+        metavar="[IMAGE...]", help="Detached images: PATH (matched by digest) or N=PATH "
+        "(for component index N).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 60.0,
+) -> None:
+    """Upload a release (envelope and detached images) to a firmware server."""
+    token = _read_token(token_file)
+    files: list[tuple[str, tuple[str, bytes, str]]] = [
+        ("envelope", (envelope.name, read_input(envelope, "envelope"),
+                      "application/suit-envelope+cose"))]
+    for spec in images or []:
+        index, sep, name = spec.partition("=")
+        if sep and index.isdigit():
+            part, path = f"image-{int(index)}", Path(name)
+        else:
+            part, path = "image", Path(spec)
+        files.append((part, (path.name, read_input(path, "image"), "application/octet-stream")))
+    url = server.rstrip("/")
+    try:
+        response = httpx.post(f"{url}/api/v1/releases", files=files, timeout=timeout,
+                              headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as e:
+        fail(f"cannot upload to {url}: {type(e).__name__}: {e}", EXIT_FAILED)
+    doc = _json(response)
+    if response.status_code not in (200, 201):
+        message = doc.get("error") if isinstance(doc, dict) else None
+        fail(f"upload refused (HTTP {response.status_code}): "
+             f"{message or response.reason_phrase}", EXIT_FAILED)
+    if not isinstance(doc, dict) or "id" not in doc:
+        fail(f"unexpected answer from {url}: not a release", EXIT_FAILED)
+    state = "stored" if response.status_code == 201 else "already stored"
+    out.print(f"release {doc['id']} (sequence number {doc['sequence_number']}) {state}",
+              markup=False)
+    out.print(f"  envelope: {url}{doc['envelope']['url']}", markup=False)
+    for component in doc["components"]:
+        where = f"{url}{component['url']}" if component.get("url") else "no image stored"
+        out.print(f"  component {component['index']}: {where}", markup=False)
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
