@@ -30,8 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from suitkit.bootloader.decide import Decision
-from suitkit.bootloader.verifier import ImageReader
+from suitkit.bootloader.decide import Decision, Verdict
+from suitkit.bootloader.verifier import ImageInfo, ImageReader
 from suitkit.errors import SuitError
 
 
@@ -42,6 +42,15 @@ class RunningImage:
     name: str
     sequence_number: int
     digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SlotCheck:
+    """The verdict on one slot of one image, with what the verifier vouched for."""
+
+    verdict: Verdict
+    info: ImageInfo | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from suitkit.bootloader.api import BootResult, NoBootableImage, RunningImage
+from suitkit.bootloader.api import BootResult, NoBootableImage, RunningImage, SlotCheck
 from suitkit.bootloader.counter import SecurityCounter
 from suitkit.bootloader.decide import (
     BOOTS,
@@ -52,21 +52,12 @@ from suitkit.bootloader.image import RAW_HEADER_SIZE, ImageHeader, header_size, 
 from suitkit.bootloader.layout import BootLayout, Region, program_split, swap_blocks
 from suitkit.bootloader.swap import REVERT_LOG, SWAP_LOG, SwapEngine
 from suitkit.bootloader.trailer import Flag, Kind, Trailer, TrailerArea, TrailerFormat, unit_for
-from suitkit.bootloader.verifier import ImageInfo, ImageReader, ImageVerifier
+from suitkit.bootloader.verifier import ImageReader, ImageVerifier
 from suitkit.errors import PolicyError, StorageError, SuitError
 from suitkit.limits import Limits
 
 MAX_STEPS = 12
 """A boot takes at most a handful of decisions; more means the table does not converge."""
-
-
-@dataclass(frozen=True, slots=True)
-class SlotCheck:
-    """The verdict on one slot of one image, with what the verifier vouched for."""
-
-    verdict: Verdict
-    info: ImageInfo | None = None
-    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from suitkit.bootloader.api import BootResult, NoBootableImage, RunningImage
+from suitkit.bootloader.api import BootResult, NoBootableImage, RunningImage, SlotCheck
 from suitkit.bootloader.decide import (
     BOOTS,
     ON_TRIAL,
@@ -53,7 +53,7 @@ from suitkit.bootloader.decide import (
     combine,
     decide,
 )
-from suitkit.bootloader.verifier import ImageInfo, ImageVerifier
+from suitkit.bootloader.verifier import ImageVerifier
 from suitkit.errors import PolicyError, StorageError, SuitError
 from suitkit.limits import Limits
 
@@ -119,17 +119,10 @@ class FileImageReader:
 
 
 @dataclass(frozen=True, slots=True)
-class FsCheck:
-    verdict: Verdict
-    info: ImageInfo | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class FsObservation:
     state: FsState
-    primary: tuple[FsCheck, ...]
-    secondary: tuple[FsCheck, ...]
+    primary: tuple[SlotCheck, ...]
+    secondary: tuple[SlotCheck, ...]
     counters: dict[str, int]
     boot_state: BootState
 
@@ -250,7 +243,7 @@ class FsBootloader:
     def slot_dir(self, slot: str) -> Path:
         return self.root / "slots" / slot
 
-    def check_slot(self, slot: str, component: str, counters: Mapping[str, int]) -> FsCheck:
+    def check_slot(self, slot: str, component: str, counters: Mapping[str, int]) -> SlotCheck:
         """Verify one component in one slot and compare it with its security counter."""
         where = f"{component} in slot {slot}"
         manifest_path = self.slot_dir(slot) / f"{component}.manifest"
@@ -258,7 +251,7 @@ class FsBootloader:
         try:
             msize = manifest_path.stat().st_size
             if msize > self.limits.max_manifest_bytes:
-                return FsCheck(
+                return SlotCheck(
                     Verdict.BAD,
                     None,
                     f"{where}: manifest of {msize} bytes exceeds the limit of "
@@ -268,19 +261,19 @@ class FsBootloader:
             reader = FileImageReader(image_path, image_path.stat().st_size)
             info = self._verifiers[component].verify(manifest, reader)
         except FileNotFoundError:
-            return FsCheck(Verdict.BAD, None, f"{where}: missing")
+            return SlotCheck(Verdict.BAD, None, f"{where}: missing")
         except SuitError as e:
-            return FsCheck(Verdict.BAD, None, f"{where}: {type(e).__name__}: {e}")
+            return SlotCheck(Verdict.BAD, None, f"{where}: {type(e).__name__}: {e}")
         floor = counters[component]
         # RFC 9124 REQ.SEC.SEQUENCE: never run anything older than what was confirmed.
         if info.sequence_number < floor:
-            return FsCheck(
+            return SlotCheck(
                 Verdict.ROLLBACK,
                 info,
                 f"{where}: sequence number {info.sequence_number} is below the security "
                 f"counter {floor}",
             )
-        return FsCheck(Verdict.GOOD, info)
+        return SlotCheck(Verdict.GOOD, info)
 
     def observe(self) -> FsObservation:
         state = self.read_state()
