@@ -251,6 +251,8 @@ def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path
     code, out, err = run(capsys, "demo", "--dir", tmp_path)
     assert code == 0, err
     assert "$ suitkit verify update.delivered.suit" in out
+    assert "installed app (sequence number 9)" in out  # fetched over HTTP from the server
+    assert "confirmed; counters {'app': 9}" in out
     assert (tmp_path / "update.delivered.suit").stat().st_size < \
         (tmp_path / "update.signed.suit").stat().st_size
     assert crypto.load_public_key((tmp_path / "author.pub").read_bytes())

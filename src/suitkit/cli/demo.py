@@ -1,17 +1,24 @@
-"""``suitkit demo``: the author's flow, step by step, through the real command line.
+"""``suitkit demo``: the update flow, step by step, through the real command line.
+
+The author builds, signs (author and operator), inspects, verifies and severs an update; a
+simulated microcontroller installs it, boots it on trial, confirms it and refuses an older one;
+a firmware server on loopback verifies and stores a detached release that the device then
+fetches over HTTP.
 
 Each step prints the command a user would type and runs it in-process through the same Typer
-application, so the demo exercises exactly what users run. Later issues grow this into the whole
-RFC 9019 flow (server, devices, bootloader).
+application, so the demo exercises exactly what users run. The status tracker, the fleet and
+the dashboard join it in later issues.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shlex
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -106,11 +113,46 @@ def run_demo(workdir: Path | None, console: Console) -> None:
     step("", "device", "status", "thermostat")
     step("11. The older release (sequence number 7) is refused: no rollback",
          "device", "install", "thermostat", "update.signed.suit", expect=1)
+    _server_steps(root, step, console)
     signed = (root / "update.signed.suit").stat().st_size
     delivered = (root / "update.delivered.suit").stat().st_size
     console.print(Rule("done", style="green"))
     console.print(f"signed envelope {signed} bytes; delivered (text severed) {delivered} bytes;"
                   f" files in {root}", markup=False)
+
+
+def _server_steps(root: Path, step: Callable[..., None], console: Console) -> None:
+    """Steps 12-13: a firmware server on loopback delivers a detached release over HTTP."""
+    from suitkit.author import keys as keyfiles  # noqa: PLC0415
+    from suitkit.core.verify import TrustAnchors  # noqa: PLC0415
+    from suitkit.server.app import ServerConfig  # noqa: PLC0415
+    from suitkit.server.background import running_server  # noqa: PLC0415
+
+    image = _firmware(200 * 1024)[::-1]  # another build
+    (root / "firmware-3.0.bin").write_bytes(image)
+    (root / "upload.token").write_text(secrets.token_urlsafe(24) + "\n", encoding="utf-8")
+    config = ServerConfig(data_dir=root / "server-data",
+                          anchors=TrustAnchors.of(keyfiles.load_verifier(root / "author.pub")),
+                          upload_token=(root / "upload.token").read_text().strip())
+    with running_server(config) as url:
+        console.print(Rule("12. A firmware server on loopback (suitkit serve) takes the release "
+                           "sequence number 9, verified before it is stored", style="cyan"))
+        console.print(f"firmware server at {url}", markup=False)
+        # Content-addressed: the URL of an image is its SHA-256, known before signing.
+        uri = f"{url}/firmware/{hashlib.sha256(image).hexdigest()}"
+        (root / "detached.yaml").write_text(
+            DESCRIPTION.replace("sequence-number: 7", "sequence-number: 9")
+            .replace("firmware.bin\n", "firmware-3.0.bin\n", 1)
+            .replace("https://firmware.example.com/thermostat/2.0/firmware.bin", uri),
+            encoding="utf-8")
+        step("", "create", "detached.yaml", "--out", "detached.suit")
+        step("", "sign", "detached.suit", "--key", "author.pem", "--out", "detached.signed.suit")
+        step("", "upload", "detached.signed.suit", "0=firmware-3.0.bin", "--server", url,
+             "--token-file", "upload.token")
+        step("13. The device fetches the image over HTTP (Range-resumable), installs and boots "
+             "it", "device", "install", "thermostat", "detached.signed.suit")
+        step("", "device", "boot", "thermostat")
+        step("", "device", "confirm", "thermostat")
 
 
 def _invoke(app: object, args: tuple[str, ...], cwd: Path) -> int:
