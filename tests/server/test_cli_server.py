@@ -26,6 +26,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+COAP_PORT = free_udp_port()
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Author, Path]]:
     author = Author.create(tmp_path / "author")
@@ -34,7 +43,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Author, Path]]:
     port = free_port()
     process = subprocess.Popen(
         [*SUITKIT, "serve", "--data", str(tmp_path / "data"), "--author-anchor",
-         str(author.anchor), "--port", str(port), "--upload-token-file", str(token)],
+         str(author.anchor), "--port", str(port), "--upload-token-file", str(token),
+         "--coap-port", str(COAP_PORT)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -75,6 +85,11 @@ def test_serve_and_upload(served: tuple[str, Author, Path], tmp_path: Path) -> N
     firmware = next(line.split(": ", 1)[1] for line in done.stdout.splitlines()
                     if line.strip().startswith("component 0:"))
     assert httpx.get(firmware, timeout=5).content == image
+    # the same blob over CoAP, block-wise, from the same `suitkit serve`
+    from suitkit.device.fetch import CoapFetcher
+
+    coap = firmware.replace(url, f"coap://127.0.0.1:{COAP_PORT}")
+    assert b"".join(CoapFetcher().fetch(coap, max_bytes=len(image))) == image
 
     (tmp_path / "bad.bin").write_bytes(image[:-1])
     refused = run("upload", str(tmp_path / "release.suit"), f"0={tmp_path / 'bad.bin'}",

@@ -44,6 +44,9 @@ def serve(
         "uploads are disabled.")] = None,
     max_upload_mib: Annotated[int, typer.Option(
         "--max-upload-mib", help="Largest upload request body, in MiB.")] = 256,
+    coap_port: Annotated[int | None, typer.Option(
+        "--coap-port", help="Also serve the blobs over CoAP (block-wise) on this UDP port.")
+    ] = None,
 ) -> None:
     """Run the firmware server: verified uploads, immutable content-addressed downloads."""
     try:
@@ -63,7 +66,15 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     out.print(f"suitkit firmware server on http://{shown}:{port}/ (data {data}; uploads "
               f"{'enabled' if token else 'disabled'})", markup=False)
-    uvicorn.run(application, host=host, port=port, log_level="warning")
+    if coap_port is None:
+        uvicorn.run(application, host=host, port=port, log_level="warning")
+        return
+    from suitkit.server.coap import CoapServer  # noqa: PLC0415 - only when asked for
+    from suitkit.server.store import BlobStore  # noqa: PLC0415
+
+    with CoapServer(BlobStore(data), host, coap_port):
+        out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
+        uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -1,9 +1,10 @@
 """The firmware server role (RFC 9019 §3, "firmware server"): content-addressed storage of
-images and envelopes, and their HTTP delivery.
+images and envelopes, and their delivery over HTTP and CoAP.
 
-``store`` is the storage (no web code); ``app`` is the FastAPI edge (``create_app``). The server
-is untrusted from the device's point of view: it checks uploads against the author trust anchors
-so that operators catch mistakes early, but devices verify everything again themselves.
+``store`` is the storage (no web code); ``app`` is the FastAPI edge (``create_app``); ``coap``
+serves the same blobs block-wise over CoAP; ``background`` runs the HTTP server in a thread.
+The server is untrusted from the device's point of view: it checks uploads against the author
+trust anchors so that operators catch mistakes early, but devices verify everything again.
 
-Not here yet: the status tracker, CoAP delivery, a roles database.
+Not here yet: the status tracker, CoAP observe (push), a roles database.
 """
