@@ -57,7 +57,7 @@ def init(
         "--app-command", help="Linux-class: the command that starts the application, "
         "{image} standing for the image file (e.g. 'python3 {image}').")] = None,
 ) -> None:
-    """Create a device: identity, trust anchors, empty slots (component i is [h'0i'])."""
+    """Create a device: identity, trust anchors, empty slots (component i is h'0i')."""
     if shape not in SHAPE_COMPONENTS:
         fail(f"--shape must be one of {', '.join(SHAPE_COMPONENTS)}, got {shape!r}", EXIT_USAGE)
     anchors: list[Path | tuple[str, Path]] = []
@@ -147,10 +147,11 @@ def boot(
     fail_boot: Annotated[bool, typer.Option("--fail", help="The new image never confirms: "
                                             "it dies and the device boots again.")] = False,
 ) -> None:
-    """One boot: verify, install a pending update on trial (or revert an unconfirmed one), and
-    start the images (the manifest's invoke sequence; Linux-class: restart the application).
+    """One boot: verify, start a pending update on trial or revert an unconfirmed one, run.
 
-    Exit 1 when nothing can boot or the application does not start (it is then not confirmed).
+    The images are started by the manifest's invoke sequence (Linux-class: the application is
+    restarted). Exit 1 when nothing can boot or the application does not start (it is then not
+    confirmed).
     """
     opened = open_device(directory)
     try:

@@ -44,7 +44,8 @@ from suitkit.fileio import atomic_write
 
 app = typer.Typer(
     name="suitkit",
-    help="SUIT firmware updates (RFC 9019): author, sign, verify and inspect manifests.",
+    help="SUIT firmware updates (RFC 9019): author, sign, verify and inspect manifests; "
+    "simulated and Linux-class devices; a firmware server.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -68,7 +69,7 @@ def root(
                                           is_eager=True, help="Show the version and exit.")
                        ] = False,
 ) -> None:
-    """SUIT firmware updates (RFC 9019): author, sign, verify and inspect manifests."""
+    """SUIT firmware updates (RFC 9019): manifests, devices and a firmware server."""
 
 
 app.add_typer(device_app, name="device")
@@ -291,7 +292,7 @@ def demo(
     workdir: Annotated[Path | None, typer.Option("--dir", help="Where to write the demo files "
                                                  "(default: a new temporary folder).")] = None,
 ) -> None:
-    """Walk through the author flow: keys, description, create, sign twice, show, verify, sever."""
+    """Walk through the update flow: author, sign, verify, sever, a device, a firmware server."""
     from suitkit.cli.demo import run_demo  # noqa: PLC0415 - loaded only when asked for
 
     run_demo(workdir, out)
