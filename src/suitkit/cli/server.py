@@ -2,8 +2,10 @@
 
 ``serve`` builds a ``ServerConfig`` from its options and runs ``server.app.create_app`` on
 uvicorn; FastAPI and uvicorn are imported only when it runs, so the rest of the CLI works
-without them. ``upload`` posts an envelope and its detached images (multipart, see
-docs/server.md) with the bearer token from a file and prints the release the server stored.
+without them. With ``--admin-token-file`` it also mounts the status tracker's routes
+(``tracker.api.create_router``) on the same application. ``upload`` posts an envelope and its
+detached images (multipart, see docs/server.md) with the bearer token from a file and prints
+the release the server stored.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ def serve(
     coap_port: Annotated[int | None, typer.Option(
         "--coap-port", help="Also serve the blobs over CoAP (block-wise) on this UDP port.")
     ] = None,
+    admin_token_file: Annotated[Path | None, typer.Option(
+        "--admin-token-file", help="File holding the status tracker's admin token; with it "
+        "the status tracker API is served too (/api/v1/devices).")] = None,
+    tracker_db: Annotated[str | None, typer.Option(
+        "--tracker-db", help="Status tracker database URL (default sqlite:///DATA/tracker.db)."
+    )] = None,
 ) -> None:
     """Run the firmware server: verified uploads, immutable content-addressed downloads."""
     try:
@@ -60,12 +68,23 @@ def serve(
     anchors = TrustAnchors(tuple(TrustAnchor(keyfiles.load_verifier(p), role="author")
                                  for p in author_anchor))
     token = _read_token(upload_token_file) if upload_token_file is not None else None
+    if tracker_db is not None and admin_token_file is None:
+        fail("--tracker-db needs --admin-token-file (the status tracker is off without it)",
+             EXIT_USAGE)
+    routers: tuple[Any, ...] = ()
+    if admin_token_file is not None:
+        from suitkit.tracker.api import TrackerConfig, create_router  # noqa: PLC0415
+
+        data.mkdir(parents=True, exist_ok=True)
+        db_url = tracker_db or f"sqlite:///{data.resolve() / 'tracker.db'}"
+        routers = (create_router(TrackerConfig(db_url, _read_token(admin_token_file))),)
     config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
-                          max_upload_bytes=max_upload_mib * MIB)
+                          max_upload_bytes=max_upload_mib * MIB, routers=routers)
     application = create_app(config)
     shown = f"[{host}]" if ":" in host else host
     out.print(f"suitkit firmware server on http://{shown}:{port}/ (data {data}; uploads "
-              f"{'enabled' if token else 'disabled'})", markup=False)
+              f"{'enabled' if token else 'disabled'}"
+              f"{'; status tracker enabled' if routers else ''})", markup=False)
     if coap_port is None:
         uvicorn.run(application, host=host, port=port, log_level="warning")
         return

@@ -20,7 +20,7 @@ policy enforcer: devices verify everything again.
 
 Not here: dependencies (an envelope that declares one is refused), per-slot images chosen by
 try-each (only the first alternative is checked), a version condition in the shared sequence,
-the status tracker, CoAP.
+the status tracker (mounted from outside through ``ServerConfig.routers``), CoAP.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from uuid import UUID
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -80,6 +80,9 @@ class ServerConfig:
     ``upload_token``: the bearer token uploads need; ``None`` disables uploads (403).
     ``max_upload_bytes``: bound on a whole upload request body (413 beyond it).
     ``limits``: decoding limits for envelopes (``max_envelope_bytes`` bounds the envelope part).
+    ``routers``: more routes to serve, such as the status tracker's (the CLI wires them in, so
+    the firmware server does not import other roles; design.md §2). They share this app's
+    JSON errors: raise Starlette's ``HTTPException``.
     """
 
     data_dir: Path
@@ -87,6 +90,7 @@ class ServerConfig:
     upload_token: str | None = None
     max_upload_bytes: int = 256 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
+    routers: tuple[APIRouter, ...] = ()
 
 
 class UploadRefused(Exception):
@@ -485,6 +489,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         """A SUIT envelope by the SHA-256 of its bytes; Range, If-Range, ETag."""
         return download(digest, ENVELOPE_MEDIA_TYPE)
 
+    for router in config.routers:
+        app.include_router(router)
     return app
 
 

@@ -1,0 +1,377 @@
+"""The status tracker over real HTTP: uvicorn on 127.0.0.1 (``running_server``), SQLite in a temp
+directory, httpx as the client.
+
+One test per promise of docs/tracker.md: registration returns a secret once and stores only a
+hash of it; every call is authenticated and a device's credential opens only its own records;
+inventory, events and reports round-trip; the state machine refuses impossible transitions;
+reports from untrusted devices are decoded strictly; a real report from the device's processor
+is accepted and summarised.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from device.device_kit import VENDOR, Author, image_bytes, install, new_device
+from suitkit.core import crypto
+from suitkit.core.model import Digest
+from suitkit.core.report import (
+    Record,
+    Reference,
+    Report,
+    ResultFailure,
+    encode_report,
+    reason_name,
+)
+from suitkit.core.verify import TrustAnchors
+from suitkit.server.app import ServerConfig
+from suitkit.server.background import running_server
+from suitkit.tracker.api import REPORT_MEDIA_TYPE, TrackerConfig, create_router
+
+ADMIN = "admin-token-for-tests-0123"
+CBOR = {"Content-Type": REPORT_MEDIA_TYPE}
+
+
+@dataclass
+class Tracker:
+    url: str
+    db_file: Path
+    client: httpx.Client
+
+    def register(self, name: str = "dev") -> dict[str, Any]:
+        response = self.client.post("/api/v1/devices", json={"name": name}, headers=auth(ADMIN))
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+
+def auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token is not None else {}
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracker]:
+    """One server for the module: every test registers its own devices."""
+    tmp_path = tmp_path_factory.mktemp("tracker")
+    db_file = tmp_path / "tracker.db"
+    router = create_router(TrackerConfig(f"sqlite:///{db_file}", ADMIN))
+    anchors = TrustAnchors.of(crypto.generate_private_key("EdDSA").public_key())
+    config = ServerConfig(data_dir=tmp_path / "data", anchors=anchors, routers=(router,))
+    with running_server(config) as url, httpx.Client(base_url=url, timeout=10) as client:
+        yield Tracker(url, db_file, client)
+
+
+def failing_report(uri: str = "https://example.com/fw.suit") -> Report:
+    record = Record(manifest_id=(), manifest_section=20, section_offset=7, component_index=0)
+    return Report(reference=Reference(uri, Digest(-16, bytes(32))), records=(record,),
+                  result=ResultFailure(code=1, record=record, reason=1))
+
+
+def inventory() -> dict[str, Any]:
+    return {"vendor_id": str(VENDOR), "class_id": "1492af14-2569-5e48-bf42-9b2d51f2ab45",
+            "components": [{"id": ["00"], "sequence": 3, "digest": "ab" * 32},
+                           {"id": ["01", "6170"], "sequence": 18446744073709551615,
+                            "digest": "CD" * 32}],
+            "hardware": {"flash_bytes": 1048576, "ram_bytes": 262144, "board": "nrf52840",
+                         "external_flash": False}}
+
+
+# ---------------------------------------------------------------------------- registration
+
+
+def test_registration_returns_the_secret_once_and_stores_only_a_hash(tracker: Tracker) -> None:
+    dev = tracker.register("thermostat-1")
+    assert dev["token"] == f"{dev['id']}.{dev['secret']}" and len(dev["secret"]) >= 40
+    shown = tracker.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
+    assert shown["name"] == "thermostat-1" and shown["state"] is None
+    assert "secret" not in shown and "credential_hash" not in shown
+    listed = tracker.client.get("/api/v1/devices", headers=auth(ADMIN)).json()["devices"]
+    assert [d["id"] for d in listed if d["id"] == dev["id"]] == [dev["id"]]
+    assert all("secret" not in d for d in listed)
+    # the device's own credential works; the database holds no trace of the secret
+    assert tracker.client.get(f"/api/v1/devices/{dev['id']}",
+                              headers=auth(dev["token"])).status_code == 200
+    raw = tracker.db_file.read_bytes()
+    for suffix in ("-wal", "-journal"):
+        extra = tracker.db_file.with_name(tracker.db_file.name + suffix)
+        raw += extra.read_bytes() if extra.exists() else b""
+    assert dev["secret"].encode() not in raw
+    with sqlite3.connect(tracker.db_file) as conn:
+        (stored,) = conn.execute("SELECT credential_hash FROM devices WHERE id = ?",
+                                 (dev["id"],)).fetchone()
+    assert stored.startswith("pbkdf2-sha256$") and dev["secret"] not in stored
+
+
+def test_two_registrations_get_different_ids_and_secrets(tracker: Tracker) -> None:
+    a, b = tracker.register("a"), tracker.register("b")
+    assert a["id"] != b["id"] and a["secret"] != b["secret"]
+
+
+# ---------------------------------------------------------------------------- round trips
+
+
+def test_inventory_round_trips_and_marks_the_device_seen(tracker: Tracker) -> None:
+    dev = tracker.register()
+    response = tracker.client.put(f"/api/v1/devices/{dev['id']}/inventory", json=inventory(),
+                                  headers=auth(dev["token"]))
+    assert response.status_code == 200, response.text
+    doc = tracker.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
+    assert doc["vendor_id"] == str(VENDOR)
+    assert doc["components"] == [
+        {"id": ["00"], "sequence": 3, "digest": "ab" * 32},
+        {"id": ["01", "6170"], "sequence": 18446744073709551615, "digest": "cd" * 32}]
+    assert doc["hardware"]["board"] == "nrf52840" and doc["last_seen"] is not None
+    # a second PUT replaces the inventory
+    smaller = {**inventory(), "components": [{"id": ["00"], "sequence": 4, "digest": "11"}]}
+    tracker.client.put(f"/api/v1/devices/{dev['id']}/inventory", json=smaller,
+                       headers=auth(dev["token"])).raise_for_status()
+    doc = tracker.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(dev["token"])).json()
+    assert doc["components"] == [{"id": ["00"], "sequence": 4, "digest": "11"}]
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    ({"components": [{"id": ["zz"], "sequence": 1}]}, "components[0].id[0]"),
+    ({"components": [{"id": ["00"], "sequence": -1}]}, "components[0].sequence"),
+    ({"components": [{"id": ["00"], "sequence": 1 << 64}]}, "components[0].sequence"),
+    ({"components": [{"id": ["00"]}] * 65}, "at most 64"),
+    ({"vendor_id": "not-a-uuid"}, "vendor_id"),
+    ({"hardware": {"nested": {"a": 1}}}, "hardware.nested"),
+    ({"hardware": {f"k{i}": i for i in range(65)}}, "hardware"),
+    ({"firmware": "x"}, "unknown member 'firmware'"),
+])
+def test_inventory_is_bounded_and_checked(tracker: Tracker, body: dict[str, Any],
+                                          fragment: str) -> None:
+    dev = tracker.register()
+    response = tracker.client.put(f"/api/v1/devices/{dev['id']}/inventory", json=body,
+                                  headers=auth(dev["token"]))
+    assert response.status_code == 400
+    assert fragment in response.json()["error"]
+
+
+def test_oversized_bodies_are_refused_before_parsing(tracker: Tracker) -> None:
+    dev = tracker.register()
+    response = tracker.client.put(f"/api/v1/devices/{dev['id']}/inventory",
+                                  content=b"{" + b" " * (64 * 1024) + b"}",
+                                  headers={**auth(dev["token"]),
+                                           "Content-Type": "application/json"})
+    assert response.status_code == 413
+    response = tracker.client.post(f"/api/v1/devices/{dev['id']}/reports",
+                                   content=bytes(64 * 1024 + 1),
+                                   headers={**auth(dev["token"]), **CBOR})
+    assert response.status_code == 413
+
+
+def test_a_full_update_walks_the_state_machine_and_history_keeps_the_order(
+        tracker: Tracker) -> None:
+    dev = tracker.register()
+    path, headers = f"/api/v1/devices/{dev['id']}", auth(dev["token"])
+    for state in ("notified", "downloading", "downloaded", "installing"):
+        response = tracker.client.post(f"{path}/events", json={"state": state,
+                                                               "detail": f"now {state}"},
+                                       headers=headers)
+        assert response.status_code == 201, response.text
+    report = encode_report(failing_report())
+    response = tracker.client.post(f"{path}/reports", content=report,
+                                   headers={**headers, **CBOR})
+    assert response.status_code == 201, response.text
+    for state in ("rebooting", "rolled-back", "notified"):
+        tracker.client.post(f"{path}/events", json={"state": state},
+                            headers=headers).raise_for_status()
+    history = tracker.client.get(f"{path}/history", headers=auth(ADMIN)).json()["history"]
+    assert [h.get("state", "report") for h in history] == [
+        "notified", "downloading", "downloaded", "installing", "report", "rebooting",
+        "rolled-back", "notified"]
+    assert [h["seq"] for h in history] == list(range(1, 9))
+    assert history[1] == {**history[1], "previous": "notified", "detail": "now downloading"}
+    assert history[4]["summary"]["failure"]["section_name"] == "install"
+    assert history[4]["size"] == len(report)
+    stamps = [h.get("timestamp") or h["received"] for h in history]
+    assert stamps == sorted(stamps)
+    doc = tracker.client.get(path, headers=headers).json()
+    assert doc["state"] == "notified"
+    assert tracker.client.get(f"{path}/history", headers=headers).json()["history"] == history
+
+
+def test_the_raw_report_bytes_are_stored_as_received(tracker: Tracker) -> None:
+    dev = tracker.register()
+    report = encode_report(failing_report())
+    tracker.client.post(f"/api/v1/devices/{dev['id']}/reports", content=report,
+                        headers={**auth(dev["token"]),
+                                 "Content-Type": "application/octet-stream"}
+                        ).raise_for_status()
+    with sqlite3.connect(tracker.db_file) as conn:
+        (raw,) = conn.execute("SELECT raw FROM device_reports WHERE device_id = ?",
+                              (dev["id"],)).fetchone()
+    assert raw == report
+
+
+# ---------------------------------------------------------------------------- state machine
+
+
+def test_impossible_transitions_are_refused_over_http(tracker: Tracker) -> None:
+    dev = tracker.register()
+    url, headers = f"/api/v1/devices/{dev['id']}/events", auth(dev["token"])
+    response = tracker.client.post(url, json={"state": "succeeded"}, headers=headers)
+    assert response.status_code == 409
+    assert response.json()["error"] == (
+        "transition from (no state yet) to succeeded is not allowed; from (no state yet) a "
+        "device may go to: notified")
+    for state in ("notified", "downloading"):
+        tracker.client.post(url, json={"state": state}, headers=headers).raise_for_status()
+    for wanted in ("installing", "notified", "rolled-back", "downloading"):
+        response = tracker.client.post(url, json={"state": wanted}, headers=headers)
+        assert response.status_code == 409, wanted
+        assert "from downloading a device may go to: downloaded, failed" in (
+            response.json()["error"])
+    states = [h["state"] for h in tracker.client.get(
+        f"/api/v1/devices/{dev['id']}/history", headers=headers).json()["history"]]
+    assert states == ["notified", "downloading"]
+
+
+def test_unknown_states_are_refused(tracker: Tracker) -> None:
+    dev = tracker.register()
+    for body in ({"state": "exploded"}, {"state": None}, {"detail": "x"},
+                 {"state": "notified", "detail": 5}, {"state": "notified", "x": 1}):
+        response = tracker.client.post(f"/api/v1/devices/{dev['id']}/events", json=body,
+                                       headers=auth(dev["token"]))
+        assert response.status_code == 400, body
+    response = tracker.client.post(f"/api/v1/devices/{dev['id']}/events",
+                                   json={"state": "exploded"}, headers=auth(dev["token"]))
+    assert "expected one of notified, downloading" in response.json()["error"]
+    history = tracker.client.get(f"/api/v1/devices/{dev['id']}/history",
+                                 headers=auth(ADMIN)).json()["history"]
+    assert history == []
+
+
+# ---------------------------------------------------------------------------- reports
+
+
+@pytest.mark.parametrize(("body", "path"), [
+    (b"\xff\x00garbage", "report"),
+    (b"\xa0", "report"),  # {}: no suit-reference
+    (encode_report(failing_report())[:-3], "report"),
+    (bytes.fromhex("a3"  # {99: ["u", [-16, h'00']], 3: [[]], 4: true}
+                   "1863826175822f4100" "0381" "80" "04f5"), "report.records[0]"),
+])
+def test_garbage_reports_are_refused_with_the_decode_path(tracker: Tracker, body: bytes,
+                                                          path: str) -> None:
+    dev = tracker.register()
+    response = tracker.client.post(f"/api/v1/devices/{dev['id']}/reports", content=body,
+                                   headers={**auth(dev["token"]), **CBOR})
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]
+    assert message.startswith(f"the report is malformed: {path}")
+
+
+def test_reports_need_a_cbor_media_type(tracker: Tracker) -> None:
+    dev = tracker.register()
+    response = tracker.client.post(f"/api/v1/devices/{dev['id']}/reports",
+                                   content=encode_report(failing_report()),
+                                   headers={**auth(dev["token"]),
+                                            "Content-Type": "application/json"})
+    assert response.status_code == 415
+
+
+def test_a_report_from_the_device_processor_is_accepted_and_summarised(
+        tracker: Tracker, tmp_path: Path) -> None:
+    """A device refuses an envelope whose integrated payload was swapped (image digest
+    mismatch); the SUIT report its processor produced goes to the tracker as is."""
+    author = Author.create(tmp_path / "author")
+    folder = new_device(tmp_path / "device", [author.anchor])
+    image = image_bytes("app", 1000)
+    envelope = author.envelope(1, [author.component("app.bin", image)],
+                               payloads={"#app.bin": image_bytes("evil", 1000)})
+    outcome = install(folder, envelope)
+    assert not outcome.installed and outcome.report is not None
+    assert outcome.report.result is not True
+    raw = encode_report(outcome.report)
+
+    dev = tracker.register("real-device")
+    response = tracker.client.post(f"/api/v1/devices/{dev['id']}/reports", content=raw,
+                                   headers={**auth(dev["token"]), **CBOR})
+    assert response.status_code == 201, response.text
+    summary = response.json()["summary"]
+    assert summary["succeeded"] is False
+    failure = summary["failure"]
+    assert failure["reason"] == outcome.report.result.reason
+    assert failure["reason_name"] == reason_name(outcome.report.result.reason) != "ok"
+    assert failure["section"] == outcome.report.result.record.manifest_section
+    assert failure["offset"] == outcome.report.result.record.section_offset
+    assert failure["component_index"] == 0
+    assert summary["manifest_digest"]["value"] == (
+        outcome.report.reference.manifest_digest.value.hex())
+    history = tracker.client.get(f"/api/v1/devices/{dev['id']}/history",
+                                 headers=auth(ADMIN)).json()["history"]
+    assert [h["summary"] for h in history] == [summary]
+
+
+# ---------------------------------------------------------------------------- authorization
+
+
+def test_authorization_matrix(tracker: Tracker) -> None:
+    """Every tracker endpoint with no token, a wrong token, the admin token, the device's own
+    token and another device's token."""
+    dev, other = tracker.register("dev"), tracker.register("other")
+    path = f"/api/v1/devices/{dev['id']}"
+    report = encode_report(failing_report())
+    endpoints: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", "/api/v1/devices", {"json": {"name": "x"}}),
+        ("GET", "/api/v1/devices", {}),
+        ("GET", path, {}),
+        ("PUT", f"{path}/inventory", {"json": inventory()}),
+        ("POST", f"{path}/events", {"json": {"state": "notified"}}),
+        ("POST", f"{path}/reports", {"content": report, "headers": CBOR}),
+        ("GET", f"{path}/history", {}),
+    ]
+    tokens = {"none": None, "wrong": f"{dev['id']}.not-the-secret", "garbage": "xyz",
+              "admin": ADMIN, "own": dev["token"], "other": other["token"]}
+    expected = {  # endpoint index -> status for each token
+        0: {"admin": 201, "own": 403, "other": 403},
+        1: {"admin": 200, "own": 403, "other": 403},
+        2: {"admin": 200, "own": 200, "other": 403},
+        3: {"admin": 403, "own": 200, "other": 403},
+        4: {"admin": 403, "own": 201, "other": 403},
+        5: {"admin": 403, "own": 201, "other": 403},
+        6: {"admin": 200, "own": 200, "other": 403},
+    }
+    seen: dict[tuple[int, str], int] = {}
+    for index, (method, url, kwargs) in enumerate(endpoints):
+        for label, token in tokens.items():
+            headers = {**kwargs.get("headers", {}), **auth(token)}
+            extra = {k: v for k, v in kwargs.items() if k != "headers"}
+            response = tracker.client.request(method, url, headers=headers, **extra)
+            seen[index, label] = response.status_code
+            assert "error" in response.json() or response.status_code < 400
+            if response.status_code == 401:
+                assert response.headers["WWW-Authenticate"] == "Bearer"
+    want = {(i, label): expected[i].get(label, 401) for i in expected for label in tokens}
+    assert seen == want
+    # nothing the refused calls sent reached the records
+    history = tracker.client.get(f"{path}/history", headers=auth(ADMIN)).json()["history"]
+    assert [h["kind"] for h in history] == ["event", "report"]
+
+
+def test_the_admin_gets_404_for_an_unknown_device_and_a_device_gets_403(
+        tracker: Tracker) -> None:
+    dev = tracker.register()
+    missing = "00000000-0000-4000-8000-000000000000"
+    for suffix in ("", "/history"):
+        url = f"/api/v1/devices/{missing}{suffix}"
+        assert tracker.client.get(url, headers=auth(ADMIN)).status_code == 404
+        assert tracker.client.get(url, headers=auth(dev["token"])).status_code == 403
+
+
+def test_without_an_admin_token_the_admin_routes_are_closed(tmp_path: Path) -> None:
+    router = create_router(TrackerConfig(f"sqlite:///{tmp_path / 't.db'}", admin_token=None))
+    anchors = TrustAnchors.of(crypto.generate_private_key("EdDSA").public_key())
+    config = ServerConfig(data_dir=tmp_path / "data", anchors=anchors, routers=(router,))
+    with running_server(config) as url:
+        for token in (None, "None", "anything"):
+            response = httpx.get(f"{url}/api/v1/devices", headers=auth(token), timeout=5)
+            assert response.status_code == 401

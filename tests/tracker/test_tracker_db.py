@@ -1,0 +1,104 @@
+"""The tracker database without HTTP: the state machine table, the history order, credentials.
+
+The exhaustive transition walk runs here, on ``TrackerDB`` directly, so that it stays fast.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from suitkit.errors import StorageError
+from suitkit.tracker.db import (
+    STATES,
+    TRANSITIONS,
+    TrackerDB,
+    TransitionRefused,
+    hash_secret,
+    open_db,
+    verify_secret,
+)
+
+
+def walks() -> dict[str | None, list[str]]:
+    """The shortest list of events that brings a new device to each state."""
+    paths: dict[str | None, list[str]] = {None: []}
+    frontier: list[str | None] = [None]
+    while frontier:
+        current = frontier.pop(0)
+        for nxt in sorted(TRANSITIONS[current]):
+            if nxt not in paths:
+                paths[nxt] = [*paths[current], nxt]
+                frontier.append(nxt)
+    return paths
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> TrackerDB:
+    moments = iter(datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=i)
+                   for i in range(10_000))
+    return open_db(f"sqlite:///{tmp_path / 'tracker.db'}", clock=lambda: next(moments))
+
+
+def test_the_table_reaches_every_state_and_lists_only_known_states() -> None:
+    assert set(walks()) == {None, *STATES}
+    assert all(set(targets) <= set(STATES) for targets in TRANSITIONS.values())
+    assert all("failed" in TRANSITIONS[s] for s in STATES if s not in
+               ("succeeded", "failed", "rolled-back"))
+
+
+def test_every_transition_outside_the_table_is_refused(db: TrackerDB) -> None:
+    """For each allowed (state, next) pair: a device in that state refuses every state the
+    table does not allow (its state does not move), then accepts the allowed one."""
+    for start, walk in walks().items():
+        for allowed in sorted(TRANSITIONS[start]):
+            device_id, _ = db.register("d")
+            for state in walk:
+                db.add_event(device_id, state, "")
+            for wanted in STATES:
+                if wanted in TRANSITIONS[start]:
+                    continue
+                with pytest.raises(TransitionRefused) as refused:
+                    db.add_event(device_id, wanted, "")
+                assert (refused.value.current, refused.value.wanted) == (start, wanted)
+            assert db.add_event(device_id, allowed, "ok")["previous"] == start
+            doc = db.device(device_id)
+            assert doc is not None and doc["state"] == allowed
+
+
+def test_history_interleaves_events_and_reports_in_arrival_order(db: TrackerDB) -> None:
+    device_id, _ = db.register("d")
+    db.add_event(device_id, "notified", "")
+    db.add_report(device_id, b"\x01", {"n": 1})
+    db.add_event(device_id, "downloading", "")
+    db.add_report(device_id, b"\x02", {"n": 2})
+    history = db.history(device_id)
+    assert [(h["kind"], h["seq"]) for h in history] == [
+        ("event", 1), ("report", 2), ("event", 3), ("report", 4)]
+    assert history[0]["timestamp"] == "2026-01-01T00:00:01+00:00"
+    assert db.report_bytes(device_id) == [b"\x01", b"\x02"]
+
+
+def test_events_for_an_unknown_device_are_a_storage_error(db: TrackerDB) -> None:
+    with pytest.raises(StorageError, match="no device"):
+        db.add_event("missing", "notified", "")
+
+
+def test_credentials_are_salted_hashes_checked_in_constant_time(db: TrackerDB) -> None:
+    first, second = hash_secret("s3cret"), hash_secret("s3cret")
+    assert first != second and "s3cret" not in first
+    assert verify_secret("s3cret", first) and not verify_secret("s3creT", first)
+    assert not verify_secret("s3cret", "md5$1$00$00") and not verify_secret("x", "garbage")
+    device_id, secret = db.register("d")
+    assert db.authenticate(device_id, secret)
+    assert not db.authenticate(device_id, secret + "x")
+    assert not db.authenticate("no-such-device", secret)
+    assert not db.authenticate("x" * 100, secret)
+
+
+def test_an_unusable_url_is_a_storage_error() -> None:
+    with pytest.raises(StorageError, match="cannot open the tracker database") as refused:
+        open_db("nosuchdialect://user:hunter2@host/db")
+    assert "hunter2" not in str(refused.value) and "user:***@host" in str(refused.value)
