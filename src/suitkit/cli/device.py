@@ -7,6 +7,7 @@ saves the simulated flash, and prints what happened.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -164,6 +165,40 @@ def boot(
     finally:
         opened.save()
     if not started:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+@handles_errors
+def run(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
+    server: Annotated[str, typer.Option("--server", help="Status tracker URL, e.g. "
+                                        "http://127.0.0.1:8080")],
+    credential_file: Annotated[Path, typer.Option(
+        "--credential-file", help="File holding the device credential <device-id>.<secret>.")],
+    once: Annotated[bool, typer.Option("--once", help="Poll once and exit.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between polls.")
+                        ] = 60.0,
+    max_runs: Annotated[int | None, typer.Option("--max-runs", help="Stop after N polls "
+                                                 "(default: poll until interrupted).")] = None,
+) -> None:
+    """Poll a status tracker; install, boot and confirm what it assigns (RFC 9019 §2.3,
+    client-initiated). Exit 1 when the last poll failed or could not reach the tracker."""
+    from suitkit.device.agent import run_once  # noqa: PLC0415 - only this command needs it
+
+    if interval < 0 or (max_runs is not None and max_runs < 1):
+        fail("--interval must be >= 0 and --max-runs >= 1", EXIT_USAGE)
+    credential = read_input(credential_file, "credential").decode("utf-8", "replace").strip()
+    limit = 1 if once else max_runs
+    count, ok = 0, True
+    while limit is None or count < limit:
+        if count:
+            time.sleep(interval)
+        count += 1
+        result = run_once(directory, server, credential, fetcher=HttpFetcher(),
+                          say=lambda line: out.print(line, markup=False))
+        ok = result.ok
+    if not ok:
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -19,6 +19,10 @@ Routes (docs/tracker.md has the bodies):
 - ``POST /api/v1/devices/{id}/reports`` (the device): a SUIT_Report in CBOR, decoded strictly
   with ``core.report.decode_report`` (the device is not trusted); bytes and summary are stored.
 - ``GET /api/v1/devices/{id}/history`` (admin or the device): events and reports in order.
+- ``POST /api/v1/deployments`` (admin): assign a release (manifest digest and envelope URL) to
+  devices; each moves to ``notified``. The latest assignment of a device wins.
+- ``GET /api/v1/devices/{id}/update`` (the device): 200 with the pending assignment, 204 when
+  there is nothing to do (RFC 9019 client-initiated mode: the device polls).
 
 Every request body is bounded before it is parsed. Not here: campaigns, waves, approvals,
 notifications (push, SSE, MQTT), report signatures (COSE_Sign1 / COSE_Mac0 around the report),
@@ -47,6 +51,7 @@ from suitkit.limits import Limits
 from suitkit.tracker.db import (
     STATES,
     ComponentEntry,
+    DeploymentRefused,
     Inventory,
     TrackerDB,
     TransitionRefused,
@@ -66,6 +71,10 @@ _MAX_HARDWARE_ENTRIES = 64
 _MAX_HARDWARE_KEY = 64
 _MAX_HARDWARE_TEXT = 256
 _UINT64 = (1 << 64) - 1
+_MAX_URL = 2048
+_MAX_DEPLOY_DEVICES = 1000
+_MAX_DEVICE_ID = 36
+_DEVICES = "/api/v1/devices"
 
 
 def _utcnow() -> datetime:
@@ -250,6 +259,22 @@ def _inventory(doc: Mapping[str, Any], limits: Limits) -> Inventory:
         hardware=_hardware(doc.get("hardware")))
 
 
+def _deployment(doc: Mapping[str, Any]) -> tuple[str, str, list[str]]:
+    _only(doc, {"release", "envelope_url", "devices"}, "deployment")
+    release = _hex(doc.get("release"), "release", _MAX_DIGEST_BYTES)
+    if not release:
+        raise _Refused(400, "release: expected the manifest digest in hex")
+    url = _text(doc.get("envelope_url"), "envelope_url", _MAX_URL)
+    if not url.lower().startswith(("http://", "https://")) or any(c.isspace() for c in url):
+        raise _Refused(400, "envelope_url: expected an http:// or https:// URL")
+    devices = doc.get("devices")
+    if (not isinstance(devices, list) or not devices
+            or len(devices) > _MAX_DEPLOY_DEVICES):
+        raise _Refused(400, f"devices: expected a list of 1 to {_MAX_DEPLOY_DEVICES} device ids")
+    ids = [_text(d, f"devices[{i}]", _MAX_DEVICE_ID) for i, d in enumerate(devices)]
+    return release, url, ids
+
+
 # ============================================================================ router
 
 
@@ -260,7 +285,7 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None) -> APIRout
         StorageError: the database cannot be opened.
     """
     tracker = db if db is not None else open_db(config.db_url, clock=config.clock)
-    router = APIRouter(prefix="/api/v1/devices", tags=["status tracker"])
+    router = APIRouter(tags=["status tracker"])
 
     async def caller(request: Request) -> _Caller:
         header = request.headers.get("authorization", "")
@@ -304,7 +329,7 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None) -> APIRout
         except StorageError:
             raise _Refused(500, "the tracker could not store or read its database") from None
 
-    @router.post("", status_code=201)
+    @router.post(_DEVICES, status_code=201)
     async def register(request: Request) -> Response:
         """Register a device (admin); the answer holds its secret, shown this once."""
         await admin(request)
@@ -316,13 +341,13 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None) -> APIRout
                              "token": f"{device_id}.{secret}"}, status_code=201,
                             headers={"Cache-Control": "no-store"})
 
-    @router.get("")
+    @router.get(_DEVICES)
     async def list_devices(request: Request) -> Response:
         """Every device (admin)."""
         await admin(request)
         return JSONResponse({"devices": await storage(tracker.devices)})
 
-    @router.get("/{device_id}")
+    @router.get(f"{_DEVICES}/{{device_id}}")
     async def get_device(request: Request, device_id: str) -> Response:
         """One device with its inventory (admin or the device)."""
         await device_or_admin(request, device_id)
@@ -331,7 +356,7 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None) -> APIRout
             raise _Refused(404, f"no device {device_id[:40]!r}")
         return JSONResponse(doc)
 
-    @router.put("/{device_id}/inventory")
+    @router.put(f"{_DEVICES}/{{device_id}}/inventory")
     async def put_inventory(request: Request, device_id: str) -> Response:
         """Replace the device's inventory (the device only)."""
         await device_itself(request, device_id)
@@ -339,7 +364,7 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None) -> APIRout
         await storage(tracker.set_inventory, device_id, inventory)
         return JSONResponse(await storage(tracker.device, device_id))
 
-    @router.post("/{device_id}/events", status_code=201)
+    @router.post(f"{_DEVICES}/{{device_id}}/events", status_code=201)
     async def post_event(request: Request, device_id: str) -> Response:
         """Move the device's update to a new state (the device only)."""
         await device_itself(request, device_id)
@@ -358,7 +383,7 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None) -> APIRout
             raise _Refused(500, "the tracker could not store the event") from None
         return JSONResponse(event, status_code=201)
 
-    @router.post("/{device_id}/reports", status_code=201)
+    @router.post(f"{_DEVICES}/{{device_id}}/reports", status_code=201)
     async def post_report(request: Request, device_id: str) -> Response:
         """Store a SUIT report (CBOR) after strict decoding (the device only)."""
         await device_itself(request, device_id)
@@ -375,11 +400,34 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None) -> APIRout
         stored = await storage(tracker.add_report, device_id, raw, summarize_report(report))
         return JSONResponse(stored, status_code=201)
 
-    @router.get("/{device_id}/history")
+    @router.get(f"{_DEVICES}/{{device_id}}/history")
     async def history(request: Request, device_id: str) -> Response:
         """The device's events and report summaries, in order (admin or the device)."""
         await device_or_admin(request, device_id)
         return JSONResponse({"id": device_id,
                              "history": await storage(tracker.history, device_id)})
+
+    @router.get(f"{_DEVICES}/{{device_id}}/update")
+    async def get_update(request: Request, device_id: str) -> Response:
+        """The release assigned to the device, or 204 (the device only)."""
+        await device_itself(request, device_id)
+        pending = await storage(tracker.pending_update, device_id)
+        if pending is None:
+            return Response(status_code=204)
+        return JSONResponse(pending, headers={"Cache-Control": "no-store"})
+
+    @router.post("/api/v1/deployments", status_code=201)
+    async def deploy(request: Request) -> Response:
+        """Assign a release to devices; each is notified (admin)."""
+        await admin(request)
+        release, url, ids = _deployment(await _json_object(request))
+        try:
+            devices = await run_in_threadpool(tracker.deploy, release, url, ids)
+        except DeploymentRefused as e:
+            raise _Refused(404 if e.unknown else 409, str(e)) from None
+        except StorageError:
+            raise _Refused(500, "the tracker could not store the deployment") from None
+        return JSONResponse({"release": release, "envelope_url": url, "devices": devices},
+                            status_code=201)
 
     return router

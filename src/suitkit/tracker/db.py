@@ -13,6 +13,10 @@ The update state machine (``TRANSITIONS``) is enforced here, under a lock on the
 cannot both move the device from the same state. The same counter orders a device's history:
 events and reports share one sequence per device.
 
+Deployments (RFC 9019 client-initiated mode): ``deploy`` records, per device, the release it
+should install (``Assignment``; one row per device, the latest deployment wins) and moves the
+device to ``notified``; the assignment is pending until the device reports a final state.
+
 Deliberately not here: Alembic migrations (tables are created, never altered, in this slice),
 PostgreSQL-specific tuning, campaigns, deleting devices, rotating a credential.
 """
@@ -52,7 +56,9 @@ __all__ = [
     "FINAL_STATES",
     "STATES",
     "TRANSITIONS",
+    "Assignment",
     "ComponentEntry",
+    "DeploymentRefused",
     "Device",
     "DeviceEvent",
     "DeviceReport",
@@ -185,7 +191,29 @@ class DeviceReport(_Base):
     summary: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class Assignment(_Base):
+    """The release a device should install (one per device: the latest deployment wins)."""
+
+    __tablename__ = "assignments"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    release: Mapped[str] = mapped_column(String(128))
+    envelope_url: Mapped[str] = mapped_column(String(2048))
+    created: Mapped[datetime] = mapped_column(DateTime)
+    done: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    """When the device reported a final state for it; ``None`` while pending."""
+
+
 # --------------------------------------------------------------------------------- operations
+
+
+class DeploymentRefused(Exception):
+    """A deployment to a device that does not exist or is in the middle of an update."""
+
+    def __init__(self, message: str, *, unknown: bool = False) -> None:
+        self.unknown = unknown
+        super().__init__(message)
 
 
 class TransitionRefused(Exception):
@@ -349,8 +377,69 @@ class TrackerDB:
             session.add(row)
             device.state = state
             device.state_changed = now
+            if state in FINAL_STATES:
+                assignment = session.get(Assignment, device_id)
+                if assignment is not None and assignment.done is None:
+                    assignment.done = now
             session.flush()
             return _event_json(row)
+
+    # ---- deployments
+
+    def deploy(self, release: str, envelope_url: str, device_ids: Sequence[str]
+               ) -> list[dict[str, Any]]:
+        """Assign ``release`` to every device of ``device_ids``, all or none.
+
+        A device with no state or in a final state gets a ``notified`` event; a device still
+        ``notified`` (it has not started the previous assignment) keeps its state and only its
+        assignment is replaced. Returns one ``{"id", "event"}`` per device (``event`` is
+        ``None`` when no event was added).
+
+        Raises:
+            DeploymentRefused: a device does not exist or is in the middle of an update.
+        """
+        results: list[dict[str, Any]] = []
+        with self._session() as session:
+            now = self._now()
+            for device_id in dict.fromkeys(device_ids):
+                device = session.get(Device, device_id) if len(device_id) <= 36 else None
+                if device is None:
+                    raise DeploymentRefused(f"no device {device_id[:40]!r}", unknown=True)
+                seq = self._lock(session, device_id)
+                session.refresh(device)
+                event: dict[str, Any] | None = None
+                if "notified" in TRANSITIONS.get(device.state, frozenset()):
+                    row = DeviceEvent(device_id=device_id, seq=seq, state="notified",
+                                      previous=device.state, detail=f"release {release}",
+                                      timestamp=now)
+                    session.add(row)
+                    device.state = "notified"
+                    device.state_changed = now
+                    session.flush()
+                    event = _event_json(row)
+                elif device.state == "notified":
+                    device.history_count -= 1  # no event: give the sequence number back
+                else:
+                    raise DeploymentRefused(f"device {device_id} is in the middle of an update "
+                                            f"(state {device.state}); deploy again once it "
+                                            "reports succeeded, failed or rolled-back")
+                assignment = session.get(Assignment, device_id)
+                if assignment is None:
+                    session.add(Assignment(device_id=device_id, release=release,
+                                           envelope_url=envelope_url, created=now))
+                else:
+                    assignment.release, assignment.envelope_url = release, envelope_url
+                    assignment.created, assignment.done = now, None
+                results.append({"id": device_id, "event": event})
+        return results
+
+    def pending_update(self, device_id: str) -> dict[str, Any] | None:
+        """The device's assignment not yet done, ``{"release", "envelope_url"}``, or ``None``."""
+        with self._session() as session:
+            assignment = session.get(Assignment, device_id)
+            if assignment is None or assignment.done is not None:
+                return None
+            return {"release": assignment.release, "envelope_url": assignment.envelope_url}
 
     def add_report(self, device_id: str, raw: bytes, summary: Mapping[str, Any]
                    ) -> dict[str, Any]:

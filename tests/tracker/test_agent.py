@@ -1,0 +1,234 @@
+"""Device polling end to end (RFC 9019 client-initiated mode), over real HTTP.
+
+One uvicorn server holds the firmware server and the status tracker (SQLite in tmp_path); a
+real device folder (mcu shape) runs ``suitkit.device.agent.run_once``. The author uploads a
+release whose detached image is served by the same firmware server, the admin registers the
+device and deploys; the agent installs, boots, confirms and tells the tracker every step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from device.device_kit import Author, boot, confirm, image_bytes, install, new_device
+from suitkit.cli.main import app as cli
+from suitkit.core.verify import TrustAnchors
+from suitkit.device.agent import run_once
+from suitkit.device.fetch import HttpFetcher
+from suitkit.device.wiring import open_device
+from suitkit.server.app import ServerConfig
+from suitkit.server.background import running_server
+from suitkit.tracker.api import TrackerConfig, create_router
+
+ADMIN = "admin-token-for-agent-tests"
+UPLOAD = "upload-token-for-agent-tests"
+
+
+def auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token is not None else {}
+
+
+@dataclass
+class World:
+    url: str
+    client: httpx.Client
+    author: Author
+    tmp: Path
+
+    def upload(self, envelope: bytes, image: bytes | None = None) -> dict[str, Any]:
+        files: list[tuple[str, tuple[str, bytes, str]]] = [
+            ("envelope", ("e.suit", envelope, "application/suit-envelope+cose"))]
+        if image is not None:
+            files.append(("image", ("app.bin", image, "application/octet-stream")))
+        response = self.client.post("/api/v1/releases", files=files, headers=auth(UPLOAD))
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def release(self, sequence: int, *, serve: bytes | None = None) -> dict[str, Any]:
+        """Upload a release whose manifest's uri is ``/firmware/<sha256>`` of ``serve``
+        (default: its own image, uploaded with it)."""
+        image = image_bytes(f"app-{sequence}-", 2000)
+        served = serve if serve is not None else image
+        uri = f"{self.url}/firmware/{hashlib.sha256(served).hexdigest()}"
+        envelope, built = self.author.release(sequence, uri=uri)
+        assert built == image
+        return self.upload(envelope, image if serve is None else None)
+
+    def register(self) -> dict[str, Any]:
+        response = self.client.post("/api/v1/devices", json={"name": "d"}, headers=auth(ADMIN))
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def deploy(self, release: dict[str, Any], devices: list[str],
+               token: str | None = ADMIN) -> httpx.Response:
+        return self.client.post("/api/v1/deployments", headers=auth(token), json={
+            "release": release["id"], "envelope_url": self.url + release["envelope"]["url"],
+            "devices": devices})
+
+    def history(self, device_id: str) -> list[dict[str, Any]]:
+        response = self.client.get(f"/api/v1/devices/{device_id}/history", headers=auth(ADMIN))
+        return list(response.json()["history"])
+
+    def device(self, base_sequence: int = 1) -> tuple[Path, dict[str, Any]]:
+        """A registered mcu device running (confirmed) an integrated release."""
+        folder = new_device(self.tmp / f"dev-{len(list(self.tmp.glob('dev-*')))}",
+                            [self.author.anchor])
+        envelope, _ = self.author.release(base_sequence, "base")
+        assert install(folder, envelope).installed
+        boot(folder)
+        confirm(folder)
+        return folder, self.register()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("agent")
+    author = Author.create(tmp / "author")
+    router = create_router(TrackerConfig(f"sqlite:///{tmp / 'tracker.db'}", ADMIN))
+    config = ServerConfig(data_dir=tmp / "data", upload_token=UPLOAD, routers=(router,),
+                          anchors=TrustAnchors.of(author.key.public_key()))
+    with running_server(config) as url, httpx.Client(base_url=url, timeout=10) as client:
+        yield World(url, client, author, tmp)
+
+
+def running(folder: Path) -> tuple[int, bool]:
+    """(sequence number of the running app, whether it is confirmed)."""
+    opened = open_device(folder)
+    observation = opened.bootloader.observe()  # type: ignore[attr-defined]
+    (check,) = observation.primary
+    return check.info.sequence_number, opened.bootloader.read_counters()["app"] == \
+        check.info.sequence_number
+
+
+def states(history: list[dict[str, Any]]) -> list[str]:
+    return [h["state"] for h in history if h["kind"] == "event"]
+
+
+def test_a_deployed_release_is_installed_booted_confirmed_and_reported(world: World) -> None:
+    folder, dev = world.device()
+    release = world.release(2)
+    deployed = world.deploy(release, [dev["id"]])
+    assert deployed.status_code == 201, deployed.text
+    assert deployed.json()["devices"][0]["event"]["state"] == "notified"
+
+    lines: list[str] = []
+    result = run_once(folder, world.url, dev["token"], fetcher=HttpFetcher(), say=lines.append)
+    assert result.outcome == "succeeded", result.steps
+    assert result.release == release["id"] and lines == list(result.steps)
+    assert running(folder) == (2, True)
+
+    history = world.history(dev["id"])
+    assert states(history) == ["notified", "downloading", "downloaded", "installing",
+                               "rebooting", "succeeded"]
+    reports = [h for h in history if h["kind"] == "report"]
+    assert len(reports) == 1 and reports[0]["summary"]["succeeded"] is True
+    assert reports[0]["summary"]["manifest_digest"]["value"] == release["id"]
+    shown = world.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
+    assert shown["state"] == "succeeded"
+    assert shown["components"] == [{"id": ["00"], "sequence": 2,
+                                    "digest": release["components"][0]["digest"]}]
+
+    # the assignment is done: the next poll finds nothing to do and changes nothing
+    again = run_once(folder, world.url, dev["token"], fetcher=HttpFetcher())
+    assert again.outcome == "up-to-date" and again.ok
+    assert len(world.history(dev["id"])) == len(history)
+    assert world.client.get(f"/api/v1/devices/{dev['id']}/update",
+                            headers=auth(dev["token"])).status_code == 204
+
+
+def test_a_tampered_release_fails_with_the_reason_and_the_device_keeps_its_image(
+        world: World) -> None:
+    folder, dev = world.device()
+    good = world.release(5)  # its image is on the server
+    # release 6's manifest points at release 5's image: the digest cannot match
+    bad = world.release(6, serve=image_bytes("app-5-", 2000))
+    assert world.deploy(bad, [dev["id"]]).status_code == 201
+
+    result = run_once(folder, world.url, dev["token"], fetcher=HttpFetcher())
+    assert result.outcome == "failed" and not result.ok
+    assert running(folder) == (1, True)
+    history = world.history(dev["id"])
+    assert states(history) == ["notified", "downloading", "downloaded", "installing", "failed"]
+    (report,) = [h for h in history if h["kind"] == "report"]
+    failure = report["summary"]["failure"]
+    assert report["summary"]["succeeded"] is False and failure["reason_name"]
+    assert history[-1]["detail"] == result.reason and "digest" in result.reason.lower()
+
+    # from failed, a new deployment is allowed; it succeeds
+    assert world.deploy(good, [dev["id"]]).status_code == 201
+    assert run_once(folder, world.url, dev["token"], fetcher=HttpFetcher()).outcome == \
+        "succeeded"
+    assert running(folder) == (5, True)
+
+
+def test_deployments_and_updates_are_authorized(world: World) -> None:
+    _, a = world.device()
+    b = world.register()
+    release = world.release(7)
+    assert world.deploy(release, [a["id"]], token=None).status_code == 401
+    assert world.deploy(release, [a["id"]], token="nope.nope").status_code == 401
+    assert world.deploy(release, [a["id"]], token=a["token"]).status_code == 403
+    assert world.deploy(release, ["no-such-device"]).status_code == 404
+    bad = world.client.post("/api/v1/deployments", headers=auth(ADMIN), json={
+        "release": "zz", "envelope_url": "file:///etc/passwd", "devices": [a["id"]]})
+    assert bad.status_code == 400
+
+    update = f"/api/v1/devices/{a['id']}/update"
+    assert world.client.get(update, headers=auth(a["token"])).status_code == 204
+    assert world.deploy(release, [a["id"]]).status_code == 201
+    mine = world.client.get(update, headers=auth(a["token"]))
+    assert mine.status_code == 200
+    assert mine.json() == {"release": release["id"],
+                           "envelope_url": world.url + release["envelope"]["url"]}
+    assert world.client.get(update).status_code == 401
+    assert world.client.get(update, headers=auth(ADMIN)).status_code == 403
+    assert world.client.get(update, headers=auth(b["token"])).status_code == 403
+
+    # still notified: a new deployment replaces the assignment without a second event
+    other = world.release(8)
+    assert world.deploy(other, [a["id"]]).status_code == 201
+    assert world.client.get(update, headers=auth(a["token"])).json()["release"] == other["id"]
+    assert states(world.history(a["id"])) == ["notified"]
+    # in the middle of an update: refused, and nothing of the deployment is kept
+    moved = world.client.post(f"/api/v1/devices/{a['id']}/events", headers=auth(a["token"]),
+                              json={"state": "downloading"})
+    assert moved.status_code == 201
+    refused = world.deploy(release, [b["id"], a["id"]])
+    assert refused.status_code == 409 and "middle of an update" in refused.json()["error"]
+    assert world.client.get(f"/api/v1/devices/{b['id']}/update",
+                            headers=auth(b["token"])).status_code == 204
+    assert states(world.history(b["id"])) == []
+
+
+def test_an_unreachable_tracker_is_a_clear_error(world: World, tmp_path: Path) -> None:
+    folder, dev = world.device()
+    result = run_once(folder, "http://127.0.0.1:9", dev["token"], fetcher=HttpFetcher())
+    assert result.outcome == "error" and "ConnectError" in result.reason
+    wrong = run_once(folder, world.url, dev["id"] + ".wrong", fetcher=HttpFetcher())
+    assert wrong.outcome == "error" and "HTTP 401" in wrong.reason
+    assert run_once(tmp_path, world.url, dev["token"], fetcher=HttpFetcher()).outcome == "error"
+
+
+def test_the_cli_polls_once(world: World) -> None:
+    folder, dev = world.device()
+    release = world.release(9)
+    assert world.deploy(release, [dev["id"]]).status_code == 201
+    credential = world.tmp / f"{dev['id']}.cred"
+    credential.write_text(dev["token"] + "\n")
+    args = ["device", "run", str(folder), "--server", world.url, "--credential-file",
+            str(credential)]
+    done = CliRunner().invoke(cli, [*args, "--once"])
+    assert done.exit_code == 0, done.output
+    assert "downloading" in done.output and "succeeded" in done.output
+    assert running(folder) == (9, True)
+    idle = CliRunner().invoke(cli, [*args, "--max-runs", "2", "--interval", "0"])
+    assert idle.exit_code == 0, idle.output
+    assert idle.output.count("up-to-date") == 2
