@@ -18,7 +18,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from device.device_kit import Author, boot, confirm, image_bytes, install, new_device
+from device.device_kit import CLASS, VENDOR, Author, boot, confirm, image_bytes, install, new_device
 from suitkit.cli.main import app as cli
 from suitkit.core.verify import TrustAnchors
 from suitkit.device.agent import run_once
@@ -232,3 +232,40 @@ def test_the_cli_polls_once(world: World) -> None:
     idle = CliRunner().invoke(cli, [*args, "--max-runs", "2", "--interval", "0"])
     assert idle.exit_code == 0, idle.output
     assert idle.output.count("up-to-date") == 2
+
+
+def test_an_application_that_does_not_start_is_rolled_back_and_reported(
+        world: World) -> None:
+    """Linux-class device: the new application exits at once, so it is not confirmed; the agent
+    boots again (the bootloader reverts) and reports rolled-back."""
+    import sys
+
+    from suitkit.device.config import create_device
+    from suitkit.device.invoke import ProcessLauncher
+
+    folder = world.tmp / "linux-dev"
+    create_device(folder, vendor_id=VENDOR, class_id=CLASS, trust_anchors=[world.author.anchor],
+                  shape="linux", app_command=f"{sys.executable} {{image}}")
+    try:
+        good = b"import time\ntime.sleep(60)\n"
+        base = world.author.envelope(1, [world.author.component("good.py", good)])
+        assert install(folder, base).installed
+        boot(folder)
+        confirm(folder)
+        dev = world.register()
+
+        bad = b"import sys\nsys.exit(3)\n"
+        uri = f"{world.url}/firmware/{hashlib.sha256(bad).hexdigest()}"
+        envelope = world.author.envelope(2, [world.author.component("bad.py", bad, uri=uri)])
+        release = world.upload(envelope, bad)
+        assert world.deploy(release, [dev["id"]]).status_code == 201
+
+        result = run_once(folder, world.url, dev["token"], fetcher=HttpFetcher())
+        assert result.outcome == "rolled-back", result.steps
+        history = world.history(dev["id"])
+        assert states(history)[-2:] == ["rebooting", "rolled-back"]
+        opened = open_device(folder)
+        assert opened.bootloader.read_counters()["app"] == 1
+        assert opened.bootloader.observe().primary[0].info.sequence_number == 1  # type: ignore[attr-defined]
+    finally:
+        ProcessLauncher("true", folder / "app.pid").stop()
