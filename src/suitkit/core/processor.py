@@ -127,6 +127,7 @@ __all__ = [
     "Device",
     "Environment",
     "Fetcher",
+    "InstalledEnvironment",
     "Invocation",
     "Procedure",
     "ProcessResult",
@@ -320,6 +321,45 @@ class Environment(Protocol):
     def report(self, item: Record | SystemPropertyClaims) -> None:
         """Called with each record as it is produced (e.g. to stream it to a status tracker)."""
         ...
+
+
+class InstalledEnvironment:
+    """What a manifest's conditions see when an *installed* image is checked or started.
+
+    use-before, minimum-battery, update-authorized and wait guard the installation of an update
+    (update-management §5): an image installed while they held keeps booting after the deadline
+    passes or the battery runs low. So here they hold: the clock reads the epoch, the battery is
+    full, authorization and waits are granted. The compatibility conditions (vendor, class,
+    device, slot) and image digests are checked for real.
+    """
+
+    def __init__(self, anchors: TrustAnchors | None = None) -> None:
+        self._anchors = anchors
+
+    def now(self) -> int | None:
+        return 0
+
+    def battery_level(self) -> int | None:
+        return 1 << 62
+
+    def authorize(self, priority: int) -> bool:
+        return True
+
+    def version(self, component: ComponentIdentifier) -> tuple[int, ...] | None:
+        return None
+
+    def wait(self, events: Mapping[int, object]) -> bool | None:
+        return True
+
+    def decryption_key(self, key_id: bytes | None, algorithm: int) -> cose.RecipientKey | None:
+        return None
+
+    @property
+    def dependency_anchors(self) -> TrustAnchors | None:
+        return self._anchors
+
+    def report(self, item: Record | SystemPropertyClaims) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,15 @@ from pathlib import Path
 from typing import Protocol
 
 from suitkit.core.model import ComponentIdentifier
-from suitkit.core.processor import ComponentIdentity, Device, ProcessResult, process, stream_digest
-from suitkit.core.verify import TrustAnchors, verify_envelope
+from suitkit.core.processor import (
+    ComponentIdentity,
+    Device,
+    InstalledEnvironment,
+    ProcessResult,
+    process,
+    stream_digest,
+)
+from suitkit.core.verify import verify_envelope
 from suitkit.device.config import DeviceConfig
 from suitkit.device.consumer import BootStore, ImageReaderLike, reader_chunks, split_slot_record
 from suitkit.errors import StorageError, SuitError
@@ -37,7 +44,6 @@ from suitkit.limits import Limits
 
 __all__ = [
     "ImageComponent",
-    "InstalledEnvironment",
     "Launcher",
     "ProcessLauncher",
     "RecordingLauncher",
@@ -200,45 +206,6 @@ class _RunningStore:
 
     def swap(self, first: ComponentIdentifier, second: ComponentIdentifier) -> None:
         raise StorageError("no swap at invocation")
-
-
-class InstalledEnvironment:
-    """What a manifest's conditions see when an *installed* image is checked or started.
-
-    use-before, minimum-battery, update-authorized and wait guard the installation of an update
-    (update-management §5): an image installed while they held keeps booting after the deadline
-    passes or the battery runs low. So here they hold: the clock reads the epoch, the battery is
-    full, authorization and waits are granted. The compatibility conditions (vendor, class,
-    device, slot) and image digests are checked for real.
-    """
-
-    def __init__(self, anchors: TrustAnchors | None = None) -> None:
-        self._anchors = anchors
-
-    def now(self) -> int | None:
-        return 0
-
-    def battery_level(self) -> int | None:
-        return 1 << 62
-
-    def authorize(self, priority: int) -> bool:
-        return True
-
-    def version(self, component: ComponentIdentifier) -> tuple[int, ...] | None:
-        return None
-
-    def wait(self, events: Mapping[int, object]) -> bool | None:
-        return True
-
-    def decryption_key(self, key_id: bytes | None, algorithm: int) -> None:
-        return None
-
-    @property
-    def dependency_anchors(self) -> TrustAnchors | None:
-        return self._anchors
-
-    def report(self, item: object) -> None:
-        pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,13 +28,14 @@ from suitkit.core.model import ComponentIdentifier
 from suitkit.core.processor import (
     ComponentIdentity,
     Device,
+    InstalledEnvironment,
     shared_parameters,
     stream_digest,
 )
 from suitkit.core.verify import TrustAnchors, verify_envelope
 from suitkit.device.config import DeviceConfig, load_config
 from suitkit.device.consumer import Consumer, PayloadFetcher, reader_chunks, split_slot_record
-from suitkit.device.invoke import ImageComponent, InstalledEnvironment
+from suitkit.device.invoke import ImageComponent
 from suitkit.errors import AuthenticationError, DecodeError, StorageError
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits

@@ -42,7 +42,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
-from suitkit.core import codec, cose, crypto, processor
+from suitkit.core import codec, crypto, processor
 from suitkit.core.model import (
     CommandSequence,
     ComponentIdentifier,
@@ -52,7 +52,6 @@ from suitkit.core.model import (
     VendorIdentifier,
 )
 from suitkit.core.processor import ComponentIdentity, Device, ProcessorOptions
-from suitkit.core.report import Record, SystemPropertyClaims
 from suitkit.core.verify import TrustAnchors, VerifiedManifest, verify_envelope
 from suitkit.errors import (
     AuthenticationError,
@@ -171,35 +170,6 @@ class _PlaceholderStore:
         raise StorageError("the firmware server does not swap components")
 
 
-class _PermissiveEnvironment:
-    """Conditions a device would check against its own state all hold here."""
-
-    def now(self) -> int | None:
-        return 0  # use-before holds; the device checks it with its own clock
-
-    def battery_level(self) -> int | None:
-        return 1 << 62
-
-    def authorize(self, priority: int) -> bool:
-        return True
-
-    def version(self, component: ComponentIdentifier) -> tuple[int, ...] | None:
-        return None
-
-    def wait(self, events: Mapping[int, object]) -> bool | None:
-        return True
-
-    def decryption_key(self, key_id: bytes | None, algorithm: int) -> cose.RecipientKey | None:
-        return None
-
-    @property
-    def dependency_anchors(self) -> TrustAnchors | None:
-        return None
-
-    def report(self, item: Record | SystemPropertyClaims) -> None:
-        return None
-
-
 @dataclass(frozen=True, slots=True)
 class _Expected:
     index: int
@@ -219,7 +189,7 @@ def expected_images(verified: VerifiedManifest, *,
         ProcessingError: the shared sequence cannot run (an unsupported manifest).
     """
     identity = _named_identities(verified.manifest.common.shared_sequence)
-    device = Device(_PlaceholderStore(identity), _PermissiveEnvironment())
+    device = Device(_PlaceholderStore(identity), processor.InstalledEnvironment())
     params = processor.shared_parameters(verified, device, limits=limits,
                                          options=ProcessorOptions())
     result = []
