@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -57,6 +58,7 @@ __all__ = [
     "STATES",
     "TRANSITIONS",
     "Assignment",
+    "AssignmentListener",
     "ComponentEntry",
     "DeploymentRefused",
     "Device",
@@ -89,6 +91,10 @@ TRANSITIONS: Mapping[str | None, frozenset[str]] = {
 }
 """Allowed ``state -> next states``; ``None`` is a device that has reported no state yet."""
 
+AssignmentListener = Callable[[Sequence[str]], None]
+"""Called with the ids of devices whose assignment changed (see ``TrackerDB.add_listener``)."""
+
+_log = logging.getLogger(__name__)
 _KDF_ITERATIONS = 100_000
 _KDF_NAME = "pbkdf2-sha256"
 _DUMMY_HASH = f"{_KDF_NAME}${_KDF_ITERATIONS}${'00' * 16}${'00' * 32}"
@@ -270,6 +276,27 @@ class TrackerDB:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._clock = clock
+        self._listeners: list[AssignmentListener] = []
+
+    def add_listener(self, listener: AssignmentListener) -> None:
+        """Call ``listener(device_ids)`` after every committed change of those devices'
+        assignments (new, replaced, withdrawn): what push notifications hang on.
+
+        Listeners run in the thread that made the change, after the commit; they must not
+        block and must not raise (an exception is logged and ignored: the change is stored).
+        """
+        self._listeners.append(listener)
+
+    def announce(self, device_ids: Sequence[str]) -> None:
+        """Tell the listeners that ``device_ids``' assignments changed (after the commit)."""
+        if not device_ids:
+            return
+        ids = tuple(dict.fromkeys(device_ids))
+        for listener in self._listeners:
+            try:
+                listener(ids)
+            except Exception:  # noqa: BLE001 - a listener must not undo a stored change
+                _log.exception("assignment listener %r failed", listener)
 
     def _now(self) -> datetime:
         return _naive(self._clock())
@@ -431,6 +458,7 @@ class TrackerDB:
                     assignment.release, assignment.envelope_url = release, envelope_url
                     assignment.created, assignment.done = now, None
                 results.append({"id": device_id, "event": event})
+        self.announce([r["id"] for r in results])
         return results
 
     def pending_update(self, device_id: str) -> dict[str, Any] | None:
