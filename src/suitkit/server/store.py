@@ -10,6 +10,11 @@ A blob is written to ``tmp/``, fsynced, then renamed into place (``os.link``: ne
 existing file, so a blob, once stored, never changes). Storing the same bytes twice is a no-op.
 Release metadata is JSON written with ``fileio.atomic_write``.
 
+A crash (SIGKILL, power cut) in the middle of a write leaves at worst a temporary file in
+``tmp/``, never a partial blob or record: opening the store removes the temporary blobs no
+living process is writing (each writer holds an ``flock`` on its file, which the kernel drops
+when the process dies).
+
 No name from a client ever becomes a path: blobs are looked up only by validated 64-character
 lower-case hex digests, releases only by validated hex ids.
 
@@ -20,6 +25,7 @@ collection of blobs no release refers to, replication.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -122,6 +128,19 @@ class BlobStore:
         except OSError as e:
             raise StorageError(f"cannot create the data directory {self.root}: "
                                f"{e.strerror or e}") from e
+        self._sweep_tmp()
+
+    def _sweep_tmp(self) -> None:
+        """Remove temporary blobs left by a writer that died (unlocked ones: a living writer
+        holds an exclusive ``flock`` on its temporary file until it is linked into place)."""
+        for path in self._tmp.glob("blob.*.tmp"):
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    path.unlink()
+                finally:
+                    os.close(fd)
 
     # ------------------------------------------------------------------ blobs
 
@@ -165,23 +184,24 @@ class BlobStore:
         tmp_name: str | None = None
         try:
             fd, tmp_name = tempfile.mkstemp(prefix="blob.", suffix=".tmp", dir=self._tmp)
-            with os.fdopen(fd, "wb") as out:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # "being written": _sweep_tmp leaves it alone
+            with os.fdopen(fd, "wb") as out:  # open (so locked) until linked into place
                 for chunk in _chunks(source):
                     hasher.update(chunk)
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            os.chmod(tmp_name, 0o444)
-            digest = hasher.hexdigest()
-            final = self.blob_path(digest)
-            final.parent.mkdir(exist_ok=True)
-            try:
-                # link, not rename: never replaces a blob that is already there (immutable).
-                os.link(tmp_name, final)
-            except FileExistsError:
-                pass
-            else:
-                fsync_dir(final.parent)
+                os.chmod(tmp_name, 0o444)
+                digest = hasher.hexdigest()
+                final = self.blob_path(digest)
+                final.parent.mkdir(exist_ok=True)
+                try:
+                    # link, not rename: never replaces a blob that is already there (immutable).
+                    os.link(tmp_name, final)
+                except FileExistsError:
+                    pass
+                else:
+                    fsync_dir(final.parent)
             return digest
         except OSError as e:
             raise StorageError(f"cannot store a blob: {e.strerror or e}") from e

@@ -1,0 +1,243 @@
+"""Image download throughput of the suitkit firmware server against nginx, in the same run.
+
+suitkit: ``suitkit serve`` as a process (uvicorn, ``GET /firmware/{sha256}``, Starlette
+``FileResponse`` with ETag, Cache-Control and Range support) on a data directory holding the
+image as a blob. Baseline: nginx (``/usr/sbin/nginx``, ``daemon off; master_process on;
+worker_processes 1``, sendfile on) started from a temporary prefix with its own configuration,
+serving the same bytes at the same path. Both listen on a free loopback port. Each URL is checked
+first (same SHA-256 from both), then loaded with ``wrk -t1 -c4`` full-file GETs for a few seconds
+(a Python httpx client with 4 threads if wrk is missing). Prints MB/s (10^6 bytes per second) for
+each server and the ratio suitkit/nginx.
+
+Run: ``.venv/bin/python benchmarks/bench_download.py [--duration SECONDS]`` (about 30 s with the
+default 5 s per measurement; budget 90 s). Needs nginx (``apt-get install nginx``); wrk
+(``apt-get install wrk``) is optional.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from suitkit.core import crypto
+from suitkit.server.store import BlobStore
+
+MiB = 1024 * 1024
+NGINX = "/usr/sbin/nginx"
+WRK = "/usr/bin/wrk"
+SUITKIT = [sys.executable, "-c", "from suitkit.cli.main import main; main()"]
+CONNECTIONS = 4
+START_TIMEOUT = 30.0
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/client_body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root}/www;
+        location /firmware/ {{ etag on; }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_image(path: Path, size: int) -> str:
+    """``size`` pseudo-random bytes written to ``path``; their SHA-256 (hex)."""
+    block = hashlib.shake_256(f"suitkit download bench {size}".encode()).digest(MiB)
+    hasher = hashlib.sha256()
+    with path.open("wb") as f:
+        for i in range(0, size, MiB):
+            piece = bytes([i // MiB % 251]) + block[1:min(MiB, size - i)]
+            f.write(piece)
+            hasher.update(piece)
+    return hasher.hexdigest()
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with {process.returncode} before serving")
+        try:
+            if httpx.head(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not serve {url} within {START_TIMEOUT:g} s")
+        time.sleep(0.05)
+
+
+@contextmanager
+def process(args: list[str], url: str, what: str, log: Path) -> Iterator[None]:
+    with log.open("wb") as out:
+        child = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_serving(url, child, what)
+        yield
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=10)
+
+
+@contextmanager
+def suitkit_server(root: Path, images: list[Path]) -> Iterator[str]:
+    """``suitkit serve`` on a data directory holding ``images`` as blobs; yields its URL."""
+    store = BlobStore(root / "data")
+    for image in images:
+        with image.open("rb") as f:
+            store.put_blob(f)
+    key = crypto.generate_private_key("ES256")
+    (root / "author.pub").write_bytes(crypto.public_key_to_pem(key.public_key()))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    first = hashlib.sha256(images[0].read_bytes()).hexdigest()
+    with process([*SUITKIT, "serve", "--data", str(root / "data"), "--author-anchor",
+                  str(root / "author.pub"), "--port", str(port)],
+                 f"{url}/firmware/{first}", "suitkit serve", root / "suitkit.log"):
+        yield url
+
+
+@contextmanager
+def nginx_server(root: Path, images: list[Path]) -> Iterator[str]:
+    """nginx from the prefix ``root`` serving ``images`` at /firmware/<sha256>; yields its URL."""
+    (root / "www" / "firmware").mkdir(parents=True)
+    for image in images:
+        digest = hashlib.sha256(image.read_bytes()).hexdigest()
+        os.link(image, root / "www" / "firmware" / digest)
+    port = free_port()
+    (root / "nginx.conf").write_text(NGINX_CONF.format(root=root, port=port))
+    url = f"http://127.0.0.1:{port}"
+    first = hashlib.sha256(images[0].read_bytes()).hexdigest()
+    with process([NGINX, "-p", str(root), "-e", str(root / "error.log"), "-c",
+                  str(root / "nginx.conf")], f"{url}/firmware/{first}", "nginx",
+                 root / "nginx.log"):
+        yield url
+
+
+_UNITS = {"B": 1, "KB": 1024, "MB": MiB, "GB": 1024 * MiB}
+
+
+def run_wrk(url: str, duration: float) -> tuple[float, float]:
+    """(MB/s, requests/s) of full-file GETs with wrk."""
+    done = subprocess.run([WRK, "-t1", f"-c{CONNECTIONS}", f"-d{duration:g}s", url],
+                          capture_output=True, text=True, timeout=duration + 60, check=True)
+    transfer = re.search(r"Transfer/sec:\s*([\d.]+)([KMG]?B)", done.stdout)
+    requests = re.search(r"Requests/sec:\s*([\d.]+)", done.stdout)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", done.stdout)
+    if transfer is None or requests is None:
+        raise SystemExit(f"cannot read wrk's output:\n{done.stdout}")
+    if errors is not None:
+        raise SystemExit(f"wrk saw errors against {url}:\n{done.stdout}")
+    return (float(transfer.group(1)) * _UNITS[transfer.group(2)] / 1e6,
+            float(requests.group(1)))
+
+
+def run_httpx(url: str, duration: float) -> tuple[float, float]:
+    """(MB/s, requests/s) of full-file GETs with httpx on CONNECTIONS threads (no wrk)."""
+    total = [0, 0]
+    lock = threading.Lock()
+    stop = time.monotonic() + duration
+
+    def worker() -> None:
+        with httpx.Client(timeout=30) as client:
+            while time.monotonic() < stop:
+                got = 0
+                with client.stream("GET", url) as response:
+                    response.raise_for_status()
+                    for chunk in response.iter_raw(MiB):
+                        got += len(chunk)
+                with lock:
+                    total[0] += got
+                    total[1] += 1
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(CONNECTIONS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    return total[0] / elapsed / 1e6, total[1] / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--sizes-mib", default="1,16", help="image sizes in MiB, comma separated")
+    options = parser.parse_args()
+    if not Path(NGINX).exists():
+        raise SystemExit("nginx is missing: apt-get install nginx")
+    load = run_wrk if Path(WRK).exists() else run_httpx
+    client = (f"wrk -t1 -c{CONNECTIONS}" if load is run_wrk
+              else f"httpx, {CONNECTIONS} threads (install wrk for the usual figures)")
+    sizes = [int(s) for s in options.sizes_mib.split(",")]
+    print(f"image download throughput, full-file GETs, {client}, {options.duration:g} s each; "
+          f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    with tempfile.TemporaryDirectory(prefix="suitkit-bench-download-") as temp:
+        root = Path(temp)
+        (root / "images").mkdir()
+        images, digests = [], []
+        for size in sizes:
+            path = root / "images" / f"{size}.bin"
+            digests.append(write_image(path, size * MiB))
+            images.append(path)
+        (root / "suitkit").mkdir()
+        (root / "nginx").mkdir()
+        with suitkit_server(root / "suitkit", images) as ours, \
+                nginx_server(root / "nginx", images) as theirs:
+            print(f"{'image':>9} | {'suitkit':>26} | {'nginx':>26} | suitkit/nginx")
+            for size, digest in zip(sizes, digests, strict=True):
+                for url in (ours, theirs):  # same bytes from both, then warm caches
+                    body = httpx.get(f"{url}/firmware/{digest}", timeout=30).content
+                    if hashlib.sha256(body).hexdigest() != digest:
+                        raise SystemExit(f"{url} served other bytes than the image")
+                ours_mb, ours_rps = load(f"{ours}/firmware/{digest}", options.duration)
+                theirs_mb, theirs_rps = load(f"{theirs}/firmware/{digest}", options.duration)
+                print(f"{size:>5} MiB | {ours_mb:>8.0f} MB/s {ours_rps:>6.1f} req/s | "
+                      f"{theirs_mb:>8.0f} MB/s {theirs_rps:>6.1f} req/s | "
+                      f"{ours_mb / theirs_mb:.2f}")
+
+
+if __name__ == "__main__":
+    main()
