@@ -1,5 +1,5 @@
-"""The status tracker over real HTTP: uvicorn on 127.0.0.1 (``running_server``), SQLite in a temp
-directory, httpx as the client.
+"""The status tracker over real HTTP: uvicorn on 127.0.0.1 (``running_server``), httpx as the
+client; every test runs twice, on SQLite in a temp directory and on a throwaway PostgreSQL.
 
 One test per promise of docs/tracker.md: registration returns a secret once and stores only a
 hash of it; every call is authenticated and a device's credential opens only its own records;
@@ -10,7 +10,6 @@ is accepted and summarised.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
 from device.device_kit import VENDOR, Author, image_bytes, install, new_device
+from pg import BACKENDS, backend_url
 from suitkit.core import crypto
 from suitkit.core.model import Digest
 from suitkit.core.report import (
@@ -34,6 +35,7 @@ from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig
 from suitkit.server.background import running_server
 from suitkit.tracker.api import REPORT_MEDIA_TYPE, TrackerConfig, create_router
+from suitkit.tracker.db import open_db
 
 ADMIN = "admin-token-for-tests-0123"
 CBOR = {"Content-Type": REPORT_MEDIA_TYPE}
@@ -42,8 +44,19 @@ CBOR = {"Content-Type": REPORT_MEDIA_TYPE}
 @dataclass
 class Tracker:
     url: str
-    db_file: Path
+    db_url: str
+    db_file: Path | None
+    """The SQLite file; ``None`` on PostgreSQL."""
     client: httpx.Client
+
+    def query_one(self, sql: str, **params: Any) -> Any:
+        """The first row of ``sql`` run on the tracker's database (directly, not over HTTP)."""
+        engine = create_engine(self.db_url)
+        try:
+            with engine.connect() as connection:
+                return connection.execute(text(sql), params).one()
+        finally:
+            engine.dispose()
 
     def register(self, name: str = "dev") -> dict[str, Any]:
         response = self.client.post("/api/v1/devices", json={"name": name}, headers=auth(ADMIN))
@@ -55,16 +68,20 @@ def auth(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token is not None else {}
 
 
-@pytest.fixture(scope="module")
-def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracker]:
-    """One server for the module: every test registers its own devices."""
+@pytest.fixture(scope="module", params=BACKENDS)
+def tracker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Tracker]:
+    """One server per backend for the module: every test registers its own devices."""
     tmp_path = tmp_path_factory.mktemp("tracker")
-    db_file = tmp_path / "tracker.db"
-    router = create_router(TrackerConfig(f"sqlite:///{db_file}", ADMIN))
+    db_url = backend_url(request, tmp_path)
+    db_file = tmp_path / "tracker.db" if db_url.startswith("sqlite") else None
+    db = open_db(db_url)
+    request.addfinalizer(db.engine.dispose)
+    router = create_router(TrackerConfig(db_url, ADMIN), db)
     anchors = TrustAnchors.of(crypto.generate_private_key("EdDSA").public_key())
     config = ServerConfig(data_dir=tmp_path / "data", anchors=anchors, routers=(router,))
     with running_server(config) as url, httpx.Client(base_url=url, timeout=10) as client:
-        yield Tracker(url, db_file, client)
+        yield Tracker(url, db_url, db_file, client)
 
 
 def failing_report(uri: str = "https://example.com/fw.suit") -> Report:
@@ -97,20 +114,36 @@ def test_registration_returns_the_secret_once_and_stores_only_a_hash(tracker: Tr
     # the device's own credential works; the database holds no trace of the secret
     assert tracker.client.get(f"/api/v1/devices/{dev['id']}",
                               headers=auth(dev["token"])).status_code == 200
-    raw = tracker.db_file.read_bytes()
-    for suffix in ("-wal", "-journal"):
-        extra = tracker.db_file.with_name(tracker.db_file.name + suffix)
-        raw += extra.read_bytes() if extra.exists() else b""
-    assert dev["secret"].encode() not in raw
-    with sqlite3.connect(tracker.db_file) as conn:
-        (stored,) = conn.execute("SELECT credential_hash FROM devices WHERE id = ?",
-                                 (dev["id"],)).fetchone()
-    assert stored.startswith("pbkdf2-sha256$") and dev["secret"] not in stored
+    if tracker.db_file is not None:
+        raw = tracker.db_file.read_bytes()
+        for suffix in ("-wal", "-journal"):
+            extra = tracker.db_file.with_name(tracker.db_file.name + suffix)
+            raw += extra.read_bytes() if extra.exists() else b""
+        assert dev["secret"].encode() not in raw
+    (stored,) = tracker.query_one("SELECT credential_hash FROM devices WHERE id = :id",
+                                  id=dev["id"])
+    assert stored.startswith("sha256$") and dev["secret"] not in stored
 
 
 def test_two_registrations_get_different_ids_and_secrets(tracker: Tracker) -> None:
     a, b = tracker.register("a"), tracker.register("b")
     assert a["id"] != b["id"] and a["secret"] != b["secret"]
+
+
+@pytest.mark.parametrize("escaped", ["a\\u0000b", "a\\ud800b"])
+def test_text_postgresql_cannot_store_is_refused_on_every_backend(tracker: Tracker,
+                                                                  escaped: str) -> None:
+    """NUL (PostgreSQL text cannot hold it) and a lone surrogate (not UTF-8): 400, not 500."""
+    headers = {**auth(ADMIN), "Content-Type": "application/json"}
+    body = f'{{"name": "{escaped}"}}'.encode()
+    response = tracker.client.post("/api/v1/devices", content=body, headers=headers)
+    assert response.status_code == 400 and "name: expected text" in response.json()["error"]
+    dev = tracker.register()
+    response = tracker.client.post(f"/api/v1/devices/{dev['id']}/events",
+                                   content=f'{{"state": "notified", "detail": "{escaped}"}}',
+                                   headers={**auth(dev["token"]),
+                                            "Content-Type": "application/json"})
+    assert response.status_code == 400 and "detail: expected text" in response.json()["error"]
 
 
 # ---------------------------------------------------------------------------- round trips
@@ -205,10 +238,9 @@ def test_the_raw_report_bytes_are_stored_as_received(tracker: Tracker) -> None:
                         headers={**auth(dev["token"]),
                                  "Content-Type": "application/octet-stream"}
                         ).raise_for_status()
-    with sqlite3.connect(tracker.db_file) as conn:
-        (raw,) = conn.execute("SELECT raw FROM device_reports WHERE device_id = ?",
-                              (dev["id"],)).fetchone()
-    assert raw == report
+    (raw,) = tracker.query_one("SELECT raw FROM device_reports WHERE device_id = :id",
+                               id=dev["id"])
+    assert bytes(raw) == report
 
 
 # ---------------------------------------------------------------------------- state machine

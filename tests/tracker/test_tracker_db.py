@@ -5,11 +5,14 @@ The exhaustive transition walk runs here, on ``TrackerDB`` directly, so that it 
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from pg import BACKENDS, backend_url
 from suitkit.errors import StorageError
 from suitkit.tracker.db import (
     STATES,
@@ -18,6 +21,7 @@ from suitkit.tracker.db import (
     TransitionRefused,
     hash_secret,
     open_db,
+    pbkdf2_hash,
     verify_secret,
 )
 
@@ -35,11 +39,19 @@ def walks() -> dict[str | None, list[str]]:
     return paths
 
 
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database on SQLite and on PostgreSQL."""
+    return backend_url(request, tmp_path)
+
+
 @pytest.fixture
-def db(tmp_path: Path) -> TrackerDB:
+def db(request: pytest.FixtureRequest, url: str) -> TrackerDB:
     moments = iter(datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=i)
                    for i in range(10_000))
-    return open_db(f"sqlite:///{tmp_path / 'tracker.db'}", clock=lambda: next(moments))
+    tracker = open_db(url, clock=lambda: next(moments))
+    request.addfinalizer(tracker.engine.dispose)
+    return tracker
 
 
 def test_the_table_reaches_every_state_and_lists_only_known_states() -> None:
@@ -81,15 +93,44 @@ def test_history_interleaves_events_and_reports_in_arrival_order(db: TrackerDB) 
     assert db.report_bytes(device_id) == [b"\x01", b"\x02"]
 
 
+def test_concurrent_events_from_one_state_move_the_device_once(url: str) -> None:
+    """The row lock in ``_lock``: eight threads report ``downloading`` for one ``notified``
+    device at once; exactly one moves it, the others are refused, sequence numbers stay unique."""
+    db = open_db(url)
+    try:
+        device_id, _ = db.register("d")
+        db.add_event(device_id, "notified", "")
+        start = threading.Barrier(8, timeout=10)
+
+        def report(_: int) -> str:
+            start.wait()
+            try:
+                db.add_event(device_id, "downloading", "")
+            except TransitionRefused as refused:
+                return f"refused from {refused.current}"
+            return "moved"
+
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = sorted(pool.map(report, range(8), timeout=30))
+        assert outcomes == ["moved", *["refused from downloading"] * 7]
+        seqs = [h["seq"] for h in db.history(device_id)]
+        assert seqs == [1, 2]
+    finally:
+        db.engine.dispose()
+
+
 def test_events_for_an_unknown_device_are_a_storage_error(db: TrackerDB) -> None:
     with pytest.raises(StorageError, match="no device"):
         db.add_event("missing", "notified", "")
 
 
-def test_credentials_are_salted_hashes_checked_in_constant_time(db: TrackerDB) -> None:
-    first, second = hash_secret("s3cret"), hash_secret("s3cret")
-    assert first != second and "s3cret" not in first
+def test_credentials_are_hashes_checked_in_constant_time(db: TrackerDB) -> None:
+    # 256-bit random secrets: one SHA-256, no salt or KDF needed (docs/tracker.md)
+    first = hash_secret("s3cret")
+    assert first.startswith("sha256$") and "s3cret" not in first
     assert verify_secret("s3cret", first) and not verify_secret("s3creT", first)
+    legacy = pbkdf2_hash("s3cret", iterations=1000)  # what earlier versions stored
+    assert verify_secret("s3cret", legacy) and not verify_secret("s3creT", legacy)
     assert not verify_secret("s3cret", "md5$1$00$00") and not verify_secret("x", "garbage")
     device_id, secret = db.register("d")
     assert db.authenticate(device_id, secret)

@@ -2,54 +2,64 @@
 
 ``create_router(config)`` returns a FastAPI ``APIRouter`` that the CLI mounts on the firmware
 server's application (``ServerConfig.routers``), so errors are the server's JSON
-``{"error": ...}``. Every call is authenticated with ``Authorization: Bearer <token>``:
-
-- the **admin token** (from the configuration, compared in constant time) registers and lists
-  devices and reads any device's records;
-- a **device credential** ``<device-id>.<secret>`` (the secret is returned once, at
-  registration; the database holds only a salted hash) opens that device's own records and
-  nothing else: 403 for another device's id, 401 for a missing or wrong credential.
+``{"error": ...}``. Every call is authenticated with ``Authorization: Bearer <token>`` and
+checked by ``auth.Authenticator`` (roles admin, author, operator, device; the bootstrap admin
+token, API tokens ``tok_<id>.<secret>``, device credentials ``<device-id>.<secret>``): 401 for
+a missing, wrong, expired or revoked credential, 403 for a role that may not call the route.
 
 Routes (docs/tracker.md has the bodies):
 
 - ``POST /api/v1/devices`` (admin): register; returns ``id`` and ``secret`` once.
-- ``GET /api/v1/devices`` (admin), ``GET /api/v1/devices/{id}`` (admin or the device).
+- ``GET /api/v1/devices`` (admin, operator), ``GET /api/v1/devices/{id}`` (admin, operator,
+  or the device).
 - ``PUT /api/v1/devices/{id}/inventory`` (the device): vendor/class IDs, components, hardware.
 - ``POST /api/v1/devices/{id}/events`` (the device): a state of ``db.TRANSITIONS``.
 - ``POST /api/v1/devices/{id}/reports`` (the device): a SUIT_Report in CBOR, decoded strictly
   with ``core.report.decode_report`` (the device is not trusted); bytes and summary are stored.
-- ``GET /api/v1/devices/{id}/history`` (admin or the device): events and reports in order.
-- ``POST /api/v1/deployments`` (admin): assign a release (manifest digest and envelope URL) to
-  devices; each moves to ``notified``. The latest assignment of a device wins.
+- ``GET /api/v1/devices/{id}/history`` (admin, operator, or the device): events and reports.
+- ``POST /api/v1/deployments`` (admin, operator; not author): assign a release (manifest
+  digest and envelope URL) to devices; each moves to ``notified``. The latest assignment of a
+  device wins.
 - ``GET /api/v1/devices/{id}/update`` (the device): 200 with the pending assignment, 204 when
   there is nothing to do (RFC 9019 client-initiated mode: the device polls).
+- ``POST/GET /api/v1/tokens``, ``DELETE /api/v1/tokens/{id}`` (admin): API tokens;
+  ``GET /api/v1/whoami`` (anyone authenticated); ``GET /api/v1/audit`` (admin, operator).
 
-Every request body is bounded before it is parsed. Not here: campaigns, waves, approvals,
-notifications (push, SSE, MQTT), report signatures (COSE_Sign1 / COSE_Mac0 around the report),
-credential rotation, rate limiting.
+Token creation and revocation, device registration and deployments are written to the audit
+log (``TrackerDB.record_audit``) with the principal's name and role.
+
+Every request body is bounded before it is parsed. Not here: report signatures (COSE_Sign1 /
+COSE_Mac0 around the report), device credential rotation, rate limiting.
 """
 
 from __future__ import annotations
 
-import hmac
+import functools
 import json
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 
 from suitkit.core.numbers import ManifestKey, name_of
-from suitkit.core.report import MAX_REPORT_BYTES, Report, decode_report, reason_name
+from suitkit.core.report import Report, decode_report, reason_name
 from suitkit.errors import DecodeError, StorageError
 from suitkit.limits import Limits
+from suitkit.tracker.auth import (
+    BOOTSTRAP_ADMIN,
+    TOKEN_PREFIX,
+    Authenticator,
+    Principal,
+    Refused,
+)
+from suitkit.tracker.config import TrackerConfig
 from suitkit.tracker.db import (
     STATES,
+    TOKEN_ROLES,
     ComponentEntry,
     DeploymentRefused,
     Inventory,
@@ -77,43 +87,7 @@ _MAX_DEVICE_ID = 36
 _DEVICES = "/api/v1/devices"
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class TrackerConfig:
-    """Configuration of the status tracker, built once by the CLI.
-
-    ``db_url``: SQLAlchemy URL (``sqlite:///DATA/tracker.db`` by default in ``suitkit serve``).
-    ``admin_token``: bearer token of the operator; ``None`` disables the admin routes (403).
-    ``limits``: decoding limits for reports. ``clock``: the current time (UTC).
-    """
-
-    db_url: str
-    admin_token: str | None = None
-    limits: Limits = field(default_factory=Limits)
-    max_report_bytes: int = MAX_REPORT_BYTES
-    clock: Callable[[], datetime] = _utcnow
-
-
-class _Refused(HTTPException):
-    """A refused request; the firmware server's handler turns it into ``{"error": ...}``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        super().__init__(status, message, headers)
-
-
-@dataclass(frozen=True, slots=True)
-class _Caller:
-    """Who is calling: the admin (``device_id is None``) or one device."""
-
-    device_id: str | None
-
-    @property
-    def admin(self) -> bool:
-        return self.device_id is None
+_Refused = Refused  # the name this module used before auth.py held it
 
 
 # ============================================================================ reports
@@ -164,13 +138,42 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class _BadJson(Exception):
+    """Valid for Python's ``json`` but not for RFC 8259 / I-JSON (RFC 7493)."""
+
+
+def _no_constant(name: str) -> float:
+    raise _BadJson(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise _BadJson(f"the number {text[:20]} is out of range")
+    return number
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:  # two readers of one body must not see two different documents
+            raise _BadJson(f"member {key[:40]!r} appears more than once")
+        doc[key] = value
+    return doc
+
+
 async def _json_object(request: Request) -> Mapping[str, Any]:
+    """The body as a JSON object: bounded, strict RFC 8259 (no NaN or Infinity, no number
+    out of float range: no JSON encoder could write them back) and no duplicate members."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
         raise _Refused(415, "the body must be application/json")
     data = await _body(request, _MAX_JSON_BYTES)
     try:
-        doc = json.loads(data)
+        doc = json.loads(data, parse_constant=_no_constant, parse_float=_finite,
+                         object_pairs_hook=_unique)
+    except _BadJson as e:
+        raise _Refused(400, f"the body is not valid JSON: {e}") from None
     except (ValueError, RecursionError):
         raise _Refused(400, "the body is not valid JSON") from None
     if not isinstance(doc, dict):
@@ -190,7 +193,18 @@ def _text(value: object, where: str, limit: int) -> str:
         raise _Refused(400, f"{where}: expected a string, got {type(value).__name__}")
     if len(value) > limit:
         raise _Refused(400, f"{where}: {len(value)} characters is over the limit of {limit}")
+    # PostgreSQL text cannot hold NUL; a lone surrogate (JSON "\ud800") has no UTF-8 form at all
+    if "\x00" in value or not _is_utf8(value):
+        raise _Refused(400, f"{where}: expected text without NUL characters or lone surrogates")
     return value
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _uuid(value: object, where: str) -> str | None:
@@ -265,8 +279,9 @@ def _deployment(doc: Mapping[str, Any]) -> tuple[str, str, list[str]]:
     if not release:
         raise _Refused(400, "release: expected the manifest digest in hex")
     url = _text(doc.get("envelope_url"), "envelope_url", _MAX_URL)
-    if not url.lower().startswith(("http://", "https://")) or any(c.isspace() for c in url):
-        raise _Refused(400, "envelope_url: expected an http:// or https:// URL")
+    if not url.lower().startswith(("http://", "https://", "coap://")) or any(
+            c.isspace() for c in url):
+        raise _Refused(400, "envelope_url: expected an http://, https:// or coap:// URL")
     devices = doc.get("devices")
     if (not isinstance(devices, list) or not devices
             or len(devices) > _MAX_DEPLOY_DEVICES):
@@ -278,50 +293,44 @@ def _deployment(doc: Mapping[str, Any]) -> tuple[str, str, list[str]]:
 # ============================================================================ router
 
 
-def create_router(config: TrackerConfig, db: TrackerDB | None = None) -> APIRouter:
-    """The tracker's routes over ``db`` (default: ``open_db(config.db_url)``).
+_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing, unknown, wrong, expired or revoked credential"},
+    403: {"description": "the credential's role may not do this"},
+}
+_MAX_EXPIRY_DAYS = 366
+_DEFAULT_EXPIRY_DAYS = 90
+
+
+def _json_body(properties: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` for a JSON object body (the routes parse bodies themselves)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"type": "object", "properties": properties,
+                   "additionalProperties": False}}}}}
+
+
+def create_router(config: TrackerConfig, db: TrackerDB | None = None,
+                  authenticator: Authenticator | None = None) -> APIRouter:
+    """The tracker's routes over ``db`` (default: ``open_db(config.db_url)``), checked by
+    ``authenticator`` (default: one over ``config`` and ``db``).
 
     Raises:
         StorageError: the database cannot be opened.
     """
     tracker = db if db is not None else open_db(config.db_url, clock=config.clock)
-    router = APIRouter(tags=["status tracker"])
+    auth = authenticator if authenticator is not None else Authenticator(config, tracker)
+    router = APIRouter(tags=["status tracker"], responses=_AUTH_RESPONSES)
 
-    async def caller(request: Request) -> _Caller:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise _Refused(401, "the status tracker requires 'Authorization: Bearer <admin "
-                                "token>' or 'Bearer <device-id>.<secret>'")
-        if config.admin_token is not None and hmac.compare_digest(
-                token.encode(), config.admin_token.encode()):
-            return _Caller(None)
-        device_id, dot, secret = token.partition(".")
-        if dot:
-            valid: bool = await run_in_threadpool(tracker.authenticate, device_id, secret)
-            if valid:
-                return _Caller(device_id)
-        raise _Refused(401, "the credential is not valid")
+    async def admin(request: Request) -> Principal:
+        return await auth.require(request, "admin")
 
-    async def admin(request: Request) -> None:
-        if not (await caller(request)).admin:
-            raise _Refused(403, "this needs the admin token")
+    async def device_or_staff(request: Request, device_id: str) -> Principal:
+        return await auth.require_device_or(request, device_id, "admin", "operator")
 
-    async def device_or_admin(request: Request, device_id: str) -> None:
-        who = await caller(request)
-        if who.admin:
-            if not await run_in_threadpool(tracker.exists, device_id):
-                raise _Refused(404, f"no device {device_id[:40]!r}")
-        elif who.device_id != device_id:
-            raise _Refused(403, "a device credential opens only that device's own records")
+    async def device_itself(request: Request, device_id: str) -> Principal:
+        return await auth.require_device(request, device_id)
 
-    async def device_itself(request: Request, device_id: str) -> None:
-        who = await caller(request)
-        if who.admin:
-            raise _Refused(403, "only the device itself may send this (device credential)")
-        if who.device_id != device_id:
-            raise _Refused(403, "a device credential opens only that device's own records")
+    async def audit(who: Principal, action: str, target: str, detail: str = "") -> None:
+        await storage(tracker.record_audit, who.name, who.role, action, target, detail)
 
     async def storage(function: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -329,34 +338,43 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None) -> APIRout
         except StorageError:
             raise _Refused(500, "the tracker could not store or read its database") from None
 
-    @router.post(_DEVICES, status_code=201)
+    @router.post(_DEVICES, status_code=201, summary="Register a device (admin)",
+                 openapi_extra=_json_body({"name": {"type": "string"}}))
     async def register(request: Request) -> Response:
         """Register a device (admin); the answer holds its secret, shown this once."""
-        await admin(request)
+        who = await admin(request)
         doc = await _json_object(request)
         _only(doc, {"name"}, "device")
         name = _text(doc.get("name", ""), "name", _MAX_NAME)
         device_id, secret = await storage(tracker.register, name)
+        await audit(who, "device.register", device_id, f"name {name!r}")
         return JSONResponse({"id": device_id, "secret": secret,
                              "token": f"{device_id}.{secret}"}, status_code=201,
                             headers={"Cache-Control": "no-store"})
 
-    @router.get(_DEVICES)
-    async def list_devices(request: Request) -> Response:
-        """Every device (admin)."""
-        await admin(request)
-        return JSONResponse({"devices": await storage(tracker.devices)})
+    @router.get(_DEVICES, summary="List devices (admin, operator)")
+    async def list_devices(request: Request, components: bool = False) -> Response:
+        """Every device (admin, operator); ``?components=true``: with installed components."""
+        await auth.require(request, "admin", "operator")
+        return JSONResponse({"devices": await storage(
+            functools.partial(tracker.devices, components=components))})
 
-    @router.get(f"{_DEVICES}/{{device_id}}")
+    @router.get(f"{_DEVICES}/{{device_id}}",
+                summary="One device with its inventory (admin, operator, the device)")
     async def get_device(request: Request, device_id: str) -> Response:
-        """One device with its inventory (admin or the device)."""
-        await device_or_admin(request, device_id)
+        """One device with its inventory (admin, operator, or the device itself)."""
+        await device_or_staff(request, device_id)
         doc = await storage(tracker.device, device_id)
         if doc is None:
             raise _Refused(404, f"no device {device_id[:40]!r}")
         return JSONResponse(doc)
 
-    @router.put(f"{_DEVICES}/{{device_id}}/inventory")
+    @router.put(f"{_DEVICES}/{{device_id}}/inventory",
+                summary="Replace the device's inventory (the device itself)",
+                openapi_extra=_json_body({"vendor_id": {"type": "string"},
+                                          "class_id": {"type": "string"},
+                                          "components": {"type": "array"},
+                                          "hardware": {"type": "object"}}))
     async def put_inventory(request: Request, device_id: str) -> Response:
         """Replace the device's inventory (the device only)."""
         await device_itself(request, device_id)
@@ -364,7 +382,10 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None) -> APIRout
         await storage(tracker.set_inventory, device_id, inventory)
         return JSONResponse(await storage(tracker.device, device_id))
 
-    @router.post(f"{_DEVICES}/{{device_id}}/events", status_code=201)
+    @router.post(f"{_DEVICES}/{{device_id}}/events", status_code=201,
+                 summary="Report a new update state (the device itself)",
+                 openapi_extra=_json_body({"state": {"type": "string", "enum": list(STATES)},
+                                           "detail": {"type": "string"}}))
     async def post_event(request: Request, device_id: str) -> Response:
         """Move the device's update to a new state (the device only)."""
         await device_itself(request, device_id)
@@ -383,7 +404,10 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None) -> APIRout
             raise _Refused(500, "the tracker could not store the event") from None
         return JSONResponse(event, status_code=201)
 
-    @router.post(f"{_DEVICES}/{{device_id}}/reports", status_code=201)
+    @router.post(f"{_DEVICES}/{{device_id}}/reports", status_code=201,
+                 summary="Send a SUIT report in CBOR (the device itself)",
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     REPORT_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}})
     async def post_report(request: Request, device_id: str) -> Response:
         """Store a SUIT report (CBOR) after strict decoding (the device only)."""
         await device_itself(request, device_id)
@@ -400,14 +424,17 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None) -> APIRout
         stored = await storage(tracker.add_report, device_id, raw, summarize_report(report))
         return JSONResponse(stored, status_code=201)
 
-    @router.get(f"{_DEVICES}/{{device_id}}/history")
+    @router.get(f"{_DEVICES}/{{device_id}}/history",
+                summary="A device's events and reports (admin, operator, the device)")
     async def history(request: Request, device_id: str) -> Response:
-        """The device's events and report summaries, in order (admin or the device)."""
-        await device_or_admin(request, device_id)
+        """The device's events and report summaries, in order (admin, operator, or the
+        device itself)."""
+        await device_or_staff(request, device_id)
         return JSONResponse({"id": device_id,
                              "history": await storage(tracker.history, device_id)})
 
-    @router.get(f"{_DEVICES}/{{device_id}}/update")
+    @router.get(f"{_DEVICES}/{{device_id}}/update",
+                summary="The release assigned to the device, or 204 (the device itself)")
     async def get_update(request: Request, device_id: str) -> Response:
         """The release assigned to the device, or 204 (the device only)."""
         await device_itself(request, device_id)
@@ -416,10 +443,15 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None) -> APIRout
             return Response(status_code=204)
         return JSONResponse(pending, headers={"Cache-Control": "no-store"})
 
-    @router.post("/api/v1/deployments", status_code=201)
+    @router.post("/api/v1/deployments", status_code=201,
+                 summary="Deploy a release to devices (admin, operator)",
+                 openapi_extra=_json_body({"release": {"type": "string"},
+                                           "envelope_url": {"type": "string"},
+                                           "devices": {"type": "array",
+                                                       "items": {"type": "string"}}}))
     async def deploy(request: Request) -> Response:
-        """Assign a release to devices; each is notified (admin)."""
-        await admin(request)
+        """Assign a release to devices; each is notified (admin, operator; not author)."""
+        who = await auth.require(request, "admin", "operator")
         release, url, ids = _deployment(await _json_object(request))
         try:
             devices = await run_in_threadpool(tracker.deploy, release, url, ids)
@@ -427,7 +459,96 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None) -> APIRout
             raise _Refused(404 if e.unknown else 409, str(e)) from None
         except StorageError:
             raise _Refused(500, "the tracker could not store the deployment") from None
+        await audit(who, "deployment.create", f"release {release}",
+                    f"{len(devices)} device(s): {', '.join(d['id'] for d in devices)[:400]}")
         return JSONResponse({"release": release, "envelope_url": url, "devices": devices},
                             status_code=201)
 
+    _token_routes(router, config, tracker, auth)
+    from suitkit.tracker.campaign_api import create_campaign_router  # noqa: PLC0415 - a cycle
+
+    router.include_router(create_campaign_router(config, tracker, auth))
     return router
+
+
+def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
+                  auth: Authenticator) -> None:
+    """API tokens (admin), ``whoami`` (anyone authenticated) and the audit log."""
+
+    async def storage(function: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await run_in_threadpool(function, *args)
+        except StorageError:
+            raise _Refused(500, "the tracker could not store or read its database") from None
+
+    @router.post("/api/v1/tokens", status_code=201, tags=["tokens"],
+                 summary="Create an API token (admin); its secret is shown once",
+                 openapi_extra=_json_body({
+                     "name": {"type": "string"},
+                     "role": {"type": "string", "enum": list(TOKEN_ROLES)},
+                     "expires_in_days": {"type": "integer", "minimum": 1,
+                                         "maximum": _MAX_EXPIRY_DAYS,
+                                         "default": _DEFAULT_EXPIRY_DAYS}}))
+    async def create_token(request: Request) -> Response:
+        """Create an API token with a role (admin, author or operator) and an expiry (default
+        90 days, at most a year). The answer holds ``token`` once; only its hash is kept."""
+        who = await auth.require(request, "admin")
+        doc = await _json_object(request)
+        _only(doc, {"name", "role", "expires_in_days"}, "token")
+        name = _text(doc.get("name"), "name", _MAX_NAME).strip()
+        if not name:
+            raise _Refused(400, "name: expected a non-empty name for the token")
+        if name == BOOTSTRAP_ADMIN:  # audit entries and four-eyes tell principals by name
+            raise _Refused(400, f"name: {BOOTSTRAP_ADMIN!r} is reserved for the bootstrap "
+                                "admin token; choose another name")
+        role = doc.get("role")
+        if role not in TOKEN_ROLES:
+            raise _Refused(400, f"role: expected one of {', '.join(TOKEN_ROLES)}, got "
+                                f"{str(role)[:40]!r}")
+        days = doc.get("expires_in_days", _DEFAULT_EXPIRY_DAYS)
+        if type(days) is not int or not 1 <= days <= _MAX_EXPIRY_DAYS:
+            raise _Refused(400, f"expires_in_days: expected a whole number from 1 to "
+                                f"{_MAX_EXPIRY_DAYS}, got {str(days)[:20]}")
+        expires = config.clock() + timedelta(days=days)
+        token_id, secret = await storage(tracker.create_token, name, role, expires, who.name)
+        await audit_entry(who, "token.create", token_id, f"name {name!r}, role {role}, "
+                                                         f"expires in {days} days")
+        doc_out = await storage(tracker.token, token_id)
+        return JSONResponse({**doc_out, "token": f"{TOKEN_PREFIX}{token_id}.{secret}"},
+                            status_code=201, headers={"Cache-Control": "no-store"})
+
+    @router.get("/api/v1/tokens", tags=["tokens"], summary="List API tokens (admin)")
+    async def list_tokens(request: Request) -> Response:
+        """Every API token: id, name, role, dates; never a secret or its hash."""
+        await auth.require(request, "admin")
+        return JSONResponse({"tokens": await storage(tracker.tokens)})
+
+    @router.delete("/api/v1/tokens/{token_id}", status_code=204, tags=["tokens"],
+                   summary="Revoke an API token (admin)")
+    async def revoke_token(request: Request, token_id: str) -> Response:
+        """Revoke the token: from now on it gets 401 "has been revoked"."""
+        who = await auth.require(request, "admin")
+        token_id = token_id.removeprefix(TOKEN_PREFIX)
+        if not await storage(tracker.revoke_token, token_id):
+            raise _Refused(404, f"no token {token_id[:40]!r}")
+        await audit_entry(who, "token.revoke", token_id)
+        return Response(status_code=204)
+
+    @router.get("/api/v1/whoami", tags=["tokens"],
+                summary="Who the credential belongs to (any credential)")
+    async def whoami(request: Request) -> Response:
+        """The caller's role and name (and token or device id)."""
+        who = await auth.principal(request)
+        return JSONResponse({"role": who.role, "name": who.name, "token_id": who.token_id,
+                             "device_id": who.device_id})
+
+    @router.get("/api/v1/audit", tags=["audit"], summary="The audit log (admin, operator)")
+    async def audit_log(request: Request, limit: int = 200) -> Response:
+        """The latest audit entries, newest first (``limit`` 1 to 1000)."""
+        await auth.require(request, "admin", "operator")
+        if not 1 <= limit <= 1000:
+            raise _Refused(400, f"limit: expected 1 to 1000, got {limit}")
+        return JSONResponse({"entries": await storage(tracker.audit_log, limit)})
+
+    async def audit_entry(who: Principal, action: str, target: str, detail: str = "") -> None:
+        await storage(tracker.record_audit, who.name, who.role, action, target, detail)

@@ -1,0 +1,226 @@
+"""The HTTP edge of campaigns (``tracker.campaigns``), mounted by ``api.create_router``.
+
+Routes (docs/tracker.md, "Campaigns", has the bodies):
+
+- ``POST /api/v1/campaigns`` (operator, admin): create a campaign in ``draft``.
+- ``GET /api/v1/campaigns`` (admin, operator, author): every campaign, newest first.
+- ``GET /api/v1/campaigns/{id}?offset=&limit=`` (admin, operator, author): status, counts per
+  state and per wave, a page of members, the campaign's log.
+- ``POST /api/v1/campaigns/{id}/approve|start|pause|resume|cancel|trigger`` (operator, admin);
+  approval is refused (403) to the principal who created the campaign (four-eyes).
+- ``PUT /api/v1/devices/{id}/tags`` (admin, operator): the device's tags.
+
+Every operator action is written to the audit log (``TrackerDB.record_audit``) with who did
+it. The router's lifespan runs ``CampaignEngine.tick`` every ``tick_seconds`` in a worker
+thread while the server runs: thresholds, waves and schedules move without any request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from suitkit.errors import StorageError
+from suitkit.tracker.api import (
+    _MAX_DIGEST_BYTES,
+    _MAX_URL,
+    _hex,
+    _json_object,
+    _only,
+    _text,
+    _uuid,
+)
+from suitkit.tracker.auth import Authenticator, Principal, Refused, Role
+from suitkit.tracker.campaigns import MODES, CampaignEngine, CampaignRefused, CampaignSpec
+from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.db import TrackerDB
+
+__all__ = ["create_campaign_router"]
+
+_log = logging.getLogger(__name__)
+_CAMPAIGNS = "/api/v1/campaigns"
+_STAFF: tuple[Role, ...] = ("operator", "admin")
+_READERS: tuple[Role, ...] = ("admin", "operator", "author")
+_STATUS = {"invalid": 400, "unknown": 404, "conflict": 409, "forbidden": 403}
+_MAX_NAME = 128
+_MAX_TARGET_DEVICES = 10_000
+_MAX_WAVES = 20
+_MAX_REASON = 512
+
+
+def _number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Refused(400, f"{where}: expected a number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:  # a JSON integer beyond a float
+        raise Refused(400, f"{where}: the number is out of range") from None
+
+
+def _moment(value: object, where: str) -> datetime | None:
+    if value is None:
+        return None
+    text = _text(value, where, 64)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise Refused(400, f"{where}: expected an ISO 8601 time such as "
+                           f"'2026-03-02T22:00:00Z', got {text[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise Refused(400, f"{where}: give the time zone (e.g. 'Z' for UTC)")
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 shifted by the zone offset
+        raise Refused(400, f"{where}: {text[:40]!r} is out of range in UTC") from None
+
+
+def _spec(doc: Mapping[str, Any]) -> CampaignSpec:
+    _only(doc, {"name", "release", "envelope_url", "target", "waves", "success_threshold",
+                "failure_threshold", "mode", "start_after", "window"}, "campaign")
+    release = _hex(doc.get("release"), "release", _MAX_DIGEST_BYTES)
+    if not release:
+        raise Refused(400, "release: expected the manifest digest in hex")
+    url = _text(doc.get("envelope_url"), "envelope_url", _MAX_URL)
+    if not url.lower().startswith(("http://", "https://")) or any(c.isspace() for c in url):
+        raise Refused(400, "envelope_url: expected an http:// or https:// URL")
+    target = doc.get("target")
+    if not isinstance(target, dict):
+        raise Refused(400, "target: expected an object {vendor_id, class_id, tags, devices}")
+    _only(target, {"vendor_id", "class_id", "tags", "devices"}, "target")
+    tags = target.get("tags", [])
+    if not isinstance(tags, list):
+        raise Refused(400, "target.tags: expected a list of tags")
+    devices = target.get("devices")
+    if devices is not None and (not isinstance(devices, list)
+                                or len(devices) > _MAX_TARGET_DEVICES):
+        raise Refused(400, f"target.devices: expected a list of at most {_MAX_TARGET_DEVICES} "
+                           "device ids")
+    waves = doc.get("waves", [100])
+    if not isinstance(waves, list) or len(waves) > _MAX_WAVES:
+        raise Refused(400, f"waves: expected a list of at most {_MAX_WAVES} percentages")
+    mode = doc.get("mode", "install-now")
+    if mode not in MODES:
+        raise Refused(400, f"mode: expected one of {', '.join(MODES)}, got {str(mode)[:40]!r}")
+    window = doc.get("window")
+    return CampaignSpec(
+        name=_text(doc.get("name", ""), "name", _MAX_NAME),
+        release=release, envelope_url=url,
+        vendor_id=_uuid(target.get("vendor_id"), "target.vendor_id"),
+        class_id=_uuid(target.get("class_id"), "target.class_id"),
+        tags=tuple(_text(t, f"target.tags[{i}]", 64) for i, t in enumerate(tags)),
+        devices=(tuple(_text(d, f"target.devices[{i}]", 36) for i, d in enumerate(devices))
+                 if devices is not None else None),
+        waves=tuple(_number(w, f"waves[{i}]") for i, w in enumerate(waves)),
+        success_threshold=_number(doc.get("success_threshold", 1.0), "success_threshold"),
+        failure_threshold=_number(doc.get("failure_threshold", 0.2), "failure_threshold"),
+        mode=mode,
+        start_after=_moment(doc.get("start_after"), "start_after"),
+        window=_text(window, "window", 11) if window is not None else None)
+
+
+def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authenticator, *,
+                           tick_seconds: float = 1.0) -> APIRouter:
+    """The campaign routes over ``db``; while the app runs, ``tick`` every ``tick_seconds``."""
+    engine = CampaignEngine(db)
+
+    @asynccontextmanager
+    async def ticking(_: FastAPI) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                try:
+                    await run_in_threadpool(engine.tick)
+                except Exception:  # noqa: BLE001 - the next tick retries; the server stays up
+                    _log.exception("campaign tick failed; retrying")
+                await asyncio.sleep(tick_seconds)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    router = APIRouter(tags=["campaigns"], lifespan=ticking)
+
+    async def call(function: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await run_in_threadpool(function, *args, **kwargs)
+        except CampaignRefused as e:
+            raise Refused(_STATUS[e.kind], str(e)) from None
+        except StorageError:
+            raise Refused(500, "the tracker could not store or read its database") from None
+
+    async def audit(who: Principal, action: str, target: str, detail: str = "") -> None:
+        await call(db.record_audit, who.name, who.role, action, target, detail)
+
+    @router.post(_CAMPAIGNS, status_code=201)
+    async def create(request: Request) -> Response:
+        """Create a campaign in draft (operator, admin)."""
+        who = await auth.require(request, *_STAFF)
+        spec = _spec(await _json_object(request))
+        doc = await call(engine.create, spec, who.name)
+        await audit(who, "campaign.create", f"campaign {doc['id']}",
+                    f"release {spec.release}, target {doc['target']}, mode {spec.mode}")
+        return JSONResponse(doc, status_code=201)
+
+    @router.get(_CAMPAIGNS)
+    async def list_campaigns(request: Request) -> Response:
+        """Every campaign (admin, operator, author)."""
+        await auth.require(request, *_READERS)
+        return JSONResponse({"campaigns": await call(engine.campaigns)})
+
+    @router.get(f"{_CAMPAIGNS}/{{campaign_id}}")
+    async def get(request: Request, campaign_id: str, offset: int = 0, limit: int = 100
+                  ) -> Response:
+        """A campaign's status, counts, a page of members and its log."""
+        await auth.require(request, *_READERS)
+        if not 0 <= offset < 1 << 63 or not 0 <= limit <= 1000:  # SQL OFFSET is 64-bit
+            raise Refused(400, "offset must be ≥ 0 and limit between 0 and 1000")
+        return JSONResponse(await call(engine.get, campaign_id, offset=offset, limit=limit))
+
+    def action(name: str) -> None:
+        method = getattr(engine, name)
+
+        @router.post(f"{_CAMPAIGNS}/{{campaign_id}}/{name}", name=f"campaign_{name}")
+        async def act(request: Request, campaign_id: str) -> Response:
+            who = await auth.require(request, *_STAFF)
+            args: tuple[Any, ...] = (campaign_id, who.name)
+            detail = ""
+            if name == "pause" and request.headers.get("content-length", "0") != "0":
+                doc = await _json_object(request)
+                _only(doc, {"reason"}, "pause")
+                detail = _text(doc.get("reason", ""), "reason", _MAX_REASON)
+                args = (*args, detail)
+            doc = await call(method, *args)
+            await audit(who, f"campaign.{name}", f"campaign {campaign_id}", detail)
+            return JSONResponse(doc)
+
+        act.__doc__ = f"{name.capitalize()} the campaign (operator, admin)."
+
+    for name in ("approve", "start", "pause", "resume", "cancel", "trigger"):
+        action(name)
+
+    @router.put("/api/v1/devices/{device_id}/tags")
+    async def put_tags(request: Request, device_id: str) -> Response:
+        """Replace the device's tags (admin, operator)."""
+        who = await auth.require(request, "admin", "operator")
+        doc = await _json_object(request)
+        _only(doc, {"tags"}, "tags")
+        tags = doc.get("tags")
+        if not isinstance(tags, list):
+            raise Refused(400, "tags: expected a list of tags")
+        texts = [_text(t, f"tags[{i}]", 64) for i, t in enumerate(tags)]
+        stored = await call(engine.set_tags, device_id, texts)
+        await audit(who, "device.tags", f"device {device_id}", ", ".join(stored))
+        return JSONResponse({"id": device_id, "tags": stored})
+
+    return router

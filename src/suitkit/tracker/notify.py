@@ -1,0 +1,264 @@
+"""Update notices for the server-initiated and hybrid modes (RFC 9019 §2.3).
+
+A **notice** tells one device that its assignment changed: the tracker's pending-update document
+(``{"release", "envelope_url", "action", ...}``, or ``{"release": null}`` when nothing is
+pending) plus a ``serial`` that grows with every change. ``NotificationHub`` is fed by
+``TrackerDB.add_listener``: a change only bumps the device's serial and wakes whoever watches
+that device (SSE streams, long-polls, CoAP observers, the MQTT publisher); the document itself is
+read from the database by the watcher (``current``), never in the thread that made the change, so
+a deployment to many devices is not slowed down by its notices.
+
+Serials start at the wall-clock time in milliseconds when the hub is created, so a restarted
+server hands out larger serials than the one before it (a device can keep ``after=<serial>``).
+
+Notices carry no secrets and are not trusted by devices: a device acts only on an envelope whose
+signatures it verifies. On MQTT and CoAP the topic / path is per device id; protect them with
+broker ACLs (MQTT) or OSCORE (CoAP) in production.
+
+``MqttPublisher`` publishes each device's latest notice to ``suitkit/devices/<id>/update`` (QoS 1,
+retained) from its own thread; paho reconnects with a bounded backoff, and a request never waits
+for the broker. After each (re)connection it publishes again the notices of the devices the hub
+knows (changed or asked about since the server started), for a broker that lost its retained
+messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["TOPIC_FORMAT", "MqttPublisher", "NotificationHub", "Watcher", "topic_for"]
+
+TOPIC_FORMAT = "suitkit/devices/{device_id}/update"
+Watcher = Callable[[str, int], None]
+"""Called with ``(device_id, serial)`` after a change; must not block (it runs in the thread
+that changed the assignment)."""
+
+_log = logging.getLogger(__name__)
+_MAX_CACHED = 100_000
+
+
+def topic_for(device_id: str) -> str:
+    """The MQTT topic of ``device_id``'s notices."""
+    return TOPIC_FORMAT.format(device_id=device_id)
+
+
+class NotificationHub:
+    """Per device, the serial of its latest notice and its document; thread-safe.
+
+    ``pending(device_id)`` is the tracker's ``TrackerDB.pending_update``.
+    """
+
+    def __init__(self, pending: Callable[[str], Mapping[str, Any] | None], *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._pending = pending
+        self._lock = threading.Lock()
+        self._serial = int(clock() * 1000)
+        self._latest: dict[str, int] = {}
+        self._watchers: dict[str, set[Watcher]] = {}
+        self._all: set[Watcher] = set()
+        self._closers: set[Callable[[], None]] = set()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _next(self) -> int:
+        self._serial += 1
+        return self._serial
+
+    def changed(self, device_ids: Any) -> None:
+        """The ``TrackerDB`` listener: these devices' assignments changed."""
+        woken: list[tuple[Watcher, str, int]] = []
+        with self._lock:
+            for device_id in device_ids:
+                serial = self._next()
+                if len(self._latest) >= _MAX_CACHED and device_id not in self._latest:
+                    self._latest.pop(next(iter(self._latest)))
+                self._latest[device_id] = serial
+                woken += [(w, device_id, serial) for w in self._watchers.get(device_id, ())]
+                woken += [(w, device_id, serial) for w in self._all]
+        for watcher, device_id, serial in woken:
+            try:
+                watcher(device_id, serial)
+            except Exception:  # noqa: BLE001 - one broken watcher must not stop the others
+                _log.exception("notice watcher %r failed", watcher)
+
+    def serial(self, device_id: str) -> int | None:
+        """The serial of the device's latest notice, if the hub has one (no database read)."""
+        with self._lock:
+            return self._latest.get(device_id)
+
+    def current(self, device_id: str) -> dict[str, Any]:
+        """The device's notice ``{..pending update.., "serial"}``: the document is read from the
+        database each time (so it is never stale, also after a final event that was not
+        announced); call it from a worker thread in async code.
+
+        Raises:
+            StorageError: the database fails.
+        """
+        with self._lock:
+            serial = self._latest.get(device_id)
+            if serial is None:  # any id can be asked about (CoAP is unauthenticated): bounded
+                if len(self._latest) >= _MAX_CACHED:
+                    self._latest.pop(next(iter(self._latest)))
+                serial = self._latest[device_id] = self._next()
+        found = self._pending(device_id)
+        doc = dict(found) if found is not None else {"release": None}
+        return {**doc, "serial": serial}
+
+    def known(self) -> list[str]:
+        """The devices the hub has a serial for (changed or asked about since it started)."""
+        with self._lock:
+            return list(self._latest)
+
+    def watch(self, device_id: str | None, watcher: Watcher) -> Callable[[], None]:
+        """Call ``watcher`` after each change of ``device_id`` (``None``: of every device);
+        returns the function that stops watching."""
+        with self._lock:
+            (self._all if device_id is None else
+             self._watchers.setdefault(device_id, set())).add(watcher)
+
+        def stop() -> None:
+            with self._lock:
+                if device_id is None:
+                    self._all.discard(watcher)
+                    return
+                watchers = self._watchers.get(device_id)
+                if watchers is not None:
+                    watchers.discard(watcher)
+                    if not watchers:
+                        del self._watchers[device_id]
+        return stop
+
+    async def next_change(self, device_id: str, after: int, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until the device's serial passes ``after``;
+        whether it did. Returns at once when the hub is closed."""
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+
+        def wake(_: str, serial: int) -> None:
+            if serial > after:
+                loop.call_soon_threadsafe(woken.set)
+
+        def closing() -> None:
+            loop.call_soon_threadsafe(woken.set)
+
+        stop = self.watch(device_id, wake)
+        with self._lock:
+            self._closers.add(closing)
+        try:
+            known = self.serial(device_id)
+            if self._closed or (known is not None and known > after):
+                return not self._closed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), timeout)
+            return not self._closed and (self.serial(device_id) or 0) > after
+        finally:
+            stop()
+            with self._lock:
+                self._closers.discard(closing)
+
+    def close(self) -> None:
+        """Wake every waiter for good (server shutdown: SSE streams and long-polls end)."""
+        self._closed = True
+        with self._lock:
+            closers = list(self._closers)
+        for closer in closers:
+            with contextlib.suppress(Exception):
+                closer()
+
+
+class MqttPublisher:
+    """Publishes notices to an MQTT broker: ``suitkit/devices/<id>/update``, QoS 1, retained.
+
+    ``start()`` connects in the background (paho's network thread; reconnects with a backoff of
+    1 to ``max_backoff`` seconds) and starts the publishing thread; a notice published while the
+    broker is away is queued by paho and sent after the reconnection. ``stop()`` ends both.
+    """
+
+    def __init__(self, hub: NotificationHub, host: str, port: int, *,
+                 client_id: str = "suitkit-tracker", max_backoff: int = 30) -> None:
+        import paho.mqtt.client as mqtt  # noqa: PLC0415 - only when MQTT is configured
+        from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+        self.hub, self.host, self.port = hub, host, port
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queued: set[str] = set()  # ids in the queue: each at most once (bounded queue)
+        self._queued_lock = threading.Lock()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                   protocol=mqtt.MQTTv5)
+        self._client.reconnect_delay_set(1, max_backoff)
+        self._client.max_queued_messages_set(0)
+        self._connected = threading.Event()
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = lambda *a: self._connected.clear()
+        self._thread = threading.Thread(target=self._run, name="suitkit-mqtt-publisher",
+                                        daemon=True)
+        self._stop_watch: Callable[[], None] | None = None
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                    properties: Any = None) -> None:
+        if getattr(reason, "is_failure", False):
+            _log.warning("the MQTT broker %s:%s refused the connection: %s", self.host,
+                         self.port, reason)
+            return
+        self._connected.set()
+        # a broker that restarted without persistence lost the retained notices: publish the
+        # devices the hub knows again
+        for device_id in self.hub.known():
+            self.publish(device_id)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        """Connect (asynchronously) and start publishing every change."""
+        self._client.connect_async(self.host, self.port, keepalive=30)
+        self._client.loop_start()
+        self._stop_watch = self.hub.watch(None, lambda device_id, _: self.publish(device_id))
+        self._thread.start()
+
+    def publish(self, device_id: str) -> None:
+        """Queue the device's current notice for publication (returns at once); a device
+        already waiting in the queue is not queued again (its notice is read when sent)."""
+        with self._queued_lock:
+            if device_id in self._queued:
+                return
+            self._queued.add(device_id)
+        self._queue.put(device_id)
+
+    def _run(self) -> None:
+        import json  # noqa: PLC0415
+
+        while True:
+            device_id = self._queue.get()
+            if device_id is None:
+                return
+            with self._queued_lock:  # a change from now on queues it again
+                self._queued.discard(device_id)
+            try:
+                notice = self.hub.current(device_id)
+                self._client.publish(topic_for(device_id), json.dumps(notice), qos=1,
+                                     retain=True)
+            except Exception:  # noqa: BLE001 - the publisher thread must survive
+                _log.exception("cannot publish the notice of %s", device_id)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop watching, publish what is queued (bounded), disconnect."""
+        if self._stop_watch is not None:
+            self._stop_watch()
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        with contextlib.suppress(Exception):
+            self._client.disconnect()
+        self._client.loop_stop()
