@@ -11,6 +11,13 @@
   downloads with Range, If-Range and ETag (Starlette ``FileResponse``).
 - ``GET /api/v1/releases``, ``GET /api/v1/releases/{id}``: release metadata.
 
+Who may call: with ``ServerConfig.authorizer`` (set by the CLI from the status tracker's tokens
+when the tracker is mounted) uploads need a token the hook allows for ``"upload"`` (admin,
+author) and release metadata one it allows for ``"read"`` (admin, author, operator). A server
+deployed alone has only the static ``upload_token``; its metadata reads stay public. Downloads
+(``/firmware``, ``/envelopes``) are public on purpose: content-addressed, immutable, cacheable,
+and the device verifies everything it fetches.
+
 What each component should contain is read from the manifest itself: the shared sequence is run
 by ``processor.shared_parameters`` on a permissive stand-in device (its components match every
 vendor, class and device identifier the shared sequence names; use-before and battery
@@ -31,12 +38,13 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -51,6 +59,7 @@ from suitkit.core.model import (
     TryEach,
     VendorIdentifier,
 )
+from suitkit.core.numbers import ComponentTextKey, ManifestKey, TextKey, name_of
 from suitkit.core.processor import ComponentIdentity, Device, ProcessorOptions
 from suitkit.core.verify import TrustAnchors, VerifiedManifest, verify_envelope
 from suitkit.errors import (
@@ -59,12 +68,17 @@ from suitkit.errors import (
     PolicyError,
     ProcessingError,
     StorageError,
+    SuitError,
 )
 from suitkit.limits import Limits
 from suitkit.server.store import BlobStore, ComponentRecord, ReleaseRecord, is_digest
 
-__all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "ServerConfig", "UploadRefused", "create_app",
-           "expected_images"]
+__all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "Authorizer", "ServerConfig", "UploadRefused",
+           "create_app", "expected_images"]
+
+Authorizer = Callable[[str, str], Literal["allowed", "forbidden", "invalid"]]
+"""``(bearer token, action)`` -> verdict, for action ``"upload"`` or ``"read"``. Runs in a worker
+thread (it may read a database)."""
 
 ENVELOPE_MEDIA_TYPE = "application/suit-envelope+cose"
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -82,6 +96,8 @@ class ServerConfig:
     ``routers``: more routes to serve, such as the status tracker's (the CLI wires them in, so
     the firmware server does not import other roles; design.md §2). They share this app's
     JSON errors: raise Starlette's ``HTTPException``.
+    ``authorizer``: who may upload and read release metadata (``Authorizer``), built by the CLI
+    from the status tracker's API tokens; ``None``: only ``upload_token``, public metadata.
     """
 
     data_dir: Path
@@ -90,6 +106,7 @@ class ServerConfig:
     max_upload_bytes: int = 256 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
     routers: tuple[APIRouter, ...] = ()
+    authorizer: Authorizer | None = None
 
 
 class UploadRefused(Exception):
@@ -311,7 +328,34 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     return (200 if previous is not None else 201), record
 
 
-def _release_json(record: ReleaseRecord) -> dict[str, Any]:
+def _manifest_summary(verified: VerifiedManifest) -> dict[str, Any]:
+    """What an operator reads of a verified manifest (the dashboard's firmware list): the
+    vendor and class IDs its shared sequence names, its text, who signed it, what is severed."""
+    named = _named_identities(verified.manifest.common.shared_sequence)
+    text: dict[str, dict[str, Any]] = {}
+    for language, localized in (verified.text.languages.items() if verified.text else ()):
+        entry: dict[str, Any] = {name_of(TextKey, k): v for k, v in localized.fields.items()}
+        for cid, fields in localized.components.items():
+            entry["/".join(p.hex() for p in cid)] = {
+                name_of(ComponentTextKey, k): v for k, v in fields.items()}
+        text[language] = entry
+    return {
+        "vendor_ids": sorted(str(v) if isinstance(v, UUID) else f"pen:{v.oid.hex()}"
+                             for v in named.vendor_ids),
+        "class_ids": sorted(str(c) for c in named.class_ids),
+        "reference_uri": verified.manifest.reference_uri,
+        "text": text,
+        "signers": [{"role": a.role, "key_id": a.key.key_id.hex() if a.key.key_id else None,
+                     "algorithms": sorted(crypto.algorithm_name(x) for x in a.key.algorithms)}
+                    for a in verified.signers],
+        "severed": sorted(name_of(ManifestKey, k) for k in verified.severed),
+    }
+
+
+def _release_json(record: ReleaseRecord, manifest: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """The release's metadata; ``manifest``: its ``_manifest_summary`` (``None``: the stored
+    envelope no longer verifies against the configured trust anchors)."""
     return {
         "id": record.release_id,
         "sequence_number": record.sequence_number,
@@ -321,6 +365,7 @@ def _release_json(record: ReleaseRecord) -> dict[str, Any]:
             for c in record.components],
         "integrated": {k: {"sha256": v, "url": f"/firmware/{v}"}
                        for k, v in record.integrated.items()},
+        "manifest": manifest,
     }
 
 
@@ -336,16 +381,43 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None
     return JSONResponse({"error": message}, status_code=status, headers=dict(headers or {}))
 
 
-def _check_token(request: Request, config: ServerConfig) -> None:
-    if config.upload_token is None:
+_ACTIONS = {"upload": "upload releases (admin or author)",
+            "read": "read release metadata (admin, author or operator)"}
+
+
+def _check_token(request: Request, config: ServerConfig, action: str = "upload") -> None:
+    """Whether the request's bearer token may do ``action`` (``"upload"`` or ``"read"``).
+
+    Runs in a worker thread when ``config.authorizer`` is set (it may read a database).
+    """
+    if action == "read" and config.authorizer is None:
+        return  # a server deployed alone: metadata is as public as the blobs
+    if config.upload_token is None and config.authorizer is None:
         raise UploadRefused(403, "uploads are disabled on this server (no upload token "
                                  "configured)")
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise UploadRefused(401, "upload requires 'Authorization: Bearer <upload token>'")
-    if not hmac.compare_digest(token.strip().encode(), config.upload_token.encode()):
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise UploadRefused(401, f"to {_ACTIONS[action]} this server requires "
+                                 "'Authorization: Bearer <token>'")
+    if config.upload_token is not None and hmac.compare_digest(
+            token.encode(), config.upload_token.encode()):
+        return
+    if config.authorizer is None:
         raise UploadRefused(403, "the upload token is not valid")
+    verdict = config.authorizer(token, action)
+    if verdict == "invalid":
+        raise UploadRefused(401, "the token is not valid (unknown, wrong, expired or revoked)")
+    if verdict != "allowed":
+        raise UploadRefused(403, f"this token's role may not {_ACTIONS[action]}")
+
+
+async def _authorize(request: Request, config: ServerConfig, action: str) -> None:
+    if config.authorizer is None:
+        _check_token(request, config, action)
+    else:
+        await run_in_threadpool(_check_token, request, config, action)
 
 
 def _limited(request: Request, limit: int) -> Request:
@@ -375,8 +447,27 @@ def _file_size(file: BinaryIO) -> int:
 def create_app(config: ServerConfig) -> FastAPI:
     """The firmware server application for ``config`` (see the module docstring)."""
     store = BlobStore(config.data_dir)
+    summaries: dict[str, dict[str, Any] | None] = {}
+
+    def described(record: ReleaseRecord) -> dict[str, Any]:
+        """``_release_json`` with the manifest summary, verified again once per process (the
+        envelope blob is immutable, so the cached summary never goes stale)."""
+        if record.envelope not in summaries:
+            try:
+                with store.open_blob(record.envelope) as blob:
+                    data = blob.read(config.limits.max_envelope_bytes + 1)
+                summaries[record.envelope] = _manifest_summary(
+                    verify_envelope(data, config.anchors, limits=config.limits))
+            except SuitError:
+                summaries[record.envelope] = None
+        return _release_json(record, summaries[record.envelope])
+
     app = FastAPI(title="suitkit firmware server", version="1",
                   description="Content-addressed SUIT envelopes and firmware images.")
+    # documents the bearer scheme in OpenAPI; the checks are _authorize's and the routers' own
+    bearer = [Depends(HTTPBearer(auto_error=False, description=(
+        "An API token tok_<id>.<secret>, the status tracker's bootstrap admin token, a device "
+        "credential <device-id>.<secret>, or (a server alone) the upload token")))]
 
     @app.exception_handler(UploadRefused)
     async def refused(request: Request, exc: UploadRefused) -> Response:
@@ -389,16 +480,21 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        return _error(400, "malformed request")
+        first: Mapping[str, Any] = next(iter(exc.errors()), {})  # loc ("query", "limit"), msg
+        where = " ".join(str(part) for part in first.get("loc", ()))[:80]
+        what = str(first.get("msg", "")).splitlines()[0][:120] if first.get("msg") else ""
+        return _error(400, f"malformed request: {where}: {what}" if where and what
+                      else "malformed request")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> Response:
         return _error(500, "internal server error")
 
-    @app.post("/api/v1/releases", status_code=201)
+    @app.post("/api/v1/releases", status_code=201, dependencies=bearer,
+              summary="Upload a release (admin, author)")
     async def upload(request: Request) -> Response:
         """Upload a release: multipart parts ``envelope`` and ``image`` / ``image-<N>``."""
-        _check_token(request, config)
+        await _authorize(request, config, "upload")
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > config.max_upload_bytes):
             raise UploadRefused(413, f"request body of {length} bytes is larger than the "
@@ -420,24 +516,29 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise UploadRefused(500, "the server could not store the upload") from None
         finally:
             await form.close()
-        return JSONResponse(_release_json(record), status_code=status)
+        return JSONResponse(await run_in_threadpool(described, record), status_code=status)
 
-    @app.get("/api/v1/releases")
-    async def list_releases() -> Response:
+    @app.get("/api/v1/releases", dependencies=bearer,
+             summary="List releases (admin, author, operator)")
+    async def list_releases(request: Request) -> Response:
         """All releases, by sequence number."""
+        await _authorize(request, config, "read")
         records = await run_in_threadpool(store.releases)
-        return JSONResponse({"releases": [_release_json(r) for r in records]})
+        docs = await run_in_threadpool(lambda: [described(r) for r in records])
+        return JSONResponse({"releases": docs})
 
-    @app.get("/api/v1/releases/{release_id}")
-    async def get_release(release_id: str) -> Response:
+    @app.get("/api/v1/releases/{release_id}", dependencies=bearer,
+             summary="One release (admin, author, operator)")
+    async def get_release(request: Request, release_id: str) -> Response:
         """One release by id (the manifest digest in hex)."""
+        await _authorize(request, config, "read")
         try:
             record = store.get_release(release_id)
         except StorageError as e:
             raise UploadRefused(400, str(e)) from None
         if record is None:
             raise UploadRefused(404, f"no release {release_id}")
-        return JSONResponse(_release_json(record))
+        return JSONResponse(await run_in_threadpool(described, record))
 
     def download(digest: str, media_type: str) -> Response:
         if not is_digest(digest):
@@ -449,18 +550,20 @@ def create_app(config: ServerConfig) -> FastAPI:
         return FileResponse(path, media_type=media_type,
                             headers={"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE})
 
-    @app.api_route("/firmware/{digest}", methods=["GET", "HEAD"])
+    @app.get("/firmware/{digest}", summary="Download a firmware image by SHA-256 (public)")
+    @app.head("/firmware/{digest}", include_in_schema=False)
     async def firmware(digest: str) -> Response:
         """A firmware image (or any blob) by SHA-256; Range, If-Range, ETag."""
         return download(digest, "application/octet-stream")
 
-    @app.api_route("/envelopes/{digest}", methods=["GET", "HEAD"])
+    @app.get("/envelopes/{digest}", summary="Download a SUIT envelope by SHA-256 (public)")
+    @app.head("/envelopes/{digest}", include_in_schema=False)
     async def envelopes(digest: str) -> Response:
         """A SUIT envelope by the SHA-256 of its bytes; Range, If-Range, ETag."""
         return download(digest, ENVELOPE_MEDIA_TYPE)
 
-    for router in config.routers:
-        app.include_router(router)
+    for router in config.routers:  # every mounted route is authenticated: say so in OpenAPI
+        app.include_router(router, dependencies=bearer)
     return app
 
 

@@ -1,0 +1,257 @@
+"""``suitkit token ...`` and ``suitkit devices ...``: operate a status tracker over its HTTP API.
+
+Every command takes ``--server URL`` and ``--token-file FILE`` (or ``SUITKIT_SERVER`` and
+``SUITKIT_TOKEN_FILE``); ``ApiClient`` is the shared helper (other command groups, such as
+``suitkit campaign``, reuse it). Exit statuses: 0 done, 1 the server refused (one line with its
+``error``), 2 bad usage or the server cannot be reached.
+
+- ``token create NAME --role R [--expires-in-days N] [--out FILE]``: the new token goes to
+  ``--out`` (written atomically, mode 0600) or to stdout; it is shown only this once.
+- ``token list [--json]``, ``token revoke ID``.
+- ``devices list [--json]``, ``devices show ID [--json]`` (the device, its inventory, history).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.table import Column, Table
+from rich.text import Text
+from rich.tree import Tree
+
+from suitkit.cli.common import EXIT_FAILED, EXIT_USAGE, fail, handles_errors, out, read_input
+from suitkit.fileio import atomic_write
+
+__all__ = ["ApiClient", "ServerOption", "TimeoutOption", "TokenFileOption", "devices_app",
+           "token_app"]
+
+token_app = typer.Typer(help="API tokens of the status tracker (admin): create, list, revoke.",
+                        no_args_is_help=True, add_completion=False,
+                        pretty_exceptions_enable=False)
+devices_app = typer.Typer(help="Devices known to the status tracker (admin, operator).",
+                          no_args_is_help=True, add_completion=False,
+                          pretty_exceptions_enable=False)
+
+ServerOption = Annotated[str, typer.Option(
+    "--server", envvar="SUITKIT_SERVER", help="Server URL, e.g. http://127.0.0.1:8080.")]
+TokenFileOption = Annotated[Path, typer.Option(
+    "--token-file", envvar="SUITKIT_TOKEN_FILE", help="File holding your API token.")]
+TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
+
+
+def _token(path: Path) -> str:
+    token = read_input(path, "token file").decode("utf-8", "replace").strip()
+    if not token or any(c.isspace() for c in token):
+        fail(f"token file {path} must hold one token without spaces", EXIT_USAGE)
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class ApiClient:
+    """Calls to the server's JSON API with a bearer token; every failure is one line and an
+    exit status (1 refused by the server, 2 unreachable or not the expected answer)."""
+
+    server: str
+    token: str
+    timeout: float = 30.0
+
+    @classmethod
+    def from_options(cls, server: str, token_file: Path, timeout: float = 30.0) -> ApiClient:
+        """From ``--server`` and ``--token-file`` (exit 2 for a bad URL or token file)."""
+        url = server.rstrip("/")
+        if not url.lower().startswith(("http://", "https://")):
+            fail(f"--server: expected an http:// or https:// URL, got {server!r}", EXIT_USAGE)
+        if timeout <= 0:
+            fail("--timeout must be positive", EXIT_USAGE)
+        return cls(url, _token(token_file), timeout)
+
+    def request(self, method: str, path: str, *, body: Any = None,
+                params: dict[str, str] | None = None, ok: Iterable[int] = (200, 201, 204)
+                ) -> Any:
+        """The decoded JSON answer (``None`` for an empty one) of ``method path``."""
+        url = f"{self.server}{path}"
+        try:
+            response = httpx.request(method, url, json=body, params=params, timeout=self.timeout,
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        except httpx.HTTPError as e:
+            fail(f"cannot reach {self.server}: {type(e).__name__}: {e}", EXIT_USAGE)
+        doc = _json(response)
+        if response.status_code not in set(ok):
+            message = doc.get("error") if isinstance(doc, dict) else None
+            fail(f"{method} {path} refused (HTTP {response.status_code}): "
+                 f"{message or response.reason_phrase}", EXIT_FAILED)
+        if response.content and doc is None:
+            fail(f"unexpected answer from {url}: not JSON", EXIT_USAGE)
+        return doc
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> Any:
+        return self.request("POST", path, body=body, **kwargs)
+
+
+def _json(response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _print_json(doc: Any) -> None:
+    out.print(json.dumps(doc, indent=2, sort_keys=True), markup=False)
+
+
+def _field(doc: Any, key: str, kind: type) -> Any:
+    value = doc.get(key) if isinstance(doc, dict) else None
+    if not isinstance(value, kind):
+        fail(f"unexpected answer from the server: no {key!r}", EXIT_USAGE)
+    return value
+
+
+def _row(table: Table, *cells: str) -> None:
+    """A table row of plain text (no Rich markup from the server's data)."""
+    table.add_row(*(Text(cell) for cell in cells))
+
+
+def _short(moment: object) -> str:
+    return str(moment)[:19].replace("T", " ") if moment else "-"
+
+
+# ------------------------------------------------------------------------------ tokens
+
+
+@token_app.command("create")
+@handles_errors
+def token_create(
+    name: Annotated[str, typer.Argument(help="A name for the token (shown in the audit log).")],
+    role: Annotated[str, typer.Option("--role", help="admin, author (uploads) or operator "
+                                      "(deploys).")],
+    server: ServerOption,
+    token_file: TokenFileOption,
+    expires_in_days: Annotated[int | None, typer.Option(
+        "--expires-in-days", help="Days until it expires (server default 90, at most 366).")
+    ] = None,
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", help="Write the new token to this file (mode 0600) instead of printing it.")
+    ] = None,
+    timeout: TimeoutOption = 30.0,
+) -> None:
+    """Create an API token (admin); it is shown only this once."""
+    client = ApiClient.from_options(server, token_file, timeout)
+    body: dict[str, Any] = {"name": name, "role": role}
+    if expires_in_days is not None:
+        body["expires_in_days"] = expires_in_days
+    doc = client.post("/api/v1/tokens", body)
+    token = _field(doc, "token", str)
+    summary = (f"token {_field(doc, 'id', str)} ({doc.get('role')}, {name!r}) expires "
+               f"{_short(doc.get('expires'))}")
+    if out_file is not None:
+        atomic_write(out_file, f"{token}\n".encode(), mode=0o600)
+        out.print(f"{summary}; written to {out_file}", markup=False)
+    else:
+        out.print(token, markup=False)
+        typer.echo(summary, err=True)
+
+
+@token_app.command("list")
+@handles_errors
+def token_list(server: ServerOption, token_file: TokenFileOption, as_json: JsonOption = False,
+               timeout: TimeoutOption = 30.0) -> None:
+    """List API tokens (admin); never their secrets."""
+    tokens = _field(ApiClient.from_options(server, token_file, timeout).get("/api/v1/tokens"),
+                    "tokens", list)
+    if as_json:
+        _print_json(tokens)
+        return
+    table = Table(Column("id", no_wrap=True), "name", "role", "state", "expires", "last used",
+                  "created by")
+    for t in tokens:
+        state = "revoked" if t.get("revoked") else "active"
+        _row(table, str(t.get("id")), str(t.get("name")), str(t.get("role")), state,
+                      _short(t.get("expires")), _short(t.get("last_used")),
+                      str(t.get("created_by")))
+    out.print(table)
+
+
+@token_app.command("revoke")
+@handles_errors
+def token_revoke(token_id: Annotated[str, typer.Argument(metavar="ID", help="Token id.")],
+                 server: ServerOption, token_file: TokenFileOption,
+                 timeout: TimeoutOption = 30.0) -> None:
+    """Revoke an API token (admin): from now on it is refused."""
+    if not token_id or "/" in token_id or len(token_id) > 40:
+        fail(f"expected a token id such as 3f2a9c1e0b7d4a66, got {token_id[:40]!r}", EXIT_USAGE)
+    ApiClient.from_options(server, token_file, timeout).request(
+        "DELETE", f"/api/v1/tokens/{token_id}", ok=(204,))
+    out.print(f"token {token_id} revoked", markup=False)
+
+
+# ------------------------------------------------------------------------------ devices
+
+
+@devices_app.command("list")
+@handles_errors
+def devices_list(server: ServerOption, token_file: TokenFileOption,
+                 as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
+    """List devices (admin, operator)."""
+    devices = _field(ApiClient.from_options(server, token_file, timeout).get("/api/v1/devices"),
+                     "devices", list)
+    if as_json:
+        _print_json(devices)
+        return
+    table = Table(Column("id", no_wrap=True), "name", "state", "last seen", "class")
+    for d in devices:
+        _row(table, str(d.get("id")), str(d.get("name")), str(d.get("state") or "-"),
+                      _short(d.get("last_seen")), str(d.get("class_id") or "-"))
+    out.print(table)
+
+
+@devices_app.command("show")
+@handles_errors
+def devices_show(device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id.")],
+                 server: ServerOption, token_file: TokenFileOption,
+                 as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
+    """One device: identity, inventory and update history (admin, operator)."""
+    if not device_id or "/" in device_id or len(device_id) > 36:
+        fail(f"expected a device id (a UUID), got {device_id[:40]!r}", EXIT_USAGE)
+    client = ApiClient.from_options(server, token_file, timeout)
+    device = client.get(f"/api/v1/devices/{device_id}")
+    history = _field(client.get(f"/api/v1/devices/{device_id}/history"), "history", list)
+    if not isinstance(device, dict):
+        fail("unexpected answer from the server: not a device", EXIT_USAGE)
+    if as_json:
+        _print_json({**device, "history": history})
+        return
+    tree = Tree(Text(f"device {device.get('id')} ({device.get('name')})"))
+    for key in ("state", "state_changed", "last_seen", "vendor_id", "class_id", "created"):
+        value = device.get(key)
+        tree.add(Text(f"{key}: {value if value is not None else '-'}"))
+    components = tree.add("components")
+    for c in device.get("components") or []:
+        ident = "/".join(c.get("id") or [])
+        components.add(Text(f"[{ident}] sequence {c.get('sequence')} "
+                            f"digest {c.get('digest') or '-'}"))
+    hardware = tree.add("hardware")
+    for key, value in sorted((device.get("hardware") or {}).items()):
+        hardware.add(Text(f"{key}: {value}"))
+    events = tree.add("history")
+    for item in history:
+        if item.get("kind") == "event":
+            events.add(Text(f"{item.get('seq')}. {_short(item.get('timestamp'))} "
+                            f"{item.get('previous') or '-'} -> {item.get('state')} "
+                            f"{item.get('detail') or ''}".rstrip()))
+        else:
+            ok = (item.get("summary") or {}).get("succeeded")
+            events.add(Text(f"{item.get('seq')}. {_short(item.get('received'))} report "
+                            f"({'succeeded' if ok else 'failed'}, {item.get('size')} bytes)"))
+    out.print(tree)

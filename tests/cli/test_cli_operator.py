@@ -1,0 +1,185 @@
+"""``suitkit token ...`` and ``suitkit devices ...`` against a real server (uvicorn on
+127.0.0.1 with the status tracker), run in-process through the real entry point.
+
+Exit statuses: 0 done, 1 refused by the server (one line with its error), 2 bad usage or
+unreachable server.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from suitkit.cli.main import main
+from suitkit.core import crypto
+from suitkit.core.verify import TrustAnchors
+from suitkit.server.app import ServerConfig
+from suitkit.server.background import running_server
+from suitkit.tracker.api import create_router
+from suitkit.tracker.config import TrackerConfig
+
+BOOTSTRAP = "bootstrap-admin-token-for-cli-tests"
+
+
+@dataclass
+class Server:
+    url: str
+    admin_file: Path
+    tmp: Path
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    """Run ``suitkit ARGS`` in-process through the real entry point."""
+    argv = sys.argv
+    sys.argv = ["suitkit", *map(str, args)]
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main()
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    code = exited.value.code
+    return (code if isinstance(code, int) else 0), captured.out, captured.err
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("suitkit: error: ")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("operator")
+    router = create_router(TrackerConfig(f"sqlite:///{tmp / 'tracker.db'}", BOOTSTRAP))
+    anchors = TrustAnchors.of(crypto.generate_private_key("EdDSA").public_key())
+    config = ServerConfig(data_dir=tmp / "data", anchors=anchors, routers=(router,))
+    admin_file = tmp / "admin.token"
+    admin_file.write_text(BOOTSTRAP + "\n")
+    with running_server(config) as url:
+        yield Server(url, admin_file, tmp)
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables as wide as they need (ids are not wrapped)."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def common(server: Server, token_file: Path | None = None) -> list[str | Path]:
+    return ["--server", server.url, "--token-file", token_file or server.admin_file]
+
+
+def test_token_create_writes_a_private_file_and_the_token_works(
+        server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    out_file = server.tmp / "operator.token"
+    code, out, err = run(capsys, "token", "create", "night-shift", "--role", "operator",
+                         "--expires-in-days", "7", "--out", out_file, *common(server))
+    assert code == 0, err
+    assert "night-shift" in out and str(out_file) in out
+    token = out_file.read_text().strip()
+    assert token.startswith("tok_") and token not in out
+    assert stat.S_IMODE(out_file.stat().st_mode) == 0o600
+    me = httpx.get(f"{server.url}/api/v1/whoami", timeout=10,
+                   headers={"Authorization": f"Bearer {token}"}).json()
+    assert me["role"] == "operator" and me["name"] == "night-shift"
+
+
+def test_token_create_prints_the_token_without_out(
+        server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "token", "create", "ci", "--role", "author", *common(server))
+    assert code == 0, err
+    token = out.strip()
+    assert token.startswith("tok_") and "\n" not in token and "author" in err
+
+
+def test_token_list_and_revoke(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "token", "create", "to-go", "--role", "author", *common(server))
+    token_id = out.strip()[4:].partition(".")[0]
+    code, out, err = run(capsys, "token", "list", "--json", *common(server))
+    assert code == 0, err
+    listed = {t["id"]: t for t in json.loads(out)}
+    assert listed[token_id]["name"] == "to-go" and listed[token_id]["revoked"] is None
+    assert "tok_" not in out  # no secrets
+    code, out, err = run(capsys, "token", "list", *common(server))
+    assert code == 0 and token_id in out and "to-go" in out
+    code, out, err = run(capsys, "token", "revoke", token_id, *common(server))
+    assert code == 0 and f"token {token_id} revoked" in out
+    code, out, _ = run(capsys, "token", "list", "--json", *common(server))
+    assert {t["id"]: t for t in json.loads(out)}[token_id]["revoked"] is not None
+    code, _, err = run(capsys, "token", "revoke", "0000000000000000", *common(server))
+    assert code == 1 and "no token" in one_error_line(err) and "HTTP 404" in err
+
+
+def test_refusals_exit_1_with_the_servers_error(
+        server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    author_file = server.tmp / "author.token"
+    code, _, err = run(capsys, "token", "create", "writer", "--role", "author", "--out",
+                       author_file, *common(server))
+    assert code == 0, err
+    code, _, err = run(capsys, "token", "create", "x", "--role", "admin",
+                       *common(server, author_file))
+    line = one_error_line(err)
+    assert code == 1 and "HTTP 403" in line and "admin role" in line
+    code, _, err = run(capsys, "devices", "list", *common(server, author_file))
+    assert code == 1 and "admin or operator" in one_error_line(err)
+    code, _, err = run(capsys, "token", "create", "x", "--role", "root", *common(server))
+    assert code == 1 and "role: expected one of" in one_error_line(err)
+    wrong = server.tmp / "wrong.token"
+    wrong.write_text("tok_0000.nope")
+    code, _, err = run(capsys, "devices", "list", *common(server, wrong))
+    assert code == 1 and "HTTP 401" in one_error_line(err)
+
+
+def test_bad_usage_and_unreachable_servers_exit_2(
+        server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    code, _, err = run(capsys, "devices", "list", "--server", closed, "--token-file",
+                       server.admin_file, "--timeout", "5")
+    assert code == 2 and "cannot reach" in one_error_line(err)
+    code, _, err = run(capsys, "devices", "list", "--server", "ftp://x", "--token-file",
+                       server.admin_file)
+    assert code == 2 and "--server" in one_error_line(err)
+    code, _, err = run(capsys, "devices", "list", "--server", server.url, "--token-file",
+                       server.tmp / "missing.token")
+    assert code == 2 and "cannot read token file" in one_error_line(err)
+    code, _, _ = run(capsys, "token", "create", "x", *common(server))  # --role missing
+    assert code == 2
+
+
+def test_devices_list_and_show(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    admin = {"Authorization": f"Bearer {BOOTSTRAP}"}
+    device = httpx.post(f"{server.url}/api/v1/devices", json={"name": "[bold]boiler"},
+                        headers=admin, timeout=10).json()
+    device_auth = {"Authorization": f"Bearer {device['token']}"}
+    httpx.put(f"{server.url}/api/v1/devices/{device['id']}/inventory", headers=device_auth,
+              timeout=10, json={"components": [{"id": ["00"], "sequence": 3}],
+                                "hardware": {"board": "nrf52840"}}).raise_for_status()
+    httpx.post(f"{server.url}/api/v1/devices/{device['id']}/events", headers=device_auth,
+               timeout=10, json={"state": "notified"}).raise_for_status()
+    code, out, err = run(capsys, "devices", "list", "--json", *common(server))
+    assert code == 0, err
+    assert [d["name"] for d in json.loads(out) if d["id"] == device["id"]] == ["[bold]boiler"]
+    code, out, err = run(capsys, "devices", "list", *common(server))
+    assert code == 0 and device["id"] in out and "[bold]boiler" in out
+    code, out, err = run(capsys, "devices", "show", device["id"], "--json", *common(server))
+    doc = json.loads(out)
+    assert code == 0 and doc["components"][0]["sequence"] == 3
+    assert [h["state"] for h in doc["history"]] == ["notified"]
+    code, out, err = run(capsys, "devices", "show", device["id"], *common(server))
+    assert code == 0, err
+    assert "[00] sequence 3" in out and "board: nrf52840" in out and "-> notified" in out
+    code, _, err = run(capsys, "devices", "show", "00000000-0000-4000-8000-000000000000",
+                       *common(server))
+    assert code == 1 and "HTTP 404" in one_error_line(err)
