@@ -187,7 +187,8 @@ def test_deployments_and_updates_are_authorized(world: World) -> None:
     mine = world.client.get(update, headers=auth(a["token"]))
     assert mine.status_code == 200
     assert mine.json() == {"release": release["id"],
-                           "envelope_url": world.url + release["envelope"]["url"]}
+                           "envelope_url": world.url + release["envelope"]["url"],
+                           "action": "install", "campaign": None}
     assert world.client.get(update).status_code == 401
     assert world.client.get(update, headers=auth(ADMIN)).status_code == 403
     assert world.client.get(update, headers=auth(b["token"])).status_code == 403

@@ -7,7 +7,6 @@ saves the simulated flash, and prints what happened.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -177,28 +176,51 @@ def run(
     credential_file: Annotated[Path, typer.Option(
         "--credential-file", help="File holding the device credential <device-id>.<secret>.")],
     once: Annotated[bool, typer.Option("--once", help="Poll once and exit.")] = False,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between polls.")
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between polls (in "
+                                            "push and hybrid modes: safety polls).")
                         ] = 60.0,
-    max_runs: Annotated[int | None, typer.Option("--max-runs", help="Stop after N polls "
-                                                 "(default: poll until interrupted).")] = None,
+    max_runs: Annotated[int | None, typer.Option("--max-runs", help="Stop after N update runs "
+                                                 "(default: run until interrupted).")] = None,
+    duration: Annotated[float | None, typer.Option("--duration", help="Stop after this many "
+                                                   "seconds.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="poll (client-initiated), push (act on "
+                                      "the notices) or hybrid (a notice triggers a poll).")
+                    ] = "poll",
+    transport: Annotated[str, typer.Option("--transport", help="How notices arrive in push "
+                                           "and hybrid modes: sse, longpoll, mqtt or coap.")
+                         ] = "sse",
+    mqtt: Annotated[str | None, typer.Option("--mqtt", help="MQTT broker HOST:PORT (for "
+                                             "--transport mqtt).")] = None,
+    coap: Annotated[str | None, typer.Option("--coap", help="CoAP server of the notices, "
+                                             "coap://HOST:PORT (for --transport coap).")
+                    ] = None,
 ) -> None:
-    """Poll a status tracker; install, boot and confirm what it assigns (RFC 9019 §2.3,
-    client-initiated). Exit 1 when the last poll failed or could not reach the tracker."""
-    from suitkit.device.agent import run_once  # noqa: PLC0415 - only this command needs it
+    """Keep a device up to date from a status tracker (RFC 9019 §2.3): register the inventory,
+    learn of updates in the chosen mode, download (resumably), install, boot, confirm and
+    report. Survives server restarts and network cuts (bounded, jittered backoff). Exit 1 when
+    the last run failed or could not reach the tracker."""
+    from suitkit.cli.notices import parse_host_port  # noqa: PLC0415
+    from suitkit.device.agent import AgentOptions, run_agent  # noqa: PLC0415
+    from suitkit.device.fetch import CoapFetcher  # noqa: PLC0415
 
-    if interval < 0 or (max_runs is not None and max_runs < 1):
-        fail("--interval must be >= 0 and --max-runs >= 1", EXIT_USAGE)
+    try:
+        options = AgentOptions(
+            mode=mode, transport=transport, interval=interval,
+            max_runs=1 if once else max_runs, duration=duration,
+            mqtt=parse_host_port(mqtt, "--mqtt") if mqtt is not None else None, coap=coap)
+        options.check()
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE)
+    if coap is not None and not coap.startswith("coap://"):
+        fail(f"--coap: expected coap://HOST:PORT, got {coap!r}", EXIT_USAGE)
     credential = read_input(credential_file, "credential").decode("utf-8", "replace").strip()
-    limit = 1 if once else max_runs
-    count, ok = 0, True
-    while limit is None or count < limit:
-        if count:
-            time.sleep(interval)
-        count += 1
-        result = run_once(directory, server, credential, fetcher=HttpFetcher(),
-                          say=lambda line: out.print(line, markup=False))
-        ok = result.ok
-    if not ok:
+    fetcher = RoutingFetcher(HttpFetcher(), coap=CoapFetcher())
+    try:
+        result = run_agent(directory, server, credential, fetcher=fetcher, options=options,
+                           say=lambda line: out.print(line, markup=False))
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_FAILED) from None
+    if result is None or not result.ok:
         raise typer.Exit(EXIT_FAILED)
 
 

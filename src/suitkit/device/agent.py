@@ -1,50 +1,86 @@
-"""The device's status-tracker client: one poll of RFC 9019's client-initiated mode.
+"""The device's status-tracker client (RFC 9019 §2.3): one update run, and the agent loop in the
+client-initiated (poll), server-initiated (push) and hybrid modes.
 
 ``run_once(folder, server_url, credential, fetcher=...)`` opens the device folder and:
 
 1. ``PUT /api/v1/devices/{id}/inventory``: vendor and class IDs, and per component the running
    sequence number and image digest (what the bootloader verified, as ``device status`` shows);
 2. ``GET /api/v1/devices/{id}/update``: 204 means nothing to do; 200 gives the release (the
-   manifest digest) and the URL of its envelope;
-3. for an assignment, posts the states ``downloading``, ``downloaded`` (the envelope is fetched
-   with a bounded size and time), ``installing`` (``Consumer.install``: everything is verified
-   on the device; the tracker and the URL are not trusted), then the SUIT report; a refused
-   install ends ``failed`` with the consumer's reason;
-4. otherwise ``rebooting``: one boot and the Invocation Procedure; an image that starts is
+   manifest digest), the URL of its envelope (http(s) or coap) and the ``action``
+   (``install``, the default, or ``download``: fetch and stop at ``downloaded`` until a later
+   assignment says ``install``). In push mode the notice's document is used instead
+   (``assigned=``), without this call;
+3. ``GET /api/v1/devices/{id}``: where the tracker has the device. An update interrupted by an
+   agent restart is **resumed** (``downloading``, ``downloaded``, ``installing``: the steps
+   already reported are not reported again; the consumer resumes payload downloads from its
+   journal; ``rebooting``: the device boots or confirms what it installed); a device in a final
+   state for a pushed release has nothing to do (a stale notice);
+4. posts the states ``downloading``, ``downloaded`` (the envelope is fetched with a bounded size
+   and time; a ``download`` action keeps it in ``DIR/agent/`` and stops), ``installing``
+   (``Consumer.install``: everything is verified on the device; the tracker, the notice and the
+   URL are not trusted), then the SUIT report; a refused install ends ``failed`` with the
+   consumer's reason;
+5. otherwise ``rebooting``: one boot and the Invocation Procedure; an image that starts is
    confirmed (``succeeded``), one that does not is reverted by a second boot (``rolled-back``);
-5. saves the device and puts the inventory again.
+6. saves the device and puts the inventory again.
 
-The agent speaks HTTP only: it imports neither the tracker nor the firmware server. Every
-network or HTTP failure ends the run with a one-line reason (``AgentResult.outcome ==
-"error"``), never a traceback. Before the install nothing on the device has changed, so a
-failure to reach the tracker stops the run; after it, the device finishes the update (boot,
+``run_agent`` repeats it: every ``interval`` seconds (poll), or when a notice arrives (push: the
+notice's document is acted on; hybrid: the notice only triggers ``run_once``, which asks
+``GET .../update``). Notices come from ``device.listen`` (SSE, long-poll, MQTT, CoAP observe),
+whose connections come back after server restarts and network cuts; a run that cannot reach the
+tracker is retried after a bounded, jittered backoff. ``max_runs``, ``duration`` and ``until``
+bound the loop.
+
+The agent speaks HTTP (and CoAP, MQTT for notices) only: it imports neither the tracker nor the
+firmware server. Every network or HTTP failure ends the run with a one-line reason
+(``AgentResult.outcome == "error"``), never a traceback; a transition the tracker refuses (409)
+is reported with the tracker's reason. Before the install nothing on the device has changed, so
+a failure to reach the tracker stops the run; after it, the device finishes the update (boot,
 confirm or revert) whatever the tracker answers, and the tracker misses those events.
 
-Not here: resuming an update interrupted by an agent restart (the tracker then refuses the next
-``downloading`` with 409, reported as an error), push notifications, report signing.
+Not here: report signing, a download stage for detached payloads (``download`` fetches the
+envelope only; payloads are fetched, resumably, by the install).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlparse
 
 import httpx
 
 from suitkit.core.report import encode_report
 from suitkit.device.consumer import PayloadFetcher
+from suitkit.device.fetch import CoapFetcher, HttpFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
+from suitkit.device.listen import (
+    CoapSource,
+    LongPollSource,
+    MqttSource,
+    NoticeSource,
+    SseSource,
+    backoff_delay,
+)
 from suitkit.device.wiring import OpenDevice, open_device
-from suitkit.errors import SuitError
+from suitkit.errors import FetchError, SuitError
+from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
-__all__ = ["REPORT_MEDIA_TYPE", "AgentResult", "TrackerError", "inventory_of", "run_once"]
+__all__ = ["MODES", "REPORT_MEDIA_TYPE", "TRANSPORTS", "AgentOptions", "AgentResult", "Assigned",
+           "TrackerError", "inventory_of", "run_agent", "run_once"]
+
+MODES = ("poll", "push", "hybrid")
+TRANSPORTS = ("sse", "longpoll", "mqtt", "coap")
 
 REPORT_MEDIA_TYPE = "application/suit-report+cbor"
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+ENVELOPE_DEADLINE = 60.0
+"""Seconds the whole envelope download may take (slow-retrieval attack)."""
 """Every exchange with the tracker and the envelope download: bounded in time."""
 _MAX_DETAIL = 1024
 
@@ -53,7 +89,8 @@ _MAX_DETAIL = 1024
 class AgentResult:
     """What one poll did.
 
-    ``outcome``: ``up-to-date`` (nothing assigned), ``succeeded``, ``failed`` (the update was
+    ``outcome``: ``up-to-date`` (nothing assigned), ``downloaded`` (a ``download`` action: the
+    envelope is kept until an ``install``), ``succeeded``, ``failed`` (the update was
     refused or could not be fetched; the device runs what it ran), ``rolled-back`` (the new image
     did not start and was reverted) or ``error`` (the tracker could not be used; ``reason``).
     ``steps``: one line per step, in order.
@@ -66,7 +103,30 @@ class AgentResult:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("up-to-date", "succeeded")
+        return self.outcome in ("up-to-date", "downloaded", "succeeded")
+
+
+@dataclass(frozen=True, slots=True)
+class Assigned:
+    """A release to act on: from ``GET .../update`` or a pushed notice (both untrusted)."""
+
+    release: str
+    envelope_url: str
+    action: str = "install"
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any], where: str) -> Assigned:
+        """Raises: TrackerError: ``doc`` is not ``{release, envelope_url[, action]}``."""
+        release, url = doc.get("release"), doc.get("envelope_url")
+        action = doc.get("action") or "install"
+        if not isinstance(release, str) or not isinstance(url, str) or not release:
+            raise TrackerError(f"{where}: the answer is not {{release, envelope_url}} strings")
+        if action not in ("install", "download"):
+            raise TrackerError(f"{where}: action must be install or download, got "
+                               f"{str(action)[:20]!r}")
+        if len(url) > 2048 or urlparse(url).scheme not in ("http", "https", "coap"):
+            raise TrackerError(f"{where}: envelope_url must be an http(s) or coap URL")
+        return cls(release[:128], url, str(action))
 
 
 class TrackerError(Exception):
@@ -108,18 +168,26 @@ class _Tracker:
     def inventory(self, opened: OpenDevice) -> None:
         self._call("PUT", "/inventory", (200,), json=inventory_of(opened))
 
-    def update(self) -> tuple[str, str] | None:
+    def update(self) -> Assigned | None:
         response = self._call("GET", "/update", (200, 204))
         if response.status_code == 204:
             return None
         try:
             doc = response.json()
-            release, url = doc["release"], doc["envelope_url"]
-        except (ValueError, KeyError, TypeError):
-            raise TrackerError("GET /update: the answer is not {release, envelope_url}") from None
-        if not isinstance(release, str) or not isinstance(url, str):
-            raise TrackerError("GET /update: release and envelope_url must be strings")
-        return release[:128], url
+        except ValueError:
+            raise TrackerError("GET /update: the answer is not JSON") from None
+        if not isinstance(doc, dict):
+            raise TrackerError("GET /update: the answer is not a JSON object")
+        return Assigned.of(doc, "GET /update")
+
+    def state(self) -> str | None:
+        """The update state the tracker has for the device."""
+        response = self._call("GET", "", (200,))
+        try:
+            state = response.json().get("state")
+        except (ValueError, AttributeError):
+            raise TrackerError("GET /: the answer is not a device") from None
+        return state if isinstance(state, str) else None
 
     def event(self, state: str, detail: str = "") -> None:
         self._call("POST", "/events", (201,), json={"state": state,
@@ -139,27 +207,21 @@ def _error_of(response: httpx.Response) -> str:
     return str(message)[:300] if message else (response.reason_phrase or "no reason given")
 
 
-def fetch_envelope(url: str, max_bytes: int, *, timeout: httpx.Timeout = TIMEOUT) -> bytes:
-    """The envelope at ``url``, at most ``max_bytes`` (no credential is sent to it).
+def fetch_envelope(url: str, max_bytes: int, *, deadline: float = ENVELOPE_DEADLINE) -> bytes:
+    """The envelope at ``url`` (http(s) with Range resume, or coap block-wise), at most
+    ``max_bytes``, within ``deadline`` seconds for the whole download (a server that trickles
+    bytes is cut off); no credential is sent to it.
 
     Raises:
-        TrackerError: network error, HTTP status other than 200, or too large.
+        TrackerError: network error, HTTP status other than 200/206, too large or too slow.
     """
-    chunks: list[bytes] = []
-    size = 0
+    fetcher: PayloadFetcher = (CoapFetcher(deadline=deadline)
+                               if urlparse(url).scheme == "coap"
+                               else HttpFetcher(deadline=deadline))
     try:
-        with httpx.stream("GET", url, timeout=timeout, follow_redirects=False) as response:
-            if response.status_code != 200:
-                raise TrackerError(f"envelope {url}: HTTP {response.status_code}")
-            for chunk in response.iter_raw():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise TrackerError(f"envelope {url}: larger than the {max_bytes} bytes "
-                                       "allowed")
-                chunks.append(chunk)
-    except httpx.HTTPError as e:
-        raise TrackerError(f"envelope {url}: {type(e).__name__}: {e}") from None
-    return b"".join(chunks)
+        return b"".join(fetcher.fetch(url, max_bytes=max_bytes))
+    except FetchError as e:
+        raise TrackerError(f"envelope {e}") from None
 
 
 def _boot(opened: OpenDevice) -> tuple[bool, str]:
@@ -174,11 +236,22 @@ def _boot(opened: OpenDevice) -> tuple[bool, str]:
     return invoked.succeeded, f"booted {images}" + (f" ({failures[0]})" if failures else "")
 
 
+_RESUMABLE = ("downloading", "downloaded", "installing", "rebooting")
+
+
+def _saved_envelope(opened: OpenDevice, release: str) -> Path:
+    """Where a ``download`` action keeps the envelope until ``install``."""
+    name = "".join(c for c in release if c in "0123456789abcdefABCDEF")[:128] or "release"
+    return opened.config.directory / "agent" / f"{name}.suit"
+
+
 def run_once(folder: Path, server_url: str, credential: str, *, fetcher: PayloadFetcher,
              limits: Limits | None = None, say: Callable[[str], None] | None = None,
-             client: httpx.Client | None = None) -> AgentResult:
-    """One poll of the tracker at ``server_url`` with ``credential`` (``<device-id>.<secret>``);
-    installs what is assigned. ``say`` receives each step as it happens."""
+             client: httpx.Client | None = None,
+             assigned: Mapping[str, Any] | None = None) -> AgentResult:
+    """One run against the tracker at ``server_url`` with ``credential``
+    (``<device-id>.<secret>``); installs what is assigned (``assigned``: a pushed notice's
+    document, used instead of ``GET .../update``). ``say`` receives each step as it happens."""
     limits = limits or Limits()
     steps: list[str] = []
 
@@ -206,39 +279,71 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
         try:
             tracker.inventory(opened)
             step("inventory sent")
-            assigned = tracker.update()
+            if assigned is None:
+                job = tracker.update()
+            elif assigned.get("release") is None:
+                job = None
+            else:
+                job = Assigned.of(assigned, "notice")
+            if job is None:
+                return result("up-to-date", "no update assigned")
+            state = tracker.state()
         except TrackerError as e:
             return result("error", str(e))
-        if assigned is None:
-            return result("up-to-date", "no update assigned")
-        release, url = assigned
-        url = urljoin(server_url.rstrip("/") + "/", url)
-        step(f"release {release} assigned ({url})")
+        release = job.release
+        url = urljoin(server_url.rstrip("/") + "/", job.envelope_url)
+        step(f"release {release} assigned ({job.action}; {url})"
+             + (" by the pushed notice" if assigned is not None else ""))
+        if state not in (None, "notified", *_RESUMABLE):
+            return result("up-to-date", f"the tracker has the device {state} and nothing "
+                                        "pending for it (an old notice)", release)
+        if state in _RESUMABLE:
+            step(f"resuming: the tracker has the device {state}")
+        if state == "rebooting":
+            return _install(opened, tracker, None, release=release, fetcher=fetcher,
+                            step=step, result=result)
+        saved = _saved_envelope(opened, release)
         try:
-            tracker.event("downloading", url)
-            step("downloading")
-            try:
-                envelope = fetch_envelope(url, limits.max_envelope_bytes)
-            except TrackerError as e:
-                tracker.event("failed", str(e))
-                return result("failed", str(e), release)
-            tracker.event("downloaded", f"{len(envelope)} bytes")
-            step(f"downloaded {len(envelope)} bytes")
-            tracker.event("installing")
+            if state == "downloaded" and job.action == "download":
+                return result("downloaded", "already downloaded; waiting for install", release)
+            envelope = saved.read_bytes() if state == "downloaded" and saved.is_file() else None
+            if envelope is None:
+                if state in (None, "notified"):
+                    tracker.event("downloading", url)
+                    step("downloading")
+                try:
+                    envelope = fetch_envelope(url, limits.max_envelope_bytes)
+                except TrackerError as e:
+                    tracker.event("failed", str(e))
+                    return result("failed", str(e), release)
+                if job.action == "download":
+                    saved.parent.mkdir(exist_ok=True)
+                    atomic_write(saved, envelope)
+                if state in (None, "notified", "downloading"):
+                    tracker.event("downloaded", f"{len(envelope)} bytes")
+                step(f"downloaded {len(envelope)} bytes")
+            if job.action == "download":
+                return result("downloaded", "envelope kept until the install is ordered",
+                              release)
+            if state != "installing":
+                tracker.event("installing")
             step("installing")
         except TrackerError as e:
             return result("error", str(e), release)
-        return _install(opened, tracker, envelope, release=release, fetcher=fetcher, step=step,
-                        result=result)
+        outcome = _install(opened, tracker, envelope, release=release, fetcher=fetcher,
+                           step=step, result=result)
+        saved.unlink(missing_ok=True)
+        return outcome
     finally:
         if own:
             http.close()
 
 
-def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes, *, release: str,
+def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes | None, *, release: str,
              fetcher: PayloadFetcher, step: Callable[[str], None],
              result: Callable[[str, str, str | None], AgentResult]) -> AgentResult:
-    """Install, report, boot, confirm or revert; the tracker is told on a best-effort basis."""
+    """Install, report, boot, confirm or revert; the tracker is told on a best-effort basis.
+    ``envelope=None``: the install was done before an agent restart (``rebooting``)."""
     missed: list[str] = []
 
     def tell(what: Callable[[], None]) -> None:
@@ -248,6 +353,8 @@ def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes, *, release:
             missed.append(str(e))
             step(f"tracker: {e}")
 
+    if envelope is None:
+        return _resume_boot(opened, tracker, release=release, step=step, result=result)
     try:
         outcome = opened.consumer(fetcher).install(envelope)
     finally:
@@ -263,12 +370,29 @@ def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes, *, release:
     step(f"installed: {outcome.reason}")
     tell(lambda: tracker.event("rebooting"))
     step("rebooting")
+    return _reboot(opened, tracker, release=release, step=step, result=result, missed=missed,
+                   success=f"running sequence number {outcome.sequence_number}")
+
+
+def _reboot(opened: OpenDevice, tracker: _Tracker, *, release: str,
+            step: Callable[[str], None],
+            result: Callable[[str, str, str | None], AgentResult], missed: list[str],
+            success: str, booted: bool = False) -> AgentResult:
+    """Boot (unless ``booted``), confirm or revert, tell the tracker (best effort)."""
+
+    def tell(what: Callable[[], None]) -> None:
+        try:
+            what()
+        except TrackerError as e:
+            missed.append(str(e))
+            step(f"tracker: {e}")
+
     try:
-        started, line = _boot(opened)
+        started, line = (True, "running the new image") if booted else _boot(opened)
         step(line)
         if started:
             opened.bootloader.confirm()
-            final, reason = "succeeded", f"running sequence number {outcome.sequence_number}"
+            final, reason = "succeeded", success
         else:
             _, line = _boot(opened)
             step(f"the new image did not start; {line}")
@@ -284,3 +408,162 @@ def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes, *, release:
     if missed:
         reason += f" (the tracker missed {len(missed)} message(s): {missed[0]})"
     return result(final, reason, release)
+
+
+def _resume_boot(opened: OpenDevice, tracker: _Tracker, *, release: str,
+                 step: Callable[[str], None],
+                 result: Callable[[str, str, str | None], AgentResult]) -> AgentResult:
+    """The agent stopped after ``rebooting`` was reported: boot what is pending, or confirm
+    the new image the device already runs on trial."""
+    bootloader = opened.bootloader
+    if bootloader.pending_update():
+        step("rebooting (the installed update is still pending)")
+        return _reboot(opened, tracker, release=release, step=step, result=result, missed=[],
+                       success="the pending update booted")
+    observation = bootloader.observe()  # type: ignore[attr-defined]
+    state = getattr(observation, "boot_state", None) or observation.state
+    if state.phase.name.lower() in ("trial", "tried"):
+        return _reboot(opened, tracker, release=release, step=step, result=result, missed=[],
+                       success="the new image runs on trial", booted=True)
+    reason = "the agent restarted during the reboot and the device has no update on trial"
+    try:
+        tracker.event("failed", reason)
+        tracker.inventory(opened)
+    except TrackerError as e:
+        step(f"tracker: {e}")
+    return result("failed", reason, release)
+
+
+# ============================================================================ the agent loop
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    """How ``run_agent`` learns of updates and when it stops.
+
+    ``mode``: ``poll`` (``GET .../update`` every ``interval`` s), ``push`` (act on each notice's
+    document) or ``hybrid`` (a notice triggers ``GET .../update``). In push and hybrid modes the
+    agent also polls every ``interval`` s, in case a notice was lost. ``transport`` (push,
+    hybrid): ``sse``, ``longpoll``, ``mqtt`` (``mqtt=(host, port)``) or ``coap``
+    (``coap="coap://host:port"``). ``max_runs``: stop after that many runs; ``duration``: after
+    that many seconds. ``backoff``/``max_backoff``: the bounds of the jittered wait after a
+    failure to reach the tracker or the notice source.
+    """
+
+    mode: str = "poll"
+    transport: str = "sse"
+    interval: float = 60.0
+    max_runs: int | None = None
+    duration: float | None = None
+    mqtt: tuple[str, int] | None = None
+    coap: str | None = None
+    wait: float = 30.0
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+
+    def check(self) -> None:
+        """Raises: ValueError: an inconsistent option (one line)."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got "
+                             f"{self.transport!r}")
+        if self.mode != "poll" and self.transport == "mqtt" and self.mqtt is None:
+            raise ValueError("the mqtt transport needs the broker (--mqtt HOST:PORT)")
+        if self.mode != "poll" and self.transport == "coap" and self.coap is None:
+            raise ValueError("the coap transport needs the CoAP server (--coap coap://HOST:PORT)")
+        if self.interval < 0 or self.backoff <= 0 or self.max_backoff < self.backoff:
+            raise ValueError("interval must be >= 0 and 0 < backoff <= max backoff")
+        if (self.max_runs is not None and self.max_runs < 1) or (
+                self.duration is not None and self.duration <= 0):
+            raise ValueError("max runs must be >= 1 and duration > 0")
+
+
+def _source(options: AgentOptions, server_url: str, credential: str, device_id: str,
+            say: Callable[[str], None]) -> NoticeSource:
+    common: dict[str, Any] = {"backoff": options.backoff, "max_backoff": options.max_backoff,
+                              "on_state": say}
+    if options.transport == "sse":
+        return SseSource(server_url, credential, device_id, **common)
+    if options.transport == "longpoll":
+        return LongPollSource(server_url, credential, device_id, wait=options.wait, **common)
+    if options.transport == "mqtt":
+        assert options.mqtt is not None
+        return MqttSource(options.mqtt[0], options.mqtt[1], device_id, **common)
+    assert options.coap is not None
+    return CoapSource(options.coap, device_id, **common)
+
+
+def run_agent(folder: Path, server_url: str, credential: str, *, fetcher: PayloadFetcher,
+              options: AgentOptions | None = None, limits: Limits | None = None,
+              say: Callable[[str], None] | None = None,
+              until: Callable[[AgentResult], bool] | None = None,
+              stop: threading.Event | None = None) -> AgentResult | None:
+    """Run until ``options.max_runs`` runs, ``options.duration`` seconds, ``until(result)`` is
+    true or ``stop`` is set; the last run's result (``None`` if none ran).
+
+    Raises:
+        ValueError: inconsistent options.
+    """
+    options = options or AgentOptions()
+    options.check()
+    stop = stop or threading.Event()
+    credential = credential.strip()
+    device_id = credential.partition(".")[0]
+    ends = time.monotonic() + options.duration if options.duration is not None else None
+
+    def tell(line: str) -> None:
+        if say is not None:
+            say(line)
+
+    def left() -> float:
+        return max(0.0, ends - time.monotonic()) if ends is not None else float("inf")
+
+    source = (None if options.mode == "poll"
+              else _source(options, server_url, credential, device_id, tell))
+    last: AgentResult | None = None
+    runs = failures = 0
+    seen = -1
+    todo: Mapping[str, Any] | None = None  # a pushed document still to act on
+    due = 0.0  # when the next poll (or retry) is due
+    try:
+        if source is not None:
+            source.start()
+        while not stop.is_set() and left() > 0:
+            now = time.monotonic()
+            if source is not None and now < due:
+                notice = source.get(min(due - now, left(), 1.0))
+                if notice is not None and int(notice["serial"]) != seen:
+                    seen = int(notice["serial"])
+                    tell(f"notice {seen} ({source.name}): release {notice.get('release')}")
+                    if notice.get("release") is not None:  # a withdrawal needs no run
+                        try:
+                            Assigned.of(notice, "notice")
+                        except TrackerError as e:
+                            tell(f"ignored: {e}")
+                            continue
+                        todo = notice if options.mode == "push" else {}
+                        due = time.monotonic() if failures == 0 else due
+                continue
+            if now < due:
+                stop.wait(min(due - now, left()))
+                continue
+            assigned = todo if todo else None
+            last = run_once(folder, server_url, credential, fetcher=fetcher, limits=limits,
+                            say=say, assigned=assigned)
+            runs += 1
+            if last.outcome == "error":
+                failures += 1
+                delay = backoff_delay(failures, options.backoff, options.max_backoff)
+                tell(f"retrying in {delay:.1f} s")
+            else:
+                failures, todo = 0, None
+                delay = options.interval
+            due = time.monotonic() + delay
+            if (options.max_runs is not None and runs >= options.max_runs) or (
+                    until is not None and until(last)):
+                break
+    finally:
+        if source is not None:
+            source.close()
+    return last

@@ -130,10 +130,14 @@ class BlobResource(aiocoap.resource.Resource, aiocoap.resource.PathCapable):  # 
         return render_blob_block(self.store, path[0], request, self.max_szx)
 
 
-def create_coap_site(store: BlobStore, max_szx: int = DEFAULT_SZX) -> Any:
+def create_coap_site(store: BlobStore, max_szx: int = DEFAULT_SZX, *,
+                     extra_resources: tuple[tuple[tuple[str, ...], Any], ...] = ()) -> Any:
     """An ``aiocoap.resource.Site`` serving ``/firmware/<sha256>`` and ``/envelopes/<sha256>``
-    (plus ``/.well-known/core``) from ``store``."""
+    (plus ``/.well-known/core``) from ``store``, and each ``(path, resource)`` of
+    ``extra_resources`` (the CLI adds other roles' resources, such as the tracker's notices)."""
     site = aiocoap.resource.Site()
+    for path, resource in extra_resources:
+        site.add_resource(list(path), resource)
     site.add_resource([".well-known", "core"],
                       aiocoap.resource.WKCResource(site.get_resources_as_linkheader))
     site.add_resource(["firmware"], BlobResource(store, max_szx))

@@ -1,0 +1,84 @@
+"""Wiring of the status tracker's notices for ``suitkit serve`` (the roles do not import each
+other: the CLI connects the tracker's hub to the firmware server's HTTP app and CoAP site).
+
+``tracker_routes(config, mqtt=...)`` opens the tracker database once and returns the tracker's
+routers (the API and ``/notifications``), the CoAP resources to add to the firmware server's
+site (``/notices/<device-id>``) and the hub and MQTT publisher to stop at shutdown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from suitkit.errors import SuitError
+
+__all__ = ["TrackerWiring", "parse_host_port", "tracker_routes"]
+
+
+def parse_host_port(value: str, option: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too).
+
+    Raises:
+        ValueError: not HOST:PORT with a port in 1..65535 (one line naming ``option``).
+    """
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{option}: expected HOST:PORT such as 127.0.0.1:1883, got {value!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerWiring:
+    """What ``serve`` needs: routers, CoAP resources, and ``close()`` for the shutdown."""
+
+    routers: tuple[Any, ...]
+    coap_resources: tuple[tuple[tuple[str, ...], Any], ...]
+    hub: Any
+    publisher: Any
+    db: Any = None
+    authorizer: Any = None
+    """The firmware server's ``ServerConfig.authorizer`` over the tracker's API tokens."""
+
+    def close(self) -> None:
+        """End SSE streams and long-polls; stop the MQTT publisher."""
+        self.hub.close()
+        if self.publisher is not None:
+            self.publisher.stop()
+
+
+def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bool = False,
+                   heartbeat: float = 15.0) -> TrackerWiring:
+    """The tracker over ``config`` (a ``tracker.config.TrackerConfig``) with its notices
+    (``heartbeat``: seconds between SSE heartbeats).
+
+    Raises:
+        StorageError: the database cannot be opened.
+    """
+    from suitkit.tracker.api import create_router  # noqa: PLC0415
+    from suitkit.tracker.auth import Authenticator, release_authorizer  # noqa: PLC0415
+    from suitkit.tracker.db import open_db  # noqa: PLC0415
+    from suitkit.tracker.notify import MqttPublisher, NotificationHub  # noqa: PLC0415
+    from suitkit.tracker.push import create_push_router  # noqa: PLC0415
+
+    db = open_db(config.db_url, clock=config.clock)
+    hub = NotificationHub(db.pending_update)
+    db.add_listener(hub.changed)
+    auth = Authenticator(config, db)
+    routers = (create_router(config, db, auth), create_push_router(auth, hub, heartbeat=heartbeat))
+    resources: tuple[tuple[tuple[str, ...], Any], ...] = ()
+    if coap:
+        from suitkit.tracker.coap_notices import NOTICES_PATH, NoticeResource  # noqa: PLC0415
+
+        resources = ((NOTICES_PATH, NoticeResource(hub)),)
+    publisher = None
+    if mqtt is not None:
+        try:
+            publisher = MqttPublisher(hub, *mqtt)
+            publisher.start()
+        except (ImportError, OSError, ValueError) as e:
+            raise SuitError(f"cannot start the MQTT publisher for {mqtt[0]}:{mqtt[1]}: "
+                            f"{e}") from e
+    return TrackerWiring(routers, resources, hub, publisher,
+                         authorizer=release_authorizer(auth))

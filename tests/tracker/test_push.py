@@ -1,0 +1,323 @@
+"""Notices (server-initiated mode): the hub, SSE and long-poll over real uvicorn, CoAP observe over
+real aiocoap, MQTT through a real mosquitto; the device's notice sources against them."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from device.device_kit import Author, new_device
+from notice_kit import ADMIN, Tracker, free_port, mosquitto, wait_until
+from suitkit.cli.main import app as cli
+from suitkit.core.verify import TrustAnchors
+from suitkit.device.listen import CoapSource, LongPollSource, MqttSource, SseSource
+from suitkit.tracker.notify import NotificationHub, topic_for
+
+RELEASE = "ab" * 32
+
+
+def auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracker]:
+    tmp = tmp_path_factory.mktemp("push")
+    author = Author.create(tmp / "author")
+    server = Tracker(tmp / "data", TrustAnchors.of(author.key.public_key()), heartbeat=0.2)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def client(tracker: Tracker) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=tracker.url, timeout=15) as c:
+        yield c
+
+
+def register(client: httpx.Client) -> dict[str, Any]:
+    response = client.post("/api/v1/devices", json={"name": "n"}, headers=auth(ADMIN))
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def deploy(client: httpx.Client, device_id: str, release: str = RELEASE) -> None:
+    response = client.post("/api/v1/deployments", headers=auth(ADMIN), json={
+        "release": release, "envelope_url": f"http://example.invalid/envelopes/{release}",
+        "devices": [device_id]})
+    assert response.status_code == 201, response.text
+
+
+def later(action: Any, delay: float = 0.3) -> threading.Timer:
+    timer = threading.Timer(delay, action)
+    timer.start()
+    return timer
+
+
+# ---------------------------------------------------------------------------- the hub
+
+
+def test_the_hub_bumps_serials_and_wakes_watchers_and_reads_the_document() -> None:
+    pending: dict[str, dict[str, Any]] = {}
+    hub = NotificationHub(pending.get, clock=lambda: 1000.0)
+    seen: list[tuple[str, int]] = []
+    stop = hub.watch("a", lambda d, s: seen.append((d, s)))
+    first = hub.current("a")
+    assert first == {"release": None, "serial": 1_000_001}
+    pending["a"] = {"release": "r1", "envelope_url": "http://x/e"}
+    hub.changed(["a", "b"])
+    assert seen == [("a", 1_000_002)]
+    assert hub.current("a") == {"release": "r1", "envelope_url": "http://x/e",
+                                "serial": 1_000_002}
+    stop()
+    hub.changed(["a"])
+    assert len(seen) == 1 and hub.serial("a") == 1_000_004
+    # a later hub (a restarted server) starts above: serials keep growing across restarts
+    assert NotificationHub(pending.get).current("a")["serial"] > 1_000_004
+
+
+# ---------------------------------------------------------------------------- HTTP
+
+
+def test_long_poll_returns_the_deploys_notice_within_the_wait(
+        tracker: Tracker, client: httpx.Client) -> None:
+    dev = register(client)
+    url = f"/api/v1/devices/{dev['id']}/notifications"
+    assert client.get(url, params={"wait": 0}, headers=auth(dev["token"])).status_code == 204
+    timer = later(lambda: deploy(client, dev["id"]))
+    got = client.get(url, params={"wait": 10}, headers=auth(dev["token"]))
+    timer.join()
+    assert got.status_code == 200, got.text
+    notice = got.json()
+    assert notice["release"] == RELEASE and notice["action"] == "install"
+    # after that serial: nothing new within a short wait, then the next deploy's notice
+    after = {"wait": 0.2, "after": notice["serial"]}
+    assert client.get(url, params=after, headers=auth(dev["token"])).status_code == 204
+    timer = later(lambda: deploy(client, dev["id"], "cd" * 32))
+    second = client.get(url, params={"wait": 10, "after": notice["serial"]},
+                        headers=auth(dev["token"]))
+    timer.join()
+    assert second.status_code == 200 and second.json()["release"] == "cd" * 32
+    assert second.json()["serial"] > notice["serial"]
+    # a pending release is answered at once to a device that gives no serial
+    assert client.get(url, params={"wait": 0}, headers=auth(dev["token"])).json()[
+        "release"] == "cd" * 32
+
+
+def test_notifications_are_for_the_device_itself(tracker: Tracker, client: httpx.Client) -> None:
+    a, b = register(client), register(client)
+    url = f"/api/v1/devices/{a['id']}/notifications"
+    assert client.get(url, params={"wait": 0}).status_code == 401
+    assert client.get(url, params={"wait": 0}, headers=auth(a["id"] + ".x")).status_code == 401
+    assert client.get(url, params={"wait": 0}, headers=auth(b["token"])).status_code == 403
+    assert client.get(url, params={"wait": 0}, headers=auth(ADMIN)).status_code == 403
+    for bad in ({"wait": 61}, {"wait": -1}, {"wait": "x"}, {"after": "-3"}):
+        refused = client.get(url, params=bad, headers=auth(a["token"]))
+        assert refused.status_code == 400 and refused.json()["error"]
+
+
+def test_server_sent_events_send_the_current_notice_heartbeats_and_changes(
+        tracker: Tracker, client: httpx.Client) -> None:
+    dev = register(client)
+    headers = {**auth(dev["token"]), "Accept": "text/event-stream"}
+    events: list[str] = []
+    heartbeats = 0
+    with client.stream("GET", f"/api/v1/devices/{dev['id']}/notifications",
+                       headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        deployed = False
+        for line in response.iter_lines():
+            if line.startswith(": heartbeat"):
+                heartbeats += 1
+                if not deployed:  # the stream is live: now deploy
+                    deploy(client, dev["id"])
+                    deployed = True
+            elif line.startswith("data:"):
+                events.append(line)
+                if RELEASE in line:
+                    break
+    assert heartbeats >= 1 and len(events) == 2
+    assert '"release":null' in events[0] and RELEASE in events[1]
+
+
+def test_the_devices_http_sources_hear_a_deploy(tracker: Tracker, client: httpx.Client) -> None:
+    for kind in (SseSource, LongPollSource):
+        dev = register(client)
+        source = kind(tracker.url, dev["token"], dev["id"], backoff=0.1, max_backoff=0.5)
+        source.start()
+        try:
+            wait_until(lambda s=source: s.connections > 0, 10, f"{source.name} connection")
+            deploy(client, dev["id"])
+            for _ in range(3):
+                notice = source.get(10)
+                assert notice is not None, source.name
+                if notice["release"] is not None:
+                    break
+            assert notice["release"] == RELEASE and notice["envelope_url"].endswith(RELEASE)
+        finally:
+            source.close()
+
+
+# ---------------------------------------------------------------------------- CoAP observe
+
+
+def test_coap_observe_delivers_the_current_notice_and_each_change(
+        tracker: Tracker, client: httpx.Client) -> None:
+    dev = register(client)
+    source = CoapSource(tracker.coap, dev["id"], backoff=0.1, max_backoff=0.5)
+    source.start()
+    try:
+        first = source.get(10)
+        assert first is not None and first["release"] is None
+        deploy(client, dev["id"])
+        second = source.get(10)
+        assert second is not None and second["release"] == RELEASE
+        assert second["serial"] > first["serial"]
+        deploy(client, dev["id"], "ef" * 32)
+        third = source.get(10)
+        assert third is not None and third["release"] == "ef" * 32
+    finally:
+        source.close()
+
+
+# ---------------------------------------------------------------------------- MQTT
+
+
+def _one_notice(broker: tuple[str, int], device_id: str) -> dict[str, Any] | None:
+    """The first notice a new subscriber of ``device_id``'s topic gets."""
+    source = MqttSource(*broker, device_id, backoff=0.1, max_backoff=1)
+    source.start()
+    try:
+        notice = source.get(10)
+        assert source.topic == topic_for(device_id)
+        return notice
+    finally:
+        source.close()
+
+
+def test_mqtt_notices_are_published_retained_and_survive_a_broker_restart(
+        tmp_path: Path) -> None:
+    author = Author.create(tmp_path / "author")
+    server: Tracker | None = None
+    try:
+        with mosquitto(tmp_path) as broker:
+            server = Tracker(tmp_path / "data", TrustAnchors.of(author.key.public_key()),
+                             mqtt=broker)
+            server.start()
+            assert server.wiring is not None
+            publisher = server.wiring.publisher
+            wait_until(lambda: publisher.connected, 10, "the publisher's connection")
+            with httpx.Client(base_url=server.url, timeout=10) as c:
+                dev = register(c)
+                live = MqttSource(*broker, dev["id"], backoff=0.1, max_backoff=1)
+                live.start()
+                try:
+                    wait_until(lambda: live.connections > 0, 10, "the device's connection")
+                    deploy(c, dev["id"])
+                    notice = live.get(10)
+                    assert notice is not None and notice["release"] == RELEASE
+                finally:
+                    live.close()
+            # a device that connects later gets the retained notice
+            retained = _one_notice(broker, dev["id"])
+            assert retained is not None and retained["release"] == RELEASE
+        # the broker restarts without persistence (retained notices lost): the publisher
+        # reconnects and publishes the notice again
+        wait_until(lambda: not publisher.connected, 10, "the publisher to see the broker go")
+        with mosquitto(tmp_path, broker[1]):
+            wait_until(lambda: publisher.connected, 15, "the publisher's reconnection")
+            republished = _one_notice(broker, dev["id"])
+            assert republished is not None and republished["release"] == RELEASE
+    finally:
+        if server is not None:
+            server.stop()
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def test_serve_with_mqtt_and_coap_pushes_notices_and_stops_with_a_stream_open(
+        tmp_path: Path) -> None:
+    with mosquitto(tmp_path) as broker:
+        author = Author.create(tmp_path / "author")
+        (tmp_path / "admin.token").write_text(ADMIN + "\n")
+        port, coap_port = free_port(), free_port(socket.SOCK_DGRAM)
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from suitkit.cli.main import main; main()", "serve",
+             "--data", str(tmp_path / "data"), "--author-anchor", str(author.anchor),
+             "--port", str(port), "--coap-port", str(coap_port), "--admin-token-file",
+             str(tmp_path / "admin.token"), "--mqtt", f"{broker[0]}:{broker[1]}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        url = f"http://127.0.0.1:{port}"
+        sources: list[Any] = []
+        try:
+            def up() -> bool:
+                assert process.poll() is None, process.communicate()[1]
+                try:
+                    httpx.get(f"{url}/api/v1/releases", timeout=1)
+                except httpx.TransportError:
+                    return False
+                return True
+            wait_until(up, 15, "suitkit serve")
+            with httpx.Client(base_url=url, timeout=10) as c:
+                dev = register(c)
+                sources = [MqttSource(*broker, dev["id"], backoff=0.1, max_backoff=1),
+                           CoapSource(f"coap://127.0.0.1:{coap_port}", dev["id"], backoff=0.1,
+                                      max_backoff=1),
+                           SseSource(url, dev["token"], dev["id"], backoff=0.1, max_backoff=1)]
+                for source in sources:
+                    source.start()
+                wait_until(lambda: all(s.connections for s in sources), 15, "the sources")
+                deploy(c, dev["id"])
+                for source in sources:
+                    for _ in range(3):
+                        notice = source.get(10)
+                        assert notice is not None, source.name
+                        if notice["release"] is not None:
+                            break
+                    assert notice["release"] == RELEASE, source.name
+            started = time.monotonic()
+            process.terminate()  # an SSE stream is still open: the server stops anyway
+            process.communicate(timeout=15)
+            assert time.monotonic() - started < 15
+        finally:
+            for source in sources:
+                source.close()
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+def test_device_run_usage_errors_and_one_hybrid_run(tracker: Tracker, client: httpx.Client,
+                                                    tmp_path: Path) -> None:
+    dev = register(client)
+    credential = tmp_path / "dev.cred"
+    credential.write_text(dev["token"] + "\n")
+    folder = new_device(tmp_path / "dev", [Author.create(tmp_path / "a").anchor])
+    base = ["device", "run", str(folder), "--server", tracker.url, "--credential-file",
+            str(credential)]
+    for extra, message in ((["--mode", "push", "--transport", "mqtt"], "--mqtt HOST:PORT"),
+                           (["--mode", "sideways"], "mode must be one of"),
+                           (["--transport", "mqtt", "--mqtt", "nohost"], "HOST:PORT"),
+                           (["--mode", "push", "--transport", "coap"], "--coap")):
+        done = CliRunner().invoke(cli, [*base, *extra])
+        assert done.exit_code == 2, (extra, done.output)
+        assert message in done.output, done.output
+    ran = CliRunner().invoke(cli, [*base, "--mode", "hybrid", "--transport", "longpoll",
+                                   "--max-runs", "1"])
+    assert ran.exit_code == 0, ran.output
+    assert "up-to-date: no update assigned" in ran.output
