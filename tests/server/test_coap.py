@@ -79,9 +79,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     site = create_coap_site(store)
     swap = _SwappingResource(store, digest, other_digest)
     site.add_resource(["swap"], swap)
-    port = _free_udp_port()
-    server = CoapServer(store, "127.0.0.1", port, site=site, timeout=5.0)
+    server = CoapServer(store, "127.0.0.1", 0, site=site, timeout=5.0)
     server.start()
+    port = server.port
     try:
         yield Served(f"coap://127.0.0.1:{port}", data, digest, swap)
     finally:
@@ -206,8 +206,7 @@ def test_server_honours_block_size_and_options(served: Served) -> None:
 def test_small_blob_without_block2(tmp_path: Path) -> None:
     store = BlobStore(tmp_path)
     digest = store.put_blob(b"tiny")
-    port = _free_udp_port()
-    with CoapServer(store, "127.0.0.1", port):
-        got = b"".join(_fetcher().fetch(f"coap://127.0.0.1:{port}/firmware/{digest}",
+    with CoapServer(store, "127.0.0.1", 0) as server:
+        got = b"".join(_fetcher().fetch(f"coap://127.0.0.1:{server.port}/firmware/{digest}",
                                         max_bytes=4))
     assert got == b"tiny"

@@ -47,12 +47,6 @@ SIZE = 200_000  # fits an MCU-class device slot; 196 CoAP blocks
 WAIT = 10.0
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class CuttingProxy:
     """A loopback TCP proxy to ``target``: connection i is dropped after ``cuts[i]`` bytes
     from the server (header bytes included); connections past the list are not cut. Records
@@ -146,9 +140,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     blob = hashlib.sha256(image).hexdigest()
     config = ServerConfig(data_dir=base / "data", anchors=TrustAnchors.of(author.key.public_key()),
                           upload_token=TOKEN)
-    coap_port = free_udp_port()
-    with running_server(config) as url, CoapServer(BlobStore(base / "data"), "127.0.0.1",
-                                                   coap_port, timeout=WAIT):
+    with running_server(config) as url, CoapServer(BlobStore(base / "data"), "127.0.0.1", 0,
+                                                   timeout=WAIT) as coap:
+        coap_port = coap.port
         host, port = url.removeprefix("http://").split(":")
         proxy = CuttingProxy((host, int(port)))
         try:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import socket
 import threading
 from typing import Any
 
@@ -154,6 +156,16 @@ async def start_coap_server(store: BlobStore, host: str = "127.0.0.1", port: int
         site if site is not None else create_coap_site(store), bind=(host, port))
 
 
+_FREE_PORT_ATTEMPTS = 10
+
+
+def _free_udp_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 class CoapServer:
     """A CoAP server on its own event loop thread, for synchronous callers (tests, CLI).
 
@@ -170,11 +182,26 @@ class CoapServer:
         self._context: Any = None
 
     def start(self) -> None:
-        """Bind and serve in a background thread.
+        """Bind and serve in a background thread. Port 0 picks a free UDP port (retrying if
+        another process takes it first); ``self.port`` is then the port bound.
 
         Raises:
             StorageError: the server could not be started (port in use, bad address).
         """
+        if self.port != 0:
+            self._start()
+            return
+        for attempt in range(_FREE_PORT_ATTEMPTS):
+            self.port = _free_udp_port(self.host)
+            try:
+                self._start()
+                return
+            except StorageError as e:
+                in_use = isinstance(e.__cause__, OSError) and e.__cause__.errno == errno.EADDRINUSE
+                if not in_use or attempt == _FREE_PORT_ATTEMPTS - 1:
+                    raise
+
+    def _start(self) -> None:
         loop = asyncio.new_event_loop()
         ready = threading.Event()
         failure: list[BaseException] = []
