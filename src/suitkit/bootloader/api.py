@@ -14,6 +14,7 @@ Linux-class device's slot directories (:class:`~suitkit.bootloader.fsslots.FsBoo
 Lifecycle of an update, on either implementation (:func:`stage_set` does the first two lines)::
 
     w = store.open_inactive("app", manifest=m, image_size=len(img)); w.write(...); w.finish()
+    store.check_staged()          # optional: would the next boot refuse the staged set?
     store.mark_pending()          # the commit point of staging
     bootloader.boot()             # new image on trial
     bootloader.confirm()          # or not: the next boot reverts
@@ -26,13 +27,13 @@ Not here: fetching, manifest processing, or any decision (see :mod:`suitkit.boot
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from suitkit.bootloader.decide import Decision, Verdict
 from suitkit.bootloader.verifier import ImageInfo, ImageReader
-from suitkit.errors import SuitError
+from suitkit.errors import PolicyError, SuitError
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,54 @@ class SlotCheck:
     verdict: Verdict
     info: ImageInfo | None = None
     reason: str | None = None
+
+
+def check_set(names: Sequence[str], checks: Sequence[SlotCheck],
+              where: str) -> tuple[SlotCheck, ...]:
+    """The set-level check: the images of one slot of every member must belong together.
+
+    Each slot is verified against its own manifest; a manifest that names another image of the
+    set (``ImageInfo.vouches``) must also hold for that image, unless that image's own manifest
+    is newer (the consumer re-stages images an update leaves alone with their older manifests,
+    and an older manifest names the images as they were then). So a set mixed from two
+    releases, say the secure image of release 4 with the non-secure image of release 5 (both
+    of which name both images), is refused: release 5 names another secure image.
+
+    ``where`` labels the slot in reasons ("secondary", "in slot b"). A member that breaks the
+    rule becomes ``BAD`` with the reason; members without ``info`` are left as they are.
+    """
+    out = list(checks)
+    infos = [c.info for c in checks]
+    for j, name in enumerate(names):
+        mine = infos[j]
+        if mine is None:
+            continue
+        own = dict(mine.vouches).get(name)
+        for i, other in enumerate(infos):
+            if i == j or other is None or other.sequence_number < mine.sequence_number:
+                continue
+            claim = dict(other.vouches).get(name)
+            if claim is not None and claim != own:
+                out[j] = SlotCheck(
+                    Verdict.BAD,
+                    mine,
+                    f"{name} {where}: the manifest of {names[i]} (sequence number "
+                    f"{other.sequence_number}) names another {name} image than this one "
+                    f"(sequence number {mine.sequence_number}): the set mixes releases",
+                )
+                break
+    return tuple(out)
+
+
+def refuse_unbootable(checks: Sequence[SlotCheck]) -> None:
+    """Raise if the next boot would refuse a staged set (the checks of its slot, set-checked).
+
+    Raises:
+        PolicyError: naming every member that is not ``GOOD`` and why.
+    """
+    reasons = [c.reason or "refused" for c in checks if c.verdict is not Verdict.GOOD]
+    if reasons:
+        raise PolicyError("the next boot would refuse the staged set: " + "; ".join(reasons))
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +196,15 @@ class SlotStore(Protocol):
         """
         ...
 
+    def check_staged(self) -> None:
+        """Verify the staged set as the next boot will (each slot, then the set check), so that
+        a caller can refuse before ``mark_pending`` instead of the boot dropping it.
+
+        Raises:
+            PolicyError: the next boot would refuse the staged set (the reasons).
+        """
+        ...
+
     def mark_pending(self, *, permanent: bool = False) -> None:
         """Ask the next boot to install every staged component together.
 
@@ -183,6 +241,11 @@ class Bootloader(SlotStore, Protocol):
 
     def read_counters(self) -> dict[str, int]:
         """The anti-rollback security counter of each image (the last confirmed sequence)."""
+        ...
+
+    def counter_capacity(self) -> dict[str, int]:
+        """The highest sequence number each image's security counter can hold: an image with
+        a higher one can never be confirmed, so the bootloader refuses it at boot."""
         ...
 
     def running(self, component: str) -> tuple[bytes, ImageReader]:

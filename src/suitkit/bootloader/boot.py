@@ -15,7 +15,10 @@ confirmed at the next boot is swapped back.
 
 Multi-image sets (secure/normal split, dual CPU): one status trailer and one swap log cover
 every image of the set, and the set starts only when every member is marked pending, so images
-are swapped, tried, confirmed and reverted together: both or neither.
+are swapped, tried, confirmed and reverted together: both or neither. Each slot of the set is
+also checked as a set (:func:`~suitkit.bootloader.api.check_set`): a manifest that names
+another image of the set must hold for it unless that image's own manifest is newer, so a set
+mixed from two releases behind the consumer's back does not boot.
 
 The same object is also the device's :class:`~suitkit.bootloader.api.SlotStore` (stream an image
 into a secondary slot, then mark the set pending). Not done here: the decision rules
@@ -29,7 +32,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from suitkit.bootloader.api import BootResult, NoBootableImage, RunningImage, SlotCheck
+from suitkit.bootloader.api import (
+    BootResult,
+    NoBootableImage,
+    RunningImage,
+    SlotCheck,
+    check_set,
+    refuse_unbootable,
+)
 from suitkit.bootloader.counter import SecurityCounter
 from suitkit.bootloader.decide import (
     BOOTS,
@@ -188,8 +198,13 @@ class FlashBootloader:
             mixed = SlotCheck(Verdict.BAD, None, None)
             primary = secondary = (mixed,) * n
         else:
-            primary = tuple(self.check_slot(i, secondary=False) for i in range(n))
-            secondary = tuple(self.check_slot(i, secondary=True) for i in range(n))
+            names = self.components
+            primary = check_set(
+                names, [self.check_slot(i, secondary=False) for i in range(n)], "primary"
+            )
+            secondary = check_set(
+                names, [self.check_slot(i, secondary=True) for i in range(n)], "secondary"
+            )
         behind = any(
             c.info is not None and c.info.sequence_number > counters[i]
             for i, c in enumerate(primary)
@@ -206,6 +221,12 @@ class FlashBootloader:
     def read_counters(self) -> dict[str, int]:
         return {
             img.name: c.read() for img, c in zip(self.layout.images, self.counters, strict=True)
+        }
+
+    def counter_capacity(self) -> dict[str, int]:
+        return {
+            img.name: c.capacity
+            for img, c in zip(self.layout.images, self.counters, strict=True)
         }
 
     # -- boot ------------------------------------------------------------------------------
@@ -358,6 +379,17 @@ class FlashBootloader:
         for area in self.pending:
             area.start(kind)
         self._staged.clear()
+
+    def check_staged(self) -> None:
+        """Verify the secondary slots as the next boot will.
+
+        Raises:
+            PolicyError: the next boot would refuse the staged set.
+        """
+        n = len(self.layout.images)
+        refuse_unbootable(check_set(
+            self.components, [self.check_slot(i, secondary=True) for i in range(n)], "secondary"
+        ))
 
     def pending_update(self) -> bool:
         """Whether staged images wait for the next boot (any member marked pending)."""

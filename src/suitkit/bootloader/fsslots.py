@@ -38,7 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from suitkit.bootloader.api import BootResult, NoBootableImage, RunningImage, SlotCheck
+from suitkit.bootloader.api import (
+    BootResult,
+    NoBootableImage,
+    RunningImage,
+    SlotCheck,
+    check_set,
+    refuse_unbootable,
+)
 from suitkit.bootloader.decide import (
     BOOTS,
     ON_TRIAL,
@@ -61,6 +68,8 @@ SLOTS = ("a", "b")
 STATE_FORMAT = 1
 MAX_STEPS = 8
 _CHUNK = 64 * 1024
+SEQUENCE_MAX = 2**64 - 1
+"""The largest sequence number a manifest can carry (a CBOR unsigned integer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +249,11 @@ class FsBootloader:
             raise StorageError(f"counters.json is unreadable: {e}") from e
         return {n: int(raw.get(n, 0)) for n in self._components}
 
+    def counter_capacity(self) -> dict[str, int]:
+        """``counters.json`` holds any number: every sequence number a manifest can carry
+        (an unsigned 64-bit integer) fits."""
+        return dict.fromkeys(self._components, SEQUENCE_MAX)
+
     def slot_dir(self, slot: str) -> Path:
         return self.root / "slots" / slot
 
@@ -278,8 +292,17 @@ class FsBootloader:
     def observe(self) -> FsObservation:
         state = self.read_state()
         counters = self.read_counters()
-        primary = tuple(self.check_slot(state.active, c, counters) for c in self._components)
-        secondary = tuple(self.check_slot(state.inactive, c, counters) for c in self._components)
+        names = self._components
+        primary = check_set(
+            names,
+            [self.check_slot(state.active, c, counters) for c in names],
+            f"in slot {state.active}",
+        )
+        secondary = check_set(
+            names,
+            [self.check_slot(state.inactive, c, counters) for c in names],
+            f"in slot {state.inactive}",
+        )
         behind = any(
             c.info is not None and c.info.sequence_number > counters[name]
             for name, c in zip(self._components, primary, strict=True)
@@ -431,6 +454,19 @@ class FsBootloader:
         pending = Pending.PERMANENT if permanent else Pending.TEST
         self._write_state(FsState(state.active, state.phase, pending))
         self._staged.clear()
+
+    def check_staged(self) -> None:
+        """Verify the inactive slot as the next boot will.
+
+        Raises:
+            PolicyError: the next boot would refuse the staged set.
+        """
+        slot, counters = self.read_state().inactive, self.read_counters()
+        refuse_unbootable(check_set(
+            self._components,
+            [self.check_slot(slot, c, counters) for c in self._components],
+            f"in slot {slot}",
+        ))
 
     def pending_update(self) -> bool:
         """Whether staged images wait for the next boot."""

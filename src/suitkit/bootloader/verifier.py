@@ -55,6 +55,11 @@ class ImageInfo:
     """The manifest's monotonic sequence number (RFC 9124 §3.2, REQ.SEC.SEQUENCE)."""
     digest: bytes
     """The image digest the manifest commits to, and that the image bytes were checked against."""
+    vouches: tuple[tuple[str, bytes], ...] = ()
+    """``(image name, digest token)`` for every image of the boot set the manifest gives a
+    digest for, its own image included. The bootloader only compares tokens for equality (a
+    token is opaque: the algorithm and the digest) in its set check
+    (:func:`~suitkit.bootloader.api.check_set`); ``()``: the manifest names only its image."""
 
 
 class ImageVerifier(Protocol):

@@ -5,14 +5,16 @@
 1. ``verify_envelope`` against the device's trust anchors (signatures, signer policy, severable
    members): nothing else happens before the manifest is authentic (manifest §6.2).
 2. Anti-rollback: the sequence number must not be lower than the security counter of any
-   component it addresses (RFC 9124 REQ.SEC.SEQUENCE; an equal number re-applies, §8.4.2).
+   component it addresses (RFC 9124 REQ.SEC.SEQUENCE; an equal number re-applies, §8.4.2),
+   nor higher than that counter can hold (``counter_capacity``: it could never be confirmed).
 3. The SUIT processor runs the Update Procedure (manifest §8.4.6) against the device: vendor,
    class and device conditions against the device's identity, payloads fetched (or taken from
    the envelope) and streamed straight into the inactive slot with bounded memory, never more
    than image-size bytes, digest checked before the slot is committed.
 4. Members of the boot set the manifest did not touch are re-staged as they run now, and the set
-   is marked pending in one step: the bootloader tests it at the next boot, and reverts it unless
-   the new images confirm.
+   is marked pending in one step, once the bootloader has checked the staged set as the next
+   boot will (``check_staged``: each image, and the set as one release): the bootloader tests it
+   at the next boot, and reverts it unless the new images confirm.
 
 A rejected or failed update leaves the running images, the counters and the pending state as
 they were. The result carries the SUIT report.
@@ -43,7 +45,7 @@ from suitkit.core.model import (
     Parameters,
     TryEach,
 )
-from suitkit.core.numbers import CoseAlg
+from suitkit.core.numbers import CoseAlg, ManifestKey, ReportReason
 from suitkit.core.processor import (
     ComponentIdentity,
     Device,
@@ -53,7 +55,13 @@ from suitkit.core.processor import (
     shared_parameters,
     stream_digest,
 )
-from suitkit.core.report import Record, Report, SystemPropertyClaims
+from suitkit.core.report import (
+    Record,
+    Reference,
+    Report,
+    ResultFailure,
+    SystemPropertyClaims,
+)
 from suitkit.core.verify import (
     TrustAnchors,
     VerifiedManifest,
@@ -112,11 +120,15 @@ class BootStore(Protocol):
     def open_inactive(self, component: str, *, manifest: bytes, image_size: int,
                       resume_at: int = 0) -> SlotWriterLike: ...
 
+    def check_staged(self) -> None: ...
+
     def mark_pending(self, *, permanent: bool = False) -> None: ...
 
     def running(self, component: str) -> tuple[bytes, ImageReaderLike]: ...
 
     def read_counters(self) -> dict[str, int]: ...
+
+    def counter_capacity(self) -> dict[str, int]: ...
 
     def pending_update(self) -> bool: ...
 
@@ -511,6 +523,9 @@ class Consumer:
             self._check_pending()
         except SuitError as e:
             return InstallOutcome(False, f"rejected: {e}")
+        refused = self._check_capacity(verified, nonce)
+        if refused is not None:
+            return refused
         journal = DownloadJournal(self.config.directory / "download.json")
         digest = hashlib.sha256(data).hexdigest()
         run = _Run(self.config, self.store, envelope, self.identity, journal=journal,
@@ -538,6 +553,7 @@ class Consumer:
                                   result)
         try:
             self._restage_untouched(run)
+            self.store.check_staged()  # what the bootloader would refuse is not marked pending
             self.store.mark_pending()
         except SuitError as e:
             return InstallOutcome(False, f"failed: {e}", sequence, result.report, result)
@@ -585,6 +601,29 @@ class Consumer:
             if sequence < installed:
                 raise PolicyError(f"rollback: sequence number {sequence} is lower than the "
                                   f"installed {installed} of {spec.image}")
+
+    def _check_capacity(self, verified: VerifiedManifest,
+                        nonce: bytes | None) -> InstallOutcome | None:
+        """A sequence number beyond what a security counter can hold could never be confirmed
+        (the bootloader refuses it at boot): refuse it before staging, with a SUIT report whose
+        record points at the sequence number (manifest member 2) and the component."""
+        capacity = self.store.counter_capacity()
+        sequence = verified.manifest.sequence_number
+        for index, cid in enumerate(addressed_components(verified.manifest)):
+            spec = self.config.component(cid)
+            most = capacity.get(spec.image) if spec is not None else None
+            if spec is None or most is None or sequence <= most:
+                continue
+            record = Record((), int(ManifestKey.SEQUENCE_NUMBER), 0, index)
+            report = Report(reference=Reference(verified.manifest.reference_uri or "",
+                                                verified.digest),
+                            nonce=nonce, result=ResultFailure(
+                                int(ReportReason.OPERATION_FAILED), record,
+                                int(ReportReason.OPERATION_FAILED)))
+            return InstallOutcome(False, f"rejected: sequence number {sequence} exceeds what "
+                                  f"the security counter of {spec.image} can hold ({most}); "
+                                  "the bootloader could never confirm it", sequence, report)
+        return None
 
     def _restage_untouched(self, run: _Run) -> None:
         """Boot sets move together: stage what the manifest left alone as it runs now."""

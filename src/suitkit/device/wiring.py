@@ -9,7 +9,8 @@ consumer that stages updates into it.
 REQ.SEC.AUTH.EXEC): the envelope stored next to the image must verify against the trust anchors,
 and the image must have exactly the digest and size its manifest's shared sequence gives that
 component (``processor.shared_parameters``), with the vendor and class conditions evaluated
-against the device.
+against the device. It also hands the bootloader the digests the manifest gives the other
+images of the boot set, for the bootloader's set check (a set mixed from two releases).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from suitkit.bootloader.flash import Flash
 from suitkit.bootloader.fsslots import FsBootloader
 from suitkit.bootloader.profiles import SHAPES
 from suitkit.bootloader.verifier import ImageInfo, ImageReader, ImageVerifier, as_reader
+from suitkit.core import cbor
 from suitkit.core.model import ComponentIdentifier
 from suitkit.core.processor import (
     ComponentIdentity,
@@ -70,6 +72,9 @@ class SuitImageVerifier:
     component: ComponentIdentifier | None = None
     """The component the verified slot is for (``None``: whichever the slot record names)."""
     limits: Limits = field(default_factory=Limits)
+    images: tuple[tuple[ComponentIdentifier, str], ...] = ()
+    """The boot set's ``(component, image name)`` pairs: the digests the manifest gives them
+    go to the bootloader's set check (``ImageInfo.vouches``)."""
 
     def verify(self, manifest: bytes, image: bytes | ImageReader) -> ImageInfo:
         """Verify the stored envelope and the image against it.
@@ -87,8 +92,9 @@ class SuitImageVerifier:
         if component not in verified.manifest.common.components:
             raise DecodeError("slot manifest", "the stored component is not in its manifest")
         store = _BootStore(self.identity, component, reader)
-        params = shared_parameters(verified, Device(store, InstalledEnvironment()),  # type: ignore[arg-type]
-                                   limits=self.limits).get(component)
+        shared = shared_parameters(verified, Device(store, InstalledEnvironment()),  # type: ignore[arg-type]
+                                   limits=self.limits)
+        params = shared.get(component)
         if params is None or params.image_digest is None or params.image_size is None:
             raise AuthenticationError("the manifest gives this component no image digest and "
                                       "size to check at boot")
@@ -99,7 +105,13 @@ class SuitImageVerifier:
         if not hmac.compare_digest(actual, params.image_digest.value):
             raise AuthenticationError(f"image digest {actual.hex()} does not match the "
                                       f"manifest's {params.image_digest.value.hex()}")
-        return ImageInfo(verified.manifest.sequence_number, actual)
+        named = set(verified.manifest.common.components)
+        vouches = tuple(
+            (name, cbor.encode([found.image_digest.algorithm, found.image_digest.value]))
+            for cid, name in self.images
+            if cid in named and (found := shared.get(cid)) is not None
+            and found.image_digest is not None)
+        return ImageInfo(verified.manifest.sequence_number, actual, vouches)
 
 
 @dataclass
@@ -148,8 +160,10 @@ def open_device(directory: Path) -> OpenDevice:
     config = load_config(directory)
     anchors, identity = config.trust_anchors(), identity_of(config)
     # One verifier per image, each knowing which component its slots must hold.
+    images = tuple((c.suit_id, c.image) for c in config.components)
     verifiers: dict[str, ImageVerifier] = {
-        c.image: SuitImageVerifier(anchors, identity, c.suit_id) for c in config.components}
+        c.image: SuitImageVerifier(anchors, identity, c.suit_id, images=images)
+        for c in config.components}
     if config.shape == "linux":
         names = tuple(c.image for c in config.components)
         return OpenDevice(config, FsBootloader(directory / "slots", names, verifiers), {})
