@@ -12,6 +12,7 @@ Not here: any SUIT meaning. This module knows CBOR only.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,28 +56,81 @@ def decode(data: bytes, *, path: str, max_depth: int = 16, preferred: bool = Fal
         if not isinstance(data, bytearray | memoryview):
             raise DecodeError(path, f"expected CBOR bytes, got {type(data).__name__}")
         data = bytes(data)
-    if not data:
+    size = len(data)
+    if not size:
         raise DecodeError(path, "expected a CBOR item, got 0 bytes")
-    stream = io.BytesIO(data)
+    decoder, own = _READERS.by_depth.get(max_depth) or _reader(max_depth)
+    if size <= _REUSE_UP_TO:
+        stream = own  # the decoder already reads from it: no new stream, no fp set-up
+        stream.seek(0)
+        stream.truncate()
+        stream.write(data)
+        stream.seek(0)
+    else:
+        stream = io.BytesIO(data)  # shares ``data``; dropped again below
+        decoder.fp = stream
+    clean = False
     try:
-        obj = cbor2.CBORDecoder(
+        obj = decoder.decode()
+        end = stream.tell()
+        again = cbor2.dumps(obj) if preferred else None
+        clean = stream is own
+    except cbor2.CBORError as e:
+        raise DecodeError(path, f"invalid CBOR: {_cbor2_reason(e)}") from e
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as e:
+        raise DecodeError(path, f"invalid CBOR: {e}") from e
+    finally:
+        # Keep no copy of the input (it may be key material) in the thread's stream.
+        own.seek(0)
+        own.truncate()
+        if not clean:
+            # After an error, or a large input: setting fp again drops whatever the decoder
+            # read ahead, and lets go of the large input.
+            decoder.fp = own
+    if end != size:
+        raise DecodeError(path, f"{size - end} trailing bytes after the CBOR item")
+    if again is not None and again != data:
+        raise DecodeError(path, "CBOR is not in preferred serialization (a head or float is "
+                          "longer than needed, RFC 8949 §4.2.1)")
+    return obj
+
+
+class _Readers(threading.local):
+    """Per thread and depth limit: one configured cbor2 decoder and the stream it reads.
+
+    Building a ``CBORDecoder`` (options, the 22 tag overrides) or giving it a new ``fp`` costs
+    more than decoding a small item, and verifying a manifest takes nine decodes
+    (benchmarks/bench_verify.py). So a small input is written into the decoder's own stream.
+    A successful ``decode()`` leaves nothing read ahead (it seeks the stream back to the end of
+    the item, which is how trailing bytes are found); after an error ``fp`` is set again, which
+    resets the decoder, so nothing carries over from one input to the next. The stream is
+    emptied after every call.
+    """
+
+    def __init__(self) -> None:
+        self.by_depth: dict[int, tuple[cbor2.CBORDecoder, io.BytesIO]] = {}
+
+
+_READERS = _Readers()
+_REUSE_UP_TO = 64 * 1024
+"""Inputs up to this size are copied into the thread's stream; larger ones get their own."""
+
+
+def _reader(max_depth: int) -> tuple[cbor2.CBORDecoder, io.BytesIO]:
+    readers = _READERS.by_depth
+    reader = readers.get(max_depth)
+    if reader is None:
+        if len(readers) >= 8:  # depth limits come from Limits: a handful of values
+            readers.clear()
+        stream = io.BytesIO()
+        reader = readers[max_depth] = (cbor2.CBORDecoder(
             stream,
             allow_duplicate_keys=False,
             allow_indefinite=False,
             max_depth=max_depth,
             semantic_decoders=_RAW_TAGS,
-        ).decode()
-        again = cbor2.dumps(obj) if preferred else None
-    except cbor2.CBORError as e:
-        raise DecodeError(path, f"invalid CBOR: {_cbor2_reason(e)}") from e
-    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as e:
-        raise DecodeError(path, f"invalid CBOR: {e}") from e
-    if stream.tell() != len(data):
-        raise DecodeError(path, f"{len(data) - stream.tell()} trailing bytes after the CBOR item")
-    if again is not None and again != data:
-        raise DecodeError(path, "CBOR is not in preferred serialization (a head or float is "
-                          "longer than needed, RFC 8949 §4.2.1)")
-    return obj
+        ), stream)
+    return reader
 
 
 def _cbor2_reason(e: BaseException) -> str:

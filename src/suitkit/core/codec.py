@@ -152,15 +152,28 @@ def decode_envelope_parts(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> En
     if len(data) > limits.max_envelope_bytes:
         raise DecodeError("envelope", f"{len(data)} bytes is over the limit of "
                           f"{limits.max_envelope_bytes}")
-    top = cbor.decode(data, path="envelope", max_depth=limits.max_depth, preferred=True)
     tagged = False
-    if isinstance(top, CBORTag):
-        if top.tag == Tag.MANIFEST:
-            raise DecodeError("envelope", "a bare SUIT_Manifest (tag 1070) has no "
-                              "authentication wrapper; expected a SUIT_Envelope (tag 107)")
-        if top.tag != Tag.ENVELOPE:
-            raise DecodeError("envelope", f"expected tag 107 (SUIT_Envelope), got tag {top.tag}")
-        tagged, top = True, top.value
+    top: Any = None
+    if data[:2] == _ENVELOPE_TAG_HEAD and len(data) <= _UNTAG_UP_TO and limits.max_depth > 1:
+        # Tag 107 in its shortest head, then the map decoded on its own: the same checks on the
+        # same bytes (the tag counts as one level of depth), but cbor2 gives a plain dict, where
+        # inside a tag it builds its slower immutable containers.
+        try:
+            top = cbor.decode(data[2:], path="envelope", max_depth=limits.max_depth - 1,
+                              preferred=True)
+            tagged = True
+        except DecodeError:
+            pass  # refused: decoded again whole below, to report the error as it is seen there
+    if not tagged:
+        top = cbor.decode(data, path="envelope", max_depth=limits.max_depth, preferred=True)
+        if isinstance(top, CBORTag):
+            if top.tag == Tag.MANIFEST:
+                raise DecodeError("envelope", "a bare SUIT_Manifest (tag 1070) has no "
+                                  "authentication wrapper; expected a SUIT_Envelope (tag 107)")
+            if top.tag != Tag.ENVELOPE:
+                raise DecodeError("envelope", f"expected tag 107 (SUIT_Envelope), got tag "
+                                  f"{top.tag}")
+            tagged, top = True, top.value
     entries = _map(top, "envelope", limit=limits.max_map_entries + limits.max_integrated)
     auth: Authentication | None = None
     manifest_bytes: bytes | None = None
@@ -176,9 +189,9 @@ def decode_envelope_parts(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> En
         elif type(key) is not int:
             raise DecodeError("envelope", f"map key must be an int or a text string, got "
                               f"{_describe(key)}")
-        elif key == EnvelopeKey.AUTHENTICATION_WRAPPER:
+        elif key == _E_AUTHENTICATION_WRAPPER:
             auth = _decode_authentication(value, limits)
-        elif key == EnvelopeKey.MANIFEST:
+        elif key == _E_MANIFEST:
             manifest_bytes = _bstr(value, "envelope.manifest")
             if len(manifest_bytes) > limits.max_manifest_bytes:
                 raise DecodeError("envelope.manifest", f"{len(manifest_bytes)} bytes is over "
@@ -191,25 +204,46 @@ def decode_envelope_parts(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> En
         raise DecodeError("envelope", "missing authentication-wrapper (key 2)")
     if manifest_bytes is None:
         raise DecodeError("envelope", "missing manifest (key 3)")
-    return EnvelopeParts(auth, manifest_bytes, FrozenDict(severable), FrozenDict(integrated),
+    return EnvelopeParts(auth, manifest_bytes,
+                         FrozenDict(severable) if severable else _NO_SEVERABLE,
+                         FrozenDict(integrated) if integrated else _NO_INTEGRATED,
                          FrozenDict(extra) if extra else EMPTY, tagged)
 
 
+_ENVELOPE_TAG_HEAD = b"\xd8\x6b"  # tag 107
+_UNTAG_UP_TO = 64 * 1024  # above this, slicing the tag off would copy a large envelope
+_E_AUTHENTICATION_WRAPPER = int(EnvelopeKey.AUTHENTICATION_WRAPPER)
+_E_MANIFEST = int(EnvelopeKey.MANIFEST)
+_NO_SEVERABLE: FrozenDict[int, bytes] = FrozenDict()
+_NO_INTEGRATED: FrozenDict[str, bytes] = FrozenDict()
+_AUTH_PATH = "envelope.authentication-wrapper"
+_AUTH_DIGEST_PATH = f"{_AUTH_PATH}.digest"
+
+
 def _decode_authentication(value: object, limits: Limits) -> Authentication:
-    path = "envelope.authentication-wrapper"
+    path = _AUTH_PATH
     items = _array(_nested(value, path, limits), path, limit=limits.max_auth_blocks + 1)
     if not items:
         raise DecodeError(path, "expected [digest, *authentication blocks], got an empty array")
-    digest_bytes = _bstr(items[0], f"{path}[0]")
-    digest = _digest_bytes(digest_bytes, f"{path}.digest")
-    blocks = tuple(_bstr(b, f"{path}[{i}]") for i, b in enumerate(items[1:], start=1))
+    digest_bytes = items[0]
+    if type(digest_bytes) is not bytes:
+        _bstr(digest_bytes, f"{path}[0]")
+    digest = _digest_bytes(digest_bytes, _AUTH_DIGEST_PATH)
+    blocks = tuple(items[1:])
+    for i, block in enumerate(blocks, start=1):
+        if type(block) is not bytes:
+            _bstr(block, f"{path}[{i}]")
     return Authentication(digest=digest, digest_bytes=digest_bytes, blocks=blocks)
+
+
+_SHA256 = CoseAlg.SHA256
+_SHA256_DIGEST_HEAD = b"\x82\x2f\x58\x20"  # [-16, bstr of 32 bytes]
 
 
 def _digest_bytes(data: bytes, path: str) -> Digest:
     """Decode an encoded SUIT_Digest; SHA-256 ``[-16, h'<32 bytes>']`` without a CBOR pass."""
-    if len(data) == 36 and data[:4] == b"\x82\x2f\x58\x20":
-        return Digest(CoseAlg.SHA256, data[4:])
+    if len(data) == 36 and data[:4] == _SHA256_DIGEST_HEAD:
+        return Digest(_SHA256, data[4:])
     return _decode_digest(cbor.decode(data, path=path, max_depth=2), path)
 
 
@@ -239,25 +273,26 @@ def decode_manifest(data: bytes, *, limits: Limits = DEFAULT_LIMITS,
     for key, value in entries.items():
         if type(key) is not int:
             raise DecodeError(path, f"map key must be an int, got {_describe(key)}")
-        sub = f"{path}.{name_of(ManifestKey, key)}"
-        if key == ManifestKey.VERSION:
-            fields["version"] = _uint(value, sub)
-        elif key == ManifestKey.SEQUENCE_NUMBER:
-            fields["sequence_number"] = _uint(value, sub)
-        elif key == ManifestKey.COMMON:
+        if key in (_M_VERSION, _M_SEQUENCE_NUMBER):
+            if type(value) is not int or value < 0:
+                _uint(value, _manifest_path(path, key))
+            fields["version" if key == _M_VERSION else "sequence_number"] = value
+            continue
+        sub = _manifest_path(path, key)
+        if key == _M_COMMON:
             fields["common"] = _decode_common(_nested(value, sub, limits), sub, limits)
-        elif key == ManifestKey.REFERENCE_URI:
-            fields["reference_uri"] = _tstr(value, sub)
-        elif key == ManifestKey.MANIFEST_COMPONENT_ID:
-            fields["manifest_component_id"] = _component_id(value, sub, limits)
-        elif key == ManifestKey.SET_VERSION:
-            fields["set_version"] = _version_list(_nested(value, sub, limits), sub)
         elif key in _UNSEVERABLE:
             fields[_UNSEVERABLE[key]] = decode_command_sequence(value, path=sub, limits=limits)
-        elif key == ManifestKey.TEXT:
+        elif key == _M_REFERENCE_URI:
+            fields["reference_uri"] = _tstr(value, sub)
+        elif key == _M_MANIFEST_COMPONENT_ID:
+            fields["manifest_component_id"] = _component_id(value, sub, limits)
+        elif key == _M_SET_VERSION:
+            fields["set_version"] = _version_list(_nested(value, sub, limits), sub)
+        elif key == _M_TEXT:
             fields["text"] = (_decode_digest(value, sub) if isinstance(value, list | tuple)
                               else decode_text(_bstr(value, sub), path=sub, limits=limits))
-        elif key == ManifestKey.COSWID:
+        elif key == _M_COSWID:
             fields["coswid"] = (_decode_digest(value, sub) if isinstance(value, list | tuple)
                                 else _bstr(value, sub))
         elif key in _SEVERABLE_SEQUENCES:
@@ -271,6 +306,26 @@ def decode_manifest(data: bytes, *, limits: Limits = DEFAULT_LIMITS,
         if required not in fields:
             raise DecodeError(path, f"missing {required.replace('_', '-')} (key {number})")
     return Manifest(**fields, extra=FrozenDict(extra) if extra else EMPTY)
+
+
+_M_VERSION, _M_SEQUENCE_NUMBER, _M_COMMON = (int(ManifestKey.VERSION),
+                                             int(ManifestKey.SEQUENCE_NUMBER),
+                                             int(ManifestKey.COMMON))
+_M_REFERENCE_URI, _M_MANIFEST_COMPONENT_ID = (int(ManifestKey.REFERENCE_URI),
+                                              int(ManifestKey.MANIFEST_COMPONENT_ID))
+_M_SET_VERSION, _M_TEXT, _M_COSWID = (int(ManifestKey.SET_VERSION), int(ManifestKey.TEXT),
+                                      int(ManifestKey.COSWID))
+_MANIFEST_PATHS: dict[int, str] = {int(k): f"manifest.{name_of(ManifestKey, k)}"
+                                   for k in ManifestKey}
+
+
+def _manifest_path(path: str, key: int) -> str:
+    """``manifest.<member name>`` (precomputed for the top-level manifest)."""
+    if path == "manifest":
+        sub = _MANIFEST_PATHS.get(key)
+        if sub is not None:
+            return sub
+    return f"{path}.{name_of(ManifestKey, key)}"
 
 
 _UNSEVERABLE: dict[int, str] = {
@@ -287,6 +342,11 @@ _SEVERABLE_SEQUENCES: dict[int, str] = {
 }
 
 
+_C_COMPONENTS, _C_SHARED_SEQUENCE, _C_DEPENDENCIES = (int(CommonKey.COMPONENTS),
+                                                     int(CommonKey.SHARED_SEQUENCE),
+                                                     int(CommonKey.DEPENDENCIES))
+
+
 def _decode_common(value: object, path: str, limits: Limits) -> Common:
     entries = _map(value, path, limit=limits.max_map_entries)
     components: tuple[ComponentIdentifier, ...] = ()
@@ -294,21 +354,20 @@ def _decode_common(value: object, path: str, limits: Limits) -> Common:
     dependencies: FrozenDict[int, DependencyMetadata] | None = None
     extra: dict[int, object] = {}
     for key, item in entries.items():
-        if key == CommonKey.COMPONENTS:
+        if type(key) is not int:  # also keeps true/false from standing in for 1/0
+            raise DecodeError(path, f"map key must be an int, got {_describe(key)}")
+        if key == _C_COMPONENTS:
             sub = f"{path}.components"
             ids = _array(item, sub, limit=limits.max_components)
             if not ids:
                 raise DecodeError(sub, "expected at least one component")
-            components = tuple(_component_id(c, f"{sub}[{i}]", limits)
-                               for i, c in enumerate(ids))
-        elif key == CommonKey.SHARED_SEQUENCE:
+            components = tuple([_component_id(c, sub, limits, i) for i, c in enumerate(ids)])
+        elif key == _C_SHARED_SEQUENCE:
             shared = decode_command_sequence(item, path=f"{path}.shared-sequence", limits=limits)
-        elif key == CommonKey.DEPENDENCIES:
+        elif key == _C_DEPENDENCIES:
             dependencies = _decode_dependencies(item, f"{path}.dependencies", limits)
-        elif type(key) is int:
-            extra[key] = _freeze(item, path)
         else:
-            raise DecodeError(path, f"map key must be an int, got {_describe(key)}")
+            extra[key] = _freeze(item, path)
     return Common(components=components, shared_sequence=shared, dependencies=dependencies,
                   extra=FrozenDict(extra) if extra else EMPTY)
 
@@ -332,7 +391,18 @@ def _decode_dependencies(value: object, path: str,
     return FrozenDict(out)
 
 
-def _component_id(value: object, path: str, limits: Limits) -> ComponentIdentifier:
+def _component_id(value: object, path: str, limits: Limits,
+                  index: int | None = None) -> ComponentIdentifier:
+    """A SUIT_Component_Identifier; at ``path[index]`` when ``index`` is given."""
+    if (type(value) is list or type(value) is tuple) and \
+            len(value) <= limits.max_component_id_parts:
+        for part in value:
+            if type(part) is not bytes:
+                break
+        else:
+            return tuple(value)  # the common case, without building a path
+    if index is not None:
+        path = f"{path}[{index}]"
     parts = _array(value, path, limit=limits.max_component_id_parts)
     return tuple(_bstr(p, f"{path}[{i}]") for i, p in enumerate(parts))
 
@@ -357,23 +427,34 @@ def decode_command_sequence(data: object, *, path: str, limits: Limits = DEFAULT
     if not items or len(items) % 2:
         raise DecodeError(path, f"expected [command, argument, ...] pairs, got "
                           f"{len(items)} items")
-    commands = []
+    commands: list[Command] = []
+    append = commands.append
+    policy = _POLICY_COMMANDS
     for i in range(0, len(items), 2):
         code, arg = items[i], items[i + 1]
-        if type(code) is int and code in _POLICY_COMMANDS and type(arg) is int and arg >= 0:
-            commands.append(Command(code, arg))  # the common case, without building a path
+        if type(code) is int and code in policy and type(arg) is int and arg >= 0:
+            append(Command(code, arg))  # the common case, without building a path
             continue
         if type(code) is not int:
             raise DecodeError(f"{path}[{i // 2}]", f"expected a command number, got "
                               f"{_describe(code)}")
         sub = f"{path}[{i // 2}].{name_of(Cmd, code)}"
-        commands.append(Command(code, _argument(code, items[i + 1], sub, limits, depth)))
+        append(Command(code, _argument(code, arg, sub, limits, depth)))
     return CommandSequence(tuple(commands))
+
+
+_SET_COMPONENT_INDEX, _OVERRIDE_PARAMETERS, _SET_PARAMETERS, _RUN_SEQUENCE = (
+    int(Cmd.SET_COMPONENT_INDEX), int(Cmd.OVERRIDE_PARAMETERS), int(Cmd.SET_PARAMETERS),
+    int(Cmd.RUN_SEQUENCE))
+_TRY_EACH, _OVERRIDE_MULTIPLE, _COPY_PARAMS = (int(Cmd.TRY_EACH), int(Cmd.OVERRIDE_MULTIPLE),
+                                               int(Cmd.COPY_PARAMS))
 
 
 def _argument(code: int, arg: object, path: str, limits: Limits,
               depth: int) -> CommandArgument:
-    if code == Cmd.SET_COMPONENT_INDEX:
+    if code in (_OVERRIDE_PARAMETERS, _SET_PARAMETERS):
+        return decode_parameters(arg, path=path, limits=limits)
+    if code == _SET_COMPONENT_INDEX:
         if arg is True:
             return True
         if isinstance(arg, list | tuple):
@@ -382,11 +463,9 @@ def _argument(code: int, arg: object, path: str, limits: Limits,
                 raise DecodeError(path, "expected at least one component index")
             return tuple(_uint(v, f"{path}[{i}]") for i, v in enumerate(indices))
         return _uint(arg, path)
-    if code in (Cmd.OVERRIDE_PARAMETERS, Cmd.SET_PARAMETERS):
-        return decode_parameters(arg, path=path, limits=limits)
-    if code == Cmd.RUN_SEQUENCE:
+    if code == _RUN_SEQUENCE:
         return decode_command_sequence(arg, path=path, limits=limits, depth=depth + 1)
-    if code == Cmd.TRY_EACH:
+    if code == _TRY_EACH:
         options = _array(arg, path, limit=limits.max_commands)
         fallback = bool(options) and options[-1] is None
         sequences = options[:-1] if fallback else options
@@ -398,7 +477,7 @@ def _argument(code: int, arg: object, path: str, limits: Limits,
                                           depth=depth + 1) for i, s in enumerate(sequences)),
             fallback,
         )
-    if code == Cmd.OVERRIDE_MULTIPLE:
+    if code == _OVERRIDE_MULTIPLE:
         entries = _map(arg, path, limit=limits.max_components)
         if not entries:
             raise DecodeError(path, "expected at least one component")
@@ -406,7 +485,7 @@ def _argument(code: int, arg: object, path: str, limits: Limits,
             _uint(i, path): decode_parameters(p, path=f"{path}[{i!r}]", limits=limits)
             for i, p in entries.items()
         })
-    if code == Cmd.COPY_PARAMS:
+    if code == _COPY_PARAMS:
         entries = _map(arg, path, limit=limits.max_components)
         if not entries:
             raise DecodeError(path, "expected at least one component")
@@ -437,16 +516,33 @@ def decode_parameters(value: object, *, path: str,
         raise DecodeError(path, "expected at least one parameter")
     fields: dict[str, Any] = {}
     extra: dict[int, object] = {}
+    decoders = _PARAMETER_DECODERS
     for key, item in entries.items():
         if type(key) is not int:
             raise DecodeError(path, f"parameter key must be an int, got {_describe(key)}")
-        sub = f"{path}.{name_of(P, key)}"
-        decoder = _PARAMETER_DECODERS.get(key)
+        decoder = decoders.get(key)
         if decoder is None:
-            extra[key] = _freeze(item, sub)
-        else:
-            name, fn = decoder
-            fields[name] = fn(item, sub, limits)
+            extra[key] = _freeze(item, f"{path}.{name_of(P, key)}")
+            continue
+        name, kind, fn = decoder
+        # The common cases are checked inline; the path is only built for an error, a nested
+        # decode or a first sight of a UUID.
+        seen = type(item)
+        if seen is kind:
+            if fn is None:
+                if kind is not int or item >= 0:
+                    fields[name] = item
+                    continue
+            elif fn is _image_digest:
+                if len(item) == 36 and item[:4] == _SHA256_DIGEST_HEAD:
+                    fields[name] = Digest(_SHA256, item[4:])
+                    continue
+            elif (fn is _uuid or fn is _vendor) and len(item) == 16:
+                uuid = _UUIDS.get(item)
+                if uuid is not None:
+                    fields[name] = uuid
+                    continue
+        fields[name] = (fn or _KIND_CHECKS[kind])(item, f"{path}.{name_of(P, key)}", limits)
     if extra:
         fields["extra"] = FrozenDict(extra)
     return Parameters.from_fields(fields)
@@ -502,27 +598,34 @@ def _as(fn: Any) -> Any:
     return lambda value, path, _limits: fn(value, path)
 
 
-_PARAMETER_DECODERS: dict[int, tuple[str, Any]] = {
-    P.VENDOR_IDENTIFIER: ("vendor_identifier", _vendor),
-    P.CLASS_IDENTIFIER: ("class_identifier", _uuid),
-    P.IMAGE_DIGEST: ("image_digest", _image_digest),
-    P.USE_BEFORE: ("use_before", _as(_uint)),
-    P.COMPONENT_SLOT: ("component_slot", _as(_uint)),
-    P.STRICT_ORDER: ("strict_order", _as(_bool)),
-    P.SOFT_FAILURE: ("soft_failure", _as(_bool)),
-    P.IMAGE_SIZE: ("image_size", _as(_uint)),
-    P.CONTENT: ("content", _as(_bstr)),
-    P.ENCRYPTION_INFO: ("encryption_info", _as(_bstr)),
-    P.URI: ("uri", _as(_tstr)),
-    P.SOURCE_COMPONENT: ("source_component", _as(_uint)),
-    P.INVOKE_ARGS: ("invoke_args", _as(_bstr)),
-    P.DEVICE_IDENTIFIER: ("device_identifier", _uuid),
-    P.FETCH_ARGUMENTS: ("fetch_arguments", _as(_bstr)),
-    P.MINIMUM_BATTERY: ("minimum_battery", _as(_uint)),
-    P.UPDATE_PRIORITY: ("update_priority", _as(_int)),
-    P.VERSION: ("version", _version_match),
-    P.WAIT_INFO: ("wait_info", _frozen_map),
-    P.COMPONENT_METADATA: ("component_metadata", _frozen_map),
+_KIND_CHECKS: dict[type, Any] = {int: _as(_uint), bool: _as(_bool), bytes: _as(_bstr),
+                                 str: _as(_tstr)}
+
+# number -> (field name, the CBOR type of a valid value, decoder). A value of that type (an
+# unsigned one for int, unless the decoder is _int) is taken as is when the decoder is None.
+# Otherwise, or for any other type, the decoder (or the kind's check) runs with the full path:
+# it converts the value, or raises saying what was expected.
+_PARAMETER_DECODERS: dict[int, tuple[str, type, Any]] = {
+    P.VENDOR_IDENTIFIER: ("vendor_identifier", bytes, _vendor),
+    P.CLASS_IDENTIFIER: ("class_identifier", bytes, _uuid),
+    P.IMAGE_DIGEST: ("image_digest", bytes, _image_digest),
+    P.USE_BEFORE: ("use_before", int, None),
+    P.COMPONENT_SLOT: ("component_slot", int, None),
+    P.STRICT_ORDER: ("strict_order", bool, None),
+    P.SOFT_FAILURE: ("soft_failure", bool, None),
+    P.IMAGE_SIZE: ("image_size", int, None),
+    P.CONTENT: ("content", bytes, None),
+    P.ENCRYPTION_INFO: ("encryption_info", bytes, None),
+    P.URI: ("uri", str, None),
+    P.SOURCE_COMPONENT: ("source_component", int, None),
+    P.INVOKE_ARGS: ("invoke_args", bytes, None),
+    P.DEVICE_IDENTIFIER: ("device_identifier", bytes, _uuid),
+    P.FETCH_ARGUMENTS: ("fetch_arguments", bytes, None),
+    P.MINIMUM_BATTERY: ("minimum_battery", int, None),
+    P.UPDATE_PRIORITY: ("update_priority", int, _as(_int)),
+    P.VERSION: ("version", bytes, _version_match),
+    P.WAIT_INFO: ("wait_info", bytes, _frozen_map),
+    P.COMPONENT_METADATA: ("component_metadata", bytes, _frozen_map),
 }
 
 

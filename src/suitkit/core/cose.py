@@ -104,15 +104,45 @@ def _protected_map(protected: bytes, path: str) -> Mapping[object, object]:
     return value
 
 
-def _check_headers(protected: object, unprotected: object, path: str,
-                   pmaps: dict[bytes, Mapping[object, object]] | None = None) -> tuple[
-        bytes, Mapping[object, object]]:
-    """Validate a protected bstr and unprotected map; return them typed."""
+_SCALARS = frozenset({int, bytes, str, bool})
+_SIGN1_PROTECTED: dict[bytes, tuple[Mapping[object, object], int]] = {}
+"""Protected headers of authentication blocks already decoded and found valid on their own
+(labels, no crit, alg an int, kid/IV types), with their alg. Every manifest from one signer
+carries the same few bytes (``{1: -7}`` is ``a10126``); the map is read-only."""
+
+
+def _sign1_protected(protected: object, path: str) -> tuple[Mapping[object, object], int]:
+    """The checked protected header of a COSE_Sign1/COSE_Mac0 block and its alg."""
+    if type(protected) is bytes:
+        known = _SIGN1_PROTECTED.get(protected)
+        if known is not None:
+            return known
     if not isinstance(protected, bytes):
         raise DecodeError(f"{path}.protected", f"expected a bstr, got {_kind(protected)}")
-    pmap = _protected_map(protected, f"{path}.protected")
-    if pmaps is not None:
-        pmaps[protected] = pmap
+    pmap = MappingProxyType(dict(_protected_map(protected, f"{path}.protected")))
+    _check_headers(protected, _NO_HEADERS, path, pmap)
+    # suit-mti App. A: the protected header is {1 => alg, * int => any}.
+    alg = pmap.get(CoseHeader.ALG)
+    if not isinstance(alg, int):
+        raise DecodeError(f"{path}.protected", "alg (1) must be in the protected header")
+    if len(protected) <= 64 and all(type(v) in _SCALARS for v in pmap.values()):
+        if len(_SIGN1_PROTECTED) >= 64:
+            _SIGN1_PROTECTED.clear()
+        _SIGN1_PROTECTED[protected] = pmap, alg
+    return pmap, alg
+
+
+def _check_headers(protected: object, unprotected: object, path: str,
+                   pmap: Mapping[object, object] | None = None) -> tuple[
+        bytes, Mapping[object, object]]:
+    """Validate a protected bstr and unprotected map; return them typed.
+
+    ``pmap``: the protected map when the caller has already decoded ``protected``.
+    """
+    if not isinstance(protected, bytes):
+        raise DecodeError(f"{path}.protected", f"expected a bstr, got {_kind(protected)}")
+    if pmap is None:
+        pmap = _protected_map(protected, f"{path}.protected")
     if not isinstance(unprotected, Mapping):
         raise DecodeError(f"{path}.unprotected", f"expected a map, got "
                                                  f"{_kind(unprotected)}")
@@ -200,22 +230,34 @@ def decode_auth_block(data: bytes, *, path: str) -> CoseSign1 | CoseMac0:
     mac = item.tag == Tag.COSE_MAC0
     protected, unprotected, payload, signature = _plain_array(
         item.value, 4, "COSE_Mac0" if mac else "COSE_Sign1", path)
-    pmaps: dict[bytes, Mapping[object, object]] = {}
-    protected, headers = _check_headers(protected, unprotected, path, pmaps)
-    pmap = pmaps[protected]
-    # suit-mti App. A: the protected header is {1 => alg, * int => any}.
-    alg = pmap.get(CoseHeader.ALG)
-    if not isinstance(alg, int):
-        raise DecodeError(f"{path}.protected", "alg (1) must be in the protected header")
+    pmap, alg = _sign1_protected(protected, path)
+    if unprotected:
+        # The protected header passed on its own; now both buckets together.
+        _, headers = _check_headers(protected, unprotected, path, pmap)
+    elif isinstance(unprotected, Mapping):
+        headers = _NO_HEADERS
+    else:
+        raise DecodeError(f"{path}.unprotected", f"expected a map, got {_kind(unprotected)}")
     # Manifest §8.3: authentication blocks are computed over a detached payload.
     if payload is not None:
         raise DecodeError(f"{path}.payload", "must be nil: SUIT signs a detached payload")
-    if not isinstance(signature, bytes):
+    if type(signature) is not bytes:
         raise DecodeError(f"{path}.signature", f"expected a bstr, got {_kind(signature)}")
-    block: CoseSign1 | CoseMac0 = (CoseMac0 if mac else CoseSign1)(protected, headers, None,
-                                                                   signature)
-    block.__dict__["protected_map"] = pmap  # the cached_property, filled from this decode
+    # The dataclass fields and the cached properties, filled from this decode at once (a
+    # frozen dataclass __init__ costs as much as the rest of this function).
+    block: CoseSign1 | CoseMac0 = object.__new__(CoseMac0) if mac else object.__new__(CoseSign1)
+    kid = pmap.get(CoseHeader.KID)
+    if kid is None:
+        kid = headers.get(CoseHeader.KID)
+    block.__dict__.update({
+        "protected": protected, "unprotected": headers, "payload": None,
+        "tag" if mac else "signature": signature, "protected_map": pmap, "algorithm": alg,
+        "key_id": kid if isinstance(kid, bytes) else None,
+    })
     return block
+
+
+_NO_HEADERS: Mapping[object, object] = MappingProxyType({})
 
 
 def _kind(item: object) -> str:
@@ -231,12 +273,15 @@ def _kind(item: object) -> str:
 
 def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:
     """The COSE_Sign1 ToBeSigned (RFC 9052 §4.4): ["Signature1", protected, aad, payload]."""
-    return cbor.encode(["Signature1", protected, external_aad, payload])
+    # Deterministic CBOR, assembled directly: array(4), tstr "Signature1", then three bstrs.
+    wrap = cbor.wrap
+    return b"\x84\x6aSignature1" + wrap(protected) + wrap(external_aad) + wrap(payload)
 
 
 def mac_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:
     """The COSE_Mac0 ToBeMaced (RFC 9052 §6.3): ["MAC0", protected, aad, payload]."""
-    return cbor.encode(["MAC0", protected, external_aad, payload])
+    wrap = cbor.wrap
+    return b"\x84\x64MAC0" + wrap(protected) + wrap(external_aad) + wrap(payload)
 
 
 def sign_detached(signer: crypto.Signer, payload: bytes) -> bytes:

@@ -18,6 +18,7 @@ digests (the processor checks them when it fetches), dependency manifests (proce
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -143,12 +144,23 @@ def _authenticate(auth: Authentication, manifest_bytes: bytes,
     if auth.digest.algorithm not in anchors.digest_algorithms:
         name = crypto.algorithm_name(auth.digest.algorithm)
         raise PolicyError(f"manifest digest algorithm {name} is not accepted")
-    actual = crypto.digest(auth.digest.algorithm, cbor.wrap(manifest_bytes))
+    actual = _digest(auth.digest.algorithm, cbor.wrap(manifest_bytes))
     if not hmac.compare_digest(actual, auth.digest.value):
         raise AuthenticationError(f"manifest digest mismatch: the authentication wrapper says "
                                   f"{auth.digest.value.hex()}, the manifest hashes to "
                                   f"{actual.hex()}")
     return _check_blocks(auth.blocks, auth.digest_bytes, anchors)
+
+
+def _digest(algorithm: int, data: bytes) -> bytes:
+    # The same SHA-256 as crypto.digest, from hashlib: without the per-call set-up of a
+    # cryptography Hash object, which costs more than hashing a small manifest.
+    if algorithm == _SHA256:
+        return hashlib.sha256(data).digest()
+    return crypto.digest(algorithm, data)
+
+
+_SHA256 = int(CoseAlg.SHA256)
 
 
 def _accept(envelope: Envelope, signers: tuple[TrustAnchor, ...], anchors: TrustAnchors,
@@ -215,6 +227,8 @@ def _candidates(block: cose.CoseSign1 | cose.CoseMac0,
 def addressed_components(manifest: Manifest) -> tuple[ComponentIdentifier, ...]:
     """Every component a manifest can write: its components, and the extra component slots
     that dependencies beyond them open under their prefix (suit-spec.md §16 item 7)."""
+    if not manifest.common.dependencies:
+        return manifest.common.components
     components = list(manifest.common.components)
     for index, meta in sorted((manifest.common.dependencies or {}).items()):
         if index >= len(manifest.common.components) and meta.prefix is not None:
@@ -228,10 +242,14 @@ def _check_policy(manifest: Manifest, signers: Sequence[TrustAnchor],
     # dependency slots included.
     components = addressed_components(manifest)
     for anchor in signers:
+        if anchor.components is None:
+            continue  # any component
         for component in components:
             if not anchor.may_update(component):
                 raise PolicyError(f"signer of role {anchor.role!r} may not update component "
                                   f"{_cid(component)}")
+    if not anchors.required_roles:
+        return
     roles = {a.role for a in signers}
     missing = [r for r in anchors.required_roles if r not in roles]
     if missing:
@@ -253,6 +271,18 @@ _SEVERABLE_SEQUENCE_FIELDS: dict[int, str] = {
 
 def _resolve_severable(envelope: Envelope, signers: tuple[TrustAnchor, ...],
                        limits: Limits) -> VerifiedManifest:
+    manifest = envelope.manifest
+    members = (manifest.dependency_resolution, manifest.payload_fetch,
+               manifest.candidate_verification, manifest.install, manifest.text, manifest.coswid)
+    if not envelope.severable and Digest not in map(type, members):
+        # Nothing severed and nothing to check: every member is inline (or absent).
+        return VerifiedManifest(envelope, envelope.authentication.digest, signers,
+                                manifest.dependency_resolution,  # type: ignore[arg-type]
+                                manifest.payload_fetch,  # type: ignore[arg-type]
+                                manifest.candidate_verification,  # type: ignore[arg-type]
+                                manifest.install,  # type: ignore[arg-type]
+                                manifest.text,  # type: ignore[arg-type]
+                                _NOTHING_SEVERED)
     resolved, severed = check_severable(envelope, limits=limits)
     return VerifiedManifest(
         envelope=envelope,
@@ -283,8 +313,7 @@ def check_severable(envelope: Envelope, *, limits: Limits = codec.DEFAULT_LIMITS
         if not isinstance(member, Digest):
             raise AuthenticationError(f"envelope member {name_of(ManifestKey, key)} has no digest "
                                       "in the manifest")
-    for key, name in (*_SEVERABLE_SEQUENCE_FIELDS.items(), (ManifestKey.TEXT, "text"),
-                      (ManifestKey.COSWID, "coswid")):
+    for key, name in _SEVERABLE_MEMBER_FIELDS:
         member = getattr(manifest, name)
         if not isinstance(member, Digest):
             if name != "coswid":
@@ -296,7 +325,7 @@ def check_severable(envelope: Envelope, *, limits: Limits = codec.DEFAULT_LIMITS
             continue
         path = f"envelope.{name_of(ManifestKey, key)}"
         # manifest §8.4.12: the digest covers the bstr-wrapped member.
-        actual = crypto.digest(member.algorithm, cbor.wrap(content))
+        actual = _digest(member.algorithm, cbor.wrap(content))
         if not hmac.compare_digest(actual, member.value):
             raise AuthenticationError(f"{path}: digest mismatch: the manifest says "
                                       f"{member.value.hex()}, the member hashes to "
@@ -306,6 +335,12 @@ def check_severable(envelope: Envelope, *, limits: Limits = codec.DEFAULT_LIMITS
         elif key != ManifestKey.COSWID:
             resolved[name] = codec.decode_command_sequence(content, path=path, limits=limits)
     return resolved, frozenset(severed)
+
+
+_NOTHING_SEVERED: frozenset[int] = frozenset()
+_SEVERABLE_MEMBER_FIELDS: tuple[tuple[int, str], ...] = (
+    *_SEVERABLE_SEQUENCE_FIELDS.items(), (ManifestKey.TEXT, "text"),
+    (ManifestKey.COSWID, "coswid"))
 
 
 def _member_field(key: int) -> str:
