@@ -30,6 +30,8 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_verify.py
 	$(BIN)/python benchmarks/bench_install.py
+	$(BIN)/python benchmarks/bench_checkins.py
+	$(BIN)/python benchmarks/bench_download.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
