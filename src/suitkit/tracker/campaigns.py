@@ -15,9 +15,10 @@ own transaction, so a member's state never disagrees with its device's history.
 
 Members are resolved from the target when the campaign starts (a snapshot) and ordered by
 ``sha256(campaign id + device id)``: stable across restarts, random-looking, so wave *k* is the
-first ``ceil(pct_k × N)`` members. Lock order (PostgreSQL): campaign row, then device rows, then
-member rows; device events lock the device row, then the member row; nothing locks a campaign
-after a device, so the two cannot deadlock.
+first ``ceil(pct_k × N)`` members. Lock order (PostgreSQL): campaign row, then device rows (in
+ascending id order, as ``TrackerDB.deploy``), then member rows; device events lock the device
+row, then the member row; nothing locks a campaign after a device, so none of them can
+deadlock.
 
 Docs: docs/tracker.md, "Campaigns".
 """
@@ -497,7 +498,8 @@ class CampaignEngine:
             withdrawn: list[str] = []
             members = list(session.scalars(select(CampaignMember).where(
                 CampaignMember.campaign_id == campaign.id,
-                CampaignMember.state.in_(("pending", "notified", "downloaded")))))
+                CampaignMember.state.in_(("pending", "notified", "downloaded")))
+                .order_by(CampaignMember.device_id)))  # device rows locked in id order
             for member in members:
                 if member.state in _NOT_STARTED:
                     # PostgreSQL: the device may have moved on since the read; under its lock
@@ -578,19 +580,26 @@ class CampaignEngine:
         announced: list[str] = []
         with self.db._session() as session:
             locked = session.execute(update(Campaign).where(
-                Campaign.id == campaign_id, Campaign.status == "running").values(updated=now))
+                Campaign.id == campaign_id, Campaign.status == "running")
+                .values(updated=Campaign.updated))
             if getattr(locked, "rowcount", 0) != 1:
                 return []  # paused, cancelled or completed meanwhile
             campaign = session.get(Campaign, campaign_id)
             assert campaign is not None
             session.refresh(campaign)
+            previous, campaign.updated = campaign.updated, now  # the last tick or action
             if not self._evaluate(session, campaign, now, summary):
                 # paused: devices not started now get 204; tell the push listeners
                 return self._not_started(session, campaign.id) \
                     if campaign.status == "paused" else []
-            if _schedule_open(campaign, now):
-                announced = self._assign(session, campaign, now)
-                summary["assigned"] += len(announced)
+            open_now = _schedule_open(campaign, now)
+            if open_now != _schedule_open(campaign, previous):
+                # the window opened or closed: members not started are released or held
+                announced = self._not_started(session, campaign.id)
+            if open_now:
+                assigned = self._assign(session, campaign, now)
+                announced += assigned
+                summary["assigned"] += len(assigned)
         return announced
 
     def _evaluate(self, session: Session, campaign: Campaign, now: datetime,
@@ -656,7 +665,7 @@ class CampaignEngine:
             # members found busy go to the back of the line: they cannot starve the others
             .order_by(CampaignMember.updated, CampaignMember.position).limit(_ASSIGN_BATCH)))
         assigned: list[str] = []
-        for member in members:
+        for member in sorted(members, key=lambda m: m.device_id):  # the lock order (deploy)
             state = self._assign_device(session, campaign, member.device_id, action, now)
             if state is None:
                 member.updated = now
@@ -712,7 +721,8 @@ class CampaignEngine:
         switched: list[str] = []
         members = list(session.scalars(select(CampaignMember).where(
             CampaignMember.campaign_id == campaign_id,
-            CampaignMember.state.in_(("notified", "downloading", "downloaded")))))
+            CampaignMember.state.in_(("notified", "downloading", "downloaded")))
+            .order_by(CampaignMember.device_id)))  # device rows locked in id order
         for member in members:
             self._lock_device(session, member.device_id)
             assignment = session.get(Assignment, member.device_id)

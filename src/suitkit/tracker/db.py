@@ -529,9 +529,12 @@ class TrackerDB:
             DeploymentRefused: a device does not exist or is in the middle of an update.
         """
         results: list[dict[str, Any]] = []
+        requested = list(dict.fromkeys(device_ids))
         with self._session() as session:
             now = self._now()
-            for device_id in dict.fromkeys(device_ids):
+            # device rows are locked in ascending id order in every transaction (PostgreSQL:
+            # two deployments, or a deployment and a campaign tick, cannot deadlock)
+            for device_id in sorted(requested):
                 device = session.get(Device, device_id) if len(device_id) <= 36 else None
                 if device is None:
                     raise DeploymentRefused(f"no device {device_id[:40]!r}", unknown=True)
@@ -567,6 +570,8 @@ class TrackerDB:
                     assignment.created, assignment.done = now, None
                     assignment.campaign_id, assignment.action = None, "install"
                 results.append({"id": device_id, "event": event})
+        order = {device_id: i for i, device_id in enumerate(requested)}
+        results.sort(key=lambda r: order[r["id"]])
         self.announce([r["id"] for r in results])
         return results
 
