@@ -183,3 +183,19 @@ def test_devices_list_and_show(server: Server, capsys: pytest.CaptureFixture[str
     code, _, err = run(capsys, "devices", "show", "00000000-0000-4000-8000-000000000000",
                        *common(server))
     assert code == 1 and "HTTP 404" in one_error_line(err)
+
+
+def test_devices_reset_ends_a_stuck_update(server: Server,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    admin = {"Authorization": f"Bearer {BOOTSTRAP}"}
+    device = httpx.post(f"{server.url}/api/v1/devices", json={"name": "stuck"},
+                        headers=admin, timeout=10).json()
+    httpx.post(f"{server.url}/api/v1/devices/{device['id']}/events", timeout=10,
+               headers={"Authorization": f"Bearer {device['token']}"},
+               json={"state": "notified"}).raise_for_status()
+    code, out, err = run(capsys, "devices", "reset", device["id"], "--reason", "wiped",
+                         *common(server))
+    assert code == 0, err
+    assert "update ended as failed (reset by bootstrap-admin: wiped)" in out
+    code, _, err = run(capsys, "devices", "reset", device["id"], *common(server))
+    assert code == 1 and "nothing to reset" in one_error_line(err)

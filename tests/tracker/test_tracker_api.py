@@ -407,3 +407,38 @@ def test_without_an_admin_token_the_admin_routes_are_closed(tmp_path: Path) -> N
         for token in (None, "None", "anything"):
             response = httpx.get(f"{url}/api/v1/devices", headers=auth(token), timeout=5)
             assert response.status_code == 401
+
+
+def test_an_operator_resets_a_device_stuck_mid_update(tracker: Tracker) -> None:
+    """A device that went silent after ``downloading`` holds its assignment; the admin (or an
+    operator) ends that update as failed with the reason; the device's late report is refused
+    and there is then nothing left to reset."""
+    device = tracker.register("stuck")
+    me = auth(device["token"])
+    deployed = tracker.client.post("/api/v1/deployments", headers=auth(ADMIN), json={
+        "release": "ab" * 32, "envelope_url": "http://127.0.0.1:1/envelopes/x",
+        "devices": [device["id"]]})
+    assert deployed.status_code == 201, deployed.text
+    url = f"/api/v1/devices/{device['id']}"
+    assert tracker.client.post(f"{url}/events", headers=me,
+                               json={"state": "downloading"}).status_code == 201
+    assert tracker.client.get(f"{url}/update", headers=me).status_code == 200
+
+    own = tracker.client.post(f"{url}/reset", headers=me, json={"reason": "self"})
+    assert own.status_code == 403
+    reset = tracker.client.post(f"{url}/reset", headers=auth(ADMIN),
+                                json={"reason": "lost in the field"})
+    assert reset.status_code == 201, reset.text
+    assert reset.json()["state"] == "failed"
+    assert reset.json()["detail"] == "reset by bootstrap-admin: lost in the field"
+
+    assert tracker.client.get(f"{url}/update", headers=me).status_code == 204
+    late = tracker.client.post(f"{url}/events", headers=me, json={"state": "downloaded"})
+    assert late.status_code == 409
+    again = tracker.client.post(f"{url}/reset", headers=auth(ADMIN), json={})
+    assert again.status_code == 409 and "nothing to reset" in again.json()["error"]
+    unknown = tracker.client.post("/api/v1/devices/nope/reset", headers=auth(ADMIN), json={})
+    assert unknown.status_code == 404
+    audit = tracker.client.get("/api/v1/audit", headers=auth(ADMIN)).json()
+    entries = audit["entries"] if isinstance(audit, dict) else audit
+    assert any(e["action"] == "device.reset" and e["target"] == device["id"] for e in entries)

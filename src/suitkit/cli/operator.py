@@ -255,3 +255,20 @@ def devices_show(device_id: Annotated[str, typer.Argument(metavar="ID", help="De
             events.add(Text(f"{item.get('seq')}. {_short(item.get('received'))} report "
                             f"({'succeeded' if ok else 'failed'}, {item.get('size')} bytes)"))
     out.print(tree)
+
+
+@devices_app.command("reset")
+@handles_errors
+def devices_reset(device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id.")],
+                  server: ServerOption, token_file: TokenFileOption,
+                  reason: Annotated[str, typer.Option("--reason", help="Why (kept in the "
+                                                     "device's history and the audit log).")
+                                    ] = "",
+                  timeout: TimeoutOption = 30.0) -> None:
+    """End the update of a device stuck mid-update as failed (admin, operator)."""
+    if not device_id or "/" in device_id or len(device_id) > 36:
+        fail(f"expected a device id (a UUID), got {device_id[:40]!r}", EXIT_USAGE)
+    event = ApiClient.from_options(server, token_file, timeout).post(
+        f"/api/v1/devices/{device_id}/reset", {"reason": reason})
+    detail = event.get("detail") if isinstance(event, dict) else None
+    out.print(f"device {device_id}: update ended as failed ({detail})", markup=False)

@@ -404,6 +404,32 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
             raise _Refused(500, "the tracker could not store the event") from None
         return JSONResponse(event, status_code=201)
 
+    @router.post(f"{_DEVICES}/{{device_id}}/reset", status_code=201,
+                 summary="End a device's stuck update as failed (admin, operator)",
+                 openapi_extra=_json_body({"reason": {"type": "string"}}))
+    async def reset(request: Request, device_id: str) -> Response:
+        """A device that stopped reporting in the middle of an update (lost, broken, wiped)
+        holds its assignment and its campaign's wave. An operator ends that update as
+        ``failed`` with the reason; the device's next state report is then refused (409) and
+        it starts over at its next assignment (admin, operator)."""
+        who = await device_or_staff(request, device_id)
+        if who.role not in ("admin", "operator"):
+            raise _Refused(403, "only an admin or operator may reset a device's update")
+        doc = await _json_object(request)
+        _only(doc, {"reason"}, "reset")
+        reason = _text(doc.get("reason", ""), "reason", _MAX_DETAIL)
+        detail = f"reset by {who.name}" + (f": {reason}" if reason else "")
+        try:
+            event = await run_in_threadpool(tracker.add_event, device_id, "failed", detail)
+        except TransitionRefused as e:
+            shown = e.current if e.current is not None else "no state yet"
+            raise _Refused(409, f"device {device_id} is not in the middle of an update (state "
+                                f"{shown}); there is nothing to reset") from None
+        except StorageError:
+            raise _Refused(500, "the tracker could not store the event") from None
+        await audit(who, "device.reset", device_id, detail)
+        return JSONResponse(event, status_code=201)
+
     @router.post(f"{_DEVICES}/{{device_id}}/reports", status_code=201,
                  summary="Send a SUIT report in CBOR (the device itself)",
                  openapi_extra={"requestBody": {"required": True, "content": {
