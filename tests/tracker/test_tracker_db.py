@@ -15,6 +15,7 @@ import pytest
 from pg import BACKENDS, backend_url
 from suitkit.errors import StorageError
 from suitkit.tracker.db import (
+    SEEN_RESOLUTION,
     STATES,
     TRANSITIONS,
     TrackerDB,
@@ -143,3 +144,24 @@ def test_an_unusable_url_is_a_storage_error() -> None:
     with pytest.raises(StorageError, match="cannot open the tracker database") as refused:
         open_db("nosuchdialect://user:hunter2@host/db")
     assert "hunter2" not in str(refused.value) and "user:***@host" in str(refused.value)
+
+
+def test_last_seen_is_written_at_most_once_per_resolution(url: str) -> None:
+    """A check-in authenticates on every request; ``last_seen`` is kept to SEEN_RESOLUTION
+    so that is not a database write per request."""
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    db = open_db(url, clock=lambda: now[0])
+    try:
+        device_id, secret = db.register("seen")
+        assert db.authenticate(device_id, secret)
+        first = db.device(device_id)
+        assert first is not None and first["last_seen"] == "2026-01-01T00:00:00+00:00"
+        now[0] += SEEN_RESOLUTION - timedelta(seconds=1)
+        assert db.authenticate(device_id, secret)
+        assert db.device(device_id) == first  # unchanged within the resolution
+        now[0] += timedelta(seconds=1)
+        assert db.authenticate(device_id, secret)
+        later = db.device(device_id)
+        assert later is not None and later["last_seen"] == now[0].isoformat()
+    finally:
+        db.engine.dispose()
