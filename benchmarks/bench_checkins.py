@@ -46,6 +46,7 @@ from fastapi import APIRouter
 from suitkit.core import crypto
 from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig, create_app
+from suitkit.server.background import UVICORN_OPTIONS
 from suitkit.tracker.api import TrackerConfig, create_router
 from suitkit.tracker.db import hash_secret, open_db
 
@@ -80,7 +81,7 @@ def serve(db_url: str, data: Path, port: int) -> None:
     config = ServerConfig(data_dir=data, anchors=anchors,
                           routers=(create_router(TrackerConfig(db_url, ADMIN)), noop))
     uvicorn.run(create_app(config), host="127.0.0.1", port=port, log_level="warning",
-                workers=1, access_log=False)
+                workers=1, access_log=False, **UVICORN_OPTIONS)  # type: ignore[arg-type]
 
 
 class Server:

@@ -20,6 +20,7 @@ import uvicorn
 from suitkit.cli.notices import TrackerWiring, tracker_routes
 from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig, create_app
+from suitkit.server.background import UVICORN_OPTIONS
 from suitkit.server.coap import CoapServer, create_coap_site
 from suitkit.server.store import BlobStore
 from suitkit.tracker.config import TrackerConfig
@@ -110,7 +111,8 @@ class Tracker:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
         server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning",
-                                               lifespan="off", timeout_graceful_shutdown=2))
+                                               lifespan="off", timeout_graceful_shutdown=2,
+                                               **UVICORN_OPTIONS))  # type: ignore[arg-type]
         self._server = server
         self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                                         daemon=True)

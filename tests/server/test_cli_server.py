@@ -32,32 +32,36 @@ def free_udp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-COAP_PORT = free_udp_port()
+def start_serve(argv: list[str], port: int, coap_port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([*argv, "--port", str(port), "--coap-port", str(coap_port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, Author, Path]]:
+def served(tmp_path: Path) -> Iterator[tuple[str, Author, Path, int]]:
     author = Author.create(tmp_path / "author")
     token = tmp_path / "upload.token"
     token.write_text("cli-token-42\n")
-    port = free_port()
-    process = subprocess.Popen(
-        [*SUITKIT, "serve", "--data", str(tmp_path / "data"), "--author-anchor",
-         str(author.anchor), "--port", str(port), "--upload-token-file", str(token),
-         "--coap-port", str(COAP_PORT)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    argv = [*SUITKIT, "serve", "--data", str(tmp_path / "data"), "--author-anchor",
+            str(author.anchor), "--upload-token-file", str(token)]
+    for attempt in range(5):  # a probed free port can be taken by another process meanwhile
+        port, coap_port = free_port(), free_udp_port()
+        process = start_serve(argv, port, coap_port)
+        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 15
-        while True:
-            assert process.poll() is None, process.communicate()[1]
+        while process.poll() is None:
             try:
                 httpx.get(f"{url}/api/v1/releases", timeout=1)
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "suitkit serve did not start within 15 s"
                 time.sleep(0.05)
-        yield url, author, token
+        if process.poll() is None:
+            break
+        error = process.communicate()[1]
+        assert "address already in use" in error and attempt < 4, error
+    try:
+        yield url, author, token, coap_port
     finally:
         process.terminate()
         try:
@@ -73,8 +77,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
-def test_serve_and_upload(served: tuple[str, Author, Path], tmp_path: Path) -> None:
-    url, author, token = served
+def test_serve_and_upload(served: tuple[str, Author, Path, int], tmp_path: Path) -> None:
+    url, author, token, coap_port = served
     envelope, image = author.release(1, "cli", size=4000, uri="https://fw.example.com/a.bin")
     (tmp_path / "release.suit").write_bytes(envelope)
     (tmp_path / "app.bin").write_bytes(image)
@@ -88,7 +92,7 @@ def test_serve_and_upload(served: tuple[str, Author, Path], tmp_path: Path) -> N
     # the same blob over CoAP, block-wise, from the same `suitkit serve`
     from suitkit.device.fetch import CoapFetcher
 
-    coap = firmware.replace(url, f"coap://127.0.0.1:{COAP_PORT}")
+    coap = firmware.replace(url, f"coap://127.0.0.1:{coap_port}")
     assert b"".join(CoapFetcher().fetch(coap, max_bytes=len(image))) == image
 
     (tmp_path / "bad.bin").write_bytes(image[:-1])

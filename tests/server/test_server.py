@@ -29,6 +29,7 @@ pytest.importorskip("fastapi", reason="fastapi is not installed (pip install sui
 uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install suitkit)")
 
 from suitkit.server.app import IMMUTABLE, ServerConfig, create_app  # noqa: E402
+from suitkit.server.background import UVICORN_OPTIONS  # noqa: E402
 
 TOKEN = "test-upload-token-123"
 MAX_UPLOAD = 256 * 1024
@@ -56,7 +57,8 @@ def serve(app: object) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                           **UVICORN_OPTIONS))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

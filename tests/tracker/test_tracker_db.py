@@ -18,6 +18,8 @@ from suitkit.tracker.db import (
     SEEN_RESOLUTION,
     STATES,
     TRANSITIONS,
+    ComponentEntry,
+    Inventory,
     TrackerDB,
     TransitionRefused,
     hash_secret,
@@ -165,3 +167,22 @@ def test_last_seen_is_written_at_most_once_per_resolution(url: str) -> None:
         assert later is not None and later["last_seen"] == now[0].isoformat()
     finally:
         db.engine.dispose()
+
+
+def test_an_unchanged_inventory_writes_nothing(db: TrackerDB) -> None:
+    """Devices send their inventory at every check-in: the same one again changes nothing
+    (``inventory_updated`` is when it last changed); a new one replaces it."""
+    device_id, _ = db.register("inv")
+    first = Inventory(vendor_id=None, class_id=None, hardware={"board": "x"},
+                      components=(ComponentEntry(("00",), 1, "aa" * 32),))
+    db.set_inventory(device_id, first)
+    stored = db.device(device_id)
+    assert stored is not None and stored["components"][0]["sequence"] == 1
+    db.set_inventory(device_id, first)
+    assert db.device(device_id) == stored
+    second = Inventory(vendor_id=None, class_id=None, hardware={"board": "x"},
+                       components=(ComponentEntry(("00",), 2, "bb" * 32),))
+    db.set_inventory(device_id, second)
+    changed = db.device(device_id)
+    assert changed is not None and changed["components"][0]["sequence"] == 2
+    assert changed["inventory_updated"] > stored["inventory_updated"]

@@ -3,7 +3,8 @@
 ``serve`` builds a ``ServerConfig`` from its options and runs ``server.app.create_app`` on
 uvicorn; FastAPI and uvicorn are imported only when it runs, so the rest of the CLI works
 without them. With ``--admin-token-file`` it also mounts the status tracker's routes
-(``tracker.api.create_router``) on the same application. ``upload`` posts an envelope and its
+(``tracker.api.create_router``) and the dashboard (``dashboard.create_dashboard_router``,
+``/dashboard/``) on the same application. ``upload`` posts an envelope and its
 detached images (multipart, see docs/server.md) with the bearer token from a file and prints
 the release the server stored.
 """
@@ -18,6 +19,7 @@ import typer
 
 from suitkit.author import keys as keyfiles
 from suitkit.cli.common import EXIT_FAILED, EXIT_USAGE, fail, handles_errors, out, read_input
+from suitkit.cli.notices import TrackerWiring, parse_host_port, tracker_routes
 from suitkit.core.verify import TrustAnchor, TrustAnchors
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -51,16 +53,23 @@ def serve(
     ] = None,
     admin_token_file: Annotated[Path | None, typer.Option(
         "--admin-token-file", help="File holding the status tracker's admin token; with it "
-        "the status tracker API is served too (/api/v1/devices).")] = None,
+        "the status tracker API is served too (/api/v1/devices), and the dashboard "
+        "(/dashboard/).")] = None,
     tracker_db: Annotated[str | None, typer.Option(
-        "--tracker-db", help="Status tracker database URL (default sqlite:///DATA/tracker.db)."
-    )] = None,
+        "--db", "--tracker-db", help="Status tracker database URL (default "
+        "sqlite:///DATA/tracker.db; e.g. postgresql+psycopg://user@host/suitkit); migrated to "
+        "the newest schema on start.")] = None,
+    mqtt: Annotated[str | None, typer.Option(
+        "--mqtt", help="MQTT broker HOST:PORT: publish each device's update notice to "
+        "suitkit/devices/<id>/update (QoS 1, retained).")] = None,
 ) -> None:
-    """Run the firmware server: verified uploads, immutable content-addressed downloads."""
+    """Run the firmware server (verified uploads, immutable content-addressed downloads over
+    HTTP and CoAP) and, with --admin-token-file, the status tracker and the dashboard."""
     try:
         import uvicorn  # noqa: PLC0415 - optional at import time of the CLI
 
         from suitkit.server.app import ServerConfig, create_app  # noqa: PLC0415
+        from suitkit.server.background import UVICORN_OPTIONS  # noqa: PLC0415
     except ImportError as e:
         fail(f"the firmware server needs fastapi and uvicorn: {e}", EXIT_USAGE)
     if max_upload_mib < 1:
@@ -69,31 +78,86 @@ def serve(
                                  for p in author_anchor))
     token = _read_token(upload_token_file) if upload_token_file is not None else None
     if tracker_db is not None and admin_token_file is None:
-        fail("--tracker-db needs --admin-token-file (the status tracker is off without it)",
+        fail("--db/--tracker-db needs --admin-token-file (the status tracker is off without it)",
+             EXIT_USAGE)
+    if mqtt is not None and admin_token_file is None:
+        fail("--mqtt needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
     routers: tuple[Any, ...] = ()
+    wiring: TrackerWiring | None = None
     if admin_token_file is not None:
-        from suitkit.tracker.api import TrackerConfig, create_router  # noqa: PLC0415
+        from suitkit.tracker.api import TrackerConfig  # noqa: PLC0415
 
         data.mkdir(parents=True, exist_ok=True)
         db_url = tracker_db or f"sqlite:///{data.resolve() / 'tracker.db'}"
-        routers = (create_router(TrackerConfig(db_url, _read_token(admin_token_file))),)
+        try:
+            broker = parse_host_port(mqtt, "--mqtt") if mqtt is not None else None
+        except ValueError as e:
+            fail(str(e), EXIT_USAGE)
+        wiring = tracker_routes(TrackerConfig(db_url, _read_token(admin_token_file)),
+                                mqtt=broker, coap=coap_port is not None)
+        from suitkit.dashboard import create_dashboard_router  # noqa: PLC0415
+
+        routers = (*wiring.routers, create_dashboard_router(redirect_root=True))
     config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
-                          max_upload_bytes=max_upload_mib * MIB, routers=routers)
+                          max_upload_bytes=max_upload_mib * MIB, routers=routers,
+                          authorizer=wiring.authorizer if wiring is not None else None)
     application = create_app(config)
     shown = f"[{host}]" if ":" in host else host
     out.print(f"suitkit firmware server on http://{shown}:{port}/ (data {data}; uploads "
-              f"{'enabled' if token else 'disabled'}"
+              f"{'enabled' if token or wiring is not None else 'disabled'}"
               f"{'; status tracker enabled' if routers else ''})", markup=False)
-    if coap_port is None:
-        uvicorn.run(application, host=host, port=port, log_level="warning")
-        return
-    from suitkit.server.coap import CoapServer  # noqa: PLC0415 - only when asked for
-    from suitkit.server.store import BlobStore  # noqa: PLC0415
+    try:
+        if coap_port is None:
+            uvicorn.run(application, host=host, port=port, log_level="warning",
+                        timeout_graceful_shutdown=5, **UVICORN_OPTIONS)  # type: ignore[arg-type]
+            return
+        from suitkit.server.coap import CoapServer, create_coap_site  # noqa: PLC0415
+        from suitkit.server.store import BlobStore  # noqa: PLC0415
 
-    with CoapServer(BlobStore(data), host, coap_port):
-        out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
-        uvicorn.run(application, host=host, port=port, log_level="warning")
+        site = create_coap_site(BlobStore(data), extra_resources=wiring.coap_resources
+                                if wiring is not None else ())
+        with CoapServer(BlobStore(data), host, coap_port, site=site):
+            out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
+            uvicorn.run(application, host=host, port=port, log_level="warning",
+                        timeout_graceful_shutdown=5, **UVICORN_OPTIONS)  # type: ignore[arg-type]
+    finally:
+        if wiring is not None:
+            wiring.close()
+
+
+db_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                     help="The status tracker's database: schema migrations.")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+@handles_errors
+def db_upgrade(
+    db: Annotated[str | None, typer.Option(
+        "--db", help="Database URL, e.g. postgresql+psycopg://user@host/suitkit.")] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Data directory of a server whose database is the default "
+        "sqlite:///DATA/tracker.db (instead of --db).")] = None,
+    revision: Annotated[str, typer.Option(
+        "--revision", help="Schema revision to upgrade to.")] = "head",
+) -> None:
+    """Migrate the status tracker's database to the newest schema (serve also does it)."""
+    from suitkit.tracker.db import migrate  # noqa: PLC0415 - SQLAlchemy only when asked for
+
+    if (db is None) == (data is None):
+        fail("give exactly one of --db URL or --data DIR", EXIT_USAGE)
+    if data is not None:
+        if not (data / "tracker.db").is_file():
+            fail(f"no tracker database in {data} (expected {data / 'tracker.db'})", EXIT_USAGE)
+        db = f"sqlite:///{data.resolve() / 'tracker.db'}"
+    assert db is not None
+    before, after = migrate(db, revision)
+    if before == after:
+        out.print(f"tracker database already at {after}", markup=False)
+    else:
+        out.print(f"tracker database upgraded from {before or 'no revision'} to {after}",
+                  markup=False)
 
 
 @app.command()

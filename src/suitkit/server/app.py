@@ -372,6 +372,10 @@ def _release_json(record: ReleaseRecord, manifest: dict[str, Any] | None = None
 # ============================================================================ HTTP edge
 
 
+_DOWNLOAD_CHUNK = 512 * 1024
+"""Bytes per read of a blob being sent (Starlette's default 64 KiB costs a thread hop each)."""
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -547,8 +551,10 @@ def create_app(config: ServerConfig) -> FastAPI:
         path = store.blob_path(digest)
         if not path.is_file():
             raise UploadRefused(404, f"no such blob {digest}")
-        return FileResponse(path, media_type=media_type,
-                            headers={"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE})
+        response = FileResponse(path, media_type=media_type,
+                                headers={"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE})
+        response.chunk_size = _DOWNLOAD_CHUNK
+        return response
 
     @app.get("/firmware/{digest}", summary="Download a firmware image by SHA-256 (public)")
     @app.head("/firmware/{digest}", include_in_schema=False)

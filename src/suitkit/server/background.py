@@ -17,7 +17,26 @@ import uvicorn
 from suitkit.errors import StorageError
 from suitkit.server.app import ServerConfig, create_app
 
-__all__ = ["running_server"]
+__all__ = ["UVICORN_OPTIONS", "running_server"]
+
+UVICORN_OPTIONS: dict[str, object] = {
+    "http": "h11",
+    "loop": "asyncio",
+    "h11_max_incomplete_event_size": 16 * 1024,
+    "limit_concurrency": 1000,
+    "timeout_keep_alive": 5,
+}
+"""How suitkit runs uvicorn everywhere (``suitkit serve``, tests, benchmarks).
+
+- HTTP parsed by h11, not httptools: h11 bounds a request's head (16 KiB here, then 431/400);
+  httptools as uvicorn uses it does not, so a client could grow the server's memory with
+  endless headers (tests/security/test_server_attacks.py).
+- The asyncio event loop, not uvloop: under uvloop, the one-line JSON 500 that the application
+  sends for an unexpected exception was lost (the client saw a connection reset), measured
+  with uvicorn 0.3x and uvloop 0.2x.
+- ``limit_concurrency``: beyond this many open connections and tasks, new requests get 503
+  instead of exhausting the process; ``timeout_keep_alive``: idle connections close after 5 s.
+"""
 
 
 @contextmanager
@@ -31,7 +50,7 @@ def running_server(config: ServerConfig, *, start_timeout: float = 10.0) -> Iter
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning",
-                                           lifespan="on"))
+                                           lifespan="on", **UVICORN_OPTIONS))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + start_timeout

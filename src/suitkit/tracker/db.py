@@ -455,26 +455,36 @@ class TrackerDB:
     # ---- what devices send
 
     def set_inventory(self, device_id: str, inventory: Inventory) -> None:
-        """Replace the device's inventory (identity, components, hardware facts)."""
+        """Replace the device's inventory (identity, components, hardware facts).
+
+        An inventory equal to the stored one writes nothing (a device sends it at every
+        check-in; ``inventory_updated`` is when it last changed)."""
         with self._session() as session:
             device = session.get(Device, device_id)
             if device is None:
                 raise StorageError(f"no device {device_id}")
+            old = list(session.scalars(select(InstalledComponent)
+                                       .where(InstalledComponent.device_id == device_id)
+                                       .order_by(InstalledComponent.position)))
+            wanted = [(list(e.component_id),
+                       str(e.sequence_number) if e.sequence_number is not None else None,
+                       e.digest) for e in inventory.components]
+            if (device.inventory_updated is not None
+                    and device.vendor_id == inventory.vendor_id
+                    and device.class_id == inventory.class_id
+                    and device.hardware == dict(inventory.hardware)
+                    and [(c.component_id, c.sequence_number, c.digest) for c in old] == wanted):
+                return
             device.vendor_id = inventory.vendor_id
             device.class_id = inventory.class_id
             device.hardware = dict(inventory.hardware)
             device.inventory_updated = self._now()
-            old = session.scalars(select(InstalledComponent)
-                                  .where(InstalledComponent.device_id == device_id))
             for row in old:
                 session.delete(row)
-            for position, entry in enumerate(inventory.components):
+            for position, (component_id, sequence, digest) in enumerate(wanted):
                 session.add(InstalledComponent(
-                    device_id=device_id, position=position,
-                    component_id=list(entry.component_id),
-                    sequence_number=(str(entry.sequence_number)
-                                     if entry.sequence_number is not None else None),
-                    digest=entry.digest))
+                    device_id=device_id, position=position, component_id=component_id,
+                    sequence_number=sequence, digest=digest))
 
     def _lock(self, session: Session, device_id: str) -> int:
         """Lock the device's row for this transaction; the next history sequence number."""
