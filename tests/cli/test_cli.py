@@ -248,7 +248,7 @@ def test_entry_point_runs_as_a_program(tmp_path: Path) -> None:
 
 
 def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, out, err = run(capsys, "demo", "--dir", tmp_path)
+    code, out, err = run(capsys, "demo", "--walkthrough", "--dir", tmp_path)
     assert code == 0, err
     assert "$ suitkit verify update.delivered.suit" in out
     assert "installed app (sequence number 9)" in out  # fetched over HTTP from the server

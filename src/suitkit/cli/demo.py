@@ -1,31 +1,249 @@
-"""``suitkit demo``: the update flow, step by step, through the real command line.
+"""``suitkit demo``: a whole fleet updated through a staged campaign, faults included.
 
-The author builds, signs (author and operator), inspects, verifies and severs an update; a
-simulated microcontroller installs it, boots it on trial, confirms it and refuses an older one;
-a firmware server on loopback verifies and stores a detached release that the device then
-fetches over HTTP.
+``suitkit demo`` (what ``make demo`` runs) starts ``suitkit serve`` (firmware server and status
+tracker, SQLite in a temporary folder) on a free loopback port, creates the author's and the
+operator's keys (the devices' trust anchors, both required), builds firmware v1 and v2 for each
+device class, signs each release (author, then the operator's approval) and uploads it, then
+runs a fleet of simulated devices of every shape (mcu, secure-split, dual-cpu, Linux-class) in
+every operating mode (poll, push, hybrid) through staged campaigns (a first wave, then the
+rest), with the faults a real fleet meets: a power cut in the middle of an install, a network
+cut in the middle of a download, a device of the wrong class, an image altered by a hostile
+mirror, and a new image that fails to start and is rolled back (``sim.scenario``). Progress is
+live; the end is a table of every device's outcome and reason against the one it was declared
+to have, and the exit status is 0 only when every device ended where it should.
 
-Each step prints the command a user would type and runs it in-process through the same Typer
-application, so the demo exercises exactly what users run. The status tracker, the fleet and
-the dashboard join it in later issues.
+``suitkit demo --walkthrough`` is the author's flow step by step through the real command line
+(keys, create, sign twice, show, verify, sever, a device, a firmware server).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import json
 import os
 import secrets
 import shlex
+import signal
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.rule import Rule
+from rich.table import Table
 
+from suitkit.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, handles_errors, out
 from suitkit.errors import SuitError
+from suitkit.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from suitkit.sim.fleet import Fleet
+    from suitkit.sim.scenario import Summary
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+OUTCOME_STYLE = {"updated": "green", "rolled-back": "yellow", "rejected": "magenta",
+                 "failed": "red", "pending": "dim"}
+
+
+@app.command()
+@handles_errors
+def demo(
+    devices: Annotated[int, typer.Option("--devices", help="Number of simulated devices "
+                                         "(at least 9: one fault-free device per shape and "
+                                         "five faults).")] = 16,
+    keep_running: Annotated[bool, typer.Option(
+        "--keep-running", help="Keep the server (and its dashboard) running after the "
+        "summary, until Ctrl-C.")] = False,
+    summary: Annotated[Path | None, typer.Option(
+        "--summary", help="Also write the summary as JSON to this file.")] = None,
+    workdir: Annotated[Path | None, typer.Option(
+        "--dir", help="Where to put keys, firmware, devices and the server's data (default: "
+        "a new temporary folder).")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Threads that run installs.")
+                       ] = 4,
+    walkthrough: Annotated[bool, typer.Option(
+        "--walkthrough", help="Instead: the author's flow step by step through the command "
+        "line.")] = False,
+) -> None:
+    """Update a fleet of simulated devices through a staged campaign, with injected faults."""
+    if walkthrough:
+        run_walkthrough(workdir, out)
+        return
+    from suitkit.sim.scenario import MIN_DEVICES  # noqa: PLC0415 - loaded only when asked for
+
+    if devices < MIN_DEVICES:
+        fail(f"--devices must be at least {MIN_DEVICES} (one fault-free device per shape and "
+             f"five faults), got {devices}", EXIT_USAGE)
+    if workers < 1:
+        fail(f"--workers must be at least 1, got {workers}", EXIT_USAGE)
+    ok = run_fleet_demo(workdir, out, devices=devices, keep_running=keep_running,
+                        summary_path=summary, workers=workers)
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+def run_fleet_demo(workdir: Path | None, console: Console, *, devices: int = 16,
+                   keep_running: bool = False, summary_path: Path | None = None,
+                   workers: int = 4) -> bool:
+    """The fleet demo (see the module docstring); True when every device ended as declared.
+
+    Raises:
+        SuitError: the server did not start, or a call to it failed.
+    """
+    from suitkit.sim.firmware import make_keys  # noqa: PLC0415
+    from suitkit.sim.local import local_server  # noqa: PLC0415
+    from suitkit.sim.scenario import demo_plans, run_scenario  # noqa: PLC0415
+
+    started = time.monotonic()
+    if not console.is_terminal and console.width < 140:
+        # a log or a pipe: wide enough for the summary table's reasons
+        console = Console(width=140, highlight=False, soft_wrap=True)
+    root = workdir or Path(tempfile.mkdtemp(prefix="suitkit-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    console.print(Rule("suitkit demo: a fleet, a staged campaign, injected faults",
+                       style="cyan"))
+    console.print(f"work folder {root}", markup=False)
+    keys = make_keys(root / "keys")
+    plans = demo_plans(devices)
+    with local_server(root / "server", keys.author_pub) as server:
+        dashboard = f"{server.url}/dashboard/"
+        console.print(f"server (suitkit serve, SQLite) at {server.url} "
+                      f"[{time.monotonic() - started:.1f} s]", markup=False)
+        holder: dict[str, Fleet] = {}
+
+        def say(line: str) -> None:
+            console.print(f"[{time.monotonic() - started:5.1f} s] {line}", markup=False)
+
+        async def main() -> Summary:
+            task = asyncio.create_task(run_scenario(
+                root, server.url, server.admin_token, server.upload_token, plans, keys=keys,
+                workers=workers, on_fleet=lambda f: holder.__setitem__("fleet", f), say=say,
+                dashboard=dashboard))
+            live: Live | None = None
+            try:
+                while not task.done():
+                    fleet = holder.get("fleet")
+                    if fleet is not None and console.is_terminal:
+                        if live is None:
+                            live = Live(_progress(fleet), console=console,
+                                        refresh_per_second=4, transient=False)
+                            live.start()
+                        live.update(_progress(fleet))
+                    await asyncio.wait({task}, timeout=0.25)
+                if live is not None and "fleet" in holder:
+                    live.update(_progress(holder["fleet"]))
+            finally:
+                if live is not None:
+                    live.stop()
+            return await task
+
+        result = asyncio.run(main())
+        _print_summary(console, result)
+        operator_token = _operator_token(server.url, server.admin_token, root)
+        console.print(f"dashboard: {dashboard} (operator token in {operator_token})",
+                      markup=False)
+        if summary_path is not None:
+            atomic_write(summary_path, json.dumps(result.as_json(), indent=2).encode() + b"\n")
+            console.print(f"summary written to {summary_path}", markup=False)
+        console.print(f"done in {time.monotonic() - started:.1f} s; files in {root}",
+                      markup=False)
+        if keep_running:
+            console.print(f"the server keeps running at {server.url} (log {server.log}); "
+                          "press Ctrl-C to stop", markup=False)
+            _wait_for_interrupt()
+    return result.ok
+
+
+def _wait_for_interrupt() -> None:
+    """Until Ctrl-C (SIGINT) or SIGTERM; the caller's ``with`` then stops the server."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(1.0):
+                pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _operator_token(url: str, admin_token: str, root: Path) -> Path:
+    """An operator API token for the dashboard, written to ``root/operator.token``."""
+    from suitkit.sim.control import Console as ControlConsole  # noqa: PLC0415
+
+    path = root / "operator.token"
+    with ControlConsole(url, admin_token) as control:
+        try:
+            token = control.create_token("dashboard-operator", "operator")
+        except SuitError as e:
+            token = f"(none: {e})"
+    atomic_write(path, token.encode() + b"\n", mode=0o600)
+    return path
+
+
+def _progress(fleet: Fleet) -> Table:
+    from suitkit.sim.fleet import classify  # noqa: PLC0415
+
+    table = Table(title="fleet", title_justify="left", expand=False, show_lines=False)
+    for column in ("device", "mode", "class", "wave", "fault", "state"):
+        table.add_column(column, overflow="ellipsis", no_wrap=True,
+                         max_width=60 if column == "state" else None)
+    for device in fleet.devices:
+        plan = device.plan
+        category = classify(device.outcome, device.reason)
+        style = OUTCOME_STYLE.get(category, "")
+        state = device.state if category == "pending" else f"{category}: {device.reason}"
+        table.add_row(plan.name, plan.mode, plan.class_name, str(plan.wave), plan.fault or "",
+                      state, style=style)
+    done = sum(1 for d in fleet.devices if d.done)
+    table.caption = (f"{done}/{len(fleet.devices)} devices done; {fleet.stats.total} "
+                     f"requests, {fleet.stats.server_errors} server errors")
+    return table
+
+
+def _print_summary(console: Console, result: Summary) -> None:
+    table = Table(title="summary", title_justify="left")
+    for column in ("device", "shape", "mode", "fault", "outcome", "reason", "expected", ""):
+        table.add_column(column, overflow="fold")
+    for row in result.devices:
+        expected = row["expected"] + (f" ({row['expected_reason']})"
+                                      if row["expected_reason"] else "")
+        mark = "[green]ok[/green]" if row["as_expected"] else "[red]WRONG[/red]"
+        reason = row["reason"] if row["outcome"] != "updated" else (
+            "; ".join(row["faults_met"]) or row["reason"])
+        table.add_row(row["name"], row["shape"], row["mode"], row["fault"] or "",
+                      f"[{OUTCOME_STYLE.get(row['outcome'], '')}]{row['outcome']}[/]",
+                      _escape(reason), _escape(expected), mark)
+    console.print(table)
+    for line in result.campaign:
+        console.print(f"campaign: {line}", markup=False)
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
+    expected = ", ".join(f"{k} {v}" for k, v in result.expected.items())
+    console.print(f"outcomes: {counts} (declared: {expected})", markup=False)
+    requests: dict[str, Any] = result.requests
+    console.print(f"requests: {requests.get('requests')} "
+                  f"({requests.get('requests_per_second')}/s), server errors "
+                  f"{requests.get('server_errors')}, transport errors "
+                  f"{requests.get('transport_errors')}", markup=False)
+    if result.ok:
+        console.print("[bold green]every device ended where it should[/bold green]")
+    else:
+        wrong = [r["name"] for r in result.devices if not r["as_expected"]]
+        console.print(f"[bold red]not as declared:[/bold red] {_escape(', '.join(wrong))}")
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+# --------------------------------------------------------------------------- the walkthrough
 
 DESCRIPTION = """\
 # A firmware update for the demo thermostat, as an author writes it.
@@ -47,7 +265,7 @@ components:
 """
 
 
-def run_demo(workdir: Path | None, console: Console) -> None:
+def run_walkthrough(workdir: Path | None, console: Console) -> None:
     """Run the author flow in ``workdir`` (a new temporary folder by default).
 
     Raises:

@@ -19,6 +19,7 @@ from rich.tree import Tree
 from suitkit import __version__
 from suitkit.author import keys as keyfiles
 from suitkit.author.describe import load_description
+from suitkit.cli.campaign import campaign_app
 from suitkit.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -28,8 +29,11 @@ from suitkit.cli.common import (
     out,
     read_input,
 )
+from suitkit.cli.demo import app as demo_app
 from suitkit.cli.device import app as device_app
+from suitkit.cli.operator import devices_app, token_app
 from suitkit.cli.server import app as server_app
+from suitkit.cli.sim import app as sim_app
 from suitkit.core import cbor, codec, cose, crypto, jsonform
 from suitkit.core import diag as diagnostic
 from suitkit.core.model import Envelope
@@ -283,19 +287,13 @@ def sever(
               markup=False)
 
 
-# --------------------------------------------------------------------------- demo
+# --------------------------------------------------------------------------- demo, sim
 
-
-@app.command()
-@handles_errors
-def demo(
-    workdir: Annotated[Path | None, typer.Option("--dir", help="Where to write the demo files "
-                                                 "(default: a new temporary folder).")] = None,
-) -> None:
-    """Walk through the update flow: author, sign, verify, sever, a device, a firmware server."""
-    from suitkit.cli.demo import run_demo  # noqa: PLC0415 - loaded only when asked for
-
-    run_demo(workdir, out)
+app.add_typer(demo_app)  # suitkit demo (cli/demo.py)
+app.add_typer(sim_app, name="sim")  # suitkit sim fleet (cli/sim.py)
+app.add_typer(token_app, name="token")  # suitkit token ... (cli/operator.py)
+app.add_typer(devices_app, name="devices")  # suitkit devices ... (cli/operator.py)
+app.add_typer(campaign_app, name="campaign")  # suitkit campaign ... (cli/campaign.py)
 
 
 def main() -> None:
