@@ -118,3 +118,12 @@ def test_upload_to_nothing_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("suitkit: error: cannot upload to ")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_limit_concurrency_must_be_positive(tmp_path: Path) -> None:
+    (tmp_path / "a.pub").write_text("x")
+    done = run("serve", "--data", str(tmp_path / "d"), "--author-anchor", str(tmp_path / "a.pub"),
+               "--limit-concurrency", "0")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "suitkit: error: --limit-concurrency must be at least 1")

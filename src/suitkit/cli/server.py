@@ -48,6 +48,9 @@ def serve(
         "uploads are disabled.")] = None,
     max_upload_mib: Annotated[int, typer.Option(
         "--max-upload-mib", help="Largest upload request body, in MiB.")] = 256,
+    limit_concurrency: Annotated[int, typer.Option(
+        "--limit-concurrency", help="Open connections served at once (503 beyond); a push "
+        "fleet holds one per device (SSE, long-poll).")] = 1000,
     coap_port: Annotated[int | None, typer.Option(
         "--coap-port", help="Also serve the blobs over CoAP (block-wise) on this UDP port.")
     ] = None,
@@ -74,6 +77,9 @@ def serve(
         fail(f"the firmware server needs fastapi and uvicorn: {e}", EXIT_USAGE)
     if max_upload_mib < 1:
         fail("--max-upload-mib must be at least 1", EXIT_USAGE)
+    if limit_concurrency < 1:
+        fail("--limit-concurrency must be at least 1", EXIT_USAGE)
+    options = {**UVICORN_OPTIONS, "limit_concurrency": limit_concurrency}
     anchors = TrustAnchors(tuple(TrustAnchor(keyfiles.load_verifier(p), role="author")
                                  for p in author_anchor))
     token = _read_token(upload_token_file) if upload_token_file is not None else None
@@ -110,7 +116,7 @@ def serve(
     try:
         if coap_port is None:
             uvicorn.run(application, host=host, port=port, log_level="warning",
-                        timeout_graceful_shutdown=5, **UVICORN_OPTIONS)  # type: ignore[arg-type]
+                        timeout_graceful_shutdown=5, **options)  # type: ignore[arg-type]
             return
         from suitkit.server.coap import CoapServer, create_coap_site  # noqa: PLC0415
         from suitkit.server.store import BlobStore  # noqa: PLC0415
@@ -120,7 +126,7 @@ def serve(
         with CoapServer(BlobStore(data), host, coap_port, site=site):
             out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
             uvicorn.run(application, host=host, port=port, log_level="warning",
-                        timeout_graceful_shutdown=5, **UVICORN_OPTIONS)  # type: ignore[arg-type]
+                        timeout_graceful_shutdown=5, **options)  # type: ignore[arg-type]
     finally:
         if wiring is not None:
             wiring.close()

@@ -86,7 +86,8 @@ def local_server(folder: Path, author_pub: Path, *, start_timeout: float = 30.0,
         argv = [sys.executable, "-m", "suitkit.cli.main", "serve", "--data",
                 str(folder / "data"), "--port", str(port), "--author-anchor", str(author_pub),
                 "--admin-token-file", str(folder / "admin.token"),
-                "--upload-token-file", str(folder / "upload.token"), *extra_args]
+                "--upload-token-file", str(folder / "upload.token"),
+                "--limit-concurrency", "10000", *extra_args]
         with log.open("ab") as out:
             process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,  # noqa: S603
                                        stdin=subprocess.DEVNULL, env={**os.environ})
