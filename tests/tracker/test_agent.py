@@ -270,3 +270,40 @@ def test_an_application_that_does_not_start_is_rolled_back_and_reported(
         assert opened.bootloader.observe().primary[0].info.sequence_number == 1  # type: ignore[attr-defined]
     finally:
         ProcessLauncher("true", folder / "app.pid").stop()
+
+
+def test_a_device_enrols_itself_and_then_updates(world: World) -> None:
+    """`device register` (with an admin's token, at provisioning) writes the credential the
+    tracker shows once, sends the first inventory, and `device run` then uses it."""
+    folder = new_device(world.tmp / "enrolled", [world.author.anchor])
+    envelope, _ = world.author.release(1, "base")
+    assert install(folder, envelope).installed
+    boot(folder)
+    confirm(folder)
+    admin_file = world.tmp / "admin.token"
+    admin_file.write_text(ADMIN + "\n")
+    credential = world.tmp / "enrolled.cred"
+    args = ["device", "register", str(folder), "--server", world.url, "--token-file",
+            str(admin_file), "--out", str(credential), "--name", "boiler-7"]
+    done = CliRunner().invoke(cli, args)
+    assert done.exit_code == 0, done.output
+    token = credential.read_text().strip()
+    device_id = token.partition(".")[0]
+    assert f"registered device {device_id}" in done.output
+    assert credential.stat().st_mode & 0o777 == 0o600
+    shown = world.client.get(f"/api/v1/devices/{device_id}", headers=auth(ADMIN)).json()
+    assert shown["name"] == "boiler-7" and shown["components"][0]["sequence"] == 1
+
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "already exists" in again.output
+    wrong = world.tmp / "wrong.token"
+    wrong.write_text("tok_nope.nope\n")
+    refused = CliRunner().invoke(cli, [*args[:6], str(wrong), "--out",
+                                       str(world.tmp / "other.cred")])
+    assert refused.exit_code == 1 and "HTTP 401" in refused.output
+
+    assert world.deploy(world.release(4), [device_id]).status_code == 201
+    run = CliRunner().invoke(cli, ["device", "run", str(folder), "--server", world.url,
+                                   "--credential-file", str(credential), "--once"])
+    assert run.exit_code == 0, run.output
+    assert running(folder) == (4, True)

@@ -226,6 +226,36 @@ def run(
 
 @app.command()
 @handles_errors
+def register(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
+    server: Annotated[str, typer.Option("--server", help="Status tracker URL.")],
+    token_file: Annotated[Path, typer.Option("--token-file", help="File holding an admin's "
+                                             "API token (provisioning).")],
+    out_file: Annotated[Path, typer.Option("--out", help="Where to write the device's "
+                                           "credential (mode 0600).")],
+    name: Annotated[str | None, typer.Option("--name", help="Name shown to operators "
+                                             "(default: the folder's name).")] = None,
+) -> None:
+    """Enrol the device with a status tracker: register it, write its credential (shown by
+    the tracker only once) for `device run --credential-file`, and send its inventory."""
+    from suitkit.device.agent import TrackerError  # noqa: PLC0415
+    from suitkit.device.agent import register as enrol  # noqa: PLC0415
+    from suitkit.fileio import atomic_write  # noqa: PLC0415
+
+    token = read_input(token_file, "token").decode("utf-8", "replace").strip()
+    if out_file.exists():
+        fail(f"{out_file}: already exists; a device is registered once", EXIT_USAGE)
+    try:
+        credential = enrol(directory, server, token, name=name)
+    except TrackerError as e:
+        fail(f"registration refused: {e}", EXIT_FAILED)
+    atomic_write(out_file, credential.encode() + b"\n", mode=0o600)
+    out.print(f"registered device {credential.partition('.')[0]}; credential in {out_file}",
+              markup=False)
+
+
+@app.command()
+@handles_errors
 def confirm(directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")]
             ) -> None:
     """The running images are healthy: keep them and raise the anti-rollback counters."""

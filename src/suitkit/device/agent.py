@@ -72,7 +72,7 @@ from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
 __all__ = ["MODES", "REPORT_MEDIA_TYPE", "TRANSPORTS", "AgentOptions", "AgentResult", "Assigned",
-           "TrackerError", "inventory_of", "run_agent", "run_once"]
+           "TrackerError", "inventory_of", "register", "run_agent", "run_once"]
 
 MODES = ("poll", "push", "hybrid")
 TRANSPORTS = ("sse", "longpoll", "mqtt", "coap")
@@ -196,6 +196,46 @@ class _Tracker:
     def report(self, raw: bytes) -> None:
         self._call("POST", "/reports", (201,), content=raw,
                    headers={"Content-Type": REPORT_MEDIA_TYPE})
+
+
+def register(folder: Path, server_url: str, admin_token: str, *, name: str | None = None,
+             client: httpx.Client | None = None) -> str:
+    """Enrol the device in ``folder`` with the tracker (provisioning, with an admin's token):
+    ``POST /api/v1/devices``, then the first inventory with the new credential. Returns the
+    credential ``<device-id>.<secret>``, which the tracker shows only this once.
+
+    Raises:
+        TrackerError: the tracker refused or could not be reached, or its answer is malformed.
+        SuitError: the device folder cannot be opened.
+    """
+    opened = open_device(folder)
+    label = name if name is not None else opened.config.directory.name
+    own = client is None
+    http = client or httpx.Client(base_url=server_url.rstrip("/"), timeout=TIMEOUT)
+    try:
+        try:
+            response = http.post("/api/v1/devices", json={"name": label[:128]},
+                                 headers={"Authorization": f"Bearer {admin_token}"})
+        except httpx.HTTPError as e:
+            raise TrackerError(f"POST /api/v1/devices: {type(e).__name__}: {e}") from None
+        if response.status_code != 201:
+            raise TrackerError(f"POST /api/v1/devices: HTTP {response.status_code}: "
+                               f"{_error_of(response)}")
+        try:
+            doc = response.json()
+            device_id, token = doc["id"], doc["token"]
+        except (ValueError, KeyError, TypeError):
+            raise TrackerError("POST /api/v1/devices: the answer is not a registration") from None
+        if not isinstance(device_id, str) or not isinstance(token, str):
+            raise TrackerError("POST /api/v1/devices: the answer is not a registration")
+        http.headers["Authorization"] = f"Bearer {token}"
+        _Tracker(http, device_id).inventory(opened)
+        return token
+    finally:
+        if own:
+            http.close()
+        else:
+            http.headers.pop("Authorization", None)
 
 
 def _error_of(response: httpx.Response) -> str:
