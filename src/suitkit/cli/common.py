@@ -60,3 +60,9 @@ def read_input(path: Path, what: str) -> bytes:
         fail(f"cannot read {what} {path}: {e.strerror or e}", EXIT_USAGE)
 
 
+def read_token(path: Path) -> str:
+    """A bearer token from a file named on the command line: one token, no spaces (exit 2)."""
+    token = read_input(path, "token file").decode("utf-8", "replace").strip()
+    if not token or any(c.isspace() for c in token):
+        fail(f"token file {path} must hold one token without spaces", EXIT_USAGE)
+    return token

@@ -25,7 +25,14 @@ from rich.table import Column, Table
 from rich.text import Text
 from rich.tree import Tree
 
-from suitkit.cli.common import EXIT_FAILED, EXIT_USAGE, fail, handles_errors, out, read_input
+from suitkit.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    fail,
+    handles_errors,
+    out,
+    read_token,
+)
 from suitkit.fileio import atomic_write
 
 __all__ = ["ApiClient", "ServerOption", "TimeoutOption", "TokenFileOption", "devices_app",
@@ -46,13 +53,6 @@ TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 
 
-def _token(path: Path) -> str:
-    token = read_input(path, "token file").decode("utf-8", "replace").strip()
-    if not token or any(c.isspace() for c in token):
-        fail(f"token file {path} must hold one token without spaces", EXIT_USAGE)
-    return token
-
-
 @dataclass(frozen=True, slots=True)
 class ApiClient:
     """Calls to the server's JSON API with a bearer token; every failure is one line and an
@@ -70,7 +70,7 @@ class ApiClient:
             fail(f"--server: expected an http:// or https:// URL, got {server!r}", EXIT_USAGE)
         if timeout <= 0:
             fail("--timeout must be positive", EXIT_USAGE)
-        return cls(url, _token(token_file), timeout)
+        return cls(url, read_token(token_file), timeout)
 
     def request(self, method: str, path: str, *, body: Any = None,
                 params: dict[str, str] | None = None, ok: Iterable[int] = (200, 201, 204)

@@ -18,20 +18,21 @@ import httpx
 import typer
 
 from suitkit.author import keys as keyfiles
-from suitkit.cli.common import EXIT_FAILED, EXIT_USAGE, fail, handles_errors, out, read_input
+from suitkit.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    fail,
+    handles_errors,
+    out,
+    read_input,
+    read_token,
+)
 from suitkit.cli.notices import TrackerWiring, parse_host_port, tracker_routes
 from suitkit.core.verify import TrustAnchor, TrustAnchors
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 MIB = 1024 * 1024
-
-
-def _read_token(path: Path) -> str:
-    token = read_input(path, "token file").decode("utf-8", "replace").strip()
-    if not token or any(c.isspace() for c in token):
-        fail(f"token file {path} must hold one token without spaces", EXIT_USAGE)
-    return token
 
 
 @app.command()
@@ -82,7 +83,7 @@ def serve(
     options = {**UVICORN_OPTIONS, "limit_concurrency": limit_concurrency}
     anchors = TrustAnchors(tuple(TrustAnchor(keyfiles.load_verifier(p), role="author")
                                  for p in author_anchor))
-    token = _read_token(upload_token_file) if upload_token_file is not None else None
+    token = read_token(upload_token_file) if upload_token_file is not None else None
     if tracker_db is not None and admin_token_file is None:
         fail("--db/--tracker-db needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
@@ -100,7 +101,7 @@ def serve(
             broker = parse_host_port(mqtt, "--mqtt") if mqtt is not None else None
         except ValueError as e:
             fail(str(e), EXIT_USAGE)
-        wiring = tracker_routes(TrackerConfig(db_url, _read_token(admin_token_file)),
+        wiring = tracker_routes(TrackerConfig(db_url, read_token(admin_token_file)),
                                 mqtt=broker, coap=coap_port is not None)
         from suitkit.dashboard import create_dashboard_router  # noqa: PLC0415
 
@@ -180,7 +181,7 @@ def upload(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 60.0,
 ) -> None:
     """Upload a release (envelope and detached images) to a firmware server."""
-    token = _read_token(token_file)
+    token = read_token(token_file)
     files: list[tuple[str, tuple[str, bytes, str]]] = [
         ("envelope", (envelope.name, read_input(envelope, "envelope"),
                       "application/suit-envelope+cose"))]

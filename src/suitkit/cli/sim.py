@@ -21,7 +21,15 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from suitkit.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, handles_errors, out
+from suitkit.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    fail,
+    handles_errors,
+    out,
+    read_token,
+)
 from suitkit.fileio import atomic_write
 
 if TYPE_CHECKING:
@@ -32,13 +40,6 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Simulated devices: a fleet in one process, for load.")
 
 MODE_CHOICES = ("poll", "push", "hybrid", "mixed")
-
-
-def _token(path: Path) -> str:
-    token = path.read_text(encoding="utf-8").strip()
-    if not token or any(c.isspace() for c in token):
-        fail(f"token file {path} must hold one token without spaces", EXIT_USAGE)
-    return token
 
 
 @app.command()
@@ -100,8 +101,8 @@ def fleet(
         keyfiles.write_private_key(root / "keys" / "author.pem", author)
         keys = Keys(author, keys.operator, root / "keys" / "author.pem", keys.operator_key,
                     root / "keys" / "author.pub", keys.operator_pub)
-        context = nullcontext((server.rstrip("/"), _token(admin_token_file),
-                               _token(upload_token_file)))
+        context = nullcontext((server.rstrip("/"), read_token(admin_token_file),
+                               read_token(upload_token_file)))
     with context as running:
         if isinstance(running, tuple):
             url, admin, upload = running

@@ -72,7 +72,7 @@ from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
 __all__ = ["MODES", "REPORT_MEDIA_TYPE", "TRANSPORTS", "AgentOptions", "AgentResult", "Assigned",
-           "TrackerError", "inventory_of", "register", "run_agent", "run_once"]
+           "TrackerError", "error_of", "inventory_of", "register", "run_agent", "run_once"]
 
 MODES = ("poll", "push", "hybrid")
 TRANSPORTS = ("sse", "longpoll", "mqtt", "coap")
@@ -162,7 +162,7 @@ class _Tracker:
             raise TrackerError(f"{method} {path or '/'}: {type(e).__name__}: {e}") from None
         if response.status_code not in expected:
             raise TrackerError(f"{method} {path or '/'}: HTTP {response.status_code}: "
-                               f"{_error_of(response)}")
+                               f"{error_of(response)}")
         return response
 
     def inventory(self, opened: OpenDevice) -> None:
@@ -220,7 +220,7 @@ def register(folder: Path, server_url: str, admin_token: str, *, name: str | Non
             raise TrackerError(f"POST /api/v1/devices: {type(e).__name__}: {e}") from None
         if response.status_code != 201:
             raise TrackerError(f"POST /api/v1/devices: HTTP {response.status_code}: "
-                               f"{_error_of(response)}")
+                               f"{error_of(response)}")
         try:
             doc = response.json()
             device_id, token = doc["id"], doc["token"]
@@ -238,7 +238,8 @@ def register(folder: Path, server_url: str, admin_token: str, *, name: str | Non
             http.headers.pop("Authorization", None)
 
 
-def _error_of(response: httpx.Response) -> str:
+def error_of(response: httpx.Response) -> str:
+    """The one-line reason of a refused call: the server's ``{"error": ...}`` or the status text."""
     try:
         doc = response.json()
     except ValueError:

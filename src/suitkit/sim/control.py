@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from suitkit.device.agent import error_of
 from suitkit.errors import SuitError
 from suitkit.sim.firmware import Release
 
@@ -83,7 +84,7 @@ class Console:
             time.sleep(delay)  # the server is at its connection limit: a moment, then again
         if response.status_code not in expected:
             raise ControlError(f"{method} {path}: HTTP {response.status_code}: "
-                               f"{_error_of(response)}")
+                               f"{error_of(response)}")
         if not response.content:
             return None
         try:
@@ -139,12 +140,3 @@ class Console:
                 "devices": batch})
             done += len(doc["devices"])
         return done
-
-
-def _error_of(response: httpx.Response) -> str:
-    try:
-        doc = response.json()
-    except ValueError:
-        return response.reason_phrase or "no reason given"
-    message = doc.get("error") if isinstance(doc, dict) else None
-    return str(message)[:300] if message else (response.reason_phrase or "no reason given")
