@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,63 +10,22 @@ import httpx
 import pytest
 
 from device.device_kit import Author
+from serve_kit import SUITKIT, free_port, serving
 
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install suitkit)")
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install suitkit)")
-
-SUITKIT = [sys.executable, "-c", "from suitkit.cli.main import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_serve(argv: list[str], port: int, coap_port: int) -> subprocess.Popen[str]:
-    return subprocess.Popen([*argv, "--port", str(port), "--coap-port", str(coap_port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Author, Path, int]]:
     author = Author.create(tmp_path / "author")
     token = tmp_path / "upload.token"
     token.write_text("cli-token-42\n")
-    argv = [*SUITKIT, "serve", "--data", str(tmp_path / "data"), "--author-anchor",
-            str(author.anchor), "--upload-token-file", str(token)]
-    for attempt in range(5):  # a probed free port can be taken by another process meanwhile
-        port, coap_port = free_port(), free_udp_port()
-        process = start_serve(argv, port, coap_port)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 15
-        while process.poll() is None:
-            try:
-                httpx.get(f"{url}/api/v1/releases", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "suitkit serve did not start within 15 s"
-                time.sleep(0.05)
-        if process.poll() is None:
-            break
-        error = process.communicate()[1]
-        assert "address already in use" in error and attempt < 4, error
-    try:
-        yield url, author, token, coap_port
-    finally:
-        process.terminate()
-        try:
-            stdout, _ = process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-    assert f"suitkit firmware server on {url}/" in stdout
+    argv = ["--data", str(tmp_path / "data"), "--author-anchor", str(author.anchor),
+            "--upload-token-file", str(token)]
+    with serving(argv, coap=True, timeout=15) as server:
+        assert server.coap_port is not None
+        yield server.url, author, token, server.coap_port
+    assert f"suitkit firmware server on {server.url}/" in server.stdout
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -3,9 +3,6 @@ SQLite and on a throwaway PostgreSQL."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,11 +11,10 @@ from sqlalchemy import create_engine, inspect
 from typer.testing import CliRunner
 
 from device.device_kit import Author
-from pg import PostgresCluster, free_port
+from pg import PostgresCluster
+from serve_kit import serving
 from suitkit.cli.main import app as cli
 from suitkit.tracker.db import INITIAL_REVISION, _Base, upgrade_schema
-
-SUITKIT = [sys.executable, "-c", "from suitkit.cli.main import main; main()"]
 
 
 @dataclass(frozen=True)
@@ -87,34 +83,14 @@ def test_serve_with_db_serves_the_tracker_on_postgresql(tmp_path: Path,
                                                         postgres: PostgresCluster) -> None:
     author = Author.create(tmp_path / "author")
     (tmp_path / "admin.token").write_text("cli-admin-token\n")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [*SUITKIT, "serve", "--data", str(tmp_path / "data"), "--author-anchor",
-         str(author.anchor), "--port", str(port), "--admin-token-file",
-         str(tmp_path / "admin.token"), "--db", postgres.database()],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, process.communicate()[1]
-            try:
-                httpx.get(f"{url}/api/v1/releases", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "suitkit serve did not start within 20 s"
-                time.sleep(0.05)
+    argv = ["--data", str(tmp_path / "data"), "--author-anchor", str(author.anchor),
+            "--admin-token-file", str(tmp_path / "admin.token"), "--db", postgres.database()]
+    with serving(argv) as server:
+        url = server.url
         admin = {"Authorization": "Bearer cli-admin-token"}
         registered = httpx.post(f"{url}/api/v1/devices", json={"name": "pg"}, headers=admin,
                                 timeout=5)
         assert registered.status_code == 201, registered.text
         listed = httpx.get(f"{url}/api/v1/devices", headers=admin, timeout=5).json()
         assert [d["name"] for d in listed["devices"]] == ["pg"]
-    finally:
-        process.terminate()
-        try:
-            process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
     assert not (tmp_path / "data" / "tracker.db").exists()  # the data lives in PostgreSQL
