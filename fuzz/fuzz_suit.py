@@ -18,6 +18,11 @@ the variable for libFuzzer's ``-merge=1`` and ``-fork``, which re-run the script
     ``installation``) run on an in-memory device (tests/core/processor_fakes.py) and the SUIT
     report is encoded and decoded again. The device counts writes past the bound the processor
     set: any is a crash.
+``fastpath``
+    The first byte is a depth limit (``% 20``), the rest CBOR bytes: the compiled fast path
+    ``cbor.FAST`` against ``cbor.decode_reference`` (tests/core/strictcbor_kit.py). A crash is a
+    broken contract: FAST raised, decided what the reference refuses or decodes differently
+    (types included), or left an item of its common subset undecided.
 
 The contract checked: every input ends normally or with a ``SuitError``; anything else
 (``TypeError``, ``KeyError``, ``RecursionError``, ``MemoryError``...) is a crash.
@@ -52,20 +57,22 @@ process: Any = None
 SuitError: Any = None
 TrustAnchors: Any = None
 fakes: Any = None
+strictcbor: Any = None
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
-MODES = ("decode", "verify", "process")
+MODES = ("decode", "verify", "process", "fastpath")
 PROCEDURES = ("update", "invoke", "staging", "installation")
 
 
 def _imports() -> None:
     """Import what the target drives (inside ``atheris.instrument_imports`` when fuzzing)."""
     global cbor, codec, cose, crypto, report, verify_envelope, process
-    global SuitError, TrustAnchors, fakes  # noqa: PLW0603
+    global SuitError, TrustAnchors, fakes, strictcbor  # noqa: PLW0603
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))  # processor_fakes: the in-memory device of the tests
     import core.processor_fakes as fakes_module
+    import core.strictcbor_kit as strictcbor_module
     from suitkit.core import cbor as cbor_module
     from suitkit.core import codec as codec_module
     from suitkit.core import cose as cose_module
@@ -81,6 +88,7 @@ def _imports() -> None:
     verify_envelope, process, SuitError, TrustAnchors = (verify_fn, process_fn, error_type,
                                                           anchors_type)
     fakes = fakes_module
+    strictcbor = strictcbor_module
 
 
 _state: dict[str, object] = {}
@@ -117,6 +125,10 @@ def _device() -> object:
 def one_input(mode: str, data: bytes) -> None:
     """The target: returns, or raises ``SuitError``, for every input; anything else is a bug."""
     _setup()
+    if mode == "fastpath":
+        if data:
+            strictcbor.check_contract(data[1:], data[0] % 20)
+        return
     if mode == "decode":
         with suppress(SuitError):
             codec.decode_envelope(data)
@@ -142,10 +154,21 @@ def one_input(mode: str, data: bytes) -> None:
 
 
 def write_seeds(mode: str, folder: Path) -> int:
-    """Seed inputs from the spec's vectors: envelopes (decode) or their manifests."""
+    """Seed inputs from the spec's vectors: envelopes (decode), their manifests, or (fastpath)
+    the depth limit 16 followed by each vector and each CBOR item nested in one."""
     _setup()
     folder.mkdir(parents=True, exist_ok=True)
     count = 0
+    if mode == "fastpath":
+        for path in sorted((TESTS / "vectors").glob("*.hex")):
+            data = bytes.fromhex(path.read_text().strip())
+            items = [data]
+            with suppress(SuitError):
+                items += strictcbor.nested_items(cbor.decode(data, path="seed", max_depth=64))
+            for i, item in enumerate(items):
+                (folder / f"{path.stem}-{i}").write_bytes(b"\x10" + item)
+                count += 1
+        return count
     for path in sorted((TESTS / "vectors").glob("*.hex")):
         data = bytes.fromhex(path.read_text().strip())
         if mode != "decode":
@@ -178,8 +201,13 @@ def main(argv: list[str]) -> None:
 
     import atheris  # the optional extra: pip install -e '.[fuzz]'
 
-    with atheris.instrument_imports(include=["suitkit"]):
+    # The C code is not instrumented (that needs clang -fsanitize=fuzzer-no-link); in fastpath
+    # mode the contract check's branches on the decoded item's shape guide the search instead.
+    with atheris.instrument_imports(include=["suitkit", "core.strictcbor_kit"]):
         _imports()
+    if mode == "fastpath" and cbor.FAST is None:
+        raise SystemExit("--mode=fastpath needs the extension: pip install -e . (gcc and the "
+                         "Python headers), and SUITKIT_NO_EXTENSION unset")
     sys.setrecursionlimit(10_000)
     atheris.Setup(rest, lambda data: one_input(mode, data))
     atheris.Fuzz()

@@ -8,6 +8,8 @@ import pytest
 from suitkit.core import cbor
 from suitkit.errors import DecodeError
 
+pytestmark = pytest.mark.usefixtures("both_decoders")  # fast path and reference alone
+
 
 def test_map_keys_sorted_bytewise_not_length_first() -> None:
     # RFC 8949 §4.2.1 puts 24 (0x1818) before -1 (0x20); cbor2's canonical mode does not.

@@ -11,6 +11,8 @@ from suitkit.limits import Limits
 
 from helpers import vector
 
+pytestmark = pytest.mark.usefixtures("both_decoders")  # fast path and reference alone
+
 
 def envelope_with_manifest(manifest: object, *, raw: bool = False) -> bytes:
     body = manifest if raw else cbor2.dumps(manifest)
@@ -89,6 +91,7 @@ def test_unknown_command_is_kept_for_the_processor_to_refuse() -> None:
 def test_missing_common() -> None:
     assert str(decode_error(envelope_with_manifest({1: 1, 2: 0}))) == (
         "manifest: missing common (key 3)")
+
 
 
 def test_envelope_size_limit() -> None:

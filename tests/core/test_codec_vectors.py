@@ -19,6 +19,8 @@ from helpers import (
     vector,
 )
 
+pytestmark = pytest.mark.usefixtures("both_decoders")  # fast path and reference alone
+
 ARM_VENDOR = UUID("fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe")
 EXAMPLE_CLASS = UUID("1492af14-2569-5e48-bf42-9b2d51f2ab45")
 
@@ -87,6 +89,7 @@ def test_example0_model() -> None:
     assert m.validate == CommandSequence((codec.Command(Command.IMAGE_MATCH, 15),))
     assert m.invoke == CommandSequence((codec.Command(Command.INVOKE, 2),))
     assert m.install is None and m.text is None
+
 
 
 def test_example2_severable_members_are_digests_and_in_the_envelope() -> None:

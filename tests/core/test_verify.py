@@ -23,6 +23,8 @@ from helpers import (
     vector,
 )
 
+pytestmark = pytest.mark.usefixtures("both_decoders")  # fast path and reference alone
+
 EXAMPLE_KEY = crypto.load_public_key(example_public_pem())
 ANCHORS = TrustAnchors.of(EXAMPLE_KEY)
 MAC_KEY = crypto.HmacKey(b"a" * 32)
@@ -52,6 +54,7 @@ def test_dependency_example_outer_envelope_is_signed_by_the_other_key() -> None:
     verify_envelope(data, TrustAnchors.of(other))
     with pytest.raises(AuthenticationError):
         verify_envelope(data, ANCHORS)
+
 
 
 @pytest.mark.parametrize("name", UNSIGNED_EXAMPLES)

@@ -12,20 +12,40 @@ Not here: any SUIT meaning. This module knows CBOR only.
 from __future__ import annotations
 
 import io
+import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cbor2
-from cbor2 import CBORTag
+from cbor2 import CBORTag, frozendict
 
 from suitkit.errors import DecodeError
 
-__all__ = ["CBORTag", "Raw", "bstr_header", "decode", "encode", "wrap"]
+__all__ = ["FAST", "CBORTag", "Raw", "bstr_header", "decode", "decode_reference", "encode",
+           "frozendict", "wrap"]
 
-# Tags cbor2 decodes to Python objects by itself; we keep them as CBORTag.
+
+def _load_fast() -> Callable[[bytes, int], tuple[Any] | None] | None:
+    if os.environ.get("SUITKIT_NO_EXTENSION", "") not in ("", "0"):
+        return None
+    try:
+        from suitkit.core._strictcbor import decode as fast  # noqa: PLC0415
+    except Exception:  # noqa: BLE001 - not built, or its set-up failed: the reference decides
+        return None
+    return fast
+
+
+FAST = _load_fast()
+"""The compiled fast path (``_strictcbor.c``): ``FAST(data, max_depth)`` is ``(item,)`` when
+it decided the input, ``None`` when it left it to ``decode_reference``. It only decides inputs
+that ``decode_reference`` would accept with the same result (preferred serialization included);
+``None`` when the extension is not built, or ``SUITKIT_NO_EXTENSION`` is set."""
+
+# Tags cbor2 6 decodes to Python objects by itself (found by trying every tag up to 70000 on
+# cbor2 6.2); we keep them as CBORTag.
 _BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260,
-                 261, 1004, 55799)
+                 261, 1004, 43000, 55799)
 
 
 def _keep_tag(tag: int) -> Any:
@@ -56,6 +76,21 @@ def decode(data: bytes, *, path: str, max_depth: int = 16, preferred: bool = Fal
         if not isinstance(data, bytearray | memoryview):
             raise DecodeError(path, f"expected CBOR bytes, got {type(data).__name__}")
         data = bytes(data)
+    if FAST is not None:
+        got = FAST(data, max_depth)
+        if got is not None:
+            return got[0]
+    return decode_reference(data, path=path, max_depth=max_depth, preferred=preferred)
+
+
+def decode_reference(data: bytes, *, path: str, max_depth: int = 16,
+                     preferred: bool = False) -> Any:
+    """``decode`` without the compiled fast path: cbor2 and the checks here.
+
+    It decides every input the fast path leaves open, and words every error.
+    """
+    if max_depth < 0:  # a caller's mistake, not bad input (cbor2 would raise OverflowError)
+        raise ValueError(f"max_depth must not be negative, got {max_depth}")
     size = len(data)
     if not size:
         raise DecodeError(path, "expected a CBOR item, got 0 bytes")
@@ -147,7 +182,16 @@ def bstr_header(length: int) -> bytes:
 
 def wrap(content: bytes) -> bytes:
     """``content`` as a CBOR byte string (head + content): the "bstr-wrapped" form."""
-    return _encode_head(2, len(content)) + content
+    size = len(content)
+    if size < 24:
+        return _BSTR_HEADS[size] + content
+    if size < 0x100:
+        return b"\x58" + _BYTE[size] + content
+    return _encode_head(2, size) + content
+
+
+_BSTR_HEADS = tuple(bytes([0x40 | n]) for n in range(24))
+_BYTE = tuple(bytes([n]) for n in range(256))
 
 
 def _encode_head(major: int, arg: int) -> bytes:

@@ -25,12 +25,15 @@ from suitkit.core import cbor, crypto
 from suitkit.core.cbor import CBORTag
 from suitkit.core.model import (
     EMPTY,
+    NO_MEMBERS,
+    NO_PAYLOADS,
     Authentication,
     Command,
     CommandArgument,
     CommandSequence,
     Common,
     ComponentIdentifier,
+    Decoded,
     DependencyMetadata,
     Digest,
     Envelope,
@@ -107,17 +110,26 @@ _array, _map, _describe, _freeze, _thaw = as_array, as_map, describe, freeze, th
 
 def _nested(data: object, path: str, limits: Limits) -> Any:
     """Decode a ``bstr .cbor X`` member."""
-    return cbor.decode(_bstr(data, path), path=path, max_depth=limits.max_depth)
+    data = _bstr(data, path)
+    if _FAST is not None:
+        got = _FAST(data, limits.max_depth)  # cbor.decode's own first step, called directly
+        if got is not None:
+            return got[0]
+    return cbor.decode_reference(data, path=path, max_depth=limits.max_depth)
+
+
+_FAST = cbor.FAST
 
 
 # --------------------------------------------------------------------------- envelope
 
 
-@dataclass(frozen=True, slots=True)
-class EnvelopeParts:
+@dataclass(frozen=True)
+class EnvelopeParts(Decoded):
     """A decoded envelope whose manifest has not been parsed yet (manifest §6.2: a processor
     verifies the signature before it parses the manifest). ``verify`` authenticates
-    ``manifest_bytes`` first, then calls ``with_manifest``."""
+    ``manifest_bytes`` first, then calls ``with_manifest``. Its members are the envelope's
+    members but the manifest."""
 
     authentication: Authentication
     manifest_bytes: bytes
@@ -128,9 +140,7 @@ class EnvelopeParts:
 
     def with_manifest(self, manifest: Manifest) -> Envelope:
         """The envelope, with its (now parsed) manifest."""
-        return Envelope(authentication=self.authentication, manifest=manifest,
-                        manifest_bytes=self.manifest_bytes, severable=self.severable,
-                        integrated=self.integrated, extra=self.extra, tagged=self.tagged)
+        return Envelope.from_fields({**self.__dict__, "manifest": manifest})
 
 
 def decode_envelope(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Envelope:
@@ -158,12 +168,17 @@ def decode_envelope_parts(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> En
         # Tag 107 in its shortest head, then the map decoded on its own: the same checks on the
         # same bytes (the tag counts as one level of depth), but cbor2 gives a plain dict, where
         # inside a tag it builds its slower immutable containers.
-        try:
-            top = cbor.decode(data[2:], path="envelope", max_depth=limits.max_depth - 1,
-                              preferred=True)
-            tagged = True
-        except DecodeError:
-            pass  # refused: decoded again whole below, to report the error as it is seen there
+        body = data[2:]
+        got = _FAST(body, limits.max_depth - 1) if _FAST and type(body) is bytes else None
+        if got is not None:  # decided by the fast path (preferred serialization included)
+            top, tagged = got[0], True
+        else:
+            try:
+                top = cbor.decode_reference(bytes(body), path="envelope",
+                                            max_depth=limits.max_depth - 1, preferred=True)
+                tagged = True
+            except DecodeError:
+                pass  # refused: decoded again whole below, to report the error as seen there
     if not tagged:
         top = cbor.decode(data, path="envelope", max_depth=limits.max_depth, preferred=True)
         if isinstance(top, CBORTag):
@@ -204,18 +219,17 @@ def decode_envelope_parts(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> En
         raise DecodeError("envelope", "missing authentication-wrapper (key 2)")
     if manifest_bytes is None:
         raise DecodeError("envelope", "missing manifest (key 3)")
-    return EnvelopeParts(auth, manifest_bytes,
-                         FrozenDict(severable) if severable else _NO_SEVERABLE,
-                         FrozenDict(integrated) if integrated else _NO_INTEGRATED,
-                         FrozenDict(extra) if extra else EMPTY, tagged)
+    return EnvelopeParts.from_fields({
+        "authentication": auth, "manifest_bytes": manifest_bytes,
+        "severable": FrozenDict(severable) if severable else NO_MEMBERS,
+        "integrated": FrozenDict(integrated) if integrated else NO_PAYLOADS,
+        "extra": FrozenDict(extra) if extra else EMPTY, "tagged": tagged})
 
 
 _ENVELOPE_TAG_HEAD = b"\xd8\x6b"  # tag 107
 _UNTAG_UP_TO = 64 * 1024  # above this, slicing the tag off would copy a large envelope
 _E_AUTHENTICATION_WRAPPER = int(EnvelopeKey.AUTHENTICATION_WRAPPER)
 _E_MANIFEST = int(EnvelopeKey.MANIFEST)
-_NO_SEVERABLE: FrozenDict[int, bytes] = FrozenDict()
-_NO_INTEGRATED: FrozenDict[str, bytes] = FrozenDict()
 _AUTH_PATH = "envelope.authentication-wrapper"
 _AUTH_DIGEST_PATH = f"{_AUTH_PATH}.digest"
 
@@ -233,7 +247,11 @@ def _decode_authentication(value: object, limits: Limits) -> Authentication:
     for i, block in enumerate(blocks, start=1):
         if type(block) is not bytes:
             _bstr(block, f"{path}[{i}]")
-    return Authentication(digest=digest, digest_bytes=digest_bytes, blocks=blocks)
+    auth = _new_object(Authentication)  # as Authentication(...), without its frame
+    _set_attribute(auth, "digest", digest)
+    _set_attribute(auth, "digest_bytes", digest_bytes)
+    _set_attribute(auth, "blocks", blocks)
+    return auth
 
 
 _SHA256 = CoseAlg.SHA256
@@ -278,7 +296,8 @@ def decode_manifest(data: bytes, *, limits: Limits = DEFAULT_LIMITS,
                 _uint(value, _manifest_path(path, key))
             fields["version" if key == _M_VERSION else "sequence_number"] = value
             continue
-        sub = _manifest_path(path, key)
+        sub = (_MANIFEST_PATHS.get(key) if path == "manifest" else None) or \
+            _manifest_path(path, key)
         if key == _M_COMMON:
             fields["common"] = _decode_common(_nested(value, sub, limits), sub, limits)
         elif key in _UNSEVERABLE:
@@ -302,10 +321,13 @@ def decode_manifest(data: bytes, *, limits: Limits = DEFAULT_LIMITS,
             )
         else:
             extra[key] = _freeze(value, sub)
-    for required, number in (("version", 1), ("sequence_number", 2), ("common", 3)):
-        if required not in fields:
-            raise DecodeError(path, f"missing {required.replace('_', '-')} (key {number})")
-    return Manifest(**fields, extra=FrozenDict(extra) if extra else EMPTY)
+    if len(fields.keys() & _REQUIRED_MEMBERS) != len(_REQUIRED_MEMBERS):
+        for required, number in (("version", 1), ("sequence_number", 2), ("common", 3)):
+            if required not in fields:
+                raise DecodeError(path, f"missing {required.replace('_', '-')} (key {number})")
+    if extra:
+        fields["extra"] = FrozenDict(extra)
+    return Manifest.from_fields(fields)
 
 
 _M_VERSION, _M_SEQUENCE_NUMBER, _M_COMMON = (int(ManifestKey.VERSION),
@@ -315,6 +337,7 @@ _M_REFERENCE_URI, _M_MANIFEST_COMPONENT_ID = (int(ManifestKey.REFERENCE_URI),
                                               int(ManifestKey.MANIFEST_COMPONENT_ID))
 _M_SET_VERSION, _M_TEXT, _M_COSWID = (int(ManifestKey.SET_VERSION), int(ManifestKey.TEXT),
                                       int(ManifestKey.COSWID))
+_REQUIRED_MEMBERS = frozenset({"version", "sequence_number", "common"})
 _MANIFEST_PATHS: dict[int, str] = {int(k): f"manifest.{name_of(ManifestKey, k)}"
                                    for k in ManifestKey}
 
@@ -349,9 +372,7 @@ _C_COMPONENTS, _C_SHARED_SEQUENCE, _C_DEPENDENCIES = (int(CommonKey.COMPONENTS),
 
 def _decode_common(value: object, path: str, limits: Limits) -> Common:
     entries = _map(value, path, limit=limits.max_map_entries)
-    components: tuple[ComponentIdentifier, ...] = ()
-    shared: CommandSequence | None = None
-    dependencies: FrozenDict[int, DependencyMetadata] | None = None
+    fields: dict[str, object] = {}
     extra: dict[int, object] = {}
     for key, item in entries.items():
         if type(key) is not int:  # also keeps true/false from standing in for 1/0
@@ -361,15 +382,18 @@ def _decode_common(value: object, path: str, limits: Limits) -> Common:
             ids = _array(item, sub, limit=limits.max_components)
             if not ids:
                 raise DecodeError(sub, "expected at least one component")
-            components = tuple([_component_id(c, sub, limits, i) for i, c in enumerate(ids)])
+            fields["components"] = tuple([_component_id(c, sub, limits, i)
+                                          for i, c in enumerate(ids)])
         elif key == _C_SHARED_SEQUENCE:
-            shared = decode_command_sequence(item, path=f"{path}.shared-sequence", limits=limits)
+            fields["shared_sequence"] = decode_command_sequence(
+                item, path=f"{path}.shared-sequence", limits=limits)
         elif key == _C_DEPENDENCIES:
-            dependencies = _decode_dependencies(item, f"{path}.dependencies", limits)
+            fields["dependencies"] = _decode_dependencies(item, f"{path}.dependencies", limits)
         else:
             extra[key] = _freeze(item, path)
-    return Common(components=components, shared_sequence=shared, dependencies=dependencies,
-                  extra=FrozenDict(extra) if extra else EMPTY)
+    if extra:
+        fields["extra"] = FrozenDict(extra)
+    return Common.from_fields(fields)
 
 
 def _decode_dependencies(value: object, path: str,
@@ -423,26 +447,32 @@ def decode_command_sequence(data: object, *, path: str, limits: Limits = DEFAULT
     if depth > limits.max_sequence_nesting:
         raise DecodeError(path, f"command sequences nested deeper than "
                           f"{limits.max_sequence_nesting}")
-    items = _array(_nested(data, path, limits), path, limit=2 * limits.max_commands)
+    items = _nested(data, path, limits)
+    if type(items) is not list or len(items) > 2 * limits.max_commands:
+        items = _array(items, path, limit=2 * limits.max_commands)
     if not items or len(items) % 2:
         raise DecodeError(path, f"expected [command, argument, ...] pairs, got "
                           f"{len(items)} items")
     commands: list[Command] = []
     append = commands.append
     policy = _POLICY_COMMANDS
+    new = tuple.__new__  # Command's own __new__, without its Python frame
     for i in range(0, len(items), 2):
         code, arg = items[i], items[i + 1]
         if type(code) is int and code in policy and type(arg) is int and arg >= 0:
-            append(Command(code, arg))  # the common case, without building a path
+            append(new(Command, (code, arg)))  # the common case, without building a path
             continue
         if type(code) is not int:
             raise DecodeError(f"{path}[{i // 2}]", f"expected a command number, got "
                               f"{_describe(code)}")
         sub = f"{path}[{i // 2}].{name_of(Cmd, code)}"
         append(Command(code, _argument(code, arg, sub, limits, depth)))
-    return CommandSequence(tuple(commands))
+    sequence = _new_object(CommandSequence)  # as CommandSequence(...), without its frame
+    _set_attribute(sequence, "commands", tuple(commands))
+    return sequence
 
 
+_new_object, _set_attribute = object.__new__, object.__setattr__
 _SET_COMPONENT_INDEX, _OVERRIDE_PARAMETERS, _SET_PARAMETERS, _RUN_SEQUENCE = (
     int(Cmd.SET_COMPONENT_INDEX), int(Cmd.OVERRIDE_PARAMETERS), int(Cmd.SET_PARAMETERS),
     int(Cmd.RUN_SEQUENCE))
@@ -535,7 +565,9 @@ def decode_parameters(value: object, *, path: str,
                     continue
             elif fn is _image_digest:
                 if len(item) == 36 and item[:4] == _SHA256_DIGEST_HEAD:
-                    fields[name] = Digest(_SHA256, item[4:])
+                    digest = fields[name] = _new_object(Digest)  # Digest(...) without its frame
+                    _set_attribute(digest, "algorithm", _SHA256)
+                    _set_attribute(digest, "value", item[4:])
                     continue
             elif (fn is _uuid or fn is _vendor) and len(item) == 16:
                 uuid = _UUIDS.get(item)

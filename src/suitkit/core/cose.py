@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import TypeAlias, TypeVar
 
 from suitkit.core import cbor, crypto
-from suitkit.core.cbor import CBORTag
+from suitkit.core.cbor import CBORTag, frozendict
 from suitkit.core.numbers import CoseAlg, CoseHeader, Tag
 from suitkit.errors import AuthenticationError, DecodeError, KeyMaterialError, PolicyError
 
@@ -220,21 +220,22 @@ def decode_auth_block(data: bytes, *, path: str) -> CoseSign1 | CoseMac0:
     if not isinstance(item, CBORTag):
         raise DecodeError(path, "expected a tagged COSE_Sign1 (18) or COSE_Mac0 (17), got "
                                 f"untagged {_kind(item)}")
-    if item.tag in (Tag.COSE_SIGN, Tag.COSE_MAC):
-        name = "COSE_Sign" if item.tag == Tag.COSE_SIGN else "COSE_Mac"
-        raise DecodeError(path, f"{name} (tag {item.tag}) is not supported; use one "
+    tag = item.tag  # compared with int constants: an IntEnum member lookup costs more
+    if tag in (_SIGN, _MAC):
+        name = "COSE_Sign" if tag == _SIGN else "COSE_Mac"
+        raise DecodeError(path, f"{name} (tag {tag}) is not supported; use one "
                                 "COSE_Sign1 or COSE_Mac0 block per signer")
-    if item.tag not in (Tag.COSE_SIGN1, Tag.COSE_MAC0):
+    if tag not in (_SIGN1, _MAC0):
         raise DecodeError(path, "expected COSE_Sign1 (tag 18) or COSE_Mac0 (tag 17), got "
-                                f"tag {item.tag}")
-    mac = item.tag == Tag.COSE_MAC0
+                                f"tag {tag}")
+    mac = tag == _MAC0
     protected, unprotected, payload, signature = _plain_array(
         item.value, 4, "COSE_Mac0" if mac else "COSE_Sign1", path)
     pmap, alg = _sign1_protected(protected, path)
     if unprotected:
         # The protected header passed on its own; now both buckets together.
         _, headers = _check_headers(protected, unprotected, path, pmap)
-    elif isinstance(unprotected, Mapping):
+    elif type(unprotected) in _EMPTY_MAP_TYPES or isinstance(unprotected, Mapping):
         headers = _NO_HEADERS
     else:
         raise DecodeError(f"{path}.unprotected", f"expected a map, got {_kind(unprotected)}")
@@ -246,9 +247,9 @@ def decode_auth_block(data: bytes, *, path: str) -> CoseSign1 | CoseMac0:
     # The dataclass fields and the cached properties, filled from this decode at once (a
     # frozen dataclass __init__ costs as much as the rest of this function).
     block: CoseSign1 | CoseMac0 = object.__new__(CoseMac0) if mac else object.__new__(CoseSign1)
-    kid = pmap.get(CoseHeader.KID)
+    kid = pmap.get(_KID)
     if kid is None:
-        kid = headers.get(CoseHeader.KID)
+        kid = headers.get(_KID)
     block.__dict__.update({
         "protected": protected, "unprotected": headers, "payload": None,
         "tag" if mac else "signature": signature, "protected_map": pmap, "algorithm": alg,
@@ -258,6 +259,10 @@ def decode_auth_block(data: bytes, *, path: str) -> CoseSign1 | CoseMac0:
 
 
 _NO_HEADERS: Mapping[object, object] = MappingProxyType({})
+_SIGN, _MAC, _SIGN1, _MAC0 = (int(Tag.COSE_SIGN), int(Tag.COSE_MAC), int(Tag.COSE_SIGN1),
+                              int(Tag.COSE_MAC0))
+_KID = int(CoseHeader.KID)
+_EMPTY_MAP_TYPES = (dict, frozendict)  # the maps cbor.decode returns
 
 
 def _kind(item: object) -> str:
@@ -275,7 +280,8 @@ def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -
     """The COSE_Sign1 ToBeSigned (RFC 9052 §4.4): ["Signature1", protected, aad, payload]."""
     # Deterministic CBOR, assembled directly: array(4), tstr "Signature1", then three bstrs.
     wrap = cbor.wrap
-    return b"\x84\x6aSignature1" + wrap(protected) + wrap(external_aad) + wrap(payload)
+    aad = wrap(external_aad) if external_aad else b"\x40"
+    return b"\x84\x6aSignature1" + wrap(protected) + aad + wrap(payload)
 
 
 def mac_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:

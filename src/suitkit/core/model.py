@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, Self, TypeVar
 from uuid import UUID
 
 from suitkit.core.numbers import Parameter
@@ -58,6 +58,26 @@ class FrozenDict(Mapping[K, V], Generic[K, V]):
 
 
 EMPTY: FrozenDict[int, object] = FrozenDict()
+NO_MEMBERS: FrozenDict[int, bytes] = FrozenDict()
+NO_PAYLOADS: FrozenDict[str, bytes] = FrozenDict()
+
+
+class Decoded:
+    """Base of the model classes the decoder builds on every manifest: ``from_fields`` makes one
+    without the frozen dataclass ``__init__``, which calls ``object.__setattr__`` once per member
+    and cost more than the rest of decoding a small manifest (benchmarks/README.md). These
+    classes have no ``__slots__``: unset members fall back to the class defaults and only the
+    set ones are stored. Instances are as frozen as any other (``__setattr__`` raises)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, object]) -> Self:
+        """An instance of ``fields``, decoded and checked by the caller; every member without a
+        default must be there."""
+        obj = object.__new__(cls)
+        obj.__dict__.update(fields)
+        return obj
 
 ComponentIdentifier = tuple[bytes, ...]
 """SUIT_Component_Identifier: a list of byte strings, e.g. ``(b"\\x00",)``."""
@@ -90,7 +110,7 @@ class VersionMatch:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Parameters:
+class Parameters(Decoded):
     """A set of SUIT parameters (manifest §8.4.8); unset ones are ``None``.
 
     ``encryption_info`` is the exact bstr content of SUIT_Encryption_Info (a tagged COSE_Encrypt).
@@ -120,17 +140,6 @@ class Parameters:
     component_metadata: FrozenDict[int, object] | None = None
     extra: FrozenDict[int, object] = EMPTY
 
-    @classmethod
-    def from_fields(cls, fields: Mapping[str, object]) -> Parameters:
-        """Fast path for the decoder: ``fields`` holds only the parameters that are set.
-
-        Parameters has no ``__slots__`` so that unset fields fall back to the class defaults
-        and only the set ones are stored; a 21-field frozen ``__init__`` costs more than the
-        rest of decoding a small manifest.
-        """
-        obj = object.__new__(cls)
-        obj.__dict__.update(fields)
-        return obj
 
     def items(self) -> Iterator[tuple[int, object]]:
         """The set parameters as ``(number, value)`` pairs, in registry order, then extras."""
@@ -202,9 +211,11 @@ CommandArgument = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
-    """One condition or directive with its argument (manifest §8.4.6)."""
+class Command(NamedTuple):
+    """One condition or directive with its argument (manifest §8.4.6).
+
+    A typed NamedTuple, not a frozen dataclass like the rest of the model: a manifest holds
+    many, and the decoder makes one for a third of the cost (benchmarks/README.md)."""
 
     code: int
     argument: CommandArgument
@@ -218,14 +229,15 @@ class DependencyMetadata:
     extra: FrozenDict[int, object] = field(default_factory=FrozenDict)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Common:
+@dataclass(frozen=True, kw_only=True)
+class Common(Decoded):
     """SUIT_Common (manifest §8.4.5)."""
 
     components: tuple[ComponentIdentifier, ...] = ()
     shared_sequence: CommandSequence | None = None
     dependencies: FrozenDict[int, DependencyMetadata] | None = None
-    extra: FrozenDict[int, object] = field(default_factory=FrozenDict)
+    extra: FrozenDict[int, object] = EMPTY
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,8 +262,8 @@ Severable = CommandSequence | Digest | None
 envelope."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Manifest:
+@dataclass(frozen=True, kw_only=True)
+class Manifest(Decoded):
     """SUIT_Manifest (manifest §8.4) with the trust-domains and update-management members."""
 
     version: int = 1
@@ -270,7 +282,8 @@ class Manifest:
     install: Severable = None
     text: Text | Digest | None = None
     coswid: bytes | Digest | None = None
-    extra: FrozenDict[int, object] = field(default_factory=FrozenDict)
+    extra: FrozenDict[int, object] = EMPTY
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,8 +299,8 @@ class Authentication:
     blocks: tuple[bytes, ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Envelope:
+@dataclass(frozen=True, kw_only=True)
+class Envelope(Decoded):
     """SUIT_Envelope (manifest §8.2).
 
     ``manifest_bytes`` is the SUIT_Manifest exactly as received (the content of the bstr at key
@@ -299,7 +312,7 @@ class Envelope:
     authentication: Authentication
     manifest: Manifest
     manifest_bytes: bytes
-    severable: FrozenDict[int, bytes] = field(default_factory=FrozenDict)
-    integrated: FrozenDict[str, bytes] = field(default_factory=FrozenDict)
-    extra: FrozenDict[int, object] = field(default_factory=FrozenDict)
+    severable: FrozenDict[int, bytes] = NO_MEMBERS
+    integrated: FrozenDict[str, bytes] = NO_PAYLOADS
+    extra: FrozenDict[int, object] = EMPTY
     tagged: bool = True

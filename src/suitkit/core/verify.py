@@ -21,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from suitkit.core import cbor, codec, cose, crypto
 from suitkit.core.model import (
     Authentication,
     CommandSequence,
     ComponentIdentifier,
+    Decoded,
     Digest,
     Envelope,
     Manifest,
@@ -87,8 +88,8 @@ class TrustAnchors:
         return cls(tuple(TrustAnchor(k) for k in keys), tuple(required_roles))
 
 
-@dataclass(frozen=True, slots=True)
-class VerifiedManifest:
+@dataclass(frozen=True)
+class VerifiedManifest(Decoded):
     """A manifest whose signatures and severable members have been checked.
 
     Only the processor consumes it. ``digest`` is the manifest digest (its identity in reports and
@@ -104,7 +105,7 @@ class VerifiedManifest:
     candidate_verification: CommandSequence | None = None
     install: CommandSequence | None = None
     text: Text | None = None
-    severed: frozenset[int] = field(default_factory=frozenset)
+    severed: frozenset[int] = frozenset()
 
     @property
     def manifest(self) -> Manifest:
@@ -182,7 +183,8 @@ def _check_blocks(blocks: Sequence[bytes], payload: bytes,
     signed: list[TrustAnchor] = []
     refused: list[str] = []
     for index, raw in enumerate(blocks, start=1):
-        path = f"envelope.authentication-wrapper[{index}]"
+        path = _BLOCK_PATHS[index] if index < len(_BLOCK_PATHS) else \
+            f"envelope.authentication-wrapper[{index}]"
         block = cose.decode_auth_block(raw, path=path)
         if block.payload is not None:
             # manifest §8.3: the payload is detached (the SUIT_Digest); it must be nil.
@@ -211,6 +213,9 @@ def _check_blocks(blocks: Sequence[bytes], payload: bytes,
         raise AuthenticationError("no authentication block verifies with a trusted key: "
                                   + "; ".join(refused))
     return tuple(signed)
+
+
+_BLOCK_PATHS = tuple(f"envelope.authentication-wrapper[{i}]" for i in range(9))
 
 
 def _candidates(block: cose.CoseSign1 | cose.CoseMac0,
@@ -276,13 +281,12 @@ def _resolve_severable(envelope: Envelope, signers: tuple[TrustAnchor, ...],
                manifest.candidate_verification, manifest.install, manifest.text, manifest.coswid)
     if not envelope.severable and Digest not in map(type, members):
         # Nothing severed and nothing to check: every member is inline (or absent).
-        return VerifiedManifest(envelope, envelope.authentication.digest, signers,
-                                manifest.dependency_resolution,  # type: ignore[arg-type]
-                                manifest.payload_fetch,  # type: ignore[arg-type]
-                                manifest.candidate_verification,  # type: ignore[arg-type]
-                                manifest.install,  # type: ignore[arg-type]
-                                manifest.text,  # type: ignore[arg-type]
-                                _NOTHING_SEVERED)
+        return VerifiedManifest.from_fields({
+            "envelope": envelope, "digest": envelope.authentication.digest, "signers": signers,
+            "dependency_resolution": manifest.dependency_resolution,
+            "payload_fetch": manifest.payload_fetch,
+            "candidate_verification": manifest.candidate_verification,
+            "install": manifest.install, "text": manifest.text})
     resolved, severed = check_severable(envelope, limits=limits)
     return VerifiedManifest(
         envelope=envelope,
@@ -337,7 +341,6 @@ def check_severable(envelope: Envelope, *, limits: Limits = codec.DEFAULT_LIMITS
     return resolved, frozenset(severed)
 
 
-_NOTHING_SEVERED: frozenset[int] = frozenset()
 _SEVERABLE_MEMBER_FIELDS: tuple[tuple[int, str], ...] = (
     *_SEVERABLE_SEQUENCE_FIELDS.items(), (ManifestKey.TEXT, "text"),
     (ManifestKey.COSWID, "coswid"))
