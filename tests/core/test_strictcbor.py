@@ -255,6 +255,36 @@ def test_nested_length_claims_cannot_multiply_memory() -> None:
     assert peak < 10 * size, f"peak {peak} bytes for a {size}-byte input"
 
 
+def test_a_long_array_head_costs_nothing_before_its_items() -> None:
+    # One head claiming every byte left, then a reserved head (0x1c) that the reference refuses
+    # at once: the fast path must not have set aside a slot per claimed item meanwhile (a review
+    # measured 8 bytes per input byte).
+    size = 1 << 20
+    data = (b"\xd8\x6b\x9a" + (size - 7).to_bytes(4, "big") + b"\x1c").ljust(size, b"\x00")
+    tracemalloc.start()
+    try:
+        assert FAST(data, 16) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, f"peak {peak} bytes for a {size}-byte input"
+
+
+@pytest.mark.parametrize("count", [1023, 1024, 1025, 5000])
+@pytest.mark.parametrize("tagged", [False, True])
+def test_long_arrays_decode_as_the_reference_does(count: int, tagged: bool) -> None:
+    # Arrays longer than PREALLOCATE_UP_TO grow item by item (a tuple inside a tag).
+    value: object = list(range(count))
+    if tagged:
+        value = CBORTag(18, value)
+    data = cbor2.dumps(value)
+    got = FAST(data, 16)
+    assert got is not None
+    assert check_contract(data, 16) == got
+    inner = got[0].value if tagged else got[0]
+    assert type(inner) is (tuple if tagged else list) and len(inner) == count
+
+
 # -------------------------------------------------------------------------- 5. spec vectors
 
 

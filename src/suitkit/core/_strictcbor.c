@@ -19,7 +19,8 @@
  * Bounds: every length is checked against the bytes left before anything is read or
  * allocated, less the bytes the open containers have promised to their items (a container of
  * n items needs n bytes no other container has claimed), so all containers together hold at
- * most one slot per input byte; nesting is bounded by max_depth and by MAX_DEPTH.
+ * most one slot per input byte, and an array longer than PREALLOCATE_UP_TO only holds the slots
+ * of the items decoded so far; nesting is bounded by max_depth and by MAX_DEPTH.
  *
  * tests/core/test_strictcbor.py checks the rule above against the reference decoder
  * (hypothesis: generated items, every encoding of their heads, mutated bytes); fuzz/ runs the
@@ -104,12 +105,18 @@ static int read_head(Reader *r, int *major, uint64_t *arg) {
 
 static PyObject *decode_item(Reader *r, int depth, int immutable);
 
+/* Arrays up to this many items get their slots at once; a longer one grows as its items are
+ * decoded, so that a head claiming a million items costs nothing before the items are there
+ * (the reference decoder would refuse such an input after a few bytes). */
+#define PREALLOCATE_UP_TO 1024
+
 static PyObject *decode_array(Reader *r, uint64_t n, int depth, int immutable) {
     if (!room_for(r, n)) {
         return NULL;
     }
     Py_ssize_t count = (Py_ssize_t)n;
-    PyObject *out = immutable ? PyTuple_New(count) : PyList_New(count);
+    int grow = count > PREALLOCATE_UP_TO;
+    PyObject *out = grow ? PyList_New(0) : immutable ? PyTuple_New(count) : PyList_New(count);
     if (out == NULL) {
         return NULL;
     }
@@ -121,11 +128,23 @@ static PyObject *decode_array(Reader *r, uint64_t n, int depth, int immutable) {
             Py_DECREF(out);
             return NULL;
         }
-        if (immutable) {
+        if (grow) {
+            int failed = PyList_Append(out, item);
+            Py_DECREF(item);
+            if (failed) {
+                Py_DECREF(out);
+                return NULL;
+            }
+        } else if (immutable) {
             PyTuple_SET_ITEM(out, i, item);
         } else {
             PyList_SET_ITEM(out, i, item);
         }
+    }
+    if (grow && immutable) {
+        PyObject *tuple = PyList_AsTuple(out);
+        Py_DECREF(out);
+        return tuple;
     }
     return out;
 }
