@@ -296,8 +296,7 @@ def decode_manifest(data: bytes, *, limits: Limits = DEFAULT_LIMITS,
                 _uint(value, _manifest_path(path, key))
             fields["version" if key == _M_VERSION else "sequence_number"] = value
             continue
-        sub = (_MANIFEST_PATHS.get(key) if path == "manifest" else None) or \
-            _manifest_path(path, key)
+        sub = _manifest_path(path, key)
         if key == _M_COMMON:
             fields["common"] = _decode_common(_nested(value, sub, limits), sub, limits)
         elif key in _UNSEVERABLE:
@@ -321,10 +320,9 @@ def decode_manifest(data: bytes, *, limits: Limits = DEFAULT_LIMITS,
             )
         else:
             extra[key] = _freeze(value, sub)
-    if len(fields.keys() & _REQUIRED_MEMBERS) != len(_REQUIRED_MEMBERS):
-        for required, number in (("version", 1), ("sequence_number", 2), ("common", 3)):
-            if required not in fields:
-                raise DecodeError(path, f"missing {required.replace('_', '-')} (key {number})")
+    for required, number in (("version", 1), ("sequence_number", 2), ("common", 3)):
+        if required not in fields:
+            raise DecodeError(path, f"missing {required.replace('_', '-')} (key {number})")
     if extra:
         fields["extra"] = FrozenDict(extra)
     return Manifest.from_fields(fields)
@@ -337,7 +335,6 @@ _M_REFERENCE_URI, _M_MANIFEST_COMPONENT_ID = (int(ManifestKey.REFERENCE_URI),
                                               int(ManifestKey.MANIFEST_COMPONENT_ID))
 _M_SET_VERSION, _M_TEXT, _M_COSWID = (int(ManifestKey.SET_VERSION), int(ManifestKey.TEXT),
                                       int(ManifestKey.COSWID))
-_REQUIRED_MEMBERS = frozenset({"version", "sequence_number", "common"})
 _MANIFEST_PATHS: dict[int, str] = {int(k): f"manifest.{name_of(ManifestKey, k)}"
                                    for k in ManifestKey}
 
