@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+import pytest
 
 VECTORS = Path(__file__).parent / "vectors"
 
@@ -31,3 +34,19 @@ def example_public_pem() -> bytes:
 
 def example_private_pem() -> bytes:
     return (VECTORS / "example-key-private.pem").read_bytes()
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    """Run ``suitkit ARGS`` in-process through the real entry point: (exit code, out, err)."""
+    from suitkit.cli.main import main
+
+    argv = sys.argv
+    sys.argv = ["suitkit", *map(str, args)]
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main()
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    code = exited.value.code
+    return (code if isinstance(code, int) else 0), captured.out, captured.err

@@ -15,28 +15,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
-from suitkit.cli.main import main
 from suitkit.core import codec, crypto
 
-from helpers import VECTORS, vector
+from helpers import VECTORS, run_cli, vector
 
 ALGORITHMS = ["ES256", "ESP256", "ES384", "EdDSA", "Ed25519", "HSS-LMS", "HMAC-256"]
 COSE_ALG = {"ES256": -7, "ESP256": -9, "ES384": -35, "EdDSA": -8, "Ed25519": -19,
             "HSS-LMS": -46, "HMAC-256": 5}
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    """Run ``suitkit ARGS`` in-process through the real entry point."""
-    argv = sys.argv
-    sys.argv = ["suitkit", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as exited:
-            main()
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 0), captured.out, captured.err
+run = run_cli  # suitkit ARGS in-process (tests/helpers.py)
 
 
 def one_error_line(err: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import socket
 import stat
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from suitkit.cli.main import main
 from suitkit.core import crypto
 from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig
 from suitkit.server.background import running_server
 from suitkit.tracker.api import create_router
 from suitkit.tracker.config import TrackerConfig
+
+from helpers import run_cli
 
 BOOTSTRAP = "bootstrap-admin-token-for-cli-tests"
 
@@ -36,18 +36,7 @@ class Server:
     tmp: Path
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    """Run ``suitkit ARGS`` in-process through the real entry point."""
-    argv = sys.argv
-    sys.argv = ["suitkit", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as exited:
-            main()
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    code = exited.value.code
-    return (code if isinstance(code, int) else 0), captured.out, captured.err
+run = run_cli  # suitkit ARGS in-process (tests/helpers.py)
 
 
 def one_error_line(err: str) -> str:
