@@ -187,10 +187,7 @@ def list_campaigns(server: ServerOption, token_file: TokenFileOption,
                    as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
     """Every campaign, newest first."""
     client = ApiClient.from_options(server, token_file, timeout)
-    doc = client.get(_PATH)
-    campaigns = doc.get("campaigns") if isinstance(doc, dict) else None
-    if not isinstance(campaigns, list):
-        fail("unexpected answer from the server: no 'campaigns'", EXIT_USAGE)
+    campaigns = client.pages(_PATH, "campaigns")  # every page
     if as_json:
         _print_json(campaigns)
         return

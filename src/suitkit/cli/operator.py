@@ -8,7 +8,9 @@ Every command takes ``--server URL`` and ``--token-file FILE`` (or ``SUITKIT_SER
 - ``token create NAME --role R [--expires-in-days N] [--out FILE]``: the new token goes to
   ``--out`` (written atomically, mode 0600) or to stdout; it is shown only this once.
 - ``token list [--json]``, ``token revoke ID``.
-- ``devices list [--json]``, ``devices show ID [--json]`` (the device, its inventory, history).
+- ``devices list [--limit N] [--json]``, ``devices show ID [--limit N] [--json]`` (the device,
+  its inventory, history). Lists come in pages: ``ApiClient.pages`` follows ``next`` to the end
+  (or to ``--limit`` items).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ TokenFileOption = Annotated[Path, typer.Option(
     "--token-file", envvar="SUITKIT_TOKEN_FILE", help="File holding your API token.")]
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
+LimitOption = Annotated[int | None, typer.Option(
+    "--limit", min=1, help="Show at most N items (default: all, page after page).")]
+_PAGE = 1000  # items per request when following a paged list
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,26 @@ class ApiClient:
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self.request("GET", path, **kwargs)
+
+    def pages(self, path: str, key: str, *, limit: int | None = None,
+              params: dict[str, str] | None = None) -> list[Any]:
+        """Every item of the paged list ``key`` at ``path``, following ``next`` page after
+        page; only the first ``limit`` items when given."""
+        items: list[Any] = []
+        after: str | None = None
+        while limit is None or len(items) < limit:
+            query = dict(params or {})
+            query["limit"] = str(min(_PAGE, limit - len(items)) if limit is not None else _PAGE)
+            if after is not None:
+                query["after"] = after
+            doc = self.get(path, params=query)
+            items += _field(doc, key, list)
+            after = doc.get("next")
+            if after is None:
+                break
+            if not isinstance(after, str):
+                fail("unexpected answer from the server: 'next' is not a cursor", EXIT_USAGE)
+        return items if limit is None else items[:limit]
 
     def post(self, path: str, body: Any, **kwargs: Any) -> Any:
         return self.request("POST", path, body=body, **kwargs)
@@ -201,11 +226,11 @@ def token_revoke(token_id: Annotated[str, typer.Argument(metavar="ID", help="Tok
 
 @devices_app.command("list")
 @handles_errors
-def devices_list(server: ServerOption, token_file: TokenFileOption,
+def devices_list(server: ServerOption, token_file: TokenFileOption, limit: LimitOption = None,
                  as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
-    """List devices (admin, operator)."""
-    devices = _field(ApiClient.from_options(server, token_file, timeout).get("/api/v1/devices"),
-                     "devices", list)
+    """List devices, oldest first (admin, operator)."""
+    devices = ApiClient.from_options(server, token_file, timeout).pages(
+        "/api/v1/devices", "devices", limit=limit)
     if as_json:
         _print_json(devices)
         return
@@ -219,14 +244,15 @@ def devices_list(server: ServerOption, token_file: TokenFileOption,
 @devices_app.command("show")
 @handles_errors
 def devices_show(device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id.")],
-                 server: ServerOption, token_file: TokenFileOption,
+                 server: ServerOption, token_file: TokenFileOption, limit: LimitOption = None,
                  as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
-    """One device: identity, inventory and update history (admin, operator)."""
+    """One device: identity, inventory and update history (``--limit``: its first N items;
+    admin, operator)."""
     if not device_id or "/" in device_id or len(device_id) > 36:
         fail(f"expected a device id (a UUID), got {device_id[:40]!r}", EXIT_USAGE)
     client = ApiClient.from_options(server, token_file, timeout)
     device = client.get(f"/api/v1/devices/{device_id}")
-    history = _field(client.get(f"/api/v1/devices/{device_id}/history"), "history", list)
+    history = client.pages(f"/api/v1/devices/{device_id}/history", "history", limit=limit)
     if not isinstance(device, dict):
         fail("unexpected answer from the server: not a device", EXIT_USAGE)
     if as_json:

@@ -108,10 +108,21 @@ class Console:
         return dict(self.call("GET", f"/api/v1/devices/{device_id}"))
 
     def devices(self) -> list[dict[str, Any]]:
-        return list(self.call("GET", "/api/v1/devices")["devices"])
+        return self.pages("/api/v1/devices", "devices")
 
     def history(self, device_id: str) -> list[dict[str, Any]]:
-        return list(self.call("GET", f"/api/v1/devices/{device_id}/history")["history"])
+        return self.pages(f"/api/v1/devices/{device_id}/history", "history")
+
+    def pages(self, path: str, key: str) -> list[dict[str, Any]]:
+        """Every item of a paged list: its pages in order, following ``next`` to the end."""
+        items: list[dict[str, Any]] = []
+        params: dict[str, str | int] = {"limit": 1000}
+        while True:
+            doc = self.call("GET", path, params=params)
+            items += doc[key]
+            if doc.get("next") is None:
+                return items
+            params = {"limit": 1000, "after": str(doc["next"])}
 
     # ---- releases and deployments
 

@@ -108,7 +108,7 @@ def _wait_ready(url: str, admin: str, process: subprocess.Popen[bytes], timeout:
         if process.poll() is not None:
             return False
         try:
-            response = httpx.get(f"{url}/api/v1/devices", timeout=2.0,
+            response = httpx.get(f"{url}/api/v1/devices?limit=1", timeout=2.0,
                                  headers={"Authorization": f"Bearer {admin}"})
             if response.status_code == 200:
                 return True

@@ -10,13 +10,17 @@ a missing, wrong, expired or revoked credential, 403 for a role that may not cal
 Routes (docs/tracker.md has the bodies):
 
 - ``POST /api/v1/devices`` (admin): register; returns ``id`` and ``secret`` once.
-- ``GET /api/v1/devices`` (admin, operator), ``GET /api/v1/devices/{id}`` (admin, operator,
-  or the device).
+- ``GET /api/v1/devices?limit=&after=`` (admin, operator), ``GET /api/v1/devices/{id}``
+  (admin, operator, or the device).
 - ``PUT /api/v1/devices/{id}/inventory`` (the device): vendor/class IDs, components, hardware.
 - ``POST /api/v1/devices/{id}/events`` (the device): a state of ``db.TRANSITIONS``.
 - ``POST /api/v1/devices/{id}/reports`` (the device): a SUIT_Report in CBOR, decoded strictly
   with ``core.report.decode_report`` (the device is not trusted); bytes and summary are stored.
-- ``GET /api/v1/devices/{id}/history`` (admin, operator, or the device): events and reports.
+- ``GET /api/v1/devices/{id}/history?limit=&after=`` (admin, operator, or the device): events
+  and reports.
+
+Lists come in pages (keyset pagination, ``page_params``): ``limit`` 1 to 1000 (default 500),
+``after`` the opaque cursor ``next`` of the page before; ``next`` is ``null`` on the last page.
 - ``POST /api/v1/deployments`` (admin, operator; not author): assign a release (manifest
   digest and envelope URL) to devices; each moves to ``notified``. The latest assignment of a
   device wins.
@@ -34,11 +38,13 @@ COSE_Mac0 around the report), device credential rotation, rate limiting.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import json
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -63,12 +69,14 @@ from suitkit.tracker.db import (
     ComponentEntry,
     DeploymentRefused,
     Inventory,
+    Page,
     TrackerDB,
     TransitionRefused,
     open_db,
 )
 
-__all__ = ["REPORT_MEDIA_TYPE", "TrackerConfig", "create_router", "summarize_report"]
+__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "PAGE_PARAMETERS", "REPORT_MEDIA_TYPE", "TrackerConfig",
+           "create_router", "decode_cursor", "encode_cursor", "page_params", "summarize_report"]
 
 REPORT_MEDIA_TYPE = "application/suit-report+cbor"
 _REPORT_TYPES = frozenset({REPORT_MEDIA_TYPE, "application/octet-stream"})
@@ -85,6 +93,10 @@ _MAX_URL = 2048
 _MAX_DEPLOY_DEVICES = 1000
 _MAX_DEVICE_ID = 36
 _DEVICES = "/api/v1/devices"
+DEFAULT_PAGE = 500
+MAX_PAGE = 1000
+_MAX_CURSOR = 200
+_MAX_SEQ = (1 << 31) - 1  # the seq columns are 32-bit integers
 
 
 _Refused = Refused  # the name this module used before auth.py held it
@@ -290,6 +302,82 @@ def _deployment(doc: Mapping[str, Any]) -> tuple[str, str, list[str]]:
     return release, url, ids
 
 
+# ============================================================================ pages
+
+
+def encode_cursor(kind: str, *key: Any) -> str:
+    """An opaque cursor for the sort key ``key`` of a list ``kind`` (base64url of JSON)."""
+    text = json.dumps([kind, *key], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> list[Any]:
+    """The key in a cursor of ``encode_cursor(kind, ...)`` whose items have ``types``;
+    ``Refused`` (400) for anything else."""
+    bad = _Refused(400, f"after: expected the cursor 'next' of a previous page of this list, "
+                        f"got {cursor[:40]!r}")
+    if len(cursor) > _MAX_CURSOR:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        doc = json.loads(raw.decode(), parse_constant=_no_constant)
+    except (ValueError, binascii.Error, _BadJson, RecursionError):
+        raise bad from None
+    if (not isinstance(doc, list) or len(doc) != len(types) + 1 or doc[0] != kind
+            or not all(type(v) is t for v, t in zip(doc[1:], types, strict=True))):
+        raise bad
+    if any(isinstance(v, str) and ("\x00" in v or not _is_utf8(v)) for v in doc[1:]):
+        raise bad
+    return doc[1:]
+
+
+PAGE_PARAMETERS: dict[str, Any] = {"parameters": [
+    {"name": "limit", "in": "query", "required": False,
+     "description": f"items per page, 1 to {MAX_PAGE}",
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}},
+    {"name": "after", "in": "query", "required": False,
+     "description": "the cursor 'next' of the page before (opaque)",
+     "schema": {"type": "string"}},
+]}
+"""``openapi_extra`` of a paged route (``page_params`` reads the two parameters itself, so
+that a bad one gets a message with the range and what was seen)."""
+
+
+def page_params(request: Request, kind: str, types: tuple[type, ...]
+                ) -> tuple[int, list[Any] | None, str]:
+    """The query's ``limit`` (1 to ``MAX_PAGE``, default ``DEFAULT_PAGE``), the key in its
+    ``after`` cursor (``None`` for the first page) and the cursor as given; 400 otherwise."""
+    text = request.query_params.get("limit")
+    limit = DEFAULT_PAGE
+    if text is not None:
+        digits = text.strip()
+        limit = int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 8 else 0
+        if not 1 <= limit <= MAX_PAGE:
+            raise _Refused(400, f"limit: expected a whole number from 1 to {MAX_PAGE}, got "
+                                f"{text[:20]!r}")
+    after = request.query_params.get("after")
+    return limit, None if after is None else decode_cursor(after, kind, types), after or ""
+
+
+def _created_id_key(key: list[Any] | None, cursor: str) -> tuple[datetime, str] | None:
+    if key is None:
+        return None
+    try:
+        created = datetime.fromisoformat(key[0])
+    except ValueError:
+        created = None
+    if created is None or created.tzinfo is not None or len(key[1]) > _MAX_DEVICE_ID:
+        raise _Refused(400, f"after: expected the cursor 'next' of a previous page of this "
+                            f"list, got {cursor[:40]!r}")
+    return created, key[1]
+
+
+def _paged(key: str, page: Page, cursor: Callable[[tuple[Any, ...]], str],
+           **extra: Any) -> JSONResponse:
+    return JSONResponse({**extra, key: page.items,
+                         "next": cursor(page.next) if page.next is not None else None})
+
+
 # ============================================================================ router
 
 
@@ -352,12 +440,18 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
                              "token": f"{device_id}.{secret}"}, status_code=201,
                             headers={"Cache-Control": "no-store"})
 
-    @router.get(_DEVICES, summary="List devices (admin, operator)")
+    @router.get(_DEVICES, summary="List devices (admin, operator)",
+                openapi_extra=PAGE_PARAMETERS)
     async def list_devices(request: Request, components: bool = False) -> Response:
-        """Every device (admin, operator); ``?components=true``: with installed components."""
+        """A page of devices, oldest first (admin, operator); ``?components=true``: with
+        installed components. ``next`` is the cursor for ``?after=`` (``null``: the end)."""
         await auth.require(request, "admin", "operator")
-        return JSONResponse({"devices": await storage(
-            functools.partial(tracker.devices, components=components))})
+        limit, key, after = page_params(request, "devices", (str, str))
+        start = _created_id_key(key, after)
+        page = await storage(functools.partial(tracker.devices_page, components=components,
+                                               limit=limit, after=start))
+        return _paged("devices", page,
+                      lambda k: encode_cursor("devices", k[0].isoformat(), k[1]))
 
     @router.get(f"{_DEVICES}/{{device_id}}",
                 summary="One device with its inventory (admin, operator, the device)")
@@ -451,13 +545,20 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
         return JSONResponse(stored, status_code=201)
 
     @router.get(f"{_DEVICES}/{{device_id}}/history",
-                summary="A device's events and reports (admin, operator, the device)")
+                summary="A device's events and reports (admin, operator, the device)",
+                openapi_extra=PAGE_PARAMETERS)
     async def history(request: Request, device_id: str) -> Response:
-        """The device's events and report summaries, in order (admin, operator, or the
-        device itself)."""
+        """A page of the device's events and report summaries, in order (by ``seq``; admin,
+        operator, or the device itself). ``next`` is the cursor for ``?after=``."""
         await device_or_staff(request, device_id)
-        return JSONResponse({"id": device_id,
-                             "history": await storage(tracker.history, device_id)})
+        limit, key, after = page_params(request, "history", (int,))
+        if key is not None and not 0 <= key[0] <= _MAX_SEQ:
+            raise _Refused(400, f"after: expected the cursor 'next' of a previous page of "
+                                f"this list, got {after[:40]!r}")
+        page = await storage(functools.partial(tracker.history_page, device_id, limit=limit,
+                                               after=key[0] if key is not None else 0))
+        return _paged("history", page, lambda k: encode_cursor("history", k[0]),
+                      id=device_id)
 
     @router.get(f"{_DEVICES}/{{device_id}}/update",
                 summary="The release assigned to the device, or 204 (the device itself)")

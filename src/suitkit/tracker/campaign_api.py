@@ -3,7 +3,8 @@
 Routes (docs/tracker.md, "Campaigns", has the bodies):
 
 - ``POST /api/v1/campaigns`` (operator, admin): create a campaign in ``draft``.
-- ``GET /api/v1/campaigns`` (admin, operator, author): every campaign, newest first.
+- ``GET /api/v1/campaigns?limit=&after=`` (admin, operator, author): a page of campaigns,
+  newest first; ``next`` is the cursor of the following page (``null``: the end).
 - ``GET /api/v1/campaigns/{id}?offset=&limit=`` (admin, operator, author): status, counts per
   state and per wave, a page of members, the campaign's log.
 - ``POST /api/v1/campaigns/{id}/approve|start|pause|resume|cancel|trigger`` (operator, admin);
@@ -32,11 +33,16 @@ from suitkit.errors import StorageError
 from suitkit.tracker.api import (
     _MAX_DIGEST_BYTES,
     _MAX_URL,
+    PAGE_PARAMETERS,
+    _created_id_key,
     _hex,
     _json_object,
     _only,
+    _paged,
     _text,
     _uuid,
+    encode_cursor,
+    page_params,
 )
 from suitkit.tracker.auth import Authenticator, Principal, Refused, Role
 from suitkit.tracker.campaigns import MODES, CampaignEngine, CampaignRefused, CampaignSpec
@@ -172,11 +178,16 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
                     f"release {spec.release}, target {doc['target']}, mode {spec.mode}")
         return JSONResponse(doc, status_code=201)
 
-    @router.get(_CAMPAIGNS)
+    @router.get(_CAMPAIGNS, openapi_extra=PAGE_PARAMETERS)
     async def list_campaigns(request: Request) -> Response:
-        """Every campaign (admin, operator, author)."""
+        """A page of campaigns, newest first (admin, operator, author); ``next`` is the
+        cursor for ``?after=`` (``null``: the end)."""
         await auth.require(request, *_READERS)
-        return JSONResponse({"campaigns": await call(engine.campaigns)})
+        limit, key, after = page_params(request, "campaigns", (str, str))
+        start = _created_id_key(key, after)
+        page = await call(engine.campaigns_page, limit=limit, after=start)
+        return _paged("campaigns", page,
+                      lambda k: encode_cursor("campaigns", k[0].isoformat(), k[1]))
 
     @router.get(f"{_CAMPAIGNS}/{{campaign_id}}")
     async def get(request: Request, campaign_id: str, offset: int = 0, limit: int = 100

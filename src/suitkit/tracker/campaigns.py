@@ -45,6 +45,7 @@ from sqlalchemy import (
     String,
     Text,
     func,
+    or_,
     select,
     update,
 )
@@ -56,7 +57,9 @@ from suitkit.tracker.db import (
     Assignment,
     Device,
     DeviceEvent,
+    Page,
     _Base,
+    page_of,
 )
 
 if TYPE_CHECKING:
@@ -784,10 +787,22 @@ class CampaignEngine:
 
     def campaigns(self) -> list[dict[str, Any]]:
         """Every campaign (no members), newest first."""
+        return self.campaigns_page(limit=None).items
+
+    def campaigns_page(self, *, limit: int | None = 500,
+                       after: tuple[datetime, str] | None = None) -> Page:
+        """At most ``limit`` campaigns (``None``: all), newest first (``created`` descending,
+        then ``id``), after the key ``after`` (``Page.next`` of the page before)."""
         with self.db._session() as session:
-            rows = session.scalars(select(Campaign).order_by(Campaign.created.desc(),
-                                                             Campaign.id))
-            return [_campaign_json(c) for c in rows]
+            query = select(Campaign).order_by(Campaign.created.desc(), Campaign.id)
+            if after is not None:
+                created, last_id = after
+                query = query.where(Campaign.created <= created,
+                                    or_(Campaign.created < created, Campaign.id > last_id))
+            if limit is not None:
+                query = query.limit(limit + 1)
+            items = [((c.created, c.id), _campaign_json(c)) for c in session.scalars(query)]
+            return page_of(items, limit if limit is not None else len(items))
 
     # ---- helpers
 

@@ -54,6 +54,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -61,6 +62,7 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    or_,
     select,
     update,
 )
@@ -86,6 +88,7 @@ __all__ = [
     "DeviceReport",
     "InstalledComponent",
     "Inventory",
+    "Page",
     "TokenCheck",
     "TrackerDB",
     "TransitionRefused",
@@ -94,6 +97,7 @@ __all__ = [
     "hash_secret",
     "migrate",
     "open_db",
+    "page_of",
     "pbkdf2_hash",
     "upgrade_schema",
     "verify_secret",
@@ -132,6 +136,7 @@ TOKEN_ROLES = ("admin", "author", "operator")
 """The roles an API token can have (devices authenticate with their own credentials)."""
 _MAX_TOKEN_ID = 32
 _MAX_AUDIT_TEXT = 512
+_IN_BATCH = 500  # ids per IN (...): well under any database's bound-parameter limit
 
 
 def _utcnow() -> datetime:
@@ -199,6 +204,8 @@ class Device(_Base):
     tags: Mapped[list[str] | None] = mapped_column(JSON, default=list)
     """Operator-given labels campaigns target (``campaigns.CampaignEngine.set_tags``)."""
 
+    __table_args__ = (Index("ix_devices_created_id", "created", "id"),)  # the list's pages
+
 
 class InstalledComponent(_Base):
     """One component of a device's inventory: its identifier, sequence number and digest."""
@@ -219,6 +226,7 @@ class DeviceEvent(_Base):
     """One state change of a device's update, as the device reported it."""
 
     __tablename__ = "device_events"
+    __table_args__ = (Index("ix_device_events_device_id_seq", "device_id", "seq"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
@@ -234,6 +242,7 @@ class DeviceReport(_Base):
     """One SUIT report a device sent: the bytes as received and a decoded summary."""
 
     __tablename__ = "device_reports"
+    __table_args__ = (Index("ix_device_reports_device_id_seq", "device_id", "seq"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
@@ -293,6 +302,23 @@ class AuditEntry(_Base):
 
 
 # --------------------------------------------------------------------------------- operations
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list in a stable order (keyset pagination): ``items``, and ``next``, the
+    sort key of the last item when more may follow (``None`` on the last page)."""
+
+    items: list[dict[str, Any]]
+    next: tuple[Any, ...] | None
+
+
+def page_of(rows: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], limit: int) -> Page:
+    """The first ``limit`` of ``rows`` (sort key, item), fetched ``limit + 1`` at most: one
+    more row than the page tells whether a next page exists."""
+    shown = list(rows[:limit])
+    more = len(rows) > limit and bool(shown)
+    return Page([doc for _, doc in shown], shown[-1][0] if more else None)
 
 
 class DeploymentRefused(Exception):
@@ -431,15 +457,39 @@ class TrackerDB:
     def devices(self, *, components: bool = False) -> list[dict[str, Any]]:
         """Every device, oldest first; with ``components``, each with its installed components
         (read in one more query, for the dashboard's fleet overview)."""
+        return self.devices_page(components=components, limit=None).items
+
+    def devices_page(self, *, components: bool = False, limit: int | None = 500,
+                     after: tuple[datetime, str] | None = None) -> Page:
+        """At most ``limit`` devices (``None``: all), oldest first (by ``created``, then
+        ``id``: unique, indexed), after the key ``after`` (``Page.next`` of the page before).
+        A device registered meanwhile sorts after every older one: no device is shown twice
+        or skipped."""
         with self._session() as session:
-            rows = session.scalars(select(Device).order_by(Device.created, Device.id))
-            if not components:
-                return [_device_json(d, None) for d in rows]
-            installed: dict[str, list[InstalledComponent]] = {}
-            for c in session.scalars(select(InstalledComponent).order_by(
-                    InstalledComponent.device_id, InstalledComponent.position)):
-                installed.setdefault(c.device_id, []).append(c)
-            return [_device_json(d, installed.get(d.id, [])) for d in rows]
+            query = select(Device).order_by(Device.created, Device.id)
+            if after is not None:
+                created, last_id = after
+                # (created, id) > key, written so that the index gives a range (an OR alone
+                # makes SQLite scan the whole index)
+                query = query.where(Device.created >= created,
+                                    or_(Device.created > created, Device.id > last_id))
+            if limit is not None:
+                query = query.limit(limit + 1)
+            rows = list(session.scalars(query))
+            installed: dict[str, list[InstalledComponent]] | None = None
+            if components:
+                installed = {}
+                ids = [d.id for d in rows]
+                for start in range(0, len(ids), _IN_BATCH):
+                    for c in session.scalars(select(InstalledComponent).where(
+                            InstalledComponent.device_id.in_(ids[start:start + _IN_BATCH]))
+                            .order_by(InstalledComponent.device_id,
+                                      InstalledComponent.position)):
+                        installed.setdefault(c.device_id, []).append(c)
+            items = [((d.created, d.id),
+                      _device_json(d, None if installed is None else installed.get(d.id, [])))
+                     for d in rows]
+            return page_of(items, limit if limit is not None else len(items))
 
     def device(self, device_id: str) -> dict[str, Any] | None:
         """One device with its components, or ``None``."""
@@ -617,14 +667,26 @@ class TrackerDB:
 
     def history(self, device_id: str) -> list[dict[str, Any]]:
         """The device's events and report summaries, in the order they arrived."""
+        return self.history_page(device_id, limit=None).items
+
+    def history_page(self, device_id: str, *, limit: int | None = 500, after: int = 0
+                     ) -> Page:
+        """At most ``limit`` items of the device's history (``None``: all) with ``seq`` above
+        ``after``, in order; each table is read only for one page (ORDER BY seq, LIMIT, on
+        the ``(device_id, seq)`` index). ``Page.next`` is ``(seq,)`` of the last item."""
         with self._session() as session:
-            events = session.scalars(select(DeviceEvent)
-                                     .where(DeviceEvent.device_id == device_id))
-            reports = session.scalars(select(DeviceReport)
-                                      .where(DeviceReport.device_id == device_id))
-            items = [(e.seq, _event_json(e)) for e in events]
-            items += [(r.seq, _report_json(r)) for r in reports]
-            return [doc for _, doc in sorted(items, key=lambda item: item[0])]
+            events = (select(DeviceEvent).where(DeviceEvent.device_id == device_id,
+                                                DeviceEvent.seq > after)
+                      .order_by(DeviceEvent.seq))
+            reports = (select(DeviceReport).where(DeviceReport.device_id == device_id,
+                                                  DeviceReport.seq > after)
+                       .order_by(DeviceReport.seq))
+            if limit is not None:
+                events, reports = events.limit(limit + 1), reports.limit(limit + 1)
+            items = [((e.seq,), _event_json(e)) for e in session.scalars(events)]
+            items += [((r.seq,), _report_json(r)) for r in session.scalars(reports)]
+            items.sort(key=lambda item: item[0])
+            return page_of(items, limit if limit is not None else len(items))
 
     def report_bytes(self, device_id: str) -> list[bytes]:
         """The raw reports of a device, oldest first."""

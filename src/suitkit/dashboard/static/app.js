@@ -119,6 +119,21 @@ async function api(path, { method = "GET", body, token } = {}) {
   return doc;
 }
 
+// Every item of a paged list (GET ?limit=&after=): follows `next` page after page and
+// returns { [key]: items } like a single answer.
+async function apiAll(path, key) {
+  const items = [];
+  let after = null;
+  for (;;) {
+    const sep = path.includes("?") ? "&" : "?";
+    const cursor = after === null ? "" : `&after=${encodeURIComponent(after)}`;
+    const doc = await api(`${path}${sep}limit=1000${cursor}`);
+    if (Array.isArray(doc?.[key])) items.push(...doc[key]);
+    after = typeof doc?.next === "string" ? doc.next : null;
+    if (after === null) return { [key]: items };
+  }
+}
+
 // ------------------------------------------------------------------------------- session
 
 let me = null;
@@ -354,7 +369,7 @@ async function overviewView(view) {
   add(view, h("h1", {}, "Fleet"), error, counts,
     h("section", { class: "devices" }, h("h2", {}, "Devices"), filter, rows));
   await goLive(async () => {
-    const doc = await api("/api/v1/devices?components=true");
+    const doc = await apiAll("/api/v1/devices?components=true", "devices");
     const devices = Array.isArray(doc?.devices) ? doc.devices : [];
     const versions = new Map();
     for (const d of devices) {
@@ -493,7 +508,7 @@ async function campaignsView(view) {
   const body = h("div");
   add(view, h("h1", {}, "Campaigns"), error, body);
   await goLive(async () => {
-    const doc = await api("/api/v1/campaigns");
+    const doc = await apiAll("/api/v1/campaigns", "campaigns");
     const items = Array.isArray(doc?.campaigns) ? doc.campaigns : [];
     fill(body, table(
       ["campaign", "status", "mode", "release", "wave", "devices", "created by", "approved by",
@@ -521,7 +536,7 @@ async function campaignView(view, id) {
   add(view, h("p", {}, h("a", { href: "#/campaigns" }, "← campaigns")), head, buttons, error,
     summary, waves, members, log);
   const names = new Map();
-  api("/api/v1/devices").then((doc) => {
+  apiAll("/api/v1/devices", "devices").then((doc) => {
     for (const d of doc?.devices || []) names.set(d.id, d.name);
   }).catch(() => {});
   let shown = null;
@@ -648,7 +663,7 @@ async function deviceView(view, id) {
   const timeline = h("section");
   add(view, h("p", {}, h("a", { href: "#/" }, "← fleet")), error, facts, timeline);
   await goLive(async () => {
-    const [d, hist] = await Promise.all([api(base), api(`${base}/history`)]);
+    const [d, hist] = await Promise.all([api(base), apiAll(`${base}/history`, "history")]);
     const hw = Object.entries(d.hardware || {});
     fill(facts,
       h("h1", {}, d.name || d.id),
