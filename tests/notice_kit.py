@@ -107,7 +107,7 @@ class Tracker:
         self._coap = CoapServer(store, "127.0.0.1", self.coap_port, site=create_coap_site(
             store, extra_resources=wiring.coap_resources))
         self._coap.start()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # Nagle off
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
         server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning",

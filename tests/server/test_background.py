@@ -24,3 +24,22 @@ def test_serves_while_the_block_runs_and_stops_after(tmp_path: Path) -> None:
         assert httpx.get(f"{url}/firmware/{'0' * 64}", timeout=5).status_code == 404
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/api/v1/releases", timeout=2)
+
+
+def test_connections_are_accepted_with_nagle_off() -> None:
+    # asyncio sets TCP_NODELAY only on sockets whose proto says TCP; with the default proto 0
+    # every response's body waited for the client's delayed ACK (44 ms a request).
+    import socket
+
+    from suitkit.server.background import listening_socket
+
+    listener = listening_socket()
+    try:
+        listener.listen()
+        with socket.create_connection(listener.getsockname(), timeout=5):
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.proto == socket.IPPROTO_TCP
+    finally:
+        listener.close()
+

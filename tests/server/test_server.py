@@ -53,7 +53,7 @@ class Running:
 
 def serve(app: object) -> Iterator[str]:
     """Run ``app`` on a free port of 127.0.0.1 in a thread; yield its URL; stop it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # Nagle off
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

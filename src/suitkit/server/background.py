@@ -17,7 +17,7 @@ import uvicorn
 from suitkit.errors import StorageError
 from suitkit.server.app import ServerConfig, create_app
 
-__all__ = ["UVICORN_OPTIONS", "running_server"]
+__all__ = ["UVICORN_OPTIONS", "listening_socket", "running_server"]
 
 UVICORN_OPTIONS: dict[str, object] = {
     "http": "h11",
@@ -39,6 +39,20 @@ UVICORN_OPTIONS: dict[str, object] = {
 """
 
 
+def listening_socket() -> socket.socket:
+    """A TCP socket bound to a free port on 127.0.0.1, for uvicorn to listen on.
+
+    Made with ``IPPROTO_TCP`` named: asyncio turns Nagle's algorithm off (``TCP_NODELAY``) only
+    on sockets whose ``proto`` says TCP, and a socket made with the default ``proto`` 0 (and
+    every connection accepted on it) kept Nagle on. uvicorn writes a response's head and body
+    apart, so the body waited for the client's delayed ACK: 44 ms for every request, a 404
+    included, where it now takes about 1 ms.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 @contextmanager
 def running_server(config: ServerConfig, *, start_timeout: float = 10.0) -> Iterator[str]:
     """The server for ``config``, running until the block ends; yields ``http://127.0.0.1:N``.
@@ -46,8 +60,7 @@ def running_server(config: ServerConfig, *, start_timeout: float = 10.0) -> Iter
     Raises:
         StorageError: the server did not start in time.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    sock = listening_socket()
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning",
                                            lifespan="on", **UVICORN_OPTIONS))  # type: ignore[arg-type]
