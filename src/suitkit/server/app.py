@@ -492,7 +492,12 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> Response:
-        return _error(500, "internal server error")
+        # uvicorn closes the connection after an unhandled exception, even once this answer is
+        # sent: "Connection: close" tells the client not to send its next request on it (it
+        # would meet a reset).
+        response = _error(500, "internal server error")
+        response.headers["Connection"] = "close"
+        return response
 
     @app.post("/api/v1/releases", status_code=201, dependencies=bearer,
               summary="Upload a release (admin, author)")

@@ -33,7 +33,9 @@ UVICORN_OPTIONS: dict[str, object] = {
   endless headers (tests/security/test_server_attacks.py).
 - The asyncio event loop, not uvloop: under uvloop, the one-line JSON 500 that the application
   sends for an unexpected exception was lost (the client saw a connection reset), measured
-  with uvicorn 0.3x and uvloop 0.2x.
+  with uvicorn 0.3x and uvloop 0.2x. The cause, found later: uvicorn closes the connection
+  after an unhandled exception, and a fast client had already sent its next request on it.
+  The 500 now says ``Connection: close`` (server/app.py); uvloop has not been measured again.
 - ``limit_concurrency``: beyond this many open connections and tasks, new requests get 503
   instead of exhausting the process; ``timeout_keep_alive``: idle connections close after 5 s.
 """
