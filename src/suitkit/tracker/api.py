@@ -13,9 +13,12 @@ Routes (docs/tracker.md has the bodies):
 - ``GET /api/v1/devices?limit=&after=`` (admin, operator), ``GET /api/v1/devices/{id}``
   (admin, operator, or the device).
 - ``PUT /api/v1/devices/{id}/inventory`` (the device): vendor/class IDs, components, hardware.
-- ``POST /api/v1/devices/{id}/events`` (the device): a state of ``db.TRANSITIONS``.
+- ``POST /api/v1/devices/{id}/events`` (the device): a state of ``db.TRANSITIONS``, only for
+  the device's current assignment (409 otherwise; ``notified`` is set by the tracker alone).
 - ``POST /api/v1/devices/{id}/reports`` (the device): a SUIT_Report in CBOR, decoded strictly
-  with ``core.report.decode_report`` (the device is not trusted); bytes and summary are stored.
+  with ``core.report.decode_report`` (the device is not trusted); bytes and summary are stored
+  only while the device works on its current assignment, if the report names the assigned
+  release, once per update (409 otherwise: a late, replayed or foreign report).
 - ``GET /api/v1/devices/{id}/history?limit=&after=`` (admin, operator, or the device): events
   and reports.
 
@@ -69,6 +72,7 @@ from suitkit.tracker.db import (
     ComponentEntry,
     DeploymentRefused,
     Inventory,
+    NotAssigned,
     Page,
     TrackerDB,
     TransitionRefused,
@@ -491,8 +495,9 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
                                 f"{str(state)[:40]!r}")
         detail = _text(doc.get("detail", ""), "detail", _MAX_DETAIL)
         try:
-            event = await run_in_threadpool(tracker.add_event, device_id, state, detail)
-        except TransitionRefused as e:
+            event = await run_in_threadpool(functools.partial(
+                tracker.add_event, device_id, state, detail, by_device=True))
+        except (TransitionRefused, NotAssigned) as e:
             raise _Refused(409, str(e)) from None
         except StorageError:
             raise _Refused(500, "the tracker could not store the event") from None
@@ -541,7 +546,14 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
                                    max_bytes=config.max_report_bytes)
         except DecodeError as e:
             raise _Refused(400, f"the report is malformed: {e}") from None
-        stored = await storage(tracker.add_report, device_id, raw, summarize_report(report))
+        release = report.reference.manifest_digest.value.hex()
+        try:
+            stored = await run_in_threadpool(functools.partial(
+                tracker.add_report, device_id, raw, summarize_report(report), release=release))
+        except NotAssigned as e:
+            raise _Refused(409, str(e)) from None
+        except StorageError:
+            raise _Refused(500, "the tracker could not store the report") from None
         return JSONResponse(stored, status_code=201)
 
     @router.get(f"{_DEVICES}/{{device_id}}/history",
