@@ -25,8 +25,9 @@ Routes (docs/tracker.md has the bodies):
 Lists come in pages (keyset pagination, ``page_params``): ``limit`` 1 to 1000 (default 500),
 ``after`` the opaque cursor ``next`` of the page before; ``next`` is ``null`` on the last page.
 - ``POST /api/v1/deployments`` (admin, operator; not author): assign a release (manifest
-  digest and envelope URL) to devices; each moves to ``notified``. The latest assignment of a
-  device wins.
+  digest) to devices; each moves to ``notified``. The latest assignment of a device wins. The
+  release must be on the firmware server and the envelope URL is derived from it
+  (``release_envelope_url``; an ``envelope_url`` given must be that release's: 422).
 - ``GET /api/v1/devices/{id}/update`` (the device): 200 with the pending assignment, 204 when
   there is nothing to do (RFC 9019 client-initiated mode: the device polls).
 - ``POST/GET /api/v1/tokens``, ``DELETE /api/v1/tokens/{id}`` (admin): API tokens;
@@ -49,6 +50,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -80,7 +82,8 @@ from suitkit.tracker.db import (
 )
 
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "PAGE_PARAMETERS", "REPORT_MEDIA_TYPE", "TrackerConfig",
-           "create_router", "decode_cursor", "encode_cursor", "page_params", "summarize_report"]
+           "create_router", "decode_cursor", "encode_cursor", "envelope_url_of", "page_params",
+           "release_envelope_url", "summarize_report"]
 
 REPORT_MEDIA_TYPE = "application/suit-report+cbor"
 _REPORT_TYPES = frozenset({REPORT_MEDIA_TYPE, "application/octet-stream"})
@@ -289,15 +292,63 @@ def _inventory(doc: Mapping[str, Any], limits: Limits) -> Inventory:
         hardware=_hardware(doc.get("hardware")))
 
 
-def _deployment(doc: Mapping[str, Any]) -> tuple[str, str, list[str]]:
+def envelope_url_of(value: object, schemes: tuple[str, ...]) -> str | None:
+    """A request's ``envelope_url``: ``None`` when left out, else a URL of ``schemes``
+    (``("http", "https", ...)``) without spaces; ``Refused`` (400) otherwise."""
+    if value is None:
+        return None
+    url = _text(value, "envelope_url", _MAX_URL)
+    if not url.lower().startswith(tuple(f"{scheme}://" for scheme in schemes)) or any(
+            c.isspace() for c in url):
+        shown = ", ".join(f"{scheme}://" for scheme in schemes)
+        raise _Refused(400, f"envelope_url: expected a URL starting with {shown}")
+    return url
+
+
+async def release_envelope_url(config: TrackerConfig, request: Request, release: str,
+                               url: str | None) -> str:
+    """The envelope URL a deployment or campaign of ``release`` hands to devices.
+
+    With the firmware server's releases (``TrackerConfig.releases``), ``release`` must be an
+    uploaded release (422 otherwise): its URL is derived (``public_url`` or the URL the request
+    came to, then ``/envelopes/<sha256 of its envelope>``), and an ``envelope_url`` given anyway
+    must end in that path (a mirror or CDN may serve it; it may not name another release's
+    envelope: 422). Without them, ``envelope_url`` is required and taken as given.
+    """
+    if config.releases is None:
+        if url is None:
+            raise _Refused(400, "envelope_url: expected the URL of the release's envelope (this "
+                                "tracker has no firmware server to derive it from)")
+        return url
+    try:
+        known = await run_in_threadpool(config.releases, release)
+    except StorageError:
+        raise _Refused(500, "the tracker could not read the firmware server's releases"
+                       ) from None
+    if known is None:
+        raise _Refused(422, f"release: {release} is not on the firmware server; upload it "
+                            "first (suitkit upload) and name it by its id, the manifest digest")
+    path = f"/envelopes/{known.envelope_sha256}"
+    if url is None:
+        base = config.public_url or str(request.base_url)
+        return base.rstrip("/") + path
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise _Refused(400, f"envelope_url: {url[:100]!r} is not a URL") from None
+    if parts.query or parts.fragment or not parts.path.endswith(path):
+        raise _Refused(422, f"envelope_url: {url[:100]} is not the envelope of release "
+                            f"{release}; expected a URL ending in {path} (or leave "
+                            "envelope_url out: the server derives it)")
+    return url
+
+
+def _deployment(doc: Mapping[str, Any]) -> tuple[str, str | None, list[str]]:
     _only(doc, {"release", "envelope_url", "devices"}, "deployment")
     release = _hex(doc.get("release"), "release", _MAX_DIGEST_BYTES)
     if not release:
         raise _Refused(400, "release: expected the manifest digest in hex")
-    url = _text(doc.get("envelope_url"), "envelope_url", _MAX_URL)
-    if not url.lower().startswith(("http://", "https://", "coap://")) or any(
-            c.isspace() for c in url):
-        raise _Refused(400, "envelope_url: expected an http://, https:// or coap:// URL")
+    url = envelope_url_of(doc.get("envelope_url"), ("http", "https", "coap"))
     devices = doc.get("devices")
     if (not isinstance(devices, list) or not devices
             or len(devices) > _MAX_DEPLOY_DEVICES):
@@ -591,7 +642,8 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     async def deploy(request: Request) -> Response:
         """Assign a release to devices; each is notified (admin, operator; not author)."""
         who = await auth.require(request, "admin", "operator")
-        release, url, ids = _deployment(await _json_object(request))
+        release, given, ids = _deployment(await _json_object(request))
+        url = await release_envelope_url(config, request, release, given)
         try:
             devices = await run_in_threadpool(tracker.deploy, release, url, ids)
         except DeploymentRefused as e:
