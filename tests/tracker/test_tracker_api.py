@@ -185,6 +185,42 @@ def test_inventory_round_trips_and_marks_the_device_seen(tracker: Tracker) -> No
     assert doc["components"] == [{"id": ["00"], "sequence": 4, "digest": "11"}]
 
 
+def test_an_inventory_whose_identity_contradicts_the_registration_is_refused(
+        tracker: Tracker) -> None:
+    """Issue #11 item 14: the vendor and class IDs a device registered with (or first
+    reported) stay its identity; an inventory naming others, or none, is refused (409) and
+    changes nothing."""
+    klass = "1492af14-2569-5e48-bf42-9b2d51f2ab45"
+    response = tracker.client.post("/api/v1/devices", headers=auth(ADMIN), json={
+        "name": "bound", "vendor_id": str(VENDOR), "class_id": klass})
+    assert response.status_code == 201, response.text
+    dev = response.json()
+    url, headers = f"/api/v1/devices/{dev['id']}", auth(dev["token"])
+    registered = tracker.client.get(url, headers=auth(ADMIN)).json()
+    assert (registered["vendor_id"], registered["class_id"]) == (str(VENDOR), klass)
+    other = "00000000-0000-5000-8000-000000000007"
+    for changed in ({"class_id": other}, {"vendor_id": other}, {"class_id": None}):
+        body = {**inventory(), **changed}
+        response = tracker.client.put(f"{url}/inventory", json=body, headers=headers)
+        assert response.status_code == 409, (changed, response.text)
+        field = next(iter(changed))
+        assert response.json()["error"].startswith(f"{field}: device {dev['id']} is "
+                                                   "registered as")
+    now = tracker.client.get(url, headers=auth(ADMIN)).json()
+    assert {**now, "last_seen": None} == {**registered, "last_seen": None}  # seen, unchanged
+    assert tracker.client.put(f"{url}/inventory", json=inventory(),
+                              headers=headers).status_code == 200
+    # registered without IDs: the first inventory gives them, later ones must keep them
+    plain = tracker.register("plain")
+    path, mine = f"/api/v1/devices/{plain['id']}/inventory", auth(plain["token"])
+    assert tracker.client.put(path, json=inventory(), headers=mine).status_code == 200
+    moved = tracker.client.put(path, json={**inventory(), "class_id": other}, headers=mine)
+    assert moved.status_code == 409 and "is registered as" in moved.json()["error"]
+    bad = tracker.client.post("/api/v1/devices", headers=auth(ADMIN),
+                              json={"name": "x", "class_id": "not-a-uuid"})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("class_id: expected a UUID")
+
+
 @pytest.mark.parametrize(("body", "fragment"), [
     ({"components": [{"id": ["zz"], "sequence": 1}]}, "components[0].id[0]"),
     ({"components": [{"id": ["00"], "sequence": -1}]}, "components[0].sequence"),

@@ -9,10 +9,12 @@ a missing, wrong, expired or revoked credential, 403 for a role that may not cal
 
 Routes (docs/tracker.md has the bodies):
 
-- ``POST /api/v1/devices`` (admin): register; returns ``id`` and ``secret`` once.
+- ``POST /api/v1/devices`` (admin): register (a name; optionally the vendor and class IDs);
+  returns ``id`` and ``secret`` once.
 - ``GET /api/v1/devices?limit=&after=`` (admin, operator), ``GET /api/v1/devices/{id}``
   (admin, operator, or the device).
-- ``PUT /api/v1/devices/{id}/inventory`` (the device): vendor/class IDs, components, hardware.
+- ``PUT /api/v1/devices/{id}/inventory`` (the device): vendor/class IDs, components, hardware;
+  409 when the vendor or class ID contradicts the registration (or the first inventory).
 - ``POST /api/v1/devices/{id}/events`` (the device): a state of ``db.TRANSITIONS``, only for
   the device's current assignment (409 otherwise; ``notified`` is set by the tracker alone).
 - ``POST /api/v1/devices/{id}/reports`` (the device): a SUIT_Report in CBOR, decoded strictly
@@ -73,6 +75,7 @@ from suitkit.tracker.db import (
     TOKEN_ROLES,
     ComponentEntry,
     DeploymentRefused,
+    IdentityRefused,
     Inventory,
     NotAssigned,
     Page,
@@ -482,15 +485,22 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
             raise _Refused(500, "the tracker could not store or read its database") from None
 
     @router.post(_DEVICES, status_code=201, summary="Register a device (admin)",
-                 openapi_extra=_json_body({"name": {"type": "string"}}))
+                 openapi_extra=_json_body({"name": {"type": "string"},
+                                           "vendor_id": {"type": "string"},
+                                           "class_id": {"type": "string"}}))
     async def register(request: Request) -> Response:
         """Register a device (admin); the answer holds its secret, shown this once."""
         who = await admin(request)
         doc = await _json_object(request)
-        _only(doc, {"name"}, "device")
+        _only(doc, {"name", "vendor_id", "class_id"}, "device")
         name = _text(doc.get("name", ""), "name", _MAX_NAME)
-        device_id, secret = await storage(tracker.register, name)
-        await audit(who, "device.register", device_id, f"name {name!r}")
+        vendor_id = _uuid(doc.get("vendor_id"), "vendor_id")
+        class_id = _uuid(doc.get("class_id"), "class_id")
+        device_id, secret = await storage(functools.partial(
+            tracker.register, name, vendor_id=vendor_id, class_id=class_id))
+        await audit(who, "device.register", device_id, f"name {name!r}"
+                    + (f", vendor {vendor_id}" if vendor_id else "")
+                    + (f", class {class_id}" if class_id else ""))
         return JSONResponse({"id": device_id, "secret": secret,
                              "token": f"{device_id}.{secret}"}, status_code=201,
                             headers={"Cache-Control": "no-store"})
@@ -528,7 +538,12 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
         """Replace the device's inventory (the device only)."""
         await device_itself(request, device_id)
         inventory = _inventory(await _json_object(request), config.limits)
-        await storage(tracker.set_inventory, device_id, inventory)
+        try:
+            await run_in_threadpool(tracker.set_inventory, device_id, inventory)
+        except IdentityRefused as e:
+            raise _Refused(409, str(e)) from None
+        except StorageError:
+            raise _Refused(500, "the tracker could not store the inventory") from None
         return JSONResponse(await storage(tracker.device, device_id))
 
     @router.post(f"{_DEVICES}/{{device_id}}/events", status_code=201,

@@ -449,13 +449,18 @@ class TrackerDB:
 
     # ---- devices and credentials
 
-    def register(self, name: str) -> tuple[str, str]:
-        """A new device called ``name``: (device id, secret). The secret is not stored."""
+    def register(self, name: str, *, vendor_id: str | None = None,
+                 class_id: str | None = None) -> tuple[str, str]:
+        """A new device called ``name``: (device id, secret). The secret is not stored.
+
+        ``vendor_id``/``class_id``: the identity the device is registered with (else its first
+        inventory gives it); later inventories must keep it (``set_inventory``)."""
         device_id = str(uuid.uuid4())
         secret = secrets.token_urlsafe(32)
         with self._session() as session:
             session.add(Device(id=device_id, name=name, credential_hash=hash_secret(secret),
-                               created=self._now(), hardware={}, history_count=0))
+                               created=self._now(), hardware={}, history_count=0,
+                               vendor_id=vendor_id, class_id=class_id))
         return device_id, secret
 
     def authenticate(self, device_id: str, secret: str) -> bool:
@@ -528,11 +533,28 @@ class TrackerDB:
         """Replace the device's inventory (identity, components, hardware facts).
 
         An inventory equal to the stored one writes nothing (a device sends it at every
-        check-in; ``inventory_updated`` is when it last changed)."""
+        check-in; ``inventory_updated`` is when it last changed).
+
+        The vendor and class IDs are the device's identity: once the registration or the first
+        inventory gave them, an inventory that names others (or none) is refused, so that a
+        credential used by another kind of device cannot overwrite this one's records.
+
+        Raises:
+            IdentityRefused: the inventory's vendor or class ID contradicts the registration.
+        """
         with self._session() as session:
             device = session.get(Device, device_id)
             if device is None:
                 raise StorageError(f"no device {device_id}")
+            for field, registered, claimed in (("vendor_id", device.vendor_id,
+                                                inventory.vendor_id),
+                                               ("class_id", device.class_id,
+                                                inventory.class_id)):
+                if registered is not None and claimed != registered:
+                    raise IdentityRefused(
+                        f"{field}: device {device_id} is registered as {registered}; the "
+                        f"inventory says {claimed or 'none'} (a credential belongs to the "
+                        "device it was issued for)")
             old = list(session.scalars(select(InstalledComponent)
                                        .where(InstalledComponent.device_id == device_id)
                                        .order_by(InstalledComponent.position)))
