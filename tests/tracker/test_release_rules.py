@@ -9,6 +9,7 @@ release's envelope, is refused with a one-line 422 before anything is stored.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ from pg import BACKENDS, backend_url
 from serve_kit import serving
 from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec
 from suitkit.tracker.db import open_db
+
+from helpers import run_cli
 
 ADMIN = "admin-token-for-release-rules"
 STAFF = {"Authorization": f"Bearer {ADMIN}"}
@@ -142,3 +145,22 @@ def test_a_campaign_stored_with_another_releases_url_is_not_approved(site: Site)
             "is not the envelope of release")
     status = site.client.get(f"/api/v1/campaigns/{approved['id']}", headers=STAFF).json()
     assert status["status"] == "approved" and status["devices"] == 0
+
+
+def test_campaign_create_names_the_release_only(
+        site: Site, tmp_path_factory: pytest.TempPathFactory,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``suitkit campaign create`` without ``--envelope-url``: the server derives it; with
+    another release's URL: exit 1 and the server's one line."""
+    token = tmp_path_factory.mktemp("cli") / "admin.token"
+    token.write_text(ADMIN + "\n")
+    a = site.releases["a"]
+    common = ["--server", site.url, "--token-file", token, "--device", site.device["id"]]
+    code, out, err = run_cli(capsys, "campaign", "create", "--release", a["id"], "--json",
+                             *common)
+    assert code == 0, err
+    assert json.loads(out)["envelope_url"] == site.envelope_url("a")
+    code, _, err = run_cli(capsys, "campaign", "create", "--release", a["id"],
+                           "--envelope-url", site.envelope_url("b"), *common)
+    assert code == 1 and "HTTP 422" in err and "is not the envelope of release" in err
+    assert len(err.strip().splitlines()) == 1
