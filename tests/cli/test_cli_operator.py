@@ -155,8 +155,9 @@ def test_devices_list_and_show(server: Server, capsys: pytest.CaptureFixture[str
     httpx.put(f"{server.url}/api/v1/devices/{device['id']}/inventory", headers=device_auth,
               timeout=10, json={"components": [{"id": ["00"], "sequence": 3}],
                                 "hardware": {"board": "nrf52840"}}).raise_for_status()
-    httpx.post(f"{server.url}/api/v1/devices/{device['id']}/events", headers=device_auth,
-               timeout=10, json={"state": "notified"}).raise_for_status()
+    httpx.post(f"{server.url}/api/v1/deployments", headers=admin, timeout=10, json={
+        "release": "ab" * 32, "envelope_url": "http://127.0.0.1:1/envelopes/x",
+        "devices": [device["id"]]}).raise_for_status()
     code, out, err = run(capsys, "devices", "list", "--json", *common(server))
     assert code == 0, err
     assert [d["name"] for d in json.loads(out) if d["id"] == device["id"]] == ["[bold]boiler"]
@@ -179,9 +180,9 @@ def test_devices_reset_ends_a_stuck_update(server: Server,
     admin = {"Authorization": f"Bearer {BOOTSTRAP}"}
     device = httpx.post(f"{server.url}/api/v1/devices", json={"name": "stuck"},
                         headers=admin, timeout=10).json()
-    httpx.post(f"{server.url}/api/v1/devices/{device['id']}/events", timeout=10,
-               headers={"Authorization": f"Bearer {device['token']}"},
-               json={"state": "notified"}).raise_for_status()
+    httpx.post(f"{server.url}/api/v1/deployments", headers=admin, timeout=10, json={
+        "release": "ab" * 32, "envelope_url": "http://127.0.0.1:1/envelopes/x",
+        "devices": [device["id"]]}).raise_for_status()
     code, out, err = run(capsys, "devices", "reset", device["id"], "--reason", "wiped",
                          *common(server))
     assert code == 0, err

@@ -74,6 +74,8 @@ class Fleet:
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     failure: dict[str, Any] = field(default_factory=dict)
     release: dict[str, Any] = field(default_factory=dict)
+    assigned: dict[str, str] = field(default_factory=dict)
+    """The release (manifest digest) a device's ``notified`` deploys; default ``ab...``."""
 
     def token(self, name: str, role: str) -> dict[str, Any]:
         response = self.client.post("/api/v1/tokens", json={"name": name, "role": role},
@@ -96,6 +98,12 @@ class Fleet:
 
     def event(self, name: str, state: str, detail: str = "") -> None:
         dev = self.devices[name]
+        if state == "notified":  # only the tracker sets it: a deployment
+            response = self.client.post("/api/v1/deployments", headers=auth(ADMIN), json={
+                "release": self.assigned.get(name, "ab" * 32),
+                "envelope_url": "http://127.0.0.1:1/envelopes/x", "devices": [dev["id"]]})
+            assert response.status_code == 201, response.text
+            return
         response = self.client.post(f"/api/v1/devices/{dev['id']}/events",
                                     json={"state": state, "detail": detail},
                                     headers=auth(dev["token"]))
@@ -155,6 +163,7 @@ def _seed(fleet: Fleet, author: Author, base: Path) -> None:
                                payloads={"#app.bin": image_bytes("evil", 1000)})
     outcome = install(new_device(base / "device", [author.anchor]), envelope)
     assert outcome.report is not None and outcome.report.result is not True
+    fleet.assigned["thermostat-1"] = outcome.report.reference.manifest_digest.value.hex()
     fleet.walk("thermostat-1", "notified", "downloading", "downloaded")
     dev = fleet.devices["thermostat-1"]
     response = fleet.client.post(f"/api/v1/devices/{dev['id']}/reports",

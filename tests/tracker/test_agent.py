@@ -9,6 +9,7 @@ device and deploys; the agent installs, boots, confirms and tells the tracker ev
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from device.device_kit import CLASS, VENDOR, Author, boot, confirm, image_bytes,
 from suitkit.cli.main import app as cli
 from suitkit.core.verify import TrustAnchors
 from suitkit.device.agent import run_once
+from suitkit.device.config import create_device, load_config
 from suitkit.device.fetch import HttpFetcher
 from suitkit.device.wiring import open_device
 from suitkit.server.app import ServerConfig
@@ -241,7 +243,6 @@ def test_an_application_that_does_not_start_is_rolled_back_and_reported(
     boots again (the bootloader reverts) and reports rolled-back."""
     import sys
 
-    from suitkit.device.config import create_device
     from suitkit.device.invoke import ProcessLauncher
 
     folder = world.tmp / "linux-dev"
@@ -296,14 +297,72 @@ def test_a_device_enrols_itself_and_then_updates(world: World) -> None:
 
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 2 and "already exists" in again.output
+    # the folder keeps the tracker's id, and the tracker the device's vendor and class IDs
+    assert load_config(folder).tracker_id == device_id
+    assert (shown["vendor_id"], shown["class_id"]) == (str(VENDOR), str(CLASS))
+    twice = CliRunner().invoke(cli, [*args[:-4], "--out", str(world.tmp / "twice.cred")])
+    assert twice.exit_code == 1 and f"already registered as tracker device {device_id}" in (
+        twice.output)
     wrong = world.tmp / "wrong.token"
     wrong.write_text("tok_nope.nope\n")
-    refused = CliRunner().invoke(cli, [*args[:6], str(wrong), "--out",
-                                       str(world.tmp / "other.cred")])
+    fresh = new_device(world.tmp / "enrolled-2", [world.author.anchor])
+    refused = CliRunner().invoke(cli, ["device", "register", str(fresh), *args[3:6], str(wrong),
+                                       "--out", str(world.tmp / "other.cred")])
     assert refused.exit_code == 1 and "HTTP 401" in refused.output
+    assert load_config(fresh).tracker_id is None
 
     assert world.deploy(world.release(4), [device_id]).status_code == 201
     run = CliRunner().invoke(cli, ["device", "run", str(folder), "--server", world.url,
                                    "--credential-file", str(credential), "--once"])
     assert run.exit_code == 0, run.output
     assert running(folder) == (4, True)
+
+
+def test_a_device_folder_runs_only_with_its_own_credential(world: World) -> None:
+    """Issue #11 item 14: folder A, given device B's credential (same product: the tracker
+    cannot tell them apart by vendor and class), must not overwrite B's inventory or report in
+    B's name. The first run the tracker accepted bound folder A to device A."""
+    folder_a, a = world.device()
+    folder_b, b = world.device()
+    assert load_config(folder_a).tracker_id is None  # registered over the API only
+    first = run_once(folder_a, world.url, a["token"], fetcher=HttpFetcher())
+    assert first.outcome == "up-to-date", first.steps
+    assert load_config(folder_a).tracker_id == a["id"]
+    before = world.client.get(f"/api/v1/devices/{b['id']}", headers=auth(ADMIN)).json()
+    assert before["inventory_updated"] is None
+
+    crossed = run_once(folder_a, world.url, b["token"], fetcher=HttpFetcher())
+    assert crossed.outcome == "error"
+    assert crossed.reason == (
+        f"{folder_a}: the credential is for tracker device {b['id']}, but this device folder "
+        f"is registered as {a['id']}; use its own credential")
+    after = world.client.get(f"/api/v1/devices/{b['id']}", headers=auth(ADMIN)).json()
+    assert after == before and world.history(b["id"]) == []
+
+    credential = world.tmp / "b.cred"
+    credential.write_text(b["token"] + "\n")
+    done = CliRunner().invoke(cli, ["device", "run", str(folder_a), "--server", world.url,
+                                    "--credential-file", str(credential), "--once"])
+    assert done.exit_code == 2, done.output
+    assert "this device folder is registered as" in done.output
+    assert world.client.get(f"/api/v1/devices/{b['id']}", headers=auth(ADMIN)).json() == before
+    # B's own folder with B's credential is fine (and binds itself to B)
+    own = run_once(folder_b, world.url, b["token"], fetcher=HttpFetcher())
+    assert own.outcome == "up-to-date" and load_config(folder_b).tracker_id == b["id"]
+
+
+def test_an_inventory_that_contradicts_the_registration_is_refused(world: World) -> None:
+    """A credential used from a device of another class: the tracker keeps the identity the
+    device registered with (or first reported) and refuses the inventory (409)."""
+    folder, dev = world.device()
+    assert run_once(folder, world.url, dev["token"], fetcher=HttpFetcher()).outcome == (
+        "up-to-date")
+    other = world.tmp / "other-class"
+    create_device(other, vendor_id=VENDOR, class_id=uuid.UUID(int=7),
+                  trust_anchors=[world.author.anchor])
+    before = world.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
+    result = run_once(other, world.url, dev["token"], fetcher=HttpFetcher())
+    assert result.outcome == "error" and "HTTP 409" in result.reason
+    assert f"class_id: device {dev['id']} is registered as {CLASS}" in result.reason
+    assert world.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json() == before
+    assert load_config(other).tracker_id is None  # nothing accepted: nothing bound

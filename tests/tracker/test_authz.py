@@ -122,9 +122,11 @@ EXPECTED: dict[tuple[str, str], Rule] = {
     ("GET", f"{DEVICE}/history"): Rule(roles("admin", "operator", "device")),
     ("PUT", f"{DEVICE}/inventory"): Rule(roles("device"), lambda w: {"json": {
         "vendor_id": str(VENDOR), "components": [{"id": ["00"], "sequence": 1}]}}),
+    # a device's states and reports: 409 unless they are about its current assignment
     ("POST", f"{DEVICE}/events"): Rule(roles("device"),
-                                       lambda w: {"json": {"state": "failed"}}),
-    ("POST", f"{DEVICE}/reports"): Rule(roles("device"), report_body),
+                                       lambda w: {"json": {"state": "failed"}},
+                                       frozenset({201, 409})),
+    ("POST", f"{DEVICE}/reports"): Rule(roles("device"), report_body, frozenset({201, 409})),
     ("GET", f"{DEVICE}/update"): Rule(roles("device")),
     ("POST", f"{DEVICE}/reset"): Rule(roles("admin", "operator"),
                                       lambda w: {"json": {"reason": "walked"}},

@@ -23,12 +23,11 @@ import httpx
 import pytest
 
 from device.device_kit import Author
-from server.test_sigkill import ADMIN, TOKEN, WAIT, Server
+from server.test_sigkill import ADMIN, TOKEN, WAIT, Server, make_release, upload
 
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install suitkit)")
 
 STEPS = ("downloading", "downloaded", "installing", "rebooting", "succeeded")
-RELEASE = "ef" * 32
 
 
 @pytest.fixture
@@ -72,12 +71,15 @@ def test_sigkill_during_a_campaign_loses_nothing_and_the_campaign_carries_on(
         made = admin.post(f"{server.url}/api/v1/tokens", json={"name": name, "role": "operator"})
         assert made.status_code == 201, made.text
         tokens[name] = made.json()["token"]
+    uploaded = upload(server.url, make_release(server.author, 1))  # a campaign names a release
+    assert uploaded.status_code == 201, uploaded.text
+    release = uploaded.json()["id"]
     devices = []
     for _ in range(10):
         made = admin.post(f"{server.url}/api/v1/devices", json={"name": "d"})
         devices.append(made.json())
     made = admin.post(f"{server.url}/api/v1/campaigns", headers=bearer(tokens["alice"]), json={
-        "name": "sigkill", "release": RELEASE, "envelope_url": "http://127.0.0.1:9/e.suit",
+        "name": "sigkill", "release": release,
         "target": {"devices": [d["id"] for d in devices]}, "waves": [10, 50, 100]})
     assert made.status_code == 201, made.text
     cid = made.json()["id"]

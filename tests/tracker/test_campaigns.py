@@ -25,7 +25,7 @@ from suitkit.tracker.campaigns import (
     in_window,
     parse_window,
 )
-from suitkit.tracker.db import DeploymentRefused, Inventory, TrackerDB, open_db
+from suitkit.tracker.db import DeploymentRefused, Inventory, NotAssigned, TrackerDB, open_db
 
 VENDOR = "fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe"
 CLASS = "1492af14-2569-5e48-bf42-9b2d51f2ab45"
@@ -369,6 +369,26 @@ def test_cancel_withdraws_members_not_started_and_started_ones_finish(world: Wor
     assert world.db.pending_update(first[1]) == {"release": RELEASE, "envelope_url": URL,
                                                  "action": "install", "campaign": None}
     assert len(ids) == 4
+
+
+def test_a_late_device_event_after_cancel_is_refused(world: World) -> None:
+    """A device whose campaign assignment was withdrawn (cancelled before it started) has
+    nothing to report: a late ``downloading`` is refused and moves neither the device nor the
+    cancelled member; the member that started finishes."""
+    world.devices(2)
+    doc = world.engine.start(world.campaign()["id"], "carol")
+    first, second = notified(world, doc["id"])
+    world.db.add_event(first, "downloading", "", by_device=True)
+    world.engine.cancel(doc["id"], "carol")
+    with pytest.raises(NotAssigned, match="no update assigned"):
+        world.db.add_event(second, "downloading", "", by_device=True)
+    assert world.db.device(second)["state"] == "notified"  # type: ignore[index]
+    for state in [*INSTALL[1:], "succeeded"]:
+        world.db.add_event(first, state, "", by_device=True)
+    doc = world.engine.get(doc["id"], limit=1000)
+    assert doc["counts"] == {"succeeded": 1, "cancelled": 1}
+    with pytest.raises(NotAssigned, match="no update assigned"):
+        world.db.add_event(first, "failed", "replayed", by_device=True)
 
 
 def test_a_direct_deployment_does_not_take_a_device_from_a_campaign(world: World) -> None:

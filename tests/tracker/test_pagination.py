@@ -94,9 +94,14 @@ def with_history(tracker: Tracker) -> tuple[str, list[str]]:
     path, headers = f"/api/v1/devices/{dev['id']}", {"Authorization": f"Bearer {dev['token']}"}
     expected: list[str] = []
     raw = report_bytes()
-    for state in ("notified", "report", "failed", "report", "report", "notified", "downloading",
-                  "report", "failed", "notified", "report"):
-        if state == "report":
+    # a device reports only for its current assignment, one report per update
+    for state in ("notified", "downloading", "report", "failed", "notified", "downloading",
+                  "report", "downloaded", "installing", "failed", "notified"):
+        if state == "notified":
+            response = tracker.client.post("/api/v1/deployments", headers=HEADERS, json={
+                "release": "00" * 32, "envelope_url": "https://example.com/fw.suit",
+                "devices": [dev["id"]]})
+        elif state == "report":
             response = tracker.client.post(f"{path}/reports", content=raw, headers={
                 **headers, "Content-Type": REPORT_MEDIA_TYPE})
         else:
@@ -167,7 +172,7 @@ def test_history_pages_keep_events_and_reports_in_seq_order_one_page_per_query(
         assert [h.get("state", h["kind"]) for h in items] == expected
     doc = tracker.get(path, limit=4).json()
     assert doc["id"] == device_id and set(doc) == {"id", "history", "next"}
-    assert len(doc["history"]) == 4 and doc["history"][1]["kind"] == "report"
+    assert len(doc["history"]) == 4 and doc["history"][2]["kind"] == "report"
 
     # the query reads one page from each table (ORDER BY seq, LIMIT), not the whole history
     statements: list[str] = []

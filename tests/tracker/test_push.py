@@ -275,6 +275,12 @@ def test_serve_with_mqtt_and_coap_pushes_notices_and_stops_with_a_stream_open(
             wait_until(up, 15, "suitkit serve")
             with httpx.Client(base_url=url, timeout=10) as c:
                 dev = register(c)
+                envelope, image = author.release(1)  # serve deploys only what it holds
+                uploaded = c.post("/api/v1/releases", headers=auth(ADMIN), files=[
+                    ("envelope", ("e.suit", envelope, "application/suit-envelope+cose")),
+                    ("image", ("app.bin", image, "application/octet-stream"))])
+                assert uploaded.status_code == 201, uploaded.text
+                release = uploaded.json()["id"]
                 sources = [MqttSource(*broker, dev["id"], backoff=0.1, max_backoff=1),
                            CoapSource(f"coap://127.0.0.1:{coap_port}", dev["id"], backoff=0.1,
                                       max_backoff=1),
@@ -282,14 +288,17 @@ def test_serve_with_mqtt_and_coap_pushes_notices_and_stops_with_a_stream_open(
                 for source in sources:
                     source.start()
                 wait_until(lambda: all(s.connections for s in sources), 15, "the sources")
-                deploy(c, dev["id"])
+                deployed = c.post("/api/v1/deployments", headers=auth(ADMIN), json={
+                    "release": release, "devices": [dev["id"]]})
+                assert deployed.status_code == 201, deployed.text
                 for source in sources:
                     for _ in range(3):
                         notice = source.get(10)
                         assert notice is not None, source.name
                         if notice["release"] is not None:
                             break
-                    assert notice["release"] == RELEASE, source.name
+                    assert notice["release"] == release, source.name
+                    assert notice["envelope_url"] == url + uploaded.json()["envelope"]["url"]
             started = time.monotonic()
             process.terminate()  # an SSE stream is still open: the server stops anyway
             process.communicate(timeout=15)

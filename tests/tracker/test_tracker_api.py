@@ -68,6 +68,23 @@ def auth(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token is not None else {}
 
 
+UNSIGNED_RELEASE = "00" * 32
+"""The manifest digest ``failing_report`` names."""
+
+
+def deploy(tracker: Tracker, device: dict[str, Any], release: str = UNSIGNED_RELEASE,
+           *states: str) -> None:
+    """Assign ``release`` to the device (admin), then report ``states`` as the device."""
+    response = tracker.client.post("/api/v1/deployments", headers=auth(ADMIN), json={
+        "release": release, "envelope_url": "http://127.0.0.1:1/envelopes/x",
+        "devices": [device["id"]]})
+    assert response.status_code == 201, response.text
+    for state in states:
+        response = tracker.client.post(f"/api/v1/devices/{device['id']}/events",
+                                       json={"state": state}, headers=auth(device["token"]))
+        assert response.status_code == 201, response.text
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def tracker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[Tracker]:
@@ -168,6 +185,42 @@ def test_inventory_round_trips_and_marks_the_device_seen(tracker: Tracker) -> No
     assert doc["components"] == [{"id": ["00"], "sequence": 4, "digest": "11"}]
 
 
+def test_an_inventory_whose_identity_contradicts_the_registration_is_refused(
+        tracker: Tracker) -> None:
+    """Issue #11 item 14: the vendor and class IDs a device registered with (or first
+    reported) stay its identity; an inventory naming others, or none, is refused (409) and
+    changes nothing."""
+    klass = "1492af14-2569-5e48-bf42-9b2d51f2ab45"
+    response = tracker.client.post("/api/v1/devices", headers=auth(ADMIN), json={
+        "name": "bound", "vendor_id": str(VENDOR), "class_id": klass})
+    assert response.status_code == 201, response.text
+    dev = response.json()
+    url, headers = f"/api/v1/devices/{dev['id']}", auth(dev["token"])
+    registered = tracker.client.get(url, headers=auth(ADMIN)).json()
+    assert (registered["vendor_id"], registered["class_id"]) == (str(VENDOR), klass)
+    other = "00000000-0000-5000-8000-000000000007"
+    for changed in ({"class_id": other}, {"vendor_id": other}, {"class_id": None}):
+        body = {**inventory(), **changed}
+        response = tracker.client.put(f"{url}/inventory", json=body, headers=headers)
+        assert response.status_code == 409, (changed, response.text)
+        field = next(iter(changed))
+        assert response.json()["error"].startswith(f"{field}: device {dev['id']} is "
+                                                   "registered as")
+    now = tracker.client.get(url, headers=auth(ADMIN)).json()
+    assert {**now, "last_seen": None} == {**registered, "last_seen": None}  # seen, unchanged
+    assert tracker.client.put(f"{url}/inventory", json=inventory(),
+                              headers=headers).status_code == 200
+    # registered without IDs: the first inventory gives them, later ones must keep them
+    plain = tracker.register("plain")
+    path, mine = f"/api/v1/devices/{plain['id']}/inventory", auth(plain["token"])
+    assert tracker.client.put(path, json=inventory(), headers=mine).status_code == 200
+    moved = tracker.client.put(path, json={**inventory(), "class_id": other}, headers=mine)
+    assert moved.status_code == 409 and "is registered as" in moved.json()["error"]
+    bad = tracker.client.post("/api/v1/devices", headers=auth(ADMIN),
+                              json={"name": "x", "class_id": "not-a-uuid"})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("class_id: expected a UUID")
+
+
 @pytest.mark.parametrize(("body", "fragment"), [
     ({"components": [{"id": ["zz"], "sequence": 1}]}, "components[0].id[0]"),
     ({"components": [{"id": ["00"], "sequence": -1}]}, "components[0].sequence"),
@@ -204,7 +257,8 @@ def test_a_full_update_walks_the_state_machine_and_history_keeps_the_order(
         tracker: Tracker) -> None:
     dev = tracker.register()
     path, headers = f"/api/v1/devices/{dev['id']}", auth(dev["token"])
-    for state in ("notified", "downloading", "downloaded", "installing"):
+    deploy(tracker, dev)
+    for state in ("downloading", "downloaded", "installing"):
         response = tracker.client.post(f"{path}/events", json={"state": state,
                                                                "detail": f"now {state}"},
                                        headers=headers)
@@ -213,9 +267,10 @@ def test_a_full_update_walks_the_state_machine_and_history_keeps_the_order(
     response = tracker.client.post(f"{path}/reports", content=report,
                                    headers={**headers, **CBOR})
     assert response.status_code == 201, response.text
-    for state in ("rebooting", "rolled-back", "notified"):
+    for state in ("rebooting", "rolled-back"):
         tracker.client.post(f"{path}/events", json={"state": state},
                             headers=headers).raise_for_status()
+    deploy(tracker, dev)
     history = tracker.client.get(f"{path}/history", headers=auth(ADMIN)).json()["history"]
     assert [h.get("state", "report") for h in history] == [
         "notified", "downloading", "downloaded", "installing", "report", "rebooting",
@@ -233,6 +288,7 @@ def test_a_full_update_walks_the_state_machine_and_history_keeps_the_order(
 
 def test_the_raw_report_bytes_are_stored_as_received(tracker: Tracker) -> None:
     dev = tracker.register()
+    deploy(tracker, dev, UNSIGNED_RELEASE, "downloading")
     report = encode_report(failing_report())
     tracker.client.post(f"/api/v1/devices/{dev['id']}/reports", content=report,
                         headers={**auth(dev["token"]),
@@ -249,14 +305,8 @@ def test_the_raw_report_bytes_are_stored_as_received(tracker: Tracker) -> None:
 def test_impossible_transitions_are_refused_over_http(tracker: Tracker) -> None:
     dev = tracker.register()
     url, headers = f"/api/v1/devices/{dev['id']}/events", auth(dev["token"])
-    response = tracker.client.post(url, json={"state": "succeeded"}, headers=headers)
-    assert response.status_code == 409
-    assert response.json()["error"] == (
-        "transition from (no state yet) to succeeded is not allowed; from (no state yet) a "
-        "device may go to: notified")
-    for state in ("notified", "downloading"):
-        tracker.client.post(url, json={"state": state}, headers=headers).raise_for_status()
-    for wanted in ("installing", "notified", "rolled-back", "downloading"):
+    deploy(tracker, dev, UNSIGNED_RELEASE, "downloading")
+    for wanted in ("installing", "rolled-back", "downloading"):
         response = tracker.client.post(url, json={"state": wanted}, headers=headers)
         assert response.status_code == 409, wanted
         assert "from downloading a device may go to: downloaded, failed" in (
@@ -264,6 +314,62 @@ def test_impossible_transitions_are_refused_over_http(tracker: Tracker) -> None:
     states = [h["state"] for h in tracker.client.get(
         f"/api/v1/devices/{dev['id']}/history", headers=headers).json()["history"]]
     assert states == ["notified", "downloading"]
+
+
+def test_a_device_with_nothing_assigned_cannot_report_success(tracker: Tracker) -> None:
+    """Issue #11 item 10: a device that was given nothing cannot walk itself to succeeded
+    (not even by claiming ``notified``, which only the tracker sets) nor store a success
+    report for a release it was never given."""
+    dev = tracker.register()
+    url, headers = f"/api/v1/devices/{dev['id']}", auth(dev["token"])
+    for state in ("notified", "downloading", "installing", "rebooting", "succeeded"):
+        response = tracker.client.post(f"{url}/events", json={"state": state},
+                                       headers=headers)
+        assert response.status_code == 409, (state, response.text)
+    assert "no update assigned" in response.json()["error"]
+    claimed = tracker.client.post(f"{url}/events", json={"state": "notified"}, headers=headers)
+    assert "the tracker sets it when it assigns a release" in claimed.json()["error"]
+    success = Report(reference=Reference("https://example.com/fw.suit",
+                                         Digest(-16, bytes.fromhex("11" * 32))))
+    response = tracker.client.post(f"{url}/reports", content=encode_report(success),
+                                   headers={**headers, **CBOR})
+    assert response.status_code == 409, response.text
+    assert "no update in progress" in response.json()["error"]
+    doc = tracker.client.get(url, headers=auth(ADMIN)).json()
+    assert doc["state"] is None
+    assert tracker.client.get(f"{url}/history", headers=auth(ADMIN)).json()["history"] == []
+
+
+def test_a_report_is_stored_only_for_the_assigned_release_and_once(tracker: Tracker) -> None:
+    """A device working on release A cannot store a report about release B; the report of
+    the update is stored once (a replay is refused), and not after the update ended."""
+    dev = tracker.register()
+    url, headers = f"/api/v1/devices/{dev['id']}", {**auth(dev["token"]), **CBOR}
+    release = "11" * 32
+    deploy(tracker, dev, release, "downloading", "downloaded", "installing")
+    other = encode_report(failing_report())  # about manifest 00...00
+    response = tracker.client.post(f"{url}/reports", content=other, headers=headers)
+    assert response.status_code == 409, response.text
+    assert response.json()["error"] == (
+        f"the report is about manifest {UNSIGNED_RELEASE}; the device's current assignment is "
+        f"release {release}")
+    own = encode_report(Report(reference=Reference("u", Digest(-16, bytes.fromhex(release)))))
+    assert tracker.client.post(f"{url}/reports", content=own,
+                               headers=headers).status_code == 201
+    replay = tracker.client.post(f"{url}/reports", content=own, headers=headers)
+    assert replay.status_code == 409 and "one report per update" in replay.json()["error"]
+    for state in ("rebooting", "succeeded"):
+        tracker.client.post(f"{url}/events", json={"state": state},
+                            headers=auth(dev["token"])).raise_for_status()
+    late = tracker.client.post(f"{url}/reports", content=own, headers=headers)
+    assert late.status_code == 409 and "no update in progress" in late.json()["error"]
+    again = tracker.client.post(f"{url}/events", json={"state": "failed"},
+                                headers=auth(dev["token"]))
+    assert again.status_code == 409 and "no update assigned" in again.json()["error"]
+    kinds = [h.get("state", "report") for h in tracker.client.get(
+        f"{url}/history", headers=auth(ADMIN)).json()["history"]]
+    assert kinds == ["notified", "downloading", "downloaded", "installing", "report",
+                     "rebooting", "succeeded"]
 
 
 def test_unknown_states_are_refused(tracker: Tracker) -> None:
@@ -325,6 +431,8 @@ def test_a_report_from_the_device_processor_is_accepted_and_summarised(
     raw = encode_report(outcome.report)
 
     dev = tracker.register("real-device")
+    deploy(tracker, dev, outcome.report.reference.manifest_digest.value.hex(), "downloading",
+           "downloaded", "installing")
     response = tracker.client.post(f"/api/v1/devices/{dev['id']}/reports", content=raw,
                                    headers={**auth(dev["token"]), **CBOR})
     assert response.status_code == 201, response.text
@@ -340,7 +448,7 @@ def test_a_report_from_the_device_processor_is_accepted_and_summarised(
         outcome.report.reference.manifest_digest.value.hex())
     history = tracker.client.get(f"/api/v1/devices/{dev['id']}/history",
                                  headers=auth(ADMIN)).json()["history"]
-    assert [h["summary"] for h in history] == [summary]
+    assert [h["summary"] for h in history if h["kind"] == "report"] == [summary]
 
 
 # ---------------------------------------------------------------------------- authorization
@@ -350,6 +458,7 @@ def test_authorization_matrix(tracker: Tracker) -> None:
     """Every tracker endpoint with no token, a wrong token, the admin token, the device's own
     token and another device's token."""
     dev, other = tracker.register("dev"), tracker.register("other")
+    deploy(tracker, dev)
     path = f"/api/v1/devices/{dev['id']}"
     report = encode_report(failing_report())
     endpoints: list[tuple[str, str, dict[str, Any]]] = [
@@ -357,7 +466,7 @@ def test_authorization_matrix(tracker: Tracker) -> None:
         ("GET", "/api/v1/devices", {}),
         ("GET", path, {}),
         ("PUT", f"{path}/inventory", {"json": inventory()}),
-        ("POST", f"{path}/events", {"json": {"state": "notified"}}),
+        ("POST", f"{path}/events", {"json": {"state": "downloading"}}),
         ("POST", f"{path}/reports", {"content": report, "headers": CBOR}),
         ("GET", f"{path}/history", {}),
     ]
@@ -386,7 +495,7 @@ def test_authorization_matrix(tracker: Tracker) -> None:
     assert seen == want
     # nothing the refused calls sent reached the records
     history = tracker.client.get(f"{path}/history", headers=auth(ADMIN)).json()["history"]
-    assert [h["kind"] for h in history] == ["event", "report"]
+    assert [h["kind"] for h in history] == ["event", "event", "report"]
 
 
 def test_the_admin_gets_404_for_an_unknown_device_and_a_device_gets_403(
@@ -435,6 +544,12 @@ def test_an_operator_resets_a_device_stuck_mid_update(tracker: Tracker) -> None:
     assert tracker.client.get(f"{url}/update", headers=me).status_code == 204
     late = tracker.client.post(f"{url}/events", headers=me, json={"state": "downloaded"})
     assert late.status_code == 409
+    for state in ("notified", "failed"):  # nor can it start over or end it by itself
+        response = tracker.client.post(f"{url}/events", headers=me, json={"state": state})
+        assert response.status_code == 409, (state, response.text)
+    report = encode_report(Report(reference=Reference("u", Digest(-16, bytes.fromhex("ab" * 32)))))
+    late_report = tracker.client.post(f"{url}/reports", content=report, headers={**me, **CBOR})
+    assert late_report.status_code == 409, late_report.text
     again = tracker.client.post(f"{url}/reset", headers=auth(ADMIN), json={})
     assert again.status_code == 409 and "nothing to reset" in again.json()["error"]
     unknown = tracker.client.post("/api/v1/devices/nope/reset", headers=auth(ADMIN), json={})

@@ -55,8 +55,10 @@ def create(
     server: ServerOption, token_file: TokenFileOption,
     release: Annotated[str, typer.Option("--release", help="Manifest digest (hex) of the "
                                          "release, as the firmware server lists it.")],
-    envelope_url: Annotated[str, typer.Option("--envelope-url", help="Where devices fetch "
-                                              "the envelope (http/https).")],
+    envelope_url: Annotated[str | None, typer.Option(
+        "--envelope-url", help="Where devices fetch the envelope (http/https); by default the "
+        "server derives it from the release (a given URL must be that release's envelope, "
+        "e.g. on a mirror).")] = None,
     name: Annotated[str, typer.Option("--name", help="A name for people.")] = "",
     vendor_id: Annotated[str | None, typer.Option("--vendor-id", help="Target: vendor UUID."
                                                   )] = None,
@@ -96,9 +98,11 @@ def create(
     if device:
         target["devices"] = device
     body: dict[str, Any] = {
-        "name": name, "release": release, "envelope_url": envelope_url, "target": target,
+        "name": name, "release": release, "target": target,
         "waves": _waves(waves), "success_threshold": success_threshold,
         "failure_threshold": failure_threshold, "mode": mode}
+    if envelope_url is not None:
+        body["envelope_url"] = envelope_url
     if start_after is not None:
         body["start_after"] = start_after
     if window is not None:

@@ -22,6 +22,7 @@ from suitkit.device.config import SHAPE_COMPONENTS, create_device
 from suitkit.device.fetch import FileFetcher, HttpFetcher, RoutingFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
 from suitkit.device.wiring import OpenDevice, open_device
+from suitkit.errors import SuitError
 
 app = typer.Typer(help="A simulated (or Linux-class) device kept in a folder.",
                   no_args_is_help=True, add_completion=False)
@@ -200,7 +201,7 @@ def run(
     report. Survives server restarts and network cuts (bounded, jittered backoff). Exit 1 when
     the last run failed or could not reach the tracker."""
     from suitkit.cli.notices import parse_host_port  # noqa: PLC0415
-    from suitkit.device.agent import AgentOptions, run_agent  # noqa: PLC0415
+    from suitkit.device.agent import AgentOptions, check_credential, run_agent  # noqa: PLC0415
     from suitkit.device.fetch import CoapFetcher  # noqa: PLC0415
 
     try:
@@ -214,6 +215,10 @@ def run(
     if coap is not None and not coap.startswith("coap://"):
         fail(f"--coap: expected coap://HOST:PORT, got {coap!r}", EXIT_USAGE)
     credential = read_input(credential_file, "credential").decode("utf-8", "replace").strip()
+    try:  # the folder runs only with its own device's credential
+        check_credential(directory, credential)
+    except SuitError as e:
+        fail(f"{credential_file}: {e}", EXIT_USAGE)
     fetcher = RoutingFetcher(HttpFetcher(), coap=CoapFetcher())
     try:
         result = run_agent(directory, server, credential, fetcher=fetcher, options=options,

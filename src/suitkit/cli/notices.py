@@ -4,16 +4,20 @@ other: the CLI connects the tracker's hub to the firmware server's HTTP app and 
 ``tracker_routes(config, mqtt=...)`` opens the tracker database once and returns the tracker's
 routers (the API and ``/notifications``), the CoAP resources to add to the firmware server's
 site (``/notices/<device-id>``) and the hub and MQTT publisher to stop at shutdown.
+``release_lookup(data)`` gives the tracker the firmware server's releases
+(``TrackerConfig.releases``): deployments and campaigns name an uploaded release.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from suitkit.errors import SuitError
 
-__all__ = ["TrackerWiring", "parse_host_port", "tracker_routes"]
+__all__ = ["TrackerWiring", "parse_host_port", "release_lookup", "tracker_routes"]
 
 
 def parse_host_port(value: str, option: str) -> tuple[str, int]:
@@ -27,6 +31,27 @@ def parse_host_port(value: str, option: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{option}: expected HOST:PORT such as 127.0.0.1:1883, got {value!r}")
     return host, int(port)
+
+
+def release_lookup(data: Path) -> Callable[[str], Any]:
+    """``TrackerConfig.releases`` over the firmware server's store in ``data``: the release
+    with an id (``tracker.config.KnownRelease``), or ``None`` for an id the store does not
+    hold (or that is no release id at all). Reads the store at each call: an upload by another
+    replica is seen at once."""
+    from suitkit.server.store import BlobStore, is_release_id  # noqa: PLC0415
+    from suitkit.tracker.config import KnownRelease  # noqa: PLC0415
+
+    store = BlobStore(data)
+
+    def lookup(release: str) -> KnownRelease | None:
+        if not is_release_id(release):
+            return None
+        record = store.get_release(release)
+        if record is None:
+            return None
+        return KnownRelease(record.release_id, record.envelope)
+
+    return lookup
 
 
 @dataclass(frozen=True, slots=True)

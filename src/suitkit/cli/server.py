@@ -27,7 +27,7 @@ from suitkit.cli.common import (
     read_input,
     read_token,
 )
-from suitkit.cli.notices import TrackerWiring, parse_host_port, tracker_routes
+from suitkit.cli.notices import TrackerWiring, parse_host_port, release_lookup, tracker_routes
 from suitkit.core.verify import TrustAnchor, TrustAnchors
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -66,6 +66,10 @@ def serve(
     mqtt: Annotated[str | None, typer.Option(
         "--mqtt", help="MQTT broker HOST:PORT: publish each device's update notice to "
         "suitkit/devices/<id>/update (QoS 1, retained).")] = None,
+    public_url: Annotated[str | None, typer.Option(
+        "--public-url", help="This server's base URL as devices reach it (e.g. "
+        "https://fw.example.com), for the envelope URLs the tracker derives; default: the URL "
+        "each deployment or campaign request came to.")] = None,
 ) -> None:
     """Run the firmware server (verified uploads, immutable content-addressed downloads over
     HTTP and CoAP) and, with --admin-token-file, the status tracker and the dashboard."""
@@ -87,6 +91,14 @@ def serve(
     if tracker_db is not None and admin_token_file is None:
         fail("--db/--tracker-db needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
+    if public_url is not None and (
+            not public_url.lower().startswith(("http://", "https://"))
+            or any(c.isspace() for c in public_url) or len(public_url) > 1024):
+        fail(f"--public-url: expected an http:// or https:// URL, got {public_url[:80]!r}",
+             EXIT_USAGE)
+    if public_url is not None and admin_token_file is None:
+        fail("--public-url needs --admin-token-file (the status tracker is off without it)",
+             EXIT_USAGE)
     if mqtt is not None and admin_token_file is None:
         fail("--mqtt needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
@@ -101,8 +113,11 @@ def serve(
             broker = parse_host_port(mqtt, "--mqtt") if mqtt is not None else None
         except ValueError as e:
             fail(str(e), EXIT_USAGE)
-        wiring = tracker_routes(TrackerConfig(db_url, read_token(admin_token_file)),
-                                mqtt=broker, coap=coap_port is not None)
+        # deployments and campaigns name a release this server holds (the tracker derives
+        # and checks its envelope URL)
+        tracker_config = TrackerConfig(db_url, read_token(admin_token_file),
+                                       releases=release_lookup(data), public_url=public_url)
+        wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None)
         from suitkit.dashboard import create_dashboard_router  # noqa: PLC0415
 
         routers = (*wiring.routers, create_dashboard_router(redirect_root=True))

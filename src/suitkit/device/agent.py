@@ -1,7 +1,9 @@
 """The device's status-tracker client (RFC 9019 §2.3): one update run, and the agent loop in the
 client-initiated (poll), server-initiated (push) and hybrid modes.
 
-``run_once(folder, server_url, credential, fetcher=...)`` opens the device folder and:
+``run_once(folder, server_url, credential, fetcher=...)`` opens the device folder (whose
+``tracker-id``, written by ``register`` or at the first run the tracker accepted, must be the
+credential's device: a folder never reports in another device's name) and:
 
 1. ``PUT /api/v1/devices/{id}/inventory``: vendor and class IDs, and per component the running
    sequence number and image digest (what the bootloader verified, as ``device status`` shows);
@@ -55,6 +57,7 @@ from urllib.parse import urljoin, urlparse
 import httpx
 
 from suitkit.core.report import encode_report
+from suitkit.device.config import bind_tracker_id, check_tracker_id, load_config
 from suitkit.device.consumer import PayloadFetcher
 from suitkit.device.fetch import CoapFetcher, HttpFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
@@ -67,12 +70,13 @@ from suitkit.device.listen import (
     backoff_delay,
 )
 from suitkit.device.wiring import OpenDevice, open_device
-from suitkit.errors import FetchError, SuitError
+from suitkit.errors import DecodeError, FetchError, PolicyError, SuitError
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
 __all__ = ["MODES", "REPORT_MEDIA_TYPE", "TRANSPORTS", "AgentOptions", "AgentResult", "Assigned",
-           "TrackerError", "error_of", "inventory_of", "register", "run_agent", "run_once"]
+           "TrackerError", "check_credential", "error_of", "inventory_of", "register",
+           "run_agent", "run_once"]
 
 MODES = ("poll", "push", "hybrid")
 TRANSPORTS = ("sse", "longpoll", "mqtt", "coap")
@@ -198,24 +202,46 @@ class _Tracker:
                    headers={"Content-Type": REPORT_MEDIA_TYPE})
 
 
+def check_credential(folder: Path, credential: str) -> str:
+    """The device id of ``credential`` (``<device-id>.<secret>``), if it may run the device in
+    ``folder`` (its ``tracker-id`` is that id, or not set yet).
+
+    Raises:
+        PolicyError: the folder is registered as another device.
+        DecodeError: the folder is not a device, or the credential is not ``<id>.<secret>``.
+    """
+    device_id, dot, secret = credential.strip().partition(".")
+    if not dot or not device_id or not secret:
+        raise DecodeError("credential", "expected <device-id>.<secret>")
+    check_tracker_id(load_config(folder), device_id)
+    return device_id
+
+
 def register(folder: Path, server_url: str, admin_token: str, *, name: str | None = None,
              client: httpx.Client | None = None) -> str:
     """Enrol the device in ``folder`` with the tracker (provisioning, with an admin's token):
-    ``POST /api/v1/devices``, then the first inventory with the new credential. Returns the
-    credential ``<device-id>.<secret>``, which the tracker shows only this once.
+    ``POST /api/v1/devices`` with its vendor and class IDs (the identity the tracker then
+    holds its inventories to), the tracker's id written to the folder (``tracker-id``), then
+    the first inventory with the new credential. Returns the credential
+    ``<device-id>.<secret>``, which the tracker shows only this once.
 
     Raises:
         TrackerError: the tracker refused or could not be reached, or its answer is malformed.
-        SuitError: the device folder cannot be opened.
+        SuitError: the device folder cannot be opened or written, or it is registered already.
     """
     opened = open_device(folder)
+    if opened.config.tracker_id is not None:
+        raise PolicyError(f"{folder}: this device is already registered as tracker device "
+                          f"{opened.config.tracker_id}; a device is registered once")
     label = name if name is not None else opened.config.directory.name
     own = client is None
     http = client or httpx.Client(base_url=server_url.rstrip("/"), timeout=TIMEOUT)
     try:
         try:
-            response = http.post("/api/v1/devices", json={"name": label[:128]},
-                                 headers={"Authorization": f"Bearer {admin_token}"})
+            response = http.post("/api/v1/devices", json={
+                "name": label[:128], "vendor_id": str(opened.config.vendor_id),
+                "class_id": str(opened.config.class_id)},
+                headers={"Authorization": f"Bearer {admin_token}"})
         except httpx.HTTPError as e:
             raise TrackerError(f"POST /api/v1/devices: {type(e).__name__}: {e}") from None
         if response.status_code != 201:
@@ -228,6 +254,7 @@ def register(folder: Path, server_url: str, admin_token: str, *, name: str | Non
             raise TrackerError("POST /api/v1/devices: the answer is not a registration") from None
         if not isinstance(device_id, str) or not isinstance(token, str):
             raise TrackerError("POST /api/v1/devices: the answer is not a registration")
+        opened.config = bind_tracker_id(folder, device_id)
         http.headers["Authorization"] = f"Bearer {token}"
         _Tracker(http, device_id).inventory(opened)
         return token
@@ -312,6 +339,10 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
         opened = open_device(folder)
     except SuitError as e:
         return result("error", f"cannot open the device: {e}")
+    try:
+        check_tracker_id(opened.config, device_id)
+    except PolicyError as e:
+        return result("error", str(e))
     own = client is None
     http = client or httpx.Client(base_url=server_url.rstrip("/"), timeout=TIMEOUT,
                                   headers={"Authorization": f"Bearer {credential.strip()}"})
@@ -320,6 +351,10 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
         try:
             tracker.inventory(opened)
             step("inventory sent")
+            if opened.config.tracker_id is None:
+                # the tracker took the credential: from now on the folder is this device
+                opened.config = bind_tracker_id(opened.config.directory, device_id)
+                step(f"device folder bound to tracker device {device_id}")
             if assigned is None:
                 job = tracker.update()
             elif assigned.get("release") is None:

@@ -7,12 +7,17 @@ which image of the boot set. ``anchors/`` holds the trust anchors (public keys, 
 symmetric devices) and ``keys/`` the decryption keys (AES-KW KEKs as COSE_Key files, ECDH P-256
 private keys as PEM). Rollback protection lives with the bootloader's security counters.
 
+``tracker-id`` (once registered) is the id the status tracker gave the device: the folder runs
+only with that device's credential (``bind_tracker_id``, ``check_tracker_id``), so a folder given
+another device's credential cannot report in that device's name.
+
 Files are written atomically (``fileio.atomic_write``); every malformed file gives one
 ``DecodeError`` naming the file and the field.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import uuid
@@ -23,7 +28,7 @@ from pathlib import Path
 from suitkit.core import crypto
 from suitkit.core.model import ComponentIdentifier
 from suitkit.core.verify import TrustAnchor, TrustAnchors
-from suitkit.errors import DecodeError, KeyMaterialError, SuitError
+from suitkit.errors import DecodeError, KeyMaterialError, PolicyError, SuitError
 from suitkit.fileio import atomic_write
 
 __all__ = [
@@ -31,6 +36,8 @@ __all__ = [
     "AnchorSpec",
     "ComponentSpec",
     "DeviceConfig",
+    "bind_tracker_id",
+    "check_tracker_id",
     "create_device",
     "load_config",
 ]
@@ -86,6 +93,8 @@ class DeviceConfig:
     """Authorities that must all have signed (RFC 9019 §3.9, e.g. author and operator)."""
     app_command: str | None = None
     """Linux-class devices: how to start the application image (``{image}`` is its path)."""
+    tracker_id: str | None = None
+    """The status tracker's id of this device, once registered (``bind_tracker_id``)."""
 
     def component(self, suit_id: ComponentIdentifier) -> ComponentSpec | None:
         """The component with this SUIT identifier, or ``None``."""
@@ -147,6 +156,8 @@ class DeviceConfig:
             "required-roles": list(self.required_roles),
             "app-command": self.app_command,
         }
+        if self.tracker_id is not None:
+            doc["tracker-id"] = self.tracker_id
         return json.dumps(doc, indent=2).encode() + b"\n"
 
 
@@ -189,9 +200,56 @@ def load_config(directory: Path) -> DeviceConfig:
             class_id=uuid.UUID(doc["class-id"]), device_id=uuid.UUID(doc["device-id"]),
             components=components, image_sectors=int(doc.get("image-sectors", 80)),
             anchors=anchors, required_roles=tuple(str(r) for r in doc["required-roles"]),
-            app_command=doc.get("app-command"))
+            app_command=doc.get("app-command"), tracker_id=_tracker_id(doc.get("tracker-id")))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DecodeError(str(path), f"malformed: {e}") from None
+
+
+_MAX_TRACKER_ID = 64
+
+
+def _tracker_id(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > _MAX_TRACKER_ID \
+            or not value.isascii() or not all(c.isalnum() or c in "-_" for c in value):
+        raise ValueError(f"tracker-id must be the tracker's device id, got {str(value)[:80]!r}")
+    return value
+
+
+def check_tracker_id(config: DeviceConfig, tracker_id: str) -> None:
+    """The credential of tracker device ``tracker_id`` may run this folder: the folder has no
+    tracker id yet, or the same one.
+
+    Raises:
+        PolicyError: the folder is registered as another device.
+    """
+    if config.tracker_id is not None and config.tracker_id != tracker_id:
+        raise PolicyError(f"{config.directory}: the credential is for tracker device "
+                          f"{tracker_id[:64]}, but this device folder is registered as "
+                          f"{config.tracker_id}; use its own credential")
+
+
+def bind_tracker_id(directory: Path, tracker_id: str) -> DeviceConfig:
+    """Record in ``device.json`` that the device is ``tracker_id`` on the status tracker (a
+    no-op when it already is); returns the configuration as stored.
+
+    Raises:
+        DecodeError: the folder is not a device or ``tracker_id`` is not an id.
+        PolicyError: the folder is registered as another device.
+        StorageError: ``device.json`` cannot be written.
+    """
+    config = load_config(directory)
+    check_tracker_id(config, tracker_id)
+    if config.tracker_id == tracker_id:
+        return config
+    try:
+        _tracker_id(tracker_id)
+    except ValueError as e:
+        raise DecodeError("tracker id", str(e)) from None
+    bound = dataclasses.replace(config, tracker_id=tracker_id)
+    atomic_write(directory / CONFIG, bound.to_json())
+    return bound
 
 
 def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,

@@ -146,8 +146,8 @@ class Console:
         done = 0
         for start in range(0, len(ids), _DEPLOY_BATCH):
             batch = ids[start:start + _DEPLOY_BATCH]
+            # the release by its id: the server derives the envelope URL
             doc = self.call("POST", "/api/v1/deployments", (201,), token=token, json={
-                "release": release.id, "envelope_url": release.envelope_url,
-                "devices": batch})
+                "release": release.id, "devices": batch})
             done += len(doc["devices"])
         return done

@@ -268,8 +268,7 @@ async def _run_campaigns(console: Console, devices: list[SimDevice],
     campaigns: dict[str, str] = {}
     for tag, (klass, label) in sorted(groups.items()):
         release = stored[klass, label]
-        body = {"name": f"{klass} {label}", "release": release.id,
-                "envelope_url": release.envelope_url, "target": {"tags": [tag]},
+        body = {"name": f"{klass} {label}", "release": release.id, "target": {"tags": [tag]},
                 "waves": [60, 100], "success_threshold": 0.5, "failure_threshold": 1.0}
         try:
             doc = await asyncio.to_thread(console.call, "POST", "/api/v1/campaigns", (201,),

@@ -9,21 +9,27 @@ a missing, wrong, expired or revoked credential, 403 for a role that may not cal
 
 Routes (docs/tracker.md has the bodies):
 
-- ``POST /api/v1/devices`` (admin): register; returns ``id`` and ``secret`` once.
+- ``POST /api/v1/devices`` (admin): register (a name; optionally the vendor and class IDs);
+  returns ``id`` and ``secret`` once.
 - ``GET /api/v1/devices?limit=&after=`` (admin, operator), ``GET /api/v1/devices/{id}``
   (admin, operator, or the device).
-- ``PUT /api/v1/devices/{id}/inventory`` (the device): vendor/class IDs, components, hardware.
-- ``POST /api/v1/devices/{id}/events`` (the device): a state of ``db.TRANSITIONS``.
+- ``PUT /api/v1/devices/{id}/inventory`` (the device): vendor/class IDs, components, hardware;
+  409 when the vendor or class ID contradicts the registration (or the first inventory).
+- ``POST /api/v1/devices/{id}/events`` (the device): a state of ``db.TRANSITIONS``, only for
+  the device's current assignment (409 otherwise; ``notified`` is set by the tracker alone).
 - ``POST /api/v1/devices/{id}/reports`` (the device): a SUIT_Report in CBOR, decoded strictly
-  with ``core.report.decode_report`` (the device is not trusted); bytes and summary are stored.
+  with ``core.report.decode_report`` (the device is not trusted); bytes and summary are stored
+  only while the device works on its current assignment, if the report names the assigned
+  release, once per update (409 otherwise: a late, replayed or foreign report).
 - ``GET /api/v1/devices/{id}/history?limit=&after=`` (admin, operator, or the device): events
   and reports.
 
 Lists come in pages (keyset pagination, ``page_params``): ``limit`` 1 to 1000 (default 500),
 ``after`` the opaque cursor ``next`` of the page before; ``next`` is ``null`` on the last page.
 - ``POST /api/v1/deployments`` (admin, operator; not author): assign a release (manifest
-  digest and envelope URL) to devices; each moves to ``notified``. The latest assignment of a
-  device wins.
+  digest) to devices; each moves to ``notified``. The latest assignment of a device wins. The
+  release must be on the firmware server and the envelope URL is derived from it
+  (``release_envelope_url``; an ``envelope_url`` given must be that release's: 422).
 - ``GET /api/v1/devices/{id}/update`` (the device): 200 with the pending assignment, 204 when
   there is nothing to do (RFC 9019 client-initiated mode: the device polls).
 - ``POST/GET /api/v1/tokens``, ``DELETE /api/v1/tokens/{id}`` (admin): API tokens;
@@ -46,6 +52,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -68,7 +75,9 @@ from suitkit.tracker.db import (
     TOKEN_ROLES,
     ComponentEntry,
     DeploymentRefused,
+    IdentityRefused,
     Inventory,
+    NotAssigned,
     Page,
     TrackerDB,
     TransitionRefused,
@@ -76,7 +85,8 @@ from suitkit.tracker.db import (
 )
 
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "PAGE_PARAMETERS", "REPORT_MEDIA_TYPE", "TrackerConfig",
-           "create_router", "decode_cursor", "encode_cursor", "page_params", "summarize_report"]
+           "create_router", "decode_cursor", "encode_cursor", "envelope_url_of", "page_params",
+           "release_envelope_url", "summarize_report"]
 
 REPORT_MEDIA_TYPE = "application/suit-report+cbor"
 _REPORT_TYPES = frozenset({REPORT_MEDIA_TYPE, "application/octet-stream"})
@@ -285,15 +295,63 @@ def _inventory(doc: Mapping[str, Any], limits: Limits) -> Inventory:
         hardware=_hardware(doc.get("hardware")))
 
 
-def _deployment(doc: Mapping[str, Any]) -> tuple[str, str, list[str]]:
+def envelope_url_of(value: object, schemes: tuple[str, ...]) -> str | None:
+    """A request's ``envelope_url``: ``None`` when left out, else a URL of ``schemes``
+    (``("http", "https", ...)``) without spaces; ``Refused`` (400) otherwise."""
+    if value is None:
+        return None
+    url = _text(value, "envelope_url", _MAX_URL)
+    if not url.lower().startswith(tuple(f"{scheme}://" for scheme in schemes)) or any(
+            c.isspace() for c in url):
+        shown = ", ".join(f"{scheme}://" for scheme in schemes)
+        raise _Refused(400, f"envelope_url: expected a URL starting with {shown}")
+    return url
+
+
+async def release_envelope_url(config: TrackerConfig, request: Request, release: str,
+                               url: str | None) -> str:
+    """The envelope URL a deployment or campaign of ``release`` hands to devices.
+
+    With the firmware server's releases (``TrackerConfig.releases``), ``release`` must be an
+    uploaded release (422 otherwise): its URL is derived (``public_url`` or the URL the request
+    came to, then ``/envelopes/<sha256 of its envelope>``), and an ``envelope_url`` given anyway
+    must end in that path (a mirror or CDN may serve it; it may not name another release's
+    envelope: 422). Without them, ``envelope_url`` is required and taken as given.
+    """
+    if config.releases is None:
+        if url is None:
+            raise _Refused(400, "envelope_url: expected the URL of the release's envelope (this "
+                                "tracker has no firmware server to derive it from)")
+        return url
+    try:
+        known = await run_in_threadpool(config.releases, release)
+    except StorageError:
+        raise _Refused(500, "the tracker could not read the firmware server's releases"
+                       ) from None
+    if known is None:
+        raise _Refused(422, f"release: {release} is not on the firmware server; upload it "
+                            "first (suitkit upload) and name it by its id, the manifest digest")
+    path = f"/envelopes/{known.envelope_sha256}"
+    if url is None:
+        base = config.public_url or str(request.base_url)
+        return base.rstrip("/") + path
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise _Refused(400, f"envelope_url: {url[:100]!r} is not a URL") from None
+    if parts.query or parts.fragment or not parts.path.endswith(path):
+        raise _Refused(422, f"envelope_url: {url[:100]} is not the envelope of release "
+                            f"{release}; expected a URL ending in {path} (or leave "
+                            "envelope_url out: the server derives it)")
+    return url
+
+
+def _deployment(doc: Mapping[str, Any]) -> tuple[str, str | None, list[str]]:
     _only(doc, {"release", "envelope_url", "devices"}, "deployment")
     release = _hex(doc.get("release"), "release", _MAX_DIGEST_BYTES)
     if not release:
         raise _Refused(400, "release: expected the manifest digest in hex")
-    url = _text(doc.get("envelope_url"), "envelope_url", _MAX_URL)
-    if not url.lower().startswith(("http://", "https://", "coap://")) or any(
-            c.isspace() for c in url):
-        raise _Refused(400, "envelope_url: expected an http://, https:// or coap:// URL")
+    url = envelope_url_of(doc.get("envelope_url"), ("http", "https", "coap"))
     devices = doc.get("devices")
     if (not isinstance(devices, list) or not devices
             or len(devices) > _MAX_DEPLOY_DEVICES):
@@ -427,15 +485,22 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
             raise _Refused(500, "the tracker could not store or read its database") from None
 
     @router.post(_DEVICES, status_code=201, summary="Register a device (admin)",
-                 openapi_extra=_json_body({"name": {"type": "string"}}))
+                 openapi_extra=_json_body({"name": {"type": "string"},
+                                           "vendor_id": {"type": "string"},
+                                           "class_id": {"type": "string"}}))
     async def register(request: Request) -> Response:
         """Register a device (admin); the answer holds its secret, shown this once."""
         who = await admin(request)
         doc = await _json_object(request)
-        _only(doc, {"name"}, "device")
+        _only(doc, {"name", "vendor_id", "class_id"}, "device")
         name = _text(doc.get("name", ""), "name", _MAX_NAME)
-        device_id, secret = await storage(tracker.register, name)
-        await audit(who, "device.register", device_id, f"name {name!r}")
+        vendor_id = _uuid(doc.get("vendor_id"), "vendor_id")
+        class_id = _uuid(doc.get("class_id"), "class_id")
+        device_id, secret = await storage(functools.partial(
+            tracker.register, name, vendor_id=vendor_id, class_id=class_id))
+        await audit(who, "device.register", device_id, f"name {name!r}"
+                    + (f", vendor {vendor_id}" if vendor_id else "")
+                    + (f", class {class_id}" if class_id else ""))
         return JSONResponse({"id": device_id, "secret": secret,
                              "token": f"{device_id}.{secret}"}, status_code=201,
                             headers={"Cache-Control": "no-store"})
@@ -473,7 +538,12 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
         """Replace the device's inventory (the device only)."""
         await device_itself(request, device_id)
         inventory = _inventory(await _json_object(request), config.limits)
-        await storage(tracker.set_inventory, device_id, inventory)
+        try:
+            await run_in_threadpool(tracker.set_inventory, device_id, inventory)
+        except IdentityRefused as e:
+            raise _Refused(409, str(e)) from None
+        except StorageError:
+            raise _Refused(500, "the tracker could not store the inventory") from None
         return JSONResponse(await storage(tracker.device, device_id))
 
     @router.post(f"{_DEVICES}/{{device_id}}/events", status_code=201,
@@ -491,8 +561,9 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
                                 f"{str(state)[:40]!r}")
         detail = _text(doc.get("detail", ""), "detail", _MAX_DETAIL)
         try:
-            event = await run_in_threadpool(tracker.add_event, device_id, state, detail)
-        except TransitionRefused as e:
+            event = await run_in_threadpool(functools.partial(
+                tracker.add_event, device_id, state, detail, by_device=True))
+        except (TransitionRefused, NotAssigned) as e:
             raise _Refused(409, str(e)) from None
         except StorageError:
             raise _Refused(500, "the tracker could not store the event") from None
@@ -541,7 +612,14 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
                                    max_bytes=config.max_report_bytes)
         except DecodeError as e:
             raise _Refused(400, f"the report is malformed: {e}") from None
-        stored = await storage(tracker.add_report, device_id, raw, summarize_report(report))
+        release = report.reference.manifest_digest.value.hex()
+        try:
+            stored = await run_in_threadpool(functools.partial(
+                tracker.add_report, device_id, raw, summarize_report(report), release=release))
+        except NotAssigned as e:
+            raise _Refused(409, str(e)) from None
+        except StorageError:
+            raise _Refused(500, "the tracker could not store the report") from None
         return JSONResponse(stored, status_code=201)
 
     @router.get(f"{_DEVICES}/{{device_id}}/history",
@@ -579,7 +657,8 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     async def deploy(request: Request) -> Response:
         """Assign a release to devices; each is notified (admin, operator; not author)."""
         who = await auth.require(request, "admin", "operator")
-        release, url, ids = _deployment(await _json_object(request))
+        release, given, ids = _deployment(await _json_object(request))
+        url = await release_envelope_url(config, request, release, given)
         try:
             devices = await run_in_threadpool(tracker.deploy, release, url, ids)
         except DeploymentRefused as e:

@@ -2,7 +2,10 @@
 
 Routes (docs/tracker.md, "Campaigns", has the bodies):
 
-- ``POST /api/v1/campaigns`` (operator, admin): create a campaign in ``draft``.
+- ``POST /api/v1/campaigns`` (operator, admin): create a campaign in ``draft``. Its release
+  must be on the firmware server; the envelope URL is derived (``api.release_envelope_url``:
+  422 for an unknown release or a URL that is not its envelope), and checked again at
+  ``approve`` and ``start``.
 - ``GET /api/v1/campaigns?limit=&after=`` (admin, operator, author): a page of campaigns,
   newest first; ``next`` is the cursor of the following page (``null``: the end).
 - ``GET /api/v1/campaigns/{id}?offset=&limit=`` (admin, operator, author): status, counts per
@@ -19,6 +22,7 @@ thread while the server runs: thresholds, waves and schedules move without any r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -32,7 +36,6 @@ from starlette.concurrency import run_in_threadpool
 from suitkit.errors import StorageError
 from suitkit.tracker.api import (
     _MAX_DIGEST_BYTES,
-    _MAX_URL,
     PAGE_PARAMETERS,
     _created_id_key,
     _hex,
@@ -42,7 +45,9 @@ from suitkit.tracker.api import (
     _text,
     _uuid,
     encode_cursor,
+    envelope_url_of,
     page_params,
+    release_envelope_url,
 )
 from suitkit.tracker.auth import Authenticator, Principal, Refused, Role
 from suitkit.tracker.campaigns import MODES, CampaignEngine, CampaignRefused, CampaignSpec
@@ -89,14 +94,14 @@ def _moment(value: object, where: str) -> datetime | None:
 
 
 def _spec(doc: Mapping[str, Any]) -> CampaignSpec:
+    """The campaign a request asks for; ``envelope_url`` is ``""`` when left out (the route
+    derives it: ``release_envelope_url``)."""
     _only(doc, {"name", "release", "envelope_url", "target", "waves", "success_threshold",
                 "failure_threshold", "mode", "start_after", "window"}, "campaign")
     release = _hex(doc.get("release"), "release", _MAX_DIGEST_BYTES)
     if not release:
         raise Refused(400, "release: expected the manifest digest in hex")
-    url = _text(doc.get("envelope_url"), "envelope_url", _MAX_URL)
-    if not url.lower().startswith(("http://", "https://")) or any(c.isspace() for c in url):
-        raise Refused(400, "envelope_url: expected an http:// or https:// URL")
+    url = envelope_url_of(doc.get("envelope_url"), ("http", "https"))
     target = doc.get("target")
     if not isinstance(target, dict):
         raise Refused(400, "target: expected an object {vendor_id, class_id, tags, devices}")
@@ -118,7 +123,7 @@ def _spec(doc: Mapping[str, Any]) -> CampaignSpec:
     window = doc.get("window")
     return CampaignSpec(
         name=_text(doc.get("name", ""), "name", _MAX_NAME),
-        release=release, envelope_url=url,
+        release=release, envelope_url=url or "",
         vendor_id=_uuid(target.get("vendor_id"), "target.vendor_id"),
         class_id=_uuid(target.get("class_id"), "target.class_id"),
         tags=tuple(_text(t, f"target.tags[{i}]", 64) for i, t in enumerate(tags)),
@@ -173,6 +178,9 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         """Create a campaign in draft (operator, admin)."""
         who = await auth.require(request, *_STAFF)
         spec = _spec(await _json_object(request))
+        url = await release_envelope_url(config, request, spec.release,
+                                         spec.envelope_url or None)
+        spec = dataclasses.replace(spec, envelope_url=url)
         doc = await call(engine.create, spec, who.name)
         await audit(who, "campaign.create", f"campaign {doc['id']}",
                     f"release {spec.release}, target {doc['target']}, mode {spec.mode}")
@@ -204,6 +212,12 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         @router.post(f"{_CAMPAIGNS}/{{campaign_id}}/{name}", name=f"campaign_{name}")
         async def act(request: Request, campaign_id: str) -> Response:
             who = await auth.require(request, *_STAFF)
+            if name in ("approve", "start") and config.releases is not None:
+                # a campaign made before releases were checked (or whose release is gone)
+                # is neither approved nor started: devices would fetch something else
+                current = await call(engine.get, campaign_id, limit=0)
+                await release_envelope_url(config, request, current["release"],
+                                           current["envelope_url"])
             args: tuple[Any, ...] = (campaign_id, who.name)
             detail = ""
             if name == "pause" and request.headers.get("content-length", "0") != "0":

@@ -9,11 +9,26 @@ from datetime import UTC, datetime
 from suitkit.core.report import MAX_REPORT_BYTES
 from suitkit.limits import Limits
 
-__all__ = ["TrackerConfig"]
+__all__ = ["KnownRelease", "ReleaseLookup", "TrackerConfig"]
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class KnownRelease:
+    """A release the firmware server holds: its id (the manifest digest, lower-case hex) and
+    the SHA-256 of its envelope, served at ``/envelopes/<envelope_sha256>``."""
+
+    release: str
+    envelope_sha256: str
+
+
+ReleaseLookup = Callable[[str], KnownRelease | None]
+"""The firmware server's releases as the tracker sees them (roles do not import each other:
+``suitkit serve`` hands the tracker one over its store): the release with this id, or ``None``.
+Raises ``StorageError`` when the store cannot be read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +40,12 @@ class TrackerConfig:
     constant time; ``None``: only API tokens and device credentials authenticate.
     ``limits``: decoding limits for reports. ``clock``: the current time (UTC); token expiry
     is checked against it.
+    ``releases``: the firmware server's releases. With it a deployment or campaign names an
+    uploaded release and the tracker derives its envelope URL (``public_url`` or the URL the
+    request came to, ``/envelopes/<sha256>``); an unknown release, or an ``envelope_url`` that
+    is not that release's envelope, is refused. ``None`` (a tracker without a firmware server,
+    as in some tests): release and ``envelope_url`` are taken as given.
+    ``public_url``: the firmware server's base URL as devices reach it (``serve --public-url``).
     """
 
     db_url: str
@@ -32,3 +53,5 @@ class TrackerConfig:
     limits: Limits = field(default_factory=Limits)
     max_report_bytes: int = MAX_REPORT_BYTES
     clock: Callable[[], datetime] = _utcnow
+    releases: ReleaseLookup | None = None
+    public_url: str | None = None

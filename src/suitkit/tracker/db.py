@@ -61,6 +61,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     inspect,
     or_,
     select,
@@ -72,8 +73,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from suitkit.errors import StorageError
 
 __all__ = [
+    "DEVICE_STATES",
     "FINAL_STATES",
     "INITIAL_REVISION",
+    "REPORT_STATES",
     "STATES",
     "TOKEN_ROLES",
     "TRANSITIONS",
@@ -86,8 +89,10 @@ __all__ = [
     "Device",
     "DeviceEvent",
     "DeviceReport",
+    "IdentityRefused",
     "InstalledComponent",
     "Inventory",
+    "NotAssigned",
     "Page",
     "TokenCheck",
     "TrackerDB",
@@ -107,6 +112,12 @@ STATES = ("notified", "downloading", "downloaded", "installing", "rebooting", "s
           "failed", "rolled-back")
 """The states of one update on one device, in the order a successful update passes them."""
 FINAL_STATES = frozenset({"succeeded", "failed", "rolled-back"})
+DEVICE_STATES = frozenset(STATES) - {"notified"}
+"""The states a device reports itself; ``notified`` is the tracker's own (a deployment or a
+campaign assigns a release)."""
+REPORT_STATES = frozenset({"downloading", "downloaded", "installing"})
+"""The states in which a device may send the SUIT report of its update (the processor runs
+between ``downloading`` and ``rebooting``)."""
 
 TRANSITIONS: Mapping[str | None, frozenset[str]] = {
     None: frozenset({"notified"}),  # a newly registered device
@@ -341,6 +352,15 @@ class TransitionRefused(Exception):
                          f"a device may go to: {allowed}")
 
 
+class NotAssigned(Exception):
+    """A device's state or report that is not about its current assignment (none pending, a
+    report for another release, or a second report of the same update)."""
+
+
+class IdentityRefused(Exception):
+    """An inventory whose vendor or class ID contradicts the device's registration."""
+
+
 @dataclass(frozen=True, slots=True)
 class TokenCheck:
     """The outcome of ``TrackerDB.check_token``: ``status`` is ``"valid"``, ``"invalid"``
@@ -429,13 +449,18 @@ class TrackerDB:
 
     # ---- devices and credentials
 
-    def register(self, name: str) -> tuple[str, str]:
-        """A new device called ``name``: (device id, secret). The secret is not stored."""
+    def register(self, name: str, *, vendor_id: str | None = None,
+                 class_id: str | None = None) -> tuple[str, str]:
+        """A new device called ``name``: (device id, secret). The secret is not stored.
+
+        ``vendor_id``/``class_id``: the identity the device is registered with (else its first
+        inventory gives it); later inventories must keep it (``set_inventory``)."""
         device_id = str(uuid.uuid4())
         secret = secrets.token_urlsafe(32)
         with self._session() as session:
             session.add(Device(id=device_id, name=name, credential_hash=hash_secret(secret),
-                               created=self._now(), hardware={}, history_count=0))
+                               created=self._now(), hardware={}, history_count=0,
+                               vendor_id=vendor_id, class_id=class_id))
         return device_id, secret
 
     def authenticate(self, device_id: str, secret: str) -> bool:
@@ -508,11 +533,28 @@ class TrackerDB:
         """Replace the device's inventory (identity, components, hardware facts).
 
         An inventory equal to the stored one writes nothing (a device sends it at every
-        check-in; ``inventory_updated`` is when it last changed)."""
+        check-in; ``inventory_updated`` is when it last changed).
+
+        The vendor and class IDs are the device's identity: once the registration or the first
+        inventory gave them, an inventory that names others (or none) is refused, so that a
+        credential used by another kind of device cannot overwrite this one's records.
+
+        Raises:
+            IdentityRefused: the inventory's vendor or class ID contradicts the registration.
+        """
         with self._session() as session:
             device = session.get(Device, device_id)
             if device is None:
                 raise StorageError(f"no device {device_id}")
+            for field, registered, claimed in (("vendor_id", device.vendor_id,
+                                                inventory.vendor_id),
+                                               ("class_id", device.class_id,
+                                                inventory.class_id)):
+                if registered is not None and claimed != registered:
+                    raise IdentityRefused(
+                        f"{field}: device {device_id} is registered as {registered}; the "
+                        f"inventory says {claimed or 'none'} (a credential belongs to the "
+                        "device it was issued for)")
             old = list(session.scalars(select(InstalledComponent)
                                        .where(InstalledComponent.device_id == device_id)
                                        .order_by(InstalledComponent.position)))
@@ -546,10 +588,18 @@ class TrackerDB:
         assert count is not None
         return count
 
-    def add_event(self, device_id: str, state: str, detail: str) -> dict[str, Any]:
+    def add_event(self, device_id: str, state: str, detail: str, *, by_device: bool = False
+                  ) -> dict[str, Any]:
         """Move the device to ``state``.
 
+        ``by_device``: the device itself reports it (``POST .../events``): it may report only
+        the states of ``DEVICE_STATES``, and only for its current assignment (one not yet
+        done: a device with nothing assigned, or whose update was reset or withdrawn, has
+        nothing to report). Without it the tracker moves the device (an operator's reset).
+
         Raises:
+            NotAssigned: ``by_device`` and the device has no pending assignment, or the state
+                is ``notified``.
             TransitionRefused: ``TRANSITIONS`` does not allow it from the current state.
         """
         with self._session() as session:
@@ -557,6 +607,9 @@ class TrackerDB:
             device = session.get(Device, device_id)
             assert device is not None
             session.refresh(device)
+            assignment = session.get(Assignment, device_id)
+            if by_device:
+                _check_device_event(device, assignment, state)
             if state not in TRANSITIONS.get(device.state, frozenset()):
                 raise TransitionRefused(device.state, state)
             now = self._now()
@@ -565,7 +618,6 @@ class TrackerDB:
             session.add(row)
             device.state = state
             device.state_changed = now
-            assignment = session.get(Assignment, device_id)
             finished = False
             if assignment is not None and assignment.done is None:
                 if state in FINAL_STATES or (state == "downloaded"
@@ -654,16 +706,52 @@ class TrackerDB:
             return {"release": assignment.release, "envelope_url": assignment.envelope_url,
                     "action": assignment.action, "campaign": assignment.campaign_id}
 
-    def add_report(self, device_id: str, raw: bytes, summary: Mapping[str, Any]
-                   ) -> dict[str, Any]:
-        """Store a SUIT report (bytes as received) and its summary."""
+    def add_report(self, device_id: str, raw: bytes, summary: Mapping[str, Any], *,
+                   release: str | None = None) -> dict[str, Any]:
+        """Store a SUIT report (bytes as received) and its summary.
+
+        ``release``: the manifest digest (hex) the report is about, given for a device's own
+        report (``POST .../reports``): it is stored only for the device's current assignment,
+        while it works on it (``REPORT_STATES``), if it names the assigned release, and once
+        per update (a replayed or late report is refused).
+
+        Raises:
+            NotAssigned: ``release`` is given and the report is not the one the device's
+                current assignment expects.
+        """
         with self._session() as session:
             seq = self._lock(session, device_id)
+            if release is not None:
+                self._check_report(session, device_id, release)
             row = DeviceReport(device_id=device_id, seq=seq, received=self._now(), raw=raw,
                                summary=dict(summary))
             session.add(row)
             session.flush()
             return _report_json(row)
+
+    @staticmethod
+    def _check_report(session: Session, device_id: str, release: str) -> None:
+        device = session.get(Device, device_id)
+        assert device is not None
+        session.refresh(device)
+        assignment = session.get(Assignment, device_id)
+        if assignment is None or assignment.done is not None:
+            raise NotAssigned(f"device {device_id} has no update in progress; a device sends "
+                              "a report only for its current assignment")
+        if release.lower() != assignment.release.lower():
+            raise NotAssigned(f"the report is about manifest {release[:128]}; the device's "
+                              f"current assignment is release {assignment.release}")
+        if device.state not in REPORT_STATES:
+            shown = device.state if device.state is not None else "no state yet"
+            raise NotAssigned(f"device {device_id} is {shown}; the report of an update is "
+                              f"sent while it is {', '.join(sorted(REPORT_STATES))}")
+        started = session.scalar(select(func.max(DeviceEvent.seq)).where(
+            DeviceEvent.device_id == device_id, DeviceEvent.state == "notified")) or 0
+        earlier = session.scalar(select(DeviceReport.seq).where(
+            DeviceReport.device_id == device_id, DeviceReport.seq > started).limit(1))
+        if earlier is not None:
+            raise NotAssigned(f"the tracker already has the report of this update of device "
+                              f"{device_id} (history item {earlier}); one report per update")
 
     def history(self, device_id: str) -> list[dict[str, Any]]:
         """The device's events and report summaries, in the order they arrived."""
@@ -766,6 +854,18 @@ class TrackerDB:
             return [{"id": e.id, "timestamp": _iso(e.timestamp), "actor": e.actor,
                      "role": e.role, "action": e.action, "target": e.target,
                      "detail": e.detail} for e in rows]
+
+
+def _check_device_event(device: Device, assignment: Assignment | None, state: str) -> None:
+    """A state a device reports must be about its current assignment (``add_event``)."""
+    if state not in DEVICE_STATES:
+        raise NotAssigned(f"a device does not report {state}: the tracker sets it when it "
+                          f"assigns a release; a device reports "
+                          f"{', '.join(s for s in STATES if s in DEVICE_STATES)}")
+    if assignment is None or assignment.done is not None:
+        shown = device.state if device.state is not None else "no state yet"
+        raise NotAssigned(f"device {device.id} has no update assigned (state {shown}); a "
+                          f"device reports {state} only for its current assignment")
 
 
 def _device_json(device: Device, components: Sequence[InstalledComponent] | None
