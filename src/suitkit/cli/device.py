@@ -39,11 +39,17 @@ def _uuid(value: str, option: str) -> uuid.UUID:
 @handles_errors
 def init(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Folder for the device.")],
-    vendor_id: Annotated[str, typer.Option("--vendor-id", help="Vendor UUID.")],
-    class_id: Annotated[str, typer.Option("--class-id", help="Class UUID.")],
     trust_anchor: Annotated[list[str], typer.Option(
         "--trust-anchor", help="Public key the device trusts, as FILE or ROLE=FILE "
         "(e.g. operator=op.pub); repeat for several.")],
+    vendor_id: Annotated[str | None, typer.Option("--vendor-id", help="Vendor UUID.")] = None,
+    class_id: Annotated[str | None, typer.Option("--class-id", help="Class UUID.")] = None,
+    vendor_domain: Annotated[str | None, typer.Option(
+        "--vendor-domain", help="Instead of --vendor-id: the vendor's domain name, as in a "
+        "description file (UUID5 of the DNS namespace, manifest §8.4.8.1).")] = None,
+    class_name: Annotated[str | None, typer.Option(
+        "--class-name", help="Instead of --class-id: the class name, as in a description "
+        "file (UUID5 under the vendor ID).")] = None,
     shape: Annotated[str, typer.Option("--shape", help="mcu, secure-split, dual-cpu or linux.")
                      ] = "mcu",
     device_id: Annotated[str | None, typer.Option("--device-id", help="Device UUID "
@@ -65,9 +71,9 @@ def init(
     for item in trust_anchor:
         role, sep, file = item.partition("=")
         anchors.append((role, Path(file)) if sep and role and file else Path(item))
+    vendor, klass = _identity(vendor_id, class_id, vendor_domain, class_name)
     config = create_device(
-        directory, vendor_id=_uuid(vendor_id, "--vendor-id"),
-        class_id=_uuid(class_id, "--class-id"), trust_anchors=anchors, shape=shape,
+        directory, vendor_id=vendor, class_id=klass, trust_anchors=anchors, shape=shape,
         device_id=_uuid(device_id, "--device-id") if device_id else None,
         decryption_keys=decryption_key, required_roles=require or (),
         app_command=app_command)
@@ -76,6 +82,29 @@ def init(
     components = ", ".join(f"{c.image}=[h'{c.suit_id[0].hex()}']" for c in config.components)
     out.print(f"created {shape} device in {directory} (device id {config.device_id}; "
               f"components {components})", markup=False)
+
+
+def _identity(vendor_id: str | None, class_id: str | None, vendor_domain: str | None,
+              class_name: str | None) -> tuple[uuid.UUID, uuid.UUID]:
+    """The vendor and class IDs from the UUIDs or from the names a description file uses
+    (the same derivation as ``author.describe``: manifest §8.4.8.1)."""
+    if (vendor_id is None) == (vendor_domain is None):
+        fail("give exactly one of --vendor-id and --vendor-domain", EXIT_USAGE)
+    if (class_id is None) == (class_name is None):
+        fail("give exactly one of --class-id and --class-name", EXIT_USAGE)
+    if vendor_id is not None:
+        vendor = _uuid(vendor_id, "--vendor-id")
+    else:
+        assert vendor_domain is not None
+        if not vendor_domain.strip():
+            fail("--vendor-domain must not be empty", EXIT_USAGE)
+        vendor = uuid.uuid5(uuid.NAMESPACE_DNS, vendor_domain)
+    if class_id is not None:
+        return vendor, _uuid(class_id, "--class-id")
+    assert class_name is not None
+    if not class_name.strip():
+        fail("--class-name must not be empty", EXIT_USAGE)
+    return vendor, uuid.uuid5(vendor, class_name)
 
 
 def _report_json(report: Report | None) -> Any:
@@ -172,7 +201,8 @@ def boot(
 @handles_errors
 def run(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
-    server: Annotated[str, typer.Option("--server", help="Status tracker URL, e.g. "
+    server: Annotated[str, typer.Option("--server", envvar="SUITKIT_SERVER",
+                                        help="Status tracker URL, e.g. "
                                         "http://127.0.0.1:8080")],
     credential_file: Annotated[Path, typer.Option(
         "--credential-file", help="File holding the device credential <device-id>.<secret>.")],
@@ -233,9 +263,11 @@ def run(
 @handles_errors
 def register(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
-    server: Annotated[str, typer.Option("--server", help="Status tracker URL.")],
-    token_file: Annotated[Path, typer.Option("--token-file", help="File holding an admin's "
-                                             "API token (provisioning).")],
+    server: Annotated[str, typer.Option("--server", envvar="SUITKIT_SERVER",
+                                        help="Status tracker URL.")],
+    token_file: Annotated[Path, typer.Option("--token-file", envvar="SUITKIT_TOKEN_FILE",
+                                             help="File holding an admin's API token "
+                                             "(provisioning).")],
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the device's "
                                            "credential (mode 0600).")],
     name: Annotated[str | None, typer.Option("--name", help="Name shown to operators "

@@ -30,6 +30,7 @@ from suitkit.cli.common import (
     read_input,
 )
 from suitkit.cli.demo import app as demo_app
+from suitkit.cli.deploy import deploy
 from suitkit.cli.device import app as device_app
 from suitkit.cli.operator import devices_app, token_app
 from suitkit.cli.server import app as server_app
@@ -294,6 +295,7 @@ app.add_typer(sim_app, name="sim")  # suitkit sim fleet (cli/sim.py)
 app.add_typer(token_app, name="token")  # suitkit token ... (cli/operator.py)
 app.add_typer(devices_app, name="devices")  # suitkit devices ... (cli/operator.py)
 app.add_typer(campaign_app, name="campaign")  # suitkit campaign ... (cli/campaign.py)
+app.command("deploy")(deploy)  # suitkit deploy (cli/deploy.py)
 
 
 def main() -> None:
