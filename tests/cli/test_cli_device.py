@@ -169,3 +169,36 @@ def test_require_needs_an_anchor_of_that_role(capsys: pytest.CaptureFixture[str]
                        "--class-id", str(CLASS), "--trust-anchor", updates / "a.pub",
                        "--require", "operator")
     assert code == 2 and "no trust anchor has the role 'operator'" in one_error_line(err)
+
+
+def test_init_by_vendor_domain_and_class_name_takes_the_description_files_ids(
+        capsys: pytest.CaptureFixture[str], updates: Path) -> None:
+    """--vendor-domain/--class-name derive the IDs as a description file does (§8.4.8.1), so
+    the device accepts what `suitkit create` made from the same names."""
+    device = updates / "named"
+    code, _, err = run(capsys, "device", "init", device, "--vendor-domain", "example.com",
+                       "--class-name", "board", "--trust-anchor", updates / "a.pub")
+    assert code == 0, err
+    code, _, err = run(capsys, "device", "install", device, updates / "v1.signed")
+    assert code == 0, err
+    other = updates / "other"
+    run(capsys, "device", "init", other, "--vendor-domain", "example.com",
+        "--class-name", "another-board", "--trust-anchor", updates / "a.pub")
+    code, _, err = run(capsys, "device", "install", other, updates / "v1.signed")
+    assert code == 1, err
+
+
+@pytest.mark.parametrize("options", [
+    [],
+    ["--vendor-id", str(VENDOR), "--vendor-domain", "example.com", "--class-name", "board"],
+    ["--vendor-domain", "example.com"],
+    ["--vendor-domain", "example.com", "--class-name", "board", "--class-id", str(CLASS)],
+])
+def test_init_needs_one_vendor_and_one_class(capsys: pytest.CaptureFixture[str],
+                                             updates: Path, options: list[str]) -> None:
+    device = updates / "half"
+    code, _, err = run(capsys, "device", "init", device, "--trust-anchor", updates / "a.pub",
+                       *options)
+    assert code == 2
+    assert "give exactly one of" in one_error_line(err)
+    assert not device.exists()
