@@ -244,3 +244,61 @@ def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert (tmp_path / "update.delivered.suit").stat().st_size < \
         (tmp_path / "update.signed.suit").stat().st_size
     assert crypto.load_public_key((tmp_path / "author.pub").read_bytes())
+
+
+PRIVATE_KEY_KINDS = ["ES256", "Ed25519", "HSS-LMS", "sec1", "cose-ec2"]
+
+
+def _private_key_file(tmp_path: Path, kind: str) -> Path:
+    """A private key in each form a user might mistake for a public key."""
+    path = tmp_path / f"{kind}.private"
+    if kind == "sec1":  # "EC PRIVATE KEY"
+        path.write_bytes((VECTORS / "encryption-dependent-signing-key.pem").read_bytes())
+    elif kind == "cose-ec2":  # a plain CBOR COSE_Key with d (label -4)
+        key = ec.generate_private_key(ec.SECP256R1())
+        numbers = key.private_numbers()
+        path.write_bytes(cbor2.dumps({1: 2, -1: 1,
+                                      -2: numbers.public_numbers.x.to_bytes(32, "big"),
+                                      -3: numbers.public_numbers.y.to_bytes(32, "big"),
+                                      -4: numbers.private_value.to_bytes(32, "big")}))
+    else:
+        from suitkit.author import keys as keyfiles
+
+        keyfiles.write_private_key(path, crypto.HssLmsPrivateKey.generate(
+            crypto.HssLmsParameters(levels=1, height=5, winternitz=4))
+            if kind == "HSS-LMS" else crypto.generate_private_key(kind))
+    return path
+
+
+@pytest.mark.parametrize("kind", PRIVATE_KEY_KINDS)
+def test_private_key_refused_as_trust_anchor_everywhere(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, kind: str) -> None:
+    """A private key given where a public key (a trust anchor) belongs is refused, exit 2, one
+    line naming the file; nothing is copied onto a device and no server starts."""
+    private = _private_key_file(tmp_path, kind)
+    envelope = tmp_path / "ex0.suit"
+    envelope.write_bytes(vector("example0"))
+
+    code, out, err = run(capsys, "verify", envelope, "--key", private)
+    line = one_error_line(err)
+    assert code == 2, line
+    assert f"{private}: expected a public key, got a private key" in line
+    assert "OK" not in out
+
+    device = tmp_path / "device"
+    code, _, err = run(capsys, "device", "init", device, "--vendor-id", str(VENDOR_UUID),
+                       "--class-id", str(VENDOR_UUID), "--trust-anchor", private)
+    line = one_error_line(err)
+    assert code == 2, line
+    assert f"--trust-anchor {private}: expected a public key, got a private key" in line
+    assert not device.exists()  # the private key never reached the device folder
+
+    code, _, err = run(capsys, "serve", "--data", tmp_path / "data", "--author-anchor", private,
+                       "--port", "1")
+    line = one_error_line(err)
+    assert code == 2, line
+    assert f"{private}: expected a public key, got a private key" in line
+    assert not (tmp_path / "data").exists()
+
+
+VENDOR_UUID = "fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe"
