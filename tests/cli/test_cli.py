@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
+import os
+import pty
+import re
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import cbor2
@@ -302,3 +308,63 @@ def test_private_key_refused_as_trust_anchor_everywhere(
 
 
 VENDOR_UUID = "fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe"
+
+
+EXAMPLE0_DIGEST = "6658ea560262696dd1f13b782239a064da7c6c5cbaf52fded428a6fc83c7e5af"
+
+
+def test_show_prints_digests_whole_in_a_narrow_pipe(tmp_path: Path) -> None:
+    """``suitkit show`` piped with COLUMNS=40: every line whole (a digest was cut at column
+    40 with no ellipsis), so a script can read the digest."""
+    path = tmp_path / "example0.suit"
+    path.write_bytes(vector("example0"))
+    exe = Path(sys.executable).with_name("suitkit")
+    result = subprocess.run([str(exe), "show", str(path)], capture_output=True, text=True,
+                            check=False, timeout=60, env={**os.environ, "COLUMNS": "40"})
+    assert result.returncode == 0, result.stderr
+    assert f"digest-bytes: {EXAMPLE0_DIGEST}\n" in result.stdout, result.stdout
+    assert f"SUIT envelope {path} (237 bytes, tagged 107)\n" in result.stdout
+
+
+def test_show_folds_digests_in_a_narrow_terminal(tmp_path: Path) -> None:
+    """On a 40-column terminal a long line folds onto the next rows; no character is lost."""
+    path = tmp_path / "example0.suit"
+    path.write_bytes(vector("example0"))
+    exe = Path(sys.executable).with_name("suitkit")
+    leader, follower = pty.openpty()
+    try:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 40, 0, 0))
+        process = subprocess.Popen(
+            [str(exe), "show", str(path)], stdin=subprocess.DEVNULL, stdout=follower,
+            stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "40", "NO_COLOR": "1",
+                                         "TERM": "dumb-but-not-dumb"})
+        os.close(follower)
+        follower = -1
+        chunks = []
+        try:
+            while chunk := _read_pty(leader):
+                chunks.append(chunk)
+            assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+            if process.stderr:
+                process.stderr.close()
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    screen = re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode())
+    lines = screen.splitlines()
+    assert all(len(line) <= 40 for line in lines), screen
+    # Take away the tree guides; what is left of the digest lines is the whole digest.
+    text = "".join(line.lstrip("│├└─ ") for line in lines)
+    assert f"digest-bytes: {EXAMPLE0_DIGEST}" in text, screen
+
+
+def _read_pty(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the child closed its side
+        return b""

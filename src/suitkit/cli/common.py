@@ -12,11 +12,47 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
+from rich.table import Table
+from rich.tree import Tree
 
 from suitkit.errors import AuthenticationError, PolicyError, ProcessingError, SuitError
 
-out = Console(highlight=False, soft_wrap=True)
+PIPE_WIDTH = 1 << 14  # the width a tree or table is laid out in when stdout is not a terminal
+
+
+class _Out(Console):
+    """Standard output: a line of text is never wrapped (``soft_wrap``), and a tree or table
+    never loses the end of a line. Soft wrap on a renderable crops each line at the terminal
+    width with no mark (a digest cut short looks whole), so renderables fold instead; piped, a
+    tree or a table is laid out ``PIPE_WIDTH`` wide so that each item stays on one line for
+    scripts (a rule, which fills the width, keeps the usual one)."""
+
+    _wide = False
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return ConsoleDimensions(PIPE_WIDTH, size.height) if self._wide else size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if all(isinstance(o, str) for o in objects):
+            super().print(*objects, **kwargs)
+            return
+        kwargs.setdefault("soft_wrap", False)
+        self._wide = (not self.is_terminal
+                      and all(isinstance(o, str | Tree | Table) for o in objects))
+        try:
+            super().print(*objects, **kwargs)
+        finally:
+            self._wide = False
+
+
+out = _Out(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
