@@ -766,7 +766,8 @@ def _split_pem(data: bytes) -> tuple[int | None, str, str] | None:
 
 def _decode_cose_key(data: bytes) -> Mapping[object, object]:
     try:
-        item = cbor.decode(data, path="COSE_Key", max_depth=4)
+        # a key file may come from another tool: any valid encoding of the key is the key
+        item = cbor.decode(data, path="COSE_Key", max_depth=4, preferred=False)
     except DecodeError as e:
         raise KeyMaterialError(f"COSE_Key is not valid CBOR: {e.reason}") from e
     if not isinstance(item, Mapping):
