@@ -8,10 +8,12 @@ import json
 import os
 import pty
 import re
+import select
 import struct
 import subprocess
 import sys
 import termios
+import time
 from pathlib import Path
 
 import cbor2
@@ -21,6 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
+from serve_kit import start_process, stop_process
 from suitkit.core import codec, crypto
 
 from helpers import VECTORS, run_cli, vector
@@ -231,12 +234,13 @@ def test_keygen_refuses_to_overwrite(capsys: pytest.CaptureFixture[str], tmp_pat
 
 def test_entry_point_runs_as_a_program(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("suitkit")
-    result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False)
+    result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False,
+                            timeout=120)
     assert result.returncode == 0
     for command in ("keygen", "pubkey", "create", "sign", "verify", "show", "sever", "demo"):
         assert command in result.stdout
     result = subprocess.run([str(exe), "show", str(tmp_path / "nope")], capture_output=True,
-                            text=True, check=False)
+                            text=True, check=False, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("suitkit: error: cannot read envelope")
 
@@ -320,7 +324,7 @@ def test_show_prints_digests_whole_in_a_narrow_pipe(tmp_path: Path) -> None:
     path.write_bytes(vector("example0"))
     exe = Path(sys.executable).with_name("suitkit")
     result = subprocess.run([str(exe), "show", str(path)], capture_output=True, text=True,
-                            check=False, timeout=60, env={**os.environ, "COLUMNS": "40"})
+                            check=False, timeout=120, env={**os.environ, "COLUMNS": "40"})
     assert result.returncode == 0, result.stderr
     assert f"digest-bytes: {EXAMPLE0_DIGEST}\n" in result.stdout, result.stdout
     assert f"SUIT envelope {path} (237 bytes, tagged 107)\n" in result.stdout
@@ -334,23 +338,20 @@ def test_show_folds_digests_in_a_narrow_terminal(tmp_path: Path) -> None:
     leader, follower = pty.openpty()
     try:
         fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 40, 0, 0))
-        process = subprocess.Popen(
+        process = start_process(
             [str(exe), "show", str(path)], stdin=subprocess.DEVNULL, stdout=follower,
-            stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "40", "NO_COLOR": "1",
-                                         "TERM": "dumb-but-not-dumb"})
+            stderr=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "40", "NO_COLOR": "1",
+                                            "TERM": "xterm"})
         os.close(follower)
         follower = -1
         chunks = []
         try:
-            while chunk := _read_pty(leader):
+            deadline = time.monotonic() + 120  # generous: a loaded machine
+            while chunk := _read_pty(leader, deadline):
                 chunks.append(chunk)
-            assert process.wait(timeout=60) == 0, process.stderr.read() if process.stderr else ""
+            assert process.wait(timeout=120) == 0
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=30)
-            if process.stderr:
-                process.stderr.close()
+            stop_process(process)
     finally:
         os.close(leader)
         if follower >= 0:
@@ -363,7 +364,10 @@ def test_show_folds_digests_in_a_narrow_terminal(tmp_path: Path) -> None:
     assert f"digest-bytes: {EXAMPLE0_DIGEST}" in text, screen
 
 
-def _read_pty(fd: int) -> bytes:
+def _read_pty(fd: int, deadline: float) -> bytes:
+    """The next bytes from a pty; b"" once the child closed its side (EIO)."""
+    ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+    assert ready, "suitkit show wrote nothing to its terminal for 120 s"
     try:
         return os.read(fd, 65536)
     except OSError:  # EIO: the child closed its side
