@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -84,33 +86,41 @@ def serve(db_url: str, data: Path, port: int) -> None:
                 workers=1, access_log=False, **UVICORN_OPTIONS)  # type: ignore[arg-type]
 
 
+START_TIMEOUT = 60.0  # seconds; generous: the machine may be busy
+
+
 class Server:
     def __init__(self, db_url: str, data: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--serve", db_url, str(data), str(self.port)],
-            stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
+            stderr=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.process.communicate()[1][-2000:]}")
             try:
-                httpx.get(f"{self.url}/bench/noop", timeout=1).raise_for_status()
+                httpx.get(f"{self.url}/bench/noop", timeout=5).raise_for_status()
                 return
             except httpx.TransportError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("server did not start within 30 s") from None
+                    raise RuntimeError(f"the check-in server did not answer GET {self.url}"
+                                       f"/bench/noop within {START_TIMEOUT:g} s") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
+        """Stop the server by its pid and process group (SIGTERM, then SIGKILL)."""
         self.process.terminate()
         try:
-            self.process.communicate(timeout=10)
+            self.process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.communicate()
+            self.process.communicate(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------- the clients

@@ -17,10 +17,12 @@ default 5 s per measurement; budget 90 s). Needs nginx (``apt-get install nginx`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import platform
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -41,7 +43,7 @@ NGINX = "/usr/sbin/nginx"
 WRK = "/usr/bin/wrk"
 SUITKIT = [sys.executable, "-c", "from suitkit.cli.main import main; main()"]
 CONNECTIONS = 4
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0
 
 NGINX_CONF = """\
 daemon off;
@@ -107,17 +109,21 @@ def wait_until_serving(url: str, process: subprocess.Popen[bytes], what: str) ->
 @contextmanager
 def process(args: list[str], url: str, what: str, log: Path) -> Iterator[None]:
     with log.open("wb") as out:
-        child = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
     try:
         wait_until_serving(url, child, what)
         yield
-    finally:
+    finally:  # by pid, then its whole process group (nginx's workers)
         child.terminate()
         try:
-            child.wait(timeout=10)
+            child.wait(timeout=30)
         except subprocess.TimeoutExpired:
             child.kill()
-            child.wait(timeout=10)
+            child.wait(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
 
 
 @contextmanager

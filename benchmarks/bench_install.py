@@ -174,7 +174,8 @@ def bench_memory(sizes: list[int]) -> None:
     figures = {}
     for size in sizes:
         out = subprocess.run([sys.executable, __file__, "--memory-child", str(size)],
-                             check=True, capture_output=True, text=True).stdout.split()
+                             check=True, capture_output=True, text=True,
+                             timeout=1800).stdout.split()
         peak, grew, rss = (int(v) for v in out)
         figures[size] = peak
         print(f"  {size // MiB:>3} MiB: tracemalloc peak {peak / 1024:7.1f} KiB; ru_maxrss "

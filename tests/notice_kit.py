@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from serve_kit import start_process, stop_process
 from suitkit.cli.notices import TrackerWiring, tracker_routes
 from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig, create_app
@@ -36,7 +36,15 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+MIN_WAIT = 30.0
+"""The least time ``wait_until`` allows: the suite runs on a busy machine (two runs of it at
+once on two shared cores), where a start-up or a reconnection once took more than 10 s."""
+
+
+def wait_until(predicate: Any, timeout: float = MIN_WAIT, what: str = "condition") -> None:
+    """Wait until ``predicate()`` holds, for ``timeout`` s but never less than ``MIN_WAIT``
+    (a wait that fails only costs time; one too short fails a correct test)."""
+    timeout = max(timeout, MIN_WAIT)
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -49,27 +57,32 @@ def mosquitto(tmp: Path, port: int | None = None) -> Iterator[tuple[str, int]]:
     """A real mosquitto on 127.0.0.1 (skips when it is not installed)."""
     if shutil.which(MOSQUITTO) is None:
         pytest.skip("install mosquitto (apt-get install mosquitto)")
-    port = port or free_port()
-    conf = tmp / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "log_dest stderr\nmax_queued_messages 0\nmax_inflight_messages 0\n")
-    with (tmp / "mosquitto.log").open("wb") as log:
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
+    fixed = port is not None
+    conf, log_path = tmp / "mosquitto.conf", tmp / "mosquitto.log"
+    for attempt in range(5):  # a free port may be taken between the probe and the bind
+        port = port if fixed else free_port()
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                        "log_dest stderr\nmax_queued_messages 0\nmax_inflight_messages 0\n")
+        with log_path.open("wb") as log:
+            proc = start_process([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
+        try:
+            def up(port: int = port, proc: Any = proc) -> bool:
+                with suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                    return True
+                return proc.poll() is not None  # exited: stop waiting, see below
+            wait_until(up, 60.0, f"mosquitto to accept connections on 127.0.0.1:{port}")
+        except BaseException:
+            stop_process(proc)
+            raise
+        if proc.poll() is None:
+            break
+        stop_process(proc)
+        text = log_path.read_text(errors="replace")
+        assert ("Address already in use" in text and not fixed and attempt < 4), text
     try:
-        def up() -> bool:
-            with suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                return True
-            assert proc.poll() is None, (tmp / "mosquitto.log").read_text()
-            return False
-        wait_until(up, 10.0, "mosquitto")
         yield "127.0.0.1", port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 @dataclass
@@ -106,33 +119,46 @@ class Tracker:
         store = BlobStore(self.data)
         self._coap = CoapServer(store, "127.0.0.1", self.coap_port, site=create_coap_site(
             store, extra_resources=wiring.coap_resources))
-        self._coap.start()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # Nagle off
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning",
-                                               lifespan="off", timeout_graceful_shutdown=2,
-                                               **UVICORN_OPTIONS))  # type: ignore[arg-type]
-        self._server = server
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                                        daemon=True)
-        self._thread.start()
-        self._sock = sock
-        wait_until(lambda: server.started, 10.0, "uvicorn")
+        try:
+            self._coap.start()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM,
+                                 socket.IPPROTO_TCP)  # Nagle off
+            self._sock = sock
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", self.port))
+            server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning",
+                                                   lifespan="off", timeout_graceful_shutdown=2,
+                                                   **UVICORN_OPTIONS))  # type: ignore[arg-type]
+            self._server = server
+            self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                                            daemon=True)
+            self._thread.start()
+            wait_until(lambda: server.started or not self._thread_alive(), 60.0,
+                       f"uvicorn to serve {self.url}")
+            assert server.started, f"uvicorn stopped before serving {self.url}"
+        except BaseException:
+            self.stop()  # nothing half-started stays behind (CoAP, notices, the thread)
+            raise
+
+    def _thread_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         if self.wiring is not None:
             self.wiring.close()
         if self._server is not None:
             self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
-            assert not self._thread.is_alive(), "uvicorn did not stop"
-        if self._coap is not None:
-            self._coap.stop()
-        if self._sock is not None:
-            self._sock.close()
-        self.wiring, self._server, self._thread, self._coap, self._sock = (None,) * 5
+        thread, self._thread = self._thread, None
+        try:
+            if thread is not None:
+                thread.join(30)
+                assert not thread.is_alive(), "uvicorn did not stop within 30 s"
+        finally:
+            if self._coap is not None:
+                self._coap.stop()
+            if self._sock is not None:
+                self._sock.close()
+            self.wiring, self._server, self._coap, self._sock = (None,) * 4
 
     def restart(self) -> None:
         self.stop()

@@ -22,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,12 +104,28 @@ class PostgresCluster:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
     def database(self, template: str = "template1") -> str:
-        """A new database (empty, or a copy of ``template``); its SQLAlchemy URL."""
+        """A new database (empty, or a copy of ``template``); its SQLAlchemy URL.
+
+        CREATE DATABASE needs the template to have no other session, and waits only 5 s for
+        one to go: a backend whose client has just closed (the migration of the tracker
+        template, a connection a test leaked) can take longer to exit on a loaded machine.
+        So sessions left on the template are ended first, and the copy is tried again for up
+        to ``TIMEOUT`` seconds."""
         name = f"t_{uuid.uuid4().hex[:16]}"
+        deadline = time.monotonic() + TIMEOUT
         with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                             autocommit=True, connect_timeout=10) as connection:
-            connection.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
-        return self.url(name)
+                             autocommit=True, connect_timeout=TIMEOUT) as connection:
+            while True:
+                connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                   "WHERE datname = %s AND pid <> pg_backend_pid()",
+                                   (template,))
+                try:
+                    connection.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+                    return self.url(name)
+                except psycopg.errors.ObjectInUse:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
 
     def tracker_database(self) -> str:
         """A new database holding the tracker's migrated, empty schema (copied from a template

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
+import os
+import pty
+import re
+import select
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 import cbor2
@@ -15,6 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
+from serve_kit import start_process, stop_process
 from suitkit.core import codec, crypto
 
 from helpers import VECTORS, run_cli, vector
@@ -225,12 +234,13 @@ def test_keygen_refuses_to_overwrite(capsys: pytest.CaptureFixture[str], tmp_pat
 
 def test_entry_point_runs_as_a_program(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("suitkit")
-    result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False)
+    result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False,
+                            timeout=120)
     assert result.returncode == 0
     for command in ("keygen", "pubkey", "create", "sign", "verify", "show", "sever", "demo"):
         assert command in result.stdout
     result = subprocess.run([str(exe), "show", str(tmp_path / "nope")], capture_output=True,
-                            text=True, check=False)
+                            text=True, check=False, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("suitkit: error: cannot read envelope")
 
@@ -244,3 +254,121 @@ def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str], tmp_path: Path
     assert (tmp_path / "update.delivered.suit").stat().st_size < \
         (tmp_path / "update.signed.suit").stat().st_size
     assert crypto.load_public_key((tmp_path / "author.pub").read_bytes())
+
+
+PRIVATE_KEY_KINDS = ["ES256", "Ed25519", "HSS-LMS", "sec1", "cose-ec2"]
+
+
+def _private_key_file(tmp_path: Path, kind: str) -> Path:
+    """A private key in each form a user might mistake for a public key."""
+    path = tmp_path / f"{kind}.private"
+    if kind == "sec1":  # "EC PRIVATE KEY"
+        path.write_bytes((VECTORS / "encryption-dependent-signing-key.pem").read_bytes())
+    elif kind == "cose-ec2":  # a plain CBOR COSE_Key with d (label -4)
+        key = ec.generate_private_key(ec.SECP256R1())
+        numbers = key.private_numbers()
+        path.write_bytes(cbor2.dumps({1: 2, -1: 1,
+                                      -2: numbers.public_numbers.x.to_bytes(32, "big"),
+                                      -3: numbers.public_numbers.y.to_bytes(32, "big"),
+                                      -4: numbers.private_value.to_bytes(32, "big")}))
+    else:
+        from suitkit.author import keys as keyfiles
+
+        keyfiles.write_private_key(path, crypto.HssLmsPrivateKey.generate(
+            crypto.HssLmsParameters(levels=1, height=5, winternitz=4))
+            if kind == "HSS-LMS" else crypto.generate_private_key(kind))
+    return path
+
+
+@pytest.mark.parametrize("kind", PRIVATE_KEY_KINDS)
+def test_private_key_refused_as_trust_anchor_everywhere(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, kind: str) -> None:
+    """A private key given where a public key (a trust anchor) belongs is refused, exit 2, one
+    line naming the file; nothing is copied onto a device and no server starts."""
+    private = _private_key_file(tmp_path, kind)
+    envelope = tmp_path / "ex0.suit"
+    envelope.write_bytes(vector("example0"))
+
+    code, out, err = run(capsys, "verify", envelope, "--key", private)
+    line = one_error_line(err)
+    assert code == 2, line
+    assert f"{private}: expected a public key, got a private key" in line
+    assert "OK" not in out
+
+    device = tmp_path / "device"
+    code, _, err = run(capsys, "device", "init", device, "--vendor-id", str(VENDOR_UUID),
+                       "--class-id", str(VENDOR_UUID), "--trust-anchor", private)
+    line = one_error_line(err)
+    assert code == 2, line
+    assert f"--trust-anchor {private}: expected a public key, got a private key" in line
+    assert not device.exists()  # the private key never reached the device folder
+
+    code, _, err = run(capsys, "serve", "--data", tmp_path / "data", "--author-anchor", private,
+                       "--port", "1")
+    line = one_error_line(err)
+    assert code == 2, line
+    assert f"{private}: expected a public key, got a private key" in line
+    assert not (tmp_path / "data").exists()
+
+
+VENDOR_UUID = "fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe"
+
+
+EXAMPLE0_DIGEST = "6658ea560262696dd1f13b782239a064da7c6c5cbaf52fded428a6fc83c7e5af"
+
+
+def test_show_prints_digests_whole_in_a_narrow_pipe(tmp_path: Path) -> None:
+    """``suitkit show`` piped with COLUMNS=40: every line whole (a digest was cut at column
+    40 with no ellipsis), so a script can read the digest."""
+    path = tmp_path / "example0.suit"
+    path.write_bytes(vector("example0"))
+    exe = Path(sys.executable).with_name("suitkit")
+    result = subprocess.run([str(exe), "show", str(path)], capture_output=True, text=True,
+                            check=False, timeout=120, env={**os.environ, "COLUMNS": "40"})
+    assert result.returncode == 0, result.stderr
+    assert f"digest-bytes: {EXAMPLE0_DIGEST}\n" in result.stdout, result.stdout
+    assert f"SUIT envelope {path} (237 bytes, tagged 107)\n" in result.stdout
+
+
+def test_show_folds_digests_in_a_narrow_terminal(tmp_path: Path) -> None:
+    """On a 40-column terminal a long line folds onto the next rows; no character is lost."""
+    path = tmp_path / "example0.suit"
+    path.write_bytes(vector("example0"))
+    exe = Path(sys.executable).with_name("suitkit")
+    leader, follower = pty.openpty()
+    try:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 40, 0, 0))
+        process = start_process(
+            [str(exe), "show", str(path)], stdin=subprocess.DEVNULL, stdout=follower,
+            stderr=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "40", "NO_COLOR": "1",
+                                            "TERM": "xterm"})
+        os.close(follower)
+        follower = -1
+        chunks = []
+        try:
+            deadline = time.monotonic() + 120  # generous: a loaded machine
+            while chunk := _read_pty(leader, deadline):
+                chunks.append(chunk)
+            assert process.wait(timeout=120) == 0
+        finally:
+            stop_process(process)
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    screen = re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode())
+    lines = screen.splitlines()
+    assert all(len(line) <= 40 for line in lines), screen
+    # Take away the tree guides; what is left of the digest lines is the whole digest.
+    text = "".join(line.lstrip("│├└─ ") for line in lines)
+    assert f"digest-bytes: {EXAMPLE0_DIGEST}" in text, screen
+
+
+def _read_pty(fd: int, deadline: float) -> bytes:
+    """The next bytes from a pty; b"" once the child closed its side (EIO)."""
+    ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+    assert ready, "suitkit show wrote nothing to its terminal for 120 s"
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the child closed its side
+        return b""

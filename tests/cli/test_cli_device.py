@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import shutil
+import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer
 
 from cli.test_cli import one_error_line, run
+from suitkit.errors import StorageError
 
 VENDOR = uuid.uuid5(uuid.NAMESPACE_DNS, "example.com")
 CLASS = uuid.uuid5(VENDOR, "board")
@@ -202,3 +210,82 @@ def test_init_needs_one_vendor_and_one_class(capsys: pytest.CaptureFixture[str],
     assert code == 2
     assert "give exactly one of" in one_error_line(err)
     assert not device.exists()
+
+
+@contextlib.contextmanager
+def tiny_filesystem(where: Path, kib: int) -> Iterator[Path]:
+    """A real tmpfs of ``kib`` KiB mounted at ``where`` (skips when it cannot be mounted)."""
+    where.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tiny tmpfs needs root and mount(8)")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)],
+                          capture_output=True, text=True, check=False, timeout=60)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], check=False, timeout=60).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], check=False, timeout=60)
+
+
+@pytest.mark.parametrize("shape", ["mcu", "linux"])
+def test_full_disk_is_a_storage_failure_exit_3(capsys: pytest.CaptureFixture[str],
+                                               updates: Path, shape: str) -> None:
+    """The device's disk fills up during an install: exit 3 with "no space left on device
+    writing <where>" (it was exit 2, bad usage, and for a Linux-class device named no path);
+    the device keeps running what it ran, with nothing pending."""
+    made = init(capsys, updates, shape)
+    used_kib = sum(p.stat().st_size for p in made.rglob("*") if p.is_file()) // 1024
+    with tiny_filesystem(updates / "mnt", used_kib + 256) as mnt:
+        device = mnt / "device"
+        shutil.copytree(made, device)
+        fs = os.statvfs(mnt)  # leave 4 KiB free: less than the 8000-byte image
+        (mnt / "filler").write_bytes(bytes(fs.f_bavail * fs.f_frsize - 4096))
+        code, _, err = run(capsys, "device", "install", device, updates / "v3.signed")
+        line = one_error_line(err)
+        assert code == 3, line
+        assert "no space left on device" in line.lower() and str(device) in line, line
+        doc = status(capsys, device)
+        assert doc["pending"] is False, doc
+
+
+def test_device_init_on_a_full_disk_leaves_no_half_made_device(
+        capsys: pytest.CaptureFixture[str], updates: Path) -> None:
+    with tiny_filesystem(updates / "mnt", 64) as mnt:
+        code, _, err = run(capsys, "device", "init", mnt / "device", "--vendor-id", str(VENDOR),
+                           "--class-id", str(CLASS), "--trust-anchor", updates / "a.pub")
+        line = one_error_line(err)
+        assert code == 3 and "No space left on device" in line and str(mnt / "device") in line
+        assert not (mnt / "device").exists()
+
+
+def test_os_errors_map_to_storage_or_usage_exit_statuses() -> None:
+    """ENOSPC (and the other failing-storage errnos) -> StorageError -> exit 3; a missing or
+    unreadable file named by the user stays bad usage (exit 2)."""
+    from suitkit.cli.common import (
+        EXIT_STORAGE,
+        EXIT_USAGE,
+        exit_code,
+        handles_errors,
+        os_error,
+    )
+
+    full = os_error(OSError(errno.ENOSPC, "No space left on device", "/dev/slot/b.image"))
+    assert isinstance(full, StorageError)
+    assert str(full) == "no space left on device writing /dev/slot/b.image"
+    assert exit_code(full) == EXIT_STORAGE == 3
+    unnamed = os_error(OSError(errno.ENOSPC, "No space left on device"), "device folder d")
+    assert str(unnamed) == "no space left on device writing device folder d"
+    assert isinstance(os_error(OSError(errno.EROFS, "Read-only file system", "x")), StorageError)
+    missing = os_error(OSError(errno.ENOENT, "No such file or directory", "x.pem"))
+    assert exit_code(missing) == EXIT_USAGE and str(missing) == "x.pem: No such file or directory"
+    assert exit_code(StorageError("cannot write f: No space left on device")) == 3
+
+    @handles_errors
+    def disk_full() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(typer.Exit) as exited:
+        disk_full()
+    assert exited.value.exit_code == 3

@@ -189,3 +189,23 @@ def test_devices_reset_ends_a_stuck_update(server: Server,
     assert "update ended as failed (reset by bootstrap-admin: wiped)" in out
     code, _, err = run(capsys, "devices", "reset", device["id"], *common(server))
     assert code == 1 and "nothing to reset" in one_error_line(err)
+
+
+def test_devices_show_prints_a_digest_whole_in_a_narrow_pipe(
+        server: Server, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """COLUMNS=40, output captured (not a terminal): the component digest is printed whole on
+    its line; it used to be cut at column 40 with no ellipsis."""
+    monkeypatch.setenv("COLUMNS", "40")
+    admin = {"Authorization": f"Bearer {BOOTSTRAP}"}
+    device = httpx.post(f"{server.url}/api/v1/devices", json={"name": "narrow"},
+                        headers=admin, timeout=10).json()
+    digest = "6658ea560262696dd1f13b782239a064da7c6c5cbaf52fded428a6fc83c7e5af"
+    httpx.put(f"{server.url}/api/v1/devices/{device['id']}/inventory", timeout=10,
+              headers={"Authorization": f"Bearer {device['token']}"},
+              json={"components": [{"id": ["00"], "sequence": 3, "digest": digest}]}
+              ).raise_for_status()
+    code, out, err = run(capsys, "devices", "show", device["id"], *common(server))
+    assert code == 0, err
+    assert f"[00] sequence 3 digest {digest}\n" in out, out
+    assert f"device {device['id']} (narrow)" in out

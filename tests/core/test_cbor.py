@@ -44,11 +44,13 @@ def test_trailing_bytes_rejected() -> None:
         cbor.decode(bytes.fromhex("010203"), path="x")
 
 
-def test_non_preferred_head_rejected_when_asked() -> None:
+def test_non_preferred_head_rejected_unless_allowed() -> None:
     long_head = bytes.fromhex("1801")  # 1 encoded in two bytes
-    assert cbor.decode(long_head, path="x") == 1
-    with pytest.raises(DecodeError, match="preferred serialization"):
-        cbor.decode(long_head, path="x", preferred=True)
+    assert cbor.decode(long_head, path="x", preferred=False) == 1
+    with pytest.raises(DecodeError, match="x: CBOR is not in preferred serialization at byte 0"):
+        cbor.decode(long_head, path="x")
+    with pytest.raises(DecodeError, match="preferred serialization at byte 2"):
+        cbor.decode_reference(bytes.fromhex("82011802"), path="x")
 
 
 def test_depth_limit() -> None:

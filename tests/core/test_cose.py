@@ -83,8 +83,8 @@ def test_dependency_example_outer_envelope_uses_the_second_key() -> None:
     digest, block_bytes = auth_wrapper("encryption-suit-manifest-es-ecdh-dependency")
     block = cose.decode_auth_block(block_bytes, path="auth[1]")
     assert block.algorithm == -9
-    second = crypto.load_public_key(
-        (VECTORS / "encryption-dependent-signing-key.pem").read_bytes())
+    second = crypto.load_private_key(
+        (VECTORS / "encryption-dependent-signing-key.pem").read_bytes()).public_key()
     cose.verify_detached(block, digest, second)
     with pytest.raises(AuthenticationError):
         cose.verify_detached(block, digest, crypto.load_public_key(example_public_pem()))
@@ -173,15 +173,22 @@ def test_independent_check_of_our_signatures(name: str) -> None:
         assert not public.verify(tbs + b"x", signature)
 
 
-def test_protected_header_is_used_exactly_as_received() -> None:
-    """A non-deterministic but valid protected header (-7 in a 2-byte int) is signed as sent."""
+def test_non_preferred_protected_header_is_refused() -> None:
+    """A protected header with a non-minimal integer head ({1: -7} with -7 in two bytes), even
+    one that was signed as sent: every CBOR item of the envelope has one encoding (manifest
+    §8.1, RFC 8949 §4.2.1), the bstr-wrapped COSE headers included."""
     private = crypto.load_private_key((VECTORS / "example-key-private.pem").read_bytes())
     protected = bytes.fromhex("a1013806")  # {1: -7} with a non-minimal integer head
     signature = private.signer().sign(cbor2.dumps(["Signature1", protected, b"", PAYLOAD]))
     data = cbor2.dumps(cbor2.CBORTag(18, [protected, {}, None, signature]))
-    block = cose.decode_auth_block(data, path="b")
-    assert block.protected == protected
-    assert block.algorithm == -7
+    with pytest.raises(DecodeError, match=r"^b\.protected: CBOR is not in preferred "
+                                          r"serialization at byte 2"):
+        cose.decode_auth_block(data, path="b")
+    minimal = bytes.fromhex("a10126")
+    signature = private.signer().sign(cbor2.dumps(["Signature1", minimal, b"", PAYLOAD]))
+    block = cose.decode_auth_block(cbor2.dumps(cbor2.CBORTag(18, [minimal, {}, None,
+                                                                  signature])), path="b")
+    assert block.protected == minimal and block.algorithm == -7
     cose.verify_detached(block, PAYLOAD, private.public_key())
 
 
@@ -335,10 +342,10 @@ def test_gcm_tamper_is_detected() -> None:
         bad[i] ^= 0x80
         with pytest.raises(AuthenticationError, match="tag does not verify"):
             cose.decrypt_payload(info, bytes(bad), KEK)
-    # The protected header is AAD: even an equivalent re-encoding of it breaks the tag.
+    # An equivalent re-encoding of the protected header (it is AAD) is refused before use.
     changed = cose.CoseEncrypt(bytes.fromhex("a1011801"), info.unprotected, None,
                                info.recipients)  # {1: 1} with a non-minimal head
-    with pytest.raises(AuthenticationError):
+    with pytest.raises(DecodeError, match="not in preferred serialization"):
         cose.decrypt_payload(changed, ciphertext, KEK)
 
 

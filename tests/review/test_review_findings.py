@@ -371,7 +371,8 @@ def test_deadline_holds_while_headers_trickle() -> None:
     """fetch.py:114-137: ``deadline`` is compared after each yielded body chunk and after a
     transport failure. While headers arrive one byte at a time, each socket read succeeds
     within ``timeout``, so nothing stops the request (with the defaults, 10 s per byte of up to
-    ~64 KiB of headers: days). Here: deadline 0.3 s, the server takes 2 s."""
+    ~64 KiB of headers: days). Here: deadline 0.3 s, the server takes 20 s; the bound checked is
+    10 s, a margin for a loaded machine that still tells the deadline from its absence."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -382,7 +383,7 @@ def test_deadline_holds_while_headers_trickle() -> None:
             conn.recv(65536)
             try:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-                for _ in range(20):
+                for _ in range(200):
                     time.sleep(0.1)
                     conn.sendall(b"a")
                 conn.sendall(b"\r\nContent-Length: 2\r\n\r\nok")
@@ -398,9 +399,9 @@ def test_deadline_holds_while_headers_trickle() -> None:
                 f"http://127.0.0.1:{listener.getsockname()[1]}/x", max_bytes=100))
     finally:
         elapsed = time.monotonic() - started
-        thread.join(5)
         listener.close()
-    assert elapsed < 1.0, f"fetch took {elapsed:.1f} s with a 0.3 s deadline"
+        thread.join(30)
+    assert elapsed < 10.0, f"fetch took {elapsed:.1f} s with a 0.3 s deadline"
 
 
 # ============================================================================================
@@ -596,7 +597,7 @@ def test_declared_huge_lengths_do_not_allocate(head: str) -> None:
     started = time.monotonic()
     with pytest.raises(DecodeError):
         cbor.decode(bytes.fromhex(head), path="x")
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 5  # allocating 2^32 items would take far longer
 
 
 def _block(protected: dict[int, object], tag: int, signature: bytes,

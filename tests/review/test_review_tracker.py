@@ -254,8 +254,8 @@ def test_cancel_does_not_withdraw_a_member_that_started_meanwhile(postgres: Post
                 worker = threading.Thread(target=tracker.add_event,
                                           args=(locked_id, "downloading", ""))
                 worker.start()
-                worker.join(10)
-                assert not worker.is_alive()
+                worker.join(60)
+                assert not worker.is_alive(), "the device's event did not finish in 60 s"
             original(session, locked_id)
 
         engine._lock_device = lock_after_the_device_moved  # type: ignore[method-assign]
@@ -285,7 +285,7 @@ def test_concurrent_deployments_and_ticks_do_not_deadlock(postgres: PostgresClus
 
         def deploy(order: list[str]) -> None:
             for _ in range(5):
-                barrier.wait(10)
+                barrier.wait(60)  # generous: a loaded machine
                 try:
                     tracker.deploy("cd" * 32, URL, order)
                 except Exception as e:  # noqa: BLE001 - collected and asserted below
@@ -293,7 +293,7 @@ def test_concurrent_deployments_and_ticks_do_not_deadlock(postgres: PostgresClus
 
         def tick() -> None:
             for _ in range(5):
-                barrier.wait(10)
+                barrier.wait(60)  # generous: a loaded machine
                 try:
                     engine.tick()
                 except Exception as e:  # noqa: BLE001
@@ -305,7 +305,9 @@ def test_concurrent_deployments_and_ticks_do_not_deadlock(postgres: PostgresClus
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(60)
+            thread.join(120)
+        # a thread still running holds its connection: dispose() would not close it
+        assert not any(t.is_alive() for t in threads), "deployments still running after 120 s"
         assert errors == []
         answer = tracker.deploy("cd" * 32, URL, ids[::-1])
         assert [r["id"] for r in answer] == ids[::-1]  # answers keep the request's order

@@ -159,11 +159,13 @@ def test_stopping_early_leaks_nothing(served: Served) -> None:
 
 def test_no_server_fails_within_the_retries(served: Served) -> None:
     port = _free_udp_port()
-    fetcher = CoapFetcher(timeout=0.3, retries=1, deadline=5.0, backoff=0.05)
+    # The retries end it (about 0.6 s), long before the deadline: the bound checked sits
+    # between the two, with a margin for a loaded machine.
+    fetcher = CoapFetcher(timeout=0.3, retries=1, deadline=60.0, backoff=0.05)
     started = time.monotonic()
     with pytest.raises(FetchError, match="block 0"):
         list(fetcher.fetch(f"coap://127.0.0.1:{port}/firmware/{served.digest}", max_bytes=SIZE))
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 30.0
     assert not _coap_threads()
 
 

@@ -30,6 +30,7 @@ import httpx
 import pytest
 
 from device.device_kit import Author
+from serve_kit import READY, start_process, stop_process
 
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install suitkit)")
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install suitkit)")
@@ -74,30 +75,38 @@ class Server:
     def start(self) -> None:
         assert self.process is None
         self.tmpdir.mkdir(exist_ok=True)
-        port = free_port()
+        for attempt in range(5):  # a free port may be taken between the probe and the bind
+            if self._start(free_port()):
+                return
+            log = self.log()
+            self.stop()
+            assert "address already in use" in log.lower() and attempt < 4, (
+                f"suitkit serve exited: {log}")
+
+    def _start(self, port: int) -> bool:
+        """Start on ``port``; True once it answers, False if it exited first."""
         args = [*SUITKIT, "serve", "--data", str(self.data), "--author-anchor",
                 str(self.author.anchor), "--port", str(port), "--upload-token-file",
                 str(self.root / "upload.token")]
         if self.tracker:
             args += ["--admin-token-file", str(self.root / "admin.token")]
         self.starts += 1
-        log = (self.root / f"server-{self.starts}.log").open("wb")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "TMPDIR": str(self.tmpdir)})
-        log.close()
+        with (self.root / f"server-{self.starts}.log").open("wb") as log:
+            self.process = start_process(args, stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "TMPDIR": str(self.tmpdir)})
         self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + WAIT
-        while True:
-            if self.process.poll() is not None:
-                pytest.fail(f"suitkit serve exited with {self.process.returncode}: "
-                            f"{self.log()}")
+        deadline = time.monotonic() + READY  # the fixture stops it if this fails
+        while self.process.poll() is None:
             try:
-                httpx.get(f"{self.url}/api/v1/releases", timeout=1)
-                return  # it answers (200, or 401 where the tracker guards the listing)
+                httpx.get(f"{self.url}/api/v1/releases", timeout=5)
+                return True  # it answers (200, or 401 where the tracker guards the listing)
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, f"suitkit serve did not start within {WAIT} s"
+            assert time.monotonic() < deadline, (
+                f"suitkit serve did not answer GET {self.url}/api/v1/releases within "
+                f"{READY} s: {self.log()}")
             time.sleep(0.05)
+        return False
 
     def log(self) -> str:
         return (self.root / f"server-{self.starts}.log").read_text(errors="replace")[-2000:]
@@ -112,12 +121,7 @@ class Server:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=WAIT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=WAIT)
+        stop_process(self.process, WAIT)  # by pid and process group, SIGKILL after WAIT
         self.process = None
 
 
@@ -309,7 +313,7 @@ def test_a_killed_blob_writer_leaves_nothing_once_the_store_opens(tmp_path: Path
     from suitkit.server.store import BlobStore
 
     data, ready = tmp_path / "data", tmp_path / "ready"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(data), str(ready)])
+    writer = start_process([sys.executable, "-c", WRITER, str(data), str(ready)])
     try:
         deadline = time.monotonic() + WAIT
         while not ready.exists():
@@ -323,9 +327,7 @@ def test_a_killed_blob_writer_leaves_nothing_once_the_store_opens(tmp_path: Path
         os.kill(writer.pid, signal.SIGKILL)
         writer.wait(timeout=WAIT)
     finally:
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait(timeout=WAIT)
+        stop_process(writer, WAIT)
     assert partial.exists()  # what the crash left
     (data / "tmp" / "not-ours.txt").write_bytes(b"left alone")
     store = BlobStore(data)

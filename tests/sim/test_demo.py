@@ -79,7 +79,7 @@ def test_a_device_that_does_not_end_as_declared_fails_the_run(tmp_path: Path) ->
         DevicePlan("lied-about", "secure-split", "poll", "smart-lock", fault="hostile-mirror",
                    expect="updated"),
     ]
-    with local_server(tmp_path / "server", keys.author_pub) as server:
+    with local_server(tmp_path / "server", keys.author_pub, start_timeout=60) as server:
         summary = asyncio.run(run_scenario(tmp_path, server.url, server.admin_token,
                                            server.upload_token, plans, keys=keys,
                                            wave_timeout=60.0))

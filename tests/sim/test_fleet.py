@@ -18,7 +18,7 @@ PER_MODE = 10
 def test_a_fleet_in_every_mode_is_updated_against_a_running_server(tmp_path: Path) -> None:
     keys = make_keys(tmp_path / "keys")
     out = tmp_path / "fleet.json"
-    with local_server(tmp_path / "server", keys.author_pub) as server:
+    with local_server(tmp_path / "server", keys.author_pub, start_timeout=60) as server:
         result = CliRunner().invoke(cli, [
             "sim", "fleet", "--devices", str(3 * PER_MODE), "--mode", "mixed",
             "--server", server.url,

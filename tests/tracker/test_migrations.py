@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from pg import BACKENDS, PostgresCluster, backend_url
+from serve_kit import start_process, stop_process
 from suitkit.errors import StorageError
 from suitkit.tracker.db import (
     INITIAL_REVISION,
@@ -117,10 +119,13 @@ def test_servers_starting_together_on_postgresql_migrate_once(postgres: Postgres
     waiting = f"{url}?options=-c%20lock_timeout%3D20000"
     code = ("import sys; from suitkit.tracker.db import migrate; print('ready', flush=True); "
             "sys.stdin.readline(); print(migrate(sys.argv[1])[1])")
-    processes = [subprocess.Popen([sys.executable, "-c", code, waiting], text=True,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE) for _ in range(4)]
+    processes = [start_process([sys.executable, "-c", code, waiting], text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE) for _ in range(4)]
     outcomes = []
+    # A hung child would block readline() forever: a watchdog stops them all after 120 s.
+    watchdog = threading.Timer(120, lambda: [stop_process(p, 5) for p in processes])
+    watchdog.start()
     try:
         for process in processes:  # all imported: then go at once
             assert process.stdout is not None and process.stdout.readline() == "ready\n"
@@ -132,9 +137,9 @@ def test_servers_starting_together_on_postgresql_migrate_once(postgres: Postgres
             out, err = process.communicate(timeout=60)
             outcomes.append((process.returncode, out.strip(), err.strip()[-300:]))
     finally:
+        watchdog.cancel()
         for process in processes:
-            process.kill()
-            process.wait(timeout=10)
+            stop_process(process)
     assert outcomes == [(0, head(), "")] * 4
     engine = create_engine(url)
     try:

@@ -3,9 +3,6 @@ real aiocoap, MQTT through a real mosquitto; the device's notice sources against
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from device.device_kit import Author, new_device
-from notice_kit import ADMIN, Tracker, free_port, mosquitto, wait_until
+from notice_kit import ADMIN, Tracker, mosquitto, wait_until
+from serve_kit import serving
 from suitkit.cli.main import app as cli
 from suitkit.core.verify import TrustAnchors
 from suitkit.device.listen import CoapSource, LongPollSource, MqttSource, SseSource
@@ -255,60 +253,48 @@ def test_serve_with_mqtt_and_coap_pushes_notices_and_stops_with_a_stream_open(
     with mosquitto(tmp_path) as broker:
         author = Author.create(tmp_path / "author")
         (tmp_path / "admin.token").write_text(ADMIN + "\n")
-        port, coap_port = free_port(), free_port(socket.SOCK_DGRAM)
-        process = subprocess.Popen(
-            [sys.executable, "-c", "from suitkit.cli.main import main; main()", "serve",
-             "--data", str(tmp_path / "data"), "--author-anchor", str(author.anchor),
-             "--port", str(port), "--coap-port", str(coap_port), "--admin-token-file",
-             str(tmp_path / "admin.token"), "--mqtt", f"{broker[0]}:{broker[1]}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        url = f"http://127.0.0.1:{port}"
+        argv = ["--data", str(tmp_path / "data"), "--author-anchor", str(author.anchor),
+                "--admin-token-file", str(tmp_path / "admin.token"),
+                "--mqtt", f"{broker[0]}:{broker[1]}"]
         sources: list[Any] = []
-        try:
-            def up() -> bool:
-                assert process.poll() is None, process.communicate()[1]
-                try:
-                    httpx.get(f"{url}/api/v1/releases", timeout=1)
-                except httpx.TransportError:
-                    return False
-                return True
-            wait_until(up, 15, "suitkit serve")
-            with httpx.Client(base_url=url, timeout=10) as c:
-                dev = register(c)
-                envelope, image = author.release(1)  # serve deploys only what it holds
-                uploaded = c.post("/api/v1/releases", headers=auth(ADMIN), files=[
-                    ("envelope", ("e.suit", envelope, "application/suit-envelope+cose")),
-                    ("image", ("app.bin", image, "application/octet-stream"))])
-                assert uploaded.status_code == 201, uploaded.text
-                release = uploaded.json()["id"]
-                sources = [MqttSource(*broker, dev["id"], backoff=0.1, max_backoff=1),
-                           CoapSource(f"coap://127.0.0.1:{coap_port}", dev["id"], backoff=0.1,
-                                      max_backoff=1),
-                           SseSource(url, dev["token"], dev["id"], backoff=0.1, max_backoff=1)]
+        with serving(argv, coap=True) as served:  # stopped by its pid whatever happens
+            url, process = served.url, served.process
+            try:
+                with httpx.Client(base_url=url, timeout=30) as c:
+                    dev = register(c)
+                    envelope, image = author.release(1)  # serve deploys only what it holds
+                    uploaded = c.post("/api/v1/releases", headers=auth(ADMIN), files=[
+                        ("envelope", ("e.suit", envelope, "application/suit-envelope+cose")),
+                        ("image", ("app.bin", image, "application/octet-stream"))])
+                    assert uploaded.status_code == 201, uploaded.text
+                    release = uploaded.json()["id"]
+                    sources = [MqttSource(*broker, dev["id"], backoff=0.1, max_backoff=1),
+                               CoapSource(f"coap://127.0.0.1:{served.coap_port}", dev["id"],
+                                          backoff=0.1, max_backoff=1),
+                               SseSource(url, dev["token"], dev["id"], backoff=0.1,
+                                         max_backoff=1)]
+                    for source in sources:
+                        source.start()
+                    wait_until(lambda: all(s.connections for s in sources), 60,
+                               "the MQTT, CoAP and SSE sources to connect")
+                    deployed = c.post("/api/v1/deployments", headers=auth(ADMIN), json={
+                        "release": release, "devices": [dev["id"]]})
+                    assert deployed.status_code == 201, deployed.text
+                    for source in sources:
+                        for _ in range(3):
+                            notice = source.get(30)
+                            assert notice is not None, f"{source.name}: no notice in 30 s"
+                            if notice["release"] is not None:
+                                break
+                        assert notice["release"] == release, source.name
+                        assert notice["envelope_url"] == url + uploaded.json()["envelope"]["url"]
+                started = time.monotonic()
+                process.terminate()  # an SSE stream is still open: the server stops anyway
+                process.wait(timeout=30)
+                assert time.monotonic() - started < 15
+            finally:
                 for source in sources:
-                    source.start()
-                wait_until(lambda: all(s.connections for s in sources), 15, "the sources")
-                deployed = c.post("/api/v1/deployments", headers=auth(ADMIN), json={
-                    "release": release, "devices": [dev["id"]]})
-                assert deployed.status_code == 201, deployed.text
-                for source in sources:
-                    for _ in range(3):
-                        notice = source.get(10)
-                        assert notice is not None, source.name
-                        if notice["release"] is not None:
-                            break
-                    assert notice["release"] == release, source.name
-                    assert notice["envelope_url"] == url + uploaded.json()["envelope"]["url"]
-            started = time.monotonic()
-            process.terminate()  # an SSE stream is still open: the server stops anyway
-            process.communicate(timeout=15)
-            assert time.monotonic() - started < 15
-        finally:
-            for source in sources:
-                source.close()
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+                    source.close()
 
 
 def test_device_run_usage_errors_and_one_hybrid_run(tracker: Tracker, client: httpx.Client,

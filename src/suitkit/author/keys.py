@@ -62,7 +62,7 @@ def load_private_key(path: Path) -> crypto.PrivateKey:
 
 
 def load_verifier(path: Path) -> crypto.Verifier:
-    """The public key (trust anchor) in ``path``, or the public half of a private key file."""
+    """The public key (trust anchor) in ``path``; a private key file is refused."""
     try:
         return crypto.load_public_key(_read(path))
     except KeyMaterialError as e:

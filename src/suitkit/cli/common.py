@@ -1,25 +1,75 @@
 """What every suitkit command shares: the consoles, exit statuses and error handling.
 
 Each command turns a ``SuitError`` into one line on stderr and an exit status: 0 success,
-1 verification, policy or processing failure, 2 bad usage or undecodable input.
+1 verification, policy or processing failure, 2 bad usage or undecodable input, 3 a storage
+failure (a disk full, read-only or failing while writing: the input was fine, retry once there is
+room), 4 an internal error (a bug).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
+from rich.table import Table
+from rich.tree import Tree
 
-from suitkit.errors import AuthenticationError, PolicyError, ProcessingError, SuitError
+from suitkit.errors import (
+    AuthenticationError,
+    DecodeError,
+    PolicyError,
+    ProcessingError,
+    StorageError,
+    SuitError,
+)
 
-out = Console(highlight=False, soft_wrap=True)
+PIPE_WIDTH = 1 << 14  # the width a tree or table is laid out in when stdout is not a terminal
+
+
+class _Out(Console):
+    """Standard output: a line of text is never wrapped (``soft_wrap``), and a tree or table
+    never loses the end of a line. Soft wrap on a renderable crops each line at the terminal
+    width with no mark (a digest cut short looks whole), so renderables fold instead; piped, a
+    tree or a table is laid out ``PIPE_WIDTH`` wide so that each item stays on one line for
+    scripts (a rule, which fills the width, keeps the usual one)."""
+
+    _wide = False
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return ConsoleDimensions(PIPE_WIDTH, size.height) if self._wide else size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if all(isinstance(o, str) for o in objects):
+            super().print(*objects, **kwargs)
+            return
+        kwargs.setdefault("soft_wrap", False)
+        self._wide = (not self.is_terminal
+                      and all(isinstance(o, str | Tree | Table) for o in objects))
+        try:
+            super().print(*objects, **kwargs)
+        finally:
+            self._wide = False
+
+
+out = _Out(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_INTERNAL = 0, 1, 2, 3, 4
+
+# OS errors that say the storage failed, not that the user named the wrong file.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,10 +81,36 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 def exit_code(error: SuitError) -> int:
-    """1 for a verification, policy or processing failure; 2 for unusable input."""
+    """1 for a verification, policy or processing failure; 3 for a storage failure; 2 for
+    unusable input."""
     if isinstance(error, AuthenticationError | PolicyError | ProcessingError):
         return EXIT_FAILED
+    if isinstance(error, StorageError):
+        return EXIT_STORAGE
     return EXIT_USAGE
+
+
+def os_error(error: OSError, where: object = None) -> SuitError:
+    """An OS error that escaped the library, as a SuitError: a ``StorageError`` ("no space
+    left on device writing PATH") when the storage failed, a ``DecodeError`` naming the file
+    otherwise. ``where`` names the place when the error has no file name."""
+    reason = (error.strerror or str(error)).strip()
+    place = error.filename if error.filename is not None else where
+    if error.errno in STORAGE_ERRNOS:
+        reason = reason[:1].lower() + reason[1:]
+        return StorageError(f"{reason} writing {place}" if place is not None
+                            else f"storage failure: {reason}")
+    return DecodeError("" if place is None else str(place), reason)
+
+
+@contextmanager
+def writing(where: object) -> Iterator[None]:
+    """Inside the block, an OS error with no file name of its own is named after ``where``
+    (e.g. a device's slot store failing as the disk fills up)."""
+    try:
+        yield
+    except OSError as e:
+        raise os_error(e, where) from e
 
 
 def handles_errors(fn: F) -> F:
@@ -47,7 +123,8 @@ def handles_errors(fn: F) -> F:
         except SuitError as e:
             fail(str(e), exit_code(e))
         except OSError as e:
-            fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), EXIT_USAGE)
+            error = os_error(e)
+            fail(str(error), exit_code(error))
 
     return wrapper  # type: ignore[return-value]
 

@@ -7,6 +7,7 @@ saves the simulated flash, and prints what happened.
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +16,16 @@ import typer
 
 from suitkit.bootloader.api import NoBootableImage
 from suitkit.bootloader.powercut import SCENARIOS, run_scenario
-from suitkit.cli.common import EXIT_FAILED, EXIT_USAGE, err, fail, handles_errors, out, read_input
+from suitkit.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    err,
+    fail,
+    handles_errors,
+    out,
+    read_input,
+    writing,
+)
 from suitkit.core import jsonform
 from suitkit.core.report import Report
 from suitkit.device.config import SHAPE_COMPONENTS, create_device
@@ -72,13 +82,19 @@ def init(
         role, sep, file = item.partition("=")
         anchors.append((role, Path(file)) if sep and role and file else Path(item))
     vendor, klass = _identity(vendor_id, class_id, vendor_domain, class_name)
-    config = create_device(
-        directory, vendor_id=vendor, class_id=klass, trust_anchors=anchors, shape=shape,
-        device_id=_uuid(device_id, "--device-id") if device_id else None,
-        decryption_keys=decryption_key, required_roles=require or (),
-        app_command=app_command)
-    opened = open_device(directory)
-    opened.save()
+    device = _uuid(device_id, "--device-id") if device_id else None
+    new_folder = not directory.exists()
+    try:
+        with writing(f"device folder {directory}"):
+            config = create_device(
+                directory, vendor_id=vendor, class_id=klass, trust_anchors=anchors,
+                shape=shape, device_id=device, decryption_keys=decryption_key,
+                required_roles=require or (), app_command=app_command)
+            open_device(directory).save()
+    except BaseException:
+        if new_folder:  # no half-made device left behind (a full disk, an interrupt)
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
     components = ", ".join(f"{c.image}=[h'{c.suit_id[0].hex()}']" for c in config.components)
     out.print(f"created {shape} device in {directory} (device id {config.device_id}; "
               f"components {components})", markup=False)
@@ -140,8 +156,9 @@ def install(
     data = read_input(envelope, "envelope")
     opened = open_device(directory)
     fetcher = RoutingFetcher(HttpFetcher(), FileFetcher(firmware_dir or envelope.parent))
-    outcome = opened.consumer(fetcher).install(data)
-    opened.save()
+    with writing(f"device folder {directory}"):
+        outcome = opened.consumer(fetcher).install(data)
+        opened.save()
     report = _report_json(outcome.report)
     if report is not None:
         out.print("SUIT report: " + json.dumps(report), markup=False)
@@ -184,15 +201,16 @@ def boot(
     confirmed).
     """
     opened = open_device(directory)
-    try:
-        started = _boot(opened)
-        if fail_boot:
-            out.print("the new image failed before it confirmed; rebooting", markup=False)
+    with writing(f"device folder {directory}"):
+        try:
             started = _boot(opened)
-    except NoBootableImage as e:
-        fail(f"nothing to boot: {e}", EXIT_FAILED)
-    finally:
-        opened.save()
+            if fail_boot:
+                out.print("the new image failed before it confirmed; rebooting", markup=False)
+                started = _boot(opened)
+        except NoBootableImage as e:
+            fail(f"nothing to boot: {e}", EXIT_FAILED)
+        finally:
+            opened.save()
     if not started:
         raise typer.Exit(EXIT_FAILED)
 
@@ -297,10 +315,11 @@ def confirm(directory: Annotated[Path, typer.Argument(metavar="DIR", help="Devic
             ) -> None:
     """The running images are healthy: keep them and raise the anti-rollback counters."""
     opened = open_device(directory)
-    try:
-        opened.bootloader.confirm()
-    finally:
-        opened.save()
+    with writing(f"device folder {directory}"):
+        try:
+            opened.bootloader.confirm()
+        finally:
+            opened.save()
     out.print(f"confirmed; counters {opened.bootloader.read_counters()}", markup=False)
 
 

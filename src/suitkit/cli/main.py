@@ -2,7 +2,8 @@
 
 Each command parses its arguments, calls one library function and turns a ``SuitError`` into one
 line on stderr and an exit status: 0 success, 1 verification or policy failure, 2 bad usage or
-undecodable input. No traceback reaches the user unless ``SUITKIT_DEBUG=1`` is set.
+undecodable input, 3 a storage failure (disk full), 4 an internal error. No traceback reaches the
+user unless ``SUITKIT_DEBUG=1`` is set.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from suitkit.author.describe import load_description
 from suitkit.cli.campaign import campaign_app
 from suitkit.cli.common import (
     EXIT_FAILED,
+    EXIT_INTERNAL,
     EXIT_USAGE,
     err,
     fail,
@@ -317,7 +319,7 @@ def main() -> None:
             raise
         err.print(f"suitkit: internal error: {type(e).__name__}: {e} (set SUITKIT_DEBUG=1 for "
                   "the traceback)", markup=False)
-        code = 3
+        code = EXIT_INTERNAL
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -58,13 +58,16 @@ def _keep_tag(tag: int) -> Any:
 _RAW_TAGS = {tag: _keep_tag(tag) for tag in _BUILTIN_TAGS}
 
 
-def decode(data: bytes, *, path: str, max_depth: int = 16, preferred: bool = False) -> Any:
+def decode(data: bytes, *, path: str, max_depth: int = 16, preferred: bool = True) -> Any:
     """Decode exactly one CBOR item from ``data``.
 
     Refused: malformed CBOR, duplicate map keys, indefinite lengths, nesting deeper than
-    ``max_depth`` and trailing bytes. With ``preferred=True`` also any head longer than needed
-    (RFC 8949 §4.2.1 preferred serialization), found by re-encoding and comparing bytes; this
-    proves that ``wrap(content)`` of every byte string inside equals the bytes received.
+    ``max_depth``, trailing bytes, and (unless ``preferred=False``) any head or float longer
+    than needed (RFC 8949 §4.2.1 preferred serialization), found by re-encoding and comparing
+    bytes; this proves that ``wrap(content)`` of every byte string inside equals the bytes
+    received. Every SUIT and COSE structure is decoded with it, the bstr-wrapped ones (command
+    sequences, common, text, COSE headers, reports) included: the same item must have one
+    encoding wherever it is. ``preferred=False`` is for files from other tools (COSE_Key).
 
     Map key order is not enforced: digests and signatures are always computed over the bytes
     received, so order cannot change what was signed (docs/adr/0002-strict-cbor.md).
@@ -84,7 +87,7 @@ def decode(data: bytes, *, path: str, max_depth: int = 16, preferred: bool = Fal
 
 
 def decode_reference(data: bytes, *, path: str, max_depth: int = 16,
-                     preferred: bool = False) -> Any:
+                     preferred: bool = True) -> Any:
     """``decode`` without the compiled fast path: cbor2 and the checks here.
 
     It decides every input the fast path leaves open, and words every error.
@@ -125,8 +128,10 @@ def decode_reference(data: bytes, *, path: str, max_depth: int = 16,
     if end != size:
         raise DecodeError(path, f"{size - end} trailing bytes after the CBOR item")
     if again is not None and again != data:
-        raise DecodeError(path, "CBOR is not in preferred serialization (a head or float is "
-                          "longer than needed, RFC 8949 §4.2.1)")
+        at = next((i for i, (a, b) in enumerate(zip(again, data, strict=False)) if a != b),
+                  min(len(again), size))
+        raise DecodeError(path, f"CBOR is not in preferred serialization at byte {at} (a head "
+                          "or float is longer than needed, RFC 8949 §4.2.1)")
     return obj
 
 

@@ -109,13 +109,14 @@ _array, _map, _describe, _freeze, _thaw = as_array, as_map, describe, freeze, th
 
 
 def _nested(data: object, path: str, limits: Limits) -> Any:
-    """Decode a ``bstr .cbor X`` member."""
+    """Decode a ``bstr .cbor X`` member, in preferred serialization like the envelope (the fast
+    path decides only preferred input; the reference re-encodes to check the rest)."""
     data = _bstr(data, path)
     if _FAST is not None:
         got = _FAST(data, limits.max_depth)  # cbor.decode's own first step, called directly
         if got is not None:
             return got[0]
-    return cbor.decode_reference(data, path=path, max_depth=limits.max_depth)
+    return cbor.decode_reference(data, path=path, max_depth=limits.max_depth, preferred=True)
 
 
 _FAST = cbor.FAST

@@ -766,7 +766,8 @@ def _split_pem(data: bytes) -> tuple[int | None, str, str] | None:
 
 def _decode_cose_key(data: bytes) -> Mapping[object, object]:
     try:
-        item = cbor.decode(data, path="COSE_Key", max_depth=4)
+        # a key file may come from another tool: any valid encoding of the key is the key
+        item = cbor.decode(data, path="COSE_Key", max_depth=4, preferred=False)
     except DecodeError as e:
         raise KeyMaterialError(f"COSE_Key is not valid CBOR: {e.reason}") from e
     if not isinstance(item, Mapping):
@@ -902,8 +903,16 @@ def load_private_key(data: bytes) -> PrivateKey:
                            "EC P-256/P-384 or Ed25519")
 
 
+_NOT_PUBLIC = ("expected a public key, got a private key; a trust anchor must never hold "
+               "the private half (write the public one with: suitkit pubkey KEY --out PUB)")
+
+
 def load_public_key(data: bytes) -> Verifier:
-    """Read a public key as a ``Verifier``; a private key file gives its ``public_key()``.
+    """Read a public key (a trust anchor) as a ``Verifier``.
+
+    A private key is refused (KeyMaterialError): whoever holds a trust anchor file, a device
+    included, must not hold the signing key with it. An HMAC key is a shared secret on both
+    sides, so a symmetric COSE_Key is accepted.
 
     A ``suitkit-algorithm`` line on a public key narrows it to that one algorithm; otherwise the
     key type's set applies (P-256: ES256 and ESP256; Ed25519: EdDSA and Ed25519).
@@ -911,12 +920,15 @@ def load_public_key(data: bytes) -> Verifier:
     pem = _split_pem(data)
     if pem is None or pem[1] == _COSE_LABEL:
         cose_key = _decode_cose_key(data if pem is None else _pem_body(pem[2]))
-        private = -4 in cose_key or _HSS_STATE_LABEL in cose_key
-        algorithm = None if pem is None or private else pem[0]
+        if -4 in cose_key or _HSS_STATE_LABEL in cose_key:
+            raise KeyMaterialError(_NOT_PUBLIC)
+        algorithm = None if pem is None else pem[0]
         return _from_cose_key(cose_key, algorithm=algorithm, want_private=False)[0]
     algorithm, label, block = pem
+    if "PRIVATE KEY" in label:
+        raise KeyMaterialError(f"{_NOT_PUBLIC} (a PEM {label!r} block)")
     if label != "PUBLIC KEY":
-        return load_private_key(data).public_key()
+        raise KeyMaterialError(f"expected a public key, got a PEM {label!r} block")
     try:
         public = serialization.load_pem_public_key(block.encode())
     except (ValueError, UnsupportedAlgorithm) as e:

@@ -67,7 +67,7 @@ def _render(obj: Any, level: int, max_bytes: int, *, embed: bool) -> str:
 def _bytes(data: bytes, level: int, max_bytes: int, *, embed: bool) -> str:
     if embed and data and data[0] >> 5 in (4, 5, 6):
         try:
-            inner = cbor.decode(data, path="", max_depth=32)
+            inner = cbor.decode(data, path="", max_depth=32, preferred=False)  # show as is
         except DecodeError:
             inner = None
         if inner is not None:

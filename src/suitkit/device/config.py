@@ -287,6 +287,8 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
             crypto.load_public_key(path.read_bytes())  # refuse a bad anchor now, not later
         except OSError as e:
             raise DecodeError(str(path), f"cannot read: {e.strerror}") from None
+        except KeyMaterialError as e:  # e.g. a private key: never copied onto the device
+            raise KeyMaterialError(f"--trust-anchor {path}: {e}") from None
     for path in decryption_keys or []:
         if not path.is_file():
             raise DecodeError(str(path), "cannot read the decryption key")

@@ -56,11 +56,12 @@ def listening_socket() -> socket.socket:
 
 
 @contextmanager
-def running_server(config: ServerConfig, *, start_timeout: float = 10.0) -> Iterator[str]:
+def running_server(config: ServerConfig, *, start_timeout: float = 60.0) -> Iterator[str]:
     """The server for ``config``, running until the block ends; yields ``http://127.0.0.1:N``.
+    ``start_timeout`` is generous: a start-up on a loaded machine took more than 10 s.
 
     Raises:
-        StorageError: the server did not start in time.
+        StorageError: the server stopped or did not start in time.
     """
     sock = listening_socket()
     port = sock.getsockname()[1]
@@ -71,8 +72,12 @@ def running_server(config: ServerConfig, *, start_timeout: float = 10.0) -> Iter
     deadline = time.monotonic() + start_timeout
     try:
         while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise StorageError(f"the firmware server did not start within {start_timeout} s")
+            if not thread.is_alive():
+                raise StorageError(f"the firmware server on 127.0.0.1:{port} stopped before "
+                                   "it served")
+            if time.monotonic() > deadline:
+                raise StorageError(f"the firmware server on 127.0.0.1:{port} did not start "
+                                   f"within {start_timeout} s")
             time.sleep(0.01)
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -1,0 +1,83 @@
+"""The shared test kits hold their promises under load: a process a test starts is stopped
+whatever happens (a failed start included), with every child it started; a database is made
+even while a session lingers on its template."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+import serve_kit
+from pg import PostgresCluster
+from serve_kit import serving, start_process, stop_process
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie no one reaped yet is gone too
+        return stat.read().split()[2] == "Z"
+
+
+def test_a_server_whose_readiness_wait_fails_is_stopped(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The readiness wait gives up (as on a loaded machine): the server it started is stopped
+    by its pid before the failure propagates (it used to keep running after the test)."""
+    started: list[Any] = []
+
+    def gives_up(process: Any, url: str, timeout: float) -> bool:
+        started.append(process)
+        raise AssertionError(f"suitkit serve did not answer {url} within {timeout} s")
+
+    monkeypatch.setattr(serve_kit, "_wait_ready", gives_up)
+    (tmp_path / "a.pub").write_bytes(
+        (Path(__file__).parent / "vectors" / "example-key-public.pem").read_bytes())
+    with pytest.raises(AssertionError, match="did not answer"), serving(
+            ["--data", str(tmp_path / "data"), "--author-anchor", str(tmp_path / "a.pub")]):
+        pytest.fail("never reached")
+    (process,) = started
+    assert process.poll() is not None, "the server still runs"
+
+
+def test_stop_process_stops_the_children_too(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    code = ("import subprocess, sys, time; "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+            f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(300)")
+    process = start_process([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the child's pid was not written within 60 s"
+            time.sleep(0.02)
+        child = int(pid_file.read_text())
+    finally:
+        stop_process(process)
+    assert process.returncode == -signal.SIGTERM
+    deadline = time.monotonic() + 30
+    while not _gone(child):
+        assert time.monotonic() < deadline, f"the grandchild {child} still runs"
+        time.sleep(0.02)
+
+
+def test_a_database_is_made_while_a_session_lingers_on_its_template(
+        postgres: PostgresCluster) -> None:
+    """CREATE DATABASE ... TEMPLATE fails after 5 s while another session is connected to the
+    template (a connection a test leaked, or a backend slow to exit on a loaded machine)."""
+    template = postgres.database().rsplit("/", 1)[1]
+    lingering = psycopg.connect(f"host=127.0.0.1 port={postgres.port} user=postgres "
+                                f"dbname={template}", autocommit=True, connect_timeout=30)
+    try:
+        url = postgres.database(template)
+        assert url.rsplit("/", 1)[1] != template
+    finally:
+        lingering.close()
