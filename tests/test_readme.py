@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -21,11 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_kit import free_port
+from serve_kit import READY, free_port, start_process, stop_process
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## A first update, by hand"
-_START_TIMEOUT = 60.0
+_START_TIMEOUT = READY
 _STEP_TIMEOUT = 180.0
 
 
@@ -85,20 +84,13 @@ def test_readme_walk_updates_a_device(tmp_path: Path) -> None:
     _run(author, work, env)
     log = tmp_path / "serve.log"
     with log.open("wb") as sink:
-        server = subprocess.Popen(["bash", "-euo", "pipefail", "-c", serve], cwd=work, env=env,
-                                  stdout=sink, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        server = start_process(["bash", "-euo", "pipefail", "-c", serve], cwd=work, env=env,
+                               stdout=sink, stderr=subprocess.STDOUT)
     try:
         _wait_ready(server, f"http://127.0.0.1:{port}", log)
         printed = _run(operate, work, env)
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=30)
+        stop_process(server)  # the server and its bash, by pid and process group
 
     # The device runs the image the README made, confirmed, and counts its sequence number.
     status = subprocess.run(["suitkit", "device", "status", "my-device", "--json"], cwd=work,
