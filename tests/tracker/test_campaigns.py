@@ -401,7 +401,7 @@ def test_a_device_cannot_start_an_assignment_its_campaign_holds_back(world: Worl
     world.db.add_event(first, "downloading", "", by_device=True)
     world.engine.pause(doc["id"], "carol", "looking")
     assert world.db.pending_update(second) is None
-    with pytest.raises(NotAssigned, match="holds device .* assignment back"):
+    with pytest.raises(NotAssigned, match=r"holds device .* assignment back"):
         world.db.add_event(second, "downloading", "", by_device=True)
     world.db.add_event(first, "downloaded", "", by_device=True)  # started: it goes on
     world.engine.resume(doc["id"], "carol")
