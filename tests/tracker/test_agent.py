@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from device.device_kit import CLASS, VENDOR, Author, boot, confirm, image_bytes, install, new_device
 from suitkit.cli.main import app as cli
 from suitkit.core.verify import TrustAnchors
-from suitkit.device.agent import run_once
+from suitkit.device.agent import AgentOptions, run_agent, run_once
 from suitkit.device.config import create_device, load_config
 from suitkit.device.fetch import HttpFetcher
 from suitkit.device.wiring import open_device
@@ -345,6 +345,14 @@ def test_a_device_folder_runs_only_with_its_own_credential(world: World) -> None
                                     "--credential-file", str(credential), "--once"])
     assert done.exit_code == 2, done.output
     assert "this device folder is registered as" in done.output
+    assert world.client.get(f"/api/v1/devices/{b['id']}", headers=auth(ADMIN)).json() == before
+    # the agent loop (push mode) stops at once: no run, no retry, no notice source listening
+    lines: list[str] = []
+    loop = run_agent(folder_a, world.url, b["token"], fetcher=HttpFetcher(), say=lines.append,
+                     options=AgentOptions(mode="push", transport="longpoll", duration=5))
+    assert loop is not None and loop.outcome == "error"
+    assert "this device folder is registered as" in loop.reason
+    assert lines == [f"error: {loop.reason}"]
     assert world.client.get(f"/api/v1/devices/{b['id']}", headers=auth(ADMIN)).json() == before
     # B's own folder with B's credential is fine (and binds itself to B)
     own = run_once(folder_b, world.url, b["token"], fetcher=HttpFetcher())

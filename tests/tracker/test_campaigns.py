@@ -391,6 +391,25 @@ def test_a_late_device_event_after_cancel_is_refused(world: World) -> None:
         world.db.add_event(first, "failed", "replayed", by_device=True)
 
 
+def test_a_device_cannot_start_an_assignment_its_campaign_holds_back(world: World) -> None:
+    """Paused (or outside its window) a campaign gives its members that did not start nothing
+    (``GET .../update`` is 204): a device that starts anyway is refused until the campaign
+    gives the assignment again; one that had started finishes."""
+    world.devices(2)
+    doc = world.engine.start(world.campaign(failure_threshold=1.0)["id"], "carol")
+    first, second = notified(world, doc["id"])
+    world.db.add_event(first, "downloading", "", by_device=True)
+    world.engine.pause(doc["id"], "carol", "looking")
+    assert world.db.pending_update(second) is None
+    with pytest.raises(NotAssigned, match=r"holds device .* assignment back"):
+        world.db.add_event(second, "downloading", "", by_device=True)
+    world.db.add_event(first, "downloaded", "", by_device=True)  # started: it goes on
+    world.engine.resume(doc["id"], "carol")
+    world.db.add_event(second, "downloading", "", by_device=True)
+    states = {m["device_id"]: m["state"] for m in world.engine.get(doc["id"])["members"]}
+    assert states == {first: "downloaded", second: "downloading"}
+
+
 def test_a_direct_deployment_does_not_take_a_device_from_a_campaign(world: World) -> None:
     (device_id,) = world.devices(1)
     doc = world.engine.start(world.campaign()["id"], "carol")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +21,7 @@ import pytest
 
 from device.device_kit import Author
 from pg import BACKENDS, backend_url
-from serve_kit import serving
+from serve_kit import SUITKIT, serving
 from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec
 from suitkit.tracker.db import open_db
 
@@ -164,3 +166,28 @@ def test_campaign_create_names_the_release_only(
                            "--envelope-url", site.envelope_url("b"), *common)
     assert code == 1 and "HTTP 422" in err and "is not the envelope of release" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_serve_public_url_is_the_base_of_derived_envelope_urls(tmp_path: Path) -> None:
+    """Devices may reach the server under another name than the operator: ``--public-url``."""
+    author = Author.create(tmp_path / "author")
+    (tmp_path / "admin.token").write_text(ADMIN + "\n")
+    argv = ["--data", str(tmp_path / "data"), "--author-anchor", str(author.anchor),
+            "--admin-token-file", str(tmp_path / "admin.token")]
+    bad = subprocess.run([*SUITKIT, "serve", *argv, "--public-url", "ftp://x"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "--public-url: expected an http:// or https:// URL" in (
+        bad.stderr)
+    with serving([*argv, "--public-url", "https://fw.example.com/base/"], timeout=60) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
+        envelope, image = author.release(1)
+        uploaded = client.post("/api/v1/releases", headers=STAFF, files=[
+            ("envelope", ("e.suit", envelope, "application/suit-envelope+cose")),
+            ("image", ("app.bin", image, "application/octet-stream"))])
+        assert uploaded.status_code == 201, uploaded.text
+        device = client.post("/api/v1/devices", json={"name": "d"}, headers=STAFF).json()
+        deployed = client.post("/api/v1/deployments", headers=STAFF, json={
+            "release": uploaded.json()["id"], "devices": [device["id"]]})
+        assert deployed.status_code == 201, deployed.text
+        assert deployed.json()["envelope_url"] == (
+            f"https://fw.example.com/base/envelopes/{hashlib.sha256(envelope).hexdigest()}")

@@ -586,6 +586,12 @@ def run_agent(folder: Path, server_url: str, credential: str, *, fetcher: Payloa
     stop = stop or threading.Event()
     credential = credential.strip()
     device_id = credential.partition(".")[0]
+    try:  # before any notice source listens in that device's name
+        check_credential(folder, credential)
+    except SuitError as e:
+        if say is not None:
+            say(f"error: {e}")
+        return AgentResult("error", str(e))
     ends = time.monotonic() + options.duration if options.duration is not None else None
 
     def tell(line: str) -> None:

@@ -609,7 +609,7 @@ class TrackerDB:
             session.refresh(device)
             assignment = session.get(Assignment, device_id)
             if by_device:
-                _check_device_event(device, assignment, state)
+                _check_device_event(session, device, assignment, state, self._now())
             if state not in TRANSITIONS.get(device.state, frozenset()):
                 raise TransitionRefused(device.state, state)
             now = self._now()
@@ -856,8 +856,11 @@ class TrackerDB:
                      "detail": e.detail} for e in rows]
 
 
-def _check_device_event(device: Device, assignment: Assignment | None, state: str) -> None:
-    """A state a device reports must be about its current assignment (``add_event``)."""
+def _check_device_event(session: Session, device: Device, assignment: Assignment | None,
+                        state: str, now: datetime) -> None:
+    """A state a device reports must be about its current assignment (``add_event``): one
+    ``GET .../update`` gives it, so not one its campaign holds back (paused, or outside its
+    schedule) before the device started."""
     if state not in DEVICE_STATES:
         raise NotAssigned(f"a device does not report {state}: the tracker sets it when it "
                           f"assigns a release; a device reports "
@@ -866,6 +869,10 @@ def _check_device_event(device: Device, assignment: Assignment | None, state: st
         shown = device.state if device.state is not None else "no state yet"
         raise NotAssigned(f"device {device.id} has no update assigned (state {shown}); a "
                           f"device reports {state} only for its current assignment")
+    if not _campaigns.deliverable(session, assignment, device.state, now):
+        raise NotAssigned(f"campaign {assignment.campaign_id} holds device {device.id}'s "
+                          "assignment back (paused or outside its schedule); the device starts "
+                          "it once GET .../update gives it")
 
 
 def _device_json(device: Device, components: Sequence[InstalledComponent] | None
