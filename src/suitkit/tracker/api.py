@@ -42,12 +42,13 @@ import base64
 import binascii
 import functools
 import json
+import string
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -76,7 +77,8 @@ from suitkit.tracker.db import (
 )
 
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "PAGE_PARAMETERS", "REPORT_MEDIA_TYPE", "TrackerConfig",
-           "create_router", "decode_cursor", "encode_cursor", "page_params", "summarize_report"]
+           "check_path_ids", "create_router", "decode_cursor", "encode_cursor", "page_params",
+           "summarize_report"]
 
 REPORT_MEDIA_TYPE = "application/suit-report+cbor"
 _REPORT_TYPES = frozenset({REPORT_MEDIA_TYPE, "application/octet-stream"})
@@ -190,7 +192,51 @@ async def _json_object(request: Request) -> Mapping[str, Any]:
         raise _Refused(400, "the body is not valid JSON") from None
     if not isinstance(doc, dict):
         raise _Refused(400, f"the body must be a JSON object, got {type(doc).__name__}")
+    _storable_text(doc)
     return doc
+
+
+def _storable_text(doc: Mapping[str, Any]) -> None:
+    """Refuse (400, naming the member) a string or member name anywhere in ``doc`` that no
+    database can store: a NUL (PostgreSQL text) or a lone surrogate (JSON ``"\\ud800"``, which
+    has no UTF-8 form and fails when written or answered). Checked once for the whole body,
+    so a member that a route stores without a check of its own is covered too. Iterative: a
+    deep body must not exhaust the stack."""
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if not _is_text(value):
+                raise _Refused(400, f"{where or 'the body'}: expected text without NUL "
+                                    "characters or lone surrogates")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not _is_text(key):
+                    raise _Refused(400, f"{where or 'the body'}: a member name holds a NUL "
+                                        "character or a lone surrogate")
+                stack.append((f"{where}.{key[:40]}" if where else key[:40], item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+
+
+def _is_text(value: str) -> bool:
+    return "\x00" not in value and (value.isascii() or _is_utf8(value))
+
+
+_ID_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_.~:")
+_MAX_PATH_ID = 64
+
+
+def check_path_ids(request: Request) -> None:
+    """Refuse (400, before authentication and before any query) an id in the path that no
+    record can have: device, token and campaign ids are letters, digits and ``-_.~:``, at
+    most 64. A NUL (``%00``) made PostgreSQL fail (500); any other control or non-ASCII
+    character is refused the same way, on every backend. The tracker's routers depend on it."""
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and not (0 < len(value) <= _MAX_PATH_ID
+                                           and _ID_CHARACTERS.issuperset(value)):
+            raise _Refused(400, f"{name} in the path: expected 1 to {_MAX_PATH_ID} letters, "
+                                f"digits or '-_.~:', got {value[:40]!r}")
 
 
 def _only(doc: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -406,7 +452,8 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     """
     tracker = db if db is not None else open_db(config.db_url, clock=config.clock)
     auth = authenticator if authenticator is not None else Authenticator(config, tracker)
-    router = APIRouter(tags=["status tracker"], responses=_AUTH_RESPONSES)
+    router = APIRouter(tags=["status tracker"], responses=_AUTH_RESPONSES,
+                       dependencies=[Depends(check_path_ids)])
 
     async def admin(request: Request) -> Principal:
         return await auth.require(request, "admin")
