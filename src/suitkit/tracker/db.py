@@ -854,7 +854,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def upgrade_schema(engine: Engine, revision: str = "head") -> None:
-    """Migrate the database to ``revision`` (``alembic upgrade``), in one transaction.
+    """Migrate the database to ``revision`` (``alembic upgrade``), all or nothing: in one
+    transaction on PostgreSQL and on SQLite alike (``_migrating``).
 
     A database made before migrations existed (the tracker's tables, no ``alembic_version``)
     holds the ``0001_initial`` schema: it is stamped with that revision first (a table it lacks,
@@ -866,32 +867,58 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> None:
         SQLAlchemyError: the database fails.
         CommandError: the database is at a revision this suitkit does not know (a newer one).
     """
+    with _migrating(engine) as connection:
+        if connection.dialect.name == "postgresql":
+            # several servers starting at once: one migrates, the others wait and find
+            # nothing to do (the lock ends with the transaction)
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+        config = alembic_config(connection)
+        tables = set(inspect(connection).get_table_names())
+        if "alembic_version" not in tables and "devices" in tables:
+            missing = [_Base.metadata.tables[name] for name in _INITIAL_TABLES
+                       if name not in tables]
+            _Base.metadata.create_all(connection, tables=missing)
+            command.stamp(config, INITIAL_REVISION)
+            _log.info("tracker database made before migrations: stamped %s",
+                      INITIAL_REVISION)
+        command.upgrade(config, revision)
+
+
+@contextmanager
+def _migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection whose work, DDL included, is one transaction, committed at the end (rolled
+    back on an exception); one migration at a time in this process.
+
+    PostgreSQL has transactional DDL. SQLite has it too, but Python's sqlite3 driver (legacy
+    transaction control) commits before each CREATE, DROP or ALTER and opens a transaction
+    only before INSERT/UPDATE/DELETE: a kill between the statements of a migration left
+    tables at the old revision number, and every later start failed with "table ... already
+    exists". Here the driver's own transaction control is off (``isolation_level = None``)
+    and the transaction is ours: ``BEGIN IMMEDIATE`` (which also takes the write lock, so two
+    processes migrating one file run one after the other), one ``COMMIT`` at the end.
+    ``PRAGMA foreign_keys`` is set before the transaction (it is a no-op inside one).
+    """
     with _ALEMBIC, engine.connect() as connection:
-        sqlite = connection.dialect.name == "sqlite"
-        if sqlite:
-            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        if connection.dialect.name != "sqlite":
+            yield connection
             connection.commit()
+            return
+        driver: Any = connection.connection.driver_connection
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()
+        legacy = driver.isolation_level
+        driver.isolation_level = None  # no implicit COMMIT before DDL
         try:
-            if connection.dialect.name == "postgresql":
-                # several servers starting at once: one migrates, the others wait and find
-                # nothing to do (the lock ends with the transaction)
-                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
-            config = alembic_config(connection)
-            tables = set(inspect(connection).get_table_names())
-            if "alembic_version" not in tables and "devices" in tables:
-                missing = [_Base.metadata.tables[name] for name in _INITIAL_TABLES
-                           if name not in tables]
-                _Base.metadata.create_all(connection, tables=missing)
-                command.stamp(config, INITIAL_REVISION)
-                _log.info("tracker database made before migrations: stamped %s",
-                          INITIAL_REVISION)
-            command.upgrade(config, revision)
-            connection.commit()
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            yield connection
+            connection.commit()  # the driver sends COMMIT: a transaction is open
         finally:
-            if sqlite:
-                connection.rollback()
-                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
-                connection.commit()
+            connection.rollback()  # no-op after the commit; undoes all of it after an error
+            if driver.in_transaction:  # pragma: no cover - the driver always ends it above
+                driver.rollback()
+            driver.isolation_level = legacy
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
 
 
 def migrate(url: str, revision: str = "head") -> tuple[str | None, str | None]:
@@ -924,9 +951,8 @@ def _revision(engine: Engine) -> str | None:
 
 def downgrade_schema(engine: Engine, revision: str) -> None:
     """Migrate the database down to ``revision`` (``"base"``: no tables left)."""
-    with _ALEMBIC, engine.connect() as connection:
+    with _migrating(engine) as connection:
         command.downgrade(alembic_config(connection), revision)
-        connection.commit()
 
 
 def _sqlite_pragmas(connection: Any, record: Any) -> None:
