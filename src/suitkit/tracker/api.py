@@ -54,7 +54,7 @@ from starlette.concurrency import run_in_threadpool
 
 from suitkit.core.numbers import ManifestKey, name_of
 from suitkit.core.report import Report, decode_report, reason_name
-from suitkit.errors import DecodeError, StorageError
+from suitkit.errors import DecodeError, StorageError, StorageFullError
 from suitkit.limits import Limits
 from suitkit.tracker.auth import (
     BOOTSTRAP_ADMIN,
@@ -78,7 +78,7 @@ from suitkit.tracker.db import (
 
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "PAGE_PARAMETERS", "REPORT_MEDIA_TYPE", "TrackerConfig",
            "check_path_ids", "create_router", "decode_cursor", "encode_cursor", "page_params",
-           "summarize_report"]
+           "storage_refused", "summarize_report"]
 
 REPORT_MEDIA_TYPE = "application/suit-report+cbor"
 _REPORT_TYPES = frozenset({REPORT_MEDIA_TYPE, "application/octet-stream"})
@@ -131,6 +131,15 @@ def summarize_report(report: Report) -> dict[str, Any]:
             "component_index": record.component_index,
         }
     return summary
+
+
+def storage_refused(error: StorageError, message: str) -> _Refused:
+    """The answer for a database failure: 507 when the disk is full (the transaction was
+    rolled back: nothing of the request was stored), 500 with ``message`` otherwise."""
+    if isinstance(error, StorageFullError):
+        return _Refused(507, "the tracker's storage is full: nothing of this request was "
+                             "stored; try again once an operator has freed space")
+    return _Refused(500, message)
 
 
 # ============================================================================ body checks
@@ -470,8 +479,9 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     async def storage(function: Callable[..., Any], *args: Any) -> Any:
         try:
             return await run_in_threadpool(function, *args)
-        except StorageError:
-            raise _Refused(500, "the tracker could not store or read its database") from None
+        except StorageError as e:
+            raise storage_refused(
+                e, "the tracker could not store or read its database") from None
 
     @router.post(_DEVICES, status_code=201, summary="Register a device (admin)",
                  openapi_extra=_json_body({"name": {"type": "string"}}))
@@ -541,8 +551,8 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
             event = await run_in_threadpool(tracker.add_event, device_id, state, detail)
         except TransitionRefused as e:
             raise _Refused(409, str(e)) from None
-        except StorageError:
-            raise _Refused(500, "the tracker could not store the event") from None
+        except StorageError as e:
+            raise storage_refused(e, "the tracker could not store the event") from None
         return JSONResponse(event, status_code=201)
 
     @router.post(f"{_DEVICES}/{{device_id}}/reset", status_code=201,
@@ -566,8 +576,8 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
             shown = e.current if e.current is not None else "no state yet"
             raise _Refused(409, f"device {device_id} is not in the middle of an update (state "
                                 f"{shown}); there is nothing to reset") from None
-        except StorageError:
-            raise _Refused(500, "the tracker could not store the event") from None
+        except StorageError as e:
+            raise storage_refused(e, "the tracker could not store the event") from None
         await audit(who, "device.reset", device_id, detail)
         return JSONResponse(event, status_code=201)
 
@@ -631,8 +641,8 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
             devices = await run_in_threadpool(tracker.deploy, release, url, ids)
         except DeploymentRefused as e:
             raise _Refused(404 if e.unknown else 409, str(e)) from None
-        except StorageError:
-            raise _Refused(500, "the tracker could not store the deployment") from None
+        except StorageError as e:
+            raise storage_refused(e, "the tracker could not store the deployment") from None
         await audit(who, "deployment.create", f"release {release}",
                     f"{len(devices)} device(s): {', '.join(d['id'] for d in devices)[:400]}")
         return JSONResponse({"release": release, "envelope_url": url, "devices": devices},
@@ -652,8 +662,9 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
     async def storage(function: Callable[..., Any], *args: Any) -> Any:
         try:
             return await run_in_threadpool(function, *args)
-        except StorageError:
-            raise _Refused(500, "the tracker could not store or read its database") from None
+        except StorageError as e:
+            raise storage_refused(
+                e, "the tracker could not store or read its database") from None
 
     @router.post("/api/v1/tokens", status_code=201, tags=["tokens"],
                  summary="Create an API token (admin); its secret is shown once",

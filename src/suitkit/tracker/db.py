@@ -37,6 +37,7 @@ import hmac
 import logging
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -69,7 +70,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from suitkit.errors import StorageError
+from suitkit.errors import StorageError, StorageFullError
 
 __all__ = [
     "FINAL_STATES",
@@ -395,6 +396,7 @@ class TrackerDB:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._clock = clock
         self._listeners: list[AssignmentListener] = []
+        self._touch_logged = -60.0
 
     def add_listener(self, listener: AssignmentListener) -> None:
         """Call ``listener(device_ids)`` after every committed change of those devices'
@@ -421,11 +423,31 @@ class TrackerDB:
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
+        """One transaction. Raises ``StorageFullError`` when the disk or database is full
+        (the transaction was rolled back: nothing of it is kept), ``StorageError`` else."""
         try:
             with self._sessions.begin() as session:
                 yield session
         except SQLAlchemyError as e:
+            if _is_full(e):
+                raise StorageFullError(f"tracker database: the disk is full: "
+                                       f"{_describe(e)}") from e
             raise StorageError(f"tracker database: {_describe(e)}") from e
+
+    def _touch(self, statement: Any) -> None:
+        """Run ``statement`` (a ``last_seen``/``last_used`` mark) in its own transaction, and
+        carry on if it fails: a read must keep working on a full disk or a busy database,
+        and a missed mark costs nothing (the next call makes it). A failure is logged at
+        most once a minute."""
+        try:
+            with self._sessions.begin() as session:
+                session.execute(statement)
+        except SQLAlchemyError as e:
+            now = time.monotonic()
+            if now - self._touch_logged >= 60.0:
+                self._touch_logged = now
+                _log.warning("could not record when a credential was last used (the "
+                             "request goes on): %s", _describe(e))
 
     # ---- devices and credentials
 
@@ -439,16 +461,18 @@ class TrackerDB:
         return device_id, secret
 
     def authenticate(self, device_id: str, secret: str) -> bool:
-        """Whether ``secret`` is ``device_id``'s credential; marks the device as seen."""
+        """Whether ``secret`` is ``device_id``'s credential; marks the device as seen (in a
+        transaction of its own that may fail: on a full disk reads keep working)."""
         with self._session() as session:
             device = session.get(Device, device_id) if len(device_id) <= 36 else None
             stored = device.credential_hash if device is not None else _DUMMY_HASH
-            ok = verify_secret(secret, stored)
-            if ok and device is not None:
-                now = self._now()
-                if device.last_seen is None or now - device.last_seen >= SEEN_RESOLUTION:
-                    device.last_seen = now  # a write at most once per resolution, not per call
-            return ok and device is not None
+            ok = verify_secret(secret, stored) and device is not None
+            last_seen = device.last_seen if device is not None else None
+        now = self._now()
+        if ok and (last_seen is None or now - last_seen >= SEEN_RESOLUTION):
+            # a write at most once per resolution, not per call
+            self._touch(update(Device).where(Device.id == device_id).values(last_seen=now))
+        return ok
 
     def exists(self, device_id: str) -> bool:
         with self._session() as session:
@@ -723,9 +747,10 @@ class TrackerDB:
             now = self._now()
             if row.expires <= now:
                 return TokenCheck("expired", row.name, row.role)
-            if row.last_used is None or now - row.last_used >= SEEN_RESOLUTION:
-                row.last_used = now
-            return TokenCheck("valid", row.name, row.role)
+            check, last_used = TokenCheck("valid", row.name, row.role), row.last_used
+        if last_used is None or now - last_used >= SEEN_RESOLUTION:  # may fail: see _touch
+            self._touch(update(ApiToken).where(ApiToken.id == token_id).values(last_used=now))
+        return check
 
     def tokens(self) -> list[dict[str, Any]]:
         """Every API token (never a secret or its hash), oldest first."""
@@ -966,6 +991,24 @@ def _sqlite_pragmas(connection: Any, record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+
+
+def _is_full(error: SQLAlchemyError) -> bool:
+    """Whether the database failed because its disk is full: SQLite's SQLITE_FULL ("database
+    or disk is full"), PostgreSQL's disk_full (53100, "could not extend file"), or a driver
+    naming ENOSPC."""
+    cause = getattr(error, "orig", None)
+    code = getattr(cause, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
+        return True
+    if getattr(cause, "sqlstate", None) == _PG_DISK_FULL:
+        return True
+    text = str(cause or error).lower()
+    return "database or disk is full" in text or "no space left on device" in text
 
 
 def _describe(error: Exception) -> str:
