@@ -126,10 +126,10 @@ def check(url: str, rows: dict[str, int]) -> None:
                 assert connection.execute(text(f"SELECT count(*) FROM {table}")).scalar() \
                     == count, f"rows of {table} lost"
             if rows:
-                name, raw = connection.execute(text(
-                    "SELECT d.name, r.raw FROM devices d JOIN device_reports r "
+                name, raw, size = connection.execute(text(
+                    "SELECT d.name, r.raw, r.size FROM devices d JOIN device_reports r "
                     "ON r.device_id = d.id")).one()
-                assert (name, bytes(raw)) == ("thermostat", REPORT)
+                assert (name, bytes(raw), size) == ("thermostat", REPORT, len(REPORT))
     finally:
         engine.dispose()
 

@@ -33,24 +33,34 @@ Token creation and revocation, device registration and deployments are written t
 log (``TrackerDB.record_audit``) with the principal's name and role.
 
 Every request body is bounded before it is parsed. Not here: report signatures (COSE_Sign1 /
-COSE_Mac0 around the report), device credential rotation, rate limiting.
+COSE_Mac0 around the report), device credential rotation.
+
+A device's reports, events and inventories are rate-limited (``tracker.quotas.RateLimiter``:
+429 with ``Retry-After``); what it may keep is bounded by ``TrackerDB.quotas``; a retention
+pass runs in the router's lifespan (``retention``). Ids in paths are checked before anything
+else (``check_path_ids``), and a body's text must be storable (``_storable_text``); a full disk
+is 507 (``storage_refused``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
 import json
+import logging
 import string
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from suitkit.core.numbers import ManifestKey, name_of
 from suitkit.core.report import Report, decode_report, reason_name
@@ -75,6 +85,7 @@ from suitkit.tracker.db import (
     TransitionRefused,
     open_db,
 )
+from suitkit.tracker.quotas import Quotas, RateLimiter, retry_after
 
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "PAGE_PARAMETERS", "REPORT_MEDIA_TYPE", "TrackerConfig",
            "check_path_ids", "create_router", "decode_cursor", "encode_cursor", "page_params",
@@ -102,22 +113,36 @@ _MAX_SEQ = (1 << 31) - 1  # the seq columns are 32-bit integers
 
 
 _Refused = Refused  # the name this module used before auth.py held it
+_log = logging.getLogger(__name__)
 
 
 # ============================================================================ reports
 
 
+SUMMARY_URI = 512
+"""Characters of ``manifest_uri`` a report's summary keeps (``"truncated": true`` beyond)."""
+SUMMARY_NONCE = 64
+"""Bytes of the nonce a report's summary keeps."""
+
+
 def summarize_report(report: Report) -> dict[str, Any]:
-    """A JSON summary of a decoded report: result, reason, and where processing failed."""
+    """A JSON summary of a decoded report: result, reason, and where processing failed; of
+    bounded size (long text is cut, ``"truncated": true``: the stored bytes hold all)."""
+    uri, nonce = report.reference.manifest_uri, report.nonce
     summary: dict[str, Any] = {
         "succeeded": report.succeeded,
-        "manifest_uri": report.reference.manifest_uri,
+        "manifest_uri": uri[:SUMMARY_URI],
         "manifest_digest": {"algorithm": report.reference.manifest_digest.algorithm,
-                            "value": report.reference.manifest_digest.value.hex()},
-        "nonce": report.nonce.hex() if report.nonce is not None else None,
+                            "value": report.reference.manifest_digest.value[:64].hex()},
+        "nonce": nonce[:SUMMARY_NONCE].hex() if nonce is not None else None,
         "records": len(report.records),
         "failure": None,
     }
+    if len(uri) > SUMMARY_URI or (nonce is not None and len(nonce) > SUMMARY_NONCE) \
+            or len(report.reference.manifest_digest.value) > 64:
+        # the summary is small and of bounded size; the report's bytes, stored once, hold
+        # the whole of it (a 64 KiB nonce was stored twice, once as 128 KiB of hex)
+        summary["truncated"] = True
     if report.result is not True:
         record = report.result.record
         summary["failure"] = {
@@ -436,6 +461,41 @@ def _paged(key: str, page: Page, cursor: Callable[[tuple[Any, ...]], str],
 # ============================================================================ router
 
 
+def retention(tracker: TrackerDB, quotas: Quotas
+              ) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """The router's lifespan: a retention pass (``TrackerDB.prune``, bounded) in a worker
+    thread every ``quotas.retention_interval`` seconds while the application runs, the first
+    one soon after the start; no operator needed. A failed pass is logged and retried."""
+
+    @asynccontextmanager
+    async def retaining(_: Any) -> AsyncIterator[None]:
+        interval = quotas.retention_interval
+        if interval <= 0 or (quotas.history_days <= 0 and quotas.report_days <= 0):
+            yield
+            return
+
+        async def loop() -> None:
+            await asyncio.sleep(min(interval, 60.0))
+            while True:
+                try:
+                    deleted = await run_in_threadpool(tracker.prune)
+                    if any(deleted.values()):
+                        _log.info("retention deleted %s", deleted)
+                except StorageError as e:
+                    _log.warning("retention pass failed (retried in %g s): %s", interval, e)
+                await asyncio.sleep(interval)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    return retaining
+
+
 _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing, unknown, wrong, expired or revoked credential"},
     403: {"description": "the credential's role may not do this"},
@@ -459,10 +519,22 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     Raises:
         StorageError: the database cannot be opened.
     """
-    tracker = db if db is not None else open_db(config.db_url, clock=config.clock)
+    tracker = db if db is not None else open_db(config.db_url, clock=config.clock,
+                                                 quotas=config.quotas)
     auth = authenticator if authenticator is not None else Authenticator(config, tracker)
+    limiter = RateLimiter(config.quotas)
     router = APIRouter(tags=["status tracker"], responses=_AUTH_RESPONSES,
-                       dependencies=[Depends(check_path_ids)])
+                       dependencies=[Depends(check_path_ids)],
+                       lifespan=retention(tracker, config.quotas))
+
+    def throttle(device_id: str, kind: str) -> None:
+        """429 with ``Retry-After`` when the device is over its rate for ``kind``."""
+        wait = limiter.take(device_id, kind)
+        if wait is not None:
+            after = retry_after(wait)
+            raise HTTPException(429, f"too many {kind} from this device: at most "
+                                     f"{config.quotas.rate(kind):g} a minute; retry in {after} s",
+                                headers={"Retry-After": after})
 
     async def admin(request: Request) -> Principal:
         return await auth.require(request, "admin")
@@ -529,6 +601,7 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     async def put_inventory(request: Request, device_id: str) -> Response:
         """Replace the device's inventory (the device only)."""
         await device_itself(request, device_id)
+        throttle(device_id, "inventory")
         inventory = _inventory(await _json_object(request), config.limits)
         await storage(tracker.set_inventory, device_id, inventory)
         return JSONResponse(await storage(tracker.device, device_id))
@@ -540,6 +613,7 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     async def post_event(request: Request, device_id: str) -> Response:
         """Move the device's update to a new state (the device only)."""
         await device_itself(request, device_id)
+        throttle(device_id, "events")
         doc = await _json_object(request)
         _only(doc, {"state", "detail"}, "event")
         state = doc.get("state")
@@ -588,6 +662,7 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     async def post_report(request: Request, device_id: str) -> Response:
         """Store a SUIT report (CBOR) after strict decoding (the device only)."""
         await device_itself(request, device_id)
+        throttle(device_id, "reports")
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in _REPORT_TYPES:
             raise _Refused(415, f"a report must be {REPORT_MEDIA_TYPE} or "

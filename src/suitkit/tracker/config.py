@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from suitkit.core.report import MAX_REPORT_BYTES
 from suitkit.limits import Limits
+from suitkit.tracker.quotas import Quotas
 
 __all__ = ["TrackerConfig"]
 
@@ -24,7 +25,8 @@ class TrackerConfig:
     ``admin_token``: the bootstrap admin bearer token (``--admin-token-file``), compared in
     constant time; ``None``: only API tokens and device credentials authenticate.
     ``limits``: decoding limits for reports. ``clock``: the current time (UTC); token expiry
-    is checked against it.
+    is checked against it. ``quotas``: what one device may send and keep (rates, quotas,
+    retention; ``tracker.quotas``).
     """
 
     db_url: str
@@ -32,3 +34,4 @@ class TrackerConfig:
     limits: Limits = field(default_factory=Limits)
     max_report_bytes: int = MAX_REPORT_BYTES
     clock: Callable[[], datetime] = _utcnow
+    quotas: Quotas = field(default_factory=Quotas)

@@ -61,6 +61,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     inspect,
     or_,
@@ -68,9 +69,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column, sessionmaker
 
 from suitkit.errors import StorageError, StorageFullError
+from suitkit.tracker.quotas import Quotas
 
 __all__ = [
     "FINAL_STATES",
@@ -236,7 +238,7 @@ class DeviceEvent(_Base):
     state: Mapped[str] = mapped_column(String(16))
     previous: Mapped[str | None] = mapped_column(String(16), default=None)
     detail: Mapped[str] = mapped_column(Text, default="")
-    timestamp: Mapped[datetime] = mapped_column(DateTime)
+    timestamp: Mapped[datetime] = mapped_column(DateTime, index=True)  # retention
 
 
 class DeviceReport(_Base):
@@ -249,8 +251,10 @@ class DeviceReport(_Base):
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
                                            index=True)
     seq: Mapped[int] = mapped_column(Integer)
-    received: Mapped[datetime] = mapped_column(DateTime)
+    received: Mapped[datetime] = mapped_column(DateTime, index=True)  # retention
     raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """``len(raw)``: for the per-device quota in bytes, and so a history page reads no raw."""
     summary: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
@@ -391,8 +395,12 @@ class TrackerDB:
     Raises (every method): ``StorageError`` when the database fails.
     """
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = _utcnow,
+                 quotas: Quotas | None = None) -> None:
         self.engine = engine
+        self.quotas = quotas if quotas is not None else Quotas()
+        """What one device may keep (``tracker.quotas``): applied by ``add_event``,
+        ``add_report`` and ``prune``."""
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._clock = clock
         self._listeners: list[AssignmentListener] = []
@@ -589,6 +597,7 @@ class TrackerDB:
             session.add(row)
             device.state = state
             device.state_changed = now
+            self._trim_events(session, device_id)
             assignment = session.get(Assignment, device_id)
             finished = False
             if assignment is not None and assignment.done is None:
@@ -684,10 +693,75 @@ class TrackerDB:
         with self._session() as session:
             seq = self._lock(session, device_id)
             row = DeviceReport(device_id=device_id, seq=seq, received=self._now(), raw=raw,
-                               summary=dict(summary))
+                               size=len(raw), summary=dict(summary))
             session.add(row)
             session.flush()
+            self._trim_reports(session, device_id)
             return _report_json(row)
+
+    def _trim_events(self, session: Session, device_id: str) -> None:
+        """Delete the device's oldest events beyond ``quotas.max_events`` (same transaction
+        as the new one; tracker.quotas says why the oldest go rather than the new one)."""
+        keep = self.quotas.max_events
+        if keep <= 0:
+            return
+        cutoff = session.scalar(select(DeviceEvent.seq).where(DeviceEvent.device_id == device_id)
+                                .order_by(DeviceEvent.seq.desc()).offset(keep).limit(1))
+        if cutoff is not None:
+            session.execute(delete(DeviceEvent).where(DeviceEvent.device_id == device_id,
+                                                      DeviceEvent.seq <= cutoff)
+                            .execution_options(synchronize_session=False))
+
+    def _trim_reports(self, session: Session, device_id: str) -> None:
+        """Delete the device's oldest reports beyond ``quotas.max_reports`` or beyond
+        ``quotas.max_report_bytes`` in all; the newest report is always kept."""
+        count, most = self.quotas.max_reports, self.quotas.max_report_bytes
+        if count <= 0 and most <= 0:
+            return
+        query = (select(DeviceReport.seq, DeviceReport.size)
+                 .where(DeviceReport.device_id == device_id).order_by(DeviceReport.seq.desc()))
+        if count > 0:
+            query = query.limit(count + 1)
+        total = 0
+        for position, (seq, size) in enumerate(session.execute(query)):
+            total += size
+            if position > 0 and ((count > 0 and position >= count)
+                                 or (most > 0 and total > most)):
+                session.execute(delete(DeviceReport).where(DeviceReport.device_id == device_id,
+                                                           DeviceReport.seq <= seq)
+                                .execution_options(synchronize_session=False))
+                return
+
+    def prune(self, *, limit: int | None = None, chunk: int = 500) -> dict[str, int]:
+        """One retention pass: delete events older than ``quotas.history_days`` and reports
+        older than ``quotas.report_days`` (0: kept), at most ``limit`` rows of each table
+        (default ``quotas.retention_batch``), oldest first, in transactions of ``chunk`` rows
+        so that no device's writes wait long. The rows deleted, per table."""
+        most = self.quotas.retention_batch if limit is None else limit
+        now = self._now()
+        deleted = {"events": 0, "reports": 0}
+        tables: tuple[tuple[str, Any, Any, float], ...] = (
+            ("events", DeviceEvent, DeviceEvent.timestamp, self.quotas.history_days),
+            ("reports", DeviceReport, DeviceReport.received, self.quotas.report_days))
+        for name, model, column, days in tables:
+            try:
+                before = now - timedelta(days=days)
+            except OverflowError:  # longer than the calendar: nothing is that old
+                continue
+            if days <= 0:
+                continue
+            while deleted[name] < most:
+                with self._session() as session:
+                    ids = list(session.scalars(select(model.id).where(column < before)
+                                               .order_by(column)
+                                               .limit(min(chunk, most - deleted[name]))))
+                    if ids:
+                        session.execute(delete(model).where(model.id.in_(ids))
+                                        .execution_options(synchronize_session=False))
+                deleted[name] += len(ids)
+                if len(ids) < chunk:
+                    break
+        return deleted
 
     def history(self, device_id: str) -> list[dict[str, Any]]:
         """The device's events and report summaries, in the order they arrived."""
@@ -702,8 +776,8 @@ class TrackerDB:
             events = (select(DeviceEvent).where(DeviceEvent.device_id == device_id,
                                                 DeviceEvent.seq > after)
                       .order_by(DeviceEvent.seq))
-            reports = (select(DeviceReport).where(DeviceReport.device_id == device_id,
-                                                  DeviceReport.seq > after)
+            reports = (select(DeviceReport).options(defer(DeviceReport.raw))  # size is kept
+                       .where(DeviceReport.device_id == device_id, DeviceReport.seq > after)
                        .order_by(DeviceReport.seq))
             if limit is not None:
                 events, reports = events.limit(limit + 1), reports.limit(limit + 1)
@@ -832,11 +906,12 @@ def _event_json(event: DeviceEvent) -> dict[str, Any]:
 
 def _report_json(report: DeviceReport) -> dict[str, Any]:
     return {"kind": "report", "seq": report.seq, "id": report.id,
-            "received": _iso(report.received), "size": len(report.raw),
+            "received": _iso(report.received), "size": report.size,
             "summary": report.summary}
 
 
-def open_db(url: str, *, clock: Callable[[], datetime] = _utcnow) -> TrackerDB:
+def open_db(url: str, *, clock: Callable[[], datetime] = _utcnow,
+            quotas: Quotas | None = None) -> TrackerDB:
     """The tracker database at ``url`` (e.g. ``sqlite:////var/lib/suitkit/tracker.db`` or
     ``postgresql+psycopg://user@host/suitkit``), its schema upgraded to the newest revision
     (``upgrade_schema``).
@@ -855,7 +930,7 @@ def open_db(url: str, *, clock: Callable[[], datetime] = _utcnow) -> TrackerDB:
             engine.dispose()
         raise StorageError(f"cannot open the tracker database {_redact(url)}: "
                            f"{_describe(e)}") from e
-    return TrackerDB(engine, clock=clock)
+    return TrackerDB(engine, clock=clock, quotas=quotas)
 
 
 INITIAL_REVISION = "0001_initial"
