@@ -6,14 +6,27 @@ and PostgreSQL (the ``tracker`` fixture of test_tracker_api: one server per back
   other control and non-ASCII characters and over-long ids the same way.
 - A lone surrogate (JSON ``"\\ud800"``) or a NUL anywhere in a JSON body, a member name
   included, is 400 naming the member; nothing is stored.
+- The sibling on CoAP: ``/notices/<device-id>`` with a NUL in the id was 5.00 on PostgreSQL.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import aiocoap  # type: ignore[import-untyped]
 import pytest
 
+from notice_kit import free_port
+from pg import BACKENDS, backend_url
+from suitkit.cli.notices import tracker_routes
+from suitkit.errors import StorageError
+from suitkit.server.coap import CoapServer, create_coap_site
+from suitkit.server.store import BlobStore
+from suitkit.tracker.api import TrackerConfig
 from tracker.test_tracker_api import ADMIN, Tracker, auth
 from tracker.test_tracker_api import tracker as tracker  # noqa: PLC0414 - the fixture
 
@@ -90,3 +103,50 @@ def test_a_lone_surrogate_or_nul_anywhere_in_a_json_body_is_400_naming_the_membe
     assert tracker.query_one("SELECT count(*) FROM devices")[0] == before
     assert tracker.client.get(f"/api/v1/devices/{dev['id']}/history",
                               headers=auth(ADMIN)).json()["history"] == []
+
+
+@pytest.fixture(params=BACKENDS)
+def coap_notices(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[int]:
+    """The tracker's CoAP notices (``/notices/<device-id>``) on a real CoAP server over a
+    fresh database of each backend; its UDP port."""
+    wiring = tracker_routes(TrackerConfig(backend_url(request, tmp_path), ADMIN), coap=True)
+    site = create_coap_site(BlobStore(tmp_path / "data"), extra_resources=wiring.coap_resources)
+    server: CoapServer | None = None
+    try:
+        for attempt in range(5):  # a free port may be taken by a parallel run before bind
+            server = CoapServer(BlobStore(tmp_path / "data"), "127.0.0.1",
+                                free_port(socket.SOCK_DGRAM), timeout=5.0, site=site)
+            try:
+                server.start()
+                break
+            except StorageError:
+                server = None
+                if attempt == 4:
+                    raise
+        assert server is not None
+        yield server.port
+    finally:
+        if server is not None:
+            server.stop()
+        wiring.close()
+
+
+def coap_get(port: int, *segments: str) -> Any:
+    async def get() -> Any:
+        context = await aiocoap.Context.create_client_context()
+        try:
+            request = aiocoap.Message(code=aiocoap.GET, uri=f"coap://127.0.0.1:{port}/")
+            request.opt.uri_path = segments
+            return await asyncio.wait_for(context.request(request).response, 20)
+        finally:
+            await context.shutdown()
+
+    return asyncio.run(get())
+
+
+@pytest.mark.parametrize("bad", ["\x00", "a\x00b", "\x01", "\x7f"])
+def test_coap_notices_for_an_id_no_device_can_have_are_4xx_not_5xx(coap_notices: int,
+                                                                   bad: str) -> None:
+    response = coap_get(coap_notices, "notices", bad)
+    assert response.code.class_ == 4, (bad, response.code, response.payload[:200])
+    assert coap_get(coap_notices, "notices", DEVICE_ID).code.is_successful()
