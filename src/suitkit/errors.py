@@ -9,6 +9,7 @@
      ├── ProcessingError           a condition failed or a directive aborted while processing
      ├── FetchError                a payload could not be fetched
      ├── StorageError              a slot, flash or file write failed
+     │    └── StorageFullError     ... because the disk (or database) is full: nothing was written
      └── KeyMaterialError          a key file is unreadable, of the wrong kind, or exhausted
 
 Foreign exceptions (cbor2, cryptography, OS errors) are wrapped at the seam with
@@ -75,6 +76,11 @@ class FetchError(SuitError):
 
 class StorageError(SuitError):
     """A component store, slot or flash operation failed."""
+
+
+class StorageFullError(StorageError):
+    """A write failed because the disk or the database is full (ENOSPC, EDQUOT, SQLITE_FULL,
+    PostgreSQL disk_full); nothing of it was kept. Servers answer 507 for it."""
 
 
 class KeyMaterialError(SuitError):

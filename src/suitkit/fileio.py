@@ -8,13 +8,23 @@ untouched and the temporary file is removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 
-from suitkit.errors import StorageError
+from suitkit.errors import StorageError, StorageFullError
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = ["atomic_write", "fsync_dir", "storage_error"]
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def storage_error(message: str, error: OSError) -> StorageError:
+    """``StorageError(message: reason)`` for ``error``; ``StorageFullError`` when the disk or
+    quota is full (ENOSPC, EDQUOT), so that a server can answer 507 rather than 500."""
+    kind = StorageFullError if error.errno in _FULL else StorageError
+    return kind(f"{message}: {error.strerror or error}")
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -41,7 +51,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         tmp_name = None
         fsync_dir(directory)
     except OSError as e:
-        raise StorageError(f"cannot write {path}: {e.strerror or e}") from e
+        raise storage_error(f"cannot write {path}", e) from e
     finally:
         if tmp_name is not None:
             with contextlib.suppress(OSError):

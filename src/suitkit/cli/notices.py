@@ -87,7 +87,7 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
     from suitkit.tracker.notify import MqttPublisher, NotificationHub  # noqa: PLC0415
     from suitkit.tracker.push import create_push_router  # noqa: PLC0415
 
-    db = open_db(config.db_url, clock=config.clock)
+    db = open_db(config.db_url, clock=config.clock, quotas=config.quotas)
     hub = NotificationHub(db.pending_update)
     db.add_listener(hub.changed)
     auth = Authenticator(config, db)

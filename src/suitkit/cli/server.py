@@ -29,6 +29,9 @@ from suitkit.cli.common import (
 )
 from suitkit.cli.notices import TrackerWiring, parse_host_port, release_lookup, tracker_routes
 from suitkit.core.verify import TrustAnchor, TrustAnchors
+from suitkit.tracker.quotas import Quotas
+
+DEFAULT_QUOTAS = Quotas()
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -70,6 +73,34 @@ def serve(
         "--public-url", help="This server's base URL as devices reach it (e.g. "
         "https://fw.example.com), for the envelope URLs the tracker derives; default: the URL "
         "each deployment or campaign request came to.")] = None,
+    device_reports_per_minute: Annotated[float, typer.Option(
+        "--device-reports-per-minute", help="SUIT reports one device may send a minute "
+        "(429 beyond; 0: no limit).")] = DEFAULT_QUOTAS.reports_per_minute,
+    device_events_per_minute: Annotated[float, typer.Option(
+        "--device-events-per-minute", help="State events one device may send a minute.")
+    ] = DEFAULT_QUOTAS.events_per_minute,
+    device_inventory_per_minute: Annotated[float, typer.Option(
+        "--device-inventory-per-minute", help="Inventories one device may send a minute.")
+    ] = DEFAULT_QUOTAS.inventory_per_minute,
+    max_reports_per_device: Annotated[int, typer.Option(
+        "--max-reports-per-device", help="Reports kept per device (the oldest are deleted; "
+        "0: no limit).")] = DEFAULT_QUOTAS.max_reports,
+    max_report_kib_per_device: Annotated[int, typer.Option(
+        "--max-report-kib-per-device", help="KiB of reports kept per device (the oldest are "
+        "deleted; the newest is always kept; 0: no limit).")
+    ] = DEFAULT_QUOTAS.max_report_bytes // 1024,
+    max_events_per_device: Annotated[int, typer.Option(
+        "--max-events-per-device", help="State events kept per device (the oldest are "
+        "deleted; 0: no limit).")] = DEFAULT_QUOTAS.max_events,
+    history_retention_days: Annotated[float, typer.Option(
+        "--history-retention-days", help="Days state events are kept (0: for ever).")
+    ] = DEFAULT_QUOTAS.history_days,
+    report_retention_days: Annotated[float, typer.Option(
+        "--report-retention-days", help="Days reports are kept (0: for ever).")
+    ] = DEFAULT_QUOTAS.report_days,
+    retention_interval: Annotated[float, typer.Option(
+        "--retention-interval", help="Seconds between two retention passes (each deletes at "
+        "most 10000 rows per table).")] = DEFAULT_QUOTAS.retention_interval,
 ) -> None:
     """Run the firmware server (verified uploads, immutable content-addressed downloads over
     HTTP and CoAP) and, with --admin-token-file, the status tracker and the dashboard."""
@@ -84,6 +115,26 @@ def serve(
         fail("--max-upload-mib must be at least 1", EXIT_USAGE)
     if limit_concurrency < 1:
         fail("--limit-concurrency must be at least 1", EXIT_USAGE)
+    bounds = {"--device-reports-per-minute": device_reports_per_minute,
+              "--device-events-per-minute": device_events_per_minute,
+              "--device-inventory-per-minute": device_inventory_per_minute,
+              "--max-reports-per-device": max_reports_per_device,
+              "--max-report-kib-per-device": max_report_kib_per_device,
+              "--max-events-per-device": max_events_per_device,
+              "--history-retention-days": history_retention_days,
+              "--report-retention-days": report_retention_days,
+              "--retention-interval": retention_interval}
+    for option, value in bounds.items():
+        if not 0 <= value < 1e9:
+            fail(f"{option} must be 0 (off) or a positive number below 1e9, got {value:g}",
+                 EXIT_USAGE)
+    quotas = Quotas(reports_per_minute=device_reports_per_minute,
+                    events_per_minute=device_events_per_minute,
+                    inventory_per_minute=device_inventory_per_minute,
+                    max_reports=max_reports_per_device,
+                    max_report_bytes=max_report_kib_per_device * 1024,
+                    max_events=max_events_per_device, history_days=history_retention_days,
+                    report_days=report_retention_days, retention_interval=retention_interval)
     options = {**UVICORN_OPTIONS, "limit_concurrency": limit_concurrency}
     anchors = TrustAnchors(tuple(TrustAnchor(keyfiles.load_verifier(p), role="author")
                                  for p in author_anchor))
@@ -116,7 +167,8 @@ def serve(
         # deployments and campaigns name a release this server holds (the tracker derives
         # and checks its envelope URL)
         tracker_config = TrackerConfig(db_url, read_token(admin_token_file),
-                                       releases=release_lookup(data), public_url=public_url)
+                                       releases=release_lookup(data), public_url=public_url,
+                                       quotas=quotas)
         wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None)
         from suitkit.dashboard import create_dashboard_router  # noqa: PLC0415
 

@@ -68,6 +68,7 @@ from suitkit.errors import (
     PolicyError,
     ProcessingError,
     StorageError,
+    StorageFullError,
     SuitError,
 )
 from suitkit.limits import Limits
@@ -521,6 +522,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         try:
             envelope, images = _parts(form.multi_items(), config)
             status, record = await run_in_threadpool(_accept, store, config, envelope, images)
+        except StorageFullError:
+            raise UploadRefused(507, "the server's storage is full: nothing of the upload was "
+                                     "kept; try again once space is freed") from None
         except StorageError:
             raise UploadRefused(500, "the server could not store the upload") from None
         finally:

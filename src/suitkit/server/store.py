@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from suitkit.errors import StorageError
-from suitkit.fileio import atomic_write, fsync_dir
+from suitkit.fileio import atomic_write, fsync_dir, storage_error
 
 __all__ = [
     "BlobStore",
@@ -203,8 +203,8 @@ class BlobStore:
                 else:
                     fsync_dir(final.parent)
             return digest
-        except OSError as e:
-            raise StorageError(f"cannot store a blob: {e.strerror or e}") from e
+        except OSError as e:  # a full disk: StorageFullError (nothing kept, 507)
+            raise storage_error("cannot store a blob", e) from e
         finally:
             if tmp_name is not None:
                 with contextlib.suppress(OSError):

@@ -39,28 +39,39 @@ Token creation and revocation, device registration and deployments are written t
 log (``TrackerDB.record_audit``) with the principal's name and role.
 
 Every request body is bounded before it is parsed. Not here: report signatures (COSE_Sign1 /
-COSE_Mac0 around the report), device credential rotation, rate limiting.
+COSE_Mac0 around the report), device credential rotation.
+
+A device's reports, events and inventories are rate-limited (``tracker.quotas.RateLimiter``:
+429 with ``Retry-After``); what it may keep is bounded by ``TrackerDB.quotas``; a retention
+pass runs in the router's lifespan (``retention``). Ids in paths are checked before anything
+else (``check_path_ids``), and a body's text must be storable (``_storable_text``); a full disk
+is 507 (``storage_refused``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
 import json
+import logging
+import string
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from suitkit.core.numbers import ManifestKey, name_of
 from suitkit.core.report import Report, decode_report, reason_name
-from suitkit.errors import DecodeError, StorageError
+from suitkit.errors import DecodeError, StorageError, StorageFullError
 from suitkit.limits import Limits
 from suitkit.tracker.auth import (
     BOOTSTRAP_ADMIN,
@@ -83,10 +94,12 @@ from suitkit.tracker.db import (
     TransitionRefused,
     open_db,
 )
+from suitkit.tracker.quotas import Quotas, RateLimiter, retry_after
 
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "PAGE_PARAMETERS", "REPORT_MEDIA_TYPE", "TrackerConfig",
-           "create_router", "decode_cursor", "encode_cursor", "envelope_url_of", "page_params",
-           "release_envelope_url", "summarize_report"]
+           "check_path_ids", "create_router", "decode_cursor", "encode_cursor",
+           "envelope_url_of", "page_params", "release_envelope_url", "storage_refused",
+           "summarize_report"]
 
 REPORT_MEDIA_TYPE = "application/suit-report+cbor"
 _REPORT_TYPES = frozenset({REPORT_MEDIA_TYPE, "application/octet-stream"})
@@ -110,22 +123,36 @@ _MAX_SEQ = (1 << 31) - 1  # the seq columns are 32-bit integers
 
 
 _Refused = Refused  # the name this module used before auth.py held it
+_log = logging.getLogger(__name__)
 
 
 # ============================================================================ reports
 
 
+SUMMARY_URI = 512
+"""Characters of ``manifest_uri`` a report's summary keeps (``"truncated": true`` beyond)."""
+SUMMARY_NONCE = 64
+"""Bytes of the nonce a report's summary keeps."""
+
+
 def summarize_report(report: Report) -> dict[str, Any]:
-    """A JSON summary of a decoded report: result, reason, and where processing failed."""
+    """A JSON summary of a decoded report: result, reason, and where processing failed; of
+    bounded size (long text is cut, ``"truncated": true``: the stored bytes hold all)."""
+    uri, nonce = report.reference.manifest_uri, report.nonce
     summary: dict[str, Any] = {
         "succeeded": report.succeeded,
-        "manifest_uri": report.reference.manifest_uri,
+        "manifest_uri": uri[:SUMMARY_URI],
         "manifest_digest": {"algorithm": report.reference.manifest_digest.algorithm,
-                            "value": report.reference.manifest_digest.value.hex()},
-        "nonce": report.nonce.hex() if report.nonce is not None else None,
+                            "value": report.reference.manifest_digest.value[:64].hex()},
+        "nonce": nonce[:SUMMARY_NONCE].hex() if nonce is not None else None,
         "records": len(report.records),
         "failure": None,
     }
+    if len(uri) > SUMMARY_URI or (nonce is not None and len(nonce) > SUMMARY_NONCE) \
+            or len(report.reference.manifest_digest.value) > 64:
+        # the summary is small and of bounded size; the report's bytes, stored once, hold
+        # the whole of it (a 64 KiB nonce was stored twice, once as 128 KiB of hex)
+        summary["truncated"] = True
     if report.result is not True:
         record = report.result.record
         summary["failure"] = {
@@ -139,6 +166,15 @@ def summarize_report(report: Report) -> dict[str, Any]:
             "component_index": record.component_index,
         }
     return summary
+
+
+def storage_refused(error: StorageError, message: str) -> _Refused:
+    """The answer for a database failure: 507 when the disk is full (the transaction was
+    rolled back: nothing of the request was stored), 500 with ``message`` otherwise."""
+    if isinstance(error, StorageFullError):
+        return _Refused(507, "the tracker's storage is full: nothing of this request was "
+                             "stored; try again once an operator has freed space")
+    return _Refused(500, message)
 
 
 # ============================================================================ body checks
@@ -200,7 +236,51 @@ async def _json_object(request: Request) -> Mapping[str, Any]:
         raise _Refused(400, "the body is not valid JSON") from None
     if not isinstance(doc, dict):
         raise _Refused(400, f"the body must be a JSON object, got {type(doc).__name__}")
+    _storable_text(doc)
     return doc
+
+
+def _storable_text(doc: Mapping[str, Any]) -> None:
+    """Refuse (400, naming the member) a string or member name anywhere in ``doc`` that no
+    database can store: a NUL (PostgreSQL text) or a lone surrogate (JSON ``"\\ud800"``, which
+    has no UTF-8 form and fails when written or answered). Checked once for the whole body,
+    so a member that a route stores without a check of its own is covered too. Iterative: a
+    deep body must not exhaust the stack."""
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if not _is_text(value):
+                raise _Refused(400, f"{where or 'the body'}: expected text without NUL "
+                                    "characters or lone surrogates")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not _is_text(key):
+                    raise _Refused(400, f"{where or 'the body'}: a member name holds a NUL "
+                                        "character or a lone surrogate")
+                stack.append((f"{where}.{key[:40]}" if where else key[:40], item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+
+
+def _is_text(value: str) -> bool:
+    return "\x00" not in value and (value.isascii() or _is_utf8(value))
+
+
+_ID_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_.~:")
+_MAX_PATH_ID = 64
+
+
+def check_path_ids(request: Request) -> None:
+    """Refuse (400, before authentication and before any query) an id in the path that no
+    record can have: device, token and campaign ids are letters, digits and ``-_.~:``, at
+    most 64. A NUL (``%00``) made PostgreSQL fail (500); any other control or non-ASCII
+    character is refused the same way, on every backend. The tracker's routers depend on it."""
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and not (0 < len(value) <= _MAX_PATH_ID
+                                           and _ID_CHARACTERS.issuperset(value)):
+            raise _Refused(400, f"{name} in the path: expected 1 to {_MAX_PATH_ID} letters, "
+                                f"digits or '-_.~:', got {value[:40]!r}")
 
 
 def _only(doc: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -439,6 +519,41 @@ def _paged(key: str, page: Page, cursor: Callable[[tuple[Any, ...]], str],
 # ============================================================================ router
 
 
+def retention(tracker: TrackerDB, quotas: Quotas
+              ) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """The router's lifespan: a retention pass (``TrackerDB.prune``, bounded) in a worker
+    thread every ``quotas.retention_interval`` seconds while the application runs, the first
+    one soon after the start; no operator needed. A failed pass is logged and retried."""
+
+    @asynccontextmanager
+    async def retaining(_: Any) -> AsyncIterator[None]:
+        interval = quotas.retention_interval
+        if interval <= 0 or (quotas.history_days <= 0 and quotas.report_days <= 0):
+            yield
+            return
+
+        async def loop() -> None:
+            await asyncio.sleep(min(interval, 60.0))
+            while True:
+                try:
+                    deleted = await run_in_threadpool(tracker.prune)
+                    if any(deleted.values()):
+                        _log.info("retention deleted %s", deleted)
+                except StorageError as e:
+                    _log.warning("retention pass failed (retried in %g s): %s", interval, e)
+                await asyncio.sleep(interval)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    return retaining
+
+
 _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing, unknown, wrong, expired or revoked credential"},
     403: {"description": "the credential's role may not do this"},
@@ -462,9 +577,22 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     Raises:
         StorageError: the database cannot be opened.
     """
-    tracker = db if db is not None else open_db(config.db_url, clock=config.clock)
+    tracker = db if db is not None else open_db(config.db_url, clock=config.clock,
+                                                 quotas=config.quotas)
     auth = authenticator if authenticator is not None else Authenticator(config, tracker)
-    router = APIRouter(tags=["status tracker"], responses=_AUTH_RESPONSES)
+    limiter = RateLimiter(config.quotas)
+    router = APIRouter(tags=["status tracker"], responses=_AUTH_RESPONSES,
+                       dependencies=[Depends(check_path_ids)],
+                       lifespan=retention(tracker, config.quotas))
+
+    def throttle(device_id: str, kind: str) -> None:
+        """429 with ``Retry-After`` when the device is over its rate for ``kind``."""
+        wait = limiter.take(device_id, kind)
+        if wait is not None:
+            after = retry_after(wait)
+            raise HTTPException(429, f"too many {kind} from this device: at most "
+                                     f"{config.quotas.rate(kind):g} a minute; retry in {after} s",
+                                headers={"Retry-After": after})
 
     async def admin(request: Request) -> Principal:
         return await auth.require(request, "admin")
@@ -481,8 +609,9 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     async def storage(function: Callable[..., Any], *args: Any) -> Any:
         try:
             return await run_in_threadpool(function, *args)
-        except StorageError:
-            raise _Refused(500, "the tracker could not store or read its database") from None
+        except StorageError as e:
+            raise storage_refused(
+                e, "the tracker could not store or read its database") from None
 
     @router.post(_DEVICES, status_code=201, summary="Register a device (admin)",
                  openapi_extra=_json_body({"name": {"type": "string"},
@@ -537,13 +666,14 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     async def put_inventory(request: Request, device_id: str) -> Response:
         """Replace the device's inventory (the device only)."""
         await device_itself(request, device_id)
+        throttle(device_id, "inventory")
         inventory = _inventory(await _json_object(request), config.limits)
         try:
             await run_in_threadpool(tracker.set_inventory, device_id, inventory)
         except IdentityRefused as e:
             raise _Refused(409, str(e)) from None
-        except StorageError:
-            raise _Refused(500, "the tracker could not store the inventory") from None
+        except StorageError as e:
+            raise storage_refused(e, "the tracker could not store the inventory") from None
         return JSONResponse(await storage(tracker.device, device_id))
 
     @router.post(f"{_DEVICES}/{{device_id}}/events", status_code=201,
@@ -553,6 +683,7 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     async def post_event(request: Request, device_id: str) -> Response:
         """Move the device's update to a new state (the device only)."""
         await device_itself(request, device_id)
+        throttle(device_id, "events")
         doc = await _json_object(request)
         _only(doc, {"state", "detail"}, "event")
         state = doc.get("state")
@@ -565,8 +696,8 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
                 tracker.add_event, device_id, state, detail, by_device=True))
         except (TransitionRefused, NotAssigned) as e:
             raise _Refused(409, str(e)) from None
-        except StorageError:
-            raise _Refused(500, "the tracker could not store the event") from None
+        except StorageError as e:
+            raise storage_refused(e, "the tracker could not store the event") from None
         return JSONResponse(event, status_code=201)
 
     @router.post(f"{_DEVICES}/{{device_id}}/reset", status_code=201,
@@ -590,8 +721,8 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
             shown = e.current if e.current is not None else "no state yet"
             raise _Refused(409, f"device {device_id} is not in the middle of an update (state "
                                 f"{shown}); there is nothing to reset") from None
-        except StorageError:
-            raise _Refused(500, "the tracker could not store the event") from None
+        except StorageError as e:
+            raise storage_refused(e, "the tracker could not store the event") from None
         await audit(who, "device.reset", device_id, detail)
         return JSONResponse(event, status_code=201)
 
@@ -602,6 +733,7 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     async def post_report(request: Request, device_id: str) -> Response:
         """Store a SUIT report (CBOR) after strict decoding (the device only)."""
         await device_itself(request, device_id)
+        throttle(device_id, "reports")
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in _REPORT_TYPES:
             raise _Refused(415, f"a report must be {REPORT_MEDIA_TYPE} or "
@@ -618,8 +750,8 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
                 tracker.add_report, device_id, raw, summarize_report(report), release=release))
         except NotAssigned as e:
             raise _Refused(409, str(e)) from None
-        except StorageError:
-            raise _Refused(500, "the tracker could not store the report") from None
+        except StorageError as e:
+            raise storage_refused(e, "the tracker could not store the report") from None
         return JSONResponse(stored, status_code=201)
 
     @router.get(f"{_DEVICES}/{{device_id}}/history",
@@ -663,8 +795,8 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
             devices = await run_in_threadpool(tracker.deploy, release, url, ids)
         except DeploymentRefused as e:
             raise _Refused(404 if e.unknown else 409, str(e)) from None
-        except StorageError:
-            raise _Refused(500, "the tracker could not store the deployment") from None
+        except StorageError as e:
+            raise storage_refused(e, "the tracker could not store the deployment") from None
         await audit(who, "deployment.create", f"release {release}",
                     f"{len(devices)} device(s): {', '.join(d['id'] for d in devices)[:400]}")
         return JSONResponse({"release": release, "envelope_url": url, "devices": devices},
@@ -684,8 +816,9 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
     async def storage(function: Callable[..., Any], *args: Any) -> Any:
         try:
             return await run_in_threadpool(function, *args)
-        except StorageError:
-            raise _Refused(500, "the tracker could not store or read its database") from None
+        except StorageError as e:
+            raise storage_refused(
+                e, "the tracker could not store or read its database") from None
 
     @router.post("/api/v1/tokens", status_code=201, tags=["tokens"],
                  summary="Create an API token (admin); its secret is shown once",

@@ -48,6 +48,7 @@ from suitkit.tracker.api import (
     envelope_url_of,
     page_params,
     release_envelope_url,
+    storage_refused,
 )
 from suitkit.tracker.auth import Authenticator, Principal, Refused, Role
 from suitkit.tracker.campaigns import MODES, CampaignEngine, CampaignRefused, CampaignSpec
@@ -167,8 +168,9 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
             return await run_in_threadpool(function, *args, **kwargs)
         except CampaignRefused as e:
             raise Refused(_STATUS[e.kind], str(e)) from None
-        except StorageError:
-            raise Refused(500, "the tracker could not store or read its database") from None
+        except StorageError as e:
+            raise storage_refused(
+                e, "the tracker could not store or read its database") from None
 
     async def audit(who: Principal, action: str, target: str, detail: str = "") -> None:
         await call(db.record_audit, who.name, who.role, action, target, detail)

@@ -53,7 +53,11 @@ class NoticeResource(aiocoap.resource.ObservableResource,  # type: ignore[misc]
         path = tuple(request.opt.uri_path)
         if len(path) != 1 or not 0 < len(path[0]) <= _MAX_DEVICE_ID:
             return None
-        return str(path[0])
+        device_id = str(path[0])
+        # a NUL made PostgreSQL fail (5.00); text no database can hold is no device's id
+        if any(ord(c) < 0x20 or c == "\x7f" or 0xD800 <= ord(c) <= 0xDFFF for c in device_id):
+            return None
+        return device_id
 
     async def add_observation(self, request: Any, serverobservation: Any) -> None:
         """Register the observer of one device; it is triggered after each change."""

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from suitkit.core.report import MAX_REPORT_BYTES
 from suitkit.limits import Limits
+from suitkit.tracker.quotas import Quotas
 
 __all__ = ["KnownRelease", "ReleaseLookup", "TrackerConfig"]
 
@@ -46,6 +47,8 @@ class TrackerConfig:
     is not that release's envelope, is refused. ``None`` (a tracker without a firmware server,
     as in some tests): release and ``envelope_url`` are taken as given.
     ``public_url``: the firmware server's base URL as devices reach it (``serve --public-url``).
+    is checked against it. ``quotas``: what one device may send and keep (rates, quotas,
+    retention; ``tracker.quotas``).
     """
 
     db_url: str
@@ -55,3 +58,4 @@ class TrackerConfig:
     clock: Callable[[], datetime] = _utcnow
     releases: ReleaseLookup | None = None
     public_url: str | None = None
+    quotas: Quotas = field(default_factory=Quotas)

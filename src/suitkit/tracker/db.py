@@ -37,6 +37,7 @@ import hmac
 import logging
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -60,6 +61,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     func,
     inspect,
@@ -68,9 +70,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column, sessionmaker
 
-from suitkit.errors import StorageError
+from suitkit.errors import StorageError, StorageFullError
+from suitkit.tracker.quotas import Quotas
 
 __all__ = [
     "DEVICE_STATES",
@@ -246,7 +249,7 @@ class DeviceEvent(_Base):
     state: Mapped[str] = mapped_column(String(16))
     previous: Mapped[str | None] = mapped_column(String(16), default=None)
     detail: Mapped[str] = mapped_column(Text, default="")
-    timestamp: Mapped[datetime] = mapped_column(DateTime)
+    timestamp: Mapped[datetime] = mapped_column(DateTime, index=True)  # retention
 
 
 class DeviceReport(_Base):
@@ -259,8 +262,10 @@ class DeviceReport(_Base):
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
                                            index=True)
     seq: Mapped[int] = mapped_column(Integer)
-    received: Mapped[datetime] = mapped_column(DateTime)
+    received: Mapped[datetime] = mapped_column(DateTime, index=True)  # retention
     raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """``len(raw)``: for the per-device quota in bytes, and so a history page reads no raw."""
     summary: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
@@ -410,11 +415,16 @@ class TrackerDB:
     Raises (every method): ``StorageError`` when the database fails.
     """
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = _utcnow,
+                 quotas: Quotas | None = None) -> None:
         self.engine = engine
+        self.quotas = quotas if quotas is not None else Quotas()
+        """What one device may keep (``tracker.quotas``): applied by ``add_event``,
+        ``add_report`` and ``prune``."""
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._clock = clock
         self._listeners: list[AssignmentListener] = []
+        self._touch_logged = -60.0
 
     def add_listener(self, listener: AssignmentListener) -> None:
         """Call ``listener(device_ids)`` after every committed change of those devices'
@@ -441,11 +451,31 @@ class TrackerDB:
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
+        """One transaction. Raises ``StorageFullError`` when the disk or database is full
+        (the transaction was rolled back: nothing of it is kept), ``StorageError`` else."""
         try:
             with self._sessions.begin() as session:
                 yield session
         except SQLAlchemyError as e:
+            if _is_full(e):
+                raise StorageFullError(f"tracker database: the disk is full: "
+                                       f"{_describe(e)}") from e
             raise StorageError(f"tracker database: {_describe(e)}") from e
+
+    def _touch(self, statement: Any) -> None:
+        """Run ``statement`` (a ``last_seen``/``last_used`` mark) in its own transaction, and
+        carry on if it fails: a read must keep working on a full disk or a busy database,
+        and a missed mark costs nothing (the next call makes it). A failure is logged at
+        most once a minute."""
+        try:
+            with self._sessions.begin() as session:
+                session.execute(statement)
+        except SQLAlchemyError as e:
+            now = time.monotonic()
+            if now - self._touch_logged >= 60.0:
+                self._touch_logged = now
+                _log.warning("could not record when a credential was last used (the "
+                             "request goes on): %s", _describe(e))
 
     # ---- devices and credentials
 
@@ -464,16 +494,18 @@ class TrackerDB:
         return device_id, secret
 
     def authenticate(self, device_id: str, secret: str) -> bool:
-        """Whether ``secret`` is ``device_id``'s credential; marks the device as seen."""
+        """Whether ``secret`` is ``device_id``'s credential; marks the device as seen (in a
+        transaction of its own that may fail: on a full disk reads keep working)."""
         with self._session() as session:
             device = session.get(Device, device_id) if len(device_id) <= 36 else None
             stored = device.credential_hash if device is not None else _DUMMY_HASH
-            ok = verify_secret(secret, stored)
-            if ok and device is not None:
-                now = self._now()
-                if device.last_seen is None or now - device.last_seen >= SEEN_RESOLUTION:
-                    device.last_seen = now  # a write at most once per resolution, not per call
-            return ok and device is not None
+            ok = verify_secret(secret, stored) and device is not None
+            last_seen = device.last_seen if device is not None else None
+        now = self._now()
+        if ok and (last_seen is None or now - last_seen >= SEEN_RESOLUTION):
+            # a write at most once per resolution, not per call
+            self._touch(update(Device).where(Device.id == device_id).values(last_seen=now))
+        return ok
 
     def exists(self, device_id: str) -> bool:
         with self._session() as session:
@@ -618,6 +650,7 @@ class TrackerDB:
             session.add(row)
             device.state = state
             device.state_changed = now
+            self._trim_events(session, device_id)
             finished = False
             if assignment is not None and assignment.done is None:
                 if state in FINAL_STATES or (state == "downloaded"
@@ -724,9 +757,10 @@ class TrackerDB:
             if release is not None:
                 self._check_report(session, device_id, release)
             row = DeviceReport(device_id=device_id, seq=seq, received=self._now(), raw=raw,
-                               summary=dict(summary))
+                               size=len(raw), summary=dict(summary))
             session.add(row)
             session.flush()
+            self._trim_reports(session, device_id)
             return _report_json(row)
 
     @staticmethod
@@ -753,6 +787,70 @@ class TrackerDB:
             raise NotAssigned(f"the tracker already has the report of this update of device "
                               f"{device_id} (history item {earlier}); one report per update")
 
+    def _trim_events(self, session: Session, device_id: str) -> None:
+        """Delete the device's oldest events beyond ``quotas.max_events`` (same transaction
+        as the new one; tracker.quotas says why the oldest go rather than the new one)."""
+        keep = self.quotas.max_events
+        if keep <= 0:
+            return
+        cutoff = session.scalar(select(DeviceEvent.seq).where(DeviceEvent.device_id == device_id)
+                                .order_by(DeviceEvent.seq.desc()).offset(keep).limit(1))
+        if cutoff is not None:
+            session.execute(delete(DeviceEvent).where(DeviceEvent.device_id == device_id,
+                                                      DeviceEvent.seq <= cutoff)
+                            .execution_options(synchronize_session=False))
+
+    def _trim_reports(self, session: Session, device_id: str) -> None:
+        """Delete the device's oldest reports beyond ``quotas.max_reports`` or beyond
+        ``quotas.max_report_bytes`` in all; the newest report is always kept."""
+        count, most = self.quotas.max_reports, self.quotas.max_report_bytes
+        if count <= 0 and most <= 0:
+            return
+        query = (select(DeviceReport.seq, DeviceReport.size)
+                 .where(DeviceReport.device_id == device_id).order_by(DeviceReport.seq.desc()))
+        if count > 0:
+            query = query.limit(count + 1)
+        total = 0
+        for position, (seq, size) in enumerate(session.execute(query)):
+            total += size
+            if position > 0 and ((count > 0 and position >= count)
+                                 or (most > 0 and total > most)):
+                session.execute(delete(DeviceReport).where(DeviceReport.device_id == device_id,
+                                                           DeviceReport.seq <= seq)
+                                .execution_options(synchronize_session=False))
+                return
+
+    def prune(self, *, limit: int | None = None, chunk: int = 500) -> dict[str, int]:
+        """One retention pass: delete events older than ``quotas.history_days`` and reports
+        older than ``quotas.report_days`` (0: kept), at most ``limit`` rows of each table
+        (default ``quotas.retention_batch``), oldest first, in transactions of ``chunk`` rows
+        so that no device's writes wait long. The rows deleted, per table."""
+        most = self.quotas.retention_batch if limit is None else limit
+        now = self._now()
+        deleted = {"events": 0, "reports": 0}
+        tables: tuple[tuple[str, Any, Any, float], ...] = (
+            ("events", DeviceEvent, DeviceEvent.timestamp, self.quotas.history_days),
+            ("reports", DeviceReport, DeviceReport.received, self.quotas.report_days))
+        for name, model, column, days in tables:
+            try:
+                before = now - timedelta(days=days)
+            except OverflowError:  # longer than the calendar: nothing is that old
+                continue
+            if days <= 0:
+                continue
+            while deleted[name] < most:
+                with self._session() as session:
+                    ids = list(session.scalars(select(model.id).where(column < before)
+                                               .order_by(column)
+                                               .limit(min(chunk, most - deleted[name]))))
+                    if ids:
+                        session.execute(delete(model).where(model.id.in_(ids))
+                                        .execution_options(synchronize_session=False))
+                deleted[name] += len(ids)
+                if len(ids) < chunk:
+                    break
+        return deleted
+
     def history(self, device_id: str) -> list[dict[str, Any]]:
         """The device's events and report summaries, in the order they arrived."""
         return self.history_page(device_id, limit=None).items
@@ -766,8 +864,8 @@ class TrackerDB:
             events = (select(DeviceEvent).where(DeviceEvent.device_id == device_id,
                                                 DeviceEvent.seq > after)
                       .order_by(DeviceEvent.seq))
-            reports = (select(DeviceReport).where(DeviceReport.device_id == device_id,
-                                                  DeviceReport.seq > after)
+            reports = (select(DeviceReport).options(defer(DeviceReport.raw))  # size is kept
+                       .where(DeviceReport.device_id == device_id, DeviceReport.seq > after)
                        .order_by(DeviceReport.seq))
             if limit is not None:
                 events, reports = events.limit(limit + 1), reports.limit(limit + 1)
@@ -811,9 +909,10 @@ class TrackerDB:
             now = self._now()
             if row.expires <= now:
                 return TokenCheck("expired", row.name, row.role)
-            if row.last_used is None or now - row.last_used >= SEEN_RESOLUTION:
-                row.last_used = now
-            return TokenCheck("valid", row.name, row.role)
+            check, last_used = TokenCheck("valid", row.name, row.role), row.last_used
+        if last_used is None or now - last_used >= SEEN_RESOLUTION:  # may fail: see _touch
+            self._touch(update(ApiToken).where(ApiToken.id == token_id).values(last_used=now))
+        return check
 
     def tokens(self) -> list[dict[str, Any]]:
         """Every API token (never a secret or its hash), oldest first."""
@@ -914,11 +1013,12 @@ def _event_json(event: DeviceEvent) -> dict[str, Any]:
 
 def _report_json(report: DeviceReport) -> dict[str, Any]:
     return {"kind": "report", "seq": report.seq, "id": report.id,
-            "received": _iso(report.received), "size": len(report.raw),
+            "received": _iso(report.received), "size": report.size,
             "summary": report.summary}
 
 
-def open_db(url: str, *, clock: Callable[[], datetime] = _utcnow) -> TrackerDB:
+def open_db(url: str, *, clock: Callable[[], datetime] = _utcnow,
+            quotas: Quotas | None = None) -> TrackerDB:
     """The tracker database at ``url`` (e.g. ``sqlite:////var/lib/suitkit/tracker.db`` or
     ``postgresql+psycopg://user@host/suitkit``), its schema upgraded to the newest revision
     (``upgrade_schema``).
@@ -937,7 +1037,7 @@ def open_db(url: str, *, clock: Callable[[], datetime] = _utcnow) -> TrackerDB:
             engine.dispose()
         raise StorageError(f"cannot open the tracker database {_redact(url)}: "
                            f"{_describe(e)}") from e
-    return TrackerDB(engine, clock=clock)
+    return TrackerDB(engine, clock=clock, quotas=quotas)
 
 
 INITIAL_REVISION = "0001_initial"
@@ -961,7 +1061,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def upgrade_schema(engine: Engine, revision: str = "head") -> None:
-    """Migrate the database to ``revision`` (``alembic upgrade``), in one transaction.
+    """Migrate the database to ``revision`` (``alembic upgrade``), all or nothing: in one
+    transaction on PostgreSQL and on SQLite alike (``_migrating``).
 
     A database made before migrations existed (the tracker's tables, no ``alembic_version``)
     holds the ``0001_initial`` schema: it is stamped with that revision first (a table it lacks,
@@ -973,32 +1074,58 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> None:
         SQLAlchemyError: the database fails.
         CommandError: the database is at a revision this suitkit does not know (a newer one).
     """
+    with _migrating(engine) as connection:
+        if connection.dialect.name == "postgresql":
+            # several servers starting at once: one migrates, the others wait and find
+            # nothing to do (the lock ends with the transaction)
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+        config = alembic_config(connection)
+        tables = set(inspect(connection).get_table_names())
+        if "alembic_version" not in tables and "devices" in tables:
+            missing = [_Base.metadata.tables[name] for name in _INITIAL_TABLES
+                       if name not in tables]
+            _Base.metadata.create_all(connection, tables=missing)
+            command.stamp(config, INITIAL_REVISION)
+            _log.info("tracker database made before migrations: stamped %s",
+                      INITIAL_REVISION)
+        command.upgrade(config, revision)
+
+
+@contextmanager
+def _migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection whose work, DDL included, is one transaction, committed at the end (rolled
+    back on an exception); one migration at a time in this process.
+
+    PostgreSQL has transactional DDL. SQLite has it too, but Python's sqlite3 driver (legacy
+    transaction control) commits before each CREATE, DROP or ALTER and opens a transaction
+    only before INSERT/UPDATE/DELETE: a kill between the statements of a migration left
+    tables at the old revision number, and every later start failed with "table ... already
+    exists". Here the driver's own transaction control is off (``isolation_level = None``)
+    and the transaction is ours: ``BEGIN IMMEDIATE`` (which also takes the write lock, so two
+    processes migrating one file run one after the other), one ``COMMIT`` at the end.
+    ``PRAGMA foreign_keys`` is set before the transaction (it is a no-op inside one).
+    """
     with _ALEMBIC, engine.connect() as connection:
-        sqlite = connection.dialect.name == "sqlite"
-        if sqlite:
-            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        if connection.dialect.name != "sqlite":
+            yield connection
             connection.commit()
+            return
+        driver: Any = connection.connection.driver_connection
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()
+        legacy = driver.isolation_level
+        driver.isolation_level = None  # no implicit COMMIT before DDL
         try:
-            if connection.dialect.name == "postgresql":
-                # several servers starting at once: one migrates, the others wait and find
-                # nothing to do (the lock ends with the transaction)
-                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
-            config = alembic_config(connection)
-            tables = set(inspect(connection).get_table_names())
-            if "alembic_version" not in tables and "devices" in tables:
-                missing = [_Base.metadata.tables[name] for name in _INITIAL_TABLES
-                           if name not in tables]
-                _Base.metadata.create_all(connection, tables=missing)
-                command.stamp(config, INITIAL_REVISION)
-                _log.info("tracker database made before migrations: stamped %s",
-                          INITIAL_REVISION)
-            command.upgrade(config, revision)
-            connection.commit()
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            yield connection
+            connection.commit()  # the driver sends COMMIT: a transaction is open
         finally:
-            if sqlite:
-                connection.rollback()
-                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
-                connection.commit()
+            connection.rollback()  # no-op after the commit; undoes all of it after an error
+            if driver.in_transaction:  # pragma: no cover - the driver always ends it above
+                driver.rollback()
+            driver.isolation_level = legacy
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
 
 
 def migrate(url: str, revision: str = "head") -> tuple[str | None, str | None]:
@@ -1031,9 +1158,8 @@ def _revision(engine: Engine) -> str | None:
 
 def downgrade_schema(engine: Engine, revision: str) -> None:
     """Migrate the database down to ``revision`` (``"base"``: no tables left)."""
-    with _ALEMBIC, engine.connect() as connection:
+    with _migrating(engine) as connection:
         command.downgrade(alembic_config(connection), revision)
-        connection.commit()
 
 
 def _sqlite_pragmas(connection: Any, record: Any) -> None:
@@ -1047,6 +1173,24 @@ def _sqlite_pragmas(connection: Any, record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+
+
+def _is_full(error: SQLAlchemyError) -> bool:
+    """Whether the database failed because its disk is full: SQLite's SQLITE_FULL ("database
+    or disk is full"), PostgreSQL's disk_full (53100, "could not extend file"), or a driver
+    naming ENOSPC."""
+    cause = getattr(error, "orig", None)
+    code = getattr(cause, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
+        return True
+    if getattr(cause, "sqlstate", None) == _PG_DISK_FULL:
+        return True
+    text = str(cause or error).lower()
+    return "database or disk is full" in text or "no space left on device" in text
 
 
 def _describe(error: Exception) -> str:
