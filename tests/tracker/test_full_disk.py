@@ -98,6 +98,10 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+RELEASE = bytes(32).hex()
+"""The release the writer is given; the reports name it (their manifest digest)."""
+
+
 def report(size: int) -> bytes:
     """A valid SUIT report of about ``size`` bytes (a random nonce: nothing compresses it)."""
     return encode_report(Report(reference=Reference("https://fw.example/e.suit",
@@ -123,7 +127,7 @@ def writes(client: httpx.Client, device: dict[str, Any], *, all_kinds: bool
                                **auth(device["token"]), "Content-Type": REPORT_MEDIA_TYPE}})]
     if all_kinds:
         found += [("POST", f"{device_path}/events",
-                   {"json": {"state": "notified"}, "headers": auth(device["token"])}),
+                   {"json": {"state": "downloaded"}, "headers": auth(device["token"])}),
                   ("POST", "/api/v1/devices", {"json": {"name": "late"},
                                                "headers": auth(ADMIN)}),
                   ("PUT", f"{device_path}/inventory",
@@ -140,6 +144,13 @@ def exercise(client: httpx.Client, make_full: Callable[[], Path], *, all_kinds: 
     operator = made.json()["token"]  # never used yet: its first call marks last_used
     assert client.put(f"/api/v1/devices/{writer['id']}/inventory", json={},
                       headers=auth(writer["token"])).status_code == 200
+    # the writer is in the middle of an update, so its event and report would be accepted
+    deployed = client.post("/api/v1/deployments", headers=auth(ADMIN), json={
+        "release": RELEASE, "envelope_url": "https://fw.example/e.suit",
+        "devices": [writer["id"]]})
+    assert deployed.status_code == 201, deployed.text
+    assert client.post(f"/api/v1/devices/{writer['id']}/events", json={"state": "downloading"},
+                       headers=auth(writer["token"])).status_code == 201
     history = f"/api/v1/devices/{writer['id']}/history"
     devices_before = client.get("/api/v1/devices", headers=auth(ADMIN)).json()["devices"]
     history_before = client.get(history, headers=auth(ADMIN)).json()
