@@ -71,7 +71,13 @@ from suitkit.errors import (
     SuitError,
 )
 from suitkit.limits import Limits
-from suitkit.server.store import BlobStore, ComponentRecord, ReleaseRecord, is_digest
+from suitkit.server.store import (
+    BlobStore,
+    ComponentRecord,
+    ReleaseConflict,
+    ReleaseRecord,
+    is_digest,
+)
 
 __all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "Authorizer", "ServerConfig", "UploadRefused",
            "create_app", "expected_images"]
@@ -304,10 +310,10 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
         integrated.append((target, key, payload))
 
     release_id = verified.digest.value.hex()
-    previous = store.get_release(release_id)
-    if previous is not None and previous.envelope != hashlib.sha256(envelope).hexdigest():
-        raise UploadRefused(409, f"release {release_id} already exists with a different "
-                                 f"envelope ({previous.envelope})")
+    envelope_sha = hashlib.sha256(envelope).hexdigest()
+    previous = store.get_release(release_id)  # early refusal; add_release decides for good
+    if previous is not None and previous.envelope != envelope_sha:
+        raise UploadRefused(409, str(ReleaseConflict(previous)))
     envelope_blob = store.put_blob(envelope)
     for target, image in checked:
         image.file.seek(0)
@@ -315,17 +321,19 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     integrated_blobs = {}
     for target, key, payload in integrated:
         integrated_blobs[key] = blobs[target.index] = store.put_blob(payload)
-    old = {c.index: c.blob for c in previous.components} if previous else {}
     components = tuple(
         ComponentRecord(e.index, tuple(p.hex() for p in e.identifier),
                         e.digest.algorithm if e.digest else None,
                         e.digest.value.hex() if e.digest else None, e.size,
-                        blobs.get(e.index) or old.get(e.index))
+                        blobs.get(e.index))
         for e in expected)
-    record = ReleaseRecord(release_id, verified.manifest.sequence_number, envelope_blob,
-                           components, integrated_blobs)
-    store.put_release(record)
-    return (200 if previous is not None else 201), record
+    try:
+        record, created = store.add_release(ReleaseRecord(
+            release_id, verified.manifest.sequence_number, envelope_blob, components,
+            integrated_blobs))
+    except ReleaseConflict as e:  # another upload of this release won meanwhile
+        raise UploadRefused(409, str(e)) from None
+    return (201 if created else 200), record
 
 
 def _manifest_summary(verified: VerifiedManifest) -> dict[str, Any]:
