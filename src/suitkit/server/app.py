@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -48,7 +49,8 @@ from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Message
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from suitkit.core import codec, crypto, processor
 from suitkit.core.model import (
@@ -79,8 +81,8 @@ from suitkit.server.store import (
     is_digest,
 )
 
-__all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "Authorizer", "ServerConfig", "UploadRefused",
-           "create_app", "expected_images"]
+__all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "LEAVE_REQUEST_LIMIT", "Authorizer",
+           "ServerConfig", "UploadRefused", "create_app", "expected_images"]
 
 Authorizer = Callable[[str, str], Literal["allowed", "forbidden", "invalid"]]
 """``(bearer token, action)`` -> verdict, for action ``"upload"`` or ``"read"``. Runs in a worker
@@ -90,6 +92,13 @@ ENVELOPE_MEDIA_TYPE = "application/suit-envelope+cose"
 IMMUTABLE = "public, max-age=31536000, immutable"
 _CHUNK = 64 * 1024
 _IMAGE_PART = re.compile(r"image(?:-(\d{1,4}))?")
+_log = logging.getLogger("suitkit.server")
+
+LEAVE_REQUEST_LIMIT = "suitkit.leave_request_limit"
+"""Key of the ASGI scope under which ``max_requests`` puts a function that takes the request
+out of the count: a route that holds its request for long on purpose under caps of its own
+(the status tracker's push streams, tracker/push.py, which names this key itself: the roles
+do not import each other) calls it once it has its own slot."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +113,8 @@ class ServerConfig:
     JSON errors: raise Starlette's ``HTTPException``.
     ``authorizer``: who may upload and read release metadata (``Authorizer``), built by the CLI
     from the status tracker's API tokens; ``None``: only ``upload_token``, public metadata.
+    ``max_requests``: requests in progress at once, not counting the ones that left the count
+    (``LEAVE_REQUEST_LIMIT``); beyond it 503 with ``Retry-After``. ``None``: no bound.
     """
 
     data_dir: Path
@@ -113,6 +124,7 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     routers: tuple[APIRouter, ...] = ()
     authorizer: Authorizer | None = None
+    max_requests: int | None = 1000
 
 
 class UploadRefused(Exception):
@@ -449,6 +461,46 @@ def _limited(request: Request, limit: int) -> Request:
     return Request(request.scope, limited_receive)
 
 
+class _RequestLimit:
+    """ASGI middleware: at most ``limit`` HTTP requests in progress (event loop only), 503 with
+    ``Retry-After`` beyond; ``scope[LEAVE_REQUEST_LIMIT]()`` takes a request out early."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            _log.warning("503: %d requests in progress, the most allowed", self.active)
+            busy = _error(503, f"the server is busy ({self.limit} requests in progress); "
+                               "try again shortly", {"Retry-After": "1"})
+            await busy(scope, receive, send)
+            return
+        self.active += 1
+        counted = True
+
+        def leave() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self.active -= 1
+
+        scope[LEAVE_REQUEST_LIMIT] = leave
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            leave()
+
+
+def _where(request: Request) -> str:
+    """``METHOD /path`` of a request for the log (never its query or headers: no secrets)."""
+    return f"{request.method} {request.url.path[:200]}"
+
+
 def _file_size(file: BinaryIO) -> int:
     file.seek(0, 2)
     size = file.tell()
@@ -481,14 +533,30 @@ def create_app(config: ServerConfig) -> FastAPI:
         "An API token tok_<id>.<secret>, the status tracker's bootstrap admin token, a device "
         "credential <device-id>.<secret>, or (a server alone) the upload token")))]
 
+    def logged(request: Request, status: int, message: str, exc: BaseException) -> None:
+        """A 5xx that a route chose to answer: logged once with what caused it."""
+        if status >= 500:
+            cause = exc.__cause__ or exc.__context__
+            _log.error("%s -> %d %s", _where(request), status, message,
+                       exc_info=(type(cause), cause, cause.__traceback__) if cause else None)
+
     @app.exception_handler(UploadRefused)
     async def refused(request: Request, exc: UploadRefused) -> Response:
+        logged(request, exc.status, exc.message, exc)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return _error(exc.status, exc.message, headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        logged(request, exc.status_code, str(exc.detail), exc)
         return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> Response:
+        # the client closed its connection before its request was read: nothing to answer
+        _log.info("%s: the client went away before sending its whole request",
+                  _where(request))
+        return Response(status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -583,6 +651,8 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     for router in config.routers:  # every mounted route is authenticated: say so in OpenAPI
         app.include_router(router, dependencies=bearer)
+    if config.max_requests is not None:
+        app.add_middleware(_RequestLimit, limit=config.max_requests)
     return app
 
 
