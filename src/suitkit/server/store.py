@@ -151,6 +151,23 @@ class BlobStore:
                                f"{e.strerror or e}") from e
         self._sweep_tmp()
 
+    def check_writable(self) -> None:
+        """Whether blobs and records can be written here (a file made, fsynced and removed in
+        ``tmp/`` and in ``releases/``).
+
+        Raises:
+            StorageError: the data directory is read-only, full or otherwise not writable.
+        """
+        for folder in (self._tmp, self._releases):
+            try:
+                with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe.") as probe:
+                    probe.write(b"suitkit")
+                    probe.flush()
+                    os.fsync(probe.fileno())
+            except OSError as e:
+                raise StorageError(f"the data directory {self.root} is not writable: "
+                                   f"{e.strerror or e}") from e
+
     def _sweep_tmp(self) -> None:
         """Remove temporary blobs left by a writer that died (unlocked ones: a living writer
         holds an exclusive ``flock`` on its temporary file until it is linked into place)."""
