@@ -1,8 +1,9 @@
 """``server.guard``: what a slow client can hold, on a real uvicorn with short timeouts.
 
 Siblings of the idle-connection attack (issue #11 item 6): a body that stops arriving, a
-response nobody reads, and more connections than the cap (the ones idle before their request
-head are evicted first; a request in progress never is).
+response nobody reads, more connections than the cap (the ones idle before their request
+head are evicted first; a request in progress never is), and more uploads at once than the
+server spools (``ServerConfig.max_uploads``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int,
     """(URL, port, URL of a 16 MiB firmware blob)."""
     tmp = tmp_path_factory.mktemp("guard")
     author = Author.create(tmp / "author")
-    config = ServerConfig(data_dir=tmp / "data", upload_token=TOKEN,
+    config = ServerConfig(data_dir=tmp / "data", upload_token=TOKEN, max_uploads=1,
                           anchors=TrustAnchors.of(author.key.public_key()))
     sock = listening_socket()
     port = sock.getsockname()[1]
@@ -126,3 +127,34 @@ def test_beyond_the_cap_idle_connections_are_evicted_first(served: tuple[str, in
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_uploads_beyond_the_cap_wait_their_turn(served: tuple[str, int, str]) -> None:
+    """Each upload may spool its whole body to a temporary file: at most ``max_uploads`` (1
+    here) at once, a 503 with Retry-After for the next one, which then goes through."""
+    url, port, firmware = served
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+        slow.sendall(b"POST /api/v1/releases HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     + TOKEN.encode() + b"\r\nContent-Type: multipart/form-data; boundary=b"
+                     b"\r\nContent-Length: 100000\r\n\r\n--b\r\n")
+        deadline = time.monotonic() + 30
+        while True:  # until the slow upload holds the one place
+            busy = httpx.post(f"{url}/api/v1/releases", headers=headers, timeout=30,
+                              files=[("envelope", ("e", b"x"))])
+            if busy.status_code == 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert busy.status_code == 503, busy.text
+        assert busy.headers["retry-after"] == "5"
+        assert busy.json()["error"] == ("too many uploads at once (at most 1); try again "
+                                       "shortly")
+    deadline = time.monotonic() + 30
+    while True:  # the place is given back once that client is gone
+        after = httpx.post(f"{url}/api/v1/releases", headers=headers, timeout=30,
+                           files=[("envelope", ("e", b"x"))])
+        if after.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert after.status_code == 400, after.text  # read and refused: not a SUIT envelope
+    assert httpx.head(firmware, timeout=30).status_code == 200

@@ -115,6 +115,8 @@ class ServerConfig:
     from the status tracker's API tokens; ``None``: only ``upload_token``, public metadata.
     ``max_requests``: requests in progress at once, not counting the ones that left the count
     (``LEAVE_REQUEST_LIMIT``); beyond it 503 with ``Retry-After``. ``None``: no bound.
+    ``max_uploads``: uploads whose bodies are read at once (each may spool up to
+    ``max_upload_bytes`` to a temporary file); beyond it 503 with ``Retry-After``.
     """
 
     data_dir: Path
@@ -125,6 +127,7 @@ class ServerConfig:
     routers: tuple[APIRouter, ...] = ()
     authorizer: Authorizer | None = None
     max_requests: int | None = 1000
+    max_uploads: int = 8
 
 
 class UploadRefused(Exception):
@@ -512,6 +515,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     """The firmware server application for ``config`` (see the module docstring)."""
     store = BlobStore(config.data_dir)
     summaries: dict[str, dict[str, Any] | None] = {}
+    uploading = [0]  # uploads whose bodies are being read (event loop only)
 
     def described(record: ReleaseRecord) -> dict[str, Any]:
         """``_release_json`` with the manifest summary, verified again once per process (the
@@ -587,20 +591,28 @@ def create_app(config: ServerConfig) -> FastAPI:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise UploadRefused(415, "upload must be multipart/form-data with parts 'envelope' "
                                      "and 'image' or 'image-<N>'")
+        if uploading[0] >= config.max_uploads:
+            return _error(503, f"too many uploads at once (at most {config.max_uploads}); try "
+                               "again shortly", {"Retry-After": "5"})
+        uploading[0] += 1  # until its temporary files are gone
         try:
-            form = await _limited(request, config.max_upload_bytes).form(
-                max_files=1 + config.limits.max_components, max_fields=16,
-                max_part_size=64 * 1024)
-        except _BodyTooLarge:
-            raise UploadRefused(413, f"request body is larger than the "
-                                     f"{config.max_upload_bytes} bytes allowed") from None
-        try:
-            envelope, images = _parts(form.multi_items(), config)
-            status, record = await run_in_threadpool(_accept, store, config, envelope, images)
-        except StorageError:
-            raise UploadRefused(500, "the server could not store the upload") from None
+            try:
+                form = await _limited(request, config.max_upload_bytes).form(
+                    max_files=1 + config.limits.max_components, max_fields=16,
+                    max_part_size=64 * 1024)
+            except _BodyTooLarge:
+                raise UploadRefused(413, f"request body is larger than the "
+                                         f"{config.max_upload_bytes} bytes allowed") from None
+            try:
+                envelope, images = _parts(form.multi_items(), config)
+                status, record = await run_in_threadpool(_accept, store, config, envelope,
+                                                         images)
+            except StorageError:
+                raise UploadRefused(500, "the server could not store the upload") from None
+            finally:
+                await form.close()
         finally:
-            await form.close()
+            uploading[0] -= 1
         return JSONResponse(await run_in_threadpool(described, record), status_code=status)
 
     @app.get("/api/v1/releases", dependencies=bearer,
@@ -618,7 +630,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         """One release by id (the manifest digest in hex)."""
         await _authorize(request, config, "read")
         try:
-            record = store.get_release(release_id)
+            record = await run_in_threadpool(store.get_release, release_id)
         except StorageError as e:
             raise UploadRefused(400, str(e)) from None
         if record is None:
