@@ -437,9 +437,9 @@ def test_oversized_headers_are_refused_by_the_http_layer(site: Site) -> None:
 
 
 def test_slowloris_connections_do_not_starve_other_clients(site: Site) -> None:
-    """Connections that trickle half a request header hold a socket each (uvicorn has no
-    header timeout: put nginx or another proxy with client_header_timeout in front; see
-    docs/security.md), but they block nobody else: the event loop serves other clients."""
+    """Connections that trickle half a request header hold a socket each until the head
+    timeout (server/guard.py; tests/security/test_slow_clients.py waits for it), and they
+    block nobody else meanwhile: the event loop serves other clients."""
     slow = []
     try:
         for _ in range(64):

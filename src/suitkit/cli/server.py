@@ -4,9 +4,11 @@
 uvicorn; FastAPI and uvicorn are imported only when it runs, so the rest of the CLI works
 without them. With ``--admin-token-file`` it also mounts the status tracker's routes
 (``tracker.api.create_router``) and the dashboard (``dashboard.create_dashboard_router``,
-``/dashboard/``) on the same application. ``upload`` posts an envelope and its
-detached images (multipart, see docs/server.md) with the bearer token from a file and prints
-the release the server stored.
+``/dashboard/``) on the same application. Before it says it runs, ``serve`` binds its sockets,
+checks that the data directory is writable and opens the database: any problem is one line and
+exit 2. It logs to stderr (an access line per request, each 500 once with its cause).
+``upload`` streams an envelope and its detached images (multipart, see docs/server.md) from
+their files, with the bearer token from a file, and prints the release the server stored.
 """
 
 from __future__ import annotations
