@@ -164,8 +164,10 @@ class GuardedH11Protocol(H11Protocol):
         if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
             return
         quiet = self.loop.time() - self._last_body
-        if self.flow.read_paused or quiet < self.guards.body_timeout:
-            # the application is not reading (not the client's fault), or bytes came lately
+        not_asked = self.cycle is not None and self.cycle.waiting_for_100_continue
+        if self.flow.read_paused or not_asked or quiet < self.guards.body_timeout:
+            # the application is not reading, or has not yet sent the "100 Continue" the
+            # client waits for (not the client's fault), or bytes came lately
             self._body_timer = self.loop.call_later(
                 max(self.guards.body_timeout - quiet, 0.1), self._body_stalled)
             return
