@@ -2,8 +2,9 @@
 
 Siblings of the idle-connection attack (issue #11 item 6): a body that stops arriving, a
 response nobody reads, more connections than the cap (the ones idle before their request
-head are evicted first; a request in progress never is), and more uploads at once than the
-server spools (``ServerConfig.max_uploads``).
+head are evicted first; a request in progress never is), more uploads at once than the
+server spools (``ServerConfig.max_uploads``), and downloads read slowly on purpose, which are
+counted apart from ordinary requests (``max_downloads``), so they starve no check-in.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from suitkit.server.guard import Guards, guarded_protocol  # noqa: E402
 
 TOKEN = "guard-upload-token"
 CAP = 24
+MAX_DOWNLOADS = 3
 BIG = 16 * 1024 * 1024
 GUARDS = Guards(head_timeout=120.0, body_timeout=2.0, send_timeout=2.0, max_connections=CAP)
 
@@ -38,6 +40,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int,
     tmp = tmp_path_factory.mktemp("guard")
     author = Author.create(tmp / "author")
     config = ServerConfig(data_dir=tmp / "data", upload_token=TOKEN, max_uploads=1,
+                          max_requests=2, max_downloads=MAX_DOWNLOADS,
                           anchors=TrustAnchors.of(author.key.public_key()))
     sock = listening_socket()
     port = sock.getsockname()[1]
@@ -158,3 +161,38 @@ def test_uploads_beyond_the_cap_wait_their_turn(served: tuple[str, int, str]) ->
         time.sleep(0.1)
     assert after.status_code == 400, after.text  # read and refused: not a SUIT envelope
     assert httpx.head(firmware, timeout=30).status_code == 200
+
+
+def test_downloads_read_slowly_starve_no_other_request(served: tuple[str, int, str]) -> None:
+    """Downloads nobody reads (until the send timeout aborts them) fill the download places,
+    more than the two ordinary request places of this server, and other requests are still
+    served; one more download is a 503 with Retry-After."""
+    url, port, firmware = served
+    path = firmware.removeprefix(url)
+    stalled: list[socket.socket] = []
+    try:
+        for _ in range(MAX_DOWNLOADS):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            stalled.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        deadline = time.monotonic() + 30
+        while True:  # until the stalled downloads hold every download place
+            extra = httpx.get(firmware, timeout=30, headers={"Range": "bytes=0-9"})
+            if extra.status_code == 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert extra.status_code == 503, extra.status_code
+        assert extra.headers["retry-after"] == "5"
+        assert "too many downloads at once (at most 3)" in extra.json()["error"]
+        with httpx.Client(timeout=10) as client:
+            for _ in range(5):
+                assert client.get(f"{url}/api/v1/releases").status_code == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+    deadline = time.monotonic() + 30
+    while httpx.head(firmware, timeout=30).status_code == 503:  # the places come back
+        assert time.monotonic() < deadline, "download places not given back within 30 s"
+        time.sleep(0.1)

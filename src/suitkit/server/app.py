@@ -117,6 +117,9 @@ class ServerConfig:
     (``LEAVE_REQUEST_LIMIT``); beyond it 503 with ``Retry-After``. ``None``: no bound.
     ``max_uploads``: uploads whose bodies are read at once (each may spool up to
     ``max_upload_bytes`` to a temporary file); beyond it 503 with ``Retry-After``.
+    ``max_downloads``: blob downloads in progress at once, counted apart from
+    ``max_requests`` (a public download may last long on a slow link, and clients that read
+    slowly on purpose must not starve check-ins and the operator); 503 with ``Retry-After``.
     """
 
     data_dir: Path
@@ -128,6 +131,7 @@ class ServerConfig:
     authorizer: Authorizer | None = None
     max_requests: int | None = 1000
     max_uploads: int = 8
+    max_downloads: int = 1000
 
 
 class UploadRefused(Exception):
@@ -403,6 +407,20 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _CountedFile(FileResponse):
+    """A file response that gives its download slot back however it ends (even unsent)."""
+
+    def __init__(self, *args: Any, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None
            ) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=dict(headers or {}))
@@ -637,29 +655,46 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise UploadRefused(404, f"no release {release_id}")
         return JSONResponse(await run_in_threadpool(described, record))
 
-    def download(digest: str, media_type: str) -> Response:
+    downloading = [0]  # downloads in progress (event loop only)
+
+    def download(request: Request, digest: str, media_type: str) -> Response:
         if not is_digest(digest):
             raise UploadRefused(400, f"not a SHA-256 digest (64 lower-case hex characters): "
                                      f"{digest[:80]!r}")
         path = store.blob_path(digest)
         if not path.is_file():
             raise UploadRefused(404, f"no such blob {digest}")
-        response = FileResponse(path, media_type=media_type,
+        if downloading[0] >= config.max_downloads:
+            return _error(503, f"too many downloads at once (at most {config.max_downloads}); "
+                               "try again shortly", {"Retry-After": "5"})
+        downloading[0] += 1
+        given = False
+
+        def release() -> None:
+            nonlocal given
+            if not given:
+                given = True
+                downloading[0] -= 1
+
+        leave = request.scope.get(LEAVE_REQUEST_LIMIT)
+        if callable(leave):  # counted as a download from now on, not as a request
+            leave()
+        response = _CountedFile(path, media_type=media_type, release=release,
                                 headers={"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE})
         response.chunk_size = _DOWNLOAD_CHUNK
         return response
 
     @app.get("/firmware/{digest}", summary="Download a firmware image by SHA-256 (public)")
     @app.head("/firmware/{digest}", include_in_schema=False)
-    async def firmware(digest: str) -> Response:
+    async def firmware(request: Request, digest: str) -> Response:
         """A firmware image (or any blob) by SHA-256; Range, If-Range, ETag."""
-        return download(digest, "application/octet-stream")
+        return download(request, digest, "application/octet-stream")
 
     @app.get("/envelopes/{digest}", summary="Download a SUIT envelope by SHA-256 (public)")
     @app.head("/envelopes/{digest}", include_in_schema=False)
-    async def envelopes(digest: str) -> Response:
+    async def envelopes(request: Request, digest: str) -> Response:
         """A SUIT envelope by the SHA-256 of its bytes; Range, If-Range, ETag."""
-        return download(digest, ENVELOPE_MEDIA_TYPE)
+        return download(request, digest, ENVELOPE_MEDIA_TYPE)
 
     for router in config.routers:  # every mounted route is authenticated: say so in OpenAPI
         app.include_router(router, dependencies=bearer)
