@@ -106,6 +106,13 @@ def test_token_create_refuses_an_existing_out_file_unless_forced(
     assert out_file.read_text().startswith("tok_")
     assert stat.S_IMODE(out_file.stat().st_mode) == 0o600
     assert not [p for p in server.tmp.iterdir() if p.name.endswith(".tmp")]
+    # a folder that is not there: refused before a token is made too
+    code, out, err = run(capsys, "token", "create", "third", "--role", "operator",
+                         "--out", server.tmp / "missing" / "t.token", *common(server))
+    assert code == 2
+    assert "not a writable directory" in one_error_line(err)
+    _, out, _ = run(capsys, "token", "list", "--json", *common(server))
+    assert len(json.loads(out)) == count + 1  # only the forced one was made
 
 
 def test_token_create_prints_the_token_without_out(

@@ -204,8 +204,13 @@ def token_create(
     timeout: TimeoutOption = 30.0,
 ) -> None:
     """Create an API token (admin); it is shown only this once."""
-    if out_file is not None and not force and os.path.lexists(out_file):
-        fail(f"--out {out_file} already exists; give --force to replace it", EXIT_USAGE)
+    if out_file is not None:  # before the token is made: it is shown only once
+        if not force and os.path.lexists(out_file):
+            fail(f"--out {out_file} already exists; give --force to replace it", EXIT_USAGE)
+        folder = out_file.parent if str(out_file.parent) else Path(".")
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            fail(f"--out {out_file}: cannot write in {folder} (not a writable directory)",
+                 EXIT_USAGE)
     client = ApiClient.from_options(server, token_file, timeout)
     body: dict[str, Any] = {"name": name, "role": role}
     if expires_in_days is not None:
