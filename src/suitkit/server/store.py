@@ -152,15 +152,15 @@ class BlobStore:
         self._sweep_tmp()
 
     def check_writable(self) -> None:
-        """Whether blobs and records can be written here (a file made, fsynced and removed in
-        ``tmp/`` and in ``releases/``).
+        """Whether blobs and records can be written here (an unnamed file made and fsynced in
+        ``tmp/`` and in ``releases/``: ``O_TMPFILE``, so a crash leaves nothing behind).
 
         Raises:
             StorageError: the data directory is read-only, full or otherwise not writable.
         """
         for folder in (self._tmp, self._releases):
             try:
-                with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe.") as probe:
+                with tempfile.TemporaryFile(dir=folder, prefix=".probe.") as probe:
                     probe.write(b"suitkit")
                     probe.flush()
                     os.fsync(probe.fileno())
