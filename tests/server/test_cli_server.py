@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import shutil
 import socket
 import subprocess
@@ -271,3 +273,37 @@ def test_upload_streams_the_image_from_disk(tmp_path: Path) -> None:
     assert peak_mib < 64 + 40, f"the client peaked at {peak_mib:.0f} MiB for a 64 MiB image"
     stored = (tmp_path / "data" / "blobs").rglob("*")
     assert any(p.is_file() and p.stat().st_size == size for p in stored)
+
+
+def test_upload_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal (stderr a pseudo-terminal here) the upload draws a Rich progress bar."""
+    author = Author.create(tmp_path / "author")
+    envelope, image = author.release(1, "tty", size=4 * 1024 * 1024,
+                                     uri="https://fw.example/app.bin")
+    (tmp_path / "release.suit").write_bytes(envelope)
+    (tmp_path / "app.bin").write_bytes(image)
+    token = tmp_path / "upload.token"
+    token.write_text("tty-token\n")
+    argv = ["--data", str(tmp_path / "data"), "--author-anchor", str(author.anchor),
+            "--upload-token-file", str(token), "--log-level", "warning"]
+    main_fd, terminal_fd = pty.openpty()
+    try:
+        with serving(argv, timeout=30) as server:
+            done = subprocess.run(
+                [*SUITKIT, "upload", str(tmp_path / "release.suit"),
+                 f"0={tmp_path / 'app.bin'}", "--server", server.url, "--token-file",
+                 str(token)], stdout=subprocess.PIPE, stderr=terminal_fd, text=True,
+                timeout=120, check=False, env={**os.environ, "COLUMNS": "120"})
+        os.close(terminal_fd)
+        terminal_fd = -1
+        drawn = b""
+        with contextlib.suppress(OSError):  # EIO once everything written is read
+            while chunk := os.read(main_fd, 65536):
+                drawn += chunk
+    finally:
+        os.close(main_fd)
+        if terminal_fd >= 0:
+            os.close(terminal_fd)
+    assert done.returncode == 0, drawn.decode(errors="replace")
+    assert "(sequence number 1) stored" in done.stdout
+    assert b"uploading" in drawn, drawn[:500]
