@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -490,13 +491,18 @@ class _RequestLimit:
         self.app = app
         self.limit = limit
         self.active = 0
+        self.quiet_until = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         if self.active >= self.limit:
-            _log.warning("503: %d requests in progress, the most allowed", self.active)
+            now = time.monotonic()
+            if now >= self.quiet_until:  # at most one line per minute, whatever the load
+                self.quiet_until = now + 60
+                _log.warning("%d requests in progress, the most allowed: 503 for more",
+                             self.active)
             busy = _error(503, f"the server is busy ({self.limit} requests in progress); "
                                "try again shortly", {"Retry-After": "1"})
             await busy(scope, receive, send)
@@ -556,8 +562,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         "credential <device-id>.<secret>, or (a server alone) the upload token")))]
 
     def logged(request: Request, status: int, message: str, exc: BaseException) -> None:
-        """A 5xx that a route chose to answer: logged once with what caused it."""
-        if status >= 500:
+        """A 5xx that a route chose to answer: logged once with what caused it (not a 503:
+        a cap reached is not a fault, and a client could flood the log with them)."""
+        if status >= 500 and status != 503:
             cause = exc.__cause__ or exc.__context__
             _log.error("%s -> %d %s", _where(request), status, message,
                        exc_info=(type(cause), cause, cause.__traceback__) if cause else None)
