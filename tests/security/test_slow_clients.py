@@ -262,3 +262,22 @@ def test_a_client_that_disconnects_mid_body_is_one_quiet_line(site: Site) -> Non
     assert all(line.split(" ", 3)[2] == "INFO" for line in lines), lines
     everyone_is_served(site)
 
+
+
+def test_an_event_stream_whose_client_went_away_gives_its_slot_back(site: Site) -> None:
+    device = site.devices[1]
+    streams = []
+    try:
+        for _ in range(PER_DEVICE):
+            sock = socket.create_connection(("127.0.0.1", site.port), timeout=30)
+            streams.append(sock)
+            sock.sendall(f"GET /api/v1/devices/{device['id']}/notifications HTTP/1.1\r\n"
+                         f"Host: x\r\nAccept: text/event-stream\r\n"
+                         f"Authorization: Bearer {device['token']}\r\n\r\n".encode())
+        wait_status(site, device, 429, "all the device's event streams held")
+    finally:
+        for sock in streams:
+            sock.close()
+    gone = time.monotonic()
+    wait_status(site, device, 204, "the slots of event streams whose clients went away")
+    assert time.monotonic() - gone < 15
