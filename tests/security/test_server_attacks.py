@@ -384,6 +384,33 @@ def test_coap_notices_for_made_up_device_ids_stay_bounded(site: Site,
     assert len(site.wiring.hub.known()) <= 8
 
 
+def test_coap_observations_are_bounded_per_device(site: Site) -> None:
+    """Each CoAP observation holds a registration and a hub watcher, and anyone may register
+    (plain UDP): beyond 8 per device id the GET is answered once, without Observe."""
+
+    async def observe(count: int) -> list[bool]:
+        context = await aiocoap.Context.create_client_context()
+        requests = []
+        try:
+            observed = []
+            for _ in range(count):
+                request = aiocoap.Message(code=aiocoap.GET, observe=0,
+                                          uri=f"coap://127.0.0.1:{site.coap_port}/")
+                request.opt.uri_path = ("notices", "observed-by-a-flood")
+                requests.append(context.request(request))
+                response = await asyncio.wait_for(requests[-1].response, 10)
+                assert response.code.is_successful(), response.code
+                observed.append(response.opt.observe is not None)
+            return observed
+        finally:
+            for sent in requests:
+                with contextlib.suppress(Exception):
+                    sent.observation.cancel()
+            await context.shutdown()
+
+    assert asyncio.run(observe(10)) == [True] * 8 + [False] * 2
+
+
 # ============================================================================ sizes
 
 
