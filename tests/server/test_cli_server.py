@@ -247,7 +247,8 @@ def test_upload_streams_the_image_from_disk(tmp_path: Path) -> None:
     """``suitkit upload`` of a 64 MiB image held it in memory several times over (a 150 MiB
     image made the client hold about 500 MB, issue #11 item 18). It is now streamed from the
     file: the client's peak RSS stays far below the image size above what Python itself
-    takes. Not on a terminal, no progress bar is drawn (stderr stays empty)."""
+    takes, and so does the server's. Not on a terminal, no progress bar is drawn (stderr
+    stays empty)."""
     if not Path("/proc/self/status").is_file():
         pytest.skip("needs /proc/self/status (Linux) to read the peak RSS")
     author = Author.create(tmp_path / "author")
@@ -265,6 +266,11 @@ def test_upload_streams_the_image_from_disk(tmp_path: Path) -> None:
             [sys.executable, "-c", PEAK, "upload", str(tmp_path / "release.suit"),
              f"0={tmp_path / 'app.bin'}", "--server", server.url, "--token-file", str(token),
              "--timeout", "120"], capture_output=True, text=True, timeout=180, check=False)
+        status = Path(f"/proc/{server.process.pid}/status").read_text()
+    server_mib = int(next(line for line in status.splitlines()
+                          if line.startswith("VmHWM:")).split()[1]) / 1024
+    # the server spools file parts to temporary files: it never held the image either
+    assert server_mib < 64 + 60, f"the server peaked at {server_mib:.0f} MiB for 64 MiB"
     assert done.returncode == 0, done.stderr
     assert "(sequence number 1) stored" in done.stdout
     *others, peak_line = done.stderr.strip().splitlines()
