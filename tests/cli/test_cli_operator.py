@@ -83,6 +83,38 @@ def test_token_create_writes_a_private_file_and_the_token_works(
     assert me["role"] == "operator" and me["name"] == "night-shift"
 
 
+def test_token_create_refuses_an_existing_out_file_unless_forced(
+        server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--out`` over an existing file was overwritten silently (issue #11 item 18): now it is
+    refused before any token is made; ``--force`` replaces it, mode 0600 whatever it was."""
+    out_file = server.tmp / "kept.token"
+    out_file.write_text("an older token the operator still needs\n")
+    out_file.chmod(0o644)
+    _, out, _ = run(capsys, "token", "list", "--json", *common(server))
+    count = len(json.loads(out))
+    code, out, err = run(capsys, "token", "create", "second", "--role", "operator",
+                         "--out", out_file, *common(server))
+    assert code == 2
+    assert one_error_line(err) == (f"suitkit: error: --out {out_file} already exists; give "
+                                   "--force to replace it")
+    assert out_file.read_text() == "an older token the operator still needs\n"
+    _, out, _ = run(capsys, "token", "list", "--json", *common(server))
+    assert len(json.loads(out)) == count  # no token was made
+    code, out, err = run(capsys, "token", "create", "second", "--role", "operator",
+                         "--out", out_file, "--force", *common(server))
+    assert code == 0, err
+    assert out_file.read_text().startswith("tok_")
+    assert stat.S_IMODE(out_file.stat().st_mode) == 0o600
+    assert not [p for p in server.tmp.iterdir() if p.name.endswith(".tmp")]
+    # a folder that is not there: refused before a token is made too
+    code, out, err = run(capsys, "token", "create", "third", "--role", "operator",
+                         "--out", server.tmp / "missing" / "t.token", *common(server))
+    assert code == 2
+    assert "not a writable directory" in one_error_line(err)
+    _, out, _ = run(capsys, "token", "list", "--json", *common(server))
+    assert len(json.loads(out)) == count + 1  # only the forced one was made
+
+
 def test_token_create_prints_the_token_without_out(
         server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "token", "create", "ci", "--role", "author", *common(server))

@@ -292,7 +292,8 @@ def test_part_and_file_names_never_become_paths(site: Site) -> None:
     for path in stored:
         first, *rest = path.split("/")
         assert ((first == "blobs" and len(rest) == 2 and len(rest[1]) == 64)
-                or (first == "releases" and len(rest) == 1 and rest[0].endswith(".json"))), path
+                or (first == "releases" and len(rest) == 1 and rest[0].endswith(".json"))
+                or path == "releases/.lock"), path  # the records' lock (a fixed name)
     assert not list(site.tmp.rglob("escaped*")) and not (site.tmp / "etc").exists()
     # hostile *part names*: refused, nothing stored
     before = Snapshot(site)
@@ -383,6 +384,33 @@ def test_coap_notices_for_made_up_device_ids_stay_bounded(site: Site,
     assert len(site.wiring.hub.known()) <= 8
 
 
+def test_coap_observations_are_bounded_per_device(site: Site) -> None:
+    """Each CoAP observation holds a registration and a hub watcher, and anyone may register
+    (plain UDP): beyond 8 per device id the GET is answered once, without Observe."""
+
+    async def observe(count: int) -> list[bool]:
+        context = await aiocoap.Context.create_client_context()
+        requests = []
+        try:
+            observed = []
+            for _ in range(count):
+                request = aiocoap.Message(code=aiocoap.GET, observe=0,
+                                          uri=f"coap://127.0.0.1:{site.coap_port}/")
+                request.opt.uri_path = ("notices", "observed-by-a-flood")
+                requests.append(context.request(request))
+                response = await asyncio.wait_for(requests[-1].response, 10)
+                assert response.code.is_successful(), response.code
+                observed.append(response.opt.observe is not None)
+            return observed
+        finally:
+            for sent in requests:
+                with contextlib.suppress(Exception):
+                    sent.observation.cancel()
+            await context.shutdown()
+
+    assert asyncio.run(observe(10)) == [True] * 8 + [False] * 2
+
+
 # ============================================================================ sizes
 
 
@@ -436,9 +464,9 @@ def test_oversized_headers_are_refused_by_the_http_layer(site: Site) -> None:
 
 
 def test_slowloris_connections_do_not_starve_other_clients(site: Site) -> None:
-    """Connections that trickle half a request header hold a socket each (uvicorn has no
-    header timeout: put nginx or another proxy with client_header_timeout in front; see
-    docs/security.md), but they block nobody else: the event loop serves other clients."""
+    """Connections that trickle half a request header hold a socket each until the head
+    timeout (server/guard.py; tests/security/test_slow_clients.py waits for it), and they
+    block nobody else meanwhile: the event loop serves other clients."""
     slow = []
     try:
         for _ in range(64):

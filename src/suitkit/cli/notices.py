@@ -74,9 +74,10 @@ class TrackerWiring:
 
 
 def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bool = False,
-                   heartbeat: float = 15.0) -> TrackerWiring:
+                   heartbeat: float = 15.0, max_push: int = 10_000) -> TrackerWiring:
     """The tracker over ``config`` (a ``tracker.config.TrackerConfig``) with its notices
-    (``heartbeat``: seconds between SSE heartbeats).
+    (``heartbeat``: seconds between SSE heartbeats; ``max_push``: SSE streams and long-polls
+    of all devices at once).
 
     Raises:
         StorageError: the database cannot be opened.
@@ -91,7 +92,8 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
     hub = NotificationHub(db.pending_update)
     db.add_listener(hub.changed)
     auth = Authenticator(config, db)
-    routers = (create_router(config, db, auth), create_push_router(auth, hub, heartbeat=heartbeat))
+    routers = (create_router(config, db, auth),
+               create_push_router(auth, hub, heartbeat=heartbeat, max_total=max_push))
     resources: tuple[tuple[tuple[str, ...], Any], ...] = ()
     if coap:
         from suitkit.tracker.coap_notices import NOTICES_PATH, NoticeResource  # noqa: PLC0415

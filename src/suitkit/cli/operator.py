@@ -5,8 +5,9 @@ Every command takes ``--server URL`` and ``--token-file FILE`` (or ``SUITKIT_SER
 ``suitkit campaign``, reuse it). Exit statuses: 0 done, 1 the server refused (one line with its
 ``error``), 2 bad usage or the server cannot be reached.
 
-- ``token create NAME --role R [--expires-in-days N] [--out FILE]``: the new token goes to
-  ``--out`` (written atomically, mode 0600) or to stdout; it is shown only this once.
+- ``token create NAME --role R [--expires-in-days N] [--out FILE [--force]]``: the new token
+  goes to ``--out`` (written atomically, mode 0600; an existing file is refused before the
+  token is made, unless ``--force``) or to stdout; it is shown only this once.
 - ``token list [--json]``, ``token revoke ID``.
 - ``devices list [--limit N] [--json]``, ``devices show ID [--limit N] [--json]`` (the device,
   its inventory, history). Lists come in pages: ``ApiClient.pages`` follows ``next`` to the end
@@ -16,6 +17,8 @@ Every command takes ``--server URL`` and ``--token-file FILE`` (or ``SUITKIT_SER
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,7 @@ from suitkit.cli.common import (
     out,
     read_token,
 )
-from suitkit.fileio import atomic_write
+from suitkit.fileio import atomic_write, fsync_dir
 
 __all__ = ["ApiClient", "ServerOption", "TimeoutOption", "TokenFileOption", "devices_app",
            "token_app"]
@@ -152,6 +155,32 @@ def _short(moment: object) -> str:
     return str(moment)[:19].replace("T", " ") if moment else "-"
 
 
+def _create_private(path: Path, data: bytes) -> bool:
+    """Write a new file of mode 0600 atomically and durably (temp file, fsync, link: never
+    over an existing file); False if ``path`` exists.
+
+    Raises:
+        OSError: it could not be written (nothing is left behind).
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                    dir=path.parent if str(path.parent) else ".")
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp_name, path)
+        except FileExistsError:
+            return False
+        fsync_dir(path.parent if str(path.parent) else Path("."))
+        return True
+    finally:
+        os.unlink(tmp_name)
+
+
 # ------------------------------------------------------------------------------ tokens
 
 
@@ -167,11 +196,21 @@ def token_create(
         "--expires-in-days", help="Days until it expires (server default 90, at most 366).")
     ] = None,
     out_file: Annotated[Path | None, typer.Option(
-        "--out", help="Write the new token to this file (mode 0600) instead of printing it.")
+        "--out", help="Write the new token to this file (mode 0600) instead of printing it; "
+        "the file must not exist yet (see --force).")
     ] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an existing --out file.")] = False,
     timeout: TimeoutOption = 30.0,
 ) -> None:
     """Create an API token (admin); it is shown only this once."""
+    if out_file is not None:  # before the token is made: it is shown only once
+        if not force and os.path.lexists(out_file):
+            fail(f"--out {out_file} already exists; give --force to replace it", EXIT_USAGE)
+        folder = out_file.parent if str(out_file.parent) else Path(".")
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            fail(f"--out {out_file}: cannot write in {folder} (not a writable directory)",
+                 EXIT_USAGE)
     client = ApiClient.from_options(server, token_file, timeout)
     body: dict[str, Any] = {"name": name, "role": role}
     if expires_in_days is not None:
@@ -181,7 +220,11 @@ def token_create(
     summary = (f"token {_field(doc, 'id', str)} ({doc.get('role')}, {name!r}) expires "
                f"{_short(doc.get('expires'))}")
     if out_file is not None:
-        atomic_write(out_file, f"{token}\n".encode(), mode=0o600)
+        if force:
+            atomic_write(out_file, f"{token}\n".encode(), mode=0o600)
+        elif not _create_private(out_file, f"{token}\n".encode()):
+            fail(f"--out {out_file} appeared meanwhile and was left alone; token "
+                 f"{doc.get('id')} was not saved: revoke it (suitkit token revoke)", EXIT_USAGE)
         out.print(f"{summary}; written to {out_file}", markup=False)
     else:
         out.print(token, markup=False)

@@ -4,27 +4,45 @@
 uvicorn; FastAPI and uvicorn are imported only when it runs, so the rest of the CLI works
 without them. With ``--admin-token-file`` it also mounts the status tracker's routes
 (``tracker.api.create_router``) and the dashboard (``dashboard.create_dashboard_router``,
-``/dashboard/``) on the same application. ``upload`` posts an envelope and its
-detached images (multipart, see docs/server.md) with the bearer token from a file and prints
-the release the server stored.
+``/dashboard/``) on the same application. Before it says it runs, ``serve`` binds its sockets,
+checks that the data directory is writable and opens the database: any problem is one line and
+exit 2. It logs to stderr (an access line per request, each 500 once with its cause).
+``upload`` streams an envelope and its detached images (multipart, see docs/server.md) from
+their files, with the bearer token from a file, and prints the release the server stored.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import re
+import resource
+import socket
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import httpx
 import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from suitkit.author import keys as keyfiles
 from suitkit.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    err,
     fail,
     handles_errors,
     out,
-    read_input,
     read_token,
 )
 from suitkit.cli.notices import TrackerWiring, parse_host_port, release_lookup, tracker_routes
@@ -36,6 +54,9 @@ DEFAULT_QUOTAS = Quotas()
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 MIB = 1024 * 1024
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @app.command()
@@ -53,8 +74,20 @@ def serve(
     max_upload_mib: Annotated[int, typer.Option(
         "--max-upload-mib", help="Largest upload request body, in MiB.")] = 256,
     limit_concurrency: Annotated[int, typer.Option(
-        "--limit-concurrency", help="Open connections served at once (503 beyond); a push "
-        "fleet holds one per device (SSE, long-poll).")] = 1000,
+        "--limit-concurrency", help="Requests in progress at once (503 beyond); push streams "
+        "and long-polls are not counted here but by --max-push.")] = 1000,
+    max_push: Annotated[int, typer.Option(
+        "--max-push", help="SSE streams and long-polls of all devices at once (503 beyond; "
+        "4 per device, 429 beyond).")] = 10_000,
+    max_connections: Annotated[int, typer.Option(
+        "--max-connections", help="Open connections; beyond it a new one evicts the "
+        "connection idle the longest before its request head.")] = 10_000,
+    head_timeout: Annotated[float, typer.Option(
+        "--head-timeout", help="Seconds a connection may take to send a whole request head "
+        "before it is closed.")] = 10.0,
+    log_level: Annotated[str, typer.Option(
+        "--log-level", help="debug, info (one access line per request), warning or error; "
+        "the log goes to stderr.")] = "info",
     coap_port: Annotated[int | None, typer.Option(
         "--coap-port", help="Also serve the blobs over CoAP (block-wise) on this UDP port.")
     ] = None,
@@ -109,12 +142,23 @@ def serve(
 
         from suitkit.server.app import ServerConfig, create_app  # noqa: PLC0415
         from suitkit.server.background import UVICORN_OPTIONS  # noqa: PLC0415
+        from suitkit.server.guard import Guards, guarded_protocol  # noqa: PLC0415
+        from suitkit.server.store import BlobStore  # noqa: PLC0415
     except ImportError as e:
         fail(f"the firmware server needs fastapi and uvicorn: {e}", EXIT_USAGE)
-    if max_upload_mib < 1:
-        fail("--max-upload-mib must be at least 1", EXIT_USAGE)
-    if limit_concurrency < 1:
-        fail("--limit-concurrency must be at least 1", EXIT_USAGE)
+    for name, value in (("--port", port), ("--coap-port", coap_port)):
+        if value is not None and not 0 < value < 65536:
+            fail(f"{name}: expected a port number from 1 to 65535, got {value}", EXIT_USAGE)
+    for name, value in (("--max-upload-mib", max_upload_mib),
+                        ("--limit-concurrency", limit_concurrency), ("--max-push", max_push),
+                        ("--max-connections", max_connections)):
+        if value < 1:
+            fail(f"{name} must be at least 1", EXIT_USAGE)
+    if not 0 < head_timeout <= 3600:
+        fail(f"--head-timeout: expected 0 to 3600 seconds, got {head_timeout:g}", EXIT_USAGE)
+    if log_level.lower() not in _LOG_LEVELS:
+        fail(f"--log-level: expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}",
+             EXIT_USAGE)
     bounds = {"--device-reports-per-minute": device_reports_per_minute,
               "--device-events-per-minute": device_events_per_minute,
               "--device-inventory-per-minute": device_inventory_per_minute,
@@ -124,9 +168,9 @@ def serve(
               "--history-retention-days": history_retention_days,
               "--report-retention-days": report_retention_days,
               "--retention-interval": retention_interval}
-    for option, value in bounds.items():
-        if not 0 <= value < 1e9:
-            fail(f"{option} must be 0 (off) or a positive number below 1e9, got {value:g}",
+    for option, bound in bounds.items():
+        if not 0 <= bound < 1e9:
+            fail(f"{option} must be 0 (off) or a positive number below 1e9, got {bound:g}",
                  EXIT_USAGE)
     quotas = Quotas(reports_per_minute=device_reports_per_minute,
                     events_per_minute=device_events_per_minute,
@@ -135,10 +179,6 @@ def serve(
                     max_report_bytes=max_report_kib_per_device * 1024,
                     max_events=max_events_per_device, history_days=history_retention_days,
                     report_days=report_retention_days, retention_interval=retention_interval)
-    options = {**UVICORN_OPTIONS, "limit_concurrency": limit_concurrency}
-    anchors = TrustAnchors(tuple(TrustAnchor(keyfiles.load_verifier(p), role="author")
-                                 for p in author_anchor))
-    token = read_token(upload_token_file) if upload_token_file is not None else None
     if tracker_db is not None and admin_token_file is None:
         fail("--db/--tracker-db needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
@@ -153,51 +193,131 @@ def serve(
     if mqtt is not None and admin_token_file is None:
         fail("--mqtt needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
-    routers: tuple[Any, ...] = ()
-    wiring: TrackerWiring | None = None
-    if admin_token_file is not None:
-        from suitkit.tracker.api import TrackerConfig  # noqa: PLC0415
-
-        data.mkdir(parents=True, exist_ok=True)
-        db_url = tracker_db or f"sqlite:///{data.resolve() / 'tracker.db'}"
+    anchors = TrustAnchors(tuple(TrustAnchor(keyfiles.load_verifier(p), role="author")
+                                 for p in author_anchor))
+    token = read_token(upload_token_file) if upload_token_file is not None else None
+    admin_token = read_token(admin_token_file) if admin_token_file is not None else None
+    broker = None
+    if mqtt is not None:
         try:
-            broker = parse_host_port(mqtt, "--mqtt") if mqtt is not None else None
+            broker = parse_host_port(mqtt, "--mqtt")
         except ValueError as e:
             fail(str(e), EXIT_USAGE)
-        # deployments and campaigns name a release this server holds (the tracker derives
-        # and checks its envelope URL)
-        tracker_config = TrackerConfig(db_url, read_token(admin_token_file),
-                                       releases=release_lookup(data), public_url=public_url,
-                                       quotas=quotas)
-        wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None)
-        from suitkit.dashboard import create_dashboard_router  # noqa: PLC0415
-
-        routers = (*wiring.routers, create_dashboard_router(redirect_root=True))
-    config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
-                          max_upload_bytes=max_upload_mib * MIB, routers=routers,
-                          authorizer=wiring.authorizer if wiring is not None else None)
-    application = create_app(config)
-    shown = f"[{host}]" if ":" in host else host
-    out.print(f"suitkit firmware server on http://{shown}:{port}/ (data {data}; uploads "
-              f"{'enabled' if token or wiring is not None else 'disabled'}"
-              f"{'; status tracker enabled' if routers else ''})", markup=False)
+    _configure_logging(log_level.lower())
+    open_files = _raise_open_files()
+    store = BlobStore(data)  # creates the data directory, or fails with one line
+    store.check_writable()
+    routers: tuple[Any, ...] = ()
+    wiring: TrackerWiring | None = None
+    coap: Any = None
+    sock: socket.socket | None = None
     try:
-        if coap_port is None:
-            uvicorn.run(application, host=host, port=port, log_level="warning",
-                        timeout_graceful_shutdown=5, **options)  # type: ignore[arg-type]
-            return
-        from suitkit.server.coap import CoapServer, create_coap_site  # noqa: PLC0415
-        from suitkit.server.store import BlobStore  # noqa: PLC0415
+        if admin_token is not None:
+            from suitkit.dashboard import create_dashboard_router  # noqa: PLC0415
+            from suitkit.tracker.api import TrackerConfig  # noqa: PLC0415
 
-        site = create_coap_site(BlobStore(data), extra_resources=wiring.coap_resources
-                                if wiring is not None else ())
-        with CoapServer(BlobStore(data), host, coap_port, site=site):
+            db_url = tracker_db or f"sqlite:///{data.resolve() / 'tracker.db'}"
+            # deployments and campaigns name a release this server holds (the tracker
+            # derives and checks its envelope URL)
+            tracker_config = TrackerConfig(db_url, admin_token, releases=release_lookup(data),
+                                           public_url=public_url, quotas=quotas)
+            wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None,
+                                    max_push=max_push)
+            routers = (*wiring.routers, create_dashboard_router(redirect_root=True))
+        config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
+                              max_upload_bytes=max_upload_mib * MIB, routers=routers,
+                              authorizer=wiring.authorizer if wiring is not None else None,
+                              max_requests=limit_concurrency)
+        application = create_app(config)
+        sock = _listen(host, port)  # before anything says it runs
+        if coap_port is not None:
+            from suitkit.server.coap import CoapServer, create_coap_site  # noqa: PLC0415
+
+            site = create_coap_site(store, extra_resources=wiring.coap_resources
+                                    if wiring is not None else ())
+            coap = CoapServer(store, host, coap_port, site=site)
+            coap.start()
+        guards = Guards(head_timeout=head_timeout,
+                        max_connections=max(16, min(max_connections, open_files - 64)))
+        options = {**UVICORN_OPTIONS, "http": guarded_protocol(guards)}
+        server = uvicorn.Server(uvicorn.Config(
+            application, log_config=None, log_level=log_level.lower(),
+            access_log=log_level.lower() in ("debug", "info"), timeout_graceful_shutdown=5,
+            **options))  # type: ignore[arg-type]
+        shown = f"[{host}]" if ":" in host else host
+        out.print(f"suitkit firmware server on http://{shown}:{port}/ (data {data}; uploads "
+                  f"{'enabled' if token or wiring is not None else 'disabled'}"
+                  f"{'; status tracker enabled' if routers else ''})", markup=False)
+        if coap_port is not None:
             out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
-            uvicorn.run(application, host=host, port=port, log_level="warning",
-                        timeout_graceful_shutdown=5, **options)  # type: ignore[arg-type]
+        server.run(sockets=[sock])
     finally:
+        if coap is not None:
+            coap.stop()
+        if sock is not None:
+            sock.close()
         if wiring is not None:
             wiring.close()
+
+
+class _Redacting(logging.Formatter):
+    """The log's format; SQL parameters in a database error's traceback are left out (they
+    may hold credential hashes)."""
+
+    _PARAMETERS = re.compile(r"\[parameters: .*?\]$", re.MULTILINE | re.DOTALL)
+
+    def formatException(self, ei: Any) -> str:
+        return self._PARAMETERS.sub("[parameters hidden]", super().formatException(ei))
+
+
+def _configure_logging(level: str) -> None:
+    """The server's log on stderr: suitkit's and uvicorn's loggers (the access log at info);
+    other libraries only from warning up. Requests are logged as method, path and status:
+    never a header (where credentials travel) nor a body."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Redacting("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    for name in ("suitkit", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(level.upper())
+
+
+def _raise_open_files() -> int:
+    """Raise the soft limit of open files to the hard limit (at most 65536): idle and push
+    connections hold one each. The soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            return soft
+        return wanted
+    return wanted if soft == resource.RLIM_INFINITY else soft
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (exit 2 with one line if it cannot be had).
+
+    Made with ``IPPROTO_TCP`` named, so asyncio turns Nagle's algorithm off on its connections
+    (server/background.py ``listening_socket``)."""
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                      proto=socket.IPPROTO_TCP)[0]
+    except (OSError, UnicodeError) as e:
+        fail(f"--host: cannot resolve {host!r}: {getattr(e, 'strerror', None) or e}",
+             EXIT_USAGE)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        fail(f"cannot listen on {where}: {e.strerror or e}", EXIT_USAGE)
+    return sock
 
 
 db_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
@@ -234,6 +354,30 @@ def db_upgrade(
                   markup=False)
 
 
+class _Counted:
+    """A binary file whose reads move a progress bar (httpx streams a multipart part from it
+    in 64 KiB reads; its length comes from ``fileno``)."""
+
+    def __init__(self, file: BinaryIO, advance: Callable[[int], None]) -> None:
+        self._file = file
+        self._advance = advance
+        self.name = file.name
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        self._advance(len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+
 @app.command()
 @handles_errors
 def upload(
@@ -247,24 +391,43 @@ def upload(
         "(for component index N).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 60.0,
 ) -> None:
-    """Upload a release (envelope and detached images) to a firmware server."""
+    """Upload a release (envelope and detached images) to a firmware server; the files are
+    streamed from disk (never held in memory), with a progress bar on a terminal."""
     token = read_token(token_file)
-    files: list[tuple[str, tuple[str, bytes, str]]] = [
-        ("envelope", (envelope.name, read_input(envelope, "envelope"),
-                      "application/suit-envelope+cose"))]
+    parts = [("envelope", envelope, "envelope", "application/suit-envelope+cose")]
     for spec in images or []:
         index, sep, name = spec.partition("=")
         if sep and index.isdigit():
-            part, path = f"image-{int(index)}", Path(name)
+            parts.append((f"image-{int(index)}", Path(name), "image",
+                          "application/octet-stream"))
         else:
-            part, path = "image", Path(spec)
-        files.append((part, (path.name, read_input(path, "image"), "application/octet-stream")))
+            parts.append(("image", Path(spec), "image", "application/octet-stream"))
     url = server.rstrip("/")
-    try:
-        response = httpx.post(f"{url}/api/v1/releases", files=files, timeout=timeout,
-                              headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError as e:
-        fail(f"cannot upload to {url}: {type(e).__name__}: {e}", EXIT_FAILED)
+    with contextlib.ExitStack() as stack:
+        opened: list[tuple[str, BinaryIO, str]] = []
+        for part, path, what, media in parts:
+            try:
+                opened.append((part, stack.enter_context(path.open("rb")), media))
+            except OSError as e:
+                fail(f"cannot read {what} {path}: {e.strerror or e}", EXIT_USAGE)
+        total = sum(os.fstat(file.fileno()).st_size for _, file, _ in opened)
+        progress = Progress(TextColumn("uploading"), BarColumn(), DownloadColumn(),
+                            TransferSpeedColumn(), TimeRemainingColumn(), console=err,
+                            transient=True, disable=not err.is_terminal)
+        task = progress.add_task("upload", total=total)
+
+        def advance(count: int) -> None:
+            progress.advance(task, count)
+
+        files = [(part, (Path(file.name).name, _Counted(file, advance), media))
+                 for part, file, media in opened]
+        try:
+            with progress:
+                response = httpx.post(f"{url}/api/v1/releases", files=files,  # type: ignore[arg-type]
+                                      timeout=timeout,
+                                      headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as e:
+            fail(f"cannot upload to {url}: {type(e).__name__}: {e}", EXIT_FAILED)
     doc = _json(response)
     if response.status_code not in (200, 201):
         message = doc.get("error") if isinstance(doc, dict) else None

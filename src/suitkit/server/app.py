@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +50,8 @@ from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Message
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from suitkit.core import codec, crypto, processor
 from suitkit.core.model import (
@@ -72,10 +75,16 @@ from suitkit.errors import (
     SuitError,
 )
 from suitkit.limits import Limits
-from suitkit.server.store import BlobStore, ComponentRecord, ReleaseRecord, is_digest
+from suitkit.server.store import (
+    BlobStore,
+    ComponentRecord,
+    ReleaseConflict,
+    ReleaseRecord,
+    is_digest,
+)
 
-__all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "Authorizer", "ServerConfig", "UploadRefused",
-           "create_app", "expected_images"]
+__all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "LEAVE_REQUEST_LIMIT", "Authorizer",
+           "ServerConfig", "UploadRefused", "create_app", "expected_images"]
 
 Authorizer = Callable[[str, str], Literal["allowed", "forbidden", "invalid"]]
 """``(bearer token, action)`` -> verdict, for action ``"upload"`` or ``"read"``. Runs in a worker
@@ -85,6 +94,13 @@ ENVELOPE_MEDIA_TYPE = "application/suit-envelope+cose"
 IMMUTABLE = "public, max-age=31536000, immutable"
 _CHUNK = 64 * 1024
 _IMAGE_PART = re.compile(r"image(?:-(\d{1,4}))?")
+_log = logging.getLogger("suitkit.server")
+
+LEAVE_REQUEST_LIMIT = "suitkit.leave_request_limit"
+"""Key of the ASGI scope under which ``max_requests`` puts a function that takes the request
+out of the count: a route that holds its request for long on purpose under caps of its own
+(the status tracker's push streams, tracker/push.py, which names this key itself: the roles
+do not import each other) calls it once it has its own slot."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +115,13 @@ class ServerConfig:
     JSON errors: raise Starlette's ``HTTPException``.
     ``authorizer``: who may upload and read release metadata (``Authorizer``), built by the CLI
     from the status tracker's API tokens; ``None``: only ``upload_token``, public metadata.
+    ``max_requests``: requests in progress at once, not counting the ones that left the count
+    (``LEAVE_REQUEST_LIMIT``); beyond it 503 with ``Retry-After``. ``None``: no bound.
+    ``max_uploads``: uploads whose bodies are read at once (each may spool up to
+    ``max_upload_bytes`` to a temporary file); beyond it 503 with ``Retry-After``.
+    ``max_downloads``: blob downloads in progress at once, counted apart from
+    ``max_requests`` (a public download may last long on a slow link, and clients that read
+    slowly on purpose must not starve check-ins and the operator); 503 with ``Retry-After``.
     """
 
     data_dir: Path
@@ -108,6 +131,9 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     routers: tuple[APIRouter, ...] = ()
     authorizer: Authorizer | None = None
+    max_requests: int | None = 1000
+    max_uploads: int = 8
+    max_downloads: int = 1000
 
 
 class UploadRefused(Exception):
@@ -305,10 +331,10 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
         integrated.append((target, key, payload))
 
     release_id = verified.digest.value.hex()
-    previous = store.get_release(release_id)
-    if previous is not None and previous.envelope != hashlib.sha256(envelope).hexdigest():
-        raise UploadRefused(409, f"release {release_id} already exists with a different "
-                                 f"envelope ({previous.envelope})")
+    envelope_sha = hashlib.sha256(envelope).hexdigest()
+    previous = store.get_release(release_id)  # early refusal; add_release decides for good
+    if previous is not None and previous.envelope != envelope_sha:
+        raise UploadRefused(409, str(ReleaseConflict(previous)))
     envelope_blob = store.put_blob(envelope)
     for target, image in checked:
         image.file.seek(0)
@@ -316,17 +342,19 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     integrated_blobs = {}
     for target, key, payload in integrated:
         integrated_blobs[key] = blobs[target.index] = store.put_blob(payload)
-    old = {c.index: c.blob for c in previous.components} if previous else {}
     components = tuple(
         ComponentRecord(e.index, tuple(p.hex() for p in e.identifier),
                         e.digest.algorithm if e.digest else None,
                         e.digest.value.hex() if e.digest else None, e.size,
-                        blobs.get(e.index) or old.get(e.index))
+                        blobs.get(e.index))
         for e in expected)
-    record = ReleaseRecord(release_id, verified.manifest.sequence_number, envelope_blob,
-                           components, integrated_blobs)
-    store.put_release(record)
-    return (200 if previous is not None else 201), record
+    try:
+        record, created = store.add_release(ReleaseRecord(
+            release_id, verified.manifest.sequence_number, envelope_blob, components,
+            integrated_blobs))
+    except ReleaseConflict as e:  # another upload of this release won meanwhile
+        raise UploadRefused(409, str(e)) from None
+    return (201 if created else 200), record
 
 
 def _manifest_summary(verified: VerifiedManifest) -> dict[str, Any]:
@@ -379,6 +407,20 @@ _DOWNLOAD_CHUNK = 512 * 1024
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _CountedFile(FileResponse):
+    """A file response that gives its download slot back however it ends (even unsent)."""
+
+    def __init__(self, *args: Any, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None
@@ -442,6 +484,51 @@ def _limited(request: Request, limit: int) -> Request:
     return Request(request.scope, limited_receive)
 
 
+class _RequestLimit:
+    """ASGI middleware: at most ``limit`` HTTP requests in progress (event loop only), 503 with
+    ``Retry-After`` beyond; ``scope[LEAVE_REQUEST_LIMIT]()`` takes a request out early."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.active = 0
+        self.quiet_until = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            now = time.monotonic()
+            if now >= self.quiet_until:  # at most one line per minute, whatever the load
+                self.quiet_until = now + 60
+                _log.warning("%d requests in progress, the most allowed: 503 for more",
+                             self.active)
+            busy = _error(503, f"the server is busy ({self.limit} requests in progress); "
+                               "try again shortly", {"Retry-After": "1"})
+            await busy(scope, receive, send)
+            return
+        self.active += 1
+        counted = True
+
+        def leave() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self.active -= 1
+
+        scope[LEAVE_REQUEST_LIMIT] = leave
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            leave()
+
+
+def _where(request: Request) -> str:
+    """``METHOD /path`` of a request for the log (never its query or headers: no secrets)."""
+    return f"{request.method} {request.url.path[:200]}"
+
+
 def _file_size(file: BinaryIO) -> int:
     file.seek(0, 2)
     size = file.tell()
@@ -453,6 +540,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     """The firmware server application for ``config`` (see the module docstring)."""
     store = BlobStore(config.data_dir)
     summaries: dict[str, dict[str, Any] | None] = {}
+    uploading = [0]  # uploads whose bodies are being read (event loop only)
 
     def described(record: ReleaseRecord) -> dict[str, Any]:
         """``_release_json`` with the manifest summary, verified again once per process (the
@@ -474,14 +562,31 @@ def create_app(config: ServerConfig) -> FastAPI:
         "An API token tok_<id>.<secret>, the status tracker's bootstrap admin token, a device "
         "credential <device-id>.<secret>, or (a server alone) the upload token")))]
 
+    def logged(request: Request, status: int, message: str, exc: BaseException) -> None:
+        """A 5xx that a route chose to answer: logged once with what caused it (not a 503:
+        a cap reached is not a fault, and a client could flood the log with them)."""
+        if status >= 500 and status != 503:
+            cause = exc.__cause__ or exc.__context__
+            _log.error("%s -> %d %s", _where(request), status, message,
+                       exc_info=(type(cause), cause, cause.__traceback__) if cause else None)
+
     @app.exception_handler(UploadRefused)
     async def refused(request: Request, exc: UploadRefused) -> Response:
+        logged(request, exc.status, exc.message, exc)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return _error(exc.status, exc.message, headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        logged(request, exc.status_code, str(exc.detail), exc)
         return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> Response:
+        # the client closed its connection before its request was read: nothing to answer
+        _log.info("%s: the client went away before sending its whole request",
+                  _where(request))
+        return Response(status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -512,23 +617,31 @@ def create_app(config: ServerConfig) -> FastAPI:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise UploadRefused(415, "upload must be multipart/form-data with parts 'envelope' "
                                      "and 'image' or 'image-<N>'")
+        if uploading[0] >= config.max_uploads:
+            return _error(503, f"too many uploads at once (at most {config.max_uploads}); try "
+                               "again shortly", {"Retry-After": "5"})
+        uploading[0] += 1  # until its temporary files are gone
         try:
-            form = await _limited(request, config.max_upload_bytes).form(
-                max_files=1 + config.limits.max_components, max_fields=16,
-                max_part_size=64 * 1024)
-        except _BodyTooLarge:
-            raise UploadRefused(413, f"request body is larger than the "
-                                     f"{config.max_upload_bytes} bytes allowed") from None
-        try:
-            envelope, images = _parts(form.multi_items(), config)
-            status, record = await run_in_threadpool(_accept, store, config, envelope, images)
-        except StorageFullError:
-            raise UploadRefused(507, "the server's storage is full: nothing of the upload was "
-                                     "kept; try again once space is freed") from None
-        except StorageError:
-            raise UploadRefused(500, "the server could not store the upload") from None
+            try:
+                form = await _limited(request, config.max_upload_bytes).form(
+                    max_files=1 + config.limits.max_components, max_fields=16,
+                    max_part_size=64 * 1024)
+            except _BodyTooLarge:
+                raise UploadRefused(413, f"request body is larger than the "
+                                         f"{config.max_upload_bytes} bytes allowed") from None
+            try:
+                envelope, images = _parts(form.multi_items(), config)
+                status, record = await run_in_threadpool(_accept, store, config, envelope,
+                                                         images)
+            except StorageFullError:
+                raise UploadRefused(507, "the server's storage is full: nothing of the upload "
+                                         "was kept; try again once space is freed") from None
+            except StorageError:
+                raise UploadRefused(500, "the server could not store the upload") from None
+            finally:
+                await form.close()
         finally:
-            await form.close()
+            uploading[0] -= 1
         return JSONResponse(await run_in_threadpool(described, record), status_code=status)
 
     @app.get("/api/v1/releases", dependencies=bearer,
@@ -546,39 +659,58 @@ def create_app(config: ServerConfig) -> FastAPI:
         """One release by id (the manifest digest in hex)."""
         await _authorize(request, config, "read")
         try:
-            record = store.get_release(release_id)
+            record = await run_in_threadpool(store.get_release, release_id)
         except StorageError as e:
             raise UploadRefused(400, str(e)) from None
         if record is None:
             raise UploadRefused(404, f"no release {release_id}")
         return JSONResponse(await run_in_threadpool(described, record))
 
-    def download(digest: str, media_type: str) -> Response:
+    downloading = [0]  # downloads in progress (event loop only)
+
+    def download(request: Request, digest: str, media_type: str) -> Response:
         if not is_digest(digest):
             raise UploadRefused(400, f"not a SHA-256 digest (64 lower-case hex characters): "
                                      f"{digest[:80]!r}")
         path = store.blob_path(digest)
         if not path.is_file():
             raise UploadRefused(404, f"no such blob {digest}")
-        response = FileResponse(path, media_type=media_type,
+        if downloading[0] >= config.max_downloads:
+            return _error(503, f"too many downloads at once (at most {config.max_downloads}); "
+                               "try again shortly", {"Retry-After": "5"})
+        downloading[0] += 1
+        given = False
+
+        def release() -> None:
+            nonlocal given
+            if not given:
+                given = True
+                downloading[0] -= 1
+
+        leave = request.scope.get(LEAVE_REQUEST_LIMIT)
+        if callable(leave):  # counted as a download from now on, not as a request
+            leave()
+        response = _CountedFile(path, media_type=media_type, release=release,
                                 headers={"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE})
         response.chunk_size = _DOWNLOAD_CHUNK
         return response
 
     @app.get("/firmware/{digest}", summary="Download a firmware image by SHA-256 (public)")
     @app.head("/firmware/{digest}", include_in_schema=False)
-    async def firmware(digest: str) -> Response:
+    async def firmware(request: Request, digest: str) -> Response:
         """A firmware image (or any blob) by SHA-256; Range, If-Range, ETag."""
-        return download(digest, "application/octet-stream")
+        return download(request, digest, "application/octet-stream")
 
     @app.get("/envelopes/{digest}", summary="Download a SUIT envelope by SHA-256 (public)")
     @app.head("/envelopes/{digest}", include_in_schema=False)
-    async def envelopes(digest: str) -> Response:
+    async def envelopes(request: Request, digest: str) -> Response:
         """A SUIT envelope by the SHA-256 of its bytes; Range, If-Range, ETag."""
-        return download(digest, ENVELOPE_MEDIA_TYPE)
+        return download(request, digest, ENVELOPE_MEDIA_TYPE)
 
     for router in config.routers:  # every mounted route is authenticated: say so in OpenAPI
         app.include_router(router, dependencies=bearer)
+    if config.max_requests is not None:
+        app.add_middleware(_RequestLimit, limit=config.max_requests)
     return app
 
 

@@ -16,14 +16,14 @@ import uvicorn
 
 from suitkit.errors import StorageError
 from suitkit.server.app import ServerConfig, create_app
+from suitkit.server.guard import Guards, guarded_protocol
 
 __all__ = ["UVICORN_OPTIONS", "listening_socket", "running_server"]
 
 UVICORN_OPTIONS: dict[str, object] = {
-    "http": "h11",
+    "http": guarded_protocol(Guards()),
     "loop": "asyncio",
     "h11_max_incomplete_event_size": 16 * 1024,
-    "limit_concurrency": 1000,
     "timeout_keep_alive": 5,
 }
 """How suitkit runs uvicorn everywhere (``suitkit serve``, tests, benchmarks).
@@ -36,8 +36,12 @@ UVICORN_OPTIONS: dict[str, object] = {
   with uvicorn 0.3x and uvloop 0.2x. The cause, found later: uvicorn closes the connection
   after an unhandled exception, and a fast client had already sent its next request on it.
   The 500 now says ``Connection: close`` (server/app.py); uvloop has not been measured again.
-- ``limit_concurrency``: beyond this many open connections and tasks, new requests get 503
-  instead of exhausting the process; ``timeout_keep_alive``: idle connections close after 5 s.
+- uvicorn's h11 protocol with ``server.guard``'s head, body and send timeouts and its
+  connection cap (which evicts connections idle before their request head first), and NOT
+  uvicorn's ``limit_concurrency``: it counts every open connection, so a thousand idle sockets
+  made it answer 503 to everyone. Requests in progress are bounded by the application instead
+  (``ServerConfig.max_requests``; push streams by the tracker's own caps).
+- ``timeout_keep_alive``: idle kept-alive connections close after 5 s.
 """
 
 

@@ -8,7 +8,10 @@ Layout of the data directory::
 
 A blob is written to ``tmp/``, fsynced, then renamed into place (``os.link``: never replaces an
 existing file, so a blob, once stored, never changes). Storing the same bytes twice is a no-op.
-Release metadata is JSON written with ``fileio.atomic_write``.
+Release metadata is JSON written with ``fileio.atomic_write``. ``add_release`` checks and
+writes a record under an exclusive ``flock`` of ``releases/.lock``, so two uploads of one release
+(threads or processes sharing the directory) cannot both create it: the second one either adds
+its images to the same envelope's record or is refused (``ReleaseConflict``).
 
 A crash (SIGKILL, power cut) in the middle of a write leaves at worst a temporary file in
 ``tmp/``, never a partial blob or record: opening the store removes the temporary blobs no
@@ -31,8 +34,8 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -42,6 +45,7 @@ from suitkit.fileio import atomic_write, fsync_dir, storage_error
 __all__ = [
     "BlobStore",
     "ComponentRecord",
+    "ReleaseConflict",
     "ReleaseRecord",
     "is_digest",
     "is_release_id",
@@ -113,6 +117,23 @@ class ReleaseRecord:
                    {str(k): str(v) for k, v in doc["integrated"].items()})
 
 
+class ReleaseConflict(StorageError):
+    """A release with this id is already stored with another envelope (``existing``)."""
+
+    def __init__(self, existing: ReleaseRecord) -> None:
+        self.existing = existing
+        super().__init__(f"release {existing.release_id} already exists with a different "
+                         f"envelope ({existing.envelope})")
+
+
+def _merged(previous: ReleaseRecord, new: ReleaseRecord) -> ReleaseRecord:
+    """``previous`` with the images ``new`` adds (a stored image reference is never dropped)."""
+    blobs = {c.index: c.blob for c in previous.components}
+    components = tuple(replace(c, blob=c.blob or blobs.get(c.index)) for c in new.components)
+    return replace(new, components=components,
+                   integrated={**previous.integrated, **new.integrated})
+
+
 class BlobStore:
     """The data directory: blobs by SHA-256 and release metadata. Safe for several processes
     (writes are temp + rename; nothing is cached in memory)."""
@@ -129,6 +150,23 @@ class BlobStore:
             raise StorageError(f"cannot create the data directory {self.root}: "
                                f"{e.strerror or e}") from e
         self._sweep_tmp()
+
+    def check_writable(self) -> None:
+        """Whether blobs and records can be written here (an unnamed file made and fsynced in
+        ``tmp/`` and in ``releases/``: ``O_TMPFILE``, so a crash leaves nothing behind).
+
+        Raises:
+            StorageError: the data directory is read-only, full or otherwise not writable.
+        """
+        for folder in (self._tmp, self._releases):
+            try:
+                with tempfile.TemporaryFile(dir=folder, prefix=".probe.") as probe:
+                    probe.write(b"suitkit")
+                    probe.flush()
+                    os.fsync(probe.fileno())
+            except OSError as e:
+                raise StorageError(f"the data directory {self.root} is not writable: "
+                                   f"{e.strerror or e}") from e
 
     def _sweep_tmp(self) -> None:
         """Remove temporary blobs left by a writer that died (unlocked ones: a living writer
@@ -225,6 +263,43 @@ class BlobStore:
         """
         data = json.dumps(record.to_json(), indent=2, sort_keys=True).encode()
         atomic_write(self._release_path(record.release_id), data)
+
+    @contextlib.contextmanager
+    def _records_locked(self) -> Iterator[None]:
+        """Hold the exclusive lock of the release records (threads and processes alike: each
+        holder opens the lock file itself, and ``flock`` excludes open file descriptions)."""
+        try:
+            fd = os.open(self._releases / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StorageError(f"cannot lock the release records: {e.strerror or e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # drops the lock
+
+    def add_release(self, record: ReleaseRecord) -> tuple[ReleaseRecord, bool]:
+        """Store ``record`` unless its id is taken by another envelope, atomically with respect
+        to every other ``add_release`` on this data directory; ``(stored record, created)``.
+
+        The same envelope stored again keeps every image the stored record refers to and adds
+        the ones ``record`` has (an upload of the envelope alone never drops an image).
+
+        Raises:
+            ReleaseConflict: the id is stored with a different envelope.
+            StorageError: malformed id, or the record could not be read or written.
+        """
+        with self._records_locked():
+            previous = self.get_release(record.release_id)
+            if previous is None:
+                self.put_release(record)
+                return record, True
+            if previous.envelope != record.envelope:
+                raise ReleaseConflict(previous)
+            merged = _merged(previous, record)
+            if merged != previous:
+                self.put_release(merged)
+            return merged, False
 
     def get_release(self, release_id: str) -> ReleaseRecord | None:
         """The release with this id, or ``None``.

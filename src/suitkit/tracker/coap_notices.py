@@ -9,6 +9,11 @@ tracker.
 Notices carry no secrets and are not authenticated here (plain UDP): the device trusts only the
 envelope's signatures. Protect the path with OSCORE in production: as it is, anyone may observe
 whether a device id has an update pending.
+
+Observations are bounded, like the HTTP push connections: at most ``max_per_device`` (8) per
+device id and ``max_total`` (10000) in all. Beyond them the GET is still answered, once,
+without Observe (the notice's Max-Age tells the device when to ask again), so a flood of
+registrations, spoofed or for made-up ids, cannot grow the server's memory.
 """
 
 from __future__ import annotations
@@ -42,11 +47,15 @@ class NoticeResource(aiocoap.resource.ObservableResource,  # type: ignore[misc]
                      aiocoap.resource.PathCapable):  # type: ignore[misc]
     """``/notices/<device-id>``: the device's notice, observable."""
 
-    def __init__(self, hub: NotificationHub) -> None:
+    def __init__(self, hub: NotificationHub, *, max_per_device: int = 8,
+                 max_total: int = 10_000) -> None:
         super().__init__()
         self.hub = hub
+        self.max_per_device = max_per_device
+        self.max_total = max_total
         self._by_device: dict[str, set[Any]] = {}
         self._stops: dict[str, Any] = {}
+        self._total = 0
 
     @staticmethod
     def _device(request: Any) -> str | None:
@@ -64,16 +73,22 @@ class NoticeResource(aiocoap.resource.ObservableResource,  # type: ignore[misc]
         device_id = self._device(request)
         if device_id is None:
             return  # not accepted: the response is sent once, without Observe
+        if (self._total >= self.max_total
+                or len(self._by_device.get(device_id, ())) >= self.max_per_device):
+            return  # over a cap: answered once, without Observe
         loop = asyncio.get_running_loop()
         observers = self._by_device.setdefault(device_id, set())
         observers.add(serverobservation)
+        self._total += 1
         if device_id not in self._stops:
             def changed(_: str, __: int, device_id: str = device_id) -> None:
                 loop.call_soon_threadsafe(self._trigger, device_id)
             self._stops[device_id] = self.hub.watch(device_id, changed)
 
         def cancel() -> None:
-            observers.discard(serverobservation)
+            if serverobservation in observers:
+                observers.discard(serverobservation)
+                self._total -= 1
             if not observers:
                 self._by_device.pop(device_id, None)
                 stop = self._stops.pop(device_id, None)

@@ -13,7 +13,14 @@
   ``?after=SERIAL``: 200 with the current notice as soon as its serial is greater than
   ``after``; without ``after``, at once when a release is pending, else at the next change.
   204 when nothing happened within the wait.
-- at most ``max_per_device`` (4) streams and long-polls of one device at once: 429 beyond.
+- at most ``max_per_device`` (4) streams and long-polls of one device at once: 429 beyond;
+  at most ``max_total`` of all devices together: 503 beyond (both with ``Retry-After``).
+  These caps are apart from the server's bound on ordinary requests in progress: once a
+  device's credential is checked and its push slot taken, the request leaves that count (the
+  scope's ``suitkit.leave_request_limit``, server/app.py), so a push fleet at its cap never
+  starves check-ins, downloads or the operator.
+- a long-poll whose client goes away gives its slot back at once (it does not wait out its
+  ``wait``); an SSE stream too (Starlette ends a streaming response on a disconnect).
 
 The notice is a nudge or an instruction (see ``notify``); either way the device verifies the
 envelope it fetches, so a notice carries no secret and is not trusted.
@@ -21,9 +28,11 @@ envelope it fetches, so a notice carries no secret and is not trusted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -40,6 +49,9 @@ __all__ = ["EVENT_STREAM", "create_push_router", "sse_event"]
 EVENT_STREAM = "text/event-stream"
 _DEVICES = "/api/v1/devices"
 _DEFAULT_WAIT = 30.0
+LEAVE_REQUEST_LIMIT = "suitkit.leave_request_limit"
+"""The firmware server's scope key (server/app.py ``LEAVE_REQUEST_LIMIT``; same string, the
+roles do not import each other): called, it takes a request out of the ordinary count."""
 
 
 def sse_event(notice: dict[str, Any]) -> bytes:
@@ -76,25 +88,45 @@ class _CountedStream(StreamingResponse):
             self._release()
 
 
+async def _gone(request: Request) -> None:
+    """Return once the client has closed its connection (the request has no body to read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def create_push_router(auth: Authenticator, hub: NotificationHub, *, heartbeat: float = 15.0,
                        max_wait: float = 60.0, max_stream: float = 3600.0,
-                       max_per_device: int = 4) -> APIRouter:
+                       max_per_device: int = 4, max_total: int = 10_000,
+                       retry_after: int = 5) -> APIRouter:
     """The notification route: ``auth`` checks the device credential, ``hub`` has the
-    notices; at most ``max_per_device`` streams and long-polls per device at once (429)."""
+    notices; at most ``max_per_device`` streams and long-polls per device at once (429) and
+    ``max_total`` in all (503), each refusal saying ``Retry-After: retry_after``."""
     router = APIRouter(tags=["status tracker"])
     active: dict[str, int] = {}  # open streams and long-polls per device (event loop only)
+    total = 0
+    again = {"Retry-After": str(retry_after)}
 
-    def take(device_id: str) -> Callable[[], None]:
+    def take(request: Request, device_id: str) -> Callable[[], None]:
+        nonlocal total
         if active.get(device_id, 0) >= max_per_device:
             raise HTTPException(429, f"at most {max_per_device} notification connections per "
-                                     "device at once; close one first")
+                                     "device at once; close one first", headers=again)
+        if total >= max_total:
+            raise HTTPException(503, f"the server holds its most notification connections "
+                                     f"({max_total}); try again later", headers=again)
         active[device_id] = active.get(device_id, 0) + 1
+        total += 1
+        leave = request.scope.get(LEAVE_REQUEST_LIMIT)
+        if callable(leave):  # counted by the push caps from now on, not as a request
+            leave()
         given: list[bool] = []
 
         def release() -> None:
+            nonlocal total
             if given:
                 return
             given.append(True)
+            total -= 1
             left = active.get(device_id, 0) - 1
             if left > 0:
                 active[device_id] = left
@@ -129,7 +161,8 @@ def create_push_router(auth: Authenticator, hub: NotificationHub, *, heartbeat: 
         await auth.require_device(request, device_id)
         accept = request.headers.get("accept", "")
         if EVENT_STREAM in accept.lower():
-            return _CountedStream(stream(device_id), take(device_id), media_type=EVENT_STREAM,
+            return _CountedStream(stream(device_id), take(request, device_id),
+                                  media_type=EVENT_STREAM,
                                   headers={"Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
         wait = _number(request.query_params.get("wait"), "wait", min(_DEFAULT_WAIT, max_wait),
@@ -140,12 +173,13 @@ def create_push_router(auth: Authenticator, hub: NotificationHub, *, heartbeat: 
             if not after_text.isdigit() or len(after_text) > 20:
                 raise HTTPException(400, "after: expected the serial of a notice (digits)")
             after = int(after_text)
-        release = take(device_id)
+        release = take(request, device_id)
         try:
             notice = await current(device_id)
             serial = int(notice["serial"])
             ready = serial > after if after is not None else notice.get("release") is not None
-            if not ready and await hub.next_change(device_id, max(serial, after or 0), wait):
+            if not ready and await _changed_unless_gone(
+                    request, hub.next_change(device_id, max(serial, after or 0), wait)):
                 notice, ready = await current(device_id), True
         finally:
             release()
@@ -154,3 +188,19 @@ def create_push_router(auth: Authenticator, hub: NotificationHub, *, heartbeat: 
         return JSONResponse(notice, headers={"Cache-Control": "no-store"})
 
     return router
+
+
+async def _changed_unless_gone(request: Request, change: Coroutine[Any, Any, bool]) -> bool:
+    """``await change``, unless the client goes away first (then False, at once: a long-poll
+    nobody waits for must not hold its device's slot for its whole wait)."""
+    waiting = asyncio.ensure_future(change)
+    gone = asyncio.ensure_future(_gone(request))
+    try:
+        await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiting, gone):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    return waiting.done() and not waiting.cancelled() and waiting.result()

@@ -1,0 +1,191 @@
+"""Bounds on what a slow or idle client can make the HTTP server hold (issue #11 item 6).
+
+uvicorn's own bound, ``limit_concurrency``, counts every open connection: a thousand sockets
+that never send a byte made it answer 503 to everyone, and h11 has no timeout for a request
+head. ``guarded_protocol(Guards(...))`` returns uvicorn's h11 protocol with:
+
+- a **head timeout**: a connection that has not sent a complete request head within
+  ``head_timeout`` seconds of opening (or of its previous response, on a kept-alive
+  connection) is closed, however slowly it trickles bytes;
+- a **body timeout**: a request whose body makes no progress for ``body_timeout`` seconds
+  while the application waits for it is cut off (the application sees a disconnect);
+- a **send timeout**: a response the client does not read for ``send_timeout`` seconds (the
+  server's write buffer stays full) is aborted;
+- a **connection cap**: beyond ``max_connections`` open connections, a new one evicts the
+  connection that has waited longest for its request head; with none waiting, the new one
+  is closed. Requests in progress are never evicted.
+
+What runs at once is bounded by the application, not here: ordinary requests by
+``server.app`` (``ServerConfig.max_requests``, 503), push streams per device and in total by
+the tracker's push router (429/503).
+
+Every close is logged at DEBUG on ``suitkit.server`` (never more: an attack must not flood
+the log). Not here: a minimum transfer rate (a body that sends a byte just within every
+``body_timeout`` keeps its request), TLS handshakes (put a proxy in front for TLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["Guards", "guarded_protocol"]
+
+_log = logging.getLogger("suitkit.server")
+
+
+@dataclass(frozen=True, slots=True)
+class Guards:
+    """Timeouts in seconds and the connection cap (see the module docstring)."""
+
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
+    send_timeout: float = 60.0
+    max_connections: int = 10_000
+
+
+# Connections waiting for a request head, oldest first, per running server (uvicorn's
+# ServerState is shared by the protocols of one server).
+_waiting: weakref.WeakKeyDictionary[object, OrderedDict[GuardedH11Protocol, None]] = (
+    weakref.WeakKeyDictionary())
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the timeouts and the cap of ``guards``."""
+
+    guards = Guards()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._queue = _waiting.setdefault(self.server_state, OrderedDict())
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._last_body = 0.0
+
+    # ------------------------------------------------------------------ connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.guards.max_connections:
+            oldest = next(iter(self._queue), None)
+            if oldest is None:
+                self._close("the server is at its connection cap")
+                return
+            oldest._close("evicted: the server is at its connection cap")
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_all()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.SEND_BODY:
+            self._last_body = self.loop.time()
+        self._follow_state()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._follow_state()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.guards.send_timeout, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    # ------------------------------------------------------------------ state
+
+    def _follow_state(self) -> None:
+        """Arm or cancel the timers for where the request on this connection stands."""
+        if self.transport.is_closing():
+            self._cancel_all()
+            return
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            self._await_head()
+        else:
+            self._head_received()
+        if state is h11.SEND_BODY:
+            if self._body_timer is None:
+                self._last_body = self.loop.time()
+                self._body_timer = self.loop.call_later(self.guards.body_timeout,
+                                                        self._body_stalled)
+        elif self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _await_head(self) -> None:
+        """Start the head timer (once per request: trickled bytes do not restart it)."""
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.guards.head_timeout, self._head_late)
+            self._queue[self] = None
+
+    def _head_received(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._queue.pop(self, None)
+
+    def _cancel_all(self) -> None:
+        self._head_received()
+        for timer in (self._body_timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
+        self._body_timer = self._send_timer = None
+
+    def _close(self, why: str) -> None:
+        _log.debug("%s closed: %s", _peer(self.client), why)
+        self._cancel_all()
+        self.transport.close()
+
+    # ------------------------------------------------------------------ timers
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._close(f"no complete request head within {self.guards.head_timeout:g} s")
+
+    def _body_stalled(self) -> None:
+        self._body_timer = None
+        if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
+            return
+        quiet = self.loop.time() - self._last_body
+        not_asked = self.cycle is not None and self.cycle.waiting_for_100_continue
+        if self.flow.read_paused or not_asked or quiet < self.guards.body_timeout:
+            # the application is not reading, or has not yet sent the "100 Continue" the
+            # client waits for (not the client's fault), or bytes came lately
+            self._body_timer = self.loop.call_later(
+                max(self.guards.body_timeout - quiet, 0.1), self._body_stalled)
+            return
+        self._close(f"no request body bytes for {self.guards.body_timeout:g} s")
+
+    def _send_stalled(self) -> None:
+        self._send_timer = None
+        if self.flow.write_paused and not self.transport.is_closing():
+            _log.debug("%s aborted: the response was not read for %g s", _peer(self.client),
+                       self.guards.send_timeout)
+            self._cancel_all()
+            self.transport.abort()
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "a client"
+
+
+def guarded_protocol(guards: Guards) -> type[GuardedH11Protocol]:
+    """uvicorn's h11 protocol with ``guards`` (pass it as ``uvicorn.Config(http=...)``)."""
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"guards": guards})
