@@ -362,7 +362,7 @@ class FsBootloader:
         state = obs.state
         if action is Action.START_TEST_SWAP:
             self._write_state(FsState(state.inactive, Phase.TRIAL, Pending.NONE))
-        elif action in (Action.START_PERMANENT_SWAP, Action.START_FALLBACK_SWAP):
+        elif action is Action.START_PERMANENT_SWAP:
             self._write_state(FsState(state.inactive, Phase.CONFIRMED, Pending.NONE))
         elif action is Action.START_REVERT:
             self._write_state(FsState(state.inactive, Phase.REVERTED, Pending.NONE))
