@@ -551,15 +551,16 @@ class Consumer:
             journal.clear()
             return InstallOutcome(False, f"failed: {result.reason}", sequence, result.report,
                                   result)
+        if not run.written:
+            # Checked before anything is marked: a failed install leaves no request behind.
+            return InstallOutcome(False, "failed: the manifest installed no image",
+                                  sequence, result.report, result)
         try:
             self._restage_untouched(run)
             self.store.check_staged()  # what the bootloader would refuse is not marked pending
             self.store.mark_pending()
         except SuitError as e:
             return InstallOutcome(False, f"failed: {e}", sequence, result.report, result)
-        if not run.written:
-            return InstallOutcome(False, "failed: the manifest installed no image",
-                                  sequence, result.report, result)
         return InstallOutcome(True, f"installed {', '.join(run.written)} (sequence number "
                               f"{sequence}); pending until the next boot", sequence,
                               result.report, result, tuple(run.written))
