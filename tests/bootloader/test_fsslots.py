@@ -219,8 +219,12 @@ def test_a_crash_before_every_durable_step_recovers(tmp_path: Path) -> None:
         root = tmp_path / f"cut{cut}"
         provisioned(root)
         marks: list[str] = []
+        steps = Steps(cut)
         with pytest.raises(PowerCut):
-            update(fs(root, Steps(cut)), marks)
+            update(fs(root, steps), marks)
+        # Cut before a directory fsync: the rename before it is done (this test loses no
+        # write; the real-path harness in tests/sim does), so a commit may have happened.
+        after_rename = steps.labels[-1].startswith("fsync-dir")
         # Reboot: a new process, no crash hook; the application confirms a release-2 trial.
         bl = fs(root)
         result = bl.boot()
@@ -232,7 +236,7 @@ def test_a_crash_before_every_durable_step_recovers(tmp_path: Path) -> None:
         assert not result.trial
         if "confirmed" in marks:
             assert seq == 2
-        if "committed" not in marks:
+        if "committed" not in marks and not after_rename:
             assert seq == 1
         assert current(root) == f"slots/{state(root)['active']}"
         assert bl.read_counters() == {"rootfs": seq, "kernel": seq}

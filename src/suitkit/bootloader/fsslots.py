@@ -210,6 +210,7 @@ class FsBootloader:
             os.fsync(f.fileno())
         self._step(f"rename {self._rel(path)}")
         tmp.replace(path)
+        self._step(f"fsync-dir {self._rel(path.parent)}")
         self._fsync_dir(path.parent)
 
     def _write_state(self, state: FsState) -> None:
@@ -228,6 +229,7 @@ class FsBootloader:
         tmp.symlink_to(target)
         self._step("rename current")
         tmp.replace(link)
+        self._step("fsync-dir .")
         self._fsync_dir(self.root)
 
     # -- reading ---------------------------------------------------------------------------

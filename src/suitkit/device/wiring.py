@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,10 +125,12 @@ class OpenDevice:
     config: DeviceConfig
     bootloader: Bootloader
     flashes: dict[str, Flash]
+    crash: Callable[[str], None] | None = None
+    """Called with a label before every file written for this device (see ``open_device``)."""
 
     def consumer(self, fetcher: PayloadFetcher | None = None) -> Consumer:
         """A consumer that stages updates into this device's inactive slots."""
-        return Consumer(self.config, self.bootloader, fetcher)
+        return Consumer(self.config, self.bootloader, fetcher, crash=self.crash)
 
     def save(self) -> None:
         """Persist the simulated flash (every flash's content and wear) to the folder, as a
@@ -139,6 +141,8 @@ class OpenDevice:
         if not self.flashes:
             return
         directory.mkdir(exist_ok=True)
+        if self.crash is not None:
+            self.crash(f"save flash/{FLASH_STATE}")
         doc = {"format": FLASH_FORMAT,
                "flashes": {name: flash.snapshot() for name, flash in self.flashes.items()},
                "wear": {name: list(flash.erase_counts) for name, flash in self.flashes.items()}}
@@ -159,8 +163,12 @@ def identity_of(config: DeviceConfig) -> ComponentIdentity:
                              device_ids=frozenset({config.device_id}))
 
 
-def open_device(directory: Path) -> OpenDevice:
+def open_device(directory: Path, *, crash: Callable[[str], None] | None = None) -> OpenDevice:
     """Open a device folder made by ``config.create_device``.
+
+    ``crash``: called with a label before every durable file step (the download journal, the
+    flash save, every step of the Linux-class slots): a power-cut harness raises ``PowerCut``
+    from it.
 
     Raises:
         DecodeError: not a device folder, or its saved flash is unreadable.
@@ -175,10 +183,11 @@ def open_device(directory: Path) -> OpenDevice:
         for c in config.components}
     if config.shape == "linux":
         names = tuple(c.image for c in config.components)
-        return OpenDevice(config, FsBootloader(directory / "slots", names, verifiers), {})
+        return OpenDevice(config, FsBootloader(directory / "slots", names, verifiers,
+                                               crash=crash), {}, crash)
     device = SHAPES[config.shape](verifiers, image_sectors=config.image_sectors)
     _load_flash(directory / "flash", device.flashes)
-    return OpenDevice(config, device.bootloader, device.flashes)
+    return OpenDevice(config, device.bootloader, device.flashes, crash)
 
 
 def _load_flash(flash_dir: Path, flashes: dict[str, Flash]) -> None:
