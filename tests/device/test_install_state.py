@@ -93,6 +93,7 @@ def test_a_cut_while_marking_a_set_pending_does_not_block_later_updates(
     cut_while_marking(folder, update)
     assert open_device(folder).bootloader.observe().state.pending.value == "partial"  # type: ignore[attr-defined]
     assert open_device(folder).bootloader.pending_update() is False
+    assert status(folder)["pending"] is False
 
     # The consumer does not take the half-marked request for a pending update ...
     outcome = install(folder, update)

@@ -309,7 +309,8 @@ def device_status(opened: OpenDevice) -> dict[str, Any]:
         "shape": opened.config.shape,
         "device-id": str(opened.config.device_id),
         "components": components,
-        "pending": state.pending.name.lower() != "none",
+        # A set marked only in part (a cut while marking) is no request: the next boot drops it.
+        "pending": state.pending.name.lower() in ("test", "permanent"),
         # TRIAL: swapped in, not booted yet; TRIED: booted once and running unconfirmed.
         "trial": state.phase.name.lower() in ("trial", "tried"),
         "phase": state.phase.name.lower(),
