@@ -40,6 +40,15 @@ def test_real_path_sampled_cut_points_recover(name: str) -> None:
     assert sum(result.outcomes.values()) == 12
 
 
+@pytest.mark.parametrize("name", ["real-dual-cpu-integrated", "real-linux-detached",
+                                  "real-secure-split-detached"])
+def test_real_path_a_second_cut_during_recovery_recovers(name: str) -> None:
+    result = run_real_scenario(name, sample=2, second=3, seed=5)
+    assert result.failures == []
+    # Up to 3 second cuts per first one (a short recovery has fewer events to cut).
+    assert 2 < result.cut_points_tried <= 6
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("SUITKIT_POWERCUT_FULL") != "1",
                     reason="every cut point takes minutes: SUITKIT_POWERCUT_FULL=1 runs it "
@@ -96,3 +105,10 @@ def test_cli_runs_a_real_path_scenario(capsys: pytest.CaptureFixture[str]) -> No
     assert doc["flash-operations"] + doc["file-steps"] == doc["clean-run-events"]
     code, _, err = run_cli(capsys, "device", "powercut", "--scenario", "real-nothing")
     assert code == 2 and "--scenario must be one of" in err
+    code, _, err = run_cli(capsys, "device", "powercut", "--scenario", "real-mcu-detached",
+                           "--second-cuts", "some")
+    assert code == 2 and "--second-cuts must be" in err
+    code, out, err = run_cli(capsys, "device", "powercut", "--scenario", "real-linux-detached",
+                             "--sample", "1", "--second-cuts", "2")
+    assert code == 0, err
+    assert "2 cut points tried" in out

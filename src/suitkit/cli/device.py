@@ -328,6 +328,10 @@ def powercut(
                                                "double-cut, the first cut points.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the images, the torn states, the "
                                       "lost writes and the sample.")] = 0,
+    second_cuts: Annotated[str, typer.Option(
+        "--second-cuts", help="Real-path scenarios: after each cut, cut again during the "
+        "recovery, at N seeded points of it or at 'all' of them (default 0: no second cut).")
+    ] = "0",
 ) -> None:
     """Cut power at every flash operation (and, for the real-path scenarios, every file write)
     of a scenario, reboot, and check the device.
@@ -340,11 +344,20 @@ def powercut(
              f"all-real, got {scenario!r}", EXIT_USAGE)
     if sample is not None and sample < 1:
         fail(f"--sample must be at least 1, got {sample}", EXIT_USAGE)
+    second: int | None = None
+    if second_cuts != "all":
+        try:
+            second = int(second_cuts)
+        except ValueError:
+            second = -1
+        if second < 0:
+            fail(f"--second-cuts must be a number of cut points or 'all', got {second_cuts!r}",
+                 EXIT_USAGE)
     docs: list[dict[str, Any]] = []
     failed = False
     for name in names:
         if name in REAL_SCENARIOS:
-            real = run_real_scenario(name, sample=sample, seed=seed)
+            real = run_real_scenario(name, sample=sample, seed=seed, second=second)
             doc: dict[str, Any] = {
                 "scenario": real.scenario, "shape": real.shape,
                 "clean-run-events": real.clean_events, "flash-operations": real.flash_ops,

@@ -57,6 +57,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -485,7 +486,8 @@ def _choose(total: int, sample: int | None, seed: int) -> list[int]:
 
 
 def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
-                      points: Iterable[int] | None = None, workdir: Path | None = None,
+                      points: Iterable[int] | None = None, second: int | None = 0,
+                      workdir: Path | None = None,
                       progress: Callable[[int, int], None] | None = None) -> RealCutResult:
     """Cut the power at every event of a real-path scenario (or a seeded sample) and check.
 
@@ -494,9 +496,13 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
         sample: try this many cut points (chosen with ``seed``) instead of all of them.
         points: try exactly these cut points (events numbered from 1; beyond the clean run's
             count are ignored).
+        second: after each cut, cut the power again during the recovery (the boots, and the
+            confirms of what runs on trial, until steady): ``0`` never, ``None`` at every
+            event of that recovery, ``N`` at a seeded sample of ``N`` of them. Each pair counts
+            as one cut point tried.
         seed: seeds the images, the torn flash states, the lost writes and the sampling.
         workdir: where device folders are made (default: a temporary directory, removed).
-        progress: called with (cut points done, cut points to try).
+        progress: called with (first cut points done, first cut points to try).
     """
     scenario = REAL_SCENARIOS[name]
     started = time.perf_counter()
@@ -517,6 +523,25 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
             board.confirmed, board.floor = {BASE, OLD}, OLD
             return board
 
+        def cut(board: Board, steps: Callable[[], object], n: int, salt: str) -> str:
+            """Run ``steps`` with the power cut at its ``n``-th event; what the cut left."""
+            board.remaining = n
+            if scenario.shape == "linux":
+                rng = random.Random(f"{seed}/{salt}")  # noqa: S311 (simulation)
+                board.lost = LostWrites(board.folder / "slots", rng)
+            try:
+                steps()
+                raise Broken(f"no power cut happened at event {n}")
+            except Cut as e:
+                what = str(e)
+                if board.lost is not None:
+                    lost = board.lost.cut()
+                    what += f" ({', '.join(lost)})" if lost else ""
+                return what
+            finally:
+                board.remaining = None
+                board.lost = None
+
         clean = fresh("clean")
         _body(clean, [])
         result = RealCutResult(name, scenario.shape, clean.events,
@@ -525,33 +550,38 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
         chosen = (_choose(clean.events, sample, seed) if points is None
                   else sorted({n for n in points if 1 <= n <= clean.events}))
         for done, n in enumerate(chosen):
-            result.cut_points_tried += 1
-            board = fresh("run")
-            if scenario.shape == "linux":
-                rng = random.Random(f"{seed}/{n}")  # noqa: S311 (simulation)
-                board.lost = LostWrites(board.folder / "slots", rng)
-            board.remaining = n
-            interrupted: list[int] = []
-            what = "?"
-            try:
+            seconds: list[int | None] = [None]
+            if second != 0:
+                # Count the events of the recovery after a cut at n, to cut there too.
+                probe = fresh("probe")
                 try:
-                    _body(board, interrupted)
-                    raise Broken(f"no power cut happened at event {n}")
-                except Cut as cut:
-                    what = str(cut)
-                    if board.lost is not None:
-                        lost = board.lost.cut()
-                        what += f" ({', '.join(lost)})" if lost else ""
-                board.remaining = None
-                board.lost = None
-                seq = board.settle()
-                outcomes[LABELS[seq]] = outcomes.get(LABELS[seq], 0) + 1
-                if interrupted and interrupted[0] > seq:
-                    board.update(interrupted[0])  # the agent tries the install again
-                board.update(LATER)
-            except (Broken, SuitError, NoBootableImage, PowerCut, Cut, AssertionError,
-                    OSError) as e:
-                result.failures.append(f"cut at event {n} [{what}]: {type(e).__name__}: {e}")
+                    cut(probe, partial(_body, probe, []), n, f"{n}")
+                    before = probe.events
+                    probe.settle()
+                    seconds = list(_choose(probe.events - before, second, seed + n))
+                except (Broken, SuitError, NoBootableImage, PowerCut, Cut, AssertionError,
+                        OSError) as e:
+                    result.failures.append(f"cut at event {n} (probe): {type(e).__name__}: {e}")
+                    continue
+            for m in seconds:
+                result.cut_points_tried += 1
+                board = fresh("run")
+                interrupted: list[int] = []
+                what = "?"
+                try:
+                    what = cut(board, partial(_body, board, interrupted), n, f"{n}")
+                    if m is not None:
+                        what += "; then at event " + str(m) + " of the recovery: " + cut(
+                            board, board.settle, m, f"{n}/{m}")
+                    seq = board.settle()
+                    outcomes[LABELS[seq]] = outcomes.get(LABELS[seq], 0) + 1
+                    if interrupted and interrupted[0] > seq:
+                        board.update(interrupted[0])  # the agent tries the install again
+                    board.update(LATER)
+                except (Broken, SuitError, NoBootableImage, PowerCut, Cut, AssertionError,
+                        OSError) as e:
+                    result.failures.append(f"cut at event {n} [{what}]: {type(e).__name__}: "
+                                           f"{e}")
             if progress is not None:
                 progress(done + 1, len(chosen))
         result.outcomes = outcomes
