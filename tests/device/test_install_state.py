@@ -32,6 +32,7 @@ from device.device_kit import (
     status,
 )
 from suitkit.bootloader.flash import PowerCut
+from suitkit.core import cbor
 from suitkit.device import wiring
 from suitkit.device.wiring import open_device
 
@@ -186,3 +187,19 @@ def test_a_damaged_flash_state_is_one_clear_error(tmp_path: Path, author: Author
     state.write_bytes(state.read_bytes()[:100])
     with pytest.raises(wiring.DecodeError, match="saved flash is unreadable"):
         open_device(folder)
+
+
+def test_a_flash_state_of_the_wrong_shape_is_one_clear_error(tmp_path: Path,
+                                                             author: Author) -> None:
+    folder, _ = provisioned(tmp_path, author, "mcu")
+    state = folder / "flash" / wiring.FLASH_STATE
+    (name, flash), = open_device(folder).flashes.items()
+    wear = [0] * len(flash.erase_counts)
+    # An integer for the content was read as that many zero bytes (and a huge one would be
+    # allocated); negative wear counts were taken as they came.
+    for content, counts in ((flash.size, wear), (flash.snapshot(), [-1] * len(wear)),
+                            (flash.snapshot(), ["x"] * len(wear))):
+        state.write_bytes(cbor.encode({"format": 1, "flashes": {name: content},
+                                       "wear": {name: counts}}))
+        with pytest.raises(wiring.DecodeError, match="saved flash is unreadable"):
+            open_device(folder)

@@ -208,7 +208,12 @@ def _load_flash(flash_dir: Path, flashes: dict[str, Flash]) -> None:
                 raise ValueError(f"it holds flashes {sorted(saved)}, the device has "
                                  f"{sorted(flashes)}")
             for name, flash in flashes.items():
-                flash.load(bytes(saved[name]), [int(w) for w in wear[name]])
+                content, counts = saved[name], wear[name]
+                if not isinstance(content, bytes) or not isinstance(counts, list | tuple) \
+                        or not all(isinstance(w, int) and w >= 0 for w in counts):
+                    raise ValueError(f"{name}: expected the content as bytes and the wear as "
+                                     "a list of counts")
+                flash.load(content, list(counts))
         elif (flash_dir / "wear.json").exists():
             legacy = json.loads((flash_dir / "wear.json").read_bytes())
             for name, flash in flashes.items():
