@@ -37,12 +37,11 @@ What a cut leaves:
 - the folder's save (``flash/state.cbor``): the folder keeps the state it had before the
   command, as after a crash of the process that simulates the device;
 - Linux-class devices (no flash): lost unsynced writes. A file written and not yet fsynced is,
-  at random (seeded), gone, truncated, ended with garbage, or complete; a rename not yet made
-  durable by its directory's fsync is, at random, undone (the old file is back).
+  at random (seeded), gone, truncated, ended with garbage, or complete; a rename or an unlink not
+  yet made durable by its directory's fsync is, at random, undone (the old file is back).
 
-Not modelled: a lost ``unlink`` (the files a new staging removes from the inactive slot; they
-are verified at every boot, so an old file coming back is refused or ignored), reordering of
-metadata between directories, cuts of one flash while the other stays powered.
+Not modelled: reordering of metadata between directories, a partial fsync of a file over 1 MiB
+(the images here are small), cuts of one flash while the other stays powered.
 """
 
 from __future__ import annotations
@@ -197,7 +196,7 @@ class LostWrites:
         self._done(self._last)
         self._last = label
         kind, _, rel = label.partition(" ")
-        if kind == "rename":
+        if kind in ("rename", "unlink"):
             self._before_rename = self._capture(self.root / rel)
 
     def _capture(self, path: Path) -> tuple[str, bytes | str | None]:
@@ -223,6 +222,10 @@ class LostWrites:
                 self.unsynced.add(path)
             if path not in self.renamed and self._before_rename is not None:
                 self.renamed[path] = self._before_rename
+        elif kind == "unlink":
+            # Like a rename, an unlink is durable only once its directory is fsynced.
+            if path not in self.renamed and self._before_rename is not None:
+                self.renamed[path] = self._before_rename
         elif kind == "fsync-dir":
             directory = path.resolve() if rel != "." else self.root.resolve()
             for renamed in [p for p in self.renamed if p.parent.resolve() == directory]:
@@ -242,7 +245,7 @@ class LostWrites:
                     assert isinstance(old, str)
                     path.symlink_to(old)
                 self.unsynced.discard(path)
-                lost.append(f"rename of {path.name} undone")
+                lost.append(f"rename or unlink of {path.name} undone")
         for path in sorted(self.unsynced):
             if path.is_symlink() or not path.is_file():
                 if path.is_symlink() and self.rng.random() < 0.5:
