@@ -23,7 +23,8 @@ bootloader's (:mod:`suitkit.bootloader.api`): ``open_inactive`` -> ``write``/``f
 ``mark_pending``, then ``boot`` (on trial) and ``confirm``, or an automatic revert.
 
 What it does not do: simulate lost writes that were not fsynced (a crash here is the process
-stopping between durable steps, see ``crash``), manage partitions or a real bootloader's
+stopping between durable steps, see ``crash``; ``suitkit.sim.powercut`` loses the unsynced ones
+from the labels the hook is given), manage partitions or a real bootloader's
 environment (U-Boot, GRUB), or protect ``counters.json`` from a root user (real devices keep it
 in a TPM or RPMB).
 """
