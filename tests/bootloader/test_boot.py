@@ -279,7 +279,10 @@ def test_a_tampered_trial_image_falls_back_to_the_previous_one() -> None:
     assert any("app primary" in n for n in result.notes)
 
 
-def test_a_tampered_confirmed_image_falls_back_to_a_good_other_slot() -> None:
+def test_a_staged_release_never_marked_pending_is_not_promoted_when_the_running_one_breaks(
+) -> None:
+    # It was the fallback row: a release nobody asked to install, never tried, never
+    # confirmed, was installed for good and its counter raised.
     dev = device()
     bl = dev.bootloader
     stage(bl, 2)
@@ -287,13 +290,46 @@ def test_a_tampered_confirmed_image_falls_back_to_a_good_other_slot() -> None:
     bl.confirm()
     stage(bl, 3, mark=False)  # in the other slot, verified, never marked pending
     tamper(dev, "app")
+    before = [f.snapshot() for f in dev.flashes.values()]
+    with pytest.raises(NoBootableImage, match=r"row 13: .* refuse to boot") as refused:
+        bl.boot()
+    assert any("app primary" in n and "digest" in n for n in refused.value.notes)
+    assert [f.snapshot() for f in dev.flashes.values()] == before  # nothing promoted
+    assert bl.read_counters() == {"app": 2}
+    # Recovery: a new update, marked pending, is tried as any other.
+    stage(bl, 4)
     result = bl.boot()
-    assert (result.sequence_numbers, result.trial, rows(result)) == (
-        {"app": 3},
-        False,
-        [13, 1, 11, 12],
-    )
-    assert bl.read_counters() == {"app": 3}
+    assert (result.sequence_numbers, result.trial) == ({"app": 4}, True)
+
+
+@pytest.mark.parametrize("shape", ["mcu", "secure-split", "dual-cpu"])
+def test_a_flipped_bit_after_a_revert_never_promotes_the_rejected_release(shape: str) -> None:
+    """Issue #11 item 5: after a revert, the other slots hold the release the application
+    rejected. A bit flipped in the running images made the bootloader install it for good and
+    raise the counters, so the good release could never come back. Now the boot is refused
+    (the documented safe state), nothing is written, and a recovery update still works."""
+    dev = device(shape)
+    bl = dev.bootloader
+    names = bl.components
+    stage(bl, 2)
+    assert bl.boot().trial  # on trial, never confirmed
+    reverted = bl.boot()
+    assert (reverted.sequence_numbers, reverted.trial) == (dict.fromkeys(names, 1), False)
+    tamper(dev, names[-1])
+    before = [f.snapshot() for f in dev.flashes.values()]
+    for _ in range(2):  # and again: the state does not drift
+        with pytest.raises(NoBootableImage, match=r"row 13") as refused:
+            bl.boot()
+        assert any(f"{names[-1]} primary" in n for n in refused.value.notes)
+    assert [f.snapshot() for f in dev.flashes.values()] == before
+    assert bl.read_counters() == dict.fromkeys(names, 1)
+    with pytest.raises(PolicyError, match="do not verify"):
+        bl.confirm()
+    stage(bl, 3)
+    result = bl.boot()
+    assert (result.sequence_numbers, result.trial) == (dict.fromkeys(names, 3), True)
+    bl.confirm()
+    assert bl.read_counters() == dict.fromkeys(names, 3)
 
 
 def test_a_tampered_installed_image_is_replaced_by_a_pending_update() -> None:
@@ -375,9 +411,12 @@ def test_a_partially_marked_set_is_not_started() -> None:
     bl = device("secure-split").bootloader
     stage(bl, 2, mark=False)
     bl.pending[0].start(Kind.TEST)  # as if power failed after marking the first member
+    assert bl.pending_update() is False  # an incomplete request is no update waiting
     result = bl.boot()
-    assert (result.sequence_numbers, rows(result)) == ({"secure": 1, "nonsecure": 1}, [12])
-    assert bl.observe().state.pending.value == "partial"
+    # Issue #11 item 2: the half-marked request is forgotten (row 15), not left for ever.
+    assert (result.sequence_numbers, rows(result)) == ({"secure": 1, "nonsecure": 1}, [15, 12])
+    assert bl.observe().state.pending.value == "none"
+    assert rows(bl.boot()) == [12]  # a steady boot
 
 
 def test_a_set_member_that_does_not_verify_cancels_the_whole_set() -> None:

@@ -10,6 +10,7 @@ import pytest
 from suitkit.bootloader.decide import (
     BOOTS,
     PHASE_TABLE,
+    STEADY,
     TABLE,
     Action,
     BootState,
@@ -92,13 +93,16 @@ ROWS = [
     (state(Phase.CONFIRMED, Pending.TEST, G, R), 10, Action.DROP_PENDING),
     (state(Phase.NONE, Pending.PERMANENT, G, B), 10, Action.DROP_PENDING),
     (state(Phase.CONFIRMED, Pending.NONE, G, R, True), 11, Action.RAISE_COUNTERS),
-    (state(Phase.NONE, Pending.PARTIAL, G, B, True), 11, Action.RAISE_COUNTERS),
+    (state(Phase.NONE, Pending.NONE, G, B, True), 11, Action.RAISE_COUNTERS),
     (state(Phase.CONFIRMED, Pending.NONE, G, R), 12, Action.BOOT_PRIMARY),
-    (state(Phase.REVERTED, Pending.PARTIAL, G, G), 12, Action.BOOT_PRIMARY),
-    (state(Phase.CONFIRMED, Pending.NONE, B, G), 13, Action.START_FALLBACK_SWAP),
-    (state(Phase.NONE, Pending.PARTIAL, R, G), 13, Action.START_FALLBACK_SWAP),
+    (state(Phase.REVERTED, Pending.NONE, G, G), 12, Action.BOOT_PRIMARY),
+    (state(Phase.CONFIRMED, Pending.NONE, B, G), 13, Action.PANIC),
+    (state(Phase.REVERTED, Pending.NONE, R, G), 13, Action.PANIC),
     (state(Phase.CONFIRMED, Pending.NONE, B, R), 14, Action.PANIC),
     (state(Phase.REVERTED, Pending.NONE, R, B), 14, Action.PANIC),
+    (state(Phase.NONE, Pending.PARTIAL, G, B, True), 15, Action.DROP_PENDING),
+    (state(Phase.REVERTED, Pending.PARTIAL, G, G), 15, Action.DROP_PENDING),
+    (state(Phase.NONE, Pending.PARTIAL, R, G), 15, Action.DROP_PENDING),
 ]
 
 
@@ -135,7 +139,6 @@ def test_nothing_that_does_not_verify_is_swapped_in() -> None:
     starts = {
         Action.START_TEST_SWAP,
         Action.START_PERMANENT_SWAP,
-        Action.START_FALLBACK_SWAP,
         Action.START_REVERT,
     }
     for s in ALL_STATES:
@@ -163,6 +166,26 @@ def test_a_partial_request_is_never_started() -> None:
             assert decide(s).action not in {Action.START_TEST_SWAP, Action.START_PERMANENT_SWAP}
         if s.pending is Pending.PARTIAL:
             assert decide(s).action is not Action.START_TEST_SWAP
+
+
+def test_a_partial_request_is_forgotten_when_steady() -> None:
+    # Issue #11 item 2: a cut while marking a set pending left a half-marked request that no
+    # row ever cleared, and the consumer took it for a pending update forever.
+    for s in ALL_STATES:
+        if s.pending is Pending.PARTIAL and s.phase in STEADY:
+            assert decide(s).action is Action.DROP_PENDING
+
+
+def test_nothing_unconfirmed_is_installed_for_good_without_a_request() -> None:
+    # Issue #11 item 5: with nothing pending, the other slots hold a release the application
+    # rejected (after a revert) or never saw booted: it is never promoted, whatever the
+    # running images look like.
+    for s in ALL_STATES:
+        if s.phase in STEADY and s.pending in (Pending.NONE, Pending.PARTIAL):
+            assert decide(s).action in {Action.BOOT_PRIMARY, Action.RAISE_COUNTERS,
+                                        Action.DROP_PENDING, Action.PANIC}
+            if s.primary is not Verdict.GOOD:
+                assert decide(s).action in {Action.PANIC, Action.DROP_PENDING}
 
 
 def test_pending_of_and_combine() -> None:

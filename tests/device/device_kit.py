@@ -155,8 +155,8 @@ def status(folder: Path) -> dict[str, Any]:
 
 def flash_bytes(folder: Path) -> bytes:
     """Every byte of the simulated flash kept in the folder (flash shapes)."""
-    return b"".join((folder / "flash" / f"{name}.bin").read_bytes()
-                    for name in sorted(open_device(folder).flashes))
+    flashes = open_device(folder).flashes
+    return b"".join(flashes[name].snapshot() for name in sorted(flashes))
 
 
 def running(result: BootResult) -> dict[str, tuple[int, bytes]]:

@@ -444,6 +444,29 @@ def test_images_are_verified_at_every_boot_not_only_after_an_update(author: Auth
     assert_still_updates(author, device, 2)  # a recovery update still gets the device back
 
 
+def test_a_flipped_bit_after_a_revert_never_makes_the_rejected_release_permanent(
+        author: Author, device: Path) -> None:
+    """Issue #11 item 5, through the SUIT verifier: release 2 was tried and never confirmed,
+    the device reverted to release 1; then one bit of release 1 flips in flash. Release 2, in
+    the other slot and authentic, used to be installed for good with its counter raised (so
+    release 1 could never come back). Now the boot is refused, with the reason, and nothing
+    is written; a recovery update gets the device back."""
+    envelope2, _ = author.release(2)
+    assert install(device, envelope2).installed
+    assert boot(device).trial  # the application never confirms
+    assert running(boot(device))["app"][0] == 1  # reverted
+    flash, image_at, _ = slot_address(device, "primary")
+    corrupt(device, flash, image_at + 5)
+    before = flash_bytes(device)
+    with pytest.raises(NoBootableImage, match=r"row 13: .*refuse to boot") as refused:
+        boot(device)
+    assert "app primary: AuthenticationError: image digest" in str(refused.value)
+    assert flash_bytes(device) == before
+    assert counters(device) == {"app": 1}
+    assert status(device)["components"][0]["reason"].startswith("app primary")
+    assert_still_updates(author, device, 3)
+
+
 # Regression: decode_command_sequence used to test `code in _POLICY_COMMANDS` before checking that
 # the code is an int, so an array or map there raised TypeError (not a SuitError): the
 # bootloader's check_slot did not catch it and boot() crashed on a corrupted staged manifest.

@@ -282,11 +282,7 @@ class FlashBootloader:
             self.status.set_flag(Flag.REVERT_DONE)
         elif action is Action.START_REVERT:
             self.status.set_flag(Flag.REVERT)
-        elif action in (
-            Action.START_TEST_SWAP,
-            Action.START_PERMANENT_SWAP,
-            Action.START_FALLBACK_SWAP,
-        ):
+        elif action in (Action.START_TEST_SWAP, Action.START_PERMANENT_SWAP):
             kind = Kind.TEST if action is Action.START_TEST_SWAP else Kind.PERMANENT
             self.status.wipe()
             self.status.start(kind)
@@ -392,8 +388,13 @@ class FlashBootloader:
         ))
 
     def pending_update(self) -> bool:
-        """Whether staged images wait for the next boot (any member marked pending)."""
-        return pending_of(tuple(p.read() for p in self.pending)) is not Pending.NONE
+        """Whether staged images wait for the next boot: every member marked pending.
+
+        A set marked only in part (a cut inside :meth:`mark_pending`) is no request: the next
+        boot forgets it (row 15), and staging another update wipes it member by member.
+        """
+        return pending_of(tuple(p.read() for p in self.pending)) in (Pending.TEST,
+                                                                    Pending.PERMANENT)
 
     def running(self, component: str) -> tuple[bytes, ImageReader]:
         """The manifest and an image reader of ``component``'s primary (executing) slot.

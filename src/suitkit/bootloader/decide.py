@@ -33,7 +33,7 @@ class Phase(enum.Enum):
     NONE = "none"
     """No live status record: whatever is in the primary slots is installed for good."""
     SWAPPING = "swapping"
-    """A swap (test, permanent or fallback) has started and copy_done is not set yet."""
+    """A swap (test or permanent) has started and copy_done is not set yet."""
     TRIAL = "trial"
     """The new images are in place, on trial, and have not been booted yet."""
     TRIED = "tried"
@@ -78,7 +78,6 @@ class Action(enum.Enum):
     BOOT_TRIAL = "boot-trial"
     START_TEST_SWAP = "start-test-swap"
     START_PERMANENT_SWAP = "start-permanent-swap"
-    START_FALLBACK_SWAP = "start-fallback-swap"
     DROP_PENDING = "drop-pending"
     RAISE_COUNTERS = "raise-counters"
     BOOT_PRIMARY = "boot-primary"
@@ -195,7 +194,7 @@ ANY_PENDING = frozenset(Pending)
 ANY_VERDICT = frozenset(Verdict)
 GOOD = frozenset({Verdict.GOOD})
 NOT_GOOD = frozenset({Verdict.BAD, Verdict.ROLLBACK})
-NO_REQUEST = frozenset({Pending.NONE, Pending.PARTIAL})
+NO_REQUEST = frozenset({Pending.NONE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,11 +258,15 @@ TABLE: tuple[Row, ...] = (
         Action.BOOT_PRIMARY,
         "the installed images verify: boot them"),
     Row(13, STEADY, NO_REQUEST, NOT_GOOD, GOOD, None,
-        Action.START_FALLBACK_SWAP,
-        "the installed images do not verify; the other slots do: install those for good"),
+        Action.PANIC,
+        "the installed images do not verify and the other slots hold nothing the application "
+        "confirmed: refuse to boot, wait for a recovery update"),
     Row(14, STEADY, NO_REQUEST, NOT_GOOD, NOT_GOOD, None,
         Action.PANIC,
         "nothing authentic and recent enough to boot"),
+    Row(15, STEADY, frozenset({Pending.PARTIAL}), ANY_VERDICT, ANY_VERDICT, None,
+        Action.DROP_PENDING,
+        "an incomplete request (cut while the set was being marked pending): forget it"),
 )  # fmt: skip
 
 

@@ -23,7 +23,8 @@ bootloader's (:mod:`suitkit.bootloader.api`): ``open_inactive`` -> ``write``/``f
 ``mark_pending``, then ``boot`` (on trial) and ``confirm``, or an automatic revert.
 
 What it does not do: simulate lost writes that were not fsynced (a crash here is the process
-stopping between durable steps, see ``crash``), manage partitions or a real bootloader's
+stopping between durable steps, see ``crash``; ``suitkit.sim.powercut`` loses the unsynced ones
+from the labels the hook is given), manage partitions or a real bootloader's
 environment (U-Boot, GRUB), or protect ``counters.json`` from a root user (real devices keep it
 in a TPM or RPMB).
 """
@@ -210,6 +211,7 @@ class FsBootloader:
             os.fsync(f.fileno())
         self._step(f"rename {self._rel(path)}")
         tmp.replace(path)
+        self._step(f"fsync-dir {self._rel(path.parent)}")
         self._fsync_dir(path.parent)
 
     def _write_state(self, state: FsState) -> None:
@@ -228,6 +230,7 @@ class FsBootloader:
         tmp.symlink_to(target)
         self._step("rename current")
         tmp.replace(link)
+        self._step("fsync-dir .")
         self._fsync_dir(self.root)
 
     # -- reading ---------------------------------------------------------------------------
@@ -362,7 +365,7 @@ class FsBootloader:
         state = obs.state
         if action is Action.START_TEST_SWAP:
             self._write_state(FsState(state.inactive, Phase.TRIAL, Pending.NONE))
-        elif action in (Action.START_PERMANENT_SWAP, Action.START_FALLBACK_SWAP):
+        elif action is Action.START_PERMANENT_SWAP:
             self._write_state(FsState(state.inactive, Phase.CONFIRMED, Pending.NONE))
         elif action is Action.START_REVERT:
             self._write_state(FsState(state.inactive, Phase.REVERTED, Pending.NONE))

@@ -23,7 +23,9 @@ each scenario the harness:
 sample of) its operations. Images are a few sectors, so the exhaustive runs take seconds.
 
 What it does not do: cut during factory provisioning, inject faults other than power cuts
-(bit rot, attacks: see the tests), or model cuts of one flash while the other stays powered.
+(bit rot, attacks: see the tests), model cuts of one flash while the other stays powered, or cut
+the consumer's side of an update (the processor, the download journal, the device folder): that
+is ``suitkit.sim.powercut``, over the real path.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from suitkit.device.fetch import FileFetcher, HttpFetcher, RoutingFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
 from suitkit.device.wiring import OpenDevice, open_device
 from suitkit.errors import SuitError
+from suitkit.sim.powercut import REAL_SCENARIOS, run_real_scenario
 
 app = typer.Typer(help="A simulated (or Linux-class) device kept in a folder.",
                   no_args_is_help=True, add_completion=False)
@@ -364,7 +365,8 @@ def device_status(opened: OpenDevice) -> dict[str, Any]:
         "shape": opened.config.shape,
         "device-id": str(opened.config.device_id),
         "components": components,
-        "pending": state.pending.name.lower() != "none",
+        # A set marked only in part (a cut while marking) is no request: the next boot drops it.
+        "pending": state.pending.name.lower() in ("test", "permanent"),
         # TRIAL: swapped in, not booted yet; TRIED: booted once and running unconfirmed.
         "trial": state.phase.name.lower() in ("trial", "tried"),
         "phase": state.phase.name.lower(),
@@ -374,26 +376,72 @@ def device_status(opened: OpenDevice) -> dict[str, Any]:
 @app.command()
 @handles_errors
 def powercut(
-    scenario: Annotated[str, typer.Option("--scenario", help="One of: " + ", ".join(SCENARIOS))],
+    scenario: Annotated[str, typer.Option("--scenario", help="One of: " + ", ".join(
+        [*SCENARIOS, *REAL_SCENARIOS]) + ", or 'all-real' (every real-path scenario).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    sample: Annotated[int | None, typer.Option("--sample", help="For double-cut: how many "
-                                               "first cut points to sample.")] = None,
+    sample: Annotated[int | None, typer.Option("--sample", help="Try this many cut points "
+                                               "(seeded) instead of all of them; for "
+                                               "double-cut, the first cut points.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the images, the torn states, the "
+                                      "lost writes and the sample.")] = 0,
+    second_cuts: Annotated[str, typer.Option(
+        "--second-cuts", help="Real-path scenarios: after each cut, cut again during the "
+        "recovery, at N seeded points of it or at 'all' of them (default 0: no second cut).")
+    ] = "0",
 ) -> None:
-    """Cut power at every flash operation of a scenario, reboot, and check the device."""
-    if scenario not in SCENARIOS:
-        fail(f"--scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}", EXIT_USAGE)
-    result = run_scenario(scenario, sample=sample)
-    doc: dict[str, Any] = {"scenario": result.scenario, "shape": result.shape,
-           "clean-run-operations": result.clean_ops, "cut-points-tried": result.cut_points_tried,
-           "failures": len(result.failures), "seconds": round(result.seconds, 2),
-           "failure-details": list(result.failures)[:20]}
+    """Cut power at every flash operation (and, for the real-path scenarios, every file write)
+    of a scenario, reboot, and check the device.
+
+    The real-path scenarios (real-SHAPE-integrated, real-SHAPE-detached) drive a device folder
+    through Consumer.install of a signed envelope, boot, confirm and a second update."""
+    names = list(REAL_SCENARIOS) if scenario == "all-real" else [scenario]
+    if any(n not in SCENARIOS and n not in REAL_SCENARIOS for n in names):
+        fail(f"--scenario must be one of {', '.join([*SCENARIOS, *REAL_SCENARIOS])} or "
+             f"all-real, got {scenario!r}", EXIT_USAGE)
+    if sample is not None and sample < 1:
+        fail(f"--sample must be at least 1, got {sample}", EXIT_USAGE)
+    second: int | None = None
+    if second_cuts != "all":
+        try:
+            second = int(second_cuts)
+        except ValueError:
+            second = -1
+        if second < 0:
+            fail(f"--second-cuts must be a number of cut points or 'all', got {second_cuts!r}",
+                 EXIT_USAGE)
+    docs: list[dict[str, Any]] = []
+    failed = False
+    for name in names:
+        if name in REAL_SCENARIOS:
+            real = run_real_scenario(name, sample=sample, seed=seed, second=second)
+            doc: dict[str, Any] = {
+                "scenario": real.scenario, "shape": real.shape,
+                "clean-run-events": real.clean_events, "flash-operations": real.flash_ops,
+                "file-steps": real.clean_events - real.flash_ops,
+                "cut-points-tried": real.cut_points_tried, "outcomes": real.outcomes,
+                "failures": len(real.failures), "seconds": round(real.seconds, 2),
+                "failure-details": list(real.failures)[:20]}
+            line = (f"{name} ({real.shape}): {real.cut_points_tried} cut points tried over "
+                    f"{real.clean_events} events ({real.flash_ops} flash operations, "
+                    f"{real.clean_events - real.flash_ops} file steps); "
+                    f"{len(real.failures)} failed ({real.seconds:.1f} s)")
+        else:
+            result = run_scenario(name, sample=sample, seed=seed)
+            doc = {"scenario": result.scenario, "shape": result.shape,
+                   "clean-run-operations": result.clean_ops,
+                   "cut-points-tried": result.cut_points_tried,
+                   "failures": len(result.failures), "seconds": round(result.seconds, 2),
+                   "failure-details": list(result.failures)[:20]}
+            line = (f"{name} ({result.shape}): {result.cut_points_tried} cut points tried "
+                    f"over {result.clean_ops} flash operations; {len(result.failures)} left an "
+                    f"unbootable or wrong device ({result.seconds:.1f} s)")
+        failed = failed or bool(doc["failures"])
+        docs.append(doc)
+        if not as_json:
+            out.print(line, markup=False)
+            for detail in doc["failure-details"]:
+                err.print(f"  {detail}", markup=False)
     if as_json:
-        out.print(json.dumps(doc, indent=2), markup=False)
-    else:
-        out.print(f"{scenario} ({result.shape}): {result.cut_points_tried} cut points tried "
-                  f"over {result.clean_ops} flash operations; {len(result.failures)} left an "
-                  f"unbootable or wrong device ({result.seconds:.1f} s)", markup=False)
-        for line in doc["failure-details"]:
-            err.print(f"  {line}", markup=False)
-    if result.failures:
+        out.print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2), markup=False)
+    if failed:
         raise typer.Exit(EXIT_FAILED)

@@ -231,9 +231,12 @@ class DownloadJournal:
     envelope is installed again after a power cut or crash, so the download resumes there.
     """
 
-    def __init__(self, path: Path, every: int = 64 * 1024) -> None:
+    def __init__(self, path: Path, every: int = 64 * 1024,
+                 crash: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.every = every
+        self._crash = crash
+        """Called before every durable write with a label (a power-cut harness raises from it)."""
 
     def load(self, envelope_digest: str) -> dict[str, int]:
         """``{image: durable bytes}`` left by an interrupted install of this envelope."""
@@ -249,10 +252,16 @@ class DownloadJournal:
         return {}
 
     def save(self, envelope_digest: str, image: str, durable: int) -> None:
+        if self._crash is not None:
+            self._crash(f"journal {self.path.name}")
         atomic_write(self.path, json.dumps({"envelope": envelope_digest, "image": image,
                                             "durable": durable}).encode())
 
     def clear(self) -> None:
+        if not self.path.exists():
+            return
+        if self._crash is not None:
+            self._crash(f"journal-clear {self.path.name}")
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -503,6 +512,11 @@ class Consumer:
     options: ProcessorOptions = field(
         default_factory=lambda: ProcessorOptions(allow_unverified_staging=False))
     """Slots hold bootable images only: nothing is written without a digest to check."""
+    journal_every: int = 64 * 1024
+    """The download journal is saved each time this many more image bytes are durable."""
+    crash: Callable[[str], None] | None = None
+    """Called with a label before every file the consumer writes (the download journal): a
+    power-cut harness raises ``PowerCut`` from it."""
 
     @property
     def identity(self) -> ComponentIdentity:
@@ -526,7 +540,8 @@ class Consumer:
         refused = self._check_capacity(verified, nonce)
         if refused is not None:
             return refused
-        journal = DownloadJournal(self.config.directory / "download.json")
+        journal = DownloadJournal(self.config.directory / "download.json", self.journal_every,
+                                  crash=self.crash)
         digest = hashlib.sha256(data).hexdigest()
         run = _Run(self.config, self.store, envelope, self.identity, journal=journal,
                    envelope_digest=digest, replayable=not _encrypted(envelope),
@@ -551,15 +566,16 @@ class Consumer:
             journal.clear()
             return InstallOutcome(False, f"failed: {result.reason}", sequence, result.report,
                                   result)
+        if not run.written:
+            # Checked before anything is marked: a failed install leaves no request behind.
+            return InstallOutcome(False, "failed: the manifest installed no image",
+                                  sequence, result.report, result)
         try:
             self._restage_untouched(run)
             self.store.check_staged()  # what the bootloader would refuse is not marked pending
             self.store.mark_pending()
         except SuitError as e:
             return InstallOutcome(False, f"failed: {e}", sequence, result.report, result)
-        if not run.written:
-            return InstallOutcome(False, "failed: the manifest installed no image",
-                                  sequence, result.report, result)
         return InstallOutcome(True, f"installed {', '.join(run.written)} (sequence number "
                               f"{sequence}); pending until the next boot", sequence,
                               result.report, result, tuple(run.written))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,13 +39,16 @@ from suitkit.core.verify import TrustAnchors, verify_envelope
 from suitkit.device.config import DeviceConfig, load_config
 from suitkit.device.consumer import Consumer, PayloadFetcher, reader_chunks, split_slot_record
 from suitkit.device.invoke import ImageComponent
-from suitkit.errors import AuthenticationError, DecodeError, StorageError
+from suitkit.errors import AuthenticationError, DecodeError, StorageError, SuitError
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
 __all__ = ["OpenDevice", "SuitImageVerifier", "open_device"]
 
 CHUNK = 64 * 1024
+FLASH_STATE = "state.cbor"
+"""Every flash of a simulated device, content and wear, in one file (saved atomically)."""
+FLASH_FORMAT = 1
 
 
 class _BootStore:
@@ -121,22 +125,31 @@ class OpenDevice:
     config: DeviceConfig
     bootloader: Bootloader
     flashes: dict[str, Flash]
+    crash: Callable[[str], None] | None = None
+    """Called with a label before every file written for this device (see ``open_device``)."""
 
     def consumer(self, fetcher: PayloadFetcher | None = None) -> Consumer:
         """A consumer that stages updates into this device's inactive slots."""
-        return Consumer(self.config, self.bootloader, fetcher)
+        return Consumer(self.config, self.bootloader, fetcher, crash=self.crash)
 
     def save(self) -> None:
-        """Persist simulated flash (content and wear) to the folder, atomically."""
+        """Persist the simulated flash (every flash's content and wear) to the folder, as a
+        whole: one file (``flash/state.cbor``) written atomically, so a crash while saving
+        leaves the folder as it was before the command or as it is after it, never one flash
+        of a two-flash device (dual-cpu) ahead of the other."""
         directory = self.config.directory / "flash"
         if not self.flashes:
             return
         directory.mkdir(exist_ok=True)
-        wear = {}
-        for name, flash in self.flashes.items():
-            atomic_write(directory / f"{name}.bin", flash.snapshot())
-            wear[name] = flash.erase_counts
-        atomic_write(directory / "wear.json", json.dumps(wear).encode())
+        if self.crash is not None:
+            self.crash(f"save flash/{FLASH_STATE}")
+        doc = {"format": FLASH_FORMAT,
+               "flashes": {name: flash.snapshot() for name, flash in self.flashes.items()},
+               "wear": {name: list(flash.erase_counts) for name, flash in self.flashes.items()}}
+        atomic_write(directory / FLASH_STATE, cbor.encode(doc))
+        # Folders saved before the single file kept one file per flash: now stale.
+        for stale in [directory / "wear.json", *(directory / f"{n}.bin" for n in self.flashes)]:
+            stale.unlink(missing_ok=True)
 
 
 def _cid(component: ComponentIdentifier) -> str:
@@ -150,8 +163,12 @@ def identity_of(config: DeviceConfig) -> ComponentIdentity:
                              device_ids=frozenset({config.device_id}))
 
 
-def open_device(directory: Path) -> OpenDevice:
+def open_device(directory: Path, *, crash: Callable[[str], None] | None = None) -> OpenDevice:
     """Open a device folder made by ``config.create_device``.
+
+    ``crash``: called with a label before every durable file step (the download journal, the
+    flash save, every step of the Linux-class slots): a power-cut harness raises ``PowerCut``
+    from it.
 
     Raises:
         DecodeError: not a device folder, or its saved flash is unreadable.
@@ -166,14 +183,40 @@ def open_device(directory: Path) -> OpenDevice:
         for c in config.components}
     if config.shape == "linux":
         names = tuple(c.image for c in config.components)
-        return OpenDevice(config, FsBootloader(directory / "slots", names, verifiers), {})
+        return OpenDevice(config, FsBootloader(directory / "slots", names, verifiers,
+                                               crash=crash), {}, crash)
     device = SHAPES[config.shape](verifiers, image_sectors=config.image_sectors)
-    flash_dir = directory / "flash"
-    if (flash_dir / "wear.json").exists():
-        try:
-            wear = json.loads((flash_dir / "wear.json").read_bytes())
-            for name, flash in device.flashes.items():
-                flash.load((flash_dir / f"{name}.bin").read_bytes(), wear[name])
-        except (OSError, ValueError, KeyError, StorageError) as e:
-            raise DecodeError(str(flash_dir), f"saved flash is unreadable: {e}") from None
-    return OpenDevice(config, device.bootloader, device.flashes)
+    _load_flash(directory / "flash", device.flashes)
+    return OpenDevice(config, device.bootloader, device.flashes, crash)
+
+
+def _load_flash(flash_dir: Path, flashes: dict[str, Flash]) -> None:
+    """Restore the flashes saved by ``OpenDevice.save`` (or by a suitkit that kept one file per
+    flash); a folder with nothing saved keeps the blank flash.
+
+    Raises:
+        DecodeError: the saved state is unreadable or does not fit the device's flashes.
+    """
+    state = flash_dir / FLASH_STATE
+    try:
+        if state.exists():
+            doc = cbor.decode(state.read_bytes(), path=str(state), max_depth=4)
+            if not isinstance(doc, Mapping) or doc.get("format") != FLASH_FORMAT:
+                raise ValueError(f"expected a map with format {FLASH_FORMAT}")
+            saved, wear = doc["flashes"], doc["wear"]
+            if set(saved) != set(flashes) or set(wear) != set(flashes):
+                raise ValueError(f"it holds flashes {sorted(saved)}, the device has "
+                                 f"{sorted(flashes)}")
+            for name, flash in flashes.items():
+                content, counts = saved[name], wear[name]
+                if not isinstance(content, bytes) or not isinstance(counts, list | tuple) \
+                        or not all(isinstance(w, int) and w >= 0 for w in counts):
+                    raise ValueError(f"{name}: expected the content as bytes and the wear as "
+                                     "a list of counts")
+                flash.load(content, list(counts))
+        elif (flash_dir / "wear.json").exists():
+            legacy = json.loads((flash_dir / "wear.json").read_bytes())
+            for name, flash in flashes.items():
+                flash.load((flash_dir / f"{name}.bin").read_bytes(), legacy[name])
+    except (OSError, ValueError, KeyError, TypeError, SuitError) as e:
+        raise DecodeError(str(flash_dir), f"saved flash is unreadable: {e}") from None

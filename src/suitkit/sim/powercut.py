@@ -1,0 +1,592 @@
+"""The power-cut harness over the real update path (RFC 9019 §4.1: "a power failure at any time
+must not cause a failure of the device").
+
+``suitkit.bootloader.powercut`` cuts the bootloader's own steps with a simplified manifest. This
+harness cuts everything a device does for an update, as the ``suitkit device`` commands do it:
+a device folder (``device.wiring.open_device``), ``Consumer.install`` with a real signed SUIT
+envelope (payload integrated, or detached and fetched from a firmware folder) through the
+processor, the download journal, staging, the set check and marking pending, then the boot,
+the application's confirm, a boot, and a second update the same way; every command saves the
+folder.
+
+For each scenario (one per RFC 9019 §5 shape and payload kind) it:
+
+1. runs the body once cleanly and counts its *events*: every flash operation (erase, program)
+   and every durable file step (the download journal, the folder's flash save, every write,
+   fsync, rename and directory fsync of the Linux-class slots), numbered on one power supply;
+2. for every event ``n`` (or a seeded sample), replays the body on a copy of the same device
+   with the power cut at event ``n``, then powers up and boots as the device would: the
+   application confirms a release it runs on trial;
+3. checks, at every boot and after recovery:
+
+   - the device boots (a brick is a failure), a whole set from one signed release, with the
+     digests the author signed;
+   - a release that runs steady (not on trial) is one the application confirmed (or the set it
+     was provisioned with); a trial release never has its counters raised; counters never go
+     down and equal the running release once steady; a confirmed release stays;
+   - a steady boot writes nothing;
+   - the interrupted install, tried again, installs (when what runs is older), and the next
+     valid update installs, boots on trial and is confirmed.
+
+What a cut leaves:
+
+- a flash operation: the torn program or erase of the flash model (``bootloader.flash``); the
+  flash is non-volatile, so what it holds is saved to the folder;
+- a file step of the device (the download journal): the flash keeps what it holds, the file is
+  not written;
+- the folder's save (``flash/state.cbor``): the folder keeps the state it had before the
+  command, as after a crash of the process that simulates the device;
+- Linux-class devices (no flash): lost unsynced writes. A file written and not yet fsynced is,
+  at random (seeded), gone, truncated, ended with garbage, or complete; a rename or an unlink not
+  yet made durable by its directory's fsync is, at random, undone (the old file is back).
+
+Not modelled: reordering of metadata between directories, a partial fsync of a file over 1 MiB
+(the images here are small), cuts of one flash while the other stays powered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from suitkit.author.describe import parse_description
+from suitkit.bootloader.api import BootResult, NoBootableImage
+from suitkit.bootloader.flash import PowerCut, PowerSupply
+from suitkit.core import codec, crypto
+from suitkit.core.sign import sign_envelope
+from suitkit.device.config import SHAPE_COMPONENTS, create_device
+from suitkit.device.consumer import InstallOutcome
+from suitkit.device.fetch import FileFetcher
+from suitkit.device.wiring import OpenDevice, open_device
+from suitkit.errors import SuitError
+
+__all__ = ["REAL_SCENARIOS", "RealCutResult", "RealScenario", "run_real_scenario"]
+
+BASE, OLD, NEW, NEXT, LATER = 1, 2, 3, 4, 5
+"""The release the device is provisioned with; an earlier update already confirmed (so the
+slots and trailers are as in the field); the update under test; the second update of the
+body; the update that must still install after recovery."""
+LABELS = {BASE: "base", OLD: "old", NEW: "new", NEXT: "next", LATER: "later"}
+SIZES = {BASE: 3000, OLD: 4100, NEW: 6200, NEXT: 2700, LATER: 5300}
+"""Image sizes (per component, plus 300 bytes per component index): different, so swaps move
+blocks of different content and blank areas."""
+IMAGE_SECTORS = 3
+"""Slot size of the simulated flashes in 4 KiB sectors: the images fit, the runs stay fast."""
+MAX_RECOVERY_BOOTS = 6
+JOURNAL_EVERY = 2048
+"""The download journal is saved every 2 KiB made durable (64 KiB on devices), so that the
+small images of the harness write it, and a retried install resumes from it."""
+VENDOR_DOMAIN = "example.com"
+CLASS_NAME = "powercut-board"
+
+
+@dataclass(frozen=True, slots=True)
+class RealScenario:
+    name: str
+    shape: str
+    detached: bool
+
+    @property
+    def description(self) -> str:
+        payload = "detached (fetched from a firmware folder)" if self.detached else "integrated"
+        return (f"{self.shape}: Consumer.install of a signed envelope, payload {payload}; boot, "
+                "confirm, boot; a second update the same way")
+
+
+REAL_SCENARIOS: dict[str, RealScenario] = {
+    f"real-{shape}-{kind}": RealScenario(f"real-{shape}-{kind}", shape, kind == "detached")
+    for shape in SHAPE_COMPONENTS for kind in ("integrated", "detached")
+}
+
+
+@dataclass
+class RealCutResult:
+    scenario: str
+    shape: str
+    clean_events: int
+    """Flash operations and file steps of the body in a clean run."""
+    flash_ops: int
+    """Of which flash operations."""
+    cut_points_tried: int = 0
+    failures: list[str] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    """How many runs ended (after recovery, before the later update) on each release."""
+    seconds: float = 0.0
+
+
+class Broken(Exception):
+    """An invariant did not hold."""
+
+
+# ---------------------------------------------------------------------------- releases
+
+
+class Releases:
+    """Signed envelopes of every release for one shape, the images in a firmware folder."""
+
+    def __init__(self, folder: Path, shape: str, *, detached: bool, seed: int) -> None:
+        self.folder = folder
+        self.components = SHAPE_COMPONENTS[shape]
+        self.key = crypto.generate_private_key("ES256")
+        self.anchor = folder / "author.pub"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.anchor.write_bytes(crypto.public_key_to_pem(self.key.public_key()))
+        self.digests: dict[int, dict[str, bytes]] = {}
+        self.envelopes: dict[int, bytes] = {}
+        for seq in LABELS:
+            comps: list[dict[str, Any]] = []
+            digests = {}
+            for index, name in enumerate(self.components):
+                rng = random.Random(f"{shape}/{name}/{seq}/{seed}")  # noqa: S311 (test data)
+                image = rng.randbytes(SIZES[seq] + 300 * index)
+                file = f"{name}-{seq}.bin"
+                (folder / file).write_bytes(image)
+                comp: dict[str, Any] = {"id": [f"0x{index:02x}"], "image": file}
+                if detached:
+                    comp["uri"] = file
+                comps.append(comp)
+                digests[name] = hashlib.sha256(image).digest()
+            description = parse_description(
+                {"sequence-number": seq, "vendor-domain": VENDOR_DOMAIN,
+                 "class-name": CLASS_NAME, "components": comps}, base=folder)
+            envelope = codec.build_envelope(description.manifest,
+                                            sever_members=description.sever,
+                                            integrated=description.integrated)
+            signed = sign_envelope(envelope, self.key.signer())
+            self.envelopes[seq] = codec.encode_envelope(signed)
+            self.digests[seq] = digests
+
+
+def _vendor() -> uuid.UUID:
+    return uuid.uuid5(uuid.NAMESPACE_DNS, VENDOR_DOMAIN)
+
+
+# ---------------------------------------------------------------------------- lost writes
+
+
+class LostWrites:
+    """Which files of a Linux-class device hold writes a power cut can lose.
+
+    Fed the labels of ``FsBootloader``'s durable steps (``write P``, ``fsync P``, ``rename P``
+    from ``P.tmp``, ``fsync-dir D``, ``symlink P``), each called just before its operation: when
+    the next label arrives, the previous operation is done.
+    """
+
+    def __init__(self, root: Path, rng: random.Random) -> None:
+        self.root = root
+        self.rng = rng
+        self.unsynced: set[Path] = set()
+        self.renamed: dict[Path, tuple[str, bytes | str | None]] = {}
+        self._last: str | None = None
+        self._before_rename: tuple[str, bytes | str | None] | None = None
+
+    def step(self, label: str) -> None:
+        """The operation of the previous label completed; ``label``'s is about to start."""
+        self._done(self._last)
+        self._last = label
+        kind, _, rel = label.partition(" ")
+        if kind in ("rename", "unlink"):
+            self._before_rename = self._capture(self.root / rel)
+
+    def _capture(self, path: Path) -> tuple[str, bytes | str | None]:
+        if path.is_symlink():
+            return ("link", os.readlink(path))
+        if path.is_file():
+            return ("file", path.read_bytes())
+        return ("none", None)
+
+    def _done(self, label: str | None) -> None:
+        if label is None:
+            return
+        kind, _, rel = label.partition(" ")
+        path = self.root / rel
+        if kind in ("write", "symlink"):
+            self.unsynced.add(path)
+        elif kind == "fsync":
+            self.unsynced.discard(path)
+        elif kind == "rename":
+            source = path.with_name(path.name + ".tmp")
+            if source in self.unsynced:
+                self.unsynced.discard(source)
+                self.unsynced.add(path)
+            if path not in self.renamed and self._before_rename is not None:
+                self.renamed[path] = self._before_rename
+        elif kind == "unlink":
+            # Like a rename, an unlink is durable only once its directory is fsynced.
+            if path not in self.renamed and self._before_rename is not None:
+                self.renamed[path] = self._before_rename
+        elif kind == "fsync-dir":
+            directory = path.resolve() if rel != "." else self.root.resolve()
+            for renamed in [p for p in self.renamed if p.parent.resolve() == directory]:
+                del self.renamed[renamed]
+                self.unsynced.discard(renamed)  # a renamed symlink is durable now
+
+    def cut(self) -> list[str]:
+        """Apply what the cut loses; return what was lost (for messages)."""
+        lost = []
+        for path, (kind, old) in sorted(self.renamed.items()):
+            if self.rng.random() < 0.5:
+                path.unlink(missing_ok=True)
+                if kind == "file":
+                    assert isinstance(old, bytes)
+                    path.write_bytes(old)
+                elif kind == "link":
+                    assert isinstance(old, str)
+                    path.symlink_to(old)
+                self.unsynced.discard(path)
+                lost.append(f"rename or unlink of {path.name} undone")
+        for path in sorted(self.unsynced):
+            if path.is_symlink() or not path.is_file():
+                if path.is_symlink() and self.rng.random() < 0.5:
+                    path.unlink()
+                    lost.append(f"{path.name} gone")
+                continue
+            data = path.read_bytes()
+            fate = self.rng.randrange(4)
+            if fate == 0:
+                path.unlink()
+                lost.append(f"{path.name} gone")
+            elif fate == 1:
+                path.write_bytes(data[: self.rng.randrange(len(data) + 1)])
+                lost.append(f"{path.name} truncated")
+            elif fate == 2 and data:
+                keep = self.rng.randrange(len(data))
+                path.write_bytes(data[:keep] + self.rng.randbytes(len(data) - keep))
+                lost.append(f"{path.name} torn")
+        return lost
+
+
+# ---------------------------------------------------------------------------- one device
+
+
+class Cut(Exception):
+    """Internal: the cut fell, with how to recover from it."""
+
+    def __init__(self, kind: str, label: str) -> None:
+        super().__init__(f"{kind} {label}")
+        self.kind = kind
+        self.label = label
+
+
+class Board:
+    """A device folder driven as the ``suitkit device`` commands drive it, with the power cut
+    at one numbered event (flash operation or file step) across all the commands."""
+
+    def __init__(self, folder: Path, releases: Releases, shape: str, seed: int) -> None:
+        self.folder = folder
+        self.releases = releases
+        self.shape = shape
+        self.seed = seed
+        self.fetcher = FileFetcher(releases.folder)
+        self.remaining: int | None = None
+        """Events until the cut (None: no cut armed)."""
+        self.events = 0
+        """Flash operations and file steps so far (one numbering: the board's supply)."""
+        self.file_steps = 0
+        self.saves = 0
+        """Of the file steps, the folder's saves (the end of every command)."""
+        self.lost: LostWrites | None = None
+        self.confirmed: set[int] = set()
+        """Releases the application confirmed (or called confirm on: a cut may fall inside)."""
+        self.floor = 0
+        """The highest release whose confirm returned."""
+        self.counters: dict[str, int] = {}
+        self.trials: dict[int, int] = {}
+
+    # -- commands -------------------------------------------------------------------------
+
+    @contextmanager
+    def command(self) -> Iterator[OpenDevice]:
+        """Open the folder, run one command, save; count and cut its events."""
+        supply = PowerSupply()
+        if self.remaining is not None:
+            supply.cut_after(self.remaining)
+        holder: list[PowerSupply] = [supply]
+
+        def step(label: str) -> None:
+            if self.lost is not None:
+                self.lost.step(label)
+            self.file_steps += 1
+            self.saves += label.startswith("save ")
+            _, cut = holder[0].start_op()
+            if cut:
+                raise Cut("file", label)
+
+        opened = open_device(self.folder, crash=step)
+        if opened.flashes:
+            flash_supply = next(iter(opened.flashes.values())).supply
+            for flash in opened.flashes.values():
+                flash.seed = self.seed  # the torn states of a cut: (seed, operation number)
+            if self.remaining is not None:
+                flash_supply.cut_after(self.remaining)
+            holder[0] = flash_supply
+        before = holder[0].ops
+        try:
+            yield opened
+            opened.save()
+        except PowerCut as e:
+            # A flash operation did not complete: the flash is non-volatile, keep what it holds.
+            holder[0].restore()
+            opened.crash = None
+            opened.save()
+            raise Cut("flash", str(e)) from None
+        except Cut as cut:
+            holder[0].restore()
+            if cut.label.startswith("save "):
+                raise  # the folder keeps what it held before this command
+            if opened.flashes:
+                opened.crash = None
+                opened.save()
+            raise
+        finally:
+            done = holder[0].ops - before
+            self.events += done
+            if self.remaining is not None:
+                self.remaining -= done
+
+    def install(self, seq: int) -> InstallOutcome:
+        with self.command() as opened:
+            consumer = replace(opened.consumer(self.fetcher), journal_every=JOURNAL_EVERY)
+            return consumer.install(self.releases.envelopes[seq])
+
+    def boot(self) -> BootResult:
+        with self.command() as opened:
+            result = opened.bootloader.boot()
+        self.check_boot(result)
+        return result
+
+    def confirm(self, seq: int) -> None:
+        self.confirmed.add(seq)
+        with self.command() as opened:
+            opened.bootloader.confirm()
+        self.floor = max(self.floor, seq)
+
+    def read_counters(self) -> dict[str, int]:
+        return open_device(self.folder).bootloader.read_counters()
+
+    # -- invariants -----------------------------------------------------------------------
+
+    def release(self, result: BootResult) -> int:
+        seqs = set(result.sequence_numbers.values())
+        if len(seqs) != 1:
+            raise Broken(f"a mixed set runs: {result.sequence_numbers}")
+        seq = seqs.pop()
+        if seq not in LABELS:
+            raise Broken(f"unknown release {seq} runs")
+        for image in result.images:
+            if image.digest != self.releases.digests[seq][image.name]:
+                raise Broken(f"{image.name}: release {seq} runs with a digest the author never "
+                             "signed")
+        return seq
+
+    def check_boot(self, result: BootResult) -> None:
+        seq = self.release(result)
+        counters = self.read_counters()
+        for name, value in counters.items():
+            if value < self.counters.get(name, 0):
+                raise Broken(f"{name}: counter went down from {self.counters[name]} to {value}")
+            if value > seq:
+                raise Broken(f"{name}: counter {value} is above the running release {seq}")
+            if result.trial and value >= seq:
+                raise Broken(f"{name}: counter raised to {value} while release {seq} is only "
+                             "on trial")
+        self.counters = counters
+        if result.trial:
+            self.trials[seq] = self.trials.get(seq, 0) + 1
+            if self.trials[seq] > 1:
+                raise Broken(f"release {seq} booted on trial a second time")
+        elif seq not in self.confirmed:
+            raise Broken(f"release {seq} runs steady although the application never confirmed "
+                         "it")
+        if seq < self.floor:
+            raise Broken(f"release {seq} runs although release {self.floor} was confirmed")
+
+    def settle(self) -> int:
+        """Boot (confirming what runs on trial) until steady; check; return the release."""
+        for _ in range(MAX_RECOVERY_BOOTS):
+            result = self.boot()
+            seq = self.release(result)
+            if not result.trial:
+                break
+            self.confirm(seq)
+        else:
+            raise Broken(f"still on trial after {MAX_RECOVERY_BOOTS} boots")
+        writes = self.events - self.saves
+        again = self.boot()
+        if again.trial or self.release(again) != seq:
+            raise Broken(f"not steady: release {seq}, then {again.sequence_numbers}")
+        if self.events - self.saves != writes:
+            raise Broken(f"a steady boot wrote ({self.events - self.saves - writes} flash "
+                         "operations or file steps)")
+        if self.read_counters() != dict.fromkeys(self.releases.components, seq):
+            raise Broken(f"counters {self.read_counters()} != the running release {seq}")
+        return seq
+
+    def update(self, seq: int) -> None:
+        """Install, boot on trial, confirm, boot: every step must work."""
+        outcome = self.install(seq)
+        if not outcome.installed:
+            raise Broken(f"the update to release {seq} did not install: {outcome.reason}")
+        trial = self.boot()
+        if not trial.trial or self.release(trial) != seq:
+            raise Broken(f"the update to release {seq} booted {trial.sequence_numbers} "
+                         f"(trial {trial.trial})")
+        self.confirm(seq)
+        if self.settle() != seq:
+            raise Broken(f"release {seq} did not stay after its confirm")
+
+
+# ---------------------------------------------------------------------------- the scenario
+
+
+def _body(board: Board, interrupted: list[int]) -> None:
+    """The cut range: an update to NEW, then one to NEXT, as the device's commands do them."""
+    for seq in (NEW, NEXT):
+        interrupted[:] = [seq]
+        outcome = board.install(seq)
+        if not outcome.installed:
+            raise Broken(f"a clean install of release {seq} failed: {outcome.reason}")
+        interrupted.clear()
+        trial = board.boot()
+        if not trial.trial:
+            raise Broken(f"release {seq} did not boot on trial: {trial.sequence_numbers}")
+        board.confirm(seq)
+        board.boot()
+
+
+def _provision(folder: Path, releases: Releases, shape: str, seed: int) -> None:
+    vendor = _vendor()
+    create_device(folder, vendor_id=vendor, class_id=uuid.uuid5(vendor, CLASS_NAME),
+                  trust_anchors=[releases.anchor], shape=shape,
+                  device_id=uuid.UUID(int=seed), image_sectors=IMAGE_SECTORS)
+    board = Board(folder, releases, shape, seed)
+    open_device(folder).save()
+    for seq in (BASE, OLD):
+        outcome = board.install(seq)
+        if not outcome.installed:
+            raise Broken(f"provisioning release {seq}: {outcome.reason}")
+        board.boot()
+        board.confirm(seq)
+    board.settle()
+
+
+def _choose(total: int, sample: int | None, seed: int) -> list[int]:
+    points = list(range(1, total + 1))
+    if sample is None or sample >= total:
+        return points
+    return sorted(random.Random(seed).sample(points, sample))  # noqa: S311 (sampling)
+
+
+def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
+                      points: Iterable[int] | None = None, second: int | None = 0,
+                      workdir: Path | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> RealCutResult:
+    """Cut the power at every event of a real-path scenario (or a seeded sample) and check.
+
+    Args:
+        name: a key of :data:`REAL_SCENARIOS`.
+        sample: try this many cut points (chosen with ``seed``) instead of all of them.
+        points: try exactly these cut points (events numbered from 1; beyond the clean run's
+            count are ignored).
+        second: after each cut, cut the power again during the recovery (the boots, and the
+            confirms of what runs on trial, until steady): ``0`` never, ``None`` at every
+            event of that recovery, ``N`` at a seeded sample of ``N`` of them. Each pair counts
+            as one cut point tried.
+        seed: seeds the images, the torn flash states, the lost writes and the sampling.
+        workdir: where device folders are made (default: a temporary directory, removed).
+        progress: called with (first cut points done, first cut points to try).
+    """
+    scenario = REAL_SCENARIOS[name]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="suitkit-powercut-", dir=workdir) as tmp:
+        root = Path(tmp)
+        releases = Releases(root / "firmware", scenario.shape, detached=scenario.detached,
+                            seed=seed)
+        golden = root / "golden"
+        _provision(golden, releases, scenario.shape, seed)
+
+        def fresh(label: str) -> Board:
+            folder = root / label
+            if folder.exists():
+                shutil.rmtree(folder)
+            shutil.copytree(golden, folder, symlinks=True)
+            board = Board(folder, releases, scenario.shape, seed)
+            board.counters = board.read_counters()
+            board.confirmed, board.floor = {BASE, OLD}, OLD
+            return board
+
+        def cut(board: Board, steps: Callable[[], object], n: int, salt: str) -> str:
+            """Run ``steps`` with the power cut at its ``n``-th event; what the cut left."""
+            board.remaining = n
+            if scenario.shape == "linux":
+                rng = random.Random(f"{seed}/{salt}")  # noqa: S311 (simulation)
+                board.lost = LostWrites(board.folder / "slots", rng)
+            try:
+                steps()
+                raise Broken(f"no power cut happened at event {n}")
+            except Cut as e:
+                what = str(e)
+                if board.lost is not None:
+                    lost = board.lost.cut()
+                    what += f" ({', '.join(lost)})" if lost else ""
+                return what
+            finally:
+                board.remaining = None
+                board.lost = None
+
+        clean = fresh("clean")
+        _body(clean, [])
+        result = RealCutResult(name, scenario.shape, clean.events,
+                               clean.events - clean.file_steps)
+        outcomes: dict[str, int] = {}
+        chosen = (_choose(clean.events, sample, seed) if points is None
+                  else sorted({n for n in points if 1 <= n <= clean.events}))
+        for done, n in enumerate(chosen):
+            seconds: list[int | None] = [None]
+            if second != 0:
+                # Count the events of the recovery after a cut at n, to cut there too.
+                probe = fresh("probe")
+                try:
+                    cut(probe, partial(_body, probe, []), n, f"{n}")
+                    before = probe.events
+                    probe.settle()
+                    seconds = list(_choose(probe.events - before, second, seed + n))
+                except (Broken, SuitError, NoBootableImage, PowerCut, Cut, AssertionError,
+                        OSError) as e:
+                    result.failures.append(f"cut at event {n} (probe): {type(e).__name__}: {e}")
+                    continue
+            for m in seconds:
+                result.cut_points_tried += 1
+                board = fresh("run")
+                interrupted: list[int] = []
+                what = "?"
+                try:
+                    what = cut(board, partial(_body, board, interrupted), n, f"{n}")
+                    if m is not None:
+                        what += "; then at event " + str(m) + " of the recovery: " + cut(
+                            board, board.settle, m, f"{n}/{m}")
+                    seq = board.settle()
+                    outcomes[LABELS[seq]] = outcomes.get(LABELS[seq], 0) + 1
+                    if interrupted and interrupted[0] > seq:
+                        board.update(interrupted[0])  # the agent tries the install again
+                    board.update(LATER)
+                except (Broken, SuitError, NoBootableImage, PowerCut, Cut, AssertionError,
+                        OSError) as e:
+                    result.failures.append(f"cut at event {n} [{what}]: {type(e).__name__}: "
+                                           f"{e}")
+            if progress is not None:
+                progress(done + 1, len(chosen))
+        result.outcomes = outcomes
+    result.seconds = time.perf_counter() - started
+    return result
