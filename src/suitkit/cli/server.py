@@ -382,10 +382,11 @@ class _Counted:
 @handles_errors
 def upload(
     envelope: Annotated[Path, typer.Argument(metavar="ENVELOPE", help="Signed envelope.")],
-    server: Annotated[str, typer.Option("--server", help="Server URL, e.g. "
-                                        "http://127.0.0.1:8080")],
-    token_file: Annotated[Path, typer.Option("--token-file", help="File holding the upload "
-                                             "token.")],
+    server: Annotated[str, typer.Option("--server", envvar="SUITKIT_SERVER",
+                                        help="Server URL, e.g. http://127.0.0.1:8080")],
+    token_file: Annotated[Path, typer.Option("--token-file", envvar="SUITKIT_TOKEN_FILE",
+                                             help="File holding the upload token (or an "
+                                             "author's or admin's API token).")],
     images: Annotated[list[str] | None, typer.Argument(
         metavar="[IMAGE...]", help="Detached images: PATH (matched by digest) or N=PATH "
         "(for component index N).")] = None,
