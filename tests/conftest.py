@@ -1,3 +1,19 @@
 """Shared pytest configuration. Helpers live in tests/helpers.py (on the pytest pythonpath)."""
 
+import os
+
+import pytest
+
 from pg import postgres  # noqa: F401 - the session's throwaway PostgreSQL (tests/pg.py)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The real-path power-cut harness in full (``powercut_full``) takes minutes: it runs with
+    ``SUITKIT_POWERCUT_FULL=1`` (or ``suitkit device powercut --scenario all-real``) and is
+    deselected, not skipped, otherwise (a sample of it runs in every ``make test``)."""
+    if os.environ.get("SUITKIT_POWERCUT_FULL") == "1":
+        return
+    kept = [item for item in items if item.get_closest_marker("powercut_full") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept

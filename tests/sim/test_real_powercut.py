@@ -11,7 +11,6 @@ defects it was built for, so that "0 failures" means something.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 
 import pytest
@@ -50,9 +49,7 @@ def test_real_path_a_second_cut_during_recovery_recovers(name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("SUITKIT_POWERCUT_FULL") != "1",
-                    reason="every cut point takes minutes: SUITKIT_POWERCUT_FULL=1 runs it "
-                    "(or suitkit device powercut --scenario all-real)")
+@pytest.mark.powercut_full  # deselected unless SUITKIT_POWERCUT_FULL=1 (tests/conftest.py)
 @pytest.mark.parametrize("name", sorted(REAL_SCENARIOS))
 def test_real_path_every_cut_point_recovers(name: str) -> None:
     result = run_real_scenario(name)

@@ -47,6 +47,7 @@ from suitkit.cli.common import (
 )
 from suitkit.cli.notices import TrackerWiring, parse_host_port, release_lookup, tracker_routes
 from suitkit.core.verify import TrustAnchor, TrustAnchors
+from suitkit.errors import SuitError
 from suitkit.tracker.quotas import Quotas
 
 DEFAULT_QUOTAS = Quotas()
@@ -205,45 +206,51 @@ def serve(
             fail(str(e), EXIT_USAGE)
     _configure_logging(log_level.lower())
     open_files = _raise_open_files()
-    store = BlobStore(data)  # creates the data directory, or fails with one line
-    store.check_writable()
     routers: tuple[Any, ...] = ()
     wiring: TrackerWiring | None = None
     coap: Any = None
     sock: socket.socket | None = None
     try:
-        if admin_token is not None:
-            from suitkit.dashboard import create_dashboard_router  # noqa: PLC0415
-            from suitkit.tracker.api import TrackerConfig  # noqa: PLC0415
+        try:  # every start-up problem is bad usage (exit 2), whatever its kind
+            store = BlobStore(data)  # creates the data directory, or fails with one line
+            store.check_writable()
+            if admin_token is not None:
+                from suitkit.dashboard import create_dashboard_router  # noqa: PLC0415
+                from suitkit.tracker.api import TrackerConfig  # noqa: PLC0415
 
-            db_url = tracker_db or f"sqlite:///{data.resolve() / 'tracker.db'}"
-            # deployments and campaigns name a release this server holds (the tracker
-            # derives and checks its envelope URL)
-            tracker_config = TrackerConfig(db_url, admin_token, releases=release_lookup(data),
-                                           public_url=public_url, quotas=quotas)
-            wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None,
-                                    max_push=max_push)
-            routers = (*wiring.routers, create_dashboard_router(redirect_root=True))
-        config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
-                              max_upload_bytes=max_upload_mib * MIB, routers=routers,
-                              authorizer=wiring.authorizer if wiring is not None else None,
-                              max_requests=limit_concurrency)
-        application = create_app(config)
-        sock = _listen(host, port)  # before anything says it runs
-        if coap_port is not None:
-            from suitkit.server.coap import CoapServer, create_coap_site  # noqa: PLC0415
+                db_url = tracker_db or f"sqlite:///{data.resolve() / 'tracker.db'}"
+                # deployments and campaigns name a release this server holds (the tracker
+                # derives and checks its envelope URL)
+                tracker_config = TrackerConfig(db_url, admin_token, releases=release_lookup(data),
+                                               public_url=public_url, quotas=quotas)
+                wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None,
+                                        max_push=max_push)
+                routers = (*wiring.routers, create_dashboard_router(redirect_root=True))
+            config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
+                                  max_upload_bytes=max_upload_mib * MIB, routers=routers,
+                                  authorizer=wiring.authorizer if wiring is not None else None,
+                                  max_requests=limit_concurrency)
+            application = create_app(config)
+            sock = _listen(host, port)  # before anything says it runs
+            if coap_port is not None:
+                from suitkit.server.coap import CoapServer, create_coap_site  # noqa: PLC0415
 
-            site = create_coap_site(store, extra_resources=wiring.coap_resources
-                                    if wiring is not None else ())
-            coap = CoapServer(store, host, coap_port, site=site)
-            coap.start()
-        guards = Guards(head_timeout=head_timeout,
-                        max_connections=max(16, min(max_connections, open_files - 64)))
-        options = {**UVICORN_OPTIONS, "http": guarded_protocol(guards)}
-        server = uvicorn.Server(uvicorn.Config(
-            application, log_config=None, log_level=log_level.lower(),
-            access_log=log_level.lower() in ("debug", "info"), timeout_graceful_shutdown=5,
-            **options))  # type: ignore[arg-type]
+                site = create_coap_site(store, extra_resources=wiring.coap_resources
+                                        if wiring is not None else ())
+                coap = CoapServer(store, host, coap_port, site=site)
+                coap.start()
+            guards = Guards(head_timeout=head_timeout,
+                            max_connections=max(16, min(max_connections, open_files - 64)))
+            options = {**UVICORN_OPTIONS, "http": guarded_protocol(guards)}
+            server = uvicorn.Server(uvicorn.Config(
+                application, log_config=None, log_level=log_level.lower(),
+                access_log=log_level.lower() in ("debug", "info"), timeout_graceful_shutdown=5,
+                **options))  # type: ignore[arg-type]
+        except SuitError as e:
+            fail(str(e), EXIT_USAGE)
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            fail(f"cannot start: {e.strerror or e}{where}", EXIT_USAGE)
         shown = f"[{host}]" if ":" in host else host
         out.print(f"suitkit firmware server on http://{shown}:{port}/ (data {data}; uploads "
                   f"{'enabled' if token or wiring is not None else 'disabled'}"
