@@ -27,7 +27,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, inspect, text
 
 from pg import PostgresCluster
 from suitkit.tracker.db import _Base, alembic_config, upgrade_schema
@@ -111,6 +111,9 @@ def seed(engine: Engine, start: str | None) -> dict[str, int]:
     with engine.begin() as connection:
         for statement in statements:
             connection.execute(text(statement), {"raw": REPORT} if ":raw" in statement else {})
+        if "size" in {c["name"] for c in inspect(connection).get_columns("device_reports")}:
+            # from 0005_quotas on the tracker writes each report's size with it
+            connection.execute(text("UPDATE device_reports SET size = length(raw)"))
     tables = {s.split()[2] for s in statements}
     return {table: 1 for table in tables}
 
@@ -130,6 +133,9 @@ def check(url: str, rows: dict[str, int]) -> None:
                     "SELECT d.name, r.raw, r.size FROM devices d JOIN device_reports r "
                     "ON r.device_id = d.id")).one()
                 assert (name, bytes(raw), size) == ("thermostat", REPORT, len(REPORT))
+                # the seeded update in progress sent its report (seq 2): 0006 records it
+                reported = connection.execute(text("SELECT reported FROM assignments")).one()
+                assert reported == (2,)
     finally:
         engine.dispose()
 

@@ -717,6 +717,7 @@ class CampaignEngine:
             assignment.release, assignment.envelope_url = campaign.release, campaign.envelope_url
             assignment.created, assignment.done = now, None
             assignment.campaign_id, assignment.action = campaign.id, action
+            assignment.reported = None  # a new update: its report is still to come
         return "notified"
 
     def _switch_to_install(self, session: Session, campaign_id: str, now: datetime

@@ -63,7 +63,6 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    func,
     inspect,
     or_,
     select,
@@ -285,6 +284,10 @@ class Assignment(_Base):
     """The campaign that made it (``campaigns``), ``None`` for a direct deployment."""
     action: Mapped[str] = mapped_column(String(16), default="install", server_default="install")
     """``install``, or ``download`` (stop at ``downloaded``: the assignment is then done)."""
+    reported: Mapped[int | None] = mapped_column(Integer, default=None)
+    """The history ``seq`` of the report the device sent for this update, ``None`` until then
+    (one report per update); cleared when a new update starts (``notified``). Kept here, not
+    read from the history: quotas and retention delete history rows."""
 
 
 class ApiToken(_Base):
@@ -719,6 +722,7 @@ class TrackerDB:
                     assignment.release, assignment.envelope_url = release, envelope_url
                     assignment.created, assignment.done = now, None
                     assignment.campaign_id, assignment.action = None, "install"
+                    assignment.reported = None
                 results.append({"id": device_id, "event": event})
         order = {device_id: i for i, device_id in enumerate(requested)}
         results.sort(key=lambda r: order[r["id"]])
@@ -755,7 +759,7 @@ class TrackerDB:
         with self._session() as session:
             seq = self._lock(session, device_id)
             if release is not None:
-                self._check_report(session, device_id, release)
+                self._check_report(session, device_id, release).reported = seq
             row = DeviceReport(device_id=device_id, seq=seq, received=self._now(), raw=raw,
                                size=len(raw), summary=dict(summary))
             session.add(row)
@@ -764,7 +768,9 @@ class TrackerDB:
             return _report_json(row)
 
     @staticmethod
-    def _check_report(session: Session, device_id: str, release: str) -> None:
+    def _check_report(session: Session, device_id: str, release: str) -> Assignment:
+        """The device's current assignment, if the report ``add_report`` got is the one it
+        expects (see there)."""
         device = session.get(Device, device_id)
         assert device is not None
         session.refresh(device)
@@ -779,13 +785,13 @@ class TrackerDB:
             shown = device.state if device.state is not None else "no state yet"
             raise NotAssigned(f"device {device_id} is {shown}; the report of an update is "
                               f"sent while it is {', '.join(sorted(REPORT_STATES))}")
-        started = session.scalar(select(func.max(DeviceEvent.seq)).where(
-            DeviceEvent.device_id == device_id, DeviceEvent.state == "notified")) or 0
-        earlier = session.scalar(select(DeviceReport.seq).where(
-            DeviceReport.device_id == device_id, DeviceReport.seq > started).limit(1))
-        if earlier is not None:
+        # the assignment says whether its report came: the history may have been trimmed
+        # (its notified event, its report) by the quotas or the retention passes
+        if assignment.reported is not None:
             raise NotAssigned(f"the tracker already has the report of this update of device "
-                              f"{device_id} (history item {earlier}); one report per update")
+                              f"{device_id} (history item {assignment.reported}); one report "
+                              "per update")
+        return assignment
 
     def _trim_events(self, session: Session, device_id: str) -> None:
         """Delete the device's oldest events beyond ``quotas.max_events`` (same transaction
