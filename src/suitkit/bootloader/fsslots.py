@@ -204,11 +204,16 @@ class FsBootloader:
     def _atomic_write(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")
         self._step(f"write {self._rel(tmp)}")
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            self._step(f"fsync {self._rel(tmp)}")
-            os.fsync(f.fileno())
+        try:
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                self._step(f"fsync {self._rel(tmp)}")
+                os.fsync(f.fileno())
+        except OSError:
+            # A full disk (or a failing one): the half-written file would keep it full.
+            _remove(tmp)
+            raise
         self._step(f"rename {self._rel(path)}")
         tmp.replace(path)
         self._step(f"fsync-dir {self._rel(path.parent)}")
@@ -570,14 +575,19 @@ class FsSlotWriter:
             for pos in range(0, len(data), _CHUNK):
                 self._owner._step(f"write {self._owner._rel(self._tmp)}")
                 self._file.write(data[pos : pos + _CHUNK])
+            if self._written + len(data) - self._durable >= _SYNC_EVERY:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._durable = self._written + len(data)
+        except OSError:
+            # A full disk: the partial image would keep it full (the agent's retry, the
+            # tracker's reports and the next boot need the space); the download starts over.
+            self._abort()
+            raise
         except BaseException:
             self._file.close()  # a crash: the partial .tmp stays behind, as it would
             raise
         self._written += len(data)
-        if self._written - self._durable >= _SYNC_EVERY:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._durable = self._written
 
     def finish(self) -> None:
         if self._done:
@@ -592,21 +602,43 @@ class FsSlotWriter:
             self._file.flush()
             owner._step(f"fsync {owner._rel(self._tmp)}")
             os.fsync(self._file.fileno())
-        finally:
-            self._file.close()
+        except OSError:
+            self._abort()
+            raise
+        except BaseException:
+            self._file.close()  # a crash: the partial .tmp stays behind, as it would
+            raise
+        self._file.close()
         image = self._slot / f"{self._component}.image"
         owner._step(f"rename {owner._rel(image)}")
         self._tmp.replace(image)
-        owner._atomic_write(self._slot / f"{self._component}.manifest", self._manifest)
+        try:
+            owner._atomic_write(self._slot / f"{self._component}.manifest", self._manifest)
+        except OSError:
+            # Not pending, and useless without its manifest: give the space back.
+            self._done = True
+            _remove(image)
+            raise
         self._done = True
         owner._finished(self._component)
 
     def close(self) -> None:
-        """Let go of the partial image without finishing it (it stays, for a resume)."""
-        self._file.close()
+        """Let go of the partial image without finishing it (it stays, for a resume; not when
+        the disk is full, so that the space comes back)."""
+        try:
+            self._file.close()
+        except OSError:  # the last buffered bytes did not fit: the caller is failing already
+            _remove(self._tmp)
 
     def _abort(self) -> None:
         self._done = True
-        self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            self._tmp.unlink()
+        with contextlib.suppress(OSError):  # the file is closed even when its flush fails
+            self._file.close()
+        _remove(self._tmp)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file this store was writing, if it is there (best effort: the caller is
+    already failing with the reason)."""
+    with contextlib.suppress(OSError):
+        path.unlink()
