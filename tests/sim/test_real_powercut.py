@@ -91,7 +91,7 @@ def test_the_lost_writes_model_catches_a_missing_fsync(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(fsslots.FsBootloader, "_atomic_write", no_fsync)
     result = run_real_scenario("real-linux-integrated", sample=20, seed=1)
-    assert any("state.json is not a valid slot state" in f or "missing" in f
+    assert any("state.json is damaged in every copy" in f or "missing" in f
                for f in result.failures), result.failures
 
 
