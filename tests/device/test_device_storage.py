@@ -18,6 +18,7 @@ import pytest
 
 from cli.test_cli_device import tiny_filesystem
 from device.device_kit import Author, boot, confirm, counters, install, new_device, status
+from suitkit.device.wiring import open_device
 from suitkit.errors import StorageError
 
 PAGE = 4096
@@ -179,8 +180,6 @@ def test_a_damaged_flash_state_leaves_the_state_of_the_save_before(
     the other copy (the folder as before its last command), boots a signed release, and the
     next update installs and stays. It used to refuse every command for good ("saved flash is
     unreadable"), a recovery update included."""
-    from suitkit.device.wiring import open_device  # noqa: PLC0415
-
     made = new_device(tmp_path / "made", [author.anchor], shape)
     count = len(open_device(made).bootloader.components)
 

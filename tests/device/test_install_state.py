@@ -189,8 +189,8 @@ def test_a_damaged_flash_state_is_one_clear_error(tmp_path: Path, author: Author
     for name in (wiring.FLASH_STATE, wiring.FLASH_COPY):
         state = folder / "flash" / name
         state.write_bytes(state.read_bytes()[:100])
-    with pytest.raises(wiring.DecodeError, match="saved flash is unreadable in every copy: "
-                       ".*state.cbor.*state.1.cbor"):
+    with pytest.raises(wiring.DecodeError, match=r"saved flash is unreadable in every copy: "
+                       r".*state\.cbor.*state\.1\.cbor"):
         open_device(folder)
 
 
