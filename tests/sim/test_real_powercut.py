@@ -77,7 +77,10 @@ def test_the_harness_catches_a_half_marked_set_taken_for_a_pending_update(
     # The marking writes are the last flash operations of the first install (before its
     # journal and save): cut around there.
     result = run_real_scenario("real-secure-split-integrated", points=range(15, 30))
-    assert any("an update is already pending" in f for f in result.failures), result.failures
+    # The retried install is refused ("already pending"), or, when the half-marked set is that
+    # very update, taken as installed and never booted.
+    assert any("an update is already pending" in f or "the update to release 3 booted" in f
+               for f in result.failures), result.failures
 
 
 def test_the_lost_writes_model_catches_a_missing_fsync(monkeypatch: pytest.MonkeyPatch) -> None:

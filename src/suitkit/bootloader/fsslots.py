@@ -560,6 +560,24 @@ class FsBootloader:
         """Whether staged images wait for the next boot."""
         return self.read_state().pending is not Pending.NONE
 
+    def staged(self, component: str) -> bytes | None:
+        """The manifest stored with ``component``'s image in the inactive slot (unverified), or
+        ``None`` when there is none (a slot's manifest is written after its image).
+
+        Raises:
+            StorageError: unknown component, or unreadable state.
+        """
+        if component not in self.components:
+            raise StorageError(f"unknown component {component!r}; known: "
+                               f"{', '.join(self.components)}")
+        path = self.slot_dir(self.read_state().inactive) / f"{component}.manifest"
+        try:
+            if path.stat().st_size > self.limits.max_manifest_bytes:
+                return None
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
     def running(self, component: str) -> tuple[bytes, FileImageReader]:
         """The manifest and an image reader of ``component`` in the active slot (unverified).
 
