@@ -1,6 +1,7 @@
 """Power cuts over the real update path (issue #11): every shape, integrated and detached
 payloads, a cut before every flash operation and every file step of Consumer.install, boot,
-confirm and a second update, with lost unsynced writes on Linux-class devices.
+confirm (or the revert boot of an update never confirmed: ``real-SHAPE-revert``) and a second
+update, with lost unsynced writes on Linux-class devices.
 
 The default suite runs a seeded sample of each scenario; ``SUITKIT_POWERCUT_FULL=1 pytest -m
 slow tests/sim/test_real_powercut.py`` (or ``suitkit device powercut --scenario all-real``)
@@ -41,7 +42,7 @@ def test_real_path_sampled_cut_points_recover(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["real-dual-cpu-integrated", "real-linux-detached",
-                                  "real-secure-split-detached"])
+                                  "real-secure-split-detached", "real-dual-cpu-revert"])
 def test_real_path_a_second_cut_during_recovery_recovers(name: str) -> None:
     result = run_real_scenario(name, sample=2, second=3, seed=5)
     assert result.failures == []

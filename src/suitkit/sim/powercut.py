@@ -96,17 +96,21 @@ class RealScenario:
     name: str
     shape: str
     detached: bool
+    revert: bool = False
+    """The first update is never confirmed: the boot after its trial reverts it."""
 
     @property
     def description(self) -> str:
         payload = "detached (fetched from a firmware folder)" if self.detached else "integrated"
-        return (f"{self.shape}: Consumer.install of a signed envelope, payload {payload}; boot, "
-                "confirm, boot; a second update the same way")
+        first = "boot, boot (revert)" if self.revert else "boot, confirm, boot"
+        return (f"{self.shape}: Consumer.install of a signed envelope, payload {payload}; "
+                f"{first}; a second update installed, booted and confirmed")
 
 
 REAL_SCENARIOS: dict[str, RealScenario] = {
-    f"real-{shape}-{kind}": RealScenario(f"real-{shape}-{kind}", shape, kind == "detached")
-    for shape in SHAPE_COMPONENTS for kind in ("integrated", "detached")
+    f"real-{shape}-{kind}": RealScenario(f"real-{shape}-{kind}", shape, kind == "detached",
+                                         kind == "revert")
+    for shape in SHAPE_COMPONENTS for kind in ("integrated", "detached", "revert")
 }
 
 
@@ -450,8 +454,9 @@ class Board:
 # ---------------------------------------------------------------------------- the scenario
 
 
-def _body(board: Board, interrupted: list[int]) -> None:
-    """The cut range: an update to NEW, then one to NEXT, as the device's commands do them."""
+def _body(board: Board, interrupted: list[int], *, revert: bool = False) -> None:
+    """The cut range: an update to NEW, then one to NEXT, as the device's commands do them;
+    with ``revert``, NEW is never confirmed and the boot after its trial reverts it."""
     for seq in (NEW, NEXT):
         interrupted[:] = [seq]
         outcome = board.install(seq)
@@ -461,6 +466,12 @@ def _body(board: Board, interrupted: list[int]) -> None:
         trial = board.boot()
         if not trial.trial:
             raise Broken(f"release {seq} did not boot on trial: {trial.sequence_numbers}")
+        if revert and seq == NEW:
+            back = board.boot()
+            if back.trial or board.release(back) != OLD:
+                raise Broken(f"release {seq}, never confirmed, was not reverted: "
+                             f"{back.sequence_numbers} (trial {back.trial})")
+            continue
         board.confirm(seq)
         board.boot()
 
@@ -546,7 +557,7 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
                 board.lost = None
 
         clean = fresh("clean")
-        _body(clean, [])
+        _body(clean, [], revert=scenario.revert)
         result = RealCutResult(name, scenario.shape, clean.events,
                                clean.events - clean.file_steps)
         outcomes: dict[str, int] = {}
@@ -558,7 +569,8 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
                 # Count the events of the recovery after a cut at n, to cut there too.
                 probe = fresh("probe")
                 try:
-                    cut(probe, partial(_body, probe, []), n, f"{n}")
+                    cut(probe, partial(_body, probe, [], revert=scenario.revert), n,
+                        f"{n}")
                     before = probe.events
                     probe.settle()
                     seconds = list(_choose(probe.events - before, second, seed + n))
@@ -572,7 +584,8 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
                 interrupted: list[int] = []
                 what = "?"
                 try:
-                    what = cut(board, partial(_body, board, interrupted), n, f"{n}")
+                    what = cut(board, partial(_body, board, interrupted,
+                                              revert=scenario.revert), n, f"{n}")
                     if m is not None:
                         what += "; then at event " + str(m) + " of the recovery: " + cut(
                             board, board.settle, m, f"{n}/{m}")
