@@ -362,7 +362,12 @@ class Board:
     def install(self, seq: int) -> InstallOutcome:
         with self.command() as opened:
             consumer = replace(opened.consumer(self.fetcher), journal_every=JOURNAL_EVERY)
-            return consumer.install(self.releases.envelopes[seq])
+            outcome = consumer.install(self.releases.envelopes[seq])
+        if outcome.installed:
+            # A new install (the agent's retry after a cut undid a confirm, so the release
+            # was reverted) earns a new trial: the bootloader gives each install one.
+            self.trials.pop(seq, None)
+        return outcome
 
     def boot(self) -> BootResult:
         with self.command() as opened:
@@ -476,6 +481,15 @@ def _body(board: Board, interrupted: list[int], *, revert: bool = False) -> None
         board.boot()
 
 
+def _recover(board: Board, interrupted: list[int]) -> None:
+    """What follows a cut: boot until steady, then the interrupted install tried again (the
+    agent's retry, resumed from the download journal) when what runs is older; where a second
+    cut falls."""
+    seq = board.settle()
+    if interrupted and interrupted[0] > seq:
+        board.update(interrupted[0])
+
+
 def _provision(folder: Path, releases: Releases, shape: str, seed: int) -> None:
     vendor = _vendor()
     create_device(folder, vendor_id=vendor, class_id=uuid.uuid5(vendor, CLASS_NAME),
@@ -568,11 +582,12 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
             if second != 0:
                 # Count the events of the recovery after a cut at n, to cut there too.
                 probe = fresh("probe")
+                stopped: list[int] = []
                 try:
-                    cut(probe, partial(_body, probe, [], revert=scenario.revert), n,
+                    cut(probe, partial(_body, probe, stopped, revert=scenario.revert), n,
                         f"{n}")
                     before = probe.events
-                    probe.settle()
+                    _recover(probe, stopped)
                     seconds = list(_choose(probe.events - before, second, seed + n))
                 except (Broken, SuitError, NoBootableImage, PowerCut, Cut, AssertionError,
                         OSError) as e:
@@ -588,7 +603,8 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
                                               revert=scenario.revert), n, f"{n}")
                     if m is not None:
                         what += "; then at event " + str(m) + " of the recovery: " + cut(
-                            board, board.settle, m, f"{n}/{m}")
+                            board, partial(_recover, board, list(interrupted)), m,
+                            f"{n}/{m}")
                     seq = board.settle()
                     outcomes[LABELS[seq]] = outcomes.get(LABELS[seq], 0) + 1
                     if interrupted and interrupted[0] > seq:
