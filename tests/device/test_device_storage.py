@@ -52,7 +52,7 @@ def test_a_full_disk_at_any_write_step_leaves_no_partial_file_and_the_update_goe
     update, _ = author.release(2, size=5 * PAGE + 100)
     used_kib = sum(p.stat().st_size for p in made.rglob("*") if p.is_file()) // 1024
     failures: dict[str, int] = {}
-    for pages in range(0, 12):
+    for pages in range(0, 15):
         mnt = tmp_path / f"mnt{pages}"
         with tiny_filesystem(mnt, used_kib + 256) as where:
             device = where / "device"
@@ -65,7 +65,7 @@ def test_a_full_disk_at_any_write_step_leaves_no_partial_file_and_the_update_goe
                 ("confirm", lambda d=device: confirm(d)),  # type: ignore[misc]
             ]
             for name, step in steps:
-                if name != "install" and pages % 2:  # the boot's or the confirm's writes
+                if (name, pages % 3) in (("boot", 1), ("confirm", 2)):  # their writes too
                     with filler.open("ab") as f:
                         f.write(bytes(free_bytes(where)))
                 try:
@@ -91,7 +91,7 @@ def test_a_full_disk_at_any_write_step_leaves_no_partial_file_and_the_update_goe
             result = boot(device)
             assert (result.sequence_numbers, result.trial) == ({"app": 2}, False), pages
             assert leftovers(device) == []
-    assert failures.get("install") and failures.get("boot"), failures  # the sweep reached them
+    assert failures.keys() == {"install", "boot", "confirm"}, failures  # the sweep reached them
 
 
 def updated(tmp_path: Path, author: Author, *, confirmed: bool) -> Path:
