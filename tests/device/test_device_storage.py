@@ -210,3 +210,24 @@ def test_a_damaged_flash_state_leaves_the_state_of_the_save_before(
         confirm(device)
         after = boot(device)
         assert (set(after.sequence_numbers.values()), after.trial) == ({3}, False), what
+
+
+def test_a_counters_record_that_is_not_counts_is_a_storage_error(tmp_path: Path,
+                                                                  author: Author) -> None:
+    """``counters.json`` holding a list (or text) in every copy: one StorageError naming the
+    file (it was an AttributeError or ValueError traceback); in one copy: the other is read."""
+    device = updated(tmp_path, author, confirmed=True)
+    slots = device / "slots"
+    copies = [slots / "counters.json", slots / "counters.1.json"]
+    kept = {p: p.read_bytes() for p in copies if p.exists()}
+    newest = max(kept, key=lambda p: json.loads(kept[p]).get("generation", 0))
+    newest.write_bytes(b"[1]")
+    assert len(kept) == 2
+    assert counters(device) == {"app": 2}  # the copy before the last raise
+    assert not boot(device).trial
+    assert counters(device) == {"app": 3}  # raised again by the boot (row 11)
+    for bad in (b"[1]", b'{"app": "three"}'):
+        for path in copies:
+            path.write_bytes(bad)
+        with pytest.raises(StorageError, match=r"counters\.json is damaged in every copy"):
+            counters(device)
