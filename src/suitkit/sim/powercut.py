@@ -6,10 +6,10 @@ harness cuts everything a device does for an update, as the ``suitkit device`` c
 a device folder (``device.wiring.open_device``), ``Consumer.install`` with a real signed SUIT
 envelope (payload integrated, or detached and fetched from a firmware folder) through the
 processor, the download journal, staging, the set check and marking pending, then the boot,
-the application's confirm, a boot, and a second update the same way; every command saves the
-folder.
+the application's confirm (``real-SHAPE-revert``: no confirm, the next boot reverts), a boot,
+and a second update the same way; every command saves the folder.
 
-For each scenario (one per RFC 9019 §5 shape and payload kind) it:
+For each scenario (per RFC 9019 §5 shape: payload integrated, detached, or a revert) it:
 
 1. runs the body once cleanly and counts its *events*: every flash operation (erase, program)
    and every durable file step (the download journal, the folder's flash save, every write,
@@ -34,8 +34,8 @@ What a cut leaves:
   flash is non-volatile, so what it holds is saved to the folder;
 - a file step of the device (the download journal): the flash keeps what it holds, the file is
   not written;
-- the folder's save (``flash/state.cbor``): the folder keeps the state it had before the
-  command, as after a crash of the process that simulates the device;
+- the folder's save (``flash/state.cbor`` or ``state.1.cbor``, in turn): the folder keeps the
+  state it had before the command, as after a crash of the process that simulates the device;
 - Linux-class devices (no flash): lost unsynced writes. A file written and not yet fsynced is,
   at random (seeded), gone, truncated, ended with garbage, or complete; a rename or an unlink not
   yet made durable by its directory's fsync is, at random, undone (the old file is back).
