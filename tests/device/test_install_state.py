@@ -177,15 +177,20 @@ def test_a_folder_saved_with_one_file_per_flash_still_opens(tmp_path: Path,
     (flash_dir / "wear.json").write_text(json.dumps(
         {name: flash.erase_counts for name, flash in device.flashes.items()}))
     (flash_dir / wiring.FLASH_STATE).unlink()
+    (flash_dir / wiring.FLASH_COPY).unlink()
     assert seqs(folder) == {"main": 1, "coproc": 1}
     assert sorted(p.name for p in flash_dir.iterdir()) == [wiring.FLASH_STATE]
 
 
 def test_a_damaged_flash_state_is_one_clear_error(tmp_path: Path, author: Author) -> None:
+    """Every copy of the saved flash damaged: one error naming each (one damaged copy is
+    survived: tests/device/test_device_storage.py)."""
     folder, _ = provisioned(tmp_path, author, "mcu")
-    state = folder / "flash" / wiring.FLASH_STATE
-    state.write_bytes(state.read_bytes()[:100])
-    with pytest.raises(wiring.DecodeError, match="saved flash is unreadable"):
+    for name in (wiring.FLASH_STATE, wiring.FLASH_COPY):
+        state = folder / "flash" / name
+        state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(wiring.DecodeError, match=r"saved flash is unreadable in every copy: "
+                       r".*state\.cbor.*state\.1\.cbor"):
         open_device(folder)
 
 
@@ -194,6 +199,7 @@ def test_a_flash_state_of_the_wrong_shape_is_one_clear_error(tmp_path: Path,
     folder, _ = provisioned(tmp_path, author, "mcu")
     state = folder / "flash" / wiring.FLASH_STATE
     (name, flash), = open_device(folder).flashes.items()
+    (folder / "flash" / wiring.FLASH_COPY).unlink()  # one copy, in the format before copies
     wear = [0] * len(flash.erase_counts)
     # An integer for the content was read as that many zero bytes (and a huge one would be
     # allocated); negative wear counts were taken as they came.

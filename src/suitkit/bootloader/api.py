@@ -239,6 +239,11 @@ class Bootloader(SlotStore, Protocol):
         """Whether staged images wait for the next boot."""
         ...
 
+    def staged(self, component: str) -> bytes | None:
+        """The manifest stored with ``component``'s staged image (the secondary or inactive
+        slot), unverified; ``None`` when that slot holds no complete image."""
+        ...
+
     def read_counters(self) -> dict[str, int]:
         """The anti-rollback security counter of each image (the last confirmed sequence)."""
         ...

@@ -63,7 +63,7 @@ from suitkit.bootloader.layout import BootLayout, Region, program_split, swap_bl
 from suitkit.bootloader.swap import REVERT_LOG, SWAP_LOG, SwapEngine
 from suitkit.bootloader.trailer import Flag, Kind, Trailer, TrailerArea, TrailerFormat, unit_for
 from suitkit.bootloader.verifier import ImageReader, ImageVerifier
-from suitkit.errors import PolicyError, StorageError, SuitError
+from suitkit.errors import DecodeError, PolicyError, StorageError, SuitError
 from suitkit.limits import Limits
 
 MAX_STEPS = 12
@@ -395,6 +395,22 @@ class FlashBootloader:
         """
         return pending_of(tuple(p.read() for p in self.pending)) in (Pending.TEST,
                                                                     Pending.PERMANENT)
+
+    def staged(self, component: str) -> bytes | None:
+        """The manifest stored with ``component``'s image in its secondary slot (unverified),
+        or ``None`` when the slot holds no complete image (its header is written last).
+
+        Raises:
+            StorageError: unknown component.
+        """
+        index = self._index(component)
+        img = self.layout.images[index]
+        try:
+            manifest, _ = open_slot(self.flashes[img.secondary.flash], img.secondary,
+                                    unit=self.image_unit(index), limits=self.limits)
+        except DecodeError:
+            return None
+        return manifest
 
     def running(self, component: str) -> tuple[bytes, ImageReader]:
         """The manifest and an image reader of ``component``'s primary (executing) slot.

@@ -6,8 +6,12 @@ between them atomically instead of swapping flash sectors. Layout under ``root``
     slots/a/<component>.manifest   slots/a/<component>.image
     slots/b/<component>.manifest   slots/b/<component>.image
     current -> slots/a             the switch the OS boots from (a symlink replaced by rename)
-    state.json                     {"active", "phase", "pending"} -- the authority
-    counters.json                  security counters (highest confirmed sequence numbers)
+    state.json, state.1.json       {"active", "phase", "pending"} -- the authority
+    counters.json, counters.1.json security counters (highest confirmed sequence numbers)
+
+Each record is kept in two copies that writes alternate between (``RECORDS``), each with a
+generation and a checksum: the newest intact copy is read, so one damaged copy (a flipped bit)
+costs at most the last write, never the device. A full disk leaves no partial file behind.
 
 Every durable change is one atomic step: write a temporary file, fsync it, ``rename`` it over
 the old one, fsync the directory (POSIX ``rename`` is atomic). ``state.json`` decides what runs;
@@ -32,6 +36,7 @@ in a TPM or RPMB).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -85,30 +90,61 @@ class FsState:
     def inactive(self) -> str:
         return SLOTS[1 - SLOTS.index(self.active)]
 
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "format": STATE_FORMAT,
-                "active": self.active,
-                "phase": self.phase.value,
-                "pending": self.pending.value,
-            },
-            sort_keys=True,
-        ).encode()
+    def to_doc(self) -> dict[str, object]:
+        return {
+            "format": STATE_FORMAT,
+            "active": self.active,
+            "phase": self.phase.value,
+            "pending": self.pending.value,
+        }
 
     @classmethod
-    def from_json(cls, data: bytes) -> FsState:
-        """Raises: StorageError: unreadable or inconsistent state."""
+    def from_doc(cls, obj: Mapping[str, object]) -> FsState:
+        """Raises: ValueError: not a valid or a possible slot state."""
         try:
-            obj = json.loads(data)
             if obj["format"] != STATE_FORMAT or obj["active"] not in SLOTS:
                 raise ValueError(f"format {obj['format']!r}, active {obj['active']!r}")
-            state = cls(obj["active"], Phase(obj["phase"]), Pending(obj["pending"]))
-        except (ValueError, KeyError, TypeError) as e:
-            raise StorageError(f"state.json is not a valid slot state: {e}") from e
+            state = cls(str(obj["active"]), Phase(obj["phase"]), Pending(obj["pending"]))
+        except KeyError as e:
+            raise ValueError(f"no {e}") from None
         if state.phase in (Phase.SWAPPING, Phase.REVERTING) or state.pending is Pending.PARTIAL:
-            raise StorageError(f"state.json holds an impossible state: {state}")
+            raise ValueError(f"an impossible state: {state}")
         return state
+
+
+RECORDS = {"state.json": "state.1.json", "counters.json": "counters.1.json"}
+"""Each record the bootloader keeps, and the second copy it alternates with (U-Boot's
+redundant environment): a write goes to the copy that is not the newest intact one, with the
+next generation and a checksum, so a copy that is damaged (a flipped bit, a torn write the
+filesystem lost) leaves the other to read."""
+
+
+def _seal(doc: Mapping[str, object], generation: int) -> bytes:
+    body = {**doc, "generation": generation}
+    check = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+    return json.dumps({**body, "check": check}, sort_keys=True).encode()
+
+
+def _unseal(data: bytes) -> tuple[dict[str, object], int]:
+    """The record and its generation (a record written before the copies: generation 0).
+
+    Raises:
+        ValueError: not JSON, not an object, or the checksum does not match.
+    """
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"not JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if "check" not in obj:
+        return obj, 0
+    check = obj.pop("check")
+    expected = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:32]
+    generation = obj.pop("generation", None)
+    if check != expected or not isinstance(generation, int) or generation < 1:
+        raise ValueError("its checksum does not match its content (damaged)")
+    return obj, generation
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,18 +240,63 @@ class FsBootloader:
     def _atomic_write(self, path: Path, data: bytes) -> None:
         tmp = path.with_name(path.name + ".tmp")
         self._step(f"write {self._rel(tmp)}")
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            self._step(f"fsync {self._rel(tmp)}")
-            os.fsync(f.fileno())
+        try:
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                self._step(f"fsync {self._rel(tmp)}")
+                os.fsync(f.fileno())
+        except OSError:
+            # A full disk (or a failing one): the half-written file would keep it full.
+            _remove(tmp)
+            raise
         self._step(f"rename {self._rel(path)}")
         tmp.replace(path)
         self._step(f"fsync-dir {self._rel(path.parent)}")
         self._fsync_dir(path.parent)
 
+    def _read_record(self, name: str, parse: Callable[[Mapping[str, object]], object]
+                     ) -> tuple[object | None, int, str]:
+        """The newest intact copy of record ``name`` parsed (``None``: never written), its
+        generation, and the file the next write goes to.
+
+        Raises:
+            StorageError: every copy there is is damaged.
+        """
+        best: tuple[object | None, int, str] = (None, -1, name)
+        damaged = []
+        for file in (name, RECORDS[name]):
+            try:
+                data = (self.root / file).read_bytes()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                damaged.append(f"{file}: unreadable ({e.strerror})")
+                continue
+            try:
+                doc, generation = _unseal(data)
+                parsed = parse(doc)
+            except (ValueError, TypeError) as e:
+                damaged.append(f"{file}: {e}")
+                continue
+            if generation > best[1]:
+                best = (parsed, generation, file)
+        if best[1] < 0:
+            if damaged:
+                raise StorageError(f"{name} is damaged in every copy: {'; '.join(damaged)}")
+            return None, 0, name
+        other = RECORDS[name] if best[2] == name else name
+        return best[0], best[1], other
+
+    def _write_record(self, name: str, doc: Mapping[str, object]) -> None:
+        try:
+            _, generation, target = self._read_record(name, lambda d: d)
+        except StorageError:  # nothing intact to keep: either copy will do
+            generation, target = 0, name
+        self._atomic_write(self.root / target, _seal(doc, generation + 1))
+
     def _write_state(self, state: FsState) -> None:
-        self._atomic_write(self.root / "state.json", state.to_json())
+        self._write_record("state.json", state.to_doc())
 
     def _switch(self, slot: str) -> None:
         """Point ``current`` at a slot: a new symlink renamed over the old one."""
@@ -236,20 +317,25 @@ class FsBootloader:
     # -- reading ---------------------------------------------------------------------------
 
     def read_state(self) -> FsState:
-        path = self.root / "state.json"
-        try:
-            return FsState.from_json(path.read_bytes())
-        except FileNotFoundError:
+        """The slot state (``state.json``, the newest intact copy).
+
+        Raises:
+            StorageError: every copy is damaged.
+        """
+        state, _, _ = self._read_record("state.json", FsState.from_doc)
+        if state is None:
             return FsState("a", Phase.NONE, Pending.NONE)
+        assert isinstance(state, FsState)
+        return state
 
     def read_counters(self) -> dict[str, int]:
-        path = self.root / "counters.json"
-        try:
-            raw = json.loads(path.read_bytes())
-        except FileNotFoundError:
-            raw = {}
-        except ValueError as e:
-            raise StorageError(f"counters.json is unreadable: {e}") from e
+        """The security counters (``counters.json``, the newest intact copy).
+
+        Raises:
+            StorageError: every copy is damaged.
+        """
+        found, _, _ = self._read_record("counters.json", _counters)
+        raw = found if isinstance(found, dict) else {}
         return {n: int(raw.get(n, 0)) for n in self._components}
 
     def counter_capacity(self) -> dict[str, int]:
@@ -382,8 +468,7 @@ class FsBootloader:
             if check.info is not None:
                 counters[name] = max(counters[name], check.info.sequence_number)
         if counters != obs.counters:
-            data = json.dumps(counters, sort_keys=True).encode()
-            self._atomic_write(self.root / "counters.json", data)
+            self._write_record("counters.json", {"counters": counters})
 
     def confirm(self) -> None:
         """Mark the running slot good (one atomic state write), then raise the counters.
@@ -475,6 +560,24 @@ class FsBootloader:
         """Whether staged images wait for the next boot."""
         return self.read_state().pending is not Pending.NONE
 
+    def staged(self, component: str) -> bytes | None:
+        """The manifest stored with ``component``'s image in the inactive slot (unverified), or
+        ``None`` when there is none (a slot's manifest is written after its image).
+
+        Raises:
+            StorageError: unknown component, or unreadable state.
+        """
+        if component not in self.components:
+            raise StorageError(f"unknown component {component!r}; known: "
+                               f"{', '.join(self.components)}")
+        path = self.slot_dir(self.read_state().inactive) / f"{component}.manifest"
+        try:
+            if path.stat().st_size > self.limits.max_manifest_bytes:
+                return None
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
     def running(self, component: str) -> tuple[bytes, FileImageReader]:
         """The manifest and an image reader of ``component`` in the active slot (unverified).
 
@@ -508,6 +611,20 @@ class FsBootloader:
 
     def _finished(self, component: str) -> None:
         self._staged.add(component)
+
+
+def _counters(doc: Mapping[str, object]) -> dict[str, int]:
+    """The counters of a ``counters.json`` record (before the copies: the bare mapping).
+
+    Raises:
+        ValueError: a counter is not a count.
+    """
+    raw = doc.get("counters", doc)
+    if not isinstance(raw, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= SEQUENCE_MAX
+            for v in raw.values()):
+        raise ValueError(f"expected counts for the components, got {str(raw)[:80]}")
+    return raw
 
 
 _SYNC_EVERY = 1 << 20
@@ -570,14 +687,19 @@ class FsSlotWriter:
             for pos in range(0, len(data), _CHUNK):
                 self._owner._step(f"write {self._owner._rel(self._tmp)}")
                 self._file.write(data[pos : pos + _CHUNK])
+            if self._written + len(data) - self._durable >= _SYNC_EVERY:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._durable = self._written + len(data)
+        except OSError:
+            # A full disk: the partial image would keep it full (the agent's retry, the
+            # tracker's reports and the next boot need the space); the download starts over.
+            self._abort()
+            raise
         except BaseException:
             self._file.close()  # a crash: the partial .tmp stays behind, as it would
             raise
         self._written += len(data)
-        if self._written - self._durable >= _SYNC_EVERY:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._durable = self._written
 
     def finish(self) -> None:
         if self._done:
@@ -592,21 +714,43 @@ class FsSlotWriter:
             self._file.flush()
             owner._step(f"fsync {owner._rel(self._tmp)}")
             os.fsync(self._file.fileno())
-        finally:
-            self._file.close()
+        except OSError:
+            self._abort()
+            raise
+        except BaseException:
+            self._file.close()  # a crash: the partial .tmp stays behind, as it would
+            raise
+        self._file.close()
         image = self._slot / f"{self._component}.image"
         owner._step(f"rename {owner._rel(image)}")
         self._tmp.replace(image)
-        owner._atomic_write(self._slot / f"{self._component}.manifest", self._manifest)
+        try:
+            owner._atomic_write(self._slot / f"{self._component}.manifest", self._manifest)
+        except OSError:
+            # Not pending, and useless without its manifest: give the space back.
+            self._done = True
+            _remove(image)
+            raise
         self._done = True
         owner._finished(self._component)
 
     def close(self) -> None:
-        """Let go of the partial image without finishing it (it stays, for a resume)."""
-        self._file.close()
+        """Let go of the partial image without finishing it (it stays, for a resume; not when
+        the disk is full, so that the space comes back)."""
+        try:
+            self._file.close()
+        except OSError:  # the last buffered bytes did not fit: the caller is failing already
+            _remove(self._tmp)
 
     def _abort(self) -> None:
         self._done = True
-        self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            self._tmp.unlink()
+        with contextlib.suppress(OSError):  # the file is closed even when its flush fails
+            self._file.close()
+        _remove(self._tmp)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file this store was writing, if it is there (best effort: the caller is
+    already failing with the reason)."""
+    with contextlib.suppress(OSError):
+        path.unlink()

@@ -132,6 +132,8 @@ class BootStore(Protocol):
 
     def pending_update(self) -> bool: ...
 
+    def staged(self, component: str) -> bytes | None: ...
+
 
 class PayloadFetcher(Protocol):
     def fetch(self, uri: str, *, max_bytes: int, offset: int = 0,
@@ -534,6 +536,13 @@ class Consumer:
             envelope = codec.decode_envelope(data, limits=self.limits)
             verified = verify_decoded(envelope, anchors, limits=self.limits)
             self._check_rollback(verified)
+            if self._already_pending(envelope):
+                # The same update again (the agent retrying after a crash or a kill that fell
+                # after the commit): it is installed; refusing it reported a failure while
+                # the update stayed pending for the next boot.
+                return InstallOutcome(True, f"already installed (sequence number "
+                                      f"{verified.manifest.sequence_number}); pending until "
+                                      "the next boot", verified.manifest.sequence_number)
             self._check_pending()
         except SuitError as e:
             return InstallOutcome(False, f"rejected: {e}")
@@ -597,6 +606,17 @@ class Consumer:
             if found is None or found.image_digest is None or found.image_size is None:
                 raise PolicyError(f"the shared sequence sets no image-digest and image-size for "
                                   f"{spec.image}; the bootloader could not check it at boot")
+
+    def _already_pending(self, envelope: Envelope) -> bool:
+        """Whether the pending update is this envelope: every image of the boot set it names
+        is staged with this envelope's slot record."""
+        if not self.store.pending_update():
+            return False
+        named = [spec for cid in envelope.manifest.common.components
+                 if (spec := self.config.component(cid)) is not None]
+        return bool(named) and all(
+            self.store.staged(spec.image) == slot_record(spec.suit_id, envelope)
+            for spec in named)
 
     def _check_pending(self) -> None:
         # One staging slot per image: writing a new update there would destroy the pending one

@@ -15,6 +15,7 @@ images of the boot set, for the bootloader's set check (a set mixed from two rel
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 from collections.abc import Callable, Mapping
@@ -48,7 +49,13 @@ __all__ = ["OpenDevice", "SuitImageVerifier", "open_device"]
 CHUNK = 64 * 1024
 FLASH_STATE = "state.cbor"
 """Every flash of a simulated device, content and wear, in one file (saved atomically)."""
-FLASH_FORMAT = 1
+FLASH_COPY = "state.1.cbor"
+"""The second copy: saves alternate between the two (the copy that is not the newest intact
+one is written, with the next generation and a SHA-256 of the state), so one damaged copy
+(a flipped bit, a truncated file) leaves the state of the save before it."""
+FLASH_FORMAT = 2
+"""``{"format": 2, "state": bstr, "sha256": bstr}``, the state being
+``{"generation", "flashes", "wear"}``; format 1 (no copies) was the state map itself."""
 
 
 class _BootStore:
@@ -127,6 +134,10 @@ class OpenDevice:
     flashes: dict[str, Flash]
     crash: Callable[[str], None] | None = None
     """Called with a label before every file written for this device (see ``open_device``)."""
+    generation: int = 0
+    """The generation of the flash state loaded (0: none, or saved before the copies)."""
+    loaded_from: str | None = None
+    """The copy of the flash state it was loaded from (the next save writes the other)."""
 
     def consumer(self, fetcher: PayloadFetcher | None = None) -> Consumer:
         """A consumer that stages updates into this device's inactive slots."""
@@ -141,12 +152,17 @@ class OpenDevice:
         if not self.flashes:
             return
         directory.mkdir(exist_ok=True)
+        target = FLASH_COPY if self.loaded_from == FLASH_STATE else FLASH_STATE
         if self.crash is not None:
-            self.crash(f"save flash/{FLASH_STATE}")
-        doc = {"format": FLASH_FORMAT,
-               "flashes": {name: flash.snapshot() for name, flash in self.flashes.items()},
-               "wear": {name: list(flash.erase_counts) for name, flash in self.flashes.items()}}
-        atomic_write(directory / FLASH_STATE, cbor.encode(doc))
+            self.crash(f"save flash/{target}")
+        generation = self.generation + 1
+        state = cbor.encode({
+            "generation": generation,
+            "flashes": {name: flash.snapshot() for name, flash in self.flashes.items()},
+            "wear": {name: list(flash.erase_counts) for name, flash in self.flashes.items()}})
+        atomic_write(directory / target, cbor.encode(
+            {"format": FLASH_FORMAT, "state": state, "sha256": hashlib.sha256(state).digest()}))
+        self.generation, self.loaded_from = generation, target
         # Folders saved before the single file kept one file per flash: now stale.
         for stale in [directory / "wear.json", *(directory / f"{n}.bin" for n in self.flashes)]:
             stale.unlink(missing_ok=True)
@@ -186,37 +202,92 @@ def open_device(directory: Path, *, crash: Callable[[str], None] | None = None) 
         return OpenDevice(config, FsBootloader(directory / "slots", names, verifiers,
                                                crash=crash), {}, crash)
     device = SHAPES[config.shape](verifiers, image_sectors=config.image_sectors)
-    _load_flash(directory / "flash", device.flashes)
-    return OpenDevice(config, device.bootloader, device.flashes, crash)
+    generation, loaded_from = _load_flash(directory / "flash", device.flashes)
+    return OpenDevice(config, device.bootloader, device.flashes, crash, generation, loaded_from)
 
 
-def _load_flash(flash_dir: Path, flashes: dict[str, Flash]) -> None:
-    """Restore the flashes saved by ``OpenDevice.save`` (or by a suitkit that kept one file per
-    flash); a folder with nothing saved keeps the blank flash.
+_Saved = dict[str, tuple[bytes, list[int]]]
+
+
+def _load_flash(flash_dir: Path, flashes: dict[str, Flash]) -> tuple[int, str | None]:
+    """Restore the flashes saved by ``OpenDevice.save`` from the newest intact copy (or by a
+    suitkit that kept one file per flash); a folder with nothing saved keeps the blank flash.
+    Returns the generation loaded and the copy it came from.
 
     Raises:
-        DecodeError: the saved state is unreadable or does not fit the device's flashes.
+        DecodeError: every copy of the saved state is unreadable or does not fit the device's
+            flashes.
     """
-    state = flash_dir / FLASH_STATE
+    best: tuple[int, str, _Saved] | None = None
+    damaged = []
+    for name in (FLASH_STATE, FLASH_COPY):
+        path = flash_dir / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            damaged.append(f"{path}: {e.strerror}")
+            continue
+        try:
+            generation, saved = _parse_flash_state(data, path, flashes)
+        except (ValueError, KeyError, TypeError, SuitError) as e:
+            damaged.append(str(e) if str(path) in str(e) else f"{path}: {e}")
+            continue
+        if best is None or generation > best[0]:
+            best = (generation, name, saved)
+    if best is not None:
+        for name, flash in flashes.items():
+            flash.load(*best[2][name])
+        return best[0], best[1]
+    if damaged:
+        raise DecodeError(str(flash_dir), "saved flash is unreadable in every copy: "
+                          + "; ".join(damaged))
     try:
-        if state.exists():
-            doc = cbor.decode(state.read_bytes(), path=str(state), max_depth=4)
-            if not isinstance(doc, Mapping) or doc.get("format") != FLASH_FORMAT:
-                raise ValueError(f"expected a map with format {FLASH_FORMAT}")
-            saved, wear = doc["flashes"], doc["wear"]
-            if set(saved) != set(flashes) or set(wear) != set(flashes):
-                raise ValueError(f"it holds flashes {sorted(saved)}, the device has "
-                                 f"{sorted(flashes)}")
-            for name, flash in flashes.items():
-                content, counts = saved[name], wear[name]
-                if not isinstance(content, bytes) or not isinstance(counts, list | tuple) \
-                        or not all(isinstance(w, int) and w >= 0 for w in counts):
-                    raise ValueError(f"{name}: expected the content as bytes and the wear as "
-                                     "a list of counts")
-                flash.load(content, list(counts))
-        elif (flash_dir / "wear.json").exists():
+        if (flash_dir / "wear.json").exists():
             legacy = json.loads((flash_dir / "wear.json").read_bytes())
             for name, flash in flashes.items():
                 flash.load((flash_dir / f"{name}.bin").read_bytes(), legacy[name])
     except (OSError, ValueError, KeyError, TypeError, SuitError) as e:
         raise DecodeError(str(flash_dir), f"saved flash is unreadable: {e}") from None
+    return 0, None
+
+
+def _parse_flash_state(data: bytes, path: Path, flashes: Mapping[str, Flash]
+                       ) -> tuple[int, _Saved]:
+    """The generation and ``{flash: (content, wear)}`` of one saved copy.
+
+    Raises:
+        ValueError, KeyError, TypeError, SuitError: damaged, or not this device's flashes.
+    """
+    doc = cbor.decode(data, path=str(path), max_depth=4)
+    if not isinstance(doc, Mapping) or doc.get("format") not in (1, FLASH_FORMAT):
+        raise ValueError(f"expected a map with format {FLASH_FORMAT}")
+    generation = 0
+    if doc["format"] == FLASH_FORMAT:
+        state, digest = doc["state"], doc["sha256"]
+        if not isinstance(state, bytes) or not isinstance(digest, bytes) \
+                or not hmac.compare_digest(hashlib.sha256(state).digest(), digest):
+            raise ValueError("its SHA-256 does not match its content (damaged)")
+        doc = cbor.decode(state, path=str(path), max_depth=4)
+        if not isinstance(doc, Mapping):
+            raise ValueError("expected the state as a map")
+        generation = doc["generation"]
+        if not isinstance(generation, int) or generation < 1:
+            raise ValueError(f"generation must be a positive count, got {generation!r}")
+    saved, wear = doc["flashes"], doc["wear"]
+    if not isinstance(saved, Mapping) or not isinstance(wear, Mapping) \
+            or set(saved) != set(flashes) or set(wear) != set(flashes):
+        raise ValueError(f"it holds flashes {sorted(saved)}, the device has {sorted(flashes)}")
+    loaded: _Saved = {}
+    for name, flash in flashes.items():
+        content, counts = saved[name], wear[name]
+        if not isinstance(content, bytes) or not isinstance(counts, list | tuple) \
+                or not all(isinstance(w, int) and w >= 0 for w in counts):
+            raise ValueError(f"{name}: expected the content as bytes and the wear as "
+                             "a list of counts")
+        if len(content) != flash.size or len(counts) != len(flash.erase_counts):
+            raise ValueError(f"{name}: {len(content)} bytes and {len(counts)} wear counts, "
+                             f"the flash has {flash.size} and {len(flash.erase_counts)}")
+        loaded[name] = (content, list(counts))
+    return generation, loaded

@@ -6,10 +6,10 @@ harness cuts everything a device does for an update, as the ``suitkit device`` c
 a device folder (``device.wiring.open_device``), ``Consumer.install`` with a real signed SUIT
 envelope (payload integrated, or detached and fetched from a firmware folder) through the
 processor, the download journal, staging, the set check and marking pending, then the boot,
-the application's confirm, a boot, and a second update the same way; every command saves the
-folder.
+the application's confirm (``real-SHAPE-revert``: no confirm, the next boot reverts), a boot,
+and a second update the same way; every command saves the folder.
 
-For each scenario (one per RFC 9019 §5 shape and payload kind) it:
+For each scenario (per RFC 9019 §5 shape: payload integrated, detached, or a revert) it:
 
 1. runs the body once cleanly and counts its *events*: every flash operation (erase, program)
    and every durable file step (the download journal, the folder's flash save, every write,
@@ -34,8 +34,8 @@ What a cut leaves:
   flash is non-volatile, so what it holds is saved to the folder;
 - a file step of the device (the download journal): the flash keeps what it holds, the file is
   not written;
-- the folder's save (``flash/state.cbor``): the folder keeps the state it had before the
-  command, as after a crash of the process that simulates the device;
+- the folder's save (``flash/state.cbor`` or ``state.1.cbor``, in turn): the folder keeps the
+  state it had before the command, as after a crash of the process that simulates the device;
 - Linux-class devices (no flash): lost unsynced writes. A file written and not yet fsynced is,
   at random (seeded), gone, truncated, ended with garbage, or complete; a rename or an unlink not
   yet made durable by its directory's fsync is, at random, undone (the old file is back).
@@ -96,17 +96,21 @@ class RealScenario:
     name: str
     shape: str
     detached: bool
+    revert: bool = False
+    """The first update is never confirmed: the boot after its trial reverts it."""
 
     @property
     def description(self) -> str:
         payload = "detached (fetched from a firmware folder)" if self.detached else "integrated"
-        return (f"{self.shape}: Consumer.install of a signed envelope, payload {payload}; boot, "
-                "confirm, boot; a second update the same way")
+        first = "boot, boot (revert)" if self.revert else "boot, confirm, boot"
+        return (f"{self.shape}: Consumer.install of a signed envelope, payload {payload}; "
+                f"{first}; a second update installed, booted and confirmed")
 
 
 REAL_SCENARIOS: dict[str, RealScenario] = {
-    f"real-{shape}-{kind}": RealScenario(f"real-{shape}-{kind}", shape, kind == "detached")
-    for shape in SHAPE_COMPONENTS for kind in ("integrated", "detached")
+    f"real-{shape}-{kind}": RealScenario(f"real-{shape}-{kind}", shape, kind == "detached",
+                                         kind == "revert")
+    for shape in SHAPE_COMPONENTS for kind in ("integrated", "detached", "revert")
 }
 
 
@@ -358,7 +362,12 @@ class Board:
     def install(self, seq: int) -> InstallOutcome:
         with self.command() as opened:
             consumer = replace(opened.consumer(self.fetcher), journal_every=JOURNAL_EVERY)
-            return consumer.install(self.releases.envelopes[seq])
+            outcome = consumer.install(self.releases.envelopes[seq])
+        if outcome.installed:
+            # A new install (the agent's retry after a cut undid a confirm, so the release
+            # was reverted) earns a new trial: the bootloader gives each install one.
+            self.trials.pop(seq, None)
+        return outcome
 
     def boot(self) -> BootResult:
         with self.command() as opened:
@@ -450,8 +459,9 @@ class Board:
 # ---------------------------------------------------------------------------- the scenario
 
 
-def _body(board: Board, interrupted: list[int]) -> None:
-    """The cut range: an update to NEW, then one to NEXT, as the device's commands do them."""
+def _body(board: Board, interrupted: list[int], *, revert: bool = False) -> None:
+    """The cut range: an update to NEW, then one to NEXT, as the device's commands do them;
+    with ``revert``, NEW is never confirmed and the boot after its trial reverts it."""
     for seq in (NEW, NEXT):
         interrupted[:] = [seq]
         outcome = board.install(seq)
@@ -461,8 +471,23 @@ def _body(board: Board, interrupted: list[int]) -> None:
         trial = board.boot()
         if not trial.trial:
             raise Broken(f"release {seq} did not boot on trial: {trial.sequence_numbers}")
+        if revert and seq == NEW:
+            back = board.boot()
+            if back.trial or board.release(back) != OLD:
+                raise Broken(f"release {seq}, never confirmed, was not reverted: "
+                             f"{back.sequence_numbers} (trial {back.trial})")
+            continue
         board.confirm(seq)
         board.boot()
+
+
+def _recover(board: Board, interrupted: list[int]) -> None:
+    """What follows a cut: boot until steady, then the interrupted install tried again (the
+    agent's retry, resumed from the download journal) when what runs is older; where a second
+    cut falls."""
+    seq = board.settle()
+    if interrupted and interrupted[0] > seq:
+        board.update(interrupted[0])
 
 
 def _provision(folder: Path, releases: Releases, shape: str, seed: int) -> None:
@@ -546,7 +571,7 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
                 board.lost = None
 
         clean = fresh("clean")
-        _body(clean, [])
+        _body(clean, [], revert=scenario.revert)
         result = RealCutResult(name, scenario.shape, clean.events,
                                clean.events - clean.file_steps)
         outcomes: dict[str, int] = {}
@@ -557,10 +582,12 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
             if second != 0:
                 # Count the events of the recovery after a cut at n, to cut there too.
                 probe = fresh("probe")
+                stopped: list[int] = []
                 try:
-                    cut(probe, partial(_body, probe, []), n, f"{n}")
+                    cut(probe, partial(_body, probe, stopped, revert=scenario.revert), n,
+                        f"{n}")
                     before = probe.events
-                    probe.settle()
+                    _recover(probe, stopped)
                     seconds = list(_choose(probe.events - before, second, seed + n))
                 except (Broken, SuitError, NoBootableImage, PowerCut, Cut, AssertionError,
                         OSError) as e:
@@ -572,10 +599,12 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
                 interrupted: list[int] = []
                 what = "?"
                 try:
-                    what = cut(board, partial(_body, board, interrupted), n, f"{n}")
+                    what = cut(board, partial(_body, board, interrupted,
+                                              revert=scenario.revert), n, f"{n}")
                     if m is not None:
                         what += "; then at event " + str(m) + " of the recovery: " + cut(
-                            board, board.settle, m, f"{n}/{m}")
+                            board, partial(_recover, board, list(interrupted)), m,
+                            f"{n}/{m}")
                     seq = board.settle()
                     outcomes[LABELS[seq]] = outcomes.get(LABELS[seq], 0) + 1
                     if interrupted and interrupted[0] > seq:
