@@ -28,12 +28,14 @@ import asyncio
 import contextlib
 import logging
 import queue
+import string
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["TOPIC_FORMAT", "MqttPublisher", "NotificationHub", "Watcher", "topic_for"]
+__all__ = ["ID_CHARACTERS", "MAX_ID", "TOPIC_FORMAT", "MqttPublisher", "NotificationHub", "Watcher",
+           "is_record_id", "topic_for"]
 
 TOPIC_FORMAT = "suitkit/devices/{device_id}/update"
 Watcher = Callable[[str, int], None]
@@ -42,6 +44,18 @@ that changed the assignment)."""
 
 _log = logging.getLogger(__name__)
 _MAX_CACHED = 100_000
+
+
+ID_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_.~:")
+MAX_ID = 64
+
+
+def is_record_id(value: str, max_length: int = MAX_ID) -> bool:
+    """Whether ``value`` can be the id of a device, token or campaign: 1 to ``max_length``
+    letters, digits or ``-_.~:``. Ids from a client are checked with it before any query or
+    notice: no control, wildcard (MQTT ``+`` and ``#``), separator (``/``) or non-ASCII
+    character can reach the database, the log or an MQTT topic."""
+    return 0 < len(value) <= max_length and ID_CHARACTERS.issuperset(value)
 
 
 def topic_for(device_id: str) -> str:
@@ -229,7 +243,10 @@ class MqttPublisher:
 
     def publish(self, device_id: str) -> None:
         """Queue the device's current notice for publication (returns at once); a device
-        already waiting in the queue is not queued again (its notice is read when sent)."""
+        already waiting in the queue is not queued again (its notice is read when sent). An id
+        no device can have is not published: its topic could hold MQTT wildcards or levels."""
+        if not is_record_id(device_id):
+            return
         with self._queued_lock:
             if device_id in self._queued:
                 return
