@@ -18,6 +18,8 @@ import pytest
 
 from device.device_kit import Author
 from serve_kit import SUITKIT, free_port, serving
+from suitkit.server.coap import CoapServer
+from suitkit.server.store import BlobStore
 
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install suitkit)")
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install suitkit)")
@@ -131,10 +133,28 @@ def test_serve_with_a_coap_port_in_use_exits_2_before_saying_it_runs(tmp_path: P
     author = Author.create(tmp_path / "author")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
         line = refused_start("--data", str(tmp_path / "d"), "--author-anchor",
                              str(author.anchor), "--port", str(free_port()), "--coap-port",
-                             str(taken.getsockname()[1]))
-    assert "coap" in line.lower() or "address already in use" in line.lower(), line
+                             str(port))
+    assert line == (f"suitkit: error: --coap-port: cannot listen on 127.0.0.1:{port} (UDP): "
+                    "Address already in use"), line
+
+
+def test_serve_on_the_coap_port_of_a_running_coap_server_exits_2(tmp_path: Path) -> None:
+    """aiocoap binds with SO_REUSEPORT: a second ``suitkit serve`` on the CoAP port of a running
+    one started without an error, and the kernel shared the requests between the two."""
+    author = Author.create(tmp_path / "author")
+    running = CoapServer(BlobStore(tmp_path / "running"), "127.0.0.1", 0, timeout=30.0)
+    running.start()
+    try:
+        line = refused_start("--data", str(tmp_path / "d"), "--author-anchor",
+                             str(author.anchor), "--port", str(free_port()), "--coap-port",
+                             str(running.port))
+    finally:
+        running.stop()
+    assert line == (f"suitkit: error: --coap-port: cannot listen on 127.0.0.1:{running.port} "
+                    "(UDP): Address already in use"), line
 
 
 @contextmanager

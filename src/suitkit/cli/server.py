@@ -47,6 +47,7 @@ from suitkit.cli.common import (
 )
 from suitkit.cli.notices import TrackerWiring, parse_host_port, release_lookup, tracker_routes
 from suitkit.core.verify import TrustAnchor, TrustAnchors
+from suitkit.errors import StorageError
 from suitkit.tracker.quotas import Quotas
 
 DEFAULT_QUOTAS = Quotas()
@@ -205,13 +206,14 @@ def serve(
             fail(str(e), EXIT_USAGE)
     _configure_logging(log_level.lower())
     open_files = _raise_open_files()
-    store = BlobStore(data)  # creates the data directory, or fails with one line
-    store.check_writable()
     routers: tuple[Any, ...] = ()
     wiring: TrackerWiring | None = None
     coap: Any = None
     sock: socket.socket | None = None
+    started = False
     try:
+        store = BlobStore(data)  # creates the data directory, or fails with one line
+        store.check_writable()
         if admin_token is not None:
             from suitkit.dashboard import create_dashboard_router  # noqa: PLC0415
             from suitkit.tracker.api import TrackerConfig  # noqa: PLC0415
@@ -236,7 +238,13 @@ def serve(
             site = create_coap_site(store, extra_resources=wiring.coap_resources
                                     if wiring is not None else ())
             coap = CoapServer(store, host, coap_port, site=site)
-            coap.start()
+            try:
+                coap.start()
+            except StorageError as e:
+                cause = e.__cause__
+                reason = getattr(cause, "strerror", None) or cause or e
+                where = f"{host}:{coap_port}" if ":" not in host else f"[{host}]:{coap_port}"
+                fail(f"--coap-port: cannot listen on {where} (UDP): {reason}", EXIT_USAGE)
         guards = Guards(head_timeout=head_timeout,
                         max_connections=max(16, min(max_connections, open_files - 64)))
         options = {**UVICORN_OPTIONS, "http": guarded_protocol(guards)}
@@ -250,7 +258,14 @@ def serve(
                   f"{'; status tracker enabled' if routers else ''})", markup=False)
         if coap_port is not None:
             out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
+        started = True
         server.run(sockets=[sock])
+    except StorageError as e:
+        if started:
+            raise
+        # every start-up problem (a read-only data directory, a database that cannot be
+        # opened, a port in use) is exit 2 before the server says it runs (docs/server.md)
+        fail(str(e), EXIT_USAGE)
     finally:
         if coap is not None:
             coap.stop()
