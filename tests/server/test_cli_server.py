@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -252,6 +253,7 @@ def test_serve_log_level_warning_leaves_out_the_access_log(tmp_path: Path) -> No
 
 PEAK = """
 import sys
+import time
 from suitkit.cli.main import main
 sys.argv = ["suitkit", *sys.argv[1:]]
 try:
@@ -333,3 +335,32 @@ def test_upload_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert done.returncode == 0, drawn.decode(errors="replace")
     assert "(sequence number 1) stored" in done.stdout
     assert b"uploading" in drawn, drawn[:500]
+
+
+def test_malformed_datagrams_do_not_flood_the_log(tmp_path: Path) -> None:
+    """aiocoap logs a WARNING for every malformed datagram, from any address (spoofed too):
+    200 datagrams were about 200 log lines; uvicorn one for each malformed request. Now one a
+    minute each, with the count of the others."""
+    author = Author.create(tmp_path / "author")
+    with serving(["--data", str(tmp_path / "d"), "--author-anchor", str(author.anchor)],
+                 coap=True) as server:
+        assert server.coap_port is not None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(200):
+                sender.sendto(b"\x00\x01\x02\x03", ("127.0.0.1", server.coap_port))
+                time.sleep(0.002)  # not faster than the server reads: none dropped
+        deadline = time.monotonic() + 30
+        while "unparsable" not in server.log():
+            assert time.monotonic() < deadline, "waited 30 s for the first datagram's line"
+            time.sleep(0.1)
+        port = int(server.url.rsplit(":", 1)[1])
+        for _ in range(20):  # uvicorn's line for each malformed request: the same
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as bad:
+                bad.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+                assert bad.recv(100).startswith(b"HTTP/1.1 400"), "a 400 for a bad request"
+        time.sleep(2)  # the others are read meanwhile
+        log = server.log().splitlines()
+    lines = [line for line in log if "unparsable" in line]
+    assert len(lines) == 1, "\n".join(lines[:5])
+    invalid = [line for line in log if "Invalid HTTP request received" in line]
+    assert len(invalid) == 1, "\n".join(invalid[:5])
