@@ -364,3 +364,16 @@ def test_malformed_datagrams_do_not_flood_the_log(tmp_path: Path) -> None:
     assert len(lines) == 1, "\n".join(lines[:5])
     invalid = [line for line in log if "Invalid HTTP request received" in line]
     assert len(invalid) == 1, "\n".join(invalid[:5])
+
+
+def test_serve_mqtt_port_of_unicode_digits_is_named(tmp_path: Path) -> None:
+    """``"²"`` is a digit to ``str.isdigit`` and ``int`` refuses it: the line said ``invalid
+    literal for int()`` instead of what --mqtt expects."""
+    author = Author.create(tmp_path / "author")
+    admin = tmp_path / "admin.token"
+    admin.write_text("admin-t0ken\n")
+    line = refused_start("--data", str(tmp_path / "d"), "--author-anchor", str(author.anchor),
+                         "--admin-token-file", str(admin), "--mqtt", "127.0.0.1:\u00b2",
+                         "--port", str(free_port()))
+    assert line == ("suitkit: error: --mqtt: expected HOST:PORT such as 127.0.0.1:1883, got "
+                    "'127.0.0.1:\u00b2'"), line

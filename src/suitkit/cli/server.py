@@ -452,7 +452,7 @@ def upload(
     parts = [("envelope", envelope, "envelope", "application/suit-envelope+cose")]
     for spec in images or []:
         index, sep, name = spec.partition("=")
-        if sep and index.isdigit():
+        if sep and index.isascii() and index.isdigit():
             parts.append((f"image-{int(index)}", Path(name), "image",
                           "application/octet-stream"))
         else:

@@ -183,7 +183,8 @@ def storage_refused(error: StorageError, message: str) -> _Refused:
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is longer than ``limit``."""
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
+    if length is not None and (not (length.isascii() and length.isdigit())
+                               or int(length) > limit):
         raise _Refused(413, f"request body of {length[:20]} bytes is larger than the {limit} "
                             "bytes allowed")
     chunks: list[bytes] = []
