@@ -19,6 +19,7 @@ registrations, spoofed or for made-up ids, cannot grow the server's memory.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from typing import Any
 
@@ -107,7 +108,7 @@ class NoticeResource(aiocoap.resource.ObservableResource,  # type: ignore[misc]
             return _text(Code.NOT_FOUND, "expected /notices/<device-id>")
         try:
             notice = await asyncio.get_running_loop().run_in_executor(
-                None, self.hub.current, device_id)
+                None, functools.partial(self.hub.current, device_id, authenticated=False))
         except StorageError:
             return _text(Code.INTERNAL_SERVER_ERROR, "the tracker could not read its database")
         response = aiocoap.Message(code=Code.CONTENT, content_format=CONTENT_FORMAT_JSON,

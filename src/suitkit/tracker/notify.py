@@ -18,8 +18,8 @@ broker ACLs (MQTT) or OSCORE (CoAP) in production.
 ``MqttPublisher`` publishes each device's latest notice to ``suitkit/devices/<id>/update`` (QoS 1,
 retained) from its own thread; paho reconnects with a bounded backoff, and a request never waits
 for the broker. After each (re)connection it publishes again the notices of the devices the hub
-knows (changed or asked about since the server started), for a broker that lost its retained
-messages.
+knows (changed, or asked about by the device itself, since the server started: not an id
+anyone asked about over CoAP), for a broker that lost its retained messages.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class NotificationHub:
         self._lock = threading.Lock()
         self._serial = int(clock() * 1000)
         self._latest: dict[str, int] = {}
+        self._announced: dict[str, None] = {}  # changed, or asked about by the device itself
         self._watchers: dict[str, set[Watcher]] = {}
         self._all: set[Watcher] = set()
         self._closers: set[Callable[[], None]] = set()
@@ -97,6 +98,7 @@ class NotificationHub:
                 if len(self._latest) >= _MAX_CACHED and device_id not in self._latest:
                     self._latest.pop(next(iter(self._latest)))
                 self._latest[device_id] = serial
+                self._announce(device_id)
                 woken += [(w, device_id, serial) for w in self._watchers.get(device_id, ())]
                 woken += [(w, device_id, serial) for w in self._all]
         for watcher, device_id, serial in woken:
@@ -110,10 +112,19 @@ class NotificationHub:
         with self._lock:
             return self._latest.get(device_id)
 
-    def current(self, device_id: str) -> dict[str, Any]:
+    def _announce(self, device_id: str) -> None:
+        """Remember the device for ``known`` (under the lock; bounded like ``_latest``)."""
+        if len(self._announced) >= _MAX_CACHED and device_id not in self._announced:
+            self._announced.pop(next(iter(self._announced)))
+        self._announced[device_id] = None
+
+    def current(self, device_id: str, *, authenticated: bool = True) -> dict[str, Any]:
         """The device's notice ``{..pending update.., "serial"}``: the document is read from the
         database each time (so it is never stale, also after a final event that was not
-        announced); call it from a worker thread in async code.
+        announced); call it from a worker thread in async code. ``authenticated=False``: the
+        asker was not the device (CoAP, anyone over UDP): the id gets a serial but is not one
+        ``known`` returns (the MQTT publisher would publish a retained notice for every id
+        anyone made up, again at each reconnection).
 
         Raises:
             StorageError: the database fails.
@@ -124,14 +135,16 @@ class NotificationHub:
                 if len(self._latest) >= _MAX_CACHED:
                     self._latest.pop(next(iter(self._latest)))
                 serial = self._latest[device_id] = self._next()
+            if authenticated:
+                self._announce(device_id)
         found = self._pending(device_id)
         doc = dict(found) if found is not None else {"release": None}
         return {**doc, "serial": serial}
 
     def known(self) -> list[str]:
-        """The devices the hub has a serial for (changed or asked about since it started)."""
+        """The devices changed, or asked about by themselves, since the hub started."""
         with self._lock:
-            return list(self._latest)
+            return list(self._announced)
 
     def watch(self, device_id: str | None, watcher: Watcher) -> Callable[[], None]:
         """Call ``watcher`` after each change of ``device_id`` (``None``: of every device);
