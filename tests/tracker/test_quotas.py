@@ -4,6 +4,10 @@ in 30 s were all stored, each twice (the bytes, and the nonce again as hex in th
 Per-device rates (429 with Retry-After), quotas on what is kept (the oldest trimmed), a
 report stored once with a summary of bounded size, and retention that runs by itself, bounded
 per pass; on SQLite and PostgreSQL; the ``suitkit serve`` options that set them.
+
+A device stores a report or a state only for its current assignment, and one report per update
+(issue #11): each stored report here is the report of an update of its own (``World.update``),
+which the tracker assigns (``notified`` is the tracker's event, not the device's).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from suitkit.tracker.quotas import Quotas, RateLimiter
 from helpers import run_cli
 
 ADMIN = "admin-token-for-quota-tests"
+RELEASE = bytes(32).hex()
+"""The release the reports of ``report()`` name (their manifest digest)."""
 OFF = Quotas(reports_per_minute=0, events_per_minute=0, inventory_per_minute=0,
              max_reports=0, max_report_bytes=0, max_events=0, history_days=0, report_days=0)
 WAIT = 30.0
@@ -47,9 +53,10 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def report(nonce_bytes: int = 8, uri: str = "https://fw.example/e.suit") -> bytes:
-    """A valid SUIT report; its nonce random (nothing compresses it)."""
-    return encode_report(Report(reference=Reference(uri, Digest(-16, bytes(32))),
+def report(nonce_bytes: int = 8, uri: str = "https://fw.example/e.suit",
+           release: str = RELEASE) -> bytes:
+    """A valid SUIT report about ``release``; its nonce random (nothing compresses it)."""
+    return encode_report(Report(reference=Reference(uri, Digest(-16, bytes.fromhex(release))),
                                 nonce=os.urandom(nonce_bytes)))
 
 
@@ -82,6 +89,23 @@ class World:
     def event(self, device: dict[str, Any], state: str) -> httpx.Response:
         return self.client.post(f"/api/v1/devices/{device['id']}/events",
                                 json={"state": state}, headers=auth(device["token"]))
+
+    def assign(self, device: dict[str, Any]) -> None:
+        """Deploy ``RELEASE`` to the device (the tracker records ``notified``)."""
+        made = self.client.post("/api/v1/deployments", headers=auth(ADMIN), json={
+            "release": RELEASE, "envelope_url": "https://fw.example/e.suit",
+            "devices": [device["id"]]})
+        assert made.status_code == 201, made.text
+
+    def update(self, device: dict[str, Any], body: bytes) -> dict[str, Any]:
+        """One whole update that stores the report ``body``: assigned, downloading, the
+        report, failed (the update ends; the next one may be assigned). The stored report."""
+        self.assign(device)
+        assert self.event(device, "downloading").status_code == 201
+        stored = self.send_report(device, body)
+        assert stored.status_code == 201, stored.text
+        assert self.event(device, "failed").status_code == 201
+        return dict(stored.json())
 
     def rows(self, sql: str, **params: Any) -> list[Any]:
         engine = create_engine(self.url)
@@ -119,24 +143,27 @@ def test_a_device_over_its_rate_gets_429_with_retry_after_per_kind(backend: str,
     quotas = replace(OFF, reports_per_minute=3, events_per_minute=2, inventory_per_minute=2)
     with world(backend, tmp_path, quotas) as w:
         flooder, other = w.register(), w.register()
-        for _ in range(3):
-            assert w.send_report(flooder, report()).status_code == 201
+        for device in (flooder, other):
+            w.assign(device)
+            assert w.event(device, "downloading").status_code == 201
+        # a refused report counts too: one is stored per update, the next two are 409
+        assert [w.send_report(flooder, report()).status_code for _ in range(3)] == [201, 409,
+                                                                                   409]
         refused = w.send_report(flooder, report())
         assert refused.status_code == 429, refused.text
         assert 1 <= int(refused.headers["Retry-After"]) <= 20  # one report per 20 s
         assert refused.json()["error"].startswith("too many reports from this device: at "
                                                   "most 3 a minute; retry in ")
         assert w.send_report(other, report()).status_code == 201  # a bucket per device
-        # each kind has its own bucket
-        assert w.event(flooder, "notified").status_code == 201
+        # each kind has its own bucket (the first event was "downloading")
         assert w.event(flooder, "failed").status_code == 201
-        assert w.event(flooder, "notified").status_code == 429
+        assert w.event(flooder, "downloading").status_code == 429
         inventory = f"/api/v1/devices/{flooder['id']}/inventory"
         assert [w.client.put(inventory, json={}, headers=auth(flooder["token"])).status_code
                 for _ in range(3)] == [200, 200, 429]
         kept = w.rows("SELECT count(*) FROM device_reports WHERE device_id = :id",
                       id=flooder["id"])
-        assert kept[0][0] == 3  # a refused report is not stored
+        assert kept[0][0] == 1  # a refused report is not stored
 
 
 def test_the_rate_limiter_refills_and_holds_a_bounded_table() -> None:
@@ -161,25 +188,24 @@ def test_reports_beyond_the_quota_trim_the_oldest_by_count_and_by_bytes(
     quotas = replace(OFF, max_reports=3, max_report_bytes=150_000)
     with world(backend, tmp_path, quotas) as w:
         small, big = w.register(), w.register()
-        for _ in range(5):
-            assert w.send_report(small, report()).status_code == 201
-        for _ in range(4):
-            assert w.send_report(big, report(60_000)).status_code == 201
+        sent = [w.update(small, report())["seq"] for _ in range(5)]
+        big_sent = [w.update(big, report(60_000))["seq"] for _ in range(4)]
         seqs = w.rows("SELECT seq FROM device_reports WHERE device_id = :id ORDER BY seq",
                       id=small["id"])
-        assert [s for (s,) in seqs] == [3, 4, 5]  # the newest three
+        assert [s for (s,) in seqs] == sent[2:]  # the newest three
         sizes = w.rows("SELECT seq, size FROM device_reports WHERE device_id = :id "
                        "ORDER BY seq", id=big["id"])
-        assert [s for s, _ in sizes] == [3, 4] and sum(n for _, n in sizes) <= 150_000
+        assert [s for s, _ in sizes] == big_sent[2:] and sum(n for _, n in sizes) <= 150_000
         history = w.client.get(f"/api/v1/devices/{big['id']}/history",
                                headers=auth(ADMIN)).json()["history"]
-        assert [h["seq"] for h in history] == [3, 4]
-        assert all(h["size"] > 60_000 for h in history)
+        reports = [h for h in history if h["kind"] == "report"]
+        assert [h["seq"] for h in reports] == big_sent[2:]
+        assert all(h["size"] > 60_000 for h in reports)
         # the newest report is kept even when it alone is over the byte quota
         w.db.quotas = replace(quotas, max_report_bytes=1000)
-        assert w.send_report(big, report(60_000)).status_code == 201
+        last = w.update(big, report(60_000))["seq"]
         assert [s for (s,) in w.rows("SELECT seq FROM device_reports WHERE device_id = :id",
-                                     id=big["id"])] == [5]
+                                     id=big["id"])] == [last]
 
 
 def test_events_beyond_the_quota_trim_the_oldest_and_the_state_machine_goes_on(
@@ -187,7 +213,7 @@ def test_events_beyond_the_quota_trim_the_oldest_and_the_state_machine_goes_on(
     with world(backend, tmp_path, replace(OFF, max_events=4)) as w:
         device = w.register()
         for _ in range(5):
-            assert w.event(device, "notified").status_code == 201
+            w.assign(device)  # the tracker's "notified"
             assert w.event(device, "failed").status_code == 201
         history = w.client.get(f"/api/v1/devices/{device['id']}/history",
                                headers=auth(device["token"])).json()["history"]
@@ -202,9 +228,7 @@ def test_a_report_is_stored_once_and_its_summary_is_bounded(backend: str,
     with world(backend, tmp_path, OFF) as w:
         device = w.register()
         body = report(60_000, uri="https://fw.example/" + "a" * 3000)
-        stored = w.send_report(device, body)
-        assert stored.status_code == 201, stored.text
-        summary = stored.json()["summary"]
+        summary = w.update(device, body)["summary"]
         assert summary["truncated"] is True and len(summary["nonce"]) == 128
         assert summary["manifest_uri"].startswith("https://fw.example/aaa")
         assert len(summary["manifest_uri"]) == 512
@@ -214,7 +238,7 @@ def test_a_report_is_stored_once_and_its_summary_is_bounded(backend: str,
         kept_text = kept if isinstance(kept, str) else json.dumps(kept)
         assert len(kept_text) < 2048, "the summary repeats the report"
         # a report of ordinary size is summarised whole
-        plain = w.send_report(device, report()).json()["summary"]
+        plain = w.update(device, report())["summary"]
         assert "truncated" not in plain and len(plain["nonce"]) == 16
 
 
@@ -252,8 +276,7 @@ def test_retention_runs_by_itself_while_the_server_runs(backend: str,
     quotas = replace(OFF, history_days=1, report_days=1, retention_interval=0.2)
     with world(backend, tmp_path, quotas, clock) as w:
         device = w.register()
-        assert w.send_report(device, report()).status_code == 201
-        assert w.event(device, "notified").status_code == 201
+        w.update(device, report())
         clock.now += timedelta(days=2)
         deadline = time.monotonic() + WAIT
         while w.rows("SELECT count(*) FROM device_reports")[0][0] \
@@ -275,16 +298,31 @@ def test_serve_options_set_the_rates_and_quotas(tmp_path: Path,
             "--device-reports-per-minute", "2", "--max-reports-per-device", "1"]
     with serving(argv, timeout=60) as server, \
             httpx.Client(base_url=server.url, timeout=30) as client:
+        envelope, image = author.release(1, uri="https://fw.example/app.bin")
+        uploaded = client.post("/api/v1/releases", headers=auth(ADMIN), files=[
+            ("envelope", ("e.suit", envelope, "application/suit-envelope+cose")),
+            ("image", ("app.bin", image, "application/octet-stream"))])
+        assert uploaded.status_code == 201, uploaded.text
+        release = uploaded.json()["id"]
         made = client.post("/api/v1/devices", json={"name": "d"}, headers=auth(ADMIN))
         device = made.json()
-        sent = [client.post(f"/api/v1/devices/{device['id']}/reports", content=report(),
-                            headers={**auth(device["token"]),
-                                     "Content-Type": REPORT_MEDIA_TYPE}).status_code
-                for _ in range(3)]
+        device_url = f"/api/v1/devices/{device['id']}"
+        sent = []
+        for _ in range(3):  # an update each (one report per update)
+            deployed = client.post("/api/v1/deployments", headers=auth(ADMIN), json={
+                "release": release, "devices": [device["id"]]})
+            assert deployed.status_code == 201, deployed.text
+            for state in ("downloading", "failed"):
+                if state == "failed":
+                    sent.append(client.post(
+                        f"{device_url}/reports", content=report(release=release),
+                        headers={**auth(device["token"]),
+                                 "Content-Type": REPORT_MEDIA_TYPE}).status_code)
+                assert client.post(f"{device_url}/events", json={"state": state},
+                                   headers=auth(device["token"])).status_code == 201
         assert sent == [201, 201, 429]
-        history = client.get(f"/api/v1/devices/{device['id']}/history",
-                             headers=auth(ADMIN)).json()["history"]
-        assert [h["seq"] for h in history] == [2]
+        history = client.get(f"{device_url}/history", headers=auth(ADMIN)).json()["history"]
+        assert [h["seq"] for h in history if h["kind"] == "report"] == [7]  # the second
     code, _, err = run_cli(capsys, "serve", *argv[:6], "--max-events-per-device", "-1")
     assert code == 2
     assert err.strip().splitlines() == [
