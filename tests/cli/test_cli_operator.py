@@ -207,6 +207,41 @@ def test_devices_list_and_show(server: Server, capsys: pytest.CaptureFixture[str
     assert code == 1 and "HTTP 404" in one_error_line(err)
 
 
+HOSTILE = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202eevil\rnext"
+"""An OSC retitle, ESC [2J (clear the screen), a one-character C1 CSI, a right-to-left override
+and a carriage return: what a device could store as text to run on an operator's terminal."""
+
+
+def test_device_text_cannot_command_the_operators_terminal(
+        server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    """A device's hardware facts and event details (and an admin-made name) were printed raw
+    by ``devices show`` and ``devices list``: a device credential could clear, retitle or
+    reorder the operator's terminal. Control and bidirectional characters are escapes now."""
+    admin = {"Authorization": f"Bearer {BOOTSTRAP}"}
+    device = httpx.post(f"{server.url}/api/v1/devices", json={"name": f"n{HOSTILE}"},
+                        headers=admin, timeout=10).json()
+    device_auth = {"Authorization": f"Bearer {device['token']}"}
+    httpx.put(f"{server.url}/api/v1/devices/{device['id']}/inventory", headers=device_auth,
+              timeout=10, json={"hardware": {f"k{HOSTILE}": f"v{HOSTILE}"}}).raise_for_status()
+    httpx.post(f"{server.url}/api/v1/deployments", headers=admin, timeout=10, json={
+        "release": "ab" * 32, "envelope_url": "http://127.0.0.1:1/envelopes/x",
+        "devices": [device["id"]]}).raise_for_status()
+    httpx.post(f"{server.url}/api/v1/devices/{device['id']}/events", headers=device_auth,
+               timeout=10, json={"state": "downloading", "detail": f"d{HOSTILE}"}
+               ).raise_for_status()
+    for command in (["devices", "show", device["id"]], ["devices", "list"]):
+        code, out, err = run(capsys, *command, *common(server))
+        assert code == 0, err
+        assert not any(c in out + err for c in "\x1b\x07\x9b\u202e\r"), (command, out)
+        assert "n\\u001b]0;owned" in out, (command, out)  # the name, shown as escapes
+    code, out, _ = run(capsys, "devices", "show", device["id"], *common(server))
+    for shown in ("k\\u001b]0;owned", "v\\u001b]0;owned", "d\\u001b]0;owned",
+                  "\\u001b[2J\\u009b31m\\u202eevil"):
+        assert shown in out, (shown, out)
+    code, out, _ = run(capsys, "devices", "show", device["id"], "--json", *common(server))
+    assert json.loads(out)["hardware"] == {f"k{HOSTILE}": f"v{HOSTILE}"}  # data kept as sent
+
+
 def test_devices_reset_ends_a_stuck_update(server: Server,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     admin = {"Authorization": f"Bearer {BOOTSTRAP}"}

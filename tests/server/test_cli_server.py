@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 
 from device.device_kit import Author
 from serve_kit import SUITKIT, free_port, serving
+from suitkit.server.coap import CoapServer
+from suitkit.server.store import BlobStore
 
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install suitkit)")
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install suitkit)")
@@ -131,10 +134,28 @@ def test_serve_with_a_coap_port_in_use_exits_2_before_saying_it_runs(tmp_path: P
     author = Author.create(tmp_path / "author")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
         line = refused_start("--data", str(tmp_path / "d"), "--author-anchor",
                              str(author.anchor), "--port", str(free_port()), "--coap-port",
-                             str(taken.getsockname()[1]))
-    assert "coap" in line.lower() or "address already in use" in line.lower(), line
+                             str(port))
+    assert line == (f"suitkit: error: --coap-port: cannot listen on 127.0.0.1:{port} (UDP): "
+                    "Address already in use"), line
+
+
+def test_serve_on_the_coap_port_of_a_running_coap_server_exits_2(tmp_path: Path) -> None:
+    """aiocoap binds with SO_REUSEPORT: a second ``suitkit serve`` on the CoAP port of a running
+    one started without an error, and the kernel shared the requests between the two."""
+    author = Author.create(tmp_path / "author")
+    running = CoapServer(BlobStore(tmp_path / "running"), "127.0.0.1", 0, timeout=30.0)
+    running.start()
+    try:
+        line = refused_start("--data", str(tmp_path / "d"), "--author-anchor",
+                             str(author.anchor), "--port", str(free_port()), "--coap-port",
+                             str(running.port))
+    finally:
+        running.stop()
+    assert line == (f"suitkit: error: --coap-port: cannot listen on 127.0.0.1:{running.port} "
+                    "(UDP): Address already in use"), line
 
 
 @contextmanager
@@ -232,6 +253,7 @@ def test_serve_log_level_warning_leaves_out_the_access_log(tmp_path: Path) -> No
 
 PEAK = """
 import sys
+import time
 from suitkit.cli.main import main
 sys.argv = ["suitkit", *sys.argv[1:]]
 try:
@@ -313,3 +335,45 @@ def test_upload_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert done.returncode == 0, drawn.decode(errors="replace")
     assert "(sequence number 1) stored" in done.stdout
     assert b"uploading" in drawn, drawn[:500]
+
+
+def test_malformed_datagrams_do_not_flood_the_log(tmp_path: Path) -> None:
+    """aiocoap logs a WARNING for every malformed datagram, from any address (spoofed too):
+    200 datagrams were about 200 log lines; uvicorn one for each malformed request. Now one a
+    minute each, with the count of the others."""
+    author = Author.create(tmp_path / "author")
+    with serving(["--data", str(tmp_path / "d"), "--author-anchor", str(author.anchor)],
+                 coap=True) as server:
+        assert server.coap_port is not None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(200):
+                sender.sendto(b"\x00\x01\x02\x03", ("127.0.0.1", server.coap_port))
+                time.sleep(0.002)  # not faster than the server reads: none dropped
+        deadline = time.monotonic() + 30
+        while "unparsable" not in server.log():
+            assert time.monotonic() < deadline, "waited 30 s for the first datagram's line"
+            time.sleep(0.1)
+        port = int(server.url.rsplit(":", 1)[1])
+        for _ in range(20):  # uvicorn's line for each malformed request: the same
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as bad:
+                bad.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+                assert bad.recv(100).startswith(b"HTTP/1.1 400"), "a 400 for a bad request"
+        time.sleep(2)  # the others are read meanwhile
+        log = server.log().splitlines()
+    lines = [line for line in log if "unparsable" in line]
+    assert len(lines) == 1, "\n".join(lines[:5])
+    invalid = [line for line in log if "Invalid HTTP request received" in line]
+    assert len(invalid) == 1, "\n".join(invalid[:5])
+
+
+def test_serve_mqtt_port_of_unicode_digits_is_named(tmp_path: Path) -> None:
+    """``"²"`` is a digit to ``str.isdigit`` and ``int`` refuses it: the line said ``invalid
+    literal for int()`` instead of what --mqtt expects."""
+    author = Author.create(tmp_path / "author")
+    admin = tmp_path / "admin.token"
+    admin.write_text("admin-t0ken\n")
+    line = refused_start("--data", str(tmp_path / "d"), "--author-anchor", str(author.anchor),
+                         "--admin-token-file", str(admin), "--mqtt", "127.0.0.1:\u00b2",
+                         "--port", str(free_port()))
+    assert line == ("suitkit: error: --mqtt: expected HOST:PORT such as 127.0.0.1:1883, got "
+                    "'127.0.0.1:\u00b2'"), line

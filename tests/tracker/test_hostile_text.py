@@ -7,6 +7,10 @@ and PostgreSQL (the ``tracker`` fixture of test_tracker_api: one server per back
 - A lone surrogate (JSON ``"\\ud800"``) or a NUL anywhere in a JSON body, a member name
   included, is 400 naming the member; nothing is stored.
 - The sibling on CoAP: ``/notices/<device-id>`` with a NUL in the id was 5.00 on PostgreSQL.
+  The CoAP path accepted every other id the HTTP routes refuse (``+``, ``#``, ``/``, bidi
+  controls, non-ASCII): anyone could make the hub remember such an id over plain UDP, and the
+  MQTT publisher then published it again at each reconnection, to a topic with wildcards or
+  more levels (``suitkit/devices/a/b/update``). The same ids are refused on both edges now.
 """
 
 from __future__ import annotations
@@ -144,9 +148,28 @@ def coap_get(port: int, *segments: str) -> Any:
     return asyncio.run(get())
 
 
-@pytest.mark.parametrize("bad", ["\x00", "a\x00b", "\x01", "\x7f"])
+@pytest.mark.parametrize("bad", ["\x00", "a\x00b", "\x01", "\x7f", "+", "#", "a/b",
+                                 "a+#", "\u202e", "\u00e9", "a b", "x" * 37])
 def test_coap_notices_for_an_id_no_device_can_have_are_4xx_not_5xx(coap_notices: int,
                                                                    bad: str) -> None:
     response = coap_get(coap_notices, "notices", bad)
     assert response.code.class_ == 4, (bad, response.code, response.payload[:200])
     assert coap_get(coap_notices, "notices", DEVICE_ID).code.is_successful()
+
+
+def test_the_mqtt_publisher_never_publishes_to_a_topic_no_device_id_can_make() -> None:
+    """An id with an MQTT wildcard or a level separator is not published (paho refuses a
+    wildcard topic with an exception logged per id; ``a/b`` wrote a retained message under
+    ``suitkit/devices/a/b``), whoever made the hub know it."""
+    pytest.importorskip("paho.mqtt.client", reason="install paho-mqtt")
+    from suitkit.tracker.notify import MqttPublisher, NotificationHub
+
+    hub = NotificationHub(lambda _: None)
+    publisher = MqttPublisher(hub, "127.0.0.1", 9)  # never started: nothing is sent
+    for bad in ("+", "#", "a/b", "a/+/#", "\u202e", ""):
+        hub.current(bad)
+    hub.changed(["a/b", DEVICE_ID])
+    publisher._on_connect(None, None, None, None)  # a reconnection: hub.known() again
+    publisher.publish("x/update/#")
+    queued = [publisher._queue.get_nowait() for _ in range(publisher._queue.qsize())]
+    assert queued == [DEVICE_ID]

@@ -122,7 +122,9 @@ def test_notifications_are_for_the_device_itself(tracker: Tracker, client: httpx
     assert client.get(url, params={"wait": 0}, headers=auth(a["id"] + ".x")).status_code == 401
     assert client.get(url, params={"wait": 0}, headers=auth(b["token"])).status_code == 403
     assert client.get(url, params={"wait": 0}, headers=auth(ADMIN)).status_code == 403
-    for bad in ({"wait": 61}, {"wait": -1}, {"wait": "x"}, {"after": "-3"}):
+    # "²" and "٣" are digits to str.isdigit, and int("²") raised: a 500
+    for bad in ({"wait": 61}, {"wait": -1}, {"wait": "x"}, {"after": "-3"},
+                {"after": "\u00b2"}, {"after": "1\u00b2"}, {"after": "\u0663"}):
         refused = client.get(url, params=bad, headers=auth(a["token"]))
         assert refused.status_code == 400 and refused.json()["error"]
 

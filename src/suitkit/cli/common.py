@@ -1,5 +1,11 @@
 """What every suitkit command shares: the consoles, exit statuses and error handling.
 
+Both consoles print text from others (device names, hardware facts and event details a device
+sent the tracker, campaign names, error messages of a server) with every control character
+(but tab and newline) and every bidirectional override shown as an escape such as ``\\u001b``:
+a device that stored ``ESC [2J`` or ``U+202E`` cannot clear, retitle or reorder the
+operator's terminal (``printable``).
+
 Each command turns a ``SuitError`` into one line on stderr and an exit status: 0 success,
 1 verification, policy or processing failure, 2 bad usage or undecodable input, 3 a storage
 failure (a disk full, read-only or failing while writing: the input was fine, retry once there is
@@ -10,13 +16,15 @@ from __future__ import annotations
 
 import errno
 import functools
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console, ConsoleDimensions
+from rich.console import Console, ConsoleDimensions, ConsoleOptions, RenderableType
+from rich.segment import Segment
 from rich.table import Table
 from rich.tree import Tree
 
@@ -32,7 +40,33 @@ from suitkit.errors import (
 PIPE_WIDTH = 1 << 14  # the width a tree or table is laid out in when stdout is not a terminal
 
 
-class _Out(Console):
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e"
+                     "\u2066-\u2069]")
+"""Control characters but tab and newline (ESC starts terminal commands, CR overwrites a line,
+C1 0x9B is a one-character CSI) and the bidirectional marks, embeddings, overrides and isolates
+that reorder what follows them (the "Trojan Source" characters)."""
+
+
+def printable(text: str) -> str:
+    """``text`` with each control character (but tab and newline) and bidirectional control
+    written as an escape ``\\uXXXX``: safe to show on a terminal."""
+    return _UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+class _Neutral(Console):
+    """A console whose text never holds a terminal command from the data it prints
+    (``printable``); rich's own styles and cursor moves are not text and go through."""
+
+    def render(self, renderable: RenderableType, options: ConsoleOptions | None = None
+               ) -> Any:
+        for segment in super().render(renderable, options):
+            if segment.control is None and _UNSAFE.search(segment.text):
+                yield Segment(printable(segment.text), segment.style)
+            else:
+                yield segment
+
+
+class _Out(_Neutral):
     """Standard output: a line of text is never wrapped (``soft_wrap``), and a tree or table
     never loses the end of a line. Soft wrap on a renderable crops each line at the terminal
     width with no mark (a digest cut short looks whole), so renderables fold instead; piped, a
@@ -64,7 +98,7 @@ class _Out(Console):
 
 
 out = _Out(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = _Neutral(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_INTERNAL = 0, 1, 2, 3, 4
 

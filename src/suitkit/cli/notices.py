@@ -28,7 +28,8 @@ def parse_host_port(value: str, option: str) -> tuple[str, int]:
     """
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if (not sep or not host or not (port.isascii() and port.isdigit())
+            or not 0 < int(port) < 65536):
         raise ValueError(f"{option}: expected HOST:PORT such as 127.0.0.1:1883, got {value!r}")
     return host, int(port)
 

@@ -20,6 +20,7 @@ import re
 import resource
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
@@ -47,7 +48,7 @@ from suitkit.cli.common import (
 )
 from suitkit.cli.notices import TrackerWiring, parse_host_port, release_lookup, tracker_routes
 from suitkit.core.verify import TrustAnchor, TrustAnchors
-from suitkit.errors import SuitError
+from suitkit.errors import StorageError, SuitError
 from suitkit.tracker.quotas import Quotas
 
 DEFAULT_QUOTAS = Quotas()
@@ -238,7 +239,14 @@ def serve(
                 site = create_coap_site(store, extra_resources=wiring.coap_resources
                                         if wiring is not None else ())
                 coap = CoapServer(store, host, coap_port, site=site)
-                coap.start()
+                try:
+                    coap.start()
+                except StorageError as e:
+                    cause = e.__cause__
+                    reason = getattr(cause, "strerror", None) or cause or e
+                    where = (f"{host}:{coap_port}" if ":" not in host
+                             else f"[{host}]:{coap_port}")
+                    fail(f"--coap-port: cannot listen on {where} (UDP): {reason}", EXIT_USAGE)
             guards = Guards(head_timeout=head_timeout,
                             max_connections=max(16, min(max_connections, open_files - 64)))
             options = {**UVICORN_OPTIONS, "http": guarded_protocol(guards)}
@@ -277,12 +285,50 @@ class _Redacting(logging.Formatter):
         return self._PARAMETERS.sub("[parameters hidden]", super().formatException(ei))
 
 
+class _Quieter(logging.Filter):
+    """Lines a client makes a library write for each bad message it sends, at most once a
+    minute each (counted, the count said with the next one): aiocoap's (``coap``,
+    ``coap-server``: "Ignoring unparsable message" for every malformed datagram, from any
+    address, spoofed too) and uvicorn's "Invalid HTTP request received." Everything else
+    passes."""
+
+    _SECONDS = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._next: dict[tuple[str, object], float] = {}
+        self._held: dict[tuple[str, object], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if not (name in ("coap", "coap-server") or name.startswith(("coap.", "coap-server."))
+                or (name == "uvicorn.error"
+                    and record.msg == "Invalid HTTP request received.")):
+            return True
+        key = (name, record.msg)
+        now = time.monotonic()
+        if now < self._next.get(key, 0.0):
+            if len(self._held) < 1000 or key in self._held:
+                self._held[key] = self._held.get(key, 0) + 1
+            return False
+        if len(self._next) >= 1000:  # a library that formats its own messages: bounded
+            self._next = {k: t for k, t in self._next.items() if t > now}
+            if len(self._next) >= 1000:
+                self._next.clear()
+        self._next[key] = now + self._SECONDS
+        held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it in the last minute, not shown)"
+        return True
+
+
 def _configure_logging(level: str) -> None:
     """The server's log on stderr: suitkit's and uvicorn's loggers (the access log at info);
     other libraries only from warning up. Requests are logged as method, path and status:
     never a header (where credentials travel) nor a body."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Redacting("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_Quieter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
@@ -405,7 +451,7 @@ def upload(
     parts = [("envelope", envelope, "envelope", "application/suit-envelope+cose")]
     for spec in images or []:
         index, sep, name = spec.partition("=")
-        if sep and index.isdigit():
+        if sep and index.isascii() and index.isdigit():
             parts.append((f"image-{int(index)}", Path(name), "image",
                           "application/octet-stream"))
         else:

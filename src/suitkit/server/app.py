@@ -611,7 +611,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         """Upload a release: multipart parts ``envelope`` and ``image`` / ``image-<N>``."""
         await _authorize(request, config, "upload")
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > config.max_upload_bytes):
+        if length is not None and (not (length.isascii() and length.isdigit())
+                                   or int(length) > config.max_upload_bytes):
             raise UploadRefused(413, f"request body of {length} bytes is larger than the "
                                      f"{config.max_upload_bytes} bytes allowed")
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):

@@ -152,8 +152,21 @@ async def start_coap_server(store: BlobStore, host: str = "127.0.0.1", port: int
     """Bind a CoAP server for ``store`` (or for ``site``, if given) on ``host``:``port`` in the
     running event loop; return the ``aiocoap.Context`` (stop it with ``await ctx.shutdown()``).
     """
+    _check_unbound(host, port)
     return await aiocoap.Context.create_server_context(
         site if site is not None else create_coap_site(store), bind=(host, port))
+
+
+def _check_unbound(host: str, port: int) -> None:
+    """Raise ``OSError`` (``EADDRINUSE``) when a UDP socket already holds ``host``:``port``.
+
+    aiocoap binds with ``SO_REUSEPORT``, so a second server (another ``suitkit serve``) bound
+    the port of a running one without an error, and the kernel then shared the requests
+    between the two. A probe bound without it is refused while any socket holds the port.
+    """
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.bind(address)
 
 
 _FREE_PORT_ATTEMPTS = 10

@@ -56,7 +56,6 @@ import binascii
 import functools
 import json
 import logging
-import string
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
@@ -94,6 +93,7 @@ from suitkit.tracker.db import (
     TransitionRefused,
     open_db,
 )
+from suitkit.tracker.notify import MAX_ID, is_record_id
 from suitkit.tracker.quotas import Quotas, RateLimiter, retry_after
 
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "PAGE_PARAMETERS", "REPORT_MEDIA_TYPE", "TrackerConfig",
@@ -183,7 +183,8 @@ def storage_refused(error: StorageError, message: str) -> _Refused:
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is longer than ``limit``."""
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
+    if length is not None and (not (length.isascii() and length.isdigit())
+                               or int(length) > limit):
         raise _Refused(413, f"request body of {length[:20]} bytes is larger than the {limit} "
                             "bytes allowed")
     chunks: list[bytes] = []
@@ -267,8 +268,7 @@ def _is_text(value: str) -> bool:
     return "\x00" not in value and (value.isascii() or _is_utf8(value))
 
 
-_ID_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_.~:")
-_MAX_PATH_ID = 64
+_MAX_PATH_ID = MAX_ID
 
 
 def check_path_ids(request: Request) -> None:
@@ -277,8 +277,7 @@ def check_path_ids(request: Request) -> None:
     most 64. A NUL (``%00``) made PostgreSQL fail (500); any other control or non-ASCII
     character is refused the same way, on every backend. The tracker's routers depend on it."""
     for name, value in request.path_params.items():
-        if isinstance(value, str) and not (0 < len(value) <= _MAX_PATH_ID
-                                           and _ID_CHARACTERS.issuperset(value)):
+        if isinstance(value, str) and not is_record_id(value, _MAX_PATH_ID):
             raise _Refused(400, f"{name} in the path: expected 1 to {_MAX_PATH_ID} letters, "
                                 f"digits or '-_.~:', got {value[:40]!r}")
 

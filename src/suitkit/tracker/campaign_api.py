@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
@@ -66,6 +67,7 @@ _MAX_NAME = 128
 _MAX_TARGET_DEVICES = 10_000
 _MAX_WAVES = 20
 _MAX_REASON = 512
+_TICK_LOG_SECONDS = 60.0
 
 
 def _number(value: object, where: str) -> float:
@@ -146,11 +148,27 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
     @asynccontextmanager
     async def ticking(_: FastAPI) -> AsyncIterator[None]:
         async def loop() -> None:
+            failing = False
+            quiet_until = 0.0
             while True:
                 try:
                     await run_in_threadpool(engine.tick)
-                except Exception:  # noqa: BLE001 - the next tick retries; the server stays up
-                    _log.exception("campaign tick failed; retrying")
+                    if failing:
+                        failing = False
+                        _log.warning("campaign ticks work again")
+                except Exception as e:  # noqa: BLE001 - the next tick retries; the server stays up
+                    failing = True
+                    # a tick a second: a database outage (or a full disk under a running
+                    # campaign) must not write 60 tracebacks a minute; one line a minute
+                    now = time.monotonic()
+                    if now >= quiet_until:
+                        quiet_until = now + _TICK_LOG_SECONDS
+                        if isinstance(e, StorageError):
+                            _log.warning("campaign tick failed (retried every %g s; said at "
+                                         "most once a minute): %s", tick_seconds, e)
+                        else:
+                            _log.exception("campaign tick failed (retried every %g s; said "
+                                           "at most once a minute)", tick_seconds)
                 await asyncio.sleep(tick_seconds)
 
         task = asyncio.create_task(loop())

@@ -19,6 +19,7 @@ registrations, spoofed or for made-up ids, cannot grow the server's memory.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from typing import Any
 
@@ -28,7 +29,7 @@ import aiocoap.resource  # type: ignore[import-untyped]
 from aiocoap.numbers.codes import Code  # type: ignore[import-untyped]
 
 from suitkit.errors import StorageError
-from suitkit.tracker.notify import NotificationHub
+from suitkit.tracker.notify import NotificationHub, is_record_id
 
 __all__ = ["CONTENT_FORMAT_JSON", "NOTICES_PATH", "NOTICE_MAX_AGE", "NoticeResource"]
 
@@ -63,10 +64,10 @@ class NoticeResource(aiocoap.resource.ObservableResource,  # type: ignore[misc]
         if len(path) != 1 or not 0 < len(path[0]) <= _MAX_DEVICE_ID:
             return None
         device_id = str(path[0])
-        # a NUL made PostgreSQL fail (5.00); text no database can hold is no device's id
-        if any(ord(c) < 0x20 or c == "\x7f" or 0xD800 <= ord(c) <= 0xDFFF for c in device_id):
-            return None
-        return device_id
+        # the ids the HTTP routes accept (api.check_path_ids): a NUL made PostgreSQL fail
+        # (5.00); '+', '#' or '/' made the hub remember, and the MQTT publisher publish, a
+        # topic with wildcards or more levels for anyone who asked over plain UDP
+        return device_id if is_record_id(device_id, _MAX_DEVICE_ID) else None
 
     async def add_observation(self, request: Any, serverobservation: Any) -> None:
         """Register the observer of one device; it is triggered after each change."""
@@ -107,7 +108,7 @@ class NoticeResource(aiocoap.resource.ObservableResource,  # type: ignore[misc]
             return _text(Code.NOT_FOUND, "expected /notices/<device-id>")
         try:
             notice = await asyncio.get_running_loop().run_in_executor(
-                None, self.hub.current, device_id)
+                None, functools.partial(self.hub.current, device_id, authenticated=False))
         except StorageError:
             return _text(Code.INTERNAL_SERVER_ERROR, "the tracker could not read its database")
         response = aiocoap.Message(code=Code.CONTENT, content_format=CONTENT_FORMAT_JSON,

@@ -18,8 +18,8 @@ broker ACLs (MQTT) or OSCORE (CoAP) in production.
 ``MqttPublisher`` publishes each device's latest notice to ``suitkit/devices/<id>/update`` (QoS 1,
 retained) from its own thread; paho reconnects with a bounded backoff, and a request never waits
 for the broker. After each (re)connection it publishes again the notices of the devices the hub
-knows (changed or asked about since the server started), for a broker that lost its retained
-messages.
+knows (changed, or asked about by the device itself, since the server started: not an id
+anyone asked about over CoAP), for a broker that lost its retained messages.
 """
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ import asyncio
 import contextlib
 import logging
 import queue
+import string
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["TOPIC_FORMAT", "MqttPublisher", "NotificationHub", "Watcher", "topic_for"]
+__all__ = ["ID_CHARACTERS", "MAX_ID", "TOPIC_FORMAT", "MqttPublisher", "NotificationHub", "Watcher",
+           "is_record_id", "topic_for"]
 
 TOPIC_FORMAT = "suitkit/devices/{device_id}/update"
 Watcher = Callable[[str, int], None]
@@ -42,6 +44,18 @@ that changed the assignment)."""
 
 _log = logging.getLogger(__name__)
 _MAX_CACHED = 100_000
+
+
+ID_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_.~:")
+MAX_ID = 64
+
+
+def is_record_id(value: str, max_length: int = MAX_ID) -> bool:
+    """Whether ``value`` can be the id of a device, token or campaign: 1 to ``max_length``
+    letters, digits or ``-_.~:``. Ids from a client are checked with it before any query or
+    notice: no control, wildcard (MQTT ``+`` and ``#``), separator (``/``) or non-ASCII
+    character can reach the database, the log or an MQTT topic."""
+    return 0 < len(value) <= max_length and ID_CHARACTERS.issuperset(value)
 
 
 def topic_for(device_id: str) -> str:
@@ -61,6 +75,7 @@ class NotificationHub:
         self._lock = threading.Lock()
         self._serial = int(clock() * 1000)
         self._latest: dict[str, int] = {}
+        self._announced: dict[str, None] = {}  # changed, or asked about by the device itself
         self._watchers: dict[str, set[Watcher]] = {}
         self._all: set[Watcher] = set()
         self._closers: set[Callable[[], None]] = set()
@@ -83,6 +98,7 @@ class NotificationHub:
                 if len(self._latest) >= _MAX_CACHED and device_id not in self._latest:
                     self._latest.pop(next(iter(self._latest)))
                 self._latest[device_id] = serial
+                self._announce(device_id)
                 woken += [(w, device_id, serial) for w in self._watchers.get(device_id, ())]
                 woken += [(w, device_id, serial) for w in self._all]
         for watcher, device_id, serial in woken:
@@ -96,10 +112,19 @@ class NotificationHub:
         with self._lock:
             return self._latest.get(device_id)
 
-    def current(self, device_id: str) -> dict[str, Any]:
+    def _announce(self, device_id: str) -> None:
+        """Remember the device for ``known`` (under the lock; bounded like ``_latest``)."""
+        if len(self._announced) >= _MAX_CACHED and device_id not in self._announced:
+            self._announced.pop(next(iter(self._announced)))
+        self._announced[device_id] = None
+
+    def current(self, device_id: str, *, authenticated: bool = True) -> dict[str, Any]:
         """The device's notice ``{..pending update.., "serial"}``: the document is read from the
         database each time (so it is never stale, also after a final event that was not
-        announced); call it from a worker thread in async code.
+        announced); call it from a worker thread in async code. ``authenticated=False``: the
+        asker was not the device (CoAP, anyone over UDP): the id gets a serial but is not one
+        ``known`` returns (the MQTT publisher would publish a retained notice for every id
+        anyone made up, again at each reconnection).
 
         Raises:
             StorageError: the database fails.
@@ -110,14 +135,16 @@ class NotificationHub:
                 if len(self._latest) >= _MAX_CACHED:
                     self._latest.pop(next(iter(self._latest)))
                 serial = self._latest[device_id] = self._next()
+            if authenticated:
+                self._announce(device_id)
         found = self._pending(device_id)
         doc = dict(found) if found is not None else {"release": None}
         return {**doc, "serial": serial}
 
     def known(self) -> list[str]:
-        """The devices the hub has a serial for (changed or asked about since it started)."""
+        """The devices changed, or asked about by themselves, since the hub started."""
         with self._lock:
-            return list(self._latest)
+            return list(self._announced)
 
     def watch(self, device_id: str | None, watcher: Watcher) -> Callable[[], None]:
         """Call ``watcher`` after each change of ``device_id`` (``None``: of every device);
@@ -229,7 +256,10 @@ class MqttPublisher:
 
     def publish(self, device_id: str) -> None:
         """Queue the device's current notice for publication (returns at once); a device
-        already waiting in the queue is not queued again (its notice is read when sent)."""
+        already waiting in the queue is not queued again (its notice is read when sent). An id
+        no device can have is not published: its topic could hold MQTT wildcards or levels."""
+        if not is_record_id(device_id):
+            return
         with self._queued_lock:
             if device_id in self._queued:
                 return

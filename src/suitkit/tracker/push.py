@@ -170,7 +170,8 @@ def create_push_router(auth: Authenticator, hub: NotificationHub, *, heartbeat: 
         after_text = request.query_params.get("after")
         after: int | None = None
         if after_text is not None:
-            if not after_text.isdigit() or len(after_text) > 20:
+            # ASCII digits only: "²" is a digit to isdigit() and int() refuses it (a 500)
+            if not (after_text.isascii() and after_text.isdigit()) or len(after_text) > 20:
                 raise HTTPException(400, "after: expected the serial of a notice (digits)")
             after = int(after_text)
         release = take(request, device_id)
