@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 import socket
 import threading
@@ -19,6 +20,7 @@ import uvicorn
 from serve_kit import start_process, stop_process
 from suitkit.cli.notices import TrackerWiring, tracker_routes
 from suitkit.core.verify import TrustAnchors
+from suitkit.errors import StorageError
 from suitkit.server.app import ServerConfig, create_app
 from suitkit.server.background import UVICORN_OPTIONS
 from suitkit.server.coap import CoapServer, create_coap_site
@@ -85,6 +87,9 @@ def mosquitto(tmp: Path, port: int | None = None) -> Iterator[tuple[str, int]]:
         stop_process(proc)
 
 
+_START_ATTEMPTS = 5
+
+
 @dataclass
 class Tracker:
     """One running server (HTTP on ``port``, CoAP on ``coap_port``) over ``data``."""
@@ -100,6 +105,7 @@ class Tracker:
     _thread: threading.Thread | None = None
     _coap: CoapServer | None = None
     _sock: socket.socket | None = None
+    _started_once: bool = False
 
     @property
     def url(self) -> str:
@@ -110,6 +116,27 @@ class Tracker:
         return f"coap://127.0.0.1:{self.coap_port}"
 
     def start(self) -> None:
+        """Start on ``port``/``coap_port``. Another process (a second test run on this machine)
+        may take a probed port before it is bound: a first start then takes new ports; a restart
+        keeps its ports (its devices reconnect to them) and tries again for up to 60 s."""
+        deadline = time.monotonic() + 60.0
+        for attempt in range(_START_ATTEMPTS):
+            try:
+                self._start()
+                return
+            except (OSError, StorageError) as e:
+                cause = e.__cause__ if isinstance(e, StorageError) else e
+                taken = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
+                if not taken or attempt == _START_ATTEMPTS - 1:
+                    raise
+                if not self._started_once:
+                    self.port, self.coap_port = free_port(), free_port(socket.SOCK_DGRAM)
+                elif time.monotonic() > deadline:
+                    raise
+                else:
+                    time.sleep(1.0)
+
+    def _start(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         wiring = tracker_routes(TrackerConfig(f"sqlite:///{self.data / 'tracker.db'}", ADMIN),
                                 mqtt=self.mqtt, coap=True, heartbeat=self.heartbeat)
@@ -136,6 +163,7 @@ class Tracker:
             wait_until(lambda: server.started or not self._thread_alive(), 60.0,
                        f"uvicorn to serve {self.url}")
             assert server.started, f"uvicorn stopped before serving {self.url}"
+            self._started_once = True
         except BaseException:
             self.stop()  # nothing half-started stays behind (CoAP, notices, the thread)
             raise

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -81,3 +83,28 @@ def test_a_database_is_made_while_a_session_lingers_on_its_template(
         assert url.rsplit("/", 1)[1] != template
     finally:
         lingering.close()
+
+
+def test_a_tracker_whose_probed_ports_were_taken_meanwhile_starts_on_others(
+        tmp_path: Path) -> None:
+    """Another test run took the UDP and TCP ports ``Tracker`` probed before it bound them (as
+    when two ``make test`` share the machine): its first start takes new ports instead of
+    failing the whole module."""
+    from notice_kit import Tracker
+    from suitkit.core import crypto
+    from suitkit.core.verify import TrustAnchors
+
+    anchors = TrustAnchors.of(crypto.generate_private_key("EdDSA").public_key())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        udp.bind(("127.0.0.1", 0))
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        taken = (tcp.getsockname()[1], udp.getsockname()[1])
+        tracker = Tracker(tmp_path / "data", anchors, port=taken[0], coap_port=taken[1])
+        try:
+            tracker.start()
+            assert tracker.port != taken[0] and tracker.coap_port != taken[1]
+            assert httpx.get(f"{tracker.url}/api/v1/releases", timeout=30).status_code == 200
+        finally:
+            tracker.stop()
