@@ -68,10 +68,13 @@ class TrackerWiring:
     """The firmware server's ``ServerConfig.authorizer`` over the tracker's API tokens."""
 
     def close(self) -> None:
-        """End SSE streams and long-polls; stop the MQTT publisher."""
+        """End SSE streams and long-polls; stop the MQTT publisher; close the database's pooled
+        connections (a PostgreSQL connection left to the garbage collector was a leak)."""
         self.hub.close()
         if self.publisher is not None:
             self.publisher.stop()
+        if self.db is not None:
+            self.db.engine.dispose()
 
 
 def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bool = False,
@@ -106,7 +109,8 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
             publisher = MqttPublisher(hub, *mqtt)
             publisher.start()
         except (ImportError, OSError, ValueError) as e:
+            db.engine.dispose()
             raise SuitError(f"cannot start the MQTT publisher for {mqtt[0]}:{mqtt[1]}: "
                             f"{e}") from e
-    return TrackerWiring(routers, resources, hub, publisher,
+    return TrackerWiring(routers, resources, hub, publisher, db=db,
                          authorizer=release_authorizer(auth))
