@@ -1,6 +1,9 @@
 """Shared pytest configuration. Helpers live in tests/helpers.py (on the pytest pythonpath)."""
 
 import os
+import signal
+import threading
+from types import FrameType
 
 import pytest
 
@@ -17,3 +20,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run stopped with SIGTERM (a CI time-out, ``kill``, a second run's clean-up) ends as
+    Ctrl-C does: pytest runs every finalizer, so the servers, PostgreSQL clusters and brokers
+    the tests started are stopped by their pids (with SIGTERM's default, none of them were)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupted)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -108,3 +109,36 @@ def test_a_tracker_whose_probed_ports_were_taken_meanwhile_starts_on_others(
             assert httpx.get(f"{tracker.url}/api/v1/releases", timeout=30).status_code == 200
         finally:
             tracker.stop()
+
+
+def test_a_run_stopped_with_sigterm_still_stops_what_its_tests_started(tmp_path: Path) -> None:
+    """SIGTERM to pytest (a CI time-out, ``kill PID``) runs the fixtures' finalizers as Ctrl-C
+    does, so a server or PostgreSQL a fixture started is stopped (tests/conftest.py); with
+    SIGTERM's default action the run died and left them running."""
+    marker = tmp_path / "finalized"
+    started = tmp_path / "started"
+    case = tmp_path / "test_waits.py"  # outside tests/: no other run may collect it
+    case.write_text(
+        "import time\nfrom pathlib import Path\nimport pytest\n\n"
+        "@pytest.fixture\ndef resource():\n"
+        f"    Path({str(started)!r}).write_text('up')\n"
+        "    try:\n        yield\n    finally:\n"
+        f"        Path({str(marker)!r}).write_text('stopped')\n\n"
+        "def test_waits(resource):\n    time.sleep(120)\n")
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(tests), os.environ.get("PYTHONPATH")]))}
+    run = start_process([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                         "-p", "conftest", str(case)], cwd=tmp_path, env=env,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert run.poll() is None, "the inner pytest run ended before its fixture started"
+            assert time.monotonic() < deadline, "the inner pytest's fixture did not start in 60 s"
+            time.sleep(0.1)
+        run.send_signal(signal.SIGTERM)
+        run.wait(timeout=60)
+        assert marker.read_text() == "stopped"
+    finally:
+        stop_process(run)
