@@ -39,7 +39,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -683,7 +683,7 @@ class FsSlotWriter:
         if self._written + len(data) > self._size:
             self._abort()
             raise StorageError(f"image data exceeds the announced size of {self._size} bytes")
-        try:
+        with self._writing():
             for pos in range(0, len(data), _CHUNK):
                 self._owner._step(f"write {self._owner._rel(self._tmp)}")
                 self._file.write(data[pos : pos + _CHUNK])
@@ -691,14 +691,6 @@ class FsSlotWriter:
                 self._file.flush()
                 os.fsync(self._file.fileno())
                 self._durable = self._written + len(data)
-        except OSError:
-            # A full disk: the partial image would keep it full (the agent's retry, the
-            # tracker's reports and the next boot need the space); the download starts over.
-            self._abort()
-            raise
-        except BaseException:
-            self._file.close()  # a crash: the partial .tmp stays behind, as it would
-            raise
         self._written += len(data)
 
     def finish(self) -> None:
@@ -710,16 +702,10 @@ class FsSlotWriter:
                 f"image has {self._written} bytes, the announced size is {self._size}"
             )
         owner = self._owner
-        try:
+        with self._writing():
             self._file.flush()
             owner._step(f"fsync {owner._rel(self._tmp)}")
             os.fsync(self._file.fileno())
-        except OSError:
-            self._abort()
-            raise
-        except BaseException:
-            self._file.close()  # a crash: the partial .tmp stays behind, as it would
-            raise
         self._file.close()
         image = self._slot / f"{self._component}.image"
         owner._step(f"rename {owner._rel(image)}")
@@ -741,6 +727,21 @@ class FsSlotWriter:
             self._file.close()
         except OSError:  # the last buffered bytes did not fit: the caller is failing already
             _remove(self._tmp)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Writes to the partial image. An OSError (a full disk) removes it: it would keep the
+        disk full (the agent's retry, the tracker's reports and the next boot need the space)
+        and the download starts over. Anything else (a crash) leaves it behind, as a power cut
+        would, for a resume."""
+        try:
+            yield
+        except OSError:
+            self._abort()
+            raise
+        except BaseException:
+            self._file.close()
+            raise
 
     def _abort(self) -> None:
         self._done = True

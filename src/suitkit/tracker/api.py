@@ -57,7 +57,7 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any
@@ -98,8 +98,8 @@ from suitkit.tracker.quotas import Quotas, RateLimiter, retry_after
 
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "PAGE_PARAMETERS", "REPORT_MEDIA_TYPE", "TrackerConfig",
            "check_path_ids", "create_router", "decode_cursor", "encode_cursor",
-           "envelope_url_of", "page_params", "release_envelope_url", "storage_refused",
-           "summarize_report"]
+           "envelope_url_of", "in_background", "page_params", "release_envelope_url",
+           "storage_refused", "summarize_report"]
 
 REPORT_MEDIA_TYPE = "application/suit-report+cbor"
 _REPORT_TYPES = frozenset({REPORT_MEDIA_TYPE, "application/octet-stream"})
@@ -542,15 +542,22 @@ def retention(tracker: TrackerDB, quotas: Quotas
                     _log.warning("retention pass failed (retried in %g s): %s", interval, e)
                 await asyncio.sleep(interval)
 
-        task = asyncio.create_task(loop())
-        try:
+        async with in_background(loop()):
             yield
-        finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
 
     return retaining
+
+
+@asynccontextmanager
+async def in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run ``work`` as a task while the block runs (a router's lifespan); cancel it after."""
+    task = asyncio.create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
 
 
 _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {

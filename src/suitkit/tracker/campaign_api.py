@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +47,7 @@ from suitkit.tracker.api import (
     _uuid,
     encode_cursor,
     envelope_url_of,
+    in_background,
     page_params,
     release_envelope_url,
     storage_refused,
@@ -171,13 +172,8 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
                                            "at most once a minute)", tick_seconds)
                 await asyncio.sleep(tick_seconds)
 
-        task = asyncio.create_task(loop())
-        try:
+        async with in_background(loop()):
             yield
-        finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
 
     router = APIRouter(tags=["campaigns"], lifespan=ticking)
 
