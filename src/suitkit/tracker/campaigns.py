@@ -8,11 +8,12 @@ maintenance window. It has a life cycle ``draft → approved → running ⇄ pau
 cancelled`` and needs an approver who is not its author (four-eyes).
 
 Every bit of state lives in the database (tables ``model.Campaign``, ``CampaignMember``,
-``CampaignLog``, read and written through ``store.Tx``); progress is driven by ``CampaignEngine.tick(now)``, idempotent and safe to
-run concurrently or after a crash (each campaign is advanced in one transaction that first locks
-its row), and by device events: ``service.TrackerDB.add_event`` calls ``service.member_event``
-in the event's own transaction, so a member's state never disagrees with its device's history
-(the service also holds back a paused campaign's devices: ``service.deliverable``).
+``CampaignLog``, read and written through ``store.Tx``); progress is driven by
+``CampaignEngine.tick(now)``, idempotent and safe to run concurrently or after a crash (each
+campaign is advanced in one transaction that first locks its row), and by device events:
+``service.TrackerDB.add_event`` calls ``service.member_event`` in the event's own transaction,
+so a member's state never disagrees with its device's history (the service also holds back a
+paused campaign's devices: ``service.deliverable``).
 
 Members are resolved from the target when the campaign starts (a snapshot) and ordered by
 ``sha256(campaign id + device id)``: stable across restarts, random-looking, so wave *k* is the
