@@ -371,8 +371,9 @@ def test_coap_uri_path_traversal(site: Site, segments: tuple[str, ...]) -> None:
 
 def test_coap_notices_for_made_up_device_ids_stay_bounded(site: Site,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """/notices/<id> is unauthenticated (plain UDP; see coap_notices): a flood of made-up ids
-    must not grow the hub's memory without bound, and answers only an empty notice."""
+    """/notices/<id> is unauthenticated (plain UDP; see tracker.notices.coap): a flood of
+    made-up ids must not grow the hub's memory without bound, and answers only an empty
+    notice."""
     from suitkit.tracker import notices
 
     monkeypatch.setattr(notices, "_MAX_CACHED", 8)

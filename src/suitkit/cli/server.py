@@ -3,7 +3,7 @@
 ``serve`` builds a ``ServerConfig`` from its options and runs ``server.app.create_app`` on
 uvicorn; FastAPI and uvicorn are imported only when it runs, so the rest of the CLI works
 without them. With ``--admin-token-file`` it also mounts the status tracker's routes
-(``tracker.api.create_router``) and the dashboard (``dashboard.create_dashboard_router``,
+(``tracker.edges.create_router``) and the dashboard (``dashboard.create_dashboard_router``,
 ``/dashboard/``) on the same application. Before it says it runs, ``serve`` binds its sockets,
 checks that the data directory is writable and opens the database: any problem is one line and
 exit 2. It logs to stderr (an access line per request, each 500 once with its cause).
