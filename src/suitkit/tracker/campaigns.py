@@ -37,7 +37,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from suitkit.tracker.model import (
@@ -54,6 +54,7 @@ from suitkit.tracker.service import (
     CampaignRefused,
     Page,
     TrackerDB,
+    iso,
     page_of,
     parse_window,
     schedule_open,
@@ -143,10 +144,6 @@ def check_tags(tags: Sequence[str], where: str) -> None:
         if not isinstance(tag, str) or not _TAG.fullmatch(tag):
             _invalid(f"{where}: {str(tag)[:70]!r} is not a tag (1 to 64 characters of "
                      "A-Z a-z 0-9 . _ : -, starting with a letter or digit)")
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.replace(tzinfo=UTC).isoformat()
 
 
 def _percent(value: float) -> str:
@@ -265,8 +262,8 @@ class CampaignEngine:
             for position, device_id in enumerate(ordered):
                 wave = next(k for k, cut in enumerate(cuts) if position < cut)
                 tx.add(CampaignMember(campaign_id=campaign.id, device_id=device_id,
-                                           position=position, wave=wave, state="pending",
-                                           times={}, detail="", updated=now))
+                                      position=position, wave=wave, state="pending",
+                                      times={}, detail="", updated=now))
             campaign.status, campaign.started, campaign.updated = "running", now, now
             campaign.member_count = len(ordered)
             self._log(tx, campaign_id, actor, "start", f"{len(ordered)} devices in "
@@ -364,7 +361,7 @@ class CampaignEngine:
                         tx.delete(assignment)
                         withdrawn.append(member.device_id)
                 member.state, member.updated = "cancelled", now
-                member.times = {**member.times, "cancelled": _iso(now) or ""}
+                member.times = {**member.times, "cancelled": iso(now) or ""}
             campaign.status, campaign.finished, campaign.updated = "cancelled", now, now
             self._log(tx, campaign_id, actor, "cancel",
                       f"{len(withdrawn)} assignments withdrawn")
@@ -381,7 +378,7 @@ class CampaignEngine:
                                       "install-on-trigger campaigns can be triggered")
             if campaign.triggered is not None:
                 raise CampaignRefused("conflict", "campaign was already triggered at "
-                                      f"{_iso(campaign.triggered)}")
+                                      f"{iso(campaign.triggered)}")
             self._expect(campaign, ("running", "paused"), "triggered")
             now = self.db.now()
             campaign.triggered = campaign.updated = now
@@ -503,7 +500,7 @@ class CampaignEngine:
                 member.updated = now
                 continue  # busy with something else: retried at a later tick
             member.state, member.updated = state, now
-            member.times = {**member.times, state: _iso(now) or ""}
+            member.times = {**member.times, state: iso(now) or ""}
             assigned.append(member.device_id)
         return assigned
 
@@ -530,8 +527,8 @@ class CampaignEngine:
             return "downloaded"
         if "notified" in TRANSITIONS.get(state, frozenset()):
             tx.add(DeviceEvent(device_id=device_id, seq=seq, state="notified",
-                                    previous=state, detail=f"release {campaign.release} "
-                                    f"(campaign {campaign.id})", timestamp=now))
+                               previous=state, detail=f"release {campaign.release} "
+                               f"(campaign {campaign.id})", timestamp=now))
             device.state, device.state_changed = "notified", now
         elif state == "notified":
             device.history_count -= 1
@@ -540,8 +537,8 @@ class CampaignEngine:
             return None
         if assignment is None:
             tx.add(Assignment(device_id=device_id, release=campaign.release,
-                                   envelope_url=campaign.envelope_url, created=now,
-                                   campaign_id=campaign.id, action=action))
+                              envelope_url=campaign.envelope_url, created=now,
+                              campaign_id=campaign.id, action=action))
         else:
             assignment.release, assignment.envelope_url = campaign.release, campaign.envelope_url
             assignment.created, assignment.done = now, None
@@ -565,7 +562,7 @@ class CampaignEngine:
                 # could never be carried out, so the member finishes with its device's state
                 final = device_state if device_state in FINAL_STATES else "failed"
                 member.state, member.updated = final, now
-                member.times = {**member.times, final: _iso(now) or ""}
+                member.times = {**member.times, final: iso(now) or ""}
                 member.detail = ("no longer held this campaign's staged image at the trigger "
                                  f"(device {device_state})")
                 continue
@@ -604,7 +601,7 @@ class CampaignEngine:
                                "times": m.times, "detail": m.detail} for m in members]
             doc["members_offset"] = max(0, offset)
             log = tx.campaign_log(campaign.id)
-            doc["log"] = [{"timestamp": _iso(e.timestamp), "actor": e.actor, "action": e.action,
+            doc["log"] = [{"timestamp": iso(e.timestamp), "actor": e.actor, "action": e.action,
                            "detail": e.detail} for e in log]
             return doc
 
@@ -682,11 +679,11 @@ def _campaign_json(campaign: Campaign) -> dict[str, Any]:
         "envelope_url": campaign.envelope_url, "target": campaign.target,
         "waves": campaign.waves, "success_threshold": campaign.success_threshold,
         "failure_threshold": campaign.failure_threshold, "mode": campaign.mode,
-        "start_after": _iso(campaign.start_after), "window": campaign.window,
+        "start_after": iso(campaign.start_after), "window": campaign.window,
         "status": campaign.status, "pause_reason": campaign.pause_reason,
-        "created_by": campaign.created_by, "created": _iso(campaign.created),
-        "approved_by": campaign.approved_by, "approved": _iso(campaign.approved),
-        "started": _iso(campaign.started), "finished": _iso(campaign.finished),
-        "triggered": _iso(campaign.triggered), "current_wave": campaign.current_wave + 1,
+        "created_by": campaign.created_by, "created": iso(campaign.created),
+        "approved_by": campaign.approved_by, "approved": iso(campaign.approved),
+        "started": iso(campaign.started), "finished": iso(campaign.finished),
+        "triggered": iso(campaign.triggered), "current_wave": campaign.current_wave + 1,
         "devices": campaign.member_count,
     }

@@ -103,10 +103,6 @@ class Store:
     def now(self) -> datetime:
         return naive(self.clock())
 
-    def dispose(self) -> None:
-        """Close the pooled connections."""
-        self.engine.dispose()
-
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """One transaction. Raises ``StorageFullError`` when the disk or database is full

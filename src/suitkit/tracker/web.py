@@ -35,7 +35,7 @@ from suitkit.tracker.service import Page
 
 __all__ = ["DEFAULT_PAGE", "MAX_DEVICE_ID", "MAX_DIGEST_BYTES", "MAX_PAGE", "PAGE_PARAMETERS",
            "check_path_ids", "created_id_key", "decode_cursor", "encode_cursor",
-           "envelope_url_of", "hex_member", "in_background", "is_utf8", "json_object",
+           "envelope_url_of", "hex_member", "in_background", "json_object",
            "only_members", "page_params", "paged", "read_body", "release_envelope_url",
            "storage_refused", "text_member", "uuid_member"]
 
@@ -48,12 +48,15 @@ _MAX_URL = 2048
 _MAX_CURSOR = 200
 
 
+# ============================================================================ errors and bodies
+
+
 def storage_refused(error: StorageError, message: str) -> Refused:
     """The answer for a database failure: 507 when the disk is full (the transaction was
     rolled back: nothing of the request was stored), 500 with ``message`` otherwise."""
     if isinstance(error, StorageFullError):
         return Refused(507, "the tracker's storage is full: nothing of this request was "
-                             "stored; try again once an operator has freed space")
+                            "stored; try again once an operator has freed space")
     return Refused(500, message)
 
 
@@ -64,7 +67,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     if length is not None and (not (length.isascii() and length.isdigit())
                                or int(length) > limit):
         raise Refused(413, f"request body of {length[:20]} bytes is larger than the {limit} "
-                            "bytes allowed")
+                           "bytes allowed")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -131,19 +134,19 @@ def _storable_text(doc: Mapping[str, Any]) -> None:
         if isinstance(value, str):
             if not _is_text(value):
                 raise Refused(400, f"{where or 'the body'}: expected text without NUL "
-                                    "characters or lone surrogates")
+                                   "characters or lone surrogates")
         elif isinstance(value, dict):
             for key, item in value.items():
                 if not _is_text(key):
                     raise Refused(400, f"{where or 'the body'}: a member name holds a NUL "
-                                        "character or a lone surrogate")
+                                       "character or a lone surrogate")
                 stack.append((f"{where}.{key[:40]}" if where else key[:40], item))
         elif isinstance(value, list):
             stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
 
 
 def _is_text(value: str) -> bool:
-    return "\x00" not in value and (value.isascii() or is_utf8(value))
+    return "\x00" not in value and (value.isascii() or _is_utf8(value))
 
 
 _MAX_PATH_ID = MAX_ID
@@ -157,14 +160,14 @@ def check_path_ids(request: Request) -> None:
     for name, value in request.path_params.items():
         if isinstance(value, str) and not is_record_id(value, _MAX_PATH_ID):
             raise Refused(400, f"{name} in the path: expected 1 to {_MAX_PATH_ID} letters, "
-                                f"digits or '-_.~:', got {value[:40]!r}")
+                               f"digits or '-_.~:', got {value[:40]!r}")
 
 
 def only_members(doc: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(doc) - allowed)
     if unknown:
         raise Refused(400, f"{where}: unknown member {unknown[0][:40]!r}; expected "
-                            f"{', '.join(sorted(allowed))}")
+                           f"{', '.join(sorted(allowed))}")
 
 
 def text_member(value: object, where: str, limit: int) -> str:
@@ -173,12 +176,12 @@ def text_member(value: object, where: str, limit: int) -> str:
     if len(value) > limit:
         raise Refused(400, f"{where}: {len(value)} characters is over the limit of {limit}")
     # PostgreSQL text cannot hold NUL; a lone surrogate (JSON "\ud800") has no UTF-8 form at all
-    if "\x00" in value or not is_utf8(value):
+    if "\x00" in value or not _is_utf8(value):
         raise Refused(400, f"{where}: expected text without NUL characters or lone surrogates")
     return value
 
 
-def is_utf8(value: str) -> bool:
+def _is_utf8(value: str) -> bool:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -193,7 +196,7 @@ def uuid_member(value: object, where: str) -> str | None:
         return str(uuid.UUID(text_member(value, where, 64)))
     except ValueError:
         raise Refused(400, f"{where}: expected a UUID such as "
-                            "'fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe'") from None
+                           "'fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe'") from None
 
 
 def hex_member(value: object, where: str, max_bytes: int) -> str:
@@ -231,7 +234,7 @@ async def release_envelope_url(config: TrackerConfig, request: Request, release:
     if config.releases is None:
         if url is None:
             raise Refused(400, "envelope_url: expected the URL of the release's envelope (this "
-                                "tracker has no firmware server to derive it from)")
+                               "tracker has no firmware server to derive it from)")
         return url
     try:
         known = await run_in_threadpool(config.releases, release)
@@ -240,7 +243,7 @@ async def release_envelope_url(config: TrackerConfig, request: Request, release:
                        ) from None
     if known is None:
         raise Refused(422, f"release: {release} is not on the firmware server; upload it "
-                            "first (suitkit upload) and name it by its id, the manifest digest")
+                           "first (suitkit upload) and name it by its id, the manifest digest")
     path = f"/envelopes/{known.envelope_sha256}"
     if url is None:
         base = config.public_url or str(request.base_url)
@@ -251,8 +254,8 @@ async def release_envelope_url(config: TrackerConfig, request: Request, release:
         raise Refused(400, f"envelope_url: {url[:100]!r} is not a URL") from None
     if parts.query or parts.fragment or not parts.path.endswith(path):
         raise Refused(422, f"envelope_url: {url[:100]} is not the envelope of release "
-                            f"{release}; expected a URL ending in {path} (or leave "
-                            "envelope_url out: the server derives it)")
+                           f"{release}; expected a URL ending in {path} (or leave "
+                           "envelope_url out: the server derives it)")
     return url
 
 
@@ -270,7 +273,7 @@ def decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> list[Any]:
     """The key in a cursor of ``encode_cursor(kind, ...)`` whose items have ``types``;
     ``Refused`` (400) for anything else."""
     bad = Refused(400, f"after: expected the cursor 'next' of a previous page of this list, "
-                        f"got {cursor[:40]!r}")
+                       f"got {cursor[:40]!r}")
     if len(cursor) > _MAX_CURSOR:
         raise bad
     try:
@@ -281,7 +284,7 @@ def decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> list[Any]:
     if (not isinstance(doc, list) or len(doc) != len(types) + 1 or doc[0] != kind
             or not all(type(v) is t for v, t in zip(doc[1:], types, strict=True))):
         raise bad
-    if any(isinstance(v, str) and ("\x00" in v or not is_utf8(v)) for v in doc[1:]):
+    if any(isinstance(v, str) and ("\x00" in v or not _is_utf8(v)) for v in doc[1:]):
         raise bad
     return doc[1:]
 
@@ -309,7 +312,7 @@ def page_params(request: Request, kind: str, types: tuple[type, ...]
         limit = int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 8 else 0
         if not 1 <= limit <= MAX_PAGE:
             raise Refused(400, f"limit: expected a whole number from 1 to {MAX_PAGE}, got "
-                                f"{text[:20]!r}")
+                               f"{text[:20]!r}")
     after = request.query_params.get("after")
     return limit, None if after is None else decode_cursor(after, kind, types), after or ""
 
@@ -323,7 +326,7 @@ def created_id_key(key: list[Any] | None, cursor: str) -> tuple[datetime, str] |
         created = None
     if created is None or created.tzinfo is not None or len(key[1]) > MAX_DEVICE_ID:
         raise Refused(400, f"after: expected the cursor 'next' of a previous page of this "
-                            f"list, got {cursor[:40]!r}")
+                           f"list, got {cursor[:40]!r}")
     return created, key[1]
 
 
@@ -332,6 +335,9 @@ def paged(key: str, page: Page, cursor: Callable[[tuple[Any, ...]], str],
     return JSONResponse({**extra, key: page.items,
                          "next": cursor(page.next) if page.next is not None else None})
 
+
+
+# ============================================================================ lifespans
 
 
 @asynccontextmanager

@@ -181,7 +181,7 @@ def _component(value: object, where: str, limits: Limits) -> ComponentEntry:
     if (not isinstance(parts, list) or not parts
             or len(parts) > limits.max_component_id_parts):
         raise Refused(400, f"{where}.id: expected a list of 1 to "
-                            f"{limits.max_component_id_parts} hex strings")
+                           f"{limits.max_component_id_parts} hex strings")
     cid = tuple(hex_member(p, f"{where}.id[{i}]", _MAX_ID_PART_BYTES) for i, p in enumerate(parts))
     sequence = value.get("sequence")
     if sequence is not None and (type(sequence) is not int or not 0 <= sequence <= _UINT64):
@@ -197,7 +197,7 @@ def _hardware(value: object) -> dict[str, object]:
         return {}
     if not isinstance(value, dict) or len(value) > _MAX_HARDWARE_ENTRIES:
         raise Refused(400, f"hardware: expected an object of at most {_MAX_HARDWARE_ENTRIES} "
-                            "facts")
+                           "facts")
     for key, fact in value.items():
         text_member(key, "hardware key", _MAX_HARDWARE_KEY)
         if isinstance(fact, str):
@@ -212,7 +212,7 @@ def _inventory(doc: Mapping[str, Any], limits: Limits) -> Inventory:
     components = doc.get("components", [])
     if not isinstance(components, list) or len(components) > limits.max_components:
         raise Refused(400, f"components: expected a list of at most {limits.max_components} "
-                            "components")
+                           "components")
     return Inventory(
         vendor_id=uuid_member(doc.get("vendor_id"), "vendor_id"),
         class_id=uuid_member(doc.get("class_id"), "class_id"),
@@ -396,7 +396,7 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         state = doc.get("state")
         if state not in STATES:
             raise Refused(400, f"state: expected one of {', '.join(STATES)}, got "
-                                f"{str(state)[:40]!r}")
+                               f"{str(state)[:40]!r}")
         detail = text_member(doc.get("detail", ""), "detail", _MAX_DETAIL)
         try:
             event = await run_in_threadpool(functools.partial(
@@ -427,7 +427,7 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         except TransitionRefused as e:
             shown = e.current if e.current is not None else "no state yet"
             raise Refused(409, f"device {device_id} is not in the middle of an update (state "
-                                f"{shown}); there is nothing to reset") from None
+                               f"{shown}); there is nothing to reset") from None
         except StorageError as e:
             raise storage_refused(e, "the tracker could not store the event") from None
         await audit(who, "device.reset", device_id, detail)
@@ -444,7 +444,7 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in _REPORT_TYPES:
             raise Refused(415, f"a report must be {REPORT_MEDIA_TYPE} or "
-                                "application/octet-stream")
+                               "application/octet-stream")
         raw = await read_body(request, config.max_report_bytes)
         try:
             report = decode_report(raw, limits=config.limits,
@@ -471,7 +471,7 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         limit, key, after = page_params(request, "history", (int,))
         if key is not None and not 0 <= key[0] <= _MAX_SEQ:
             raise Refused(400, f"after: expected the cursor 'next' of a previous page of "
-                                f"this list, got {after[:40]!r}")
+                               f"this list, got {after[:40]!r}")
         page = await storage(functools.partial(tracker.history_page, device_id, limit=limit,
                                                after=key[0] if key is not None else 0))
         return paged("history", page, lambda k: encode_cursor("history", k[0]),
@@ -543,15 +543,15 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
             raise Refused(400, "name: expected a non-empty name for the token")
         if name == BOOTSTRAP_ADMIN:  # audit entries and four-eyes tell principals by name
             raise Refused(400, f"name: {BOOTSTRAP_ADMIN!r} is reserved for the bootstrap "
-                                "admin token; choose another name")
+                               "admin token; choose another name")
         role = doc.get("role")
         if role not in TOKEN_ROLES:
             raise Refused(400, f"role: expected one of {', '.join(TOKEN_ROLES)}, got "
-                                f"{str(role)[:40]!r}")
+                               f"{str(role)[:40]!r}")
         days = doc.get("expires_in_days", _DEFAULT_EXPIRY_DAYS)
         if type(days) is not int or not 1 <= days <= _MAX_EXPIRY_DAYS:
             raise Refused(400, f"expires_in_days: expected a whole number from 1 to "
-                                f"{_MAX_EXPIRY_DAYS}, got {str(days)[:20]}")
+                               f"{_MAX_EXPIRY_DAYS}, got {str(days)[:20]}")
         expires = config.clock() + timedelta(days=days)
         token_id, secret = await storage(tracker.create_token, name, role, expires, who.name)
         await audit_entry(who, "token.create", token_id, f"name {name!r}, role {role}, "
