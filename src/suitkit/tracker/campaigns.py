@@ -342,7 +342,7 @@ class CampaignEngine:
             for member in members:
                 if member.state in NOT_STARTED:
                     # PostgreSQL: the device may have moved on since the read; under its lock
-                    tx.hold_device(member.device_id)
+                    self._lock_device(tx, member.device_id)
                     tx.refresh(member)
                     if member.state not in NOT_STARTED:
                         continue  # it started meanwhile: it finishes
@@ -552,7 +552,7 @@ class CampaignEngine:
         # device rows locked in id order
         members = tx.members_in(campaign_id, ("notified", "downloading", "downloaded"))
         for member in members:
-            tx.hold_device(member.device_id)
+            self._lock_device(tx, member.device_id)
             assignment = tx.assignment(member.device_id)
             device_state = tx.device_state(member.device_id)
             if member.state == "downloaded" and (
@@ -628,6 +628,11 @@ class CampaignEngine:
         if campaign is None:
             raise CampaignRefused("unknown", f"no campaign {campaign_id[:40]!r}")
         return campaign
+
+    @staticmethod
+    def _lock_device(tx: Tx, device_id: str) -> None:
+        """Lock the device's row (the lock order: campaign, then devices by id)."""
+        tx.hold_device(device_id)
 
     @staticmethod
     def _expect(campaign: Campaign, statuses: Iterable[str], verb: str) -> None:
