@@ -66,10 +66,15 @@ class TrackerWiring:
     db: Any = None
     authorizer: Any = None
     """The firmware server's ``ServerConfig.authorizer`` over the tracker's API tokens."""
+    relay: Any = None
+    """The ``notices.pg.NoticeRelay`` (other replicas' notices)."""
 
     def close(self) -> None:
-        """End SSE streams and long-polls; stop the MQTT publisher; close the database's pooled
-        connections (a PostgreSQL connection left to the garbage collector was a leak)."""
+        """End SSE streams and long-polls; stop hearing other replicas and the MQTT publisher;
+        close the database's pooled connections (a PostgreSQL connection left to the garbage
+        collector was a leak)."""
+        if self.relay is not None:
+            self.relay.stop()
         self.hub.close()
         if self.publisher is not None:
             self.publisher.stop()
@@ -78,10 +83,12 @@ class TrackerWiring:
 
 
 def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bool = False,
-                   heartbeat: float = 15.0, max_push: int = 10_000) -> TrackerWiring:
+                   heartbeat: float = 15.0, max_push: int = 10_000,
+                   pool: Any = None) -> TrackerWiring:
     """The tracker over ``config`` (a ``tracker.config.TrackerConfig``) with its notices
     (``heartbeat``: seconds between SSE heartbeats; ``max_push``: SSE streams and long-polls
-    of all devices at once).
+    of all devices at once; ``pool``: the database's ``store.PoolOptions``). On PostgreSQL a
+    ``notices.pg.NoticeRelay`` hears the other replicas' changes.
 
     Raises:
         StorageError: the database cannot be opened.
@@ -91,11 +98,14 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
     from suitkit.tracker.edges.push_http import create_push_router  # noqa: PLC0415
     from suitkit.tracker.notices import NotificationHub  # noqa: PLC0415
     from suitkit.tracker.notices.mqtt import MqttPublisher  # noqa: PLC0415
+    from suitkit.tracker.notices.pg import NoticeRelay  # noqa: PLC0415
     from suitkit.tracker.service import open_db  # noqa: PLC0415
 
-    db = open_db(config.db_url, clock=config.clock, quotas=config.quotas)
-    hub = NotificationHub(db.pending_update)
+    db = open_db(config.db_url, clock=config.clock, quotas=config.quotas, pool=pool)
+    hub = NotificationHub(db.notice, serials=db.store.serials)
     db.add_listener(hub.changed)
+    relay = NoticeRelay(db.store, hub)  # other replicas' changes (PostgreSQL)
+    relay.start()
     auth = Authenticator(config, db)
     routers = (create_router(config, db, auth),
                create_push_router(auth, hub, heartbeat=heartbeat, max_total=max_push))
@@ -110,8 +120,9 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
             publisher = MqttPublisher(hub, *mqtt)
             publisher.start()
         except (ImportError, OSError, ValueError) as e:
+            relay.stop()
             db.engine.dispose()
             raise SuitError(f"cannot start the MQTT publisher for {mqtt[0]}:{mqtt[1]}: "
                             f"{e}") from e
     return TrackerWiring(routers, resources, hub, publisher, db=db,
-                         authorizer=release_authorizer(auth))
+                         authorizer=release_authorizer(auth), relay=relay)

@@ -101,6 +101,16 @@ def serve(
         "--db", "--tracker-db", help="Status tracker database URL (default "
         "sqlite:///DATA/tracker.db; e.g. postgresql+psycopg://user@host/suitkit); migrated to "
         "the newest schema on start.")] = None,
+    db_pool_size: Annotated[int, typer.Option(
+        "--db-pool-size", help="Database connections this process keeps open (with several "
+        "replicas on one PostgreSQL: replicas x (pool size + overflow + 1) must stay under "
+        "its max_connections).")] = 5,
+    db_max_overflow: Annotated[int, typer.Option(
+        "--db-max-overflow", help="Database connections opened beyond the pool under load.")
+    ] = 10,
+    db_pool_timeout: Annotated[float, typer.Option(
+        "--db-pool-timeout", help="Seconds a request waits for a database connection before "
+        "it fails (500).")] = 30.0,
     mqtt: Annotated[str | None, typer.Option(
         "--mqtt", help="MQTT broker HOST:PORT: publish each device's update notice to "
         "suitkit/devices/<id>/update (QoS 1, retained).")] = None,
@@ -156,6 +166,12 @@ def serve(
                         ("--max-connections", max_connections)):
         if value < 1:
             fail(f"{name} must be at least 1", EXIT_USAGE)
+    if db_pool_size < 1 or not 0 <= db_max_overflow <= 10_000 or db_pool_size > 10_000:
+        fail(f"--db-pool-size must be 1 to 10000 and --db-max-overflow 0 to 10000, got "
+             f"{db_pool_size} and {db_max_overflow}", EXIT_USAGE)
+    if not 0 < db_pool_timeout <= 3600:
+        fail(f"--db-pool-timeout: expected 0 to 3600 seconds, got {db_pool_timeout:g}",
+             EXIT_USAGE)
     if not 0 < head_timeout <= 3600:
         fail(f"--head-timeout: expected 0 to 3600 seconds, got {head_timeout:g}", EXIT_USAGE)
     if log_level.lower() not in _LOG_LEVELS:
@@ -224,8 +240,12 @@ def serve(
                 # derives and checks its envelope URL)
                 tracker_config = TrackerConfig(db_url, admin_token, releases=release_lookup(data),
                                                public_url=public_url, quotas=quotas)
+                from suitkit.tracker.store import PoolOptions  # noqa: PLC0415
+
                 wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None,
-                                        max_push=max_push)
+                                        max_push=max_push,
+                                        pool=PoolOptions(db_pool_size, db_max_overflow,
+                                                         db_pool_timeout))
                 routers = (*wiring.routers, create_dashboard_router(redirect_root=True))
             config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
                                   max_upload_bytes=max_upload_mib * MIB, routers=routers,

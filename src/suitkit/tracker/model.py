@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -46,6 +47,7 @@ __all__ = [
     "CampaignMember",
     "Device",
     "DeviceEvent",
+    "DeviceNotice",
     "DeviceReport",
     "InstalledComponent",
 ]
@@ -176,6 +178,21 @@ class Assignment(Base):
     """The history ``seq`` of the report the device sent for this update, ``None`` until then
     (one report per update); cleared when a new update starts (``notified``). Kept here, not
     read from the history: quotas and retention delete history rows."""
+
+
+class DeviceNotice(Base):
+    """The serial of a device's latest notice (``tracker.notices``): bumped by one in the
+    transaction that changes what the device should do (``store.Tx.announce``), so every
+    replica hands out the same serial for the same change and ``?after=<serial>`` means the
+    same on each. A device without a row has had no change yet (serial 0). A table of its own,
+    not a column of ``devices``: bumps take their rows last in a transaction, in id order, so
+    they never wait in a cycle with the device-row locks taken before them."""
+
+    __tablename__ = "device_notices"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    serial: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class ApiToken(Base):

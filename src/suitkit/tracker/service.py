@@ -66,7 +66,7 @@ from suitkit.tracker.model import (
     InstalledComponent,
 )
 from suitkit.tracker.quotas import Quotas
-from suitkit.tracker.store import Store, Tx, naive, open_store
+from suitkit.tracker.store import PoolOptions, Store, Tx, naive, open_store
 
 __all__ = [
     "NOT_STARTED",
@@ -96,8 +96,9 @@ __all__ = [
     "verify_secret",
 ]
 
-AssignmentListener = Callable[[Sequence[str]], None]
-"""Called with the ids of devices whose assignment changed (see ``TrackerDB.add_listener``)."""
+AssignmentListener = Callable[[Mapping[str, int]], None]
+"""Called with ``{device id: notice serial}`` of devices whose assignment changed (see
+``TrackerDB.add_listener``)."""
 
 _log = logging.getLogger(__name__)
 SEEN_RESOLUTION = timedelta(seconds=30)
@@ -307,6 +308,16 @@ def deliverable(tx: Tx, assignment: Assignment, device_state: str | None,
     return campaign.status != "running" or schedule_open(campaign, utc_naive(now))
 
 
+def _pending(tx: Tx, device_id: str, now: datetime) -> dict[str, Any] | None:
+    assignment = tx.assignment(device_id)
+    if assignment is None or assignment.done is not None:
+        return None
+    if not deliverable(tx, assignment, tx.device_state(device_id), now):
+        return None
+    return {"release": assignment.release, "envelope_url": assignment.envelope_url,
+            "action": assignment.action, "campaign": assignment.campaign_id}
+
+
 def member_event(tx: Tx, assignment: Assignment, state: str, detail: str,
                  now: datetime) -> None:
     """A device event on a campaign assignment: move the member (same transaction)."""
@@ -340,24 +351,15 @@ class TrackerDB:
         self._listeners: list[AssignmentListener] = []
 
     def add_listener(self, listener: AssignmentListener) -> None:
-        """Call ``listener(device_ids)`` after every committed change of those devices'
-        assignments (new, replaced, withdrawn): what push notifications hang on.
+        """Call ``listener(serials)`` after every committed change of devices' assignments
+        (new, replaced, withdrawn, held back or released by a campaign): ``serials`` maps
+        each device id to its new notice serial (iterated, the ids). What push notifications
+        hang on (``store.Store.add_listener``).
 
         Listeners run in the thread that made the change, after the commit; they must not
         block and must not raise (an exception is logged and ignored: the change is stored).
         """
-        self._listeners.append(listener)
-
-    def announce(self, device_ids: Sequence[str]) -> None:
-        """Tell the listeners that ``device_ids``' assignments changed (after the commit)."""
-        if not device_ids:
-            return
-        ids = tuple(dict.fromkeys(device_ids))
-        for listener in self._listeners:
-            try:
-                listener(ids)
-            except Exception:  # noqa: BLE001 - a listener must not undo a stored change
-                _log.exception("assignment listener %r failed", listener)
+        self.store.add_listener(listener)
 
     def now(self) -> datetime:
         """The current time as stored (naive UTC)."""
@@ -504,18 +506,15 @@ class TrackerDB:
             device.state = state
             device.state_changed = now
             self._trim_events(tx, device_id)
-            finished = False
             if assignment is not None and assignment.done is None:
                 if state in FINAL_STATES or (state == "downloaded"
                                              and assignment.action == "download"):
                     assignment.done = now
-                    finished = True
+                    # no longer pending: retained notices must say so
+                    tx.announce([device_id])
                 member_event(tx, assignment, state, detail, now)
             tx.flush()
-            result = _event_json(row)
-        if finished:  # the assignment is no longer pending: retained notices must say so
-            self.announce([device_id])
-        return result
+            return _event_json(row)
 
     # ---- deployments
 
@@ -574,9 +573,9 @@ class TrackerDB:
                     assignment.campaign_id, assignment.action = None, "install"
                     assignment.reported = None
                 results.append({"id": device_id, "event": event})
+            tx.announce(r["id"] for r in results)
         order = {device_id: i for i, device_id in enumerate(requested)}
         results.sort(key=lambda r: order[r["id"]])
-        self.announce([r["id"] for r in results])
         return results
 
     def pending_update(self, device_id: str) -> dict[str, Any] | None:
@@ -584,14 +583,14 @@ class TrackerDB:
         "campaign"}``, or ``None`` (also while its campaign holds it back: paused, or outside
         its schedule, and the device has not started)."""
         with self.store.transaction() as tx:
-            assignment = tx.assignment(device_id)
-            if assignment is None or assignment.done is not None:
-                return None
-            state = tx.device_state(device_id)
-            if not deliverable(tx, assignment, state, self.now()):
-                return None
-            return {"release": assignment.release, "envelope_url": assignment.envelope_url,
-                    "action": assignment.action, "campaign": assignment.campaign_id}
+            return _pending(tx, device_id, self.now())
+
+    def notice(self, device_id: str) -> tuple[dict[str, Any] | None, int]:
+        """The device's notice as one read: (``pending_update``, the serial of its latest
+        notice), the same on every replica (``store.Tx.announce``)."""
+        with self.store.transaction() as tx:
+            serial = tx.notice_serial(device_id)
+            return _pending(tx, device_id, self.now()), serial
 
     def add_report(self, device_id: str, raw: bytes, summary: Mapping[str, Any], *,
                    release: str | None = None) -> dict[str, Any]:
@@ -847,11 +846,11 @@ def _report_json(report: DeviceReport) -> dict[str, Any]:
 
 
 def open_db(url: str, *, clock: Callable[[], datetime] = _utcnow,
-            quotas: Quotas | None = None) -> TrackerDB:
+            quotas: Quotas | None = None, pool: PoolOptions | None = None) -> TrackerDB:
     """The tracker at ``url`` (``store.open_store``: the schema is upgraded to the newest
     revision).
 
     Raises:
         StorageError: the URL is not usable, the database cannot be opened or migrated.
     """
-    return TrackerDB(open_store(url, clock=clock), quotas=quotas)
+    return TrackerDB(open_store(url, clock=clock, pool=pool), quotas=quotas)
