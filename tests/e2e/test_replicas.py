@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from device.device_kit import Author, boot, confirm, install, new_device
@@ -191,6 +192,12 @@ def test_two_replicas_behind_nginx_share_releases_notices_and_campaigns(
         release = up.json()
         got = client.get(b.url + release["envelope"]["url"])
         assert got.status_code == 200 and got.content == envelope
+        # the database is the record of which releases exist (not a replica's disk)
+        shown = client.get(f"{b.url}/api/v1/releases/{release['id']}", headers=auth(ADMIN))
+        assert shown.status_code == 200 and shown.json()["id"] == release["id"], shown.text
+        assert not (tmp_path / "shared" / "releases" / f"{release['id']}.json").exists()
+        with psycopg.connect(db.replace("postgresql+psycopg://", "postgresql://")) as pgc:
+            assert pgc.execute("SELECT id FROM releases").fetchall() == [(release["id"],)]
 
         # ---- a notice made on A reaches devices held by B, over each transport
         def register(url: str) -> dict[str, Any]:

@@ -166,3 +166,31 @@ def test_the_pool_is_an_option(postgres: PostgresCluster, tmp_path: Path) -> Non
             assert (pool.size(), pool._max_overflow, pool._timeout) == (2, 1, 1.5)  # type: ignore[attr-defined]
         finally:
             db.engine.dispose()
+
+
+def test_release_records_are_the_databases_and_every_replica_sees_them(
+        pair: tuple[Replica, Replica], tmp_path: Path) -> None:
+    """The firmware server's release records in the tracker database (``DatabaseReleases``):
+    one replica stores, the other reads; the same envelope again merges its images, another
+    envelope under the same id is a conflict; records of an older data directory are
+    imported."""
+    from suitkit.cli.notices import DatabaseReleases, release_lookup
+    from suitkit.server.store import BlobStore, ComponentRecord, ReleaseConflict, ReleaseRecord
+
+    a, b = DatabaseReleases(pair[0].db), DatabaseReleases(pair[1].db)
+    envelope = "e" * 64
+    bare = ReleaseRecord("ab" * 32, 3, envelope, (ComponentRecord(0, ("00",), -16, "1" * 64,
+                                                                  10, None),), {})
+    assert a.add_release(bare) == (bare, True)
+    with_image = ReleaseRecord("ab" * 32, 3, envelope, (ComponentRecord(
+        0, ("00",), -16, "1" * 64, 10, "1" * 64),), {})
+    assert b.add_release(with_image) == (with_image, False)
+    assert a.add_release(bare) == (with_image, False)  # an image is never dropped
+    assert a.get_release("ab" * 32) == with_image and b.releases() == [with_image]
+    with pytest.raises(ReleaseConflict):
+        b.add_release(ReleaseRecord("ab" * 32, 3, "f" * 64, (), {}))
+    assert release_lookup(b)("ab" * 32) is not None and release_lookup(b)("cd" * 32) is None
+    older = BlobStore(tmp_path / "data")
+    older.put_release(ReleaseRecord("cd" * 32, 1, envelope, (), {}))
+    assert a.import_files(tmp_path / "data") == 1 and a.import_files(tmp_path / "data") == 0
+    assert b.get_release("cd" * 32) is not None

@@ -46,7 +46,7 @@ from suitkit.cli.common import (
     out,
     read_token,
 )
-from suitkit.cli.notices import TrackerWiring, parse_host_port, release_lookup, tracker_routes
+from suitkit.cli.notices import TrackerWiring, parse_host_port, tracker_routes
 from suitkit.core.verify import TrustAnchor, TrustAnchors
 from suitkit.errors import StorageError, SuitError
 from suitkit.tracker.quotas import Quotas
@@ -236,20 +236,21 @@ def serve(
                 from suitkit.tracker.config import TrackerConfig  # noqa: PLC0415
 
                 db_url = tracker_db or f"sqlite:///{data.resolve() / 'tracker.db'}"
-                # deployments and campaigns name a release this server holds (the tracker
-                # derives and checks its envelope URL)
-                tracker_config = TrackerConfig(db_url, admin_token, releases=release_lookup(data),
-                                               public_url=public_url, quotas=quotas)
+                # deployments and campaigns name a release of the database's records
+                # (tracker_routes(data=...)), which this server writes as uploads commit
+                tracker_config = TrackerConfig(db_url, admin_token, public_url=public_url,
+                                               quotas=quotas)
                 from suitkit.tracker.store import PoolOptions  # noqa: PLC0415
 
                 wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None,
-                                        max_push=max_push,
+                                        max_push=max_push, data=data,
                                         pool=PoolOptions(db_pool_size, db_max_overflow,
                                                          db_pool_timeout))
                 routers = (*wiring.routers, create_dashboard_router(redirect_root=True))
             config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
                                   max_upload_bytes=max_upload_mib * MIB, routers=routers,
                                   authorizer=wiring.authorizer if wiring is not None else None,
+                                  releases=wiring.releases if wiring is not None else None,
                                   max_requests=limit_concurrency)
             application = create_app(config)
             sock = _listen(host, port)  # before anything says it runs

@@ -237,7 +237,7 @@ class CampaignEngine:
                 raise CampaignRefused("forbidden", f"{actor} created this campaign and cannot "
                                       "approve it; another operator must (four-eyes)")
             campaign.status, campaign.approved_by = "approved", actor[:128]
-            campaign.approved = campaign.updated = self.db.now()
+            campaign.approved = campaign.updated = tx.now()
             self._log(tx, campaign_id, actor, "approve")
         return self.get(campaign_id)
 
@@ -253,7 +253,7 @@ class CampaignEngine:
             device_ids = self._resolve(tx, campaign.target)
             if not device_ids:
                 raise CampaignRefused("conflict", "the campaign's target matches no device")
-            now = self.db.now()
+            now = tx.now()
             ordered = sorted(device_ids, key=lambda d: hashlib.sha256(
                 f"{campaign.id}{d}".encode()).digest())
             # at least one device by the first boundary: an empty open wave never advances
@@ -279,7 +279,7 @@ class CampaignEngine:
             self._expect(campaign, ("running",), "paused")
             campaign.status = "paused"
             campaign.pause_reason = f"paused by {actor}" + (f": {reason}" if reason else "")
-            campaign.updated = self.db.now()
+            campaign.updated = tx.now()
             self._log(tx, campaign_id, actor, "pause", reason)
             tx.announce(self._not_started(tx, campaign.id))
         return self.get(campaign_id)
@@ -293,7 +293,7 @@ class CampaignEngine:
             counts = self._counts(tx, campaign.id)
             campaign.failures_acknowledged = sum(counts.get(s, 0) for s in _FAILED)
             campaign.status, campaign.pause_reason = "running", None
-            campaign.updated = self.db.now()
+            campaign.updated = tx.now()
             self._log(tx, campaign_id, actor, "resume")
             self._accept_shortfall(tx, campaign, actor, campaign.updated)
             tx.announce(self._not_started(tx, campaign.id))
@@ -333,7 +333,7 @@ class CampaignEngine:
         with self.db.store.transaction() as tx:
             campaign = self._locked(tx, campaign_id)
             self._expect(campaign, ("draft", "approved", "running", "paused"), "cancelled")
-            now = self.db.now()
+            now = tx.now()
             withdrawn: list[str] = []
             # device rows locked in id order
             members = tx.members_in(campaign.id, ("pending", "notified", "downloaded"))
@@ -378,7 +378,7 @@ class CampaignEngine:
                 raise CampaignRefused("conflict", "campaign was already triggered at "
                                       f"{iso(campaign.triggered)}")
             self._expect(campaign, ("running", "paused"), "triggered")
-            now = self.db.now()
+            now = tx.now()
             campaign.triggered = campaign.updated = now
             # the download phase's failures were judged against downloads; installs are judged
             # from here on (successes become ``succeeded``), as after a resume
@@ -649,7 +649,7 @@ class CampaignEngine:
 
     def _log(self, tx: Tx, campaign_id: str, actor: str, action: str,
              detail: str = "") -> None:
-        tx.add(CampaignLog(campaign_id=campaign_id, timestamp=self.db.now(),
+        tx.add(CampaignLog(campaign_id=campaign_id, timestamp=tx.now(),
                            actor=actor[:128], action=action, detail=detail))
 
     @staticmethod

@@ -50,6 +50,7 @@ __all__ = [
     "DeviceNotice",
     "DeviceReport",
     "InstalledComponent",
+    "Release",
 ]
 
 STATES = ("notified", "downloading", "downloaded", "installing", "rebooting", "succeeded",
@@ -193,6 +194,23 @@ class DeviceNotice(Base):
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
                                            primary_key=True)
     serial: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Release(Base):
+    """A release the firmware server holds (issue #12: the database, not a replica's disk, is
+    the record of which releases exist). Written when the upload commits; ``record`` is the
+    firmware server's release record (``server.store.ReleaseRecord.to_json``: components and
+    their blobs, which live in the shared blob directory)."""
+
+    __tablename__ = "releases"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    """The manifest digest, lower-case hex."""
+    sequence_number: Mapped[int] = mapped_column(BigInteger)
+    envelope: Mapped[str] = mapped_column(String(64))
+    """The SHA-256 of the envelope (its blob), lower-case hex."""
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created: Mapped[datetime] = mapped_column(DateTime)
 
 
 class ApiToken(Base):

@@ -64,6 +64,7 @@ from suitkit.tracker.model import (
     DeviceEvent,
     DeviceReport,
     InstalledComponent,
+    Release,
 )
 from suitkit.tracker.quotas import Quotas
 from suitkit.tracker.store import PoolOptions, Store, Tx, naive, open_store
@@ -111,10 +112,6 @@ _DUMMY_HASH = f"{_SHA256}${'00' * 32}"
 NOT_STARTED = frozenset({"notified", "downloaded"})
 """The states of a campaign member (and its device) that has not started its assignment."""
 _WINDOW = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)")
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # --------------------------------------------------------------------------------- credentials
@@ -377,7 +374,7 @@ class TrackerDB:
         secret = secrets.token_urlsafe(32)
         with self.store.transaction() as tx:
             tx.add(Device(id=device_id, name=name, credential_hash=hash_secret(secret),
-                          created=self.now(), hardware={}, history_count=0,
+                          created=tx.now(), hardware={}, history_count=0,
                           vendor_id=vendor_id, class_id=class_id))
         return device_id, secret
 
@@ -467,7 +464,7 @@ class TrackerDB:
             device.vendor_id = inventory.vendor_id
             device.class_id = inventory.class_id
             device.hardware = dict(inventory.hardware)
-            device.inventory_updated = self.now()
+            device.inventory_updated = tx.now()
             for row in old:
                 tx.delete(row)
             for position, (component_id, sequence, digest) in enumerate(wanted):
@@ -496,10 +493,10 @@ class TrackerDB:
             tx.refresh(device)
             assignment = tx.assignment(device_id)
             if by_device:
-                _check_device_event(tx, device, assignment, state, self.now())
+                _check_device_event(tx, device, assignment, state, tx.now())
             if state not in TRANSITIONS.get(device.state, frozenset()):
                 raise TransitionRefused(device.state, state)
-            now = self.now()
+            now = tx.now()
             row = DeviceEvent(device_id=device_id, seq=seq, state=state,
                               previous=device.state, detail=detail, timestamp=now)
             tx.add(row)
@@ -533,7 +530,7 @@ class TrackerDB:
         results: list[dict[str, Any]] = []
         requested = list(dict.fromkeys(device_ids))
         with self.store.transaction() as tx:
-            now = self.now()
+            now = tx.now()
             # device rows are locked in ascending id order in every transaction (PostgreSQL:
             # two deployments, or a deployment and a campaign tick, cannot deadlock)
             for device_id in sorted(requested):
@@ -583,14 +580,14 @@ class TrackerDB:
         "campaign"}``, or ``None`` (also while its campaign holds it back: paused, or outside
         its schedule, and the device has not started)."""
         with self.store.transaction() as tx:
-            return _pending(tx, device_id, self.now())
+            return _pending(tx, device_id, tx.now())
 
     def notice(self, device_id: str) -> tuple[dict[str, Any] | None, int]:
         """The device's notice as one read: (``pending_update``, the serial of its latest
         notice), the same on every replica (``store.Tx.announce``)."""
         with self.store.transaction() as tx:
             serial = tx.notice_serial(device_id)
-            return _pending(tx, device_id, self.now()), serial
+            return _pending(tx, device_id, tx.now()), serial
 
     def add_report(self, device_id: str, raw: bytes, summary: Mapping[str, Any], *,
                    release: str | None = None) -> dict[str, Any]:
@@ -609,7 +606,7 @@ class TrackerDB:
             seq = tx.lock_device(device_id)
             if release is not None:
                 _check_report(tx, device_id, release).reported = seq
-            row = DeviceReport(device_id=device_id, seq=seq, received=self.now(), raw=raw,
+            row = DeviceReport(device_id=device_id, seq=seq, received=tx.now(), raw=raw,
                                size=len(raw), summary=dict(summary))
             tx.add(row)
             tx.flush()
@@ -685,6 +682,37 @@ class TrackerDB:
         with self.store.transaction() as tx:
             return tx.report_bytes(device_id)
 
+    # ---- releases (the firmware server's, recorded here: every replica sees the same)
+
+    def put_release(self, release_id: str, sequence_number: int, envelope: str,
+                    decide: Callable[[dict[str, Any] | None], dict[str, Any]]
+                    ) -> tuple[dict[str, Any], bool]:
+        """Record a release in one transaction, under the lock of its id: ``decide(stored)``
+        gets the stored record (``None``: none yet) and returns the record to keep, or raises
+        (the firmware server's rule: the same envelope again merges its images, another
+        envelope is a conflict); (the record kept, whether it is new)."""
+        with self.store.transaction() as tx:
+            row = tx.lock_release(release_id)
+            record = decide(dict(row.record) if row is not None else None)
+            if row is None:
+                tx.add(Release(id=release_id, sequence_number=sequence_number,
+                               envelope=envelope, record=record, created=tx.now()))
+                return record, True
+            if record != row.record:
+                row.record = record
+            return record, False
+
+    def release(self, release_id: str) -> dict[str, Any] | None:
+        """The stored record of a release, or ``None``."""
+        with self.store.transaction() as tx:
+            row = tx.release(release_id)
+            return dict(row.record) if row is not None else None
+
+    def releases(self) -> list[dict[str, Any]]:
+        """Every stored release record, by sequence number then id."""
+        with self.store.transaction() as tx:
+            return [dict(row.record) for row in tx.releases()]
+
     # ---- API tokens
 
     def create_token(self, name: str, role: str, expires: datetime, created_by: str
@@ -696,7 +724,7 @@ class TrackerDB:
         secret = secrets.token_urlsafe(32)
         with self.store.transaction() as tx:
             tx.add(ApiToken(id=token_id, name=name, role=role,
-                            secret_hash=hash_secret(secret), created=self.now(),
+                            secret_hash=hash_secret(secret), created=tx.now(),
                             expires=naive(expires), created_by=created_by[:128]))
         return token_id, secret
 
@@ -710,7 +738,7 @@ class TrackerDB:
                 return TokenCheck("invalid")
             if row.revoked is not None:
                 return TokenCheck("revoked", row.name, row.role)
-            now = self.now()
+            now = tx.now()
             if row.expires <= now:
                 return TokenCheck("expired", row.name, row.role)
             check, last_used = TokenCheck("valid", row.name, row.role), row.last_used
@@ -735,7 +763,7 @@ class TrackerDB:
             if row is None:
                 return False
             if row.revoked is None:
-                row.revoked = self.now()
+                row.revoked = tx.now()
             return True
 
     # ---- audit log
@@ -744,7 +772,7 @@ class TrackerDB:
                      detail: str = "") -> None:
         """Append one entry to the audit log (who, in which role, did what to what)."""
         with self.store.transaction() as tx:
-            tx.add(AuditEntry(timestamp=self.now(), actor=actor[:128], role=role[:16],
+            tx.add(AuditEntry(timestamp=tx.now(), actor=actor[:128], role=role[:16],
                               action=action[:64], target=target[:MAX_AUDIT_TEXT],
                               detail=detail))
 
@@ -845,7 +873,7 @@ def _report_json(report: DeviceReport) -> dict[str, Any]:
 
 
 
-def open_db(url: str, *, clock: Callable[[], datetime] = _utcnow,
+def open_db(url: str, *, clock: Callable[[], datetime] | None = None,
             quotas: Quotas | None = None, pool: PoolOptions | None = None) -> TrackerDB:
     """The tracker at ``url`` (``store.open_store``: the schema is upgraded to the newest
     revision).

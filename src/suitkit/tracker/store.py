@@ -73,6 +73,7 @@ from suitkit.tracker.model import (
     DeviceNotice,
     DeviceReport,
     InstalledComponent,
+    Release,
 )
 
 __all__ = [
@@ -125,14 +126,19 @@ def naive(moment: datetime) -> datetime:
 
 class Store:
     """The tracker's database over one engine. ``clock`` gives the current time (design.md
-    §3.1: time is a parameter); ``now()`` is it as stored (naive UTC).
+    §3.1: time is a parameter); ``None``: the database's clock on PostgreSQL (``now()``, one
+    per transaction: replicas whose clocks drift still agree on maintenance windows, expiry
+    and the order of what they store), the system clock on SQLite (one machine).
+    ``now()`` and ``Tx.now()`` are it as stored (naive UTC).
 
     Raises (every method): ``StorageError`` when the database fails.
     """
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] | None = None
+                 ) -> None:
         self.engine = engine
         self.clock = clock
+        self._db_clock = clock is None and engine.dialect.name == "postgresql"
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._touch_logged = -60.0
         self._listeners: list[NoticeListener] = []
@@ -142,7 +148,20 @@ class Store:
         self.url = engine.url
 
     def now(self) -> datetime:
-        return naive(self.clock())
+        """The current time (naive UTC); on the database's clock, one query."""
+        if self._db_clock:
+            with self.transaction() as tx:
+                return tx.now()
+        return naive(self.clock() if self.clock is not None else _utcnow())
+
+    def _tx_clock(self, session: Session) -> Callable[[], datetime]:
+        if self._db_clock:
+            def database() -> datetime:
+                moment = session.scalar(select(func.now()))  # the transaction's start
+                assert isinstance(moment, datetime)
+                return naive(moment)
+            return database
+        return self.now
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
@@ -151,7 +170,7 @@ class Store:
         serials: dict[str, int] = {}
         try:
             with self._sessions.begin() as session:
-                tx = Tx(session)
+                tx = Tx(session, self._tx_clock(session))
                 yield tx
                 if tx.announced:
                     serials = self._bump(session, tx.announced)
@@ -254,10 +273,19 @@ class Tx:
     """One open transaction (``Store.transaction``): the queries, on rows of ``tracker.model``.
     Changes to the rows it returns are written at the end of the transaction."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, clock: Callable[[], datetime]) -> None:
         self._session = session
+        self._clock = clock
+        self._now: datetime | None = None
         self.announced: dict[str, None] = {}
         """The devices whose notices change with this transaction (``announce``)."""
+
+    def now(self) -> datetime:
+        """The transaction's time (naive UTC), read once: the database's on PostgreSQL (see
+        ``Store``), so every time written by one transaction is the same."""
+        if self._now is None:
+            self._now = self._clock()
+        return self._now
 
     def announce(self, device_ids: Iterable[str]) -> None:
         """What these devices should do changes with this transaction: at its end their
@@ -439,6 +467,25 @@ class Tx:
             self._session.execute(delete(model).where(model.id.in_(ids))
                                   .execution_options(synchronize_session=False))
         return len(ids)
+
+    # ---- releases
+
+    def lock_release(self, release_id: str) -> Release | None:
+        """The release with this id, if any, after taking the lock of that id for this
+        transaction (PostgreSQL: an advisory lock, so two uploads of one new release, on two
+        replicas, are stored one after the other; SQLite has one writer at a time)."""
+        if self._session.get_bind().dialect.name == "postgresql":
+            self._session.execute(select(func.pg_advisory_xact_lock(
+                func.hashtext(f"suitkit-release:{release_id}"))))
+        return self._session.get(Release, release_id, populate_existing=True)
+
+    def release(self, release_id: str) -> Release | None:
+        return self._session.get(Release, release_id)
+
+    def releases(self) -> list[Release]:
+        """Every release, by sequence number then id."""
+        return list(self._session.scalars(select(Release)
+                                          .order_by(Release.sequence_number, Release.id)))
 
     # ---- tokens and audit
 
@@ -626,7 +673,7 @@ class NoticeConnection:
             self._connection.close()
 
 
-def open_store(url: str, *, clock: Callable[[], datetime] = _utcnow,
+def open_store(url: str, *, clock: Callable[[], datetime] | None = None,
                pool: PoolOptions | None = None) -> Store:
     """The tracker database at ``url`` (e.g. ``sqlite:////var/lib/suitkit/tracker.db`` or
     ``postgresql+psycopg://user@host/suitkit``), its schema upgraded to the newest revision
