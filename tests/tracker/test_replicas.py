@@ -194,3 +194,32 @@ def test_release_records_are_the_databases_and_every_replica_sees_them(
     older.put_release(ReleaseRecord("cd" * 32, 1, envelope, (), {}))
     assert a.import_files(tmp_path / "data") == 1 and a.import_files(tmp_path / "data") == 0
     assert b.get_release("cd" * 32) is not None
+
+
+def test_time_is_the_databases_on_postgresql_one_per_transaction(
+        postgres: PostgresCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replica whose clock is a day off (here: the store's system clock, moved) still stores
+    the database's time, and a transaction's times are one: maintenance windows, token expiry
+    and the order of events agree across replicas."""
+    from datetime import UTC, datetime, timedelta
+
+    import suitkit.tracker.store as store_module
+
+    drifted = datetime.now(UTC) + timedelta(days=1)
+    monkeypatch.setattr(store_module, "_utcnow", lambda: drifted)
+    db = open_db(postgres.tracker_database())
+    try:
+        device_id, _ = db.register("d")
+        db.deploy(RELEASE, URL, [device_id])
+        shown = db.device(device_id)
+        assert shown is not None
+        with db.engine.connect() as connection:
+            database_now = connection.execute(text("SELECT now()")).scalar()
+        assert isinstance(database_now, datetime)
+        stored = datetime.fromisoformat(shown["state_changed"])
+        assert abs(stored - database_now) < timedelta(minutes=5), (stored, database_now)
+        assert abs(db.now().replace(tzinfo=UTC) - database_now) < timedelta(minutes=5)
+        (event,) = db.history(device_id)
+        assert event["timestamp"] == shown["state_changed"]  # one time per transaction
+    finally:
+        db.engine.dispose()
