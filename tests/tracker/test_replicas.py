@@ -223,3 +223,28 @@ def test_time_is_the_databases_on_postgresql_one_per_transaction(
         assert event["timestamp"] == shown["state_changed"]  # one time per transaction
     finally:
         db.engine.dispose()
+
+
+def test_each_process_has_its_own_mqtt_client_id_and_publishes_only_its_own_changes() -> None:
+    """A shared client id made replicas evict each other at the broker once or twice a
+    second; each change was then published by every replica, and every device again at each
+    reconnection."""
+    pytest.importorskip("paho.mqtt.client", reason="install paho-mqtt")
+    from suitkit.tracker.notices.mqtt import MqttPublisher
+
+    hub = NotificationHub(lambda _: (None, 0))
+    ids = {MqttPublisher(hub, "127.0.0.1", 9).client_id for _ in range(3)}
+    assert len(ids) == 3 and all(i.startswith("suitkit-tracker-") for i in ids)
+    reads: list[str] = []
+    counting = NotificationHub(lambda d: (reads.append(d), (None, 0))[1])
+    publisher = MqttPublisher(counting, "127.0.0.1", 9)  # no broker there: nothing is sent
+    publisher.start()
+    try:
+        counting.changed({"made-elsewhere": 4}, local=False)  # another replica's: not ours
+        publisher._on_connect(None, None, None, None)  # a reconnection publishes nothing
+        counting.changed({"made-here": 5})  # this process's change: published (read) once
+        until(lambda: "made-here" in reads, "the publisher to read the local change")
+        time.sleep(0.2)
+        assert reads == ["made-here"]
+    finally:
+        publisher.stop()
