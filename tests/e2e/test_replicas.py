@@ -109,9 +109,11 @@ def nginx(tmp: Path, upstreams: list[str]) -> Iterator[str]:
         stop_process(proc)
 
 
-def first_release(source: NoticeSource, release: str, within: float) -> float | None:
-    """Seconds until ``source`` hands a notice naming ``release`` (``None``: not within)."""
-    started = time.monotonic()
+def first_release(source: NoticeSource, release: str, within: float,
+                  since: float | None = None) -> float | None:
+    """Seconds from ``since`` (default: now; ``time.monotonic``) until ``source`` hands a
+    notice naming ``release``, at most ``within`` from ``since`` (``None``: not within)."""
+    started = time.monotonic() if since is None else since
     ends = started + within
     while (left := ends - time.monotonic()) > 0:
         notice = source.get(left)
@@ -234,8 +236,9 @@ def test_two_replicas_behind_nginx_share_releases_notices_and_campaigns(
         assert first_release(sources["probe"], release["id"], 60.0) is not None, \
             "replica B never heard replica A's deployment (60 s)"
         time.sleep(0.5)  # the MQTT subscription and the long-poll are in place
+        made = time.monotonic()  # each delay is from before the request to its arrival
         deploy(a.url, "sse", "longpoll", "coap", "mqtt")
-        delays = {kind: first_release(sources[kind], release["id"], NOTICE_WITHIN + 1.0)
+        delays = {kind: first_release(sources[kind], release["id"], NOTICE_WITHIN + 1.0, made)
                   for kind in ("sse", "longpoll", "coap", "mqtt")}
         late = {k: d for k, d in delays.items() if d is None or d > NOTICE_WITHIN}
         assert not late, f"notices made on A that B's devices did not get within 2 s: {delays}"
