@@ -305,11 +305,14 @@ def deliverable(tx: Tx, assignment: Assignment, device_state: str | None,
     return campaign.status != "running" or schedule_open(campaign, utc_naive(now))
 
 
-def _pending(tx: Tx, device_id: str, now: datetime) -> dict[str, Any] | None:
+def _pending(tx: Tx, device_id: str) -> dict[str, Any] | None:
     assignment = tx.assignment(device_id)
     if assignment is None or assignment.done is not None:
         return None
-    if not deliverable(tx, assignment, tx.device_state(device_id), now):
+    state = tx.device_state(device_id)
+    # the time (a query on PostgreSQL) only when a campaign may hold the device back
+    if assignment.campaign_id is not None and state in NOT_STARTED \
+            and not deliverable(tx, assignment, state, tx.now()):
         return None
     return {"release": assignment.release, "envelope_url": assignment.envelope_url,
             "action": assignment.action, "campaign": assignment.campaign_id}
@@ -386,7 +389,8 @@ class TrackerDB:
             stored = device.credential_hash if device is not None else _DUMMY_HASH
             ok = verify_secret(secret, stored) and device is not None
             last_seen = device.last_seen if device is not None else None
-        now = self.now()
+        # a mark to 30 s: this process's clock, not a query of the database's per check-in
+        now = self.store.local_now()
         if ok and (last_seen is None or now - last_seen >= SEEN_RESOLUTION):
             # a write at most once per resolution, not per call
             self.store.mark_seen(device_id, now)
@@ -580,14 +584,14 @@ class TrackerDB:
         "campaign"}``, or ``None`` (also while its campaign holds it back: paused, or outside
         its schedule, and the device has not started)."""
         with self.store.transaction() as tx:
-            return _pending(tx, device_id, tx.now())
+            return _pending(tx, device_id)
 
     def notice(self, device_id: str) -> tuple[dict[str, Any] | None, int]:
         """The device's notice as one read: (``pending_update``, the serial of its latest
         notice), the same on every replica (``store.Tx.announce``)."""
         with self.store.transaction() as tx:
             serial = tx.notice_serial(device_id)
-            return _pending(tx, device_id, tx.now()), serial
+            return _pending(tx, device_id), serial
 
     def add_report(self, device_id: str, raw: bytes, summary: Mapping[str, Any], *,
                    release: str | None = None) -> dict[str, Any]:

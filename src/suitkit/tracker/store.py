@@ -145,13 +145,17 @@ class Store:
         self.origin = secrets.token_hex(8)
         """This process's mark on its notifications (its own listener skips them: they were
         heard in-process already)."""
-        self.url = engine.url
 
     def now(self) -> datetime:
         """The current time (naive UTC); on the database's clock, one query."""
         if self._db_clock:
             with self.transaction() as tx:
                 return tx.now()
+        return self.local_now()
+
+    def local_now(self) -> datetime:
+        """This process's time (naive UTC; the injected ``clock`` if any), never a query: for
+        coarse marks such as ``last_seen``, where a replica's drift does not matter."""
         return naive(self.clock() if self.clock is not None else _utcnow())
 
     def _tx_clock(self, session: Session) -> Callable[[], datetime]:
