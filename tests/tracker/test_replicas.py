@@ -80,15 +80,15 @@ def test_a_change_on_one_replica_wakes_the_watchers_of_the_other_with_the_same_s
     device_id, _ = a.db.register("d")
     heard: list[tuple[str, int]] = []
     b.hub.watch(device_id, lambda d, s: heard.append((d, s)))
-    assert b.hub.current(device_id) == {"release": None, "serial": 0}
+    assert b.hub.current(device_id) == {"release": None, "serial": 1}
     a.db.deploy(RELEASE, URL, [device_id])
     until(lambda: heard, "replica B to hear replica A's deployment")
-    assert heard == [(device_id, 1)]
+    assert heard == [(device_id, 2)]
     # one serial for one change, on every replica
-    assert a.hub.current(device_id)["serial"] == b.hub.current(device_id)["serial"] == 1
+    assert a.hub.current(device_id)["serial"] == b.hub.current(device_id)["serial"] == 2
     assert b.hub.current(device_id)["release"] == RELEASE
     b.db.add_event(device_id, "failed", "")  # a final event: the notice changes again
-    until(lambda: a.hub.serial(device_id) == 2, "replica A to hear replica B's change")
+    until(lambda: a.hub.serial(device_id) == 3, "replica A to hear replica B's change")
 
 
 def test_the_relay_reconnects_and_no_change_made_while_it_was_away_is_missed(
@@ -109,7 +109,7 @@ def test_the_relay_reconnects_and_no_change_made_while_it_was_away_is_missed(
     a.db.deploy(RELEASE, URL, [device_id])
     until(lambda: b.relay.connections > 1 and b.relay.listening.is_set(),
           "replica B's relay to listen again")
-    until(lambda: 1 in heard, "the change made while B was away to wake B's watcher")
+    until(lambda: 2 in heard, "the change made while B was away to wake B's watcher")
 
 
 def test_notifications_that_are_not_ours_are_ignored() -> None:

@@ -185,7 +185,8 @@ class DeviceNotice(Base):
     """The serial of a device's latest notice (``tracker.notices``): bumped by one in the
     transaction that changes what the device should do (``store.Tx.announce``), so every
     replica hands out the same serial for the same change and ``?after=<serial>`` means the
-    same on each. A device without a row has had no change yet (serial 0). A table of its own,
+    same on each. A device without a row has had no change yet (serial 1; the first change
+    makes it 2), so a device's first ``after=0`` is answered at once. A table of its own,
     not a column of ``devices``: bumps take their rows last in a transaction, in id order, so
     they never wait in a cycle with the device-row locks taken before them."""
 

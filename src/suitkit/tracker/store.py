@@ -213,7 +213,7 @@ class Store:
         for start in range(0, len(ids), _IN_BATCH):
             batch = ids[start:start + _IN_BATCH]
             existing = set(session.scalars(select(Device.id).where(Device.id.in_(batch))))
-            rows = [{"device_id": i, "serial": 1} for i in batch if i in existing]
+            rows = [{"device_id": i, "serial": 2} for i in batch if i in existing]
             if not rows:
                 continue
             statement = insert(DeviceNotice).values(rows)
@@ -297,10 +297,11 @@ class Tx:
         self.announced.update(dict.fromkeys(device_ids))
 
     def notice_serial(self, device_id: str) -> int:
-        """The serial of the device's latest notice (0: none yet)."""
+        """The serial of the device's latest notice (1: no change yet, so that a first
+        ``after=0`` is answered at once)."""
         serial = self._session.scalar(select(DeviceNotice.serial)
                                       .where(DeviceNotice.device_id == device_id))
-        return int(serial or 0)
+        return int(serial or 1)
 
     def notice_serials(self, device_ids: Collection[str]) -> dict[str, int]:
         """The serials of those of ``device_ids`` that have had a notice (at most
