@@ -161,6 +161,8 @@ def install(
         outcome = opened.consumer(fetcher).install(data)
         opened.save()
     report = _report_json(outcome.report)
+    if outcome.waiting:  # update-management §5.6: nothing staged; install it again later
+        fail(f"not installed yet: {outcome.reason}", EXIT_FAILED)
     if report is not None:
         out.print("SUIT report: " + json.dumps(report), markup=False)
     if not outcome.installed:
@@ -179,13 +181,87 @@ def _boot(opened: OpenDevice) -> bool:
     launcher: Launcher = (
         ProcessLauncher(config.app_command, config.directory / "app.pid")
         if config.app_command else RecordingLauncher())
-    invoked = invoke_running(config, opened.bootloader, launcher)
+    invoked = invoke_running(config, opened.bootloader, launcher, extensions=opened.extensions)
     for line in invoked.started:
         out.print(line, markup=False)
     for r in invoked.results:
         if not r.succeeded:
             err.print(f"suitkit: error: invocation failed: {r.reason}", markup=False)
     return invoked.succeeded
+
+
+_FACT_OPTIONS = ("battery-mwh", "power", "network", "timezone", "time", "other-devices",
+                 "consent")
+
+
+@app.command()
+@handles_errors
+def facts(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
+    battery: Annotated[int | None, typer.Option(
+        "--battery", help="Remaining battery energy in mWh (minimum-battery).")] = None,
+    power: Annotated[int | None, typer.Option(
+        "--power", help="Power state for wait events: 0 battery only, 1 external power.")
+    ] = None,
+    network: Annotated[int | None, typer.Option(
+        "--network", help="Network state for wait events: 0 none, 1 metered, 2 unmetered.")
+    ] = None,
+    timezone: Annotated[str | None, typer.Option(
+        "--timezone", help="Local time zone (IANA name, e.g. Europe/Paris) for the local "
+        "time-of-day and day-of-week wait events.")] = None,
+    at_time: Annotated[int | None, typer.Option(
+        "--time", help="Simulated clock, seconds since 1970 (use-before, time wait events).")
+    ] = None,
+    other_device: Annotated[list[str] | None, typer.Option(
+        "--other-device", help="HEXID=VERSION (e.g. 0a0b=1.2.3) for the other-device-version "
+        "wait event; repeat for several.")] = None,
+    consent: Annotated[str | None, typer.Option(
+        "--consent", help="update-authorized policy: allow, deny or command.")] = None,
+    consent_command: Annotated[list[str] | None, typer.Option(
+        "--consent-command", help="With --consent command: the program and its arguments, "
+        "one per option ({priority} is replaced); exit 0 yes, 75 later, else no.")] = None,
+    max_priority: Annotated[int | None, typer.Option(
+        "--max-priority", help="With --consent allow: allow only priorities up to this "
+        "(smaller is more urgent).")] = None,
+    unset: Annotated[list[str] | None, typer.Option(
+        "--unset", help="Remove a fact: " + ", ".join(_FACT_OPTIONS) + ".")] = None,
+) -> None:
+    """Set the facts update management reads (battery, power, network, time zone, clock, other
+    devices, consent; docs/device.md "Update management") and print them. Without options:
+    print them."""
+    from suitkit.device.config import load_config  # noqa: PLC0415
+    from suitkit.device.facts import FACTS, load_facts, parse_facts, save_facts  # noqa: PLC0415
+
+    load_config(directory)  # a device folder, or a clear error
+    doc = json.loads(load_facts(directory).to_json())
+    for name in unset or []:
+        if name not in _FACT_OPTIONS:
+            fail(f"--unset: unknown fact {name!r}; expected one of {', '.join(_FACT_OPTIONS)}",
+                 EXIT_USAGE)
+        doc.pop(name, None)
+    for key, value in (("battery-mwh", battery), ("power", power), ("network", network),
+                       ("timezone", timezone), ("time", at_time)):
+        if value is not None:
+            doc[key] = value
+    for item in other_device or []:
+        ident, sep, version = item.partition("=")
+        parts = version.split(".")
+        if not sep or not all(p.lstrip("-").isdigit() and p.isascii() for p in parts):
+            fail(f"--other-device: expected HEXID=VERSION such as 0a0b=1.2.3, got {item!r}",
+                 EXIT_USAGE)
+        doc.setdefault("other-devices", {})[ident] = [int(p) for p in parts]
+    if consent is not None or consent_command or max_priority is not None:
+        rule = {"policy": consent or doc.get("consent", {}).get("policy", "allow")}
+        if consent_command:
+            rule["command"] = consent_command
+        if max_priority is not None:
+            rule["max-priority"] = max_priority
+        doc["consent"] = rule
+    parsed = parse_facts(doc, "suitkit device facts")  # every value checked, named if wrong
+    with writing(f"device folder {directory}"):
+        save_facts(directory, parsed)
+    out.print(f"{directory / FACTS}:", markup=False)
+    out.print(parsed.to_json().decode().rstrip(), markup=False)
 
 
 @app.command()
