@@ -28,8 +28,10 @@ from device.device_kit import (
     new_device,
     status,
 )
+from suitkit.cli.device import device_status
 from suitkit.core import codec
 from suitkit.core.numbers import WaitEvent
+from suitkit.core.processor import CustomCall, CustomCommand, CustomParameter, Extensions
 from suitkit.device.facts import (
     Consent,
     DeviceFacts,
@@ -396,3 +398,51 @@ def test_hand_written_cbor_manifest_with_version_wait_and_battery(
     # and the next update sees version 2.1 running: the same condition now fails
     refused = install(device, _hand_written(author, image_bytes("hand-3", 900), 3))
     assert not refused.installed and "version [2,1] is not lesser than [2]" in refused.reason
+
+
+# ---------------------------------------------------------------------------- custom commands
+
+
+def test_custom_commands_are_refused_by_default_and_run_where_the_device_registers_them(
+        tmp_path: Path, author: Author) -> None:
+    blinked: list[tuple[object, object]] = []
+
+    def blink(call: CustomCall) -> bool:
+        blinked.append((call.argument, call.parameters.extra.get(-301)))
+        return True
+
+    def warm_enough(call: CustomCall) -> bool:
+        return True
+
+    extensions = Extensions(
+        commands={-300: CustomCommand(name="blink-led", run=blink),
+                  -302: CustomCommand(name="warm-enough", run=warm_enough, condition=True)},
+        parameters={-301: CustomParameter(name="led-colour")})
+    device = new_device(tmp_path / "dev", [author.anchor], "linux")
+    up(device, release(author, 1))
+    image = image_bytes("custom", 1200)
+    comp = author.component("custom.bin", image)
+    envelope = author.envelope(2, [comp], top={"install": [
+        ["override-parameters", {"uri": "#custom.bin", "custom(-301)": "green"}],
+        [-302, None],
+        [-300, "..--"],
+        ["fetch", 2],
+        ["image-match", 15]]})
+    refused = install(device, envelope)
+    assert not refused.installed
+    assert "parameter custom(-301) is not supported (no custom parameter" in refused.reason
+
+    opened = open_device(device, extensions=extensions)
+    outcome = opened.consumer().install(envelope)
+    opened.save()
+    assert outcome.installed, outcome.reason
+    assert blinked == [("..--", "green")]
+    opened = open_device(device, extensions=extensions)
+    assert opened.bootloader.boot().images[0].sequence_number == 2
+    opened.bootloader.confirm()
+    opened.save()
+    shown = device_status(open_device(device, extensions=extensions))
+    assert shown["components"][0]["running"]["sequence-number"] == 2
+    # the extensions are part of the device: opened without them, its bootloader refuses the
+    # image whose manifest uses commands it does not know (manifest §6.1)
+    assert status(device)["components"][0]["running"] is None
