@@ -148,3 +148,14 @@ def test_the_inventory_carries_each_components_version(world: World) -> None:
     shown = world.shown(dev["id"])
     assert shown["components"][0]["sequence"] == 1
     assert shown["components"][0].get("version", [1, 0, 0]) == [1, 0, 0]
+
+
+def test_an_envelope_kept_for_a_release_no_longer_assigned_is_removed(world: World) -> None:
+    folder, dev = world.device("stale")
+    kept = folder / "agent" / "00ff.suit"
+    kept.parent.mkdir()
+    kept.write_bytes(b"an envelope of a release the operator withdrew")
+    world.deploy(world.release(4, "4.0.0"), dev["id"])
+    assert run_once(folder, world.url, dev["token"], fetcher=HttpFetcher()).outcome == \
+        "succeeded"
+    assert not kept.exists()

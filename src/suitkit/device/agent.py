@@ -414,6 +414,9 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
             return _install(opened, tracker, None, release=release, fetcher=fetcher,
                             step=step, result=result)
         saved = _saved_envelope(opened, release)
+        for stale in saved.parent.glob("*.suit") if saved.parent.is_dir() else ():
+            if stale != saved:  # kept for a release no longer assigned: never used again
+                stale.unlink(missing_ok=True)
         try:
             if state == "downloaded" and job.action == "download":
                 return result("downloaded", "already downloaded; waiting for install", release)
