@@ -384,4 +384,3 @@ def _other_device(value: object, facts: DeviceFacts, name: str, pending: list[st
     elif not all(version_matches(have, m) for m in parsed):
         pending.append(f"{name} of {ident.hex()[:32]} (now "
                        f"{'.'.join(str(v) for v in have)})")
-
