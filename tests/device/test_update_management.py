@@ -28,6 +28,7 @@ from device.device_kit import (
     new_device,
     status,
 )
+from suitkit.bootloader.fsslots import FsBootloader
 from suitkit.cli.device import device_status
 from suitkit.core import codec
 from suitkit.core.numbers import WaitEvent
@@ -39,8 +40,8 @@ from suitkit.device.facts import (
     load_facts,
     save_facts,
 )
-from suitkit.device.wiring import open_device
-from suitkit.errors import DecodeError
+from suitkit.device.wiring import SlotMetadata, open_device
+from suitkit.errors import DecodeError, StorageError
 
 SUNDAY_0800_UTC = int(datetime(2026, 12, 6, 8, 0, tzinfo=UTC).timestamp())
 
@@ -300,6 +301,22 @@ def test_component_metadata_is_kept_beside_the_image_on_a_linux_device(
     up(device, release(author, 3))  # no metadata: none is left from release 2
     active = open_device(device).bootloader.read_state().active  # type: ignore[attr-defined]
     assert not (device / "slots" / "slots" / active / "app.metadata.json").exists()
+
+
+def test_an_image_restaged_as_it_runs_carries_its_metadata(tmp_path: Path,
+                                                           author: Author) -> None:
+    device = new_device(tmp_path / "dev", [author.anchor], "linux")
+    up(device, release(author, 1, metadata={"creator": 1000}))
+    opened = open_device(device)
+    bootloader = opened.bootloader
+    assert isinstance(bootloader, FsBootloader)
+    state = bootloader.read_state()
+    SlotMetadata(bootloader).carry("app")
+    inactive = bootloader.slot_dir(state.inactive) / "app.metadata.json"
+    assert json.loads(inactive.read_text()) == {"creator": 1000}
+    (bootloader.slot_dir(state.active) / "app.metadata.json").write_text("{damaged")
+    with pytest.raises(StorageError, match="damaged"):
+        SlotMetadata(bootloader).carry("app")
 
 
 def test_component_metadata_is_refused_where_the_shape_cannot_keep_it(

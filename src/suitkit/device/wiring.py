@@ -220,7 +220,14 @@ class SlotMetadata:
         except OSError as e:
             raise StorageError(f"{image}: cannot read its component metadata: "
                                f"{e.strerror}") from None
-        self.stage(image, json.loads(data))
+        try:
+            metadata = json.loads(data)
+        except ValueError:
+            metadata = None
+        if not isinstance(metadata, dict):
+            raise StorageError(f"{image}: its component metadata file in the active slot is "
+                               "damaged (not a JSON object); the update cannot carry it")
+        self.stage(image, metadata)
 
 
 def _cid(component: ComponentIdentifier) -> str:
