@@ -12,7 +12,7 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cbor2
 import pytest
@@ -279,6 +279,22 @@ def test_a_consent_callback_and_a_deferral_through_the_authorization_wait_event(
     waiting = opened.consumer(consent=later).install(envelope)  # type: ignore[arg-type]
     opened.save()
     assert waiting.waiting and asked == [3]
+    # asked once per priority and install, however many commands ask
+    comps = [author.component(f"{n}.bin", image_bytes(n, 900), index=i)
+             for i, n in enumerate(("main", "coproc"))]
+    for comp in comps:
+        comp["update-priority"] = 3
+    two = new_device(tmp_path / "two", [author.anchor], "dual-cpu")
+    opened = open_device(two)
+    granted: list[int] = []
+
+    def yes(priority: int) -> Literal["yes"]:
+        granted.append(priority)
+        return "yes"
+
+    outcome = opened.consumer(consent=yes).install(author.envelope(1, comps))
+    assert outcome.installed, outcome.reason
+    assert granted == [3]
     assert "authorization of priority 3 (consent said later)" in waiting.reason
     # the default policy allows (a device with nobody to ask): the same envelope installs
     assert install(device, envelope).installed

@@ -544,6 +544,9 @@ class _Environment:
     """What the last unsatisfied wait directive waits for (one phrase per event)."""
     cannot_wait: tuple[str, ...] = ()
     """Why the last wait directive cannot be waited on here (one phrase per event)."""
+    answers: dict[int, str] = field(default_factory=dict)
+    """Consent answers of this install by priority: asked once (a person is not asked again
+    for each component, and a manifest cannot start the consent program many times)."""
 
     def now(self) -> int | None:
         if self.facts.time is not None:
@@ -554,9 +557,10 @@ class _Environment:
         return self.facts.battery_mwh
 
     def _ask(self, priority: int) -> str:
-        if self.consent is not None:
-            return self.consent(priority)
-        return ask_consent(self.facts.consent, priority)
+        if priority not in self.answers:
+            self.answers[priority] = (self.consent(priority) if self.consent is not None
+                                      else ask_consent(self.facts.consent, priority))
+        return self.answers[priority]
 
     def authorize(self, priority: int) -> bool:
         # update-management §5.4, RFC 9019 §3: the consent hook decides; "later" is not yet.
