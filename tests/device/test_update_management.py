@@ -89,6 +89,7 @@ def test_version_condition_compares_the_running_images_set_version(
     # update-management §4.4: the manifest's integers are compared, so ">=1.2" holds for 1.2.0
     up(device, release(author, 2, set_version="1.3.0", version=">=1.2"))
     assert installed(device) == (2, False)
+    assert status(device)["components"][0]["running"]["version"] == [1, 3, 0]
     refused = install(device, release(author, 3, set_version="2.0.0", version="<1.3"))
     assert not refused.installed and not refused.waiting
     assert "condition-version" in refused.reason

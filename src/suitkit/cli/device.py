@@ -29,10 +29,12 @@ from suitkit.cli.common import (
 from suitkit.core import jsonform
 from suitkit.core.report import Report
 from suitkit.device.config import SHAPE_COMPONENTS, create_device
+from suitkit.device.consumer import running_version
 from suitkit.device.fetch import FileFetcher, HttpFetcher, RoutingFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
 from suitkit.device.wiring import OpenDevice, open_device
 from suitkit.errors import SuitError
+from suitkit.limits import Limits
 from suitkit.sim.powercut import REAL_SCENARIOS, run_real_scenario
 
 app = typer.Typer(help="A simulated (or Linux-class) device kept in a folder.",
@@ -417,6 +419,8 @@ def status(
         running = c["running"]
         what = (f"#{running['sequence-number']} sha256 {running['digest']}" if running
                 else "no valid image")
+        if running and "version" in running:
+            what += " version " + ".".join(str(v) for v in running["version"])
         out.print(f"  {c['image']} {c['id']}: {what}; counter {c['counter']}", markup=False)
     out.print(f"  pending update: {doc['pending']}; on trial: {doc['trial']}", markup=False)
 
@@ -426,12 +430,17 @@ def device_status(opened: OpenDevice) -> dict[str, Any]:
     bootloader = opened.bootloader
     observation = bootloader.observe()  # type: ignore[attr-defined]
     counters = bootloader.read_counters()
+    anchors = opened.config.trust_anchors()
     components = []
     for spec, check in zip(opened.config.components, observation.primary, strict=True):
-        info = None
+        info: dict[str, Any] | None = None
         if check.info is not None and check.verdict.name == "GOOD":
             info = {"sequence-number": check.info.sequence_number,
                     "digest": check.info.digest.hex()}
+            # update-management §3.1: the set-version of the manifest it was installed with
+            version = running_version(bootloader, spec.image, anchors, Limits())
+            if version is not None:
+                info["version"] = list(version)
         components.append({"image": spec.image, "id": [f"0x{p.hex()}" for p in spec.suit_id],
                            "running": info, "counter": counters.get(spec.image, 0),
                            "reason": check.reason})
