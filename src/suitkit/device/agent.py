@@ -159,8 +159,9 @@ def inventory_of(opened: OpenDevice, *, versions: bool = True,
         if check.info is not None and check.verdict.name == "GOOD":
             entry["sequence"] = check.info.sequence_number
             entry["digest"] = check.info.digest.hex()
-            version = running_version(opened.bootloader, spec.image, anchors, Limits())
-            if versions and version is not None:
+            version = (running_version(opened.bootloader, spec.image, anchors, Limits())
+                       if versions else None)
+            if version is not None:
                 entry["version"] = list(version)
         components.append(entry)
     hardware: dict[str, Any] = {"shape": opened.config.shape}
