@@ -39,7 +39,9 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, BinaryIO, Literal
 from uuid import UUID
 
@@ -84,7 +86,8 @@ from suitkit.server.store import (
 )
 
 __all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "LEAVE_REQUEST_LIMIT", "Authorizer",
-           "ServerConfig", "UploadRefused", "create_app", "expected_images"]
+           "ServerConfig", "UploadRefused", "accel_prefix_problem", "create_app",
+           "expected_images", "nginx_accel_config"]
 
 Authorizer = Callable[[str, str], Literal["allowed", "forbidden", "invalid"]]
 """``(bearer token, action)`` -> verdict, for action ``"upload"`` or ``"read"``. Runs in a worker
@@ -134,6 +137,29 @@ class ServerConfig:
     max_requests: int | None = 1000
     max_uploads: int = 8
     max_downloads: int = 1000
+    accel_redirect: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.accel_redirect is not None:
+            problem = accel_prefix_problem(self.accel_redirect)
+            if problem is not None:
+                raise ValueError(problem)
+
+
+_ACCEL_PREFIX = re.compile(r"/(?:[A-Za-z0-9._~-]+/)*")
+
+
+def accel_prefix_problem(prefix: str) -> str | None:
+    """What is wrong with ``prefix`` as an ``X-Accel-Redirect`` prefix, or ``None``: it must be
+    an absolute URL path that ends with ``/`` (letters, digits, ``.``, ``_``, ``~``, ``-``
+    between the slashes), at most 200 characters, without ``.`` or ``..`` segments."""
+    shown = prefix[:80].encode("ascii", "backslashreplace").decode()
+    if (len(prefix) > 200 or _ACCEL_PREFIX.fullmatch(prefix) is None
+            or any(part in (".", "..") for part in prefix.split("/"))):
+        return (f"expected a URL path such as /_suitkit_blobs/ (starting and ending with '/', "
+                f"letters, digits, '.', '_', '~', '-' between, at most 200 characters), got "
+                f"{shown!r}")
+    return None
 
 
 class UploadRefused(Exception):
@@ -143,6 +169,33 @@ class UploadRefused(Exception):
         self.status = status
         self.message = message
         super().__init__(message)
+
+
+def nginx_accel_config(*, listen: str, upstreams: tuple[str, ...], blobs: Path,
+                       prefix: str = "/_suitkit_blobs/", max_upload_mib: int = 256) -> str:
+    """nginx's ``upstream`` and ``server`` blocks (for its ``http {}``) in front of suitkit
+    replicas run with ``--accel-redirect prefix``: the template ``nginx-accel.conf`` filled in.
+
+    ``listen``: nginx's ``listen`` argument (``127.0.0.1:8080``); ``upstreams``: the replicas'
+    ``host:port``; ``blobs``: the absolute path of the shared ``DATA/blobs`` directory.
+
+    Raises:
+        ValueError: a bad prefix, no upstream, or a relative ``blobs`` path.
+    """
+    problem = accel_prefix_problem(prefix)
+    if problem is not None:
+        raise ValueError(problem)
+    if not upstreams:
+        raise ValueError("at least one suitkit replica (host:port) is needed")
+    if not blobs.is_absolute():
+        raise ValueError(f"the blobs directory must be an absolute path, got {blobs}")
+    template = resources.files("suitkit.server").joinpath("nginx-accel.conf").read_text()
+    filled = {"@LISTEN@": listen, "@PREFIX@": prefix, "@BLOBS@": str(blobs).rstrip("/"),
+              "@MAX_BODY@": f"{max_upload_mib}m",
+              "@UPSTREAMS@": "\n".join(f"    server {u};" for u in upstreams)}
+    for key, value in filled.items():
+        template = template.replace(key, value)
+    return template
 
 
 # ============================================================================ expected images
@@ -674,8 +727,16 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise UploadRefused(400, f"not a SHA-256 digest (64 lower-case hex characters): "
                                      f"{digest[:80]!r}")
         path = store.blob_path(digest)
-        if not path.is_file():
+        try:
+            stat = path.stat()  # once: FileResponse would stat it again in a worker thread
+        except OSError:
+            stat = None
+        if stat is None or not S_ISREG(stat.st_mode):
             raise UploadRefused(404, f"no such blob {digest}")
+        headers = {"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE}
+        if config.accel_redirect is not None:  # the server in front sends the bytes
+            return Response(status_code=200, media_type=media_type, headers={
+                **headers, "X-Accel-Redirect": f"{config.accel_redirect}{digest[:2]}/{digest}"})
         if downloading[0] >= config.max_downloads:
             return _error(503, f"too many downloads at once (at most {config.max_downloads}); "
                                "try again shortly", {"Retry-After": "5"})
@@ -691,8 +752,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         leave = request.scope.get(LEAVE_REQUEST_LIMIT)
         if callable(leave):  # counted as a download from now on, not as a request
             leave()
-        response = _CountedFile(path, media_type=media_type, release=release,
-                                headers={"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE})
+        response = _CountedFile(path, media_type=media_type, release=release, headers=headers,
+                                stat_result=stat)
         response.chunk_size = _DOWNLOAD_CHUNK
         return response
 
