@@ -171,13 +171,14 @@ class UploadRefused(Exception):
         super().__init__(message)
 
 
-def nginx_accel_config(*, listen: str, upstreams: tuple[str, ...], blobs: Path,
+def nginx_accel_config(*, listen: str, upstreams: tuple[str, ...], blobs: Path, state: Path,
                        prefix: str = "/_suitkit_blobs/", max_upload_mib: int = 256) -> str:
     """nginx's ``upstream`` and ``server`` blocks (for its ``http {}``) in front of suitkit
     replicas run with ``--accel-redirect prefix``: the template ``nginx-accel.conf`` filled in.
 
     ``listen``: nginx's ``listen`` argument (``127.0.0.1:8080``); ``upstreams``: the replicas'
-    ``host:port``; ``blobs``: the absolute path of the shared ``DATA/blobs`` directory.
+    ``host:port``; ``blobs``: the absolute path of the shared ``DATA/blobs`` directory;
+    ``state``: a directory of nginx's own (its cache of suitkit's answers, a unix socket).
 
     Raises:
         ValueError: a bad prefix, no upstream, or a relative ``blobs`` path.
@@ -187,10 +188,13 @@ def nginx_accel_config(*, listen: str, upstreams: tuple[str, ...], blobs: Path,
         raise ValueError(problem)
     if not upstreams:
         raise ValueError("at least one suitkit replica (host:port) is needed")
-    if not blobs.is_absolute():
-        raise ValueError(f"the blobs directory must be an absolute path, got {blobs}")
+    for name, folder in (("blobs", blobs), ("state", state)):
+        if not folder.is_absolute() or any(c.isspace() or c in ";{}'\"$" for c in str(folder)):
+            raise ValueError(f"the {name} directory must be an absolute path without spaces, "
+                             f"quotes, '$', ';' or braces, got {str(folder)[:200]!r}")
     template = resources.files("suitkit.server").joinpath("nginx-accel.conf").read_text()
     filled = {"@LISTEN@": listen, "@PREFIX@": prefix, "@BLOBS@": str(blobs).rstrip("/"),
+              "@STATE@": str(state).rstrip("/"),
               "@MAX_BODY@": f"{max_upload_mib}m",
               "@UPSTREAMS@": "\n".join(f"    server {u};" for u in upstreams)}
     for key, value in filled.items():
@@ -577,6 +581,36 @@ class _RequestLimit:
             leave()
 
 
+_DOWNLOAD_PATH = re.compile(r"/(firmware|envelopes)/([^/]+)")
+_MEDIA_TYPES = {"firmware": "application/octet-stream", "envelopes": ENVELOPE_MEDIA_TYPE}
+
+
+class _Downloads:
+    """ASGI middleware: ``GET``/``HEAD /firmware/{sha256}`` and ``/envelopes/{sha256}`` answered
+    at once by ``download`` (the routes' own function), before the routing of every other
+    route, the dependencies and the request count: a download is the server's most frequent
+    request, and its checks need none of them (public, a digest checked, a stat; whole-file
+    bodies go by sendfile, server/guard.py; with ``accel_redirect`` no body at all). Errors
+    are the routes' (``UploadRefused``: one JSON line); a download is counted by
+    ``max_downloads``, an accel answer by nothing (it holds nothing once answered)."""
+
+    def __init__(self, app: ASGIApp, download: Callable[[Scope, str, str], Response]) -> None:
+        self.app = app
+        self.download = download
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = (_DOWNLOAD_PATH.fullmatch(scope["path"])
+                 if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") else None)
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            response = self.download(scope, match.group(2), _MEDIA_TYPES[match.group(1)])
+        except UploadRefused as e:
+            response = _error(e.status, e.message)
+        await response(scope, receive, send)
+
+
 def _where(request: Request) -> str:
     """``METHOD /path`` of a request for the log (never its query or headers: no secrets)."""
     return f"{request.method} {request.url.path[:200]}"
@@ -722,7 +756,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     downloading = [0]  # downloads in progress (event loop only)
 
-    def download(request: Request, digest: str, media_type: str) -> Response:
+    def download(scope: Scope, digest: str, media_type: str) -> Response:
         if not is_digest(digest):
             raise UploadRefused(400, f"not a SHA-256 digest (64 lower-case hex characters): "
                                      f"{digest[:80]!r}")
@@ -749,7 +783,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 given = True
                 downloading[0] -= 1
 
-        leave = request.scope.get(LEAVE_REQUEST_LIMIT)
+        leave = scope.get(LEAVE_REQUEST_LIMIT)
         if callable(leave):  # counted as a download from now on, not as a request
             leave()
         response = _CountedFile(path, media_type=media_type, release=release, headers=headers,
@@ -761,18 +795,19 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.head("/firmware/{digest}", include_in_schema=False)
     async def firmware(request: Request, digest: str) -> Response:
         """A firmware image (or any blob) by SHA-256; Range, If-Range, ETag."""
-        return download(request, digest, "application/octet-stream")
+        return download(request.scope, digest, "application/octet-stream")
 
     @app.get("/envelopes/{digest}", summary="Download a SUIT envelope by SHA-256 (public)")
     @app.head("/envelopes/{digest}", include_in_schema=False)
     async def envelopes(request: Request, digest: str) -> Response:
         """A SUIT envelope by the SHA-256 of its bytes; Range, If-Range, ETag."""
-        return download(request, digest, ENVELOPE_MEDIA_TYPE)
+        return download(request.scope, digest, ENVELOPE_MEDIA_TYPE)
 
     for router in config.routers:  # every mounted route is authenticated: say so in OpenAPI
         app.include_router(router, dependencies=bearer)
     if config.max_requests is not None:
         app.add_middleware(_RequestLimit, limit=config.max_requests)
+    app.add_middleware(_Downloads, download=download)  # outside the count: see _Downloads
     return app
 
 
