@@ -474,8 +474,16 @@ class _CountedFile(FileResponse):
         self._release = release
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counted_send(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.pathsend" or (
+                    message["type"] == "http.response.body" and not message.get("more_body")):
+                # the response is complete: the client may send its next download on this
+                # connection before Starlette closes the file (a thread hop)
+                self._release()
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, counted_send)
         finally:
             self._release()
 
