@@ -8,7 +8,11 @@
   whose image-digest it has). The envelope must verify against the author trust anchors; every
   image and every integrated payload must match the image-digest and image-size of a component.
 - ``GET/HEAD /firmware/{sha256}``, ``GET/HEAD /envelopes/{sha256}``: immutable, content-addressed
-  downloads with Range, If-Range and ETag (Starlette ``FileResponse``).
+  downloads with Range, If-Range and ETag (Starlette ``FileResponse``; whole files by
+  ``sendfile`` through the guarded protocol's ``http.response.pathsend``, server/guard.py),
+  answered before the routing of the other routes (``_Downloads``). With
+  ``ServerConfig.accel_redirect`` they answer ``X-Accel-Redirect`` and nginx in front sends
+  the bytes (``nginx_accel_config`` fills in the template ``nginx-accel.conf``).
 - ``GET /api/v1/releases``, ``GET /api/v1/releases/{id}``: release metadata.
 
 Who may call: with ``ServerConfig.authorizer`` (set by the CLI from the status tracker's tokens
