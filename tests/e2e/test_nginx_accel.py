@@ -164,3 +164,27 @@ def test_the_blob_location_cannot_be_reached_from_outside(front: Front) -> None:
             answer = client.get(f"{front.url}/api/v1/releases",
                                 headers={"X-Accel-Redirect": inside})
             assert answer.status_code == 200 and image not in answer.content
+
+
+def test_two_replicas_behind_one_nginx_share_the_data_directory(tmp_path: Path) -> None:
+    author = Author.create(tmp_path / "author")
+    (tmp_path / "upload.token").write_text(TOKEN)
+    data = tmp_path / "data"
+    argv = ["--data", str(data), "--author-anchor", str(author.anchor), "--upload-token-file",
+            str(tmp_path / "upload.token"), "--accel-redirect", PREFIX]
+    with serving(argv, timeout=60) as one, serving(argv, timeout=60) as two, \
+            nginx_in_front(tmp_path / "nginx", (one.url, two.url), data / "blobs") as url:
+        stored = []
+        for n in range(4):  # nginx sends them to the two replicas in turn
+            envelope, image = author.release(10 + n, "two", size=70_000 + n,
+                                             uri="https://fw.example/a")
+            stored.append((upload(url, envelope, image), image))
+        with httpx.Client(timeout=30) as client:
+            for release, image in stored:
+                got = client.get(f"{url}{release['components'][0]['url']}")  # type: ignore[index]
+                assert got.content == image
+                listed = client.get(f"{url}/api/v1/releases/{release['id']}")
+                assert listed.json()["id"] == release["id"]
+        uploads = [served.log().count('"POST /api/v1/releases HTTP/1.1" 201')
+                   for served in (one, two)]
+        assert sorted(uploads) == [2, 2], uploads  # both replicas took uploads

@@ -8,6 +8,7 @@ tests/e2e/test_nginx_accel.py), and how a bad prefix is refused.
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,8 +112,10 @@ def test_the_nginx_template_is_filled_in(tmp_path: Path) -> None:
                                                                   "10.0.0.2:8081"),
                               blobs=Path("/srv/suitkit/blobs"), state=Path("/var/cache/x"),
                               prefix=PREFIX, max_upload_mib=64)
-    assert "@" not in text.replace("$", "")  # every placeholder filled in
-    assert "server 10.0.0.1:8081;\n    server 10.0.0.2:8081;" in text
+    assert re.search(r"@[A-Z_]+@", text) is None  # every placeholder filled in
+    # the replicas in the upstream block, one a line (and nowhere else: not in a comment)
+    assert text.count("server 10.0.0.1:8081;") == 1
+    assert "upstream suitkit_replicas {\n    server 10.0.0.1:8081;\n    server 10.0.0.2:8081;\n" in text
     assert "alias /srv/suitkit/blobs/$suitkit_dir/$suitkit_blob;" in text
     assert "listen 127.0.0.1:8080;" in text and "client_max_body_size 64m;" in text
     assert "internal;" in text
