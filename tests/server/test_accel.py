@@ -115,7 +115,8 @@ def test_the_nginx_template_is_filled_in(tmp_path: Path) -> None:
     assert re.search(r"@[A-Z_]+@", text) is None  # every placeholder filled in
     # the replicas in the upstream block, one a line (and nowhere else: not in a comment)
     assert text.count("server 10.0.0.1:8081;") == 1
-    assert "upstream suitkit_replicas {\n    server 10.0.0.1:8081;\n    server 10.0.0.2:8081;\n" in text
+    assert ("upstream suitkit_replicas {\n    server 10.0.0.1:8081;\n"
+            "    server 10.0.0.2:8081;\n") in text
     assert "alias /srv/suitkit/blobs/$suitkit_dir/$suitkit_blob;" in text
     assert "listen 127.0.0.1:8080;" in text and "client_max_body_size 64m;" in text
     assert "internal;" in text
