@@ -143,3 +143,18 @@ def test_a_client_gone_in_the_middle_is_no_error_and_gives_its_place_back(
         answer = httpx.get(f"{url}/firmware/{digest}", timeout=30)
     assert (answer.status_code, answer.content) == (200, blob)
     assert warnings_logged == []
+
+
+def test_a_kept_alive_client_gets_its_next_download_at_once(
+        served: tuple[str, bytes, str]) -> None:
+    """The one download place is given back when a response is complete, not once Starlette
+    has closed the file in a worker thread: the next download on the connection, sent as soon
+    as the last byte arrived, met 503 before."""
+    url, blob, digest = served
+    firmware = f"{url}/firmware/{digest}"
+    with httpx.Client(timeout=60) as client:
+        for n in range(40):
+            part = client.get(firmware, headers={"Range": f"bytes={n}-{n + 99}"})
+            assert (part.status_code, part.content) == (206, blob[n:n + 100]), n
+            head = client.head(firmware)
+            assert head.status_code == 200, (n, head.status_code)
