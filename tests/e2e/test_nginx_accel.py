@@ -188,3 +188,15 @@ def test_two_replicas_behind_one_nginx_share_the_data_directory(tmp_path: Path) 
         uploads = [served.log().count('"POST /api/v1/releases HTTP/1.1" 201')
                    for served in (one, two)]
         assert sorted(uploads) == [2, 2], uploads  # both replicas took uploads
+
+
+def test_many_ranges_get_the_whole_file_as_from_suitkit(front: Front) -> None:
+    envelope, image = front.author.release(5, "ranges", size=20_000, uri="https://fw.example/a")
+    upload(front.url, envelope, image)
+    firmware = f"{front.url}/firmware/{sha(image)}"
+    few = httpx.get(firmware, timeout=30, headers={"Range": "bytes=0-9,100-109"})
+    assert few.status_code == 206
+    assert few.headers["content-type"].startswith("multipart/byteranges")
+    many = ",".join(f"{n * 100}-{n * 100 + 9}" for n in range(101))  # one more than allowed
+    whole = httpx.get(firmware, timeout=30, headers={"Range": f"bytes={many}"})
+    assert (whole.status_code, whole.content) == (200, image)
