@@ -184,6 +184,12 @@ class Stats:
             self.requests[_kind(path)] += 1
             self.statuses[status] += 1
 
+    def count(self, kind: str, status: int) -> None:
+        """One request of ``kind`` answered with ``status``."""
+        with self._lock:
+            self.requests[kind] += 1
+            self.statuses[status] += 1
+
     def failed(self) -> None:
         with self._lock:
             self.transport_errors += 1
