@@ -121,10 +121,11 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]
         raise WireError(f"not an HTTP/1.x status line: {line[:60]!r}")
     status = int(parts[1])
     headers: dict[str, str] = {}
+    lines = 0
     while True:
         line = await reader.readline()
-        size += len(line)
-        if size > _MAX_HEAD or len(headers) > _MAX_HEADERS:
+        size, lines = size + len(line), lines + 1
+        if size > _MAX_HEAD or lines > _MAX_HEADERS + 1:
             raise WireError(f"the answer's head is over {_MAX_HEAD} bytes or "
                             f"{_MAX_HEADERS} headers")
         if line in (b"\r\n", b"\n"):
