@@ -78,6 +78,9 @@ def fleet(
     long_poll: Annotated[float, typer.Option(
         "--long-poll", help="The wait of a long-poll, seconds (at most the server's 60).")
     ] = 30.0,
+    safety_interval: Annotated[float, typer.Option(
+        "--safety-interval", help="Seconds between the check-ins push and hybrid devices "
+        "make in case a notice was lost (as the agent does).")] = 300.0,
     timeout: Annotated[float, typer.Option(
         "--timeout", help="Seconds to wait for the whole fleet to update.")] = 600.0,
     workdir: Annotated[Path | None, typer.Option(
@@ -109,9 +112,10 @@ def fleet(
     if poll_interval is None:
         polling = devices * weights.get("poll", 0) / sum(weights.values())
         poll_interval = max(2.0, polling / 100)
-    if concurrency < 1 or poll_interval <= 0 or timeout <= 0 or not 0 < long_poll <= 60:
-        fail("--concurrency, --poll-interval and --timeout must be positive, --long-poll "
-             "from 0 to 60", EXIT_USAGE)
+    if (concurrency < 1 or poll_interval <= 0 or timeout <= 0 or safety_interval <= 0
+            or not 0 < long_poll <= 60):
+        fail("--concurrency, --poll-interval, --safety-interval and --timeout must be "
+             "positive, --long-poll from 0 to 60", EXIT_USAGE)
     if server_pid and not server:
         fail("--server-pid goes with --server (the server started here is measured anyway)",
              EXIT_USAGE)
@@ -149,7 +153,8 @@ def fleet(
                   f" against {', '.join(urls)}; files in {root}", markup=False)
         result = _run(root, urls, admin, upload, devices, mix=weights, keys=keys,
                       concurrency=concurrency, poll_interval=poll_interval,
-                      long_poll=long_poll, timeout=timeout, pids=pids, console=out, live=live)
+                      long_poll=long_poll, safety_interval=safety_interval, timeout=timeout,
+                      pids=pids, console=out, live=live)
     _print(out, result)
     if json_path is not None:
         atomic_write(json_path, json.dumps(result.as_json(), indent=2).encode() + b"\n")
@@ -158,7 +163,8 @@ def fleet(
 
 def _run(root: Path, urls: list[str], admin: str, upload: str, n: int, *,
          mix: dict[str, float], keys: Any, concurrency: int, poll_interval: float,
-         long_poll: float, timeout: float, pids: list[int], console: Console,
+         long_poll: float, safety_interval: float, timeout: float, pids: list[int],
+         console: Console,
          live: bool) -> LoadResult:
     from suitkit.sim.load import run_load  # noqa: PLC0415
 
@@ -171,8 +177,9 @@ def _run(root: Path, urls: list[str], admin: str, upload: str, n: int, *,
     async def main() -> LoadResult:
         task = asyncio.create_task(run_load(
             root, urls, admin, upload, n, mix=mix, keys=keys, concurrency=concurrency,
-            poll_interval=poll_interval, long_poll=long_poll, timeout=timeout,
-            server_pids=pids, on_swarm=lambda s: holder.__setitem__("swarm", s), say=say))
+            poll_interval=poll_interval, long_poll=long_poll,
+            safety_interval=safety_interval, timeout=timeout, server_pids=pids,
+            on_swarm=lambda s: holder.__setitem__("swarm", s), say=say))
         display: Live | None = None
         try:
             while not task.done():

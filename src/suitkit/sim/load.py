@@ -161,7 +161,8 @@ class _Cpu:
 async def run_load(root: Path, urls: Sequence[str], admin_token: str, upload_token: str,
                    n: int, *, mix: Mapping[str, float] | None = None, keys: Keys | None = None,
                    concurrency: int = 64, poll_interval: float = 10.0,
-                   long_poll: float = 30.0, timeout: float = 600.0,
+                   long_poll: float = 30.0, safety_interval: float = 300.0,
+                   timeout: float = 600.0,
                    server_pids: Sequence[int] = (),
                    on_swarm: Callable[[Swarm], None] | None = None,
                    say: Callable[[str], None] = lambda _: None) -> LoadResult:
@@ -187,7 +188,8 @@ async def run_load(root: Path, urls: Sequence[str], admin_token: str, upload_tok
                                                       token=upload_token)
         devices = light_devices(n, mix, len(urls))
         swarm = Swarm(devices, urls, anchors_of(keys), concurrency=concurrency,
-                      poll_interval=poll_interval, long_poll=long_poll)
+                      poll_interval=poll_interval, long_poll=long_poll,
+                      safety_interval=safety_interval)
         if on_swarm is not None:
             on_swarm(swarm)
         t_register = time.monotonic()
@@ -196,7 +198,8 @@ async def run_load(root: Path, urls: Sequence[str], admin_token: str, upload_tok
         say(f"registered {n} devices with the tracker in {register_seconds:.1f} s")
         runner = asyncio.create_task(swarm.run())
         try:
-            if not await _connected(swarm, runner, timeout=max(60.0, n / 50)):
+            if not await _connected(swarm, runner,
+                                    timeout=max(60.0, n / 50, 2 * poll_interval + 30)):
                 missing = sum(not d.connected for d in devices)
                 raise SuitError(f"{missing} of {n} devices did not connect within the time "
                                 "allowed; see the server's log")

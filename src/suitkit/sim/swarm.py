@@ -17,7 +17,10 @@ every device is a coroutine of one event loop. What the server sees is what the 
    - ``longpoll`` (push): long-polls on ``.../notifications?wait=W&after=SERIAL``, acting on
      the notice's document;
    - ``hybrid``: long-polls as above, but a notice only triggers a check-in (the agent's
-     hybrid mode), and a check-in every ``hybrid_interval`` seconds in case a notice was lost;
+     hybrid mode);
+
+   and, as the agent does in its push and hybrid modes, a check-in every ``safety_interval``
+   seconds in case a notice was lost (a replica that did not hear of a deployment);
 
 2. an update: ``PUT .../inventory``, ``GET .../{id}`` (where the tracker has the update; an
    update cut short by a network failure resumes from there, as the agent does), the events
@@ -372,13 +375,13 @@ class Swarm:
 
     ``concurrency``: connections per server for ordinary requests (devices beyond it wait
     for one). ``poll_interval``: seconds between a poll device's check-ins;
-    ``hybrid_interval``: between a hybrid device's safety check-ins; ``long_poll``: the
+    ``safety_interval``: between the safety check-ins of the other kinds; ``long_poll``: the
     ``wait`` of a long-poll.
     """
 
     def __init__(self, devices: Iterable[LightDevice], urls: Sequence[str],
                  anchors: TrustAnchors, *, concurrency: int = 64, poll_interval: float = 10.0,
-                 hybrid_interval: float = 300.0, long_poll: float = 30.0,
+                 safety_interval: float = 300.0, long_poll: float = 30.0,
                  limits: Limits | None = None, seed: int = 0) -> None:
         if not urls:
             raise ValueError("a swarm needs at least one server URL")
@@ -389,7 +392,7 @@ class Swarm:
         self.stats = Stats()
         self.concurrency = concurrency
         self.poll_interval = poll_interval
-        self.hybrid_interval = hybrid_interval
+        self.safety_interval = safety_interval
         self.long_poll = long_poll
         self._rng = random.Random(seed)  # noqa: S311 - jitter, not secrets
         self._pools: list[Pool] = []
@@ -650,9 +653,6 @@ class Swarm:
         path = f"/api/v1/devices/{device.id}/notifications"
         after: int | None = None
         backoff = 0.5
-        safety: asyncio.Task[None] | None = None
-        if hybrid:  # the agent's check-in in case a notice was lost
-            safety = asyncio.create_task(self._poll(device, self.hybrid_interval))
         try:
             while True:
                 query = f"?wait={self.long_poll:g}" + (f"&after={after}" if after else "")
@@ -688,18 +688,22 @@ class Swarm:
                     return
         finally:
             held.close()
-            if safety is not None:
-                safety.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await safety
 
     async def _device(self, device: LightDevice) -> None:
         if device.kind == "poll":
             await self._poll(device, self.poll_interval)
-        elif device.kind == "sse":
-            await self._sse(device)
-        else:
-            await self._long_poll(device, hybrid=device.kind == "hybrid")
+            return
+        # the agent's check-in in case a notice was lost, beside the notices
+        safety = asyncio.create_task(self._poll(device, self.safety_interval))
+        try:
+            if device.kind == "sse":
+                await self._sse(device)
+            else:
+                await self._long_poll(device, hybrid=device.kind == "hybrid")
+        finally:
+            safety.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await safety
 
     # ---- the whole swarm
 
