@@ -186,3 +186,29 @@ def test_server_urls_are_checked() -> None:
     for bad in ("ftp://x", "127.0.0.1:80", "http://", "http://h:99999"):
         with pytest.raises(ValueError, match=r"expected an http|port"):
             parse_server_url(bad)
+
+
+def test_an_endless_event_is_cut_off() -> None:
+    """A stream that never ends its event (data lines, no blank line) is refused at the
+    bound, not held in memory."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        line = b"data: " + b"x" * 1000 + b"\n"
+        for _ in range(200):
+            writer.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+            await writer.drain()
+
+    async def test() -> None:
+        server, url = await _serve(handler)
+        held = Held(Pool(url, 1))
+        try:
+            with pytest.raises(WireError, match="an event is over 65536 bytes"):
+                async for _ in held.events("/n", idle_timeout=5):
+                    pass
+        finally:
+            held.close()
+            server.close()
+
+    _run(test)

@@ -331,22 +331,25 @@ class Held:
                 raise WireError("the event stream is not chunked")
             buffer = b""
             data: list[str] = []
+            size = 0  # of the event being read: its lines so far and the unfinished one
             chunks = _chunks(conn.reader, 1 << 62)
             while True:
                 chunk = await asyncio.wait_for(anext(chunks, None), idle_timeout)
                 if chunk is None:
                     return
                 buffer += chunk
-                if len(buffer) > max_event:
+                size += len(chunk)
+                if size > max_event:
                     raise WireError(f"an event is over {max_event} bytes")
                 *lines, buffer = buffer.split(b"\n")
                 for raw in lines:
                     line = raw.rstrip(b"\r").decode("utf-8", "replace")
                     if line.startswith("data:"):
                         data.append(line[5:].strip())
-                    elif not line and data:
-                        yield 200, "\n".join(data)
-                        data = []
+                    elif not line:
+                        if data:
+                            yield 200, "\n".join(data)
+                        data, size = [], len(buffer)
         except (_Closed, ConnectionError, asyncio.IncompleteReadError) as e:
             raise WireError(f"GET {path}: the stream was lost ({type(e).__name__})") from None
         except TimeoutError:
