@@ -1,5 +1,10 @@
 """A fleet of simulated devices in one process: asyncio for the network, threads for installs.
 
+This is the fleet of the demo and the fault scenarios (``sim.scenario``): real device folders
+and the real agent, so that boots, reverts, power cuts and hostile mirrors happen for real. For
+load (``suitkit sim fleet``, thousands of devices) see ``sim.swarm``, whose devices are small
+objects and whose simulator costs a tenth of the server's CPU.
+
 Each device is a real device folder (``device.config``/``device.wiring``: simulated NOR flash for
 ``mcu``, ``secure-split`` and ``dual-cpu``, A/B slot directories for ``linux``) registered with
 the status tracker. It waits for work in its operating mode (RFC 9019 §2.3):
