@@ -212,3 +212,31 @@ def test_an_endless_event_is_cut_off() -> None:
             server.close()
 
     _run(test)
+
+
+def test_a_held_connection_the_server_closes_as_the_next_long_poll_comes_is_replaced() -> None:
+    """The server's keep-alive timeout fires as the device's next long-poll arrives (it reads
+    the request and closes without an answer): the long-poll is asked again on a new
+    connection, not counted as a transport error."""
+    answered = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        await _read_request(reader)
+        answered += 1
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        await _read_request(reader)  # the next one on this connection: closed unanswered
+
+    async def test() -> None:
+        server, url = await _serve(handler)
+        held = Held(Pool(url, 1))
+        try:
+            for _ in range(3):
+                assert (await held.request("GET", "/n?wait=1")).status == 204
+            assert answered == 3
+        finally:
+            held.close()
+            server.close()
+
+    _run(test)

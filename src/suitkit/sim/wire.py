@@ -274,37 +274,51 @@ class Held:
             self._conn.close()
             self._conn = None
 
-    async def _open(self, timeout: float) -> _Conn:
-        if self._conn is None or self._conn.reader.at_eof():
-            self.close()
-            self._conn = await asyncio.wait_for(self.server.connect(), timeout)
-        return self._conn
+    async def _open(self, timeout: float) -> tuple[_Conn, bool]:
+        """The held connection (``True``) or a new one (``False``): one idle longer than
+        ``IDLE_SECONDS`` (the device was busy updating) is not reused."""
+        conn = self._conn
+        if (conn is not None and not conn.reader.at_eof()
+                and time.monotonic() - conn.used < IDLE_SECONDS):
+            return conn, True
+        self.close()
+        self._conn = await asyncio.wait_for(self.server.connect(), timeout)
+        return self._conn, False
 
     async def request(self, method: str, path: str, *, headers: Mapping[str, str] = {},
                       timeout: float = 60.0, max_bytes: int = 64 * 1024) -> Answer:
-        """One exchange (a long-poll) on the held connection, opened again when needed.
+        """One exchange (a long-poll) on the held connection, opened again when needed; asked
+        once more on a new connection when the held one turns out closed before any byte of
+        the answer came (as ``Pool.request``).
 
         Raises:
             WireError: it failed (one line); the connection is closed.
         """
-        try:
-            conn = await self._open(min(timeout, 10.0))
-            answer, reusable = await asyncio.wait_for(
-                _exchange(self.server, conn, method, path, headers=headers, body=None,
-                                  max_bytes=max_bytes), timeout)
-        except (_Closed, ConnectionError, asyncio.IncompleteReadError) as e:
-            self.close()
-            raise WireError(f"{method} {path}: the connection was lost "
-                            f"({type(e).__name__})") from None
-        except TimeoutError:
-            self.close()
-            raise WireError(f"{method} {path}: no answer within {timeout:g} s") from None
-        except BaseException:
-            self.close()
-            raise
-        if not reusable:
-            self.close()
-        return answer
+        for _ in range(2):
+            reused = False
+            try:
+                conn, reused = await self._open(min(timeout, 10.0))
+                answer, reusable = await asyncio.wait_for(
+                    _exchange(self.server, conn, method, path, headers=headers, body=None,
+                              max_bytes=max_bytes), timeout)
+            except (_Closed, ConnectionError, asyncio.IncompleteReadError) as e:
+                self.close()
+                if reused:
+                    continue
+                raise WireError(f"{method} {path}: the connection was lost "
+                                f"({type(e).__name__})") from None
+            except TimeoutError:
+                self.close()
+                raise WireError(f"{method} {path}: no answer within {timeout:g} s") from None
+            except BaseException:
+                self.close()
+                raise
+            if reusable:
+                conn.used = time.monotonic()
+            else:
+                self.close()
+            return answer
+        raise WireError(f"{method} {path}: the connection was lost twice")
 
     async def events(self, path: str, *, headers: Mapping[str, str] = {},
                      idle_timeout: float = 60.0, max_event: int = 64 * 1024
@@ -318,7 +332,7 @@ class Held:
         """
         self.close()  # a stream owns its connection to the end
         try:
-            conn = await self._open(min(idle_timeout, 10.0))
+            conn, _ = await self._open(min(idle_timeout, 10.0))
             conn.writer.write(self.server.head("GET", path, {
                 **headers, "Accept": "text/event-stream"}, None))
             await conn.writer.drain()
