@@ -53,6 +53,7 @@ def test_a_mixed_fleet_is_updated_against_a_running_server(tmp_path: Path) -> No
     assert figures["by_kind"] == {kind: {"updated": PER_KIND} for kind in KINDS}
     window = figures["window"]
     assert window["server_errors"] == 0 and window["transport_errors"] == 0
+    assert window["transport_errors_by_kind"] == {}
     # each device sent what the real agent sends: five events, one SUIT report, its inventory
     # before and after, fetched its envelope and every image of its class
     kinds = window["by_kind"]

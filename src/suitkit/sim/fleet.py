@@ -181,6 +181,7 @@ class Stats:
     requests: Counter[str] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
     transport_errors: int = 0
+    transport_by_kind: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -195,9 +196,12 @@ class Stats:
             self.requests[kind] += 1
             self.statuses[status] += 1
 
-    def failed(self) -> None:
+    def failed(self, kind: str | None = None) -> None:
+        """A request that got no answer (``kind``: what it was, when known)."""
         with self._lock:
             self.transport_errors += 1
+            if kind is not None:
+                self.transport_by_kind[kind] += 1
 
     def sync_hook(self, response: httpx.Response) -> None:
         self.record(response.request.url.path, response.status_code)
@@ -223,7 +227,8 @@ class Stats:
                 "by_kind": dict(sorted(self.requests.items())),
                 "by_status": {str(k): v for k, v in sorted(self.statuses.items())},
                 "server_errors": self.server_errors, "refused_4xx": self.refused,
-                "transport_errors": self.transport_errors}
+                "transport_errors": self.transport_errors,
+                "transport_errors_by_kind": dict(sorted(self.transport_by_kind.items()))}
 
 
 def _kind(path: str) -> str:

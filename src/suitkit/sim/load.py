@@ -271,7 +271,8 @@ async def _connected(swarm: Swarm, runner: asyncio.Task[None], *, timeout: float
 def _snapshot(swarm: Swarm) -> dict[str, Any]:
     stats = swarm.stats
     return {"requests": Counter(stats.requests), "statuses": Counter(stats.statuses),
-            "transport_errors": stats.transport_errors}
+            "transport_errors": stats.transport_errors,
+            "transport_by_kind": Counter(stats.transport_by_kind)}
 
 
 def _window(before: dict[str, Any], after: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -283,4 +284,6 @@ def _window(before: dict[str, Any], after: dict[str, Any], seconds: float) -> di
             "by_kind": dict(sorted(requests.items())),
             "by_status": {str(k): v for k, v in sorted(statuses.items())},
             "server_errors": sum(v for k, v in statuses.items() if k >= 500),
-            "transport_errors": after["transport_errors"] - before["transport_errors"]}
+            "transport_errors": after["transport_errors"] - before["transport_errors"],
+            "transport_errors_by_kind": dict(sorted(
+                (after["transport_by_kind"] - before["transport_by_kind"]).items()))}

@@ -420,7 +420,7 @@ class Swarm:
             answer = await (pool or self._pools[device.server]).request(
                 method, path, headers=headers, body=body, max_bytes=max_bytes)
         except WireError as e:
-            self.stats.failed()
+            self.stats.failed(kind)
             raise _Retry(str(e)) from None
         self.stats.count(kind, answer.status)
         if answer.status not in expected:
@@ -640,7 +640,7 @@ class Swarm:
                         if notice.get("release") not in (None, *device.handled):
                             await self.update(device, notice)
                 except WireError as e:
-                    self.stats.failed()
+                    self.stats.failed("notifications (sse)")
                     device.state = f"sse: {e}"
                 if await self._sleep(backoff * self._rng.uniform(0.5, 1.5)):
                     return
@@ -662,7 +662,7 @@ class Swarm:
                                                 headers=self._auth(device),
                                                 timeout=self.long_poll + 15.0)
                 except WireError as e:
-                    self.stats.failed()
+                    self.stats.failed("notifications (long-poll)")
                     device.state = f"long-poll: {e}"
                     if await self._sleep(backoff * self._rng.uniform(0.5, 1.5)):
                         return
