@@ -162,3 +162,49 @@ def test_sim_fleet_starts_its_own_server_when_none_is_given(tmp_path: Path) -> N
         "sse": {"updated": 4}}
     assert figures["cpu"]["window"]["server_seconds"] is not None  # the server it started
     assert (tmp_path / "fleet" / "server" / "data" / "tracker.db").is_file()
+
+
+def test_an_update_cut_short_resumes_where_the_tracker_has_it(tmp_path: Path) -> None:
+    """As the agent: a device whose earlier attempt got as far as ``downloaded`` (its events
+    reached the tracker, then the network failed) resumes from there, without reporting those
+    steps again; a device whose final event got through before the failure ends with it."""
+    keys = make_keys(tmp_path / "keys")
+    with local_server(tmp_path / "server", keys.author_pub, start_timeout=60) as server:
+
+        async def main() -> list[list[str]]:
+            plans = [DevicePlan("mcu", "mcu", "poll", "thermostat")]
+            releases = build_releases(tmp_path, keys, server.url, plans)
+            with Console(server.url, server.admin_token) as console:
+                stored = console.upload(releases["thermostat", "v2"],
+                                        token=server.upload_token)
+                devices = light_devices(8, {"poll": 1})[::4]  # two thermostats
+                swarm = Swarm(devices, [server.url], anchors_of(keys), poll_interval=0.5)
+                await swarm.register(devices, server.admin_token)
+                await asyncio.to_thread(console.deploy, stored, [d.id for d in devices])
+                cut, finished = devices
+                for device, states in ((cut, ("downloading", "downloaded")),
+                                       (finished, ("downloading", "downloaded", "installing",
+                                                   "rebooting", "succeeded"))):
+                    for state in states:
+                        console.call("POST", f"/api/v1/devices/{device.id}/events", (201,),
+                                     token=device.credential, json={"state": state})
+                # the finished one's assignment is done: no check-in offers it again; the
+                # device still acts on the assignment it was working on
+                swarm.open()
+                await swarm.update(finished, {"release": stored.id,
+                                              "envelope_url": stored.envelope_url})
+                runner = asyncio.create_task(swarm.run())
+                try:
+                    assert await swarm.wait_done(devices, 60), [d.state for d in devices]
+                finally:
+                    swarm.stop()
+                    await runner
+                assert [d.outcome for d in devices] == ["succeeded", "succeeded"]
+                assert finished.reason == "the tracker has the update succeeded"
+                return [[h["state"] for h in console.history(d.id) if h["kind"] == "event"]
+                        for d in devices]
+
+        histories = asyncio.run(main())
+    assert histories[0] == ["notified", "downloading", "downloaded", "installing", "rebooting",
+                            "succeeded"]
+    assert histories[1] == histories[0]

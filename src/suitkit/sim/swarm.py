@@ -502,13 +502,20 @@ class Swarm:
             return
         if release in device.handled:
             return
-        if (assigned or {}).get("action", "install") != "install":
-            raise _Retry("only install actions are simulated")
         device.release = release
+        action = (assigned or {}).get("action") or "install"
+        if action != "install":
+            self._done(device, release, "error",
+                       f"the light devices install; {str(action)[:20]!r} actions are not "
+                       "simulated")
+            return
         await self._tracker(device, "inventory", "PUT", "/inventory", doc=device.inventory())
         state = _json((await self._tracker(device, "device", "GET")).body).get("state")
         if state not in (None, *_STEPS):
-            device.handled.add(release)  # a stale notice: the tracker has it final already
+            # the update is final on the tracker: this device's own final event got there
+            # before the network failed (a stale notice's release is handled already)
+            self._done(device, release, str(state)[:20],
+                       f"the tracker has the update {str(state)[:20]}")
             return
         done = _STEPS.index(state) if state in _STEPS else 0
         envelope_url = urljoin(self.urls[device.server] + "/", url)
@@ -553,6 +560,9 @@ class Swarm:
         await self._tracker(device, "events", "POST", "/events",
                             doc={"state": outcome, "detail": reason[:_MAX_DETAIL]}, expected=(201,))
         await self._tracker(device, "inventory", "PUT", "/inventory", doc=device.inventory())
+        self._done(device, release, outcome, reason)
+
+    def _done(self, device: LightDevice, release: str, outcome: str, reason: str) -> None:
         device.outcome, device.reason, device.state = outcome, reason, outcome
         device.handled.add(release)
         device.finished_at = time.monotonic()
@@ -690,6 +700,14 @@ class Swarm:
             held.close()
 
     async def _device(self, device: LightDevice) -> None:
+        try:
+            await self._wait_for_work(device)
+        except Exception as e:  # noqa: BLE001 - a bug here ends one device, visibly
+            device.outcome, device.state = "error", "crashed"
+            device.reason = f"the simulated device crashed: {type(e).__name__}: {e}"[:300]
+            device.finished_at = time.monotonic()
+
+    async def _wait_for_work(self, device: LightDevice) -> None:
         if device.kind == "poll":
             await self._poll(device, self.poll_interval)
             return
@@ -771,9 +789,14 @@ class Swarm:
                         last = str(e)
                     else:
                         self.stats.count("register", answer.status)
+                        doc = _json(answer.body)
+                        device_id, token = doc.get("id"), doc.get("token")
+                        if answer.status == 201 and not (isinstance(device_id, str)
+                                                         and isinstance(token, str)):
+                            raise SuitError(f"registering device {device.name}: the answer "
+                                            "is not {id, token} strings")
                         if answer.status == 201:
-                            doc = _json(answer.body)
-                            device.id, device.credential = str(doc["id"]), str(doc["token"])
+                            device.id, device.credential = str(device_id), str(token)
                             done += 1
                             if on_progress is not None:
                                 on_progress(done)
