@@ -208,3 +208,17 @@ def test_an_update_cut_short_resumes_where_the_tracker_has_it(tmp_path: Path) ->
     assert histories[0] == ["notified", "downloading", "downloaded", "installing", "rebooting",
                             "succeeded"]
     assert histories[1] == histories[0]
+
+
+def test_every_server_gets_every_class_and_kind() -> None:
+    """Replicas share the fleet evenly: each gets devices of every class and every kind (the
+    classes are deployed one after the other, so a replica with one class only would be idle
+    while another works)."""
+    for servers in (2, 3, 4):
+        devices = light_devices(96, {"poll": 1, "sse": 1, "hybrid": 1}, servers)
+        for server in range(servers):
+            mine = [d for d in devices if d.server == server]
+            assert len(mine) == 96 // servers
+            assert {d.klass.name for d in mine} == {"thermostat", "smart-lock", "camera",
+                                                    "gateway"}
+            assert {d.kind for d in mine} == {"poll", "sse", "hybrid"}

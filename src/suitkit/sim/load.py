@@ -79,11 +79,12 @@ def device_classes() -> dict[str, DeviceClass]:
 
 def light_devices(n: int, mix: Mapping[str, float], servers: int = 1) -> list[LightDevice]:
     """``n`` devices: classes in turn, kinds interleaved in the proportions of ``mix``,
-    servers in turn."""
+    servers in turn, shifted by one every round of classes (so that each server gets every
+    class, also when the number of servers divides the number of classes)."""
     classes = device_classes()
     kinds = interleave(n, mix)
     return [LightDevice(f"{i:05d}-{SHAPES[i % 4]}", classes[CLASS_NAMES[SHAPES[i % 4]]],
-                        kinds[i], server=i % servers) for i in range(n)]
+                        kinds[i], server=(i + i // len(SHAPES)) % servers) for i in range(n)]
 
 
 @dataclass
