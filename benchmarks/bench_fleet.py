@@ -34,6 +34,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -168,6 +169,9 @@ def main() -> None:
     parser.add_argument("--client-requests", type=int, default=4000)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    # Ctrl-C or SIGINT stops the runs cleanly (servers, PostgreSQL), also when the benchmark
+    # was started in the background, where the shell hands it SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, {platform.system()} {platform.release()}; load "
           f"average {os.getloadavg()[0]:.1f} at the start")
