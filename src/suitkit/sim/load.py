@@ -39,9 +39,12 @@ from suitkit.sim.local import raise_open_files
 from suitkit.sim.scenario import build_releases
 from suitkit.sim.swarm import KINDS, DeviceClass, LightDevice, Swarm, interleave
 
-__all__ = ["MODE_MIXES", "LoadResult", "cpu_seconds", "device_classes", "light_devices",
-           "run_load"]
+__all__ = ["DEPLOY_TIMEOUT", "MODE_MIXES", "LoadResult", "anchors_of", "cpu_seconds",
+           "device_classes", "light_devices", "run_load"]
 
+DEPLOY_TIMEOUT = 600.0
+"""Seconds the operator's calls (uploads, deployments of 500 devices) may take on a server
+under the fleet's load."""
 MODE_MIXES: Mapping[str, Mapping[str, float]] = {
     "poll": {"poll": 1}, "push": {"sse": 1}, "hybrid": {"hybrid": 1},
     "mixed": {"poll": 1, "sse": 1, "hybrid": 1},
@@ -180,7 +183,9 @@ async def run_load(root: Path, urls: Sequence[str], admin_token: str, upload_tok
     plans = [DevicePlan(name=shape, shape=shape, mode="poll", class_name=CLASS_NAMES[shape])
              for shape in SHAPES]
     releases = build_releases(root, keys, url, plans)
-    console = Console(url, admin_token)
+    # a deployment of 500 devices took over 30 s on PostgreSQL under a 10,000-device load;
+    # it is not asked again (a second deployment would restart updates already under way)
+    console = Console(url, admin_token, timeout=DEPLOY_TIMEOUT)
     try:
         stored = {}
         for key, release in releases.items():
