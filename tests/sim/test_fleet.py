@@ -20,7 +20,7 @@ from suitkit.sim.fleet import SHAPES, DevicePlan
 from suitkit.sim.load import anchors_of, cpu_seconds, light_devices
 from suitkit.sim.local import local_server
 from suitkit.sim.scenario import build_releases
-from suitkit.sim.swarm import Swarm, interleave, parse_mix
+from suitkit.sim.swarm import Swarm, _new_release, interleave, parse_mix
 
 PER_KIND = 8
 KINDS = ("poll", "sse", "longpoll", "hybrid")
@@ -222,3 +222,15 @@ def test_every_server_gets_every_class_and_kind() -> None:
             assert {d.klass.name for d in mine} == {"thermostat", "smart-lock", "camera",
                                                     "gateway"}
             assert {d.kind for d in mine} == {"poll", "sse", "hybrid"}
+
+
+def test_a_notice_that_names_no_release_string_is_no_work() -> None:
+    """Notices and check-in answers are untrusted: a release that is a list, a number or
+    empty is nothing to act on (a list was an unhashable-type crash of the device's
+    coroutine)."""
+    device = light_devices(1, {"poll": 1})[0]
+    device.handled.add("done")
+    assert _new_release({"release": "abc"}, device)
+    for doc in ({"release": ["a"]}, {"release": {"a": 1}}, {"release": 3}, {"release": ""},
+                {"release": None}, {}, {"release": "done"}):
+        assert not _new_release(doc, device), doc

@@ -625,7 +625,7 @@ class Swarm:
             except _Retry as e:
                 device.state = f"poll: {e}"
             else:
-                if assigned is not None and assigned.get("release") not in device.handled:
+                if assigned is not None and _new_release(assigned, device):
                     await self.update(device, assigned)
             if await self._sleep(interval * self._rng.uniform(0.8, 1.2)):
                 return
@@ -647,7 +647,7 @@ class Swarm:
                                 device.state = f"sse: HTTP {status}"
                             continue
                         notice = _loads(data)
-                        if notice.get("release") not in (None, *device.handled):
+                        if _new_release(notice, device):
                             await self.update(device, notice)
                 except WireError as e:
                     self.stats.failed("notifications (sse)")
@@ -685,7 +685,7 @@ class Swarm:
                     serial = notice.get("serial")
                     if isinstance(serial, int) and not isinstance(serial, bool):
                         after = serial
-                    if notice.get("release") not in (None, *device.handled):
+                    if _new_release(notice, device):
                         if hybrid:
                             with contextlib.suppress(_Retry):
                                 notice = await self.check_in(device) or {}
@@ -808,6 +808,13 @@ class Swarm:
             raise SuitError(f"registering device {device.name} failed: {last}")
 
         await asyncio.gather(*(one(d) for d in devices))
+
+
+def _new_release(doc: Mapping[str, Any], device: LightDevice) -> bool:
+    """Whether ``doc`` (a check-in's answer or a notice: untrusted) names a release the device
+    has not finished with."""
+    release = doc.get("release")
+    return isinstance(release, str) and bool(release) and release not in device.handled
 
 
 def _json(data: bytes) -> dict[str, Any]:
