@@ -551,9 +551,16 @@ class Swarm:
                           f"running sequence number {device.sequence}")
 
     async def _report(self, device: LightDevice, report: bytes, done: int) -> None:
+        """The SUIT report, on a best-effort basis as the agent sends it (``tell``): a report
+        whose answer was lost may have been stored, and the tracker refuses a second one
+        (409), so asking again would only wedge the update."""
         if done < _STEPS.index("rebooting"):
-            await self._call(device, "reports", "POST", f"/api/v1/devices/{device.id}/reports",
-                             body=report, content_type=_REPORT_MEDIA_TYPE, expected=(201,))
+            try:
+                await self._call(device, "reports", "POST",
+                                 f"/api/v1/devices/{device.id}/reports", body=report,
+                                 content_type=_REPORT_MEDIA_TYPE, expected=(201,))
+            except _Retry as e:
+                device.state = f"the tracker missed the report: {e}"
 
     async def _final(self, device: LightDevice, release: str, outcome: str, reason: str
                      ) -> None:
