@@ -91,9 +91,9 @@ ALGORITHMS = ["ES256", "ESP256", "ES384", "EdDSA", "Ed25519", "HSS-LMS", "HMAC-2
 @app.command()
 @handles_errors
 def keygen(
-    alg: Annotated[str, typer.Option("--alg", help="Signature or MAC algorithm: "
-                                     + ", ".join(ALGORITHMS))],
     out_path: Annotated[Path, typer.Option("--out", help="Private key file to write.")],
+    alg: Annotated[str, typer.Option("--alg", help="Signature or MAC algorithm: "
+                                     + ", ".join(ALGORITHMS))] = "ESP256",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing key file.")
                      ] = False,
 ) -> None:

@@ -162,10 +162,12 @@ _NAME_OF = {alg: name for name, alg in _NAMES.items()}
 _BY_FOLDED_NAME = {name.casefold(): alg for name, alg in _NAMES.items()}
 
 # What each key type may sign with, and its default (first). ES256/ESP256 and EdDSA/Ed25519 are
-# the same mathematics (suit-spec.md §12); the fully specified ids came with suit-mti-23.
-_P256_ALGS = (int(CoseAlg.ES256), int(CoseAlg.ESP256))
+# the same mathematics (suit-spec.md §12); the fully specified ids came with suit-mti-23, whose
+# profiles name ESP256 (-9) and Ed25519 (-19) only, so those are the defaults a key signs with
+# (libcsuit refuses -7). Verifiers still accept both ids unless a key file narrows them.
+_P256_ALGS = (int(CoseAlg.ESP256), int(CoseAlg.ES256))
 _P384_ALGS = (int(CoseAlg.ES384),)
-_ED25519_ALGS = (int(CoseAlg.EDDSA), int(CoseAlg.ED25519))
+_ED25519_ALGS = (int(CoseAlg.ED25519), int(CoseAlg.EDDSA))
 _HMAC_ALGS = (int(CoseAlg.HMAC_256_256),)
 _HSS_ALGS = (int(CoseAlg.HSS_LMS),)
 
