@@ -46,6 +46,7 @@ envelope only; payloads are fetched, resumably, by the install).
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -147,8 +148,22 @@ def inventory_of(opened: OpenDevice) -> dict[str, Any]:
             entry["sequence"] = check.info.sequence_number
             entry["digest"] = check.info.digest.hex()
         components.append(entry)
+    hardware: dict[str, Any] = {"shape": opened.config.shape}
+    # The device's ECDH-ES public keys, for authors who encrypt for it (docs/device.md):
+    # base64 of a COSE_Key, as hardware facts (the tracker's inventory has no other place).
+    try:
+        recipients = opened.config.recipient_public_keys()
+    except SuitError:
+        recipients = []  # an unreadable key is the install's error to report, not this one's
+    for i, cose_key in enumerate(recipients[:8]):
+        hardware[RECIPIENT_KEY_FACT if i == 0 else f"{RECIPIENT_KEY_FACT}-{i}"] = \
+            base64.b64encode(cose_key).decode()
     return {"vendor_id": str(opened.config.vendor_id), "class_id": str(opened.config.class_id),
-            "components": components, "hardware": {"shape": opened.config.shape}}
+            "components": components, "hardware": hardware}
+
+
+RECIPIENT_KEY_FACT = "suit-recipient-key"
+"""The inventory's hardware fact holding a device's ECDH-ES public key (base64 COSE_Key)."""
 
 
 class _Tracker:

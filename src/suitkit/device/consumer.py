@@ -404,7 +404,7 @@ class _Store:
 class _Environment:
     clock: Callable[[], float] | None
     anchors: TrustAnchors
-    keys: list[crypto.AesKwKey | crypto.EcPrivateKey]
+    keys: list[crypto.RecipientPrivate]
     records: list[Record | SystemPropertyClaims] = field(default_factory=list)
 
     def now(self) -> int | None:
