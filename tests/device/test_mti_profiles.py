@@ -59,7 +59,7 @@ def cose_key_of(path: Path) -> dict[int, Any]:
 def check_signature(profile: str, signed: bytes, key_file: Path) -> bytes:
     """Verify the one authentication block by hand; return the manifest (bstr content)."""
     top = cbor2.loads(signed)
-    assert top.tag == 107 and list(top.value)[0] == 2  # the wrapper first (manifest §8.3)
+    assert top.tag == 107 and next(iter(top.value)) == 2  # the wrapper first (manifest §8.3)
     manifest_bstr = top.value[3]
     digest_bytes, block_bytes = cbor2.loads(top.value[2])
     assert cbor2.loads(digest_bytes) == [-16, hashlib.sha256(cbor2.dumps(manifest_bstr)).digest()]
@@ -207,8 +207,8 @@ def test_mti_profile_signs_encrypts_and_installs(capsys: pytest.CaptureFixture[s
         assert "installed app (sequence number 1)" in out
         out = run("device", "boot", device)
         assert "booted app #1: on trial" in out
-        code, out, _ = run_cli(capsys, "device", "status", device, "--json")
-        running = json.loads(out)["components"][0]["running"]
+        running = json.loads(run("device", "status", device, "--json"))["components"][0][
+            "running"]
         assert running["digest"] == hashlib.sha256(image).hexdigest()
 
 
