@@ -237,3 +237,35 @@ def test_a_device_without_the_key_refuses_the_encrypted_release(
     code, out, err = run("device", "install", device, tmp_path / "s.suit")
     assert code == 1
     assert "cannot open encryption-info" in out + err
+
+
+def test_the_inventory_publishes_the_devices_ecdh_public_key(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """How an author obtains a device's public key: the agent's inventory carries it as the
+    hardware fact ``suit-recipient-key`` (base64 COSE_Key); a KEK never leaves the device."""
+    from suitkit.device.agent import inventory_of
+    from suitkit.device.wiring import open_device
+
+    for args in (("keygen", "--out", tmp_path / "a.key"),
+                 ("pubkey", tmp_path / "a.key", "--out", tmp_path / "a.pub"),
+                 ("keygen", "--alg", "X25519", "--kid", "dev-9", "--out", tmp_path / "x.key"),
+                 ("keygen", "--alg", "A128KW", "--out", tmp_path / "fleet.kek"),
+                 ("device", "init", tmp_path / "dev", "--vendor-domain", VENDOR_DOMAIN,
+                  "--class-name", CLASS_NAME, "--trust-anchor", tmp_path / "a.pub",
+                  "--decryption-key", tmp_path / "x.key", "--decryption-key",
+                  tmp_path / "fleet.kek")):
+        assert run_cli(capsys, *args)[0] == 0
+    hardware = inventory_of(open_device(tmp_path / "dev"))["hardware"]
+    published = [v for k, v in hardware.items() if k.startswith("suit-recipient-key")]
+    assert len(published) == 1 and len(published[0]) <= 256  # a hardware fact's limit
+    cose_key = cbor2.loads(base64.b64decode(published[0]))
+    private = cose_key_of(tmp_path / "x.key")
+    assert cose_key == {1: 1, -1: 4, -2: private[-2], 2: b"dev-9", 3: -29}
+    # the author saves it and encrypts for it
+    (tmp_path / "dev.cbor").write_bytes(base64.b64decode(published[0]))
+    (tmp_path / "app.bin").write_bytes(b"\x01" * 100)
+    (tmp_path / "app.yaml").write_text(
+        f"sequence-number: 1\nvendor-domain: {VENDOR_DOMAIN}\nclass-name: {CLASS_NAME}\n"
+        "components:\n  - id: ['0x00']\n    image: app.bin\n"
+        "encryption:\n  profile: suit-sha256-ed25519-ecdh-a128ctr\n  recipients: [dev.cbor]\n")
+    assert run_cli(capsys, "create", tmp_path / "app.yaml", "--out", tmp_path / "u.suit")[0] == 0

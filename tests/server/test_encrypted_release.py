@@ -100,3 +100,17 @@ def test_encrypted_release_through_the_firmware_server(tmp_path: Path, profile: 
         assert "booted app #1: on trial" in run("device", "boot", device)
         status = json.loads(run("device", "status", device, "--json"))
         assert status["components"][0]["running"]["digest"] == hashlib.sha256(image).hexdigest()
+
+        # An integrated encrypted payload: the server matches it by its ciphertext's size.
+        (tmp_path / "v2.yaml").write_text(
+            (tmp_path / "app.yaml").read_text().replace("sequence-number: 1",
+                                                         "sequence-number: 2")
+            .replace(f"    uri: {server.url}/firmware/{{sha256}}\n", ""))
+        run("create", tmp_path / "v2.yaml", "--out", tmp_path / "v2.suit")
+        run("sign", tmp_path / "v2.suit", "--key", tmp_path / "author.key", "--out",
+            tmp_path / "v2.signed.suit")
+        assert "(sequence number 2) stored" in run(
+            "upload", tmp_path / "v2.signed.suit", "--server", server.url, "--token-file", token)
+        run("device", "confirm", device)
+        assert "installed app (sequence number 2)" in run("device", "install", device,
+                                                           tmp_path / "v2.signed.suit")

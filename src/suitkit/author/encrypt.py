@@ -213,10 +213,10 @@ def encrypt_manifest(manifest: Manifest, plaintexts: Mapping[int, bytes],
                                                     f"{len(ids)}")
         params = expected.get(ids[index])
         where = f"component {index} [{', '.join(p.hex() for p in ids[index])}]"
-        _check_plaintext(params, plaintexts[index], where)
         if params is not None and params.encryption_info is not None:
             raise DecodeError(where, "is already encrypted (its shared sequence sets "
                                      "encryption-info)")
+        _check_plaintext(params, plaintexts[index], where)
         info, cipher = cose.encryption_info(
             content_alg=plan.content, recipients=plan.recipients,
             key_agreement=plan.key_agreement if any(
