@@ -269,3 +269,40 @@ def test_the_inventory_publishes_the_devices_ecdh_public_key(
         "components:\n  - id: ['0x00']\n    image: app.bin\n"
         "encryption:\n  profile: suit-sha256-ed25519-ecdh-a128ctr\n  recipients: [dev.cbor]\n")
     assert run_cli(capsys, "create", tmp_path / "app.yaml", "--out", tmp_path / "u.suit")[0] == 0
+
+
+def test_a_device_with_keys_for_several_profiles_opens_each(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A device implementing the ESP256 and the Ed25519 profiles holds a P-256 and an X25519 key;
+    without kids, a recipient's algorithm (-29 for both) does not say which one opens it."""
+    def run(*args: str | Path) -> str:
+        code, out, err = run_cli(capsys, *args)
+        assert code == 0, f"suitkit {' '.join(map(str, args))}: {err}"
+        return out
+
+    run("keygen", "--out", tmp_path / "a.key")
+    run("pubkey", tmp_path / "a.key", "--out", tmp_path / "a.pub")
+    for kind in ("ECDH-P256", "X25519"):
+        run("keygen", "--alg", kind, "--out", tmp_path / f"{kind}.key")
+        run("pubkey", tmp_path / f"{kind}.key", "--out", tmp_path / f"{kind}.pub")
+    device = tmp_path / "dev"
+    run("device", "init", device, "--vendor-domain", VENDOR_DOMAIN, "--class-name", CLASS_NAME,
+        "--trust-anchor", tmp_path / "a.pub", "--decryption-key", tmp_path / "ECDH-P256.key",
+        "--decryption-key", tmp_path / "X25519.key")
+    for sequence, (kind, content) in enumerate(
+            [("X25519", "ChaCha20/Poly1305"), ("ECDH-P256", "A128GCM")], start=1):
+        image = bytes([sequence]) * 4000
+        (tmp_path / "app.bin").write_bytes(image)
+        (tmp_path / "app.yaml").write_text(
+            f"sequence-number: {sequence}\nvendor-domain: {VENDOR_DOMAIN}\n"
+            f"class-name: {CLASS_NAME}\ncomponents:\n  - id: ['0x00']\n    image: app.bin\n"
+            f"encryption:\n  content: {content}\n  recipients: [{kind}.pub]\n")
+        run("create", tmp_path / "app.yaml", "--out", tmp_path / "u.suit")
+        run("sign", tmp_path / "u.suit", "--key", tmp_path / "a.key", "--out", tmp_path / "s.suit")
+        assert f"(sequence number {sequence})" in run("device", "install", device,
+                                                      tmp_path / "s.suit")
+        run("device", "boot", device)
+        run("device", "confirm", device)
+        running = json.loads(run("device", "status", device, "--json"))["components"][0][
+            "running"]
+        assert running["digest"] == hashlib.sha256(image).hexdigest()

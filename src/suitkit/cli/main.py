@@ -218,13 +218,15 @@ def encrypt(
     component: Annotated[list[int] | None, typer.Option(
         "--component", help="Encrypt only this component (default: every one with an "
         "image); repeat for several.")] = None,
-    out_path: Annotated[Path, typer.Option("--out", help="Unsigned envelope to write.")
-                        ] = Path("encrypted.suit"),
+    out_path: Annotated[Path | None, typer.Option("--out", help="Unsigned envelope to write "
+                                                  "(required).")] = None,
 ) -> None:
     """Encrypt an envelope's images for devices (the result is unsigned: sign it again).
 
     Detached ciphertexts are written beside the envelope as ENVELOPE.image-N.enc.
     """
+    if out_path is None:
+        fail("give --out ENVELOPE (the unsigned encrypted envelope to write)", EXIT_USAGE)
     envelope = load_envelope(envelope_path)
     if not recipient:
         fail("give at least one --recipient", EXIT_USAGE)
@@ -264,7 +266,8 @@ def sign(
                                             "signers (one authentication block each).")],
     out_path: Annotated[Path, typer.Option("--out", help="Signed envelope to write.")],
     alg: Annotated[str | None, typer.Option("--alg", help="Override the key's algorithm "
-                                            "(e.g. ESP256 for a P-256 key).")] = None,
+                                            "(e.g. ES256 for a P-256 key, which signs ESP256 by "
+                                            "default).")] = None,
 ) -> None:
     """Add one authentication block per key; blocks already present are kept."""
     envelope = load_envelope(envelope_path)

@@ -26,7 +26,13 @@ from typing import TypeAlias, TypeVar
 from suitkit.core import cbor, crypto
 from suitkit.core.cbor import CBORTag, frozendict
 from suitkit.core.numbers import CoseAlg, CoseHeader, Tag
-from suitkit.errors import AuthenticationError, DecodeError, KeyMaterialError, PolicyError
+from suitkit.errors import (
+    AuthenticationError,
+    DecodeError,
+    KeyMaterialError,
+    PolicyError,
+    SuitError,
+)
 
 __all__ = [
     "ContentCipher",
@@ -34,6 +40,7 @@ __all__ = [
     "CoseMac0",
     "CoseRecipient",
     "CoseSign1",
+    "KeyRing",
     "decode_auth_block",
     "decode_encryption_info",
     "decrypt_payload",
@@ -441,9 +448,20 @@ def _ecdh_kek(ecdh_alg: int, recipient_protected: bytes, shared_secret: bytes,
                               length=_KW_KEY_BYTES[kw_alg], salt=salt)
 
 
-RecipientKey: TypeAlias = crypto.AesKwKey | crypto.EcPrivateKey | crypto.X25519PrivateKey
+@dataclass(frozen=True)
+class KeyRing:
+    """Several of a device's keys that may open one recipient, tried in turn (a device that
+    implements several MTI profiles holds a P-256 and an X25519 key; without kids, the
+    recipient's algorithm alone does not tell which)."""
+
+    keys: tuple[crypto.AesKwKey | crypto.EcPrivateKey | crypto.X25519PrivateKey, ...]
+    key_id: bytes | None = None
+
+
+RecipientKey: TypeAlias = (crypto.AesKwKey | crypto.EcPrivateKey | crypto.X25519PrivateKey
+                           | KeyRing)
 """What a device holds to open SUIT_Encryption_Info: a pre-shared KEK or an ECDH private key
-(P-256 or X25519)."""
+(P-256 or X25519), or several of them."""
 
 
 def unwrap_cek(info: CoseEncrypt, key: RecipientKey) -> bytes:
@@ -456,6 +474,16 @@ def unwrap_cek(info: CoseEncrypt, key: RecipientKey) -> bytes:
         PolicyError: unsupported content algorithm, or no recipient is meant for this key.
         AuthenticationError: no fitting recipient unwraps (AES-KW integrity check failed).
     """
+    if isinstance(key, KeyRing):
+        failure: SuitError | None = None
+        for each in key.keys:
+            try:
+                return unwrap_cek(info, each)
+            except (PolicyError, AuthenticationError) as e:
+                # an unwrap that failed says more than "not meant for this key"
+                if failure is None or isinstance(e, AuthenticationError):
+                    failure = e
+        raise failure or PolicyError("no key to try")
     size = crypto.content_key_size(info.algorithm)
     tried = 0
     for recipient in info.recipients:
