@@ -7,15 +7,24 @@ image-size and content algorithm give, the plaintext refused), serves it, and a 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import subprocess
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
 from serve_kit import SUITKIT, serving
+from suitkit.author.describe import parse_description
+from suitkit.core import codec, crypto
+from suitkit.core.sign import sign_envelope
+from suitkit.device.agent import run_once
+from suitkit.device.config import create_device
+from suitkit.device.fetch import HttpFetcher
+from suitkit.device.wiring import open_device
 
 pytest.importorskip("fastapi", reason="fastapi is not installed (pip install suitkit)")
 
@@ -114,3 +123,67 @@ def test_encrypted_release_through_the_firmware_server(tmp_path: Path, profile: 
         run("device", "confirm", device)
         assert "installed app (sequence number 2)" in run("device", "install", device,
                                                            tmp_path / "v2.signed.suit")
+
+
+def test_the_author_encrypts_for_the_key_a_device_published_and_the_agent_installs_it(
+        tmp_path: Path) -> None:
+    """The whole loop on one real server (firmware server + status tracker): a device's agent
+    publishes its X25519 public key in its inventory, the author reads it from the tracker,
+    encrypts a release for it (suit-sha256-ed25519-ecdh-chacha-poly), uploads it, deploys it,
+    and the agent fetches, decrypts, installs, boots and confirms it."""
+    admin, upload = "admin-token-encrypted", "upload-token-encrypted"
+    author = crypto.generate_private_key("Ed25519")
+    (tmp_path / "author.pub").write_bytes(crypto.public_key_to_pem(author.public_key()))
+    device_key = tmp_path / "device.key"
+    device_key.write_bytes(crypto.recipient_to_pem(crypto.generate_recipient_key(
+        "X25519", key_id=b"thermostat-7")))
+    folder = tmp_path / "device"
+    vendor = uuid.uuid5(uuid.NAMESPACE_DNS, VENDOR_DOMAIN)
+    create_device(folder, vendor_id=vendor, class_id=uuid.uuid5(vendor, CLASS_NAME),
+                  trust_anchors=[tmp_path / "author.pub"], decryption_keys=[device_key])
+    open_device(folder).save()
+    (tmp_path / "admin.token").write_text(admin + "\n")
+    (tmp_path / "upload.token").write_text(upload + "\n")
+    argv = ["--data", str(tmp_path / "data"), "--author-anchor", str(tmp_path / "author.pub"),
+            "--admin-token-file", str(tmp_path / "admin.token"), "--upload-token-file",
+            str(tmp_path / "upload.token")]
+    headers = {"Authorization": f"Bearer {admin}"}
+    with serving(argv, timeout=30) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
+        url = server.url
+        registered = client.post("/api/v1/devices", json={"name": "t7"}, headers=headers)
+        assert registered.status_code == 201, registered.text
+        device_id, token = registered.json()["id"], registered.json()["token"]
+        first = run_once(folder, url, token, fetcher=HttpFetcher())
+        assert first.outcome == "up-to-date", first.steps  # and its inventory is sent
+
+        shown = client.get(f"/api/v1/devices/{device_id}", headers=headers).json()
+        (tmp_path / "t7.cbor").write_bytes(
+            base64.b64decode(shown["hardware"]["suit-recipient-key"]))
+        image = hashlib.sha256(b"agent").digest() * 2000
+        (tmp_path / "app.bin").write_bytes(image)
+        description = {
+            "sequence-number": 1, "vendor-domain": VENDOR_DOMAIN, "class-name": CLASS_NAME,
+            "components": [{"id": ["0x00"], "image": "app.bin",
+                            "uri": f"{url}/firmware/{{sha256}}"}],
+            "encryption": {"profile": "suit-sha256-ed25519-ecdh-chacha-poly",
+                           "recipients": [{"key": "t7.cbor"}]}}
+        desc = parse_description(description, base=tmp_path)
+        envelope = codec.encode_envelope(sign_envelope(
+            codec.build_envelope(desc.manifest, sever_members=desc.sever,
+                                 integrated=desc.integrated), author.signer()))
+        ciphertext = desc.detached[0]
+        stored = client.post("/api/v1/releases", headers={"Authorization": f"Bearer {upload}"},
+                             files=[("envelope", ("e.suit", envelope, "application/octet-stream")),
+                                    ("image-0", ("c.enc", ciphertext, "application/octet-stream"))])
+        assert stored.status_code == 201, stored.text
+        release = stored.json()
+        deployed = client.post("/api/v1/deployments", headers=headers, json={
+            "release": release["id"], "envelope_url": url + release["envelope"]["url"],
+            "devices": [device_id]})
+        assert deployed.status_code == 201, deployed.text
+
+        done = run_once(folder, url, token, fetcher=HttpFetcher())
+        assert done.outcome == "succeeded", done.steps
+        shown = client.get(f"/api/v1/devices/{device_id}", headers=headers).json()
+        assert shown["components"][0]["digest"] == hashlib.sha256(image).hexdigest()
