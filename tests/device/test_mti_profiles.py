@@ -306,3 +306,22 @@ def test_a_device_with_keys_for_several_profiles_opens_each(
         running = json.loads(run("device", "status", device, "--json"))["components"][0][
             "running"]
         assert running["digest"] == hashlib.sha256(image).hexdigest()
+
+
+def test_a_published_key_with_a_long_kid_stays_within_a_hardware_fact(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from suitkit.device.agent import inventory_of
+    from suitkit.device.wiring import open_device
+
+    kid = "k" * 200  # the P-256 COSE_Key with it is over the tracker's 256-character limit
+    for args in (("keygen", "--out", tmp_path / "a.key"),
+                 ("pubkey", tmp_path / "a.key", "--out", tmp_path / "a.pub"),
+                 ("keygen", "--alg", "ECDH-P256", "--kid", kid, "--out", tmp_path / "p.key"),
+                 ("device", "init", tmp_path / "dev", "--vendor-domain", VENDOR_DOMAIN,
+                  "--class-name", CLASS_NAME, "--trust-anchor", tmp_path / "a.pub",
+                  "--decryption-key", tmp_path / "p.key")):
+        assert run_cli(capsys, *args)[0] == 0
+    fact = inventory_of(open_device(tmp_path / "dev"))["hardware"]["suit-recipient-key"]
+    assert len(fact) <= 256
+    cose_key = cbor2.loads(base64.b64decode(fact))
+    assert 2 not in cose_key and cose_key[-2] == cose_key_of(tmp_path / "p.key")[-2]

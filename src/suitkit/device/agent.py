@@ -57,6 +57,7 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 
+from suitkit.core import cbor
 from suitkit.core.report import encode_report
 from suitkit.device.config import bind_tracker_id, check_tracker_id, load_config
 from suitkit.device.consumer import PayloadFetcher
@@ -156,12 +157,16 @@ def inventory_of(opened: OpenDevice) -> dict[str, Any]:
     except SuitError:
         recipients = []  # an unreadable key is the install's error to report, not this one's
     for i, cose_key in enumerate(recipients[:8]):
-        hardware[RECIPIENT_KEY_FACT if i == 0 else f"{RECIPIENT_KEY_FACT}-{i}"] = \
-            base64.b64encode(cose_key).decode()
+        text = base64.b64encode(cose_key).decode()
+        if len(text) > _MAX_FACT:  # a long kid: the tracker would refuse the whole inventory
+            text = base64.b64encode(cbor.encode({k: v for k, v in cbor.decode(
+                cose_key, path="recipient key").items() if k != 2})).decode()
+        hardware[RECIPIENT_KEY_FACT if i == 0 else f"{RECIPIENT_KEY_FACT}-{i}"] = text
     return {"vendor_id": str(opened.config.vendor_id), "class_id": str(opened.config.class_id),
             "components": components, "hardware": hardware}
 
 
+_MAX_FACT = 256  # the tracker's limit on a hardware fact's text (docs/tracker.md)
 RECIPIENT_KEY_FACT = "suit-recipient-key"
 """The inventory's hardware fact holding a device's ECDH-ES public key (base64 COSE_Key)."""
 
