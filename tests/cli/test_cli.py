@@ -412,5 +412,5 @@ def test_es256_still_verifies_where_the_anchor_allows_it(
     narrowed = tmp_path / "esp256-only.pub"
     narrowed.write_bytes(b"suitkit-algorithm: ESP256\n"
                          + (VECTORS / "example-key-public.pem").read_bytes())
-    code, out, err = run(capsys, "verify", example, "--key", narrowed)
+    code, _, err = run(capsys, "verify", example, "--key", narrowed)
     assert code == 1 and "ES256" in err, err

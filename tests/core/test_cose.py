@@ -400,7 +400,7 @@ EPHEMERAL = {1: 2, -1: 1, -2: b"\x01" * 32, -3: b"\x01" * 32}  # not on the curv
     (_info(GCM, IV12, [[cbor2.dumps({1: -29}), {-1: EPHEMERAL}, b"w" * 24]]),
      "not a point on secp256r1"),
     (_info(GCM, IV12, [[cbor2.dumps({1: -29}), {-1: {1: 1, -1: 6, -2: b"x" * 32}},
-                        b"w" * 24]]), "unsupported OKP curve 6 for key agreement; expected 4 (X25519)"),
+                        b"w" * 24]]), "unsupported OKP curve 6 for key agreement"),
 ])
 def test_malformed_encryption_info(data: bytes, message: str) -> None:
     with pytest.raises(DecodeError, match=re.escape(message)) as info:
