@@ -407,7 +407,7 @@ def test_es256_still_verifies_where_the_anchor_allows_it(
     # Example 0 is signed ES256 (-7) by the spec's key; its plain public PEM allows both ids.
     example = tmp_path / "example0.suit"
     example.write_bytes(vector("example0"))
-    code, out, err = run(capsys, "verify", example, "--key", VECTORS / "example-key-public.pem")
+    code, _, err = run(capsys, "verify", example, "--key", VECTORS / "example-key-public.pem")
     assert code == 0, err
     narrowed = tmp_path / "esp256-only.pub"
     narrowed.write_bytes(b"suitkit-algorithm: ESP256\n"
