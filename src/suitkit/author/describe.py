@@ -32,6 +32,12 @@ from typing import Any
 
 import yaml
 
+from suitkit.author.encrypt import (
+    SHA256_PLACEHOLDER,
+    encrypt_manifest,
+    expand_uris,
+    parse_encryption,
+)
 from suitkit.core import jsonform
 from suitkit.core.cbor import CBORTag
 from suitkit.core.model import (
@@ -71,11 +77,11 @@ REPORT_FAILURE_RECORD = 2
 _TOP_KEYS = {
     "sequence-number", "vendor-id", "vendor-domain", "class-id", "class-name", "device-id",
     "reference-uri", "components", "text", "language", "sever", "use-before", "set-version",
-    "shared-sequence", "install", "validate", "invoke", "load", "payload-fetch",
+    "shared-sequence", "install", "validate", "invoke", "load", "payload-fetch", "encryption",
 }
 _COMPONENT_KEYS = {
     "id", "image", "image-digest", "image-size", "uri", "integrated", "vendor-id",
-    "vendor-domain", "class-id", "class-name", "invoke", "text",
+    "vendor-domain", "class-id", "class-name", "invoke", "text", "encrypt",
     "version", "minimum-battery", "update-priority", "wait", "metadata",
 }
 _SEVERABLE_NAMES = {
@@ -95,6 +101,10 @@ class Description:
     manifest: Manifest
     integrated: Mapping[str, bytes]
     sever: frozenset[int]
+    detached: Mapping[int, bytes] = FrozenDict()
+    """Encrypted detached images (ciphertexts to upload), by component index."""
+    encrypted: frozenset[int] = frozenset()
+    """Indices of the components whose images are encrypted (``encryption:``)."""
 
 
 def load_description(path: Path) -> Description:
@@ -181,7 +191,37 @@ def parse_description(data: Any, *, base: Path, source: str = "description") -> 
         install=install,
         text=text,
     )
-    return Description(manifest, integrated, sever)
+    if "encryption" not in data:
+        if any(c.encrypt for c in components):
+            raise DecodeError(f"{source}.components", "encrypt: true needs an encryption "
+                              "section")
+        return Description(_plain_uris(manifest, components, frozenset()), integrated, sever)
+    plan = parse_encryption(data["encryption"], base=base, path=f"{source}.encryption",
+                            components=ids)
+    chosen = plan.components if plan.components is not None else frozenset(
+        i for i, c in enumerate(components) if c.image is not None and c.encrypt is not False)
+    plaintexts = {}
+    for i in sorted(chosen):
+        image = components[i].image
+        if image is None:
+            raise DecodeError(f"{source}.components[{i}]", "an encrypted component needs its "
+                              "image file (image:)")
+        plaintexts[i] = image
+    if not plaintexts:
+        raise DecodeError(f"{source}.encryption", "no component has an image to encrypt")
+    release = encrypt_manifest(manifest, plaintexts, integrated, plan)
+    return Description(_plain_uris(release.manifest, components, frozenset(plaintexts)),
+                       release.integrated, sever, FrozenDict(release.detached),
+                       frozenset(plaintexts))
+
+
+def _plain_uris(manifest: Manifest, components: list[_Component],
+                encrypted: frozenset[int]) -> Manifest:
+    """The ``{sha256}`` placeholder of each unencrypted image's uri, expanded."""
+    return expand_uris(manifest, {
+        i: (SHA256_PLACEHOLDER, c.digest.value.hex()) for i, c in enumerate(components)
+        if i not in encrypted and c.uri is not None and SHA256_PLACEHOLDER in c.uri
+        and c.digest.algorithm == CoseAlg.SHA256})
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +237,8 @@ class _Component:
     text: Mapping[int, str]
     managed: Parameters = field(default_factory=Parameters)
     """Update-management parameters set before the fetch (update-management §4)."""
+    image: bytes | None = None
+    encrypt: bool | None = None
 
 
 def _component(raw: Any, index: int, *, vendor: uuid.UUID | None, klass: uuid.UUID | None,
@@ -246,8 +288,12 @@ def _component(raw: Any, index: int, *, vendor: uuid.UUID | None, klass: uuid.UU
     invoke = raw.get("invoke", index == 0)
     if not isinstance(invoke, bool):
         raise DecodeError(f"{path}.invoke", "expected true or false")
+    encrypt = raw.get("encrypt")
+    if encrypt is not None and not isinstance(encrypt, bool):
+        raise DecodeError(f"{path}.encrypt", "expected true or false")
     return _Component(cid, comp_vendor, comp_class, digest, size, uri, payload, invoke,
-                      _component_text(raw.get("text"), f"{path}.text"), _managed(raw, path))
+                      _component_text(raw.get("text"), f"{path}.text"), _managed(raw, path),
+                      image, encrypt)
 
 
 def _shared(components: list[_Component], many: bool, use_before: int | None,

@@ -68,7 +68,8 @@ def init(
     device_id: Annotated[str | None, typer.Option("--device-id", help="Device UUID "
                                                   "(default: random).")] = None,
     decryption_key: Annotated[list[Path] | None, typer.Option(
-        "--decryption-key", help="AES-KW KEK (COSE_Key) or P-256 private key (ECDH-ES).")
+        "--decryption-key", help="A key-encryption key (A128KW...) or an ECDH-ES private key "
+        "(ECDH-P256 or X25519; suitkit keygen); repeat for several.")
     ] = None,
     require: Annotated[list[str] | None, typer.Option(
         "--require", help="A role whose signature every update needs (e.g. author and "

@@ -646,8 +646,8 @@ _SHARED_ALLOWED = frozenset(CONDITIONS) | {
     Cmd.RUN_SEQUENCE, Cmd.OVERRIDE_MULTIPLE, Cmd.COPY_PARAMS,
 }
 _SEQUENCE_FLAGS = frozenset({P.STRICT_ORDER, P.SOFT_FAILURE})  # not per component (§8.4.8)
-_GCM_TAG_BYTES = 16
-_GCM_ALGORITHMS = frozenset({1, 2, 3})
+_GCM_TAG_BYTES = crypto.AEAD_TAG_BYTES
+_GCM_ALGORITHMS = crypto.AEAD_ALGORITHMS  # AES-GCM and ChaCha20/Poly1305 (MTI): tagged
 
 
 class _Failure(Exception):

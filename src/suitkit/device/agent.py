@@ -51,6 +51,7 @@ envelope only; payloads are fetched, resumably, by the install).
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -61,6 +62,7 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 
+from suitkit.core import cbor
 from suitkit.core.report import encode_report
 from suitkit.device.config import bind_tracker_id, check_tracker_id, load_config
 from suitkit.device.consumer import PayloadFetcher, running_version
@@ -167,8 +169,25 @@ def inventory_of(opened: OpenDevice, *, versions: bool = True,
     hardware: dict[str, Any] = {"shape": opened.config.shape}
     if waiting is not None:
         hardware["waiting"] = waiting[:_MAX_WAITING_TEXT]
+    # The device's ECDH-ES public keys, for authors who encrypt for it (docs/device.md):
+    # base64 of a COSE_Key, as hardware facts (the tracker's inventory has no other place).
+    try:
+        recipients = opened.config.recipient_public_keys()
+    except SuitError:
+        recipients = []  # an unreadable key is the install's error to report, not this one's
+    for i, cose_key in enumerate(recipients[:8]):
+        text = base64.b64encode(cose_key).decode()
+        if len(text) > _MAX_FACT:  # a long kid: the tracker would refuse the whole inventory
+            text = base64.b64encode(cbor.encode({k: v for k, v in cbor.decode(
+                cose_key, path="recipient key").items() if k != 2})).decode()
+        hardware[RECIPIENT_KEY_FACT if i == 0 else f"{RECIPIENT_KEY_FACT}-{i}"] = text
     return {"vendor_id": str(opened.config.vendor_id), "class_id": str(opened.config.class_id),
             "components": components, "hardware": hardware}
+
+
+_MAX_FACT = 256  # the tracker's limit on a hardware fact's text (docs/tracker.md)
+RECIPIENT_KEY_FACT = "suit-recipient-key"
+"""The inventory's hardware fact holding a device's ECDH-ES public key (base64 COSE_Key)."""
 
 
 class _Tracker:

@@ -535,7 +535,7 @@ class _Store:
 class _Environment:
     clock: Callable[[], float] | None
     anchors: TrustAnchors
-    keys: list[crypto.AesKwKey | crypto.EcPrivateKey]
+    keys: list[crypto.RecipientPrivate]
     facts: DeviceFacts = field(default_factory=DeviceFacts)
     consent: ConsentHook | None = None
     store: _Store | None = None
@@ -581,11 +581,12 @@ class _Environment:
     def decryption_key(self, key_id: bytes | None,
                        algorithm: int) -> cose.RecipientKey | None:
         wants_kek = algorithm in (CoseAlg.A128KW, CoseAlg.A192KW, CoseAlg.A256KW)
-        for key in self.keys:
-            named = key_id is None or key.key_id is None or key.key_id == key_id
-            if named and isinstance(key, crypto.AesKwKey) == wants_kek:
-                return key
-        return None
+        fitting = tuple(key for key in self.keys
+                        if (key_id is None or key.key_id is None or key.key_id == key_id)
+                        and isinstance(key, crypto.AesKwKey) == wants_kek)
+        if len(fitting) > 1:  # e.g. a P-256 and an X25519 key without kids: try each
+            return cose.KeyRing(fitting)
+        return fitting[0] if fitting else None
 
     @property
     def dependency_anchors(self) -> TrustAnchors | None:

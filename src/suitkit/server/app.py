@@ -6,7 +6,10 @@
   ``envelope`` (the signed SUIT envelope) and zero or more detached images, each a part named
   ``image-<N>`` (for component index N of the manifest) or ``image`` (matched to the component
   whose image-digest it has). The envelope must verify against the author trust anchors; every
-  image and every integrated payload must match the image-digest and image-size of a component.
+  image and every integrated payload must match the image-digest and image-size of a component;
+  an encrypted component's image is its detached ciphertext, whose size must be what the
+  manifest's image-size and content algorithm make it (the digest is the plaintext's: the
+  server holds no content key, the device checks it after decrypting).
 - ``GET/HEAD /firmware/{sha256}``, ``GET/HEAD /envelopes/{sha256}``: immutable, content-addressed
   downloads with Range, If-Range and ETag (Starlette ``FileResponse``; whole files by
   ``sendfile`` through the guarded protocol's ``http.response.pathsend``, server/guard.py),
@@ -59,7 +62,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from suitkit.core import codec, crypto, processor
+from suitkit.core import codec, cose, crypto, processor
 from suitkit.core.model import (
     CommandSequence,
     ComponentIdentifier,
@@ -106,8 +109,8 @@ _log = logging.getLogger("suitkit.server")
 LEAVE_REQUEST_LIMIT = "suitkit.leave_request_limit"
 """Key of the ASGI scope under which ``max_requests`` puts a function that takes the request
 out of the count: a route that holds its request for long on purpose under caps of its own
-(the status tracker's push streams, tracker/push.py, which names this key itself: the roles
-do not import each other) calls it once it has its own slot."""
+(the status tracker's push streams, tracker/edges/push_http.py, which names this key itself:
+the roles do not import each other) calls it once it has its own slot."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,9 +284,18 @@ class _Expected:
     identifier: ComponentIdentifier
     digest: Digest | None
     size: int | None
+    encryption: int | None = None
+    """The content algorithm when the shared sequence sets encryption-info: the image stored
+    is then its detached ciphertext (draft-ietf-suit-firmware-encryption)."""
 
     def label(self) -> str:
         return f"component {self.index} [{', '.join(p.hex() for p in self.identifier)}]"
+
+    def stored_size(self) -> int | None:
+        """Bytes of the image as uploaded: the plaintext's, or its ciphertext's."""
+        if self.size is None or self.encryption is None:
+            return self.size
+        return crypto.ciphertext_size(self.encryption, self.size)
 
 
 def expected_images(verified: VerifiedManifest, *,
@@ -300,8 +312,17 @@ def expected_images(verified: VerifiedManifest, *,
     result = []
     for index, cid in enumerate(verified.manifest.common.components):
         p = params.get(cid)
+        encryption = None
+        if p is not None and p.encryption_info is not None:
+            # The ciphertext cannot be hashed against the plaintext's image-digest without the
+            # content key, which the server never holds: its size is checked (the content
+            # algorithm's tag included) and the device authenticates what it decrypts.
+            info = cose.decode_encryption_info(p.encryption_info,
+                                               path=f"component {index} encryption-info")
+            encryption = info.algorithm
+            crypto.content_key_size(encryption)  # PolicyError: not a supported algorithm
         result.append(_Expected(index, cid, p.image_digest if p else None,
-                                p.image_size if p else None))
+                                p.image_size if p else None, encryption))
     return result
 
 
@@ -328,6 +349,15 @@ def _check_image(expected: _Expected, name: str, size: int, digest: Callable[[in
     if expected.digest is None or expected.size is None:
         raise UploadRefused(422, f"{name}: {expected.label()} has no image-digest and "
                                  "image-size in the shared sequence; cannot check an image")
+    if expected.encryption is not None:
+        if size != expected.stored_size():
+            raise UploadRefused(
+                422, f"{name}: encrypted image size mismatch for {expected.label()}: {size} "
+                     f"bytes uploaded, the manifest's {expected.size} bytes of plaintext are "
+                     f"{expected.stored_size()} bytes of "
+                     f"{crypto.algorithm_name(expected.encryption)} ciphertext")
+        _refuse_plaintext(expected, name, digest)
+        return
     if size != expected.size:
         raise UploadRefused(422, f"{name}: image size mismatch for {expected.label()}: "
                                  f"{size} bytes uploaded, the manifest says {expected.size}")
@@ -338,16 +368,39 @@ def _check_image(expected: _Expected, name: str, size: int, digest: Callable[[in
                                  f"{expected.digest.value.hex()}")
 
 
+def _refuse_plaintext(expected: _Expected, name: str, digest: Callable[[int], bytes]) -> None:
+    """An encrypted component's image that hashes to the plaintext's image-digest is the
+    plaintext itself: published, it would undo the encryption (the same size as an AES-CTR
+    ciphertext, so the size check alone does not catch it)."""
+    assert expected.digest is not None
+    if hmac.compare_digest(digest(expected.digest.algorithm), expected.digest.value):
+        raise UploadRefused(422, f"{name}: this is the plaintext image of {expected.label()}, "
+                                 "which the manifest encrypts; upload its ciphertext (the "
+                                 ".enc file suitkit create or suitkit encrypt wrote)")
+
+
 def _match(expected: list[_Expected], name: str, size: int,
            digest: Callable[[int], bytes]) -> _Expected:
-    """The component whose image-digest and image-size this image has."""
+    """The component whose image-digest and image-size this image has; else the one encrypted
+    component whose ciphertext has this size."""
     for candidate in expected:
         if (candidate.digest is not None and candidate.size == size
+                and candidate.encryption is None
                 and hmac.compare_digest(digest(candidate.digest.algorithm),
                                         candidate.digest.value)):
             return candidate
+    encrypted = [c for c in expected if c.encryption is not None and c.digest is not None
+                 and c.stored_size() == size]
+    if len(encrypted) == 1:
+        _refuse_plaintext(encrypted[0], name, digest)
+        return encrypted[0]
+    if encrypted:
+        raise UploadRefused(422, f"{name} ({size} bytes) could be the ciphertext of "
+                                 f"{len(encrypted)} encrypted components; upload it as "
+                                 "image-N for component N")
     raise UploadRefused(422, f"{name} ({size} bytes) matches no component of the manifest "
-                             "(no image-digest and image-size equal its own)")
+                             "(no image-digest and image-size equal its own, nor the size of "
+                             "an encrypted component's ciphertext)")
 
 
 def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
@@ -364,7 +417,7 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
         raise UploadRefused(422, "manifests with dependencies are not supported by this server")
     try:
         expected = expected_images(verified, limits=config.limits)
-    except (ProcessingError, PolicyError) as e:
+    except (ProcessingError, PolicyError, DecodeError) as e:
         raise UploadRefused(422, f"cannot read the component images from the shared "
                                  f"sequence: {e}") from e
 
