@@ -207,7 +207,7 @@ def create_ddi_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         if kind not in ("targettoken", "bearer") or not token:
             raise Refused(401, "the DDI API requires 'Authorization: TargetToken <device "
                                "credential>' (the <device-id>.<secret> given at registration)")
-        if "." not in token:
+        if kind == "targettoken" and "." not in token:  # the secret alone
             token = f"{controller_id}.{token}"
         who: Principal = await run_in_threadpool(auth.check, token)
         if who.role != "device" or who.device_id is None:
