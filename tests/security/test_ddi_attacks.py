@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from suitkit.tracker.quotas import Quotas
 from tracker.ddi_kit import ADMIN, DdiWorld, Device, ddi_world, feedback, target
 
 
@@ -192,3 +193,26 @@ def test_ddi_junk_action_ids_and_controller_ids_are_refused(site: Site) -> None:
     response = w.client.get("/DEFAULT/controller/v1/a%00b", headers=site.a.headers)
     refused(response, 400, "controller_id in the path")
     unchanged.check()
+
+
+def test_ddi_feedback_and_config_data_floods_are_rate_limited(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    quotas = Quotas(events_per_minute=3, inventory_per_minute=2)
+    with ddi_world(tmp_path_factory.mktemp("ddi-flood"), quotas=quotas) as world:
+        device = world.register()
+        world.deploy(world.release(), device)
+        number = world.action(device)
+        url = f"{world.base(device.id)}/deploymentBase/{number}/feedback"
+        codes = [world.client.post(url, json=feedback(number, "scheduled"),
+                                   headers=device.headers).status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 429, 429]
+        flood = world.client.post(url, json=feedback(number, "closed", "failure"),
+                                  headers=device.headers)
+        refused(flood, 429, "too many events")
+        assert flood.headers["retry-after"].isdigit()
+        assert world.states(device.id) == ["notified"]
+        config = f"{world.base(device.id)}/configData"
+        codes = [world.client.put(config, json={"data": {"n": str(i)}},
+                                  headers=device.headers).status_code for i in range(3)]
+        assert codes == [200, 200, 429]
+        assert world.device(device.id)["hardware"] == {"n": "1"}

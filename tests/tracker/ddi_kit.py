@@ -23,6 +23,7 @@ from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig
 from suitkit.server.background import running_server
 from suitkit.tracker.config import DdiOptions, TrackerConfig
+from suitkit.tracker.quotas import Quotas
 
 ADMIN = "admin-token-for-ddi-tests"
 UPLOAD_ROLE_TOKEN = ADMIN  # the bootstrap admin may upload too
@@ -116,11 +117,13 @@ class DdiWorld:
 
 
 @contextmanager
-def ddi_world(tmp: Path, *, poll_seconds: int = 1) -> Iterator[DdiWorld]:
+def ddi_world(tmp: Path, *, poll_seconds: int = 1, quotas: Quotas | None = None
+              ) -> Iterator[DdiWorld]:
     author = Author.create(tmp / "author")
     data = tmp / "data"
     config = TrackerConfig(f"sqlite:///{tmp / 'tracker.db'}", ADMIN,
-                           releases=release_lookup(data), artifacts=release_artifacts(data))
+                           releases=release_lookup(data), artifacts=release_artifacts(data),
+                           quotas=quotas or Quotas())
     wiring = tracker_routes(config, ddi=DdiOptions(TENANT, poll_seconds))
     server = ServerConfig(data_dir=data, anchors=TrustAnchors.of(author.key.public_key()),
                           routers=wiring.routers, authorizer=wiring.authorizer)

@@ -39,7 +39,9 @@ Authentication: ``Authorization: TargetToken <device credential>`` (``<device-id
 or the secret alone, as registration returned them), or ``Bearer <device credential>``; the
 credential must be the controller's own (403 otherwise, 401 when it is not valid).
 GatewayToken is not supported (401 naming it). Bodies are JSON objects of at most 64 KiB,
-validated by pydantic models (400 naming the member).
+validated by pydantic models (400 naming the member). Feedback and configData are
+rate-limited per device like the JSON API's events and inventories (``tracker.quotas``: 429
+with ``Retry-After``; this edge keeps its own buckets).
 
 Deliberately not here: the state machine's rules (``tracker.service``), the firmware server's
 downloads, hawkBit's management API, several tenants, download-only links without a token
@@ -59,10 +61,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from suitkit.errors import StorageError
 from suitkit.tracker.auth import Authenticator, Principal, Refused
 from suitkit.tracker.config import ArtifactLookup, DdiOptions, ReleaseArtifacts, TrackerConfig
+from suitkit.tracker.quotas import RateLimiter, retry_after
 from suitkit.tracker.service import (
     AssignmentView,
     ComponentEntry,
@@ -183,6 +187,17 @@ def create_ddi_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
     of a release), checked by ``auth`` (device credentials as target tokens)."""
     ddi = options if options is not None else DdiOptions()
     router = APIRouter(tags=["hawkBit DDI"], dependencies=[Depends(check_path_ids)])
+    limiter = RateLimiter(config.quotas)
+
+    def throttle(device_id: str, kind: str) -> None:
+        """429 with ``Retry-After`` when the device is over its rate for ``kind`` (the
+        feedback counts as events, configData as inventories: ``tracker.quotas``)."""
+        wait = limiter.take(device_id, kind)
+        if wait is not None:
+            after = retry_after(wait)
+            raise HTTPException(429, f"too many {kind} from this controller: at most "
+                                     f"{config.quotas.rate(kind):g} a minute; retry in {after} s",
+                                headers={"Retry-After": after})
 
     async def storage(function: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -320,6 +335,7 @@ def create_ddi_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
                                   action: str) -> Response:
         device_id = await controller(request, tenant, controller_id)
         number = _action_path(action)
+        throttle(device_id, "events")
         feedback = _parsed(Feedback, await json_object(request), "feedback")
         _same_id(feedback, number)
         view = await view_of(device_id)
@@ -362,6 +378,7 @@ def create_ddi_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
                               action: str) -> Response:
         device_id = await controller(request, tenant, controller_id)
         number = _action_path(action)
+        throttle(device_id, "events")
         feedback = _parsed(Feedback, await json_object(request), "feedback")
         _same_id(feedback, number)
         if _cancelled_id(device_id, await view_of(device_id)) != number:
@@ -383,6 +400,7 @@ def create_ddi_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
     @router.put(f"{_BASE}/configData", summary="A DDI controller's attributes (the controller)")
     async def config_data(request: Request, tenant: str, controller_id: str) -> Response:
         device_id = await controller(request, tenant, controller_id)
+        throttle(device_id, "inventory")
         body = _parsed(ConfigData, await json_object(request), "configData")
         facts: dict[str, object] = {}
         for key, value in body.data.items():
