@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from device.device_kit import image_bytes
+from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec
 from suitkit.tracker.edges.ddi import UNREPORTED, _cancelled_id, _types, action_id
-from suitkit.tracker.service import AssignmentView, UpdateView
+from suitkit.tracker.service import AssignmentView, UpdateView, open_db
 from tracker.ddi_kit import DdiWorld, ddi_world, feedback
 
 
@@ -203,3 +204,72 @@ def test_the_artifacts_of_an_unknown_release_are_none(tmp_path: Path) -> None:
     lookup = release_artifacts(tmp_path / "data")
     assert lookup("00" * 32) is None
     assert lookup("not a release") is None
+
+
+def test_a_campaign_s_action_is_forced_and_its_cancellation_is_offered_and_acknowledged(
+        world: DdiWorld) -> None:
+    db = open_db(f"sqlite:///{world.tmp / 'tracker.db'}")
+    try:
+        engine = CampaignEngine(db)
+        release = world.release()
+        device, other = world.register(), world.register()
+        url = world.url + release["envelope"]["url"]
+        made = engine.create(CampaignSpec("ddi", release["id"], url, devices=(device.id,)),
+                             "alice")
+        engine.approve(made["id"], "bob")
+        engine.start(made["id"], "alice")
+        engine.tick()
+        number = world.action(device)
+        link = world.poll(device)["_links"]["deploymentBase"]["href"]
+        deployment = world.client.get(link, headers=device.headers).json()["deployment"]
+        assert deployment["download"] == deployment["update"] == "forced"
+        # withdrawn before the device started: offered as cancelAction with the same id
+        engine.cancel(made["id"], "alice")
+        links = world.poll(device)["_links"]
+        assert "deploymentBase" not in links
+        assert links["cancelAction"]["href"].endswith(f"/cancelAction/{number}")
+        got = world.client.get(links["cancelAction"]["href"], headers=device.headers)
+        assert got.status_code == 200
+        assert got.json() == {"id": str(number), "cancelAction": {"stopId": str(number)}}
+        # another device cannot acknowledge it; the device itself can, once
+        url_feedback = f"{world.base(device.id)}/cancelAction/{number}/feedback"
+        body = feedback(number, "closed", "success", ["cancellation acknowledged."])
+        assert world.client.post(url_feedback, json=body,
+                                 headers=other.headers).status_code == 403
+        done = world.client.post(url_feedback, json=body, headers=device.headers)
+        assert done.status_code == 200, done.text
+        assert world.states(device.id) == ["notified", "failed"]
+        assert "cancelled" in world.history(device.id)[-1]["detail"]
+        assert "cancelAction" not in world.poll(device)["_links"]
+        again = world.client.post(url_feedback, json=body, headers=device.headers)
+        assert again.status_code == 409
+    finally:
+        db.engine.dispose()
+
+
+def test_a_download_only_campaign_skips_the_update_and_closed_means_downloaded(
+        world: DdiWorld) -> None:
+    db = open_db(f"sqlite:///{world.tmp / 'tracker.db'}")
+    try:
+        engine = CampaignEngine(db)
+        release = world.release()
+        device = world.register()
+        made = engine.create(CampaignSpec("ddi-dl", release["id"],
+                                          world.url + release["envelope"]["url"],
+                                          devices=(device.id,), mode="download-only"), "alice")
+        engine.approve(made["id"], "bob")
+        engine.start(made["id"], "alice")
+        engine.tick()
+        number = world.action(device)
+        link = world.poll(device)["_links"]["deploymentBase"]["href"]
+        deployment = world.client.get(link, headers=device.headers).json()["deployment"]
+        assert (deployment["download"], deployment["update"]) == ("forced", "skip")
+        url = f"{world.base(device.id)}/deploymentBase/{number}/feedback"
+        response = world.client.post(url, json=feedback(number, "closed", "success",
+                                                        ["Skipped Update."]),
+                                     headers=device.headers)
+        assert response.status_code == 200, response.text
+        assert world.states(device.id) == ["notified", "downloading", "downloaded"]
+        assert "deploymentBase" not in world.poll(device)["_links"]
+    finally:
+        db.engine.dispose()
