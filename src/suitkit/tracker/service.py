@@ -621,6 +621,27 @@ class TrackerDB:
             self.announce([device_id])
         return added
 
+    def close_withdrawn(self, device_id: str, notified: datetime, detail: str
+                        ) -> dict[str, Any] | None:
+        """The device acknowledges that the update it was notified of at ``notified`` is over:
+        its assignment was withdrawn before it started (a cancelled campaign). It moves from
+        ``notified`` to ``failed`` with ``detail``, in one transaction, only if it is still
+        notified since then without a pending assignment; ``None`` (nothing changed)
+        otherwise, such as when a new assignment came meanwhile."""
+        with self.store.transaction() as tx:
+            tx.hold_device(device_id)
+            device = tx.device(device_id)
+            if device is None:
+                return None
+            tx.refresh(device)
+            assignment = tx.assignment(device_id)
+            if device.state != "notified" or device.state_changed != notified or (
+                    assignment is not None and assignment.done is None):
+                return None
+            event, _ = self._move(tx, device, assignment, tx.lock_device(device_id),
+                                  ("failed", detail[:_MAX_EVENT_DETAIL]))
+            return event
+
     def update_view(self, device_id: str) -> UpdateView | None:
         """The device's update as a protocol edge shows it (``UpdateView``), ``None`` for no
         such device."""

@@ -381,20 +381,20 @@ def create_ddi_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         throttle(device_id, "events")
         feedback = _parsed(Feedback, await json_object(request), "feedback")
         _same_id(feedback, number)
-        if _cancelled_id(device_id, await view_of(device_id)) != number:
+        view = await view_of(device_id)
+        if _cancelled_id(device_id, view) != number or view.state_changed is None:
             raise Refused(409, f"action {number} of controller {device_id} is not cancelled; "
                                "nothing was stored")
         status = feedback.status
         if status.execution in {"closed", "canceled"}:
             detail = "cancelled: the assignment was withdrawn before the device started; " \
                      + _detail(status.execution, status.result, status.details)
-            try:
-                await run_in_threadpool(tracker.add_event, device_id, "failed",
-                                        detail[:_MAX_DETAIL_TEXT])
-            except TransitionRefused:
-                pass  # acknowledged twice at once: the first one ended it
-            except StorageError as e:
-                raise storage_refused(e, "the tracker could not store the feedback") from None
+            ended = await storage(tracker.close_withdrawn, device_id, view.state_changed,
+                                  detail[:_MAX_DETAIL_TEXT])
+            if ended is None:
+                raise Refused(409, f"action {number} of controller {device_id} is no longer "
+                                   "cancelled (acknowledged already, or a new assignment "
+                                   "came); nothing was stored")
         return Response(status_code=200)
 
     @router.put(f"{_BASE}/configData", summary="A DDI controller's attributes (the controller)")
