@@ -102,6 +102,5 @@ class TrackerConfig:
     public_url: str | None = None
     quotas: Quotas = field(default_factory=Quotas)
     artifacts: ArtifactLookup | None = None
-    """The firmware server's release files (``ArtifactLookup``); ``None``: the DDI edge lists
-    only the envelope at its assignment's URL (no sizes or digests: such a tracker serves no
-    DDI deployments)."""
+    """The firmware server's release files (``ArtifactLookup``), which the hawkBit DDI edge
+    lists; ``None``: no DDI edge is mounted (``cli.notices.tracker_routes``)."""

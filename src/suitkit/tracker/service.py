@@ -16,6 +16,10 @@
   Campaign assignments (``deliverable``, ``member_event``): a paused campaign's devices, or
   those outside its schedule, are held back; an event moves the campaign member in the same
   transaction.
+- Protocols with coarser steps than the state machine (hawkBit DDI): ``advance`` adds the
+  states a device skipped on the way of a successful update, in one transaction;
+  ``update_view`` is a device's update as such an edge shows it; ``close_withdrawn`` ends an
+  update withdrawn before the device started, when the device acknowledges it.
 - Quotas and retention (``tracker.quotas.Quotas``): the oldest events and reports beyond a
   device's quota are deleted with the new one; ``prune`` is one retention pass.
 - Device credentials and API tokens (RFC 9019 §3: every exchange with the tracker is
