@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from device.device_kit import image_bytes
@@ -273,3 +274,29 @@ def test_a_download_only_campaign_skips_the_update_and_closed_means_downloaded(
         assert "deploymentBase" not in world.poll(device)["_links"]
     finally:
         db.engine.dispose()
+
+
+def test_suitkit_serve_mounts_the_ddi_edge_by_default_and_no_ddi_turns_it_off(
+        tmp_path: Path) -> None:
+    from device.device_kit import Author
+    from serve_kit import serving
+
+    author = Author.create(tmp_path / "author")
+    token = tmp_path / "admin.token"
+    token.write_text("admin-token-for-serve-ddi")
+    argv = ["--data", str(tmp_path / "data"), "--author-anchor", str(author.anchor),
+            "--admin-token-file", str(token)]
+    with serving([*argv, "--ddi-tenant", "acme", "--ddi-poll-seconds", "5"]) as server:
+        admin = {"Authorization": "Bearer admin-token-for-serve-ddi"}
+        made = httpx.post(f"{server.url}/api/v1/devices", json={"name": "d"}, headers=admin,
+                          timeout=20).json()
+        poll = httpx.get(f"{server.url}/acme/controller/v1/{made['id']}", timeout=20,
+                         headers={"Authorization": f"TargetToken {made['token']}"})
+        assert poll.status_code == 200, poll.text
+        assert poll.json()["config"]["polling"]["sleep"] == "00:00:05"
+        other = httpx.get(f"{server.url}/DEFAULT/controller/v1/{made['id']}", timeout=20,
+                          headers={"Authorization": f"TargetToken {made['token']}"})
+        assert other.status_code == 404 and "tenant" in other.json()["error"]
+    with serving([*argv, "--no-ddi"]) as server:
+        off = httpx.get(f"{server.url}/DEFAULT/controller/v1/x", timeout=20)
+        assert off.status_code == 404 and "TargetToken" not in off.text
