@@ -300,3 +300,19 @@ def test_suitkit_serve_mounts_the_ddi_edge_by_default_and_no_ddi_turns_it_off(
     with serving([*argv, "--no-ddi"]) as server:
         off = httpx.get(f"{server.url}/DEFAULT/controller/v1/x", timeout=20)
         assert off.status_code == 404 and "TargetToken" not in off.text
+
+
+def test_every_artifact_s_md5sum_link_answers_even_for_a_long_image_name(
+        world: DdiWorld) -> None:
+    release = world.release_with("a" * 60 + ".bin", image_bytes("ddi-long-name", 100))
+    device = world.register()
+    world.deploy(release, device)
+    link = world.poll(device)["_links"]["deploymentBase"]["href"]
+    chunk = world.client.get(link, headers=device.headers).json()["deployment"]["chunks"][0]
+    names = [a["filename"] for a in chunk["artifacts"]]
+    assert names[1] == "component-0.bin"  # not a name a path segment can carry
+    for artifact in chunk["artifacts"]:
+        md5 = world.client.get(artifact["_links"]["md5sum-http"]["href"],
+                               headers=device.headers)
+        assert md5.status_code == 200, md5.text
+        assert md5.text == f"{artifact['hashes']['md5']}  {artifact['filename']}\n"

@@ -19,7 +19,7 @@ from typing import Any
 
 from suitkit.errors import SuitError
 
-_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")  # + ".MD5SUM": a path id
 
 __all__ = ["TrackerWiring", "parse_host_port", "release_artifacts", "release_lookup",
            "tracker_routes"]
