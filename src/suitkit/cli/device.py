@@ -323,6 +323,12 @@ def run(
     coap: Annotated[str | None, typer.Option("--coap", help="CoAP server of the notices, "
                                              "coap://HOST:PORT (for --transport coap).")
                     ] = None,
+    protocol: Annotated[str, typer.Option("--protocol", help="suitkit (the tracker's JSON "
+                                          "API) or ddi (hawkBit DDI: the base poll, the "
+                                          "deployment's *.suit artifact, action feedback; "
+                                          "poll mode).")] = "suitkit",
+    ddi_tenant: Annotated[str, typer.Option("--ddi-tenant", help="The hawkBit tenant (with "
+                                            "--protocol ddi).")] = "DEFAULT",
 ) -> None:
     """Keep a device up to date from a status tracker (RFC 9019 §2.3): register the inventory,
     learn of updates in the chosen mode, download (resumably), install, boot, confirm and
@@ -336,12 +342,17 @@ def run(
         options = AgentOptions(
             mode=mode, transport=transport, interval=interval,
             max_runs=1 if once else max_runs, duration=duration,
-            mqtt=parse_host_port(mqtt, "--mqtt") if mqtt is not None else None, coap=coap)
+            mqtt=parse_host_port(mqtt, "--mqtt") if mqtt is not None else None, coap=coap,
+            protocol=protocol, tenant=ddi_tenant)
         options.check()
     except ValueError as e:
         fail(str(e), EXIT_USAGE)
     if coap is not None and not coap.startswith("coap://"):
         fail(f"--coap: expected coap://HOST:PORT, got {coap!r}", EXIT_USAGE)
+    if not (0 < len(ddi_tenant) <= 64 and ddi_tenant.isascii()
+            and all(c.isalnum() or c in "-_." for c in ddi_tenant)):
+        fail(f"--ddi-tenant: expected 1 to 64 letters, digits or '-_.', got "
+             f"{ddi_tenant[:40]!r}", EXIT_USAGE)
     credential = read_input(credential_file, "credential").decode("utf-8", "replace").strip()
     try:  # the folder runs only with its own device's credential
         check_credential(directory, credential)

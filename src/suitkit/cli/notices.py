@@ -10,6 +10,8 @@ site (``/notices/<device-id>``) and the hub and MQTT publisher to stop at shutdo
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,10 @@ from typing import Any
 
 from suitkit.errors import SuitError
 
-__all__ = ["TrackerWiring", "parse_host_port", "release_lookup", "tracker_routes"]
+_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")  # + ".MD5SUM": a path id
+
+__all__ = ["TrackerWiring", "parse_host_port", "release_artifacts", "release_lookup",
+           "tracker_routes"]
 
 
 def parse_host_port(value: str, option: str) -> tuple[str, int]:
@@ -55,6 +60,83 @@ def release_lookup(data: Path) -> Callable[[str], Any]:
     return lookup
 
 
+def release_artifacts(data: Path, *, cache: int = 4096) -> Callable[[str], Any]:
+    """``TrackerConfig.artifacts`` over the firmware server's store in ``data``: a release's
+    envelope and images (``tracker.config.ReleaseArtifacts``), ``None`` for an unknown id. The
+    SHA-1 and MD5 of a blob are computed the first time it is listed and kept for the
+    ``cache`` blobs listed last (blobs are content-addressed: an entry never goes stale).
+
+    Each file's name: the envelope ``<release id>.suit``; an image the name of its integrated
+    payload (``#app.swu`` -> ``app.swu``) or its component identifier's last part when that
+    is a plain file name, else ``component-<index>.bin``.
+    """
+    import threading  # noqa: PLC0415
+    from collections import OrderedDict  # noqa: PLC0415
+
+    from suitkit.server.store import BlobStore, is_release_id  # noqa: PLC0415
+    from suitkit.tracker.config import Artifact, ReleaseArtifacts  # noqa: PLC0415
+
+    store = BlobStore(data)
+    sums: OrderedDict[str, tuple[int, str, str]] = OrderedDict()
+    lock = threading.Lock()
+
+    def digests(sha256: str) -> tuple[int, str, str]:
+        with lock:
+            known = sums.get(sha256)
+            if known is not None:
+                sums.move_to_end(sha256)
+                return known
+        sha1, md5, size = hashlib.sha1(usedforsecurity=False), hashlib.md5(
+            usedforsecurity=False), 0
+        with store.open_blob(sha256) as blob:
+            while chunk := blob.read(1 << 20):
+                sha1.update(chunk)
+                md5.update(chunk)
+                size += len(chunk)
+        found = (size, sha1.hexdigest(), md5.hexdigest())
+        with lock:
+            sums[sha256] = found
+            while len(sums) > cache:
+                sums.popitem(last=False)
+        return found
+
+    def artifact(name: str, kind: str, sha256: str) -> Artifact:
+        size, sha1, md5 = digests(sha256)
+        path = f"/envelopes/{sha256}" if kind == "envelope" else f"/firmware/{sha256}"
+        return Artifact(name, path, size, sha256, sha1, md5,
+                        "envelope" if kind == "envelope" else "image")
+
+    def lookup(release: str) -> ReleaseArtifacts | None:
+        if not is_release_id(release):
+            return None
+        record = store.get_release(release)
+        if record is None:
+            return None
+        files = [artifact(f"{record.release_id[:16]}.suit", "envelope", record.envelope)]
+        names = {files[0].filename}
+        seen = {record.envelope}
+        named = [(key.removeprefix("#"), blob) for key, blob in record.integrated.items()]
+        for component in record.components:
+            if component.blob is not None:
+                part = component.identifier[-1] if component.identifier else ""
+                try:
+                    text = bytes.fromhex(part).decode("ascii")
+                except (ValueError, UnicodeDecodeError):
+                    text = ""
+                named.append((text, component.blob))
+        for position, (given, blob) in enumerate(named):
+            if blob in seen:
+                continue
+            seen.add(blob)
+            name = given if _FILENAME.fullmatch(given) and given not in names \
+                else f"component-{position}.bin"
+            names.add(name)
+            files.append(artifact(name, "image", blob))
+        return ReleaseArtifacts(record.release_id, record.sequence_number, tuple(files))
+
+    return lookup
+
+
 @dataclass(frozen=True, slots=True)
 class TrackerWiring:
     """What ``serve`` needs: routers, CoAP resources, and ``close()`` for the shutdown."""
@@ -78,10 +160,12 @@ class TrackerWiring:
 
 
 def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bool = False,
-                   heartbeat: float = 15.0, max_push: int = 10_000) -> TrackerWiring:
+                   heartbeat: float = 15.0, max_push: int = 10_000, ddi: Any = None
+                   ) -> TrackerWiring:
     """The tracker over ``config`` (a ``tracker.config.TrackerConfig``) with its notices
     (``heartbeat``: seconds between SSE heartbeats; ``max_push``: SSE streams and long-polls
-    of all devices at once).
+    of all devices at once; ``ddi``: the hawkBit DDI edge's ``DdiOptions``, ``None``: off; it
+    needs ``config.artifacts``).
 
     Raises:
         StorageError: the database cannot be opened.
@@ -97,8 +181,12 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
     hub = NotificationHub(db.pending_update)
     db.add_listener(hub.changed)
     auth = Authenticator(config, db)
-    routers = (create_router(config, db, auth),
+    routers: tuple[Any, ...] = (create_router(config, db, auth),
                create_push_router(auth, hub, heartbeat=heartbeat, max_total=max_push))
+    if ddi is not None and config.artifacts is not None:
+        from suitkit.tracker.edges.ddi import create_ddi_router  # noqa: PLC0415
+
+        routers = (*routers, create_ddi_router(config, db, auth, config.artifacts, ddi))
     resources: tuple[tuple[tuple[str, ...], Any], ...] = ()
     if coap:
         from suitkit.tracker.notices.coap import NOTICES_PATH, NoticeResource  # noqa: PLC0415

@@ -46,7 +46,13 @@ from suitkit.cli.common import (
     out,
     read_token,
 )
-from suitkit.cli.notices import TrackerWiring, parse_host_port, release_lookup, tracker_routes
+from suitkit.cli.notices import (
+    TrackerWiring,
+    parse_host_port,
+    release_artifacts,
+    release_lookup,
+    tracker_routes,
+)
 from suitkit.core.verify import TrustAnchor, TrustAnchors
 from suitkit.errors import StorageError, SuitError
 from suitkit.tracker.quotas import Quotas
@@ -133,6 +139,15 @@ def serve(
     report_retention_days: Annotated[float, typer.Option(
         "--report-retention-days", help="Days reports are kept (0: for ever).")
     ] = DEFAULT_QUOTAS.report_days,
+    ddi: Annotated[bool, typer.Option(
+        "--ddi/--no-ddi", help="Serve the hawkBit DDI controller API "
+        "(/TENANT/controller/v1/DEVICE-ID, target tokens = device credentials) for SWUpdate, "
+        "RAUC and suitkit agents (with the status tracker).")] = True,
+    ddi_tenant: Annotated[str, typer.Option(
+        "--ddi-tenant", help="The DDI tenant in the paths.")] = "DEFAULT",
+    ddi_poll_seconds: Annotated[int, typer.Option(
+        "--ddi-poll-seconds", help="Seconds a DDI controller is told to sleep between two "
+        "polls (1 to 86399).")] = 60,
     retention_interval: Annotated[float, typer.Option(
         "--retention-interval", help="Seconds between two retention passes (each deletes at "
         "most 10000 rows per table).")] = DEFAULT_QUOTAS.retention_interval,
@@ -202,6 +217,12 @@ def serve(
             or any(c.isspace() for c in public_url) or len(public_url) > 1024):
         fail(f"--public-url: expected an http:// or https:// URL, got {public_url[:80]!r}",
              EXIT_USAGE)
+    if not 0 < ddi_poll_seconds < 86400:
+        fail(f"--ddi-poll-seconds: expected 1 to 86399, got {ddi_poll_seconds}", EXIT_USAGE)
+    if not (0 < len(ddi_tenant) <= 64 and ddi_tenant.isascii()
+            and all(c.isalnum() or c in "-_." for c in ddi_tenant)):
+        fail(f"--ddi-tenant: expected 1 to 64 letters, digits or '-_.', got {ddi_tenant[:40]!r}",
+             EXIT_USAGE)
     if public_url is not None and admin_token_file is None:
         fail("--public-url needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
@@ -235,10 +256,15 @@ def serve(
                 db_url = tracker_db or f"sqlite:///{data.resolve() / 'tracker.db'}"
                 # deployments and campaigns name a release this server holds (the tracker
                 # derives and checks its envelope URL)
+                from suitkit.tracker.config import DdiOptions  # noqa: PLC0415
+
                 tracker_config = TrackerConfig(db_url, admin_token, releases=release_lookup(data),
-                                               public_url=public_url, quotas=quotas)
+                                               public_url=public_url, quotas=quotas,
+                                               artifacts=release_artifacts(data))
                 wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None,
-                                        max_push=max_push)
+                                        max_push=max_push,
+                                        ddi=DdiOptions(ddi_tenant, ddi_poll_seconds)
+                                        if ddi else None)
                 routers = (*wiring.routers, create_dashboard_router(redirect_root=True))
             config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
                                   max_upload_bytes=max_upload_mib * MIB, routers=routers,

@@ -81,12 +81,15 @@ from suitkit.errors import DecodeError, FetchError, PolicyError, SuitError
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
-__all__ = ["MODES", "REPORT_MEDIA_TYPE", "TRANSPORTS", "AgentOptions", "AgentResult", "Assigned",
-           "TrackerError", "check_credential", "error_of", "inventory_of", "register",
-           "run_agent", "run_once"]
+__all__ = ["MODES", "PROTOCOLS", "REPORT_MEDIA_TYPE", "TRANSPORTS", "AgentOptions",
+           "AgentResult", "Assigned", "TrackerError", "check_credential", "error_of",
+           "inventory_of", "register", "run_agent", "run_once"]
 
 MODES = ("poll", "push", "hybrid")
 TRANSPORTS = ("sse", "longpoll", "mqtt", "coap")
+PROTOCOLS = ("suitkit", "ddi")
+"""How the agent learns of its assignment and reports its states: suitkit's JSON API, or the
+hawkBit DDI API (``_DdiTracker``)."""
 
 REPORT_MEDIA_TYPE = "application/suit-report+cbor"
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -256,6 +259,106 @@ class _Tracker:
                    headers={"Content-Type": REPORT_MEDIA_TYPE})
 
 
+_DDI_FEEDBACK = {
+    "downloading": ("proceeding", "none"), "downloaded": ("downloaded", "none"),
+    "installing": ("proceeding", "none"), "rebooting": ("proceeding", "none"),
+    "succeeded": ("closed", "success"), "failed": ("closed", "failure"),
+    "rolled-back": ("closed", "failure")}
+"""A tracker state as DDI feedback (execution, finished): DDI has no installing or rebooting
+step (the tracker adds them at ``closed``) and no rolled-back result (a failure whose detail
+says so)."""
+
+
+class _DdiTracker(_Tracker):
+    """The same calls over hawkBit DDI (``--protocol ddi``, ``tracker.edges.ddi`` on the
+    server; any hawkBit server's DDI API): the assignment from the base poll and its
+    ``deploymentBase`` (the artifact named ``*.suit`` is the envelope: it is verified on the
+    device like any other), the states as the action's feedback. The inventory, the state the
+    tracker has and the SUIT report go to suitkit's JSON API with the same credential (DDI has
+    no place for them): the tracker then knows the device checked the SUIT signatures."""
+
+    def __init__(self, client: httpx.Client, device_id: str, credential: str,
+                 tenant: str) -> None:
+        super().__init__(client, device_id)
+        self.ddi = f"/{tenant}/controller/v1/{device_id}"
+        self.headers = {"Authorization": f"TargetToken {credential}"}
+        self.action: str | None = None
+
+    def _ddi(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.client.request(method, self.ddi + path, headers=self.headers,
+                                           **kwargs)
+        except httpx.HTTPError as e:
+            raise TrackerError(f"DDI {method} {path or '/'}: {type(e).__name__}: {e}"
+                               ) from None
+        if response.status_code != 200:
+            raise TrackerError(f"DDI {method} {path or '/'}: HTTP {response.status_code}: "
+                               f"{error_of(response)}")
+        return response
+
+    def _object(self, response: httpx.Response, where: str) -> Mapping[str, Any]:
+        try:
+            doc = response.json()
+        except ValueError:
+            raise TrackerError(f"{where}: the answer is not JSON") from None
+        if not isinstance(doc, dict):
+            raise TrackerError(f"{where}: the answer is not a JSON object")
+        return doc
+
+    def update(self) -> Assigned | None:
+        base = self._object(self._ddi("GET", ""), "DDI base poll")
+        link = _member(base, "_links", "deploymentBase", "href")
+        if link is None:
+            self.action = None
+            return None
+        parts = urlparse(link)
+        prefix = self.ddi + "/deploymentBase/"
+        if not parts.path.startswith(prefix) or not parts.path[len(prefix):].isdigit():
+            raise TrackerError(f"DDI base poll: deploymentBase {link[:100]!r} is not this "
+                               "controller's deployment")
+        where = "DDI deploymentBase"
+        query = f"?{parts.query}" if parts.query else ""
+        doc = self._object(self._ddi("GET", parts.path[len(self.ddi):] + query), where)
+        deployment = doc.get("deployment")
+        if not isinstance(deployment, dict) or not isinstance(deployment.get("chunks"), list):
+            raise TrackerError(f"{where}: no deployment.chunks")
+        self.action = parts.path[len(prefix):]
+        for chunk in deployment["chunks"]:
+            artifacts = chunk.get("artifacts") if isinstance(chunk, dict) else None
+            for item in artifacts if isinstance(artifacts, list) else ():
+                name = item.get("filename") if isinstance(item, dict) else None
+                if not isinstance(name, str) or not name.endswith(".suit"):
+                    continue
+                url = (_member(item, "_links", "download", "href")
+                       or _member(item, "_links", "download-http", "href"))
+                release = next((m.get("value") for m in chunk.get("metadata") or ()
+                                if isinstance(m, dict) and m.get("key") == "suit-release"),
+                               name.removesuffix(".suit"))
+                action = "download" if deployment.get("update") == "skip" else "install"
+                return Assigned.of({"release": release, "envelope_url": url,
+                                    "action": action}, where)
+        raise TrackerError(f"{where}: no SUIT envelope among the artifacts (a file named "
+                           "*.suit): this device installs SUIT releases only")
+
+    def event(self, state: str, detail: str = "") -> None:
+        if self.action is None:
+            raise TrackerError(f"DDI: no action to report {state} for")
+        execution, finished = _DDI_FEEDBACK[state]
+        text = f"{state}: {detail}" if detail else state
+        self._ddi("POST", f"/deploymentBase/{self.action}/feedback", json={
+            "id": self.action, "status": {"execution": execution,
+                                          "result": {"finished": finished},
+                                          "details": [text[:_MAX_DETAIL]]}})
+
+
+def _member(doc: Mapping[str, Any], *path: str) -> str | None:
+    """The string at ``path`` in nested objects, or ``None``."""
+    value: Any = doc
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def check_credential(folder: Path, credential: str) -> str:
     """The device id of ``credential`` (``<device-id>.<secret>``), if it may run the device in
     ``folder`` (its ``tracker-id`` is that id, or not set yet).
@@ -371,10 +474,13 @@ def _saved_envelope(opened: OpenDevice, release: str) -> Path:
 def run_once(folder: Path, server_url: str, credential: str, *, fetcher: PayloadFetcher,
              limits: Limits | None = None, say: Callable[[str], None] | None = None,
              client: httpx.Client | None = None,
-             assigned: Mapping[str, Any] | None = None) -> AgentResult:
+             assigned: Mapping[str, Any] | None = None, protocol: str = "suitkit",
+             tenant: str = "DEFAULT") -> AgentResult:
     """One run against the tracker at ``server_url`` with ``credential``
     (``<device-id>.<secret>``); installs what is assigned (``assigned``: a pushed notice's
-    document, used instead of ``GET .../update``). ``say`` receives each step as it happens."""
+    document, used instead of ``GET .../update``). ``say`` receives each step as it happens.
+    ``protocol``: ``suitkit`` (the JSON API) or ``ddi`` (hawkBit DDI, ``tenant``:
+    ``_DdiTracker``)."""
     limits = limits or Limits()
     steps: list[str] = []
 
@@ -401,7 +507,8 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
     own = client is None
     http = client or httpx.Client(base_url=server_url.rstrip("/"), timeout=TIMEOUT,
                                   headers={"Authorization": f"Bearer {credential.strip()}"})
-    tracker = _Tracker(http, device_id)
+    tracker = (_DdiTracker(http, device_id, credential.strip(), tenant) if protocol == "ddi"
+               else _Tracker(http, device_id))
     try:
         try:
             tracker.inventory(opened)
@@ -593,7 +700,8 @@ class AgentOptions:
     hybrid): ``sse``, ``longpoll``, ``mqtt`` (``mqtt=(host, port)``) or ``coap``
     (``coap="coap://host:port"``). ``max_runs``: stop after that many runs; ``duration``: after
     that many seconds. ``backoff``/``max_backoff``: the bounds of the jittered wait after a
-    failure to reach the tracker or the notice source.
+    failure to reach the tracker or the notice source. ``protocol``: ``suitkit`` or ``ddi``
+    (hawkBit DDI under ``tenant``; poll mode only).
     """
 
     mode: str = "poll"
@@ -606,11 +714,19 @@ class AgentOptions:
     wait: float = 30.0
     backoff: float = 0.5
     max_backoff: float = 30.0
+    protocol: str = "suitkit"
+    tenant: str = "DEFAULT"
 
     def check(self) -> None:
         """Raises: ValueError: an inconsistent option (one line)."""
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got "
+                             f"{self.protocol!r}")
+        if self.protocol == "ddi" and self.mode != "poll":
+            raise ValueError("the ddi protocol polls (hawkBit DDI has no notices): use the "
+                             "poll mode")
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got "
                              f"{self.transport!r}")
@@ -702,7 +818,8 @@ def run_agent(folder: Path, server_url: str, credential: str, *, fetcher: Payloa
                 continue
             assigned = todo if todo else None
             last = run_once(folder, server_url, credential, fetcher=fetcher, limits=limits,
-                            say=say, assigned=assigned)
+                            say=say, assigned=assigned, protocol=options.protocol,
+                            tenant=options.tenant)
             runs += 1
             if last.outcome == "error":
                 failures += 1

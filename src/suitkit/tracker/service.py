@@ -16,6 +16,10 @@
   Campaign assignments (``deliverable``, ``member_event``): a paused campaign's devices, or
   those outside its schedule, are held back; an event moves the campaign member in the same
   transaction.
+- Protocols with coarser steps than the state machine (hawkBit DDI): ``advance`` adds the
+  states a device skipped on the way of a successful update, in one transaction;
+  ``update_view`` is a device's update as such an edge shows it; ``close_withdrawn`` ends an
+  update withdrawn before the device started, when the device acknowledges it.
 - Quotas and retention (``tracker.quotas.Quotas``): the oldest events and reports beyond a
   device's quota are deleted with the new one; ``prune`` is one retention pass.
 - Device credentials and API tokens (RFC 9019 §3: every exchange with the tracker is
@@ -72,6 +76,7 @@ __all__ = [
     "NOT_STARTED",
     "SEEN_RESOLUTION",
     "AssignmentListener",
+    "AssignmentView",
     "CampaignRefused",
     "ComponentEntry",
     "DeploymentRefused",
@@ -82,6 +87,7 @@ __all__ = [
     "TokenCheck",
     "TrackerDB",
     "TransitionRefused",
+    "UpdateView",
     "deliverable",
     "hash_secret",
     "in_window",
@@ -238,6 +244,53 @@ class Inventory:
     class_id: str | None
     components: tuple[ComponentEntry, ...]
     hardware: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentView:
+    """A device's assignment as a protocol edge needs it (``TrackerDB.update_view``):
+    ``pending`` is not done and deliverable now (its campaign does not hold it back);
+    ``reported``: the device sent the SUIT report of this update; ``campaign_mode`` and
+    ``window``: its campaign's (``None`` for a direct deployment)."""
+
+    release: str
+    envelope_url: str
+    action: str
+    created: datetime
+    pending: bool
+    done: bool
+    reported: bool
+    campaign_id: str | None
+    campaign_mode: str | None
+    window: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateView:
+    """A device's update state (``device_state``, since ``state_changed``) and its latest
+    assignment (``None``: none, or withdrawn before it started)."""
+
+    device_state: str | None
+    state_changed: datetime | None
+    assignment: AssignmentView | None
+
+
+_MAX_EVENT_DETAIL = 1024
+
+
+def _steps(current: str | None, target: str) -> list[str] | None:
+    """The states from ``current`` to ``target`` on the way of a successful update
+    (``TrackerDB.advance``): ``[]`` when ``target`` is reached or passed already, ``None``
+    when it cannot be reached."""
+    if target == "failed":
+        return ["failed"] if "failed" in TRANSITIONS.get(current, frozenset()) else None
+    if current not in STATES or current in FINAL_STATES or target not in STATES:
+        return None
+    here, there = STATES.index(current), STATES.index(target)
+    if there <= here:
+        return []
+    way = list(STATES[here + 1:there + 1])
+    return None if "failed" in way or "rolled-back" in way else way
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -495,27 +548,127 @@ class TrackerDB:
             assignment = tx.assignment(device_id)
             if by_device:
                 _check_device_event(tx, device, assignment, state, self.now())
-            if state not in TRANSITIONS.get(device.state, frozenset()):
-                raise TransitionRefused(device.state, state)
-            now = self.now()
-            row = DeviceEvent(device_id=device_id, seq=seq, state=state,
-                              previous=device.state, detail=detail, timestamp=now)
-            tx.add(row)
-            device.state = state
-            device.state_changed = now
-            self._trim_events(tx, device_id)
-            finished = False
-            if assignment is not None and assignment.done is None:
-                if state in FINAL_STATES or (state == "downloaded"
-                                             and assignment.action == "download"):
-                    assignment.done = now
-                    finished = True
-                member_event(tx, assignment, state, detail, now)
-            tx.flush()
-            result = _event_json(row)
+            result, finished = self._move(tx, device, assignment, seq, (state, detail))
         if finished:  # the assignment is no longer pending: retained notices must say so
             self.announce([device_id])
         return result
+
+    def _move(self, tx: Tx, device: Device, assignment: Assignment | None, seq: int,
+              step: tuple[str, str]) -> tuple[dict[str, Any], bool]:
+        """One event (history ``seq``) moving ``device`` to the state of ``step`` (state,
+        detail) in ``tx``; whether it finished the assignment."""
+        state, detail = step
+        if state not in TRANSITIONS.get(device.state, frozenset()):
+            raise TransitionRefused(device.state, state)
+        now = self.now()
+        row = DeviceEvent(device_id=device.id, seq=seq, state=state,
+                          previous=device.state, detail=detail, timestamp=now)
+        tx.add(row)
+        device.state = state
+        device.state_changed = now
+        self._trim_events(tx, device.id)
+        finished = False
+        if assignment is not None and assignment.done is None:
+            if state in FINAL_STATES or (state == "downloaded"
+                                         and assignment.action == "download"):
+                assignment.done = now
+                finished = True
+            member_event(tx, assignment, state, detail, now)
+        tx.flush()
+        return _event_json(row), finished
+
+    def advance(self, device_id: str, target: str, detail: str, *, release: str | None = None,
+                unreported: str | None = None) -> list[dict[str, Any]]:
+        """The device itself says its current update reached ``target`` (a state of
+        ``DEVICE_STATES``), for a protocol whose steps are coarser than the state machine's:
+        the states between the current one and ``target`` on the way of a successful update
+        (``STATES``) are added too, each an event with ``detail``, in one transaction.
+        ``failed`` is one step from anywhere. A ``target`` the device has already reached or
+        passed adds nothing (a repeated or late message): the events added, maybe none.
+
+        ``release``: the assignment the message is about; refused when it is not the current
+        one. ``unreported``: a prefix for the detail of a final state reached without a SUIT
+        report of this update (the device did not say what it verified).
+
+        Raises:
+            NotAssigned: no pending assignment, or not ``release``; ``target`` is ``notified``.
+            TransitionRefused: ``target`` cannot be reached from the current state.
+        """
+        finished = False
+        added: list[dict[str, Any]] = []
+        with self.store.transaction() as tx:
+            tx.hold_device(device_id)
+            device = tx.device(device_id)
+            if device is None:
+                raise StorageError(f"no device {device_id}")
+            tx.refresh(device)
+            assignment = tx.assignment(device_id)
+            _check_device_event(tx, device, assignment, target, self.now())
+            assert assignment is not None
+            if release is not None and release.lower() != assignment.release.lower():
+                raise NotAssigned(f"the message is about release {release[:128]}; the "
+                                  f"device's current assignment is release "
+                                  f"{assignment.release}")
+            steps = _steps(device.state, target)
+            if steps is None:
+                raise TransitionRefused(device.state, target)
+            for state in steps:
+                text = detail
+                if unreported is not None and state in FINAL_STATES \
+                        and assignment.reported is None:
+                    text = f"{unreported}: {detail}" if detail else unreported
+                event, done = self._move(tx, device, assignment, tx.lock_device(device_id),
+                                         (state, text[:_MAX_EVENT_DETAIL]))
+                added.append(event)
+                finished = finished or done
+        if finished:
+            self.announce([device_id])
+        return added
+
+    def close_withdrawn(self, device_id: str, notified: datetime, detail: str
+                        ) -> dict[str, Any] | None:
+        """The device acknowledges that the update it was notified of at ``notified`` is over:
+        its assignment was withdrawn before it started (a cancelled campaign). It moves from
+        ``notified`` to ``failed`` with ``detail``, in one transaction, only if it is still
+        notified since then without a pending assignment; ``None`` (nothing changed)
+        otherwise, such as when a new assignment came meanwhile."""
+        with self.store.transaction() as tx:
+            tx.hold_device(device_id)
+            device = tx.device(device_id)
+            if device is None:
+                return None
+            tx.refresh(device)
+            assignment = tx.assignment(device_id)
+            if device.state != "notified" or device.state_changed != notified or (
+                    assignment is not None and assignment.done is None):
+                return None
+            event, _ = self._move(tx, device, assignment, tx.lock_device(device_id),
+                                  ("failed", detail[:_MAX_EVENT_DETAIL]))
+            return event
+
+    def update_view(self, device_id: str) -> UpdateView | None:
+        """The device's update as a protocol edge shows it (``UpdateView``), ``None`` for no
+        such device."""
+        with self.store.transaction() as tx:
+            device = tx.device(device_id)
+            if device is None:
+                return None
+            assignment = tx.assignment(device_id)
+            if assignment is None:
+                return UpdateView(device.state, device.state_changed, None)
+            campaign = (tx.campaign(assignment.campaign_id)
+                        if assignment.campaign_id is not None else None)
+            pending = assignment.done is None and deliverable(tx, assignment, device.state,
+                                                              self.now())
+            return UpdateView(
+                device.state, device.state_changed, AssignmentView(
+                    release=assignment.release, envelope_url=assignment.envelope_url,
+                    action=assignment.action, created=assignment.created,
+                    pending=pending, done=assignment.done is not None,
+                    reported=assignment.reported is not None,
+                    campaign_id=assignment.campaign_id,
+                    campaign_mode=campaign.mode if campaign is not None else None,
+                    window=campaign.window if campaign is not None else None))
 
     # ---- deployments
 
