@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -64,10 +65,19 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 @app.command()
 @handles_errors
 def serve(
-    data: Annotated[Path, typer.Option("--data", help="Data directory (created if missing).")],
-    author_anchor: Annotated[list[Path], typer.Option(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="TOML file of serve's options (keys as the flags, dashes as "
+        "underscores; docs/operations.md); also SUITKIT_CONFIG. Flags win over SUITKIT_<KEY> "
+        "environment variables, which win over the file.")] = None,
+    print_config: Annotated[bool, typer.Option(
+        "--print-config", help="Print the configuration in force (TOML, each value's source, "
+        "secrets redacted) and exit.")] = False,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Data directory (created if missing); required.")] = None,
+    author_anchor: Annotated[list[Path] | None, typer.Option(
         "--author-anchor", help="Author public key uploads must be signed with; repeat for "
-        "several (any one suffices).")],
+        "several (any one suffices); at least one is required.")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8080,
     upload_token_file: Annotated[Path | None, typer.Option(
@@ -97,7 +107,7 @@ def serve(
         "--admin-token-file", help="File holding the status tracker's admin token; with it "
         "the status tracker API is served too (/api/v1/devices), and the dashboard "
         "(/dashboard/).")] = None,
-    tracker_db: Annotated[str | None, typer.Option(
+    db: Annotated[str | None, typer.Option(
         "--db", "--tracker-db", help="Status tracker database URL (default "
         "sqlite:///DATA/tracker.db; e.g. postgresql+psycopg://user@host/suitkit); migrated to "
         "the newest schema on start.")] = None,
@@ -139,6 +149,91 @@ def serve(
 ) -> None:
     """Run the firmware server (verified uploads, immutable content-addressed downloads over
     HTTP and CoAP) and, with --admin-token-file, the status tracker and the dashboard."""
+    options = serve_options(ctx, config)
+    if print_config:
+        out.print(show_config(ctx, config), markup=False)
+        return
+    _serve(options)
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """Every option of ``serve`` in force (flag > SUITKIT_<KEY> > config file > default),
+    built once by ``serve_options``; the field names are serve's parameter names."""
+
+    data: Path | None
+    author_anchor: list[Path] | None
+    host: str
+    port: int
+    upload_token_file: Path | None
+    max_upload_mib: int
+    limit_concurrency: int
+    max_push: int
+    max_connections: int
+    head_timeout: float
+    log_level: str
+    coap_port: int | None
+    admin_token_file: Path | None
+    db: str | None
+    mqtt: str | None
+    public_url: str | None
+    device_reports_per_minute: float
+    device_events_per_minute: float
+    device_inventory_per_minute: float
+    max_reports_per_device: int
+    max_report_kib_per_device: int
+    max_events_per_device: int
+    history_retention_days: float
+    report_retention_days: float
+    retention_interval: float
+
+
+_NOT_KEYS = frozenset({"config", "print_config"})
+
+
+def _resolved(ctx: typer.Context, config: Path | None) -> tuple[list[Any], Any]:
+    from suitkit.cli import config as settings  # noqa: PLC0415
+
+    keys = settings.keys_of(ctx.command, ServeOptions, skip=_NOT_KEYS)
+    from_flag = frozenset(
+        k.name for k in keys
+        if getattr(ctx.get_parameter_source(k.name), "name", None) == "COMMANDLINE")
+    if config is None and os.environ.get("SUITKIT_CONFIG"):
+        config = Path(os.environ["SUITKIT_CONFIG"])
+    try:
+        return keys, settings.resolve(keys, ctx.params, from_flag, config)
+    except settings.ConfigError as e:
+        fail(str(e), EXIT_USAGE)
+
+
+def serve_options(ctx: typer.Context, config: Path | None) -> ServeOptions:
+    """``ServeOptions`` from the command line, the environment and ``config`` (exit 2 with
+    one line naming the key and its source when one is unusable)."""
+    _, resolved = _resolved(ctx, config)
+    return ServeOptions(**resolved.values)
+
+
+def show_config(ctx: typer.Context, config: Path | None) -> str:
+    """The configuration in force as TOML with sources (secrets redacted)."""
+    from suitkit.cli import config as settings  # noqa: PLC0415
+
+    keys, resolved = _resolved(ctx, config)
+    return settings.render(keys, resolved)
+
+
+def _serve(o: ServeOptions) -> None:
+    """Run the server with options ``o`` (see ``serve``)."""
+    if o.data is None:
+        fail("--data is required (or SUITKIT_DATA, or the key data in the --config file)",
+             EXIT_USAGE)
+    if not o.author_anchor:
+        fail("--author-anchor is required (or SUITKIT_AUTHOR_ANCHOR, or the key "
+             "author_anchor in the --config file)", EXIT_USAGE)
+    data = o.data
+    host, port, coap_port, log_level = o.host, o.port, o.coap_port, o.log_level
+    head_timeout, public_url, mqtt = o.head_timeout, o.public_url, o.mqtt
+    admin_token_file, upload_token_file = o.admin_token_file, o.upload_token_file
+    tracker_db = o.db
     try:
         import uvicorn  # noqa: PLC0415 - optional at import time of the CLI
 
@@ -151,9 +246,9 @@ def serve(
     for name, value in (("--port", port), ("--coap-port", coap_port)):
         if value is not None and not 0 < value < 65536:
             fail(f"{name}: expected a port number from 1 to 65535, got {value}", EXIT_USAGE)
-    for name, value in (("--max-upload-mib", max_upload_mib),
-                        ("--limit-concurrency", limit_concurrency), ("--max-push", max_push),
-                        ("--max-connections", max_connections)):
+    for name, value in (("--max-upload-mib", o.max_upload_mib),
+                        ("--limit-concurrency", o.limit_concurrency), ("--max-push", o.max_push),
+                        ("--max-connections", o.max_connections)):
         if value < 1:
             fail(f"{name} must be at least 1", EXIT_USAGE)
     if not 0 < head_timeout <= 3600:
@@ -161,26 +256,26 @@ def serve(
     if log_level.lower() not in _LOG_LEVELS:
         fail(f"--log-level: expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}",
              EXIT_USAGE)
-    bounds = {"--device-reports-per-minute": device_reports_per_minute,
-              "--device-events-per-minute": device_events_per_minute,
-              "--device-inventory-per-minute": device_inventory_per_minute,
-              "--max-reports-per-device": max_reports_per_device,
-              "--max-report-kib-per-device": max_report_kib_per_device,
-              "--max-events-per-device": max_events_per_device,
-              "--history-retention-days": history_retention_days,
-              "--report-retention-days": report_retention_days,
-              "--retention-interval": retention_interval}
+    bounds = {"--device-reports-per-minute": o.device_reports_per_minute,
+              "--device-events-per-minute": o.device_events_per_minute,
+              "--device-inventory-per-minute": o.device_inventory_per_minute,
+              "--max-reports-per-device": o.max_reports_per_device,
+              "--max-report-kib-per-device": o.max_report_kib_per_device,
+              "--max-events-per-device": o.max_events_per_device,
+              "--history-retention-days": o.history_retention_days,
+              "--report-retention-days": o.report_retention_days,
+              "--retention-interval": o.retention_interval}
     for option, bound in bounds.items():
         if not 0 <= bound < 1e9:
             fail(f"{option} must be 0 (off) or a positive number below 1e9, got {bound:g}",
                  EXIT_USAGE)
-    quotas = Quotas(reports_per_minute=device_reports_per_minute,
-                    events_per_minute=device_events_per_minute,
-                    inventory_per_minute=device_inventory_per_minute,
-                    max_reports=max_reports_per_device,
-                    max_report_bytes=max_report_kib_per_device * 1024,
-                    max_events=max_events_per_device, history_days=history_retention_days,
-                    report_days=report_retention_days, retention_interval=retention_interval)
+    quotas = Quotas(reports_per_minute=o.device_reports_per_minute,
+                    events_per_minute=o.device_events_per_minute,
+                    inventory_per_minute=o.device_inventory_per_minute,
+                    max_reports=o.max_reports_per_device,
+                    max_report_bytes=o.max_report_kib_per_device * 1024,
+                    max_events=o.max_events_per_device, history_days=o.history_retention_days,
+                    report_days=o.report_retention_days, retention_interval=o.retention_interval)
     if tracker_db is not None and admin_token_file is None:
         fail("--db/--tracker-db needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
@@ -196,7 +291,7 @@ def serve(
         fail("--mqtt needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
     anchors = TrustAnchors(tuple(TrustAnchor(keyfiles.load_verifier(p), role="author")
-                                 for p in author_anchor))
+                                 for p in o.author_anchor))
     token = read_token(upload_token_file) if upload_token_file is not None else None
     admin_token = read_token(admin_token_file) if admin_token_file is not None else None
     broker = None
@@ -225,12 +320,12 @@ def serve(
                 tracker_config = TrackerConfig(db_url, admin_token, releases=release_lookup(data),
                                                public_url=public_url, quotas=quotas)
                 wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None,
-                                        max_push=max_push)
+                                        max_push=o.max_push)
                 routers = (*wiring.routers, create_dashboard_router(redirect_root=True))
             config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
-                                  max_upload_bytes=max_upload_mib * MIB, routers=routers,
+                                  max_upload_bytes=o.max_upload_mib * MIB, routers=routers,
                                   authorizer=wiring.authorizer if wiring is not None else None,
-                                  max_requests=limit_concurrency)
+                                  max_requests=o.limit_concurrency)
             application = create_app(config)
             sock = _listen(host, port)  # before anything says it runs
             if coap_port is not None:
@@ -248,7 +343,7 @@ def serve(
                              else f"[{host}]:{coap_port}")
                     fail(f"--coap-port: cannot listen on {where} (UDP): {reason}", EXIT_USAGE)
             guards = Guards(head_timeout=head_timeout,
-                            max_connections=max(16, min(max_connections, open_files - 64)))
+                            max_connections=max(16, min(o.max_connections, open_files - 64)))
             options = {**UVICORN_OPTIONS, "http": guarded_protocol(guards)}
             server = uvicorn.Server(uvicorn.Config(
                 application, log_config=None, log_level=log_level.lower(),
@@ -503,3 +598,24 @@ def _json(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+config_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                         help="serve's configuration (flags > SUITKIT_<KEY> > file > defaults).")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+@handles_errors
+def config_show(
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="TOML file of serve's options (default: SUITKIT_CONFIG).")] = None,
+) -> None:
+    """Print the configuration serve would run with here (the environment and the file; no
+    flags), as TOML with each value's source; secrets redacted."""
+    import typer.main  # noqa: PLC0415
+
+    group: Any = typer.main.get_command(app)
+    args = ["--config", str(config)] if config is not None else []
+    with group.commands["serve"].make_context("serve", args) as ctx:
+        out.print(show_config(ctx, config), markup=False)
