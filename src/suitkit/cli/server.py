@@ -14,6 +14,7 @@ their files, with the bearer token from a file, and prints the release the serve
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -100,6 +101,9 @@ def serve(
     log_level: Annotated[str, typer.Option(
         "--log-level", help="debug, info (one access line per request), warning or error; "
         "the log goes to stderr.")] = "info",
+    log_format: Annotated[str, typer.Option(
+        "--log-format", help="plain (text lines) or json (one JSON object a line).")
+    ] = "plain",
     coap_port: Annotated[int | None, typer.Option(
         "--coap-port", help="Also serve the blobs over CoAP (block-wise) on this UDP port.")
     ] = None,
@@ -172,6 +176,7 @@ class ServeOptions:
     max_connections: int
     head_timeout: float
     log_level: str
+    log_format: str
     coap_port: int | None
     admin_token_file: Path | None
     db: str | None
@@ -253,6 +258,8 @@ def _serve(o: ServeOptions) -> None:
             fail(f"{name} must be at least 1", EXIT_USAGE)
     if not 0 < head_timeout <= 3600:
         fail(f"--head-timeout: expected 0 to 3600 seconds, got {head_timeout:g}", EXIT_USAGE)
+    if o.log_format not in ("plain", "json"):
+        fail(f"--log-format: expected plain or json, got {o.log_format[:40]!r}", EXIT_USAGE)
     if log_level.lower() not in _LOG_LEVELS:
         fail(f"--log-level: expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}",
              EXIT_USAGE)
@@ -300,7 +307,7 @@ def _serve(o: ServeOptions) -> None:
             broker = parse_host_port(mqtt, "--mqtt")
         except ValueError as e:
             fail(str(e), EXIT_USAGE)
-    _configure_logging(log_level.lower())
+    _configure_logging(log_level.lower(), o.log_format)
     open_files = _raise_open_files()
     routers: tuple[Any, ...] = ()
     wiring: TrackerWiring | None = None
@@ -371,13 +378,66 @@ def _serve(o: ServeOptions) -> None:
 
 
 class _Redacting(logging.Formatter):
-    """The log's format; SQL parameters in a database error's traceback are left out (they
-    may hold credential hashes)."""
+    """The plain log's format; SQL parameters in a database error's traceback are left out
+    (they may hold credential hashes); the request's id, when the line has one, at its end."""
 
     _PARAMETERS = re.compile(r"\[parameters: .*?\]$", re.MULTILINE | re.DOTALL)
 
     def formatException(self, ei: Any) -> str:
         return self._PARAMETERS.sub("[parameters hidden]", super().formatException(ei))
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        rid = getattr(record, "request_id", None)
+        return f"{line} [request {rid}]" if rid else line
+
+
+class _Json(_Redacting):
+    """One JSON object per line (``--log-format json``): ``time`` (UTC, ISO 8601), ``level``,
+    ``logger``, ``message``, ``request_id`` (in a request), ``exception`` (a traceback); an
+    access line also has ``client``, ``method``, ``path``, ``http_version``, ``status``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), "logger": record.name,
+            "message": record.getMessage()}
+        rid = getattr(record, "request_id", None)
+        if rid:
+            doc["request_id"] = rid
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(
+                record.args) == 5:
+            client, method, path, version, status = record.args
+            doc.update(client=client, method=method, path=path, http_version=version,
+                       status=status)
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=True, default=str)
+
+
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:[^=&]*(?:token|secret|password|passwd|credential|"
+                           r"key|auth)[^=&]*)=)[^&]*")
+
+
+class _Context(logging.Filter):
+    """Adds the request's id (``server.observe.request_id``) to every record made while a
+    request is served, and hides the values of query parameters whose names say they are
+    secret (``?token=...``) in the access log: suitkit never takes a secret in a URL, but a
+    client may put one there."""
+
+    def __init__(self, request_id: Callable[[], str | None]) -> None:
+        super().__init__()
+        self._request_id = request_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = self._request_id()
+        if (record.name == "uvicorn.access" and isinstance(record.args, tuple)
+                and len(record.args) == 5):
+            client, method, path, version, status = record.args
+            record.args = (client, method, _SECRET_QUERY.sub(r"\1***", str(path)), version,
+                           status)
+        return True
 
 
 class _Quieter(logging.Filter):
@@ -417,13 +477,18 @@ class _Quieter(logging.Filter):
         return True
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, log_format: str = "plain") -> None:
     """The server's log on stderr: suitkit's and uvicorn's loggers (the access log at info);
     other libraries only from warning up. Requests are logged as method, path and status:
-    never a header (where credentials travel) nor a body."""
+    never a header (where credentials travel) nor a body. Each line made while a request is
+    served carries its id; ``log_format`` ``json``: one JSON object a line."""
+    from suitkit.server.observe import request_id  # noqa: PLC0415
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Redacting("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(_Json(fmt) if log_format == "json" else _Redacting(fmt))
     handler.addFilter(_Quieter())
+    handler.addFilter(_Context(request_id))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
