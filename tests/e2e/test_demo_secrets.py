@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from suitkit.sim.control import Console
-from suitkit.sim.fleet import Fleet
 from suitkit.sim.firmware import make_keys
+from suitkit.sim.fleet import Fleet
 from suitkit.sim.local import local_server
 from suitkit.sim.scenario import demo_plans, run_scenario
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from suitkit.errors import SuitError
 
-__all__ = ["TrackerWiring", "parse_host_port", "release_lookup", "tracker_routes"]
+__all__ = ["TrackerWiring", "parse_host_port", "release_lookup", "schema_problem",
+           "tracker_routes"]
 
 
 def parse_host_port(value: str, option: str) -> tuple[str, int]:
@@ -67,6 +68,14 @@ class TrackerWiring:
     authorizer: Any = None
     """The firmware server's ``ServerConfig.authorizer`` over the tracker's API tokens."""
 
+    def database_ready(self) -> str | None:
+        """``/readyz``'s check of the tracker's database: ``None`` when it answers and its
+        schema is the newest this version knows, else one line saying what is wrong (never the
+        URL: it may hold a password)."""
+        if self.db is None:
+            return None
+        return schema_problem(self.db.engine)
+
     def close(self) -> None:
         """End SSE streams and long-polls; stop the MQTT publisher; close the database's pooled
         connections (a PostgreSQL connection left to the garbage collector was a leak)."""
@@ -75,6 +84,31 @@ class TrackerWiring:
             self.publisher.stop()
         if self.db is not None:
             self.db.engine.dispose()
+
+
+def schema_problem(engine: Any) -> str | None:
+    """``None`` when the database of ``engine`` answers and its schema revision is the newest
+    of the tracker's migrations; else one line naming the problem."""
+    from alembic.config import Config  # noqa: PLC0415
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+    from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
+
+    from suitkit.tracker.migrations import SCRIPT_LOCATION  # noqa: PLC0415
+
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or type(e).__name__).strip().splitlines()
+        return f"the tracker database does not answer: {(reason or ['?'])[0][:200]}"
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    if current != head:
+        return (f"the tracker database schema is at {current or 'no revision'}, this version "
+                f"needs {head}: run suitkit db upgrade")
+    return None
 
 
 def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bool = False,

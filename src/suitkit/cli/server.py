@@ -104,6 +104,11 @@ def serve(
     log_format: Annotated[str, typer.Option(
         "--log-format", help="plain (text lines) or json (one JSON object a line).")
     ] = "plain",
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", help="Serve /metrics (Prometheus), /healthz and /readyz on this TCP "
+        "port too, and nothing else there; /metrics is served nowhere else.")] = None,
+    metrics_host: Annotated[str, typer.Option(
+        "--metrics-host", help="Address of the --metrics-port listener.")] = "127.0.0.1",
     coap_port: Annotated[int | None, typer.Option(
         "--coap-port", help="Also serve the blobs over CoAP (block-wise) on this UDP port.")
     ] = None,
@@ -177,6 +182,8 @@ class ServeOptions:
     head_timeout: float
     log_level: str
     log_format: str
+    metrics_port: int | None
+    metrics_host: str
     coap_port: int | None
     admin_token_file: Path | None
     db: str | None
@@ -245,12 +252,16 @@ def _serve(o: ServeOptions) -> None:
         from suitkit.server.app import ServerConfig, create_app  # noqa: PLC0415
         from suitkit.server.background import UVICORN_OPTIONS  # noqa: PLC0415
         from suitkit.server.guard import Guards, guarded_protocol  # noqa: PLC0415
+        from suitkit.server.observe import Metrics  # noqa: PLC0415
         from suitkit.server.store import BlobStore  # noqa: PLC0415
     except ImportError as e:
         fail(f"the firmware server needs fastapi and uvicorn: {e}", EXIT_USAGE)
-    for name, value in (("--port", port), ("--coap-port", coap_port)):
+    for name, value in (("--port", port), ("--coap-port", coap_port),
+                        ("--metrics-port", o.metrics_port)):
         if value is not None and not 0 < value < 65536:
             fail(f"{name}: expected a port number from 1 to 65535, got {value}", EXIT_USAGE)
+    if o.metrics_port == port:
+        fail(f"--metrics-port must differ from --port (both {port})", EXIT_USAGE)
     for name, value in (("--max-upload-mib", o.max_upload_mib),
                         ("--limit-concurrency", o.limit_concurrency), ("--max-push", o.max_push),
                         ("--max-connections", o.max_connections)):
@@ -313,6 +324,7 @@ def _serve(o: ServeOptions) -> None:
     wiring: TrackerWiring | None = None
     coap: Any = None
     sock: socket.socket | None = None
+    metrics_sock: socket.socket | None = None
     try:
         try:  # every start-up problem is bad usage (exit 2), whatever its kind
             store = BlobStore(data)  # creates the data directory, or fails with one line
@@ -332,9 +344,14 @@ def _serve(o: ServeOptions) -> None:
             config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
                                   max_upload_bytes=o.max_upload_mib * MIB, routers=routers,
                                   authorizer=wiring.authorizer if wiring is not None else None,
-                                  max_requests=o.limit_concurrency)
+                                  max_requests=o.limit_concurrency,
+                                  metrics=Metrics(ports=frozenset(
+                                      {o.metrics_port} if o.metrics_port else ())),
+                                  readiness=(wiring.database_ready,) if wiring else ())
             application = create_app(config)
             sock = _listen(host, port)  # before anything says it runs
+            if o.metrics_port is not None:
+                metrics_sock = _listen(o.metrics_host, o.metrics_port, "--metrics-host")
             if coap_port is not None:
                 from suitkit.server.coap import CoapServer, create_coap_site  # noqa: PLC0415
 
@@ -367,8 +384,13 @@ def _serve(o: ServeOptions) -> None:
                   f"{'; status tracker enabled' if routers else ''})", markup=False)
         if coap_port is not None:
             out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
-        server.run(sockets=[sock])
+        if metrics_sock is not None:
+            out.print(f"metrics and health on http://{_shown(o.metrics_host)}:{o.metrics_port}"
+                      "/metrics", markup=False)
+        server.run(sockets=[sock] if metrics_sock is None else [sock, metrics_sock])
     finally:
+        if metrics_sock is not None:
+            metrics_sock.close()
         if coap is not None:
             coap.stop()
         if sock is not None:
@@ -510,7 +532,11 @@ def _raise_open_files() -> int:
     return wanted if soft == resource.RLIM_INFINITY else soft
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _shown(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _listen(host: str, port: int, option: str = "--host") -> socket.socket:
     """A listening TCP socket on ``host:port`` (exit 2 with one line if it cannot be had).
 
     Made with ``IPPROTO_TCP`` named, so asyncio turns Nagle's algorithm off on its connections
@@ -520,7 +546,7 @@ def _listen(host: str, port: int) -> socket.socket:
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                       proto=socket.IPPROTO_TCP)[0]
     except (OSError, UnicodeError) as e:
-        fail(f"--host: cannot resolve {host!r}: {getattr(e, 'strerror', None) or e}",
+        fail(f"{option}: cannot resolve {host!r}: {getattr(e, 'strerror', None) or e}",
              EXIT_USAGE)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:

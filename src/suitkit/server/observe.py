@@ -148,8 +148,12 @@ class Observed:
             await send(message)
 
         path = scope.get("path", "")
+        server = scope.get("server")
+        on_metrics_port = server is not None and server[1] in self.metrics.ports
         try:
-            if path in HEALTH_PATHS and scope.get("method") in ("GET", "HEAD"):
+            if on_metrics_port and path not in HEALTH_PATHS:
+                await _not_found(send_with_id)  # the metrics listener serves nothing else
+            elif path in HEALTH_PATHS and scope.get("method") in ("GET", "HEAD"):
                 await self._health(scope, path, send_with_id)
                 scope["route"] = _Named(path)
             else:
@@ -196,7 +200,7 @@ class Observed:
         elif path == "/metrics":
             server = scope.get("server")
             if not server or server[1] not in self.metrics.ports:
-                status, body = 404, b'{"error":"not found"}'
+                status, body = 404, _NOT_FOUND
             else:
                 body = await run_in_threadpool(self.metrics.exposition)
                 media = CONTENT_TYPE_LATEST.encode()
@@ -226,6 +230,15 @@ _READY_CACHE = 1.0
 @dataclass(frozen=True, slots=True)
 class _Named:
     path: str
+
+
+_NOT_FOUND = b'{"error":"not found"}'
+
+
+async def _not_found(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 404,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": _NOT_FOUND})
 
 
 def _run_check(check: ReadinessCheck) -> str | None:

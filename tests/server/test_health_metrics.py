@@ -1,0 +1,152 @@
+"""``/healthz``, ``/readyz`` and ``/metrics`` of ``suitkit serve`` (issue #13 item 3), against a
+real server process, a real PostgreSQL stopped and started again, and a real data directory
+made read-only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine
+
+from device.device_kit import Author
+from pg import PostgresCluster, PostgresMissing
+from serve_kit import free_port, serving
+from server.test_cli_server import read_only
+
+ADMIN = "admin-token-for-health-tests"
+WAIT = 60.0
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.2)
+
+
+def ready(url: str) -> httpx.Response:
+    return httpx.get(f"{url}/readyz", timeout=30)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus exposition, parsed by prometheus-client's own parser."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_readyz_is_false_while_the_database_is_down_and_true_after(tmp_path: Path) -> None:
+    try:
+        cluster = PostgresCluster()
+    except PostgresMissing as e:
+        pytest.skip(str(e))
+    try:
+        author = Author.create(tmp_path / "author")
+        (tmp_path / "admin.token").write_text(ADMIN + "\n")
+        argv = ["--data", str(tmp_path / "data"), "--author-anchor", str(author.anchor),
+                "--admin-token-file", str(tmp_path / "admin.token"),
+                "--db", cluster.tracker_database()]
+        with serving(argv, timeout=60) as server:
+            assert httpx.get(f"{server.url}/healthz", timeout=30).json() == {"status": "ok"}
+            first = ready(server.url)
+            assert first.status_code == 200, first.text
+            assert first.json() == {"status": "ready"}
+            cluster.halt()
+            wait_for("/readyz to say 503 with PostgreSQL stopped",
+                     lambda: ready(server.url).status_code == 503)
+            down = ready(server.url).json()
+            assert down["status"] == "not ready"
+            assert down["problems"][0].startswith("the tracker database does not answer: "), down
+            # the process lives: /healthz is not /readyz
+            assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+            cluster.start()
+            wait_for("/readyz to say 200 again with PostgreSQL started",
+                     lambda: ready(server.url).status_code == 200)
+            assert ready(server.url).json() == {"status": "ready"}
+    finally:
+        cluster.stop()
+
+
+def test_readyz_is_false_on_an_old_schema_and_a_read_only_data_directory(
+        tmp_path: Path) -> None:
+    from suitkit.cli.notices import schema_problem
+    from suitkit.tracker.db import downgrade_schema
+
+    author = Author.create(tmp_path / "author")
+    (tmp_path / "admin.token").write_text(ADMIN + "\n")
+    data = tmp_path / "data"
+    argv = ["--data", str(data), "--author-anchor", str(author.anchor),
+            "--admin-token-file", str(tmp_path / "admin.token")]
+    with serving(argv, timeout=60) as server:
+        assert ready(server.url).status_code == 200
+        with read_only(data / "tmp", data / "releases"):
+            wait_for("/readyz to say 503 with the data directory read-only",
+                     lambda: ready(server.url).status_code == 503)
+            problems = ready(server.url).json()["problems"]
+            assert problems[0].startswith(f"the data directory {data} is not writable"), problems
+        wait_for("/readyz to say 200 with the data directory writable again",
+                 lambda: ready(server.url).status_code == 200)
+        engine = create_engine(f"sqlite:///{data / 'tracker.db'}")
+        try:
+            downgrade_schema(engine, "-1")  # what an older replica's database would be
+            problem = schema_problem(engine)
+        finally:
+            engine.dispose()
+        assert problem is not None and problem.endswith(": run suitkit db upgrade"), problem
+        wait_for("/readyz to say 503 on an old schema",
+                 lambda: ready(server.url).status_code == 503)
+        assert ready(server.url).json()["problems"] == [problem]
+
+
+def test_metrics_on_their_own_listener_parsed_and_moving(tmp_path: Path) -> None:
+    author = Author.create(tmp_path / "author")
+    (tmp_path / "upload.token").write_text("metrics-upload-token\n")
+    metrics_port = free_port()
+    argv = ["--data", str(tmp_path / "data"), "--author-anchor", str(author.anchor),
+            "--upload-token-file", str(tmp_path / "upload.token"),
+            "--metrics-port", str(metrics_port)]
+    metrics_url = f"http://127.0.0.1:{metrics_port}"
+    with serving(argv, timeout=60) as server:
+        # /metrics is not public: only on its listener, which serves nothing else
+        assert httpx.get(f"{server.url}/metrics", timeout=30).status_code == 404
+        assert httpx.get(f"{metrics_url}/api/v1/releases", timeout=30).status_code == 404
+        assert httpx.get(f"{metrics_url}/healthz", timeout=30).status_code == 200
+        assert httpx.get(f"{metrics_url}/readyz", timeout=30).status_code == 200
+        before = samples(httpx.get(f"{metrics_url}/metrics", timeout=30).text)
+        envelope, image = author.release(1, "metrics", size=5000,
+                                         uri="https://fw.example/m.bin")
+        stored = httpx.post(f"{server.url}/api/v1/releases", timeout=30,
+                            headers={"Authorization": "Bearer metrics-upload-token"},
+                            files=[("envelope", ("e.suit", envelope)),
+                                   ("image-0", ("m.bin", image))])
+        assert stored.status_code == 201, stored.text
+        firmware = stored.json()["components"][0]["url"]
+        for _ in range(3):
+            assert httpx.get(f"{server.url}{firmware}", timeout=30).content == image
+        assert httpx.get(f"{server.url}/firmware/{'0' * 64}", timeout=30).status_code == 404
+        answer = httpx.get(f"{metrics_url}/metrics", timeout=30)
+        assert answer.headers["content-type"].startswith("text/plain")
+        after = samples(answer.text)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    route = "/firmware/{digest}"
+    assert moved("suitkit_http_requests_total", route=route, method="GET", status="200") == 3
+    assert moved("suitkit_http_requests_total", route=route, method="GET", status="404") == 1
+    assert moved("suitkit_http_requests_total", route="/api/v1/releases", method="POST",
+                 status="201") == 1
+    assert moved("suitkit_http_request_duration_seconds_count", route=route, method="GET") == 4
+    assert moved("suitkit_downloads_total", kind="firmware") == 3
+    assert moved("suitkit_download_bytes_total", kind="firmware") == 3 * len(image)
+    assert moved("suitkit_upload_bytes_total") > len(image) + len(envelope)
+    # the raw path of a request never becomes a label (a client cannot make series)
+    assert not any("0" * 64 in str(labels) for _, labels in after)
