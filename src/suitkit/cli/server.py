@@ -104,6 +104,10 @@ def serve(
     log_format: Annotated[str, typer.Option(
         "--log-format", help="plain (text lines) or json (one JSON object a line).")
     ] = "plain",
+    forwarded_allow_ips: Annotated[str, typer.Option(
+        "--forwarded-allow-ips", help="Comma-separated addresses (or *) of proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto are trusted (the client's address and scheme "
+        "in logs and derived URLs).")] = "127.0.0.1",
     metrics_port: Annotated[int | None, typer.Option(
         "--metrics-port", help="Serve /metrics (Prometheus), /healthz and /readyz on this TCP "
         "port too, and nothing else there; /metrics is served nowhere else.")] = None,
@@ -182,6 +186,7 @@ class ServeOptions:
     head_timeout: float
     log_level: str
     log_format: str
+    forwarded_allow_ips: str
     metrics_port: int | None
     metrics_host: str
     coap_port: int | None
@@ -372,6 +377,7 @@ def _serve(o: ServeOptions) -> None:
             server = uvicorn.Server(uvicorn.Config(
                 application, log_config=None, log_level=log_level.lower(),
                 access_log=log_level.lower() in ("debug", "info"), timeout_graceful_shutdown=5,
+                proxy_headers=True, forwarded_allow_ips=o.forwarded_allow_ips,
                 **options))  # type: ignore[arg-type]
         except SuitError as e:
             fail(str(e), EXIT_USAGE)
