@@ -104,6 +104,14 @@ def serve(
     log_format: Annotated[str, typer.Option(
         "--log-format", help="plain (text lines) or json (one JSON object a line).")
     ] = "plain",
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", help="PEM certificate (chain) to serve HTTPS with; the key too unless "
+        "--tls-key names it.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        "--tls-key", help="PEM private key of --tls-cert.")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option(
+        "--tls-client-ca", help="PEM CA certificates: every client must present a "
+        "certificate one of them issued (mutual TLS), or its handshake is refused.")] = None,
     forwarded_allow_ips: Annotated[str, typer.Option(
         "--forwarded-allow-ips", help="Comma-separated addresses (or *) of proxies whose "
         "X-Forwarded-For and X-Forwarded-Proto are trusted (the client's address and scheme "
@@ -186,6 +194,9 @@ class ServeOptions:
     head_timeout: float
     log_level: str
     log_format: str
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_client_ca: Path | None
     forwarded_allow_ips: str
     metrics_port: int | None
     metrics_host: str
@@ -265,6 +276,7 @@ def _serve(o: ServeOptions) -> None:
                         ("--metrics-port", o.metrics_port)):
         if value is not None and not 0 < value < 65536:
             fail(f"{name}: expected a port number from 1 to 65535, got {value}", EXIT_USAGE)
+    tls = _tls_options(o)
     if o.metrics_port == port:
         fail(f"--metrics-port must differ from --port (both {port})", EXIT_USAGE)
     for name, value in (("--max-upload-mib", o.max_upload_mib),
@@ -377,7 +389,7 @@ def _serve(o: ServeOptions) -> None:
             server = uvicorn.Server(uvicorn.Config(
                 application, log_config=None, log_level=log_level.lower(),
                 access_log=log_level.lower() in ("debug", "info"), timeout_graceful_shutdown=5,
-                proxy_headers=True, forwarded_allow_ips=o.forwarded_allow_ips,
+                proxy_headers=True, forwarded_allow_ips=o.forwarded_allow_ips, **tls,
                 **options))  # type: ignore[arg-type]
         except SuitError as e:
             fail(str(e), EXIT_USAGE)
@@ -385,13 +397,14 @@ def _serve(o: ServeOptions) -> None:
             where = f" ({e.filename})" if e.filename else ""
             fail(f"cannot start: {e.strerror or e}{where}", EXIT_USAGE)
         shown = f"[{host}]" if ":" in host else host
-        out.print(f"suitkit firmware server on http://{shown}:{port}/ (data {data}; uploads "
+        scheme = "https" if tls else "http"
+        out.print(f"suitkit firmware server on {scheme}://{shown}:{port}/ (data {data}; uploads "
                   f"{'enabled' if token or wiring is not None else 'disabled'}"
                   f"{'; status tracker enabled' if routers else ''})", markup=False)
         if coap_port is not None:
             out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
         if metrics_sock is not None:
-            out.print(f"metrics and health on http://{_shown(o.metrics_host)}:{o.metrics_port}"
+            out.print(f"metrics and health on {scheme}://{_shown(o.metrics_host)}:{o.metrics_port}"
                       "/metrics", markup=False)
         server.run(sockets=[sock] if metrics_sock is None else [sock, metrics_sock])
     finally:
@@ -536,6 +549,37 @@ def _raise_open_files() -> int:
             return soft
         return wanted
     return wanted if soft == resource.RLIM_INFINITY else soft
+
+
+def _tls_options(o: ServeOptions) -> dict[str, Any]:
+    """uvicorn's TLS options for ``o``, checked now (a bad file is one line and exit 2, not a
+    traceback once uvicorn starts)."""
+    if o.tls_cert is None:
+        for name, value in (("--tls-key", o.tls_key), ("--tls-client-ca", o.tls_client_ca)):
+            if value is not None:
+                fail(f"{name} needs --tls-cert", EXIT_USAGE)
+        return {}
+    import ssl  # noqa: PLC0415
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(o.tls_cert, o.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        fail(f"--tls-cert/--tls-key: cannot load {o.tls_cert}"
+             f"{f' and {o.tls_key}' if o.tls_key else ''}: "
+             f"{getattr(e, 'strerror', None) or getattr(e, 'reason', None) or e}", EXIT_USAGE)
+    options: dict[str, Any] = {"ssl_certfile": str(o.tls_cert)}
+    if o.tls_key is not None:
+        options["ssl_keyfile"] = str(o.tls_key)
+    if o.tls_client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=o.tls_client_ca)
+        except (OSError, ssl.SSLError) as e:
+            fail(f"--tls-client-ca: cannot load {o.tls_client_ca}: "
+                 f"{getattr(e, 'strerror', None) or getattr(e, 'reason', None) or e}",
+                 EXIT_USAGE)
+        options.update(ssl_ca_certs=str(o.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
 
 
 def _shown(host: str) -> str:
