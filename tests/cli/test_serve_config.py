@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -126,3 +127,13 @@ def test_serve_runs_from_a_config_file_and_the_environment(tmp_path: Path,
         assert big.status_code == 413, big.text  # max_upload_mib = 1 from the file
     assert (tmp_path / "data" / "tracker.db").is_file()
     assert "GET /api/v1/devices" not in server.stderr  # log level warning: no access log
+
+
+def test_operations_doc_lists_every_key() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    listed = set(re.findall(r"^\| `(\w+)` \|", doc, re.MULTILINE))
+    group = typer.main.get_command(server_app)
+    command = group.commands["serve"]  # type: ignore[attr-defined]
+    keys = {k.key for k in keys_of(command, ServeOptions,
+                                   skip=frozenset({"config", "print_config"}))}
+    assert keys <= listed, f"not in docs/operations.md: {sorted(keys - listed)}"

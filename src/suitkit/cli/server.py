@@ -1,12 +1,15 @@
 """``suitkit serve`` and ``suitkit upload``: run the firmware server and upload releases to it.
 
-``serve`` builds a ``ServerConfig`` from its options and runs ``server.app.create_app`` on
-uvicorn; FastAPI and uvicorn are imported only when it runs, so the rest of the CLI works
-without them. With ``--admin-token-file`` it also mounts the status tracker's routes
+``serve`` takes each option from its flag, a ``SUITKIT_<KEY>`` variable or the TOML file of
+``--config`` (``cli.config``), builds ``ServeOptions`` once, then a ``ServerConfig``, and runs
+``server.app.create_app`` on uvicorn (with TLS, and a ``--metrics-port`` listener, if asked);
+FastAPI and uvicorn are imported only when it runs, so the rest of the CLI works without them.
+With ``--admin-token-file`` it also mounts the status tracker's routes
 (``tracker.api.create_router``) and the dashboard (``dashboard.create_dashboard_router``,
 ``/dashboard/``) on the same application. Before it says it runs, ``serve`` binds its sockets,
 checks that the data directory is writable and opens the database: any problem is one line and
-exit 2. It logs to stderr (an access line per request, each 500 once with its cause).
+exit 2. It logs to stderr, plain or JSON (an access line per request, each 500 once with its
+cause, each line of a request with its id). ``config show`` prints the configuration in force.
 ``upload`` streams an envelope and its detached images (multipart, see docs/server.md) from
 their files, with the bearer token from a file, and prints the release the server stored.
 """
