@@ -137,3 +137,18 @@ def test_operations_doc_lists_every_key() -> None:
     keys = {k.key for k in keys_of(command, ServeOptions,
                                    skip=frozenset({"config", "print_config"}))}
     assert keys <= listed, f"not in docs/operations.md: {sorted(keys - listed)}"
+
+
+def test_any_url_password_is_redacted(tmp_path: Path) -> None:
+    done = run("serve", "--print-config", "--public-url", "https://user:pa55word-x@fw.example",
+               "--mqtt", "broker:1883", env={"SUITKIT_DB": "postgresql://u:db-pass-y@h/d"})
+    assert done.returncode == 0, done.stderr
+    assert "pa55word-x" not in done.stdout and "db-pass-y" not in done.stdout
+    assert shown(done.stdout)["public_url"] == '"https://user:***@fw.example"  # flag --public-url'
+
+
+def test_db_upgrade_reads_the_database_url_from_the_environment(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tracker.db'}"
+    done = run("db", "upgrade", env={"SUITKIT_DB": url})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("tracker database upgraded from no revision to ")

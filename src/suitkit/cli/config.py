@@ -48,7 +48,6 @@ class Key:
     flag: str
     kind: str  # "int", "float", "bool", "str", "path", "paths"
     default: Any
-    secret: bool = False
 
     @property
     def env(self) -> str:
@@ -62,9 +61,6 @@ class Resolved:
 
     values: Mapping[str, Any]
     sources: Mapping[str, str]
-
-
-_SECRET_KEYS = frozenset({"db"})  # a database URL may hold a password
 
 
 def _kind(annotation: Any) -> str:
@@ -93,8 +89,7 @@ def keys_of(command: Any, options: type[Any], *, skip: frozenset[str] = frozense
         flag = next((o for o in param.opts if o.startswith("--")), param.opts[0])
         key = flag.lstrip("-").replace("-", "_")
         default = param.default() if callable(param.default) else param.default
-        keys.append(Key(key, name, flag, _kind(hints[name]), default,
-                        secret=key in _SECRET_KEYS))
+        keys.append(Key(key, name, flag, _kind(hints[name]), default))
     return keys
 
 
@@ -236,7 +231,7 @@ def _toml(value: Any) -> str:
 
 def render(keys: list[Key], resolved: Resolved) -> str:
     """The configuration in force as TOML, each line with its source as a comment; secrets
-    (a database URL's password) redacted; an unset option as a comment."""
+    (the password of any URL, a database's first) redacted; an unset option as a comment."""
     lines = []
     for key in keys:
         value = resolved.values[key.name]
@@ -244,8 +239,7 @@ def render(keys: list[Key], resolved: Resolved) -> str:
         if value is None or value == []:
             lines.append(f"# {key.key} = (not set)  # {source}")
             continue
-        shown = _toml(value)
-        if key.secret:
-            shown = _toml(redact(str(value)))
+        # a URL's password is a secret whatever the key (--public-url https://u:p@host too)
+        shown = _toml(redact(str(value)) if isinstance(value, str) else value)
         lines.append(f"{key.key} = {shown}  # {source}")
     return "\n".join(lines)

@@ -621,7 +621,9 @@ app.add_typer(db_app, name="db")
 @handles_errors
 def db_upgrade(
     db: Annotated[str | None, typer.Option(
-        "--db", help="Database URL, e.g. postgresql+psycopg://user@host/suitkit.")] = None,
+        "--db", envvar="SUITKIT_DB", help="Database URL, e.g. "
+        "postgresql+psycopg://user@host/suitkit (also SUITKIT_DB: a password kept off the "
+        "command line).")] = None,
     data: Annotated[Path | None, typer.Option(
         "--data", help="Data directory of a server whose database is the default "
         "sqlite:///DATA/tracker.db (instead of --db).")] = None,
