@@ -422,8 +422,9 @@ def _serve(o: ServeOptions) -> None:
 
 
 class _Redacting(logging.Formatter):
-    """The plain log's format; SQL parameters in a database error's traceback are left out
-    (they may hold credential hashes); the request's id, when the line has one, at its end."""
+    """The plain log's format; SQL parameters in a database error (its traceback or a message
+    that quotes it) are left out (they may hold credential hashes); the request's id, when the
+    line has one, at its end."""
 
     _PARAMETERS = re.compile(r"\[parameters: .*?\]$", re.MULTILINE | re.DOTALL)
 
@@ -431,7 +432,7 @@ class _Redacting(logging.Formatter):
         return self._PARAMETERS.sub("[parameters hidden]", super().formatException(ei))
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        line = super().formatMessage(record)
+        line = self._PARAMETERS.sub("[parameters hidden]", super().formatMessage(record))
         rid = getattr(record, "request_id", None)
         return f"{line} [request {rid}]" if rid else line
 
@@ -446,7 +447,7 @@ class _Json(_Redacting):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(), "logger": record.name,
-            "message": record.getMessage()}
+            "message": self._PARAMETERS.sub("[parameters hidden]", record.getMessage())}
         rid = getattr(record, "request_id", None)
         if rid:
             doc["request_id"] = rid
