@@ -76,6 +76,24 @@ class TrackerWiring:
             return None
         return schema_problem(self.db.engine)
 
+    def collectors(self) -> tuple[Any, ...]:
+        """Prometheus collectors of the tracker for ``/metrics`` (read at each scrape): its
+        database pool's connections."""
+        if self.db is None:
+            return ()
+        from suitkit.server.observe import Gauges  # noqa: PLC0415
+
+        pool = self.db.engine.pool
+
+        def pool_use() -> list[tuple[tuple[str], float]]:
+            counts = [(("checked_out",), float(pool.checkedout()))]
+            if hasattr(pool, "checkedin"):
+                counts.append((("idle",), float(pool.checkedin())))
+            return counts
+
+        return (Gauges("suitkit_db_pool_connections", "The tracker database pool's "
+                       "connections: checked out (in use) and idle", ["state"], pool_use),)
+
     def close(self) -> None:
         """End SSE streams and long-polls; stop the MQTT publisher; close the database's pooled
         connections (a PostgreSQL connection left to the garbage collector was a leak)."""

@@ -366,7 +366,8 @@ def _serve(o: ServeOptions) -> None:
                                   authorizer=wiring.authorizer if wiring is not None else None,
                                   max_requests=o.limit_concurrency,
                                   metrics=Metrics(ports=frozenset(
-                                      {o.metrics_port} if o.metrics_port else ())),
+                                      {o.metrics_port} if o.metrics_port else ()),
+                                      collectors=wiring.collectors() if wiring else ()),
                                   readiness=(wiring.database_ready,) if wiring else ())
             application = create_app(config)
             sock = _listen(host, port)  # before anything says it runs
