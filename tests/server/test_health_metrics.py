@@ -77,7 +77,7 @@ def test_readyz_is_false_while_the_database_is_down_and_true_after(tmp_path: Pat
 def test_readyz_is_false_on_an_old_schema_and_a_read_only_data_directory(
         tmp_path: Path) -> None:
     from suitkit.cli.notices import schema_problem
-    from suitkit.tracker.db import downgrade_schema
+    from suitkit.tracker.store import downgrade_schema
 
     author = Author.create(tmp_path / "author")
     (tmp_path / "admin.token").write_text(ADMIN + "\n")
@@ -150,3 +150,91 @@ def test_metrics_on_their_own_listener_parsed_and_moving(tmp_path: Path) -> None
     assert moved("suitkit_upload_bytes_total") > len(image) + len(envelope)
     # the raw path of a request never becomes a label (a client cannot make series)
     assert not any("0" * 64 in str(labels) for _, labels in after)
+
+
+def test_fleet_series_move_during_a_campaign(tmp_path: Path) -> None:
+    """Devices by state, campaigns by status, campaign members by state, notices and push
+    clients: present, and moving as a campaign runs (its devices report over HTTP)."""
+    author = Author.create(tmp_path / "author")
+    (tmp_path / "admin.token").write_text(ADMIN + "\n")
+    metrics_port = free_port()
+    argv = ["--data", str(tmp_path / "data"), "--author-anchor", str(author.anchor),
+            "--admin-token-file", str(tmp_path / "admin.token"),
+            "--metrics-port", str(metrics_port)]
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        answer = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30)
+        assert answer.status_code == 200, answer.text
+        return samples(answer.text)
+
+    def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+              **labels: str) -> float:
+        return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    with serving(argv, timeout=60) as server, httpx.Client(base_url=server.url,
+                                                           timeout=30) as client:
+        tokens = {}
+        for name in ("alice", "bob"):
+            made = client.post("/api/v1/tokens", headers=admin,
+                               json={"name": name, "role": "operator"})
+            assert made.status_code == 201, made.text
+            tokens[name] = {"Authorization": f"Bearer {made.json()['token']}"}
+        envelope, image = author.release(2, "fleet", size=3000, uri="https://fw.example/f.bin")
+        stored = client.post("/api/v1/releases", headers=admin,
+                             files=[("envelope", ("e.suit", envelope)),
+                                    ("image-0", ("f.bin", image))])
+        assert stored.status_code == 201, stored.text
+        devices = []
+        for _ in range(4):
+            made = client.post("/api/v1/devices", json={"name": "m"}, headers=admin)
+            assert made.status_code == 201, made.text
+            doc = made.json()
+            put = client.put(f"/api/v1/devices/{doc['id']}/tags", json={"tags": ["metrics"]},
+                             headers=tokens["alice"])
+            assert put.status_code == 200, put.text
+            devices.append(doc)
+        before = scrape()
+        assert value(before, "suitkit_devices", state="registered") == 4
+        made = client.post("/api/v1/campaigns", headers=tokens["alice"],
+                           json={"name": "metrics rollout", "release": stored.json()["id"],
+                                 "target": {"tags": ["metrics"]}})
+        assert made.status_code == 201, made.text
+        cid = made.json()["id"]
+        assert client.post(f"/api/v1/campaigns/{cid}/approve",
+                           headers=tokens["bob"]).status_code == 200
+        started = client.post(f"/api/v1/campaigns/{cid}/start", headers=tokens["bob"])
+        assert started.status_code == 200, started.text
+        running = scrape()
+        assert value(running, "suitkit_campaigns", status="running") == 1
+        assert value(running, "suitkit_campaign_devices", campaign=cid, state="notified") == 4
+        assert value(running, "suitkit_devices", state="notified") == 4
+        assert (value(running, "suitkit_notices_total")
+                >= value(before, "suitkit_notices_total") + 4)
+        # a device listening over long-poll is a connected push client meanwhile
+        with httpx.stream("GET", f"{server.url}/api/v1/devices/{devices[0]['id']}/"
+                          "notifications?wait=20&after=999999999999999", timeout=60,
+                          headers={"Authorization": f"Bearer {devices[0]['token']}"}):
+            wait_for("a push client counted",
+                     lambda: value(scrape(), "suitkit_push_clients", transport="longpoll") == 1)
+        for device in devices:
+            auth = {"Authorization": f"Bearer {device['token']}"}
+            assert client.get(f"/api/v1/devices/{device['id']}/update",
+                              headers=auth).status_code == 200
+            for state in ("downloading", "downloaded", "installing", "rebooting", "succeeded"):
+                sent = client.post(f"/api/v1/devices/{device['id']}/events", headers=auth,
+                                   json={"state": state, "detail": ""})
+                assert sent.status_code == 201, sent.text
+        wait_for("the campaign to complete", lambda: client.get(
+            f"/api/v1/campaigns/{cid}", headers=tokens["alice"]).json()["status"] == "completed")
+        after = scrape()
+    assert value(after, "suitkit_devices", state="succeeded") == 4
+    assert value(after, "suitkit_devices", state="notified") == 0
+    assert value(after, "suitkit_campaigns", status="completed") == 1
+    assert value(after, "suitkit_campaign_devices", campaign=cid, state="succeeded") == 4
+    assert value(after, "suitkit_push_clients", transport="longpoll") == 0
+    assert ("suitkit_db_pool_connections", (("state", "checked_out"),)) in after
+    assert ("suitkit_db_pool_connections", (("state", "idle"),)) in after
+    checkins = ("suitkit_http_requests_total", (("method", "GET"),
+                ("route", "/api/v1/devices/{device_id}/update"), ("status", "200")))
+    assert after[checkins] - before.get(checkins, 0.0) == 4
