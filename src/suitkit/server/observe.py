@@ -29,17 +29,18 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["HEALTH_PATHS", "Metrics", "Observed", "ReadinessCheck", "request_id"]
+__all__ = ["HEALTH_PATHS", "Gauges", "Metrics", "Observed", "ReadinessCheck", "request_id"]
 
 _log = logging.getLogger("suitkit.server")
 
@@ -94,6 +95,41 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class Gauges:
+    """A Prometheus collector of gauges (or counters) read at each scrape from ``read``: one
+    family ``name`` with ``labels``, ``read()`` giving ``(label values, value)`` pairs (the
+    fleet's counts, read from the tracker's database by a function the CLI wires in). A read
+    that fails leaves the family out of that scrape (and is logged at most once a minute)."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str],
+                 read: Callable[[], Iterable[tuple[Sequence[str], float]]], *,
+                 kind: str = "gauge") -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = list(labels)
+        self.read = read
+        self.kind = kind
+        self._quiet_until = 0.0
+
+    def describe(self) -> list[Any]:
+        return []  # read at scrape time only (never at registration)
+
+    def collect(self) -> Iterator[Any]:
+        family_type = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        family = family_type(self.name, self.documentation, labels=self.labels)
+        try:
+            for values, value in self.read():
+                family.add_metric([str(v) for v in values], value)
+        except Exception as e:  # noqa: BLE001 - a scrape is not the place to fail the server
+            now = time.monotonic()
+            if now >= self._quiet_until:
+                self._quiet_until = now + 60
+                _log.warning("metrics: cannot read %s: %s: %s", self.name, type(e).__name__,
+                             str(e).splitlines()[0][:200] if str(e) else "")
+            return
+        yield family
 
 
 _DOWNLOAD_KINDS = {"/firmware/{digest}": "firmware", "/envelopes/{digest}": "envelope"}
