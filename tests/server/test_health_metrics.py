@@ -4,6 +4,7 @@ made read-only."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -211,12 +212,20 @@ def test_fleet_series_move_during_a_campaign(tmp_path: Path) -> None:
         assert value(running, "suitkit_devices", state="notified") == 4
         assert (value(running, "suitkit_notices_total")
                 >= value(before, "suitkit_notices_total") + 4)
-        # a device listening over long-poll is a connected push client meanwhile
-        with httpx.stream("GET", f"{server.url}/api/v1/devices/{devices[0]['id']}/"
-                          "notifications?wait=20&after=999999999999999", timeout=60,
-                          headers={"Authorization": f"Bearer {devices[0]['token']}"}):
+        # a device waiting in a long-poll is a connected push client meanwhile
+        polled: list[int] = []
+        poll = threading.Thread(target=lambda: polled.append(httpx.get(
+            f"{server.url}/api/v1/devices/{devices[0]['id']}/notifications?wait=10"
+            "&after=999999999999999", timeout=60,
+            headers={"Authorization": f"Bearer {devices[0]['token']}"}).status_code))
+        poll.start()
+        try:
             wait_for("a push client counted",
                      lambda: value(scrape(), "suitkit_push_clients", transport="longpoll") == 1)
+        finally:
+            poll.join(60)
+        assert polled == [204]
+        assert value(scrape(), "suitkit_push_clients", transport="longpoll") == 0
         for device in devices:
             auth = {"Authorization": f"Bearer {device['token']}"}
             assert client.get(f"/api/v1/devices/{device['id']}/update",

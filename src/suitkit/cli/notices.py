@@ -66,6 +66,8 @@ class TrackerWiring:
     publisher: Any
     db: Any = None
     authorizer: Any = None
+    push_clients: Any = None
+    """The push router's ``PushClients`` (connected devices per transport)."""
     """The firmware server's ``ServerConfig.authorizer`` over the tracker's API tokens."""
 
     def database_ready(self) -> str | None:
@@ -78,7 +80,7 @@ class TrackerWiring:
 
     def collectors(self) -> tuple[Any, ...]:
         """Prometheus collectors of the tracker for ``/metrics`` (read at each scrape): its
-        database pool's connections."""
+        database pool's connections, and the fleet's series (``tracker.edges.metrics``)."""
         if self.db is None:
             return ()
         from suitkit.server.observe import Gauges  # noqa: PLC0415
@@ -91,8 +93,14 @@ class TrackerWiring:
                 counts.append((("idle",), float(pool.checkedin())))
             return counts
 
+        from suitkit.tracker.edges.metrics import TrackerCollector  # noqa: PLC0415
+
+        clients = self.push_clients
         return (Gauges("suitkit_db_pool_connections", "The tracker database pool's "
-                       "connections: checked out (in use) and idle", ["state"], pool_use),)
+                       "connections: checked out (in use) and idle", ["state"], pool_use),
+                TrackerCollector(self.db, notices=lambda: self.hub.notices_made,
+                                 push_clients=clients.counts if clients is not None
+                                 else dict))
 
     def close(self) -> None:
         """End SSE streams and long-polls; stop the MQTT publisher; close the database's pooled
@@ -140,7 +148,7 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
     """
     from suitkit.tracker.auth import Authenticator, release_authorizer  # noqa: PLC0415
     from suitkit.tracker.edges import create_router  # noqa: PLC0415
-    from suitkit.tracker.edges.push_http import create_push_router  # noqa: PLC0415
+    from suitkit.tracker.edges.push_http import PushClients, create_push_router  # noqa: PLC0415
     from suitkit.tracker.notices import NotificationHub  # noqa: PLC0415
     from suitkit.tracker.notices.mqtt import MqttPublisher  # noqa: PLC0415
     from suitkit.tracker.service import open_db  # noqa: PLC0415
@@ -149,8 +157,10 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
     hub = NotificationHub(db.pending_update)
     db.add_listener(hub.changed)
     auth = Authenticator(config, db)
+    clients = PushClients()
     routers = (create_router(config, db, auth),
-               create_push_router(auth, hub, heartbeat=heartbeat, max_total=max_push))
+               create_push_router(auth, hub, heartbeat=heartbeat, max_total=max_push,
+                                  clients=clients))
     resources: tuple[tuple[tuple[str, ...], Any], ...] = ()
     if coap:
         from suitkit.tracker.notices.coap import NOTICES_PATH, NoticeResource  # noqa: PLC0415
@@ -166,4 +176,4 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
             raise SuitError(f"cannot start the MQTT publisher for {mqtt[0]}:{mqtt[1]}: "
                             f"{e}") from e
     return TrackerWiring(routers, resources, hub, publisher, db=db,
-                         authorizer=release_authorizer(auth))
+                         authorizer=release_authorizer(auth), push_clients=clients)
