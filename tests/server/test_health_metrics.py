@@ -51,10 +51,21 @@ def test_readyz_is_false_while_the_database_is_down_and_true_after(tmp_path: Pat
     try:
         author = Author.create(tmp_path / "author")
         (tmp_path / "admin.token").write_text(ADMIN + "\n")
+        metrics_port = free_port()
         argv = ["--data", str(tmp_path / "data"), "--author-anchor", str(author.anchor),
                 "--admin-token-file", str(tmp_path / "admin.token"),
-                "--db", cluster.tracker_database()]
+                "--db", cluster.tracker_database(), "--metrics-port", str(metrics_port)]
+
+        def names() -> set[str]:
+            scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30)
+            assert scraped.status_code == 200, scraped.text
+            return {name for name, _ in samples(scraped.text)}
+
         with serving(argv, timeout=60) as server:
+            made = httpx.post(f"{server.url}/api/v1/devices", json={"name": "r"}, timeout=30,
+                              headers={"Authorization": f"Bearer {ADMIN}"})
+            assert made.status_code == 201, made.text
+            assert {"suitkit_devices", "suitkit_notices_total"} <= names()
             assert httpx.get(f"{server.url}/healthz", timeout=30).json() == {"status": "ok"}
             first = ready(server.url)
             assert first.status_code == 200, first.text
@@ -67,10 +78,20 @@ def test_readyz_is_false_while_the_database_is_down_and_true_after(tmp_path: Pat
             assert down["problems"][0].startswith("the tracker database does not answer: "), down
             # the process lives: /healthz is not /readyz
             assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+            # /metrics still answers: the fleet's families are left out, the others are there
+            during = names()
+            assert "suitkit_devices" not in during
+            assert {"suitkit_notices_total", "suitkit_http_requests_total"} <= during
             cluster.start()
             wait_for("/readyz to say 200 again with PostgreSQL started",
                      lambda: ready(server.url).status_code == 200)
             assert ready(server.url).json() == {"status": "ready"}
+            # (the test cluster runs without fsync: the device made before the crash may be
+            # gone, so one more is made)
+            again = httpx.post(f"{server.url}/api/v1/devices", json={"name": "r2"}, timeout=30,
+                               headers={"Authorization": f"Bearer {ADMIN}"})
+            assert again.status_code == 201, again.text
+            assert "suitkit_devices" in names()
     finally:
         cluster.stop()
 
