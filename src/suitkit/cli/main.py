@@ -22,6 +22,7 @@ from suitkit import __version__
 from suitkit.author import keys as keyfiles
 from suitkit.author.describe import load_description
 from suitkit.author.encrypt import encrypt_envelope, parse_encryption
+from suitkit.cli.backup import app as backup_app
 from suitkit.cli.campaign import campaign_app
 from suitkit.cli.common import (
     EXIT_FAILED,
@@ -84,6 +85,7 @@ def root(
 
 app.add_typer(device_app, name="device")
 app.add_typer(server_app)
+app.add_typer(backup_app)  # suitkit backup / restore (cli/backup.py)
 
 
 # --------------------------------------------------------------------------- keys

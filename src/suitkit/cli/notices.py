@@ -22,7 +22,7 @@ from suitkit.errors import SuitError
 _FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")  # + ".MD5SUM": a path id
 
 __all__ = ["TrackerWiring", "parse_host_port", "release_artifacts", "release_lookup",
-           "tracker_routes"]
+           "schema_problem", "tracker_routes"]
 
 
 def parse_host_port(value: str, option: str) -> tuple[str, int]:
@@ -147,7 +147,41 @@ class TrackerWiring:
     publisher: Any
     db: Any = None
     authorizer: Any = None
+    push_clients: Any = None
+    """The push router's ``PushClients`` (connected devices per transport)."""
     """The firmware server's ``ServerConfig.authorizer`` over the tracker's API tokens."""
+
+    def database_ready(self) -> str | None:
+        """``/readyz``'s check of the tracker's database: ``None`` when it answers and its
+        schema is the newest this version knows, else one line saying what is wrong (never the
+        URL: it may hold a password)."""
+        if self.db is None:
+            return None
+        return schema_problem(self.db.engine)
+
+    def collectors(self) -> tuple[Any, ...]:
+        """Prometheus collectors of the tracker for ``/metrics`` (read at each scrape): its
+        database pool's connections, and the fleet's series (``tracker.edges.metrics``)."""
+        if self.db is None:
+            return ()
+        from suitkit.server.observe import Gauges  # noqa: PLC0415
+
+        pool = self.db.engine.pool
+
+        def pool_use() -> list[tuple[tuple[str], float]]:
+            counts = [(("checked_out",), float(pool.checkedout()))]
+            if hasattr(pool, "checkedin"):
+                counts.append((("idle",), float(pool.checkedin())))
+            return counts
+
+        from suitkit.tracker.edges.metrics import TrackerCollector  # noqa: PLC0415
+
+        clients = self.push_clients
+        return (Gauges("suitkit_db_pool_connections", "The tracker database pool's "
+                       "connections: checked out (in use) and idle", ["state"], pool_use),
+                TrackerCollector(self.db, notices=lambda: self.hub.notices_made,
+                                 push_clients=clients.counts if clients is not None
+                                 else dict))
 
     def close(self) -> None:
         """End SSE streams and long-polls; stop the MQTT publisher; close the database's pooled
@@ -157,6 +191,31 @@ class TrackerWiring:
             self.publisher.stop()
         if self.db is not None:
             self.db.engine.dispose()
+
+
+def schema_problem(engine: Any) -> str | None:
+    """``None`` when the database of ``engine`` answers and its schema revision is the newest
+    of the tracker's migrations; else one line naming the problem."""
+    from alembic.config import Config  # noqa: PLC0415
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+    from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
+
+    from suitkit.tracker.migrations import SCRIPT_LOCATION  # noqa: PLC0415
+
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or type(e).__name__).strip().splitlines()
+        return f"the tracker database does not answer: {(reason or ['?'])[0][:200]}"
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    if current != head:
+        return (f"the tracker database schema is at {current or 'no revision'}, this version "
+                f"needs {head}: run suitkit db upgrade")
+    return None
 
 
 def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bool = False,
@@ -172,7 +231,7 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
     """
     from suitkit.tracker.auth import Authenticator, release_authorizer  # noqa: PLC0415
     from suitkit.tracker.edges import create_router  # noqa: PLC0415
-    from suitkit.tracker.edges.push_http import create_push_router  # noqa: PLC0415
+    from suitkit.tracker.edges.push_http import PushClients, create_push_router  # noqa: PLC0415
     from suitkit.tracker.notices import NotificationHub  # noqa: PLC0415
     from suitkit.tracker.notices.mqtt import MqttPublisher  # noqa: PLC0415
     from suitkit.tracker.service import open_db  # noqa: PLC0415
@@ -181,8 +240,10 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
     hub = NotificationHub(db.pending_update)
     db.add_listener(hub.changed)
     auth = Authenticator(config, db)
+    clients = PushClients()
     routers: tuple[Any, ...] = (create_router(config, db, auth),
-               create_push_router(auth, hub, heartbeat=heartbeat, max_total=max_push))
+                                create_push_router(auth, hub, heartbeat=heartbeat,
+                                                   max_total=max_push, clients=clients))
     if ddi is not None and config.artifacts is not None:
         from suitkit.tracker.edges.ddi import create_ddi_router  # noqa: PLC0415
 
@@ -202,4 +263,4 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
             raise SuitError(f"cannot start the MQTT publisher for {mqtt[0]}:{mqtt[1]}: "
                             f"{e}") from e
     return TrackerWiring(routers, resources, hub, publisher, db=db,
-                         authorizer=release_authorizer(auth))
+                         authorizer=release_authorizer(auth), push_clients=clients)

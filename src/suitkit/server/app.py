@@ -84,6 +84,7 @@ from suitkit.errors import (
     SuitError,
 )
 from suitkit.limits import Limits
+from suitkit.server.observe import Metrics, Observed, ReadinessCheck
 from suitkit.server.store import (
     BlobStore,
     ComponentRecord,
@@ -132,6 +133,10 @@ class ServerConfig:
     ``max_downloads``: blob downloads in progress at once, counted apart from
     ``max_requests`` (a public download may last long on a slow link, and clients that read
     slowly on purpose must not starve check-ins and the operator); 503 with ``Retry-After``.
+    ``metrics``: the app's Prometheus series and where ``/metrics`` is served
+    (``observe.Metrics``; ``None``: series of its own, ``/metrics`` served nowhere).
+    ``readiness``: checks ``/readyz`` runs besides the data directory's (the tracker's
+    database, wired by the CLI).
     """
 
     data_dir: Path
@@ -145,6 +150,8 @@ class ServerConfig:
     max_uploads: int = 8
     max_downloads: int = 1000
     accel_redirect: str | None = None
+    metrics: Metrics | None = None
+    readiness: tuple[ReadinessCheck, ...] = ()
 
     def __post_init__(self) -> None:
         if self.accel_redirect is not None:
@@ -873,6 +880,17 @@ def create_app(config: ServerConfig) -> FastAPI:
     if config.max_requests is not None:
         app.add_middleware(_RequestLimit, limit=config.max_requests)
     app.add_middleware(_Downloads, download=download)  # outside the count: see _Downloads
+
+    def data_writable() -> str | None:
+        try:
+            store.check_writable()
+        except StorageError as e:
+            return str(e)
+        return None
+
+    # outermost: request ids, metrics and health cover every route, the limit's 503s too
+    app.add_middleware(Observed, metrics=config.metrics or Metrics(),
+                       checks=(data_writable, *config.readiness))
     return app
 
 

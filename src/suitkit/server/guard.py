@@ -29,7 +29,8 @@ bytes against ``Content-Length``: ``send_with_data_passthrough``).
 
 Every close is logged at DEBUG on ``suitkit.server`` (never more: an attack must not flood
 the log). Not here: a minimum transfer rate (a body that sends a byte just within every
-``body_timeout`` keeps its request), TLS handshakes (put a proxy in front for TLS).
+``body_timeout`` keeps its request), TLS handshakes (``serve --tls-cert``: asyncio's own
+60 s handshake timeout bounds them).
 """
 
 from __future__ import annotations

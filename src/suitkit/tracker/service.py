@@ -80,6 +80,7 @@ __all__ = [
     "CampaignRefused",
     "ComponentEntry",
     "DeploymentRefused",
+    "FleetCounts",
     "IdentityRefused",
     "Inventory",
     "NotAssigned",
@@ -377,6 +378,16 @@ def member_event(tx: Tx, assignment: Assignment, state: str, detail: str,
 # --------------------------------------------------------------------------------- the service
 
 
+@dataclass(frozen=True, slots=True)
+class FleetCounts:
+    """The fleet at one moment (``TrackerDB.fleet_counts``): devices per state (``registered``:
+    no update yet), campaigns per status, campaign members per ``(campaign id, state)``."""
+
+    devices: Mapping[str, int]
+    campaigns: Mapping[str, int]
+    members: Mapping[tuple[str, str], int]
+
+
 class TrackerDB:
     """The tracker's operations over one ``Store``; every method is one transaction.
 
@@ -411,6 +422,14 @@ class TrackerDB:
                 listener(ids)
             except Exception:  # noqa: BLE001 - a listener must not undo a stored change
                 _log.exception("assignment listener %r failed", listener)
+
+    def fleet_counts(self, *, campaigns: int = 50) -> FleetCounts:
+        """Devices per state, campaigns per status, and the members per state of the
+        ``campaigns`` campaigns updated last (what ``/metrics`` shows; one transaction)."""
+        with self.store.transaction() as tx:
+            return FleetCounts(
+                {state or "registered": n for state, n in tx.device_state_counts().items()},
+                tx.campaign_status_counts(), tx.recent_member_counts(campaigns))
 
     def now(self) -> datetime:
         """The current time as stored (naive UTC)."""

@@ -404,6 +404,28 @@ class Tx:
                                      .group_by(CampaignMember.state))
         return {state: n for state, n in rows}
 
+    def device_state_counts(self) -> dict[str | None, int]:
+        """How many devices per current state (``None``: no update yet)."""
+        rows = self._session.execute(select(Device.state, func.count()).group_by(Device.state))
+        return {state: n for state, n in rows}
+
+    def campaign_status_counts(self) -> dict[str, int]:
+        """How many campaigns per status."""
+        rows = self._session.execute(select(Campaign.status, func.count())
+                                     .group_by(Campaign.status))
+        return {status: n for status, n in rows}
+
+    def recent_member_counts(self, limit: int) -> dict[tuple[str, str], int]:
+        """How many members per state, of the ``limit`` campaigns updated last:
+        ``(campaign id, state) -> count``."""
+        recent = (select(Campaign.id).order_by(Campaign.updated.desc(), Campaign.id)
+                  .limit(limit).scalar_subquery())
+        rows = self._session.execute(
+            select(CampaignMember.campaign_id, CampaignMember.state, func.count())
+            .where(CampaignMember.campaign_id.in_(recent))
+            .group_by(CampaignMember.campaign_id, CampaignMember.state))
+        return {(campaign, state): n for campaign, state, n in rows}
+
     def campaign_log(self, campaign_id: str) -> list[CampaignLog]:
         """The campaign's log, oldest first."""
         return list(self._session.scalars(select(CampaignLog)

@@ -71,10 +71,17 @@ class NotificationHub:
         self._all: set[Watcher] = set()
         self._closers: set[Callable[[], None]] = set()
         self._closed = False
+        self._made = 0
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def notices_made(self) -> int:
+        """Notices made since the hub started: one per device whose assignment changed
+        (each then goes to its SSE streams, long-polls, MQTT and CoAP observers)."""
+        return self._made
 
     def _next(self) -> int:
         self._serial += 1
@@ -86,6 +93,7 @@ class NotificationHub:
         with self._lock:
             for device_id in device_ids:
                 serial = self._next()
+                self._made += 1
                 if len(self._latest) >= _MAX_CACHED and device_id not in self._latest:
                     self._latest.pop(next(iter(self._latest)))
                 self._latest[device_id] = serial
