@@ -49,8 +49,9 @@ from suitkit.core import crypto
 from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig, create_app
 from suitkit.server.background import UVICORN_OPTIONS
-from suitkit.tracker.api import TrackerConfig, create_router
-from suitkit.tracker.db import hash_secret, open_db
+from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.edges import create_router
+from suitkit.tracker.service import hash_secret, open_db
 
 HERE = Path(__file__).resolve().parent
 ADMIN = "bench-admin-token-0123456789"

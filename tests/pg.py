@@ -31,7 +31,7 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine
 
-from suitkit.tracker.db import upgrade_schema
+from suitkit.tracker.store import upgrade_schema
 
 BACKENDS = ["sqlite", "postgresql"]
 INSTALL = "install postgresql (apt-get install postgresql)"

@@ -22,8 +22,8 @@ from suitkit.core import crypto
 from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig
 from suitkit.server.background import running_server
-from suitkit.tracker.api import create_router
 from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.edges import create_router
 
 BOOTSTRAP = "bootstrap-admin-token-for-campaign-cli-tests"
 RELEASE = "cd" * 32

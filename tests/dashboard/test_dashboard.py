@@ -28,9 +28,11 @@ from suitkit.core.verify import TrustAnchors
 from suitkit.dashboard import CONTENT_SECURITY_POLICY, create_dashboard_router
 from suitkit.server.app import ServerConfig
 from suitkit.server.background import running_server
-from suitkit.tracker.api import REPORT_MEDIA_TYPE, TrackerConfig, create_router
 from suitkit.tracker.auth import Authenticator, release_authorizer
-from suitkit.tracker.db import open_db
+from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.edges import create_router
+from suitkit.tracker.edges.http_api import REPORT_MEDIA_TYPE
+from suitkit.tracker.service import open_db
 
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL = "install chromium (apt-get install chromium) and playwright (pip install playwright)"

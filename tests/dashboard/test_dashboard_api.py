@@ -13,7 +13,8 @@ from suitkit.core import crypto
 from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig
 from suitkit.server.background import running_server
-from suitkit.tracker.api import TrackerConfig, create_router
+from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.edges import create_router
 
 UPLOAD = "release-details-upload-token"
 ADMIN = {"Authorization": "Bearer dashboard-api-admin-token-0123"}

@@ -25,12 +25,14 @@ from pg import PostgresCluster
 from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig
 from suitkit.server.background import running_server
-from suitkit.tracker.api import TrackerConfig, create_router
 from suitkit.tracker.auth import Authenticator
 from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec
-from suitkit.tracker.db import Inventory, TrackerDB, open_db
-from suitkit.tracker.notify import MqttPublisher, NotificationHub
-from suitkit.tracker.push import create_push_router
+from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.edges import create_router
+from suitkit.tracker.edges.push_http import create_push_router
+from suitkit.tracker.notices import NotificationHub
+from suitkit.tracker.notices.mqtt import MqttPublisher
+from suitkit.tracker.service import Inventory, TrackerDB, open_db
 
 VENDOR = "fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe"
 RELEASE = "ab" * 32
@@ -183,7 +185,7 @@ def test_busy_devices_do_not_starve_the_rest_of_the_wave(db: TrackerDB,
     devices at the front of a wave starved every member behind them forever. Members tried and
     found busy now go to the back of the line (here with a batch of 1)."""
     monkeypatch.setattr("suitkit.tracker.campaigns._ASSIGN_BATCH", 1)
-    clock = db._clock
+    clock = db.store.clock
     assert isinstance(clock, Clock)
     ids = _devices(db, 3)
     engine = CampaignEngine(db)
@@ -208,7 +210,7 @@ def test_the_window_closing_and_opening_is_announced(db: TrackerDB) -> None:
     document) could install outside the window; and when the window opened again nobody was
     told either. The tick now announces the members not started when the schedule opens or
     closes (once per change, not at every tick)."""
-    clock = db._clock
+    clock = db.store.clock
     assert isinstance(clock, Clock)
     clock.now = datetime(2026, 3, 2, 23, 0, tzinfo=UTC)
     announced: list[str] = []

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from device.device_kit import Author
 from suitkit.core.verify import TrustAnchors
 from suitkit.tracker.config import TrackerConfig
-from suitkit.tracker.db import open_db
+from suitkit.tracker.service import open_db
 
 schemathesis = pytest.importorskip(
     "schemathesis", reason="schemathesis is not installed (pip install 'suitkit[test]')")

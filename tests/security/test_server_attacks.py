@@ -34,9 +34,9 @@ from suitkit.core.model import Digest
 from suitkit.core.report import Record, Reference, Report, ResultFailure, encode_report
 from suitkit.core.verify import TrustAnchors
 from suitkit.errors import StorageError
-from suitkit.tracker.api import REPORT_MEDIA_TYPE
 from suitkit.tracker.config import TrackerConfig
-from suitkit.tracker.db import TrackerDB, open_db
+from suitkit.tracker.edges.http_api import REPORT_MEDIA_TYPE
+from suitkit.tracker.service import TrackerDB, open_db
 
 aiocoap = pytest.importorskip("aiocoap", reason="aiocoap is not installed (pip install aiocoap)")
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install suitkit)")
@@ -371,11 +371,12 @@ def test_coap_uri_path_traversal(site: Site, segments: tuple[str, ...]) -> None:
 
 def test_coap_notices_for_made_up_device_ids_stay_bounded(site: Site,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """/notices/<id> is unauthenticated (plain UDP; see coap_notices): a flood of made-up ids
-    must not grow the hub's memory without bound, and answers only an empty notice."""
-    from suitkit.tracker import notify
+    """/notices/<id> is unauthenticated (plain UDP; see tracker.notices.coap): a flood of
+    made-up ids must not grow the hub's memory without bound, and answers only an empty
+    notice."""
+    from suitkit.tracker import notices
 
-    monkeypatch.setattr(notify, "_MAX_CACHED", 8)
+    monkeypatch.setattr(notices, "_MAX_CACHED", 8)
     for i in range(20):
         response = coap_get(site, "notices", f"made-up-{i}")
         assert response.code.is_successful()
@@ -554,7 +555,7 @@ def test_token_guessing_costs_a_hash_for_unknown_ids_too(site: Site,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Guessing costs the same work whether the id exists or not (one hash each; counted,
     not timed), and the answer never tells an unknown id from a wrong secret."""
-    import suitkit.tracker.db as trackerdb
+    import suitkit.tracker.service as trackerdb
 
     calls: list[str] = []
     real = trackerdb.verify_secret

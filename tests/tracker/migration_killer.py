@@ -1,4 +1,4 @@
-"""A child process that runs ``tracker.db.migrate`` and SIGKILLs itself before its Nth database
+"""A child process that runs ``tracker.store.migrate`` and SIGKILLs itself before its Nth database
 statement (tests/tracker/test_migration_kill.py).
 
 It imports suitkit once, then for each line ``N URL`` read from stdin forks a child that
@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from suitkit.tracker.db import migrate
+from suitkit.tracker.store import migrate
 
 _steps = {"kill_at": 0, "count": 0}
 

@@ -28,7 +28,8 @@ from suitkit.device.fetch import HttpFetcher
 from suitkit.device.wiring import open_device
 from suitkit.server.app import ServerConfig
 from suitkit.server.background import running_server
-from suitkit.tracker.api import TrackerConfig, create_router
+from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.edges import create_router
 
 ADMIN = "admin-token-for-agent-tests"
 UPLOAD = "upload-token-for-agent-tests"

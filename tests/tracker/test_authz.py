@@ -31,9 +31,9 @@ from suitkit.core.report import Record, Reference, Report, ResultFailure, encode
 from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig, create_app
 from suitkit.server.background import running_server
-from suitkit.tracker.api import REPORT_MEDIA_TYPE
 from suitkit.tracker.config import TrackerConfig
-from suitkit.tracker.db import open_db
+from suitkit.tracker.edges.http_api import REPORT_MEDIA_TYPE
+from suitkit.tracker.service import open_db
 
 BOOTSTRAP = "bootstrap-admin-token-for-authz-tests"
 CALLERS = ("none", "garbage", "expired", "revoked", "bootstrap", "admin", "author", "operator",

@@ -26,7 +26,8 @@ from suitkit.device.agent import run_once
 from suitkit.device.fetch import HttpFetcher
 from suitkit.server.app import ServerConfig
 from suitkit.server.background import running_server
-from suitkit.tracker.api import TrackerConfig, create_router
+from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.edges import create_router
 
 ADMIN = "admin-token-for-campaign-tests"
 UPLOAD = "upload-token-for-campaign-tests"

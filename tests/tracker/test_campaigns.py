@@ -18,14 +18,17 @@ from typing import Any
 
 import pytest
 
-from suitkit.tracker.campaigns import (
-    CampaignEngine,
+from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec
+from suitkit.tracker.service import (
     CampaignRefused,
-    CampaignSpec,
+    DeploymentRefused,
+    Inventory,
+    NotAssigned,
+    TrackerDB,
     in_window,
+    open_db,
     parse_window,
 )
-from suitkit.tracker.db import DeploymentRefused, Inventory, NotAssigned, TrackerDB, open_db
 
 VENDOR = "fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe"
 CLASS = "1492af14-2569-5e48-bf42-9b2d51f2ab45"

@@ -14,7 +14,8 @@ from device.device_kit import Author
 from pg import PostgresCluster
 from serve_kit import serving
 from suitkit.cli.main import app as cli
-from suitkit.tracker.db import INITIAL_REVISION, _Base, upgrade_schema
+from suitkit.tracker.model import Base
+from suitkit.tracker.store import INITIAL_REVISION, upgrade_schema
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def suitkit(*args: str) -> Done:
 def head() -> str:
     from alembic.script import ScriptDirectory
 
-    from suitkit.tracker.db import alembic_config
+    from suitkit.tracker.store import alembic_config
     found = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert found is not None
     return found
@@ -47,7 +48,7 @@ def test_db_upgrade_migrates_a_postgresql_database_then_has_nothing_to_do(
     assert done.stdout.strip() == f"tracker database upgraded from no revision to {head()}"
     engine = create_engine(url)
     try:
-        assert set(_Base.metadata.tables) <= set(inspect(engine).get_table_names())
+        assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
     again = suitkit("db", "upgrade", "--db", url)

@@ -41,8 +41,10 @@ from suitkit.core.report import Reference, Report, encode_report
 from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig
 from suitkit.server.background import running_server
-from suitkit.tracker.api import REPORT_MEDIA_TYPE, TrackerConfig, create_router
-from suitkit.tracker.db import open_db
+from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.edges import create_router
+from suitkit.tracker.edges.http_api import REPORT_MEDIA_TYPE
+from suitkit.tracker.service import open_db
 
 ADMIN = "admin-token-for-full-disk-tests"
 UPLOAD = "upload-token-for-full-disk-tests"

@@ -30,7 +30,7 @@ from suitkit.cli.notices import tracker_routes
 from suitkit.errors import StorageError
 from suitkit.server.coap import CoapServer, create_coap_site
 from suitkit.server.store import BlobStore
-from suitkit.tracker.api import TrackerConfig
+from suitkit.tracker.config import TrackerConfig
 from tracker.test_tracker_api import ADMIN, Tracker, auth
 from tracker.test_tracker_api import tracker as tracker  # noqa: PLC0414 - the fixture
 
@@ -162,7 +162,8 @@ def test_the_mqtt_publisher_never_publishes_to_a_topic_no_device_id_can_make() -
     wildcard topic with an exception logged per id; ``a/b`` wrote a retained message under
     ``suitkit/devices/a/b``), whoever made the hub know it."""
     pytest.importorskip("paho.mqtt.client", reason="install paho-mqtt")
-    from suitkit.tracker.notify import MqttPublisher, NotificationHub
+    from suitkit.tracker.notices import NotificationHub
+    from suitkit.tracker.notices.mqtt import MqttPublisher
 
     hub = NotificationHub(lambda _: None)
     publisher = MqttPublisher(hub, "127.0.0.1", 9)  # never started: nothing is sent

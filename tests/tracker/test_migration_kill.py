@@ -30,7 +30,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from pg import PostgresCluster
-from suitkit.tracker.db import _Base, alembic_config, upgrade_schema
+from suitkit.tracker.model import Base
+from suitkit.tracker.store import alembic_config, upgrade_schema
 
 from helpers import run_cli
 
@@ -103,7 +104,7 @@ def seed(engine: Engine, start: str | None) -> dict[str, int]:
     if start is None:
         return {}
     if start == "legacy":
-        _Base.metadata.create_all(engine, tables=[_Base.metadata.tables[name]
+        Base.metadata.create_all(engine, tables=[Base.metadata.tables[name]
                                                   for name in INITIAL_TABLES])
     else:
         upgrade_schema(engine, start)
@@ -124,7 +125,7 @@ def check(url: str, rows: dict[str, int]) -> None:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert context.get_current_revision() == HEAD
-            assert list(compare_metadata(context, _Base.metadata)) == []
+            assert list(compare_metadata(context, Base.metadata)) == []
             for table, count in rows.items():
                 assert connection.execute(text(f"SELECT count(*) FROM {table}")).scalar() \
                     == count, f"rows of {table} lost"

@@ -22,14 +22,9 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from pg import BACKENDS, PostgresCluster, backend_url
 from serve_kit import start_process, stop_process
 from suitkit.errors import StorageError
-from suitkit.tracker.db import (
-    INITIAL_REVISION,
-    _Base,
-    alembic_config,
-    downgrade_schema,
-    open_db,
-    upgrade_schema,
-)
+from suitkit.tracker.model import Base
+from suitkit.tracker.service import open_db
+from suitkit.tracker.store import INITIAL_REVISION, alembic_config, downgrade_schema, upgrade_schema
 
 INITIAL_TABLES = {"devices", "installed_components", "device_events", "device_reports",
                   "assignments"}
@@ -45,7 +40,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
 def differences(engine: Engine) -> list[object]:
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        return list(compare_metadata(context, _Base.metadata))
+        return list(compare_metadata(context, Base.metadata))
 
 
 def current(engine: Engine) -> str | None:
@@ -70,7 +65,7 @@ def test_upgrade_head_on_an_empty_database_gives_the_models_schema(engine: Engin
     assert current(engine) == head()
     assert differences(engine) == []
     tables = set(inspect(engine).get_table_names())
-    assert tables == {*_Base.metadata.tables, "alembic_version"}
+    assert tables == {*Base.metadata.tables, "alembic_version"}
 
 
 def test_downgrade_to_base_removes_every_table_and_upgrade_again_works(engine: Engine) -> None:
@@ -84,9 +79,9 @@ def test_downgrade_to_base_removes_every_table_and_upgrade_again_works(engine: E
 
 def test_a_database_created_before_migrations_is_stamped_and_keeps_its_rows(
         engine: Engine) -> None:
-    old = [t for t in _Base.metadata.sorted_tables if t.name in INITIAL_TABLES
+    old = [t for t in Base.metadata.sorted_tables if t.name in INITIAL_TABLES
            and t.name != "assignments"]  # the very first slice had no assignments table
-    _Base.metadata.create_all(engine, tables=old)
+    Base.metadata.create_all(engine, tables=old)
     with engine.begin() as connection:
         connection.execute(text(
             "INSERT INTO devices (id, name, credential_hash, created, hardware, history_count) "
@@ -117,7 +112,7 @@ def test_servers_starting_together_on_postgresql_migrate_once(postgres: Postgres
     url = postgres.database()
     # a lock wait longer than 20 s is an error, so that a failure cannot hang the test
     waiting = f"{url}?options=-c%20lock_timeout%3D20000"
-    code = ("import sys; from suitkit.tracker.db import migrate; print('ready', flush=True); "
+    code = ("import sys; from suitkit.tracker.store import migrate; print('ready', flush=True); "
             "sys.stdin.readline(); print(migrate(sys.argv[1])[1])")
     processes = [start_process([sys.executable, "-c", code, waiting], text=True,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -19,7 +19,8 @@ from serve_kit import serving
 from suitkit.cli.main import app as cli
 from suitkit.core.verify import TrustAnchors
 from suitkit.device.listen import CoapSource, LongPollSource, MqttSource, SseSource
-from suitkit.tracker.notify import NotificationHub, topic_for
+from suitkit.tracker.notices import NotificationHub
+from suitkit.tracker.notices.mqtt import topic_for
 
 RELEASE = "ab" * 32
 

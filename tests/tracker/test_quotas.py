@@ -38,16 +38,13 @@ from suitkit.core.report import Reference, Report, encode_report
 from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig
 from suitkit.server.background import running_server
-from suitkit.tracker.api import REPORT_MEDIA_TYPE, TrackerConfig, create_router
 from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec
-from suitkit.tracker.db import (
-    NotAssigned,
-    TrackerDB,
-    downgrade_schema,
-    open_db,
-    upgrade_schema,
-)
+from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.edges import create_router
+from suitkit.tracker.edges.http_api import REPORT_MEDIA_TYPE
 from suitkit.tracker.quotas import Quotas, RateLimiter
+from suitkit.tracker.service import NotAssigned, TrackerDB, open_db
+from suitkit.tracker.store import downgrade_schema, upgrade_schema
 
 from helpers import run_cli
 

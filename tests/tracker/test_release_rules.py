@@ -23,7 +23,7 @@ from device.device_kit import Author
 from pg import BACKENDS, backend_url
 from serve_kit import SUITKIT, serving
 from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec
-from suitkit.tracker.db import open_db
+from suitkit.tracker.service import open_db
 
 from helpers import run_cli
 

@@ -19,8 +19,8 @@ from suitkit.core import crypto
 from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig
 from suitkit.server.background import running_server
-from suitkit.tracker.api import create_router
 from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.edges import create_router
 
 BOOTSTRAP = "bootstrap-admin-token-for-token-tests"
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

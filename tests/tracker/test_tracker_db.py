@@ -14,10 +14,9 @@ import pytest
 
 from pg import BACKENDS, backend_url
 from suitkit.errors import StorageError
-from suitkit.tracker.db import (
+from suitkit.tracker.model import STATES, TRANSITIONS
+from suitkit.tracker.service import (
     SEEN_RESOLUTION,
-    STATES,
-    TRANSITIONS,
     ComponentEntry,
     Inventory,
     TrackerDB,

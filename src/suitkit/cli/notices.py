@@ -86,11 +86,12 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
     Raises:
         StorageError: the database cannot be opened.
     """
-    from suitkit.tracker.api import create_router  # noqa: PLC0415
     from suitkit.tracker.auth import Authenticator, release_authorizer  # noqa: PLC0415
-    from suitkit.tracker.db import open_db  # noqa: PLC0415
-    from suitkit.tracker.notify import MqttPublisher, NotificationHub  # noqa: PLC0415
-    from suitkit.tracker.push import create_push_router  # noqa: PLC0415
+    from suitkit.tracker.edges import create_router  # noqa: PLC0415
+    from suitkit.tracker.edges.push_http import create_push_router  # noqa: PLC0415
+    from suitkit.tracker.notices import NotificationHub  # noqa: PLC0415
+    from suitkit.tracker.notices.mqtt import MqttPublisher  # noqa: PLC0415
+    from suitkit.tracker.service import open_db  # noqa: PLC0415
 
     db = open_db(config.db_url, clock=config.clock, quotas=config.quotas)
     hub = NotificationHub(db.pending_update)
@@ -100,7 +101,7 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
                create_push_router(auth, hub, heartbeat=heartbeat, max_total=max_push))
     resources: tuple[tuple[tuple[str, ...], Any], ...] = ()
     if coap:
-        from suitkit.tracker.coap_notices import NOTICES_PATH, NoticeResource  # noqa: PLC0415
+        from suitkit.tracker.notices.coap import NOTICES_PATH, NoticeResource  # noqa: PLC0415
 
         resources = ((NOTICES_PATH, NoticeResource(hub)),)
     publisher = None

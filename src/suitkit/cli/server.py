@@ -3,7 +3,7 @@
 ``serve`` builds a ``ServerConfig`` from its options and runs ``server.app.create_app`` on
 uvicorn; FastAPI and uvicorn are imported only when it runs, so the rest of the CLI works
 without them. With ``--admin-token-file`` it also mounts the status tracker's routes
-(``tracker.api.create_router``) and the dashboard (``dashboard.create_dashboard_router``,
+(``tracker.edges.create_router``) and the dashboard (``dashboard.create_dashboard_router``,
 ``/dashboard/``) on the same application. Before it says it runs, ``serve`` binds its sockets,
 checks that the data directory is writable and opens the database: any problem is one line and
 exit 2. It logs to stderr (an access line per request, each 500 once with its cause).
@@ -224,7 +224,7 @@ def serve(
             store.check_writable()
             if admin_token is not None:
                 from suitkit.dashboard import create_dashboard_router  # noqa: PLC0415
-                from suitkit.tracker.api import TrackerConfig  # noqa: PLC0415
+                from suitkit.tracker.config import TrackerConfig  # noqa: PLC0415
 
                 db_url = tracker_db or f"sqlite:///{data.resolve() / 'tracker.db'}"
                 # deployments and campaigns name a release this server holds (the tracker
@@ -408,7 +408,7 @@ def db_upgrade(
         "--revision", help="Schema revision to upgrade to.")] = "head",
 ) -> None:
     """Migrate the status tracker's database to the newest schema (serve also does it)."""
-    from suitkit.tracker.db import migrate  # noqa: PLC0415 - SQLAlchemy only when asked for
+    from suitkit.tracker.store import migrate  # noqa: PLC0415 - SQLAlchemy only when asked for
 
     if (db is None) == (data is None):
         fail("give exactly one of --db URL or --data DIR", EXIT_USAGE)

@@ -6,7 +6,9 @@ client-initiated (poll), server-initiated (push) and hybrid modes.
 credential's device: a folder never reports in another device's name) and:
 
 1. ``PUT /api/v1/devices/{id}/inventory``: vendor and class IDs, and per component the running
-   sequence number and image digest (what the bootloader verified, as ``device status`` shows);
+   sequence number, image digest (what the bootloader verified, as ``device status`` shows) and
+   ``version`` (the suit-set-version of the manifest the image was installed with,
+   update-management §3.1; a tracker that refuses the member gets the inventory without it);
 2. ``GET /api/v1/devices/{id}/update``: 204 means nothing to do; 200 gives the release (the
    manifest digest), the URL of its envelope (http(s) or coap) and the ``action``
    (``install``, the default, or ``download``: fetch and stop at ``downloaded`` until a later
@@ -21,7 +23,10 @@ credential's device: a folder never reports in another device's name) and:
    and time; a ``download`` action keeps it in ``DIR/agent/`` and stops), ``installing``
    (``Consumer.install``: everything is verified on the device; the tracker, the notice and the
    URL are not trusted), then the SUIT report; a refused install ends ``failed`` with the
-   consumer's reason;
+   consumer's reason. An install that *waits* (a wait directive's events do not hold yet,
+   update-management §5.6) ends the run ``waiting``: no report and no final state are sent, the
+   tracker keeps the device ``installing`` and the inventory's hardware fact ``waiting`` says
+   what for; the envelope is kept in ``DIR/agent/`` and the next run resumes the install;
 5. otherwise ``rebooting``: one boot and the Invocation Procedure; an image that starts is
    confirmed (``succeeded``), one that does not is reverted by a second boot (``rolled-back``);
 6. saves the device and puts the inventory again.
@@ -58,7 +63,7 @@ import httpx
 
 from suitkit.core.report import encode_report
 from suitkit.device.config import bind_tracker_id, check_tracker_id, load_config
-from suitkit.device.consumer import PayloadFetcher
+from suitkit.device.consumer import PayloadFetcher, running_version
 from suitkit.device.fetch import CoapFetcher, HttpFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
 from suitkit.device.listen import (
@@ -94,7 +99,8 @@ class AgentResult:
     """What one poll did.
 
     ``outcome``: ``up-to-date`` (nothing assigned), ``downloaded`` (a ``download`` action: the
-    envelope is kept until an ``install``), ``succeeded``, ``failed`` (the update was
+    envelope is kept until an ``install``), ``waiting`` (the manifest waits for events that do
+    not hold yet: the next run tries again), ``succeeded``, ``failed`` (the update was
     refused or could not be fetched; the device runs what it ran), ``rolled-back`` (the new image
     did not start and was reverted) or ``error`` (the tracker could not be used; ``reason``).
     ``steps``: one line per step, in order.
@@ -107,7 +113,7 @@ class AgentResult:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("up-to-date", "downloaded", "succeeded")
+        return self.outcome in ("up-to-date", "downloaded", "waiting", "succeeded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,18 +143,32 @@ class TrackerError(Exception):
     """The tracker could not be reached or refused a call (one line)."""
 
 
-def inventory_of(opened: OpenDevice) -> dict[str, Any]:
-    """The inventory the tracker stores: identity and the verified running images."""
+_MAX_WAITING_TEXT = 256
+
+
+def inventory_of(opened: OpenDevice, *, versions: bool = True,
+                 waiting: str | None = None) -> dict[str, Any]:
+    """The inventory the tracker stores: identity and the verified running images, each with
+    its ``version`` when known (``versions``); ``waiting``: what a waiting update waits for
+    (the hardware fact ``waiting``)."""
     observation = opened.bootloader.observe()  # type: ignore[attr-defined]
+    anchors = opened.config.trust_anchors()
     components = []
     for spec, check in zip(opened.config.components, observation.primary, strict=True):
         entry: dict[str, Any] = {"id": [p.hex() for p in spec.suit_id]}
         if check.info is not None and check.verdict.name == "GOOD":
             entry["sequence"] = check.info.sequence_number
             entry["digest"] = check.info.digest.hex()
+            version = (running_version(opened.bootloader, spec.image, anchors, Limits())
+                       if versions else None)
+            if version is not None:
+                entry["version"] = list(version)
         components.append(entry)
+    hardware: dict[str, Any] = {"shape": opened.config.shape}
+    if waiting is not None:
+        hardware["waiting"] = waiting[:_MAX_WAITING_TEXT]
     return {"vendor_id": str(opened.config.vendor_id), "class_id": str(opened.config.class_id),
-            "components": components, "hardware": {"shape": opened.config.shape}}
+            "components": components, "hardware": hardware}
 
 
 class _Tracker:
@@ -157,6 +177,8 @@ class _Tracker:
     def __init__(self, client: httpx.Client, device_id: str) -> None:
         self.client = client
         self.base = f"/api/v1/devices/{device_id}"
+        self.versions = True
+        """Send each component's ``version``; cleared when the tracker refuses the member."""
 
     def _call(self, method: str, path: str, expected: tuple[int, ...], **kwargs: Any
               ) -> httpx.Response:
@@ -169,8 +191,21 @@ class _Tracker:
                                f"{error_of(response)}")
         return response
 
-    def inventory(self, opened: OpenDevice) -> None:
-        self._call("PUT", "/inventory", (200,), json=inventory_of(opened))
+    def inventory(self, opened: OpenDevice, waiting: str | None = None) -> None:
+        if self.versions:
+            doc = inventory_of(opened, waiting=waiting)
+            if any("version" in c for c in doc["components"]):
+                response = self._call("PUT", "/inventory", (200, 400), json=doc)
+                if response.status_code == 200:
+                    return
+                reason = error_of(response)
+                if "'version'" not in reason:
+                    raise TrackerError(f"PUT /inventory: HTTP 400: {reason}")
+                # A tracker that does not know the member yet: the rest of the inventory
+                # still matters (identity, sequence numbers, digests).
+                self.versions = False
+        self._call("PUT", "/inventory", (200,),
+                   json=inventory_of(opened, versions=False, waiting=waiting))
 
     def update(self) -> Assigned | None:
         response = self._call("GET", "/update", (200, 204))
@@ -298,7 +333,7 @@ def _boot(opened: OpenDevice) -> tuple[bool, str]:
     config = opened.config
     launcher: Launcher = (ProcessLauncher(config.app_command, config.directory / "app.pid")
                           if config.app_command else RecordingLauncher())
-    invoked = invoke_running(config, opened.bootloader, launcher)
+    invoked = invoke_running(config, opened.bootloader, launcher, extensions=opened.extensions)
     images = ", ".join(f"{i.name} #{i.sequence_number}" for i in result.images)
     failures = [r.reason for r in invoked.results if not r.succeeded]
     return invoked.succeeded, f"booted {images}" + (f" ({failures[0]})" if failures else "")
@@ -308,7 +343,8 @@ _RESUMABLE = ("downloading", "downloaded", "installing", "rebooting")
 
 
 def _saved_envelope(opened: OpenDevice, release: str) -> Path:
-    """Where a ``download`` action keeps the envelope until ``install``."""
+    """Where a ``download`` action keeps the envelope until ``install``, and a waiting install
+    until it resumes."""
     name = "".join(c for c in release if c in "0123456789abcdefABCDEF")[:128] or "release"
     return opened.config.directory / "agent" / f"{name}.suit"
 
@@ -379,10 +415,14 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
             return _install(opened, tracker, None, release=release, fetcher=fetcher,
                             step=step, result=result)
         saved = _saved_envelope(opened, release)
+        for stale in saved.parent.glob("*.suit") if saved.parent.is_dir() else ():
+            if stale != saved:  # kept for a release no longer assigned: never used again
+                stale.unlink(missing_ok=True)
         try:
             if state == "downloaded" and job.action == "download":
                 return result("downloaded", "already downloaded; waiting for install", release)
-            envelope = saved.read_bytes() if state == "downloaded" and saved.is_file() else None
+            envelope = (saved.read_bytes()
+                        if state in ("downloaded", "installing") and saved.is_file() else None)
             if envelope is None:
                 if state in (None, "notified"):
                     tracker.event("downloading", url)
@@ -408,7 +448,12 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
             return result("error", str(e), release)
         outcome = _install(opened, tracker, envelope, release=release, fetcher=fetcher,
                            step=step, result=result)
-        saved.unlink(missing_ok=True)
+        if outcome.outcome == "waiting":
+            # the next run resumes the install from this copy (the tracker has it installing)
+            saved.parent.mkdir(exist_ok=True)
+            atomic_write(saved, envelope)
+        else:
+            saved.unlink(missing_ok=True)
         return outcome
     finally:
         if own:
@@ -435,6 +480,12 @@ def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes | None, *, r
         outcome = opened.consumer(fetcher).install(envelope)
     finally:
         opened.save()
+    if outcome.waiting:
+        # update-management §5.6: not a failure; the tracker keeps the device installing and
+        # the report is sent once the update ends.
+        tell(lambda: tracker.inventory(opened, waiting=outcome.reason))
+        step(outcome.reason)
+        return result("waiting", outcome.reason, release)
     if outcome.report is not None:
         raw = encode_report(outcome.report)
         tell(lambda: tracker.report(raw))

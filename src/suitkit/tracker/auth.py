@@ -5,7 +5,7 @@ Every call carries ``Authorization: Bearer <token>``, one of:
 - the **bootstrap admin token** (``TrackerConfig.admin_token``, from ``--admin-token-file``),
   compared in constant time; it creates the first API tokens;
 - an **API token** ``tok_<id>.<secret>`` with a role ``admin``, ``author`` or ``operator``
-  (``db.ApiToken``: hashed secret, expiry, revocation);
+  (``model.ApiToken``: hashed secret, expiry, revocation);
 - a **device credential** ``<device-id>.<secret>`` (returned once at registration): it opens
   that device's own records and nothing else.
 
@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 
 from suitkit.errors import StorageError
 from suitkit.tracker.config import TrackerConfig
-from suitkit.tracker.db import TokenCheck, TrackerDB
+from suitkit.tracker.service import TokenCheck, TrackerDB
 
 __all__ = ["BOOTSTRAP_ADMIN", "ROLES", "TOKEN_PREFIX", "Authenticator", "Principal", "Refused",
            "Role", "release_authorizer"]

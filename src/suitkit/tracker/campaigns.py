@@ -7,11 +7,13 @@ the next wave only when the open waves succeeded, and respects a start time and 
 maintenance window. It has a life cycle ``draft → approved → running ⇄ paused → completed |
 cancelled`` and needs an approver who is not its author (four-eyes).
 
-Every bit of state lives in the database (tables ``campaigns``, ``campaign_members``,
-``campaign_log``); progress is driven by ``CampaignEngine.tick(now)``, idempotent and safe to
-run concurrently or after a crash (each campaign is advanced in one transaction that first locks
-its row), and by device events: ``TrackerDB.add_event`` calls ``member_event`` in the event's
-own transaction, so a member's state never disagrees with its device's history.
+Every bit of state lives in the database (tables ``model.Campaign``, ``CampaignMember``,
+``CampaignLog``, read and written through ``store.Tx``); progress is driven by
+``CampaignEngine.tick(now)``, idempotent and safe to run concurrently or after a crash (each
+campaign is advanced in one transaction that first locks its row), and by device events:
+``service.TrackerDB.add_event`` calls ``service.member_event`` in the event's own transaction,
+so a member's state never disagrees with its device's history (the service also holds back a
+paused campaign's devices: ``service.deliverable``).
 
 Members are resolved from the target when the campaign starts (a snapshot) and ordered by
 ``sha256(campaign id + device id)``: stable across restarts, random-looking, so wave *k* is the
@@ -19,6 +21,9 @@ first ``ceil(pct_k × N)`` members. Lock order (PostgreSQL): campaign row, then 
 ascending id order, as ``TrackerDB.deploy``), then member rows; device events lock the device
 row, then the member row; nothing locks a campaign after a device, so none of them can
 deadlock.
+
+Deliberately not here: SQL (``tracker.store``), the rules of one device's update
+(``tracker.service``), HTTP (``edges.campaigns_http``).
 
 Docs: docs/tracker.md, "Campaigns".
 """
@@ -32,54 +37,38 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from datetime import time as dtime
-from typing import TYPE_CHECKING, Any, Literal
+from datetime import datetime
+from typing import Any, Literal
 
-from sqlalchemy import (
-    JSON,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    func,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.orm import Mapped, Session, mapped_column
-
-from suitkit.tracker.db import (
+from suitkit.tracker.model import (
     FINAL_STATES,
     TRANSITIONS,
     Assignment,
-    Device,
+    Campaign,
+    CampaignLog,
+    CampaignMember,
     DeviceEvent,
-    Page,
-    _Base,
-    page_of,
 )
-
-if TYPE_CHECKING:
-    from suitkit.tracker.db import TrackerDB
+from suitkit.tracker.service import (
+    NOT_STARTED,
+    CampaignRefused,
+    Page,
+    TrackerDB,
+    iso,
+    page_of,
+    parse_window,
+    schedule_open,
+    utc_naive,
+)
+from suitkit.tracker.store import Tx
 
 __all__ = [
     "CAMPAIGN_STATUSES",
     "MEMBER_STATES",
     "MODES",
-    "Campaign",
     "CampaignEngine",
-    "CampaignLog",
-    "CampaignMember",
-    "CampaignRefused",
     "CampaignSpec",
     "check_tags",
-    "deliverable",
-    "in_window",
-    "member_event",
-    "parse_window",
 ]
 
 Mode = Literal["download-only", "install-now", "install-on-trigger"]
@@ -91,92 +80,14 @@ MEMBER_STATES = ("pending", "notified", "downloading", "downloaded", "installing
 on this campaign's release, or ``cancelled`` (withdrawn before it started)."""
 
 _FAILED = frozenset({"failed", "rolled-back"})
-_NOT_STARTED = frozenset({"notified", "downloaded"})
 _MAX_TAGS = 32
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-_WINDOW = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)")
 _ASSIGN_BATCH = 500
 """At most this many devices are assigned per campaign per tick (bounded transactions)."""
 _EPSILON = 1e-9
 
 
-# ================================================================================= models
-
-
-class Campaign(_Base):
-    """One campaign: what, to whom, how, and where it is in its life cycle."""
-
-    __tablename__ = "campaigns"
-
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    name: Mapped[str] = mapped_column(String(128))
-    release: Mapped[str] = mapped_column(String(128))
-    envelope_url: Mapped[str] = mapped_column(String(2048))
-    target: Mapped[dict[str, Any]] = mapped_column(JSON)
-    waves: Mapped[list[float]] = mapped_column(JSON)
-    success_threshold: Mapped[float] = mapped_column(Float)
-    failure_threshold: Mapped[float] = mapped_column(Float)
-    mode: Mapped[str] = mapped_column(String(24))
-    start_after: Mapped[datetime | None] = mapped_column(DateTime, default=None)
-    window: Mapped[str | None] = mapped_column(String(11), default=None)
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    created_by: Mapped[str] = mapped_column(String(128))
-    created: Mapped[datetime] = mapped_column(DateTime)
-    approved_by: Mapped[str | None] = mapped_column(String(128), default=None)
-    approved: Mapped[datetime | None] = mapped_column(DateTime, default=None)
-    started: Mapped[datetime | None] = mapped_column(DateTime, default=None)
-    finished: Mapped[datetime | None] = mapped_column(DateTime, default=None)
-    triggered: Mapped[datetime | None] = mapped_column(DateTime, default=None)
-    updated: Mapped[datetime] = mapped_column(DateTime)
-    current_wave: Mapped[int] = mapped_column(Integer, default=0)
-    member_count: Mapped[int] = mapped_column(Integer, default=0)
-    failures_acknowledged: Mapped[int] = mapped_column(Integer, default=0)
-    pause_reason: Mapped[str | None] = mapped_column(Text, default=None)
-
-
-class CampaignMember(_Base):
-    """One device of a started campaign: its wave, state and a timestamp per state."""
-
-    __tablename__ = "campaign_members"
-
-    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"),
-                                             primary_key=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
-                                           primary_key=True, index=True)
-    position: Mapped[int] = mapped_column(Integer)
-    wave: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16))
-    times: Mapped[dict[str, str]] = mapped_column(JSON)
-    detail: Mapped[str] = mapped_column(Text, default="")
-    updated: Mapped[datetime] = mapped_column(DateTime)
-
-
-class CampaignLog(_Base):
-    """What happened to a campaign: operator actions and the engine's own decisions."""
-
-    __tablename__ = "campaign_log"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"),
-                                             index=True)
-    timestamp: Mapped[datetime] = mapped_column(DateTime)
-    actor: Mapped[str] = mapped_column(String(128))
-    action: Mapped[str] = mapped_column(String(32))
-    detail: Mapped[str] = mapped_column(Text, default="")
-
-
 # ================================================================================= values
-
-
-class CampaignRefused(Exception):
-    """A campaign operation that cannot be done; ``kind`` says why: ``invalid`` (bad input),
-    ``unknown`` (no such campaign or device), ``conflict`` (wrong status), ``forbidden``
-    (four-eyes)."""
-
-    def __init__(self, kind: Literal["invalid", "unknown", "conflict", "forbidden"],
-                 message: str) -> None:
-        self.kind = kind
-        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,44 +146,6 @@ def check_tags(tags: Sequence[str], where: str) -> None:
                      "A-Z a-z 0-9 . _ : -, starting with a letter or digit)")
 
 
-def parse_window(window: str) -> tuple[dtime, dtime]:
-    """``"HH:MM-HH:MM"`` (UTC, may wrap midnight) as (start, end).
-
-    Raises: CampaignRefused (``invalid``).
-    """
-    match = _WINDOW.fullmatch(window)
-    if match is None:
-        raise CampaignRefused("invalid", f"window: expected 'HH:MM-HH:MM' (UTC), got "
-                                         f"{window[:40]!r}")
-    h1, m1, h2, m2 = (int(g) for g in match.groups())
-    start, end = dtime(h1, m1), dtime(h2, m2)
-    if start == end:
-        raise CampaignRefused("invalid", "window: start and end are equal; leave the window "
-                                         "out for 'always'")
-    return start, end
-
-
-def in_window(window: str | None, now: datetime) -> bool:
-    """Whether ``now`` (UTC) falls inside the daily window (``None``: always)."""
-    if window is None:
-        return True
-    start, end = parse_window(window)
-    moment = _naive(now).time()
-    if start < end:
-        return start <= moment < end
-    return moment >= start or moment < end
-
-
-def _naive(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.replace(tzinfo=UTC).isoformat()
-
-
 def _percent(value: float) -> str:
     return f"{value * 100:.4g}%"
 
@@ -295,41 +168,6 @@ def _success_states(campaign: Campaign) -> frozenset[str]:
     return frozenset({"succeeded"})
 
 
-def _schedule_open(campaign: Campaign, now: datetime) -> bool:
-    if campaign.start_after is not None and now < campaign.start_after:
-        return False
-    return in_window(campaign.window, now)
-
-
-def deliverable(session: Session, assignment: Assignment, device_state: str | None,
-                now: datetime) -> bool:
-    """Whether a device may be given its campaign assignment now (``TrackerDB.pending_update``):
-    not while the campaign is paused or outside its schedule, unless the device has already
-    started (then it finishes)."""
-    if assignment.campaign_id is None or device_state not in _NOT_STARTED:
-        return True
-    campaign = session.get(Campaign, assignment.campaign_id)
-    if campaign is None:
-        return True
-    if campaign.status == "paused":
-        return False
-    return campaign.status != "running" or _schedule_open(campaign, _naive(now))
-
-
-def member_event(session: Session, assignment: Assignment, state: str, detail: str,
-                 now: datetime) -> None:
-    """A device event on a campaign assignment: move the member (same transaction)."""
-    if assignment.campaign_id is None:
-        return
-    member = session.get(CampaignMember, (assignment.campaign_id, assignment.device_id))
-    if member is None or member.state in FINAL_STATES or member.state == "cancelled":
-        return
-    member.state = state
-    member.times = {**member.times, state: _iso(now) or ""}
-    member.detail = detail[:1024]
-    member.updated = now
-
-
 # ================================================================================= engine
 
 
@@ -350,8 +188,8 @@ class CampaignEngine:
         """Replace the device's tags (duplicates dropped, order kept)."""
         check_tags(tags, "tags")
         unique = list(dict.fromkeys(tags))
-        with self.db._session() as session:
-            device = session.get(Device, device_id) if len(device_id) <= 36 else None
+        with self.db.store.transaction() as tx:
+            device = tx.device(device_id) if len(device_id) <= 36 else None
             if device is None:
                 raise CampaignRefused("unknown", f"no device {device_id[:40]!r}")
             device.tags = unique
@@ -362,7 +200,7 @@ class CampaignEngine:
     def create(self, spec: CampaignSpec, created_by: str) -> dict[str, Any]:
         """A new campaign in ``draft``."""
         spec.check()
-        now = self.db._now()
+        now = self.db.now()
         target: dict[str, Any] = {}
         if spec.vendor_id is not None:
             target["vendor_id"] = spec.vendor_id
@@ -373,9 +211,9 @@ class CampaignEngine:
         if spec.devices is not None:
             target["devices"] = list(dict.fromkeys(spec.devices))
         campaign_id = str(uuid.uuid4())
-        with self.db._session() as session:
+        with self.db.store.transaction() as tx:
             for device_id in target.get("devices", []):
-                if len(device_id) > 36 or session.get(Device, device_id) is None:
+                if len(device_id) > 36 or tx.device(device_id) is None:
                     raise CampaignRefused("invalid",
                                           f"target.devices: no device {device_id[:40]!r}")
             campaign = Campaign(
@@ -383,39 +221,39 @@ class CampaignEngine:
                 envelope_url=spec.envelope_url, target=target, waves=list(spec.waves),
                 success_threshold=spec.success_threshold,
                 failure_threshold=spec.failure_threshold, mode=spec.mode,
-                start_after=_naive(spec.start_after) if spec.start_after else None,
+                start_after=utc_naive(spec.start_after) if spec.start_after else None,
                 window=spec.window, status="draft", created_by=created_by[:128], created=now,
                 updated=now, current_wave=0, member_count=0, failures_acknowledged=0)
-            session.add(campaign)
-            self._log(session, campaign_id, created_by, "create", f"release {spec.release}")
+            tx.add(campaign)
+            self._log(tx, campaign_id, created_by, "create", f"release {spec.release}")
         return self.get(campaign_id)
 
     def approve(self, campaign_id: str, actor: str) -> dict[str, Any]:
         """``draft → approved``; refused (``forbidden``) for the campaign's own author."""
-        with self.db._session() as session:
-            campaign = self._locked(session, campaign_id)
+        with self.db.store.transaction() as tx:
+            campaign = self._locked(tx, campaign_id)
             self._expect(campaign, ("draft",), "approved")
             if actor == campaign.created_by:
                 raise CampaignRefused("forbidden", f"{actor} created this campaign and cannot "
                                       "approve it; another operator must (four-eyes)")
             campaign.status, campaign.approved_by = "approved", actor[:128]
-            campaign.approved = campaign.updated = self.db._now()
-            self._log(session, campaign_id, actor, "approve")
+            campaign.approved = campaign.updated = self.db.now()
+            self._log(tx, campaign_id, actor, "approve")
         return self.get(campaign_id)
 
     def start(self, campaign_id: str, actor: str) -> dict[str, Any]:
         """``approved → running``: the members are resolved from the target now (a snapshot)
         and the first wave is assigned at once (if the schedule allows)."""
-        with self.db._session() as session:
-            campaign = self._locked(session, campaign_id)
+        with self.db.store.transaction() as tx:
+            campaign = self._locked(tx, campaign_id)
             if campaign.status == "draft":
                 raise CampaignRefused("conflict", "campaign is draft; it must be approved "
                                       "(by an operator other than its author) before it starts")
             self._expect(campaign, ("approved",), "started")
-            device_ids = self._resolve(session, campaign.target)
+            device_ids = self._resolve(tx, campaign.target)
             if not device_ids:
                 raise CampaignRefused("conflict", "the campaign's target matches no device")
-            now = self.db._now()
+            now = self.db.now()
             ordered = sorted(device_ids, key=lambda d: hashlib.sha256(
                 f"{campaign.id}{d}".encode()).digest())
             # at least one device by the first boundary: an empty open wave never advances
@@ -423,12 +261,12 @@ class CampaignEngine:
                     for pct in campaign.waves]
             for position, device_id in enumerate(ordered):
                 wave = next(k for k, cut in enumerate(cuts) if position < cut)
-                session.add(CampaignMember(campaign_id=campaign.id, device_id=device_id,
-                                           position=position, wave=wave, state="pending",
-                                           times={}, detail="", updated=now))
+                tx.add(CampaignMember(campaign_id=campaign.id, device_id=device_id,
+                                      position=position, wave=wave, state="pending",
+                                      times={}, detail="", updated=now))
             campaign.status, campaign.started, campaign.updated = "running", now, now
             campaign.member_count = len(ordered)
-            self._log(session, campaign_id, actor, "start", f"{len(ordered)} devices in "
+            self._log(tx, campaign_id, actor, "start", f"{len(ordered)} devices in "
                       f"{len(campaign.waves)} waves {campaign.waves}")
         self.tick(only=campaign_id)
         return self.get(campaign_id)
@@ -436,42 +274,42 @@ class CampaignEngine:
     def pause(self, campaign_id: str, actor: str, reason: str = "") -> dict[str, Any]:
         """``running → paused``: members not started get nothing until ``resume``; started
         members finish."""
-        with self.db._session() as session:
-            campaign = self._locked(session, campaign_id)
+        with self.db.store.transaction() as tx:
+            campaign = self._locked(tx, campaign_id)
             self._expect(campaign, ("running",), "paused")
             campaign.status = "paused"
             campaign.pause_reason = f"paused by {actor}" + (f": {reason}" if reason else "")
-            campaign.updated = self.db._now()
-            self._log(session, campaign_id, actor, "pause", reason)
-            held = self._not_started(session, campaign.id)
+            campaign.updated = self.db.now()
+            self._log(tx, campaign_id, actor, "pause", reason)
+            held = self._not_started(tx, campaign.id)
         self.db.announce(held)
         return self.get(campaign_id)
 
     def resume(self, campaign_id: str, actor: str) -> dict[str, Any]:
         """``paused → running``. The failures so far are acknowledged: the failure threshold
         pauses the campaign again only at a new failure."""
-        with self.db._session() as session:
-            campaign = self._locked(session, campaign_id)
+        with self.db.store.transaction() as tx:
+            campaign = self._locked(tx, campaign_id)
             self._expect(campaign, ("paused",), "resumed")
-            counts = self._counts(session, campaign.id)
+            counts = self._counts(tx, campaign.id)
             campaign.failures_acknowledged = sum(counts.get(s, 0) for s in _FAILED)
             campaign.status, campaign.pause_reason = "running", None
-            campaign.updated = self.db._now()
-            self._log(session, campaign_id, actor, "resume")
-            self._accept_shortfall(session, campaign, actor, campaign.updated)
-            waiting = self._not_started(session, campaign.id)
+            campaign.updated = self.db.now()
+            self._log(tx, campaign_id, actor, "resume")
+            self._accept_shortfall(tx, campaign, actor, campaign.updated)
+            waiting = self._not_started(tx, campaign.id)
         self.db.announce(waiting)
         self.tick(only=campaign_id)
         return self.get(campaign_id)
 
-    def _accept_shortfall(self, session: Session, campaign: Campaign, actor: str,
+    def _accept_shortfall(self, tx: Tx, campaign: Campaign, actor: str,
                           now: datetime) -> None:
         """Resuming a campaign whose open waves all finished below the success threshold
         accepts that shortfall (else the next tick would pause it again at once): the next wave
         opens, or after the last wave the campaign completes (when it can: not before an
         install-on-trigger campaign's trigger)."""
         open_counts: dict[str, int] = {}
-        for wave, per_state in self._counts_by_wave(session, campaign.id).items():
+        for wave, per_state in self._counts_by_wave(tx, campaign.id).items():
             if wave <= campaign.current_wave:
                 for state, n in per_state.items():
                     open_counts[state] = open_counts.get(state, 0) + n
@@ -484,50 +322,48 @@ class CampaignEngine:
         shortfall = f"{ok} of {size} devices succeeded; shortfall accepted by {actor}"
         if campaign.current_wave < len(campaign.waves) - 1:
             campaign.current_wave += 1
-            self._log(session, campaign.id, actor, "wave",
+            self._log(tx, campaign.id, actor, "wave",
                       f"wave {campaign.current_wave + 1} of {len(campaign.waves)} opened "
                       f"({campaign.waves[campaign.current_wave]:g}%): {shortfall}")
         elif _effective_action(campaign) == (
                 "download" if campaign.mode == "download-only" else "install"):
-            self._stop(session, campaign, "completed", shortfall, now)
+            self._stop(tx, campaign, "completed", shortfall, now)
 
     def cancel(self, campaign_id: str, actor: str) -> dict[str, Any]:
         """Final: members not started lose their assignment (state ``cancelled``; a device
         left ``notified`` keeps that state and has nothing to do); started members finish."""
-        with self.db._session() as session:
-            campaign = self._locked(session, campaign_id)
+        with self.db.store.transaction() as tx:
+            campaign = self._locked(tx, campaign_id)
             self._expect(campaign, ("draft", "approved", "running", "paused"), "cancelled")
-            now = self.db._now()
+            now = self.db.now()
             withdrawn: list[str] = []
-            members = list(session.scalars(select(CampaignMember).where(
-                CampaignMember.campaign_id == campaign.id,
-                CampaignMember.state.in_(("pending", "notified", "downloaded")))
-                .order_by(CampaignMember.device_id)))  # device rows locked in id order
+            # device rows locked in id order
+            members = tx.members_in(campaign.id, ("pending", "notified", "downloaded"))
             for member in members:
-                if member.state in _NOT_STARTED:
+                if member.state in NOT_STARTED:
                     # PostgreSQL: the device may have moved on since the read; under its lock
-                    self._lock_device(session, member.device_id)
-                    session.refresh(member)
-                    if member.state not in _NOT_STARTED:
+                    self._lock_device(tx, member.device_id)
+                    tx.refresh(member)
+                    if member.state not in NOT_STARTED:
                         continue  # it started meanwhile: it finishes
                 if member.state == "downloaded":
                     # staged and not installing yet: keep the image, drop the install order
-                    assignment = session.get(Assignment, member.device_id)
+                    assignment = tx.assignment(member.device_id)
                     if assignment is not None and assignment.campaign_id == campaign.id \
                             and assignment.done is None:
                         assignment.action, assignment.done = "download", now
                         withdrawn.append(member.device_id)
                     continue
                 if member.state == "notified":
-                    assignment = session.get(Assignment, member.device_id)
+                    assignment = tx.assignment(member.device_id)
                     if assignment is not None and assignment.campaign_id == campaign.id \
                             and assignment.done is None:
-                        session.delete(assignment)
+                        tx.delete(assignment)
                         withdrawn.append(member.device_id)
                 member.state, member.updated = "cancelled", now
-                member.times = {**member.times, "cancelled": _iso(now) or ""}
+                member.times = {**member.times, "cancelled": iso(now) or ""}
             campaign.status, campaign.finished, campaign.updated = "cancelled", now, now
-            self._log(session, campaign_id, actor, "cancel",
+            self._log(tx, campaign_id, actor, "cancel",
                       f"{len(withdrawn)} assignments withdrawn")
         self.db.announce(withdrawn)
         return self.get(campaign_id)
@@ -535,23 +371,23 @@ class CampaignEngine:
     def trigger(self, campaign_id: str, actor: str) -> dict[str, Any]:
         """Install-on-trigger: from now on members install; members that downloaded get an
         ``install`` assignment (they go on from ``downloaded`` to ``installing``)."""
-        with self.db._session() as session:
-            campaign = self._locked(session, campaign_id)
+        with self.db.store.transaction() as tx:
+            campaign = self._locked(tx, campaign_id)
             if campaign.mode != "install-on-trigger":
                 raise CampaignRefused("conflict", f"campaign mode is {campaign.mode}; only "
                                       "install-on-trigger campaigns can be triggered")
             if campaign.triggered is not None:
                 raise CampaignRefused("conflict", "campaign was already triggered at "
-                                      f"{_iso(campaign.triggered)}")
+                                      f"{iso(campaign.triggered)}")
             self._expect(campaign, ("running", "paused"), "triggered")
-            now = self.db._now()
+            now = self.db.now()
             campaign.triggered = campaign.updated = now
             # the download phase's failures were judged against downloads; installs are judged
             # from here on (successes become ``succeeded``), as after a resume
-            counts = self._counts(session, campaign.id)
+            counts = self._counts(tx, campaign.id)
             campaign.failures_acknowledged = sum(counts.get(s, 0) for s in _FAILED)
-            switched = self._switch_to_install(session, campaign.id, now)
-            self._log(session, campaign_id, actor, "trigger",
+            switched = self._switch_to_install(tx, campaign.id, now)
+            self._log(tx, campaign_id, actor, "trigger",
                       f"{len(switched)} devices told to install")
         self.db.announce(switched)
         self.tick(only=campaign_id)
@@ -566,12 +402,9 @@ class CampaignEngine:
         free, inside the schedule. Idempotent: a second tick at the same moment does nothing.
         Returns ``{"assigned": n, "paused": [...], "completed": [...], "waves": [...]}``.
         """
-        moment = _naive(now) if now is not None else self.db._now()
-        with self.db._session() as session:
-            query = select(Campaign.id).where(Campaign.status == "running")
-            if only is not None:
-                query = query.where(Campaign.id == only)
-            ids = list(session.scalars(query.order_by(Campaign.created)))
+        moment = utc_naive(now) if now is not None else self.db.now()
+        with self.db.store.transaction() as tx:
+            ids = tx.running_campaign_ids(only)
         summary: dict[str, Any] = {"assigned": 0, "paused": [], "completed": [], "waves": []}
         for campaign_id in ids:
             announced = self._tick_one(campaign_id, moment, summary)
@@ -581,34 +414,29 @@ class CampaignEngine:
     def _tick_one(self, campaign_id: str, now: datetime, summary: dict[str, Any]
                   ) -> list[str]:
         announced: list[str] = []
-        with self.db._session() as session:
-            locked = session.execute(update(Campaign).where(
-                Campaign.id == campaign_id, Campaign.status == "running")
-                .values(updated=Campaign.updated))
-            if getattr(locked, "rowcount", 0) != 1:
+        with self.db.store.transaction() as tx:
+            campaign = tx.lock_campaign(campaign_id, status="running")
+            if campaign is None:
                 return []  # paused, cancelled or completed meanwhile
-            campaign = session.get(Campaign, campaign_id)
-            assert campaign is not None
-            session.refresh(campaign)
             previous, campaign.updated = campaign.updated, now  # the last tick or action
-            if not self._evaluate(session, campaign, now, summary):
+            if not self._evaluate(tx, campaign, now, summary):
                 # paused: devices not started now get 204; tell the push listeners
-                return self._not_started(session, campaign.id) \
+                return self._not_started(tx, campaign.id) \
                     if campaign.status == "paused" else []
-            open_now = _schedule_open(campaign, now)
-            if open_now != _schedule_open(campaign, previous):
+            open_now = schedule_open(campaign, now)
+            if open_now != schedule_open(campaign, previous):
                 # the window opened or closed: members not started are released or held
-                announced = self._not_started(session, campaign.id)
+                announced = self._not_started(tx, campaign.id)
             if open_now:
-                assigned = self._assign(session, campaign, now)
+                assigned = self._assign(tx, campaign, now)
                 announced += assigned
                 summary["assigned"] += len(assigned)
         return announced
 
-    def _evaluate(self, session: Session, campaign: Campaign, now: datetime,
+    def _evaluate(self, tx: Tx, campaign: Campaign, now: datetime,
                   summary: dict[str, Any]) -> bool:
         """Thresholds, waves and completion; ``False`` when the campaign stopped running."""
-        by_wave = self._counts_by_wave(session, campaign.id)
+        by_wave = self._counts_by_wave(tx, campaign.id)
         counts: dict[str, int] = {}
         for per_state in by_wave.values():
             for state, n in per_state.items():
@@ -622,7 +450,7 @@ class CampaignEngine:
             reason = (f"failure threshold crossed: {failed} of {finished} finished devices "
                       f"failed ({_percent(failed / finished)} > "
                       f"{_percent(campaign.failure_threshold)})")
-            self._stop(session, campaign, "paused", reason, now)
+            self._stop(tx, campaign, "paused", reason, now)
             summary["paused"].append(campaign.id)
             return False
         last = len(campaign.waves) - 1
@@ -639,13 +467,13 @@ class CampaignEngine:
                 if campaign.current_wave == last:
                     if done == size and _effective_action(campaign) == (
                             "download" if campaign.mode == "download-only" else "install"):
-                        self._stop(session, campaign, "completed",
+                        self._stop(tx, campaign, "completed",
                                    f"{ok} of {size} devices {'/'.join(sorted(successes))}", now)
                         summary["completed"].append(campaign.id)
                         return False
                     return True
                 campaign.current_wave += 1
-                self._log(session, campaign.id, "engine", "wave",
+                self._log(tx, campaign.id, "engine", "wave",
                           f"wave {campaign.current_wave + 1} of {last + 1} opened "
                           f"({campaign.waves[campaign.current_wave]:g}%) after {ok} of {size} "
                           "devices succeeded")
@@ -655,38 +483,36 @@ class CampaignEngine:
                 reason = (f"wave {campaign.current_wave + 1} finished with {ok} of {size} "
                           f"devices succeeded ({_percent(ok / size)} < "
                           f"{_percent(campaign.success_threshold)} needed)")
-                self._stop(session, campaign, "paused", reason, now)
+                self._stop(tx, campaign, "paused", reason, now)
                 summary["paused"].append(campaign.id)
                 return False
             return True
 
-    def _assign(self, session: Session, campaign: Campaign, now: datetime) -> list[str]:
+    def _assign(self, tx: Tx, campaign: Campaign, now: datetime) -> list[str]:
         action = _effective_action(campaign)
-        members = list(session.scalars(select(CampaignMember).where(
-            CampaignMember.campaign_id == campaign.id, CampaignMember.state == "pending",
-            CampaignMember.wave <= campaign.current_wave)
-            # members found busy go to the back of the line: they cannot starve the others
-            .order_by(CampaignMember.updated, CampaignMember.position).limit(_ASSIGN_BATCH)))
+        # members found busy go to the back of the line: they cannot starve the others
+        members = tx.pending_members(campaign.id, up_to_wave=campaign.current_wave,
+                                     limit=_ASSIGN_BATCH)
         assigned: list[str] = []
         for member in sorted(members, key=lambda m: m.device_id):  # the lock order (deploy)
-            state = self._assign_device(session, campaign, member.device_id, action, now)
+            state = self._assign_device(tx, campaign, member.device_id, action, now)
             if state is None:
                 member.updated = now
                 continue  # busy with something else: retried at a later tick
             member.state, member.updated = state, now
-            member.times = {**member.times, state: _iso(now) or ""}
+            member.times = {**member.times, state: iso(now) or ""}
             assigned.append(member.device_id)
         return assigned
 
-    def _assign_device(self, session: Session, campaign: Campaign, device_id: str,
+    def _assign_device(self, tx: Tx, campaign: Campaign, device_id: str,
                        action: str, now: datetime) -> str | None:
         """Give the device this campaign's assignment if it is free; its member state, or
         ``None`` if it is busy (a pending assignment, or in the middle of another update)."""
-        seq = self.db._lock(session, device_id)
-        device = session.get(Device, device_id)
+        seq = tx.lock_device(device_id)
+        device = tx.device(device_id)
         assert device is not None
-        session.refresh(device)
-        assignment = session.get(Assignment, device_id)
+        tx.refresh(device)
+        assignment = tx.assignment(device_id)
         if assignment is not None and assignment.done is None:
             device.history_count -= 1
             return None
@@ -700,9 +526,9 @@ class CampaignEngine:
             assignment.done = now if action == "download" else None
             return "downloaded"
         if "notified" in TRANSITIONS.get(state, frozenset()):
-            session.add(DeviceEvent(device_id=device_id, seq=seq, state="notified",
-                                    previous=state, detail=f"release {campaign.release} "
-                                    f"(campaign {campaign.id})", timestamp=now))
+            tx.add(DeviceEvent(device_id=device_id, seq=seq, state="notified",
+                               previous=state, detail=f"release {campaign.release} "
+                               f"(campaign {campaign.id})", timestamp=now))
             device.state, device.state_changed = "notified", now
         elif state == "notified":
             device.history_count -= 1
@@ -710,9 +536,9 @@ class CampaignEngine:
             device.history_count -= 1
             return None
         if assignment is None:
-            session.add(Assignment(device_id=device_id, release=campaign.release,
-                                   envelope_url=campaign.envelope_url, created=now,
-                                   campaign_id=campaign.id, action=action))
+            tx.add(Assignment(device_id=device_id, release=campaign.release,
+                              envelope_url=campaign.envelope_url, created=now,
+                              campaign_id=campaign.id, action=action))
         else:
             assignment.release, assignment.envelope_url = campaign.release, campaign.envelope_url
             assignment.created, assignment.done = now, None
@@ -720,18 +546,15 @@ class CampaignEngine:
             assignment.reported = None  # a new update: its report is still to come
         return "notified"
 
-    def _switch_to_install(self, session: Session, campaign_id: str, now: datetime
+    def _switch_to_install(self, tx: Tx, campaign_id: str, now: datetime
                            ) -> list[str]:
         switched: list[str] = []
-        members = list(session.scalars(select(CampaignMember).where(
-            CampaignMember.campaign_id == campaign_id,
-            CampaignMember.state.in_(("notified", "downloading", "downloaded")))
-            .order_by(CampaignMember.device_id)))  # device rows locked in id order
+        # device rows locked in id order
+        members = tx.members_in(campaign_id, ("notified", "downloading", "downloaded"))
         for member in members:
-            self._lock_device(session, member.device_id)
-            assignment = session.get(Assignment, member.device_id)
-            device_state = session.scalar(select(Device.state)
-                                          .where(Device.id == member.device_id))
+            self._lock_device(tx, member.device_id)
+            assignment = tx.assignment(member.device_id)
+            device_state = tx.device_state(member.device_id)
             if member.state == "downloaded" and (
                     device_state != "downloaded" or assignment is None
                     or assignment.campaign_id != campaign_id):
@@ -739,7 +562,7 @@ class CampaignEngine:
                 # could never be carried out, so the member finishes with its device's state
                 final = device_state if device_state in FINAL_STATES else "failed"
                 member.state, member.updated = final, now
-                member.times = {**member.times, final: _iso(now) or ""}
+                member.times = {**member.times, final: iso(now) or ""}
                 member.detail = ("no longer held this campaign's staged image at the trigger "
                                  f"(device {device_state})")
                 continue
@@ -754,12 +577,12 @@ class CampaignEngine:
 
     def get(self, campaign_id: str, *, offset: int = 0, limit: int = 100) -> dict[str, Any]:
         """The campaign with counts per state and per wave and a page of members."""
-        with self.db._session() as session:
-            campaign = session.get(Campaign, campaign_id) if len(campaign_id) <= 36 else None
+        with self.db.store.transaction() as tx:
+            campaign = tx.campaign(campaign_id) if len(campaign_id) <= 36 else None
             if campaign is None:
                 raise CampaignRefused("unknown", f"no campaign {campaign_id[:40]!r}")
             doc = _campaign_json(campaign)
-            by_wave = self._counts_by_wave(session, campaign.id)
+            by_wave = self._counts_by_wave(tx, campaign.id)
             counts: dict[str, int] = {}
             waves = []
             for wave, pct in enumerate(campaign.waves):
@@ -772,17 +595,13 @@ class CampaignEngine:
                               "devices": sum(per_state.values()), "states": per_state})
             doc["counts"] = counts
             doc["waves_detail"] = waves
-            members = session.scalars(select(CampaignMember)
-                                      .where(CampaignMember.campaign_id == campaign.id)
-                                      .order_by(CampaignMember.position)
-                                      .offset(max(0, offset)).limit(max(0, min(limit, 1000))))
+            members = tx.members(campaign.id, offset=max(0, offset),
+                                 limit=max(0, min(limit, 1000)))
             doc["members"] = [{"device_id": m.device_id, "wave": m.wave + 1, "state": m.state,
                                "times": m.times, "detail": m.detail} for m in members]
             doc["members_offset"] = max(0, offset)
-            log = session.scalars(select(CampaignLog)
-                                  .where(CampaignLog.campaign_id == campaign.id)
-                                  .order_by(CampaignLog.id))
-            doc["log"] = [{"timestamp": _iso(e.timestamp), "actor": e.actor, "action": e.action,
+            log = tx.campaign_log(campaign.id)
+            doc["log"] = [{"timestamp": iso(e.timestamp), "actor": e.actor, "action": e.action,
                            "detail": e.detail} for e in log]
             return doc
 
@@ -794,36 +613,26 @@ class CampaignEngine:
                        after: tuple[datetime, str] | None = None) -> Page:
         """At most ``limit`` campaigns (``None``: all), newest first (``created`` descending,
         then ``id``), after the key ``after`` (``Page.next`` of the page before)."""
-        with self.db._session() as session:
-            query = select(Campaign).order_by(Campaign.created.desc(), Campaign.id)
-            if after is not None:
-                created, last_id = after
-                query = query.where(Campaign.created <= created,
-                                    or_(Campaign.created < created, Campaign.id > last_id))
-            if limit is not None:
-                query = query.limit(limit + 1)
-            items = [((c.created, c.id), _campaign_json(c)) for c in session.scalars(query)]
+        with self.db.store.transaction() as tx:
+            rows = tx.campaigns(limit=None if limit is None else limit + 1, after=after)
+            items = [((c.created, c.id), _campaign_json(c)) for c in rows]
             return page_of(items, limit if limit is not None else len(items))
 
     # ---- helpers
 
-    def _locked(self, session: Session, campaign_id: str) -> Campaign:
+    def _locked(self, tx: Tx, campaign_id: str) -> Campaign:
         """The campaign, its row locked for this transaction (the first write)."""
         if len(campaign_id) > 36:
             raise CampaignRefused("unknown", f"no campaign {campaign_id[:40]!r}")
-        result = session.execute(update(Campaign).where(Campaign.id == campaign_id)
-                                 .values(updated=Campaign.updated))
-        if getattr(result, "rowcount", 0) != 1:
+        campaign = tx.lock_campaign(campaign_id)
+        if campaign is None:
             raise CampaignRefused("unknown", f"no campaign {campaign_id[:40]!r}")
-        campaign = session.get(Campaign, campaign_id)
-        assert campaign is not None
-        session.refresh(campaign)
         return campaign
 
     @staticmethod
-    def _lock_device(session: Session, device_id: str) -> None:
-        session.execute(update(Device).where(Device.id == device_id)
-                        .values(history_count=Device.history_count))
+    def _lock_device(tx: Tx, device_id: str) -> None:
+        """Lock the device's row (the lock order: campaign, then devices by id)."""
+        tx.hold_device(device_id)
 
     @staticmethod
     def _expect(campaign: Campaign, statuses: Iterable[str], verb: str) -> None:
@@ -833,55 +642,40 @@ class CampaignEngine:
             raise CampaignRefused("conflict", f"campaign is {campaign.status}; only {shown} "
                                   f"campaigns can be {verb}")
 
-    def _stop(self, session: Session, campaign: Campaign, status: str, reason: str,
+    def _stop(self, tx: Tx, campaign: Campaign, status: str, reason: str,
               now: datetime) -> None:
         campaign.status, campaign.updated = status, now
         if status == "paused":
             campaign.pause_reason = reason
         else:
             campaign.finished = now
-        self._log(session, campaign.id, "engine", "pause" if status == "paused" else status,
+        self._log(tx, campaign.id, "engine", "pause" if status == "paused" else status,
                   reason)
 
-    def _log(self, session: Session, campaign_id: str, actor: str, action: str,
+    def _log(self, tx: Tx, campaign_id: str, actor: str, action: str,
              detail: str = "") -> None:
-        session.add(CampaignLog(campaign_id=campaign_id, timestamp=self.db._now(),
-                                actor=actor[:128], action=action, detail=detail))
+        tx.add(CampaignLog(campaign_id=campaign_id, timestamp=self.db.now(),
+                           actor=actor[:128], action=action, detail=detail))
 
     @staticmethod
-    def _resolve(session: Session, target: Mapping[str, Any]) -> list[str]:
-        query = select(Device)
-        if "devices" in target:
-            query = query.where(Device.id.in_(target["devices"]))
-        if "vendor_id" in target:
-            query = query.where(Device.vendor_id == target["vendor_id"])
-        if "class_id" in target:
-            query = query.where(Device.class_id == target["class_id"])
+    def _resolve(tx: Tx, target: Mapping[str, Any]) -> list[str]:
+        devices = tx.matching_devices(ids=target.get("devices"),
+                                      vendor_id=target.get("vendor_id"),
+                                      class_id=target.get("class_id"))
         wanted = set(target.get("tags", ()))
-        return [d.id for d in session.scalars(query) if wanted <= set(d.tags or ())]
+        return [d.id for d in devices if wanted <= set(d.tags or ())]
 
     @staticmethod
-    def _counts(session: Session, campaign_id: str) -> dict[str, int]:
-        rows = session.execute(select(CampaignMember.state, func.count())
-                               .where(CampaignMember.campaign_id == campaign_id)
-                               .group_by(CampaignMember.state))
-        return {state: n for state, n in rows}
+    def _counts(tx: Tx, campaign_id: str) -> dict[str, int]:
+        return tx.state_counts(campaign_id)
 
     @staticmethod
-    def _counts_by_wave(session: Session, campaign_id: str) -> dict[int, dict[str, int]]:
-        rows = session.execute(select(CampaignMember.wave, CampaignMember.state, func.count())
-                               .where(CampaignMember.campaign_id == campaign_id)
-                               .group_by(CampaignMember.wave, CampaignMember.state))
-        result: dict[int, dict[str, int]] = {}
-        for wave, state, n in rows:
-            result.setdefault(wave, {})[state] = n
-        return result
+    def _counts_by_wave(tx: Tx, campaign_id: str) -> dict[int, dict[str, int]]:
+        return tx.member_counts(campaign_id)
 
     @staticmethod
-    def _not_started(session: Session, campaign_id: str) -> list[str]:
-        return list(session.scalars(select(CampaignMember.device_id).where(
-            CampaignMember.campaign_id == campaign_id,
-            CampaignMember.state.in_(tuple(_NOT_STARTED)))))
+    def _not_started(tx: Tx, campaign_id: str) -> list[str]:
+        return tx.member_ids_in(campaign_id, NOT_STARTED)
 
 
 def _campaign_json(campaign: Campaign) -> dict[str, Any]:
@@ -890,11 +684,11 @@ def _campaign_json(campaign: Campaign) -> dict[str, Any]:
         "envelope_url": campaign.envelope_url, "target": campaign.target,
         "waves": campaign.waves, "success_threshold": campaign.success_threshold,
         "failure_threshold": campaign.failure_threshold, "mode": campaign.mode,
-        "start_after": _iso(campaign.start_after), "window": campaign.window,
+        "start_after": iso(campaign.start_after), "window": campaign.window,
         "status": campaign.status, "pause_reason": campaign.pause_reason,
-        "created_by": campaign.created_by, "created": _iso(campaign.created),
-        "approved_by": campaign.approved_by, "approved": _iso(campaign.approved),
-        "started": _iso(campaign.started), "finished": _iso(campaign.finished),
-        "triggered": _iso(campaign.triggered), "current_wave": campaign.current_wave + 1,
+        "created_by": campaign.created_by, "created": iso(campaign.created),
+        "approved_by": campaign.approved_by, "approved": iso(campaign.approved),
+        "started": iso(campaign.started), "finished": iso(campaign.finished),
+        "triggered": iso(campaign.triggered), "current_wave": campaign.current_wave + 1,
         "devices": campaign.member_count,
     }

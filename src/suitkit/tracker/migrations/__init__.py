@@ -1,4 +1,4 @@
-"""Alembic migrations of the status tracker's database (run by ``tracker.db.open_db``).
+"""Alembic migrations of the status tracker's database (run by ``tracker.store.open_store``).
 
 ``env.py`` is Alembic's environment script; ``versions/`` holds one hand-written revision per
 schema change. See docs/tracker.md, "Databases and migrations".

@@ -1,9 +1,9 @@
 """Alembic environment for the status tracker (online mode only).
 
-``tracker.db.upgrade_schema`` runs it with ``config.attributes["connection"]`` set to an open
+``tracker.store.upgrade_schema`` runs it with ``config.attributes["connection"]`` set to an open
 connection; run by hand (``alembic -x url=... upgrade head``) it makes its own engine from the
 ``url`` argument or ``sqlalchemy.url``. ``target_metadata`` is the models' metadata, so
-``alembic revision --autogenerate`` and ``compare_metadata`` see the models of ``tracker.db``.
+``alembic revision --autogenerate`` and ``compare_metadata`` see the tables of ``tracker.model``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
-from suitkit.tracker.db import _Base
+from suitkit.tracker.model import Base
 
-target_metadata = _Base.metadata
+target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:

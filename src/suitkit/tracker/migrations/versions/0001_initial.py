@@ -1,7 +1,7 @@
 """The tracker's first schema: devices, inventory, state events, SUIT reports, assignments.
 
 Exactly the tables ``Base.metadata.create_all`` made before migrations existed, so a database
-from that time is stamped with this revision (see ``tracker.db.upgrade_schema``).
+from that time is stamped with this revision (see ``tracker.store.upgrade_schema``).
 
 Revision ID: 0001_initial
 Revises: (none)

@@ -1,6 +1,6 @@
 """Update notices over CoAP Observe (RFC 7641): ``coap://host/notices/<device-id>``.
 
-A GET answers the device's current notice (``notify.NotificationHub.current``) as JSON
+A GET answers the device's current notice (``notices.NotificationHub.current``) as JSON
 (Content-Format 50); with ``Observe: 0`` the device also gets a notification after each change
 of its assignment. The CLI adds ``NoticeResource`` to the firmware server's CoAP site
 (``server.coap.create_coap_site(extra_resources=...)``), so the CoAP server does not import the
@@ -29,7 +29,7 @@ import aiocoap.resource  # type: ignore[import-untyped]
 from aiocoap.numbers.codes import Code  # type: ignore[import-untyped]
 
 from suitkit.errors import StorageError
-from suitkit.tracker.notify import NotificationHub, is_record_id
+from suitkit.tracker.notices import NotificationHub, is_record_id
 
 __all__ = ["CONTENT_FORMAT_JSON", "NOTICES_PATH", "NOTICE_MAX_AGE", "NoticeResource"]
 
@@ -64,7 +64,7 @@ class NoticeResource(aiocoap.resource.ObservableResource,  # type: ignore[misc]
         if len(path) != 1 or not 0 < len(path[0]) <= _MAX_DEVICE_ID:
             return None
         device_id = str(path[0])
-        # the ids the HTTP routes accept (api.check_path_ids): a NUL made PostgreSQL fail
+        # the ids the HTTP routes accept (web.check_path_ids): a NUL made PostgreSQL fail
         # (5.00); '+', '#' or '/' made the hub remember, and the MQTT publisher publish, a
         # topic with wildcards or more levels for anyone who asked over plain UDP
         return device_id if is_record_id(device_id, _MAX_DEVICE_ID) else None

@@ -15,11 +15,10 @@ Notices carry no secrets and are not trusted by devices: a device acts only on a
 signatures it verifies. On MQTT and CoAP the topic / path is per device id; protect them with
 broker ACLs (MQTT) or OSCORE (CoAP) in production.
 
-``MqttPublisher`` publishes each device's latest notice to ``suitkit/devices/<id>/update`` (QoS 1,
-retained) from its own thread; paho reconnects with a bounded backoff, and a request never waits
-for the broker. After each (re)connection it publishes again the notices of the devices the hub
-knows (changed, or asked about by the device itself, since the server started: not an id
-anyone asked about over CoAP), for a broker that lost its retained messages.
+The channels: ``notices.mqtt`` (MQTT, retained per device), ``notices.coap`` (CoAP observe), and
+the SSE and long-poll routes of ``edges.push_http``; each watches this hub. Deliberately not
+here: reading the database (the hub calls the ``pending`` function it is given, the service's
+``TrackerDB.pending_update``), any protocol.
 """
 
 from __future__ import annotations
@@ -27,17 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import string
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["ID_CHARACTERS", "MAX_ID", "TOPIC_FORMAT", "MqttPublisher", "NotificationHub", "Watcher",
-           "is_record_id", "topic_for"]
+__all__ = ["ID_CHARACTERS", "MAX_ID", "NotificationHub", "Watcher", "is_record_id"]
 
-TOPIC_FORMAT = "suitkit/devices/{device_id}/update"
 Watcher = Callable[[str, int], None]
 """Called with ``(device_id, serial)`` after a change; must not block (it runs in the thread
 that changed the assignment)."""
@@ -56,11 +52,6 @@ def is_record_id(value: str, max_length: int = MAX_ID) -> bool:
     notice: no control, wildcard (MQTT ``+`` and ``#``), separator (``/``) or non-ASCII
     character can reach the database, the log or an MQTT topic."""
     return 0 < len(value) <= max_length and ID_CHARACTERS.issuperset(value)
-
-
-def topic_for(device_id: str) -> str:
-    """The MQTT topic of ``device_id``'s notices."""
-    return TOPIC_FORMAT.format(device_id=device_id)
 
 
 class NotificationHub:
@@ -201,94 +192,3 @@ class NotificationHub:
         for closer in closers:
             with contextlib.suppress(Exception):
                 closer()
-
-
-class MqttPublisher:
-    """Publishes notices to an MQTT broker: ``suitkit/devices/<id>/update``, QoS 1, retained.
-
-    ``start()`` connects in the background (paho's network thread; reconnects with a backoff of
-    1 to ``max_backoff`` seconds) and starts the publishing thread; a notice published while the
-    broker is away is queued by paho and sent after the reconnection. ``stop()`` ends both.
-    """
-
-    def __init__(self, hub: NotificationHub, host: str, port: int, *,
-                 client_id: str = "suitkit-tracker", max_backoff: int = 30) -> None:
-        import paho.mqtt.client as mqtt  # noqa: PLC0415 - only when MQTT is configured
-        from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
-
-        self.hub, self.host, self.port = hub, host, port
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._queued: set[str] = set()  # ids in the queue: each at most once (bounded queue)
-        self._queued_lock = threading.Lock()
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                   protocol=mqtt.MQTTv5)
-        self._client.reconnect_delay_set(1, max_backoff)
-        self._client.max_queued_messages_set(0)
-        self._connected = threading.Event()
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = lambda *a: self._connected.clear()
-        self._thread = threading.Thread(target=self._run, name="suitkit-mqtt-publisher",
-                                        daemon=True)
-        self._stop_watch: Callable[[], None] | None = None
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
-                    properties: Any = None) -> None:
-        if getattr(reason, "is_failure", False):
-            _log.warning("the MQTT broker %s:%s refused the connection: %s", self.host,
-                         self.port, reason)
-            return
-        self._connected.set()
-        # a broker that restarted without persistence lost the retained notices: publish the
-        # devices the hub knows again
-        for device_id in self.hub.known():
-            self.publish(device_id)
-
-    @property
-    def connected(self) -> bool:
-        return self._connected.is_set()
-
-    def start(self) -> None:
-        """Connect (asynchronously) and start publishing every change."""
-        self._client.connect_async(self.host, self.port, keepalive=30)
-        self._client.loop_start()
-        self._stop_watch = self.hub.watch(None, lambda device_id, _: self.publish(device_id))
-        self._thread.start()
-
-    def publish(self, device_id: str) -> None:
-        """Queue the device's current notice for publication (returns at once); a device
-        already waiting in the queue is not queued again (its notice is read when sent). An id
-        no device can have is not published: its topic could hold MQTT wildcards or levels."""
-        if not is_record_id(device_id):
-            return
-        with self._queued_lock:
-            if device_id in self._queued:
-                return
-            self._queued.add(device_id)
-        self._queue.put(device_id)
-
-    def _run(self) -> None:
-        import json  # noqa: PLC0415
-
-        while True:
-            device_id = self._queue.get()
-            if device_id is None:
-                return
-            with self._queued_lock:  # a change from now on queues it again
-                self._queued.discard(device_id)
-            try:
-                notice = self.hub.current(device_id)
-                self._client.publish(topic_for(device_id), json.dumps(notice), qos=1,
-                                     retain=True)
-            except Exception:  # noqa: BLE001 - the publisher thread must survive
-                _log.exception("cannot publish the notice of %s", device_id)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop watching, publish what is queued (bounded), disconnect."""
-        if self._stop_watch is not None:
-            self._stop_watch()
-        self._queue.put(None)
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        with contextlib.suppress(Exception):
-            self._client.disconnect()
-        self._client.loop_stop()

@@ -1,7 +1,9 @@
-"""The status tracker's HTTP edge (RFC 9019 §3 status tracker; draft-ietf-suit-report §4).
+"""The status tracker's JSON API over HTTP (RFC 9019 §3 status tracker; draft-ietf-suit-report
+§4): only translating requests to service calls (``tracker.service.TrackerDB``) and answers back.
 
-``create_router(config)`` returns a FastAPI ``APIRouter`` that the CLI mounts on the firmware
-server's application (``ServerConfig.routers``), so errors are the server's JSON
+``create_api_router(config, tracker, auth)`` returns a FastAPI ``APIRouter``;
+``edges.create_router`` mounts it with the campaign routes, and the CLI mounts that on the
+firmware server's application (``ServerConfig.routers``), so errors are the server's JSON
 ``{"error": ...}``. Every call is authenticated with ``Authorization: Bearer <token>`` and
 checked by ``auth.Authenticator`` (roles admin, author, operator, device; the bootstrap admin
 token, API tokens ``tok_<id>.<secret>``, device credentials ``<device-id>.<secret>``): 401 for
@@ -15,7 +17,7 @@ Routes (docs/tracker.md has the bodies):
   (admin, operator, or the device).
 - ``PUT /api/v1/devices/{id}/inventory`` (the device): vendor/class IDs, components, hardware;
   409 when the vendor or class ID contradicts the registration (or the first inventory).
-- ``POST /api/v1/devices/{id}/events`` (the device): a state of ``db.TRANSITIONS``, only for
+- ``POST /api/v1/devices/{id}/events`` (the device): a state of ``model.TRANSITIONS``, only for
   the device's current assignment (409 otherwise; ``notified`` is set by the tracker alone).
 - ``POST /api/v1/devices/{id}/reports`` (the device): a SUIT_Report in CBOR, decoded strictly
   with ``core.report.decode_report`` (the device is not trusted); bytes and summary are stored
@@ -44,24 +46,20 @@ COSE_Mac0 around the report), device credential rotation.
 A device's reports, events and inventories are rate-limited (``tracker.quotas.RateLimiter``:
 429 with ``Retry-After``); what it may keep is bounded by ``TrackerDB.quotas``; a retention
 pass runs in the router's lifespan (``retention``). Ids in paths are checked before anything
-else (``check_path_ids``), and a body's text must be storable (``_storable_text``); a full disk
-is 507 (``storage_refused``).
+else (``web.check_path_ids``), and a body's text must be storable (``web.json_object``); a full
+disk is 507 (``web.storage_refused``). Deliberately not here: the rules (``tracker.service``),
+SQL (``tracker.store``), the helpers other HTTP edges share (``tracker.web``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
-import json
 import logging
-import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -70,7 +68,7 @@ from starlette.exceptions import HTTPException
 
 from suitkit.core.numbers import ManifestKey, name_of
 from suitkit.core.report import Report, decode_report, reason_name
-from suitkit.errors import DecodeError, StorageError, StorageFullError
+from suitkit.errors import DecodeError, StorageError
 from suitkit.limits import Limits
 from suitkit.tracker.auth import (
     BOOTSTRAP_ADMIN,
@@ -80,49 +78,53 @@ from suitkit.tracker.auth import (
     Refused,
 )
 from suitkit.tracker.config import TrackerConfig
-from suitkit.tracker.db import (
-    STATES,
-    TOKEN_ROLES,
+from suitkit.tracker.model import STATES, TOKEN_ROLES
+from suitkit.tracker.quotas import Quotas, RateLimiter, retry_after
+from suitkit.tracker.service import (
     ComponentEntry,
     DeploymentRefused,
     IdentityRefused,
     Inventory,
     NotAssigned,
-    Page,
     TrackerDB,
     TransitionRefused,
-    open_db,
 )
-from suitkit.tracker.notify import MAX_ID, is_record_id
-from suitkit.tracker.quotas import Quotas, RateLimiter, retry_after
+from suitkit.tracker.web import (
+    MAX_DEVICE_ID,
+    MAX_DIGEST_BYTES,
+    PAGE_PARAMETERS,
+    check_path_ids,
+    created_id_key,
+    encode_cursor,
+    envelope_url_of,
+    hex_member,
+    in_background,
+    json_object,
+    only_members,
+    page_params,
+    paged,
+    read_body,
+    release_envelope_url,
+    storage_refused,
+    text_member,
+    uuid_member,
+)
 
-__all__ = ["DEFAULT_PAGE", "MAX_PAGE", "PAGE_PARAMETERS", "REPORT_MEDIA_TYPE", "TrackerConfig",
-           "check_path_ids", "create_router", "decode_cursor", "encode_cursor",
-           "envelope_url_of", "in_background", "page_params", "release_envelope_url",
-           "storage_refused", "summarize_report"]
+__all__ = ["REPORT_MEDIA_TYPE", "create_api_router", "retention", "summarize_report"]
 
 REPORT_MEDIA_TYPE = "application/suit-report+cbor"
 _REPORT_TYPES = frozenset({REPORT_MEDIA_TYPE, "application/octet-stream"})
-_MAX_JSON_BYTES = 64 * 1024
 _MAX_NAME = 128
 _MAX_DETAIL = 1024
 _MAX_ID_PART_BYTES = 64
-_MAX_DIGEST_BYTES = 64
 _MAX_HARDWARE_ENTRIES = 64
 _MAX_HARDWARE_KEY = 64
 _MAX_HARDWARE_TEXT = 256
 _UINT64 = (1 << 64) - 1
-_MAX_URL = 2048
 _MAX_DEPLOY_DEVICES = 1000
-_MAX_DEVICE_ID = 36
 _DEVICES = "/api/v1/devices"
-DEFAULT_PAGE = 500
-MAX_PAGE = 1000
-_MAX_CURSOR = 200
 _MAX_SEQ = (1 << 31) - 1  # the seq columns are 32-bit integers
 
-
-_Refused = Refused  # the name this module used before auth.py held it
 _log = logging.getLogger(__name__)
 
 
@@ -168,180 +170,25 @@ def summarize_report(report: Report) -> dict[str, Any]:
     return summary
 
 
-def storage_refused(error: StorageError, message: str) -> _Refused:
-    """The answer for a database failure: 507 when the disk is full (the transaction was
-    rolled back: nothing of the request was stored), 500 with ``message`` otherwise."""
-    if isinstance(error, StorageFullError):
-        return _Refused(507, "the tracker's storage is full: nothing of this request was "
-                             "stored; try again once an operator has freed space")
-    return _Refused(500, message)
-
-
 # ============================================================================ body checks
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is longer than ``limit``."""
-    length = request.headers.get("content-length")
-    if length is not None and (not (length.isascii() and length.isdigit())
-                               or int(length) > limit):
-        raise _Refused(413, f"request body of {length[:20]} bytes is larger than the {limit} "
-                            "bytes allowed")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _Refused(413, f"request body is larger than the {limit} bytes allowed")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-class _BadJson(Exception):
-    """Valid for Python's ``json`` but not for RFC 8259 / I-JSON (RFC 7493)."""
-
-
-def _no_constant(name: str) -> float:
-    raise _BadJson(f"{name} is not a JSON number")
-
-
-def _finite(text: str) -> float:
-    number = float(text)
-    if number in (float("inf"), float("-inf")):
-        raise _BadJson(f"the number {text[:20]} is out of range")
-    return number
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    doc: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in doc:  # two readers of one body must not see two different documents
-            raise _BadJson(f"member {key[:40]!r} appears more than once")
-        doc[key] = value
-    return doc
-
-
-async def _json_object(request: Request) -> Mapping[str, Any]:
-    """The body as a JSON object: bounded, strict RFC 8259 (no NaN or Infinity, no number
-    out of float range: no JSON encoder could write them back) and no duplicate members."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json":
-        raise _Refused(415, "the body must be application/json")
-    data = await _body(request, _MAX_JSON_BYTES)
-    try:
-        doc = json.loads(data, parse_constant=_no_constant, parse_float=_finite,
-                         object_pairs_hook=_unique)
-    except _BadJson as e:
-        raise _Refused(400, f"the body is not valid JSON: {e}") from None
-    except (ValueError, RecursionError):
-        raise _Refused(400, "the body is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise _Refused(400, f"the body must be a JSON object, got {type(doc).__name__}")
-    _storable_text(doc)
-    return doc
-
-
-def _storable_text(doc: Mapping[str, Any]) -> None:
-    """Refuse (400, naming the member) a string or member name anywhere in ``doc`` that no
-    database can store: a NUL (PostgreSQL text) or a lone surrogate (JSON ``"\\ud800"``, which
-    has no UTF-8 form and fails when written or answered). Checked once for the whole body,
-    so a member that a route stores without a check of its own is covered too. Iterative: a
-    deep body must not exhaust the stack."""
-    stack: list[tuple[str, Any]] = [("", doc)]
-    while stack:
-        where, value = stack.pop()
-        if isinstance(value, str):
-            if not _is_text(value):
-                raise _Refused(400, f"{where or 'the body'}: expected text without NUL "
-                                    "characters or lone surrogates")
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if not _is_text(key):
-                    raise _Refused(400, f"{where or 'the body'}: a member name holds a NUL "
-                                        "character or a lone surrogate")
-                stack.append((f"{where}.{key[:40]}" if where else key[:40], item))
-        elif isinstance(value, list):
-            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
-
-
-def _is_text(value: str) -> bool:
-    return "\x00" not in value and (value.isascii() or _is_utf8(value))
-
-
-_MAX_PATH_ID = MAX_ID
-
-
-def check_path_ids(request: Request) -> None:
-    """Refuse (400, before authentication and before any query) an id in the path that no
-    record can have: device, token and campaign ids are letters, digits and ``-_.~:``, at
-    most 64. A NUL (``%00``) made PostgreSQL fail (500); any other control or non-ASCII
-    character is refused the same way, on every backend. The tracker's routers depend on it."""
-    for name, value in request.path_params.items():
-        if isinstance(value, str) and not is_record_id(value, _MAX_PATH_ID):
-            raise _Refused(400, f"{name} in the path: expected 1 to {_MAX_PATH_ID} letters, "
-                                f"digits or '-_.~:', got {value[:40]!r}")
-
-
-def _only(doc: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(doc) - allowed)
-    if unknown:
-        raise _Refused(400, f"{where}: unknown member {unknown[0][:40]!r}; expected "
-                            f"{', '.join(sorted(allowed))}")
-
-
-def _text(value: object, where: str, limit: int) -> str:
-    if not isinstance(value, str):
-        raise _Refused(400, f"{where}: expected a string, got {type(value).__name__}")
-    if len(value) > limit:
-        raise _Refused(400, f"{where}: {len(value)} characters is over the limit of {limit}")
-    # PostgreSQL text cannot hold NUL; a lone surrogate (JSON "\ud800") has no UTF-8 form at all
-    if "\x00" in value or not _is_utf8(value):
-        raise _Refused(400, f"{where}: expected text without NUL characters or lone surrogates")
-    return value
-
-
-def _is_utf8(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _uuid(value: object, where: str) -> str | None:
-    if value is None:
-        return None
-    try:
-        return str(uuid.UUID(_text(value, where, 64)))
-    except ValueError:
-        raise _Refused(400, f"{where}: expected a UUID such as "
-                            "'fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe'") from None
-
-
-def _hex(value: object, where: str, max_bytes: int) -> str:
-    text = _text(value, where, 2 * max_bytes)
-    try:
-        return bytes.fromhex(text).hex()
-    except ValueError:
-        raise _Refused(400, f"{where}: expected hexadecimal bytes, got {text[:40]!r}") from None
 
 
 def _component(value: object, where: str, limits: Limits) -> ComponentEntry:
     if not isinstance(value, dict):
-        raise _Refused(400, f"{where}: expected an object {{id, sequence, digest}}")
-    _only(value, {"id", "sequence", "digest"}, where)
+        raise Refused(400, f"{where}: expected an object {{id, sequence, digest}}")
+    only_members(value, {"id", "sequence", "digest"}, where)
     parts = value.get("id")
     if (not isinstance(parts, list) or not parts
             or len(parts) > limits.max_component_id_parts):
-        raise _Refused(400, f"{where}.id: expected a list of 1 to "
-                            f"{limits.max_component_id_parts} hex strings")
-    cid = tuple(_hex(p, f"{where}.id[{i}]", _MAX_ID_PART_BYTES) for i, p in enumerate(parts))
+        raise Refused(400, f"{where}.id: expected a list of 1 to "
+                           f"{limits.max_component_id_parts} hex strings")
+    cid = tuple(hex_member(p, f"{where}.id[{i}]", _MAX_ID_PART_BYTES) for i, p in enumerate(parts))
     sequence = value.get("sequence")
     if sequence is not None and (type(sequence) is not int or not 0 <= sequence <= _UINT64):
-        raise _Refused(400, f"{where}.sequence: expected an unsigned 64-bit integer")
+        raise Refused(400, f"{where}.sequence: expected an unsigned 64-bit integer")
     digest = value.get("digest")
     return ComponentEntry(cid, sequence,
-                          _hex(digest, f"{where}.digest", _MAX_DIGEST_BYTES)
+                          hex_member(digest, f"{where}.digest", MAX_DIGEST_BYTES)
                           if digest is not None else None)
 
 
@@ -349,170 +196,43 @@ def _hardware(value: object) -> dict[str, object]:
     if value is None:
         return {}
     if not isinstance(value, dict) or len(value) > _MAX_HARDWARE_ENTRIES:
-        raise _Refused(400, f"hardware: expected an object of at most {_MAX_HARDWARE_ENTRIES} "
-                            "facts")
+        raise Refused(400, f"hardware: expected an object of at most {_MAX_HARDWARE_ENTRIES} "
+                           "facts")
     for key, fact in value.items():
-        _text(key, "hardware key", _MAX_HARDWARE_KEY)
+        text_member(key, "hardware key", _MAX_HARDWARE_KEY)
         if isinstance(fact, str):
-            _text(fact, f"hardware.{key}", _MAX_HARDWARE_TEXT)
+            text_member(fact, f"hardware.{key}", _MAX_HARDWARE_TEXT)
         elif fact is not None and not isinstance(fact, bool | int | float):
-            raise _Refused(400, f"hardware.{key}: expected a string, number, boolean or null")
+            raise Refused(400, f"hardware.{key}: expected a string, number, boolean or null")
     return dict(value)
 
 
 def _inventory(doc: Mapping[str, Any], limits: Limits) -> Inventory:
-    _only(doc, {"vendor_id", "class_id", "components", "hardware"}, "inventory")
+    only_members(doc, {"vendor_id", "class_id", "components", "hardware"}, "inventory")
     components = doc.get("components", [])
     if not isinstance(components, list) or len(components) > limits.max_components:
-        raise _Refused(400, f"components: expected a list of at most {limits.max_components} "
-                            "components")
+        raise Refused(400, f"components: expected a list of at most {limits.max_components} "
+                           "components")
     return Inventory(
-        vendor_id=_uuid(doc.get("vendor_id"), "vendor_id"),
-        class_id=_uuid(doc.get("class_id"), "class_id"),
+        vendor_id=uuid_member(doc.get("vendor_id"), "vendor_id"),
+        class_id=uuid_member(doc.get("class_id"), "class_id"),
         components=tuple(_component(c, f"components[{i}]", limits)
                          for i, c in enumerate(components)),
         hardware=_hardware(doc.get("hardware")))
 
 
-def envelope_url_of(value: object, schemes: tuple[str, ...]) -> str | None:
-    """A request's ``envelope_url``: ``None`` when left out, else a URL of ``schemes``
-    (``("http", "https", ...)``) without spaces; ``Refused`` (400) otherwise."""
-    if value is None:
-        return None
-    url = _text(value, "envelope_url", _MAX_URL)
-    if not url.lower().startswith(tuple(f"{scheme}://" for scheme in schemes)) or any(
-            c.isspace() for c in url):
-        shown = ", ".join(f"{scheme}://" for scheme in schemes)
-        raise _Refused(400, f"envelope_url: expected a URL starting with {shown}")
-    return url
-
-
-async def release_envelope_url(config: TrackerConfig, request: Request, release: str,
-                               url: str | None) -> str:
-    """The envelope URL a deployment or campaign of ``release`` hands to devices.
-
-    With the firmware server's releases (``TrackerConfig.releases``), ``release`` must be an
-    uploaded release (422 otherwise): its URL is derived (``public_url`` or the URL the request
-    came to, then ``/envelopes/<sha256 of its envelope>``), and an ``envelope_url`` given anyway
-    must end in that path (a mirror or CDN may serve it; it may not name another release's
-    envelope: 422). Without them, ``envelope_url`` is required and taken as given.
-    """
-    if config.releases is None:
-        if url is None:
-            raise _Refused(400, "envelope_url: expected the URL of the release's envelope (this "
-                                "tracker has no firmware server to derive it from)")
-        return url
-    try:
-        known = await run_in_threadpool(config.releases, release)
-    except StorageError:
-        raise _Refused(500, "the tracker could not read the firmware server's releases"
-                       ) from None
-    if known is None:
-        raise _Refused(422, f"release: {release} is not on the firmware server; upload it "
-                            "first (suitkit upload) and name it by its id, the manifest digest")
-    path = f"/envelopes/{known.envelope_sha256}"
-    if url is None:
-        base = config.public_url or str(request.base_url)
-        return base.rstrip("/") + path
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        raise _Refused(400, f"envelope_url: {url[:100]!r} is not a URL") from None
-    if parts.query or parts.fragment or not parts.path.endswith(path):
-        raise _Refused(422, f"envelope_url: {url[:100]} is not the envelope of release "
-                            f"{release}; expected a URL ending in {path} (or leave "
-                            "envelope_url out: the server derives it)")
-    return url
-
-
 def _deployment(doc: Mapping[str, Any]) -> tuple[str, str | None, list[str]]:
-    _only(doc, {"release", "envelope_url", "devices"}, "deployment")
-    release = _hex(doc.get("release"), "release", _MAX_DIGEST_BYTES)
+    only_members(doc, {"release", "envelope_url", "devices"}, "deployment")
+    release = hex_member(doc.get("release"), "release", MAX_DIGEST_BYTES)
     if not release:
-        raise _Refused(400, "release: expected the manifest digest in hex")
+        raise Refused(400, "release: expected the manifest digest in hex")
     url = envelope_url_of(doc.get("envelope_url"), ("http", "https", "coap"))
     devices = doc.get("devices")
     if (not isinstance(devices, list) or not devices
             or len(devices) > _MAX_DEPLOY_DEVICES):
-        raise _Refused(400, f"devices: expected a list of 1 to {_MAX_DEPLOY_DEVICES} device ids")
-    ids = [_text(d, f"devices[{i}]", _MAX_DEVICE_ID) for i, d in enumerate(devices)]
+        raise Refused(400, f"devices: expected a list of 1 to {_MAX_DEPLOY_DEVICES} device ids")
+    ids = [text_member(d, f"devices[{i}]", MAX_DEVICE_ID) for i, d in enumerate(devices)]
     return release, url, ids
-
-
-# ============================================================================ pages
-
-
-def encode_cursor(kind: str, *key: Any) -> str:
-    """An opaque cursor for the sort key ``key`` of a list ``kind`` (base64url of JSON)."""
-    text = json.dumps([kind, *key], separators=(",", ":"))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> list[Any]:
-    """The key in a cursor of ``encode_cursor(kind, ...)`` whose items have ``types``;
-    ``Refused`` (400) for anything else."""
-    bad = _Refused(400, f"after: expected the cursor 'next' of a previous page of this list, "
-                        f"got {cursor[:40]!r}")
-    if len(cursor) > _MAX_CURSOR:
-        raise bad
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        doc = json.loads(raw.decode(), parse_constant=_no_constant)
-    except (ValueError, binascii.Error, _BadJson, RecursionError):
-        raise bad from None
-    if (not isinstance(doc, list) or len(doc) != len(types) + 1 or doc[0] != kind
-            or not all(type(v) is t for v, t in zip(doc[1:], types, strict=True))):
-        raise bad
-    if any(isinstance(v, str) and ("\x00" in v or not _is_utf8(v)) for v in doc[1:]):
-        raise bad
-    return doc[1:]
-
-
-PAGE_PARAMETERS: dict[str, Any] = {"parameters": [
-    {"name": "limit", "in": "query", "required": False,
-     "description": f"items per page, 1 to {MAX_PAGE}",
-     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}},
-    {"name": "after", "in": "query", "required": False,
-     "description": "the cursor 'next' of the page before (opaque)",
-     "schema": {"type": "string"}},
-]}
-"""``openapi_extra`` of a paged route (``page_params`` reads the two parameters itself, so
-that a bad one gets a message with the range and what was seen)."""
-
-
-def page_params(request: Request, kind: str, types: tuple[type, ...]
-                ) -> tuple[int, list[Any] | None, str]:
-    """The query's ``limit`` (1 to ``MAX_PAGE``, default ``DEFAULT_PAGE``), the key in its
-    ``after`` cursor (``None`` for the first page) and the cursor as given; 400 otherwise."""
-    text = request.query_params.get("limit")
-    limit = DEFAULT_PAGE
-    if text is not None:
-        digits = text.strip()
-        limit = int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 8 else 0
-        if not 1 <= limit <= MAX_PAGE:
-            raise _Refused(400, f"limit: expected a whole number from 1 to {MAX_PAGE}, got "
-                                f"{text[:20]!r}")
-    after = request.query_params.get("after")
-    return limit, None if after is None else decode_cursor(after, kind, types), after or ""
-
-
-def _created_id_key(key: list[Any] | None, cursor: str) -> tuple[datetime, str] | None:
-    if key is None:
-        return None
-    try:
-        created = datetime.fromisoformat(key[0])
-    except ValueError:
-        created = None
-    if created is None or created.tzinfo is not None or len(key[1]) > _MAX_DEVICE_ID:
-        raise _Refused(400, f"after: expected the cursor 'next' of a previous page of this "
-                            f"list, got {cursor[:40]!r}")
-    return created, key[1]
-
-
-def _paged(key: str, page: Page, cursor: Callable[[tuple[Any, ...]], str],
-           **extra: Any) -> JSONResponse:
-    return JSONResponse({**extra, key: page.items,
-                         "next": cursor(page.next) if page.next is not None else None})
 
 
 # ============================================================================ router
@@ -548,18 +268,6 @@ def retention(tracker: TrackerDB, quotas: Quotas
     return retaining
 
 
-@asynccontextmanager
-async def in_background(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    """Run ``work`` as a task while the block runs (a router's lifespan); cancel it after."""
-    task = asyncio.create_task(work)
-    try:
-        yield
-    finally:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
-
-
 _AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing, unknown, wrong, expired or revoked credential"},
     403: {"description": "the credential's role may not do this"},
@@ -575,17 +283,10 @@ def _json_body(properties: dict[str, Any]) -> dict[str, Any]:
                    "additionalProperties": False}}}}}
 
 
-def create_router(config: TrackerConfig, db: TrackerDB | None = None,
-                  authenticator: Authenticator | None = None) -> APIRouter:
-    """The tracker's routes over ``db`` (default: ``open_db(config.db_url)``), checked by
-    ``authenticator`` (default: one over ``config`` and ``db``).
-
-    Raises:
-        StorageError: the database cannot be opened.
-    """
-    tracker = db if db is not None else open_db(config.db_url, clock=config.clock,
-                                                 quotas=config.quotas)
-    auth = authenticator if authenticator is not None else Authenticator(config, tracker)
+def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authenticator
+                      ) -> APIRouter:
+    """The suitkit JSON API's routes over ``tracker``, checked by ``auth``
+    (``edges.create_router`` mounts them with the campaign routes)."""
     limiter = RateLimiter(config.quotas)
     router = APIRouter(tags=["status tracker"], responses=_AUTH_RESPONSES,
                        dependencies=[Depends(check_path_ids)],
@@ -626,11 +327,11 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     async def register(request: Request) -> Response:
         """Register a device (admin); the answer holds its secret, shown this once."""
         who = await admin(request)
-        doc = await _json_object(request)
-        _only(doc, {"name", "vendor_id", "class_id"}, "device")
-        name = _text(doc.get("name", ""), "name", _MAX_NAME)
-        vendor_id = _uuid(doc.get("vendor_id"), "vendor_id")
-        class_id = _uuid(doc.get("class_id"), "class_id")
+        doc = await json_object(request)
+        only_members(doc, {"name", "vendor_id", "class_id"}, "device")
+        name = text_member(doc.get("name", ""), "name", _MAX_NAME)
+        vendor_id = uuid_member(doc.get("vendor_id"), "vendor_id")
+        class_id = uuid_member(doc.get("class_id"), "class_id")
         device_id, secret = await storage(functools.partial(
             tracker.register, name, vendor_id=vendor_id, class_id=class_id))
         await audit(who, "device.register", device_id, f"name {name!r}"
@@ -647,10 +348,10 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
         installed components. ``next`` is the cursor for ``?after=`` (``null``: the end)."""
         await auth.require(request, "admin", "operator")
         limit, key, after = page_params(request, "devices", (str, str))
-        start = _created_id_key(key, after)
+        start = created_id_key(key, after)
         page = await storage(functools.partial(tracker.devices_page, components=components,
                                                limit=limit, after=start))
-        return _paged("devices", page,
+        return paged("devices", page,
                       lambda k: encode_cursor("devices", k[0].isoformat(), k[1]))
 
     @router.get(f"{_DEVICES}/{{device_id}}",
@@ -660,7 +361,7 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
         await device_or_staff(request, device_id)
         doc = await storage(tracker.device, device_id)
         if doc is None:
-            raise _Refused(404, f"no device {device_id[:40]!r}")
+            raise Refused(404, f"no device {device_id[:40]!r}")
         return JSONResponse(doc)
 
     @router.put(f"{_DEVICES}/{{device_id}}/inventory",
@@ -673,11 +374,11 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
         """Replace the device's inventory (the device only)."""
         await device_itself(request, device_id)
         throttle(device_id, "inventory")
-        inventory = _inventory(await _json_object(request), config.limits)
+        inventory = _inventory(await json_object(request), config.limits)
         try:
             await run_in_threadpool(tracker.set_inventory, device_id, inventory)
         except IdentityRefused as e:
-            raise _Refused(409, str(e)) from None
+            raise Refused(409, str(e)) from None
         except StorageError as e:
             raise storage_refused(e, "the tracker could not store the inventory") from None
         return JSONResponse(await storage(tracker.device, device_id))
@@ -690,18 +391,18 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
         """Move the device's update to a new state (the device only)."""
         await device_itself(request, device_id)
         throttle(device_id, "events")
-        doc = await _json_object(request)
-        _only(doc, {"state", "detail"}, "event")
+        doc = await json_object(request)
+        only_members(doc, {"state", "detail"}, "event")
         state = doc.get("state")
         if state not in STATES:
-            raise _Refused(400, f"state: expected one of {', '.join(STATES)}, got "
-                                f"{str(state)[:40]!r}")
-        detail = _text(doc.get("detail", ""), "detail", _MAX_DETAIL)
+            raise Refused(400, f"state: expected one of {', '.join(STATES)}, got "
+                               f"{str(state)[:40]!r}")
+        detail = text_member(doc.get("detail", ""), "detail", _MAX_DETAIL)
         try:
             event = await run_in_threadpool(functools.partial(
                 tracker.add_event, device_id, state, detail, by_device=True))
         except (TransitionRefused, NotAssigned) as e:
-            raise _Refused(409, str(e)) from None
+            raise Refused(409, str(e)) from None
         except StorageError as e:
             raise storage_refused(e, "the tracker could not store the event") from None
         return JSONResponse(event, status_code=201)
@@ -716,17 +417,17 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
         it starts over at its next assignment (admin, operator)."""
         who = await device_or_staff(request, device_id)
         if who.role not in ("admin", "operator"):
-            raise _Refused(403, "only an admin or operator may reset a device's update")
-        doc = await _json_object(request)
-        _only(doc, {"reason"}, "reset")
-        reason = _text(doc.get("reason", ""), "reason", _MAX_DETAIL)
+            raise Refused(403, "only an admin or operator may reset a device's update")
+        doc = await json_object(request)
+        only_members(doc, {"reason"}, "reset")
+        reason = text_member(doc.get("reason", ""), "reason", _MAX_DETAIL)
         detail = f"reset by {who.name}" + (f": {reason}" if reason else "")
         try:
             event = await run_in_threadpool(tracker.add_event, device_id, "failed", detail)
         except TransitionRefused as e:
             shown = e.current if e.current is not None else "no state yet"
-            raise _Refused(409, f"device {device_id} is not in the middle of an update (state "
-                                f"{shown}); there is nothing to reset") from None
+            raise Refused(409, f"device {device_id} is not in the middle of an update (state "
+                               f"{shown}); there is nothing to reset") from None
         except StorageError as e:
             raise storage_refused(e, "the tracker could not store the event") from None
         await audit(who, "device.reset", device_id, detail)
@@ -742,20 +443,20 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
         throttle(device_id, "reports")
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in _REPORT_TYPES:
-            raise _Refused(415, f"a report must be {REPORT_MEDIA_TYPE} or "
-                                "application/octet-stream")
-        raw = await _body(request, config.max_report_bytes)
+            raise Refused(415, f"a report must be {REPORT_MEDIA_TYPE} or "
+                               "application/octet-stream")
+        raw = await read_body(request, config.max_report_bytes)
         try:
             report = decode_report(raw, limits=config.limits,
                                    max_bytes=config.max_report_bytes)
         except DecodeError as e:
-            raise _Refused(400, f"the report is malformed: {e}") from None
+            raise Refused(400, f"the report is malformed: {e}") from None
         release = report.reference.manifest_digest.value.hex()
         try:
             stored = await run_in_threadpool(functools.partial(
                 tracker.add_report, device_id, raw, summarize_report(report), release=release))
         except NotAssigned as e:
-            raise _Refused(409, str(e)) from None
+            raise Refused(409, str(e)) from None
         except StorageError as e:
             raise storage_refused(e, "the tracker could not store the report") from None
         return JSONResponse(stored, status_code=201)
@@ -769,11 +470,11 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
         await device_or_staff(request, device_id)
         limit, key, after = page_params(request, "history", (int,))
         if key is not None and not 0 <= key[0] <= _MAX_SEQ:
-            raise _Refused(400, f"after: expected the cursor 'next' of a previous page of "
-                                f"this list, got {after[:40]!r}")
+            raise Refused(400, f"after: expected the cursor 'next' of a previous page of "
+                               f"this list, got {after[:40]!r}")
         page = await storage(functools.partial(tracker.history_page, device_id, limit=limit,
                                                after=key[0] if key is not None else 0))
-        return _paged("history", page, lambda k: encode_cursor("history", k[0]),
+        return paged("history", page, lambda k: encode_cursor("history", k[0]),
                       id=device_id)
 
     @router.get(f"{_DEVICES}/{{device_id}}/update",
@@ -795,12 +496,12 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
     async def deploy(request: Request) -> Response:
         """Assign a release to devices; each is notified (admin, operator; not author)."""
         who = await auth.require(request, "admin", "operator")
-        release, given, ids = _deployment(await _json_object(request))
+        release, given, ids = _deployment(await json_object(request))
         url = await release_envelope_url(config, request, release, given)
         try:
             devices = await run_in_threadpool(tracker.deploy, release, url, ids)
         except DeploymentRefused as e:
-            raise _Refused(404 if e.unknown else 409, str(e)) from None
+            raise Refused(404 if e.unknown else 409, str(e)) from None
         except StorageError as e:
             raise storage_refused(e, "the tracker could not store the deployment") from None
         await audit(who, "deployment.create", f"release {release}",
@@ -809,9 +510,6 @@ def create_router(config: TrackerConfig, db: TrackerDB | None = None,
                             status_code=201)
 
     _token_routes(router, config, tracker, auth)
-    from suitkit.tracker.campaign_api import create_campaign_router  # noqa: PLC0415 - a cycle
-
-    router.include_router(create_campaign_router(config, tracker, auth))
     return router
 
 
@@ -838,22 +536,22 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
         """Create an API token with a role (admin, author or operator) and an expiry (default
         90 days, at most a year). The answer holds ``token`` once; only its hash is kept."""
         who = await auth.require(request, "admin")
-        doc = await _json_object(request)
-        _only(doc, {"name", "role", "expires_in_days"}, "token")
-        name = _text(doc.get("name"), "name", _MAX_NAME).strip()
+        doc = await json_object(request)
+        only_members(doc, {"name", "role", "expires_in_days"}, "token")
+        name = text_member(doc.get("name"), "name", _MAX_NAME).strip()
         if not name:
-            raise _Refused(400, "name: expected a non-empty name for the token")
+            raise Refused(400, "name: expected a non-empty name for the token")
         if name == BOOTSTRAP_ADMIN:  # audit entries and four-eyes tell principals by name
-            raise _Refused(400, f"name: {BOOTSTRAP_ADMIN!r} is reserved for the bootstrap "
-                                "admin token; choose another name")
+            raise Refused(400, f"name: {BOOTSTRAP_ADMIN!r} is reserved for the bootstrap "
+                               "admin token; choose another name")
         role = doc.get("role")
         if role not in TOKEN_ROLES:
-            raise _Refused(400, f"role: expected one of {', '.join(TOKEN_ROLES)}, got "
-                                f"{str(role)[:40]!r}")
+            raise Refused(400, f"role: expected one of {', '.join(TOKEN_ROLES)}, got "
+                               f"{str(role)[:40]!r}")
         days = doc.get("expires_in_days", _DEFAULT_EXPIRY_DAYS)
         if type(days) is not int or not 1 <= days <= _MAX_EXPIRY_DAYS:
-            raise _Refused(400, f"expires_in_days: expected a whole number from 1 to "
-                                f"{_MAX_EXPIRY_DAYS}, got {str(days)[:20]}")
+            raise Refused(400, f"expires_in_days: expected a whole number from 1 to "
+                               f"{_MAX_EXPIRY_DAYS}, got {str(days)[:20]}")
         expires = config.clock() + timedelta(days=days)
         token_id, secret = await storage(tracker.create_token, name, role, expires, who.name)
         await audit_entry(who, "token.create", token_id, f"name {name!r}, role {role}, "
@@ -875,7 +573,7 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
         who = await auth.require(request, "admin")
         token_id = token_id.removeprefix(TOKEN_PREFIX)
         if not await storage(tracker.revoke_token, token_id):
-            raise _Refused(404, f"no token {token_id[:40]!r}")
+            raise Refused(404, f"no token {token_id[:40]!r}")
         await audit_entry(who, "token.revoke", token_id)
         return Response(status_code=204)
 
@@ -892,7 +590,7 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
         """The latest audit entries, newest first (``limit`` 1 to 1000)."""
         await auth.require(request, "admin", "operator")
         if not 1 <= limit <= 1000:
-            raise _Refused(400, f"limit: expected 1 to 1000, got {limit}")
+            raise Refused(400, f"limit: expected 1 to 1000, got {limit}")
         return JSONResponse({"entries": await storage(tracker.audit_log, limit)})
 
     async def audit_entry(who: Principal, action: str, target: str, detail: str = "") -> None:

@@ -22,8 +22,8 @@
 - a long-poll whose client goes away gives its slot back at once (it does not wait out its
   ``wait``); an SSE stream too (Starlette ends a streaming response on a disconnect).
 
-The notice is a nudge or an instruction (see ``notify``); either way the device verifies the
-envelope it fetches, so a notice carries no secret and is not trusted.
+The notice is a nudge or an instruction (see ``tracker.notices``); either way the device
+verifies the envelope it fetches, so a notice carries no secret and is not trusted.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException
 
 from suitkit.errors import StorageError
 from suitkit.tracker.auth import Authenticator
-from suitkit.tracker.notify import NotificationHub
+from suitkit.tracker.notices import NotificationHub
 
 __all__ = ["EVENT_STREAM", "create_push_router", "sse_event"]
 

@@ -1,9 +1,9 @@
-"""The HTTP edge of campaigns (``tracker.campaigns``), mounted by ``api.create_router``.
+"""The HTTP edge of campaigns (``tracker.campaigns``), mounted by ``edges.create_router``.
 
 Routes (docs/tracker.md, "Campaigns", has the bodies):
 
 - ``POST /api/v1/campaigns`` (operator, admin): create a campaign in ``draft``. Its release
-  must be on the firmware server; the envelope URL is derived (``api.release_envelope_url``:
+  must be on the firmware server; the envelope URL is derived (``web.release_envelope_url``:
   422 for an unknown release or a URL that is not its envelope), and checked again at
   ``approve`` and ``start``.
 - ``GET /api/v1/campaigns?limit=&after=`` (admin, operator, author): a page of campaigns,
@@ -35,27 +35,27 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from suitkit.errors import StorageError
-from suitkit.tracker.api import (
-    _MAX_DIGEST_BYTES,
+from suitkit.tracker.auth import Authenticator, Principal, Refused, Role
+from suitkit.tracker.campaigns import MODES, CampaignEngine, CampaignSpec
+from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.service import CampaignRefused, TrackerDB
+from suitkit.tracker.web import (
+    MAX_DIGEST_BYTES,
     PAGE_PARAMETERS,
-    _created_id_key,
-    _hex,
-    _json_object,
-    _only,
-    _paged,
-    _text,
-    _uuid,
+    created_id_key,
     encode_cursor,
     envelope_url_of,
+    hex_member,
     in_background,
+    json_object,
+    only_members,
     page_params,
+    paged,
     release_envelope_url,
     storage_refused,
+    text_member,
+    uuid_member,
 )
-from suitkit.tracker.auth import Authenticator, Principal, Refused, Role
-from suitkit.tracker.campaigns import MODES, CampaignEngine, CampaignRefused, CampaignSpec
-from suitkit.tracker.config import TrackerConfig
-from suitkit.tracker.db import TrackerDB
 
 __all__ = ["create_campaign_router"]
 
@@ -83,7 +83,7 @@ def _number(value: object, where: str) -> float:
 def _moment(value: object, where: str) -> datetime | None:
     if value is None:
         return None
-    text = _text(value, where, 64)
+    text = text_member(value, where, 64)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -100,16 +100,16 @@ def _moment(value: object, where: str) -> datetime | None:
 def _spec(doc: Mapping[str, Any]) -> CampaignSpec:
     """The campaign a request asks for; ``envelope_url`` is ``""`` when left out (the route
     derives it: ``release_envelope_url``)."""
-    _only(doc, {"name", "release", "envelope_url", "target", "waves", "success_threshold",
+    only_members(doc, {"name", "release", "envelope_url", "target", "waves", "success_threshold",
                 "failure_threshold", "mode", "start_after", "window"}, "campaign")
-    release = _hex(doc.get("release"), "release", _MAX_DIGEST_BYTES)
+    release = hex_member(doc.get("release"), "release", MAX_DIGEST_BYTES)
     if not release:
         raise Refused(400, "release: expected the manifest digest in hex")
     url = envelope_url_of(doc.get("envelope_url"), ("http", "https"))
     target = doc.get("target")
     if not isinstance(target, dict):
         raise Refused(400, "target: expected an object {vendor_id, class_id, tags, devices}")
-    _only(target, {"vendor_id", "class_id", "tags", "devices"}, "target")
+    only_members(target, {"vendor_id", "class_id", "tags", "devices"}, "target")
     tags = target.get("tags", [])
     if not isinstance(tags, list):
         raise Refused(400, "target.tags: expected a list of tags")
@@ -126,19 +126,19 @@ def _spec(doc: Mapping[str, Any]) -> CampaignSpec:
         raise Refused(400, f"mode: expected one of {', '.join(MODES)}, got {str(mode)[:40]!r}")
     window = doc.get("window")
     return CampaignSpec(
-        name=_text(doc.get("name", ""), "name", _MAX_NAME),
+        name=text_member(doc.get("name", ""), "name", _MAX_NAME),
         release=release, envelope_url=url or "",
-        vendor_id=_uuid(target.get("vendor_id"), "target.vendor_id"),
-        class_id=_uuid(target.get("class_id"), "target.class_id"),
-        tags=tuple(_text(t, f"target.tags[{i}]", 64) for i, t in enumerate(tags)),
-        devices=(tuple(_text(d, f"target.devices[{i}]", 36) for i, d in enumerate(devices))
+        vendor_id=uuid_member(target.get("vendor_id"), "target.vendor_id"),
+        class_id=uuid_member(target.get("class_id"), "target.class_id"),
+        tags=tuple(text_member(t, f"target.tags[{i}]", 64) for i, t in enumerate(tags)),
+        devices=(tuple(text_member(d, f"target.devices[{i}]", 36) for i, d in enumerate(devices))
                  if devices is not None else None),
         waves=tuple(_number(w, f"waves[{i}]") for i, w in enumerate(waves)),
         success_threshold=_number(doc.get("success_threshold", 1.0), "success_threshold"),
         failure_threshold=_number(doc.get("failure_threshold", 0.2), "failure_threshold"),
         mode=mode,
         start_after=_moment(doc.get("start_after"), "start_after"),
-        window=_text(window, "window", 11) if window is not None else None)
+        window=text_member(window, "window", 11) if window is not None else None)
 
 
 def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authenticator, *,
@@ -193,7 +193,7 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
     async def create(request: Request) -> Response:
         """Create a campaign in draft (operator, admin)."""
         who = await auth.require(request, *_STAFF)
-        spec = _spec(await _json_object(request))
+        spec = _spec(await json_object(request))
         url = await release_envelope_url(config, request, spec.release,
                                          spec.envelope_url or None)
         spec = dataclasses.replace(spec, envelope_url=url)
@@ -208,9 +208,9 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         cursor for ``?after=`` (``null``: the end)."""
         await auth.require(request, *_READERS)
         limit, key, after = page_params(request, "campaigns", (str, str))
-        start = _created_id_key(key, after)
+        start = created_id_key(key, after)
         page = await call(engine.campaigns_page, limit=limit, after=start)
-        return _paged("campaigns", page,
+        return paged("campaigns", page,
                       lambda k: encode_cursor("campaigns", k[0].isoformat(), k[1]))
 
     @router.get(f"{_CAMPAIGNS}/{{campaign_id}}")
@@ -237,9 +237,9 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
             args: tuple[Any, ...] = (campaign_id, who.name)
             detail = ""
             if name == "pause" and request.headers.get("content-length", "0") != "0":
-                doc = await _json_object(request)
-                _only(doc, {"reason"}, "pause")
-                detail = _text(doc.get("reason", ""), "reason", _MAX_REASON)
+                doc = await json_object(request)
+                only_members(doc, {"reason"}, "pause")
+                detail = text_member(doc.get("reason", ""), "reason", _MAX_REASON)
                 args = (*args, detail)
             doc = await call(method, *args)
             await audit(who, f"campaign.{name}", f"campaign {campaign_id}", detail)
@@ -254,12 +254,12 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
     async def put_tags(request: Request, device_id: str) -> Response:
         """Replace the device's tags (admin, operator)."""
         who = await auth.require(request, "admin", "operator")
-        doc = await _json_object(request)
-        _only(doc, {"tags"}, "tags")
+        doc = await json_object(request)
+        only_members(doc, {"tags"}, "tags")
         tags = doc.get("tags")
         if not isinstance(tags, list):
             raise Refused(400, "tags: expected a list of tags")
-        texts = [_text(t, f"tags[{i}]", 64) for i, t in enumerate(tags)]
+        texts = [text_member(t, f"tags[{i}]", 64) for i, t in enumerate(tags)]
         stored = await call(engine.set_tags, device_id, texts)
         await audit(who, "device.tags", f"device {device_id}", ", ".join(stored))
         return JSONResponse({"id": device_id, "tags": stored})

@@ -1,0 +1,272 @@
+"""The status tracker's tables and its update state machine (RFC 9019 §3).
+
+SQLAlchemy 2 models (``DeclarativeBase`` / ``Mapped``): devices, their inventory, state events
+and SUIT reports, assignments, API tokens, the audit log, and the campaign tables
+(``campaigns``, ``campaign_members``, ``campaign_log``), all on one ``Base.metadata`` that the
+Alembic migrations (``tracker/migrations``) compare against. ``TRANSITIONS`` says which state of
+an update may follow which.
+
+Deliberately not here: queries and transactions (``tracker.store``), the rules that use the
+state machine (``tracker.service``), anything about a protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "DEVICE_STATES",
+    "FINAL_STATES",
+    "MAX_TOKEN_ID",
+    "REPORT_STATES",
+    "STATES",
+    "TOKEN_ROLES",
+    "TRANSITIONS",
+    "ApiToken",
+    "Assignment",
+    "AuditEntry",
+    "Base",
+    "Campaign",
+    "CampaignLog",
+    "CampaignMember",
+    "Device",
+    "DeviceEvent",
+    "DeviceReport",
+    "InstalledComponent",
+]
+
+STATES = ("notified", "downloading", "downloaded", "installing", "rebooting", "succeeded",
+          "failed", "rolled-back")
+"""The states of one update on one device, in the order a successful update passes them."""
+FINAL_STATES = frozenset({"succeeded", "failed", "rolled-back"})
+DEVICE_STATES = frozenset(STATES) - {"notified"}
+"""The states a device reports itself; ``notified`` is the tracker's own (a deployment or a
+campaign assigns a release)."""
+REPORT_STATES = frozenset({"downloading", "downloaded", "installing"})
+"""The states in which a device may send the SUIT report of its update (the processor runs
+between ``downloading`` and ``rebooting``)."""
+
+TRANSITIONS: Mapping[str | None, frozenset[str]] = {
+    None: frozenset({"notified"}),  # a newly registered device
+    "notified": frozenset({"downloading", "failed"}),
+    "downloading": frozenset({"downloaded", "failed"}),
+    "downloaded": frozenset({"installing", "failed"}),
+    "installing": frozenset({"rebooting", "failed"}),
+    "rebooting": frozenset({"succeeded", "failed", "rolled-back"}),
+    "succeeded": frozenset({"notified"}),
+    "failed": frozenset({"notified"}),
+    "rolled-back": frozenset({"notified"}),
+}
+"""Allowed ``state -> next states``; ``None`` is a device that has reported no state yet."""
+
+TOKEN_ROLES = ("admin", "author", "operator")
+"""The roles an API token can have (devices authenticate with their own credentials)."""
+MAX_TOKEN_ID = 32
+"""The longest API token id (the column's size)."""
+MAX_AUDIT_TEXT = 512
+
+
+class Base(DeclarativeBase):
+    """The metadata every table of the tracker shares (one schema, one migration history)."""
+
+
+class Device(Base):
+    """A registered device: identity, credential hash, inventory facts, current update state."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    credential_hash: Mapped[str] = mapped_column(String(200))
+    created: Mapped[datetime] = mapped_column(DateTime)
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    vendor_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    class_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    hardware: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str | None] = mapped_column(String(16), default=None)
+    state_changed: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    inventory_updated: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    history_count: Mapped[int] = mapped_column(Integer, default=0)
+    tags: Mapped[list[str] | None] = mapped_column(JSON, default=list)
+    """Operator-given labels campaigns target (``campaigns.CampaignEngine.set_tags``)."""
+
+    __table_args__ = (Index("ix_devices_created_id", "created", "id"),)  # the list's pages
+
+
+class InstalledComponent(Base):
+    """One component of a device's inventory: its identifier, sequence number and digest."""
+
+    __tablename__ = "installed_components"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
+                                           index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    component_id: Mapped[list[str]] = mapped_column(JSON)
+    # a uint64 does not fit a signed BIGINT: kept as its decimal text
+    sequence_number: Mapped[str | None] = mapped_column(String(20), default=None)
+    digest: Mapped[str | None] = mapped_column(String(128), default=None)
+
+
+class DeviceEvent(Base):
+    """One state change of a device's update, as the device reported it."""
+
+    __tablename__ = "device_events"
+    __table_args__ = (Index("ix_device_events_device_id_seq", "device_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
+                                           index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    previous: Mapped[str | None] = mapped_column(String(16), default=None)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    timestamp: Mapped[datetime] = mapped_column(DateTime, index=True)  # retention
+
+
+class DeviceReport(Base):
+    """One SUIT report a device sent: the bytes as received and a decoded summary."""
+
+    __tablename__ = "device_reports"
+    __table_args__ = (Index("ix_device_reports_device_id_seq", "device_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
+                                           index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    received: Mapped[datetime] = mapped_column(DateTime, index=True)  # retention
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """``len(raw)``: for the per-device quota in bytes, and so a history page reads no raw."""
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Assignment(Base):
+    """The release a device should install (one per device: the latest deployment wins)."""
+
+    __tablename__ = "assignments"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    release: Mapped[str] = mapped_column(String(128))
+    envelope_url: Mapped[str] = mapped_column(String(2048))
+    created: Mapped[datetime] = mapped_column(DateTime)
+    done: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    """When the device reported a final state for it; ``None`` while pending."""
+    campaign_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    """The campaign that made it (``campaigns``), ``None`` for a direct deployment."""
+    action: Mapped[str] = mapped_column(String(16), default="install", server_default="install")
+    """``install``, or ``download`` (stop at ``downloaded``: the assignment is then done)."""
+    reported: Mapped[int | None] = mapped_column(Integer, default=None)
+    """The history ``seq`` of the report the device sent for this update, ``None`` until then
+    (one report per update); cleared when a new update starts (``notified``). Kept here, not
+    read from the history: quotas and retention delete history rows."""
+
+
+class ApiToken(Base):
+    """An API token (admin, author or operator): only the hash of its secret is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(MAX_TOKEN_ID), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    secret_hash: Mapped[str] = mapped_column(String(200))
+    created: Mapped[datetime] = mapped_column(DateTime)
+    expires: Mapped[datetime] = mapped_column(DateTime)
+    revoked: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    last_used: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class AuditEntry(Base):
+    """Who did what, when: token changes, device registrations, deployments."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    timestamp: Mapped[datetime] = mapped_column(DateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(MAX_AUDIT_TEXT))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+
+class Campaign(Base):
+    """One campaign: what, to whom, how, and where it is in its life cycle."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    release: Mapped[str] = mapped_column(String(128))
+    envelope_url: Mapped[str] = mapped_column(String(2048))
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)
+    waves: Mapped[list[float]] = mapped_column(JSON)
+    success_threshold: Mapped[float] = mapped_column(Float)
+    failure_threshold: Mapped[float] = mapped_column(Float)
+    mode: Mapped[str] = mapped_column(String(24))
+    start_after: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    window: Mapped[str | None] = mapped_column(String(11), default=None)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created: Mapped[datetime] = mapped_column(DateTime)
+    approved_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    approved: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    started: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    finished: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    triggered: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    updated: Mapped[datetime] = mapped_column(DateTime)
+    current_wave: Mapped[int] = mapped_column(Integer, default=0)
+    member_count: Mapped[int] = mapped_column(Integer, default=0)
+    failures_acknowledged: Mapped[int] = mapped_column(Integer, default=0)
+    pause_reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class CampaignMember(Base):
+    """One device of a started campaign: its wave, state and a timestamp per state."""
+
+    __tablename__ = "campaign_members"
+
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"),
+                                             primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
+                                           primary_key=True, index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    wave: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    times: Mapped[dict[str, str]] = mapped_column(JSON)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    updated: Mapped[datetime] = mapped_column(DateTime)
+
+
+class CampaignLog(Base):
+    """What happened to a campaign: operator actions and the engine's own decisions."""
+
+    __tablename__ = "campaign_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"),
+                                             index=True)
+    timestamp: Mapped[datetime] = mapped_column(DateTime)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+

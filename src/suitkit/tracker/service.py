@@ -1,0 +1,857 @@
+"""What the status tracker's fleet can do, protocol-neutral (RFC 9019 §3): register, check in
+(inventory, pending update), report (state events, SUIT reports), deploy, API tokens, audit.
+
+``TrackerDB`` is the service object every edge calls (``open_db(url)`` opens it on a
+``store.Store``); each method is one transaction of the store. The rules live here:
+
+- The update state machine (``model.TRANSITIONS``) is enforced under a lock on the device's
+  row (``Tx.lock_device``), so two concurrent events cannot both move the device from the same
+  state; the same counter orders a device's history (events and reports share one sequence).
+- A device reports only for its current assignment (``NotAssigned``), one SUIT report per
+  update while it works on it; an inventory keeps the registered identity
+  (``IdentityRefused``).
+- Deployments (RFC 9019 client-initiated mode): ``deploy`` records, per device, the release it
+  should install (``Assignment``; the latest deployment wins) and moves the device to
+  ``notified``; refused (``DeploymentRefused``) mid-update or over a campaign's assignment.
+  Campaign assignments (``deliverable``, ``member_event``): a paused campaign's devices, or
+  those outside its schedule, are held back; an event moves the campaign member in the same
+  transaction.
+- Quotas and retention (``tracker.quotas.Quotas``): the oldest events and reports beyond a
+  device's quota are deleted with the new one; ``prune`` is one retention pass.
+- Device credentials and API tokens (RFC 9019 §3: every exchange with the tracker is
+  authenticated): a 256-bit random secret is given once; only its SHA-256 (``sha256$<hex>``)
+  is stored, and checks compare hashes in constant time. Such a secret needs no slow KDF
+  (PBKDF2-100k would cost ~50 ms per request); hashes of earlier versions
+  (``pbkdf2-sha256$...``) are still accepted. An unknown id costs the same hash computation.
+  API tokens (admin, author, operator) expire and can be revoked (``check_token``); the audit
+  log records who did what (``record_audit``/``audit_log``).
+
+Results are plain data (dicts of JSON values, ``Page``, ``TokenCheck``); refusals are the
+exceptions below. Deliberately not here: SQL (``tracker.store``), HTTP or any other protocol
+(``tracker.edges``), the campaign engine (``tracker.campaigns``), deleting devices, rotating a
+credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
+from typing import Any, Literal
+
+from suitkit.errors import StorageError
+from suitkit.tracker.model import (
+    DEVICE_STATES,
+    FINAL_STATES,
+    MAX_AUDIT_TEXT,
+    MAX_TOKEN_ID,
+    REPORT_STATES,
+    STATES,
+    TOKEN_ROLES,
+    TRANSITIONS,
+    ApiToken,
+    Assignment,
+    AuditEntry,
+    Campaign,
+    Device,
+    DeviceEvent,
+    DeviceReport,
+    InstalledComponent,
+)
+from suitkit.tracker.quotas import Quotas
+from suitkit.tracker.store import Store, Tx, naive, open_store
+
+__all__ = [
+    "NOT_STARTED",
+    "SEEN_RESOLUTION",
+    "AssignmentListener",
+    "CampaignRefused",
+    "ComponentEntry",
+    "DeploymentRefused",
+    "IdentityRefused",
+    "Inventory",
+    "NotAssigned",
+    "Page",
+    "TokenCheck",
+    "TrackerDB",
+    "TransitionRefused",
+    "deliverable",
+    "hash_secret",
+    "in_window",
+    "iso",
+    "member_event",
+    "open_db",
+    "page_of",
+    "parse_window",
+    "pbkdf2_hash",
+    "schedule_open",
+    "utc_naive",
+    "verify_secret",
+]
+
+AssignmentListener = Callable[[Sequence[str]], None]
+"""Called with the ids of devices whose assignment changed (see ``TrackerDB.add_listener``)."""
+
+_log = logging.getLogger(__name__)
+SEEN_RESOLUTION = timedelta(seconds=30)
+"""``last_seen`` and ``last_used`` are kept to this resolution: a check-in that authenticates
+writes them at most once per interval (a write per request halves check-in throughput)."""
+_KDF_ITERATIONS = 100_000
+_KDF_NAME = "pbkdf2-sha256"
+_SHA256 = "sha256"
+_DUMMY_HASH = f"{_SHA256}${'00' * 32}"
+NOT_STARTED = frozenset({"notified", "downloaded"})
+"""The states of a campaign member (and its device) that has not started its assignment."""
+_WINDOW = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------------- credentials
+
+
+def hash_secret(secret: str) -> str:
+    """``sha256$<hex>`` of ``secret``: for 256-bit random secrets only (never passwords)."""
+    return f"{_SHA256}${hashlib.sha256(secret.encode()).hexdigest()}"
+
+
+def pbkdf2_hash(secret: str, *, iterations: int = _KDF_ITERATIONS) -> str:
+    """``pbkdf2-sha256$<iterations>$<salt hex>$<hash hex>``: the earlier format, still accepted
+    by ``verify_secret`` (kept for existing databases and tests)."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, iterations)
+    return f"{_KDF_NAME}${iterations}${salt.hex()}${digest.hex()}"
+
+
+def verify_secret(secret: str, stored: str) -> bool:
+    """Whether ``secret`` hashes to ``stored`` (``sha256$`` or the earlier ``pbkdf2-sha256$``;
+    constant-time comparison of the hashes)."""
+    try:
+        name, *rest = stored.split("$")
+        if name == _SHA256 and len(rest) == 1:
+            actual = hashlib.sha256(secret.encode()).digest()
+            return hmac.compare_digest(actual, bytes.fromhex(rest[0]))
+        if name != _KDF_NAME or len(rest) != 3:
+            return False
+        iterations, salt, expected = rest
+        actual = hashlib.pbkdf2_hmac("sha256", secret.encode(), bytes.fromhex(salt),
+                                     int(iterations))
+        return hmac.compare_digest(actual, bytes.fromhex(expected))
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list in a stable order (keyset pagination): ``items``, and ``next``, the
+    sort key of the last item when more may follow (``None`` on the last page)."""
+
+    items: list[dict[str, Any]]
+    next: tuple[Any, ...] | None
+
+
+def page_of(rows: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], limit: int) -> Page:
+    """The first ``limit`` of ``rows`` (sort key, item), fetched ``limit + 1`` at most: one
+    more row than the page tells whether a next page exists."""
+    shown = list(rows[:limit])
+    more = len(rows) > limit and bool(shown)
+    return Page([doc for _, doc in shown], shown[-1][0] if more else None)
+
+
+class DeploymentRefused(Exception):
+    """A deployment to a device that does not exist or is in the middle of an update."""
+
+    def __init__(self, message: str, *, unknown: bool = False) -> None:
+        self.unknown = unknown
+        super().__init__(message)
+
+
+class TransitionRefused(Exception):
+    """An event whose state the device cannot reach from its current state."""
+
+    def __init__(self, current: str | None, wanted: str) -> None:
+        self.current = current
+        self.wanted = wanted
+        allowed = ", ".join(sorted(TRANSITIONS.get(current, frozenset()))) or "nothing"
+        shown = current if current is not None else "(no state yet)"
+        super().__init__(f"transition from {shown} to {wanted} is not allowed; from {shown} "
+                         f"a device may go to: {allowed}")
+
+
+class NotAssigned(Exception):
+    """A device's state or report that is not about its current assignment (none pending, a
+    report for another release, or a second report of the same update)."""
+
+
+class IdentityRefused(Exception):
+    """An inventory whose vendor or class ID contradicts the device's registration."""
+
+
+class CampaignRefused(Exception):
+    """A campaign operation that cannot be done; ``kind`` says why: ``invalid`` (bad input),
+    ``unknown`` (no such campaign or device), ``conflict`` (wrong status), ``forbidden``
+    (four-eyes)."""
+
+    def __init__(self, kind: Literal["invalid", "unknown", "conflict", "forbidden"],
+                 message: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCheck:
+    """The outcome of ``TrackerDB.check_token``: ``status`` is ``"valid"``, ``"invalid"``
+    (unknown id or wrong secret), ``"expired"`` or ``"revoked"``; name and role are set only
+    when the secret was right."""
+
+    status: str
+    name: str | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentEntry:
+    """One inventory component, validated by the API."""
+
+    component_id: tuple[str, ...]
+    sequence_number: int | None
+    digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """What a device says it is and holds, validated by the API."""
+
+    vendor_id: str | None
+    class_id: str | None
+    components: tuple[ComponentEntry, ...]
+    hardware: Mapping[str, object]
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A stored (naive UTC) time as ISO 8601 with its ``+00:00``; ``None`` stays ``None``."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC).isoformat()
+
+
+# --------------------------------------------------------------------------------- schedules
+
+
+def parse_window(window: str) -> tuple[dtime, dtime]:
+    """``"HH:MM-HH:MM"`` (UTC, may wrap midnight) as (start, end).
+
+    Raises: CampaignRefused (``invalid``).
+    """
+    match = _WINDOW.fullmatch(window)
+    if match is None:
+        raise CampaignRefused("invalid", f"window: expected 'HH:MM-HH:MM' (UTC), got "
+                                         f"{window[:40]!r}")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    start, end = dtime(h1, m1), dtime(h2, m2)
+    if start == end:
+        raise CampaignRefused("invalid", "window: start and end are equal; leave the window "
+                                         "out for 'always'")
+    return start, end
+
+
+def in_window(window: str | None, now: datetime) -> bool:
+    """Whether ``now`` (UTC) falls inside the daily window (``None``: always)."""
+    if window is None:
+        return True
+    start, end = parse_window(window)
+    moment = utc_naive(now).time()
+    if start < end:
+        return start <= moment < end
+    return moment >= start or moment < end
+
+
+def utc_naive(moment: datetime) -> datetime:
+    """``moment`` in UTC without tzinfo (a naive one is taken as UTC already)."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def schedule_open(campaign: Campaign, now: datetime) -> bool:
+    """Whether the campaign's start time has come and ``now`` is inside its window."""
+    if campaign.start_after is not None and now < campaign.start_after:
+        return False
+    return in_window(campaign.window, now)
+
+
+def deliverable(tx: Tx, assignment: Assignment, device_state: str | None,
+                now: datetime) -> bool:
+    """Whether a device may be given its campaign assignment now (``TrackerDB.pending_update``):
+    not while the campaign is paused or outside its schedule, unless the device has already
+    started (then it finishes)."""
+    if assignment.campaign_id is None or device_state not in NOT_STARTED:
+        return True
+    campaign = tx.campaign(assignment.campaign_id)
+    if campaign is None:
+        return True
+    if campaign.status == "paused":
+        return False
+    return campaign.status != "running" or schedule_open(campaign, utc_naive(now))
+
+
+def member_event(tx: Tx, assignment: Assignment, state: str, detail: str,
+                 now: datetime) -> None:
+    """A device event on a campaign assignment: move the member (same transaction)."""
+    if assignment.campaign_id is None:
+        return
+    member = tx.member(assignment.campaign_id, assignment.device_id)
+    if member is None or member.state in FINAL_STATES or member.state == "cancelled":
+        return
+    member.state = state
+    member.times = {**member.times, state: iso(now) or ""}
+    member.detail = detail[:1024]
+    member.updated = now
+
+
+# --------------------------------------------------------------------------------- the service
+
+
+class TrackerDB:
+    """The tracker's operations over one ``Store``; every method is one transaction.
+
+    Raises (every method): ``StorageError`` when the database fails.
+    """
+
+    def __init__(self, store: Store, *, quotas: Quotas | None = None) -> None:
+        self.store = store
+        self.engine = store.engine
+        """The store's engine (to dispose of its pooled connections)."""
+        self.quotas = quotas if quotas is not None else Quotas()
+        """What one device may keep (``tracker.quotas``): applied by ``add_event``,
+        ``add_report`` and ``prune``."""
+        self._listeners: list[AssignmentListener] = []
+
+    def add_listener(self, listener: AssignmentListener) -> None:
+        """Call ``listener(device_ids)`` after every committed change of those devices'
+        assignments (new, replaced, withdrawn): what push notifications hang on.
+
+        Listeners run in the thread that made the change, after the commit; they must not
+        block and must not raise (an exception is logged and ignored: the change is stored).
+        """
+        self._listeners.append(listener)
+
+    def announce(self, device_ids: Sequence[str]) -> None:
+        """Tell the listeners that ``device_ids``' assignments changed (after the commit)."""
+        if not device_ids:
+            return
+        ids = tuple(dict.fromkeys(device_ids))
+        for listener in self._listeners:
+            try:
+                listener(ids)
+            except Exception:  # noqa: BLE001 - a listener must not undo a stored change
+                _log.exception("assignment listener %r failed", listener)
+
+    def now(self) -> datetime:
+        """The current time as stored (naive UTC)."""
+        return self.store.now()
+
+    # ---- devices and credentials
+
+    def register(self, name: str, *, vendor_id: str | None = None,
+                 class_id: str | None = None) -> tuple[str, str]:
+        """A new device called ``name``: (device id, secret). The secret is not stored.
+
+        ``vendor_id``/``class_id``: the identity the device is registered with (else its first
+        inventory gives it); later inventories must keep it (``set_inventory``)."""
+        device_id = str(uuid.uuid4())
+        secret = secrets.token_urlsafe(32)
+        with self.store.transaction() as tx:
+            tx.add(Device(id=device_id, name=name, credential_hash=hash_secret(secret),
+                          created=self.now(), hardware={}, history_count=0,
+                          vendor_id=vendor_id, class_id=class_id))
+        return device_id, secret
+
+    def authenticate(self, device_id: str, secret: str) -> bool:
+        """Whether ``secret`` is ``device_id``'s credential; marks the device as seen (in a
+        transaction of its own that may fail: on a full disk reads keep working)."""
+        with self.store.transaction() as tx:
+            device = tx.device(device_id) if len(device_id) <= 36 else None
+            stored = device.credential_hash if device is not None else _DUMMY_HASH
+            ok = verify_secret(secret, stored) and device is not None
+            last_seen = device.last_seen if device is not None else None
+        now = self.now()
+        if ok and (last_seen is None or now - last_seen >= SEEN_RESOLUTION):
+            # a write at most once per resolution, not per call
+            self.store.mark_seen(device_id, now)
+        return ok
+
+    def exists(self, device_id: str) -> bool:
+        with self.store.transaction() as tx:
+            return tx.device(device_id) is not None
+
+    def devices(self, *, components: bool = False) -> list[dict[str, Any]]:
+        """Every device, oldest first; with ``components``, each with its installed components
+        (read in one more query, for the dashboard's fleet overview)."""
+        return self.devices_page(components=components, limit=None).items
+
+    def devices_page(self, *, components: bool = False, limit: int | None = 500,
+                     after: tuple[datetime, str] | None = None) -> Page:
+        """At most ``limit`` devices (``None``: all), oldest first (by ``created``, then
+        ``id``: unique, indexed), after the key ``after`` (``Page.next`` of the page before).
+        A device registered meanwhile sorts after every older one: no device is shown twice
+        or skipped."""
+        with self.store.transaction() as tx:
+            rows = tx.devices(limit=None if limit is None else limit + 1, after=after)
+            installed = tx.components_of([d.id for d in rows]) if components else None
+            items = [((d.created, d.id),
+                      _device_json(d, None if installed is None else installed.get(d.id, [])))
+                     for d in rows]
+            return page_of(items, limit if limit is not None else len(items))
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        """One device with its components, or ``None``."""
+        with self.store.transaction() as tx:
+            device = tx.device(device_id)
+            if device is None:
+                return None
+            return _device_json(device, tx.components(device_id))
+
+    # ---- what devices send
+
+    def set_inventory(self, device_id: str, inventory: Inventory) -> None:
+        """Replace the device's inventory (identity, components, hardware facts).
+
+        An inventory equal to the stored one writes nothing (a device sends it at every
+        check-in; ``inventory_updated`` is when it last changed).
+
+        The vendor and class IDs are the device's identity: once the registration or the first
+        inventory gave them, an inventory that names others (or none) is refused, so that a
+        credential used by another kind of device cannot overwrite this one's records.
+
+        Raises:
+            IdentityRefused: the inventory's vendor or class ID contradicts the registration.
+        """
+        with self.store.transaction() as tx:
+            device = tx.device(device_id)
+            if device is None:
+                raise StorageError(f"no device {device_id}")
+            for field, registered, claimed in (("vendor_id", device.vendor_id,
+                                                inventory.vendor_id),
+                                               ("class_id", device.class_id,
+                                                inventory.class_id)):
+                if registered is not None and claimed != registered:
+                    raise IdentityRefused(
+                        f"{field}: device {device_id} is registered as {registered}; the "
+                        f"inventory says {claimed or 'none'} (a credential belongs to the "
+                        "device it was issued for)")
+            old = tx.components(device_id)
+            wanted = [(list(e.component_id),
+                       str(e.sequence_number) if e.sequence_number is not None else None,
+                       e.digest) for e in inventory.components]
+            if (device.inventory_updated is not None
+                    and device.vendor_id == inventory.vendor_id
+                    and device.class_id == inventory.class_id
+                    and device.hardware == dict(inventory.hardware)
+                    and [(c.component_id, c.sequence_number, c.digest) for c in old] == wanted):
+                return
+            device.vendor_id = inventory.vendor_id
+            device.class_id = inventory.class_id
+            device.hardware = dict(inventory.hardware)
+            device.inventory_updated = self.now()
+            for row in old:
+                tx.delete(row)
+            for position, (component_id, sequence, digest) in enumerate(wanted):
+                tx.add(InstalledComponent(
+                    device_id=device_id, position=position, component_id=component_id,
+                    sequence_number=sequence, digest=digest))
+
+    def add_event(self, device_id: str, state: str, detail: str, *, by_device: bool = False
+                  ) -> dict[str, Any]:
+        """Move the device to ``state``.
+
+        ``by_device``: the device itself reports it (``POST .../events``): it may report only
+        the states of ``DEVICE_STATES``, and only for its current assignment (one not yet
+        done: a device with nothing assigned, or whose update was reset or withdrawn, has
+        nothing to report). Without it the tracker moves the device (an operator's reset).
+
+        Raises:
+            NotAssigned: ``by_device`` and the device has no pending assignment, or the state
+                is ``notified``.
+            TransitionRefused: ``TRANSITIONS`` does not allow it from the current state.
+        """
+        with self.store.transaction() as tx:
+            seq = tx.lock_device(device_id)
+            device = tx.device(device_id)
+            assert device is not None
+            tx.refresh(device)
+            assignment = tx.assignment(device_id)
+            if by_device:
+                _check_device_event(tx, device, assignment, state, self.now())
+            if state not in TRANSITIONS.get(device.state, frozenset()):
+                raise TransitionRefused(device.state, state)
+            now = self.now()
+            row = DeviceEvent(device_id=device_id, seq=seq, state=state,
+                              previous=device.state, detail=detail, timestamp=now)
+            tx.add(row)
+            device.state = state
+            device.state_changed = now
+            self._trim_events(tx, device_id)
+            finished = False
+            if assignment is not None and assignment.done is None:
+                if state in FINAL_STATES or (state == "downloaded"
+                                             and assignment.action == "download"):
+                    assignment.done = now
+                    finished = True
+                member_event(tx, assignment, state, detail, now)
+            tx.flush()
+            result = _event_json(row)
+        if finished:  # the assignment is no longer pending: retained notices must say so
+            self.announce([device_id])
+        return result
+
+    # ---- deployments
+
+    def deploy(self, release: str, envelope_url: str, device_ids: Sequence[str]
+               ) -> list[dict[str, Any]]:
+        """Assign ``release`` to every device of ``device_ids``, all or none.
+
+        A device with no state or in a final state gets a ``notified`` event; a device still
+        ``notified`` (it has not started the previous assignment) keeps its state and only its
+        assignment is replaced. Returns one ``{"id", "event"}`` per device (``event`` is
+        ``None`` when no event was added).
+
+        Raises:
+            DeploymentRefused: a device does not exist or is in the middle of an update.
+        """
+        results: list[dict[str, Any]] = []
+        requested = list(dict.fromkeys(device_ids))
+        with self.store.transaction() as tx:
+            now = self.now()
+            # device rows are locked in ascending id order in every transaction (PostgreSQL:
+            # two deployments, or a deployment and a campaign tick, cannot deadlock)
+            for device_id in sorted(requested):
+                device = tx.device(device_id) if len(device_id) <= 36 else None
+                if device is None:
+                    raise DeploymentRefused(f"no device {device_id[:40]!r}", unknown=True)
+                seq = tx.lock_device(device_id)
+                tx.refresh(device)
+                assignment = tx.assignment(device_id)
+                if assignment is not None and assignment.done is None \
+                        and assignment.campaign_id is not None:
+                    raise DeploymentRefused(f"device {device_id} has a pending assignment of "
+                                            f"campaign {assignment.campaign_id}; cancel the "
+                                            "campaign or wait until the device finishes")
+                event: dict[str, Any] | None = None
+                if "notified" in TRANSITIONS.get(device.state, frozenset()):
+                    row = DeviceEvent(device_id=device_id, seq=seq, state="notified",
+                                      previous=device.state, detail=f"release {release}",
+                                      timestamp=now)
+                    tx.add(row)
+                    device.state = "notified"
+                    device.state_changed = now
+                    tx.flush()
+                    event = _event_json(row)
+                elif device.state == "notified":
+                    device.history_count -= 1  # no event: give the sequence number back
+                else:
+                    raise DeploymentRefused(f"device {device_id} is in the middle of an update "
+                                            f"(state {device.state}); deploy again once it "
+                                            "reports succeeded, failed or rolled-back")
+                if assignment is None:
+                    tx.add(Assignment(device_id=device_id, release=release,
+                                      envelope_url=envelope_url, created=now))
+                else:
+                    assignment.release, assignment.envelope_url = release, envelope_url
+                    assignment.created, assignment.done = now, None
+                    assignment.campaign_id, assignment.action = None, "install"
+                    assignment.reported = None
+                results.append({"id": device_id, "event": event})
+        order = {device_id: i for i, device_id in enumerate(requested)}
+        results.sort(key=lambda r: order[r["id"]])
+        self.announce([r["id"] for r in results])
+        return results
+
+    def pending_update(self, device_id: str) -> dict[str, Any] | None:
+        """The device's assignment not yet done, ``{"release", "envelope_url", "action",
+        "campaign"}``, or ``None`` (also while its campaign holds it back: paused, or outside
+        its schedule, and the device has not started)."""
+        with self.store.transaction() as tx:
+            assignment = tx.assignment(device_id)
+            if assignment is None or assignment.done is not None:
+                return None
+            state = tx.device_state(device_id)
+            if not deliverable(tx, assignment, state, self.now()):
+                return None
+            return {"release": assignment.release, "envelope_url": assignment.envelope_url,
+                    "action": assignment.action, "campaign": assignment.campaign_id}
+
+    def add_report(self, device_id: str, raw: bytes, summary: Mapping[str, Any], *,
+                   release: str | None = None) -> dict[str, Any]:
+        """Store a SUIT report (bytes as received) and its summary.
+
+        ``release``: the manifest digest (hex) the report is about, given for a device's own
+        report (``POST .../reports``): it is stored only for the device's current assignment,
+        while it works on it (``REPORT_STATES``), if it names the assigned release, and once
+        per update (a replayed or late report is refused).
+
+        Raises:
+            NotAssigned: ``release`` is given and the report is not the one the device's
+                current assignment expects.
+        """
+        with self.store.transaction() as tx:
+            seq = tx.lock_device(device_id)
+            if release is not None:
+                _check_report(tx, device_id, release).reported = seq
+            row = DeviceReport(device_id=device_id, seq=seq, received=self.now(), raw=raw,
+                               size=len(raw), summary=dict(summary))
+            tx.add(row)
+            tx.flush()
+            self._trim_reports(tx, device_id)
+            return _report_json(row)
+
+    def _trim_events(self, tx: Tx, device_id: str) -> None:
+        """Delete the device's oldest events beyond ``quotas.max_events`` (same transaction
+        as the new one; tracker.quotas says why the oldest go rather than the new one)."""
+        keep = self.quotas.max_events
+        if keep > 0:
+            tx.keep_newest_events(device_id, keep)
+
+    def _trim_reports(self, tx: Tx, device_id: str) -> None:
+        """Delete the device's oldest reports beyond ``quotas.max_reports`` or beyond
+        ``quotas.max_report_bytes`` in all; the newest report is always kept."""
+        count, most = self.quotas.max_reports, self.quotas.max_report_bytes
+        if count <= 0 and most <= 0:
+            return
+        total = 0
+        for position, (seq, size) in enumerate(
+                tx.report_sizes(device_id, count + 1 if count > 0 else None)):
+            total += size
+            if position > 0 and ((count > 0 and position >= count)
+                                 or (most > 0 and total > most)):
+                tx.delete_reports_up_to(device_id, seq)
+                return
+
+    def prune(self, *, limit: int | None = None, chunk: int = 500) -> dict[str, int]:
+        """One retention pass: delete events older than ``quotas.history_days`` and reports
+        older than ``quotas.report_days`` (0: kept), at most ``limit`` rows of each table
+        (default ``quotas.retention_batch``), oldest first, in transactions of ``chunk`` rows
+        so that no device's writes wait long. The rows deleted, per table."""
+        most = self.quotas.retention_batch if limit is None else limit
+        now = self.now()
+        deleted = {"events": 0, "reports": 0}
+        for name, days in (("events", self.quotas.history_days),
+                           ("reports", self.quotas.report_days)):
+            try:
+                before = now - timedelta(days=days)
+            except OverflowError:  # longer than the calendar: nothing is that old
+                continue
+            if days <= 0:
+                continue
+            while deleted[name] < most:
+                with self.store.transaction() as tx:
+                    count = tx.delete_older(name, before, min(chunk, most - deleted[name]))
+                deleted[name] += count
+                if count < chunk:
+                    break
+        return deleted
+
+    def history(self, device_id: str) -> list[dict[str, Any]]:
+        """The device's events and report summaries, in the order they arrived."""
+        return self.history_page(device_id, limit=None).items
+
+    def history_page(self, device_id: str, *, limit: int | None = 500, after: int = 0
+                     ) -> Page:
+        """At most ``limit`` items of the device's history (``None``: all) with ``seq`` above
+        ``after``, in order; each table is read only for one page (ORDER BY seq, LIMIT, on
+        the ``(device_id, seq)`` index). ``Page.next`` is ``(seq,)`` of the last item."""
+        with self.store.transaction() as tx:
+            fetch = None if limit is None else limit + 1
+            items = [((e.seq,), _event_json(e))
+                     for e in tx.events(device_id, after=after, limit=fetch)]
+            items += [((r.seq,), _report_json(r))
+                      for r in tx.reports(device_id, after=after, limit=fetch)]
+            items.sort(key=lambda item: item[0])
+            return page_of(items, limit if limit is not None else len(items))
+
+    def report_bytes(self, device_id: str) -> list[bytes]:
+        """The raw reports of a device, oldest first."""
+        with self.store.transaction() as tx:
+            return tx.report_bytes(device_id)
+
+    # ---- API tokens
+
+    def create_token(self, name: str, role: str, expires: datetime, created_by: str
+                     ) -> tuple[str, str]:
+        """A new API token: (id, secret). Only the secret's hash is stored."""
+        if role not in TOKEN_ROLES:
+            raise ValueError(f"token role must be one of {', '.join(TOKEN_ROLES)}, got {role!r}")
+        token_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        with self.store.transaction() as tx:
+            tx.add(ApiToken(id=token_id, name=name, role=role,
+                            secret_hash=hash_secret(secret), created=self.now(),
+                            expires=naive(expires), created_by=created_by[:128]))
+        return token_id, secret
+
+    def check_token(self, token_id: str, secret: str) -> TokenCheck:
+        """Whether ``secret`` opens token ``token_id``, and if so whether it has expired or
+        been revoked; marks a valid token as used. An unknown id costs one hash too."""
+        with self.store.transaction() as tx:
+            row = tx.token(token_id) if len(token_id) <= MAX_TOKEN_ID else None
+            stored = row.secret_hash if row is not None else _DUMMY_HASH
+            if not verify_secret(secret, stored) or row is None:
+                return TokenCheck("invalid")
+            if row.revoked is not None:
+                return TokenCheck("revoked", row.name, row.role)
+            now = self.now()
+            if row.expires <= now:
+                return TokenCheck("expired", row.name, row.role)
+            check, last_used = TokenCheck("valid", row.name, row.role), row.last_used
+        if last_used is None or now - last_used >= SEEN_RESOLUTION:  # may fail: Store._touch
+            self.store.mark_used(token_id, now)
+        return check
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every API token (never a secret or its hash), oldest first."""
+        with self.store.transaction() as tx:
+            return [_token_json(t) for t in tx.tokens()]
+
+    def token(self, token_id: str) -> dict[str, Any] | None:
+        with self.store.transaction() as tx:
+            row = tx.token(token_id) if len(token_id) <= MAX_TOKEN_ID else None
+            return _token_json(row) if row is not None else None
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Revoke the token (a no-op if it already is); ``False`` if there is no such token."""
+        with self.store.transaction() as tx:
+            row = tx.token(token_id) if len(token_id) <= MAX_TOKEN_ID else None
+            if row is None:
+                return False
+            if row.revoked is None:
+                row.revoked = self.now()
+            return True
+
+    # ---- audit log
+
+    def record_audit(self, actor: str, role: str, action: str, target: str,
+                     detail: str = "") -> None:
+        """Append one entry to the audit log (who, in which role, did what to what)."""
+        with self.store.transaction() as tx:
+            tx.add(AuditEntry(timestamp=self.now(), actor=actor[:128], role=role[:16],
+                              action=action[:64], target=target[:MAX_AUDIT_TEXT],
+                              detail=detail))
+
+    def audit_log(self, limit: int = 200) -> list[dict[str, Any]]:
+        """The latest ``limit`` audit entries, newest first."""
+        with self.store.transaction() as tx:
+            return [{"id": e.id, "timestamp": iso(e.timestamp), "actor": e.actor,
+                     "role": e.role, "action": e.action, "target": e.target,
+                     "detail": e.detail} for e in tx.audit_entries(limit)]
+
+
+def _check_device_event(tx: Tx, device: Device, assignment: Assignment | None,
+                        state: str, now: datetime) -> None:
+    """A state a device reports must be about its current assignment (``add_event``): one
+    ``GET .../update`` gives it, so not one its campaign holds back (paused, or outside its
+    schedule) before the device started."""
+    if state not in DEVICE_STATES:
+        raise NotAssigned(f"a device does not report {state}: the tracker sets it when it "
+                          f"assigns a release; a device reports "
+                          f"{', '.join(s for s in STATES if s in DEVICE_STATES)}")
+    if assignment is None or assignment.done is not None:
+        shown = device.state if device.state is not None else "no state yet"
+        raise NotAssigned(f"device {device.id} has no update assigned (state {shown}); a "
+                          f"device reports {state} only for its current assignment")
+    if not deliverable(tx, assignment, device.state, now):
+        raise NotAssigned(f"campaign {assignment.campaign_id} holds device {device.id}'s "
+                          "assignment back (paused or outside its schedule); the device starts "
+                          "it once GET .../update gives it")
+
+
+def _check_report(tx: Tx, device_id: str, release: str) -> Assignment:
+    """The device's current assignment, if the report ``add_report`` got is the one it
+    expects (see there)."""
+    device = tx.device(device_id)
+    assert device is not None
+    tx.refresh(device)
+    assignment = tx.assignment(device_id)
+    if assignment is None or assignment.done is not None:
+        raise NotAssigned(f"device {device_id} has no update in progress; a device sends "
+                          "a report only for its current assignment")
+    if release.lower() != assignment.release.lower():
+        raise NotAssigned(f"the report is about manifest {release[:128]}; the device's "
+                          f"current assignment is release {assignment.release}")
+    if device.state not in REPORT_STATES:
+        shown = device.state if device.state is not None else "no state yet"
+        raise NotAssigned(f"device {device_id} is {shown}; the report of an update is "
+                          f"sent while it is {', '.join(sorted(REPORT_STATES))}")
+    # the assignment says whether its report came: the history may have been trimmed
+    # (its notified event, its report) by the quotas or the retention passes
+    if assignment.reported is not None:
+        raise NotAssigned(f"the tracker already has the report of this update of device "
+                          f"{device_id} (history item {assignment.reported}); one report "
+                          "per update")
+    return assignment
+
+
+def _device_json(device: Device, components: Sequence[InstalledComponent] | None
+                 ) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": device.id,
+        "name": device.name,
+        "created": iso(device.created),
+        "last_seen": iso(device.last_seen),
+        "vendor_id": device.vendor_id,
+        "class_id": device.class_id,
+        "hardware": device.hardware,
+        "state": device.state,
+        "state_changed": iso(device.state_changed),
+        "inventory_updated": iso(device.inventory_updated),
+        "tags": list(device.tags or ()),
+    }
+    if components is not None:
+        doc["components"] = [
+            {"id": c.component_id,
+             "sequence": int(c.sequence_number) if c.sequence_number is not None else None,
+             "digest": c.digest}
+            for c in components]
+    return doc
+
+
+def _token_json(token: ApiToken) -> dict[str, Any]:
+    return {"id": token.id, "name": token.name, "role": token.role,
+            "created": iso(token.created), "expires": iso(token.expires),
+            "revoked": iso(token.revoked), "last_used": iso(token.last_used),
+            "created_by": token.created_by}
+
+
+def _event_json(event: DeviceEvent) -> dict[str, Any]:
+    return {"kind": "event", "seq": event.seq, "state": event.state,
+            "previous": event.previous, "detail": event.detail,
+            "timestamp": iso(event.timestamp)}
+
+
+def _report_json(report: DeviceReport) -> dict[str, Any]:
+    return {"kind": "report", "seq": report.seq, "id": report.id,
+            "received": iso(report.received), "size": report.size,
+            "summary": report.summary}
+
+
+
+def open_db(url: str, *, clock: Callable[[], datetime] = _utcnow,
+            quotas: Quotas | None = None) -> TrackerDB:
+    """The tracker at ``url`` (``store.open_store``: the schema is upgraded to the newest
+    revision).
+
+    Raises:
+        StorageError: the URL is not usable, the database cannot be opened or migrated.
+    """
+    return TrackerDB(open_store(url, clock=clock), quotas=quotas)

@@ -1,0 +1,605 @@
+"""The status tracker's storage: the engine, migrations, transactions and every query.
+
+The ONLY module of the tracker that talks to the database. ``open_store(url)`` opens a SQLAlchemy
+engine (SQLite by default, ``sqlite:///DATA/tracker.db``; PostgreSQL for scale,
+``postgresql+psycopg://...``) and brings the schema to the newest revision with Alembic
+(``upgrade_schema``; the revisions are in ``tracker/migrations/versions``). ``Store.transaction()``
+is one transaction, handed out as a ``Tx`` whose methods are the queries the service and the
+campaign engine need (rows of ``tracker.model``, counts, ids); nothing above this module builds a
+statement or holds a session.
+
+Locks (PostgreSQL; SQLite serialises writers anyway): ``Tx.lock_device`` takes the device's row
+(``UPDATE devices SET history_count = history_count + 1``) and returns the next sequence number
+of its history, so two concurrent events cannot both move a device from the same state;
+``Tx.lock_campaign`` takes a campaign's row. A full disk is ``StorageFullError``, any other
+database failure ``StorageError``, with the driver's one-line message.
+
+Deliberately not here: what may be stored (the state machine, assignment checks, quotas and
+retention rules, credentials: ``tracker.service``), PostgreSQL-specific tuning.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.util.exc import CommandError
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    inspect,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, defer, sessionmaker
+
+from suitkit.errors import StorageError, StorageFullError
+from suitkit.tracker.model import (
+    ApiToken,
+    Assignment,
+    AuditEntry,
+    Base,
+    Campaign,
+    CampaignLog,
+    CampaignMember,
+    Device,
+    DeviceEvent,
+    DeviceReport,
+    InstalledComponent,
+)
+
+__all__ = [
+    "INITIAL_REVISION",
+    "Store",
+    "Tx",
+    "alembic_config",
+    "downgrade_schema",
+    "migrate",
+    "naive",
+    "open_store",
+    "upgrade_schema",
+]
+
+_log = logging.getLogger(__name__)
+_IN_BATCH = 500  # ids per IN (...): well under any database's bound-parameter limit
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def naive(moment: datetime) -> datetime:
+    """UTC without tzinfo: what SQLite's DateTime gives back, so stored values compare."""
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+class Store:
+    """The tracker's database over one engine. ``clock`` gives the current time (design.md
+    §3.1: time is a parameter); ``now()`` is it as stored (naive UTC).
+
+    Raises (every method): ``StorageError`` when the database fails.
+    """
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = _utcnow) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._touch_logged = -60.0
+
+    def now(self) -> datetime:
+        return naive(self.clock())
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """One transaction. Raises ``StorageFullError`` when the disk or database is full
+        (the transaction was rolled back: nothing of it is kept), ``StorageError`` else."""
+        try:
+            with self._sessions.begin() as session:
+                yield Tx(session)
+        except SQLAlchemyError as e:
+            if _is_full(e):
+                raise StorageFullError(f"tracker database: the disk is full: "
+                                       f"{_describe(e)}") from e
+            raise StorageError(f"tracker database: {_describe(e)}") from e
+
+    def mark_seen(self, device_id: str, now: datetime) -> None:
+        """Record when the device last authenticated (``_touch``)."""
+        self._touch(update(Device).where(Device.id == device_id).values(last_seen=now))
+
+    def mark_used(self, token_id: str, now: datetime) -> None:
+        """Record when the API token was last used (``_touch``)."""
+        self._touch(update(ApiToken).where(ApiToken.id == token_id).values(last_used=now))
+
+    def _touch(self, statement: Any) -> None:
+        """Run ``statement`` (a ``last_seen``/``last_used`` mark) in its own transaction, and
+        carry on if it fails: a read must keep working on a full disk or a busy database,
+        and a missed mark costs nothing (the next call makes it). A failure is logged at
+        most once a minute."""
+        try:
+            with self._sessions.begin() as session:
+                session.execute(statement)
+        except SQLAlchemyError as e:
+            now = time.monotonic()
+            if now - self._touch_logged >= 60.0:
+                self._touch_logged = now
+                _log.warning("could not record when a credential was last used (the "
+                             "request goes on): %s", _describe(e))
+
+
+class Tx:
+    """One open transaction (``Store.transaction``): the queries, on rows of ``tracker.model``.
+    Changes to the rows it returns are written at the end of the transaction."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    # ---- rows
+
+    def add(self, row: Base) -> None:
+        self._session.add(row)
+
+    def delete(self, row: Base) -> None:
+        self._session.delete(row)
+
+    def flush(self) -> None:
+        """Write the pending changes now (ids of new rows are known after it)."""
+        self._session.flush()
+
+    def refresh(self, row: Base) -> None:
+        """Read ``row`` again (after a lock: another transaction may have changed it)."""
+        self._session.refresh(row)
+
+    def device(self, device_id: str) -> Device | None:
+        return self._session.get(Device, device_id)
+
+    def assignment(self, device_id: str) -> Assignment | None:
+        return self._session.get(Assignment, device_id)
+
+    def token(self, token_id: str) -> ApiToken | None:
+        return self._session.get(ApiToken, token_id)
+
+    def campaign(self, campaign_id: str) -> Campaign | None:
+        return self._session.get(Campaign, campaign_id)
+
+    def member(self, campaign_id: str, device_id: str) -> CampaignMember | None:
+        return self._session.get(CampaignMember, (campaign_id, device_id))
+
+    # ---- devices
+
+    def lock_device(self, device_id: str) -> int:
+        """Lock the device's row for this transaction; the next history sequence number
+        (give it back with ``device.history_count -= 1`` when no history item is added).
+
+        Raises: StorageError: there is no such device.
+        """
+        result = self._session.execute(update(Device).where(Device.id == device_id)
+                                       .values(history_count=Device.history_count + 1))
+        if getattr(result, "rowcount", 0) != 1:
+            raise StorageError(f"no device {device_id}")
+        count = self._session.scalar(select(Device.history_count)
+                                     .where(Device.id == device_id))
+        assert count is not None
+        return count
+
+    def hold_device(self, device_id: str) -> None:
+        """Lock the device's row for this transaction, taking no sequence number."""
+        self._session.execute(update(Device).where(Device.id == device_id)
+                              .values(history_count=Device.history_count))
+
+    def device_state(self, device_id: str) -> str | None:
+        return self._session.scalar(select(Device.state).where(Device.id == device_id))
+
+    def devices(self, *, limit: int | None, after: tuple[datetime, str] | None
+                ) -> list[Device]:
+        """At most ``limit`` devices (``None``: all) by (``created``, ``id``) after ``after``."""
+        query = select(Device).order_by(Device.created, Device.id)
+        if after is not None:
+            created, last_id = after
+            # (created, id) > key, written so that the index gives a range (an OR alone
+            # makes SQLite scan the whole index)
+            query = query.where(Device.created >= created,
+                                or_(Device.created > created, Device.id > last_id))
+        if limit is not None:
+            query = query.limit(limit)
+        return list(self._session.scalars(query))
+
+    def matching_devices(self, *, ids: Collection[str] | None, vendor_id: str | None,
+                         class_id: str | None) -> list[Device]:
+        """The devices among ``ids`` (``None``: any) with that vendor and class ID (``None``:
+        any)."""
+        query = select(Device)
+        if ids is not None:
+            query = query.where(Device.id.in_(ids))
+        if vendor_id is not None:
+            query = query.where(Device.vendor_id == vendor_id)
+        if class_id is not None:
+            query = query.where(Device.class_id == class_id)
+        return list(self._session.scalars(query))
+
+    def components(self, device_id: str) -> list[InstalledComponent]:
+        """The device's installed components, in order."""
+        return list(self._session.scalars(
+            select(InstalledComponent).where(InstalledComponent.device_id == device_id)
+            .order_by(InstalledComponent.position)))
+
+    def components_of(self, device_ids: Sequence[str]) -> dict[str, list[InstalledComponent]]:
+        """The installed components of each device of ``device_ids`` that has any, in order."""
+        installed: dict[str, list[InstalledComponent]] = {}
+        for start in range(0, len(device_ids), _IN_BATCH):
+            for c in self._session.scalars(select(InstalledComponent).where(
+                    InstalledComponent.device_id.in_(device_ids[start:start + _IN_BATCH]))
+                    .order_by(InstalledComponent.device_id, InstalledComponent.position)):
+                installed.setdefault(c.device_id, []).append(c)
+        return installed
+
+    # ---- history
+
+    def events(self, device_id: str, *, after: int, limit: int | None) -> list[DeviceEvent]:
+        """The device's events with ``seq`` above ``after``, in order (ORDER BY seq, LIMIT, on
+        the ``(device_id, seq)`` index)."""
+        query = (select(DeviceEvent).where(DeviceEvent.device_id == device_id,
+                                           DeviceEvent.seq > after).order_by(DeviceEvent.seq))
+        if limit is not None:
+            query = query.limit(limit)
+        return list(self._session.scalars(query))
+
+    def reports(self, device_id: str, *, after: int, limit: int | None) -> list[DeviceReport]:
+        """The device's reports with ``seq`` above ``after``, in order, without their bytes
+        (``size`` is kept)."""
+        query = (select(DeviceReport).options(defer(DeviceReport.raw))
+                 .where(DeviceReport.device_id == device_id, DeviceReport.seq > after)
+                 .order_by(DeviceReport.seq))
+        if limit is not None:
+            query = query.limit(limit)
+        return list(self._session.scalars(query))
+
+    def report_bytes(self, device_id: str) -> list[bytes]:
+        """The raw reports of a device, oldest first."""
+        return list(self._session.scalars(select(DeviceReport.raw)
+                                          .where(DeviceReport.device_id == device_id)
+                                          .order_by(DeviceReport.seq)))
+
+    def keep_newest_events(self, device_id: str, keep: int) -> None:
+        """Delete the device's events but the newest ``keep``."""
+        cutoff = self._session.scalar(
+            select(DeviceEvent.seq).where(DeviceEvent.device_id == device_id)
+            .order_by(DeviceEvent.seq.desc()).offset(keep).limit(1))
+        if cutoff is not None:
+            self._session.execute(delete(DeviceEvent).where(DeviceEvent.device_id == device_id,
+                                                            DeviceEvent.seq <= cutoff)
+                                  .execution_options(synchronize_session=False))
+
+    def report_sizes(self, device_id: str, limit: int | None) -> list[tuple[int, int]]:
+        """(seq, size) of the device's newest ``limit`` reports (``None``: all), newest
+        first."""
+        query = (select(DeviceReport.seq, DeviceReport.size)
+                 .where(DeviceReport.device_id == device_id).order_by(DeviceReport.seq.desc()))
+        if limit is not None:
+            query = query.limit(limit)
+        return [(seq, size) for seq, size in self._session.execute(query)]
+
+    def delete_reports_up_to(self, device_id: str, seq: int) -> None:
+        """Delete the device's reports with ``seq`` up to ``seq``."""
+        self._session.execute(delete(DeviceReport).where(DeviceReport.device_id == device_id,
+                                                         DeviceReport.seq <= seq)
+                              .execution_options(synchronize_session=False))
+
+    def delete_older(self, table: str, before: datetime, limit: int) -> int:
+        """Delete at most ``limit`` of the oldest rows of ``table`` (``events`` or
+        ``reports``) stored before ``before``; how many."""
+        model: Any = DeviceEvent if table == "events" else DeviceReport
+        column = DeviceEvent.timestamp if table == "events" else DeviceReport.received
+        ids = list(self._session.scalars(select(model.id).where(column < before)
+                                         .order_by(column).limit(limit)))
+        if ids:
+            self._session.execute(delete(model).where(model.id.in_(ids))
+                                  .execution_options(synchronize_session=False))
+        return len(ids)
+
+    # ---- tokens and audit
+
+    def tokens(self) -> list[ApiToken]:
+        """Every API token, oldest first."""
+        return list(self._session.scalars(select(ApiToken)
+                                          .order_by(ApiToken.created, ApiToken.id)))
+
+    def audit_entries(self, limit: int) -> list[AuditEntry]:
+        """The latest ``limit`` audit entries, newest first."""
+        return list(self._session.scalars(select(AuditEntry)
+                                          .order_by(AuditEntry.id.desc()).limit(max(0, limit))))
+
+    # ---- campaigns
+
+    def lock_campaign(self, campaign_id: str, *, status: str | None = None) -> Campaign | None:
+        """The campaign (with ``status`` only, if given), its row locked for this transaction
+        (the first write) and read again; ``None`` if there is none."""
+        query = update(Campaign).where(Campaign.id == campaign_id)
+        if status is not None:
+            query = query.where(Campaign.status == status)
+        result = self._session.execute(query.values(updated=Campaign.updated))
+        if getattr(result, "rowcount", 0) != 1:
+            return None
+        campaign = self._session.get(Campaign, campaign_id)
+        assert campaign is not None
+        self._session.refresh(campaign)
+        return campaign
+
+    def running_campaign_ids(self, only: str | None = None) -> list[str]:
+        """The running campaigns (or only ``only``, if running), oldest first."""
+        query = select(Campaign.id).where(Campaign.status == "running")
+        if only is not None:
+            query = query.where(Campaign.id == only)
+        return list(self._session.scalars(query.order_by(Campaign.created)))
+
+    def campaigns(self, *, limit: int | None, after: tuple[datetime, str] | None
+                  ) -> list[Campaign]:
+        """At most ``limit`` campaigns (``None``: all), newest first (``created`` descending,
+        then ``id``), after the key ``after``."""
+        query = select(Campaign).order_by(Campaign.created.desc(), Campaign.id)
+        if after is not None:
+            created, last_id = after
+            query = query.where(Campaign.created <= created,
+                                or_(Campaign.created < created, Campaign.id > last_id))
+        if limit is not None:
+            query = query.limit(limit)
+        return list(self._session.scalars(query))
+
+    def members(self, campaign_id: str, *, offset: int, limit: int) -> list[CampaignMember]:
+        """A page of the campaign's members, by position."""
+        return list(self._session.scalars(
+            select(CampaignMember).where(CampaignMember.campaign_id == campaign_id)
+            .order_by(CampaignMember.position).offset(offset).limit(limit)))
+
+    def members_in(self, campaign_id: str, states: Collection[str]) -> list[CampaignMember]:
+        """The campaign's members in one of ``states``, by device id (the lock order)."""
+        return list(self._session.scalars(
+            select(CampaignMember).where(CampaignMember.campaign_id == campaign_id,
+                                         CampaignMember.state.in_(tuple(states)))
+            .order_by(CampaignMember.device_id)))
+
+    def member_ids_in(self, campaign_id: str, states: Collection[str]) -> list[str]:
+        """The device ids of the campaign's members in one of ``states``."""
+        return list(self._session.scalars(select(CampaignMember.device_id).where(
+            CampaignMember.campaign_id == campaign_id,
+            CampaignMember.state.in_(tuple(states)))))
+
+    def pending_members(self, campaign_id: str, *, up_to_wave: int, limit: int
+                        ) -> list[CampaignMember]:
+        """At most ``limit`` pending members of waves up to ``up_to_wave``; members tried
+        longest ago first (``updated``), then by position."""
+        return list(self._session.scalars(select(CampaignMember).where(
+            CampaignMember.campaign_id == campaign_id, CampaignMember.state == "pending",
+            CampaignMember.wave <= up_to_wave)
+            .order_by(CampaignMember.updated, CampaignMember.position).limit(limit)))
+
+    def member_counts(self, campaign_id: str) -> dict[int, dict[str, int]]:
+        """How many members per wave and state."""
+        rows = self._session.execute(
+            select(CampaignMember.wave, CampaignMember.state, func.count())
+            .where(CampaignMember.campaign_id == campaign_id)
+            .group_by(CampaignMember.wave, CampaignMember.state))
+        result: dict[int, dict[str, int]] = {}
+        for wave, state, n in rows:
+            result.setdefault(wave, {})[state] = n
+        return result
+
+    def state_counts(self, campaign_id: str) -> dict[str, int]:
+        """How many members per state."""
+        rows = self._session.execute(select(CampaignMember.state, func.count())
+                                     .where(CampaignMember.campaign_id == campaign_id)
+                                     .group_by(CampaignMember.state))
+        return {state: n for state, n in rows}
+
+    def campaign_log(self, campaign_id: str) -> list[CampaignLog]:
+        """The campaign's log, oldest first."""
+        return list(self._session.scalars(select(CampaignLog)
+                                          .where(CampaignLog.campaign_id == campaign_id)
+                                          .order_by(CampaignLog.id)))
+
+
+def open_store(url: str, *, clock: Callable[[], datetime] = _utcnow) -> Store:
+    """The tracker database at ``url`` (e.g. ``sqlite:////var/lib/suitkit/tracker.db`` or
+    ``postgresql+psycopg://user@host/suitkit``), its schema upgraded to the newest revision
+    (``upgrade_schema``).
+
+    Raises:
+        StorageError: the URL is not usable, the database cannot be opened or migrated.
+    """
+    engine: Engine | None = None
+    try:
+        engine = create_engine(url)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        upgrade_schema(engine)
+    except (SQLAlchemyError, ValueError, ImportError, CommandError) as e:
+        if engine is not None:
+            engine.dispose()
+        raise StorageError(f"cannot open the tracker database {_redact(url)}: "
+                           f"{_describe(e)}") from e
+    return Store(engine, clock=clock)
+
+
+INITIAL_REVISION = "0001_initial"
+"""The revision equal to the tables ``create_all`` made before migrations existed."""
+_MIGRATION_LOCK = 0x5317_C0DE  # pg_advisory_xact_lock key held while migrating
+_ALEMBIC = threading.Lock()  # alembic.context and alembic.op are module globals: one at a time
+_INITIAL_TABLES = ("devices", "installed_components", "device_events", "device_reports",
+                   "assignments")
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic configuration for the tracker's migrations (no alembic.ini: the scripts are
+    found inside the installed package); ``connection`` is the one they run on."""
+    from suitkit.tracker.migrations import SCRIPT_LOCATION  # noqa: PLC0415 - no import cycle
+
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_schema(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database to ``revision`` (``alembic upgrade``), all or nothing: in one
+    transaction on PostgreSQL and on SQLite alike (``_migrating``).
+
+    A database made before migrations existed (the tracker's tables, no ``alembic_version``)
+    holds the ``0001_initial`` schema: it is stamped with that revision first (a table it lacks,
+    such as ``assignments`` in the very first slice, is created), then upgraded. On SQLite,
+    foreign keys are off while migrations run (batch ALTERs copy tables; a cascade must not fire).
+    On PostgreSQL an advisory lock serialises servers that start at the same time.
+
+    Raises:
+        SQLAlchemyError: the database fails.
+        CommandError: the database is at a revision this suitkit does not know (a newer one).
+    """
+    with _migrating(engine) as connection:
+        if connection.dialect.name == "postgresql":
+            # several servers starting at once: one migrates, the others wait and find
+            # nothing to do (the lock ends with the transaction)
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+        config = alembic_config(connection)
+        tables = set(inspect(connection).get_table_names())
+        if "alembic_version" not in tables and "devices" in tables:
+            missing = [Base.metadata.tables[name] for name in _INITIAL_TABLES
+                       if name not in tables]
+            Base.metadata.create_all(connection, tables=missing)
+            command.stamp(config, INITIAL_REVISION)
+            _log.info("tracker database made before migrations: stamped %s",
+                      INITIAL_REVISION)
+        command.upgrade(config, revision)
+
+
+@contextmanager
+def _migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection whose work, DDL included, is one transaction, committed at the end (rolled
+    back on an exception); one migration at a time in this process.
+
+    PostgreSQL has transactional DDL. SQLite has it too, but Python's sqlite3 driver (legacy
+    transaction control) commits before each CREATE, DROP or ALTER and opens a transaction
+    only before INSERT/UPDATE/DELETE: a kill between the statements of a migration left
+    tables at the old revision number, and every later start failed with "table ... already
+    exists". Here the driver's own transaction control is off (``isolation_level = None``)
+    and the transaction is ours: ``BEGIN IMMEDIATE`` (which also takes the write lock, so two
+    processes migrating one file run one after the other), one ``COMMIT`` at the end.
+    ``PRAGMA foreign_keys`` is set before the transaction (it is a no-op inside one).
+    """
+    with _ALEMBIC, engine.connect() as connection:
+        if connection.dialect.name != "sqlite":
+            yield connection
+            connection.commit()
+            return
+        driver: Any = connection.connection.driver_connection
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()
+        legacy = driver.isolation_level
+        driver.isolation_level = None  # no implicit COMMIT before DDL
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            yield connection
+            connection.commit()  # the driver sends COMMIT: a transaction is open
+        finally:
+            connection.rollback()  # no-op after the commit; undoes all of it after an error
+            if driver.in_transaction:  # pragma: no cover - the driver always ends it above
+                driver.rollback()
+            driver.isolation_level = legacy
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
+
+
+def migrate(url: str, revision: str = "head") -> tuple[str | None, str | None]:
+    """Upgrade the database at ``url`` to ``revision`` (``suitkit db upgrade``); the revisions
+    (before, after), ``None`` for a database without migrations yet.
+
+    Raises:
+        StorageError: the URL is not usable, the database cannot be opened or migrated.
+    """
+    engine: Engine | None = None
+    try:
+        engine = create_engine(url)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        before = _revision(engine)
+        upgrade_schema(engine, revision)
+        return before, _revision(engine)
+    except (SQLAlchemyError, ValueError, ImportError, CommandError) as e:
+        raise StorageError(f"cannot migrate the tracker database {_redact(url)}: "
+                           f"{_describe(e)}") from e
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+def _revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def downgrade_schema(engine: Engine, revision: str) -> None:
+    """Migrate the database down to ``revision`` (``"base"``: no tables left)."""
+    with _migrating(engine) as connection:
+        command.downgrade(alembic_config(connection), revision)
+
+
+def _sqlite_pragmas(connection: Any, record: Any) -> None:
+    """Foreign keys on; wait up to 10 s for a lock; write-ahead log with ``synchronous=NORMAL``:
+    a commit does not wait for fsync (checkpoints do), so after a power loss (not a crash of the
+    process) the last commits may be missing, never a corrupt database. About 19x faster per
+    write transaction than the rollback journal with fsync per commit (benchmarks/README.md)."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+
+
+def _is_full(error: SQLAlchemyError) -> bool:
+    """Whether the database failed because its disk is full: SQLite's SQLITE_FULL ("database
+    or disk is full"), PostgreSQL's disk_full (53100, "could not extend file"), or a driver
+    naming ENOSPC."""
+    cause = getattr(error, "orig", None)
+    code = getattr(cause, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
+        return True
+    if getattr(cause, "sqlstate", None) == _PG_DISK_FULL:
+        return True
+    text = str(cause or error).lower()
+    return "database or disk is full" in text or "no space left on device" in text
+
+
+def _describe(error: Exception) -> str:
+    """One line for ``error``: the driver's own message for a database error, without
+    SQLAlchemy's statement dump and "Background on this error" link."""
+    cause = getattr(error, "orig", None) or error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {' '.join(lines[:2]) or 'no message'}"
+
+
+def _redact(url: str) -> str:
+    """``url`` without a password (``scheme://user:***@host``)."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
