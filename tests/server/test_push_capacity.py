@@ -29,7 +29,7 @@ from suitkit.server.guard import (
     plan_capacity,
 )
 from suitkit.sim.push_hold import Holder, hold_in_process
-from suitkit.tracker.db import open_db
+from suitkit.tracker.service import open_db
 
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install suitkit)")
 

@@ -7,8 +7,10 @@ lock) that opens one notification connection per device
 
 - ``sse``: ``Accept: text/event-stream``; a connection is held once the status line (200) and
   the device's current notice arrived; each later ``event: notice`` is a change;
-- ``longpoll``: ``?wait=WAIT``; a 204 is polled again at once on the same connection, a 200 is a
-  change (polled again with ``after=`` its serial).
+- ``longpoll``: ``?wait=WAIT``; a connection counts as held once its request is sent (nothing
+  comes back before the wait ends) until it is refused or closed; a 204 is polled again at once
+  on the same connection, a 200 is a change (polled again with ``after=`` its serial). At most
+  ``parallel`` long-polls are sent a second.
 
 The connections are plain asyncio protocols on raw sockets (a few hundred bytes of client
 state each: 10,000 of them fit in one client process); at most ``parallel`` are being opened at
@@ -60,7 +62,7 @@ class HoldStatus:
 
     held: int
     """Connections open and answered as wanted (SSE: 200 and the first notice; long-poll: a
-    request waiting or answered 204/200)."""
+    request sent and not refused)."""
     opening: int
     """Connections not yet answered (or not yet connected)."""
     refused: dict[str, int]
@@ -104,6 +106,9 @@ class _Conn(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.write(self.request())
+        if self.hold.transport == "longpoll":  # nothing comes back before the wait is over
+            self.held = True
+            self.hold.held += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.held:
@@ -144,6 +149,9 @@ class _Conn(asyncio.Protocol):
 
     def _refuse(self, why: str) -> None:
         self.hold.refused[why] += 1
+        if self.held:
+            self.held = False
+            self.hold.held -= 1
         if not self.answered.done():
             self.answered.set_result(None)
         if self.transport is not None:
@@ -213,8 +221,11 @@ async def _hold(conn: Connection, url: str, devices: Sequence[tuple[str, str]],
                 hold.refused[f"connect: {e.strerror or type(e).__name__}"] += 1
                 return
             hold.conns.append(protocol)
+            # SSE: until the stream is answered; a long-poll is answered only when its wait
+            # ends: a second for the server to take it (or refuse it) before the next ones
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(protocol.answered), 120)
+                await asyncio.wait_for(asyncio.shield(protocol.answered),
+                                       120 if transport == "sse" else 1)
 
     def status() -> HoldStatus:
         opening = len(devices) - hold.held - hold.closed - sum(hold.refused.values())
