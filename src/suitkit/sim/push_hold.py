@@ -139,7 +139,11 @@ class _Conn(asyncio.Protocol):
             self.length = 0 if status == "204" else None
             for line in head.lower().split(b"\r\n"):
                 if line.startswith(b"content-length:"):
-                    self.length = int(line.split(b":", 1)[1])
+                    value = line.split(b":", 1)[1].strip()
+                    if not (value.isdigit() and len(value) < 10):
+                        self._refuse("a bad Content-Length")
+                        return
+                    self.length = int(value)
             if self.hold.transport == "longpoll":
                 self._become_held()
         if self.hold.transport == "sse":
