@@ -63,10 +63,10 @@ DEFAULT_PUSH = 10_000
 and the open-file limit allows it: what one process was measured to hold while serving
 check-ins (benchmarks/README.md, bench_push.py)."""
 PUSH_STREAM_KIB = 40
-"""The server's resident memory per held SSE stream, KiB, as bench_push.py measured it (38-41
-KiB with 1,000 and 10,000 streams; a long-poll costs about as much). Python objects nearly all
-of it: the connection's h11 state and uvicorn protocol, the request's scope, the ASGI tasks
-and their coroutine frames, the response and the hub watcher."""
+"""The server's resident memory per held SSE stream, KiB, rounded up from what bench_push.py
+measured (35-41 KiB with 1,000 and 10,000 streams; a long-poll costs about as much). Python
+objects nearly all of it: the connection's h11 state and uvicorn protocol, the request's
+scope, the ASGI tasks and their coroutine frames, the response and the hub watcher."""
 RESERVED_FILES = 256
 """Open files kept for what is not a client connection: the listening sockets, the database,
 blobs being read, uploads being spooled, the log, the thread pool, the MQTT connection."""
