@@ -138,13 +138,22 @@ def serve(
     retention_interval: Annotated[float, typer.Option(
         "--retention-interval", help="Seconds between two retention passes (each deletes at "
         "most 10000 rows per table).")] = DEFAULT_QUOTAS.retention_interval,
+    accel_redirect: Annotated[str | None, typer.Option(
+        "--accel-redirect", metavar="PREFIX", help="Hand the bytes of /firmware and "
+        "/envelopes downloads to nginx in front: answer X-Accel-Redirect: PREFIX<ab>/<sha256> "
+        "(e.g. /_suitkit_blobs/, an internal nginx location over DATA/blobs/; "
+        "docs/server.md, Scale out).")] = None,
 ) -> None:
     """Run the firmware server (verified uploads, immutable content-addressed downloads over
     HTTP and CoAP) and, with --admin-token-file, the status tracker and the dashboard."""
     try:
         import uvicorn  # noqa: PLC0415 - optional at import time of the CLI
 
-        from suitkit.server.app import ServerConfig, create_app  # noqa: PLC0415
+        from suitkit.server.app import (  # noqa: PLC0415
+            ServerConfig,
+            accel_prefix_problem,
+            create_app,
+        )
         from suitkit.server.background import UVICORN_OPTIONS  # noqa: PLC0415
         from suitkit.server.guard import (  # noqa: PLC0415
             Guards,
@@ -187,6 +196,10 @@ def serve(
                     max_report_bytes=max_report_kib_per_device * 1024,
                     max_events=max_events_per_device, history_days=history_retention_days,
                     report_days=report_retention_days, retention_interval=retention_interval)
+    if accel_redirect is not None:
+        problem = accel_prefix_problem(accel_redirect)
+        if problem is not None:
+            fail(f"--accel-redirect: {problem}", EXIT_USAGE)
     if tracker_db is not None and admin_token_file is None:
         fail("--db/--tracker-db needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
@@ -237,7 +250,8 @@ def serve(
             config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
                                   max_upload_bytes=max_upload_mib * MIB, routers=routers,
                                   authorizer=wiring.authorizer if wiring is not None else None,
-                                  max_requests=limit_concurrency)
+                                  max_requests=limit_concurrency,
+                                  accel_redirect=accel_redirect)
             application = create_app(config)
             sock = _listen(host, port)  # before anything says it runs
             if coap_port is not None:
@@ -268,7 +282,9 @@ def serve(
         shown = f"[{host}]" if ":" in host else host
         out.print(f"suitkit firmware server on http://{shown}:{port}/ (data {data}; uploads "
                   f"{'enabled' if token or wiring is not None else 'disabled'}"
-                  f"{'; status tracker enabled' if routers else ''})", markup=False)
+                  f"{'; status tracker enabled' if routers else ''}"
+                  f"{'; downloads sent by the proxy in front' if accel_redirect else ''})",
+                  markup=False)
         if coap_port is not None:
             out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
         out.print(_capacity_line(capacity, tracker=wiring is not None), markup=False)

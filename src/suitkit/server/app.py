@@ -8,7 +8,11 @@
   whose image-digest it has). The envelope must verify against the author trust anchors; every
   image and every integrated payload must match the image-digest and image-size of a component.
 - ``GET/HEAD /firmware/{sha256}``, ``GET/HEAD /envelopes/{sha256}``: immutable, content-addressed
-  downloads with Range, If-Range and ETag (Starlette ``FileResponse``).
+  downloads with Range, If-Range and ETag (Starlette ``FileResponse``; whole files by
+  ``sendfile`` through the guarded protocol's ``http.response.pathsend``, server/guard.py),
+  answered before the routing of the other routes (``_Downloads``). With
+  ``ServerConfig.accel_redirect`` they answer ``X-Accel-Redirect`` and nginx in front sends
+  the bytes (``nginx_accel_config`` fills in the template ``nginx-accel.conf``).
 - ``GET /api/v1/releases``, ``GET /api/v1/releases/{id}``: release metadata.
 
 Who may call: with ``ServerConfig.authorizer`` (set by the CLI from the status tracker's tokens
@@ -39,7 +43,9 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, BinaryIO, Literal
 from uuid import UUID
 
@@ -84,7 +90,8 @@ from suitkit.server.store import (
 )
 
 __all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "LEAVE_REQUEST_LIMIT", "Authorizer",
-           "ServerConfig", "UploadRefused", "create_app", "expected_images"]
+           "ServerConfig", "UploadRefused", "accel_prefix_problem", "create_app",
+           "expected_images", "nginx_accel_config"]
 
 Authorizer = Callable[[str, str], Literal["allowed", "forbidden", "invalid"]]
 """``(bearer token, action)`` -> verdict, for action ``"upload"`` or ``"read"``. Runs in a worker
@@ -134,6 +141,29 @@ class ServerConfig:
     max_requests: int | None = 1000
     max_uploads: int = 8
     max_downloads: int = 1000
+    accel_redirect: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.accel_redirect is not None:
+            problem = accel_prefix_problem(self.accel_redirect)
+            if problem is not None:
+                raise ValueError(problem)
+
+
+_ACCEL_PREFIX = re.compile(r"/(?:[A-Za-z0-9._~-]+/)*")
+
+
+def accel_prefix_problem(prefix: str) -> str | None:
+    """What is wrong with ``prefix`` as an ``X-Accel-Redirect`` prefix, or ``None``: it must be
+    an absolute URL path that ends with ``/`` (letters, digits, ``.``, ``_``, ``~``, ``-``
+    between the slashes), at most 200 characters, without ``.`` or ``..`` segments."""
+    shown = prefix[:80].encode("ascii", "backslashreplace").decode()
+    if (len(prefix) > 200 or _ACCEL_PREFIX.fullmatch(prefix) is None
+            or any(part in (".", "..") for part in prefix.split("/"))):
+        return (f"expected a URL path such as /_suitkit_blobs/ (starting and ending with '/', "
+                f"letters, digits, '.', '_', '~', '-' between, at most 200 characters), got "
+                f"{shown!r}")
+    return None
 
 
 class UploadRefused(Exception):
@@ -143,6 +173,37 @@ class UploadRefused(Exception):
         self.status = status
         self.message = message
         super().__init__(message)
+
+
+def nginx_accel_config(*, listen: str, upstreams: tuple[str, ...], blobs: Path, state: Path,
+                       prefix: str = "/_suitkit_blobs/", max_upload_mib: int = 256) -> str:
+    """nginx's ``upstream`` and ``server`` blocks (for its ``http {}``) in front of suitkit
+    replicas run with ``--accel-redirect prefix``: the template ``nginx-accel.conf`` filled in.
+
+    ``listen``: nginx's ``listen`` argument (``127.0.0.1:8080``); ``upstreams``: the replicas'
+    ``host:port``; ``blobs``: the absolute path of the shared ``DATA/blobs`` directory;
+    ``state``: a directory of nginx's own (its cache of suitkit's answers, a unix socket).
+
+    Raises:
+        ValueError: a bad prefix, no upstream, or a relative ``blobs`` path.
+    """
+    problem = accel_prefix_problem(prefix)
+    if problem is not None:
+        raise ValueError(problem)
+    if not upstreams:
+        raise ValueError("at least one suitkit replica (host:port) is needed")
+    for name, folder in (("blobs", blobs), ("state", state)):
+        if not folder.is_absolute() or any(c.isspace() or c in ";{}'\"$" for c in str(folder)):
+            raise ValueError(f"the {name} directory must be an absolute path without spaces, "
+                             f"quotes, '$', ';' or braces, got {str(folder)[:200]!r}")
+    template = resources.files("suitkit.server").joinpath("nginx-accel.conf").read_text()
+    filled = {"@LISTEN@": listen, "@PREFIX@": prefix, "@BLOBS@": str(blobs).rstrip("/"),
+              "@STATE@": str(state).rstrip("/"),
+              "@MAX_BODY@": f"{max_upload_mib}m",
+              "@UPSTREAMS@": "\n".join(f"    server {u};" for u in upstreams)}
+    for key, value in filled.items():
+        template = template.replace(key, value)
+    return template
 
 
 # ============================================================================ expected images
@@ -417,8 +478,16 @@ class _CountedFile(FileResponse):
         self._release = release
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counted_send(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.pathsend" or (
+                    message["type"] == "http.response.body" and not message.get("more_body")):
+                # the response is complete: the client may send its next download on this
+                # connection before Starlette closes the file (a thread hop)
+                self._release()
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, counted_send)
         finally:
             self._release()
 
@@ -522,6 +591,36 @@ class _RequestLimit:
             await self.app(scope, receive, send)
         finally:
             leave()
+
+
+_DOWNLOAD_PATH = re.compile(r"/(firmware|envelopes)/([^/]+)")
+_MEDIA_TYPES = {"firmware": "application/octet-stream", "envelopes": ENVELOPE_MEDIA_TYPE}
+
+
+class _Downloads:
+    """ASGI middleware: ``GET``/``HEAD /firmware/{sha256}`` and ``/envelopes/{sha256}`` answered
+    at once by ``download`` (the routes' own function), before the routing of every other
+    route, the dependencies and the request count: a download is the server's most frequent
+    request, and its checks need none of them (public, a digest checked, a stat; whole-file
+    bodies go by sendfile, server/guard.py; with ``accel_redirect`` no body at all). Errors
+    are the routes' (``UploadRefused``: one JSON line); a download is counted by
+    ``max_downloads``, an accel answer by nothing (it holds nothing once answered)."""
+
+    def __init__(self, app: ASGIApp, download: Callable[[Scope, str, str], Response]) -> None:
+        self.app = app
+        self.download = download
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = (_DOWNLOAD_PATH.fullmatch(scope["path"])
+                 if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") else None)
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            response = self.download(scope, match.group(2), _MEDIA_TYPES[match.group(1)])
+        except UploadRefused as e:
+            response = _error(e.status, e.message)
+        await response(scope, receive, send)
 
 
 def _where(request: Request) -> str:
@@ -669,13 +768,21 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     downloading = [0]  # downloads in progress (event loop only)
 
-    def download(request: Request, digest: str, media_type: str) -> Response:
+    def download(scope: Scope, digest: str, media_type: str) -> Response:
         if not is_digest(digest):
             raise UploadRefused(400, f"not a SHA-256 digest (64 lower-case hex characters): "
                                      f"{digest[:80]!r}")
         path = store.blob_path(digest)
-        if not path.is_file():
+        try:
+            stat = path.stat()  # once: FileResponse would stat it again in a worker thread
+        except OSError:
+            stat = None
+        if stat is None or not S_ISREG(stat.st_mode):
             raise UploadRefused(404, f"no such blob {digest}")
+        headers = {"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE}
+        if config.accel_redirect is not None:  # the server in front sends the bytes
+            return Response(status_code=200, media_type=media_type, headers={
+                **headers, "X-Accel-Redirect": f"{config.accel_redirect}{digest[:2]}/{digest}"})
         if downloading[0] >= config.max_downloads:
             return _error(503, f"too many downloads at once (at most {config.max_downloads}); "
                                "try again shortly", {"Retry-After": "5"})
@@ -688,11 +795,11 @@ def create_app(config: ServerConfig) -> FastAPI:
                 given = True
                 downloading[0] -= 1
 
-        leave = request.scope.get(LEAVE_REQUEST_LIMIT)
+        leave = scope.get(LEAVE_REQUEST_LIMIT)
         if callable(leave):  # counted as a download from now on, not as a request
             leave()
-        response = _CountedFile(path, media_type=media_type, release=release,
-                                headers={"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE})
+        response = _CountedFile(path, media_type=media_type, release=release, headers=headers,
+                                stat_result=stat)
         response.chunk_size = _DOWNLOAD_CHUNK
         return response
 
@@ -700,18 +807,19 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.head("/firmware/{digest}", include_in_schema=False)
     async def firmware(request: Request, digest: str) -> Response:
         """A firmware image (or any blob) by SHA-256; Range, If-Range, ETag."""
-        return download(request, digest, "application/octet-stream")
+        return download(request.scope, digest, "application/octet-stream")
 
     @app.get("/envelopes/{digest}", summary="Download a SUIT envelope by SHA-256 (public)")
     @app.head("/envelopes/{digest}", include_in_schema=False)
     async def envelopes(request: Request, digest: str) -> Response:
         """A SUIT envelope by the SHA-256 of its bytes; Range, If-Range, ETag."""
-        return download(request, digest, ENVELOPE_MEDIA_TYPE)
+        return download(request.scope, digest, ENVELOPE_MEDIA_TYPE)
 
     for router in config.routers:  # every mounted route is authenticated: say so in OpenAPI
         app.include_router(router, dependencies=bearer)
     if config.max_requests is not None:
         app.add_middleware(_RequestLimit, limit=config.max_requests)
+    app.add_middleware(_Downloads, download=download)  # outside the count: see _Downloads
     return app
 
 

@@ -25,6 +25,14 @@ still leave connections for check-ins, downloads and the operator (issue #12; ``
 serve`` says the result when it starts). ``PUSH_STREAM_KIB`` is the server's memory per held
 push stream as measured by ``benchmarks/bench_push.py``.
 
+**Zero-copy file responses**: the protocol offers the ASGI ``http.response.pathsend``
+extension, which Starlette's ``FileResponse`` uses for a whole file (not for ranges or HEAD):
+the file is handed to the kernel with ``loop.sendfile`` (``os.sendfile``), in pieces of
+``SENDFILE_PIECE`` bytes, no thread hop and no copy through Python. The send timeout holds
+for each piece as it does for a full write buffer: a piece the client does not take within
+``send_timeout`` seconds aborts the connection. h11 still frames the response (it counts the
+bytes against ``Content-Length``: ``send_with_data_passthrough``).
+
 Every close is logged at DEBUG on ``suitkit.server`` (never more: an attack must not flood
 the log). Not here: a minimum transfer rate (a body that sends a byte just within every
 ``body_timeout`` keeps its request), TLS handshakes (put a proxy in front for TLS).
@@ -34,16 +42,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import weakref
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
-__all__ = ["DEFAULT_PUSH", "PUSH_STREAM_KIB", "RESERVED_FILES", "Capacity", "Guards",
-           "guarded_protocol", "plan_capacity"]
+__all__ = ["DEFAULT_PUSH", "PATHSEND", "PUSH_STREAM_KIB", "RESERVED_FILES", "SENDFILE_PIECE",
+           "Capacity", "Guards", "guarded_protocol", "plan_capacity"]
+
+PATHSEND = "http.response.pathsend"
+"""The ASGI extension (and message type) of a response body sent from a file by its path."""
+SENDFILE_PIECE = 512 * 1024
+"""Bytes handed to the kernel per ``sendfile`` call; each must go within the send timeout."""
+
+_Message = MutableMapping[str, Any]
+_Send = Callable[[_Message], Awaitable[None]]
+_Receive = Callable[[], Awaitable[_Message]]
+_App = Callable[[_Message, _Receive, _Send], Awaitable[None]]
 
 _log = logging.getLogger("suitkit.server")
 
@@ -145,6 +165,78 @@ class GuardedH11Protocol(H11Protocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._last_body = 0.0
+        self.app = self._offering_pathsend(self.app)
+
+    # ------------------------------------------------------------------ zero copy
+
+    def _offering_pathsend(self, app: _App) -> _App:
+        """``app`` with the ``http.response.pathsend`` extension in each HTTP request's scope
+        (on a plain socket, where ``sendfile`` works) and its ``send`` taking that message."""
+
+        async def offering(scope: _Message, receive: _Receive, send: _Send) -> None:
+            cycle = self.cycle
+            if (scope["type"] == "http" and isinstance(cycle, RequestResponseCycle)
+                    and getattr(send, "__self__", None) is cycle and hasattr(os, "sendfile")
+                    and self.transport.get_extra_info("socket") is not None
+                    and self.transport.get_extra_info("sslcontext") is None):
+                scope["extensions"] = {**(scope.get("extensions") or {}), PATHSEND: {}}
+                plain = send
+
+                async def send_with_path(message: _Message) -> None:
+                    if message["type"] == PATHSEND:
+                        await self._send_path(cycle, plain, str(message["path"]))
+                    else:
+                        await plain(message)
+
+                send = send_with_path
+            await app(scope, receive, send)
+
+        return offering
+
+    async def _send_path(self, cycle: RequestResponseCycle, send: _Send, path: str) -> None:
+        """The body of the response ``cycle`` started: the whole file at ``path``."""
+        if not cycle.response_started or cycle.response_complete:
+            raise RuntimeError(f"unexpected ASGI message {PATHSEND!r}: the response is "
+                               f"{'complete' if cycle.response_complete else 'not started'}")
+        if cycle.flow.write_paused and not cycle.disconnected:
+            await cycle.flow.drain()
+        if cycle.disconnected:
+            return
+        with open(path, "rb") as file:  # a local open; the bytes go by sendfile
+            size = os.fstat(file.fileno()).st_size
+            if cycle.scope["method"] != "HEAD" and size:
+                # h11 frames the bytes and checks them against Content-Length
+                pieces = self.conn.send_with_data_passthrough(h11.Data(data=_Span(size)))  # type: ignore[arg-type]
+                for piece in pieces or ():
+                    if not isinstance(piece, _Span):
+                        self.transport.write(piece)
+                    elif not await self._sendfile(file, size):
+                        cycle.disconnected = True  # aborted: nothing more to send
+                        return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _sendfile(self, file: BinaryIO, size: int) -> bool:
+        """Send ``size`` bytes of ``file`` from its start; False if the connection was lost
+        or aborted (the client stopped reading for the send timeout, or went away)."""
+        offset = 0
+        while offset < size:
+            count = min(SENDFILE_PIECE, size - offset)
+            if self.transport.is_closing():
+                return False
+            try:
+                async with asyncio.timeout(self.guards.send_timeout):
+                    await self.loop.sendfile(self.transport, file, offset, count)
+            except TimeoutError:
+                _log.debug("%s aborted: the response was not read for %g s",
+                           _peer(self.client), self.guards.send_timeout)
+                self._cancel_all()
+                self.transport.abort()
+                return False
+            except (OSError, RuntimeError):  # reset, broken pipe, closed meanwhile
+                self.transport.abort()
+                return False
+            offset += count
+        return True
 
     # ------------------------------------------------------------------ connection
 
@@ -256,6 +348,16 @@ class GuardedH11Protocol(H11Protocol):
                        self.guards.send_timeout)
             self._cancel_all()
             self.transport.abort()
+
+
+class _Span:
+    """The file's bytes in h11's output (``send_with_data_passthrough``): only a length."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def _peer(client: tuple[str, int] | None) -> str:
