@@ -54,24 +54,27 @@ def test_the_default_plan_holds_10000_push_streams_with_room_for_other_requests(
 
 def test_a_small_open_file_limit_lowers_both_caps_and_says_why() -> None:
     plan = plan_capacity(1_024)  # a soft limit the hard limit does not let serve raise
-    assert plan.connections == 1_024 - RESERVED_FILES
+    # a quarter of the files left for the blobs of downloads in progress, the rest connections
+    assert plan.downloads == (1_024 - RESERVED_FILES) // 4 == 192
+    assert plan.connections == 1_024 - RESERVED_FILES - plan.downloads
     assert plan.push == plan.connections // 2  # half the connections stay for the rest
     assert len(plan.lowered) == 1 and "open-file limit is 1,024" in plan.lowered[0]
     assert "ulimit -Hn" in plan.lowered[0]
-    assert plan_capacity(0).connections == 16 and plan_capacity(0).push == 8
+    assert (plan_capacity(0).connections, plan_capacity(0).push) == (16, 8)
 
 
 def test_named_caps_are_kept_or_lowered_to_what_the_files_and_the_room_allow() -> None:
     assert plan_capacity(20_000, max_push=100) == Capacity(20_000, 2_100, 100)
     assert plan_capacity(20_000, max_connections=5_000) == Capacity(20_000, 5_000, 3_000)
     big = plan_capacity(20_000, max_push=30_000)
-    assert (big.connections, big.push) == (20_000 - RESERVED_FILES, 20_000 - RESERVED_FILES
-                                           - 2_000)
+    assert big.downloads == 1_000
+    assert (big.connections, big.push) == (20_000 - RESERVED_FILES - 1_000,
+                                           20_000 - RESERVED_FILES - 1_000 - 2_000)
     assert big.lowered == (f"--max-push 30000 lowered to {big.push} (it leaves 2000 of "
                            f"{big.connections} connections to other requests)",)
     capped = plan_capacity(4_096, max_connections=10_000, max_push=50)
-    assert capped.connections == 4_096 - RESERVED_FILES and capped.push == 50
-    assert capped.lowered == ("--max-connections 10000 lowered to 3840 (the open-file limit "
+    assert (capped.connections, capped.push, capped.downloads) == (2_880, 50, 960)
+    assert capped.lowered == ("--max-connections 10000 lowered to 2880 (the open-file limit "
                               "is 4096)",)
 
 

@@ -251,6 +251,7 @@ def serve(
                                   max_upload_bytes=max_upload_mib * MIB, routers=routers,
                                   authorizer=wiring.authorizer if wiring is not None else None,
                                   max_requests=limit_concurrency,
+                                  max_downloads=capacity.downloads,
                                   accel_redirect=accel_redirect)
             application = create_app(config)
             sock = _listen(host, port)  # before anything says it runs

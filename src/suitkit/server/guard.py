@@ -89,7 +89,8 @@ objects nearly all of it: the connection's h11 state and uvicorn protocol, the r
 scope, the ASGI tasks and their coroutine frames, the response and the hub watcher."""
 RESERVED_FILES = 256
 """Open files kept for what is not a client connection: the listening sockets, the database,
-blobs being read, uploads being spooled, the log, the thread pool, the MQTT connection."""
+uploads being spooled, the log, the thread pool, the MQTT connection. Downloads in progress
+(each holds its blob open beside its connection) get files of their own (``Capacity``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,9 @@ class Capacity:
     """The connection cap (``Guards.max_connections``)."""
     push: int
     """The push cap: SSE streams and long-polls of all devices at once."""
+    downloads: int = 1000
+    """Blob downloads in progress at once (``ServerConfig.max_downloads``): each holds one more
+    file, its blob, open."""
     lowered: tuple[str, ...] = ()
     """Options asked for more than the open-file limit allows, each with what it got."""
 
@@ -112,10 +116,13 @@ class Capacity:
 
 
 def plan_capacity(open_files: int, *, max_connections: int | None = None,
-                  max_push: int | None = None, max_requests: int = 1000) -> Capacity:
+                  max_push: int | None = None, max_requests: int = 1000,
+                  max_downloads: int = 1000) -> Capacity:
     """The connection and push caps for a process with ``open_files`` open files.
 
-    Connections get every open file but ``RESERVED_FILES``. Beside the push streams they keep
+    Downloads in progress get ``max_downloads`` files for their blobs, at most a quarter of
+    what ``RESERVED_FILES`` leaves (a download beyond is 503, not a failed ``open``);
+    connections get the rest. Beside the push streams they keep
     room for twice ``max_requests`` (the ordinary requests in progress and as many downloads or
     kept-alive connections), or half of them when fewer files are left: a push fleet at its cap
     never takes the connections check-ins, downloads and the operator need (a new connection
@@ -124,7 +131,9 @@ def plan_capacity(open_files: int, *, max_connections: int | None = None,
     the open files allow; a number named above what they allow is lowered too, and said in
     ``Capacity.lowered``.
     """
-    usable = max(16, open_files - RESERVED_FILES)
+    spare = max(16, open_files - RESERVED_FILES)
+    downloads = max(1, min(max_downloads, spare // 4))
+    usable = max(16, spare - downloads)
     room = 2 * max(1, max_requests)
     wanted_push = max_push if max_push is not None else DEFAULT_PUSH
     wanted = max_connections if max_connections is not None else wanted_push + room
@@ -141,7 +150,7 @@ def plan_capacity(open_files: int, *, max_connections: int | None = None,
     if max_push is not None and push < max_push:
         lowered.append(f"--max-push {max_push} lowered to {push} (it leaves "
                        f"{connections - push} of {connections} connections to other requests)")
-    return Capacity(open_files, connections, push, tuple(lowered))
+    return Capacity(open_files, connections, push, downloads, tuple(lowered))
 
 
 # Connections waiting for a request head, oldest first, per running server (uvicorn's
