@@ -98,12 +98,14 @@ def serve(
     limit_concurrency: Annotated[int, typer.Option(
         "--limit-concurrency", help="Requests in progress at once (503 beyond); push streams "
         "and long-polls are not counted here but by --max-push.")] = 1000,
-    max_push: Annotated[int, typer.Option(
+    max_push: Annotated[int | None, typer.Option(
         "--max-push", help="SSE streams and long-polls of all devices at once (503 beyond; "
-        "4 per device, 429 beyond).")] = 10_000,
-    max_connections: Annotated[int, typer.Option(
+        "4 per device, 429 beyond); default 10000, fewer when the open-file limit does not "
+        "allow as many (the start-up line says how many).", show_default=False)] = None,
+    max_connections: Annotated[int | None, typer.Option(
         "--max-connections", help="Open connections; beyond it a new one evicts the "
-        "connection idle the longest before its request head.")] = 10_000,
+        "connection idle the longest before its request head. Default: --max-push plus "
+        "twice --limit-concurrency, within the open-file limit.", show_default=False)] = None,
     head_timeout: Annotated[float, typer.Option(
         "--head-timeout", help="Seconds a connection may take to send a whole request head "
         "before it is closed.")] = 10.0,
@@ -212,8 +214,8 @@ class ServeOptions:
     upload_token_file: Path | None
     max_upload_mib: int
     limit_concurrency: int
-    max_push: int
-    max_connections: int
+    max_push: int | None
+    max_connections: int | None
     head_timeout: float
     log_level: str
     log_format: str
@@ -300,7 +302,11 @@ def _serve(o: ServeOptions) -> None:
             create_app,
         )
         from suitkit.server.background import UVICORN_OPTIONS  # noqa: PLC0415
-        from suitkit.server.guard import Guards, guarded_protocol  # noqa: PLC0415
+        from suitkit.server.guard import (  # noqa: PLC0415
+            Guards,
+            guarded_protocol,
+            plan_capacity,
+        )
         from suitkit.server.observe import Metrics  # noqa: PLC0415
         from suitkit.server.store import BlobStore  # noqa: PLC0415
     except ImportError as e:
@@ -315,7 +321,7 @@ def _serve(o: ServeOptions) -> None:
     for name, value in (("--max-upload-mib", o.max_upload_mib),
                         ("--limit-concurrency", o.limit_concurrency), ("--max-push", o.max_push),
                         ("--max-connections", o.max_connections)):
-        if value < 1:
+        if value is not None and value < 1:
             fail(f"{name} must be at least 1", EXIT_USAGE)
     if not 0 < head_timeout <= 3600:
         fail(f"--head-timeout: expected 0 to 3600 seconds, got {head_timeout:g}", EXIT_USAGE)
@@ -379,7 +385,8 @@ def _serve(o: ServeOptions) -> None:
         except ValueError as e:
             fail(str(e), EXIT_USAGE)
     _configure_logging(log_level.lower(), o.log_format)
-    open_files = _raise_open_files()
+    capacity = plan_capacity(_raise_open_files(), max_connections=o.max_connections,
+                             max_push=o.max_push, max_requests=o.limit_concurrency)
     routers: tuple[Any, ...] = ()
     wiring: TrackerWiring | None = None
     coap: Any = None
@@ -402,7 +409,7 @@ def _serve(o: ServeOptions) -> None:
                                                public_url=public_url, quotas=quotas,
                                                artifacts=release_artifacts(data))
                 wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None,
-                                        max_push=o.max_push,
+                                        max_push=capacity.push,
                                         ddi=DdiOptions(ddi_tenant, ddi_poll_seconds)
                                         if ddi else None)
                 routers = (*wiring.routers, create_dashboard_router(redirect_root=True))
@@ -410,6 +417,7 @@ def _serve(o: ServeOptions) -> None:
                                   max_upload_bytes=o.max_upload_mib * MIB, routers=routers,
                                   authorizer=wiring.authorizer if wiring is not None else None,
                                   max_requests=o.limit_concurrency,
+                                  max_downloads=capacity.downloads,
                                   accel_redirect=accel_redirect,
                                   metrics=Metrics(ports=frozenset(
                                       {o.metrics_port} if o.metrics_port else ()),
@@ -433,8 +441,7 @@ def _serve(o: ServeOptions) -> None:
                     where = (f"{host}:{coap_port}" if ":" not in host
                              else f"[{host}]:{coap_port}")
                     fail(f"--coap-port: cannot listen on {where} (UDP): {reason}", EXIT_USAGE)
-            guards = Guards(head_timeout=head_timeout,
-                            max_connections=max(16, min(o.max_connections, open_files - 64)))
+            guards = Guards(head_timeout=head_timeout, max_connections=capacity.connections)
             options = {**UVICORN_OPTIONS, "http": guarded_protocol(guards)}
             server = uvicorn.Server(uvicorn.Config(
                 application, log_config=None, log_level=log_level.lower(),
@@ -458,6 +465,7 @@ def _serve(o: ServeOptions) -> None:
         if metrics_sock is not None:
             out.print(f"metrics and health on {scheme}://{_shown(o.metrics_host)}:{o.metrics_port}"
                       "/metrics", markup=False)
+        out.print(_capacity_line(capacity, tracker=wiring is not None), markup=False)
         server.run(sockets=[sock] if metrics_sock is None else [sock, metrics_sock])
     finally:
         if metrics_sock is not None:
@@ -588,6 +596,17 @@ def _configure_logging(level: str, log_format: str = "plain") -> None:
     root.setLevel(logging.WARNING)
     for name in ("suitkit", "uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).setLevel(level.upper())
+
+
+def _capacity_line(capacity: Any, *, tracker: bool) -> str:
+    """What the process can hold (``server.guard.Capacity``), for the start-up output."""
+    line = (f"holds up to {capacity.connections:,} connections (open-file limit "
+            f"{capacity.open_files:,})")
+    if tracker:
+        line += (f", {capacity.push:,} of them push streams (SSE, long-poll; about "
+                 f"{capacity.push_mib:,} MiB at that cap); more devices: MQTT "
+                 f"(docs/server.md, push capacity)")
+    return "; ".join((line, *capacity.lowered))
 
 
 def _raise_open_files() -> int:

@@ -19,6 +19,12 @@ What runs at once is bounded by the application, not here: ordinary requests by
 ``server.app`` (``ServerConfig.max_requests``, 503), push streams per device and in total by
 the tracker's push router (429/503).
 
+How many connections and push streams one process can hold follows from its open-file limit:
+``plan_capacity`` sizes the connection cap and the push cap so that push streams at their cap
+still leave connections for check-ins, downloads and the operator (issue #12; ``suitkit
+serve`` says the result when it starts). ``PUSH_STREAM_KIB`` is the server's memory per held
+push stream as measured by ``benchmarks/bench_push.py``.
+
 **Zero-copy file responses**: the protocol offers the ASGI ``http.response.pathsend``
 extension, which Starlette's ``FileResponse`` uses for a whole file (not for ranges or HEAD):
 the file is handed to the kernel with ``loop.sendfile`` (``os.sendfile``), in pieces of
@@ -47,7 +53,8 @@ from typing import Any, BinaryIO
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
-__all__ = ["PATHSEND", "SENDFILE_PIECE", "Guards", "guarded_protocol"]
+__all__ = ["DEFAULT_PUSH", "PATHSEND", "PUSH_STREAM_KIB", "RESERVED_FILES", "SENDFILE_PIECE",
+           "Capacity", "Guards", "guarded_protocol", "plan_capacity"]
 
 PATHSEND = "http.response.pathsend"
 """The ASGI extension (and message type) of a response body sent from a file by its path."""
@@ -72,6 +79,81 @@ class Guards:
     max_connections: int = 10_000
 
 
+DEFAULT_PUSH = 10_000
+"""Push streams (SSE and long-polls) of all devices at once when the operator names no number
+and the open-file limit allows it: what one process was measured to hold while serving
+check-ins (benchmarks/README.md, bench_push.py)."""
+PUSH_STREAM_KIB = 40
+"""The server's resident memory per held SSE stream, KiB, rounded up from what bench_push.py
+measured (35-41 KiB with 1,000 and 10,000 streams; a long-poll costs about as much). Python
+objects nearly all of it: the connection's h11 state and uvicorn protocol, the request's
+scope, the ASGI tasks and their coroutine frames, the response and the hub watcher."""
+RESERVED_FILES = 256
+"""Open files kept for what is not a client connection: the listening sockets, the database,
+uploads being spooled, the log, the thread pool, the MQTT connection. Downloads in progress
+(each holds its blob open beside its connection) get files of their own (``Capacity``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What one server process can hold, from ``plan_capacity``."""
+
+    open_files: int
+    """The soft limit of open files in force."""
+    connections: int
+    """The connection cap (``Guards.max_connections``)."""
+    push: int
+    """The push cap: SSE streams and long-polls of all devices at once."""
+    downloads: int = 1000
+    """Blob downloads in progress at once (``ServerConfig.max_downloads``): each holds one more
+    file, its blob, open."""
+    lowered: tuple[str, ...] = ()
+    """Options asked for more than the open-file limit allows, each with what it got."""
+
+    @property
+    def push_mib(self) -> int:
+        """Memory the push streams take at their cap (``PUSH_STREAM_KIB`` each), MiB."""
+        return -(-self.push * PUSH_STREAM_KIB // 1024)
+
+
+def plan_capacity(open_files: int, *, max_connections: int | None = None,
+                  max_push: int | None = None, max_requests: int = 1000,
+                  max_downloads: int = 1000) -> Capacity:
+    """The connection and push caps for a process with ``open_files`` open files.
+
+    Downloads in progress get ``max_downloads`` files for their blobs, at most a quarter of
+    what ``RESERVED_FILES`` leaves (a download beyond is 503, not a failed ``open``);
+    connections get the rest. Beside the push streams they keep
+    room for twice ``max_requests`` (the ordinary requests in progress and as many downloads or
+    kept-alive connections), or half of them when fewer files are left: a push fleet at its cap
+    never takes the connections check-ins, downloads and the operator need (a new connection
+    beyond the cap evicts only one idle before its request head). Unnamed, the push cap is
+    ``DEFAULT_PUSH`` and the connection cap the push cap plus that room, both lowered to what
+    the open files allow; a number named above what they allow is lowered too, and said in
+    ``Capacity.lowered``.
+    """
+    spare = max(16, open_files - RESERVED_FILES)
+    downloads = max(1, min(max_downloads, spare // 4))
+    usable = max(16, spare - downloads)
+    room = 2 * max(1, max_requests)
+    wanted_push = max_push if max_push is not None else DEFAULT_PUSH
+    wanted = max_connections if max_connections is not None else wanted_push + room
+    connections = min(wanted, usable)
+    push = max(1, min(wanted_push, connections - min(room, connections // 2)))
+    lowered = []
+    if max_connections is not None and connections < max_connections:
+        lowered.append(f"--max-connections {max_connections} lowered to {connections} (the "
+                       f"open-file limit is {open_files})")
+    if max_push is None and push < DEFAULT_PUSH and connections == usable < wanted:
+        lowered.append(f"push streams below {DEFAULT_PUSH:,}: the open-file limit is "
+                       f"{open_files:,} (raise its hard limit for more: ulimit -Hn, systemd "
+                       "LimitNOFILE=)")
+    if max_push is not None and push < max_push:
+        lowered.append(f"--max-push {max_push} lowered to {push} (it leaves "
+                       f"{connections - push} of {connections} connections to other requests)")
+    return Capacity(open_files, connections, push, downloads, tuple(lowered))
+
+
 # Connections waiting for a request head, oldest first, per running server (uvicorn's
 # ServerState is shared by the protocols of one server).
 _waiting: weakref.WeakKeyDictionary[object, OrderedDict[GuardedH11Protocol, None]] = (
@@ -82,6 +164,9 @@ class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with the timeouts and the cap of ``guards``."""
 
     guards = Guards()
+    # in slots, not in the instance's dict: uvicorn's attributes fill that dict to the brim,
+    # and five more doubled it (1.7 KiB per connection, measured with tracemalloc)
+    __slots__ = ("_body_timer", "_head_timer", "_last_body", "_queue", "_send_timer")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

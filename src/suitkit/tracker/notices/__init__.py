@@ -54,6 +54,12 @@ def is_record_id(value: str, max_length: int = MAX_ID) -> bool:
     return 0 < len(value) <= max_length and ID_CHARACTERS.issuperset(value)
 
 
+def _settle(future: asyncio.Future[None]) -> None:
+    """Wake whoever awaits ``future`` (once: a later wake-up finds it done)."""
+    if not future.done():
+        future.set_result(None)
+
+
 class NotificationHub:
     """Per device, the serial of its latest notice and its document; thread-safe.
 
@@ -166,28 +172,35 @@ class NotificationHub:
 
     async def next_change(self, device_id: str, after: int, timeout: float) -> bool:
         """Wait (at most ``timeout`` seconds) until the device's serial passes ``after``;
-        whether it did. Returns at once when the hub is closed."""
+        whether it did. Returns at once when the hub is closed.
+
+        One future and one timer per wait, woken by the watcher, the timer or ``close()``
+        (not an ``asyncio.Event`` under ``wait_for``, which made a task and a queue of waiters
+        for each of them: every held SSE stream waits here between two heartbeats)."""
         loop = asyncio.get_running_loop()
-        woken = asyncio.Event()
+        woken: asyncio.Future[None] = loop.create_future()
 
         def wake(_: str, serial: int) -> None:
             if serial > after:
-                loop.call_soon_threadsafe(woken.set)
+                loop.call_soon_threadsafe(_settle, woken)
 
         def closing() -> None:
-            loop.call_soon_threadsafe(woken.set)
+            loop.call_soon_threadsafe(_settle, woken)
 
         stop = self.watch(device_id, wake)
         with self._lock:
             self._closers.add(closing)
+        timer = None
         try:
             known = self.serial(device_id)
             if self._closed or (known is not None and known > after):
                 return not self._closed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), timeout)
+            timer = loop.call_later(timeout, _settle, woken)
+            await woken
             return not self._closed and (self.serial(device_id) or 0) > after
         finally:
+            if timer is not None:
+                timer.cancel()
             stop()
             with self._lock:
                 self._closers.discard(closing)
