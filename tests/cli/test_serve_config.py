@@ -60,7 +60,7 @@ def test_flag_beats_environment_beats_file_beats_default(tmp_path: Path) -> None
     assert lines["host"] == f'"127.0.0.2"  # file {config}'
     assert lines["head_timeout"] == f"3.0  # file {config}"
     assert lines["author_anchor"] == f'["a.pub", "b.pub"]  # file {config}'
-    assert lines["max_connections"] == "10000  # default"
+    assert lines["max_connections"] == "(not set)  # default"  # planned from the open-file limit
     assert lines["coap_port"] == "(not set)  # default"
     # the database URL's password is a secret
     assert "hunter2-secret" not in done.stdout

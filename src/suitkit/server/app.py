@@ -657,6 +657,14 @@ _DOWNLOAD_PATH = re.compile(r"/(firmware|envelopes)/([^/]+)")
 _MEDIA_TYPES = {"firmware": "application/octet-stream", "envelopes": ENVELOPE_MEDIA_TYPE}
 
 
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """What routing would have put in ``scope["route"]``: the route's template (its ``path``),
+    for the request's metrics and logs."""
+
+    path: str
+
+
 class _Downloads:
     """ASGI middleware: ``GET``/``HEAD /firmware/{sha256}`` and ``/envelopes/{sha256}`` answered
     at once by ``download`` (the routes' own function), before the routing of every other
@@ -676,6 +684,7 @@ class _Downloads:
         if match is None:
             await self.app(scope, receive, send)
             return
+        scope["route"] = _Template(f"/{match.group(1)}/{{digest}}")
         try:
             response = self.download(scope, match.group(2), _MEDIA_TYPES[match.group(1)])
         except UploadRefused as e:

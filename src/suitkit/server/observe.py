@@ -179,8 +179,12 @@ class Observed:
                 state["status"] = message["status"]
                 state["started"] = True
                 message = {**message, "headers": [*message.get("headers", ()), header]}
+                state["length"] = next((int(v) for k, v in message.get("headers", ())
+                                        if k.lower() == b"content-length" and v.isdigit()), 0)
             elif message["type"] == "http.response.body":
                 state["sent"] += len(message.get("body", b""))
+            elif message["type"] == "http.response.pathsend":
+                state["sent"] += state.get("length", 0)  # the whole file goes by sendfile
             await send(message)
 
         path = scope.get("path", "")
