@@ -71,8 +71,9 @@ _MAX_OTHER_DEVICES = 64
 _MAX_VERSION_LENGTH = 16
 _MAX_COMMAND_ARGS = 32
 _SECONDS_PER_DAY = 86_400
-_MAX_TIME = 253_402_300_800
-"""The first second of year 10000: a clock beyond it cannot be a calendar date (datetime)."""
+_MAX_TIME = 253_402_214_400
+"""9999-12-31 00:00 UTC: a later clock is no calendar date in every time zone (datetime ends
+with year 9999)."""
 EX_TEMPFAIL = 75
 """A consent command's exit status for "ask again later" (sysexits.h)."""
 
@@ -178,7 +179,7 @@ def parse_facts(doc: object, where: str) -> DeviceFacts:
             other_devices[ident] = tuple(_int(v, sub, minimum=None) for v in version)
     time = optional("time")
     if time is not None and time >= _MAX_TIME:
-        raise DecodeError(f"{where}: time", f"expected seconds since 1970 before year 10000 "
+        raise DecodeError(f"{where}: time", f"expected seconds since 1970 before 9999-12-31 "
                           f"(below {_MAX_TIME}), got {time}")
     return DeviceFacts(battery_mwh=optional("battery-mwh"), power=optional("power"),
                        network=optional("network"), timezone=timezone, time=time,
