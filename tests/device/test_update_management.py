@@ -336,6 +336,19 @@ def test_an_image_restaged_as_it_runs_carries_its_metadata(tmp_path: Path,
         SlotMetadata(bootloader).carry("app")
 
 
+def test_a_deeply_nested_metadata_file_in_the_active_slot_is_damaged_not_a_traceback(
+        tmp_path: Path, author: Author) -> None:
+    """Carrying the running image's metadata raised RecursionError on 20,000 nested brackets."""
+    device = new_device(tmp_path / "dev", [author.anchor], "linux")
+    up(device, release(author, 1, metadata={"creator": 1000}))
+    bootloader = open_device(device).bootloader
+    assert isinstance(bootloader, FsBootloader)
+    active = bootloader.slot_dir(bootloader.read_state().active) / "app.metadata.json"
+    active.write_text("[" * 20_000 + "]" * 20_000)
+    with pytest.raises(StorageError, match="damaged"):
+        SlotMetadata(bootloader).carry("app")
+
+
 def test_component_metadata_is_refused_where_the_shape_cannot_keep_it(
         tmp_path: Path, author: Author) -> None:
     mcu = new_device(tmp_path / "mcu", [author.anchor])
