@@ -243,3 +243,12 @@ def test_a_held_connection_the_server_closes_as_the_next_long_poll_comes_is_repl
             server.close()
 
     _run(test)
+
+
+def test_a_deeply_nested_json_answer_is_no_work_for_a_light_device() -> None:
+    """A check-in answer or notice of 20,000 nested brackets raised RecursionError in the
+    device's coroutine (the swarm reads every answer with ``_json``)."""
+    from suitkit.sim.swarm import _json
+
+    assert _json(b"[" * 20_000 + b"]" * 20_000) == {}
+    assert _json(b'{"release": "ab"}') == {"release": "ab"}
