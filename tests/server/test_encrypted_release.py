@@ -222,6 +222,8 @@ def test_a_stored_ciphertext_is_never_replaced_by_another_upload_of_the_envelope
                               "--server", server.url, "--token-file", token)
         assert refused.returncode == 1, refused.stdout
         assert "component 0 already has image" in refused.stderr, refused.stderr
+        forged_url = f"{server.url}/firmware/{hashlib.sha256(forged.read_bytes()).hexdigest()}"
+        assert httpx.get(forged_url, timeout=30).status_code == 404  # not kept either
         (release,) = httpx.get(f"{server.url}/api/v1/releases", timeout=30).json()["releases"]
         wanted = f"/firmware/{hashlib.sha256(good.read_bytes()).hexdigest()}"
         assert release["components"][0]["url"] == wanted
