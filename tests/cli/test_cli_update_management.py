@@ -66,6 +66,9 @@ def test_device_facts_refuses_bad_values_with_one_line(
                            (["--battery", "-5"], "battery-mwh"),
                            (["--consent", "command"], "the command policy needs a command"),
                            (["--other-device", "0a=one"], "expected HEXID=VERSION"),
+                           # "--1" passed the digit check, then int() raised ValueError
+                           (["--other-device", "0a=--1"], "expected HEXID=VERSION"),
+                           (["--time", str(1 << 62)], "before 9999-12-31"),
                            (["--unset", "mood"], "unknown fact 'mood'")):
         code, _, err = run(capsys, "device", "facts", device, *args)
         assert code == 2, err

@@ -336,6 +336,19 @@ def test_an_image_restaged_as_it_runs_carries_its_metadata(tmp_path: Path,
         SlotMetadata(bootloader).carry("app")
 
 
+def test_a_deeply_nested_metadata_file_in_the_active_slot_is_damaged_not_a_traceback(
+        tmp_path: Path, author: Author) -> None:
+    """Carrying the running image's metadata raised RecursionError on 20,000 nested brackets."""
+    device = new_device(tmp_path / "dev", [author.anchor], "linux")
+    up(device, release(author, 1, metadata={"creator": 1000}))
+    bootloader = open_device(device).bootloader
+    assert isinstance(bootloader, FsBootloader)
+    active = bootloader.slot_dir(bootloader.read_state().active) / "app.metadata.json"
+    active.write_text("[" * 20_000 + "]" * 20_000)
+    with pytest.raises(StorageError, match="damaged"):
+        SlotMetadata(bootloader).carry("app")
+
+
 def test_component_metadata_is_refused_where_the_shape_cannot_keep_it(
         tmp_path: Path, author: Author) -> None:
     mcu = new_device(tmp_path / "mcu", [author.anchor])
@@ -480,3 +493,32 @@ def test_custom_commands_are_refused_by_default_and_run_where_the_device_registe
     # the extensions are part of the device: opened without them, its bootloader refuses the
     # image whose manifest uses commands it does not know (manifest §6.1)
     assert status(device)["components"][0]["running"] is None
+
+
+# ---------------------------------------------------------------------------- hostile facts.json
+
+
+def test_a_facts_clock_beyond_the_calendar_is_refused_not_a_crash(
+        tmp_path: Path, author: Author) -> None:
+    """A ``time`` past year 9999 (datetime cannot hold it) was accepted, then crashed the
+    install with an OverflowError traceback at the first time-of-day or day-of-week event."""
+    device = new_device(tmp_path / "dev", [author.anchor])
+    up(device, release(author, 1))
+    facts(device, time=253_402_214_400, timezone="Pacific/Kiritimati")  # UTC+14
+    with pytest.raises(DecodeError, match=r"facts\.json: time"):
+        load_facts(device)
+    outcome = install(device, release(author, 2, wait={"time-of-day-utc": 3600}))
+    assert not outcome.installed and outcome.reason.startswith("rejected: ")
+    assert "facts.json: time" in outcome.reason
+    assert installed(device) == (1, False)
+
+
+def test_a_deeply_nested_facts_file_is_one_line_not_a_traceback(
+        tmp_path: Path, author: Author) -> None:
+    """facts.json of 20,000 nested brackets (within the 64 KiB bound) raised RecursionError."""
+    device = new_device(tmp_path / "dev", [author.anchor])
+    (device / "facts.json").write_text("[" * 20_000 + "]" * 20_000)
+    with pytest.raises(DecodeError, match="not JSON"):
+        load_facts(device)
+    outcome = install(device, release(author, 1))
+    assert not outcome.installed and outcome.reason.startswith("rejected: ")

@@ -187,3 +187,46 @@ def test_the_author_encrypts_for_the_key_a_device_published_and_the_agent_instal
         assert done.outcome == "succeeded", done.steps
         shown = client.get(f"/api/v1/devices/{device_id}", headers=headers).json()
         assert shown["components"][0]["digest"] == hashlib.sha256(image).hexdigest()
+
+
+def test_a_stored_ciphertext_is_never_replaced_by_another_upload_of_the_envelope(
+        tmp_path: Path) -> None:
+    """A ciphertext is only size-checked, and a signed envelope is public (/envelopes/): anyone
+    with an upload token re-uploaded it with bytes of the same size, and the release record
+    then pointed at those bytes (the new upload's image won the merge). Now: 409."""
+    run("keygen", "--alg", "ESP256", "--out", tmp_path / "author.key")
+    run("pubkey", tmp_path / "author.key", "--out", tmp_path / "author.pub")
+    run("keygen", "--alg", "ECDH-P256", "--out", tmp_path / "dev.key")
+    run("pubkey", tmp_path / "dev.key", "--out", tmp_path / "dev.pub")
+    token = tmp_path / "upload.token"
+    token.write_text("encrypted-release-token\n")
+    (tmp_path / "app.bin").write_bytes(hashlib.sha256(b"kept").digest() * 512)
+    argv = ["--data", str(tmp_path / "data"), "--author-anchor", str(tmp_path / "author.pub"),
+            "--upload-token-file", str(token)]
+    with serving(argv, timeout=30) as server:
+        (tmp_path / "app.yaml").write_text(
+            f"sequence-number: 1\nvendor-domain: {VENDOR_DOMAIN}\nclass-name: {CLASS_NAME}\n"
+            "components:\n  - id: ['0x00']\n    image: app.bin\n"
+            f"    uri: {server.url}/firmware/{{sha256}}\n"
+            "encryption:\n  profile: suit-sha256-esp256-ecdh-a128gcm\n"
+            "  recipients:\n    - key: dev.pub\n")
+        run("create", tmp_path / "app.yaml", "--out", tmp_path / "app.suit")
+        run("sign", tmp_path / "app.suit", "--key", tmp_path / "author.key", "--out",
+            tmp_path / "app.signed.suit")
+        good = tmp_path / "app.suit.image-0.enc"
+        run("upload", tmp_path / "app.signed.suit", f"0={good}", "--server", server.url,
+            "--token-file", token)
+        forged = tmp_path / "forged.enc"
+        forged.write_bytes(bytes(len(good.read_bytes())))
+        refused = run_failing("upload", tmp_path / "app.signed.suit", f"0={forged}",
+                              "--server", server.url, "--token-file", token)
+        assert refused.returncode == 1, refused.stdout
+        assert "component 0 already has image" in refused.stderr, refused.stderr
+        forged_url = f"{server.url}/firmware/{hashlib.sha256(forged.read_bytes()).hexdigest()}"
+        assert httpx.get(forged_url, timeout=30).status_code == 404  # not kept either
+        (release,) = httpx.get(f"{server.url}/api/v1/releases", timeout=30).json()["releases"]
+        wanted = f"/firmware/{hashlib.sha256(good.read_bytes()).hexdigest()}"
+        assert release["components"][0]["url"] == wanted
+        # The same ciphertext again is still welcome (an idempotent retry).
+        run("upload", tmp_path / "app.signed.suit", f"0={good}", "--server", server.url,
+            "--token-file", token)

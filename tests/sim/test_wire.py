@@ -106,6 +106,9 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_once() -> None:
     (b"SMTP ready\r\n\r\n", "not an HTTP/1.x status line"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: x1\r\n\r\n", "malformed Content-Length"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "malformed chunk size"),
+    # a negative size (int(.., 16) takes a sign) raised ValueError from readexactly
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n", "malformed chunk size"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\n", "malformed chunk size"),
     (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "malformed header line"),
     (b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", "100 headers"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "connection was lost"),
@@ -240,3 +243,12 @@ def test_a_held_connection_the_server_closes_as_the_next_long_poll_comes_is_repl
             server.close()
 
     _run(test)
+
+
+def test_a_deeply_nested_json_answer_is_no_work_for_a_light_device() -> None:
+    """A check-in answer or notice of 20,000 nested brackets raised RecursionError in the
+    device's coroutine (the swarm reads every answer with ``_json``)."""
+    from suitkit.sim.swarm import _json
+
+    assert _json(b"[" * 20_000 + b"]" * 20_000) == {}
+    assert _json(b'{"release": "ab"}') == {"release": "ab"}

@@ -7,6 +7,7 @@ saves the simulated flash, and prints what happened.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -249,7 +250,7 @@ def facts(
     for item in other_device or []:
         ident, sep, version = item.partition("=")
         parts = version.split(".")
-        if not sep or not all(p.lstrip("-").isdigit() and p.isascii() for p in parts):
+        if not sep or not all(re.fullmatch(r"-?[0-9]+", p) for p in parts):
             fail(f"--other-device: expected HEXID=VERSION such as 0a0b=1.2.3, got {item!r}",
                  EXIT_USAGE)
         doc.setdefault("other-devices", {})[ident] = [int(p) for p in parts]

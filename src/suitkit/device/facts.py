@@ -71,6 +71,9 @@ _MAX_OTHER_DEVICES = 64
 _MAX_VERSION_LENGTH = 16
 _MAX_COMMAND_ARGS = 32
 _SECONDS_PER_DAY = 86_400
+_MAX_TIME = 253_402_214_400
+"""9999-12-31 00:00 UTC: a later clock is no calendar date in every time zone (datetime ends
+with year 9999)."""
 EX_TEMPFAIL = 75
 """A consent command's exit status for "ask again later" (sysexits.h)."""
 
@@ -174,8 +177,12 @@ def parse_facts(doc: object, where: str) -> DeviceFacts:
                 raise DecodeError(sub, "expected a version as a list of 1 to "
                                   f"{_MAX_VERSION_LENGTH} integers such as [1, 2, 3]")
             other_devices[ident] = tuple(_int(v, sub, minimum=None) for v in version)
+    time = optional("time")
+    if time is not None and time >= _MAX_TIME:
+        raise DecodeError(f"{where}: time", f"expected seconds since 1970 before 9999-12-31 "
+                          f"(below {_MAX_TIME}), got {time}")
     return DeviceFacts(battery_mwh=optional("battery-mwh"), power=optional("power"),
-                       network=optional("network"), timezone=timezone, time=optional("time"),
+                       network=optional("network"), timezone=timezone, time=time,
                        other_devices=other_devices,
                        consent=_consent(doc.get("consent"), f"{where}: consent"))
 
@@ -231,6 +238,8 @@ def load_facts(directory: Path) -> DeviceFacts:
         doc = json.loads(data)
     except ValueError as e:
         raise DecodeError(str(path), f"not JSON: {e}") from None
+    except RecursionError:
+        raise DecodeError(str(path), "not JSON: nested too deeply") from None
     return parse_facts(doc, str(path))
 
 

@@ -222,7 +222,7 @@ class SlotMetadata:
                                f"{e.strerror}") from None
         try:
             metadata = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             metadata = None
         if not isinstance(metadata, dict):
             raise StorageError(f"{image}: its component metadata file in the active slot is "

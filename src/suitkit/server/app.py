@@ -71,7 +71,7 @@ from suitkit.core.model import (
     TryEach,
     VendorIdentifier,
 )
-from suitkit.core.numbers import ComponentTextKey, ManifestKey, TextKey, name_of
+from suitkit.core.numbers import ComponentTextKey, CoseAlg, ManifestKey, TextKey, name_of
 from suitkit.core.processor import ComponentIdentity, Device, ProcessorOptions
 from suitkit.core.verify import TrustAnchors, VerifiedManifest, verify_envelope
 from suitkit.errors import (
@@ -456,6 +456,15 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     previous = store.get_release(release_id)  # early refusal; add_release decides for good
     if previous is not None and previous.envelope != envelope_sha:
         raise UploadRefused(409, str(ReleaseConflict(previous)))
+    stored = {c.index: c.blob for c in previous.components} if previous is not None else {}
+    for target, image in checked:
+        # refused before it is stored: other bytes for a stored (encrypted, so only
+        # size-checked) image would be kept as a blob nothing refers to, upload after upload
+        have = stored.get(target.index)
+        if have is not None and _digest_of(image.file, CoseAlg.SHA256).hex() != have:
+            raise UploadRefused(409, f"{image.name}: release {release_id} component "
+                                     f"{target.index} already has image {have}; another image "
+                                     "is refused (a stored image is never replaced)")
     envelope_blob = store.put_blob(envelope)
     for target, image in checked:
         image.file.seek(0)

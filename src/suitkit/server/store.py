@@ -126,10 +126,10 @@ class ReleaseRecord:
 class ReleaseConflict(StorageError):
     """A release with this id is already stored with another envelope (``existing``)."""
 
-    def __init__(self, existing: ReleaseRecord) -> None:
+    def __init__(self, existing: ReleaseRecord, message: str | None = None) -> None:
         self.existing = existing
-        super().__init__(f"release {existing.release_id} already exists with a different "
-                         f"envelope ({existing.envelope})")
+        super().__init__(message or f"release {existing.release_id} already exists with a "
+                         f"different envelope ({existing.envelope})")
 
 
 def _merged(previous: ReleaseRecord, new: ReleaseRecord) -> ReleaseRecord:
@@ -322,7 +322,8 @@ class BlobStore:
         the ones ``record`` has (an upload of the envelope alone never drops an image).
 
         Raises:
-            ReleaseConflict: the id is stored with a different envelope.
+            ReleaseConflict: the id is stored with a different envelope, or a component's
+                stored image with other bytes.
             StorageError: malformed id, or the record could not be read or written.
         """
         with self._records_locked():
@@ -332,6 +333,15 @@ class BlobStore:
                 return record, True
             if previous.envelope != record.envelope:
                 raise ReleaseConflict(previous)
+            stored = {c.index: c.blob for c in previous.components}
+            for c in record.components:
+                # An encrypted image is only size-checked (its digest is the plaintext's):
+                # another upload of the same public envelope must not swap it for other bytes.
+                if c.blob is not None and stored.get(c.index) not in (None, c.blob):
+                    raise ReleaseConflict(previous, (
+                        f"release {previous.release_id} component {c.index} already has image "
+                        f"{stored[c.index]}; another image ({c.blob}) is refused (a stored "
+                        "image is never replaced)"))
             merged = _merged(previous, record)
             if merged != previous:
                 self.put_release(merged)

@@ -827,7 +827,7 @@ def _new_release(doc: Mapping[str, Any], device: LightDevice) -> bool:
 def _json(data: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # a hostile server's answer: no work, not a crash
         return {}
     return doc if isinstance(doc, dict) else {}
 

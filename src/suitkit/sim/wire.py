@@ -145,10 +145,10 @@ async def _chunks(reader: asyncio.StreamReader, max_bytes: int) -> AsyncIterator
     while True:
         line = await reader.readline()
         size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise WireError(f"malformed chunk size {line[:40]!r}") from None
+        if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+            # RFC 9112 §7.1: 1*HEXDIG (int(.., 16) also takes a sign, 0x and underscores)
+            raise WireError(f"malformed chunk size {line[:40]!r}")
+        size = int(size_text, 16)
         if size == 0:
             while (await reader.readline()) not in (b"\r\n", b"\n", b""):
                 pass  # trailers
