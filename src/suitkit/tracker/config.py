@@ -59,3 +59,6 @@ class TrackerConfig:
     releases: ReleaseLookup | None = None
     public_url: str | None = None
     quotas: Quotas = field(default_factory=Quotas)
+    poll_after: int = 60
+    """Seconds a device is told to wait before its next check-in (``poll_after`` of
+    ``POST .../checkin``): a hint; the device may poll sooner or later."""

@@ -66,13 +66,14 @@ from suitkit.tracker.model import (
     InstalledComponent,
 )
 from suitkit.tracker.quotas import Quotas
-from suitkit.tracker.store import Store, Tx, naive, open_store
+from suitkit.tracker.store import CheckinRow, Store, Tx, naive, open_store
 
 __all__ = [
     "NOT_STARTED",
     "SEEN_RESOLUTION",
     "AssignmentListener",
     "CampaignRefused",
+    "CheckIn",
     "ComponentEntry",
     "DeploymentRefused",
     "IdentityRefused",
@@ -222,6 +223,18 @@ class TokenCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckIn:
+    """What ``TrackerDB.check_in`` answers a device: its pending update (the document of
+    ``pending_update``, ``None``: nothing to do), the update state the tracker has for it, and
+    whether the tracker wants the whole inventory (the digest named is not the one stored and
+    no inventory came with it)."""
+
+    pending: dict[str, Any] | None
+    state: str | None
+    send_inventory: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ComponentEntry:
     """One inventory component, validated by the API."""
 
@@ -305,6 +318,20 @@ def deliverable(tx: Tx, assignment: Assignment, device_state: str | None,
     if campaign.status == "paused":
         return False
     return campaign.status != "running" or schedule_open(campaign, utc_naive(now))
+
+
+def _deliverable_now(row: CheckinRow, now: datetime) -> bool:
+    """``deliverable`` on the row of a check-in (``now`` naive UTC): the same rule, without a
+    session."""
+    if row.campaign_id is None or row.state not in NOT_STARTED or row.campaign_status is None:
+        return True
+    if row.campaign_status == "paused":
+        return False
+    if row.campaign_status != "running":
+        return True
+    if row.campaign_start_after is not None and now < row.campaign_start_after:
+        return False
+    return in_window(row.campaign_window, now)
 
 
 def member_event(tx: Tx, assignment: Assignment, state: str, detail: str,
@@ -393,6 +420,41 @@ class TrackerDB:
             self.store.mark_seen(device_id, now)
         return ok
 
+    def check_in(self, device_id: str, secret: str, inventory_digest: str,
+                 inventory: Inventory | None = None) -> CheckIn | None:
+        """A device's poll (``POST .../checkin``): ``None`` when ``secret`` is not
+        ``device_id``'s credential, else its pending update and state (``CheckIn``).
+
+        One statement reads the credential, the state, the stored inventory digest and the
+        pending assignment with its campaign (``Store.checkin_read``); nothing is written
+        unless ``last_seen`` is older than ``SEEN_RESOLUTION`` (its own small transaction,
+        allowed to fail as in ``authenticate``) or an inventory comes (``set_inventory``).
+        ``inventory_digest`` is the device's own digest of its inventory, opaque here: when it
+        is not the one stored and no ``inventory`` came, the answer asks for the inventory
+        (``send_inventory``); with ``inventory`` both are stored (the inventory only if it
+        changed).
+
+        Raises:
+            IdentityRefused: ``inventory`` contradicts the device's vendor or class ID.
+        """
+        row = self.store.checkin_read(device_id) if len(device_id) <= 36 else None
+        stored = row.credential_hash if row is not None else _DUMMY_HASH
+        if not verify_secret(secret, stored) or row is None:
+            return None
+        now = self.now()
+        if row.last_seen is None or now - row.last_seen >= SEEN_RESOLUTION:
+            self.store.mark_seen(device_id, now)  # may fail: Store._touch
+        send = False
+        if inventory is not None:
+            self.set_inventory(device_id, inventory, digest=inventory_digest)
+        elif inventory_digest != row.inventory_digest:
+            send = True
+        pending = None
+        if row.release is not None and row.done is None and _deliverable_now(row, now):
+            pending = {"release": row.release, "envelope_url": row.envelope_url,
+                       "action": row.action, "campaign": row.campaign_id}
+        return CheckIn(pending, row.state, send)
+
     def exists(self, device_id: str) -> bool:
         with self.store.transaction() as tx:
             return tx.device(device_id) is not None
@@ -426,11 +488,15 @@ class TrackerDB:
 
     # ---- what devices send
 
-    def set_inventory(self, device_id: str, inventory: Inventory) -> None:
+    def set_inventory(self, device_id: str, inventory: Inventory, *,
+                      digest: str | None = None) -> None:
         """Replace the device's inventory (identity, components, hardware facts).
 
         An inventory equal to the stored one writes nothing (a device sends it at every
-        check-in; ``inventory_updated`` is when it last changed).
+        check-in; ``inventory_updated`` is when it last changed). ``digest``: the device's own
+        digest of it (``check_in``), stored with it; an inventory that changes without one
+        (``PUT .../inventory``) clears the stored digest, so that the next check-in asks for
+        the inventory again.
 
         The vendor and class IDs are the device's identity: once the registration or the first
         inventory gave them, an inventory that names others (or none) is refused, so that a
@@ -461,17 +527,20 @@ class TrackerDB:
                     and device.class_id == inventory.class_id
                     and device.hardware == dict(inventory.hardware)
                     and [(c.component_id, c.sequence_number, c.digest) for c in old] == wanted):
+                if digest is not None and device.inventory_digest != digest:
+                    device.inventory_digest = digest
                 return
+            device.inventory_digest = digest
             device.vendor_id = inventory.vendor_id
             device.class_id = inventory.class_id
             device.hardware = dict(inventory.hardware)
             device.inventory_updated = self.now()
             for row in old:
                 tx.delete(row)
-            for position, (component_id, sequence, digest) in enumerate(wanted):
+            for position, (component_id, sequence, image) in enumerate(wanted):
                 tx.add(InstalledComponent(
                     device_id=device_id, position=position, component_id=component_id,
-                    sequence_number=sequence, digest=digest))
+                    sequence_number=sequence, digest=image))
 
     def add_event(self, device_id: str, state: str, detail: str, *, by_device: bool = False
                   ) -> dict[str, Any]:

@@ -1,0 +1,28 @@
+"""The cheap check-in (``POST /api/v1/devices/{id}/checkin``): each device keeps the digest
+of the inventory it last sent (``devices.inventory_digest``), so a check-in that names the same
+digest writes nothing and reads no component.
+
+Revision ID: 0008_checkin
+Revises: 0006_reported
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008_checkin"
+down_revision: str | None = "0006_reported"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+
+def upgrade() -> None:
+    # NULL for every device: its first check-in is asked for the whole inventory once
+    with op.batch_alter_table("devices") as batch:
+        batch.add_column(sa.Column("inventory_digest", sa.String(length=128), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("devices") as batch:
+        batch.drop_column("inventory_digest")
