@@ -143,8 +143,8 @@ class Store:
         and a missed mark costs nothing (the next call makes it). A failure is logged at
         most once a minute."""
         try:
-            with self._sessions.begin() as session:
-                session.execute(statement)
+            with self.engine.begin() as connection:  # Core: no session for one UPDATE
+                connection.execute(statement)
         except SQLAlchemyError as e:
             now = time.monotonic()
             if now - self._touch_logged >= 60.0:

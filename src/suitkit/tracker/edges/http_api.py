@@ -63,6 +63,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -131,6 +132,8 @@ _UINT64 = (1 << 64) - 1
 _MAX_DEPLOY_DEVICES = 1000
 _DEVICES = "/api/v1/devices"
 _MAX_SEQ = (1 << 31) - 1  # the seq columns are 32-bit integers
+_CHECKIN_THREADS = 16
+"""Check-ins whose database work runs at once in one process (the rest wait their turn)."""
 
 _log = logging.getLogger(__name__)
 
@@ -313,9 +316,26 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
     """The suitkit JSON API's routes over ``tracker``, checked by ``auth``
     (``edges.create_router`` mounts them with the campaign routes)."""
     limiter = RateLimiter(config.quotas)
+    checkins: list[ThreadPoolExecutor] = []  # the check-ins' threads, while the app runs
+    retaining = retention(tracker, config.quotas)
+
+    def checkin_threads() -> ThreadPoolExecutor:
+        if not checkins:
+            checkins.append(ThreadPoolExecutor(_CHECKIN_THREADS,
+                                               thread_name_prefix="suitkit-checkin"))
+        return checkins[0]
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        try:
+            async with retaining(app):
+                yield
+        finally:
+            while checkins:
+                checkins.pop().shutdown(wait=False)
+
     router = APIRouter(tags=["status tracker"], responses=_AUTH_RESPONSES,
-                       dependencies=[Depends(check_path_ids)],
-                       lifespan=retention(tracker, config.quotas))
+                       dependencies=[Depends(check_path_ids)], lifespan=lifespan)
 
     def throttle(device_id: str, kind: str) -> None:
         """429 with ``Retry-After`` when the device is over its rate for ``kind``."""
@@ -531,8 +551,10 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         if inventory is not None:
             throttle(device_id, "inventory")
         try:
-            done = await run_in_threadpool(tracker.check_in, device_id, secret, digest,
-                                           inventory)
+            # a plain executor: anyio's thread hop (capacity limiter, cancel scope) cost
+            # about as much CPU as the check-in's database read
+            done = await asyncio.get_running_loop().run_in_executor(
+                checkin_threads(), tracker.check_in, device_id, secret, digest, inventory)
         except IdentityRefused as e:
             raise Refused(409, str(e)) from None
         except StorageError as e:
@@ -546,8 +568,15 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
                    poll_after=config.poll_after)
         return JSONResponse(doc, headers={"Cache-Control": "no-store"})
 
-    router.add_route(f"{_DEVICES}/{{device_id}}/checkin", checkin, methods=["POST"],
-                     name="checkin", include_in_schema=False)
+    checkin_path = f"{_DEVICES}/{{device_id}}/checkin"
+    router.add_route(checkin_path, checkin, methods=["POST"], name="checkin",
+                     include_in_schema=False)
+    # once more as a FastAPI route, for the OpenAPI document only (it lists FastAPI's own
+    # routes); the plain route above comes first, so it is the one that answers
+    router.post(checkin_path, include_in_schema=True,
+                summary="Check in: the pending release, or nothing to do (the device itself)",
+                openapi_extra=_json_body({"inventory_digest": {"type": "string"},
+                                          "inventory": {"type": "object"}}))(checkin)
 
     @router.post("/api/v1/deployments", status_code=201,
                  summary="Deploy a release to devices (admin, operator)",
