@@ -17,7 +17,8 @@ from typing import Any
 
 from suitkit.errors import SuitError
 
-__all__ = ["TrackerWiring", "parse_host_port", "release_lookup", "tracker_routes"]
+__all__ = ["PUSH_REFUSED", "TrackerWiring", "parse_host_port", "push_refused",
+           "release_lookup", "tracker_routes"]
 
 
 def parse_host_port(value: str, option: str) -> tuple[str, int]:
@@ -55,6 +56,28 @@ def release_lookup(data: Path) -> Callable[[str], Any]:
     return lookup
 
 
+PUSH_REFUSED = ("push notices (server-sent events, long-polls) need a server with --workers 1: "
+                "a deployment made in one worker process does not reach a stream held by "
+                "another; poll with POST /api/v1/devices/{id}/checkin")
+"""The 501 of the notices route under ``serve --workers N`` (docs/server.md)."""
+
+
+def push_refused() -> Any:
+    """A router whose notices route (``GET /api/v1/devices/{id}/notifications``) answers 501
+    with ``PUSH_REFUSED``, for every caller (no state is read)."""
+    from fastapi import APIRouter  # noqa: PLC0415
+    from fastapi.responses import JSONResponse  # noqa: PLC0415
+
+    router = APIRouter()
+
+    @router.get("/api/v1/devices/{device_id}/notifications",
+                summary="Push notices: off on a server with several worker processes (501)")
+    async def notifications(device_id: str) -> JSONResponse:
+        return JSONResponse({"error": PUSH_REFUSED}, status_code=501)
+
+    return router
+
+
 @dataclass(frozen=True, slots=True)
 class TrackerWiring:
     """What ``serve`` needs: routers, CoAP resources, and ``close()`` for the shutdown."""
@@ -78,10 +101,13 @@ class TrackerWiring:
 
 
 def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bool = False,
-                   heartbeat: float = 15.0, max_push: int = 10_000) -> TrackerWiring:
+                   heartbeat: float = 15.0, max_push: int = 10_000,
+                   push: bool = True) -> TrackerWiring:
     """The tracker over ``config`` (a ``tracker.config.TrackerConfig``) with its notices
     (``heartbeat``: seconds between SSE heartbeats; ``max_push``: SSE streams and long-polls
-    of all devices at once).
+    of all devices at once). ``push=False`` (``serve --workers N``): the notices route answers
+    501 with one line (``push_refused``): the hub of one process does not hear the
+    deployments made in another, so a stream would wait for ever.
 
     Raises:
         StorageError: the database cannot be opened.
@@ -98,7 +124,8 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
     db.add_listener(hub.changed)
     auth = Authenticator(config, db)
     routers = (create_router(config, db, auth),
-               create_push_router(auth, hub, heartbeat=heartbeat, max_total=max_push))
+               create_push_router(auth, hub, heartbeat=heartbeat, max_total=max_push)
+               if push else push_refused())
     resources: tuple[tuple[tuple[str, ...], Any], ...] = ()
     if coap:
         from suitkit.tracker.notices.coap import NOTICES_PATH, NoticeResource  # noqa: PLC0415
