@@ -5,26 +5,30 @@ client-initiated (poll), server-initiated (push) and hybrid modes.
 ``tracker-id``, written by ``register`` or at the first run the tracker accepted, must be the
 credential's device: a folder never reports in another device's name) and:
 
-1. ``PUT /api/v1/devices/{id}/inventory``: vendor and class IDs, and per component the running
-   sequence number and image digest (what the bootloader verified, as ``device status`` shows);
-2. ``GET /api/v1/devices/{id}/update``: 204 means nothing to do; 200 gives the release (the
+1. ``POST /api/v1/devices/{id}/checkin`` (one request per poll): the digest of its inventory
+   (vendor and class IDs, and per component the running sequence number and image digest:
+   what the bootloader verified, as ``device status`` shows; ``inventory_digest``, SHA-256 of
+   its canonical JSON), the inventory itself only when the tracker answers
+   ``send_inventory``. The answer is ``{"release": null}`` (nothing to do) or the release (the
    manifest digest), the URL of its envelope (http(s) or coap) and the ``action``
    (``install``, the default, or ``download``: fetch and stop at ``downloaded`` until a later
-   assignment says ``install``). In push mode the notice's document is used instead
-   (``assigned=``), without this call;
-3. ``GET /api/v1/devices/{id}``: where the tracker has the device. An update interrupted by an
+   assignment says ``install``), with the update ``state`` the tracker has for the device. In
+   push mode the notice's document is used instead of the answer's release (``assigned=``).
+   A tracker without the check-in (404: older than issue #12) gets the old calls instead:
+   ``PUT .../inventory``, ``GET .../update`` (204: nothing to do) and ``GET .../{id}``;
+2. with the state the tracker has for the device: an update interrupted by an
    agent restart is **resumed** (``downloading``, ``downloaded``, ``installing``: the steps
    already reported are not reported again; the consumer resumes payload downloads from its
    journal; ``rebooting``: the device boots or confirms what it installed); a device in a final
    state for a pushed release has nothing to do (a stale notice);
-4. posts the states ``downloading``, ``downloaded`` (the envelope is fetched with a bounded size
+3. posts the states ``downloading``, ``downloaded`` (the envelope is fetched with a bounded size
    and time; a ``download`` action keeps it in ``DIR/agent/`` and stops), ``installing``
    (``Consumer.install``: everything is verified on the device; the tracker, the notice and the
    URL are not trusted), then the SUIT report; a refused install ends ``failed`` with the
    consumer's reason;
-5. otherwise ``rebooting``: one boot and the Invocation Procedure; an image that starts is
+4. otherwise ``rebooting``: one boot and the Invocation Procedure; an image that starts is
    confirmed (``succeeded``), one that does not is reverted by a second boot (``rolled-back``);
-6. saves the device and puts the inventory again.
+5. saves the device and sends the inventory again (a check-in with it).
 
 ``run_agent`` repeats it: every ``interval`` seconds (poll), or when a notice arrives (push: the
 notice's document is acted on; hybrid: the notice only triggers ``run_once``, which asks
@@ -46,6 +50,8 @@ envelope only; payloads are fetched, resumably, by the install).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -75,7 +81,8 @@ from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
 __all__ = ["MODES", "REPORT_MEDIA_TYPE", "TRANSPORTS", "AgentOptions", "AgentResult", "Assigned",
-           "TrackerError", "check_credential", "error_of", "inventory_of", "register",
+           "TrackerError", "check_credential", "error_of", "inventory_digest", "inventory_of",
+           "register",
            "run_agent", "run_once"]
 
 MODES = ("poll", "push", "hybrid")
@@ -151,12 +158,54 @@ def inventory_of(opened: OpenDevice) -> dict[str, Any]:
             "components": components, "hardware": {"shape": opened.config.shape}}
 
 
+def inventory_digest(inventory: Mapping[str, Any]) -> str:
+    """The check-in's ``inventory_digest``: SHA-256 (hex) of the inventory as canonical JSON
+    (sorted keys, no spaces, ASCII)."""
+    text = json.dumps(inventory, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_OLD_SERVER = (404, 405)
+"""What a tracker without ``POST .../checkin`` answers it."""
+
+
 class _Tracker:
-    """The calls a device makes, each turned into ``TrackerError`` when it fails."""
+    """The calls a device makes, each turned into ``TrackerError`` when it fails.
+
+    ``checkin`` is the poll; against a tracker that predates it (404) it falls back to the
+    pair ``PUT .../inventory`` + ``GET .../update`` (and ``GET .../{id}`` for the state), and
+    keeps to those for the rest of the run."""
 
     def __init__(self, client: httpx.Client, device_id: str) -> None:
         self.client = client
         self.base = f"/api/v1/devices/{device_id}"
+        self.old_server = False
+
+    def checkin(self, opened: OpenDevice, *, pending: bool = True
+                ) -> tuple[Assigned | None, str | None]:
+        """The pending release (``None``: nothing to do) and the device's update state as
+        the tracker has them; the inventory goes along when the tracker asks for it.
+        ``pending=False`` (a pushed notice says what to do): an old tracker is not asked
+        ``GET .../update``."""
+        if not self.old_server:
+            inventory = inventory_of(opened)
+            body: dict[str, Any] = {"inventory_digest": inventory_digest(inventory)}
+            response = self._call("POST", "/checkin", (200, *_OLD_SERVER), json=body)
+            if response.status_code in _OLD_SERVER:
+                self.old_server = True
+            else:
+                doc = _object(response, "POST /checkin")
+                if doc.get("send_inventory") is True:
+                    body["inventory"] = inventory
+                    doc = _object(self._call("POST", "/checkin", (200,), json=body),
+                                  "POST /checkin")
+                state = doc.get("state")
+                job = (None if doc.get("release") is None
+                       else Assigned.of(doc, "POST /checkin"))
+                return job, state if isinstance(state, str) else None
+        self._call("PUT", "/inventory", (200,), json=inventory_of(opened))
+        job = self.update() if pending else None
+        return job, self.state() if job is not None else None
 
     def _call(self, method: str, path: str, expected: tuple[int, ...], **kwargs: Any
               ) -> httpx.Response:
@@ -170,7 +219,15 @@ class _Tracker:
         return response
 
     def inventory(self, opened: OpenDevice) -> None:
-        self._call("PUT", "/inventory", (200,), json=inventory_of(opened))
+        """Send the inventory (a check-in with it; ``PUT .../inventory`` on an old tracker)."""
+        inventory = inventory_of(opened)
+        if not self.old_server:
+            response = self._call("POST", "/checkin", (200, *_OLD_SERVER), json={
+                "inventory_digest": inventory_digest(inventory), "inventory": inventory})
+            if response.status_code not in _OLD_SERVER:
+                return
+            self.old_server = True
+        self._call("PUT", "/inventory", (200,), json=inventory)
 
     def update(self) -> Assigned | None:
         response = self._call("GET", "/update", (200, 204))
@@ -200,6 +257,16 @@ class _Tracker:
     def report(self, raw: bytes) -> None:
         self._call("POST", "/reports", (201,), content=raw,
                    headers={"Content-Type": REPORT_MEDIA_TYPE})
+
+
+def _object(response: httpx.Response, where: str) -> dict[str, Any]:
+    try:
+        doc = response.json()
+    except ValueError:
+        raise TrackerError(f"{where}: the answer is not JSON") from None
+    if not isinstance(doc, dict):
+        raise TrackerError(f"{where}: the answer is not a JSON object")
+    return doc
 
 
 def check_credential(folder: Path, credential: str) -> str:
@@ -349,21 +416,19 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
     tracker = _Tracker(http, device_id)
     try:
         try:
-            tracker.inventory(opened)
-            step("inventory sent")
+            job, state = tracker.checkin(opened, pending=assigned is None)
+            step("checked in" if not tracker.old_server else "inventory sent")
             if opened.config.tracker_id is None:
                 # the tracker took the credential: from now on the folder is this device
                 opened.config = bind_tracker_id(opened.config.directory, device_id)
                 step(f"device folder bound to tracker device {device_id}")
-            if assigned is None:
-                job = tracker.update()
-            elif assigned.get("release") is None:
-                job = None
-            else:
-                job = Assigned.of(assigned, "notice")
+            if assigned is not None:
+                job = (None if assigned.get("release") is None
+                       else Assigned.of(assigned, "notice"))
+                if job is not None and tracker.old_server:
+                    state = tracker.state()
             if job is None:
                 return result("up-to-date", "no update assigned")
-            state = tracker.state()
         except TrackerError as e:
             return result("error", str(e))
         release = job.release
