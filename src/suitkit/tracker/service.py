@@ -409,11 +409,9 @@ class TrackerDB:
     def authenticate(self, device_id: str, secret: str) -> bool:
         """Whether ``secret`` is ``device_id``'s credential; marks the device as seen (in a
         transaction of its own that may fail: on a full disk reads keep working)."""
-        with self.store.transaction() as tx:
-            device = tx.device(device_id) if len(device_id) <= 36 else None
-            stored = device.credential_hash if device is not None else _DUMMY_HASH
-            ok = verify_secret(secret, stored) and device is not None
-            last_seen = device.last_seen if device is not None else None
+        found = self.store.credential(device_id) if len(device_id) <= 36 else None
+        stored, last_seen = found if found is not None else (_DUMMY_HASH, None)
+        ok = verify_secret(secret, stored) and found is not None
         now = self.now()
         if ok and (last_seen is None or now - last_seen >= SEEN_RESOLUTION):
             # a write at most once per resolution, not per call

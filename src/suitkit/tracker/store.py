@@ -118,6 +118,16 @@ class Store:
                                        f"{_describe(e)}") from e
             raise StorageError(f"tracker database: {_describe(e)}") from e
 
+    def credential(self, device_id: str) -> tuple[str, datetime | None] | None:
+        """The device's credential hash and ``last_seen`` (one Core statement: every request
+        of a device is authenticated), or ``None``. Errors as ``transaction``."""
+        try:
+            with self.engine.connect() as connection:
+                row = connection.execute(_CREDENTIAL_READ, {"device_id": device_id}).first()
+        except SQLAlchemyError as e:
+            raise StorageError(f"tracker database: {_describe(e)}") from e
+        return None if row is None else (row[0], row[1])
+
     def checkin_read(self, device_id: str) -> CheckinRow | None:
         """What a device's check-in needs (``CheckinRow``), in one statement on SQLAlchemy Core
         (no ORM session: the check-in is what every device sends at every poll), or ``None``
@@ -184,6 +194,8 @@ _CHECKIN_READ = (
                  .outerjoin(_CAMPAIGNS, _CAMPAIGNS.c.id == _ASSIGNMENTS.c.campaign_id))
     .where(_DEVICES.c.id == bindparam("device_id")))
 """The check-in's one read: built once, so SQLAlchemy's compiled cache always hits."""
+_CREDENTIAL_READ = (select(_DEVICES.c.credential_hash, _DEVICES.c.last_seen)
+                    .where(_DEVICES.c.id == bindparam("device_id")))
 
 
 class Tx:
