@@ -315,23 +315,36 @@ def deliverable(tx: Tx, assignment: Assignment, device_state: str | None,
     campaign = tx.campaign(assignment.campaign_id)
     if campaign is None:
         return True
-    if campaign.status == "paused":
-        return False
-    return campaign.status != "running" or schedule_open(campaign, utc_naive(now))
+    return _campaign_delivers(campaign.status, campaign.start_after, campaign.window,
+                              utc_naive(now))
 
 
-def _deliverable_now(row: CheckinRow, now: datetime) -> bool:
-    """``deliverable`` on the row of a check-in (``now`` naive UTC): the same rule, without a
-    session."""
-    if row.campaign_id is None or row.state not in NOT_STARTED or row.campaign_status is None:
-        return True
-    if row.campaign_status == "paused":
+def _campaign_delivers(status: str, start_after: datetime | None, window: str | None,
+                       now: datetime) -> bool:
+    """The campaign part of ``deliverable`` (``now`` naive UTC): not while it is paused, nor
+    while it runs outside its schedule."""
+    if status == "paused":
         return False
-    if row.campaign_status != "running":
+    if status != "running":
         return True
-    if row.campaign_start_after is not None and now < row.campaign_start_after:
+    if start_after is not None and now < start_after:
         return False
-    return in_window(row.campaign_window, now)
+    return in_window(window, now)
+
+
+def _pending_of(row: CheckinRow, now: datetime) -> dict[str, Any] | None:
+    """The pending-update document of a device's check-in row (``now`` naive UTC), or
+    ``None``: no assignment, a done one, or one its campaign holds back (``deliverable``'s
+    rule, without a session)."""
+    if row.release is None or row.done is not None:
+        return None
+    if (row.campaign_id is not None and row.state in NOT_STARTED
+            and row.campaign_status is not None
+            and not _campaign_delivers(row.campaign_status, row.campaign_start_after,
+                                       row.campaign_window, now)):
+        return None
+    return {"release": row.release, "envelope_url": row.envelope_url, "action": row.action,
+            "campaign": row.campaign_id}
 
 
 def member_event(tx: Tx, assignment: Assignment, state: str, detail: str,
@@ -447,11 +460,7 @@ class TrackerDB:
             self.set_inventory(device_id, inventory, digest=inventory_digest)
         elif inventory_digest != row.inventory_digest:
             send = True
-        pending = None
-        if row.release is not None and row.done is None and _deliverable_now(row, now):
-            pending = {"release": row.release, "envelope_url": row.envelope_url,
-                       "action": row.action, "campaign": row.campaign_id}
-        return CheckIn(pending, row.state, send)
+        return CheckIn(_pending_of(row, now), row.state, send)
 
     def exists(self, device_id: str) -> bool:
         with self.store.transaction() as tx:
@@ -650,15 +659,8 @@ class TrackerDB:
         """The device's assignment not yet done, ``{"release", "envelope_url", "action",
         "campaign"}``, or ``None`` (also while its campaign holds it back: paused, or outside
         its schedule, and the device has not started)."""
-        with self.store.transaction() as tx:
-            assignment = tx.assignment(device_id)
-            if assignment is None or assignment.done is not None:
-                return None
-            state = tx.device_state(device_id)
-            if not deliverable(tx, assignment, state, self.now()):
-                return None
-            return {"release": assignment.release, "envelope_url": assignment.envelope_url,
-                    "action": assignment.action, "campaign": assignment.campaign_id}
+        row = self.store.checkin_read(device_id)  # the check-in's one read: the same rule
+        return _pending_of(row, self.now()) if row is not None else None
 
     def add_report(self, device_id: str, raw: bytes, summary: Mapping[str, Any], *,
                    release: str | None = None) -> dict[str, Any]:
