@@ -100,6 +100,10 @@ class Store:
         self.engine = engine
         self.clock = clock
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._single = engine.execution_options(isolation_level="AUTOCOMMIT")
+        """For one statement alone (a read, a ``last_seen`` mark): no BEGIN and no ROLLBACK or
+        COMMIT around it, two round trips fewer on PostgreSQL (about 0.2 ms of CPU a check-in);
+        one statement is atomic and sees one snapshot by itself."""
         self._touch_logged = -60.0
 
     def now(self) -> datetime:
@@ -122,7 +126,7 @@ class Store:
         """The device's credential hash and ``last_seen`` (one Core statement: every request
         of a device is authenticated), or ``None``. Errors as ``transaction``."""
         try:
-            with self.engine.connect() as connection:
+            with self._single.connect() as connection:
                 row = connection.execute(_CREDENTIAL_READ, {"device_id": device_id}).first()
         except SQLAlchemyError as e:
             raise StorageError(f"tracker database: {_describe(e)}") from e
@@ -133,7 +137,7 @@ class Store:
         (no ORM session: the check-in is what every device sends at every poll), or ``None``
         when there is no such device. Errors as ``transaction``."""
         try:
-            with self.engine.connect() as connection:
+            with self._single.connect() as connection:
                 row = connection.execute(_CHECKIN_READ, {"device_id": device_id}).first()
         except SQLAlchemyError as e:
             raise StorageError(f"tracker database: {_describe(e)}") from e
@@ -153,7 +157,7 @@ class Store:
         and a missed mark costs nothing (the next call makes it). A failure is logged at
         most once a minute."""
         try:
-            with self.engine.begin() as connection:  # Core: no session for one UPDATE
+            with self._single.connect() as connection:  # one UPDATE: no session, no BEGIN
                 connection.execute(statement)
         except SQLAlchemyError as e:
             now = time.monotonic()

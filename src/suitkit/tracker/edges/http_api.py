@@ -132,8 +132,10 @@ _UINT64 = (1 << 64) - 1
 _MAX_DEPLOY_DEVICES = 1000
 _DEVICES = "/api/v1/devices"
 _MAX_SEQ = (1 << 31) - 1  # the seq columns are 32-bit integers
-_CHECKIN_THREADS = 16
-"""Check-ins whose database work runs at once in one process (the rest wait their turn)."""
+_CHECKIN_THREADS = 4
+"""Check-ins whose database work runs at once in one process (the rest wait their turn):
+fewer than the connection pool holds (SQLAlchemy's default 5), so that no check-in opens and
+closes an overflow connection (16 threads did: a PostgreSQL connection made per request)."""
 
 _log = logging.getLogger(__name__)
 
