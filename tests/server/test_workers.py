@@ -133,3 +133,24 @@ def test_what_one_process_owns_is_refused_with_several_workers(
     assert done.returncode == 2
     assert done.stderr.startswith(f"suitkit: error: {says}"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_device_s_rate_is_shared_out_among_the_workers(tmp_path: Path) -> None:
+    """Rates are counted in each process: with 2 workers each allows half, so a device gets
+    no more than the rate in all (2 inventories a minute here), whichever worker answers."""
+    with serving(argv(tmp_path, "--workers", "2", "--device-inventory-per-minute", "2")
+                 ) as server:
+        pid = server.process.pid
+        wait_for("two worker processes under suitkit serve", lambda: len(children(pid)) == 2)
+        response = httpx.post(f"{server.url}/api/v1/devices", json={"name": "d"},
+                              headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
+        device = response.json()
+        inventory = {"vendor_id": "fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe", "components": []}
+        statuses = []
+        for _ in range(8):  # a new connection each: both workers get some
+            response = httpx.post(f"{server.url}/api/v1/devices/{device['id']}/checkin",
+                                  json={"inventory_digest": "ab", "inventory": inventory},
+                                  headers={"Authorization": f"Bearer {device['token']}"},
+                                  timeout=30)
+            statuses.append(response.status_code)
+        assert set(statuses) <= {200, 429} and statuses.count(200) <= 2, statuses
