@@ -140,6 +140,8 @@ EXPECTED: dict[tuple[str, str], Rule] = {
                                        frozenset({201, 409})),
     ("POST", f"{DEVICE}/reports"): Rule(roles("device"), report_body, frozenset({201, 409})),
     ("GET", f"{DEVICE}/update"): Rule(roles("device")),
+    ("POST", f"{DEVICE}/checkin"): Rule(roles("device"), lambda w: {"json": {
+        "inventory_digest": "ab" * 32}}),
     ("POST", f"{DEVICE}/reset"): Rule(roles("admin", "operator"),
                                       lambda w: {"json": {"reason": "walked"}},
                                       frozenset({201, 409})),

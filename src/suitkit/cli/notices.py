@@ -21,8 +21,8 @@ from suitkit.errors import SuitError
 
 _FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")  # + ".MD5SUM": a path id
 
-__all__ = ["TrackerWiring", "parse_host_port", "release_artifacts", "release_lookup",
-           "schema_problem", "tracker_routes"]
+__all__ = ["PUSH_REFUSED", "TrackerWiring", "parse_host_port", "push_refused",
+           "release_artifacts", "release_lookup", "schema_problem", "tracker_routes"]
 
 
 def parse_host_port(value: str, option: str) -> tuple[str, int]:
@@ -135,6 +135,26 @@ def release_artifacts(data: Path, *, cache: int = 4096) -> Callable[[str], Any]:
         return ReleaseArtifacts(record.release_id, record.sequence_number, tuple(files))
 
     return lookup
+PUSH_REFUSED = ("push notices (server-sent events, long-polls) need a server with --workers 1: "
+                "a deployment made in one worker process does not reach a stream held by "
+                "another; poll with POST /api/v1/devices/{id}/checkin")
+"""The 501 of the notices route under ``serve --workers N`` (docs/server.md)."""
+
+
+def push_refused() -> Any:
+    """A router whose notices route (``GET /api/v1/devices/{id}/notifications``) answers 501
+    with ``PUSH_REFUSED``, for every caller (no state is read)."""
+    from fastapi import APIRouter  # noqa: PLC0415
+    from fastapi.responses import JSONResponse  # noqa: PLC0415
+
+    router = APIRouter()
+
+    @router.get("/api/v1/devices/{device_id}/notifications",
+                summary="Push notices: off on a server with several worker processes (501)")
+    async def notifications(device_id: str) -> JSONResponse:
+        return JSONResponse({"error": PUSH_REFUSED}, status_code=501)
+
+    return router
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,12 +239,14 @@ def schema_problem(engine: Any) -> str | None:
 
 
 def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bool = False,
-                   heartbeat: float = 15.0, max_push: int = 10_000, ddi: Any = None
-                   ) -> TrackerWiring:
+                   heartbeat: float = 15.0, max_push: int = 10_000, ddi: Any = None,
+                   push: bool = True) -> TrackerWiring:
     """The tracker over ``config`` (a ``tracker.config.TrackerConfig``) with its notices
     (``heartbeat``: seconds between SSE heartbeats; ``max_push``: SSE streams and long-polls
     of all devices at once; ``ddi``: the hawkBit DDI edge's ``DdiOptions``, ``None``: off; it
-    needs ``config.artifacts``).
+    needs ``config.artifacts``). ``push=False`` (``serve --workers N``): the notices route
+    answers 501 with one line (``push_refused``): the hub of one process does not hear the
+    deployments made in another, so a stream would wait for ever.
 
     Raises:
         StorageError: the database cannot be opened.
@@ -243,7 +265,8 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
     clients = PushClients()
     routers: tuple[Any, ...] = (create_router(config, db, auth),
                                 create_push_router(auth, hub, heartbeat=heartbeat,
-                                                   max_total=max_push, clients=clients))
+                                                   max_total=max_push, clients=clients)
+                                if push else push_refused())
     if ddi is not None and config.artifacts is not None:
         from suitkit.tracker.edges.ddi import create_ddi_router  # noqa: PLC0415
 

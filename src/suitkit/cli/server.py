@@ -192,6 +192,10 @@ def serve(
         "/envelopes downloads to nginx in front: answer X-Accel-Redirect: PREFIX<ab>/<sha256> "
         "(e.g. /_suitkit_blobs/, an internal nginx location over DATA/blobs/; "
         "docs/server.md, Scale out).")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", help="Server processes on the one port (each a whole server; rates "
+        "per device are shared out among them). More than 1: no --coap-port or --mqtt, and "
+        "push notices (SSE, long-poll) are off: devices poll (docs/server.md).")] = 1,
 ) -> None:
     """Run the firmware server (verified uploads, immutable content-addressed downloads over
     HTTP and CoAP) and, with --admin-token-file, the status tracker and the dashboard."""
@@ -243,6 +247,7 @@ class ServeOptions:
     ddi_tenant: str
     ddi_poll_seconds: int
     accel_redirect: str | None
+    workers: int
 
 
 _NOT_KEYS = frozenset({"config", "print_config"})
@@ -293,6 +298,7 @@ def _serve(o: ServeOptions) -> None:
     tracker_db = o.db
     ddi, ddi_tenant, ddi_poll_seconds = o.ddi, o.ddi_tenant, o.ddi_poll_seconds
     accel_redirect = o.accel_redirect
+    workers = o.workers
     try:
         import uvicorn  # noqa: PLC0415 - optional at import time of the CLI
 
@@ -301,7 +307,7 @@ def _serve(o: ServeOptions) -> None:
             accel_prefix_problem,
             create_app,
         )
-        from suitkit.server.background import UVICORN_OPTIONS  # noqa: PLC0415
+        from suitkit.server.background import UVICORN_OPTIONS, run_workers  # noqa: PLC0415
         from suitkit.server.guard import (  # noqa: PLC0415
             Guards,
             guarded_protocol,
@@ -323,6 +329,14 @@ def _serve(o: ServeOptions) -> None:
                         ("--max-connections", o.max_connections)):
         if value is not None and value < 1:
             fail(f"{name} must be at least 1", EXIT_USAGE)
+    if not 1 <= workers <= MAX_WORKERS:
+        fail(f"--workers: expected 1 to {MAX_WORKERS} processes, got {workers}", EXIT_USAGE)
+    if workers > 1:
+        for name, given in (("--coap-port", coap_port is not None),
+                            ("--mqtt", mqtt is not None),
+                            ("--metrics-port", o.metrics_port is not None)):
+            if given:
+                fail(f"{name} needs --workers 1: {_ONE_PROCESS[name]}", EXIT_USAGE)
     if not 0 < head_timeout <= 3600:
         fail(f"--head-timeout: expected 0 to 3600 seconds, got {head_timeout:g}", EXIT_USAGE)
     if o.log_format not in ("plain", "json"):
@@ -343,9 +357,11 @@ def _serve(o: ServeOptions) -> None:
         if not 0 <= bound < 1e9:
             fail(f"{option} must be 0 (off) or a positive number below 1e9, got {bound:g}",
                  EXIT_USAGE)
-    quotas = Quotas(reports_per_minute=o.device_reports_per_minute,
-                    events_per_minute=o.device_events_per_minute,
-                    inventory_per_minute=o.device_inventory_per_minute,
+    # a device's rates are counted in each process: each of N workers allows 1/N of them,
+    # so that a device never gets more than the rate in all
+    quotas = Quotas(reports_per_minute=o.device_reports_per_minute / workers,
+                    events_per_minute=o.device_events_per_minute / workers,
+                    inventory_per_minute=o.device_inventory_per_minute / workers,
                     max_reports=o.max_reports_per_device,
                     max_report_bytes=o.max_report_kib_per_device * 1024,
                     max_events=o.max_events_per_device, history_days=o.history_retention_days,
@@ -387,29 +403,35 @@ def _serve(o: ServeOptions) -> None:
     _configure_logging(log_level.lower(), o.log_format)
     capacity = plan_capacity(_raise_open_files(), max_connections=o.max_connections,
                              max_push=o.max_push, max_requests=o.limit_concurrency)
-    routers: tuple[Any, ...] = ()
-    wiring: TrackerWiring | None = None
-    coap: Any = None
-    sock: socket.socket | None = None
+    db_url = tracker_db or f"sqlite:///{data.resolve() / 'tracker.db'}"
+    shown = f"[{host}]" if ":" in host else host
+    scheme = "https" if tls else "http"
+    said = (f"suitkit firmware server on {scheme}://{shown}:{port}/ (data {data}; uploads "
+            f"{'enabled' if token or admin_token is not None else 'disabled'}"
+            f"{'; status tracker enabled' if admin_token is not None else ''}"
+            f"{'; downloads sent by the proxy in front' if accel_redirect else ''}"
+            f"{f'; {workers} worker processes' if workers > 1 else ''})")
     metrics_sock: socket.socket | None = None
-    try:
+
+    def build(sock: socket.socket) -> tuple[Any, TrackerWiring | None, Any]:
+        """The uvicorn server for this process, the tracker's wiring and the CoAP server
+        (each to stop); any start-up problem is one line and exit 2."""
+        wiring: TrackerWiring | None = None
+        coap: Any = None
         try:  # every start-up problem is bad usage (exit 2), whatever its kind
-            store = BlobStore(data)  # creates the data directory, or fails with one line
-            store.check_writable()
+            routers: tuple[Any, ...] = ()
             if admin_token is not None:
                 from suitkit.dashboard import create_dashboard_router  # noqa: PLC0415
-                from suitkit.tracker.config import TrackerConfig  # noqa: PLC0415
+                from suitkit.tracker.config import DdiOptions, TrackerConfig  # noqa: PLC0415
 
-                db_url = tracker_db or f"sqlite:///{data.resolve() / 'tracker.db'}"
                 # deployments and campaigns name a release this server holds (the tracker
                 # derives and checks its envelope URL)
-                from suitkit.tracker.config import DdiOptions  # noqa: PLC0415
 
                 tracker_config = TrackerConfig(db_url, admin_token, releases=release_lookup(data),
                                                public_url=public_url, quotas=quotas,
                                                artifacts=release_artifacts(data))
                 wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None,
-                                        max_push=capacity.push,
+                                        max_push=capacity.push, push=workers == 1,
                                         ddi=DdiOptions(ddi_tenant, ddi_poll_seconds)
                                         if ddi else None)
                 routers = (*wiring.routers, create_dashboard_router(redirect_root=True))
@@ -424,9 +446,6 @@ def _serve(o: ServeOptions) -> None:
                                       collectors=wiring.collectors() if wiring else ()),
                                   readiness=(wiring.database_ready,) if wiring else ())
             application = create_app(config)
-            sock = _listen(host, port)  # before anything says it runs
-            if o.metrics_port is not None:
-                metrics_sock = _listen(o.metrics_host, o.metrics_port, "--metrics-host")
             if coap_port is not None:
                 from suitkit.server.coap import CoapServer, create_coap_site  # noqa: PLC0415
 
@@ -448,34 +467,90 @@ def _serve(o: ServeOptions) -> None:
                 access_log=log_level.lower() in ("debug", "info"), timeout_graceful_shutdown=5,
                 proxy_headers=True, forwarded_allow_ips=o.forwarded_allow_ips, **tls,
                 **options))  # type: ignore[arg-type]
+        except BaseException as e:
+            if coap is not None:
+                coap.stop()
+            if wiring is not None:
+                wiring.close()
+            if isinstance(e, SuitError):
+                fail(str(e), EXIT_USAGE)
+            if isinstance(e, OSError):
+                where = f" ({e.filename})" if e.filename else ""
+                fail(f"cannot start: {e.strerror or e}{where}", EXIT_USAGE)
+            raise
+        return server, wiring, coap
+
+    def run(sock: socket.socket) -> int:
+        """Build and serve in this process until told to stop; the exit status."""
+        try:
+            server, wiring, coap = build(sock)
+        except typer.Exit as e:
+            return e.exit_code
+        try:
+            server.run(sockets=[sock])
+        finally:
+            if coap is not None:
+                coap.stop()
+            if wiring is not None:
+                wiring.close()
+        return 0
+
+    sock: socket.socket | None = None
+    try:
+        try:
+            store = BlobStore(data)  # creates the data directory, or fails with one line
+            store.check_writable()
+            if workers > 1 and admin_token is not None:
+                # migrated once here: the workers find the schema at its newest revision
+                from suitkit.tracker.store import migrate  # noqa: PLC0415
+
+                migrate(db_url)
+            if workers == 1:
+                built = build(sock := _listen(host, port))  # bound before anything says it runs
         except SuitError as e:
             fail(str(e), EXIT_USAGE)
         except OSError as e:
             where = f" ({e.filename})" if e.filename else ""
             fail(f"cannot start: {e.strerror or e}{where}", EXIT_USAGE)
-        shown = f"[{host}]" if ":" in host else host
-        scheme = "https" if tls else "http"
-        out.print(f"suitkit firmware server on {scheme}://{shown}:{port}/ (data {data}; uploads "
-                  f"{'enabled' if token or wiring is not None else 'disabled'}"
-                  f"{'; status tracker enabled' if routers else ''}"
-                  f"{'; downloads sent by the proxy in front' if accel_redirect else ''})",
-                  markup=False)
-        if coap_port is not None:
-            out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
-        if metrics_sock is not None:
-            out.print(f"metrics and health on {scheme}://{_shown(o.metrics_host)}:{o.metrics_port}"
-                      "/metrics", markup=False)
-        out.print(_capacity_line(capacity, tracker=wiring is not None), markup=False)
-        server.run(sockets=[sock] if metrics_sock is None else [sock, metrics_sock])
+        if workers == 1:
+            server, wiring, coap = built
+            out.print(said, markup=False)
+            if coap_port is not None:
+                out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
+            if o.metrics_port is not None:
+                metrics_sock = _listen(o.metrics_host, o.metrics_port, "--metrics-host")
+                out.print(f"metrics and health on {scheme}://{_shown(o.metrics_host)}:"
+                          f"{o.metrics_port}/metrics", markup=False)
+            out.print(_capacity_line(capacity, tracker=wiring is not None), markup=False)
+            try:
+                server.run(sockets=[sock] if metrics_sock is None else [sock, metrics_sock])
+            finally:
+                if coap is not None:
+                    coap.stop()
+                if wiring is not None:
+                    wiring.close()
+            return
+        sock = _listen(host, port)
+        out.print(said, markup=False)
+        out.print(_capacity_line(capacity, tracker=admin_token is not None), markup=False)
+        status = run_workers(sock, workers, lambda _: run(sock))
+        if status:
+            raise typer.Exit(EXIT_FAILED if status != EXIT_USAGE else EXIT_USAGE)
     finally:
         if metrics_sock is not None:
             metrics_sock.close()
-        if coap is not None:
-            coap.stop()
         if sock is not None:
             sock.close()
-        if wiring is not None:
-            wiring.close()
+
+
+MAX_WORKERS = 64
+_ONE_PROCESS = {
+    "--coap-port": "one UDP port is served by one process (run a second suitkit serve with "
+                   "--workers 1 --coap-port for CoAP)",
+    "--mqtt": "each worker's notices know only the deployments made in that process",
+    "--metrics-port": "each worker counts only its own requests (run one suitkit serve per "
+                      "port to scrape each)",
+}
 
 
 class _Redacting(logging.Formatter):

@@ -5,21 +5,23 @@ client-initiated (poll), server-initiated (push) and hybrid modes.
 ``tracker-id``, written by ``register`` or at the first run the tracker accepted, must be the
 credential's device: a folder never reports in another device's name) and:
 
-1. ``PUT /api/v1/devices/{id}/inventory``: vendor and class IDs, and per component the running
-   sequence number, image digest (what the bootloader verified, as ``device status`` shows) and
-   ``version`` (the suit-set-version of the manifest the image was installed with,
-   update-management §3.1; a tracker that refuses the member gets the inventory without it);
-2. ``GET /api/v1/devices/{id}/update``: 204 means nothing to do; 200 gives the release (the
+1. ``POST /api/v1/devices/{id}/checkin`` (one request per poll): the digest of its inventory
+   (vendor and class IDs, and per component the running sequence number and image digest:
+   what the bootloader verified, as ``device status`` shows; ``inventory_digest``, SHA-256 of
+   its canonical JSON), the inventory itself only when the tracker answers
+   ``send_inventory``. The answer is ``{"release": null}`` (nothing to do) or the release (the
    manifest digest), the URL of its envelope (http(s) or coap) and the ``action``
    (``install``, the default, or ``download``: fetch and stop at ``downloaded`` until a later
-   assignment says ``install``). In push mode the notice's document is used instead
-   (``assigned=``), without this call;
-3. ``GET /api/v1/devices/{id}``: where the tracker has the device. An update interrupted by an
+   assignment says ``install``), with the update ``state`` the tracker has for the device. In
+   push mode the notice's document is used instead of the answer's release (``assigned=``).
+   A tracker without the check-in (404: older than issue #12) gets the old calls instead:
+   ``PUT .../inventory``, ``GET .../update`` (204: nothing to do) and ``GET .../{id}``;
+2. with the state the tracker has for the device: an update interrupted by an
    agent restart is **resumed** (``downloading``, ``downloaded``, ``installing``: the steps
    already reported are not reported again; the consumer resumes payload downloads from its
    journal; ``rebooting``: the device boots or confirms what it installed); a device in a final
    state for a pushed release has nothing to do (a stale notice);
-4. posts the states ``downloading``, ``downloaded`` (the envelope is fetched with a bounded size
+3. posts the states ``downloading``, ``downloaded`` (the envelope is fetched with a bounded size
    and time; a ``download`` action keeps it in ``DIR/agent/`` and stops), ``installing``
    (``Consumer.install``: everything is verified on the device; the tracker, the notice and the
    URL are not trusted), then the SUIT report; a refused install ends ``failed`` with the
@@ -27,9 +29,9 @@ credential's device: a folder never reports in another device's name) and:
    update-management §5.6) ends the run ``waiting``: no report and no final state are sent, the
    tracker keeps the device ``installing`` and the inventory's hardware fact ``waiting`` says
    what for; the envelope is kept in ``DIR/agent/`` and the next run resumes the install;
-5. otherwise ``rebooting``: one boot and the Invocation Procedure; an image that starts is
+4. otherwise ``rebooting``: one boot and the Invocation Procedure; an image that starts is
    confirmed (``succeeded``), one that does not is reverted by a second boot (``rolled-back``);
-6. saves the device and puts the inventory again.
+5. saves the device and sends the inventory again (a check-in with it).
 
 ``run_agent`` repeats it: every ``interval`` seconds (poll), or when a notice arrives (push: the
 notice's document is acted on; hybrid: the notice only triggers ``run_once``, which asks
@@ -52,6 +54,8 @@ envelope only; payloads are fetched, resumably, by the install).
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -83,7 +87,7 @@ from suitkit.limits import Limits
 
 __all__ = ["MODES", "PROTOCOLS", "REPORT_MEDIA_TYPE", "TRANSPORTS", "AgentOptions",
            "AgentResult", "Assigned", "TrackerError", "check_credential", "error_of",
-           "inventory_of", "register", "run_agent", "run_once"]
+           "inventory_digest", "inventory_of", "register", "run_agent", "run_once"]
 
 MODES = ("poll", "push", "hybrid")
 TRANSPORTS = ("sse", "longpoll", "mqtt", "coap")
@@ -193,14 +197,57 @@ RECIPIENT_KEY_FACT = "suit-recipient-key"
 """The inventory's hardware fact holding a device's ECDH-ES public key (base64 COSE_Key)."""
 
 
+def inventory_digest(inventory: Mapping[str, Any]) -> str:
+    """The check-in's ``inventory_digest``: SHA-256 (hex) of the inventory as canonical JSON
+    (sorted keys, no spaces, ASCII)."""
+    text = json.dumps(inventory, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_OLD_SERVER = (404, 405)
+"""What a tracker without ``POST .../checkin`` answers it."""
+
+
 class _Tracker:
-    """The calls a device makes, each turned into ``TrackerError`` when it fails."""
+    """The calls a device makes, each turned into ``TrackerError`` when it fails.
+
+    ``checkin`` is the poll; against a tracker that predates it (404) it falls back to the
+    pair ``PUT .../inventory`` + ``GET .../update`` (and ``GET .../{id}`` for the state), and
+    keeps to those for the rest of the run."""
 
     def __init__(self, client: httpx.Client, device_id: str) -> None:
         self.client = client
         self.base = f"/api/v1/devices/{device_id}"
-        self.versions = True
-        """Send each component's ``version``; cleared when the tracker refuses the member."""
+        self.versions = False
+        """Send each component's ``version``: not yet (the tracker's inventory has no place for
+        it and refuses the member; the device knows it: ``device status``)."""
+        self.old_server = False
+
+    def checkin(self, opened: OpenDevice, *, pending: bool = True
+                ) -> tuple[Assigned | None, str | None]:
+        """The pending release (``None``: nothing to do) and the device's update state as
+        the tracker has them; the inventory goes along when the tracker asks for it.
+        ``pending=False`` (a pushed notice says what to do): an old tracker is not asked
+        ``GET .../update``."""
+        if not self.old_server:
+            inventory = inventory_of(opened, versions=self.versions)
+            body: dict[str, Any] = {"inventory_digest": inventory_digest(inventory)}
+            response = self._call("POST", "/checkin", (200, *_OLD_SERVER), json=body)
+            if response.status_code in _OLD_SERVER:
+                self.old_server = True
+            else:
+                doc = _object(response, "POST /checkin")
+                if doc.get("send_inventory") is True:
+                    body["inventory"] = inventory
+                    doc = _object(self._call("POST", "/checkin", (200,), json=body),
+                                  "POST /checkin")
+                state = doc.get("state")
+                job = (None if doc.get("release") is None
+                       else Assigned.of(doc, "POST /checkin"))
+                return job, state if isinstance(state, str) else None
+        self._call("PUT", "/inventory", (200,), json=inventory_of(opened, versions=self.versions))
+        job = self.update() if pending else None
+        return job, self.state() if job is not None else None
 
     def _call(self, method: str, path: str, expected: tuple[int, ...], **kwargs: Any
               ) -> httpx.Response:
@@ -214,20 +261,17 @@ class _Tracker:
         return response
 
     def inventory(self, opened: OpenDevice, waiting: str | None = None) -> None:
-        if self.versions:
-            doc = inventory_of(opened, waiting=waiting)
-            if any("version" in c for c in doc["components"]):
-                response = self._call("PUT", "/inventory", (200, 400), json=doc)
-                if response.status_code == 200:
-                    return
-                reason = error_of(response)
-                if "'version'" not in reason:
-                    raise TrackerError(f"PUT /inventory: HTTP 400: {reason}")
-                # A tracker that does not know the member yet: the rest of the inventory
-                # still matters (identity, sequence numbers, digests).
-                self.versions = False
-        self._call("PUT", "/inventory", (200,),
-                   json=inventory_of(opened, versions=False, waiting=waiting))
+        """Send the inventory (a check-in with it; ``PUT .../inventory`` on an old tracker).
+        ``waiting``: what a waiting update waits for (a hardware fact). Components' versions
+        are sent only where the tracker is known to take them (``versions``)."""
+        inventory = inventory_of(opened, versions=self.versions, waiting=waiting)
+        if not self.old_server:
+            response = self._call("POST", "/checkin", (200, *_OLD_SERVER), json={
+                "inventory_digest": inventory_digest(inventory), "inventory": inventory})
+            if response.status_code not in _OLD_SERVER:
+                return
+            self.old_server = True
+        self._call("PUT", "/inventory", (200,), json=inventory)
 
     def update(self) -> Assigned | None:
         response = self._call("GET", "/update", (200, 204))
@@ -281,6 +325,7 @@ class _DdiTracker(_Tracker):
                  tenant: str) -> None:
         super().__init__(client, device_id)
         self.ddi = f"/{tenant}/controller/v1/{device_id}"
+        self.old_server = True  # the poll is DDI's; the inventory and state: PUT/GET of the API
         self.headers = {"Authorization": f"TargetToken {credential}"}
         self.action: str | None = None
 
@@ -357,6 +402,16 @@ def _member(doc: Mapping[str, Any], *path: str) -> str | None:
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
     return value if isinstance(value, str) else None
+
+
+def _object(response: httpx.Response, where: str) -> dict[str, Any]:
+    try:
+        doc = response.json()
+    except ValueError:
+        raise TrackerError(f"{where}: the answer is not JSON") from None
+    if not isinstance(doc, dict):
+        raise TrackerError(f"{where}: the answer is not a JSON object")
+    return doc
 
 
 def check_credential(folder: Path, credential: str) -> str:
@@ -511,21 +566,19 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
                else _Tracker(http, device_id))
     try:
         try:
-            tracker.inventory(opened)
-            step("inventory sent")
+            job, state = tracker.checkin(opened, pending=assigned is None)
+            step("checked in" if not tracker.old_server else "inventory sent")
             if opened.config.tracker_id is None:
                 # the tracker took the credential: from now on the folder is this device
                 opened.config = bind_tracker_id(opened.config.directory, device_id)
                 step(f"device folder bound to tracker device {device_id}")
-            if assigned is None:
-                job = tracker.update()
-            elif assigned.get("release") is None:
-                job = None
-            else:
-                job = Assigned.of(assigned, "notice")
+            if assigned is not None:
+                job = (None if assigned.get("release") is None
+                       else Assigned.of(assigned, "notice"))
+                if job is not None and tracker.old_server:
+                    state = tracker.state()
             if job is None:
                 return result("up-to-date", "no update assigned")
-            state = tracker.state()
         except TrackerError as e:
             return result("error", str(e))
         release = job.release

@@ -104,3 +104,6 @@ class TrackerConfig:
     artifacts: ArtifactLookup | None = None
     """The firmware server's release files (``ArtifactLookup``), which the hawkBit DDI edge
     lists; ``None``: no DDI edge is mounted (``cli.notices.tracker_routes``)."""
+    poll_after: int = 60
+    """Seconds a device is told to wait before its next check-in (``poll_after`` of
+    ``POST .../checkin``): a hint; the device may poll sooner or later."""

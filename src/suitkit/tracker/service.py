@@ -70,7 +70,7 @@ from suitkit.tracker.model import (
     InstalledComponent,
 )
 from suitkit.tracker.quotas import Quotas
-from suitkit.tracker.store import Store, Tx, naive, open_store
+from suitkit.tracker.store import CheckinRow, Store, Tx, naive, open_store
 
 __all__ = [
     "NOT_STARTED",
@@ -78,6 +78,7 @@ __all__ = [
     "AssignmentListener",
     "AssignmentView",
     "CampaignRefused",
+    "CheckIn",
     "ComponentEntry",
     "DeploymentRefused",
     "FleetCounts",
@@ -229,6 +230,18 @@ class TokenCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckIn:
+    """What ``TrackerDB.check_in`` answers a device: its pending update (the document of
+    ``pending_update``, ``None``: nothing to do), the update state the tracker has for it, and
+    whether the tracker wants the whole inventory (the digest named is not the one stored and
+    no inventory came with it)."""
+
+    pending: dict[str, Any] | None
+    state: str | None
+    send_inventory: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ComponentEntry:
     """One inventory component, validated by the API."""
 
@@ -356,9 +369,36 @@ def deliverable(tx: Tx, assignment: Assignment, device_state: str | None,
     campaign = tx.campaign(assignment.campaign_id)
     if campaign is None:
         return True
-    if campaign.status == "paused":
+    return _campaign_delivers(campaign.status, campaign.start_after, campaign.window,
+                              utc_naive(now))
+
+
+def _campaign_delivers(status: str, start_after: datetime | None, window: str | None,
+                       now: datetime) -> bool:
+    """The campaign part of ``deliverable`` (``now`` naive UTC): not while it is paused, nor
+    while it runs outside its schedule."""
+    if status == "paused":
         return False
-    return campaign.status != "running" or schedule_open(campaign, utc_naive(now))
+    if status != "running":
+        return True
+    if start_after is not None and now < start_after:
+        return False
+    return in_window(window, now)
+
+
+def _pending_of(row: CheckinRow, now: datetime) -> dict[str, Any] | None:
+    """The pending-update document of a device's check-in row (``now`` naive UTC), or
+    ``None``: no assignment, a done one, or one its campaign holds back (``deliverable``'s
+    rule, without a session)."""
+    if row.release is None or row.done is not None:
+        return None
+    if (row.campaign_id is not None and row.state in NOT_STARTED
+            and row.campaign_status is not None
+            and not _campaign_delivers(row.campaign_status, row.campaign_start_after,
+                                       row.campaign_window, now)):
+        return None
+    return {"release": row.release, "envelope_url": row.envelope_url, "action": row.action,
+            "campaign": row.campaign_id}
 
 
 def member_event(tx: Tx, assignment: Assignment, state: str, detail: str,
@@ -454,16 +494,45 @@ class TrackerDB:
     def authenticate(self, device_id: str, secret: str) -> bool:
         """Whether ``secret`` is ``device_id``'s credential; marks the device as seen (in a
         transaction of its own that may fail: on a full disk reads keep working)."""
-        with self.store.transaction() as tx:
-            device = tx.device(device_id) if len(device_id) <= 36 else None
-            stored = device.credential_hash if device is not None else _DUMMY_HASH
-            ok = verify_secret(secret, stored) and device is not None
-            last_seen = device.last_seen if device is not None else None
+        found = self.store.credential(device_id) if len(device_id) <= 36 else None
+        stored, last_seen = found if found is not None else (_DUMMY_HASH, None)
+        ok = verify_secret(secret, stored) and found is not None
         now = self.now()
         if ok and (last_seen is None or now - last_seen >= SEEN_RESOLUTION):
             # a write at most once per resolution, not per call
             self.store.mark_seen(device_id, now)
         return ok
+
+    def check_in(self, device_id: str, secret: str, inventory_digest: str,
+                 inventory: Inventory | None = None) -> CheckIn | None:
+        """A device's poll (``POST .../checkin``): ``None`` when ``secret`` is not
+        ``device_id``'s credential, else its pending update and state (``CheckIn``).
+
+        One statement reads the credential, the state, the stored inventory digest and the
+        pending assignment with its campaign (``Store.checkin_read``); nothing is written
+        unless ``last_seen`` is older than ``SEEN_RESOLUTION`` (its own small transaction,
+        allowed to fail as in ``authenticate``) or an inventory comes (``set_inventory``).
+        ``inventory_digest`` is the device's own digest of its inventory, opaque here: when it
+        is not the one stored and no ``inventory`` came, the answer asks for the inventory
+        (``send_inventory``); with ``inventory`` both are stored (the inventory only if it
+        changed).
+
+        Raises:
+            IdentityRefused: ``inventory`` contradicts the device's vendor or class ID.
+        """
+        row = self.store.checkin_read(device_id) if len(device_id) <= 36 else None
+        stored = row.credential_hash if row is not None else _DUMMY_HASH
+        if not verify_secret(secret, stored) or row is None:
+            return None
+        now = self.now()
+        if row.last_seen is None or now - row.last_seen >= SEEN_RESOLUTION:
+            self.store.mark_seen(device_id, now)  # may fail: Store._touch
+        send = False
+        if inventory is not None:
+            self.set_inventory(device_id, inventory, digest=inventory_digest)
+        elif inventory_digest != row.inventory_digest:
+            send = True
+        return CheckIn(_pending_of(row, now), row.state, send)
 
     def exists(self, device_id: str) -> bool:
         with self.store.transaction() as tx:
@@ -498,11 +567,15 @@ class TrackerDB:
 
     # ---- what devices send
 
-    def set_inventory(self, device_id: str, inventory: Inventory) -> None:
+    def set_inventory(self, device_id: str, inventory: Inventory, *,
+                      digest: str | None = None) -> None:
         """Replace the device's inventory (identity, components, hardware facts).
 
         An inventory equal to the stored one writes nothing (a device sends it at every
-        check-in; ``inventory_updated`` is when it last changed).
+        check-in; ``inventory_updated`` is when it last changed). ``digest``: the device's own
+        digest of it (``check_in``), stored with it; an inventory that changes without one
+        (``PUT .../inventory``) clears the stored digest, so that the next check-in asks for
+        the inventory again.
 
         The vendor and class IDs are the device's identity: once the registration or the first
         inventory gave them, an inventory that names others (or none) is refused, so that a
@@ -533,17 +606,20 @@ class TrackerDB:
                     and device.class_id == inventory.class_id
                     and device.hardware == dict(inventory.hardware)
                     and [(c.component_id, c.sequence_number, c.digest) for c in old] == wanted):
+                if digest is not None and device.inventory_digest != digest:
+                    device.inventory_digest = digest
                 return
+            device.inventory_digest = digest
             device.vendor_id = inventory.vendor_id
             device.class_id = inventory.class_id
             device.hardware = dict(inventory.hardware)
             device.inventory_updated = self.now()
             for row in old:
                 tx.delete(row)
-            for position, (component_id, sequence, digest) in enumerate(wanted):
+            for position, (component_id, sequence, image) in enumerate(wanted):
                 tx.add(InstalledComponent(
                     device_id=device_id, position=position, component_id=component_id,
-                    sequence_number=sequence, digest=digest))
+                    sequence_number=sequence, digest=image))
 
     def add_event(self, device_id: str, state: str, detail: str, *, by_device: bool = False
                   ) -> dict[str, Any]:
@@ -755,15 +831,8 @@ class TrackerDB:
         """The device's assignment not yet done, ``{"release", "envelope_url", "action",
         "campaign"}``, or ``None`` (also while its campaign holds it back: paused, or outside
         its schedule, and the device has not started)."""
-        with self.store.transaction() as tx:
-            assignment = tx.assignment(device_id)
-            if assignment is None or assignment.done is not None:
-                return None
-            state = tx.device_state(device_id)
-            if not deliverable(tx, assignment, state, self.now()):
-                return None
-            return {"release": assignment.release, "envelope_url": assignment.envelope_url,
-                    "action": assignment.action, "campaign": assignment.campaign_id}
+        row = self.store.checkin_read(device_id)  # the check-in's one read: the same rule
+        return _pending_of(row, self.now()) if row is not None else None
 
     def add_report(self, device_id: str, raw: bytes, summary: Mapping[str, Any], *,
                    release: str | None = None) -> dict[str, Any]:
