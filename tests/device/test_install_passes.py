@@ -4,6 +4,7 @@ safety needs and no more (issue #16): a regression in either shows here before i
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import uuid
@@ -13,10 +14,13 @@ import pytest
 
 from suitkit.author.describe import parse_description
 from suitkit.core import codec, crypto
+from suitkit.core.numbers import CoseAlg
 from suitkit.core.sign import sign_envelope
 from suitkit.device.config import create_device
+from suitkit.device.consumer import slot_record
 from suitkit.device.fetch import FileFetcher
 from suitkit.device.wiring import open_device
+from suitkit.errors import PolicyError
 
 VENDOR = uuid.uuid5(uuid.NAMESPACE_DNS, "example.com")
 CLASS = uuid.uuid5(VENDOR, "board")
@@ -75,3 +79,27 @@ def test_install_hashes_the_payload_once_and_fsyncs_what_the_journal_needs(
 
     # And what was marked pending boots: the slot holds exactly the image that was signed.
     assert device.bootloader.boot().trial
+
+
+def test_a_staged_image_changed_after_it_was_written_is_hashed_again(tmp_path: Path) -> None:
+    """The set check before marking pending trusts the processor's digest only for the file
+    the writer finished: an image replaced afterwards (another inode) is hashed, and refused."""
+    envelope = make_device(tmp_path, 100_000)
+    device = open_device(tmp_path / "dev")
+    decoded = codec.decode_envelope(envelope)
+    spec = device.config.component(decoded.manifest.common.components[0])
+    assert spec is not None
+    image = (tmp_path / "fw.bin").read_bytes()
+    store = device.bootloader
+    writer = store.open_inactive(spec.image, manifest=slot_record(spec.suit_id, decoded),
+                                 image_size=len(image))
+    writer.write(image)
+    writer.vouch(CoseAlg.SHA256, hashlib.sha256(image).digest())
+    writer.finish()
+    store.check_staged()  # the vouched digest is the image's
+    staged = next((tmp_path / "dev").rglob(f"slots/b/{spec.image}.image"))
+    tampered = staged.with_name("x.tmp")
+    tampered.write_bytes(bytes(len(image)))  # same size, other bytes, another file
+    tampered.replace(staged)
+    with pytest.raises(PolicyError, match="digest"):
+        store.check_staged()
