@@ -208,6 +208,19 @@ class ComponentWriter(Protocol):
 
 
 @runtime_checkable
+class DigestAwareWriter(Protocol):
+    """A :class:`ComponentWriter` that wants the digest the processor checked its content
+    against, so that it need not hash the same bytes again (one pass over a payload).
+
+    ``verified`` is called just before ``commit``, only when the content matched the
+    image-digest parameter (with that parameter's algorithm and value).
+    """
+
+    def verified(self, digest: Digest) -> None:
+        ...
+
+
+@runtime_checkable
 class Component(Protocol):
     """One storage location the manifest may address: a slot, a file, RAM, a manifest store.
 
@@ -1662,6 +1675,8 @@ class _Processor:
                     raise _operation_failed(f"digest {_short(actual)} of {source} does not "
                                             f"match expected {_short(expected.value)}",
                                             measured)
+                if isinstance(writer, DigestAwareWriter):
+                    writer.verified(Digest(expected.algorithm, actual))
             writer.commit()
             committed = True
         except SuitError as e:

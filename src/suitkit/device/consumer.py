@@ -43,13 +43,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from suitkit.core import cbor, codec, cose, crypto
 from suitkit.core.model import (
     Command,
     CommandSequence,
     ComponentIdentifier,
+    Digest,
     Envelope,
     FrozenDict,
     Parameters,
@@ -84,7 +85,6 @@ from suitkit.core.verify import (
 from suitkit.device.config import ComponentSpec, DeviceConfig
 from suitkit.device.facts import ConsentHook, DeviceFacts, ask_consent, evaluate_wait, load_facts
 from suitkit.errors import DecodeError, PolicyError, ProcessingError, StorageError, SuitError
-from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
 __all__ = [
@@ -126,6 +126,14 @@ class SlotWriterLike(Protocol):
     def read_back(self, offset: int, length: int) -> bytes: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class VouchingSlotWriter(Protocol):
+    """A slot writer that takes the digest its content was checked against, for the set check
+    before marking pending (``check_staged``) to use instead of reading the image again."""
+
+    def vouch(self, algorithm: int, digest: bytes) -> None: ...
 
 
 class BootStore(Protocol):
@@ -367,10 +375,28 @@ class DownloadJournal:
         return {}
 
     def save(self, envelope_digest: str, image: str, durable: int) -> None:
+        """Replace the journal (a temporary file renamed over it), without an fsync.
+
+        The journal is a hint that no crash-consistency argument rests on, so it is not made
+        durable (that was two fsyncs at every checkpoint): it names only bytes the slot writer
+        fsynced before, so after a cut it is this record, an older one of the same download
+        (fewer bytes), or gone or unreadable (``load`` finds nothing: the download starts
+        over); and the kept bytes are hashed again with the rest against the signed digest.
+
+        Raises:
+            StorageError: the journal could not be written.
+        """
         if self._crash is not None:
             self._crash(f"journal {self.path.name}")
-        atomic_write(self.path, json.dumps({"envelope": envelope_digest, "image": image,
-                                            "durable": durable}).encode())
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            tmp.write_bytes(json.dumps({"envelope": envelope_digest, "image": image,
+                                        "durable": durable}).encode())
+            tmp.replace(self.path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StorageError(f"cannot write {self.path} ({e.strerror})") from e
 
     def clear(self) -> None:
         if not self.path.exists():
@@ -382,7 +408,12 @@ class DownloadJournal:
 
 
 class _Writer:
-    """Streams into the inactive slot, hashing on the way; ``commit`` finishes the slot.
+    """Streams into the inactive slot; ``commit`` finishes the slot.
+
+    One pass over the payload: the processor hashes what it stores and hands the digest it
+    checked over (``verified``), so this writer does not hash the bytes again; it passes the
+    digest on to the slot (``vouch``) for the set check before marking pending. Only content
+    stored without an image-digest (none to check) is hashed here, by reading it back.
 
     A resumed slot already holds ``skip`` bytes: the incoming stream still starts at byte 0
     (the processor hashes all of it), so those bytes are compared with the slot, not written.
@@ -394,15 +425,14 @@ class _Writer:
         self._image = image
         self._slot = slot
         self.skip = slot.offset
-        self._hasher = crypto.new_hasher(CoseAlg.SHA256)
         self._size = 0
         self._journaled = slot.offset
         self._on_commit = on_commit
+        self._verified: Digest | None = None
 
     def write(self, data: bytes) -> None:
         start = self._size
         self._size += len(data)
-        self._hasher.update(data)
         if start < self.skip:
             kept = data[: self.skip - start]
             if self._slot.read_back(start, len(kept)) != kept:
@@ -423,10 +453,24 @@ class _Writer:
         for offset in range(0, self.skip, chunk_size):
             yield self._slot.read_back(offset, min(chunk_size, self.skip - offset))
 
+    def verified(self, digest: Digest) -> None:
+        """The processor checked the content against ``digest`` (``DigestAwareWriter``)."""
+        self._verified = digest
+
     def commit(self) -> None:
+        verified = self._verified
+        if verified is not None and verified.algorithm == CoseAlg.SHA256:
+            sha256 = verified.value
+        else:  # no image-digest (or another algorithm) was checked: hash what the slot holds
+            hasher = crypto.new_hasher(CoseAlg.SHA256)
+            for offset in range(0, self._size, CHUNK):
+                hasher.update(self._slot.read_back(offset, min(CHUNK, self._size - offset)))
+            sha256 = hasher.digest()
+        if verified is not None and isinstance(self._slot, VouchingSlotWriter):
+            self._slot.vouch(verified.algorithm, verified.value)
         self._slot.finish()
         self._run.journal_clear()
-        self._on_commit(_Staged(self._size, self._hasher.digest()))
+        self._on_commit(_Staged(self._size, sha256))
 
     def discard(self) -> None:
         self._slot.close()  # the slot is not pending; the next update rewrites or resumes it

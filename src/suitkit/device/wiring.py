@@ -31,7 +31,13 @@ from suitkit.bootloader.api import Bootloader
 from suitkit.bootloader.flash import Flash
 from suitkit.bootloader.fsslots import FsBootloader
 from suitkit.bootloader.profiles import SHAPES
-from suitkit.bootloader.verifier import ImageInfo, ImageReader, ImageVerifier, as_reader
+from suitkit.bootloader.verifier import (
+    ImageInfo,
+    ImageReader,
+    ImageVerifier,
+    VouchedReader,
+    as_reader,
+)
 from suitkit.core import cbor
 from suitkit.core.model import ComponentIdentifier
 from suitkit.core.processor import (
@@ -128,7 +134,10 @@ class SuitImageVerifier:
         if reader.size != params.image_size:
             raise AuthenticationError(f"image is {reader.size} bytes, the manifest says "
                                       f"{params.image_size}")
-        actual = stream_digest(reader_chunks(reader, CHUNK), params.image_digest.algorithm)
+        algorithm = params.image_digest.algorithm
+        known = reader.known_digest(algorithm) if isinstance(reader, VouchedReader) else None
+        actual = known if known is not None else stream_digest(reader_chunks(reader, CHUNK),
+                                                               algorithm)
         if not hmac.compare_digest(actual, params.image_digest.value):
             raise AuthenticationError(f"image digest {actual.hex()} does not match the "
                                       f"manifest's {params.image_digest.value.hex()}")
