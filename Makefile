@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_install.py
 	$(BIN)/python benchmarks/bench_checkins.py
 	$(BIN)/python benchmarks/bench_download.py
+	$(BIN)/python benchmarks/bench_push.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,17 +1,23 @@
-"""Image download throughput of the suitkit firmware server against nginx, in the same run.
+"""Image download throughput: nginx alone, suitkit alone, and nginx in front of suitkit.
 
-suitkit: ``suitkit serve`` as a process (uvicorn, ``GET /firmware/{sha256}``, Starlette
-``FileResponse`` with ETag, Cache-Control and Range support) on a data directory holding the
-image as a blob. Baseline: nginx (``/usr/sbin/nginx``, ``daemon off; master_process on;
-worker_processes 1``, sendfile on) started from a temporary prefix with its own configuration,
-serving the same bytes at the same path. Both listen on a free loopback port. Each URL is checked
-first (same SHA-256 from both), then loaded with ``wrk -t1 -c4`` full-file GETs for a few seconds
-(a Python httpx client with 4 threads if wrk is missing). Prints MB/s (10^6 bytes per second) for
-each server and the ratio suitkit/nginx.
+Three servers, measured in the same run, interleaved (round after round, the three in turn):
 
-Run: ``.venv/bin/python benchmarks/bench_download.py [--duration SECONDS]`` (about 30 s with the
-default 5 s per measurement; budget 90 s). Needs nginx (``apt-get install nginx``); wrk
-(``apt-get install wrk``) is optional.
+- **nginx direct**, the baseline: nginx (``/usr/sbin/nginx``, ``worker_processes 1``, sendfile)
+  serving the image files at ``/firmware/<sha256>`` from a directory of its own;
+- **suitkit alone**: ``suitkit serve`` (uvicorn, one process; ``GET /firmware/{sha256}``:
+  whole files by ``sendfile`` through the ASGI pathsend extension, ETag, Cache-Control, Range);
+- **nginx + suitkit (accel)**: a second ``suitkit serve --accel-redirect /_suitkit_blobs/`` on
+  the same data directory behind nginx configured from ``suitkit/server/nginx-accel.conf``:
+  suitkit checks each request and answers ``X-Accel-Redirect``, nginx sends the blob.
+
+All listen on free loopback ports. Each URL is checked first (same SHA-256 from all three), then
+loaded with ``wrk -t1 -c4`` full-file GETs for a few seconds (a Python httpx client with 4
+threads if wrk is missing). Prints MB/s (10^6 bytes per second) per round, the medians, and the
+ratios to nginx direct.
+
+Run: ``.venv/bin/python benchmarks/bench_download.py [--duration SECONDS] [--rounds N]`` (about
+70 s with the defaults, 3 s x 3 rounds x 3 servers x 2 sizes). Needs nginx (``apt-get install
+nginx``); wrk (``apt-get install wrk``) is optional.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import platform
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +43,7 @@ from pathlib import Path
 import httpx
 
 from suitkit.core import crypto
+from suitkit.server.app import nginx_accel_config
 from suitkit.server.store import BlobStore
 
 MiB = 1024 * 1024
@@ -45,7 +53,8 @@ SUITKIT = [sys.executable, "-c", "from suitkit.cli.main import main; main()"]
 CONNECTIONS = 4
 START_TIMEOUT = 60.0
 
-NGINX_CONF = """\
+ACCEL_PREFIX = "/_suitkit_blobs/"
+NGINX_MAIN = """\
 daemon off;
 master_process on;
 worker_processes 1;
@@ -64,12 +73,15 @@ http {{
     sendfile on;
     tcp_nopush on;
     keepalive_requests 100000;
+{servers}
+}}
+"""
+NGINX_DIRECT = """\
     server {{
         listen 127.0.0.1:{port};
         root {root}/www;
         location /firmware/ {{ etag on; }}
     }}
-}}
 """
 
 
@@ -126,38 +138,67 @@ def process(args: list[str], url: str, what: str, log: Path) -> Iterator[None]:
                 os.killpg(child.pid, signal.SIGKILL)
 
 
-@contextmanager
-def suitkit_server(root: Path, images: list[Path]) -> Iterator[str]:
-    """``suitkit serve`` on a data directory holding ``images`` as blobs; yields its URL."""
+def suitkit_data(root: Path, images: list[Path]) -> Path:
+    """A data directory under ``root`` holding ``images`` as blobs, and an author key."""
     store = BlobStore(root / "data")
     for image in images:
         with image.open("rb") as f:
             store.put_blob(f)
     key = crypto.generate_private_key("ES256")
     (root / "author.pub").write_bytes(crypto.public_key_to_pem(key.public_key()))
+    return root / "data"
+
+
+@contextmanager
+def suitkit_server(root: Path, first: str, *options: str, name: str = "suitkit"
+                   ) -> Iterator[str]:
+    """``suitkit serve OPTIONS`` on the data directory of ``suitkit_data(root)``; its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    first = hashlib.sha256(images[0].read_bytes()).hexdigest()
     with process([*SUITKIT, "serve", "--data", str(root / "data"), "--author-anchor",
-                  str(root / "author.pub"), "--port", str(port)],
-                 f"{url}/firmware/{first}", "suitkit serve", root / "suitkit.log"):
+                  str(root / "author.pub"), "--port", str(port), *options],
+                 f"{url}/firmware/{first}", f"suitkit serve {' '.join(options)}".strip(),
+                 root / f"{name}.log"):
         yield url
 
 
 @contextmanager
-def nginx_server(root: Path, images: list[Path]) -> Iterator[str]:
-    """nginx from the prefix ``root`` serving ``images`` at /firmware/<sha256>; yields its URL."""
+def nginx(root: Path, servers: str, probe: str, what: str) -> Iterator[None]:
+    """nginx from the prefix ``root`` with ``servers`` in its http block, until ``probe``
+    answers 200."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "nginx.conf").write_text(NGINX_MAIN.format(root=root, servers=servers))
+    with process([NGINX, "-p", str(root), "-e", str(root / "error.log"), "-c",
+                  str(root / "nginx.conf")], probe, what, root / "nginx.log"):
+        yield
+
+
+@contextmanager
+def nginx_direct(root: Path, images: list[Path], first: str) -> Iterator[str]:
+    """nginx serving ``images`` at /firmware/<sha256> from its own directory; its URL."""
     (root / "www" / "firmware").mkdir(parents=True)
     for image in images:
         digest = hashlib.sha256(image.read_bytes()).hexdigest()
         os.link(image, root / "www" / "firmware" / digest)
     port = free_port()
-    (root / "nginx.conf").write_text(NGINX_CONF.format(root=root, port=port))
     url = f"http://127.0.0.1:{port}"
-    first = hashlib.sha256(images[0].read_bytes()).hexdigest()
-    with process([NGINX, "-p", str(root), "-e", str(root / "error.log"), "-c",
-                  str(root / "nginx.conf")], f"{url}/firmware/{first}", "nginx",
-                 root / "nginx.log"):
+    with nginx(root, NGINX_DIRECT.format(root=root, port=port), f"{url}/firmware/{first}",
+               "nginx direct"):
+        yield url
+
+
+@contextmanager
+def nginx_accel(root: Path, upstream: str, blobs: Path, first: str) -> Iterator[str]:
+    """nginx in front of the suitkit at ``upstream`` (run with --accel-redirect), configured
+    from suitkit's template, sending the blobs of ``blobs``; its URL."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    servers = nginx_accel_config(listen=f"127.0.0.1:{port}",
+                                 upstreams=(upstream.removeprefix("http://"),),
+                                 blobs=blobs.resolve(), state=root.resolve(),
+                                 prefix=ACCEL_PREFIX)
+    with nginx(root, servers, f"{url}/firmware/{first}", "nginx in front of suitkit"):
         yield url
 
 
@@ -209,7 +250,8 @@ def run_httpx(url: str, duration: float) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three servers")
     parser.add_argument("--sizes-mib", default="1,16", help="image sizes in MiB, comma separated")
     options = parser.parse_args()
     if not Path(NGINX).exists():
@@ -218,8 +260,11 @@ def main() -> None:
     client = (f"wrk -t1 -c{CONNECTIONS}" if load is run_wrk
               else f"httpx, {CONNECTIONS} threads (install wrk for the usual figures)")
     sizes = [int(s) for s in options.sizes_mib.split(",")]
-    print(f"image download throughput, full-file GETs, {client}, {options.duration:g} s each; "
-          f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"image download throughput, full-file GETs, {client}, {options.duration:g} s each, "
+          f"{options.rounds} rounds interleaved; {platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, load average {load_average:.1f}")
+    names = ("nginx direct", "suitkit alone", "nginx+suitkit accel")
     with tempfile.TemporaryDirectory(prefix="suitkit-bench-download-") as temp:
         root = Path(temp)
         (root / "images").mkdir()
@@ -229,20 +274,31 @@ def main() -> None:
             digests.append(write_image(path, size * MiB))
             images.append(path)
         (root / "suitkit").mkdir()
-        (root / "nginx").mkdir()
-        with suitkit_server(root / "suitkit", images) as ours, \
-                nginx_server(root / "nginx", images) as theirs:
-            print(f"{'image':>9} | {'suitkit':>26} | {'nginx':>26} | suitkit/nginx")
+        data = suitkit_data(root / "suitkit", images)
+        with nginx_direct(root / "nginx", images, digests[0]) as direct, \
+                suitkit_server(root / "suitkit", digests[0]) as alone, \
+                suitkit_server(root / "suitkit", digests[0], "--accel-redirect", ACCEL_PREFIX,
+                               name="suitkit-accel") as behind, \
+                nginx_accel(root / "nginx-accel", behind, data / "blobs", digests[0]) as accel:
+            urls = (direct, alone, accel)
+            print(f"{'image':>9} | {'round':>5} | " + " | ".join(f"{n:>20}" for n in names))
             for size, digest in zip(sizes, digests, strict=True):
-                for url in (ours, theirs):  # same bytes from both, then warm caches
+                for url in urls:  # same bytes from all, then warm caches
                     body = httpx.get(f"{url}/firmware/{digest}", timeout=30).content
                     if hashlib.sha256(body).hexdigest() != digest:
                         raise SystemExit(f"{url} served other bytes than the image")
-                ours_mb, ours_rps = load(f"{ours}/firmware/{digest}", options.duration)
-                theirs_mb, theirs_rps = load(f"{theirs}/firmware/{digest}", options.duration)
-                print(f"{size:>5} MiB | {ours_mb:>8.0f} MB/s {ours_rps:>6.1f} req/s | "
-                      f"{theirs_mb:>8.0f} MB/s {theirs_rps:>6.1f} req/s | "
-                      f"{ours_mb / theirs_mb:.2f}")
+                figures: list[list[float]] = [[] for _ in urls]
+                for number in range(options.rounds):
+                    for i, url in enumerate(urls):
+                        figures[i].append(load(f"{url}/firmware/{digest}", options.duration)[0])
+                    print(f"{size:>5} MiB | {number + 1:>5} | "
+                          + " | ".join(f"{f[-1]:>15.0f} MB/s" for f in figures))
+                medians = [statistics.median(f) for f in figures]
+                print(f"{size:>5} MiB | {'med.':>5} | "
+                      + " | ".join(f"{m:>15.0f} MB/s" for m in medians))
+                print(f"{size:>5} MiB | ratio to nginx direct: suitkit alone "
+                      f"{medians[1] / medians[0]:.2f}x, nginx+suitkit accel "
+                      f"{medians[2] / medians[0]:.2f}x")
 
 
 if __name__ == "__main__":

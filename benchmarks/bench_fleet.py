@@ -1,121 +1,205 @@
-"""A fleet of simulated devices updated through a local server (``suitkit sim fleet``).
+"""A fleet of light simulated devices updated through local servers (``suitkit sim fleet``).
 
-suitkit: ``sim.load.run_load`` against ``suitkit serve`` (a child process on loopback, SQLite):
-N devices (shapes in turn) are provisioned and registered, connect in the chosen mode, v2 is
-deployed to all of them at once, and the figure is the time from the deployment until the last
-device reported its final state, with the requests the fleet made in that window (per second,
-by status) and the server's error answers.
+suitkit: ``sim.load.run_load`` (``sim.swarm``: every device a small object in one asyncio loop,
+real verification and SUIT processing, the agent's requests) against ``suitkit serve`` child
+processes on loopback: one on SQLite, and one (or ``--replicas N``) on a throwaway PostgreSQL
+when ``initdb`` is installed (``tests/pg.py``). N devices are registered, connect in the mix
+given, v2 is deployed to all of them at once, and the figures are the time from the deployment
+until 50/90/99/100 % were updated, the requests in that window, and the CPU seconds of the
+server processes (``/proc/<pid>/stat``) next to the simulator's own.
 
-Baseline, in the same run on the same machine: the devices' own work alone. A sample of devices
-of each shape installs the same v2 with no network at all (integrated payloads: verify, write
-the slots, boot, run the invocation, confirm, save the flash), timed one after the other; N times
-the mean is the least time one core needs for the fleet's installs. The ratio says what the
-network, the tracker and the fleet's concurrency add on top of (or save below) that.
+Baseline, in the same run: the server's CPU. The simulator is "not the bottleneck" when its CPU
+over the update window is a small fraction of the server's (the issue's starting point: twice
+the server's). A second baseline for the HTTP client alone: the same GET, made ``--requests``
+times by 16 concurrent callers, with httpx's ``AsyncClient`` and with ``sim.wire.Pool``,
+client CPU per request (``time.process_time``; the server is another process).
 
-Run: ``.venv/bin/python benchmarks/bench_fleet.py [--devices 1000] [--modes poll,push]
-[--json FILE]`` (several minutes for 1000 devices on 2 cores).
+Run: ``.venv/bin/python benchmarks/bench_fleet.py [--devices 1000] [--mix poll=1]
+[--large 10000 --large-mix poll=1,sse=1,hybrid=1] [--backends sqlite,postgresql]
+[--replicas 1] [--json FILE]``.
+Several replicas share the PostgreSQL database and one data folder (the firmware files); a
+device takes the replicas in turn. Until the replicas pass notices to each other, push and
+hybrid devices of a second replica hear of a deployment only by their safety check-in, so
+compare several replicas in poll mode.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hashlib
 import json
 import os
 import platform
+import resource
 import shutil
-import statistics
+import signal
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from suitkit.device.invoke import RecordingLauncher, invoke_running
-from suitkit.device.wiring import open_device
-from suitkit.sim.firmware import CLASS_NAMES, build_release, image_for, make_keys
-from suitkit.sim.fleet import SHAPES, DevicePlan, provision
+import httpx
+
+from suitkit.sim.firmware import make_keys
 from suitkit.sim.load import run_load
-from suitkit.sim.local import local_server
+from suitkit.sim.local import LocalServer, local_server
+from suitkit.sim.swarm import parse_mix
+from suitkit.sim.wire import Pool
+
+HERE = Path(__file__).resolve().parent
 
 
-def baseline(root: Path, per_shape: int = 5) -> float:
-    """Mean seconds for one device to install, boot, invoke and confirm v2 with no network."""
-    keys = make_keys(root / "keys")
-    times: list[float] = []
-    for shape in SHAPES:
-        klass = CLASS_NAMES[shape]
-        count = 2 if shape in ("secure-split", "dual-cpu") else 1
-        v1 = build_release(keys, root / "fw" / klass, label="v1", class_name=klass,
-                           sequence=1, images=[image_for(shape, klass, "v1", i)
-                                               for i in range(count)])
-        v2 = build_release(keys, root / "fw" / klass, label="v2", class_name=klass,
-                           sequence=2, images=[image_for(shape, klass, "v2", i)
-                                               for i in range(count)])
-        plans = [DevicePlan(f"{shape}-{i}", shape, "poll", klass) for i in range(per_shape)]
-        for device in provision(root, keys, plans, {klass: v1}):
-            started = time.perf_counter()
-            opened = open_device(device.folder)
-            assert opened.consumer().install(v2.envelope).installed
-            opened.save()
-            opened = open_device(device.folder)
-            opened.bootloader.boot()
-            invoke_running(opened.config, opened.bootloader, RecordingLauncher())
-            opened.bootloader.confirm()
-            opened.save()
-            times.append(time.perf_counter() - started)
-    return statistics.mean(times)
+async def _client_cost(url: str, path: str, requests: int) -> dict[str, float]:
+    """Client CPU microseconds per GET of ``path``: httpx.AsyncClient, then sim.wire.Pool."""
+    callers = 16
+    out: dict[str, float] = {}
+    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(
+            max_connections=callers, max_keepalive_connections=callers)) as client:
+
+        async def with_httpx(n: int) -> None:
+            for _ in range(n):
+                response = await client.get(path)
+                assert response.status_code == 200, response.status_code
+
+        await with_httpx(20)
+        cpu = time.process_time()
+        await asyncio.gather(*(with_httpx(requests // callers) for _ in range(callers)))
+        out["httpx_us"] = (time.process_time() - cpu) / requests * 1e6
+    pool = Pool(url, callers)
+    try:
+        async def with_wire(n: int) -> None:
+            for _ in range(n):
+                answer = await pool.request("GET", path)
+                assert answer.status == 200, answer.status
+
+        await with_wire(20)
+        cpu = time.process_time()
+        await asyncio.gather(*(with_wire(requests // callers) for _ in range(callers)))
+        out["wire_us"] = (time.process_time() - cpu) / requests * 1e6
+    finally:
+        pool.close()
+    return out
 
 
-def run(devices: int, mode: str, workers: int, poll_interval: float) -> dict[str, Any]:
+@contextlib.contextmanager
+def _servers(root: Path, author_pub: Path, backend: str, replicas: int
+             ) -> Iterator[list[LocalServer]]:
+    with contextlib.ExitStack() as stack:
+        extra: tuple[str, ...] = ()
+        if backend == "postgresql":
+            sys.path.insert(0, str(HERE.parent / "tests"))
+            from pg import PostgresCluster  # noqa: PLC0415 - tests/pg.py
+
+            cluster = PostgresCluster()
+            stack.callback(cluster.stop)
+            extra = ("--db", cluster.database())
+        first = stack.enter_context(local_server(root / "server", author_pub,
+                                                 start_timeout=60, extra_args=extra))
+        servers = [first]
+        for i in range(1, replicas):  # same database, same firmware files, same tokens
+            servers.append(stack.enter_context(local_server(
+                root / f"replica-{i}", author_pub, start_timeout=60, extra_args=extra,
+                data=first.data, tokens=(first.admin_token, first.upload_token))))
+        yield servers
+
+
+def run(devices: int, mix: dict[str, float], backend: str, *, replicas: int,
+        concurrency: int, poll_interval: float, long_poll: float, safety_interval: float,
+        client_requests: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     try:
         keys = make_keys(root / "keys")
-        with local_server(root / "server", keys.author_pub) as server:
-            result = asyncio.run(run_load(root, server.url, server.admin_token,
-                                          server.upload_token, devices, mode=mode, keys=keys,
-                                          workers=workers, poll_interval=poll_interval,
-                                          timeout=1800.0))
-        disk = sum(f.stat().st_size for f in (root / "devices").rglob("*") if f.is_file())
-        doc = result.as_json()
-        doc["disk_mb"] = round(disk / 1e6, 1)
+        with _servers(root, keys.author_pub, backend, replicas) as servers:
+            urls = [s.url for s in servers]
+            result = asyncio.run(run_load(
+                root, urls, servers[0].admin_token, servers[0].upload_token, devices, mix=mix,
+                keys=keys, concurrency=concurrency, poll_interval=poll_interval,
+                long_poll=long_poll, safety_interval=safety_interval, timeout=3600.0,
+                server_pids=[s.pid for s in servers]))
+            doc = result.as_json()
+            if client_requests:
+                image = next(iter((root / "firmware").rglob("v2-0.bin")))
+                path = f"/firmware/{hashlib.sha256(image.read_bytes()).hexdigest()}"
+                doc["client_cost"] = asyncio.run(_client_cost(urls[0], path, client_requests))
+        doc["backend"], doc["replicas"] = backend, replicas
+        doc["simulator_rss_mb"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return doc
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _line(doc: dict[str, Any], poll_interval: float) -> str:
+    window, cpu, p = doc["window"], doc["cpu"]["window"], doc["percentiles"]
+    server, own = cpu["server_seconds"], cpu["simulator_seconds"]
+    ratio = f"{own / server:.2f}" if server else "?"
+    mix = ",".join(f"{k}={v:g}" for k, v in doc["mix"].items())
+    return (f"{doc['backend']} x{doc['replicas']}, {doc['devices']} devices ({mix}): updated "
+            f"in {doc['update_seconds']:.1f} s (50% {p['p50']} s, 90% {p['p90']} s, 99% "
+            f"{p['p99']} s); outcomes {doc['outcomes']}; {window['requests']} requests in the "
+            f"window ({window['requests_per_second']}/s) by kind {window['by_kind']}, server "
+            f"errors {window['server_errors']}, transport errors "
+            f"{window['transport_errors']} {window['transport_errors_by_kind']}; CPU in the "
+            f"window: server {server} s, simulator "
+            f"{own} s (simulator/server {ratio}); registration {doc['register_seconds']:.1f} s,"
+            f" set up {doc['setup_seconds']:.1f} s; poll interval {poll_interval:g} s; peak "
+            f"RSS of the simulator {doc['simulator_rss_mb']} MB; load "
+            f"average {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--modes", default="poll,push")
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--poll-interval", type=float, default=None)
+    parser.add_argument("--mix", default="poll=1")
+    parser.add_argument("--large", type=int, default=0,
+                        help="also a fleet of this many devices (e.g. 10000)")
+    parser.add_argument("--large-mix", default="poll=1,sse=1,hybrid=1")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="servers on PostgreSQL (SQLite runs one)")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--poll-interval", type=float, default=10.0)
+    parser.add_argument("--large-poll-interval", type=float, default=120.0)
+    parser.add_argument("--long-poll", type=float, default=55.0)
+    parser.add_argument("--safety-interval", type=float, default=300.0)
+    parser.add_argument("--client-requests", type=int, default=4000)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    interval = args.poll_interval or max(2.0, args.devices / 100)
+    # Ctrl-C or SIGINT stops the runs cleanly (servers, PostgreSQL), also when the benchmark
+    # was started in the background, where the shell hands it SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, {platform.system()} {platform.release()}; load "
           f"average {os.getloadavg()[0]:.1f} at the start")
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-base-") as tmp:
-        per_device = baseline(Path(tmp))
-    print(f"baseline: one device installs, boots and confirms v2 (no network) in "
-          f"{per_device * 1000:.1f} ms; {args.devices} devices: "
-          f"{per_device * args.devices:.1f} s of one core")
-    results = {}
-    for mode in args.modes.split(","):
-        doc = run(args.devices, mode, args.workers, interval)
-        results[mode] = doc
-        window = doc["window"]
-        ratio = doc["update_seconds"] / (per_device * args.devices)
-        print(f"{mode}: {args.devices} devices updated in {doc['update_seconds']:.1f} s "
-              f"({ratio:.2f}x the baseline); outcomes {doc['outcomes']}; "
-              f"{window['requests']} requests in the window ({window['requests_per_second']}/s), "
-              f"by status {window['by_status']}, server errors {window['server_errors']}, "
-              f"transport errors {window['transport_errors']}; set up in "
-              f"{doc['setup_seconds']:.1f} s; {doc['disk_mb']} MB of device folders; "
-              f"poll interval {interval:g} s; load average {os.getloadavg()[0]:.1f}")
+    runs = [(args.devices, parse_mix(args.mix))]
+    if args.large:
+        runs.append((args.large, parse_mix(args.large_mix)))
+    results = []
+    for backend in args.backends.split(","):
+        if backend == "postgresql" and not (shutil.which("initdb")
+                                            or list(Path("/usr/lib/postgresql").glob(
+                                                "*/bin/initdb"))):
+            print("postgresql: skipped (initdb is not installed: apt-get install postgresql)")
+            continue
+        for i, (n, mix) in enumerate(runs):
+            interval = args.poll_interval if i == 0 else args.large_poll_interval
+            doc = run(n, mix, backend, replicas=args.replicas if backend == "postgresql" else 1,
+                      concurrency=args.concurrency, poll_interval=interval,
+                      long_poll=args.long_poll, safety_interval=args.safety_interval,
+                      client_requests=args.client_requests if not results else 0)
+            results.append(doc)
+            if "client_cost" in doc:
+                cost = doc["client_cost"]
+                print(f"HTTP client CPU per GET (12 KiB image, 16 callers): httpx.AsyncClient "
+                      f"{cost['httpx_us']:.0f} us, sim.wire {cost['wire_us']:.0f} us "
+                      f"({cost['httpx_us'] / cost['wire_us']:.1f}x)")
+            print(_line(doc, interval), flush=True)
     if args.json is not None:
-        args.json.write_text(json.dumps({"baseline_seconds_per_device": per_device,
-                                         "results": results}, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,14 @@ import threading
 from types import FrameType
 
 import pytest
+from hypothesis import settings
 
 from pg import postgres  # noqa: F401 - the session's throwaway PostgreSQL (tests/pg.py)
+
+# Property tests check behaviour, not speed (figures live in benchmarks/): on a machine shared
+# with other runs one example can take seconds, so no per-example deadline anywhere.
+settings.register_profile("suitkit", deadline=None)
+settings.load_profile("suitkit")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -81,15 +81,26 @@ class PostgresCluster:
         try:
             self._run("initdb", "-D", str(self.dir / "data"), "-U", "postgres", "-A", "trust",
                       "--no-sync", "-E", "UTF8")
-            self._run("pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "server.log"),
-                      "-w", "-t", "30", "-o",
-                      f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                      "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                      "-c max_connections=200", "start")
-            self.started = True
+            self.start()
         except BaseException:
             self.stop()
             raise
+
+    def start(self) -> None:
+        """Start the server (again, after ``halt``) on the same port and data."""
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "server.log"),
+                  "-w", "-t", "30", "-o",
+                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                  "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                  "-c max_connections=200", "start")
+        self.started = True
+
+    def halt(self) -> None:
+        """Stop the server as a crash would (``-m immediate``), keeping its data for
+        ``start``."""
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "-t", "30",
+                  "stop")
+        self.started = False
 
     def _run(self, program: str, *args: str) -> None:
         result = subprocess.run([*self.run_as, str(self.bin / program), *args],

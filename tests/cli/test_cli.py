@@ -372,3 +372,45 @@ def _read_pty(fd: int, deadline: float) -> bytes:
         return os.read(fd, 65536)
     except OSError:  # EIO: the child closed its side
         return b""
+
+
+# The MTI profiles (draft-ietf-suit-mti-23) name ESP256 (-9) and Ed25519 (-19) only: a key that
+# was not told otherwise signs with those. Keys made by another tool (no suitkit-algorithm line),
+# the blocks checked by hand.
+
+@pytest.mark.parametrize(("kind", "alg"), [("P-256", "ESP256"), ("Ed25519", "Ed25519")])
+def test_a_key_from_another_tool_signs_with_the_mti_algorithm(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, unsigned_example0: Path,
+        kind: str, alg: str) -> None:
+    private = (ec.generate_private_key(ec.SECP256R1()) if kind == "P-256"
+               else ed25519.Ed25519PrivateKey.generate())
+    key = tmp_path / "openssl.pem"
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    signed = tmp_path / "signed.suit"
+    code, out, _ = run(capsys, "sign", unsigned_example0, "--key", key, "--out", signed)
+    assert code == 0 and f"({alg})" in out, out
+    _independent_check(alg, signed.read_bytes(), key)  # protected header is exactly {1: -9/-19}
+
+
+def test_keygen_default_is_esp256(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                  unsigned_example0: Path) -> None:
+    key, signed = tmp_path / "k", tmp_path / "signed.suit"
+    assert run(capsys, "keygen", "--out", key)[0] == 0
+    assert run(capsys, "sign", unsigned_example0, "--key", key, "--out", signed)[0] == 0
+    _independent_check("ESP256", signed.read_bytes(), key)
+
+
+def test_es256_still_verifies_where_the_anchor_allows_it(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # Example 0 is signed ES256 (-7) by the spec's key; its plain public PEM allows both ids.
+    example = tmp_path / "example0.suit"
+    example.write_bytes(vector("example0"))
+    code, _, err = run(capsys, "verify", example, "--key", VECTORS / "example-key-public.pem")
+    assert code == 0, err
+    narrowed = tmp_path / "esp256-only.pub"
+    narrowed.write_bytes(b"suitkit-algorithm: ESP256\n"
+                         + (VECTORS / "example-key-public.pem").read_bytes())
+    code, _, err = run(capsys, "verify", example, "--key", narrowed)
+    assert code == 1 and "ES256" in err, err

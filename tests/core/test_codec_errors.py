@@ -6,10 +6,12 @@ import cbor2
 import pytest
 
 from suitkit.core import codec
+from suitkit.core.crypto import load_public_key
+from suitkit.core.verify import TrustAnchors, verify_envelope
 from suitkit.errors import DecodeError
 from suitkit.limits import Limits
 
-from helpers import vector
+from helpers import example_public_pem, vector
 
 pytestmark = pytest.mark.usefixtures("both_decoders")  # fast path and reference alone
 
@@ -138,3 +140,42 @@ def test_command_code_that_is_an_array_or_map_is_a_decode_error() -> None:
         e = decode_error(envelope_with_manifest({1: 1, 2: 0, 3: common(), 7: seq}))
         assert e.path == "manifest.validate[0]"
         assert "expected a command number" in str(e)
+
+
+# manifest §8.3: the authentication wrapper MUST come before the manifest, whatever the CBOR
+# map order. The envelopes below are assembled byte by byte from example 0's two members.
+
+def _example0_members() -> tuple[bytes, bytes]:
+    """The encoded bstr items (head included) at keys 2 and 3 of example 0, as sent."""
+    data = vector("example0")
+    top = cbor2.loads(data).value
+    return cbor2.dumps(top[2]), cbor2.dumps(top[3])
+
+
+@pytest.mark.parametrize("tagged", [True, False])
+def test_manifest_before_authentication_wrapper_refused(tagged: bool) -> None:
+    auth, manifest = _example0_members()
+    in_order = b"\xa2" + b"\x02" + auth + b"\x03" + manifest
+    swapped = b"\xa2" + b"\x03" + manifest + b"\x02" + auth
+    tag = b"\xd8\x6b" if tagged else b""
+    assert codec.decode_envelope(tag + in_order).authentication.blocks  # the same bytes, in order
+    error = decode_error(tag + swapped)
+    assert error.path == "envelope"
+    assert "authentication-wrapper (key 2) must be the first member" in str(error)
+    assert "found the manifest (key 3) first" in str(error)
+
+
+def test_member_before_authentication_wrapper_refused() -> None:
+    auth, manifest = _example0_members()
+    text = cbor2.dumps(cbor2.dumps({}))  # an (empty) suit-text member, key 23
+    swapped = b"\xd8\x6b\xa3" + b"\x17" + text + b"\x02" + auth + b"\x03" + manifest
+    assert "found key 23 first" in str(decode_error(swapped))
+
+
+def test_manifest_first_refused_by_verify() -> None:
+    auth, manifest = _example0_members()
+    anchors = TrustAnchors.of(load_public_key(example_public_pem()))
+    in_order = b"\xd8\x6b\xa2\x02" + auth + b"\x03" + manifest
+    verify_envelope(in_order, anchors)
+    with pytest.raises(DecodeError, match="must be the first member"):
+        verify_envelope(b"\xd8\x6b\xa2\x03" + manifest + b"\x02" + auth, anchors)

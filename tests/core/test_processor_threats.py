@@ -248,7 +248,9 @@ def test_unknown_command_rejected_before_side_effects() -> None:
         result = device.run(m, "invoke")  # the unknown command is in install, not run here
         name = "unknown(99)" if code == 99 else "custom(-300)"
         assert result.reason == (f"install[2] command {name} on component [h'00']: command "
-                                 f"{code} is not supported")
+                                 f"{code} is not supported"
+                                 + (" (no custom command of that number is registered)"
+                                    if code < 0 else ""))
         assert reason(result) == ReportReason.COMMAND_UNSUPPORTED
         assert device.store.untouched
 

@@ -375,3 +375,65 @@ def test_an_inventory_that_contradicts_the_registration_is_refused(world: World)
     assert f"class_id: device {dev['id']} is registered as {CLASS}" in result.reason
     assert world.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json() == before
     assert load_config(other).tracker_id is None  # nothing accepted: nothing bound
+
+
+def recording_client(url: str, token: str, seen: list[str]) -> httpx.Client:
+    """The agent's client, recording ``METHOD path`` of every request it makes."""
+    def record(request: httpx.Request) -> None:
+        seen.append(f"{request.method} {request.url.path.rsplit('/', 1)[-1]}")
+
+    return httpx.Client(base_url=url, timeout=30, headers=auth(token),
+                        event_hooks={"request": [record]})
+
+
+def test_a_poll_is_one_check_in_request(world: World) -> None:
+    """Issue #12: the agent polls with ``POST .../checkin``; its inventory goes along only
+    when the tracker asks (the first time, and after an update changed what it runs)."""
+    folder, dev = world.device()
+    seen: list[str] = []
+    with recording_client(world.url, dev["token"], seen) as client:
+        first = run_once(folder, world.url, dev["token"], fetcher=HttpFetcher(), client=client)
+        assert first.outcome == "up-to-date", first.steps
+        assert seen == ["POST checkin", "POST checkin"]  # digest, then the inventory asked for
+        seen.clear()
+        again = run_once(folder, world.url, dev["token"], fetcher=HttpFetcher(), client=client)
+        assert again.outcome == "up-to-date" and seen == ["POST checkin"]
+        shown = world.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
+        assert shown["components"][0]["sequence"] == 1
+        release = world.release(41)
+        assert world.deploy(release, [dev["id"]]).status_code == 201
+        seen.clear()
+        done = run_once(folder, world.url, dev["token"], fetcher=HttpFetcher(), client=client)
+        assert done.outcome == "succeeded", done.steps
+        assert seen[0] == "POST checkin" and "inventory" not in seen and "update" not in seen
+        assert f"GET {dev['id']}" not in seen  # the state came with the check-in
+        seen.clear()
+        after = run_once(folder, world.url, dev["token"], fetcher=HttpFetcher(), client=client)
+        assert after.outcome == "up-to-date" and seen == ["POST checkin"]
+    shown = world.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
+    assert shown["components"][0]["sequence"] == 41 and shown["state"] == "succeeded"
+
+
+def test_an_agent_falls_back_to_the_old_pair_on_a_tracker_without_check_in(
+        tmp_path: Path) -> None:
+    author = Author.create(tmp_path / "author")
+    router = create_router(TrackerConfig(f"sqlite:///{tmp_path / 'tracker.db'}", ADMIN))
+    router.routes[:] = [r for r in router.routes
+                        if not getattr(r, "path", "").endswith("/checkin")]  # an old tracker
+    config = ServerConfig(data_dir=tmp_path / "data", upload_token=UPLOAD, routers=(router,),
+                          anchors=TrustAnchors.of(author.key.public_key()))
+    with running_server(config) as url, httpx.Client(base_url=url, timeout=30) as client:
+        old = World(url, client, author, tmp_path)
+        folder, dev = old.device()
+        assert client.post(f"/api/v1/devices/{dev['id']}/checkin", headers=auth(dev["token"]),
+                           json={"inventory_digest": "ab"}).status_code == 404
+        release = old.release(2)
+        assert old.deploy(release, [dev["id"]]).status_code == 201
+        seen: list[str] = []
+        with recording_client(url, dev["token"], seen) as agent:
+            result = run_once(folder, url, dev["token"], fetcher=HttpFetcher(), client=agent)
+        assert result.outcome == "succeeded", result.steps
+        assert seen[:4] == ["POST checkin", "PUT inventory", "GET update", f"GET {dev['id']}"]
+        assert seen.count("POST checkin") == 1  # not asked again in the same run
+        shown = client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
+        assert shown["components"][0]["sequence"] == 2 and shown["state"] == "succeeded"

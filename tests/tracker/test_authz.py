@@ -25,13 +25,13 @@ import pytest
 from fastapi.routing import iter_route_contexts
 
 from device.device_kit import VENDOR, Author
-from suitkit.cli.notices import tracker_routes
+from suitkit.cli.notices import release_artifacts, tracker_routes
 from suitkit.core.model import Digest
 from suitkit.core.report import Record, Reference, Report, ResultFailure, encode_report
 from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig, create_app
 from suitkit.server.background import running_server
-from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.config import DdiOptions, TrackerConfig
 from suitkit.tracker.edges.http_api import REPORT_MEDIA_TYPE
 from suitkit.tracker.service import open_db
 
@@ -105,8 +105,20 @@ def revoke_target(world: World) -> dict[str, Any]:
     return {}
 
 
+def ddi_action(world: World) -> dict[str, Any]:
+    """Device A's current DDI action id in ``values["action"]`` (its base poll; the walk
+    redeploys it on the way), and a DDI feedback that changes no state."""
+    poll = world.client.get(f"/DEFAULT/controller/v1/{world.device_a}",
+                            headers=bearer(world.tokens["device"]))
+    href = poll.json()["_links"].get("deploymentBase", {}).get("href", "/1")
+    world.values["action"] = href.rsplit("/", 1)[1].split("?")[0]
+    return {"json": {"id": world.values["action"],
+                     "status": {"execution": "scheduled", "result": {"finished": "none"}}}}
+
+
 DEVICE = "/api/v1/devices/{device_id}"
 CAMPAIGN = "/api/v1/campaigns/{campaign_id}"
+DDI = "/{tenant}/controller/v1/{controller_id}"
 # (method, path as the application declares it) -> Rule. EXTEND THIS TABLE when you add a route
 # (the test fails for any route of the application missing here). Path parameters are filled
 # from World.values: device_id (device A), token_id, release_id, digest, campaign_id.
@@ -128,6 +140,8 @@ EXPECTED: dict[tuple[str, str], Rule] = {
                                        frozenset({201, 409})),
     ("POST", f"{DEVICE}/reports"): Rule(roles("device"), report_body, frozenset({201, 409})),
     ("GET", f"{DEVICE}/update"): Rule(roles("device")),
+    ("POST", f"{DEVICE}/checkin"): Rule(roles("device"), lambda w: {"json": {
+        "inventory_digest": "ab" * 32}}),
     ("POST", f"{DEVICE}/reset"): Rule(roles("admin", "operator"),
                                       lambda w: {"json": {"reason": "walked"}},
                                       frozenset({201, 409})),
@@ -154,6 +168,23 @@ EXPECTED: dict[tuple[str, str], Rule] = {
        for action in ("approve", "start", "pause", "resume", "cancel", "trigger")},
     ("PUT", f"{DEVICE}/tags"): Rule(roles("admin", "operator"),
                                     lambda w: {"json": {"tags": ["walked"]}}),
+    # hawkBit DDI (tests/tracker/test_ddi.py has their behaviour): the controller alone, with
+    # its device credential (as a bearer token here; TargetToken in the DDI tests)
+    ("GET", DDI): Rule(roles("device")),
+    ("GET", f"{DDI}/deploymentBase/{{action}}"): Rule(roles("device"), ddi_action,
+                                                      frozenset({200, 404})),
+    ("POST", f"{DDI}/deploymentBase/{{action}}/feedback"): Rule(roles("device"), ddi_action,
+                                                                frozenset({200, 409})),
+    ("GET", f"{DDI}/installedBase/{{action}}"): Rule(roles("device"), ddi_action,
+                                                     frozenset({200, 404})),
+    ("GET", f"{DDI}/cancelAction/{{action}}"): Rule(roles("device"), ddi_action,
+                                                    frozenset({404})),
+    ("POST", f"{DDI}/cancelAction/{{action}}/feedback"): Rule(roles("device"), ddi_action,
+                                                              frozenset({409})),
+    ("PUT", f"{DDI}/configData"): Rule(roles("device"),
+                                       lambda w: {"json": {"data": {"walked": "yes"}}}),
+    ("GET", f"{DDI}/softwaremodules/{{action}}/artifacts/{{filename}}"): Rule(
+        roles("device"), ddi_action, frozenset({200, 404})),
 }
 
 # Deliberately public: content-addressed immutable downloads (the device verifies everything
@@ -184,8 +215,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Ser
     tmp = tmp_path_factory.mktemp("authz")
     author = Author.create(tmp / "author")
     url = f"sqlite:///{tmp / 'tracker.db'}"
-    tracker = TrackerConfig(url, BOOTSTRAP)
-    wiring = tracker_routes(tracker)
+    tracker = TrackerConfig(url, BOOTSTRAP, artifacts=release_artifacts(tmp / "data"))
+    wiring = tracker_routes(tracker, ddi=DdiOptions())
     config = ServerConfig(data_dir=tmp / "data", anchors=TrustAnchors.of(author.key.public_key()),
                           routers=wiring.routers, authorizer=wiring.authorizer)
     db = open_db(url)  # a second handle on the same database, to make the test tokens
@@ -217,7 +248,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Ser
                       fresh_token)
             w.values.update(device_id=device_a, release_id=release["id"],
                             campaign_id="00000000-0000-4000-8000-000000000000",
-                            digest=hashlib.sha256(envelope).hexdigest())
+                            digest=hashlib.sha256(envelope).hexdigest(), tenant="DEFAULT",
+                            controller_id=device_a, action="1", filename="x.MD5SUM")
             # device A starts with an assignment, so its own events and redeploys succeed
             assert client.post("/api/v1/deployments", headers=bearer(BOOTSTRAP),
                                **deployment_body(w)).status_code == 201

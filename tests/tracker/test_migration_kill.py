@@ -116,8 +116,9 @@ def seed(engine: Engine, start: str | None) -> dict[str, int]:
             # from 0005_quotas on the tracker writes each report's size with it
             connection.execute(text("UPDATE device_reports SET size = length(raw)"))
         if "reported" in {c["name"] for c in inspect(connection).get_columns("assignments")}:
-            # from 0006_reported on the tracker records the update's report with it
-            connection.execute(text("UPDATE assignments SET reported = 2"))
+            # from 0006_reported on the tracker records the report of the update with it (a
+            # start at 0006 or later has no migration left that would)
+            connection.execute(text("UPDATE assignments SET reported = 2 WHERE done IS NULL"))
     tables = {s.split()[2] for s in statements}
     return {table: 1 for table in tables}
 

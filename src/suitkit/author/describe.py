@@ -7,6 +7,11 @@ draft-ietf-suit-manifest-34 §7: compatibility check and image digest in the sha
 (secure boot, §7.2), invoke. Any sequence can instead be given as a raw command list in the
 notation of ``suitkit.core.jsonform``. The format is documented in docs/description.md.
 
+Update management (draft-ietf-suit-update-management-14 §4-§5): a component may ask, before
+its payload is fetched, for a version of what it replaces (``version: ">=1.2"``), the
+application's consent (``update-priority``), events to wait for (``wait``), a battery level
+(``minimum-battery``), and carry file metadata (``metadata``); see docs/description.md.
+
 Vendor and class IDs are UUIDs, or derived as the spec recommends (§8.4.8.1-2):
 ``vendor-domain: example.com`` gives UUID5(NAMESPACE_DNS, "example.com") and
 ``class-name: thermostat`` gives UUID5(vendor-id, "thermostat").
@@ -21,13 +26,20 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from suitkit.author.encrypt import (
+    SHA256_PLACEHOLDER,
+    encrypt_manifest,
+    expand_uris,
+    parse_encryption,
+)
 from suitkit.core import jsonform
+from suitkit.core.cbor import CBORTag
 from suitkit.core.model import (
     Command,
     CommandSequence,
@@ -39,6 +51,7 @@ from suitkit.core.model import (
     Manifest,
     Parameters,
     Text,
+    VersionMatch,
 )
 from suitkit.core.numbers import (
     Command as Cmd,
@@ -48,7 +61,11 @@ from suitkit.core.numbers import (
     CoseAlg,
     ManifestKey,
     TextKey,
+    WaitEvent,
     name_of,
+)
+from suitkit.core.numbers import (
+    Parameter as P,
 )
 from suitkit.errors import DecodeError
 
@@ -60,11 +77,12 @@ REPORT_FAILURE_RECORD = 2
 _TOP_KEYS = {
     "sequence-number", "vendor-id", "vendor-domain", "class-id", "class-name", "device-id",
     "reference-uri", "components", "text", "language", "sever", "use-before", "set-version",
-    "shared-sequence", "install", "validate", "invoke", "load", "payload-fetch",
+    "shared-sequence", "install", "validate", "invoke", "load", "payload-fetch", "encryption",
 }
 _COMPONENT_KEYS = {
     "id", "image", "image-digest", "image-size", "uri", "integrated", "vendor-id",
-    "vendor-domain", "class-id", "class-name", "invoke", "text",
+    "vendor-domain", "class-id", "class-name", "invoke", "text", "encrypt",
+    "version", "minimum-battery", "update-priority", "wait", "metadata",
 }
 _SEVERABLE_NAMES = {
     "text": ManifestKey.TEXT,
@@ -83,6 +101,10 @@ class Description:
     manifest: Manifest
     integrated: Mapping[str, bytes]
     sever: frozenset[int]
+    detached: Mapping[int, bytes] = FrozenDict()
+    """Encrypted detached images (ciphertexts to upload), by component index."""
+    encrypted: frozenset[int] = frozenset()
+    """Indices of the components whose images are encrypted (``encryption:``)."""
 
 
 def load_description(path: Path) -> Description:
@@ -169,7 +191,37 @@ def parse_description(data: Any, *, base: Path, source: str = "description") -> 
         install=install,
         text=text,
     )
-    return Description(manifest, integrated, sever)
+    if "encryption" not in data:
+        if any(c.encrypt for c in components):
+            raise DecodeError(f"{source}.components", "encrypt: true needs an encryption "
+                              "section")
+        return Description(_plain_uris(manifest, components, frozenset()), integrated, sever)
+    plan = parse_encryption(data["encryption"], base=base, path=f"{source}.encryption",
+                            components=ids)
+    chosen = plan.components if plan.components is not None else frozenset(
+        i for i, c in enumerate(components) if c.image is not None and c.encrypt is not False)
+    plaintexts = {}
+    for i in sorted(chosen):
+        image = components[i].image
+        if image is None:
+            raise DecodeError(f"{source}.components[{i}]", "an encrypted component needs its "
+                              "image file (image:)")
+        plaintexts[i] = image
+    if not plaintexts:
+        raise DecodeError(f"{source}.encryption", "no component has an image to encrypt")
+    release = encrypt_manifest(manifest, plaintexts, integrated, plan)
+    return Description(_plain_uris(release.manifest, components, frozenset(plaintexts)),
+                       release.integrated, sever, FrozenDict(release.detached),
+                       frozenset(plaintexts))
+
+
+def _plain_uris(manifest: Manifest, components: list[_Component],
+                encrypted: frozenset[int]) -> Manifest:
+    """The ``{sha256}`` placeholder of each unencrypted image's uri, expanded."""
+    return expand_uris(manifest, {
+        i: (SHA256_PLACEHOLDER, c.digest.value.hex()) for i, c in enumerate(components)
+        if i not in encrypted and c.uri is not None and SHA256_PLACEHOLDER in c.uri
+        and c.digest.algorithm == CoseAlg.SHA256})
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +235,10 @@ class _Component:
     payload: bytes | None
     invoke: bool
     text: Mapping[int, str]
+    managed: Parameters = field(default_factory=Parameters)
+    """Update-management parameters set before the fetch (update-management §4)."""
+    image: bytes | None = None
+    encrypt: bool | None = None
 
 
 def _component(raw: Any, index: int, *, vendor: uuid.UUID | None, klass: uuid.UUID | None,
@@ -232,8 +288,12 @@ def _component(raw: Any, index: int, *, vendor: uuid.UUID | None, klass: uuid.UU
     invoke = raw.get("invoke", index == 0)
     if not isinstance(invoke, bool):
         raise DecodeError(f"{path}.invoke", "expected true or false")
+    encrypt = raw.get("encrypt")
+    if encrypt is not None and not isinstance(encrypt, bool):
+        raise DecodeError(f"{path}.encrypt", "expected true or false")
     return _Component(cid, comp_vendor, comp_class, digest, size, uri, payload, invoke,
-                      _component_text(raw.get("text"), f"{path}.text"))
+                      _component_text(raw.get("text"), f"{path}.text"), _managed(raw, path),
+                      image, encrypt)
 
 
 def _shared(components: list[_Component], many: bool, use_before: int | None,
@@ -258,12 +318,139 @@ def _shared(components: list[_Component], many: bool, use_before: int | None,
 
 
 def _install(components: list[_Component], many: bool) -> CommandSequence:
-    # §7.3 download / §7.5 integrated payload: set the URI, fetch, check the image.
-    return _per_component(components, many, lambda c: [
-        Command(Cmd.OVERRIDE_PARAMETERS, Parameters(uri=c.uri)),
-        Command(Cmd.FETCH, REPORT_FAILURE_RECORD),
-        Command(Cmd.IMAGE_MATCH, REPORT_ALL),
-    ])
+    # §7.3 download / §7.5 integrated payload: set the URI, fetch, check the image; the
+    # update-management conditions and the wait come first, before anything is written.
+    def body(c: _Component) -> list[Command]:
+        m = c.managed
+        gates = [Command(code, REPORT_ALL) for code, present in (
+            (Cmd.VERSION, m.version is not None),
+            (Cmd.UPDATE_AUTHORIZED, m.update_priority is not None),
+            (Cmd.WAIT, m.wait_info is not None),
+            (Cmd.MINIMUM_BATTERY, m.minimum_battery is not None)) if present]
+        params = Parameters.from_items({**dict(m.items()), int(P.URI): c.uri})
+        return [Command(Cmd.OVERRIDE_PARAMETERS, params), *gates,
+                Command(Cmd.FETCH, REPORT_FAILURE_RECORD), Command(Cmd.IMAGE_MATCH, REPORT_ALL)]
+
+    return _per_component(components, many, body)
+
+
+_COMPARISONS = (("==", 3), (">=", 2), ("<=", 4), (">", 1), ("<", 5), ("=", 3))
+_WAIT_NAMES = {name_of(WaitEvent, e): int(e) for e in WaitEvent}
+_METADATA_NAMES = {"default-permissions": 1, "user-permissions": 2, "group-permissions": 3,
+                   "role-permissions": 4, "file-type": 5, "modification-time": 6,
+                   "creation-time": 7, "creator": 8}
+_FILE_TYPES = {"regular": 1, "directory": 2, "symlink": 3}
+
+
+def _managed(raw: Mapping[str, Any], path: str) -> Parameters:
+    """The update-management parameters of a component description."""
+    values: dict[int, object] = {}
+    if "version" in raw:
+        values[int(P.VERSION)] = _version_match(raw["version"], f"{path}.version")
+    for key, number, signed in (("minimum-battery", P.MINIMUM_BATTERY, False),
+                                ("update-priority", P.UPDATE_PRIORITY, True)):
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, int) or (
+                    not signed and value < 0):
+                raise DecodeError(f"{path}.{key}", "expected an integer"
+                                  + ("" if signed else " >= 0"))
+            values[int(number)] = value
+    if "wait" in raw:
+        values[int(P.WAIT_INFO)] = _wait(raw["wait"], f"{path}.wait")
+    if "metadata" in raw:
+        values[int(P.COMPONENT_METADATA)] = _metadata(raw["metadata"], f"{path}.metadata")
+    return Parameters.from_items(values)
+
+
+def _version_match(raw: Any, path: str) -> VersionMatch:
+    # update-management §4.4: [comparison-type, [+int]]; ">=1.2" or {comparison, value}
+    if isinstance(raw, str):
+        text = raw.strip()
+        for prefix, comparison in _COMPARISONS:
+            if text.startswith(prefix):
+                return VersionMatch(comparison, _version(text[len(prefix):].strip(), path))
+        raise DecodeError(path, f"expected a comparison and a version such as '>=1.2.0' "
+                          f"(>, >=, ==, <=, <), got {raw!r}")
+    raise DecodeError(path, f"expected a comparison and a version such as '>=1.2.0', got "
+                      f"{raw!r}")
+
+
+def _wait(raw: Any, path: str) -> FrozenDict[int, object]:
+    # update-management §4.5: SUIT_Wait_Event = { + event => value }
+    if not isinstance(raw, Mapping) or not raw:
+        raise DecodeError(path, "expected a map of wait events such as {power: 1}")
+    events: dict[int, object] = {}
+    for name, value in raw.items():
+        number = _WAIT_NAMES.get(name)
+        if number is None:
+            raise DecodeError(path, f"unknown wait event {name!r}; expected one of "
+                              f"{', '.join(_WAIT_NAMES)}")
+        where = f"{path}.{name}"
+        if number == WaitEvent.OTHER_DEVICE_VERSION:
+            if not isinstance(value, Mapping) or set(value) != {"device", "version"}:
+                raise DecodeError(where, "expected {device: HEX, version: '>=1.2'}")
+            try:
+                device = bytes.fromhex(str(value["device"]))
+            except ValueError:
+                raise DecodeError(f"{where}.device", "expected hexadecimal bytes") from None
+            versions = value["version"]
+            matches = [_version_match(v, f"{where}.version") for v in
+                       (versions if isinstance(versions, list) else [versions])]
+            events[number] = (device, tuple((m.comparison, m.value) for m in matches))
+        elif isinstance(value, bool) or not isinstance(value, int) or (
+                value < 0 and number not in (WaitEvent.AUTHORIZATION, WaitEvent.POWER,
+                                             WaitEvent.NETWORK)):
+            raise DecodeError(where, "expected an integer" + (
+                "" if number in (WaitEvent.AUTHORIZATION, WaitEvent.POWER, WaitEvent.NETWORK)
+                else " >= 0"))
+        else:
+            events[number] = value
+    return FrozenDict(events)
+
+
+def _metadata(raw: Any, path: str) -> FrozenDict[int, object]:
+    # update-management §4.6: SUIT_Component_Metadata
+    if not isinstance(raw, Mapping) or not raw:
+        raise DecodeError(path, "expected a map such as {default-permissions: 0o644}")
+    out: dict[int, object] = {}
+    for name, value in raw.items():
+        number = _METADATA_NAMES.get(name)
+        where = f"{path}.{name}"
+        if number is None:
+            raise DecodeError(path, f"unknown metadata {name!r}; expected one of "
+                              f"{', '.join(_METADATA_NAMES)}")
+        if number == 5:
+            if value not in _FILE_TYPES:
+                raise DecodeError(where, "expected regular, directory or symlink")
+            out[number] = _FILE_TYPES[value]
+        elif number in (6, 7):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise DecodeError(where, "expected seconds since 1970")
+            out[number] = CBORTag(1, value)  # §4.6: the tag is REQUIRED
+        elif number == 8:
+            out[number] = _actor(value, where)
+        elif number == 1:
+            out[number] = _permission_bits(value, where)
+        else:
+            if not isinstance(value, Mapping) or not value:
+                raise DecodeError(where, "expected a map of actor => permission bits")
+            out[number] = FrozenDict({_actor(a, where): _permission_bits(v, where)
+                                      for a, v in value.items()})
+    return FrozenDict(out)
+
+
+def _actor(value: Any, where: str) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | str) or value == "":
+        raise DecodeError(where, "an actor is a user name or a numeric id")
+    return value
+
+
+def _permission_bits(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 14:
+        raise DecodeError(where, "expected permission bits (0 traverse/exec, 1 create/write, "
+                          "2 list/read, ... 13; update-management §4.6)")
+    return value
 
 
 def _per_component(components: list[_Component], many: bool, body: Any,
@@ -369,12 +556,26 @@ def _optional_str(data: Mapping[str, Any], key: str, path: str) -> str | None:
     return value
 
 
+_PRE_RELEASES = {"rc": -1, "beta": -2, "alpha": -3}
+
+
 def _version(raw: Any, path: str) -> tuple[int, ...]:
+    # update-management §4.4: 1.2.3 = [1,2,3]; 1.2-rc.3 = [1,2,-1,3]; 1.2.3-alpha.4 = [...,-3,4]
     if isinstance(raw, str):
+        release, dash, pre = raw.partition("-")
         try:
-            return tuple(int(p) for p in raw.split("."))
-        except ValueError:
-            raise DecodeError(path, f"expected a version such as 1.2.3, got {raw!r}") from None
+            numbers = [int(p) for p in release.split(".")]
+            if not 1 <= len(numbers) <= 3 or any(n < 0 for n in numbers) \
+                    or not all(p.isdigit() and p.isascii() for p in release.split(".")):
+                raise ValueError(raw)
+            if dash:
+                kind, _, rest = pre.partition(".")
+                numbers.append(_PRE_RELEASES[kind])
+                numbers.extend(int(p) for p in rest.split(".") if rest)
+        except (ValueError, KeyError):
+            raise DecodeError(path, f"expected a version such as 1.2.3 or 1.2-rc.3, got "
+                              f"{raw!r}") from None
+        return tuple(numbers)
     if isinstance(raw, list) and raw and all(isinstance(v, int) for v in raw):
         return tuple(raw)
     raise DecodeError(path, f"expected a version such as 1.2.3, got {raw!r}")

@@ -31,10 +31,13 @@ from suitkit.fileio import atomic_write
 __all__ = [
     "HssLmsFileStore",
     "load_private_key",
+    "load_recipient_private",
+    "load_recipient_public",
     "load_signer",
     "load_verifier",
     "write_private_key",
     "write_public_key",
+    "write_recipient_key",
 ]
 
 _MAX_KEY_FILE = 1 << 20
@@ -83,6 +86,30 @@ def load_signer(path: Path, algorithm: str | None = None, *,
         return key.signer(alg, key_id=key_id)
     except KeyMaterialError as e:
         raise KeyMaterialError(f"{path}: {e}") from e
+
+
+def load_recipient_private(path: Path) -> crypto.RecipientPrivate:
+    """A device's recipient key in ``path`` (a KEK, or an ECDH-ES private key)."""
+    try:
+        return crypto.load_recipient_private(_read(path))
+    except KeyMaterialError as e:
+        raise KeyMaterialError(f"{path}: {e}") from e
+
+
+def load_recipient_public(path: Path) -> crypto.RecipientPublic:
+    """What an author encrypts for, in ``path`` (a KEK, or a device's ECDH-ES public key)."""
+    try:
+        return crypto.load_recipient_public(_read(path))
+    except KeyMaterialError as e:
+        raise KeyMaterialError(f"{path}: {e}") from e
+
+
+def write_recipient_key(path: Path, key: crypto.RecipientPublic | crypto.RecipientPrivate
+                        ) -> None:
+    """Write a recipient key (COSE_Key in PEM armor): private keys and KEKs with mode 0600."""
+    public = isinstance(key, crypto.EcPublicKey | crypto.X25519PublicKey)
+    atomic_write(path, crypto.recipient_to_pem(key),
+                 mode=_PUBLIC_MODE if public else _PRIVATE_MODE)
 
 
 def write_private_key(path: Path, key: crypto.PrivateKey) -> None:

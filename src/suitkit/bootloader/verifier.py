@@ -33,6 +33,18 @@ class ImageReader(Protocol):
         ...
 
 
+@runtime_checkable
+class VouchedReader(Protocol):
+    """An :class:`ImageReader` that may already know its image's digest: the digest the
+    update processor checked the same bytes against as it wrote them (one pass over a
+    payload). Only the set check before marking an update pending uses it; a boot always
+    hashes what the slot holds."""
+
+    def known_digest(self, algorithm: int) -> bytes | None:
+        """The image's digest with COSE ``algorithm``, or ``None``: hash the bytes."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class BytesReader:
     """An :class:`ImageReader` over bytes already in memory."""

@@ -290,9 +290,9 @@ def run_walkthrough(workdir: Path | None, console: Console) -> None:
     console.print(f"firmware.bin: {len(image)} bytes, SHA-256 "
                   f"{hashlib.sha256(image).hexdigest()}", markup=False)
 
-    step("1. Keys: the author signs with ES256, the operator approves with EdDSA",
-         "keygen", "--alg", "ES256", "--out", "author.pem", "--force")
-    step("", "keygen", "--alg", "EdDSA", "--out", "operator.pem", "--force")
+    step("1. Keys: the author signs with ESP256, the operator approves with Ed25519 (MTI)",
+         "keygen", "--alg", "ESP256", "--out", "author.pem", "--force")
+    step("", "keygen", "--alg", "Ed25519", "--out", "operator.pem", "--force")
     step("", "pubkey", "author.pem", "--out", "author.pub")
     step("", "pubkey", "operator.pem", "--out", "operator.pub")
     step("2. Create the manifest from the description", "create", "thermostat.yaml",

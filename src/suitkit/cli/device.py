@@ -7,6 +7,7 @@ saves the simulated flash, and prints what happened.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -29,10 +30,12 @@ from suitkit.cli.common import (
 from suitkit.core import jsonform
 from suitkit.core.report import Report
 from suitkit.device.config import SHAPE_COMPONENTS, create_device
+from suitkit.device.consumer import running_version
 from suitkit.device.fetch import FileFetcher, HttpFetcher, RoutingFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
 from suitkit.device.wiring import OpenDevice, open_device
 from suitkit.errors import SuitError
+from suitkit.limits import Limits
 from suitkit.sim.powercut import REAL_SCENARIOS, run_real_scenario
 
 app = typer.Typer(help="A simulated (or Linux-class) device kept in a folder.",
@@ -66,7 +69,8 @@ def init(
     device_id: Annotated[str | None, typer.Option("--device-id", help="Device UUID "
                                                   "(default: random).")] = None,
     decryption_key: Annotated[list[Path] | None, typer.Option(
-        "--decryption-key", help="AES-KW KEK (COSE_Key) or P-256 private key (ECDH-ES).")
+        "--decryption-key", help="A key-encryption key (A128KW...) or an ECDH-ES private key "
+        "(ECDH-P256 or X25519; suitkit keygen); repeat for several.")
     ] = None,
     require: Annotated[list[str] | None, typer.Option(
         "--require", help="A role whose signature every update needs (e.g. author and "
@@ -161,6 +165,8 @@ def install(
         outcome = opened.consumer(fetcher).install(data)
         opened.save()
     report = _report_json(outcome.report)
+    if outcome.waiting:  # update-management §5.6: nothing staged; install it again later
+        fail(f"not installed yet: {outcome.reason}", EXIT_FAILED)
     if report is not None:
         out.print("SUIT report: " + json.dumps(report), markup=False)
     if not outcome.installed:
@@ -179,13 +185,87 @@ def _boot(opened: OpenDevice) -> bool:
     launcher: Launcher = (
         ProcessLauncher(config.app_command, config.directory / "app.pid")
         if config.app_command else RecordingLauncher())
-    invoked = invoke_running(config, opened.bootloader, launcher)
+    invoked = invoke_running(config, opened.bootloader, launcher, extensions=opened.extensions)
     for line in invoked.started:
         out.print(line, markup=False)
     for r in invoked.results:
         if not r.succeeded:
             err.print(f"suitkit: error: invocation failed: {r.reason}", markup=False)
     return invoked.succeeded
+
+
+_FACT_OPTIONS = ("battery-mwh", "power", "network", "timezone", "time", "other-devices",
+                 "consent")
+
+
+@app.command()
+@handles_errors
+def facts(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
+    battery: Annotated[int | None, typer.Option(
+        "--battery", help="Remaining battery energy in mWh (minimum-battery).")] = None,
+    power: Annotated[int | None, typer.Option(
+        "--power", help="Power state for wait events: 0 battery only, 1 external power.")
+    ] = None,
+    network: Annotated[int | None, typer.Option(
+        "--network", help="Network state for wait events: 0 none, 1 metered, 2 unmetered.")
+    ] = None,
+    timezone: Annotated[str | None, typer.Option(
+        "--timezone", help="Local time zone (IANA name, e.g. Europe/Paris) for the local "
+        "time-of-day and day-of-week wait events.")] = None,
+    at_time: Annotated[int | None, typer.Option(
+        "--time", help="Simulated clock, seconds since 1970 (use-before, time wait events).")
+    ] = None,
+    other_device: Annotated[list[str] | None, typer.Option(
+        "--other-device", help="HEXID=VERSION (e.g. 0a0b=1.2.3) for the other-device-version "
+        "wait event; repeat for several.")] = None,
+    consent: Annotated[str | None, typer.Option(
+        "--consent", help="update-authorized policy: allow, deny or command.")] = None,
+    consent_command: Annotated[list[str] | None, typer.Option(
+        "--consent-command", help="With --consent command: the program and its arguments, "
+        "one per option ({priority} is replaced); exit 0 yes, 75 later, else no.")] = None,
+    max_priority: Annotated[int | None, typer.Option(
+        "--max-priority", help="With --consent allow: allow only priorities up to this "
+        "(smaller is more urgent).")] = None,
+    unset: Annotated[list[str] | None, typer.Option(
+        "--unset", help="Remove a fact: " + ", ".join(_FACT_OPTIONS) + ".")] = None,
+) -> None:
+    """Set the facts update management reads (battery, power, network, time zone, clock, other
+    devices, consent; docs/device.md "Update management") and print them. Without options:
+    print them."""
+    from suitkit.device.config import load_config  # noqa: PLC0415
+    from suitkit.device.facts import FACTS, load_facts, parse_facts, save_facts  # noqa: PLC0415
+
+    load_config(directory)  # a device folder, or a clear error
+    doc = json.loads(load_facts(directory).to_json())
+    for name in unset or []:
+        if name not in _FACT_OPTIONS:
+            fail(f"--unset: unknown fact {name!r}; expected one of {', '.join(_FACT_OPTIONS)}",
+                 EXIT_USAGE)
+        doc.pop(name, None)
+    for key, value in (("battery-mwh", battery), ("power", power), ("network", network),
+                       ("timezone", timezone), ("time", at_time)):
+        if value is not None:
+            doc[key] = value
+    for item in other_device or []:
+        ident, sep, version = item.partition("=")
+        parts = version.split(".")
+        if not sep or not all(re.fullmatch(r"-?[0-9]+", p) for p in parts):
+            fail(f"--other-device: expected HEXID=VERSION such as 0a0b=1.2.3, got {item!r}",
+                 EXIT_USAGE)
+        doc.setdefault("other-devices", {})[ident] = [int(p) for p in parts]
+    if consent is not None or consent_command or max_priority is not None:
+        rule = {"policy": consent or doc.get("consent", {}).get("policy", "allow")}
+        if consent_command:
+            rule["command"] = consent_command
+        if max_priority is not None:
+            rule["max-priority"] = max_priority
+        doc["consent"] = rule
+    parsed = parse_facts(doc, "suitkit device facts")  # every value checked, named if wrong
+    with writing(f"device folder {directory}"):
+        save_facts(directory, parsed)
+    out.print(f"{directory / FACTS}:", markup=False)
+    out.print(parsed.to_json().decode().rstrip(), markup=False)
 
 
 @app.command()
@@ -244,6 +324,12 @@ def run(
     coap: Annotated[str | None, typer.Option("--coap", help="CoAP server of the notices, "
                                              "coap://HOST:PORT (for --transport coap).")
                     ] = None,
+    protocol: Annotated[str, typer.Option("--protocol", help="suitkit (the tracker's JSON "
+                                          "API) or ddi (hawkBit DDI: the base poll, the "
+                                          "deployment's *.suit artifact, action feedback; "
+                                          "poll mode).")] = "suitkit",
+    ddi_tenant: Annotated[str, typer.Option("--ddi-tenant", help="The hawkBit tenant (with "
+                                            "--protocol ddi).")] = "DEFAULT",
 ) -> None:
     """Keep a device up to date from a status tracker (RFC 9019 §2.3): register the inventory,
     learn of updates in the chosen mode, download (resumably), install, boot, confirm and
@@ -257,12 +343,17 @@ def run(
         options = AgentOptions(
             mode=mode, transport=transport, interval=interval,
             max_runs=1 if once else max_runs, duration=duration,
-            mqtt=parse_host_port(mqtt, "--mqtt") if mqtt is not None else None, coap=coap)
+            mqtt=parse_host_port(mqtt, "--mqtt") if mqtt is not None else None, coap=coap,
+            protocol=protocol, tenant=ddi_tenant)
         options.check()
     except ValueError as e:
         fail(str(e), EXIT_USAGE)
     if coap is not None and not coap.startswith("coap://"):
         fail(f"--coap: expected coap://HOST:PORT, got {coap!r}", EXIT_USAGE)
+    if not (0 < len(ddi_tenant) <= 64 and ddi_tenant.isascii()
+            and all(c.isalnum() or c in "-_." for c in ddi_tenant)):
+        fail(f"--ddi-tenant: expected 1 to 64 letters, digits or '-_.', got "
+             f"{ddi_tenant[:40]!r}", EXIT_USAGE)
     credential = read_input(credential_file, "credential").decode("utf-8", "replace").strip()
     try:  # the folder runs only with its own device's credential
         check_credential(directory, credential)
@@ -341,6 +432,8 @@ def status(
         running = c["running"]
         what = (f"#{running['sequence-number']} sha256 {running['digest']}" if running
                 else "no valid image")
+        if running and "version" in running:
+            what += " version " + ".".join(str(v) for v in running["version"])
         out.print(f"  {c['image']} {c['id']}: {what}; counter {c['counter']}", markup=False)
     out.print(f"  pending update: {doc['pending']}; on trial: {doc['trial']}", markup=False)
 
@@ -350,12 +443,17 @@ def device_status(opened: OpenDevice) -> dict[str, Any]:
     bootloader = opened.bootloader
     observation = bootloader.observe()  # type: ignore[attr-defined]
     counters = bootloader.read_counters()
+    anchors = opened.config.trust_anchors()
     components = []
     for spec, check in zip(opened.config.components, observation.primary, strict=True):
-        info = None
+        info: dict[str, Any] | None = None
         if check.info is not None and check.verdict.name == "GOOD":
             info = {"sequence-number": check.info.sequence_number,
                     "digest": check.info.digest.hex()}
+            # update-management §3.1: the set-version of the manifest it was installed with
+            version = running_version(bootloader, spec.image, anchors, Limits())
+            if version is not None:
+                info["version"] = list(version)
         components.append({"image": spec.image, "id": [f"0x{p.hex()}" for p in spec.suit_id],
                            "running": info, "counter": counters.get(spec.image, 0),
                            "reason": check.reason})

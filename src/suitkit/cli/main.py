@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +21,8 @@ from rich.tree import Tree
 from suitkit import __version__
 from suitkit.author import keys as keyfiles
 from suitkit.author.describe import load_description
+from suitkit.author.encrypt import encrypt_envelope, parse_encryption
+from suitkit.cli.backup import app as backup_app
 from suitkit.cli.campaign import campaign_app
 from suitkit.cli.common import (
     EXIT_FAILED,
@@ -45,6 +48,7 @@ from suitkit.core.sign import sign_envelope
 from suitkit.core.verify import TrustAnchor, TrustAnchors, verify_decoded
 from suitkit.errors import (
     DecodeError,
+    KeyMaterialError,
     SuitError,
 )
 from suitkit.fileio import atomic_write
@@ -81,27 +85,46 @@ def root(
 
 app.add_typer(device_app, name="device")
 app.add_typer(server_app)
+app.add_typer(backup_app)  # suitkit backup / restore (cli/backup.py)
 
 
 # --------------------------------------------------------------------------- keys
 
 ALGORITHMS = ["ES256", "ESP256", "ES384", "EdDSA", "Ed25519", "HSS-LMS", "HMAC-256"]
+RECIPIENT_KINDS = list(crypto.RECIPIENT_KINDS)  # key distribution (encryption): KEKs, ECDH-ES
 
 
 @app.command()
 @handles_errors
 def keygen(
-    alg: Annotated[str, typer.Option("--alg", help="Signature or MAC algorithm: "
-                                     + ", ".join(ALGORITHMS))],
     out_path: Annotated[Path, typer.Option("--out", help="Private key file to write.")],
+    alg: Annotated[str, typer.Option("--alg", help="Signature or MAC algorithm: "
+                                     + ", ".join(ALGORITHMS) + "; or, for encryption, a "
+                                     "key-encryption key (A128KW, A192KW, A256KW) or a "
+                                     "device's ECDH-ES key (ECDH-P256, X25519).")] = "ESP256",
+    kid: Annotated[str | None, typer.Option("--kid", help="Key id of an encryption key "
+                                            "(the recipient's kid in encryption-info).")
+                   ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing key file.")
                      ] = False,
 ) -> None:
-    """Generate a private key (PEM; HSS-LMS and HMAC keys as a COSE_Key in PEM armor)."""
-    if alg not in ALGORITHMS:
-        fail(f"--alg must be one of {', '.join(ALGORITHMS)}, got {alg!r}", EXIT_USAGE)
+    """Generate a private key (PEM; HSS-LMS, HMAC and encryption keys as a COSE_Key in PEM
+    armor)."""
+    if alg not in ALGORITHMS + RECIPIENT_KINDS:
+        fail(f"--alg must be one of {', '.join(ALGORITHMS + RECIPIENT_KINDS)}, got {alg!r}",
+             EXIT_USAGE)
+    if kid is not None and (alg not in RECIPIENT_KINDS or not kid or len(kid) > 256):
+        fail("--kid is for encryption keys (" + ", ".join(RECIPIENT_KINDS) + "), 1 to 256 "
+             "characters", EXIT_USAGE)
     if out_path.exists() and not force:
         fail(f"{out_path} exists; refusing to overwrite a key (use --force)", EXIT_USAGE)
+    if alg in RECIPIENT_KINDS:
+        recipient = crypto.generate_recipient_key(alg, key_id=None if kid is None
+                                                  else kid.encode())
+        keyfiles.write_recipient_key(out_path, recipient)
+        kind = "key-encryption key" if alg.endswith("KW") else "ECDH-ES private key"
+        out.print(f"wrote {alg} {kind} to {out_path}", markup=False)
+        return
     key = crypto.generate_private_key(alg)
     keyfiles.write_private_key(out_path, key)
     out.print(f"wrote {alg} private key to {out_path}", markup=False)
@@ -113,8 +136,21 @@ def pubkey(
     key: Annotated[Path, typer.Argument(help="Private key file.")],
     out_path: Annotated[Path, typer.Option("--out", help="Public key file to write.")],
 ) -> None:
-    """Write the public key (the device's trust anchor) of a private key."""
-    private = keyfiles.load_private_key(key)
+    """Write the public key of a private key: a device's trust anchor, or the ECDH-ES public
+    key an author encrypts for."""
+    try:
+        private = keyfiles.load_private_key(key)
+    except KeyMaterialError as e:
+        try:
+            recipient = keyfiles.load_recipient_private(key)
+        except KeyMaterialError:
+            raise e from None
+        if isinstance(recipient, crypto.AesKwKey):
+            fail(f"{key} is a key-encryption key, a shared secret with no public half: the "
+                 "author and the device hold the same file", EXIT_USAGE)
+        keyfiles.write_recipient_key(out_path, recipient.public_key())
+        out.print(f"wrote ECDH-ES public key to {out_path}", markup=False)
+        return
     keyfiles.write_public_key(out_path, private)
     out.print(f"wrote public key to {out_path}", markup=False)
 
@@ -133,10 +169,95 @@ def create(
     envelope = codec.build_envelope(desc.manifest, sever_members=desc.sever,
                                     integrated=desc.integrated)
     data = codec.encode_envelope(envelope)
-    atomic_write(out_path, data)
+    _write_release(out_path, data, desc.detached)
     out.print(f"wrote unsigned envelope to {out_path} ({len(data)} bytes, manifest "
               f"{len(envelope.manifest_bytes)} bytes, sequence number "
               f"{envelope.manifest.sequence_number})", markup=False)
+    if desc.encrypted:
+        out.print(f"encrypted component(s) {', '.join(map(str, sorted(desc.encrypted)))}",
+                  markup=False)
+
+
+def ciphertext_path(out_path: Path, index: int) -> Path:
+    """Where ``create`` and ``encrypt`` write the detached ciphertext of component ``index``."""
+    return out_path.with_name(f"{out_path.name}.image-{index}.enc")
+
+
+def _write_release(out_path: Path, data: bytes, detached: Mapping[int, bytes]) -> None:
+    """The ciphertexts first, then the envelope; on a failure none of them is left."""
+    written: list[tuple[int, Path]] = []
+    try:
+        for index, ciphertext in sorted(detached.items()):
+            path = ciphertext_path(out_path, index)
+            atomic_write(path, ciphertext)
+            written.append((index, path))
+        atomic_write(out_path, data)
+    except BaseException:
+        for _index, path in written:
+            path.unlink(missing_ok=True)
+        raise
+    for index, path in written:
+        out.print(f"wrote encrypted image {path} ({len(detached[index])} bytes): upload it as "
+                  f"{index}={path}", markup=False)
+
+
+@app.command()
+@handles_errors
+def encrypt(
+    envelope_path: Annotated[Path, typer.Argument(metavar="ENVELOPE", help="Envelope whose "
+                                                  "images to encrypt.")],
+    images: Annotated[list[str] | None, typer.Argument(
+        metavar="[N=IMAGE...]", help="Detached images by component index (integrated ones "
+        "are taken from the envelope).")] = None,
+    recipient: Annotated[list[str] | None, typer.Option(
+        "--recipient", help="A key-encryption key or a device's ECDH-ES public key, as FILE "
+        "or KID=FILE; repeat for several devices.")] = None,
+    profile: Annotated[str | None, typer.Option(
+        "--profile", help="An MTI profile (e.g. suit-sha256-esp256-ecdh-a128ctr).")] = None,
+    content: Annotated[str | None, typer.Option(
+        "--content", help="Instead of --profile: the content algorithm (A128GCM, A256GCM, "
+        "ChaCha20/Poly1305, A128CTR, A256CTR).")] = None,
+    component: Annotated[list[int] | None, typer.Option(
+        "--component", help="Encrypt only this component (default: every one with an "
+        "image); repeat for several.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Unsigned envelope to write "
+                                                  "(required).")] = None,
+) -> None:
+    """Encrypt an envelope's images for devices (the result is unsigned: sign it again).
+
+    Detached ciphertexts are written beside the envelope as ENVELOPE.image-N.enc.
+    """
+    if out_path is None:
+        fail("give --out ENVELOPE (the unsigned encrypted envelope to write)", EXIT_USAGE)
+    envelope = load_envelope(envelope_path)
+    if not recipient:
+        fail("give at least one --recipient", EXIT_USAGE)
+    if (profile is None) == (content is None):
+        fail("give one of --profile and --content", EXIT_USAGE)
+    section: dict[str, Any] = {"recipients": []}
+    if profile is not None:
+        section["profile"] = profile
+    else:
+        section["content"] = content
+    for item in recipient:
+        kid, sep, file = item.partition("=")
+        section["recipients"].append({"key": file, "kid": kid} if sep and kid and file
+                                     else {"key": item})
+    if component:
+        section["components"] = list(component)
+    plan = parse_encryption(section, base=Path("."), path="options",
+                            components=envelope.manifest.common.components)
+    plaintexts: dict[int, bytes] = {}
+    for spec in images or []:
+        index, sep, name = spec.partition("=")
+        if not (sep and index.isascii() and index.isdigit() and name):
+            fail(f"expected N=IMAGE (component index N), got {spec!r}", EXIT_USAGE)
+        plaintexts[int(index)] = read_input(Path(name), "image")
+    encrypted, detached = encrypt_envelope(envelope, plaintexts, plan)
+    data = codec.encode_envelope(encrypted)
+    _write_release(out_path, data, detached)
+    out.print(f"wrote unsigned encrypted envelope to {out_path} ({len(data)} bytes); sign it "
+              "again (suitkit sign)", markup=False)
 
 
 @app.command()
@@ -147,7 +268,8 @@ def sign(
                                             "signers (one authentication block each).")],
     out_path: Annotated[Path, typer.Option("--out", help="Signed envelope to write.")],
     alg: Annotated[str | None, typer.Option("--alg", help="Override the key's algorithm "
-                                            "(e.g. ESP256 for a P-256 key).")] = None,
+                                            "(e.g. ES256 for a P-256 key, which signs ESP256 by "
+                                            "default).")] = None,
 ) -> None:
     """Add one authentication block per key; blocks already present are kept."""
     envelope = load_envelope(envelope_path)

@@ -1,12 +1,15 @@
 """``suitkit serve`` and ``suitkit upload``: run the firmware server and upload releases to it.
 
-``serve`` builds a ``ServerConfig`` from its options and runs ``server.app.create_app`` on
-uvicorn; FastAPI and uvicorn are imported only when it runs, so the rest of the CLI works
-without them. With ``--admin-token-file`` it also mounts the status tracker's routes
+``serve`` takes each option from its flag, a ``SUITKIT_<KEY>`` variable or the TOML file of
+``--config`` (``cli.config``), builds ``ServeOptions`` once, then a ``ServerConfig``, and runs
+``server.app.create_app`` on uvicorn (with TLS, and a ``--metrics-port`` listener, if asked);
+FastAPI and uvicorn are imported only when it runs, so the rest of the CLI works without them.
+With ``--admin-token-file`` it also mounts the status tracker's routes
 (``tracker.edges.create_router``) and the dashboard (``dashboard.create_dashboard_router``,
 ``/dashboard/``) on the same application. Before it says it runs, ``serve`` binds its sockets,
 checks that the data directory is writable and opens the database: any problem is one line and
-exit 2. It logs to stderr (an access line per request, each 500 once with its cause).
+exit 2. It logs to stderr, plain or JSON (an access line per request, each 500 once with its
+cause, each line of a request with its id). ``config show`` prints the configuration in force.
 ``upload`` streams an envelope and its detached images (multipart, see docs/server.md) from
 their files, with the bearer token from a file, and prints the release the server stored.
 """
@@ -14,6 +17,7 @@ their files, with the bearer token from a file, and prints the release the serve
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -22,6 +26,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -64,10 +69,19 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 @app.command()
 @handles_errors
 def serve(
-    data: Annotated[Path, typer.Option("--data", help="Data directory (created if missing).")],
-    author_anchor: Annotated[list[Path], typer.Option(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="TOML file of serve's options (keys as the flags, dashes as "
+        "underscores; docs/operations.md); also SUITKIT_CONFIG. Flags win over SUITKIT_<KEY> "
+        "environment variables, which win over the file.")] = None,
+    print_config: Annotated[bool, typer.Option(
+        "--print-config", help="Print the configuration in force (TOML, each value's source, "
+        "secrets redacted) and exit.")] = False,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Data directory (created if missing); required.")] = None,
+    author_anchor: Annotated[list[Path] | None, typer.Option(
         "--author-anchor", help="Author public key uploads must be signed with; repeat for "
-        "several (any one suffices).")],
+        "several (any one suffices); at least one is required.")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8080,
     upload_token_file: Annotated[Path | None, typer.Option(
@@ -78,18 +92,40 @@ def serve(
     limit_concurrency: Annotated[int, typer.Option(
         "--limit-concurrency", help="Requests in progress at once (503 beyond); push streams "
         "and long-polls are not counted here but by --max-push.")] = 1000,
-    max_push: Annotated[int, typer.Option(
+    max_push: Annotated[int | None, typer.Option(
         "--max-push", help="SSE streams and long-polls of all devices at once (503 beyond; "
-        "4 per device, 429 beyond).")] = 10_000,
-    max_connections: Annotated[int, typer.Option(
+        "4 per device, 429 beyond); default 10000, fewer when the open-file limit does not "
+        "allow as many (the start-up line says how many).", show_default=False)] = None,
+    max_connections: Annotated[int | None, typer.Option(
         "--max-connections", help="Open connections; beyond it a new one evicts the "
-        "connection idle the longest before its request head.")] = 10_000,
+        "connection idle the longest before its request head. Default: --max-push plus "
+        "twice --limit-concurrency, within the open-file limit.", show_default=False)] = None,
     head_timeout: Annotated[float, typer.Option(
         "--head-timeout", help="Seconds a connection may take to send a whole request head "
         "before it is closed.")] = 10.0,
     log_level: Annotated[str, typer.Option(
         "--log-level", help="debug, info (one access line per request), warning or error; "
         "the log goes to stderr.")] = "info",
+    log_format: Annotated[str, typer.Option(
+        "--log-format", help="plain (text lines) or json (one JSON object a line).")
+    ] = "plain",
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", help="PEM certificate (chain) to serve HTTPS with; the key too unless "
+        "--tls-key names it.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        "--tls-key", help="PEM private key of --tls-cert.")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option(
+        "--tls-client-ca", help="PEM CA certificates: every client must present a "
+        "certificate one of them issued (mutual TLS), or its handshake is refused.")] = None,
+    forwarded_allow_ips: Annotated[str, typer.Option(
+        "--forwarded-allow-ips", help="Comma-separated addresses (or *) of proxies whose "
+        "X-Forwarded-For and X-Forwarded-Proto are trusted (the client's address and scheme "
+        "in logs and derived URLs).")] = "127.0.0.1",
+    metrics_port: Annotated[int | None, typer.Option(
+        "--metrics-port", help="Serve /metrics (Prometheus), /healthz and /readyz on this TCP "
+        "port too, and nothing else there; /metrics is served nowhere else.")] = None,
+    metrics_host: Annotated[str, typer.Option(
+        "--metrics-host", help="Address of the --metrics-port listener.")] = "127.0.0.1",
     coap_port: Annotated[int | None, typer.Option(
         "--coap-port", help="Also serve the blobs over CoAP (block-wise) on this UDP port.")
     ] = None,
@@ -97,7 +133,7 @@ def serve(
         "--admin-token-file", help="File holding the status tracker's admin token; with it "
         "the status tracker API is served too (/api/v1/devices), and the dashboard "
         "(/dashboard/).")] = None,
-    tracker_db: Annotated[str | None, typer.Option(
+    db: Annotated[str | None, typer.Option(
         "--db", "--tracker-db", help="Status tracker database URL (default "
         "sqlite:///DATA/tracker.db; e.g. postgresql+psycopg://user@host/suitkit); migrated to "
         "the newest schema on start.")] = None,
@@ -143,60 +179,213 @@ def serve(
     report_retention_days: Annotated[float, typer.Option(
         "--report-retention-days", help="Days reports are kept (0: for ever).")
     ] = DEFAULT_QUOTAS.report_days,
+    ddi: Annotated[bool, typer.Option(
+        "--ddi/--no-ddi", help="Serve the hawkBit DDI controller API "
+        "(/TENANT/controller/v1/DEVICE-ID, target tokens = device credentials) for SWUpdate, "
+        "RAUC and suitkit agents (with the status tracker).")] = True,
+    ddi_tenant: Annotated[str, typer.Option(
+        "--ddi-tenant", help="The DDI tenant in the paths.")] = "DEFAULT",
+    ddi_poll_seconds: Annotated[int, typer.Option(
+        "--ddi-poll-seconds", help="Seconds a DDI controller is told to sleep between two "
+        "polls (1 to 86399).")] = 60,
     retention_interval: Annotated[float, typer.Option(
         "--retention-interval", help="Seconds between two retention passes (each deletes at "
         "most 10000 rows per table).")] = DEFAULT_QUOTAS.retention_interval,
+    accel_redirect: Annotated[str | None, typer.Option(
+        "--accel-redirect", metavar="PREFIX", help="Hand the bytes of /firmware and "
+        "/envelopes downloads to nginx in front: answer X-Accel-Redirect: PREFIX<ab>/<sha256> "
+        "(e.g. /_suitkit_blobs/, an internal nginx location over DATA/blobs/; "
+        "docs/server.md, Scale out).")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", help="Server processes on the one port (each a whole server; rates "
+        "per device are shared out among them). More than 1: no --coap-port or --mqtt, and "
+        "push notices (SSE, long-poll) need a PostgreSQL --db (each worker hears the others' "
+        "changes); on SQLite they are off: devices poll (docs/server.md).")] = 1,
 ) -> None:
     """Run the firmware server (verified uploads, immutable content-addressed downloads over
     HTTP and CoAP) and, with --admin-token-file, the status tracker and the dashboard."""
+    options = serve_options(ctx, config)
+    if print_config:
+        out.print(show_config(ctx, config), markup=False)
+        return
+    _serve(options)
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """Every option of ``serve`` in force (flag > SUITKIT_<KEY> > config file > default),
+    built once by ``serve_options``; the field names are serve's parameter names."""
+
+    data: Path | None
+    author_anchor: list[Path] | None
+    host: str
+    port: int
+    upload_token_file: Path | None
+    max_upload_mib: int
+    limit_concurrency: int
+    max_push: int | None
+    max_connections: int | None
+    head_timeout: float
+    log_level: str
+    log_format: str
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_client_ca: Path | None
+    forwarded_allow_ips: str
+    metrics_port: int | None
+    metrics_host: str
+    coap_port: int | None
+    admin_token_file: Path | None
+    db: str | None
+    db_pool_size: int
+    db_max_overflow: int
+    db_pool_timeout: float
+    mqtt: str | None
+    public_url: str | None
+    device_reports_per_minute: float
+    device_events_per_minute: float
+    device_inventory_per_minute: float
+    max_reports_per_device: int
+    max_report_kib_per_device: int
+    max_events_per_device: int
+    history_retention_days: float
+    report_retention_days: float
+    retention_interval: float
+    ddi: bool
+    ddi_tenant: str
+    ddi_poll_seconds: int
+    accel_redirect: str | None
+    workers: int
+
+
+_NOT_KEYS = frozenset({"config", "print_config"})
+
+
+def _resolved(ctx: typer.Context, config: Path | None) -> tuple[list[Any], Any]:
+    from suitkit.cli import config as settings  # noqa: PLC0415
+
+    keys = settings.keys_of(ctx.command, ServeOptions, skip=_NOT_KEYS)
+    from_flag = frozenset(
+        k.name for k in keys
+        if getattr(ctx.get_parameter_source(k.name), "name", None) == "COMMANDLINE")
+    if config is None and os.environ.get("SUITKIT_CONFIG"):
+        config = Path(os.environ["SUITKIT_CONFIG"])
+    try:
+        return keys, settings.resolve(keys, ctx.params, from_flag, config)
+    except settings.ConfigError as e:
+        fail(str(e), EXIT_USAGE)
+
+
+def serve_options(ctx: typer.Context, config: Path | None) -> ServeOptions:
+    """``ServeOptions`` from the command line, the environment and ``config`` (exit 2 with
+    one line naming the key and its source when one is unusable)."""
+    _, resolved = _resolved(ctx, config)
+    return ServeOptions(**resolved.values)
+
+
+def show_config(ctx: typer.Context, config: Path | None) -> str:
+    """The configuration in force as TOML with sources (secrets redacted)."""
+    from suitkit.cli import config as settings  # noqa: PLC0415
+
+    keys, resolved = _resolved(ctx, config)
+    return settings.render(keys, resolved)
+
+
+def _serve(o: ServeOptions) -> None:
+    """Run the server with options ``o`` (see ``serve``)."""
+    if o.data is None:
+        fail("--data is required (or SUITKIT_DATA, or the key data in the --config file)",
+             EXIT_USAGE)
+    if not o.author_anchor:
+        fail("--author-anchor is required (or SUITKIT_AUTHOR_ANCHOR, or the key "
+             "author_anchor in the --config file)", EXIT_USAGE)
+    data = o.data
+    host, port, coap_port, log_level = o.host, o.port, o.coap_port, o.log_level
+    head_timeout, public_url, mqtt = o.head_timeout, o.public_url, o.mqtt
+    admin_token_file, upload_token_file = o.admin_token_file, o.upload_token_file
+    tracker_db = o.db
+    ddi, ddi_tenant, ddi_poll_seconds = o.ddi, o.ddi_tenant, o.ddi_poll_seconds
+    accel_redirect = o.accel_redirect
+    workers = o.workers
     try:
         import uvicorn  # noqa: PLC0415 - optional at import time of the CLI
 
-        from suitkit.server.app import ServerConfig, create_app  # noqa: PLC0415
-        from suitkit.server.background import UVICORN_OPTIONS  # noqa: PLC0415
-        from suitkit.server.guard import Guards, guarded_protocol  # noqa: PLC0415
+        from suitkit.server.app import (  # noqa: PLC0415
+            ServerConfig,
+            accel_prefix_problem,
+            create_app,
+        )
+        from suitkit.server.background import UVICORN_OPTIONS, run_workers  # noqa: PLC0415
+        from suitkit.server.guard import (  # noqa: PLC0415
+            Guards,
+            guarded_protocol,
+            plan_capacity,
+        )
+        from suitkit.server.observe import Metrics  # noqa: PLC0415
         from suitkit.server.store import BlobStore  # noqa: PLC0415
     except ImportError as e:
         fail(f"the firmware server needs fastapi and uvicorn: {e}", EXIT_USAGE)
-    for name, value in (("--port", port), ("--coap-port", coap_port)):
+    for name, value in (("--port", port), ("--coap-port", coap_port),
+                        ("--metrics-port", o.metrics_port)):
         if value is not None and not 0 < value < 65536:
             fail(f"{name}: expected a port number from 1 to 65535, got {value}", EXIT_USAGE)
-    for name, value in (("--max-upload-mib", max_upload_mib),
-                        ("--limit-concurrency", limit_concurrency), ("--max-push", max_push),
-                        ("--max-connections", max_connections)):
-        if value < 1:
+    tls = _tls_options(o)
+    if o.metrics_port == port:
+        fail(f"--metrics-port must differ from --port (both {port})", EXIT_USAGE)
+    for name, value in (("--max-upload-mib", o.max_upload_mib),
+                        ("--limit-concurrency", o.limit_concurrency), ("--max-push", o.max_push),
+                        ("--max-connections", o.max_connections)):
+        if value is not None and value < 1:
             fail(f"{name} must be at least 1", EXIT_USAGE)
+    db_pool_size, db_max_overflow, db_pool_timeout = (o.db_pool_size, o.db_max_overflow,
+                                                      o.db_pool_timeout)
     if db_pool_size < 1 or not 0 <= db_max_overflow <= 10_000 or db_pool_size > 10_000:
         fail(f"--db-pool-size must be 1 to 10000 and --db-max-overflow 0 to 10000, got "
              f"{db_pool_size} and {db_max_overflow}", EXIT_USAGE)
     if not 0 < db_pool_timeout <= 3600:
         fail(f"--db-pool-timeout: expected 0 to 3600 seconds, got {db_pool_timeout:g}",
              EXIT_USAGE)
+    if not 1 <= workers <= MAX_WORKERS:
+        fail(f"--workers: expected 1 to {MAX_WORKERS} processes, got {workers}", EXIT_USAGE)
+    if workers > 1:
+        for name, given in (("--coap-port", coap_port is not None),
+                            ("--mqtt", mqtt is not None),
+                            ("--metrics-port", o.metrics_port is not None)):
+            if given:
+                fail(f"{name} needs --workers 1: {_ONE_PROCESS[name]}", EXIT_USAGE)
     if not 0 < head_timeout <= 3600:
         fail(f"--head-timeout: expected 0 to 3600 seconds, got {head_timeout:g}", EXIT_USAGE)
+    if o.log_format not in ("plain", "json"):
+        fail(f"--log-format: expected plain or json, got {o.log_format[:40]!r}", EXIT_USAGE)
     if log_level.lower() not in _LOG_LEVELS:
         fail(f"--log-level: expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}",
              EXIT_USAGE)
-    bounds = {"--device-reports-per-minute": device_reports_per_minute,
-              "--device-events-per-minute": device_events_per_minute,
-              "--device-inventory-per-minute": device_inventory_per_minute,
-              "--max-reports-per-device": max_reports_per_device,
-              "--max-report-kib-per-device": max_report_kib_per_device,
-              "--max-events-per-device": max_events_per_device,
-              "--history-retention-days": history_retention_days,
-              "--report-retention-days": report_retention_days,
-              "--retention-interval": retention_interval}
+    bounds = {"--device-reports-per-minute": o.device_reports_per_minute,
+              "--device-events-per-minute": o.device_events_per_minute,
+              "--device-inventory-per-minute": o.device_inventory_per_minute,
+              "--max-reports-per-device": o.max_reports_per_device,
+              "--max-report-kib-per-device": o.max_report_kib_per_device,
+              "--max-events-per-device": o.max_events_per_device,
+              "--history-retention-days": o.history_retention_days,
+              "--report-retention-days": o.report_retention_days,
+              "--retention-interval": o.retention_interval}
     for option, bound in bounds.items():
         if not 0 <= bound < 1e9:
             fail(f"{option} must be 0 (off) or a positive number below 1e9, got {bound:g}",
                  EXIT_USAGE)
-    quotas = Quotas(reports_per_minute=device_reports_per_minute,
-                    events_per_minute=device_events_per_minute,
-                    inventory_per_minute=device_inventory_per_minute,
-                    max_reports=max_reports_per_device,
-                    max_report_bytes=max_report_kib_per_device * 1024,
-                    max_events=max_events_per_device, history_days=history_retention_days,
-                    report_days=report_retention_days, retention_interval=retention_interval)
+    # a device's rates are counted in each process: each of N workers allows 1/N of them,
+    # so that a device never gets more than the rate in all
+    quotas = Quotas(reports_per_minute=o.device_reports_per_minute / workers,
+                    events_per_minute=o.device_events_per_minute / workers,
+                    inventory_per_minute=o.device_inventory_per_minute / workers,
+                    max_reports=o.max_reports_per_device,
+                    max_report_bytes=o.max_report_kib_per_device * 1024,
+                    max_events=o.max_events_per_device, history_days=o.history_retention_days,
+                    report_days=o.report_retention_days, retention_interval=o.retention_interval)
+    if accel_redirect is not None:
+        problem = accel_prefix_problem(accel_redirect)
+        if problem is not None:
+            fail(f"--accel-redirect: {problem}", EXIT_USAGE)
     if tracker_db is not None and admin_token_file is None:
         fail("--db/--tracker-db needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
@@ -205,6 +394,12 @@ def serve(
             or any(c.isspace() for c in public_url) or len(public_url) > 1024):
         fail(f"--public-url: expected an http:// or https:// URL, got {public_url[:80]!r}",
              EXIT_USAGE)
+    if not 0 < ddi_poll_seconds < 86400:
+        fail(f"--ddi-poll-seconds: expected 1 to 86399, got {ddi_poll_seconds}", EXIT_USAGE)
+    if not (0 < len(ddi_tenant) <= 64 and ddi_tenant.isascii()
+            and all(c.isalnum() or c in "-_." for c in ddi_tenant)):
+        fail(f"--ddi-tenant: expected 1 to 64 letters, digits or '-_.', got {ddi_tenant[:40]!r}",
+             EXIT_USAGE)
     if public_url is not None and admin_token_file is None:
         fail("--public-url needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
@@ -212,7 +407,7 @@ def serve(
         fail("--mqtt needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
     anchors = TrustAnchors(tuple(TrustAnchor(keyfiles.load_verifier(p), role="author")
-                                 for p in author_anchor))
+                                 for p in o.author_anchor))
     token = read_token(upload_token_file) if upload_token_file is not None else None
     admin_token = read_token(admin_token_file) if admin_token_file is not None else None
     broker = None
@@ -221,39 +416,59 @@ def serve(
             broker = parse_host_port(mqtt, "--mqtt")
         except ValueError as e:
             fail(str(e), EXIT_USAGE)
-    _configure_logging(log_level.lower())
-    open_files = _raise_open_files()
-    routers: tuple[Any, ...] = ()
-    wiring: TrackerWiring | None = None
-    coap: Any = None
-    sock: socket.socket | None = None
-    try:
+    _configure_logging(log_level.lower(), o.log_format)
+    capacity = plan_capacity(_raise_open_files(), max_connections=o.max_connections,
+                             max_push=o.max_push, max_requests=o.limit_concurrency)
+    db_url = tracker_db or f"sqlite:///{data.resolve() / 'tracker.db'}"
+    shown = f"[{host}]" if ":" in host else host
+    scheme = "https" if tls else "http"
+    said = (f"suitkit firmware server on {scheme}://{shown}:{port}/ (data {data}; uploads "
+            f"{'enabled' if token or admin_token is not None else 'disabled'}"
+            f"{'; status tracker enabled' if admin_token is not None else ''}"
+            f"{'; downloads sent by the proxy in front' if accel_redirect else ''}"
+            f"{f'; {workers} worker processes' if workers > 1 else ''})")
+    metrics_sock: socket.socket | None = None
+
+    def build(sock: socket.socket) -> tuple[Any, TrackerWiring | None, Any]:
+        """The uvicorn server for this process, the tracker's wiring and the CoAP server
+        (each to stop); any start-up problem is one line and exit 2."""
+        wiring: TrackerWiring | None = None
+        coap: Any = None
         try:  # every start-up problem is bad usage (exit 2), whatever its kind
-            store = BlobStore(data)  # creates the data directory, or fails with one line
-            store.check_writable()
+            routers: tuple[Any, ...] = ()
             if admin_token is not None:
                 from suitkit.dashboard import create_dashboard_router  # noqa: PLC0415
-                from suitkit.tracker.config import TrackerConfig  # noqa: PLC0415
+                from suitkit.tracker.config import DdiOptions, TrackerConfig  # noqa: PLC0415
 
-                db_url = tracker_db or f"sqlite:///{data.resolve() / 'tracker.db'}"
-                # deployments and campaigns name a release of the database's records
-                # (tracker_routes(data=...)), which this server writes as uploads commit
+                # deployments and campaigns name a release of the database's records, which
+                # this server writes as uploads commit; the DDI edge lists their files
+                # (tracker_routes(data=...))
                 tracker_config = TrackerConfig(db_url, admin_token, public_url=public_url,
                                                quotas=quotas)
                 from suitkit.tracker.store import PoolOptions  # noqa: PLC0415
 
                 wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None,
-                                        max_push=max_push, data=data,
+                                        max_push=capacity.push, data=data,
+                                        # several workers: each one's relay hears the others'
+                                        # changes on PostgreSQL (LISTEN/NOTIFY), not on SQLite
+                                        push=workers == 1 or _is_postgresql(db_url),
+                                        ddi=DdiOptions(ddi_tenant, ddi_poll_seconds)
+                                        if ddi else None,
                                         pool=PoolOptions(db_pool_size, db_max_overflow,
                                                          db_pool_timeout))
                 routers = (*wiring.routers, create_dashboard_router(redirect_root=True))
             config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
-                                  max_upload_bytes=max_upload_mib * MIB, routers=routers,
+                                  max_upload_bytes=o.max_upload_mib * MIB, routers=routers,
                                   authorizer=wiring.authorizer if wiring is not None else None,
                                   releases=wiring.releases if wiring is not None else None,
-                                  max_requests=limit_concurrency)
+                                  max_requests=o.limit_concurrency,
+                                  max_downloads=capacity.downloads,
+                                  accel_redirect=accel_redirect,
+                                  metrics=Metrics(ports=frozenset(
+                                      {o.metrics_port} if o.metrics_port else ()),
+                                      collectors=wiring.collectors() if wiring else ()),
+                                  readiness=(wiring.database_ready,) if wiring else ())
             application = create_app(config)
-            sock = _listen(host, port)  # before anything says it runs
             if coap_port is not None:
                 from suitkit.server.coap import CoapServer, create_coap_site  # noqa: PLC0415
 
@@ -268,42 +483,167 @@ def serve(
                     where = (f"{host}:{coap_port}" if ":" not in host
                              else f"[{host}]:{coap_port}")
                     fail(f"--coap-port: cannot listen on {where} (UDP): {reason}", EXIT_USAGE)
-            guards = Guards(head_timeout=head_timeout,
-                            max_connections=max(16, min(max_connections, open_files - 64)))
+            guards = Guards(head_timeout=head_timeout, max_connections=capacity.connections)
             options = {**UVICORN_OPTIONS, "http": guarded_protocol(guards)}
             server = uvicorn.Server(uvicorn.Config(
                 application, log_config=None, log_level=log_level.lower(),
                 access_log=log_level.lower() in ("debug", "info"), timeout_graceful_shutdown=5,
+                proxy_headers=True, forwarded_allow_ips=o.forwarded_allow_ips, **tls,
                 **options))  # type: ignore[arg-type]
+        except BaseException as e:
+            if coap is not None:
+                coap.stop()
+            if wiring is not None:
+                wiring.close()
+            if isinstance(e, SuitError):
+                fail(str(e), EXIT_USAGE)
+            if isinstance(e, OSError):
+                where = f" ({e.filename})" if e.filename else ""
+                fail(f"cannot start: {e.strerror or e}{where}", EXIT_USAGE)
+            raise
+        return server, wiring, coap
+
+    def run(sock: socket.socket) -> int:
+        """Build and serve in this process until told to stop; the exit status."""
+        try:
+            server, wiring, coap = build(sock)
+        except typer.Exit as e:
+            return e.exit_code
+        try:
+            server.run(sockets=[sock])
+        finally:
+            if coap is not None:
+                coap.stop()
+            if wiring is not None:
+                wiring.close()
+        return 0
+
+    sock: socket.socket | None = None
+    try:
+        try:
+            store = BlobStore(data)  # creates the data directory, or fails with one line
+            store.check_writable()
+            if workers > 1 and admin_token is not None:
+                # migrated once here: the workers find the schema at its newest revision
+                from suitkit.tracker.store import migrate  # noqa: PLC0415
+
+                migrate(db_url)
+            if workers == 1:
+                built = build(sock := _listen(host, port))  # bound before anything says it runs
         except SuitError as e:
             fail(str(e), EXIT_USAGE)
         except OSError as e:
             where = f" ({e.filename})" if e.filename else ""
             fail(f"cannot start: {e.strerror or e}{where}", EXIT_USAGE)
-        shown = f"[{host}]" if ":" in host else host
-        out.print(f"suitkit firmware server on http://{shown}:{port}/ (data {data}; uploads "
-                  f"{'enabled' if token or wiring is not None else 'disabled'}"
-                  f"{'; status tracker enabled' if routers else ''})", markup=False)
-        if coap_port is not None:
-            out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
-        server.run(sockets=[sock])
+        if workers == 1:
+            server, wiring, coap = built
+            out.print(said, markup=False)
+            if coap_port is not None:
+                out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
+            if o.metrics_port is not None:
+                metrics_sock = _listen(o.metrics_host, o.metrics_port, "--metrics-host")
+                out.print(f"metrics and health on {scheme}://{_shown(o.metrics_host)}:"
+                          f"{o.metrics_port}/metrics", markup=False)
+            out.print(_capacity_line(capacity, tracker=wiring is not None), markup=False)
+            try:
+                server.run(sockets=[sock] if metrics_sock is None else [sock, metrics_sock])
+            finally:
+                if coap is not None:
+                    coap.stop()
+                if wiring is not None:
+                    wiring.close()
+            return
+        sock = _listen(host, port)
+        out.print(said, markup=False)
+        out.print(_capacity_line(capacity, tracker=admin_token is not None), markup=False)
+        status = run_workers(sock, workers, lambda _: run(sock))
+        if status:
+            raise typer.Exit(EXIT_FAILED if status != EXIT_USAGE else EXIT_USAGE)
     finally:
-        if coap is not None:
-            coap.stop()
+        if metrics_sock is not None:
+            metrics_sock.close()
         if sock is not None:
             sock.close()
-        if wiring is not None:
-            wiring.close()
+
+
+MAX_WORKERS = 64
+
+
+def _is_postgresql(db_url: str) -> bool:
+    """Whether the tracker database of ``db_url`` is PostgreSQL (its notices cross processes
+    through LISTEN/NOTIFY: ``tracker.notices.pg``)."""
+    return db_url.split(":", 1)[0].split("+", 1)[0].lower() in ("postgresql", "postgres")
+_ONE_PROCESS = {
+    "--coap-port": "one UDP port is served by one process (run a second suitkit serve with "
+                   "--workers 1 --coap-port for CoAP)",
+    "--mqtt": "each worker's notices know only the deployments made in that process",
+    "--metrics-port": "each worker counts only its own requests (run one suitkit serve per "
+                      "port to scrape each)",
+}
 
 
 class _Redacting(logging.Formatter):
-    """The log's format; SQL parameters in a database error's traceback are left out (they
-    may hold credential hashes)."""
+    """The plain log's format; SQL parameters in a database error (its traceback or a message
+    that quotes it) are left out (they may hold credential hashes); the request's id, when the
+    line has one, at its end."""
 
     _PARAMETERS = re.compile(r"\[parameters: .*?\]$", re.MULTILINE | re.DOTALL)
 
     def formatException(self, ei: Any) -> str:
         return self._PARAMETERS.sub("[parameters hidden]", super().formatException(ei))
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = self._PARAMETERS.sub("[parameters hidden]", super().formatMessage(record))
+        rid = getattr(record, "request_id", None)
+        return f"{line} [request {rid}]" if rid else line
+
+
+class _Json(_Redacting):
+    """One JSON object per line (``--log-format json``): ``time`` (UTC, ISO 8601), ``level``,
+    ``logger``, ``message``, ``request_id`` (in a request), ``exception`` (a traceback); an
+    access line also has ``client``, ``method``, ``path``, ``http_version``, ``status``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), "logger": record.name,
+            "message": self._PARAMETERS.sub("[parameters hidden]", record.getMessage())}
+        rid = getattr(record, "request_id", None)
+        if rid:
+            doc["request_id"] = rid
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(
+                record.args) == 5:
+            client, method, path, version, status = record.args
+            doc.update(client=client, method=method, path=path, http_version=version,
+                       status=status)
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=True, default=str)
+
+
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:[^=&]*(?:token|secret|password|passwd|credential|"
+                           r"key|auth)[^=&]*)=)[^&]*")
+
+
+class _Context(logging.Filter):
+    """Adds the request's id (``server.observe.request_id``) to every record made while a
+    request is served, and hides the values of query parameters whose names say they are
+    secret (``?token=...``) in the access log: suitkit never takes a secret in a URL, but a
+    client may put one there."""
+
+    def __init__(self, request_id: Callable[[], str | None]) -> None:
+        super().__init__()
+        self._request_id = request_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = self._request_id()
+        if (record.name == "uvicorn.access" and isinstance(record.args, tuple)
+                and len(record.args) == 5):
+            client, method, path, version, status = record.args
+            record.args = (client, method, _SECRET_QUERY.sub(r"\1***", str(path)), version,
+                           status)
+        return True
 
 
 class _Quieter(logging.Filter):
@@ -343,18 +683,34 @@ class _Quieter(logging.Filter):
         return True
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, log_format: str = "plain") -> None:
     """The server's log on stderr: suitkit's and uvicorn's loggers (the access log at info);
     other libraries only from warning up. Requests are logged as method, path and status:
-    never a header (where credentials travel) nor a body."""
+    never a header (where credentials travel) nor a body. Each line made while a request is
+    served carries its id; ``log_format`` ``json``: one JSON object a line."""
+    from suitkit.server.observe import request_id  # noqa: PLC0415
+
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Redacting("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(_Json(fmt) if log_format == "json" else _Redacting(fmt))
     handler.addFilter(_Quieter())
+    handler.addFilter(_Context(request_id))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     for name in ("suitkit", "uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).setLevel(level.upper())
+
+
+def _capacity_line(capacity: Any, *, tracker: bool) -> str:
+    """What the process can hold (``server.guard.Capacity``), for the start-up output."""
+    line = (f"holds up to {capacity.connections:,} connections (open-file limit "
+            f"{capacity.open_files:,})")
+    if tracker:
+        line += (f", {capacity.push:,} of them push streams (SSE, long-poll; about "
+                 f"{capacity.push_mib:,} MiB at that cap); more devices: MQTT "
+                 f"(docs/server.md, push capacity)")
+    return "; ".join((line, *capacity.lowered))
 
 
 def _raise_open_files() -> int:
@@ -371,7 +727,42 @@ def _raise_open_files() -> int:
     return wanted if soft == resource.RLIM_INFINITY else soft
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _tls_options(o: ServeOptions) -> dict[str, Any]:
+    """uvicorn's TLS options for ``o``, checked now (a bad file is one line and exit 2, not a
+    traceback once uvicorn starts)."""
+    if o.tls_cert is None:
+        for name, value in (("--tls-key", o.tls_key), ("--tls-client-ca", o.tls_client_ca)):
+            if value is not None:
+                fail(f"{name} needs --tls-cert", EXIT_USAGE)
+        return {}
+    import ssl  # noqa: PLC0415
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(o.tls_cert, o.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        fail(f"--tls-cert/--tls-key: cannot load {o.tls_cert}"
+             f"{f' and {o.tls_key}' if o.tls_key else ''}: "
+             f"{getattr(e, 'strerror', None) or getattr(e, 'reason', None) or e}", EXIT_USAGE)
+    options: dict[str, Any] = {"ssl_certfile": str(o.tls_cert)}
+    if o.tls_key is not None:
+        options["ssl_keyfile"] = str(o.tls_key)
+    if o.tls_client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=o.tls_client_ca)
+        except (OSError, ssl.SSLError) as e:
+            fail(f"--tls-client-ca: cannot load {o.tls_client_ca}: "
+                 f"{getattr(e, 'strerror', None) or getattr(e, 'reason', None) or e}",
+                 EXIT_USAGE)
+        options.update(ssl_ca_certs=str(o.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
+
+
+def _shown(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _listen(host: str, port: int, option: str = "--host") -> socket.socket:
     """A listening TCP socket on ``host:port`` (exit 2 with one line if it cannot be had).
 
     Made with ``IPPROTO_TCP`` named, so asyncio turns Nagle's algorithm off on its connections
@@ -381,7 +772,7 @@ def _listen(host: str, port: int) -> socket.socket:
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                       proto=socket.IPPROTO_TCP)[0]
     except (OSError, UnicodeError) as e:
-        fail(f"--host: cannot resolve {host!r}: {getattr(e, 'strerror', None) or e}",
+        fail(f"{option}: cannot resolve {host!r}: {getattr(e, 'strerror', None) or e}",
              EXIT_USAGE)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
@@ -403,7 +794,9 @@ app.add_typer(db_app, name="db")
 @handles_errors
 def db_upgrade(
     db: Annotated[str | None, typer.Option(
-        "--db", help="Database URL, e.g. postgresql+psycopg://user@host/suitkit.")] = None,
+        "--db", envvar="SUITKIT_DB", help="Database URL, e.g. "
+        "postgresql+psycopg://user@host/suitkit (also SUITKIT_DB: a password kept off the "
+        "command line).")] = None,
     data: Annotated[Path | None, typer.Option(
         "--data", help="Data directory of a server whose database is the default "
         "sqlite:///DATA/tracker.db (instead of --db).")] = None,
@@ -524,3 +917,24 @@ def _json(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+config_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                         help="serve's configuration (flags > SUITKIT_<KEY> > file > defaults).")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+@handles_errors
+def config_show(
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="TOML file of serve's options (default: SUITKIT_CONFIG).")] = None,
+) -> None:
+    """Print the configuration serve would run with here (the environment and the file; no
+    flags), as TOML with each value's source; secrets redacted."""
+    import typer.main  # noqa: PLC0415
+
+    group: Any = typer.main.get_command(app)
+    args = ["--config", str(config)] if config is not None else []
+    with group.commands["serve"].make_context("serve", args) as ctx:
+        out.print(show_config(ctx, config), markup=False)

@@ -196,6 +196,15 @@ def decode_envelope_parts(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> En
     severable: dict[int, bytes] = {}
     integrated: dict[str, bytes] = {}
     extra: dict[int, object] = {}
+    # manifest §8.2/§8.3: "The SUIT_Authentication structure MUST come before the suit-manifest
+    # element, regardless of canonical encoding"; a validator rejects an envelope that begins
+    # with anything else (a streaming processor authenticates before it reads further).
+    first = next(iter(entries), None)
+    if first != _E_AUTHENTICATION_WRAPPER and _E_AUTHENTICATION_WRAPPER in entries:
+        what = ("the manifest (key 3)" if first == _E_MANIFEST else
+                f"key {first!r:.60}" if type(first) in (int, str) else _describe(first))
+        raise DecodeError("envelope", "the authentication-wrapper (key 2) must be the first "
+                          f"member, before the manifest (manifest §8.3); found {what} first")
     for key, value in entries.items():
         if type(key) is str:
             if len(integrated) >= limits.max_integrated:

@@ -5,8 +5,9 @@
   SUIT_Digest, carried once as a bstr in the ToBeSigned, and the COSE payload field is nil.
   The protected header is kept exactly as received and signed as received.
 - COSE_Encrypt (tag 96) as SUIT_Encryption_Info (draft-ietf-suit-firmware-encryption;
-  suit-spec.md §11): AES-KW and ECDH-ES+AES-KW recipients, AES-GCM and AES-CTR content with a
-  detached ciphertext, decrypted as a stream.
+  suit-spec.md §11): AES-KW and ECDH-ES+AES-KW recipients (P-256, P-384 and X25519 ephemeral
+  keys), AES-GCM, ChaCha20/Poly1305 and AES-CTR content with a detached ciphertext, decrypted
+  as a stream. Every algorithm of the six MTI profiles (draft-ietf-suit-mti-23).
 
 Deliberately not done: COSE_Sign (98) and COSE_Mac (97) (SUIT uses one signer per block; several
 blocks give several signers), untagged messages, critical headers, nested recipients, HPKE,
@@ -25,19 +26,28 @@ from typing import TypeAlias, TypeVar
 from suitkit.core import cbor, crypto
 from suitkit.core.cbor import CBORTag, frozendict
 from suitkit.core.numbers import CoseAlg, CoseHeader, Tag
-from suitkit.errors import AuthenticationError, DecodeError, KeyMaterialError, PolicyError
+from suitkit.errors import (
+    AuthenticationError,
+    DecodeError,
+    KeyMaterialError,
+    PolicyError,
+    SuitError,
+)
 
 __all__ = [
+    "ContentCipher",
     "CoseEncrypt",
     "CoseMac0",
     "CoseRecipient",
     "CoseSign1",
+    "KeyRing",
     "decode_auth_block",
     "decode_encryption_info",
     "decrypt_payload",
     "decryptor",
     "enc_structure",
     "encrypt_payload",
+    "encryption_info",
     "kdf_context",
     "mac_structure",
     "sig_structure",
@@ -49,7 +59,7 @@ __all__ = [
 _T = TypeVar("_T")
 
 _MAC_ALGORITHMS = frozenset({int(CoseAlg.HMAC_256_256)})
-_GCM_ALGORITHMS = frozenset({int(CoseAlg.A128GCM), int(CoseAlg.A192GCM), int(CoseAlg.A256GCM)})
+_AEAD_ALGORITHMS = crypto.AEAD_ALGORITHMS  # AES-GCM and ChaCha20/Poly1305: Enc_structure AAD
 _CTR_ALGORITHMS = frozenset({int(CoseAlg.A128CTR), int(CoseAlg.A192CTR), int(CoseAlg.A256CTR)})
 _ECDH_ES_KW: dict[int, int] = {
     # ECDH-ES + AES-KW (RFC 9053 §6.4.1) -> the key-wrap algorithm it derives a KEK for
@@ -340,18 +350,16 @@ class CoseRecipient(_Headers):
         return self._typed(CoseHeader.ALG, int, "alg")
 
     @property
-    def ephemeral_key(self) -> crypto.EcPublicKey:
-        """The sender's ECDH-ES ephemeral public key (header -1, RFC 9053 §6.3.1)."""
+    def ephemeral_key(self) -> crypto.EcdhPublicKey:
+        """The sender's ECDH-ES ephemeral public key (header -1, RFC 9053 §6.3.1): EC2 P-256 /
+        P-384 or OKP X25519."""
         cose_key = self.header(CoseHeader.EPHEMERAL_KEY)
         if not isinstance(cose_key, Mapping):
             raise DecodeError("recipient", "ECDH-ES recipient has no ephemeral key (-1)")
         try:
-            key = crypto.public_key_from_cose_key(cose_key)
+            return crypto.ecdh_public_from_cose_key(cose_key)
         except KeyMaterialError as e:
             raise DecodeError("recipient", f"ephemeral key: {e}") from e
-        if not isinstance(key, crypto.EcPublicKey):
-            raise DecodeError("recipient", "ephemeral key must be an EC2 key")
-        return key
 
 
 @dataclass(frozen=True)
@@ -440,8 +448,20 @@ def _ecdh_kek(ecdh_alg: int, recipient_protected: bytes, shared_secret: bytes,
                               length=_KW_KEY_BYTES[kw_alg], salt=salt)
 
 
-RecipientKey: TypeAlias = crypto.AesKwKey | crypto.EcPrivateKey
-"""What a device holds to open SUIT_Encryption_Info: a pre-shared KEK or an ECDH private key."""
+@dataclass(frozen=True)
+class KeyRing:
+    """Several of a device's keys that may open one recipient, tried in turn (a device that
+    implements several MTI profiles holds a P-256 and an X25519 key; without kids, the
+    recipient's algorithm alone does not tell which)."""
+
+    keys: tuple[crypto.AesKwKey | crypto.EcPrivateKey | crypto.X25519PrivateKey, ...]
+    key_id: bytes | None = None
+
+
+RecipientKey: TypeAlias = (crypto.AesKwKey | crypto.EcPrivateKey | crypto.X25519PrivateKey
+                           | KeyRing)
+"""What a device holds to open SUIT_Encryption_Info: a pre-shared KEK or an ECDH private key
+(P-256 or X25519), or several of them."""
 
 
 def unwrap_cek(info: CoseEncrypt, key: RecipientKey) -> bytes:
@@ -454,6 +474,16 @@ def unwrap_cek(info: CoseEncrypt, key: RecipientKey) -> bytes:
         PolicyError: unsupported content algorithm, or no recipient is meant for this key.
         AuthenticationError: no fitting recipient unwraps (AES-KW integrity check failed).
     """
+    if isinstance(key, KeyRing):
+        failure: SuitError | None = None
+        for each in key.keys:
+            try:
+                return unwrap_cek(info, each)
+            except (PolicyError, AuthenticationError) as e:
+                # an unwrap that failed says more than "not meant for this key"
+                if failure is None or isinstance(e, AuthenticationError):
+                    failure = e
+        raise failure or PolicyError("no key to try")
     size = crypto.content_key_size(info.algorithm)
     tried = 0
     for recipient in info.recipients:
@@ -465,7 +495,7 @@ def unwrap_cek(info: CoseEncrypt, key: RecipientKey) -> bytes:
                 continue
             kek = key.secret
         else:
-            if alg not in _ECDH_ES_KW:
+            if alg not in _ECDH_ES_KW or not _same_curve(key, recipient.ephemeral_key):
                 continue
             shared = key.exchange(recipient.ephemeral_key)
             kek = _ecdh_kek(alg, recipient.protected, shared, recipient.header(CoseHeader.SALT))
@@ -484,13 +514,21 @@ def unwrap_cek(info: CoseEncrypt, key: RecipientKey) -> bytes:
     raise AuthenticationError("content key does not unwrap with this key")
 
 
+def _same_curve(key: crypto.EcPrivateKey | crypto.X25519PrivateKey,
+                peer: crypto.EcdhPublicKey) -> bool:
+    if isinstance(key, crypto.X25519PrivateKey) or isinstance(peer, crypto.X25519PublicKey):
+        return isinstance(key, crypto.X25519PrivateKey) == isinstance(peer,
+                                                                      crypto.X25519PublicKey)
+    return key.public_key().curve.name == peer.curve.name
+
+
 def decryptor(info: CoseEncrypt, key: RecipientKey) -> crypto.ContentDecryptor:
     """A streaming decryptor for the detached ciphertext that ``info`` describes.
 
     With AES-GCM, output before ``finalize()`` is unauthenticated (see ``ContentDecryptor``).
     """
     cek = unwrap_cek(info, key)
-    aad = enc_structure(info.protected) if info.algorithm in _GCM_ALGORITHMS else b""
+    aad = enc_structure(info.protected) if info.algorithm in _AEAD_ALGORITHMS else b""
     return crypto.content_decryptor(info.algorithm, cek, info.iv, aad)
 
 
@@ -504,7 +542,8 @@ def encrypt_payload(
     plaintext: bytes,
     *,
     content_alg: int,
-    recipients: Sequence[crypto.AesKwKey | crypto.EcPublicKey],
+    recipients: Sequence[crypto.RecipientPublic],
+    key_agreement: int | None = None,
     cek: bytes | None = None,
     iv: bytes | None = None,
     rng: Callable[[int], bytes] = os.urandom,
@@ -512,29 +551,65 @@ def encrypt_payload(
     """Encrypt a payload for SUIT: ``(encoded SUIT_Encryption_Info, detached ciphertext)``.
 
     Recipients are pre-shared KEKs (AES-KW, alg from the KEK size) or ECDH-ES public keys
-    (ECDH-ES+A*KW with the KW size of the content key; a fresh ephemeral key per recipient).
-    ``cek`` and ``iv`` are drawn from ``rng`` unless given; a key+IV pair must never be reused
-    (suit-spec.md §11.3).
+    (P-256 or X25519; a fresh ephemeral key per recipient). ``key_agreement`` is the ECDH-ES
+    algorithm (ECDH-ES+A128KW -29, as every MTI profile; default: the AES-KW size of the content
+    key). ``cek`` and ``iv`` are drawn from ``rng`` unless given; a key+IV pair must never be
+    reused (suit-spec.md §11.3).
     """
+    info, cipher = encryption_info(content_alg=content_alg, recipients=recipients,
+                                   key_agreement=key_agreement, cek=cek, iv=iv, rng=rng)
+    return info, cipher.encrypt(plaintext)
+
+
+@dataclass(frozen=True)
+class ContentCipher:
+    """The content key and IV of one SUIT_Encryption_Info, to encrypt its payload with."""
+
+    algorithm: int
+    cek: bytes
+    iv: bytes
+    aad: bytes
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        return crypto.content_encrypt(self.algorithm, self.cek, self.iv, plaintext, self.aad)
+
+
+def encryption_info(
+    *,
+    content_alg: int,
+    recipients: Sequence[crypto.RecipientPublic],
+    key_agreement: int | None = None,
+    cek: bytes | None = None,
+    iv: bytes | None = None,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> tuple[bytes, ContentCipher]:
+    """A new SUIT_Encryption_Info (encoded) and the cipher for its detached payload."""
     if not recipients:
         raise KeyMaterialError("encrypting needs at least one recipient")
     size = crypto.content_key_size(content_alg)
     cek = rng(size) if cek is None else cek
     iv = rng(crypto.content_iv_size(content_alg)) if iv is None else iv
-    if content_alg in _GCM_ALGORITHMS:
+    if key_agreement is None:
+        key_agreement = next(a for a, kw in _ECDH_ES_KW.items() if _KW_KEY_BYTES[kw] == len(cek))
+    elif key_agreement not in _ECDH_ES_KW:
+        raise PolicyError(f"key agreement {crypto.algorithm_name(key_agreement)} is not "
+                          "supported; expected ECDH-ES+A128KW/A192KW/A256KW")
+    if content_alg in _AEAD_ALGORITHMS:
         protected = cbor.encode({CoseHeader.ALG: content_alg})
         unprotected: dict[int, object] = {CoseHeader.IV: iv}
         aad = enc_structure(protected)
     else:  # AES-CTR: empty protected header, no AAD (RFC 9459 §4)
         protected, aad = b"", b""
         unprotected = {CoseHeader.ALG: content_alg, CoseHeader.IV: iv}
-    ciphertext = crypto.content_encrypt(content_alg, cek, iv, plaintext, aad)
-    encoded = [_recipient(r, cek) for r in recipients]
+    cipher = ContentCipher(content_alg, cek, iv, aad)
+    cipher.encrypt(b"")  # checks the key and IV sizes before anything is wrapped
+    encoded = [_recipient(r, cek, key_agreement) for r in recipients]
     info = cbor.encode(CBORTag(Tag.COSE_ENCRYPT, [protected, unprotected, None, encoded]))
-    return info, ciphertext
+    return info, cipher
 
 
-def _recipient(recipient: crypto.AesKwKey | crypto.EcPublicKey, cek: bytes) -> list[object]:
+def _recipient(recipient: crypto.RecipientPublic, cek: bytes,
+               ecdh_alg: int) -> list[object]:
     headers: dict[int, object] = {}
     if recipient.key_id is not None:
         headers[CoseHeader.KID] = recipient.key_id
@@ -542,9 +617,8 @@ def _recipient(recipient: crypto.AesKwKey | crypto.EcPublicKey, cek: bytes) -> l
         # Encryption draft, AES-KW: the recipient protected header is a zero-length bstr.
         headers[CoseHeader.ALG] = recipient.algorithm
         return [b"", headers, recipient.wrap(cek)]
-    ecdh_alg = next(a for a, kw in _ECDH_ES_KW.items() if _KW_KEY_BYTES[kw] == len(cek))
     protected = cbor.encode({CoseHeader.ALG: ecdh_alg})
-    ephemeral = crypto.EcPrivateKey.generate_like(recipient)
+    ephemeral = crypto.ephemeral_like(recipient)
     kek = _ecdh_kek(ecdh_alg, protected, ephemeral.exchange(recipient), None)
     headers[CoseHeader.EPHEMERAL_KEY] = ephemeral.public_key().to_cose_key()
     return [protected, headers, crypto.AesKwKey(kek).wrap(cek)]

@@ -13,11 +13,16 @@ top of pyca/cryptography, and HSS-LMS (RFC 8554, COSE alg -46 per RFC 8778) on t
   around a CBOR COSE_Key (RFC 9052 §7) for HMAC (kty 4) and HSS-LMS (kty 5, RFC 8778 §4); plain
   CBOR COSE_Keys are read too. An optional ``suitkit-algorithm: NAME`` line before the PEM block
   records the algorithm a key is used with.
-- Digests for SUIT_Digest (manifest §10), AES key wrap (RFC 3394), ECDH, HKDF and the content
-  ciphers of the encryption draft (AES-GCM, AES-CTR per RFC 9459) as streaming decryptors.
+- Digests for SUIT_Digest (manifest §10), AES key wrap (RFC 3394), ECDH on P-256/P-384 and
+  X25519 (RFC 7748; COSE OKP crv 4, RFC 9053 §7.2), HKDF and the content ciphers of the
+  encryption draft and the MTI profiles (AES-GCM, AES-CTR per RFC 9459, ChaCha20/Poly1305 per
+  RFC 8439) as streaming decryptors.
+- Recipient key files (the keys of key distribution, ``load_recipient_private`` /
+  ``load_recipient_public``): AES-KW KEKs and ECDH-ES keys as COSE_Keys in PEM armor, whose
+  ``alg`` (label 3) marks what they are for, so a recipient key never loads as a signing key.
 
 Deliberately not here: COSE structures (``cose.py``), anything touching files (``author/keys.py``),
-RSA, curves other than P-256/P-384, ChaCha20/Poly1305, encrypted PEM files.
+RSA, curves other than P-256/P-384 and X25519 for ECDH, encrypted PEM files.
 """
 
 from __future__ import annotations
@@ -29,12 +34,12 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import pyhsslms
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import constant_time, hashes, hmac, keywrap, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
@@ -46,13 +51,18 @@ from cryptography.hazmat.primitives.ciphers import (
     algorithms,
     modes,
 )
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from suitkit.core import cbor
 from suitkit.core.numbers import CoseAlg
 from suitkit.errors import AuthenticationError, DecodeError, KeyMaterialError, PolicyError
 
 __all__ = [
+    "AEAD_ALGORITHMS",
+    "AEAD_TAG_BYTES",
+    "RECIPIENT_KINDS",
     "AesKwKey",
     "ContentDecryptor",
     "EcPrivateKey",
@@ -69,20 +79,29 @@ __all__ = [
     "PrivateKey",
     "Signer",
     "Verifier",
+    "X25519PrivateKey",
+    "X25519PublicKey",
     "algorithm_from_name",
     "algorithm_name",
+    "ciphertext_size",
     "content_decryptor",
     "content_encrypt",
     "digest",
+    "ecdh_public_from_cose_key",
     "encode_hss_lms_private_key",
+    "ephemeral_like",
     "generate_private_key",
+    "generate_recipient_key",
     "hkdf_sha256",
     "hss_lms_state_usage",
     "load_private_key",
     "load_public_key",
+    "load_recipient_private",
+    "load_recipient_public",
     "new_hasher",
     "public_key_from_cose_key",
     "public_key_to_pem",
+    "recipient_to_pem",
 ]
 
 
@@ -162,10 +181,12 @@ _NAME_OF = {alg: name for name, alg in _NAMES.items()}
 _BY_FOLDED_NAME = {name.casefold(): alg for name, alg in _NAMES.items()}
 
 # What each key type may sign with, and its default (first). ES256/ESP256 and EdDSA/Ed25519 are
-# the same mathematics (suit-spec.md §12); the fully specified ids came with suit-mti-23.
-_P256_ALGS = (int(CoseAlg.ES256), int(CoseAlg.ESP256))
+# the same mathematics (suit-spec.md §12); the fully specified ids came with suit-mti-23, whose
+# profiles name ESP256 (-9) and Ed25519 (-19) only, so those are the defaults a key signs with
+# (libcsuit refuses -7). Verifiers still accept both ids unless a key file narrows them.
+_P256_ALGS = (int(CoseAlg.ESP256), int(CoseAlg.ES256))
 _P384_ALGS = (int(CoseAlg.ES384),)
-_ED25519_ALGS = (int(CoseAlg.EDDSA), int(CoseAlg.ED25519))
+_ED25519_ALGS = (int(CoseAlg.ED25519), int(CoseAlg.EDDSA))
 _HMAC_ALGS = (int(CoseAlg.HMAC_256_256),)
 _HSS_ALGS = (int(CoseAlg.HSS_LMS),)
 
@@ -180,10 +201,20 @@ def algorithm_from_name(name: str) -> int:
         ) from None
 
 
+_DISPLAY_NAMES = {
+    int(CoseAlg.CHACHA20_POLY1305): "ChaCha20/Poly1305",
+    int(CoseAlg.ECDH_ES_A128KW): "ECDH-ES+A128KW",
+    int(CoseAlg.ECDH_ES_A192KW): "ECDH-ES+A192KW",
+    int(CoseAlg.ECDH_ES_A256KW): "ECDH-ES+A256KW",
+}
+
+
 def algorithm_name(alg: int) -> str:
     """The name of a COSE algorithm id for people: ``-7 -> "ES256"``, ``-3 -> "A128KW"``."""
     if alg in _NAME_OF:
         return _NAME_OF[alg]
+    if alg in _DISPLAY_NAMES:
+        return _DISPLAY_NAMES[alg]
     try:
         return CoseAlg(alg).name.replace("_", "-")
     except ValueError:
@@ -316,12 +347,18 @@ class EcPrivateKey:
     def public_key(self) -> EcPublicKey:
         return EcPublicKey(self._key.public_key(), key_id=self.key_id)
 
-    def exchange(self, peer: EcPublicKey) -> bytes:
+    def exchange(self, peer: EcPublicKey | X25519PublicKey) -> bytes:
         """ECDH shared secret Z with ``peer`` (RFC 9053 §6.3.1)."""
+        if not isinstance(peer, EcPublicKey):
+            raise PolicyError(f"ECDH peer key is X25519, expected {self._key.curve.name}")
         if peer.curve.name != self._key.curve.name:
             raise PolicyError(f"ECDH peer key is on {peer.curve.name}, "
                               f"expected {self._key.curve.name}")
         return self._key.exchange(ec.ECDH(), peer.cryptography_key)
+
+    def private_scalar(self) -> int:
+        """The private value d (for writing the key as a COSE_Key, RFC 9053 §7.1.1)."""
+        return self._key.private_numbers().private_value
 
     @classmethod
     def generate_like(cls, peer: EcPublicKey) -> EcPrivateKey:
@@ -1032,6 +1069,225 @@ class AesKwKey:
         return aes_unwrap(self.secret, wrapped)
 
 
+class X25519PublicKey:
+    """An X25519 public key (RFC 7748): an ECDH-ES recipient (COSE OKP, crv 4)."""
+
+    def __init__(self, key: x25519.X25519PublicKey, *, key_id: bytes | None = None) -> None:
+        self._key = key
+        self.key_id = key_id
+
+    @property
+    def cryptography_key(self) -> x25519.X25519PublicKey:
+        return self._key
+
+    def to_cose_key(self) -> dict[int, object]:
+        """The COSE_Key (RFC 9053 §7.2): kty OKP, crv X25519, x (and kid when set)."""
+        out: dict[int, object] = {1: 1, -1: 4, -2: self._key.public_bytes_raw()}
+        if self.key_id is not None:
+            out[2] = self.key_id
+        return out
+
+    def __repr__(self) -> str:
+        return "X25519PublicKey()"
+
+
+class X25519PrivateKey:
+    """An X25519 private key: a device's ECDH-ES recipient key, or a sender's ephemeral key."""
+
+    def __init__(self, key: x25519.X25519PrivateKey, *, key_id: bytes | None = None) -> None:
+        self._key = key
+        self.key_id = key_id
+
+    @classmethod
+    def generate(cls, *, key_id: bytes | None = None) -> X25519PrivateKey:
+        return cls(x25519.X25519PrivateKey.generate(), key_id=key_id)
+
+    def public_key(self) -> X25519PublicKey:
+        return X25519PublicKey(self._key.public_key(), key_id=self.key_id)
+
+    def exchange(self, peer: EcdhPublicKey) -> bytes:
+        """The shared secret Z with ``peer`` (RFC 7748 §6.1; RFC 9053 §6.3.1)."""
+        if not isinstance(peer, X25519PublicKey):
+            raise PolicyError("ECDH peer key is on P-256/P-384, expected X25519")
+        try:
+            return self._key.exchange(peer.cryptography_key)
+        except ValueError as e:  # an all-zero shared secret (a low-order point)
+            raise AuthenticationError(f"X25519 key agreement failed: {e}") from None
+
+    def secret_bytes(self) -> bytes:
+        return self._key.private_bytes_raw()
+
+    def __repr__(self) -> str:
+        return "X25519PrivateKey()"
+
+
+EcdhPublicKey: TypeAlias = EcPublicKey | X25519PublicKey
+EcdhPrivateKey: TypeAlias = EcPrivateKey | X25519PrivateKey
+RecipientPublic: TypeAlias = AesKwKey | EcPublicKey | X25519PublicKey
+RecipientPrivate: TypeAlias = AesKwKey | EcPrivateKey | X25519PrivateKey
+
+
+def ephemeral_like(peer: EcdhPublicKey) -> EcdhPrivateKey:
+    """A fresh ECDH-ES ephemeral key on ``peer``'s curve (RFC 9053 §6.3.1)."""
+    if isinstance(peer, X25519PublicKey):
+        return X25519PrivateKey.generate()
+    return EcPrivateKey.generate_like(peer)
+
+
+def ecdh_public_from_cose_key(cose_key: Mapping[object, object]) -> EcdhPublicKey:
+    """An ECDH public key (EC2 P-256/P-384, or OKP X25519) from a decoded COSE_Key map.
+
+    Raises:
+        KeyMaterialError: not such a key, or not a valid point.
+    """
+    kid = cose_key.get(2)
+    if kid is not None and not isinstance(kid, bytes):
+        raise KeyMaterialError("COSE_Key kid (label 2) must be a byte string")
+    kty, crv = cose_key.get(1), cose_key.get(-1)
+    if kty == 1 and not isinstance(kty, bool):
+        if crv != 4 or isinstance(crv, bool):
+            raise KeyMaterialError(f"unsupported OKP curve {crv!r} for key agreement; "
+                                   "expected 4 (X25519)")
+        try:
+            return X25519PublicKey(x25519.X25519PublicKey.from_public_bytes(
+                _bstr(cose_key, -2, "x", 32)), key_id=kid)
+        except ValueError as e:
+            raise KeyMaterialError(f"COSE_Key is not a valid X25519 key: {e}") from e
+    if kty != 2 or isinstance(kty, bool):
+        raise KeyMaterialError(f"unsupported COSE_Key kty {kty!r} for key agreement; expected "
+                               "2 (EC2) or 1 (OKP X25519)")
+    public, _ = _from_cose_key({k: v for k, v in cose_key.items() if k not in (3, -4)},
+                               algorithm=None, want_private=False)
+    assert isinstance(public, EcPublicKey)
+    return public
+
+
+_RECIPIENT_ECDH_ALG = int(CoseAlg.ECDH_ES_A128KW)  # marks a key file as a recipient key
+
+
+def recipient_to_pem(key: RecipientPublic | RecipientPrivate) -> bytes:
+    """A recipient key as a COSE_Key in PEM armor: a KEK (kty 4, alg A*KW), or an ECDH-ES key
+    (EC2 P-256 or OKP X25519, alg ECDH-ES+A128KW -29), private (with d) or public."""
+    if isinstance(key, AesKwKey):
+        return kek_to_pem(key)
+    if isinstance(key, X25519PrivateKey):
+        cose_key = key.public_key().to_cose_key()
+        cose_key[-4] = key.secret_bytes()
+    elif isinstance(key, EcPrivateKey):
+        public = key.public_key()
+        cose_key = public.to_cose_key()
+        size = _coordinate_size(public.curve)
+        cose_key[-4] = key.private_scalar().to_bytes(size, "big")
+    else:
+        cose_key = key.to_cose_key()
+    if key.key_id is not None:
+        cose_key[2] = key.key_id
+    cose_key[3] = _RECIPIENT_ECDH_ALG
+    return _cose_pem(cose_key)
+
+
+def generate_recipient_key(kind: str, *, key_id: bytes | None = None) -> RecipientPrivate:
+    """A fresh recipient key: ``A128KW``/``A192KW``/``A256KW`` (a KEK), ``ECDH-P256`` or
+    ``X25519`` (an ECDH-ES key pair)."""
+    folded = kind.strip().casefold()
+    sizes = {"a128kw": 16, "a192kw": 24, "a256kw": 32}
+    if folded in sizes:
+        return AesKwKey(os.urandom(sizes[folded]), key_id=key_id)
+    if folded == "ecdh-p256":
+        return EcPrivateKey(ec.generate_private_key(ec.SECP256R1()), key_id=key_id)
+    if folded == "x25519":
+        return X25519PrivateKey.generate(key_id=key_id)
+    raise KeyMaterialError(f"unknown recipient key kind {kind!r}; expected one of "
+                           f"{', '.join(RECIPIENT_KINDS)}")
+
+
+RECIPIENT_KINDS = ("A128KW", "A192KW", "A256KW", "ECDH-P256", "X25519")
+
+
+def _recipient_cose(data: bytes) -> Mapping[object, object] | None:
+    """The COSE_Key of a recipient key file, or None for a standard (PKCS#8 / SPKI) PEM."""
+    split = _split_pem(data)
+    if split is not None and split[1] != _COSE_LABEL:
+        return None
+    return _decode_cose_key(data if split is None else _pem_body(split[2]))
+
+
+def load_recipient_private(data: bytes) -> RecipientPrivate:
+    """A device's key for opening SUIT_Encryption_Info: a KEK (COSE_Key kty 4), or an ECDH-ES
+    private key (COSE_Key EC2/OKP X25519 with d, or a PKCS#8 P-256 / X25519 PEM).
+
+    Raises:
+        KeyMaterialError: not such a key.
+    """
+    cose_key = _recipient_cose(data)
+    if cose_key is None:
+        _alg, label, block = _split_pem(data) or (None, "", "")
+        if "PRIVATE KEY" not in label:
+            raise KeyMaterialError(f"expected a private recipient key, got a PEM {label!r} "
+                                   "block")
+        try:
+            key = serialization.load_pem_private_key(block.encode(), password=None)
+        except (TypeError, ValueError, UnsupportedAlgorithm) as e:
+            raise KeyMaterialError(f"private key does not load: {e}") from e
+        if isinstance(key, x25519.X25519PrivateKey):
+            return X25519PrivateKey(key)
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return EcPrivateKey(key)
+        raise KeyMaterialError(f"a {type(key).__name__.lstrip('_')} key cannot open "
+                               "encryption-info; expected a KEK, P-256 or X25519 key")
+    if cose_key.get(1) == 4:
+        return load_kek(data)
+    public = ecdh_public_from_cose_key(cose_key)
+    d = cose_key.get(-4)
+    if not isinstance(d, bytes):
+        raise KeyMaterialError("the COSE_Key holds a public key, not a private recipient key "
+                               "(d, label -4, is missing)")
+    if isinstance(public, X25519PublicKey):
+        try:
+            private = x25519.X25519PrivateKey.from_private_bytes(d)
+        except ValueError as e:
+            raise KeyMaterialError(f"COSE_Key d is not a valid X25519 key: {e}") from e
+        if private.public_key().public_bytes_raw() != public.cryptography_key.public_bytes_raw():
+            raise KeyMaterialError("COSE_Key d does not match x")
+        return X25519PrivateKey(private, key_id=public.key_id)
+    _pub, ec_private = _from_cose_key({k: v for k, v in cose_key.items() if k != 3},
+                                      algorithm=None, want_private=True)
+    assert isinstance(ec_private, EcPrivateKey)
+    return ec_private
+
+
+def load_recipient_public(data: bytes) -> RecipientPublic:
+    """What an author encrypts for: a KEK (a shared secret, COSE_Key kty 4), or a device's
+    ECDH-ES public key (COSE_Key EC2 P-256 / OKP X25519, or a SubjectPublicKeyInfo PEM).
+
+    Raises:
+        KeyMaterialError: not such a key, or an ECDH private key (the author never holds a
+            device's private key).
+    """
+    cose_key = _recipient_cose(data)
+    if cose_key is None:
+        _alg, label, block = _split_pem(data) or (None, "", "")
+        if label != "PUBLIC KEY":
+            raise KeyMaterialError(f"expected a recipient public key, got a PEM {label!r} block"
+                                   " (write the public half with: suitkit pubkey KEY --out PUB)")
+        try:
+            key = serialization.load_pem_public_key(block.encode())
+        except (ValueError, UnsupportedAlgorithm) as e:
+            raise KeyMaterialError(f"public key does not load: {e}") from e
+        if isinstance(key, x25519.X25519PublicKey):
+            return X25519PublicKey(key)
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            return EcPublicKey(key)
+        raise KeyMaterialError(f"a {type(key).__name__.lstrip('_')} key cannot receive a "
+                               "content key; expected a KEK, P-256 or X25519 key")
+    if cose_key.get(1) == 4:
+        return load_kek(data)
+    if -4 in cose_key:
+        raise KeyMaterialError("expected a recipient public key, got a private key (write the "
+                               "public half with: suitkit pubkey KEY --out PUB)")
+    return ecdh_public_from_cose_key(cose_key)
+
+
 def kek_to_pem(key: AesKwKey) -> bytes:
     """An AES-KW key-encryption key as a COSE_Key (kty 4 Symmetric) in PEM armor."""
     cose_key: dict[int, object] = {1: 4, -1: key.secret, 3: key.algorithm}
@@ -1070,33 +1326,50 @@ def hkdf_sha256(ikm: bytes, *, info: bytes, length: int, salt: bytes | None = No
     return HKDF(hashes.SHA256(), length, salt, info).derive(ikm)
 
 
-_CONTENT_ALGS: dict[int, tuple[bool, int]] = {
-    # COSE alg -> (is AES-GCM, key bytes); GCM per RFC 9053 §4.1, CTR per RFC 9459 §4
-    CoseAlg.A128GCM: (True, 16),
-    CoseAlg.A192GCM: (True, 24),
-    CoseAlg.A256GCM: (True, 32),
-    CoseAlg.A128CTR: (False, 16),
-    CoseAlg.A192CTR: (False, 24),
-    CoseAlg.A256CTR: (False, 32),
+_GCM, _CTR, _CHACHA = "gcm", "ctr", "chacha"
+_CONTENT_ALGS: dict[int, tuple[str, int]] = {
+    # COSE alg -> (cipher, key bytes); GCM per RFC 9053 §4.1, CTR per RFC 9459 §4,
+    # ChaCha20/Poly1305 per RFC 9053 §4.3 (RFC 8439)
+    CoseAlg.A128GCM: (_GCM, 16),
+    CoseAlg.A192GCM: (_GCM, 24),
+    CoseAlg.A256GCM: (_GCM, 32),
+    CoseAlg.CHACHA20_POLY1305: (_CHACHA, 32),
+    CoseAlg.A128CTR: (_CTR, 16),
+    CoseAlg.A192CTR: (_CTR, 24),
+    CoseAlg.A256CTR: (_CTR, 32),
 }
 _GCM_TAG = 16
+AEAD_TAG_BYTES = 16
+"""The tag an AEAD content algorithm appends to the ciphertext (AES-GCM, ChaCha20/Poly1305)."""
+
+AEAD_ALGORITHMS: frozenset[int] = frozenset(
+    alg for alg, (cipher, _size) in _CONTENT_ALGS.items() if cipher != _CTR)
+"""Content algorithms with a tag and an Enc_structure AAD (RFC 9052 §5.3)."""
 
 
 def content_key_size(algorithm: int) -> int:
     """Bytes of content-encryption key for a content algorithm; PolicyError if unsupported."""
     if algorithm not in _CONTENT_ALGS:
         raise PolicyError(f"content encryption algorithm {algorithm_name(algorithm)} is not "
-                          "supported; expected A128GCM/A192GCM/A256GCM or A128CTR/A192CTR/A256CTR")
+                          "supported; expected A128GCM/A192GCM/A256GCM, ChaCha20/Poly1305 or "
+                          "A128CTR/A192CTR/A256CTR")
     return _CONTENT_ALGS[algorithm][1]
 
 
 def content_iv_size(algorithm: int) -> int:
-    """IV bytes: a 96-bit GCM nonce (RFC 9053 §4.1) or the 16-byte CTR counter (RFC 9459 §4)."""
+    """IV bytes: a 96-bit GCM or ChaCha20/Poly1305 nonce (RFC 9053 §4.1, §4.3) or the 16-byte
+    CTR counter (RFC 9459 §4)."""
     content_key_size(algorithm)
-    return 12 if _CONTENT_ALGS[algorithm][0] else 16
+    return 16 if _CONTENT_ALGS[algorithm][0] == _CTR else 12
 
 
-def _is_gcm(algorithm: int, key: bytes, iv: bytes) -> bool:
+def ciphertext_size(algorithm: int, plaintext_size: int) -> int:
+    """Bytes of detached ciphertext for ``plaintext_size`` bytes (an AEAD appends its tag)."""
+    content_key_size(algorithm)
+    return plaintext_size + (AEAD_TAG_BYTES if algorithm in AEAD_ALGORITHMS else 0)
+
+
+def _cipher(algorithm: int, key: bytes, iv: bytes) -> str:
     size = content_key_size(algorithm)
     if len(key) != size:
         raise KeyMaterialError(f"{algorithm_name(algorithm)} needs a {size}-byte key, "
@@ -1107,40 +1380,81 @@ def _is_gcm(algorithm: int, key: bytes, iv: bytes) -> bool:
     return _CONTENT_ALGS[algorithm][0]
 
 
+class _ChaCha20Poly1305Decryptor:
+    """RFC 8439 §2.8 AEAD decryption as a stream: ChaCha20 from block counter 1, Poly1305 keyed
+    with block 0 over AAD || pad || ciphertext || pad || lengths (``update`` feeds ciphertext
+    without the tag; the caller holds the tag back)."""
+
+    def __init__(self, key: bytes, nonce: bytes, aad: bytes) -> None:
+        block0 = Cipher(algorithms.ChaCha20(key, b"\x00\x00\x00\x00" + nonce), None).encryptor()
+        self._mac = Poly1305(block0.update(b"\x00" * 32))
+        self._stream = Cipher(algorithms.ChaCha20(key, b"\x01\x00\x00\x00" + nonce),
+                              None).decryptor()
+        self._mac.update(aad + b"\x00" * (-len(aad) % 16))
+        self._aad_len = len(aad)
+        self._ct_len = 0
+
+    def update(self, ciphertext: bytes) -> bytes:
+        self._mac.update(ciphertext)
+        self._ct_len += len(ciphertext)
+        return self._stream.update(ciphertext)
+
+    def finalize_with_tag(self, tag: bytes) -> bytes:
+        self._mac.update(b"\x00" * (-self._ct_len % 16)
+                         + self._aad_len.to_bytes(8, "little") + self._ct_len.to_bytes(8, "little"))
+        try:
+            self._mac.verify(tag)
+        except InvalidSignature:
+            raise AuthenticationError("ChaCha20/Poly1305 tag does not verify") from None
+        return self._stream.finalize()
+
+
 class ContentDecryptor:
     """Streaming decryption of a detached SUIT payload in bounded memory.
 
-    AES-GCM: ``update`` returns plaintext that is NOT yet authenticated (the last 16 bytes of
-    the stream are held back as the tag); ``finalize`` checks the tag and raises
-    AuthenticationError. Write the output somewhere inert until ``finalize`` returns.
-    AES-CTR has no tag: its integrity must come from the image digest (suit-spec.md §11.3).
+    AEAD (AES-GCM, ChaCha20/Poly1305): ``update`` returns plaintext that is NOT yet
+    authenticated (the last 16 bytes of the stream are held back as the tag); ``finalize``
+    checks the tag and raises AuthenticationError. Write the output somewhere inert until
+    ``finalize`` returns. AES-CTR has no tag: its integrity must come from the image digest
+    (suit-spec.md §11.3).
     """
 
     def __init__(self, algorithm: int, key: bytes, iv: bytes, aad: bytes = b"") -> None:
         self.algorithm = algorithm
         self._gcm: AEADDecryptionContext | None = None
-        self._ctx: CipherContext
-        if _is_gcm(algorithm, key, iv):
+        self._chacha: _ChaCha20Poly1305Decryptor | None = None
+        self._ctx: CipherContext | None = None
+        cipher = _cipher(algorithm, key, iv)
+        if cipher == _GCM:
             self._gcm = Cipher(algorithms.AES(key), modes.GCM(iv)).decryptor()
             self._gcm.authenticate_additional_data(aad)
-            self._ctx = self._gcm
+        elif cipher == _CHACHA:
+            self._chacha = _ChaCha20Poly1305Decryptor(key, iv, aad)
         else:
             self._ctx = Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor()
         self._tail = b""
 
     def update(self, chunk: bytes) -> bytes:
-        if self._gcm is None:
+        if self._ctx is not None:
             return self._ctx.update(chunk)
         data = self._tail + chunk
-        cut = max(0, len(data) - _GCM_TAG)
+        cut = max(0, len(data) - AEAD_TAG_BYTES)
         self._tail = data[cut:]
-        return self._gcm.update(data[:cut])
+        body = data[:cut]
+        if self._chacha is not None:
+            return self._chacha.update(body)
+        assert self._gcm is not None
+        return self._gcm.update(body)
 
     def finalize(self) -> bytes:
-        if self._gcm is None:
+        if self._ctx is not None:
             return self._ctx.finalize()
-        if len(self._tail) < _GCM_TAG:
-            raise AuthenticationError("ciphertext is shorter than the AES-GCM tag")
+        if len(self._tail) < AEAD_TAG_BYTES:
+            raise AuthenticationError(f"ciphertext is shorter than the "
+                                      f"{algorithm_name(self.algorithm)} tag")
+        if self._chacha is not None:
+            return self._chacha.finalize_with_tag(self._tail)
+        assert self._gcm is not None
         try:
             return self._gcm.finalize_with_tag(self._tail)
         except InvalidTag:
@@ -1155,10 +1469,13 @@ def content_decryptor(algorithm: int, key: bytes, iv: bytes, aad: bytes = b"",
 
 def content_encrypt(algorithm: int, key: bytes, iv: bytes, plaintext: bytes,
                     aad: bytes = b"") -> bytes:
-    """Encrypt ``plaintext``; for AES-GCM the 16-byte tag is appended (RFC 9053 §4.1)."""
-    if _is_gcm(algorithm, key, iv):
+    """Encrypt ``plaintext``; an AEAD appends its 16-byte tag (RFC 9053 §4.1, §4.3)."""
+    cipher = _cipher(algorithm, key, iv)
+    if cipher == _GCM:
         gcm = Cipher(algorithms.AES(key), modes.GCM(iv)).encryptor()
         gcm.authenticate_additional_data(aad)
         return gcm.update(plaintext) + gcm.finalize() + gcm.tag
+    if cipher == _CHACHA:
+        return ChaCha20Poly1305(key).encrypt(iv, plaintext, aad)
     ctr = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
     return ctr.update(plaintext) + ctr.finalize()

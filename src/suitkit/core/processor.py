@@ -65,13 +65,22 @@ Decisions on ambiguities (see also docs of ``ProcessorOptions``):
   inside the shared sequence; setup failures (e.g. an unsupported component) with section 3,
   offset 0. The report's manifest-id walks dependency component indices.
 
+Custom commands and parameters (negative numbers, manifest §8.4.11, §8.4.8.16) are refused as
+unsupported (manifest §6.1) unless the caller registers them in an ``Extensions`` registry passed
+to ``process`` / ``shared_parameters`` (never a global): each registered command says whether it
+is a condition (its failure honours soft-failure; only conditions may sit in the shared
+sequence) and checks its argument before any side effect; each registered parameter checks its
+value. A wait directive whose events do not hold yet ends the procedure with
+``ProcessResult.waiting`` set (update-management §5.6 allows "aborting the update entirely, then
+restarting"), so the caller can retry instead of failing the update.
+
 Deliberately not done: uninstall (suit-uninstall needs persistent reference counts; unlink is
-recorded in ``ProcessResult.unlinked`` and nothing else), custom commands and parameters
-(rejected as unsupported), parallel execution (strict-order False is accepted and processed in
-order; its copy/swap and run-sequence rules are enforced), the fetch/copy skip optimisation,
-checking that each dependency section ran by the end of the dependent's section (the
-trust-domains examples do not), anti-rollback (device state, the caller's job), prefix-routed
-secondary processors, decompression and relative-URI resolution (the fetcher's job).
+recorded in ``ProcessResult.unlinked`` and nothing else), parallel execution (strict-order
+False is accepted and processed in order; its copy/swap and run-sequence rules are enforced),
+the fetch/copy skip optimisation, checking that each dependency section ran by the end of the
+dependent's section (the trust-domains examples do not), anti-rollback (device state, the
+caller's job), prefix-routed secondary processors, decompression and relative-URI resolution
+(the fetcher's job).
 """
 
 from __future__ import annotations
@@ -124,8 +133,12 @@ __all__ = [
     "ComponentIdentity",
     "ComponentStore",
     "ComponentWriter",
+    "CustomCall",
+    "CustomCommand",
+    "CustomParameter",
     "Device",
     "Environment",
+    "Extensions",
     "Fetcher",
     "InstalledEnvironment",
     "Invocation",
@@ -191,6 +204,19 @@ class ComponentWriter(Protocol):
 
     def discard(self) -> None:
         """Drop the staged content; the component keeps its previous content."""
+        ...
+
+
+@runtime_checkable
+class DigestAwareWriter(Protocol):
+    """A :class:`ComponentWriter` that wants the digest the processor checked its content
+    against, so that it need not hash the same bytes again (one pass over a payload).
+
+    ``verified`` is called just before ``commit``, only when the content matched the
+    image-digest parameter (with that parameter's algorithm and value).
+    """
+
+    def verified(self, digest: Digest) -> None:
         ...
 
 
@@ -294,8 +320,10 @@ class Environment(Protocol):
         update-management §5.4; smaller is more urgent)."""
         ...
 
-    def version(self, component: ComponentIdentifier) -> tuple[int, ...] | None:
-        """The installed version of ``component`` as SUIT version integers, or ``None``."""
+    def version(self, component: ComponentIdentifier) -> tuple[int, ...] | bool | None:
+        """The installed version of ``component`` as SUIT version integers, or ``None`` when
+        unknown (the version condition fails). ``True``: version conditions hold here without
+        a comparison (``InstalledEnvironment``: they guarded the installation)."""
         ...
 
     def wait(self, events: Mapping[int, object]) -> bool | None:
@@ -326,11 +354,13 @@ class Environment(Protocol):
 class InstalledEnvironment:
     """What a manifest's conditions see when an *installed* image is checked or started.
 
-    use-before, minimum-battery, update-authorized and wait guard the installation of an update
-    (update-management §5): an image installed while they held keeps booting after the deadline
-    passes or the battery runs low. So here they hold: the clock reads the epoch, the battery is
-    full, authorization and waits are granted. The compatibility conditions (vendor, class,
-    device, slot) and image digests are checked for real.
+    use-before, minimum-battery, update-authorized, version and wait guard the installation of
+    an update (update-management §5): an image installed while they held keeps booting after the
+    deadline passes, the battery runs low or the image's own version no longer matches the
+    "installed version before the update" a manifest asked for. So here they hold: the clock
+    reads the epoch, the battery is full, versions match, authorization and waits are granted.
+    The compatibility conditions (vendor, class, device, slot) and image digests are checked
+    for real.
     """
 
     def __init__(self, anchors: TrustAnchors | None = None) -> None:
@@ -345,8 +375,8 @@ class InstalledEnvironment:
     def authorize(self, priority: int) -> bool:
         return True
 
-    def version(self, component: ComponentIdentifier) -> tuple[int, ...] | None:
-        return None
+    def version(self, component: ComponentIdentifier) -> tuple[int, ...] | bool | None:
+        return True
 
     def wait(self, events: Mapping[int, object]) -> bool | None:
         return True
@@ -402,6 +432,82 @@ DEFAULT_OPTIONS = ProcessorOptions()
 
 
 @dataclass(frozen=True, slots=True)
+class CustomCall:
+    """What a custom command's handler is given: the component it runs on (``component`` is
+    the device's, ``identifier`` its SUIT identifier), the command's argument (bstr, tstr, int
+    or nil, manifest §8.4.11), the component's parameters as set at this point (custom ones in
+    ``parameters.extra``) and the device's environment."""
+
+    code: int
+    identifier: ComponentIdentifier
+    component: Component
+    argument: object
+    parameters: Parameters
+    environment: Environment
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CustomCommand:
+    """A custom command (a negative number, manifest §8.4.11) the device implements.
+
+    ``run(call)`` returns ``True`` on success; ``False`` is a condition failure (for a
+    ``condition``, which soft-failure may absorb) or a directive failure; raising a
+    ``SuitError`` fails the command with its message. ``check(argument)`` runs before any
+    side effect (manifest §6.1) and raises ``ValueError`` or ``SuitError`` naming what is
+    wrong with the argument. Only conditions may appear in the shared sequence (§6.2).
+    """
+
+    name: str
+    run: Callable[[CustomCall], bool]
+    condition: bool = False
+    check: Callable[[object], None] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CustomParameter:
+    """A custom parameter (a negative number, manifest §8.4.8.16) the device understands.
+
+    ``check(value)`` runs before any side effect and raises ``ValueError`` or ``SuitError``
+    naming what is wrong; the value is then stored per component like any parameter and read
+    by custom commands (``CustomCall.parameters.extra``). Standard commands never consume it.
+    """
+
+    name: str
+    check: Callable[[object], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Extensions:
+    """The custom commands and parameters a device implements, by number.
+
+    Passed to ``process`` and ``shared_parameters`` (no global registry: design.md rule 1).
+    Numbers must be negative (the CDDL's ``nint``; the IANA registries keep numbers below
+    -256 for private use). Anything not registered is refused as unsupported (manifest §6.1).
+
+    Raises:
+        ValueError: a non-negative number, or a name that is not a short text.
+    """
+
+    commands: Mapping[int, CustomCommand] = field(default_factory=dict)
+    parameters: Mapping[int, CustomParameter] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for kind, table in (("command", self.commands), ("parameter", self.parameters)):
+            for number, entry in table.items():
+                if isinstance(number, bool) or not isinstance(number, int) or number >= 0:
+                    raise ValueError(f"custom {kind} number {number!r} must be a negative "
+                                     "integer (manifest §8.4.11)")
+                if not entry.name or len(entry.name) > 64:
+                    raise ValueError(f"custom {kind} {number}: name must be 1 to 64 "
+                                     "characters")
+        object.__setattr__(self, "commands", FrozenDict(self.commands))
+        object.__setattr__(self, "parameters", FrozenDict(self.parameters))
+
+
+NO_EXTENSIONS = Extensions()
+
+
+@dataclass(frozen=True, slots=True)
 class Invocation:
     """A component the processor invoked, with its invoke-args."""
 
@@ -427,6 +533,9 @@ class ProcessResult:
     invoked: tuple[Invocation, ...] = ()
     unlinked: tuple[ComponentIdentifier, ...] = ()
     error: ProcessingError | None = None
+    waiting: bool = False
+    """The procedure stopped at a wait directive whose events do not hold yet
+    (update-management §5.6): nothing failed for good, run it again later."""
 
 
 # ============================================================================ public helpers
@@ -477,7 +586,8 @@ def version_matches(current: Sequence[int], match: VersionMatch) -> bool:
 
 def process(verified: VerifiedManifest, procedure: Procedure, device: Device, *,
             limits: Limits = codec.DEFAULT_LIMITS, options: ProcessorOptions = DEFAULT_OPTIONS,
-            nonce: bytes | None = None) -> ProcessResult:
+            nonce: bytes | None = None,
+            extensions: Extensions = NO_EXTENSIONS) -> ProcessResult:
     """Run ``procedure`` of a verified manifest on ``device``.
 
     ``procedure`` is ``"staging"`` (dependency-resolution, payload-fetch), ``"installation"``
@@ -485,7 +595,8 @@ def process(verified: VerifiedManifest, procedure: Procedure, device: Device, *,
     (validate, load, invoke). Each section is preceded by the shared sequence; absent sections
     are skipped. Processing failures do not raise: they are in the result and its report
     (``nonce`` goes into the report). Device code that raises anything but a ``SuitError`` is a
-    bug and propagates.
+    bug and propagates. ``extensions``: the custom commands and parameters the device
+    implements (none by default: a manifest using any is refused).
 
     Raises:
         ValueError: ``procedure`` is not one of the four names.
@@ -494,12 +605,14 @@ def process(verified: VerifiedManifest, procedure: Procedure, device: Device, *,
     if sections is None:
         raise ValueError(f"unknown procedure {procedure!r}; expected one of "
                          f"{', '.join(PROCEDURES)}")
-    return _Processor(device, limits, options).run(verified, procedure, sections, nonce)
+    return _Processor(device, limits, options, extensions).run(verified, procedure, sections,
+                                                               nonce)
 
 
 def shared_parameters(verified: VerifiedManifest, device: Device, *,
                       limits: Limits = codec.DEFAULT_LIMITS,
-                      options: ProcessorOptions = DEFAULT_OPTIONS
+                      options: ProcessorOptions = DEFAULT_OPTIONS,
+                      extensions: Extensions = NO_EXTENSIONS
                       ) -> Mapping[ComponentIdentifier, Parameters]:
     """The parameters each component has after the shared sequence alone.
 
@@ -513,7 +626,7 @@ def shared_parameters(verified: VerifiedManifest, device: Device, *,
         ProcessingError: the manifest is unsupported here, or a condition of the shared sequence
             failed (e.g. the wrong vendor or class).
     """
-    processor = _Processor(device, limits, options)
+    processor = _Processor(device, limits, options, extensions)
     try:
         root = processor._prepare(verified, (), 0, ())
         shared = verified.manifest.common.shared_sequence
@@ -546,8 +659,8 @@ _SHARED_ALLOWED = frozenset(CONDITIONS) | {
     Cmd.RUN_SEQUENCE, Cmd.OVERRIDE_MULTIPLE, Cmd.COPY_PARAMS,
 }
 _SEQUENCE_FLAGS = frozenset({P.STRICT_ORDER, P.SOFT_FAILURE})  # not per component (§8.4.8)
-_GCM_TAG_BYTES = 16
-_GCM_ALGORITHMS = frozenset({1, 2, 3})
+_GCM_TAG_BYTES = crypto.AEAD_TAG_BYTES
+_GCM_ALGORITHMS = crypto.AEAD_ALGORITHMS  # AES-GCM and ChaCha20/Poly1305 (MTI): tagged
 
 
 class _Failure(Exception):
@@ -565,6 +678,7 @@ class _Failure(Exception):
         self.condition = condition
         self.properties = properties
         self.located = False
+        self.waiting = False
         self.manifest_id: tuple[int, ...] = ()
         self.section = _SHARED
         self.offset = 0
@@ -622,10 +736,12 @@ class _Frame:
 
 
 class _Processor:
-    def __init__(self, device: Device, limits: Limits, options: ProcessorOptions) -> None:
+    def __init__(self, device: Device, limits: Limits, options: ProcessorOptions,
+                 extensions: Extensions = NO_EXTENSIONS) -> None:
         if options.chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         self.device = device
+        self.extensions = extensions
         self.env = device.environment
         self.limits = limits
         self.options = options
@@ -662,6 +778,7 @@ class _Processor:
                 error=ProcessingError(message, section=failure.section, offset=failure.offset,
                                       component=failure.component, reason=int(failure.reason),
                                       manifest_id=failure.manifest_id),
+                waiting=failure.waiting,
             )
         finally:
             # trust-domains §5.6.4: integrity results do not outlive the procedure.
@@ -778,11 +895,29 @@ class _Processor:
         for position, command in enumerate(sequence.commands):
             code = command.code
             arg = command.argument
-            if code not in _KNOWN_COMMANDS:
-                # manifest §6.1, §8.4.9: unknown and custom commands exclude the manifest.
+            custom = self.extensions.commands.get(code) if code < 0 else None
+            if code not in _KNOWN_COMMANDS and custom is None:
+                # manifest §6.1, §8.4.9: unknown and unregistered custom commands exclude the
+                # manifest.
                 raise fail(_Failure(ReportReason.COMMAND_UNSUPPORTED,
-                                    f"command {code} is not supported"),
+                                    f"command {code} is not supported"
+                                    + (" (no custom command of that number is registered)"
+                                       if code < 0 else "")),
                            position, command)
+            if custom is not None:
+                if shared and not custom.condition:
+                    raise fail(_operation_failed(
+                        f"custom directive {custom.name} ({code}) is not allowed in the shared "
+                        "sequence, which may only set parameters and test conditions "
+                        "(manifest §6.2)"), position, command)
+                if custom.check is not None:
+                    try:
+                        custom.check(arg)
+                    except (ValueError, SuitError) as e:
+                        raise fail(_Failure(ReportReason.PARAMETER_UNSUPPORTED,
+                                            f"custom command {custom.name} ({code}): bad "
+                                            f"argument: {e}"), position, command) from None
+                continue
             if shared and code not in _SHARED_ALLOWED:
                 raise fail(_operation_failed(
                     f"{_command_name(code)} is not allowed in the shared sequence, which may "
@@ -801,7 +936,8 @@ class _Processor:
                     for index, numbers in _as(arg, FrozenDict).items():
                         self._check_index(ctx, index)
                         for number in _as(numbers, tuple):
-                            if number not in _KNOWN_PARAMETERS:
+                            if (number not in _KNOWN_PARAMETERS
+                                    and number not in self.extensions.parameters):
                                 raise _Failure(ReportReason.PARAMETER_UNSUPPORTED,
                                                f"parameter {name_of(P, number)} is not "
                                                "supported")
@@ -834,11 +970,21 @@ class _Processor:
         return index
 
     def _check_parameters(self, ctx: _Context, params: Parameters, *, nested: bool) -> None:
-        if params.extra:
-            # manifest §6.1: unsupported parameters exclude the manifest (custom ones included).
-            number = next(iter(params.extra))
-            raise _Failure(ReportReason.PARAMETER_UNSUPPORTED,
-                           f"parameter {name_of(P, number)} is not supported")
+        for number, value in params.extra.items():
+            custom = self.extensions.parameters.get(number) if number < 0 else None
+            if custom is None:
+                # manifest §6.1: unsupported parameters exclude the manifest (custom ones
+                # included unless registered).
+                raise _Failure(ReportReason.PARAMETER_UNSUPPORTED,
+                               f"parameter {name_of(P, number)} is not supported"
+                               + (" (no custom parameter of that number is registered)"
+                                  if number < 0 else ""))
+            if custom.check is not None:
+                try:
+                    custom.check(value)
+                except (ValueError, SuitError) as e:
+                    raise _Failure(ReportReason.PARAMETER_UNSUPPORTED,
+                                   f"custom parameter {custom.name} ({number}): {e}") from None
         if params.soft_failure is not None and not nested:
             # manifest §8.4.8.15: setting soft-failure outside try-each / run-sequence aborts.
             raise _operation_failed("soft-failure may only be set inside try-each or "
@@ -884,7 +1030,7 @@ class _Processor:
                                  position=position, command=command, index=_first(frame.index))
                 raise
             return
-        handler = _HANDLERS[code]
+        handler = _HANDLERS.get(code, _Processor._custom)
         for index in self._selected(frame, position, command):
             if (code == Cmd.PROCESS_DEPENDENCY and frame.index is True
                     and index not in frame.ctx.dependencies):
@@ -1204,7 +1350,9 @@ class _Processor:
         ctx = frame.ctx
         match = self._require(ctx, index, P.VERSION, VersionMatch, condition=True)
         current = self.env.version(ctx.ids[index])
-        if current is None:
+        if current is True:
+            return _EMPTY_PARAMETERS  # a check of an installed image: it held at install time
+        if current is None or current is False:
             raise _condition_failed("the device does not know the component's version")
         try:
             ok = version_matches(current, match)
@@ -1384,7 +1532,28 @@ class _Processor:
                            "this device cannot wait for events "
                            + ", ".join(name_of(WaitEvent, k) for k in events))
         if not satisfied:
-            raise _operation_failed("the wait events were not satisfied")
+            failure = _operation_failed(
+                "waiting: the wait events ("
+                + ", ".join(name_of(WaitEvent, k) for k in events)
+                + ") do not hold yet; process the manifest again later")
+            failure.waiting = True  # update-management §5.6: retry, nothing failed for good
+            raise failure
+        return _EMPTY_PARAMETERS
+
+    def _custom(self, frame: _Frame, position: int, command: Command,
+                index: int) -> Parameters:
+        # manifest §8.4.11: a custom command the caller registered (checked by _scan).
+        ctx = frame.ctx
+        custom = self.extensions.commands[command.code]
+        params = Parameters.from_items({k: v for k, v in self.params.get(ctx.ids[index],
+                                                                         {}).items()
+                                        if k not in _SEQUENCE_FLAGS})
+        call = CustomCall(command.code, ctx.ids[index], ctx.components[index], command.argument,
+                          params, self.env)
+        if not custom.run(call):
+            kind = "condition" if custom.condition else "directive"
+            detail = f"custom {kind} {custom.name} ({command.code}) failed"
+            raise _condition_failed(detail) if custom.condition else _operation_failed(detail)
         return _EMPTY_PARAMETERS
 
     def _unlink(self, frame: _Frame, position: int, command: Command,
@@ -1506,6 +1675,8 @@ class _Processor:
                     raise _operation_failed(f"digest {_short(actual)} of {source} does not "
                                             f"match expected {_short(expected.value)}",
                                             measured)
+                if isinstance(writer, DigestAwareWriter):
+                    writer.verified(Digest(expected.algorithm, actual))
             writer.commit()
             committed = True
         except SuitError as e:
@@ -1619,8 +1790,8 @@ def _section(verified: VerifiedManifest, key: int) -> CommandSequence | None:
 
 
 def _policy(command: Command) -> int:
-    if command.code in _STRUCTURED:
-        return 0
+    if command.code in _STRUCTURED or command.code < 0:
+        return 0  # a custom command's argument is its own (manifest §8.4.11), not a policy
     arg = command.argument
     return arg if isinstance(arg, int) and not isinstance(arg, bool) else 0
 

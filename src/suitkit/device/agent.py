@@ -5,26 +5,33 @@ client-initiated (poll), server-initiated (push) and hybrid modes.
 ``tracker-id``, written by ``register`` or at the first run the tracker accepted, must be the
 credential's device: a folder never reports in another device's name) and:
 
-1. ``PUT /api/v1/devices/{id}/inventory``: vendor and class IDs, and per component the running
-   sequence number and image digest (what the bootloader verified, as ``device status`` shows);
-2. ``GET /api/v1/devices/{id}/update``: 204 means nothing to do; 200 gives the release (the
+1. ``POST /api/v1/devices/{id}/checkin`` (one request per poll): the digest of its inventory
+   (vendor and class IDs, and per component the running sequence number and image digest:
+   what the bootloader verified, as ``device status`` shows; ``inventory_digest``, SHA-256 of
+   its canonical JSON), the inventory itself only when the tracker answers
+   ``send_inventory``. The answer is ``{"release": null}`` (nothing to do) or the release (the
    manifest digest), the URL of its envelope (http(s) or coap) and the ``action``
    (``install``, the default, or ``download``: fetch and stop at ``downloaded`` until a later
-   assignment says ``install``). In push mode the notice's document is used instead
-   (``assigned=``), without this call;
-3. ``GET /api/v1/devices/{id}``: where the tracker has the device. An update interrupted by an
+   assignment says ``install``), with the update ``state`` the tracker has for the device. In
+   push mode the notice's document is used instead of the answer's release (``assigned=``).
+   A tracker without the check-in (404: older than issue #12) gets the old calls instead:
+   ``PUT .../inventory``, ``GET .../update`` (204: nothing to do) and ``GET .../{id}``;
+2. with the state the tracker has for the device: an update interrupted by an
    agent restart is **resumed** (``downloading``, ``downloaded``, ``installing``: the steps
    already reported are not reported again; the consumer resumes payload downloads from its
    journal; ``rebooting``: the device boots or confirms what it installed); a device in a final
    state for a pushed release has nothing to do (a stale notice);
-4. posts the states ``downloading``, ``downloaded`` (the envelope is fetched with a bounded size
+3. posts the states ``downloading``, ``downloaded`` (the envelope is fetched with a bounded size
    and time; a ``download`` action keeps it in ``DIR/agent/`` and stops), ``installing``
    (``Consumer.install``: everything is verified on the device; the tracker, the notice and the
    URL are not trusted), then the SUIT report; a refused install ends ``failed`` with the
-   consumer's reason;
-5. otherwise ``rebooting``: one boot and the Invocation Procedure; an image that starts is
+   consumer's reason. An install that *waits* (a wait directive's events do not hold yet,
+   update-management §5.6) ends the run ``waiting``: no report and no final state are sent, the
+   tracker keeps the device ``installing`` and the inventory's hardware fact ``waiting`` says
+   what for; the envelope is kept in ``DIR/agent/`` and the next run resumes the install;
+4. otherwise ``rebooting``: one boot and the Invocation Procedure; an image that starts is
    confirmed (``succeeded``), one that does not is reverted by a second boot (``rolled-back``);
-6. saves the device and puts the inventory again.
+5. saves the device and sends the inventory again (a check-in with it).
 
 ``run_agent`` repeats it: every ``interval`` seconds (poll), or when a notice arrives (push: the
 notice's document is acted on; hybrid: the notice only triggers ``run_once``, which asks
@@ -46,6 +53,9 @@ envelope only; payloads are fetched, resumably, by the install).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -56,9 +66,10 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 
+from suitkit.core import cbor
 from suitkit.core.report import encode_report
 from suitkit.device.config import bind_tracker_id, check_tracker_id, load_config
-from suitkit.device.consumer import PayloadFetcher
+from suitkit.device.consumer import PayloadFetcher, running_version
 from suitkit.device.fetch import CoapFetcher, HttpFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
 from suitkit.device.listen import (
@@ -74,12 +85,15 @@ from suitkit.errors import DecodeError, FetchError, PolicyError, SuitError
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
-__all__ = ["MODES", "REPORT_MEDIA_TYPE", "TRANSPORTS", "AgentOptions", "AgentResult", "Assigned",
-           "TrackerError", "check_credential", "error_of", "inventory_of", "register",
-           "run_agent", "run_once"]
+__all__ = ["MODES", "PROTOCOLS", "REPORT_MEDIA_TYPE", "TRANSPORTS", "AgentOptions",
+           "AgentResult", "Assigned", "TrackerError", "check_credential", "error_of",
+           "inventory_digest", "inventory_of", "register", "run_agent", "run_once"]
 
 MODES = ("poll", "push", "hybrid")
 TRANSPORTS = ("sse", "longpoll", "mqtt", "coap")
+PROTOCOLS = ("suitkit", "ddi")
+"""How the agent learns of its assignment and reports its states: suitkit's JSON API, or the
+hawkBit DDI API (``_DdiTracker``)."""
 
 REPORT_MEDIA_TYPE = "application/suit-report+cbor"
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -94,7 +108,8 @@ class AgentResult:
     """What one poll did.
 
     ``outcome``: ``up-to-date`` (nothing assigned), ``downloaded`` (a ``download`` action: the
-    envelope is kept until an ``install``), ``succeeded``, ``failed`` (the update was
+    envelope is kept until an ``install``), ``waiting`` (the manifest waits for events that do
+    not hold yet: the next run tries again), ``succeeded``, ``failed`` (the update was
     refused or could not be fetched; the device runs what it ran), ``rolled-back`` (the new image
     did not start and was reverted) or ``error`` (the tracker could not be used; ``reason``).
     ``steps``: one line per step, in order.
@@ -107,7 +122,7 @@ class AgentResult:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("up-to-date", "downloaded", "succeeded")
+        return self.outcome in ("up-to-date", "downloaded", "waiting", "succeeded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,26 +152,102 @@ class TrackerError(Exception):
     """The tracker could not be reached or refused a call (one line)."""
 
 
-def inventory_of(opened: OpenDevice) -> dict[str, Any]:
-    """The inventory the tracker stores: identity and the verified running images."""
+_MAX_WAITING_TEXT = 256
+
+
+def inventory_of(opened: OpenDevice, *, versions: bool = True,
+                 waiting: str | None = None) -> dict[str, Any]:
+    """The inventory the tracker stores: identity and the verified running images, each with
+    its ``version`` when known (``versions``); ``waiting``: what a waiting update waits for
+    (the hardware fact ``waiting``)."""
     observation = opened.bootloader.observe()  # type: ignore[attr-defined]
+    anchors = opened.config.trust_anchors()
     components = []
     for spec, check in zip(opened.config.components, observation.primary, strict=True):
         entry: dict[str, Any] = {"id": [p.hex() for p in spec.suit_id]}
         if check.info is not None and check.verdict.name == "GOOD":
             entry["sequence"] = check.info.sequence_number
             entry["digest"] = check.info.digest.hex()
+            version = (running_version(opened.bootloader, spec.image, anchors, Limits())
+                       if versions else None)
+            if version is not None:
+                entry["version"] = list(version)
         components.append(entry)
+    hardware: dict[str, Any] = {"shape": opened.config.shape}
+    if waiting is not None:
+        hardware["waiting"] = waiting[:_MAX_WAITING_TEXT]
+    # The device's ECDH-ES public keys, for authors who encrypt for it (docs/device.md):
+    # base64 of a COSE_Key, as hardware facts (the tracker's inventory has no other place).
+    try:
+        recipients = opened.config.recipient_public_keys()
+    except SuitError:
+        recipients = []  # an unreadable key is the install's error to report, not this one's
+    for i, cose_key in enumerate(recipients[:8]):
+        text = base64.b64encode(cose_key).decode()
+        if len(text) > _MAX_FACT:  # a long kid: the tracker would refuse the whole inventory
+            text = base64.b64encode(cbor.encode({k: v for k, v in cbor.decode(
+                cose_key, path="recipient key").items() if k != 2})).decode()
+        hardware[RECIPIENT_KEY_FACT if i == 0 else f"{RECIPIENT_KEY_FACT}-{i}"] = text
     return {"vendor_id": str(opened.config.vendor_id), "class_id": str(opened.config.class_id),
-            "components": components, "hardware": {"shape": opened.config.shape}}
+            "components": components, "hardware": hardware}
+
+
+_MAX_FACT = 256  # the tracker's limit on a hardware fact's text (docs/tracker.md)
+RECIPIENT_KEY_FACT = "suit-recipient-key"
+"""The inventory's hardware fact holding a device's ECDH-ES public key (base64 COSE_Key)."""
+
+
+def inventory_digest(inventory: Mapping[str, Any]) -> str:
+    """The check-in's ``inventory_digest``: SHA-256 (hex) of the inventory as canonical JSON
+    (sorted keys, no spaces, ASCII)."""
+    text = json.dumps(inventory, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_OLD_SERVER = (404, 405)
+"""What a tracker without ``POST .../checkin`` answers it."""
 
 
 class _Tracker:
-    """The calls a device makes, each turned into ``TrackerError`` when it fails."""
+    """The calls a device makes, each turned into ``TrackerError`` when it fails.
+
+    ``checkin`` is the poll; against a tracker that predates it (404) it falls back to the
+    pair ``PUT .../inventory`` + ``GET .../update`` (and ``GET .../{id}`` for the state), and
+    keeps to those for the rest of the run."""
 
     def __init__(self, client: httpx.Client, device_id: str) -> None:
         self.client = client
         self.base = f"/api/v1/devices/{device_id}"
+        self.versions = False
+        """Send each component's ``version``: not yet (the tracker's inventory has no place for
+        it and refuses the member; the device knows it: ``device status``)."""
+        self.old_server = False
+
+    def checkin(self, opened: OpenDevice, *, pending: bool = True
+                ) -> tuple[Assigned | None, str | None]:
+        """The pending release (``None``: nothing to do) and the device's update state as
+        the tracker has them; the inventory goes along when the tracker asks for it.
+        ``pending=False`` (a pushed notice says what to do): an old tracker is not asked
+        ``GET .../update``."""
+        if not self.old_server:
+            inventory = inventory_of(opened, versions=self.versions)
+            body: dict[str, Any] = {"inventory_digest": inventory_digest(inventory)}
+            response = self._call("POST", "/checkin", (200, *_OLD_SERVER), json=body)
+            if response.status_code in _OLD_SERVER:
+                self.old_server = True
+            else:
+                doc = _object(response, "POST /checkin")
+                if doc.get("send_inventory") is True:
+                    body["inventory"] = inventory
+                    doc = _object(self._call("POST", "/checkin", (200,), json=body),
+                                  "POST /checkin")
+                state = doc.get("state")
+                job = (None if doc.get("release") is None
+                       else Assigned.of(doc, "POST /checkin"))
+                return job, state if isinstance(state, str) else None
+        self._call("PUT", "/inventory", (200,), json=inventory_of(opened, versions=self.versions))
+        job = self.update() if pending else None
+        return job, self.state() if job is not None else None
 
     def _call(self, method: str, path: str, expected: tuple[int, ...], **kwargs: Any
               ) -> httpx.Response:
@@ -169,8 +260,18 @@ class _Tracker:
                                f"{error_of(response)}")
         return response
 
-    def inventory(self, opened: OpenDevice) -> None:
-        self._call("PUT", "/inventory", (200,), json=inventory_of(opened))
+    def inventory(self, opened: OpenDevice, waiting: str | None = None) -> None:
+        """Send the inventory (a check-in with it; ``PUT .../inventory`` on an old tracker).
+        ``waiting``: what a waiting update waits for (a hardware fact). Components' versions
+        are sent only where the tracker is known to take them (``versions``)."""
+        inventory = inventory_of(opened, versions=self.versions, waiting=waiting)
+        if not self.old_server:
+            response = self._call("POST", "/checkin", (200, *_OLD_SERVER), json={
+                "inventory_digest": inventory_digest(inventory), "inventory": inventory})
+            if response.status_code not in _OLD_SERVER:
+                return
+            self.old_server = True
+        self._call("PUT", "/inventory", (200,), json=inventory)
 
     def update(self) -> Assigned | None:
         response = self._call("GET", "/update", (200, 204))
@@ -200,6 +301,117 @@ class _Tracker:
     def report(self, raw: bytes) -> None:
         self._call("POST", "/reports", (201,), content=raw,
                    headers={"Content-Type": REPORT_MEDIA_TYPE})
+
+
+_DDI_FEEDBACK = {
+    "downloading": ("proceeding", "none"), "downloaded": ("downloaded", "none"),
+    "installing": ("proceeding", "none"), "rebooting": ("proceeding", "none"),
+    "succeeded": ("closed", "success"), "failed": ("closed", "failure"),
+    "rolled-back": ("closed", "failure")}
+"""A tracker state as DDI feedback (execution, finished): DDI has no installing or rebooting
+step (the tracker adds them at ``closed``) and no rolled-back result (a failure whose detail
+says so)."""
+
+
+class _DdiTracker(_Tracker):
+    """The same calls over hawkBit DDI (``--protocol ddi``, ``tracker.edges.ddi`` on the
+    server; any hawkBit server's DDI API): the assignment from the base poll and its
+    ``deploymentBase`` (the artifact named ``*.suit`` is the envelope: it is verified on the
+    device like any other), the states as the action's feedback. The inventory, the state the
+    tracker has and the SUIT report go to suitkit's JSON API with the same credential (DDI has
+    no place for them): the tracker then knows the device checked the SUIT signatures."""
+
+    def __init__(self, client: httpx.Client, device_id: str, credential: str,
+                 tenant: str) -> None:
+        super().__init__(client, device_id)
+        self.ddi = f"/{tenant}/controller/v1/{device_id}"
+        self.old_server = True  # the poll is DDI's; the inventory and state: PUT/GET of the API
+        self.headers = {"Authorization": f"TargetToken {credential}"}
+        self.action: str | None = None
+
+    def _ddi(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.client.request(method, self.ddi + path, headers=self.headers,
+                                           **kwargs)
+        except httpx.HTTPError as e:
+            raise TrackerError(f"DDI {method} {path or '/'}: {type(e).__name__}: {e}"
+                               ) from None
+        if response.status_code != 200:
+            raise TrackerError(f"DDI {method} {path or '/'}: HTTP {response.status_code}: "
+                               f"{error_of(response)}")
+        return response
+
+    def _object(self, response: httpx.Response, where: str) -> Mapping[str, Any]:
+        try:
+            doc = response.json()
+        except ValueError:
+            raise TrackerError(f"{where}: the answer is not JSON") from None
+        if not isinstance(doc, dict):
+            raise TrackerError(f"{where}: the answer is not a JSON object")
+        return doc
+
+    def update(self) -> Assigned | None:
+        base = self._object(self._ddi("GET", ""), "DDI base poll")
+        link = _member(base, "_links", "deploymentBase", "href")
+        if link is None:
+            self.action = None
+            return None
+        parts = urlparse(link)
+        prefix = self.ddi + "/deploymentBase/"
+        if not parts.path.startswith(prefix) or not parts.path[len(prefix):].isdigit():
+            raise TrackerError(f"DDI base poll: deploymentBase {link[:100]!r} is not this "
+                               "controller's deployment")
+        where = "DDI deploymentBase"
+        query = f"?{parts.query}" if parts.query else ""
+        doc = self._object(self._ddi("GET", parts.path[len(self.ddi):] + query), where)
+        deployment = doc.get("deployment")
+        if not isinstance(deployment, dict) or not isinstance(deployment.get("chunks"), list):
+            raise TrackerError(f"{where}: no deployment.chunks")
+        self.action = parts.path[len(prefix):]
+        for chunk in deployment["chunks"]:
+            artifacts = chunk.get("artifacts") if isinstance(chunk, dict) else None
+            for item in artifacts if isinstance(artifacts, list) else ():
+                name = item.get("filename") if isinstance(item, dict) else None
+                if not isinstance(name, str) or not name.endswith(".suit"):
+                    continue
+                url = (_member(item, "_links", "download", "href")
+                       or _member(item, "_links", "download-http", "href"))
+                release = next((m.get("value") for m in chunk.get("metadata") or ()
+                                if isinstance(m, dict) and m.get("key") == "suit-release"),
+                               name.removesuffix(".suit"))
+                action = "download" if deployment.get("update") == "skip" else "install"
+                return Assigned.of({"release": release, "envelope_url": url,
+                                    "action": action}, where)
+        raise TrackerError(f"{where}: no SUIT envelope among the artifacts (a file named "
+                           "*.suit): this device installs SUIT releases only")
+
+    def event(self, state: str, detail: str = "") -> None:
+        if self.action is None:
+            raise TrackerError(f"DDI: no action to report {state} for")
+        execution, finished = _DDI_FEEDBACK[state]
+        text = f"{state}: {detail}" if detail else state
+        self._ddi("POST", f"/deploymentBase/{self.action}/feedback", json={
+            "id": self.action, "status": {"execution": execution,
+                                          "result": {"finished": finished},
+                                          "details": [text[:_MAX_DETAIL]]}})
+
+
+def _member(doc: Mapping[str, Any], *path: str) -> str | None:
+    """The string at ``path`` in nested objects, or ``None``."""
+    value: Any = doc
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _object(response: httpx.Response, where: str) -> dict[str, Any]:
+    try:
+        doc = response.json()
+    except ValueError:
+        raise TrackerError(f"{where}: the answer is not JSON") from None
+    if not isinstance(doc, dict):
+        raise TrackerError(f"{where}: the answer is not a JSON object")
+    return doc
 
 
 def check_credential(folder: Path, credential: str) -> str:
@@ -298,7 +510,7 @@ def _boot(opened: OpenDevice) -> tuple[bool, str]:
     config = opened.config
     launcher: Launcher = (ProcessLauncher(config.app_command, config.directory / "app.pid")
                           if config.app_command else RecordingLauncher())
-    invoked = invoke_running(config, opened.bootloader, launcher)
+    invoked = invoke_running(config, opened.bootloader, launcher, extensions=opened.extensions)
     images = ", ".join(f"{i.name} #{i.sequence_number}" for i in result.images)
     failures = [r.reason for r in invoked.results if not r.succeeded]
     return invoked.succeeded, f"booted {images}" + (f" ({failures[0]})" if failures else "")
@@ -308,7 +520,8 @@ _RESUMABLE = ("downloading", "downloaded", "installing", "rebooting")
 
 
 def _saved_envelope(opened: OpenDevice, release: str) -> Path:
-    """Where a ``download`` action keeps the envelope until ``install``."""
+    """Where a ``download`` action keeps the envelope until ``install``, and a waiting install
+    until it resumes."""
     name = "".join(c for c in release if c in "0123456789abcdefABCDEF")[:128] or "release"
     return opened.config.directory / "agent" / f"{name}.suit"
 
@@ -316,10 +529,13 @@ def _saved_envelope(opened: OpenDevice, release: str) -> Path:
 def run_once(folder: Path, server_url: str, credential: str, *, fetcher: PayloadFetcher,
              limits: Limits | None = None, say: Callable[[str], None] | None = None,
              client: httpx.Client | None = None,
-             assigned: Mapping[str, Any] | None = None) -> AgentResult:
+             assigned: Mapping[str, Any] | None = None, protocol: str = "suitkit",
+             tenant: str = "DEFAULT") -> AgentResult:
     """One run against the tracker at ``server_url`` with ``credential``
     (``<device-id>.<secret>``); installs what is assigned (``assigned``: a pushed notice's
-    document, used instead of ``GET .../update``). ``say`` receives each step as it happens."""
+    document, used instead of ``GET .../update``). ``say`` receives each step as it happens.
+    ``protocol``: ``suitkit`` (the JSON API) or ``ddi`` (hawkBit DDI, ``tenant``:
+    ``_DdiTracker``)."""
     limits = limits or Limits()
     steps: list[str] = []
 
@@ -346,24 +562,23 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
     own = client is None
     http = client or httpx.Client(base_url=server_url.rstrip("/"), timeout=TIMEOUT,
                                   headers={"Authorization": f"Bearer {credential.strip()}"})
-    tracker = _Tracker(http, device_id)
+    tracker = (_DdiTracker(http, device_id, credential.strip(), tenant) if protocol == "ddi"
+               else _Tracker(http, device_id))
     try:
         try:
-            tracker.inventory(opened)
-            step("inventory sent")
+            job, state = tracker.checkin(opened, pending=assigned is None)
+            step("checked in" if not tracker.old_server else "inventory sent")
             if opened.config.tracker_id is None:
                 # the tracker took the credential: from now on the folder is this device
                 opened.config = bind_tracker_id(opened.config.directory, device_id)
                 step(f"device folder bound to tracker device {device_id}")
-            if assigned is None:
-                job = tracker.update()
-            elif assigned.get("release") is None:
-                job = None
-            else:
-                job = Assigned.of(assigned, "notice")
+            if assigned is not None:
+                job = (None if assigned.get("release") is None
+                       else Assigned.of(assigned, "notice"))
+                if job is not None and tracker.old_server:
+                    state = tracker.state()
             if job is None:
                 return result("up-to-date", "no update assigned")
-            state = tracker.state()
         except TrackerError as e:
             return result("error", str(e))
         release = job.release
@@ -379,10 +594,14 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
             return _install(opened, tracker, None, release=release, fetcher=fetcher,
                             step=step, result=result)
         saved = _saved_envelope(opened, release)
+        for stale in saved.parent.glob("*.suit") if saved.parent.is_dir() else ():
+            if stale != saved:  # kept for a release no longer assigned: never used again
+                stale.unlink(missing_ok=True)
         try:
             if state == "downloaded" and job.action == "download":
                 return result("downloaded", "already downloaded; waiting for install", release)
-            envelope = saved.read_bytes() if state == "downloaded" and saved.is_file() else None
+            envelope = (saved.read_bytes()
+                        if state in ("downloaded", "installing") and saved.is_file() else None)
             if envelope is None:
                 if state in (None, "notified"):
                     tracker.event("downloading", url)
@@ -408,7 +627,12 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
             return result("error", str(e), release)
         outcome = _install(opened, tracker, envelope, release=release, fetcher=fetcher,
                            step=step, result=result)
-        saved.unlink(missing_ok=True)
+        if outcome.outcome == "waiting":
+            # the next run resumes the install from this copy (the tracker has it installing)
+            saved.parent.mkdir(exist_ok=True)
+            atomic_write(saved, envelope)
+        else:
+            saved.unlink(missing_ok=True)
         return outcome
     finally:
         if own:
@@ -435,6 +659,12 @@ def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes | None, *, r
         outcome = opened.consumer(fetcher).install(envelope)
     finally:
         opened.save()
+    if outcome.waiting:
+        # update-management §5.6: not a failure; the tracker keeps the device installing and
+        # the report is sent once the update ends.
+        tell(lambda: tracker.inventory(opened, waiting=outcome.reason))
+        step(outcome.reason)
+        return result("waiting", outcome.reason, release)
     if outcome.report is not None:
         raw = encode_report(outcome.report)
         tell(lambda: tracker.report(raw))
@@ -523,7 +753,8 @@ class AgentOptions:
     hybrid): ``sse``, ``longpoll``, ``mqtt`` (``mqtt=(host, port)``) or ``coap``
     (``coap="coap://host:port"``). ``max_runs``: stop after that many runs; ``duration``: after
     that many seconds. ``backoff``/``max_backoff``: the bounds of the jittered wait after a
-    failure to reach the tracker or the notice source.
+    failure to reach the tracker or the notice source. ``protocol``: ``suitkit`` or ``ddi``
+    (hawkBit DDI under ``tenant``; poll mode only).
     """
 
     mode: str = "poll"
@@ -536,11 +767,19 @@ class AgentOptions:
     wait: float = 30.0
     backoff: float = 0.5
     max_backoff: float = 30.0
+    protocol: str = "suitkit"
+    tenant: str = "DEFAULT"
 
     def check(self) -> None:
         """Raises: ValueError: an inconsistent option (one line)."""
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got "
+                             f"{self.protocol!r}")
+        if self.protocol == "ddi" and self.mode != "poll":
+            raise ValueError("the ddi protocol polls (hawkBit DDI has no notices): use the "
+                             "poll mode")
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got "
                              f"{self.transport!r}")
@@ -632,7 +871,8 @@ def run_agent(folder: Path, server_url: str, credential: str, *, fetcher: Payloa
                 continue
             assigned = todo if todo else None
             last = run_once(folder, server_url, credential, fetcher=fetcher, limits=limits,
-                            say=say, assigned=assigned)
+                            say=say, assigned=assigned, protocol=options.protocol,
+                            tenant=options.tenant)
             runs += 1
             if last.outcome == "error":
                 failures += 1

@@ -25,8 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from suitkit.core import crypto
+from suitkit.core import cbor, crypto
 from suitkit.core.model import ComponentIdentifier
+from suitkit.core.numbers import CoseAlg
 from suitkit.core.verify import TrustAnchor, TrustAnchors
 from suitkit.errors import DecodeError, KeyMaterialError, PolicyError, SuitError
 from suitkit.fileio import atomic_write
@@ -121,24 +122,33 @@ class DeviceConfig:
             anchors.append(TrustAnchor(key, role=spec.role, components=spec.components))
         return TrustAnchors(tuple(anchors), self.required_roles)
 
-    def decryption_keys(self) -> list[crypto.AesKwKey | crypto.EcPrivateKey]:
-        """The device's decryption keys in ``keys/``: AES-KW KEKs (COSE_Key files) and ECDH-ES
-        P-256 private keys (PEM).
+    def decryption_keys(self) -> list[crypto.RecipientPrivate]:
+        """The device's decryption keys in ``keys/``: AES-KW KEKs and ECDH-ES private keys
+        (P-256 or X25519; COSE_Key or PKCS#8 PEM).
 
         Raises:
-            KeyMaterialError: a file is neither.
+            KeyMaterialError: a file is none of them.
         """
-        keys: list[crypto.AesKwKey | crypto.EcPrivateKey] = []
+        keys: list[crypto.RecipientPrivate] = []
         for path in sorted((self.directory / "keys").glob("*")):
-            data = path.read_bytes()
-            if b"COSE KEY" in data or not data.startswith(b"-"):
-                keys.append(crypto.load_kek(data))
-                continue
-            key = crypto.load_private_key(data)
-            if not isinstance(key, crypto.EcPrivateKey):
-                raise KeyMaterialError(f"{path}: not a decryption key (AES-KW KEK or P-256)")
-            keys.append(key)
+            try:
+                keys.append(crypto.load_recipient_private(path.read_bytes()))
+            except OSError as e:
+                raise KeyMaterialError(f"{path}: cannot read: {e.strerror or e}") from None
+            except KeyMaterialError as e:
+                raise KeyMaterialError(f"{path}: not a decryption key (a KEK, P-256 or X25519 "
+                                       f"key): {e}") from None
         return keys
+
+    def recipient_public_keys(self) -> list[bytes]:
+        """The encoded COSE_Keys of the device's ECDH-ES public keys (what an author encrypts
+        for; a KEK is a shared secret and never leaves the device)."""
+        out = []
+        for key in self.decryption_keys():
+            if not isinstance(key, crypto.AesKwKey):
+                out.append(cbor.encode({**key.public_key().to_cose_key(),
+                                        3: int(CoseAlg.ECDH_ES_A128KW)}))
+        return out
 
     def to_json(self) -> bytes:
         doc = {
@@ -290,8 +300,13 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         except KeyMaterialError as e:  # e.g. a private key: never copied onto the device
             raise KeyMaterialError(f"--trust-anchor {path}: {e}") from None
     for path in decryption_keys or []:
-        if not path.is_file():
-            raise DecodeError(str(path), "cannot read the decryption key")
+        try:
+            crypto.load_recipient_private(path.read_bytes())  # refuse a bad key now
+        except OSError as e:
+            raise DecodeError(str(path), f"cannot read the decryption key: "
+                              f"{e.strerror or e}") from None
+        except KeyMaterialError as e:
+            raise KeyMaterialError(f"--decryption-key {path}: {e}") from None
     specs = tuple(AnchorSpec(f"{i:02d}-{role}-{path.name}", role)
                   for i, (role, path) in enumerate(pairs))
     config = DeviceConfig(

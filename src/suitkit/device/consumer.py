@@ -19,6 +19,16 @@
 A rejected or failed update leaves the running images, the counters and the pending state as
 they were. The result carries the SUIT report.
 
+Update management (draft-ietf-suit-update-management-14; docs/device.md "Update management"):
+the conditions consult the device's facts (``device.facts``: battery, power, network, time zone,
+a simulated clock, other devices, the consent policy), read from the device folder at every
+install unless given. A component's version is the suit-set-version of the manifest its running
+image was installed with (the verified manifest kept with the image), for the whole update. A
+wait directive whose events do not hold yet ends the install ``waiting`` (nothing is staged; the
+agent tries again later). Component metadata (§4.6) goes to ``metadata_sink`` (Linux-class: a
+file beside the image in its slot); a shape without one refuses it. Custom commands and
+parameters run only when registered in ``extensions``.
+
 The boot store is any object with the shape of ``suitkit.bootloader.api.SlotStore`` plus
 ``running`` and ``read_counters``; this module does not import the bootloader (the roles stay
 apart; ``device.wiring`` connects them).
@@ -33,13 +43,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from suitkit.core import cbor, codec, cose, crypto
 from suitkit.core.model import (
     Command,
     CommandSequence,
     ComponentIdentifier,
+    Digest,
     Envelope,
     FrozenDict,
     Parameters,
@@ -47,8 +58,10 @@ from suitkit.core.model import (
 )
 from suitkit.core.numbers import CoseAlg, ManifestKey, ReportReason
 from suitkit.core.processor import (
+    NO_EXTENSIONS,
     ComponentIdentity,
     Device,
+    Extensions,
     ProcessorOptions,
     ProcessResult,
     process,
@@ -67,10 +80,11 @@ from suitkit.core.verify import (
     VerifiedManifest,
     addressed_components,
     verify_decoded,
+    verify_envelope,
 )
 from suitkit.device.config import ComponentSpec, DeviceConfig
+from suitkit.device.facts import ConsentHook, DeviceFacts, ask_consent, evaluate_wait, load_facts
 from suitkit.errors import DecodeError, PolicyError, ProcessingError, StorageError, SuitError
-from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
 __all__ = [
@@ -78,6 +92,9 @@ __all__ = [
     "Consumer",
     "DownloadJournal",
     "InstallOutcome",
+    "MetadataSink",
+    "check_metadata",
+    "running_version",
     "slot_record",
     "split_slot_record",
 ]
@@ -109,6 +126,14 @@ class SlotWriterLike(Protocol):
     def read_back(self, offset: int, length: int) -> bytes: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class VouchingSlotWriter(Protocol):
+    """A slot writer that takes the digest its content was checked against, for the set check
+    before marking pending (``check_staged``) to use instead of reading the image again."""
+
+    def vouch(self, algorithm: int, digest: bytes) -> None: ...
 
 
 class BootStore(Protocol):
@@ -188,6 +213,99 @@ def _all_commands(envelope: Envelope) -> Iterator[Command]:
                 stack.extend(arg.sequences)
 
 
+class MetadataSink(Protocol):
+    """Where a shape keeps suit-parameter-component-metadata (update-management §4.6) of the
+    images it stages: ``stage(image, metadata)`` with the checked metadata of a newly staged
+    image (``None``: it has none, drop what an earlier one left), ``carry(image)`` for an image
+    restaged as it runs (its metadata goes with it). Raise ``StorageError`` on failure."""
+
+    def stage(self, image: str, metadata: Mapping[str, object] | None) -> None: ...
+
+    def carry(self, image: str) -> None: ...
+
+
+_PERMISSION_MAPS = {2: "user-permissions", 3: "group-permissions", 4: "role-permissions"}
+_FILE_TYPES = {1: "regular", 2: "directory", 3: "symlink"}
+_MAX_ACTOR = 256
+
+
+def check_metadata(metadata: Mapping[int, object]) -> dict[str, object]:
+    """suit-parameter-component-metadata checked and named (update-management §4.6), as JSON.
+
+    A slot holds one regular file, so file-type must be regular; times need tag 1; actors are
+    bounded text, bytes (hex) or integers; text has no control characters (§4.6).
+
+    Raises:
+        PolicyError: a member is malformed or cannot apply to a slot, naming it.
+    """
+    out: dict[str, object] = {}
+    for key, value in metadata.items():
+        where = f"component-metadata[{key}]"
+        if key == 1:
+            out["default-permissions"] = _permissions(value, where)
+        elif key in _PERMISSION_MAPS:
+            if not isinstance(value, Mapping) or not value or len(value) > 64:
+                raise PolicyError(f"{where}: expected a map of 1 to 64 actor => permissions")
+            out[_PERMISSION_MAPS[key]] = [[_actor(a, where), _permissions(p, where)]
+                                          for a, p in value.items()]
+        elif key == 5:
+            if value not in _FILE_TYPES or isinstance(value, bool):
+                raise PolicyError(f"{where}: file-type must be 1 regular, 2 directory or 3 "
+                                  f"symlink, got {str(value)[:20]}")
+            if value != 1:
+                raise PolicyError(f"{where}: file-type {_FILE_TYPES[int(value)]} (a slot holds "
+                                  "an image, a regular file)")
+            out["file-type"] = "regular"
+        elif key in (6, 7):
+            tag, seconds = getattr(value, "tag", None), getattr(value, "value", None)
+            if tag != 1 or isinstance(seconds, bool) or not isinstance(seconds, int) \
+                    or not 0 <= seconds < 1 << 64:
+                raise PolicyError(f"{where}: expected #6.1(uint) (the tag is required)")
+            out["modification-time" if key == 6 else "creation-time"] = seconds
+        elif key == 8:
+            out["creator"] = _actor(value, where)
+        else:
+            raise PolicyError(f"{where}: unknown component metadata member {key}")
+    return out
+
+
+def _permissions(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 14:
+        raise PolicyError(f"{where}: expected permission bits 0 to 13 (a uint below 16384)")
+    return value
+
+
+def _actor(value: object, where: str) -> object:
+    tag = getattr(value, "tag", None)
+    if tag is not None:  # UUID_Tagged = #6.37(bstr)
+        inner = getattr(value, "value", None)
+        if tag != 37 or not isinstance(inner, bytes) or len(inner) != 16:
+            raise PolicyError(f"{where}: a tagged actor must be #6.37(16-byte UUID)")
+        return {"uuid": inner.hex()}
+    if isinstance(value, bytes) and 0 < len(value) <= _MAX_ACTOR:
+        return {"bytes": value.hex()}
+    if isinstance(value, str) and 0 < len(value) <= _MAX_ACTOR and value.isprintable():
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 1 << 64:
+        return value
+    raise PolicyError(f"{where}: an actor is a UUID, bytes, printable text (at most "
+                      f"{_MAX_ACTOR}) or an integer")
+
+
+def running_version(store: BootStore, name: str, anchors: TrustAnchors,
+                    limits: Limits) -> tuple[int, ...] | None:
+    """The version of the running image ``name``: the suit-set-version of the manifest it was
+    installed with (verified again here), or ``None`` when unknown."""
+    found = read_running(store, name)
+    if found is None:
+        return None
+    try:
+        _, envelope = split_slot_record(found[0], limits=limits)
+        return verify_envelope(envelope, anchors, limits=limits).manifest.set_version
+    except SuitError:
+        return None
+
+
 def read_running(store: BootStore, name: str) -> tuple[bytes, ImageReaderLike] | None:
     """The running image of ``name``, or ``None`` when its slot holds none."""
     try:
@@ -215,6 +333,9 @@ class InstallOutcome:
     report: Report | None = None
     result: ProcessResult | None = None
     written: tuple[str, ...] = ()
+    waiting: bool = False
+    """Not installed *yet*: a wait directive's events do not hold (update-management §5.6);
+    install the same envelope again later."""
 
 
 # ---------------------------------------------------------------------------- processor glue
@@ -254,10 +375,28 @@ class DownloadJournal:
         return {}
 
     def save(self, envelope_digest: str, image: str, durable: int) -> None:
+        """Replace the journal (a temporary file renamed over it), without an fsync.
+
+        The journal is a hint that no crash-consistency argument rests on, so it is not made
+        durable (that was two fsyncs at every checkpoint): it names only bytes the slot writer
+        fsynced before, so after a cut it is this record, an older one of the same download
+        (fewer bytes), or gone or unreadable (``load`` finds nothing: the download starts
+        over); and the kept bytes are hashed again with the rest against the signed digest.
+
+        Raises:
+            StorageError: the journal could not be written.
+        """
         if self._crash is not None:
             self._crash(f"journal {self.path.name}")
-        atomic_write(self.path, json.dumps({"envelope": envelope_digest, "image": image,
-                                            "durable": durable}).encode())
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            tmp.write_bytes(json.dumps({"envelope": envelope_digest, "image": image,
+                                        "durable": durable}).encode())
+            tmp.replace(self.path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StorageError(f"cannot write {self.path} ({e.strerror})") from e
 
     def clear(self) -> None:
         if not self.path.exists():
@@ -269,7 +408,12 @@ class DownloadJournal:
 
 
 class _Writer:
-    """Streams into the inactive slot, hashing on the way; ``commit`` finishes the slot.
+    """Streams into the inactive slot; ``commit`` finishes the slot.
+
+    One pass over the payload: the processor hashes what it stores and hands the digest it
+    checked over (``verified``), so this writer does not hash the bytes again; it passes the
+    digest on to the slot (``vouch``) for the set check before marking pending. Only content
+    stored without an image-digest (none to check) is hashed here, by reading it back.
 
     A resumed slot already holds ``skip`` bytes: the incoming stream still starts at byte 0
     (the processor hashes all of it), so those bytes are compared with the slot, not written.
@@ -281,15 +425,14 @@ class _Writer:
         self._image = image
         self._slot = slot
         self.skip = slot.offset
-        self._hasher = crypto.new_hasher(CoseAlg.SHA256)
         self._size = 0
         self._journaled = slot.offset
         self._on_commit = on_commit
+        self._verified: Digest | None = None
 
     def write(self, data: bytes) -> None:
         start = self._size
         self._size += len(data)
-        self._hasher.update(data)
         if start < self.skip:
             kept = data[: self.skip - start]
             if self._slot.read_back(start, len(kept)) != kept:
@@ -310,10 +453,24 @@ class _Writer:
         for offset in range(0, self.skip, chunk_size):
             yield self._slot.read_back(offset, min(chunk_size, self.skip - offset))
 
+    def verified(self, digest: Digest) -> None:
+        """The processor checked the content against ``digest`` (``DigestAwareWriter``)."""
+        self._verified = digest
+
     def commit(self) -> None:
+        verified = self._verified
+        if verified is not None and verified.algorithm == CoseAlg.SHA256:
+            sha256 = verified.value
+        else:  # no image-digest (or another algorithm) was checked: hash what the slot holds
+            hasher = crypto.new_hasher(CoseAlg.SHA256)
+            for offset in range(0, self._size, CHUNK):
+                hasher.update(self._slot.read_back(offset, min(CHUNK, self._size - offset)))
+            sha256 = hasher.digest()
+        if verified is not None and isinstance(self._slot, VouchingSlotWriter):
+            self._slot.vouch(verified.algorithm, verified.value)
         self._slot.finish()
         self._run.journal_clear()
-        self._on_commit(_Staged(self._size, self._hasher.digest()))
+        self._on_commit(_Staged(self._size, sha256))
 
     def discard(self) -> None:
         self._slot.close()  # the slot is not pending; the next update rewrites or resumes it
@@ -357,12 +514,30 @@ class _SlotComponent:
         reader = self._running()
         return reader_chunks(reader, chunk_size) if reader else iter(())
 
+    def version(self) -> tuple[int, ...] | None:
+        """The running image's version, also once the new one is staged: what the update is
+        installed over (a version condition in the shared sequence, which runs before every
+        section, keeps meaning the same thing)."""
+        if self._run.anchors is None:
+            return None
+        return running_version(self._run.store, self._spec.image, self._run.anchors,
+                               self._run.limits)
+
     def open_writer(self, max_size: int, *,
                     metadata: Mapping[int, object] | None) -> _Writer:
-        if metadata is not None:
-            raise StorageError(f"{self._spec.image}: component metadata is not supported on "
-                               "a slot")
         run = self._run
+        if metadata is not None:
+            # update-management §4.6: applied at fetch, copy or write time.
+            if run.metadata_sink is None:
+                raise StorageError(f"{self._spec.image}: this device's shape "
+                                   f"({run.config.shape}) has no file system to keep component "
+                                   "metadata (update-management §4.6); leave it out")
+            try:
+                run.metadata[self._spec.image] = check_metadata(metadata)
+            except PolicyError as e:
+                raise StorageError(f"{self._spec.image}: {e}") from None
+        else:
+            run.metadata.pop(self._spec.image, None)
         slot = run.store.open_inactive(self._spec.image, manifest=run.record(self._spec),
                                        image_size=max_size,
                                        resume_at=run.resume.pop(self._spec.image, 0))
@@ -404,32 +579,58 @@ class _Store:
 class _Environment:
     clock: Callable[[], float] | None
     anchors: TrustAnchors
-    keys: list[crypto.AesKwKey | crypto.EcPrivateKey]
+    keys: list[crypto.RecipientPrivate]
+    facts: DeviceFacts = field(default_factory=DeviceFacts)
+    consent: ConsentHook | None = None
+    store: _Store | None = None
     records: list[Record | SystemPropertyClaims] = field(default_factory=list)
+    waiting_for: tuple[str, ...] = ()
+    """What the last unsatisfied wait directive waits for (one phrase per event)."""
+    cannot_wait: tuple[str, ...] = ()
+    """Why the last wait directive cannot be waited on here (one phrase per event)."""
+    answers: dict[int, str] = field(default_factory=dict)
+    """Consent answers of this install by priority: asked once (a person is not asked again
+    for each component, and a manifest cannot start the consent program many times)."""
 
     def now(self) -> int | None:
+        if self.facts.time is not None:
+            return self.facts.time  # the simulator's clock (device.facts)
         return int(self.clock()) if self.clock is not None else None
 
     def battery_level(self) -> int | None:
-        return None
+        return self.facts.battery_mwh
+
+    def _ask(self, priority: int) -> str:
+        if priority not in self.answers:
+            self.answers[priority] = (self.consent(priority) if self.consent is not None
+                                      else ask_consent(self.facts.consent, priority))
+        return self.answers[priority]
 
     def authorize(self, priority: int) -> bool:
-        return True
+        # update-management §5.4, RFC 9019 §3: the consent hook decides; "later" is not yet.
+        return self._ask(priority) == "yes"
 
     def version(self, component: ComponentIdentifier) -> tuple[int, ...] | None:
-        return None
+        found = self.store.component(component) if self.store is not None else None
+        return found.version() if found is not None else None
 
     def wait(self, events: Mapping[int, object]) -> bool | None:
-        return None
+        verdict = evaluate_wait(events, self.facts, self.now(), self._ask)  # type: ignore[arg-type]
+        if verdict.unsupported:
+            self.waiting_for, self.cannot_wait = (), verdict.unsupported
+            return None
+        self.waiting_for = verdict.pending
+        return verdict.satisfied
 
     def decryption_key(self, key_id: bytes | None,
                        algorithm: int) -> cose.RecipientKey | None:
         wants_kek = algorithm in (CoseAlg.A128KW, CoseAlg.A192KW, CoseAlg.A256KW)
-        for key in self.keys:
-            named = key_id is None or key.key_id is None or key.key_id == key_id
-            if named and isinstance(key, crypto.AesKwKey) == wants_kek:
-                return key
-        return None
+        fitting = tuple(key for key in self.keys
+                        if (key_id is None or key.key_id is None or key.key_id == key_id)
+                        and isinstance(key, crypto.AesKwKey) == wants_kek)
+        if len(fitting) > 1:  # e.g. a P-256 and an X25519 key without kids: try each
+            return cose.KeyRing(fitting)
+        return fitting[0] if fitting else None
 
     @property
     def dependency_anchors(self) -> TrustAnchors | None:
@@ -475,6 +676,11 @@ class _Run:
     resume: dict[str, int] = field(default_factory=dict)
     active: _Writer | None = None
     written: list[str] = field(default_factory=list)
+    anchors: TrustAnchors | None = None
+    limits: Limits = field(default_factory=Limits)
+    metadata_sink: MetadataSink | None = None
+    metadata: dict[str, dict[str, object]] = field(default_factory=dict)
+    """Checked component metadata of the images staged by this run."""
     _records: dict[str, bytes] = field(default_factory=dict)
 
     @property
@@ -519,6 +725,16 @@ class Consumer:
     crash: Callable[[str], None] | None = None
     """Called with a label before every file the consumer writes (the download journal): a
     power-cut harness raises ``PowerCut`` from it."""
+    facts: DeviceFacts | None = None
+    """The device's facts for update management; ``None``: read ``DIR/facts.json`` at each
+    install (``device.facts``)."""
+    consent: ConsentHook | None = None
+    """Asked for update-authorized and the authorization wait event; ``None``: the consent
+    policy of the facts."""
+    extensions: Extensions = NO_EXTENSIONS
+    """Custom commands and parameters this device implements (none: refused)."""
+    metadata_sink: MetadataSink | None = None
+    """Where component metadata is kept (``None``: the shape cannot, metadata is refused)."""
 
     @property
     def identity(self) -> ComponentIdentity:
@@ -533,6 +749,7 @@ class Consumer:
         """
         try:
             anchors = self.config.trust_anchors()
+            facts = self.facts if self.facts is not None else load_facts(self.config.directory)
             envelope = codec.decode_envelope(data, limits=self.limits)
             verified = verify_decoded(envelope, anchors, limits=self.limits)
             self._check_rollback(verified)
@@ -554,9 +771,12 @@ class Consumer:
         digest = hashlib.sha256(data).hexdigest()
         run = _Run(self.config, self.store, envelope, self.identity, journal=journal,
                    envelope_digest=digest, replayable=not _encrypted(envelope),
-                   resume=journal.load(digest))
-        env = _Environment(self.clock, anchors, self.config.decryption_keys())
-        device = Device(store=_Store(run), environment=env,
+                   resume=journal.load(digest), anchors=anchors, limits=self.limits,
+                   metadata_sink=self.metadata_sink)
+        store = _Store(run)
+        env = _Environment(self.clock, anchors, self.config.decryption_keys(), facts,
+                           self.consent, store)
+        device = Device(store=store, environment=env,
                         fetcher=_FetcherAdapter(self.fetcher, run) if self.fetcher else None)
         try:
             self._check_bootable(verified, device)
@@ -564,7 +784,7 @@ class Consumer:
             return InstallOutcome(False, f"rejected: {e}", verified.manifest.sequence_number)
         try:
             result = process(verified, "update", device, limits=self.limits,
-                             options=self.options, nonce=nonce)
+                             options=self.options, nonce=nonce, extensions=self.extensions)
         except BaseException:
             # A power cut or crash in the middle: keep the journal and what is in the slot.
             if run.active is not None:
@@ -573,14 +793,20 @@ class Consumer:
         sequence = verified.manifest.sequence_number
         if not result.succeeded:
             journal.clear()
-            return InstallOutcome(False, f"failed: {result.reason}", sequence, result.report,
-                                  result)
+            if result.waiting:
+                awaited = "; ".join(env.waiting_for) or "the wait events"
+                return InstallOutcome(False, f"waiting for {awaited} ({result.reason})",
+                                      sequence, result.report, result, waiting=True)
+            why = f" ({'; '.join(env.cannot_wait)})" if env.cannot_wait else ""
+            return InstallOutcome(False, f"failed: {result.reason}{why}", sequence,
+                                  result.report, result)
         if not run.written:
             # Checked before anything is marked: a failed install leaves no request behind.
             return InstallOutcome(False, "failed: the manifest installed no image",
                                   sequence, result.report, result)
         try:
             self._restage_untouched(run)
+            self._stage_metadata(run)
             self.store.check_staged()  # what the bootloader would refuse is not marked pending
             self.store.mark_pending()
         except SuitError as e:
@@ -595,7 +821,8 @@ class Consumer:
         not give them, since its images could never boot (manifest §7.2 secure boot template).
         """
         try:
-            params = shared_parameters(verified, device, limits=self.limits)
+            params = shared_parameters(verified, device, limits=self.limits,
+                                       extensions=self.extensions)
         except ProcessingError:
             return  # a condition fails: the processor reports it, with the SUIT report
         for cid in verified.manifest.common.components:
@@ -660,6 +887,16 @@ class Consumer:
                                   f"the security counter of {spec.image} can hold ({most}); "
                                   "the bootloader could never confirm it", sequence, report)
         return None
+
+    def _stage_metadata(self, run: _Run) -> None:
+        """Component metadata goes with the images it describes (update-management §4.6)."""
+        if self.metadata_sink is None:
+            return
+        for name in self.store.components:
+            if name in run.written:
+                self.metadata_sink.stage(name, run.metadata.get(name))
+            else:
+                self.metadata_sink.carry(name)
 
     def _restage_untouched(self, run: _Run) -> None:
         """Boot sets move together: stage what the manifest left alone as it runs now."""

@@ -28,8 +28,10 @@ from typing import Protocol
 
 from suitkit.core.model import ComponentIdentifier
 from suitkit.core.processor import (
+    NO_EXTENSIONS,
     ComponentIdentity,
     Device,
+    Extensions,
     InstalledEnvironment,
     ProcessResult,
     process,
@@ -221,8 +223,10 @@ class Invoked:
 
 
 def invoke_running(config: DeviceConfig, store: BootStore, launcher: Launcher, *,
-                   limits: Limits | None = None) -> Invoked:
-    """Run the Invocation Procedure of each running image's manifest (once per manifest).
+                   limits: Limits | None = None,
+                   extensions: Extensions = NO_EXTENSIONS) -> Invoked:
+    """Run the Invocation Procedure of each running image's manifest (once per manifest), with
+    the device's custom commands (``extensions``).
 
     Raises:
         SuitError: a stored envelope no longer verifies.
@@ -247,5 +251,6 @@ def invoke_running(config: DeviceConfig, store: BootStore, launcher: Launcher, *
         verified = verify_envelope(envelope, anchors, limits=limits)
         device = Device(_RunningStore(config, store, launcher, log, identity),  # type: ignore[arg-type]
                         InstalledEnvironment(anchors))
-        results.append(process(verified, "invoke", device, limits=limits))
+        results.append(process(verified, "invoke", device, limits=limits,
+                               extensions=extensions))
     return Invoked(tuple(log), tuple(results))

@@ -11,6 +11,11 @@ and the image must have exactly the digest and size its manifest's shared sequen
 component (``processor.shared_parameters``), with the vendor and class conditions evaluated
 against the device. It also hands the bootloader the digests the manifest gives the other
 images of the boot set, for the bootloader's set check (a set mixed from two releases).
+
+``SlotMetadata`` keeps component metadata (update-management §4.6) on Linux-class devices: a
+``<image>.metadata.json`` file beside the image in its slot directory, written atomically
+before the slot is marked pending and switched with it. Flash shapes have no file system for
+it: their consumer refuses metadata.
 """
 
 from __future__ import annotations
@@ -26,25 +31,40 @@ from suitkit.bootloader.api import Bootloader
 from suitkit.bootloader.flash import Flash
 from suitkit.bootloader.fsslots import FsBootloader
 from suitkit.bootloader.profiles import SHAPES
-from suitkit.bootloader.verifier import ImageInfo, ImageReader, ImageVerifier, as_reader
+from suitkit.bootloader.verifier import (
+    ImageInfo,
+    ImageReader,
+    ImageVerifier,
+    VouchedReader,
+    as_reader,
+)
 from suitkit.core import cbor
 from suitkit.core.model import ComponentIdentifier
 from suitkit.core.processor import (
+    NO_EXTENSIONS,
     ComponentIdentity,
     Device,
+    Extensions,
     InstalledEnvironment,
     shared_parameters,
     stream_digest,
 )
 from suitkit.core.verify import TrustAnchors, verify_envelope
 from suitkit.device.config import DeviceConfig, load_config
-from suitkit.device.consumer import Consumer, PayloadFetcher, reader_chunks, split_slot_record
+from suitkit.device.consumer import (
+    Consumer,
+    MetadataSink,
+    PayloadFetcher,
+    reader_chunks,
+    split_slot_record,
+)
+from suitkit.device.facts import ConsentHook
 from suitkit.device.invoke import ImageComponent
 from suitkit.errors import AuthenticationError, DecodeError, StorageError, SuitError
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
-__all__ = ["OpenDevice", "SuitImageVerifier", "open_device"]
+__all__ = ["OpenDevice", "SlotMetadata", "SuitImageVerifier", "open_device"]
 
 CHUNK = 64 * 1024
 FLASH_STATE = "state.cbor"
@@ -86,6 +106,8 @@ class SuitImageVerifier:
     images: tuple[tuple[ComponentIdentifier, str], ...] = ()
     """The boot set's ``(component, image name)`` pairs: the digests the manifest gives them
     go to the bootloader's set check (``ImageInfo.vouches``)."""
+    extensions: Extensions = NO_EXTENSIONS
+    """Custom conditions the shared sequence may use (the consumer's)."""
 
     def verify(self, manifest: bytes, image: bytes | ImageReader) -> ImageInfo:
         """Verify the stored envelope and the image against it.
@@ -104,7 +126,7 @@ class SuitImageVerifier:
             raise DecodeError("slot manifest", "the stored component is not in its manifest")
         store = _BootStore(self.identity, component, reader)
         shared = shared_parameters(verified, Device(store, InstalledEnvironment()),  # type: ignore[arg-type]
-                                   limits=self.limits)
+                                   limits=self.limits, extensions=self.extensions)
         params = shared.get(component)
         if params is None or params.image_digest is None or params.image_size is None:
             raise AuthenticationError("the manifest gives this component no image digest and "
@@ -112,7 +134,10 @@ class SuitImageVerifier:
         if reader.size != params.image_size:
             raise AuthenticationError(f"image is {reader.size} bytes, the manifest says "
                                       f"{params.image_size}")
-        actual = stream_digest(reader_chunks(reader, CHUNK), params.image_digest.algorithm)
+        algorithm = params.image_digest.algorithm
+        known = reader.known_digest(algorithm) if isinstance(reader, VouchedReader) else None
+        actual = known if known is not None else stream_digest(reader_chunks(reader, CHUNK),
+                                                               algorithm)
         if not hmac.compare_digest(actual, params.image_digest.value):
             raise AuthenticationError(f"image digest {actual.hex()} does not match the "
                                       f"manifest's {params.image_digest.value.hex()}")
@@ -138,10 +163,17 @@ class OpenDevice:
     """The generation of the flash state loaded (0: none, or saved before the copies)."""
     loaded_from: str | None = None
     """The copy of the flash state it was loaded from (the next save writes the other)."""
+    extensions: Extensions = NO_EXTENSIONS
+    """The custom commands and parameters the device implements (``open_device``)."""
 
-    def consumer(self, fetcher: PayloadFetcher | None = None) -> Consumer:
-        """A consumer that stages updates into this device's inactive slots."""
-        return Consumer(self.config, self.bootloader, fetcher, crash=self.crash)
+    def consumer(self, fetcher: PayloadFetcher | None = None, *,
+                 consent: ConsentHook | None = None) -> Consumer:
+        """A consumer that stages updates into this device's inactive slots (``consent``: asked
+        for update-authorized instead of the folder's consent policy)."""
+        sink: MetadataSink | None = (SlotMetadata(self.bootloader, self.crash)
+                                     if isinstance(self.bootloader, FsBootloader) else None)
+        return Consumer(self.config, self.bootloader, fetcher, crash=self.crash,
+                        consent=consent, extensions=self.extensions, metadata_sink=sink)
 
     def save(self) -> None:
         """Persist the simulated flash (every flash's content and wear) to the folder, as a
@@ -168,6 +200,45 @@ class OpenDevice:
             stale.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True, slots=True)
+class SlotMetadata:
+    """Component metadata of a Linux-class device, beside each image in its slot directory."""
+
+    bootloader: FsBootloader
+    crash: Callable[[str], None] | None = None
+
+    def _path(self, slot: str, image: str) -> Path:
+        return self.bootloader.slot_dir(slot) / f"{image}.metadata.json"
+
+    def stage(self, image: str, metadata: Mapping[str, object] | None) -> None:
+        path = self._path(self.bootloader.read_state().inactive, image)
+        if self.crash is not None:
+            self.crash(f"metadata {path.name}")
+        if metadata is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write(path, json.dumps(metadata, indent=2).encode() + b"\n")
+
+    def carry(self, image: str) -> None:
+        state = self.bootloader.read_state()
+        try:
+            data = self._path(state.active, image).read_bytes()
+        except FileNotFoundError:
+            self.stage(image, None)
+            return
+        except OSError as e:
+            raise StorageError(f"{image}: cannot read its component metadata: "
+                               f"{e.strerror}") from None
+        try:
+            metadata = json.loads(data)
+        except (ValueError, RecursionError):
+            metadata = None
+        if not isinstance(metadata, dict):
+            raise StorageError(f"{image}: its component metadata file in the active slot is "
+                               "damaged (not a JSON object); the update cannot carry it")
+        self.stage(image, metadata)
+
+
 def _cid(component: ComponentIdentifier) -> str:
     return "[" + ", ".join(f"h'{p.hex()}'" for p in component) + "]"
 
@@ -179,12 +250,14 @@ def identity_of(config: DeviceConfig) -> ComponentIdentity:
                              device_ids=frozenset({config.device_id}))
 
 
-def open_device(directory: Path, *, crash: Callable[[str], None] | None = None) -> OpenDevice:
+def open_device(directory: Path, *, crash: Callable[[str], None] | None = None,
+                extensions: Extensions = NO_EXTENSIONS) -> OpenDevice:
     """Open a device folder made by ``config.create_device``.
 
     ``crash``: called with a label before every durable file step (the download journal, the
     flash save, every step of the Linux-class slots): a power-cut harness raises ``PowerCut``
-    from it.
+    from it. ``extensions``: the custom commands and parameters the device implements (its
+    consumer runs them; its boot-time verifier accepts its custom conditions).
 
     Raises:
         DecodeError: not a device folder, or its saved flash is unreadable.
@@ -195,15 +268,17 @@ def open_device(directory: Path, *, crash: Callable[[str], None] | None = None) 
     # One verifier per image, each knowing which component its slots must hold.
     images = tuple((c.suit_id, c.image) for c in config.components)
     verifiers: dict[str, ImageVerifier] = {
-        c.image: SuitImageVerifier(anchors, identity, c.suit_id, images=images)
+        c.image: SuitImageVerifier(anchors, identity, c.suit_id, images=images,
+                                   extensions=extensions)
         for c in config.components}
     if config.shape == "linux":
         names = tuple(c.image for c in config.components)
         return OpenDevice(config, FsBootloader(directory / "slots", names, verifiers,
-                                               crash=crash), {}, crash)
+                                               crash=crash), {}, crash, extensions=extensions)
     device = SHAPES[config.shape](verifiers, image_sectors=config.image_sectors)
     generation, loaded_from = _load_flash(directory / "flash", device.flashes)
-    return OpenDevice(config, device.bootloader, device.flashes, crash, generation, loaded_from)
+    return OpenDevice(config, device.bootloader, device.flashes, crash, generation, loaded_from,
+                      extensions)
 
 
 _Saved = dict[str, tuple[bytes, list[int]]]

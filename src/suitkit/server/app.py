@@ -6,9 +6,16 @@
   ``envelope`` (the signed SUIT envelope) and zero or more detached images, each a part named
   ``image-<N>`` (for component index N of the manifest) or ``image`` (matched to the component
   whose image-digest it has). The envelope must verify against the author trust anchors; every
-  image and every integrated payload must match the image-digest and image-size of a component.
+  image and every integrated payload must match the image-digest and image-size of a component;
+  an encrypted component's image is its detached ciphertext, whose size must be what the
+  manifest's image-size and content algorithm make it (the digest is the plaintext's: the
+  server holds no content key, the device checks it after decrypting).
 - ``GET/HEAD /firmware/{sha256}``, ``GET/HEAD /envelopes/{sha256}``: immutable, content-addressed
-  downloads with Range, If-Range and ETag (Starlette ``FileResponse``).
+  downloads with Range, If-Range and ETag (Starlette ``FileResponse``; whole files by
+  ``sendfile`` through the guarded protocol's ``http.response.pathsend``, server/guard.py),
+  answered before the routing of the other routes (``_Downloads``). With
+  ``ServerConfig.accel_redirect`` they answer ``X-Accel-Redirect`` and nginx in front sends
+  the bytes (``nginx_accel_config`` fills in the template ``nginx-accel.conf``).
 - ``GET /api/v1/releases``, ``GET /api/v1/releases/{id}``: release metadata.
 
 Who may call: with ``ServerConfig.authorizer`` (set by the CLI from the status tracker's tokens
@@ -39,7 +46,9 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, BinaryIO, Literal
 from uuid import UUID
 
@@ -53,7 +62,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from suitkit.core import codec, crypto, processor
+from suitkit.core import codec, cose, crypto, processor
 from suitkit.core.model import (
     CommandSequence,
     ComponentIdentifier,
@@ -62,7 +71,7 @@ from suitkit.core.model import (
     TryEach,
     VendorIdentifier,
 )
-from suitkit.core.numbers import ComponentTextKey, ManifestKey, TextKey, name_of
+from suitkit.core.numbers import ComponentTextKey, CoseAlg, ManifestKey, TextKey, name_of
 from suitkit.core.processor import ComponentIdentity, Device, ProcessorOptions
 from suitkit.core.verify import TrustAnchors, VerifiedManifest, verify_envelope
 from suitkit.errors import (
@@ -75,6 +84,7 @@ from suitkit.errors import (
     SuitError,
 )
 from suitkit.limits import Limits
+from suitkit.server.observe import Metrics, Observed, ReadinessCheck
 from suitkit.server.store import (
     BlobStore,
     ComponentRecord,
@@ -85,7 +95,8 @@ from suitkit.server.store import (
 )
 
 __all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "LEAVE_REQUEST_LIMIT", "Authorizer",
-           "ServerConfig", "UploadRefused", "create_app", "expected_images"]
+           "ServerConfig", "UploadRefused", "accel_prefix_problem", "create_app",
+           "expected_images", "nginx_accel_config"]
 
 Authorizer = Callable[[str, str], Literal["allowed", "forbidden", "invalid"]]
 """``(bearer token, action)`` -> verdict, for action ``"upload"`` or ``"read"``. Runs in a worker
@@ -100,8 +111,8 @@ _log = logging.getLogger("suitkit.server")
 LEAVE_REQUEST_LIMIT = "suitkit.leave_request_limit"
 """Key of the ASGI scope under which ``max_requests`` puts a function that takes the request
 out of the count: a route that holds its request for long on purpose under caps of its own
-(the status tracker's push streams, tracker/push.py, which names this key itself: the roles
-do not import each other) calls it once it has its own slot."""
+(the status tracker's push streams, tracker/edges/push_http.py, which names this key itself:
+the roles do not import each other) calls it once it has its own slot."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +134,10 @@ class ServerConfig:
     ``max_downloads``: blob downloads in progress at once, counted apart from
     ``max_requests`` (a public download may last long on a slow link, and clients that read
     slowly on purpose must not starve check-ins and the operator); 503 with ``Retry-After``.
+    ``metrics``: the app's Prometheus series and where ``/metrics`` is served
+    (``observe.Metrics``; ``None``: series of its own, ``/metrics`` served nowhere).
+    ``readiness``: checks ``/readyz`` runs besides the data directory's (the tracker's
+    database, wired by the CLI).
     """
 
     data_dir: Path
@@ -139,6 +154,31 @@ class ServerConfig:
     blobs, in the data directory (``BlobStore``). ``suitkit serve`` with the status tracker
     gives its database: replicas sharing the blob directory agree on the releases."""
     max_downloads: int = 1000
+    accel_redirect: str | None = None
+    metrics: Metrics | None = None
+    readiness: tuple[ReadinessCheck, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.accel_redirect is not None:
+            problem = accel_prefix_problem(self.accel_redirect)
+            if problem is not None:
+                raise ValueError(problem)
+
+
+_ACCEL_PREFIX = re.compile(r"/(?:[A-Za-z0-9._~-]+/)*")
+
+
+def accel_prefix_problem(prefix: str) -> str | None:
+    """What is wrong with ``prefix`` as an ``X-Accel-Redirect`` prefix, or ``None``: it must be
+    an absolute URL path that ends with ``/`` (letters, digits, ``.``, ``_``, ``~``, ``-``
+    between the slashes), at most 200 characters, without ``.`` or ``..`` segments."""
+    shown = prefix[:80].encode("ascii", "backslashreplace").decode()
+    if (len(prefix) > 200 or _ACCEL_PREFIX.fullmatch(prefix) is None
+            or any(part in (".", "..") for part in prefix.split("/"))):
+        return (f"expected a URL path such as /_suitkit_blobs/ (starting and ending with '/', "
+                f"letters, digits, '.', '_', '~', '-' between, at most 200 characters), got "
+                f"{shown!r}")
+    return None
 
 
 class UploadRefused(Exception):
@@ -148,6 +188,37 @@ class UploadRefused(Exception):
         self.status = status
         self.message = message
         super().__init__(message)
+
+
+def nginx_accel_config(*, listen: str, upstreams: tuple[str, ...], blobs: Path, state: Path,
+                       prefix: str = "/_suitkit_blobs/", max_upload_mib: int = 256) -> str:
+    """nginx's ``upstream`` and ``server`` blocks (for its ``http {}``) in front of suitkit
+    replicas run with ``--accel-redirect prefix``: the template ``nginx-accel.conf`` filled in.
+
+    ``listen``: nginx's ``listen`` argument (``127.0.0.1:8080``); ``upstreams``: the replicas'
+    ``host:port``; ``blobs``: the absolute path of the shared ``DATA/blobs`` directory;
+    ``state``: a directory of nginx's own (its cache of suitkit's answers, a unix socket).
+
+    Raises:
+        ValueError: a bad prefix, no upstream, or a relative ``blobs`` path.
+    """
+    problem = accel_prefix_problem(prefix)
+    if problem is not None:
+        raise ValueError(problem)
+    if not upstreams:
+        raise ValueError("at least one suitkit replica (host:port) is needed")
+    for name, folder in (("blobs", blobs), ("state", state)):
+        if not folder.is_absolute() or any(c.isspace() or c in ";{}'\"$" for c in str(folder)):
+            raise ValueError(f"the {name} directory must be an absolute path without spaces, "
+                             f"quotes, '$', ';' or braces, got {str(folder)[:200]!r}")
+    template = resources.files("suitkit.server").joinpath("nginx-accel.conf").read_text()
+    filled = {"@LISTEN@": listen, "@PREFIX@": prefix, "@BLOBS@": str(blobs).rstrip("/"),
+              "@STATE@": str(state).rstrip("/"),
+              "@MAX_BODY@": f"{max_upload_mib}m",
+              "@UPSTREAMS@": "\n".join(f"    server {u};" for u in upstreams)}
+    for key, value in filled.items():
+        template = template.replace(key, value)
+    return template
 
 
 # ============================================================================ expected images
@@ -225,9 +296,18 @@ class _Expected:
     identifier: ComponentIdentifier
     digest: Digest | None
     size: int | None
+    encryption: int | None = None
+    """The content algorithm when the shared sequence sets encryption-info: the image stored
+    is then its detached ciphertext (draft-ietf-suit-firmware-encryption)."""
 
     def label(self) -> str:
         return f"component {self.index} [{', '.join(p.hex() for p in self.identifier)}]"
+
+    def stored_size(self) -> int | None:
+        """Bytes of the image as uploaded: the plaintext's, or its ciphertext's."""
+        if self.size is None or self.encryption is None:
+            return self.size
+        return crypto.ciphertext_size(self.encryption, self.size)
 
 
 def expected_images(verified: VerifiedManifest, *,
@@ -244,8 +324,17 @@ def expected_images(verified: VerifiedManifest, *,
     result = []
     for index, cid in enumerate(verified.manifest.common.components):
         p = params.get(cid)
+        encryption = None
+        if p is not None and p.encryption_info is not None:
+            # The ciphertext cannot be hashed against the plaintext's image-digest without the
+            # content key, which the server never holds: its size is checked (the content
+            # algorithm's tag included) and the device authenticates what it decrypts.
+            info = cose.decode_encryption_info(p.encryption_info,
+                                               path=f"component {index} encryption-info")
+            encryption = info.algorithm
+            crypto.content_key_size(encryption)  # PolicyError: not a supported algorithm
         result.append(_Expected(index, cid, p.image_digest if p else None,
-                                p.image_size if p else None))
+                                p.image_size if p else None, encryption))
     return result
 
 
@@ -272,6 +361,15 @@ def _check_image(expected: _Expected, name: str, size: int, digest: Callable[[in
     if expected.digest is None or expected.size is None:
         raise UploadRefused(422, f"{name}: {expected.label()} has no image-digest and "
                                  "image-size in the shared sequence; cannot check an image")
+    if expected.encryption is not None:
+        if size != expected.stored_size():
+            raise UploadRefused(
+                422, f"{name}: encrypted image size mismatch for {expected.label()}: {size} "
+                     f"bytes uploaded, the manifest's {expected.size} bytes of plaintext are "
+                     f"{expected.stored_size()} bytes of "
+                     f"{crypto.algorithm_name(expected.encryption)} ciphertext")
+        _refuse_plaintext(expected, name, digest)
+        return
     if size != expected.size:
         raise UploadRefused(422, f"{name}: image size mismatch for {expected.label()}: "
                                  f"{size} bytes uploaded, the manifest says {expected.size}")
@@ -282,16 +380,39 @@ def _check_image(expected: _Expected, name: str, size: int, digest: Callable[[in
                                  f"{expected.digest.value.hex()}")
 
 
+def _refuse_plaintext(expected: _Expected, name: str, digest: Callable[[int], bytes]) -> None:
+    """An encrypted component's image that hashes to the plaintext's image-digest is the
+    plaintext itself: published, it would undo the encryption (the same size as an AES-CTR
+    ciphertext, so the size check alone does not catch it)."""
+    assert expected.digest is not None
+    if hmac.compare_digest(digest(expected.digest.algorithm), expected.digest.value):
+        raise UploadRefused(422, f"{name}: this is the plaintext image of {expected.label()}, "
+                                 "which the manifest encrypts; upload its ciphertext (the "
+                                 ".enc file suitkit create or suitkit encrypt wrote)")
+
+
 def _match(expected: list[_Expected], name: str, size: int,
            digest: Callable[[int], bytes]) -> _Expected:
-    """The component whose image-digest and image-size this image has."""
+    """The component whose image-digest and image-size this image has; else the one encrypted
+    component whose ciphertext has this size."""
     for candidate in expected:
         if (candidate.digest is not None and candidate.size == size
+                and candidate.encryption is None
                 and hmac.compare_digest(digest(candidate.digest.algorithm),
                                         candidate.digest.value)):
             return candidate
+    encrypted = [c for c in expected if c.encryption is not None and c.digest is not None
+                 and c.stored_size() == size]
+    if len(encrypted) == 1:
+        _refuse_plaintext(encrypted[0], name, digest)
+        return encrypted[0]
+    if encrypted:
+        raise UploadRefused(422, f"{name} ({size} bytes) could be the ciphertext of "
+                                 f"{len(encrypted)} encrypted components; upload it as "
+                                 "image-N for component N")
     raise UploadRefused(422, f"{name} ({size} bytes) matches no component of the manifest "
-                             "(no image-digest and image-size equal its own)")
+                             "(no image-digest and image-size equal its own, nor the size of "
+                             "an encrypted component's ciphertext)")
 
 
 def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
@@ -308,7 +429,7 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
         raise UploadRefused(422, "manifests with dependencies are not supported by this server")
     try:
         expected = expected_images(verified, limits=config.limits)
-    except (ProcessingError, PolicyError) as e:
+    except (ProcessingError, PolicyError, DecodeError) as e:
         raise UploadRefused(422, f"cannot read the component images from the shared "
                                  f"sequence: {e}") from e
 
@@ -341,6 +462,15 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     previous = records.get_release(release_id)  # early refusal; add_release decides for good
     if previous is not None and previous.envelope != envelope_sha:
         raise UploadRefused(409, str(ReleaseConflict(previous)))
+    stored = {c.index: c.blob for c in previous.components} if previous is not None else {}
+    for target, image in checked:
+        # refused before it is stored: other bytes for a stored (encrypted, so only
+        # size-checked) image would be kept as a blob nothing refers to, upload after upload
+        have = stored.get(target.index)
+        if have is not None and _digest_of(image.file, CoseAlg.SHA256).hex() != have:
+            raise UploadRefused(409, f"{image.name}: release {release_id} component "
+                                     f"{target.index} already has image {have}; another image "
+                                     "is refused (a stored image is never replaced)")
     envelope_blob = store.put_blob(envelope)
     for target, image in checked:
         image.file.seek(0)
@@ -423,8 +553,16 @@ class _CountedFile(FileResponse):
         self._release = release
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def counted_send(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.pathsend" or (
+                    message["type"] == "http.response.body" and not message.get("more_body")):
+                # the response is complete: the client may send its next download on this
+                # connection before Starlette closes the file (a thread hop)
+                self._release()
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, counted_send)
         finally:
             self._release()
 
@@ -528,6 +666,45 @@ class _RequestLimit:
             await self.app(scope, receive, send)
         finally:
             leave()
+
+
+_DOWNLOAD_PATH = re.compile(r"/(firmware|envelopes)/([^/]+)")
+_MEDIA_TYPES = {"firmware": "application/octet-stream", "envelopes": ENVELOPE_MEDIA_TYPE}
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """What routing would have put in ``scope["route"]``: the route's template (its ``path``),
+    for the request's metrics and logs."""
+
+    path: str
+
+
+class _Downloads:
+    """ASGI middleware: ``GET``/``HEAD /firmware/{sha256}`` and ``/envelopes/{sha256}`` answered
+    at once by ``download`` (the routes' own function), before the routing of every other
+    route, the dependencies and the request count: a download is the server's most frequent
+    request, and its checks need none of them (public, a digest checked, a stat; whole-file
+    bodies go by sendfile, server/guard.py; with ``accel_redirect`` no body at all). Errors
+    are the routes' (``UploadRefused``: one JSON line); a download is counted by
+    ``max_downloads``, an accel answer by nothing (it holds nothing once answered)."""
+
+    def __init__(self, app: ASGIApp, download: Callable[[Scope, str, str], Response]) -> None:
+        self.app = app
+        self.download = download
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = (_DOWNLOAD_PATH.fullmatch(scope["path"])
+                 if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") else None)
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = _Template(f"/{match.group(1)}/{{digest}}")
+        try:
+            response = self.download(scope, match.group(2), _MEDIA_TYPES[match.group(1)])
+        except UploadRefused as e:
+            response = _error(e.status, e.message)
+        await response(scope, receive, send)
 
 
 def _where(request: Request) -> str:
@@ -676,13 +853,21 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     downloading = [0]  # downloads in progress (event loop only)
 
-    def download(request: Request, digest: str, media_type: str) -> Response:
+    def download(scope: Scope, digest: str, media_type: str) -> Response:
         if not is_digest(digest):
             raise UploadRefused(400, f"not a SHA-256 digest (64 lower-case hex characters): "
                                      f"{digest[:80]!r}")
         path = store.blob_path(digest)
-        if not path.is_file():
+        try:
+            stat = path.stat()  # once: FileResponse would stat it again in a worker thread
+        except OSError:
+            stat = None
+        if stat is None or not S_ISREG(stat.st_mode):
             raise UploadRefused(404, f"no such blob {digest}")
+        headers = {"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE}
+        if config.accel_redirect is not None:  # the server in front sends the bytes
+            return Response(status_code=200, media_type=media_type, headers={
+                **headers, "X-Accel-Redirect": f"{config.accel_redirect}{digest[:2]}/{digest}"})
         if downloading[0] >= config.max_downloads:
             return _error(503, f"too many downloads at once (at most {config.max_downloads}); "
                                "try again shortly", {"Retry-After": "5"})
@@ -695,11 +880,11 @@ def create_app(config: ServerConfig) -> FastAPI:
                 given = True
                 downloading[0] -= 1
 
-        leave = request.scope.get(LEAVE_REQUEST_LIMIT)
+        leave = scope.get(LEAVE_REQUEST_LIMIT)
         if callable(leave):  # counted as a download from now on, not as a request
             leave()
-        response = _CountedFile(path, media_type=media_type, release=release,
-                                headers={"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE})
+        response = _CountedFile(path, media_type=media_type, release=release, headers=headers,
+                                stat_result=stat)
         response.chunk_size = _DOWNLOAD_CHUNK
         return response
 
@@ -707,18 +892,30 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.head("/firmware/{digest}", include_in_schema=False)
     async def firmware(request: Request, digest: str) -> Response:
         """A firmware image (or any blob) by SHA-256; Range, If-Range, ETag."""
-        return download(request, digest, "application/octet-stream")
+        return download(request.scope, digest, "application/octet-stream")
 
     @app.get("/envelopes/{digest}", summary="Download a SUIT envelope by SHA-256 (public)")
     @app.head("/envelopes/{digest}", include_in_schema=False)
     async def envelopes(request: Request, digest: str) -> Response:
         """A SUIT envelope by the SHA-256 of its bytes; Range, If-Range, ETag."""
-        return download(request, digest, ENVELOPE_MEDIA_TYPE)
+        return download(request.scope, digest, ENVELOPE_MEDIA_TYPE)
 
     for router in config.routers:  # every mounted route is authenticated: say so in OpenAPI
         app.include_router(router, dependencies=bearer)
     if config.max_requests is not None:
         app.add_middleware(_RequestLimit, limit=config.max_requests)
+    app.add_middleware(_Downloads, download=download)  # outside the count: see _Downloads
+
+    def data_writable() -> str | None:
+        try:
+            store.check_writable()
+        except StorageError as e:
+            return str(e)
+        return None
+
+    # outermost: request ids, metrics and health cover every route, the limit's 503s too
+    app.add_middleware(Observed, metrics=config.metrics or Metrics(),
+                       checks=(data_writable, *config.readiness))
     return app
 
 

@@ -16,7 +16,13 @@ its images to the same envelope's record or is refused (``ReleaseConflict``).
 A crash (SIGKILL, power cut) in the middle of a write leaves at worst a temporary file in
 ``tmp/``, never a partial blob or record: opening the store removes the temporary blobs no
 living process is writing (each writer holds an ``flock`` on its file, which the kernel drops
-when the process dies).
+when the process dies, and checks once it holds it that no sweep removed the file just
+before: then it makes another).
+
+Several processes (``suitkit serve`` replicas, on one host or on several over a shared file
+system) may use one data directory at once; what the file system must provide for that is in
+docs/server.md, "Scale out": atomic ``link`` and ``rename``, ``fsync``, ``flock`` between all
+of them, and lookups that do not cache a file's absence.
 
 No name from a client ever becomes a path: blobs are looked up only by validated 64-character
 lower-case hex digests, releases only by validated hex ids.
@@ -128,10 +134,10 @@ class ReleaseRecord:
 class ReleaseConflict(StorageError):
     """A release with this id is already stored with another envelope (``existing``)."""
 
-    def __init__(self, existing: ReleaseRecord) -> None:
+    def __init__(self, existing: ReleaseRecord, message: str | None = None) -> None:
         self.existing = existing
-        super().__init__(f"release {existing.release_id} already exists with a different "
-                         f"envelope ({existing.envelope})")
+        super().__init__(message or f"release {existing.release_id} already exists with a "
+                         f"different envelope ({existing.envelope})")
 
 
 class ReleaseRecords(Protocol):
@@ -153,15 +159,26 @@ class ReleaseRecords(Protocol):
 def store_release(previous: ReleaseRecord | None, record: ReleaseRecord) -> ReleaseRecord:
     """The record to keep when ``record`` is stored over ``previous``: ``record`` itself when
     there is none; the same envelope stored again keeps every image the stored record refers to
-    and adds the ones ``record`` has (an upload of the envelope alone never drops an image).
+    and adds the ones ``record`` has (an upload of the envelope alone never drops an image; a
+    stored image is never replaced by another).
 
     Raises:
-        ReleaseConflict: ``previous`` has a different envelope.
+        ReleaseConflict: ``previous`` has a different envelope, or another image for a
+            component that has one.
     """
     if previous is None:
         return record
     if previous.envelope != record.envelope:
         raise ReleaseConflict(previous)
+    stored = {c.index: c.blob for c in previous.components}
+    for c in record.components:
+        # An encrypted image is only size-checked (its digest is the plaintext's): another
+        # upload of the same public envelope must not swap it for other bytes.
+        if c.blob is not None and stored.get(c.index) not in (None, c.blob):
+            raise ReleaseConflict(previous, (
+                f"release {previous.release_id} component {c.index} already has image "
+                f"{stored[c.index]}; another image ({c.blob}) is refused (a stored "
+                "image is never replaced)"))
     return _merged(previous, record)
 
 
@@ -260,8 +277,7 @@ class BlobStore:
         hasher = hashlib.sha256()
         tmp_name: str | None = None
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix="blob.", suffix=".tmp", dir=self._tmp)
-            fcntl.flock(fd, fcntl.LOCK_EX)  # "being written": _sweep_tmp leaves it alone
+            fd, tmp_name = self._locked_temp()
             with os.fdopen(fd, "wb") as out:  # open (so locked) until linked into place
                 for chunk in _chunks(source):
                     hasher.update(chunk)
@@ -286,6 +302,37 @@ class BlobStore:
             if tmp_name is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp_name)
+
+    def _locked_temp(self) -> tuple[int, str]:
+        """A new temporary blob file in ``tmp/``, open and under an exclusive ``flock`` ("being
+        written": ``_sweep_tmp`` leaves it alone).
+
+        Between the file's creation and its lock, another process opening this data directory
+        may sweep it away (it is not locked yet): the file is then checked to be still in place
+        once locked (the sweeper unlinks under the lock, so after it the check is certain),
+        and another one made if it is not.
+
+        Raises:
+            OSError: ``tmp/`` cannot be written.
+            StorageError: every file made was swept away at once (100 times).
+        """
+        for _ in range(100):
+            fd, name = tempfile.mkstemp(prefix="blob.", suffix=".tmp", dir=self._tmp)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                mine = os.fstat(fd)
+                try:
+                    there = os.stat(name)
+                except FileNotFoundError:
+                    there = None
+            except BaseException:
+                os.close(fd)
+                raise
+            if there is not None and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+                return fd, name
+            os.close(fd)  # swept away (the name, if taken again, is another writer's)
+        raise StorageError(f"cannot make a temporary blob file in {self._tmp}: another "
+                           "process removed each one at once")
 
     # ------------------------------------------------------------------ releases
 
@@ -325,7 +372,8 @@ class BlobStore:
         the ones ``record`` has (an upload of the envelope alone never drops an image).
 
         Raises:
-            ReleaseConflict: the id is stored with a different envelope.
+            ReleaseConflict: the id is stored with a different envelope, or a component's
+                stored image with other bytes.
             StorageError: malformed id, or the record could not be read or written.
         """
         with self._records_locked():

@@ -49,13 +49,16 @@ class StoredRelease:
 
 
 class Console:
-    """Calls on ``url`` with a bearer ``token`` (admin by default; ``as_token`` for another)."""
+    """Calls on ``url`` with a bearer ``token`` (admin by default; ``as_token`` for another),
+    each answered within ``timeout`` seconds (default 30)."""
 
-    def __init__(self, url: str, token: str, *, transport: httpx.BaseTransport | None = None
-                 ) -> None:
+    def __init__(self, url: str, token: str, *, transport: httpx.BaseTransport | None = None,
+                 timeout: float | None = None) -> None:
         self.url = url.rstrip("/")
         self.token = token
-        self.client = httpx.Client(base_url=self.url, timeout=TIMEOUT, transport=transport)
+        self.client = httpx.Client(
+            base_url=self.url, transport=transport,
+            timeout=TIMEOUT if timeout is None else httpx.Timeout(timeout, connect=5.0))
 
     def close(self) -> None:
         self.client.close()

@@ -1,6 +1,6 @@
 """The author's and the operator's side of the simulated fleet: keys and signed releases.
 
-``make_keys`` writes an author key (ES256) and an operator key (EdDSA) with their public halves,
+``make_keys`` writes an author key (ESP256) and an operator key (Ed25519) with their public halves,
 the devices' trust anchors. ``build_release`` turns images into a signed envelope through the
 real author path (``describe.parse_description`` -> ``codec.build_envelope`` ->
 ``sign.sign_envelope``): the author signs first, then the operator adds the approval signature
@@ -80,10 +80,10 @@ class Keys:
 
 
 def make_keys(folder: Path) -> Keys:
-    """New author (ES256) and operator (EdDSA) keys in ``folder``."""
+    """New author (ESP256) and operator (Ed25519) keys in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    author = crypto.generate_private_key("ES256")
-    operator = crypto.generate_private_key("EdDSA")
+    author = crypto.generate_private_key("ESP256")
+    operator = crypto.generate_private_key("Ed25519")
     paths = {}
     for name, key in (("author", author), ("operator", operator)):
         keyfiles.write_private_key(folder / f"{name}.pem", key)

@@ -1,5 +1,10 @@
 """A fleet of simulated devices in one process: asyncio for the network, threads for installs.
 
+This is the fleet of the demo and the fault scenarios (``sim.scenario``): real device folders
+and the real agent, so that boots, reverts, power cuts and hostile mirrors happen for real. For
+load (``suitkit sim fleet``, thousands of devices) see ``sim.swarm``, whose devices are small
+objects and whose simulator costs a tenth of the server's CPU.
+
 Each device is a real device folder (``device.config``/``device.wiring``: simulated NOR flash for
 ``mcu``, ``secure-split`` and ``dual-cpu``, A/B slot directories for ``linux``) registered with
 the status tracker. It waits for work in its operating mode (RFC 9019 §2.3):
@@ -176,6 +181,7 @@ class Stats:
     requests: Counter[str] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
     transport_errors: int = 0
+    transport_by_kind: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -184,9 +190,18 @@ class Stats:
             self.requests[_kind(path)] += 1
             self.statuses[status] += 1
 
-    def failed(self) -> None:
+    def count(self, kind: str, status: int) -> None:
+        """One request of ``kind`` answered with ``status``."""
+        with self._lock:
+            self.requests[kind] += 1
+            self.statuses[status] += 1
+
+    def failed(self, kind: str | None = None) -> None:
+        """A request that got no answer (``kind``: what it was, when known)."""
         with self._lock:
             self.transport_errors += 1
+            if kind is not None:
+                self.transport_by_kind[kind] += 1
 
     def sync_hook(self, response: httpx.Response) -> None:
         self.record(response.request.url.path, response.status_code)
@@ -212,7 +227,8 @@ class Stats:
                 "by_kind": dict(sorted(self.requests.items())),
                 "by_status": {str(k): v for k, v in sorted(self.statuses.items())},
                 "server_errors": self.server_errors, "refused_4xx": self.refused,
-                "transport_errors": self.transport_errors}
+                "transport_errors": self.transport_errors,
+                "transport_errors_by_kind": dict(sorted(self.transport_by_kind.items()))}
 
 
 def _kind(path: str) -> str:

@@ -68,15 +68,20 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def local_server(folder: Path, author_pub: Path, *, start_timeout: float = 30.0,
-                 extra_args: tuple[str, ...] = ()) -> Iterator[LocalServer]:
-    """``suitkit serve`` on a free loopback port until the block ends.
+                 extra_args: tuple[str, ...] = (), data: Path | None = None,
+                 tokens: tuple[str, str] | None = None) -> Iterator[LocalServer]:
+    """``suitkit serve`` on a free loopback port until the block ends. ``data``: its data
+    folder (default ``folder/data``); ``tokens``: its admin and upload tokens (default: new
+    ones). A replica of another local server shares that one's database (``--db``), data
+    folder and tokens.
 
     Raises:
         SuitError: it did not start (the last lines of its log are in the message).
     """
     folder.mkdir(parents=True, exist_ok=True)
     raise_open_files()
-    admin, upload = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    admin, upload = tokens or (secrets.token_urlsafe(24), secrets.token_urlsafe(24))
+    data = data or folder / "data"
     atomic_write(folder / "admin.token", admin.encode() + b"\n", mode=0o600)
     atomic_write(folder / "upload.token", upload.encode() + b"\n", mode=0o600)
     log = folder / "server.log"
@@ -84,7 +89,7 @@ def local_server(folder: Path, author_pub: Path, *, start_timeout: float = 30.0,
     for _ in range(3):  # the free port may be taken between the check and the bind
         port = free_port()
         argv = [sys.executable, "-m", "suitkit.cli.main", "serve", "--data",
-                str(folder / "data"), "--port", str(port), "--author-anchor", str(author_pub),
+                str(data), "--port", str(port), "--author-anchor", str(author_pub),
                 "--admin-token-file", str(folder / "admin.token"),
                 "--upload-token-file", str(folder / "upload.token"),
                 "--limit-concurrency", "10000", *extra_args]
@@ -94,7 +99,7 @@ def local_server(folder: Path, author_pub: Path, *, start_timeout: float = 30.0,
         url = f"http://127.0.0.1:{port}"
         try:
             if _wait_ready(url, admin, process, start_timeout):
-                yield LocalServer(url, admin, upload, folder / "data", log, process.pid)
+                yield LocalServer(url, admin, upload, data, log, process.pid)
                 return
             last_error = _tail(log)
         finally:

@@ -192,7 +192,7 @@ async def run_scenario(root: Path, url: str, admin_token: str, upload_token: str
     """Run the demo against the server at ``url`` (see the module docstring)."""
     started = time.monotonic()
     keys = keys or make_keys(root / "keys")
-    say("keys: author (ES256) signs, operator (EdDSA) approves; devices require both")
+    say("keys: author (ESP256) signs, operator (Ed25519) approves; devices require both")
     releases = build_releases(root, keys, url, plans)
     say(f"built and signed {len(releases)} releases for "
         f"{len({k for k, _ in releases})} device classes")

@@ -33,13 +33,17 @@ from suitkit.errors import StorageError
 from suitkit.tracker.config import TrackerConfig
 from suitkit.tracker.service import TokenCheck, TrackerDB
 
-__all__ = ["BOOTSTRAP_ADMIN", "ROLES", "TOKEN_PREFIX", "Authenticator", "Principal", "Refused",
-           "Role", "release_authorizer"]
+__all__ = ["BOOTSTRAP_ADMIN", "ROLES", "TOKEN_PREFIX", "WANT_BEARER", "Authenticator",
+           "Principal", "Refused", "Role", "release_authorizer"]
 
 Role = Literal["admin", "author", "operator", "device"]
 ROLES: tuple[Role, ...] = get_args(Role)
 TOKEN_PREFIX = "tok_"  # noqa: S105 - a prefix, not a secret
 BOOTSTRAP_ADMIN = "bootstrap-admin"
+WANT_BEARER = ("this API requires 'Authorization: Bearer <token>' (an API token "
+               "tok_<id>.<secret>, the admin token, or a device credential "
+               "<device-id>.<secret>)")
+"""The 401 for a request without a bearer token."""
 _MAX_TOKEN = 256
 _UPLOAD: tuple[Role, ...] = ("admin", "author")
 _READ: tuple[Role, ...] = ("admin", "author", "operator")
@@ -119,9 +123,7 @@ class Authenticator:
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise Refused(401, "this API requires 'Authorization: Bearer <token>' (an API "
-                               "token tok_<id>.<secret>, the admin token, or a device "
-                               "credential <device-id>.<secret>)")
+            raise Refused(401, WANT_BEARER)
         who: Principal = await run_in_threadpool(self.check, token)
         request.state.suitkit_principal = who
         return who

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 from suitkit.core.report import MAX_REPORT_BYTES
 from suitkit.limits import Limits
 from suitkit.tracker.quotas import Quotas
 
-__all__ = ["KnownRelease", "ReleaseLookup", "TrackerConfig"]
+__all__ = ["Artifact", "ArtifactLookup", "DdiOptions", "KnownRelease", "ReleaseArtifacts",
+           "ReleaseLookup", "TrackerConfig"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,46 @@ ReleaseLookup = Callable[[str], KnownRelease | None]
 """The firmware server's releases as the tracker sees them (roles do not import each other:
 ``suitkit serve`` hands the tracker one over its store): the release with this id, or ``None``.
 Raises ``StorageError`` when the store cannot be read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """One file of a release as the firmware server serves it: a name for it (``filename``),
+    its URL path (``/envelopes/<sha256>`` or ``/firmware/<sha256>``), size and digests."""
+
+    filename: str
+    path: str
+    size: int
+    sha256: str
+    sha1: str
+    md5: str
+    kind: Literal["envelope", "image"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseArtifacts:
+    """A release's files: its SUIT envelope first, then its images."""
+
+    release: str
+    sequence_number: int
+    artifacts: tuple[Artifact, ...]
+
+
+ArtifactLookup = Callable[[str], ReleaseArtifacts | None]
+"""The files of the release with this id (``None``: not on the firmware server), for the
+protocols that list them (hawkBit DDI); ``suitkit serve`` hands one over its store, with the
+SHA-1 and MD5 the firmware server does not keep computed once per file (bounded cache).
+Raises ``StorageError`` when the store cannot be read."""
+
+
+@dataclass(frozen=True, slots=True)
+class DdiOptions:
+    """The hawkBit DDI edge (``tracker.edges.ddi``): the one ``tenant`` it answers for
+    (case-insensitive, as hawkBit's), and the ``poll_seconds`` a controller is told to sleep
+    between two polls (``config.polling.sleep``)."""
+
+    tenant: str = "DEFAULT"
+    poll_seconds: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +98,9 @@ class TrackerConfig:
     releases: ReleaseLookup | None = None
     public_url: str | None = None
     quotas: Quotas = field(default_factory=Quotas)
+    artifacts: ArtifactLookup | None = None
+    """The firmware server's release files (``ArtifactLookup``), which the hawkBit DDI edge
+    lists; ``None``: no DDI edge is mounted (``cli.notices.tracker_routes``)."""
+    poll_after: int = 60
+    """Seconds a device is told to wait before its next check-in (``poll_after`` of
+    ``POST .../checkin``): a hint; the device may poll sooner or later."""

@@ -33,6 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "DEVICE_STATES",
     "FINAL_STATES",
+    "MAX_INVENTORY_DIGEST",
     "MAX_TOKEN_ID",
     "REPORT_STATES",
     "STATES",
@@ -82,6 +83,8 @@ TOKEN_ROLES = ("admin", "author", "operator")
 MAX_TOKEN_ID = 32
 """The longest API token id (the column's size)."""
 MAX_AUDIT_TEXT = 512
+MAX_INVENTORY_DIGEST = 128
+"""The longest inventory digest a check-in may name (hex characters: 64 bytes)."""
 
 
 class Base(DeclarativeBase):
@@ -104,6 +107,11 @@ class Device(Base):
     state: Mapped[str | None] = mapped_column(String(16), default=None)
     state_changed: Mapped[datetime | None] = mapped_column(DateTime, default=None)
     inventory_updated: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    inventory_digest: Mapped[str | None] = mapped_column(String(MAX_INVENTORY_DIGEST),
+                                                         default=None)
+    """The device's own digest of the inventory stored (``POST .../checkin``): a check-in
+    naming it again writes nothing; ``None`` until a check-in sent one, and again after an
+    inventory came without one (``PUT .../inventory``)."""
     history_count: Mapped[int] = mapped_column(Integer, default=0)
     tags: Mapped[list[str] | None] = mapped_column(JSON, default=list)
     """Operator-given labels campaigns target (``campaigns.CampaignEngine.set_tags``)."""

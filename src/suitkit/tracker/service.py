@@ -16,6 +16,10 @@
   Campaign assignments (``deliverable``, ``member_event``): a paused campaign's devices, or
   those outside its schedule, are held back; an event moves the campaign member in the same
   transaction.
+- Protocols with coarser steps than the state machine (hawkBit DDI): ``advance`` adds the
+  states a device skipped on the way of a successful update, in one transaction;
+  ``update_view`` is a device's update as such an edge shows it; ``close_withdrawn`` ends an
+  update withdrawn before the device started, when the device acknowledges it.
 - Quotas and retention (``tracker.quotas.Quotas``): the oldest events and reports beyond a
   device's quota are deleted with the new one; ``prune`` is one retention pass.
 - Device credentials and API tokens (RFC 9019 §3: every exchange with the tracker is
@@ -67,15 +71,18 @@ from suitkit.tracker.model import (
     Release,
 )
 from suitkit.tracker.quotas import Quotas
-from suitkit.tracker.store import PoolOptions, Store, Tx, naive, open_store
+from suitkit.tracker.store import CheckinRow, PoolOptions, Store, Tx, naive, open_store
 
 __all__ = [
     "NOT_STARTED",
     "SEEN_RESOLUTION",
     "AssignmentListener",
+    "AssignmentView",
     "CampaignRefused",
+    "CheckIn",
     "ComponentEntry",
     "DeploymentRefused",
+    "FleetCounts",
     "IdentityRefused",
     "Inventory",
     "NotAssigned",
@@ -83,6 +90,7 @@ __all__ = [
     "TokenCheck",
     "TrackerDB",
     "TransitionRefused",
+    "UpdateView",
     "deliverable",
     "hash_secret",
     "in_window",
@@ -220,6 +228,18 @@ class TokenCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckIn:
+    """What ``TrackerDB.check_in`` answers a device: its pending update (the document of
+    ``pending_update``, ``None``: nothing to do), the update state the tracker has for it, and
+    whether the tracker wants the whole inventory (the digest named is not the one stored and
+    no inventory came with it)."""
+
+    pending: dict[str, Any] | None
+    state: str | None
+    send_inventory: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ComponentEntry:
     """One inventory component, validated by the API."""
 
@@ -236,6 +256,53 @@ class Inventory:
     class_id: str | None
     components: tuple[ComponentEntry, ...]
     hardware: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentView:
+    """A device's assignment as a protocol edge needs it (``TrackerDB.update_view``):
+    ``pending`` is not done and deliverable now (its campaign does not hold it back);
+    ``reported``: the device sent the SUIT report of this update; ``campaign_mode`` and
+    ``window``: its campaign's (``None`` for a direct deployment)."""
+
+    release: str
+    envelope_url: str
+    action: str
+    created: datetime
+    pending: bool
+    done: bool
+    reported: bool
+    campaign_id: str | None
+    campaign_mode: str | None
+    window: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateView:
+    """A device's update state (``device_state``, since ``state_changed``) and its latest
+    assignment (``None``: none, or withdrawn before it started)."""
+
+    device_state: str | None
+    state_changed: datetime | None
+    assignment: AssignmentView | None
+
+
+_MAX_EVENT_DETAIL = 1024
+
+
+def _steps(current: str | None, target: str) -> list[str] | None:
+    """The states from ``current`` to ``target`` on the way of a successful update
+    (``TrackerDB.advance``): ``[]`` when ``target`` is reached or passed already, ``None``
+    when it cannot be reached."""
+    if target == "failed":
+        return ["failed"] if "failed" in TRANSITIONS.get(current, frozenset()) else None
+    if current not in STATES or current in FINAL_STATES or target not in STATES:
+        return None
+    here, there = STATES.index(current), STATES.index(target)
+    if there <= here:
+        return []
+    way = list(STATES[here + 1:there + 1])
+    return None if "failed" in way or "rolled-back" in way else way
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -300,9 +367,37 @@ def deliverable(tx: Tx, assignment: Assignment, device_state: str | None,
     campaign = tx.campaign(assignment.campaign_id)
     if campaign is None:
         return True
-    if campaign.status == "paused":
+    return _campaign_delivers(campaign.status, campaign.start_after, campaign.window,
+                              utc_naive(now))
+
+
+def _campaign_delivers(status: str, start_after: datetime | None, window: str | None,
+                       now: datetime) -> bool:
+    """The campaign part of ``deliverable`` (``now`` naive UTC): not while it is paused, nor
+    while it runs outside its schedule."""
+    if status == "paused":
         return False
-    return campaign.status != "running" or schedule_open(campaign, utc_naive(now))
+    if status != "running":
+        return True
+    if start_after is not None and now < start_after:
+        return False
+    return in_window(window, now)
+
+
+def _pending_of(row: CheckinRow, now: Callable[[], datetime]) -> dict[str, Any] | None:
+    """The pending-update document of a device's check-in row, or ``None``: no assignment, a
+    done one, or one its campaign holds back (``deliverable``'s rule, without a session).
+    ``now()``: the tracker's time (naive UTC; a query on PostgreSQL), read only when a
+    campaign may hold the device back."""
+    if row.release is None or row.done is not None:
+        return None
+    if (row.campaign_id is not None and row.state in NOT_STARTED
+            and row.campaign_status is not None
+            and not _campaign_delivers(row.campaign_status, row.campaign_start_after,
+                                       row.campaign_window, now())):
+        return None
+    return {"release": row.release, "envelope_url": row.envelope_url, "action": row.action,
+            "campaign": row.campaign_id}
 
 
 def _pending(tx: Tx, device_id: str) -> dict[str, Any] | None:
@@ -335,6 +430,16 @@ def member_event(tx: Tx, assignment: Assignment, state: str, detail: str,
 # --------------------------------------------------------------------------------- the service
 
 
+@dataclass(frozen=True, slots=True)
+class FleetCounts:
+    """The fleet at one moment (``TrackerDB.fleet_counts``): devices per state (``registered``:
+    no update yet), campaigns per status, campaign members per ``(campaign id, state)``."""
+
+    devices: Mapping[str, int]
+    campaigns: Mapping[str, int]
+    members: Mapping[tuple[str, str], int]
+
+
 class TrackerDB:
     """The tracker's operations over one ``Store``; every method is one transaction.
 
@@ -361,6 +466,14 @@ class TrackerDB:
         """
         self.store.add_listener(listener)
 
+    def fleet_counts(self, *, campaigns: int = 50) -> FleetCounts:
+        """Devices per state, campaigns per status, and the members per state of the
+        ``campaigns`` campaigns updated last (what ``/metrics`` shows; one transaction)."""
+        with self.store.transaction() as tx:
+            return FleetCounts(
+                {state or "registered": n for state, n in tx.device_state_counts().items()},
+                tx.campaign_status_counts(), tx.recent_member_counts(campaigns))
+
     def now(self) -> datetime:
         """The current time as stored (naive UTC)."""
         return self.store.now()
@@ -384,17 +497,46 @@ class TrackerDB:
     def authenticate(self, device_id: str, secret: str) -> bool:
         """Whether ``secret`` is ``device_id``'s credential; marks the device as seen (in a
         transaction of its own that may fail: on a full disk reads keep working)."""
-        with self.store.transaction() as tx:
-            device = tx.device(device_id) if len(device_id) <= 36 else None
-            stored = device.credential_hash if device is not None else _DUMMY_HASH
-            ok = verify_secret(secret, stored) and device is not None
-            last_seen = device.last_seen if device is not None else None
+        found = self.store.credential(device_id) if len(device_id) <= 36 else None
+        stored, last_seen = found if found is not None else (_DUMMY_HASH, None)
+        ok = verify_secret(secret, stored) and found is not None
         # a mark to 30 s: this process's clock, not a query of the database's per check-in
         now = self.store.local_now()
         if ok and (last_seen is None or now - last_seen >= SEEN_RESOLUTION):
             # a write at most once per resolution, not per call
             self.store.mark_seen(device_id, now)
         return ok
+
+    def check_in(self, device_id: str, secret: str, inventory_digest: str,
+                 inventory: Inventory | None = None) -> CheckIn | None:
+        """A device's poll (``POST .../checkin``): ``None`` when ``secret`` is not
+        ``device_id``'s credential, else its pending update and state (``CheckIn``).
+
+        One statement reads the credential, the state, the stored inventory digest and the
+        pending assignment with its campaign (``Store.checkin_read``); nothing is written
+        unless ``last_seen`` is older than ``SEEN_RESOLUTION`` (its own small transaction,
+        allowed to fail as in ``authenticate``) or an inventory comes (``set_inventory``).
+        ``inventory_digest`` is the device's own digest of its inventory, opaque here: when it
+        is not the one stored and no ``inventory`` came, the answer asks for the inventory
+        (``send_inventory``); with ``inventory`` both are stored (the inventory only if it
+        changed).
+
+        Raises:
+            IdentityRefused: ``inventory`` contradicts the device's vendor or class ID.
+        """
+        row = self.store.checkin_read(device_id) if len(device_id) <= 36 else None
+        stored = row.credential_hash if row is not None else _DUMMY_HASH
+        if not verify_secret(secret, stored) or row is None:
+            return None
+        seen = self.store.local_now()  # a coarse mark: this process's clock, no query
+        if row.last_seen is None or seen - row.last_seen >= SEEN_RESOLUTION:
+            self.store.mark_seen(device_id, seen)  # may fail: Store._touch
+        send = False
+        if inventory is not None:
+            self.set_inventory(device_id, inventory, digest=inventory_digest)
+        elif inventory_digest != row.inventory_digest:
+            send = True
+        return CheckIn(_pending_of(row, self.now), row.state, send)
 
     def exists(self, device_id: str) -> bool:
         with self.store.transaction() as tx:
@@ -429,11 +571,15 @@ class TrackerDB:
 
     # ---- what devices send
 
-    def set_inventory(self, device_id: str, inventory: Inventory) -> None:
+    def set_inventory(self, device_id: str, inventory: Inventory, *,
+                      digest: str | None = None) -> None:
         """Replace the device's inventory (identity, components, hardware facts).
 
         An inventory equal to the stored one writes nothing (a device sends it at every
-        check-in; ``inventory_updated`` is when it last changed).
+        check-in; ``inventory_updated`` is when it last changed). ``digest``: the device's own
+        digest of it (``check_in``), stored with it; an inventory that changes without one
+        (``PUT .../inventory``) clears the stored digest, so that the next check-in asks for
+        the inventory again.
 
         The vendor and class IDs are the device's identity: once the registration or the first
         inventory gave them, an inventory that names others (or none) is refused, so that a
@@ -464,17 +610,20 @@ class TrackerDB:
                     and device.class_id == inventory.class_id
                     and device.hardware == dict(inventory.hardware)
                     and [(c.component_id, c.sequence_number, c.digest) for c in old] == wanted):
+                if digest is not None and device.inventory_digest != digest:
+                    device.inventory_digest = digest
                 return
+            device.inventory_digest = digest
             device.vendor_id = inventory.vendor_id
             device.class_id = inventory.class_id
             device.hardware = dict(inventory.hardware)
             device.inventory_updated = tx.now()
             for row in old:
                 tx.delete(row)
-            for position, (component_id, sequence, digest) in enumerate(wanted):
+            for position, (component_id, sequence, image) in enumerate(wanted):
                 tx.add(InstalledComponent(
                     device_id=device_id, position=position, component_id=component_id,
-                    sequence_number=sequence, digest=digest))
+                    sequence_number=sequence, digest=image))
 
     def add_event(self, device_id: str, state: str, detail: str, *, by_device: bool = False
                   ) -> dict[str, Any]:
@@ -498,24 +647,127 @@ class TrackerDB:
             assignment = tx.assignment(device_id)
             if by_device:
                 _check_device_event(tx, device, assignment, state, tx.now())
-            if state not in TRANSITIONS.get(device.state, frozenset()):
-                raise TransitionRefused(device.state, state)
-            now = tx.now()
-            row = DeviceEvent(device_id=device_id, seq=seq, state=state,
-                              previous=device.state, detail=detail, timestamp=now)
-            tx.add(row)
-            device.state = state
-            device.state_changed = now
-            self._trim_events(tx, device_id)
-            if assignment is not None and assignment.done is None:
-                if state in FINAL_STATES or (state == "downloaded"
-                                             and assignment.action == "download"):
-                    assignment.done = now
-                    # no longer pending: retained notices must say so
-                    tx.announce([device_id])
-                member_event(tx, assignment, state, detail, now)
-            tx.flush()
-            return _event_json(row)
+            result, finished = self._move(tx, device, assignment, seq, (state, detail))
+            if finished:  # the assignment is no longer pending: retained notices must say so
+                tx.announce([device_id])
+        return result
+
+    def _move(self, tx: Tx, device: Device, assignment: Assignment | None, seq: int,
+              step: tuple[str, str]) -> tuple[dict[str, Any], bool]:
+        """One event (history ``seq``) moving ``device`` to the state of ``step`` (state,
+        detail) in ``tx``; whether it finished the assignment."""
+        state, detail = step
+        if state not in TRANSITIONS.get(device.state, frozenset()):
+            raise TransitionRefused(device.state, state)
+        now = tx.now()
+        row = DeviceEvent(device_id=device.id, seq=seq, state=state,
+                          previous=device.state, detail=detail, timestamp=now)
+        tx.add(row)
+        device.state = state
+        device.state_changed = now
+        self._trim_events(tx, device.id)
+        finished = False
+        if assignment is not None and assignment.done is None:
+            if state in FINAL_STATES or (state == "downloaded"
+                                         and assignment.action == "download"):
+                assignment.done = now
+                finished = True
+            member_event(tx, assignment, state, detail, now)
+        tx.flush()
+        return _event_json(row), finished
+
+    def advance(self, device_id: str, target: str, detail: str, *, release: str | None = None,
+                unreported: str | None = None) -> list[dict[str, Any]]:
+        """The device itself says its current update reached ``target`` (a state of
+        ``DEVICE_STATES``), for a protocol whose steps are coarser than the state machine's:
+        the states between the current one and ``target`` on the way of a successful update
+        (``STATES``) are added too, each an event with ``detail``, in one transaction.
+        ``failed`` is one step from anywhere. A ``target`` the device has already reached or
+        passed adds nothing (a repeated or late message): the events added, maybe none.
+
+        ``release``: the assignment the message is about; refused when it is not the current
+        one. ``unreported``: a prefix for the detail of a final state reached without a SUIT
+        report of this update (the device did not say what it verified).
+
+        Raises:
+            NotAssigned: no pending assignment, or not ``release``; ``target`` is ``notified``.
+            TransitionRefused: ``target`` cannot be reached from the current state.
+        """
+        finished = False
+        added: list[dict[str, Any]] = []
+        with self.store.transaction() as tx:
+            tx.hold_device(device_id)
+            device = tx.device(device_id)
+            if device is None:
+                raise StorageError(f"no device {device_id}")
+            tx.refresh(device)
+            assignment = tx.assignment(device_id)
+            _check_device_event(tx, device, assignment, target, tx.now())
+            assert assignment is not None
+            if release is not None and release.lower() != assignment.release.lower():
+                raise NotAssigned(f"the message is about release {release[:128]}; the "
+                                  f"device's current assignment is release "
+                                  f"{assignment.release}")
+            steps = _steps(device.state, target)
+            if steps is None:
+                raise TransitionRefused(device.state, target)
+            for state in steps:
+                text = detail
+                if unreported is not None and state in FINAL_STATES \
+                        and assignment.reported is None:
+                    text = f"{unreported}: {detail}" if detail else unreported
+                event, done = self._move(tx, device, assignment, tx.lock_device(device_id),
+                                         (state, text[:_MAX_EVENT_DETAIL]))
+                added.append(event)
+                finished = finished or done
+            if finished:  # no longer pending: retained notices must say so
+                tx.announce([device_id])
+        return added
+
+    def close_withdrawn(self, device_id: str, notified: datetime, detail: str
+                        ) -> dict[str, Any] | None:
+        """The device acknowledges that the update it was notified of at ``notified`` is over:
+        its assignment was withdrawn before it started (a cancelled campaign). It moves from
+        ``notified`` to ``failed`` with ``detail``, in one transaction, only if it is still
+        notified since then without a pending assignment; ``None`` (nothing changed)
+        otherwise, such as when a new assignment came meanwhile."""
+        with self.store.transaction() as tx:
+            tx.hold_device(device_id)
+            device = tx.device(device_id)
+            if device is None:
+                return None
+            tx.refresh(device)
+            assignment = tx.assignment(device_id)
+            if device.state != "notified" or device.state_changed != notified or (
+                    assignment is not None and assignment.done is None):
+                return None
+            event, _ = self._move(tx, device, assignment, tx.lock_device(device_id),
+                                  ("failed", detail[:_MAX_EVENT_DETAIL]))
+            return event
+
+    def update_view(self, device_id: str) -> UpdateView | None:
+        """The device's update as a protocol edge shows it (``UpdateView``), ``None`` for no
+        such device."""
+        with self.store.transaction() as tx:
+            device = tx.device(device_id)
+            if device is None:
+                return None
+            assignment = tx.assignment(device_id)
+            if assignment is None:
+                return UpdateView(device.state, device.state_changed, None)
+            campaign = (tx.campaign(assignment.campaign_id)
+                        if assignment.campaign_id is not None else None)
+            pending = assignment.done is None and deliverable(tx, assignment, device.state,
+                                                              tx.now())
+            return UpdateView(
+                device.state, device.state_changed, AssignmentView(
+                    release=assignment.release, envelope_url=assignment.envelope_url,
+                    action=assignment.action, created=assignment.created,
+                    pending=pending, done=assignment.done is not None,
+                    reported=assignment.reported is not None,
+                    campaign_id=assignment.campaign_id,
+                    campaign_mode=campaign.mode if campaign is not None else None,
+                    window=campaign.window if campaign is not None else None))
 
     # ---- deployments
 
@@ -583,8 +835,8 @@ class TrackerDB:
         """The device's assignment not yet done, ``{"release", "envelope_url", "action",
         "campaign"}``, or ``None`` (also while its campaign holds it back: paused, or outside
         its schedule, and the device has not started)."""
-        with self.store.transaction() as tx:
-            return _pending(tx, device_id)
+        row = self.store.checkin_read(device_id)  # the check-in's one read: the same rule
+        return _pending_of(row, self.now) if row is not None else None
 
     def notice(self, device_id: str) -> tuple[dict[str, Any] | None, int]:
         """The device's notice as one read: (``pending_update``, the serial of its latest

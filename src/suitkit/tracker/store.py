@@ -37,7 +37,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from alembic import command
 from alembic.config import Config
@@ -46,6 +46,7 @@ from alembic.util.exc import CommandError
 from sqlalchemy import (
     Connection,
     Engine,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -79,6 +80,7 @@ from suitkit.tracker.model import (
 __all__ = [
     "INITIAL_REVISION",
     "NOTICE_CHANNEL",
+    "CheckinRow",
     "NoticeConnection",
     "NoticeListener",
     "PoolOptions",
@@ -140,6 +142,10 @@ class Store:
         self.clock = clock
         self._db_clock = clock is None and engine.dialect.name == "postgresql"
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._single = engine.execution_options(isolation_level="AUTOCOMMIT")
+        """For one statement alone (a read, a ``last_seen`` mark): no BEGIN and no ROLLBACK or
+        COMMIT around it, two round trips fewer on PostgreSQL (about 0.2 ms of CPU a check-in);
+        one statement is atomic and sees one snapshot by itself."""
         self._touch_logged = -60.0
         self._listeners: list[NoticeListener] = []
         self.origin = secrets.token_hex(8)
@@ -249,6 +255,27 @@ class Store:
             return None
         return NoticeConnection(self.engine, self.origin)
 
+    def credential(self, device_id: str) -> tuple[str, datetime | None] | None:
+        """The device's credential hash and ``last_seen`` (one Core statement: every request
+        of a device is authenticated), or ``None``. Errors as ``transaction``."""
+        try:
+            with self._single.connect() as connection:
+                row = connection.execute(_CREDENTIAL_READ, {"device_id": device_id}).first()
+        except SQLAlchemyError as e:
+            raise StorageError(f"tracker database: {_describe(e)}") from e
+        return None if row is None else (row[0], row[1])
+
+    def checkin_read(self, device_id: str) -> CheckinRow | None:
+        """What a device's check-in needs (``CheckinRow``), in one statement on SQLAlchemy Core
+        (no ORM session: the check-in is what every device sends at every poll), or ``None``
+        when there is no such device. Errors as ``transaction``."""
+        try:
+            with self._single.connect() as connection:
+                row = connection.execute(_CHECKIN_READ, {"device_id": device_id}).first()
+        except SQLAlchemyError as e:
+            raise StorageError(f"tracker database: {_describe(e)}") from e
+        return None if row is None else CheckinRow._make(row)
+
     def mark_seen(self, device_id: str, now: datetime) -> None:
         """Record when the device last authenticated (``_touch``)."""
         self._touch(update(Device).where(Device.id == device_id).values(last_seen=now))
@@ -263,14 +290,49 @@ class Store:
         and a missed mark costs nothing (the next call makes it). A failure is logged at
         most once a minute."""
         try:
-            with self._sessions.begin() as session:
-                session.execute(statement)
+            with self._single.connect() as connection:  # one UPDATE: no session, no BEGIN
+                connection.execute(statement)
         except SQLAlchemyError as e:
             now = time.monotonic()
             if now - self._touch_logged >= 60.0:
                 self._touch_logged = now
                 _log.warning("could not record when a credential was last used (the "
                              "request goes on): %s", _describe(e))
+
+
+class CheckinRow(NamedTuple):
+    """What a check-in needs of one device, read in one statement (``Store.checkin_read``): the
+    device's credential hash and state, the inventory digest it last sent, its pending
+    assignment (``release`` ``None``: none) and that assignment's campaign, if any."""
+
+    credential_hash: str
+    last_seen: datetime | None
+    state: str | None
+    inventory_digest: str | None
+    release: str | None
+    envelope_url: str | None
+    action: str | None
+    done: datetime | None
+    campaign_id: str | None
+    campaign_status: str | None
+    campaign_start_after: datetime | None
+    campaign_window: str | None
+
+
+_DEVICES = Device.__table__
+_ASSIGNMENTS = Assignment.__table__
+_CAMPAIGNS = Campaign.__table__
+_CHECKIN_READ = (
+    select(_DEVICES.c.credential_hash, _DEVICES.c.last_seen, _DEVICES.c.state,
+           _DEVICES.c.inventory_digest, _ASSIGNMENTS.c.release, _ASSIGNMENTS.c.envelope_url,
+           _ASSIGNMENTS.c.action, _ASSIGNMENTS.c.done, _ASSIGNMENTS.c.campaign_id,
+           _CAMPAIGNS.c.status, _CAMPAIGNS.c.start_after, _CAMPAIGNS.c.window)
+    .select_from(_DEVICES.outerjoin(_ASSIGNMENTS, _ASSIGNMENTS.c.device_id == _DEVICES.c.id)
+                 .outerjoin(_CAMPAIGNS, _CAMPAIGNS.c.id == _ASSIGNMENTS.c.campaign_id))
+    .where(_DEVICES.c.id == bindparam("device_id")))
+"""The check-in's one read: built once, so SQLAlchemy's compiled cache always hits."""
+_CREDENTIAL_READ = (select(_DEVICES.c.credential_hash, _DEVICES.c.last_seen)
+                    .where(_DEVICES.c.id == bindparam("device_id")))
 
 
 class Tx:
@@ -595,6 +657,28 @@ class Tx:
                                      .where(CampaignMember.campaign_id == campaign_id)
                                      .group_by(CampaignMember.state))
         return {state: n for state, n in rows}
+
+    def device_state_counts(self) -> dict[str | None, int]:
+        """How many devices per current state (``None``: no update yet)."""
+        rows = self._session.execute(select(Device.state, func.count()).group_by(Device.state))
+        return {state: n for state, n in rows}
+
+    def campaign_status_counts(self) -> dict[str, int]:
+        """How many campaigns per status."""
+        rows = self._session.execute(select(Campaign.status, func.count())
+                                     .group_by(Campaign.status))
+        return {status: n for status, n in rows}
+
+    def recent_member_counts(self, limit: int) -> dict[tuple[str, str], int]:
+        """How many members per state, of the ``limit`` campaigns updated last:
+        ``(campaign id, state) -> count``."""
+        recent = (select(Campaign.id).order_by(Campaign.updated.desc(), Campaign.id)
+                  .limit(limit).scalar_subquery())
+        rows = self._session.execute(
+            select(CampaignMember.campaign_id, CampaignMember.state, func.count())
+            .where(CampaignMember.campaign_id.in_(recent))
+            .group_by(CampaignMember.campaign_id, CampaignMember.state))
+        return {(campaign, state): n for campaign, state, n in rows}
 
     def campaign_log(self, campaign_id: str) -> list[CampaignLog]:
         """The campaign's log, oldest first."""

@@ -34,6 +34,12 @@ Lists come in pages (keyset pagination, ``page_params``): ``limit`` 1 to 1000 (d
   (``release_envelope_url``; an ``envelope_url`` given must be that release's: 422).
 - ``GET /api/v1/devices/{id}/update`` (the device): 200 with the pending assignment, 204 when
   there is nothing to do (RFC 9019 client-initiated mode: the device polls).
+- ``POST /api/v1/devices/{id}/checkin`` (the device): the poll in one request (the device's
+  inventory digest, the whole inventory only when it changed or the answer asked for it) →
+  the pending release or ``{"release": null}``, the state, ``send_inventory``, ``poll_after``
+  (``TrackerDB.check_in``: one read; no write when nothing changed). A plain Starlette route
+  with its body checked by hand (``checkin``): the request every device sends at every poll
+  does without FastAPI's dependency resolution.
 - ``POST/GET /api/v1/tokens``, ``DELETE /api/v1/tokens/{id}`` (admin): API tokens;
   ``GET /api/v1/whoami`` (anyone authenticated); ``GET /api/v1/audit`` (admin, operator).
 
@@ -57,6 +63,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, timedelta
 from typing import Any
@@ -73,12 +80,13 @@ from suitkit.limits import Limits
 from suitkit.tracker.auth import (
     BOOTSTRAP_ADMIN,
     TOKEN_PREFIX,
+    WANT_BEARER,
     Authenticator,
     Principal,
     Refused,
 )
 from suitkit.tracker.config import TrackerConfig
-from suitkit.tracker.model import STATES, TOKEN_ROLES
+from suitkit.tracker.model import MAX_INVENTORY_DIGEST, STATES, TOKEN_ROLES
 from suitkit.tracker.quotas import Quotas, RateLimiter, retry_after
 from suitkit.tracker.service import (
     ComponentEntry,
@@ -124,6 +132,10 @@ _UINT64 = (1 << 64) - 1
 _MAX_DEPLOY_DEVICES = 1000
 _DEVICES = "/api/v1/devices"
 _MAX_SEQ = (1 << 31) - 1  # the seq columns are 32-bit integers
+_CHECKIN_THREADS = 4
+"""Check-ins whose database work runs at once in one process (the rest wait their turn):
+fewer than the connection pool holds (SQLAlchemy's default 5), so that no check-in opens and
+closes an overflow connection (16 threads did: a PostgreSQL connection made per request)."""
 
 _log = logging.getLogger(__name__)
 
@@ -221,6 +233,24 @@ def _inventory(doc: Mapping[str, Any], limits: Limits) -> Inventory:
         hardware=_hardware(doc.get("hardware")))
 
 
+def _checkin(doc: Mapping[str, Any], limits: Limits) -> tuple[str, Inventory | None]:
+    """The body of ``POST .../checkin``: ``{"inventory_digest": hex, "inventory": {...}}``
+    (``inventory`` optional, the body of ``PUT .../inventory``)."""
+    only_members(doc, {"inventory_digest", "inventory"}, "checkin")
+    digest = hex_member(doc.get("inventory_digest"), "inventory_digest",
+                        MAX_INVENTORY_DIGEST // 2)
+    if not digest:
+        raise Refused(400, "inventory_digest: expected the device's digest of its inventory "
+                           "in hex (suitkit's agent: SHA-256 of its canonical JSON)")
+    given = doc.get("inventory")
+    if given is None:
+        return digest, None
+    if not isinstance(given, dict):
+        raise Refused(400, "inventory: expected an object {vendor_id, class_id, components, "
+                           f"hardware}}, got {type(given).__name__}")
+    return digest, _inventory(given, limits)
+
+
 def _deployment(doc: Mapping[str, Any]) -> tuple[str, str | None, list[str]]:
     only_members(doc, {"release", "envelope_url", "devices"}, "deployment")
     release = hex_member(doc.get("release"), "release", MAX_DIGEST_BYTES)
@@ -288,9 +318,26 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
     """The suitkit JSON API's routes over ``tracker``, checked by ``auth``
     (``edges.create_router`` mounts them with the campaign routes)."""
     limiter = RateLimiter(config.quotas)
+    checkins: list[ThreadPoolExecutor] = []  # the check-ins' threads, while the app runs
+    retaining = retention(tracker, config.quotas)
+
+    def checkin_threads() -> ThreadPoolExecutor:
+        if not checkins:
+            checkins.append(ThreadPoolExecutor(_CHECKIN_THREADS,
+                                               thread_name_prefix="suitkit-checkin"))
+        return checkins[0]
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        try:
+            async with retaining(app):
+                yield
+        finally:
+            while checkins:
+                checkins.pop().shutdown(wait=False)
+
     router = APIRouter(tags=["status tracker"], responses=_AUTH_RESPONSES,
-                       dependencies=[Depends(check_path_ids)],
-                       lifespan=retention(tracker, config.quotas))
+                       dependencies=[Depends(check_path_ids)], lifespan=lifespan)
 
     def throttle(device_id: str, kind: str) -> None:
         """429 with ``Retry-After`` when the device is over its rate for ``kind``."""
@@ -486,6 +533,52 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         if pending is None:
             return Response(status_code=204)
         return JSONResponse(pending, headers={"Cache-Control": "no-store"})
+
+    async def checkin(request: Request) -> Response:
+        """The poll in one request (the device only; docs/tracker.md "Check-in"). A plain
+        Starlette route: path id, credential shape and body are checked here by hand, then
+        one call of the service in a worker thread (``TrackerDB.check_in``)."""
+        check_path_ids(request)
+        device_id: str = request.path_params["device_id"]
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Refused(401, WANT_BEARER)
+        owner, dot, secret = token.partition(".")
+        if not dot or owner != device_id:
+            # not this device's credential: the authenticator says 401 or 403, as elsewhere
+            await device_itself(request, device_id)
+            raise Refused(401, "the credential is not valid")  # pragma: no cover
+        digest, inventory = _checkin(await json_object(request), config.limits)
+        if inventory is not None:
+            throttle(device_id, "inventory")
+        try:
+            # a plain executor: anyio's thread hop (capacity limiter, cancel scope) cost
+            # about as much CPU as the check-in's database read
+            done = await asyncio.get_running_loop().run_in_executor(
+                checkin_threads(), tracker.check_in, device_id, secret, digest, inventory)
+        except IdentityRefused as e:
+            raise Refused(409, str(e)) from None
+        except StorageError as e:
+            raise storage_refused(e, "the tracker could not read or store the check-in"
+                                  ) from None
+        if done is None:
+            raise Refused(401, "the credential is not valid")
+        doc: dict[str, Any] = (dict(done.pending) if done.pending is not None
+                               else {"release": None})
+        doc.update(state=done.state, send_inventory=done.send_inventory,
+                   poll_after=config.poll_after)
+        return JSONResponse(doc, headers={"Cache-Control": "no-store"})
+
+    checkin_path = f"{_DEVICES}/{{device_id}}/checkin"
+    router.add_route(checkin_path, checkin, methods=["POST"], name="checkin",
+                     include_in_schema=False)
+    # once more as a FastAPI route, for the OpenAPI document only (it lists FastAPI's own
+    # routes); the plain route above comes first, so it is the one that answers
+    router.post(checkin_path, include_in_schema=True,
+                summary="Check in: the pending release, or nothing to do (the device itself)",
+                openapi_extra=_json_body({"inventory_digest": {"type": "string"},
+                                          "inventory": {"type": "object"}}))(checkin)
 
     @router.post("/api/v1/deployments", status_code=201,
                  summary="Deploy a release to devices (admin, operator)",

@@ -46,7 +46,7 @@ from suitkit.errors import StorageError
 from suitkit.tracker.auth import Authenticator
 from suitkit.tracker.notices import NotificationHub
 
-__all__ = ["EVENT_STREAM", "create_push_router", "sse_event"]
+__all__ = ["EVENT_STREAM", "PushClients", "create_push_router", "sse_event"]
 
 EVENT_STREAM = "text/event-stream"
 _DEVICES = "/api/v1/devices"
@@ -96,19 +96,38 @@ async def _gone(request: Request) -> None:
         pass
 
 
+class PushClients:
+    """Devices connected for push right now, per transport (``sse``, ``longpoll``): what
+    ``/metrics`` shows. Changed on the event loop only; read from anywhere."""
+
+    def __init__(self) -> None:
+        self._open = {"sse": 0, "longpoll": 0}
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._open)
+
+    def opened(self, transport: str) -> None:
+        self._open[transport] += 1
+
+    def closed(self, transport: str) -> None:
+        self._open[transport] -= 1
+
+
 def create_push_router(auth: Authenticator, hub: NotificationHub, *, heartbeat: float = 15.0,
                        max_wait: float = 60.0, max_stream: float = 3600.0,
                        max_per_device: int = 4, max_total: int = 10_000,
-                       retry_after: int = 5) -> APIRouter:
+                       retry_after: int = 5, clients: PushClients | None = None) -> APIRouter:
     """The notification route: ``auth`` checks the device credential, ``hub`` has the
     notices; at most ``max_per_device`` streams and long-polls per device at once (429) and
-    ``max_total`` in all (503), each refusal saying ``Retry-After: retry_after``."""
+    ``max_total`` in all (503), each refusal saying ``Retry-After: retry_after``; ``clients``
+    counts the connected ones per transport."""
     router = APIRouter(tags=["status tracker"])
+    clients = clients if clients is not None else PushClients()
     active: dict[str, int] = {}  # open streams and long-polls per device (event loop only)
     total = 0
     again = {"Retry-After": str(retry_after)}
 
-    def take(request: Request, device_id: str) -> Callable[[], None]:
+    def take(request: Request, device_id: str, transport: str) -> Callable[[], None]:
         nonlocal total
         if active.get(device_id, 0) >= max_per_device:
             raise HTTPException(429, f"at most {max_per_device} notification connections per "
@@ -118,6 +137,7 @@ def create_push_router(auth: Authenticator, hub: NotificationHub, *, heartbeat: 
                                      f"({max_total}); try again later", headers=again)
         active[device_id] = active.get(device_id, 0) + 1
         total += 1
+        clients.opened(transport)
         leave = request.scope.get(LEAVE_REQUEST_LIMIT)
         if callable(leave):  # counted by the push caps from now on, not as a request
             leave()
@@ -129,6 +149,7 @@ def create_push_router(auth: Authenticator, hub: NotificationHub, *, heartbeat: 
                 return
             given.append(True)
             total -= 1
+            clients.closed(transport)
             left = active.get(device_id, 0) - 1
             if left > 0:
                 active[device_id] = left
@@ -163,7 +184,7 @@ def create_push_router(auth: Authenticator, hub: NotificationHub, *, heartbeat: 
         await auth.require_device(request, device_id)
         accept = request.headers.get("accept", "")
         if EVENT_STREAM in accept.lower():
-            return _CountedStream(stream(device_id), take(request, device_id),
+            return _CountedStream(stream(device_id), take(request, device_id, "sse"),
                                   media_type=EVENT_STREAM,
                                   headers={"Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
@@ -176,7 +197,7 @@ def create_push_router(auth: Authenticator, hub: NotificationHub, *, heartbeat: 
             if not (after_text.isascii() and after_text.isdigit()) or len(after_text) > 20:
                 raise HTTPException(400, "after: expected the serial of a notice (digits)")
             after = int(after_text)
-        release = take(request, device_id)
+        release = take(request, device_id, "longpoll")
         try:
             notice = await current(device_id)
             serial = int(notice["serial"])

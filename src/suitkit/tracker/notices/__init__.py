@@ -62,6 +62,12 @@ Notice = Callable[[str], tuple[Mapping[str, Any] | None, int]]
 """The service's ``TrackerDB.notice``: (pending-update document or ``None``, serial)."""
 
 
+def _settle(future: asyncio.Future[None]) -> None:
+    """Wake whoever awaits ``future`` (once: a later wake-up finds it done)."""
+    if not future.done():
+        future.set_result(None)
+
+
 class NotificationHub:
     """Per device, the serial of its latest notice heard, and who watches it; thread-safe.
 
@@ -79,10 +85,18 @@ class NotificationHub:
         self._all: set[Watcher] = set()
         self._closers: set[Callable[[], None]] = set()
         self._closed = False
+        self._made = 0
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def notices_made(self) -> int:
+        """Notices made by this process since the hub started: one per device whose assignment
+        a change committed here changed (each then goes to its SSE streams, long-polls, MQTT and
+        CoAP observers; another replica's changes are counted by that replica)."""
+        return self._made
 
     def _remember(self, device_id: str, serial: int) -> int:
         """Keep the larger of the known and ``serial`` (under the lock; bounded)."""
@@ -102,6 +116,8 @@ class NotificationHub:
         with self._lock:
             for device_id, serial in serials.items():
                 self._remember(device_id, int(serial))
+                if local:
+                    self._made += 1
                 woken += [(w, device_id, serial) for w in self._watchers.get(device_id, ())]
                 if local:
                     woken += [(w, device_id, serial) for w in self._all]
@@ -163,28 +179,35 @@ class NotificationHub:
 
     async def next_change(self, device_id: str, after: int, timeout: float) -> bool:
         """Wait (at most ``timeout`` seconds) until the device's serial passes ``after``;
-        whether it did. Returns at once when the hub is closed."""
+        whether it did. Returns at once when the hub is closed.
+
+        One future and one timer per wait, woken by the watcher, the timer or ``close()``
+        (not an ``asyncio.Event`` under ``wait_for``, which made a task and a queue of waiters
+        for each of them: every held SSE stream waits here between two heartbeats)."""
         loop = asyncio.get_running_loop()
-        woken = asyncio.Event()
+        woken: asyncio.Future[None] = loop.create_future()
 
         def wake(_: str, serial: int) -> None:
             if serial > after:
-                loop.call_soon_threadsafe(woken.set)
+                loop.call_soon_threadsafe(_settle, woken)
 
         def closing() -> None:
-            loop.call_soon_threadsafe(woken.set)
+            loop.call_soon_threadsafe(_settle, woken)
 
         stop = self.watch(device_id, wake)
         with self._lock:
             self._closers.add(closing)
+        timer = None
         try:
             known = self.serial(device_id)
             if self._closed or (known is not None and known > after):
                 return not self._closed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), timeout)
+            timer = loop.call_later(timeout, _settle, woken)
+            await woken
             return not self._closed and (self.serial(device_id) or 0) > after
         finally:
+            if timer is not None:
+                timer.cancel()
             stop()
             with self._lock:
                 self._closers.discard(closing)
