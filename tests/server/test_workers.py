@@ -2,7 +2,8 @@
 
 Both workers answer (their CPU time moves, read from /proc), a device checks in through
 either, what lives in one process (CoAP's port, the MQTT publisher, push notices on SQLite) is
-refused with one line, on PostgreSQL a long-poll held by one worker hears another's deployment, and the server stops as one: SIGTERM stops every worker, and a worker that dies
+refused with one line, on PostgreSQL a long-poll held by one worker hears another's
+deployment, and the server stops as one: SIGTERM stops every worker, and a worker that dies
 stops the others (the parent exits non-zero, for its supervisor to see).
 """
 
