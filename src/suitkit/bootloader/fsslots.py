@@ -660,8 +660,8 @@ def _counters(doc: Mapping[str, object]) -> dict[str, int]:
 _SYNC_MIN = 1 << 20
 _CHECKPOINTS = 2
 """A partial image is fsynced at a checkpoint: half-way through the image, or at 1 MiB if
-that is later (so none for an image up to 1 MiB, none at its end), so that an interrupted download resumes from
-there; the consumer's download journal records it.
+that is later (so none for an image up to 1 MiB, none at its end), so that an interrupted
+download resumes from there; the consumer's download journal records it.
 
 No crash-consistency argument needs these fsyncs: the partial file is ``*.image.tmp``, which
 no boot reads (it is removed at boot) and which becomes the image only by ``finish``'s fsync
