@@ -93,6 +93,14 @@ def serve(
     coap_port: Annotated[int | None, typer.Option(
         "--coap-port", help="Also serve the blobs over CoAP (block-wise) on this UDP port.")
     ] = None,
+    lwm2m_port: Annotated[int | None, typer.Option(
+        "--lwm2m-port", help="Also run the LwM2M server (registration interface, Firmware "
+        "Update object 5) on this UDP port; needs --admin-token-file and --lwm2m-nosec.")
+    ] = None,
+    lwm2m_nosec: Annotated[bool, typer.Option(
+        "--lwm2m-nosec", help="Accept LwM2M devices without transport security (NoSec, the "
+        "only mode available: docs/devices.md, LwM2M); they are marked unauthenticated in "
+        "the tracker.")] = False,
     admin_token_file: Annotated[Path | None, typer.Option(
         "--admin-token-file", help="File holding the status tracker's admin token; with it "
         "the status tracker API is served too (/api/v1/devices), and the dashboard "
@@ -157,7 +165,8 @@ def serve(
         from suitkit.server.store import BlobStore  # noqa: PLC0415
     except ImportError as e:
         fail(f"the firmware server needs fastapi and uvicorn: {e}", EXIT_USAGE)
-    for name, value in (("--port", port), ("--coap-port", coap_port)):
+    for name, value in (("--port", port), ("--coap-port", coap_port),
+                        ("--lwm2m-port", lwm2m_port)):
         if value is not None and not 0 < value < 65536:
             fail(f"{name}: expected a port number from 1 to 65535, got {value}", EXIT_USAGE)
     for name, value in (("--max-upload-mib", max_upload_mib),
@@ -205,6 +214,13 @@ def serve(
     if public_url is not None and admin_token_file is None:
         fail("--public-url needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
+    if lwm2m_port is not None and admin_token_file is None:
+        fail("--lwm2m-port needs --admin-token-file (the status tracker is off without it)",
+             EXIT_USAGE)
+    if lwm2m_port is not None and not lwm2m_nosec:
+        fail("--lwm2m-port: LwM2M is served without transport security only (no DTLS-PSK "
+             "server in aiocoap; OSCORE not wired yet): add --lwm2m-nosec to accept that "
+             "explicitly", EXIT_USAGE)
     if mqtt is not None and admin_token_file is None:
         fail("--mqtt needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
@@ -223,6 +239,7 @@ def serve(
     routers: tuple[Any, ...] = ()
     wiring: TrackerWiring | None = None
     coap: Any = None
+    lwm2m: Any = None
     sock: socket.socket | None = None
     try:
         try:  # every start-up problem is bad usage (exit 2), whatever its kind
@@ -261,6 +278,15 @@ def serve(
                     where = (f"{host}:{coap_port}" if ":" not in host
                              else f"[{host}]:{coap_port}")
                     fail(f"--coap-port: cannot listen on {where} (UDP): {reason}", EXIT_USAGE)
+            if lwm2m_port is not None and wiring is not None:
+                from suitkit.tracker.edges.lwm2m import Lwm2mConfig, Lwm2mServer  # noqa: PLC0415
+
+                lwm2m = Lwm2mServer(wiring.db, wiring.hub,
+                                    Lwm2mConfig(host=host, port=lwm2m_port, nosec=lwm2m_nosec))
+                try:
+                    lwm2m.start()
+                except StorageError as e:
+                    fail(f"--lwm2m-port: {e}", EXIT_USAGE)
             guards = Guards(head_timeout=head_timeout,
                             max_connections=max(16, min(max_connections, open_files - 64)))
             options = {**UVICORN_OPTIONS, "http": guarded_protocol(guards)}
@@ -281,8 +307,12 @@ def serve(
                   markup=False)
         if coap_port is not None:
             out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
+        if lwm2m is not None:
+            out.print(f"and LwM2M on coap://{shown}:{lwm2m.port}/rd (NoSec)", markup=False)
         server.run(sockets=[sock])
     finally:
+        if lwm2m is not None:
+            lwm2m.stop()
         if coap is not None:
             coap.stop()
         if sock is not None:
