@@ -1,0 +1,102 @@
+"""Attacks on the tracker's LwM2M server edge over plain UDP (NoSec): malformed CoAP and LwM2M
+messages, unknown endpoints, another device's endpoint name, oversized bodies. Each gets a
+clear error (a CoAP error code with a one-line diagnostic) and changes nothing: no
+registration, no tracker record touched, the server still serves the next device."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from typing import Any
+
+import aiocoap  # type: ignore[import-untyped]
+from aiocoap.numbers.codes import Code  # type: ignore[import-untyped]
+
+from lwm2m.lwm2m_kit import World, world
+from lwm2m.test_registration import register, request
+
+
+def _unchanged(w: World, device_id: str, before: dict[str, Any]) -> None:
+    after = w.record(device_id)
+    assert after["hardware"] == before["hardware"] and after["state"] == before["state"]
+
+
+def test_lwm2m_malformed_registrations_are_refused_and_change_nothing(tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        _, device_id = w.device()
+        before = w.record(device_id)
+        cases: list[tuple[tuple[str, ...], bytes, Any, bytes]] = [
+            ((f"ep={device_id}", "lt=abc"), b"</5/0>", Code.BAD_REQUEST, b"lt: expected"),
+            ((f"ep={device_id}", "lt=0"), b"</5/0>", Code.BAD_REQUEST, b"lt: expected"),
+            ((f"ep={device_id}", "lt=99999999999"), b"</5/0>", Code.BAD_REQUEST, b"lt:"),
+            ((f"ep={device_id}", "b=T"), b"</5/0>", Code.BAD_REQUEST, b"b: only binding U"),
+            (("lt=60",), b"</5/0>", Code.BAD_REQUEST, b"endpoint name (ep=) is missing"),
+            ((f"ep={device_id}", f"ep={device_id}"), b"</5/0>", Code.BAD_REQUEST, b"distinct"),
+            (("ep=../../etc", "lt=60"), b"</5/0>", Code.BAD_REQUEST, b"ep: expected"),
+            (("ep=" + "a" * 60,), b"</5/0>", Code.BAD_REQUEST, b"ep: expected"),
+            (("ep=\x00nul",), b"</5/0>", Code.BAD_REQUEST, b"ep: expected"),
+            ((f"ep={device_id}",), b"\xff\xfe</5/0>", Code.BAD_REQUEST, b"body: expected"),
+            ((f"ep={device_id}",), b"5/0,<<>>", Code.BAD_REQUEST, b"body: expected links"),
+            ((f"ep={device_id}",), b"</5/0>," * 200, Code.REQUEST_ENTITY_TOO_LARGE, b"body:"),
+            (tuple(f"x{i}=1" for i in range(40)), b"", Code.BAD_REQUEST, b"query: at most"),
+        ]
+        for query, payload, code, message in cases:
+            response = asyncio.run(request(w, Code.POST, "/rd", query, payload))
+            assert response.code == code, (query, payload[:20], response)
+            assert message in response.payload, (query, response.payload)
+            assert len(response.payload) <= 200
+        for code, path in ((Code.GET, "/rd"), (Code.PUT, "/rd"), (Code.POST, "/rd/nope"),
+                           (Code.DELETE, "/rd/nope"), (Code.POST, "/bs"),
+                           (Code.GET, "/rd/a/b/c")):
+            response = asyncio.run(request(w, code, path))
+            assert not response.code.is_successful(), (code, path, response)
+        assert w.lwm2m.registered() == {}
+        _unchanged(w, device_id, before)
+
+
+def test_lwm2m_unknown_endpoint_is_refused(tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        response = register(w, "11111111-2222-4333-8444-555555555555")
+        assert response.code == Code.FORBIDDEN and b"no device" in response.payload
+        assert w.lwm2m.registered() == {}
+
+
+def test_lwm2m_another_devices_endpoint_name_is_refused_while_it_is_registered(
+        tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        _, device_id = w.device()
+
+        async def scenario() -> tuple[Any, Any, Any]:
+            owner = await aiocoap.Context.create_client_context()
+            thief = await aiocoap.Context.create_client_context()
+            try:
+                first = await request(w, Code.POST, "/rd", (f"ep={device_id}", "lt=300"),
+                                      b"</5/0>", context=owner)
+                stolen = await request(w, Code.POST, "/rd", (f"ep={device_id}", "lt=300"),
+                                       b"</5/0>", context=thief)
+                # the location is not guessable: a made-up one is not the device's
+                update = await request(w, Code.DELETE, "/rd/0000000000000000",
+                                       context=thief)
+                return first, stolen, update
+            finally:
+                await thief.shutdown()
+                await owner.shutdown()
+
+        first, stolen, update = asyncio.run(scenario())
+        assert first.code == Code.CREATED
+        assert stolen.code == Code.FORBIDDEN and b"another address" in stolen.payload
+        assert update.code == Code.NOT_FOUND
+        registered = w.lwm2m.registered()[device_id]
+        assert registered["lifetime"] == 300
+
+
+def test_lwm2m_garbage_datagrams_do_not_stop_the_server(tmp_path: Path) -> None:
+    with world(tmp_path) as w:
+        _, device_id = w.device()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            for datagram in (b"", b"\x00", b"\xff" * 64, b"\x40\x02\x00\x01\xb2rd\xff",
+                             b"\x44\x02\x00\x01" + b"\xee" * 1400, bytes(range(256))):
+                raw.sendto(datagram, ("127.0.0.1", w.lwm2m.port))
+        assert register(w, device_id).code == Code.CREATED
+        assert list(w.lwm2m.registered()) == [device_id]
