@@ -382,6 +382,12 @@ class Lwm2mServer:
         if len(self._by_endpoint) >= self.config.max_registrations:
             raise RegistrationError(Code.SERVICE_UNAVAILABLE, "the LwM2M server holds as many "
                                     "registrations as it may; try again later")
+        try:  # marked before it is registered: no NoSec device is ever shown as authenticated
+            await self._db(self.db.merge_facts, endpoint, {
+                "lwm2m.security": "nosec (unauthenticated)", "lwm2m.address": address})
+        except StorageError:
+            raise RegistrationError(Code.INTERNAL_SERVER_ERROR,
+                                    "the tracker could not record the registration") from None
         lifetime = params.get("lifetime", self.config.default_lifetime)
         device = _Device(endpoint=endpoint, location=secrets.token_hex(8), remote=request.remote,
                          address=address, lifetime=lifetime,
@@ -446,7 +452,7 @@ class Lwm2mServer:
     async def _start_device(self, device: _Device) -> None:
         """After a registration: mark how it connected, read Object 3, observe State and
         Update Result, deliver what is pending."""
-        facts = {"lwm2m.security": "nosec (unauthenticated)", "lwm2m.address": device.address}
+        facts: dict[str, str] = {}
         for resource, name in OBJECT3_FACTS.items():
             if not any(o.startswith("/3/0") or o == "/3" for o in device.objects):
                 break
@@ -454,10 +460,11 @@ class Lwm2mServer:
                 response = await self._request(device, Code.GET, f"/3/0/{resource}")
                 if response.code == Code.CONTENT:
                     facts[name] = _text_of(response)
-        try:
-            await self._db(self.db.merge_facts, device.endpoint, facts)
-        except StorageError as e:
-            _log.warning("LwM2M: %s: facts not stored: %s", device.endpoint, e)
+        if facts:
+            try:
+                await self._db(self.db.merge_facts, device.endpoint, facts)
+            except StorageError as e:
+                _log.warning("LwM2M: %s: Object 3 not stored: %s", device.endpoint, e)
         if any(o.startswith("/5") for o in device.objects):
             for resource in (3, 5):
                 self._spawn(device, self._observe(device, f"/5/0/{resource}"))
