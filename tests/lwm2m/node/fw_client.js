@@ -80,7 +80,7 @@ function onWrite(objectType, objectId, resourceId, value, callback) {
         }
         set('/5/0', 5, 0);
         set('/5/0', 3, 1);
-        say('downloading ' + value);
+        say('downloading ' + Date.now() + ' ' + value);
         download(value, function (error, result, size) {
             if (error) {
                 say('download failed: ' + error.message);
