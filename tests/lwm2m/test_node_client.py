@@ -19,7 +19,7 @@ from pathlib import Path
 
 from device.device_kit import Author, boot
 from lwm2m.lwm2m_kit import NODE_DIR, World, need_node_peer, states, world
-from notice_kit import wait_until
+from notice_kit import ADMIN, wait_until
 from serve_kit import start_process, stop_process
 
 WAIT = 90.0
@@ -101,3 +101,43 @@ def test_node_client_refusing_the_envelope_shows_failed_with_its_update_result(
         assert events[-1]["detail"].startswith("LwM2M: "), events
         assert "result 5" in log or "result 8" in log, log
         assert [i.sequence_number for i in boot(folder).images] == [1]
+
+
+def _operator(w: World, name: str) -> dict[str, str]:
+    with w.client() as c:
+        made = c.post("/api/v1/tokens", headers={"Authorization": f"Bearer {ADMIN}"},
+                      json={"name": name, "role": "operator", "expires_in_days": 1})
+    assert made.status_code == 201, made.text
+    return {"Authorization": f"Bearer {made.json()['token']}"}
+
+
+def test_node_client_in_an_install_on_trigger_campaign_installs_only_after_the_trigger(
+        tmp_path: Path) -> None:
+    need_node_peer()
+    with world(tmp_path) as w:
+        folder, device_id = w.device()
+        release = w.release()
+        alice, bob = _operator(w, "alice"), _operator(w, "bob")
+        with node_client(w, device_id, folder) as out, w.client() as c:
+            made = c.post("/api/v1/campaigns", headers=alice, json={
+                "name": "lwm2m trigger", "release": release["id"],
+                "envelope_url": w.tracker.url + release["envelope"]["url"],
+                "target": {"devices": [device_id]}, "mode": "install-on-trigger"})
+            assert made.status_code == 201, made.text
+            cid = made.json()["id"]
+            for step in ("approve", "start"):
+                done = c.post(f"/api/v1/campaigns/{cid}/{step}", headers=bob)
+                assert done.status_code == 200, done.text
+            wait_until(lambda: w.record(device_id)["state"] == "downloaded", WAIT,
+                       "the node client to download (the campaign's first phase)")
+            time.sleep(3.0)  # well past a poll: no Update may be executed before the trigger
+            assert "updating" not in out.read_text()
+            assert w.record(device_id)["state"] == "downloaded"
+            triggered = c.post(f"/api/v1/campaigns/{cid}/trigger", headers=bob)
+            assert triggered.status_code == 200, triggered.text
+            wait_until(lambda: w.record(device_id)["state"] in ("succeeded", "failed"), WAIT,
+                       "the node client to install after the trigger")
+            log = out.read_text()
+        assert w.record(device_id)["state"] == "succeeded", (log, w.history(device_id))
+        assert log.count("downloading ") == 1, log  # the kept package, not a second download
+        assert [i.sequence_number for i in boot(folder).images] == [w.sequence]
