@@ -15,6 +15,10 @@ What it implements:
   delays it); when State is Downloaded and the assignment is to be installed now, resource 2
   (Update) is executed: the campaign's install trigger. States and results become tracker
   events (``STATE_EVENTS``, ``RESULT_EVENTS``), walked along the tracker's state machine.
+- Object 5, push: a device whose Firmware Update Delivery Method (5/0/9, LwM2M 1.1) is 1 (push
+  only) gets the envelope itself written into resource 0 (Package, Content-Format 42,
+  block-wise: aiocoap's Block1), read from the envelope URL over HTTP; an envelope over
+  ``max_package`` bytes (1 MiB) fails the update with the reason, unsent.
 - Delivery starts on registration and on each change of the device's assignment (the notices
   hub's watcher), like every other push channel.
 
@@ -30,8 +34,8 @@ bound to the address it came from: a second registration of the same endpoint na
 another address is refused (4.03) until the first de-registers or expires; update and
 de-register need the registration's unguessable location.
 
-Deliberately not here: the Package resource (5/0/0, push with block-wise write), TLV and
-SenML content formats (plain text is what lwm2m-node-lib speaks), bootstrap, queue mode.
+Deliberately not here: TLV and SenML content formats (plain text is what lwm2m-node-lib
+speaks), bootstrap, queue mode.
 Registrations live in this process (a LwM2M registration is bound to one server's UDP
 association): with replicas, each device registers with one of them.
 """
@@ -53,7 +57,9 @@ from typing import Any
 
 # aiocoap ships no type information (no py.typed): the imports below are the untyped seam.
 import aiocoap  # type: ignore[import-untyped]
+import aiocoap.error  # type: ignore[import-untyped]
 import aiocoap.resource  # type: ignore[import-untyped]
+import httpx
 from aiocoap.numbers.codes import Code  # type: ignore[import-untyped]
 
 from suitkit.errors import StorageError
@@ -97,6 +103,7 @@ _MAX_BODY = 1024
 _MAX_ENDPOINT = 36
 _LINK = re.compile(r"<(/[0-9A-Za-z_./-]{0,64})>(;[^,]{0,128})?")
 _CONTENT_TEXT = 0
+_CONTENT_OCTETS = 42
 
 
 class RegistrationError(Exception):
@@ -122,6 +129,8 @@ class Lwm2mConfig:
     poll_interval: float = 1.0
     """Seconds between reads of State and Update Result while an update is under way."""
     request_timeout: float = 20.0
+    max_package: int = 1024 * 1024
+    """Largest envelope pushed into 5/0/0 (bytes); a larger one fails the update, unsent."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +211,8 @@ class _Device:
     objects: tuple[str, ...]
     state: int | None = None
     result: int | None = None
-    written: str | None = None  # the Package URI last written
+    written: str | None = None  # the Package URI last written (or whose envelope was pushed)
+    push: bool = False  # 5/0/9 (Firmware Update Delivery Method) said push only
     executed: str | None = None  # the Package URI whose Update was executed
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -466,6 +476,8 @@ class Lwm2mServer:
             except StorageError as e:
                 _log.warning("LwM2M: %s: Object 3 not stored: %s", device.endpoint, e)
         if any(o.startswith("/5") for o in device.objects):
+            with contextlib.suppress(Exception):  # LwM2M 1.1; a 1.0 client may not have it
+                device.push = await self._read_int(device, "/5/0/9") == 1
             for resource in (3, 5):
                 self._spawn(device, self._observe(device, f"/5/0/{resource}"))
             await self._deliver(device)
@@ -508,7 +520,18 @@ class Lwm2mServer:
         if pending is None:
             return
         uri = str(pending["envelope_url"])
-        if device.written != uri:
+        if device.written != uri and device.push:
+            envelope = await self._fetch(device, uri)
+            if envelope is None:
+                return
+            response = await self._request(device, Code.PUT, "/5/0/0", envelope,
+                                           content_format=_CONTENT_OCTETS)
+            if not response.code.is_successful():
+                _log.warning("LwM2M: %s refused the Package: %s", device.endpoint,
+                             response.code)
+                return
+            device.written, device.executed = uri, None
+        elif device.written != uri:
             response = await self._request(device, Code.PUT, "/5/0/1", uri.encode(),
                                            content_format=_CONTENT_TEXT)
             if not response.code.is_successful():
@@ -531,6 +554,35 @@ class Lwm2mServer:
                 await self._seen(device, "/5/0/3", state)
             if result is not None:
                 await self._seen(device, "/5/0/5", result)
+
+    async def _fetch(self, device: _Device, uri: str) -> bytes | None:
+        """The envelope to push, read from the firmware server's URL (at most
+        ``max_package`` bytes); ``None`` after failing the update with the reason."""
+        limit = self.config.max_package
+        problem: str
+        try:
+            async with httpx.AsyncClient(timeout=self.config.request_timeout) as client, \
+                    client.stream("GET", uri) as response:
+                if response.status_code != 200:
+                    problem = f"the envelope URL answered HTTP {response.status_code}"
+                else:
+                    body = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > limit:
+                            break
+                    if len(body) <= limit:
+                        return bytes(body)
+                    problem = (f"the envelope is over the push limit of {limit} bytes "
+                               "(5/0/0); deliver it by Package URI (pull)")
+        except httpx.HTTPError as e:
+            problem = f"cannot read the envelope to push: {type(e).__name__}"
+        _log.warning("LwM2M: %s: %s", device.endpoint, problem)
+        try:
+            await self._db(self.db.add_event, device.endpoint, "failed", f"LwM2M: {problem}")
+        except (StorageError, NotAssigned, TransitionRefused) as e:
+            _log.warning("LwM2M: %s: failure not stored: %s", device.endpoint, e)
+        return None
 
     async def _advance(self, device: _Device) -> None:
         """Map the device's State and Update Result onto the tracker; execute Update when
