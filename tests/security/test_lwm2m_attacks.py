@@ -100,3 +100,37 @@ def test_lwm2m_garbage_datagrams_do_not_stop_the_server(tmp_path: Path) -> None:
                 raw.sendto(datagram, ("127.0.0.1", w.lwm2m.port))
         assert register(w, device_id).code == Code.CREATED
         assert list(w.lwm2m.registered()) == [device_id]
+
+
+def _raw_request(sock: socket.socket, mid: int, path: tuple[str, ...],
+                 query: tuple[str, ...], payload: bytes = b"") -> Any:
+    """Send a CON request from a plain UDP socket (a device that never answers the server's
+    own requests) and return the response to it (the server's requests are skipped)."""
+    from aiocoap.numbers.types import Type  # type: ignore[import-untyped]
+
+    message = aiocoap.Message(code=Code.POST, uri_path=path, uri_query=query,
+                              payload=payload)
+    message.mtype, message.mid, message.token = Type.CON, mid, mid.to_bytes(2, "big")
+    sock.send(message.encode())
+    while True:
+        answer = aiocoap.Message.decode(sock.recv(2048))
+        if answer.mid == mid and not answer.code.is_request():
+            return answer
+
+
+def test_lwm2m_registration_updates_in_a_loop_run_one_delivery_at_a_time(
+        tmp_path: Path) -> None:
+    with world(tmp_path, request_timeout=30.0) as w:
+        _, device_id = w.device()
+        w.deploy(w.release(), device_id)  # something to deliver, to a client that never answers
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.settimeout(30)
+            raw.connect(("127.0.0.1", w.lwm2m.port))
+            created = _raw_request(raw, 1, ("rd",), (f"ep={device_id}", "lt=300"), b"</5/0>")
+            assert created.code == Code.CREATED
+            location = tuple(created.opt.location_path)
+            for mid in range(2, 52):
+                assert _raw_request(raw, mid, location, ("lt=300",)).code == Code.CHANGED
+            tasks = int(w.lwm2m.registered()[device_id]["tasks"])
+        # the start-up (Object 3 reads, observations) and one delivery: not one per update
+        assert tasks <= 4, tasks

@@ -215,6 +215,8 @@ class _Device:
     push: bool = False  # 5/0/9 (Firmware Update Delivery Method) said push only
     executed: str | None = None  # the Package URI whose Update was executed
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    delivering: bool = False  # a delivery runs: a new reason to deliver only marks ``again``
+    again: bool = False
 
 
 class _Registry(aiocoap.resource.Resource):  # type: ignore[misc]
@@ -327,7 +329,7 @@ class Lwm2mServer:
     def registered(self) -> dict[str, dict[str, Any]]:
         """The live registrations: endpoint -> {address, lifetime, objects, state, result}."""
         return {ep: {"address": d.address, "lifetime": d.lifetime, "objects": list(d.objects),
-                     "state": d.state, "result": d.result}
+                     "state": d.state, "result": d.result, "tasks": len(d.tasks)}
                 for ep, d in list(self._by_endpoint.items())}
 
     # ---- registration interface
@@ -367,7 +369,7 @@ class Lwm2mServer:
             device.remote = request.remote
             device.address = str(request.remote.hostinfo)
             device.expires = self.clock() + device.lifetime
-            self._spawn(device, self._deliver(device))
+            self._kick(device)
             return aiocoap.Message(code=Code.CHANGED)
         raise RegistrationError(Code.NOT_FOUND, "expected /rd or /rd/<registration>")
 
@@ -433,7 +435,7 @@ class Lwm2mServer:
     def _changed(self, device_id: str) -> None:
         device = self._by_endpoint.get(device_id)
         if device is not None:
-            self._spawn(device, self._deliver(device))
+            self._kick(device)
 
     # ---- talking to the client
 
@@ -480,7 +482,7 @@ class Lwm2mServer:
                 device.push = await self._read_int(device, "/5/0/9") == 1
             for resource in (3, 5):
                 self._spawn(device, self._observe(device, f"/5/0/{resource}"))
-            await self._deliver(device)
+            self._kick(device)
 
     async def _observe(self, device: _Device, path: str) -> None:
         message = aiocoap.Message(code=Code.GET, uri=self._uri(device, path), observe=0)
@@ -508,6 +510,28 @@ class Lwm2mServer:
                 return
             device.result = value
         await self._advance(device)
+
+    def _kick(self, device: _Device) -> None:
+        """Deliver the device's pending assignment: one delivery at a time per device (a
+        client sending registration updates in a loop, or a burst of assignment changes,
+        cannot make the server run many), run again once if asked meanwhile."""
+        if device.delivering:
+            device.again = True
+            return
+        device.delivering = True
+
+        async def deliveries() -> None:
+            try:
+                while True:
+                    device.again = False
+                    await self._deliver(device)
+                    if not device.again:
+                        return
+            except (TimeoutError, aiocoap.error.Error) as e:
+                _log.info("LwM2M: %s: delivery stopped: %s", device.endpoint, e)
+            finally:
+                device.delivering = False
+        self._spawn(device, deliveries())
 
     async def _deliver(self, device: _Device) -> None:
         """Write the Package URI of the pending assignment; execute Update when it is
@@ -544,6 +568,7 @@ class Lwm2mServer:
             await asyncio.sleep(self.config.poll_interval)
             still = await self._db(self.db.pending_update, device.endpoint)
             if still is None or str(still["envelope_url"]) != uri:
+                device.again = still is not None  # another assignment: deliver it
                 return
             try:
                 state = await self._read_int(device, "/5/0/3")
