@@ -95,6 +95,7 @@ class PushDevice:
             asyncio.run_coroutine_threadsafe(self.context.shutdown(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
+        self.loop.close()
 
 
 @contextmanager

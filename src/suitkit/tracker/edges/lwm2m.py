@@ -314,10 +314,13 @@ class Lwm2mServer:
             return
 
         async def shutdown() -> None:
+            tasks = [t for d in self._by_endpoint.values() for t in d.tasks]
             for device in list(self._by_endpoint.values()):
                 self._forget(device)
             if self._sweeper is not None:
                 self._sweeper.cancel()
+                tasks.append(self._sweeper)
+            await asyncio.wait(tasks, timeout=5) if tasks else None
             if self._context is not None:
                 await self._context.shutdown()
         if not loop.is_closed():
