@@ -15,6 +15,7 @@ from aiocoap.numbers.codes import Code  # type: ignore[import-untyped]
 
 from lwm2m.lwm2m_kit import World, world
 from lwm2m.test_registration import register, request
+from notice_kit import wait_until
 
 
 def _unchanged(w: World, device_id: str, before: dict[str, Any]) -> None:
@@ -134,3 +135,40 @@ def test_lwm2m_registration_updates_in_a_loop_run_one_delivery_at_a_time(
             tasks = int(w.lwm2m.registered()[device_id]["tasks"])
         # the start-up (Object 3 reads, observations) and one delivery: not one per update
         assert tasks <= 4, tasks
+
+
+def test_lwm2m_a_device_answering_with_garbage_changes_no_state_and_stores_bounded_facts(
+        tmp_path: Path) -> None:
+    from lwm2m.test_push import PushDevice, push_device
+
+    class Hostile(PushDevice):
+        def _site(self) -> Any:
+            site = super()._site()
+            for path, value in ((("3", "0", "0"), "\udcff" * 3000),
+                                (("3", "0", "1"), "m" * 5000)):
+                site.add_resource(path, _Garbage(value))
+            self.state.value, self.result.value = "99999999", "-1"
+            return site
+
+    with world(tmp_path) as w:
+        folder, device_id = w.device()
+        before = w.record(device_id)
+        with push_device(folder) as device:
+            device.__class__ = Hostile
+            assert device.register(w, device_id).code == Code.CREATED
+            wait_until(lambda: "lwm2m.model" in w.record(device_id)["hardware"], 60,
+                       "the server to read Object 3 from the hostile device")
+        hardware = w.record(device_id)["hardware"]
+        assert len(hardware["lwm2m.model"]) == 256
+        assert all(len(v) <= 256 for v in hardware.values())
+        assert w.record(device_id)["state"] == before["state"]
+
+
+class _Garbage(aiocoap.resource.Resource):  # type: ignore[misc]
+    def __init__(self, value: str) -> None:
+        super().__init__()
+        self.value = value
+
+    async def render_get(self, request: Any) -> Any:
+        return aiocoap.Message(payload=self.value.encode("utf-8", "surrogateescape"),
+                               content_format=0)

@@ -451,9 +451,13 @@ class Lwm2mServer:
         for attempt in range(3):  # a client may open its listener just after registering
             message = aiocoap.Message(code=code, uri=self._uri(device, path), payload=payload,
                                       **options)
+            # a read takes the first block only (at most 1024 bytes): aiocoap would assemble
+            # a Block2 answer of any size the device makes; a push sends its Block1 blocks
+            blockwise = code != Code.GET
             try:
-                return await asyncio.wait_for(self._context.request(message).response,
-                                              self.config.request_timeout)
+                return await asyncio.wait_for(
+                    self._context.request(message, handle_blockwise=blockwise).response,
+                    self.config.request_timeout)
             except aiocoap.error.NetworkError:
                 if attempt == 2:
                     raise
@@ -489,7 +493,7 @@ class Lwm2mServer:
 
     async def _observe(self, device: _Device, path: str) -> None:
         message = aiocoap.Message(code=Code.GET, uri=self._uri(device, path), observe=0)
-        request = self._context.request(message)
+        request = self._context.request(message, handle_blockwise=False)
         try:
             first = await asyncio.wait_for(request.response, self.config.request_timeout)
             await self._seen(device, path, _int_of(first))
