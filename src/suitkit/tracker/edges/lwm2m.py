@@ -278,6 +278,7 @@ class Lwm2mServer:
                 ready.set()
             if not failure:
                 loop.run_forever()
+            _drain(loop)
             loop.close()
 
         self._loop = loop
@@ -697,6 +698,17 @@ def _path(device: Mapping[str, Any] | None, target: str) -> list[str]:
                 seen.add(nxt)
                 frontier.append([*route, nxt])
     return []
+
+
+def _drain(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel and finish what is still pending on the stopped ``loop`` (as ``asyncio.run``
+    does): a request that arrived during the shutdown left a coroutine never awaited."""
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
 
 
 def _free_udp_port(host: str) -> int:
