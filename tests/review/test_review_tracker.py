@@ -29,7 +29,7 @@ from suitkit.tracker.auth import Authenticator
 from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec
 from suitkit.tracker.config import TrackerConfig
 from suitkit.tracker.edges import create_router
-from suitkit.tracker.edges.push_http import create_push_router
+from suitkit.tracker.edges.push_http import PushClients, create_push_router
 from suitkit.tracker.notices import NotificationHub
 from suitkit.tracker.notices.mqtt import MqttPublisher
 from suitkit.tracker.service import Inventory, TrackerDB, open_db
@@ -325,6 +325,7 @@ class Server:
     url: str
     client: httpx.Client
     device: dict[str, Any]
+    push: PushClients
 
 
 @pytest.fixture(scope="module")
@@ -335,8 +336,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     hub = NotificationHub(tracker.notice, serials=tracker.store.serials)
     tracker.add_listener(hub.changed)
     auth = Authenticator(config, tracker)
+    push = PushClients()
     routers = (create_router(config, tracker, auth),
-               create_push_router(auth, hub, heartbeat=0.2, max_per_device=2))
+               create_push_router(auth, hub, heartbeat=0.2, max_per_device=2, clients=push))
     anchors = TrustAnchors.of(ec.generate_private_key(ec.SECP256R1()).public_key())
     server_config = ServerConfig(data_dir=tmp / "data", anchors=anchors, routers=routers)
     try:
@@ -344,7 +346,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 httpx.Client(base_url=url, timeout=15) as client:
             made = client.post("/api/v1/devices", json={"name": "d"}, headers=_auth(ADMIN))
             assert made.status_code == 201, made.text
-            yield Server(url, client, dict(made.json()))
+            yield Server(url, client, dict(made.json()), push)
     finally:
         hub.close()
         tracker.engine.dispose()
@@ -403,25 +405,24 @@ def test_notification_connections_are_bounded_per_device(server: Server) -> None
 
     def long_poll() -> None:
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            results.append(client.get(path, params={"wait": 9}, headers=headers).status_code)
+            results.append(client.get(path, params={"wait": 12}, headers=headers).status_code)
 
     waiting = [threading.Thread(target=long_poll) for _ in range(2)]
     for thread in waiting:
         thread.start()
-    # Both long-polls must be held before this gives up: margin for a loaded machine, where
-    # their start once took more than 3.5 s (the server runs in this process, sharing the GIL).
-    deadline = time.monotonic() + 8
     try:
-        while True:  # until both long-polls hold their slot
-            third = server.client.get(path, params={"wait": 0}, headers=headers)
-            if third.status_code == 429 or time.monotonic() > deadline:
-                break
+        # Both long-polls hold their slot before the third asks (a probe of its own while they
+        # were still arriving took a slot from one of them on a loaded machine).
+        deadline = time.monotonic() + 30
+        while server.push.counts()["longpoll"] < 2:
+            assert time.monotonic() < deadline, "waited 30 s for the two long-polls to be held"
             time.sleep(0.05)
+        third = server.client.get(path, params={"wait": 0}, headers=headers)
         assert third.status_code == 429, third.text
         assert "at most 2" in third.json()["error"]
     finally:
         for thread in waiting:
-            thread.join(20)
+            thread.join(40)
     assert results == [204, 204]
     # the slots are given back
     assert server.client.get(path, params={"wait": 0}, headers=headers).status_code == 204

@@ -129,6 +129,14 @@ def serve(
     coap_port: Annotated[int | None, typer.Option(
         "--coap-port", help="Also serve the blobs over CoAP (block-wise) on this UDP port.")
     ] = None,
+    lwm2m_port: Annotated[int | None, typer.Option(
+        "--lwm2m-port", help="Also run the LwM2M server (registration interface, Firmware "
+        "Update object 5) on this UDP port; needs --admin-token-file and --lwm2m-nosec.")
+    ] = None,
+    lwm2m_nosec: Annotated[bool, typer.Option(
+        "--lwm2m-nosec", help="Accept LwM2M devices without transport security (NoSec, the "
+        "only mode available: docs/devices.md, LwM2M); they are marked unauthenticated in "
+        "the tracker.")] = False,
     admin_token_file: Annotated[Path | None, typer.Option(
         "--admin-token-file", help="File holding the status tracker's admin token; with it "
         "the status tracker API is served too (/api/v1/devices), and the dashboard "
@@ -256,6 +264,8 @@ class ServeOptions:
     ddi_poll_seconds: int
     accel_redirect: str | None
     workers: int
+    lwm2m_port: int | None
+    lwm2m_nosec: bool
 
 
 _NOT_KEYS = frozenset({"config", "print_config"})
@@ -307,6 +317,7 @@ def _serve(o: ServeOptions) -> None:
     ddi, ddi_tenant, ddi_poll_seconds = o.ddi, o.ddi_tenant, o.ddi_poll_seconds
     accel_redirect = o.accel_redirect
     workers = o.workers
+    lwm2m_port, lwm2m_nosec = o.lwm2m_port, o.lwm2m_nosec
     try:
         import uvicorn  # noqa: PLC0415 - optional at import time of the CLI
 
@@ -326,7 +337,7 @@ def _serve(o: ServeOptions) -> None:
     except ImportError as e:
         fail(f"the firmware server needs fastapi and uvicorn: {e}", EXIT_USAGE)
     for name, value in (("--port", port), ("--coap-port", coap_port),
-                        ("--metrics-port", o.metrics_port)):
+                        ("--metrics-port", o.metrics_port), ("--lwm2m-port", lwm2m_port)):
         if value is not None and not 0 < value < 65536:
             fail(f"{name}: expected a port number from 1 to 65535, got {value}", EXIT_USAGE)
     tls = _tls_options(o)
@@ -350,6 +361,7 @@ def _serve(o: ServeOptions) -> None:
     if workers > 1:
         for name, given in (("--coap-port", coap_port is not None),
                             ("--mqtt", mqtt is not None),
+                            ("--lwm2m-port", lwm2m_port is not None),
                             ("--metrics-port", o.metrics_port is not None)):
             if given:
                 fail(f"{name} needs --workers 1: {_ONE_PROCESS[name]}", EXIT_USAGE)
@@ -403,6 +415,13 @@ def _serve(o: ServeOptions) -> None:
     if public_url is not None and admin_token_file is None:
         fail("--public-url needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
+    if lwm2m_port is not None and admin_token_file is None:
+        fail("--lwm2m-port needs --admin-token-file (the status tracker is off without it)",
+             EXIT_USAGE)
+    if lwm2m_port is not None and not lwm2m_nosec:
+        fail("--lwm2m-port: LwM2M is served without transport security only (no DTLS-PSK "
+             "server in aiocoap; OSCORE not wired yet): add --lwm2m-nosec to accept that "
+             "explicitly", EXIT_USAGE)
     if mqtt is not None and admin_token_file is None:
         fail("--mqtt needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
@@ -483,6 +502,16 @@ def _serve(o: ServeOptions) -> None:
                     where = (f"{host}:{coap_port}" if ":" not in host
                              else f"[{host}]:{coap_port}")
                     fail(f"--coap-port: cannot listen on {where} (UDP): {reason}", EXIT_USAGE)
+            if lwm2m_port is not None and wiring is not None:
+                from suitkit.tracker.edges.lwm2m import Lwm2mConfig, Lwm2mServer  # noqa: PLC0415
+
+                lwm2m = Lwm2mServer(wiring.db, wiring.hub,
+                                    Lwm2mConfig(host=host, port=lwm2m_port, nosec=lwm2m_nosec))
+                try:
+                    lwm2m.start()
+                except StorageError as e:
+                    fail(f"--lwm2m-port: {e}", EXIT_USAGE)
+                coap = _Stops(coap, lwm2m)  # stopped with the CoAP server, LwM2M first
             guards = Guards(head_timeout=head_timeout, max_connections=capacity.connections)
             options = {**UVICORN_OPTIONS, "http": guarded_protocol(guards)}
             server = uvicorn.Server(uvicorn.Config(
@@ -540,6 +569,8 @@ def _serve(o: ServeOptions) -> None:
             out.print(said, markup=False)
             if coap_port is not None:
                 out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
+            if lwm2m_port is not None and wiring is not None:
+                out.print(f"and LwM2M on coap://{shown}:{lwm2m_port}/rd (NoSec)", markup=False)
             if o.metrics_port is not None:
                 metrics_sock = _listen(o.metrics_host, o.metrics_port, "--metrics-host")
                 out.print(f"metrics and health on {scheme}://{_shown(o.metrics_host)}:"
@@ -566,6 +597,17 @@ def _serve(o: ServeOptions) -> None:
             sock.close()
 
 
+class _Stops:
+    """Servers stopped together, the last started first."""
+
+    def __init__(self, *servers: Any) -> None:
+        self.servers = [server for server in servers if server is not None]
+
+    def stop(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+
+
 MAX_WORKERS = 64
 
 
@@ -577,6 +619,7 @@ _ONE_PROCESS = {
     "--coap-port": "one UDP port is served by one process (run a second suitkit serve with "
                    "--workers 1 --coap-port for CoAP)",
     "--mqtt": "each worker's notices know only the deployments made in that process",
+    "--lwm2m-port": "a device's registration lives in the process that received it",
     "--metrics-port": "each worker counts only its own requests (run one suitkit serve per "
                       "port to scrape each)",
 }

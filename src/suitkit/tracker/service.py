@@ -74,6 +74,7 @@ from suitkit.tracker.quotas import Quotas
 from suitkit.tracker.store import CheckinRow, PoolOptions, Store, Tx, naive, open_store
 
 __all__ = [
+    "MAX_FACTS",
     "NOT_STARTED",
     "SEEN_RESOLUTION",
     "AssignmentListener",
@@ -111,6 +112,8 @@ AssignmentListener = Callable[[Mapping[str, int]], None]
 
 _log = logging.getLogger(__name__)
 SEEN_RESOLUTION = timedelta(seconds=30)
+MAX_FACTS = 64
+"""Hardware facts one device may have (``merge_facts``)."""
 """``last_seen`` and ``last_used`` are kept to this resolution: a check-in that authenticates
 writes them at most once per interval (a write per request halves check-in throughput)."""
 _KDF_ITERATIONS = 100_000
@@ -624,6 +627,27 @@ class TrackerDB:
                 tx.add(InstalledComponent(
                     device_id=device_id, position=position, component_id=component_id,
                     sequence_number=sequence, digest=image))
+
+    def merge_facts(self, device_id: str, facts: Mapping[str, str]) -> None:
+        """Merge ``facts`` into the device's hardware facts (a protocol edge's view of the
+        device: how it connects, whether it authenticated, what its device object says),
+        keeping the other facts. Bounded: at most ``MAX_FACTS`` facts in all, names of at most
+        64 characters, values of at most 256 (longer values are cut).
+
+        Raises:
+            StorageError: no such device, or the facts would exceed ``MAX_FACTS``.
+        """
+        cleaned = {str(k)[:64]: str(v)[:256] for k, v in facts.items()}
+        with self.store.transaction() as tx:
+            device = tx.device(device_id) if len(device_id) <= 36 else None
+            if device is None:
+                raise StorageError(f"no device {device_id[:40]!r}")
+            merged = {**(device.hardware or {}), **cleaned}
+            if len(merged) > MAX_FACTS:
+                raise StorageError(f"device {device_id}: at most {MAX_FACTS} hardware facts, "
+                                   f"these would make {len(merged)}")
+            if merged != device.hardware:
+                device.hardware = merged
 
     def add_event(self, device_id: str, state: str, detail: str, *, by_device: bool = False
                   ) -> dict[str, Any]:

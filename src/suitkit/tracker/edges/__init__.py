@@ -4,7 +4,8 @@ from calls of ``tracker.service`` (and ``tracker.campaigns``).
 - ``http_api``: the suitkit JSON API (devices, inventory, events, reports, deployments, tokens,
   audit);
 - ``campaigns_http``: the campaign routes;
-- ``push_http``: server-sent events and long-polls of update notices.
+- ``push_http``: server-sent events and long-polls of update notices;
+- ``lwm2m``: the LwM2M server (CoAP, not HTTP: the CLI starts it beside the routers).
 
 An edge never imports another edge; what several HTTP edges share is ``tracker.web``.
 ``create_router`` mounts the JSON API and the campaign routes as one router (what the CLI and
