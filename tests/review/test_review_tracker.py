@@ -333,7 +333,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("review-tracker")
     config = TrackerConfig(f"sqlite:///{tmp / 'tracker.db'}", ADMIN)
     tracker = open_db(config.db_url)
-    hub = NotificationHub(tracker.pending_update)
+    hub = NotificationHub(tracker.notice, serials=tracker.store.serials)
     tracker.add_listener(hub.changed)
     auth = Authenticator(config, tracker)
     push = PushClients()
@@ -432,12 +432,13 @@ def test_the_mqtt_publisher_queues_each_device_once() -> None:
     """``MqttPublisher`` queued a device id for every change and, at every (re)connection,
     every device the hub knows (up to 100 000) again: while the broker flapped or the database
     was slow, the queue grew without bound (one entry per change, not per device). A device
-    waiting in the queue is now not queued again (its notice is read when it is published)."""
+    waiting in the queue is now not queued again (its notice is read when it is published),
+    and a reconnection publishes nothing again (the retained messages hold the state)."""
     pytest.importorskip("paho.mqtt.client", reason="install paho-mqtt")
-    hub = NotificationHub(lambda _: None)
+    hub = NotificationHub(lambda _: (None, 0))
     publisher = MqttPublisher(hub, "127.0.0.1", 9)  # never started: nothing is sent
-    hub.changed(["a", "b"])
+    hub.changed({"a": 1, "b": 1})
     for _ in range(3):
         publisher.publish("a")
-        publisher._on_connect(None, None, None, None)  # a reconnection: hub.known() again
-    assert publisher._queue.qsize() == 2
+        publisher._on_connect(None, None, None, None)  # a reconnection
+    assert publisher._queue.qsize() == 1

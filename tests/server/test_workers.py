@@ -1,8 +1,9 @@
 """``suitkit serve --workers N`` (issue #12): N processes on one port, as a user runs it.
 
 Both workers answer (their CPU time moves, read from /proc), a device checks in through
-either, what lives in one process (CoAP's port, the MQTT publisher, push notices) is refused
-with one line, and the server stops as one: SIGTERM stops every worker, and a worker that dies
+either, what lives in one process (CoAP's port, the MQTT publisher, push notices on SQLite) is
+refused with one line, on PostgreSQL a long-poll held by one worker hears another's
+deployment, and the server stops as one: SIGTERM stops every worker, and a worker that dies
 stops the others (the parent exits non-zero, for its supervisor to see).
 """
 
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import httpx
 import pytest
 
 from device.device_kit import Author
+from pg import PostgresCluster
 from serve_kit import READY, STOP, SUITKIT, serving, stop_process
 
 pytest.importorskip("uvicorn", reason="uvicorn is not installed (pip install suitkit)")
@@ -95,6 +98,59 @@ def test_two_workers_both_answer_and_a_device_checks_in(tmp_path: Path) -> None:
         assert children(pid) == workers
     assert "2 worker processes" in server.stdout
     assert not any(alive(w) for w in workers), "a worker outlived suitkit serve"
+
+
+def test_on_postgresql_a_long_poll_held_by_one_worker_hears_the_other_s_deployment(
+        tmp_path: Path, postgres: PostgresCluster) -> None:
+    # each worker's LISTEN relay hears the changes committed in the others (push stays on)
+    db = postgres.tracker_database()
+    author = Author.create(tmp_path / "author")
+    (tmp_path / "admin.token").write_text(ADMIN)
+    with serving(["--data", str(tmp_path / "data"), "--author-anchor", str(author.anchor),
+                  "--admin-token-file", str(tmp_path / "admin.token"), "--log-level",
+                  "warning", "--workers", "2", "--db", db]) as server:
+        pid = server.process.pid
+        wait_for("two worker processes under suitkit serve", lambda: len(children(pid)) == 2)
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        envelope, image = author.release(2, "workers", size=3000,
+                                         uri="https://fw.example/f.bin")
+        stored = httpx.post(f"{server.url}/api/v1/releases", headers=admin, timeout=30,
+                            files=[("envelope", ("e.suit", envelope)),
+                                   ("image-0", ("f.bin", image))])
+        assert stored.status_code == 201, stored.text
+        release = stored.json()["id"]
+        made = httpx.post(f"{server.url}/api/v1/devices", json={"name": "d"}, headers=admin,
+                          timeout=30)
+        assert made.status_code == 201, made.text
+        device = made.json()
+        auth = {"Authorization": f"Bearer {device['token']}"}
+        url = f"{server.url}/api/v1/devices/{device['id']}/notifications"
+        first = httpx.get(f"{url}?wait=1&after=0", headers=auth, timeout=30)
+        assert first.status_code == 200, first.text
+        assert first.json()["release"] is None
+        serial = first.json()["serial"]
+        # many long-polls at once on new connections: some are held by each worker
+        results: dict[int, httpx.Response] = {}
+
+        def poll(n: int) -> None:
+            results[n] = httpx.get(f"{url}?wait=60&after={serial}", headers=auth, timeout=90)
+
+        polls = [threading.Thread(target=poll, args=(n,)) for n in range(4)]
+        for thread in polls:
+            thread.start()
+        time.sleep(2)  # the long-polls are held by now (not needed for correctness)
+        started = time.monotonic()
+        deployed = httpx.post(f"{server.url}/api/v1/deployments", headers=admin, timeout=30,
+                              json={"release": release, "devices": [device["id"]]})
+        for thread in polls:
+            thread.join(90)
+        elapsed = time.monotonic() - started
+    assert deployed.status_code == 201, deployed.text
+    assert sorted(results) == [0, 1, 2, 3]
+    for response in results.values():
+        assert response.status_code == 200, response.text
+        assert response.json()["serial"] > serial and response.json()["release"] == release
+    assert elapsed < 50, f"the long-polls were answered after {elapsed:.1f} s, not at the change"
 
 
 def test_sigterm_stops_every_worker_and_a_dead_worker_stops_the_server(

@@ -165,12 +165,11 @@ def test_the_mqtt_publisher_never_publishes_to_a_topic_no_device_id_can_make() -
     from suitkit.tracker.notices import NotificationHub
     from suitkit.tracker.notices.mqtt import MqttPublisher
 
-    hub = NotificationHub(lambda _: None)
+    hub = NotificationHub(lambda _: (None, 0))
     publisher = MqttPublisher(hub, "127.0.0.1", 9)  # never started: nothing is sent
-    for bad in ("+", "#", "a/b", "a/+/#", "\u202e", ""):
+    for bad in ("+", "#", "a/b", "a/+/#", "\u202e", "", "x/update/#"):
         hub.current(bad)
-    hub.changed(["a/b", DEVICE_ID])
-    publisher._on_connect(None, None, None, None)  # a reconnection: hub.known() again
-    publisher.publish("x/update/#")
+        publisher.publish(bad)
+    publisher.publish(DEVICE_ID)
     queued = [publisher._queue.get_nowait() for _ in range(publisher._queue.qsize())]
     assert queued == [DEVICE_ID]

@@ -10,19 +10,23 @@ site (``/notices/<device-id>``) and the hub and MQTT publisher to stop at shutdo
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from suitkit.errors import SuitError
+from suitkit.errors import StorageError, SuitError
 
 _FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,49}")  # + ".MD5SUM": a path id
 
-__all__ = ["PUSH_REFUSED", "TrackerWiring", "parse_host_port", "push_refused",
-           "release_artifacts", "release_lookup", "schema_problem", "tracker_routes"]
+__all__ = ["PUSH_REFUSED", "DatabaseReleases", "TrackerWiring", "parse_host_port",
+           "push_refused", "release_artifacts", "release_lookup", "schema_problem",
+           "tracker_routes"]
 
 
 def parse_host_port(value: str, option: str) -> tuple[str, int]:
@@ -39,20 +43,23 @@ def parse_host_port(value: str, option: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def release_lookup(data: Path) -> Callable[[str], Any]:
-    """``TrackerConfig.releases`` over the firmware server's store in ``data``: the release
-    with an id (``tracker.config.KnownRelease``), or ``None`` for an id the store does not
-    hold (or that is no release id at all). Reads the store at each call: an upload by another
-    replica is seen at once."""
+def release_lookup(records: Any) -> Callable[[str], Any]:  # records: ReleaseRecords | Path
+    """``TrackerConfig.releases`` over the firmware server's release records (``records``, a
+    ``server.store.ReleaseRecords``: ``DatabaseReleases`` in ``serve``): the release with an
+    id (``tracker.config.KnownRelease``), or ``None`` for an id that is not stored (or that is
+    no release id at all). Reads the records at each call: an upload through another replica
+    is seen at once. A ``Path``: the records of the firmware server's store in that data
+    directory (``server.store.BlobStore``)."""
     from suitkit.server.store import BlobStore, is_release_id  # noqa: PLC0415
     from suitkit.tracker.config import KnownRelease  # noqa: PLC0415
 
-    store = BlobStore(data)
+    if isinstance(records, Path):
+        records = BlobStore(records)
 
     def lookup(release: str) -> KnownRelease | None:
         if not is_release_id(release):
             return None
-        record = store.get_release(release)
+        record = records.get_release(release)
         if record is None:
             return None
         return KnownRelease(record.release_id, record.envelope)
@@ -60,7 +67,65 @@ def release_lookup(data: Path) -> Callable[[str], Any]:
     return lookup
 
 
-def release_artifacts(data: Path, *, cache: int = 4096) -> Callable[[str], Any]:
+class DatabaseReleases:
+    """The firmware server's release records (``server.store.ReleaseRecords``) in the
+    tracker's database (``TrackerDB.put_release``): the record of which releases exist is
+    written when the upload commits, in one transaction under the lock of the release's id,
+    by ``server.store.store_release``'s rule; every replica on the database sees it (the
+    blobs are in the blob directory the replicas share)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self._lock = threading.Lock()  # SQLite: one upload of a new id at a time here
+
+    def add_release(self, record: Any) -> tuple[Any, bool]:
+        from suitkit.server.store import ReleaseRecord, store_release  # noqa: PLC0415
+
+        def decide(stored: dict[str, Any] | None) -> dict[str, Any]:
+            previous = _record(stored) if stored is not None else None
+            kept: ReleaseRecord = store_release(previous, record)
+            return kept.to_json()
+        with self._lock:
+            doc, created = self.db.put_release(record.release_id, record.sequence_number,
+                                               record.envelope, decide)
+        return _record(doc), created
+
+    def get_release(self, release_id: str) -> Any:
+        from suitkit.server.store import is_release_id  # noqa: PLC0415
+
+        if not is_release_id(release_id):
+            raise StorageError(f"not a release id: {release_id[:80]!r}")
+        doc = self.db.release(release_id)
+        return _record(doc) if doc is not None else None
+
+    def releases(self) -> list[Any]:
+        return [_record(doc) for doc in self.db.releases()]
+
+    def import_files(self, data: Path) -> int:
+        """Record the releases of ``data/releases`` that the database does not hold yet (a
+        data directory from before the database kept them); how many."""
+        from suitkit.server.store import BlobStore, ReleaseConflict  # noqa: PLC0415
+
+        added = 0
+        for record in BlobStore(data).releases():
+            if self.db.release(record.release_id) is None:
+                with contextlib.suppress(ReleaseConflict):  # recorded meanwhile, otherwise
+                    added += self.add_release(record)[1]
+        return added
+
+
+def _record(doc: dict[str, Any]) -> Any:
+    from suitkit.server.store import ReleaseRecord  # noqa: PLC0415
+
+    try:
+        return ReleaseRecord.from_json(doc)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise StorageError(f"a release record in the tracker database is malformed: "
+                           f"{e}") from e
+
+
+def release_artifacts(data: Path, *, cache: int = 4096, records: Any = None
+                      ) -> Callable[[str], Any]:
     """``TrackerConfig.artifacts`` over the firmware server's store in ``data``: a release's
     envelope and images (``tracker.config.ReleaseArtifacts``), ``None`` for an unknown id. The
     SHA-1 and MD5 of a blob are computed the first time it is listed and kept for the
@@ -68,7 +133,9 @@ def release_artifacts(data: Path, *, cache: int = 4096) -> Callable[[str], Any]:
 
     Each file's name: the envelope ``<release id>.suit``; an image the name of its integrated
     payload (``#app.swu`` -> ``app.swu``) or its component identifier's last part when that
-    is a plain file name, else ``component-<index>.bin``.
+    is a plain file name, else ``component-<index>.bin``. ``records``: where the release
+    records are (``DatabaseReleases`` when the tracker's database keeps them); ``None``: the
+    store's files.
     """
     import threading  # noqa: PLC0415
     from collections import OrderedDict  # noqa: PLC0415
@@ -77,6 +144,7 @@ def release_artifacts(data: Path, *, cache: int = 4096) -> Callable[[str], Any]:
     from suitkit.tracker.config import Artifact, ReleaseArtifacts  # noqa: PLC0415
 
     store = BlobStore(data)
+    kept = records if records is not None else store
     sums: OrderedDict[str, tuple[int, str, str]] = OrderedDict()
     lock = threading.Lock()
 
@@ -109,7 +177,7 @@ def release_artifacts(data: Path, *, cache: int = 4096) -> Callable[[str], Any]:
     def lookup(release: str) -> ReleaseArtifacts | None:
         if not is_release_id(release):
             return None
-        record = store.get_release(release)
+        record = kept.get_release(release)
         if record is None:
             return None
         files = [artifact(f"{record.release_id[:16]}.suit", "envelope", record.envelope)]
@@ -135,9 +203,12 @@ def release_artifacts(data: Path, *, cache: int = 4096) -> Callable[[str], Any]:
         return ReleaseArtifacts(record.release_id, record.sequence_number, tuple(files))
 
     return lookup
-PUSH_REFUSED = ("push notices (server-sent events, long-polls) need a server with --workers 1: "
-                "a deployment made in one worker process does not reach a stream held by "
-                "another; poll with POST /api/v1/devices/{id}/checkin")
+
+
+PUSH_REFUSED = ("push notices (server-sent events, long-polls) need a server with --workers 1 "
+                "or a PostgreSQL database: a deployment made in one worker process does not "
+                "reach a stream held by another on SQLite; poll with POST "
+                "/api/v1/devices/{id}/checkin")
 """The 501 of the notices route under ``serve --workers N`` (docs/server.md)."""
 
 
@@ -167,9 +238,14 @@ class TrackerWiring:
     publisher: Any
     db: Any = None
     authorizer: Any = None
+    """The firmware server's ``ServerConfig.authorizer`` over the tracker's API tokens."""
     push_clients: Any = None
     """The push router's ``PushClients`` (connected devices per transport)."""
-    """The firmware server's ``ServerConfig.authorizer`` over the tracker's API tokens."""
+    relay: Any = None
+    """The ``notices.pg.NoticeRelay`` (other replicas' notices)."""
+    releases: Any = None
+    """``DatabaseReleases`` (``tracker_routes(data=...)``): the firmware server's
+    ``ServerConfig.releases``."""
 
     def database_ready(self) -> str | None:
         """``/readyz``'s check of the tracker's database: ``None`` when it answers and its
@@ -204,8 +280,11 @@ class TrackerWiring:
                                  else dict))
 
     def close(self) -> None:
-        """End SSE streams and long-polls; stop the MQTT publisher; close the database's pooled
-        connections (a PostgreSQL connection left to the garbage collector was a leak)."""
+        """End SSE streams and long-polls; stop hearing other replicas and the MQTT publisher;
+        close the database's pooled connections (a PostgreSQL connection left to the garbage
+        collector was a leak)."""
+        if self.relay is not None:
+            self.relay.stop()
         self.hub.close()
         if self.publisher is not None:
             self.publisher.stop()
@@ -239,14 +318,20 @@ def schema_problem(engine: Any) -> str | None:
 
 
 def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bool = False,
-                   heartbeat: float = 15.0, max_push: int = 10_000, ddi: Any = None,
-                   push: bool = True) -> TrackerWiring:
+                   heartbeat: float = 15.0, max_push: int = 10_000, pool: Any = None,
+                   data: Path | None = None, ddi: Any = None, push: bool = True
+                   ) -> TrackerWiring:
     """The tracker over ``config`` (a ``tracker.config.TrackerConfig``) with its notices
     (``heartbeat``: seconds between SSE heartbeats; ``max_push``: SSE streams and long-polls
-    of all devices at once; ``ddi``: the hawkBit DDI edge's ``DdiOptions``, ``None``: off; it
-    needs ``config.artifacts``). ``push=False`` (``serve --workers N``): the notices route
-    answers 501 with one line (``push_refused``): the hub of one process does not hear the
-    deployments made in another, so a stream would wait for ever.
+    of all devices at once; ``pool``: the database's ``store.PoolOptions``). On PostgreSQL a
+    ``notices.pg.NoticeRelay`` hears the other replicas' changes. ``data``: the firmware
+    server's data directory: its release records are the database's (``DatabaseReleases``,
+    the records of ``data/releases`` imported once), and deployments and campaigns name a
+    release it holds (``TrackerConfig.releases``). ``ddi``: the hawkBit DDI edge's
+    ``DdiOptions``, ``None``: off; it needs ``config.artifacts``. ``push=False``: the
+    notices route answers 501 with one line (``push_refused``; ``serve --workers N`` on
+    SQLite, where the hub of one process does not hear the deployments made in another, so
+    a stream would wait for ever; on PostgreSQL each worker's relay hears them).
 
     Raises:
         StorageError: the database cannot be opened.
@@ -256,11 +341,25 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
     from suitkit.tracker.edges.push_http import PushClients, create_push_router  # noqa: PLC0415
     from suitkit.tracker.notices import NotificationHub  # noqa: PLC0415
     from suitkit.tracker.notices.mqtt import MqttPublisher  # noqa: PLC0415
+    from suitkit.tracker.notices.pg import NoticeRelay  # noqa: PLC0415
     from suitkit.tracker.service import open_db  # noqa: PLC0415
 
-    db = open_db(config.db_url, clock=config.clock, quotas=config.quotas)
-    hub = NotificationHub(db.pending_update)
+    db = open_db(config.db_url, clock=config.clock, quotas=config.quotas, pool=pool)
+    releases = None
+    if data is not None:
+        releases = DatabaseReleases(db)
+        try:
+            releases.import_files(data)
+        except StorageError:
+            db.engine.dispose()
+            raise
+        config = dataclasses.replace(
+            config, releases=release_lookup(releases),
+            artifacts=config.artifacts or release_artifacts(data, records=releases))
+    hub = NotificationHub(db.notice, serials=db.store.serials)
     db.add_listener(hub.changed)
+    relay = NoticeRelay(db.store, hub)  # other replicas' changes (PostgreSQL)
+    relay.start()
     auth = Authenticator(config, db)
     clients = PushClients()
     routers: tuple[Any, ...] = (create_router(config, db, auth),
@@ -282,8 +381,10 @@ def tracker_routes(config: Any, *, mqtt: tuple[str, int] | None = None, coap: bo
             publisher = MqttPublisher(hub, *mqtt)
             publisher.start()
         except (ImportError, OSError, ValueError) as e:
+            relay.stop()
             db.engine.dispose()
             raise SuitError(f"cannot start the MQTT publisher for {mqtt[0]}:{mqtt[1]}: "
                             f"{e}") from e
     return TrackerWiring(routers, resources, hub, publisher, db=db,
-                         authorizer=release_authorizer(auth), push_clients=clients)
+                         authorizer=release_authorizer(auth), push_clients=clients,
+                         relay=relay, releases=releases)

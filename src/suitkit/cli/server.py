@@ -51,13 +51,7 @@ from suitkit.cli.common import (
     out,
     read_token,
 )
-from suitkit.cli.notices import (
-    TrackerWiring,
-    parse_host_port,
-    release_artifacts,
-    release_lookup,
-    tracker_routes,
-)
+from suitkit.cli.notices import TrackerWiring, parse_host_port, tracker_routes
 from suitkit.core.verify import TrustAnchor, TrustAnchors
 from suitkit.errors import StorageError, SuitError
 from suitkit.tracker.quotas import Quotas
@@ -151,6 +145,16 @@ def serve(
         "--db", "--tracker-db", help="Status tracker database URL (default "
         "sqlite:///DATA/tracker.db; e.g. postgresql+psycopg://user@host/suitkit); migrated to "
         "the newest schema on start.")] = None,
+    db_pool_size: Annotated[int, typer.Option(
+        "--db-pool-size", help="Database connections this process keeps open (with several "
+        "replicas on one PostgreSQL: replicas x (pool size + overflow + 1) must stay under "
+        "its max_connections).")] = 5,
+    db_max_overflow: Annotated[int, typer.Option(
+        "--db-max-overflow", help="Database connections opened beyond the pool under load.")
+    ] = 10,
+    db_pool_timeout: Annotated[float, typer.Option(
+        "--db-pool-timeout", help="Seconds a request waits for a database connection before "
+        "it fails (500).")] = 30.0,
     mqtt: Annotated[str | None, typer.Option(
         "--mqtt", help="MQTT broker HOST:PORT: publish each device's update notice to "
         "suitkit/devices/<id>/update (QoS 1, retained).")] = None,
@@ -203,7 +207,8 @@ def serve(
     workers: Annotated[int, typer.Option(
         "--workers", help="Server processes on the one port (each a whole server; rates "
         "per device are shared out among them). More than 1: no --coap-port or --mqtt, and "
-        "push notices (SSE, long-poll) are off: devices poll (docs/server.md).")] = 1,
+        "push notices (SSE, long-poll) need a PostgreSQL --db (each worker hears the others' "
+        "changes); on SQLite they are off: devices poll (docs/server.md).")] = 1,
 ) -> None:
     """Run the firmware server (verified uploads, immutable content-addressed downloads over
     HTTP and CoAP) and, with --admin-token-file, the status tracker and the dashboard."""
@@ -240,6 +245,9 @@ class ServeOptions:
     coap_port: int | None
     admin_token_file: Path | None
     db: str | None
+    db_pool_size: int
+    db_max_overflow: int
+    db_pool_timeout: float
     mqtt: str | None
     public_url: str | None
     device_reports_per_minute: float
@@ -340,6 +348,14 @@ def _serve(o: ServeOptions) -> None:
                         ("--max-connections", o.max_connections)):
         if value is not None and value < 1:
             fail(f"{name} must be at least 1", EXIT_USAGE)
+    db_pool_size, db_max_overflow, db_pool_timeout = (o.db_pool_size, o.db_max_overflow,
+                                                      o.db_pool_timeout)
+    if db_pool_size < 1 or not 0 <= db_max_overflow <= 10_000 or db_pool_size > 10_000:
+        fail(f"--db-pool-size must be 1 to 10000 and --db-max-overflow 0 to 10000, got "
+             f"{db_pool_size} and {db_max_overflow}", EXIT_USAGE)
+    if not 0 < db_pool_timeout <= 3600:
+        fail(f"--db-pool-timeout: expected 0 to 3600 seconds, got {db_pool_timeout:g}",
+             EXIT_USAGE)
     if not 1 <= workers <= MAX_WORKERS:
         fail(f"--workers: expected 1 to {MAX_WORKERS} processes, got {workers}", EXIT_USAGE)
     if workers > 1:
@@ -443,20 +459,27 @@ def _serve(o: ServeOptions) -> None:
                 from suitkit.dashboard import create_dashboard_router  # noqa: PLC0415
                 from suitkit.tracker.config import DdiOptions, TrackerConfig  # noqa: PLC0415
 
-                # deployments and campaigns name a release this server holds (the tracker
-                # derives and checks its envelope URL)
+                # deployments and campaigns name a release of the database's records, which
+                # this server writes as uploads commit; the DDI edge lists their files
+                # (tracker_routes(data=...))
+                tracker_config = TrackerConfig(db_url, admin_token, public_url=public_url,
+                                               quotas=quotas)
+                from suitkit.tracker.store import PoolOptions  # noqa: PLC0415
 
-                tracker_config = TrackerConfig(db_url, admin_token, releases=release_lookup(data),
-                                               public_url=public_url, quotas=quotas,
-                                               artifacts=release_artifacts(data))
                 wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None,
-                                        max_push=capacity.push, push=workers == 1,
+                                        max_push=capacity.push, data=data,
+                                        # several workers: each one's relay hears the others'
+                                        # changes on PostgreSQL (LISTEN/NOTIFY), not on SQLite
+                                        push=workers == 1 or _is_postgresql(db_url),
                                         ddi=DdiOptions(ddi_tenant, ddi_poll_seconds)
-                                        if ddi else None)
+                                        if ddi else None,
+                                        pool=PoolOptions(db_pool_size, db_max_overflow,
+                                                         db_pool_timeout))
                 routers = (*wiring.routers, create_dashboard_router(redirect_root=True))
             config = ServerConfig(data_dir=data, anchors=anchors, upload_token=token,
                                   max_upload_bytes=o.max_upload_mib * MIB, routers=routers,
                                   authorizer=wiring.authorizer if wiring is not None else None,
+                                  releases=wiring.releases if wiring is not None else None,
                                   max_requests=o.limit_concurrency,
                                   max_downloads=capacity.downloads,
                                   accel_redirect=accel_redirect,
@@ -586,6 +609,12 @@ class _Stops:
 
 
 MAX_WORKERS = 64
+
+
+def _is_postgresql(db_url: str) -> bool:
+    """Whether the tracker database of ``db_url`` is PostgreSQL (its notices cross processes
+    through LISTEN/NOTIFY: ``tracker.notices.pg``)."""
+    return db_url.split(":", 1)[0].split("+", 1)[0].lower() in ("postgresql", "postgres")
 _ONE_PROCESS = {
     "--coap-port": "one UDP port is served by one process (run a second suitkit serve with "
                    "--workers 1 --coap-port for CoAP)",

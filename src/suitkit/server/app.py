@@ -90,6 +90,7 @@ from suitkit.server.store import (
     ComponentRecord,
     ReleaseConflict,
     ReleaseRecord,
+    ReleaseRecords,
     is_digest,
 )
 
@@ -148,6 +149,10 @@ class ServerConfig:
     authorizer: Authorizer | None = None
     max_requests: int | None = 1000
     max_uploads: int = 8
+    releases: ReleaseRecords | None = None
+    """Where release records live (``server.store.ReleaseRecords``); ``None``: beside the
+    blobs, in the data directory (``BlobStore``). ``suitkit serve`` with the status tracker
+    gives its database: replicas sharing the blob directory agree on the releases."""
     max_downloads: int = 1000
     accel_redirect: str | None = None
     metrics: Metrics | None = None
@@ -453,7 +458,8 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
 
     release_id = verified.digest.value.hex()
     envelope_sha = hashlib.sha256(envelope).hexdigest()
-    previous = store.get_release(release_id)  # early refusal; add_release decides for good
+    records = config.releases if config.releases is not None else store
+    previous = records.get_release(release_id)  # early refusal; add_release decides for good
     if previous is not None and previous.envelope != envelope_sha:
         raise UploadRefused(409, str(ReleaseConflict(previous)))
     stored = {c.index: c.blob for c in previous.components} if previous is not None else {}
@@ -479,7 +485,7 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
                         blobs.get(e.index))
         for e in expected)
     try:
-        record, created = store.add_release(ReleaseRecord(
+        record, created = records.add_release(ReleaseRecord(
             release_id, verified.manifest.sequence_number, envelope_blob, components,
             integrated_blobs))
     except ReleaseConflict as e:  # another upload of this release won meanwhile
@@ -716,6 +722,7 @@ def _file_size(file: BinaryIO) -> int:
 def create_app(config: ServerConfig) -> FastAPI:
     """The firmware server application for ``config`` (see the module docstring)."""
     store = BlobStore(config.data_dir)
+    release_records: ReleaseRecords = config.releases if config.releases is not None else store
     summaries: dict[str, dict[str, Any] | None] = {}
     uploading = [0]  # uploads whose bodies are being read (event loop only)
 
@@ -827,8 +834,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def list_releases(request: Request) -> Response:
         """All releases, by sequence number."""
         await _authorize(request, config, "read")
-        records = await run_in_threadpool(store.releases)
-        docs = await run_in_threadpool(lambda: [described(r) for r in records])
+        found = await run_in_threadpool(release_records.releases)
+        docs = await run_in_threadpool(lambda: [described(r) for r in found])
         return JSONResponse({"releases": docs})
 
     @app.get("/api/v1/releases/{release_id}", dependencies=bearer,
@@ -837,7 +844,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         """One release by id (the manifest digest in hex)."""
         await _authorize(request, config, "read")
         try:
-            record = await run_in_threadpool(store.get_release, release_id)
+            record = await run_in_threadpool(release_records.get_release, release_id)
         except StorageError as e:
             raise UploadRefused(400, str(e)) from None
         if record is None:

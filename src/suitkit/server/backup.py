@@ -6,7 +6,8 @@
    consistent snapshot; with WAL, writers are not blocked meanwhile), checked with
    ``PRAGMA integrity_check``; PostgreSQL through ``pg_dump --format=custom`` (the connection's
    parts in ``PG*`` variables, never a password on a command line);
-2. the release records (``releases/*.json``);
+2. the release records (``releases/*.json``, and those the tracker's database keeps since
+   0007_notices, written out as such files: a restored server imports them once);
 3. the blobs (``blobs/xx/<sha256>``), each checked against its name while it is copied.
 
 In that order, everything a copied row or record refers to is copied after it: a deployment
@@ -163,6 +164,49 @@ def _copy_blobs(source: Path, target: Path) -> tuple[int, int]:
     return count, size
 
 
+def _database_releases(target: Path, snapshot: Path | None, pg_url: str | None) -> int:
+    """The release records of the tracker's database (its ``releases`` table: the SQLite
+    ``snapshot``, or the PostgreSQL database of ``pg_url``) into ``target/releases`` as
+    ``releases/<id>.json`` files, those not there already; how many were added. A database
+    without the table (a schema before 0007_notices) has none."""
+    rows: list[tuple[str, Any]] = []
+    try:
+        if snapshot is not None and snapshot.is_file():
+            with contextlib.closing(sqlite3.connect(snapshot)) as connection:
+                rows = [(i, json.loads(r)) for i, r in connection.execute(
+                    "SELECT id, record FROM releases")]
+        elif pg_url is not None:
+            from sqlalchemy import create_engine, text  # noqa: PLC0415
+            from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
+
+            engine = create_engine(pg_url)
+            try:
+                with engine.connect() as connection:
+                    rows = [(i, r) for i, r in connection.execute(
+                        text("SELECT id, record FROM releases"))]
+            except SQLAlchemyError as e:
+                if "releases" not in str(e):
+                    raise StorageError(f"cannot read the release records of the tracker "
+                                       f"database: {str(e).splitlines()[0][:200]}") from e
+            finally:
+                engine.dispose()
+    except sqlite3.OperationalError as e:
+        if "no such table" not in str(e):
+            raise StorageError(f"cannot read the release records of {snapshot}: {e}") from e
+    folder = target / "releases"
+    folder.mkdir(parents=True, exist_ok=True)
+    added = 0
+    for release_id, record in rows:
+        path = folder / f"{release_id}.json"
+        if not is_release_id(str(release_id)) or path.exists():
+            continue
+        path.write_bytes(json.dumps(record, indent=2, sort_keys=True).encode())
+        _fsync_file(path)
+        added += 1
+    fsync_dir(folder)
+    return added
+
+
 def _copy_releases(source: Path, target: Path, *, check_blobs: Path | None = None) -> int:
     """Every release record of ``source/releases`` into ``target/releases``; with
     ``check_blobs``, each is parsed and its blobs must be in that data directory."""
@@ -251,6 +295,10 @@ def backup(data: Path, target: Path, *, db_url: str | None = None) -> BackupSumm
                       str(work / _PG_FILE)], _pg_environment(pg_url), "pg_dump")
                 _fsync_file(work / _PG_FILE)
             releases = _copy_releases(data, work)
+            # the tracker's database keeps the release records since 0007_notices (replicas):
+            # written out as records too, read after the database's snapshot, before the blobs
+            releases += _database_releases(
+                work, work / _SQLITE_FILE if kind == "sqlite" else None, pg_url)
             blobs, size = _copy_blobs(data, work)
             summary = BackupSummary(target, releases, blobs, size, kind)
             manifest = work / MANIFEST

@@ -27,6 +27,12 @@ of them, and lookups that do not cache a file's absence.
 No name from a client ever becomes a path: blobs are looked up only by validated 64-character
 lower-case hex digests, releases only by validated hex ids.
 
+Release records elsewhere: ``ReleaseRecords`` is what the app needs of them (``add_release``,
+``get_release``, ``releases``); ``BlobStore`` is the one on disk. ``suitkit serve`` with the
+status tracker hands the app the tracker's database instead (``ServerConfig.releases``), so
+replicas on a shared blob directory agree on which releases exist; ``store_release`` is the
+rule both apply (the same envelope again merges its images, another envelope conflicts).
+
 Not here: verification (the app checks envelopes and images before storing), garbage
 collection of blobs no release refers to, replication.
 """
@@ -43,7 +49,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from suitkit.errors import StorageError
 from suitkit.fileio import atomic_write, fsync_dir, storage_error
@@ -53,8 +59,10 @@ __all__ = [
     "ComponentRecord",
     "ReleaseConflict",
     "ReleaseRecord",
+    "ReleaseRecords",
     "is_digest",
     "is_release_id",
+    "store_release",
 ]
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -130,6 +138,48 @@ class ReleaseConflict(StorageError):
         self.existing = existing
         super().__init__(message or f"release {existing.release_id} already exists with a "
                          f"different envelope ({existing.envelope})")
+
+
+class ReleaseRecords(Protocol):
+    """Where release records live (``BlobStore``'s files, or a database shared by replicas).
+
+    Every method raises ``StorageError`` when the records cannot be read or written."""
+
+    def add_release(self, record: ReleaseRecord) -> tuple[ReleaseRecord, bool]:
+        """Store ``record`` by ``store_release``'s rule, atomically; (stored, created)."""
+        ...
+
+    def get_release(self, release_id: str) -> ReleaseRecord | None: ...
+
+    def releases(self) -> list[ReleaseRecord]:
+        """Every release, by sequence number then id."""
+        ...
+
+
+def store_release(previous: ReleaseRecord | None, record: ReleaseRecord) -> ReleaseRecord:
+    """The record to keep when ``record`` is stored over ``previous``: ``record`` itself when
+    there is none; the same envelope stored again keeps every image the stored record refers to
+    and adds the ones ``record`` has (an upload of the envelope alone never drops an image; a
+    stored image is never replaced by another).
+
+    Raises:
+        ReleaseConflict: ``previous`` has a different envelope, or another image for a
+            component that has one.
+    """
+    if previous is None:
+        return record
+    if previous.envelope != record.envelope:
+        raise ReleaseConflict(previous)
+    stored = {c.index: c.blob for c in previous.components}
+    for c in record.components:
+        # An encrypted image is only size-checked (its digest is the plaintext's): another
+        # upload of the same public envelope must not swap it for other bytes.
+        if c.blob is not None and stored.get(c.index) not in (None, c.blob):
+            raise ReleaseConflict(previous, (
+                f"release {previous.release_id} component {c.index} already has image "
+                f"{stored[c.index]}; another image ({c.blob}) is refused (a stored "
+                "image is never replaced)"))
+    return _merged(previous, record)
 
 
 def _merged(previous: ReleaseRecord, new: ReleaseRecord) -> ReleaseRecord:
@@ -328,24 +378,10 @@ class BlobStore:
         """
         with self._records_locked():
             previous = self.get_release(record.release_id)
-            if previous is None:
-                self.put_release(record)
-                return record, True
-            if previous.envelope != record.envelope:
-                raise ReleaseConflict(previous)
-            stored = {c.index: c.blob for c in previous.components}
-            for c in record.components:
-                # An encrypted image is only size-checked (its digest is the plaintext's):
-                # another upload of the same public envelope must not swap it for other bytes.
-                if c.blob is not None and stored.get(c.index) not in (None, c.blob):
-                    raise ReleaseConflict(previous, (
-                        f"release {previous.release_id} component {c.index} already has image "
-                        f"{stored[c.index]}; another image ({c.blob}) is refused (a stored "
-                        "image is never replaced)"))
-            merged = _merged(previous, record)
-            if merged != previous:
-                self.put_release(merged)
-            return merged, False
+            kept = store_release(previous, record)
+            if kept != previous:
+                self.put_release(kept)
+            return kept, previous is None
 
     def get_release(self, release_id: str) -> ReleaseRecord | None:
         """The release with this id, or ``None``.

@@ -237,7 +237,7 @@ class CampaignEngine:
                 raise CampaignRefused("forbidden", f"{actor} created this campaign and cannot "
                                       "approve it; another operator must (four-eyes)")
             campaign.status, campaign.approved_by = "approved", actor[:128]
-            campaign.approved = campaign.updated = self.db.now()
+            campaign.approved = campaign.updated = tx.now()
             self._log(tx, campaign_id, actor, "approve")
         return self.get(campaign_id)
 
@@ -253,7 +253,7 @@ class CampaignEngine:
             device_ids = self._resolve(tx, campaign.target)
             if not device_ids:
                 raise CampaignRefused("conflict", "the campaign's target matches no device")
-            now = self.db.now()
+            now = tx.now()
             ordered = sorted(device_ids, key=lambda d: hashlib.sha256(
                 f"{campaign.id}{d}".encode()).digest())
             # at least one device by the first boundary: an empty open wave never advances
@@ -279,10 +279,9 @@ class CampaignEngine:
             self._expect(campaign, ("running",), "paused")
             campaign.status = "paused"
             campaign.pause_reason = f"paused by {actor}" + (f": {reason}" if reason else "")
-            campaign.updated = self.db.now()
+            campaign.updated = tx.now()
             self._log(tx, campaign_id, actor, "pause", reason)
-            held = self._not_started(tx, campaign.id)
-        self.db.announce(held)
+            tx.announce(self._not_started(tx, campaign.id))
         return self.get(campaign_id)
 
     def resume(self, campaign_id: str, actor: str) -> dict[str, Any]:
@@ -294,11 +293,10 @@ class CampaignEngine:
             counts = self._counts(tx, campaign.id)
             campaign.failures_acknowledged = sum(counts.get(s, 0) for s in _FAILED)
             campaign.status, campaign.pause_reason = "running", None
-            campaign.updated = self.db.now()
+            campaign.updated = tx.now()
             self._log(tx, campaign_id, actor, "resume")
             self._accept_shortfall(tx, campaign, actor, campaign.updated)
-            waiting = self._not_started(tx, campaign.id)
-        self.db.announce(waiting)
+            tx.announce(self._not_started(tx, campaign.id))
         self.tick(only=campaign_id)
         return self.get(campaign_id)
 
@@ -335,7 +333,7 @@ class CampaignEngine:
         with self.db.store.transaction() as tx:
             campaign = self._locked(tx, campaign_id)
             self._expect(campaign, ("draft", "approved", "running", "paused"), "cancelled")
-            now = self.db.now()
+            now = tx.now()
             withdrawn: list[str] = []
             # device rows locked in id order
             members = tx.members_in(campaign.id, ("pending", "notified", "downloaded"))
@@ -365,7 +363,7 @@ class CampaignEngine:
             campaign.status, campaign.finished, campaign.updated = "cancelled", now, now
             self._log(tx, campaign_id, actor, "cancel",
                       f"{len(withdrawn)} assignments withdrawn")
-        self.db.announce(withdrawn)
+            tx.announce(withdrawn)
         return self.get(campaign_id)
 
     def trigger(self, campaign_id: str, actor: str) -> dict[str, Any]:
@@ -380,7 +378,7 @@ class CampaignEngine:
                 raise CampaignRefused("conflict", "campaign was already triggered at "
                                       f"{iso(campaign.triggered)}")
             self._expect(campaign, ("running", "paused"), "triggered")
-            now = self.db.now()
+            now = tx.now()
             campaign.triggered = campaign.updated = now
             # the download phase's failures were judged against downloads; installs are judged
             # from here on (successes become ``succeeded``), as after a resume
@@ -389,7 +387,7 @@ class CampaignEngine:
             switched = self._switch_to_install(tx, campaign.id, now)
             self._log(tx, campaign_id, actor, "trigger",
                       f"{len(switched)} devices told to install")
-        self.db.announce(switched)
+            tx.announce(switched)
         self.tick(only=campaign_id)
         return self.get(campaign_id)
 
@@ -407,31 +405,28 @@ class CampaignEngine:
             ids = tx.running_campaign_ids(only)
         summary: dict[str, Any] = {"assigned": 0, "paused": [], "completed": [], "waves": []}
         for campaign_id in ids:
-            announced = self._tick_one(campaign_id, moment, summary)
-            self.db.announce(announced)
+            self._tick_one(campaign_id, moment, summary)
         return summary
 
-    def _tick_one(self, campaign_id: str, now: datetime, summary: dict[str, Any]
-                  ) -> list[str]:
-        announced: list[str] = []
+    def _tick_one(self, campaign_id: str, now: datetime, summary: dict[str, Any]) -> None:
         with self.db.store.transaction() as tx:
-            campaign = tx.lock_campaign(campaign_id, status="running")
+            campaign = tx.lock_campaign(campaign_id, status="running", skip_locked=True)
             if campaign is None:
-                return []  # paused, cancelled or completed meanwhile
+                return  # paused, cancelled or completed meanwhile, or another replica ticks
             previous, campaign.updated = campaign.updated, now  # the last tick or action
             if not self._evaluate(tx, campaign, now, summary):
                 # paused: devices not started now get 204; tell the push listeners
-                return self._not_started(tx, campaign.id) \
-                    if campaign.status == "paused" else []
+                if campaign.status == "paused":
+                    tx.announce(self._not_started(tx, campaign.id))
+                return
             open_now = schedule_open(campaign, now)
             if open_now != schedule_open(campaign, previous):
                 # the window opened or closed: members not started are released or held
-                announced = self._not_started(tx, campaign.id)
+                tx.announce(self._not_started(tx, campaign.id))
             if open_now:
                 assigned = self._assign(tx, campaign, now)
-                announced += assigned
+                tx.announce(assigned)
                 summary["assigned"] += len(assigned)
-        return announced
 
     def _evaluate(self, tx: Tx, campaign: Campaign, now: datetime,
                   summary: dict[str, Any]) -> bool:
@@ -654,7 +649,7 @@ class CampaignEngine:
 
     def _log(self, tx: Tx, campaign_id: str, actor: str, action: str,
              detail: str = "") -> None:
-        tx.add(CampaignLog(campaign_id=campaign_id, timestamp=self.db.now(),
+        tx.add(CampaignLog(campaign_id=campaign_id, timestamp=tx.now(),
                            actor=actor[:128], action=action, detail=detail))
 
     @staticmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from suitkit.core.report import MAX_REPORT_BYTES
@@ -13,10 +13,6 @@ from suitkit.tracker.quotas import Quotas
 
 __all__ = ["Artifact", "ArtifactLookup", "DdiOptions", "KnownRelease", "ReleaseArtifacts",
            "ReleaseLookup", "TrackerConfig"]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +78,8 @@ class TrackerConfig:
     ``admin_token``: the bootstrap admin bearer token (``--admin-token-file``), compared in
     constant time; ``None``: only API tokens and device credentials authenticate.
     ``limits``: decoding limits for reports. ``clock``: the current time (UTC); token expiry
-    is checked against it.
+    is checked against it; ``None`` (the default): the database's clock on PostgreSQL (every
+    replica agrees on it), the system clock on SQLite (``store.Store``).
     ``releases``: the firmware server's releases. With it a deployment or campaign names an
     uploaded release and the tracker derives its envelope URL (``public_url`` or the URL the
     request came to, ``/envelopes/<sha256>``); an unknown release, or an ``envelope_url`` that
@@ -97,7 +94,7 @@ class TrackerConfig:
     admin_token: str | None = None
     limits: Limits = field(default_factory=Limits)
     max_report_bytes: int = MAX_REPORT_BYTES
-    clock: Callable[[], datetime] = _utcnow
+    clock: Callable[[], datetime] | None = None
     releases: ReleaseLookup | None = None
     public_url: str | None = None
     quotas: Quotas = field(default_factory=Quotas)

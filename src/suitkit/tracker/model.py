@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -47,8 +48,10 @@ __all__ = [
     "CampaignMember",
     "Device",
     "DeviceEvent",
+    "DeviceNotice",
     "DeviceReport",
     "InstalledComponent",
+    "Release",
 ]
 
 STATES = ("notified", "downloading", "downloaded", "installing", "rebooting", "succeeded",
@@ -184,6 +187,39 @@ class Assignment(Base):
     """The history ``seq`` of the report the device sent for this update, ``None`` until then
     (one report per update); cleared when a new update starts (``notified``). Kept here, not
     read from the history: quotas and retention delete history rows."""
+
+
+class DeviceNotice(Base):
+    """The serial of a device's latest notice (``tracker.notices``): bumped by one in the
+    transaction that changes what the device should do (``store.Tx.announce``), so every
+    replica hands out the same serial for the same change and ``?after=<serial>`` means the
+    same on each. A device without a row has had no change yet (serial 1; the first change
+    makes it 2), so a device's first ``after=0`` is answered at once. A table of its own,
+    not a column of ``devices``: bumps take their rows last in a transaction, in id order, so
+    they never wait in a cycle with the device-row locks taken before them."""
+
+    __tablename__ = "device_notices"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    serial: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Release(Base):
+    """A release the firmware server holds (issue #12: the database, not a replica's disk, is
+    the record of which releases exist). Written when the upload commits; ``record`` is the
+    firmware server's release record (``server.store.ReleaseRecord.to_json``: components and
+    their blobs, which live in the shared blob directory)."""
+
+    __tablename__ = "releases"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    """The manifest digest, lower-case hex."""
+    sequence_number: Mapped[int] = mapped_column(BigInteger)
+    envelope: Mapped[str] = mapped_column(String(64))
+    """The SHA-256 of the envelope (its blob), lower-case hex."""
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created: Mapped[datetime] = mapped_column(DateTime)
 
 
 class ApiToken(Base):

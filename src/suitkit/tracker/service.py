@@ -68,9 +68,10 @@ from suitkit.tracker.model import (
     DeviceEvent,
     DeviceReport,
     InstalledComponent,
+    Release,
 )
 from suitkit.tracker.quotas import Quotas
-from suitkit.tracker.store import CheckinRow, Store, Tx, naive, open_store
+from suitkit.tracker.store import CheckinRow, PoolOptions, Store, Tx, naive, open_store
 
 __all__ = [
     "MAX_FACTS",
@@ -105,8 +106,9 @@ __all__ = [
     "verify_secret",
 ]
 
-AssignmentListener = Callable[[Sequence[str]], None]
-"""Called with the ids of devices whose assignment changed (see ``TrackerDB.add_listener``)."""
+AssignmentListener = Callable[[Mapping[str, int]], None]
+"""Called with ``{device id: notice serial}`` of devices whose assignment changed (see
+``TrackerDB.add_listener``)."""
 
 _log = logging.getLogger(__name__)
 SEEN_RESOLUTION = timedelta(seconds=30)
@@ -121,10 +123,6 @@ _DUMMY_HASH = f"{_SHA256}${'00' * 32}"
 NOT_STARTED = frozenset({"notified", "downloaded"})
 """The states of a campaign member (and its device) that has not started its assignment."""
 _WINDOW = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)")
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # --------------------------------------------------------------------------------- credentials
@@ -389,19 +387,33 @@ def _campaign_delivers(status: str, start_after: datetime | None, window: str | 
     return in_window(window, now)
 
 
-def _pending_of(row: CheckinRow, now: datetime) -> dict[str, Any] | None:
-    """The pending-update document of a device's check-in row (``now`` naive UTC), or
-    ``None``: no assignment, a done one, or one its campaign holds back (``deliverable``'s
-    rule, without a session)."""
+def _pending_of(row: CheckinRow, now: Callable[[], datetime]) -> dict[str, Any] | None:
+    """The pending-update document of a device's check-in row, or ``None``: no assignment, a
+    done one, or one its campaign holds back (``deliverable``'s rule, without a session).
+    ``now()``: the tracker's time (naive UTC; a query on PostgreSQL), read only when a
+    campaign may hold the device back."""
     if row.release is None or row.done is not None:
         return None
     if (row.campaign_id is not None and row.state in NOT_STARTED
             and row.campaign_status is not None
             and not _campaign_delivers(row.campaign_status, row.campaign_start_after,
-                                       row.campaign_window, now)):
+                                       row.campaign_window, now())):
         return None
     return {"release": row.release, "envelope_url": row.envelope_url, "action": row.action,
             "campaign": row.campaign_id}
+
+
+def _pending(tx: Tx, device_id: str) -> dict[str, Any] | None:
+    assignment = tx.assignment(device_id)
+    if assignment is None or assignment.done is not None:
+        return None
+    state = tx.device_state(device_id)
+    # the time (a query on PostgreSQL) only when a campaign may hold the device back
+    if assignment.campaign_id is not None and state in NOT_STARTED \
+            and not deliverable(tx, assignment, state, tx.now()):
+        return None
+    return {"release": assignment.release, "envelope_url": assignment.envelope_url,
+            "action": assignment.action, "campaign": assignment.campaign_id}
 
 
 def member_event(tx: Tx, assignment: Assignment, state: str, detail: str,
@@ -447,24 +459,15 @@ class TrackerDB:
         self._listeners: list[AssignmentListener] = []
 
     def add_listener(self, listener: AssignmentListener) -> None:
-        """Call ``listener(device_ids)`` after every committed change of those devices'
-        assignments (new, replaced, withdrawn): what push notifications hang on.
+        """Call ``listener(serials)`` after every committed change of devices' assignments
+        (new, replaced, withdrawn, held back or released by a campaign): ``serials`` maps
+        each device id to its new notice serial (iterated, the ids). What push notifications
+        hang on (``store.Store.add_listener``).
 
         Listeners run in the thread that made the change, after the commit; they must not
         block and must not raise (an exception is logged and ignored: the change is stored).
         """
-        self._listeners.append(listener)
-
-    def announce(self, device_ids: Sequence[str]) -> None:
-        """Tell the listeners that ``device_ids``' assignments changed (after the commit)."""
-        if not device_ids:
-            return
-        ids = tuple(dict.fromkeys(device_ids))
-        for listener in self._listeners:
-            try:
-                listener(ids)
-            except Exception:  # noqa: BLE001 - a listener must not undo a stored change
-                _log.exception("assignment listener %r failed", listener)
+        self.store.add_listener(listener)
 
     def fleet_counts(self, *, campaigns: int = 50) -> FleetCounts:
         """Devices per state, campaigns per status, and the members per state of the
@@ -490,7 +493,7 @@ class TrackerDB:
         secret = secrets.token_urlsafe(32)
         with self.store.transaction() as tx:
             tx.add(Device(id=device_id, name=name, credential_hash=hash_secret(secret),
-                          created=self.now(), hardware={}, history_count=0,
+                          created=tx.now(), hardware={}, history_count=0,
                           vendor_id=vendor_id, class_id=class_id))
         return device_id, secret
 
@@ -500,7 +503,8 @@ class TrackerDB:
         found = self.store.credential(device_id) if len(device_id) <= 36 else None
         stored, last_seen = found if found is not None else (_DUMMY_HASH, None)
         ok = verify_secret(secret, stored) and found is not None
-        now = self.now()
+        # a mark to 30 s: this process's clock, not a query of the database's per check-in
+        now = self.store.local_now()
         if ok and (last_seen is None or now - last_seen >= SEEN_RESOLUTION):
             # a write at most once per resolution, not per call
             self.store.mark_seen(device_id, now)
@@ -527,15 +531,15 @@ class TrackerDB:
         stored = row.credential_hash if row is not None else _DUMMY_HASH
         if not verify_secret(secret, stored) or row is None:
             return None
-        now = self.now()
-        if row.last_seen is None or now - row.last_seen >= SEEN_RESOLUTION:
-            self.store.mark_seen(device_id, now)  # may fail: Store._touch
+        seen = self.store.local_now()  # a coarse mark: this process's clock, no query
+        if row.last_seen is None or seen - row.last_seen >= SEEN_RESOLUTION:
+            self.store.mark_seen(device_id, seen)  # may fail: Store._touch
         send = False
         if inventory is not None:
             self.set_inventory(device_id, inventory, digest=inventory_digest)
         elif inventory_digest != row.inventory_digest:
             send = True
-        return CheckIn(_pending_of(row, now), row.state, send)
+        return CheckIn(_pending_of(row, self.now), row.state, send)
 
     def exists(self, device_id: str) -> bool:
         with self.store.transaction() as tx:
@@ -616,7 +620,7 @@ class TrackerDB:
             device.vendor_id = inventory.vendor_id
             device.class_id = inventory.class_id
             device.hardware = dict(inventory.hardware)
-            device.inventory_updated = self.now()
+            device.inventory_updated = tx.now()
             for row in old:
                 tx.delete(row)
             for position, (component_id, sequence, image) in enumerate(wanted):
@@ -666,10 +670,10 @@ class TrackerDB:
             tx.refresh(device)
             assignment = tx.assignment(device_id)
             if by_device:
-                _check_device_event(tx, device, assignment, state, self.now())
+                _check_device_event(tx, device, assignment, state, tx.now())
             result, finished = self._move(tx, device, assignment, seq, (state, detail))
-        if finished:  # the assignment is no longer pending: retained notices must say so
-            self.announce([device_id])
+            if finished:  # the assignment is no longer pending: retained notices must say so
+                tx.announce([device_id])
         return result
 
     def _move(self, tx: Tx, device: Device, assignment: Assignment | None, seq: int,
@@ -679,7 +683,7 @@ class TrackerDB:
         state, detail = step
         if state not in TRANSITIONS.get(device.state, frozenset()):
             raise TransitionRefused(device.state, state)
-        now = self.now()
+        now = tx.now()
         row = DeviceEvent(device_id=device.id, seq=seq, state=state,
                           previous=device.state, detail=detail, timestamp=now)
         tx.add(row)
@@ -722,7 +726,7 @@ class TrackerDB:
                 raise StorageError(f"no device {device_id}")
             tx.refresh(device)
             assignment = tx.assignment(device_id)
-            _check_device_event(tx, device, assignment, target, self.now())
+            _check_device_event(tx, device, assignment, target, tx.now())
             assert assignment is not None
             if release is not None and release.lower() != assignment.release.lower():
                 raise NotAssigned(f"the message is about release {release[:128]}; the "
@@ -740,8 +744,8 @@ class TrackerDB:
                                          (state, text[:_MAX_EVENT_DETAIL]))
                 added.append(event)
                 finished = finished or done
-        if finished:
-            self.announce([device_id])
+            if finished:  # no longer pending: retained notices must say so
+                tx.announce([device_id])
         return added
 
     def close_withdrawn(self, device_id: str, notified: datetime, detail: str
@@ -778,7 +782,7 @@ class TrackerDB:
             campaign = (tx.campaign(assignment.campaign_id)
                         if assignment.campaign_id is not None else None)
             pending = assignment.done is None and deliverable(tx, assignment, device.state,
-                                                              self.now())
+                                                              tx.now())
             return UpdateView(
                 device.state, device.state_changed, AssignmentView(
                     release=assignment.release, envelope_url=assignment.envelope_url,
@@ -806,7 +810,7 @@ class TrackerDB:
         results: list[dict[str, Any]] = []
         requested = list(dict.fromkeys(device_ids))
         with self.store.transaction() as tx:
-            now = self.now()
+            now = tx.now()
             # device rows are locked in ascending id order in every transaction (PostgreSQL:
             # two deployments, or a deployment and a campaign tick, cannot deadlock)
             for device_id in sorted(requested):
@@ -846,9 +850,9 @@ class TrackerDB:
                     assignment.campaign_id, assignment.action = None, "install"
                     assignment.reported = None
                 results.append({"id": device_id, "event": event})
+            tx.announce(r["id"] for r in results)
         order = {device_id: i for i, device_id in enumerate(requested)}
         results.sort(key=lambda r: order[r["id"]])
-        self.announce([r["id"] for r in results])
         return results
 
     def pending_update(self, device_id: str) -> dict[str, Any] | None:
@@ -856,7 +860,14 @@ class TrackerDB:
         "campaign"}``, or ``None`` (also while its campaign holds it back: paused, or outside
         its schedule, and the device has not started)."""
         row = self.store.checkin_read(device_id)  # the check-in's one read: the same rule
-        return _pending_of(row, self.now()) if row is not None else None
+        return _pending_of(row, self.now) if row is not None else None
+
+    def notice(self, device_id: str) -> tuple[dict[str, Any] | None, int]:
+        """The device's notice as one read: (``pending_update``, the serial of its latest
+        notice), the same on every replica (``store.Tx.announce``)."""
+        with self.store.transaction() as tx:
+            serial = tx.notice_serial(device_id)
+            return _pending(tx, device_id), serial
 
     def add_report(self, device_id: str, raw: bytes, summary: Mapping[str, Any], *,
                    release: str | None = None) -> dict[str, Any]:
@@ -875,7 +886,7 @@ class TrackerDB:
             seq = tx.lock_device(device_id)
             if release is not None:
                 _check_report(tx, device_id, release).reported = seq
-            row = DeviceReport(device_id=device_id, seq=seq, received=self.now(), raw=raw,
+            row = DeviceReport(device_id=device_id, seq=seq, received=tx.now(), raw=raw,
                                size=len(raw), summary=dict(summary))
             tx.add(row)
             tx.flush()
@@ -951,6 +962,37 @@ class TrackerDB:
         with self.store.transaction() as tx:
             return tx.report_bytes(device_id)
 
+    # ---- releases (the firmware server's, recorded here: every replica sees the same)
+
+    def put_release(self, release_id: str, sequence_number: int, envelope: str,
+                    decide: Callable[[dict[str, Any] | None], dict[str, Any]]
+                    ) -> tuple[dict[str, Any], bool]:
+        """Record a release in one transaction, under the lock of its id: ``decide(stored)``
+        gets the stored record (``None``: none yet) and returns the record to keep, or raises
+        (the firmware server's rule: the same envelope again merges its images, another
+        envelope is a conflict); (the record kept, whether it is new)."""
+        with self.store.transaction() as tx:
+            row = tx.lock_release(release_id)
+            record = decide(dict(row.record) if row is not None else None)
+            if row is None:
+                tx.add(Release(id=release_id, sequence_number=sequence_number,
+                               envelope=envelope, record=record, created=tx.now()))
+                return record, True
+            if record != row.record:
+                row.record = record
+            return record, False
+
+    def release(self, release_id: str) -> dict[str, Any] | None:
+        """The stored record of a release, or ``None``."""
+        with self.store.transaction() as tx:
+            row = tx.release(release_id)
+            return dict(row.record) if row is not None else None
+
+    def releases(self) -> list[dict[str, Any]]:
+        """Every stored release record, by sequence number then id."""
+        with self.store.transaction() as tx:
+            return [dict(row.record) for row in tx.releases()]
+
     # ---- API tokens
 
     def create_token(self, name: str, role: str, expires: datetime, created_by: str
@@ -962,7 +1004,7 @@ class TrackerDB:
         secret = secrets.token_urlsafe(32)
         with self.store.transaction() as tx:
             tx.add(ApiToken(id=token_id, name=name, role=role,
-                            secret_hash=hash_secret(secret), created=self.now(),
+                            secret_hash=hash_secret(secret), created=tx.now(),
                             expires=naive(expires), created_by=created_by[:128]))
         return token_id, secret
 
@@ -976,7 +1018,7 @@ class TrackerDB:
                 return TokenCheck("invalid")
             if row.revoked is not None:
                 return TokenCheck("revoked", row.name, row.role)
-            now = self.now()
+            now = tx.now()
             if row.expires <= now:
                 return TokenCheck("expired", row.name, row.role)
             check, last_used = TokenCheck("valid", row.name, row.role), row.last_used
@@ -1001,7 +1043,7 @@ class TrackerDB:
             if row is None:
                 return False
             if row.revoked is None:
-                row.revoked = self.now()
+                row.revoked = tx.now()
             return True
 
     # ---- audit log
@@ -1010,7 +1052,7 @@ class TrackerDB:
                      detail: str = "") -> None:
         """Append one entry to the audit log (who, in which role, did what to what)."""
         with self.store.transaction() as tx:
-            tx.add(AuditEntry(timestamp=self.now(), actor=actor[:128], role=role[:16],
+            tx.add(AuditEntry(timestamp=tx.now(), actor=actor[:128], role=role[:16],
                               action=action[:64], target=target[:MAX_AUDIT_TEXT],
                               detail=detail))
 
@@ -1111,12 +1153,12 @@ def _report_json(report: DeviceReport) -> dict[str, Any]:
 
 
 
-def open_db(url: str, *, clock: Callable[[], datetime] = _utcnow,
-            quotas: Quotas | None = None) -> TrackerDB:
+def open_db(url: str, *, clock: Callable[[], datetime] | None = None,
+            quotas: Quotas | None = None, pool: PoolOptions | None = None) -> TrackerDB:
     """The tracker at ``url`` (``store.open_store``: the schema is upgraded to the newest
     revision).
 
     Raises:
         StorageError: the URL is not usable, the database cannot be opened or migrated.
     """
-    return TrackerDB(open_store(url, clock=clock), quotas=quotas)
+    return TrackerDB(open_store(url, clock=clock, pool=pool), quotas=quotas)

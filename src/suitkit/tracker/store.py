@@ -14,17 +14,28 @@ of its history, so two concurrent events cannot both move a device from the same
 ``Tx.lock_campaign`` takes a campaign's row. A full disk is ``StorageFullError``, any other
 database failure ``StorageError``, with the driver's one-line message.
 
+Notices (``Tx.announce``): a transaction that changes what devices should do names them; at its
+end, last and in id order, each one's serial (``model.DeviceNotice``) is bumped, and on
+PostgreSQL a ``pg_notify`` on ``NOTICE_CHANNEL`` carries ``{device id: serial}`` in the same
+transaction (delivered to every listening replica when, and only if, it commits). After the
+commit the store's own listeners (``Store.add_listener``) hear the same serials in-process.
+``Store.open_listener`` gives a replica the dedicated connection it LISTENs on
+(``tracker.notices.pg``).
+
 Deliberately not here: what may be stored (the state machine, assignment checks, quotas and
 retention rules, credentials: ``tracker.service``), PostgreSQL-specific tuning.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import secrets
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -41,6 +52,7 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    make_url,
     or_,
     select,
     update,
@@ -59,13 +71,19 @@ from suitkit.tracker.model import (
     CampaignMember,
     Device,
     DeviceEvent,
+    DeviceNotice,
     DeviceReport,
     InstalledComponent,
+    Release,
 )
 
 __all__ = [
     "INITIAL_REVISION",
+    "NOTICE_CHANNEL",
     "CheckinRow",
+    "NoticeConnection",
+    "NoticeListener",
+    "PoolOptions",
     "Store",
     "Tx",
     "alembic_config",
@@ -73,11 +91,30 @@ __all__ = [
     "migrate",
     "naive",
     "open_store",
+    "parse_payload",
     "upgrade_schema",
 ]
 
 _log = logging.getLogger(__name__)
 _IN_BATCH = 500  # ids per IN (...): well under any database's bound-parameter limit
+NOTICE_CHANNEL = "suitkit_notices"
+"""The PostgreSQL channel of notices: payload ``{"o": origin, "s": {device id: serial}}``."""
+_NOTIFY_BYTES = 7000  # PostgreSQL refuses a payload of 8000 bytes or more
+NoticeListener = Callable[[Mapping[str, int]], None]
+"""Called after a commit with ``{device id: serial}`` of the devices it announced."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolOptions:
+    """The engine's connection pool, per process (``serve --db-pool-size``,
+    ``--db-max-overflow``, ``--db-pool-timeout``): ``size`` connections kept open,
+    ``max_overflow`` more opened under load, ``timeout`` seconds a request waits for one before
+    it fails (``StorageError``). With N replicas on one PostgreSQL, N x (size + max_overflow)
+    plus one listening connection each must stay under its ``max_connections``."""
+
+    size: int = 5
+    max_overflow: int = 10
+    timeout: float = 30.0
 
 
 def _utcnow() -> datetime:
@@ -91,36 +128,132 @@ def naive(moment: datetime) -> datetime:
 
 class Store:
     """The tracker's database over one engine. ``clock`` gives the current time (design.md
-    §3.1: time is a parameter); ``now()`` is it as stored (naive UTC).
+    §3.1: time is a parameter); ``None``: the database's clock on PostgreSQL (``now()``, one
+    per transaction: replicas whose clocks drift still agree on maintenance windows, expiry
+    and the order of what they store), the system clock on SQLite (one machine).
+    ``now()`` and ``Tx.now()`` are it as stored (naive UTC).
 
     Raises (every method): ``StorageError`` when the database fails.
     """
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] | None = None
+                 ) -> None:
         self.engine = engine
         self.clock = clock
+        self._db_clock = clock is None and engine.dialect.name == "postgresql"
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._single = engine.execution_options(isolation_level="AUTOCOMMIT")
         """For one statement alone (a read, a ``last_seen`` mark): no BEGIN and no ROLLBACK or
         COMMIT around it, two round trips fewer on PostgreSQL (about 0.2 ms of CPU a check-in);
         one statement is atomic and sees one snapshot by itself."""
         self._touch_logged = -60.0
+        self._listeners: list[NoticeListener] = []
+        self.origin = secrets.token_hex(8)
+        """This process's mark on its notifications (its own listener skips them: they were
+        heard in-process already)."""
 
     def now(self) -> datetime:
-        return naive(self.clock())
+        """The current time (naive UTC); on the database's clock, one query."""
+        if self._db_clock:
+            with self.transaction() as tx:
+                return tx.now()
+        return self.local_now()
+
+    def local_now(self) -> datetime:
+        """This process's time (naive UTC; the injected ``clock`` if any), never a query: for
+        coarse marks such as ``last_seen``, where a replica's drift does not matter."""
+        return naive(self.clock() if self.clock is not None else _utcnow())
+
+    def _tx_clock(self, session: Session) -> Callable[[], datetime]:
+        if self._db_clock:
+            def database() -> datetime:
+                moment = session.scalar(select(func.now()))  # the transaction's start
+                assert isinstance(moment, datetime)
+                return naive(moment)
+            return database
+        return self.now
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """One transaction. Raises ``StorageFullError`` when the disk or database is full
         (the transaction was rolled back: nothing of it is kept), ``StorageError`` else."""
+        serials: dict[str, int] = {}
         try:
             with self._sessions.begin() as session:
-                yield Tx(session)
+                tx = Tx(session, self._tx_clock(session))
+                yield tx
+                if tx.announced:
+                    serials = self._bump(session, tx.announced)
         except SQLAlchemyError as e:
             if _is_full(e):
                 raise StorageFullError(f"tracker database: the disk is full: "
                                        f"{_describe(e)}") from e
             raise StorageError(f"tracker database: {_describe(e)}") from e
+        if serials:
+            self.heard(serials)
+
+    def add_listener(self, listener: NoticeListener) -> None:
+        """Call ``listener({device id: serial})`` after every commit that announced devices
+        (``Tx.announce``), in the committing thread; it must not block. An exception is
+        logged and ignored: the change is stored."""
+        self._listeners.append(listener)
+
+    def heard(self, serials: Mapping[str, int]) -> None:
+        """Tell the listeners of committed notices (this process's, or another replica's)."""
+        for listener in self._listeners:
+            try:
+                listener(serials)
+            except Exception:  # noqa: BLE001 - a listener must not undo a stored change
+                _log.exception("notice listener %r failed", listener)
+
+    def _bump(self, session: Session, device_ids: Iterable[str]) -> dict[str, int]:
+        """Bump the notice serial of each device (the transaction's last writes, in id order)
+        and, on PostgreSQL, notify ``NOTICE_CHANNEL`` in the same transaction."""
+        ids = sorted(set(device_ids))
+        serials: dict[str, int] = {}
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert  # noqa: PLC0415
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment] # noqa: PLC0415
+        for start in range(0, len(ids), _IN_BATCH):
+            batch = ids[start:start + _IN_BATCH]
+            existing = set(session.scalars(select(Device.id).where(Device.id.in_(batch))))
+            rows = [{"device_id": i, "serial": 2} for i in batch if i in existing]
+            if not rows:
+                continue
+            statement = insert(DeviceNotice).values(rows)
+            statement = statement.on_conflict_do_update(
+                index_elements=[DeviceNotice.device_id],
+                set_={"serial": DeviceNotice.serial + 1})
+            session.execute(statement)
+            serials.update((device_id, int(serial)) for device_id, serial in session.execute(
+                select(DeviceNotice.device_id, DeviceNotice.serial)
+                .where(DeviceNotice.device_id.in_(batch))))
+        if dialect == "postgresql" and serials:
+            for payload in _payloads(self.origin, serials):
+                session.execute(select(func.pg_notify(NOTICE_CHANNEL, payload)))
+        return serials
+
+    def serials(self, device_ids: Collection[str]) -> dict[str, int]:
+        """The notice serial of each device of ``device_ids`` that has had a change."""
+        found: dict[str, int] = {}
+        ids = list(device_ids)
+        with self.transaction() as tx:
+            for start in range(0, len(ids), _IN_BATCH):
+                found.update(tx.notice_serials(ids[start:start + _IN_BATCH]))
+        return found
+
+    def open_listener(self) -> NoticeConnection | None:
+        """A dedicated connection LISTENing on ``NOTICE_CHANNEL`` (PostgreSQL; ``None`` on
+        SQLite, where every change is made in this process).
+
+        Raises:
+            StorageError: the database cannot be reached.
+        """
+        if self.engine.dialect.name != "postgresql":
+            return None
+        return NoticeConnection(self.engine, self.origin)
 
     def credential(self, device_id: str) -> tuple[str, datetime | None] | None:
         """The device's credential hash and ``last_seen`` (one Core statement: every request
@@ -206,8 +339,38 @@ class Tx:
     """One open transaction (``Store.transaction``): the queries, on rows of ``tracker.model``.
     Changes to the rows it returns are written at the end of the transaction."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, clock: Callable[[], datetime]) -> None:
         self._session = session
+        self._clock = clock
+        self._now: datetime | None = None
+        self.announced: dict[str, None] = {}
+        """The devices whose notices change with this transaction (``announce``)."""
+
+    def now(self) -> datetime:
+        """The transaction's time (naive UTC), read once: the database's on PostgreSQL (see
+        ``Store``), so every time written by one transaction is the same."""
+        if self._now is None:
+            self._now = self._clock()
+        return self._now
+
+    def announce(self, device_ids: Iterable[str]) -> None:
+        """What these devices should do changes with this transaction: at its end their
+        notice serials are bumped and, once it commits, every replica's watchers woken."""
+        self.announced.update(dict.fromkeys(device_ids))
+
+    def notice_serial(self, device_id: str) -> int:
+        """The serial of the device's latest notice (1: no change yet, so that a first
+        ``after=0`` is answered at once)."""
+        serial = self._session.scalar(select(DeviceNotice.serial)
+                                      .where(DeviceNotice.device_id == device_id))
+        return int(serial or 1)
+
+    def notice_serials(self, device_ids: Collection[str]) -> dict[str, int]:
+        """The serials of those of ``device_ids`` that have had a notice (at most
+        ``_IN_BATCH`` ids)."""
+        return {i: int(s) for i, s in self._session.execute(
+            select(DeviceNotice.device_id, DeviceNotice.serial)
+            .where(DeviceNotice.device_id.in_(list(device_ids))))}
 
     # ---- rows
 
@@ -372,6 +535,25 @@ class Tx:
                                   .execution_options(synchronize_session=False))
         return len(ids)
 
+    # ---- releases
+
+    def lock_release(self, release_id: str) -> Release | None:
+        """The release with this id, if any, after taking the lock of that id for this
+        transaction (PostgreSQL: an advisory lock, so two uploads of one new release, on two
+        replicas, are stored one after the other; SQLite has one writer at a time)."""
+        if self._session.get_bind().dialect.name == "postgresql":
+            self._session.execute(select(func.pg_advisory_xact_lock(
+                func.hashtext(f"suitkit-release:{release_id}"))))
+        return self._session.get(Release, release_id, populate_existing=True)
+
+    def release(self, release_id: str) -> Release | None:
+        return self._session.get(Release, release_id)
+
+    def releases(self) -> list[Release]:
+        """Every release, by sequence number then id."""
+        return list(self._session.scalars(select(Release)
+                                          .order_by(Release.sequence_number, Release.id)))
+
     # ---- tokens and audit
 
     def tokens(self) -> list[ApiToken]:
@@ -386,9 +568,19 @@ class Tx:
 
     # ---- campaigns
 
-    def lock_campaign(self, campaign_id: str, *, status: str | None = None) -> Campaign | None:
+    def lock_campaign(self, campaign_id: str, *, status: str | None = None,
+                      skip_locked: bool = False) -> Campaign | None:
         """The campaign (with ``status`` only, if given), its row locked for this transaction
-        (the first write) and read again; ``None`` if there is none."""
+        (the first write) and read again; ``None`` if there is none. ``skip_locked``: ``None``
+        at once when another transaction holds the row (PostgreSQL ``FOR UPDATE SKIP
+        LOCKED``: a replica's campaign tick does not queue behind another replica's tick of
+        the same campaign; SQLite has one writer at a time anyway)."""
+        if skip_locked and self._session.get_bind().dialect.name == "postgresql":
+            held = select(Campaign.id).where(Campaign.id == campaign_id)
+            if status is not None:
+                held = held.where(Campaign.status == status)
+            if self._session.scalar(held.with_for_update(skip_locked=True)) is None:
+                return None
         query = update(Campaign).where(Campaign.id == campaign_id)
         if status is not None:
             query = query.where(Campaign.status == status)
@@ -495,7 +687,83 @@ class Tx:
                                           .order_by(CampaignLog.id)))
 
 
-def open_store(url: str, *, clock: Callable[[], datetime] = _utcnow) -> Store:
+def _payloads(origin: str, serials: Mapping[str, int]) -> Iterator[str]:
+    """``{"o": origin, "s": {...}}`` documents of at most ``_NOTIFY_BYTES`` covering
+    ``serials`` (a notification's payload is bounded by PostgreSQL)."""
+    chunk: dict[str, int] = {}
+    size = 0
+    for device_id, serial in serials.items():
+        entry = len(device_id) + len(str(serial)) + 6
+        if chunk and size + entry > _NOTIFY_BYTES:
+            yield json.dumps({"o": origin, "s": chunk}, separators=(",", ":"))
+            chunk, size = {}, 0
+        chunk[device_id] = serial
+        size += entry
+    if chunk:
+        yield json.dumps({"o": origin, "s": chunk}, separators=(",", ":"))
+
+
+def parse_payload(payload: str) -> tuple[str, dict[str, int]] | None:
+    """(origin, {device id: serial}) of a notification on ``NOTICE_CHANNEL``, or ``None`` for
+    anything else (any client of the database may NOTIFY on the channel: nothing is trusted
+    but ids and whole numbers)."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("o"), str) \
+            or not isinstance(doc.get("s"), dict):
+        return None
+    serials = {k: v for k, v in doc["s"].items()
+               if isinstance(k, str) and 0 < len(k) <= 64 and type(v) is int and v >= 0}
+    return doc["o"], serials
+
+
+class NoticeConnection:
+    """A connection of its own (not from the pool) that LISTENs on ``NOTICE_CHANNEL``.
+
+    Raises (every method): ``StorageError`` when the connection fails (the caller opens a new
+    one)."""
+
+    def __init__(self, engine: Engine, origin: str) -> None:
+        import psycopg  # noqa: PLC0415 - PostgreSQL only
+
+        self.origin = origin
+        self._errors: tuple[type[Exception], ...] = (psycopg.Error, OSError)
+        try:
+            cargs, cparams = engine.dialect.create_connect_args(engine.url)
+            self._connection = psycopg.connect(*cargs, **{**cparams, "autocommit": True})
+        except self._errors as e:
+            raise StorageError(f"cannot listen for notices: {_describe(e)}") from e
+        try:
+            self._connection.execute(f"LISTEN {NOTICE_CHANNEL}")
+        except self._errors as e:
+            self.close()
+            raise StorageError(f"cannot listen for notices: {_describe(e)}") from e
+
+    def wait(self, timeout: float) -> list[dict[str, int]]:
+        """The notices of other replicas that arrive within ``timeout`` seconds (this
+        process's own are skipped: its listeners heard them at the commit)."""
+        found: list[dict[str, int]] = []
+        try:
+            # the first within the timeout, then whatever else arrived meanwhile
+            for wait, most in ((timeout, 1), (0.0, None)):
+                for notify in self._connection.notifies(timeout=wait, stop_after=most):
+                    parsed = parse_payload(notify.payload)
+                    if parsed is not None and parsed[0] != self.origin:
+                        found.append(parsed[1])
+        except self._errors as e:
+            raise StorageError(f"the notice listener's connection failed: "
+                               f"{_describe(e)}") from e
+        return found
+
+    def close(self) -> None:
+        with suppress(*self._errors):
+            self._connection.close()
+
+
+def open_store(url: str, *, clock: Callable[[], datetime] | None = None,
+               pool: PoolOptions | None = None) -> Store:
     """The tracker database at ``url`` (e.g. ``sqlite:////var/lib/suitkit/tracker.db`` or
     ``postgresql+psycopg://user@host/suitkit``), its schema upgraded to the newest revision
     (``upgrade_schema``).
@@ -504,8 +772,14 @@ def open_store(url: str, *, clock: Callable[[], datetime] = _utcnow) -> Store:
         StorageError: the URL is not usable, the database cannot be opened or migrated.
     """
     engine: Engine | None = None
+    options = pool or PoolOptions()
     try:
-        engine = create_engine(url)
+        parsed = make_url(url)
+        memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "",
+                                                                              ":memory:")
+        engine = create_engine(url) if memory else create_engine(
+            url, pool_size=options.size, max_overflow=options.max_overflow,
+            pool_timeout=options.timeout)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         upgrade_schema(engine)

@@ -236,6 +236,13 @@ def create_ddi_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
     def links(request: Request, tenant: str, device_id: str) -> str:
         return str(request.base_url).rstrip("/") + f"/{tenant}/controller/v1/{device_id}"
 
+    async def window_now(assignment: AssignmentView) -> datetime | None:
+        # the tracker's time (the database's clock on PostgreSQL), read only for a window
+        if assignment.window is None:
+            return None
+        now: datetime = await storage(tracker.now)
+        return now
+
     async def view_of(device_id: str) -> UpdateView:
         view: UpdateView | None = await storage(tracker.update_view, device_id)
         if view is None:  # authenticated a moment ago: deleted meanwhile
@@ -279,7 +286,7 @@ def create_ddi_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
             found["cancelAction"] = {"href": f"{base}/cancelAction/{cancelled}"}
         elif assignment is not None and assignment.pending:
             number = action_id(device_id, assignment.created)
-            kind = _types(assignment, config.clock())
+            kind = _types(assignment, await window_now(assignment))
             found["deploymentBase"] = {
                 "href": f"{base}/deploymentBase/{number}?c=-{_tag(kind)}"}
         if assignment is not None and assignment.done:
@@ -309,7 +316,7 @@ def create_ddi_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
                  "name": f"suit-{release.release[:16]}", "artifacts": items,
                  "metadata": [{"key": "suit-release", "value": release.release}]}
         body: dict[str, Any] = {"id": str(action), "deployment": {
-            **_types(assignment, config.clock()), "chunks": [chunk]}}
+            **_types(assignment, await window_now(assignment)), "chunks": [chunk]}}
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     @router.get(f"{_BASE}/deploymentBase/{{action}}", summary="A DDI deployment (the controller)")
@@ -452,13 +459,14 @@ def create_ddi_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
 # ============================================================================ mapping
 
 
-def _types(assignment: AssignmentView, now: datetime) -> dict[str, str]:
+def _types(assignment: AssignmentView, now: datetime | None) -> dict[str, str]:
     """DDI's action type of an assignment: ``download``/``update`` (forced, attempt, skip)
-    and the maintenance window."""
+    and the maintenance window (``now``: the tracker's time, naive UTC; read when there is
+    a window)."""
     handling = "forced" if assignment.campaign_id is not None else "attempt"
     kinds = {"download": handling,
              "update": "skip" if assignment.action == "download" else handling}
-    if assignment.window is not None:
+    if assignment.window is not None and now is not None:
         kinds["maintenanceWindow"] = ("available" if in_window(assignment.window, now)
                                       else "unavailable")
     return kinds

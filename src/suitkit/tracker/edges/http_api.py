@@ -65,7 +65,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -645,7 +645,9 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
         if type(days) is not int or not 1 <= days <= _MAX_EXPIRY_DAYS:
             raise Refused(400, f"expires_in_days: expected a whole number from 1 to "
                                f"{_MAX_EXPIRY_DAYS}, got {str(days)[:20]}")
-        expires = config.clock() + timedelta(days=days)
+        # the tracker's clock (the database's on PostgreSQL), as aware UTC
+        now = (await storage(tracker.now)).replace(tzinfo=UTC)
+        expires = now + timedelta(days=days)
         token_id, secret = await storage(tracker.create_token, name, role, expires, who.name)
         await audit_entry(who, "token.create", token_id, f"name {name!r}, role {role}, "
                                                          f"expires in {days} days")

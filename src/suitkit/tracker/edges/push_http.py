@@ -11,7 +11,9 @@
   reconnects) or when the server shuts down (``hub.close()``).
 - otherwise a long-poll, ``?wait=N`` (seconds, 0 to ``max_wait``, default 30) and
   ``?after=SERIAL``: 200 with the current notice as soon as its serial is greater than
-  ``after``; without ``after``, at once when a release is pending, else at the next change.
+  ``after`` (at once for an ``after`` above it: a cursor this database never gave); without
+  ``after``, at once when a release is pending, else at the next change. Serials are the
+  database's: a cursor from one replica means the same on another.
   204 when nothing happened within the wait.
 - at most ``max_per_device`` (4) streams and long-polls of one device at once: 429 beyond;
   at most ``max_total`` of all devices together: 503 beyond (both with ``Retry-After``).
@@ -199,9 +201,11 @@ def create_push_router(auth: Authenticator, hub: NotificationHub, *, heartbeat: 
         try:
             notice = await current(device_id)
             serial = int(notice["serial"])
-            ready = serial > after if after is not None else notice.get("release") is not None
+            # a cursor above the serial is not this database's (a server before serials were
+            # the database's handed out milliseconds): answered at once, never waited on
+            ready = serial != after if after is not None else notice.get("release") is not None
             if not ready and await _changed_unless_gone(
-                    request, hub.next_change(device_id, max(serial, after or 0), wait)):
+                    request, hub.next_change(device_id, serial, wait)):
                 notice, ready = await current(device_id), True
         finally:
             release()

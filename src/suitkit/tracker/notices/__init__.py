@@ -2,23 +2,28 @@
 
 A **notice** tells one device that its assignment changed: the tracker's pending-update document
 (``{"release", "envelope_url", "action", ...}``, or ``{"release": null}`` when nothing is
-pending) plus a ``serial`` that grows with every change. ``NotificationHub`` is fed by
-``TrackerDB.add_listener``: a change only bumps the device's serial and wakes whoever watches
-that device (SSE streams, long-polls, CoAP observers, the MQTT publisher); the document itself is
-read from the database by the watcher (``current``), never in the thread that made the change, so
-a deployment to many devices is not slowed down by its notices.
+pending) plus a ``serial`` that grows with every change. The serial is the database's
+(``model.DeviceNotice``, bumped in the transaction of the change, ``store.Tx.announce``), so
+every replica hands out the same serial for the same change and a device's ``after=<serial>``
+means the same on each; a cursor above the device's serial (one of a server before serials were
+the database's: those were milliseconds since 1970) is answered at once, never waited on.
 
-Serials start at the wall-clock time in milliseconds when the hub is created, so a restarted
-server hands out larger serials than the one before it (a device can keep ``after=<serial>``).
+``NotificationHub`` hears committed changes (``changed({device id: serial})``): from this
+process after each commit (``TrackerDB.add_listener``) and, on PostgreSQL, from every other
+replica through ``notices.pg`` (LISTEN/NOTIFY). A change only wakes whoever watches that device
+(SSE streams, long-polls, CoAP observers; the MQTT publisher watches this process's own changes
+only, ``local``); the document itself is read from the database by the watcher (``current``),
+never in the thread that made the change, so a deployment to many devices is not slowed down by
+its notices.
 
 Notices carry no secrets and are not trusted by devices: a device acts only on an envelope whose
 signatures it verifies. On MQTT and CoAP the topic / path is per device id; protect them with
 broker ACLs (MQTT) or OSCORE (CoAP) in production.
 
 The channels: ``notices.mqtt`` (MQTT, retained per device), ``notices.coap`` (CoAP observe), and
-the SSE and long-poll routes of ``edges.push_http``; each watches this hub. Deliberately not
-here: reading the database (the hub calls the ``pending`` function it is given, the service's
-``TrackerDB.pending_update``), any protocol.
+the SSE and long-poll routes of ``edges.push_http``; each watches this hub. ``notices.pg``
+carries changes between replicas. Deliberately not here: reading the database (the hub calls
+the ``notice`` function it is given, the service's ``TrackerDB.notice``), any protocol.
 """
 
 from __future__ import annotations
@@ -28,11 +33,10 @@ import contextlib
 import logging
 import string
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["ID_CHARACTERS", "MAX_ID", "NotificationHub", "Watcher", "is_record_id"]
+__all__ = ["ID_CHARACTERS", "MAX_ID", "Notice", "NotificationHub", "Watcher", "is_record_id"]
 
 Watcher = Callable[[str, int], None]
 """Called with ``(device_id, serial)`` after a change; must not block (it runs in the thread
@@ -54,6 +58,10 @@ def is_record_id(value: str, max_length: int = MAX_ID) -> bool:
     return 0 < len(value) <= max_length and ID_CHARACTERS.issuperset(value)
 
 
+Notice = Callable[[str], tuple[Mapping[str, Any] | None, int]]
+"""The service's ``TrackerDB.notice``: (pending-update document or ``None``, serial)."""
+
+
 def _settle(future: asyncio.Future[None]) -> None:
     """Wake whoever awaits ``future`` (once: a later wake-up finds it done)."""
     if not future.done():
@@ -61,18 +69,18 @@ def _settle(future: asyncio.Future[None]) -> None:
 
 
 class NotificationHub:
-    """Per device, the serial of its latest notice and its document; thread-safe.
+    """Per device, the serial of its latest notice heard, and who watches it; thread-safe.
 
-    ``pending(device_id)`` is the tracker's ``TrackerDB.pending_update``.
+    ``notice(device_id)`` is the tracker's ``TrackerDB.notice``; ``serials(ids)`` (optional)
+    reads the serials of many devices at once (``store.Store.serials``), for ``resync``.
     """
 
-    def __init__(self, pending: Callable[[str], Mapping[str, Any] | None], *,
-                 clock: Callable[[], float] = time.time) -> None:
-        self._pending = pending
+    def __init__(self, notice: Notice, *,
+                 serials: Callable[[list[str]], Mapping[str, int]] | None = None) -> None:
+        self._notice = notice
+        self._serials = serials
         self._lock = threading.Lock()
-        self._serial = int(clock() * 1000)
         self._latest: dict[str, int] = {}
-        self._announced: dict[str, None] = {}  # changed, or asked about by the device itself
         self._watchers: dict[str, set[Watcher]] = {}
         self._all: set[Watcher] = set()
         self._closers: set[Callable[[], None]] = set()
@@ -85,71 +93,70 @@ class NotificationHub:
 
     @property
     def notices_made(self) -> int:
-        """Notices made since the hub started: one per device whose assignment changed
-        (each then goes to its SSE streams, long-polls, MQTT and CoAP observers)."""
+        """Notices made by this process since the hub started: one per device whose assignment
+        a change committed here changed (each then goes to its SSE streams, long-polls, MQTT and
+        CoAP observers; another replica's changes are counted by that replica)."""
         return self._made
 
-    def _next(self) -> int:
-        self._serial += 1
-        return self._serial
+    def _remember(self, device_id: str, serial: int) -> int:
+        """Keep the larger of the known and ``serial`` (under the lock; bounded)."""
+        known = self._latest.get(device_id)
+        if known is not None and known >= serial:
+            return known
+        if known is None and len(self._latest) >= _MAX_CACHED:
+            self._latest.pop(next(iter(self._latest)))
+        self._latest[device_id] = serial
+        return serial
 
-    def changed(self, device_ids: Any) -> None:
-        """The ``TrackerDB`` listener: these devices' assignments changed."""
+    def changed(self, serials: Mapping[str, int], *, local: bool = True) -> None:
+        """Committed changes: ``{device id: serial}``. ``local``: made by this process (the
+        watchers of every device, the MQTT publisher, hear only these; another replica's
+        changes are published by that replica)."""
         woken: list[tuple[Watcher, str, int]] = []
         with self._lock:
-            for device_id in device_ids:
-                serial = self._next()
-                self._made += 1
-                if len(self._latest) >= _MAX_CACHED and device_id not in self._latest:
-                    self._latest.pop(next(iter(self._latest)))
-                self._latest[device_id] = serial
-                self._announce(device_id)
+            for device_id, serial in serials.items():
+                self._remember(device_id, int(serial))
+                if local:
+                    self._made += 1
                 woken += [(w, device_id, serial) for w in self._watchers.get(device_id, ())]
-                woken += [(w, device_id, serial) for w in self._all]
+                if local:
+                    woken += [(w, device_id, serial) for w in self._all]
         for watcher, device_id, serial in woken:
             try:
                 watcher(device_id, serial)
             except Exception:  # noqa: BLE001 - one broken watcher must not stop the others
                 _log.exception("notice watcher %r failed", watcher)
 
+    def resync(self) -> None:
+        """Read again the serial of every watched device and wake its watchers (after the
+        connection that hears other replicas was lost: a change made meanwhile is not
+        missed). Raises ``StorageError`` when the database fails."""
+        if self._serials is None:
+            return
+        with self._lock:
+            watched = list(self._watchers)
+        if watched:
+            self.changed(dict(self._serials(watched)), local=False)
+
     def serial(self, device_id: str) -> int | None:
-        """The serial of the device's latest notice, if the hub has one (no database read)."""
+        """The serial of the device's latest notice heard (no database read)."""
         with self._lock:
             return self._latest.get(device_id)
 
-    def _announce(self, device_id: str) -> None:
-        """Remember the device for ``known`` (under the lock; bounded like ``_latest``)."""
-        if len(self._announced) >= _MAX_CACHED and device_id not in self._announced:
-            self._announced.pop(next(iter(self._announced)))
-        self._announced[device_id] = None
-
-    def current(self, device_id: str, *, authenticated: bool = True) -> dict[str, Any]:
-        """The device's notice ``{..pending update.., "serial"}``: the document is read from the
-        database each time (so it is never stale, also after a final event that was not
-        announced); call it from a worker thread in async code. ``authenticated=False``: the
-        asker was not the device (CoAP, anyone over UDP): the id gets a serial but is not one
-        ``known`` returns (the MQTT publisher would publish a retained notice for every id
-        anyone made up, again at each reconnection).
+    def current(self, device_id: str) -> dict[str, Any]:
+        """The device's notice ``{..pending update.., "serial"}``, read from the database each
+        time (so it is never stale, also after a final event that was not announced); call it
+        from a worker thread in async code.
 
         Raises:
             StorageError: the database fails.
         """
+        found, serial = self._notice(device_id)
         with self._lock:
-            serial = self._latest.get(device_id)
-            if serial is None:  # any id can be asked about (CoAP is unauthenticated): bounded
-                if len(self._latest) >= _MAX_CACHED:
-                    self._latest.pop(next(iter(self._latest)))
-                serial = self._latest[device_id] = self._next()
-            if authenticated:
-                self._announce(device_id)
-        found = self._pending(device_id)
+            if device_id in self._latest or self._watchers.get(device_id):
+                self._remember(device_id, serial)
         doc = dict(found) if found is not None else {"release": None}
         return {**doc, "serial": serial}
-
-    def known(self) -> list[str]:
-        """The devices changed, or asked about by themselves, since the hub started."""
-        with self._lock:
-            return list(self._announced)
 
     def watch(self, device_id: str | None, watcher: Watcher) -> Callable[[], None]:
         """Call ``watcher`` after each change of ``device_id`` (``None``: of every device);

@@ -108,7 +108,7 @@ class NoticeResource(aiocoap.resource.ObservableResource,  # type: ignore[misc]
             return _text(Code.NOT_FOUND, "expected /notices/<device-id>")
         try:
             notice = await asyncio.get_running_loop().run_in_executor(
-                None, functools.partial(self.hub.current, device_id, authenticated=False))
+                None, functools.partial(self.hub.current, device_id))
         except StorageError:
             return _text(Code.INTERNAL_SERVER_ERROR, "the tracker could not read its database")
         response = aiocoap.Message(code=Code.CONTENT, content_format=CONTENT_FORMAT_JSON,

@@ -3,7 +3,7 @@ of the inventory it last sent (``devices.inventory_digest``), so a check-in that
 digest writes nothing and reads no component.
 
 Revision ID: 0008_checkin
-Revises: 0006_reported
+Revises: 0007_notices
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_checkin"
-down_revision: str | None = "0006_reported"
+down_revision: str | None = "0007_notices"
 branch_labels: str | None = None
 depends_on: str | None = None
 
