@@ -336,15 +336,22 @@ def create_ddi_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         assignment = current(device_id, await view_of(device_id), number, finished=True)
         return await deployment(request, tenant, device_id, number, assignment)
 
-    @router.post(f"{_BASE}/deploymentBase/{{action}}/feedback",
-                 summary="Feedback on a DDI deployment (the controller)")
-    async def deployment_feedback(request: Request, tenant: str, controller_id: str,
-                                  action: str) -> Response:
+    async def feedback_on(request: Request, tenant: str, controller_id: str,
+                          action: str) -> tuple[str, int, Feedback]:
+        """The controller's device, the action's number and its feedback, checked (a
+        feedback counts as a device event for the rate limit)."""
         device_id = await controller(request, tenant, controller_id)
         number = _action_path(action)
         throttle(device_id, "events")
         feedback = _parsed(Feedback, await json_object(request), "feedback")
         _same_id(feedback, number)
+        return device_id, number, feedback
+
+    @router.post(f"{_BASE}/deploymentBase/{{action}}/feedback",
+                 summary="Feedback on a DDI deployment (the controller)")
+    async def deployment_feedback(request: Request, tenant: str, controller_id: str,
+                                  action: str) -> Response:
+        device_id, number, feedback = await feedback_on(request, tenant, controller_id, action)
         view = await view_of(device_id)
         assignment = view.assignment
         if assignment is None or action_id(device_id, assignment.created) != number:
@@ -383,11 +390,7 @@ def create_ddi_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
                  summary="Feedback on a DDI cancellation (the controller)")
     async def cancel_feedback(request: Request, tenant: str, controller_id: str,
                               action: str) -> Response:
-        device_id = await controller(request, tenant, controller_id)
-        number = _action_path(action)
-        throttle(device_id, "events")
-        feedback = _parsed(Feedback, await json_object(request), "feedback")
-        _same_id(feedback, number)
+        device_id, number, feedback = await feedback_on(request, tenant, controller_id, action)
         view = await view_of(device_id)
         if _cancelled_id(device_id, view) != number or view.state_changed is None:
             raise Refused(409, f"action {number} of controller {device_id} is not cancelled; "
