@@ -161,14 +161,14 @@ def test_refusals_exit_1_with_the_servers_error(
     assert code == 1 and "HTTP 401" in one_error_line(err)
 
 
-def test_bad_usage_and_unreachable_servers_exit_2(
+def test_bad_usage_exits_2_and_unreachable_servers_exit_5(
         server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
     code, _, err = run(capsys, "devices", "list", "--server", closed, "--token-file",
                        server.admin_file, "--timeout", "5")
-    assert code == 2 and "cannot reach" in one_error_line(err)
+    assert code == 5 and "cannot reach" in one_error_line(err)
     code, _, err = run(capsys, "devices", "list", "--server", "ftp://x", "--token-file",
                        server.admin_file)
     assert code == 2 and "--server" in one_error_line(err)

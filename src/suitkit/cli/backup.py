@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from suitkit.cli.common import handles_errors, out
+from suitkit.cli.common import handles_errors, new_app, out
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = new_app()
 
 _DATA_HELP = "The server's data directory (as serve --data; also SUITKIT_DATA)."
 _DB_HELP = ("The tracker database URL if not DATA/tracker.db (as serve --db; also SUITKIT_DB): "

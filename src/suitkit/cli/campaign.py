@@ -16,15 +16,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from suitkit.cli.common import EXIT_USAGE, fail, handles_errors, out
+from suitkit.cli.common import EXIT_USAGE, fail, handles_errors, new_app, out
 from suitkit.cli.operator import ApiClient, ServerOption, TimeoutOption, TokenFileOption
 
 __all__ = ["campaign_app"]
 
-campaign_app = typer.Typer(
+campaign_app = new_app(
     help="Update campaigns (operator): create, approve, start, pause, resume, cancel, trigger, "
-    "status, list; device tags.", no_args_is_help=True, add_completion=False,
-    pretty_exceptions_enable=False)
+    "status, list; device tags.", no_args_is_help=True)
 
 _PATH = "/api/v1/campaigns"
 IdArgument = Annotated[str, typer.Argument(metavar="ID", help="Campaign id.")]

@@ -31,6 +31,7 @@ from suitkit.cli.common import (
     err,
     fail,
     handles_errors,
+    new_app,
     out,
     read_input,
 )
@@ -53,14 +54,12 @@ from suitkit.errors import (
 )
 from suitkit.fileio import atomic_write
 
-app = typer.Typer(
+app = new_app(
     name="suitkit",
     help="SUIT firmware updates (RFC 9019): author, sign, verify and inspect manifests; "
     "simulated and Linux-class devices; a firmware server.",
-    add_completion=False,
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=True,  # suitkit --install-completion (bash, zsh, fish, PowerShell)
 )
 
 def load_envelope(path: Path) -> Envelope:

@@ -32,9 +32,11 @@ from rich.tree import Tree
 
 from suitkit.cli.common import (
     EXIT_FAILED,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     fail,
     handles_errors,
+    new_app,
     out,
     read_token,
 )
@@ -43,12 +45,10 @@ from suitkit.fileio import atomic_write, fsync_dir
 __all__ = ["ApiClient", "ServerOption", "TimeoutOption", "TokenFileOption", "devices_app",
            "token_app"]
 
-token_app = typer.Typer(help="API tokens of the status tracker (admin): create, list, revoke.",
-                        no_args_is_help=True, add_completion=False,
-                        pretty_exceptions_enable=False)
-devices_app = typer.Typer(help="Devices known to the status tracker (admin, operator).",
-                          no_args_is_help=True, add_completion=False,
-                          pretty_exceptions_enable=False)
+token_app = new_app(help="API tokens of the status tracker (admin): create, list, revoke.",
+                    no_args_is_help=True)
+devices_app = new_app(help="Devices known to the status tracker (admin, operator).",
+                      no_args_is_help=True)
 
 ServerOption = Annotated[str, typer.Option(
     "--server", envvar="SUITKIT_SERVER", help="Server URL, e.g. http://127.0.0.1:8080.")]
@@ -64,7 +64,7 @@ _PAGE = 1000  # items per request when following a paged list
 @dataclass(frozen=True, slots=True)
 class ApiClient:
     """Calls to the server's JSON API with a bearer token; every failure is one line and an
-    exit status (1 refused by the server, 2 unreachable or not the expected answer)."""
+    exit status (1 refused by the server, 2 not the expected answer, 5 unreachable)."""
 
     server: str
     token: str
@@ -89,7 +89,7 @@ class ApiClient:
             response = httpx.request(method, url, json=body, params=params, timeout=self.timeout,
                                      headers={"Authorization": f"Bearer {self.token}"})
         except httpx.HTTPError as e:
-            fail(f"cannot reach {self.server}: {type(e).__name__}: {e}", EXIT_USAGE)
+            fail(f"cannot reach {self.server}: {type(e).__name__}: {e}", EXIT_UNREACHABLE)
         doc = _json(response)
         if response.status_code not in set(ok):
             message = doc.get("error") if isinstance(doc, dict) else None

@@ -44,10 +44,12 @@ from rich.progress import (
 from suitkit.author import keys as keyfiles
 from suitkit.cli.common import (
     EXIT_FAILED,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     err,
     fail,
     handles_errors,
+    new_app,
     out,
     read_token,
 )
@@ -58,7 +60,7 @@ from suitkit.tracker.quotas import Quotas
 
 DEFAULT_QUOTAS = Quotas()
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = new_app()
 
 MIB = 1024 * 1024
 
@@ -72,7 +74,7 @@ def serve(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(
         "--config", help="TOML file of serve's options (keys as the flags, dashes as "
-        "underscores; docs/operations.md); also SUITKIT_CONFIG. Flags win over SUITKIT_<KEY> "
+        "underscores; docs/operations.md); also SUITKIT_CONFIG. Flags win over `SUITKIT_<KEY>` "
         "environment variables, which win over the file.")] = None,
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="Print the configuration in force (TOML, each value's source, "
@@ -157,7 +159,7 @@ def serve(
         "it fails (500).")] = 30.0,
     mqtt: Annotated[str | None, typer.Option(
         "--mqtt", help="MQTT broker HOST:PORT: publish each device's update notice to "
-        "suitkit/devices/<id>/update (QoS 1, retained).")] = None,
+        "`suitkit/devices/<id>/update` (QoS 1, retained).")] = None,
     public_url: Annotated[str | None, typer.Option(
         "--public-url", help="This server's base URL as devices reach it (e.g. "
         "https://fw.example.com), for the envelope URLs the tracker derives; default: the URL "
@@ -201,7 +203,7 @@ def serve(
         "most 10000 rows per table).")] = DEFAULT_QUOTAS.retention_interval,
     accel_redirect: Annotated[str | None, typer.Option(
         "--accel-redirect", metavar="PREFIX", help="Hand the bytes of /firmware and "
-        "/envelopes downloads to nginx in front: answer X-Accel-Redirect: PREFIX<ab>/<sha256> "
+        "/envelopes downloads to nginx in front: answer `X-Accel-Redirect: PREFIX<ab>/<sha256>` "
         "(e.g. /_suitkit_blobs/, an internal nginx location over DATA/blobs/; "
         "docs/server.md, Scale out).")] = None,
     workers: Annotated[int, typer.Option(
@@ -221,7 +223,7 @@ def serve(
 
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
-    """Every option of ``serve`` in force (flag > SUITKIT_<KEY> > config file > default),
+    """Every option of ``serve`` in force (flag > `SUITKIT_<KEY>` > config file > default),
     built once by ``serve_options``; the field names are serve's parameter names."""
 
     data: Path | None
@@ -828,8 +830,7 @@ def _listen(host: str, port: int, option: str = "--host") -> socket.socket:
     return sock
 
 
-db_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                     help="The status tracker's database: schema migrations.")
+db_app = new_app(help="The status tracker's database: schema migrations.")
 app.add_typer(db_app, name="db")
 
 
@@ -938,7 +939,7 @@ def upload(
                                       timeout=timeout,
                                       headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as e:
-            fail(f"cannot upload to {url}: {type(e).__name__}: {e}", EXIT_FAILED)
+            fail(f"cannot reach {url} to upload: {type(e).__name__}: {e}", EXIT_UNREACHABLE)
     doc = _json(response)
     if response.status_code not in (200, 201):
         message = doc.get("error") if isinstance(doc, dict) else None
@@ -962,8 +963,7 @@ def _json(response: httpx.Response) -> Any:
         return None
 
 
-config_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                         help="serve's configuration (flags > SUITKIT_<KEY> > file > defaults).")
+config_app = new_app(help="serve's configuration (flags > `SUITKIT_<KEY>` > file > defaults).")
 app.add_typer(config_app, name="config")
 
 

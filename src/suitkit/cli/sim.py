@@ -27,6 +27,7 @@ from suitkit.cli.common import (
     EXIT_USAGE,
     fail,
     handles_errors,
+    new_app,
     out,
     read_token,
 )
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
     from suitkit.sim.load import LoadResult
     from suitkit.sim.swarm import Swarm
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="Simulated devices: a fleet in one process, for load.")
+app = new_app(no_args_is_help=True,
+              help="Simulated devices: a fleet in one process, for load.")
 
 MODE_CHOICES = ("poll", "push", "hybrid", "mixed")
 
