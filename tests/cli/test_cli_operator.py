@@ -202,6 +202,16 @@ def test_devices_list_and_show(server: Server, capsys: pytest.CaptureFixture[str
     code, out, err = run(capsys, "devices", "show", device["id"], *common(server))
     assert code == 0, err
     assert "[00] sequence 3" in out and "board: nrf52840" in out and "-> notified" in out
+    for state in ("downloading", "downloaded"):
+        httpx.post(f"{server.url}/api/v1/devices/{device['id']}/events", headers=device_auth,
+                   timeout=10, json={"state": state}).raise_for_status()
+    code, out, err = run(capsys, "devices", "show", device["id"], "--limit", "2", "--json",
+                         *common(server))
+    assert code == 0, err
+    assert [h["state"] for h in json.loads(out)["history"]] == ["downloading", "downloaded"]
+    code, out, err = run(capsys, "devices", "show", device["id"], "--limit", "1",
+                         *common(server))
+    assert code == 0 and "-> downloaded" in out and "-> notified" not in out, out
     code, _, err = run(capsys, "devices", "show", "00000000-0000-4000-8000-000000000000",
                        *common(server))
     assert code == 1 and "HTTP 404" in one_error_line(err)

@@ -289,13 +289,17 @@ def devices_list(server: ServerOption, token_file: TokenFileOption, limit: Limit
 def devices_show(device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id.")],
                  server: ServerOption, token_file: TokenFileOption, limit: LimitOption = None,
                  as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
-    """One device: identity, inventory and update history (``--limit``: its first N items;
-    admin, operator)."""
+    """One device: identity, inventory and update history, oldest first (``--limit``: its
+    newest N items; admin, operator)."""
     if not device_id or "/" in device_id or len(device_id) > 36:
         fail(f"expected a device id (a UUID), got {device_id[:40]!r}", EXIT_USAGE)
     client = ApiClient.from_options(server, token_file, timeout)
     device = client.get(f"/api/v1/devices/{device_id}")
-    history = client.pages(f"/api/v1/devices/{device_id}/history", "history", limit=limit)
+    path = f"/api/v1/devices/{device_id}/history"
+    if limit is None:
+        history = client.pages(path, "history")
+    else:  # the newest N, shown in the order they happened
+        history = client.pages(path, "history", limit=limit, params={"order": "newest"})[::-1]
     if not isinstance(device, dict):
         fail("unexpected answer from the server: not a device", EXIT_USAGE)
     if as_json:
