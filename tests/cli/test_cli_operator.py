@@ -123,6 +123,23 @@ def test_token_create_prints_the_token_without_out(
     assert token.startswith("tok_") and "\n" not in token and "author" in err
 
 
+def test_token_create_and_revoke_in_json(server: Server,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "token", "create", "script", "--role", "author", "--json",
+                         *common(server))
+    assert code == 0, err
+    made = json.loads(out)
+    assert made["role"] == "author" and made["token"].startswith(f"tok_{made['id']}.")
+    out_file = server.tmp / "script.token"
+    code, out, err = run(capsys, "token", "create", "script-2", "--role", "author", "--json",
+                         "--out", out_file, *common(server))
+    doc = json.loads(out)
+    assert code == 0 and "token" not in doc and doc["written_to"] == str(out_file)
+    assert out_file.read_text().strip() not in out
+    code, out, err = run(capsys, "token", "revoke", made["id"], "--json", *common(server))
+    assert code == 0 and json.loads(out) == {"id": made["id"], "revoked": True}
+
+
 def test_token_list_and_revoke(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "token", "create", "to-go", "--role", "author", *common(server))
     token_id = out.strip()[4:].partition(".")[0]
@@ -266,6 +283,12 @@ def test_devices_reset_ends_a_stuck_update(server: Server,
     assert "update ended as failed (reset by bootstrap-admin: wiped)" in out
     code, _, err = run(capsys, "devices", "reset", device["id"], *common(server))
     assert code == 1 and "nothing to reset" in one_error_line(err)
+    httpx.post(f"{server.url}/api/v1/deployments", headers=admin, timeout=10, json={
+        "release": "ab" * 32, "envelope_url": "http://127.0.0.1:1/envelopes/x",
+        "devices": [device["id"]]}).raise_for_status()
+    code, out, err = run(capsys, "devices", "reset", device["id"], "--json", *common(server))
+    assert code == 0, err
+    assert json.loads(out)["state"] == "failed"
 
 
 def test_devices_show_prints_a_digest_whole_in_a_narrow_pipe(

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console, ConsoleDimensions, ConsoleOptions, RenderableType
@@ -132,6 +133,15 @@ typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-ass
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
+"""``--json``: every command that prints data takes it (tests/cli/test_json.py)."""
+
+
+def print_json(doc: Any) -> None:
+    """One JSON document on stdout (sorted keys, UTF-8 text as it is)."""
+    out.print(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False), markup=False)
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -46,11 +46,13 @@ from suitkit.cli.common import (
     EXIT_FAILED,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    JsonOption,
     err,
     fail,
     handles_errors,
     new_app,
     out,
+    print_json,
     read_token,
 )
 from suitkit.cli.notices import TrackerWiring, parse_host_port, tracker_routes
@@ -295,11 +297,13 @@ def serve_options(ctx: typer.Context, config: Path | None) -> ServeOptions:
     return ServeOptions(**resolved.values)
 
 
-def show_config(ctx: typer.Context, config: Path | None) -> str:
-    """The configuration in force as TOML with sources (secrets redacted)."""
+def show_config(ctx: typer.Context, config: Path | None, *, as_json: bool = False) -> str:
+    """The configuration in force as TOML with sources, or as JSON (secrets redacted)."""
     from suitkit.cli import config as settings  # noqa: PLC0415
 
     keys, resolved = _resolved(ctx, config)
+    if as_json:
+        return json.dumps(settings.as_json(keys, resolved), indent=2, sort_keys=True)
     return settings.render(keys, resolved)
 
 
@@ -902,6 +906,7 @@ def upload(
         metavar="[IMAGE...]", help="Detached images: PATH (matched by digest) or N=PATH "
         "(for component index N).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 60.0,
+    as_json: JsonOption = False,
 ) -> None:
     """Upload a release (envelope and detached images) to a firmware server; the files are
     streamed from disk (never held in memory), with a progress bar on a terminal."""
@@ -948,6 +953,9 @@ def upload(
     if not isinstance(doc, dict) or "id" not in doc:
         fail(f"unexpected answer from {url}: not a release", EXIT_FAILED)
     state = "stored" if response.status_code == 201 else "already stored"
+    if as_json:
+        print_json({**doc, "stored": response.status_code == 201})
+        return
     out.print(f"release {doc['id']} (sequence number {doc['sequence_number']}) {state}",
               markup=False)
     out.print(f"  envelope: {url}{doc['envelope']['url']}", markup=False)
@@ -972,6 +980,7 @@ app.add_typer(config_app, name="config")
 def config_show(
     config: Annotated[Path | None, typer.Option(
         "--config", help="TOML file of serve's options (default: SUITKIT_CONFIG).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Print the configuration serve would run with here (the environment and the file; no
     flags), as TOML with each value's source; secrets redacted."""
@@ -980,4 +989,4 @@ def config_show(
     group: Any = typer.main.get_command(app)
     args = ["--config", str(config)] if config is not None else []
     with group.commands["serve"].make_context("serve", args) as ctx:
-        out.print(show_config(ctx, config), markup=False)
+        out.print(show_config(ctx, config, as_json=as_json), markup=False)
