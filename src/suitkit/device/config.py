@@ -305,8 +305,14 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         raise DecodeError("--trust-anchor", "a device needs at least one trust anchor")
     pairs = [a if isinstance(a, tuple) else ("author", a) for a in trust_anchors]
     for role in required_roles:
+        if role == ROOT_ROLE:
+            raise DecodeError("--require", f"{ROOT_ROLE!r} keys sign trust-anchor updates "
+                              "only (docs/keys.md); they cannot be required on firmware")
         if role not in {r for r, _ in pairs}:
             raise DecodeError("--require", f"no trust anchor has the role {role!r}")
+    if all(role == ROOT_ROLE for role, _ in pairs):
+        raise DecodeError("--trust-anchor", f"every key is a {ROOT_ROLE!r} key, which signs "
+                          "trust-anchor updates only: no firmware could be installed")
     for _, path in pairs:
         try:
             crypto.load_public_key(path.read_bytes())  # refuse a bad anchor now, not later
