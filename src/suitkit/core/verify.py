@@ -12,6 +12,12 @@ own algorithm. Authentication blocks from keys the device does not know are igno
 envelope can carry signatures for other audiences; a block whose key id names a trust anchor must
 verify.
 
+Trust-anchor updates (docs/keys.md): a manifest for ``ANCHORS_COMPONENT`` addresses nothing
+else and needs ``root_threshold`` signatures of distinct ``root`` keys; root keys sign nothing
+else (their scope). A manifest signed only by a key in ``revoked`` is refused naming the
+revocation. ``recorded`` manifest digests (the running images when a rotation revoked their
+signer) are accepted without a signature check: the device verified them when it recorded them.
+
 Not here: rollback (sequence numbers are device state, see the processor and device), image
 digests (the processor checks them when it fetches), dependency manifests (process-dependency).
 """
