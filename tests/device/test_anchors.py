@@ -312,3 +312,33 @@ def test_damaged_store_fails_closed(tmp_path: Path, keys: Keys) -> None:
     (folder / f".{STORE}.abc.tmp").write_bytes(data[: len(data) // 2])
     assert open_device(folder).config.anchors_version() == 1
     assert encode_store(read_store(folder).raw, read_store(folder).recorded) == data  # type: ignore[union-attr]
+
+
+def test_the_version_of_a_recorded_running_image_still_counts(tmp_path: Path,
+                                                              keys: Keys) -> None:
+    """A version condition of the next release (update-management) reads the running image's
+    version from its manifest, also when that manifest is recorded (its signer revoked)."""
+    folder = tmp_path / "dev"
+    create_device(folder, vendor_id=VENDOR, class_id=CLASS,
+                  trust_anchors=[("root", keys.root.anchor), ("author", keys.leaked.anchor)])
+    open_device(folder).save()
+    base = keys.leaked.envelope(1, [keys.leaked.component("v1.bin", image_bytes("v1", 900))],
+                                top={"set-version": "1.4.0"})
+    assert install(folder, base).installed
+    boot(folder)
+    confirm(folder)
+    assert install(folder, signed(revocation(keys), keys.root)).installed
+    comp = keys.fresh.component("v2.bin", image_bytes("v2", 900))
+    nxt = keys.fresh.envelope(2, [{**comp, "version": ">=1.4"}], top={"set-version": "2.0.0"})
+    outcome = install(folder, nxt)
+    assert outcome.installed, outcome.reason
+
+
+def test_device_init_refuses_anchors_that_could_sign_no_firmware(tmp_path: Path,
+                                                                 keys: Keys) -> None:
+    with pytest.raises(DecodeError, match="every key is a 'root' key"):
+        create_device(tmp_path / "a", vendor_id=VENDOR, class_id=CLASS,
+                      trust_anchors=[("root", keys.root.anchor)])
+    with pytest.raises(DecodeError, match="cannot be required on firmware"):
+        create_device(tmp_path / "b", vendor_id=VENDOR, class_id=CLASS, required_roles=["root"],
+                      trust_anchors=[("root", keys.root.anchor), ("author", keys.leaked.anchor)])

@@ -852,7 +852,8 @@ class Consumer:
         try:
             # docs/keys.md: manifests recorded at a rotation keep booting; nothing is installed
             # on their strength (a revoked key's manifest is refused here, re-sent or not).
-            anchors = dataclasses.replace(self.config.trust_anchors(), recorded=frozenset())
+            full = self.config.trust_anchors()
+            anchors = dataclasses.replace(full, recorded=frozenset())
             verified = verify_decoded(envelope, anchors, limits=self.limits)
             self._check_rollback(verified)
             if self._already_pending(envelope):
@@ -873,7 +874,8 @@ class Consumer:
         digest = hashlib.sha256(data).hexdigest()
         run = _Run(self.config, self.store, envelope, self.identity, journal=journal,
                    envelope_digest=digest, replayable=not _encrypted(envelope),
-                   resume=journal.load(digest), anchors=anchors, limits=self.limits,
+                   # the running images' versions: a recorded one still has its version
+                   resume=journal.load(digest), anchors=full, limits=self.limits,
                    metadata_sink=self.metadata_sink)
         store = _Store(run)
         env = _Environment(self.clock, anchors, self.config.decryption_keys(), facts,
