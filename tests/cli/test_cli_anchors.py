@@ -68,6 +68,7 @@ def test_rotation_by_the_command_line(capsys: pytest.CaptureFixture[str],
     assert code == 0 and "trust anchors updated to version 2 (after version 1)" in text, text
     shown = json.loads(run(capsys, "anchors", "show", dev, "--json")[1])
     assert shown["version"] == 2 and shown["recorded"] == 1
+    assert json.loads(run(capsys, "device", "status", dev, "--json")[1])["anchors-version"] == 2
     assert run(capsys, "device", "boot", dev)[0] == 0  # the leaked key's image still boots
     code, _, err = run(capsys, "device", "install", dev, _release(capsys, tmp_path, 2, "leaked"))
     assert code == 1 and "revoked key" in (err + _), err
