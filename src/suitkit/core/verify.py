@@ -155,10 +155,6 @@ def verify_envelope(data: bytes, anchors: TrustAnchors, *,
     return _accept(parts.with_manifest(manifest), signers, anchors, limits)
 
 
-_RECORDED: tuple[TrustAnchor, ...] = ()
-"""The signers of a recorded manifest: none verified now (it was verified when recorded)."""
-
-
 def verify_decoded(envelope: Envelope, anchors: TrustAnchors, *,
                    limits: Limits = codec.DEFAULT_LIMITS) -> VerifiedManifest:
     """``verify_envelope`` for an envelope already decoded (by the same strict codec)."""
@@ -167,8 +163,9 @@ def verify_decoded(envelope: Envelope, anchors: TrustAnchors, *,
 
 
 def _authenticate(auth: Authentication, manifest_bytes: bytes,
-                  anchors: TrustAnchors) -> tuple[TrustAnchor, ...]:
-    """Check the manifest digest and the authentication blocks; return who signed."""
+                  anchors: TrustAnchors) -> tuple[TrustAnchor, ...] | None:
+    """Check the manifest digest and the authentication blocks; return who signed (``None``:
+    no current key, but the manifest's digest is recorded in ``anchors.recorded``)."""
     # manifest §8.3: the SUIT_Digest covers the bstr-wrapped manifest as carried in the envelope.
     if auth.digest.algorithm not in anchors.digest_algorithms:
         name = crypto.algorithm_name(auth.digest.algorithm)
@@ -184,7 +181,7 @@ def _authenticate(auth: Authentication, manifest_bytes: bytes,
         # docs/keys.md: a running image whose signer a rotation revoked keeps booting; the
         # device recorded its manifest's digest when it still verified.
         if auth.digest.algorithm == _SHA256 and actual in anchors.recorded:
-            return _RECORDED
+            return None
         raise
 
 
@@ -199,10 +196,13 @@ def _digest(algorithm: int, data: bytes) -> bytes:
 _SHA256 = int(CoseAlg.SHA256)
 
 
-def _accept(envelope: Envelope, signers: tuple[TrustAnchor, ...], anchors: TrustAnchors,
-            limits: Limits) -> VerifiedManifest:
-    """The checks that need the parsed manifest: signer policy, version, severable members."""
-    if signers is not _RECORDED:  # a recorded manifest met the policy of its time
+def _accept(envelope: Envelope, signers: tuple[TrustAnchor, ...] | None,
+            anchors: TrustAnchors, limits: Limits) -> VerifiedManifest:
+    """The checks that need the parsed manifest: signer policy, version, severable members
+    (``signers`` ``None``: a recorded manifest, which met the policy of its time)."""
+    if signers is None:
+        signers = ()
+    else:
         _check_policy(envelope.manifest, signers, anchors)
     # manifest §8.1/§8.4.1: only version 1 is defined.
     if envelope.manifest.version != 1:

@@ -58,7 +58,7 @@ class StoredAnchors:
         return self.anchors
 
 
-_cache: dict[str, tuple[tuple[int, int, int], StoredAnchors]] = {}
+_cache: dict[str, tuple[tuple[int, int, int, int], StoredAnchors]] = {}
 _cache_lock = threading.Lock()
 _CACHE_MAX = 256
 
@@ -76,7 +76,7 @@ def read_store(directory: Path) -> StoredAnchors | None:
         return None
     except OSError as e:
         raise KeyMaterialError(f"{path}: cannot read the trust anchors: {e.strerror}") from None
-    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     key = str(path)
     with _cache_lock:
         hit = _cache.get(key)
