@@ -23,6 +23,7 @@ from suitkit.core import codec, crypto
 from suitkit.core.anchors import (
     ANCHORS_COMPONENT,
     CHAIN_PREFIX,
+    DOCUMENT_URI,
     AnchorKey,
     AnchorsDocument,
     fingerprint,
@@ -31,9 +32,8 @@ from suitkit.core.anchors import (
 from suitkit.core.model import ComponentIdentifier, Envelope
 from suitkit.errors import DecodeError, PolicyError
 
-__all__ = ["CHAIN_PREFIX", "Edits", "next_document", "rotation_envelope"]
-
-DOCUMENT_URI = "#anchors.cbor"
+__all__ = ["CHAIN_PREFIX", "DOCUMENT_URI", "Edits", "initial_document", "next_document",
+           "rotation_envelope"]
 
 
 @dataclass(frozen=True, slots=True)

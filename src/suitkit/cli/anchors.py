@@ -22,6 +22,7 @@ from suitkit.cli.device import _identity
 from suitkit.core import codec, crypto
 from suitkit.core.anchors import (
     ANCHORS_COMPONENT,
+    DOCUMENT_URI,
     AnchorsDocument,
     fingerprint,
     parse_document,
@@ -259,7 +260,7 @@ def describe_source(source: Path) -> dict[str, Any]:
     envelope = codec.decode_envelope(data)
     if envelope.manifest.common.components != (ANCHORS_COMPONENT,):
         raise DecodeError(str(source), "neither a trust-anchor document nor a rotation envelope")
-    payload = envelope.integrated.get("#anchors.cbor")
+    payload = envelope.integrated.get(DOCUMENT_URI)
     if payload is None:
         raise DecodeError(str(source), "the rotation envelope carries no #anchors.cbor")
     return _document_json(parse_document(payload, where=f"{source} #anchors.cbor"),

@@ -44,6 +44,7 @@ from suitkit.errors import DecodeError, KeyMaterialError, PolicyError
 __all__ = [
     "ANCHORS_COMPONENT",
     "CHAIN_PREFIX",
+    "DOCUMENT_URI",
     "FORMAT",
     "MAX_DOCUMENT_BYTES",
     "MAX_KEYS",
@@ -60,6 +61,9 @@ FORMAT = 1
 CHAIN_PREFIX = "#suitkit-anchors-chain/"
 """Integrated payloads ``CHAIN_PREFIX + version`` of a rotation envelope: the signed envelopes
 of earlier rotations, for a device that missed them (``suitkit anchors rotate --chain``)."""
+DOCUMENT_URI = "#anchors.cbor"
+"""The integrated payload of a rotation envelope made by ``suitkit anchors rotate``: the
+document (any name works for a device; this one is what the tools read back)."""
 MAX_DOCUMENT_BYTES = 16 * 1024
 MAX_KEYS = 16
 MAX_REVOKED = 64

@@ -50,6 +50,7 @@ from suitkit.core import cbor, codec, cose, crypto
 from suitkit.core.anchors import (
     ANCHORS_COMPONENT,
     CHAIN_PREFIX,
+    DOCUMENT_URI,
     MAX_DOCUMENT_BYTES,
     AnchorsDocument,
     check_successor,
@@ -956,7 +957,7 @@ class Consumer:
         unverified document: a hint in the message, never a decision)."""
         if envelope.manifest.common.components != (ANCHORS_COMPONENT,):
             return ""
-        raw = envelope.integrated.get("#anchors.cbor")
+        raw = envelope.integrated.get(DOCUMENT_URI)
         try:
             if raw is None:
                 return ""
