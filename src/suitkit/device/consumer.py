@@ -29,6 +29,13 @@ agent tries again later). Component metadata (§4.6) goes to ``metadata_sink`` (
 file beside the image in its slot); a shape without one refuses it. Custom commands and
 parameters run only when registered in ``extensions``.
 
+Trust anchors (docs/keys.md): a manifest for the component ``['suitkit', 'anchors']``, signed
+by root keys, delivers the next trust-anchor document; once the processor succeeded it is
+checked against the chain (``core.anchors.check_successor``) and written in one atomic step
+with the digests of the slot manifests that verify now (``_apply_anchors``), so that a running
+image whose signer it revokes keeps booting. Earlier rotations an envelope carries are
+installed first, in order (``_catch_up``).
+
 The boot store is any object with the shape of ``suitkit.bootloader.api.SlotStore`` plus
 ``running`` and ``read_counters``; this module does not import the bootloader (the roles stay
 apart; ``device.wiring`` connects them).
