@@ -138,7 +138,10 @@ def test_a_deployed_release_is_installed_booted_confirmed_and_reported(world: Wo
     shown = world.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
     assert shown["state"] == "succeeded"
     assert shown["components"] == [{"id": ["00"], "sequence": 2,
-                                    "digest": release["components"][0]["digest"]}]
+                                    "digest": release["components"][0]["digest"]},
+                                   {"id": [b"suitkit".hex(), b"anchors".hex()],
+                                    "sequence": 0, "digest": None}]
+    assert shown["anchors"] == {"version": 0, "digest": None}  # as device init wrote them
 
     # the assignment is done: the next poll finds nothing to do and changes nothing
     again = run_once(folder, world.url, dev["token"], fetcher=HttpFetcher())

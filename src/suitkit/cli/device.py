@@ -472,6 +472,7 @@ def device_status(opened: OpenDevice) -> dict[str, Any]:
         # TRIAL: swapped in, not booted yet; TRIED: booted once and running unconfirmed.
         "trial": state.phase.name.lower() in ("trial", "tried"),
         "phase": state.phase.name.lower(),
+        "anchors-version": opened.config.anchors_version(),  # docs/keys.md
     }
 
 

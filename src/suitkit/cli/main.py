@@ -22,6 +22,7 @@ from suitkit import __version__
 from suitkit.author import keys as keyfiles
 from suitkit.author.describe import load_description
 from suitkit.author.encrypt import encrypt_envelope, parse_encryption
+from suitkit.cli.anchors import app as anchors_app
 from suitkit.cli.backup import app as backup_app
 from suitkit.cli.campaign import campaign_app
 from suitkit.cli.common import (
@@ -446,6 +447,7 @@ app.add_typer(sim_app, name="sim")  # suitkit sim fleet (cli/sim.py)
 app.add_typer(token_app, name="token")  # suitkit token ... (cli/operator.py)
 app.add_typer(devices_app, name="devices")  # suitkit devices ... (cli/operator.py)
 app.add_typer(campaign_app, name="campaign")  # suitkit campaign ... (cli/campaign.py)
+app.add_typer(anchors_app, name="anchors")  # suitkit anchors ... (cli/anchors.py)
 app.command("deploy")(deploy)  # suitkit deploy (cli/deploy.py)
 
 

@@ -67,7 +67,9 @@ from urllib.parse import urljoin, urlparse
 import httpx
 
 from suitkit.core import cbor
+from suitkit.core.anchors import ANCHORS_COMPONENT
 from suitkit.core.report import encode_report
+from suitkit.device.anchors import read_store
 from suitkit.device.config import bind_tracker_id, check_tracker_id, load_config
 from suitkit.device.consumer import PayloadFetcher, running_version
 from suitkit.device.fetch import CoapFetcher, HttpFetcher
@@ -177,6 +179,7 @@ def inventory_of(opened: OpenDevice, *, versions: bool = True,
             if version is not None:
                 entry["version"] = list(version)
         components.append(entry)
+    components.append(anchors_entry(opened))
     hardware: dict[str, Any] = {"shape": opened.config.shape}
     if waiting is not None:
         hardware["waiting"] = waiting[:_MAX_WAITING_TEXT]
@@ -194,6 +197,22 @@ def inventory_of(opened: OpenDevice, *, versions: bool = True,
         hardware[RECIPIENT_KEY_FACT if i == 0 else f"{RECIPIENT_KEY_FACT}-{i}"] = text
     return {"vendor_id": str(opened.config.vendor_id), "class_id": str(opened.config.class_id),
             "components": components, "hardware": hardware}
+
+
+def anchors_entry(opened: OpenDevice) -> dict[str, Any]:
+    """The inventory entry of the trust anchors (docs/keys.md): component ['suitkit',
+    'anchors'], its ``sequence`` the anchor version, its ``digest`` the SHA-256 of the
+    document (none for the anchors device init wrote, version 0)."""
+    entry: dict[str, Any] = {"id": [p.hex() for p in ANCHORS_COMPONENT]}
+    try:
+        stored = read_store(opened.config.directory)
+    except SuitError:
+        return entry  # damaged: the install's error to report (no version claimed)
+    entry["sequence"] = 0
+    if stored is not None:
+        entry["sequence"] = stored.document.version
+        entry["digest"] = stored.document.digest().hex()
+    return entry
 
 
 _MAX_FACT = 256  # the tracker's limit on a hardware fact's text (docs/tracker.md)

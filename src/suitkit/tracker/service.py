@@ -1131,7 +1131,15 @@ def _device_json(device: Device, components: Sequence[InstalledComponent] | None
              "sequence": int(c.sequence_number) if c.sequence_number is not None else None,
              "digest": c.digest}
             for c in components]
+        # docs/keys.md: the trust anchors are component ['suitkit', 'anchors'], its sequence
+        # the anchor version; shown on their own so that a rotation's progress is one field
+        doc["anchors"] = next(({"version": c["sequence"], "digest": c["digest"]}
+                               for c in doc["components"] if c["id"] == _ANCHORS_ID), None)
     return doc
+
+
+_ANCHORS_ID = [b"suitkit".hex(), b"anchors".hex()]
+"""The inventory id of a device's trust anchors (``suitkit.core.anchors.ANCHORS_COMPONENT``)."""
 
 
 def _token_json(token: ApiToken) -> dict[str, Any]:
