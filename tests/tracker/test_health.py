@@ -135,7 +135,7 @@ def test_waves_open_only_after_the_open_waves_windows_passed_healthy(world: Worl
 def test_an_unhealthy_device_does_not_count_as_a_success_of_its_wave(world: World) -> None:
     """Without a threshold, health still gates the waves: a member found unhealthy inside its
     window ends its wave short of the success threshold (the campaign pauses there)."""
-    campaign_id, ids = started(world, 2, waves=(50, 100), health_window=60.0)
+    campaign_id, _ = started(world, 2, waves=(50, 100), health_window=60.0)
     (first,) = notified(world, campaign_id)
     world.succeed(first)
     world.db.report_health(first, unhealthy())

@@ -83,6 +83,13 @@ def create(
     window: Annotated[str | None, typer.Option(
         "--window", help="Daily maintenance window HH:MM-HH:MM (UTC, may wrap midnight).")
     ] = None,
+    unhealthy_threshold: Annotated[float | None, typer.Option(
+        "--unhealthy-threshold", help="Pause when more than this fraction of the devices "
+        "that confirmed turn unhealthy within --health-window (e.g. 0.02).")] = None,
+    health_window: Annotated[float | None, typer.Option(
+        "--health-window", help="Seconds after confirming during which a device's health "
+        "counts: unhealthy devices are told to roll back, and waves open only once their "
+        "devices' windows passed healthy.")] = None,
     as_json: JsonOption = False,
     timeout: TimeoutOption = 30.0,
 ) -> None:
@@ -107,6 +114,10 @@ def create(
         body["start_after"] = start_after
     if window is not None:
         body["window"] = window
+    if unhealthy_threshold is not None:
+        body["unhealthy_threshold"] = unhealthy_threshold
+    if health_window is not None:
+        body["health_window"] = health_window
     doc = client.post(_PATH, body)
     if as_json:
         _print_json(doc)

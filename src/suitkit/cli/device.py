@@ -29,7 +29,7 @@ from suitkit.cli.common import (
 )
 from suitkit.core import jsonform
 from suitkit.core.report import Report
-from suitkit.device.config import SHAPE_COMPONENTS, create_device
+from suitkit.device.config import SHAPE_COMPONENTS, HealthConfig, create_device
 from suitkit.device.consumer import running_version
 from suitkit.device.fetch import FileFetcher, HttpFetcher, RoutingFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
@@ -78,8 +78,22 @@ def init(
     app_command: Annotated[str | None, typer.Option(
         "--app-command", help="Linux-class: the command that starts the application, "
         "{image} standing for the image file (e.g. 'python3 {image}').")] = None,
+    health_window: Annotated[float | None, typer.Option(
+        "--health-window", help="Seconds the agent watches the application after an update "
+        "before it confirms it (health-gated rollouts; default: confirm at once).")] = None,
+    health_interval: Annotated[float | None, typer.Option(
+        "--health-interval", help="Seconds between health checks (default 5).")] = None,
+    health_command: Annotated[str | None, typer.Option(
+        "--health-command", help="A health check: exit 0 is healthy ({pid}: the "
+        "application's process id).")] = None,
+    health_url: Annotated[str | None, typer.Option(
+        "--health-url", help="A health check: a 2xx answer to GET URL is healthy.")] = None,
+    max_crashes: Annotated[int, typer.Option(
+        "--max-crashes", help="Crashes of the application restarted in the health window "
+        "before it is unhealthy.")] = 0,
 ) -> None:
     """Create a device: identity, trust anchors, empty slots (component i is h'0i')."""
+    health = _health(health_window, health_interval, health_command, health_url, max_crashes)
     if shape not in SHAPE_COMPONENTS:
         fail(f"--shape must be one of {', '.join(SHAPE_COMPONENTS)}, got {shape!r}", EXIT_USAGE)
     anchors: list[Path | tuple[str, Path]] = []
@@ -94,7 +108,7 @@ def init(
             config = create_device(
                 directory, vendor_id=vendor, class_id=klass, trust_anchors=anchors,
                 shape=shape, device_id=device, decryption_keys=decryption_key,
-                required_roles=require or (), app_command=app_command)
+                required_roles=require or (), app_command=app_command, health=health)
             open_device(directory).save()
     except BaseException:
         if new_folder:  # no half-made device left behind (a full disk, an interrupt)
@@ -367,6 +381,59 @@ def run(
         raise typer.Exit(EXIT_FAILED) from None
     if result is None or not result.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _health(window: float | None, interval: float | None, command: str | None,
+            url: str | None, max_crashes: int) -> HealthConfig | None:
+    """The ``--health-*`` options as a ``HealthConfig`` (``None`` without ``--health-window``);
+    a usage error naming what is wrong."""
+    if window is None:
+        if interval is not None or command is not None or url is not None or max_crashes:
+            fail("--health-interval, --health-command, --health-url and --max-crashes need "
+                 "--health-window", EXIT_USAGE)
+        return None
+    health = HealthConfig(window=window, interval=interval if interval is not None
+                          else min(5.0, window), command=command, url=url,
+                          max_crashes=max_crashes)
+    try:
+        health.check()
+    except ValueError as e:
+        fail(f"--health-*: {e}", EXIT_USAGE)
+    return health
+
+
+@app.command("health")
+@handles_errors
+def health_command(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
+    health_window: Annotated[float | None, typer.Option(
+        "--health-window", help="Seconds the agent watches the application after an update "
+        "before it confirms it (health-gated rollouts; default: confirm at once).")] = None,
+    health_interval: Annotated[float | None, typer.Option(
+        "--health-interval", help="Seconds between health checks (default 5).")] = None,
+    health_command: Annotated[str | None, typer.Option(
+        "--health-command", help="A health check: exit 0 is healthy ({pid}: the "
+        "application's process id).")] = None,
+    health_url: Annotated[str | None, typer.Option(
+        "--health-url", help="A health check: a 2xx answer to GET URL is healthy.")] = None,
+    max_crashes: Annotated[int, typer.Option(
+        "--max-crashes", help="Crashes of the application restarted in the health window "
+        "before it is unhealthy.")] = 0,
+    off: Annotated[bool, typer.Option("--off", help="No health window: confirm a new "
+                                      "image as soon as it started.")] = False,
+) -> None:
+    """Set how the agent watches the application after an update (docs/operations.md,
+    "Health-gated rollouts"), or turn it off."""
+    from suitkit.device.config import set_health  # noqa: PLC0415
+
+    health = None if off else _health(health_window, health_interval, health_command,
+                                      health_url, max_crashes)
+    if health is None and not off:
+        fail("give --health-window (and the checks), or --off", EXIT_USAGE)
+    with writing(f"device folder {directory}"):
+        set_health(directory, health)
+    shown = "off" if health is None else json.dumps(health.to_json())
+    out.print(f"health window: {shown}", markup=False)
 
 
 @app.command()

@@ -37,10 +37,12 @@ __all__ = [
     "AnchorSpec",
     "ComponentSpec",
     "DeviceConfig",
+    "HealthConfig",
     "bind_tracker_id",
     "check_tracker_id",
     "create_device",
     "load_config",
+    "set_health",
 ]
 
 CONFIG = "device.json"
@@ -77,6 +79,78 @@ class AnchorSpec:
     components: tuple[ComponentIdentifier, ...] | None = None
 
 
+MAX_HEALTH_WINDOW = 7 * 24 * 3600.0
+_MAX_HEALTH_TEXT = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """How the agent watches the application after an update (``device.json``'s ``health``):
+    for ``window`` seconds after the new image started it stays on trial (the bootloader does
+    not confirm it yet) and every ``interval`` seconds the agent checks that the application
+    still runs (Linux-class: its process; a crash beyond ``max_crashes`` is unhealthy, others
+    restart it), runs ``command`` (exit 0: healthy; ``{pid}`` is the application's process
+    id) and fetches ``url`` (2xx: healthy), each within ``timeout`` seconds, and reports to
+    the tracker. Healthy at the end of the window: confirmed."""
+
+    window: float
+    interval: float = 5.0
+    command: str | None = None
+    url: str | None = None
+    max_crashes: int = 0
+    timeout: float = 10.0
+
+    def check(self) -> None:
+        """Raises: ValueError: a value out of range (one line, naming it)."""
+        if not 0 < self.window <= MAX_HEALTH_WINDOW:
+            raise ValueError(f"health window: expected seconds in (0, {MAX_HEALTH_WINDOW:g}], "
+                             f"got {self.window}")
+        if not 0 < self.interval <= self.window:
+            raise ValueError(f"health interval: expected seconds in (0, window], got "
+                             f"{self.interval}")
+        if not 0 < self.timeout <= 300:
+            raise ValueError(f"health timeout: expected seconds in (0, 300], got {self.timeout}")
+        if not 0 <= self.max_crashes <= 1000:
+            raise ValueError(f"max crashes: expected 0 to 1000, got {self.max_crashes}")
+        if self.command is not None and not 0 < len(self.command) <= _MAX_HEALTH_TEXT:
+            raise ValueError("health command: expected a command line")
+        if self.url is not None and (len(self.url) > _MAX_HEALTH_TEXT
+                                     or not self.url.startswith(("http://", "https://"))):
+            raise ValueError(f"health url: expected an http(s) URL, got {self.url[:80]!r}")
+
+    def to_json(self) -> dict[str, object]:
+        return {"window": self.window, "interval": self.interval, "command": self.command,
+                "url": self.url, "max-crashes": self.max_crashes, "timeout": self.timeout}
+
+    @classmethod
+    def of(cls, doc: object) -> HealthConfig:
+        """Raises: ValueError: not a health configuration."""
+        if not isinstance(doc, dict):
+            raise ValueError("health: expected an object")
+        unknown = set(doc) - {"window", "interval", "command", "url", "max-crashes", "timeout"}
+        if unknown:
+            raise ValueError(f"health: unknown key {sorted(unknown)[0]!r}")
+        numbers = {k: doc.get(k) for k in ("window", "interval", "timeout", "max-crashes")}
+        for key, value in numbers.items():
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, int | float)):
+                raise ValueError(f"health.{key}: expected a number")
+        for key in ("command", "url"):
+            if doc.get(key) is not None and not isinstance(doc.get(key), str):
+                raise ValueError(f"health.{key}: expected a string")
+        if numbers["window"] is None:
+            raise ValueError("health.window: missing")
+        window = float(numbers["window"])
+        interval = numbers["interval"]
+        config = cls(window=window,
+                     interval=float(interval) if interval is not None else min(5.0, window),
+                     command=doc.get("command"), url=doc.get("url"),
+                     max_crashes=int(numbers["max-crashes"] or 0),
+                     timeout=float(numbers["timeout"] or 10.0))
+        config.check()
+        return config
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceConfig:
     """What ``device.json`` holds."""
@@ -96,6 +170,9 @@ class DeviceConfig:
     """Linux-class devices: how to start the application image (``{image}`` is its path)."""
     tracker_id: str | None = None
     """The status tracker's id of this device, once registered (``bind_tracker_id``)."""
+    health: HealthConfig | None = None
+    """How the agent watches the application after an update; ``None``: it confirms a new
+    image as soon as it started (the default)."""
 
     def component(self, suit_id: ComponentIdentifier) -> ComponentSpec | None:
         """The component with this SUIT identifier, or ``None``."""
@@ -168,6 +245,8 @@ class DeviceConfig:
         }
         if self.tracker_id is not None:
             doc["tracker-id"] = self.tracker_id
+        if self.health is not None:
+            doc["health"] = self.health.to_json()
         return json.dumps(doc, indent=2).encode() + b"\n"
 
 
@@ -210,7 +289,9 @@ def load_config(directory: Path) -> DeviceConfig:
             class_id=uuid.UUID(doc["class-id"]), device_id=uuid.UUID(doc["device-id"]),
             components=components, image_sectors=int(doc.get("image-sectors", 80)),
             anchors=anchors, required_roles=tuple(str(r) for r in doc["required-roles"]),
-            app_command=doc.get("app-command"), tracker_id=_tracker_id(doc.get("tracker-id")))
+            app_command=doc.get("app-command"), tracker_id=_tracker_id(doc.get("tracker-id")),
+            health=(HealthConfig.of(doc["health"]) if doc.get("health") is not None
+                    else None))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DecodeError(str(path), f"malformed: {e}") from None
 
@@ -238,6 +319,24 @@ def check_tracker_id(config: DeviceConfig, tracker_id: str) -> None:
         raise PolicyError(f"{config.directory}: the credential is for tracker device "
                           f"{tracker_id[:64]}, but this device folder is registered as "
                           f"{config.tracker_id}; use its own credential")
+
+
+def set_health(directory: Path, health: HealthConfig | None) -> DeviceConfig:
+    """Set (or, with ``None``, clear) the device's health watch in ``device.json``.
+
+    Raises:
+        DecodeError: the folder is not a device, or ``health`` is out of range.
+        StorageError: ``device.json`` cannot be written.
+    """
+    config = load_config(directory)
+    if health is not None:
+        try:
+            health.check()
+        except ValueError as e:
+            raise DecodeError("health", str(e)) from None
+    changed = dataclasses.replace(config, health=health)
+    atomic_write(directory / CONFIG, changed.to_json())
+    return changed
 
 
 def bind_tracker_id(directory: Path, tracker_id: str) -> DeviceConfig:
@@ -268,12 +367,14 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                   decryption_keys: list[Path] | None = None,
                   image_sectors: int | None = None,
                   required_roles: Sequence[str] = (),
-                  app_command: str | None = None) -> DeviceConfig:
+                  app_command: str | None = None,
+                  health: HealthConfig | None = None) -> DeviceConfig:
     """Create a device folder: ``device.json``, ``anchors/`` and ``keys/``.
 
     ``trust_anchors``: key files, or ``(role, file)`` pairs (a plain file is an ``author``).
     ``required_roles``: every one of these must have signed an update.
     ``app_command``: Linux-class devices only, the command that starts the application.
+    ``health``: watch the application after each update (``HealthConfig``).
 
     Raises:
         DecodeError: the folder already holds a device, a key file is unreadable, or a
@@ -288,6 +389,11 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         raise DecodeError("--app-command", "only Linux-class devices start an application")
     if not trust_anchors:
         raise DecodeError("--trust-anchor", "a device needs at least one trust anchor")
+    if health is not None:
+        try:
+            health.check()
+        except ValueError as e:
+            raise DecodeError("--health-*", str(e)) from None
     pairs = [a if isinstance(a, tuple) else ("author", a) for a in trust_anchors]
     for role in required_roles:
         if role not in {r for r, _ in pairs}:
@@ -315,7 +421,8 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         image_sectors=IMAGE_SECTORS[shape] if image_sectors is None else image_sectors,
         components=tuple(ComponentSpec((bytes([i]),), name)
                          for i, name in enumerate(SHAPE_COMPONENTS[shape])),
-        anchors=specs, required_roles=tuple(required_roles), app_command=app_command)
+        anchors=specs, required_roles=tuple(required_roles), app_command=app_command,
+        health=health)
     (directory / "anchors").mkdir(parents=True, exist_ok=True)
     (directory / "keys").mkdir(exist_ok=True)
     for spec, (_, path) in zip(specs, pairs, strict=True):
