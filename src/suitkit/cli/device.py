@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import ssl
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -344,6 +345,16 @@ def run(
                                           "poll mode).")] = "suitkit",
     ddi_tenant: Annotated[str, typer.Option("--ddi-tenant", help="The hawkBit tenant (with "
                                             "--protocol ddi).")] = "DEFAULT",
+    tls_ca: Annotated[Path | None, typer.Option(
+        "--tls-ca", envvar="SUITKIT_TLS_CA", help="PEM CA certificates the server's "
+        "certificate must chain to (default: device.json's tls.ca, else the system's).")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", envvar="SUITKIT_TLS_CERT", help="The device's PEM client certificate "
+        "(chain), for a server that requires one (default: device.json's tls.cert).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        "--tls-key", envvar="SUITKIT_TLS_KEY", help="PEM private key of --tls-cert, unless "
+        "that file holds it too.")] = None,
 ) -> None:
     """Keep a device up to date from a status tracker (RFC 9019 §2.3): register the inventory,
     learn of updates in the chosen mode, download (resumably), install, boot, confirm and
@@ -373,14 +384,25 @@ def run(
         check_credential(directory, credential)
     except SuitError as e:
         fail(f"{credential_file}: {e}", EXIT_USAGE)
-    fetcher = RoutingFetcher(HttpFetcher(), coap=CoapFetcher())
+    tls = _client_tls(directory, tls_ca, tls_cert, tls_key)
+    fetcher = RoutingFetcher(HttpFetcher(tls=tls), coap=CoapFetcher())
     try:
         result = run_agent(directory, server, credential, fetcher=fetcher, options=options,
-                           say=lambda line: out.print(line, markup=False))
+                           say=lambda line: out.print(line, markup=False), tls=tls)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_FAILED) from None
     if result is None or not result.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _client_tls(directory: Path, ca: Path | None, cert: Path | None,
+                key: Path | None) -> ssl.SSLContext | None:
+    """The agent's TLS context: ``--tls-*`` flags (or ``SUITKIT_TLS_*``) over device.json's
+    ``tls``; one line naming the file when one cannot be loaded (``KeyMaterialError``)."""
+    from suitkit.device.config import load_config  # noqa: PLC0415
+    from suitkit.device.tls import ClientTls  # noqa: PLC0415
+
+    return ClientTls(ca, cert, key).over(load_config(directory).client_tls()).context()
 
 
 def _health(window: float | None, interval: float | None, command: str | None,
@@ -449,6 +471,16 @@ def register(
                                            "credential (mode 0600).")],
     name: Annotated[str | None, typer.Option("--name", help="Name shown to operators "
                                              "(default: the folder's name).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(
+        "--tls-ca", envvar="SUITKIT_TLS_CA", help="PEM CA certificates the server's "
+        "certificate must chain to (default: device.json's tls.ca, else the system's).")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", envvar="SUITKIT_TLS_CERT", help="The device's PEM client certificate "
+        "(chain), for a server that requires one (default: device.json's tls.cert).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        "--tls-key", envvar="SUITKIT_TLS_KEY", help="PEM private key of --tls-cert, unless "
+        "that file holds it too.")] = None,
 ) -> None:
     """Enrol the device with a status tracker: register it, write its credential (shown by
     the tracker only once) for `device run --credential-file`, and send its inventory."""
@@ -460,7 +492,8 @@ def register(
     if out_file.exists():
         fail(f"{out_file}: already exists; a device is registered once", EXIT_USAGE)
     try:
-        credential = enrol(directory, server, token, name=name)
+        credential = enrol(directory, server, token, name=name,
+                           tls=_client_tls(directory, tls_ca, tls_cert, tls_key))
     except TrackerError as e:
         fail(f"registration refused: {e}", EXIT_FAILED)
     atomic_write(out_file, credential.encode() + b"\n", mode=0o600)

@@ -56,6 +56,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -82,6 +83,7 @@ from suitkit.device.listen import (
     SseSource,
     backoff_delay,
 )
+from suitkit.device.tls import network_reason
 from suitkit.device.wiring import OpenDevice, open_device
 from suitkit.errors import DecodeError, FetchError, PolicyError, StorageError, SuitError
 from suitkit.fileio import atomic_write
@@ -268,7 +270,7 @@ class _Tracker:
         try:
             response = self.client.request(method, self.base + path, **kwargs)
         except httpx.HTTPError as e:
-            raise TrackerError(f"{method} {path or '/'}: {type(e).__name__}: {e}") from None
+            raise TrackerError(f"{method} {path or '/'}: {network_reason(e)}") from None
         if response.status_code not in expected:
             raise TrackerError(f"{method} {path or '/'}: HTTP {response.status_code}: "
                                f"{error_of(response)}")
@@ -449,7 +451,7 @@ def check_credential(folder: Path, credential: str) -> str:
 
 
 def register(folder: Path, server_url: str, admin_token: str, *, name: str | None = None,
-             client: httpx.Client | None = None) -> str:
+             client: httpx.Client | None = None, tls: ssl.SSLContext | None = None) -> str:
     """Enrol the device in ``folder`` with the tracker (provisioning, with an admin's token):
     ``POST /api/v1/devices`` with its vendor and class IDs (the identity the tracker then
     holds its inventories to), the tracker's id written to the folder (``tracker-id``), then
@@ -466,7 +468,8 @@ def register(folder: Path, server_url: str, admin_token: str, *, name: str | Non
                           f"{opened.config.tracker_id}; a device is registered once")
     label = name if name is not None else opened.config.directory.name
     own = client is None
-    http = client or httpx.Client(base_url=server_url.rstrip("/"), timeout=TIMEOUT)
+    http = client or httpx.Client(base_url=server_url.rstrip("/"), timeout=TIMEOUT,
+                                  verify=tls if tls is not None else True)
     try:
         try:
             response = http.post("/api/v1/devices", json={
@@ -474,7 +477,7 @@ def register(folder: Path, server_url: str, admin_token: str, *, name: str | Non
                 "class_id": str(opened.config.class_id)},
                 headers={"Authorization": f"Bearer {admin_token}"})
         except httpx.HTTPError as e:
-            raise TrackerError(f"POST /api/v1/devices: {type(e).__name__}: {e}") from None
+            raise TrackerError(f"POST /api/v1/devices: {network_reason(e)}") from None
         if response.status_code != 201:
             raise TrackerError(f"POST /api/v1/devices: HTTP {response.status_code}: "
                                f"{error_of(response)}")
@@ -506,7 +509,8 @@ def error_of(response: httpx.Response) -> str:
     return str(message)[:300] if message else (response.reason_phrase or "no reason given")
 
 
-def fetch_envelope(url: str, max_bytes: int, *, deadline: float = ENVELOPE_DEADLINE) -> bytes:
+def fetch_envelope(url: str, max_bytes: int, *, deadline: float = ENVELOPE_DEADLINE,
+                   tls: ssl.SSLContext | None = None) -> bytes:
     """The envelope at ``url`` (http(s) with Range resume, or coap block-wise), at most
     ``max_bytes``, within ``deadline`` seconds for the whole download (a server that trickles
     bytes is cut off); no credential is sent to it.
@@ -516,7 +520,7 @@ def fetch_envelope(url: str, max_bytes: int, *, deadline: float = ENVELOPE_DEADL
     """
     fetcher: PayloadFetcher = (CoapFetcher(deadline=deadline)
                                if urlparse(url).scheme == "coap"
-                               else HttpFetcher(deadline=deadline))
+                               else HttpFetcher(deadline=deadline, tls=tls))
     try:
         return b"".join(fetcher.fetch(url, max_bytes=max_bytes))
     except FetchError as e:
@@ -549,12 +553,13 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
              limits: Limits | None = None, say: Callable[[str], None] | None = None,
              client: httpx.Client | None = None,
              assigned: Mapping[str, Any] | None = None, protocol: str = "suitkit",
-             tenant: str = "DEFAULT") -> AgentResult:
+             tenant: str = "DEFAULT", tls: ssl.SSLContext | None = None) -> AgentResult:
     """One run against the tracker at ``server_url`` with ``credential``
     (``<device-id>.<secret>``); installs what is assigned (``assigned``: a pushed notice's
     document, used instead of ``GET .../update``). ``say`` receives each step as it happens.
     ``protocol``: ``suitkit`` (the JSON API) or ``ddi`` (hawkBit DDI, ``tenant``:
-    ``_DdiTracker``)."""
+    ``_DdiTracker``). ``tls``: the device's TLS context (``device.tls.ClientTls``) for the
+    tracker and the envelope (the payload ``fetcher`` has its own)."""
     limits = limits or Limits()
     steps: list[str] = []
 
@@ -580,7 +585,8 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
         return result("error", str(e))
     own = client is None
     http = client or httpx.Client(base_url=server_url.rstrip("/"), timeout=TIMEOUT,
-                                  headers={"Authorization": f"Bearer {credential.strip()}"})
+                                  headers={"Authorization": f"Bearer {credential.strip()}"},
+                                  verify=tls if tls is not None else True)
     tracker = (_DdiTracker(http, device_id, credential.strip(), tenant) if protocol == "ddi"
                else _Tracker(http, device_id))
     try:
@@ -637,7 +643,7 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
                     tracker.event("downloading", url)
                     step("downloading")
                 try:
-                    envelope = fetch_envelope(url, limits.max_envelope_bytes)
+                    envelope = fetch_envelope(url, limits.max_envelope_bytes, tls=tls)
                 except TrackerError as e:
                     tracker.event("failed", str(e))
                     return result("failed", str(e), release)
@@ -936,13 +942,14 @@ class AgentOptions:
 
 
 def _source(options: AgentOptions, server_url: str, credential: str, device_id: str,
-            say: Callable[[str], None]) -> NoticeSource:
+            say: Callable[[str], None], *, tls: ssl.SSLContext | None = None) -> NoticeSource:
     common: dict[str, Any] = {"backoff": options.backoff, "max_backoff": options.max_backoff,
                               "on_state": say}
     if options.transport == "sse":
-        return SseSource(server_url, credential, device_id, **common)
+        return SseSource(server_url, credential, device_id, tls=tls, **common)
     if options.transport == "longpoll":
-        return LongPollSource(server_url, credential, device_id, wait=options.wait, **common)
+        return LongPollSource(server_url, credential, device_id, wait=options.wait, tls=tls,
+                              **common)
     if options.transport == "mqtt":
         assert options.mqtt is not None
         return MqttSource(options.mqtt[0], options.mqtt[1], device_id, **common)
@@ -954,9 +961,11 @@ def run_agent(folder: Path, server_url: str, credential: str, *, fetcher: Payloa
               options: AgentOptions | None = None, limits: Limits | None = None,
               say: Callable[[str], None] | None = None,
               until: Callable[[AgentResult], bool] | None = None,
-              stop: threading.Event | None = None) -> AgentResult | None:
+              stop: threading.Event | None = None,
+              tls: ssl.SSLContext | None = None) -> AgentResult | None:
     """Run until ``options.max_runs`` runs, ``options.duration`` seconds, ``until(result)`` is
-    true or ``stop`` is set; the last run's result (``None`` if none ran).
+    true or ``stop`` is set; the last run's result (``None`` if none ran). ``tls``: the
+    device's TLS context for the tracker, the envelope and the HTTP notices.
 
     Raises:
         ValueError: inconsistent options.
@@ -982,7 +991,7 @@ def run_agent(folder: Path, server_url: str, credential: str, *, fetcher: Payloa
         return max(0.0, ends - time.monotonic()) if ends is not None else float("inf")
 
     source = (None if options.mode == "poll"
-              else _source(options, server_url, credential, device_id, tell))
+              else _source(options, server_url, credential, device_id, tell, tls=tls))
     last: AgentResult | None = None
     runs = failures = 0
     seen = -1
@@ -1013,7 +1022,7 @@ def run_agent(folder: Path, server_url: str, credential: str, *, fetcher: Payloa
             assigned = todo if todo else None
             last = run_once(folder, server_url, credential, fetcher=fetcher, limits=limits,
                             say=say, assigned=assigned, protocol=options.protocol,
-                            tenant=options.tenant)
+                            tenant=options.tenant, tls=tls)
             runs += 1
             if last.outcome == "error":
                 failures += 1

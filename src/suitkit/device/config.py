@@ -22,13 +22,14 @@ import json
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from suitkit.core import cbor, crypto
 from suitkit.core.model import ComponentIdentifier
 from suitkit.core.numbers import CoseAlg
 from suitkit.core.verify import TrustAnchor, TrustAnchors
+from suitkit.device.tls import ClientTls
 from suitkit.errors import DecodeError, KeyMaterialError, PolicyError, SuitError
 from suitkit.fileio import atomic_write
 
@@ -173,6 +174,15 @@ class DeviceConfig:
     health: HealthConfig | None = None
     """How the agent watches the application after an update; ``None``: it confirms a new
     image as soon as it started (the default)."""
+    tls: ClientTls = field(default_factory=ClientTls)
+    """The agent's TLS: CA bundle, client certificate and key (paths relative to the folder
+    are the folder's); flags and ``SUITKIT_TLS_*`` take precedence (``device run``)."""
+
+    def client_tls(self) -> ClientTls:
+        """``tls`` with relative paths resolved against the device folder."""
+        def at(path: Path | None) -> Path | None:
+            return None if path is None else self.directory / path
+        return ClientTls(at(self.tls.ca), at(self.tls.cert), at(self.tls.key))
 
     def component(self, suit_id: ComponentIdentifier) -> ComponentSpec | None:
         """The component with this SUIT identifier, or ``None``."""
@@ -247,6 +257,8 @@ class DeviceConfig:
             doc["tracker-id"] = self.tracker_id
         if self.health is not None:
             doc["health"] = self.health.to_json()
+        if not self.tls.empty:
+            doc["tls"] = self.tls.to_json()
         return json.dumps(doc, indent=2).encode() + b"\n"
 
 
@@ -291,12 +303,27 @@ def load_config(directory: Path) -> DeviceConfig:
             anchors=anchors, required_roles=tuple(str(r) for r in doc["required-roles"]),
             app_command=doc.get("app-command"), tracker_id=_tracker_id(doc.get("tracker-id")),
             health=(HealthConfig.of(doc["health"]) if doc.get("health") is not None
-                    else None))
+                    else None),
+            tls=_tls(doc.get("tls")))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DecodeError(str(path), f"malformed: {e}") from None
 
 
 _MAX_TRACKER_ID = 64
+
+
+def _tls(doc: object) -> ClientTls:
+    if doc is None:
+        return ClientTls()
+    if not isinstance(doc, dict) or set(doc) - {"ca", "cert", "key"}:
+        raise ValueError("tls: expected an object {ca, cert, key} of file paths")
+    paths: list[Path | None] = []
+    for key in ("ca", "cert", "key"):
+        value = doc.get(key)
+        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 4096):
+            raise ValueError(f"tls.{key}: expected a file path")
+        paths.append(Path(value) if value is not None else None)
+    return ClientTls(*paths)
 
 
 def _tracker_id(value: object) -> str | None:
@@ -368,13 +395,15 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                   image_sectors: int | None = None,
                   required_roles: Sequence[str] = (),
                   app_command: str | None = None,
-                  health: HealthConfig | None = None) -> DeviceConfig:
+                  health: HealthConfig | None = None,
+                  tls: ClientTls | None = None) -> DeviceConfig:
     """Create a device folder: ``device.json``, ``anchors/`` and ``keys/``.
 
     ``trust_anchors``: key files, or ``(role, file)`` pairs (a plain file is an ``author``).
     ``required_roles``: every one of these must have signed an update.
     ``app_command``: Linux-class devices only, the command that starts the application.
     ``health``: watch the application after each update (``HealthConfig``).
+    ``tls``: the agent's CA bundle and client certificate (``ClientTls``; kept as given).
 
     Raises:
         DecodeError: the folder already holds a device, a key file is unreadable, or a
@@ -422,7 +451,7 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         components=tuple(ComponentSpec((bytes([i]),), name)
                          for i, name in enumerate(SHAPE_COMPONENTS[shape])),
         anchors=specs, required_roles=tuple(required_roles), app_command=app_command,
-        health=health)
+        health=health, tls=tls or ClientTls())
     (directory / "anchors").mkdir(parents=True, exist_ok=True)
     (directory / "keys").mkdir(exist_ok=True)
     for spec, (_, path) in zip(specs, pairs, strict=True):
