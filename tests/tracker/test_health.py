@@ -16,14 +16,21 @@ from typing import Any
 import httpx
 import pytest
 
+from pg import BACKENDS, backend_url
 from suitkit.core.verify import TrustAnchors
 from suitkit.server.app import ServerConfig
 from suitkit.server.background import running_server
-from suitkit.tracker.campaigns import CampaignSpec
+from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec
 from suitkit.tracker.config import TrackerConfig
 from suitkit.tracker.edges import create_router
-from suitkit.tracker.service import CampaignRefused, HealthRecord, HealthReport, NotAssigned
-from tracker.test_campaigns import RELEASE, URL, VENDOR, World, notified
+from suitkit.tracker.service import (
+    CampaignRefused,
+    HealthRecord,
+    HealthReport,
+    NotAssigned,
+    open_db,
+)
+from tracker.test_campaigns import RELEASE, URL, VENDOR, Clock, World, notified
 from tracker.test_campaigns import world as world  # noqa: PLC0414 - the fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -211,6 +218,47 @@ def test_health_rows_are_bounded_per_device(world: World) -> None:
         world.db.report_health(device_id, HealthReport(release, "healthy", 1.0))
     rows = world.db.health(device_id)
     assert len(rows) == 8 and rows[0]["release"] == "0b" * 32
+
+
+@pytest.fixture(params=BACKENDS)
+def any_world(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[World]:
+    """``World`` on SQLite and on PostgreSQL (the health counts are SQL of their own)."""
+    from datetime import UTC, datetime
+
+    clock = Clock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+    db = open_db(backend_url(request, tmp_path), clock=clock)
+    try:
+        yield World(db, CampaignEngine(db), clock, tmp_path, [])
+    finally:
+        db.engine.dispose()
+
+
+def test_the_health_rule_and_gate_on_each_backend(any_world: World) -> None:
+    world = any_world
+    campaign_id, ids = started(world, 4, waves=(50, 100), unhealthy_threshold=0.4,
+                               health_window=120.0)
+    first = notified(world, campaign_id)
+    for device_id in first:
+        world.succeed(device_id)
+    world.clock.now += timedelta(seconds=120)
+    world.engine.tick()
+    assert sorted(notified(world, campaign_id)) == sorted(set(ids) - set(first))
+    for device_id in set(ids) - set(first):
+        world.succeed(device_id)
+    world.clock.now += timedelta(seconds=1)
+    world.db.report_health(first[0], unhealthy())  # outside its window: counts for nothing
+    world.engine.tick()
+    assert world.engine.get(campaign_id)["health"] == {"confirmed": 4, "unhealthy": 0}
+    second = sorted(set(ids) - set(first))
+    world.clock.now += timedelta(seconds=5)
+    assert world.db.report_health(second[0], unhealthy())["rollback"] is True
+    world.engine.tick()
+    assert world.engine.get(campaign_id)["status"] == "running"  # 1 of 4: not above 40%
+    world.db.report_health(second[1], unhealthy())
+    world.engine.tick()
+    doc = world.engine.get(campaign_id)
+    assert doc["status"] == "paused" and doc["pause_reason"].startswith(
+        "health threshold crossed: 2 of 4 devices")
 
 
 @pytest.mark.parametrize(("kw", "message"), [
