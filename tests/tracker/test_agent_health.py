@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from device.device_kit import new_device
+from device.device_kit import boot, confirm, new_device
 from suitkit.cli.main import app as cli
 from suitkit.device.agent import AgentResult, run_once
 from suitkit.device.config import HealthConfig, load_config, set_health
@@ -182,6 +182,35 @@ def test_the_window_goes_on_without_the_tracker_and_holds_new_updates(world: Wor
     assert poll(folder, world, dev).outcome == "succeeded"  # then the next update
     assert running(folder) == (3, False)
     assert until_done(folder, world, dev).outcome == "healthy"
+
+
+def test_a_reboot_inside_the_window_reverts_and_the_agent_says_so(world: World) -> None:
+    """A power cut (a reboot) inside the window: the bootloader reverts the unconfirmed
+    update; the agent does not then confirm the previous image as the new release's health."""
+    folder, dev = device(world, HealthConfig(window=30.0, interval=0.2, command="true"))
+    assert world.deploy(release_of(world, 2), [dev["id"]]).status_code == 201
+    assert poll(folder, world, dev).outcome == "succeeded"
+    assert running(folder) == (2, False)
+    boot(folder)  # the reboot
+    assert running(folder) == (1, True)
+    result = poll(folder, world, dev)
+    assert result.outcome == "rolled-back", result.steps
+    assert "the bootloader reverted it" in result.reason
+    assert load_watch(folder) is None and running(folder) == (1, True)
+    shown = world.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
+    assert shown["state"] == "rolled-back" and shown["health"][0]["status"] == "rolled-back"
+    assert shown["components"][0]["sequence"] == 1
+
+
+def test_a_confirm_by_hand_inside_the_window_ends_it(world: World) -> None:
+    folder, dev = device(world, HealthConfig(window=30.0, interval=0.2, command="true"))
+    assert world.deploy(release_of(world, 2), [dev["id"]]).status_code == 201
+    assert poll(folder, world, dev).outcome == "succeeded"
+    confirm(folder)  # suitkit device confirm
+    result = poll(folder, world, dev)
+    assert result.outcome == "healthy" and "confirmed inside its health window" in result.reason
+    assert load_watch(folder) is None and running(folder) == (2, True)
+    assert health_rows(world, dev)[0]["status"] == "healthy"
 
 
 def test_a_device_without_health_confirms_at_once(world: World) -> None:

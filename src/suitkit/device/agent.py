@@ -744,7 +744,8 @@ def _reboot(opened: OpenDevice, tracker: _Tracker, *, release: str,
                 opened.bootloader.confirm()
             else:  # on trial until its health window passed (device.health)
                 watch = open_watch(opened.config.directory, release, health,
-                                   report_ok=report_ok, records=records)
+                                   report_ok=report_ok, records=records,
+                                   sequence=_trial(opened)[1])
                 success += f"; on trial for its health window of {health.window:g} s"
             final, reason = "succeeded", success
         else:
@@ -769,6 +770,17 @@ def _reboot(opened: OpenDevice, tracker: _Tracker, *, release: str,
     if watch is not None and opened.config.health is not None:
         return replace(done, next_check=min(opened.config.health.interval, watch.left()))
     return done
+
+
+def _trial(opened: OpenDevice) -> tuple[bool, int | None]:
+    """Whether the running images are on trial (booted, not confirmed), and the sequence
+    number of the boot set's first image (``None``: none verifies)."""
+    observation = opened.bootloader.observe()  # type: ignore[attr-defined]
+    state = getattr(observation, "boot_state", None) or observation.state
+    first = observation.primary[0] if observation.primary else None
+    sequence = (first.info.sequence_number
+                if first is not None and first.info is not None else None)
+    return state.phase.name.lower() in ("trial", "tried"), sequence
 
 
 def _restart(opened: OpenDevice) -> str:
@@ -798,6 +810,28 @@ def _watch_step(opened: OpenDevice, tracker: _Tracker, watch: Watch, *, reachabl
     folder = opened.config.directory
     config = opened.config.health or HealthConfig(window=max(watch.window, 1.0), interval=1.0)
     release = watch.release
+    on_trial, sequence = _trial(opened)
+    if not on_trial:
+        # not on trial any more: a reboot inside the window reverted the unconfirmed update,
+        # or someone confirmed it (suitkit device confirm)
+        close_watch(folder)
+        reverted = watch.sequence is not None and sequence != watch.sequence
+        try:
+            if reverted:
+                reason = (f"the device rebooted inside the health window of release {release} "
+                          "and the bootloader reverted it (it was not confirmed)")
+                if reachable:
+                    tracker.health(watch.report("rolled-back", detail=reason))
+            else:
+                reason = f"release {release} was confirmed inside its health window"
+                if reachable:
+                    tracker.health(watch.report("healthy" if watch.status == "watching"
+                                                else watch.status, detail=reason))
+            tracker.inventory(opened)
+        except TrackerError as e:
+            step(f"tracker: {e}")
+        return result("rolled-back" if reverted else "healthy" if watch.status == "watching"
+                      else "unhealthy", reason, release)
     ordered = reachable and tracker.rollback is not None \
         and tracker.rollback.lower() == release.lower()
     if ordered:

@@ -64,6 +64,9 @@ class Watch:
     failures: int = 0
     crashes: int = 0
     records: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    sequence: int | None = None
+    """The sequence number the update runs (of the boot set's first image): a device found
+    running another one inside the window was reverted by a reboot."""
 
     def over(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.started + self.window
@@ -89,7 +92,8 @@ class Watch:
         return json.dumps({"release": self.release, "started": self.started,
                            "window": self.window, "status": self.status,
                            "checks": self.checks, "failures": self.failures,
-                           "crashes": self.crashes, "records": list(self.records)}).encode()
+                           "crashes": self.crashes, "records": list(self.records),
+                           "sequence": self.sequence}).encode()
 
 
 def watch_path(folder: Path) -> Path:
@@ -111,9 +115,11 @@ def load_watch(folder: Path) -> Watch | None:
         raise DecodeError(str(path), f"unreadable: {e}") from None
     try:
         records = tuple(dict(r) for r in doc.get("records", ())[-MAX_RECORDS:])
+        sequence = doc.get("sequence")
         return Watch(str(doc["release"])[:128], float(doc["started"]), float(doc["window"]),
                      str(doc.get("status", "watching")), int(doc.get("checks", 0)),
-                     int(doc.get("failures", 0)), int(doc.get("crashes", 0)), records)
+                     int(doc.get("failures", 0)), int(doc.get("crashes", 0)), records,
+                     int(sequence) if sequence is not None else None)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DecodeError(str(path), f"malformed: {e}") from None
 
@@ -125,10 +131,11 @@ def save_watch(folder: Path, watch: Watch) -> None:
 
 
 def open_watch(folder: Path, release: str, config: HealthConfig, *,
-               report_ok: bool | None = None, records: int = 0) -> Watch:
+               report_ok: bool | None = None, records: int = 0,
+               sequence: int | None = None) -> Watch:
     """Open the health window of ``release`` now; ``report_ok``: the install's SUIT report
-    succeeded (``None``: no report)."""
-    watch = Watch(release, time.time(), config.window)
+    succeeded (``None``: no report); ``sequence``: what the device runs now."""
+    watch = Watch(release, time.time(), config.window, sequence=sequence)
     if report_ok is not None:
         watch = watch.record("suit-report", report_ok,
                              f"the install's SUIT report: {'success' if report_ok else 'failure'}"
