@@ -165,6 +165,12 @@ def test_unhealthy_devices_pause_the_campaign_and_roll_back(tmp_path: Path) -> N
             "health threshold crossed: 2 of 4 devices that confirmed turned unhealthy within "
             "60 s (50% > 25%)"), doc["pause_reason"]
         assert doc["log"][-1]["action"] == "pause" and doc["log"][-1]["actor"] == "engine"
+        shown = runner.invoke(cli, ["campaign", "status", cid, "--server", server.url,
+                                    "--token-file", str(tmp_path / "alice")])
+        assert shown.exit_code == 0, shown.output
+        assert "paused (health threshold crossed: 2 of 4" in shown.output
+        assert "health gate: window 60 s after confirming, pause above 25% unhealthy; 2 " \
+               "unhealthy of 4 confirmed" in shown.output, shown.output
 
         for i in (0, 1):
             wait_until(lambda i=i: device(devices[i])["state"] == "rolled-back", 60,

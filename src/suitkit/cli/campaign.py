@@ -188,8 +188,17 @@ def status(campaign_id: IdArgument, server: ServerOption, token_file: TokenFileO
                       str(wave["devices"]),
                       ", ".join(f"{n} {s}" for s, n in sorted(wave["states"].items())))
     out.print(table)
+    if doc.get("health_window") is not None:
+        health = doc.get("health") or {}
+        threshold = doc.get("unhealthy_threshold")
+        out.print(f"  health gate: window {doc['health_window']:g} s after confirming"
+                  + (f", pause above {threshold * 100:g}% unhealthy" if threshold is not None
+                     else "")
+                  + f"; {health.get('unhealthy', 0)} unhealthy of "
+                    f"{health.get('confirmed', 0)} confirmed", markup=False)
     for member in doc.get("members") or []:
-        out.print(f"  {member['device_id']}  wave {member['wave']}  {member['state']}",
+        out.print(f"  {member['device_id']}  wave {member['wave']}  {member['state']}"
+                  + (f"  health {member['health']}" if member.get("health") else ""),
                   markup=False)
     for entry in (doc.get("log") or [])[-5:]:
         out.print(f"  log {entry['timestamp']} {entry['actor']} {entry['action']} "
