@@ -173,12 +173,14 @@ def test_the_window_goes_on_without_the_tracker_and_holds_new_updates(world: Wor
     away = run_once(folder, "http://127.0.0.1:9", dev["token"], fetcher=HttpFetcher())
     assert away.outcome == "watching", away.steps
     assert any(s.startswith("tracker: POST /checkin") for s in away.steps)
-    # a new release deployed inside the window waits for its end
-    assert world.deploy(newer, [dev["id"]]).status_code == 201
-    assert poll(folder, world, dev).outcome == "watching"
-    assert running(folder) == (2, False)
+    # no new release inside the window: the tracker refuses to deploy one
+    refused = world.deploy(newer, [dev["id"]])
+    assert refused.status_code == 409, refused.text
+    assert f"is inside the health window of release {release_of(world, 2)['id']} until " \
+        in refused.json()["error"]
     assert until_done(folder, world, dev).outcome == "healthy"
     assert running(folder) == (2, True)
+    assert world.deploy(newer, [dev["id"]]).status_code == 201
     assert poll(folder, world, dev).outcome == "succeeded"  # then the next update
     assert running(folder) == (3, False)
     assert until_done(folder, world, dev).outcome == "healthy"

@@ -25,6 +25,7 @@ from suitkit.tracker.config import TrackerConfig
 from suitkit.tracker.edges import create_router
 from suitkit.tracker.service import (
     CampaignRefused,
+    DeploymentRefused,
     HealthRecord,
     HealthReport,
     NotAssigned,
@@ -182,6 +183,41 @@ def test_the_rollback_order_reaches_the_check_in_and_ends_with_rolled_back(
     assert len(world.db.history(device_id)) == len(history)
     with pytest.raises(NotAssigned, match="did not confirm"):
         world.db.report_health(device_id, healthy("healthy"))
+
+
+def test_no_new_update_is_given_inside_a_health_window(world: World) -> None:
+    """The agent takes none before its window ends: a deployment is refused, a campaign
+    holds the member until then; a new assignment carries no old rollback order."""
+    (device_id,) = world.devices(1)
+    secret = _secret(world, device_id)
+    world.db.deploy(RELEASE, URL, [device_id])
+    world.succeed(device_id)
+    world.db.report_health(device_id, HealthReport(RELEASE, "watching", 60.0))
+    with pytest.raises(DeploymentRefused, match=f"inside the health window of release "
+                                                f"{RELEASE} until 2026-03-02T12:01:00"):
+        world.db.deploy("cd" * 32, URL, [device_id])
+    campaign_id = world.campaign(devices=(device_id,), vendor_id=None)["id"]
+    world.engine.start(campaign_id, "carol")
+    assert notified(world, campaign_id) == []  # held: retried at a later tick
+    world.clock.now += timedelta(seconds=60)
+    world.engine.tick()
+    assert notified(world, campaign_id) == [device_id]
+    checked = world.db.check_in(device_id, secret, "x")
+    assert checked is not None and checked.rollback is None
+
+
+def test_a_new_assignment_drops_the_last_update_s_rollback_order(world: World) -> None:
+    campaign_id, (device_id,) = started(world, 1, health_window=600.0)
+    secret = _secret(world, device_id)
+    world.succeed(device_id)
+    assert world.db.report_health(device_id, unhealthy())["rollback"] is True
+    world.db.report_health(device_id, HealthReport(RELEASE, "rolled-back", 600.0))
+    world.db.deploy("cd" * 32, URL, [device_id])  # the same instant: the clock stands still
+    for state in ("downloading", "downloaded", "installing", "rebooting", "succeeded"):
+        world.db.add_event(device_id, state, "")
+    checked = world.db.check_in(device_id, secret, "x")
+    assert checked is not None and checked.rollback is None and checked.state == "succeeded"
+    del campaign_id
 
 
 def test_a_direct_deployment_keeps_health_but_orders_no_rollback(world: World) -> None:

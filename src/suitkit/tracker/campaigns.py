@@ -56,6 +56,7 @@ from suitkit.tracker.service import (
     Page,
     TrackerDB,
     iso,
+    open_health_window,
     page_of,
     parse_window,
     schedule_open,
@@ -565,6 +566,9 @@ class CampaignEngine:
         if assignment is not None and assignment.done is None:
             device.history_count -= 1
             return None
+        if open_health_window(tx, device, assignment, now) is not None:
+            device.history_count -= 1  # watching its last update: retried at a later tick
+            return None
         state = device.state
         if state == "downloaded" and assignment is not None \
                 and assignment.action == "download" and assignment.release == campaign.release:
@@ -573,6 +577,7 @@ class CampaignEngine:
             assignment.campaign_id, assignment.action = campaign.id, action
             assignment.envelope_url, assignment.created = campaign.envelope_url, now
             assignment.done = now if action == "download" else None
+            assignment.rollback = None
             return "downloaded"
         if "notified" in TRANSITIONS.get(state, frozenset()):
             tx.add(DeviceEvent(device_id=device_id, seq=seq, state="notified",
@@ -593,6 +598,7 @@ class CampaignEngine:
             assignment.created, assignment.done = now, None
             assignment.campaign_id, assignment.action = campaign.id, action
             assignment.reported = None  # a new update: its report is still to come
+            assignment.rollback = None  # and no order of the last one holds for it
         return "notified"
 
     def _switch_to_install(self, tx: Tx, campaign_id: str, now: datetime

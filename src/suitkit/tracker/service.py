@@ -105,6 +105,7 @@ __all__ = [
     "iso",
     "member_event",
     "open_db",
+    "open_health_window",
     "page_of",
     "parse_window",
     "pbkdf2_hash",
@@ -453,6 +454,22 @@ def _rollback_of(row: CheckinRow) -> str | None:
             or row.assigned is None or row.rollback < row.assigned:
         return None
     return row.release
+
+
+def open_health_window(tx: Tx, device: Device, assignment: Assignment | None,
+                       now: datetime) -> DeviceHealth | None:
+    """The health window the device is in, if any: it confirmed its current release and
+    said it watches it (or found it unhealthy) less than its window ago. Its agent takes no
+    new update before the window ends, so none is given to it (a deployment is refused, a
+    campaign retries the member later)."""
+    if assignment is None or assignment.done is None or device.state != "succeeded":
+        return None
+    row = tx.health(device.id, assignment.release)
+    if row is None or row.status not in ("watching", "unhealthy"):
+        return None
+    if (now - row.confirmed).total_seconds() >= row.window:
+        return None
+    return row
 
 
 def _pending(tx: Tx, device_id: str) -> dict[str, Any] | None:
@@ -979,6 +996,13 @@ class TrackerDB:
                     raise DeploymentRefused(f"device {device_id} has a pending assignment of "
                                             f"campaign {assignment.campaign_id}; cancel the "
                                             "campaign or wait until the device finishes")
+                window = open_health_window(tx, device, assignment, now)
+                if window is not None:
+                    ends = window.confirmed + timedelta(seconds=window.window)
+                    raise DeploymentRefused(
+                        f"device {device_id} is inside the health window of release "
+                        f"{window.release} until {iso(ends)} ({window.status}); its agent "
+                        "takes no new update before it ends: deploy again then")
                 event: dict[str, Any] | None = None
                 if "notified" in TRANSITIONS.get(device.state, frozenset()):
                     row = DeviceEvent(device_id=device_id, seq=seq, state="notified",
@@ -1002,7 +1026,7 @@ class TrackerDB:
                     assignment.release, assignment.envelope_url = release, envelope_url
                     assignment.created, assignment.done = now, None
                     assignment.campaign_id, assignment.action = None, "install"
-                    assignment.reported = None
+                    assignment.reported = assignment.rollback = None
                 results.append({"id": device_id, "event": event})
             tx.announce(r["id"] for r in results)
         order = {device_id: i for i, device_id in enumerate(requested)}
