@@ -41,9 +41,12 @@ NEW = (b"import os, sys, time\n"
        b"while not os.path.exists('crash'):\n"
        b"    time.sleep(0.1)\n"
        b"sys.exit(3)\n")
-WINDOW = 15.0
-"""The devices' health window (seconds): long enough for the test to turn two of them
-unhealthy inside it on a busy machine."""
+WINDOW = 12.0
+"""The health window of the two devices that stay healthy (seconds): the test waits for its
+end."""
+LONG_WINDOW = 90.0
+"""The health window of the two devices the test turns unhealthy: long enough for that to
+happen inside it on a busy machine."""
 
 
 def auth(token: str) -> dict[str, str]:
@@ -93,8 +96,9 @@ def test_unhealthy_devices_pause_the_campaign_and_roll_back(tmp_path: Path) -> N
             create_device(folder, vendor_id=VENDOR, class_id=CLASS,
                           trust_anchors=[author.anchor], shape="linux",
                           app_command=f"{sys.executable} {{image}}",
-                          health=HealthConfig(window=WINDOW, interval=0.3,
-                                              command="test ! -e unhealthy", timeout=10))
+                          health=HealthConfig(window=LONG_WINDOW if i < 2 else WINDOW,
+                                              interval=0.3, command="test ! -e unhealthy",
+                                              timeout=10))
             folders.append(folder)
             stack.callback(ProcessLauncher("true", folder / "app.pid").stop)
             assert install(folder, base).installed
@@ -144,14 +148,15 @@ def test_unhealthy_devices_pause_the_campaign_and_roll_back(tmp_path: Path) -> N
             assert got.status_code == 200, got.text
             return dict(got.json())
 
-        # every device confirmed to the tracker and watches its application, on trial
+        # every device confirmed to the tracker and watches its application, on trial (the
+        # two with the short window may have ended it already on a slow machine)
         wait_until(lambda: all(m["state"] == "succeeded" for m in campaign()["members"]), 90,
                    "the four devices to report succeeded")
-        for i, folder in enumerate(folders):
-            assert running(folder) == (2, False), agent_log(i)[-2000:]
+        for i in (0, 1):
+            assert running(folders[i]) == (2, False), agent_log(i)[-2000:]
         assert campaign()["status"] == "running"  # nobody unhealthy yet
         wait_until(lambda: all(device(d)["health"] and device(d)["health"][0]["status"]
-                               == "watching" for d in devices), 30,
+                               in ("watching", "healthy") for d in devices), 30,
                    "the four devices' first health reports")
 
         # one device's health command fails, another's application crashes after confirming
