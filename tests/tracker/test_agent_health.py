@@ -230,6 +230,7 @@ def test_a_device_without_health_confirms_at_once(world: World) -> None:
     ({"window": 5, "interval": 9}, "health interval: expected seconds in (0, window], got 9.0"),
     ({"window": 5, "url": "ftp://x"}, "health url: expected an http(s) URL, got 'ftp://x'"),
     ({"window": 5, "max-crashes": "2"}, "health.max-crashes: expected a number"),
+    ({"window": 5, "max-crashes": 1.5}, "health.max-crashes: expected an integer"),
     ({"window": 5, "retries": 2}, "health: unknown key 'retries'"),
 ])
 def test_a_bad_health_setting_is_one_line(tmp_path: Path, health: dict[str, Any],

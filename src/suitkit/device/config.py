@@ -136,6 +136,9 @@ class HealthConfig:
             if value is not None and (isinstance(value, bool)
                                       or not isinstance(value, int | float)):
                 raise ValueError(f"health.{key}: expected a number")
+        crashes = numbers["max-crashes"]
+        if crashes is not None and not isinstance(crashes, int):
+            raise ValueError("health.max-crashes: expected an integer")
         for key in ("command", "url"):
             if doc.get(key) is not None and not isinstance(doc.get(key), str):
                 raise ValueError(f"health.{key}: expected a string")
