@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import ssl
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,7 +32,7 @@ from suitkit.cli.common import (
 )
 from suitkit.core import jsonform
 from suitkit.core.report import Report
-from suitkit.device.config import SHAPE_COMPONENTS, create_device
+from suitkit.device.config import SHAPE_COMPONENTS, HealthConfig, create_device
 from suitkit.device.consumer import running_version
 from suitkit.device.fetch import FileFetcher, HttpFetcher, RoutingFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
@@ -80,8 +81,22 @@ def init(
     app_command: Annotated[str | None, typer.Option(
         "--app-command", help="Linux-class: the command that starts the application, "
         "{image} standing for the image file (e.g. 'python3 {image}').")] = None,
+    health_window: Annotated[float | None, typer.Option(
+        "--health-window", help="Seconds the agent watches the application after an update "
+        "before it confirms it (health-gated rollouts; default: confirm at once).")] = None,
+    health_interval: Annotated[float | None, typer.Option(
+        "--health-interval", help="Seconds between health checks (default 5).")] = None,
+    health_command: Annotated[str | None, typer.Option(
+        "--health-command", help="A health check: exit 0 is healthy ({pid}: the "
+        "application's process id).")] = None,
+    health_url: Annotated[str | None, typer.Option(
+        "--health-url", help="A health check: a 2xx answer to GET URL is healthy.")] = None,
+    max_crashes: Annotated[int, typer.Option(
+        "--max-crashes", help="Crashes of the application restarted in the health window "
+        "before it is unhealthy.")] = 0,
 ) -> None:
     """Create a device: identity, trust anchors, empty slots (component i is h'0i')."""
+    health = _health(health_window, health_interval, health_command, health_url, max_crashes)
     if shape not in SHAPE_COMPONENTS:
         fail(f"--shape must be one of {', '.join(SHAPE_COMPONENTS)}, got {shape!r}", EXIT_USAGE)
     anchors: list[Path | tuple[str, Path]] = []
@@ -96,7 +111,7 @@ def init(
             config = create_device(
                 directory, vendor_id=vendor, class_id=klass, trust_anchors=anchors,
                 shape=shape, device_id=device, decryption_keys=decryption_key,
-                required_roles=require or (), app_command=app_command)
+                required_roles=require or (), app_command=app_command, health=health)
             open_device(directory).save()
     except BaseException:
         if new_folder:  # no half-made device left behind (a full disk, an interrupt)
@@ -332,6 +347,16 @@ def run(
                                           "poll mode).")] = "suitkit",
     ddi_tenant: Annotated[str, typer.Option("--ddi-tenant", help="The hawkBit tenant (with "
                                             "--protocol ddi).")] = "DEFAULT",
+    tls_ca: Annotated[Path | None, typer.Option(
+        "--tls-ca", envvar="SUITKIT_TLS_CA", help="PEM CA certificates the server's "
+        "certificate must chain to (default: device.json's tls.ca, else the system's).")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", envvar="SUITKIT_TLS_CERT", help="The device's PEM client certificate "
+        "(chain), for a server that requires one (default: device.json's tls.cert).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        "--tls-key", envvar="SUITKIT_TLS_KEY", help="PEM private key of --tls-cert, unless "
+        "that file holds it too.")] = None,
 ) -> None:
     """Keep a device up to date from a status tracker (RFC 9019 §2.3): register the inventory,
     learn of updates in the chosen mode, download (resumably), install, boot, confirm and
@@ -361,14 +386,78 @@ def run(
         check_credential(directory, credential)
     except SuitError as e:
         fail(f"{credential_file}: {e}", EXIT_USAGE)
-    fetcher = RoutingFetcher(HttpFetcher(), coap=CoapFetcher())
+    tls = _client_tls(directory, tls_ca, tls_cert, tls_key)
+    fetcher = RoutingFetcher(HttpFetcher(tls=tls), coap=CoapFetcher())
     try:
         result = run_agent(directory, server, credential, fetcher=fetcher, options=options,
-                           say=lambda line: out.print(line, markup=False))
+                           say=lambda line: out.print(line, markup=False), tls=tls)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_FAILED) from None
     if result is None or not result.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _client_tls(directory: Path, ca: Path | None, cert: Path | None,
+                key: Path | None) -> ssl.SSLContext | None:
+    """The agent's TLS context: ``--tls-*`` flags (or ``SUITKIT_TLS_*``) over device.json's
+    ``tls``; one line naming the file when one cannot be loaded (``KeyMaterialError``)."""
+    from suitkit.device.config import load_config  # noqa: PLC0415
+    from suitkit.device.tls import ClientTls  # noqa: PLC0415
+
+    return ClientTls(ca, cert, key).over(load_config(directory).client_tls()).context()
+
+
+def _health(window: float | None, interval: float | None, command: str | None,
+            url: str | None, max_crashes: int) -> HealthConfig | None:
+    """The ``--health-*`` options as a ``HealthConfig`` (``None`` without ``--health-window``);
+    a usage error naming what is wrong."""
+    if window is None:
+        if interval is not None or command is not None or url is not None or max_crashes:
+            fail("--health-interval, --health-command, --health-url and --max-crashes need "
+                 "--health-window", EXIT_USAGE)
+        return None
+    health = HealthConfig(window=window, interval=interval if interval is not None
+                          else min(5.0, window), command=command, url=url,
+                          max_crashes=max_crashes)
+    try:
+        health.check()
+    except ValueError as e:
+        fail(f"--health-*: {e}", EXIT_USAGE)
+    return health
+
+
+@app.command("health")
+@handles_errors
+def health_command(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
+    health_window: Annotated[float | None, typer.Option(
+        "--health-window", help="Seconds the agent watches the application after an update "
+        "before it confirms it (health-gated rollouts; default: confirm at once).")] = None,
+    health_interval: Annotated[float | None, typer.Option(
+        "--health-interval", help="Seconds between health checks (default 5).")] = None,
+    health_command: Annotated[str | None, typer.Option(
+        "--health-command", help="A health check: exit 0 is healthy ({pid}: the "
+        "application's process id).")] = None,
+    health_url: Annotated[str | None, typer.Option(
+        "--health-url", help="A health check: a 2xx answer to GET URL is healthy.")] = None,
+    max_crashes: Annotated[int, typer.Option(
+        "--max-crashes", help="Crashes of the application restarted in the health window "
+        "before it is unhealthy.")] = 0,
+    off: Annotated[bool, typer.Option("--off", help="No health window: confirm a new "
+                                      "image as soon as it started.")] = False,
+) -> None:
+    """Set how the agent watches the application after an update (docs/operations.md,
+    "Health-gated rollouts"), or turn it off."""
+    from suitkit.device.config import set_health  # noqa: PLC0415
+
+    health = None if off else _health(health_window, health_interval, health_command,
+                                      health_url, max_crashes)
+    if health is None and not off:
+        fail("give --health-window (and the checks), or --off", EXIT_USAGE)
+    with writing(f"device folder {directory}"):
+        set_health(directory, health)
+    shown = "off" if health is None else json.dumps(health.to_json())
+    out.print(f"health window: {shown}", markup=False)
 
 
 @app.command()
@@ -384,6 +473,16 @@ def register(
                                            "credential (mode 0600).")],
     name: Annotated[str | None, typer.Option("--name", help="Name shown to operators "
                                              "(default: the folder's name).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(
+        "--tls-ca", envvar="SUITKIT_TLS_CA", help="PEM CA certificates the server's "
+        "certificate must chain to (default: device.json's tls.ca, else the system's).")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", envvar="SUITKIT_TLS_CERT", help="The device's PEM client certificate "
+        "(chain), for a server that requires one (default: device.json's tls.cert).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        "--tls-key", envvar="SUITKIT_TLS_KEY", help="PEM private key of --tls-cert, unless "
+        "that file holds it too.")] = None,
 ) -> None:
     """Enrol the device with a status tracker: register it, write its credential (shown by
     the tracker only once) for `device run --credential-file`, and send its inventory."""
@@ -395,7 +494,8 @@ def register(
     if out_file.exists():
         fail(f"{out_file}: already exists; a device is registered once", EXIT_USAGE)
     try:
-        credential = enrol(directory, server, token, name=name)
+        credential = enrol(directory, server, token, name=name,
+                           tls=_client_tls(directory, tls_ca, tls_cert, tls_key))
     except TrackerUnreachable as e:
         fail(f"cannot reach {server}: {e}", EXIT_UNREACHABLE)
     except TrackerError as e:
