@@ -239,6 +239,9 @@ class _Value(aiocoap.resource.ObservableResource):  # type: ignore[misc]
             self.value = value
             self.updated_state()
 
+    async def render_to_pipe(self, pipe: Any) -> None:
+        await super().render_to_pipe(_NumberedFromOne(pipe))
+
     async def add_observation(self, request: Any, serverobservation: Any) -> None:
         if len(self._observations) < _MAX_OBSERVERS and self.client.allowed(request):
             await super().add_observation(request, serverobservation)
@@ -251,6 +254,32 @@ class _Value(aiocoap.resource.ObservableResource):  # type: ignore[misc]
             return _answer(Code.METHOD_NOT_ALLOWED, "read only")
         return aiocoap.Message(code=Code.CONTENT, payload=str(self.value).encode(),
                                content_format=_TEXT)
+
+
+class _NumberedFromOne:
+    """A response pipe whose notifications are numbered from 1 and sent NON.
+
+    Numbered from 1: aiocoap numbers an observation's first response 0 (RFC 7641 §4.4 allows
+    it), and node-coap (lwm2m-node-lib's stack) keeps only notifications numbered above the
+    last one it saw, starting from 0: it dropped the first one and never finished its
+    observe. NON (RFC 7641 §4.5 allows it): lwm2m-node-lib's server sends its requests
+    through its own CoAP proxy, which relays responses but not the ACK of a CON
+    notification; aiocoap then retransmits it for 93 s, and holds every later CON message to
+    that server behind it, the registration update too (the registration expired). A lost NON
+    notification costs little: the server reads State again while an update is under way."""
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe = pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    def add_response(self, response: Any, is_last: bool = False) -> None:
+        if response.opt.observe is not None:
+            response.opt.observe = (response.opt.observe + 1) % (1 << 24)
+            if response.opt.observe > 1:  # a notification (the first is the ACK's)
+                response.mtype = aiocoap.NON
+        self._pipe.add_response(response, is_last=is_last)
 
 
 class _Written(aiocoap.resource.Resource):  # type: ignore[misc]
