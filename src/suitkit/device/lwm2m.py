@@ -308,8 +308,10 @@ class _Client:
 
     def __init__(self, folder: Path, device_id: str, options: Lwm2mOptions, *,
                  fetcher: PayloadFetcher, tracker: httpx.Client | None, limits: Limits,
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None],
+                 on_result: Callable[[AgentResult], None] | None = None) -> None:
         self.folder, self.device_id, self.options = folder, device_id, options
+        self.on_result = on_result
         self.fetcher, self.tracker, self.limits, self.say = fetcher, tracker, limits, say
         self.state = _Value(self, IDLE)
         self.result = _Value(self, 0)
@@ -517,6 +519,9 @@ class _Client:
         except SuitError as e:
             self.say(f"the package is refused: {e}")
             self._reset(_verify_result(e))
+            self.last = AgentResult("failed", f"rejected: {e}")
+            if self.on_result is not None:
+                self.on_result(self.last)
             return
         self.package = data
         (self.folder / "agent").mkdir(exist_ok=True)
@@ -548,6 +553,8 @@ class _Client:
         self.read_identity()
         self.say(f"update result {code} ({outcome.outcome}: {outcome.reason})")
         self._set(IDLE, code)
+        if self.on_result is not None:
+            self.on_result(outcome)
 
     def _install(self, data: bytes) -> tuple[AgentResult, int]:
         """The agent's install (consumer, report, boot, confirm or revert) in a worker
@@ -681,11 +688,13 @@ def _text(response: Any) -> str:
 def run_lwm2m(folder: Path, credential: str, options: Lwm2mOptions, *,
               fetcher: PayloadFetcher, tracker_url: str | None = None,
               limits: Limits | None = None, say: Callable[[str], None] | None = None,
-              stop: threading.Event | None = None) -> AgentResult | None:
+              stop: threading.Event | None = None,
+              on_result: Callable[[AgentResult], None] | None = None) -> AgentResult | None:
     """Run the LwM2M client of the device in ``folder`` (endpoint name: the credential's
     device id) until ``options.duration`` seconds, ``stop`` is set, or SIGTERM/SIGINT (on the
     main thread); the last install's result (``None``: none ran). ``tracker_url``: where the
     SUIT report and the inventory go (the tracker's JSON API, with the credential).
+    ``on_result``: called with each install's result (from the client's event loop thread).
 
     Raises:
         ValueError: inconsistent options.
@@ -701,7 +710,7 @@ def run_lwm2m(folder: Path, credential: str, options: Lwm2mOptions, *,
                             headers={"Authorization": f"Bearer {credential.strip()}"})
                if tracker_url else None)
     client = _Client(folder, device_id, options, fetcher=fetcher, tracker=tracker,
-                     limits=limits or Limits(), say=tell)
+                     limits=limits or Limits(), say=tell, on_result=on_result)
 
     async def main() -> None:
         done = asyncio.Event()
