@@ -15,6 +15,7 @@ import asyncio
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -251,3 +252,31 @@ def test_lwm2m_client_survives_garbage_registration_answers(tmp_path: Path) -> N
         wait_until(lambda: sum(line.startswith("registered") for line in lines) >= 2, WAIT,
                    "the client to register again once the server answers properly")
         _untouched(folder)
+
+
+def test_lwm2m_client_stops_at_once_while_a_silent_server_holds_its_registration(
+        tmp_path: Path) -> None:
+    """A server that takes the registration and never answers (a black hole): the client
+    stops when asked, not after its request timeout (20 s)."""
+    author = Author.create(tmp_path / "author")
+    folder = new_device(tmp_path / "device", [author.anchor])
+    lines: list[str] = []
+    stop = threading.Event()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        options = Lwm2mOptions(server=f"coap://127.0.0.1:{silent.getsockname()[1]}",
+                               request_timeout=20.0)
+        thread = threading.Thread(target=lambda: run_lwm2m(
+            folder, f"{load_config(folder).device_id}.secret", options,
+            fetcher=RoutingFetcher(HttpFetcher()), say=lines.append, stop=stop), daemon=True)
+        thread.start()
+        try:
+            silent.settimeout(WAIT)
+            assert silent.recvfrom(2048)[0], "no registration arrived"  # it is waiting now
+        finally:
+            asked = time.monotonic()
+            stop.set()
+            thread.join(WAIT)
+        assert not thread.is_alive(), "the LwM2M client did not stop"
+        assert time.monotonic() - asked < 10.0, lines
+    assert not any(line.startswith("registered") for line in lines)

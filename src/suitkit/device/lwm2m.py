@@ -56,10 +56,10 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 # aiocoap ships no type information (no py.typed): the imports below are the untyped seam.
@@ -129,6 +129,8 @@ _MAX_URI = 2048
 _MAX_LOCATION = 64
 _MAX_OBSERVERS = 8
 _PACKAGE = "lwm2m-package.suit"
+_DEREGISTER_WAIT = 5.0
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -584,8 +586,11 @@ class _Client:
         return await asyncio.wait_for(self.context.request(message).response,
                                       self.options.request_timeout)
 
-    async def register(self) -> None:
-        """Raises: TrackerError: refused, unreachable or a garbled answer (one line)."""
+    async def register(self) -> bool:
+        """True once registered.
+
+        Raises:
+            TrackerError: refused, unreachable or a garbled answer (one line)."""
         query = (f"ep={self.device_id}", f"lt={self.options.lifetime}", "lwm2m=1.1", "b=U")
         try:
             # known before the registration is sent: the server's first read may arrive
@@ -606,6 +611,7 @@ class _Client:
         self.servers.add(str(response.remote.hostinfo))
         self.say(f"registered with {self.options.server} as {self.device_id} "
                  f"(/{'/'.join(location)}, lifetime {self.options.lifetime} s)")
+        return True
 
     async def update(self) -> bool:
         """A registration update; False when the server no longer knows the registration."""
@@ -624,8 +630,9 @@ class _Client:
         if self.location is None:
             return
         location, self.location = self.location, None
-        try:
-            response = await self._request(Code.DELETE, location)
+        try:  # bounded: an unreachable server does not hold the exit for long
+            response = await asyncio.wait_for(self._request(Code.DELETE, location),
+                                              _DEREGISTER_WAIT)
             self.say(f"de-registered ({response.code})")
         except (TimeoutError, aiocoap.error.Error, OSError) as e:
             self.say(f"de-registration failed: {type(e).__name__}")
@@ -640,11 +647,15 @@ class _Client:
             while not stop.is_set():
                 try:
                     if self.location is None:
-                        await self.register()
+                        if not await _unless_stopped(self.register(), stop):
+                            break
                         failures = 0
                         wait = self.options.lifetime / 2
                     else:
-                        wait = self.options.lifetime / 2 if await self.update() else 0.0
+                        updated = await _unless_stopped(self.update(), stop)
+                        if updated is None:
+                            break
+                        wait = self.options.lifetime / 2 if updated else 0.0
                         if wait == 0.0:
                             self.location = None
                 except TrackerError as e:
@@ -664,6 +675,23 @@ class _Client:
                                            None if self.state.value == UPDATING else 0.1)
                 self.work.cancel()
             await self.context.shutdown()
+
+
+async def _unless_stopped(step: Awaitable[_T], stop: asyncio.Event) -> _T | None:
+    """``step``'s result, or ``None`` (``step`` cancelled) when ``stop`` is set first: a
+    registration with a silent server does not hold the exit for its whole timeout."""
+    task = asyncio.ensure_future(step)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TrackerError):
+            await task
+        return None
+    return task.result()
 
 
 async def _hostinfo(url: str) -> str:
