@@ -10,6 +10,7 @@ The client runs in a thread of the test (``run_lwm2m`` with a stop event, stoppe
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,8 +32,14 @@ class Client:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.stamps: list[tuple[float, str]] = []
+        """(time.time(), line) of each line (benchmarks/bench_lwm2m.py)."""
         self.result: list[AgentResult | None] = []
         self.stop = threading.Event()
+
+    def say(self, line: str) -> None:
+        self.stamps.append((time.time(), line))
+        self.lines.append(line)
 
     def said(self, text: str) -> bool:
         return any(text in line for line in list(self.lines))
@@ -53,7 +60,7 @@ def lwm2m_client(w: World, folder: Path, device_id: str, *, delivery: str = "pul
             client.result.append(run_lwm2m(
                 folder, credential, opts,
                 fetcher=RoutingFetcher(HttpFetcher(), coap=CoapFetcher()),
-                tracker_url=w.tracker.url if tracker else None, say=client.lines.append,
+                tracker_url=w.tracker.url if tracker else None, say=client.say,
                 stop=client.stop))
         except BaseException:
             client.lines.append(f"Traceback: {traceback.format_exc()}")
