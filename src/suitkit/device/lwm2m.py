@@ -326,6 +326,7 @@ class _Client:
         self.context: Any = None
         self.location: tuple[str, ...] | None = None
         self.work: asyncio.Task[Any] | None = None
+        self.generation = 0
         self.last: AgentResult | None = None
         self.updates = 0
 
@@ -381,6 +382,7 @@ class _Client:
         self.state.set(state)
 
     def _reset(self, result: int = 0) -> None:
+        self.generation += 1  # a download or check still running for the old package is void
         if self.work is not None and not self.work.done():
             self.work.cancel()
         self.package, self.uri, self.assembly = None, "", None
@@ -516,18 +518,26 @@ class _Client:
         """The integrity check at the end of a download (Appendix E.6): the envelope's
         signatures against the device's trust anchors; State Downloaded only then."""
         loop = asyncio.get_running_loop()
+        generation = self.generation
         try:
             sequence = await loop.run_in_executor(None, self._verify, data)
         except SuitError as e:
+            if generation != self.generation:
+                return  # the object was reset or written again meanwhile
             self.say(f"the package is refused: {e}")
             self._reset(_verify_result(e))
             self.last = AgentResult("failed", f"rejected: {e}")
             if self.on_result is not None:
                 self.on_result(self.last)
             return
-        self.package = data
+        if generation != self.generation:
+            return
         (self.folder / "agent").mkdir(exist_ok=True)
         await loop.run_in_executor(None, atomic_write, self.folder / "agent" / _PACKAGE, data)
+        if generation != self.generation:
+            return  # reset or replaced meanwhile: void (a newer package owns the file; a
+            # copy that outlived a reset is removed at the next start)
+        self.package = data
         self.name.set(f"suit-{hashlib.sha256(data).hexdigest()[:16]}")
         self.version.set(str(sequence))
         self.say(f"downloaded {len(data)} bytes (sequence number {sequence}, signatures "
