@@ -19,7 +19,7 @@ from typing import Any
 
 from device.device_kit import Author, boot
 from lwm2m.lwm2m_kit import World, states, world
-from notice_kit import wait_until
+from notice_kit import ADMIN, wait_until
 from suitkit.device.agent import AgentResult
 from suitkit.device.fetch import CoapFetcher, HttpFetcher, RoutingFetcher
 from suitkit.device.lwm2m import Lwm2mOptions, run_lwm2m
@@ -150,3 +150,23 @@ def test_suitkit_client_refuses_an_envelope_it_does_not_trust_with_result_5(
         assert client.said("the package is refused")
         assert not client.said("updating")  # Update was never executed: nothing installed
         assert [i.sequence_number for i in boot(folder).images] == [1]
+
+
+def test_suitkit_client_pulls_the_envelope_over_coap(tmp_path: Path) -> None:
+    """A Package URI on the firmware server's CoAP edge (block-wise GET of
+    ``/envelopes/<sha256>``): the agent's CoAP fetcher downloads it."""
+    with world(tmp_path) as w:
+        folder, device_id = w.device()
+        release = w.release()
+        with w.client() as c:
+            made = c.post("/api/v1/deployments", headers={"Authorization": f"Bearer {ADMIN}"},
+                          json={"release": release["id"], "devices": [device_id],
+                                "envelope_url": w.tracker.coap + release["envelope"]["url"]})
+        assert made.status_code == 201, made.text
+        with lwm2m_client(w, folder, device_id) as client:
+            wait_until(lambda: w.record(device_id)["state"] in ("succeeded", "failed"), WAIT,
+                       "the client's update over CoAP to end")
+        assert w.record(device_id)["state"] == "succeeded", (client.lines,
+                                                            w.history(device_id))
+        assert client.said(f"downloading {w.tracker.coap}/envelopes/")
+        assert [i.sequence_number for i in boot(folder).images] == [w.sequence]
