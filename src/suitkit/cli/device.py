@@ -42,6 +42,9 @@ app = typer.Typer(help="A simulated (or Linux-class) device kept in a folder.",
                   no_args_is_help=True, add_completion=False)
 
 
+_ANY_ADDRESS = "0.0.0.0"  # noqa: S104 - the LwM2M client's default: it must reach its server
+
+
 def _uuid(value: str, option: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -341,7 +344,9 @@ def run(
                                                 "may come (5/0/9): pull (Package URI), push "
                                                 "(Package) or both.")] = "both",
     lwm2m_bind: Annotated[str, typer.Option("--lwm2m-bind", help="Local address the LwM2M "
-                                            "client serves Objects 3 and 5 on.")] = "127.0.0.1",
+                                            "client registers from and serves Objects 3 and 5 "
+                                            "on (port: the system's choice); only the LwM2M "
+                                            "server's requests are served.")] = _ANY_ADDRESS,
 ) -> None:
     """Keep a device up to date from a status tracker (RFC 9019 §2.3): register the inventory,
     learn of updates in the chosen mode, download (resumably), install, boot, confirm and
