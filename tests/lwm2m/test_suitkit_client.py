@@ -52,8 +52,8 @@ def lwm2m_client(w: World, folder: Path, device_id: str, *, delivery: str = "pul
     (then stopped, and joined)."""
     client = Client()
     credential = w.tokens[device_id]
-    opts = Lwm2mOptions(server=f"coap://127.0.0.1:{w.lwm2m.port}", lifetime=60,
-                        delivery=delivery, **options)
+    opts = Lwm2mOptions(server=f"coap://127.0.0.1:{w.lwm2m.port}", delivery=delivery,
+                        **{"lifetime": 60, **options})
 
     def run() -> None:
         try:
@@ -170,3 +170,18 @@ def test_suitkit_client_pulls_the_envelope_over_coap(tmp_path: Path) -> None:
                                                             w.history(device_id))
         assert client.said(f"downloading {w.tracker.coap}/envelopes/")
         assert [i.sequence_number for i in boot(folder).images] == [w.sequence]
+
+
+def test_suitkit_client_updates_its_registration_before_it_expires(tmp_path: Path) -> None:
+    """A lifetime of 2 s: the server forgets a registration not updated within it (its
+    sweep runs each second); the client updates at half of it, so it stays registered."""
+    with world(tmp_path) as w:
+        folder, device_id = w.device()
+        with lwm2m_client(w, folder, device_id, lifetime=2) as client:
+            ends = time.monotonic() + 6.0
+            while time.monotonic() < ends:
+                assert device_id in w.lwm2m.registered(), client.lines
+                time.sleep(0.2)
+            assert w.lwm2m.registered()[device_id]["lifetime"] == 2
+        assert sum(line.startswith("registered") for line in client.lines) == 1, client.lines
+        assert device_id not in w.lwm2m.registered()  # de-registered on exit
