@@ -45,6 +45,9 @@ app = new_app(help="A simulated (or Linux-class) device kept in a folder.",
               no_args_is_help=True)
 
 
+_ANY_ADDRESS = "0.0.0.0"  # noqa: S104 - the LwM2M client's default: it must reach its server
+
+
 def _uuid(value: str, option: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -342,9 +345,11 @@ def run(
                                              "coap://HOST:PORT (for --transport coap).")
                     ] = None,
     protocol: Annotated[str, typer.Option("--protocol", help="suitkit (the tracker's JSON "
-                                          "API) or ddi (hawkBit DDI: the base poll, the "
+                                          "API), ddi (hawkBit DDI: the base poll, the "
                                           "deployment's *.suit artifact, action feedback; "
-                                          "poll mode).")] = "suitkit",
+                                          "poll mode) or lwm2m (an LwM2M client of --lwm2m: "
+                                          "Objects 3 and 5; the SUIT report goes to "
+                                          "--server).")] = "suitkit",
     ddi_tenant: Annotated[str, typer.Option("--ddi-tenant", help="The hawkBit tenant (with "
                                             "--protocol ddi).")] = "DEFAULT",
     tls_ca: Annotated[Path | None, typer.Option(
@@ -357,6 +362,18 @@ def run(
     tls_key: Annotated[Path | None, typer.Option(
         "--tls-key", envvar="SUITKIT_TLS_KEY", help="PEM private key of --tls-cert, unless "
         "that file holds it too.")] = None,
+    lwm2m: Annotated[str | None, typer.Option("--lwm2m", help="With --protocol lwm2m: the "
+                                              "LwM2M server, coap://HOST:PORT.")] = None,
+    lwm2m_lifetime: Annotated[int, typer.Option("--lwm2m-lifetime", help="Seconds a "
+                                                "registration lasts (updated at half of it).")
+                              ] = 300,
+    lwm2m_delivery: Annotated[str, typer.Option("--lwm2m-delivery", help="How the envelope "
+                                                "may come (5/0/9): pull (Package URI), push "
+                                                "(Package) or both.")] = "both",
+    lwm2m_bind: Annotated[str, typer.Option("--lwm2m-bind", help="Local address the LwM2M "
+                                            "client registers from and serves Objects 3 and 5 "
+                                            "on (port: the system's choice); only the LwM2M "
+                                            "server's requests are served.")] = _ANY_ADDRESS,
 ) -> None:
     """Keep a device up to date from a status tracker (RFC 9019 §2.3): register the inventory,
     learn of updates in the chosen mode, download (resumably), install, boot, confirm and
@@ -366,6 +383,12 @@ def run(
     from suitkit.device.agent import AgentOptions, check_credential, run_agent  # noqa: PLC0415
     from suitkit.device.fetch import CoapFetcher  # noqa: PLC0415
 
+    if protocol == "lwm2m":
+        _run_lwm2m(directory, server, credential_file, lwm2m=lwm2m, lifetime=lwm2m_lifetime,
+                   delivery=lwm2m_delivery, bind=lwm2m_bind, duration=duration)
+        return
+    if lwm2m is not None:
+        fail("--lwm2m needs --protocol lwm2m", EXIT_USAGE)
     try:
         options = AgentOptions(
             mode=mode, transport=transport, interval=interval,
@@ -458,6 +481,36 @@ def health_command(
         set_health(directory, health)
     shown = "off" if health is None else json.dumps(health.to_json())
     out.print(f"health window: {shown}", markup=False)
+
+
+def _run_lwm2m(directory: Path, server: str, credential_file: Path, *, lwm2m: str | None,
+               lifetime: int, delivery: str, bind: str, duration: float | None) -> None:
+    """``device run --protocol lwm2m``: the device's LwM2M client until interrupted."""
+    from suitkit.device.agent import check_credential  # noqa: PLC0415
+    from suitkit.device.fetch import CoapFetcher  # noqa: PLC0415
+    from suitkit.device.lwm2m import Lwm2mOptions, run_lwm2m  # noqa: PLC0415
+
+    if lwm2m is None:
+        fail("--protocol lwm2m needs the LwM2M server: --lwm2m coap://HOST:PORT", EXIT_USAGE)
+    options = Lwm2mOptions(server=lwm2m, lifetime=lifetime, delivery=delivery, bind=bind,
+                           duration=duration)
+    try:
+        options.check()
+    except ValueError as e:
+        fail(f"--lwm2m: {e}", EXIT_USAGE)
+    credential = read_input(credential_file, "credential").decode("utf-8", "replace").strip()
+    try:  # the folder runs only with its own device's credential
+        check_credential(directory, credential)
+    except SuitError as e:
+        fail(f"{credential_file}: {e}", EXIT_USAGE)
+    fetcher = RoutingFetcher(HttpFetcher(), coap=CoapFetcher())
+    try:
+        result = run_lwm2m(directory, credential, options, fetcher=fetcher, tracker_url=server,
+                           say=lambda line: out.print(line, markup=False))
+    except OSError as e:
+        fail(f"--lwm2m-bind {bind}: cannot serve the LwM2M objects: {e}", EXIT_USAGE)
+    if result is not None and not result.ok:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
