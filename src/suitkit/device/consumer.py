@@ -84,7 +84,14 @@ from suitkit.core.verify import (
 )
 from suitkit.device.config import ComponentSpec, DeviceConfig
 from suitkit.device.facts import ConsentHook, DeviceFacts, ask_consent, evaluate_wait, load_facts
-from suitkit.errors import DecodeError, PolicyError, ProcessingError, StorageError, SuitError
+from suitkit.errors import (
+    AuthenticationError,
+    DecodeError,
+    PolicyError,
+    ProcessingError,
+    StorageError,
+    SuitError,
+)
 from suitkit.limits import Limits
 
 __all__ = [
@@ -97,6 +104,7 @@ __all__ = [
     "running_version",
     "slot_record",
     "split_slot_record",
+    "verify_stored",
 ]
 
 CHUNK = 64 * 1024
@@ -293,7 +301,8 @@ def _actor(value: object, where: str) -> object:
 
 
 def running_version(store: BootStore, name: str, anchors: TrustAnchors,
-                    limits: Limits) -> tuple[int, ...] | None:
+                    limits: Limits, dependency_anchors: TrustAnchors | None = None
+                    ) -> tuple[int, ...] | None:
     """The version of the running image ``name``: the suit-set-version of the manifest it was
     installed with (verified again here), or ``None`` when unknown."""
     found = read_running(store, name)
@@ -301,9 +310,32 @@ def running_version(store: BootStore, name: str, anchors: TrustAnchors,
         return None
     try:
         _, envelope = split_slot_record(found[0], limits=limits)
-        return verify_envelope(envelope, anchors, limits=limits).manifest.set_version
+        return verify_stored(envelope, anchors, dependency_anchors,
+                             limits=limits).manifest.set_version
     except SuitError:
         return None
+
+
+def verify_stored(envelope: bytes, anchors: TrustAnchors,
+                  dependency_anchors: TrustAnchors | None, *,
+                  limits: Limits) -> VerifiedManifest:
+    """Verify the envelope kept with an image: the root's policy, or (an image a dependency
+    manifest installed, trust-domains) the dependency anchors' policy.
+
+    Raises:
+        DecodeError, AuthenticationError, PolicyError: it verifies under neither (the root
+            policy's reason).
+    """
+    try:
+        return verify_envelope(envelope, anchors, limits=limits)
+    except (AuthenticationError, PolicyError) as e:
+        if dependency_anchors is None or dependency_anchors == anchors:
+            raise
+        refused = e
+    try:
+        return verify_envelope(envelope, dependency_anchors, limits=limits)
+    except (AuthenticationError, PolicyError):
+        raise refused from None
 
 
 def read_running(store: BootStore, name: str) -> tuple[bytes, ImageReaderLike] | None:
@@ -483,6 +515,12 @@ class _SlotComponent:
         self._run = consumer
         self._spec = spec
         self.staged: _Staged | None = None
+        self._writer_manifest: Envelope | None = None
+
+    def writing_for(self, verified: VerifiedManifest) -> None:
+        """``ManifestAwareComponent``: the manifest about to write this image (the root or a
+        dependency); its envelope is what the slot keeps for the bootloader's checks."""
+        self._writer_manifest = verified.envelope
 
     @property
     def identity(self) -> ComponentIdentity:
@@ -521,7 +559,7 @@ class _SlotComponent:
         if self._run.anchors is None:
             return None
         return running_version(self._run.store, self._spec.image, self._run.anchors,
-                               self._run.limits)
+                               self._run.limits, self._run.dependency_anchors)
 
     def open_writer(self, max_size: int, *,
                     metadata: Mapping[int, object] | None) -> _Writer:
@@ -538,7 +576,8 @@ class _SlotComponent:
                 raise StorageError(f"{self._spec.image}: {e}") from None
         else:
             run.metadata.pop(self._spec.image, None)
-        slot = run.store.open_inactive(self._spec.image, manifest=run.record(self._spec),
+        slot = run.store.open_inactive(self._spec.image,
+                                       manifest=run.record(self._spec, self._writer_manifest),
                                        image_size=max_size,
                                        resume_at=run.resume.pop(self._spec.image, 0))
 
@@ -558,10 +597,92 @@ class _SlotComponent:
         return 0  # images execute from the primary slot after the swap
 
 
+MAX_DEPENDENCIES = 16
+"""Dependency manifests (distinct slots, and distinct manifests accepted) one update may
+bring, nesting included: each costs a verification and up to ``max_envelope_bytes`` of RAM."""
+
+
+class _EnvelopeWriter:
+    def __init__(self, component: _DependencyComponent, max_size: int) -> None:
+        self._component = component
+        self._max = max_size
+        self._data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        if len(self._data) + len(data) > self._max:
+            raise StorageError(f"dependency {_cid_text(self._component.identifier)}: its "
+                               f"envelope is over the {self._max} bytes allowed")
+        self._data += data
+
+    def commit(self) -> None:
+        self._component.content = bytes(self._data)
+
+    def discard(self) -> None:
+        self._data.clear()
+
+
+class _DependencyComponent:
+    """A dependency slot (trust-domains §5.2.2): holds a dependency manifest's envelope in
+    RAM for this install, never an image. Its envelope is bounded by ``max_envelope_bytes``;
+    what the manifests it carries write goes to the images' slots, with that envelope."""
+
+    def __init__(self, run: _Run, identifier: ComponentIdentifier) -> None:
+        self._run = run
+        self.identifier = identifier
+        self.content: bytes | None = None
+
+    @property
+    def identity(self) -> ComponentIdentity:
+        return self._run.identity
+
+    def size(self) -> int | None:
+        return None if self.content is None else len(self.content)
+
+    def digest(self, algorithm: int) -> bytes | None:
+        return None if self.content is None else crypto.digest(algorithm, self.content)
+
+    def read(self, chunk_size: int) -> Iterator[bytes]:
+        data = self.content or b""
+        return iter([data[i:i + chunk_size] for i in range(0, len(data), chunk_size)])
+
+    def open_writer(self, max_size: int, *,
+                    metadata: Mapping[int, object] | None) -> _EnvelopeWriter:
+        if metadata is not None:
+            raise StorageError(f"dependency {_cid_text(self.identifier)}: a dependency slot "
+                               "holds a manifest; it has no component metadata")
+        return _EnvelopeWriter(self, min(max_size, self._run.limits.max_envelope_bytes))
+
+    def invoke(self, arguments: bytes | None) -> None:
+        raise StorageError(f"dependency {_cid_text(self.identifier)} is a manifest; it cannot "
+                           "be invoked")
+
+    def slot(self) -> int | None:
+        return None
+
+
+def _cid_text(cid: ComponentIdentifier) -> str:
+    return "[" + ", ".join(f"h'{p.hex()}'" for p in cid) + "]"
+
+
 class _Store:
     def __init__(self, run: _Run) -> None:
         self._run = run
         self._components: dict[ComponentIdentifier, _SlotComponent] = {}
+        self._dependencies: dict[ComponentIdentifier, _DependencyComponent] = {}
+
+    def dependency(self, identifier: ComponentIdentifier) -> _DependencyComponent | None:
+        """``DependencyStore``: the slot a dependency manifest's envelope is kept in during
+        the install. An image's identifier is not a dependency slot."""
+        spec = self._run.config.component(identifier)
+        if spec is not None:
+            raise StorageError(f"{spec.image} is an image of this device, not a dependency "
+                               "manifest slot")
+        if identifier not in self._dependencies:
+            if len(self._dependencies) >= MAX_DEPENDENCIES:
+                raise StorageError(f"more than {MAX_DEPENDENCIES} dependency slots in one "
+                                   "update")
+            self._dependencies[identifier] = _DependencyComponent(self._run, identifier)
+        return self._dependencies[identifier]
 
     def component(self, identifier: ComponentIdentifier) -> _SlotComponent | None:
         spec = self._run.config.component(identifier)
@@ -591,6 +712,16 @@ class _Environment:
     answers: dict[int, str] = field(default_factory=dict)
     """Consent answers of this install by priority: asked once (a person is not asked again
     for each component, and a manifest cannot start the consent program many times)."""
+    dependency_trust: TrustAnchors | None = None
+    """Trust anchors of dependency manifests (``None``: the root's)."""
+    dependency_hook: Callable[[VerifiedManifest, VerifiedManifest, ComponentIdentifier],
+                              None] | None = None
+    """The device's policy for dependency manifests (``processor.DependencyPolicy``)."""
+
+    def accept_dependency(self, dependency: VerifiedManifest, dependent: VerifiedManifest,
+                          identifier: ComponentIdentifier) -> None:
+        if self.dependency_hook is not None:
+            self.dependency_hook(dependency, dependent, identifier)
 
     def now(self) -> int | None:
         if self.facts.time is not None:
@@ -634,7 +765,7 @@ class _Environment:
 
     @property
     def dependency_anchors(self) -> TrustAnchors | None:
-        return self.anchors
+        return self.dependency_trust if self.dependency_trust is not None else self.anchors
 
     def report(self, item: Record | SystemPropertyClaims) -> None:
         self.records.append(item)
@@ -681,7 +812,10 @@ class _Run:
     metadata_sink: MetadataSink | None = None
     metadata: dict[str, dict[str, object]] = field(default_factory=dict)
     """Checked component metadata of the images staged by this run."""
-    _records: dict[str, bytes] = field(default_factory=dict)
+    dependency_anchors: TrustAnchors | None = None
+    dependencies: dict[bytes, VerifiedManifest] = field(default_factory=dict)
+    """Dependency manifests accepted in this install, by manifest digest."""
+    _records: dict[tuple[str, bytes], bytes] = field(default_factory=dict)
 
     @property
     def journal_every(self) -> int:
@@ -695,10 +829,14 @@ class _Run:
         if self.journal is not None:
             self.journal.clear()
 
-    def record(self, spec: ComponentSpec) -> bytes:
-        if spec.image not in self._records:
-            self._records[spec.image] = slot_record(spec.suit_id, self.envelope)
-        return self._records[spec.image]
+    def record(self, spec: ComponentSpec, envelope: Envelope | None = None) -> bytes:
+        """The slot record of ``spec``'s image written by ``envelope`` (the root or the
+        dependency manifest that gives the image's digest, which the bootloader checks)."""
+        envelope = envelope if envelope is not None else self.envelope
+        key = (spec.image, envelope.authentication.digest.value)
+        if key not in self._records:
+            self._records[key] = slot_record(spec.suit_id, envelope)
+        return self._records[key]
 
 
 # ---------------------------------------------------------------------------- the consumer
@@ -749,6 +887,7 @@ class Consumer:
         """
         try:
             anchors = self.config.trust_anchors()
+            dependency_anchors = self.config.dependency_anchors()
             facts = self.facts if self.facts is not None else load_facts(self.config.directory)
             envelope = codec.decode_envelope(data, limits=self.limits)
             verified = verify_decoded(envelope, anchors, limits=self.limits)
@@ -772,12 +911,14 @@ class Consumer:
         run = _Run(self.config, self.store, envelope, self.identity, journal=journal,
                    envelope_digest=digest, replayable=not _encrypted(envelope),
                    resume=journal.load(digest), anchors=anchors, limits=self.limits,
-                   metadata_sink=self.metadata_sink)
+                   metadata_sink=self.metadata_sink, dependency_anchors=dependency_anchors)
         store = _Store(run)
         env = _Environment(self.clock, anchors, self.config.decryption_keys(), facts,
-                           self.consent, store)
+                           self.consent, store, dependency_trust=dependency_anchors)
         device = Device(store=store, environment=env,
                         fetcher=_FetcherAdapter(self.fetcher, run) if self.fetcher else None)
+        env.dependency_hook = lambda dependency, dependent, identifier: \
+            self._accept_dependency(run, device, dependency, identifier)
         try:
             self._check_bootable(verified, device)
         except SuitError as e:
@@ -814,6 +955,33 @@ class Consumer:
         return InstallOutcome(True, f"installed {', '.join(run.written)} (sequence number "
                               f"{sequence}); pending until the next boot", sequence,
                               result.report, result, tuple(run.written))
+
+    def _accept_dependency(self, run: _Run, device: Device, dependency: VerifiedManifest,
+                           identifier: ComponentIdentifier) -> None:
+        """The device's policy for a dependency manifest that verified against the
+        dependency anchors, in the scope of its signer (trust-domains §5.1, §5.6.4), before
+        any of it runs: bounded in number, no rollback of the images it addresses, a sequence
+        number the counters can hold, and a digest and size for each image it names (the
+        bootloader checks the image against this manifest at every boot).
+
+        Raises:
+            PolicyError: refused, naming the dependency and why.
+        """
+        run.dependencies[dependency.digest.value] = dependency
+        where = f"dependency {_cid_text(identifier)}"
+        if len(run.dependencies) > MAX_DEPENDENCIES:
+            raise PolicyError(f"{where}: more than {MAX_DEPENDENCIES} dependency manifests in "
+                              "one update")
+        if _encrypted(dependency.envelope):
+            run.replayable = False  # its payloads are decrypted: slot bytes are no replay
+        try:
+            self._check_rollback(dependency)
+            problem = self._capacity_problem(dependency)
+            if problem is not None:
+                raise PolicyError(problem)
+            self._check_bootable(dependency, device)
+        except PolicyError as e:
+            raise PolicyError(f"{where}: {e}") from None
 
     def _check_bootable(self, verified: VerifiedManifest, device: Device) -> None:
         """The bootloader checks each image at every boot against the digest and size the
@@ -877,15 +1045,26 @@ class Consumer:
             most = capacity.get(spec.image) if spec is not None else None
             if spec is None or most is None or sequence <= most:
                 continue
+            problem = self._capacity_problem(verified)
             record = Record((), int(ManifestKey.SEQUENCE_NUMBER), 0, index)
             report = Report(reference=Reference(verified.manifest.reference_uri or "",
                                                 verified.digest),
                             nonce=nonce, result=ResultFailure(
                                 int(ReportReason.OPERATION_FAILED), record,
                                 int(ReportReason.OPERATION_FAILED)))
-            return InstallOutcome(False, f"rejected: sequence number {sequence} exceeds what "
-                                  f"the security counter of {spec.image} can hold ({most}); "
-                                  "the bootloader could never confirm it", sequence, report)
+            return InstallOutcome(False, f"rejected: {problem}", sequence, report)
+        return None
+
+    def _capacity_problem(self, verified: VerifiedManifest) -> str | None:
+        capacity = self.store.counter_capacity()
+        sequence = verified.manifest.sequence_number
+        for cid in addressed_components(verified.manifest):
+            spec = self.config.component(cid)
+            most = capacity.get(spec.image) if spec is not None else None
+            if spec is not None and most is not None and sequence > most:
+                return (f"sequence number {sequence} exceeds what the security counter of "
+                        f"{spec.image} can hold ({most}); the bootloader could never "
+                        "confirm it")
         return None
 
     def _stage_metadata(self, run: _Run) -> None:

@@ -49,7 +49,7 @@ from suitkit.core.processor import (
     shared_parameters,
     stream_digest,
 )
-from suitkit.core.verify import TrustAnchors, verify_envelope
+from suitkit.core.verify import TrustAnchors
 from suitkit.device.config import DeviceConfig, load_config
 from suitkit.device.consumer import (
     Consumer,
@@ -57,6 +57,7 @@ from suitkit.device.consumer import (
     PayloadFetcher,
     reader_chunks,
     split_slot_record,
+    verify_stored,
 )
 from suitkit.device.facts import ConsentHook
 from suitkit.device.invoke import ImageComponent
@@ -108,6 +109,9 @@ class SuitImageVerifier:
     go to the bootloader's set check (``ImageInfo.vouches``)."""
     extensions: Extensions = NO_EXTENSIONS
     """Custom conditions the shared sequence may use (the consumer's)."""
+    dependency_anchors: TrustAnchors | None = None
+    """Trust domains: an image a dependency manifest installed is kept with that manifest,
+    which verifies under the dependency anchors' policy (``consumer.verify_stored``)."""
 
     def verify(self, manifest: bytes, image: bytes | ImageReader) -> ImageInfo:
         """Verify the stored envelope and the image against it.
@@ -121,7 +125,8 @@ class SuitImageVerifier:
         if self.component is not None and component != self.component:
             raise AuthenticationError(f"the slot of {_cid(self.component)} holds an image for "
                                       f"{_cid(component)}")
-        verified = verify_envelope(envelope, self.anchors, limits=self.limits)
+        verified = verify_stored(envelope, self.anchors, self.dependency_anchors,
+                                 limits=self.limits)
         if component not in verified.manifest.common.components:
             raise DecodeError("slot manifest", "the stored component is not in its manifest")
         store = _BootStore(self.identity, component, reader)
@@ -265,11 +270,13 @@ def open_device(directory: Path, *, crash: Callable[[str], None] | None = None,
     """
     config = load_config(directory)
     anchors, identity = config.trust_anchors(), identity_of(config)
+    dependency_anchors = config.dependency_anchors()
     # One verifier per image, each knowing which component its slots must hold.
     images = tuple((c.suit_id, c.image) for c in config.components)
     verifiers: dict[str, ImageVerifier] = {
         c.image: SuitImageVerifier(anchors, identity, c.suit_id, images=images,
-                                   extensions=extensions)
+                                   extensions=extensions,
+                                   dependency_anchors=dependency_anchors)
         for c in config.components}
     if config.shape == "linux":
         names = tuple(c.image for c in config.components)

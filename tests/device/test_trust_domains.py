@@ -1,0 +1,254 @@
+"""Trust domains on real device shapes (draft-ietf-suit-trust-domains): a root manifest signed
+by the operator depends on two component manifests, each by an author authorised only for its
+own component (the device's anchor scopes), integrated in the root's envelope or fetched from
+a firmware server; the set installs in lockstep, all or nothing, and boots; an author touching
+another author's component is refused naming the signer and the component.
+
+Everything goes through the real library (``parse_description`` with ``dependencies:``,
+``sign_envelope``, ``open_device`` -> ``Consumer.install`` -> ``boot`` -> ``confirm``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from suitkit.core import codec
+from suitkit.device.config import create_device
+from suitkit.device.fetch import HttpFetcher
+from suitkit.device.wiring import open_device
+from suitkit.bootloader.flash import PowerCut
+
+from device.device_kit import (
+    CLASS,
+    VENDOR,
+    Author,
+    boot,
+    confirm,
+    counters,
+    firmware_server,
+    image_bytes,
+    install,
+    running,
+)
+
+SHAPES = {"linux": ("app", "data"), "secure-split": ("secure", "nonsecure")}
+
+
+class Domains:
+    """The operator and two authors, and a device that trusts them with their scopes."""
+
+    def __init__(self, root: Path, shape: str = "linux") -> None:
+        self.root = root
+        self.operator = Author.create(root / "operator", name="operator")
+        self.a = Author.create(root / "author-a", name="author-a")
+        self.b = Author.create(root / "author-b", name="author-b")
+        self.images = SHAPES[shape]
+        self.device = root / "device"
+        create_device(
+            self.device, vendor_id=VENDOR, class_id=CLASS, shape=shape,
+            trust_anchors=[("operator", self.operator.anchor), ("author", self.a.anchor),
+                           ("author", self.b.anchor)],
+            scopes=[None, [(b"\x00",)], [(b"\x01",)]],
+            required_roles=("operator",), dependency_roles=("author",),
+            images=self.images if shape == "linux" else None)
+        open_device(self.device).save()
+
+    def component_manifest(self, who: Author, sequence: int, index: int, *,
+                           tag: str = "", uri: str | None = None) -> tuple[bytes, bytes]:
+        """(envelope, image) of an author's manifest for component [h'0<index>']."""
+        image = image_bytes(f"{who.folder.name}-{sequence}-{index}-{tag}", 3000 + 100 * index)
+        envelope = who.envelope(sequence, [who.component(f"img-{sequence}-{index}{tag}.bin",
+                                                         image, index=index, uri=uri)])
+        return envelope, image
+
+    def root_manifest(self, sequence: int, dependencies: list[dict[str, Any]], *,
+                      signer: Author | None = None,
+                      extra: dict[str, Any] | None = None) -> bytes:
+        """The operator's root manifest: no image of its own, only the dependencies."""
+        who = signer or self.operator
+        for dep in dependencies:
+            name = dep.pop("bytes", None)
+            if name is not None:
+                (who.folder / dep["envelope"]).write_bytes(name)
+        return who.envelope(sequence, [], top={"dependencies": dependencies, **(extra or {})})
+
+
+def _factory(domains: Domains) -> dict[str, tuple[int, bytes]]:
+    """Install and confirm release 1 (both authors' images) as the starting point."""
+    env_a, _ = domains.component_manifest(domains.a, 1, 0)
+    env_b, _ = domains.component_manifest(domains.b, 1, 1)
+    root = domains.root_manifest(1, [
+        {"envelope": "a1.suit", "bytes": env_a, "id": ["author-a.suit"]},
+        {"envelope": "b1.suit", "bytes": env_b, "id": ["author-b.suit"]}])
+    outcome = install(domains.device, root)
+    assert outcome.installed, outcome.reason
+    booted = boot(domains.device)
+    confirm(domains.device)
+    return running(booted)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_root_with_two_authors_installs_both_integrated(tmp_path: Path, shape: str) -> None:
+    domains = Domains(tmp_path, shape)
+    env_a, image_a = domains.component_manifest(domains.a, 3, 0)
+    env_b, image_b = domains.component_manifest(domains.b, 7, 1)
+    root = domains.root_manifest(5, [
+        {"envelope": "a.suit", "bytes": env_a, "id": ["author-a.suit"]},
+        {"envelope": "b.suit", "bytes": env_b, "id": ["author-b.suit"]}])
+
+    outcome = install(domains.device, root)
+
+    assert outcome.installed, outcome.reason
+    assert sorted(outcome.written) == sorted(domains.images)
+    booted = running(boot(domains.device))
+    first, second = domains.images
+    # Each image is kept with (and checked at boot against) its author's manifest.
+    assert booted[first][0] == 3 and booted[second][0] == 7
+    assert confirm(domains.device) == {first: 3, second: 7}
+    opened = open_device(domains.device)
+    assert opened.bootloader.running(first)[1].read(0, len(image_a)) == image_a
+    assert opened.bootloader.running(second)[1].read(0, len(image_b)) == image_b
+
+
+def test_fetched_dependencies_from_a_server(tmp_path: Path) -> None:
+    domains = Domains(tmp_path)
+    with firmware_server() as (base, served):
+        env_a, image_a = domains.component_manifest(domains.a, 2, 0, uri=f"{base}/a.bin")
+        env_b, image_b = domains.component_manifest(domains.b, 2, 1, uri=f"{base}/b.bin")
+        served.files.update({"/a.bin": image_a, "/b.bin": image_b, "/a.suit": env_a,
+                             "/b.suit": env_b})
+        root = domains.root_manifest(2, [
+            {"envelope": "a.suit", "bytes": env_a, "uri": f"{base}/a.suit"},
+            {"envelope": "b.suit", "bytes": env_b, "uri": f"{base}/b.suit"}])
+        assert len(root) < len(env_a) + len(env_b)  # nothing integrated
+
+        outcome = install(domains.device, root, HttpFetcher())
+
+        assert outcome.installed, outcome.reason
+        assert {"/a.suit", "/b.suit", "/a.bin", "/b.bin"} <= set(served.requests)
+    booted = running(boot(domains.device))
+    assert {name: seq for name, (seq, _) in booted.items()} == {"app": 2, "data": 2}
+    opened = open_device(domains.device)
+    assert opened.bootloader.running("app")[1].read(0, len(image_a)) == image_a
+    assert opened.bootloader.running("data")[1].read(0, len(image_b)) == image_b
+
+
+def test_author_touching_another_authors_component_refused(tmp_path: Path) -> None:
+    """RFC 9124 REQ.SEC.ACCESS_CONTROL: author A is authorised for [h'00'] only; its manifest
+    for B's component [h'01'] is refused, naming the signer and the component, and nothing
+    is staged."""
+    domains = Domains(tmp_path)
+    before = _factory(domains)
+    env_a, _ = domains.component_manifest(domains.a, 2, 0)
+    hostile, _ = domains.component_manifest(domains.a, 2, 1, tag="hostile")
+    root = domains.root_manifest(2, [
+        {"envelope": "a.suit", "bytes": env_a, "id": ["author-a.suit"]},
+        {"envelope": "b.suit", "bytes": hostile, "id": ["author-b.suit"]}])
+
+    outcome = install(domains.device, root)
+
+    assert not outcome.installed
+    assert "dependency envelope: signer of role 'author' (01-author-author-a.pub) may not " \
+           "update component [h'01']; its scope is [h'00']" in outcome.reason, outcome.reason
+    assert not open_device(domains.device).bootloader.pending_update()
+    assert running(boot(domains.device)) == before
+
+
+def test_author_alone_cannot_sign_the_root(tmp_path: Path) -> None:
+    """The root is the operator's: an author's root is refused before anything runs (the
+    dependency slot it writes is out of the author's scope; the operator's signature is
+    required too)."""
+    domains = Domains(tmp_path)
+    env_a, _ = domains.component_manifest(domains.a, 2, 0)
+    root = domains.root_manifest(2, [{"envelope": "a.suit", "bytes": env_a}],
+                                 signer=domains.a)
+    outcome = install(domains.device, root)
+    assert not outcome.installed
+    assert outcome.reason == (
+        "rejected: signer of role 'author' (01-author-author-a.pub) may not update component "
+        "[h'646570656e64656e63792d302e73756974']; its scope is [h'00']"), outcome.reason
+
+
+def test_dependency_integrity_other_manifest_refused(tmp_path: Path) -> None:
+    """trust-domains §5.6.4: the root names its dependency by digest; another envelope, even
+    one validly signed by the same author, in its place is refused."""
+    domains = Domains(tmp_path)
+    before = _factory(domains)
+    env_a, _ = domains.component_manifest(domains.a, 2, 0)
+    other_a, _ = domains.component_manifest(domains.a, 2, 0, tag="other")
+    env_b, _ = domains.component_manifest(domains.b, 2, 1)
+    root = domains.root_manifest(2, [
+        {"envelope": "a.suit", "bytes": env_a, "id": ["author-a.suit"]},
+        {"envelope": "b.suit", "bytes": env_b, "id": ["author-b.suit"]}])
+    envelope = codec.decode_envelope(root)
+    swapped = codec.encode_envelope(type(envelope).from_fields({
+        **{f: getattr(envelope, f) for f in envelope.__dataclass_fields__},
+        "integrated": {**envelope.integrated, "#a.suit": other_a}}))
+
+    outcome = install(domains.device, swapped)
+
+    assert not outcome.installed
+    assert "dependency manifest digest" in outcome.reason and "does not match" in \
+        outcome.reason, outcome.reason
+    assert not open_device(domains.device).bootloader.pending_update()
+    assert running(boot(domains.device)) == before
+
+
+def test_dependency_rollback_refused(tmp_path: Path) -> None:
+    """RFC 9124 REQ.SEC.SEQUENCE holds for dependency manifests: a new root bringing author
+    B's older manifest is refused (the security counter of B's image is 1)."""
+    domains = Domains(tmp_path)
+    _factory(domains)
+    env_a, _ = domains.component_manifest(domains.a, 3, 0)
+    old_b, _ = domains.component_manifest(domains.b, 0, 1)
+    root = domains.root_manifest(3, [{"envelope": "a.suit", "bytes": env_a},
+                                     {"envelope": "b.suit", "bytes": old_b}])
+    outcome = install(domains.device, root)
+    assert not outcome.installed
+    assert "rollback: sequence number 0 is lower than the installed 1 of data" in \
+        outcome.reason, outcome.reason
+    assert counters(domains.device) == {"app": 1, "data": 1}
+
+
+def test_lockstep_power_cut_before_the_set_is_pending(tmp_path: Path) -> None:
+    """The whole set is atomic on the Linux-class device: a power cut after author A's image
+    is staged and before the set is marked pending leaves release 1 running, both images;
+    the same root installed again then installs both."""
+    domains = Domains(tmp_path)
+    before = _factory(domains)
+    env_a, _ = domains.component_manifest(domains.a, 2, 0)
+    env_b, _ = domains.component_manifest(domains.b, 2, 1)
+    root = domains.root_manifest(2, [{"envelope": "a.suit", "bytes": env_a},
+                                     {"envelope": "b.suit", "bytes": env_b}])
+    labels: list[str] = []
+
+    def cut(label: str) -> None:
+        labels.append(label)
+        if "state" in label and any("data.manifest" in seen for seen in labels):
+            raise PowerCut(label)
+
+    device = open_device(domains.device, crash=cut)
+    with pytest.raises(PowerCut):
+        device.consumer().install(root)
+    assert any("app.image" in seen for seen in labels), labels
+    assert running(boot(domains.device)) == before
+
+    outcome = install(domains.device, root)
+    assert outcome.installed, outcome.reason
+    assert {name: seq for name, (seq, _) in running(boot(domains.device)).items()} == \
+        {"app": 2, "data": 2}
+
+
+def test_image_identifier_is_not_a_dependency_slot(tmp_path: Path) -> None:
+    """A root that declares an image's identifier ([h'00']) as a dependency is refused before
+    anything is written: the image slot never holds a manifest."""
+    domains = Domains(tmp_path)
+    env_a, _ = domains.component_manifest(domains.a, 2, 0)
+    root = domains.root_manifest(2, [{"envelope": "a.suit", "bytes": env_a, "id": ["0x00"]}])
+    outcome = install(domains.device, root)
+    assert not outcome.installed
+    assert "app is an image of this device, not a dependency manifest slot" in \
+        outcome.reason, outcome.reason
