@@ -15,12 +15,6 @@ from typing import Any
 
 import pytest
 
-from suitkit.core import codec
-from suitkit.device.config import create_device
-from suitkit.device.fetch import HttpFetcher
-from suitkit.device.wiring import open_device
-from suitkit.bootloader.flash import PowerCut
-
 from device.device_kit import (
     CLASS,
     VENDOR,
@@ -33,6 +27,13 @@ from device.device_kit import (
     install,
     running,
 )
+from suitkit.bootloader.flash import PowerCut
+from suitkit.core import codec
+from suitkit.device.config import create_device
+from suitkit.device.consumer import InstallOutcome
+from suitkit.device.fetch import HttpFetcher
+from suitkit.device.wiring import SlotDependencies, open_device
+from suitkit.limits import Limits
 
 SHAPES = {"linux": ("app", "data"), "secure-split": ("secure", "nonsecure")}
 
@@ -252,3 +253,95 @@ def test_image_identifier_is_not_a_dependency_slot(tmp_path: Path) -> None:
     assert not outcome.installed
     assert "app is an image of this device, not a dependency manifest slot" in \
         outcome.reason, outcome.reason
+
+
+# ---------------------------------------------------------------------------- uninstall
+
+
+def _installed(domains: Domains) -> tuple[int, list[tuple[bytes, ...]]]:
+    sequence, stored = SlotDependencies(open_device(domains.device).bootloader,  # type: ignore[arg-type]
+                                        Limits()).installed()
+    return sequence, sorted(stored)
+
+
+def _uninstall(domains: Domains, envelope: bytes) -> InstallOutcome:
+    device = open_device(domains.device)
+    try:
+        return device.consumer().uninstall(envelope)
+    finally:
+        device.save()
+
+
+def test_uninstall_removes_the_dependency_it_unlinks(tmp_path: Path) -> None:
+    """trust-domains §6: the operator's uninstall manifest unlinks author B's manifest; B's
+    own suit-uninstall runs (with B's stored manifest), B leaves the device's manifest store
+    at the next boot, A stays, and the images keep running."""
+    domains = Domains(tmp_path)
+    before = _factory(domains)
+    assert _installed(domains) == (1, [(b"author-a.suit",), (b"author-b.suit",)])
+    env_b = (domains.operator.folder / "b1.suit").read_bytes()
+    removal = domains.root_manifest(2, [
+        {"envelope": "b-again.suit", "bytes": env_b, "id": ["author-b.suit"]}],
+        extra={"uninstall": {"unlink": [["author-b.suit"]]}})
+
+    outcome = _uninstall(domains, removal)
+
+    assert outcome.installed, outcome.reason
+    assert outcome.reason.startswith("uninstalled [h'617574686f722d622e73756974']")
+    assert _installed(domains) == (1, [(b"author-a.suit",), (b"author-b.suit",)])  # pending
+    assert running(boot(domains.device)) == before
+    confirm(domains.device)
+    assert _installed(domains) == (2, [(b"author-a.suit",)])
+
+
+def test_uninstall_of_an_image_refused(tmp_path: Path) -> None:
+    """Author B's manifest unlinks its image in its suit-uninstall: the boot set's images
+    cannot be removed, so the uninstall fails and nothing changes."""
+    domains = Domains(tmp_path)
+    image_b = image_bytes("b-unlinks", 1500)
+    env_b = domains.b.envelope(1, [domains.b.component("b.bin", image_b, index=1)],
+                               top={"uninstall": {"unlink": [["0x01"]]}})
+    env_a, _ = domains.component_manifest(domains.a, 1, 0)
+    root = domains.root_manifest(1, [{"envelope": "a.suit", "bytes": env_a, "id": ["a"]},
+                                     {"envelope": "b.suit", "bytes": env_b, "id": ["b"]}])
+    assert install(domains.device, root).installed
+    before = running(boot(domains.device))
+    confirm(domains.device)
+    removal = domains.root_manifest(2, [{"envelope": "b2.suit", "bytes": env_b, "id": ["b"]}],
+                                    extra={"uninstall": {"unlink": [["b"]]}})
+
+    outcome = _uninstall(domains, removal)
+
+    assert not outcome.installed
+    assert outcome.reason == ("failed: unlink of data: an image of the boot set cannot be "
+                              "removed (the bootloader boots the whole set); install its "
+                              "replacement instead"), outcome.reason
+    assert not open_device(domains.device).bootloader.pending_update()
+    assert _installed(domains) == (1, [(b"a",), (b"b",)])
+    assert running(boot(domains.device)) == before
+
+
+def test_uninstall_replay_of_an_older_root_refused(tmp_path: Path) -> None:
+    """RFC 9124 THREAT.UPD.REPLAY: an uninstall manifest older than the installed root cannot
+    remove what the newer root installed."""
+    domains = Domains(tmp_path)
+    env_b, _ = domains.component_manifest(domains.b, 1, 1)
+    old_removal = domains.root_manifest(0, [
+        {"envelope": "b.suit", "bytes": env_b, "id": ["author-b.suit"]}],
+        extra={"uninstall": {"unlink": [["author-b.suit"]]}})
+    _factory(domains)
+    outcome = _uninstall(domains, old_removal)
+    assert outcome.reason == ("rejected: rollback: sequence number 0 is lower than the "
+                              "installed root's 1"), outcome.reason
+    assert _installed(domains)[1] == [(b"author-a.suit",), (b"author-b.suit",)]
+
+
+def test_uninstall_refused_on_a_flash_shape(tmp_path: Path) -> None:
+    """Flash shapes process dependency manifests but keep no manifest store."""
+    domains = Domains(tmp_path, "secure-split")
+    env_b, _ = domains.component_manifest(domains.b, 1, 1)
+    removal = domains.root_manifest(2, [{"envelope": "b.suit", "bytes": env_b}],
+                                    extra={"uninstall": {"unlink": [["dependency-0.suit"]]}})
+    outcome = _uninstall(domains, removal)
+    assert outcome.reason == ("rejected: this device's shape (secure-split) keeps no "
+                              "dependency manifests, so there is nothing to uninstall")

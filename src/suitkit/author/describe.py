@@ -190,8 +190,9 @@ def parse_description(data: Any, *, base: Path, source: str = "description") -> 
         None, dependencies, many, _resolve_dependency, first))
     candidate = raw_or("candidate-verification", _with_dependencies(
         None, dependencies, many, _run_dependency, first))
-    uninstall = raw_or("uninstall", _uninstall(data.get("uninstall"), ids, dependencies,
-                                               many, f"{source}.uninstall"))
+    raw_uninstall = data.get("uninstall")
+    uninstall = (_uninstall(raw_uninstall, ids, dependencies, many, f"{source}.uninstall")
+                 if isinstance(raw_uninstall, Mapping) else raw_or("uninstall", None))
     invokers = [c for c in components if c.invoke]
     invoke = raw_or("invoke", _per_component(
         invokers, many, lambda c: [Command(Cmd.INVOKE, REPORT_FAILURE_RECORD)],
@@ -469,10 +470,12 @@ def _run_dependency(dep: _Dependency) -> list[Command]:
 
 def _uninstall(raw: Any, ids: list[ComponentIdentifier], dependencies: list[_Dependency],
                many: bool, path: str) -> CommandSequence | None:
-    """suit-uninstall (trust-domains §6): unlink each named component or dependency."""
-    if raw is None:
-        return None
+    """suit-uninstall (trust-domains §6) from ``{unlink: [ids]}``: unlink each named
+    component or dependency."""
+    _known(raw, {"unlink"}, path)
     known = [*ids, *(d.id for d in dependencies)]
+    raw = raw.get("unlink")
+    path = f"{path}.unlink"
     if not isinstance(raw, list) or not raw or len(raw) > len(known):
         raise DecodeError(path, "expected a list of the component or dependency ids to unlink")
     commands: list[Command] = []

@@ -97,6 +97,7 @@ from suitkit.limits import Limits
 __all__ = [
     "BootStore",
     "Consumer",
+    "DependencySink",
     "DownloadJournal",
     "InstallOutcome",
     "MetadataSink",
@@ -173,6 +174,13 @@ class PayloadFetcher(Protocol):
               arguments: bytes | None = None) -> Iterator[bytes]: ...
 
 
+def _bare(envelope: Envelope) -> bytes:
+    """The envelope without its integrated payloads (what a store keeps; it still verifies)."""
+    from dataclasses import replace  # noqa: PLC0415 - keeps the module's imports about SUIT
+
+    return codec.encode_envelope(replace(envelope, integrated=FrozenDict()))
+
+
 def slot_record(component: ComponentIdentifier, envelope: Envelope) -> bytes:
     """What is stored next to an image in its slot: ``[component-id, envelope]``.
 
@@ -230,6 +238,21 @@ class MetadataSink(Protocol):
     def stage(self, image: str, metadata: Mapping[str, object] | None) -> None: ...
 
     def carry(self, image: str) -> None: ...
+
+
+class DependencySink(Protocol):
+    """Where a shape keeps the dependency manifests of its installed set (trust-domains §6: a
+    manifest store): ``installed()`` those of the running set, ``{dependency component:
+    envelope}``; ``stage(manifests)`` those of the set being staged, switched with it (the
+    whole set, so that a power cut leaves the old store or the new one). Raise
+    ``StorageError`` on failure."""
+
+    def installed(self) -> tuple[int, dict[ComponentIdentifier, bytes]]:
+        """The sequence number of the root that installed the running set (0: none) and its
+        dependency manifests."""
+        ...
+
+    def stage(self, sequence: int, manifests: Mapping[ComponentIdentifier, bytes]) -> None: ...
 
 
 _PERMISSION_MAPS = {2: "user-permissions", 3: "group-permissions", 4: "role-permissions"}
@@ -629,7 +652,7 @@ class _DependencyComponent:
     def __init__(self, run: _Run, identifier: ComponentIdentifier) -> None:
         self._run = run
         self.identifier = identifier
-        self.content: bytes | None = None
+        self.content: bytes | None = run.stored.get(identifier)
 
     @property
     def identity(self) -> ComponentIdentity:
@@ -815,6 +838,10 @@ class _Run:
     dependency_anchors: TrustAnchors | None = None
     dependencies: dict[bytes, VerifiedManifest] = field(default_factory=dict)
     """Dependency manifests accepted in this install, by manifest digest."""
+    dependency_slots: dict[ComponentIdentifier, VerifiedManifest] = field(default_factory=dict)
+    """The same, by the dependency component they were accepted for (the manifest store)."""
+    stored: dict[ComponentIdentifier, bytes] = field(default_factory=dict)
+    """The envelopes of the installed dependency manifests (uninstall reads them)."""
     _records: dict[tuple[str, bytes], bytes] = field(default_factory=dict)
 
     @property
@@ -873,6 +900,9 @@ class Consumer:
     """Custom commands and parameters this device implements (none: refused)."""
     metadata_sink: MetadataSink | None = None
     """Where component metadata is kept (``None``: the shape cannot, metadata is refused)."""
+    dependency_sink: DependencySink | None = None
+    """Where the installed dependency manifests are kept (``None``: the shape keeps none,
+    so it cannot uninstall them)."""
 
     @property
     def identity(self) -> ComponentIdentity:
@@ -948,6 +978,11 @@ class Consumer:
         try:
             self._restage_untouched(run)
             self._stage_metadata(run)
+            if self.dependency_sink is not None:
+                # The root describes the whole set: its dependency manifests replace the
+                # store's, switched with the images.
+                self.dependency_sink.stage(sequence, {
+                    cid: _bare(dep.envelope) for cid, dep in run.dependency_slots.items()})
             self.store.check_staged()  # what the bootloader would refuse is not marked pending
             self.store.mark_pending()
         except SuitError as e:
@@ -955,6 +990,95 @@ class Consumer:
         return InstallOutcome(True, f"installed {', '.join(run.written)} (sequence number "
                               f"{sequence}); pending until the next boot", sequence,
                               result.report, result, tuple(run.written))
+
+    def uninstall(self, data: bytes, *, nonce: bytes | None = None) -> InstallOutcome:
+        """Run a root manifest's suit-uninstall (trust-domains §6) and remove the dependency
+        manifests it unlinks from the device's manifest store, in one staged set.
+
+        The envelope verifies as a root (the device's policy) and is not older than the
+        images it names. Its uninstall section runs with the stored dependency manifests in
+        their slots (process-dependency there runs a dependency's own suit-uninstall); each
+        dependency it unlinks (suit-directive-unlink, trust-domains §5.6.5) has its own
+        suit-uninstall run in turn ("at zero, the manifest's suit-uninstall runs": one root per
+        device, so one reference) and leaves the store. The boot set's images cannot be
+        removed (the bootloader boots the whole set): unlinking one fails the uninstall. The
+        store without them is staged with the running images and pending until the next
+        boot, like an update. Never raises a ``SuitError``.
+        """
+        if self.dependency_sink is None:
+            return InstallOutcome(False, f"rejected: this device's shape ({self.config.shape}) "
+                                  "keeps no dependency manifests, so there is nothing to "
+                                  "uninstall")
+        try:
+            anchors = self.config.trust_anchors()
+            dependency_anchors = self.config.dependency_anchors()
+            facts = self.facts if self.facts is not None else load_facts(self.config.directory)
+            envelope = codec.decode_envelope(data, limits=self.limits)
+            verified = verify_decoded(envelope, anchors, limits=self.limits)
+            if verified.manifest.uninstall is None:
+                raise PolicyError("the manifest has no suit-uninstall section")
+            self._check_rollback(verified)
+            self._check_pending()
+            installed_by, stored = self.dependency_sink.installed()
+            sequence = verified.manifest.sequence_number
+            if sequence < installed_by:
+                # RFC 9124 THREAT.UPD.REPLAY: an old uninstall cannot undo a newer install.
+                raise PolicyError(f"rollback: sequence number {sequence} is lower than the "
+                                  f"installed root's {installed_by}")
+        except SuitError as e:
+            return InstallOutcome(False, f"rejected: {e}")
+        run = _Run(self.config, self.store, envelope, self.identity, anchors=anchors,
+                   limits=self.limits, dependency_anchors=dependency_anchors, stored=stored)
+        store = _Store(run)
+        env = _Environment(self.clock, anchors, self.config.decryption_keys(), facts,
+                           self.consent, store, dependency_trust=dependency_anchors)
+        device = Device(store=store, environment=env)
+        env.dependency_hook = lambda dependency, dependent, identifier: \
+            self._accept_dependency(run, device, dependency, identifier)
+        removed: list[ComponentIdentifier] = []
+        results = [process(verified, "uninstall", device, limits=self.limits,
+                           options=self.options, nonce=nonce, extensions=self.extensions)]
+        report = results[0].report
+        while results:  # each stored manifest is removed once: bounded by the store
+            result = results.pop()
+            if not result.succeeded:
+                return InstallOutcome(False, f"failed: {result.reason}", sequence,
+                                      report, result)
+            for cid in result.unlinked:
+                spec = self.config.component(cid)
+                if spec is not None:
+                    return InstallOutcome(
+                        False, f"failed: unlink of {spec.image}: an image of the boot set "
+                        "cannot be removed (the bootloader boots the whole set); install its "
+                        "replacement instead", sequence, report, result)
+                if cid not in stored or cid in removed:
+                    continue
+                removed.append(cid)
+                try:
+                    dependency = verify_stored(stored[cid], anchors, dependency_anchors,
+                                               limits=self.limits)
+                except SuitError as e:
+                    return InstallOutcome(False, f"failed: the stored dependency "
+                                          f"{_cid_text(cid)}: {e}", sequence, report)
+                # trust-domains §6: at zero references, the manifest's suit-uninstall runs.
+                results.append(process(dependency, "uninstall", device, limits=self.limits,
+                                       options=self.options, nonce=nonce,
+                                       extensions=self.extensions))
+        if not removed:
+            return InstallOutcome(False, "failed: the uninstall removed nothing (it unlinks "
+                                  "no installed dependency manifest)", sequence, report)
+        try:
+            self._restage_untouched(run)
+            self._stage_metadata(run)
+            self.dependency_sink.stage(sequence, {cid: envelope for cid, envelope
+                                                  in stored.items() if cid not in removed})
+            self.store.check_staged()
+            self.store.mark_pending()
+        except SuitError as e:
+            return InstallOutcome(False, f"failed: {e}", sequence, report)
+        names = ", ".join(_cid_text(cid) for cid in removed)
+        return InstallOutcome(True, f"uninstalled {names} (sequence number {sequence}); "
+                              "pending until the next boot", sequence, report)
 
     def _accept_dependency(self, run: _Run, device: Device, dependency: VerifiedManifest,
                            identifier: ComponentIdentifier) -> None:
@@ -968,6 +1092,7 @@ class Consumer:
             PolicyError: refused, naming the dependency and why.
         """
         run.dependencies[dependency.digest.value] = dependency
+        run.dependency_slots[identifier] = dependency
         where = f"dependency {_cid_text(identifier)}"
         if len(run.dependencies) > MAX_DEPENDENCIES:
             raise PolicyError(f"{where}: more than {MAX_DEPENDENCIES} dependency manifests in "

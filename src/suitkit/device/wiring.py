@@ -16,6 +16,11 @@ images of the boot set, for the bootloader's set check (a set mixed from two rel
 ``<image>.metadata.json`` file beside the image in its slot directory, written atomically
 before the slot is marked pending and switched with it. Flash shapes have no file system for
 it: their consumer refuses metadata.
+
+``SlotDependencies`` is the manifest store of a Linux-class device (trust-domains §6): the
+dependency manifests of the installed set, one file per slot directory switched with the
+images, which ``Consumer.uninstall`` removes from. Flash shapes process dependency manifests
+but keep none (each image keeps the manifest that installed it), so they cannot uninstall.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from suitkit.core.processor import (
 from suitkit.core.verify import TrustAnchors
 from suitkit.device.config import DeviceConfig, load_config
 from suitkit.device.consumer import (
+    MAX_DEPENDENCIES,
     Consumer,
     MetadataSink,
     PayloadFetcher,
@@ -65,7 +71,8 @@ from suitkit.errors import AuthenticationError, DecodeError, StorageError, SuitE
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
-__all__ = ["OpenDevice", "SlotMetadata", "SuitImageVerifier", "open_device"]
+__all__ = ["OpenDevice", "SlotDependencies", "SlotMetadata", "SuitImageVerifier",
+           "open_device"]
 
 CHUNK = 64 * 1024
 FLASH_STATE = "state.cbor"
@@ -177,8 +184,11 @@ class OpenDevice:
         for update-authorized instead of the folder's consent policy)."""
         sink: MetadataSink | None = (SlotMetadata(self.bootloader, self.crash)
                                      if isinstance(self.bootloader, FsBootloader) else None)
+        dependencies = (SlotDependencies(self.bootloader, Limits(), self.crash)
+                        if isinstance(self.bootloader, FsBootloader) else None)
         return Consumer(self.config, self.bootloader, fetcher, crash=self.crash,
-                        consent=consent, extensions=self.extensions, metadata_sink=sink)
+                        consent=consent, extensions=self.extensions, metadata_sink=sink,
+                        dependency_sink=dependencies)
 
     def save(self) -> None:
         """Persist the simulated flash (every flash's content and wear) to the folder, as a
@@ -203,6 +213,57 @@ class OpenDevice:
         # Folders saved before the single file kept one file per flash: now stale.
         for stale in [directory / "wear.json", *(directory / f"{n}.bin" for n in self.flashes)]:
             stale.unlink(missing_ok=True)
+
+
+DEPENDENCIES = "dependencies.cbor"
+"""The manifest store of a Linux-class slot: ``{"root-sequence": uint, "manifests":
+[slot record...]}``, each record ``[dependency component, envelope]``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlotDependencies:
+    """The dependency manifests of a Linux-class device's installed set (trust-domains §6):
+    one file in each slot directory, written atomically before the slot is marked pending
+    and switched with it (a power cut leaves the old store or the new one, never a mix)."""
+
+    bootloader: FsBootloader
+    limits: Limits
+    crash: Callable[[str], None] | None = None
+
+    def installed(self) -> tuple[int, dict[ComponentIdentifier, bytes]]:
+        path = self.bootloader.slot_dir(self.bootloader.read_state().active) / DEPENDENCIES
+        try:
+            if path.stat().st_size > (MAX_DEPENDENCIES + 1) * self.limits.max_manifest_bytes:
+                raise StorageError(f"{path}: over the size of {MAX_DEPENDENCIES} manifests")
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return 0, {}
+        except OSError as e:
+            raise StorageError(f"{path}: cannot read the installed dependency manifests: "
+                               f"{e.strerror}") from None
+        doc = cbor.decode(data, path=str(path), max_depth=6)
+        records = doc.get("manifests") if isinstance(doc, Mapping) else None
+        sequence = doc.get("root-sequence") if isinstance(doc, Mapping) else None
+        if not isinstance(records, list | tuple) or len(records) > MAX_DEPENDENCIES \
+                or isinstance(sequence, bool) or not isinstance(sequence, int):
+            raise StorageError(f"{path}: damaged (expected the root's sequence number and at "
+                               f"most {MAX_DEPENDENCIES} manifests)")
+        out = {}
+        for record in records:
+            if not isinstance(record, bytes):
+                raise StorageError(f"{path}: damaged (a manifest record is not bytes)")
+            cid, envelope = split_slot_record(record, limits=self.limits)
+            out[cid] = envelope
+        return sequence, out
+
+    def stage(self, sequence: int, manifests: Mapping[ComponentIdentifier, bytes]) -> None:
+        path = self.bootloader.slot_dir(self.bootloader.read_state().inactive) / DEPENDENCIES
+        if self.crash is not None:
+            self.crash(f"dependencies {path.name}")
+        atomic_write(path, cbor.encode({
+            "root-sequence": sequence,
+            "manifests": [cbor.encode([list(cid), envelope])
+                          for cid, envelope in manifests.items()]}))
 
 
 @dataclass(frozen=True, slots=True)
