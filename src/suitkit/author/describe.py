@@ -429,6 +429,12 @@ def _dependencies(raw: Any, base: Path, path: str, *, first: int) -> list[_Depen
             payload = data
         elif not isinstance(uri, str) or not uri or uri.startswith("#"):
             raise DecodeError(f"{where}.uri", "a fetched dependency needs a uri")
+        elif SHA256_PLACEHOLDER in uri:
+            if data is None:
+                raise DecodeError(f"{where}.uri", f"{SHA256_PLACEHOLDER} needs the envelope "
+                                  "file (envelope:)")
+            # the firmware server serves an envelope at /envelopes/<its SHA-256>
+            uri = uri.replace(SHA256_PLACEHOLDER, hashlib.sha256(data).hexdigest())
         out.append(_Dependency(cid, digest, size, uri, payload))
     return out
 
