@@ -300,3 +300,25 @@ def test_uninstall_refused_on_a_flash_shape(tmp_path: Path) -> None:
     outcome = _uninstall(domains, removal)
     assert outcome.reason == ("rejected: this device's shape (secure-split) keeps no "
                               "dependency manifests, so there is nothing to uninstall")
+
+
+def test_candidate_verification_of_a_dependency_runs_before_install(tmp_path: Path) -> None:
+    """trust-domains §7: Installation = candidate-verification, then install. Author B's
+    manifest checks its image in candidate-verification, before its install fetched it: the
+    check fails on the device, and neither author's image is staged (all or nothing)."""
+    domains = Domains(tmp_path)
+    before = _factory(domains)
+    env_a, _ = domains.component_manifest(domains.a, 2, 0)
+    image_b = image_bytes("b-candidate", 2500)
+    env_b = domains.b.envelope(2, [domains.b.component("b2.bin", image_b, index=1)],
+                               top={"candidate-verification": [["condition-image-match", 15]]})
+    root = domains.root_manifest(2, [{"envelope": "a.suit", "bytes": env_a},
+                                     {"envelope": "b.suit", "bytes": env_b}])
+
+    outcome = install(domains.device, root)
+
+    assert not outcome.installed
+    assert outcome.reason.startswith("failed: dependency 1 candidate-verification[0] "
+                                     "condition-image-match"), outcome.reason
+    assert not open_device(domains.device).bootloader.pending_update()
+    assert running(boot(domains.device)) == before
