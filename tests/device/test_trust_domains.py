@@ -322,3 +322,23 @@ def test_candidate_verification_of_a_dependency_runs_before_install(tmp_path: Pa
                                      "condition-image-match"), outcome.reason
     assert not open_device(domains.device).bootloader.pending_update()
     assert running(boot(domains.device)) == before
+
+
+def test_the_same_root_again_while_pending_is_already_installed(tmp_path: Path) -> None:
+    """The agent's retry after a crash that fell after the commit: the pending set was staged
+    by this very root (its images keep the authors' manifests), so installing it again says
+    "already installed" instead of failing; another root is refused while it is pending."""
+    domains = Domains(tmp_path)
+    env_a, _ = domains.component_manifest(domains.a, 1, 0)
+    env_b, _ = domains.component_manifest(domains.b, 1, 1)
+    root = domains.root_manifest(1, [{"envelope": "a.suit", "bytes": env_a},
+                                     {"envelope": "b.suit", "bytes": env_b}])
+    assert install(domains.device, root).installed
+
+    again = install(domains.device, root)
+
+    assert again.installed and again.reason.startswith("already installed"), again.reason
+    other = domains.root_manifest(2, [{"envelope": "a.suit", "bytes": env_a},
+                                      {"envelope": "b.suit", "bytes": env_b}])
+    refused = install(domains.device, other)
+    assert not refused.installed and "an update is already pending" in refused.reason

@@ -252,7 +252,14 @@ class DependencySink(Protocol):
         dependency manifests."""
         ...
 
-    def stage(self, sequence: int, manifests: Mapping[ComponentIdentifier, bytes]) -> None: ...
+    def stage(self, sequence: int, manifests: Mapping[ComponentIdentifier, bytes], *,
+              root: bytes = b"") -> None:
+        """Stage the store of the set being staged by the root of digest ``root``."""
+        ...
+
+    def staged_root(self) -> bytes | None:
+        """The digest of the root whose set is staged (``None``: none, or unreadable)."""
+        ...
 
 
 _PERMISSION_MAPS = {2: "user-permissions", 3: "group-permissions", 4: "role-permissions"}
@@ -982,7 +989,8 @@ class Consumer:
                 # The root describes the whole set: its dependency manifests replace the
                 # store's, switched with the images.
                 self.dependency_sink.stage(sequence, {
-                    cid: _bare(dep.envelope) for cid, dep in run.dependency_slots.items()})
+                    cid: _bare(dep.envelope) for cid, dep in run.dependency_slots.items()},
+                    root=envelope.authentication.digest.value)
             self.store.check_staged()  # what the bootloader would refuse is not marked pending
             self.store.mark_pending()
         except SuitError as e:
@@ -1071,7 +1079,8 @@ class Consumer:
             self._restage_untouched(run)
             self._stage_metadata(run)
             self.dependency_sink.stage(sequence, {cid: envelope for cid, envelope
-                                                  in stored.items() if cid not in removed})
+                                                  in stored.items() if cid not in removed},
+                                       root=envelope.authentication.digest.value)
             self.store.check_staged()
             self.store.mark_pending()
         except SuitError as e:
@@ -1132,6 +1141,11 @@ class Consumer:
         is staged with this envelope's slot record."""
         if not self.store.pending_update():
             return False
+        if envelope.manifest.common.dependencies:
+            # Its images are staged with its dependencies' envelopes: the staged manifest
+            # store names the root that staged them (shapes without one cannot tell).
+            return self.dependency_sink is not None and \
+                self.dependency_sink.staged_root() == envelope.authentication.digest.value
         named = [spec for cid in envelope.manifest.common.components
                  if (spec := self.config.component(cid)) is not None]
         return bool(named) and all(

@@ -216,8 +216,9 @@ class OpenDevice:
 
 
 DEPENDENCIES = "dependencies.cbor"
-"""The manifest store of a Linux-class slot: ``{"root-sequence": uint, "manifests":
-[slot record...]}``, each record ``[dependency component, envelope]``."""
+"""The manifest store of a Linux-class slot: ``{"root-sequence": uint, "root": bstr (the digest
+of the root that staged the set), "manifests": [slot record...]}``, each record
+``[dependency component, envelope]``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,12 +257,25 @@ class SlotDependencies:
             out[cid] = envelope
         return sequence, out
 
-    def stage(self, sequence: int, manifests: Mapping[ComponentIdentifier, bytes]) -> None:
+    def staged_root(self) -> bytes | None:
+        path = self.bootloader.slot_dir(self.bootloader.read_state().inactive) / DEPENDENCIES
+        try:
+            if path.stat().st_size > (MAX_DEPENDENCIES + 1) * self.limits.max_manifest_bytes:
+                return None
+            doc = cbor.decode(path.read_bytes(), path=str(path), max_depth=6)
+        except (OSError, SuitError):
+            return None
+        root = doc.get("root") if isinstance(doc, Mapping) else None
+        return root if isinstance(root, bytes) else None
+
+    def stage(self, sequence: int, manifests: Mapping[ComponentIdentifier, bytes], *,
+              root: bytes = b"") -> None:
         path = self.bootloader.slot_dir(self.bootloader.read_state().inactive) / DEPENDENCIES
         if self.crash is not None:
             self.crash(f"dependencies {path.name}")
         atomic_write(path, cbor.encode({
             "root-sequence": sequence,
+            "root": root,
             "manifests": [cbor.encode([list(cid), envelope])
                           for cid, envelope in manifests.items()]}))
 
