@@ -68,7 +68,7 @@ from suitkit.device.consumer import (
 from suitkit.device.facts import ConsentHook
 from suitkit.device.invoke import ImageComponent
 from suitkit.errors import AuthenticationError, DecodeError, StorageError, SuitError
-from suitkit.fileio import atomic_write
+from suitkit.fileio import atomic_write, fsync_dir
 from suitkit.limits import Limits
 
 __all__ = ["OpenDevice", "SlotDependencies", "SlotMetadata", "SuitImageVerifier",
@@ -271,6 +271,21 @@ class SlotDependencies:
     def stage(self, sequence: int, manifests: Mapping[ComponentIdentifier, bytes], *,
               root: bytes = b"") -> None:
         path = self.bootloader.slot_dir(self.bootloader.read_state().inactive) / DEPENDENCIES
+        if not manifests:
+            # A set without dependency manifests has no store: no write (and no fsync) for
+            # an ordinary update; a stale store left in the slot goes.
+            if path.exists():
+                if self.crash is not None:
+                    self.crash(f"dependencies-clear {path.name}")
+                try:
+                    path.unlink()
+                    fsync_dir(path.parent)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    raise StorageError(f"{path}: cannot remove the stale dependency manifests: "
+                                       f"{e.strerror}") from None
+            return
         if self.crash is not None:
             self.crash(f"dependencies {path.name}")
         atomic_write(path, cbor.encode({
