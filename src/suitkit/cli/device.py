@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from suitkit.bootloader.api import NoBootableImage
+from suitkit.bootloader.fsslots import FsBootloader
 from suitkit.bootloader.powercut import SCENARIOS, run_scenario
 from suitkit.cli.common import (
     EXIT_FAILED,
@@ -30,13 +31,13 @@ from suitkit.cli.common import (
     read_input,
     writing,
 )
-from suitkit.core import jsonform
+from suitkit.core import codec, jsonform
 from suitkit.core.report import Report
 from suitkit.device.config import SHAPE_COMPONENTS, HealthConfig, create_device
 from suitkit.device.consumer import running_version
 from suitkit.device.fetch import FileFetcher, HttpFetcher, RoutingFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
-from suitkit.device.wiring import OpenDevice, open_device
+from suitkit.device.wiring import OpenDevice, SlotDependencies, open_device
 from suitkit.errors import SuitError
 from suitkit.limits import Limits
 from suitkit.sim.powercut import REAL_SCENARIOS, run_real_scenario
@@ -97,6 +98,16 @@ def init(
     max_crashes: Annotated[int, typer.Option(
         "--max-crashes", help="Crashes of the application restarted in the health window "
         "before it is unhealthy.")] = 0,
+    image: Annotated[list[str] | None, typer.Option(
+        "--image", help="Linux-class: an image of the boot set (default: app); repeat for "
+        "several (image i is component h'0i').")] = None,
+    scope: Annotated[list[str] | None, typer.Option(
+        "--scope", help="N=HEX[,HEX...]: the components the N-th --trust-anchor (from 0) may "
+        "update, as hex component identifiers of one part (e.g. 1=00); default: any.")
+    ] = None,
+    dependency_role: Annotated[list[str] | None, typer.Option(
+        "--dependency-role", help="Trust domains: a role whose keys sign dependency "
+        "manifests alone, each within its --scope; repeat for several.")] = None,
 ) -> None:
     """Create a device: identity, trust anchors, empty slots (component i is h'0i')."""
     health = _health(health_window, health_interval, health_command, health_url, max_crashes)
@@ -108,13 +119,15 @@ def init(
         anchors.append((role, Path(file)) if sep and role and file else Path(item))
     vendor, klass = _identity(vendor_id, class_id, vendor_domain, class_name)
     device = _uuid(device_id, "--device-id") if device_id else None
+    scopes = _scopes(scope or [], len(anchors)) if scope else None
     new_folder = not directory.exists()
     try:
         with writing(f"device folder {directory}"):
             config = create_device(
                 directory, vendor_id=vendor, class_id=klass, trust_anchors=anchors,
                 shape=shape, device_id=device, decryption_keys=decryption_key,
-                required_roles=require or (), app_command=app_command, health=health)
+                required_roles=require or (), app_command=app_command, health=health,
+                images=image, scopes=scopes, dependency_roles=dependency_role or ())
             open_device(directory).save()
     except BaseException:
         if new_folder:  # no half-made device left behind (a full disk, an interrupt)
@@ -123,6 +136,22 @@ def init(
     components = ", ".join(f"{c.image}=[h'{c.suit_id[0].hex()}']" for c in config.components)
     out.print(f"created {shape} device in {directory} (device id {config.device_id}; "
               f"components {components})", markup=False)
+
+
+def _scopes(items: list[str], count: int) -> list[list[tuple[bytes, ...]] | None]:
+    """``--scope N=HEX[,HEX]`` options as one scope (or ``None``: any) per trust anchor."""
+    scopes: list[list[tuple[bytes, ...]] | None] = [None] * count
+    for item in items:
+        number, sep, ids = item.partition("=")
+        if not sep or not number.isdigit() or int(number) >= count or not ids:
+            fail(f"--scope {item[:60]!r}: expected N=HEX[,HEX...] with N the position of a "
+                 f"--trust-anchor (0 to {count - 1})", EXIT_USAGE)
+        try:
+            parts = [(bytes.fromhex(h.removeprefix("0x")),) for h in ids.split(",")]
+        except ValueError:
+            fail(f"--scope {item[:60]!r}: component identifiers must be hex", EXIT_USAGE)
+        scopes[int(number)] = [*(scopes[int(number)] or []), *parts]
+    return scopes
 
 
 def _identity(vendor_id: str | None, class_id: str | None, vendor_domain: str | None,
@@ -187,6 +216,31 @@ def install(
     report = _report_json(outcome.report)
     if outcome.waiting:  # update-management §5.6: nothing staged; install it again later
         fail(f"not installed yet: {outcome.reason}", EXIT_FAILED)
+    if report is not None:
+        out.print("SUIT report: " + json.dumps(report), markup=False)
+    if not outcome.installed:
+        fail(outcome.reason, EXIT_FAILED)
+    out.print(outcome.reason, markup=False)
+
+
+@app.command()
+@handles_errors
+def uninstall(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
+    envelope: Annotated[Path, typer.Argument(metavar="ENVELOPE", help="Signed envelope with "
+                                             "a suit-uninstall section.")],
+) -> None:
+    """Run a manifest's suit-uninstall (trust-domains §6): the dependency manifests it unlinks
+    leave the device's store at the next boot (Linux-class devices).
+
+    Exit 0 uninstalled (pending until the next boot), 1 rejected or failed.
+    """
+    data = read_input(envelope, "envelope")
+    opened = open_device(directory)
+    with writing(f"device folder {directory}"):
+        outcome = opened.consumer().uninstall(data)
+        opened.save()
+    report = _report_json(outcome.report)
     if report is not None:
         out.print("SUIT report: " + json.dumps(report), markup=False)
     if not outcome.installed:
@@ -608,7 +662,8 @@ def device_status(opened: OpenDevice) -> dict[str, Any]:
             info = {"sequence-number": check.info.sequence_number,
                     "digest": check.info.digest.hex()}
             # update-management §3.1: the set-version of the manifest it was installed with
-            version = running_version(bootloader, spec.image, anchors, Limits())
+            version = running_version(bootloader, spec.image, anchors, Limits(),
+                                      opened.config.dependency_anchors())
             if version is not None:
                 info["version"] = list(version)
         components.append({"image": spec.image, "id": [f"0x{p.hex()}" for p in spec.suit_id],
@@ -626,7 +681,28 @@ def device_status(opened: OpenDevice) -> dict[str, Any]:
         "trial": state.phase.name.lower() in ("trial", "tried"),
         "phase": state.phase.name.lower(),
         "anchors-version": opened.config.anchors_version(),  # docs/keys.md
+        **_dependencies_status(opened),
     }
+
+
+def _dependencies_status(opened: OpenDevice) -> dict[str, Any]:
+    """The dependency manifests of the installed set (trust-domains; Linux-class devices)."""
+    if not isinstance(opened.bootloader, FsBootloader):
+        return {}
+    try:
+        sequence, stored = SlotDependencies(opened.bootloader, Limits()).installed()
+    except SuitError as e:
+        return {"dependencies": {"error": str(e)}}
+    manifests = []
+    for cid, envelope in stored.items():
+        entry: dict[str, Any] = {"id": [p.hex() for p in cid]}
+        try:
+            parts = codec.decode_envelope_parts(envelope)
+            entry["digest"] = parts.authentication.digest.value.hex()
+        except SuitError as e:
+            entry["error"] = str(e)
+        manifests.append(entry)
+    return {"dependencies": {"root-sequence-number": sequence, "manifests": manifests}}
 
 
 @app.command()

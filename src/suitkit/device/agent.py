@@ -184,7 +184,8 @@ def inventory_of(opened: OpenDevice, *, versions: bool = True,
         if check.info is not None and check.verdict.name == "GOOD":
             entry["sequence"] = check.info.sequence_number
             entry["digest"] = check.info.digest.hex()
-            version = (running_version(opened.bootloader, spec.image, anchors, Limits())
+            version = (running_version(opened.bootloader, spec.image, anchors, Limits(),
+                                       opened.config.dependency_anchors())
                        if versions else None)
             if version is not None:
                 entry["version"] = list(version)

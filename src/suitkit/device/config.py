@@ -181,6 +181,10 @@ class DeviceConfig:
     tls: ClientTls = field(default_factory=ClientTls)
     """The agent's TLS: CA bundle, client certificate and key (paths relative to the folder
     are the folder's); flags and ``SUITKIT_TLS_*`` take precedence (``device run``)."""
+    dependency_roles: tuple[str, ...] = ()
+    """Trust domains (draft-ietf-suit-trust-domains): the roles whose anchors may sign
+    dependency manifests, each one alone, within its anchor's component scope (delegation by
+    the device's policy). Empty: dependency manifests meet the same policy as the root."""
 
     def client_tls(self) -> ClientTls:
         """``tls`` with relative paths resolved against the device folder."""
@@ -215,7 +219,7 @@ class DeviceConfig:
                 raise KeyMaterialError(f"{path}: {e}") from None
             # a root key signs trust-anchor updates only (docs/keys.md)
             scope = (ANCHORS_COMPONENT,) if spec.role == ROOT_ROLE else spec.components
-            anchors.append(TrustAnchor(key, role=spec.role, components=scope))
+            anchors.append(TrustAnchor(key, role=spec.role, components=scope, name=spec.file))
         return TrustAnchors(tuple(anchors), self.required_roles)
 
     def anchors_version(self) -> int:
@@ -226,6 +230,23 @@ class DeviceConfig:
         """
         stored = read_store(self.directory)
         return 0 if stored is None else stored.document.version
+
+    def dependency_anchors(self) -> TrustAnchors:
+        """The trust anchors dependency manifests are verified against: the anchors of the
+        ``dependency_roles`` with no required role (each signer alone, in its scope), or the
+        root's policy when no role is named.
+
+        Raises:
+            KeyMaterialError: none, or one is unreadable.
+        """
+        anchors = self.trust_anchors()
+        if not self.dependency_roles:
+            return anchors
+        chosen = tuple(a for a in anchors.anchors if a.role in self.dependency_roles)
+        if not chosen:
+            raise KeyMaterialError(f"{self.directory}: no trust anchor has a dependency role "
+                                   f"({', '.join(self.dependency_roles)})")
+        return TrustAnchors(chosen, (), anchors.digest_algorithms)
 
     def decryption_keys(self) -> list[crypto.RecipientPrivate]:
         """The device's decryption keys in ``keys/``: AES-KW KEKs and ECDH-ES private keys
@@ -277,6 +298,8 @@ class DeviceConfig:
             doc["health"] = self.health.to_json()
         if not self.tls.empty:
             doc["tls"] = self.tls.to_json()
+        if self.dependency_roles:
+            doc["dependency-roles"] = list(self.dependency_roles)
         return json.dumps(doc, indent=2).encode() + b"\n"
 
 
@@ -322,12 +345,31 @@ def load_config(directory: Path) -> DeviceConfig:
             app_command=doc.get("app-command"), tracker_id=_tracker_id(doc.get("tracker-id")),
             health=(HealthConfig.of(doc["health"]) if doc.get("health") is not None
                     else None),
-            tls=_tls(doc.get("tls")))
+            tls=_tls(doc.get("tls")),
+            dependency_roles=_roles(doc.get("dependency-roles", [])))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DecodeError(str(path), f"malformed: {e}") from None
 
 
 _MAX_TRACKER_ID = 64
+MAX_IMAGES = 8
+"""Images a Linux-class device's boot set may have (``create_device(images=...)``)."""
+
+
+def _roles(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > 16 \
+            or not all(isinstance(r, str) and 0 < len(r) <= 64 for r in value):
+        raise ValueError(f"dependency-roles must be a list of role names, got "
+                         f"{str(value)[:80]!r}")
+    return tuple(value)
+
+
+def _image_name(name: str) -> str:
+    if not (0 < len(name) <= 32 and name.isascii()
+            and all(c.isalnum() or c in "-_" for c in name) and name[0].isalnum()):
+        raise DecodeError("--image", f"image name {name[:40]!r} must be 1 to 32 letters, "
+                          "digits, - or _, starting with a letter or digit")
+    return name
 
 
 def _tls(doc: object) -> ClientTls:
@@ -414,7 +456,10 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                   required_roles: Sequence[str] = (),
                   app_command: str | None = None,
                   health: HealthConfig | None = None,
-                  tls: ClientTls | None = None) -> DeviceConfig:
+                  tls: ClientTls | None = None,
+                  images: Sequence[str] | None = None,
+                  scopes: Sequence[Sequence[ComponentIdentifier] | None] | None = None,
+                  dependency_roles: Sequence[str] = ()) -> DeviceConfig:
     """Create a device folder: ``device.json``, ``anchors/`` and ``keys/``.
 
     ``trust_anchors``: key files, or ``(role, file)`` pairs (a plain file is an ``author``).
@@ -422,6 +467,10 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
     ``app_command``: Linux-class devices only, the command that starts the application.
     ``health``: watch the application after each update (``HealthConfig``).
     ``tls``: the agent's CA bundle and client certificate (``ClientTls``; kept as given).
+    ``images``: Linux-class devices only, the images of the boot set (default ``app``);
+    image i is SUIT component ``[h'0i']``. ``scopes``: per trust anchor, the component
+    identifiers its signer may update (``None``: any). ``dependency_roles``: the roles whose
+    anchors sign dependency manifests alone (``DeviceConfig.dependency_roles``).
 
     Raises:
         DecodeError: the folder already holds a device, a key file is unreadable, or a
@@ -466,16 +515,29 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                               f"{e.strerror or e}") from None
         except KeyMaterialError as e:
             raise KeyMaterialError(f"--decryption-key {path}: {e}") from None
-    specs = tuple(AnchorSpec(f"{i:02d}-{role}-{path.name}", role)
+    names = SHAPE_COMPONENTS[shape]
+    if images is not None:
+        if shape != "linux":
+            raise DecodeError("--image", "only Linux-class devices choose their images")
+        names = tuple(_image_name(n) for n in images)
+        if not 0 < len(names) <= MAX_IMAGES or len(set(names)) != len(names):
+            raise DecodeError("--image", f"expected 1 to {MAX_IMAGES} distinct image names")
+    if scopes is not None and len(scopes) != len(pairs):
+        raise DecodeError("--scope", f"{len(scopes)} scopes for {len(pairs)} trust anchors")
+    for role in dependency_roles:
+        if role not in {r for r, _ in pairs}:
+            raise DecodeError("--dependency-role", f"no trust anchor has the role {role!r}")
+    specs = tuple(AnchorSpec(f"{i:02d}-{role}-{path.name}", role,
+                             None if scopes is None or scopes[i] is None
+                             else tuple(tuple(c) for c in scopes[i] or ()))
                   for i, (role, path) in enumerate(pairs))
     config = DeviceConfig(
         directory=directory, shape=shape, vendor_id=vendor_id, class_id=class_id,
         device_id=device_id or uuid.uuid4(),
         image_sectors=IMAGE_SECTORS[shape] if image_sectors is None else image_sectors,
-        components=tuple(ComponentSpec((bytes([i]),), name)
-                         for i, name in enumerate(SHAPE_COMPONENTS[shape])),
+        components=tuple(ComponentSpec((bytes([i]),), name) for i, name in enumerate(names)),
         anchors=specs, required_roles=tuple(required_roles), app_command=app_command,
-        health=health, tls=tls or ClientTls())
+        health=health, tls=tls or ClientTls(), dependency_roles=tuple(dependency_roles))
     (directory / "anchors").mkdir(parents=True, exist_ok=True)
     (directory / "keys").mkdir(exist_ok=True)
     for spec, (_, path) in zip(specs, pairs, strict=True):
