@@ -34,11 +34,13 @@ from suitkit.fileio import atomic_write
 
 __all__ = [
     "SHAPE_COMPONENTS",
+    "UNPACK_ALL",
     "AnchorSpec",
     "ComponentSpec",
     "DeviceConfig",
     "bind_tracker_id",
     "check_tracker_id",
+    "check_unpack",
     "create_device",
     "load_config",
 ]
@@ -53,6 +55,9 @@ SHAPE_COMPONENTS: dict[str, tuple[str, ...]] = {
     "linux": ("app",),
 }
 """The images of each shape's boot set; component i is SUIT component ``[h'0i']``."""
+
+UNPACK_ALL = ("zlib", "zstd", "xz", "delta")
+"""Every kind of packed payload a device can accept (``DeviceConfig.unpack``)."""
 
 IMAGE_SECTORS: dict[str, int] = {"mcu": 80, "secure-split": 40, "dual-cpu": 40, "linux": 0}
 """Default slot size of each simulated flash shape in 4 KiB sectors (mcu: 320 KiB; the
@@ -96,6 +101,9 @@ class DeviceConfig:
     """Linux-class devices: how to start the application image (``{image}`` is its path)."""
     tracker_id: str | None = None
     """The status tracker's id of this device, once registered (``bind_tracker_id``)."""
+    unpack: tuple[str, ...] = UNPACK_ALL
+    """The packed payloads the device accepts (docs/delta.md): compression codecs (zlib,
+    zstd, xz) and ``delta`` (SKD1 patches); a manifest asking for another is refused."""
 
     def component(self, suit_id: ComponentIdentifier) -> ComponentSpec | None:
         """The component with this SUIT identifier, or ``None``."""
@@ -168,7 +176,22 @@ class DeviceConfig:
         }
         if self.tracker_id is not None:
             doc["tracker-id"] = self.tracker_id
+        if self.unpack != UNPACK_ALL:
+            doc["unpack"] = list(self.unpack)
         return json.dumps(doc, indent=2).encode() + b"\n"
+
+
+def check_unpack(names: Sequence[str], *, path: str = "unpack") -> tuple[str, ...]:
+    """The packed payload kinds ``names`` (each once), in the canonical order.
+
+    Raises:
+        DecodeError: an unknown name, listing the known ones.
+    """
+    for name in names:
+        if name not in UNPACK_ALL:
+            raise DecodeError(path, f"unknown payload packing {str(name)[:40]!r}; expected "
+                              f"some of {', '.join(UNPACK_ALL)} (or none)")
+    return tuple(n for n in UNPACK_ALL if n in names)
 
 
 def _cid_json(cid: ComponentIdentifier) -> list[str]:
@@ -210,12 +233,22 @@ def load_config(directory: Path) -> DeviceConfig:
             class_id=uuid.UUID(doc["class-id"]), device_id=uuid.UUID(doc["device-id"]),
             components=components, image_sectors=int(doc.get("image-sectors", 80)),
             anchors=anchors, required_roles=tuple(str(r) for r in doc["required-roles"]),
-            app_command=doc.get("app-command"), tracker_id=_tracker_id(doc.get("tracker-id")))
+            app_command=doc.get("app-command"), tracker_id=_tracker_id(doc.get("tracker-id")),
+            unpack=_unpack(doc.get("unpack", list(UNPACK_ALL))))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DecodeError(str(path), f"malformed: {e}") from None
 
 
 _MAX_TRACKER_ID = 64
+
+
+def _unpack(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("unpack must be a list of names")
+    try:
+        return check_unpack(value)
+    except DecodeError as e:
+        raise ValueError(str(e)) from None
 
 
 def _tracker_id(value: object) -> str | None:
@@ -268,12 +301,14 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                   decryption_keys: list[Path] | None = None,
                   image_sectors: int | None = None,
                   required_roles: Sequence[str] = (),
-                  app_command: str | None = None) -> DeviceConfig:
+                  app_command: str | None = None,
+                  unpack: Sequence[str] | None = None) -> DeviceConfig:
     """Create a device folder: ``device.json``, ``anchors/`` and ``keys/``.
 
     ``trust_anchors``: key files, or ``(role, file)`` pairs (a plain file is an ``author``).
     ``required_roles``: every one of these must have signed an update.
     ``app_command``: Linux-class devices only, the command that starts the application.
+    ``unpack``: the packed payloads it accepts (default: every kind, ``UNPACK_ALL``).
 
     Raises:
         DecodeError: the folder already holds a device, a key file is unreadable, or a
@@ -315,7 +350,8 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         image_sectors=IMAGE_SECTORS[shape] if image_sectors is None else image_sectors,
         components=tuple(ComponentSpec((bytes([i]),), name)
                          for i, name in enumerate(SHAPE_COMPONENTS[shape])),
-        anchors=specs, required_roles=tuple(required_roles), app_command=app_command)
+        anchors=specs, required_roles=tuple(required_roles), app_command=app_command,
+        unpack=UNPACK_ALL if unpack is None else check_unpack(unpack, path="--unpack"))
     (directory / "anchors").mkdir(parents=True, exist_ok=True)
     (directory / "keys").mkdir(exist_ok=True)
     for spec, (_, path) in zip(specs, pairs, strict=True):

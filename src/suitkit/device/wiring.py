@@ -40,6 +40,7 @@ from suitkit.bootloader.verifier import (
 )
 from suitkit.core import cbor
 from suitkit.core.model import ComponentIdentifier
+from suitkit.core.packing import codec_named, packing_parameters
 from suitkit.core.processor import (
     NO_EXTENSIONS,
     ComponentIdentity,
@@ -64,7 +65,7 @@ from suitkit.errors import AuthenticationError, DecodeError, StorageError, SuitE
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
-__all__ = ["OpenDevice", "SlotMetadata", "SuitImageVerifier", "open_device"]
+__all__ = ["OpenDevice", "SlotMetadata", "SuitImageVerifier", "open_device", "with_packing"]
 
 CHUNK = 64 * 1024
 FLASH_STATE = "state.cbor"
@@ -250,6 +251,17 @@ def identity_of(config: DeviceConfig) -> ComponentIdentity:
                              device_ids=frozenset({config.device_id}))
 
 
+def with_packing(config: DeviceConfig, extensions: Extensions = NO_EXTENSIONS) -> Extensions:
+    """``extensions`` plus the packed payloads the device accepts (``DeviceConfig.unpack``:
+    suitkit-compression-info with its codecs, suitkit-delta-info; ``core.packing``)."""
+    codecs = [codec_named(name) for name in config.unpack if name != "delta"]
+    packing = packing_parameters(codecs, delta="delta" in config.unpack)
+    if not packing:
+        return extensions
+    return Extensions(commands=extensions.commands,
+                      parameters={**packing, **extensions.parameters})
+
+
 def open_device(directory: Path, *, crash: Callable[[str], None] | None = None,
                 extensions: Extensions = NO_EXTENSIONS) -> OpenDevice:
     """Open a device folder made by ``config.create_device``.
@@ -264,6 +276,7 @@ def open_device(directory: Path, *, crash: Callable[[str], None] | None = None,
         KeyMaterialError: a trust anchor is unreadable.
     """
     config = load_config(directory)
+    extensions = with_packing(config, extensions)
     anchors, identity = config.trust_anchors(), identity_of(config)
     # One verifier per image, each knowing which component its slots must hold.
     images = tuple((c.suit_id, c.image) for c in config.components)
