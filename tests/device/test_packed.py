@@ -175,7 +175,7 @@ def test_device_without_the_extension_refuses_it(author: Author, tmp_path: Path)
         envelope = _release(author, 2, image, f"{url}/app.bin", compress="zstd")
         outcome = install(bare, envelope, HttpFetcher())
         assert not outcome.installed
-        assert "parameter custom(-300) is not supported" in outcome.reason
+        assert "parameter custom(-1024) is not supported" in outcome.reason
         outcome = install(zlib_only, envelope, HttpFetcher())
         assert not outcome.installed
         assert "zstd (3) is not supported by this device; it decodes zlib (1)" in outcome.reason

@@ -7,10 +7,10 @@ precursor). suitkit describes both with custom parameters in the private-use ran
 §8.4.8.16: a custom parameter's value is an int, bool, tstr or bstr; these are bstr-wrapped
 CBOR maps), set with override-parameters next to the uri before a fetch (the old drafts' place):
 
-- ``suitkit-compression-info`` (``COMPRESSION_INFO``, -300): ``bstr .cbor {1: algorithm}``,
+- ``suitkit-compression-info`` (``COMPRESSION_INFO``, -1024): ``bstr .cbor {1: algorithm}``,
   the algorithm one of ``Codec`` (zlib 1 and zstd 3 keep the numbers of the old drafts; xz 4
   is suitkit's). The fetched bytes are one compressed stream of the image.
-- ``suitkit-delta-info`` (``DELTA_INFO``, -301): ``bstr .cbor {1: format, 2: SUIT_Digest of
+- ``suitkit-delta-info`` (``DELTA_INFO``, -1025): ``bstr .cbor {1: format, 2: SUIT_Digest of
   the precursor, 3: precursor size}``, format 1 being ``SKD1`` below. The fetched bytes (after
   decompression, when compression-info is set too) are a patch that rebuilds the image from the
   component's current content, the precursor.
@@ -78,9 +78,9 @@ __all__ = [
     "packing_parameters",
 ]
 
-COMPRESSION_INFO = -300
+COMPRESSION_INFO = -1024
 """suitkit-compression-info: ``bstr .cbor {1: Codec}``."""
-DELTA_INFO = -301
+DELTA_INFO = -1025
 """suitkit-delta-info: ``bstr .cbor {1: DeltaFormat, 2: SUIT_Digest, 3: uint}``."""
 
 PIECE = 64 * 1024
