@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import zstandard
+from typer.testing import CliRunner
 
 from device.device_kit import (
     CLASS,
@@ -31,6 +32,7 @@ from device.device_kit import (
     running,
 )
 from suitkit.author.describe import parse_description
+from suitkit.cli.main import app as cli
 from suitkit.core import codec, packing
 from suitkit.core.model import Command, CommandSequence, Parameters
 from suitkit.core.numbers import Command as Cmd
@@ -261,3 +263,39 @@ def _without_guard(author: Author, sequence: int, image: bytes, url: str) -> byt
     manifest = replace(manifest, install=CommandSequence(kept))
     envelope = sign_envelope(codec.build_envelope(manifest), author.key.signer())
     return codec.encode_envelope(envelope)
+
+
+# ---------------------------------------------------------------------------- the command line
+
+
+def test_suitkit_delta_and_device_init_unpack(tmp_path: Path) -> None:
+    """``suitkit delta OLD NEW`` writes a (compressed) SKD1 patch that rebuilds NEW; ``device
+    init --unpack`` records what the device accepts and refuses unknown names in one line."""
+    old = _firmware("v1", 80_000)
+    new = old[:30_000] + b"changed" + old[30_000:]
+    (tmp_path / "old.bin").write_bytes(old)
+    (tmp_path / "new.bin").write_bytes(new)
+    done = CliRunner().invoke(cli, ["delta", str(tmp_path / "old.bin"), str(tmp_path / "new.bin"),
+                                    "--out", str(tmp_path / "patch"), "--compress", "zstd"])
+    assert done.exit_code == 0, done.output
+    assert "describe it with delta-from: old.bin" in done.stdout
+    patch = (tmp_path / "patch").read_bytes()
+    assert len(patch) < 2000
+    rebuilt = b"".join(packing.apply_delta(
+        packing.decompress([patch], packing.Codec.ZSTD, max_output=packing.packed_bound(len(new))),
+        lambda offset, length: old[offset:offset + length], source_size=len(old),
+        max_output=len(new)))
+    assert rebuilt == new
+
+    author = Author.create(tmp_path / "author")
+    base = ["device", "init", "--vendor-domain", "example.com", "--class-name", "thermostat",
+            "--trust-anchor", str(author.anchor)]
+    done = CliRunner().invoke(cli, [*base[:2], str(tmp_path / "d1"), *base[2:], "--unpack",
+                                    "zstd,brotli"])
+    assert done.exit_code != 0
+    assert "unknown payload packing 'brotli'" in done.stderr
+    assert not (tmp_path / "d1").exists()
+    done = CliRunner().invoke(cli, [*base[:2], str(tmp_path / "d2"), *base[2:], "--unpack",
+                                    "delta,zlib"])
+    assert done.exit_code == 0, done.output
+    assert open_device(tmp_path / "d2").config.unpack == ("zlib", "delta")

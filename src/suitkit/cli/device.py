@@ -78,6 +78,9 @@ def init(
     app_command: Annotated[str | None, typer.Option(
         "--app-command", help="Linux-class: the command that starts the application, "
         "{image} standing for the image file (e.g. 'python3 {image}').")] = None,
+    unpack: Annotated[str | None, typer.Option(
+        "--unpack", help="The packed payloads it accepts, comma-separated: zlib, zstd, xz, "
+        "delta (default: all; none: refuses them; docs/delta.md).")] = None,
 ) -> None:
     """Create a device: identity, trust anchors, empty slots (component i is h'0i')."""
     if shape not in SHAPE_COMPONENTS:
@@ -94,7 +97,9 @@ def init(
             config = create_device(
                 directory, vendor_id=vendor, class_id=klass, trust_anchors=anchors,
                 shape=shape, device_id=device, decryption_keys=decryption_key,
-                required_roles=require or (), app_command=app_command)
+                required_roles=require or (), app_command=app_command,
+                unpack=None if unpack is None else [
+                    n.strip() for n in unpack.split(",") if n.strip() and n.strip() != "none"])
             open_device(directory).save()
     except BaseException:
         if new_folder:  # no half-made device left behind (a full disk, an interrupt)
