@@ -347,12 +347,15 @@ def _packing(raw: Mapping[str, Any], image: bytes | None, base: Path, path: str,
         payload, suffix = packing.make_delta(old, image), ".skd1"
     if name not in (None, False):
         if not isinstance(name, str):
-            raise DecodeError(f"{path}.compress", "expected zlib, zstd or xz")
-        codec = packing.codec_named(name, path=f"{path}.compress")
+            raise DecodeError(f"{path}.compress", "expected zlib, zstd, xz, bzip2 or best")
+        if name == "best":  # the smallest of every codec
+            codec, payload = packing.compress_best(payload)
+        else:
+            codec = packing.codec_named(name, path=f"{path}.compress")
+            payload = packing.compress(payload, codec)
         extra[packing.COMPRESSION_INFO] = packing.CompressionInfo(codec).encode()
-        payload = packing.compress(payload, codec)
         suffix += {packing.Codec.ZLIB: ".zz", packing.Codec.ZSTD: ".zst",
-                   packing.Codec.XZ: ".xz"}[codec]
+                   packing.Codec.XZ: ".xz", packing.Codec.BZIP2: ".bz2"}[codec]
     return Parameters.from_items(extra), payload, suffix, precursor
 
 

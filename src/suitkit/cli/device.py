@@ -80,7 +80,7 @@ def init(
         "{image} standing for the image file (e.g. 'python3 {image}').")] = None,
     unpack: Annotated[str | None, typer.Option(
         "--unpack", help="The packed payloads it accepts, comma-separated: zlib, zstd, xz, "
-        "delta (default: all; none: refuses them; docs/delta.md).")] = None,
+        "bzip2, delta (default: all; none: refuses them; docs/delta.md).")] = None,
 ) -> None:
     """Create a device: identity, trust anchors, empty slots (component i is h'0i')."""
     if shape not in SHAPE_COMPONENTS:

@@ -165,7 +165,7 @@ def create(
     out_path: Annotated[Path, typer.Option("--out", help="Unsigned envelope to write.")],
     compress: Annotated[str | None, typer.Option(
         "--compress", help="Compress every detached image whose component names no "
-        "compress: (zlib, zstd or xz; docs/delta.md).")] = None,
+        "compress: (zlib, zstd, xz, bzip2 or best; docs/delta.md).")] = None,
 ) -> None:
     """Build an unsigned envelope from a description file (see docs/description.md)."""
     desc = load_description(description, compress=compress)
@@ -280,18 +280,23 @@ def delta(
                                         "devices run).")],
     new: Annotated[Path, typer.Argument(metavar="NEW", help="The new image.")],
     out_path: Annotated[Path, typer.Option("--out", help="Patch file to write.")],
-    compress: Annotated[str | None, typer.Option(
-        "--compress", help="Compress the patch: zlib, zstd or xz (default xz; none: "
-        "not compressed).")] = "xz",
+    compress: Annotated[str, typer.Option(
+        "--compress", help="Compress the patch: zlib, zstd, xz, bzip2, best (the smallest; "
+        "the default) or none.")] = "best",
 ) -> None:
     """Make an SKD1 delta patch that rebuilds NEW from OLD on a device (docs/delta.md)."""
     old_bytes, new_bytes = read_input(old, "precursor image"), read_input(new, "new image")
     patch = packing.make_delta(old_bytes, new_bytes)
     raw = len(patch)
-    if compress is not None and compress.lower() != "none":
-        patch = packing.compress(patch, packing.codec_named(compress, path="--compress"))
+    how = "not compressed"
+    if compress.lower() == "best":
+        codec_, patch = packing.compress_best(patch)
+        how = codec_.name.lower()
+    elif compress.lower() != "none":
+        codec_ = packing.codec_named(compress, path="--compress")
+        patch, how = packing.compress(patch, codec_), codec_.name.lower()
     atomic_write(out_path, patch)
-    out.print(f"wrote delta {out_path} ({len(patch)} bytes, {raw} before compression; "
+    out.print(f"wrote delta {out_path} ({len(patch)} bytes, {how}; {raw} before compression; "
               f"{len(patch) / max(1, len(new_bytes)):.2%} of the new image); describe it with "
               f"delta-from: {old.name} (docs/delta.md)", markup=False)
 

@@ -56,7 +56,7 @@ SHAPE_COMPONENTS: dict[str, tuple[str, ...]] = {
 }
 """The images of each shape's boot set; component i is SUIT component ``[h'0i']``."""
 
-UNPACK_ALL = ("zlib", "zstd", "xz", "delta")
+UNPACK_ALL = ("zlib", "zstd", "xz", "bzip2", "delta")
 """Every kind of packed payload a device can accept (``DeviceConfig.unpack``)."""
 
 IMAGE_SECTORS: dict[str, int] = {"mcu": 80, "secure-split": 40, "dual-cpu": 40, "linux": 0}
@@ -103,7 +103,7 @@ class DeviceConfig:
     """The status tracker's id of this device, once registered (``bind_tracker_id``)."""
     unpack: tuple[str, ...] = UNPACK_ALL
     """The packed payloads the device accepts (docs/delta.md): compression codecs (zlib,
-    zstd, xz) and ``delta`` (SKD1 patches); a manifest asking for another is refused."""
+    zstd, xz, bzip2) and ``delta`` (SKD1 patches); a manifest asking for another is refused."""
 
     def component(self, suit_id: ComponentIdentifier) -> ComponentSpec | None:
         """The component with this SUIT identifier, or ``None``."""
