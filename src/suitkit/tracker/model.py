@@ -282,6 +282,10 @@ class Campaign(Base):
     member_count: Mapped[int] = mapped_column(Integer, default=0)
     failures_acknowledged: Mapped[int] = mapped_column(Integer, default=0)
     pause_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    deltas: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, default=None)
+    """Delta releases of ``release``: ``[{"precursor", "release", "envelope_url"}]``, the
+    precursor the SHA-256 (hex) of the image a device must run for that delta (docs/delta.md);
+    a device running none of them gets the full release."""
 
 
 class CampaignMember(Base):
