@@ -341,7 +341,10 @@ def decompress(chunks: Iterable[bytes], algorithm: int, *, max_output: int,
                 raise DecodeError(what, f"bytes after the end of the {codec.name.lower()} "
                                   "stream")
         while not ended:  # output still held back by the decoder
-            piece, _rest, ended = _step(decoder, b"")
+            piece, rest, ended = _step(decoder, b"")
+            if ended and rest:
+                raise DecodeError(what, f"bytes after the end of the {codec.name.lower()} "
+                                  "stream")
             if not piece:
                 break
             yield bounded(piece)
