@@ -152,6 +152,10 @@ class TrackerError(Exception):
     """The tracker could not be reached or refused a call (one line)."""
 
 
+class TrackerUnreachable(TrackerError):
+    """The tracker could not be reached at all (refused, unknown name, timeout, TLS)."""
+
+
 _MAX_WAITING_TEXT = 256
 
 
@@ -254,7 +258,7 @@ class _Tracker:
         try:
             response = self.client.request(method, self.base + path, **kwargs)
         except httpx.HTTPError as e:
-            raise TrackerError(f"{method} {path or '/'}: {type(e).__name__}: {e}") from None
+            raise TrackerUnreachable(f"{method} {path or '/'}: {type(e).__name__}: {e}") from None
         if response.status_code not in expected:
             raise TrackerError(f"{method} {path or '/'}: HTTP {response.status_code}: "
                                f"{error_of(response)}")
@@ -334,8 +338,8 @@ class _DdiTracker(_Tracker):
             response = self.client.request(method, self.ddi + path, headers=self.headers,
                                            **kwargs)
         except httpx.HTTPError as e:
-            raise TrackerError(f"DDI {method} {path or '/'}: {type(e).__name__}: {e}"
-                               ) from None
+            raise TrackerUnreachable(f"DDI {method} {path or '/'}: {type(e).__name__}: {e}"
+                                     ) from None
         if response.status_code != 200:
             raise TrackerError(f"DDI {method} {path or '/'}: HTTP {response.status_code}: "
                                f"{error_of(response)}")
@@ -455,7 +459,7 @@ def register(folder: Path, server_url: str, admin_token: str, *, name: str | Non
                 "class_id": str(opened.config.class_id)},
                 headers={"Authorization": f"Bearer {admin_token}"})
         except httpx.HTTPError as e:
-            raise TrackerError(f"POST /api/v1/devices: {type(e).__name__}: {e}") from None
+            raise TrackerUnreachable(f"POST /api/v1/devices: {type(e).__name__}: {e}") from None
         if response.status_code != 201:
             raise TrackerError(f"POST /api/v1/devices: HTTP {response.status_code}: "
                                f"{error_of(response)}")

@@ -943,18 +943,19 @@ class TrackerDB:
         """The device's events and report summaries, in the order they arrived."""
         return self.history_page(device_id, limit=None).items
 
-    def history_page(self, device_id: str, *, limit: int | None = 500, after: int = 0
-                     ) -> Page:
+    def history_page(self, device_id: str, *, limit: int | None = 500, after: int = 0,
+                     newest: bool = False) -> Page:
         """At most ``limit`` items of the device's history (``None``: all) with ``seq`` above
         ``after``, in order; each table is read only for one page (ORDER BY seq, LIMIT, on
-        the ``(device_id, seq)`` index). ``Page.next`` is ``(seq,)`` of the last item."""
+        the ``(device_id, seq)`` index). ``Page.next`` is ``(seq,)`` of the last item.
+        ``newest``: newest first, with ``seq`` below ``after`` (0: from the newest)."""
         with self.store.transaction() as tx:
             fetch = None if limit is None else limit + 1
             items = [((e.seq,), _event_json(e))
-                     for e in tx.events(device_id, after=after, limit=fetch)]
+                     for e in tx.events(device_id, after=after, limit=fetch, newest=newest)]
             items += [((r.seq,), _report_json(r))
-                      for r in tx.reports(device_id, after=after, limit=fetch)]
-            items.sort(key=lambda item: item[0])
+                      for r in tx.reports(device_id, after=after, limit=fetch, newest=newest)]
+            items.sort(key=lambda item: item[0], reverse=newest)
             return page_of(items, limit if limit is not None else len(items))
 
     def report_bytes(self, device_id: str) -> list[bytes]:
