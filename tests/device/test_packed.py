@@ -282,6 +282,13 @@ def test_suitkit_delta_and_device_init_unpack(tmp_path: Path) -> None:
     assert done.exit_code == 0, done.output
     assert "describe it with delta-from: old.bin" in done.stdout
     patch = (tmp_path / "patch").read_bytes()
+    done = CliRunner().invoke(cli, ["delta", str(tmp_path / "old.bin"), str(tmp_path / "new.bin"),
+                                    "--out", str(tmp_path / "patch2"), "--json"])
+    assert done.exit_code == 0, done.output
+    shown = json.loads(done.stdout)
+    assert shown["bytes"] == (tmp_path / "patch2").stat().st_size < 2000
+    assert shown["precursor_sha256"] == hashlib.sha256(old).hexdigest()
+    assert shown["compression"] in ("zlib", "zstd", "xz", "bzip2")
     assert len(patch) < 2000
     rebuilt = b"".join(packing.apply_delta(
         packing.decompress([patch], packing.Codec.ZSTD, max_output=packing.packed_bound(len(new))),

@@ -8,6 +8,7 @@ user unless ``SUITKIT_DEBUG=1`` is set.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -299,6 +300,7 @@ def delta(
     compress: Annotated[str, typer.Option(
         "--compress", help="Compress the patch: zlib, zstd, xz, bzip2, best (the smallest; "
         "the default) or none.")] = "best",
+    as_json: JsonOption = False,
 ) -> None:
     """Make an SKD1 delta patch that rebuilds NEW from OLD on a device (docs/delta.md)."""
     old_bytes, new_bytes = read_input(old, "precursor image"), read_input(new, "new image")
@@ -312,9 +314,12 @@ def delta(
         codec_ = packing.codec_named(compress, path="--compress")
         patch, how = packing.compress(patch, codec_), codec_.name.lower()
     atomic_write(out_path, patch)
-    out.print(f"wrote delta {out_path} ({len(patch)} bytes, {how}; {raw} before compression; "
-              f"{len(patch) / max(1, len(new_bytes)):.2%} of the new image); describe it with "
-              f"delta-from: {old.name} (docs/delta.md)", markup=False)
+    _result(as_json, {"patch": str(out_path), "bytes": len(patch), "compression": how,
+                      "uncompressed_bytes": raw, "new_image_bytes": len(new_bytes),
+                      "precursor_sha256": hashlib.sha256(old_bytes).hexdigest()},
+            f"wrote delta {out_path} ({len(patch)} bytes, {how}; {raw} before compression; "
+            f"{len(patch) / max(1, len(new_bytes)):.2%} of the new image); describe it with "
+            f"delta-from: {old.name} (docs/delta.md)")
 
 
 @app.command()
