@@ -9,7 +9,7 @@ CBOR maps), set with override-parameters next to the uri before a fetch (the old
 
 - ``suitkit-compression-info`` (``COMPRESSION_INFO``, -1024): ``bstr .cbor {1: algorithm}``,
   the algorithm one of ``Codec`` (zlib 1 and zstd 3 keep the numbers of the old drafts; xz 4
-  is suitkit's). The fetched bytes are one compressed stream of the image.
+  and bzip2 5 are suitkit's). The fetched bytes are one compressed stream of the image.
 - ``suitkit-delta-info`` (``DELTA_INFO``, -1025): ``bstr .cbor {1: format, 2: SUIT_Digest of
   the precursor, 3: precursor size}``, format 1 being ``SKD1`` below. The fetched bytes (after
   decompression, when compression-info is set too) are a patch that rebuilds the image from the
