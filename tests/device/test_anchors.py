@@ -198,7 +198,8 @@ def test_root_key_cannot_sign_firmware(tmp_path: Path, keys: Keys) -> None:
     envelope, _ = keys.root.release(2)
     outcome = install(folder, envelope)
     assert not outcome.installed
-    assert "signer of role 'root' may not update component [h'00']" in outcome.reason
+    assert "signer of role 'root'" in outcome.reason
+    assert "may not update component [h'00']" in outcome.reason
 
 
 def test_rotation_must_address_the_anchors_alone(tmp_path: Path, keys: Keys) -> None:
