@@ -317,6 +317,8 @@ class CheckinRow(NamedTuple):
     campaign_status: str | None
     campaign_start_after: datetime | None
     campaign_window: str | None
+    nonce: str | None = None
+    """The nonce issued with the assignment (report §4; ``Assignment.nonce``)."""
 
 
 _DEVICES = Device.__table__
@@ -326,7 +328,8 @@ _CHECKIN_READ = (
     select(_DEVICES.c.credential_hash, _DEVICES.c.last_seen, _DEVICES.c.state,
            _DEVICES.c.inventory_digest, _ASSIGNMENTS.c.release, _ASSIGNMENTS.c.envelope_url,
            _ASSIGNMENTS.c.action, _ASSIGNMENTS.c.done, _ASSIGNMENTS.c.campaign_id,
-           _CAMPAIGNS.c.status, _CAMPAIGNS.c.start_after, _CAMPAIGNS.c.window)
+           _CAMPAIGNS.c.status, _CAMPAIGNS.c.start_after, _CAMPAIGNS.c.window,
+           _ASSIGNMENTS.c.nonce)
     .select_from(_DEVICES.outerjoin(_ASSIGNMENTS, _ASSIGNMENTS.c.device_id == _DEVICES.c.id)
                  .outerjoin(_CAMPAIGNS, _CAMPAIGNS.c.id == _ASSIGNMENTS.c.campaign_id))
     .where(_DEVICES.c.id == bindparam("device_id")))
