@@ -54,6 +54,7 @@ envelope only; payloads are fetched, resumably, by the install).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import threading
@@ -66,8 +67,15 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 
-from suitkit.core import cbor
-from suitkit.core.report import encode_report
+from suitkit.core import cbor, crypto
+from suitkit.core.report import (
+    SIGNED_REPORT_MEDIA_TYPE,
+    Report,
+    encode_capability_report,
+    encode_report,
+    sign_report,
+)
+from suitkit.device.capabilities import capability_report
 from suitkit.device.config import bind_tracker_id, check_tracker_id, load_config
 from suitkit.device.consumer import PayloadFetcher, running_version
 from suitkit.device.fetch import CoapFetcher, HttpFetcher
@@ -132,12 +140,23 @@ class Assigned:
     release: str
     envelope_url: str
     action: str = "install"
+    nonce: bytes | None = None
+    """The nonce the tracker issued with this update (report §4): it goes into the report."""
 
     @classmethod
     def of(cls, doc: Mapping[str, Any], where: str) -> Assigned:
-        """Raises: TrackerError: ``doc`` is not ``{release, envelope_url[, action]}``."""
+        """Raises: TrackerError: ``doc`` is not ``{release, envelope_url[, action, nonce]}``."""
         release, url = doc.get("release"), doc.get("envelope_url")
         action = doc.get("action") or "install"
+        nonce = doc.get("nonce")
+        if nonce is not None:
+            try:
+                if not isinstance(nonce, str) or len(nonce) > 2 * _MAX_NONCE:
+                    raise ValueError(nonce)
+                nonce = bytes.fromhex(nonce)
+            except ValueError:
+                raise TrackerError(f"{where}: nonce must be at most {_MAX_NONCE} bytes in "
+                                   "hex") from None
         if not isinstance(release, str) or not isinstance(url, str) or not release:
             raise TrackerError(f"{where}: the answer is not {{release, envelope_url}} strings")
         if action not in ("install", "download"):
@@ -145,21 +164,21 @@ class Assigned:
                                f"{str(action)[:20]!r}")
         if len(url) > 2048 or urlparse(url).scheme not in ("http", "https", "coap"):
             raise TrackerError(f"{where}: envelope_url must be an http(s) or coap URL")
-        return cls(release[:128], url, str(action))
+        return cls(release[:128], url, str(action), nonce or None)
 
 
 class TrackerError(Exception):
     """The tracker could not be reached or refused a call (one line)."""
 
 
-_MAX_WAITING_TEXT = 256
+_MAX_NONCE = 64
 
 
-def inventory_of(opened: OpenDevice, *, versions: bool = True,
-                 waiting: str | None = None) -> dict[str, Any]:
+def inventory_of(opened: OpenDevice, *, versions: bool = True) -> dict[str, Any]:
     """The inventory the tracker stores: identity and the verified running images, each with
-    its ``version`` when known (``versions``); ``waiting``: what a waiting update waits for
-    (the hardware fact ``waiting``)."""
+    its ``version`` when known (``versions``); the device's capability report
+    (``capabilities``: base64 of its CBOR, report §6) and its ECDH-ES public keys
+    (``recipient_keys``: base64 COSE_Keys, for authors who encrypt for it)."""
     observation = opened.bootloader.observe()  # type: ignore[attr-defined]
     anchors = opened.config.trust_anchors()
     components = []
@@ -174,27 +193,30 @@ def inventory_of(opened: OpenDevice, *, versions: bool = True,
                 entry["version"] = list(version)
         components.append(entry)
     hardware: dict[str, Any] = {"shape": opened.config.shape}
-    if waiting is not None:
-        hardware["waiting"] = waiting[:_MAX_WAITING_TEXT]
-    # The device's ECDH-ES public keys, for authors who encrypt for it (docs/device.md):
-    # base64 of a COSE_Key, as hardware facts (the tracker's inventory has no other place).
+    # The device's ECDH-ES public keys, for authors who encrypt for it (docs/device.md).
     try:
         recipients = opened.config.recipient_public_keys()
     except SuitError:
         recipients = []  # an unreadable key is the install's error to report, not this one's
-    for i, cose_key in enumerate(recipients[:8]):
+    keys = []
+    for cose_key in recipients[:_MAX_RECIPIENT_KEYS]:
         text = base64.b64encode(cose_key).decode()
-        if len(text) > _MAX_FACT:  # a long kid: the tracker would refuse the whole inventory
+        if len(text) > _MAX_RECIPIENT_KEY:  # a long kid: the tracker would refuse it all
             text = base64.b64encode(cbor.encode({k: v for k, v in cbor.decode(
                 cose_key, path="recipient key").items() if k != 2})).decode()
-        hardware[RECIPIENT_KEY_FACT if i == 0 else f"{RECIPIENT_KEY_FACT}-{i}"] = text
-    return {"vendor_id": str(opened.config.vendor_id), "class_id": str(opened.config.class_id),
-            "components": components, "hardware": hardware}
+        keys.append(text)
+    inventory: dict[str, Any] = {
+        "vendor_id": str(opened.config.vendor_id), "class_id": str(opened.config.class_id),
+        "components": components, "hardware": hardware,
+        "capabilities": base64.b64encode(encode_capability_report(
+            capability_report(opened))).decode()}
+    if keys:
+        inventory["recipient_keys"] = keys
+    return inventory
 
 
-_MAX_FACT = 256  # the tracker's limit on a hardware fact's text (docs/tracker.md)
-RECIPIENT_KEY_FACT = "suit-recipient-key"
-"""The inventory's hardware fact holding a device's ECDH-ES public key (base64 COSE_Key)."""
+_MAX_RECIPIENT_KEYS = 8  # the tracker's bounds (tracker.model.MAX_RECIPIENT_KEYS)
+_MAX_RECIPIENT_KEY = 1024
 
 
 def inventory_digest(inventory: Mapping[str, Any]) -> str:
@@ -218,9 +240,9 @@ class _Tracker:
     def __init__(self, client: httpx.Client, device_id: str) -> None:
         self.client = client
         self.base = f"/api/v1/devices/{device_id}"
-        self.versions = False
-        """Send each component's ``version``: not yet (the tracker's inventory has no place for
-        it and refuses the member; the device knows it: ``device status``)."""
+        self.versions = True
+        """Send each component's ``version`` (update-management §4.4; the tracker keeps it
+        since migration 0009_reports)."""
         self.old_server = False
 
     def checkin(self, opened: OpenDevice, *, pending: bool = True
@@ -260,11 +282,11 @@ class _Tracker:
                                f"{error_of(response)}")
         return response
 
-    def inventory(self, opened: OpenDevice, waiting: str | None = None) -> None:
+    def inventory(self, opened: OpenDevice) -> None:
         """Send the inventory (a check-in with it; ``PUT .../inventory`` on an old tracker).
-        ``waiting``: what a waiting update waits for (a hardware fact). Components' versions
-        are sent only where the tracker is known to take them (``versions``)."""
-        inventory = inventory_of(opened, versions=self.versions, waiting=waiting)
+        Components' versions are sent only where the tracker is known to take them
+        (``versions``)."""
+        inventory = inventory_of(opened, versions=self.versions)
         if not self.old_server:
             response = self._call("POST", "/checkin", (200, *_OLD_SERVER), json={
                 "inventory_digest": inventory_digest(inventory), "inventory": inventory})
@@ -298,9 +320,9 @@ class _Tracker:
         self._call("POST", "/events", (201,), json={"state": state,
                                                     "detail": detail[:_MAX_DETAIL]})
 
-    def report(self, raw: bytes) -> None:
+    def report(self, raw: bytes, media_type: str = REPORT_MEDIA_TYPE) -> None:
         self._call("POST", "/reports", (201,), content=raw,
-                   headers={"Content-Type": REPORT_MEDIA_TYPE})
+                   headers={"Content-Type": media_type})
 
 
 _DDI_FEEDBACK = {
@@ -430,12 +452,14 @@ def check_credential(folder: Path, credential: str) -> str:
 
 
 def register(folder: Path, server_url: str, admin_token: str, *, name: str | None = None,
-             client: httpx.Client | None = None) -> str:
+             client: httpx.Client | None = None, report_key: bool = True) -> str:
     """Enrol the device in ``folder`` with the tracker (provisioning, with an admin's token):
     ``POST /api/v1/devices`` with its vendor and class IDs (the identity the tracker then
-    holds its inventories to), the tracker's id written to the folder (``tracker-id``), then
-    the first inventory with the new credential. Returns the credential
-    ``<device-id>.<secret>``, which the tracker shows only this once.
+    holds its inventories to) and, with ``report_key``, the public half of the key it signs
+    its reports with (``DIR/report.key``, made now if the folder has none: report §8), the
+    tracker's id written to the folder (``tracker-id``), then the first inventory with the
+    new credential. Returns the credential ``<device-id>.<secret>``, which the tracker shows
+    only this once.
 
     Raises:
         TrackerError: the tracker refused or could not be reached, or its answer is malformed.
@@ -446,14 +470,17 @@ def register(folder: Path, server_url: str, admin_token: str, *, name: str | Non
         raise PolicyError(f"{folder}: this device is already registered as tracker device "
                           f"{opened.config.tracker_id}; a device is registered once")
     label = name if name is not None else opened.config.directory.name
+    body: dict[str, Any] = {"name": label[:128], "vendor_id": str(opened.config.vendor_id),
+                            "class_id": str(opened.config.class_id)}
+    if report_key:
+        public = opened.config.ensure_report_key()
+        body["report_key"] = crypto.public_key_to_pem(public).decode()
     own = client is None
     http = client or httpx.Client(base_url=server_url.rstrip("/"), timeout=TIMEOUT)
     try:
         try:
-            response = http.post("/api/v1/devices", json={
-                "name": label[:128], "vendor_id": str(opened.config.vendor_id),
-                "class_id": str(opened.config.class_id)},
-                headers={"Authorization": f"Bearer {admin_token}"})
+            response = http.post("/api/v1/devices", json=body,
+                                 headers={"Authorization": f"Bearer {admin_token}"})
         except httpx.HTTPError as e:
             raise TrackerError(f"POST /api/v1/devices: {type(e).__name__}: {e}") from None
         if response.status_code != 201:
@@ -516,7 +543,7 @@ def _boot(opened: OpenDevice) -> tuple[bool, str]:
     return invoked.succeeded, f"booted {images}" + (f" ({failures[0]})" if failures else "")
 
 
-_RESUMABLE = ("downloading", "downloaded", "installing", "rebooting")
+_RESUMABLE = ("downloading", "downloaded", "installing", "waiting", "rebooting")
 
 
 def _saved_envelope(opened: OpenDevice, release: str) -> Path:
@@ -592,7 +619,7 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
             step(f"resuming: the tracker has the device {state}")
         if state == "rebooting":
             return _install(opened, tracker, None, release=release, fetcher=fetcher,
-                            step=step, result=result)
+                            step=step, result=result, job=job, state=state)
         saved = _saved_envelope(opened, release)
         for stale in saved.parent.glob("*.suit") if saved.parent.is_dir() else ():
             if stale != saved:  # kept for a release no longer assigned: never used again
@@ -601,7 +628,8 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
             if state == "downloaded" and job.action == "download":
                 return result("downloaded", "already downloaded; waiting for install", release)
             envelope = (saved.read_bytes()
-                        if state in ("downloaded", "installing") and saved.is_file() else None)
+                        if state in ("downloaded", "installing", "waiting") and saved.is_file()
+                        else None)
             if envelope is None:
                 if state in (None, "notified"):
                     tracker.event("downloading", url)
@@ -620,13 +648,13 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
             if job.action == "download":
                 return result("downloaded", "envelope kept until the install is ordered",
                               release)
-            if state != "installing":
+            if state not in ("installing", "waiting"):  # waiting: the install is tried again
                 tracker.event("installing")
             step("installing")
         except TrackerError as e:
             return result("error", str(e), release)
         outcome = _install(opened, tracker, envelope, release=release, fetcher=fetcher,
-                           step=step, result=result)
+                           step=step, result=result, job=job, state=state)
         if outcome.outcome == "waiting":
             # the next run resumes the install from this copy (the tracker has it installing)
             saved.parent.mkdir(exist_ok=True)
@@ -641,9 +669,13 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
 
 def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes | None, *, release: str,
              fetcher: PayloadFetcher, step: Callable[[str], None],
-             result: Callable[[str, str, str | None], AgentResult]) -> AgentResult:
+             result: Callable[[str, str, str | None], AgentResult], job: Assigned,
+             state: str | None) -> AgentResult:
     """Install, report, boot, confirm or revert; the tracker is told on a best-effort basis.
-    ``envelope=None``: the install was done before an agent restart (``rebooting``)."""
+    ``envelope=None``: the install was done before an agent restart (``rebooting``).
+    The report carries the nonce of ``job`` and the device's capability report, signed with
+    the device's report key when it has one (report §8); ``state``: the tracker's state of
+    the device (``waiting``: it knows the install waits)."""
     missed: list[str] = []
 
     def tell(what: Callable[[], None]) -> None:
@@ -656,19 +688,20 @@ def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes | None, *, r
     if envelope is None:
         return _resume_boot(opened, tracker, release=release, step=step, result=result)
     try:
-        outcome = opened.consumer(fetcher).install(envelope)
+        outcome = opened.consumer(fetcher).install(envelope, nonce=job.nonce)
     finally:
         opened.save()
     if outcome.waiting:
-        # update-management §5.6: not a failure; the tracker keeps the device installing and
-        # the report is sent once the update ends.
-        tell(lambda: tracker.inventory(opened, waiting=outcome.reason))
+        # update-management §5.6: not a failure; the tracker has the device waiting (and
+        # what for) and the report is sent once the update ends.
+        if state != "waiting":
+            tell(lambda: tracker.event("waiting", outcome.reason))
         step(outcome.reason)
         return result("waiting", outcome.reason, release)
     if outcome.report is not None:
-        raw = encode_report(outcome.report)
-        tell(lambda: tracker.report(raw))
-        step(f"report sent ({'ok' if outcome.report.succeeded else 'failure'})")
+        raw, media, line = _report_bytes(opened, outcome.report)
+        tell(lambda: tracker.report(raw, media))
+        step(f"report sent ({'ok' if outcome.report.succeeded else 'failure'}{line})")
     if not outcome.installed:
         tell(lambda: tracker.event("failed", outcome.reason))
         tell(lambda: tracker.inventory(opened))
@@ -678,6 +711,25 @@ def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes | None, *, r
     step("rebooting")
     return _reboot(opened, tracker, release=release, step=step, result=result, missed=missed,
                    success=f"running sequence number {outcome.sequence_number}")
+
+
+def _report_bytes(opened: OpenDevice, report: Report) -> tuple[bytes, str, str]:
+    """The report as sent: with the device's capability report (report §6), signed with its
+    report key when it has one (report §8: COSE_Sign1 or COSE_Mac0 around it); its media type
+    and a note for the step's line. A report key that does not load leaves it unsigned."""
+    note = ""
+    try:
+        report = dataclasses.replace(report, capability_report=capability_report(opened))
+    except SuitError as e:  # what it supports could not be read: the report goes without
+        note = f"; no capability report: {e}"
+    raw = encode_report(report)
+    try:
+        signer = opened.config.report_signer()
+    except SuitError as e:
+        return raw, REPORT_MEDIA_TYPE, f"{note}; unsigned: {e}"
+    if signer is None:
+        return raw, REPORT_MEDIA_TYPE, note
+    return sign_report(raw, signer), SIGNED_REPORT_MEDIA_TYPE, f"{note}; signed"
 
 
 def _reboot(opened: OpenDevice, tracker: _Tracker, *, release: str,

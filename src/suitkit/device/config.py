@@ -33,6 +33,7 @@ from suitkit.errors import DecodeError, KeyMaterialError, PolicyError, SuitError
 from suitkit.fileio import atomic_write
 
 __all__ = [
+    "REPORT_KEY",
     "SHAPE_COMPONENTS",
     "AnchorSpec",
     "ComponentSpec",
@@ -150,6 +151,44 @@ class DeviceConfig:
                                         3: int(CoseAlg.ECDH_ES_A128KW)}))
         return out
 
+    def report_signer(self) -> crypto.Signer | None:
+        """The signer of the device's SUIT reports (report §8: COSE_Sign1, or COSE_Mac0 for
+        an HMAC key), from ``REPORT_KEY`` in the folder; ``None``: the device has none and
+        sends its reports unsigned.
+
+        Raises:
+            KeyMaterialError: the file is there and is not a private key.
+        """
+        path = self.directory / REPORT_KEY
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise KeyMaterialError(f"{path}: cannot read: {e.strerror or e}") from None
+        try:
+            return crypto.load_private_key(data).signer()
+        except KeyMaterialError as e:
+            raise KeyMaterialError(f"{path}: not a report signing key: {e}") from None
+
+    def ensure_report_key(self, algorithm: str = "ESP256") -> crypto.Verifier:
+        """The public half of the device's report key, made first (``algorithm``, written
+        atomically with mode 0600) when the folder has none: what the tracker registers to
+        check its signed reports with.
+
+        Raises:
+            KeyMaterialError: the existing file is not a private key.
+            StorageError: it cannot be written.
+        """
+        path = self.directory / REPORT_KEY
+        if not path.exists():
+            key = crypto.generate_private_key(algorithm)
+            atomic_write(path, key.to_pem(), mode=0o600)
+        try:
+            return crypto.load_private_key(path.read_bytes()).public_key()
+        except OSError as e:
+            raise KeyMaterialError(f"{path}: cannot read: {e.strerror or e}") from None
+
     def to_json(self) -> bytes:
         doc = {
             "format": FORMAT,
@@ -169,6 +208,10 @@ class DeviceConfig:
         if self.tracker_id is not None:
             doc["tracker-id"] = self.tracker_id
         return json.dumps(doc, indent=2).encode() + b"\n"
+
+
+REPORT_KEY = "report.key"
+"""The file of a device folder holding the private key its SUIT reports are signed with."""
 
 
 def _cid_json(cid: ComponentIdentifier) -> list[str]:
