@@ -382,9 +382,13 @@ def register(
                                            "credential (mode 0600).")],
     name: Annotated[str | None, typer.Option("--name", help="Name shown to operators "
                                              "(default: the folder's name).")] = None,
+    report_key: Annotated[bool, typer.Option(
+        "--report-key/--no-report-key", help="Register the key the device signs its SUIT "
+        "reports with (DIR/report.key, made now as an ESP256 key if missing).")] = True,
 ) -> None:
-    """Enrol the device with a status tracker: register it, write its credential (shown by
-    the tracker only once) for `device run --credential-file`, and send its inventory."""
+    """Enrol the device with a status tracker: register it (and its report key), write its
+    credential (shown by the tracker only once) for `device run --credential-file`, and send
+    its inventory."""
     from suitkit.device.agent import TrackerError  # noqa: PLC0415
     from suitkit.device.agent import register as enrol  # noqa: PLC0415
     from suitkit.fileio import atomic_write  # noqa: PLC0415
@@ -393,7 +397,7 @@ def register(
     if out_file.exists():
         fail(f"{out_file}: already exists; a device is registered once", EXIT_USAGE)
     try:
-        credential = enrol(directory, server, token, name=name)
+        credential = enrol(directory, server, token, name=name, report_key=report_key)
     except TrackerError as e:
         fail(f"registration refused: {e}", EXIT_FAILED)
     atomic_write(out_file, credential.encode() + b"\n", mode=0o600)
