@@ -140,6 +140,11 @@ EXPECTED: dict[tuple[str, str], Rule] = {
                                        frozenset({201, 409})),
     ("POST", f"{DEVICE}/reports"): Rule(roles("device"), report_body, frozenset({201, 409})),
     ("GET", f"{DEVICE}/update"): Rule(roles("device")),
+    # what the device supports (404 until it sent a capability report): authors read it too
+    ("GET", f"{DEVICE}/capabilities"): Rule(roles("admin", "operator", "author", "device"),
+                                            ok=frozenset({200, 404})),
+    ("PUT", f"{DEVICE}/report-key"): Rule(roles("admin"),
+                                          lambda w: {"json": {"report_key": None}}),
     ("POST", f"{DEVICE}/checkin"): Rule(roles("device"), lambda w: {"json": {
         "inventory_digest": "ab" * 32}}),
     ("POST", f"{DEVICE}/reset"): Rule(roles("admin", "operator"),
