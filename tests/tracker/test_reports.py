@@ -247,10 +247,14 @@ def test_signed_reports_without_a_key_and_unsigned_reports_of_other_classes(
     key = crypto.generate_private_key("ESP256")
     response = world.post(keyless, sign_report(report_for(release, nonce), key.signer()), COSE)
     assert response.status_code == 403 and "no registered report key" in response.text
-    # an existing agent: unsigned, no nonce, a class the policy does not name: accepted
-    response = world.post(keyless, report_for(release, None), CBOR)
+    # an existing agent or another device's own firmware: unsigned, a nonce of its own, a
+    # class the policy does not name: accepted, its nonce kept as sent (report §8: the nonce
+    # makes a signed report fresh)
+    response = world.post(keyless, report_for(release, b"\x09" * 8), CBOR)
     assert response.status_code == 201, response.text
-    assert response.json()["summary"]["signed"] is None
+    summary = response.json()["summary"]
+    assert summary["signed"] is None and summary["nonce_checked"] is False
+    assert summary["nonce"] == "09" * 8
 
     # an admin registers a key later (COSE_Mac0 with an HMAC key this time)
     late = world.register(None, OTHER_CLASS)

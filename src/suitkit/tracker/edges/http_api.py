@@ -585,8 +585,9 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
     async def post_report(request: Request, device_id: str) -> Response:
         """Store a SUIT report (CBOR, or signed: COSE_Sign1 / COSE_Mac0 around it, report §8)
         after strict decoding and, when signed, the check of its signature with the device's
-        registered key (the device only). Its nonce, when it has one (always, when signed
-        reports are required of the device), must be the one issued with its update."""
+        registered key (the device only). The nonce of a signed report, and of any report of
+        a device that must sign (``config.signed_reports``), must be the one issued with its
+        update."""
         await device_itself(request, device_id)
         throttle(device_id, "reports")
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -623,15 +624,20 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         except KeyMaterialError as e:  # pragma: no cover - keys are checked when registered
             raise Refused(500, f"device {device_id}'s registered report key: {e}") from None
         release = report.reference.manifest_digest.value.hex()
+        # report §8: the nonce makes a signed report fresh; an unsigned report of a device
+        # that need not sign keeps its nonce as sent, unchecked (existing agents and
+        # third-party devices choose their own)
+        checked = signed is not None or required
         summary = summarize_report(report)
         summary["signed"] = signed.kind if signed is not None else None
+        summary["nonce_checked"] = checked
         capabilities = (encode_capability_report(report.capability_report)
                         if report.capability_report is not None else None)
         lifetime = (timedelta(days=config.nonce_days) if config.nonce_days > 0 else None)
         try:
             stored = await run_in_threadpool(functools.partial(
                 tracker.add_report, device_id, raw, summary, release=release,
-                nonce=report.nonce, require_nonce=signed is not None or required,
+                nonce=report.nonce if checked else None, require_nonce=checked,
                 nonce_lifetime=lifetime, capabilities=capabilities))
         except NotAssigned as e:
             raise Refused(409, str(e)) from None
