@@ -6,13 +6,15 @@ client-initiated (poll), server-initiated (push) and hybrid modes.
 credential's device: a folder never reports in another device's name) and:
 
 1. ``POST /api/v1/devices/{id}/checkin`` (one request per poll): the digest of its inventory
-   (vendor and class IDs, and per component the running sequence number and image digest:
-   what the bootloader verified, as ``device status`` shows; ``inventory_digest``, SHA-256 of
+   (vendor and class IDs, per component the running sequence number, image digest and version:
+   what the bootloader verified, as ``device status`` shows; the device's capability report,
+   draft-ietf-suit-report §6, and its ECDH-ES public keys; ``inventory_digest``, SHA-256 of
    its canonical JSON), the inventory itself only when the tracker answers
    ``send_inventory``. The answer is ``{"release": null}`` (nothing to do) or the release (the
-   manifest digest), the URL of its envelope (http(s) or coap) and the ``action``
+   manifest digest), the URL of its envelope (http(s) or coap), the ``action``
    (``install``, the default, or ``download``: fetch and stop at ``downloaded`` until a later
-   assignment says ``install``), with the update ``state`` the tracker has for the device. In
+   assignment says ``install``) and the ``nonce`` issued with the update (it goes into the
+   report), with the update ``state`` the tracker has for the device. In
    push mode the notice's document is used instead of the answer's release (``assigned=``).
    A tracker without the check-in (404: older than issue #12) gets the old calls instead:
    ``PUT .../inventory``, ``GET .../update`` (204: nothing to do) and ``GET .../{id}``;
@@ -24,11 +26,13 @@ credential's device: a folder never reports in another device's name) and:
 3. posts the states ``downloading``, ``downloaded`` (the envelope is fetched with a bounded size
    and time; a ``download`` action keeps it in ``DIR/agent/`` and stops), ``installing``
    (``Consumer.install``: everything is verified on the device; the tracker, the notice and the
-   URL are not trusted), then the SUIT report; a refused install ends ``failed`` with the
-   consumer's reason. An install that *waits* (a wait directive's events do not hold yet,
-   update-management §5.6) ends the run ``waiting``: no report and no final state are sent, the
-   tracker keeps the device ``installing`` and the inventory's hardware fact ``waiting`` says
-   what for; the envelope is kept in ``DIR/agent/`` and the next run resumes the install;
+   URL are not trusted), then the SUIT report (with the nonce and the capability report,
+   signed with the device's report key ``DIR/report.key`` when it has one: report §8); a
+   refused install ends ``failed`` with the consumer's reason. An install that *waits* (a wait
+   directive's events do not hold yet, update-management §5.6) ends the run ``waiting``: the
+   state ``waiting`` is posted once, with what it waits for; no report and no final state are
+   sent; the envelope is kept in ``DIR/agent/`` and the next run resumes the install (without
+   posting anything while it still waits);
 4. otherwise ``rebooting``: one boot and the Invocation Procedure; an image that starts is
    confirmed (``succeeded``), one that does not is reverted by a second boot (``rolled-back``);
 5. saves the device and sends the inventory again (a check-in with it).
@@ -47,8 +51,10 @@ is reported with the tracker's reason. Before the install nothing on the device 
 a failure to reach the tracker stops the run; after it, the device finishes the update (boot,
 confirm or revert) whatever the tracker answers, and the tracker misses those events.
 
-Not here: report signing, a download stage for detached payloads (``download`` fetches the
-envelope only; payloads are fetched, resumably, by the install).
+``register`` makes the device's report key when it has none and registers its public half.
+
+Not here: report encryption (COSE_Encrypt0), a download stage for detached payloads
+(``download`` fetches the envelope only; payloads are fetched, resumably, by the install).
 """
 
 from __future__ import annotations

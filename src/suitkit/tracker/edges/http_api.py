@@ -20,9 +20,15 @@ Routes (docs/tracker.md has the bodies):
 - ``POST /api/v1/devices/{id}/events`` (the device): a state of ``model.TRANSITIONS``, only for
   the device's current assignment (409 otherwise; ``notified`` is set by the tracker alone).
 - ``POST /api/v1/devices/{id}/reports`` (the device): a SUIT_Report in CBOR, decoded strictly
-  with ``core.report.decode_report`` (the device is not trusted); bytes and summary are stored
-  only while the device works on its current assignment, if the report names the assigned
-  release, once per update (409 otherwise: a late, replayed or foreign report).
+  with ``core.report.decode_report`` (the device is not trusted), or signed (COSE_Sign1 /
+  COSE_Mac0 around it, ``application/suit-report+cose``, report §8) and checked against the
+  device's registered report key (403 otherwise); bytes and summary are stored only while the
+  device works on its current assignment, if the report names the assigned release and, when
+  signed or required to be (``TrackerConfig.signed_reports``), the nonce issued with it, once
+  per update (409 otherwise: a late, replayed or foreign report, an unknown or expired nonce).
+- ``GET /api/v1/devices/{id}/capabilities`` (admin, operator, author, the device): its
+  SUIT_Capability_Report (report §6) as JSON or, ``?format=cbor``, as sent.
+- ``PUT /api/v1/devices/{id}/report-key`` (admin): register or remove its report key.
 - ``GET /api/v1/devices/{id}/history?limit=&after=`` (admin, operator, or the device): events
   and reports.
 
@@ -46,8 +52,8 @@ Lists come in pages (keyset pagination, ``page_params``): ``limit`` 1 to 1000 (d
 Token creation and revocation, device registration and deployments are written to the audit
 log (``TrackerDB.record_audit``) with the principal's name and role.
 
-Every request body is bounded before it is parsed. Not here: report signatures (COSE_Sign1 /
-COSE_Mac0 around the report), device credential rotation.
+Every request body is bounded before it is parsed. Not here: encrypted reports
+(COSE_Encrypt0), device credential rotation.
 
 A device's reports, events and inventories are rate-limited (``tracker.quotas.RateLimiter``:
 429 with ``Retry-After``); what it may keep is bounded by ``TrackerDB.quotas``; a retention
