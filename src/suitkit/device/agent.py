@@ -404,12 +404,13 @@ class _DdiTracker(_Tracker):
                     continue
                 url = (_member(item, "_links", "download", "href")
                        or _member(item, "_links", "download-http", "href"))
-                release = next((m.get("value") for m in chunk.get("metadata") or ()
-                                if isinstance(m, dict) and m.get("key") == "suit-release"),
-                               name.removesuffix(".suit"))
+                metadata = {m.get("key"): m.get("value") for m in chunk.get("metadata") or ()
+                            if isinstance(m, dict)}
+                release = metadata.get("suit-release") or name.removesuffix(".suit")
                 action = "download" if deployment.get("update") == "skip" else "install"
                 return Assigned.of({"release": release, "envelope_url": url,
-                                    "action": action}, where)
+                                    "action": action, "nonce": metadata.get("suit-nonce")},
+                                   where)
         raise TrackerError(f"{where}: no SUIT envelope among the artifacts (a file named "
                            "*.suit): this device installs SUIT releases only")
 

@@ -294,6 +294,8 @@ class AssignmentView:
     campaign_id: str | None
     campaign_mode: str | None
     window: str | None
+    nonce: str | None = None
+    """The nonce issued with the update (report §4), for the device's report."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -851,7 +853,8 @@ class TrackerDB:
                     reported=assignment.reported is not None,
                     campaign_id=assignment.campaign_id,
                     campaign_mode=campaign.mode if campaign is not None else None,
-                    window=campaign.window if campaign is not None else None))
+                    window=campaign.window if campaign is not None else None,
+                    nonce=assignment.nonce))
 
     # ---- deployments
 
