@@ -167,9 +167,15 @@ class DeviceConfig:
         except OSError as e:
             raise KeyMaterialError(f"{path}: cannot read: {e.strerror or e}") from None
         try:
-            return crypto.load_private_key(data).signer()
+            key = crypto.load_private_key(data)
         except KeyMaterialError as e:
             raise KeyMaterialError(f"{path}: not a report signing key: {e}") from None
+        if isinstance(key, crypto.HssLmsPrivateKey):
+            # a one-time-signature state would be reused by every report: report §8 falls
+            # back to ESP256 for devices whose manifests use HSS-LMS
+            raise KeyMaterialError(f"{path}: an HSS-LMS key cannot sign reports (its state "
+                                   "is not kept here); use an ESP256, Ed25519 or HMAC key")
+        return key.signer()
 
     def ensure_report_key(self, algorithm: str = "ESP256") -> crypto.Verifier:
         """The public half of the device's report key, made first (``algorithm``, written
