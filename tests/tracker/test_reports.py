@@ -184,7 +184,7 @@ def test_a_registered_device_signs_its_report_with_the_nonce_and_shows_what_it_s
                                     "--token-file", str(admin)])
     assert tree.exit_code == 0, tree.output
     assert "report key: registered" in tree.output and "capabilities" in tree.output
-    assert "algorithms: " in tree.output
+    assert "algorithms: " in tree.output and "signed (COSE_Sign1)" in tree.output
 
 
 def test_forged_replayed_foreign_and_unknown_nonce_reports_record_nothing(

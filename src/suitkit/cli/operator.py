@@ -337,9 +337,11 @@ def devices_show(device_id: Annotated[str, typer.Argument(metavar="ID", help="De
                             f"{item.get('previous') or '-'} -> {item.get('state')} "
                             f"{item.get('detail') or ''}".rstrip()))
         else:
-            ok = (item.get("summary") or {}).get("succeeded")
+            summary = item.get("summary") or {}
+            ok, signed = summary.get("succeeded"), summary.get("signed")
             events.add(Text(f"{item.get('seq')}. {_short(item.get('received'))} report "
-                            f"({'succeeded' if ok else 'failed'}, {item.get('size')} bytes)"))
+                            f"({'succeeded' if ok else 'failed'}, {item.get('size')} bytes"
+                            f"{f', signed ({signed})' if signed else ''})"))
     out.print(tree)
 
 

@@ -630,6 +630,7 @@ function reportItem(r) {
     definitions([
       ["manifest", s.manifest_uri || "—"],
       ["manifest digest", s.manifest_digest ? short(s.manifest_digest.value, 16) : "—"],
+      ["signed", s.signed ? `${s.signed}${s.nonce_checked ? ", nonce checked" : ""}` : "no"],
     ]),
   ];
   if (f) {
