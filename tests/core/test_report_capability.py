@@ -228,3 +228,24 @@ def test_capability_report_typed_default_lists() -> None:
     cap = CapabilityReport(components=(ComponentCapability(()),), commands=(1,),
                            parameters=(1,), algorithms=(-9,))
     assert cbor2.loads(encode_capability_report(cap)) == {1: [[]], 2: [1], 3: [1], 4: [-9]}
+
+
+@pytest.mark.parametrize("unprotected", [1.5, [1], {(1, 2): 3}, {1.5: 1}, {"x": 1.5}])
+def test_a_container_with_a_malformed_unprotected_header_is_refused(unprotected: object) -> None:
+    """A fuzzer's finds: each raised TypeError (a 500 at the tracker) before."""
+    key = crypto.generate_private_key("ESP256")
+    item = cbor2.loads(sign_report(encode_report(REPORT), key.signer()))
+    data = cbor2.dumps(cbor2.CBORTag(18, [item.value[0], unprotected, item.value[2],
+                                          item.value[3]]))
+    with pytest.raises(DecodeError):
+        open_signed_report(data, key.public_key())
+
+
+def test_kept_members_with_array_keys_encode_again() -> None:
+    """An unknown report member (or capability item) holding a map keyed by an array is kept
+    and encoded again (``thaw`` turned the key into an unhashable list: TypeError)."""
+    body = {3: [], 4: True, 11: {(1,): 2, (1, (2, 3)): [1]}, 99: ["", [-16, b""]]}
+    data = b"\xa4" + b"".join(cbor2.dumps(k) + cbor2.dumps(v) for k, v in body.items())
+    assert encode_report(decode_report(data)) == data
+    cap = decode_capability_report(hand(k11={(5,): 1}))
+    assert decode_capability_report(encode_capability_report(cap)) == cap

@@ -598,11 +598,14 @@ def open_signed_report(data: bytes, verifier: crypto.Verifier, *,
     protected, unprotected, payload, signature = items
     if type(protected) is not bytes or type(signature) is not bytes:
         raise DecodeError(path, "protected header and signature must be byte strings")
-    # the header checks of the manifest's authentication blocks, on a detached copy
+    if not isinstance(unprotected, Mapping):
+        raise DecodeError(f"{path}.unprotected", f"expected a map, got {_describe(unprotected)}")
+    # the header checks of the manifest's authentication blocks (RFC 9052 §3: alg protected,
+    # no crit, labels in one bucket), on a copy with the payload detached; what is verified
+    # below is the protected header and the payload exactly as received
     block = cose.decode_auth_block(cbor.encode(CBORTag(
         tag if tag is not None else _untagged_kind(protected),
-        [protected, _thaw(freeze(unprotected)) if isinstance(unprotected, Mapping)
-         else unprotected, None, signature])), path=path)
+        [protected, _thaw(freeze(unprotected)), None, signature])), path=path)
     if payload is None:
         raise DecodeError(f"{path}.payload", "must be attached: bstr .cbor SUIT_Report "
                                              "(report §8)")
