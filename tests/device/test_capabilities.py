@@ -13,9 +13,9 @@ import base64
 from pathlib import Path
 
 from device.device_kit import CLASS, VENDOR, Author, install, new_device
-from suitkit.core import crypto
+from suitkit.core import codec, crypto
 from suitkit.core.processor import CustomCommand, CustomParameter, Extensions
-from suitkit.core.report import decode_capability_report
+from suitkit.core.report import capability_gaps, decode_capability_report
 from suitkit.device.agent import inventory_of
 from suitkit.device.capabilities import capability_report
 from suitkit.device.config import create_device
@@ -75,3 +75,25 @@ def test_what_the_report_leaves_out_the_device_refuses(tmp_path: Path) -> None:
                              top={"install": [[-300, None]]})
     refused = install(folder, custom)
     assert not refused.installed and "command -300 is not supported" in refused.reason
+
+
+def test_capability_gaps_name_what_an_envelope_uses_beyond_the_report(tmp_path: Path) -> None:
+    """The author's check (``capability_gaps``): a device's own release has none; one for
+    another component, with a custom command and parameter, or signed with an algorithm the
+    device's anchor does not take, has one line per element."""
+    author = Author.create(tmp_path / "author")
+    folder = new_device(tmp_path / "dev", [author.anchor])
+    cap = capability_report(open_device(folder))
+    good, _ = author.release(1)
+    assert capability_gaps(cap, codec.decode_envelope(good)) == ()
+    bad = author.envelope(2, [author.component("x.bin", b"x" * 64, index=7)],
+                          top={"install": [["override-parameters", {"custom(-301)": 1}],
+                                           [-300, None]]})
+    gaps = capability_gaps(cap, codec.decode_envelope(bad))
+    assert gaps == ("component [07] is not one the device has",
+                    "command custom(-300) is not one the device supports",
+                    "parameter custom(-301) is not one the device supports")
+    ed = Author.create(tmp_path / "ed", "Ed25519")
+    signed, _ = ed.release(3)
+    assert capability_gaps(cap, codec.decode_envelope(signed)) == (
+        "algorithm ed25519 (-19) is not one the device supports",)

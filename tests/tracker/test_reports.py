@@ -180,6 +180,16 @@ def test_a_registered_device_signs_its_report_with_the_nonce_and_shows_what_it_s
     assert saved.exit_code == 0, saved.output
     assert cbor2.loads(out.read_bytes())[1] == [[b"\x00"]]
     decode_capability_report(out.read_bytes())
+    # and checks a release against it before deploying it
+    good, _ = world.author.release(9, "check")
+    bad = world.author.envelope(9, [world.author.component("x.bin", b"x" * 64, index=7)])
+    for envelope, code, line in ((good, 0, "supports everything"),
+                                 (bad, 1, "component [07] is not one the device has")):
+        (world.tmp / "check.suit").write_bytes(envelope)
+        checked = CliRunner().invoke(cli, ["devices", "capabilities", device_id, "--server",
+                                           world.url, "--token-file", str(author_file),
+                                           "--check", str(world.tmp / "check.suit")])
+        assert checked.exit_code == code and line in checked.output, checked.output
     tree = CliRunner().invoke(cli, ["devices", "show", device_id, "--server", world.url,
                                     "--token-file", str(admin)])
     assert tree.exit_code == 0, tree.output

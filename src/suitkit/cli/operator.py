@@ -377,12 +377,15 @@ def devices_capabilities(
         cbor_out: Annotated[Path | None, typer.Option(
             "--cbor", help="Write the capability report as the device sent it (CBOR) to this "
             "file.")] = None,
+        check: Annotated[Path | None, typer.Option(
+            "--check", metavar="ENVELOPE", help="Say what this envelope uses that the device "
+            "does not support (exit 1 if anything).")] = None,
         timeout: TimeoutOption = 30.0) -> None:
     """What a device supports: its SUIT capability report (components, commands, parameters,
-    algorithms; admin, operator, author)."""
+    algorithms; admin, operator, author); --check: an envelope against it."""
     client = ApiClient.from_options(server, token_file, timeout)
     path = f"/api/v1/devices/{_device_id(device_id)}/capabilities"
-    if cbor_out is not None:
+    if cbor_out is not None or check is not None:
         try:
             response = httpx.get(f"{client.server}{path}", params={"format": "cbor"},
                                  timeout=client.timeout,
@@ -394,9 +397,12 @@ def devices_capabilities(
             message = doc.get("error") if isinstance(doc, dict) else None
             fail(f"GET {path} refused (HTTP {response.status_code}): "
                  f"{message or response.reason_phrase}", EXIT_FAILED)
-        atomic_write(cbor_out, response.content)
-        out.print(f"capability report of device {device_id} ({len(response.content)} bytes) "
-                  f"written to {cbor_out}", markup=False)
+        if cbor_out is not None:
+            atomic_write(cbor_out, response.content)
+            out.print(f"capability report of device {device_id} ({len(response.content)} "
+                      f"bytes) written to {cbor_out}", markup=False)
+        if check is not None:
+            _check_envelope(device_id, response.content, check)
         return
     doc = client.get(path)
     capabilities = _field(doc, "capabilities", dict)
@@ -406,6 +412,33 @@ def devices_capabilities(
     tree = Tree(Text(f"capabilities of device {device_id}"))
     _capability_tree(tree, capabilities)
     out.print(tree)
+
+
+def _check_envelope(device_id: str, raw: bytes, envelope_file: Path) -> None:
+    """Print what ``envelope_file`` uses that the capability report ``raw`` does not list;
+    exit 1 when anything (the device would refuse the manifest)."""
+    from suitkit.core import codec  # noqa: PLC0415
+    from suitkit.core.report import capability_gaps, decode_capability_report  # noqa: PLC0415
+    from suitkit.errors import SuitError  # noqa: PLC0415
+
+    try:
+        data = envelope_file.read_bytes()
+    except OSError as e:
+        fail(f"{envelope_file}: cannot read: {e.strerror or e}", EXIT_USAGE)
+    try:
+        capability = decode_capability_report(raw)
+    except SuitError as e:
+        fail(f"device {device_id}'s capability report does not decode: {e}", EXIT_FAILED)
+    try:
+        gaps = capability_gaps(capability, codec.decode_envelope(data))
+    except SuitError as e:
+        fail(f"{envelope_file}: {e}", EXIT_USAGE)
+    for gap in gaps:
+        out.print(f"{envelope_file}: {gap}", markup=False)
+    if gaps:
+        fail(f"device {device_id} would refuse {envelope_file}: {len(gaps)} element(s) it "
+             "does not support", EXIT_FAILED)
+    out.print(f"device {device_id} supports everything {envelope_file} uses", markup=False)
 
 
 @devices_app.command("recipient-key")

@@ -47,8 +47,26 @@ from typing import Any, Literal
 
 from suitkit.core import cbor, codec, cose, crypto
 from suitkit.core.cbor import CBORTag
-from suitkit.core.model import ComponentIdentifier, Digest, FrozenDict, Parameters
-from suitkit.core.numbers import CoseAlg, CoseHeader, ReportKey, ReportReason, Tag, name_of
+from suitkit.core.model import (
+    CommandSequence,
+    ComponentIdentifier,
+    Digest,
+    Envelope,
+    FrozenDict,
+    Parameters,
+    TryEach,
+)
+from suitkit.core.numbers import Command as Cmd
+from suitkit.core.numbers import (
+    CoseAlg,
+    CoseHeader,
+    ManifestKey,
+    Parameter,
+    ReportKey,
+    ReportReason,
+    Tag,
+    name_of,
+)
 from suitkit.core.typed import as_array, as_bstr, as_int, as_map, as_uint, describe, freeze, thaw
 from suitkit.errors import DecodeError
 from suitkit.limits import Limits
@@ -68,6 +86,7 @@ __all__ = [
     "ResultFailure",
     "SignedReport",
     "SystemPropertyClaims",
+    "capability_gaps",
     "capability_json",
     "decode_capability_report",
     "decode_report",
@@ -539,6 +558,71 @@ def capability_json(capability: CapabilityReport) -> dict[str, Any]:
     if capability.extra:
         doc["other_keys"] = sorted(capability.extra)
     return doc
+
+
+def capability_gaps(capability: CapabilityReport, envelope: Envelope, *,
+                    limits: Limits = codec.DEFAULT_LIMITS) -> tuple[str, ...]:
+    """What ``envelope`` uses that ``capability`` does not list, one line each (empty: the
+    device says it supports all of it): components, commands and parameters (every command
+    sequence, severed ones present in the envelope included, try-each and run-sequence
+    inside), signature and digest algorithms. The author's check before a release: a device
+    refuses a manifest with an unsupported element (manifest §6.1). Not checked: the
+    algorithms inside encryption-info, text.
+
+    Raises:
+        DecodeError: a severed member of the envelope does not decode.
+    """
+    gaps: list[str] = []
+    manifest = envelope.manifest
+    for component in manifest.common.components:
+        if not capability.supports_component(component):
+            gaps.append(f"component [{', '.join(p.hex() for p in component)}] is not one the "
+                        "device has")
+    commands: set[int] = set()
+    parameters: set[int] = set()
+    algorithms = {envelope.authentication.digest.algorithm}
+    for block in envelope.authentication.blocks:
+        algorithms.add(cose.decode_auth_block(block, path="authentication").algorithm)
+    sequences: list[CommandSequence] = []
+    for key, member in ((ManifestKey.DEPENDENCY_RESOLUTION, manifest.dependency_resolution),
+                        (ManifestKey.PAYLOAD_FETCH, manifest.payload_fetch),
+                        (ManifestKey.CANDIDATE_VERIFICATION, manifest.candidate_verification),
+                        (ManifestKey.INSTALL, manifest.install)):
+        if isinstance(member, CommandSequence):
+            sequences.append(member)
+        elif isinstance(member, Digest) and int(key) in envelope.severable:
+            sequences.append(codec.decode_command_sequence(
+                envelope.severable[int(key)], path=f"envelope.{name_of(ManifestKey, key)}",
+                limits=limits))
+    sequences += [s for s in (manifest.common.shared_sequence, manifest.validate,
+                              manifest.load, manifest.invoke, manifest.uninstall)
+                  if s is not None]
+    while sequences:
+        for command in sequences.pop().commands:
+            commands.add(command.code)
+            arg = command.argument
+            found = ([arg] if isinstance(arg, Parameters)
+                     else [p for p in arg.values() if isinstance(p, Parameters)]
+                     if isinstance(arg, FrozenDict) and command.code == Cmd.OVERRIDE_MULTIPLE
+                     else [])
+            for params in found:
+                for number, value in params.items():
+                    parameters.add(int(number))
+                    if number == Parameter.IMAGE_DIGEST and isinstance(value, Digest):
+                        algorithms.add(value.algorithm)
+            if isinstance(arg, TryEach):
+                sequences += arg.sequences
+            elif isinstance(arg, CommandSequence):
+                sequences.append(arg)
+    for kind, used, listed, names in (
+            ("command", commands, capability.commands, Cmd),
+            ("parameter", parameters, capability.parameters, Parameter),
+            ("algorithm", algorithms, capability.algorithms, CoseAlg)):
+        for number in sorted(used - set(listed)):
+            label = name_of(names, number)  # "custom(-300)" and "unknown(9)" name the number
+            shown = label if "(" in label else f"{label} ({number})"
+            gaps.append(f"{kind} {shown} is not one the device supports")
+    return tuple(gaps)
 
 
 # --------------------------------------------------------------------------------- containers
