@@ -12,8 +12,9 @@ Every command takes ``--server URL`` and ``--token-file FILE`` (or ``SUITKIT_SER
 - ``devices list [--limit N] [--json]``, ``devices show ID [--limit N] [--json]`` (the device,
   its inventory, history). Lists come in pages: ``ApiClient.pages`` follows ``next`` to the end
   (or to ``--limit`` items).
-- ``devices capabilities ID [--json | --cbor OUT]``: what the device supports (its SUIT
-  capability report, draft-ietf-suit-report §6), for authors writing manifests for it.
+- ``devices capabilities ID [--json | --cbor OUT | --check ENVELOPE]``: what the device
+  supports (its SUIT capability report, draft-ietf-suit-report §6), for authors writing
+  manifests for it; ``--check`` lists what an envelope uses beyond it.
 - ``devices recipient-key ID --out FILE [--index N]``: a device's published ECDH-ES public key,
   as a file ``suitkit encrypt --recipient`` takes.
 - ``devices report-key ID PUB`` (admin): register the public key the device signs its reports
