@@ -10,29 +10,23 @@ or the server cannot be reached. docs/tracker.md, "Campaigns", has the rules.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from suitkit.cli.common import EXIT_USAGE, fail, handles_errors, out
+from suitkit.cli.common import EXIT_USAGE, JsonOption, fail, handles_errors, new_app, out
+from suitkit.cli.common import print_json as _print_json
 from suitkit.cli.operator import ApiClient, ServerOption, TimeoutOption, TokenFileOption
 
 __all__ = ["campaign_app"]
 
-campaign_app = typer.Typer(
+campaign_app = new_app(
     help="Update campaigns (operator): create, approve, start, pause, resume, cancel, trigger, "
-    "status, list; device tags.", no_args_is_help=True, add_completion=False,
-    pretty_exceptions_enable=False)
+    "status, list; device tags.", no_args_is_help=True)
 
 _PATH = "/api/v1/campaigns"
 IdArgument = Annotated[str, typer.Argument(metavar="ID", help="Campaign id.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
-
-
-def _print_json(doc: Any) -> None:
-    out.print(json.dumps(doc, indent=2, sort_keys=True), markup=False)
 
 
 def _status_line(doc: dict[str, Any]) -> str:
@@ -83,6 +77,13 @@ def create(
     window: Annotated[str | None, typer.Option(
         "--window", help="Daily maintenance window HH:MM-HH:MM (UTC, may wrap midnight).")
     ] = None,
+    unhealthy_threshold: Annotated[float | None, typer.Option(
+        "--unhealthy-threshold", help="Pause when more than this fraction of the devices "
+        "that confirmed turn unhealthy within --health-window (e.g. 0.02).")] = None,
+    health_window: Annotated[float | None, typer.Option(
+        "--health-window", help="Seconds after confirming during which a device's health "
+        "counts: unhealthy devices are told to roll back, and waves open only once their "
+        "devices' windows passed healthy.")] = None,
     as_json: JsonOption = False,
     timeout: TimeoutOption = 30.0,
 ) -> None:
@@ -107,6 +108,10 @@ def create(
         body["start_after"] = start_after
     if window is not None:
         body["window"] = window
+    if unhealthy_threshold is not None:
+        body["unhealthy_threshold"] = unhealthy_threshold
+    if health_window is not None:
+        body["health_window"] = health_window
     doc = client.post(_PATH, body)
     if as_json:
         _print_json(doc)
@@ -177,8 +182,17 @@ def status(campaign_id: IdArgument, server: ServerOption, token_file: TokenFileO
                       str(wave["devices"]),
                       ", ".join(f"{n} {s}" for s, n in sorted(wave["states"].items())))
     out.print(table)
+    if doc.get("health_window") is not None:
+        health = doc.get("health") or {}
+        threshold = doc.get("unhealthy_threshold")
+        out.print(f"  health gate: window {doc['health_window']:g} s after confirming"
+                  + (f", pause above {threshold * 100:g}% unhealthy" if threshold is not None
+                     else "")
+                  + f"; {health.get('unhealthy', 0)} unhealthy of "
+                    f"{health.get('confirmed', 0)} confirmed", markup=False)
     for member in doc.get("members") or []:
-        out.print(f"  {member['device_id']}  wave {member['wave']}  {member['state']}",
+        out.print(f"  {member['device_id']}  wave {member['wave']}  {member['state']}"
+                  + (f"  health {member['health']}" if member.get("health") else ""),
                   markup=False)
     for entry in (doc.get("log") or [])[-5:]:
         out.print(f"  log {entry['timestamp']} {entry['actor']} {entry['action']} "
@@ -208,9 +222,12 @@ def tags(device_id: Annotated[str, typer.Argument(metavar="DEVICE", help="Device
          server: ServerOption, token_file: TokenFileOption,
          tag: Annotated[list[str] | None, typer.Argument(metavar="[TAG...]", help="The tags "
                                                          "(none: clear them).")] = None,
-         timeout: TimeoutOption = 30.0) -> None:
+         as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
     """Set a device's tags (what campaigns target with --tag)."""
     client = ApiClient.from_options(server, token_file, timeout)
     doc = client.request("PUT", f"/api/v1/devices/{device_id}/tags", body={"tags": tag or []})
+    if as_json:
+        _print_json(doc)
+        return
     out.print(f"device {device_id} tags: {', '.join(doc.get('tags') or []) or '(none)'}",
               markup=False)

@@ -23,8 +23,8 @@ Every command takes ``--server URL`` and ``--token-file FILE`` (or ``SUITKIT_SER
 
 from __future__ import annotations
 
-import json
 import os
+import ssl
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,30 +39,33 @@ from rich.tree import Tree
 
 from suitkit.cli.common import (
     EXIT_FAILED,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
+    JsonOption,
     fail,
     handles_errors,
+    new_app,
     out,
+    print_json,
     read_token,
 )
+from suitkit.device.tls import ClientTls, network_reason
+from suitkit.errors import KeyMaterialError
 from suitkit.fileio import atomic_write, fsync_dir
 
 __all__ = ["ApiClient", "ServerOption", "TimeoutOption", "TokenFileOption", "devices_app",
            "token_app"]
 
-token_app = typer.Typer(help="API tokens of the status tracker (admin): create, list, revoke.",
-                        no_args_is_help=True, add_completion=False,
-                        pretty_exceptions_enable=False)
-devices_app = typer.Typer(help="Devices known to the status tracker (admin, operator).",
-                          no_args_is_help=True, add_completion=False,
-                          pretty_exceptions_enable=False)
+token_app = new_app(help="API tokens of the status tracker (admin): create, list, revoke.",
+                    no_args_is_help=True)
+devices_app = new_app(help="Devices known to the status tracker (admin, operator).",
+                      no_args_is_help=True)
 
 ServerOption = Annotated[str, typer.Option(
     "--server", envvar="SUITKIT_SERVER", help="Server URL, e.g. http://127.0.0.1:8080.")]
 TokenFileOption = Annotated[Path, typer.Option(
     "--token-file", envvar="SUITKIT_TOKEN_FILE", help="File holding your API token.")]
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 LimitOption = Annotated[int | None, typer.Option(
     "--limit", min=1, help="Show at most N items (default: all, page after page).")]
 _PAGE = 1000  # items per request when following a paged list
@@ -71,21 +74,33 @@ _PAGE = 1000  # items per request when following a paged list
 @dataclass(frozen=True, slots=True)
 class ApiClient:
     """Calls to the server's JSON API with a bearer token; every failure is one line and an
-    exit status (1 refused by the server, 2 unreachable or not the expected answer)."""
+    exit status (1 refused by the server, 2 not the expected answer, 5 unreachable)."""
 
     server: str
     token: str
     timeout: float = 30.0
+    verify: ssl.SSLContext | bool = True
+    """TLS: ``SUITKIT_TLS_CA`` (the server's CA), ``SUITKIT_TLS_CERT``/``SUITKIT_TLS_KEY``
+    (a client certificate, for a server that requires one), else the defaults."""
 
     @classmethod
     def from_options(cls, server: str, token_file: Path, timeout: float = 30.0) -> ApiClient:
-        """From ``--server`` and ``--token-file`` (exit 2 for a bad URL or token file)."""
+        """From ``--server`` and ``--token-file`` (exit 2 for a bad URL or token file) and
+        the ``SUITKIT_TLS_*`` environment (exit 2 for a file that cannot be loaded)."""
         url = server.rstrip("/")
         if not url.lower().startswith(("http://", "https://")):
             fail(f"--server: expected an http:// or https:// URL, got {server!r}", EXIT_USAGE)
         if timeout <= 0:
             fail("--timeout must be positive", EXIT_USAGE)
-        return cls(url, read_token(token_file), timeout)
+        env = {k: Path(os.environ[k]) if os.environ.get(k) else None
+               for k in ("SUITKIT_TLS_CA", "SUITKIT_TLS_CERT", "SUITKIT_TLS_KEY")}
+        try:
+            context = ClientTls(env["SUITKIT_TLS_CA"], env["SUITKIT_TLS_CERT"],
+                                env["SUITKIT_TLS_KEY"]).context()
+        except KeyMaterialError as e:
+            fail(f"SUITKIT_TLS_*: {e}", EXIT_USAGE)
+        return cls(url, read_token(token_file), timeout,
+                   context if context is not None else True)
 
     def request(self, method: str, path: str, *, body: Any = None,
                 params: dict[str, str] | None = None, ok: Iterable[int] = (200, 201, 204)
@@ -94,9 +109,10 @@ class ApiClient:
         url = f"{self.server}{path}"
         try:
             response = httpx.request(method, url, json=body, params=params, timeout=self.timeout,
-                                     headers={"Authorization": f"Bearer {self.token}"})
+                                     headers={"Authorization": f"Bearer {self.token}"},
+                                     verify=self.verify)
         except httpx.HTTPError as e:
-            fail(f"cannot reach {self.server}: {type(e).__name__}: {e}", EXIT_USAGE)
+            fail(f"cannot reach {self.server}: {network_reason(e)}", EXIT_UNREACHABLE)
         doc = _json(response)
         if response.status_code not in set(ok):
             message = doc.get("error") if isinstance(doc, dict) else None
@@ -140,10 +156,6 @@ def _json(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
-
-
-def _print_json(doc: Any) -> None:
-    out.print(json.dumps(doc, indent=2, sort_keys=True), markup=False)
 
 
 def _field(doc: Any, key: str, kind: type) -> Any:
@@ -208,9 +220,11 @@ def token_create(
     ] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace an existing --out file.")] = False,
+    as_json: JsonOption = False,
     timeout: TimeoutOption = 30.0,
 ) -> None:
-    """Create an API token (admin); it is shown only this once."""
+    """Create an API token (admin); it is shown only this once (with ``--json``, in the
+    document's ``token``, unless written to ``--out``)."""
     if out_file is not None:  # before the token is made: it is shown only once
         if not force and os.path.lexists(out_file):
             fail(f"--out {out_file} already exists; give --force to replace it", EXIT_USAGE)
@@ -232,7 +246,13 @@ def token_create(
         elif not _create_private(out_file, f"{token}\n".encode()):
             fail(f"--out {out_file} appeared meanwhile and was left alone; token "
                  f"{doc.get('id')} was not saved: revoke it (suitkit token revoke)", EXIT_USAGE)
+        if as_json:
+            print_json({**{k: v for k, v in doc.items() if k != "token"},
+                        "written_to": str(out_file)})
+            return
         out.print(f"{summary}; written to {out_file}", markup=False)
+    elif as_json:
+        print_json(doc)
     else:
         out.print(token, markup=False)
         typer.echo(summary, err=True)
@@ -246,7 +266,7 @@ def token_list(server: ServerOption, token_file: TokenFileOption, as_json: JsonO
     tokens = _field(ApiClient.from_options(server, token_file, timeout).get("/api/v1/tokens"),
                     "tokens", list)
     if as_json:
-        _print_json(tokens)
+        print_json(tokens)
         return
     table = Table(Column("id", no_wrap=True), "name", "role", "state", "expires", "last used",
                   "created by")
@@ -262,12 +282,15 @@ def token_list(server: ServerOption, token_file: TokenFileOption, as_json: JsonO
 @handles_errors
 def token_revoke(token_id: Annotated[str, typer.Argument(metavar="ID", help="Token id.")],
                  server: ServerOption, token_file: TokenFileOption,
-                 timeout: TimeoutOption = 30.0) -> None:
+                 as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
     """Revoke an API token (admin): from now on it is refused."""
     if not token_id or "/" in token_id or len(token_id) > 40:
         fail(f"expected a token id such as 3f2a9c1e0b7d4a66, got {token_id[:40]!r}", EXIT_USAGE)
     ApiClient.from_options(server, token_file, timeout).request(
         "DELETE", f"/api/v1/tokens/{token_id}", ok=(204,))
+    if as_json:
+        print_json({"id": token_id, "revoked": True})
+        return
     out.print(f"token {token_id} revoked", markup=False)
 
 
@@ -282,7 +305,7 @@ def devices_list(server: ServerOption, token_file: TokenFileOption, limit: Limit
     devices = ApiClient.from_options(server, token_file, timeout).pages(
         "/api/v1/devices", "devices", limit=limit)
     if as_json:
-        _print_json(devices)
+        print_json(devices)
         return
     table = Table(Column("id", no_wrap=True), "name", "state", "last seen", "class")
     for d in devices:
@@ -296,17 +319,21 @@ def devices_list(server: ServerOption, token_file: TokenFileOption, limit: Limit
 def devices_show(device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id.")],
                  server: ServerOption, token_file: TokenFileOption, limit: LimitOption = None,
                  as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
-    """One device: identity, inventory and update history (``--limit``: its first N items;
-    admin, operator)."""
+    """One device: identity, inventory and update history, oldest first (``--limit``: its
+    newest N items; admin, operator)."""
     if not device_id or "/" in device_id or len(device_id) > 36:
         fail(f"expected a device id (a UUID), got {device_id[:40]!r}", EXIT_USAGE)
     client = ApiClient.from_options(server, token_file, timeout)
     device = client.get(f"/api/v1/devices/{device_id}")
-    history = client.pages(f"/api/v1/devices/{device_id}/history", "history", limit=limit)
+    path = f"/api/v1/devices/{device_id}/history"
+    if limit is None:
+        history = client.pages(path, "history")
+    else:  # the newest N, shown in the order they happened
+        history = client.pages(path, "history", limit=limit, params={"order": "newest"})[::-1]
     if not isinstance(device, dict):
         fail("unexpected answer from the server: not a device", EXIT_USAGE)
     if as_json:
-        _print_json({**device, "history": history})
+        print_json({**device, "history": history})
         return
     tree = Tree(Text(f"device {device.get('id')} ({device.get('name')})"))
     for key in ("state", "state_changed", "last_seen", "vendor_id", "class_id", "created"):
@@ -408,7 +435,7 @@ def devices_capabilities(
     doc = client.get(path)
     capabilities = _field(doc, "capabilities", dict)
     if as_json:
-        _print_json(capabilities)
+        print_json(capabilities)
         return
     tree = Tree(Text(f"capabilities of device {device_id}"))
     _capability_tree(tree, capabilities)
@@ -508,11 +535,14 @@ def devices_reset(device_id: Annotated[str, typer.Argument(metavar="ID", help="D
                   reason: Annotated[str, typer.Option("--reason", help="Why (kept in the "
                                                      "device's history and the audit log).")
                                     ] = "",
-                  timeout: TimeoutOption = 30.0) -> None:
+                  as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
     """End the update of a device stuck mid-update as failed (admin, operator)."""
     if not device_id or "/" in device_id or len(device_id) > 36:
         fail(f"expected a device id (a UUID), got {device_id[:40]!r}", EXIT_USAGE)
     event = ApiClient.from_options(server, token_file, timeout).post(
         f"/api/v1/devices/{device_id}/reset", {"reason": reason})
+    if as_json:
+        print_json(event)
+        return
     detail = event.get("detail") if isinstance(event, dict) else None
     out.print(f"device {device_id}: update ended as failed ({detail})", markup=False)

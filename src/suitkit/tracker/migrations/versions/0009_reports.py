@@ -3,7 +3,7 @@ its published recipient keys and its registered report key, and the nonce issued
 update (signed reports).
 
 Revision ID: 0009_reports
-Revises: 0008_checkin
+Revises: 0009_health (chained after main's health migration when main was merged in)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_reports"
-down_revision: str | None = "0008_checkin"
+down_revision: str | None = "0009_health"
 branch_labels: str | None = None
 depends_on: str | None = None
 
