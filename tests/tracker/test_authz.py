@@ -145,6 +145,11 @@ EXPECTED: dict[tuple[str, str], Rule] = {
                                             ok=frozenset({200, 404})),
     ("PUT", f"{DEVICE}/report-key"): Rule(roles("admin"),
                                           lambda w: {"json": {"report_key": None}}),
+    # health after an update (merged from main without an entry here): the device says it,
+    # staff read it; 409 for a release the device has not confirmed
+    ("POST", f"{DEVICE}/health"): Rule(roles("device"), lambda w: {"json": {
+        "release": "00" * 32, "status": "healthy"}}, frozenset({200, 409})),
+    ("GET", f"{DEVICE}/health"): Rule(roles("admin", "operator", "device")),
     ("POST", f"{DEVICE}/checkin"): Rule(roles("device"), lambda w: {"json": {
         "inventory_digest": "ab" * 32}}),
     ("POST", f"{DEVICE}/reset"): Rule(roles("admin", "operator"),
