@@ -71,12 +71,13 @@ from aiocoap.numbers.codes import Code  # type: ignore[import-untyped]
 from aiocoap.optiontypes import BlockOption  # type: ignore[import-untyped]
 
 from suitkit.core import codec
-from suitkit.core.numbers import ReportReason
-from suitkit.core.report import decode_report
-from suitkit.core.verify import verify_decoded
 
 # The agent's install, boot, confirm or revert and its tracker calls: one machinery for every
 # protocol (the DDI client subclasses ``_Tracker`` the same way).
+from suitkit.core.anchors import ANCHORS_COMPONENT
+from suitkit.core.numbers import ReportReason
+from suitkit.core.report import decode_report
+from suitkit.core.verify import verify_decoded
 from suitkit.device.agent import (
     REPORT_MEDIA_TYPE,
     TIMEOUT,
@@ -364,7 +365,10 @@ class _Client:
             return
         config = opened.config
         versions = []
+        anchors = [p.hex() for p in ANCHORS_COMPONENT]
         for component in inventory_of(opened)["components"]:
+            if component["id"] == anchors:  # the trust anchors are no firmware of Object 3
+                continue
             if "version" in component:
                 versions.append(".".join(str(v) for v in component["version"]))
             elif "sequence" in component:
