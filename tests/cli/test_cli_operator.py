@@ -307,5 +307,5 @@ def test_devices_show_prints_a_digest_whole_in_a_narrow_pipe(
               ).raise_for_status()
     code, out, err = run(capsys, "devices", "show", device["id"], *common(server))
     assert code == 0, err
-    assert f"[00] sequence 3 digest {digest}\n" in out, out
+    assert f"[00] sequence 3 version - digest {digest}\n" in out, out
     assert f"device {device['id']} (narrow)" in out

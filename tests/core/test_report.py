@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from suitkit.core.model import Digest, FrozenDict, Parameters
 from suitkit.core.numbers import ReportReason
 from suitkit.core.report import (
+    CapabilityReport,
+    ComponentCapability,
     Record,
     Reference,
     Report,
@@ -79,7 +81,9 @@ def test_round_trip_keeps_everything() -> None:
         records=(Record((0, 2), 15, 12, 3, Parameters(component_slot=1), (b"ext", 5)),
                  SystemPropertyClaims((b"a", b"b"), Parameters(vendor_identifier=None,
                                                                image_size=1))),
-        capability_report=FrozenDict({1: ((b"\x00", True),), 2: (1, 2, 3)}),
+        capability_report=CapabilityReport(
+            components=(ComponentCapability((b"\x00",), wildcard=True),), commands=(1, 2, 3),
+            parameters=(1,), algorithms=(-9,)),
         extra=FrozenDict({-300: "custom"}))
     assert decode_report(encode_report(report)) == report
     assert encode_report(decode_report(encode_report(report))) == encode_report(report)

@@ -11,8 +11,10 @@ asserting there were none but the 401/403 refusals it provoked. Screenshots go t
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -91,8 +93,9 @@ class Fleet:
         assert response.status_code == 201, response.text
         dev = dict(response.json())
         body = {"vendor_id": str(VENDOR), "class_id": str(klass),
-                "components": [{"id": ["00"], "sequence": sequence, "digest": "ab" * 32}],
-                "hardware": {"board": "nrf52840"}}
+                "components": [{"id": ["00"], "sequence": sequence, "digest": "ab" * 32,
+                                "version": [sequence, 1, 0]}],
+                "hardware": {"board": "nrf52840"}, "capabilities": CAPABILITIES}
         self.client.put(f"/api/v1/devices/{dev['id']}/inventory", json=body,
                         headers=auth(dev["token"])).raise_for_status()
         self.devices[name] = dev
@@ -332,6 +335,12 @@ def test_polling_pauses_while_the_tab_is_hidden(page: Page, fleet: Fleet) -> Non
 
 # ---------------------------------------------------------------------------- device
 
+CAPABILITIES = base64.b64encode(bytes.fromhex(
+    "a4" "01" "81" "8141" "00"  # 1: [[h'00']]
+    "02" "83" "01" "0c" "390100"  # 2: commands 1, 12, -257
+    "03" "81" "03" "04" "81" "28")).decode()  # 3: [3], 4: [-9]
+"""A capability report written by hand (draft-ietf-suit-report §6), as a device sends it."""
+
 
 def test_a_device_page_shows_its_inventory_history_and_report(page: Page, fleet: Fleet,
                                                               artifacts: Path) -> None:
@@ -347,6 +356,10 @@ def test_a_device_page_shows_its_inventory_history_and_report(page: Page, fleet:
     expect(page.locator("ol.timeline li.event")).to_have_count(4)
     expect(page.locator("ol.timeline")).to_contain_text("image digest mismatch")
     expect(page.locator("#view")).to_contain_text("nrf52840")
+    expect(page.locator("[data-testid=version]").first).to_have_text(re.compile(r"^\d+\.1\.0$"))
+    capabilities = page.locator("[data-testid=capabilities]")
+    expect(capabilities).to_contain_text("1, 12, -257")  # the commands it runs
+    expect(capabilities).to_contain_text("-9")
     assert page.url.endswith(f"#/devices/{fleet.devices['thermostat-1']['id']}")
     shot(page, artifacts, "device")
 

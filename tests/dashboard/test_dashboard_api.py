@@ -73,7 +73,8 @@ def test_the_device_list_can_carry_every_device_s_components(tmp_path: Path) -> 
     assert all("components" not in d for d in plain)
     assert [d["id"] for d in full] == [d["id"] for d in plain] == [d["id"] for d in made]
     assert full[0]["components"] == one["components"] == [
-        {"id": ["00"], "sequence": 1, "digest": None},
-        {"id": ["01", "02"], "sequence": 2, "digest": None}]
+        {"id": ["00"], "sequence": 1, "digest": None, "version": None},
+        {"id": ["01", "02"], "sequence": 2, "digest": None, "version": None}]
     assert full[1]["components"] == []
-    assert full[2]["components"] == [{"id": ["00"], "sequence": 1, "digest": None}]
+    assert full[2]["components"] == [{"id": ["00"], "sequence": 1, "digest": None,
+                                      "version": None}]

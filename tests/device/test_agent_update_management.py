@@ -2,9 +2,9 @@
 
 One uvicorn server holds the firmware server and the status tracker (SQLite in tmp_path); a
 real device folder runs ``suitkit.device.agent.run_once``. A release that waits for external
-power leaves the device *waiting*: the tracker keeps it ``installing`` (never ``failed``), its
-inventory says what it waits for, and the next run after the fact changes installs it. The
-inventory carries each component's version (the running image's suit-set-version).
+power leaves the device *waiting*: the tracker has it in the state ``waiting`` (never
+``failed``), the event says what it waits for, and the next run after the fact changes installs
+it. The inventory carries each component's version (the running image's suit-set-version).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def states(history: list[dict[str, Any]]) -> list[str]:
     return [h["state"] for h in history if h["kind"] == "event"]
 
 
-def test_a_waiting_update_stays_installing_and_resumes_when_the_fact_changes(
+def test_a_waiting_update_is_waiting_on_the_tracker_and_resumes_when_the_fact_changes(
         world: World) -> None:
     folder, dev = world.device("waits")
     release = world.release(2, "2.0.0", wait={"power": 1})
@@ -111,17 +111,19 @@ def test_a_waiting_update_stays_installing_and_resumes_when_the_fact_changes(
     assert first.outcome == "waiting" and first.ok, first.steps
     assert "power 1 (now 0)" in first.reason
     history = world.history(dev["id"])
-    assert states(history) == ["notified", "downloading", "downloaded", "installing"]
+    assert states(history) == ["notified", "downloading", "downloaded", "installing",
+                               "waiting"]
+    assert "power 1 (now 0)" in history[-1]["detail"]  # what it waits for
     assert not [h for h in history if h["kind"] == "report"]  # sent once the update ends
     shown = world.shown(dev["id"])
-    assert shown["state"] == "installing"
-    assert "power 1 (now 0)" in shown["hardware"]["waiting"]
+    assert shown["state"] == "waiting"
+    assert "waiting" not in shown["hardware"]  # a state now, not a hardware fact
     assert (folder / "agent").is_dir() and list((folder / "agent").iterdir())
 
-    # still no power: waiting again, nothing new on the tracker but the inventory
+    # still no power: waiting again, nothing new on the tracker (no event at every poll)
     again = run_once(folder, world.url, dev["token"], fetcher=HttpFetcher())
     assert again.outcome == "waiting"
-    assert any("resuming: the tracker has the device installing" in s for s in again.steps)
+    assert any("resuming: the tracker has the device waiting" in s for s in again.steps)
     assert states(world.history(dev["id"])) == states(history)
 
     (folder / "facts.json").write_text(json.dumps({"power": 1}))
@@ -129,12 +131,13 @@ def test_a_waiting_update_stays_installing_and_resumes_when_the_fact_changes(
     assert done.outcome == "succeeded", done.steps
     history = world.history(dev["id"])
     assert states(history) == ["notified", "downloading", "downloaded", "installing",
-                               "rebooting", "succeeded"]
+                               "waiting", "rebooting", "succeeded"]
     (report,) = [h for h in history if h["kind"] == "report"]
     assert report["summary"]["succeeded"] is True
     shown = world.shown(dev["id"])
-    assert "waiting" not in shown["hardware"]
+    assert shown["state"] == "succeeded"
     assert shown["components"][0]["sequence"] == 2
+    assert shown["components"][0]["version"] == [2, 0, 0]  # the agent sends versions now
     assert not list((folder / "agent").iterdir())
 
 
@@ -147,12 +150,12 @@ def test_the_inventory_carries_each_components_version(world: World) -> None:
     # the trust anchors are a component too (docs/keys.md): version 0, no image version
     anchors = [c for c in doc["components"] if c["id"] != ["00"]]
     assert anchors == [{"id": [b"suitkit".hex(), b"anchors".hex()], "sequence": 0}]
-    # a tracker that does not accept the member yet still gets the rest of the inventory
+    # the tracker keeps it (migration 0011_reports) and shows it
     result = run_once(folder, world.url, dev["token"], fetcher=HttpFetcher())
     assert result.outcome == "up-to-date", result.steps
     shown = world.shown(dev["id"])
     assert shown["components"][0]["sequence"] == 1
-    assert shown["components"][0].get("version", [1, 0, 0]) == [1, 0, 0]
+    assert shown["components"][0]["version"] == [1, 0, 0]
 
 
 def test_an_envelope_kept_for_a_release_no_longer_assigned_is_removed(world: World) -> None:

@@ -241,8 +241,8 @@ def test_a_device_without_the_key_refuses_the_encrypted_release(
 
 def test_the_inventory_publishes_the_devices_ecdh_public_key(
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """How an author obtains a device's public key: the agent's inventory carries it as the
-    hardware fact ``suit-recipient-key`` (base64 COSE_Key); a KEK never leaves the device."""
+    """How an author obtains a device's public key: the agent's inventory carries it in
+    ``recipient_keys`` (base64 COSE_Keys); a KEK never leaves the device."""
     from suitkit.device.agent import inventory_of
     from suitkit.device.wiring import open_device
 
@@ -255,9 +255,8 @@ def test_the_inventory_publishes_the_devices_ecdh_public_key(
                   "--decryption-key", tmp_path / "x.key", "--decryption-key",
                   tmp_path / "fleet.kek")):
         assert run_cli(capsys, *args)[0] == 0
-    hardware = inventory_of(open_device(tmp_path / "dev"))["hardware"]
-    published = [v for k, v in hardware.items() if k.startswith("suit-recipient-key")]
-    assert len(published) == 1 and len(published[0]) <= 256  # a hardware fact's limit
+    published = inventory_of(open_device(tmp_path / "dev"))["recipient_keys"]
+    assert len(published) == 1 and len(published[0]) <= 1024  # the tracker's limit
     cose_key = cbor2.loads(base64.b64decode(published[0]))
     private = cose_key_of(tmp_path / "x.key")
     assert cose_key == {1: 1, -1: 4, -2: private[-2], 2: b"dev-9", 3: -29}
@@ -308,12 +307,12 @@ def test_a_device_with_keys_for_several_profiles_opens_each(
         assert running["digest"] == hashlib.sha256(image).hexdigest()
 
 
-def test_a_published_key_with_a_long_kid_stays_within_a_hardware_fact(
+def test_a_published_key_with_a_long_kid_stays_within_the_trackers_limit(
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from suitkit.device.agent import inventory_of
     from suitkit.device.wiring import open_device
 
-    kid = "k" * 200  # the P-256 COSE_Key with it is over the tracker's 256-character limit
+    kid = "k" * 256  # the longest keygen makes (over a hardware fact's 256 characters once)
     for args in (("keygen", "--out", tmp_path / "a.key"),
                  ("pubkey", tmp_path / "a.key", "--out", tmp_path / "a.pub"),
                  ("keygen", "--alg", "ECDH-P256", "--kid", kid, "--out", tmp_path / "p.key"),
@@ -321,7 +320,8 @@ def test_a_published_key_with_a_long_kid_stays_within_a_hardware_fact(
                   "--class-name", CLASS_NAME, "--trust-anchor", tmp_path / "a.pub",
                   "--decryption-key", tmp_path / "p.key")):
         assert run_cli(capsys, *args)[0] == 0
-    fact = inventory_of(open_device(tmp_path / "dev"))["hardware"]["suit-recipient-key"]
-    assert len(fact) <= 256
+    (fact,) = inventory_of(open_device(tmp_path / "dev"))["recipient_keys"]
+    assert len(fact) <= 1024
     cose_key = cbor2.loads(base64.b64decode(fact))
-    assert 2 not in cose_key and cose_key[-2] == cose_key_of(tmp_path / "p.key")[-2]
+    # the inventory's recipient_keys hold it whole, kid included
+    assert cose_key[2] == kid.encode() and cose_key[-2] == cose_key_of(tmp_path / "p.key")[-2]

@@ -157,9 +157,17 @@ def test_the_author_encrypts_for_the_key_a_device_published_and_the_agent_instal
         first = run_once(folder, url, token, fetcher=HttpFetcher())
         assert first.outcome == "up-to-date", first.steps  # and its inventory is sent
 
+        # the author's way to the key: suitkit devices recipient-key (docs/device.md)
+        fetched = subprocess.run(
+            [*SUITKIT, "devices", "recipient-key", device_id, "--server", url, "--token-file",
+             str(tmp_path / "admin.token"), "--out", str(tmp_path / "t7.cbor")],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert fetched.returncode == 0, fetched.stderr
         shown = client.get(f"/api/v1/devices/{device_id}", headers=headers).json()
-        (tmp_path / "t7.cbor").write_bytes(
-            base64.b64decode(shown["hardware"]["suit-recipient-key"]))
+        assert "suit-recipient-key" not in shown["hardware"]  # an inventory field now
+        assert crypto.load_recipient_public((tmp_path / "t7.cbor").read_bytes()).to_cose_key() \
+            == crypto.load_recipient_public(base64.b64decode(shown["recipient_keys"][0])
+                                            ).to_cose_key()
         image = hashlib.sha256(b"agent").digest() * 2000
         (tmp_path / "app.bin").write_bytes(image)
         description = {

@@ -138,9 +138,10 @@ def test_a_deployed_release_is_installed_booted_confirmed_and_reported(world: Wo
     shown = world.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
     assert shown["state"] == "succeeded"
     assert shown["components"] == [{"id": ["00"], "sequence": 2,
-                                    "digest": release["components"][0]["digest"]},
+                                    "digest": release["components"][0]["digest"],
+                                    "version": None},
                                    {"id": [b"suitkit".hex(), b"anchors".hex()],
-                                    "sequence": 0, "digest": None}]
+                                    "sequence": 0, "digest": None, "version": None}]
     assert shown["anchors"] == {"version": 0, "digest": None}  # as device init wrote them
 
     # the assignment is done: the next poll finds nothing to do and changes nothing
@@ -193,9 +194,11 @@ def test_deployments_and_updates_are_authorized(world: World) -> None:
     assert world.deploy(release, [a["id"]]).status_code == 201
     mine = world.client.get(update, headers=auth(a["token"]))
     assert mine.status_code == 200
+    nonce = mine.json()["nonce"]  # issued with the update (report §4), 16 bytes in hex
+    assert isinstance(nonce, str) and len(bytes.fromhex(nonce)) == 16
     assert mine.json() == {"release": release["id"],
                            "envelope_url": world.url + release["envelope"]["url"],
-                           "action": "install", "campaign": None}
+                           "action": "install", "campaign": None, "nonce": nonce}
     assert world.client.get(update).status_code == 401
     assert world.client.get(update, headers=auth(ADMIN)).status_code == 403
     assert world.client.get(update, headers=auth(b["token"])).status_code == 403

@@ -140,6 +140,16 @@ EXPECTED: dict[tuple[str, str], Rule] = {
                                        frozenset({201, 409})),
     ("POST", f"{DEVICE}/reports"): Rule(roles("device"), report_body, frozenset({201, 409})),
     ("GET", f"{DEVICE}/update"): Rule(roles("device")),
+    # what the device supports (404 until it sent a capability report): authors read it too
+    ("GET", f"{DEVICE}/capabilities"): Rule(roles("admin", "operator", "author", "device"),
+                                            ok=frozenset({200, 404})),
+    ("PUT", f"{DEVICE}/report-key"): Rule(roles("admin"),
+                                          lambda w: {"json": {"report_key": None}}),
+    # health after an update (merged from main without an entry here): the device says it,
+    # staff read it; 409 for a release the device has not confirmed
+    ("POST", f"{DEVICE}/health"): Rule(roles("device"), lambda w: {"json": {
+        "release": "00" * 32, "status": "healthy"}}, frozenset({200, 409})),
+    ("GET", f"{DEVICE}/health"): Rule(roles("admin", "operator", "device")),
     ("POST", f"{DEVICE}/checkin"): Rule(roles("device"), lambda w: {"json": {
         "inventory_digest": "ab" * 32}}),
     ("POST", f"{DEVICE}/reset"): Rule(roles("admin", "operator"),

@@ -202,7 +202,8 @@ def test_a_failed_device_pauses_the_campaign_and_the_others_wait(world: World) -
                              headers=auth(rest[0]["token"]))
     assert given.status_code == 200
     assert given.json() == {"release": RELEASE, "envelope_url": "http://127.0.0.1:9/e.suit",
-                            "action": "install", "campaign": cid}
+                            "action": "install", "campaign": cid,
+                            "nonce": given.json()["nonce"]}
     paused = world.post(f"/{cid}/pause", "alice", {"reason": "checking"})
     assert paused.json()["pause_reason"] == "paused by alice: checking"
 

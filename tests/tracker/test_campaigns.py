@@ -182,8 +182,10 @@ def test_the_failure_threshold_pauses_the_campaign_by_itself(world: World) -> No
     assert doc["log"][-1]["actor"] == "engine"
     # not started: nothing to do while paused; started: carries on
     assert world.db.pending_update(ids[5]) is None
-    assert world.db.pending_update(ids[4]) == {"release": RELEASE, "envelope_url": URL,
-                                               "action": "install", "campaign": doc["id"]}
+    started = world.db.pending_update(ids[4])
+    assert started is not None
+    assert started == {"release": RELEASE, "envelope_url": URL, "action": "install",
+                       "campaign": doc["id"], "nonce": started["nonce"]}
     for state in [*INSTALL[1:], "succeeded"]:
         world.db.add_event(ids[4], state, "")
     world.engine.tick()
@@ -369,8 +371,10 @@ def test_cancel_withdraws_members_not_started_and_started_ones_finish(world: Wor
     # the devices are free again: a direct deployment reaches the withdrawn one
     deployed = world.db.deploy(RELEASE, URL, [first[1]])
     assert deployed[0]["event"] is None  # still notified: only its assignment is new
-    assert world.db.pending_update(first[1]) == {"release": RELEASE, "envelope_url": URL,
-                                                 "action": "install", "campaign": None}
+    pending = world.db.pending_update(first[1])
+    assert pending is not None
+    assert pending == {"release": RELEASE, "envelope_url": URL, "action": "install",
+                       "campaign": None, "nonce": pending["nonce"]}
     assert len(ids) == 4
 
 

@@ -116,7 +116,8 @@ def test_nothing_to_do_asks_once_for_the_inventory_then_stores_it(tracker: Track
     assert row.inventory_digest == DIGEST and row.inventory_updated is not None
     assert [c.digest for c in tracker.components(dev["id"])] == ["ab" * 32]
     shown = tracker.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
-    assert shown["components"] == [{"id": ["00"], "sequence": 3, "digest": "ab" * 32}]
+    assert shown["components"] == [{"id": ["00"], "sequence": 3, "digest": "ab" * 32,
+                                   "version": None}]
     assert shown["last_seen"] is not None
 
 

@@ -17,11 +17,12 @@ from typer.testing import CliRunner
 
 from device.device_kit import Author, boot, confirm, image_bytes, install, new_device
 from suitkit.cli.main import app as cli
+from suitkit.core import crypto
 from suitkit.device.agent import AgentOptions, run_once
 from suitkit.device.fetch import HttpFetcher
 from suitkit.device.wiring import open_device
 from suitkit.tracker.edges.ddi import UNREPORTED
-from tracker.ddi_kit import DdiWorld, Device, ddi_world
+from tracker.ddi_kit import DdiWorld, Device, admin, ddi_world
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +128,21 @@ def test_device_run_protocol_ddi_once(world: DdiWorld, tmp_path: Path) -> None:
 def test_agent_options_refuse_an_unknown_protocol() -> None:
     with pytest.raises(ValueError, match="protocol must be one of suitkit, ddi"):
         AgentOptions(protocol="lwm2m-typo").check()
+
+
+def test_the_agent_over_ddi_signs_its_report_with_the_nonce_from_the_deployment(
+        world: DdiWorld) -> None:
+    """A device with a report key (report §8) signs its report over DDI too: the nonce of its
+    update comes as the chunk's ``suit-nonce`` metadata, and the tracker takes the report."""
+    folder, device = device_folder(world)
+    public = open_device(folder).config.ensure_report_key()
+    registered = world.client.put(
+        f"/api/v1/devices/{device.id}/report-key", headers=admin(),
+        json={"report_key": crypto.public_key_to_pem(public).decode()})
+    assert registered.status_code == 200, registered.text
+    world.deploy(release(world, 7), device)
+    result = run_once(folder, world.url, device.token, fetcher=HttpFetcher(), protocol="ddi")
+    assert result.outcome == "succeeded", result.steps
+    (report,) = [h for h in world.history(device.id) if h["kind"] == "report"]
+    assert report["summary"]["signed"] == "COSE_Sign1"
+    assert report["summary"]["nonce_checked"] is True

@@ -306,7 +306,8 @@ def test_the_cli_follows_the_pages(tracker: Tracker, capsys: pytest.CaptureFixtu
     assert code == 0, err
     history = json.loads(out)["history"]
     assert [h.get("state", h["kind"]) for h in history] == expected
+    # --limit N: the newest N (over two pages of 3), in the order they happened
     code, out, err = run(capsys, "devices", "show", device_id, "--json", "--limit", "4", *common)
-    assert code == 0 and [h["seq"] for h in json.loads(out)["history"]] == [1, 2, 3, 4], err
+    assert code == 0 and [h["seq"] for h in json.loads(out)["history"]] == [8, 9, 10, 11], err
     code, out, err = run(capsys, "devices", "list", "--limit", "0", *common)
     assert code == 2 and "--limit" in err

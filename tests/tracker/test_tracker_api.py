@@ -176,15 +176,24 @@ def test_inventory_round_trips_and_marks_the_device_seen(tracker: Tracker) -> No
     doc = tracker.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
     assert doc["vendor_id"] == str(VENDOR)
     assert doc["components"] == [
-        {"id": ["00"], "sequence": 3, "digest": "ab" * 32},
-        {"id": ["01", "6170"], "sequence": 18446744073709551615, "digest": "cd" * 32}]
+        {"id": ["00"], "sequence": 3, "digest": "ab" * 32, "version": None},
+        {"id": ["01", "6170"], "sequence": 18446744073709551615, "digest": "cd" * 32,
+         "version": None}]
     assert doc["hardware"]["board"] == "nrf52840" and doc["last_seen"] is not None
-    # a second PUT replaces the inventory
-    smaller = {**inventory(), "components": [{"id": ["00"], "sequence": 4, "digest": "11"}]}
+    # a second PUT replaces the inventory; a component's version (update-management §4.4)
+    smaller = {**inventory(), "components": [{"id": ["00"], "sequence": 4, "digest": "11",
+                                              "version": [1, 2, -1]}]}
     tracker.client.put(f"/api/v1/devices/{dev['id']}/inventory", json=smaller,
                        headers=auth(dev["token"])).raise_for_status()
     doc = tracker.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(dev["token"])).json()
-    assert doc["components"] == [{"id": ["00"], "sequence": 4, "digest": "11"}]
+    assert doc["components"] == [{"id": ["00"], "sequence": 4, "digest": "11",
+                                  "version": [1, 2, -1]}]
+    # only the version changes: the inventory changed
+    smaller["components"][0]["version"] = [1, 3]
+    tracker.client.put(f"/api/v1/devices/{dev['id']}/inventory", json=smaller,
+                       headers=auth(dev["token"])).raise_for_status()
+    doc = tracker.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(dev["token"])).json()
+    assert doc["components"][0]["version"] == [1, 3]
 
 
 def test_an_inventory_whose_identity_contradicts_the_registration_is_refused(

@@ -585,6 +585,9 @@ def register(
                                            "credential (mode 0600).")],
     name: Annotated[str | None, typer.Option("--name", help="Name shown to operators "
                                              "(default: the folder's name).")] = None,
+    report_key: Annotated[bool, typer.Option(
+        "--report-key/--no-report-key", help="Register the key the device signs its SUIT "
+        "reports with (DIR/report.key, made now as an ESP256 key if missing).")] = True,
     tls_ca: Annotated[Path | None, typer.Option(
         "--tls-ca", envvar="SUITKIT_TLS_CA", help="PEM CA certificates the server's "
         "certificate must chain to (default: device.json's tls.ca, else the system's).")
@@ -596,8 +599,9 @@ def register(
         "--tls-key", envvar="SUITKIT_TLS_KEY", help="PEM private key of --tls-cert, unless "
         "that file holds it too.")] = None,
 ) -> None:
-    """Enrol the device with a status tracker: register it, write its credential (shown by
-    the tracker only once) for `device run --credential-file`, and send its inventory."""
+    """Enrol the device with a status tracker: register it (and its report key), write its
+    credential (shown by the tracker only once) for `device run --credential-file`, and send
+    its inventory."""
     from suitkit.device.agent import TrackerError, TrackerUnreachable  # noqa: PLC0415
     from suitkit.device.agent import register as enrol  # noqa: PLC0415
     from suitkit.fileio import atomic_write  # noqa: PLC0415
@@ -606,7 +610,7 @@ def register(
     if out_file.exists():
         fail(f"{out_file}: already exists; a device is registered once", EXIT_USAGE)
     try:
-        credential = enrol(directory, server, token, name=name,
+        credential = enrol(directory, server, token, name=name, report_key=report_key,
                            tls=_client_tls(directory, tls_ca, tls_cert, tls_key))
     except TrackerUnreachable as e:
         fail(f"cannot reach {server}: {e}", EXIT_UNREACHABLE)

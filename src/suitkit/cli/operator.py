@@ -12,6 +12,13 @@ Every command takes ``--server URL`` and ``--token-file FILE`` (or ``SUITKIT_SER
 - ``devices list [--limit N] [--json]``, ``devices show ID [--limit N] [--json]`` (the device,
   its inventory, history). Lists come in pages: ``ApiClient.pages`` follows ``next`` to the end
   (or to ``--limit`` items).
+- ``devices capabilities ID [--json | --cbor OUT | --check ENVELOPE]``: what the device
+  supports (its SUIT capability report, draft-ietf-suit-report §6), for authors writing
+  manifests for it; ``--check`` lists what an envelope uses beyond it.
+- ``devices recipient-key ID --out FILE [--index N]``: a device's published ECDH-ES public key,
+  as a file ``suitkit encrypt --recipient`` takes.
+- ``devices report-key ID PUB`` (admin): register the public key the device signs its reports
+  with (``--remove``: unregister it).
 """
 
 from __future__ import annotations
@@ -335,11 +342,22 @@ def devices_show(device_id: Annotated[str, typer.Argument(metavar="ID", help="De
     components = tree.add("components")
     for c in device.get("components") or []:
         ident = "/".join(c.get("id") or [])
-        components.add(Text(f"[{ident}] sequence {c.get('sequence')} "
+        version = c.get("version")
+        shown = ".".join(map(str, version)) if isinstance(version, list) else "-"
+        components.add(Text(f"[{ident}] sequence {c.get('sequence')} version {shown} "
                             f"digest {c.get('digest') or '-'}"))
     hardware = tree.add("hardware")
     for key, value in sorted((device.get("hardware") or {}).items()):
         hardware.add(Text(f"{key}: {value}"))
+    keys = device.get("recipient_keys") or []
+    tree.add(Text(f"recipient keys: {len(keys)} (suitkit devices recipient-key)" if keys
+                  else "recipient keys: none"))
+    tree.add(Text(f"report key: {'registered' if device.get('report_key') else 'none'}"))
+    capabilities = device.get("capabilities")
+    if isinstance(capabilities, dict):
+        _capability_tree(tree.add("capabilities"), capabilities)
+    else:
+        tree.add(Text("capabilities: none reported"))
     events = tree.add("history")
     for item in history:
         if item.get("kind") == "event":
@@ -347,10 +365,167 @@ def devices_show(device_id: Annotated[str, typer.Argument(metavar="ID", help="De
                             f"{item.get('previous') or '-'} -> {item.get('state')} "
                             f"{item.get('detail') or ''}".rstrip()))
         else:
-            ok = (item.get("summary") or {}).get("succeeded")
+            summary = item.get("summary") or {}
+            ok, signed = summary.get("succeeded"), summary.get("signed")
             events.add(Text(f"{item.get('seq')}. {_short(item.get('received'))} report "
-                            f"({'succeeded' if ok else 'failed'}, {item.get('size')} bytes)"))
+                            f"({'succeeded' if ok else 'failed'}, {item.get('size')} bytes"
+                            f"{f', signed ({signed})' if signed else ''})"))
     out.print(tree)
+
+
+def _capability_tree(node: Tree, doc: dict[str, Any]) -> None:
+    """A capability report's JSON (``report.capability_json``) as tree lines."""
+    if "error" in doc:
+        node.add(Text(str(doc["error"])))
+        return
+    parts = []
+    for c in doc.get("components") or []:
+        ident = "/".join(c.get("id") or []) if isinstance(c, dict) else "?"
+        parts.append(f"[{ident}{'/*' if isinstance(c, dict) and c.get('wildcard') else ''}]")
+    node.add(Text(f"components: {' '.join(parts) or '-'}"))
+    for name in ("commands", "parameters", "algorithms", "envelope", "manifest", "common",
+                 "text", "component_text", "dependency"):
+        if isinstance(doc.get(name), list):
+            node.add(Text(f"{name.replace('_', ' ')}: {', '.join(map(str, doc[name]))}"))
+    for path, numbers in (doc.get("extensions") or {}).items():
+        node.add(Text(f"[{path}]: {numbers}"))
+
+
+def _device_id(device_id: str) -> str:
+    if not device_id or "/" in device_id or len(device_id) > 36:
+        fail(f"expected a device id (a UUID), got {device_id[:40]!r}", EXIT_USAGE)
+    return device_id
+
+
+@devices_app.command("capabilities")
+@handles_errors
+def devices_capabilities(
+        device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id.")],
+        server: ServerOption, token_file: TokenFileOption, as_json: JsonOption = False,
+        cbor_out: Annotated[Path | None, typer.Option(
+            "--cbor", help="Write the capability report as the device sent it (CBOR) to this "
+            "file.")] = None,
+        check: Annotated[Path | None, typer.Option(
+            "--check", metavar="ENVELOPE", help="Say what this envelope uses that the device "
+            "does not support (exit 1 if anything).")] = None,
+        timeout: TimeoutOption = 30.0) -> None:
+    """What a device supports: its SUIT capability report (components, commands, parameters,
+    algorithms; admin, operator, author); --check: an envelope against it."""
+    client = ApiClient.from_options(server, token_file, timeout)
+    path = f"/api/v1/devices/{_device_id(device_id)}/capabilities"
+    if cbor_out is not None or check is not None:
+        try:
+            response = httpx.get(f"{client.server}{path}", params={"format": "cbor"},
+                                 timeout=client.timeout,
+                                 headers={"Authorization": f"Bearer {client.token}"})
+        except httpx.HTTPError as e:
+            fail(f"cannot reach {client.server}: {type(e).__name__}: {e}", EXIT_USAGE)
+        if response.status_code != 200:
+            doc = _json(response)
+            message = doc.get("error") if isinstance(doc, dict) else None
+            fail(f"GET {path} refused (HTTP {response.status_code}): "
+                 f"{message or response.reason_phrase}", EXIT_FAILED)
+        if cbor_out is not None:
+            atomic_write(cbor_out, response.content)
+            out.print(f"capability report of device {device_id} ({len(response.content)} "
+                      f"bytes) written to {cbor_out}", markup=False)
+        if check is not None:
+            _check_envelope(device_id, response.content, check)
+        return
+    doc = client.get(path)
+    capabilities = _field(doc, "capabilities", dict)
+    if as_json:
+        print_json(capabilities)
+        return
+    tree = Tree(Text(f"capabilities of device {device_id}"))
+    _capability_tree(tree, capabilities)
+    out.print(tree)
+
+
+def _check_envelope(device_id: str, raw: bytes, envelope_file: Path) -> None:
+    """Print what ``envelope_file`` uses that the capability report ``raw`` does not list;
+    exit 1 when anything (the device would refuse the manifest)."""
+    from suitkit.core import codec  # noqa: PLC0415
+    from suitkit.core.report import capability_gaps, decode_capability_report  # noqa: PLC0415
+    from suitkit.errors import SuitError  # noqa: PLC0415
+
+    try:
+        data = envelope_file.read_bytes()
+    except OSError as e:
+        fail(f"{envelope_file}: cannot read: {e.strerror or e}", EXIT_USAGE)
+    try:
+        capability = decode_capability_report(raw)
+    except SuitError as e:
+        fail(f"device {device_id}'s capability report does not decode: {e}", EXIT_FAILED)
+    try:
+        gaps = capability_gaps(capability, codec.decode_envelope(data))
+    except SuitError as e:
+        fail(f"{envelope_file}: {e}", EXIT_USAGE)
+    for gap in gaps:
+        out.print(f"{envelope_file}: {gap}", markup=False)
+    if gaps:
+        fail(f"device {device_id} would refuse {envelope_file}: {len(gaps)} element(s) it "
+             "does not support", EXIT_FAILED)
+    out.print(f"device {device_id} supports everything {envelope_file} uses", markup=False)
+
+
+@devices_app.command("recipient-key")
+@handles_errors
+def devices_recipient_key(
+        device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id.")],
+        server: ServerOption, token_file: TokenFileOption,
+        out_file: Annotated[Path, typer.Option(
+            "--out", help="Where to write the key (COSE_Key in PEM armor), for suitkit encrypt "
+            "--recipient.")],
+        index: Annotated[int, typer.Option("--index", min=0, help="Which of the device's "
+                                           "keys (0: the first).")] = 0,
+        timeout: TimeoutOption = 30.0) -> None:
+    """Write a device's published ECDH-ES public key to a file (admin, operator)."""
+    import base64  # noqa: PLC0415
+
+    from suitkit.author.keys import write_recipient_key  # noqa: PLC0415
+    from suitkit.core import crypto  # noqa: PLC0415
+    from suitkit.errors import SuitError  # noqa: PLC0415
+
+    doc = ApiClient.from_options(server, token_file, timeout).get(
+        f"/api/v1/devices/{_device_id(device_id)}")
+    keys = _field(doc, "recipient_keys", list)
+    if index >= len(keys):
+        fail(f"device {device_id} has published {len(keys)} recipient key(s); no key "
+             f"{index} (its inventory lists the ECDH-ES keys in its keys/ folder)", EXIT_FAILED)
+    try:
+        key = crypto.load_recipient_public(base64.b64decode(str(keys[index]), validate=True))
+    except (ValueError, SuitError) as e:
+        fail(f"device {device_id}'s recipient key {index} does not load: {e}", EXIT_FAILED)
+    write_recipient_key(out_file, key)
+    out.print(f"recipient key {index} of device {device_id} written to {out_file}",
+              markup=False)
+
+
+@devices_app.command("report-key")
+@handles_errors
+def devices_report_key(
+        device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id.")],
+        server: ServerOption, token_file: TokenFileOption,
+        key_file: Annotated[Path | None, typer.Argument(
+            metavar="PUB", help="The public key the device signs its reports with.")] = None,
+        remove: Annotated[bool, typer.Option("--remove", help="Unregister the device's report "
+                                             "key.")] = False,
+        timeout: TimeoutOption = 30.0) -> None:
+    """Register the key a device signs its SUIT reports with (admin; report §8)."""
+    if (key_file is None) == (not remove):
+        fail("give the device's public key file, or --remove", EXIT_USAGE)
+    text: str | None = None
+    if key_file is not None:
+        try:
+            text = key_file.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            fail(f"{key_file}: cannot read: {e}", EXIT_USAGE)
+    ApiClient.from_options(server, token_file, timeout).request(
+        "PUT", f"/api/v1/devices/{_device_id(device_id)}/report-key",
+        body={"report_key": text})
+    out.print(f"device {device_id}: report key {'registered' if text else 'removed'}",
+              markup=False)
 
 
 @devices_app.command("reset")

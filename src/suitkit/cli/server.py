@@ -25,6 +25,7 @@ import resource
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,14 @@ def serve(
         "per device are shared out among them). More than 1: no --coap-port or --mqtt, and "
         "push notices (SSE, long-poll) need a PostgreSQL --db (each worker hears the others' "
         "changes); on SQLite they are off: devices poll (docs/server.md).")] = 1,
+    signed_reports: Annotated[list[str] | None, typer.Option(
+        "--signed-reports", metavar="all|CLASS-ID", help="Who must sign its SUIT reports "
+        "(COSE_Sign1/COSE_Mac0 with its registered report key, and the nonce of its update): "
+        "all devices, or those of a device class ID; repeat for several classes. Default: "
+        "unsigned reports are accepted (signed ones are always checked).")] = None,
+    report_nonce_days: Annotated[float, typer.Option(
+        "--report-nonce-days", help="Days the nonce issued with an update stays valid for "
+        "its report (0: no expiry).")] = 30.0,
 ) -> None:
     """Run the firmware server (verified uploads, immutable content-addressed downloads over
     HTTP and CoAP) and, with --admin-token-file, the status tracker and the dashboard."""
@@ -221,6 +230,22 @@ def serve(
         out.print(show_config(ctx, config), markup=False)
         return
     _serve(options)
+
+
+def _signed_reports(values: list[str]) -> tuple[str, ...]:
+    """``--signed-reports`` as ``TrackerConfig.signed_reports``: ``all`` or class IDs
+    (canonical lower-case UUIDs); exit 2 naming a value that is neither."""
+    chosen = []
+    for value in values:
+        if value.strip().lower() == "all":
+            chosen.append("all")
+            continue
+        try:
+            chosen.append(str(uuid.UUID(value.strip())))
+        except ValueError:
+            fail(f"--signed-reports: expected all or a device class ID (a UUID), got "
+                 f"{value[:60]!r}", EXIT_USAGE)
+    return tuple(dict.fromkeys(chosen))
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +295,8 @@ class ServeOptions:
     workers: int
     lwm2m_port: int | None
     lwm2m_nosec: bool
+    signed_reports: list[str] | None
+    report_nonce_days: float
 
 
 _NOT_KEYS = frozenset({"config", "print_config"})
@@ -431,6 +458,10 @@ def _serve(o: ServeOptions) -> None:
     if mqtt is not None and admin_token_file is None:
         fail("--mqtt needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
+    signed = _signed_reports(o.signed_reports or [])
+    if not 0 <= o.report_nonce_days < 1e6:
+        fail(f"--report-nonce-days must be 0 (no expiry) or a positive number, got "
+             f"{o.report_nonce_days:g}", EXIT_USAGE)
     # root_threshold 0: a trust-anchor rotation (docs/keys.md) uploads when a key given here
     # signed it; whether its signers may rotate a device's anchors is the device's to check
     anchors = TrustAnchors(tuple(TrustAnchor(keyfiles.load_verifier(p), role="author")
@@ -471,7 +502,8 @@ def _serve(o: ServeOptions) -> None:
                 # this server writes as uploads commit; the DDI edge lists their files
                 # (tracker_routes(data=...))
                 tracker_config = TrackerConfig(db_url, admin_token, public_url=public_url,
-                                               quotas=quotas)
+                                               quotas=quotas, signed_reports=signed,
+                                               nonce_days=o.report_nonce_days)
                 from suitkit.tracker.store import PoolOptions  # noqa: PLC0415
 
                 wiring = tracker_routes(tracker_config, mqtt=broker, coap=coap_port is not None,

@@ -162,6 +162,8 @@ __all__ = [
     "process",
     "shared_parameters",
     "stream_digest",
+    "supported_commands",
+    "supported_parameters",
     "version_matches",
 ]
 
@@ -1878,6 +1880,19 @@ class _Processor:
 
 
 _Handler = Callable[[_Processor, _Frame, int, Command, int], Parameters]
+
+
+def supported_commands(extensions: Extensions = NO_EXTENSIONS) -> tuple[int, ...]:
+    """The command numbers this processor runs, the registered custom ones included (what a
+    capability report lists: draft-ietf-suit-report §6), sorted."""
+    return tuple(sorted({*(int(c) for c in _HANDLERS), *(int(c) for c in _STRUCTURED),
+                         *extensions.commands}))
+
+
+def supported_parameters(extensions: Extensions = NO_EXTENSIONS) -> tuple[int, ...]:
+    """The parameter numbers this processor understands, the registered custom ones
+    included, sorted."""
+    return tuple(sorted({*_KNOWN_PARAMETERS, *extensions.parameters}))
 
 _HANDLERS: dict[int, _Handler] = {
     Cmd.VENDOR_IDENTIFIER: _Processor._identifier,

@@ -114,11 +114,22 @@ def freeze(value: object, path: str = "") -> object:
 
 
 def thaw(value: object) -> object:
-    """The inverse of ``freeze``, for encoding: tuples to lists, FrozenDicts to dicts."""
+    """The inverse of ``freeze``, for encoding: tuples to lists, FrozenDicts to dicts. Map keys
+    stay hashable: an array key stays a tuple (``cbor.encode`` writes it as an array)."""
     if isinstance(value, FrozenDict):
-        return {thaw(k): thaw(v) for k, v in value.items()}
+        return {_thaw_key(k): thaw(v) for k, v in value.items()}
     if isinstance(value, tuple):
         return [thaw(v) for v in value]
     if isinstance(value, CBORTag):
         return CBORTag(value.tag, thaw(value.value))
     return value
+
+
+def _thaw_key(key: object) -> object:
+    """A frozen map key as ``cbor.encode`` takes it: arrays as tuples (a list cannot be a key),
+    maps kept frozen."""
+    if isinstance(key, tuple):
+        return tuple(_thaw_key(k) for k in key)
+    if isinstance(key, CBORTag):
+        return CBORTag(key.tag, _thaw_key(key.value))
+    return key

@@ -6,13 +6,15 @@ client-initiated (poll), server-initiated (push) and hybrid modes.
 credential's device: a folder never reports in another device's name) and:
 
 1. ``POST /api/v1/devices/{id}/checkin`` (one request per poll): the digest of its inventory
-   (vendor and class IDs, and per component the running sequence number and image digest:
-   what the bootloader verified, as ``device status`` shows; ``inventory_digest``, SHA-256 of
+   (vendor and class IDs, per component the running sequence number, image digest and version:
+   what the bootloader verified, as ``device status`` shows; the device's capability report,
+   draft-ietf-suit-report §6, and its ECDH-ES public keys; ``inventory_digest``, SHA-256 of
    its canonical JSON), the inventory itself only when the tracker answers
    ``send_inventory``. The answer is ``{"release": null}`` (nothing to do) or the release (the
-   manifest digest), the URL of its envelope (http(s) or coap) and the ``action``
+   manifest digest), the URL of its envelope (http(s) or coap), the ``action``
    (``install``, the default, or ``download``: fetch and stop at ``downloaded`` until a later
-   assignment says ``install``), with the update ``state`` the tracker has for the device. In
+   assignment says ``install``) and the ``nonce`` issued with the update (it goes into the
+   report), with the update ``state`` the tracker has for the device. In
    push mode the notice's document is used instead of the answer's release (``assigned=``).
    A tracker without the check-in (404: older than issue #12) gets the old calls instead:
    ``PUT .../inventory``, ``GET .../update`` (204: nothing to do) and ``GET .../{id}``;
@@ -24,11 +26,13 @@ credential's device: a folder never reports in another device's name) and:
 3. posts the states ``downloading``, ``downloaded`` (the envelope is fetched with a bounded size
    and time; a ``download`` action keeps it in ``DIR/agent/`` and stops), ``installing``
    (``Consumer.install``: everything is verified on the device; the tracker, the notice and the
-   URL are not trusted), then the SUIT report; a refused install ends ``failed`` with the
-   consumer's reason. An install that *waits* (a wait directive's events do not hold yet,
-   update-management §5.6) ends the run ``waiting``: no report and no final state are sent, the
-   tracker keeps the device ``installing`` and the inventory's hardware fact ``waiting`` says
-   what for; the envelope is kept in ``DIR/agent/`` and the next run resumes the install;
+   URL are not trusted), then the SUIT report (with the nonce and the capability report,
+   signed with the device's report key ``DIR/report.key`` when it has one: report §8); a
+   refused install ends ``failed`` with the consumer's reason. An install that *waits* (a wait
+   directive's events do not hold yet, update-management §5.6) ends the run ``waiting``: the
+   state ``waiting`` is posted once, with what it waits for; no report and no final state are
+   sent; the envelope is kept in ``DIR/agent/`` and the next run resumes the install (without
+   posting anything while it still waits);
 4. otherwise ``rebooting``: one boot and the Invocation Procedure; an image that starts is
    confirmed (``succeeded``), one that does not is reverted by a second boot (``rolled-back``);
 5. saves the device and sends the inventory again (a check-in with it).
@@ -47,13 +51,16 @@ is reported with the tracker's reason. Before the install nothing on the device 
 a failure to reach the tracker stops the run; after it, the device finishes the update (boot,
 confirm or revert) whatever the tracker answers, and the tracker misses those events.
 
-Not here: report signing, a download stage for detached payloads (``download`` fetches the
-envelope only; payloads are fetched, resumably, by the install).
+``register`` makes the device's report key when it has none and registers its public half.
+
+Not here: report encryption (COSE_Encrypt0), a download stage for detached payloads
+(``download`` fetches the envelope only; payloads are fetched, resumably, by the install).
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import ssl
@@ -67,10 +74,17 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 
-from suitkit.core import cbor
+from suitkit.core import cbor, crypto
 from suitkit.core.anchors import ANCHORS_COMPONENT
-from suitkit.core.report import encode_report
+from suitkit.core.report import (
+    SIGNED_REPORT_MEDIA_TYPE,
+    Report,
+    encode_capability_report,
+    encode_report,
+    sign_report,
+)
 from suitkit.device.anchors import read_store
+from suitkit.device.capabilities import capability_report
 from suitkit.device.config import HealthConfig, bind_tracker_id, check_tracker_id, load_config
 from suitkit.device.consumer import PayloadFetcher, running_version
 from suitkit.device.fetch import CoapFetcher, HttpFetcher
@@ -144,12 +158,23 @@ class Assigned:
     release: str
     envelope_url: str
     action: str = "install"
+    nonce: bytes | None = None
+    """The nonce the tracker issued with this update (report §4): it goes into the report."""
 
     @classmethod
     def of(cls, doc: Mapping[str, Any], where: str) -> Assigned:
-        """Raises: TrackerError: ``doc`` is not ``{release, envelope_url[, action]}``."""
+        """Raises: TrackerError: ``doc`` is not ``{release, envelope_url[, action, nonce]}``."""
         release, url = doc.get("release"), doc.get("envelope_url")
         action = doc.get("action") or "install"
+        nonce = doc.get("nonce")
+        if nonce is not None:
+            try:
+                if not isinstance(nonce, str) or len(nonce) > 2 * _MAX_NONCE:
+                    raise ValueError(nonce)
+                nonce = bytes.fromhex(nonce)
+            except ValueError:
+                raise TrackerError(f"{where}: nonce must be at most {_MAX_NONCE} bytes in "
+                                   "hex") from None
         if not isinstance(release, str) or not isinstance(url, str) or not release:
             raise TrackerError(f"{where}: the answer is not {{release, envelope_url}} strings")
         if action not in ("install", "download"):
@@ -157,7 +182,7 @@ class Assigned:
                                f"{str(action)[:20]!r}")
         if len(url) > 2048 or urlparse(url).scheme not in ("http", "https", "coap"):
             raise TrackerError(f"{where}: envelope_url must be an http(s) or coap URL")
-        return cls(release[:128], url, str(action))
+        return cls(release[:128], url, str(action), nonce or None)
 
 
 class TrackerError(Exception):
@@ -168,14 +193,14 @@ class TrackerUnreachable(TrackerError):
     """The tracker could not be reached at all (refused, unknown name, timeout, TLS)."""
 
 
-_MAX_WAITING_TEXT = 256
+_MAX_NONCE = 64
 
 
-def inventory_of(opened: OpenDevice, *, versions: bool = True,
-                 waiting: str | None = None) -> dict[str, Any]:
+def inventory_of(opened: OpenDevice, *, versions: bool = True) -> dict[str, Any]:
     """The inventory the tracker stores: identity and the verified running images, each with
-    its ``version`` when known (``versions``); ``waiting``: what a waiting update waits for
-    (the hardware fact ``waiting``)."""
+    its ``version`` when known (``versions``); the device's capability report
+    (``capabilities``: base64 of its CBOR, report §6) and its ECDH-ES public keys
+    (``recipient_keys``: base64 COSE_Keys, for authors who encrypt for it)."""
     observation = opened.bootloader.observe()  # type: ignore[attr-defined]
     anchors = opened.config.trust_anchors()
     components = []
@@ -192,22 +217,30 @@ def inventory_of(opened: OpenDevice, *, versions: bool = True,
         components.append(entry)
     components.append(anchors_entry(opened))
     hardware: dict[str, Any] = {"shape": opened.config.shape}
-    if waiting is not None:
-        hardware["waiting"] = waiting[:_MAX_WAITING_TEXT]
-    # The device's ECDH-ES public keys, for authors who encrypt for it (docs/device.md):
-    # base64 of a COSE_Key, as hardware facts (the tracker's inventory has no other place).
+    # The device's ECDH-ES public keys, for authors who encrypt for it (docs/device.md).
     try:
         recipients = opened.config.recipient_public_keys()
     except SuitError:
         recipients = []  # an unreadable key is the install's error to report, not this one's
-    for i, cose_key in enumerate(recipients[:8]):
+    keys = []
+    for cose_key in recipients[:_MAX_RECIPIENT_KEYS]:
         text = base64.b64encode(cose_key).decode()
-        if len(text) > _MAX_FACT:  # a long kid: the tracker would refuse the whole inventory
+        if len(text) > _MAX_RECIPIENT_KEY:  # a long kid: the tracker would refuse it all
             text = base64.b64encode(cbor.encode({k: v for k, v in cbor.decode(
                 cose_key, path="recipient key").items() if k != 2})).decode()
-        hardware[RECIPIENT_KEY_FACT if i == 0 else f"{RECIPIENT_KEY_FACT}-{i}"] = text
-    return {"vendor_id": str(opened.config.vendor_id), "class_id": str(opened.config.class_id),
-            "components": components, "hardware": hardware}
+        keys.append(text)
+    inventory: dict[str, Any] = {
+        "vendor_id": str(opened.config.vendor_id), "class_id": str(opened.config.class_id),
+        "components": components, "hardware": hardware,
+        "capabilities": base64.b64encode(encode_capability_report(
+            capability_report(opened))).decode()}
+    if keys:
+        inventory["recipient_keys"] = keys
+    return inventory
+
+
+_MAX_RECIPIENT_KEYS = 8  # the tracker's bounds (tracker.model.MAX_RECIPIENT_KEYS)
+_MAX_RECIPIENT_KEY = 1024
 
 
 def anchors_entry(opened: OpenDevice) -> dict[str, Any]:
@@ -225,10 +258,6 @@ def anchors_entry(opened: OpenDevice) -> dict[str, Any]:
         entry["digest"] = stored.document.digest().hex()
     return entry
 
-
-_MAX_FACT = 256  # the tracker's limit on a hardware fact's text (docs/tracker.md)
-RECIPIENT_KEY_FACT = "suit-recipient-key"
-"""The inventory's hardware fact holding a device's ECDH-ES public key (base64 COSE_Key)."""
 
 
 def inventory_digest(inventory: Mapping[str, Any]) -> str:
@@ -252,9 +281,9 @@ class _Tracker:
     def __init__(self, client: httpx.Client, device_id: str) -> None:
         self.client = client
         self.base = f"/api/v1/devices/{device_id}"
-        self.versions = False
-        """Send each component's ``version``: not yet (the tracker's inventory has no place for
-        it and refuses the member; the device knows it: ``device status``)."""
+        self.versions = True
+        """Send each component's ``version`` (update-management §4.4; the tracker keeps it
+        since migration 0011_reports)."""
         self.old_server = False
         self.rollback: str | None = None
         """The release the last check-in told the device to roll back (health-gated
@@ -300,11 +329,11 @@ class _Tracker:
                                f"{error_of(response)}")
         return response
 
-    def inventory(self, opened: OpenDevice, waiting: str | None = None) -> None:
+    def inventory(self, opened: OpenDevice) -> None:
         """Send the inventory (a check-in with it; ``PUT .../inventory`` on an old tracker).
-        ``waiting``: what a waiting update waits for (a hardware fact). Components' versions
-        are sent only where the tracker is known to take them (``versions``)."""
-        inventory = inventory_of(opened, versions=self.versions, waiting=waiting)
+        Components' versions are sent only where the tracker is known to take them
+        (``versions``)."""
+        inventory = inventory_of(opened, versions=self.versions)
         if not self.old_server:
             response = self._call("POST", "/checkin", (200, *_OLD_SERVER), json={
                 "inventory_digest": inventory_digest(inventory), "inventory": inventory})
@@ -338,9 +367,9 @@ class _Tracker:
         self._call("POST", "/events", (201,), json={"state": state,
                                                     "detail": detail[:_MAX_DETAIL]})
 
-    def report(self, raw: bytes) -> None:
+    def report(self, raw: bytes, media_type: str = REPORT_MEDIA_TYPE) -> None:
         self._call("POST", "/reports", (201,), content=raw,
-                   headers={"Content-Type": REPORT_MEDIA_TYPE})
+                   headers={"Content-Type": media_type})
 
     def health(self, body: Mapping[str, Any]) -> bool:
         """Send a health report; whether the tracker says to roll the release back."""
@@ -421,12 +450,13 @@ class _DdiTracker(_Tracker):
                     continue
                 url = (_member(item, "_links", "download", "href")
                        or _member(item, "_links", "download-http", "href"))
-                release = next((m.get("value") for m in chunk.get("metadata") or ()
-                                if isinstance(m, dict) and m.get("key") == "suit-release"),
-                               name.removesuffix(".suit"))
+                metadata = {m.get("key"): m.get("value") for m in chunk.get("metadata") or ()
+                            if isinstance(m, dict)}
+                release = metadata.get("suit-release") or name.removesuffix(".suit")
                 action = "download" if deployment.get("update") == "skip" else "install"
                 return Assigned.of({"release": release, "envelope_url": url,
-                                    "action": action}, where)
+                                    "action": action, "nonce": metadata.get("suit-nonce")},
+                                   where)
         raise TrackerError(f"{where}: no SUIT envelope among the artifacts (a file named "
                            "*.suit): this device installs SUIT releases only")
 
@@ -475,12 +505,15 @@ def check_credential(folder: Path, credential: str) -> str:
 
 
 def register(folder: Path, server_url: str, admin_token: str, *, name: str | None = None,
-             client: httpx.Client | None = None, tls: ssl.SSLContext | None = None) -> str:
+             client: httpx.Client | None = None, tls: ssl.SSLContext | None = None,
+             report_key: bool = True) -> str:
     """Enrol the device in ``folder`` with the tracker (provisioning, with an admin's token):
     ``POST /api/v1/devices`` with its vendor and class IDs (the identity the tracker then
-    holds its inventories to), the tracker's id written to the folder (``tracker-id``), then
-    the first inventory with the new credential. Returns the credential
-    ``<device-id>.<secret>``, which the tracker shows only this once.
+    holds its inventories to) and, with ``report_key``, the public half of the key it signs
+    its reports with (``DIR/report.key``, made now if the folder has none: report §8), the
+    tracker's id written to the folder (``tracker-id``), then the first inventory with the
+    new credential. Returns the credential ``<device-id>.<secret>``, which the tracker shows
+    only this once.
 
     Raises:
         TrackerError: the tracker refused or could not be reached, or its answer is malformed.
@@ -491,15 +524,18 @@ def register(folder: Path, server_url: str, admin_token: str, *, name: str | Non
         raise PolicyError(f"{folder}: this device is already registered as tracker device "
                           f"{opened.config.tracker_id}; a device is registered once")
     label = name if name is not None else opened.config.directory.name
+    body: dict[str, Any] = {"name": label[:128], "vendor_id": str(opened.config.vendor_id),
+                            "class_id": str(opened.config.class_id)}
+    if report_key:
+        public = opened.config.ensure_report_key()
+        body["report_key"] = crypto.public_key_to_pem(public).decode()
     own = client is None
     http = client or httpx.Client(base_url=server_url.rstrip("/"), timeout=TIMEOUT,
                                   verify=tls if tls is not None else True)
     try:
         try:
-            response = http.post("/api/v1/devices", json={
-                "name": label[:128], "vendor_id": str(opened.config.vendor_id),
-                "class_id": str(opened.config.class_id)},
-                headers={"Authorization": f"Bearer {admin_token}"})
+            response = http.post("/api/v1/devices", json=body,
+                                 headers={"Authorization": f"Bearer {admin_token}"})
         except httpx.HTTPError as e:
             raise TrackerUnreachable(f"POST /api/v1/devices: {network_reason(e)}") from None
         if response.status_code != 201:
@@ -563,7 +599,7 @@ def _boot(opened: OpenDevice) -> tuple[bool, str]:
     return invoked.succeeded, f"booted {images}" + (f" ({failures[0]})" if failures else "")
 
 
-_RESUMABLE = ("downloading", "downloaded", "installing", "rebooting")
+_RESUMABLE = ("downloading", "downloaded", "installing", "waiting", "rebooting")
 
 
 def _saved_envelope(opened: OpenDevice, release: str) -> Path:
@@ -652,7 +688,7 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
             step(f"resuming: the tracker has the device {state}")
         if state == "rebooting":
             return _install(opened, tracker, None, release=release, fetcher=fetcher,
-                            step=step, result=result)
+                            step=step, result=result, job=job, state=state)
         saved = _saved_envelope(opened, release)
         for stale in saved.parent.glob("*.suit") if saved.parent.is_dir() else ():
             if stale != saved:  # kept for a release no longer assigned: never used again
@@ -661,7 +697,8 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
             if state == "downloaded" and job.action == "download":
                 return result("downloaded", "already downloaded; waiting for install", release)
             envelope = (saved.read_bytes()
-                        if state in ("downloaded", "installing") and saved.is_file() else None)
+                        if state in ("downloaded", "installing", "waiting") and saved.is_file()
+                        else None)
             if envelope is None:
                 if state in (None, "notified"):
                     tracker.event("downloading", url)
@@ -680,13 +717,13 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
             if job.action == "download":
                 return result("downloaded", "envelope kept until the install is ordered",
                               release)
-            if state != "installing":
+            if state not in ("installing", "waiting"):  # waiting: the install is tried again
                 tracker.event("installing")
             step("installing")
         except TrackerError as e:
             return result("error", str(e), release)
         outcome = _install(opened, tracker, envelope, release=release, fetcher=fetcher,
-                           step=step, result=result)
+                           step=step, result=result, job=job, state=state)
         if outcome.outcome == "waiting":
             # the next run resumes the install from this copy (the tracker has it installing)
             saved.parent.mkdir(exist_ok=True)
@@ -701,9 +738,13 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
 
 def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes | None, *, release: str,
              fetcher: PayloadFetcher, step: Callable[[str], None],
-             result: Callable[[str, str, str | None], AgentResult]) -> AgentResult:
+             result: Callable[[str, str, str | None], AgentResult], job: Assigned,
+             state: str | None) -> AgentResult:
     """Install, report, boot, confirm or revert; the tracker is told on a best-effort basis.
-    ``envelope=None``: the install was done before an agent restart (``rebooting``)."""
+    ``envelope=None``: the install was done before an agent restart (``rebooting``).
+    The report carries the nonce of ``job`` and the device's capability report, signed with
+    the device's report key when it has one (report §8); ``state``: the tracker's state of
+    the device (``waiting``: it knows the install waits)."""
     missed: list[str] = []
 
     def tell(what: Callable[[], None]) -> None:
@@ -716,19 +757,20 @@ def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes | None, *, r
     if envelope is None:
         return _resume_boot(opened, tracker, release=release, step=step, result=result)
     try:
-        outcome = opened.consumer(fetcher).install(envelope)
+        outcome = opened.consumer(fetcher).install(envelope, nonce=job.nonce)
     finally:
         opened.save()
     if outcome.waiting:
-        # update-management §5.6: not a failure; the tracker keeps the device installing and
-        # the report is sent once the update ends.
-        tell(lambda: tracker.inventory(opened, waiting=outcome.reason))
+        # update-management §5.6: not a failure; the tracker has the device waiting (and
+        # what for) and the report is sent once the update ends.
+        if state != "waiting":
+            tell(lambda: tracker.event("waiting", outcome.reason))
         step(outcome.reason)
         return result("waiting", outcome.reason, release)
     if outcome.report is not None:
-        raw = encode_report(outcome.report)
-        tell(lambda: tracker.report(raw))
-        step(f"report sent ({'ok' if outcome.report.succeeded else 'failure'})")
+        raw, media, line = _report_bytes(opened, outcome.report)
+        tell(lambda: tracker.report(raw, media))
+        step(f"report sent ({'ok' if outcome.report.succeeded else 'failure'}{line})")
     if not outcome.installed:
         tell(lambda: tracker.event("failed", outcome.reason))
         tell(lambda: tracker.inventory(opened))
@@ -740,6 +782,29 @@ def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes | None, *, r
                    success=f"running sequence number {outcome.sequence_number}",
                    report_ok=outcome.report.succeeded if outcome.report is not None else None,
                    records=len(outcome.report.records) if outcome.report is not None else 0)
+
+
+def _report_bytes(opened: OpenDevice, report: Report) -> tuple[bytes, str, str]:
+    """The report as sent: with the device's capability report (report §6), signed with its
+    report key when it has one (report §8: COSE_Sign1 or COSE_Mac0 around it); its media type
+    and a note for the step's line. A report key that does not load leaves it unsigned."""
+    note = ""
+    try:
+        report = dataclasses.replace(report, capability_report=capability_report(opened))
+    except SuitError as e:  # what it supports could not be read: the report goes without
+        note = f"; no capability report: {e}"
+    raw = encode_report(report)
+    if report.nonce is None:
+        # no nonce came with the update (a protocol without one, LwM2M): a signed report
+        # without it is refused (it could be replayed), an unsigned one is taken by default
+        return raw, REPORT_MEDIA_TYPE, note
+    try:
+        signer = opened.config.report_signer()
+    except SuitError as e:
+        return raw, REPORT_MEDIA_TYPE, f"{note}; unsigned: {e}"
+    if signer is None:
+        return raw, REPORT_MEDIA_TYPE, note
+    return sign_report(raw, signer), SIGNED_REPORT_MEDIA_TYPE, f"{note}; signed"
 
 
 def _reboot(opened: OpenDevice, tracker: _Tracker, *, release: str,

@@ -35,6 +35,7 @@ from suitkit.errors import DecodeError, KeyMaterialError, PolicyError, SuitError
 from suitkit.fileio import atomic_write
 
 __all__ = [
+    "REPORT_KEY",
     "SHAPE_COMPONENTS",
     "UNPACK_ALL",
     "AnchorSpec",
@@ -284,6 +285,50 @@ class DeviceConfig:
                                         3: int(CoseAlg.ECDH_ES_A128KW)}))
         return out
 
+    def report_signer(self) -> crypto.Signer | None:
+        """The signer of the device's SUIT reports (report §8: COSE_Sign1, or COSE_Mac0 for
+        an HMAC key), from ``REPORT_KEY`` in the folder; ``None``: the device has none and
+        sends its reports unsigned.
+
+        Raises:
+            KeyMaterialError: the file is there and is not a private key.
+        """
+        path = self.directory / REPORT_KEY
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise KeyMaterialError(f"{path}: cannot read: {e.strerror or e}") from None
+        try:
+            key = crypto.load_private_key(data)
+        except KeyMaterialError as e:
+            raise KeyMaterialError(f"{path}: not a report signing key: {e}") from None
+        if isinstance(key, crypto.HssLmsPrivateKey):
+            # a one-time-signature state would be reused by every report: report §8 falls
+            # back to ESP256 for devices whose manifests use HSS-LMS
+            raise KeyMaterialError(f"{path}: an HSS-LMS key cannot sign reports (its state "
+                                   "is not kept here); use an ESP256, Ed25519 or HMAC key")
+        return key.signer()
+
+    def ensure_report_key(self, algorithm: str = "ESP256") -> crypto.Verifier:
+        """The public half of the device's report key, made first (``algorithm``, written
+        atomically with mode 0600) when the folder has none: what the tracker registers to
+        check its signed reports with.
+
+        Raises:
+            KeyMaterialError: the existing file is not a private key.
+            StorageError: it cannot be written.
+        """
+        path = self.directory / REPORT_KEY
+        if not path.exists():
+            key = crypto.generate_private_key(algorithm)
+            atomic_write(path, key.to_pem(), mode=0o600)
+        try:
+            return crypto.load_private_key(path.read_bytes()).public_key()
+        except OSError as e:
+            raise KeyMaterialError(f"{path}: cannot read: {e.strerror or e}") from None
+
     def to_json(self) -> bytes:
         doc = {
             "format": FORMAT,
@@ -324,6 +369,10 @@ def check_unpack(names: Sequence[str], *, path: str = "unpack") -> tuple[str, ..
             raise DecodeError(path, f"unknown payload packing {str(name)[:40]!r}; expected "
                               f"some of {', '.join(UNPACK_ALL)} (or none)")
     return tuple(n for n in UNPACK_ALL if n in names)
+
+
+REPORT_KEY = "report.key"
+"""The file of a device folder holding the private key its SUIT reports are signed with."""
 
 
 def _cid_json(cid: ComponentIdentifier) -> list[str]:

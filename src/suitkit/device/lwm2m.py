@@ -71,15 +71,18 @@ from aiocoap.numbers.codes import Code  # type: ignore[import-untyped]
 from aiocoap.optiontypes import BlockOption  # type: ignore[import-untyped]
 
 from suitkit.core import codec
-from suitkit.core.numbers import ReportReason
-from suitkit.core.report import decode_report
-from suitkit.core.verify import verify_decoded
 
 # The agent's install, boot, confirm or revert and its tracker calls: one machinery for every
 # protocol (the DDI client subclasses ``_Tracker`` the same way).
+from suitkit.core.anchors import ANCHORS_COMPONENT
+from suitkit.core.numbers import ReportReason
+from suitkit.core.report import decode_report
+from suitkit.core.verify import verify_decoded
 from suitkit.device.agent import (
+    REPORT_MEDIA_TYPE,
     TIMEOUT,
     AgentResult,
+    Assigned,
     TrackerError,
     _install,
     _Tracker,
@@ -219,14 +222,14 @@ class _Sink(_Tracker):
     def event(self, state: str, detail: str = "") -> None:
         self.events.append((state, detail))
 
-    def report(self, raw: bytes) -> None:
+    def report(self, raw: bytes, media_type: str = REPORT_MEDIA_TYPE) -> None:
         self.report_sent = raw
         if self.reachable:
-            super().report(raw)
+            super().report(raw, media_type)
 
-    def inventory(self, opened: OpenDevice, waiting: str | None = None) -> None:
+    def inventory(self, opened: OpenDevice) -> None:
         if self.reachable:
-            super().inventory(opened, waiting)
+            super().inventory(opened)
 
 
 class _Value(aiocoap.resource.ObservableResource):  # type: ignore[misc]
@@ -362,7 +365,10 @@ class _Client:
             return
         config = opened.config
         versions = []
+        anchors = [p.hex() for p in ANCHORS_COMPONENT]
         for component in inventory_of(opened)["components"]:
+            if component["id"] == anchors:  # the trust anchors are no firmware of Object 3
+                continue
             if "version" in component:
                 versions.append(".".join(str(v) for v in component["version"]))
             elif "sequence" in component:
@@ -574,9 +580,10 @@ class _Client:
         opened = open_device(self.folder)
         sink = _Sink(self.tracker, self.device_id)
         try:
+            # LwM2M has no place for the tracker's nonce: the report goes unsigned
             outcome = _install(opened, sink, data, release=str(self.name.value),
-                               fetcher=self.fetcher, step=self.say,
-                               result=AgentResult)
+                               fetcher=self.fetcher, step=self.say, result=AgentResult,
+                               job=Assigned(str(self.name.value), ""), state=None)
         finally:
             if self.tracker is None:
                 sink.client.close()

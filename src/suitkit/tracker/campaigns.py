@@ -77,8 +77,8 @@ __all__ = [
 Mode = Literal["download-only", "install-now", "install-on-trigger"]
 MODES: tuple[Mode, ...] = ("download-only", "install-now", "install-on-trigger")
 CAMPAIGN_STATUSES = ("draft", "approved", "running", "paused", "completed", "cancelled")
-MEMBER_STATES = ("pending", "notified", "downloading", "downloaded", "installing", "rebooting",
-                 "succeeded", "failed", "rolled-back", "cancelled")
+MEMBER_STATES = ("pending", "notified", "downloading", "downloaded", "installing", "waiting",
+                 "rebooting", "succeeded", "failed", "rolled-back", "cancelled")
 """A member's state: ``pending`` (not assigned yet), the device's update states while it works
 on this campaign's release, or ``cancelled`` (withdrawn before it started)."""
 

@@ -104,3 +104,9 @@ class TrackerConfig:
     poll_after: int = 60
     """Seconds a device is told to wait before its next check-in (``poll_after`` of
     ``POST .../checkin``): a hint; the device may poll sooner or later."""
+    signed_reports: tuple[str, ...] = ()
+    """Who must sign its SUIT reports (report §8; ``serve --signed-reports``): ``"all"``, or
+    device class IDs (lower-case UUIDs). Empty: unsigned reports are accepted from every
+    device (existing agents); a signed report is checked whenever one comes."""
+    nonce_days: float = 30.0
+    """Days the nonce issued with an update stays valid for its report (0: no expiry)."""

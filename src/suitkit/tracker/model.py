@@ -12,6 +12,7 @@ state machine (``tracker.service``), anything about a protocol.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -34,9 +36,15 @@ __all__ = [
     "DEVICE_STATES",
     "FINAL_STATES",
     "HEALTH_STATUSES",
+    "MAX_CAPABILITY_BYTES",
     "MAX_HEALTH_ROWS",
     "MAX_INVENTORY_DIGEST",
+    "MAX_RECIPIENT_KEYS",
+    "MAX_RECIPIENT_KEY_TEXT",
+    "MAX_REPORT_KEY_TEXT",
     "MAX_TOKEN_ID",
+    "MAX_VERSION_PARTS",
+    "NONCE_BYTES",
     "REPORT_STATES",
     "STATES",
     "TOKEN_ROLES",
@@ -58,23 +66,27 @@ __all__ = [
     "Release",
 ]
 
-STATES = ("notified", "downloading", "downloaded", "installing", "rebooting", "succeeded",
-          "failed", "rolled-back")
-"""The states of one update on one device, in the order a successful update passes them."""
+STATES = ("notified", "downloading", "downloaded", "installing", "waiting", "rebooting",
+          "succeeded", "failed", "rolled-back")
+"""The states of one update on one device, in the order a successful update passes them
+(``waiting`` only when the manifest waits: update-management §5.6)."""
 FINAL_STATES = frozenset({"succeeded", "failed", "rolled-back"})
 DEVICE_STATES = frozenset(STATES) - {"notified"}
 """The states a device reports itself; ``notified`` is the tracker's own (a deployment or a
 campaign assigns a release)."""
-REPORT_STATES = frozenset({"downloading", "downloaded", "installing"})
+REPORT_STATES = frozenset({"downloading", "downloaded", "installing", "waiting"})
 """The states in which a device may send the SUIT report of its update (the processor runs
-between ``downloading`` and ``rebooting``)."""
+between ``downloading`` and ``rebooting``; a waiting install sends it once the wait ends)."""
 
 TRANSITIONS: Mapping[str | None, frozenset[str]] = {
     None: frozenset({"notified"}),  # a newly registered device
     "notified": frozenset({"downloading", "failed"}),
     "downloading": frozenset({"downloaded", "failed"}),
     "downloaded": frozenset({"installing", "failed"}),
-    "installing": frozenset({"rebooting", "failed"}),
+    "installing": frozenset({"waiting", "rebooting", "failed"}),
+    # update-management §5.6: the manifest's wait directive holds the install until its
+    # events hold; the device then goes on (rebooting), gives up (failed), or starts over
+    "waiting": frozenset({"installing", "rebooting", "failed"}),
     "rebooting": frozenset({"succeeded", "failed", "rolled-back"}),
     "succeeded": frozenset({"notified"}),
     "failed": frozenset({"notified"}),
@@ -96,6 +108,18 @@ MAX_TOKEN_ID = 32
 MAX_AUDIT_TEXT = 512
 MAX_INVENTORY_DIGEST = 128
 """The longest inventory digest a check-in may name (hex characters: 64 bytes)."""
+MAX_CAPABILITY_BYTES = 4096
+"""The largest SUIT_Capability_Report a device may have stored (encoded CBOR)."""
+MAX_RECIPIENT_KEYS = 8
+"""The ECDH-ES public keys one device may publish (``Device.recipient_keys``)."""
+MAX_RECIPIENT_KEY_TEXT = 1024
+"""The longest published recipient key (base64 of its COSE_Key)."""
+MAX_REPORT_KEY_TEXT = 4096
+"""The longest registered report key (a PEM public key, or a COSE KEY PEM block)."""
+MAX_VERSION_PARTS = 16
+"""The most integers a component's version may have (``[+int]``, update-management §4.4)."""
+NONCE_BYTES = 16
+"""The size of the nonce the tracker issues with each update (``Assignment.nonce``)."""
 
 
 class Base(DeclarativeBase):
@@ -126,6 +150,15 @@ class Device(Base):
     history_count: Mapped[int] = mapped_column(Integer, default=0)
     tags: Mapped[list[str] | None] = mapped_column(JSON, default=list)
     """Operator-given labels campaigns target (``campaigns.CampaignEngine.set_tags``)."""
+    capabilities: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    """The device's latest SUIT_Capability_Report (report §6) as it sent it (CBOR, at most
+    ``MAX_CAPABILITY_BYTES``), from its inventory or a SUIT report; ``None``: none yet."""
+    recipient_keys: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    """The device's ECDH-ES public keys (base64 COSE_Keys, at most ``MAX_RECIPIENT_KEYS``),
+    which authors encrypt for (draft-ietf-suit-firmware-encryption)."""
+    report_key: Mapped[str | None] = mapped_column(Text, default=None)
+    """The public key the device signs its reports with (PEM; report §8), given when it was
+    registered; ``None``: its reports cannot be signed."""
 
     __table_args__ = (Index("ix_devices_created_id", "created", "id"),)  # the list's pages
 
@@ -143,6 +176,9 @@ class InstalledComponent(Base):
     # a uint64 does not fit a signed BIGINT: kept as its decimal text
     sequence_number: Mapped[str | None] = mapped_column(String(20), default=None)
     digest: Mapped[str | None] = mapped_column(String(128), default=None)
+    version: Mapped[list[int] | None] = mapped_column(JSON, default=None)
+    """The running image's version (``[+int]``, update-management §4.4), if the device knows
+    it."""
 
 
 class DeviceEvent(Base):
@@ -198,10 +234,21 @@ class Assignment(Base):
     """The history ``seq`` of the report the device sent for this update, ``None`` until then
     (one report per update); cleared when a new update starts (``notified``). Kept here, not
     read from the history: quotas and retention delete history rows."""
+    nonce: Mapped[str | None] = mapped_column(String(2 * NONCE_BYTES), default=None)
+    """The nonce issued with this update (hex; report §4 suit-report-nonce): a new random one
+    each time the assignment starts a new update (``created`` is set); the device puts it in
+    its report, and the tracker takes a report that names it once, until it expires."""
     rollback: Mapped[datetime | None] = mapped_column(DateTime, default=None)
     """When the tracker told the device to roll this update back (it was found unhealthy
     inside its campaign's health window); an order older than ``created`` is another
     update's and means nothing."""
+
+
+@event.listens_for(Assignment.created, "set")
+def _new_nonce(target: Assignment, value: object, old: object, initiator: object) -> None:
+    """Every new update (a new or reused assignment row gets its ``created``) gets a new
+    nonce, wherever it is made (deployments, campaigns)."""
+    target.nonce = secrets.token_hex(NONCE_BYTES)
 
 
 class DeviceHealth(Base):

@@ -50,11 +50,13 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from typing import Any, Literal
 
-from suitkit.errors import StorageError
+from suitkit.core.report import capability_json, decode_capability_report
+from suitkit.errors import DecodeError, StorageError
 from suitkit.tracker.model import (
     DEVICE_STATES,
     FINAL_STATES,
     MAX_AUDIT_TEXT,
+    MAX_CAPABILITY_BYTES,
     MAX_HEALTH_ROWS,
     MAX_TOKEN_ID,
     REPORT_STATES,
@@ -93,6 +95,7 @@ __all__ = [
     "HealthReport",
     "IdentityRefused",
     "Inventory",
+    "NonceRefused",
     "NotAssigned",
     "Page",
     "TokenCheck",
@@ -212,6 +215,11 @@ class NotAssigned(Exception):
     report for another release, or a second report of the same update)."""
 
 
+class NonceRefused(NotAssigned):
+    """A report whose nonce is not the one issued with the device's current update: unknown,
+    already used (a replayed report), expired, or missing where it is required."""
+
+
 class IdentityRefused(Exception):
     """An inventory whose vendor or class ID contradicts the device's registration."""
 
@@ -293,6 +301,8 @@ class ComponentEntry:
     component_id: tuple[str, ...]
     sequence_number: int | None
     digest: str | None
+    version: tuple[int, ...] | None = None
+    """The running image's version (update-management §4.4), ``None``: not known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +313,12 @@ class Inventory:
     class_id: str | None
     components: tuple[ComponentEntry, ...]
     hardware: Mapping[str, object]
+    capabilities: bytes | None = None
+    """The device's SUIT_Capability_Report (CBOR, checked by the edge): ``b""`` the device
+    sends none, ``None`` the protocol has no place for it (the stored one is kept)."""
+    recipient_keys: tuple[str, ...] | None = None
+    """The device's ECDH-ES public keys (base64 COSE_Keys, checked by the edge): ``()`` none,
+    ``None`` the protocol has no place for them (the stored ones are kept)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +338,8 @@ class AssignmentView:
     campaign_id: str | None
     campaign_mode: str | None
     window: str | None
+    nonce: str | None = None
+    """The nonce issued with the update (report §4), for the device's report."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +366,8 @@ def _steps(current: str | None, target: str) -> list[str] | None:
     here, there = STATES.index(current), STATES.index(target)
     if there <= here:
         return []
-    way = list(STATES[here + 1:there + 1])
+    # waiting is a detour (update-management §5.6), never a step on the way
+    way = [s for s in STATES[here + 1:there + 1] if s != "waiting" or s == target]
     return None if "failed" in way or "rolled-back" in way else way
 
 
@@ -444,7 +463,7 @@ def _pending_of(row: CheckinRow, now: Callable[[], datetime]) -> dict[str, Any] 
                                        row.campaign_window, now())):
         return None
     return {"release": row.release, "envelope_url": row.envelope_url, "action": row.action,
-            "campaign": row.campaign_id}
+            "campaign": row.campaign_id, "nonce": row.nonce}
 
 
 def _rollback_of(row: CheckinRow) -> str | None:
@@ -482,7 +501,8 @@ def _pending(tx: Tx, device_id: str) -> dict[str, Any] | None:
             and not deliverable(tx, assignment, state, tx.now()):
         return None
     return {"release": assignment.release, "envelope_url": assignment.envelope_url,
-            "action": assignment.action, "campaign": assignment.campaign_id}
+            "action": assignment.action, "campaign": assignment.campaign_id,
+            "nonce": assignment.nonce}
 
 
 def member_event(tx: Tx, assignment: Assignment, state: str, detail: str,
@@ -555,18 +575,40 @@ class TrackerDB:
     # ---- devices and credentials
 
     def register(self, name: str, *, vendor_id: str | None = None,
-                 class_id: str | None = None) -> tuple[str, str]:
+                 class_id: str | None = None, report_key: str | None = None
+                 ) -> tuple[str, str]:
         """A new device called ``name``: (device id, secret). The secret is not stored.
 
         ``vendor_id``/``class_id``: the identity the device is registered with (else its first
-        inventory gives it); later inventories must keep it (``set_inventory``)."""
+        inventory gives it); later inventories must keep it (``set_inventory``).
+        ``report_key``: the public key (PEM, checked by the edge) its signed reports are
+        checked with (report §8)."""
         device_id = str(uuid.uuid4())
         secret = secrets.token_urlsafe(32)
         with self.store.transaction() as tx:
             tx.add(Device(id=device_id, name=name, credential_hash=hash_secret(secret),
                           created=tx.now(), hardware={}, history_count=0,
-                          vendor_id=vendor_id, class_id=class_id))
+                          vendor_id=vendor_id, class_id=class_id, report_key=report_key))
         return device_id, secret
+
+    def set_report_key(self, device_id: str, report_key: str | None) -> bool:
+        """Register (or, with ``None``, remove) the key the device's signed reports are checked
+        with (an admin's act: a device never sets its own); ``False``: no such device."""
+        with self.store.transaction() as tx:
+            device = tx.device(device_id) if len(device_id) <= 36 else None
+            if device is None:
+                return False
+            device.report_key = report_key
+            return True
+
+    def report_key(self, device_id: str) -> tuple[str | None, str | None]:
+        """The device's registered report key (PEM, ``None``: none) and its class ID, which a
+        signed-report policy may name."""
+        with self.store.transaction() as tx:
+            device = tx.device(device_id)
+            if device is None:
+                raise StorageError(f"no device {device_id[:40]!r}")
+            return device.report_key, device.class_id
 
     def authenticate(self, device_id: str, secret: str) -> bool:
         """Whether ``secret`` is ``device_id``'s credential; marks the device as seen (in a
@@ -642,9 +684,16 @@ class TrackerDB:
             if device is None:
                 return None
             doc = _device_json(device, tx.components(device_id))
+            doc["capabilities"] = _capabilities_json(device.capabilities)
             doc["health"] = [_health_json(h) for h in tx.health_rows(device_id,
                                                                      MAX_HEALTH_ROWS)]
             return doc
+
+    def capabilities(self, device_id: str) -> tuple[bool, bytes | None]:
+        """(whether the device exists, its stored SUIT_Capability_Report as it sent it)."""
+        with self.store.transaction() as tx:
+            device = tx.device(device_id)
+            return (False, None) if device is None else (True, device.capabilities)
 
     def health(self, device_id: str) -> list[dict[str, Any]]:
         """What the device said of the health of its latest releases, the newest first."""
@@ -778,12 +827,20 @@ class TrackerDB:
             old = tx.components(device_id)
             wanted = [(list(e.component_id),
                        str(e.sequence_number) if e.sequence_number is not None else None,
-                       e.digest) for e in inventory.components]
+                       e.digest, list(e.version) if e.version is not None else None)
+                      for e in inventory.components]
+            capabilities = (device.capabilities if inventory.capabilities is None
+                            else inventory.capabilities or None)
+            keys = (device.recipient_keys if inventory.recipient_keys is None
+                    else list(inventory.recipient_keys) or None)
             if (device.inventory_updated is not None
                     and device.vendor_id == inventory.vendor_id
                     and device.class_id == inventory.class_id
                     and device.hardware == dict(inventory.hardware)
-                    and [(c.component_id, c.sequence_number, c.digest) for c in old] == wanted):
+                    and device.capabilities == capabilities
+                    and device.recipient_keys == keys
+                    and [(c.component_id, c.sequence_number, c.digest, c.version)
+                         for c in old] == wanted):
                 if digest is not None and device.inventory_digest != digest:
                     device.inventory_digest = digest
                 return
@@ -791,13 +848,17 @@ class TrackerDB:
             device.vendor_id = inventory.vendor_id
             device.class_id = inventory.class_id
             device.hardware = dict(inventory.hardware)
+            if device.capabilities != capabilities:
+                device.capabilities = capabilities
+            if device.recipient_keys != keys:
+                device.recipient_keys = keys
             device.inventory_updated = tx.now()
             for row in old:
                 tx.delete(row)
-            for position, (component_id, sequence, image) in enumerate(wanted):
+            for position, (component_id, sequence, image, version) in enumerate(wanted):
                 tx.add(InstalledComponent(
                     device_id=device_id, position=position, component_id=component_id,
-                    sequence_number=sequence, digest=image))
+                    sequence_number=sequence, digest=image, version=version))
 
     def merge_facts(self, device_id: str, facts: Mapping[str, str]) -> None:
         """Merge ``facts`` into the device's hardware facts (a protocol edge's view of the
@@ -962,7 +1023,8 @@ class TrackerDB:
                     reported=assignment.reported is not None,
                     campaign_id=assignment.campaign_id,
                     campaign_mode=campaign.mode if campaign is not None else None,
-                    window=campaign.window if campaign is not None else None))
+                    window=campaign.window if campaign is not None else None,
+                    nonce=assignment.nonce))
 
     # ---- deployments
 
@@ -1048,22 +1110,39 @@ class TrackerDB:
             return _pending(tx, device_id), serial
 
     def add_report(self, device_id: str, raw: bytes, summary: Mapping[str, Any], *,
-                   release: str | None = None) -> dict[str, Any]:
+                   release: str | None = None, nonce: bytes | None = None,
+                   require_nonce: bool = False, nonce_lifetime: timedelta | None = None,
+                   capabilities: bytes | None = None) -> dict[str, Any]:
         """Store a SUIT report (bytes as received) and its summary.
 
         ``release``: the manifest digest (hex) the report is about, given for a device's own
         report (``POST .../reports``): it is stored only for the device's current assignment,
         while it works on it (``REPORT_STATES``), if it names the assigned release, and once
-        per update (a replayed or late report is refused).
+        per update (a replayed or late report is refused). ``nonce``: the report's
+        suit-report-nonce, which must be the one issued with that update (``Assignment.nonce``)
+        and not older than ``nonce_lifetime`` (``None``: no expiry); ``require_nonce``: a
+        report without one is refused (signed reports: a signature over a report without the
+        nonce could be replayed at a later update of the same release). ``capabilities``: the
+        capability report it carried (encoded), stored as the device's (at most
+        ``MAX_CAPABILITY_BYTES``). Nothing is stored when a check fails.
 
         Raises:
             NotAssigned: ``release`` is given and the report is not the one the device's
                 current assignment expects.
+            NonceRefused: the nonce is unknown, used already, expired, or missing while
+                required.
         """
         with self.store.transaction() as tx:
             seq = tx.lock_device(device_id)
             if release is not None:
-                _check_report(tx, device_id, release).reported = seq
+                assignment = _check_report(tx, device_id, release, nonce=nonce,
+                                           require_nonce=require_nonce,
+                                           lifetime=nonce_lifetime)
+                assignment.reported = seq
+            if capabilities is not None and len(capabilities) <= MAX_CAPABILITY_BYTES:
+                device = tx.device(device_id)
+                if device is not None and device.capabilities != capabilities:
+                    device.capabilities = capabilities
             row = DeviceReport(device_id=device_id, seq=seq, received=tx.now(), raw=raw,
                                size=len(raw), summary=dict(summary))
             tx.add(row)
@@ -1262,13 +1341,17 @@ def _check_device_event(tx: Tx, device: Device, assignment: Assignment | None,
                           "it once GET .../update gives it")
 
 
-def _check_report(tx: Tx, device_id: str, release: str) -> Assignment:
+def _check_report(tx: Tx, device_id: str, release: str, *, nonce: bytes | None = None,
+                  require_nonce: bool = False, lifetime: timedelta | None = None
+                  ) -> Assignment:
     """The device's current assignment, if the report ``add_report`` got is the one it
     expects (see there)."""
     device = tx.device(device_id)
     assert device is not None
     tx.refresh(device)
     assignment = tx.assignment(device_id)
+    if nonce is not None or require_nonce:
+        _check_nonce(tx, device_id, assignment, nonce, lifetime)
     if assignment is None or assignment.done is not None:
         raise NotAssigned(f"device {device_id} has no update in progress; a device sends "
                           "a report only for its current assignment")
@@ -1288,6 +1371,29 @@ def _check_report(tx: Tx, device_id: str, release: str) -> Assignment:
     return assignment
 
 
+def _check_nonce(tx: Tx, device_id: str, assignment: Assignment | None, nonce: bytes | None,
+                 lifetime: timedelta | None) -> None:
+    """report §4 suit-report-nonce: the one issued with the device's current update, used
+    once (``Assignment.reported``), within ``lifetime`` of its issue (``Assignment.created``)."""
+    if nonce is None:
+        raise NonceRefused(f"the report of device {device_id} carries no nonce (report key 2); "
+                           "the tracker requires the nonce issued with the update (signed "
+                           "reports)")
+    shown = nonce[:32].hex() + ("..." if len(nonce) > 32 else "")
+    issued = assignment.nonce if assignment is not None else None
+    if issued is None or not hmac.compare_digest(nonce.hex(), issued):
+        raise NonceRefused(f"the report's nonce {shown} is unknown: it is not the one the "
+                           f"tracker issued with device {device_id}'s current update")
+    assert assignment is not None
+    if assignment.reported is not None:
+        raise NonceRefused(f"the report's nonce {shown} was used already by history item "
+                           f"{assignment.reported} of device {device_id}: a replayed report")
+    if lifetime is not None and tx.now() - assignment.created > lifetime:
+        raise NonceRefused(f"the report's nonce {shown} expired: issued "
+                           f"{iso(assignment.created)}, valid for "
+                           f"{lifetime.total_seconds() / 86400:g} days")
+
+
 def _device_json(device: Device, components: Sequence[InstalledComponent] | None
                  ) -> dict[str, Any]:
     doc: dict[str, Any] = {
@@ -1302,18 +1408,31 @@ def _device_json(device: Device, components: Sequence[InstalledComponent] | None
         "state_changed": iso(device.state_changed),
         "inventory_updated": iso(device.inventory_updated),
         "tags": list(device.tags or ()),
+        "recipient_keys": list(device.recipient_keys or ()),
+        "report_key": device.report_key is not None,
     }
     if components is not None:
         doc["components"] = [
             {"id": c.component_id,
              "sequence": int(c.sequence_number) if c.sequence_number is not None else None,
-             "digest": c.digest}
+             "digest": c.digest, "version": c.version}
             for c in components]
         # docs/keys.md: the trust anchors are component ['suitkit', 'anchors'], its sequence
         # the anchor version; shown on their own so that a rotation's progress is one field
         doc["anchors"] = next(({"version": c["sequence"], "digest": c["digest"]}
                                for c in doc["components"] if c["id"] == _ANCHORS_ID), None)
     return doc
+
+
+def _capabilities_json(raw: bytes | None) -> dict[str, Any] | None:
+    """The stored capability report as JSON (``report.capability_json``); it was checked when
+    it came, so a report that no longer decodes (limits lowered since) is shown as such."""
+    if raw is None:
+        return None
+    try:
+        return capability_json(decode_capability_report(raw))
+    except DecodeError as e:
+        return {"error": f"the stored capability report does not decode: {e}"[:300]}
 
 
 _ANCHORS_ID = [b"suitkit".hex(), b"anchors".hex()]

@@ -323,6 +323,8 @@ class CheckinRow(NamedTuple):
     assigned: datetime | None = None
     """When the assignment was made (``Assignment.created``): an older rollback order is not
     this update's."""
+    nonce: str | None = None
+    """The nonce issued with the assignment (report §4; ``Assignment.nonce``)."""
 
 
 _DEVICES = Device.__table__
@@ -333,7 +335,7 @@ _CHECKIN_READ = (
            _DEVICES.c.inventory_digest, _ASSIGNMENTS.c.release, _ASSIGNMENTS.c.envelope_url,
            _ASSIGNMENTS.c.action, _ASSIGNMENTS.c.done, _ASSIGNMENTS.c.campaign_id,
            _CAMPAIGNS.c.status, _CAMPAIGNS.c.start_after, _CAMPAIGNS.c.window,
-           _ASSIGNMENTS.c.rollback, _ASSIGNMENTS.c.created)
+           _ASSIGNMENTS.c.rollback, _ASSIGNMENTS.c.created, _ASSIGNMENTS.c.nonce)
     .select_from(_DEVICES.outerjoin(_ASSIGNMENTS, _ASSIGNMENTS.c.device_id == _DEVICES.c.id)
                  .outerjoin(_CAMPAIGNS, _CAMPAIGNS.c.id == _ASSIGNMENTS.c.campaign_id))
     .where(_DEVICES.c.id == bindparam("device_id")))

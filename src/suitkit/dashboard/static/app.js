@@ -636,6 +636,7 @@ function reportItem(r) {
     definitions([
       ["manifest", s.manifest_uri || "—"],
       ["manifest digest", s.manifest_digest ? short(s.manifest_digest.value, 16) : "—"],
+      ["signed", s.signed ? `${s.signed}${s.nonce_checked ? ", nonce checked" : ""}` : "no"],
     ]),
   ];
   if (f) {
@@ -678,6 +679,25 @@ function eventItem(e) {
     e.detail ? h("span", { class: "detail" }, ` ${e.detail}`) : null);
 }
 
+function capabilityView(cap) {
+  // the device's SUIT capability report (draft-ietf-suit-report §6), as the API gives it
+  if (!cap) return [h("h2", {}, "Capabilities"), h("p", { class: "empty" },
+    "No capability report yet.")];
+  if (cap.error) return [h("h2", {}, "Capabilities"), h("p", {}, String(cap.error))];
+  const list = (xs) => (Array.isArray(xs) ? xs.join(", ") : "—");
+  const components = (cap.components || []).map((c) =>
+    `${componentName(c.id)}${c.wildcard ? "/*" : ""}`).join(" ");
+  return [h("h2", {}, "Capabilities"), h("div", { data: { testid: "capabilities" } },
+    definitions([
+      ["components", h("span", { class: "mono" }, components || "—")],
+      ["commands", list(cap.commands)],
+      ["parameters", list(cap.parameters)],
+      ["algorithms", list(cap.algorithms)],
+      ["envelope elements", list(cap.envelope)],
+      ["manifest elements", list(cap.manifest)],
+    ]))];
+}
+
 async function deviceView(view, id) {
   const base = `/api/v1/devices/${encodeURIComponent(id)}`;
   const error = errorLine();
@@ -700,15 +720,25 @@ async function deviceView(view, id) {
         ["inventory updated", when(d.inventory_updated)],
       ]),
       h("h2", {}, "Installed components"),
-      table(["component", "sequence number", "digest"], (d.components || []).map((c) => [
-        h("span", { class: "mono" }, componentName(c.id)),
-        c.sequence === null ? "—" : String(c.sequence), short(c.digest, 16)]),
+      table(["component", "sequence number", "version", "digest"],
+        (d.components || []).map((c) => [
+          h("span", { class: "mono" }, componentName(c.id)),
+          c.sequence === null ? "—" : String(c.sequence),
+          h("span", { data: { testid: "version" } },
+            Array.isArray(c.version) ? c.version.join(".") : "—"),
+          short(c.digest, 16)]),
       "No inventory reported yet."),
       hw.length ? [h("h2", {}, "Hardware"), table(["fact", "value"],
         hw.map(([k, v]) => [k, String(v)]))] : null,
       (d.health || []).length ? [h("h2", {}, "Health after updates"), h("div",
         { data: { testid: "health" } }, table(["release", "health", "confirmed", "window",
-        "checks / failed / crashes", "failed checks"], healthRows(d.health)))] : null);
+        "checks / failed / crashes", "failed checks"], healthRows(d.health)))] : null,
+      capabilityView(d.capabilities),
+      h("h2", {}, "Keys"),
+      definitions([
+        ["recipient keys", `${(d.recipient_keys || []).length} published`],
+        ["report key", d.report_key ? "registered (signed reports checked)" : "none"],
+      ]));
     const items = (hist?.history || []).slice().reverse();
     fill(timeline, h("h2", {}, "History (newest first)"),
       items.length ? h("ol", { class: "timeline" },

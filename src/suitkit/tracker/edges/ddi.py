@@ -312,9 +312,12 @@ def create_ddi_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
                     ("md5sum" if url.startswith("https:") else "md5sum-http"): {
                         "href": f"{base}/softwaremodules/{action}/artifacts/"
                                 f"{item.filename}.MD5SUM"}}})
+        metadata = [{"key": "suit-release", "value": release.release}]
+        if assignment.nonce is not None:  # for the device's SUIT report (report §4)
+            metadata.append({"key": "suit-nonce", "value": assignment.nonce})
         chunk = {"part": "os", "version": str(release.sequence_number),
                  "name": f"suit-{release.release[:16]}", "artifacts": items,
-                 "metadata": [{"key": "suit-release", "value": release.release}]}
+                 "metadata": metadata}
         body: dict[str, Any] = {"id": str(action), "deployment": {
             **_types(assignment, await window_now(assignment)), "chunks": [chunk]}}
         return JSONResponse(body, headers={"Cache-Control": "no-store"})

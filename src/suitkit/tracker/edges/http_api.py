@@ -20,9 +20,15 @@ Routes (docs/tracker.md has the bodies):
 - ``POST /api/v1/devices/{id}/events`` (the device): a state of ``model.TRANSITIONS``, only for
   the device's current assignment (409 otherwise; ``notified`` is set by the tracker alone).
 - ``POST /api/v1/devices/{id}/reports`` (the device): a SUIT_Report in CBOR, decoded strictly
-  with ``core.report.decode_report`` (the device is not trusted); bytes and summary are stored
-  only while the device works on its current assignment, if the report names the assigned
-  release, once per update (409 otherwise: a late, replayed or foreign report).
+  with ``core.report.decode_report`` (the device is not trusted), or signed (COSE_Sign1 /
+  COSE_Mac0 around it, ``application/suit-report+cose``, report §8) and checked against the
+  device's registered report key (403 otherwise); bytes and summary are stored only while the
+  device works on its current assignment, if the report names the assigned release and, when
+  signed or required to be (``TrackerConfig.signed_reports``), the nonce issued with it, once
+  per update (409 otherwise: a late, replayed or foreign report, an unknown or expired nonce).
+- ``GET /api/v1/devices/{id}/capabilities`` (admin, operator, author, the device): its
+  SUIT_Capability_Report (report §6) as JSON or, ``?format=cbor``, as sent.
+- ``PUT /api/v1/devices/{id}/report-key`` (admin): register or remove its report key.
 - ``GET /api/v1/devices/{id}/history?limit=&after=`` (admin, operator, or the device): events
   and reports.
 - ``POST /api/v1/devices/{id}/health`` (the device): what it says of the health of the release
@@ -52,8 +58,8 @@ Lists come in pages (keyset pagination, ``page_params``): ``limit`` 1 to 1000 (d
 Token creation and revocation, device registration and deployments are written to the audit
 log (``TrackerDB.record_audit``) with the principal's name and role.
 
-Every request body is bounded before it is parsed. Not here: report signatures (COSE_Sign1 /
-COSE_Mac0 around the report), device credential rotation.
+Every request body is bounded before it is parsed. Not here: encrypted reports
+(COSE_Encrypt0), device credential rotation.
 
 A device's reports, events and inventories are rate-limited (``tracker.quotas.RateLimiter``:
 429 with ``Retry-After``); what it may keep is bounded by ``TrackerDB.quotas``; a retention
@@ -66,6 +72,7 @@ SQL (``tracker.store``), the helpers other HTTP edges share (``tracker.web``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -79,9 +86,27 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from suitkit.core import crypto
 from suitkit.core.numbers import ManifestKey, name_of
-from suitkit.core.report import Report, decode_report, reason_name
-from suitkit.errors import DecodeError, StorageError
+from suitkit.core.report import (
+    SIGNED_REPORT_MEDIA_TYPE,
+    Report,
+    SignedReport,
+    capability_json,
+    decode_capability_report,
+    decode_report,
+    encode_capability_report,
+    open_signed_report,
+    reason_name,
+)
+from suitkit.errors import (
+    AuthenticationError,
+    DecodeError,
+    KeyMaterialError,
+    PolicyError,
+    StorageError,
+    SuitError,
+)
 from suitkit.limits import Limits
 from suitkit.tracker.auth import (
     BOOTSTRAP_ADMIN,
@@ -92,7 +117,17 @@ from suitkit.tracker.auth import (
     Refused,
 )
 from suitkit.tracker.config import TrackerConfig
-from suitkit.tracker.model import HEALTH_STATUSES, MAX_INVENTORY_DIGEST, STATES, TOKEN_ROLES
+from suitkit.tracker.model import (
+    HEALTH_STATUSES,
+    MAX_CAPABILITY_BYTES,
+    MAX_INVENTORY_DIGEST,
+    MAX_RECIPIENT_KEY_TEXT,
+    MAX_RECIPIENT_KEYS,
+    MAX_REPORT_KEY_TEXT,
+    MAX_VERSION_PARTS,
+    STATES,
+    TOKEN_ROLES,
+)
 from suitkit.tracker.quotas import Quotas, RateLimiter, retry_after
 from suitkit.tracker.service import (
     MAX_HEALTH_RECORDS,
@@ -139,6 +174,7 @@ _MAX_HARDWARE_ENTRIES = 64
 _MAX_HARDWARE_KEY = 64
 _MAX_HARDWARE_TEXT = 256
 _UINT64 = (1 << 64) - 1
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 _MAX_DEPLOY_DEVICES = 1000
 _DEVICES = "/api/v1/devices"
 _MAX_SEQ = (1 << 31) - 1  # the seq columns are 32-bit integers
@@ -197,8 +233,8 @@ def summarize_report(report: Report) -> dict[str, Any]:
 
 def _component(value: object, where: str, limits: Limits) -> ComponentEntry:
     if not isinstance(value, dict):
-        raise Refused(400, f"{where}: expected an object {{id, sequence, digest}}")
-    only_members(value, {"id", "sequence", "digest"}, where)
+        raise Refused(400, f"{where}: expected an object {{id, sequence, digest, version}}")
+    only_members(value, {"id", "sequence", "digest", "version"}, where)
     parts = value.get("id")
     if (not isinstance(parts, list) or not parts
             or len(parts) > limits.max_component_id_parts):
@@ -209,9 +245,17 @@ def _component(value: object, where: str, limits: Limits) -> ComponentEntry:
     if sequence is not None and (type(sequence) is not int or not 0 <= sequence <= _UINT64):
         raise Refused(400, f"{where}.sequence: expected an unsigned 64-bit integer")
     digest = value.get("digest")
+    version = value.get("version")
+    if version is not None and (
+            not isinstance(version, list) or not 1 <= len(version) <= MAX_VERSION_PARTS
+            or any(type(v) is not int or not _INT64[0] <= v <= _INT64[1] for v in version)):
+        # update-management §4.4: SUIT_Parameter_Version's [+int]
+        raise Refused(400, f"{where}.version: expected a list of 1 to {MAX_VERSION_PARTS} "
+                           "64-bit integers such as [1, 2, 0]")
     return ComponentEntry(cid, sequence,
                           hex_member(digest, f"{where}.digest", MAX_DIGEST_BYTES)
-                          if digest is not None else None)
+                          if digest is not None else None,
+                          tuple(version) if version is not None else None)
 
 
 def _hardware(value: object) -> dict[str, object]:
@@ -229,8 +273,48 @@ def _hardware(value: object) -> dict[str, object]:
     return dict(value)
 
 
+def _capabilities(value: object, limits: Limits) -> bytes:
+    """The inventory's ``capabilities``: base64 of a SUIT_Capability_Report (report §6),
+    decoded strictly and bounded (``MAX_CAPABILITY_BYTES``); ``b""`` when left out."""
+    if value is None:
+        return b""
+    text = text_member(value, "capabilities", 2 * MAX_CAPABILITY_BYTES)
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise Refused(400, "capabilities: expected base64 of a CBOR SUIT_Capability_Report"
+                      ) from None
+    try:
+        decode_capability_report(raw, limits=limits, max_bytes=MAX_CAPABILITY_BYTES)
+    except DecodeError as e:
+        raise Refused(400, f"capabilities: {e}") from None
+    return raw
+
+
+def _recipient_keys(value: object) -> tuple[str, ...]:
+    """The inventory's ``recipient_keys``: base64 COSE_Keys of ECDH-ES public keys (what an
+    author encrypts for; draft-ietf-suit-firmware-encryption), each one checked."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_RECIPIENT_KEYS:
+        raise Refused(400, f"recipient_keys: expected a list of at most {MAX_RECIPIENT_KEYS} "
+                           "base64 COSE_Keys")
+    keys = []
+    for i, item in enumerate(value):
+        where = f"recipient_keys[{i}]"
+        text = text_member(item, where, MAX_RECIPIENT_KEY_TEXT)
+        try:
+            crypto.load_recipient_public(base64.b64decode(text, validate=True))
+        except (ValueError, SuitError) as e:
+            raise Refused(400, f"{where}: expected base64 of an ECDH-ES public COSE_Key "
+                               f"(P-256 or X25519): {str(e)[:200]}") from None
+        keys.append(text)
+    return tuple(keys)
+
+
 def _inventory(doc: Mapping[str, Any], limits: Limits) -> Inventory:
-    only_members(doc, {"vendor_id", "class_id", "components", "hardware"}, "inventory")
+    only_members(doc, {"vendor_id", "class_id", "components", "hardware", "capabilities",
+                       "recipient_keys"}, "inventory")
     components = doc.get("components", [])
     if not isinstance(components, list) or len(components) > limits.max_components:
         raise Refused(400, f"components: expected a list of at most {limits.max_components} "
@@ -240,7 +324,24 @@ def _inventory(doc: Mapping[str, Any], limits: Limits) -> Inventory:
         class_id=uuid_member(doc.get("class_id"), "class_id"),
         components=tuple(_component(c, f"components[{i}]", limits)
                          for i, c in enumerate(components)),
-        hardware=_hardware(doc.get("hardware")))
+        hardware=_hardware(doc.get("hardware")),
+        capabilities=_capabilities(doc.get("capabilities"), limits),
+        recipient_keys=_recipient_keys(doc.get("recipient_keys")))
+
+
+def report_key_of(value: object) -> str | None:
+    """A device's report key as registered (``report_key``): a public key the tracker can
+    check signed reports with (PEM: EC P-256/P-384 or Ed25519 public key, or a COSE KEY block
+    of an HMAC key for COSE_Mac0), kept in its canonical PEM form. A private key is refused:
+    the tracker holds the public half only."""
+    if value is None:
+        return None
+    text = text_member(value, "report_key", MAX_REPORT_KEY_TEXT)
+    try:
+        key = crypto.load_public_key(text.encode())
+        return crypto.public_key_to_pem(key).decode()
+    except SuitError as e:
+        raise Refused(400, f"report_key: expected a public key in PEM: {e}") from None
 
 
 def _checkin(doc: Mapping[str, Any], limits: Limits) -> tuple[str, Inventory | None]:
@@ -428,20 +529,24 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
     @router.post(_DEVICES, status_code=201, summary="Register a device (admin)",
                  openapi_extra=_json_body({"name": {"type": "string"},
                                            "vendor_id": {"type": "string"},
-                                           "class_id": {"type": "string"}}))
+                                           "class_id": {"type": "string"},
+                                           "report_key": {"type": "string"}}))
     async def register(request: Request) -> Response:
         """Register a device (admin); the answer holds its secret, shown this once."""
         who = await admin(request)
         doc = await json_object(request)
-        only_members(doc, {"name", "vendor_id", "class_id"}, "device")
+        only_members(doc, {"name", "vendor_id", "class_id", "report_key"}, "device")
         name = text_member(doc.get("name", ""), "name", _MAX_NAME)
         vendor_id = uuid_member(doc.get("vendor_id"), "vendor_id")
         class_id = uuid_member(doc.get("class_id"), "class_id")
+        report_key = report_key_of(doc.get("report_key"))
         device_id, secret = await storage(functools.partial(
-            tracker.register, name, vendor_id=vendor_id, class_id=class_id))
+            tracker.register, name, vendor_id=vendor_id, class_id=class_id,
+            report_key=report_key))
         await audit(who, "device.register", device_id, f"name {name!r}"
                     + (f", vendor {vendor_id}" if vendor_id else "")
-                    + (f", class {class_id}" if class_id else ""))
+                    + (f", class {class_id}" if class_id else "")
+                    + (", report key" if report_key else ""))
         return JSONResponse({"id": device_id, "secret": secret,
                              "token": f"{device_id}.{secret}"}, status_code=201,
                             headers={"Cache-Control": "no-store"})
@@ -543,28 +648,109 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
                  openapi_extra={"requestBody": {"required": True, "content": {
                      REPORT_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}})
     async def post_report(request: Request, device_id: str) -> Response:
-        """Store a SUIT report (CBOR) after strict decoding (the device only)."""
+        """Store a SUIT report (CBOR, or signed: COSE_Sign1 / COSE_Mac0 around it, report §8)
+        after strict decoding and, when signed, the check of its signature with the device's
+        registered key (the device only). The nonce of a signed report, and of any report of
+        a device that must sign (``config.signed_reports``), must be the one issued with its
+        update."""
         await device_itself(request, device_id)
         throttle(device_id, "reports")
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media not in _REPORT_TYPES:
-            raise Refused(415, f"a report must be {REPORT_MEDIA_TYPE} or "
-                               "application/octet-stream")
+        if media not in _REPORT_TYPES and media != SIGNED_REPORT_MEDIA_TYPE:
+            raise Refused(415, f"a report must be {REPORT_MEDIA_TYPE}, "
+                               f"{SIGNED_REPORT_MEDIA_TYPE} or application/octet-stream")
         raw = await read_body(request, config.max_report_bytes)
+        key, class_id = await storage(tracker.report_key, device_id)
+        required = "all" in config.signed_reports or (
+            class_id is not None and class_id in config.signed_reports)
+        signed: SignedReport | None = None
         try:
-            report = decode_report(raw, limits=config.limits,
-                                   max_bytes=config.max_report_bytes)
+            if media == SIGNED_REPORT_MEDIA_TYPE:
+                if key is None:
+                    raise Refused(403, f"device {device_id} has no registered report key: its "
+                                       "signed report cannot be checked (an admin registers "
+                                       "one: PUT .../report-key)")
+                signed = open_signed_report(raw, crypto.load_public_key(key.encode()),
+                                            limits=config.limits,
+                                            max_bytes=config.max_report_bytes)
+                report = signed.report
+            else:
+                if required:
+                    raise Refused(403, f"device {device_id} must sign its reports (the "
+                                       "tracker's --signed-reports policy): send a COSE_Sign1 "
+                                       f"or COSE_Mac0 as {SIGNED_REPORT_MEDIA_TYPE}")
+                report = decode_report(raw, limits=config.limits,
+                                       max_bytes=config.max_report_bytes)
         except DecodeError as e:
             raise Refused(400, f"the report is malformed: {e}") from None
+        except (AuthenticationError, PolicyError) as e:
+            raise Refused(403, f"the report's signature does not verify with device "
+                               f"{device_id}'s registered key: {e}") from None
+        except KeyMaterialError as e:  # pragma: no cover - keys are checked when registered
+            raise Refused(500, f"device {device_id}'s registered report key: {e}") from None
         release = report.reference.manifest_digest.value.hex()
+        # report §8: the nonce makes a signed report fresh; an unsigned report of a device
+        # that need not sign keeps its nonce as sent, unchecked (existing agents and
+        # third-party devices choose their own)
+        checked = signed is not None or required
+        summary = summarize_report(report)
+        summary["signed"] = signed.kind if signed is not None else None
+        summary["nonce_checked"] = checked
+        capabilities = (encode_capability_report(report.capability_report)
+                        if report.capability_report is not None else None)
+        lifetime = (timedelta(days=config.nonce_days) if config.nonce_days > 0 else None)
         try:
             stored = await run_in_threadpool(functools.partial(
-                tracker.add_report, device_id, raw, summarize_report(report), release=release))
+                tracker.add_report, device_id, raw, summary, release=release,
+                nonce=report.nonce if checked else None, require_nonce=checked,
+                nonce_lifetime=lifetime, capabilities=capabilities))
         except NotAssigned as e:
             raise Refused(409, str(e)) from None
         except StorageError as e:
             raise storage_refused(e, "the tracker could not store the report") from None
         return JSONResponse(stored, status_code=201)
+
+    @router.get(f"{_DEVICES}/{{device_id}}/capabilities",
+                summary="A device's capability report (admin, operator, author, the device)")
+    async def get_capabilities(request: Request, device_id: str,
+                               format: str = "json") -> Response:
+        """The SUIT_Capability_Report the device sent last (report §6): as JSON, or with
+        ``?format=cbor`` the bytes as the device sent them (``application/cbor``). 404 when
+        the device has sent none. Authors may read it: it says what a manifest may use."""
+        who = await auth.require_device_or(request, device_id, "admin", "operator", "author")
+        del who
+        if format not in ("json", "cbor"):
+            raise Refused(400, f"format: expected json or cbor, got {format[:20]!r}")
+        exists, raw = await storage(tracker.capabilities, device_id)
+        if not exists:
+            raise Refused(404, f"no device {device_id[:40]!r}")
+        if raw is None:
+            raise Refused(404, f"device {device_id} has sent no capability report yet")
+        if format == "cbor":
+            return Response(raw, media_type="application/cbor")
+        try:
+            doc = capability_json(decode_capability_report(raw, limits=config.limits))
+        except DecodeError as e:
+            raise Refused(500, f"the stored capability report does not decode: {e}") from None
+        return JSONResponse({"id": device_id, "capabilities": doc})
+
+    @router.put(f"{_DEVICES}/{{device_id}}/report-key",
+                summary="Register the key a device signs its reports with (admin)",
+                openapi_extra=_json_body({"report_key": {"type": ["string", "null"]}}))
+    async def put_report_key(request: Request, device_id: str) -> Response:
+        """Register (``report_key``: a public key in PEM) or remove (``null``) the key the
+        device's signed reports are checked with (admin; report §8)."""
+        who = await admin(request)
+        doc = await json_object(request)
+        only_members(doc, {"report_key"}, "report key")
+        if "report_key" not in doc:
+            raise Refused(400, "report_key: expected a public key in PEM, or null")
+        report_key = report_key_of(doc.get("report_key"))
+        if not await storage(tracker.set_report_key, device_id, report_key):
+            raise Refused(404, f"no device {device_id[:40]!r}")
+        await audit(who, "device.report-key", device_id,
+                    "registered" if report_key else "removed")
+        return JSONResponse({"id": device_id, "report_key": report_key is not None})
 
     @router.get(f"{_DEVICES}/{{device_id}}/history",
                 summary="A device's events and reports (admin, operator, the device)",
