@@ -184,15 +184,23 @@ def create(
     compress: Annotated[str | None, typer.Option(
         "--compress", help="Compress every detached image whose component names no "
         "compress: (zlib, zstd, xz, bzip2 or best; docs/delta.md).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Build an unsigned envelope from a description file (see docs/description.md)."""
     desc = load_description(description, compress=compress)
     envelope = codec.build_envelope(desc.manifest, sever_members=desc.sever,
                                     integrated=desc.integrated)
     data = codec.encode_envelope(envelope)
-    _write_release(out_path, data, {
+    payloads = _write_release(out_path, data, {
         **{i: (ciphertext_path(out_path, i), c) for i, c in desc.detached.items()},
-        **{i: (packed_path(out_path, i, suffix), p) for i, (suffix, p) in desc.packed.items()}})
+        **{i: (packed_path(out_path, i, suffix), p) for i, (suffix, p) in desc.packed.items()}},
+        quiet=as_json)
+    if as_json:
+        print_json({"envelope": str(out_path), "bytes": len(data),
+                    "manifest_bytes": len(envelope.manifest_bytes),
+                    "sequence_number": envelope.manifest.sequence_number,
+                    "encrypted": sorted(desc.encrypted), "payloads": payloads})
+        return
     out.print(f"wrote unsigned envelope to {out_path} ({len(data)} bytes, manifest "
               f"{len(envelope.manifest_bytes)} bytes, sequence number "
               f"{envelope.manifest.sequence_number})", markup=False)
@@ -211,10 +219,11 @@ def packed_path(out_path: Path, index: int, suffix: str) -> Path:
     return out_path.with_name(f"{out_path.name}.image-{index}{suffix}")
 
 
-def _write_release(out_path: Path, data: bytes,
-                   detached: Mapping[int, tuple[Path, bytes]]) -> None:
+def _write_release(out_path: Path, data: bytes, detached: Mapping[int, tuple[Path, bytes]],
+                   *, quiet: bool = False) -> list[dict[str, Any]]:
     """The detached payloads (ciphertexts, compressed images, patches) first, then the
-    envelope; on a failure none of them is left."""
+    envelope; on a failure none of them is left. Returns what was written beside the
+    envelope (and says it, unless ``quiet``)."""
     written: list[tuple[int, Path]] = []
     try:
         for index, (path, payload) in sorted(detached.items()):
@@ -225,10 +234,15 @@ def _write_release(out_path: Path, data: bytes,
         for _index, path in written:
             path.unlink(missing_ok=True)
         raise
+    payloads = []
     for index, path in written:
         kind = "encrypted image" if path.suffix == ".enc" else "packed image"
-        out.print(f"wrote {kind} {path} ({len(detached[index][1])} bytes): upload it as "
-                  f"{index}={path}", markup=False)
+        payloads.append({"component": index, "file": str(path), "kind": kind,
+                         "bytes": len(detached[index][1])})
+        if not quiet:
+            out.print(f"wrote {kind} {path} ({len(detached[index][1])} bytes): upload it as "
+                      f"{index}={path}", markup=False)
+    return payloads
 
 
 @app.command()
@@ -252,6 +266,7 @@ def encrypt(
         "image); repeat for several.")] = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="Unsigned envelope to write "
                                                   "(required).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Encrypt an envelope's images for devices (the result is unsigned: sign it again).
 
@@ -285,8 +300,11 @@ def encrypt(
         plaintexts[int(index)] = read_input(Path(name), "image")
     encrypted, detached = encrypt_envelope(envelope, plaintexts, plan)
     data = codec.encode_envelope(encrypted)
-    _write_release(out_path, data, {i: (ciphertext_path(out_path, i), c)
-                                    for i, c in detached.items()})
+    payloads = _write_release(out_path, data, {i: (ciphertext_path(out_path, i), c)
+                                               for i, c in detached.items()}, quiet=as_json)
+    if as_json:
+        print_json({"envelope": str(out_path), "bytes": len(data), "payloads": payloads})
+        return
     out.print(f"wrote unsigned encrypted envelope to {out_path} ({len(data)} bytes); sign it "
               "again (suitkit sign)", markup=False)
 
