@@ -227,3 +227,19 @@ def test_nosec_requests_cannot_touch_an_oscore_registration(tmp_path: Path) -> N
                                          b"http://127.0.0.1:1/evil.suit"))
             assert wrote.code == Code.UNAUTHORIZED, wrote
             assert not client.said("downloading http://127.0.0.1:1/")
+
+
+def test_the_device_over_oscore_replaces_a_nosec_registration_of_its_name(
+        tmp_path: Path) -> None:
+    """On a server that accepts NoSec too, anyone may register a device's name without
+    security first; the device, proving itself with its context, takes its name back."""
+    with world(tmp_path) as w:
+        folder, device_id = w.device()
+        squatter = _register(w, device_id)
+        assert squatter.code == Code.CREATED, squatter
+        assert w.record(device_id)["hardware"]["lwm2m.security"] == "nosec (unauthenticated)"
+        with lwm2m_client(w, folder, device_id) as client:
+            wait_until(lambda: client.said("registered with") or client.said("4.03"), WAIT,
+                       "the device's own registration to be answered")
+            assert client.said("registered with"), client.lines
+            assert w.record(device_id)["hardware"]["lwm2m.security"] == "oscore (authenticated)"

@@ -422,8 +422,10 @@ class Lwm2mServer:
             raise RegistrationError(Code.FORBIDDEN, f"ep: no device {endpoint!r} in the tracker "
                                     "(register the device there first)")
         old = self._by_endpoint.get(endpoint)
+        # an OSCORE registration proves the device: it replaces one from another address
+        # (the device moved or restarted; or a NoSec registration squatted its name)
         if (old is not None and old.address != address and old.expires > self.clock()
-                and (context is None or old.context is not context)):
+                and context is None):
             raise RegistrationError(Code.FORBIDDEN, f"ep: {endpoint} is registered from another "
                                     "address; de-register it or wait for its lifetime to end")
         if old is not None:
