@@ -496,6 +496,11 @@ class Lwm2mServer:
 
     def _uri(self, device: _Device, path: str) -> str:
         host = device.remote.hostinfo
+        if (device.context is not None
+                and self.credentials.by_host.get(str(host)) is not device.context):
+            # never a request in plain text to a device registered over OSCORE (the address
+            # was taken over in between, e.g. by a NoSec registration from it)
+            self.credentials.by_host[str(host)] = device.context
         return f"coap://{host}{path}"
 
     async def _request(self, device: _Device, code: Any, path: str, payload: bytes = b"",
