@@ -15,10 +15,10 @@ of the pending assignment, a CoAP PUT of the Package URI to the client and its a
 client's write handler.
 
 ``--client suitkit``: the device is suitkit's own LwM2M client (``device.lwm2m``, in a thread
-of this process) instead: the time is to its "downloading" line, and the whole update
-(deployment to ``succeeded`` in the tracker) is printed too.
+of this process) instead, over OSCORE (``--nosec``: without): the time is to its "downloading"
+line, and the whole update (deployment to ``succeeded`` in the tracker) is printed too.
 
-Run: ``.venv/bin/python benchmarks/bench_lwm2m.py [--rounds 10] [--client node|suitkit]``
+Run: ``.venv/bin/python benchmarks/bench_lwm2m.py [--rounds 10] [--client node|suitkit] [--nosec]``
 (about 1 s a round plus the installs; the node client needs ``npm ci`` in tests/lwm2m/node).
 """
 
@@ -46,9 +46,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--client", choices=("node", "suitkit"), default="node")
+    parser.add_argument("--nosec", action="store_true",
+                        help="with --client suitkit: NoSec instead of OSCORE")
     args = parser.parse_args()
     if args.client == "suitkit":
-        suitkit_client(args.rounds)
+        suitkit_client(args.rounds, nosec=args.nosec)
         return
     try:
         need_node_peer()
@@ -96,8 +98,8 @@ def main() -> None:
     print(f"ratio LwM2M / hub: {lw / hb:.1f}x" if hb > 0 else "ratio: n/a")
 
 
-def suitkit_client(rounds: int) -> None:
-    """The same rounds with suitkit's own LwM2M client (pull)."""
+def suitkit_client(rounds: int, *, nosec: bool = False) -> None:
+    """The same rounds with suitkit's own LwM2M client (pull), over OSCORE unless ``nosec``."""
     download_ms: list[float] = []
     update_ms: list[float] = []
     hub_ms: list[float] = []
@@ -112,7 +114,7 @@ def suitkit_client(rounds: int) -> None:
                 heard.append(time.time())
         stop = w.tracker.wiring.hub.watch(device_id, watcher)
         try:
-            with lwm2m_client(w, device_folder, device_id) as client:
+            with lwm2m_client(w, device_folder, device_id, nosec=nosec) as client:
                 for _ in range(rounds):
                     release = w.release()
                     seen = len(client.stamps)

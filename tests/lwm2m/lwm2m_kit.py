@@ -102,7 +102,7 @@ def states(history: list[dict[str, Any]]) -> list[str]:
 @contextmanager
 def world(tmp: Path, **config: Any) -> Iterator[World]:
     """The tracker and its LwM2M edge on loopback until the block ends (both stopped in a
-    ``finally``)."""
+    ``finally``): OSCORE, and NoSec too unless ``nosec=False``."""
     author = Author.create(tmp / "author")
     tracker = Tracker(tmp / "data", TrustAnchors.of(author.key.public_key()))
     tracker.start()
@@ -110,7 +110,8 @@ def world(tmp: Path, **config: Any) -> Iterator[World]:
     try:
         assert tracker.wiring is not None
         server = Lwm2mServer(tracker.wiring.db, tracker.wiring.hub, Lwm2mConfig(
-            port=0, nosec=True, **{"poll_interval": 0.5, **config}))
+            port=0, **{"poll_interval": 0.5, "nosec": True,
+                       "oscore_dir": tmp / "data" / "lwm2m-oscore", **config}))
         server.start()
         yield World(tracker, server, author, tmp)
     finally:

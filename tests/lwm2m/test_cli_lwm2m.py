@@ -22,12 +22,12 @@ def _serve(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
          str(author.anchor), *extra], capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_lwm2m_port_without_nosec_is_a_usage_error(tmp_path: Path) -> None:
+def test_lwm2m_nosec_without_lwm2m_port_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "admin.token").write_text("t" * 32)
     done = _serve(tmp_path, "--admin-token-file", str(tmp_path / "admin.token"),
-                  "--lwm2m-port", "5999")
+                  "--lwm2m-nosec")
     assert done.returncode == 2, done.stderr
-    assert "add --lwm2m-nosec" in done.stderr and "Traceback" not in done.stderr
+    assert "--lwm2m-nosec needs --lwm2m-port" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_lwm2m_port_without_the_tracker_is_a_usage_error(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_serve_runs_the_lwm2m_server_on_its_port(tmp_path: Path) -> None:
 
         response = asyncio.run(register())
         assert response.code == Code.CREATED  # type: ignore[attr-defined]
-    assert f"LwM2M on coap://127.0.0.1:{port}/rd (NoSec)" in server.stdout
+    assert f"LwM2M on coap://127.0.0.1:{port}/rd (OSCORE and NoSec)" in server.stdout
 
 
 def _device_run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -91,6 +91,7 @@ def test_device_run_lwm2m_option_errors_are_one_line_usage_errors(tmp_path: Path
         (("--protocol", "lwm2m", "--lwm2m", "coap://127.0.0.1:5683", "--lwm2m-delivery",
           "sideways"), "delivery must be one of pull, push, both, got 'sideways'"),
         (("--lwm2m", "coap://127.0.0.1:5683"), "--lwm2m needs --protocol lwm2m"),
+        (("--lwm2m-nosec",), "--lwm2m-nosec needs --protocol lwm2m"),
         (("--protocol", "lwm2m", "--lwm2m", "coap://127.0.0.1:5683", "--lwm2m-bind",
           "203.0.113.7"), "--lwm2m-bind 203.0.113.7: cannot serve the LwM2M objects"),
     ]
@@ -108,3 +109,46 @@ def test_device_run_lwm2m_without_a_server_retries_and_ends_at_its_duration(
     done = _device_run(tmp_path, "--protocol", "lwm2m", "--lwm2m", f"coap://127.0.0.1:{port}")
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
+
+
+def test_serve_and_device_run_speak_oscore_by_default(tmp_path: Path) -> None:
+    """``serve --lwm2m-port`` alone: OSCORE only. ``device run --protocol lwm2m`` keys its
+    context from its credential and registers authenticated; with ``--lwm2m-nosec`` the same
+    device is refused (the server accepts no NoSec)."""
+    from device.device_kit import new_device
+
+    author = Author.create(tmp_path / "author")
+    (tmp_path / "admin.token").write_text("cli-admin-token\n")
+    port = free_port(socket.SOCK_DGRAM)
+    argv = ["--data", str(tmp_path / "data"), "--author-anchor", str(author.anchor),
+            "--admin-token-file", str(tmp_path / "admin.token"), "--lwm2m-port", str(port)]
+    with serving(argv) as server:
+        admin = {"Authorization": "Bearer cli-admin-token"}
+        made = httpx.post(f"{server.url}/api/v1/devices", json={"name": "d"}, headers=admin,
+                          timeout=15).json()
+        folder = new_device(tmp_path / "device", [author.anchor])
+        credential = tmp_path / "device.cred"
+        credential.write_text(made["token"] + "\n")
+
+        def run(*extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*SUITKIT, "device", "run", str(folder), "--server", server.url,
+                 "--credential-file", str(credential), "--protocol", "lwm2m", "--lwm2m",
+                 f"coap://127.0.0.1:{port}", "--lwm2m-bind", "127.0.0.1", "--duration", "6",
+                 *extra], capture_output=True, text=True, timeout=90, check=False)
+
+        def security() -> object:
+            record = httpx.get(f"{server.url}/api/v1/devices/{made['id']}", headers=admin,
+                               timeout=15).json()
+            return record["hardware"].get("lwm2m.security")
+
+        refused = run("--lwm2m-nosec")
+        assert "registered with" not in refused.stdout, refused.stdout
+        assert "expected 2.01 Created, got 4.01 Unauthorized" in refused.stdout, refused.stdout
+        assert security() is None
+        done = run()
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert f"registered with coap://127.0.0.1:{port} as {made['id']}" in done.stdout
+        assert security() == "oscore (authenticated)"
+        assert (folder / "lwm2m-oscore" / "settings.json").is_file()
+    assert f"LwM2M on coap://127.0.0.1:{port}/rd (OSCORE)" in server.stdout

@@ -62,7 +62,8 @@ def suitkit_client(folder: Path, credential: Path, port: int, log: Path) -> Iter
         process = start_process(
             [*SUITKIT, "device", "run", str(folder), "--protocol", "lwm2m",
              "--lwm2m", f"coap://127.0.0.1:{port}", "--lwm2m-lifetime", "60",
-             "--server", "http://127.0.0.1:9", "--credential-file", str(credential)],
+             "--server", "http://127.0.0.1:9", "--credential-file", str(credential),
+             "--lwm2m-nosec"],  # lwm2m-node-lib speaks no OSCORE
             stdout=sink, stderr=subprocess.STDOUT)
     try:
         yield process

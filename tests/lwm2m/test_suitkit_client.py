@@ -47,12 +47,13 @@ class Client:
 
 @contextmanager
 def lwm2m_client(w: World, folder: Path, device_id: str, *, delivery: str = "pull",
-                 tracker: bool = True, **options: Any) -> Iterator[Client]:
-    """suitkit's LwM2M client of ``folder`` registered with ``w``'s server until the block ends
-    (then stopped, and joined)."""
+                 tracker: bool = True, server: str | None = None,
+                 **options: Any) -> Iterator[Client]:
+    """suitkit's LwM2M client of ``folder`` registered with ``w``'s server (or the one at
+    ``server``, a proxy of it) until the block ends (then stopped, and joined)."""
     client = Client()
     credential = w.tokens[device_id]
-    opts = Lwm2mOptions(server=f"coap://127.0.0.1:{w.lwm2m.port}", delivery=delivery,
+    opts = Lwm2mOptions(server=server or f"coap://127.0.0.1:{w.lwm2m.port}", delivery=delivery,
                         **{"lifetime": 60, **options})
 
     def run() -> None:

@@ -99,7 +99,9 @@ class Hostile:
 @contextmanager
 def hostile_world(tmp: Path, **options: Any) -> Iterator[tuple[Hostile, Path, list[str]]]:
     """The hostile server, and suitkit's client of a device running release 1 registered with
-    it: (server, folder, what the client said)."""
+    it over NoSec (a server holding the device's OSCORE context is as trusted as the device's
+    tracker; tests/security/test_lwm2m_oscore.py: one without it gets 4.01): (server, folder,
+    what the client said)."""
     author = Author.create(tmp / "author")
     folder = new_device(tmp / "device", [author.anchor])
     base, _ = author.release(1, "base")
@@ -114,7 +116,8 @@ def hostile_world(tmp: Path, **options: Any) -> Iterator[tuple[Hostile, Path, li
         server.start()
         credential = f"{load_config(folder).device_id}.secret"
         opts = Lwm2mOptions(server=f"coap://127.0.0.1:{server.port}",
-                            **{"lifetime": 60, "backoff": 0.2, "max_backoff": 1.0, **options})
+                            **{"lifetime": 60, "backoff": 0.2, "max_backoff": 1.0,
+                               "nosec": True, **options})
         thread = threading.Thread(target=lambda: run_lwm2m(
             folder, credential, opts, fetcher=RoutingFetcher(HttpFetcher()),
             say=lines.append, stop=stop), daemon=True)

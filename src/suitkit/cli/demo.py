@@ -117,7 +117,7 @@ def run_fleet_demo(workdir: Path | None, console: Console, *, devices: int = 16,
     plans = demo_plans(devices, protocols=True)
     lwm2m_port = free_udp_port()
     with local_server(root / "server", keys.author_pub,
-                      extra_args=("--lwm2m-port", str(lwm2m_port), "--lwm2m-nosec")) as server:
+                      extra_args=("--lwm2m-port", str(lwm2m_port))) as server:  # OSCORE
         dashboard = f"{server.url}/dashboard/"
         lwm2m = f"coap://127.0.0.1:{lwm2m_port}"
         console.print(f"server (suitkit serve, SQLite) at {server.url}, LwM2M at {lwm2m} "

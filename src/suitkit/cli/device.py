@@ -38,7 +38,7 @@ from suitkit.device.consumer import running_version
 from suitkit.device.fetch import FileFetcher, HttpFetcher, RoutingFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
 from suitkit.device.wiring import OpenDevice, SlotDependencies, open_device
-from suitkit.errors import SuitError
+from suitkit.errors import StorageError, SuitError
 from suitkit.limits import Limits
 from suitkit.sim.powercut import REAL_SCENARIOS, run_real_scenario
 
@@ -433,6 +433,11 @@ def run(
                                             "client registers from and serves Objects 3 and 5 "
                                             "on (port: the system's choice); only the LwM2M "
                                             "server's requests are served.")] = _ANY_ADDRESS,
+    lwm2m_nosec: Annotated[bool, typer.Option("--lwm2m-nosec", help="With --protocol lwm2m: "
+                                              "no OSCORE (the default protects every message "
+                                              "with the device's OSCORE context, kept in DIR/"
+                                              "lwm2m-oscore); the server must accept NoSec and "
+                                              "shows the device unauthenticated.")] = False,
 ) -> None:
     """Keep a device up to date from a status tracker (RFC 9019 §2.3): register the inventory,
     learn of updates in the chosen mode, download (resumably), install, boot, confirm and
@@ -444,10 +449,13 @@ def run(
 
     if protocol == "lwm2m":
         _run_lwm2m(directory, server, credential_file, lwm2m=lwm2m, lifetime=lwm2m_lifetime,
-                   delivery=lwm2m_delivery, bind=lwm2m_bind, duration=duration)
+                   delivery=lwm2m_delivery, bind=lwm2m_bind, duration=duration,
+                   nosec=lwm2m_nosec)
         return
     if lwm2m is not None:
         fail("--lwm2m needs --protocol lwm2m", EXIT_USAGE)
+    if lwm2m_nosec:
+        fail("--lwm2m-nosec needs --protocol lwm2m", EXIT_USAGE)
     try:
         options = AgentOptions(
             mode=mode, transport=transport, interval=interval,
@@ -543,7 +551,8 @@ def health_command(
 
 
 def _run_lwm2m(directory: Path, server: str, credential_file: Path, *, lwm2m: str | None,
-               lifetime: int, delivery: str, bind: str, duration: float | None) -> None:
+               lifetime: int, delivery: str, bind: str, duration: float | None,
+               nosec: bool = False) -> None:
     """``device run --protocol lwm2m``: the device's LwM2M client until interrupted."""
     from suitkit.device.agent import check_credential  # noqa: PLC0415
     from suitkit.device.fetch import CoapFetcher  # noqa: PLC0415
@@ -552,7 +561,7 @@ def _run_lwm2m(directory: Path, server: str, credential_file: Path, *, lwm2m: st
     if lwm2m is None:
         fail("--protocol lwm2m needs the LwM2M server: --lwm2m coap://HOST:PORT", EXIT_USAGE)
     options = Lwm2mOptions(server=lwm2m, lifetime=lifetime, delivery=delivery, bind=bind,
-                           duration=duration)
+                           duration=duration, nosec=nosec)
     try:
         options.check()
     except ValueError as e:
@@ -566,6 +575,8 @@ def _run_lwm2m(directory: Path, server: str, credential_file: Path, *, lwm2m: st
     try:
         result = run_lwm2m(directory, credential, options, fetcher=fetcher, tracker_url=server,
                            say=lambda line: out.print(line, markup=False))
+    except StorageError as e:
+        fail(f"--lwm2m: {e}", EXIT_FAILED)
     except OSError as e:
         fail(f"--lwm2m-bind {bind}: cannot serve the LwM2M objects: {e}", EXIT_USAGE)
     if result is not None and not result.ok:

@@ -136,12 +136,12 @@ def serve(
     ] = None,
     lwm2m_port: Annotated[int | None, typer.Option(
         "--lwm2m-port", help="Also run the LwM2M server (registration interface, Firmware "
-        "Update object 5) on this UDP port; needs --admin-token-file and --lwm2m-nosec.")
+        "Update object 5) on this UDP port, secured with OSCORE (each device's context under "
+        "DATA/lwm2m-oscore, keyed from its credential); needs --admin-token-file.")
     ] = None,
     lwm2m_nosec: Annotated[bool, typer.Option(
-        "--lwm2m-nosec", help="Accept LwM2M devices without transport security (NoSec, the "
-        "only mode available: docs/devices.md, LwM2M); they are marked unauthenticated in "
-        "the tracker.")] = False,
+        "--lwm2m-nosec", help="Also accept LwM2M devices without security (NoSec) beside "
+        "OSCORE; they are marked unauthenticated in the tracker.")] = False,
     admin_token_file: Annotated[Path | None, typer.Option(
         "--admin-token-file", help="File holding the status tracker's admin token; with it "
         "the status tracker API is served too (/api/v1/devices), and the dashboard "
@@ -451,10 +451,8 @@ def _serve(o: ServeOptions) -> None:
     if lwm2m_port is not None and admin_token_file is None:
         fail("--lwm2m-port needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
-    if lwm2m_port is not None and not lwm2m_nosec:
-        fail("--lwm2m-port: LwM2M is served without transport security only (no DTLS-PSK "
-             "server in aiocoap; OSCORE not wired yet): add --lwm2m-nosec to accept that "
-             "explicitly", EXIT_USAGE)
+    if lwm2m_nosec and lwm2m_port is None:
+        fail("--lwm2m-nosec needs --lwm2m-port", EXIT_USAGE)
     if mqtt is not None and admin_token_file is None:
         fail("--mqtt needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
@@ -546,7 +544,8 @@ def _serve(o: ServeOptions) -> None:
                 from suitkit.tracker.edges.lwm2m import Lwm2mConfig, Lwm2mServer  # noqa: PLC0415
 
                 lwm2m = Lwm2mServer(wiring.db, wiring.hub,
-                                    Lwm2mConfig(host=host, port=lwm2m_port, nosec=lwm2m_nosec))
+                                    Lwm2mConfig(host=host, port=lwm2m_port, nosec=lwm2m_nosec,
+                                                oscore_dir=data / "lwm2m-oscore"))
                 try:
                     lwm2m.start()
                 except StorageError as e:
@@ -610,7 +609,9 @@ def _serve(o: ServeOptions) -> None:
             if coap_port is not None:
                 out.print(f"and on coap://{shown}:{coap_port}/", markup=False)
             if lwm2m_port is not None and wiring is not None:
-                out.print(f"and LwM2M on coap://{shown}:{lwm2m_port}/rd (NoSec)", markup=False)
+                security = "OSCORE and NoSec" if lwm2m_nosec else "OSCORE"
+                out.print(f"and LwM2M on coap://{shown}:{lwm2m_port}/rd ({security})",
+                          markup=False)
             if o.metrics_port is not None:
                 metrics_sock = _listen(o.metrics_host, o.metrics_port, "--metrics-host")
                 out.print(f"metrics and health on {scheme}://{_shown(o.metrics_host)}:"

@@ -28,9 +28,16 @@ What it implements:
   report goes to the tracker's JSON API with the device credential (best effort: LwM2M has no
   place for it), and so does the inventory.
 
-Only requests from the address the client registered from are served (4.03 otherwise): with
-NoSec this is no authentication (an address is easy to forge) but keeps strays out; the
-device trusts nothing but the envelope's signatures anyway.
+Security: OSCORE (RFC 8613) by default: the device's security context lives in the device
+folder (``lwm2m-oscore/``, created at the first run from the device's credential,
+``suitkit.lwm2m_oscore``; its sequence numbers and replay window are kept across restarts).
+Every request to the server is protected with it, and the objects are served only to requests
+protected with it (4.01 otherwise): only the server holding the device's context can read,
+write, observe or execute them. NoSec only when told (``nosec``, ``--lwm2m-nosec``); the
+client never falls back to it by itself. Only requests from the address the client
+registered from are served (4.03 otherwise): with NoSec this is no authentication (an address
+is easy to forge) but keeps strays out; the device trusts nothing but the envelope's
+signatures anyway.
 
 Update Result from the outcome (``result_code``): 1 the new image booted and was confirmed;
 2 the package is over ``max_package`` bytes (push or pull); 4 the download failed (network,
@@ -42,8 +49,8 @@ rollback, ``operation-failed``, rolled back after the boot); 9 the URI's scheme 
 http or https.
 
 Deliberately not here: TLV/SenML/CBOR content formats (plain text, 0 and 1541, is enough for
-single resources), bootstrap, queue mode, DTLS and OSCORE (docs/devices.md says why), more
-than one server.
+single resources), bootstrap, queue mode, DTLS (docs/devices.md says why), more than one
+server.
 """
 
 from __future__ import annotations
@@ -64,12 +71,16 @@ from urllib.parse import urlparse
 
 # aiocoap ships no type information (no py.typed): the imports below are the untyped seam.
 import aiocoap  # type: ignore[import-untyped]
+import aiocoap.credentials  # type: ignore[import-untyped]
 import aiocoap.error  # type: ignore[import-untyped]
 import aiocoap.resource  # type: ignore[import-untyped]
 import httpx
 from aiocoap.numbers.codes import Code  # type: ignore[import-untyped]
 from aiocoap.optiontypes import BlockOption  # type: ignore[import-untyped]
+from aiocoap.oscore_sitewrapper import OscoreSiteWrapper  # type: ignore[import-untyped]
+from aiocoap.transports.oscore import OSCOREAddress  # type: ignore[import-untyped]
 
+from suitkit import lwm2m_oscore
 from suitkit.core import codec
 
 # The agent's install, boot, confirm or revert and its tracker calls: one machinery for every
@@ -132,6 +143,8 @@ _MAX_URI = 2048
 _MAX_LOCATION = 64
 _MAX_OBSERVERS = 8
 _PACKAGE = "lwm2m-package.suit"
+OSCORE_FOLDER = "lwm2m-oscore"
+"""The device's OSCORE security context, in the device folder."""
 _DEREGISTER_WAIT = 5.0
 _T = TypeVar("_T")
 
@@ -142,7 +155,8 @@ class Lwm2mOptions:
     ``lifetime``: seconds of a registration (updated at half of it); ``delivery``: ``pull``,
     ``push`` or ``both`` (5/0/9); ``bind``: the local address the client serves its objects on
     (port chosen by the system); ``max_package``: the largest envelope taken, pushed or
-    pulled; ``duration``: stop after that many seconds."""
+    pulled; ``duration``: stop after that many seconds; ``nosec``: no OSCORE (the server must
+    accept NoSec; the device is shown unauthenticated)."""
 
     server: str
     lifetime: int = 300
@@ -154,6 +168,7 @@ class Lwm2mOptions:
     backoff: float = 0.5
     max_backoff: float = 30.0
     duration: float | None = None
+    nosec: bool = False
 
     def check(self) -> None:
         """Raises: ValueError: an inconsistent option (one line)."""
@@ -332,6 +347,7 @@ class _Client:
         self.generation = 0
         self.last: AgentResult | None = None
         self.updates = 0
+        self.oscore: Any = None  # the device's OSCORE security context (None: NoSec)
 
     # ---- the objects
 
@@ -348,11 +364,20 @@ class _Client:
         return site
 
     def allowed(self, request: Any) -> bool:
-        return str(request.remote.hostinfo) in self.servers
+        return self._protected(request) and str(request.remote.hostinfo) in self.servers
+
+    def _protected(self, request: Any) -> bool:
+        if self.oscore is None:
+            return True
+        remote = request.remote
+        return isinstance(remote, OSCOREAddress) and remote.security_context is self.oscore
 
     def refuse(self, request: Any) -> Any:
         if self.allowed(request):
             return None
+        if not self._protected(request):
+            return _answer(Code.UNAUTHORIZED, "expected a request protected with this device's "
+                                              "OSCORE context")
         return _answer(Code.FORBIDDEN, "expected a request from the LwM2M server this client "
                                        "registered with")
 
@@ -657,8 +682,18 @@ class _Client:
     async def run(self, stop: asyncio.Event) -> None:
         self.read_identity()
         (self.folder / "agent" / _PACKAGE).unlink(missing_ok=True)  # a download never ended
+        site: Any = self.site()
+        transports = ["udp6"]
+        if self.oscore is not None:
+            mine = aiocoap.credentials.CredentialsMap()
+            mine[":lwm2m-server"] = self.oscore
+            site = OscoreSiteWrapper(site, mine)
+            transports = ["oscore", "udp6"]  # OSCORE first: it protects the requests
         self.context = await aiocoap.Context.create_server_context(
-            self.site(), bind=(self.options.bind, 0), transports=["udp6"])
+            site, bind=(self.options.bind, 0), transports=transports)
+        if self.oscore is not None:
+            self.context.client_credentials[
+                f"coap://{urlparse(self.options.server).netloc}/*"] = self.oscore
         failures = 0
         try:
             while not stop.is_set():
@@ -743,9 +778,15 @@ def run_lwm2m(folder: Path, credential: str, options: Lwm2mOptions, *,
 
     Raises:
         ValueError: inconsistent options.
+        StorageError: the device's OSCORE context cannot be created, read or locked.
     """
     options.check()
     device_id = credential.strip().partition(".")[0]
+    oscore = None
+    if not options.nosec:
+        oscore = lwm2m_oscore.open_context(
+            folder / OSCORE_FOLDER, device_id=device_id, server=False,
+            secret=lwm2m_oscore.master_secret(lwm2m_oscore.credential_digest(credential)))
 
     def tell(line: str) -> None:
         if say is not None:
@@ -756,6 +797,7 @@ def run_lwm2m(folder: Path, credential: str, options: Lwm2mOptions, *,
                if tracker_url else None)
     client = _Client(folder, device_id, options, fetcher=fetcher, tracker=tracker,
                      limits=limits or Limits(), say=tell, on_result=on_result)
+    client.oscore = oscore
 
     async def main() -> None:
         done = asyncio.Event()
@@ -791,4 +833,6 @@ def run_lwm2m(folder: Path, credential: str, options: Lwm2mOptions, *,
     finally:
         if tracker is not None:
             tracker.close()
+        if oscore is not None:
+            lwm2m_oscore.close_context(oscore)
     return client.last

@@ -24,17 +24,24 @@ What it implements:
   changes of this process and, on PostgreSQL, those committed on every other replica
   (``notices.pg``): a deployment made through any replica reaches the devices registered here.
 
-Security: only NoSec is implemented, and only when the operator turns it on
-(``nosec=True``; ``suitkit serve --lwm2m-nosec``); each device that registers over it is
-marked ``lwm2m.security: nosec (unauthenticated)`` in the tracker. The installed aiocoap has
-OSCORE (a server-side security context per device could be derived from its tracker
-credential) and a DTLS *client* (tinydtls) but no DTLS-PSK server transport usable here:
-DTLS-PSK would need a server-side DTLS stack; OSCORE is the next step. With NoSec anyone on
-the network can claim an endpoint name: the device still trusts only the envelope's
-signatures, and the tracker shows the device as unauthenticated. A live registration is
-bound to the address it came from: a second registration of the same endpoint name from
-another address is refused (4.03) until the first de-registers or expires; update and
-de-register need the registration's unguessable location.
+Security: OSCORE (RFC 8613; ``suitkit.lwm2m_oscore``), one security context per device in
+``oscore_dir`` (the server's data folder), found by the ID Context of each request (the
+device id) and keyed from the device's tracker credential. The LwM2M site is wrapped in
+aiocoap's ``OscoreSiteWrapper``: a registration is accepted only under the context of the
+endpoint name it claims (a device cannot register as another), update and de-register only
+under the context the registration was made with, and the server's requests to the device
+(reads, writes, observes, executes, the block-wise push) are protected with that same
+context (``_Credentials``: the context of the address the device registered from). A device
+registered over OSCORE is marked ``lwm2m.security: oscore (authenticated)``. NoSec only when
+the operator turns it on (``nosec=True``; ``suitkit serve --lwm2m-nosec``), beside OSCORE;
+each device that registers over it is marked ``lwm2m.security: nosec (unauthenticated)``.
+With NoSec anyone on the network can claim an endpoint name: the device still trusts only
+the envelope's signatures, and the tracker shows the device as unauthenticated. A live
+registration is bound to the address it came from: a second registration of the same
+endpoint name from another address is refused (4.03) until the first de-registers or
+expires, unless it is made under the first one's OSCORE context (the same device, moved);
+update and de-register need the registration's unguessable location. No DTLS: aiocoap has no
+DTLS-PSK server transport that builds here (docs/devices.md).
 
 Deliberately not here: TLV and SenML content formats (plain text is what lwm2m-node-lib
 speaks), bootstrap, queue mode.
@@ -56,15 +63,22 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 # aiocoap ships no type information (no py.typed): the imports below are the untyped seam.
 import aiocoap  # type: ignore[import-untyped]
+import aiocoap.credentials  # type: ignore[import-untyped]
 import aiocoap.error  # type: ignore[import-untyped]
+import aiocoap.oscore  # type: ignore[import-untyped]
 import aiocoap.resource  # type: ignore[import-untyped]
 import httpx
 from aiocoap.numbers.codes import Code  # type: ignore[import-untyped]
+from aiocoap.oscore_sitewrapper import OscoreSiteWrapper  # type: ignore[import-untyped]
+from aiocoap.transports.oscore import OSCOREAddress  # type: ignore[import-untyped]
 
+from suitkit import lwm2m_oscore
 from suitkit.errors import StorageError
 from suitkit.tracker.model import FINAL_STATES, TRANSITIONS
 from suitkit.tracker.notices import NotificationHub, is_record_id
@@ -119,12 +133,14 @@ class RegistrationError(Exception):
 
 @dataclass(frozen=True)
 class Lwm2mConfig:
-    """The LwM2M server's settings. ``nosec`` must be set: it is the only transport there is
-    (see the module docstring)."""
+    """The LwM2M server's settings. ``oscore_dir``: the folder of the devices' OSCORE security
+    contexts (OSCORE on); ``nosec``: also accept devices without security. One of them must
+    be given (see the module docstring)."""
 
     host: str = "127.0.0.1"
     port: int = 5683
     nosec: bool = False
+    oscore_dir: Path | None = None
     min_lifetime: int = 1
     max_lifetime: int = 7 * 24 * 3600
     default_lifetime: int = 86400
@@ -218,6 +234,7 @@ class _Device:
     push: bool = False  # 5/0/9 (Firmware Update Delivery Method) said push only
     executed: str | None = None  # the Package URI whose Update was executed
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    context: Any = None  # the OSCORE security context it registered under (None: NoSec)
     delivering: bool = False  # a delivery runs: a new reason to deliver only marks ``again``
     again: bool = False
     unwatch: Callable[[], None] | None = None  # stops hearing the device's notices
@@ -247,10 +264,11 @@ class Lwm2mServer:
 
     def __init__(self, db: TrackerDB, hub: NotificationHub, config: Lwm2mConfig,
                  *, clock: Callable[[], float] = time.monotonic) -> None:
-        if not config.nosec:
-            raise StorageError("LwM2M: only NoSec is available (no DTLS-PSK server transport "
-                               "in aiocoap; OSCORE not wired yet): turn it on explicitly")
+        if not config.nosec and config.oscore_dir is None:
+            raise StorageError("LwM2M: give the OSCORE contexts' folder, or turn NoSec on "
+                               "explicitly")
         self.db, self.hub, self.config, self.clock = db, hub, config, clock
+        self.credentials = _Credentials(self)
         self.port = config.port
         self._by_location: dict[str, _Device] = {}
         self._by_endpoint: dict[str, _Device] = {}
@@ -297,9 +315,14 @@ class Lwm2mServer:
     async def _start(self) -> None:
         if self.port == 0:
             self.port = _free_udp_port(self.config.host)
+        site: Any = _PathSite(_Registry(self))
+        transports = ["udp6"]  # LwM2M over UDP only: no TCP/TLS listener on the port
+        if self.config.oscore_dir is not None:
+            site = OscoreSiteWrapper(site, self.credentials)
+            transports = ["oscore", "udp6"]  # OSCORE first: it takes the protected requests
         self._context = await aiocoap.Context.create_server_context(
-            _PathSite(_Registry(self)), bind=(self.config.host, self.port),
-            transports=["udp6"])  # LwM2M 1.0 over UDP only: no TCP/TLS listener on the port
+            site, bind=(self.config.host, self.port), transports=transports)
+        self._context.client_credentials = self.credentials
         loop = asyncio.get_running_loop()
         self._sweeper = loop.create_task(self._sweep())
 
@@ -320,6 +343,7 @@ class Lwm2mServer:
             await asyncio.wait(tasks, timeout=5) if tasks else None
             if self._context is not None:
                 await self._context.shutdown()
+            self.credentials.close()
         if not loop.is_closed():
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
@@ -348,15 +372,22 @@ class Lwm2mServer:
         if len(query) > 16:
             raise RegistrationError(Code.BAD_REQUEST, f"query: at most 16 parameters, got "
                                     f"{len(query)}")
+        context = _context_of(request)
+        if context is None and not self.config.nosec:
+            raise RegistrationError(Code.UNAUTHORIZED, "expected an OSCORE-protected request "
+                                    "(this LwM2M server does not accept NoSec)")
         if path == ("rd",):
             if request.code != Code.POST:
                 raise RegistrationError(Code.METHOD_NOT_ALLOWED, "/rd: expected POST (register)")
-            return await self._register(request, query)
+            return await self._register(request, query, context)
         if len(path) == 2 and path[0] == "rd":
             device = self._by_location.get(path[1])
             if device is None:
                 raise RegistrationError(Code.NOT_FOUND, "no such registration (expired, "
                                         "de-registered, or never made): register again")
+            if device.context is not context:
+                raise RegistrationError(Code.FORBIDDEN, "the registration was made under "
+                                        "another security context than this request's")
             if request.code == Code.DELETE:
                 self._forget(device)
                 return aiocoap.Message(code=Code.DELETED)
@@ -367,16 +398,21 @@ class Lwm2mServer:
             device.lifetime = params.get("lifetime", device.lifetime)
             device.objects = params.get("objects", device.objects)
             device.remote = request.remote
+            if device.context is not None:
+                self.credentials.move(device, str(request.remote.hostinfo))
             device.address = str(request.remote.hostinfo)
             device.expires = self.clock() + device.lifetime
             self._kick(device)
             return aiocoap.Message(code=Code.CHANGED)
         raise RegistrationError(Code.NOT_FOUND, "expected /rd or /rd/<registration>")
 
-    async def _register(self, request: Any, query: list[str]) -> Any:
+    async def _register(self, request: Any, query: list[str], context: Any) -> Any:
         params = parse_registration(query, request.payload, self.config)
         endpoint: str = params["endpoint"]
         address = str(request.remote.hostinfo)
+        if context is not None and context.id_context != endpoint.encode():
+            raise RegistrationError(Code.FORBIDDEN, f"ep: {endpoint} is not the device of this "
+                                    "OSCORE context (a device registers as itself only)")
         try:
             known = await self._db(self.db.exists, endpoint)
         except StorageError:
@@ -386,7 +422,10 @@ class Lwm2mServer:
             raise RegistrationError(Code.FORBIDDEN, f"ep: no device {endpoint!r} in the tracker "
                                     "(register the device there first)")
         old = self._by_endpoint.get(endpoint)
-        if old is not None and old.address != address and old.expires > self.clock():
+        # an OSCORE registration proves the device: it replaces one from another address
+        # (the device moved or restarted; or a NoSec registration squatted its name)
+        if (old is not None and old.address != address and old.expires > self.clock()
+                and context is None):
             raise RegistrationError(Code.FORBIDDEN, f"ep: {endpoint} is registered from another "
                                     "address; de-register it or wait for its lifetime to end")
         if old is not None:
@@ -394,16 +433,20 @@ class Lwm2mServer:
         if len(self._by_endpoint) >= self.config.max_registrations:
             raise RegistrationError(Code.SERVICE_UNAVAILABLE, "the LwM2M server holds as many "
                                     "registrations as it may; try again later")
+        security = "nosec (unauthenticated)" if context is None else "oscore (authenticated)"
         try:  # marked before it is registered: no NoSec device is ever shown as authenticated
             await self._db(self.db.merge_facts, endpoint, {
-                "lwm2m.security": "nosec (unauthenticated)", "lwm2m.address": address})
+                "lwm2m.security": security, "lwm2m.address": address})
         except StorageError:
             raise RegistrationError(Code.INTERNAL_SERVER_ERROR,
                                     "the tracker could not record the registration") from None
         lifetime = params.get("lifetime", self.config.default_lifetime)
         device = _Device(endpoint=endpoint, location=secrets.token_hex(8), remote=request.remote,
                          address=address, lifetime=lifetime,
-                         expires=self.clock() + lifetime, objects=params["objects"])
+                         expires=self.clock() + lifetime, objects=params["objects"],
+                         context=context)
+        if context is not None:
+            self.credentials.move(device, address)
         self._by_endpoint[endpoint] = device
         self._by_location[device.location] = device
         # the device's own notices, from this process and (PostgreSQL) from every other
@@ -418,6 +461,7 @@ class Lwm2mServer:
         return aiocoap.Message(code=Code.CREATED, location_path=("rd", device.location))
 
     def _forget(self, device: _Device) -> None:
+        self.credentials.drop(device)
         if device.unwatch is not None:
             device.unwatch()
             device.unwatch = None
@@ -452,6 +496,11 @@ class Lwm2mServer:
 
     def _uri(self, device: _Device, path: str) -> str:
         host = device.remote.hostinfo
+        if (device.context is not None
+                and self.credentials.by_host.get(str(host)) is not device.context):
+            # never a request in plain text to a device registered over OSCORE (the address
+            # was taken over in between, e.g. by a NoSec registration from it)
+            self.credentials.by_host[str(host)] = device.context
         return f"coap://{host}{path}"
 
     async def _request(self, device: _Device, code: Any, path: str, payload: bytes = b"",
@@ -654,6 +703,93 @@ class Lwm2mServer:
                 if not response.code.is_successful():
                     device.executed = None
                     _log.warning("LwM2M: %s refused Update: %s", device.endpoint, response.code)
+
+
+def _context_of(request: Any) -> Any:
+    """The OSCORE security context a request was unprotected with, ``None`` for NoSec."""
+    remote = request.remote
+    return remote.security_context if isinstance(remote, OSCOREAddress) else None
+
+
+class _Credentials(aiocoap.credentials.CredentialsMap):  # type: ignore[misc]
+    """The server's OSCORE contexts, for both directions: an incoming request's context is
+    found by its ID Context (the device id; loaded from ``oscore_dir``, keyed from the
+    device's tracker credential, at most ``max_registrations`` + 64 held), an outgoing
+    request's by the address the device registered from under it."""
+
+    def __init__(self, server: Lwm2mServer) -> None:
+        super().__init__()
+        self.server = server
+        self.loaded: dict[str, Any] = {}
+        self.by_host: dict[str, Any] = {}
+
+    def find_oscore(self, unprotected: Any) -> Any:
+        kid = unprotected.get(aiocoap.oscore.COSE_KID)
+        kid_context = unprotected.get(aiocoap.oscore.COSE_KID_CONTEXT)
+        if kid != lwm2m_oscore.DEVICE_ID or not isinstance(kid_context, bytes):
+            raise KeyError("no such context")
+        try:
+            endpoint = kid_context.decode("ascii")
+        except UnicodeDecodeError:
+            raise KeyError("no such context") from None
+        if not is_record_id(endpoint, _MAX_ENDPOINT):
+            raise KeyError("no such context")
+        context = self.loaded.get(endpoint)
+        if context is None:
+            context = self._load(endpoint)
+        found = context.get_oscore_context_for(unprotected)
+        if found is None:
+            raise KeyError("no such context")
+        return found
+
+    def _load(self, endpoint: str) -> Any:
+        folder = self.server.config.oscore_dir
+        if folder is None:
+            raise KeyError("OSCORE is off")
+        try:
+            found = self.server.db.store.credential(endpoint)
+        except StorageError as e:
+            _log.warning("LwM2M: %s: cannot read the credential: %s", endpoint, e)
+            raise KeyError("no such context") from None
+        name, _, digest = found[0].partition("$") if found is not None else ("", "", "")
+        if name != "sha256" or len(digest) != 64:
+            raise KeyError("no such context")  # unknown, or a credential of the old format
+        if len(self.loaded) >= self.server.config.max_registrations + 64:
+            idle = [e for e in self.loaded if e not in self.server._by_endpoint]
+            if not idle:
+                raise KeyError("too many contexts")
+            lwm2m_oscore.close_context(self.loaded.pop(idle[0]))
+        try:
+            context = lwm2m_oscore.open_context(
+                folder / endpoint, device_id=endpoint, server=True,
+                secret=lwm2m_oscore.master_secret(bytes.fromhex(digest)))
+        except StorageError as e:
+            _log.warning("LwM2M: %s", e)
+            raise KeyError("no such context") from None
+        self.loaded[endpoint] = context
+        return context
+
+    def credentials_from_request(self, message: Any) -> Any:
+        context = self.by_host.get(urlparse(message.get_request_uri()).netloc)
+        if context is None:
+            raise aiocoap.credentials.CredentialsMissingError("NoSec device")
+        return context
+
+    def move(self, device: _Device, address: str) -> None:
+        """The server's requests to ``address`` are protected with ``device``'s context."""
+        self.drop(device)
+        self.by_host[address] = device.context
+
+    def drop(self, device: _Device) -> None:
+        if device.context is not None and self.by_host.get(device.address) is device.context:
+            del self.by_host[device.address]
+
+    def close(self) -> None:
+        for context in self.loaded.values():
+            with contextlib.suppress(OSError):
+                lwm2m_oscore.close_context(context)
+        self.loaded.clear()
+        self.by_host.clear()
 
 
 class _PathSite(aiocoap.resource.Resource):  # type: ignore[misc]
