@@ -25,8 +25,10 @@ from suitkit.sim.powercut import REAL_SCENARIOS, LostWrites, run_real_scenario
 
 from helpers import run_cli
 
-MINIMUM_EVENTS = {"mcu": 100, "secure-split": 190, "dual-cpu": 200, "linux": 60}
-"""Events of a clean run must be at least this many, so a silently shortened scenario fails."""
+MINIMUM_EVENTS = {"mcu": 100, "secure-split": 190, "dual-cpu": 200, "linux": 36}
+"""Events of a clean run must be at least this many, so a silently shortened scenario fails.
+(linux: 38-39 since the records and a small update's slot files are written in place, issue
+#16: one overwrite and one fsync step each instead of write, fsync, rename, fsync-dir.)"""
 
 
 @pytest.mark.parametrize("name", sorted(REAL_SCENARIOS))

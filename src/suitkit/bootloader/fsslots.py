@@ -42,9 +42,11 @@ in a TPM or RPMB).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +155,26 @@ def _unseal(data: bytes) -> tuple[dict[str, object], int]:
     return obj, generation
 
 
+_RACY_NS = 50_000_000
+"""File times come from a coarse clock (a jiffy, at most 10 ms): a file last changed longer
+ago than this cannot change again without its times changing."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    """A record copy as read: its file's identity (inode, size, mtime, ctime), its bytes and
+    their content. ``settled``: the file's times were older than ``_RACY_NS`` when it was read,
+    so the same identity means the same bytes (git's "racily clean" rule); otherwise a write
+    within the same clock tick could leave the identity as it was, and the bytes are read and
+    compared (only the parsing and the checksum are saved)."""
+
+    key: tuple[int, int, int, int]
+    settled: bool
+    data: bytes
+    doc: dict[str, object]
+    generation: int
+
+
 @dataclass(frozen=True, slots=True)
 class FileImageReader:
     """An :class:`~suitkit.bootloader.verifier.ImageReader` over a file (bounded memory)."""
@@ -238,8 +260,13 @@ class FsBootloader:
         this process finished writing it, and the digest the processor checked its bytes
         against (``FsSlotWriter.vouch``). ``check_staged`` uses it instead of hashing the image
         a second time while the file is still that one; ``boot`` never does."""
+        self._slot_dirs = {slot: self.root / "slots" / slot for slot in SLOTS}
+        self._record_paths = {f: self.root / f for pair in RECORDS.items() for f in pair}
+        self._read_cache: dict[str, _Cached] = {}
+        """Per record copy read intact: what it held. An install reads the state about ten
+        times; a ``stat`` tells whether the file changed since (see ``_Cached``)."""
         for slot in SLOTS:
-            (self.root / "slots" / slot).mkdir(parents=True, exist_ok=True)
+            self._slot_dirs[slot].mkdir(parents=True, exist_ok=True)
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -262,6 +289,7 @@ class FsBootloader:
             os.close(fd)
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
+        self._read_cache.pop(path.name if path.parent == self.root else "", None)
         tmp = path.with_name(path.name + ".tmp")
         self._step(f"write {self._rel(tmp)}")
         try:
@@ -284,6 +312,7 @@ class FsBootloader:
         temporary file, no rename, no directory fsync (its name is durable already). Only for a
         file whose torn content nothing trusts (see the module docstring). Not truncated first,
         so that the blocks it overwrites stay allocated (the fdatasync then writes data only)."""
+        self._read_cache.pop(path.name if path.parent == self.root else "", None)
         rel = self._rel(path)
         self._step(f"overwrite {rel}")
         fd = os.open(path, os.O_WRONLY)
@@ -310,15 +339,35 @@ class FsBootloader:
         best: tuple[object | None, int, str] = (None, -1, name)
         damaged = []
         for file in (name, RECORDS[name]):
+            path = self._record_paths[file]
             try:
-                data = (self.root / file).read_bytes()
+                st = os.stat(path)
+                key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                cached = self._read_cache.get(file)
+                data = None
+                if cached is None or cached.key != key or not cached.settled:
+                    data = path.read_bytes()
+                settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - _RACY_NS
+                if cached is not None and cached.key == key and data in (None, cached.data):
+                    doc, generation = dict(cached.doc), cached.generation
+                    if settled and not cached.settled:
+                        self._read_cache[file] = dataclasses.replace(cached, settled=True)
+                else:
+                    assert data is not None
+                    doc, generation = _unseal(data)
+                    if len(data) == st.st_size:  # not written while it was read
+                        self._read_cache[file] = _Cached(key, settled, data, dict(doc),
+                                                         generation)
             except FileNotFoundError:
+                self._read_cache.pop(file, None)
                 continue
             except OSError as e:
                 damaged.append(f"{file}: unreadable ({e.strerror})")
                 continue
+            except ValueError as e:
+                damaged.append(f"{file}: {e}")
+                continue
             try:
-                doc, generation = _unseal(data)
                 parsed = parse(doc)
             except (ValueError, TypeError) as e:
                 damaged.append(f"{file}: {e}")
@@ -393,7 +442,7 @@ class FsBootloader:
         return dict.fromkeys(self._components, SEQUENCE_MAX)
 
     def slot_dir(self, slot: str) -> Path:
-        return self.root / "slots" / slot
+        return self._slot_dirs[slot]
 
     def check_slot(self, slot: str, component: str, counters: Mapping[str, int], *,
                    vouched: bool = False) -> SlotCheck:
