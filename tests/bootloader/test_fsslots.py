@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -216,7 +217,8 @@ def test_a_crash_before_every_durable_step_recovers(tmp_path: Path) -> None:
     provisioned(probe_root)
     update(fs(probe_root, clean), [])
     assert clean.count >= 20
-    assert any(label.startswith("rename state.json") for label in clean.labels)
+    # The older record copy is written in place once both copies exist (issue #16).
+    assert any(label.startswith("overwrite state") for label in clean.labels)
     outcomes = set()
     for cut in range(1, clean.count + 1):
         root = tmp_path / f"cut{cut}"
@@ -225,9 +227,10 @@ def test_a_crash_before_every_durable_step_recovers(tmp_path: Path) -> None:
         steps = Steps(cut)
         with pytest.raises(PowerCut):
             update(fs(root, steps), marks)
-        # Cut before a directory fsync: the rename before it is done (this test loses no
-        # write; the real-path harness in tests/sim does), so a commit may have happened.
-        after_rename = steps.labels[-1].startswith("fsync-dir")
+        # Cut before a directory fsync or a record's fsync: the rename or the in-place write
+        # before it is done (this test loses no write; the real-path harness in tests/sim
+        # does), so a commit may have happened.
+        after_rename = steps.labels[-1].startswith(("fsync-dir", "fsync state"))
         # Reboot: a new process, no crash hook; the application confirms a release-2 trial.
         bl = fs(root)
         result = bl.boot()
@@ -266,3 +269,61 @@ def test_same_api_shape_as_the_flash_bootloader(tmp_path: Path) -> None:
         assert bl.boot().sequence_numbers == {"app": 3}
         reverted = bl.boot()
         assert (reverted.sequence_numbers, reverted.trial) == ({"app": 2}, False)
+
+
+def test_records_are_written_in_place_once_both_copies_exist(tmp_path: Path) -> None:
+    """Issue #16: the older copy is overwritten (same inode, no temporary file, no rename);
+    a copy torn by a cut in the middle of that write leaves the state before it."""
+    bl = provisioned(tmp_path)
+    stage(bl, 2)
+    bl.boot()  # both copies exist now
+    inodes = {n: (tmp_path / n).stat().st_ino for n in ("state.json", "state.1.json")}
+    labels: list[str] = []
+    bl = fs(tmp_path, labels.append)
+    bl.confirm()
+    assert {n: (tmp_path / n).stat().st_ino for n in inodes} == inodes
+    assert not [label for label in labels if "state" in label and not label.startswith(
+        ("overwrite state", "fsync state"))], labels
+    assert state(tmp_path)["phase"] == "confirmed"
+    # The write of the next state is torn (a cut before its fsync): the state stays confirmed.
+    older = min(inodes, key=lambda n: json.loads((tmp_path / n).read_bytes())["generation"])
+
+    def torn(label: str) -> None:
+        if label == f"fsync {older}":
+            (tmp_path / older).write_bytes((tmp_path / older).read_bytes()[:20])
+            raise PowerCut(label)
+
+    with pytest.raises(PowerCut):
+        stage(fs(tmp_path, torn), 3)
+    assert fs(tmp_path).read_state().phase.value == "confirmed"
+    assert fs(tmp_path).boot().sequence_numbers == {"rootfs": 2, "kernel": 2}
+
+
+def test_a_record_read_again_is_not_parsed_again_unless_its_file_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bl = provisioned(tmp_path)
+    stage(bl, 2)
+    bl.boot()
+    bl.confirm()
+    time.sleep(0.06)  # older than a clock tick: the file's times tell a change
+    first, counters = bl.read_state(), bl.read_counters()
+    reads: list[str] = []
+    read_bytes = Path.read_bytes
+
+    def counting(self: Path) -> bytes:
+        reads.append(self.name)
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", counting)
+    assert bl.read_state() == first and bl.read_counters() == counters == {"rootfs": 2,
+                                                                            "kernel": 2}
+    assert reads == []  # a stat of each copy, no open
+    # Changed behind its back, at once (the same clock tick, the same size): seen.
+    newest = max(("state.json", "state.1.json"),
+                 key=lambda n: json.loads(read_bytes(tmp_path / n))["generation"])
+    data = bytearray(read_bytes(tmp_path / newest))
+    data[data.index(b"confirmed")] = ord("C")
+    (tmp_path / newest).write_bytes(bytes(data))  # damaged: the older copy is read
+    assert bl.read_state().phase.value == "tried"
+    (tmp_path / newest).write_bytes(read_bytes(tmp_path / newest).replace(b"C", b"c", 1))
+    assert bl.read_state() == first

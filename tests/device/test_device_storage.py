@@ -41,8 +41,8 @@ def free_bytes(where: Path) -> int:
 def test_a_full_disk_at_any_write_step_leaves_no_partial_file_and_the_update_goes_through_later(
         tmp_path: Path, author: Author) -> None:
     """The free space is swept page by page, so that ENOSPC falls in turn on the image, its
-    fsync, the manifest, the download journal, ``state.json`` (install, boot) and
-    ``counters.json`` (confirm). Before the fix a partial ``app.image.tmp`` (or
+    fsync, the manifest, the download journal, ``state.json`` (install) and ``counters.json``
+    (confirm). Before the fix a partial ``app.image.tmp`` (or
     ``state.json.tmp``) stayed behind and the disk stayed full."""
     made = new_device(tmp_path / "made", [author.anchor], "linux")
     first, _ = author.release(1, size=6000)
@@ -91,7 +91,9 @@ def test_a_full_disk_at_any_write_step_leaves_no_partial_file_and_the_update_goe
             result = boot(device)
             assert (result.sequence_numbers, result.trial) == ({"app": 2}, False), pages
             assert leftovers(device) == []
-    assert failures.keys() == {"install", "boot", "confirm"}, failures  # the sweep reached them
+    # The sweep reached them. Not the boot: its state writes go over the older copy in place
+    # (issue #16), within the blocks the copy has, so a full disk does not stop a boot.
+    assert failures.keys() == {"install", "confirm"}, failures
 
 
 def updated(tmp_path: Path, author: Author, *, confirmed: bool) -> Path:

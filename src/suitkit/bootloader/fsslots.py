@@ -13,12 +13,18 @@ Each record is kept in two copies that writes alternate between (``RECORDS``), e
 generation and a checksum: the newest intact copy is read, so one damaged copy (a flipped bit)
 costs at most the last write, never the device. A full disk leaves no partial file behind.
 
-Every durable change is one atomic step: write a temporary file, fsync it, ``rename`` it over
-the old one, fsync the directory (POSIX ``rename`` is atomic). ``state.json`` decides what runs;
-``current`` is brought in line with it at every boot, so a crash between the two writes is
-repaired. A slot's files appear only through ``rename`` once complete, and are verified before
-use (at every boot: RFC 9124 REQ.SEC.AUTH.EXEC), so a crash while staging leaves at worst a
-stray ``*.tmp`` or a slot that does not verify.
+Every durable change is one atomic step. A file that does not exist yet is created as a
+temporary file, fsynced, ``rename``d over and its directory fsynced (POSIX ``rename`` is
+atomic). A file that exists is written IN PLACE and fdatasynced (no temporary file, rename or
+directory fsync: issue #16's fixed cost) when nothing trusts its content torn: the record
+copies (the older copy is written, with its generation and checksum: a torn one leaves the
+newest intact copy, the state before the write) and the inactive slot's image and manifest of an
+update without resume checkpoints (verified against the signed digest at every boot, and never
+pending while being written: ``open_inactive`` drops the request first). ``state.json`` decides
+what runs; ``current`` is brought in line with it at every boot, so a crash between the two
+writes is repaired. A slot's files are verified before use (at every boot: RFC 9124
+REQ.SEC.AUTH.EXEC), so a crash while staging leaves at worst a stray ``*.tmp`` or a slot that
+does not verify.
 
 The decisions are exactly :mod:`suitkit.bootloader.decide`'s table with *primary* = the active
 slot and *secondary* = the inactive one; since switching is atomic there is never a swap or a
@@ -36,9 +42,11 @@ in a TPM or RPMB).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +155,26 @@ def _unseal(data: bytes) -> tuple[dict[str, object], int]:
     return obj, generation
 
 
+_RACY_NS = 50_000_000
+"""File times come from a coarse clock (a jiffy, at most 10 ms): a file last changed longer
+ago than this cannot change again without its times changing."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    """A record copy as read: its file's identity (inode, size, mtime, ctime), its bytes and
+    their content. ``settled``: the file's times were older than ``_RACY_NS`` when it was read,
+    so the same identity means the same bytes (git's "racily clean" rule); otherwise a write
+    within the same clock tick could leave the identity as it was, and the bytes are read and
+    compared (only the parsing and the checksum are saved)."""
+
+    key: tuple[int, int, int, int]
+    settled: bool
+    data: bytes
+    doc: dict[str, object]
+    generation: int
+
+
 @dataclass(frozen=True, slots=True)
 class FileImageReader:
     """An :class:`~suitkit.bootloader.verifier.ImageReader` over a file (bounded memory)."""
@@ -194,6 +222,11 @@ class FsBootloader:
         limits: bounds on what is read from a slot (the manifest size).
         crash: called with a label (``"rename state.json"``) before every durable step; a test
             raises :class:`~suitkit.bootloader.flash.PowerCut` from it to simulate a crash.
+            The labels: ``write P`` (P.tmp or a new file's content), ``create P`` (a new file
+            in place: its name is durable at the next ``fsync-dir``), ``overwrite P`` (an
+            existing file written in place: until ``fsync P`` it may hold old, new or torn
+            content), ``fsync P``, ``rename P`` (from P.tmp), ``unlink P``, ``symlink P``,
+            ``fsync-dir D``.
     """
 
     def __init__(
@@ -227,8 +260,13 @@ class FsBootloader:
         this process finished writing it, and the digest the processor checked its bytes
         against (``FsSlotWriter.vouch``). ``check_staged`` uses it instead of hashing the image
         a second time while the file is still that one; ``boot`` never does."""
+        self._slot_dirs = {slot: self.root / "slots" / slot for slot in SLOTS}
+        self._record_paths = {f: self.root / f for pair in RECORDS.items() for f in pair}
+        self._read_cache: dict[str, _Cached] = {}
+        """Per record copy read intact: what it held. An install reads the state about ten
+        times; a ``stat`` tells whether the file changed since (see ``_Cached``)."""
         for slot in SLOTS:
-            (self.root / "slots" / slot).mkdir(parents=True, exist_ok=True)
+            self._slot_dirs[slot].mkdir(parents=True, exist_ok=True)
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -251,6 +289,7 @@ class FsBootloader:
             os.close(fd)
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
+        self._read_cache.pop(path.name if path.parent == self.root else "", None)
         tmp = path.with_name(path.name + ".tmp")
         self._step(f"write {self._rel(tmp)}")
         try:
@@ -268,6 +307,27 @@ class FsBootloader:
         self._step(f"fsync-dir {self._rel(path.parent)}")
         self._fsync_dir(path.parent)
 
+    def _overwrite(self, path: Path, data: bytes) -> None:
+        """Write ``data`` over the existing file ``path`` in place, then fdatasync it: no
+        temporary file, no rename, no directory fsync (its name is durable already). Only for a
+        file whose torn content nothing trusts (see the module docstring). Not truncated first,
+        so that the blocks it overwrites stay allocated (the fdatasync then writes data only)."""
+        self._read_cache.pop(path.name if path.parent == self.root else "", None)
+        rel = self._rel(path)
+        self._step(f"overwrite {rel}")
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            old_size = os.fstat(fd).st_size
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if old_size > len(data):
+                os.ftruncate(fd, len(data))
+            self._step(f"fsync {rel}")
+            _datasync(fd)
+        finally:
+            os.close(fd)
+
     def _read_record(self, name: str, parse: Callable[[Mapping[str, object]], object]
                      ) -> tuple[object | None, int, str]:
         """The newest intact copy of record ``name`` parsed (``None``: never written), its
@@ -279,15 +339,35 @@ class FsBootloader:
         best: tuple[object | None, int, str] = (None, -1, name)
         damaged = []
         for file in (name, RECORDS[name]):
+            path = self._record_paths[file]
             try:
-                data = (self.root / file).read_bytes()
+                st = os.stat(path)
+                key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                cached = self._read_cache.get(file)
+                data = None
+                if cached is None or cached.key != key or not cached.settled:
+                    data = path.read_bytes()
+                settled = max(st.st_mtime_ns, st.st_ctime_ns) < time.time_ns() - _RACY_NS
+                if cached is not None and cached.key == key and data in (None, cached.data):
+                    doc, generation = dict(cached.doc), cached.generation
+                    if settled and not cached.settled:
+                        self._read_cache[file] = dataclasses.replace(cached, settled=True)
+                else:
+                    assert data is not None
+                    doc, generation = _unseal(data)
+                    if len(data) == st.st_size:  # not written while it was read
+                        self._read_cache[file] = _Cached(key, settled, data, dict(doc),
+                                                         generation)
             except FileNotFoundError:
+                self._read_cache.pop(file, None)
                 continue
             except OSError as e:
                 damaged.append(f"{file}: unreadable ({e.strerror})")
                 continue
+            except ValueError as e:
+                damaged.append(f"{file}: {e}")
+                continue
             try:
-                doc, generation = _unseal(data)
                 parsed = parse(doc)
             except (ValueError, TypeError) as e:
                 damaged.append(f"{file}: {e}")
@@ -306,7 +386,12 @@ class FsBootloader:
             _, generation, target = self._read_record(name, lambda d: d)
         except StorageError:  # nothing intact to keep: either copy will do
             generation, target = 0, name
-        self._atomic_write(self.root / target, _seal(doc, generation + 1))
+        path, sealed = self.root / target, _seal(doc, generation + 1)
+        if path.is_file() and not path.is_symlink():
+            # The copy that is not the newest intact one: a torn write leaves the other.
+            self._overwrite(path, sealed)
+        else:
+            self._atomic_write(path, sealed)
 
     def _write_state(self, state: FsState) -> None:
         self._write_record("state.json", state.to_doc())
@@ -357,7 +442,7 @@ class FsBootloader:
         return dict.fromkeys(self._components, SEQUENCE_MAX)
 
     def slot_dir(self, slot: str) -> Path:
-        return self.root / "slots" / slot
+        return self._slot_dirs[slot]
 
     def check_slot(self, slot: str, component: str, counters: Mapping[str, int], *,
                    vouched: bool = False) -> SlotCheck:
@@ -542,12 +627,17 @@ class FsBootloader:
         self._staged.discard(component)
         self._vouched.pop(component, None)
         slot = self.slot_dir(state.inactive)
-        for suffix in (".manifest", ".image"):
-            path = slot / f"{component}{suffix}"
-            if path.exists():
-                self._step(f"unlink {self._rel(path)}")
-                path.unlink()
-        return FsSlotWriter(self, slot, component, manifest, image_size, resume_at=resume_at)
+        # An image with no resume checkpoint (see ``_SYNC_MIN``) is written in place over the
+        # slot's files: the request was dropped above, and the boot verifies them.
+        in_place = resume_at == 0 and image_size <= _SYNC_MIN
+        if not in_place:
+            for suffix in (".manifest", ".image"):
+                path = slot / f"{component}{suffix}"
+                if path.exists():
+                    self._step(f"unlink {self._rel(path)}")
+                    path.unlink()
+        return FsSlotWriter(self, slot, component, manifest, image_size, resume_at=resume_at,
+                            in_place=in_place)
 
     def mark_pending(self, *, permanent: bool = False) -> None:
         """One atomic state write asks the next boot to switch to the inactive slot.
@@ -586,7 +676,9 @@ class FsBootloader:
 
     def staged(self, component: str) -> bytes | None:
         """The manifest stored with ``component``'s image in the inactive slot (unverified), or
-        ``None`` when there is none (a slot's manifest is written after its image).
+        ``None`` when there is none (a slot's manifest is written after its image; while an
+        image is written in place, the slot's earlier manifest stays until ``finish``: only
+        a pending slot's manifest goes with its image).
 
         Raises:
             StorageError: unknown component, or unreadable state.
@@ -639,6 +731,14 @@ class FsBootloader:
             self._vouched[component] = (_identity(image.stat()), *vouched)
 
 
+def _datasync(fd: int) -> None:
+    """fdatasync: the data and what reading it back needs (the size), not the times."""
+    if hasattr(os, "fdatasync"):
+        os.fdatasync(fd)
+    else:  # pragma: no cover - macOS has no fdatasync
+        os.fsync(fd)
+
+
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -675,32 +775,51 @@ fsyncs anyway."""
 
 
 class FsSlotWriter:
-    """Streams an image into ``<slot>/<component>.image.tmp``; ``finish`` renames it in place."""
+    """Streams an image into ``<slot>/<component>.image.tmp``; ``finish`` renames it in place.
+
+    ``in_place``: write ``<slot>/<component>.image`` itself (over its earlier content when it
+    exists, not truncated first, so that its blocks stay allocated) and the manifest over the
+    slot's earlier one: ``finish`` fdatasyncs both and fsyncs the directory only if it created
+    either. For an image that takes no resume checkpoint, in a slot that is not pending.
+    """
 
     def __init__(
         self, owner: FsBootloader, slot: Path, component: str, manifest: bytes, image_size: int,
-        *, resume_at: int = 0,
+        *, resume_at: int = 0, in_place: bool = False,
     ) -> None:
         self._owner = owner
         self._slot = slot
         self._component = component
         self._manifest = manifest
         self._size = image_size
-        self._tmp = slot / f"{component}.image.tmp"
+        self._in_place = in_place
+        self._tmp = slot / f"{component}.image{'' if in_place else '.tmp'}"
         self._label = owner._rel(self._tmp)
         self._vouched: tuple[int, bytes] | None = None
         self._sync_every = max(_SYNC_MIN, -(-image_size // _CHECKPOINTS))
-        owner._step(f"write {self._label}")
+        self._created = False
+        self._kind = "write"
         start = 0
         self._file: BinaryIO
-        if 0 < resume_at <= image_size and self._tmp.exists() \
-                and self._tmp.stat().st_size >= resume_at:
-            start = resume_at  # the caller vouches these bytes were fsynced (``durable``)
-            self._file = self._tmp.open("r+b")
-            self._file.truncate(start)
-            self._file.seek(start)
+        if in_place:
+            if self._tmp.is_file() and not self._tmp.is_symlink():
+                self._kind = "overwrite"
+                owner._step(f"overwrite {self._label}")
+                self._file = self._tmp.open("r+b")
+            else:
+                self._created = True
+                owner._step(f"create {self._label}")
+                self._file = self._tmp.open("wb")
         else:
-            self._file = self._tmp.open("wb")
+            owner._step(f"write {self._label}")
+            if 0 < resume_at <= image_size and self._tmp.exists() \
+                    and self._tmp.stat().st_size >= resume_at:
+                start = resume_at  # the caller vouches these bytes were fsynced (``durable``)
+                self._file = self._tmp.open("r+b")
+                self._file.truncate(start)
+                self._file.seek(start)
+            else:
+                self._file = self._tmp.open("wb")
         self._start = self._written = self._durable = start
         self._done = False
 
@@ -734,7 +853,7 @@ class FsSlotWriter:
                 self._file.write(data)
             else:  # one cut point every 64 KiB for the power-cut harnesses
                 for pos in range(0, len(data), _CHUNK):
-                    self._owner._step(f"write {self._label}")
+                    self._owner._step(f"{self._kind} {self._label}")
                     self._file.write(data[pos : pos + _CHUNK])
             end = self._written + len(data)
             # Not at the image's end: ``finish`` fsyncs it there at once.
@@ -761,14 +880,29 @@ class FsSlotWriter:
         owner = self._owner
         with self._writing():
             self._file.flush()
+            if self._in_place and self._file.seek(0, os.SEEK_END) > self._size:
+                self._file.truncate(self._size)  # the earlier image was longer
             owner._step(f"fsync {owner._rel(self._tmp)}")
-            os.fsync(self._file.fileno())
+            if self._in_place:
+                _datasync(self._file.fileno())
+            else:
+                os.fsync(self._file.fileno())
         self._file.close()
         image = self._slot / f"{self._component}.image"
-        owner._step(f"rename {owner._rel(image)}")
-        self._tmp.replace(image)
+        manifest = self._slot / f"{self._component}.manifest"
         try:
-            owner._atomic_write(self._slot / f"{self._component}.manifest", self._manifest)
+            if not self._in_place:
+                owner._step(f"rename {owner._rel(image)}")
+                self._tmp.replace(image)
+                owner._atomic_write(manifest, self._manifest)
+            elif manifest.is_file() and not manifest.is_symlink():
+                owner._overwrite(manifest, self._manifest)
+                if self._created:  # the image's name
+                    owner._step(f"fsync-dir {owner._rel(self._slot)}")
+                    owner._fsync_dir(self._slot)
+            else:  # new names: the image's, the manifest's (one directory fsync for both)
+                _remove(manifest)
+                owner._atomic_write(manifest, self._manifest)
         except OSError:
             # Not pending, and useless without its manifest: give the space back.
             self._done = True

@@ -260,8 +260,13 @@ class LostWrites:
     """Which files of a Linux-class device hold writes a power cut can lose.
 
     Fed the labels of ``FsBootloader``'s durable steps (``write P``, ``fsync P``, ``rename P``
-    from ``P.tmp``, ``fsync-dir D``, ``symlink P``), each called just before its operation: when
-    the next label arrives, the previous operation is done.
+    from ``P.tmp``, ``fsync-dir D``, ``symlink P``, ``create P``, ``overwrite P``), each called
+    just before its operation: when the next label arrives, the previous operation is done.
+
+    A file written in place (``overwrite P``) and not fsynced since may hold, after the cut, its
+    old content, its new content, a mix of both (new blocks then old, or old then new: the page
+    cache writes back in any order), either cut short or ended with garbage; a file created in
+    place (``create P``) is gone unless its directory was fsynced since, like a rename.
     """
 
     def __init__(self, root: Path, rng: random.Random) -> None:
@@ -271,14 +276,20 @@ class LostWrites:
         self.renamed: dict[Path, tuple[str, bytes | str | None]] = {}
         self._last: str | None = None
         self._before_rename: tuple[str, bytes | str | None] | None = None
+        self.overwritten: dict[Path, bytes] = {}
+        """Files written in place since their last fsync: their content before."""
 
     def step(self, label: str) -> None:
         """The operation of the previous label completed; ``label``'s is about to start."""
         self._done(self._last)
         self._last = label
         kind, _, rel = label.partition(" ")
-        if kind in ("rename", "unlink"):
+        if kind in ("rename", "unlink", "create"):
             self._before_rename = self._capture(self.root / rel)
+        elif kind == "overwrite":
+            path = self.root / rel
+            if path not in self.overwritten and path.is_file():
+                self.overwritten[path] = path.read_bytes()
 
     def _capture(self, path: Path) -> tuple[str, bytes | str | None]:
         if path.is_symlink():
@@ -292,10 +303,15 @@ class LostWrites:
             return
         kind, _, rel = label.partition(" ")
         path = self.root / rel
-        if kind in ("write", "symlink"):
+        if kind in ("write", "symlink", "overwrite"):
             self.unsynced.add(path)
+        elif kind == "create":
+            self.unsynced.add(path)
+            if path not in self.renamed and self._before_rename is not None:
+                self.renamed[path] = self._before_rename  # its name: durable at fsync-dir
         elif kind == "fsync":
             self.unsynced.discard(path)
+            self.overwritten.pop(path, None)
         elif kind == "rename":
             source = path.with_name(path.name + ".tmp")
             if source in self.unsynced:
@@ -328,6 +344,10 @@ class LostWrites:
                 self.unsynced.discard(path)
                 lost.append(f"rename or unlink of {path.name} undone")
         for path in sorted(self.unsynced):
+            old = self.overwritten.get(path)
+            if old is not None and path.is_file() and not path.is_symlink():
+                lost += self._tear_in_place(path, old)
+                continue
             if path.is_symlink() or not path.is_file():
                 if path.is_symlink() and self.rng.random() < 0.5:
                     path.unlink()
@@ -346,6 +366,29 @@ class LostWrites:
                 path.write_bytes(data[:keep] + self.rng.randbytes(len(data) - keep))
                 lost.append(f"{path.name} torn")
         return lost
+
+    def _tear_in_place(self, path: Path, old: bytes) -> list[str]:
+        """What an unsynced in-place write of ``path`` (``old`` before it) leaves."""
+        new = path.read_bytes()
+        fate = self.rng.randrange(6)
+        if fate == 0:
+            path.write_bytes(old)
+            return [f"{path.name} overwrite lost (old content)"]
+        if fate == 1:
+            return []
+        size = self.rng.choice([len(old), len(new)])
+        at = self.rng.randrange(size + 1)
+        first, second = (new, old) if self.rng.random() < 0.5 else (old, new)
+        if fate == 2:
+            torn = first[:at] + second[at:size]
+        elif fate == 3:
+            torn = first[:at] + self.rng.randbytes(max(0, size - at))
+        elif fate == 4:
+            torn = first[:at]
+        else:
+            torn = bytes(size)  # blocks allocated, data never written: zeroes
+        path.write_bytes(torn)
+        return [f"{path.name} torn in place"]
 
 
 # ---------------------------------------------------------------------------- one device
