@@ -33,6 +33,8 @@ from suitkit.errors import DecodeError, KeyMaterialError, PolicyError, SuitError
 from suitkit.fileio import atomic_write
 
 __all__ = [
+    "AGENT_ID",
+    "AGENT_IMAGE",
     "SHAPE_COMPONENTS",
     "AnchorSpec",
     "ComponentSpec",
@@ -53,6 +55,12 @@ SHAPE_COMPONENTS: dict[str, tuple[str, ...]] = {
     "linux": ("app",),
 }
 """The images of each shape's boot set; component i is SUIT component ``[h'0i']``."""
+
+AGENT_ID: ComponentIdentifier = (b"suitkit", b"agent")
+"""The SUIT component identifier of the device agent (``device.selfupdate``; Linux-class
+devices made with ``agent=True``)."""
+AGENT_IMAGE = "agent"
+"""The agent's image name in the slot directories."""
 
 IMAGE_SECTORS: dict[str, int] = {"mcu": 80, "secure-split": 40, "dual-cpu": 40, "linux": 0}
 """Default slot size of each simulated flash shape in 4 KiB sectors (mcu: 320 KiB; the
@@ -268,12 +276,14 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                   decryption_keys: list[Path] | None = None,
                   image_sectors: int | None = None,
                   required_roles: Sequence[str] = (),
-                  app_command: str | None = None) -> DeviceConfig:
+                  app_command: str | None = None, agent: bool = False) -> DeviceConfig:
     """Create a device folder: ``device.json``, ``anchors/`` and ``keys/``.
 
     ``trust_anchors``: key files, or ``(role, file)`` pairs (a plain file is an ``author``).
     ``required_roles``: every one of these must have signed an update.
     ``app_command``: Linux-class devices only, the command that starts the application.
+    ``agent``: Linux-class devices only: the device agent is a component too (``AGENT_ID``,
+    image ``agent``), updated like the application (``device.selfupdate``).
 
     Raises:
         DecodeError: the folder already holds a device, a key file is unreadable, or a
@@ -286,6 +296,9 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         raise DecodeError(str(directory), "already holds a device")
     if app_command is not None and shape != "linux":
         raise DecodeError("--app-command", "only Linux-class devices start an application")
+    if agent and shape != "linux":
+        raise DecodeError("--agent", "only Linux-class devices run an updatable agent (MCU "
+                          "shapes update their bootloader: docs/bootloader.md)")
     if not trust_anchors:
         raise DecodeError("--trust-anchor", "a device needs at least one trust anchor")
     pairs = [a if isinstance(a, tuple) else ("author", a) for a in trust_anchors]
@@ -314,7 +327,8 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         device_id=device_id or uuid.uuid4(),
         image_sectors=IMAGE_SECTORS[shape] if image_sectors is None else image_sectors,
         components=tuple(ComponentSpec((bytes([i]),), name)
-                         for i, name in enumerate(SHAPE_COMPONENTS[shape])),
+                         for i, name in enumerate(SHAPE_COMPONENTS[shape]))
+        + ((ComponentSpec(AGENT_ID, AGENT_IMAGE),) if agent else ()),
         anchors=specs, required_roles=tuple(required_roles), app_command=app_command)
     (directory / "anchors").mkdir(parents=True, exist_ok=True)
     (directory / "keys").mkdir(exist_ok=True)
