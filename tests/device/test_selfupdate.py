@@ -17,17 +17,20 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 import suitkit
 from device.device_kit import CLASS, VENDOR, Author, image_bytes
 from serve_kit import READY, serving, start_process, stop_process
+from suitkit.cli.main import app as cli
 from suitkit.core import codec
 from suitkit.device.agent import register, run_once
 from suitkit.device.config import AGENT_ID, create_device
@@ -54,6 +57,8 @@ class World:
     author: Author
     agents: dict[str, bytes]
     sequence: int = 1
+    since: dict[str, int] = field(default_factory=dict)
+    """Per device: the last history event before the latest deployment."""
 
     def upload(self, components: list[tuple[list[str], bytes]], sequence: int | None = None
                ) -> dict[str, Any]:
@@ -75,6 +80,7 @@ class World:
         return dict(response.json())
 
     def deploy(self, release: dict[str, Any], device: str) -> None:
+        self.since[device] = max((h["seq"] for h in self.history(device)), default=0)
         response = httpx.post(f"{self.url}/api/v1/deployments", headers=admin(), timeout=30,
                               json={"release": release["id"], "devices": [device],
                                     "envelope_url": self.url + release["envelope"]["url"]})
@@ -91,12 +97,12 @@ class World:
         return [h for h in response.json()["history"] if h["kind"] == "event"]
 
     def final(self, device: str, release: dict[str, Any]) -> dict[str, Any]:
-        """Wait for the release's final event on the device; return it."""
+        """Wait for the final event of the device's latest deployment (``release``)."""
         found: list[dict[str, Any]] = []
 
         def done() -> bool:
             found[:] = [h for h in self.history(device) if h["state"] in FINAL
-                        and h.get("release", release["id"]) == release["id"]]
+                        and h["seq"] > self.since.get(device, 0)]
             return bool(found)
 
         wait(done, f"a final state (succeeded, failed, rolled-back) of release "
@@ -110,8 +116,6 @@ class World:
 
 
 def wait(predicate: Callable[[], bool], what: str, timeout: float = READY) -> None:
-    import time  # noqa: PLC0415
-
     deadline = time.monotonic() + max(timeout, READY)
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -260,6 +264,9 @@ class _CutAt(httpx.BaseTransport):
             raise KeyboardInterrupt(f"power cut before the {self.state} event")
         return self.inner.handle_request(request)
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 class _CutDuringFetch(HttpFetcher):
     """The power fails while the new agent's image is being written into the inactive slot."""
@@ -336,3 +343,22 @@ def test_a_real_kill_9_while_the_new_agent_is_on_trial_reverts_to_a_working_agen
         final = world.final(device.id, release)
         assert final["state"] == "rolled-back", (final, launcher.text())
         assert world.agent_version(device.id) == "suitkit 0.1.0+v1"
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def test_init_agent_and_launch_options_are_checked(tmp_path: Path, world: World) -> None:
+    runner = CliRunner()
+    base = ["device", "init", "--vendor-domain", "example.com", "--class-name", "c",
+            "--trust-anchor", str(world.author.anchor)]
+    mcu = runner.invoke(cli, [*base, str(tmp_path / "m"), "--agent"])
+    assert mcu.exit_code == 2 and "only Linux-class devices run an updatable agent" in \
+        mcu.output
+    linux = runner.invoke(cli, [*base, str(tmp_path / "l"), "--shape", "linux", "--agent"])
+    assert linux.exit_code == 0, linux.output
+    assert "agent=['suitkit', 'agent']" in linux.output
+    for bad, message in ((["--confirm-deadline", "0"], "confirm deadline"),
+                         (["--once"], "keeps the agent running")):
+        result = runner.invoke(cli, ["device", "launch", str(tmp_path / "l"), *bad])
+        assert result.exit_code == 2 and message in result.output, result.output

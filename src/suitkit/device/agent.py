@@ -814,6 +814,9 @@ def _after_handover(opened: OpenDevice, release: str) -> tuple[str | None, str]:
             return "succeeded", "the new agent runs confirmed"
     if note is not None:
         return "rolled-back", f"{note}; the launcher reverted to the previous agent"
+    if phase == "reverted":
+        return "rolled-back", ("the device restarted while the new agent was on trial, before "
+                               "it checked in; the previous agent runs")
     return None, ""
 
 
