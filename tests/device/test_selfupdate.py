@@ -216,10 +216,21 @@ def test_a_good_new_agent_comes_up_checks_in_and_reports_its_version(world: Worl
                      if c["id"] == [p.hex() for p in AGENT_ID])
         assert agent["sequence"] == release["sequence_number"]
         assert "the new agent checked in and confirmed itself" in launcher.text()
-    # the switch happened: the new agent runs from the other slot, confirmed, counter raised
-    opened = open_device(device.folder)
-    assert opened.bootloader.read_state().phase.value == "confirmed"  # type: ignore[attr-defined]
-    assert opened.bootloader.read_counters()["agent"] == release["sequence_number"]
+        # the switch happened: the new agent runs from the other slot, confirmed
+        opened = open_device(device.folder)
+        assert opened.bootloader.read_state().phase.value == "confirmed"  # type: ignore[attr-defined]
+        assert opened.bootloader.read_counters()["agent"] == release["sequence_number"]
+        # an update of the application alone goes through the launcher the same way; the
+        # agent (re-staged as it runs) stays v2
+        app = world.upload([(["0x00"], image_bytes("good-app-2", 2500))])
+        world.deploy(app, device.id)
+        final = world.final(device.id, app)
+        assert final["state"] == "succeeded", (final, launcher.text())
+        assert f"booted app #{app['sequence_number']}, agent #{release['sequence_number']} " \
+               "(on trial)" in launcher.text()
+        assert world.agent_version(device.id) == "suitkit 0.1.0+v2"
+    assert open_device(device.folder).bootloader.read_counters() == {
+        "app": app["sequence_number"], "agent": release["sequence_number"]}
 
 
 @pytest.mark.parametrize("broken", ["exits", "silent"])

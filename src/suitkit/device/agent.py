@@ -47,8 +47,8 @@ is reported with the tracker's reason. Before the install nothing on the device 
 a failure to reach the tracker stops the run; after it, the device finishes the update (boot,
 confirm or revert) whatever the tracker answers, and the tracker misses those events.
 
-Self-update (``device.selfupdate``; a Linux-class device made with an agent component): an
-install that writes the ``agent`` image ends the run ``restarting`` once ``rebooting`` is
+Self-update (``device.selfupdate``; a Linux-class device made with an agent component): every
+install (of the ``agent`` image or not) ends the run ``restarting`` once ``rebooting`` is
 reported (``run_agent`` stops, ``suitkit device run`` exits ``HANDOVER_EXIT``): the launcher
 boots the new agent on trial. An agent that finds itself on trial confirms itself right after
 its first successful check-in, the confirm step (and reports the release ``succeeded``); the
@@ -712,12 +712,15 @@ def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes | None, *, r
     step(f"installed: {outcome.reason}")
     tell(lambda: tracker.event("rebooting"))
     step("rebooting")
-    if AGENT_IMAGE in outcome.written:
-        # Self-update: this agent does not boot its successor; the launcher does, and keeps
-        # this one to come back to (device.selfupdate).
+    if has_agent(opened):
+        # The agent is a component: this agent does not boot the new set (nor its successor);
+        # the launcher does, and keeps this one to come back to (device.selfupdate). Every
+        # update goes this way, the agent's own or not: the agent always runs from the active
+        # slot, never from a slot the next update will overwrite.
         clear_note(opened.config.directory)
-        return result("restarting", "a new agent is installed; the launcher boots it on trial "
-                      "(it confirms itself at its first check-in)", release)
+        what = "a new agent" if AGENT_IMAGE in outcome.written else "the update"
+        return result("restarting", f"{what} is installed; the launcher boots it on trial "
+                      "(the agent confirms it at its first check-in)", release)
     return _reboot(opened, tracker, release=release, step=step, result=result, missed=missed,
                    success=f"running sequence number {outcome.sequence_number}")
 
@@ -771,7 +774,7 @@ def _resume_boot(opened: OpenDevice, tracker: _Tracker, *, release: str,
     observation = bootloader.observe()  # type: ignore[attr-defined]
     state = getattr(observation, "boot_state", None) or observation.state
     if state.phase.name.lower() in ("trial", "tried"):
-        success = ("the new agent came up and checked in" if has_agent(opened)
+        success = ("the agent came up on the new set and checked in" if has_agent(opened)
                    else "the new image runs on trial")
         return _reboot(opened, tracker, release=release, step=step, result=result, missed=[],
                        success=success, booted=True)

@@ -27,8 +27,11 @@ shapes: ``bootloader.stage0``). It
    the deadline passes (it is stopped by its pid and process group), the launcher writes the
    reason (``agent/selfupdate.json``) and boots again: the slots revert, the previous agent
    starts, reads the reason and reports the release ``rolled-back`` with it;
-3. otherwise supervises the agent: exit status ``HANDOVER_EXIT`` (75) means "an update of the
-   agent is pending, boot it"; any other exit restarts the agent after a bounded backoff.
+3. otherwise supervises the agent: exit status ``HANDOVER_EXIT`` (75) means "an update is
+   pending, boot it" (every update of such a device, the agent's or the application's, is
+   booted by the launcher and confirmed by the agent's check-in, so the agent always runs from
+   the active slot, never from the slot the next update overwrites); any other exit restarts
+   the agent after a bounded backoff.
 
 A power cut or ``kill -9`` at any moment leaves a working agent: before ``mark_pending`` the old
 slot is untouched and the next launch runs it (the agent resumes the install); after it, the
