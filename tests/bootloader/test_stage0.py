@@ -8,16 +8,24 @@ run against deliberately broken stage-1 updates, so that "zero failures" means s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import suitkit.bootloader.stage0 as stage0_module
+from device.device_kit import CLASS, VENDOR, Author, image_bytes
 from suitkit.bootloader.api import NoBootableImage, SlotCheck
 from suitkit.bootloader.boot import FlashSlotWriter
 from suitkit.bootloader.decide import Verdict
 from suitkit.bootloader.powercut import STAGE1, Fixture, InvariantBroken, run_scenario
 from suitkit.bootloader.profiles import COMPONENTS, make_device
-from suitkit.bootloader.stage0 import Copy, Stage0, Step, choose
+from suitkit.bootloader.stage0 import STAGE1_ID, Copy, Stage0, Step, choose
 from suitkit.bootloader.verifier import ImageInfo
+from suitkit.core import codec
+from suitkit.core.processor import ComponentIdentity
+from suitkit.core.verify import TrustAnchors
+from suitkit.device.consumer import slot_record
+from suitkit.device.wiring import SuitImageVerifier
 from suitkit.errors import PolicyError
 
 
@@ -173,3 +181,39 @@ def test_harness_catches_a_stage0_that_ignores_a_failed_trial(
     monkeypatch.setattr(stage0_module, "choose", forgetful)
     with pytest.raises(InvariantBroken, match="stage-1 release 3 started on trial a second"):
         run_scenario("bootloader-revert", check_updatable=False)
+
+
+def test_stage0_checks_a_real_suit_manifest_for_the_bootloader_component(tmp_path: Path) -> None:
+    """Stage 0's verifier seam takes the device's SUIT verifier: the stage-1 image is component
+    ['suitkit', 'bootloader'] of a signed envelope, and another component's image is refused."""
+    author = Author.create(tmp_path / "author")
+    identity = ComponentIdentity(vendor_ids=frozenset({VENDOR}), class_ids=frozenset({CLASS}))
+    verifier = SuitImageVerifier(TrustAnchors.of(author.key.public_key()), identity, STAGE1_ID)
+    fx = Fixture(COMPONENTS["mcu"])
+    device = make_device("mcu", fx.verifiers, stage1=verifier)
+    assert device.stage0 is not None
+    stage0 = device.stage0
+    stage1_hex = ["0x" + part.hex() for part in STAGE1_ID]
+
+    def release(seq: int, cid: list[str]) -> tuple[bytes, bytes]:
+        image = image_bytes(f"stage1-{seq}", 5000)
+        (author.folder / f"s1-{seq}.bin").write_bytes(image)
+        envelope = author.envelope(seq, [{"id": cid, "image": f"s1-{seq}.bin",
+                                          "invoke": False}])
+        decoded = codec.decode_envelope(envelope)
+        return slot_record(tuple(bytes.fromhex(p[2:]) for p in cid), decoded), image
+
+    stage0.install_factory(*release(1, stage1_hex))
+    assert stage0.boot().sequence_number == 1
+    manifest, image = release(2, ["0x00"])  # signed, but for the application component
+    writer = stage0.stage(manifest=manifest, image_size=len(image))
+    writer.write(image)
+    writer.finish()
+    assert stage0.boot().sequence_number == 1
+    assert "holds an image for" in str(stage0.check(1).reason)
+    manifest, image = release(3, stage1_hex)
+    writer = stage0.stage(manifest=manifest, image_size=len(image))
+    writer.write(image)
+    writer.finish()
+    started = stage0.boot()
+    assert (started.sequence_number, started.trial) == (3, True)
