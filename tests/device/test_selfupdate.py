@@ -369,6 +369,13 @@ def test_init_agent_and_launch_options_are_checked(tmp_path: Path, world: World)
     linux = runner.invoke(cli, [*base, str(tmp_path / "l"), "--shape", "linux", "--agent"])
     assert linux.exit_code == 0, linux.output
     assert "agent=['suitkit', 'agent']" in linux.output
+    mcu_launch = runner.invoke(cli, ["device", "launch", str(tmp_path / "l2"), "--server",
+                                     world.url])
+    assert mcu_launch.exit_code != 0 and "not a device folder" in mcu_launch.output
+    created = runner.invoke(cli, [*base, str(tmp_path / "plain"), "--shape", "linux"])
+    assert created.exit_code == 0, created.output
+    plain = runner.invoke(cli, ["device", "launch", str(tmp_path / "plain")])
+    assert plain.exit_code != 0 and "whose agent is a component" in plain.output, plain.output
     for bad, message in ((["--confirm-deadline", "0"], "confirm deadline"),
                          (["--once"], "keeps the agent running")):
         result = runner.invoke(cli, ["device", "launch", str(tmp_path / "l"), *bad])

@@ -68,7 +68,7 @@ from suitkit.device.invoke import (
     invoke_running,
 )
 from suitkit.device.wiring import OpenDevice, open_device
-from suitkit.errors import StorageError, SuitError
+from suitkit.errors import PolicyError, StorageError, SuitError
 from suitkit.fileio import atomic_write
 
 __all__ = [
@@ -297,16 +297,24 @@ def supervise(folder: Path, options: LaunchOptions, *, say: Callable[[str], None
 
     Raises:
         ValueError: inconsistent options.
-        SuitError: the device folder cannot be opened.
+        SuitError: the device folder cannot be opened (PolicyError: its agent is not a
+            component).
     """
     options.check()
     stop = stop or threading.Event()
-    open_device(folder)  # a clear error now for a folder that is not a device
+    if not has_agent(open_device(folder)):  # a clear error now for any other folder
+        raise PolicyError(f"{folder}: the launcher runs a Linux-class device whose agent is a "
+                          "component (suitkit device init --shape linux --agent); run this "
+                          "one with suitkit device run")
     starts = failures = 0
     while not stop.is_set() and (max_starts is None or starts < max_starts):
         opened = open_device(folder)
         try:
             trial, line = _boot(opened)
+        except OSError as e:  # a full or failing disk: try again later, never a traceback
+            say(f"boot: {e.strerror or e}; trying again in {options.max_backoff:g} s")
+            stop.wait(options.max_backoff)
+            continue
         except SuitError as e:  # NoBootableImage: a fresh or damaged device
             trial, line = False, f"no bootable slot ({e}): the factory agent runs"
         except _AppDidNotStart as e:
