@@ -12,6 +12,7 @@ a final state.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -60,9 +61,10 @@ class World:
     since: dict[str, int] = field(default_factory=dict)
     """Per device: the last history event before the latest deployment."""
 
-    def upload(self, components: list[tuple[list[str], bytes]], sequence: int | None = None
-               ) -> dict[str, Any]:
-        """A release of detached images (``[(component id, image)]``), uploaded."""
+    def upload(self, components: list[tuple[list[str], bytes]], sequence: int | None = None,
+               *, invoke: bool = False) -> dict[str, Any]:
+        """A release of detached images (``[(component id, image)]``), uploaded; ``invoke``:
+        its Invocation Procedure starts them."""
         if sequence is None:
             self.sequence += 1
             sequence = self.sequence
@@ -70,7 +72,7 @@ class World:
         for index, (cid, image) in enumerate(components):
             name = f"c{sequence}-{index}.bin"
             (self.author.folder / name).write_bytes(image)
-            described.append({"id": cid, "image": name, "invoke": False,
+            described.append({"id": cid, "image": name, "invoke": invoke,
                               "uri": f"{self.url}/firmware/{hashlib.sha256(image).hexdigest()}"})
             files.append((f"image-{index}", (name, image)))
         envelope = self.author.envelope(sequence, described)
@@ -150,13 +152,14 @@ class Device:
     credential: Path
 
 
-def new_device(world: World, name: str) -> Device:
+def new_device(world: World, name: str, *, app: bytes | None = None,
+               app_command: str | None = None) -> Device:
     """A linux device with an agent component, provisioned in the factory with app #1 and
-    agent v1 (each in a manifest of its own, as docs/devices.md asks), registered."""
+    agent v1 (each in a manifest of its own, as docs/selfupdate.md asks), registered."""
     folder = world.tmp / name
     create_device(folder, vendor_id=VENDOR, class_id=CLASS, trust_anchors=[world.author.anchor],
-                  shape="linux", agent=True)
-    app = image_bytes(f"{name}-app", 3000)
+                  shape="linux", agent=True, app_command=app_command)
+    app = app if app is not None else image_bytes(f"{name}-app", 3000)
     app_envelope = world.author.envelope(1, [world.author.component(f"{name}-app.bin", app)])
     (world.author.folder / "v1.pyz").write_bytes(world.agents["v1"])
     agent_envelope = world.author.envelope(1, [{"id": AGENT_HEX, "image": "v1.pyz",
@@ -256,6 +259,32 @@ def test_a_broken_new_agent_is_rolled_back_and_the_device_reports_it(world: Worl
         assert world.final(device.id, good)["state"] == "succeeded", launcher.text()
     assert open_device(device.folder).bootloader.read_counters()["agent"] == \
         good["sequence_number"]
+
+
+def test_an_update_whose_application_does_not_start_is_rolled_back_by_the_launcher(
+        world: World) -> None:
+    device = new_device(world, "app-fails", app=b"exec sleep 3600\n",
+                        app_command="/bin/sh {image}")
+    pid_file = device.folder / "app.pid"
+    try:
+        with Launcher(world, device) as launcher:
+            wait(lambda: world.agent_version(device.id) == "suitkit 0.1.0+v1",
+                 "the factory agent v1 to check in")
+            first = int(pid_file.read_text())
+            release = world.upload([(["0x00"], b"exit 3\n")], invoke=True)
+            world.deploy(release, device.id)
+            final = world.final(device.id, release)
+            assert final["state"] == "rolled-back", (final, launcher.text())
+            assert "the application did not start" in final["detail"]
+            assert "exited with status 3" in final["detail"]
+            # the previous application was started again from the slot reverted to
+            again = int(pid_file.read_text())
+            assert again != first
+            os.kill(again, 0)
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
 
 
 # -- a power cut after each step of the switch ----------------------------------------------------
