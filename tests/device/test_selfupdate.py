@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -285,6 +286,36 @@ def test_an_update_whose_application_does_not_start_is_rolled_back_by_the_launch
         if pid_file.exists():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_one_launcher_per_device_and_its_agent_dies_with_it(world: World) -> None:
+    device = new_device(world, "one-launcher")
+    with Launcher(world, device) as first:
+        wait(lambda: world.agent_version(device.id) == "suitkit 0.1.0+v1",
+             "the factory agent v1 to check in")
+        second = start_process(Launcher(world, device).argv, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        try:
+            output, _ = second.communicate(timeout=READY)
+        finally:
+            stop_process(second)
+        assert second.returncode == 1 and "another launcher runs this device" in output, output
+        match = re.search(r"starting agent #1 from slot \w \(pid (\d+)\)", first.text())
+        assert match, first.text()
+        agent = int(match.group(1))
+        assert first.process is not None
+        os.kill(first.process.pid, signal.SIGKILL)  # the launcher alone, not its group
+        wait(lambda: not _alive(agent), "the agent to die with its launcher")
+    with Launcher(world, device) as again:
+        wait(lambda: "checked in" in again.text(), "the agent to come back with a new launcher")
 
 
 # -- a power cut after each step of the switch ----------------------------------------------------

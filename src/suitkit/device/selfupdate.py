@@ -33,6 +33,9 @@ shapes: ``bootloader.stage0``). It
    the active slot, never from the slot the next update overwrites); any other exit restarts
    the agent after a bounded backoff.
 
+One launcher runs a device (``DIR/agent/launch.lock``, an advisory lock the kernel drops with
+its holder), and the agent dies with its launcher (``PR_SET_PDEATHSIG`` on Linux).
+
 A power cut or ``kill -9`` at any moment leaves a working agent: before ``mark_pending`` the old
 slot is untouched and the next launch runs it (the agent resumes the install); after it, the
 next launch tries the new agent; during the trial (before the confirm), the next launch
@@ -47,7 +50,10 @@ management (run ``suitkit device launch`` from systemd or an init script with re
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -55,7 +61,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -306,6 +312,47 @@ def supervise(folder: Path, options: LaunchOptions, *, say: Callable[[str], None
         raise PolicyError(f"{folder}: the launcher runs a Linux-class device whose agent is a "
                           "component (suitkit device init --shape linux --agent); run this "
                           "one with suitkit device run")
+    with _only_launcher(folder):
+        return _supervise(folder, options, say, stop, max_starts)
+
+
+@contextlib.contextmanager
+def _only_launcher(folder: Path) -> Iterator[None]:
+    """Hold ``DIR/agent/launch.lock`` (an advisory lock the kernel drops when the launcher
+    dies, however it dies): two launchers never run one device.
+
+    Raises:
+        PolicyError: another launcher holds it.
+    """
+    path = folder / "agent" / "launch.lock"
+    try:
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StorageError(f"{path}: cannot open the launcher's lock: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PolicyError(f"{folder}: another launcher runs this device (it holds "
+                              f"{path})") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the agent gets SIGKILL when the launcher dies (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _supervise(folder: Path, options: LaunchOptions, say: Callable[[str], None],
+               stop: threading.Event, max_starts: int | None) -> int:
     starts = failures = 0
     while not stop.is_set() and (max_starts is None or starts < max_starts):
         opened = open_device(folder)
@@ -325,11 +372,13 @@ def supervise(folder: Path, options: LaunchOptions, *, say: Callable[[str], None
             trial, line = False, str(e)
         say(line)
         argv, what = _agent_argv(opened, options)
-        say(f"starting {what}")
         # argv: this interpreter, and an image the bootloader verified (or our own suitkit).
-        # The agent stays in the launcher's process group: what stops the launcher (a power
-        # cut, kill -9 of the group, a service manager) stops it too.
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)  # noqa: S603
+        # The agent stays in the launcher's process group and dies with the launcher (a kill -9
+        # of the launcher alone included): a launcher started again never finds a second agent
+        # working on the same folder.
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL,  # noqa: S603
+                                   preexec_fn=_die_with_parent)  # noqa: PLW1509
+        say(f"starting {what} (pid {process.pid})")
         starts += 1
         try:
             code = _watch(folder, process, options, say, stop, trial=trial)
