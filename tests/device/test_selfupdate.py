@@ -233,6 +233,12 @@ def test_a_good_new_agent_comes_up_checks_in_and_reports_its_version(world: Worl
         assert f"booted app #{app['sequence_number']}, agent #{release['sequence_number']} " \
                "(on trial)" in launcher.text()
         assert world.agent_version(device.id) == "suitkit 0.1.0+v2"
+        # an older agent, however well signed, is refused (RFC 9124 REQ.SEC.SEQUENCE)
+        older = world.upload([(AGENT_HEX, world.agents["v3"])], sequence=1)
+        world.deploy(older, device.id)
+        final = world.final(device.id, older)
+        assert final["state"] == "failed" and "rollback" in final["detail"], final
+        assert world.agent_version(device.id) == "suitkit 0.1.0+v2"
     assert open_device(device.folder).bootloader.read_counters() == {
         "app": app["sequence_number"], "agent": release["sequence_number"]}
 
