@@ -9,7 +9,9 @@ processor, the download journal, staging, the set check and marking pending, the
 the application's confirm (``real-SHAPE-revert``: no confirm, the next boot reverts), a boot,
 and a second update the same way; every command saves the folder.
 
-For each scenario (per RFC 9019 §5 shape: payload integrated, detached, or a revert) it:
+For each scenario (per RFC 9019 §5 shape: payload integrated, detached, or a revert; and
+``real-linux-agent``, a Linux-class device whose agent is a component updated with the
+application, ``device.selfupdate``) it:
 
 1. runs the body once cleanly and counts its *events*: every flash operation (erase, program)
    and every durable file step (the download journal, the folder's flash save, every write,
@@ -65,7 +67,7 @@ from suitkit.bootloader.api import BootResult, NoBootableImage
 from suitkit.bootloader.flash import PowerCut, PowerSupply
 from suitkit.core import codec, crypto
 from suitkit.core.sign import sign_envelope
-from suitkit.device.config import SHAPE_COMPONENTS, create_device
+from suitkit.device.config import AGENT_ID, AGENT_IMAGE, SHAPE_COMPONENTS, create_device
 from suitkit.device.consumer import InstallOutcome
 from suitkit.device.fetch import FileFetcher
 from suitkit.device.wiring import OpenDevice, open_device
@@ -98,19 +100,24 @@ class RealScenario:
     detached: bool
     revert: bool = False
     """The first update is never confirmed: the boot after its trial reverts it."""
+    agent: bool = False
+    """The device agent is a component too (``device.selfupdate``): every release updates the
+    application and the agent."""
 
     @property
     def description(self) -> str:
         payload = "detached (fetched from a firmware folder)" if self.detached else "integrated"
         first = "boot, boot (revert)" if self.revert else "boot, confirm, boot"
-        return (f"{self.shape}: Consumer.install of a signed envelope, payload {payload}; "
-                f"{first}; a second update installed, booted and confirmed")
+        what = " (application and agent)" if self.agent else ""
+        return (f"{self.shape}: Consumer.install of a signed envelope{what}, payload "
+                f"{payload}; {first}; a second update installed, booted and confirmed")
 
 
 REAL_SCENARIOS: dict[str, RealScenario] = {
-    f"real-{shape}-{kind}": RealScenario(f"real-{shape}-{kind}", shape, kind == "detached",
-                                         kind == "revert")
-    for shape in SHAPE_COMPONENTS for kind in ("integrated", "detached", "revert")
+    **{f"real-{shape}-{kind}": RealScenario(f"real-{shape}-{kind}", shape, kind == "detached",
+                                            kind == "revert")
+       for shape in SHAPE_COMPONENTS for kind in ("integrated", "detached", "revert")},
+    "real-linux-agent": RealScenario("real-linux-agent", "linux", True, agent=True),
 }
 
 
@@ -139,9 +146,10 @@ class Broken(Exception):
 class Releases:
     """Signed envelopes of every release for one shape, the images in a firmware folder."""
 
-    def __init__(self, folder: Path, shape: str, *, detached: bool, seed: int) -> None:
+    def __init__(self, folder: Path, shape: str, *, detached: bool, seed: int,
+                 agent: bool = False) -> None:
         self.folder = folder
-        self.components = SHAPE_COMPONENTS[shape]
+        self.components = SHAPE_COMPONENTS[shape] + ((AGENT_IMAGE,) if agent else ())
         self.key = crypto.generate_private_key("ES256")
         self.anchor = folder / "author.pub"
         folder.mkdir(parents=True, exist_ok=True)
@@ -156,7 +164,9 @@ class Releases:
                 image = rng.randbytes(SIZES[seq] + 300 * index)
                 file = f"{name}-{seq}.bin"
                 (folder / file).write_bytes(image)
-                comp: dict[str, Any] = {"id": [f"0x{index:02x}"], "image": file}
+                cid = ([f"0x{p.hex()}" for p in AGENT_ID] if name == AGENT_IMAGE and agent
+                       else [f"0x{index:02x}"])
+                comp: dict[str, Any] = {"id": cid, "image": file}
                 if detached:
                     comp["uri"] = file
                 comps.append(comp)
@@ -490,11 +500,12 @@ def _recover(board: Board, interrupted: list[int]) -> None:
         board.update(interrupted[0])
 
 
-def _provision(folder: Path, releases: Releases, shape: str, seed: int) -> None:
+def _provision(folder: Path, releases: Releases, shape: str, seed: int, *,
+               agent: bool = False) -> None:
     vendor = _vendor()
     create_device(folder, vendor_id=vendor, class_id=uuid.uuid5(vendor, CLASS_NAME),
                   trust_anchors=[releases.anchor], shape=shape,
-                  device_id=uuid.UUID(int=seed), image_sectors=IMAGE_SECTORS)
+                  device_id=uuid.UUID(int=seed), image_sectors=IMAGE_SECTORS, agent=agent)
     board = Board(folder, releases, shape, seed)
     open_device(folder).save()
     for seq in (BASE, OLD):
@@ -537,9 +548,9 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
     with tempfile.TemporaryDirectory(prefix="suitkit-powercut-", dir=workdir) as tmp:
         root = Path(tmp)
         releases = Releases(root / "firmware", scenario.shape, detached=scenario.detached,
-                            seed=seed)
+                            seed=seed, agent=scenario.agent)
         golden = root / "golden"
-        _provision(golden, releases, scenario.shape, seed)
+        _provision(golden, releases, scenario.shape, seed, agent=scenario.agent)
 
         def fresh(label: str) -> Board:
             folder = root / label
