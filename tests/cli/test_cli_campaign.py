@@ -79,6 +79,9 @@ def test_create_approve_start_and_follow_a_campaign(
         code, out, err = run(capsys, "campaign", "tags", dev["id"], "cli", "eu",
                              *server.args("alice"))
         assert code == 0 and out.strip() == f"device {dev['id']} tags: cli, eu", err
+    code, out, err = run(capsys, "campaign", "tags", devices[0]["id"], "cli", "eu", "--json",
+                         *server.args("alice"))
+    assert code == 0 and json.loads(out)["tags"] == ["cli", "eu"], err
     code, out, err = run(capsys, "campaign", "create", "--name", "cli rollout",
                          "--release", RELEASE, "--envelope-url", "http://127.0.0.1:9/e.suit",
                          "--tag", "cli", "--waves", "50,100", "--failure-threshold", "0.5",

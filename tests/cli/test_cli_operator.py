@@ -123,6 +123,23 @@ def test_token_create_prints_the_token_without_out(
     assert token.startswith("tok_") and "\n" not in token and "author" in err
 
 
+def test_token_create_and_revoke_in_json(server: Server,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "token", "create", "script", "--role", "author", "--json",
+                         *common(server))
+    assert code == 0, err
+    made = json.loads(out)
+    assert made["role"] == "author" and made["token"].startswith(f"tok_{made['id']}.")
+    out_file = server.tmp / "script.token"
+    code, out, err = run(capsys, "token", "create", "script-2", "--role", "author", "--json",
+                         "--out", out_file, *common(server))
+    doc = json.loads(out)
+    assert code == 0 and "token" not in doc and doc["written_to"] == str(out_file)
+    assert out_file.read_text().strip() not in out
+    code, out, err = run(capsys, "token", "revoke", made["id"], "--json", *common(server))
+    assert code == 0 and json.loads(out) == {"id": made["id"], "revoked": True}
+
+
 def test_token_list_and_revoke(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "token", "create", "to-go", "--role", "author", *common(server))
     token_id = out.strip()[4:].partition(".")[0]
@@ -161,14 +178,14 @@ def test_refusals_exit_1_with_the_servers_error(
     assert code == 1 and "HTTP 401" in one_error_line(err)
 
 
-def test_bad_usage_and_unreachable_servers_exit_2(
+def test_bad_usage_exits_2_and_unreachable_servers_exit_5(
         server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
     code, _, err = run(capsys, "devices", "list", "--server", closed, "--token-file",
                        server.admin_file, "--timeout", "5")
-    assert code == 2 and "cannot reach" in one_error_line(err)
+    assert code == 5 and "cannot reach" in one_error_line(err)
     code, _, err = run(capsys, "devices", "list", "--server", "ftp://x", "--token-file",
                        server.admin_file)
     assert code == 2 and "--server" in one_error_line(err)
@@ -202,6 +219,16 @@ def test_devices_list_and_show(server: Server, capsys: pytest.CaptureFixture[str
     code, out, err = run(capsys, "devices", "show", device["id"], *common(server))
     assert code == 0, err
     assert "[00] sequence 3" in out and "board: nrf52840" in out and "-> notified" in out
+    for state in ("downloading", "downloaded"):
+        httpx.post(f"{server.url}/api/v1/devices/{device['id']}/events", headers=device_auth,
+                   timeout=10, json={"state": state}).raise_for_status()
+    code, out, err = run(capsys, "devices", "show", device["id"], "--limit", "2", "--json",
+                         *common(server))
+    assert code == 0, err
+    assert [h["state"] for h in json.loads(out)["history"]] == ["downloading", "downloaded"]
+    code, out, err = run(capsys, "devices", "show", device["id"], "--limit", "1",
+                         *common(server))
+    assert code == 0 and "-> downloaded" in out and "-> notified" not in out, out
     code, _, err = run(capsys, "devices", "show", "00000000-0000-4000-8000-000000000000",
                        *common(server))
     assert code == 1 and "HTTP 404" in one_error_line(err)
@@ -256,6 +283,12 @@ def test_devices_reset_ends_a_stuck_update(server: Server,
     assert "update ended as failed (reset by bootstrap-admin: wiped)" in out
     code, _, err = run(capsys, "devices", "reset", device["id"], *common(server))
     assert code == 1 and "nothing to reset" in one_error_line(err)
+    httpx.post(f"{server.url}/api/v1/deployments", headers=admin, timeout=10, json={
+        "release": "ab" * 32, "envelope_url": "http://127.0.0.1:1/envelopes/x",
+        "devices": [device["id"]]}).raise_for_status()
+    code, out, err = run(capsys, "devices", "reset", device["id"], "--json", *common(server))
+    assert code == 0, err
+    assert json.loads(out)["state"] == "failed"
 
 
 def test_devices_show_prints_a_digest_whole_in_a_narrow_pipe(

@@ -5,6 +5,7 @@ server is under load (uploads, registrations, check-ins), restored into a new da
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import subprocess
 import threading
@@ -150,8 +151,11 @@ def backup_under_load_and_restore(tmp_path: Path, db: str | None,
     assert done.stdout.startswith(f"backup {tmp_path / 'backup'}: "), done.stdout
     assert not list(tmp_path.glob(".backup.partial-*"))
     restored = run("restore", str(tmp_path / "backup"), "--data", str(tmp_path / "restored"),
-                   *(["--db", restored_db] if restored_db else []))
+                   *(["--db", restored_db] if restored_db else []), "--json")
     assert restored.returncode == 0, restored.stderr
+    summary = json.loads(restored.stdout)
+    assert summary["restored"] == str(tmp_path / "backup") and summary["releases"] >= 1
+    assert summary["database"] == ("postgresql" if restored_db else "sqlite")
     if restored_db is None:
         with sqlite3.connect(tmp_path / "restored" / "tracker.db") as connection:
             assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)

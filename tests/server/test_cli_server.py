@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pty
 import shutil
@@ -55,6 +56,12 @@ def test_serve_and_upload(served: tuple[str, Author, Path, int], tmp_path: Path)
     firmware = next(line.split(": ", 1)[1] for line in done.stdout.splitlines()
                     if line.strip().startswith("component 0:"))
     assert httpx.get(firmware, timeout=5).content == image
+    again = run("upload", str(tmp_path / "release.suit"), "--server", url, "--token-file",
+                str(token), "--json")
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout)
+    assert doc["stored"] is False and doc["sequence_number"] == 1
+    assert f"{url}{doc['components'][0]['url']}" == firmware
     # the same blob over CoAP, block-wise, from the same `suitkit serve`
     from suitkit.device.fetch import CoapFetcher
 
@@ -81,8 +88,8 @@ def test_upload_to_nothing_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "t").write_text("x")
     done = run("upload", str(tmp_path / "e.suit"), "--server", f"http://127.0.0.1:{free_port()}",
                "--token-file", str(tmp_path / "t"), "--timeout", "2")
-    assert done.returncode == 1
-    assert done.stderr.startswith("suitkit: error: cannot upload to ")
+    assert done.returncode == 5  # could not reach the server: the same rule in every command
+    assert done.stderr.startswith("suitkit: error: cannot reach ")
     assert len(done.stderr.strip().splitlines()) == 1
 
 

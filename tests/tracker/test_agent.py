@@ -9,6 +9,7 @@ device and deploys; the agent installs, boots, confirms and tells the tracker ev
 from __future__ import annotations
 
 import hashlib
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -137,7 +138,10 @@ def test_a_deployed_release_is_installed_booted_confirmed_and_reported(world: Wo
     shown = world.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
     assert shown["state"] == "succeeded"
     assert shown["components"] == [{"id": ["00"], "sequence": 2,
-                                    "digest": release["components"][0]["digest"]}]
+                                    "digest": release["components"][0]["digest"]},
+                                   {"id": [b"suitkit".hex(), b"anchors".hex()],
+                                    "sequence": 0, "digest": None}]
+    assert shown["anchors"] == {"version": 0, "digest": None}  # as device init wrote them
 
     # the assignment is done: the next poll finds nothing to do and changes nothing
     again = run_once(folder, world.url, dev["token"], fetcher=HttpFetcher())
@@ -311,6 +315,15 @@ def test_a_device_enrols_itself_and_then_updates(world: World) -> None:
                                        "--out", str(world.tmp / "other.cred")])
     assert refused.exit_code == 1 and "HTTP 401" in refused.output
     assert load_config(fresh).tracker_id is None
+    with socket.socket() as sock:  # a port nobody listens on once the socket closes
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    unreachable = CliRunner().invoke(cli, ["device", "register", str(fresh), "--server", closed,
+                                           "--token-file", str(admin_file),
+                                           "--out", str(world.tmp / "other.cred")])
+    assert unreachable.exit_code == 5 and "cannot reach" in unreachable.output
+    assert load_config(fresh).tracker_id is None
+    assert not (world.tmp / "other.cred").exists()
 
     assert world.deploy(world.release(4), [device_id]).status_code == 201
     run = CliRunner().invoke(cli, ["device", "run", str(folder), "--server", world.url,

@@ -193,6 +193,30 @@ def test_history_pages_keep_events_and_reports_in_seq_order_one_page_per_query(
         (query,) = [s for s in reads if f"FROM {table}" in s]
         assert "ORDER BY" in query and "LIMIT" in query and "seq >" in query
 
+    # newest first: the same items in reverse, page after page, with the same bounded reads
+    for limit in (2, 4, 11):
+        pages = tracker.pages(path, "history", limit, order="newest")
+        items = [h for p in pages for h in p]
+        assert [h["seq"] for h in items] == list(range(11, 0, -1)), limit
+        assert [h.get("state", h["kind"]) for h in items] == expected[::-1]
+    statements.clear()
+    event.listen(tracker.db.engine, "before_cursor_execute", seen)
+    try:
+        page = tracker.db.history_page(device_id, limit=3, after=9, newest=True)
+    finally:
+        event.remove(tracker.db.engine, "before_cursor_execute", seen)
+    assert [item["seq"] for item in page.items] == [8, 7, 6] and page.next == (6,)
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    for table in ("device_events", "device_reports"):
+        (query,) = [s for s in reads if f"FROM {table}" in s]
+        assert "ORDER BY" in query and "DESC" in query and "LIMIT" in query and "seq <" in query
+    # a cursor of one order is not one of the other; an unknown order is refused
+    oldest_next = tracker.get(path, limit=2).json()["next"]
+    mixed = tracker.get(path, limit=2, after=oldest_next, order="newest")
+    assert mixed.status_code == 400 and "cursor" in mixed.json()["error"]
+    wrong = tracker.get(path, order="sideways")
+    assert wrong.status_code == 400 and "order: expected oldest or newest" in wrong.json()["error"]
+
     # an unknown device: 404 as before
     plain = tracker.get("/api/v1/devices/no-such-device/history")
     paged = tracker.get("/api/v1/devices/no-such-device/history", limit=5, after=cursor(

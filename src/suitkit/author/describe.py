@@ -119,10 +119,27 @@ def load_description(path: Path) -> Description:
         raise DecodeError(str(path), f"cannot read description: {e}") from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise DecodeError(str(path), f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}:"
-                          f" {str(e).splitlines()[0]}") from None
+    except json.JSONDecodeError as e:
+        raise DecodeError(f"{path}:{e.lineno}:{e.colno}", f"not valid JSON: {e.msg}") from None
+    except yaml.YAMLError as e:
+        raise DecodeError(_yaml_where(path, e), f"not valid YAML: {_yaml_problem(e)}") from None
     return parse_description(data, base=path.parent, source=str(path))
+
+
+def _yaml_where(path: Path, error: yaml.YAMLError) -> str:
+    """``FILE:LINE:COLUMN`` (1-based, where the parser stopped) when PyYAML knows it."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    if mark is None:
+        return str(path)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}"
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    problem = getattr(error, "problem", None)
+    context = getattr(error, "context", None)
+    if problem and context:
+        return f"{problem} ({context})"
+    return str(problem or context or str(error).splitlines()[0])
 
 
 def parse_description(data: Any, *, base: Path, source: str = "description") -> Description:

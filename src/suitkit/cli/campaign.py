@@ -10,29 +10,23 @@ or the server cannot be reached. docs/tracker.md, "Campaigns", has the rules.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from suitkit.cli.common import EXIT_USAGE, fail, handles_errors, out
+from suitkit.cli.common import EXIT_USAGE, JsonOption, fail, handles_errors, new_app, out
+from suitkit.cli.common import print_json as _print_json
 from suitkit.cli.operator import ApiClient, ServerOption, TimeoutOption, TokenFileOption
 
 __all__ = ["campaign_app"]
 
-campaign_app = typer.Typer(
+campaign_app = new_app(
     help="Update campaigns (operator): create, approve, start, pause, resume, cancel, trigger, "
-    "status, list; device tags.", no_args_is_help=True, add_completion=False,
-    pretty_exceptions_enable=False)
+    "status, list; device tags.", no_args_is_help=True)
 
 _PATH = "/api/v1/campaigns"
 IdArgument = Annotated[str, typer.Argument(metavar="ID", help="Campaign id.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
-
-
-def _print_json(doc: Any) -> None:
-    out.print(json.dumps(doc, indent=2, sort_keys=True), markup=False)
 
 
 def _status_line(doc: dict[str, Any]) -> str:
@@ -208,9 +202,12 @@ def tags(device_id: Annotated[str, typer.Argument(metavar="DEVICE", help="Device
          server: ServerOption, token_file: TokenFileOption,
          tag: Annotated[list[str] | None, typer.Argument(metavar="[TAG...]", help="The tags "
                                                          "(none: clear them).")] = None,
-         timeout: TimeoutOption = 30.0) -> None:
+         as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
     """Set a device's tags (what campaigns target with --tag)."""
     client = ApiClient.from_options(server, token_file, timeout)
     doc = client.request("PUT", f"/api/v1/devices/{device_id}/tags", body={"tags": tag or []})
+    if as_json:
+        _print_json(doc)
+        return
     out.print(f"device {device_id} tags: {', '.join(doc.get('tags') or []) or '(none)'}",
               markup=False)

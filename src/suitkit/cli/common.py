@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console, ConsoleDimensions, ConsoleOptions, RenderableType
@@ -101,11 +102,46 @@ out = _Out(highlight=False, soft_wrap=True)
 err = _Neutral(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORAGE, EXIT_INTERNAL = 0, 1, 2, 3, 4
+EXIT_UNREACHABLE = 5
+"""Every command that talks to a server: it could not be reached (refused, unknown name,
+timeout, TLS failure). Nothing was changed; the same command can simply be run again."""
+
+
+def new_app(**settings: Any) -> typer.Typer:
+    """A command group with the house settings: help text written in Markdown (``code``,
+    paragraphs joined as prose), ``-h`` as well as ``--help``, no pretty tracebacks (main()
+    prints one line), no completion options (the root command has them)."""
+    defaults: dict[str, Any] = {
+        "add_completion": False, "pretty_exceptions_enable": False,
+        "rich_markup_mode": "markdown",
+        "context_settings": {"help_option_names": ["-h", "--help"]},
+    }
+    return typer.Typer(**{**defaults, **settings})
+
+
+def _flag_type(self: Any, ctx: Any) -> str | None:
+    """No ``<bool>`` beside a flag in the help: a flag takes no value."""
+    if getattr(self, "is_flag", False):
+        return None
+    return _typed_display(self, ctx)
+
+
+_typed_display = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 # OS errors that say the storage failed, not that the user named the wrong file.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
+"""``--json``: every command that prints data takes it (tests/cli/test_json.py)."""
+
+
+def print_json(doc: Any) -> None:
+    """One JSON document on stdout (sorted keys, UTF-8 text as it is)."""
+    out.print(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False), markup=False)
 
 
 def fail(message: str, code: int) -> NoReturn:

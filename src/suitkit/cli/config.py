@@ -229,6 +229,19 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=True)  # a TOML basic string
 
 
+def as_json(keys: list[Key], resolved: Resolved) -> dict[str, dict[str, Any]]:
+    """The configuration in force as ``{key: {"value", "source"}}`` (``value`` null when
+    unset), secrets redacted as in ``render``."""
+    doc: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        value = resolved.values[key.name]
+        if isinstance(value, Path):
+            value = str(value)
+        doc[key.key] = {"value": redact(value) if isinstance(value, str) else value,
+                        "source": resolved.sources[key.name]}
+    return doc
+
+
 def render(keys: list[Key], resolved: Resolved) -> str:
     """The configuration in force as TOML, each line with its source as a comment; secrets
     (the password of any URL, a database's first) redacted; an unset option as a comment."""

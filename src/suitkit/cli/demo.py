@@ -40,7 +40,7 @@ from rich.live import Live
 from rich.rule import Rule
 from rich.table import Table
 
-from suitkit.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, handles_errors, out
+from suitkit.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, handles_errors, new_app, out
 from suitkit.errors import SuitError
 from suitkit.fileio import atomic_write
 
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from suitkit.sim.fleet import Fleet
     from suitkit.sim.scenario import Summary
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = new_app()
 
 OUTCOME_STYLE = {"updated": "green", "rolled-back": "yellow", "rejected": "magenta",
                  "failed": "red", "pending": "dim"}

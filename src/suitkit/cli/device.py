@@ -19,10 +19,12 @@ from suitkit.bootloader.api import NoBootableImage
 from suitkit.bootloader.powercut import SCENARIOS, run_scenario
 from suitkit.cli.common import (
     EXIT_FAILED,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     err,
     fail,
     handles_errors,
+    new_app,
     out,
     read_input,
     writing,
@@ -38,8 +40,8 @@ from suitkit.errors import SuitError
 from suitkit.limits import Limits
 from suitkit.sim.powercut import REAL_SCENARIOS, run_real_scenario
 
-app = typer.Typer(help="A simulated (or Linux-class) device kept in a folder.",
-                  no_args_is_help=True, add_completion=False)
+app = new_app(help="A simulated (or Linux-class) device kept in a folder.",
+              no_args_is_help=True)
 
 
 def _uuid(value: str, option: str) -> uuid.UUID:
@@ -313,7 +315,7 @@ def run(
                                         help="Status tracker URL, e.g. "
                                         "http://127.0.0.1:8080")],
     credential_file: Annotated[Path, typer.Option(
-        "--credential-file", help="File holding the device credential <device-id>.<secret>.")],
+        "--credential-file", help="File holding the device credential `<device-id>.<secret>`.")],
     once: Annotated[bool, typer.Option("--once", help="Poll once and exit.")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between polls (in "
                                             "push and hybrid modes: safety polls).")
@@ -427,7 +429,7 @@ def register(
 ) -> None:
     """Enrol the device with a status tracker: register it, write its credential (shown by
     the tracker only once) for `device run --credential-file`, and send its inventory."""
-    from suitkit.device.agent import TrackerError  # noqa: PLC0415
+    from suitkit.device.agent import TrackerError, TrackerUnreachable  # noqa: PLC0415
     from suitkit.device.agent import register as enrol  # noqa: PLC0415
     from suitkit.fileio import atomic_write  # noqa: PLC0415
 
@@ -436,6 +438,8 @@ def register(
         fail(f"{out_file}: already exists; a device is registered once", EXIT_USAGE)
     try:
         credential = enrol(directory, server, token, name=name)
+    except TrackerUnreachable as e:
+        fail(f"cannot reach {server}: {e}", EXIT_UNREACHABLE)
     except TrackerError as e:
         fail(f"registration refused: {e}", EXIT_FAILED)
     atomic_write(out_file, credential.encode() + b"\n", mode=0o600)
@@ -510,6 +514,7 @@ def device_status(opened: OpenDevice) -> dict[str, Any]:
         # TRIAL: swapped in, not booted yet; TRIED: booted once and running unconfirmed.
         "trial": state.phase.name.lower() in ("trial", "tried"),
         "phase": state.phase.name.lower(),
+        "anchors-version": opened.config.anchors_version(),  # docs/keys.md
     }
 
 

@@ -22,16 +22,20 @@ from suitkit import __version__
 from suitkit.author import keys as keyfiles
 from suitkit.author.describe import load_description
 from suitkit.author.encrypt import encrypt_envelope, parse_encryption
+from suitkit.cli.anchors import app as anchors_app
 from suitkit.cli.backup import app as backup_app
 from suitkit.cli.campaign import campaign_app
 from suitkit.cli.common import (
     EXIT_FAILED,
     EXIT_INTERNAL,
     EXIT_USAGE,
+    JsonOption,
     err,
     fail,
     handles_errors,
+    new_app,
     out,
+    print_json,
     read_input,
 )
 from suitkit.cli.demo import app as demo_app
@@ -53,15 +57,21 @@ from suitkit.errors import (
 )
 from suitkit.fileio import atomic_write
 
-app = typer.Typer(
+app = new_app(
     name="suitkit",
     help="SUIT firmware updates (RFC 9019): author, sign, verify and inspect manifests; "
     "simulated and Linux-class devices; a firmware server.",
-    add_completion=False,
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=True,  # suitkit --install-completion (bash, zsh, fish, PowerShell)
 )
+
+def _result(as_json: bool, doc: Mapping[str, Any], line: str) -> None:
+    """What a command did: one line for people, or (``--json``) the document for scripts."""
+    if as_json:
+        print_json(doc)
+    else:
+        out.print(line, markup=False)
+
 
 def load_envelope(path: Path) -> Envelope:
     """Read and decode an envelope file (exit 2 if it is not one)."""
@@ -107,6 +117,7 @@ def keygen(
                    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing key file.")
                      ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Generate a private key (PEM; HSS-LMS, HMAC and encryption keys as a COSE_Key in PEM
     armor)."""
@@ -123,11 +134,13 @@ def keygen(
                                                   else kid.encode())
         keyfiles.write_recipient_key(out_path, recipient)
         kind = "key-encryption key" if alg.endswith("KW") else "ECDH-ES private key"
-        out.print(f"wrote {alg} {kind} to {out_path}", markup=False)
+        _result(as_json, {"key": str(out_path), "algorithm": alg, "kind": kind, "kid": kid},
+                f"wrote {alg} {kind} to {out_path}")
         return
     key = crypto.generate_private_key(alg)
     keyfiles.write_private_key(out_path, key)
-    out.print(f"wrote {alg} private key to {out_path}", markup=False)
+    _result(as_json, {"key": str(out_path), "algorithm": alg, "kind": "private key",
+                      "kid": None}, f"wrote {alg} private key to {out_path}")
 
 
 @app.command()
@@ -135,6 +148,7 @@ def keygen(
 def pubkey(
     key: Annotated[Path, typer.Argument(help="Private key file.")],
     out_path: Annotated[Path, typer.Option("--out", help="Public key file to write.")],
+    as_json: JsonOption = False,
 ) -> None:
     """Write the public key of a private key: a device's trust anchor, or the ECDH-ES public
     key an author encrypts for."""
@@ -149,10 +163,13 @@ def pubkey(
             fail(f"{key} is a key-encryption key, a shared secret with no public half: the "
                  "author and the device hold the same file", EXIT_USAGE)
         keyfiles.write_recipient_key(out_path, recipient.public_key())
-        out.print(f"wrote ECDH-ES public key to {out_path}", markup=False)
+        _result(as_json, {"public_key": str(out_path), "kind": "ECDH-ES public key"},
+                f"wrote ECDH-ES public key to {out_path}")
         return
     keyfiles.write_public_key(out_path, private)
-    out.print(f"wrote public key to {out_path}", markup=False)
+    _result(as_json, {"public_key": str(out_path), "kind": "public key",
+                      "algorithm": crypto.algorithm_name(private.algorithm)},
+            f"wrote public key to {out_path}")
 
 
 # --------------------------------------------------------------------------- envelopes
@@ -270,18 +287,24 @@ def sign(
     alg: Annotated[str | None, typer.Option("--alg", help="Override the key's algorithm "
                                             "(e.g. ES256 for a P-256 key, which signs ESP256 by "
                                             "default).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Add one authentication block per key; blocks already present are kept."""
     envelope = load_envelope(envelope_path)
+    signers: list[dict[str, str]] = []
     for path in key:
         signer = keyfiles.load_signer(path, alg)
         envelope = sign_envelope(envelope, signer)
-        out.print(f"signed with {path} ({crypto.algorithm_name(signer.algorithm)})",
-                  markup=False)
+        signers.append({"key": str(path), "algorithm": crypto.algorithm_name(signer.algorithm)})
+        if not as_json:
+            out.print(f"signed with {path} ({signers[-1]['algorithm']})", markup=False)
     data = codec.encode_envelope(envelope)
     atomic_write(out_path, data)
-    out.print(f"wrote signed envelope to {out_path} ({len(data)} bytes, "
-              f"{len(envelope.authentication.blocks)} authentication block(s))", markup=False)
+    blocks = len(envelope.authentication.blocks)
+    _result(as_json, {"envelope": str(out_path), "bytes": len(data), "signed_by": signers,
+                      "authentication_blocks": blocks},
+            f"wrote signed envelope to {out_path} ({len(data)} bytes, {blocks} authentication "
+            "block(s))")
 
 
 @app.command()
@@ -290,6 +313,7 @@ def verify(
     envelope_path: Annotated[Path, typer.Argument(metavar="ENVELOPE", help="Envelope to check.")],
     key: Annotated[list[Path], typer.Option("--key", help="Public key (or MAC key); every key "
                                             "given must have signed the envelope.")],
+    as_json: JsonOption = False,
 ) -> None:
     """Check that every given key signed the envelope and that its members match.
 
@@ -306,10 +330,13 @@ def verify(
     except DecodeError as e:
         fail(f"{envelope_path} does not verify: {e}", EXIT_FAILED)
     manifest = verified.manifest
-    severed = ", ".join(name_of(ManifestKey, k) for k in sorted(verified.severed)) or "none"
-    out.print(f"OK: {envelope_path} verifies with {len(key)} key(s); sequence number "
-              f"{manifest.sequence_number}, {len(manifest.common.components)} component(s), "
-              f"severed members: {severed}", markup=False)
+    names = [name_of(ManifestKey, k) for k in sorted(verified.severed)]
+    _result(as_json, {"verified": True, "envelope": str(envelope_path), "keys": len(key),
+                      "sequence_number": manifest.sequence_number,
+                      "components": len(manifest.common.components), "severed": names},
+            f"OK: {envelope_path} verifies with {len(key)} key(s); sequence number "
+            f"{manifest.sequence_number}, {len(manifest.common.components)} component(s), "
+            f"severed members: {', '.join(names) or 'none'}")
 
 
 @app.command()
@@ -392,6 +419,7 @@ def sever(
         "--member", help="Member to remove (text, install, payload-fetch, "
         "dependency-resolution, candidate-verification, coswid); default: all present.")
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Remove severable members; the manifest keeps their digests, so signatures still hold."""
     envelope = load_envelope(envelope_path)
@@ -406,10 +434,10 @@ def sever(
     smaller = codec.sever(envelope, keys)
     data = codec.encode_envelope(smaller)
     atomic_write(out_path, data)
-    removed = sorted(set(envelope.severable) - set(smaller.severable))
-    out.print(f"wrote {out_path} ({len(data)} bytes); removed: "
-              f"{', '.join(name_of(ManifestKey, k) for k in removed) or 'nothing'}",
-              markup=False)
+    removed = [name_of(ManifestKey, k)
+               for k in sorted(set(envelope.severable) - set(smaller.severable))]
+    _result(as_json, {"envelope": str(out_path), "bytes": len(data), "removed": removed},
+            f"wrote {out_path} ({len(data)} bytes); removed: {', '.join(removed) or 'nothing'}")
 
 
 # --------------------------------------------------------------------------- demo, sim
@@ -419,6 +447,7 @@ app.add_typer(sim_app, name="sim")  # suitkit sim fleet (cli/sim.py)
 app.add_typer(token_app, name="token")  # suitkit token ... (cli/operator.py)
 app.add_typer(devices_app, name="devices")  # suitkit devices ... (cli/operator.py)
 app.add_typer(campaign_app, name="campaign")  # suitkit campaign ... (cli/campaign.py)
+app.add_typer(anchors_app, name="anchors")  # suitkit anchors ... (cli/anchors.py)
 app.command("deploy")(deploy)  # suitkit deploy (cli/deploy.py)
 
 

@@ -16,7 +16,6 @@ Every command takes ``--server URL`` and ``--token-file FILE`` (or ``SUITKIT_SER
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Iterable
@@ -32,10 +31,14 @@ from rich.tree import Tree
 
 from suitkit.cli.common import (
     EXIT_FAILED,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
+    JsonOption,
     fail,
     handles_errors,
+    new_app,
     out,
+    print_json,
     read_token,
 )
 from suitkit.fileio import atomic_write, fsync_dir
@@ -43,19 +46,16 @@ from suitkit.fileio import atomic_write, fsync_dir
 __all__ = ["ApiClient", "ServerOption", "TimeoutOption", "TokenFileOption", "devices_app",
            "token_app"]
 
-token_app = typer.Typer(help="API tokens of the status tracker (admin): create, list, revoke.",
-                        no_args_is_help=True, add_completion=False,
-                        pretty_exceptions_enable=False)
-devices_app = typer.Typer(help="Devices known to the status tracker (admin, operator).",
-                          no_args_is_help=True, add_completion=False,
-                          pretty_exceptions_enable=False)
+token_app = new_app(help="API tokens of the status tracker (admin): create, list, revoke.",
+                    no_args_is_help=True)
+devices_app = new_app(help="Devices known to the status tracker (admin, operator).",
+                      no_args_is_help=True)
 
 ServerOption = Annotated[str, typer.Option(
     "--server", envvar="SUITKIT_SERVER", help="Server URL, e.g. http://127.0.0.1:8080.")]
 TokenFileOption = Annotated[Path, typer.Option(
     "--token-file", envvar="SUITKIT_TOKEN_FILE", help="File holding your API token.")]
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 LimitOption = Annotated[int | None, typer.Option(
     "--limit", min=1, help="Show at most N items (default: all, page after page).")]
 _PAGE = 1000  # items per request when following a paged list
@@ -64,7 +64,7 @@ _PAGE = 1000  # items per request when following a paged list
 @dataclass(frozen=True, slots=True)
 class ApiClient:
     """Calls to the server's JSON API with a bearer token; every failure is one line and an
-    exit status (1 refused by the server, 2 unreachable or not the expected answer)."""
+    exit status (1 refused by the server, 2 not the expected answer, 5 unreachable)."""
 
     server: str
     token: str
@@ -89,7 +89,7 @@ class ApiClient:
             response = httpx.request(method, url, json=body, params=params, timeout=self.timeout,
                                      headers={"Authorization": f"Bearer {self.token}"})
         except httpx.HTTPError as e:
-            fail(f"cannot reach {self.server}: {type(e).__name__}: {e}", EXIT_USAGE)
+            fail(f"cannot reach {self.server}: {type(e).__name__}: {e}", EXIT_UNREACHABLE)
         doc = _json(response)
         if response.status_code not in set(ok):
             message = doc.get("error") if isinstance(doc, dict) else None
@@ -133,10 +133,6 @@ def _json(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
-
-
-def _print_json(doc: Any) -> None:
-    out.print(json.dumps(doc, indent=2, sort_keys=True), markup=False)
 
 
 def _field(doc: Any, key: str, kind: type) -> Any:
@@ -201,9 +197,11 @@ def token_create(
     ] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace an existing --out file.")] = False,
+    as_json: JsonOption = False,
     timeout: TimeoutOption = 30.0,
 ) -> None:
-    """Create an API token (admin); it is shown only this once."""
+    """Create an API token (admin); it is shown only this once (with ``--json``, in the
+    document's ``token``, unless written to ``--out``)."""
     if out_file is not None:  # before the token is made: it is shown only once
         if not force and os.path.lexists(out_file):
             fail(f"--out {out_file} already exists; give --force to replace it", EXIT_USAGE)
@@ -225,7 +223,13 @@ def token_create(
         elif not _create_private(out_file, f"{token}\n".encode()):
             fail(f"--out {out_file} appeared meanwhile and was left alone; token "
                  f"{doc.get('id')} was not saved: revoke it (suitkit token revoke)", EXIT_USAGE)
+        if as_json:
+            print_json({**{k: v for k, v in doc.items() if k != "token"},
+                        "written_to": str(out_file)})
+            return
         out.print(f"{summary}; written to {out_file}", markup=False)
+    elif as_json:
+        print_json(doc)
     else:
         out.print(token, markup=False)
         typer.echo(summary, err=True)
@@ -239,7 +243,7 @@ def token_list(server: ServerOption, token_file: TokenFileOption, as_json: JsonO
     tokens = _field(ApiClient.from_options(server, token_file, timeout).get("/api/v1/tokens"),
                     "tokens", list)
     if as_json:
-        _print_json(tokens)
+        print_json(tokens)
         return
     table = Table(Column("id", no_wrap=True), "name", "role", "state", "expires", "last used",
                   "created by")
@@ -255,12 +259,15 @@ def token_list(server: ServerOption, token_file: TokenFileOption, as_json: JsonO
 @handles_errors
 def token_revoke(token_id: Annotated[str, typer.Argument(metavar="ID", help="Token id.")],
                  server: ServerOption, token_file: TokenFileOption,
-                 timeout: TimeoutOption = 30.0) -> None:
+                 as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
     """Revoke an API token (admin): from now on it is refused."""
     if not token_id or "/" in token_id or len(token_id) > 40:
         fail(f"expected a token id such as 3f2a9c1e0b7d4a66, got {token_id[:40]!r}", EXIT_USAGE)
     ApiClient.from_options(server, token_file, timeout).request(
         "DELETE", f"/api/v1/tokens/{token_id}", ok=(204,))
+    if as_json:
+        print_json({"id": token_id, "revoked": True})
+        return
     out.print(f"token {token_id} revoked", markup=False)
 
 
@@ -275,7 +282,7 @@ def devices_list(server: ServerOption, token_file: TokenFileOption, limit: Limit
     devices = ApiClient.from_options(server, token_file, timeout).pages(
         "/api/v1/devices", "devices", limit=limit)
     if as_json:
-        _print_json(devices)
+        print_json(devices)
         return
     table = Table(Column("id", no_wrap=True), "name", "state", "last seen", "class")
     for d in devices:
@@ -289,17 +296,21 @@ def devices_list(server: ServerOption, token_file: TokenFileOption, limit: Limit
 def devices_show(device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id.")],
                  server: ServerOption, token_file: TokenFileOption, limit: LimitOption = None,
                  as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
-    """One device: identity, inventory and update history (``--limit``: its first N items;
-    admin, operator)."""
+    """One device: identity, inventory and update history, oldest first (``--limit``: its
+    newest N items; admin, operator)."""
     if not device_id or "/" in device_id or len(device_id) > 36:
         fail(f"expected a device id (a UUID), got {device_id[:40]!r}", EXIT_USAGE)
     client = ApiClient.from_options(server, token_file, timeout)
     device = client.get(f"/api/v1/devices/{device_id}")
-    history = client.pages(f"/api/v1/devices/{device_id}/history", "history", limit=limit)
+    path = f"/api/v1/devices/{device_id}/history"
+    if limit is None:
+        history = client.pages(path, "history")
+    else:  # the newest N, shown in the order they happened
+        history = client.pages(path, "history", limit=limit, params={"order": "newest"})[::-1]
     if not isinstance(device, dict):
         fail("unexpected answer from the server: not a device", EXIT_USAGE)
     if as_json:
-        _print_json({**device, "history": history})
+        print_json({**device, "history": history})
         return
     tree = Tree(Text(f"device {device.get('id')} ({device.get('name')})"))
     for key in ("state", "state_changed", "last_seen", "vendor_id", "class_id", "created"):
@@ -333,11 +344,14 @@ def devices_reset(device_id: Annotated[str, typer.Argument(metavar="ID", help="D
                   reason: Annotated[str, typer.Option("--reason", help="Why (kept in the "
                                                      "device's history and the audit log).")
                                     ] = "",
-                  timeout: TimeoutOption = 30.0) -> None:
+                  as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
     """End the update of a device stuck mid-update as failed (admin, operator)."""
     if not device_id or "/" in device_id or len(device_id) > 36:
         fail(f"expected a device id (a UUID), got {device_id[:40]!r}", EXIT_USAGE)
     event = ApiClient.from_options(server, token_file, timeout).post(
         f"/api/v1/devices/{device_id}/reset", {"reason": reason})
+    if as_json:
+        print_json(event)
+        return
     detail = event.get("detail") if isinstance(event, dict) else None
     out.print(f"device {device_id}: update ended as failed ({detail})", markup=False)

@@ -44,11 +44,15 @@ from rich.progress import (
 from suitkit.author import keys as keyfiles
 from suitkit.cli.common import (
     EXIT_FAILED,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
+    JsonOption,
     err,
     fail,
     handles_errors,
+    new_app,
     out,
+    print_json,
     read_token,
 )
 from suitkit.cli.notices import TrackerWiring, parse_host_port, tracker_routes
@@ -58,7 +62,7 @@ from suitkit.tracker.quotas import Quotas
 
 DEFAULT_QUOTAS = Quotas()
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = new_app()
 
 MIB = 1024 * 1024
 
@@ -72,7 +76,7 @@ def serve(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(
         "--config", help="TOML file of serve's options (keys as the flags, dashes as "
-        "underscores; docs/operations.md); also SUITKIT_CONFIG. Flags win over SUITKIT_<KEY> "
+        "underscores; docs/operations.md); also SUITKIT_CONFIG. Flags win over `SUITKIT_<KEY>` "
         "environment variables, which win over the file.")] = None,
     print_config: Annotated[bool, typer.Option(
         "--print-config", help="Print the configuration in force (TOML, each value's source, "
@@ -157,7 +161,7 @@ def serve(
         "it fails (500).")] = 30.0,
     mqtt: Annotated[str | None, typer.Option(
         "--mqtt", help="MQTT broker HOST:PORT: publish each device's update notice to "
-        "suitkit/devices/<id>/update (QoS 1, retained).")] = None,
+        "`suitkit/devices/<id>/update` (QoS 1, retained).")] = None,
     public_url: Annotated[str | None, typer.Option(
         "--public-url", help="This server's base URL as devices reach it (e.g. "
         "https://fw.example.com), for the envelope URLs the tracker derives; default: the URL "
@@ -201,7 +205,7 @@ def serve(
         "most 10000 rows per table).")] = DEFAULT_QUOTAS.retention_interval,
     accel_redirect: Annotated[str | None, typer.Option(
         "--accel-redirect", metavar="PREFIX", help="Hand the bytes of /firmware and "
-        "/envelopes downloads to nginx in front: answer X-Accel-Redirect: PREFIX<ab>/<sha256> "
+        "/envelopes downloads to nginx in front: answer `X-Accel-Redirect: PREFIX<ab>/<sha256>` "
         "(e.g. /_suitkit_blobs/, an internal nginx location over DATA/blobs/; "
         "docs/server.md, Scale out).")] = None,
     workers: Annotated[int, typer.Option(
@@ -221,7 +225,7 @@ def serve(
 
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
-    """Every option of ``serve`` in force (flag > SUITKIT_<KEY> > config file > default),
+    """Every option of ``serve`` in force (flag > `SUITKIT_<KEY>` > config file > default),
     built once by ``serve_options``; the field names are serve's parameter names."""
 
     data: Path | None
@@ -293,11 +297,13 @@ def serve_options(ctx: typer.Context, config: Path | None) -> ServeOptions:
     return ServeOptions(**resolved.values)
 
 
-def show_config(ctx: typer.Context, config: Path | None) -> str:
-    """The configuration in force as TOML with sources (secrets redacted)."""
+def show_config(ctx: typer.Context, config: Path | None, *, as_json: bool = False) -> str:
+    """The configuration in force as TOML with sources, or as JSON (secrets redacted)."""
     from suitkit.cli import config as settings  # noqa: PLC0415
 
     keys, resolved = _resolved(ctx, config)
+    if as_json:
+        return json.dumps(settings.as_json(keys, resolved), indent=2, sort_keys=True)
     return settings.render(keys, resolved)
 
 
@@ -425,8 +431,10 @@ def _serve(o: ServeOptions) -> None:
     if mqtt is not None and admin_token_file is None:
         fail("--mqtt needs --admin-token-file (the status tracker is off without it)",
              EXIT_USAGE)
+    # root_threshold 0: a trust-anchor rotation (docs/keys.md) uploads when a key given here
+    # signed it; whether its signers may rotate a device's anchors is the device's to check
     anchors = TrustAnchors(tuple(TrustAnchor(keyfiles.load_verifier(p), role="author")
-                                 for p in o.author_anchor))
+                                 for p in o.author_anchor), root_threshold=0)
     token = read_token(upload_token_file) if upload_token_file is not None else None
     admin_token = read_token(admin_token_file) if admin_token_file is not None else None
     broker = None
@@ -828,8 +836,7 @@ def _listen(host: str, port: int, option: str = "--host") -> socket.socket:
     return sock
 
 
-db_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                     help="The status tracker's database: schema migrations.")
+db_app = new_app(help="The status tracker's database: schema migrations.")
 app.add_typer(db_app, name="db")
 
 
@@ -901,6 +908,7 @@ def upload(
         metavar="[IMAGE...]", help="Detached images: PATH (matched by digest) or N=PATH "
         "(for component index N).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 60.0,
+    as_json: JsonOption = False,
 ) -> None:
     """Upload a release (envelope and detached images) to a firmware server; the files are
     streamed from disk (never held in memory), with a progress bar on a terminal."""
@@ -938,7 +946,7 @@ def upload(
                                       timeout=timeout,
                                       headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as e:
-            fail(f"cannot upload to {url}: {type(e).__name__}: {e}", EXIT_FAILED)
+            fail(f"cannot reach {url} to upload: {type(e).__name__}: {e}", EXIT_UNREACHABLE)
     doc = _json(response)
     if response.status_code not in (200, 201):
         message = doc.get("error") if isinstance(doc, dict) else None
@@ -947,6 +955,9 @@ def upload(
     if not isinstance(doc, dict) or "id" not in doc:
         fail(f"unexpected answer from {url}: not a release", EXIT_FAILED)
     state = "stored" if response.status_code == 201 else "already stored"
+    if as_json:
+        print_json({**doc, "stored": response.status_code == 201})
+        return
     out.print(f"release {doc['id']} (sequence number {doc['sequence_number']}) {state}",
               markup=False)
     out.print(f"  envelope: {url}{doc['envelope']['url']}", markup=False)
@@ -962,8 +973,7 @@ def _json(response: httpx.Response) -> Any:
         return None
 
 
-config_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                         help="serve's configuration (flags > SUITKIT_<KEY> > file > defaults).")
+config_app = new_app(help="serve's configuration (flags > `SUITKIT_<KEY>` > file > defaults).")
 app.add_typer(config_app, name="config")
 
 
@@ -972,6 +982,7 @@ app.add_typer(config_app, name="config")
 def config_show(
     config: Annotated[Path | None, typer.Option(
         "--config", help="TOML file of serve's options (default: SUITKIT_CONFIG).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Print the configuration serve would run with here (the environment and the file; no
     flags), as TOML with each value's source; secrets redacted."""
@@ -980,4 +991,4 @@ def config_show(
     group: Any = typer.main.get_command(app)
     args = ["--config", str(config)] if config is not None else []
     with group.commands["serve"].make_context("serve", args) as ctx:
-        out.print(show_config(ctx, config), markup=False)
+        out.print(show_config(ctx, config, as_json=as_json), markup=False)

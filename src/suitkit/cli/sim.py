@@ -27,6 +27,7 @@ from suitkit.cli.common import (
     EXIT_USAGE,
     fail,
     handles_errors,
+    new_app,
     out,
     read_token,
 )
@@ -36,10 +37,12 @@ if TYPE_CHECKING:
     from suitkit.sim.load import LoadResult
     from suitkit.sim.swarm import Swarm
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="Simulated devices: a fleet in one process, for load.")
+app = new_app(no_args_is_help=True,
+              help="Simulated devices: a fleet in one process, for load.")
 
 MODE_CHOICES = ("poll", "push", "hybrid", "mixed")
+PIPED_PROGRESS = 10.0
+"""Seconds between progress lines when the output is not a terminal."""
 
 
 @app.command()
@@ -181,14 +184,21 @@ def _run(root: Path, urls: list[str], admin: str, upload: str, n: int, *,
             safety_interval=safety_interval, timeout=timeout, server_pids=pids,
             on_swarm=lambda s: holder.__setitem__("swarm", s), say=say))
         display: Live | None = None
+        # Not a terminal (a pipe, a log file): no cursor to redraw a line with, so a progress
+        # line of its own every PIPED_PROGRESS seconds instead of one redrawn in place.
+        redraw = console.is_terminal
+        next_line = time.monotonic() + PIPED_PROGRESS
         try:
             while not task.done():
                 current = holder.get("swarm")
-                if live and current is not None:
+                if live and current is not None and redraw:
                     if display is None:
                         display = Live(_line(current), console=console, refresh_per_second=2)
                         display.start()
                     display.update(_line(current))
+                elif live and current is not None and time.monotonic() >= next_line:
+                    say(_line(current))
+                    next_line = time.monotonic() + PIPED_PROGRESS
                 await asyncio.wait({task}, timeout=0.5)
         finally:
             if display is not None:

@@ -12,6 +12,12 @@ own algorithm. Authentication blocks from keys the device does not know are igno
 envelope can carry signatures for other audiences; a block whose key id names a trust anchor must
 verify.
 
+Trust-anchor updates (docs/keys.md): a manifest for ``ANCHORS_COMPONENT`` addresses nothing
+else and needs ``root_threshold`` signatures of distinct ``root`` keys; root keys sign nothing
+else (their scope). A manifest signed only by a key in ``revoked`` is refused naming the
+revocation. ``recorded`` manifest digests (the running images when a rotation revoked their
+signer) are accepted without a signature check: the device verified them when it recorded them.
+
 Not here: rollback (sequence numbers are device state, see the processor and device), image
 digests (the processor checks them when it fetches), dependency manifests (process-dependency).
 """
@@ -39,6 +45,8 @@ from suitkit.errors import AuthenticationError, DecodeError, PolicyError
 from suitkit.limits import Limits
 
 __all__ = [
+    "ANCHORS_COMPONENT",
+    "ROOT_ROLE",
     "TrustAnchor",
     "TrustAnchors",
     "VerifiedManifest",
@@ -47,6 +55,12 @@ __all__ = [
     "verify_decoded",
     "verify_envelope",
 ]
+
+
+ANCHORS_COMPONENT: ComponentIdentifier = (b"suitkit", b"anchors")
+"""The component a device's trust anchors are (``suitkit.core.anchors``, docs/keys.md)."""
+ROOT_ROLE = "root"
+"""The role whose keys sign updates of ``ANCHORS_COMPONENT``, and nothing else."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,16 @@ class TrustAnchors:
     anchors: tuple[TrustAnchor, ...]
     required_roles: tuple[str, ...] = ()
     digest_algorithms: frozenset[int] = frozenset({CoseAlg.SHA256})
+    root_threshold: int = 1
+    """Signatures of distinct ``root`` keys a manifest of ``ANCHORS_COMPONENT`` needs."""
+    revoked: tuple[crypto.Verifier, ...] = ()
+    """Keys revoked for good: never trusted; named when one of them signed a refused manifest."""
+    recorded: frozenset[bytes] = frozenset()
+    """SHA-256 manifest digests accepted without a signature check: manifests this device
+    verified before a rotation revoked their signer (its running images; docs/keys.md). Only
+    the boot-time verifier is given them; the consumer installs nothing new on their strength."""
+    version: int = 0
+    """The anchor version these anchors are (``suitkit.core.anchors``)."""
 
     @classmethod
     def of(cls, *keys: crypto.Verifier, required_roles: Sequence[str] = ()) -> TrustAnchors:
@@ -139,8 +163,9 @@ def verify_decoded(envelope: Envelope, anchors: TrustAnchors, *,
 
 
 def _authenticate(auth: Authentication, manifest_bytes: bytes,
-                  anchors: TrustAnchors) -> tuple[TrustAnchor, ...]:
-    """Check the manifest digest and the authentication blocks; return who signed."""
+                  anchors: TrustAnchors) -> tuple[TrustAnchor, ...] | None:
+    """Check the manifest digest and the authentication blocks; return who signed (``None``:
+    no current key, but the manifest's digest is recorded in ``anchors.recorded``)."""
     # manifest §8.3: the SUIT_Digest covers the bstr-wrapped manifest as carried in the envelope.
     if auth.digest.algorithm not in anchors.digest_algorithms:
         name = crypto.algorithm_name(auth.digest.algorithm)
@@ -150,7 +175,14 @@ def _authenticate(auth: Authentication, manifest_bytes: bytes,
         raise AuthenticationError(f"manifest digest mismatch: the authentication wrapper says "
                                   f"{auth.digest.value.hex()}, the manifest hashes to "
                                   f"{actual.hex()}")
-    return _check_blocks(auth.blocks, auth.digest_bytes, anchors)
+    try:
+        return _check_blocks(auth.blocks, auth.digest_bytes, anchors)
+    except (AuthenticationError, PolicyError):
+        # docs/keys.md: a running image whose signer a rotation revoked keeps booting; the
+        # device recorded its manifest's digest when it still verified.
+        if auth.digest.algorithm == _SHA256 and actual in anchors.recorded:
+            return None
+        raise
 
 
 def _digest(algorithm: int, data: bytes) -> bytes:
@@ -164,10 +196,14 @@ def _digest(algorithm: int, data: bytes) -> bytes:
 _SHA256 = int(CoseAlg.SHA256)
 
 
-def _accept(envelope: Envelope, signers: tuple[TrustAnchor, ...], anchors: TrustAnchors,
-            limits: Limits) -> VerifiedManifest:
-    """The checks that need the parsed manifest: signer policy, version, severable members."""
-    _check_policy(envelope.manifest, signers, anchors)
+def _accept(envelope: Envelope, signers: tuple[TrustAnchor, ...] | None,
+            anchors: TrustAnchors, limits: Limits) -> VerifiedManifest:
+    """The checks that need the parsed manifest: signer policy, version, severable members
+    (``signers`` ``None``: a recorded manifest, which met the policy of its time)."""
+    if signers is None:
+        signers = ()
+    else:
+        _check_policy(envelope.manifest, signers, anchors)
     # manifest §8.1/§8.4.1: only version 1 is defined.
     if envelope.manifest.version != 1:
         raise PolicyError(f"manifest version {envelope.manifest.version} is not supported; "
@@ -210,9 +246,30 @@ def _check_blocks(blocks: Sequence[bytes], payload: bytes,
             refused.append(f"block {index} ({crypto.algorithm_name(block.algorithm)}) verifies "
                            "with no trusted key")
     if not signed:
+        revoked = _revoked_signer(blocks, payload, anchors)
+        if revoked is not None:
+            raise AuthenticationError(revoked)
         raise AuthenticationError("no authentication block verifies with a trusted key: "
                                   + "; ".join(refused))
     return tuple(signed)
+
+
+def _revoked_signer(blocks: Sequence[bytes], payload: bytes,
+                    anchors: TrustAnchors) -> str | None:
+    """Which revoked key signed a refused manifest, for the error (``None``: none of them)."""
+    for index, raw in enumerate(blocks, start=1):
+        block = cose.decode_auth_block(raw, path=f"envelope.authentication-wrapper[{index}]")
+        for key in anchors.revoked:
+            if block.algorithm not in key.algorithms:
+                continue
+            try:
+                cose.verify_detached(block, payload, key)
+            except (AuthenticationError, PolicyError):
+                continue
+            return (f"authentication block {index} is signed by a revoked key (revoked by "
+                    f"the device's trust anchors, version {anchors.version}); a revoked key "
+                    "is never trusted again")
+    return None
 
 
 _BLOCK_PATHS = tuple(f"envelope.authentication-wrapper[{i}]" for i in range(9))
@@ -246,6 +303,9 @@ def _check_policy(manifest: Manifest, signers: Sequence[TrustAnchor],
     # RFC 9124 REQ.SEC.ACCESS_CONTROL: a signer's scope covers every component it can write,
     # dependency slots included.
     components = addressed_components(manifest)
+    if any(c[: len(ANCHORS_COMPONENT)] == ANCHORS_COMPONENT for c in components):
+        _check_anchors_policy(components, signers, anchors)
+        return
     for anchor in signers:
         if anchor.components is None:
             continue  # any component
@@ -260,6 +320,21 @@ def _check_policy(manifest: Manifest, signers: Sequence[TrustAnchor],
     if missing:
         raise PolicyError("missing a valid signature from: " + ", ".join(missing)
                           + f" (signed by: {', '.join(sorted(roles))})")
+
+
+def _check_anchors_policy(components: Sequence[ComponentIdentifier],
+                          signers: Sequence[TrustAnchor], anchors: TrustAnchors) -> None:
+    """A trust-anchor update (docs/keys.md): the anchors component alone, signed by
+    ``root_threshold`` distinct root keys of the anchors it replaces."""
+    if tuple(components) != (ANCHORS_COMPONENT,):
+        raise PolicyError(f"a manifest that updates the trust anchors {_cid(ANCHORS_COMPONENT)} "
+                          f"must address nothing else; it addresses "
+                          f"{', '.join(_cid(c) for c in components)}")
+    roots = sum(1 for a in signers if a.role == ROOT_ROLE)
+    if roots < anchors.root_threshold:
+        signed = ", ".join(sorted({a.role for a in signers}))
+        raise PolicyError(f"a trust-anchor update needs signatures of {anchors.root_threshold} "
+                          f"key(s) of role {ROOT_ROLE!r}, it has {roots} (signed by: {signed})")
 
 
 def _cid(component: ComponentIdentifier) -> str:

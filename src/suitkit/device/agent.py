@@ -76,8 +76,10 @@ import httpx
 
 from suitkit import __version__
 from suitkit.core import cbor
+from suitkit.core.anchors import ANCHORS_COMPONENT
 from suitkit.core.report import encode_report
 from suitkit.core.verify import verify_envelope
+from suitkit.device.anchors import read_store
 from suitkit.device.config import bind_tracker_id, check_tracker_id, load_config
 from suitkit.device.consumer import PayloadFetcher, running_version, split_slot_record
 from suitkit.device.fetch import CoapFetcher, HttpFetcher
@@ -172,6 +174,10 @@ class TrackerError(Exception):
     """The tracker could not be reached or refused a call (one line)."""
 
 
+class TrackerUnreachable(TrackerError):
+    """The tracker could not be reached at all (refused, unknown name, timeout, TLS)."""
+
+
 _MAX_WAITING_TEXT = 256
 
 
@@ -193,6 +199,7 @@ def inventory_of(opened: OpenDevice, *, versions: bool = True,
             if version is not None:
                 entry["version"] = list(version)
         components.append(entry)
+    components.append(anchors_entry(opened))
     hardware: dict[str, Any] = {"shape": opened.config.shape}
     if has_agent(opened):  # the code that runs now: which agent came up (docs/devices.md)
         hardware[AGENT_VERSION_FACT] = f"suitkit {__version__}"[:_MAX_FACT]
@@ -212,6 +219,22 @@ def inventory_of(opened: OpenDevice, *, versions: bool = True,
         hardware[RECIPIENT_KEY_FACT if i == 0 else f"{RECIPIENT_KEY_FACT}-{i}"] = text
     return {"vendor_id": str(opened.config.vendor_id), "class_id": str(opened.config.class_id),
             "components": components, "hardware": hardware}
+
+
+def anchors_entry(opened: OpenDevice) -> dict[str, Any]:
+    """The inventory entry of the trust anchors (docs/keys.md): component ['suitkit',
+    'anchors'], its ``sequence`` the anchor version, its ``digest`` the SHA-256 of the
+    document (none for the anchors device init wrote, version 0)."""
+    entry: dict[str, Any] = {"id": [p.hex() for p in ANCHORS_COMPONENT]}
+    try:
+        stored = read_store(opened.config.directory)
+    except SuitError:
+        return entry  # damaged: the install's error to report (no version claimed)
+    entry["sequence"] = 0
+    if stored is not None:
+        entry["sequence"] = stored.document.version
+        entry["digest"] = stored.document.digest().hex()
+    return entry
 
 
 _MAX_FACT = 256  # the tracker's limit on a hardware fact's text (docs/tracker.md)
@@ -279,7 +302,7 @@ class _Tracker:
         try:
             response = self.client.request(method, self.base + path, **kwargs)
         except httpx.HTTPError as e:
-            raise TrackerError(f"{method} {path or '/'}: {type(e).__name__}: {e}") from None
+            raise TrackerUnreachable(f"{method} {path or '/'}: {type(e).__name__}: {e}") from None
         if response.status_code not in expected:
             raise TrackerError(f"{method} {path or '/'}: HTTP {response.status_code}: "
                                f"{error_of(response)}")
@@ -359,8 +382,8 @@ class _DdiTracker(_Tracker):
             response = self.client.request(method, self.ddi + path, headers=self.headers,
                                            **kwargs)
         except httpx.HTTPError as e:
-            raise TrackerError(f"DDI {method} {path or '/'}: {type(e).__name__}: {e}"
-                               ) from None
+            raise TrackerUnreachable(f"DDI {method} {path or '/'}: {type(e).__name__}: {e}"
+                                     ) from None
         if response.status_code != 200:
             raise TrackerError(f"DDI {method} {path or '/'}: HTTP {response.status_code}: "
                                f"{error_of(response)}")
@@ -480,7 +503,7 @@ def register(folder: Path, server_url: str, admin_token: str, *, name: str | Non
                 "class_id": str(opened.config.class_id)},
                 headers={"Authorization": f"Bearer {admin_token}"})
         except httpx.HTTPError as e:
-            raise TrackerError(f"POST /api/v1/devices: {type(e).__name__}: {e}") from None
+            raise TrackerUnreachable(f"POST /api/v1/devices: {type(e).__name__}: {e}") from None
         if response.status_code != 201:
             raise TrackerError(f"POST /api/v1/devices: HTTP {response.status_code}: "
                                f"{error_of(response)}")

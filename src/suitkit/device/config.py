@@ -28,7 +28,8 @@ from pathlib import Path
 from suitkit.core import cbor, crypto
 from suitkit.core.model import ComponentIdentifier
 from suitkit.core.numbers import CoseAlg
-from suitkit.core.verify import TrustAnchor, TrustAnchors
+from suitkit.core.verify import ANCHORS_COMPONENT, ROOT_ROLE, TrustAnchor, TrustAnchors
+from suitkit.device.anchors import read_store
 from suitkit.errors import DecodeError, KeyMaterialError, PolicyError, SuitError
 from suitkit.fileio import atomic_write
 
@@ -118,6 +119,9 @@ class DeviceConfig:
         Raises:
             KeyMaterialError: none, or one is unreadable.
         """
+        stored = read_store(self.directory)
+        if stored is not None:  # rotated at least once: device.json's anchors are history
+            return stored.trust_anchors()
         if not self.anchors:
             raise KeyMaterialError(f"{self.directory}: no trust anchor")
         anchors = []
@@ -127,8 +131,19 @@ class DeviceConfig:
                 key = crypto.load_public_key(path.read_bytes())
             except (OSError, SuitError) as e:
                 raise KeyMaterialError(f"{path}: {e}") from None
-            anchors.append(TrustAnchor(key, role=spec.role, components=spec.components))
+            # a root key signs trust-anchor updates only (docs/keys.md)
+            scope = (ANCHORS_COMPONENT,) if spec.role == ROOT_ROLE else spec.components
+            anchors.append(TrustAnchor(key, role=spec.role, components=scope))
         return TrustAnchors(tuple(anchors), self.required_roles)
+
+    def anchors_version(self) -> int:
+        """The version of the device's trust anchors (0: those ``device init`` wrote).
+
+        Raises:
+            KeyMaterialError: the stored anchors are damaged.
+        """
+        stored = read_store(self.directory)
+        return 0 if stored is None else stored.document.version
 
     def decryption_keys(self) -> list[crypto.RecipientPrivate]:
         """The device's decryption keys in ``keys/``: AES-KW KEKs and ECDH-ES private keys
@@ -303,8 +318,14 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         raise DecodeError("--trust-anchor", "a device needs at least one trust anchor")
     pairs = [a if isinstance(a, tuple) else ("author", a) for a in trust_anchors]
     for role in required_roles:
+        if role == ROOT_ROLE:
+            raise DecodeError("--require", f"{ROOT_ROLE!r} keys sign trust-anchor updates "
+                              "only (docs/keys.md); they cannot be required on firmware")
         if role not in {r for r, _ in pairs}:
             raise DecodeError("--require", f"no trust anchor has the role {role!r}")
+    if all(role == ROOT_ROLE for role, _ in pairs):
+        raise DecodeError("--trust-anchor", f"every key is a {ROOT_ROLE!r} key, which signs "
+                          "trust-anchor updates only: no firmware could be installed")
     for _, path in pairs:
         try:
             crypto.load_public_key(path.read_bytes())  # refuse a bad anchor now, not later

@@ -29,6 +29,13 @@ agent tries again later). Component metadata (§4.6) goes to ``metadata_sink`` (
 file beside the image in its slot); a shape without one refuses it. Custom commands and
 parameters run only when registered in ``extensions``.
 
+Trust anchors (docs/keys.md): a manifest for the component ``['suitkit', 'anchors']``, signed
+by root keys, delivers the next trust-anchor document; once the processor succeeded it is
+checked against the chain (``core.anchors.check_successor``) and written in one atomic step
+with the digests of the slot manifests that verify now (``_apply_anchors``), so that a running
+image whose signer it revokes keeps booting. Earlier rotations an envelope carries are
+installed first, in order (``_catch_up``).
+
 The boot store is any object with the shape of ``suitkit.bootloader.api.SlotStore`` plus
 ``running`` and ``read_counters``; this module does not import the bootloader (the roles stay
 apart; ``device.wiring`` connects them).
@@ -37,6 +44,7 @@ apart; ``device.wiring`` connects them).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import time
@@ -46,6 +54,15 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from suitkit.core import cbor, codec, cose, crypto
+from suitkit.core.anchors import (
+    ANCHORS_COMPONENT,
+    CHAIN_PREFIX,
+    DOCUMENT_URI,
+    MAX_DOCUMENT_BYTES,
+    AnchorsDocument,
+    check_successor,
+    parse_document,
+)
 from suitkit.core.model import (
     Command,
     CommandSequence,
@@ -82,6 +99,7 @@ from suitkit.core.verify import (
     verify_decoded,
     verify_envelope,
 )
+from suitkit.device.anchors import read_store, write_store
 from suitkit.device.config import ComponentSpec, DeviceConfig
 from suitkit.device.facts import ConsentHook, DeviceFacts, ask_consent, evaluate_wait, load_facts
 from suitkit.errors import DecodeError, PolicyError, ProcessingError, StorageError, SuitError
@@ -558,12 +576,91 @@ class _SlotComponent:
         return 0  # images execute from the primary slot after the swap
 
 
+class _AnchorsWriter:
+    """Takes the next trust-anchor document (bounded); parsed and checked at ``commit``,
+    written to the device only once the whole manifest succeeded (``Consumer._apply_anchors``)."""
+
+    def __init__(self, run: _Run, max_size: int) -> None:
+        self._run = run
+        self._max = max_size
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._max:
+            raise StorageError(f"trust-anchor document over {self._max} bytes")
+        self._parts.append(data)
+
+    def commit(self) -> None:
+        raw = b"".join(self._parts)
+        try:
+            parse_document(raw)
+        except SuitError as e:
+            raise StorageError(f"trust-anchor document refused: {e}") from None
+        self._run.anchors_document = raw
+
+    def discard(self) -> None:
+        self._parts.clear()
+
+
+class _AnchorsComponent:
+    """The device's trust anchors as a SUIT component (docs/keys.md): its content is the
+    current anchors document; new content is the next document."""
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+
+    @property
+    def identity(self) -> ComponentIdentity:
+        return self._run.identity
+
+    def _current(self) -> bytes | None:
+        if self._run.anchors_document is not None:  # staged by this manifest (image-match)
+            return self._run.anchors_document
+        stored = read_store(self._run.config.directory)
+        return stored.raw if stored is not None else None
+
+    def size(self) -> int | None:
+        current = self._current()
+        return None if current is None else len(current)
+
+    def digest(self, algorithm: int) -> bytes | None:
+        current = self._current()
+        return None if current is None else stream_digest(iter((current,)), algorithm)
+
+    def read(self, chunk_size: int) -> Iterator[bytes]:
+        current = self._current() or b""
+        return (current[i:i + chunk_size] for i in range(0, len(current), chunk_size))
+
+    def version(self) -> tuple[int, ...] | None:
+        return (self._run.config.anchors_version(),)
+
+    def open_writer(self, max_size: int, *,
+                    metadata: Mapping[int, object] | None) -> _AnchorsWriter:
+        if metadata is not None:
+            raise StorageError("the trust anchors take no component metadata")
+        if max_size > MAX_DOCUMENT_BYTES:
+            raise StorageError(f"a trust-anchor document is at most {MAX_DOCUMENT_BYTES} bytes; "
+                               f"the manifest gives image-size {max_size}")
+        return _AnchorsWriter(self._run, max_size)
+
+    def invoke(self, arguments: bytes | None) -> None:
+        raise StorageError("the trust anchors cannot be invoked")
+
+    def slot(self) -> int | None:
+        return None
+
+
 class _Store:
     def __init__(self, run: _Run) -> None:
         self._run = run
         self._components: dict[ComponentIdentifier, _SlotComponent] = {}
 
-    def component(self, identifier: ComponentIdentifier) -> _SlotComponent | None:
+    def component(self, identifier: ComponentIdentifier
+                  ) -> _SlotComponent | _AnchorsComponent | None:
+        if identifier == ANCHORS_COMPONENT:
+            return _AnchorsComponent(self._run)
         spec = self._run.config.component(identifier)
         if spec is None:
             return None
@@ -681,6 +778,8 @@ class _Run:
     metadata_sink: MetadataSink | None = None
     metadata: dict[str, dict[str, object]] = field(default_factory=dict)
     """Checked component metadata of the images staged by this run."""
+    anchors_document: bytes | None = None
+    """The next trust-anchor document the manifest delivered (checked, not yet written)."""
     _records: dict[str, bytes] = field(default_factory=dict)
 
     @property
@@ -735,6 +834,9 @@ class Consumer:
     """Custom commands and parameters this device implements (none: refused)."""
     metadata_sink: MetadataSink | None = None
     """Where component metadata is kept (``None``: the shape cannot, metadata is refused)."""
+    catch_up: bool = True
+    """Install the earlier rotations an anchors envelope carries (off for those rotations
+    themselves: a chain is one level deep)."""
 
     @property
     def identity(self) -> ComponentIdentity:
@@ -748,9 +850,18 @@ class Consumer:
         Never raises a ``SuitError``: a rejection is an outcome with the reason.
         """
         try:
-            anchors = self.config.trust_anchors()
             facts = self.facts if self.facts is not None else load_facts(self.config.directory)
             envelope = codec.decode_envelope(data, limits=self.limits)
+        except SuitError as e:
+            return InstallOutcome(False, f"rejected: {e}")
+        caught_up = self._catch_up(envelope, nonce)
+        if isinstance(caught_up, InstallOutcome):
+            return caught_up
+        try:
+            # docs/keys.md: manifests recorded at a rotation keep booting; nothing is installed
+            # on their strength (a revoked key's manifest is refused here, re-sent or not).
+            full = self.config.trust_anchors()
+            anchors = dataclasses.replace(full, recorded=frozenset())
             verified = verify_decoded(envelope, anchors, limits=self.limits)
             self._check_rollback(verified)
             if self._already_pending(envelope):
@@ -762,7 +873,7 @@ class Consumer:
                                       "the next boot", verified.manifest.sequence_number)
             self._check_pending()
         except SuitError as e:
-            return InstallOutcome(False, f"rejected: {e}")
+            return InstallOutcome(False, f"rejected: {e}{self._rotation_hint(envelope)}")
         refused = self._check_capacity(verified, nonce)
         if refused is not None:
             return refused
@@ -771,7 +882,8 @@ class Consumer:
         digest = hashlib.sha256(data).hexdigest()
         run = _Run(self.config, self.store, envelope, self.identity, journal=journal,
                    envelope_digest=digest, replayable=not _encrypted(envelope),
-                   resume=journal.load(digest), anchors=anchors, limits=self.limits,
+                   # the running images' versions: a recorded one still has its version
+                   resume=journal.load(digest), anchors=full, limits=self.limits,
                    metadata_sink=self.metadata_sink)
         store = _Store(run)
         env = _Environment(self.clock, anchors, self.config.decryption_keys(), facts,
@@ -791,6 +903,8 @@ class Consumer:
                 run.active.discard()
             raise
         sequence = verified.manifest.sequence_number
+        if result.succeeded and run.anchors_document is not None:
+            return self._apply_anchors(run.anchors_document, sequence, result, caught_up)
         if not result.succeeded:
             journal.clear()
             if result.waiting:
@@ -814,6 +928,99 @@ class Consumer:
         return InstallOutcome(True, f"installed {', '.join(run.written)} (sequence number "
                               f"{sequence}); pending until the next boot", sequence,
                               result.report, result, tuple(run.written))
+
+    def _catch_up(self, envelope: Envelope,
+                  nonce: bytes | None) -> tuple[str, ...] | InstallOutcome:
+        """Install the earlier rotations an anchors envelope carries (``CHAIN_PREFIX`` + version
+        as integrated payloads, each a signed rotation envelope) that are newer than the
+        device's anchors, in order: a device that missed rotations catches up N -> N+1 -> N+2,
+        each step verified under the anchors of the version it replaces. Returns what was
+        installed, or the failed step's outcome."""
+        links = sorted((int(uri[len(CHAIN_PREFIX):]), body)
+                       for uri, body in envelope.integrated.items()
+                       if uri.startswith(CHAIN_PREFIX) and uri[len(CHAIN_PREFIX):].isdigit()
+                       and len(uri) <= len(CHAIN_PREFIX) + 20)
+        if not links or not self.catch_up:
+            return ()
+        try:
+            current = self.config.anchors_version()
+        except SuitError as e:
+            return InstallOutcome(False, f"rejected: {e}")
+        done: list[str] = []
+        for version, body in links:
+            if version <= current:
+                continue
+            inner = dataclasses.replace(self, fetcher=None, catch_up=False)
+            outcome = inner.install(body, nonce=nonce)
+            if not outcome.installed:
+                return dataclasses.replace(outcome, reason=f"catching up: trust anchors version "
+                                           f"{version}: {outcome.reason}")
+            done.append(f"version {version}")
+            current = version
+        return tuple(done)
+
+    def _rotation_hint(self, envelope: Envelope) -> str:
+        """For a refused rotation out of order, what the device needs first (read from the
+        unverified document: a hint in the message, never a decision)."""
+        if envelope.manifest.common.components != (ANCHORS_COMPONENT,):
+            return ""
+        raw = envelope.integrated.get(DOCUMENT_URI)
+        try:
+            if raw is None:
+                return ""
+            claimed = parse_document(raw)
+            current = self.config.anchors_version()
+        except SuitError:
+            return ""
+        if claimed.previous == current:
+            return ""
+        if claimed.version <= current:
+            return (f" (a rotation to trust anchors version {claimed.version}, not newer than "
+                    f"the device's version {current}: an old rotation)")
+        return (f" (a rotation to trust anchors version {claimed.version}, which replaces "
+                f"version {claimed.previous}; the device has version {current}: it needs the "
+                f"rotations {current + 1} to {claimed.previous} first, or a rotation that "
+                "carries them: suitkit anchors rotate --chain)")
+
+    def _apply_anchors(self, raw: bytes, sequence: int, result: ProcessResult,
+                       caught_up: tuple[str, ...]) -> InstallOutcome:
+        """Write the next trust anchors (docs/keys.md): in order after the device's version,
+        keeping every revocation, recording the manifests of the images in the slots that
+        verify now (a revoked signer's running image keeps booting). One atomic write."""
+        try:
+            new = parse_document(raw)
+            stored = read_store(self.config.directory)
+            current = stored.document if stored is not None else AnchorsDocument(0, 0, ())
+            check_successor(current, new)
+            old = self.config.trust_anchors()
+            recorded = set()
+            for name in self.store.components:
+                for record in (self._slot_manifest(name, running=True),
+                               self._slot_manifest(name, running=False)):
+                    if record is None:
+                        continue
+                    try:
+                        _, slot_envelope = split_slot_record(record, limits=self.limits)
+                        verified = verify_envelope(slot_envelope, old, limits=self.limits)
+                    except SuitError:
+                        continue  # the bootloader refuses it today: nothing to keep
+                    recorded.add(verified.digest.value)
+            write_store(self.config.directory, raw, recorded, crash=self.crash)
+        except SuitError as e:
+            return InstallOutcome(False, f"failed: trust anchors not updated: {e}", sequence,
+                                  result.report, result)
+        earlier = f" (after {', '.join(caught_up)})" if caught_up else ""
+        return InstallOutcome(True, f"trust anchors updated to version {new.version}{earlier}; "
+                              "in force now", sequence, result.report, result, ("anchors",))
+
+    def _slot_manifest(self, name: str, *, running: bool) -> bytes | None:
+        if running:
+            found = read_running(self.store, name)
+            return found[0] if found is not None else None
+        try:
+            return self.store.staged(name)
+        except SuitError:
+            return None
 
     def _check_bootable(self, verified: VerifiedManifest, device: Device) -> None:
         """The bootloader checks each image at every boot against the digest and size the

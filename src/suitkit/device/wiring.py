@@ -50,6 +50,7 @@ from suitkit.core.processor import (
     stream_digest,
 )
 from suitkit.core.verify import TrustAnchors, verify_envelope
+from suitkit.device.anchors import read_store
 from suitkit.device.config import DeviceConfig, load_config
 from suitkit.device.consumer import (
     Consumer,
@@ -98,7 +99,9 @@ class _BootStore:
 class SuitImageVerifier:
     """The bootloader's ``ImageVerifier`` for slots written by the SUIT consumer."""
 
-    anchors: TrustAnchors
+    anchors: TrustAnchors | Callable[[], TrustAnchors]
+    """The trust anchors, or how to read the current ones at each verification (a rotation
+    takes effect at once, also for a bootloader already open: docs/keys.md)."""
     identity: ComponentIdentity
     component: ComponentIdentifier | None = None
     """The component the verified slot is for (``None``: whichever the slot record names)."""
@@ -121,7 +124,8 @@ class SuitImageVerifier:
         if self.component is not None and component != self.component:
             raise AuthenticationError(f"the slot of {_cid(self.component)} holds an image for "
                                       f"{_cid(component)}")
-        verified = verify_envelope(envelope, self.anchors, limits=self.limits)
+        anchors = self.anchors if isinstance(self.anchors, TrustAnchors) else self.anchors()
+        verified = verify_envelope(envelope, anchors, limits=self.limits)
         if component not in verified.manifest.common.components:
             raise DecodeError("slot manifest", "the stored component is not in its manifest")
         store = _BootStore(self.identity, component, reader)
@@ -264,7 +268,13 @@ def open_device(directory: Path, *, crash: Callable[[str], None] | None = None,
         KeyMaterialError: a trust anchor is unreadable.
     """
     config = load_config(directory)
-    anchors, identity = config.trust_anchors(), identity_of(config)
+    initial, identity = config.trust_anchors(), identity_of(config)
+
+    def anchors() -> TrustAnchors:
+        # a rotation (anchors.cbor) takes effect at once, also for this open bootloader
+        stored = read_store(directory)
+        return initial if stored is None else stored.anchors
+
     # One verifier per image, each knowing which component its slots must hold.
     images = tuple((c.suit_id, c.image) for c in config.components)
     verifiers: dict[str, ImageVerifier] = {

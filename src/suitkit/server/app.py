@@ -63,6 +63,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from suitkit.core import codec, cose, crypto, processor
+from suitkit.core.anchors import ANCHORS_COMPONENT, CHAIN_PREFIX
 from suitkit.core.model import (
     CommandSequence,
     ComponentIdentifier,
@@ -415,6 +416,18 @@ def _match(expected: list[_Expected], name: str, size: int,
                              "an encrypted component's ciphertext)")
 
 
+def _check_chain_link(config: ServerConfig, key: str, payload: bytes) -> None:
+    """An earlier trust-anchor rotation a rotation envelope carries (docs/keys.md): itself a
+    rotation envelope signed by a key this server trusts (the devices check it again)."""
+    try:
+        link = verify_envelope(payload, config.anchors, limits=config.limits)
+    except SuitError as e:
+        raise UploadRefused(422, f"integrated payload {key!r}: an earlier rotation that does "
+                                 f"not verify: {e}") from e
+    if link.manifest.common.components != (ANCHORS_COMPONENT,):
+        raise UploadRefused(422, f"integrated payload {key!r}: not a trust-anchor rotation")
+
+
 def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
             images: list[_Image]) -> tuple[int, ReleaseRecord]:
     """Verify, check and store one upload; (HTTP status, release record)."""
@@ -449,7 +462,12 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
             _check_image(target, image.name, image.size, digest)
         checked.append((target, image))
     integrated: list[tuple[_Expected, str, bytes]] = []
+    rotation = verified.manifest.common.components == (ANCHORS_COMPONENT,)
     for key, payload in verified.envelope.integrated.items():
+        if rotation and key.startswith(CHAIN_PREFIX):
+            _check_chain_link(config, key, payload)  # an earlier rotation, carried whole
+            continue
+
         def digest_payload(algorithm: int, data: bytes = payload) -> bytes:
             return crypto.digest(algorithm, data)
 

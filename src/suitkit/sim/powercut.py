@@ -9,9 +9,15 @@ processor, the download journal, staging, the set check and marking pending, the
 the application's confirm (``real-SHAPE-revert``: no confirm, the next boot reverts), a boot,
 and a second update the same way; every command saves the folder.
 
-For each scenario (per RFC 9019 §5 shape: payload integrated, detached, or a revert; and
-``real-linux-agent``, a Linux-class device whose agent is a component updated with the
-application, ``device.selfupdate``) it:
+``real-SHAPE-anchors`` starts with a trust-anchor rotation (docs/keys.md) that replaces and
+revokes the author key of the running release; the updates are signed by the new key. Its
+checks add: the stored anchors are the old ones or exactly the new ones at every boot, the
+rotation tried again after a cut installs, and a release of the revoked key is refused.
+``real-linux-agent`` is a Linux-class device whose agent is a component updated with the
+application (``device.selfupdate``).
+
+For each scenario (per RFC 9019 §5 shape: payload integrated, detached, a revert, or a
+rotation first; and the agent's) it:
 
 1. runs the body once cleanly and counts its *events*: every flash operation (erase, program)
    and every durable file step (the download journal, the folder's flash save, every write,
@@ -62,11 +68,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from suitkit.author.anchors import Edits, initial_document, next_document, rotation_envelope
 from suitkit.author.describe import parse_description
 from suitkit.bootloader.api import BootResult, NoBootableImage
 from suitkit.bootloader.flash import PowerCut, PowerSupply
 from suitkit.core import codec, crypto
 from suitkit.core.sign import sign_envelope
+from suitkit.device.anchors import read_store
 from suitkit.device.config import AGENT_ID, AGENT_IMAGE, SHAPE_COMPONENTS, create_device
 from suitkit.device.consumer import InstallOutcome
 from suitkit.device.fetch import FileFetcher
@@ -100,6 +108,9 @@ class RealScenario:
     detached: bool
     revert: bool = False
     """The first update is never confirmed: the boot after its trial reverts it."""
+    anchors: bool = False
+    """A trust-anchor rotation first (docs/keys.md): the author key that signed the running
+    release is replaced by a new one and revoked; the updates are signed by the new key."""
     agent: bool = False
     """The device agent is a component too (``device.selfupdate``): every release updates the
     application and the agent."""
@@ -108,15 +119,18 @@ class RealScenario:
     def description(self) -> str:
         payload = "detached (fetched from a firmware folder)" if self.detached else "integrated"
         first = "boot, boot (revert)" if self.revert else "boot, confirm, boot"
+        rotation = ("a trust-anchor rotation revoking the running release's signer, boot; "
+                    if self.anchors else "")
         what = " (application and agent)" if self.agent else ""
-        return (f"{self.shape}: Consumer.install of a signed envelope{what}, payload "
+        return (f"{self.shape}: {rotation}Consumer.install of a signed envelope{what}, payload "
                 f"{payload}; {first}; a second update installed, booted and confirmed")
 
 
 REAL_SCENARIOS: dict[str, RealScenario] = {
     **{f"real-{shape}-{kind}": RealScenario(f"real-{shape}-{kind}", shape, kind == "detached",
-                                            kind == "revert")
-       for shape in SHAPE_COMPONENTS for kind in ("integrated", "detached", "revert")},
+                                            kind == "revert", kind == "anchors")
+       for shape in SHAPE_COMPONENTS
+       for kind in ("integrated", "detached", "revert", "anchors")},
     "real-linux-agent": RealScenario("real-linux-agent", "linux", True, agent=True),
 }
 
@@ -147,13 +161,34 @@ class Releases:
     """Signed envelopes of every release for one shape, the images in a firmware folder."""
 
     def __init__(self, folder: Path, shape: str, *, detached: bool, seed: int,
-                 agent: bool = False) -> None:
+                 anchors: bool = False, agent: bool = False) -> None:
         self.folder = folder
         self.components = SHAPE_COMPONENTS[shape] + ((AGENT_IMAGE,) if agent else ())
         self.key = crypto.generate_private_key("ES256")
         self.anchor = folder / "author.pub"
         folder.mkdir(parents=True, exist_ok=True)
         self.anchor.write_bytes(crypto.public_key_to_pem(self.key.public_key()))
+        self.rotation: bytes | None = None
+        """``anchors``: the rotation (version 1: the author key replaced and revoked)."""
+        self.rotation_document = b""
+        self.root_anchor: Path | None = None
+        self.attack = b""
+        """``anchors``: a release signed by the revoked key, which must be refused."""
+        new_key = self.key
+        if anchors:
+            root, new_key = crypto.generate_private_key("ES256"), crypto.generate_private_key(
+                "ES256")
+            self.root_anchor = folder / "root.pub"
+            self.root_anchor.write_bytes(crypto.public_key_to_pem(root.public_key()))
+            document = next_document(
+                initial_document([("root", root.public_key()),
+                                  ("author", self.key.public_key())]),
+                Edits(replace=[(self.key.public_key(), new_key.public_key())]))
+            vendor = _vendor()
+            rotation = rotation_envelope(document, vendor_id=vendor,
+                                         class_id=uuid.uuid5(vendor, CLASS_NAME))
+            self.rotation = codec.encode_envelope(sign_envelope(rotation, root.signer()))
+            self.rotation_document = document.encode()
         self.digests: dict[int, dict[str, bytes]] = {}
         self.envelopes: dict[int, bytes] = {}
         for seq in LABELS:
@@ -177,9 +212,12 @@ class Releases:
             envelope = codec.build_envelope(description.manifest,
                                             sever_members=description.sever,
                                             integrated=description.integrated)
-            signed = sign_envelope(envelope, self.key.signer())
-            self.envelopes[seq] = codec.encode_envelope(signed)
+            signer = new_key if seq in (NEW, NEXT, LATER) else self.key
+            self.envelopes[seq] = codec.encode_envelope(sign_envelope(envelope,
+                                                                      signer.signer()))
             self.digests[seq] = digests
+            if anchors and seq == LATER:
+                self.attack = codec.encode_envelope(sign_envelope(envelope, self.key.signer()))
 
 
 def _vendor() -> uuid.UUID:
@@ -385,6 +423,43 @@ class Board:
         self.check_boot(result)
         return result
 
+    def rotate(self) -> InstallOutcome:
+        """Install the trust-anchor rotation (``anchors`` scenarios)."""
+        assert self.releases.rotation is not None
+        with self.command() as opened:
+            return opened.consumer(self.fetcher).install(self.releases.rotation)
+
+    def anchors_version(self) -> int:
+        """0 or 1, and the stored anchors are the old ones or exactly the new ones."""
+        try:
+            stored = read_store(self.folder)
+        except SuitError as e:
+            raise Broken(f"the trust anchors are unreadable: {e}") from None
+        if stored is None:
+            return 0
+        if stored.raw != self.releases.rotation_document or stored.document.version != 1:
+            raise Broken(f"the trust anchors are neither the old nor the new ones (version "
+                         f"{stored.document.version})")
+        return 1
+
+    def finish_rotation(self) -> None:
+        """After a cut: the rotation, tried again if it did not happen, installs; a release
+        signed by the revoked key is refused from then on."""
+        if self.releases.rotation is None:
+            return
+        if self.anchors_version() == 0:
+            outcome = self.rotate()
+            if not outcome.installed:
+                raise Broken(f"the rotation, tried again, did not install: {outcome.reason}")
+            self.settle()
+        if self.anchors_version() != 1:
+            raise Broken("the rotation did not take")
+        with self.command() as opened:
+            refused = opened.consumer(self.fetcher).install(self.releases.attack)
+        if refused.installed or "revoked key" not in refused.reason:
+            raise Broken(f"a release signed by the revoked key was not refused as such: "
+                         f"{refused.reason}")
+
     def confirm(self, seq: int) -> None:
         self.confirmed.add(seq)
         with self.command() as opened:
@@ -411,6 +486,8 @@ class Board:
 
     def check_boot(self, result: BootResult) -> None:
         seq = self.release(result)
+        if self.releases.rotation is not None:
+            self.anchors_version()
         counters = self.read_counters()
         for name, value in counters.items():
             if value < self.counters.get(name, 0):
@@ -471,7 +548,15 @@ class Board:
 
 def _body(board: Board, interrupted: list[int], *, revert: bool = False) -> None:
     """The cut range: an update to NEW, then one to NEXT, as the device's commands do them;
-    with ``revert``, NEW is never confirmed and the boot after its trial reverts it."""
+    with ``revert``, NEW is never confirmed and the boot after its trial reverts it. With a
+    rotation (``anchors``), it comes first, then a boot (the running release, signed by the
+    key it revokes, keeps booting)."""
+    if board.releases.rotation is not None:
+        outcome = board.rotate()
+        if not outcome.installed:
+            raise Broken(f"a clean install of the rotation failed: {outcome.reason}")
+        if board.release(board.boot()) != OLD:
+            raise Broken("the running release did not boot after the rotation")
     for seq in (NEW, NEXT):
         interrupted[:] = [seq]
         outcome = board.install(seq)
@@ -496,6 +581,7 @@ def _recover(board: Board, interrupted: list[int]) -> None:
     agent's retry, resumed from the download journal) when what runs is older; where a second
     cut falls."""
     seq = board.settle()
+    board.finish_rotation()
     if interrupted and interrupted[0] > seq:
         board.update(interrupted[0])
 
@@ -503,8 +589,11 @@ def _recover(board: Board, interrupted: list[int]) -> None:
 def _provision(folder: Path, releases: Releases, shape: str, seed: int, *,
                agent: bool = False) -> None:
     vendor = _vendor()
+    anchors: list[Path | tuple[str, Path]] = [releases.anchor]
+    if releases.root_anchor is not None:
+        anchors = [("root", releases.root_anchor), ("author", releases.anchor)]
     create_device(folder, vendor_id=vendor, class_id=uuid.uuid5(vendor, CLASS_NAME),
-                  trust_anchors=[releases.anchor], shape=shape,
+                  trust_anchors=anchors, shape=shape,
                   device_id=uuid.UUID(int=seed), image_sectors=IMAGE_SECTORS, agent=agent)
     board = Board(folder, releases, shape, seed)
     open_device(folder).save()
@@ -548,7 +637,7 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
     with tempfile.TemporaryDirectory(prefix="suitkit-powercut-", dir=workdir) as tmp:
         root = Path(tmp)
         releases = Releases(root / "firmware", scenario.shape, detached=scenario.detached,
-                            seed=seed, agent=scenario.agent)
+                            seed=seed, anchors=scenario.anchors, agent=scenario.agent)
         golden = root / "golden"
         _provision(golden, releases, scenario.shape, seed, agent=scenario.agent)
 
@@ -618,6 +707,7 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
                             f"{n}/{m}")
                     seq = board.settle()
                     outcomes[LABELS[seq]] = outcomes.get(LABELS[seq], 0) + 1
+                    board.finish_rotation()
                     if interrupted and interrupted[0] > seq:
                         board.update(interrupted[0])  # the agent tries the install again
                     board.update(LATER)

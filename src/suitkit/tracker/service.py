@@ -943,18 +943,19 @@ class TrackerDB:
         """The device's events and report summaries, in the order they arrived."""
         return self.history_page(device_id, limit=None).items
 
-    def history_page(self, device_id: str, *, limit: int | None = 500, after: int = 0
-                     ) -> Page:
+    def history_page(self, device_id: str, *, limit: int | None = 500, after: int = 0,
+                     newest: bool = False) -> Page:
         """At most ``limit`` items of the device's history (``None``: all) with ``seq`` above
         ``after``, in order; each table is read only for one page (ORDER BY seq, LIMIT, on
-        the ``(device_id, seq)`` index). ``Page.next`` is ``(seq,)`` of the last item."""
+        the ``(device_id, seq)`` index). ``Page.next`` is ``(seq,)`` of the last item.
+        ``newest``: newest first, with ``seq`` below ``after`` (0: from the newest)."""
         with self.store.transaction() as tx:
             fetch = None if limit is None else limit + 1
             items = [((e.seq,), _event_json(e))
-                     for e in tx.events(device_id, after=after, limit=fetch)]
+                     for e in tx.events(device_id, after=after, limit=fetch, newest=newest)]
             items += [((r.seq,), _report_json(r))
-                      for r in tx.reports(device_id, after=after, limit=fetch)]
-            items.sort(key=lambda item: item[0])
+                      for r in tx.reports(device_id, after=after, limit=fetch, newest=newest)]
+            items.sort(key=lambda item: item[0], reverse=newest)
             return page_of(items, limit if limit is not None else len(items))
 
     def report_bytes(self, device_id: str) -> list[bytes]:
@@ -1130,7 +1131,15 @@ def _device_json(device: Device, components: Sequence[InstalledComponent] | None
              "sequence": int(c.sequence_number) if c.sequence_number is not None else None,
              "digest": c.digest}
             for c in components]
+        # docs/keys.md: the trust anchors are component ['suitkit', 'anchors'], its sequence
+        # the anchor version; shown on their own so that a rotation's progress is one field
+        doc["anchors"] = next(({"version": c["sequence"], "digest": c["digest"]}
+                               for c in doc["components"] if c["id"] == _ANCHORS_ID), None)
     return doc
+
+
+_ANCHORS_ID = [b"suitkit".hex(), b"anchors".hex()]
+"""The inventory id of a device's trust anchors (``suitkit.core.anchors.ANCHORS_COMPONENT``)."""
 
 
 def _token_json(token: ApiToken) -> dict[str, Any]:

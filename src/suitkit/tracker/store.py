@@ -473,21 +473,32 @@ class Tx:
 
     # ---- history
 
-    def events(self, device_id: str, *, after: int, limit: int | None) -> list[DeviceEvent]:
+    def events(self, device_id: str, *, after: int, limit: int | None,
+               newest: bool = False) -> list[DeviceEvent]:
         """The device's events with ``seq`` above ``after``, in order (ORDER BY seq, LIMIT, on
-        the ``(device_id, seq)`` index)."""
-        query = (select(DeviceEvent).where(DeviceEvent.device_id == device_id,
-                                           DeviceEvent.seq > after).order_by(DeviceEvent.seq))
+        the ``(device_id, seq)`` index); ``newest``: below ``after`` (0: from the end), newest
+        first."""
+        seq = DeviceEvent.seq
+        query = select(DeviceEvent).where(DeviceEvent.device_id == device_id)
+        if newest:
+            query = (query.where(seq < after) if after else query).order_by(seq.desc())
+        else:
+            query = query.where(seq > after).order_by(seq)
         if limit is not None:
             query = query.limit(limit)
         return list(self._session.scalars(query))
 
-    def reports(self, device_id: str, *, after: int, limit: int | None) -> list[DeviceReport]:
+    def reports(self, device_id: str, *, after: int, limit: int | None,
+                newest: bool = False) -> list[DeviceReport]:
         """The device's reports with ``seq`` above ``after``, in order, without their bytes
-        (``size`` is kept)."""
+        (``size`` is kept); ``newest`` as in ``events``."""
+        seq = DeviceReport.seq
         query = (select(DeviceReport).options(defer(DeviceReport.raw))
-                 .where(DeviceReport.device_id == device_id, DeviceReport.seq > after)
-                 .order_by(DeviceReport.seq))
+                 .where(DeviceReport.device_id == device_id))
+        if newest:
+            query = (query.where(seq < after) if after else query).order_by(seq.desc())
+        else:
+            query = query.where(seq > after).order_by(seq)
         if limit is not None:
             query = query.limit(limit)
         return list(self._session.scalars(query))

@@ -510,19 +510,29 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
 
     @router.get(f"{_DEVICES}/{{device_id}}/history",
                 summary="A device's events and reports (admin, operator, the device)",
-                openapi_extra=PAGE_PARAMETERS)
+                openapi_extra={"parameters": [
+                    *PAGE_PARAMETERS["parameters"],
+                    {"name": "order", "in": "query", "required": False,
+                     "description": "oldest first (default) or newest first",
+                     "schema": {"type": "string", "enum": ["oldest", "newest"],
+                                "default": "oldest"}}]})
     async def history(request: Request, device_id: str) -> Response:
         """A page of the device's events and report summaries, in order (by ``seq``; admin,
-        operator, or the device itself). ``next`` is the cursor for ``?after=``."""
+        operator, or the device itself); ``?order=newest``: newest first. ``next`` is the
+        cursor for ``?after=`` (a cursor of one order is refused by the other)."""
         await device_or_staff(request, device_id)
-        limit, key, after = page_params(request, "history", (int,))
+        order = request.query_params.get("order", "oldest")
+        if order not in ("oldest", "newest"):
+            raise Refused(400, f"order: expected oldest or newest, got {order[:20]!r}")
+        kind = "history" if order == "oldest" else "history-newest"
+        limit, key, after = page_params(request, kind, (int,))
         if key is not None and not 0 <= key[0] <= _MAX_SEQ:
             raise Refused(400, f"after: expected the cursor 'next' of a previous page of "
                                f"this list, got {after[:40]!r}")
         page = await storage(functools.partial(tracker.history_page, device_id, limit=limit,
-                                               after=key[0] if key is not None else 0))
-        return paged("history", page, lambda k: encode_cursor("history", k[0]),
-                      id=device_id)
+                                               after=key[0] if key is not None else 0,
+                                               newest=order == "newest"))
+        return paged("history", page, lambda k: encode_cursor(kind, k[0]), id=device_id)
 
     @router.get(f"{_DEVICES}/{{device_id}}/update",
                 summary="The release assigned to the device, or 204 (the device itself)")
