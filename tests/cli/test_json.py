@@ -23,7 +23,7 @@ NO_DATA = {
 NOT_YET = {
     ("create",), ("encrypt",), ("device", "init"),
     ("device", "install"), ("device", "facts"), ("device", "boot"), ("device", "register"),
-    ("device", "confirm"),
+    ("device", "confirm"), ("device", "health"),
 }
 
 

@@ -537,7 +537,7 @@ def test_invoke_arguments_and_failing_invoke() -> None:
 def test_procedures_run_their_sections_in_order() -> None:
     sections: dict[str, Any] = {name: seq(override(content=name.encode()), c(Cmd.WRITE))
                 for name in ("payload_fetch", "install", "validate", "load", "invoke",
-                             "candidate_verification", "dependency_resolution")}
+                             "candidate_verification", "dependency_resolution", "uninstall")}
     m = manifest(**sections)
     for procedure, keys in PROCEDURES.items():
         device = rig()
@@ -545,7 +545,8 @@ def test_procedures_run_their_sections_in_order() -> None:
         assert result.succeeded, result.reason
         assert device[C0].commits == len(keys)
         names = {7: b"validate", 8: b"load", 9: b"invoke", 15: b"dependency_resolution",
-                 16: b"payload_fetch", 18: b"candidate_verification", 20: b"install"}
+                 16: b"payload_fetch", 18: b"candidate_verification", 20: b"install",
+                 24: b"uninstall"}
         assert device[C0].content == names[keys[-1]]
     with pytest.raises(ValueError, match="unknown procedure"):
         process(verified(m), "boot", rig().device)  # type: ignore[arg-type]

@@ -455,6 +455,65 @@ def test_an_operator_approves_and_starts_a_campaign_and_watches_it(
     shot(page, artifacts, "campaigns")
 
 
+def test_a_health_gated_campaign_shows_its_gate_and_each_device_s_health(
+        page: Page, fleet: Fleet, artifacts: Path) -> None:
+    """Health-gated rollouts (issue #13): the campaign page shows the gate and each member's
+    health, the pause by the health threshold and why; the device page its health reports."""
+    names = ["valve-h0", "valve-h1"]
+    ids = [fleet.register(name, PUMP, 7)["id"] for name in names]
+    made = fleet.client.post("/api/v1/campaigns", headers=auth(fleet.operator_a), json={
+        "name": "valves, health-gated", "release": fleet.release["id"],
+        "envelope_url": f"{fleet.url}{fleet.release['envelope']['url']}",
+        "target": {"devices": ids}, "waves": [100], "failure_threshold": 1.0,
+        "unhealthy_threshold": 0.02, "health_window": 600})
+    assert made.status_code == 201, made.text
+    campaign = made.json()["id"]
+    for step in ("approve", "start"):
+        done = fleet.client.post(f"/api/v1/campaigns/{campaign}/{step}",
+                                 headers=auth(fleet.operator_b))
+        assert done.status_code == 200, done.text
+    for name in names:
+        fleet.walk(name, *SUCCESS[1:])  # the campaign notified them
+    release = fleet.release["id"]
+
+    def health(name: str, status: str, **extra: Any) -> dict[str, Any]:
+        dev = fleet.devices[name]
+        response = fleet.client.post(f"/api/v1/devices/{dev['id']}/health",
+                                     headers=auth(dev["token"]), json={
+                                         "release": release, "status": status, "window": 600,
+                                         **extra})
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    health("valve-h0", "watching", checks=1)
+    login(page, fleet.operator_a)
+    page.goto(f"/dashboard/#/campaigns/{campaign}")
+    expect(page.locator("[data-testid=health-gate]")).to_contain_text(
+        "window 600 s after confirming, pause above 2 % unhealthy")
+    expect(page.locator("[data-health=watching]")).to_have_count(1)
+    checks = {"checks": 2, "failures": 1, "records": [
+        {"check": "command", "ok": False, "detail": "health.sh exited with status 1"}]}
+    answer = health("valve-h1", "unhealthy", **checks)
+    assert answer["rollback"] is True
+    expect(page.locator("[data-testid=status]")).to_have_text("paused")
+    expect(page.locator("#view")).to_contain_text("health threshold crossed: 1 of 2 devices "
+                                                  "that confirmed turned unhealthy")
+    expect(page.locator("[data-health=unhealthy]")).to_have_count(1)
+    expect(page.locator("[data-testid=health-gate]")).to_contain_text(
+        "now 1 unhealthy of 2 confirmed")
+    shot(page, artifacts, "campaign-health")
+    # as the agent does: the counts and records of its window, with the rollback
+    health("valve-h1", "rolled-back", detail="reverted to the previous image", **checks)
+    expect(page.locator("[data-health=rolled-back]")).to_have_count(1)
+    page.click("text=valve-h1")
+    expect(page.locator("#view h1")).to_have_text("valve-h1")
+    shown = page.locator("[data-testid=health]")
+    expect(shown).to_contain_text("rolled-back")
+    expect(shown).to_contain_text("command: health.sh exited with status 1")
+    expect(shown).to_contain_text("2 / 1 / 0")
+    shot(page, artifacts, "device-health")
+
+
 # ---------------------------------------------------------------------------- session
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ class World:
     author: Author
     tmp: Path
     sequence: int = 1
+    tokens: dict[str, str] = field(default_factory=dict)
+    """Each device's credential (``device``)."""
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.tracker.url, timeout=15)
@@ -59,6 +61,7 @@ class World:
         with self.client() as c:
             response = c.post("/api/v1/devices", json={"name": "lwm2m"}, headers=auth(ADMIN))
         assert response.status_code == 201, response.text
+        self.tokens[str(response.json()["id"])] = str(response.json()["token"])
         return folder, str(response.json()["id"])
 
     def release(self) -> dict[str, Any]:

@@ -61,3 +61,50 @@ def test_serve_runs_the_lwm2m_server_on_its_port(tmp_path: Path) -> None:
         response = asyncio.run(register())
         assert response.code == Code.CREATED  # type: ignore[attr-defined]
     assert f"LwM2M on coap://127.0.0.1:{port}/rd (NoSec)" in server.stdout
+
+
+def _device_run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``suitkit device run`` of a new device folder with ``extra`` options."""
+    from device.device_kit import new_device
+    from suitkit.device.config import load_config
+
+    author = Author.create(tmp_path / "author")
+    folder = new_device(tmp_path / "device", [author.anchor])
+    credential = tmp_path / "device.cred"
+    credential.write_text(f"{load_config(folder).device_id}.secret\n")
+    return subprocess.run(
+        [*SUITKIT, "device", "run", str(folder), "--server", "http://127.0.0.1:9",
+         "--credential-file", str(credential), "--duration", "1", *extra],
+        capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_device_run_lwm2m_option_errors_are_one_line_usage_errors(tmp_path: Path) -> None:
+    cases = [
+        (("--protocol", "lwm2m"), "--protocol lwm2m needs the LwM2M server: --lwm2m"),
+        (("--protocol", "lwm2m", "--lwm2m", "http://127.0.0.1:5683"),
+         "must be coap://HOST:PORT, got 'http://127.0.0.1:5683'"),
+        (("--protocol", "lwm2m", "--lwm2m", "coap://127.0.0.1"), "must be coap://HOST:PORT"),
+        (("--protocol", "lwm2m", "--lwm2m", "coap://127.0.0.1:5683/rd"),
+         "must be coap://HOST:PORT"),
+        (("--protocol", "lwm2m", "--lwm2m", "coap://127.0.0.1:5683", "--lwm2m-lifetime", "0"),
+         "lifetime must be 1 to 604800 seconds, got 0"),
+        (("--protocol", "lwm2m", "--lwm2m", "coap://127.0.0.1:5683", "--lwm2m-delivery",
+          "sideways"), "delivery must be one of pull, push, both, got 'sideways'"),
+        (("--lwm2m", "coap://127.0.0.1:5683"), "--lwm2m needs --protocol lwm2m"),
+        (("--protocol", "lwm2m", "--lwm2m", "coap://127.0.0.1:5683", "--lwm2m-bind",
+          "203.0.113.7"), "--lwm2m-bind 203.0.113.7: cannot serve the LwM2M objects"),
+    ]
+    for i, (options, message) in enumerate(cases):
+        done = _device_run(tmp_path / str(i), *options)
+        assert done.returncode == 2, (options, done.stdout, done.stderr)
+        assert message in done.stderr, (options, done.stderr)
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
+            done.stderr
+
+
+def test_device_run_lwm2m_without_a_server_retries_and_ends_at_its_duration(
+        tmp_path: Path) -> None:
+    port = free_port(socket.SOCK_DGRAM)  # nothing listens there
+    done = _device_run(tmp_path, "--protocol", "lwm2m", "--lwm2m", f"coap://127.0.0.1:{port}")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr

@@ -375,7 +375,8 @@ def test_threat_upd_unapproved(tmp_path: Path, author: Author, how: str) -> None
 
     assert_refused(outcome, attack, expected)
     assert outcome.reason == (
-        "rejected: signer of role 'author' may not update component [h'00']"
+        "rejected: signer of role 'author' (00-author-author.pub) may not update component "
+        "[h'00']; its scope is [h'01']"
         if how == "signer out of its scope" else
         "rejected: missing a valid signature from: operator (signed by: author)"), outcome.reason
     assert counters(folder) == {"app": 0}

@@ -39,12 +39,19 @@ def test_the_demo_ends_every_device_where_the_injected_faults_say(tmp_path: Path
 
     summary = json.loads(summary_file.read_text())
     assert summary["ok"] is True
-    assert summary["counts"] == {"updated": 6, "rolled-back": 1, "rejected": 2, "failed": 0}
+    assert summary["counts"] == {"updated": 8, "rolled-back": 1, "rejected": 2, "failed": 0}
     assert summary["counts"] == summary["expected_counts"]
     devices = summary["devices"]
-    assert len(devices) == 9
+    assert len(devices) == 9 + 2  # and suitkit's agent over LwM2M and over hawkBit DDI
     assert {d["shape"] for d in devices} == {"mcu", "secure-split", "dual-cpu", "linux"}
     assert {d["mode"] for d in devices} == {"poll", "push", "hybrid"}
+    # the summary says which protocol each device used; LwM2M and DDI devices were updated
+    # through the same campaigns, their state in the tracker walked by their own edge
+    assert [(d["protocol"], d["shape"], d["outcome"], d["tracker_state"]) for d in devices
+            if d["protocol"] != "suitkit"] == [("lwm2m", "mcu", "updated", "succeeded"),
+                                                ("ddi", "linux", "updated", "succeeded")]
+    assert sum(d["protocol"] == "suitkit" for d in devices) == 9
+    assert "lwm2m" in result.output and "ddi" in result.output
     assert sorted(d["fault"] for d in devices if d["fault"]) == sorted(DECLARED)
     assert {fault: (f["outcome"], f["as_expected"]) for fault, f in summary["faults"].items()
             } == {fault: (outcome, True) for fault, (outcome, _) in DECLARED.items()}

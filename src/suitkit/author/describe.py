@@ -38,13 +38,14 @@ from suitkit.author.encrypt import (
     expand_uris,
     parse_encryption,
 )
-from suitkit.core import jsonform
+from suitkit.core import cbor, codec, jsonform
 from suitkit.core.cbor import CBORTag
 from suitkit.core.model import (
     Command,
     CommandSequence,
     Common,
     ComponentIdentifier,
+    DependencyMetadata,
     Digest,
     FrozenDict,
     LocalizedText,
@@ -78,7 +79,11 @@ _TOP_KEYS = {
     "sequence-number", "vendor-id", "vendor-domain", "class-id", "class-name", "device-id",
     "reference-uri", "components", "text", "language", "sever", "use-before", "set-version",
     "shared-sequence", "install", "validate", "invoke", "load", "payload-fetch", "encryption",
+    "dependencies", "uninstall", "dependency-resolution", "candidate-verification",
 }
+_DEPENDENCY_KEYS = {"id", "envelope", "digest", "size", "uri", "integrated"}
+MAX_DEPENDENCIES = 16
+"""Dependencies one description may declare (a device bounds what it processes, too)."""
 _COMPONENT_KEYS = {
     "id", "image", "image-digest", "image-size", "uri", "integrated", "vendor-id",
     "vendor-domain", "class-id", "class-name", "invoke", "text", "encrypt",
@@ -154,9 +159,10 @@ def parse_description(data: Any, *, base: Path, source: str = "description") -> 
                           f"expected an unsigned integer, got {sequence_number!r}")
     vendor = _vendor_id(data, source)
     klass = _class_id(data, vendor, source)
-    raw_components = data.get("components")
-    if not isinstance(raw_components, list) or not raw_components:
-        raise DecodeError(f"{source}.components", "expected a non-empty list of components")
+    raw_components = data.get("components", [] if "dependencies" in data else None)
+    if not isinstance(raw_components, list) or not (raw_components or "dependencies" in data):
+        raise DecodeError(f"{source}.components", "expected a non-empty list of components "
+                          "(or dependencies)")
 
     components: list[_Component] = []
     integrated: dict[str, bytes] = {}
@@ -167,11 +173,15 @@ def parse_description(data: Any, *, base: Path, source: str = "description") -> 
         if comp.payload is not None:
             assert comp.uri is not None
             integrated[comp.uri] = comp.payload
+    dependencies = _dependencies(data.get("dependencies"), base, f"{source}.dependencies",
+                                 first=len(components))
+    for dep in dependencies:
+        if dep.payload is not None:
+            integrated[dep.uri] = dep.payload
     ids = [c.id for c in components]
-    if len(set(ids)) != len(ids):
-        raise DecodeError(f"{source}.components", "component ids must be unique")
+    if len(set(ids + [d.id for d in dependencies])) != len(ids) + len(dependencies):
+        raise DecodeError(f"{source}.components", "component and dependency ids must be unique")
 
-    many = len(components) > 1
     use_before = data.get("use-before")
     if use_before is not None and (not isinstance(use_before, int) or use_before < 0):
         raise DecodeError(f"{source}.use-before", "expected seconds since 1970")
@@ -182,10 +192,24 @@ def parse_description(data: Any, *, base: Path, source: str = "description") -> 
             return jsonform.sequence_from_json(data[name], path=f"{source}.{name}")
         return generated
 
-    shared = raw_or("shared-sequence", _shared(components, many, use_before, device_id))
-    install = raw_or("install", _install(components, many))
-    validate = raw_or("validate", _per_component(
-        components, many, lambda c: [Command(Cmd.IMAGE_MATCH, REPORT_ALL)]))
+    many = len(components) + len(dependencies) > 1
+    first = len(components)
+    shared = raw_or("shared-sequence", _with_dependencies(
+        _shared(components, many, use_before, device_id), dependencies, many,
+        _dependency_parameters, first))
+    install = raw_or("install", _with_dependencies(
+        _install(components, many) if components else None, dependencies, many,
+        _run_dependency, first))
+    validate = raw_or("validate", _with_dependencies(_per_component(
+        components, many, lambda c: [Command(Cmd.IMAGE_MATCH, REPORT_ALL)]) if components
+        else None, dependencies, many, _run_dependency, first))
+    resolution = raw_or("dependency-resolution", _with_dependencies(
+        None, dependencies, many, _resolve_dependency, first))
+    candidate = raw_or("candidate-verification", _with_dependencies(
+        None, dependencies, many, _run_dependency, first))
+    raw_uninstall = data.get("uninstall")
+    uninstall = (_uninstall(raw_uninstall, ids, dependencies, many, f"{source}.uninstall")
+                 if isinstance(raw_uninstall, Mapping) else raw_or("uninstall", None))
     invokers = [c for c in components if c.invoke]
     invoke = raw_or("invoke", _per_component(
         invokers, many, lambda c: [Command(Cmd.INVOKE, REPORT_FAILURE_RECORD)],
@@ -198,7 +222,11 @@ def parse_description(data: Any, *, base: Path, source: str = "description") -> 
     set_version = data.get("set-version")
     manifest = Manifest(
         sequence_number=sequence_number,
-        common=Common(components=tuple(ids), shared_sequence=shared),
+        common=Common(components=(*ids, *(d.id for d in dependencies)),
+                      shared_sequence=shared,
+                      dependencies=FrozenDict({len(ids) + i: DependencyMetadata()
+                                               for i in range(len(dependencies))})
+                      if dependencies else None),
         reference_uri=_optional_str(data, "reference-uri", source),
         set_version=_version(set_version, f"{source}.set-version") if set_version else None,
         validate=validate,
@@ -207,6 +235,9 @@ def parse_description(data: Any, *, base: Path, source: str = "description") -> 
         payload_fetch=payload_fetch,
         install=install,
         text=text,
+        uninstall=uninstall,
+        dependency_resolution=resolution,
+        candidate_verification=candidate,
     )
     if "encryption" not in data:
         if any(c.encrypt for c in components):
@@ -349,6 +380,137 @@ def _install(components: list[_Component], many: bool) -> CommandSequence:
                 Command(Cmd.FETCH, REPORT_FAILURE_RECORD), Command(Cmd.IMAGE_MATCH, REPORT_ALL)]
 
     return _per_component(components, many, body)
+
+
+@dataclass(frozen=True, slots=True)
+class _Dependency:
+    """A dependency manifest (trust-domains §5.2): its component (the slot the device keeps
+    its envelope in), the digest of its bstr-wrapped manifest, its envelope's size, and where
+    the device gets it (``#name``: integrated in this envelope)."""
+
+    id: ComponentIdentifier
+    digest: Digest
+    size: int
+    uri: str
+    payload: bytes | None
+
+
+def _dependencies(raw: Any, base: Path, path: str, *, first: int) -> list[_Dependency]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_DEPENDENCIES:
+        raise DecodeError(path, f"expected a list of 1 to {MAX_DEPENDENCIES} dependencies")
+    out = []
+    for i, item in enumerate(raw):
+        where = f"{path}[{i}]"
+        if not isinstance(item, Mapping):
+            raise DecodeError(where, "expected a map")
+        _known(item, _DEPENDENCY_KEYS, where)
+        cid = jsonform.component_id_from_json(
+            item.get("id", [f"dependency-{first + i}.suit"]), path=f"{where}.id")
+        payload: bytes | None = None
+        if "envelope" in item:
+            file = base / str(item["envelope"])
+            try:
+                data = file.read_bytes()
+            except OSError as e:
+                raise DecodeError(f"{where}.envelope", f"cannot read envelope {file}: "
+                                  f"{e.strerror or e}") from None
+            try:
+                parts = codec.decode_envelope_parts(data)
+            except DecodeError as e:
+                raise DecodeError(f"{where}.envelope", f"{file} is not a SUIT envelope: "
+                                  f"{e}") from None
+            # trust-domains §5.2.2: a dependency is identified by the digest of its
+            # bstr-wrapped manifest (signatures may change without breaking the dependent).
+            digest = Digest(CoseAlg.SHA256,
+                            hashlib.sha256(cbor.wrap(parts.manifest_bytes)).digest())
+            size = len(data)
+        elif "digest" in item and "size" in item:
+            digest = jsonform.digest_from_json(item["digest"], path=f"{where}.digest")
+            size = item["size"]
+            if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+                raise DecodeError(f"{where}.size", "expected the envelope's size in bytes")
+            data = None
+        else:
+            raise DecodeError(where, "give either envelope (a file) or digest and size")
+        uri = item.get("uri")
+        integrated = item.get("integrated", uri is None)
+        if not isinstance(integrated, bool):
+            raise DecodeError(f"{where}.integrated", "expected true or false")
+        if integrated:
+            if data is None:
+                raise DecodeError(where, "an integrated dependency needs its envelope file")
+            name = Path(str(item["envelope"])).name
+            uri = uri if isinstance(uri, str) and uri.startswith("#") else f"#{name}"
+            payload = data
+        elif not isinstance(uri, str) or not uri or uri.startswith("#"):
+            raise DecodeError(f"{where}.uri", "a fetched dependency needs a uri")
+        elif SHA256_PLACEHOLDER in uri:
+            if data is None:
+                raise DecodeError(f"{where}.uri", f"{SHA256_PLACEHOLDER} needs the envelope "
+                                  "file (envelope:)")
+            # the firmware server serves an envelope at /envelopes/<its SHA-256>
+            uri = uri.replace(SHA256_PLACEHOLDER, hashlib.sha256(data).hexdigest())
+        out.append(_Dependency(cid, digest, size, uri, payload))
+    return out
+
+
+def _with_dependencies(base: CommandSequence | None, dependencies: list[_Dependency],
+                       many: bool, body: Any, first: int) -> CommandSequence | None:
+    """``base`` followed by ``body(dependency)`` for each dependency (trust-domains §8
+    templates), each after set-component-index; dependency indices start at ``first`` (they
+    follow the components)."""
+    if not dependencies:
+        return base
+    commands = list(base.commands) if base is not None else []
+    for i, dep in enumerate(dependencies):
+        if many:
+            commands.append(Command(Cmd.SET_COMPONENT_INDEX, first + i))
+        commands.extend(body(dep))
+    return CommandSequence(tuple(commands))
+
+
+def _dependency_parameters(dep: _Dependency) -> list[Command]:
+    # trust-domains §8 shared template: the dependency's digest (of its bstr-wrapped
+    # manifest) and size; the uri too, so that every section finds an integrated dependency.
+    return [Command(Cmd.OVERRIDE_PARAMETERS, Parameters.from_items({
+        int(P.IMAGE_DIGEST): dep.digest, int(P.IMAGE_SIZE): dep.size, int(P.URI): dep.uri}))]
+
+
+def _resolve_dependency(dep: _Dependency) -> list[Command]:
+    # trust-domains §8 dependency-resolution template: fetch, integrity, process.
+    fetch = [Command(Cmd.FETCH, REPORT_FAILURE_RECORD)] if dep.payload is None else []
+    return [*fetch, Command(Cmd.DEPENDENCY_INTEGRITY, REPORT_ALL),
+            Command(Cmd.PROCESS_DEPENDENCY, REPORT_FAILURE_RECORD)]
+
+
+def _run_dependency(dep: _Dependency) -> list[Command]:
+    # trust-domains §8 validate template: integrity, then the dependency's same section.
+    return [Command(Cmd.DEPENDENCY_INTEGRITY, REPORT_ALL),
+            Command(Cmd.PROCESS_DEPENDENCY, REPORT_FAILURE_RECORD)]
+
+
+def _uninstall(raw: Any, ids: list[ComponentIdentifier], dependencies: list[_Dependency],
+               many: bool, path: str) -> CommandSequence | None:
+    """suit-uninstall (trust-domains §6) from ``{unlink: [ids]}``: unlink each named
+    component or dependency."""
+    _known(raw, {"unlink"}, path)
+    known = [*ids, *(d.id for d in dependencies)]
+    raw = raw.get("unlink")
+    path = f"{path}.unlink"
+    if not isinstance(raw, list) or not raw or len(raw) > len(known):
+        raise DecodeError(path, "expected a list of the component or dependency ids to unlink")
+    commands: list[Command] = []
+    for i, item in enumerate(raw):
+        cid = jsonform.component_id_from_json(item, path=f"{path}[{i}]")
+        if cid not in known:
+            raise DecodeError(f"{path}[{i}]", f"{item!r} is none of this manifest's "
+                              "components or dependencies")
+        if many:
+            commands.append(Command(Cmd.SET_COMPONENT_INDEX, known.index(cid)))
+        commands.append(Command(Cmd.UNLINK, REPORT_FAILURE_RECORD))
+    return CommandSequence(tuple(commands))
 
 
 _COMPARISONS = (("==", 3), (">=", 2), ("<=", 4), (">", 1), ("<", 5), ("=", 3))

@@ -9,7 +9,6 @@ document, a rotation envelope or a device's anchors.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +16,15 @@ import typer
 
 from suitkit.author import keys as keyfiles
 from suitkit.author.anchors import Edits, initial_document, next_document, rotation_envelope
-from suitkit.cli.common import EXIT_USAGE, fail, handles_errors, out
+from suitkit.cli.common import (
+    EXIT_USAGE,
+    JsonOption,
+    fail,
+    handles_errors,
+    new_app,
+    out,
+    print_json,
+)
 from suitkit.cli.device import _identity
 from suitkit.core import codec, crypto
 from suitkit.core.anchors import (
@@ -34,8 +41,8 @@ from suitkit.device.config import CONFIG, load_config
 from suitkit.errors import DecodeError, SuitError
 from suitkit.fileio import atomic_write
 
-app = typer.Typer(help="Trust-anchor documents and rotations (docs/keys.md).",
-                  no_args_is_help=True, add_completion=False)
+app = new_app(help="Trust-anchor documents and rotations (docs/keys.md).",
+              no_args_is_help=True)
 
 
 def _pair(item: str, option: str) -> tuple[str, str]:
@@ -84,6 +91,7 @@ def init_cmd(
     require: Annotated[list[str] | None, typer.Option(
         "--require", help="A role every firmware update needs (as device init --require).")
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Write the version-0 document of devices made with device init (a rotation's base)."""
     pairs = []
@@ -92,6 +100,9 @@ def init_cmd(
         pairs.append((role, _public(path, "--key")))
     document = initial_document(pairs, required_roles=require or ())
     atomic_write(out_path, document.encode())
+    if as_json:
+        print_json({"document": str(out_path), "version": 0, "keys": len(document.keys)})
+        return
     out.print(f"wrote anchors version 0 to {out_path} ({len(document.keys)} keys)",
               markup=False)
 
@@ -133,6 +144,7 @@ def rotate(
     class_id: Annotated[str | None, typer.Option("--class-id")] = None,
     vendor_domain: Annotated[str | None, typer.Option("--vendor-domain")] = None,
     class_name: Annotated[str | None, typer.Option("--class-name")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Build the next trust-anchor version and its rotation envelope."""
     if require and no_require:
@@ -166,6 +178,11 @@ def rotate(
     data = codec.encode_envelope(envelope)
     atomic_write(document_out, document.encode())
     atomic_write(out_path, data)
+    if as_json:
+        print_json({"document": str(document_out), "version": document.version,
+                    "envelope": str(out_path), "bytes": len(data), "signatures": len(key or []),
+                    "carried": len(carried)})
+        return
     signed = f"signed by {len(key)} key(s)" if key else "unsigned: sign it with root keys"
     out.print(f"wrote anchors version {document.version} to {document_out} and its rotation "
               f"envelope to {out_path} ({len(data)} bytes, {signed}"
@@ -183,7 +200,7 @@ def show(
     """Print a trust-anchor document, the one a rotation envelope carries, or a device's."""
     doc = describe_source(source)
     if as_json:
-        out.print(json.dumps(doc, indent=2), markup=False)
+        print_json(doc)
         return
     out.print(f"trust anchors version {doc['version']} ({doc['source']})", markup=False)
     for k in doc["keys"]:

@@ -77,6 +77,13 @@ def create(
     window: Annotated[str | None, typer.Option(
         "--window", help="Daily maintenance window HH:MM-HH:MM (UTC, may wrap midnight).")
     ] = None,
+    unhealthy_threshold: Annotated[float | None, typer.Option(
+        "--unhealthy-threshold", help="Pause when more than this fraction of the devices "
+        "that confirmed turn unhealthy within --health-window (e.g. 0.02).")] = None,
+    health_window: Annotated[float | None, typer.Option(
+        "--health-window", help="Seconds after confirming during which a device's health "
+        "counts: unhealthy devices are told to roll back, and waves open only once their "
+        "devices' windows passed healthy.")] = None,
     as_json: JsonOption = False,
     timeout: TimeoutOption = 30.0,
 ) -> None:
@@ -101,6 +108,10 @@ def create(
         body["start_after"] = start_after
     if window is not None:
         body["window"] = window
+    if unhealthy_threshold is not None:
+        body["unhealthy_threshold"] = unhealthy_threshold
+    if health_window is not None:
+        body["health_window"] = health_window
     doc = client.post(_PATH, body)
     if as_json:
         _print_json(doc)
@@ -171,8 +182,17 @@ def status(campaign_id: IdArgument, server: ServerOption, token_file: TokenFileO
                       str(wave["devices"]),
                       ", ".join(f"{n} {s}" for s, n in sorted(wave["states"].items())))
     out.print(table)
+    if doc.get("health_window") is not None:
+        health = doc.get("health") or {}
+        threshold = doc.get("unhealthy_threshold")
+        out.print(f"  health gate: window {doc['health_window']:g} s after confirming"
+                  + (f", pause above {threshold * 100:g}% unhealthy" if threshold is not None
+                     else "")
+                  + f"; {health.get('unhealthy', 0)} unhealthy of "
+                    f"{health.get('confirmed', 0)} confirmed", markup=False)
     for member in doc.get("members") or []:
-        out.print(f"  {member['device_id']}  wave {member['wave']}  {member['state']}",
+        out.print(f"  {member['device_id']}  wave {member['wave']}  {member['state']}"
+                  + (f"  health {member['health']}" if member.get("health") else ""),
                   markup=False)
     for entry in (doc.get("log") or [])[-5:]:
         out.print(f"  log {entry['timestamp']} {entry['actor']} {entry['action']} "

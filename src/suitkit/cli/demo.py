@@ -8,8 +8,10 @@ runs a fleet of simulated devices of every shape (mcu, secure-split, dual-cpu, L
 every operating mode (poll, push, hybrid) through staged campaigns (a first wave, then the
 rest), with the faults a real fleet meets: a power cut in the middle of an install, a network
 cut in the middle of a download, a device of the wrong class, an image altered by a hostile
-mirror, and a new image that fails to start and is rolled back (``sim.scenario``). Progress is
-live; the end is a table of every device's outcome and reason against the one it was declared
+mirror, and a new image that fails to start and is rolled back (``sim.scenario``). Two more
+devices run suitkit's agent over the standard device protocols: one over LwM2M (the server's
+LwM2M edge, ``--lwm2m-port``, delivers to it) and one over hawkBit DDI. Progress is live; the
+end is a table of every device's protocol, outcome and reason against the one it was declared
 to have, and the exit status is 0 only when every device ended where it should.
 
 ``suitkit demo --walkthrough`` is the author's flow step by step through the real command line
@@ -99,7 +101,7 @@ def run_fleet_demo(workdir: Path | None, console: Console, *, devices: int = 16,
         SuitError: the server did not start, or a call to it failed.
     """
     from suitkit.sim.firmware import make_keys  # noqa: PLC0415
-    from suitkit.sim.local import local_server  # noqa: PLC0415
+    from suitkit.sim.local import free_udp_port, local_server  # noqa: PLC0415
     from suitkit.sim.scenario import demo_plans, run_scenario  # noqa: PLC0415
 
     started = time.monotonic()
@@ -112,10 +114,13 @@ def run_fleet_demo(workdir: Path | None, console: Console, *, devices: int = 16,
                        style="cyan"))
     console.print(f"work folder {root}", markup=False)
     keys = make_keys(root / "keys")
-    plans = demo_plans(devices)
-    with local_server(root / "server", keys.author_pub) as server:
+    plans = demo_plans(devices, protocols=True)
+    lwm2m_port = free_udp_port()
+    with local_server(root / "server", keys.author_pub,
+                      extra_args=("--lwm2m-port", str(lwm2m_port), "--lwm2m-nosec")) as server:
         dashboard = f"{server.url}/dashboard/"
-        console.print(f"server (suitkit serve, SQLite) at {server.url} "
+        lwm2m = f"coap://127.0.0.1:{lwm2m_port}"
+        console.print(f"server (suitkit serve, SQLite) at {server.url}, LwM2M at {lwm2m} "
                       f"[{time.monotonic() - started:.1f} s]", markup=False)
         holder: dict[str, Fleet] = {}
 
@@ -126,7 +131,7 @@ def run_fleet_demo(workdir: Path | None, console: Console, *, devices: int = 16,
             task = asyncio.create_task(run_scenario(
                 root, server.url, server.admin_token, server.upload_token, plans, keys=keys,
                 workers=workers, on_fleet=lambda f: holder.__setitem__("fleet", f), say=say,
-                dashboard=dashboard))
+                dashboard=dashboard, lwm2m=lwm2m))
             live: Live | None = None
             try:
                 while not task.done():
@@ -192,7 +197,7 @@ def _progress(fleet: Fleet) -> Table:
     from suitkit.sim.fleet import classify  # noqa: PLC0415
 
     table = Table(title="fleet", title_justify="left", expand=False, show_lines=False)
-    for column in ("device", "mode", "class", "wave", "fault", "state"):
+    for column in ("device", "mode", "protocol", "class", "wave", "fault", "state"):
         table.add_column(column, overflow="ellipsis", no_wrap=True,
                          max_width=60 if column == "state" else None)
     for device in fleet.devices:
@@ -200,8 +205,8 @@ def _progress(fleet: Fleet) -> Table:
         category = classify(device.outcome, device.reason)
         style = OUTCOME_STYLE.get(category, "")
         state = device.state if category == "pending" else f"{category}: {device.reason}"
-        table.add_row(plan.name, plan.mode, plan.class_name, str(plan.wave), plan.fault or "",
-                      state, style=style)
+        table.add_row(plan.name, plan.mode, plan.protocol, plan.class_name, str(plan.wave),
+                      plan.fault or "", state, style=style)
     done = sum(1 for d in fleet.devices if d.done)
     table.caption = (f"{done}/{len(fleet.devices)} devices done; {fleet.stats.total} "
                      f"requests, {fleet.stats.server_errors} server errors")
@@ -210,7 +215,8 @@ def _progress(fleet: Fleet) -> Table:
 
 def _print_summary(console: Console, result: Summary) -> None:
     table = Table(title="summary", title_justify="left")
-    for column in ("device", "shape", "mode", "fault", "outcome", "reason", "expected", ""):
+    for column in ("device", "shape", "mode", "protocol", "fault", "outcome", "reason",
+                   "expected", ""):
         table.add_column(column, overflow="fold")
     for row in result.devices:
         expected = row["expected"] + (f" ({row['expected_reason']})"
@@ -218,7 +224,7 @@ def _print_summary(console: Console, result: Summary) -> None:
         mark = "[green]ok[/green]" if row["as_expected"] else "[red]WRONG[/red]"
         reason = row["reason"] if row["outcome"] != "updated" else (
             "; ".join(row["faults_met"]) or row["reason"])
-        table.add_row(row["name"], row["shape"], row["mode"], row["fault"] or "",
+        table.add_row(row["name"], row["shape"], row["mode"], row["protocol"], row["fault"] or "",
                       f"[{OUTCOME_STYLE.get(row['outcome'], '')}]{row['outcome']}[/]",
                       _escape(reason), _escape(expected), mark)
     console.print(table)

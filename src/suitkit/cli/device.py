@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import ssl
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from suitkit.bootloader.api import NoBootableImage
+from suitkit.bootloader.fsslots import FsBootloader
 from suitkit.bootloader.powercut import SCENARIOS, run_scenario
 from suitkit.cli.common import (
     EXIT_FAILED,
@@ -29,19 +31,22 @@ from suitkit.cli.common import (
     read_input,
     writing,
 )
-from suitkit.core import jsonform
+from suitkit.core import codec, jsonform
 from suitkit.core.report import Report
-from suitkit.device.config import SHAPE_COMPONENTS, create_device
+from suitkit.device.config import SHAPE_COMPONENTS, HealthConfig, create_device
 from suitkit.device.consumer import running_version
 from suitkit.device.fetch import FileFetcher, HttpFetcher, RoutingFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
-from suitkit.device.wiring import OpenDevice, open_device
+from suitkit.device.wiring import OpenDevice, SlotDependencies, open_device
 from suitkit.errors import SuitError
 from suitkit.limits import Limits
 from suitkit.sim.powercut import REAL_SCENARIOS, run_real_scenario
 
 app = new_app(help="A simulated (or Linux-class) device kept in a folder.",
               no_args_is_help=True)
+
+
+_ANY_ADDRESS = "0.0.0.0"  # noqa: S104 - the LwM2M client's default: it must reach its server
 
 
 def _uuid(value: str, option: str) -> uuid.UUID:
@@ -84,8 +89,32 @@ def init(
         "--agent", help="Linux-class: the device agent is a component too, ['suitkit', "
         "'agent'], updated by SUIT manifests; run it with 'suitkit device launch' "
         "(docs/devices.md, Self-update).")] = False,
+    health_window: Annotated[float | None, typer.Option(
+        "--health-window", help="Seconds the agent watches the application after an update "
+        "before it confirms it (health-gated rollouts; default: confirm at once).")] = None,
+    health_interval: Annotated[float | None, typer.Option(
+        "--health-interval", help="Seconds between health checks (default 5).")] = None,
+    health_command: Annotated[str | None, typer.Option(
+        "--health-command", help="A health check: exit 0 is healthy ({pid}: the "
+        "application's process id).")] = None,
+    health_url: Annotated[str | None, typer.Option(
+        "--health-url", help="A health check: a 2xx answer to GET URL is healthy.")] = None,
+    max_crashes: Annotated[int, typer.Option(
+        "--max-crashes", help="Crashes of the application restarted in the health window "
+        "before it is unhealthy.")] = 0,
+    image: Annotated[list[str] | None, typer.Option(
+        "--image", help="Linux-class: an image of the boot set (default: app); repeat for "
+        "several (image i is component h'0i').")] = None,
+    scope: Annotated[list[str] | None, typer.Option(
+        "--scope", help="N=HEX[,HEX...]: the components the N-th --trust-anchor (from 0) may "
+        "update, as hex component identifiers of one part (e.g. 1=00); default: any.")
+    ] = None,
+    dependency_role: Annotated[list[str] | None, typer.Option(
+        "--dependency-role", help="Trust domains: a role whose keys sign dependency "
+        "manifests alone, each within its --scope; repeat for several.")] = None,
 ) -> None:
     """Create a device: identity, trust anchors, empty slots (component i is h'0i')."""
+    health = _health(health_window, health_interval, health_command, health_url, max_crashes)
     if shape not in SHAPE_COMPONENTS:
         fail(f"--shape must be one of {', '.join(SHAPE_COMPONENTS)}, got {shape!r}", EXIT_USAGE)
     anchors: list[Path | tuple[str, Path]] = []
@@ -94,13 +123,16 @@ def init(
         anchors.append((role, Path(file)) if sep and role and file else Path(item))
     vendor, klass = _identity(vendor_id, class_id, vendor_domain, class_name)
     device = _uuid(device_id, "--device-id") if device_id else None
+    scopes = _scopes(scope or [], len(anchors)) if scope else None
     new_folder = not directory.exists()
     try:
         with writing(f"device folder {directory}"):
             config = create_device(
                 directory, vendor_id=vendor, class_id=klass, trust_anchors=anchors,
                 shape=shape, device_id=device, decryption_keys=decryption_key,
-                required_roles=require or (), app_command=app_command, agent=agent)
+                required_roles=require or (), app_command=app_command, health=health,
+                images=image, scopes=scopes, dependency_roles=dependency_role or (),
+                agent=agent)
             open_device(directory).save()
     except BaseException:
         if new_folder:  # no half-made device left behind (a full disk, an interrupt)
@@ -114,6 +146,22 @@ def init(
 
 def _part(part: bytes) -> str:
     return f"'{part.decode()}'" if part.isascii() and part.isalpha() else f"h'{part.hex()}'"
+
+
+def _scopes(items: list[str], count: int) -> list[list[tuple[bytes, ...]] | None]:
+    """``--scope N=HEX[,HEX]`` options as one scope (or ``None``: any) per trust anchor."""
+    scopes: list[list[tuple[bytes, ...]] | None] = [None] * count
+    for item in items:
+        number, sep, ids = item.partition("=")
+        if not sep or not number.isdigit() or int(number) >= count or not ids:
+            fail(f"--scope {item[:60]!r}: expected N=HEX[,HEX...] with N the position of a "
+                 f"--trust-anchor (0 to {count - 1})", EXIT_USAGE)
+        try:
+            parts = [(bytes.fromhex(h.removeprefix("0x")),) for h in ids.split(",")]
+        except ValueError:
+            fail(f"--scope {item[:60]!r}: component identifiers must be hex", EXIT_USAGE)
+        scopes[int(number)] = [*(scopes[int(number)] or []), *parts]
+    return scopes
 
 
 def _identity(vendor_id: str | None, class_id: str | None, vendor_domain: str | None,
@@ -178,6 +226,31 @@ def install(
     report = _report_json(outcome.report)
     if outcome.waiting:  # update-management §5.6: nothing staged; install it again later
         fail(f"not installed yet: {outcome.reason}", EXIT_FAILED)
+    if report is not None:
+        out.print("SUIT report: " + json.dumps(report), markup=False)
+    if not outcome.installed:
+        fail(outcome.reason, EXIT_FAILED)
+    out.print(outcome.reason, markup=False)
+
+
+@app.command()
+@handles_errors
+def uninstall(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
+    envelope: Annotated[Path, typer.Argument(metavar="ENVELOPE", help="Signed envelope with "
+                                             "a suit-uninstall section.")],
+) -> None:
+    """Run a manifest's suit-uninstall (trust-domains §6): the dependency manifests it unlinks
+    leave the device's store at the next boot (Linux-class devices).
+
+    Exit 0 uninstalled (pending until the next boot), 1 rejected or failed.
+    """
+    data = read_input(envelope, "envelope")
+    opened = open_device(directory)
+    with writing(f"device folder {directory}"):
+        outcome = opened.consumer().uninstall(data)
+        opened.save()
+    report = _report_json(outcome.report)
     if report is not None:
         out.print("SUIT report: " + json.dumps(report), markup=False)
     if not outcome.installed:
@@ -336,11 +409,35 @@ def run(
                                              "coap://HOST:PORT (for --transport coap).")
                     ] = None,
     protocol: Annotated[str, typer.Option("--protocol", help="suitkit (the tracker's JSON "
-                                          "API) or ddi (hawkBit DDI: the base poll, the "
+                                          "API), ddi (hawkBit DDI: the base poll, the "
                                           "deployment's *.suit artifact, action feedback; "
-                                          "poll mode).")] = "suitkit",
+                                          "poll mode) or lwm2m (an LwM2M client of --lwm2m: "
+                                          "Objects 3 and 5; the SUIT report goes to "
+                                          "--server).")] = "suitkit",
     ddi_tenant: Annotated[str, typer.Option("--ddi-tenant", help="The hawkBit tenant (with "
                                             "--protocol ddi).")] = "DEFAULT",
+    tls_ca: Annotated[Path | None, typer.Option(
+        "--tls-ca", envvar="SUITKIT_TLS_CA", help="PEM CA certificates the server's "
+        "certificate must chain to (default: device.json's tls.ca, else the system's).")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", envvar="SUITKIT_TLS_CERT", help="The device's PEM client certificate "
+        "(chain), for a server that requires one (default: device.json's tls.cert).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        "--tls-key", envvar="SUITKIT_TLS_KEY", help="PEM private key of --tls-cert, unless "
+        "that file holds it too.")] = None,
+    lwm2m: Annotated[str | None, typer.Option("--lwm2m", help="With --protocol lwm2m: the "
+                                              "LwM2M server, coap://HOST:PORT.")] = None,
+    lwm2m_lifetime: Annotated[int, typer.Option("--lwm2m-lifetime", help="Seconds a "
+                                                "registration lasts (updated at half of it).")
+                              ] = 300,
+    lwm2m_delivery: Annotated[str, typer.Option("--lwm2m-delivery", help="How the envelope "
+                                                "may come (5/0/9): pull (Package URI), push "
+                                                "(Package) or both.")] = "both",
+    lwm2m_bind: Annotated[str, typer.Option("--lwm2m-bind", help="Local address the LwM2M "
+                                            "client registers from and serves Objects 3 and 5 "
+                                            "on (port: the system's choice); only the LwM2M "
+                                            "server's requests are served.")] = _ANY_ADDRESS,
 ) -> None:
     """Keep a device up to date from a status tracker (RFC 9019 §2.3): register the inventory,
     learn of updates in the chosen mode, download (resumably), install, boot, confirm and
@@ -350,6 +447,12 @@ def run(
     from suitkit.device.agent import AgentOptions, check_credential, run_agent  # noqa: PLC0415
     from suitkit.device.fetch import CoapFetcher  # noqa: PLC0415
 
+    if protocol == "lwm2m":
+        _run_lwm2m(directory, server, credential_file, lwm2m=lwm2m, lifetime=lwm2m_lifetime,
+                   delivery=lwm2m_delivery, bind=lwm2m_bind, duration=duration)
+        return
+    if lwm2m is not None:
+        fail("--lwm2m needs --protocol lwm2m", EXIT_USAGE)
     try:
         options = AgentOptions(
             mode=mode, transport=transport, interval=interval,
@@ -370,10 +473,11 @@ def run(
         check_credential(directory, credential)
     except SuitError as e:
         fail(f"{credential_file}: {e}", EXIT_USAGE)
-    fetcher = RoutingFetcher(HttpFetcher(), coap=CoapFetcher())
+    tls = _client_tls(directory, tls_ca, tls_cert, tls_key)
+    fetcher = RoutingFetcher(HttpFetcher(tls=tls), coap=CoapFetcher())
     try:
         result = run_agent(directory, server, credential, fetcher=fetcher, options=options,
-                           say=lambda line: out.print(line, markup=False))
+                           say=lambda line: out.print(line, markup=False), tls=tls)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_FAILED) from None
     if result is not None and result.outcome == "restarting":
@@ -413,6 +517,99 @@ def launch(
         raise typer.Exit(0) from None
 
 
+def _client_tls(directory: Path, ca: Path | None, cert: Path | None,
+                key: Path | None) -> ssl.SSLContext | None:
+    """The agent's TLS context: ``--tls-*`` flags (or ``SUITKIT_TLS_*``) over device.json's
+    ``tls``; one line naming the file when one cannot be loaded (``KeyMaterialError``)."""
+    from suitkit.device.config import load_config  # noqa: PLC0415
+    from suitkit.device.tls import ClientTls  # noqa: PLC0415
+
+    return ClientTls(ca, cert, key).over(load_config(directory).client_tls()).context()
+
+
+def _health(window: float | None, interval: float | None, command: str | None,
+            url: str | None, max_crashes: int) -> HealthConfig | None:
+    """The ``--health-*`` options as a ``HealthConfig`` (``None`` without ``--health-window``);
+    a usage error naming what is wrong."""
+    if window is None:
+        if interval is not None or command is not None or url is not None or max_crashes:
+            fail("--health-interval, --health-command, --health-url and --max-crashes need "
+                 "--health-window", EXIT_USAGE)
+        return None
+    health = HealthConfig(window=window, interval=interval if interval is not None
+                          else min(5.0, window), command=command, url=url,
+                          max_crashes=max_crashes)
+    try:
+        health.check()
+    except ValueError as e:
+        fail(f"--health-*: {e}", EXIT_USAGE)
+    return health
+
+
+@app.command("health")
+@handles_errors
+def health_command(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
+    health_window: Annotated[float | None, typer.Option(
+        "--health-window", help="Seconds the agent watches the application after an update "
+        "before it confirms it (health-gated rollouts; default: confirm at once).")] = None,
+    health_interval: Annotated[float | None, typer.Option(
+        "--health-interval", help="Seconds between health checks (default 5).")] = None,
+    health_command: Annotated[str | None, typer.Option(
+        "--health-command", help="A health check: exit 0 is healthy ({pid}: the "
+        "application's process id).")] = None,
+    health_url: Annotated[str | None, typer.Option(
+        "--health-url", help="A health check: a 2xx answer to GET URL is healthy.")] = None,
+    max_crashes: Annotated[int, typer.Option(
+        "--max-crashes", help="Crashes of the application restarted in the health window "
+        "before it is unhealthy.")] = 0,
+    off: Annotated[bool, typer.Option("--off", help="No health window: confirm a new "
+                                      "image as soon as it started.")] = False,
+) -> None:
+    """Set how the agent watches the application after an update (docs/operations.md,
+    "Health-gated rollouts"), or turn it off."""
+    from suitkit.device.config import set_health  # noqa: PLC0415
+
+    health = None if off else _health(health_window, health_interval, health_command,
+                                      health_url, max_crashes)
+    if health is None and not off:
+        fail("give --health-window (and the checks), or --off", EXIT_USAGE)
+    with writing(f"device folder {directory}"):
+        set_health(directory, health)
+    shown = "off" if health is None else json.dumps(health.to_json())
+    out.print(f"health window: {shown}", markup=False)
+
+
+def _run_lwm2m(directory: Path, server: str, credential_file: Path, *, lwm2m: str | None,
+               lifetime: int, delivery: str, bind: str, duration: float | None) -> None:
+    """``device run --protocol lwm2m``: the device's LwM2M client until interrupted."""
+    from suitkit.device.agent import check_credential  # noqa: PLC0415
+    from suitkit.device.fetch import CoapFetcher  # noqa: PLC0415
+    from suitkit.device.lwm2m import Lwm2mOptions, run_lwm2m  # noqa: PLC0415
+
+    if lwm2m is None:
+        fail("--protocol lwm2m needs the LwM2M server: --lwm2m coap://HOST:PORT", EXIT_USAGE)
+    options = Lwm2mOptions(server=lwm2m, lifetime=lifetime, delivery=delivery, bind=bind,
+                           duration=duration)
+    try:
+        options.check()
+    except ValueError as e:
+        fail(f"--lwm2m: {e}", EXIT_USAGE)
+    credential = read_input(credential_file, "credential").decode("utf-8", "replace").strip()
+    try:  # the folder runs only with its own device's credential
+        check_credential(directory, credential)
+    except SuitError as e:
+        fail(f"{credential_file}: {e}", EXIT_USAGE)
+    fetcher = RoutingFetcher(HttpFetcher(), coap=CoapFetcher())
+    try:
+        result = run_lwm2m(directory, credential, options, fetcher=fetcher, tracker_url=server,
+                           say=lambda line: out.print(line, markup=False))
+    except OSError as e:
+        fail(f"--lwm2m-bind {bind}: cannot serve the LwM2M objects: {e}", EXIT_USAGE)
+    if result is not None and not result.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
 @app.command()
 @handles_errors
 def register(
@@ -426,6 +623,16 @@ def register(
                                            "credential (mode 0600).")],
     name: Annotated[str | None, typer.Option("--name", help="Name shown to operators "
                                              "(default: the folder's name).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(
+        "--tls-ca", envvar="SUITKIT_TLS_CA", help="PEM CA certificates the server's "
+        "certificate must chain to (default: device.json's tls.ca, else the system's).")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", envvar="SUITKIT_TLS_CERT", help="The device's PEM client certificate "
+        "(chain), for a server that requires one (default: device.json's tls.cert).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        "--tls-key", envvar="SUITKIT_TLS_KEY", help="PEM private key of --tls-cert, unless "
+        "that file holds it too.")] = None,
 ) -> None:
     """Enrol the device with a status tracker: register it, write its credential (shown by
     the tracker only once) for `device run --credential-file`, and send its inventory."""
@@ -437,7 +644,8 @@ def register(
     if out_file.exists():
         fail(f"{out_file}: already exists; a device is registered once", EXIT_USAGE)
     try:
-        credential = enrol(directory, server, token, name=name)
+        credential = enrol(directory, server, token, name=name,
+                           tls=_client_tls(directory, tls_ca, tls_cert, tls_key))
     except TrackerUnreachable as e:
         fail(f"cannot reach {server}: {e}", EXIT_UNREACHABLE)
     except TrackerError as e:
@@ -497,7 +705,8 @@ def device_status(opened: OpenDevice) -> dict[str, Any]:
             info = {"sequence-number": check.info.sequence_number,
                     "digest": check.info.digest.hex()}
             # update-management §3.1: the set-version of the manifest it was installed with
-            version = running_version(bootloader, spec.image, anchors, Limits())
+            version = running_version(bootloader, spec.image, anchors, Limits(),
+                                      opened.config.dependency_anchors())
             if version is not None:
                 info["version"] = list(version)
         components.append({"image": spec.image, "id": [f"0x{p.hex()}" for p in spec.suit_id],
@@ -515,7 +724,28 @@ def device_status(opened: OpenDevice) -> dict[str, Any]:
         "trial": state.phase.name.lower() in ("trial", "tried"),
         "phase": state.phase.name.lower(),
         "anchors-version": opened.config.anchors_version(),  # docs/keys.md
+        **_dependencies_status(opened),
     }
+
+
+def _dependencies_status(opened: OpenDevice) -> dict[str, Any]:
+    """The dependency manifests of the installed set (trust-domains; Linux-class devices)."""
+    if not isinstance(opened.bootloader, FsBootloader):
+        return {}
+    try:
+        sequence, stored = SlotDependencies(opened.bootloader, Limits()).installed()
+    except SuitError as e:
+        return {"dependencies": {"error": str(e)}}
+    manifests = []
+    for cid, envelope in stored.items():
+        entry: dict[str, Any] = {"id": [p.hex() for p in cid]}
+        try:
+            parts = codec.decode_envelope_parts(envelope)
+            entry["digest"] = parts.authentication.digest.value.hex()
+        except SuitError as e:
+            entry["error"] = str(e)
+        manifests.append(entry)
+    return {"dependencies": {"root-sequence-number": sequence, "manifests": manifests}}
 
 
 @app.command()

@@ -17,6 +17,7 @@ Every command takes ``--server URL`` and ``--token-file FILE`` (or ``SUITKIT_SER
 from __future__ import annotations
 
 import os
+import ssl
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from suitkit.cli.common import (
     print_json,
     read_token,
 )
+from suitkit.device.tls import ClientTls, network_reason
+from suitkit.errors import KeyMaterialError
 from suitkit.fileio import atomic_write, fsync_dir
 
 __all__ = ["ApiClient", "ServerOption", "TimeoutOption", "TokenFileOption", "devices_app",
@@ -69,16 +72,28 @@ class ApiClient:
     server: str
     token: str
     timeout: float = 30.0
+    verify: ssl.SSLContext | bool = True
+    """TLS: ``SUITKIT_TLS_CA`` (the server's CA), ``SUITKIT_TLS_CERT``/``SUITKIT_TLS_KEY``
+    (a client certificate, for a server that requires one), else the defaults."""
 
     @classmethod
     def from_options(cls, server: str, token_file: Path, timeout: float = 30.0) -> ApiClient:
-        """From ``--server`` and ``--token-file`` (exit 2 for a bad URL or token file)."""
+        """From ``--server`` and ``--token-file`` (exit 2 for a bad URL or token file) and
+        the ``SUITKIT_TLS_*`` environment (exit 2 for a file that cannot be loaded)."""
         url = server.rstrip("/")
         if not url.lower().startswith(("http://", "https://")):
             fail(f"--server: expected an http:// or https:// URL, got {server!r}", EXIT_USAGE)
         if timeout <= 0:
             fail("--timeout must be positive", EXIT_USAGE)
-        return cls(url, read_token(token_file), timeout)
+        env = {k: Path(os.environ[k]) if os.environ.get(k) else None
+               for k in ("SUITKIT_TLS_CA", "SUITKIT_TLS_CERT", "SUITKIT_TLS_KEY")}
+        try:
+            context = ClientTls(env["SUITKIT_TLS_CA"], env["SUITKIT_TLS_CERT"],
+                                env["SUITKIT_TLS_KEY"]).context()
+        except KeyMaterialError as e:
+            fail(f"SUITKIT_TLS_*: {e}", EXIT_USAGE)
+        return cls(url, read_token(token_file), timeout,
+                   context if context is not None else True)
 
     def request(self, method: str, path: str, *, body: Any = None,
                 params: dict[str, str] | None = None, ok: Iterable[int] = (200, 201, 204)
@@ -87,9 +102,10 @@ class ApiClient:
         url = f"{self.server}{path}"
         try:
             response = httpx.request(method, url, json=body, params=params, timeout=self.timeout,
-                                     headers={"Authorization": f"Bearer {self.token}"})
+                                     headers={"Authorization": f"Bearer {self.token}"},
+                                     verify=self.verify)
         except httpx.HTTPError as e:
-            fail(f"cannot reach {self.server}: {type(e).__name__}: {e}", EXIT_UNREACHABLE)
+            fail(f"cannot reach {self.server}: {network_reason(e)}", EXIT_UNREACHABLE)
         doc = _json(response)
         if response.status_code not in set(ok):
             message = doc.get("error") if isinstance(doc, dict) else None

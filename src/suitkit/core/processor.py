@@ -74,8 +74,16 @@ value. A wait directive whose events do not hold yet ends the procedure with
 ``ProcessResult.waiting`` set (update-management §5.6 allows "aborting the update entirely, then
 restarting"), so the caller can retry instead of failing the update.
 
-Deliberately not done: uninstall (suit-uninstall needs persistent reference counts; unlink is
-recorded in ``ProcessResult.unlinked`` and nothing else), parallel execution (strict-order
+Trust domains on a device: a store that keeps dependency envelopes apart from its images
+implements ``DependencyStore`` (dependency indices are asked of ``dependency``), a component
+that keeps the manifest describing its image implements ``ManifestAwareComponent`` (told which
+manifest, root or dependency, writes it), and an environment with a device policy for
+dependencies implements ``DependencyPolicy`` (anti-rollback, counts). The ``"uninstall"``
+procedure runs suit-uninstall (trust-domains §6; process-dependency there runs the
+dependency's own suit-uninstall); unlink is recorded in ``ProcessResult.unlinked``, and the
+reference counts and the removal are the device's (``suitkit.device``).
+
+Deliberately not done: parallel execution (strict-order
 False is accepted and processed in order; its copy/swap and run-sequence rules are enforced),
 the fetch/copy skip optimisation, checking that each dependency section ran by the end of the
 dependent's section (the trust-domains examples do not), anti-rollback (device state, the
@@ -136,12 +144,15 @@ __all__ = [
     "CustomCall",
     "CustomCommand",
     "CustomParameter",
+    "DependencyPolicy",
+    "DependencyStore",
     "Device",
     "Environment",
     "Extensions",
     "Fetcher",
     "InstalledEnvironment",
     "Invocation",
+    "ManifestAwareComponent",
     "Procedure",
     "ProcessResult",
     "ProcessorOptions",
@@ -153,7 +164,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-Procedure = Literal["staging", "installation", "update", "invoke"]
+Procedure = Literal["staging", "installation", "update", "invoke", "uninstall"]
 
 PROCEDURES: Mapping[str, tuple[int, ...]] = {
     # trust-domains §7: Staging = dependency-resolution, payload-fetch
@@ -165,6 +176,8 @@ PROCEDURES: Mapping[str, tuple[int, ...]] = {
                ManifestKey.CANDIDATE_VERIFICATION, ManifestKey.INSTALL, ManifestKey.VALIDATE),
     # manifest §8.4.6 Invocation Procedure
     "invoke": (ManifestKey.VALIDATE, ManifestKey.LOAD, ManifestKey.INVOKE),
+    # trust-domains §6: suit-uninstall runs when the manifest is removed
+    "uninstall": (ManifestKey.UNINSTALL,),
 }
 """The manifest sections each procedure runs, in order (each preceded by the shared sequence)."""
 
@@ -280,6 +293,47 @@ class ComponentStore(Protocol):
 
     def swap(self, first: ComponentIdentifier, second: ComponentIdentifier) -> None:
         """Exchange the contents of two components (§8.4.10.9); raise StorageError if unable."""
+        ...
+
+
+@runtime_checkable
+class DependencyStore(Protocol):
+    """A ``ComponentStore`` that keeps dependency manifests apart from its images.
+
+    For every component index a manifest lists in suit-dependencies (trust-domains §5.2.2) the
+    processor asks ``dependency(identifier)`` instead of ``component``: the component that
+    holds the dependency's envelope (a manifest store: RAM, a file). ``None``: no such
+    dependency slot here (the manifest is refused before any side effect).
+    """
+
+    def dependency(self, identifier: ComponentIdentifier) -> Component | None:
+        ...
+
+
+@runtime_checkable
+class ManifestAwareComponent(Protocol):
+    """A component that wants to know which manifest writes it (the root or a dependency):
+    ``writing_for`` is called with that verified manifest just before ``open_writer``, so
+    that the device can keep the manifest that describes the image with it (a bootloader
+    checks the image against it at every boot)."""
+
+    def writing_for(self, verified: VerifiedManifest) -> None:
+        ...
+
+
+@runtime_checkable
+class DependencyPolicy(Protocol):
+    """An ``Environment`` with a device policy for dependency manifests.
+
+    ``accept_dependency`` is called each time a dependency envelope has verified against
+    ``dependency_anchors`` and matched its dependent's digest (dependency-integrity,
+    process-dependency), before anything of it runs; ``identifier`` is the dependency's
+    component in the dependent. Raise ``SuitError`` to refuse it (e.g. anti-rollback of the
+    components it addresses, a bound on how many dependencies one update may bring).
+    """
+
+    def accept_dependency(self, dependency: VerifiedManifest, dependent: VerifiedManifest,
+                          identifier: ComponentIdentifier) -> None:
         ...
 
 
@@ -848,9 +902,14 @@ class _Processor:
                 f"{len(ids)} components is over the device limit of "
                 f"{self.limits.max_components}"))
         components: list[Component] = []
+        store = self.device.store
+        dependency_store = store if isinstance(store, DependencyStore) else None
         for index, identifier in enumerate(ids):
             try:
-                component = self.device.store.component(identifier)
+                if dependency_store is not None and index in dependencies:
+                    component = dependency_store.dependency(identifier)
+                else:
+                    component = store.component(identifier)
             except SuitError as e:
                 raise setup_failure(_operation_failed(f"component {_cid(identifier)}: {e}"),
                                     index) from e
@@ -1410,6 +1469,11 @@ class _Processor:
                            f"expected {_short(expected.value)}",
                            properties=Parameters(image_digest=Digest(expected.algorithm,
                                                                      actual)))
+        if isinstance(self.env, DependencyPolicy):
+            try:
+                self.env.accept_dependency(dependency, ctx.verified, ctx.ids[index])
+            except SuitError as e:
+                raise _Failure(ReportReason.UNAUTHORISED, f"dependency envelope: {e}") from e
         return dependency
 
     def _dependency_bytes(self, ctx: _Context, index: int) -> bytes:
@@ -1627,6 +1691,8 @@ class _Processor:
                                     "what arrives cannot be checked; refused")
         hasher = _hasher(expected.algorithm) if expected is not None else None
         metadata = self._get(ctx, index, P.COMPONENT_METADATA, FrozenDict)
+        if isinstance(component, ManifestAwareComponent):
+            component.writing_for(ctx.verified)
         writer = component.open_writer(bound, metadata=metadata)
         written = received = 0
         committed = False

@@ -75,6 +75,8 @@ class TrustAnchor:
     key: crypto.Verifier
     role: str = "author"
     components: tuple[ComponentIdentifier, ...] | None = None
+    name: str | None = None
+    """What the device calls this signer in messages (e.g. its anchor file); ``None``: none."""
 
     def may_update(self, component: ComponentIdentifier) -> bool:
         """Whether ``component`` lies within this signer's scope."""
@@ -311,8 +313,10 @@ def _check_policy(manifest: Manifest, signers: Sequence[TrustAnchor],
             continue  # any component
         for component in components:
             if not anchor.may_update(component):
-                raise PolicyError(f"signer of role {anchor.role!r} may not update component "
-                                  f"{_cid(component)}")
+                named = f" ({anchor.name})" if anchor.name else ""
+                raise PolicyError(f"signer of role {anchor.role!r}{named} may not update "
+                                  f"component {_cid(component)}; its scope is "
+                                  + ", ".join(_cid(c) for c in anchor.components))
     if not anchors.required_roles:
         return
     roles = {a.role for a in signers}

@@ -64,10 +64,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
@@ -80,9 +81,11 @@ from suitkit.core.anchors import ANCHORS_COMPONENT
 from suitkit.core.report import encode_report
 from suitkit.core.verify import verify_envelope
 from suitkit.device.anchors import read_store
-from suitkit.device.config import bind_tracker_id, check_tracker_id, load_config
+from suitkit.device.config import HealthConfig, bind_tracker_id, check_tracker_id, load_config
 from suitkit.device.consumer import PayloadFetcher, running_version, split_slot_record
 from suitkit.device.fetch import CoapFetcher, HttpFetcher
+from suitkit.device.health import Watch, close_watch, load_watch, open_watch
+from suitkit.device.health import check as check_health
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
 from suitkit.device.listen import (
     CoapSource,
@@ -100,8 +103,9 @@ from suitkit.device.selfupdate import (
     read_note,
     slot_phase,
 )
+from suitkit.device.tls import network_reason
 from suitkit.device.wiring import OpenDevice, open_device
-from suitkit.errors import DecodeError, FetchError, PolicyError, SuitError
+from suitkit.errors import DecodeError, FetchError, PolicyError, StorageError, SuitError
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
 
@@ -132,7 +136,10 @@ class AgentResult:
     launcher boots it; ``device.selfupdate``), ``waiting`` (the manifest waits for events that do
     not hold yet: the next run tries again), ``succeeded``, ``failed`` (the update was
     refused or could not be fetched; the device runs what it ran), ``rolled-back`` (the new image
-    did not start and was reverted) or ``error`` (the tracker could not be used; ``reason``).
+    did not start, or was found unhealthy and the tracker ordered it back, and was reverted),
+    ``watching`` (a health window is open: ``device.health``), ``healthy`` (the window ended
+    and the image was confirmed; ``unhealthy``: confirmed although a check failed, the tracker
+    did not order it back) or ``error`` (the tracker could not be used; ``reason``).
     ``steps``: one line per step, in order.
     """
 
@@ -140,11 +147,13 @@ class AgentResult:
     reason: str
     release: str | None = None
     steps: tuple[str, ...] = ()
+    next_check: float | None = None
+    """Seconds until the open health window wants the next check (``None``: none open)."""
 
     @property
     def ok(self) -> bool:
         return self.outcome in ("up-to-date", "downloaded", "waiting", "succeeded",
-                                "restarting")
+                                "watching", "healthy", "restarting")
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +203,8 @@ def inventory_of(opened: OpenDevice, *, versions: bool = True,
         if check.info is not None and check.verdict.name == "GOOD":
             entry["sequence"] = check.info.sequence_number
             entry["digest"] = check.info.digest.hex()
-            version = (running_version(opened.bootloader, spec.image, anchors, Limits())
+            version = (running_version(opened.bootloader, spec.image, anchors, Limits(),
+                                       opened.config.dependency_anchors())
                        if versions else None)
             if version is not None:
                 entry["version"] = list(version)
@@ -270,6 +280,9 @@ class _Tracker:
         """Send each component's ``version``: not yet (the tracker's inventory has no place for
         it and refuses the member; the device knows it: ``device status``)."""
         self.old_server = False
+        self.rollback: str | None = None
+        """The release the last check-in told the device to roll back (health-gated
+        rollouts), ``None`` when it said nothing of it."""
 
     def checkin(self, opened: OpenDevice, *, pending: bool = True
                 ) -> tuple[Assigned | None, str | None]:
@@ -290,6 +303,9 @@ class _Tracker:
                     doc = _object(self._call("POST", "/checkin", (200,), json=body),
                                   "POST /checkin")
                 state = doc.get("state")
+                order = doc.get("rollback")
+                release = order.get("release") if isinstance(order, dict) else None
+                self.rollback = release[:128] if isinstance(release, str) else None
                 job = (None if doc.get("release") is None
                        else Assigned.of(doc, "POST /checkin"))
                 return job, state if isinstance(state, str) else None
@@ -302,7 +318,7 @@ class _Tracker:
         try:
             response = self.client.request(method, self.base + path, **kwargs)
         except httpx.HTTPError as e:
-            raise TrackerUnreachable(f"{method} {path or '/'}: {type(e).__name__}: {e}") from None
+            raise TrackerUnreachable(f"{method} {path or '/'}: {network_reason(e)}") from None
         if response.status_code not in expected:
             raise TrackerError(f"{method} {path or '/'}: HTTP {response.status_code}: "
                                f"{error_of(response)}")
@@ -349,6 +365,11 @@ class _Tracker:
     def report(self, raw: bytes) -> None:
         self._call("POST", "/reports", (201,), content=raw,
                    headers={"Content-Type": REPORT_MEDIA_TYPE})
+
+    def health(self, body: Mapping[str, Any]) -> bool:
+        """Send a health report; whether the tracker says to roll the release back."""
+        doc = _object(self._call("POST", "/health", (200,), json=body), "POST /health")
+        return doc.get("rollback") is True
 
 
 _DDI_FEEDBACK = {
@@ -478,7 +499,7 @@ def check_credential(folder: Path, credential: str) -> str:
 
 
 def register(folder: Path, server_url: str, admin_token: str, *, name: str | None = None,
-             client: httpx.Client | None = None) -> str:
+             client: httpx.Client | None = None, tls: ssl.SSLContext | None = None) -> str:
     """Enrol the device in ``folder`` with the tracker (provisioning, with an admin's token):
     ``POST /api/v1/devices`` with its vendor and class IDs (the identity the tracker then
     holds its inventories to), the tracker's id written to the folder (``tracker-id``), then
@@ -495,7 +516,8 @@ def register(folder: Path, server_url: str, admin_token: str, *, name: str | Non
                           f"{opened.config.tracker_id}; a device is registered once")
     label = name if name is not None else opened.config.directory.name
     own = client is None
-    http = client or httpx.Client(base_url=server_url.rstrip("/"), timeout=TIMEOUT)
+    http = client or httpx.Client(base_url=server_url.rstrip("/"), timeout=TIMEOUT,
+                                  verify=tls if tls is not None else True)
     try:
         try:
             response = http.post("/api/v1/devices", json={
@@ -503,7 +525,7 @@ def register(folder: Path, server_url: str, admin_token: str, *, name: str | Non
                 "class_id": str(opened.config.class_id)},
                 headers={"Authorization": f"Bearer {admin_token}"})
         except httpx.HTTPError as e:
-            raise TrackerUnreachable(f"POST /api/v1/devices: {type(e).__name__}: {e}") from None
+            raise TrackerUnreachable(f"POST /api/v1/devices: {network_reason(e)}") from None
         if response.status_code != 201:
             raise TrackerError(f"POST /api/v1/devices: HTTP {response.status_code}: "
                                f"{error_of(response)}")
@@ -535,7 +557,8 @@ def error_of(response: httpx.Response) -> str:
     return str(message)[:300] if message else (response.reason_phrase or "no reason given")
 
 
-def fetch_envelope(url: str, max_bytes: int, *, deadline: float = ENVELOPE_DEADLINE) -> bytes:
+def fetch_envelope(url: str, max_bytes: int, *, deadline: float = ENVELOPE_DEADLINE,
+                   tls: ssl.SSLContext | None = None) -> bytes:
     """The envelope at ``url`` (http(s) with Range resume, or coap block-wise), at most
     ``max_bytes``, within ``deadline`` seconds for the whole download (a server that trickles
     bytes is cut off); no credential is sent to it.
@@ -545,7 +568,7 @@ def fetch_envelope(url: str, max_bytes: int, *, deadline: float = ENVELOPE_DEADL
     """
     fetcher: PayloadFetcher = (CoapFetcher(deadline=deadline)
                                if urlparse(url).scheme == "coap"
-                               else HttpFetcher(deadline=deadline))
+                               else HttpFetcher(deadline=deadline, tls=tls))
     try:
         return b"".join(fetcher.fetch(url, max_bytes=max_bytes))
     except FetchError as e:
@@ -578,12 +601,13 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
              limits: Limits | None = None, say: Callable[[str], None] | None = None,
              client: httpx.Client | None = None,
              assigned: Mapping[str, Any] | None = None, protocol: str = "suitkit",
-             tenant: str = "DEFAULT") -> AgentResult:
+             tenant: str = "DEFAULT", tls: ssl.SSLContext | None = None) -> AgentResult:
     """One run against the tracker at ``server_url`` with ``credential``
     (``<device-id>.<secret>``); installs what is assigned (``assigned``: a pushed notice's
     document, used instead of ``GET .../update``). ``say`` receives each step as it happens.
     ``protocol``: ``suitkit`` (the JSON API) or ``ddi`` (hawkBit DDI, ``tenant``:
-    ``_DdiTracker``)."""
+    ``_DdiTracker``). ``tls``: the device's TLS context (``device.tls.ClientTls``) for the
+    tracker and the envelope (the payload ``fetcher`` has its own)."""
     limits = limits or Limits()
     steps: list[str] = []
 
@@ -609,10 +633,15 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
         return result("error", str(e))
     own = client is None
     http = client or httpx.Client(base_url=server_url.rstrip("/"), timeout=TIMEOUT,
-                                  headers={"Authorization": f"Bearer {credential.strip()}"})
+                                  headers={"Authorization": f"Bearer {credential.strip()}"},
+                                  verify=tls if tls is not None else True)
     tracker = (_DdiTracker(http, device_id, credential.strip(), tenant) if protocol == "ddi"
                else _Tracker(http, device_id))
     try:
+        try:
+            watch = load_watch(opened.config.directory)
+        except SuitError as e:
+            return result("error", str(e))
         try:
             job, state = tracker.checkin(opened, pending=assigned is None)
             step("checked in" if not tracker.old_server else "inventory sent")
@@ -620,6 +649,9 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
                 # the tracker took the credential: from now on the folder is this device
                 opened.config = bind_tracker_id(opened.config.directory, device_id)
                 step(f"device folder bound to tracker device {device_id}")
+            if watch is not None:  # nothing new until the health window is over
+                return _watch_step(opened, tracker, watch, reachable=True, step=step,
+                                   result=result)
             if assigned is not None:
                 job = (None if assigned.get("release") is None
                        else Assigned.of(assigned, "notice"))
@@ -635,6 +667,10 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
             if job is None:
                 return result("up-to-date", "no update assigned")
         except TrackerError as e:
+            if watch is not None:
+                step(f"tracker: {e}")
+                return _watch_step(opened, tracker, watch, reachable=False, step=step,
+                                   result=result)
             return result("error", str(e))
         release = job.release
         url = urljoin(server_url.rstrip("/") + "/", job.envelope_url)
@@ -666,7 +702,7 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
                     tracker.event("downloading", url)
                     step("downloading")
                 try:
-                    envelope = fetch_envelope(url, limits.max_envelope_bytes)
+                    envelope = fetch_envelope(url, limits.max_envelope_bytes, tls=tls)
                 except TrackerError as e:
                     tracker.event("failed", str(e))
                     return result("failed", str(e), release)
@@ -745,14 +781,19 @@ def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes | None, *, r
         return result("restarting", f"{what} is installed; the launcher boots it on trial "
                       "(the agent confirms it at its first check-in)", release)
     return _reboot(opened, tracker, release=release, step=step, result=result, missed=missed,
-                   success=f"running sequence number {outcome.sequence_number}")
+                   success=f"running sequence number {outcome.sequence_number}",
+                   report_ok=outcome.report.succeeded if outcome.report is not None else None,
+                   records=len(outcome.report.records) if outcome.report is not None else 0)
 
 
 def _reboot(opened: OpenDevice, tracker: _Tracker, *, release: str,
             step: Callable[[str], None],
             result: Callable[[str, str, str | None], AgentResult], missed: list[str],
-            success: str, booted: bool = False) -> AgentResult:
-    """Boot (unless ``booted``), confirm or revert, tell the tracker (best effort)."""
+            success: str, booted: bool = False, report_ok: bool | None = None,
+            records: int = 0) -> AgentResult:
+    """Boot (unless ``booted``), confirm or revert, tell the tracker (best effort). With a
+    health configuration the started image stays on trial and a health window opens
+    (``report_ok``, ``records``: the install's SUIT report, its first record)."""
 
     def tell(what: Callable[[], None]) -> None:
         try:
@@ -761,11 +802,19 @@ def _reboot(opened: OpenDevice, tracker: _Tracker, *, release: str,
             missed.append(str(e))
             step(f"tracker: {e}")
 
+    watch: Watch | None = None
     try:
         started, line = (True, "running the new image") if booted else _boot(opened)
         step(line)
         if started:
-            opened.bootloader.confirm()
+            health = opened.config.health
+            if health is None:
+                opened.bootloader.confirm()
+            else:  # on trial until its health window passed (device.health)
+                watch = open_watch(opened.config.directory, release, health,
+                                   report_ok=report_ok, records=records,
+                                   sequence=_trial(opened)[1])
+                success += f"; on trial for its health window of {health.window:g} s"
             final, reason = "succeeded", success
         else:
             _, line = _boot(opened)
@@ -775,12 +824,144 @@ def _reboot(opened: OpenDevice, tracker: _Tracker, *, release: str,
         final, reason = "failed", f"boot: {e}"
     finally:
         opened.save()
-    step(final if final != "succeeded" else "confirmed")
+    step(final if final != "succeeded" else "confirmed" if watch is None else "watching")
     tell(lambda: tracker.event(final, reason))
     tell(lambda: tracker.inventory(opened))
     step("inventory sent")
+    if watch is not None:
+        opened_watch = watch
+        tell(lambda: step("health window opened" + (
+            "; the tracker orders a rollback" if tracker.health(opened_watch.report()) else "")))
     if missed:
         reason += f" (the tracker missed {len(missed)} message(s): {missed[0]})"
+    done = result(final, reason, release)
+    if watch is not None and opened.config.health is not None:
+        return replace(done, next_check=min(opened.config.health.interval, watch.left()))
+    return done
+
+
+def _trial(opened: OpenDevice) -> tuple[bool, int | None]:
+    """Whether the running images are on trial (booted, not confirmed), and the sequence
+    number of the boot set's first image (``None``: none verifies)."""
+    observation = opened.bootloader.observe()  # type: ignore[attr-defined]
+    state = getattr(observation, "boot_state", None) or observation.state
+    first = observation.primary[0] if observation.primary else None
+    sequence = (first.info.sequence_number
+                if first is not None and first.info is not None else None)
+    return state.phase.name.lower() in ("trial", "tried"), sequence
+
+
+def _restart(opened: OpenDevice) -> str:
+    """Start the running images' application again (after a crash in the health window).
+
+    Raises:
+        SuitError: the Invocation Procedure failed (the image no longer verifies or does not
+            start).
+    """
+    config = opened.config
+    launcher: Launcher = (ProcessLauncher(config.app_command, config.directory / "app.pid")
+                          if config.app_command else RecordingLauncher())
+    invoked = invoke_running(config, opened.bootloader, launcher, extensions=opened.extensions)
+    failures = [r.reason for r in invoked.results if not r.succeeded]
+    if failures:
+        raise StorageError(f"the application did not start again: {failures[0]}")
+    return "; ".join(invoked.started) or "started"
+
+
+def _watch_step(opened: OpenDevice, tracker: _Tracker, watch: Watch, *, reachable: bool,
+                step: Callable[[str], None],
+                result: Callable[[str, str, str | None], AgentResult]) -> AgentResult:
+    """One step of the open health window (``device.health``): a rollback the tracker
+    ordered, or a round of checks sent to the tracker; at the window's end the confirmation.
+    ``reachable``: the check-in reached the tracker (else the checks run all the same and
+    nothing is sent)."""
+    folder = opened.config.directory
+    config = opened.config.health or HealthConfig(window=max(watch.window, 1.0), interval=1.0)
+    release = watch.release
+    on_trial, sequence = _trial(opened)
+    if not on_trial:
+        # not on trial any more: a reboot inside the window reverted the unconfirmed update,
+        # or someone confirmed it (suitkit device confirm)
+        close_watch(folder)
+        reverted = watch.sequence is not None and sequence != watch.sequence
+        try:
+            if reverted:
+                reason = (f"the device rebooted inside the health window of release {release} "
+                          "and the bootloader reverted it (it was not confirmed)")
+                if reachable:
+                    tracker.health(watch.report("rolled-back", detail=reason))
+            else:
+                reason = f"release {release} was confirmed inside its health window"
+                if reachable:
+                    tracker.health(watch.report("healthy" if watch.status == "watching"
+                                                else watch.status, detail=reason))
+            tracker.inventory(opened)
+        except TrackerError as e:
+            step(f"tracker: {e}")
+        return result("rolled-back" if reverted else "healthy" if watch.status == "watching"
+                      else "unhealthy", reason, release)
+    ordered = reachable and tracker.rollback is not None \
+        and tracker.rollback.lower() == release.lower()
+    if ordered:
+        step(f"the tracker orders release {release} rolled back")
+    else:
+        pid_file = folder / "app.pid" if opened.config.app_command else None
+        watch = check_health(folder, watch, config, pid_file=pid_file,
+                             restart=lambda: _restart(opened))
+        last = watch.records[-1]["detail"] if watch.records else "no check configured"
+        over = watch.over()
+        status = "healthy" if over and watch.status == "watching" else watch.status
+        step(f"health check {watch.checks}: {status} ({last})")
+        if reachable and status != "healthy":  # healthy: said once it is confirmed
+            try:
+                ordered = tracker.health(watch.report(status))
+            except TrackerError as e:
+                step(f"tracker: {e}")
+        if ordered:
+            step(f"the tracker orders release {release} rolled back")
+        elif not over:
+            left = watch.left()
+            done = result("watching", f"health window of release {release} open for "
+                          f"{left:.0f} s more ({watch.status})", release)
+            return replace(done, next_check=min(config.interval, max(left, 0.05)))
+        else:
+            try:
+                opened.bootloader.confirm()
+            except SuitError as e:
+                step(f"confirm: {e}")
+            finally:
+                opened.save()
+            close_watch(folder)
+            try:
+                if status == "healthy" and reachable:
+                    tracker.health(watch.report(status))
+                tracker.inventory(opened)
+            except TrackerError as e:
+                step(f"tracker: {e}")
+            if status == "healthy":
+                return result("healthy", f"release {release} stayed healthy for its window "
+                              f"of {watch.window:g} s and is confirmed", release)
+            return result("unhealthy", f"release {release} was found unhealthy in its "
+                          "window and the tracker did not order it back; confirmed", release)
+    # the tracker ordered it back: a boot without confirming reverts (the bootloader's revert
+    # of an image on trial, as after one that did not start)
+    try:
+        _, line = _boot(opened)
+        step(f"rolling back: {line}")
+        final, reason = "rolled-back", (f"release {release} was found unhealthy in its health "
+                                        "window; the tracker ordered it back and the previous "
+                                        "image runs")
+    except SuitError as e:  # NoBootableImage among them
+        final, reason = "failed", f"rollback: boot: {e}"
+    finally:
+        opened.save()
+    close_watch(folder)
+    try:
+        if final == "rolled-back":
+            tracker.health(watch.report("rolled-back", detail=reason))
+        tracker.inventory(opened)
+    except TrackerError as e:
+        step(f"tracker: {e}")
     return result(final, reason, release)
 
 
@@ -901,13 +1082,14 @@ class AgentOptions:
 
 
 def _source(options: AgentOptions, server_url: str, credential: str, device_id: str,
-            say: Callable[[str], None]) -> NoticeSource:
+            say: Callable[[str], None], *, tls: ssl.SSLContext | None = None) -> NoticeSource:
     common: dict[str, Any] = {"backoff": options.backoff, "max_backoff": options.max_backoff,
                               "on_state": say}
     if options.transport == "sse":
-        return SseSource(server_url, credential, device_id, **common)
+        return SseSource(server_url, credential, device_id, tls=tls, **common)
     if options.transport == "longpoll":
-        return LongPollSource(server_url, credential, device_id, wait=options.wait, **common)
+        return LongPollSource(server_url, credential, device_id, wait=options.wait, tls=tls,
+                              **common)
     if options.transport == "mqtt":
         assert options.mqtt is not None
         return MqttSource(options.mqtt[0], options.mqtt[1], device_id, **common)
@@ -919,9 +1101,11 @@ def run_agent(folder: Path, server_url: str, credential: str, *, fetcher: Payloa
               options: AgentOptions | None = None, limits: Limits | None = None,
               say: Callable[[str], None] | None = None,
               until: Callable[[AgentResult], bool] | None = None,
-              stop: threading.Event | None = None) -> AgentResult | None:
+              stop: threading.Event | None = None,
+              tls: ssl.SSLContext | None = None) -> AgentResult | None:
     """Run until ``options.max_runs`` runs, ``options.duration`` seconds, ``until(result)`` is
-    true or ``stop`` is set; the last run's result (``None`` if none ran).
+    true or ``stop`` is set; the last run's result (``None`` if none ran). ``tls``: the
+    device's TLS context for the tracker, the envelope and the HTTP notices.
 
     Raises:
         ValueError: inconsistent options.
@@ -947,7 +1131,7 @@ def run_agent(folder: Path, server_url: str, credential: str, *, fetcher: Payloa
         return max(0.0, ends - time.monotonic()) if ends is not None else float("inf")
 
     source = (None if options.mode == "poll"
-              else _source(options, server_url, credential, device_id, tell))
+              else _source(options, server_url, credential, device_id, tell, tls=tls))
     last: AgentResult | None = None
     runs = failures = 0
     seen = -1
@@ -978,7 +1162,7 @@ def run_agent(folder: Path, server_url: str, credential: str, *, fetcher: Payloa
             assigned = todo if todo else None
             last = run_once(folder, server_url, credential, fetcher=fetcher, limits=limits,
                             say=say, assigned=assigned, protocol=options.protocol,
-                            tenant=options.tenant)
+                            tenant=options.tenant, tls=tls)
             runs += 1
             if last.outcome == "error":
                 failures += 1
@@ -987,6 +1171,8 @@ def run_agent(folder: Path, server_url: str, credential: str, *, fetcher: Payloa
             else:
                 failures, todo = 0, None
                 delay = options.interval
+            if last.next_check is not None:  # a health window is open: check it in time
+                delay = min(delay, last.next_check)
             due = time.monotonic() + delay
             if (options.max_runs is not None and runs >= options.max_runs) or (
                     until is not None and until(last)) or last.outcome == "restarting":

@@ -22,7 +22,7 @@ import json
 import shutil
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from suitkit.core import cbor, crypto
@@ -30,6 +30,7 @@ from suitkit.core.model import ComponentIdentifier
 from suitkit.core.numbers import CoseAlg
 from suitkit.core.verify import ANCHORS_COMPONENT, ROOT_ROLE, TrustAnchor, TrustAnchors
 from suitkit.device.anchors import read_store
+from suitkit.device.tls import ClientTls
 from suitkit.errors import DecodeError, KeyMaterialError, PolicyError, SuitError
 from suitkit.fileio import atomic_write
 
@@ -40,10 +41,12 @@ __all__ = [
     "AnchorSpec",
     "ComponentSpec",
     "DeviceConfig",
+    "HealthConfig",
     "bind_tracker_id",
     "check_tracker_id",
     "create_device",
     "load_config",
+    "set_health",
 ]
 
 CONFIG = "device.json"
@@ -86,6 +89,81 @@ class AnchorSpec:
     components: tuple[ComponentIdentifier, ...] | None = None
 
 
+MAX_HEALTH_WINDOW = 7 * 24 * 3600.0
+_MAX_HEALTH_TEXT = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """How the agent watches the application after an update (``device.json``'s ``health``):
+    for ``window`` seconds after the new image started it stays on trial (the bootloader does
+    not confirm it yet) and every ``interval`` seconds the agent checks that the application
+    still runs (Linux-class: its process; a crash beyond ``max_crashes`` is unhealthy, others
+    restart it), runs ``command`` (exit 0: healthy; ``{pid}`` is the application's process
+    id) and fetches ``url`` (2xx: healthy), each within ``timeout`` seconds, and reports to
+    the tracker. Healthy at the end of the window: confirmed."""
+
+    window: float
+    interval: float = 5.0
+    command: str | None = None
+    url: str | None = None
+    max_crashes: int = 0
+    timeout: float = 10.0
+
+    def check(self) -> None:
+        """Raises: ValueError: a value out of range (one line, naming it)."""
+        if not 0 < self.window <= MAX_HEALTH_WINDOW:
+            raise ValueError(f"health window: expected seconds in (0, {MAX_HEALTH_WINDOW:g}], "
+                             f"got {self.window}")
+        if not 0 < self.interval <= self.window:
+            raise ValueError(f"health interval: expected seconds in (0, window], got "
+                             f"{self.interval}")
+        if not 0 < self.timeout <= 300:
+            raise ValueError(f"health timeout: expected seconds in (0, 300], got {self.timeout}")
+        if not 0 <= self.max_crashes <= 1000:
+            raise ValueError(f"max crashes: expected 0 to 1000, got {self.max_crashes}")
+        if self.command is not None and not 0 < len(self.command) <= _MAX_HEALTH_TEXT:
+            raise ValueError("health command: expected a command line")
+        if self.url is not None and (len(self.url) > _MAX_HEALTH_TEXT
+                                     or not self.url.startswith(("http://", "https://"))):
+            raise ValueError(f"health url: expected an http(s) URL, got {self.url[:80]!r}")
+
+    def to_json(self) -> dict[str, object]:
+        return {"window": self.window, "interval": self.interval, "command": self.command,
+                "url": self.url, "max-crashes": self.max_crashes, "timeout": self.timeout}
+
+    @classmethod
+    def of(cls, doc: object) -> HealthConfig:
+        """Raises: ValueError: not a health configuration."""
+        if not isinstance(doc, dict):
+            raise ValueError("health: expected an object")
+        unknown = set(doc) - {"window", "interval", "command", "url", "max-crashes", "timeout"}
+        if unknown:
+            raise ValueError(f"health: unknown key {sorted(unknown)[0]!r}")
+        numbers = {k: doc.get(k) for k in ("window", "interval", "timeout", "max-crashes")}
+        for key, value in numbers.items():
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, int | float)):
+                raise ValueError(f"health.{key}: expected a number")
+        crashes = numbers["max-crashes"]
+        if crashes is not None and not isinstance(crashes, int):
+            raise ValueError("health.max-crashes: expected an integer")
+        for key in ("command", "url"):
+            if doc.get(key) is not None and not isinstance(doc.get(key), str):
+                raise ValueError(f"health.{key}: expected a string")
+        if numbers["window"] is None:
+            raise ValueError("health.window: missing")
+        window = float(numbers["window"])
+        interval = numbers["interval"]
+        config = cls(window=window,
+                     interval=float(interval) if interval is not None else min(5.0, window),
+                     command=doc.get("command"), url=doc.get("url"),
+                     max_crashes=int(numbers["max-crashes"] or 0),
+                     timeout=float(numbers["timeout"] or 10.0))
+        config.check()
+        return config
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceConfig:
     """What ``device.json`` holds."""
@@ -105,6 +183,22 @@ class DeviceConfig:
     """Linux-class devices: how to start the application image (``{image}`` is its path)."""
     tracker_id: str | None = None
     """The status tracker's id of this device, once registered (``bind_tracker_id``)."""
+    health: HealthConfig | None = None
+    """How the agent watches the application after an update; ``None``: it confirms a new
+    image as soon as it started (the default)."""
+    tls: ClientTls = field(default_factory=ClientTls)
+    """The agent's TLS: CA bundle, client certificate and key (paths relative to the folder
+    are the folder's); flags and ``SUITKIT_TLS_*`` take precedence (``device run``)."""
+    dependency_roles: tuple[str, ...] = ()
+    """Trust domains (draft-ietf-suit-trust-domains): the roles whose anchors may sign
+    dependency manifests, each one alone, within its anchor's component scope (delegation by
+    the device's policy). Empty: dependency manifests meet the same policy as the root."""
+
+    def client_tls(self) -> ClientTls:
+        """``tls`` with relative paths resolved against the device folder."""
+        def at(path: Path | None) -> Path | None:
+            return None if path is None else self.directory / path
+        return ClientTls(at(self.tls.ca), at(self.tls.cert), at(self.tls.key))
 
     def component(self, suit_id: ComponentIdentifier) -> ComponentSpec | None:
         """The component with this SUIT identifier, or ``None``."""
@@ -133,7 +227,7 @@ class DeviceConfig:
                 raise KeyMaterialError(f"{path}: {e}") from None
             # a root key signs trust-anchor updates only (docs/keys.md)
             scope = (ANCHORS_COMPONENT,) if spec.role == ROOT_ROLE else spec.components
-            anchors.append(TrustAnchor(key, role=spec.role, components=scope))
+            anchors.append(TrustAnchor(key, role=spec.role, components=scope, name=spec.file))
         return TrustAnchors(tuple(anchors), self.required_roles)
 
     def anchors_version(self) -> int:
@@ -144,6 +238,23 @@ class DeviceConfig:
         """
         stored = read_store(self.directory)
         return 0 if stored is None else stored.document.version
+
+    def dependency_anchors(self) -> TrustAnchors:
+        """The trust anchors dependency manifests are verified against: the anchors of the
+        ``dependency_roles`` with no required role (each signer alone, in its scope), or the
+        root's policy when no role is named.
+
+        Raises:
+            KeyMaterialError: none, or one is unreadable.
+        """
+        anchors = self.trust_anchors()
+        if not self.dependency_roles:
+            return anchors
+        chosen = tuple(a for a in anchors.anchors if a.role in self.dependency_roles)
+        if not chosen:
+            raise KeyMaterialError(f"{self.directory}: no trust anchor has a dependency role "
+                                   f"({', '.join(self.dependency_roles)})")
+        return TrustAnchors(chosen, (), anchors.digest_algorithms)
 
     def decryption_keys(self) -> list[crypto.RecipientPrivate]:
         """The device's decryption keys in ``keys/``: AES-KW KEKs and ECDH-ES private keys
@@ -191,6 +302,12 @@ class DeviceConfig:
         }
         if self.tracker_id is not None:
             doc["tracker-id"] = self.tracker_id
+        if self.health is not None:
+            doc["health"] = self.health.to_json()
+        if not self.tls.empty:
+            doc["tls"] = self.tls.to_json()
+        if self.dependency_roles:
+            doc["dependency-roles"] = list(self.dependency_roles)
         return json.dumps(doc, indent=2).encode() + b"\n"
 
 
@@ -233,12 +350,48 @@ def load_config(directory: Path) -> DeviceConfig:
             class_id=uuid.UUID(doc["class-id"]), device_id=uuid.UUID(doc["device-id"]),
             components=components, image_sectors=int(doc.get("image-sectors", 80)),
             anchors=anchors, required_roles=tuple(str(r) for r in doc["required-roles"]),
-            app_command=doc.get("app-command"), tracker_id=_tracker_id(doc.get("tracker-id")))
+            app_command=doc.get("app-command"), tracker_id=_tracker_id(doc.get("tracker-id")),
+            health=(HealthConfig.of(doc["health"]) if doc.get("health") is not None
+                    else None),
+            tls=_tls(doc.get("tls")),
+            dependency_roles=_roles(doc.get("dependency-roles", [])))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DecodeError(str(path), f"malformed: {e}") from None
 
 
 _MAX_TRACKER_ID = 64
+MAX_IMAGES = 8
+"""Images a Linux-class device's boot set may have (``create_device(images=...)``)."""
+
+
+def _roles(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > 16 \
+            or not all(isinstance(r, str) and 0 < len(r) <= 64 for r in value):
+        raise ValueError(f"dependency-roles must be a list of role names, got "
+                         f"{str(value)[:80]!r}")
+    return tuple(value)
+
+
+def _image_name(name: str) -> str:
+    if not (0 < len(name) <= 32 and name.isascii()
+            and all(c.isalnum() or c in "-_" for c in name) and name[0].isalnum()):
+        raise DecodeError("--image", f"image name {name[:40]!r} must be 1 to 32 letters, "
+                          "digits, - or _, starting with a letter or digit")
+    return name
+
+
+def _tls(doc: object) -> ClientTls:
+    if doc is None:
+        return ClientTls()
+    if not isinstance(doc, dict) or set(doc) - {"ca", "cert", "key"}:
+        raise ValueError("tls: expected an object {ca, cert, key} of file paths")
+    paths: list[Path | None] = []
+    for key in ("ca", "cert", "key"):
+        value = doc.get(key)
+        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 4096):
+            raise ValueError(f"tls.{key}: expected a file path")
+        paths.append(Path(value) if value is not None else None)
+    return ClientTls(*paths)
 
 
 def _tracker_id(value: object) -> str | None:
@@ -261,6 +414,24 @@ def check_tracker_id(config: DeviceConfig, tracker_id: str) -> None:
         raise PolicyError(f"{config.directory}: the credential is for tracker device "
                           f"{tracker_id[:64]}, but this device folder is registered as "
                           f"{config.tracker_id}; use its own credential")
+
+
+def set_health(directory: Path, health: HealthConfig | None) -> DeviceConfig:
+    """Set (or, with ``None``, clear) the device's health watch in ``device.json``.
+
+    Raises:
+        DecodeError: the folder is not a device, or ``health`` is out of range.
+        StorageError: ``device.json`` cannot be written.
+    """
+    config = load_config(directory)
+    if health is not None:
+        try:
+            health.check()
+        except ValueError as e:
+            raise DecodeError("health", str(e)) from None
+    changed = dataclasses.replace(config, health=health)
+    atomic_write(directory / CONFIG, changed.to_json())
+    return changed
 
 
 def bind_tracker_id(directory: Path, tracker_id: str) -> DeviceConfig:
@@ -291,12 +462,23 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                   decryption_keys: list[Path] | None = None,
                   image_sectors: int | None = None,
                   required_roles: Sequence[str] = (),
-                  app_command: str | None = None, agent: bool = False) -> DeviceConfig:
+                  app_command: str | None = None,
+                  health: HealthConfig | None = None,
+                  tls: ClientTls | None = None,
+                  images: Sequence[str] | None = None,
+                  scopes: Sequence[Sequence[ComponentIdentifier] | None] | None = None,
+                  dependency_roles: Sequence[str] = (), agent: bool = False) -> DeviceConfig:
     """Create a device folder: ``device.json``, ``anchors/`` and ``keys/``.
 
     ``trust_anchors``: key files, or ``(role, file)`` pairs (a plain file is an ``author``).
     ``required_roles``: every one of these must have signed an update.
     ``app_command``: Linux-class devices only, the command that starts the application.
+    ``health``: watch the application after each update (``HealthConfig``).
+    ``tls``: the agent's CA bundle and client certificate (``ClientTls``; kept as given).
+    ``images``: Linux-class devices only, the images of the boot set (default ``app``);
+    image i is SUIT component ``[h'0i']``. ``scopes``: per trust anchor, the component
+    identifiers its signer may update (``None``: any). ``dependency_roles``: the roles whose
+    anchors sign dependency manifests alone (``DeviceConfig.dependency_roles``).
     ``agent``: Linux-class devices only: the device agent is a component too (``AGENT_ID``,
     image ``agent``), updated like the application (``device.selfupdate``).
 
@@ -316,6 +498,11 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                           "shapes update their bootloader: docs/bootloader.md)")
     if not trust_anchors:
         raise DecodeError("--trust-anchor", "a device needs at least one trust anchor")
+    if health is not None:
+        try:
+            health.check()
+        except ValueError as e:
+            raise DecodeError("--health-*", str(e)) from None
     pairs = [a if isinstance(a, tuple) else ("author", a) for a in trust_anchors]
     for role in required_roles:
         if role == ROOT_ROLE:
@@ -341,16 +528,32 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                               f"{e.strerror or e}") from None
         except KeyMaterialError as e:
             raise KeyMaterialError(f"--decryption-key {path}: {e}") from None
-    specs = tuple(AnchorSpec(f"{i:02d}-{role}-{path.name}", role)
+    names = SHAPE_COMPONENTS[shape]
+    if images is not None:
+        if shape != "linux":
+            raise DecodeError("--image", "only Linux-class devices choose their images")
+        names = tuple(_image_name(n) for n in images)
+        if not 0 < len(names) <= MAX_IMAGES or len(set(names)) != len(names):
+            raise DecodeError("--image", f"expected 1 to {MAX_IMAGES} distinct image names")
+    if agent and AGENT_IMAGE in names:
+        raise DecodeError("--image", f"{AGENT_IMAGE!r} is the agent's image name (--agent)")
+    if scopes is not None and len(scopes) != len(pairs):
+        raise DecodeError("--scope", f"{len(scopes)} scopes for {len(pairs)} trust anchors")
+    for role in dependency_roles:
+        if role not in {r for r, _ in pairs}:
+            raise DecodeError("--dependency-role", f"no trust anchor has the role {role!r}")
+    specs = tuple(AnchorSpec(f"{i:02d}-{role}-{path.name}", role,
+                             None if scopes is None or scopes[i] is None
+                             else tuple(tuple(c) for c in scopes[i] or ()))
                   for i, (role, path) in enumerate(pairs))
     config = DeviceConfig(
         directory=directory, shape=shape, vendor_id=vendor_id, class_id=class_id,
         device_id=device_id or uuid.uuid4(),
         image_sectors=IMAGE_SECTORS[shape] if image_sectors is None else image_sectors,
-        components=tuple(ComponentSpec((bytes([i]),), name)
-                         for i, name in enumerate(SHAPE_COMPONENTS[shape]))
+        components=tuple(ComponentSpec((bytes([i]),), name) for i, name in enumerate(names))
         + ((ComponentSpec(AGENT_ID, AGENT_IMAGE),) if agent else ()),
-        anchors=specs, required_roles=tuple(required_roles), app_command=app_command)
+        anchors=specs, required_roles=tuple(required_roles), app_command=app_command,
+        health=health, tls=tls or ClientTls(), dependency_roles=tuple(dependency_roles))
     (directory / "anchors").mkdir(parents=True, exist_ok=True)
     (directory / "keys").mkdir(exist_ok=True)
     for spec, (_, path) in zip(specs, pairs, strict=True):

@@ -102,12 +102,20 @@ from suitkit.core.verify import (
 from suitkit.device.anchors import read_store, write_store
 from suitkit.device.config import ComponentSpec, DeviceConfig
 from suitkit.device.facts import ConsentHook, DeviceFacts, ask_consent, evaluate_wait, load_facts
-from suitkit.errors import DecodeError, PolicyError, ProcessingError, StorageError, SuitError
+from suitkit.errors import (
+    AuthenticationError,
+    DecodeError,
+    PolicyError,
+    ProcessingError,
+    StorageError,
+    SuitError,
+)
 from suitkit.limits import Limits
 
 __all__ = [
     "BootStore",
     "Consumer",
+    "DependencySink",
     "DownloadJournal",
     "InstallOutcome",
     "MetadataSink",
@@ -115,6 +123,7 @@ __all__ = [
     "running_version",
     "slot_record",
     "split_slot_record",
+    "verify_stored",
 ]
 
 CHUNK = 64 * 1024
@@ -183,6 +192,13 @@ class PayloadFetcher(Protocol):
               arguments: bytes | None = None) -> Iterator[bytes]: ...
 
 
+def _bare(envelope: Envelope) -> bytes:
+    """The envelope without its integrated payloads (what a store keeps; it still verifies)."""
+    from dataclasses import replace  # noqa: PLC0415 - keeps the module's imports about SUIT
+
+    return codec.encode_envelope(replace(envelope, integrated=FrozenDict()))
+
+
 def slot_record(component: ComponentIdentifier, envelope: Envelope) -> bytes:
     """What is stored next to an image in its slot: ``[component-id, envelope]``.
 
@@ -240,6 +256,28 @@ class MetadataSink(Protocol):
     def stage(self, image: str, metadata: Mapping[str, object] | None) -> None: ...
 
     def carry(self, image: str) -> None: ...
+
+
+class DependencySink(Protocol):
+    """Where a shape keeps the dependency manifests of its installed set (trust-domains §6: a
+    manifest store): ``installed()`` those of the running set, ``{dependency component:
+    envelope}``; ``stage(manifests)`` those of the set being staged, switched with it (the
+    whole set, so that a power cut leaves the old store or the new one). Raise
+    ``StorageError`` on failure."""
+
+    def installed(self) -> tuple[int, dict[ComponentIdentifier, bytes]]:
+        """The sequence number of the root that installed the running set (0: none) and its
+        dependency manifests."""
+        ...
+
+    def stage(self, sequence: int, manifests: Mapping[ComponentIdentifier, bytes], *,
+              root: bytes = b"") -> None:
+        """Stage the store of the set being staged by the root of digest ``root``."""
+        ...
+
+    def staged_root(self) -> bytes | None:
+        """The digest of the root whose set is staged (``None``: none, or unreadable)."""
+        ...
 
 
 _PERMISSION_MAPS = {2: "user-permissions", 3: "group-permissions", 4: "role-permissions"}
@@ -311,7 +349,8 @@ def _actor(value: object, where: str) -> object:
 
 
 def running_version(store: BootStore, name: str, anchors: TrustAnchors,
-                    limits: Limits) -> tuple[int, ...] | None:
+                    limits: Limits, dependency_anchors: TrustAnchors | None = None
+                    ) -> tuple[int, ...] | None:
     """The version of the running image ``name``: the suit-set-version of the manifest it was
     installed with (verified again here), or ``None`` when unknown."""
     found = read_running(store, name)
@@ -319,9 +358,32 @@ def running_version(store: BootStore, name: str, anchors: TrustAnchors,
         return None
     try:
         _, envelope = split_slot_record(found[0], limits=limits)
-        return verify_envelope(envelope, anchors, limits=limits).manifest.set_version
+        return verify_stored(envelope, anchors, dependency_anchors,
+                             limits=limits).manifest.set_version
     except SuitError:
         return None
+
+
+def verify_stored(envelope: bytes, anchors: TrustAnchors,
+                  dependency_anchors: TrustAnchors | None, *,
+                  limits: Limits) -> VerifiedManifest:
+    """Verify the envelope kept with an image: the root's policy, or (an image a dependency
+    manifest installed, trust-domains) the dependency anchors' policy.
+
+    Raises:
+        DecodeError, AuthenticationError, PolicyError: it verifies under neither (the root
+            policy's reason).
+    """
+    try:
+        return verify_envelope(envelope, anchors, limits=limits)
+    except (AuthenticationError, PolicyError) as e:
+        if dependency_anchors is None or dependency_anchors == anchors:
+            raise
+        refused = e
+    try:
+        return verify_envelope(envelope, dependency_anchors, limits=limits)
+    except (AuthenticationError, PolicyError):
+        raise refused from None
 
 
 def read_running(store: BootStore, name: str) -> tuple[bytes, ImageReaderLike] | None:
@@ -501,6 +563,12 @@ class _SlotComponent:
         self._run = consumer
         self._spec = spec
         self.staged: _Staged | None = None
+        self._writer_manifest: Envelope | None = None
+
+    def writing_for(self, verified: VerifiedManifest) -> None:
+        """``ManifestAwareComponent``: the manifest about to write this image (the root or a
+        dependency); its envelope is what the slot keeps for the bootloader's checks."""
+        self._writer_manifest = verified.envelope
 
     @property
     def identity(self) -> ComponentIdentity:
@@ -539,7 +607,7 @@ class _SlotComponent:
         if self._run.anchors is None:
             return None
         return running_version(self._run.store, self._spec.image, self._run.anchors,
-                               self._run.limits)
+                               self._run.limits, self._run.dependency_anchors)
 
     def open_writer(self, max_size: int, *,
                     metadata: Mapping[int, object] | None) -> _Writer:
@@ -556,7 +624,8 @@ class _SlotComponent:
                 raise StorageError(f"{self._spec.image}: {e}") from None
         else:
             run.metadata.pop(self._spec.image, None)
-        slot = run.store.open_inactive(self._spec.image, manifest=run.record(self._spec),
+        slot = run.store.open_inactive(self._spec.image,
+                                       manifest=run.record(self._spec, self._writer_manifest),
                                        image_size=max_size,
                                        resume_at=run.resume.pop(self._spec.image, 0))
 
@@ -652,10 +721,92 @@ class _AnchorsComponent:
         return None
 
 
+MAX_DEPENDENCIES = 16
+"""Dependency manifests (distinct slots, and distinct manifests accepted) one update may
+bring, nesting included: each costs a verification and up to ``max_envelope_bytes`` of RAM."""
+
+
+class _EnvelopeWriter:
+    def __init__(self, component: _DependencyComponent, max_size: int) -> None:
+        self._component = component
+        self._max = max_size
+        self._data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        if len(self._data) + len(data) > self._max:
+            raise StorageError(f"dependency {_cid_text(self._component.identifier)}: its "
+                               f"envelope is over the {self._max} bytes allowed")
+        self._data += data
+
+    def commit(self) -> None:
+        self._component.content = bytes(self._data)
+
+    def discard(self) -> None:
+        self._data.clear()
+
+
+class _DependencyComponent:
+    """A dependency slot (trust-domains §5.2.2): holds a dependency manifest's envelope in
+    RAM for this install, never an image. Its envelope is bounded by ``max_envelope_bytes``;
+    what the manifests it carries write goes to the images' slots, with that envelope."""
+
+    def __init__(self, run: _Run, identifier: ComponentIdentifier) -> None:
+        self._run = run
+        self.identifier = identifier
+        self.content: bytes | None = run.stored.get(identifier)
+
+    @property
+    def identity(self) -> ComponentIdentity:
+        return self._run.identity
+
+    def size(self) -> int | None:
+        return None if self.content is None else len(self.content)
+
+    def digest(self, algorithm: int) -> bytes | None:
+        return None if self.content is None else crypto.digest(algorithm, self.content)
+
+    def read(self, chunk_size: int) -> Iterator[bytes]:
+        data = self.content or b""
+        return iter([data[i:i + chunk_size] for i in range(0, len(data), chunk_size)])
+
+    def open_writer(self, max_size: int, *,
+                    metadata: Mapping[int, object] | None) -> _EnvelopeWriter:
+        if metadata is not None:
+            raise StorageError(f"dependency {_cid_text(self.identifier)}: a dependency slot "
+                               "holds a manifest; it has no component metadata")
+        return _EnvelopeWriter(self, min(max_size, self._run.limits.max_envelope_bytes))
+
+    def invoke(self, arguments: bytes | None) -> None:
+        raise StorageError(f"dependency {_cid_text(self.identifier)} is a manifest; it cannot "
+                           "be invoked")
+
+    def slot(self) -> int | None:
+        return None
+
+
+def _cid_text(cid: ComponentIdentifier) -> str:
+    return "[" + ", ".join(f"h'{p.hex()}'" for p in cid) + "]"
+
+
 class _Store:
     def __init__(self, run: _Run) -> None:
         self._run = run
         self._components: dict[ComponentIdentifier, _SlotComponent] = {}
+        self._dependencies: dict[ComponentIdentifier, _DependencyComponent] = {}
+
+    def dependency(self, identifier: ComponentIdentifier) -> _DependencyComponent | None:
+        """``DependencyStore``: the slot a dependency manifest's envelope is kept in during
+        the install. An image's identifier is not a dependency slot."""
+        spec = self._run.config.component(identifier)
+        if spec is not None:
+            raise StorageError(f"{spec.image} is an image of this device, not a dependency "
+                               "manifest slot")
+        if identifier not in self._dependencies:
+            if len(self._dependencies) >= MAX_DEPENDENCIES:
+                raise StorageError(f"more than {MAX_DEPENDENCIES} dependency slots in one "
+                                   "update")
+            self._dependencies[identifier] = _DependencyComponent(self._run, identifier)
+        return self._dependencies[identifier]
 
     def component(self, identifier: ComponentIdentifier
                   ) -> _SlotComponent | _AnchorsComponent | None:
@@ -688,6 +839,16 @@ class _Environment:
     answers: dict[int, str] = field(default_factory=dict)
     """Consent answers of this install by priority: asked once (a person is not asked again
     for each component, and a manifest cannot start the consent program many times)."""
+    dependency_trust: TrustAnchors | None = None
+    """Trust anchors of dependency manifests (``None``: the root's)."""
+    dependency_hook: Callable[[VerifiedManifest, VerifiedManifest, ComponentIdentifier],
+                              None] | None = None
+    """The device's policy for dependency manifests (``processor.DependencyPolicy``)."""
+
+    def accept_dependency(self, dependency: VerifiedManifest, dependent: VerifiedManifest,
+                          identifier: ComponentIdentifier) -> None:
+        if self.dependency_hook is not None:
+            self.dependency_hook(dependency, dependent, identifier)
 
     def now(self) -> int | None:
         if self.facts.time is not None:
@@ -731,7 +892,7 @@ class _Environment:
 
     @property
     def dependency_anchors(self) -> TrustAnchors | None:
-        return self.anchors
+        return self.dependency_trust if self.dependency_trust is not None else self.anchors
 
     def report(self, item: Record | SystemPropertyClaims) -> None:
         self.records.append(item)
@@ -780,7 +941,14 @@ class _Run:
     """Checked component metadata of the images staged by this run."""
     anchors_document: bytes | None = None
     """The next trust-anchor document the manifest delivered (checked, not yet written)."""
-    _records: dict[str, bytes] = field(default_factory=dict)
+    dependency_anchors: TrustAnchors | None = None
+    dependencies: dict[bytes, VerifiedManifest] = field(default_factory=dict)
+    """Dependency manifests accepted in this install, by manifest digest."""
+    dependency_slots: dict[ComponentIdentifier, VerifiedManifest] = field(default_factory=dict)
+    """The same, by the dependency component they were accepted for (the manifest store)."""
+    stored: dict[ComponentIdentifier, bytes] = field(default_factory=dict)
+    """The envelopes of the installed dependency manifests (uninstall reads them)."""
+    _records: dict[tuple[str, bytes], bytes] = field(default_factory=dict)
 
     @property
     def journal_every(self) -> int:
@@ -794,10 +962,14 @@ class _Run:
         if self.journal is not None:
             self.journal.clear()
 
-    def record(self, spec: ComponentSpec) -> bytes:
-        if spec.image not in self._records:
-            self._records[spec.image] = slot_record(spec.suit_id, self.envelope)
-        return self._records[spec.image]
+    def record(self, spec: ComponentSpec, envelope: Envelope | None = None) -> bytes:
+        """The slot record of ``spec``'s image written by ``envelope`` (the root or the
+        dependency manifest that gives the image's digest, which the bootloader checks)."""
+        envelope = envelope if envelope is not None else self.envelope
+        key = (spec.image, envelope.authentication.digest.value)
+        if key not in self._records:
+            self._records[key] = slot_record(spec.suit_id, envelope)
+        return self._records[key]
 
 
 # ---------------------------------------------------------------------------- the consumer
@@ -837,6 +1009,9 @@ class Consumer:
     catch_up: bool = True
     """Install the earlier rotations an anchors envelope carries (off for those rotations
     themselves: a chain is one level deep)."""
+    dependency_sink: DependencySink | None = None
+    """Where the installed dependency manifests are kept (``None``: the shape keeps none,
+    so it cannot uninstall them)."""
 
     @property
     def identity(self) -> ComponentIdentity:
@@ -850,6 +1025,10 @@ class Consumer:
         Never raises a ``SuitError``: a rejection is an outcome with the reason.
         """
         try:
+            # docs/keys.md: nothing is installed on the strength of a recorded manifest, a
+            # dependency included.
+            dependency_anchors = dataclasses.replace(self.config.dependency_anchors(),
+                                                     recorded=frozenset())
             facts = self.facts if self.facts is not None else load_facts(self.config.directory)
             envelope = codec.decode_envelope(data, limits=self.limits)
         except SuitError as e:
@@ -884,12 +1063,14 @@ class Consumer:
                    envelope_digest=digest, replayable=not _encrypted(envelope),
                    # the running images' versions: a recorded one still has its version
                    resume=journal.load(digest), anchors=full, limits=self.limits,
-                   metadata_sink=self.metadata_sink)
+                   metadata_sink=self.metadata_sink, dependency_anchors=dependency_anchors)
         store = _Store(run)
         env = _Environment(self.clock, anchors, self.config.decryption_keys(), facts,
-                           self.consent, store)
+                           self.consent, store, dependency_trust=dependency_anchors)
         device = Device(store=store, environment=env,
                         fetcher=_FetcherAdapter(self.fetcher, run) if self.fetcher else None)
+        env.dependency_hook = lambda dependency, dependent, identifier: \
+            self._accept_dependency(run, device, dependency, identifier)
         try:
             self._check_bootable(verified, device)
         except SuitError as e:
@@ -921,6 +1102,12 @@ class Consumer:
         try:
             self._restage_untouched(run)
             self._stage_metadata(run)
+            if self.dependency_sink is not None:
+                # The root describes the whole set: its dependency manifests replace the
+                # store's, switched with the images.
+                self.dependency_sink.stage(sequence, {
+                    cid: _bare(dep.envelope) for cid, dep in run.dependency_slots.items()},
+                    root=envelope.authentication.digest.value)
             self.store.check_staged()  # what the bootloader would refuse is not marked pending
             self.store.mark_pending()
         except SuitError as e:
@@ -1022,6 +1209,124 @@ class Consumer:
         except SuitError:
             return None
 
+    def uninstall(self, data: bytes, *, nonce: bytes | None = None) -> InstallOutcome:
+        """Run a root manifest's suit-uninstall (trust-domains §6) and remove the dependency
+        manifests it unlinks from the device's manifest store, in one staged set.
+
+        The envelope verifies as a root (the device's policy) and is not older than the
+        images it names. Its uninstall section runs with the stored dependency manifests in
+        their slots (process-dependency there runs a dependency's own suit-uninstall); each
+        dependency it unlinks (suit-directive-unlink, trust-domains §5.6.5) has its own
+        suit-uninstall run in turn ("at zero, the manifest's suit-uninstall runs": one root per
+        device, so one reference) and leaves the store. The boot set's images cannot be
+        removed (the bootloader boots the whole set): unlinking one fails the uninstall. The
+        store without them is staged with the running images and pending until the next
+        boot, like an update. Never raises a ``SuitError``.
+        """
+        if self.dependency_sink is None:
+            return InstallOutcome(False, f"rejected: this device's shape ({self.config.shape}) "
+                                  "keeps no dependency manifests, so there is nothing to "
+                                  "uninstall")
+        try:
+            anchors = self.config.trust_anchors()
+            dependency_anchors = self.config.dependency_anchors()
+            facts = self.facts if self.facts is not None else load_facts(self.config.directory)
+            envelope = codec.decode_envelope(data, limits=self.limits)
+            verified = verify_decoded(envelope, anchors, limits=self.limits)
+            if verified.manifest.uninstall is None:
+                raise PolicyError("the manifest has no suit-uninstall section")
+            self._check_rollback(verified)
+            self._check_pending()
+            installed_by, stored = self.dependency_sink.installed()
+            sequence = verified.manifest.sequence_number
+            if sequence < installed_by:
+                # RFC 9124 THREAT.UPD.REPLAY: an old uninstall cannot undo a newer install.
+                raise PolicyError(f"rollback: sequence number {sequence} is lower than the "
+                                  f"installed root's {installed_by}")
+        except SuitError as e:
+            return InstallOutcome(False, f"rejected: {e}")
+        run = _Run(self.config, self.store, envelope, self.identity, anchors=anchors,
+                   limits=self.limits, dependency_anchors=dependency_anchors, stored=stored)
+        store = _Store(run)
+        env = _Environment(self.clock, anchors, self.config.decryption_keys(), facts,
+                           self.consent, store, dependency_trust=dependency_anchors)
+        device = Device(store=store, environment=env)
+        env.dependency_hook = lambda dependency, dependent, identifier: \
+            self._accept_dependency(run, device, dependency, identifier)
+        removed: list[ComponentIdentifier] = []
+        results = [process(verified, "uninstall", device, limits=self.limits,
+                           options=self.options, nonce=nonce, extensions=self.extensions)]
+        report = results[0].report
+        while results:  # each stored manifest is removed once: bounded by the store
+            result = results.pop()
+            if not result.succeeded:
+                return InstallOutcome(False, f"failed: {result.reason}", sequence,
+                                      report, result)
+            for cid in result.unlinked:
+                spec = self.config.component(cid)
+                if spec is not None:
+                    return InstallOutcome(
+                        False, f"failed: unlink of {spec.image}: an image of the boot set "
+                        "cannot be removed (the bootloader boots the whole set); install its "
+                        "replacement instead", sequence, report, result)
+                if cid not in stored or cid in removed:
+                    continue
+                removed.append(cid)
+                try:
+                    dependency = verify_stored(stored[cid], anchors, dependency_anchors,
+                                               limits=self.limits)
+                except SuitError as e:
+                    return InstallOutcome(False, f"failed: the stored dependency "
+                                          f"{_cid_text(cid)}: {e}", sequence, report)
+                # trust-domains §6: at zero references, the manifest's suit-uninstall runs.
+                results.append(process(dependency, "uninstall", device, limits=self.limits,
+                                       options=self.options, nonce=nonce,
+                                       extensions=self.extensions))
+        if not removed:
+            return InstallOutcome(False, "failed: the uninstall removed nothing (it unlinks "
+                                  "no installed dependency manifest)", sequence, report)
+        try:
+            self._restage_untouched(run)
+            self._stage_metadata(run)
+            self.dependency_sink.stage(sequence, {cid: envelope for cid, envelope
+                                                  in stored.items() if cid not in removed},
+                                       root=envelope.authentication.digest.value)
+            self.store.check_staged()
+            self.store.mark_pending()
+        except SuitError as e:
+            return InstallOutcome(False, f"failed: {e}", sequence, report)
+        names = ", ".join(_cid_text(cid) for cid in removed)
+        return InstallOutcome(True, f"uninstalled {names} (sequence number {sequence}); "
+                              "pending until the next boot", sequence, report)
+
+    def _accept_dependency(self, run: _Run, device: Device, dependency: VerifiedManifest,
+                           identifier: ComponentIdentifier) -> None:
+        """The device's policy for a dependency manifest that verified against the
+        dependency anchors, in the scope of its signer (trust-domains §5.1, §5.6.4), before
+        any of it runs: bounded in number, no rollback of the images it addresses, a sequence
+        number the counters can hold, and a digest and size for each image it names (the
+        bootloader checks the image against this manifest at every boot).
+
+        Raises:
+            PolicyError: refused, naming the dependency and why.
+        """
+        run.dependencies[dependency.digest.value] = dependency
+        run.dependency_slots[identifier] = dependency
+        where = f"dependency {_cid_text(identifier)}"
+        if len(run.dependencies) > MAX_DEPENDENCIES:
+            raise PolicyError(f"{where}: more than {MAX_DEPENDENCIES} dependency manifests in "
+                              "one update")
+        if _encrypted(dependency.envelope):
+            run.replayable = False  # its payloads are decrypted: slot bytes are no replay
+        try:
+            self._check_rollback(dependency)
+            problem = self._capacity_problem(dependency)
+            if problem is not None:
+                raise PolicyError(problem)
+            self._check_bootable(dependency, device)
+        except PolicyError as e:
+            raise PolicyError(f"{where}: {e}") from None
+
     def _check_bootable(self, verified: VerifiedManifest, device: Device) -> None:
         """The bootloader checks each image at every boot against the digest and size the
         shared sequence gives it (``processor.shared_parameters``); refuse a manifest that does
@@ -1046,6 +1351,11 @@ class Consumer:
         is staged with this envelope's slot record."""
         if not self.store.pending_update():
             return False
+        if envelope.manifest.common.dependencies:
+            # Its images are staged with its dependencies' envelopes: the staged manifest
+            # store names the root that staged them (shapes without one cannot tell).
+            return self.dependency_sink is not None and \
+                self.dependency_sink.staged_root() == envelope.authentication.digest.value
         named = [spec for cid in envelope.manifest.common.components
                  if (spec := self.config.component(cid)) is not None]
         return bool(named) and all(
@@ -1084,15 +1394,26 @@ class Consumer:
             most = capacity.get(spec.image) if spec is not None else None
             if spec is None or most is None or sequence <= most:
                 continue
+            problem = self._capacity_problem(verified)
             record = Record((), int(ManifestKey.SEQUENCE_NUMBER), 0, index)
             report = Report(reference=Reference(verified.manifest.reference_uri or "",
                                                 verified.digest),
                             nonce=nonce, result=ResultFailure(
                                 int(ReportReason.OPERATION_FAILED), record,
                                 int(ReportReason.OPERATION_FAILED)))
-            return InstallOutcome(False, f"rejected: sequence number {sequence} exceeds what "
-                                  f"the security counter of {spec.image} can hold ({most}); "
-                                  "the bootloader could never confirm it", sequence, report)
+            return InstallOutcome(False, f"rejected: {problem}", sequence, report)
+        return None
+
+    def _capacity_problem(self, verified: VerifiedManifest) -> str | None:
+        capacity = self.store.counter_capacity()
+        sequence = verified.manifest.sequence_number
+        for cid in addressed_components(verified.manifest):
+            spec = self.config.component(cid)
+            most = capacity.get(spec.image) if spec is not None else None
+            if spec is not None and most is not None and sequence > most:
+                return (f"sequence number {sequence} exceeds what the security counter of "
+                        f"{spec.image} can hold ({most}); the bootloader could never "
+                        "confirm it")
         return None
 
     def _stage_metadata(self, run: _Run) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ssl
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -95,7 +96,8 @@ class HttpFetcher:
 
     ``retries``: how many times a broken download is resumed. ``deadline``: seconds a whole
     fetch may take, retries included (a server that trickles bytes is cut off: THREAT of slow
-    retrieval). ``client`` may be shared (connection reuse).
+    retrieval). ``client`` may be shared (connection reuse). ``tls``: the TLS context of its own
+    clients (the device's CA bundle and client certificate: ``device.tls.ClientTls``).
     """
 
     timeout: float = 10.0
@@ -103,6 +105,7 @@ class HttpFetcher:
     deadline: float = 600.0
     backoff: float = 0.2
     client: httpx.Client | None = None
+    tls: ssl.SSLContext | None = None
 
     def fetch(self, uri: str, *, max_bytes: int, offset: int = 0,
               arguments: bytes | None = None) -> Iterator[bytes]:
@@ -113,7 +116,9 @@ class HttpFetcher:
         included: a watchdog closes the connection when it passes.
         """
         own = self.client is None
-        client = self.client or httpx.Client(timeout=self.timeout, follow_redirects=False)
+        client = self.client or httpx.Client(
+            timeout=self.timeout, follow_redirects=False,
+            verify=self.tls if self.tls is not None else True)
         expired = threading.Event()
 
         def expire() -> None:

@@ -37,9 +37,14 @@ from suitkit.core.processor import (
     process,
     stream_digest,
 )
-from suitkit.core.verify import verify_envelope
 from suitkit.device.config import DeviceConfig
-from suitkit.device.consumer import BootStore, ImageReaderLike, reader_chunks, split_slot_record
+from suitkit.device.consumer import (
+    BootStore,
+    ImageReaderLike,
+    reader_chunks,
+    split_slot_record,
+    verify_stored,
+)
 from suitkit.errors import StorageError, SuitError
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
@@ -233,6 +238,7 @@ def invoke_running(config: DeviceConfig, store: BootStore, launcher: Launcher, *
     """
     limits = limits or Limits()
     anchors = config.trust_anchors()
+    dependency_anchors = config.dependency_anchors()
     identity = ComponentIdentity(vendor_ids=frozenset({config.vendor_id}),
                                  class_ids=frozenset({config.class_id}),
                                  device_ids=frozenset({config.device_id}))
@@ -248,9 +254,10 @@ def invoke_running(config: DeviceConfig, store: BootStore, launcher: Launcher, *
         if envelope in seen:
             continue
         seen.add(envelope)
-        verified = verify_envelope(envelope, anchors, limits=limits)
+        # trust-domains: an image a dependency manifest installed is kept with that manifest
+        verified = verify_stored(envelope, anchors, dependency_anchors, limits=limits)
         device = Device(_RunningStore(config, store, launcher, log, identity),  # type: ignore[arg-type]
-                        InstalledEnvironment(anchors))
+                        InstalledEnvironment(dependency_anchors))
         results.append(process(verified, "invoke", device, limits=limits,
                                extensions=extensions))
     return Invoked(tuple(log), tuple(results))

@@ -23,6 +23,7 @@ import contextlib
 import json
 import queue
 import random
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -123,10 +124,13 @@ class NoticeSource:
 
 
 class _HttpSource(NoticeSource):
-    def __init__(self, server_url: str, credential: str, device_id: str, **kwargs: Any) -> None:
+    def __init__(self, server_url: str, credential: str, device_id: str, *,
+                 tls: ssl.SSLContext | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.url = f"{server_url.rstrip('/')}/api/v1/devices/{device_id}/notifications"
         self.headers = {"Authorization": f"Bearer {credential}"}
+        self.verify: ssl.SSLContext | bool = tls if tls is not None else True
+        """The device's TLS context (CA bundle, client certificate), or the defaults."""
         self._client: httpx.Client | None = None
 
     def _interrupt(self) -> None:
@@ -148,7 +152,8 @@ class SseSource(_HttpSource):
 
     def _session(self) -> bool:
         received = False
-        with httpx.Client(timeout=httpx.Timeout(self.idle, connect=5.0)) as client:
+        with httpx.Client(timeout=httpx.Timeout(self.idle, connect=5.0),
+                          verify=self.verify) as client:
             self._client = client
             if self._stop.is_set():
                 return False
@@ -195,7 +200,7 @@ class LongPollSource(_HttpSource):
     def _session(self) -> bool:
         received = False
         with httpx.Client(timeout=httpx.Timeout(self.wait + 10.0, connect=5.0),
-                          headers=self.headers) as client:
+                          headers=self.headers, verify=self.verify) as client:
             self._client = client
             while not self._stop.is_set():
                 params = {"wait": f"{self.wait:g}", "after": str(self.after)}

@@ -16,6 +16,11 @@ images of the boot set, for the bootloader's set check (a set mixed from two rel
 ``<image>.metadata.json`` file beside the image in its slot directory, written atomically
 before the slot is marked pending and switched with it. Flash shapes have no file system for
 it: their consumer refuses metadata.
+
+``SlotDependencies`` is the manifest store of a Linux-class device (trust-domains §6): the
+dependency manifests of the installed set, one file per slot directory switched with the
+images, which ``Consumer.uninstall`` removes from. Flash shapes process dependency manifests
+but keep none (each image keeps the manifest that installed it), so they cannot uninstall.
 """
 
 from __future__ import annotations
@@ -49,23 +54,26 @@ from suitkit.core.processor import (
     shared_parameters,
     stream_digest,
 )
-from suitkit.core.verify import TrustAnchors, verify_envelope
+from suitkit.core.verify import TrustAnchors
 from suitkit.device.anchors import read_store
 from suitkit.device.config import DeviceConfig, load_config
 from suitkit.device.consumer import (
+    MAX_DEPENDENCIES,
     Consumer,
     MetadataSink,
     PayloadFetcher,
     reader_chunks,
     split_slot_record,
+    verify_stored,
 )
 from suitkit.device.facts import ConsentHook
 from suitkit.device.invoke import ImageComponent
 from suitkit.errors import AuthenticationError, DecodeError, StorageError, SuitError
-from suitkit.fileio import atomic_write
+from suitkit.fileio import atomic_write, fsync_dir
 from suitkit.limits import Limits
 
-__all__ = ["OpenDevice", "SlotMetadata", "SuitImageVerifier", "open_device"]
+__all__ = ["OpenDevice", "SlotDependencies", "SlotMetadata", "SuitImageVerifier",
+           "open_device"]
 
 CHUNK = 64 * 1024
 FLASH_STATE = "state.cbor"
@@ -111,6 +119,9 @@ class SuitImageVerifier:
     go to the bootloader's set check (``ImageInfo.vouches``)."""
     extensions: Extensions = NO_EXTENSIONS
     """Custom conditions the shared sequence may use (the consumer's)."""
+    dependency_anchors: TrustAnchors | None = None
+    """Trust domains: an image a dependency manifest installed is kept with that manifest,
+    which verifies under the dependency anchors' policy (``consumer.verify_stored``)."""
 
     def verify(self, manifest: bytes, image: bytes | ImageReader) -> ImageInfo:
         """Verify the stored envelope and the image against it.
@@ -125,7 +136,8 @@ class SuitImageVerifier:
             raise AuthenticationError(f"the slot of {_cid(self.component)} holds an image for "
                                       f"{_cid(component)}")
         anchors = self.anchors if isinstance(self.anchors, TrustAnchors) else self.anchors()
-        verified = verify_envelope(envelope, anchors, limits=self.limits)
+        verified = verify_stored(envelope, anchors, self.dependency_anchors,
+                                 limits=self.limits)
         if component not in verified.manifest.common.components:
             raise DecodeError("slot manifest", "the stored component is not in its manifest")
         store = _BootStore(self.identity, component, reader)
@@ -176,8 +188,11 @@ class OpenDevice:
         for update-authorized instead of the folder's consent policy)."""
         sink: MetadataSink | None = (SlotMetadata(self.bootloader, self.crash)
                                      if isinstance(self.bootloader, FsBootloader) else None)
+        dependencies = (SlotDependencies(self.bootloader, Limits(), self.crash)
+                        if isinstance(self.bootloader, FsBootloader) else None)
         return Consumer(self.config, self.bootloader, fetcher, crash=self.crash,
-                        consent=consent, extensions=self.extensions, metadata_sink=sink)
+                        consent=consent, extensions=self.extensions, metadata_sink=sink,
+                        dependency_sink=dependencies)
 
     def save(self) -> None:
         """Persist the simulated flash (every flash's content and wear) to the folder, as a
@@ -202,6 +217,86 @@ class OpenDevice:
         # Folders saved before the single file kept one file per flash: now stale.
         for stale in [directory / "wear.json", *(directory / f"{n}.bin" for n in self.flashes)]:
             stale.unlink(missing_ok=True)
+
+
+DEPENDENCIES = "dependencies.cbor"
+"""The manifest store of a Linux-class slot: ``{"root-sequence": uint, "root": bstr (the digest
+of the root that staged the set), "manifests": [slot record...]}``, each record
+``[dependency component, envelope]``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlotDependencies:
+    """The dependency manifests of a Linux-class device's installed set (trust-domains §6):
+    one file in each slot directory, written atomically before the slot is marked pending
+    and switched with it (a power cut leaves the old store or the new one, never a mix)."""
+
+    bootloader: FsBootloader
+    limits: Limits
+    crash: Callable[[str], None] | None = None
+
+    def installed(self) -> tuple[int, dict[ComponentIdentifier, bytes]]:
+        path = self.bootloader.slot_dir(self.bootloader.read_state().active) / DEPENDENCIES
+        try:
+            if path.stat().st_size > (MAX_DEPENDENCIES + 1) * self.limits.max_manifest_bytes:
+                raise StorageError(f"{path}: over the size of {MAX_DEPENDENCIES} manifests")
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return 0, {}
+        except OSError as e:
+            raise StorageError(f"{path}: cannot read the installed dependency manifests: "
+                               f"{e.strerror}") from None
+        doc = cbor.decode(data, path=str(path), max_depth=6)
+        records = doc.get("manifests") if isinstance(doc, Mapping) else None
+        sequence = doc.get("root-sequence") if isinstance(doc, Mapping) else None
+        if not isinstance(records, list | tuple) or len(records) > MAX_DEPENDENCIES \
+                or isinstance(sequence, bool) or not isinstance(sequence, int):
+            raise StorageError(f"{path}: damaged (expected the root's sequence number and at "
+                               f"most {MAX_DEPENDENCIES} manifests)")
+        out = {}
+        for record in records:
+            if not isinstance(record, bytes):
+                raise StorageError(f"{path}: damaged (a manifest record is not bytes)")
+            cid, envelope = split_slot_record(record, limits=self.limits)
+            out[cid] = envelope
+        return sequence, out
+
+    def staged_root(self) -> bytes | None:
+        path = self.bootloader.slot_dir(self.bootloader.read_state().inactive) / DEPENDENCIES
+        try:
+            if path.stat().st_size > (MAX_DEPENDENCIES + 1) * self.limits.max_manifest_bytes:
+                return None
+            doc = cbor.decode(path.read_bytes(), path=str(path), max_depth=6)
+        except (OSError, SuitError):
+            return None
+        root = doc.get("root") if isinstance(doc, Mapping) else None
+        return root if isinstance(root, bytes) else None
+
+    def stage(self, sequence: int, manifests: Mapping[ComponentIdentifier, bytes], *,
+              root: bytes = b"") -> None:
+        path = self.bootloader.slot_dir(self.bootloader.read_state().inactive) / DEPENDENCIES
+        if not manifests:
+            # A set without dependency manifests has no store: no write (and no fsync) for
+            # an ordinary update; a stale store left in the slot goes.
+            if path.exists():
+                if self.crash is not None:
+                    self.crash(f"dependencies-clear {path.name}")
+                try:
+                    path.unlink()
+                    fsync_dir(path.parent)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    raise StorageError(f"{path}: cannot remove the stale dependency manifests: "
+                                       f"{e.strerror}") from None
+            return
+        if self.crash is not None:
+            self.crash(f"dependencies {path.name}")
+        atomic_write(path, cbor.encode({
+            "root-sequence": sequence,
+            "root": root,
+            "manifests": [cbor.encode([list(cid), envelope])
+                          for cid, envelope in manifests.items()]}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,11 +370,13 @@ def open_device(directory: Path, *, crash: Callable[[str], None] | None = None,
         stored = read_store(directory)
         return initial if stored is None else stored.anchors
 
+    dependency_anchors = config.dependency_anchors()
     # One verifier per image, each knowing which component its slots must hold.
     images = tuple((c.suit_id, c.image) for c in config.components)
     verifiers: dict[str, ImageVerifier] = {
         c.image: SuitImageVerifier(anchors, identity, c.suit_id, images=images,
-                                   extensions=extensions)
+                                   extensions=extensions,
+                                   dependency_anchors=dependency_anchors)
         for c in config.components}
     if config.shape == "linux":
         names = tuple(c.image for c in config.components)

@@ -32,7 +32,15 @@ conditions hold) and its image-digest and
 image-size parameters are what uploads are checked against. The server is not the device's
 policy enforcer: devices verify everything again.
 
-Not here: dependencies (an envelope that declares one is refused), per-slot images chosen by
+A release of several manifests (draft-ietf-suit-trust-domains): a root whose suit-dependencies
+name dependency manifests is accepted when each dependency is integrated in its envelope (it
+must verify against the author trust anchors and have the manifest digest and envelope size
+the root gives it) or is already a release here (its id is that manifest digest: upload each
+author's manifest with its images first, then the root). The root's release record lists its
+dependencies as components (``dependency: true``) whose blob is the dependency's envelope,
+served at ``/envelopes/{sha256}`` for devices that fetch it (at most ``MAX_DEPENDENCIES``).
+
+Not here: per-slot images chosen by
 try-each (only the first alternative is checked), a version condition in the shared sequence,
 the status tracker (mounted from outside through ``ServerConfig.routers``), CoAP.
 """
@@ -74,7 +82,12 @@ from suitkit.core.model import (
 )
 from suitkit.core.numbers import ComponentTextKey, CoseAlg, ManifestKey, TextKey, name_of
 from suitkit.core.processor import ComponentIdentity, Device, ProcessorOptions
-from suitkit.core.verify import TrustAnchors, VerifiedManifest, verify_envelope
+from suitkit.core.verify import (
+    TrustAnchors,
+    VerifiedManifest,
+    addressed_components,
+    verify_envelope,
+)
 from suitkit.errors import (
     AuthenticationError,
     DecodeError,
@@ -300,6 +313,9 @@ class _Expected:
     encryption: int | None = None
     """The content algorithm when the shared sequence sets encryption-info: the image stored
     is then its detached ciphertext (draft-ietf-suit-firmware-encryption)."""
+    dependency: bool = False
+    """A dependency manifest's component: ``digest`` is that manifest's digest."""
+    uri: str | None = None
 
     def label(self) -> str:
         return f"component {self.index} [{', '.join(p.hex() for p in self.identifier)}]"
@@ -319,12 +335,20 @@ def expected_images(verified: VerifiedManifest, *,
         ProcessingError: the shared sequence cannot run (an unsupported manifest).
     """
     identity = _named_identities(verified.manifest.common.shared_sequence)
-    device = Device(_PlaceholderStore(identity), processor.InstalledEnvironment())
+    # No dependency is loaded by the shared sequence; anchors only say dependencies are known.
+    device = Device(_PlaceholderStore(identity),
+                    processor.InstalledEnvironment(TrustAnchors(())))
     params = processor.shared_parameters(verified, device, limits=limits,
                                          options=ProcessorOptions())
+    dependencies: Mapping[int, object] = verified.manifest.common.dependencies or {}
     result = []
-    for index, cid in enumerate(verified.manifest.common.components):
+    for index, cid in enumerate(addressed_components(verified.manifest)):
         p = params.get(cid)
+        if index in dependencies:
+            result.append(_Expected(index, cid, p.image_digest if p else None,
+                                    p.image_size if p else None, dependency=True,
+                                    uri=p.uri if p else None))
+            continue
         encryption = None
         if p is not None and p.encryption_info is not None:
             # The ciphertext cannot be hashed against the plaintext's image-digest without the
@@ -438,13 +462,15 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     except (AuthenticationError, PolicyError) as e:
         raise UploadRefused(422, f"envelope does not verify against the author trust "
                                  f"anchors: {e}") from e
-    if verified.manifest.common.dependencies:
-        raise UploadRefused(422, "manifests with dependencies are not supported by this server")
     try:
-        expected = expected_images(verified, limits=config.limits)
+        every = expected_images(verified, limits=config.limits)
     except (ProcessingError, PolicyError, DecodeError) as e:
         raise UploadRefused(422, f"cannot read the component images from the shared "
                                  f"sequence: {e}") from e
+    records = config.releases if config.releases is not None else store
+    dependencies = _dependencies(store, records, config, verified,
+                                 [e for e in every if e.dependency])
+    expected = [e for e in every if not e.dependency]
 
     blobs: dict[int, str] = {}
     checked: list[tuple[_Expected, _Image]] = []
@@ -455,10 +481,14 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
         if image.component is None:
             target = _match(expected, image.name, image.size, digest)
         else:
-            if image.component >= len(expected):
+            if image.component >= len(every):
                 raise UploadRefused(422, f"{image.name}: unknown component {image.component}; "
-                                         f"the manifest has {len(expected)} component(s)")
-            target = expected[image.component]
+                                         f"the manifest has {len(every)} component(s)")
+            target = every[image.component]
+            if target.dependency:
+                raise UploadRefused(422, f"{image.name}: {target.label()} is a dependency "
+                                         "manifest, not an image: integrate it in the root's "
+                                         "envelope or upload it as its own release first")
             _check_image(target, image.name, image.size, digest)
         checked.append((target, image))
     integrated: list[tuple[_Expected, str, bytes]] = []
@@ -467,6 +497,8 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
         if rotation and key.startswith(CHAIN_PREFIX):
             _check_chain_link(config, key, payload)  # an earlier rotation, carried whole
             continue
+        if key in dependencies.integrated.values():
+            continue  # a dependency's envelope, checked as one
 
         def digest_payload(algorithm: int, data: bytes = payload) -> bytes:
             return crypto.digest(algorithm, data)
@@ -476,7 +508,6 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
 
     release_id = verified.digest.value.hex()
     envelope_sha = hashlib.sha256(envelope).hexdigest()
-    records = config.releases if config.releases is not None else store
     previous = records.get_release(release_id)  # early refusal; add_release decides for good
     if previous is not None and previous.envelope != envelope_sha:
         raise UploadRefused(409, str(ReleaseConflict(previous)))
@@ -496,12 +527,16 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     integrated_blobs = {}
     for target, key, payload in integrated:
         integrated_blobs[key] = blobs[target.index] = store.put_blob(payload)
+    for index, key in dependencies.integrated.items():
+        integrated_blobs[key] = blobs[index] = store.put_blob(
+            verified.envelope.integrated[key])
+    blobs.update(dependencies.stored)
     components = tuple(
         ComponentRecord(e.index, tuple(p.hex() for p in e.identifier),
                         e.digest.algorithm if e.digest else None,
                         e.digest.value.hex() if e.digest else None, e.size,
-                        blobs.get(e.index))
-        for e in expected)
+                        blobs.get(e.index), e.dependency)
+        for e in every)
     try:
         record, created = records.add_release(ReleaseRecord(
             release_id, verified.manifest.sequence_number, envelope_blob, components,
@@ -509,6 +544,65 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     except ReleaseConflict as e:  # another upload of this release won meanwhile
         raise UploadRefused(409, str(e)) from None
     return (201 if created else 200), record
+
+
+MAX_DEPENDENCIES = 16
+"""Dependency manifests one release may name (each is verified at upload)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Dependencies:
+    integrated: dict[int, str]
+    """Component index -> the integrated payload key holding its envelope."""
+    stored: dict[int, str]
+    """Component index -> the envelope blob of the release it already is."""
+
+
+def _dependencies(store: BlobStore, records: ReleaseRecords, config: ServerConfig,
+                  verified: VerifiedManifest, expected: list[_Expected]) -> _Dependencies:
+    """Check each dependency manifest of a root (trust-domains §5.2.2, §5.6.4): integrated in
+    its envelope, it verifies against the author trust anchors and has the manifest digest and
+    envelope size the root gives it; otherwise it is a release here already."""
+    if len(expected) > MAX_DEPENDENCIES:
+        raise UploadRefused(422, f"{len(expected)} dependencies is over the limit of "
+                                 f"{MAX_DEPENDENCIES}")
+    out = _Dependencies({}, {})
+    for e in expected:
+        if e.digest is None:
+            raise UploadRefused(422, f"{e.label()} is a dependency without an image-digest in "
+                                     "the shared sequence (its manifest digest)")
+        label = f"dependency {e.label()}"
+        payload = verified.envelope.integrated.get(e.uri) if e.uri else None
+        if payload is not None:
+            try:
+                dependency = verify_envelope(payload, config.anchors, limits=config.limits)
+            except SuitError as e2:
+                raise UploadRefused(422, f"{label}: the integrated envelope {e.uri!r} does not "
+                                         f"verify against the author trust anchors: {e2}") from e2
+            size = len(payload)
+            actual = dependency.digest
+            out.integrated[e.index] = str(e.uri)
+        else:
+            found = records.get_release(e.digest.value.hex())
+            if found is None:
+                raise UploadRefused(422, f"{label}: its manifest {e.digest.value.hex()} is not "
+                                         "a release on this server and is not integrated; "
+                                         "upload it (with its images) first")
+            try:
+                size = store.blob_path(found.envelope).stat().st_size
+            except OSError as e2:
+                raise UploadRefused(422, f"{label}: its release's envelope is not in the "
+                                         f"store: {e2.strerror}") from None
+            actual = Digest(e.digest.algorithm, bytes.fromhex(found.release_id))
+            out.stored[e.index] = found.envelope
+        if actual.algorithm != e.digest.algorithm or \
+                not hmac.compare_digest(actual.value, e.digest.value):
+            raise UploadRefused(422, f"{label}: manifest digest {actual.value.hex()} does not "
+                                     f"match the root's {e.digest.value.hex()}")
+        if e.size is not None and size != e.size:
+            raise UploadRefused(422, f"{label}: envelope of {size} bytes, the root says "
+                                     f"{e.size}")
+    return out
 
 
 def _manifest_summary(verified: VerifiedManifest) -> dict[str, Any]:

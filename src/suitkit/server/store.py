@@ -91,18 +91,24 @@ class ComponentRecord:
     digest: str | None
     size: int | None
     blob: str | None
+    dependency: bool = False
+    """A dependency manifest (trust-domains): ``digest`` is its manifest digest (the id of
+    its own release), ``size`` and ``blob`` its envelope's."""
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form stored in the release file."""
-        return {"index": self.index, "identifier": list(self.identifier),
-                "digest_algorithm": self.digest_algorithm, "digest": self.digest,
-                "size": self.size, "blob": self.blob}
+        doc: dict[str, Any] = {"index": self.index, "identifier": list(self.identifier),
+                               "digest_algorithm": self.digest_algorithm, "digest": self.digest,
+                               "size": self.size, "blob": self.blob}
+        if self.dependency:
+            doc["dependency"] = True
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ComponentRecord:
         """Inverse of ``to_json``."""
         return cls(int(doc["index"]), tuple(doc["identifier"]), doc["digest_algorithm"],
-                   doc["digest"], doc["size"], doc["blob"])
+                   doc["digest"], doc["size"], doc["blob"], bool(doc.get("dependency", False)))
 
 
 @dataclass(frozen=True, slots=True)

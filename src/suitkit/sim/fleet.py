@@ -16,6 +16,11 @@ the status tracker. It waits for work in its operating mode (RFC 9019 §2.3):
 - ``hybrid``: long-polls on ``.../notifications?wait=N&after=SERIAL``: the server answers when
   something changed, and the notice only triggers the agent, which asks ``GET .../update``.
 
+A device speaks suitkit's JSON API by default (``DevicePlan.protocol``); ``ddi``: the agent
+polls the hawkBit DDI API (``run_once(protocol="ddi")``, poll mode); ``lwm2m``: the device is
+suitkit's LwM2M client (``device.lwm2m``) registered with the server's LwM2M edge
+(``Fleet(lwm2m=...)``), which writes it the Package URI and executes Update (server-initiated).
+
 When work is announced, the device agent (``device.agent.run_once``: inventory, assignment,
 envelope download, ``Consumer.install``, SUIT report, boot, invocation, confirm or revert, every
 step reported to the tracker) runs in a bounded thread pool, since verification and flash writes
@@ -101,6 +106,8 @@ class DevicePlan:
     wave: int = 1
     release: str = "v2"
     """Label of the release the scenario assigns to it."""
+    protocol: str = "suitkit"
+    """How it talks to the tracker: ``suitkit`` (the JSON API), ``ddi`` or ``lwm2m``."""
 
 
 @dataclass
@@ -309,7 +316,9 @@ class Fleet:
 
     def __init__(self, devices: Iterable[SimDevice], url: str, *, workers: int = 4,
                  poll_interval: float = 1.0, long_poll: float = 20.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, lwm2m: str | None = None) -> None:
+        self.lwm2m = lwm2m
+        """``coap://HOST:PORT`` of the server's LwM2M edge, for the ``lwm2m`` devices."""
         self.devices = list(devices)
         self.url = url.rstrip("/")
         self.stats = Stats()
@@ -358,7 +367,8 @@ class Fleet:
 
         try:
             return run_once(device.folder, self.url, device.credential, fetcher=fetcher,
-                            say=say, client=client, assigned=assigned)
+                            say=say, client=client, assigned=assigned,
+                            protocol="ddi" if device.plan.protocol == "ddi" else "suitkit")
         except PowerCut as e:
             device.note(f"power cut: {e}")
             self._power_returns(device)
@@ -380,21 +390,8 @@ class Fleet:
         except SuitError as e:
             device.note(f"power restored; boot failed: {e}")
 
-    async def _run_agent(self, device: SimDevice, assigned: dict[str, Any] | None = None
-                         ) -> None:
-        """One agent run in the pool (``assigned``: a pushed notice, acted on without asking
-        the tracker again)."""
-        loop = asyncio.get_running_loop()
-        for _ in range(MAX_ERRORS):
-            device.attempts += 1
-            result = await loop.run_in_executor(self._pool, self._apply, device, assigned)
-            if result is not None:
-                break
-            # The power failed and came back: the agent starts again at once and resumes
-            # what it was doing (it asks the tracker where the update stands).
-            assigned = None
-        else:
-            return
+    def _outcome(self, device: SimDevice, result: AgentResult) -> None:
+        """A run's result on ``device`` (an agent's run, or an LwM2M install)."""
         if result.outcome == "up-to-date":
             return
         device.release = result.release or device.release
@@ -410,6 +407,23 @@ class Fleet:
         device.finished_at = time.monotonic()
         if result.release:
             device.handled.add(result.release)
+
+    async def _run_agent(self, device: SimDevice, assigned: dict[str, Any] | None = None
+                         ) -> None:
+        """One agent run in the pool (``assigned``: a pushed notice, acted on without asking
+        the tracker again)."""
+        loop = asyncio.get_running_loop()
+        for _ in range(MAX_ERRORS):
+            device.attempts += 1
+            result = await loop.run_in_executor(self._pool, self._apply, device, assigned)
+            if result is not None:
+                break
+            # The power failed and came back: the agent starts again at once and resumes
+            # what it was doing (it asks the tracker where the update stands).
+            assigned = None
+        else:
+            return
+        self._outcome(device, result)
 
     def _wants(self, device: SimDevice, release: object) -> bool:
         return (isinstance(release, str) and release not in device.handled
@@ -432,6 +446,13 @@ class Fleet:
         await self._sleep(self._rng.uniform(0, self.poll_interval))
         path = f"/api/v1/devices/{device.tracker_id}/update"
         while not await self._sleep(0):
+            if device.plan.protocol == "ddi":  # the agent's own DDI base poll is the poll
+                if device.errors < MAX_ERRORS and not device.done:
+                    device.connected = True
+                    await self._run_agent(device)
+                if await self._sleep(self.poll_interval * self._rng.uniform(0.8, 1.2)):
+                    return
+                continue
             try:
                 response = await self._client.get(path, headers=self._auth(device))
             except httpx.HTTPError as e:
@@ -525,7 +546,42 @@ class Fleet:
             if await self._sleep(0):
                 return
 
+    async def _lwm2m(self, device: SimDevice) -> None:
+        """suitkit's LwM2M client of the device, registered with the server's LwM2M edge,
+        until the fleet stops (the server delivers: server-initiated)."""
+        from suitkit.device.lwm2m import Lwm2mOptions, run_lwm2m  # noqa: PLC0415
+
+        if self.lwm2m is None:
+            device.outcome, device.reason = "error", "the server has no LwM2M edge"
+            device.errors = MAX_ERRORS
+            return
+        assert self._stop is not None
+        stop = threading.Event()
+        fetcher, fetch_client = self.fetcher_for(device)
+        options = Lwm2mOptions(server=self.lwm2m, lifetime=300, delivery="pull")
+
+        def said(line: str) -> None:
+            device.state = line
+            if line.startswith("registered"):
+                device.connected = True
+
+        runner = asyncio.create_task(asyncio.to_thread(
+            run_lwm2m, device.folder, device.credential, options, fetcher=fetcher,
+            tracker_url=self.url, say=said, stop=stop,
+            on_result=lambda result: self._outcome(device, result)))
+        try:
+            await self._stop.wait()
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(runner)
+            fetch_client.close()
+
     async def _device(self, device: SimDevice) -> None:
+        if device.plan.protocol == "lwm2m":
+            device.state = "registering (LwM2M)"
+            await self._lwm2m(device)
+            return
         device.state = {"poll": "polling", "push": "listening (SSE)",
                         "hybrid": "long-polling"}[device.plan.mode]
         runner = {"poll": self._poll, "push": self._push, "hybrid": self._hybrid}

@@ -66,6 +66,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_udp_port() -> int:
+    """A UDP port of 127.0.0.1 that was free a moment ago (for ``--lwm2m-port``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @contextlib.contextmanager
 def local_server(folder: Path, author_pub: Path, *, start_timeout: float = 30.0,
                  extra_args: tuple[str, ...] = (), data: Path | None = None,

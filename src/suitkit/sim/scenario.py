@@ -81,9 +81,12 @@ TRACKER_STATE = {"updated": "succeeded", "rolled-back": "rolled-back", "rejected
                  "failed": "failed"}
 
 
-def demo_plans(n: int) -> list[DevicePlan]:
+def demo_plans(n: int, *, protocols: bool = False) -> list[DevicePlan]:
     """``n`` devices: shape ``i % 4``, mode ``i % 3`` (the first twelve cover every pair), the
-    first four fault-free, the five faults on the last devices of the right shape."""
+    first four fault-free, the five faults on the last devices of the right shape.
+    ``protocols``: two more fault-free devices, suitkit's agent over the standard device
+    protocols: an mcu over LwM2M (server-initiated: the server's LwM2M edge must run,
+    ``run_scenario(lwm2m=...)``) and a Linux-class device over hawkBit DDI (poll)."""
     if n < MIN_DEVICES:
         raise SuitError(f"the demo needs at least {MIN_DEVICES} devices (one fault-free "
                         f"device per shape and five faults), got {n}")
@@ -101,6 +104,11 @@ def demo_plans(n: int) -> list[DevicePlan]:
             name=f"{i:03d}-{shape}", shape=shape, mode=MODES[i % len(MODES)], class_name=klass,
             fault=fault, expect=expect, expect_reason=reason, wave=1 if i < FAULT_FREE else 2,
             release="v2-broken" if fault == "bad-boot" else "v2"))
+    if protocols:
+        plans.append(DevicePlan(name=f"{n:03d}-mcu-lwm2m", shape="mcu", mode="push",
+                                class_name=CLASS_NAMES["mcu"], protocol="lwm2m"))
+        plans.append(DevicePlan(name=f"{n + 1:03d}-linux-ddi", shape="linux", mode="poll",
+                                class_name=CLASS_NAMES["linux"], protocol="ddi"))
     return plans
 
 
@@ -188,8 +196,9 @@ async def run_scenario(root: Path, url: str, admin_token: str, upload_token: str
                        wave_timeout: float = 60.0,
                        on_fleet: Callable[[Fleet], None] | None = None,
                        say: Callable[[str], None] = lambda _: None,
-                       dashboard: str = "") -> Summary:
-    """Run the demo against the server at ``url`` (see the module docstring)."""
+                       dashboard: str = "", lwm2m: str | None = None) -> Summary:
+    """Run the demo against the server at ``url`` (see the module docstring); ``lwm2m``:
+    ``coap://HOST:PORT`` of its LwM2M edge, for the devices planned over LwM2M."""
     started = time.monotonic()
     keys = keys or make_keys(root / "keys")
     say("keys: author (ESP256) signs, operator (Ed25519) approves; devices require both")
@@ -210,7 +219,8 @@ async def run_scenario(root: Path, url: str, admin_token: str, upload_token: str
             registered = await asyncio.to_thread(console.register, device.plan.name)
             device.tracker_id, device.credential = registered.id, registered.credential
         say(f"provisioned and registered {len(devices)} devices running v1")
-        fleet = Fleet(devices, url, workers=workers, poll_interval=poll_interval)
+        fleet = Fleet(devices, url, workers=workers, poll_interval=poll_interval,
+                      lwm2m=lwm2m)
         if on_fleet is not None:
             on_fleet(fleet)
         runner = asyncio.create_task(fleet.run())
@@ -372,7 +382,8 @@ def _summarize(console: Console, devices: list[SimDevice], plans: list[DevicePla
             faults_met.append("served by the hostile mirror")
         rows.append({
             "name": plan.name, "id": device.tracker_id, "shape": plan.shape,
-            "mode": plan.mode, "class": plan.class_name, "wave": plan.wave,
+            "mode": plan.mode, "protocol": plan.protocol, "class": plan.class_name,
+            "wave": plan.wave,
             "release": plan.release, "fault": plan.fault, "outcome": category,
             "reason": reason, "detail": device.reason, "expected": plan.expect,
             "expected_reason": plan.expect_reason, "as_expected": as_expected,

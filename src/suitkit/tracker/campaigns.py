@@ -37,7 +37,7 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from suitkit.tracker.model import (
@@ -50,11 +50,13 @@ from suitkit.tracker.model import (
     DeviceEvent,
 )
 from suitkit.tracker.service import (
+    MAX_HEALTH_WINDOW,
     NOT_STARTED,
     CampaignRefused,
     Page,
     TrackerDB,
     iso,
+    open_health_window,
     page_of,
     parse_window,
     schedule_open,
@@ -107,6 +109,13 @@ class CampaignSpec:
     mode: Mode = "install-now"
     start_after: datetime | None = None
     window: str | None = None
+    unhealthy_threshold: float | None = None
+    """Pause when more than this fraction of the members that confirmed turned unhealthy
+    within ``health_window`` seconds of confirming (needs ``health_window``)."""
+    health_window: float | None = None
+    """Seconds after confirming during which a member's health counts: an unhealthy member is
+    told to roll back, and a member counts as a success for the waves and the completion
+    only once its window has passed without it being found unhealthy."""
 
     def check(self) -> None:
         """Raises: CampaignRefused (``invalid``)."""
@@ -127,6 +136,15 @@ class CampaignSpec:
                 _invalid(f"{name}: expected a fraction between 0 and 1, got {value}")
         if self.mode not in MODES:
             _invalid(f"mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.unhealthy_threshold is not None and not 0 <= self.unhealthy_threshold <= 1:
+            _invalid(f"unhealthy_threshold: expected a fraction between 0 and 1, got "
+                     f"{self.unhealthy_threshold}")
+        if self.health_window is not None and not 0 < self.health_window <= MAX_HEALTH_WINDOW:
+            _invalid(f"health_window: expected seconds in (0, {MAX_HEALTH_WINDOW:g}], got "
+                     f"{self.health_window}")
+        if self.unhealthy_threshold is not None and self.health_window is None:
+            _invalid("unhealthy_threshold: needs health_window (the seconds after confirming "
+                     "during which a device's health counts)")
         if self.window is not None:
             parse_window(self.window)
 
@@ -151,6 +169,24 @@ def _percent(value: float) -> str:
 
 
 # ================================================================================= rules
+
+
+def _health_gated(by_wave: Mapping[int, Mapping[str, int]],
+                  settled: Mapping[int, tuple[int, int]]) -> dict[int, dict[str, int]]:
+    """Member counts per wave where ``succeeded`` is only the members whose health window
+    passed without them being found unhealthy; those found unhealthy count as ``unhealthy``
+    (ended, not a success) and those still inside their window as ``watching``."""
+    gated: dict[int, dict[str, int]] = {}
+    for wave, per_state in by_wave.items():
+        counts = dict(per_state)
+        succeeded = counts.pop("succeeded", 0)
+        ok, bad = settled.get(wave, (0, 0))
+        for state, n in (("succeeded", ok), ("unhealthy", bad),
+                         ("watching", succeeded - ok - bad)):
+            if n:
+                counts[state] = n
+        gated[wave] = counts
+    return gated
 
 
 def _effective_action(campaign: Campaign) -> str:
@@ -223,7 +259,9 @@ class CampaignEngine:
                 failure_threshold=spec.failure_threshold, mode=spec.mode,
                 start_after=utc_naive(spec.start_after) if spec.start_after else None,
                 window=spec.window, status="draft", created_by=created_by[:128], created=now,
-                updated=now, current_wave=0, member_count=0, failures_acknowledged=0)
+                updated=now, current_wave=0, member_count=0, failures_acknowledged=0,
+                unhealthy_threshold=spec.unhealthy_threshold, health_window=spec.health_window,
+                unhealthy_acknowledged=0)
             tx.add(campaign)
             self._log(tx, campaign_id, created_by, "create", f"release {spec.release}")
         return self.get(campaign_id)
@@ -292,6 +330,8 @@ class CampaignEngine:
             self._expect(campaign, ("paused",), "resumed")
             counts = self._counts(tx, campaign.id)
             campaign.failures_acknowledged = sum(counts.get(s, 0) for s in _FAILED)
+            if campaign.health_window is not None:
+                campaign.unhealthy_acknowledged = tx.health_counts(campaign.id, tx.now())[2]
             campaign.status, campaign.pause_reason = "running", None
             campaign.updated = tx.now()
             self._log(tx, campaign_id, actor, "resume")
@@ -437,6 +477,21 @@ class CampaignEngine:
             for state, n in per_state.items():
                 counts[state] = counts.get(state, 0) + n
         successes = _success_states(campaign)
+        ended: tuple[str, ...] = (*_FAILED, "cancelled")
+        if campaign.health_window is not None and "succeeded" in successes:
+            settled, confirmed, unhealthy = tx.health_counts(
+                campaign.id, now - timedelta(seconds=campaign.health_window))
+            threshold = campaign.unhealthy_threshold
+            if threshold is not None and unhealthy > campaign.unhealthy_acknowledged \
+                    and confirmed and unhealthy / confirmed > threshold + _EPSILON:
+                reason = (f"health threshold crossed: {unhealthy} of {confirmed} devices that "
+                          f"confirmed turned unhealthy within {campaign.health_window:g} s "
+                          f"({_percent(unhealthy / confirmed)} > {_percent(threshold)})")
+                self._stop(tx, campaign, "paused", reason, now)
+                summary["paused"].append(campaign.id)
+                return False
+            by_wave = _health_gated(by_wave, settled)
+            ended = (*ended, "unhealthy")
         failed = sum(counts.get(s, 0) for s in _FAILED)
         succeeded = sum(counts.get(s, 0) for s in successes)
         finished = failed + succeeded
@@ -457,7 +512,7 @@ class CampaignEngine:
                         open_counts[state] = open_counts.get(state, 0) + n
             size = sum(open_counts.values())
             ok = sum(open_counts.get(s, 0) for s in successes)
-            done = ok + sum(open_counts.get(s, 0) for s in (*_FAILED, "cancelled"))
+            done = ok + sum(open_counts.get(s, 0) for s in ended)
             if size and ok + _EPSILON >= campaign.success_threshold * size:
                 if campaign.current_wave == last:
                     if done == size and _effective_action(campaign) == (
@@ -511,6 +566,9 @@ class CampaignEngine:
         if assignment is not None and assignment.done is None:
             device.history_count -= 1
             return None
+        if open_health_window(tx, device, assignment, now) is not None:
+            device.history_count -= 1  # watching its last update: retried at a later tick
+            return None
         state = device.state
         if state == "downloaded" and assignment is not None \
                 and assignment.action == "download" and assignment.release == campaign.release:
@@ -519,6 +577,7 @@ class CampaignEngine:
             assignment.campaign_id, assignment.action = campaign.id, action
             assignment.envelope_url, assignment.created = campaign.envelope_url, now
             assignment.done = now if action == "download" else None
+            assignment.rollback = None
             return "downloaded"
         if "notified" in TRANSITIONS.get(state, frozenset()):
             tx.add(DeviceEvent(device_id=device_id, seq=seq, state="notified",
@@ -539,6 +598,7 @@ class CampaignEngine:
             assignment.created, assignment.done = now, None
             assignment.campaign_id, assignment.action = campaign.id, action
             assignment.reported = None  # a new update: its report is still to come
+            assignment.rollback = None  # and no order of the last one holds for it
         return "notified"
 
     def _switch_to_install(self, tx: Tx, campaign_id: str, now: datetime
@@ -593,7 +653,11 @@ class CampaignEngine:
             members = tx.members(campaign.id, offset=max(0, offset),
                                  limit=max(0, min(limit, 1000)))
             doc["members"] = [{"device_id": m.device_id, "wave": m.wave + 1, "state": m.state,
-                               "times": m.times, "detail": m.detail} for m in members]
+                               "times": m.times, "detail": m.detail, "health": m.health}
+                              for m in members]
+            if campaign.health_window is not None:
+                _, confirmed, unhealthy = tx.health_counts(campaign.id, tx.now())
+                doc["health"] = {"confirmed": confirmed, "unhealthy": unhealthy}
             doc["members_offset"] = max(0, offset)
             log = tx.campaign_log(campaign.id)
             doc["log"] = [{"timestamp": iso(e.timestamp), "actor": e.actor, "action": e.action,
@@ -686,4 +750,6 @@ def _campaign_json(campaign: Campaign) -> dict[str, Any]:
         "started": iso(campaign.started), "finished": iso(campaign.finished),
         "triggered": iso(campaign.triggered), "current_wave": campaign.current_wave + 1,
         "devices": campaign.member_count,
+        "unhealthy_threshold": campaign.unhealthy_threshold,
+        "health_window": campaign.health_window,
     }

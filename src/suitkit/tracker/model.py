@@ -33,12 +33,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "DEVICE_STATES",
     "FINAL_STATES",
+    "HEALTH_STATUSES",
+    "MAX_HEALTH_ROWS",
     "MAX_INVENTORY_DIGEST",
     "MAX_TOKEN_ID",
     "REPORT_STATES",
     "STATES",
     "TOKEN_ROLES",
     "TRANSITIONS",
+    "UNHEALTHY",
     "ApiToken",
     "Assignment",
     "AuditEntry",
@@ -48,6 +51,7 @@ __all__ = [
     "CampaignMember",
     "Device",
     "DeviceEvent",
+    "DeviceHealth",
     "DeviceNotice",
     "DeviceReport",
     "InstalledComponent",
@@ -77,6 +81,13 @@ TRANSITIONS: Mapping[str | None, frozenset[str]] = {
     "rolled-back": frozenset({"notified"}),
 }
 """Allowed ``state -> next states``; ``None`` is a device that has reported no state yet."""
+
+HEALTH_STATUSES = ("watching", "healthy", "unhealthy", "rolled-back")
+"""What a device says of the application it confirmed (``DeviceHealth.status``): ``watching``
+(inside its health window, every check passed so far), ``healthy`` (the window ended with every
+check passed), ``unhealthy`` (a check failed) or ``rolled-back`` (it reverted to the previous
+image after it was found unhealthy)."""
+UNHEALTHY = frozenset({"unhealthy", "rolled-back"})
 
 TOKEN_ROLES = ("admin", "author", "operator")
 """The roles an API token can have (devices authenticate with their own credentials)."""
@@ -187,6 +198,40 @@ class Assignment(Base):
     """The history ``seq`` of the report the device sent for this update, ``None`` until then
     (one report per update); cleared when a new update starts (``notified``). Kept here, not
     read from the history: quotas and retention delete history rows."""
+    rollback: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    """When the tracker told the device to roll this update back (it was found unhealthy
+    inside its campaign's health window); an order older than ``created`` is another
+    update's and means nothing."""
+
+
+class DeviceHealth(Base):
+    """What a device last said of the health of the release it confirmed (one row per device
+    and release; the newest ``MAX_HEALTH_ROWS`` of a device are kept): the status, its health
+    window, the checks run, failed and the application's crashes, and a few typed records."""
+
+    __tablename__ = "device_health"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    release: Mapped[str] = mapped_column(String(128), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    confirmed: Mapped[datetime] = mapped_column(DateTime)
+    """When the device reported the release ``succeeded`` (the start of its health window),
+    as the tracker's clock has it."""
+    window: Mapped[float] = mapped_column(Float, default=0.0)
+    """The device's health window in seconds (its own configuration)."""
+    checks: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    crashes: Mapped[int] = mapped_column(Integer, default=0)
+    records: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    unhealthy: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    """When the device first reported the release unhealthy, ``None`` while it has not."""
+    updated: Mapped[datetime] = mapped_column(DateTime)
+
+
+MAX_HEALTH_ROWS = 8
+"""Health rows kept per device (the newest by ``updated``)."""
 
 
 class DeviceNotice(Base):
@@ -282,6 +327,15 @@ class Campaign(Base):
     member_count: Mapped[int] = mapped_column(Integer, default=0)
     failures_acknowledged: Mapped[int] = mapped_column(Integer, default=0)
     pause_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    unhealthy_threshold: Mapped[float | None] = mapped_column(Float, default=None)
+    """Pause when more than this fraction of the confirmed members turned unhealthy inside
+    ``health_window``; ``None``: health does not gate the campaign."""
+    health_window: Mapped[float | None] = mapped_column(Float, default=None)
+    """Seconds after a member confirmed during which its health counts (and an unhealthy
+    member is told to roll back); with it a member counts as a success for the waves only
+    once its window has passed healthy."""
+    unhealthy_acknowledged: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Unhealthy members an operator's resume accepted (as ``failures_acknowledged``)."""
 
 
 class CampaignMember(Base):
@@ -299,6 +353,13 @@ class CampaignMember(Base):
     times: Mapped[dict[str, str]] = mapped_column(JSON)
     detail: Mapped[str] = mapped_column(Text, default="")
     updated: Mapped[datetime] = mapped_column(DateTime)
+    health: Mapped[str | None] = mapped_column(String(16), default=None)
+    """The member's health (``HEALTH_STATUSES``) for this campaign's release once it
+    confirmed; ``None`` before, or while its device said nothing of it."""
+    unhealthy: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    """When it was first reported unhealthy inside the campaign's health window."""
+    confirmed: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    """When its device reported ``succeeded`` (the start of its health window)."""
 
 
 class CampaignLog(Base):

@@ -55,17 +55,20 @@ from suitkit.tracker.model import (
     DEVICE_STATES,
     FINAL_STATES,
     MAX_AUDIT_TEXT,
+    MAX_HEALTH_ROWS,
     MAX_TOKEN_ID,
     REPORT_STATES,
     STATES,
     TOKEN_ROLES,
     TRANSITIONS,
+    UNHEALTHY,
     ApiToken,
     Assignment,
     AuditEntry,
     Campaign,
     Device,
     DeviceEvent,
+    DeviceHealth,
     DeviceReport,
     InstalledComponent,
     Release,
@@ -75,6 +78,8 @@ from suitkit.tracker.store import CheckinRow, PoolOptions, Store, Tx, naive, ope
 
 __all__ = [
     "MAX_FACTS",
+    "MAX_HEALTH_RECORDS",
+    "MAX_HEALTH_WINDOW",
     "NOT_STARTED",
     "SEEN_RESOLUTION",
     "AssignmentListener",
@@ -84,6 +89,8 @@ __all__ = [
     "ComponentEntry",
     "DeploymentRefused",
     "FleetCounts",
+    "HealthRecord",
+    "HealthReport",
     "IdentityRefused",
     "Inventory",
     "NotAssigned",
@@ -98,6 +105,7 @@ __all__ = [
     "iso",
     "member_event",
     "open_db",
+    "open_health_window",
     "page_of",
     "parse_window",
     "pbkdf2_hash",
@@ -240,6 +248,42 @@ class CheckIn:
     pending: dict[str, Any] | None
     state: str | None
     send_inventory: bool
+    rollback: str | None = None
+    """The release the device is told to roll back (it confirmed it and was found unhealthy
+    inside its campaign's health window: ``TrackerDB.report_health``), ``None`` otherwise."""
+
+
+MAX_HEALTH_RECORDS = 16
+MAX_HEALTH_CHECK = 32
+MAX_HEALTH_TEXT = 256
+MAX_HEALTH_WINDOW = 7 * 24 * 3600.0
+"""A device's health window is at most a week (seconds)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRecord:
+    """One check of a health report: what was checked (``process``, ``command``, ``url``,
+    ``crashes``, ``suit-report``, ...), whether it passed, and a line about it."""
+
+    check: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """What a device says of the release it confirmed (``POST .../health``), bounded by the
+    edge: ``status`` one of ``model.HEALTH_STATUSES``, its health ``window`` (seconds), the
+    checks run and failed so far, the application's crashes, the latest records."""
+
+    release: str
+    status: str
+    window: float
+    checks: int = 0
+    failures: int = 0
+    crashes: int = 0
+    records: tuple[HealthRecord, ...] = ()
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +447,31 @@ def _pending_of(row: CheckinRow, now: Callable[[], datetime]) -> dict[str, Any] 
             "campaign": row.campaign_id}
 
 
+def _rollback_of(row: CheckinRow) -> str | None:
+    """The release a check-in tells the device to roll back: its confirmed update was ordered
+    back (``Assignment.rollback``, an order of this assignment, not an older one)."""
+    if row.rollback is None or row.release is None or row.state != "succeeded" \
+            or row.assigned is None or row.rollback < row.assigned:
+        return None
+    return row.release
+
+
+def open_health_window(tx: Tx, device: Device, assignment: Assignment | None,
+                       now: datetime) -> DeviceHealth | None:
+    """The health window the device is in, if any: it confirmed its current release and
+    said it watches it (or found it unhealthy) less than its window ago. Its agent takes no
+    new update before the window ends, so none is given to it (a deployment is refused, a
+    campaign retries the member later)."""
+    if assignment is None or assignment.done is None or device.state != "succeeded":
+        return None
+    row = tx.health(device.id, assignment.release)
+    if row is None or row.status not in ("watching", "unhealthy"):
+        return None
+    if (now - row.confirmed).total_seconds() >= row.window:
+        return None
+    return row
+
+
 def _pending(tx: Tx, device_id: str) -> dict[str, Any] | None:
     assignment = tx.assignment(device_id)
     if assignment is None or assignment.done is not None:
@@ -428,6 +497,8 @@ def member_event(tx: Tx, assignment: Assignment, state: str, detail: str,
     member.times = {**member.times, state: iso(now) or ""}
     member.detail = detail[:1024]
     member.updated = now
+    if state == "succeeded":
+        member.confirmed = now  # its health window starts (campaigns: health_window)
 
 
 # --------------------------------------------------------------------------------- the service
@@ -539,7 +610,7 @@ class TrackerDB:
             self.set_inventory(device_id, inventory, digest=inventory_digest)
         elif inventory_digest != row.inventory_digest:
             send = True
-        return CheckIn(_pending_of(row, self.now), row.state, send)
+        return CheckIn(_pending_of(row, self.now), row.state, send, _rollback_of(row))
 
     def exists(self, device_id: str) -> bool:
         with self.store.transaction() as tx:
@@ -570,7 +641,107 @@ class TrackerDB:
             device = tx.device(device_id)
             if device is None:
                 return None
-            return _device_json(device, tx.components(device_id))
+            doc = _device_json(device, tx.components(device_id))
+            doc["health"] = [_health_json(h) for h in tx.health_rows(device_id,
+                                                                     MAX_HEALTH_ROWS)]
+            return doc
+
+    def health(self, device_id: str) -> list[dict[str, Any]]:
+        """What the device said of the health of its latest releases, the newest first."""
+        with self.store.transaction() as tx:
+            return [_health_json(h) for h in tx.health_rows(device_id, MAX_HEALTH_ROWS)]
+
+    def report_health(self, device_id: str, report: HealthReport) -> dict[str, Any]:
+        """Keep what the device says of the health of the release it confirmed; an unhealthy
+        device inside its campaign's health window is told to roll back (``rollback`` in the
+        answer and in its check-ins); ``rolled-back`` moves the device (and its campaign
+        member) from ``succeeded`` to ``rolled-back``. One transaction, under the device's
+        lock. Returns ``{"release", "status", "rollback": bool, "health": {...}}``.
+
+        Raises:
+            NotAssigned: ``report.release`` is not the device's current, confirmed update
+                (or it said ``rolled-back`` already and now says otherwise).
+        """
+        with self.store.transaction() as tx:
+            seq = tx.lock_device(device_id)
+            device = tx.device(device_id)
+            assert device is not None
+            tx.refresh(device)
+            assignment = tx.assignment(device_id)
+            now = tx.now()
+            if assignment is None or assignment.release.lower() != report.release.lower() \
+                    or assignment.action != "install" or assignment.done is None \
+                    or device.state not in ("succeeded", "rolled-back"):
+                shown = device.state if device.state is not None else "no state yet"
+                current = assignment.release if assignment is not None else "none"
+                raise NotAssigned(
+                    f"a health report is about the release the device confirmed last: device "
+                    f"{device.id} is {shown} with release {current}, the report names "
+                    f"{report.release[:128]}")
+            row = tx.health(device_id, assignment.release)
+            if device.state == "rolled-back" and (row is None or row.status != "rolled-back"
+                                                  or report.status != "rolled-back"):
+                raise NotAssigned(f"device {device.id} did not confirm release "
+                                  f"{assignment.release} (state rolled-back); there is no "
+                                  "health to report")
+            if row is None:
+                confirmed = device.state_changed or now
+                row = DeviceHealth(device_id=device_id, release=assignment.release,
+                                   status=report.status, confirmed=confirmed, window=0.0,
+                                   checks=0, failures=0, crashes=0, records=[], detail="",
+                                   updated=now)
+                tx.add(row)
+            elif row.status == "rolled-back" and report.status != "rolled-back":
+                raise NotAssigned(f"device {device.id} rolled release {assignment.release} "
+                                  "back already")
+            row.status = report.status
+            row.window = min(max(report.window, 0.0), MAX_HEALTH_WINDOW)
+            row.checks, row.failures = report.checks, report.failures
+            row.crashes = report.crashes
+            row.records = [{"check": r.check[:MAX_HEALTH_CHECK], "ok": r.ok,
+                            "detail": r.detail[:MAX_HEALTH_TEXT]}
+                           for r in report.records[:MAX_HEALTH_RECORDS]]
+            row.detail = report.detail[:MAX_HEALTH_TEXT]
+            row.updated = now
+            unhealthy = report.status in UNHEALTHY
+            if unhealthy and row.unhealthy is None:
+                row.unhealthy = now
+            campaign = (tx.campaign(assignment.campaign_id)
+                        if assignment.campaign_id is not None else None)
+            member = (tx.member(campaign.id, device_id) if campaign is not None else None)
+            inside = (campaign is not None and campaign.health_window is not None
+                      and (now - row.confirmed).total_seconds() <= campaign.health_window)
+            if member is not None and member.state in ("succeeded", "rolled-back"):
+                member.health, member.updated = report.status, now
+                if unhealthy and inside and member.unhealthy is None:
+                    member.unhealthy = now
+                    member.times = {**member.times, "unhealthy": iso(now) or ""}
+            if report.status == "unhealthy" and inside and assignment.rollback is None \
+                    and device.state == "succeeded":
+                assignment.rollback = now
+            added = False
+            if report.status == "rolled-back" and device.state == "succeeded":
+                detail = ("rolled back after the health check"
+                          + (f": {row.detail}" if row.detail else ""))[:_MAX_EVENT_DETAIL]
+                tx.add(DeviceEvent(device_id=device_id, seq=seq, state="rolled-back",
+                                   previous="succeeded", detail=detail, timestamp=now))
+                device.state, device.state_changed = "rolled-back", now
+                self._trim_events(tx, device_id)
+                added = True
+                if member is not None and member.state == "succeeded":
+                    member.state, member.detail = "rolled-back", detail
+                    member.times = {**member.times, "rolled-back": iso(now) or ""}
+            if not added:
+                device.history_count -= 1
+            for old in tx.health_rows(device_id)[MAX_HEALTH_ROWS:]:
+                if old is not row:
+                    tx.delete(old)
+            ordered = (assignment.rollback is not None
+                       and assignment.rollback >= assignment.created
+                       and device.state == "succeeded")
+            tx.flush()
+            return {"release": assignment.release, "status": row.status,
+                    "rollback": ordered, "health": _health_json(row)}
 
     # ---- what devices send
 
@@ -825,6 +996,13 @@ class TrackerDB:
                     raise DeploymentRefused(f"device {device_id} has a pending assignment of "
                                             f"campaign {assignment.campaign_id}; cancel the "
                                             "campaign or wait until the device finishes")
+                window = open_health_window(tx, device, assignment, now)
+                if window is not None:
+                    ends = window.confirmed + timedelta(seconds=window.window)
+                    raise DeploymentRefused(
+                        f"device {device_id} is inside the health window of release "
+                        f"{window.release} until {iso(ends)} ({window.status}); its agent "
+                        "takes no new update before it ends: deploy again then")
                 event: dict[str, Any] | None = None
                 if "notified" in TRANSITIONS.get(device.state, frozenset()):
                     row = DeviceEvent(device_id=device_id, seq=seq, state="notified",
@@ -848,7 +1026,7 @@ class TrackerDB:
                     assignment.release, assignment.envelope_url = release, envelope_url
                     assignment.created, assignment.done = now, None
                     assignment.campaign_id, assignment.action = None, "install"
-                    assignment.reported = None
+                    assignment.reported = assignment.rollback = None
                 results.append({"id": device_id, "event": event})
             tx.announce(r["id"] for r in results)
         order = {device_id: i for i, device_id in enumerate(requested)}
@@ -1140,6 +1318,13 @@ def _device_json(device: Device, components: Sequence[InstalledComponent] | None
 
 _ANCHORS_ID = [b"suitkit".hex(), b"anchors".hex()]
 """The inventory id of a device's trust anchors (``suitkit.core.anchors.ANCHORS_COMPONENT``)."""
+
+
+def _health_json(row: DeviceHealth) -> dict[str, Any]:
+    return {"release": row.release, "status": row.status, "confirmed": iso(row.confirmed),
+            "window": row.window, "checks": row.checks, "failures": row.failures,
+            "crashes": row.crashes, "records": list(row.records or ()), "detail": row.detail,
+            "unhealthy": iso(row.unhealthy), "updated": iso(row.updated)}
 
 
 def _token_json(token: ApiToken) -> dict[str, Any]:

@@ -71,6 +71,7 @@ from suitkit.tracker.model import (
     CampaignMember,
     Device,
     DeviceEvent,
+    DeviceHealth,
     DeviceNotice,
     DeviceReport,
     InstalledComponent,
@@ -317,6 +318,11 @@ class CheckinRow(NamedTuple):
     campaign_status: str | None
     campaign_start_after: datetime | None
     campaign_window: str | None
+    rollback: datetime | None = None
+    """When the tracker told the device to roll its update back (``Assignment.rollback``)."""
+    assigned: datetime | None = None
+    """When the assignment was made (``Assignment.created``): an older rollback order is not
+    this update's."""
 
 
 _DEVICES = Device.__table__
@@ -326,7 +332,8 @@ _CHECKIN_READ = (
     select(_DEVICES.c.credential_hash, _DEVICES.c.last_seen, _DEVICES.c.state,
            _DEVICES.c.inventory_digest, _ASSIGNMENTS.c.release, _ASSIGNMENTS.c.envelope_url,
            _ASSIGNMENTS.c.action, _ASSIGNMENTS.c.done, _ASSIGNMENTS.c.campaign_id,
-           _CAMPAIGNS.c.status, _CAMPAIGNS.c.start_after, _CAMPAIGNS.c.window)
+           _CAMPAIGNS.c.status, _CAMPAIGNS.c.start_after, _CAMPAIGNS.c.window,
+           _ASSIGNMENTS.c.rollback, _ASSIGNMENTS.c.created)
     .select_from(_DEVICES.outerjoin(_ASSIGNMENTS, _ASSIGNMENTS.c.device_id == _DEVICES.c.id)
                  .outerjoin(_CAMPAIGNS, _CAMPAIGNS.c.id == _ASSIGNMENTS.c.campaign_id))
     .where(_DEVICES.c.id == bindparam("device_id")))
@@ -402,6 +409,23 @@ class Tx:
 
     def member(self, campaign_id: str, device_id: str) -> CampaignMember | None:
         return self._session.get(CampaignMember, (campaign_id, device_id))
+
+    def health(self, device_id: str, release: str) -> DeviceHealth | None:
+        return self._session.get(DeviceHealth, (device_id, release))
+
+    def health_rows(self, device_id: str, limit: int | None = None) -> list[DeviceHealth]:
+        """The device's health rows, the newest first (``updated``, then ``release``)."""
+        return list(self._session.scalars(
+            select(DeviceHealth).where(DeviceHealth.device_id == device_id)
+            .order_by(DeviceHealth.updated.desc(), DeviceHealth.release).limit(limit)))
+
+    def health_of(self, device_ids: Sequence[str], release: str) -> dict[str, DeviceHealth]:
+        """The health rows of ``release`` for these devices, by device id."""
+        if not device_ids:
+            return {}
+        return {h.device_id: h for h in self._session.scalars(
+            select(DeviceHealth).where(DeviceHealth.release == release,
+                                       DeviceHealth.device_id.in_(list(device_ids))))}
 
     # ---- devices
 
@@ -661,6 +685,29 @@ class Tx:
         for wave, state, n in rows:
             result.setdefault(wave, {})[state] = n
         return result
+
+    def health_counts(self, campaign_id: str, settled_before: datetime
+                      ) -> tuple[dict[int, tuple[int, int]], int, int]:
+        """A health-gated campaign's members: per wave, the ``succeeded`` members whose health
+        window has passed (confirmed before ``settled_before``) healthy and unhealthy; the
+        members that confirmed (``succeeded``, or rolled back after they confirmed); those
+        found unhealthy inside their window."""
+        m = CampaignMember
+        settled: dict[int, tuple[int, int]] = {}
+        for wave, bad, n in self._session.execute(
+                select(m.wave, m.unhealthy.is_not(None), func.count())
+                .where(m.campaign_id == campaign_id, m.state == "succeeded",
+                       or_(m.confirmed.is_(None), m.confirmed <= settled_before))
+                .group_by(m.wave, m.unhealthy.is_not(None))):
+            ok, unhealthy = settled.get(int(wave), (0, 0))
+            settled[int(wave)] = (ok, unhealthy + int(n)) if bad else (ok + int(n), unhealthy)
+        confirmed = self._session.scalar(
+            select(func.count()).select_from(m).where(
+                m.campaign_id == campaign_id, m.confirmed.is_not(None))) or 0
+        unhealthy = self._session.scalar(
+            select(func.count()).select_from(m).where(
+                m.campaign_id == campaign_id, m.unhealthy.is_not(None))) or 0
+        return settled, int(confirmed), int(unhealthy)
 
     def state_counts(self, campaign_id: str) -> dict[str, int]:
         """How many members per state."""

@@ -570,6 +570,12 @@ async function campaignView(view, id) {
       ["waves", `${wavesText(c.waves)} (now wave ${c.current_wave})`],
       ["thresholds", `success ≥ ${Math.round((c.success_threshold ?? 0) * 100)} % per wave, `
         + `pause at ≥ ${Math.round((c.failure_threshold ?? 0) * 100)} % failed`],
+      ["health gate", c.health_window ? h("span", { data: { testid: "health-gate" } },
+        `window ${c.health_window} s after confirming`
+        + (c.unhealthy_threshold !== null && c.unhealthy_threshold !== undefined
+          ? `, pause above ${Math.round(c.unhealthy_threshold * 1000) / 10} % unhealthy` : "")
+        + (c.health ? ` · now ${c.health.unhealthy} unhealthy of ${c.health.confirmed} `
+          + "confirmed" : "")) : undefined],
       ["schedule", c.start_after || c.window ? `${c.start_after ? `after ${c.start_after}` : ""}`
         + `${c.window ? ` window ${c.window} UTC` : ""}` : undefined],
       ["created", [c.created_by ?? "—", " · ", when(c.created)]],
@@ -607,9 +613,9 @@ async function campaignView(view, id) {
     fill(members, list.length ? [h("h2", {}, "Devices"),
       list.length < (c.devices ?? 0) ? h("p", { class: "hint" },
         `First ${list.length} of ${c.devices} devices.`) : null,
-      table(["device", "wave", "state", "detail"], list.map((m) => [
+      table(["device", "wave", "state", "health", "detail"], list.map((m) => [
         deviceLink(m.device_id, names.get(m.device_id) || m.device_id), String(m.wave),
-        stateBadge(m.state), m.detail || ""]))] : null);
+        stateBadge(m.state), healthBadge(m.health), m.detail || ""]))] : null);
     const entries = Array.isArray(c.log) ? c.log.slice(-30).reverse() : [];
     fill(log, entries.length ? [h("h2", {}, "Log (newest first)"), table(
       ["when", "who", "action", "detail"],
@@ -649,6 +655,22 @@ function reportItem(r) {
     h("span", { class: "when" }, `#${r.seq} `, when(r.received)), body);
 }
 
+function healthBadge(status) {
+  if (!status) return "—";
+  const bad = status === "unhealthy" || status === "rolled-back";
+  return h("span", { class: `health ${bad ? "bad" : "ok"}`, data: { health: status } },
+    status);
+}
+
+function healthRows(list) {
+  return (list || []).map((x) => [
+    h("span", { class: "mono", title: x.release }, short(x.release, 16)),
+    healthBadge(x.status), when(x.confirmed), `${x.window ?? 0} s`,
+    `${x.checks ?? 0} / ${x.failures ?? 0} / ${x.crashes ?? 0}`,
+    (x.records || []).filter((r) => !r.ok).slice(-3).map((r) => `${r.check}: ${r.detail}`)
+      .join("; ") || x.detail || ""]);
+}
+
 function eventItem(e) {
   return h("li", { class: "event" },
     h("span", { class: "when" }, `#${e.seq} `, when(e.timestamp)),
@@ -683,7 +705,10 @@ async function deviceView(view, id) {
         c.sequence === null ? "—" : String(c.sequence), short(c.digest, 16)]),
       "No inventory reported yet."),
       hw.length ? [h("h2", {}, "Hardware"), table(["fact", "value"],
-        hw.map(([k, v]) => [k, String(v)]))] : null);
+        hw.map(([k, v]) => [k, String(v)]))] : null,
+      (d.health || []).length ? [h("h2", {}, "Health after updates"), h("div",
+        { data: { testid: "health" } }, table(["release", "health", "confirmed", "window",
+        "checks / failed / crashes", "failed checks"], healthRows(d.health)))] : null);
     const items = (hist?.history || []).slice().reverse();
     fill(timeline, h("h2", {}, "History (newest first)"),
       items.length ? h("ol", { class: "timeline" },

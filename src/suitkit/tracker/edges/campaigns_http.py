@@ -101,7 +101,8 @@ def _spec(doc: Mapping[str, Any]) -> CampaignSpec:
     """The campaign a request asks for; ``envelope_url`` is ``""`` when left out (the route
     derives it: ``release_envelope_url``)."""
     only_members(doc, {"name", "release", "envelope_url", "target", "waves", "success_threshold",
-                "failure_threshold", "mode", "start_after", "window"}, "campaign")
+                "failure_threshold", "mode", "start_after", "window", "unhealthy_threshold",
+                "health_window"}, "campaign")
     release = hex_member(doc.get("release"), "release", MAX_DIGEST_BYTES)
     if not release:
         raise Refused(400, "release: expected the manifest digest in hex")
@@ -138,7 +139,14 @@ def _spec(doc: Mapping[str, Any]) -> CampaignSpec:
         failure_threshold=_number(doc.get("failure_threshold", 0.2), "failure_threshold"),
         mode=mode,
         start_after=_moment(doc.get("start_after"), "start_after"),
-        window=text_member(window, "window", 11) if window is not None else None)
+        window=text_member(window, "window", 11) if window is not None else None,
+        unhealthy_threshold=_optional_number(doc, "unhealthy_threshold"),
+        health_window=_optional_number(doc, "health_window"))
+
+
+def _optional_number(doc: Mapping[str, Any], name: str) -> float | None:
+    value = doc.get(name)
+    return None if value is None else _number(value, name)
 
 
 def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authenticator, *,

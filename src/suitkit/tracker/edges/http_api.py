@@ -25,6 +25,12 @@ Routes (docs/tracker.md has the bodies):
   release, once per update (409 otherwise: a late, replayed or foreign report).
 - ``GET /api/v1/devices/{id}/history?limit=&after=`` (admin, operator, or the device): events
   and reports.
+- ``POST /api/v1/devices/{id}/health`` (the device): what it says of the health of the release
+  it confirmed last (``{release, status, window, checks, failures, crashes, records,
+  detail}``, each bounded: ``_health``); 409 for another release. The answer's ``rollback``
+  is true when the tracker tells the device to roll the release back (found unhealthy inside
+  its campaign's health window; the check-in answer says it too: ``rollback``).
+  ``GET /api/v1/devices/{id}/health`` (admin, operator, or the device): the latest ones.
 
 Lists come in pages (keyset pagination, ``page_params``): ``limit`` 1 to 1000 (default 500),
 ``after`` the opaque cursor ``next`` of the page before; ``next`` is ``null`` on the last page.
@@ -86,11 +92,15 @@ from suitkit.tracker.auth import (
     Refused,
 )
 from suitkit.tracker.config import TrackerConfig
-from suitkit.tracker.model import MAX_INVENTORY_DIGEST, STATES, TOKEN_ROLES
+from suitkit.tracker.model import HEALTH_STATUSES, MAX_INVENTORY_DIGEST, STATES, TOKEN_ROLES
 from suitkit.tracker.quotas import Quotas, RateLimiter, retry_after
 from suitkit.tracker.service import (
+    MAX_HEALTH_RECORDS,
+    MAX_HEALTH_WINDOW,
     ComponentEntry,
     DeploymentRefused,
+    HealthRecord,
+    HealthReport,
     IdentityRefused,
     Inventory,
     NotAssigned,
@@ -249,6 +259,54 @@ def _checkin(doc: Mapping[str, Any], limits: Limits) -> tuple[str, Inventory | N
         raise Refused(400, "inventory: expected an object {vendor_id, class_id, components, "
                            f"hardware}}, got {type(given).__name__}")
     return digest, _inventory(given, limits)
+
+
+_HEALTH_MEMBERS = {"release", "status", "window", "checks", "failures", "crashes", "records",
+                   "detail"}
+_MAX_HEALTH_TEXT = 256
+_MAX_HEALTH_CHECK = 32
+
+
+def _health(doc: Mapping[str, Any]) -> HealthReport:
+    """The body of ``POST .../health``, every member bounded (400 naming the member)."""
+    only_members(doc, _HEALTH_MEMBERS, "health")
+    release = hex_member(doc.get("release"), "release", MAX_DIGEST_BYTES)
+    if not release:
+        raise Refused(400, "release: expected the manifest digest in hex")
+    status = doc.get("status")
+    if status not in HEALTH_STATUSES:
+        raise Refused(400, f"status: expected one of {', '.join(HEALTH_STATUSES)}, got "
+                           f"{str(status)[:40]!r}")
+    window = doc.get("window", 0)
+    if isinstance(window, bool) or not isinstance(window, int | float) \
+            or not 0 <= window <= MAX_HEALTH_WINDOW:
+        raise Refused(400, f"window: expected seconds from 0 to {MAX_HEALTH_WINDOW:g}, got "
+                           f"{str(window)[:40]}")
+    counts = {}
+    for name in ("checks", "failures", "crashes"):
+        value = doc.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_SEQ:
+            raise Refused(400, f"{name}: expected an integer from 0 to {_MAX_SEQ}, got "
+                               f"{str(value)[:40]}")
+        counts[name] = value
+    records = doc.get("records", [])
+    if not isinstance(records, list) or len(records) > MAX_HEALTH_RECORDS:
+        raise Refused(400, f"records: expected a list of at most {MAX_HEALTH_RECORDS} records")
+    parsed = []
+    for i, record in enumerate(records):
+        where = f"records[{i}]"
+        if not isinstance(record, dict):
+            raise Refused(400, f"{where}: expected an object {{check, ok, detail}}")
+        only_members(record, {"check", "ok", "detail"}, where)
+        if not isinstance(record.get("ok"), bool):
+            raise Refused(400, f"{where}.ok: expected true or false")
+        parsed.append(HealthRecord(
+            text_member(record.get("check"), f"{where}.check", _MAX_HEALTH_CHECK),
+            record["ok"], text_member(record.get("detail", ""), f"{where}.detail",
+                                      _MAX_HEALTH_TEXT)))
+    return HealthReport(release=release, status=str(status), window=float(window),
+                        records=tuple(parsed), detail=text_member(
+                            doc.get("detail", ""), "detail", _MAX_HEALTH_TEXT), **counts)
 
 
 def _deployment(doc: Mapping[str, Any]) -> tuple[str, str | None, list[str]]:
@@ -534,6 +592,36 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
                                                newest=order == "newest"))
         return paged("history", page, lambda k: encode_cursor(kind, k[0]), id=device_id)
 
+    @router.post(f"{_DEVICES}/{{device_id}}/health",
+                 summary="Report the health of the release it confirmed (the device itself)",
+                 openapi_extra=_json_body({
+                     "release": {"type": "string"},
+                     "status": {"type": "string", "enum": list(HEALTH_STATUSES)},
+                     "window": {"type": "number"}, "checks": {"type": "integer"},
+                     "failures": {"type": "integer"}, "crashes": {"type": "integer"},
+                     "records": {"type": "array"}, "detail": {"type": "string"}}))
+    async def post_health(request: Request, device_id: str) -> Response:
+        """Keep what the device says of the health of the release it confirmed (the device
+        only); ``rollback``: the tracker tells it to roll that release back."""
+        await device_itself(request, device_id)
+        throttle(device_id, "events")
+        report = _health(await json_object(request))
+        try:
+            answer = await run_in_threadpool(tracker.report_health, device_id, report)
+        except NotAssigned as e:
+            raise Refused(409, str(e)) from None
+        except StorageError as e:
+            raise storage_refused(e, "the tracker could not store the health report") from None
+        return JSONResponse(answer, headers={"Cache-Control": "no-store"})
+
+    @router.get(f"{_DEVICES}/{{device_id}}/health",
+                summary="What a device said of its releases' health (admin, operator, the "
+                        "device)")
+    async def get_health(request: Request, device_id: str) -> Response:
+        """The device's latest health reports, the newest first."""
+        await device_or_staff(request, device_id)
+        return JSONResponse({"health": await storage(tracker.health, device_id)})
+
     @router.get(f"{_DEVICES}/{{device_id}}/update",
                 summary="The release assigned to the device, or 204 (the device itself)")
     async def get_update(request: Request, device_id: str) -> Response:
@@ -578,6 +666,8 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
                                else {"release": None})
         doc.update(state=done.state, send_inventory=done.send_inventory,
                    poll_after=config.poll_after)
+        if done.rollback is not None:
+            doc["rollback"] = {"release": done.rollback}
         return JSONResponse(doc, headers={"Cache-Control": "no-store"})
 
     checkin_path = f"{_DEVICES}/{{device_id}}/checkin"

@@ -20,7 +20,9 @@ What it implements:
   block-wise: aiocoap's Block1), read from the envelope URL over HTTP; an envelope over
   ``max_package`` bytes (1 MiB) fails the update with the reason, unsent.
 - Delivery starts on registration and on each change of the device's assignment (the notices
-  hub's watcher), like every other push channel.
+  hub's watcher of each registered device), like every other push channel. The hub hears the
+  changes of this process and, on PostgreSQL, those committed on every other replica
+  (``notices.pg``): a deployment made through any replica reaches the devices registered here.
 
 Security: only NoSec is implemented, and only when the operator turns it on
 (``nosec=True``; ``suitkit serve --lwm2m-nosec``); each device that registers over it is
@@ -37,7 +39,8 @@ de-register need the registration's unguessable location.
 Deliberately not here: TLV and SenML content formats (plain text is what lwm2m-node-lib
 speaks), bootstrap, queue mode.
 Registrations live in this process (a LwM2M registration is bound to one server's UDP
-association): with replicas, each device registers with one of them.
+association): with replicas, each device registers with one of them, and hears the changes
+made on any of them.
 """
 
 from __future__ import annotations
@@ -217,6 +220,7 @@ class _Device:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     delivering: bool = False  # a delivery runs: a new reason to deliver only marks ``again``
     again: bool = False
+    unwatch: Callable[[], None] | None = None  # stops hearing the device's notices
 
 
 class _Registry(aiocoap.resource.Resource):  # type: ignore[misc]
@@ -253,7 +257,6 @@ class Lwm2mServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._context: Any = None
-        self._stop_watch: Callable[[], None] | None = None
         self._sweeper: asyncio.Task[Any] | None = None
 
     # ---- life cycle
@@ -298,19 +301,12 @@ class Lwm2mServer:
             _PathSite(_Registry(self)), bind=(self.config.host, self.port),
             transports=["udp6"])  # LwM2M 1.0 over UDP only: no TCP/TLS listener on the port
         loop = asyncio.get_running_loop()
-
-        def changed(device_id: str, _: int) -> None:
-            loop.call_soon_threadsafe(self._changed, device_id)
-        self._stop_watch = self.hub.watch(None, changed)
         self._sweeper = loop.create_task(self._sweep())
 
     def stop(self) -> None:
         """Shut the server down and join its thread (idempotent)."""
         loop, thread = self._loop, self._thread
         self._loop = self._thread = None
-        if self._stop_watch is not None:
-            self._stop_watch()
-            self._stop_watch = None
         if loop is None or thread is None:
             return
 
@@ -410,10 +406,21 @@ class Lwm2mServer:
                          expires=self.clock() + lifetime, objects=params["objects"])
         self._by_endpoint[endpoint] = device
         self._by_location[device.location] = device
+        # the device's own notices, from this process and (PostgreSQL) from every other
+        # replica: a watcher of every device (``watch(None, ...)``) hears this process's only
+        loop = asyncio.get_running_loop()
+
+        def changed(device_id: str, _: int) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed during a shutdown
+                loop.call_soon_threadsafe(self._changed, device_id)
+        device.unwatch = self.hub.watch(endpoint, changed)
         self._spawn(device, self._start_device(device))
         return aiocoap.Message(code=Code.CREATED, location_path=("rd", device.location))
 
     def _forget(self, device: _Device) -> None:
+        if device.unwatch is not None:
+            device.unwatch()
+            device.unwatch = None
         if self._by_endpoint.get(device.endpoint) is device:
             del self._by_endpoint[device.endpoint]
         self._by_location.pop(device.location, None)
