@@ -88,7 +88,7 @@ def init(
     agent: Annotated[bool, typer.Option(
         "--agent", help="Linux-class: the device agent is a component too, ['suitkit', "
         "'agent'], updated by SUIT manifests; run it with 'suitkit device launch' "
-        "(docs/devices.md, Self-update).")] = False,
+        "(docs/selfupdate.md).")] = False,
     health_window: Annotated[float | None, typer.Option(
         "--health-window", help="Seconds the agent watches the application after an update "
         "before it confirms it (health-gated rollouts; default: confirm at once).")] = None,
@@ -499,7 +499,7 @@ def launch(
 ) -> None:
     """Run the device agent of a Linux-class device with an agent component, and own its
     self-update: boot the slots, start the agent from the active slot, give a new agent
-    --confirm-deadline seconds to check in or revert it (docs/devices.md, Self-update).
+    --confirm-deadline seconds to check in or revert it (docs/selfupdate.md).
     Every other option goes to 'suitkit device run' (--server, --credential-file, --mode...)."""
     from suitkit.device.selfupdate import LaunchOptions, supervise  # noqa: PLC0415
 

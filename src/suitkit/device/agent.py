@@ -211,7 +211,7 @@ def inventory_of(opened: OpenDevice, *, versions: bool = True,
         components.append(entry)
     components.append(anchors_entry(opened))
     hardware: dict[str, Any] = {"shape": opened.config.shape}
-    if has_agent(opened):  # the code that runs now: which agent came up (docs/devices.md)
+    if has_agent(opened):  # the code that runs now: which agent came up (docs/selfupdate.md)
         hardware[AGENT_VERSION_FACT] = f"suitkit {__version__}"[:_MAX_FACT]
     if waiting is not None:
         hardware["waiting"] = waiting[:_MAX_WAITING_TEXT]
