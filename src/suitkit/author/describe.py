@@ -38,7 +38,7 @@ from suitkit.author.encrypt import (
     expand_uris,
     parse_encryption,
 )
-from suitkit.core import cbor, codec, jsonform
+from suitkit.core import cbor, codec, jsonform, packing
 from suitkit.core.cbor import CBORTag
 from suitkit.core.model import (
     Command,
@@ -87,7 +87,8 @@ MAX_DEPENDENCIES = 16
 _COMPONENT_KEYS = {
     "id", "image", "image-digest", "image-size", "uri", "integrated", "vendor-id",
     "vendor-domain", "class-id", "class-name", "invoke", "text", "encrypt",
-    "version", "minimum-battery", "update-priority", "wait", "metadata",
+    "version", "minimum-battery", "update-priority", "wait", "metadata", "compress",
+    "delta-from",
 }
 _SEVERABLE_NAMES = {
     "text": ManifestKey.TEXT,
@@ -110,13 +111,19 @@ class Description:
     """Encrypted detached images (ciphertexts to upload), by component index."""
     encrypted: frozenset[int] = frozenset()
     """Indices of the components whose images are encrypted (``encryption:``)."""
+    packed: Mapping[int, tuple[str, bytes]] = FrozenDict()
+    """Compressed images and delta patches to upload instead of the image, by component
+    index: (file suffix, bytes) (``compress:``, ``delta-from:``; docs/delta.md)."""
 
 
-def load_description(path: Path) -> Description:
+def load_description(path: Path, *, compress: str | None = None) -> Description:
     """Read a JSON or YAML description; image paths are relative to its folder.
 
     Raises:
         DecodeError: unreadable file, bad syntax, unknown keys, missing images, bad values.
+
+    ``compress``: a codec for every detached image whose component names none (``suitkit
+    create --compress``).
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -128,7 +135,7 @@ def load_description(path: Path) -> Description:
         raise DecodeError(f"{path}:{e.lineno}:{e.colno}", f"not valid JSON: {e.msg}") from None
     except yaml.YAMLError as e:
         raise DecodeError(_yaml_where(path, e), f"not valid YAML: {_yaml_problem(e)}") from None
-    return parse_description(data, base=path.parent, source=str(path))
+    return parse_description(data, base=path.parent, source=str(path), compress=compress)
 
 
 def _yaml_where(path: Path, error: yaml.YAMLError) -> str:
@@ -147,8 +154,10 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return str(problem or context or str(error).splitlines()[0])
 
 
-def parse_description(data: Any, *, base: Path, source: str = "description") -> Description:
-    """Build the manifest from already-parsed description data."""
+def parse_description(data: Any, *, base: Path, source: str = "description",
+                      compress: str | None = None) -> Description:
+    """Build the manifest from already-parsed description data (``compress``: see
+    ``load_description``)."""
     if not isinstance(data, Mapping):
         raise DecodeError(source, "expected a map at the top level")
     _known(data, _TOP_KEYS, source)
@@ -168,7 +177,7 @@ def parse_description(data: Any, *, base: Path, source: str = "description") -> 
     integrated: dict[str, bytes] = {}
     for i, raw in enumerate(raw_components):
         comp = _component(raw, i, vendor=vendor, klass=klass, base=base,
-                          path=f"{source}.components[{i}]")
+                          path=f"{source}.components[{i}]", compress=compress)
         components.append(comp)
         if comp.payload is not None:
             assert comp.uri is not None
@@ -239,11 +248,17 @@ def parse_description(data: Any, *, base: Path, source: str = "description") -> 
         dependency_resolution=resolution,
         candidate_verification=candidate,
     )
+    packed = FrozenDict({i: (c.suffix, c.packed) for i, c in enumerate(components)
+                         if c.packed is not None and c.payload is None})
     if "encryption" not in data:
         if any(c.encrypt for c in components):
             raise DecodeError(f"{source}.components", "encrypt: true needs an encryption "
                               "section")
-        return Description(_plain_uris(manifest, components, frozenset()), integrated, sever)
+        return Description(_plain_uris(manifest, components, frozenset()), integrated, sever,
+                           packed=packed)
+    if packed or any(c.packed is not None for c in components):
+        raise DecodeError(f"{source}.encryption", "compress and delta-from cannot be combined "
+                          "with encryption (yet): leave one out")
     plan = parse_encryption(data["encryption"], base=base, path=f"{source}.encryption",
                             components=ids)
     chosen = plan.components if plan.components is not None else frozenset(
@@ -267,7 +282,8 @@ def _plain_uris(manifest: Manifest, components: list[_Component],
                 encrypted: frozenset[int]) -> Manifest:
     """The ``{sha256}`` placeholder of each unencrypted image's uri, expanded."""
     return expand_uris(manifest, {
-        i: (SHA256_PLACEHOLDER, c.digest.value.hex()) for i, c in enumerate(components)
+        i: (SHA256_PLACEHOLDER, hashlib.sha256(c.packed).hexdigest() if c.packed is not None
+            else c.digest.value.hex()) for i, c in enumerate(components)
         if i not in encrypted and c.uri is not None and SHA256_PLACEHOLDER in c.uri
         and c.digest.algorithm == CoseAlg.SHA256})
 
@@ -287,10 +303,17 @@ class _Component:
     """Update-management parameters set before the fetch (update-management §4)."""
     image: bytes | None = None
     encrypt: bool | None = None
+    packing: Parameters = field(default_factory=Parameters)
+    """suitkit-compression-info and suitkit-delta-info, set with the uri (core.packing)."""
+    packed: bytes | None = None
+    """What devices fetch instead of the image: compressed, or a delta patch."""
+    suffix: str = ""
+    precursor: tuple[Digest, int] | None = None
+    """The image a delta applies to: checked before the fetch (REQ.SEC.AUTH.PRECURSOR)."""
 
 
 def _component(raw: Any, index: int, *, vendor: uuid.UUID | None, klass: uuid.UUID | None,
-               base: Path, path: str) -> _Component:
+               base: Path, path: str, compress: str | None = None) -> _Component:
     if not isinstance(raw, Mapping):
         raise DecodeError(path, "expected a map")
     _known(raw, _COMPONENT_KEYS, path)
@@ -325,12 +348,14 @@ def _component(raw: Any, index: int, *, vendor: uuid.UUID | None, klass: uuid.UU
     integrated = raw.get("integrated", uri is None)
     if not isinstance(integrated, bool):
         raise DecodeError(f"{path}.integrated", "expected true or false")
+    packing, packed, suffix, precursor = _packing(raw, image, base, path,
+                                                  None if integrated else compress)
     if integrated:
         if image is None:
             raise DecodeError(path, "an integrated payload needs the image file")
         name = Path(str(raw["image"])).name
         uri = uri if isinstance(uri, str) and uri.startswith("#") else f"#{name}"
-        payload = image
+        payload = image if packed is None else packed
     elif not isinstance(uri, str) or not uri:
         raise DecodeError(f"{path}.uri", "a detached image needs a uri")
     invoke = raw.get("invoke", index == 0)
@@ -341,7 +366,45 @@ def _component(raw: Any, index: int, *, vendor: uuid.UUID | None, klass: uuid.UU
         raise DecodeError(f"{path}.encrypt", "expected true or false")
     return _Component(cid, comp_vendor, comp_class, digest, size, uri, payload, invoke,
                       _component_text(raw.get("text"), f"{path}.text"), _managed(raw, path),
-                      image, encrypt)
+                      image, encrypt, packing, packed, suffix, precursor)
+
+
+def _packing(raw: Mapping[str, Any], image: bytes | None, base: Path, path: str,
+             default: str | None) -> tuple[Parameters, bytes | None, str,
+                                           tuple[Digest, int] | None]:
+    """``compress:`` and ``delta-from:`` of a component: (parameters, payload, file suffix,
+    precursor)."""
+    name = raw.get("compress", default)
+    delta_from = raw.get("delta-from")
+    if name in (None, False) and delta_from is None:
+        return Parameters(), None, "", None
+    if image is None:
+        raise DecodeError(path, "compress and delta-from need the image file (image:)")
+    extra: dict[int, object] = {}
+    payload, suffix, precursor = image, "", None
+    if delta_from is not None:
+        old_path = base / str(delta_from)
+        try:
+            old = old_path.read_bytes()
+        except OSError as e:
+            raise DecodeError(f"{path}.delta-from", f"cannot read the precursor image "
+                              f"{old_path}: {e.strerror or e}") from None
+        precursor = (Digest(CoseAlg.SHA256, hashlib.sha256(old).digest()), len(old))
+        extra[packing.DELTA_INFO] = packing.DeltaInfo(
+            packing.DeltaFormat.SKD1, precursor[0], precursor[1]).encode()
+        payload, suffix = packing.make_delta(old, image), ".skd1"
+    if name not in (None, False):
+        if not isinstance(name, str):
+            raise DecodeError(f"{path}.compress", "expected zlib, zstd, xz, bzip2 or best")
+        if name == "best":  # the smallest of every codec
+            codec, payload = packing.compress_best(payload)
+        else:
+            codec = packing.codec_named(name, path=f"{path}.compress")
+            payload = packing.compress(payload, codec)
+        extra[packing.COMPRESSION_INFO] = packing.CompressionInfo(codec).encode()
+        suffix += {packing.Codec.ZLIB: ".zz", packing.Codec.ZSTD: ".zst",
+                   packing.Codec.XZ: ".xz", packing.Codec.BZIP2: ".bz2"}[codec]
+    return Parameters.from_items(extra), payload, suffix, precursor
 
 
 def _shared(components: list[_Component], many: bool, use_before: int | None,
@@ -375,8 +438,21 @@ def _install(components: list[_Component], many: bool) -> CommandSequence:
             (Cmd.UPDATE_AUTHORIZED, m.update_priority is not None),
             (Cmd.WAIT, m.wait_info is not None),
             (Cmd.MINIMUM_BATTERY, m.minimum_battery is not None)) if present]
-        params = Parameters.from_items({**dict(m.items()), int(P.URI): c.uri})
-        return [Command(Cmd.OVERRIDE_PARAMETERS, params), *gates,
+        fetch = {int(P.URI): c.uri, **dict(c.packing.items())}
+        if c.precursor is None:
+            params = Parameters.from_items({**dict(m.items()), **fetch})
+            return [Command(Cmd.OVERRIDE_PARAMETERS, params), *gates,
+                    Command(Cmd.FETCH, REPORT_FAILURE_RECORD),
+                    Command(Cmd.IMAGE_MATCH, REPORT_ALL)]
+        # RFC 9124 REQ.SEC.AUTH.PRECURSOR: the running image is the one the delta was made
+        # for, checked before anything is fetched or written (the device checks it again
+        # against suitkit-delta-info before it opens the slot).
+        guard = Parameters.from_items({**dict(m.items()), int(P.IMAGE_DIGEST): c.precursor[0],
+                                       int(P.IMAGE_SIZE): c.precursor[1]})
+        target = Parameters.from_items({int(P.IMAGE_DIGEST): c.digest,
+                                        int(P.IMAGE_SIZE): c.size, **fetch})
+        return [Command(Cmd.OVERRIDE_PARAMETERS, guard), *gates,
+                Command(Cmd.IMAGE_MATCH, REPORT_ALL), Command(Cmd.OVERRIDE_PARAMETERS, target),
                 Command(Cmd.FETCH, REPORT_FAILURE_RECORD), Command(Cmd.IMAGE_MATCH, REPORT_ALL)]
 
     return _per_component(components, many, body)

@@ -112,6 +112,9 @@ def init(
     dependency_role: Annotated[list[str] | None, typer.Option(
         "--dependency-role", help="Trust domains: a role whose keys sign dependency "
         "manifests alone, each within its --scope; repeat for several.")] = None,
+    unpack: Annotated[str | None, typer.Option(
+        "--unpack", help="The packed payloads it accepts, comma-separated: zlib, zstd, xz, "
+        "bzip2, delta (default: all; none: refuses them; docs/delta.md).")] = None,
 ) -> None:
     """Create a device: identity, trust anchors, empty slots (component i is h'0i')."""
     health = _health(health_window, health_interval, health_command, health_url, max_crashes)
@@ -132,6 +135,8 @@ def init(
                 shape=shape, device_id=device, decryption_keys=decryption_key,
                 required_roles=require or (), app_command=app_command, health=health,
                 images=image, scopes=scopes, dependency_roles=dependency_role or (),
+                unpack=None if unpack is None else [
+                    n.strip() for n in unpack.split(",") if n.strip() and n.strip() != "none"],
                 agent=agent)
             open_device(directory).save()
     except BaseException:

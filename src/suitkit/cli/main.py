@@ -8,6 +8,7 @@ user unless ``SUITKIT_DEBUG=1`` is set.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -44,7 +45,7 @@ from suitkit.cli.device import app as device_app
 from suitkit.cli.operator import devices_app, token_app
 from suitkit.cli.server import app as server_app
 from suitkit.cli.sim import app as sim_app
-from suitkit.core import cbor, codec, cose, crypto, jsonform
+from suitkit.core import cbor, codec, cose, crypto, jsonform, packing
 from suitkit.core import diag as diagnostic
 from suitkit.core.model import Envelope
 from suitkit.core.numbers import ManifestKey, name_of
@@ -180,13 +181,18 @@ def pubkey(
 def create(
     description: Annotated[Path, typer.Argument(help="Description file (YAML or JSON).")],
     out_path: Annotated[Path, typer.Option("--out", help="Unsigned envelope to write.")],
+    compress: Annotated[str | None, typer.Option(
+        "--compress", help="Compress every detached image whose component names no "
+        "compress: (zlib, zstd, xz, bzip2 or best; docs/delta.md).")] = None,
 ) -> None:
     """Build an unsigned envelope from a description file (see docs/description.md)."""
-    desc = load_description(description)
+    desc = load_description(description, compress=compress)
     envelope = codec.build_envelope(desc.manifest, sever_members=desc.sever,
                                     integrated=desc.integrated)
     data = codec.encode_envelope(envelope)
-    _write_release(out_path, data, desc.detached)
+    _write_release(out_path, data, {
+        **{i: (ciphertext_path(out_path, i), c) for i, c in desc.detached.items()},
+        **{i: (packed_path(out_path, i, suffix), p) for i, (suffix, p) in desc.packed.items()}})
     out.print(f"wrote unsigned envelope to {out_path} ({len(data)} bytes, manifest "
               f"{len(envelope.manifest_bytes)} bytes, sequence number "
               f"{envelope.manifest.sequence_number})", markup=False)
@@ -200,13 +206,19 @@ def ciphertext_path(out_path: Path, index: int) -> Path:
     return out_path.with_name(f"{out_path.name}.image-{index}.enc")
 
 
-def _write_release(out_path: Path, data: bytes, detached: Mapping[int, bytes]) -> None:
-    """The ciphertexts first, then the envelope; on a failure none of them is left."""
+def packed_path(out_path: Path, index: int, suffix: str) -> Path:
+    """Where ``create`` writes the compressed image or delta patch of component ``index``."""
+    return out_path.with_name(f"{out_path.name}.image-{index}{suffix}")
+
+
+def _write_release(out_path: Path, data: bytes,
+                   detached: Mapping[int, tuple[Path, bytes]]) -> None:
+    """The detached payloads (ciphertexts, compressed images, patches) first, then the
+    envelope; on a failure none of them is left."""
     written: list[tuple[int, Path]] = []
     try:
-        for index, ciphertext in sorted(detached.items()):
-            path = ciphertext_path(out_path, index)
-            atomic_write(path, ciphertext)
+        for index, (path, payload) in sorted(detached.items()):
+            atomic_write(path, payload)
             written.append((index, path))
         atomic_write(out_path, data)
     except BaseException:
@@ -214,7 +226,8 @@ def _write_release(out_path: Path, data: bytes, detached: Mapping[int, bytes]) -
             path.unlink(missing_ok=True)
         raise
     for index, path in written:
-        out.print(f"wrote encrypted image {path} ({len(detached[index])} bytes): upload it as "
+        kind = "encrypted image" if path.suffix == ".enc" else "packed image"
+        out.print(f"wrote {kind} {path} ({len(detached[index][1])} bytes): upload it as "
                   f"{index}={path}", markup=False)
 
 
@@ -272,9 +285,42 @@ def encrypt(
         plaintexts[int(index)] = read_input(Path(name), "image")
     encrypted, detached = encrypt_envelope(envelope, plaintexts, plan)
     data = codec.encode_envelope(encrypted)
-    _write_release(out_path, data, detached)
+    _write_release(out_path, data, {i: (ciphertext_path(out_path, i), c)
+                                    for i, c in detached.items()})
     out.print(f"wrote unsigned encrypted envelope to {out_path} ({len(data)} bytes); sign it "
               "again (suitkit sign)", markup=False)
+
+
+@app.command()
+@handles_errors
+def delta(
+    old: Annotated[Path, typer.Argument(metavar="OLD", help="The precursor image (what "
+                                        "devices run).")],
+    new: Annotated[Path, typer.Argument(metavar="NEW", help="The new image.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Patch file to write.")],
+    compress: Annotated[str, typer.Option(
+        "--compress", help="Compress the patch: zlib, zstd, xz, bzip2, best (the smallest; "
+        "the default) or none.")] = "best",
+    as_json: JsonOption = False,
+) -> None:
+    """Make an SKD1 delta patch that rebuilds NEW from OLD on a device (docs/delta.md)."""
+    old_bytes, new_bytes = read_input(old, "precursor image"), read_input(new, "new image")
+    patch = packing.make_delta(old_bytes, new_bytes)
+    raw = len(patch)
+    how = "not compressed"
+    if compress.lower() == "best":
+        codec_, patch = packing.compress_best(patch)
+        how = codec_.name.lower()
+    elif compress.lower() != "none":
+        codec_ = packing.codec_named(compress, path="--compress")
+        patch, how = packing.compress(patch, codec_), codec_.name.lower()
+    atomic_write(out_path, patch)
+    _result(as_json, {"patch": str(out_path), "bytes": len(patch), "compression": how,
+                      "uncompressed_bytes": raw, "new_image_bytes": len(new_bytes),
+                      "precursor_sha256": hashlib.sha256(old_bytes).hexdigest()},
+            f"wrote delta {out_path} ({len(patch)} bytes, {how}; {raw} before compression; "
+            f"{len(patch) / max(1, len(new_bytes)):.2%} of the new image); describe it with "
+            f"delta-from: {old.name} (docs/delta.md)")
 
 
 @app.command()

@@ -156,6 +156,9 @@ __all__ = [
     "Procedure",
     "ProcessResult",
     "ProcessorOptions",
+    "RandomAccessComponent",
+    "UnpackCall",
+    "Unpacker",
     "process",
     "shared_parameters",
     "stream_digest",
@@ -281,6 +284,15 @@ class Component(Protocol):
 
     def slot(self) -> int | None:
         """The slot index of this component for suit-condition-component-slot; ``None``: none."""
+        ...
+
+
+@runtime_checkable
+class RandomAccessComponent(Protocol):
+    """A component whose current content can be read at any offset (a delta's precursor)."""
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the current content from ``offset``."""
         ...
 
 
@@ -517,17 +529,48 @@ class CustomCommand:
     check: Callable[[object], None] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class UnpackCall:
+    """What an unpacking parameter's factory is given when fetch, copy or write is about to
+    store content: the parameter's value, the target component (whose current content is a
+    delta's precursor), and ``max_output``, the most bytes its decoder may produce (image-size,
+    or what the next decoder may read)."""
+
+    code: int
+    value: object
+    identifier: ComponentIdentifier
+    component: Component
+    max_output: int
+    environment: Environment
+
+
+@dataclass(frozen=True, slots=True)
+class Unpacker:
+    """A streaming decoder between the source of fetch / copy / write and the component:
+    ``run(chunks)`` yields the decoded bytes (never more than the call's ``max_output``);
+    ``max_input`` bounds what it may read (the fetch is cut off beyond it)."""
+
+    max_input: int
+    run: Callable[[Iterable[bytes]], Iterator[bytes]]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CustomParameter:
     """A custom parameter (a negative number, manifest §8.4.8.16) the device understands.
 
     ``check(value)`` runs before any side effect and raises ``ValueError`` or ``SuitError``
     naming what is wrong; the value is then stored per component like any parameter and read
-    by custom commands (``CustomCall.parameters.extra``). Standard commands never consume it.
+    by custom commands (``CustomCall.parameters.extra``). Standard commands never consume it,
+    unless it has an ``unpack`` factory: then fetch, copy and write pass what they store
+    through its decoder (after decryption; several in ascending ``stage``, the lowest nearest
+    the source), e.g. decompression or a delta patch (``core.packing``). The factory runs
+    before anything is written and raises a ``SuitError`` to refuse (a wrong precursor).
     """
 
     name: str
     check: Callable[[object], None] | None = None
+    unpack: Callable[[UnpackCall], Unpacker] | None = None
+    stage: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -1516,7 +1559,8 @@ class _Processor:
         ctx = frame.ctx
         uri = self._require(ctx, index, P.URI, str, condition=False)
         decryptor = self._decryptor(ctx, index)
-        bound = self._bound(ctx, index)
+        unpackers = self._unpackers(ctx, index)
+        bound = unpackers[0].max_input if unpackers else self._bound(ctx, index)
         raw_limit = bound + (_GCM_TAG_BYTES if decryptor is not None
                              and decryptor.algorithm in _GCM_ALGORITHMS else 0)
         chunks: Iterable[bytes]
@@ -1536,7 +1580,7 @@ class _Processor:
             except SuitError as e:
                 raise _from_suit_error(e, f"payload {uri!r}") from e
         return self._store(ctx, index, chunks, decryptor=decryptor, raw_limit=raw_limit,
-                           source=f"payload {uri!r}")
+                           source=f"payload {uri!r}", unpackers=unpackers)
 
     def _write(self, frame: _Frame, position: int, command: Command,
                index: int) -> Parameters:
@@ -1545,7 +1589,8 @@ class _Processor:
         content = self._require(ctx, index, P.CONTENT, bytes, condition=False)
         return self._store(ctx, index, _chunks(content, self.options.chunk_size),
                            decryptor=self._decryptor(ctx, index), raw_limit=None,
-                           source="content", authenticated=True)
+                           source="content", authenticated=True,
+                           unpackers=self._unpackers(ctx, index))
 
     def _copy(self, frame: _Frame, position: int, command: Command, index: int) -> Parameters:
         # manifest §8.4.10.5 (+ encryption: copy decrypts the source component)
@@ -1557,7 +1602,8 @@ class _Processor:
                                     "no content")
         return self._store(ctx, index, component.read(self.options.chunk_size),
                            decryptor=self._decryptor(ctx, index), raw_limit=None,
-                           source=f"component {_cid(ctx.ids[source])}")
+                           source=f"component {_cid(ctx.ids[source])}",
+                           unpackers=self._unpackers(ctx, index))
 
     def _swap(self, frame: _Frame, position: int, command: Command, index: int) -> Parameters:
         # manifest §8.4.10.9
@@ -1669,10 +1715,35 @@ class _Processor:
             raise _operation_failed(f"image-size {size} is over the device limit of {limit}")
         return limit if size is None else size
 
+    def _unpackers(self, ctx: _Context, index: int) -> list[Unpacker]:
+        """The decoders the component's unpacking parameters ask for, nearest the source
+        first; each one's output bound is the next one's input bound, the last one's is
+        image-size. Made before anything is written (a factory may refuse)."""
+        values = self.params.get(ctx.ids[index], {})
+        chosen = sorted(((custom.stage, number, custom) for number, custom
+                         in self.extensions.parameters.items()
+                         if custom.unpack is not None and number in values),
+                        key=lambda item: (item[0], item[1]))
+        made: list[Unpacker] = []
+        bound = self._bound(ctx, index)
+        for _stage, number, custom in reversed(chosen):
+            assert custom.unpack is not None
+            call = UnpackCall(number, values[number], ctx.ids[index], ctx.components[index],
+                              bound, self.env)
+            try:
+                unpacker = custom.unpack(call)
+            except SuitError as e:
+                raise _from_suit_error(e, f"{custom.name} ({number})") from e
+            made.insert(0, unpacker)
+            bound = unpacker.max_input
+        return made
+
     def _store(self, ctx: _Context, index: int, chunks: Iterable[bytes], *,
                decryptor: crypto.ContentDecryptor | None, raw_limit: int | None,
-               source: str, authenticated: bool = False) -> Parameters:
-        """Stream ``chunks`` (decrypted if asked) into the component; commit only if verified.
+               source: str, authenticated: bool = False,
+               unpackers: Sequence[Unpacker] = ()) -> Parameters:
+        """Stream ``chunks`` (decrypted, then unpacked, if asked) into the component; commit
+        only if verified.
 
         ``authenticated``: the bytes come from the signed manifest itself (write's content);
         otherwise (fetch, copy) an image-digest must be set, or nothing is written.
@@ -1711,7 +1782,8 @@ class _Processor:
                     hasher.update(data)
                 written += len(data)
 
-        try:
+        def plain() -> Iterator[bytes]:
+            nonlocal received
             for chunk in chunks:
                 if not isinstance(chunk, bytes | bytearray | memoryview):
                     raise _operation_failed(f"{source}: the source produced "
@@ -1721,12 +1793,19 @@ class _Processor:
                     raise _operation_failed(f"{source} is longer than the {raw_limit} bytes "
                                             "allowed; refused",
                                             Parameters(image_size=received))
-                put(decryptor.update(bytes(chunk)) if decryptor is not None else bytes(chunk))
+                yield decryptor.update(bytes(chunk)) if decryptor is not None else bytes(chunk)
             if decryptor is not None:
                 try:
-                    put(decryptor.finalize())
+                    yield decryptor.finalize()
                 except AuthenticationError as e:
                     raise _Failure(ReportReason.UNAUTHORISED, f"{source}: {e}") from e
+
+        try:
+            stream: Iterable[bytes] = plain()
+            for unpacker in unpackers:
+                stream = unpacker.run(stream)
+            for data in stream:
+                put(data)
             measured = Parameters(image_size=written)
             if expected is not None and hasher is not None:
                 measured = Parameters(image_digest=Digest(expected.algorithm, hasher.digest()),

@@ -38,12 +38,14 @@ __all__ = [
     "AGENT_ID",
     "AGENT_IMAGE",
     "SHAPE_COMPONENTS",
+    "UNPACK_ALL",
     "AnchorSpec",
     "ComponentSpec",
     "DeviceConfig",
     "HealthConfig",
     "bind_tracker_id",
     "check_tracker_id",
+    "check_unpack",
     "create_device",
     "load_config",
     "set_health",
@@ -65,6 +67,9 @@ AGENT_ID: ComponentIdentifier = (b"suitkit", b"agent")
 devices made with ``agent=True``)."""
 AGENT_IMAGE = "agent"
 """The agent's image name in the slot directories."""
+
+UNPACK_ALL = ("zlib", "zstd", "xz", "bzip2", "delta")
+"""Every kind of packed payload a device can accept (``DeviceConfig.unpack``)."""
 
 IMAGE_SECTORS: dict[str, int] = {"mcu": 80, "secure-split": 40, "dual-cpu": 40, "linux": 0}
 """Default slot size of each simulated flash shape in 4 KiB sectors (mcu: 320 KiB; the
@@ -193,6 +198,9 @@ class DeviceConfig:
     """Trust domains (draft-ietf-suit-trust-domains): the roles whose anchors may sign
     dependency manifests, each one alone, within its anchor's component scope (delegation by
     the device's policy). Empty: dependency manifests meet the same policy as the root."""
+    unpack: tuple[str, ...] = UNPACK_ALL
+    """The packed payloads the device accepts (docs/delta.md): compression codecs (zlib,
+    zstd, xz, bzip2) and ``delta`` (SKD1 patches); a manifest asking for another is refused."""
 
     def client_tls(self) -> ClientTls:
         """``tls`` with relative paths resolved against the device folder."""
@@ -308,7 +316,22 @@ class DeviceConfig:
             doc["tls"] = self.tls.to_json()
         if self.dependency_roles:
             doc["dependency-roles"] = list(self.dependency_roles)
+        if self.unpack != UNPACK_ALL:
+            doc["unpack"] = list(self.unpack)
         return json.dumps(doc, indent=2).encode() + b"\n"
+
+
+def check_unpack(names: Sequence[str], *, path: str = "unpack") -> tuple[str, ...]:
+    """The packed payload kinds ``names`` (each once), in the canonical order.
+
+    Raises:
+        DecodeError: an unknown name, listing the known ones.
+    """
+    for name in names:
+        if name not in UNPACK_ALL:
+            raise DecodeError(path, f"unknown payload packing {str(name)[:40]!r}; expected "
+                              f"some of {', '.join(UNPACK_ALL)} (or none)")
+    return tuple(n for n in UNPACK_ALL if n in names)
 
 
 def _cid_json(cid: ComponentIdentifier) -> list[str]:
@@ -354,7 +377,8 @@ def load_config(directory: Path) -> DeviceConfig:
             health=(HealthConfig.of(doc["health"]) if doc.get("health") is not None
                     else None),
             tls=_tls(doc.get("tls")),
-            dependency_roles=_roles(doc.get("dependency-roles", [])))
+            dependency_roles=_roles(doc.get("dependency-roles", [])),
+            unpack=_unpack(doc.get("unpack", list(UNPACK_ALL))))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DecodeError(str(path), f"malformed: {e}") from None
 
@@ -392,6 +416,15 @@ def _tls(doc: object) -> ClientTls:
             raise ValueError(f"tls.{key}: expected a file path")
         paths.append(Path(value) if value is not None else None)
     return ClientTls(*paths)
+
+
+def _unpack(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("unpack must be a list of names")
+    try:
+        return check_unpack(value)
+    except DecodeError as e:
+        raise ValueError(str(e)) from None
 
 
 def _tracker_id(value: object) -> str | None:
@@ -467,7 +500,9 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                   tls: ClientTls | None = None,
                   images: Sequence[str] | None = None,
                   scopes: Sequence[Sequence[ComponentIdentifier] | None] | None = None,
-                  dependency_roles: Sequence[str] = (), agent: bool = False) -> DeviceConfig:
+                  dependency_roles: Sequence[str] = (),
+                  unpack: Sequence[str] | None = None,
+                  agent: bool = False) -> DeviceConfig:
     """Create a device folder: ``device.json``, ``anchors/`` and ``keys/``.
 
     ``trust_anchors``: key files, or ``(role, file)`` pairs (a plain file is an ``author``).
@@ -481,6 +516,8 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
     anchors sign dependency manifests alone (``DeviceConfig.dependency_roles``).
     ``agent``: Linux-class devices only: the device agent is a component too (``AGENT_ID``,
     image ``agent``), updated like the application (``device.selfupdate``).
+
+    ``unpack``: the packed payloads it accepts (default: every kind, ``UNPACK_ALL``).
 
     Raises:
         DecodeError: the folder already holds a device, a key file is unreadable, or a
@@ -553,7 +590,8 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         components=tuple(ComponentSpec((bytes([i]),), name) for i, name in enumerate(names))
         + ((ComponentSpec(AGENT_ID, AGENT_IMAGE),) if agent else ()),
         anchors=specs, required_roles=tuple(required_roles), app_command=app_command,
-        health=health, tls=tls or ClientTls(), dependency_roles=tuple(dependency_roles))
+        health=health, tls=tls or ClientTls(), dependency_roles=tuple(dependency_roles),
+        unpack=UNPACK_ALL if unpack is None else check_unpack(unpack, path="--unpack"))
     (directory / "anchors").mkdir(parents=True, exist_ok=True)
     (directory / "keys").mkdir(exist_ok=True)
     for spec, (_, path) in zip(specs, pairs, strict=True):

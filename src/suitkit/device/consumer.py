@@ -226,10 +226,17 @@ def split_slot_record(data: bytes, *, limits: Limits) -> tuple[ComponentIdentifi
     return tuple(item[0]), item[1]
 
 
-def _encrypted(envelope: Envelope) -> bool:
-    """Whether any command sequence of the manifest sets encryption-info."""
-    return any(isinstance(c.argument, Parameters) and c.argument.encryption_info is not None
-               for c in _all_commands(envelope))
+def _transformed(envelope: Envelope) -> bool:
+    """Whether any command sequence of the manifest sets encryption-info or a custom
+    parameter (compression, delta: ``core.packing``): then the bytes fetched are not the
+    bytes in the slot, and a resumed download cannot replay the slot's bytes as its own."""
+    for c in _all_commands(envelope):
+        params = [c.argument] if isinstance(c.argument, Parameters) else (
+            [p for p in c.argument.values() if isinstance(p, Parameters)]
+            if isinstance(c.argument, FrozenDict) else [])
+        if any(p.encryption_info is not None or any(k < 0 for k in p.extra) for p in params):
+            return True
+    return False
 
 
 def _all_commands(envelope: Envelope) -> Iterator[Command]:
@@ -599,6 +606,17 @@ class _SlotComponent:
                                "it is installed")
         reader = self._running()
         return reader_chunks(reader, chunk_size) if reader else iter(())
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """The running image's bytes at ``offset`` (a delta's precursor, read at random while
+        the new image is written to the inactive slot; ``RandomAccessComponent``)."""
+        if self.staged is not None:
+            raise StorageError(f"{self._spec.image}: the precursor is no longer what runs")
+        reader = self._running()
+        if reader is None or offset < 0 or offset + length > reader.size:
+            raise StorageError(f"{self._spec.image}: no precursor bytes {offset} to "
+                               f"{offset + length}")
+        return reader.read(offset, length)
 
     def version(self) -> tuple[int, ...] | None:
         """The running image's version, also once the new one is staged: what the update is
@@ -1060,7 +1078,7 @@ class Consumer:
                                   crash=self.crash)
         digest = hashlib.sha256(data).hexdigest()
         run = _Run(self.config, self.store, envelope, self.identity, journal=journal,
-                   envelope_digest=digest, replayable=not _encrypted(envelope),
+                   envelope_digest=digest, replayable=not _transformed(envelope),
                    # the running images' versions: a recorded one still has its version
                    resume=journal.load(digest), anchors=full, limits=self.limits,
                    metadata_sink=self.metadata_sink, dependency_anchors=dependency_anchors)
@@ -1316,8 +1334,8 @@ class Consumer:
         if len(run.dependencies) > MAX_DEPENDENCIES:
             raise PolicyError(f"{where}: more than {MAX_DEPENDENCIES} dependency manifests in "
                               "one update")
-        if _encrypted(dependency.envelope):
-            run.replayable = False  # its payloads are decrypted: slot bytes are no replay
+        if _transformed(dependency.envelope):
+            run.replayable = False  # its payloads are decrypted or unpacked: no replay
         try:
             self._check_rollback(dependency)
             problem = self._capacity_problem(dependency)

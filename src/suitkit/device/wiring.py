@@ -45,6 +45,7 @@ from suitkit.bootloader.verifier import (
 )
 from suitkit.core import cbor
 from suitkit.core.model import ComponentIdentifier
+from suitkit.core.packing import codec_named, packing_parameters
 from suitkit.core.processor import (
     NO_EXTENSIONS,
     ComponentIdentity,
@@ -73,7 +74,7 @@ from suitkit.fileio import atomic_write, fsync_dir
 from suitkit.limits import Limits
 
 __all__ = ["OpenDevice", "SlotDependencies", "SlotMetadata", "SuitImageVerifier",
-           "open_device"]
+           "open_device", "with_packing"]
 
 CHUNK = 64 * 1024
 FLASH_STATE = "state.cbor"
@@ -349,6 +350,17 @@ def identity_of(config: DeviceConfig) -> ComponentIdentity:
                              device_ids=frozenset({config.device_id}))
 
 
+def with_packing(config: DeviceConfig, extensions: Extensions = NO_EXTENSIONS) -> Extensions:
+    """``extensions`` plus the packed payloads the device accepts (``DeviceConfig.unpack``:
+    suitkit-compression-info with its codecs, suitkit-delta-info; ``core.packing``)."""
+    codecs = [codec_named(name) for name in config.unpack if name != "delta"]
+    packing = packing_parameters(codecs, delta="delta" in config.unpack)
+    if not packing:
+        return extensions
+    return Extensions(commands=extensions.commands,
+                      parameters={**packing, **extensions.parameters})
+
+
 def open_device(directory: Path, *, crash: Callable[[str], None] | None = None,
                 extensions: Extensions = NO_EXTENSIONS) -> OpenDevice:
     """Open a device folder made by ``config.create_device``.
@@ -363,6 +375,7 @@ def open_device(directory: Path, *, crash: Callable[[str], None] | None = None,
         KeyMaterialError: a trust anchor is unreadable.
     """
     config = load_config(directory)
+    extensions = with_packing(config, extensions)
     initial, identity = config.trust_anchors(), identity_of(config)
 
     def anchors() -> TrustAnchors:

@@ -9,7 +9,10 @@
   image and every integrated payload must match the image-digest and image-size of a component;
   an encrypted component's image is its detached ciphertext, whose size must be what the
   manifest's image-size and content algorithm make it (the digest is the plaintext's: the
-  server holds no content key, the device checks it after decrypting).
+  server holds no content key, the device checks it after decrypting). A compressed image or a
+  delta patch (suitkit-compression-info, suitkit-delta-info in the install sequence, set before
+  a fetch; docs/delta.md) is decoded here and its result checked against the image-digest and
+  image-size; a delta's precursor must be an image the server stores (an earlier release's).
 - ``GET/HEAD /firmware/{sha256}``, ``GET/HEAD /envelopes/{sha256}``: immutable, content-addressed
   downloads with Range, If-Range and ETag (Starlette ``FileResponse``; whole files by
   ``sendfile`` through the guarded protocol's ``http.response.pathsend``, server/guard.py),
@@ -70,7 +73,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from suitkit.core import codec, cose, crypto, processor
+from suitkit.core import codec, cose, crypto, packing, processor
 from suitkit.core.anchors import ANCHORS_COMPONENT, CHAIN_PREFIX
 from suitkit.core.model import (
     CommandSequence,
@@ -80,6 +83,7 @@ from suitkit.core.model import (
     TryEach,
     VendorIdentifier,
 )
+from suitkit.core.numbers import Command as Cmd
 from suitkit.core.numbers import ComponentTextKey, CoseAlg, ManifestKey, TextKey, name_of
 from suitkit.core.processor import ComponentIdentity, Device, ProcessorOptions
 from suitkit.core.verify import (
@@ -305,6 +309,73 @@ class _PlaceholderStore:
 
 
 @dataclass(frozen=True, slots=True)
+class _Packing:
+    """The packing a fetch of the manifest asks for: compression, a delta, or both."""
+
+    compression: packing.CompressionInfo | None
+    delta: packing.DeltaInfo | None
+
+
+PLAIN = _Packing(None, None)
+_PACKING = processor.Extensions(parameters=packing.packing_parameters())
+"""The packing parameters are known here (their values are checked; no one else's)."""
+
+
+def _declared_packings(verified: VerifiedManifest) -> dict[int, set[_Packing]]:
+    """Per component index, each packing its fetches use (install and payload-fetch, walked
+    with the component index and parameters as they are set before each fetch; ``PLAIN`` for
+    a fetch of the image itself).
+
+    Raises:
+        DecodeError: a packing parameter does not decode.
+    """
+    manifest = verified.manifest
+    count = len(manifest.common.components)
+    found: dict[int, set[_Packing]] = {}
+    keys = (packing.COMPRESSION_INFO, packing.DELTA_INFO)
+
+    def walk(sequence: CommandSequence, index: tuple[int, ...],
+             values: dict[int, dict[int, object]]) -> tuple[int, ...]:
+        for command in sequence.commands:
+            code, arg = command.code, command.argument
+            if code == Cmd.SET_COMPONENT_INDEX:
+                if arg is True:
+                    index = tuple(range(count))
+                elif isinstance(arg, int) and not isinstance(arg, bool):
+                    index = (arg,)
+                elif isinstance(arg, tuple):
+                    index = tuple(i for i in arg if isinstance(i, int))
+            elif code in (Cmd.OVERRIDE_PARAMETERS, Cmd.SET_PARAMETERS) \
+                    and isinstance(arg, Parameters):
+                for i in index:
+                    for key in keys:
+                        if key in arg.extra:
+                            values.setdefault(i, {})[key] = arg.extra[key]
+            elif code == Cmd.FETCH:
+                for i in index:
+                    current = values.get(i, {})
+                    compression = current.get(packing.COMPRESSION_INFO)
+                    delta = current.get(packing.DELTA_INFO)
+                    found.setdefault(i, set()).add(_Packing(
+                            None if compression is None else packing.CompressionInfo.decode(
+                                compression, path=f"component {i} compression-info"),
+                            None if delta is None else packing.DeltaInfo.decode(
+                                delta, path=f"component {i} delta-info")))
+            elif code == Cmd.TRY_EACH and isinstance(arg, TryEach):
+                for branch in arg.sequences:
+                    if isinstance(branch, CommandSequence):
+                        walk(branch, index, {k: dict(v) for k, v in values.items()})
+            elif code == Cmd.RUN_SEQUENCE and isinstance(arg, CommandSequence):
+                walk(arg, index, {k: dict(v) for k, v in values.items()})
+        return index
+
+    for sequence in (manifest.install, manifest.payload_fetch):
+        if isinstance(sequence, CommandSequence):
+            walk(sequence, (0,) if count == 1 else (), {})
+    return found
+
+
+@dataclass(frozen=True, slots=True)
 class _Expected:
     index: int
     identifier: ComponentIdentifier
@@ -316,6 +387,9 @@ class _Expected:
     dependency: bool = False
     """A dependency manifest's component: ``digest`` is that manifest's digest."""
     uri: str | None = None
+    packings: tuple[_Packing, ...] = ()
+    """How the manifest's fetches of this component pack its image (compressed, a delta):
+    an uploaded image may be any of them (core.packing)."""
 
     def label(self) -> str:
         return f"component {self.index} [{', '.join(p.hex() for p in self.identifier)}]"
@@ -339,8 +413,9 @@ def expected_images(verified: VerifiedManifest, *,
     device = Device(_PlaceholderStore(identity),
                     processor.InstalledEnvironment(TrustAnchors(())))
     params = processor.shared_parameters(verified, device, limits=limits,
-                                         options=ProcessorOptions())
+                                         options=ProcessorOptions(), extensions=_PACKING)
     dependencies: Mapping[int, object] = verified.manifest.common.dependencies or {}
+    packings = _declared_packings(verified)
     result = []
     for index, cid in enumerate(addressed_components(verified.manifest)):
         p = params.get(cid)
@@ -359,7 +434,9 @@ def expected_images(verified: VerifiedManifest, *,
             encryption = info.algorithm
             crypto.content_key_size(encryption)  # PolicyError: not a supported algorithm
         result.append(_Expected(index, cid, p.image_digest if p else None,
-                                p.image_size if p else None, encryption))
+                                p.image_size if p else None, encryption,
+                                packings=tuple(sorted(packings.get(index, ()), key=repr))
+                                if packings.get(index, {PLAIN}) != {PLAIN} else ()))
     return result
 
 
@@ -381,11 +458,115 @@ def _digest_of(file: BinaryIO, algorithm: int) -> bytes:
     return processor.stream_digest(iter(lambda: file.read(_CHUNK), b""), algorithm)
 
 
-def _check_image(expected: _Expected, name: str, size: int, digest: Callable[[int], bytes]
-                 ) -> None:
+Chunks = Callable[[], Iterator[bytes]]
+"""The bytes of an uploaded image, from the start, each time it is called."""
+
+
+def _file_chunks(file: BinaryIO) -> Chunks:
+    def chunks() -> Iterator[bytes]:
+        file.seek(0)
+        return iter(lambda: file.read(_CHUNK), b"")
+    return chunks
+
+
+def _unpacks_to(expected: _Expected, chunks: Chunks, store: BlobStore | None) -> bool:
+    """Whether the upload, decoded as one of the component's packings, is its image (the
+    image-digest and image-size of the manifest). Decoding stops at image-size."""
+    if expected.digest is None or expected.size is None:
+        return False
+    for declared in expected.packings:
+        if declared == PLAIN:
+            continue
+        try:
+            stream: Iterator[bytes] = chunks()
+            if declared.compression is not None:
+                stream = packing.decompress(stream, declared.compression.algorithm,
+                                            max_output=packing.packed_bound(expected.size)
+                                            if declared.delta is not None else expected.size)
+            if declared.delta is not None:
+                precursor = _precursor(store, declared.delta)
+                if precursor is None:
+                    continue
+                with precursor:
+                    stream = packing.apply_delta(
+                        stream, _reader_at(precursor),
+                        source_size=declared.delta.precursor_size, max_output=expected.size)
+                    if _is(expected, stream):
+                        return True
+                continue
+            if _is(expected, stream):
+                return True
+        except DecodeError:
+            continue
+    return False
+
+
+def _is(expected: _Expected, stream: Iterator[bytes]) -> bool:
+    assert expected.digest is not None
+    hasher = crypto.new_hasher(expected.digest.algorithm)
+    size = 0
+    for piece in stream:
+        size += len(piece)
+        hasher.update(piece)
+    return size == expected.size and hmac.compare_digest(hasher.digest(),
+                                                         expected.digest.value)
+
+
+def _precursor(store: BlobStore | None, delta: packing.DeltaInfo) -> BinaryIO | None:
+    """The stored image a delta applies to (a blob of an earlier release), if the server has
+    it: blobs are named by SHA-256, so a precursor named by another digest is not found."""
+    name = delta.precursor_digest.value.hex()
+    if store is None or delta.precursor_digest.algorithm != CoseAlg.SHA256 \
+            or not store.has_blob(name):
+        return None
+    file = store.open_blob(name)
+    if _file_size(file) != delta.precursor_size:
+        file.close()
+        return None
+    return file
+
+
+def _reader_at(file: BinaryIO) -> Callable[[int, int], bytes]:
+    def read(offset: int, length: int) -> bytes:
+        file.seek(offset)
+        return file.read(length)
+    return read
+
+
+def _packed_refusal(expected: _Expected, name: str, store: BlobStore | None) -> str:
+    missing = [p.delta for p in expected.packings if p.delta is not None
+               and _precursor(store, p.delta) is None]
+    hint = ""
+    if missing:
+        hint = (f"; the server does not store the precursor image "
+                f"{missing[0].precursor_digest.value.hex()} the delta applies to: upload the "
+                "release that carries it (uncompressed) first")
+    plain = "its image or " if PLAIN in expected.packings else ""
+    return (f"{name}: not {plain}a packed form of {expected.label()}'s image "
+            f"({', '.join(_packing_label(p) for p in expected.packings if p != PLAIN)}) "
+            f"that decodes to its image-digest and image-size{hint}")
+
+
+def _packing_label(declared: _Packing) -> str:
+    parts = []
+    if declared.delta is not None:
+        parts.append("SKD1 delta")
+    if declared.compression is not None:
+        parts.append(packing.Codec(declared.compression.algorithm).name.lower())
+    return " + ".join(parts)
+
+
+def _check_image(expected: _Expected, name: str, size: int, digest: Callable[[int], bytes],
+                 *, chunks: Chunks | None = None, store: BlobStore | None = None) -> None:
     if expected.digest is None or expected.size is None:
         raise UploadRefused(422, f"{name}: {expected.label()} has no image-digest and "
                                  "image-size in the shared sequence; cannot check an image")
+    if expected.packings and expected.encryption is None and chunks is not None and not (
+            PLAIN in expected.packings and size == expected.size
+            and hmac.compare_digest(digest(expected.digest.algorithm), expected.digest.value)):
+        if not _unpacks_to(expected, chunks, store):
+            raise UploadRefused(422, _packed_refusal(expected, name, store))
+        return
     if expected.encryption is not None:
         if size != expected.stored_size():
             raise UploadRefused(
@@ -417,14 +598,21 @@ def _refuse_plaintext(expected: _Expected, name: str, digest: Callable[[int], by
 
 
 def _match(expected: list[_Expected], name: str, size: int,
-           digest: Callable[[int], bytes]) -> _Expected:
-    """The component whose image-digest and image-size this image has; else the one encrypted
-    component whose ciphertext has this size."""
+           digest: Callable[[int], bytes], *, chunks: Chunks | None = None,
+           store: BlobStore | None = None) -> _Expected:
+    """The component whose image-digest and image-size this image has, or whose image one of
+    its packings decodes it to; else the one encrypted component whose ciphertext has this
+    size."""
     for candidate in expected:
         if (candidate.digest is not None and candidate.size == size
                 and candidate.encryption is None
+                and (not candidate.packings or PLAIN in candidate.packings)
                 and hmac.compare_digest(digest(candidate.digest.algorithm),
                                         candidate.digest.value)):
+            return candidate
+    for candidate in expected:
+        if candidate.encryption is None and chunks is not None \
+                and _unpacks_to(candidate, chunks, store):
             return candidate
     encrypted = [c for c in expected if c.encryption is not None and c.digest is not None
                  and c.stored_size() == size]
@@ -479,7 +667,8 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
             return _digest_of(file, algorithm)
 
         if image.component is None:
-            target = _match(expected, image.name, image.size, digest)
+            target = _match(expected, image.name, image.size, digest,
+                            chunks=_file_chunks(image.file), store=store)
         else:
             if image.component >= len(every):
                 raise UploadRefused(422, f"{image.name}: unknown component {image.component}; "
@@ -489,7 +678,8 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
                 raise UploadRefused(422, f"{image.name}: {target.label()} is a dependency "
                                          "manifest, not an image: integrate it in the root's "
                                          "envelope or upload it as its own release first")
-            _check_image(target, image.name, image.size, digest)
+            _check_image(target, image.name, image.size, digest,
+                         chunks=_file_chunks(image.file), store=store)
         checked.append((target, image))
     integrated: list[tuple[_Expected, str, bytes]] = []
     rotation = verified.manifest.common.components == (ANCHORS_COMPONENT,)
@@ -503,7 +693,11 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
         def digest_payload(algorithm: int, data: bytes = payload) -> bytes:
             return crypto.digest(algorithm, data)
 
-        target = _match(expected, f"integrated payload {key!r}", len(payload), digest_payload)
+        def payload_chunks(data: bytes = payload) -> Iterator[bytes]:
+            return iter([data])
+
+        target = _match(expected, f"integrated payload {key!r}", len(payload), digest_payload,
+                        chunks=payload_chunks, store=store)
         integrated.append((target, key, payload))
 
     release_id = verified.digest.value.hex()

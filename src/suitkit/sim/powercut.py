@@ -111,6 +111,9 @@ class RealScenario:
     anchors: bool = False
     """A trust-anchor rotation first (docs/keys.md): the author key that signed the running
     release is replaced by a new one and revoked; the updates are signed by the new key."""
+    delta: bool = False
+    """The updates under test are zstd-compressed SKD1 deltas from the release before them,
+    fetched (docs/delta.md): the device rebuilds each image from the one it runs."""
     agent: bool = False
     """The device agent is a component too (``device.selfupdate``): every release updates the
     application and the agent."""
@@ -118,6 +121,8 @@ class RealScenario:
     @property
     def description(self) -> str:
         payload = "detached (fetched from a firmware folder)" if self.detached else "integrated"
+        if self.delta:
+            payload = "a compressed delta from the running release, fetched"
         first = "boot, boot (revert)" if self.revert else "boot, confirm, boot"
         rotation = ("a trust-anchor rotation revoking the running release's signer, boot; "
                     if self.anchors else "")
@@ -127,10 +132,11 @@ class RealScenario:
 
 
 REAL_SCENARIOS: dict[str, RealScenario] = {
-    **{f"real-{shape}-{kind}": RealScenario(f"real-{shape}-{kind}", shape, kind == "detached",
-                                            kind == "revert", kind == "anchors")
+    **{f"real-{shape}-{kind}": RealScenario(f"real-{shape}-{kind}", shape,
+                                            kind in ("detached", "delta"), kind == "revert",
+                                            kind == "anchors", kind == "delta")
        for shape in SHAPE_COMPONENTS
-       for kind in ("integrated", "detached", "revert", "anchors")},
+       for kind in ("integrated", "detached", "revert", "anchors", "delta")},
     "real-linux-agent": RealScenario("real-linux-agent", "linux", True, agent=True),
 }
 
@@ -161,7 +167,7 @@ class Releases:
     """Signed envelopes of every release for one shape, the images in a firmware folder."""
 
     def __init__(self, folder: Path, shape: str, *, detached: bool, seed: int,
-                 anchors: bool = False, agent: bool = False) -> None:
+                 anchors: bool = False, delta: bool = False, agent: bool = False) -> None:
         self.folder = folder
         self.components = SHAPE_COMPONENTS[shape] + ((AGENT_IMAGE,) if agent else ())
         self.key = crypto.generate_private_key("ES256")
@@ -196,19 +202,34 @@ class Releases:
             digests = {}
             for index, name in enumerate(self.components):
                 rng = random.Random(f"{shape}/{name}/{seq}/{seed}")  # noqa: S311 (test data)
-                image = rng.randbytes(SIZES[seq] + 300 * index)
+                size = SIZES[seq] + 300 * index
+                precursor = DELTA_FROM.get(seq) if delta else None
+                if precursor is None:
+                    image = rng.randbytes(size)
+                else:  # the release before, edited: what a delta is made for
+                    image = _edited((folder / f"{name}-{precursor}.bin").read_bytes(), size, rng)
                 file = f"{name}-{seq}.bin"
                 (folder / file).write_bytes(image)
                 cid = ([f"0x{p.hex()}" for p in AGENT_ID] if name == AGENT_IMAGE and agent
                        else [f"0x{index:02x}"])
                 comp: dict[str, Any] = {"id": cid, "image": file}
                 if detached:
-                    comp["uri"] = file
+                    comp["uri"] = f"{file}.payload" if delta else file
+                if precursor is not None:
+                    comp["delta-from"] = f"{name}-{precursor}.bin"
+                    comp["compress"] = "zstd"
                 comps.append(comp)
                 digests[name] = hashlib.sha256(image).digest()
             description = parse_description(
                 {"sequence-number": seq, "vendor-domain": VENDOR_DOMAIN,
                  "class-name": CLASS_NAME, "components": comps}, base=folder)
+            for index, (_suffix, payload) in description.packed.items():
+                (folder / f"{self.components[index]}-{seq}.bin.payload").write_bytes(payload)
+            if delta:
+                for index, name in enumerate(self.components):
+                    if index not in description.packed:
+                        (folder / f"{name}-{seq}.bin.payload").write_bytes(
+                            (folder / f"{name}-{seq}.bin").read_bytes())
             envelope = codec.build_envelope(description.manifest,
                                             sever_members=description.sever,
                                             integrated=description.integrated)
@@ -218,6 +239,23 @@ class Releases:
             self.digests[seq] = digests
             if anchors and seq == LATER:
                 self.attack = codec.encode_envelope(sign_envelope(envelope, self.key.signer()))
+
+
+DELTA_FROM = {NEW: OLD, NEXT: NEW}
+"""In delta scenarios, the update under test and the second one are deltas from the release
+the device runs before each (after recovery, LATER, a full image, must install whatever runs)."""
+
+
+def _edited(previous: bytes, size: int, rng: random.Random) -> bytes:
+    """``previous`` with a few bytes changed and grown or shrunk in the middle to ``size``."""
+    data = bytearray(previous)
+    for _ in range(4):
+        at = rng.randrange(len(data))
+        data[at] ^= 0x5A
+    half = len(data) // 2
+    if size >= len(data):
+        return bytes(data[:half] + rng.randbytes(size - len(data)) + data[half:])
+    return bytes(data[:size // 2] + data[len(data) - (size - size // 2):])
 
 
 def _vendor() -> uuid.UUID:
@@ -637,7 +675,8 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
     with tempfile.TemporaryDirectory(prefix="suitkit-powercut-", dir=workdir) as tmp:
         root = Path(tmp)
         releases = Releases(root / "firmware", scenario.shape, detached=scenario.detached,
-                            seed=seed, anchors=scenario.anchors, agent=scenario.agent)
+                            seed=seed, anchors=scenario.anchors, delta=scenario.delta,
+                            agent=scenario.agent)
         golden = root / "golden"
         _provision(golden, releases, scenario.shape, seed, agent=scenario.agent)
 

@@ -70,6 +70,7 @@ __all__ = [
     "MODES",
     "CampaignEngine",
     "CampaignSpec",
+    "DeltaOffer",
     "check_tags",
 ]
 
@@ -84,12 +85,30 @@ on this campaign's release, or ``cancelled`` (withdrawn before it started)."""
 _FAILED = frozenset({"failed", "rolled-back"})
 _MAX_TAGS = 32
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64,128}")
+MAX_DELTAS = 16
+"""Delta releases one campaign may offer."""
 _ASSIGN_BATCH = 500
 """At most this many devices are assigned per campaign per tick (bounded transactions)."""
 _EPSILON = 1e-9
 
 
 # ================================================================================= values
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaOffer:
+    """A delta release of the campaign's release: for devices whose inventory names a component
+    running the image of SHA-256 ``precursor`` (lower-case hex), the image the delta applies to
+    (docs/delta.md). The device checks the precursor again before it writes anything."""
+
+    precursor: str
+    release: str
+    envelope_url: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"precursor": self.precursor, "release": self.release,
+                "envelope_url": self.envelope_url}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +135,8 @@ class CampaignSpec:
     """Seconds after confirming during which a member's health counts: an unhealthy member is
     told to roll back, and a member counts as a success for the waves and the completion
     only once its window has passed without it being found unhealthy."""
+    deltas: tuple[DeltaOffer, ...] = ()
+    """Deltas of ``release`` by precursor: a member running a precursor gets its delta."""
 
     def check(self) -> None:
         """Raises: CampaignRefused (``invalid``)."""
@@ -145,6 +166,19 @@ class CampaignSpec:
         if self.unhealthy_threshold is not None and self.health_window is None:
             _invalid("unhealthy_threshold: needs health_window (the seconds after confirming "
                      "during which a device's health counts)")
+        if len(self.deltas) > MAX_DELTAS:
+            _invalid(f"deltas: at most {MAX_DELTAS}, got {len(self.deltas)}")
+        seen: set[str] = set()
+        for i, offer in enumerate(self.deltas):
+            if not _HEX_DIGEST.fullmatch(offer.precursor) or len(offer.precursor) != 64:
+                _invalid(f"deltas[{i}].precursor: expected the SHA-256 of an image in lower-case "
+                         f"hex, got {offer.precursor[:80]!r}")
+            if offer.precursor in seen:
+                _invalid(f"deltas[{i}].precursor: {offer.precursor} is offered twice")
+            if offer.release == self.release:
+                _invalid(f"deltas[{i}].release: the delta must be another release than the "
+                         "campaign's full one")
+            seen.add(offer.precursor)
         if self.window is not None:
             parse_window(self.window)
 
@@ -261,7 +295,7 @@ class CampaignEngine:
                 window=spec.window, status="draft", created_by=created_by[:128], created=now,
                 updated=now, current_wave=0, member_count=0, failures_acknowledged=0,
                 unhealthy_threshold=spec.unhealthy_threshold, health_window=spec.health_window,
-                unhealthy_acknowledged=0)
+                unhealthy_acknowledged=0, deltas=[o.to_json() for o in spec.deltas] or None)
             tx.add(campaign)
             self._log(tx, campaign_id, created_by, "create", f"release {spec.release}")
         return self.get(campaign_id)
@@ -570,18 +604,20 @@ class CampaignEngine:
             device.history_count -= 1  # watching its last update: retried at a later tick
             return None
         state = device.state
+        release, envelope_url = _release_for(tx, campaign, device_id)
         if state == "downloaded" and assignment is not None \
-                and assignment.action == "download" and assignment.release == campaign.release:
+                and assignment.action == "download" and assignment.release == release:
             # the image of this release is already staged (a download-only assignment)
             device.history_count -= 1
             assignment.campaign_id, assignment.action = campaign.id, action
-            assignment.envelope_url, assignment.created = campaign.envelope_url, now
+            assignment.envelope_url, assignment.created = envelope_url, now
             assignment.done = now if action == "download" else None
             assignment.rollback = None
             return "downloaded"
         if "notified" in TRANSITIONS.get(state, frozenset()):
+            what = "" if release == campaign.release else f", the delta {release}"
             tx.add(DeviceEvent(device_id=device_id, seq=seq, state="notified",
-                               previous=state, detail=f"release {campaign.release} "
+                               previous=state, detail=f"release {campaign.release}{what} "
                                f"(campaign {campaign.id})", timestamp=now))
             device.state, device.state_changed = "notified", now
         elif state == "notified":
@@ -590,11 +626,11 @@ class CampaignEngine:
             device.history_count -= 1
             return None
         if assignment is None:
-            tx.add(Assignment(device_id=device_id, release=campaign.release,
-                              envelope_url=campaign.envelope_url, created=now,
+            tx.add(Assignment(device_id=device_id, release=release,
+                              envelope_url=envelope_url, created=now,
                               campaign_id=campaign.id, action=action))
         else:
-            assignment.release, assignment.envelope_url = campaign.release, campaign.envelope_url
+            assignment.release, assignment.envelope_url = release, envelope_url
             assignment.created, assignment.done = now, None
             assignment.campaign_id, assignment.action = campaign.id, action
             assignment.reported = None  # a new update: its report is still to come
@@ -737,6 +773,18 @@ class CampaignEngine:
         return tx.member_ids_in(campaign_id, NOT_STARTED)
 
 
+def _release_for(tx: Tx, campaign: Campaign, device_id: str) -> tuple[str, str]:
+    """(release, envelope URL) for one member: the delta whose precursor the device's inventory
+    says one of its components runs, else the full release (docs/delta.md)."""
+    if not campaign.deltas:
+        return campaign.release, campaign.envelope_url
+    running = {(c.digest or "").lower() for c in tx.components(device_id)}
+    for offer in campaign.deltas:
+        if offer.get("precursor") in running:
+            return str(offer["release"]), str(offer["envelope_url"])
+    return campaign.release, campaign.envelope_url
+
+
 def _campaign_json(campaign: Campaign) -> dict[str, Any]:
     return {
         "id": campaign.id, "name": campaign.name, "release": campaign.release,
@@ -752,4 +800,5 @@ def _campaign_json(campaign: Campaign) -> dict[str, Any]:
         "devices": campaign.member_count,
         "unhealthy_threshold": campaign.unhealthy_threshold,
         "health_window": campaign.health_window,
+        "deltas": list(campaign.deltas or []),
     }

@@ -336,6 +336,10 @@ class Campaign(Base):
     once its window has passed healthy."""
     unhealthy_acknowledged: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Unhealthy members an operator's resume accepted (as ``failures_acknowledged``)."""
+    deltas: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, default=None)
+    """Delta releases of ``release``: ``[{"precursor", "release", "envelope_url"}]``, the
+    precursor the SHA-256 (hex) of the image a device must run for that delta (docs/delta.md);
+    a device running none of them gets the full release."""
 
 
 class CampaignMember(Base):

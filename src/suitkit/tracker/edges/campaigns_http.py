@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from suitkit.errors import StorageError
 from suitkit.tracker.auth import Authenticator, Principal, Refused, Role
-from suitkit.tracker.campaigns import MODES, CampaignEngine, CampaignSpec
+from suitkit.tracker.campaigns import MAX_DELTAS, MODES, CampaignEngine, CampaignSpec, DeltaOffer
 from suitkit.tracker.config import TrackerConfig
 from suitkit.tracker.service import CampaignRefused, TrackerDB
 from suitkit.tracker.web import (
@@ -102,7 +102,7 @@ def _spec(doc: Mapping[str, Any]) -> CampaignSpec:
     derives it: ``release_envelope_url``)."""
     only_members(doc, {"name", "release", "envelope_url", "target", "waves", "success_threshold",
                 "failure_threshold", "mode", "start_after", "window", "unhealthy_threshold",
-                "health_window"}, "campaign")
+                "health_window", "deltas"}, "campaign")
     release = hex_member(doc.get("release"), "release", MAX_DIGEST_BYTES)
     if not release:
         raise Refused(400, "release: expected the manifest digest in hex")
@@ -141,12 +141,35 @@ def _spec(doc: Mapping[str, Any]) -> CampaignSpec:
         start_after=_moment(doc.get("start_after"), "start_after"),
         window=text_member(window, "window", 11) if window is not None else None,
         unhealthy_threshold=_optional_number(doc, "unhealthy_threshold"),
-        health_window=_optional_number(doc, "health_window"))
+        health_window=_optional_number(doc, "health_window"),
+        deltas=_deltas(doc.get("deltas", [])))
 
 
 def _optional_number(doc: Mapping[str, Any], name: str) -> float | None:
     value = doc.get(name)
     return None if value is None else _number(value, name)
+
+
+def _deltas(raw: object) -> tuple[DeltaOffer, ...]:
+    """``deltas: [{precursor, release, envelope_url?}]`` (docs/delta.md); the URLs are derived
+    by the route like the campaign's own (``""``: left out)."""
+    if not isinstance(raw, list) or len(raw) > MAX_DELTAS:
+        raise Refused(400, f"deltas: expected a list of at most {MAX_DELTAS} "
+                           "{precursor, release, envelope_url} objects")
+    offers = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise Refused(400, f"deltas[{i}]: expected an object {{precursor, release, "
+                               "envelope_url}")
+        only_members(item, {"precursor", "release", "envelope_url"}, f"deltas[{i}]")
+        precursor = hex_member(item.get("precursor"), f"deltas[{i}].precursor", 32)
+        release = hex_member(item.get("release"), f"deltas[{i}].release", MAX_DIGEST_BYTES)
+        if not precursor or not release:
+            raise Refused(400, f"deltas[{i}]: expected precursor (the SHA-256 of the image it "
+                               "applies to) and release (the delta's manifest digest) in hex")
+        url = envelope_url_of(item.get("envelope_url"), ("http", "https"))
+        offers.append(DeltaOffer(precursor.lower(), release.lower(), url or ""))
+    return tuple(offers)
 
 
 def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authenticator, *,
@@ -204,7 +227,10 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         spec = _spec(await json_object(request))
         url = await release_envelope_url(config, request, spec.release,
                                          spec.envelope_url or None)
-        spec = dataclasses.replace(spec, envelope_url=url)
+        deltas = tuple([dataclasses.replace(offer, envelope_url=await release_envelope_url(
+            config, request, offer.release, offer.envelope_url or None))
+            for offer in spec.deltas])
+        spec = dataclasses.replace(spec, envelope_url=url, deltas=deltas)
         doc = await call(engine.create, spec, who.name)
         await audit(who, "campaign.create", f"campaign {doc['id']}",
                     f"release {spec.release}, target {doc['target']}, mode {spec.mode}")
