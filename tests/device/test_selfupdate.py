@@ -261,6 +261,8 @@ def test_a_broken_new_agent_is_rolled_back_and_the_device_reports_it(world: Worl
         # the previous agent is back, reports, and keeps the device updatable
         assert world.agent_version(device.id) == "suitkit 0.1.0+v1"
         assert read_note(device.folder) is None
+    # (a launcher with a deadline a loaded machine cannot miss: an agent takes seconds to start)
+    with Launcher(world, device) as launcher:
         good = world.upload([(AGENT_HEX, world.agents["v2"])])
         world.deploy(good, device.id)
         assert world.final(device.id, good)["state"] == "succeeded", launcher.text()
