@@ -22,6 +22,12 @@ each scenario the harness:
 ``double-cut`` also cuts the power a second time during the first recovery boot, at every (or a
 sample of) its operations. Images are a few sectors, so the exhaustive runs take seconds.
 
+The ``bootloader-*`` scenarios update the bootloader itself (an mcu with an immutable stage 0
+and two stage-1 copies, :mod:`suitkit.bootloader.stage0`): every boot goes through stage 0,
+and the same invariants hold for the stage 1 it starts (authentic, never below a confirmed
+stage 1, one trial per release, counter never down and equal to the running stage 1 once
+steady), besides the application set's.
+
 What it does not do: cut during factory provisioning, inject faults other than power cuts
 (bit rot, attacks: see the tests), model cuts of one flash while the other stays powered, or cut
 the consumer's side of an update (the processor, the download journal, the device folder): that
@@ -45,6 +51,7 @@ from suitkit.bootloader.flash import PowerCut
 from suitkit.bootloader.image import open_slot
 from suitkit.bootloader.profiles import COMPONENTS, Device, make_device
 from suitkit.bootloader.simple_manifest import SimpleManifestVerifier, make_manifest
+from suitkit.bootloader.stage0 import Stage0, Stage1Boot
 from suitkit.bootloader.verifier import ImageVerifier
 from suitkit.errors import SuitError
 
@@ -122,12 +129,26 @@ class Policy:
 class Run:
     """One device going through a scenario, with every invariant checked as it goes."""
 
-    def __init__(self, shape: str, policy: Policy, seed: int, fx: Fixture | None = None) -> None:
+    def __init__(self, shape: str, policy: Policy, seed: int, fx: Fixture | None = None, *,
+                 stage1: bool = False) -> None:
         self.fx = fx if fx is not None else Fixture(COMPONENTS[shape], seed)
-        self.device: Device = make_device(shape, self.fx.verifiers, seed=seed)
+        self.s1fx = Fixture((STAGE1,), seed) if stage1 else None
+        self.device: Device = make_device(
+            shape, self.fx.verifiers, seed=seed,
+            stage1=self.s1fx.verifiers[STAGE1] if self.s1fx is not None else None)
         self.bl = self.device.bootloader
+        self.s0: Stage0 | None = self.device.stage0
         self.policy = policy
         self.device.provision(self.fx.releases(BASE))
+        self.s1_floor = BASE
+        """The highest stage-1 release whose confirm() returned."""
+        self.s1_committed: set[int] = {BASE}
+        """Stage-1 releases whose staging finished (the header: its commit)."""
+        self.s1_boot: Stage1Boot | None = None
+        self.s1_trials: Counter[int] = Counter()
+        self.s1_counter = BASE
+        if self.s0 is not None and self.s1fx is not None:
+            self.s0.install_factory(*self.s1fx.release(STAGE1, BASE))
         self.floor = BASE
         """The highest release whose confirm() returned."""
         self.committed: set[int] = set()
@@ -143,6 +164,10 @@ class Run:
         self.commit(OLD)
         self.boot()
         self.confirm()
+        if self.s0 is not None:  # and the bootloader was updated once: BASE -> OLD, confirmed
+            self.stage1_stage(OLD)
+            self.boot()
+            self.stage1_confirm()
         self.check_steady(self.boot())
 
     def mark(self, name: str) -> None:
@@ -163,6 +188,22 @@ class Run:
         self.bl.confirm()
         self.floor = max(self.floor, running)
 
+    def stage1_stage(self, seq: int) -> None:
+        """The running stage 1 writes release ``seq`` of itself into its other copy."""
+        assert self.s0 is not None and self.s1fx is not None
+        manifest, image = self.s1fx.release(STAGE1, seq)
+        writer = self.s0.stage(manifest=manifest, image_size=len(image))
+        for pos in range(0, len(image), WRITE_PIECE):
+            writer.write(image[pos : pos + WRITE_PIECE])
+        writer.finish()
+        self.s1_committed.add(seq)
+
+    def stage1_confirm(self) -> None:
+        assert self.s0 is not None and self.s1_boot is not None
+        running = self.s1_boot.sequence_number
+        self.s0.confirm()
+        self.s1_floor = max(self.s1_floor, running)
+
     def _running(self) -> dict[str, int]:
         """The sequence numbers in the primary slots (reads only)."""
         obs = self.bl.observe()
@@ -172,10 +213,44 @@ class Run:
         }
 
     def boot(self) -> BootResult:
+        if self.s0 is not None:
+            self.s1_boot = None
+            started = self.s0.boot()
+            self.check_stage1(started)
+            self.s1_boot = started
         result = self.bl.boot()
         self.boots += 1
         self.check_boot(result)
         return result
+
+    def check_stage1(self, started: Stage1Boot) -> None:
+        """Stage 0 started an authentic stage 1, never below a confirmed one, tried once."""
+        assert self.s0 is not None and self.s1fx is not None
+        seq = started.sequence_number
+        if seq not in LABELS:
+            raise InvariantBroken(f"unknown stage-1 release {seq} started")
+        region = self.s0.layout.copies[started.copy]
+        manifest, reader = open_slot(self.device.flashes[region.flash], region,
+                                     unit=self.s0._unit(started.copy), limits=self.s0.limits)
+        info = self.s1fx.verifiers[STAGE1].verify(manifest, reader)
+        if info.sequence_number != seq or info.digest != self.s1fx.digest(STAGE1, seq):
+            raise InvariantBroken(f"stage 0 reported stage-1 release {seq} but copy "
+                                  f"{started.copy} holds {info.sequence_number}")
+        if seq < self.s1_floor:
+            raise InvariantBroken(f"stage-1 release {seq} runs although stage-1 release "
+                                  f"{self.s1_floor} was confirmed")
+        if started.trial:
+            self.s1_trials[seq] += 1
+            if self.s1_trials[seq] > 1:
+                raise InvariantBroken(f"stage-1 release {seq} started on trial a second time")
+        counter = self.s0.counter.read()
+        if counter < self.s1_counter:
+            raise InvariantBroken(f"stage-1 counter went down from {self.s1_counter} to "
+                                  f"{counter}")
+        if counter > seq or (started.trial and counter >= seq):
+            raise InvariantBroken(f"stage-1 counter {counter} with stage-1 release {seq} "
+                                  f"{'on trial' if started.trial else 'running'}")
+        self.s1_counter = counter
 
     # -- invariants -----------------------------------------------------------------------
 
@@ -230,10 +305,16 @@ class Run:
         self.after_cut = True
         result = self.boot()
         for _ in range(MAX_RECOVERY_BOOTS):
-            if not result.trial:
+            stage1 = self.s1_boot
+            s1_trial = stage1 is not None and self.s0 is not None and self.s0.on_trial()
+            if not result.trial and not s1_trial:
                 break
-            if self.policy.confirms and self.release(result.sequence_numbers) in self.committed:
+            if result.trial and self.policy.confirms \
+                    and self.release(result.sequence_numbers) in self.committed:
                 self.confirm()
+            if s1_trial and self.policy.confirms and stage1 is not None \
+                    and stage1.sequence_number in self.s1_committed:
+                self.stage1_confirm()
             result = self.boot()
         else:
             raise InvariantBroken(f"still on trial after {MAX_RECOVERY_BOOTS} boots")
@@ -260,7 +341,25 @@ class Run:
             raise InvariantBroken("a release the application never confirmed stayed installed")
         if self.bl.read_counters() != dict.fromkeys(self.fx.components, seq):
             raise InvariantBroken(f"counters {self.bl.read_counters()} != running release {seq}")
+        if self.s0 is not None:
+            self.check_stage1_steady()
         return seq
+
+    def check_stage1_steady(self) -> None:
+        assert self.s0 is not None and self.s1_boot is not None
+        seq = self.s1_boot.sequence_number
+        if self.s0.on_trial():
+            raise InvariantBroken(f"stage-1 release {seq} still on trial after recovery")
+        if seq < self.s1_floor:
+            raise InvariantBroken(f"stage-1 release {seq} runs although {self.s1_floor} was "
+                                  "confirmed")
+        if seq not in self.s1_committed:
+            raise InvariantBroken(f"stage-1 release {seq} runs although it was never staged")
+        if not self.policy.confirms and seq == NEW:
+            raise InvariantBroken("a stage 1 never confirmed stayed installed")
+        if self.s0.counter.read() != seq:
+            raise InvariantBroken(f"stage-1 counter {self.s0.counter.read()} != the running "
+                                  f"stage 1 {seq}")
 
     def check_updatable(self) -> None:
         """A fresh update to LATER must go through cleanly after recovery."""
@@ -271,6 +370,15 @@ class Run:
             raise InvariantBroken(f"after recovery, an update to {LATER} gave {result}")
         self.confirm()
         self.check_steady(self.boot())
+        if self.s0 is not None:
+            self.stage1_stage(LATER)
+            self.boot()
+            if self.s1_boot is None or not self.s1_boot.trial \
+                    or self.s1_boot.sequence_number != LATER:
+                raise InvariantBroken(f"after recovery, a stage-1 update to {LATER} gave "
+                                      f"{self.s1_boot}")
+            self.stage1_confirm()
+            self.check_steady(self.boot())
 
 
 Steps = Callable[[Run], None]
@@ -288,6 +396,10 @@ class Scenario:
     """Steps run cleanly before the body (not cut)."""
     target: int = NEW
     """The release the body installs (what a cut between commit and trial must still reach)."""
+    stage1: bool = False
+    """The device has an updatable bootloader, and the outcome is the stage 1 that runs."""
+    double: bool = False
+    """Cut a second time during the first recovery boot."""
 
 
 def _update(run: Run) -> None:
@@ -337,6 +449,26 @@ def _to_trial(run: Run) -> None:
 
 def _reboot_unconfirmed(run: Run) -> None:
     run.boot()  # reverts
+    run.boot()
+
+
+def _stage1_update(run: Run) -> None:
+    run.boot()
+    run.stage1_stage(NEW)
+    run.mark("committed")
+    run.boot()
+    run.mark("trial")
+    if run.s1_boot is None or not run.s1_boot.trial or run.s1_boot.sequence_number != NEW:
+        raise InvariantBroken(f"the new stage 1 did not start on trial: {run.s1_boot}")
+    run.stage1_confirm()
+    run.boot()
+
+
+def _stage1_not_confirmed(run: Run) -> None:
+    run.boot()
+    run.stage1_stage(NEW)
+    run.boot()  # the new stage 1 on trial; it never confirms
+    run.boot()  # stage 0 falls back to the confirmed copy
     run.boot()
 
 
@@ -394,9 +526,38 @@ SCENARIOS: dict[str, Scenario] = {
             "the single-image update, cut once, then cut again during the recovery boot",
             _update,
             Policy(confirms=True),
+            double=True,
+        ),
+        Scenario(
+            "bootloader-update",
+            "mcu",
+            "the bootloader updates itself: stage 1 writes a new stage 1 into its other copy, "
+            "stage 0 tries it, the new stage 1 confirms",
+            _stage1_update,
+            Policy(confirms=True),
+            stage1=True,
+        ),
+        Scenario(
+            "bootloader-revert",
+            "mcu",
+            "a new stage 1 that never confirms: stage 0 falls back to the confirmed copy",
+            _stage1_not_confirmed,
+            Policy(confirms=False),
+            stage1=True,
+        ),
+        Scenario(
+            "bootloader-double-cut",
+            "mcu",
+            "the bootloader update, cut once, then cut again during the recovery boot",
+            _stage1_update,
+            Policy(confirms=True),
+            stage1=True,
+            double=True,
         ),
     )
 }
+STAGE1 = "stage1"
+"""The name of the stage-1 image in the ``bootloader-*`` scenarios' fixture."""
 
 
 @dataclass
@@ -424,7 +585,7 @@ def _choose(total: int, sample: int | None, seed: int) -> list[int]:
 
 
 def _fresh(scenario: Scenario, seed: int, fx: Fixture) -> Run:
-    run = Run(scenario.shape, scenario.policy, seed, fx)
+    run = Run(scenario.shape, scenario.policy, seed, fx, stage1=scenario.stage1)
     if scenario.prefix is not None:
         scenario.prefix(run)
     return run
@@ -437,6 +598,13 @@ def _clean_run(scenario: Scenario, seed: int, fx: Fixture) -> tuple[int, dict[st
     run.marks.clear()
     scenario.body(run)
     return run.device.ops - start, {k: v - start for k, v in run.marks.items()}
+
+
+def _power_on(run: Run) -> None:
+    """One boot as the hardware does it, unchecked: stage 0 (if any), then the bootloader."""
+    if run.s0 is not None:
+        run.s0.boot()
+    run.bl.boot()
 
 
 def _cut(run: Run, scenario: Scenario, n: int) -> None:
@@ -484,6 +652,9 @@ def run_scenario(
         try:
             action(run)
             seq = run.recover()
+            if scenario.stage1:
+                assert run.s1_boot is not None
+                seq = run.s1_boot.sequence_number
             result.max_boots = max(result.max_boots, run.boots - boots_before)
             outcomes[LABELS[seq]] += 1
             if finish and seq != scenario.target:
@@ -494,7 +665,7 @@ def run_scenario(
             result.failures.append(f"{label}: {type(e).__name__}: {e}")
 
     for n in _choose(total, sample, seed):
-        if name != "double-cut":
+        if not scenario.double:
             result.cut_points_tried += 1
 
             def once(run: Run, n: int = n) -> None:
@@ -508,7 +679,7 @@ def run_scenario(
             _cut(probe, scenario, n)
             probe.device.restore_power()
             before = probe.device.ops
-            probe.bl.boot()
+            _power_on(probe)
             recovery_ops = probe.device.ops - before
         except (InvariantBroken, SuitError, PowerCut, AssertionError) as e:
             result.failures.append(f"cut at {n} (probe): {type(e).__name__}: {e}")
@@ -521,7 +692,7 @@ def run_scenario(
                 run.device.restore_power()
                 run.device.supply.cut_after(m)
                 try:
-                    run.bl.boot()
+                    _power_on(run)
                 except PowerCut:
                     return
                 raise InvariantBroken(f"no second power cut happened at operation {m}")

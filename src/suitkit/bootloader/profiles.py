@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from suitkit.bootloader.boot import FlashBootloader
 from suitkit.bootloader.flash import Flash, PowerSupply
 from suitkit.bootloader.layout import Allocator, BootLayout, ImageSlots, Region
+from suitkit.bootloader.stage0 import Stage0, Stage1Layout, stage1_layout_fits
 from suitkit.bootloader.verifier import ImageVerifier
 
 SECTOR = 4096
@@ -35,6 +36,8 @@ COMPONENTS: dict[str, tuple[str, ...]] = {
 """The image names of each shape's boot set, in order (the first one leads)."""
 COUNTER_BYTES = 256
 """One counter region per image (2048 values)."""
+STAGE1_SECTORS = 2
+"""Size of each stage-1 copy (``make_mcu(stage1=...)``) in sectors."""
 
 
 @dataclass
@@ -46,6 +49,9 @@ class Device:
     flashes: dict[str, Flash]
     layout: BootLayout
     bootloader: FlashBootloader
+    stage0: Stage0 | None = None
+    """The immutable first stage choosing between two stage-1 copies (``make_mcu(stage1=)``),
+    or ``None``: the bootloader is not updatable (as MCUboot)."""
 
     def restore_power(self) -> None:
         self.supply.restore()
@@ -75,12 +81,19 @@ def make_mcu(
     image_sectors: int = 3,
     seed: int = 0,
     chunk: int = 1024,
+    stage1: ImageVerifier | None = None,
 ) -> Device:
-    """RFC 9019 §5.1: one image, swap through a scratch sector, on one internal flash."""
+    """RFC 9019 §5.1: one image, swap through a scratch sector, on one internal flash.
+
+    ``stage1``: stage 0's verifier of stage-1 images: the bootloader is then updatable, two
+    stage-1 copies and their flags (``bootloader.stage0``) sit after the scratch sector and a
+    stage-1 counter after the application's.
+    """
     supply = PowerSupply()
+    extra = 0 if stage1 is None else 2 * (STAGE1_SECTORS + 1)
     flash = Flash(
         "internal",
-        [SECTOR] * (2 * image_sectors + 5),
+        [SECTOR] * (2 * image_sectors + 5 + extra),
         write_align=8,
         page_size=1024,
         supply=supply,
@@ -93,15 +106,25 @@ def make_mcu(
     secondary = a.sectors("internal", image_sectors)
     pending = a.sectors("internal", 1)
     scratch = a.sectors("internal", 1)
-    (counter,) = _counters(a, "internal", 1)
+    if stage1 is None:
+        (counter,) = _counters(a, "internal", 1)
+    else:
+        copies = (a.sectors("internal", STAGE1_SECTORS), a.sectors("internal", STAGE1_SECTORS))
+        flags = (a.sectors("internal", 1), a.sectors("internal", 1))
+        counter, stage1_counter = _counters(a, "internal", 2)
     layout = BootLayout(
         images=(ImageSlots(COMPONENTS["mcu"][0], primary, secondary, pending, counter),),
         status=status,
         scratch=scratch,
     )
-    return Device(
+    device = Device(
         "mcu", supply, flashes, layout, FlashBootloader(layout, flashes, verifier, chunk=chunk)
     )
+    if stage1 is not None:
+        stage1_layout = Stage1Layout(copies, flags, stage1_counter)
+        stage1_layout_fits(stage1_layout, layout.regions())
+        device.stage0 = Stage0(stage1_layout, flashes, stage1, chunk=chunk)
+    return device
 
 
 def make_secure_split(
@@ -212,12 +235,20 @@ def make_device(
     *,
     seed: int = 0,
     chunk: int = 1024,
+    stage1: ImageVerifier | None = None,
 ) -> Device:
-    """Build a device of one of :data:`SHAPES` with its default sizes.
+    """Build a device of one of :data:`SHAPES` with its default sizes (``stage1``: an
+    updatable bootloader, ``make_mcu``; mcu only).
 
     Raises:
         KeyError: unknown shape.
+        ValueError: ``stage1`` on a shape other than mcu.
     """
     if shape not in SHAPES:
         raise KeyError(f"unknown device shape {shape!r}; known: {sorted(SHAPES)}")
-    return SHAPES[shape](verifier, seed=seed, chunk=chunk)
+    if stage1 is None:
+        return SHAPES[shape](verifier, seed=seed, chunk=chunk)
+    if shape != "mcu":
+        raise ValueError(f"an updatable bootloader (stage1) is built for the mcu shape only, "
+                         f"not {shape!r}")
+    return make_mcu(verifier, seed=seed, chunk=chunk, stage1=stage1)

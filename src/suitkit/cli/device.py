@@ -85,6 +85,10 @@ def init(
     app_command: Annotated[str | None, typer.Option(
         "--app-command", help="Linux-class: the command that starts the application, "
         "{image} standing for the image file (e.g. 'python3 {image}').")] = None,
+    agent: Annotated[bool, typer.Option(
+        "--agent", help="Linux-class: the device agent is a component too, ['suitkit', "
+        "'agent'], updated by SUIT manifests; run it with 'suitkit device launch' "
+        "(docs/selfupdate.md).")] = False,
     health_window: Annotated[float | None, typer.Option(
         "--health-window", help="Seconds the agent watches the application after an update "
         "before it confirms it (health-gated rollouts; default: confirm at once).")] = None,
@@ -132,15 +136,21 @@ def init(
                 required_roles=require or (), app_command=app_command, health=health,
                 images=image, scopes=scopes, dependency_roles=dependency_role or (),
                 unpack=None if unpack is None else [
-                    n.strip() for n in unpack.split(",") if n.strip() and n.strip() != "none"])
+                    n.strip() for n in unpack.split(",") if n.strip() and n.strip() != "none"],
+                agent=agent)
             open_device(directory).save()
     except BaseException:
         if new_folder:  # no half-made device left behind (a full disk, an interrupt)
             shutil.rmtree(directory, ignore_errors=True)
         raise
-    components = ", ".join(f"{c.image}=[h'{c.suit_id[0].hex()}']" for c in config.components)
+    components = ", ".join(f"{c.image}=[{', '.join(_part(p) for p in c.suit_id)}]"
+                           for c in config.components)
     out.print(f"created {shape} device in {directory} (device id {config.device_id}; "
               f"components {components})", markup=False)
+
+
+def _part(part: bytes) -> str:
+    return f"'{part.decode()}'" if part.isascii() and part.isalpha() else f"h'{part.hex()}'"
 
 
 def _scopes(items: list[str], count: int) -> list[list[tuple[bytes, ...]] | None]:
@@ -483,8 +493,41 @@ def run(
                            say=lambda line: out.print(line, markup=False), tls=tls)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_FAILED) from None
+    if result is not None and result.outcome == "restarting":
+        from suitkit.device.selfupdate import HANDOVER_EXIT  # noqa: PLC0415
+
+        raise typer.Exit(HANDOVER_EXIT)  # the launcher boots the new agent
     if result is None or not result.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@handles_errors
+def launch(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
+    confirm_deadline: Annotated[float, typer.Option(
+        "--confirm-deadline", help="Seconds a new agent has to check in (and so confirm "
+        "itself) before it is stopped and reverted.")] = 120.0,
+) -> None:
+    """Run the device agent of a Linux-class device with an agent component, and own its
+    self-update: boot the slots, start the agent from the active slot, give a new agent
+    --confirm-deadline seconds to check in or revert it (docs/selfupdate.md).
+    Every other option goes to 'suitkit device run' (--server, --credential-file, --mode...)."""
+    from suitkit.device.selfupdate import LaunchOptions, supervise  # noqa: PLC0415
+
+    options = LaunchOptions(agent_args=tuple(ctx.args), confirm_deadline=confirm_deadline)
+    try:
+        options.check()
+    except ValueError as e:
+        fail(f"--confirm-deadline: {e}", EXIT_USAGE)
+    if any(a in ("--once", "--max-runs", "--duration") for a in ctx.args):
+        fail("the launcher keeps the agent running: --once, --max-runs and --duration are "
+             "for 'suitkit device run'", EXIT_USAGE)
+    try:
+        supervise(directory, options, say=lambda line: out.print(line, markup=False))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 def _client_tls(directory: Path, ca: Path | None, cert: Path | None,

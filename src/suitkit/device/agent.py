@@ -53,6 +53,14 @@ confirm or revert) whatever the tracker answers, and the tracker misses those ev
 
 ``register`` makes the device's report key when it has none and registers its public half.
 
+Self-update (``device.selfupdate``; a Linux-class device made with an agent component): every
+install (of the ``agent`` image or not) ends the run ``restarting`` once ``rebooting`` is
+reported (``run_agent`` stops, ``suitkit device run`` exits ``HANDOVER_EXIT``): the launcher
+boots the new agent on trial. An agent that finds itself on trial confirms itself right after
+its first successful check-in, the confirm step (and reports the release ``succeeded``); the
+previous agent, started again after the launcher reverted a new one that did not check in
+within its deadline, reports the release ``rolled-back`` with the launcher's reason.
+
 Not here: report encryption (COSE_Encrypt0), a download stage for detached payloads
 (``download`` fetches the envelope only; payloads are fetched, resumably, by the install).
 """
@@ -74,6 +82,7 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 
+from suitkit import __version__
 from suitkit.core import cbor, crypto
 from suitkit.core.anchors import ANCHORS_COMPONENT
 from suitkit.core.report import (
@@ -83,10 +92,11 @@ from suitkit.core.report import (
     encode_report,
     sign_report,
 )
+from suitkit.core.verify import verify_envelope
 from suitkit.device.anchors import read_store
 from suitkit.device.capabilities import capability_report
 from suitkit.device.config import HealthConfig, bind_tracker_id, check_tracker_id, load_config
-from suitkit.device.consumer import PayloadFetcher, running_version
+from suitkit.device.consumer import PayloadFetcher, running_version, split_slot_record
 from suitkit.device.fetch import CoapFetcher, HttpFetcher
 from suitkit.device.health import Watch, close_watch, load_watch, open_watch
 from suitkit.device.health import check as check_health
@@ -98,6 +108,14 @@ from suitkit.device.listen import (
     NoticeSource,
     SseSource,
     backoff_delay,
+)
+from suitkit.device.selfupdate import (
+    AGENT_IMAGE,
+    agent_on_trial,
+    clear_note,
+    has_agent,
+    read_note,
+    slot_phase,
 )
 from suitkit.device.tls import network_reason
 from suitkit.device.wiring import OpenDevice, open_device
@@ -128,7 +146,8 @@ class AgentResult:
     """What one poll did.
 
     ``outcome``: ``up-to-date`` (nothing assigned), ``downloaded`` (a ``download`` action: the
-    envelope is kept until an ``install``), ``waiting`` (the manifest waits for events that do
+    envelope is kept until an ``install``), ``restarting`` (a new agent is installed: the
+    launcher boots it; ``device.selfupdate``), ``waiting`` (the manifest waits for events that do
     not hold yet: the next run tries again), ``succeeded``, ``failed`` (the update was
     refused or could not be fetched; the device runs what it ran), ``rolled-back`` (the new image
     did not start, or was found unhealthy and the tracker ordered it back, and was reverted),
@@ -148,7 +167,7 @@ class AgentResult:
     @property
     def ok(self) -> bool:
         return self.outcome in ("up-to-date", "downloaded", "waiting", "succeeded",
-                                "watching", "healthy")
+                                "watching", "healthy", "restarting")
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +236,8 @@ def inventory_of(opened: OpenDevice, *, versions: bool = True) -> dict[str, Any]
         components.append(entry)
     components.append(anchors_entry(opened))
     hardware: dict[str, Any] = {"shape": opened.config.shape}
+    if has_agent(opened):  # the code that runs now: which agent came up (docs/selfupdate.md)
+        hardware[AGENT_VERSION_FACT] = f"suitkit {__version__}"[:_MAX_FACT]
     # The device's ECDH-ES public keys, for authors who encrypt for it (docs/device.md).
     try:
         recipients = opened.config.recipient_public_keys()
@@ -258,6 +279,11 @@ def anchors_entry(opened: OpenDevice) -> dict[str, Any]:
         entry["digest"] = stored.document.digest().hex()
     return entry
 
+
+_MAX_FACT = 256  # the tracker's limit on a hardware fact's text (docs/tracker.md)
+AGENT_VERSION_FACT = "agent-version"
+"""The inventory's hardware fact naming the agent code that runs (devices with an agent
+component: ``device.selfupdate``)."""
 
 
 def inventory_digest(inventory: Mapping[str, Any]) -> str:
@@ -669,6 +695,13 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
                        else Assigned.of(assigned, "notice"))
                 if job is not None and tracker.old_server:
                     state = tracker.state()
+            trial_agent = agent_on_trial(opened)
+            if trial_agent and (job is None or state not in ("installing", "rebooting")):
+                # The confirm step of a self-update: this agent came up and checked in.
+                opened.bootloader.confirm()
+                step("this agent ran on trial and checked in: confirmed")
+                tracker.inventory(opened)
+                trial_agent = False
             if job is None:
                 return result("up-to-date", "no update assigned")
         except TrackerError as e:
@@ -686,6 +719,10 @@ def run_once(folder: Path, server_url: str, credential: str, *, fetcher: Payload
                                         "pending for it (an old notice)", release)
         if state in _RESUMABLE:
             step(f"resuming: the tracker has the device {state}")
+        if trial_agent and state == "installing":
+            # stopped after marking the new agent pending, before telling the tracker
+            tracker.event("rebooting")
+            state = "rebooting"
         if state == "rebooting":
             return _install(opened, tracker, None, release=release, fetcher=fetcher,
                             step=step, result=result, job=job, state=state)
@@ -778,6 +815,15 @@ def _install(opened: OpenDevice, tracker: _Tracker, envelope: bytes | None, *, r
     step(f"installed: {outcome.reason}")
     tell(lambda: tracker.event("rebooting"))
     step("rebooting")
+    if has_agent(opened):
+        # The agent is a component: this agent does not boot the new set (nor its successor);
+        # the launcher does, and keeps this one to come back to (device.selfupdate). Every
+        # update goes this way, the agent's own or not: the agent always runs from the active
+        # slot, never from a slot the next update will overwrite.
+        clear_note(opened.config.directory)
+        what = "a new agent" if AGENT_IMAGE in outcome.written else "the update"
+        return result("restarting", f"{what} is installed; the launcher boots it on trial "
+                      "(the agent confirms it at its first check-in)", release)
     return _reboot(opened, tracker, release=release, step=step, result=result, missed=missed,
                    success=f"running sequence number {outcome.sequence_number}",
                    report_ok=outcome.report.succeeded if outcome.report is not None else None,
@@ -999,8 +1045,21 @@ def _resume_boot(opened: OpenDevice, tracker: _Tracker, *, release: str,
     observation = bootloader.observe()  # type: ignore[attr-defined]
     state = getattr(observation, "boot_state", None) or observation.state
     if state.phase.name.lower() in ("trial", "tried"):
+        success = ("the agent came up on the new set and checked in" if has_agent(opened)
+                   else "the new image runs on trial")
         return _reboot(opened, tracker, release=release, step=step, result=result, missed=[],
-                       success="the new image runs on trial", booted=True)
+                       success=success, booted=True)
+    if has_agent(opened):
+        final, reason = _after_handover(opened, release)
+        if final is not None:
+            try:
+                tracker.event(final, reason)
+                tracker.inventory(opened)
+            except TrackerError as e:
+                step(f"tracker: {e}")
+                return result("error", str(e), release)
+            clear_note(opened.config.directory)
+            return result(final, reason, release)
     reason = "the agent restarted during the reboot and the device has no update on trial"
     try:
         tracker.event("failed", reason)
@@ -1008,6 +1067,31 @@ def _resume_boot(opened: OpenDevice, tracker: _Tracker, *, release: str,
     except TrackerError as e:
         step(f"tracker: {e}")
     return result("failed", reason, release)
+
+
+def _after_handover(opened: OpenDevice, release: str) -> tuple[str | None, str]:
+    """After a self-update's handover, the outcome the tracker has not heard: ``rolled-back``
+    when the launcher reverted the new agent (with its reason), ``succeeded`` when the release
+    runs confirmed (the new agent was stopped between its confirm and its report)."""
+    note = read_note(opened.config.directory)
+    phase = slot_phase(opened)
+    if note is not None and phase == "reverted":
+        return "rolled-back", f"{note}; the launcher reverted to the previous agent"
+    for spec in opened.config.components:
+        try:
+            record, _ = opened.bootloader.running(spec.image)
+            _, envelope = split_slot_record(record, limits=Limits())
+            digest = verify_envelope(envelope, opened.config.trust_anchors()).digest
+        except SuitError:
+            continue
+        if digest.value.hex() == release and phase == "confirmed":
+            return "succeeded", "the new agent runs confirmed"
+    if note is not None:
+        return "rolled-back", f"{note}; the launcher reverted to the previous agent"
+    if phase == "reverted":
+        return "rolled-back", ("the device restarted while the new agent was on trial, before "
+                               "it checked in; the previous agent runs")
+    return None, ""
 
 
 # ============================================================================ the agent loop
@@ -1158,7 +1242,7 @@ def run_agent(folder: Path, server_url: str, credential: str, *, fetcher: Payloa
                 delay = min(delay, last.next_check)
             due = time.monotonic() + delay
             if (options.max_runs is not None and runs >= options.max_runs) or (
-                    until is not None and until(last)):
+                    until is not None and until(last)) or last.outcome == "restarting":
                 break
     finally:
         if source is not None:

@@ -35,6 +35,8 @@ from suitkit.errors import DecodeError, KeyMaterialError, PolicyError, SuitError
 from suitkit.fileio import atomic_write
 
 __all__ = [
+    "AGENT_ID",
+    "AGENT_IMAGE",
     "REPORT_KEY",
     "SHAPE_COMPONENTS",
     "UNPACK_ALL",
@@ -60,6 +62,12 @@ SHAPE_COMPONENTS: dict[str, tuple[str, ...]] = {
     "linux": ("app",),
 }
 """The images of each shape's boot set; component i is SUIT component ``[h'0i']``."""
+
+AGENT_ID: ComponentIdentifier = (b"suitkit", b"agent")
+"""The SUIT component identifier of the device agent (``device.selfupdate``; Linux-class
+devices made with ``agent=True``)."""
+AGENT_IMAGE = "agent"
+"""The agent's image name in the slot directories."""
 
 UNPACK_ALL = ("zlib", "zstd", "xz", "bzip2", "delta")
 """Every kind of packed payload a device can accept (``DeviceConfig.unpack``)."""
@@ -542,7 +550,8 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                   images: Sequence[str] | None = None,
                   scopes: Sequence[Sequence[ComponentIdentifier] | None] | None = None,
                   dependency_roles: Sequence[str] = (),
-                  unpack: Sequence[str] | None = None) -> DeviceConfig:
+                  unpack: Sequence[str] | None = None,
+                  agent: bool = False) -> DeviceConfig:
     """Create a device folder: ``device.json``, ``anchors/`` and ``keys/``.
 
     ``trust_anchors``: key files, or ``(role, file)`` pairs (a plain file is an ``author``).
@@ -554,6 +563,9 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
     image i is SUIT component ``[h'0i']``. ``scopes``: per trust anchor, the component
     identifiers its signer may update (``None``: any). ``dependency_roles``: the roles whose
     anchors sign dependency manifests alone (``DeviceConfig.dependency_roles``).
+    ``agent``: Linux-class devices only: the device agent is a component too (``AGENT_ID``,
+    image ``agent``), updated like the application (``device.selfupdate``).
+
     ``unpack``: the packed payloads it accepts (default: every kind, ``UNPACK_ALL``).
 
     Raises:
@@ -567,6 +579,9 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         raise DecodeError(str(directory), "already holds a device")
     if app_command is not None and shape != "linux":
         raise DecodeError("--app-command", "only Linux-class devices start an application")
+    if agent and shape != "linux":
+        raise DecodeError("--agent", "only Linux-class devices run an updatable agent (MCU "
+                          "shapes update their bootloader: docs/bootloader.md)")
     if not trust_anchors:
         raise DecodeError("--trust-anchor", "a device needs at least one trust anchor")
     if health is not None:
@@ -606,6 +621,8 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         names = tuple(_image_name(n) for n in images)
         if not 0 < len(names) <= MAX_IMAGES or len(set(names)) != len(names):
             raise DecodeError("--image", f"expected 1 to {MAX_IMAGES} distinct image names")
+    if agent and AGENT_IMAGE in names:
+        raise DecodeError("--image", f"{AGENT_IMAGE!r} is the agent's image name (--agent)")
     if scopes is not None and len(scopes) != len(pairs):
         raise DecodeError("--scope", f"{len(scopes)} scopes for {len(pairs)} trust anchors")
     for role in dependency_roles:
@@ -619,7 +636,8 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         directory=directory, shape=shape, vendor_id=vendor_id, class_id=class_id,
         device_id=device_id or uuid.uuid4(),
         image_sectors=IMAGE_SECTORS[shape] if image_sectors is None else image_sectors,
-        components=tuple(ComponentSpec((bytes([i]),), name) for i, name in enumerate(names)),
+        components=tuple(ComponentSpec((bytes([i]),), name) for i, name in enumerate(names))
+        + ((ComponentSpec(AGENT_ID, AGENT_IMAGE),) if agent else ()),
         anchors=specs, required_roles=tuple(required_roles), app_command=app_command,
         health=health, tls=tls or ClientTls(), dependency_roles=tuple(dependency_roles),
         unpack=UNPACK_ALL if unpack is None else check_unpack(unpack, path="--unpack"))

@@ -13,9 +13,11 @@ and a second update the same way; every command saves the folder.
 revokes the author key of the running release; the updates are signed by the new key. Its
 checks add: the stored anchors are the old ones or exactly the new ones at every boot, the
 rotation tried again after a cut installs, and a release of the revoked key is refused.
+``real-linux-agent`` is a Linux-class device whose agent is a component updated with the
+application (``device.selfupdate``).
 
 For each scenario (per RFC 9019 §5 shape: payload integrated, detached, a revert, or a
-rotation first) it:
+rotation first; and the agent's) it:
 
 1. runs the body once cleanly and counts its *events*: every flash operation (erase, program)
    and every durable file step (the download journal, the folder's flash save, every write,
@@ -73,7 +75,7 @@ from suitkit.bootloader.flash import PowerCut, PowerSupply
 from suitkit.core import codec, crypto
 from suitkit.core.sign import sign_envelope
 from suitkit.device.anchors import read_store
-from suitkit.device.config import SHAPE_COMPONENTS, create_device
+from suitkit.device.config import AGENT_ID, AGENT_IMAGE, SHAPE_COMPONENTS, create_device
 from suitkit.device.consumer import InstallOutcome
 from suitkit.device.fetch import FileFetcher
 from suitkit.device.wiring import OpenDevice, open_device
@@ -112,6 +114,9 @@ class RealScenario:
     delta: bool = False
     """The updates under test are zstd-compressed SKD1 deltas from the release before them,
     fetched (docs/delta.md): the device rebuilds each image from the one it runs."""
+    agent: bool = False
+    """The device agent is a component too (``device.selfupdate``): every release updates the
+    application and the agent."""
 
     @property
     def description(self) -> str:
@@ -121,16 +126,18 @@ class RealScenario:
         first = "boot, boot (revert)" if self.revert else "boot, confirm, boot"
         rotation = ("a trust-anchor rotation revoking the running release's signer, boot; "
                     if self.anchors else "")
-        return (f"{self.shape}: {rotation}Consumer.install of a signed envelope, payload "
+        what = " (application and agent)" if self.agent else ""
+        return (f"{self.shape}: {rotation}Consumer.install of a signed envelope{what}, payload "
                 f"{payload}; {first}; a second update installed, booted and confirmed")
 
 
 REAL_SCENARIOS: dict[str, RealScenario] = {
-    f"real-{shape}-{kind}": RealScenario(f"real-{shape}-{kind}", shape,
-                                         kind in ("detached", "delta"), kind == "revert",
-                                         kind == "anchors", kind == "delta")
-    for shape in SHAPE_COMPONENTS
-    for kind in ("integrated", "detached", "revert", "anchors", "delta")
+    **{f"real-{shape}-{kind}": RealScenario(f"real-{shape}-{kind}", shape,
+                                            kind in ("detached", "delta"), kind == "revert",
+                                            kind == "anchors", kind == "delta")
+       for shape in SHAPE_COMPONENTS
+       for kind in ("integrated", "detached", "revert", "anchors", "delta")},
+    "real-linux-agent": RealScenario("real-linux-agent", "linux", True, agent=True),
 }
 
 
@@ -160,9 +167,9 @@ class Releases:
     """Signed envelopes of every release for one shape, the images in a firmware folder."""
 
     def __init__(self, folder: Path, shape: str, *, detached: bool, seed: int,
-                 anchors: bool = False, delta: bool = False) -> None:
+                 anchors: bool = False, delta: bool = False, agent: bool = False) -> None:
         self.folder = folder
-        self.components = SHAPE_COMPONENTS[shape]
+        self.components = SHAPE_COMPONENTS[shape] + ((AGENT_IMAGE,) if agent else ())
         self.key = crypto.generate_private_key("ES256")
         self.anchor = folder / "author.pub"
         folder.mkdir(parents=True, exist_ok=True)
@@ -203,7 +210,9 @@ class Releases:
                     image = _edited((folder / f"{name}-{precursor}.bin").read_bytes(), size, rng)
                 file = f"{name}-{seq}.bin"
                 (folder / file).write_bytes(image)
-                comp: dict[str, Any] = {"id": [f"0x{index:02x}"], "image": file}
+                cid = ([f"0x{p.hex()}" for p in AGENT_ID] if name == AGENT_IMAGE and agent
+                       else [f"0x{index:02x}"])
+                comp: dict[str, Any] = {"id": cid, "image": file}
                 if detached:
                     comp["uri"] = f"{file}.payload" if delta else file
                 if precursor is not None:
@@ -658,14 +667,15 @@ def _recover(board: Board, interrupted: list[int]) -> None:
         board.update(interrupted[0])
 
 
-def _provision(folder: Path, releases: Releases, shape: str, seed: int) -> None:
+def _provision(folder: Path, releases: Releases, shape: str, seed: int, *,
+               agent: bool = False) -> None:
     vendor = _vendor()
     anchors: list[Path | tuple[str, Path]] = [releases.anchor]
     if releases.root_anchor is not None:
         anchors = [("root", releases.root_anchor), ("author", releases.anchor)]
     create_device(folder, vendor_id=vendor, class_id=uuid.uuid5(vendor, CLASS_NAME),
                   trust_anchors=anchors, shape=shape,
-                  device_id=uuid.UUID(int=seed), image_sectors=IMAGE_SECTORS)
+                  device_id=uuid.UUID(int=seed), image_sectors=IMAGE_SECTORS, agent=agent)
     board = Board(folder, releases, shape, seed)
     open_device(folder).save()
     for seq in (BASE, OLD):
@@ -708,9 +718,10 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
     with tempfile.TemporaryDirectory(prefix="suitkit-powercut-", dir=workdir) as tmp:
         root = Path(tmp)
         releases = Releases(root / "firmware", scenario.shape, detached=scenario.detached,
-                            seed=seed, anchors=scenario.anchors, delta=scenario.delta)
+                            seed=seed, anchors=scenario.anchors, delta=scenario.delta,
+                            agent=scenario.agent)
         golden = root / "golden"
-        _provision(golden, releases, scenario.shape, seed)
+        _provision(golden, releases, scenario.shape, seed, agent=scenario.agent)
 
         def fresh(label: str) -> Board:
             folder = root / label
