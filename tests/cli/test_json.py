@@ -17,7 +17,7 @@ from helpers import run_cli
 # Commands that print no data of their own: a server, a device daemon, the demo (its
 # --summary FILE is JSON), migrations. Each still prints one line per step or error.
 NO_DATA = {
-    ("serve",), ("device", "run"), ("demo",), ("db", "upgrade"),
+    ("serve",), ("device", "run"), ("device", "launch"), ("demo",), ("db", "upgrade"),
 }
 # Not yet (issue #17): they print a summary line only.
 NOT_YET = {
