@@ -538,6 +538,9 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         """The poll in one request (the device only; docs/tracker.md "Check-in"). A plain
         Starlette route: path id, credential shape and body are checked here by hand, then
         one call of the service in a worker thread (``TrackerDB.check_in``)."""
+        # a plain route does not name itself in the scope as FastAPI's do: the metrics and
+        # the access log's route template come from there (they said "unmatched")
+        request.scope["route"] = checkin_route
         check_path_ids(request)
         device_id: str = request.path_params["device_id"]
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -573,6 +576,7 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
     checkin_path = f"{_DEVICES}/{{device_id}}/checkin"
     router.add_route(checkin_path, checkin, methods=["POST"], name="checkin",
                      include_in_schema=False)
+    checkin_route = router.routes[-1]
     # once more as a FastAPI route, for the OpenAPI document only (it lists FastAPI's own
     # routes); the plain route above comes first, so it is the one that answers
     router.post(checkin_path, include_in_schema=True,
