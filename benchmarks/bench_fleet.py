@@ -16,11 +16,15 @@ client CPU per request (``time.process_time``; the server is another process).
 
 Run: ``.venv/bin/python benchmarks/bench_fleet.py [--devices 1000] [--mix poll=1]
 [--large 10000 --large-mix poll=1,sse=1,hybrid=1] [--backends sqlite,postgresql]
-[--replicas 1] [--json FILE]``.
-Several replicas share the PostgreSQL database and one data folder (the firmware files); a
-device takes the replicas in turn. Until the replicas pass notices to each other, push and
-hybrid devices of a second replica hear of a deployment only by their safety check-in, so
-compare several replicas in poll mode.
+[--replicas 2] [--front nginx|none] [--no-access-log] [--json FILE]``.
+On PostgreSQL, ``--replicas`` servers (2 by default) share the database and one data folder
+(the firmware files), behind one nginx (when installed; ``--front none`` without) configured
+from suitkit's own template (``nginx_accel_config``, as ``tests/nginx_kit.py``; the replicas
+run ``--accel-redirect``): round robin, nginx sends the firmware files. Notices cross the
+replicas through PostgreSQL (LISTEN/NOTIFY). Besides the servers' CPU, the CPU of PostgreSQL's
+and nginx's process trees is measured over the same window, and the server CPU per device
+updated is printed first: on a shared machine it moves far less than the times do. The load
+average is printed with every figure.
 """
 
 from __future__ import annotations
