@@ -252,7 +252,7 @@ async def run_load(root: Path, urls: Sequence[str], admin_token: str, upload_tok
         runner = asyncio.create_task(swarm.run())
         try:
             if not await _connected(swarm, runner,
-                                    timeout=max(60.0, n / 50, 2 * poll_interval + 30)):
+                                    timeout=max(60.0, n / 20, 2 * poll_interval + 30)):
                 missing = sum(not d.connected for d in devices)
                 raise SuitError(f"{missing} of {n} devices did not connect within the time "
                                 "allowed; see the server's log")
