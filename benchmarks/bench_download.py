@@ -10,14 +10,23 @@ Three servers, measured in the same run, interleaved (round after round, the thr
   the same data directory behind nginx configured from ``suitkit/server/nginx-accel.conf``:
   suitkit checks each request and answers ``X-Accel-Redirect``, nginx sends the blob.
 
-All listen on free loopback ports. Each URL is checked first (same SHA-256 from all three), then
-loaded with ``wrk -t1 -c4`` full-file GETs for a few seconds (a Python httpx client with 4
-threads if wrk is missing). Prints MB/s (10^6 bytes per second) per round, the medians, and the
-ratios to nginx direct.
+The two nginx paths are **one nginx process** (one worker, one ``http {}`` block: the same
+sendfile, tcp_nopush, buffers and keep-alive settings), two ``server {}`` blocks on two ports:
+the comparison is of the paths, not of two nginx instances. All listen on free loopback ports.
+Each URL is checked first (same SHA-256 from all three), then loaded with ``wrk -t1 -c4``
+full-file GETs for a few seconds (a Python httpx client with 4 threads if wrk is missing), the
+same client for all.
+
+On a shared machine one measurement can swing by 3x, so each round measures the servers back to
+back, in an order that alternates from round to round (forward, then backward: a drift of the
+machine's load weighs on all alike), and nginx direct twice per round (first and last): the
+ratio of those two, the **A/A ratio**, is the noise of the run. The figures are the medians of
+the per-round ratios (each server to the nginx direct measured in the same round), with their
+range, next to the A/A ratio's range: a ratio whose range is inside the A/A range is noise.
 
 Run: ``.venv/bin/python benchmarks/bench_download.py [--duration SECONDS] [--rounds N]`` (about
-70 s with the defaults, 3 s x 3 rounds x 3 servers x 2 sizes). Needs nginx (``apt-get install
-nginx``); wrk (``apt-get install wrk``) is optional.
+2 minutes with the defaults, 2 s x 7 rounds x 4 measurements x 2 sizes). Needs nginx
+(``apt-get install nginx``); wrk (``apt-get install wrk``) is optional.
 """
 
 from __future__ import annotations
@@ -103,10 +112,10 @@ def write_image(path: Path, size: int) -> str:
     return hasher.hexdigest()
 
 
-def wait_until_serving(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+def wait_until_serving(url: str, process: subprocess.Popen[bytes] | None, what: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while True:
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             raise SystemExit(f"{what} exited with {process.returncode} before serving")
         try:
             if httpx.head(url, timeout=2).status_code == 200:
@@ -174,32 +183,24 @@ def nginx(root: Path, servers: str, probe: str, what: str) -> Iterator[None]:
 
 
 @contextmanager
-def nginx_direct(root: Path, images: list[Path], first: str) -> Iterator[str]:
-    """nginx serving ``images`` at /firmware/<sha256> from its own directory; its URL."""
+def nginx_both(root: Path, images: list[Path], upstream: str, blobs: Path, first: str
+               ) -> Iterator[tuple[str, str]]:
+    """One nginx: serving ``images`` at /firmware/<sha256> from a directory of its own
+    (direct), and in front of the suitkit at ``upstream`` (run with --accel-redirect),
+    configured from suitkit's template, sending the blobs of ``blobs`` (accel); their URLs."""
     (root / "www" / "firmware").mkdir(parents=True)
     for image in images:
         digest = hashlib.sha256(image.read_bytes()).hexdigest()
         os.link(image, root / "www" / "firmware" / digest)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with nginx(root, NGINX_DIRECT.format(root=root, port=port), f"{url}/firmware/{first}",
-               "nginx direct"):
-        yield url
-
-
-@contextmanager
-def nginx_accel(root: Path, upstream: str, blobs: Path, first: str) -> Iterator[str]:
-    """nginx in front of the suitkit at ``upstream`` (run with --accel-redirect), configured
-    from suitkit's template, sending the blobs of ``blobs``; its URL."""
-    root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    servers = nginx_accel_config(listen=f"127.0.0.1:{port}",
-                                 upstreams=(upstream.removeprefix("http://"),),
-                                 blobs=blobs.resolve(), state=root.resolve(),
-                                 prefix=ACCEL_PREFIX)
-    with nginx(root, servers, f"{url}/firmware/{first}", "nginx in front of suitkit"):
-        yield url
+    direct_port, accel_port = free_port(), free_port()
+    direct = f"http://127.0.0.1:{direct_port}"
+    accel = f"http://127.0.0.1:{accel_port}"
+    servers = NGINX_DIRECT.format(root=root.resolve(), port=direct_port) + nginx_accel_config(
+        listen=f"127.0.0.1:{accel_port}", upstreams=(upstream.removeprefix("http://"),),
+        blobs=blobs.resolve(), state=root.resolve(), prefix=ACCEL_PREFIX)
+    with nginx(root, servers, f"{accel}/firmware/{first}", "nginx"):
+        wait_until_serving(f"{direct}/firmware/{first}", None, "nginx direct")
+        yield direct, accel
 
 
 _UNITS = {"B": 1, "KB": 1024, "MB": MiB, "GB": 1024 * MiB}
@@ -250,8 +251,8 @@ def run_httpx(url: str, duration: float) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three servers")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of the servers")
     parser.add_argument("--sizes-mib", default="1,16", help="image sizes in MiB, comma separated")
     options = parser.parse_args()
     if not Path(NGINX).exists():
@@ -260,11 +261,11 @@ def main() -> None:
     client = (f"wrk -t1 -c{CONNECTIONS}" if load is run_wrk
               else f"httpx, {CONNECTIONS} threads (install wrk for the usual figures)")
     sizes = [int(s) for s in options.sizes_mib.split(",")]
-    load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"image download throughput, full-file GETs, {client}, {options.duration:g} s each, "
-          f"{options.rounds} rounds interleaved; {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, load average {load_average:.1f}")
-    names = ("nginx direct", "suitkit alone", "nginx+suitkit accel")
+          f"{options.rounds} rounds interleaved (order alternating, nginx direct first and "
+          f"last); {platform.machine()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}, load average {_load()}")
+    names = ("nginx direct", "suitkit alone", "nginx+suitkit accel", "nginx direct again")
     with tempfile.TemporaryDirectory(prefix="suitkit-bench-download-") as temp:
         root = Path(temp)
         (root / "images").mkdir()
@@ -275,11 +276,11 @@ def main() -> None:
             images.append(path)
         (root / "suitkit").mkdir()
         data = suitkit_data(root / "suitkit", images)
-        with nginx_direct(root / "nginx", images, digests[0]) as direct, \
-                suitkit_server(root / "suitkit", digests[0]) as alone, \
+        with suitkit_server(root / "suitkit", digests[0]) as alone, \
                 suitkit_server(root / "suitkit", digests[0], "--accel-redirect", ACCEL_PREFIX,
                                name="suitkit-accel") as behind, \
-                nginx_accel(root / "nginx-accel", behind, data / "blobs", digests[0]) as accel:
+                nginx_both(root / "nginx", images, behind, data / "blobs",
+                           digests[0]) as (direct, accel):
             urls = (direct, alone, accel)
             print(f"{'image':>9} | {'round':>5} | " + " | ".join(f"{n:>20}" for n in names))
             for size, digest in zip(sizes, digests, strict=True):
@@ -287,18 +288,35 @@ def main() -> None:
                     body = httpx.get(f"{url}/firmware/{digest}", timeout=30).content
                     if hashlib.sha256(body).hexdigest() != digest:
                         raise SystemExit(f"{url} served other bytes than the image")
-                figures: list[list[float]] = [[] for _ in urls]
+                figures: list[list[float]] = [[] for _ in names]
                 for number in range(options.rounds):
-                    for i, url in enumerate(urls):
+                    # direct first and last; the two others in an order that alternates
+                    middle = [1, 2] if number % 2 == 0 else [2, 1]
+                    for i in (0, *middle, 3):
+                        url = urls[i] if i < 3 else direct
                         figures[i].append(load(f"{url}/firmware/{digest}", options.duration)[0])
                     print(f"{size:>5} MiB | {number + 1:>5} | "
                           + " | ".join(f"{f[-1]:>15.0f} MB/s" for f in figures))
                 medians = [statistics.median(f) for f in figures]
                 print(f"{size:>5} MiB | {'med.':>5} | "
                       + " | ".join(f"{m:>15.0f} MB/s" for m in medians))
-                print(f"{size:>5} MiB | ratio to nginx direct: suitkit alone "
-                      f"{medians[1] / medians[0]:.2f}x, nginx+suitkit accel "
-                      f"{medians[2] / medians[0]:.2f}x")
+                # per round: each server to the mean of the two nginx direct measurements
+                base = [(a + b) / 2 for a, b in zip(figures[0], figures[3], strict=True)]
+                alone_r = [x / b for x, b in zip(figures[1], base, strict=True)]
+                accel_r = [x / b for x, b in zip(figures[2], base, strict=True)]
+                same_r = [b / a for a, b in zip(figures[0], figures[3], strict=True)]
+                print(f"{size:>5} MiB | per-round ratios to nginx direct (median, range): "
+                      f"suitkit alone {_spread(alone_r)}, nginx+suitkit accel "
+                      f"{_spread(accel_r)}; A/A (nginx direct last / first) "
+                      f"{_spread(same_r)}; load average {_load()}")
+
+
+def _spread(values: list[float]) -> str:
+    return (f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})")
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -30,10 +30,11 @@ _MAIN = """\
 daemon off;
 master_process on;
 worker_processes 1;
+worker_rlimit_nofile {files};
 {user}
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
-events {{ worker_connections 256; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log {root}/access.log;
     client_body_temp_path {root}/client_body;
@@ -52,9 +53,12 @@ def have_nginx() -> bool:
 
 
 @contextmanager
-def nginx_in_front(folder: Path, upstreams: tuple[str, ...], blobs: Path) -> Iterator[str]:
+def nginx_in_front(folder: Path, upstreams: tuple[str, ...], blobs: Path, *,
+                   connections: int = 256) -> Iterator[str]:
     """nginx in front of the suitkit replicas ``upstreams`` (``http://host:port``) sending the
-    blobs of ``blobs``; yields its URL."""
+    blobs of ``blobs``; yields its URL (its master's pid is in ``folder/nginx.pid``).
+    ``connections``: its worker's connections (a held client stream is two: the client's and
+    the replica's)."""
     folder.mkdir(parents=True, exist_ok=True)
     root = folder.resolve()
     for attempt in range(5):
@@ -66,7 +70,9 @@ def nginx_in_front(folder: Path, upstreams: tuple[str, ...], blobs: Path) -> Ite
         # the worker reads the blobs and the test's private temporary folder: as root, it
         # runs as root (nginx's default user, nobody, may not enter pytest's tmp_path)
         user = "user root;" if os.geteuid() == 0 else ""
-        (root / "nginx.conf").write_text(_MAIN.format(root=root, servers=servers, user=user))
+        (root / "nginx.conf").write_text(_MAIN.format(
+            root=root, servers=servers, user=user, connections=connections,
+            files=connections * 2 + 64))
         with (root / "nginx.out").open("w") as out:
             process = start_process([NGINX, "-p", str(root), "-e", str(root / "error.log"),
                                      "-c", str(root / "nginx.conf")], stdout=out,

@@ -66,6 +66,38 @@ def cpu_seconds(pid: int) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` and of every process below it, those that
+    ended included (the children it waited for: ``cutime``, ``cstime``), e.g. PostgreSQL's
+    postmaster and its backends, or nginx's master and workers (``None``: no such process)."""
+    parents: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            continue  # ended meanwhile
+        fields = text.rpartition(")")[2].split()
+        try:
+            ppid, user, system = int(fields[1]), int(fields[11]), int(fields[12])
+            waited = int(fields[13]) + int(fields[14]) if int(entry.name) == pid else 0
+        except (IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+        times[int(entry.name)] = (user + system + waited) / tick
+    if pid not in times:
+        return None
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo.extend(parents.get(current, ()))
+    return total
+
+
 def device_classes() -> dict[str, DeviceClass]:
     """Class name -> what a light device of the class is (v1 installed at the factory)."""
     classes = {}
@@ -141,25 +173,39 @@ def anchors_of(keys: Keys) -> TrustAnchors:
                                      role="operator")), ("author", "operator"))
 
 
-class _Cpu:
-    """CPU seconds of the servers and of this process, from a starting point."""
+_Reading = tuple[float, float | None, dict[str, float | None]]
 
-    def __init__(self, pids: Sequence[int]) -> None:
+
+class _Cpu:
+    """CPU seconds of the servers, of the process trees of ``side`` (name -> root pid: the
+    database, the balancer) and of this process, from a starting point."""
+
+    def __init__(self, pids: Sequence[int], side: Mapping[str, int] | None = None) -> None:
         self.pids = list(pids)
+        self.side = dict(side or {})
         self.start = self._read()
 
-    def _read(self) -> tuple[float, float | None]:
+    def _read(self) -> _Reading:
         servers = [cpu_seconds(pid) for pid in self.pids]
         known = [s for s in servers if s is not None]
-        return time.process_time(), (sum(known) if known and self.pids else None)
+        side = {name: tree_cpu_seconds(pid) for name, pid in self.side.items()}
+        return time.process_time(), (sum(known) if known and self.pids else None), side
 
-    def since(self, start: tuple[float, float | None] | None = None
-              ) -> dict[str, float | None]:
-        own0, server0 = start or self.start
-        own, server = self._read()
-        return {"simulator_seconds": round(own - own0, 2),
-                "server_seconds": (round(server - server0, 2)
-                                   if server is not None and server0 is not None else None)}
+    def since(self, start: _Reading | None = None) -> dict[str, Any]:
+        own0, server0, side0 = start or self.start
+        own, server, side = self._read()
+        out: dict[str, Any] = {
+            "simulator_seconds": round(own - own0, 2),
+            "server_seconds": (round(server - server0, 2)
+                               if server is not None and server0 is not None else None)}
+        if side:
+            out["side_seconds"] = {name: _moved(side0.get(name), now)
+                                   for name, now in side.items()}
+        return out
+
+
+def _moved(before: float | None, now: float | None) -> float | None:
+    return round(now - before, 2) if now is not None and before is not None else None
 
 
 async def run_load(root: Path, urls: Sequence[str], admin_token: str, upload_token: str,
@@ -168,11 +214,12 @@ async def run_load(root: Path, urls: Sequence[str], admin_token: str, upload_tok
                    long_poll: float = 30.0, safety_interval: float = 300.0,
                    timeout: float = 600.0,
                    server_pids: Sequence[int] = (),
+                   side_pids: Mapping[str, int] | None = None,
                    on_swarm: Callable[[Swarm], None] | None = None,
                    say: Callable[[str], None] = lambda _: None) -> LoadResult:
     """Run ``n`` devices against ``urls`` and update them all (see the module docstring)."""
     started = time.monotonic()
-    cpu = _Cpu(server_pids)
+    cpu = _Cpu(server_pids, side_pids)
     raise_open_files()
     mix = dict(mix or MODE_MIXES["poll"])
     unknown = set(mix) - set(KINDS)
@@ -205,7 +252,7 @@ async def run_load(root: Path, urls: Sequence[str], admin_token: str, upload_tok
         runner = asyncio.create_task(swarm.run())
         try:
             if not await _connected(swarm, runner,
-                                    timeout=max(60.0, n / 50, 2 * poll_interval + 30)):
+                                    timeout=max(60.0, n / 20, 2 * poll_interval + 30)):
                 missing = sum(not d.connected for d in devices)
                 raise SuitError(f"{missing} of {n} devices did not connect within the time "
                                 "allowed; see the server's log")

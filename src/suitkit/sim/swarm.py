@@ -10,8 +10,15 @@ every device is a coroutine of one event loop. What the server sees is what the 
 
 1. waiting for work, by mode (RFC 9019 §2.3):
 
-   - ``poll``: a check-in every ``poll_interval`` seconds (jittered). ``Swarm.check_in`` is the
-     one place where the per-poll request is made: today ``GET /api/v1/devices/{id}/update``;
+   - ``poll``: a check-in every ``poll_interval`` seconds (jittered; ``None``: the
+     ``poll_after`` the tracker's last answer suggested). ``Swarm.check_in`` is the one place
+     where the per-poll request is made: ``POST /api/v1/devices/{id}/checkin`` with the digest
+     of the device's inventory (``device.agent.inventory_digest``), the inventory itself only
+     when the answer asks for it (``send_inventory``); the answer is the pending release or
+     ``{"release": null}``, with the update state the tracker has for the device. Against a
+     tracker without it (404 or 405: older than issue #12, or an old replica behind the same
+     balancer) the server's devices fall back to the agent's old calls for the rest of the
+     run: ``GET .../update``, and ``PUT .../inventory`` + ``GET .../{id}`` in an update;
    - ``sse`` (push): a server-sent-event stream on ``.../notifications``; the device acts on
      the notice's document, as the agent does in push mode;
    - ``longpoll`` (push): long-polls on ``.../notifications?wait=W&after=SERIAL``, acting on
@@ -22,11 +29,14 @@ every device is a coroutine of one event loop. What the server sees is what the 
    and, as the agent does in its push and hybrid modes, a check-in every ``safety_interval``
    seconds in case a notice was lost (a replica that did not hear of a deployment);
 
-2. an update: ``PUT .../inventory``, ``GET .../{id}`` (where the tracker has the update; an
-   update cut short by a network failure resumes from there, as the agent does), the events
+2. an update: where the tracker has it (the ``state`` of the check-in that found the release;
+   after a pushed notice, or when an attempt is retried, a check-in of its own: an update cut
+   short by a network failure resumes from there, as the agent does), the events
    ``downloading``, ``downloaded``, ``installing``, the envelope from its URL (bounded), the
    device's checks, the images, ``POST .../reports`` (the SUIT report), ``rebooting``,
-   ``succeeded`` (or ``failed`` with the reason), ``PUT .../inventory``.
+   ``succeeded`` (or ``failed`` with the reason), and a check-in with the new inventory. A poll
+   that finds a release and the update it starts are 8 requests to the tracker (10 with the
+   old calls).
 
 The device's checks are the real ones, not a stand-in: ``core.verify`` against the device's
 trust anchors (author and operator, both required), the anti-rollback rule of the consumer, then
@@ -74,6 +84,7 @@ from suitkit.core.processor import (
 )
 from suitkit.core.report import Record, SystemPropertyClaims, encode_report
 from suitkit.core.verify import TrustAnchors, VerifiedManifest, verify_envelope
+from suitkit.device.agent import inventory_digest
 from suitkit.errors import StorageError, SuitError
 from suitkit.limits import Limits
 from suitkit.sim.fleet import Stats
@@ -99,6 +110,13 @@ _REPORT_MEDIA_TYPE = "application/suit-report+cbor"
 _MAX_ANSWER = 256 * 1024
 _MAX_DETAIL = 1024
 _OPTIONS = ProcessorOptions(allow_unverified_staging=False)
+_OLD_SERVER = (404, 405)
+"""What a tracker without ``POST .../checkin`` answers it (as ``device.agent``)."""
+DEFAULT_POLL_AFTER = 60.0
+"""Seconds between check-ins of a device told to follow the tracker's ``poll_after`` before
+any answer gave one."""
+MAX_POLL_AFTER = 24 * 3600.0
+"""The longest ``poll_after`` a device follows (the answer is the server's: bounded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +162,8 @@ class LightDevice:
     connected: bool = False
     updating: bool = False
     finished_at: float | None = None
+    poll_after: float | None = None
+    """The tracker's last suggestion of seconds until the next check-in."""
     handled: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -163,6 +183,10 @@ class LightDevice:
                                for cid, digest in zip(self.klass.components, self.digests,
                                                       strict=True)],
                 "hardware": {"shape": self.klass.shape}}
+
+    def inventory_digest(self) -> str:
+        """The check-in's ``inventory_digest`` of ``inventory()`` (the agent's digest)."""
+        return inventory_digest(self.inventory())
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -374,13 +398,15 @@ class Swarm:
     ``stop()``.
 
     ``concurrency``: connections per server for ordinary requests (devices beyond it wait
-    for one). ``poll_interval``: seconds between a poll device's check-ins;
+    for one). ``poll_interval``: seconds between a poll device's check-ins (``None``: the
+    ``poll_after`` of the tracker's last answer, ``DEFAULT_POLL_AFTER`` before any);
     ``safety_interval``: between the safety check-ins of the other kinds; ``long_poll``: the
     ``wait`` of a long-poll.
     """
 
     def __init__(self, devices: Iterable[LightDevice], urls: Sequence[str],
-                 anchors: TrustAnchors, *, concurrency: int = 64, poll_interval: float = 10.0,
+                 anchors: TrustAnchors, *, concurrency: int = 64,
+                 poll_interval: float | None = 10.0,
                  safety_interval: float = 300.0, long_poll: float = 30.0,
                  limits: Limits | None = None, seed: int = 0) -> None:
         if not urls:
@@ -398,6 +424,8 @@ class Swarm:
         self._pools: list[Pool] = []
         self._stop: asyncio.Event | None = None
         self.payload_bytes = 0
+        self.old_servers: set[int] = set()
+        """Indexes of the servers that answered the check-in 404 or 405 (the old calls)."""
 
     # ---- HTTP, counted
 
@@ -456,33 +484,77 @@ class Swarm:
 
     # ---- the one seam of the per-poll request
 
-    async def check_in(self, device: LightDevice) -> dict[str, Any] | None:
-        """One poll: what the tracker assigns to the device (``None``: nothing).
+    async def check_in(self, device: LightDevice, *, inventory: bool = False
+                       ) -> dict[str, Any] | None:
+        """One poll, as the agent's (``device.agent._Tracker.checkin``): the tracker's answer,
+        ``{"release": ..., "envelope_url": ..., "state": ...}`` (``"release": null``: nothing
+        to do); ``None`` when an old server has nothing (204) or took the inventory.
 
-        Today ``GET /api/v1/devices/{id}/update`` (the agent's poll); a cheaper single
-        check-in endpoint of the tracker replaces this one call.
+        ``POST /api/v1/devices/{id}/checkin`` with the inventory's digest (and the inventory
+        with it when ``inventory``, or asked again with it when the answer says
+        ``send_inventory``); its ``poll_after`` is kept on the device. On a server that
+        answers it 404 or 405 (no check-in), ``GET .../update`` now and from then on; those
+        answers carry no ``state``.
 
         Raises:
             _Retry: the tracker could not be reached or refused.
         """
+        if device.server not in self.old_servers:
+            body: dict[str, Any] = {"inventory_digest": device.inventory_digest()}
+            if inventory:
+                body["inventory"] = device.inventory()
+            answer = await self._tracker(device, "checkin", "POST", "/checkin", doc=body,
+                                         expected=(200, *_OLD_SERVER))
+            if answer.status in _OLD_SERVER:
+                self.old_servers.add(device.server)
+            else:
+                doc = _json(answer.body)
+                if doc.get("send_inventory") is True and not inventory:
+                    body["inventory"] = device.inventory()
+                    doc = _json((await self._tracker(device, "checkin", "POST", "/checkin",
+                                                     doc=body)).body)
+                hint = doc.get("poll_after")
+                if isinstance(hint, (int, float)) and not isinstance(hint, bool) and hint > 0:
+                    device.poll_after = min(float(hint), MAX_POLL_AFTER)
+                device.connected = True
+                return doc
+        if inventory:
+            await self._tracker(device, "inventory", "PUT", "/inventory", doc=device.inventory())
+            return None
         answer = await self._tracker(device, "update", "GET", "/update", expected=(200, 204))
         device.connected = True
         return None if answer.status == 204 else _json(answer.body)
 
+    async def _state(self, device: LightDevice) -> str | None:
+        """The update state the tracker has for the device: a check-in's; on an old server
+        (no ``state`` in its answers) ``GET .../{id}``, with the inventory sent before it, as
+        the agent does there."""
+        if device.server not in self.old_servers:
+            doc = await self.check_in(device)
+            if device.server not in self.old_servers:
+                state = (doc or {}).get("state")
+                return state if isinstance(state, str) else None
+        await self._tracker(device, "inventory", "PUT", "/inventory", doc=device.inventory())
+        state = _json((await self._tracker(device, "device", "GET")).body).get("state")
+        return state if isinstance(state, str) else None
+
     # ---- an update, as device.agent.run_once
 
-    async def update(self, device: LightDevice, assigned: Mapping[str, Any] | None) -> None:
-        """Act on ``assigned`` (a check-in's answer or a pushed notice) until the update has a
-        final outcome or failed ``MAX_ERRORS`` times in transit."""
+    async def update(self, device: LightDevice, assigned: Mapping[str, Any] | None, *,
+                     checked_in: bool = False) -> None:
+        """Act on ``assigned`` (a check-in's answer, ``checked_in``: its ``state`` is where the
+        tracker has the update; or a pushed notice) until the update has a final outcome or
+        failed ``MAX_ERRORS`` times in transit. An attempt retried reads the state again."""
         if device.updating:
             return
         device.updating = True
         try:
             while not device.done:
                 try:
-                    await self._update_once(device, assigned)
+                    await self._update_once(device, assigned, checked_in=checked_in)
                     return
                 except _Retry as e:
+                    checked_in = False
                     device.errors += 1
                     device.state = f"error: {e}"
                     if device.errors >= MAX_ERRORS:
@@ -495,8 +567,8 @@ class Swarm:
         finally:
             device.updating = False
 
-    async def _update_once(self, device: LightDevice, assigned: Mapping[str, Any] | None
-                           ) -> None:
+    async def _update_once(self, device: LightDevice, assigned: Mapping[str, Any] | None, *,
+                           checked_in: bool) -> None:
         release, url = (assigned or {}).get("release"), (assigned or {}).get("envelope_url")
         if not isinstance(release, str) or not isinstance(url, str) or not release:
             return
@@ -509,8 +581,11 @@ class Swarm:
                        f"the light devices install; {str(action)[:20]!r} actions are not "
                        "simulated")
             return
-        await self._tracker(device, "inventory", "PUT", "/inventory", doc=device.inventory())
-        state = _json((await self._tracker(device, "device", "GET")).body).get("state")
+        if checked_in and device.server not in self.old_servers:
+            state = (assigned or {}).get("state")
+            state = state if isinstance(state, str) else None
+        else:
+            state = await self._state(device)
         if state not in (None, *_STEPS):
             # the update is final on the tracker: this device's own final event got there
             # before the network failed (a stale notice's release is handled already)
@@ -566,7 +641,7 @@ class Swarm:
                      ) -> None:
         await self._tracker(device, "events", "POST", "/events",
                             doc={"state": outcome, "detail": reason[:_MAX_DETAIL]}, expected=(201,))
-        await self._tracker(device, "inventory", "PUT", "/inventory", doc=device.inventory())
+        await self.check_in(device, inventory=True)  # the new inventory
         self._done(device, release, outcome, reason)
 
     def _done(self, device: LightDevice, release: str, outcome: str, reason: str) -> None:
@@ -623,8 +698,15 @@ class Swarm:
             await asyncio.wait_for(self._stop.wait(), max(seconds, 0.0))
         return self._stop.is_set()
 
-    async def _poll(self, device: LightDevice, interval: float, *, first: bool = True) -> None:
-        if first and await self._sleep(self._rng.uniform(0, interval)):
+    def _interval(self, device: LightDevice, interval: float | None) -> float:
+        if interval is not None:
+            return interval
+        return device.poll_after or DEFAULT_POLL_AFTER
+
+    async def _poll(self, device: LightDevice, interval: float | None, *, first: bool = True
+                    ) -> None:
+        """Check in every ``interval`` seconds (``None``: as the tracker suggests)."""
+        if first and await self._sleep(self._rng.uniform(0, self._interval(device, interval))):
             return
         while True:
             try:
@@ -633,8 +715,9 @@ class Swarm:
                 device.state = f"poll: {e}"
             else:
                 if assigned is not None and _new_release(assigned, device):
-                    await self.update(device, assigned)
-            if await self._sleep(interval * self._rng.uniform(0.8, 1.2)):
+                    await self.update(device, assigned, checked_in=True)
+            if await self._sleep(self._interval(device, interval)
+                                 * self._rng.uniform(0.8, 1.2)):
                 return
 
     async def _sse(self, device: LightDevice) -> None:
@@ -693,10 +776,12 @@ class Swarm:
                     if isinstance(serial, int) and not isinstance(serial, bool):
                         after = serial
                     if _new_release(notice, device):
-                        if hybrid:
+                        checked_in = False
+                        if hybrid:  # the notice only says "check in"
                             with contextlib.suppress(_Retry):
                                 notice = await self.check_in(device) or {}
-                        await self.update(device, notice)
+                                checked_in = True
+                        await self.update(device, notice, checked_in=checked_in)
                 elif answer.status != 204:
                     device.state = f"long-poll: HTTP {answer.status}"
                     if await self._sleep(1.0 * self._rng.uniform(0.5, 1.5)):
@@ -745,11 +830,25 @@ class Swarm:
         try:
             await self._stop.wait()
         finally:
+            pending = set(tasks)
+            while pending:
+                # cancelled again until done: asyncio.wait_for of CPython < 3.12 loses a
+                # cancellation that arrives as its inner task completes, and a device reading
+                # its event stream then never stops (a 10,000-device run hung here, 1,342 SSE
+                # streams still held)
+                for task in pending:
+                    task.cancel()
+                _, pending = await asyncio.wait(pending, timeout=1.0)
             for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+                if not task.cancelled():
+                    task.exception()  # retrieved: a device's crash is its outcome already
             for pool in self._pools:
                 pool.close()
+
+    def close(self) -> None:
+        """Close the connection pools opened outside ``run`` (``open``, ``register``)."""
+        for pool in self._pools:
+            pool.close()
 
     def stop(self) -> None:
         if self._stop is None:

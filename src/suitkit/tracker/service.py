@@ -897,9 +897,9 @@ class TrackerDB:
         """
         with self.store.transaction() as tx:
             seq = tx.lock_device(device_id)
+            # read after the lock, by this transaction's own session: current (no refresh)
             device = tx.device(device_id)
             assert device is not None
-            tx.refresh(device)
             assignment = tx.assignment(device_id)
             if by_device:
                 _check_device_event(tx, device, assignment, state, tx.now())
@@ -921,7 +921,7 @@ class TrackerDB:
         tx.add(row)
         device.state = state
         device.state_changed = now
-        self._trim_events(tx, device.id)
+        self._trim_events(tx, device.id, seq)
         finished = False
         if assignment is not None and assignment.done is None:
             if state in FINAL_STATES or (state == "downloaded"
@@ -1150,11 +1150,14 @@ class TrackerDB:
             self._trim_reports(tx, device_id)
             return _report_json(row)
 
-    def _trim_events(self, tx: Tx, device_id: str) -> None:
+    def _trim_events(self, tx: Tx, device_id: str, seq: int) -> None:
         """Delete the device's oldest events beyond ``quotas.max_events`` (same transaction
-        as the new one; tracker.quotas says why the oldest go rather than the new one)."""
+        as the new one, history item ``seq``; tracker.quotas says why the oldest go rather
+        than the new one). Each event takes a history number of its own (``lock_device``): a
+        device whose numbers reach no further than the quota has no more events than it,
+        and is not asked (the query was a quarter of an event's statements)."""
         keep = self.quotas.max_events
-        if keep > 0:
+        if keep > 0 and seq > keep:
             tx.keep_newest_events(device_id, keep)
 
     def _trim_reports(self, tx: Tx, device_id: str) -> None:
@@ -1345,10 +1348,9 @@ def _check_report(tx: Tx, device_id: str, release: str, *, nonce: bytes | None =
                   require_nonce: bool = False, lifetime: timedelta | None = None
                   ) -> Assignment:
     """The device's current assignment, if the report ``add_report`` got is the one it
-    expects (see there)."""
+    expects (see there); called after ``lock_device``, so the rows read are current."""
     device = tx.device(device_id)
     assert device is not None
-    tx.refresh(device)
     assignment = tx.assignment(device_id)
     if nonce is not None or require_nonce:
         _check_nonce(tx, device_id, assignment, nonce, lifetime)

@@ -181,7 +181,7 @@ class Store:
         serials: dict[str, int] = {}
         try:
             with self._sessions.begin() as session:
-                tx = Tx(session, self._tx_clock(session))
+                tx = Tx(session, self._tx_clock(session), db_clock=self._db_clock)
                 yield tx
                 if tx.announced:
                     serials = self._bump(session, tx.announced)
@@ -348,9 +348,12 @@ class Tx:
     """One open transaction (``Store.transaction``): the queries, on rows of ``tracker.model``.
     Changes to the rows it returns are written at the end of the transaction."""
 
-    def __init__(self, session: Session, clock: Callable[[], datetime]) -> None:
+    def __init__(self, session: Session, clock: Callable[[], datetime], *,
+                 db_clock: bool = False) -> None:
         self._session = session
         self._clock = clock
+        self._db_clock = db_clock
+        """``clock`` is the database's ``now()`` (PostgreSQL): a statement may read it along."""
         self._now: datetime | None = None
         self.announced: dict[str, None] = {}
         """The devices whose notices change with this transaction (``announce``)."""
@@ -437,14 +440,28 @@ class Tx:
 
         Raises: StorageError: there is no such device.
         """
-        result = self._session.execute(update(Device).where(Device.id == device_id)
-                                       .values(history_count=Device.history_count + 1))
-        if getattr(result, "rowcount", 0) != 1:
+        bump = (update(Device).where(Device.id == device_id)
+                .values(history_count=Device.history_count + 1))
+        if self._db_clock and self._now is None:
+            # one statement, not an UPDATE, a SELECT and the clock's SELECT now(): every event
+            # and report of every device takes this lock. now() is the transaction's start,
+            # what Tx.now() reads.
+            row = self._session.execute(bump.returning(Device.history_count, func.now())
+                                        ).first()
+            count = None if row is None else row[0]
+            if row is not None:
+                self._now = naive(row[1])
+        elif self._session.get_bind().dialect.update_returning:
+            # one statement (SQLite >= 3.35), not an UPDATE and a SELECT
+            count = self._session.scalar(bump.returning(Device.history_count))
+        else:
+            result = self._session.execute(bump)
+            count = (self._session.scalar(select(Device.history_count)
+                                          .where(Device.id == device_id))
+                     if getattr(result, "rowcount", 0) == 1 else None)
+        if count is None:
             raise StorageError(f"no device {device_id}")
-        count = self._session.scalar(select(Device.history_count)
-                                     .where(Device.id == device_id))
-        assert count is not None
-        return count
+        return int(count)
 
     def hold_device(self, device_id: str) -> None:
         """Lock the device's row for this transaction, taking no sequence number."""

@@ -593,13 +593,23 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
             raise storage_refused(e, "the tracker could not store the inventory") from None
         return JSONResponse(await storage(tracker.device, device_id))
 
-    @router.post(f"{_DEVICES}/{{device_id}}/events", status_code=201,
-                 summary="Report a new update state (the device itself)",
-                 openapi_extra=_json_body({"state": {"type": "string", "enum": list(STATES)},
-                                           "detail": {"type": "string"}}))
-    async def post_event(request: Request, device_id: str) -> Response:
-        """Move the device's update to a new state (the device only)."""
-        await device_itself(request, device_id)
+    async def post_event(request: Request) -> Response:
+        """Move the device's update to a new state (the device only). Five of these make
+        every update: a plain Starlette route as the check-in (no FastAPI dependency
+        resolution), the credential check and the event each one call in the check-in's
+        worker threads (not anyio's thread hop)."""
+        request.scope["route"] = event_route  # the route template, for metrics and logs
+        check_path_ids(request)
+        device_id: str = request.path_params["device_id"]
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Refused(401, WANT_BEARER)
+        loop = asyncio.get_running_loop()
+        who: Principal = await loop.run_in_executor(checkin_threads(), auth.check, token)
+        if who.role != "device" or who.device_id != device_id:
+            request.state.suitkit_principal = who
+            await device_itself(request, device_id)  # its 403, as every device route's
         throttle(device_id, "events")
         doc = await json_object(request)
         only_members(doc, {"state", "detail"}, "event")
@@ -609,13 +619,23 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
                                f"{str(state)[:40]!r}")
         detail = text_member(doc.get("detail", ""), "detail", _MAX_DETAIL)
         try:
-            event = await run_in_threadpool(functools.partial(
+            event = await loop.run_in_executor(checkin_threads(), functools.partial(
                 tracker.add_event, device_id, state, detail, by_device=True))
         except (TransitionRefused, NotAssigned) as e:
             raise Refused(409, str(e)) from None
         except StorageError as e:
             raise storage_refused(e, "the tracker could not store the event") from None
         return JSONResponse(event, status_code=201)
+
+    event_path = f"{_DEVICES}/{{device_id}}/events"
+    router.add_route(event_path, post_event, methods=["POST"], name="post_event",
+                     include_in_schema=False)
+    event_route = router.routes[-1]
+    # once more as a FastAPI route, for the OpenAPI document only (the plain one answers)
+    router.post(event_path, status_code=201, include_in_schema=True,
+                summary="Report a new update state (the device itself)",
+                openapi_extra=_json_body({"state": {"type": "string", "enum": list(STATES)},
+                                          "detail": {"type": "string"}}))(post_event)
 
     @router.post(f"{_DEVICES}/{{device_id}}/reset", status_code=201,
                  summary="End a device's stuck update as failed (admin, operator)",
@@ -822,6 +842,9 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         """The poll in one request (the device only; docs/tracker.md "Check-in"). A plain
         Starlette route: path id, credential shape and body are checked here by hand, then
         one call of the service in a worker thread (``TrackerDB.check_in``)."""
+        # a plain route does not name itself in the scope as FastAPI's do: the metrics and
+        # the access log's route template come from there (they said "unmatched")
+        request.scope["route"] = checkin_route
         check_path_ids(request)
         device_id: str = request.path_params["device_id"]
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -859,6 +882,7 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
     checkin_path = f"{_DEVICES}/{{device_id}}/checkin"
     router.add_route(checkin_path, checkin, methods=["POST"], name="checkin",
                      include_in_schema=False)
+    checkin_route = router.routes[-1]
     # once more as a FastAPI route, for the OpenAPI document only (it lists FastAPI's own
     # routes); the plain route above comes first, so it is the one that answers
     router.post(checkin_path, include_in_schema=True,
