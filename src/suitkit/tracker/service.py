@@ -775,7 +775,7 @@ class TrackerDB:
                 tx.add(DeviceEvent(device_id=device_id, seq=seq, state="rolled-back",
                                    previous="succeeded", detail=detail, timestamp=now))
                 device.state, device.state_changed = "rolled-back", now
-                self._trim_events(tx, device_id)
+                self._trim_events(tx, device_id, seq)
                 added = True
                 if member is not None and member.state == "succeeded":
                     member.state, member.detail = "rolled-back", detail
