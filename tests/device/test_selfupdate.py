@@ -219,7 +219,9 @@ def test_a_good_new_agent_comes_up_checks_in_and_reports_its_version(world: Worl
         agent = next(c for c in world.device_doc(device.id)["components"]
                      if c["id"] == [p.hex() for p in AGENT_ID])
         assert agent["sequence"] == release["sequence_number"]
-        assert "the new agent checked in and confirmed itself" in launcher.text()
+        # the launcher notices the confirm at its next look (after the tracker heard of it)
+        wait(lambda: "the new agent checked in and confirmed itself" in launcher.text(),
+             "the launcher to log that the new agent confirmed itself")
         # the switch happened: the new agent runs from the other slot, confirmed
         opened = open_device(device.folder)
         assert opened.bootloader.read_state().phase.value == "confirmed"  # type: ignore[attr-defined]
