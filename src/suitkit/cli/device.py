@@ -49,6 +49,22 @@ app = new_app(help="A simulated (or Linux-class) device kept in a folder.",
 _ANY_ADDRESS = "0.0.0.0"  # noqa: S104 - the LwM2M client's default: it must reach its server
 
 
+# The health window's options, shared by `device init` and `device health`.
+HealthWindowOption = Annotated[float | None, typer.Option(
+    "--health-window", help="Seconds the agent watches the application after an update "
+    "before it confirms it (health-gated rollouts; default: confirm at once).")]
+HealthIntervalOption = Annotated[float | None, typer.Option(
+    "--health-interval", help="Seconds between health checks (default 5).")]
+HealthCommandOption = Annotated[str | None, typer.Option(
+    "--health-command", help="A health check: exit 0 is healthy ({pid}: the "
+    "application's process id).")]
+HealthUrlOption = Annotated[str | None, typer.Option(
+    "--health-url", help="A health check: a 2xx answer to GET URL is healthy.")]
+MaxCrashesOption = Annotated[int, typer.Option(
+    "--max-crashes", help="Crashes of the application restarted in the health window "
+    "before it is unhealthy.")]
+
+
 def _uuid(value: str, option: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
@@ -89,19 +105,11 @@ def init(
         "--agent", help="Linux-class: the device agent is a component too, ['suitkit', "
         "'agent'], updated by SUIT manifests; run it with 'suitkit device launch' "
         "(docs/selfupdate.md).")] = False,
-    health_window: Annotated[float | None, typer.Option(
-        "--health-window", help="Seconds the agent watches the application after an update "
-        "before it confirms it (health-gated rollouts; default: confirm at once).")] = None,
-    health_interval: Annotated[float | None, typer.Option(
-        "--health-interval", help="Seconds between health checks (default 5).")] = None,
-    health_command: Annotated[str | None, typer.Option(
-        "--health-command", help="A health check: exit 0 is healthy ({pid}: the "
-        "application's process id).")] = None,
-    health_url: Annotated[str | None, typer.Option(
-        "--health-url", help="A health check: a 2xx answer to GET URL is healthy.")] = None,
-    max_crashes: Annotated[int, typer.Option(
-        "--max-crashes", help="Crashes of the application restarted in the health window "
-        "before it is unhealthy.")] = 0,
+    health_window: HealthWindowOption = None,
+    health_interval: HealthIntervalOption = None,
+    health_command: HealthCommandOption = None,
+    health_url: HealthUrlOption = None,
+    max_crashes: MaxCrashesOption = 0,
     image: Annotated[list[str] | None, typer.Option(
         "--image", help="Linux-class: an image of the boot set (default: app); repeat for "
         "several (image i is component h'0i').")] = None,
@@ -563,19 +571,11 @@ def _health(window: float | None, interval: float | None, command: str | None,
 @handles_errors
 def health_command(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
-    health_window: Annotated[float | None, typer.Option(
-        "--health-window", help="Seconds the agent watches the application after an update "
-        "before it confirms it (health-gated rollouts; default: confirm at once).")] = None,
-    health_interval: Annotated[float | None, typer.Option(
-        "--health-interval", help="Seconds between health checks (default 5).")] = None,
-    health_command: Annotated[str | None, typer.Option(
-        "--health-command", help="A health check: exit 0 is healthy ({pid}: the "
-        "application's process id).")] = None,
-    health_url: Annotated[str | None, typer.Option(
-        "--health-url", help="A health check: a 2xx answer to GET URL is healthy.")] = None,
-    max_crashes: Annotated[int, typer.Option(
-        "--max-crashes", help="Crashes of the application restarted in the health window "
-        "before it is unhealthy.")] = 0,
+    health_window: HealthWindowOption = None,
+    health_interval: HealthIntervalOption = None,
+    health_command: HealthCommandOption = None,
+    health_url: HealthUrlOption = None,
+    max_crashes: MaxCrashesOption = 0,
     off: Annotated[bool, typer.Option("--off", help="No health window: confirm a new "
                                       "image as soon as it started.")] = False,
 ) -> None:
