@@ -236,8 +236,8 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, {platform.system()} {platform.release()}; load "
           f"average {os.getloadavg()[0]:.1f} at the start")
-    runs = [(args.devices, parse_mix(args.mix))]
-    if args.large:
+    runs = [(args.devices, parse_mix(args.mix))] if args.devices > 0 else []
+    if args.large > 0:
         runs.append((args.large, parse_mix(args.large_mix)))
     results = []
     for backend in args.backends.split(","):
@@ -247,7 +247,8 @@ def main() -> None:
             print("postgresql: skipped (initdb is not installed: apt-get install postgresql)")
             continue
         for i, (n, mix) in enumerate(runs):
-            interval = args.poll_interval if i == 0 else args.large_poll_interval
+            interval = (args.poll_interval if i == 0 and args.devices > 0
+                        else args.large_poll_interval)
             front = args.front or ("nginx" if backend == "postgresql" and NGINX else "none")
             doc = run(n, mix, backend, replicas=args.replicas if backend == "postgresql" else 1,
                       concurrency=args.concurrency, poll_interval=interval,
