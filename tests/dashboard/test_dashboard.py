@@ -502,7 +502,7 @@ def test_a_health_gated_campaign_shows_its_gate_and_each_device_s_health(
     login(page, fleet.operator_a)
     page.goto(f"/dashboard/#/campaigns/{campaign}")
     expect(page.locator("[data-testid=health-gate]")).to_contain_text(
-        "window 600 s after confirming, pause above 2 % unhealthy")
+        "window 600 s after confirming, pause at > 2 % unhealthy")
     expect(page.locator("[data-health=watching]")).to_have_count(1)
     checks = {"checks": 2, "failures": 1, "records": [
         {"check": "command", "ok": False, "detail": "health.sh exited with status 1"}]}
