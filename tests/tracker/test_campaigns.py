@@ -685,3 +685,20 @@ def test_the_fleet_summary_counts_states_classes_tags_and_versions(world: World)
     assert summary["tags"] == {"eu": 2, "lab": 1}
     assert summary["versions"] == [{"component": ["00"], "sequence": 4, "version": [1, 2, 0],
                                     "devices": 1}]
+
+
+def test_the_fleet_summary_is_bounded(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = world.devices(3)
+    world.devices(1, cls=OTHER)
+    world.engine.set_tags(ids[0], ["a", "b"])
+    world.engine.set_tags(ids[1], ["b"])
+    for i, device_id in enumerate(ids):  # devices name their own components
+        world.db.set_inventory(device_id, Inventory(VENDOR, CLASS, (
+            ComponentEntry(("00",), 1, None), ComponentEntry((f"{i:02x}", "ff"), 9, None)), {}))
+    monkeypatch.setattr("suitkit.tracker.service._SUMMARY_ROWS", 1)
+    monkeypatch.setattr("suitkit.tracker.service._SUMMARY_TAGS", 1)
+    summary = world.db.fleet_summary()
+    assert summary["classes"] == [{"vendor_id": VENDOR, "class_id": CLASS, "devices": 3}]
+    assert summary["tags"] == {"b": 2}
+    assert summary["versions"] == [{"component": ["00"], "sequence": 1, "version": None,
+                                    "devices": 3}]

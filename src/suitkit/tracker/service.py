@@ -136,6 +136,9 @@ NOT_STARTED = frozenset({"notified", "downloaded"})
 _WINDOW = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)")
 _SUMMARY_TAGS = 500
 """At most this many tags in ``TrackerDB.fleet_summary`` (the most used)."""
+_SUMMARY_ROWS = 1000
+"""At most this many classes and component versions in ``TrackerDB.fleet_summary`` (those of
+the most devices): devices name their own components, so the list is theirs to grow."""
 
 
 # --------------------------------------------------------------------------------- credentials
@@ -576,7 +579,8 @@ class TrackerDB:
         update state, ``no state yet`` for none); ``classes`` (devices per vendor and class ID,
         most first); ``tags`` (devices per tag, the ``_SUMMARY_TAGS`` most used);
         ``versions`` (devices per installed component, sequence number and version, from the
-        inventories)."""
+        inventories); classes and versions at most ``_SUMMARY_ROWS`` each (of the most
+        devices)."""
         with self.store.transaction() as tx:
             states = tx.device_state_counts()
             classes = tx.class_counts()
@@ -593,12 +597,13 @@ class TrackerDB:
             "classes": [{"vendor_id": vendor, "class_id": klass, "devices": n}
                         for (vendor, klass), n in sorted(
                             classes.items(), key=lambda x: (-x[1], x[0][0] or "",
-                                                            x[0][1] or ""))],
+                                                            x[0][1] or ""))[:_SUMMARY_ROWS]],
             "tags": dict(sorted(tags.items(), key=lambda x: (-x[1], x[0]))[:_SUMMARY_TAGS]),
             "versions": [{"component": ident, "sequence": int(seq) if seq is not None else None,
                           "version": version, "devices": n}
                          for ident, seq, version, n in sorted(
-                             versions, key=lambda x: (x[0], int(x[1] or -1), x[2] or []))],
+                             sorted(versions, key=lambda x: -x[3])[:_SUMMARY_ROWS],
+                             key=lambda x: (x[0], int(x[1] or -1), x[2] or []))],
         }
 
     def now(self) -> datetime:
