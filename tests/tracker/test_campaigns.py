@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from pg import BACKENDS, backend_url
 from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec, wave_sizes
 from suitkit.tracker.service import (
     CampaignRefused,
@@ -702,3 +703,42 @@ def test_the_fleet_summary_is_bounded(world: World, monkeypatch: pytest.MonkeyPa
     assert summary["tags"] == {"b": 2}
     assert summary["versions"] == [{"component": ["00"], "sequence": 1, "version": None,
                                     "devices": 3}]
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return backend_url(request, tmp_path)
+
+
+def test_the_summary_and_progress_queries_on_both_databases(database: str) -> None:
+    """The grouped queries behind ``fleet_summary`` (JSON columns grouped by their text) and
+    ``progress`` on SQLite and PostgreSQL."""
+    clock = Clock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+    db = open_db(database, clock=clock)
+    try:
+        engine = CampaignEngine(db)
+        ids = []
+        for i in range(3):
+            device_id, _ = db.register(f"d{i}")
+            db.set_inventory(device_id, Inventory(VENDOR, CLASS, (
+                ComponentEntry(("00",), 2, None, (2, 0)),), {}))
+            ids.append(device_id)
+        engine.set_tags(ids[0], ["eu"])
+        summary = db.fleet_summary()
+        assert summary["versions"] == [{"component": ["00"], "sequence": 2, "version": [2, 0],
+                                        "devices": 3}]
+        assert summary["tags"] == {"eu": 1} and summary["classes"][0]["devices"] == 3
+        cid = engine.create(CampaignSpec(name="c", release=RELEASE, envelope_url=URL,
+                                         class_id=CLASS, failure_threshold=1.0), "alice")["id"]
+        engine.approve(cid, "bob")
+        engine.start(cid, "bob")
+        clock.now += timedelta(seconds=10)
+        for state in [*INSTALL, "succeeded"]:
+            db.add_event(ids[0], state, "")
+        clock.now += timedelta(seconds=10)
+        series = engine.progress(cid, points=2)["series"]
+        assert [(p["done"], p["failed"]) for p in series] == [(0, 0), (1, 0), (1, 0)]
+        assert engine.preview(CampaignSpec(name="p", release="", envelope_url="",
+                                           tags=("eu",))) == {"devices": 1, "waves": [1]}
+    finally:
+        db.engine.dispose()
