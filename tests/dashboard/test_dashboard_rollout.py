@@ -12,7 +12,7 @@ pauses and resumes it. One device's first download breaks (a fetcher that fails 
 device's side): the failure threshold pauses the campaign, bob retries the failed device and
 resumes, and the campaign completes. The audit log, the progress chart and the fleet's version
 chart show it. The fleet, campaign and other pages at 390 px have no horizontal scroll. A
-device stuck in an update is reset from its page.
+device stuck in an update is tagged and reset from its page.
 
 The tests set up only what an operator does not: tokens for alice and bob, the device folders
 and their agents. Screenshots of each step go to ``$SUITKIT_ARTIFACTS`` or ``tests/artifacts/``
@@ -378,7 +378,7 @@ def test_a_whole_rollout_through_the_dashboard(page: Page, rollout: Rollout,
     assert time.monotonic() - began < 90, "the rollout took longer than 90 s"
 
 
-def test_an_operator_resets_a_stuck_device_from_its_page(page: Page, rollout: Rollout,
+def test_an_operator_tags_and_resets_a_stuck_device_from_its_page(page: Page, rollout: Rollout,
                                                          artifacts: Path) -> None:  # noqa: F811
     made = rollout.client.post("/api/v1/devices", json={"name": "stuck-1"},
                                headers=auth(ADMIN))
@@ -395,6 +395,11 @@ def test_an_operator_resets_a_stuck_device_from_its_page(page: Page, rollout: Ro
     sign_in(page, rollout.bob, "bob")
     page.goto(f"/dashboard/#/devices/{dev['id']}")
     expect(page.locator("#view h1")).to_have_text("stuck-1")
+    page.fill("[data-testid=tags]", "lab, eu-west")
+    page.click("[data-action=save-tags]")
+    expect(page.locator(".controls [role=status]")).to_have_text("saved: lab, eu-west")
+    got = rollout.client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
+    assert got["tags"] == ["lab", "eu-west"]
     page.fill("[aria-label='reason for the reset']", "board replaced")
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("[data-action=reset]")
