@@ -831,7 +831,7 @@ function targetText(t) {
   if (!t || typeof t !== "object") return "—";
   const parts = [];
   if (t.vendor_id) parts.push(`vendor ${t.vendor_id}`);
-  if (t.class_id) parts.push(`class ${t.class_id}`);
+  if (t.class_id) parts.push(`class ${classNames?.get(t.class_id) || t.class_id}`);
   if (Array.isArray(t.tags) && t.tags.length) parts.push(`tags ${t.tags.join(", ")}`);
   if (Array.isArray(t.devices)) parts.push(`${t.devices.length} listed device(s)`);
   return parts.join(" · ") || "every device";
