@@ -409,3 +409,25 @@ def test_an_operator_tags_and_resets_a_stuck_device_from_its_page(page: Page, ro
     shot(page, artifacts, "11-reset")
     entries = rollout.client.get("/api/v1/audit?limit=5", headers=auth(ADMIN)).json()["entries"]
     assert (entries[0]["actor"], entries[0]["action"]) == ("bob", "device.reset")
+
+
+def test_a_view_left_while_it_loads_does_not_take_the_live_updates(
+        page: Page, rollout: Rollout) -> None:
+    """The fleet view waits for the server's OpenAPI document (class names) before it goes
+    live; an operator who moved on to the audit log meanwhile keeps a live audit log."""
+    held: list[Any] = []
+    # a lambda: Playwright tags the handler with an attribute (a bound builtin takes none)
+    page.route("**/openapi.json", lambda route: held.append(route))  # noqa: PLW0108
+    sign_in(page, rollout.bob, "bob")  # lands on the fleet view, which now waits
+    page.goto("/dashboard/#/audit")
+    expect(page.locator("#view h1")).to_have_text("Audit log")
+    expect(page.locator("#view tbody tr").first).to_be_visible()
+    assert held, "the fleet view did not ask for the OpenAPI document"
+    for route in held:
+        route.continue_()
+    page.wait_for_timeout(3 * POLL_MS)  # the fleet view's late start, if it were to happen
+    made = rollout.client.post("/api/v1/tokens", headers=auth(ADMIN),
+                               json={"name": "late-view-check", "role": "operator"})
+    assert made.status_code == 201, made.text
+    expect(page.locator("#view tbody tr", has_text="late-view-check").first).to_be_visible()
+    expect(page.locator("#view h1")).to_have_text("Audit log")

@@ -346,6 +346,9 @@ async function tick() {
 
 /** Run ``update`` now and every POLL_MS while the view is shown and the tab visible. */
 function goLive(update, error) {
+  // a view that awaited something while the operator went elsewhere is no longer shown (its
+  // error line left the page with it): it must not take the live updates from the new one
+  if (!error.isConnected) return Promise.resolve();
   stopLive();
   live = { update, error };
   return tick();
@@ -456,7 +459,6 @@ async function overviewView(view) {
   let total = null;
   let releases = [];
   releaseList().then((r) => { releases = r; }).catch(() => {});
-  await loadClassNames();
 
   function drawRows() {
     const query = filter.value.trim().toLowerCase();
@@ -505,6 +507,7 @@ async function overviewView(view) {
     h("section", { class: "devices" }, h("h2", {}, "Devices"),
       h("div", { class: "toolbar" }, states, filter),
       h("div", { class: "toolbar" }, tagInput, tagButton), tagLine, rows));
+  await loadClassNames();
   await goLive(async () => {
     const summary = await api("/api/v1/fleet");
     const page = await devicePage(states.value);
@@ -1008,6 +1011,7 @@ async function newCampaignView(view, releaseId) {
   const [releases, summary, devices] = await Promise.all([
     releaseList(true), api("/api/v1/fleet"),
     api(`/api/v1/devices?limit=${MAX_ROWS}`), loadClassNames()]);
+  if (!error.isConnected) return; // the operator went elsewhere meanwhile
   if (!releases.length) {
     add(view, h("p", { class: "empty" }, "Upload a release first (",
       h("a", { href: "#/firmware" }, "Firmware"), ")."));
