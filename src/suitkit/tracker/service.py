@@ -134,6 +134,11 @@ _DUMMY_HASH = f"{_SHA256}${'00' * 32}"
 NOT_STARTED = frozenset({"notified", "downloaded"})
 """The states of a campaign member (and its device) that has not started its assignment."""
 _WINDOW = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)")
+_SUMMARY_TAGS = 500
+"""At most this many tags in ``TrackerDB.fleet_summary`` (the most used)."""
+_SUMMARY_ROWS = 1000
+"""At most this many classes and component versions in ``TrackerDB.fleet_summary`` (those of
+the most devices): devices name their own components, so the list is theirs to grow."""
 
 
 # --------------------------------------------------------------------------------- credentials
@@ -567,6 +572,39 @@ class TrackerDB:
             return FleetCounts(
                 {state or "registered": n for state, n in tx.device_state_counts().items()},
                 tx.campaign_status_counts(), tx.recent_member_counts(campaigns))
+
+    def fleet_summary(self) -> dict[str, Any]:
+        """The fleet in counts, for an operator's overview and for picking a campaign's target
+        (one transaction, grouped in SQL but for tags): ``devices``; ``states`` (devices per
+        update state, ``no state yet`` for none); ``classes`` (devices per vendor and class ID,
+        most first); ``tags`` (devices per tag, the ``_SUMMARY_TAGS`` most used);
+        ``versions`` (devices per installed component, sequence number and version, from the
+        inventories); classes and versions at most ``_SUMMARY_ROWS`` each (of the most
+        devices)."""
+        with self.store.transaction() as tx:
+            states = tx.device_state_counts()
+            classes = tx.class_counts()
+            tag_lists = tx.tag_lists()
+            versions = tx.component_counts()
+        tags: dict[str, int] = {}
+        for listed in tag_lists:
+            for tag in set(listed or ()):
+                tags[tag] = tags.get(tag, 0) + 1
+        return {
+            "devices": sum(states.values()),
+            "states": {state or "no state yet": n for state, n in sorted(
+                states.items(), key=lambda x: (-x[1], x[0] or ""))},
+            "classes": [{"vendor_id": vendor, "class_id": klass, "devices": n}
+                        for (vendor, klass), n in sorted(
+                            classes.items(), key=lambda x: (-x[1], x[0][0] or "",
+                                                            x[0][1] or ""))[:_SUMMARY_ROWS]],
+            "tags": dict(sorted(tags.items(), key=lambda x: (-x[1], x[0]))[:_SUMMARY_TAGS]),
+            "versions": [{"component": ident, "sequence": int(seq) if seq is not None else None,
+                          "version": version, "devices": n}
+                         for ident, seq, version, n in sorted(
+                             sorted(versions, key=lambda x: -x[3])[:_SUMMARY_ROWS],
+                             key=lambda x: (x[0], int(x[1] or -1), x[2] or []))],
+        }
 
     def now(self) -> datetime:
         """The current time as stored (naive UTC)."""

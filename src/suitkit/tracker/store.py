@@ -46,7 +46,9 @@ from alembic.util.exc import CommandError
 from sqlalchemy import (
     Connection,
     Engine,
+    Text,
     bindparam,
+    cast,
     create_engine,
     delete,
     event,
@@ -762,6 +764,44 @@ class Tx:
         return list(self._session.scalars(select(CampaignLog)
                                           .where(CampaignLog.campaign_id == campaign_id)
                                           .order_by(CampaignLog.id)))
+
+    def member_outcomes(self, campaign_id: str, states: Collection[str]
+                        ) -> list[tuple[str, dict[str, str]]]:
+        """``(state, times)`` of the campaign's members in one of ``states`` (its progress
+        over time: ``CampaignEngine.progress``)."""
+        rows = self._session.execute(
+            select(CampaignMember.state, CampaignMember.times)
+            .where(CampaignMember.campaign_id == campaign_id,
+                   CampaignMember.state.in_(tuple(states))))
+        return [(state, times if isinstance(times, dict) else {}) for state, times in rows]
+
+    def class_counts(self) -> dict[tuple[str | None, str | None], int]:
+        """How many devices per (vendor ID, class ID) (``None``: not reported yet)."""
+        rows = self._session.execute(select(Device.vendor_id, Device.class_id, func.count())
+                                     .group_by(Device.vendor_id, Device.class_id))
+        return {(vendor, klass): n for vendor, klass, n in rows}
+
+    def tag_lists(self) -> list[list[str] | None]:
+        """Every device's tags (counted by the caller: JSON lists do not group in SQL)."""
+        return list(self._session.scalars(select(Device.tags)))
+
+    def component_counts(self) -> list[tuple[list[str], str | None, list[int] | None, int]]:
+        """How many devices run each (component id, sequence number, version), from the
+        installed components of every device's inventory."""
+        c = InstalledComponent
+        # JSON columns grouped by their text (PostgreSQL's json has no equality)
+        ident, version = cast(c.component_id, Text), cast(c.version, Text)
+        rows = self._session.execute(
+            select(ident, c.sequence_number, version, func.count(func.distinct(c.device_id)))
+            .group_by(ident, c.sequence_number, version))
+        found = []
+        for ident_text, seq, version_text, n in rows:
+            parts = json.loads(ident_text) if ident_text else []
+            numbers = json.loads(version_text) if version_text else None
+            found.append(([str(p) for p in parts] if isinstance(parts, list) else [],
+                          seq, [int(v) for v in numbers] if isinstance(numbers, list) else None,
+                          int(n)))
+        return found
 
 
 def _payloads(origin: str, serials: Mapping[str, int]) -> Iterator[str]:

@@ -10,9 +10,16 @@ Routes (docs/tracker.md, "Campaigns", has the bodies):
   newest first; ``next`` is the cursor of the following page (``null``: the end).
 - ``GET /api/v1/campaigns/{id}?offset=&limit=`` (admin, operator, author): status, counts per
   state and per wave, a page of members, the campaign's log.
-- ``POST /api/v1/campaigns/{id}/approve|start|pause|resume|cancel|trigger`` (operator, admin);
-  approval is refused (403) to the principal who created the campaign (four-eyes).
+- ``POST /api/v1/campaigns/{id}/approve|start|pause|resume|cancel|trigger|retry`` (operator,
+  admin); approval is refused (403) to the principal who created the campaign (four-eyes);
+  ``retry`` gives the failed members of a running or paused campaign another assignment.
+- ``POST /api/v1/campaigns/preview`` (operator, admin): the devices a target matches and the
+  devices per wave, as ``start`` would split them (nothing stored).
+- ``GET /api/v1/campaigns/{id}/progress?points=`` (admin, operator, author): devices
+  succeeded and failed over time.
 - ``PUT /api/v1/devices/{id}/tags`` (admin, operator): the device's tags.
+- ``GET /api/v1/fleet`` (admin, operator): devices per state, class, tag and installed
+  version (the dashboard's overview and target picker).
 
 Every operator action is written to the audit log (``TrackerDB.record_audit``) with who did
 it. The router's lifespan runs ``CampaignEngine.tick`` every ``tick_seconds`` in a worker
@@ -97,14 +104,16 @@ def _moment(value: object, where: str) -> datetime | None:
         raise Refused(400, f"{where}: {text[:40]!r} is out of range in UTC") from None
 
 
-def _spec(doc: Mapping[str, Any]) -> CampaignSpec:
+def _spec(doc: Mapping[str, Any], *, need_release: bool = True) -> CampaignSpec:
     """The campaign a request asks for; ``envelope_url`` is ``""`` when left out (the route
-    derives it: ``release_envelope_url``)."""
+    derives it: ``release_envelope_url``); ``release`` may be left out with ``need_release``
+    false (a preview)."""
     only_members(doc, {"name", "release", "envelope_url", "target", "waves", "success_threshold",
                 "failure_threshold", "mode", "start_after", "window", "unhealthy_threshold",
                 "health_window", "deltas"}, "campaign")
-    release = hex_member(doc.get("release"), "release", MAX_DIGEST_BYTES)
-    if not release:
+    release = (hex_member(doc.get("release"), "release", MAX_DIGEST_BYTES)
+               if need_release or doc.get("release") is not None else "")
+    if not release and need_release:
         raise Refused(400, "release: expected the manifest digest in hex")
     url = envelope_url_of(doc.get("envelope_url"), ("http", "https"))
     target = doc.get("target")
@@ -128,7 +137,7 @@ def _spec(doc: Mapping[str, Any]) -> CampaignSpec:
     window = doc.get("window")
     return CampaignSpec(
         name=text_member(doc.get("name", ""), "name", _MAX_NAME),
-        release=release, envelope_url=url or "",
+        release=release or "", envelope_url=url or "",
         vendor_id=uuid_member(target.get("vendor_id"), "target.vendor_id"),
         class_id=uuid_member(target.get("class_id"), "target.class_id"),
         tags=tuple(text_member(t, f"target.tags[{i}]", 64) for i, t in enumerate(tags)),
@@ -236,6 +245,15 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
                     f"release {spec.release}, target {doc['target']}, mode {spec.mode}")
         return JSONResponse(doc, status_code=201)
 
+    @router.post(f"{_CAMPAIGNS}/preview")
+    async def preview(request: Request) -> Response:
+        """How many devices a campaign's target matches now and how many each of its waves
+        would get if it started now (operator, admin); the body of a campaign, ``release``
+        optional. Nothing is stored."""
+        await auth.require(request, *_STAFF)
+        spec = _spec(await json_object(request), need_release=False)
+        return JSONResponse(await call(engine.preview, spec))
+
     @router.get(_CAMPAIGNS, openapi_extra=PAGE_PARAMETERS)
     async def list_campaigns(request: Request) -> Response:
         """A page of campaigns, newest first (admin, operator, author); ``next`` is the
@@ -255,6 +273,15 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         if not 0 <= offset < 1 << 63 or not 0 <= limit <= 1000:  # SQL OFFSET is 64-bit
             raise Refused(400, "offset must be ≥ 0 and limit between 0 and 1000")
         return JSONResponse(await call(engine.get, campaign_id, offset=offset, limit=limit))
+
+    @router.get(f"{_CAMPAIGNS}/{{campaign_id}}/progress")
+    async def progress(request: Request, campaign_id: str, points: int = 60) -> Response:
+        """Devices succeeded and failed over time, ``points`` + 1 samples from the start to
+        the end or now (admin, operator, author)."""
+        await auth.require(request, *_READERS)
+        if not 1 <= points <= 500:
+            raise Refused(400, f"points: expected 1 to 500, got {points}")
+        return JSONResponse(await call(engine.progress, campaign_id, points=points))
 
     def action(name: str) -> None:
         method = getattr(engine, name)
@@ -281,7 +308,7 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
 
         act.__doc__ = f"{name.capitalize()} the campaign (operator, admin)."
 
-    for name in ("approve", "start", "pause", "resume", "cancel", "trigger"):
+    for name in ("approve", "start", "pause", "resume", "cancel", "trigger", "retry"):
         action(name)
 
     @router.put("/api/v1/devices/{device_id}/tags")
@@ -297,5 +324,13 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         stored = await call(engine.set_tags, device_id, texts)
         await audit(who, "device.tags", f"device {device_id}", ", ".join(stored))
         return JSONResponse({"id": device_id, "tags": stored})
+
+    @router.get("/api/v1/fleet")
+    async def fleet(request: Request) -> Response:
+        """The fleet in counts: devices per state, per vendor and class ID, per tag and per
+        installed component version (admin, operator): what an overview and a campaign's
+        target picker show, without listing every device."""
+        await auth.require(request, "admin", "operator")
+        return JSONResponse(await call(db.fleet_summary))
 
     return router
