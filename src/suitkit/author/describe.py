@@ -393,7 +393,7 @@ def _packing(raw: Mapping[str, Any], image: bytes | None, base: Path, path: str,
                               f"{old_path}: {e.strerror or e}") from None
         precursor = (Digest(CoseAlg.SHA256, hashlib.sha256(old).digest()), len(old))
         if raw.get("in-place") is not None:
-            return _inplace(raw, old, image, precursor, path, name)
+            return _inplace(raw, old, image, precursor, path=path, name=name)
         extra[packing.DELTA_INFO] = packing.DeltaInfo(
             packing.DeltaFormat.SKD1, precursor[0], precursor[1]).encode()
         payload, suffix = packing.make_delta(old, image), ".skd1"
@@ -416,7 +416,7 @@ _SUFFIXES = {packing.Codec.ZLIB: ".zz", packing.Codec.ZSTD: ".zst", packing.Code
 
 
 def _inplace(raw: Mapping[str, Any], old: bytes, image: bytes, precursor: tuple[Digest, int],
-             path: str, name: object) -> tuple[Parameters, bytes, str, tuple[Digest, int]]:
+             *, path: str, name: object) -> tuple[Parameters, bytes, str, tuple[Digest, int]]:
     """``in-place: SECTOR`` with ``delta-from:``: an in-place patch (docs/delta.md §9), its
     codec (``compress:``, default zstd; ``none``) and digest in delta-info's member 4, no
     compression-info (the device stages the patch as it travels)."""

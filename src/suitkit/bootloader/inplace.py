@@ -349,7 +349,7 @@ class InplaceBootloader:
         size = self.sector
         count = -(-plan.image_size // size)
         order = range(count) if plan.order == 0 else range(count - 1, -1, -1)
-        done = self.status.read().swap_log
+        done = self._progress()
         image = self.layout.image
         for k, sector in enumerate(order):
             if done <= 2 * k:
@@ -376,6 +376,11 @@ class InplaceBootloader:
             writer.begin()
             writer.finish()
             self.status.record_step(0, 2 * count)
+
+    def _progress(self) -> int:
+        """The steps the journal records as done (a torn unit reads as done: it is written
+        only after its step completed)."""
+        return self.status.read().swap_log
 
     def _window(self, plan: PatchPlan, patch: SlotImageReader, start: int, end: int) -> bytes:
         def chunks() -> Iterator[bytes]:
