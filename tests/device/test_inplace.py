@@ -26,6 +26,7 @@ from device.device_kit import (
     install,
     new_device,
     running,
+    status,
 )
 from suitkit.bootloader.api import NoBootableImage
 from suitkit.bootloader.image import open_slot
@@ -143,7 +144,11 @@ def test_an_in_place_delta_rewrites_the_single_slot_at_the_next_boot(
     assert running(result) == {"app": (2, hashlib.sha256(v2).digest())}
     assert _image_area(device)[:len(v2)] == v2
     assert counters(device) == {"app": 1}  # never raised for a trial
+    assert status(device)["trial"] is True
     assert confirm(device) == {"app": 2}
+    doc = status(device)
+    assert doc["shape"] == "mcu-inplace" and doc["trial"] is False
+    assert doc["components"][0]["running"]["sequence-number"] == 2
     steady = boot(device)
     assert not steady.trial and running(steady)["app"][0] == 2
     # A further in-place update goes over it.

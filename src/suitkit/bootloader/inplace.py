@@ -79,7 +79,14 @@ from suitkit.bootloader.decide import (
 from suitkit.bootloader.flash import ERASED, Flash, PowerSupply
 from suitkit.bootloader.image import SlotImageReader, open_slot
 from suitkit.bootloader.layout import Allocator, Region, program_split
-from suitkit.bootloader.trailer import Flag, Kind, TrailerArea, TrailerFormat, unit_for
+from suitkit.bootloader.trailer import (
+    Flag,
+    Kind,
+    Trailer,
+    TrailerArea,
+    TrailerFormat,
+    unit_for,
+)
 from suitkit.bootloader.verifier import ImageReader, ImageVerifier, PatchPlan, PatchVerifier
 from suitkit.core import cbor
 from suitkit.core.packing import apply_delta_window, decompress, packed_bound
@@ -128,6 +135,16 @@ def _split(raw: bytes, where: str, limits: Limits) -> tuple[bytes, object]:
             or len(doc[0]) > limits.max_manifest_bytes:
         raise DecodeError(where, "expected [manifest record, value]")
     return doc[0], doc[1]
+
+
+@dataclass(frozen=True, slots=True)
+class InplaceObservation:
+    """What the bootloader read before a decision (``boot.Observation``'s shape)."""
+
+    status: Trailer
+    state: BootState
+    primary: tuple[SlotCheck, ...]
+    secondary: tuple[SlotCheck, ...]
 
 
 class InplaceBootloader:
@@ -267,7 +284,9 @@ class InplaceBootloader:
                              f"{type(e).__name__}: {e}")
         return self._floor(SlotCheck(Verdict.GOOD, plan.info), "patch")
 
-    def observe(self) -> tuple[BootState, SlotCheck, SlotCheck, bool]:
+    def observe(self) -> InplaceObservation:
+        """Read the journal, the pending trailer and the counter; verify the running image
+        (and a pending patch): the decision's input (what ``device status`` shows)."""
         status = self.status.read()
         phase = phase_of(status)
         pending = pending_of((self.pending.read(),))
@@ -281,7 +300,7 @@ class InplaceBootloader:
                 secondary = SlotCheck(Verdict.BAD, None, None)
         behind = primary.info is not None and primary.info.sequence_number > self.counter.read()
         state = BootState(phase, pending, primary.verdict, secondary.verdict, behind)
-        return state, primary, secondary, status.tried
+        return InplaceObservation(status, state, (primary,), (secondary,))
 
     # -- boot -----------------------------------------------------------------------------
 
@@ -296,8 +315,9 @@ class InplaceBootloader:
         steps: list[Decision] = []
         notes: list[str] = []
         for _ in range(MAX_STEPS):
-            state, primary, secondary, tried = self.observe()
-            decision = decide(state)
+            obs = self.observe()
+            primary, secondary, tried = obs.primary[0], obs.secondary[0], obs.status.tried
+            decision = decide(obs.state)
             steps.append(decision)
             if decision.row in REFUSAL_ROWS:
                 notes += [r for r in (primary.reason, secondary.reason)
