@@ -44,7 +44,7 @@ VENDOR_DOMAIN, CLASS_NAME = "example.com", "thermostat"
 
 
 def _envelope(folder: Path, key: crypto.PrivateKey, sequence: int, image: str,
-              extra: dict[str, object], tag: str) -> tuple[bytes, int]:
+              extra: dict[str, object], *, tag: str) -> tuple[bytes, int]:
     description = parse_description(
         {"sequence-number": sequence, "vendor-domain": VENDOR_DOMAIN, "class-name": CLASS_NAME,
          "components": [{"id": ["0x00"], "image": image, "uri": f"{image}.{tag}", **extra}]},
@@ -94,14 +94,14 @@ def main() -> None:
         (work / "v1.bin").write_bytes(old)
         (work / "v2.bin").write_bytes(new)
         fetcher = FileFetcher(work)
-        v1, _ = _envelope(work, key, 1, "v1.bin", {}, "full")
+        v1, _ = _envelope(work, key, 1, "v1.bin", {}, tag="full")
         ways = {
-            "mcu full image": ("mcu", _envelope(work, key, 2, "v2.bin", {}, "full")),
+            "mcu full image": ("mcu", _envelope(work, key, 2, "v2.bin", {}, tag="full")),
             "mcu delta (swap)": ("mcu", _envelope(
-                work, key, 2, "v2.bin", {"delta-from": "v1.bin", "compress": "zstd"}, "delta")),
+                work, key, 2, "v2.bin", {"delta-from": "v1.bin", "compress": "zstd"}, tag="delta")),
             "mcu-inplace in-place delta": ("mcu-inplace", _envelope(
                 work, key, 2, "v2.bin", {"delta-from": "v1.bin", "compress": "zstd",
-                                         "in-place": 4096}, "inplace")),
+                                         "in-place": 4096}, tag="inplace")),
         }
         _patch, order, literal = packing.make_inplace_delta(old, new, 4096)
         print(f"in-place patch: {order.name.lower()} order, {literal} B literal "
