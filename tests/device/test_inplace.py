@@ -173,6 +173,17 @@ def test_a_full_image_is_refused_by_a_device_that_runs_one(author: Author,
     assert running(boot(device))["app"][0] == 1
 
 
+def test_a_patch_larger_than_the_patch_area_is_refused_naming_both_sizes(
+        author: Author, tmp_path: Path) -> None:
+    device, firmware, v1 = _provisioned(tmp_path, author)
+    v2 = _edited(v1, 4500, "big")  # 4.5 KB of new random bytes: more than the 4 KiB area
+    outcome = install(device, firmware.release(2, v2, delta_from=v1), firmware.fetcher)
+    assert not outcome.installed
+    assert "the patch area holds 4096 (an eighth of the slot)" in outcome.reason
+    assert not open_device(device).bootloader.pending_update()
+    assert running(boot(device))["app"][0] == 1
+
+
 def test_a_delta_not_made_for_in_place_application_is_refused(author: Author,
                                                               tmp_path: Path) -> None:
     device, firmware, v1 = _provisioned(tmp_path, author)

@@ -77,7 +77,7 @@ from suitkit.bootloader.decide import (
     phase_of,
 )
 from suitkit.bootloader.flash import ERASED, Flash, PowerSupply
-from suitkit.bootloader.image import SlotImageReader, open_slot
+from suitkit.bootloader.image import ImageHeader, SlotImageReader, open_slot
 from suitkit.bootloader.layout import Allocator, Region, program_split
 from suitkit.bootloader.trailer import (
     Flag,
@@ -478,6 +478,12 @@ class InplaceBootloader:
         if len(_record(manifest, self.layout.image.size)) + 64 > self.layout.record.size:
             raise StorageError(f"a manifest of {len(manifest)} bytes does not fit the "
                                f"{self.layout.record.size}-byte record sector")
+        need = ImageHeader.plan(manifest_length=len(record), image_length=patch_size,
+                                unit=self.unit).end
+        if need > self.layout.patch.size:
+            raise StorageError(f"the patch ({patch_size} bytes) and its manifest record need "
+                               f"{need} bytes; the patch area holds {self.layout.patch.size} "
+                               "(an eighth of the slot): send a delta from a closer release")
         self._staged = self._direct = False
         inner = FlashSlotWriter(self.flash, self.layout.patch, manifest=record,
                                 image_size=patch_size, unit=self.unit, chunk=self.chunk,
