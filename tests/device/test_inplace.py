@@ -289,6 +289,13 @@ def test_cli_makes_an_in_place_delta_and_an_in_place_device(author: Author,
                                            source_size=len(old), max_output=len(new),
                                            inplace=(4096, packing.Order.DESCENDING)))
     assert rebuilt == new
+    refused = CliRunner().invoke(cli, ["device", "init", str(tmp_path / "nodelta"),
+                                       "--vendor-domain", "example.com", "--class-name", "t",
+                                       "--trust-anchor", str(author.anchor),
+                                       "--shape", "mcu-inplace", "--unpack", "zstd"])
+    assert refused.exit_code != 0
+    assert "installs in-place deltas only" in refused.output
+    assert "Traceback" not in refused.output
     bad = CliRunner().invoke(cli, ["delta", str(tmp_path / "old.bin"), str(tmp_path / "new.bin"),
                                    "--out", str(tmp_path / "q"), "--in-place", "1000"])
     assert bad.exit_code != 0

@@ -588,6 +588,9 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                           "shapes update their bootloader: docs/bootloader.md)")
     if not trust_anchors:
         raise DecodeError("--trust-anchor", "a device needs at least one trust anchor")
+    if shape == "mcu-inplace" and unpack is not None and "delta" not in unpack:
+        raise DecodeError("--unpack", "an mcu-inplace device installs in-place deltas only "
+                          "(docs/delta.md §10): keep delta in --unpack")
     if health is not None:
         try:
             health.check()
