@@ -87,8 +87,9 @@ def init(
     class_name: Annotated[str | None, typer.Option(
         "--class-name", help="Instead of --class-id: the class name, as in a description "
         "file (UUID5 under the vendor ID).")] = None,
-    shape: Annotated[str, typer.Option("--shape", help="mcu, secure-split, dual-cpu or linux.")
-                     ] = "mcu",
+    shape: Annotated[str, typer.Option(
+        "--shape", help="mcu, secure-split, dual-cpu, linux or mcu-inplace (one slot, "
+        "patched in place: docs/delta.md §9).")] = "mcu",
     device_id: Annotated[str | None, typer.Option("--device-id", help="Device UUID "
                                                   "(default: random).")] = None,
     decryption_key: Annotated[list[Path] | None, typer.Option(

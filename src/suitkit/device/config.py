@@ -60,8 +60,11 @@ SHAPE_COMPONENTS: dict[str, tuple[str, ...]] = {
     "secure-split": ("secure", "nonsecure"),
     "dual-cpu": ("main", "coproc"),
     "linux": ("app",),
+    "mcu-inplace": ("app",),
 }
-"""The images of each shape's boot set; component i is SUIT component ``[h'0i']``."""
+"""The images of each shape's boot set; component i is SUIT component ``[h'0i']``.
+``mcu-inplace``: one slot, no room for a second copy; updates are in-place deltas
+(docs/delta.md §9)."""
 
 AGENT_ID: ComponentIdentifier = (b"suitkit", b"agent")
 """The SUIT component identifier of the device agent (``device.selfupdate``; Linux-class
@@ -72,7 +75,8 @@ AGENT_IMAGE = "agent"
 UNPACK_ALL = ("zlib", "zstd", "xz", "bzip2", "delta")
 """Every kind of packed payload a device can accept (``DeviceConfig.unpack``)."""
 
-IMAGE_SECTORS: dict[str, int] = {"mcu": 80, "secure-split": 40, "dual-cpu": 40, "linux": 0}
+IMAGE_SECTORS: dict[str, int] = {"mcu": 80, "secure-split": 40, "dual-cpu": 40, "linux": 0,
+                                 "mcu-inplace": 80}
 """Default slot size of each simulated flash shape in 4 KiB sectors (mcu: 320 KiB; the
 two-image shapes 160 KiB each, so that one 4 KiB trailer sector can log a whole set's swap)."""
 
@@ -584,6 +588,9 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                           "shapes update their bootloader: docs/bootloader.md)")
     if not trust_anchors:
         raise DecodeError("--trust-anchor", "a device needs at least one trust anchor")
+    if shape == "mcu-inplace" and unpack is not None and "delta" not in unpack:
+        raise DecodeError("--unpack", "an mcu-inplace device installs in-place deltas only "
+                          "(docs/delta.md §10): keep delta in --unpack")
     if health is not None:
         try:
             health.check()

@@ -74,6 +74,7 @@ from suitkit.core.model import (
     TryEach,
 )
 from suitkit.core.numbers import CoseAlg, ManifestKey, ReportReason
+from suitkit.core.packing import DeltaInfo
 from suitkit.core.processor import (
     NO_EXTENSIONS,
     ComponentIdentity,
@@ -187,6 +188,24 @@ class BootStore(Protocol):
     def staged(self, component: str) -> bytes | None: ...
 
 
+@runtime_checkable
+class PatchStore(Protocol):
+    """A boot store that applies deltas in place (a single-slot MCU, docs/delta.md §9): an
+    update stages the patch as fetched, not the image."""
+
+    def open_patch(self, component: str, *, manifest: bytes, delta_info: bytes,
+                   patch_size: int, image_size: int) -> PatchSlotWriter: ...
+
+
+class PatchSlotWriter(SlotWriterLike, Protocol):
+    def write_patch(self, data: bytes) -> None: ...
+
+
+@runtime_checkable
+class PatchWriterLike(Protocol):
+    def write_patch(self, data: bytes) -> None: ...
+
+
 class PayloadFetcher(Protocol):
     def fetch(self, uri: str, *, max_bytes: int, offset: int = 0,
               arguments: bytes | None = None) -> Iterator[bytes]: ...
@@ -235,6 +254,18 @@ def _transformed(envelope: Envelope) -> bool:
             [p for p in c.argument.values() if isinstance(p, Parameters)]
             if isinstance(c.argument, FrozenDict) else [])
         if any(p.encryption_info is not None or any(k < 0 for k in p.extra) for p in params):
+            return True
+    return False
+
+
+def signs_parameter(envelope: Envelope, number: int, value: object) -> bool:
+    """Whether a command sequence of the manifest sets custom parameter ``number`` to
+    ``value`` (the in-place bootloader's check that a staged delta-info is a signed one)."""
+    for c in _all_commands(envelope):
+        params = [c.argument] if isinstance(c.argument, Parameters) else (
+            [p for p in c.argument.values() if isinstance(p, Parameters)]
+            if isinstance(c.argument, FrozenDict) else [])
+        if any(p.extra.get(number) == value for p in params):
             return True
     return False
 
@@ -534,6 +565,16 @@ class _Writer:
             self._run.journal_save(self._image, durable)
             self._journaled = durable
 
+    @property
+    def stages_patch(self) -> bool:
+        return isinstance(self._slot, PatchWriterLike)
+
+    def write_patch(self, data: bytes) -> None:
+        """The next bytes of an in-place patch as fetched (``PatchStore``)."""
+        if not isinstance(self._slot, PatchWriterLike):
+            raise StorageError(f"{self._image}: this slot stages no patch")
+        self._slot.write_patch(data)
+
     def replay(self, chunk_size: int) -> Iterator[bytes]:
         """The bytes kept in the slot from an interrupted download, for the fetcher to yield
         instead of downloading them again."""
@@ -571,6 +612,8 @@ class _SlotComponent:
         self._spec = spec
         self.staged: _Staged | None = None
         self._writer_manifest: Envelope | None = None
+        self._patch: tuple[bytes, int] | None = None
+        """The delta-info and patch size of an in-place patch the next writer stages."""
 
     def writing_for(self, verified: VerifiedManifest) -> None:
         """``ManifestAwareComponent``: the manifest about to write this image (the root or a
@@ -627,6 +670,25 @@ class _SlotComponent:
         return running_version(self._run.store, self._spec.image, self._run.anchors,
                                self._run.limits, self._run.dependency_anchors)
 
+    def expect_patch(self, value: bytes, info: DeltaInfo) -> bool:
+        """``packing.InplaceComponent``: a store that patches in place stages the patch the
+        fetch carries (``write_patch``); it takes in-place deltas only."""
+        store = self._run.store
+        if not isinstance(store, PatchStore):
+            return False
+        if info.inplace is None:
+            raise PolicyError(f"{self._spec.image}: this device has one slot and patches it "
+                              "in place: the delta must be made for in-place application "
+                              "(delta-info member 4, docs/delta.md §9)")
+        self._patch = (value, info.inplace.patch_size)
+        return True
+
+    def write_patch(self, data: bytes) -> None:
+        writer = self._run.active
+        if writer is None or not writer.stages_patch:
+            raise StorageError(f"{self._spec.image}: no patch is being staged")
+        writer.write_patch(data)
+
     def open_writer(self, max_size: int, *,
                     metadata: Mapping[int, object] | None) -> _Writer:
         run = self._run
@@ -642,10 +704,19 @@ class _SlotComponent:
                 raise StorageError(f"{self._spec.image}: {e}") from None
         else:
             run.metadata.pop(self._spec.image, None)
-        slot = run.store.open_inactive(self._spec.image,
-                                       manifest=run.record(self._spec, self._writer_manifest),
-                                       image_size=max_size,
-                                       resume_at=run.resume.pop(self._spec.image, 0))
+        patch, self._patch = self._patch, None
+        slot: SlotWriterLike
+        if patch is not None and isinstance(run.store, PatchStore):
+            slot = run.store.open_patch(self._spec.image,
+                                        manifest=run.record(self._spec, self._writer_manifest),
+                                        delta_info=patch[0], patch_size=patch[1],
+                                        image_size=max_size)
+        else:
+            slot = run.store.open_inactive(self._spec.image,
+                                           manifest=run.record(self._spec,
+                                                               self._writer_manifest),
+                                           image_size=max_size,
+                                           resume_at=run.resume.pop(self._spec.image, 0))
 
         def committed(staged: _Staged) -> None:
             self.staged = staged

@@ -28,24 +28,34 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from suitkit.bootloader.api import Bootloader
 from suitkit.bootloader.flash import Flash
 from suitkit.bootloader.fsslots import FsBootloader
+from suitkit.bootloader.inplace import INPLACE_SHAPES
 from suitkit.bootloader.profiles import SHAPES
 from suitkit.bootloader.verifier import (
     ImageInfo,
     ImageReader,
     ImageVerifier,
+    PatchPlan,
     VouchedReader,
     as_reader,
 )
 from suitkit.core import cbor
 from suitkit.core.model import ComponentIdentifier
-from suitkit.core.packing import codec_named, packing_parameters
+from suitkit.core.packing import (
+    DELTA_INFO,
+    DeltaInfo,
+    apply_delta,
+    codec_named,
+    decompress,
+    packed_bound,
+    packing_parameters,
+)
 from suitkit.core.processor import (
     NO_EXTENSIONS,
     ComponentIdentity,
@@ -64,12 +74,13 @@ from suitkit.device.consumer import (
     MetadataSink,
     PayloadFetcher,
     reader_chunks,
+    signs_parameter,
     split_slot_record,
     verify_stored,
 )
 from suitkit.device.facts import ConsentHook
 from suitkit.device.invoke import ImageComponent
-from suitkit.errors import AuthenticationError, DecodeError, StorageError, SuitError
+from suitkit.errors import AuthenticationError, DecodeError, PolicyError, StorageError, SuitError
 from suitkit.fileio import atomic_write, fsync_dir
 from suitkit.limits import Limits
 
@@ -165,6 +176,87 @@ class SuitImageVerifier:
             if cid in named and (found := shared.get(cid)) is not None
             and found.image_digest is not None)
         return ImageInfo(verified.manifest.sequence_number, actual, vouches)
+
+    def verify_patch(self, manifest: bytes, delta_info: bytes, patch: ImageReader,
+                     precursor: ImageReader | None) -> PatchPlan:
+        """The in-place bootloader's check of a staged patch (``PatchVerifier``;
+        docs/delta.md §9): the stored envelope verifies, it signs ``delta_info`` with an
+        in-place member, the patch has the size and digest given there; with ``precursor``,
+        the precursor's size and digest too (REQ.SEC.AUTH.PRECURSOR) and a dry run whose
+        output has the manifest's image digest and size.
+
+        Raises:
+            DecodeError, AuthenticationError, PolicyError: as the checks fail.
+        """
+        component, envelope = split_slot_record(manifest, limits=self.limits)
+        if self.component is not None and component != self.component:
+            raise AuthenticationError(f"the patch area of {_cid(self.component)} holds a patch "
+                                      f"for {_cid(component)}")
+        anchors = self.anchors if isinstance(self.anchors, TrustAnchors) else self.anchors()
+        verified = verify_stored(envelope, anchors, self.dependency_anchors,
+                                 limits=self.limits)
+        if component not in verified.manifest.common.components:
+            raise DecodeError("patch manifest", "the stored component is not in its manifest")
+        if not signs_parameter(verified.envelope, DELTA_INFO, delta_info):
+            raise AuthenticationError("the staged delta-info is not one its manifest signs")
+        info = DeltaInfo.decode(delta_info)
+        inplace = info.inplace
+        if inplace is None:
+            raise PolicyError("the staged delta is not made for in-place application")
+        store = _BootStore(self.identity, component, precursor or as_reader(b""))
+        shared = shared_parameters(verified, Device(store, InstalledEnvironment()),  # type: ignore[arg-type]
+                                   limits=self.limits, extensions=self.extensions)
+        params = shared.get(component)
+        if params is None or params.image_digest is None or params.image_size is None:
+            raise AuthenticationError("the manifest gives this component no image digest and "
+                                      "size to check the result against")
+        if patch.size != inplace.patch_size:
+            raise AuthenticationError(f"the staged patch is {patch.size} bytes, its delta-info "
+                                      f"signs {inplace.patch_size}")
+        found = stream_digest(reader_chunks(patch, CHUNK), inplace.patch_digest.algorithm)
+        if not hmac.compare_digest(found, inplace.patch_digest.value):
+            raise AuthenticationError("the staged patch's digest is not the one its delta-info "
+                                      "signs")
+        if precursor is not None:
+            # RFC 9124 REQ.SEC.AUTH.PRECURSOR, then the dry run: nothing is written.
+            if precursor.size != info.precursor_size:
+                raise AuthenticationError(f"the running image is {precursor.size} bytes, the "
+                                          f"patch was made for {info.precursor_size}")
+            actual = stream_digest(reader_chunks(precursor, CHUNK),
+                                   info.precursor_digest.algorithm)
+            if not hmac.compare_digest(actual, info.precursor_digest.value):
+                raise AuthenticationError("the running image is not the precursor the patch "
+                                          "was made for (REQ.SEC.AUTH.PRECURSOR)")
+            stream: Iterator[bytes] = reader_chunks(patch, CHUNK)
+            if inplace.codec:
+                stream = decompress(stream, inplace.codec,
+                                    max_output=packed_bound(params.image_size),
+                                    what="staged patch")
+            out = apply_delta(stream, precursor.read, source_size=precursor.size,
+                              max_output=params.image_size, what="staged patch",
+                              inplace=(inplace.unit, inplace.order))
+            sizes = [0]
+
+            def counted() -> Iterator[bytes]:
+                for piece in out:
+                    sizes[0] += len(piece)
+                    yield piece
+
+            result = stream_digest(counted(), params.image_digest.algorithm)
+            if sizes[0] != params.image_size or not hmac.compare_digest(
+                    result, params.image_digest.value):
+                raise AuthenticationError("the staged patch does not rebuild the image its "
+                                          "manifest signs")
+        named = set(verified.manifest.common.components)
+        vouches = tuple(
+            (name, cbor.encode([got.image_digest.algorithm, got.image_digest.value]))
+            for cid, name in self.images
+            if cid in named and (got := shared.get(cid)) is not None
+            and got.image_digest is not None)
+        return PatchPlan(ImageInfo(verified.manifest.sequence_number, params.image_digest.value,
+                                   vouches),
+                         params.image_size, info.precursor_size, inplace.unit, inplace.order,
+                         inplace.codec)
 
 
 @dataclass
@@ -395,9 +487,10 @@ def open_device(directory: Path, *, crash: Callable[[str], None] | None = None,
         names = tuple(c.image for c in config.components)
         return OpenDevice(config, FsBootloader(directory / "slots", names, verifiers,
                                                crash=crash), {}, crash, extensions=extensions)
-    device = SHAPES[config.shape](verifiers, image_sectors=config.image_sectors)
-    generation, loaded_from = _load_flash(directory / "flash", device.flashes)
-    return OpenDevice(config, device.bootloader, device.flashes, crash, generation, loaded_from,
+    made = (INPLACE_SHAPES[config.shape] if config.shape in INPLACE_SHAPES
+            else SHAPES[config.shape])(verifiers, image_sectors=config.image_sectors)
+    generation, loaded_from = _load_flash(directory / "flash", made.flashes)
+    return OpenDevice(config, made.bootloader, made.flashes, crash, generation, loaded_from,
                       extensions)
 
 

@@ -483,6 +483,16 @@ def _unpacks_to(expected: _Expected, chunks: Chunks, store: BlobStore | None) ->
                 stream = packing.decompress(stream, declared.compression.algorithm,
                                             max_output=packing.packed_bound(expected.size)
                                             if declared.delta is not None else expected.size)
+            inplace = declared.delta.inplace if declared.delta is not None else None
+            if inplace is not None:
+                # docs/delta.md §9: the patch as it travels is signed (digest, size) and names
+                # its own codec; devices stage it as it is.
+                if not _is_patch(inplace, chunks):
+                    continue
+                stream = chunks()  # from the start again
+                if inplace.codec:
+                    stream = packing.decompress(stream, inplace.codec,
+                                                max_output=packing.packed_bound(expected.size))
             if declared.delta is not None:
                 precursor = _precursor(store, declared.delta)
                 if precursor is None:
@@ -490,7 +500,8 @@ def _unpacks_to(expected: _Expected, chunks: Chunks, store: BlobStore | None) ->
                 with precursor:
                     stream = packing.apply_delta(
                         stream, _reader_at(precursor),
-                        source_size=declared.delta.precursor_size, max_output=expected.size)
+                        source_size=declared.delta.precursor_size, max_output=expected.size,
+                        inplace=None if inplace is None else (inplace.unit, inplace.order))
                     if _is(expected, stream):
                         return True
                 continue
@@ -499,6 +510,19 @@ def _unpacks_to(expected: _Expected, chunks: Chunks, store: BlobStore | None) ->
         except DecodeError:
             continue
     return False
+
+
+def _is_patch(inplace: packing.InplaceInfo, chunks: Chunks) -> bool:
+    """Whether the upload is the in-place patch its delta-info signs (size and digest)."""
+    hasher = crypto.new_hasher(inplace.patch_digest.algorithm)
+    size = 0
+    for piece in chunks():
+        size += len(piece)
+        if size > inplace.patch_size:
+            return False
+        hasher.update(piece)
+    return size == inplace.patch_size and hmac.compare_digest(hasher.digest(),
+                                                              inplace.patch_digest.value)
 
 
 def _is(expected: _Expected, stream: Iterator[bytes]) -> bool:
@@ -550,7 +574,7 @@ def _packed_refusal(expected: _Expected, name: str, store: BlobStore | None) -> 
 def _packing_label(declared: _Packing) -> str:
     parts = []
     if declared.delta is not None:
-        parts.append("SKD1 delta")
+        parts.append("SKD1 delta" if declared.delta.inplace is None else "SKD1 in-place delta")
     if declared.compression is not None:
         parts.append(packing.Codec(declared.compression.algorithm).name.lower())
     return " + ".join(parts)

@@ -131,13 +131,18 @@ class RealScenario:
                 f"{payload}; {first}; a second update installed, booted and confirmed")
 
 
+SINGLE_SLOT = frozenset({"mcu-inplace"})
+"""Shapes with one slot, updated by in-place deltas only (docs/delta.md §9)."""
+
 REAL_SCENARIOS: dict[str, RealScenario] = {
     **{f"real-{shape}-{kind}": RealScenario(f"real-{shape}-{kind}", shape,
                                             kind in ("detached", "delta"), kind == "revert",
                                             kind == "anchors", kind == "delta")
-       for shape in SHAPE_COMPONENTS
+       for shape in SHAPE_COMPONENTS if shape not in SINGLE_SLOT
        for kind in ("integrated", "detached", "revert", "anchors", "delta")},
     "real-linux-agent": RealScenario("real-linux-agent", "linux", True, agent=True),
+    "real-mcu-inplace-delta": RealScenario("real-mcu-inplace-delta", "mcu-inplace", True,
+                                           delta=True),
 }
 
 
@@ -197,53 +202,95 @@ class Releases:
             self.rotation_document = document.encode()
         self.digests: dict[int, dict[str, bytes]] = {}
         self.envelopes: dict[int, bytes] = {}
+        self.inplace = shape in SINGLE_SLOT
+        """A single-slot shape: every update is an in-place delta from what runs, so each
+        release is made from each release it may be installed over (``envelope``)."""
+        self.variants: dict[tuple[int, int], bytes] = {}
+        """``(release, precursor)``: the in-place delta of the release from the precursor."""
+        sizes = INPLACE_SIZES if self.inplace else SIZES
+        delta_from = INPLACE_DELTA_FROM if self.inplace else DELTA_FROM
         for seq in LABELS:
-            comps: list[dict[str, Any]] = []
-            digests = {}
+            images: dict[str, bytes] = {}
             for index, name in enumerate(self.components):
                 rng = random.Random(f"{shape}/{name}/{seq}/{seed}")  # noqa: S311 (test data)
-                size = SIZES[seq] + 300 * index
-                precursor = DELTA_FROM.get(seq) if delta else None
-                if precursor is None:
+                size = sizes[seq] + 300 * index
+                source = delta_from.get(seq, ()) if delta else ()
+                if not source:
                     image = rng.randbytes(size)
                 else:  # the release before, edited: what a delta is made for
-                    image = _edited((folder / f"{name}-{precursor}.bin").read_bytes(), size, rng)
-                file = f"{name}-{seq}.bin"
-                (folder / file).write_bytes(image)
-                cid = ([f"0x{p.hex()}" for p in AGENT_ID] if name == AGENT_IMAGE and agent
-                       else [f"0x{index:02x}"])
-                comp: dict[str, Any] = {"id": cid, "image": file}
-                if detached:
-                    comp["uri"] = f"{file}.payload" if delta else file
+                    image = _edited((folder / f"{name}-{source[0]}.bin").read_bytes(), size,
+                                    rng)
+                (folder / f"{name}-{seq}.bin").write_bytes(image)
+                images[name] = image
+            self.digests[seq] = {name: hashlib.sha256(image).digest()
+                                 for name, image in images.items()}
+            for precursor in (delta_from.get(seq, ()) if delta else ()) or (None,):
+                data, envelope = self._release(seq, precursor, detached=detached,
+                                               delta=delta, agent=agent,
+                                               signer=new_key if seq in (NEW, NEXT, LATER)
+                                               else self.key)
+                if precursor is None or precursor == delta_from[seq][0]:
+                    self.envelopes[seq] = data
                 if precursor is not None:
-                    comp["delta-from"] = f"{name}-{precursor}.bin"
-                    comp["compress"] = "zstd"
-                comps.append(comp)
-                digests[name] = hashlib.sha256(image).digest()
-            description = parse_description(
-                {"sequence-number": seq, "vendor-domain": VENDOR_DOMAIN,
-                 "class-name": CLASS_NAME, "components": comps}, base=folder)
-            for index, (_suffix, payload) in description.packed.items():
-                (folder / f"{self.components[index]}-{seq}.bin.payload").write_bytes(payload)
-            if delta:
-                for index, name in enumerate(self.components):
-                    if index not in description.packed:
-                        (folder / f"{name}-{seq}.bin.payload").write_bytes(
-                            (folder / f"{name}-{seq}.bin").read_bytes())
-            envelope = codec.build_envelope(description.manifest,
-                                            sever_members=description.sever,
-                                            integrated=description.integrated)
-            signer = new_key if seq in (NEW, NEXT, LATER) else self.key
-            self.envelopes[seq] = codec.encode_envelope(sign_envelope(envelope,
-                                                                      signer.signer()))
-            self.digests[seq] = digests
+                    self.variants[(seq, precursor)] = data
             if anchors and seq == LATER:
                 self.attack = codec.encode_envelope(sign_envelope(envelope, self.key.signer()))
 
+    def _release(self, seq: int, precursor: int | None, *, detached: bool, delta: bool,
+                 agent: bool, signer: Any) -> tuple[bytes, Any]:
+        """One signed envelope of release ``seq`` (a delta from ``precursor``, if given)."""
+        folder = self.folder
+        comps: list[dict[str, Any]] = []
+        tag = f"-from-{precursor}" if self.inplace and precursor is not None else ""
+        for index, name in enumerate(self.components):
+            file = f"{name}-{seq}.bin"
+            cid = ([f"0x{p.hex()}" for p in AGENT_ID] if name == AGENT_IMAGE and agent
+                   else [f"0x{index:02x}"])
+            comp: dict[str, Any] = {"id": cid, "image": file}
+            if detached:
+                comp["uri"] = f"{file}{tag}.payload" if delta else file
+            if precursor is not None:
+                comp["delta-from"] = f"{name}-{precursor}.bin"
+                comp["compress"] = "zstd"
+                if self.inplace:
+                    comp["in-place"] = INPLACE_SECTOR
+            comps.append(comp)
+        description = parse_description(
+            {"sequence-number": seq, "vendor-domain": VENDOR_DOMAIN,
+             "class-name": CLASS_NAME, "components": comps}, base=folder)
+        for index, (_suffix, payload) in description.packed.items():
+            (folder / f"{self.components[index]}-{seq}.bin{tag}.payload").write_bytes(payload)
+        if delta:
+            for index, name in enumerate(self.components):
+                if index not in description.packed:
+                    (folder / f"{name}-{seq}.bin{tag}.payload").write_bytes(
+                        (folder / f"{name}-{seq}.bin").read_bytes())
+        envelope = codec.build_envelope(description.manifest,
+                                        sever_members=description.sever,
+                                        integrated=description.integrated)
+        return codec.encode_envelope(sign_envelope(envelope, signer.signer())), envelope
 
-DELTA_FROM = {NEW: OLD, NEXT: NEW}
+    def envelope(self, seq: int, running: int | None) -> bytes:
+        """Release ``seq`` as installed over ``running`` (the in-place delta from it, on a
+        single-slot shape, when one was made)."""
+        if self.inplace and running is not None:
+            found = self.variants.get((seq, running))
+            if found is not None:
+                return found
+        return self.envelopes[seq]
+
+
+DELTA_FROM: dict[int, tuple[int, ...]] = {NEW: (OLD,), NEXT: (NEW,)}
 """In delta scenarios, the update under test and the second one are deltas from the release
 the device runs before each (after recovery, LATER, a full image, must install whatever runs)."""
+INPLACE_DELTA_FROM: dict[int, tuple[int, ...]] = {OLD: (BASE,), NEW: (OLD,), NEXT: (NEW,),
+                                                  LATER: (NEXT, NEW)}
+"""A single-slot shape installs in-place deltas only (its first image, BASE, is programmed
+into the blank device): LATER is made from each release the device may run after recovery."""
+INPLACE_SIZES = {BASE: 9000, OLD: 9400, NEW: 9900, NEXT: 9500, LATER: 10100}
+"""Images of about three sectors (the slot), so the rewrite moves every sector; edits of a
+few hundred bytes, so each patch fits the one-sector patch area."""
+INPLACE_SECTOR = 4096
 
 
 def _edited(previous: bytes, size: int, rng: random.Random) -> bytes:
@@ -436,6 +483,8 @@ class Board:
         """The highest release whose confirm returned."""
         self.counters: dict[str, int] = {}
         self.trials: dict[int, int] = {}
+        self.running: int | None = None
+        """The release the last boot ran (what an in-place delta is installed over)."""
 
     # -- commands -------------------------------------------------------------------------
 
@@ -491,7 +540,7 @@ class Board:
     def install(self, seq: int) -> InstallOutcome:
         with self.command() as opened:
             consumer = replace(opened.consumer(self.fetcher), journal_every=JOURNAL_EVERY)
-            outcome = consumer.install(self.releases.envelopes[seq])
+            outcome = consumer.install(self.releases.envelope(seq, self.running))
         if outcome.installed:
             # A new install (the agent's retry after a cut undid a confirm, so the release
             # was reverted) earns a new trial: the bootloader gives each install one.
@@ -567,6 +616,7 @@ class Board:
 
     def check_boot(self, result: BootResult) -> None:
         seq = self.release(result)
+        self.running = seq
         if self.releases.rotation is not None:
             self.anchors_version()
         counters = self.read_counters()
@@ -581,7 +631,9 @@ class Board:
         self.counters = counters
         if result.trial:
             self.trials[seq] = self.trials.get(seq, 0) + 1
-            if self.trials[seq] > 1:
+            # A single slot keeps nothing to go back to: a release stays on trial until it
+            # is confirmed (docs/delta.md §9), so a cut confirm gives it another trial boot.
+            if self.trials[seq] > 1 and not self.releases.inplace:
                 raise Broken(f"release {seq} booted on trial a second time")
         elif seq not in self.confirmed:
             raise Broken(f"release {seq} runs steady although the application never confirmed "
@@ -678,6 +730,8 @@ def _provision(folder: Path, releases: Releases, shape: str, seed: int, *,
                   device_id=uuid.UUID(int=seed), image_sectors=IMAGE_SECTORS, agent=agent)
     board = Board(folder, releases, shape, seed)
     open_device(folder).save()
+    if releases.inplace:
+        board.confirmed.add(BASE)  # programmed into the blank device: it runs as it is
     for seq in (BASE, OLD):
         outcome = board.install(seq)
         if not outcome.installed:
@@ -731,6 +785,7 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
             board = Board(folder, releases, scenario.shape, seed)
             board.counters = board.read_counters()
             board.confirmed, board.floor = {BASE, OLD}, OLD
+            board.running = OLD
             return board
 
         def cut(board: Board, steps: Callable[[], object], n: int, salt: str) -> str:
