@@ -74,7 +74,6 @@ from suitkit.bootloader.api import BootResult, NoBootableImage
 from suitkit.bootloader.flash import PowerCut, PowerSupply
 from suitkit.core import codec, crypto
 from suitkit.core.sign import sign_envelope
-from suitkit.device.anchors import read_store
 from suitkit.device.config import AGENT_ID, AGENT_IMAGE, SHAPE_COMPONENTS, create_device
 from suitkit.device.consumer import InstallOutcome
 from suitkit.device.fetch import FileFetcher
@@ -513,7 +512,7 @@ class Board:
     def anchors_version(self) -> int:
         """0 or 1, and the stored anchors are the old ones or exactly the new ones."""
         try:
-            stored = read_store(self.folder)
+            stored = open_device(self.folder).config.stored_anchors()
         except SuitError as e:
             raise Broken(f"the trust anchors are unreadable: {e}") from None
         if stored is None:
