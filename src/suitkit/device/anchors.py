@@ -179,8 +179,11 @@ def migrate_file(directory: Path, medium: AnchorMedium) -> bool:
         KeyMaterialError: the file is damaged (it is kept, and refused at every read).
         StorageError: the medium cannot be written.
     """
-    if medium.load() is not None:
-        return False
+    try:
+        if medium.load() is not None:
+            return False
+    except SuitError:
+        return False  # a damaged area is refused at every read, never replaced by the file
     stored = read_store(directory)
     if stored is None:
         return False
