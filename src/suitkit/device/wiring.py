@@ -177,10 +177,10 @@ class Stage1Bootloader:
 
     def open_inactive(self, component: str, *, manifest: bytes, image_size: int,
                       resume_at: int = 0) -> FlashSlotWriter:
+        self._writer = None  # whatever was staged and not committed is forgotten
         if component != BOOTLOADER_IMAGE:
             return self.bootloader.open_inactive(component, manifest=manifest,
                                                  image_size=image_size, resume_at=resume_at)
-        self._writer = None
         self._factory = self.stage0.blank()
         if self._factory:
             writer = self.stage0.factory_writer(manifest=manifest, image_size=image_size)
@@ -195,6 +195,13 @@ class Stage1Bootloader:
         if writer is None:
             self.bootloader.check_staged()
             return
+        try:
+            self._check_stage1(writer)
+        except SuitError:
+            self._writer = None  # refused: it is never committed
+            raise
+
+    def _check_stage1(self, writer: FlashSlotWriter) -> None:
         if not writer.finished:
             raise StorageError("the stage-1 bootloader is not fully written")
         info = self.stage0.verifier.verify(writer.manifest, _WrittenReader(writer))
