@@ -36,6 +36,13 @@ with the digests of the slot manifests that verify now (``_apply_anchors``), so 
 image whose signer it revokes keeps booting. Earlier rotations an envelope carries are
 installed first, in order (``_catch_up``).
 
+The stage-1 bootloader (docs/selfupdate.md): on an mcu device made with a stage 0, a manifest
+for ``['suitkit', 'bootloader']`` (``config.BOOTLOADER_ID``, addressing nothing else; refused
+on a device without a stage 0) writes the boot store's image ``bootloader``, which the store
+maps to the stage-1 copy that does not run; ``check_staged`` and ``mark_pending`` then check
+and commit that copy alone (the boot set is not re-staged). At a rotation the stage-1 copies'
+manifests are recorded with the slots' (the store's ``updaters``).
+
 The boot store is any object with the shape of ``suitkit.bootloader.api.SlotStore`` plus
 ``running`` and ``read_counters``; this module does not import the bootloader (the roles stay
 apart; ``device.wiring`` connects them).
