@@ -44,7 +44,7 @@ from suitkit.errors import DecodeError, KeyMaterialError, SuitError
 from suitkit.fileio import atomic_write
 
 __all__ = ["STORE", "AnchorMedium", "StoredAnchors", "migrate_file", "read_store",
-           "remove_migrated_file", "write_store"]
+           "write_store"]
 
 STORE = "anchors.cbor"
 FORMAT = 1
@@ -172,8 +172,8 @@ def _read_medium(medium: AnchorMedium) -> StoredAnchors | None:
 def migrate_file(directory: Path, medium: AnchorMedium) -> bool:
     """Copy a folder's ``anchors.cbor`` into ``medium`` when the medium holds none yet (a
     folder made before the flash area); returns whether it did. The file stays until the
-    caller has made the medium durable (then ``remove_migrated_file``); while it stays, the
-    medium is what is read.
+    caller has made the medium durable (``OpenDevice.save`` removes it then); while it stays,
+    the medium is what is read.
 
     Raises:
         KeyMaterialError: the file is damaged (it is kept, and refused at every read).
@@ -189,11 +189,6 @@ def migrate_file(directory: Path, medium: AnchorMedium) -> bool:
         return False
     medium.save(encode_store(stored.raw, stored.recorded))
     return True
-
-
-def remove_migrated_file(directory: Path) -> None:
-    """Remove ``anchors.cbor`` once its content is durable in the flash area."""
-    (directory / STORE).unlink(missing_ok=True)
 
 
 def _parse(data: bytes, where: str) -> StoredAnchors:
