@@ -280,7 +280,8 @@ def make_device(
     if shape not in SHAPES:
         raise KeyError(f"unknown device shape {shape!r}; known: {sorted(SHAPES)}")
     if stage1 is None:
-        return SHAPES[shape](verifier, seed=seed, chunk=chunk, anchors=anchors)
+        extra = {"anchors": True} if anchors else {}  # shapes without an area take no option
+        return SHAPES[shape](verifier, seed=seed, chunk=chunk, **extra)
     if shape != "mcu":
         raise ValueError(f"an updatable bootloader (stage1) is built for the mcu shape only, "
                          f"not {shape!r}")

@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import inspect
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -638,13 +639,16 @@ def open_device(directory: Path, *, crash: Callable[[str], None] | None = None,
         names = tuple(c.image for c in config.components)
         return OpenDevice(config, FsBootloader(directory / "slots", names, verifiers,
                                                crash=crash), {}, crash, extensions=extensions)
-    options: dict[str, object] = {"image_sectors": config.image_sectors, "anchors": True}
+    maker = SHAPES[config.shape]
+    options: dict[str, object] = {"image_sectors": config.image_sectors}
+    if "anchors" in inspect.signature(maker).parameters:
+        options["anchors"] = True  # the shape's profile has a trust-anchor area
     if config.stage1:
         # stage 0 verifies stage-1 copies with the device's anchors (docs/selfupdate.md)
         options["stage1"] = SuitImageVerifier(anchors, identity, BOOTLOADER_ID,
                                               extensions=extensions,
                                               dependency_anchors=dependency_anchors)
-    device = SHAPES[config.shape](verifiers, **options)
+    device = maker(verifiers, **options)
     generation, loaded_from, running = _load_flash(directory / "flash", device.flashes)
     bootloader: Bootloader = device.bootloader
     if device.stage0 is not None:
