@@ -47,7 +47,7 @@ from suitkit.bootloader.api import Bootloader, BootResult
 from suitkit.bootloader.boot import FlashBootloader, FlashSlotWriter
 from suitkit.bootloader.flash import Flash
 from suitkit.bootloader.fsslots import FsBootloader
-from suitkit.bootloader.profiles import ANCHOR_SECTORS, SHAPES
+from suitkit.bootloader.profiles import ANCHOR_SECTORS, SECTOR, SHAPES
 from suitkit.bootloader.records import RecordArea
 from suitkit.bootloader.stage0 import Stage0, Stage1Boot
 from suitkit.bootloader.verifier import (
@@ -109,7 +109,7 @@ FLASH_FORMAT = 2
 """``{"format": 2, "state": bstr, "sha256": bstr}``, the state being
 ``{"generation", "flashes", "wear"}`` (and ``"stage1-running"``: the stage-1 copy that runs,
 on devices with a stage 0); format 1 (no copies) was the state map itself."""
-ANCHOR_AREA_BYTES = 2 * ANCHOR_SECTORS * 4096
+ANCHOR_AREA_BYTES = 2 * ANCHOR_SECTORS * SECTOR
 """The trust-anchor area at the end of a flash shape's first flash: a flash saved before it
 existed is that much shorter, and is loaded with the area blank (docs/keys.md "Storage")."""
 
