@@ -33,11 +33,17 @@ from suitkit.cli.common import (
 )
 from suitkit.core import codec, jsonform
 from suitkit.core.report import Report
-from suitkit.device.config import SHAPE_COMPONENTS, HealthConfig, create_device
+from suitkit.device.config import BOOTLOADER_ID, SHAPE_COMPONENTS, HealthConfig, create_device
 from suitkit.device.consumer import running_version
 from suitkit.device.fetch import FileFetcher, HttpFetcher, RoutingFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
-from suitkit.device.wiring import OpenDevice, SlotDependencies, open_device
+from suitkit.device.wiring import (
+    OpenDevice,
+    SlotDependencies,
+    Stage1Bootloader,
+    open_device,
+    stage1_status,
+)
 from suitkit.errors import StorageError, SuitError
 from suitkit.limits import Limits
 from suitkit.sim.powercut import REAL_SCENARIOS, run_real_scenario
@@ -124,9 +130,15 @@ def init(
     unpack: Annotated[str | None, typer.Option(
         "--unpack", help="The packed payloads it accepts, comma-separated: zlib, zstd, xz, "
         "bzip2, delta (default: all; none: refuses them; docs/delta.md).")] = None,
+    stage1: Annotated[Path | None, typer.Option(
+        "--stage1", metavar="ENVELOPE", help="mcu: an immutable stage 0 and two stage-1 "
+        "bootloader copies; ENVELOPE is the signed manifest of the factory stage 1, component "
+        "['suitkit', 'bootloader'] (payload integrated or beside it), installed into copy 0 "
+        "(docs/selfupdate.md).")] = None,
 ) -> None:
     """Create a device: identity, trust anchors, empty slots (component i is h'0i')."""
     health = _health(health_window, health_interval, health_command, health_url, max_crashes)
+    factory = _stage1_envelope(stage1) if stage1 is not None else None
     if shape not in SHAPE_COMPONENTS:
         fail(f"--shape must be one of {', '.join(SHAPE_COMPONENTS)}, got {shape!r}", EXIT_USAGE)
     anchors: list[Path | tuple[str, Path]] = []
@@ -146,8 +158,15 @@ def init(
                 images=image, scopes=scopes, dependency_roles=dependency_role or (),
                 unpack=None if unpack is None else [
                     n.strip() for n in unpack.split(",") if n.strip() and n.strip() != "none"],
-                agent=agent)
-            open_device(directory).save()
+                agent=agent, stage1=stage1 is not None)
+            opened = open_device(directory)
+            if stage1 is not None and factory is not None:
+                fetcher = RoutingFetcher(HttpFetcher(), FileFetcher(stage1.parent))
+                outcome = opened.consumer(fetcher).install(factory)
+                if not outcome.installed:
+                    fail(f"--stage1 {stage1}: the factory stage 1 was not installed: "
+                         f"{outcome.reason}", EXIT_FAILED)
+            opened.save()
     except BaseException:
         if new_folder:  # no half-made device left behind (a full disk, an interrupt)
             shutil.rmtree(directory, ignore_errors=True)
@@ -156,6 +175,21 @@ def init(
                            for c in config.components)
     out.print(f"created {shape} device in {directory} (device id {config.device_id}; "
               f"components {components})", markup=False)
+
+
+def _stage1_envelope(path: Path) -> bytes:
+    """The factory stage-1 envelope of ``--stage1``: a manifest for the bootloader only."""
+    data = read_input(path, "--stage1 envelope")
+    try:
+        components = codec.decode_envelope(data).manifest.common.components
+    except SuitError as e:
+        fail(f"--stage1 {path}: {e}", EXIT_USAGE)
+    if tuple(components) != (BOOTLOADER_ID,):
+        fail(f"--stage1 {path}: expected a manifest for the bootloader ['suitkit', "
+             f"'bootloader'] alone, it addresses "
+             f"{', '.join('[' + ', '.join(_part(p) for p in c) + ']' for c in components)}",
+             EXIT_USAGE)
+    return data
 
 
 def _part(part: bytes) -> str:
@@ -275,6 +309,14 @@ def uninstall(
 def _boot(opened: OpenDevice) -> bool:
     """Boot, then run the Invocation Procedure; False when the application did not start."""
     result = opened.bootloader.boot()
+    if isinstance(opened.bootloader, Stage1Bootloader) and opened.bootloader.last is not None:
+        started = opened.bootloader.last
+        for note in started.notes:
+            out.print(f"stage 0: {note}", markup=False)
+        out.print(f"stage 0 started stage-1 bootloader #{started.sequence_number} (copy "
+                  f"{started.copy}): " + ("on trial (confirm the device, or the next boot "
+                                          "falls back to the other copy)" if started.trial
+                                          else "confirmed"), markup=False)
     images = ", ".join(f"{i.name} #{i.sequence_number}" for i in result.images)
     steps = " -> ".join(d.action.name.lower().replace("_", "-") for d in result.steps)
     state = "on trial (confirm it, or the next boot reverts)" if result.trial else "confirmed"
@@ -711,6 +753,14 @@ def status(
             what += " version " + ".".join(str(v) for v in running["version"])
         out.print(f"  {c['image']} {c['id']}: {what}; counter {c['counter']}", markup=False)
     out.print(f"  pending update: {doc['pending']}; on trial: {doc['trial']}", markup=False)
+    stage1 = doc.get("stage1")
+    if stage1 is not None:
+        now = stage1["running"]
+        trial = ", on trial" if now and now["trial"] else ""
+        what = (f"#{now['sequence-number']} (copy {now['copy']}{trial})" if now
+                else "not started yet (boot)")
+        out.print(f"  stage-1 bootloader: {what}; a new one pending: {stage1['pending']}; "
+                  f"counter {stage1['counter']}", markup=False)
 
 
 def device_status(opened: OpenDevice) -> dict[str, Any]:
@@ -746,7 +796,14 @@ def device_status(opened: OpenDevice) -> dict[str, Any]:
         "phase": state.phase.name.lower(),
         "anchors-version": opened.config.anchors_version(),  # docs/keys.md
         **_dependencies_status(opened),
+        **_stage1_status(opened),
     }
+
+
+def _stage1_status(opened: OpenDevice) -> dict[str, Any]:
+    """The stage-1 bootloader of a device with a stage 0 (docs/selfupdate.md)."""
+    found = stage1_status(opened.bootloader)
+    return {} if found is None else {"stage1": found}
 
 
 def _dependencies_status(opened: OpenDevice) -> dict[str, Any]:

@@ -93,9 +93,14 @@ from suitkit.core.report import (
     sign_report,
 )
 from suitkit.core.verify import verify_envelope
-from suitkit.device.anchors import read_store
 from suitkit.device.capabilities import capability_report
-from suitkit.device.config import HealthConfig, bind_tracker_id, check_tracker_id, load_config
+from suitkit.device.config import (
+    BOOTLOADER_ID,
+    HealthConfig,
+    bind_tracker_id,
+    check_tracker_id,
+    load_config,
+)
 from suitkit.device.consumer import PayloadFetcher, running_version, split_slot_record
 from suitkit.device.fetch import CoapFetcher, HttpFetcher
 from suitkit.device.health import Watch, close_watch, load_watch, open_watch
@@ -118,7 +123,7 @@ from suitkit.device.selfupdate import (
     slot_phase,
 )
 from suitkit.device.tls import network_reason
-from suitkit.device.wiring import OpenDevice, open_device
+from suitkit.device.wiring import OpenDevice, Stage1Bootloader, open_device, stage1_status
 from suitkit.errors import DecodeError, FetchError, PolicyError, StorageError, SuitError
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
@@ -235,6 +240,13 @@ def inventory_of(opened: OpenDevice, *, versions: bool = True) -> dict[str, Any]
                 entry["version"] = list(version)
         components.append(entry)
     components.append(anchors_entry(opened))
+    stage1 = stage1_status(opened.bootloader)  # mcu with a stage 0: the stage-1 bootloader
+    if stage1 is not None:
+        loader: dict[str, Any] = {"id": [p.hex() for p in BOOTLOADER_ID]}
+        running = stage1["running"]
+        if isinstance(running, dict):
+            loader.update(sequence=running["sequence-number"], digest=running["digest"])
+        components.append(loader)
     hardware: dict[str, Any] = {"shape": opened.config.shape}
     if has_agent(opened):  # the code that runs now: which agent came up (docs/selfupdate.md)
         hardware[AGENT_VERSION_FACT] = f"suitkit {__version__}"[:_MAX_FACT]
@@ -270,7 +282,7 @@ def anchors_entry(opened: OpenDevice) -> dict[str, Any]:
     document (none for the anchors device init wrote, version 0)."""
     entry: dict[str, Any] = {"id": [p.hex() for p in ANCHORS_COMPONENT]}
     try:
-        stored = read_store(opened.config.directory)
+        stored = opened.config.stored_anchors()
     except SuitError:
         return entry  # damaged: the install's error to report (no version claimed)
     entry["sequence"] = 0
@@ -915,7 +927,10 @@ def _trial(opened: OpenDevice) -> tuple[bool, int | None]:
     first = observation.primary[0] if observation.primary else None
     sequence = (first.info.sequence_number
                 if first is not None and first.info is not None else None)
-    return state.phase.name.lower() in ("trial", "tried"), sequence
+    # a new stage-1 bootloader on trial is confirmed with the device (docs/selfupdate.md)
+    stage1 = isinstance(opened.bootloader, Stage1Bootloader) and \
+        opened.bootloader.stage1_on_trial()
+    return state.phase.name.lower() in ("trial", "tried") or stage1, sequence
 
 
 def _restart(opened: OpenDevice) -> str:

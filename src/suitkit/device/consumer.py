@@ -36,6 +36,13 @@ with the digests of the slot manifests that verify now (``_apply_anchors``), so 
 image whose signer it revokes keeps booting. Earlier rotations an envelope carries are
 installed first, in order (``_catch_up``).
 
+The stage-1 bootloader (docs/selfupdate.md): on an mcu device made with a stage 0, a manifest
+for ``['suitkit', 'bootloader']`` (``config.BOOTLOADER_ID``, addressing nothing else; refused
+on a device without a stage 0) writes the boot store's image ``bootloader``, which the store
+maps to the stage-1 copy that does not run; ``check_staged`` and ``mark_pending`` then check
+and commit that copy alone (the boot set is not re-staged). At a rotation the stage-1 copies'
+manifests are recorded with the slots' (the store's ``updaters``).
+
 The boot store is any object with the shape of ``suitkit.bootloader.api.SlotStore`` plus
 ``running`` and ``read_counters``; this module does not import the bootloader (the roles stay
 apart; ``device.wiring`` connects them).
@@ -100,8 +107,8 @@ from suitkit.core.verify import (
     verify_decoded,
     verify_envelope,
 )
-from suitkit.device.anchors import read_store, write_store
-from suitkit.device.config import ComponentSpec, DeviceConfig
+from suitkit.device.anchors import write_store
+from suitkit.device.config import BOOTLOADER_ID, BOOTLOADER_IMAGE, ComponentSpec, DeviceConfig
 from suitkit.device.facts import ConsentHook, DeviceFacts, ask_consent, evaluate_wait, load_facts
 from suitkit.errors import (
     AuthenticationError,
@@ -776,7 +783,7 @@ class _AnchorsComponent:
     def _current(self) -> bytes | None:
         if self._run.anchors_document is not None:  # staged by this manifest (image-match)
             return self._run.anchors_document
-        stored = read_store(self._run.config.directory)
+        stored = self._run.config.stored_anchors()
         return stored.raw if stored is not None else None
 
     def size(self) -> int | None:
@@ -1131,6 +1138,7 @@ class Consumer:
             full = self.config.trust_anchors()
             anchors = dataclasses.replace(full, recorded=frozenset())
             verified = verify_decoded(envelope, anchors, limits=self.limits)
+            self._check_bootloader(verified)
             self._check_rollback(verified)
             if self._already_pending(envelope):
                 # The same update again (the agent retrying after a crash or a kill that fell
@@ -1188,6 +1196,18 @@ class Consumer:
             # Checked before anything is marked: a failed install leaves no request behind.
             return InstallOutcome(False, "failed: the manifest installed no image",
                                   sequence, result.report, result)
+        if run.written == [BOOTLOADER_IMAGE]:
+            # docs/selfupdate.md: the stage-1 copy that does not run holds it, checked as
+            # stage 0 will check it; marking it pending programs its header (the commit). The
+            # boot set is left alone (nothing is re-staged).
+            try:
+                self.store.check_staged()
+                self.store.mark_pending()
+            except SuitError as e:
+                return InstallOutcome(False, f"failed: {e}", sequence, result.report, result)
+            return InstallOutcome(True, f"installed the stage-1 bootloader (sequence number "
+                                  f"{sequence}); stage 0 tries it at the next boot", sequence,
+                                  result.report, result, tuple(run.written))
         try:
             self._restage_untouched(run)
             self._stage_metadata(run)
@@ -1265,12 +1285,14 @@ class Consumer:
         verify now (a revoked signer's running image keeps booting). One atomic write."""
         try:
             new = parse_document(raw)
-            stored = read_store(self.config.directory)
+            stored = self.config.stored_anchors()
             current = stored.document if stored is not None else AnchorsDocument(0, 0, ())
             check_successor(current, new)
             old = self.config.trust_anchors()
             recorded = set()
-            for name in self.store.components:
+            # the stage-1 bootloader's copies too: stage 0 verifies them with these anchors
+            updaters = getattr(self.store, "updaters", ())
+            for name in (*self.store.components, *updaters):
                 for record in (self._slot_manifest(name, running=True),
                                self._slot_manifest(name, running=False)):
                     if record is None:
@@ -1281,7 +1303,8 @@ class Consumer:
                     except SuitError:
                         continue  # the bootloader refuses it today: nothing to keep
                     recorded.add(verified.digest.value)
-            write_store(self.config.directory, raw, recorded, crash=self.crash)
+            write_store(self.config.directory, raw, recorded, crash=self.crash,
+                        medium=self.config.anchor_medium)
         except SuitError as e:
             return InstallOutcome(False, f"failed: trust anchors not updated: {e}", sequence,
                                   result.report, result)
@@ -1434,6 +1457,27 @@ class Consumer:
             if found is None or found.image_digest is None or found.image_size is None:
                 raise PolicyError(f"the shared sequence sets no image-digest and image-size for "
                                   f"{spec.image}; the bootloader could not check it at boot")
+
+    def _check_bootloader(self, verified: VerifiedManifest) -> None:
+        """A manifest for the stage-1 bootloader (docs/selfupdate.md) needs a device with a
+        stage 0, and addresses nothing else (stage 0 switches it alone, the bootloader the
+        boot set).
+
+        Raises:
+            PolicyError: refused, naming why.
+        """
+        components = addressed_components(verified.manifest)
+        if BOOTLOADER_ID not in components:
+            return
+        if not self.config.stage1:
+            raise PolicyError(f"this device ({self.config.shape} shape) has no stage 0, so its "
+                              f"bootloader {_cid_text(BOOTLOADER_ID)} cannot be updated "
+                              "(an mcu device made with device init --stage1 can; "
+                              "docs/selfupdate.md)")
+        if tuple(components) != (BOOTLOADER_ID,):
+            raise PolicyError(f"a manifest that updates the bootloader {_cid_text(BOOTLOADER_ID)} "
+                              "must address nothing else (stage 0 switches it alone); it "
+                              f"addresses {', '.join(_cid_text(c) for c in components)}")
 
     def _already_pending(self, envelope: Envelope) -> bool:
         """Whether the pending update is this envelope: every image of the boot set it names
