@@ -35,7 +35,7 @@ import itertools
 import math
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -705,13 +705,17 @@ class CampaignEngine:
         return self.campaigns_page(limit=None).items
 
     def campaigns_page(self, *, limit: int | None = 500,
-                       after: tuple[datetime, str] | None = None) -> Page:
+                       after: tuple[datetime, str] | None = None,
+                       statuses: Collection[str] = (), total: bool = False) -> Page:
         """At most ``limit`` campaigns (``None``: all), newest first (``created`` descending,
-        then ``id``), after the key ``after`` (``Page.next`` of the page before)."""
+        then ``id``), after the key ``after`` (``Page.next`` of the page before); only those
+        in ``statuses`` (``CAMPAIGN_STATUSES``) when given; ``total``: count them all."""
         with self.db.store.transaction() as tx:
-            rows = tx.campaigns(limit=None if limit is None else limit + 1, after=after)
+            rows = tx.campaigns(limit=None if limit is None else limit + 1, after=after,
+                                statuses=statuses)
             items = [((c.created, c.id), _campaign_json(c)) for c in rows]
-            return page_of(items, limit if limit is not None else len(items))
+            count = tx.count_campaigns(statuses) if total else None
+            return page_of(items, limit if limit is not None else len(items), count)
 
     # ---- helpers
 

@@ -36,25 +36,37 @@ from starlette.concurrency import run_in_threadpool
 
 from suitkit.errors import StorageError
 from suitkit.tracker.auth import Authenticator, Principal, Refused, Role
-from suitkit.tracker.campaigns import MAX_DELTAS, MODES, CampaignEngine, CampaignSpec, DeltaOffer
+from suitkit.tracker.campaigns import (
+    CAMPAIGN_STATUSES,
+    MAX_DELTAS,
+    MODES,
+    CampaignEngine,
+    CampaignSpec,
+    DeltaOffer,
+)
 from suitkit.tracker.config import TrackerConfig
 from suitkit.tracker.service import CampaignRefused, TrackerDB
 from suitkit.tracker.web import (
     MAX_DIGEST_BYTES,
-    PAGE_PARAMETERS,
+    PAGE_QUERY,
+    check_query,
     created_id_key,
     encode_cursor,
     envelope_url_of,
     hex_member,
     in_background,
     json_object,
+    list_param,
+    list_parameters,
     only_members,
     page_params,
     paged,
+    query_parameter,
     release_envelope_url,
     storage_refused,
     text_member,
     uuid_member,
+    want_total,
 )
 
 __all__ = ["create_campaign_router"]
@@ -236,14 +248,21 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
                     f"release {spec.release}, target {doc['target']}, mode {spec.mode}")
         return JSONResponse(doc, status_code=201)
 
-    @router.get(_CAMPAIGNS, openapi_extra=PAGE_PARAMETERS)
+    @router.get(_CAMPAIGNS, openapi_extra=list_parameters(query_parameter(
+        "state", "campaigns in any of these states", {"type": "string",
+                                                       "enum": list(CAMPAIGN_STATUSES)},
+        repeatable=True)))
     async def list_campaigns(request: Request) -> Response:
-        """A page of campaigns, newest first (admin, operator, author); ``next`` is the
-        cursor for ``?after=`` (``null``: the end)."""
+        """A page of campaigns, newest first (admin, operator, author); ``?state=running``:
+        only those (repeatable); ``?total=true``: with ``total``. ``next`` is the cursor for
+        ``?after=`` (``null``: the end)."""
         await auth.require(request, *_READERS)
+        check_query(request, PAGE_QUERY | {"state"}, {"state"})
+        statuses = list_param(request, "state", CAMPAIGN_STATUSES)
         limit, key, after = page_params(request, "campaigns", (str, str))
         start = created_id_key(key, after)
-        page = await call(engine.campaigns_page, limit=limit, after=start)
+        page = await call(engine.campaigns_page, limit=limit, after=start, statuses=statuses,
+                          total=want_total(request))
         return paged("campaigns", page,
                       lambda k: encode_cursor("campaigns", k[0].isoformat(), k[1]))
 
