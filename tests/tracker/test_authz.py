@@ -197,6 +197,15 @@ EXPECTED: dict[tuple[str, str], Rule] = {
         roles("device"), ddi_action, frozenset({200, 404})),
 }
 
+# the device API (issue #17): the routes a device calls, under their own prefix, for the same
+# callers as their deprecated twins under /api/v1/devices (which keep answering)
+DEVICE_API = "/device/v1/{device_id}"
+EXPECTED.update({(method, DEVICE_API + suffix): EXPECTED[(method, DEVICE + suffix)]
+                 for method, suffix in (("POST", "/checkin"), ("GET", "/update"),
+                                        ("PUT", "/inventory"), ("POST", "/events"),
+                                        ("POST", "/reports"), ("POST", "/health"),
+                                        ("GET", "/notifications"))})
+
 # Deliberately public: content-addressed immutable downloads (the device verifies everything
 # it fetches; CDN-cacheable) and the API's own documentation.
 PUBLIC: frozenset[tuple[str, str]] = frozenset({

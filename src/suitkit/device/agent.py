@@ -5,7 +5,8 @@ client-initiated (poll), server-initiated (push) and hybrid modes.
 ``tracker-id``, written by ``register`` or at the first run the tracker accepted, must be the
 credential's device: a folder never reports in another device's name) and:
 
-1. ``POST /api/v1/devices/{id}/checkin`` (one request per poll): the digest of its inventory
+1. ``POST /device/v1/{id}/checkin`` (one request per poll; the device API's prefix, and
+   ``/api/v1/devices/{id}/...`` for a tracker that predates it): the digest of its inventory
    (vendor and class IDs, per component the running sequence number, image digest and version:
    what the bootloader verified, as ``device status`` shows; the device's capability report,
    draft-ietf-suit-report §6, and its ECDH-ES public keys; ``inventory_digest``, SHA-256 of
@@ -102,6 +103,7 @@ from suitkit.device.health import Watch, close_watch, load_watch, open_watch
 from suitkit.device.health import check as check_health
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
 from suitkit.device.listen import (
+    DEVICE_API,
     CoapSource,
     LongPollSource,
     MqttSource,
@@ -306,7 +308,11 @@ class _Tracker:
 
     def __init__(self, client: httpx.Client, device_id: str) -> None:
         self.client = client
-        self.base = f"/api/v1/devices/{device_id}"
+        self.base = f"{DEVICE_API}/{device_id}"
+        """The device API (``/device/v1/{id}``); the deprecated ``/api/v1/devices/{id}`` of
+        a tracker that predates it (a 404 there, ``_call``) for the rest of the run."""
+        self.legacy = f"/api/v1/devices/{device_id}"
+        self.prefix_known = False
         self.versions = True
         """Send each component's ``version`` (update-management §4.4; the tracker keeps it
         since migration 0011_reports)."""
@@ -348,6 +354,14 @@ class _Tracker:
               ) -> httpx.Response:
         try:
             response = self.client.request(method, self.base + path, **kwargs)
+            if not self.prefix_known and response.status_code in _OLD_SERVER \
+                    and self.base != self.legacy:
+                # no device API under its own prefix (a tracker has every route of it or
+                # none): a tracker older than it, whose routes under /api/v1/devices answer
+                # the same calls, for the rest of the run
+                self.base = self.legacy
+                response = self.client.request(method, self.base + path, **kwargs)
+            self.prefix_known = self.prefix_known or response.status_code < 300
         except httpx.HTTPError as e:
             raise TrackerUnreachable(f"{method} {path or '/'}: {network_reason(e)}") from None
         if response.status_code not in expected:
