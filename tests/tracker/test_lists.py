@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from device.device_kit import Author
 from pg import BACKENDS, backend_url
 from suitkit.core import crypto
 from suitkit.core.model import Digest
@@ -424,3 +425,88 @@ def test_the_cli_lists_filtered_sorted_with_totals(
     assert code == 0 and json.loads(out) == [], err
     code, out, err = run_cli(capsys, "token", "list", "--json", *common)
     assert code == 0 and json.loads(out) == [], err
+
+
+# ------------------------------------------------------------------------------- releases
+
+
+def test_releases_come_in_pages_with_a_total(tmp_path: Path) -> None:
+    """``GET /api/v1/releases`` (the firmware server's list) in the same style: it was every
+    release in one answer."""
+    author = Author.create(tmp_path / "author")
+    upload = "upload-token-for-list-tests"
+    config = ServerConfig(data_dir=tmp_path / "data", upload_token=upload,
+                          anchors=TrustAnchors.of(author.key.public_key()))
+    auth = {"Authorization": f"Bearer {upload}"}
+    with running_server(config) as url, httpx.Client(base_url=url, timeout=30) as client:
+        ids = []
+        for sequence in (3, 1, 2, 5, 4):
+            envelope, image = author.release(sequence, size=64)
+            response = client.post("/api/v1/releases", headers=auth, files=[
+                ("envelope", ("e.suit", envelope, "application/suit-envelope+cose")),
+                ("image", ("app.bin", image, "application/octet-stream"))])
+            assert response.status_code == 201, response.text
+            ids.append((sequence, response.json()["id"]))
+        expected = [i for _, i in sorted(ids)]
+        seen: list[str] = []
+        after: str | None = None
+        for _ in range(10):
+            doc = client.get("/api/v1/releases", headers=auth, params={
+                "limit": 2, "total": "true", **({"after": after} if after else {})}).json()
+            assert len(doc["releases"]) <= 2 and doc["total"] == 5
+            seen += [r["id"] for r in doc["releases"]]
+            after = doc["next"]
+            if after is None:
+                break
+        assert seen == expected  # by sequence number, each once
+        whole = client.get("/api/v1/releases", headers=auth).json()
+        assert [r["id"] for r in whole["releases"]] == expected and whole["next"] is None
+        assert "total" not in whole
+        for params, message in (({"limit": "0"}, "limit: expected a whole number"),
+                                ({"after": "xyz"}, "after: expected the cursor"),
+                                ({"sequence": "1"}, "'sequence': not a query parameter"),
+                                ({"total": "perhaps"}, "total: expected true or false")):
+            response = client.get("/api/v1/releases", headers=auth, params=params)
+            assert response.status_code == 400, (params, response.text)
+            assert response.json()["error"].startswith(message), response.text
+
+
+# ------------------------------------------------------------------------------- device API
+
+
+@pytest.mark.parametrize("tracker", ["sqlite"], indirect=True)
+def test_the_device_api_has_its_own_prefix_and_the_old_routes_still_answer(
+        tracker: Tracker) -> None:
+    dev = tracker.register("field")
+    headers = {"Authorization": f"Bearer {dev['token']}"}
+    body = {"inventory_digest": "ab" * 32}
+    for prefix in ("/device/v1", "/api/v1/devices"):  # new, and the agents in the field
+        answer = tracker.client.post(f"{prefix}/{dev['id']}/checkin", json=body,
+                                     headers=headers)
+        assert answer.status_code == 200 and answer.json()["release"] is None, answer.text
+        assert tracker.client.get(f"{prefix}/{dev['id']}/update",
+                                  headers=headers).status_code == 204
+    tracker.deploy(dev)
+    tracker.move(dev, "downloading")  # /device/v1/{id}/events
+    assert tracker.client.post(f"/api/v1/devices/{dev['id']}/events", headers=headers,
+                               json={"state": "failed"}).status_code == 201
+    # the device API is the device's: staff tokens get 403 there, another device too
+    other = tracker.register("other")
+    for token in (ADMIN, other["token"]):
+        refused = tracker.client.post(f"/device/v1/{dev['id']}/checkin", json=body,
+                                      headers={"Authorization": f"Bearer {token}"})
+        assert refused.status_code == 403, refused.text
+    # no operator route under the device prefix
+    assert tracker.get(f"/device/v1/{dev['id']}").status_code in (404, 405)
+    assert tracker.get("/device/v1/devices").status_code == 404
+
+    paths = tracker.client.get("/openapi.json").json()["paths"]
+    for method, suffix in (("post", "/checkin"), ("get", "/update"), ("put", "/inventory"),
+                           ("post", "/events"), ("post", "/reports"), ("post", "/health")):
+        # (notifications: the push routes' wiring; tests/tracker/test_authz.py walks them)
+        new = paths[f"/device/v1/{{device_id}}{suffix}"][method]
+        old = paths[f"/api/v1/devices/{{device_id}}{suffix}"][method]
+        assert not new.get("deprecated") and old["deprecated"] is True, suffix
+        assert "device API" in new["tags"]
+    assert not paths["/api/v1/devices"]["get"].get("deprecated")
+    assert not paths["/api/v1/devices/{device_id}/health"]["get"].get("deprecated")
