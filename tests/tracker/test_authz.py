@@ -174,6 +174,8 @@ EXPECTED: dict[tuple[str, str], Rule] = {
         "target": {"devices": [w.device_a]}}}),
     ("GET", "/api/v1/campaigns"): Rule(roles("admin", "operator", "author")),
     ("GET", CAMPAIGN): Rule(roles("admin", "operator", "author"), ok=frozenset({404})),
+    ("GET", f"{CAMPAIGN}/members"): Rule(roles("admin", "operator", "author"),
+                                         ok=frozenset({404})),
     **{("POST", f"{CAMPAIGN}/{action}"): Rule(roles("admin", "operator"), ok=frozenset({404}))
        for action in ("approve", "start", "pause", "resume", "cancel", "trigger")},
     ("PUT", f"{DEVICE}/tags"): Rule(roles("admin", "operator"),

@@ -510,3 +510,41 @@ def test_the_device_api_has_its_own_prefix_and_the_old_routes_still_answer(
         assert "device API" in new["tags"]
     assert not paths["/api/v1/devices"]["get"].get("deprecated")
     assert not paths["/api/v1/devices/{device_id}/health"]["get"].get("deprecated")
+
+
+def test_campaign_members_in_pages_by_state_with_a_total(tracker: Tracker) -> None:
+    """``GET /api/v1/campaigns/{id}/members``: the members in the lists' style (the campaign's
+    own answer pages them by offset)."""
+    devs = [tracker.register(f"m{i}") for i in range(5)]
+    for dev in devs[:4]:
+        tracker.tag(dev, "wave")
+    response = tracker.client.post("/api/v1/tokens", headers=HEADERS,
+                                   json={"name": "second", "role": "operator"})
+    assert response.status_code == 201, response.text
+    second = {"Authorization": f"Bearer {response.json()['token']}"}
+    created = tracker.client.post("/api/v1/campaigns", headers=HEADERS, json={
+        "name": "members", "release": RELEASE, "envelope_url": "https://example.com/fw.suit",
+        "target": {"tags": ["wave"]}})
+    assert created.status_code == 201, created.text
+    cid = created.json()["id"]
+    for action in ("approve", "start"):
+        answer = tracker.client.post(f"/api/v1/campaigns/{cid}/{action}", headers=second)
+        assert answer.status_code == 200, answer.text
+    tracker.move(devs[1], "downloading", "failed")
+    tracker.move(devs[2], "failed")
+    path = f"/api/v1/campaigns/{cid}/members"
+    walked = tracker.walk(path, "members", [], 1)
+    assert len(walked) == 4  # each member once, by position
+    assert {m["device_id"] for m in walked} == {d["id"] for d in devs[:4]}
+    failed = tracker.ok(path, [("state", "failed"), ("total", "true")])
+    assert {m["device_id"] for m in failed["members"]} == {devs[1]["id"], devs[2]["id"]}
+    assert failed["total"] == 2 and failed["next"] is None
+    assert tracker.ok(path, [("state", "notified,failed"), ("total", "1")])["total"] == 4
+    for params, message in (([("state", "lost")], "state: expected one of pending"),
+                            ([("offset", "1")], "'offset': not a query parameter")):
+        answer = tracker.get(path, params)
+        assert answer.status_code == 400 and answer.json()["error"].startswith(message)
+    other = tracker.ok("/api/v1/campaigns/" + cid + "/members", [("limit", 1)])["next"]
+    assert tracker.get("/api/v1/audit", [("after", other)]).status_code == 400
+    assert tracker.get(f"/api/v1/campaigns/{'0' * 8}-0000-4000-8000-{'0' * 12}/members"
+                       ).status_code == 404

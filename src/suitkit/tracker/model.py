@@ -398,6 +398,8 @@ class CampaignMember(Base):
     """One device of a started campaign: its wave, state and a timestamp per state."""
 
     __tablename__ = "campaign_members"
+    __table_args__ = (  # its members' pages (migration 0012_lists)
+        Index("ix_campaign_members_campaign_id_position", "campaign_id", "position"),)
 
     campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"),
                                              primary_key=True)

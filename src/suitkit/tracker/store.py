@@ -794,6 +794,24 @@ class Tx:
             select(CampaignMember).where(CampaignMember.campaign_id == campaign_id)
             .order_by(CampaignMember.position).offset(offset).limit(limit)))
 
+    def members_after(self, campaign_id: str, *, after: int, limit: int,
+                      states: Collection[str] = ()) -> list[CampaignMember]:
+        """At most ``limit`` of the campaign's members with ``position`` above ``after``, by
+        position (keyset); only those in ``states`` when given."""
+        query = select(CampaignMember).where(CampaignMember.campaign_id == campaign_id,
+                                             CampaignMember.position > after)
+        if states:
+            query = query.where(CampaignMember.state.in_(states))
+        return list(self._session.scalars(query.order_by(CampaignMember.position)
+                                          .limit(limit)))
+
+    def count_members(self, campaign_id: str, states: Collection[str] = ()) -> int:
+        query = select(func.count()).select_from(CampaignMember).where(
+            CampaignMember.campaign_id == campaign_id)
+        if states:
+            query = query.where(CampaignMember.state.in_(states))
+        return int(self._session.scalar(query) or 0)
+
     def members_in(self, campaign_id: str, states: Collection[str]) -> list[CampaignMember]:
         """The campaign's members in one of ``states``, by device id (the lock order)."""
         return list(self._session.scalars(

@@ -10,6 +10,8 @@ Routes (docs/tracker.md, "Campaigns", has the bodies):
   newest first; ``next`` is the cursor of the following page (``null``: the end).
 - ``GET /api/v1/campaigns/{id}?offset=&limit=`` (admin, operator, author): status, counts per
   state and per wave, a page of members, the campaign's log.
+- ``GET /api/v1/campaigns/{id}/members?limit=&after=&state=&total=`` (admin, operator,
+  author): its members by position, in the lists' one style (``web.paged``).
 - ``POST /api/v1/campaigns/{id}/approve|start|pause|resume|cancel|trigger`` (operator, admin);
   approval is refused (403) to the principal who created the campaign (four-eyes).
 - ``PUT /api/v1/devices/{id}/tags`` (admin, operator): the device's tags.
@@ -39,6 +41,7 @@ from suitkit.tracker.auth import Authenticator, Principal, Refused, Role
 from suitkit.tracker.campaigns import (
     CAMPAIGN_STATUSES,
     MAX_DELTAS,
+    MEMBER_STATES,
     MODES,
     CampaignEngine,
     CampaignSpec,
@@ -274,6 +277,26 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         if not 0 <= offset < 1 << 63 or not 0 <= limit <= 1000:  # SQL OFFSET is 64-bit
             raise Refused(400, "offset must be ≥ 0 and limit between 0 and 1000")
         return JSONResponse(await call(engine.get, campaign_id, offset=offset, limit=limit))
+
+    @router.get(f"{_CAMPAIGNS}/{{campaign_id}}/members",
+                openapi_extra=list_parameters(query_parameter(
+                    "state", "members in any of these states",
+                    {"type": "string", "enum": list(MEMBER_STATES)}, repeatable=True)))
+    async def members(request: Request, campaign_id: str) -> Response:
+        """A page of the campaign's members by position (admin, operator, author);
+        ``?state=failed``: only those (repeatable); ``?total=true``: with ``total``."""
+        await auth.require(request, *_READERS)
+        check_query(request, PAGE_QUERY | {"state"}, {"state"})
+        states = list_param(request, "state", MEMBER_STATES)
+        limit, key, after = page_params(request, f"members:{campaign_id}", (int,))
+        if key is not None and not 0 <= key[0] < 1 << 31:
+            raise Refused(400, f"after: expected the cursor 'next' of a previous page of "
+                               f"this list, got {after[:40]!r}")
+        page = await call(engine.members_page, campaign_id, limit=limit,
+                          after=key[0] if key is not None else -1, states=states,
+                          total=want_total(request))
+        return paged("members", page,
+                     lambda k: encode_cursor(f"members:{campaign_id}", k[0]), id=campaign_id)
 
     def action(name: str) -> None:
         method = getattr(engine, name)

@@ -1,7 +1,7 @@
 """Lists: indexes for the devices list's server-side filters and sorts (``GET
 /api/v1/devices?state=&class=&sort=``): by state (then the default order, created and id), by
-class, by last seen and by name (each then id, the keyset's tie-break). Self-contained: only
-indexes of ``devices``, created when missing.
+class, by last seen and by name (each then id, the keyset's tie-break); a campaign's members
+by position. Self-contained: only indexes, each created when missing.
 
 Revision ID: 0012_lists
 Revises: 0011_reports
@@ -22,6 +22,9 @@ _INDEXES = (
     ("ix_devices_class_id_created_id", "devices", ["class_id", "created", "id"]),
     ("ix_devices_last_seen_id", "devices", ["last_seen", "id"]),
     ("ix_devices_name_id", "devices", ["name", "id"]),
+    # a campaign's members in pages by position (GET /api/v1/campaigns/{id}/members)
+    ("ix_campaign_members_campaign_id_position", "campaign_members", ["campaign_id",
+                                                                       "position"]),
 )
 
 
