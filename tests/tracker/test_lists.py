@@ -333,6 +333,10 @@ def test_unknown_parameters_and_bad_values_are_400_naming_the_parameter(
         ("/api/v1/devices", [("last_seen_before", "yesterday")], "last_seen_before: expected"),
         ("/api/v1/devices", [("last_seen_after", "2026-01-01T00:00:00")],
          "last_seen_after: expected an RFC 3339 date-time with its offset"),
+        ("/api/v1/devices", [("last_seen_before", "0001-01-01T00:00:00+01:00")],
+         "last_seen_before: expected an RFC 3339"),  # beyond the range once in UTC
+        ("/api/v1/devices", [("last_seen_after", "9999-12-31T23:59:59-01:00")],
+         "last_seen_after: expected an RFC 3339"),
         ("/api/v1/devices", [("sort", "colour")], "sort: expected one of"),
         ("/api/v1/devices", [("sort", "name"), ("sort", "state")], "sort: given more than once"),
         ("/api/v1/devices", [("limit", "2"), ("limit", "3")], "limit: given more than once"),

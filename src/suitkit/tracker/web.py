@@ -432,10 +432,14 @@ def moment_param(request: Request, name: str) -> datetime | None:
         moment = datetime.fromisoformat(value) if "T" in value.upper() else None
     except ValueError:
         moment = None
-    if moment is None or moment.tzinfo is None:
+    try:
+        utc = moment.astimezone(UTC) if moment is not None and moment.tzinfo else None
+    except OverflowError:  # year 1 or 9999 moved across midnight by its offset
+        utc = None
+    if utc is None:
         raise Refused(400, f"{name}: expected an RFC 3339 date-time with its offset, such as "
                            f"2026-01-31T12:00:00Z, got {text[:40]!r}")
-    return moment.astimezone(UTC).replace(tzinfo=None)
+    return utc.replace(tzinfo=None)
 
 
 def page_params(request: Request, kind: str, types: tuple[type | tuple[type, ...], ...]
