@@ -350,12 +350,12 @@ class _Tracker:
         job = self.update() if pending else None
         return job, self.state() if job is not None else None
 
-    def _call(self, method: str, path: str, expected: tuple[int, ...], **kwargs: Any
-              ) -> httpx.Response:
+    def _call(self, method: str, path: str, expected: tuple[int, ...], *,
+              base: str | None = None, **kwargs: Any) -> httpx.Response:
         try:
-            response = self.client.request(method, self.base + path, **kwargs)
+            response = self.client.request(method, (base or self.base) + path, **kwargs)
             if not self.prefix_known and response.status_code in _OLD_SERVER \
-                    and self.base != self.legacy:
+                    and self.base != self.legacy and base is None:
                 # no device API under its own prefix (a tracker has every route of it or
                 # none): a tracker older than it, whose routes under /api/v1/devices answer
                 # the same calls, for the rest of the run
@@ -395,8 +395,9 @@ class _Tracker:
         return Assigned.of(doc, "GET /update")
 
     def state(self) -> str | None:
-        """The update state the tracker has for the device."""
-        response = self._call("GET", "", (200,))
+        """The update state the tracker has for the device (its record: in the operator API,
+        ``GET /api/v1/devices/{id}``, which the device may read; the device API has none)."""
+        response = self._call("GET", "", (200,), base=self.legacy)
         try:
             state = response.json().get("state")
         except (ValueError, AttributeError):
