@@ -174,6 +174,8 @@ EXPECTED: dict[tuple[str, str], Rule] = {
         "target": {"devices": [w.device_a]}}}),
     ("GET", "/api/v1/campaigns"): Rule(roles("admin", "operator", "author")),
     ("GET", CAMPAIGN): Rule(roles("admin", "operator", "author"), ok=frozenset({404})),
+    ("GET", f"{CAMPAIGN}/members"): Rule(roles("admin", "operator", "author"),
+                                         ok=frozenset({404})),
     **{("POST", f"{CAMPAIGN}/{action}"): Rule(roles("admin", "operator"), ok=frozenset({404}))
        for action in ("approve", "start", "pause", "resume", "cancel", "trigger")},
     ("PUT", f"{DEVICE}/tags"): Rule(roles("admin", "operator"),
@@ -196,6 +198,15 @@ EXPECTED: dict[tuple[str, str], Rule] = {
     ("GET", f"{DDI}/softwaremodules/{{action}}/artifacts/{{filename}}"): Rule(
         roles("device"), ddi_action, frozenset({200, 404})),
 }
+
+# the device API (issue #17): the routes a device calls, under their own prefix, for the same
+# callers as their deprecated twins under /api/v1/devices (which keep answering)
+DEVICE_API = "/device/v1/{device_id}"
+EXPECTED.update({(method, DEVICE_API + suffix): EXPECTED[(method, DEVICE + suffix)]
+                 for method, suffix in (("POST", "/checkin"), ("GET", "/update"),
+                                        ("PUT", "/inventory"), ("POST", "/events"),
+                                        ("POST", "/reports"), ("POST", "/health"),
+                                        ("GET", "/notifications"))})
 
 # Deliberately public: content-addressed immutable downloads (the device verifies everything
 # it fetches; CDN-cacheable) and the API's own documentation.

@@ -202,18 +202,28 @@ def status(campaign_id: IdArgument, server: ServerOption, token_file: TokenFileO
 @campaign_app.command("list")
 @handles_errors
 def list_campaigns(server: ServerOption, token_file: TokenFileOption,
+                   state: Annotated[list[str] | None, typer.Option(
+                       "--state", help="Only campaigns in this state (draft, approved, "
+                                       "running, paused, completed, cancelled); repeatable: "
+                                       "any.")] = None,
+                   total: Annotated[bool, typer.Option(
+                       "--total", help="Print how many match (with --json: {campaigns, "
+                                       "total}).")] = False,
                    as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
-    """Every campaign, newest first."""
+    """Every campaign, newest first (``--state``: filtered by the server)."""
     client = ApiClient.from_options(server, token_file, timeout)
-    campaigns = client.pages(_PATH, "campaigns")  # every page
+    campaigns, count = client.pages_total(  # every page
+        _PATH, "campaigns", params={"state": list(state)} if state else None, total=total)
     if as_json:
-        _print_json(campaigns)
+        _print_json({"campaigns": campaigns, "total": count} if total else campaigns)
         return
     table = Table("id", "name", "status", "mode", "wave", "devices", show_edge=False)
     for c in campaigns:
         table.add_row(c["id"], c["name"], c["status"], c["mode"],
                       f"{c['current_wave']}/{len(c['waves'])}", str(c["devices"]))
     out.print(table)
+    if total:
+        out.print(f"{count} campaign(s) match", markup=False)
 
 
 @campaign_app.command("tags")

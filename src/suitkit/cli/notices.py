@@ -208,7 +208,7 @@ def release_artifacts(data: Path, *, cache: int = 4096, records: Any = None
 PUSH_REFUSED = ("push notices (server-sent events, long-polls) need a server with --workers 1 "
                 "or a PostgreSQL database: a deployment made in one worker process does not "
                 "reach a stream held by another on SQLite; poll with POST "
-                "/api/v1/devices/{id}/checkin")
+                "/device/v1/{id}/checkin")
 """The 501 of the notices route under ``serve --workers N`` (docs/server.md)."""
 
 
@@ -225,6 +225,9 @@ def push_refused() -> Any:
     async def notifications(device_id: str) -> JSONResponse:
         return JSONResponse({"error": PUSH_REFUSED}, status_code=501)
 
+    from suitkit.tracker.web import serve_device_api  # noqa: PLC0415
+
+    serve_device_api(router, {("GET", "/notifications")})  # the device API's prefix too
     return router
 
 

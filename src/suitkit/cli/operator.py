@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -103,8 +103,8 @@ class ApiClient:
                    context if context is not None else True)
 
     def request(self, method: str, path: str, *, body: Any = None,
-                params: dict[str, str] | None = None, ok: Iterable[int] = (200, 201, 204)
-                ) -> Any:
+                params: Mapping[str, str | list[str]] | None = None,
+                ok: Iterable[int] = (200, 201, 204)) -> Any:
         """The decoded JSON answer (``None`` for an empty one) of ``method path``."""
         url = f"{self.server}{path}"
         try:
@@ -126,24 +126,36 @@ class ApiClient:
         return self.request("GET", path, **kwargs)
 
     def pages(self, path: str, key: str, *, limit: int | None = None,
-              params: dict[str, str] | None = None) -> list[Any]:
+              params: Mapping[str, str | list[str]] | None = None) -> list[Any]:
         """Every item of the paged list ``key`` at ``path``, following ``next`` page after
         page; only the first ``limit`` items when given."""
+        return self.pages_total(path, key, limit=limit, params=params)[0]
+
+    def pages_total(self, path: str, key: str, *, limit: int | None = None,
+                    params: Mapping[str, str | list[str]] | None = None,
+                    total: bool = False) -> tuple[list[Any], int | None]:
+        """``pages``, and with ``total`` the list's ``total`` as the server counts it (the
+        first page's ``?total=true``; filters applied)."""
         items: list[Any] = []
         after: str | None = None
+        count: int | None = None
         while limit is None or len(items) < limit:
-            query = dict(params or {})
+            query: dict[str, str | list[str]] = dict(params or {})
+            if total and count is None:
+                query["total"] = "true"
             query["limit"] = str(min(_PAGE, limit - len(items)) if limit is not None else _PAGE)
             if after is not None:
                 query["after"] = after
             doc = self.get(path, params=query)
             items += _field(doc, key, list)
+            if total and count is None:
+                count = _field(doc, "total", int)
             after = doc.get("next")
             if after is None:
                 break
             if not isinstance(after, str):
                 fail("unexpected answer from the server: 'next' is not a cursor", EXIT_USAGE)
-        return items if limit is None else items[:limit]
+        return (items if limit is None else items[:limit]), count
 
     def post(self, path: str, body: Any, **kwargs: Any) -> Any:
         return self.request("POST", path, body=body, **kwargs)
@@ -263,8 +275,8 @@ def token_create(
 def token_list(server: ServerOption, token_file: TokenFileOption, as_json: JsonOption = False,
                timeout: TimeoutOption = 30.0) -> None:
     """List API tokens (admin); never their secrets."""
-    tokens = _field(ApiClient.from_options(server, token_file, timeout).get("/api/v1/tokens"),
-                    "tokens", list)
+    tokens = ApiClient.from_options(server, token_file, timeout).pages("/api/v1/tokens",
+                                                                       "tokens")
     if as_json:
         print_json(tokens)
         return
@@ -299,19 +311,54 @@ def token_revoke(token_id: Annotated[str, typer.Argument(metavar="ID", help="Tok
 
 @devices_app.command("list")
 @handles_errors
-def devices_list(server: ServerOption, token_file: TokenFileOption, limit: LimitOption = None,
-                 as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
-    """List devices, oldest first (admin, operator)."""
-    devices = ApiClient.from_options(server, token_file, timeout).pages(
-        "/api/v1/devices", "devices", limit=limit)
+def devices_list(
+        server: ServerOption, token_file: TokenFileOption, limit: LimitOption = None,
+        state: Annotated[list[str] | None, typer.Option(
+            "--state", help="Only devices in this update state (failed, succeeded, ...; none: "
+                            "never updated); repeat it or give a comma list: any of them.")
+        ] = None,
+        class_id: Annotated[list[str] | None, typer.Option(
+            "--class", help="Only devices of this class id (UUID); repeatable: any.")] = None,
+        tag: Annotated[list[str] | None, typer.Option(
+            "--tag", help="Only devices with this tag; repeatable: every one.")] = None,
+        version: Annotated[list[str] | None, typer.Option(
+            "--version", help="Only devices with a component at this version (1.2.0); "
+                              "repeatable: any.")] = None,
+        seen_before: Annotated[str | None, typer.Option(
+            "--last-seen-before", help="Only devices last seen before this RFC 3339 time "
+                                       "(2026-01-31T12:00:00Z).")] = None,
+        seen_after: Annotated[str | None, typer.Option(
+            "--last-seen-after", help="Only devices last seen at or after this RFC 3339 "
+                                      "time.")] = None,
+        sort: Annotated[str | None, typer.Option(
+            "--sort", help="Order by created (default), name, state or last_seen; '-' before "
+                           "it: descending (--sort -last_seen).")] = None,
+        total: Annotated[bool, typer.Option(
+            "--total", help="Print how many devices match (with --json: {devices, total}).")
+        ] = False,
+        as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
+    """List devices, oldest first (admin, operator), filtered and sorted by the server."""
+    params: dict[str, str | list[str]] = {}
+    for name, values in (("state", state), ("class", class_id), ("tag", tag),
+                         ("version", version)):
+        if values:
+            params[name] = list(values)
+    for name, value in (("last_seen_before", seen_before), ("last_seen_after", seen_after),
+                        ("sort", sort)):
+        if value is not None:
+            params[name] = value
+    devices, count = ApiClient.from_options(server, token_file, timeout).pages_total(
+        "/api/v1/devices", "devices", limit=limit, params=params, total=total)
     if as_json:
-        print_json(devices)
+        print_json({"devices": devices, "total": count} if total else devices)
         return
     table = Table(Column("id", no_wrap=True), "name", "state", "last seen", "class")
     for d in devices:
         _row(table, str(d.get("id")), str(d.get("name")), str(d.get("state") or "-"),
                       _short(d.get("last_seen")), str(d.get("class_id") or "-"))
     out.print(table)
+    if total:
+        out.print(f"{count} device(s) match", markup=False)
 
 
 @devices_app.command("show")

@@ -5,7 +5,8 @@ client-initiated (poll), server-initiated (push) and hybrid modes.
 ``tracker-id``, written by ``register`` or at the first run the tracker accepted, must be the
 credential's device: a folder never reports in another device's name) and:
 
-1. ``POST /api/v1/devices/{id}/checkin`` (one request per poll): the digest of its inventory
+1. ``POST /device/v1/{id}/checkin`` (one request per poll; the device API's prefix, and
+   ``/api/v1/devices/{id}/...`` for a tracker that predates it): the digest of its inventory
    (vendor and class IDs, per component the running sequence number, image digest and version:
    what the bootloader verified, as ``device status`` shows; the device's capability report,
    draft-ietf-suit-report §6, and its ECDH-ES public keys; ``inventory_digest``, SHA-256 of
@@ -107,6 +108,7 @@ from suitkit.device.health import Watch, close_watch, load_watch, open_watch
 from suitkit.device.health import check as check_health
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
 from suitkit.device.listen import (
+    DEVICE_API,
     CoapSource,
     LongPollSource,
     MqttSource,
@@ -318,7 +320,11 @@ class _Tracker:
 
     def __init__(self, client: httpx.Client, device_id: str) -> None:
         self.client = client
-        self.base = f"/api/v1/devices/{device_id}"
+        self.base = f"{DEVICE_API}/{device_id}"
+        """The device API (``/device/v1/{id}``); the deprecated ``/api/v1/devices/{id}`` of
+        a tracker that predates it (a 404 there, ``_call``) for the rest of the run."""
+        self.legacy = f"/api/v1/devices/{device_id}"
+        self.prefix_known = False
         self.versions = True
         """Send each component's ``version`` (update-management §4.4; the tracker keeps it
         since migration 0011_reports)."""
@@ -356,10 +362,18 @@ class _Tracker:
         job = self.update() if pending else None
         return job, self.state() if job is not None else None
 
-    def _call(self, method: str, path: str, expected: tuple[int, ...], **kwargs: Any
-              ) -> httpx.Response:
+    def _call(self, method: str, path: str, expected: tuple[int, ...], *,
+              base: str | None = None, **kwargs: Any) -> httpx.Response:
         try:
-            response = self.client.request(method, self.base + path, **kwargs)
+            response = self.client.request(method, (base or self.base) + path, **kwargs)
+            if not self.prefix_known and response.status_code in _OLD_SERVER \
+                    and self.base != self.legacy and base is None:
+                # no device API under its own prefix (a tracker has every route of it or
+                # none): a tracker older than it, whose routes under /api/v1/devices answer
+                # the same calls, for the rest of the run
+                self.base = self.legacy
+                response = self.client.request(method, self.base + path, **kwargs)
+            self.prefix_known = self.prefix_known or response.status_code < 300
         except httpx.HTTPError as e:
             raise TrackerUnreachable(f"{method} {path or '/'}: {network_reason(e)}") from None
         if response.status_code not in expected:
@@ -393,8 +407,9 @@ class _Tracker:
         return Assigned.of(doc, "GET /update")
 
     def state(self) -> str | None:
-        """The update state the tracker has for the device."""
-        response = self._call("GET", "", (200,))
+        """The update state the tracker has for the device (its record: in the operator API,
+        ``GET /api/v1/devices/{id}``, which the device may read; the device API has none)."""
+        response = self._call("GET", "", (200,), base=self.legacy)
         try:
             state = response.json().get("state")
         except (ValueError, AttributeError):

@@ -50,8 +50,11 @@ the status tracker (mounted from outside through ``ServerConfig.routers``), CoAP
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import json
 import logging
 import re
 import time
@@ -110,6 +113,7 @@ from suitkit.server.store import (
     ReleaseRecord,
     ReleaseRecords,
     is_digest,
+    is_release_id,
 )
 
 __all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "LEAVE_REQUEST_LIMIT", "Authorizer",
@@ -1049,6 +1053,61 @@ def _file_size(file: BinaryIO) -> int:
     return size
 
 
+_RELEASE_PAGE = (500, 1000)  # default and most releases a page holds (the tracker's lists')
+_RELEASE_LIST_PARAMETERS: dict[str, Any] = {"parameters": [
+    {"name": "limit", "in": "query", "required": False,
+     "description": f"items per page, 1 to {_RELEASE_PAGE[1]}",
+     "schema": {"type": "integer", "minimum": 1, "maximum": _RELEASE_PAGE[1],
+                "default": _RELEASE_PAGE[0]}},
+    {"name": "after", "in": "query", "required": False,
+     "description": "the cursor 'next' of the page before (opaque)", "schema": {"type": "string"}},
+    {"name": "total", "in": "query", "required": False,
+     "description": "true: the answer's 'total' counts every release",
+     "schema": {"type": "boolean", "default": False}}]}
+
+
+def _release_cursor(record: ReleaseRecord) -> str:
+    text = json.dumps(["releases", record.sequence_number, record.release_id],
+                      separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _release_page(request: Request) -> tuple[int, tuple[int, str] | None, bool]:
+    """``GET /api/v1/releases``'s ``limit``, the key in its ``after`` cursor and ``total``;
+    an unknown parameter or a bad value is 400 naming it (as the tracker's lists)."""
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name not in ("limit", "after", "total"):
+            raise UploadRefused(400, f"{name[:40]!r}: not a query parameter of this list; "
+                                     "expected after, limit, total")
+        if name in seen:
+            raise UploadRefused(400, f"{name}: given more than once; expected one value")
+        seen.add(name)
+    limit, text = _RELEASE_PAGE[0], request.query_params.get("limit")
+    if text is not None:
+        digits = text.strip()
+        limit = int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 8 else 0
+        if not 1 <= limit <= _RELEASE_PAGE[1]:
+            raise UploadRefused(400, f"limit: expected a whole number from 1 to "
+                                     f"{_RELEASE_PAGE[1]}, got {text[:20]!r}")
+    total_text = request.query_params.get("total", "false").strip().lower()
+    if total_text not in ("true", "1", "yes", "false", "0", "no"):
+        raise UploadRefused(400, f"total: expected true or false, got {total_text[:20]!r}")
+    cursor = request.query_params.get("after")
+    if cursor is None:
+        return limit, None, total_text in ("true", "1", "yes")
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(cursor[:200] + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        doc = None
+    if (len(cursor) > 200 or not isinstance(doc, list) or len(doc) != 3
+            or doc[0] != "releases" or type(doc[1]) is not int or type(doc[2]) is not str
+            or not is_release_id(doc[2])):
+        raise UploadRefused(400, f"after: expected the cursor 'next' of a previous page of "
+                                 f"this list, got {cursor[:40]!r}")
+    return limit, (doc[1], doc[2]), total_text in ("true", "1", "yes")
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     """The firmware server application for ``config`` (see the module docstring)."""
     store = BlobStore(config.data_dir)
@@ -1160,13 +1219,24 @@ def create_app(config: ServerConfig) -> FastAPI:
         return JSONResponse(await run_in_threadpool(described, record), status_code=status)
 
     @app.get("/api/v1/releases", dependencies=bearer,
-             summary="List releases (admin, author, operator)")
+             summary="List releases (admin, author, operator)",
+             openapi_extra=_RELEASE_LIST_PARAMETERS)
     async def list_releases(request: Request) -> Response:
-        """All releases, by sequence number."""
+        """A page of releases, by sequence number then id: ``{releases, next}`` (``next``:
+        the cursor for ``?after=``, ``null`` at the end), ``total`` with ``?total=true`` (the
+        tracker's lists' one style)."""
         await _authorize(request, config, "read")
-        found = await run_in_threadpool(release_records.releases)
-        docs = await run_in_threadpool(lambda: [described(r) for r in found])
-        return JSONResponse({"releases": docs})
+        limit, after, total = _release_page(request)
+        every = await run_in_threadpool(release_records.releases)
+        found = every if after is None else [
+            r for r in every if (r.sequence_number, r.release_id) > after]
+        page = found[:limit]
+        docs = await run_in_threadpool(lambda: [described(r) for r in page])
+        doc: dict[str, Any] = {"releases": docs, "next": _release_cursor(page[-1])
+                               if len(found) > limit else None}
+        if total:
+            doc["total"] = len(every)
+        return JSONResponse(doc)
 
     @app.get("/api/v1/releases/{release_id}", dependencies=bearer,
              summary="One release (admin, author, operator)")

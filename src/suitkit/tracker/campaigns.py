@@ -36,7 +36,7 @@ import itertools
 import math
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -781,9 +781,7 @@ class CampaignEngine:
             doc["waves_detail"] = waves
             members = tx.members(campaign.id, offset=max(0, offset),
                                  limit=max(0, min(limit, 1000)))
-            doc["members"] = [{"device_id": m.device_id, "wave": m.wave + 1, "state": m.state,
-                               "times": m.times, "detail": m.detail, "health": m.health}
-                              for m in members]
+            doc["members"] = [_member_json(m) for m in members]
             if campaign.health_window is not None:
                 _, confirmed, unhealthy = tx.health_counts(campaign.id, tx.now())
                 doc["health"] = {"confirmed": confirmed, "unhealthy": unhealthy}
@@ -797,14 +795,32 @@ class CampaignEngine:
         """Every campaign (no members), newest first."""
         return self.campaigns_page(limit=None).items
 
-    def campaigns_page(self, *, limit: int | None = 500,
-                       after: tuple[datetime, str] | None = None) -> Page:
-        """At most ``limit`` campaigns (``None``: all), newest first (``created`` descending,
-        then ``id``), after the key ``after`` (``Page.next`` of the page before)."""
+    def members_page(self, campaign_id: str, *, limit: int = 500, after: int = -1,
+                     states: Collection[str] = (), total: bool = False) -> Page:
+        """At most ``limit`` of the campaign's members (``MEMBER_STATES``: only those in
+        ``states`` when given), by position, after the position ``after`` (``Page.next`` of
+        the page before, ``(position,)``); ``total``: count them all."""
         with self.db.store.transaction() as tx:
-            rows = tx.campaigns(limit=None if limit is None else limit + 1, after=after)
+            campaign = tx.campaign(campaign_id) if len(campaign_id) <= 36 else None
+            if campaign is None:
+                raise CampaignRefused("unknown", f"no campaign {campaign_id[:40]!r}")
+            rows = tx.members_after(campaign.id, after=after, limit=limit + 1, states=states)
+            items = [((m.position,), _member_json(m)) for m in rows]
+            count = tx.count_members(campaign.id, states) if total else None
+            return page_of(items, limit, count)
+
+    def campaigns_page(self, *, limit: int | None = 500,
+                       after: tuple[datetime, str] | None = None,
+                       statuses: Collection[str] = (), total: bool = False) -> Page:
+        """At most ``limit`` campaigns (``None``: all), newest first (``created`` descending,
+        then ``id``), after the key ``after`` (``Page.next`` of the page before); only those
+        in ``statuses`` (``CAMPAIGN_STATUSES``) when given; ``total``: count them all."""
+        with self.db.store.transaction() as tx:
+            rows = tx.campaigns(limit=None if limit is None else limit + 1, after=after,
+                                statuses=statuses)
             items = [((c.created, c.id), _campaign_json(c)) for c in rows]
-            return page_of(items, limit if limit is not None else len(items))
+            count = tx.count_campaigns(statuses) if total else None
+            return page_of(items, limit if limit is not None else len(items), count)
 
     # ---- helpers
 
@@ -886,6 +902,11 @@ def _release_for(tx: Tx, campaign: Campaign, device_id: str) -> tuple[str, str]:
         if offer.get("precursor") in running:
             return str(offer["release"]), str(offer["envelope_url"])
     return campaign.release, campaign.envelope_url
+
+
+def _member_json(member: CampaignMember) -> dict[str, Any]:
+    return {"device_id": member.device_id, "wave": member.wave + 1, "state": member.state,
+            "times": member.times, "detail": member.detail, "health": member.health}
 
 
 def _campaign_json(campaign: Campaign) -> dict[str, Any]:

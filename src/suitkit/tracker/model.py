@@ -160,7 +160,12 @@ class Device(Base):
     """The public key the device signs its reports with (PEM; report §8), given when it was
     registered; ``None``: its reports cannot be signed."""
 
-    __table_args__ = (Index("ix_devices_created_id", "created", "id"),)  # the list's pages
+    __table_args__ = (Index("ix_devices_created_id", "created", "id"),  # the list's pages
+                      # its filters and sorts (migration 0012_lists)
+                      Index("ix_devices_state_created_id", "state", "created", "id"),
+                      Index("ix_devices_class_id_created_id", "class_id", "created", "id"),
+                      Index("ix_devices_last_seen_id", "last_seen", "id"),
+                      Index("ix_devices_name_id", "name", "id"))
 
 
 class InstalledComponent(Base):
@@ -393,6 +398,8 @@ class CampaignMember(Base):
     """One device of a started campaign: its wave, state and a timestamp per state."""
 
     __tablename__ = "campaign_members"
+    __table_args__ = (  # its members' pages (migration 0012_lists)
+        Index("ix_campaign_members_campaign_id_position", "campaign_id", "position"),)
 
     campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"),
                                              primary_key=True)

@@ -44,7 +44,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -76,9 +76,19 @@ from suitkit.tracker.model import (
     Release,
 )
 from suitkit.tracker.quotas import Quotas
-from suitkit.tracker.store import CheckinRow, PoolOptions, Store, Tx, naive, open_store
+from suitkit.tracker.store import (
+    DEVICE_SORTS,
+    CheckinRow,
+    DeviceQuery,
+    PoolOptions,
+    Store,
+    Tx,
+    naive,
+    open_store,
+)
 
 __all__ = [
+    "DEVICE_SORTS",
     "MAX_FACTS",
     "MAX_HEALTH_RECORDS",
     "MAX_HEALTH_WINDOW",
@@ -90,6 +100,7 @@ __all__ = [
     "CheckIn",
     "ComponentEntry",
     "DeploymentRefused",
+    "DeviceQuery",
     "FleetCounts",
     "HealthRecord",
     "HealthReport",
@@ -185,14 +196,17 @@ class Page:
 
     items: list[dict[str, Any]]
     next: tuple[Any, ...] | None
+    total: int | None = None
+    """How many items the whole list holds (its filters applied), when it was asked for."""
 
 
-def page_of(rows: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], limit: int) -> Page:
+def page_of(rows: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], limit: int,
+            total: int | None = None) -> Page:
     """The first ``limit`` of ``rows`` (sort key, item), fetched ``limit + 1`` at most: one
     more row than the page tells whether a next page exists."""
     shown = list(rows[:limit])
     more = len(rows) > limit and bool(shown)
-    return Page([doc for _, doc in shown], shown[-1][0] if more else None)
+    return Page([doc for _, doc in shown], shown[-1][0] if more else None, total)
 
 
 class DeploymentRefused(Exception):
@@ -702,18 +716,24 @@ class TrackerDB:
         return self.devices_page(components=components, limit=None).items
 
     def devices_page(self, *, components: bool = False, limit: int | None = 500,
-                     after: tuple[datetime, str] | None = None) -> Page:
-        """At most ``limit`` devices (``None``: all), oldest first (by ``created``, then
-        ``id``: unique, indexed), after the key ``after`` (``Page.next`` of the page before).
-        A device registered meanwhile sorts after every older one: no device is shown twice
-        or skipped."""
+                     after: tuple[Any, str] | None = None,
+                     query: DeviceQuery | None = None, total: bool = False) -> Page:
+        """At most ``limit`` devices (``None``: all) of ``query`` (default: every device,
+        oldest first: by ``created``, then ``id``: unique, indexed), after the key ``after``
+        (``Page.next`` of the page before: the sort key's value and the id). A device
+        registered meanwhile sorts after every older one: no device is shown twice or
+        skipped. ``total``: ``Page.total`` counts every device of ``query``, in the same
+        transaction."""
+        query = query if query is not None else DeviceQuery()
         with self.store.transaction() as tx:
-            rows = tx.devices(limit=None if limit is None else limit + 1, after=after)
+            rows = tx.devices(limit=None if limit is None else limit + 1, after=after,
+                              query=query)
             installed = tx.components_of([d.id for d in rows]) if components else None
-            items = [((d.created, d.id),
+            items = [((getattr(d, query.sort), d.id),
                       _device_json(d, None if installed is None else installed.get(d.id, [])))
                      for d in rows]
-            return page_of(items, limit if limit is not None else len(items))
+            count = tx.count_devices(query) if total else None
+            return page_of(items, limit if limit is not None else len(items), count)
 
     def device(self, device_id: str) -> dict[str, Any] | None:
         """One device with its components, or ``None``."""
@@ -1242,19 +1262,28 @@ class TrackerDB:
         return self.history_page(device_id, limit=None).items
 
     def history_page(self, device_id: str, *, limit: int | None = 500, after: int = 0,
-                     newest: bool = False) -> Page:
+                     newest: bool = False, kinds: Collection[str] = (),
+                     total: bool = False) -> Page:
         """At most ``limit`` items of the device's history (``None``: all) with ``seq`` above
         ``after``, in order; each table is read only for one page (ORDER BY seq, LIMIT, on
         the ``(device_id, seq)`` index). ``Page.next`` is ``(seq,)`` of the last item.
-        ``newest``: newest first, with ``seq`` below ``after`` (0: from the newest)."""
+        ``newest``: newest first, with ``seq`` below ``after`` (0: from the newest).
+        ``kinds``: only ``event`` or ``report`` items (empty: both); ``total``: count them."""
+        events = not kinds or "event" in kinds
+        reports = not kinds or "report" in kinds
         with self.store.transaction() as tx:
             fetch = None if limit is None else limit + 1
-            items = [((e.seq,), _event_json(e))
-                     for e in tx.events(device_id, after=after, limit=fetch, newest=newest)]
-            items += [((r.seq,), _report_json(r))
-                      for r in tx.reports(device_id, after=after, limit=fetch, newest=newest)]
+            items: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+            if events:
+                items += [((e.seq,), _event_json(e)) for e in tx.events(
+                    device_id, after=after, limit=fetch, newest=newest)]
+            if reports:
+                items += [((r.seq,), _report_json(r)) for r in tx.reports(
+                    device_id, after=after, limit=fetch, newest=newest)]
             items.sort(key=lambda item: item[0], reverse=newest)
-            return page_of(items, limit if limit is not None else len(items))
+            count = (tx.count_history(device_id, events=events, reports=reports)
+                     if total else None)
+            return page_of(items, limit if limit is not None else len(items), count)
 
     def report_bytes(self, device_id: str) -> list[bytes]:
         """The raw reports of a device, oldest first."""
@@ -1327,8 +1356,16 @@ class TrackerDB:
 
     def tokens(self) -> list[dict[str, Any]]:
         """Every API token (never a secret or its hash), oldest first."""
+        return self.tokens_page(limit=None).items
+
+    def tokens_page(self, *, limit: int | None = 500,
+                    after: tuple[datetime, str] | None = None, total: bool = False) -> Page:
+        """At most ``limit`` API tokens, oldest first (``created``, ``id``), after ``after``."""
         with self.store.transaction() as tx:
-            return [_token_json(t) for t in tx.tokens()]
+            rows = tx.tokens(limit=None if limit is None else limit + 1, after=after)
+            items = [((t.created, t.id), _token_json(t)) for t in rows]
+            count = tx.count_tokens() if total else None
+            return page_of(items, limit if limit is not None else len(items), count)
 
     def token(self, token_id: str) -> dict[str, Any] | None:
         with self.store.transaction() as tx:
@@ -1357,10 +1394,19 @@ class TrackerDB:
 
     def audit_log(self, limit: int = 200) -> list[dict[str, Any]]:
         """The latest ``limit`` audit entries, newest first."""
+        return self.audit_page(limit=limit).items
+
+    def audit_page(self, *, limit: int = 500, before: int | None = None,
+                   total: bool = False) -> Page:
+        """At most ``limit`` audit entries, newest first, with ``id`` below ``before`` (the
+        ``Page.next`` of the page before, ``(id,)``)."""
         with self.store.transaction() as tx:
-            return [{"id": e.id, "timestamp": iso(e.timestamp), "actor": e.actor,
-                     "role": e.role, "action": e.action, "target": e.target,
-                     "detail": e.detail} for e in tx.audit_entries(limit)]
+            items = [((e.id,), {"id": e.id, "timestamp": iso(e.timestamp), "actor": e.actor,
+                                "role": e.role, "action": e.action, "target": e.target,
+                                "detail": e.detail})
+                     for e in tx.audit_entries(limit + 1, before=before)]
+            count = tx.count_audit() if total else None
+            return page_of(items, limit, count)
 
 
 def _check_device_event(tx: Tx, device: Device, assignment: Assignment | None,

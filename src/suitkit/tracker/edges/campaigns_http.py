@@ -10,6 +10,8 @@ Routes (docs/tracker.md, "Campaigns", has the bodies):
   newest first; ``next`` is the cursor of the following page (``null``: the end).
 - ``GET /api/v1/campaigns/{id}?offset=&limit=`` (admin, operator, author): status, counts per
   state and per wave, a page of members, the campaign's log.
+- ``GET /api/v1/campaigns/{id}/members?limit=&after=&state=&total=`` (admin, operator,
+  author): its members by position, in the lists' one style (``web.paged``).
 - ``POST /api/v1/campaigns/{id}/approve|start|pause|resume|cancel|trigger|retry`` (operator,
   admin); approval is refused (403) to the principal who created the campaign (four-eyes);
   ``retry`` gives the failed members of a running or paused campaign another assignment.
@@ -43,25 +45,38 @@ from starlette.concurrency import run_in_threadpool
 
 from suitkit.errors import StorageError
 from suitkit.tracker.auth import Authenticator, Principal, Refused, Role
-from suitkit.tracker.campaigns import MAX_DELTAS, MODES, CampaignEngine, CampaignSpec, DeltaOffer
+from suitkit.tracker.campaigns import (
+    CAMPAIGN_STATUSES,
+    MAX_DELTAS,
+    MEMBER_STATES,
+    MODES,
+    CampaignEngine,
+    CampaignSpec,
+    DeltaOffer,
+)
 from suitkit.tracker.config import TrackerConfig
 from suitkit.tracker.service import CampaignRefused, TrackerDB
 from suitkit.tracker.web import (
     MAX_DIGEST_BYTES,
-    PAGE_PARAMETERS,
+    PAGE_QUERY,
+    check_query,
     created_id_key,
     encode_cursor,
     envelope_url_of,
     hex_member,
     in_background,
     json_object,
+    list_param,
+    list_parameters,
     only_members,
     page_params,
     paged,
+    query_parameter,
     release_envelope_url,
     storage_refused,
     text_member,
     uuid_member,
+    want_total,
 )
 
 __all__ = ["create_campaign_router"]
@@ -254,14 +269,21 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         spec = _spec(await json_object(request), need_release=False)
         return JSONResponse(await call(engine.preview, spec))
 
-    @router.get(_CAMPAIGNS, openapi_extra=PAGE_PARAMETERS)
+    @router.get(_CAMPAIGNS, openapi_extra=list_parameters(query_parameter(
+        "state", "campaigns in any of these states", {"type": "string",
+                                                       "enum": list(CAMPAIGN_STATUSES)},
+        repeatable=True)))
     async def list_campaigns(request: Request) -> Response:
-        """A page of campaigns, newest first (admin, operator, author); ``next`` is the
-        cursor for ``?after=`` (``null``: the end)."""
+        """A page of campaigns, newest first (admin, operator, author); ``?state=running``:
+        only those (repeatable); ``?total=true``: with ``total``. ``next`` is the cursor for
+        ``?after=`` (``null``: the end)."""
         await auth.require(request, *_READERS)
+        check_query(request, PAGE_QUERY | {"state"}, {"state"})
+        statuses = list_param(request, "state", CAMPAIGN_STATUSES)
         limit, key, after = page_params(request, "campaigns", (str, str))
         start = created_id_key(key, after)
-        page = await call(engine.campaigns_page, limit=limit, after=start)
+        page = await call(engine.campaigns_page, limit=limit, after=start, statuses=statuses,
+                          total=want_total(request))
         return paged("campaigns", page,
                       lambda k: encode_cursor("campaigns", k[0].isoformat(), k[1]))
 
@@ -282,6 +304,26 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         if not 1 <= points <= 500:
             raise Refused(400, f"points: expected 1 to 500, got {points}")
         return JSONResponse(await call(engine.progress, campaign_id, points=points))
+
+    @router.get(f"{_CAMPAIGNS}/{{campaign_id}}/members",
+                openapi_extra=list_parameters(query_parameter(
+                    "state", "members in any of these states",
+                    {"type": "string", "enum": list(MEMBER_STATES)}, repeatable=True)))
+    async def members(request: Request, campaign_id: str) -> Response:
+        """A page of the campaign's members by position (admin, operator, author);
+        ``?state=failed``: only those (repeatable); ``?total=true``: with ``total``."""
+        await auth.require(request, *_READERS)
+        check_query(request, PAGE_QUERY | {"state"}, {"state"})
+        states = list_param(request, "state", MEMBER_STATES)
+        limit, key, after = page_params(request, f"members:{campaign_id}", (int,))
+        if key is not None and not 0 <= key[0] < 1 << 31:
+            raise Refused(400, f"after: expected the cursor 'next' of a previous page of "
+                               f"this list, got {after[:40]!r}")
+        page = await call(engine.members_page, campaign_id, limit=limit,
+                          after=key[0] if key is not None else -1, states=states,
+                          total=want_total(request))
+        return paged("members", page,
+                     lambda k: encode_cursor(f"members:{campaign_id}", k[0]), id=campaign_id)
 
     def action(name: str) -> None:
         method = getattr(engine, name)
