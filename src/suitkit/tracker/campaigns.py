@@ -673,6 +673,7 @@ class CampaignEngine:
             if campaign is None:
                 raise CampaignRefused("unknown", f"no campaign {campaign_id[:40]!r}")
             doc = _campaign_json(campaign)
+            _name_campaigns(tx, [doc])
             by_wave = self._counts_by_wave(tx, campaign.id)
             counts: dict[str, int] = {}
             waves = []
@@ -711,6 +712,7 @@ class CampaignEngine:
         with self.db.store.transaction() as tx:
             rows = tx.campaigns(limit=None if limit is None else limit + 1, after=after)
             items = [((c.created, c.id), _campaign_json(c)) for c in rows]
+            _name_campaigns(tx, [doc for _, doc in items])
             return page_of(items, limit if limit is not None else len(items))
 
     # ---- helpers
@@ -783,6 +785,23 @@ def _release_for(tx: Tx, campaign: Campaign, device_id: str) -> tuple[str, str]:
         if offer.get("precursor") in running:
             return str(offer["release"]), str(offer["envelope_url"])
     return campaign.release, campaign.envelope_url
+
+
+def _name_campaigns(tx: Tx, docs: list[dict[str, Any]]) -> None:
+    """Speak in names (issue #17): the target's ``class_name`` and ``vendor_name`` (when it
+    names a class; ``None``: the registry has no name) and the release's ``release_version``."""
+    classes = tx.device_classes_of([d["target"]["class_id"] for d in docs
+                                    if d["target"].get("class_id")])
+    releases = tx.releases_of([d["release"] for d in docs])
+    for doc in docs:
+        if doc["target"].get("class_id"):
+            row = classes.get(doc["target"]["class_id"])
+            doc["target"] = {**doc["target"],
+                             "class_name": row.class_name if row is not None else None,
+                             "vendor_name": row.vendor_name if row is not None else None}
+        release = releases.get(doc["release"])
+        doc["release_version"] = (release.record or {}).get("version") \
+            if release is not None else None
 
 
 def _campaign_json(campaign: Campaign) -> dict[str, Any]:
