@@ -479,7 +479,7 @@ def devices_recipient_key(
             "--recipient.")],
         index: Annotated[int, typer.Option("--index", min=0, help="Which of the device's "
                                            "keys (0: the first).")] = 0,
-        timeout: TimeoutOption = 30.0) -> None:
+        timeout: TimeoutOption = 30.0, as_json: JsonOption = False) -> None:
     """Write a device's published ECDH-ES public key to a file (admin, operator)."""
     import base64  # noqa: PLC0415
 
@@ -498,6 +498,10 @@ def devices_recipient_key(
     except (ValueError, SuitError) as e:
         fail(f"device {device_id}'s recipient key {index} does not load: {e}", EXIT_FAILED)
     write_recipient_key(out_file, key)
+    if as_json:
+        print_json({"device_id": device_id, "index": index, "key": str(out_file),
+                    "keys": len(keys)})
+        return
     out.print(f"recipient key {index} of device {device_id} written to {out_file}",
               markup=False)
 
@@ -511,7 +515,7 @@ def devices_report_key(
             metavar="PUB", help="The public key the device signs its reports with.")] = None,
         remove: Annotated[bool, typer.Option("--remove", help="Unregister the device's report "
                                              "key.")] = False,
-        timeout: TimeoutOption = 30.0) -> None:
+        timeout: TimeoutOption = 30.0, as_json: JsonOption = False) -> None:
     """Register the key a device signs its SUIT reports with (admin; report §8)."""
     if (key_file is None) == (not remove):
         fail("give the device's public key file, or --remove", EXIT_USAGE)
@@ -524,6 +528,9 @@ def devices_report_key(
     ApiClient.from_options(server, token_file, timeout).request(
         "PUT", f"/api/v1/devices/{_device_id(device_id)}/report-key",
         body={"report_key": text})
+    if as_json:
+        print_json({"device_id": device_id, "report_key": text is not None})
+        return
     out.print(f"device {device_id}: report key {'registered' if text else 'removed'}",
               markup=False)
 
