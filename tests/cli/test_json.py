@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import typer
 
+from serve_kit import serving
 from suitkit.cli.main import app
 
 from helpers import run_cli
-from serve_kit import serving
 
 # Commands that print no data of their own: a server, a device daemon, the demo (its
 # --summary FILE is JSON), migrations. Each still prints one line per step or error.

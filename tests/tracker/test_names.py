@@ -10,9 +10,11 @@ holds the names, checked against the IDs' derivation when the vendor domain is k
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,6 +23,8 @@ import pytest
 from device.device_kit import CLASS, VENDOR, Author, image_bytes
 from pg import BACKENDS, backend_url
 from serve_kit import serving
+
+from helpers import run_cli
 
 ADMIN = "admin-token-for-names-tests"
 STAFF = {"Authorization": f"Bearer {ADMIN}"}
@@ -252,3 +256,51 @@ def test_a_device_and_a_campaign_speak_in_versions_and_names(site: Site) -> None
     assert campaign["release_version"] == "5.1.2"
     listed = site.client.get("/api/v1/campaigns", headers=STAFF).json()["campaigns"]
     assert next(c for c in listed if c["id"] == made.json()["id"])["release_version"] == "5.1.2"
+
+
+def test_the_cli_speaks_in_names_and_versions(site: Site, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    token = tmp_path / "admin.token"
+    token.write_text(ADMIN + "\n")
+    where = ("--server", site.url, "--token-file", token)
+    image = image_bytes("names-130", 1500)
+    envelope = tmp_path / "r.suit"
+    envelope.write_bytes(site.author.envelope(130, [site.author.component("n130.bin", image)]))
+    (tmp_path / "notes.txt").write_text("Quieter fan.\nSecond line.\n")
+    code, out, err = run_cli(capsys, "upload", envelope, *where, "--version", "7.0.1",
+                             "--notes", f"@{tmp_path / 'notes.txt'}")
+    assert code == 0 and "(version 7.0.1, sequence number 130) stored" in out, err
+    code, out, err = run_cli(capsys, "releases", "list", *where, "--json")
+    assert code == 0, err
+    mine = next(r for r in json.loads(out) if r["sequence_number"] == 130)
+    assert (mine["version"], mine["notes"]) == ("7.0.1", "Quieter fan.\nSecond line.\n")
+    code, out, err = run_cli(capsys, "releases", "list", *where, "--verbose")
+    line = next(x for x in out.splitlines() if "7.0.1" in x)
+    assert code == 0 and "Quieter fan." in line and mine["id"][:8] in line, out
+
+    vendor = uuid.uuid5(uuid.NAMESPACE_DNS, "cli.test")
+    klass = uuid.uuid5(vendor, "gateway")
+    device = site.device(str(klass), str(vendor))
+    code, out, err = run_cli(capsys, "classes", "name", str(klass), *where, "--class-name",
+                             "gateway", "--vendor-name", "CLI Co", "--vendor-domain", "cli.test")
+    assert code == 0 and "CLI Co / gateway" in out, err
+    code, out, err = run_cli(capsys, "classes", "name", str(klass), *where, "--class-name",
+                             "gw")
+    assert code == 1 and "class name 'gw' gives class id" in err and err.count("\n") == 1
+    code, out, err = run_cli(capsys, "classes", "list", *where, "--json")
+    assert code == 0 and any(c["class_name"] == "gateway" for c in json.loads(out)), err
+    code, out, err = run_cli(capsys, "devices", "list", *where)
+    assert code == 0 and "CLI Co / gateway" in out, err
+    code, out, err = run_cli(capsys, "devices", "list", *where, "--verbose")
+    assert code == 0 and str(klass)[:8] in out, err
+    code, out, err = run_cli(capsys, "devices", "show", device["id"], *where)
+    assert code == 0 and "class: CLI Co / gateway" in out and "version: -" in out, err
+
+    made = site.client.post("/api/v1/campaigns", headers=STAFF, json={
+        "name": "cli-names", "release": mine["id"], "target": {"class_id": str(klass)}})
+    assert made.status_code == 201, made.text
+    code, out, err = run_cli(capsys, "campaign", "status", made.json()["id"], *where)
+    assert code == 0 and f"release 7.0.1 ({mine['id'][:12]})" in out, err
+    assert "target class CLI Co / gateway" in out
+    code, out, err = run_cli(capsys, "campaign", "list", *where)
+    assert code == 0 and "7.0.1" in out, err
