@@ -204,7 +204,8 @@ def release_artifacts(data: Path, *, cache: int = 4096, records: Any = None
                 else f"component-{position}.bin"
             names.add(name)
             files.append(artifact(name, "image", blob))
-        return ReleaseArtifacts(record.release_id, record.sequence_number, tuple(files))
+        return ReleaseArtifacts(record.release_id, record.sequence_number, tuple(files),
+                                record.version)
 
     return lookup
 
