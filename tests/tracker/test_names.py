@@ -10,6 +10,7 @@ holds the names, checked against the IDs' derivation when the vendor domain is k
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -137,6 +138,17 @@ def test_the_version_is_the_texts_or_the_uploaders_and_set_once(site: Site) -> N
     assert site.upload(envelope, version="2.0-beta").status_code == 200
     error_of(site.upload(envelope, version="2.1"), 409, "already has version '2.0-beta'")
     error_of(site.upload(envelope, notes="other"), 409, "already has notes 'first'")
+
+    # refused before its image is stored: no blob nobody refers to
+    detached_image = image_bytes("names-104", 1500)
+    detached = site.author.envelope(104, [site.author.component(
+        "n104.bin", detached_image, uri="https://fw.example/n104.bin")])
+    assert site.upload(detached, notes="first").status_code == 201
+    error_of(site.upload(detached, detached_image, notes="other"), 409, "already has notes")
+    blob = hashlib.sha256(detached_image).hexdigest()
+    assert site.client.get(f"/firmware/{blob}").status_code == 404
+    assert site.upload(detached, detached_image).status_code == 200
+    assert site.client.get(f"/firmware/{blob}").content == detached_image
 
     component = site.author.component("n103.bin", image_bytes("names-103", 1500))
     component["text"] = {"component-version": "3.0"}

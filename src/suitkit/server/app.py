@@ -56,7 +56,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from stat import S_ISREG
@@ -113,6 +113,7 @@ from suitkit.server.store import (
     ReleaseRecord,
     ReleaseRecords,
     is_digest,
+    store_release,
 )
 
 __all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "LEAVE_REQUEST_LIMIT", "Authorizer",
@@ -774,6 +775,11 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     previous = records.get_release(release_id)  # early refusal; add_release decides for good
     if previous is not None and previous.envelope != envelope_sha:
         raise UploadRefused(409, str(ReleaseConflict(previous)))
+    if previous is not None:
+        try:  # a version or notes that conflict are refused before any blob is stored
+            store_release(previous, replace(previous, version=version, notes=given.notes))
+        except ReleaseConflict as e:
+            raise UploadRefused(409, str(e)) from None
     stored = {c.index: c.blob for c in previous.components} if previous is not None else {}
     for target, image in checked:
         # refused before it is stored: other bytes for a stored (encrypted, so only
