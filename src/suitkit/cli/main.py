@@ -42,7 +42,7 @@ from suitkit.cli.common import (
 from suitkit.cli.demo import app as demo_app
 from suitkit.cli.deploy import deploy
 from suitkit.cli.device import app as device_app
-from suitkit.cli.operator import devices_app, token_app
+from suitkit.cli.operator import classes_app, devices_app, releases_app, token_app
 from suitkit.cli.server import app as server_app
 from suitkit.cli.sim import app as sim_app
 from suitkit.core import cbor, codec, cose, crypto, jsonform, packing
@@ -528,6 +528,8 @@ app.add_typer(demo_app)  # suitkit demo (cli/demo.py)
 app.add_typer(sim_app, name="sim")  # suitkit sim fleet (cli/sim.py)
 app.add_typer(token_app, name="token")  # suitkit token ... (cli/operator.py)
 app.add_typer(devices_app, name="devices")  # suitkit devices ... (cli/operator.py)
+app.add_typer(releases_app, name="releases")  # suitkit releases list (cli/operator.py)
+app.add_typer(classes_app, name="classes")  # suitkit classes list|name (cli/operator.py)
 app.add_typer(campaign_app, name="campaign")  # suitkit campaign ... (cli/campaign.py)
 app.add_typer(anchors_app, name="anchors")  # suitkit anchors ... (cli/anchors.py)
 app.command("deploy")(deploy)  # suitkit deploy (cli/deploy.py)

@@ -85,9 +85,13 @@ class DatabaseReleases:
             previous = _record(stored) if stored is not None else None
             kept: ReleaseRecord = store_release(previous, record)
             return kept.to_json()
+        from suitkit.tracker.classes import ClassNames  # noqa: PLC0415
+
+        names = [ClassNames(c.vendor_id, c.class_id, c.vendor_name, c.class_name,
+                            c.vendor_domain) for c in record.classes]
         with self._lock:
             doc, created = self.db.put_release(record.release_id, record.sequence_number,
-                                               record.envelope, decide)
+                                               record.envelope, decide, names=names)
         return _record(doc), created
 
     def get_release(self, release_id: str) -> Any:
@@ -200,7 +204,8 @@ def release_artifacts(data: Path, *, cache: int = 4096, records: Any = None
                 else f"component-{position}.bin"
             names.add(name)
             files.append(artifact(name, "image", blob))
-        return ReleaseArtifacts(record.release_id, record.sequence_number, tuple(files))
+        return ReleaseArtifacts(record.release_id, record.sequence_number, tuple(files),
+                                record.version)
 
     return lookup
 

@@ -59,7 +59,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from stat import S_ISREG
@@ -107,13 +107,17 @@ from suitkit.errors import (
 from suitkit.limits import Limits
 from suitkit.server.observe import Metrics, Observed, ReadinessCheck
 from suitkit.server.store import (
+    MAX_NOTES,
+    MAX_VERSION_TEXT,
     BlobStore,
+    ClassText,
     ComponentRecord,
     ReleaseConflict,
     ReleaseRecord,
     ReleaseRecords,
     is_digest,
     is_release_id,
+    store_release,
 )
 
 __all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "LEAVE_REQUEST_LIMIT", "Authorizer",
@@ -394,6 +398,9 @@ class _Expected:
     packings: tuple[_Packing, ...] = ()
     """How the manifest's fetches of this component pack its image (compressed, a delta):
     an uploaded image may be any of them (core.packing)."""
+    vendor_id: UUID | None = None
+    class_id: UUID | None = None
+    """The vendor and class IDs the shared sequence sets for it (UUIDs only), if any."""
 
     def label(self) -> str:
         return f"component {self.index} [{', '.join(p.hex() for p in self.identifier)}]"
@@ -428,6 +435,9 @@ def expected_images(verified: VerifiedManifest, *,
                                     p.image_size if p else None, dependency=True,
                                     uri=p.uri if p else None))
             continue
+        vendor = p.vendor_identifier if p is not None else None
+        vendor_id = vendor if isinstance(vendor, UUID) else None
+        class_id = p.class_identifier if p is not None else None
         encryption = None
         if p is not None and p.encryption_info is not None:
             # The ciphertext cannot be hashed against the plaintext's image-digest without the
@@ -440,7 +450,8 @@ def expected_images(verified: VerifiedManifest, *,
         result.append(_Expected(index, cid, p.image_digest if p else None,
                                 p.image_size if p else None, encryption,
                                 packings=tuple(sorted(packings.get(index, ()), key=repr))
-                                if packings.get(index, {PLAIN}) != {PLAIN} else ()))
+                                if packings.get(index, {PLAIN}) != {PLAIN} else (),
+                                vendor_id=vendor_id, class_id=class_id))
     return result
 
 
@@ -668,8 +679,66 @@ def _check_chain_link(config: ServerConfig, key: str, payload: bytes) -> None:
         raise UploadRefused(422, f"integrated payload {key!r}: not a trust-anchor rotation")
 
 
+@dataclass(frozen=True, slots=True)
+class ReleaseText:
+    """What an uploader says of a release beside its envelope and images (issue #17): its
+    ``version`` (when the manifest's text gives none) and ``notes``; checked by ``_parts``."""
+
+    version: str | None = None
+    notes: str | None = None
+
+
+def _text_of(verified: VerifiedManifest) -> Mapping[ComponentIdentifier, Mapping[int, str]]:
+    """The component texts of the manifest's text section (manifest §8.4.4), in the first
+    English language it has (else its first): ``{}`` without one (severed, or none)."""
+    if verified.text is None or not verified.text.languages:
+        return {}
+    languages = verified.text.languages
+    chosen = next((t for lang, t in languages.items() if str(lang).lower().startswith("en")),
+                  next(iter(languages.values())))
+    return chosen.components
+
+
+def _bounded(text: str | None, limit: int) -> str | None:
+    """``text`` if it is short, printable, single-line text (a name), else ``None``."""
+    if text is None or not 0 < len(text) <= limit or not text.isprintable() \
+            or text != text.strip():
+        return None
+    return text
+
+
+def _release_text(verified: VerifiedManifest, expected: list[_Expected], given: ReleaseText
+                  ) -> tuple[str | None, tuple[ClassText, ...]]:
+    """The release's version (the first component-version of the manifest's text, else the
+    uploader's; both must agree when both are given) and the class names its text gives."""
+    texts = _text_of(verified)
+    version = None
+    classes: dict[str, ClassText] = {}
+    for e in expected:
+        text = texts.get(e.identifier, {})
+        mine = text.get(ComponentTextKey.COMPONENT_VERSION)
+        if version is None and mine is not None:
+            if _bounded(mine, MAX_VERSION_TEXT) is None:
+                raise UploadRefused(422, f"{e.label()}: the manifest text's component-version "
+                                         f"must be 1 to {MAX_VERSION_TEXT} printable "
+                                         f"characters, got {mine[:40]!r}")
+            version = mine
+        names = [_bounded(text.get(key), limit) for key, limit in (
+            (ComponentTextKey.VENDOR_NAME, 128), (ComponentTextKey.MODEL_NAME, 128),
+            (ComponentTextKey.VENDOR_DOMAIN, 253))]
+        if e.vendor_id is not None and e.class_id is not None and any(names) \
+                and str(e.class_id) not in classes:
+            classes[str(e.class_id)] = ClassText(str(e.vendor_id), str(e.class_id), *names)
+    if version is not None and given.version is not None and given.version != version:
+        raise UploadRefused(422, f"version {given.version!r} was given, but the manifest's "
+                                 f"text says component-version {version!r}: leave it out or "
+                                 "give the same")
+    return version or given.version, tuple(classes.values())
+
+
 def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
-            images: list[_Image]) -> tuple[int, ReleaseRecord]:
+            images: list[_Image], given: ReleaseText = ReleaseText()
+            ) -> tuple[int, ReleaseRecord]:
     """Verify, check and store one upload; (HTTP status, release record)."""
     try:
         verified = verify_envelope(envelope, config.anchors, limits=config.limits)
@@ -687,6 +756,7 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     dependencies = _dependencies(store, records, config, verified,
                                  [e for e in every if e.dependency])
     expected = [e for e in every if not e.dependency]
+    version, classes = _release_text(verified, expected, given)
 
     blobs: dict[int, str] = {}
     checked: list[tuple[_Expected, _Image]] = []
@@ -733,6 +803,11 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     previous = records.get_release(release_id)  # early refusal; add_release decides for good
     if previous is not None and previous.envelope != envelope_sha:
         raise UploadRefused(409, str(ReleaseConflict(previous)))
+    if previous is not None:
+        try:  # a version or notes that conflict are refused before any blob is stored
+            store_release(previous, replace(previous, version=version, notes=given.notes))
+        except ReleaseConflict as e:
+            raise UploadRefused(409, str(e)) from None
     stored = {c.index: c.blob for c in previous.components} if previous is not None else {}
     for target, image in checked:
         # refused before it is stored: other bytes for a stored (encrypted, so only
@@ -762,7 +837,7 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     try:
         record, created = records.add_release(ReleaseRecord(
             release_id, verified.manifest.sequence_number, envelope_blob, components,
-            integrated_blobs))
+            integrated_blobs, version, given.notes, classes))
     except ReleaseConflict as e:  # another upload of this release won meanwhile
         raise UploadRefused(409, str(e)) from None
     return (201 if created else 200), record
@@ -858,6 +933,8 @@ def _release_json(record: ReleaseRecord, manifest: dict[str, Any] | None = None
     return {
         "id": record.release_id,
         "sequence_number": record.sequence_number,
+        "version": record.version,
+        "notes": record.notes,
         "envelope": {"sha256": record.envelope, "url": f"/envelopes/{record.envelope}"},
         "components": [
             {**c.to_json(), "url": f"/firmware/{c.blob}" if c.blob else None}
@@ -1181,7 +1258,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.post("/api/v1/releases", status_code=201, dependencies=bearer,
               summary="Upload a release (admin, author)")
     async def upload(request: Request) -> Response:
-        """Upload a release: multipart parts ``envelope`` and ``image`` / ``image-<N>``."""
+        """Upload a release: multipart parts ``envelope`` and ``image`` / ``image-<N>``;
+        text fields ``version`` and ``notes`` optional."""
         await _authorize(request, config, "upload")
         length = request.headers.get("content-length")
         if length is not None and (not (length.isascii() and length.isdigit())
@@ -1204,9 +1282,9 @@ def create_app(config: ServerConfig) -> FastAPI:
                 raise UploadRefused(413, f"request body is larger than the "
                                          f"{config.max_upload_bytes} bytes allowed") from None
             try:
-                envelope, images = _parts(form.multi_items(), config)
+                envelope, images, given = _parts(form.multi_items(), config)
                 status, record = await run_in_threadpool(_accept, store, config, envelope,
-                                                         images)
+                                                         images, given)
             except StorageFullError:
                 raise UploadRefused(507, "the server's storage is full: nothing of the upload "
                                          "was kept; try again once space is freed") from None
@@ -1319,13 +1397,36 @@ def create_app(config: ServerConfig) -> FastAPI:
     return app
 
 
+def _text_field(name: str, value: str, limit: int, *, lines: bool) -> str:
+    """A form's ``version`` or ``notes``: 1 to ``limit`` characters of printable text (notes
+    may have line breaks and tabs); 400 naming the field otherwise."""
+    if not 0 < len(value) <= limit:
+        raise UploadRefused(400, f"form field {name!r}: expected 1 to {limit} characters, got "
+                                 f"{len(value)}")
+    allowed = value.replace("\r\n", "\n").replace("\n", "").replace("\t", "") if lines \
+        else value
+    if not allowed.isprintable() or (not lines and value != value.strip()):
+        shape = "" if lines else " on one line, without leading or trailing spaces"
+        raise UploadRefused(400, f"form field {name!r}: expected printable text{shape}, got "
+                                 f"{value[:40]!r}")
+    return value
+
+
 def _parts(items: list[tuple[str, UploadFile | str]], config: ServerConfig
-           ) -> tuple[bytes, list[_Image]]:
+           ) -> tuple[bytes, list[_Image], ReleaseText]:
     envelope: bytes | None = None
     images: list[_Image] = []
+    texts: dict[str, str] = {}
     for name, value in items:
         if not isinstance(value, UploadFile):
-            raise UploadRefused(400, f"form field {name[:40]!r} must be a file part")
+            if name not in ("version", "notes"):
+                raise UploadRefused(400, f"form field {name[:40]!r} must be a file part "
+                                         "(the text fields are 'version' and 'notes')")
+            if name in texts:
+                raise UploadRefused(400, f"more than one {name!r} field")
+            texts[name] = _text_field(name, value, MAX_VERSION_TEXT if name == "version"
+                                      else MAX_NOTES, lines=name == "notes")
+            continue
         if name == "envelope":
             if envelope is not None:
                 raise UploadRefused(400, "more than one 'envelope' part")
@@ -1344,5 +1445,5 @@ def _parts(items: list[tuple[str, UploadFile | str]], config: ServerConfig
         images.append(_Image(label, index, value.file, _file_size(value.file)))
     if envelope is None:
         raise UploadRefused(400, "missing the 'envelope' part")
-    return envelope, images
+    return envelope, images, ReleaseText(texts.get("version"), texts.get("notes"))
 

@@ -766,6 +766,7 @@ class CampaignEngine:
             if campaign is None:
                 raise CampaignRefused("unknown", f"no campaign {campaign_id[:40]!r}")
             doc = _campaign_json(campaign)
+            _name_campaigns(tx, [doc])
             by_wave = self._counts_by_wave(tx, campaign.id)
             counts: dict[str, int] = {}
             waves = []
@@ -820,6 +821,7 @@ class CampaignEngine:
                                 statuses=statuses)
             items = [((c.created, c.id), _campaign_json(c)) for c in rows]
             count = tx.count_campaigns(statuses) if total else None
+            _name_campaigns(tx, [doc for _, doc in items])
             return page_of(items, limit if limit is not None else len(items), count)
 
     # ---- helpers
@@ -907,6 +909,23 @@ def _release_for(tx: Tx, campaign: Campaign, device_id: str) -> tuple[str, str]:
 def _member_json(member: CampaignMember) -> dict[str, Any]:
     return {"device_id": member.device_id, "wave": member.wave + 1, "state": member.state,
             "times": member.times, "detail": member.detail, "health": member.health}
+
+
+def _name_campaigns(tx: Tx, docs: list[dict[str, Any]]) -> None:
+    """Speak in names (issue #17): the target's ``class_name`` and ``vendor_name`` (when it
+    names a class; ``None``: the registry has no name) and the release's ``release_version``."""
+    classes = tx.device_classes_of([d["target"]["class_id"] for d in docs
+                                    if d["target"].get("class_id")])
+    releases = tx.releases_of([d["release"] for d in docs])
+    for doc in docs:
+        if doc["target"].get("class_id"):
+            row = classes.get(doc["target"]["class_id"])
+            doc["target"] = {**doc["target"],
+                             "class_name": row.class_name if row is not None else None,
+                             "vendor_name": row.vendor_name if row is not None else None}
+        release = releases.get(doc["release"])
+        doc["release_version"] = (release.record or {}).get("version") \
+            if release is not None else None
 
 
 def _campaign_json(campaign: Campaign) -> dict[str, Any]:

@@ -52,6 +52,15 @@ from typing import Any, Literal
 
 from suitkit.core.report import capability_json, decode_capability_report
 from suitkit.errors import DecodeError, StorageError
+from suitkit.tracker.classes import (
+    ClassNames,
+    ClassRefused,
+    check_names,
+    class_json,
+    learn,
+    name_devices,
+    store_names,
+)
 from suitkit.tracker.model import (
     DEVICE_STATES,
     FINAL_STATES,
@@ -98,6 +107,8 @@ __all__ = [
     "AssignmentView",
     "CampaignRefused",
     "CheckIn",
+    "ClassNames",
+    "ClassRefused",
     "ComponentEntry",
     "DeploymentRefused",
     "DeviceQuery",
@@ -733,6 +744,7 @@ class TrackerDB:
                       _device_json(d, None if installed is None else installed.get(d.id, [])))
                      for d in rows]
             count = tx.count_devices(query) if total else None
+            name_devices(tx, [doc for _, doc in items], installed)
             return page_of(items, limit if limit is not None else len(items), count)
 
     def device(self, device_id: str) -> dict[str, Any] | None:
@@ -741,7 +753,9 @@ class TrackerDB:
             device = tx.device(device_id)
             if device is None:
                 return None
-            doc = _device_json(device, tx.components(device_id))
+            installed = tx.components(device_id)
+            doc = _device_json(device, installed)
+            name_devices(tx, [doc], {device_id: installed})
             doc["capabilities"] = _capabilities_json(device.capabilities)
             doc["health"] = [_health_json(h) for h in tx.health_rows(device_id,
                                                                      MAX_HEALTH_ROWS)]
@@ -1293,15 +1307,18 @@ class TrackerDB:
     # ---- releases (the firmware server's, recorded here: every replica sees the same)
 
     def put_release(self, release_id: str, sequence_number: int, envelope: str,
-                    decide: Callable[[dict[str, Any] | None], dict[str, Any]]
-                    ) -> tuple[dict[str, Any], bool]:
+                    decide: Callable[[dict[str, Any] | None], dict[str, Any]], *,
+                    names: Sequence[ClassNames] = ()) -> tuple[dict[str, Any], bool]:
         """Record a release in one transaction, under the lock of its id: ``decide(stored)``
         gets the stored record (``None``: none yet) and returns the record to keep, or raises
         (the firmware server's rule: the same envelope again merges its images, another
-        envelope is a conflict); (the record kept, whether it is new)."""
+        envelope is a conflict); (the record kept, whether it is new). ``names``: the class
+        names its manifest text gives, registered in the same transaction
+        (``classes.learn``)."""
         with self.store.transaction() as tx:
             row = tx.lock_release(release_id)
             record = decide(dict(row.record) if row is not None else None)
+            learn(tx, names, release_id)
             if row is None:
                 tx.add(Release(id=release_id, sequence_number=sequence_number,
                                envelope=envelope, record=record, created=tx.now()))
@@ -1320,6 +1337,46 @@ class TrackerDB:
         """Every stored release record, by sequence number then id."""
         with self.store.transaction() as tx:
             return [dict(row.record) for row in tx.releases()]
+
+    # ---- the class registry (issue #17; tracker.classes)
+
+    def classes_page(self, *, limit: int = 500, after: str | None = None) -> Page:
+        """At most ``limit`` classes by class id after ``after``: every class the registry
+        names or a device has, with its names (``None``: not known) and how many devices
+        have it."""
+        with self.store.transaction() as tx:
+            ids = tx.class_ids_page(after=after, limit=limit + 1)
+            rows = tx.device_classes_of([c for c, _ in ids])
+            counts = tx.class_device_counts([c for c, _ in ids])
+            items = [((c,), class_json(rows.get(c), c, v, counts.get(c, 0))) for c, v in ids]
+            return page_of(items, limit)
+
+    def set_class(self, class_id: str, *, vendor_id: str | None, vendor_name: str | None,
+                  class_name: str | None, vendor_domain: str | None, by: str
+                  ) -> dict[str, Any]:
+        """An operator names a class (``source`` ``operator``: later releases' texts no longer
+        rename it). The vendor id, when not given, is the registry's or a device's of that
+        class; the names must agree with the IDs when the vendor domain is known
+        (``classes.check_names``). Raises ``ClassRefused``."""
+        with self.store.transaction() as tx:
+            row = tx.lock_device_class(class_id)
+            known = None
+            if vendor_id is None:
+                known = row.vendor_id if row is not None else tx.vendor_of_class(class_id)
+            if vendor_id is not None and row is not None and row.vendor_id != vendor_id:
+                raise ClassRefused("mismatch", f"class {class_id} belongs to vendor "
+                                               f"{row.vendor_id}, not {vendor_id}")
+            vendor = vendor_id or known
+            if vendor is None:
+                raise ClassRefused("invalid", f"vendor_id: class {class_id} is not known "
+                                              "to the tracker yet; give its vendor id")
+            if vendor_domain is None and row is not None and row.vendor_id == vendor:
+                vendor_domain = row.vendor_domain  # known: later names are checked too
+            names = check_names(ClassNames(vendor, class_id, vendor_name, class_name,
+                                           vendor_domain))
+            stored = store_names(tx, names, source="operator", by=by)
+            return class_json(stored, class_id, vendor,
+                              tx.class_device_counts([class_id]).get(class_id, 0))
 
     # ---- API tokens
 

@@ -77,6 +77,7 @@ from suitkit.tracker.model import (
     CampaignLog,
     CampaignMember,
     Device,
+    DeviceClass,
     DeviceEvent,
     DeviceHealth,
     DeviceNotice,
@@ -691,6 +692,88 @@ class Tx:
         """Every release, by sequence number then id."""
         return list(self._session.scalars(select(Release)
                                           .order_by(Release.sequence_number, Release.id)))
+
+    # ---- the class registry (issue #17)
+
+    def device_class(self, class_id: str) -> DeviceClass | None:
+        return self._session.get(DeviceClass, class_id)
+
+    def lock_device_class(self, class_id: str) -> DeviceClass | None:
+        """The class's registry row, if any, after taking the lock of that class id for this
+        transaction (PostgreSQL: an advisory lock, so two writers of one new class, on two
+        replicas, write one after the other; SQLite has one writer at a time)."""
+        if self._session.get_bind().dialect.name == "postgresql":
+            self._session.execute(select(func.pg_advisory_xact_lock(
+                func.hashtext(f"suitkit-class:{class_id}"))))
+        return self._session.get(DeviceClass, class_id, populate_existing=True)
+
+    def device_classes_of(self, class_ids: Collection[str]) -> dict[str, DeviceClass]:
+        """The registry rows of these class ids, by class id."""
+        found: dict[str, DeviceClass] = {}
+        wanted = sorted({c for c in class_ids if c})
+        for start in range(0, len(wanted), _IN_BATCH):
+            for row in self._session.scalars(select(DeviceClass).where(
+                    DeviceClass.class_id.in_(wanted[start:start + _IN_BATCH]))):
+                found[row.class_id] = row
+        return found
+
+    def class_ids_page(self, *, after: str | None, limit: int) -> list[tuple[str, str | None]]:
+        """At most ``limit`` (class id, vendor id) the registry or a device names, by class
+        id, above ``after``: the registry's vendor id, else a device's (the smallest)."""
+        registry = select(DeviceClass.class_id, DeviceClass.vendor_id)
+        seen = (select(Device.class_id, func.min(Device.vendor_id))
+                .where(Device.class_id.is_not(None)).group_by(Device.class_id))
+        if after is not None:
+            registry = registry.where(DeviceClass.class_id > after)
+            seen = seen.where(Device.class_id > after)
+        merged: dict[str, str | None] = {}
+        for class_id, vendor_id in self._session.execute(
+                seen.order_by(Device.class_id).limit(limit)):
+            if class_id is not None:
+                merged[class_id] = vendor_id
+        for class_id, vendor_id in self._session.execute(
+                registry.order_by(DeviceClass.class_id).limit(limit)):
+            merged[class_id] = vendor_id
+        return sorted(merged.items())[:limit]
+
+    def vendor_of_class(self, class_id: str) -> str | None:
+        """The vendor id of a device of this class (the smallest), if any."""
+        vendor: str | None = self._session.scalar(
+            select(func.min(Device.vendor_id)).where(Device.class_id == class_id))
+        return vendor
+
+    def class_device_counts(self, class_ids: Collection[str]) -> dict[str, int]:
+        """How many devices have each of these class ids (a class without any: absent)."""
+        counts: dict[str, int] = {}
+        wanted = sorted(set(class_ids))
+        for start in range(0, len(wanted), _IN_BATCH):
+            for class_id, n in self._session.execute(
+                    select(Device.class_id, func.count()).where(
+                        Device.class_id.in_(wanted[start:start + _IN_BATCH]))
+                    .group_by(Device.class_id)):
+                if class_id is not None:
+                    counts[class_id] = int(n)
+        return counts
+
+    def releases_of(self, release_ids: Collection[str]) -> dict[str, Release]:
+        """The release rows of these ids, by id."""
+        found: dict[str, Release] = {}
+        wanted = sorted(set(release_ids))
+        for start in range(0, len(wanted), _IN_BATCH):
+            for row in self._session.scalars(select(Release).where(
+                    Release.id.in_(wanted[start:start + _IN_BATCH]))):
+                found[row.id] = row
+        return found
+
+    def assignments_of(self, device_ids: Collection[str]) -> dict[str, Assignment]:
+        """The assignments of these devices, by device id."""
+        found: dict[str, Assignment] = {}
+        wanted = sorted(set(device_ids))
+        for start in range(0, len(wanted), _IN_BATCH):
+            for row in self._session.scalars(select(Assignment).where(
+                    Assignment.device_id.in_(wanted[start:start + _IN_BATCH]))):
+                found[row.device_id] = row
+        return found
 
     # ---- tokens and audit
 

@@ -52,6 +52,9 @@ Lists come in pages (keyset pagination, ``page_params``): ``limit`` 1 to 1000 (d
   (``TrackerDB.check_in``: one read; no write when nothing changed). A plain Starlette route
   with its body checked by hand (``checkin``): the request every device sends at every poll
   does without FastAPI's dependency resolution.
+- ``GET /api/v1/classes?limit=&after=`` (admin, operator, author): device classes by name;
+  ``PUT /api/v1/classes/{class_id}`` (admin, operator; audited): name one (``tracker.classes``:
+  422 when the names contradict the IDs' derivation from the vendor domain).
 - ``POST/GET /api/v1/tokens``, ``DELETE /api/v1/tokens/{id}`` (admin): API tokens;
   ``GET /api/v1/whoami`` (anyone authenticated); ``GET /api/v1/audit`` (admin, operator).
 
@@ -127,6 +130,7 @@ from suitkit.tracker.model import (
     MAX_RECIPIENT_KEYS,
     MAX_REPORT_KEY_TEXT,
     MAX_TOKEN_ID,
+    MAX_VENDOR_DOMAIN,
     MAX_VERSION_PARTS,
     STATES,
     TOKEN_ROLES,
@@ -137,6 +141,7 @@ from suitkit.tracker.service import (
     MAX_HEALTH_RECORDS,
     MAX_HEALTH_WINDOW,
     CampaignRefused,
+    ClassRefused,
     ComponentEntry,
     DeploymentRefused,
     DeviceQuery,
@@ -152,6 +157,7 @@ from suitkit.tracker.web import (
     DEVICE_API,
     MAX_DEVICE_ID,
     MAX_DIGEST_BYTES,
+    PAGE_PARAMETERS,
     PAGE_QUERY,
     check_path_ids,
     check_query,
@@ -1150,6 +1156,50 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
         who = await auth.principal(request)
         return JSONResponse({"role": who.role, "name": who.name, "token_id": who.token_id,
                              "device_id": who.device_id})
+
+    @router.get("/api/v1/classes", tags=["classes"], openapi_extra=PAGE_PARAMETERS,
+                summary="Device classes by name (admin, operator, author)")
+    async def list_classes(request: Request) -> Response:
+        """A page of device classes by class id: every class a device has or the registry
+        names, with its vendor and class names (``null``: not known) and its device count."""
+        await auth.require(request, "admin", "operator", "author")
+        check_query(request, {"limit", "after"})
+        limit, key, _ = page_params(request, "classes", (str,))
+        start = uuid_member(key[0], "after") if key is not None else None
+        page = await storage(functools.partial(tracker.classes_page, limit=limit,
+                                               after=start))
+        return paged("classes", page, lambda k: encode_cursor("classes", k[0]))
+
+    @router.put("/api/v1/classes/{class_id}", tags=["classes"],
+                summary="Name a device class (admin, operator)",
+                openapi_extra=_json_body({"vendor_id": {"type": "string"},
+                                          "vendor_name": {"type": "string"},
+                                          "class_name": {"type": "string"},
+                                          "vendor_domain": {"type": "string"}}))
+    async def put_class(request: Request, class_id: str) -> Response:
+        """Set a class's vendor and class names (admin, operator; audited). With the vendor
+        domain known (``vendor_domain``, or a vendor name that is the domain) the names must
+        derive the IDs as the manifest recommends (§8.4.8.1-2): 422 otherwise."""
+        who = await auth.require(request, "admin", "operator")
+        cid = uuid_member(class_id, "class_id in the path") or ""
+        doc = await json_object(request)
+        only_members(doc, {"vendor_id", "vendor_name", "class_name", "vendor_domain"},
+                     "class")
+        texts = {name: text_member(doc[name], name, MAX_VENDOR_DOMAIN)
+                 if doc.get(name) is not None else None
+                 for name in ("vendor_name", "class_name", "vendor_domain")}
+        if texts["vendor_name"] is None and texts["class_name"] is None:
+            raise Refused(400, "class: give vendor_name, class_name or both")
+        try:
+            named = await storage(functools.partial(
+                tracker.set_class, cid, vendor_id=uuid_member(doc.get("vendor_id"),
+                                                               "vendor_id"),
+                by=who.name, **texts))
+        except ClassRefused as e:
+            raise Refused(422 if e.kind == "mismatch" else 400, str(e)) from None
+        await audit_entry(who, "class.name", cid, f"vendor {named['vendor_name']!r}, class "
+                                            f"{named['class_name']!r}")
+        return JSONResponse(named)
 
     @router.get("/api/v1/audit", tags=["audit"], summary="The audit log (admin, operator)",
                 openapi_extra=list_parameters())
