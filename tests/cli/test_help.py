@@ -42,7 +42,10 @@ def test_the_root_command_offers_completion() -> None:
     assert "--install-completion" in text and "--show-completion" in text
 
 
-def test_completion_script_names_the_program() -> None:
-    result = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="suitkit")
+def test_completion_script_names_the_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    # typer detects the user's shell from the parent processes (shellingham); a test run
+    # started by `timeout` or a CI runner has none, so the shell is given
+    monkeypatch.setattr(typer.completion, "_get_shell_name", lambda: "bash")
+    result = CliRunner().invoke(app, ["--show-completion"], prog_name="suitkit")
     assert result.exit_code == 0, result.output
     assert "_SUITKIT_COMPLETE" in result.output
