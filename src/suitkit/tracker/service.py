@@ -74,9 +74,18 @@ from suitkit.tracker.model import (
     DeviceReport,
     InstalledComponent,
     Release,
+    new_nonce,
 )
 from suitkit.tracker.quotas import Quotas
-from suitkit.tracker.store import CheckinRow, PoolOptions, Store, Tx, naive, open_store
+from suitkit.tracker.store import (
+    AssignRow,
+    CheckinRow,
+    PoolOptions,
+    Store,
+    Tx,
+    naive,
+    open_store,
+)
 
 __all__ = [
     "MAX_FACTS",
@@ -104,9 +113,11 @@ __all__ = [
     "UpdateView",
     "deliverable",
     "hash_secret",
+    "in_health_window",
     "in_window",
     "iso",
     "member_event",
+    "new_assignment",
     "open_db",
     "open_health_window",
     "page_of",
@@ -115,6 +126,7 @@ __all__ = [
     "schedule_open",
     "utc_naive",
     "verify_secret",
+    "watching",
 ]
 
 AssignmentListener = Callable[[Mapping[str, int]], None]
@@ -484,11 +496,23 @@ def open_health_window(tx: Tx, device: Device, assignment: Assignment | None,
     if assignment is None or assignment.done is None or device.state != "succeeded":
         return None
     row = tx.health(device.id, assignment.release)
-    if row is None or row.status not in ("watching", "unhealthy"):
-        return None
-    if (now - row.confirmed).total_seconds() >= row.window:
+    if row is None or not watching(row.status, row.confirmed, row.window, now):
         return None
     return row
+
+
+def watching(status: str | None, confirmed: datetime | None, window: float | None,
+             now: datetime) -> bool:
+    """Whether a health row (``status``, ``confirmed``, ``window``) is an open health window
+    at ``now`` (``open_health_window``, on a row read as plain values: ``AssignRow``)."""
+    return status in ("watching", "unhealthy") and confirmed is not None \
+        and window is not None and (now - confirmed).total_seconds() < window
+
+
+def in_health_window(row: AssignRow, now: datetime) -> bool:
+    """``open_health_window`` of a device read as an ``AssignRow`` (``Tx.assign_rows``)."""
+    return row.release is not None and row.done is not None and row.state == "succeeded" \
+        and watching(row.health_status, row.health_confirmed, row.health_window, now)
 
 
 def _pending(tx: Tx, device_id: str) -> dict[str, Any] | None:
@@ -503,6 +527,18 @@ def _pending(tx: Tx, device_id: str) -> dict[str, Any] | None:
     return {"release": assignment.release, "envelope_url": assignment.envelope_url,
             "action": assignment.action, "campaign": assignment.campaign_id,
             "nonce": assignment.nonce}
+
+
+def new_assignment(device_id: str, release: str, envelope_url: str, now: datetime, *,
+                   campaign_id: str | None = None, action: str = "install",
+                   done: datetime | None = None, reported: int | None = None
+                   ) -> dict[str, Any]:
+    """A device's new update as a row of ``Tx.upsert_assignments`` (every column: it replaces
+    the device's assignment): made ``now``, with a new nonce (``model.new_nonce``), no
+    rollback order."""
+    return {"device_id": device_id, "release": release, "envelope_url": envelope_url,
+            "created": now, "done": done, "campaign_id": campaign_id, "action": action,
+            "reported": reported, "rollback": None, "nonce": new_nonce()}
 
 
 def member_event(tx: Tx, assignment: Assignment, state: str, detail: str,
@@ -1040,60 +1076,51 @@ class TrackerDB:
         Raises:
             DeploymentRefused: a device does not exist or is in the middle of an update.
         """
-        results: list[dict[str, Any]] = []
         requested = list(dict.fromkeys(device_ids))
         with self.store.transaction() as tx:
             now = tx.now()
             # device rows are locked in ascending id order in every transaction (PostgreSQL:
-            # two deployments, or a deployment and a campaign tick, cannot deadlock)
+            # two deployments, or a deployment and a campaign tick, cannot deadlock), all of
+            # them before any is read: one statement per table and batch of ids, not seven
+            # per device (issue #12)
+            rows = tx.assign_rows(tx.lock_devices([i for i in requested if len(i) <= 36]))
+            moved: list[str] = []
+            events: list[dict[str, Any]] = []
             for device_id in sorted(requested):
-                device = tx.device(device_id) if len(device_id) <= 36 else None
-                if device is None:
+                row = rows.get(device_id)
+                if row is None:
                     raise DeploymentRefused(f"no device {device_id[:40]!r}", unknown=True)
-                seq = tx.lock_device(device_id)
-                tx.refresh(device)
-                assignment = tx.assignment(device_id)
-                if assignment is not None and assignment.done is None \
-                        and assignment.campaign_id is not None:
+                if row.release is not None and row.done is None \
+                        and row.campaign_id is not None:
                     raise DeploymentRefused(f"device {device_id} has a pending assignment of "
-                                            f"campaign {assignment.campaign_id}; cancel the "
+                                            f"campaign {row.campaign_id}; cancel the "
                                             "campaign or wait until the device finishes")
-                window = open_health_window(tx, device, assignment, now)
-                if window is not None:
-                    ends = window.confirmed + timedelta(seconds=window.window)
+                if in_health_window(row, now):
+                    assert row.health_confirmed is not None and row.health_window is not None
+                    ends = row.health_confirmed + timedelta(seconds=row.health_window)
                     raise DeploymentRefused(
                         f"device {device_id} is inside the health window of release "
-                        f"{window.release} until {iso(ends)} ({window.status}); its agent "
+                        f"{row.release} until {iso(ends)} ({row.health_status}); its agent "
                         "takes no new update before it ends: deploy again then")
-                event: dict[str, Any] | None = None
-                if "notified" in TRANSITIONS.get(device.state, frozenset()):
-                    row = DeviceEvent(device_id=device_id, seq=seq, state="notified",
-                                      previous=device.state, detail=f"release {release}",
-                                      timestamp=now)
-                    tx.add(row)
-                    device.state = "notified"
-                    device.state_changed = now
-                    tx.flush()
-                    event = _event_json(row)
-                elif device.state == "notified":
-                    device.history_count -= 1  # no event: give the sequence number back
-                else:
+                if "notified" in TRANSITIONS.get(row.state, frozenset()):
+                    moved.append(device_id)
+                    events.append({"device_id": device_id, "seq": row.history_count + 1,
+                                   "state": "notified", "previous": row.state,
+                                   "detail": f"release {release}", "timestamp": now})
+                elif row.state != "notified":
                     raise DeploymentRefused(f"device {device_id} is in the middle of an update "
-                                            f"(state {device.state}); deploy again once it "
+                                            f"(state {row.state}); deploy again once it "
                                             "reports succeeded, failed or rolled-back")
-                if assignment is None:
-                    tx.add(Assignment(device_id=device_id, release=release,
-                                      envelope_url=envelope_url, created=now))
-                else:
-                    assignment.release, assignment.envelope_url = release, envelope_url
-                    assignment.created, assignment.done = now, None
-                    assignment.campaign_id, assignment.action = None, "install"
-                    assignment.reported = assignment.rollback = None
-                results.append({"id": device_id, "event": event})
-            tx.announce(r["id"] for r in results)
-        order = {device_id: i for i, device_id in enumerate(requested)}
-        results.sort(key=lambda r: order[r["id"]])
-        return results
+            tx.move_devices(moved, "notified", now)
+            tx.insert_events(events)
+            self._trim_events_of(tx, events)
+            tx.upsert_assignments([new_assignment(i, release, envelope_url, now)
+                                   for i in sorted(requested)])
+            tx.announce(sorted(requested))
+        added = {e["device_id"]: {"kind": "event", "seq": e["seq"], "state": e["state"],
+                                  "previous": e["previous"], "detail": e["detail"],
+                                  "timestamp": iso(now)} for e in events}
+        return [{"id": i, "event": added.get(i)} for i in requested]
 
     def pending_update(self, device_id: str) -> dict[str, Any] | None:
         """The device's assignment not yet done, ``{"release", "envelope_url", "action",
@@ -1159,6 +1186,14 @@ class TrackerDB:
         keep = self.quotas.max_events
         if keep > 0 and seq > keep:
             tx.keep_newest_events(device_id, keep)
+
+    def _trim_events_of(self, tx: Tx, events: Sequence[Mapping[str, Any]]) -> None:
+        """``_trim_events`` after ``events`` (rows of ``Tx.insert_events``, one per device)
+        were added, in one statement for the devices whose history can exceed the quota."""
+        keep = self.quotas.max_events
+        over = [e["device_id"] for e in events if keep > 0 and e["seq"] > keep]
+        if over:
+            tx.keep_newest_events_of(over, keep)
 
     def _trim_reports(self, tx: Tx, device_id: str) -> None:
         """Delete the device's oldest reports beyond ``quotas.max_reports`` or beyond
