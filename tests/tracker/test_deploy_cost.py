@@ -9,12 +9,14 @@ on each backend; what a deployment stores and refuses stays what it was."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import event
 
 from pg import BACKENDS, backend_url
+from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec
 from suitkit.tracker.quotas import Quotas
 from suitkit.tracker.service import DeploymentRefused, TrackerDB, open_db
 
@@ -131,3 +133,44 @@ def test_a_refused_deployment_stores_nothing_and_says_why(db: TrackerDB) -> None
         assert db.history(device) == histories[device]
         assert db.pending_update(device) == pending[device]
     assert db.device(fresh)["state"] is None and db.device(done)["state"] == "succeeded"  # type: ignore[index]
+
+
+def test_a_campaign_wave_is_assigned_in_as_many_statements_for_200_devices_as_for_10(
+        db: TrackerDB) -> None:
+    engine = CampaignEngine(db)
+    counts = []
+    sent = statements(db)
+    for n, prefix in ((10, "small"), (200, "large")):
+        ids = fleet(db, n, prefix)
+        busy = db.register(f"{prefix}-busy")[0]  # mid-update: it waits
+        db.deploy(OLD, url(OLD), [busy])
+        db.add_event(busy, "downloading", "", by_device=True)
+        opens = db.now() + timedelta(hours=1)
+        campaign = engine.create(CampaignSpec(
+            name=prefix, release=NEW, envelope_url=url(NEW), devices=(*ids, busy),
+            start_after=opens), "alice")["id"]
+        engine.approve(campaign, "bob")
+        engine.start(campaign, "bob")  # before its start time: nothing assigned yet
+        assert notified_members(engine, campaign) == set()
+        sent.clear()
+        free = set(ids) - set(ids[2::3])  # the notified third's deployment is pending: busy
+        assert engine.tick(opens, only=campaign)["assigned"] == len(free)
+        counts.append(len([s for s in sent if "pg_notify" not in s]))
+        assert notified_members(engine, campaign) == free
+        doc = engine.get(campaign, limit=1000)
+        assert {m["device_id"] for m in doc["members"] if m["state"] == "pending"} == {
+            busy, *ids[2::3]}
+        done = ids[1]
+        history = db.history(done)
+        assert [h["seq"] for h in history] == list(range(2, 8))  # the quota's trim
+        assert history[-1]["detail"] == f"release {NEW} (campaign {campaign})"
+        view = db.update_view(done)  # (pending_update: held back, it is before 'opens')
+        assert view is not None and view.device_state == "notified" and view.assignment is not None
+        assert view.assignment.campaign_id == campaign and not view.assignment.done
+        assert view.assignment.release == NEW and view.assignment.action == "install"
+    assert counts[0] == counts[1], counts
+
+
+def notified_members(engine: CampaignEngine, campaign: str) -> set[str]:
+    return {m["device_id"] for m in engine.get(campaign, limit=1000)["members"]
+            if m["state"] == "notified"}

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import math
 import re
 import uuid
@@ -43,11 +44,9 @@ from typing import Any, Literal
 from suitkit.tracker.model import (
     FINAL_STATES,
     TRANSITIONS,
-    Assignment,
     Campaign,
     CampaignLog,
     CampaignMember,
-    DeviceEvent,
 )
 from suitkit.tracker.service import (
     MAX_HEALTH_WINDOW,
@@ -55,14 +54,16 @@ from suitkit.tracker.service import (
     CampaignRefused,
     Page,
     TrackerDB,
+    in_health_window,
     iso,
-    open_health_window,
+    new_assignment,
     page_of,
     parse_window,
     schedule_open,
+    store_assignments,
     utc_naive,
 )
-from suitkit.tracker.store import Tx
+from suitkit.tracker.store import AssignRow, Tx
 
 __all__ = [
     "CAMPAIGN_STATUSES",
@@ -573,68 +574,75 @@ class CampaignEngine:
             return True
 
     def _assign(self, tx: Tx, campaign: Campaign, now: datetime) -> list[str]:
+        """Give the open waves' pending members (at most ``_ASSIGN_BATCH``) whose devices are
+        free this campaign's assignment: set-based, as ``TrackerDB.deploy`` (the devices
+        locked in id order, then read, in one statement each; one statement per table
+        writes the events and assignments); the devices assigned."""
         action = _effective_action(campaign)
         # members found busy go to the back of the line: they cannot starve the others
         members = tx.pending_members(campaign.id, up_to_wave=campaign.current_wave,
                                      limit=_ASSIGN_BATCH)
+        if not members:
+            return []
+        # the lock order (deploy): campaign row, then device rows in ascending id order
+        rows = tx.assign_rows(tx.lock_devices([m.device_id for m in members]))
+        releases = _releases_for(tx, campaign, sorted(rows))
+        events: list[dict[str, Any]] = []
+        assignments: list[dict[str, Any]] = []
         assigned: list[str] = []
-        for member in sorted(members, key=lambda m: m.device_id):  # the lock order (deploy)
-            state = self._assign_device(tx, campaign, member.device_id, action, now)
+        busy: list[str] = []
+        moved: dict[tuple[str, str], list[str]] = {}  # (state, times as JSON): members
+        for member in sorted(members, key=lambda m: m.device_id):
+            row = rows.get(member.device_id)
+            state = None if row is None else self._assign_device(
+                campaign, row, releases[row.id], action=action, now=now, events=events,
+                assignments=assignments)
             if state is None:
-                member.updated = now
-                continue  # busy with something else: retried at a later tick
-            member.state, member.updated = state, now
-            member.times = {**member.times, state: iso(now) or ""}
+                busy.append(member.device_id)  # busy with something else: a later tick
+                continue
+            times = json.dumps({**member.times, state: iso(now) or ""}, sort_keys=True)
+            moved.setdefault((state, times), []).append(member.device_id)
             assigned.append(member.device_id)
+        # the members' rows after the devices' (the lock order), one statement per group of
+        # members with the same new values (a wave's members: one or two)
+        tx.update_members(campaign.id, busy, {"updated": now})
+        for (state, times), device_ids in moved.items():
+            tx.update_members(campaign.id, device_ids, {"state": state, "updated": now,
+                                                        "times": json.loads(times)})
+        store_assignments(tx, self.db.quotas.max_events, now, events, assignments)
         return assigned
 
-    def _assign_device(self, tx: Tx, campaign: Campaign, device_id: str,
-                       action: str, now: datetime) -> str | None:
-        """Give the device this campaign's assignment if it is free; its member state, or
-        ``None`` if it is busy (a pending assignment, or in the middle of another update)."""
-        seq = tx.lock_device(device_id)
-        device = tx.device(device_id)
-        assert device is not None
-        tx.refresh(device)
-        assignment = tx.assignment(device_id)
-        if assignment is not None and assignment.done is None:
-            device.history_count -= 1
+    @staticmethod
+    def _assign_device(campaign: Campaign, row: AssignRow, target: tuple[str, str], *,
+                       action: str, now: datetime, events: list[dict[str, Any]],
+                       assignments: list[dict[str, Any]]) -> str | None:
+        """Whether the device (``row``, read under its lock) takes this campaign's assignment
+        (``target``: release, envelope URL): its member state, with its event and assignment
+        appended to ``events`` and ``assignments``, or ``None`` if it is busy (a pending
+        assignment, in the middle of another update, or inside a health window)."""
+        if row.release is not None and row.done is None:
             return None
-        if open_health_window(tx, device, assignment, now) is not None:
-            device.history_count -= 1  # watching its last update: retried at a later tick
-            return None
-        state = device.state
-        release, envelope_url = _release_for(tx, campaign, device_id)
-        if state == "downloaded" and assignment is not None \
-                and assignment.action == "download" and assignment.release == release:
+        if in_health_window(row, now):
+            return None  # watching its last update: retried at a later tick
+        release, envelope_url = target
+        if row.state == "downloaded" and row.release == release \
+                and row.action == "download":
             # the image of this release is already staged (a download-only assignment)
-            device.history_count -= 1
-            assignment.campaign_id, assignment.action = campaign.id, action
-            assignment.envelope_url, assignment.created = envelope_url, now
-            assignment.done = now if action == "download" else None
-            assignment.rollback = None
+            assignments.append(new_assignment(
+                row.id, release, envelope_url, now, campaign_id=campaign.id, action=action,
+                done=now if action == "download" else None, reported=row.reported))
             return "downloaded"
-        if "notified" in TRANSITIONS.get(state, frozenset()):
+        if "notified" in TRANSITIONS.get(row.state, frozenset()):
             what = "" if release == campaign.release else f", the delta {release}"
-            tx.add(DeviceEvent(device_id=device_id, seq=seq, state="notified",
-                               previous=state, detail=f"release {campaign.release}{what} "
-                               f"(campaign {campaign.id})", timestamp=now))
-            device.state, device.state_changed = "notified", now
-        elif state == "notified":
-            device.history_count -= 1
-        else:
-            device.history_count -= 1
+            events.append({"device_id": row.id, "seq": row.history_count + 1,
+                           "state": "notified", "previous": row.state,
+                           "detail": f"release {campaign.release}{what} "
+                                     f"(campaign {campaign.id})", "timestamp": now})
+        elif row.state != "notified":
             return None
-        if assignment is None:
-            tx.add(Assignment(device_id=device_id, release=release,
-                              envelope_url=envelope_url, created=now,
-                              campaign_id=campaign.id, action=action))
-        else:
-            assignment.release, assignment.envelope_url = release, envelope_url
-            assignment.created, assignment.done = now, None
-            assignment.campaign_id, assignment.action = campaign.id, action
-            assignment.reported = None  # a new update: its report is still to come
-            assignment.rollback = None  # and no order of the last one holds for it
+        # a new update: its report is still to come, and no order of the last one holds
+        assignments.append(new_assignment(row.id, release, envelope_url, now,
+                                          campaign_id=campaign.id, action=action))
         return "notified"
 
     def _switch_to_install(self, tx: Tx, campaign_id: str, now: datetime
@@ -773,16 +781,21 @@ class CampaignEngine:
         return tx.member_ids_in(campaign_id, NOT_STARTED)
 
 
-def _release_for(tx: Tx, campaign: Campaign, device_id: str) -> tuple[str, str]:
-    """(release, envelope URL) for one member: the delta whose precursor the device's inventory
-    says one of its components runs, else the full release (docs/delta.md)."""
+def _releases_for(tx: Tx, campaign: Campaign, device_ids: Sequence[str]
+                  ) -> dict[str, tuple[str, str]]:
+    """(release, envelope URL) for each member: the delta whose precursor the device's
+    inventory says one of its components runs, else the full release (docs/delta.md)."""
+    full = (campaign.release, campaign.envelope_url)
     if not campaign.deltas:
-        return campaign.release, campaign.envelope_url
-    running = {(c.digest or "").lower() for c in tx.components(device_id)}
-    for offer in campaign.deltas:
-        if offer.get("precursor") in running:
-            return str(offer["release"]), str(offer["envelope_url"])
-    return campaign.release, campaign.envelope_url
+        return dict.fromkeys(device_ids, full)
+    installed = tx.components_of(device_ids)
+    chosen: dict[str, tuple[str, str]] = {}
+    for device_id in device_ids:
+        running = {(c.digest or "").lower() for c in installed.get(device_id, ())}
+        chosen[device_id] = next(
+            ((str(o["release"]), str(o["envelope_url"])) for o in campaign.deltas
+             if o.get("precursor") in running), full)
+    return chosen
 
 
 def _campaign_json(campaign: Campaign) -> dict[str, Any]:

@@ -124,6 +124,7 @@ __all__ = [
     "parse_window",
     "pbkdf2_hash",
     "schedule_open",
+    "store_assignments",
     "utc_naive",
     "verify_secret",
     "watching",
@@ -539,6 +540,23 @@ def new_assignment(device_id: str, release: str, envelope_url: str, now: datetim
     return {"device_id": device_id, "release": release, "envelope_url": envelope_url,
             "created": now, "done": done, "campaign_id": campaign_id, "action": action,
             "reported": reported, "rollback": None, "nonce": new_nonce()}
+
+
+def store_assignments(tx: Tx, keep_events: int, now: datetime,
+                      events: Sequence[Mapping[str, Any]],
+                      assignments: Sequence[Mapping[str, Any]]) -> None:
+    """Write what a set-based assignment of locked devices decided (``TrackerDB.deploy``,
+    a campaign's wave), one statement per table and batch: the device of each of ``events``
+    (rows of ``Tx.insert_events``, one per device, ``notified``) moves to ``notified`` with
+    its history number, the events are added and the oldest beyond ``keep_events`` (the
+    events quota, 0: none) deleted where the history can exceed it, and ``assignments`` (rows
+    of ``new_assignment``) are stored."""
+    tx.move_devices([e["device_id"] for e in events], "notified", now)
+    tx.insert_events(events)
+    over = [e["device_id"] for e in events if keep_events > 0 and e["seq"] > keep_events]
+    if over:
+        tx.keep_newest_events_of(over, keep_events)
+    tx.upsert_assignments(assignments)
 
 
 def member_event(tx: Tx, assignment: Assignment, state: str, detail: str,
@@ -1084,7 +1102,6 @@ class TrackerDB:
             # them before any is read: one statement per table and batch of ids, not seven
             # per device (issue #12)
             rows = tx.assign_rows(tx.lock_devices([i for i in requested if len(i) <= 36]))
-            moved: list[str] = []
             events: list[dict[str, Any]] = []
             for device_id in sorted(requested):
                 row = rows.get(device_id)
@@ -1103,7 +1120,6 @@ class TrackerDB:
                         f"{row.release} until {iso(ends)} ({row.health_status}); its agent "
                         "takes no new update before it ends: deploy again then")
                 if "notified" in TRANSITIONS.get(row.state, frozenset()):
-                    moved.append(device_id)
                     events.append({"device_id": device_id, "seq": row.history_count + 1,
                                    "state": "notified", "previous": row.state,
                                    "detail": f"release {release}", "timestamp": now})
@@ -1111,11 +1127,8 @@ class TrackerDB:
                     raise DeploymentRefused(f"device {device_id} is in the middle of an update "
                                             f"(state {row.state}); deploy again once it "
                                             "reports succeeded, failed or rolled-back")
-            tx.move_devices(moved, "notified", now)
-            tx.insert_events(events)
-            self._trim_events_of(tx, events)
-            tx.upsert_assignments([new_assignment(i, release, envelope_url, now)
-                                   for i in sorted(requested)])
+            store_assignments(tx, self.quotas.max_events, now, events, [
+                new_assignment(i, release, envelope_url, now) for i in sorted(requested)])
             tx.announce(sorted(requested))
         added = {e["device_id"]: {"kind": "event", "seq": e["seq"], "state": e["state"],
                                   "previous": e["previous"], "detail": e["detail"],
@@ -1186,14 +1199,6 @@ class TrackerDB:
         keep = self.quotas.max_events
         if keep > 0 and seq > keep:
             tx.keep_newest_events(device_id, keep)
-
-    def _trim_events_of(self, tx: Tx, events: Sequence[Mapping[str, Any]]) -> None:
-        """``_trim_events`` after ``events`` (rows of ``Tx.insert_events``, one per device)
-        were added, in one statement for the devices whose history can exceed the quota."""
-        keep = self.quotas.max_events
-        over = [e["device_id"] for e in events if keep > 0 and e["seq"] > keep]
-        if over:
-            tx.keep_newest_events_of(over, keep)
 
     def _trim_reports(self, tx: Tx, device_id: str) -> None:
         """Delete the device's oldest reports beyond ``quotas.max_reports`` or beyond

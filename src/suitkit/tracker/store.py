@@ -814,6 +814,18 @@ class Tx:
             CampaignMember.wave <= up_to_wave)
             .order_by(CampaignMember.updated, CampaignMember.position).limit(limit)))
 
+    def update_members(self, campaign_id: str, device_ids: Sequence[str],
+                       values: Mapping[str, Any]) -> None:
+        """Set ``values`` (columns of ``model.CampaignMember``) on these members of the
+        campaign: one statement per ``_IN_BATCH`` ids (a wave's members, not one each)."""
+        members = cast(Table, CampaignMember.__table__)
+        for start in range(0, len(device_ids), _IN_BATCH):
+            self._session.execute(
+                update(members).where(members.c.campaign_id == campaign_id,
+                                      members.c.device_id.in_(
+                                          device_ids[start:start + _IN_BATCH]))
+                .values(**values))
+
     def member_counts(self, campaign_id: str) -> dict[int, dict[str, int]]:
         """How many members per wave and state."""
         rows = self._session.execute(
