@@ -13,6 +13,8 @@
 - Deployments (RFC 9019 client-initiated mode): ``deploy`` records, per device, the release it
   should install (``Assignment``; the latest deployment wins) and moves the device to
   ``notified``; refused (``DeploymentRefused``) mid-update or over a campaign's assignment.
+  Set-based (``store_assignments``): the devices are locked in id order and read in one
+  statement, checked here, and written with one statement per table, whatever their number.
   Campaign assignments (``deliverable``, ``member_event``): a paused campaign's devices, or
   those outside its schedule, are held back; an event moves the campaign member in the same
   transaction.

@@ -11,6 +11,8 @@ statement or holds a session.
 Locks (PostgreSQL; SQLite serialises writers anyway): ``Tx.lock_device`` takes the device's row
 (``UPDATE devices SET history_count = history_count + 1``) and returns the next sequence number
 of its history, so two concurrent events cannot both move a device from the same state;
+``Tx.lock_devices`` takes the rows of many devices in ascending id order (a deployment, a
+campaign's wave: ``SELECT .. ORDER BY id FOR UPDATE``, one statement per 500 ids);
 ``Tx.lock_campaign`` takes a campaign's row. A full disk is ``StorageFullError``, any other
 database failure ``StorageError``, with the driver's one-line message.
 
