@@ -174,3 +174,41 @@ def test_a_campaign_wave_is_assigned_in_as_many_statements_for_200_devices_as_fo
 def notified_members(engine: CampaignEngine, campaign: str) -> set[str]:
     return {m["device_id"] for m in engine.get(campaign, limit=1000)["members"]
             if m["state"] == "notified"}
+
+
+@pytest.mark.parametrize("verb", ["cancel", "trigger"])
+def test_a_cancel_or_a_trigger_sends_as_many_statements_for_200_members_as_for_10(
+        db: TrackerDB, verb: str) -> None:
+    """The siblings of the wave: a cancel withdraws every member not started, a trigger
+    tells every member that downloads to install; both took their devices one by one."""
+    engine = CampaignEngine(db)
+    counts = []
+    sent = statements(db)
+    for n, prefix in ((10, "small"), (200, "large")):
+        ids = [db.register(f"{prefix}{i}")[0] for i in range(n)]
+        campaign = engine.create(CampaignSpec(
+            name=prefix, release=NEW, envelope_url=url(NEW), devices=tuple(ids),
+            mode="install-on-trigger"), "alice")["id"]
+        engine.approve(campaign, "bob")
+        engine.start(campaign, "bob")
+        nonces = {i: db.pending_update(i)["nonce"] for i in ids}  # type: ignore[index]
+        assert notified_members(engine, campaign) == set(ids)
+        sent.clear()
+        if verb == "cancel":
+            engine.cancel(campaign, "bob")
+        else:
+            engine.trigger(campaign, "bob")
+        counts.append(len([s for s in sent if "pg_notify" not in s]))
+        doc = engine.get(campaign, limit=1000)
+        for device in ids:
+            pending = db.pending_update(device)
+            if verb == "cancel":  # withdrawn: nothing to do, the member cancelled
+                assert pending is None
+            else:  # told to install, a new update with a new nonce
+                assert pending is not None and pending["action"] == "install"
+                assert pending["nonce"] != nonces[device]
+        states = {m["state"] for m in doc["members"]}
+        assert states == ({"cancelled"} if verb == "cancel" else {"notified"}), states
+        if verb == "cancel":
+            assert all("cancelled" in m["times"] for m in doc["members"])
+    assert counts[0] == counts[1], counts

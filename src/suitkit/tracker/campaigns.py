@@ -47,6 +47,7 @@ from suitkit.tracker.model import (
     Campaign,
     CampaignLog,
     CampaignMember,
+    new_nonce,
 )
 from suitkit.tracker.service import (
     MAX_HEALTH_WINDOW,
@@ -90,6 +91,9 @@ _HEX_DIGEST = re.compile(r"[0-9a-f]{64,128}")
 MAX_DELTAS = 16
 """Delta releases one campaign may offer."""
 _ASSIGN_BATCH = 500
+_UNFINISHED_DOWNLOADS = ("notified", "downloading", "downloaded")
+"""Member states whose devices a cancel or a trigger locks (a ``downloading`` one may become
+``downloaded`` until its device is locked)."""
 """At most this many devices are assigned per campaign per tick (bounded transactions)."""
 _EPSILON = 1e-9
 
@@ -409,32 +413,32 @@ class CampaignEngine:
             campaign = self._locked(tx, campaign_id)
             self._expect(campaign, ("draft", "approved", "running", "paused"), "cancelled")
             now = tx.now()
-            withdrawn: list[str] = []
-            # device rows locked in id order
+            # device rows locked in id order (PostgreSQL: a device may move its member on
+            # until then; the members are read after the locks), then read in one statement
+            self._lock_devices(tx, tx.member_ids_in(campaign.id, _UNFINISHED_DOWNLOADS))
             members = tx.members_in(campaign.id, ("pending", "notified", "downloaded"))
+            rows = tx.assign_rows([m.device_id for m in members if m.state in NOT_STARTED])
+            staged: list[str] = []
+            dropped: list[str] = []
+            cancelled: list[dict[str, Any]] = []
             for member in members:
-                if member.state in NOT_STARTED:
-                    # PostgreSQL: the device may have moved on since the read; under its lock
-                    self._lock_device(tx, member.device_id)
-                    tx.refresh(member)
-                    if member.state not in NOT_STARTED:
-                        continue  # it started meanwhile: it finishes
+                row = rows.get(member.device_id)
+                ours = row is not None and row.release is not None \
+                    and row.campaign_id == campaign.id and row.done is None
                 if member.state == "downloaded":
                     # staged and not installing yet: keep the image, drop the install order
-                    assignment = tx.assignment(member.device_id)
-                    if assignment is not None and assignment.campaign_id == campaign.id \
-                            and assignment.done is None:
-                        assignment.action, assignment.done = "download", now
-                        withdrawn.append(member.device_id)
+                    if ours:
+                        staged.append(member.device_id)
                     continue
-                if member.state == "notified":
-                    assignment = tx.assignment(member.device_id)
-                    if assignment is not None and assignment.campaign_id == campaign.id \
-                            and assignment.done is None:
-                        tx.delete(assignment)
-                        withdrawn.append(member.device_id)
-                member.state, member.updated = "cancelled", now
-                member.times = {**member.times, "cancelled": iso(now) or ""}
+                if member.state == "notified" and ours:
+                    dropped.append(member.device_id)
+                cancelled.append({"device_id": member.device_id, "state": "cancelled",
+                                  "updated": now,
+                                  "times": {**member.times, "cancelled": iso(now) or ""}})
+            tx.stage_assignments(staged, now)
+            tx.delete_assignments(dropped)
+            tx.update_members_each(campaign.id, cancelled)
+            withdrawn = sorted([*staged, *dropped])
             campaign.status, campaign.finished, campaign.updated = "cancelled", now, now
             self._log(tx, campaign_id, actor, "cancel",
                       f"{len(withdrawn)} assignments withdrawn")
@@ -647,30 +651,31 @@ class CampaignEngine:
 
     def _switch_to_install(self, tx: Tx, campaign_id: str, now: datetime
                            ) -> list[str]:
-        switched: list[str] = []
-        # device rows locked in id order
-        members = tx.members_in(campaign_id, ("notified", "downloading", "downloaded"))
+        # device rows locked in id order (the members are read after the locks: a device
+        # may move its member on until then), then read in one statement
+        self._lock_devices(tx, tx.member_ids_in(campaign_id, _UNFINISHED_DOWNLOADS))
+        members = tx.members_in(campaign_id, _UNFINISHED_DOWNLOADS)
+        rows = tx.assign_rows([m.device_id for m in members])
+        switched: dict[str, str] = {}
         for member in members:
-            self._lock_device(tx, member.device_id)
-            assignment = tx.assignment(member.device_id)
-            device_state = tx.device_state(member.device_id)
-            if member.state == "downloaded" and (
-                    device_state != "downloaded" or assignment is None
-                    or assignment.campaign_id != campaign_id):
+            row = rows.get(member.device_id)
+            if row is None:
+                continue
+            ours = row.release is not None and row.campaign_id == campaign_id
+            if member.state == "downloaded" and (row.state != "downloaded" or not ours):
                 # it went on by itself and no longer holds the staged image: an install order
                 # could never be carried out, so the member finishes with its device's state
-                final = device_state if device_state in FINAL_STATES else "failed"
+                final = row.state if row.state in FINAL_STATES else "failed"
                 member.state, member.updated = final, now
                 member.times = {**member.times, final: iso(now) or ""}
                 member.detail = ("no longer held this campaign's staged image at the trigger "
-                                 f"(device {device_state})")
+                                 f"(device {row.state})")
                 continue
-            if assignment is None or assignment.campaign_id != campaign_id \
-                    or assignment.action != "download":
+            if not ours or row.action != "download":
                 continue
-            assignment.action, assignment.done, assignment.created = "install", None, now
-            switched.append(member.device_id)
-        return switched
+            switched[member.device_id] = new_nonce()  # a new update (report §4)
+        tx.restart_assignments(switched, "install", now)
+        return sorted(switched)
 
     # ---- reading
 
@@ -733,9 +738,9 @@ class CampaignEngine:
         return campaign
 
     @staticmethod
-    def _lock_device(tx: Tx, device_id: str) -> None:
-        """Lock the device's row (the lock order: campaign, then devices by id)."""
-        tx.hold_device(device_id)
+    def _lock_devices(tx: Tx, device_ids: Sequence[str]) -> None:
+        """Lock the devices' rows (the lock order: campaign, then devices by id)."""
+        tx.lock_devices(device_ids)
 
     @staticmethod
     def _expect(campaign: Campaign, statuses: Iterable[str], verb: str) -> None:

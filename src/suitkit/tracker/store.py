@@ -579,6 +579,35 @@ class Tx:
                 index_elements=[_ASSIGNMENT_TABLE.c.device_id],
                 set_={c: statement.excluded[c] for c in columns}))
 
+    def stage_assignments(self, device_ids: Sequence[str], now: datetime) -> None:
+        """These devices' assignments become done downloads (``action`` ``download``, done
+        ``now``): one statement per ``_IN_BATCH`` ids."""
+        for start in range(0, len(device_ids), _IN_BATCH):
+            self._session.execute(
+                update(_ASSIGNMENT_TABLE)
+                .where(_ASSIGNMENT_TABLE.c.device_id.in_(device_ids[start:start + _IN_BATCH]))
+                .values(action="download", done=now))
+
+    def delete_assignments(self, device_ids: Sequence[str]) -> None:
+        """Delete these devices' assignments: one statement per ``_IN_BATCH`` ids."""
+        for start in range(0, len(device_ids), _IN_BATCH):
+            self._session.execute(delete(_ASSIGNMENT_TABLE).where(
+                _ASSIGNMENT_TABLE.c.device_id.in_(device_ids[start:start + _IN_BATCH])))
+
+    def restart_assignments(self, nonces: Mapping[str, str], action: str, now: datetime
+                            ) -> None:
+        """These devices' assignments start a new update: ``action``, pending, made ``now``,
+        each with its new nonce (``nonces``: device id to nonce); one statement executed for
+        all (executemany)."""
+        if not nonces:
+            return
+        statement = (update(_ASSIGNMENT_TABLE)
+                     .where(_ASSIGNMENT_TABLE.c.device_id == bindparam("b_device"))
+                     .values(action=action, done=None, created=now,
+                             nonce=bindparam("b_nonce")))
+        self._session.connection().execute(statement, [
+            {"b_device": d, "b_nonce": n} for d, n in nonces.items()])
+
     def keep_newest_events_of(self, device_ids: Sequence[str], keep: int) -> None:
         """``keep_newest_events`` of each of these devices, one statement per ``_IN_BATCH``
         ids (the events ranked per device, newest first, and those beyond ``keep`` deleted)."""
@@ -827,6 +856,22 @@ class Tx:
                                       members.c.device_id.in_(
                                           device_ids[start:start + _IN_BATCH]))
                 .values(**values))
+
+    def update_members_each(self, campaign_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Set the values of each row (``device_id`` and columns of ``model.CampaignMember``,
+        the same columns in each) on that member of the campaign: one statement executed for
+        all (executemany)."""
+        if not rows:
+            return
+        members = cast(Table, CampaignMember.__table__)
+        columns = [c for c in rows[0] if c != "device_id"]
+        statement = (update(members)
+                     .where(members.c.campaign_id == campaign_id,
+                            members.c.device_id == bindparam("b_device"))
+                     .values({c: bindparam(f"b_{c}") for c in columns}))
+        self._session.connection().execute(statement, [
+            {f"b_{k}" if k != "device_id" else "b_device": v for k, v in row.items()}
+            for row in rows])
 
     def member_counts(self, campaign_id: str) -> dict[int, dict[str, int]]:
         """How many members per wave and state."""
