@@ -901,17 +901,29 @@ class TrackerDB:
                     device.inventory_digest = digest
                 return
             device.inventory_digest = digest
-            device.vendor_id = inventory.vendor_id
-            device.class_id = inventory.class_id
-            device.hardware = dict(inventory.hardware)
+            if device.vendor_id != inventory.vendor_id:
+                device.vendor_id = inventory.vendor_id
+            if device.class_id != inventory.class_id:
+                device.class_id = inventory.class_id
+            if device.hardware != dict(inventory.hardware):
+                device.hardware = dict(inventory.hardware)
             if device.capabilities != capabilities:
                 device.capabilities = capabilities
             if device.recipient_keys != keys:
                 device.recipient_keys = keys
             device.inventory_updated = tx.now()
-            for row in old:
+            # only what changed is written (an update changes one component or two): a row per
+            # position, rewritten in place where it differs, the extra ones deleted or added
+            for row in old[len(wanted):]:
                 tx.delete(row)
             for position, (component_id, sequence, image, version) in enumerate(wanted):
+                if position < len(old):
+                    row = old[position]
+                    if (row.component_id, row.sequence_number, row.digest, row.version) != (
+                            component_id, sequence, image, version):
+                        row.component_id, row.sequence_number = component_id, sequence
+                        row.digest, row.version = image, version
+                    continue
                 tx.add(InstalledComponent(
                     device_id=device_id, position=position, component_id=component_id,
                     sequence_number=sequence, digest=image, version=version))
