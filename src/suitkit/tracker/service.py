@@ -965,10 +965,10 @@ class TrackerDB:
         """
         with self.store.transaction() as tx:
             seq = tx.lock_device(device_id)
-            # read after the lock, by this transaction's own session: current (no refresh)
-            device = tx.device(device_id)
+            # read after the lock, by this transaction's own session: current (no refresh);
+            # the device and its assignment in one statement
+            device, assignment = tx.device_and_assignment(device_id)
             assert device is not None
-            assignment = tx.assignment(device_id)
             if by_device:
                 _check_device_event(tx, device, assignment, state, tx.now())
             result, finished = self._move(tx, device, assignment, seq, (state, detail))
@@ -1403,9 +1403,8 @@ def _check_report(tx: Tx, device_id: str, release: str, *, nonce: bytes | None =
                   ) -> Assignment:
     """The device's current assignment, if the report ``add_report`` got is the one it
     expects (see there); called after ``lock_device``, so the rows read are current."""
-    device = tx.device(device_id)
+    device, assignment = tx.device_and_assignment(device_id)  # one statement
     assert device is not None
-    assignment = tx.assignment(device_id)
     if nonce is not None or require_nonce:
         _check_nonce(tx, device_id, assignment, nonce, lifetime)
     if assignment is None or assignment.done is not None:

@@ -446,6 +446,16 @@ class Tx:
     def assignment(self, device_id: str) -> Assignment | None:
         return self._session.get(Assignment, device_id)
 
+    def device_and_assignment(self, device_id: str
+                              ) -> tuple[Device | None, Assignment | None]:
+        """The device and its assignment in one statement (an event's or a report's read,
+        after ``lock_device``: what the lock holds)."""
+        row = self._session.execute(
+            select(Device, Assignment)
+            .outerjoin(Assignment, Assignment.device_id == Device.id)
+            .where(Device.id == device_id)).first()
+        return (None, None) if row is None else (row[0], row[1])
+
     def token(self, token_id: str) -> ApiToken | None:
         return self._session.get(ApiToken, token_id)
 
