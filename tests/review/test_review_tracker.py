@@ -238,8 +238,9 @@ def test_cancel_does_not_withdraw_a_member_that_started_meanwhile(postgres: Post
                                                                    ) -> None:
     """PostgreSQL: ``cancel`` read the members (``notified``) before locking each device row;
     a device that posted ``downloading`` in between had its assignment deleted in the middle of
-    its update and its member overwritten to ``cancelled`` (a lost update). The member is now
-    read again under the device's lock and left alone once it has started."""
+    its update and its member overwritten to ``cancelled`` (a lost update). The members are now
+    read after their devices' locks (set-based: ids, locks, then members) and one that has
+    started is left alone."""
     tracker = open_db(postgres.tracker_database())
     try:
         (device_id,) = _devices(tracker, 1)
@@ -247,20 +248,20 @@ def test_cancel_does_not_withdraw_a_member_that_started_meanwhile(postgres: Post
         campaign_id = _campaign(engine)
         engine.start(campaign_id, "carol")
         assert _states(engine, campaign_id) == {device_id: "notified"}
-        original = CampaignEngine._lock_device
+        original = CampaignEngine._lock_devices
         raced: list[bool] = []
 
-        def lock_after_the_device_moved(session: Any, locked_id: str) -> None:
+        def lock_after_the_device_moved(session: Any, locked_ids: list[str]) -> None:
             if not raced:  # the device starts its download between the read and the lock
                 raced.append(True)
                 worker = threading.Thread(target=tracker.add_event,
-                                          args=(locked_id, "downloading", ""))
+                                          args=(locked_ids[0], "downloading", ""))
                 worker.start()
                 worker.join(60)
                 assert not worker.is_alive(), "the device's event did not finish in 60 s"
-            original(session, locked_id)
+            original(session, locked_ids)
 
-        engine._lock_device = lock_after_the_device_moved  # type: ignore[method-assign]
+        engine._lock_devices = lock_after_the_device_moved  # type: ignore[method-assign]
         engine.cancel(campaign_id, "dave")
         assert raced
         assert tracker.pending_update(device_id) is not None  # it finishes what it started

@@ -33,6 +33,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
+import json
 import math
 import re
 import uuid
@@ -44,11 +45,10 @@ from typing import Any, Literal
 from suitkit.tracker.model import (
     FINAL_STATES,
     TRANSITIONS,
-    Assignment,
     Campaign,
     CampaignLog,
     CampaignMember,
-    DeviceEvent,
+    new_nonce,
 )
 from suitkit.tracker.service import (
     MAX_HEALTH_WINDOW,
@@ -56,14 +56,16 @@ from suitkit.tracker.service import (
     CampaignRefused,
     Page,
     TrackerDB,
+    in_health_window,
     iso,
-    open_health_window,
+    new_assignment,
     page_of,
     parse_window,
     schedule_open,
+    store_assignments,
     utc_naive,
 )
-from suitkit.tracker.store import Tx
+from suitkit.tracker.store import AssignRow, Tx
 
 __all__ = [
     "CAMPAIGN_STATUSES",
@@ -91,6 +93,9 @@ _HEX_DIGEST = re.compile(r"[0-9a-f]{64,128}")
 MAX_DELTAS = 16
 """Delta releases one campaign may offer."""
 _ASSIGN_BATCH = 500
+_UNFINISHED_DOWNLOADS = ("notified", "downloading", "downloaded")
+"""Member states whose devices a cancel or a trigger locks (a ``downloading`` one may become
+``downloaded`` until its device is locked)."""
 """At most this many devices are assigned per campaign per tick (bounded transactions)."""
 _EPSILON = 1e-9
 
@@ -501,32 +506,32 @@ class CampaignEngine:
             campaign = self._locked(tx, campaign_id)
             self._expect(campaign, ("draft", "approved", "running", "paused"), "cancelled")
             now = tx.now()
-            withdrawn: list[str] = []
-            # device rows locked in id order
+            # device rows locked in id order (PostgreSQL: a device may move its member on
+            # until then; the members are read after the locks), then read in one statement
+            self._lock_devices(tx, tx.member_ids_in(campaign.id, _UNFINISHED_DOWNLOADS))
             members = tx.members_in(campaign.id, ("pending", "notified", "downloaded"))
+            rows = tx.assign_rows([m.device_id for m in members if m.state in NOT_STARTED])
+            staged: list[str] = []
+            dropped: list[str] = []
+            cancelled: list[dict[str, Any]] = []
             for member in members:
-                if member.state in NOT_STARTED:
-                    # PostgreSQL: the device may have moved on since the read; under its lock
-                    self._lock_device(tx, member.device_id)
-                    tx.refresh(member)
-                    if member.state not in NOT_STARTED:
-                        continue  # it started meanwhile: it finishes
+                row = rows.get(member.device_id)
+                ours = row is not None and row.release is not None \
+                    and row.campaign_id == campaign.id and row.done is None
                 if member.state == "downloaded":
                     # staged and not installing yet: keep the image, drop the install order
-                    assignment = tx.assignment(member.device_id)
-                    if assignment is not None and assignment.campaign_id == campaign.id \
-                            and assignment.done is None:
-                        assignment.action, assignment.done = "download", now
-                        withdrawn.append(member.device_id)
+                    if ours:
+                        staged.append(member.device_id)
                     continue
-                if member.state == "notified":
-                    assignment = tx.assignment(member.device_id)
-                    if assignment is not None and assignment.campaign_id == campaign.id \
-                            and assignment.done is None:
-                        tx.delete(assignment)
-                        withdrawn.append(member.device_id)
-                member.state, member.updated = "cancelled", now
-                member.times = {**member.times, "cancelled": iso(now) or ""}
+                if member.state == "notified" and ours:
+                    dropped.append(member.device_id)
+                cancelled.append({"device_id": member.device_id, "state": "cancelled",
+                                  "updated": now,
+                                  "times": {**member.times, "cancelled": iso(now) or ""}})
+            tx.stage_assignments(staged, now)
+            tx.delete_assignments(dropped)
+            tx.update_members_each(campaign.id, cancelled)
+            withdrawn = sorted([*staged, *dropped])
             campaign.status, campaign.finished, campaign.updated = "cancelled", now, now
             self._log(tx, campaign_id, actor, "cancel",
                       f"{len(withdrawn)} assignments withdrawn")
@@ -666,96 +671,104 @@ class CampaignEngine:
             return True
 
     def _assign(self, tx: Tx, campaign: Campaign, now: datetime) -> list[str]:
+        """Give the open waves' pending members (at most ``_ASSIGN_BATCH``) whose devices are
+        free this campaign's assignment: set-based, as ``TrackerDB.deploy`` (the devices
+        locked in id order, then read, in one statement each; one statement per table
+        writes the events and assignments); the devices assigned."""
         action = _effective_action(campaign)
         # members found busy go to the back of the line: they cannot starve the others
         members = tx.pending_members(campaign.id, up_to_wave=campaign.current_wave,
                                      limit=_ASSIGN_BATCH)
+        if not members:
+            return []
+        # the lock order (deploy): campaign row, then device rows in ascending id order
+        rows = tx.assign_rows(tx.lock_devices([m.device_id for m in members]))
+        releases = _releases_for(tx, campaign, sorted(rows))
+        events: list[dict[str, Any]] = []
+        assignments: list[dict[str, Any]] = []
         assigned: list[str] = []
-        for member in sorted(members, key=lambda m: m.device_id):  # the lock order (deploy)
-            state = self._assign_device(tx, campaign, member.device_id, action, now)
+        busy: list[str] = []
+        moved: dict[tuple[str, str], list[str]] = {}  # (state, times as JSON): members
+        for member in sorted(members, key=lambda m: m.device_id):
+            row = rows.get(member.device_id)
+            state = None if row is None else self._assign_device(
+                campaign, row, releases[row.id], action=action, now=now, events=events,
+                assignments=assignments)
             if state is None:
-                member.updated = now
-                continue  # busy with something else: retried at a later tick
-            member.state, member.updated = state, now
-            member.times = {**member.times, state: iso(now) or ""}
+                busy.append(member.device_id)  # busy with something else: a later tick
+                continue
+            times = json.dumps({**member.times, state: iso(now) or ""}, sort_keys=True)
+            moved.setdefault((state, times), []).append(member.device_id)
             assigned.append(member.device_id)
+        # the members' rows after the devices' (the lock order), one statement per group of
+        # members with the same new values (a wave's members: one or two)
+        tx.update_members(campaign.id, busy, {"updated": now})
+        for (state, times), device_ids in moved.items():
+            tx.update_members(campaign.id, device_ids, {"state": state, "updated": now,
+                                                        "times": json.loads(times)})
+        store_assignments(tx, self.db.quotas.max_events, now, events, assignments)
         return assigned
 
-    def _assign_device(self, tx: Tx, campaign: Campaign, device_id: str,
-                       action: str, now: datetime) -> str | None:
-        """Give the device this campaign's assignment if it is free; its member state, or
-        ``None`` if it is busy (a pending assignment, or in the middle of another update)."""
-        seq = tx.lock_device(device_id)
-        device = tx.device(device_id)
-        assert device is not None
-        tx.refresh(device)
-        assignment = tx.assignment(device_id)
-        if assignment is not None and assignment.done is None:
-            device.history_count -= 1
+    @staticmethod
+    def _assign_device(campaign: Campaign, row: AssignRow, target: tuple[str, str], *,
+                       action: str, now: datetime, events: list[dict[str, Any]],
+                       assignments: list[dict[str, Any]]) -> str | None:
+        """Whether the device (``row``, read under its lock) takes this campaign's assignment
+        (``target``: release, envelope URL): its member state, with its event and assignment
+        appended to ``events`` and ``assignments``, or ``None`` if it is busy (a pending
+        assignment, in the middle of another update, or inside a health window)."""
+        if row.release is not None and row.done is None:
             return None
-        if open_health_window(tx, device, assignment, now) is not None:
-            device.history_count -= 1  # watching its last update: retried at a later tick
-            return None
-        state = device.state
-        release, envelope_url = _release_for(tx, campaign, device_id)
-        if state == "downloaded" and assignment is not None \
-                and assignment.action == "download" and assignment.release == release:
+        if in_health_window(row, now):
+            return None  # watching its last update: retried at a later tick
+        release, envelope_url = target
+        if row.state == "downloaded" and row.release == release \
+                and row.action == "download":
             # the image of this release is already staged (a download-only assignment)
-            device.history_count -= 1
-            assignment.campaign_id, assignment.action = campaign.id, action
-            assignment.envelope_url, assignment.created = envelope_url, now
-            assignment.done = now if action == "download" else None
-            assignment.rollback = None
+            assignments.append(new_assignment(
+                row.id, release, envelope_url, now, campaign_id=campaign.id, action=action,
+                done=now if action == "download" else None, reported=row.reported))
             return "downloaded"
-        if "notified" in TRANSITIONS.get(state, frozenset()):
+        if "notified" in TRANSITIONS.get(row.state, frozenset()):
             what = "" if release == campaign.release else f", the delta {release}"
-            tx.add(DeviceEvent(device_id=device_id, seq=seq, state="notified",
-                               previous=state, detail=f"release {campaign.release}{what} "
-                               f"(campaign {campaign.id})", timestamp=now))
-            device.state, device.state_changed = "notified", now
-        elif state == "notified":
-            device.history_count -= 1
-        else:
-            device.history_count -= 1
+            events.append({"device_id": row.id, "seq": row.history_count + 1,
+                           "state": "notified", "previous": row.state,
+                           "detail": f"release {campaign.release}{what} "
+                                     f"(campaign {campaign.id})", "timestamp": now})
+        elif row.state != "notified":
             return None
-        if assignment is None:
-            tx.add(Assignment(device_id=device_id, release=release,
-                              envelope_url=envelope_url, created=now,
-                              campaign_id=campaign.id, action=action))
-        else:
-            assignment.release, assignment.envelope_url = release, envelope_url
-            assignment.created, assignment.done = now, None
-            assignment.campaign_id, assignment.action = campaign.id, action
-            assignment.reported = None  # a new update: its report is still to come
-            assignment.rollback = None  # and no order of the last one holds for it
+        # a new update: its report is still to come, and no order of the last one holds
+        assignments.append(new_assignment(row.id, release, envelope_url, now,
+                                          campaign_id=campaign.id, action=action))
         return "notified"
 
     def _switch_to_install(self, tx: Tx, campaign_id: str, now: datetime
                            ) -> list[str]:
-        switched: list[str] = []
-        # device rows locked in id order
-        members = tx.members_in(campaign_id, ("notified", "downloading", "downloaded"))
+        # device rows locked in id order (the members are read after the locks: a device
+        # may move its member on until then), then read in one statement
+        self._lock_devices(tx, tx.member_ids_in(campaign_id, _UNFINISHED_DOWNLOADS))
+        members = tx.members_in(campaign_id, _UNFINISHED_DOWNLOADS)
+        rows = tx.assign_rows([m.device_id for m in members])
+        switched: dict[str, str] = {}
         for member in members:
-            self._lock_device(tx, member.device_id)
-            assignment = tx.assignment(member.device_id)
-            device_state = tx.device_state(member.device_id)
-            if member.state == "downloaded" and (
-                    device_state != "downloaded" or assignment is None
-                    or assignment.campaign_id != campaign_id):
+            row = rows.get(member.device_id)
+            if row is None:
+                continue
+            ours = row.release is not None and row.campaign_id == campaign_id
+            if member.state == "downloaded" and (row.state != "downloaded" or not ours):
                 # it went on by itself and no longer holds the staged image: an install order
                 # could never be carried out, so the member finishes with its device's state
-                final = device_state if device_state in FINAL_STATES else "failed"
+                final = row.state if row.state in FINAL_STATES else "failed"
                 member.state, member.updated = final, now
                 member.times = {**member.times, final: iso(now) or ""}
                 member.detail = ("no longer held this campaign's staged image at the trigger "
-                                 f"(device {device_state})")
+                                 f"(device {row.state})")
                 continue
-            if assignment is None or assignment.campaign_id != campaign_id \
-                    or assignment.action != "download":
+            if not ours or row.action != "download":
                 continue
-            assignment.action, assignment.done, assignment.created = "install", None, now
-            switched.append(member.device_id)
-        return switched
+            switched[member.device_id] = new_nonce()  # a new update (report §4)
+        tx.restart_assignments(switched, "install", now)
+        return sorted(switched)
 
     # ---- reading
 
@@ -836,9 +849,9 @@ class CampaignEngine:
         return campaign
 
     @staticmethod
-    def _lock_device(tx: Tx, device_id: str) -> None:
-        """Lock the device's row (the lock order: campaign, then devices by id)."""
-        tx.hold_device(device_id)
+    def _lock_devices(tx: Tx, device_ids: Sequence[str]) -> None:
+        """Lock the devices' rows (the lock order: campaign, then devices by id)."""
+        tx.lock_devices(device_ids)
 
     @staticmethod
     def _expect(campaign: Campaign, statuses: Iterable[str], verb: str) -> None:
@@ -894,16 +907,21 @@ def _moment_of(text: object) -> datetime | None:
         return None
 
 
-def _release_for(tx: Tx, campaign: Campaign, device_id: str) -> tuple[str, str]:
-    """(release, envelope URL) for one member: the delta whose precursor the device's inventory
-    says one of its components runs, else the full release (docs/delta.md)."""
+def _releases_for(tx: Tx, campaign: Campaign, device_ids: Sequence[str]
+                  ) -> dict[str, tuple[str, str]]:
+    """(release, envelope URL) for each member: the delta whose precursor the device's
+    inventory says one of its components runs, else the full release (docs/delta.md)."""
+    full = (campaign.release, campaign.envelope_url)
     if not campaign.deltas:
-        return campaign.release, campaign.envelope_url
-    running = {(c.digest or "").lower() for c in tx.components(device_id)}
-    for offer in campaign.deltas:
-        if offer.get("precursor") in running:
-            return str(offer["release"]), str(offer["envelope_url"])
-    return campaign.release, campaign.envelope_url
+        return dict.fromkeys(device_ids, full)
+    installed = tx.components_of(device_ids)
+    chosen: dict[str, tuple[str, str]] = {}
+    for device_id in device_ids:
+        running = {(c.digest or "").lower() for c in installed.get(device_id, ())}
+        chosen[device_id] = next(
+            ((str(o["release"]), str(o["envelope_url"])) for o in campaign.deltas
+             if o.get("precursor") in running), full)
+    return chosen
 
 
 def _member_json(member: CampaignMember) -> dict[str, Any]:

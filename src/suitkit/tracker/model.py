@@ -67,6 +67,7 @@ __all__ = [
     "DeviceReport",
     "InstalledComponent",
     "Release",
+    "new_nonce",
 ]
 
 STATES = ("notified", "downloading", "downloaded", "installing", "waiting", "rebooting",
@@ -256,7 +257,12 @@ class Assignment(Base):
 def _new_nonce(target: Assignment, value: object, old: object, initiator: object) -> None:
     """Every new update (a new or reused assignment row gets its ``created``) gets a new
     nonce, wherever it is made (deployments, campaigns)."""
-    target.nonce = secrets.token_hex(NONCE_BYTES)
+    target.nonce = new_nonce()
+
+
+def new_nonce() -> str:
+    """A new update's nonce (``Assignment.nonce``): random, hex."""
+    return secrets.token_hex(NONCE_BYTES)
 
 
 class DeviceHealth(Base):

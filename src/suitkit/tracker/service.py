@@ -13,6 +13,8 @@
 - Deployments (RFC 9019 client-initiated mode): ``deploy`` records, per device, the release it
   should install (``Assignment``; the latest deployment wins) and moves the device to
   ``notified``; refused (``DeploymentRefused``) mid-update or over a campaign's assignment.
+  Set-based (``store_assignments``): the devices are locked in id order and read in one
+  statement, checked here, and written with one statement per table, whatever their number.
   Campaign assignments (``deliverable``, ``member_event``): a paused campaign's devices, or
   those outside its schedule, are held back; an event moves the campaign member in the same
   transaction.
@@ -83,10 +85,12 @@ from suitkit.tracker.model import (
     DeviceReport,
     InstalledComponent,
     Release,
+    new_nonce,
 )
 from suitkit.tracker.quotas import Quotas
 from suitkit.tracker.store import (
     DEVICE_SORTS,
+    AssignRow,
     CheckinRow,
     DeviceQuery,
     PoolOptions,
@@ -126,17 +130,21 @@ __all__ = [
     "UpdateView",
     "deliverable",
     "hash_secret",
+    "in_health_window",
     "in_window",
     "iso",
     "member_event",
+    "new_assignment",
     "open_db",
     "open_health_window",
     "page_of",
     "parse_window",
     "pbkdf2_hash",
     "schedule_open",
+    "store_assignments",
     "utc_naive",
     "verify_secret",
+    "watching",
 ]
 
 AssignmentListener = Callable[[Mapping[str, int]], None]
@@ -514,11 +522,23 @@ def open_health_window(tx: Tx, device: Device, assignment: Assignment | None,
     if assignment is None or assignment.done is None or device.state != "succeeded":
         return None
     row = tx.health(device.id, assignment.release)
-    if row is None or row.status not in ("watching", "unhealthy"):
-        return None
-    if (now - row.confirmed).total_seconds() >= row.window:
+    if row is None or not watching(row.status, row.confirmed, row.window, now):
         return None
     return row
+
+
+def watching(status: str | None, confirmed: datetime | None, window: float | None,
+             now: datetime) -> bool:
+    """Whether a health row (``status``, ``confirmed``, ``window``) is an open health window
+    at ``now`` (``open_health_window``, on a row read as plain values: ``AssignRow``)."""
+    return status in ("watching", "unhealthy") and confirmed is not None \
+        and window is not None and (now - confirmed).total_seconds() < window
+
+
+def in_health_window(row: AssignRow, now: datetime) -> bool:
+    """``open_health_window`` of a device read as an ``AssignRow`` (``Tx.assign_rows``)."""
+    return row.release is not None and row.done is not None and row.state == "succeeded" \
+        and watching(row.health_status, row.health_confirmed, row.health_window, now)
 
 
 def _pending(tx: Tx, device_id: str) -> dict[str, Any] | None:
@@ -533,6 +553,35 @@ def _pending(tx: Tx, device_id: str) -> dict[str, Any] | None:
     return {"release": assignment.release, "envelope_url": assignment.envelope_url,
             "action": assignment.action, "campaign": assignment.campaign_id,
             "nonce": assignment.nonce}
+
+
+def new_assignment(device_id: str, release: str, envelope_url: str, now: datetime, *,
+                   campaign_id: str | None = None, action: str = "install",
+                   done: datetime | None = None, reported: int | None = None
+                   ) -> dict[str, Any]:
+    """A device's new update as a row of ``Tx.upsert_assignments`` (every column: it replaces
+    the device's assignment): made ``now``, with a new nonce (``model.new_nonce``), no
+    rollback order."""
+    return {"device_id": device_id, "release": release, "envelope_url": envelope_url,
+            "created": now, "done": done, "campaign_id": campaign_id, "action": action,
+            "reported": reported, "rollback": None, "nonce": new_nonce()}
+
+
+def store_assignments(tx: Tx, keep_events: int, now: datetime,
+                      events: Sequence[Mapping[str, Any]],
+                      assignments: Sequence[Mapping[str, Any]]) -> None:
+    """Write what a set-based assignment of locked devices decided (``TrackerDB.deploy``,
+    a campaign's wave), one statement per table and batch: the device of each of ``events``
+    (rows of ``Tx.insert_events``, one per device, ``notified``) moves to ``notified`` with
+    its history number, the events are added and the oldest beyond ``keep_events`` (the
+    events quota, 0: none) deleted where the history can exceed it, and ``assignments`` (rows
+    of ``new_assignment``) are stored."""
+    tx.move_devices([e["device_id"] for e in events], "notified", now)
+    tx.insert_events(events)
+    over = [e["device_id"] for e in events if keep_events > 0 and e["seq"] > keep_events]
+    if over:
+        tx.keep_newest_events_of(over, keep_events)
+    tx.upsert_assignments(assignments)
 
 
 def member_event(tx: Tx, assignment: Assignment, state: str, detail: str,
@@ -917,17 +966,29 @@ class TrackerDB:
                     device.inventory_digest = digest
                 return
             device.inventory_digest = digest
-            device.vendor_id = inventory.vendor_id
-            device.class_id = inventory.class_id
-            device.hardware = dict(inventory.hardware)
+            if device.vendor_id != inventory.vendor_id:
+                device.vendor_id = inventory.vendor_id
+            if device.class_id != inventory.class_id:
+                device.class_id = inventory.class_id
+            if device.hardware != dict(inventory.hardware):
+                device.hardware = dict(inventory.hardware)
             if device.capabilities != capabilities:
                 device.capabilities = capabilities
             if device.recipient_keys != keys:
                 device.recipient_keys = keys
             device.inventory_updated = tx.now()
-            for row in old:
+            # only what changed is written (an update changes one component or two): a row per
+            # position, rewritten in place where it differs, the extra ones deleted or added
+            for row in old[len(wanted):]:
                 tx.delete(row)
             for position, (component_id, sequence, image, version) in enumerate(wanted):
+                if position < len(old):
+                    row = old[position]
+                    if (row.component_id, row.sequence_number, row.digest, row.version) != (
+                            component_id, sequence, image, version):
+                        row.component_id, row.sequence_number = component_id, sequence
+                        row.digest, row.version = image, version
+                    continue
                 tx.add(InstalledComponent(
                     device_id=device_id, position=position, component_id=component_id,
                     sequence_number=sequence, digest=image, version=version))
@@ -969,10 +1030,10 @@ class TrackerDB:
         """
         with self.store.transaction() as tx:
             seq = tx.lock_device(device_id)
-            # read after the lock, by this transaction's own session: current (no refresh)
-            device = tx.device(device_id)
+            # read after the lock, by this transaction's own session: current (no refresh);
+            # the device and its assignment in one statement
+            device, assignment = tx.device_and_assignment(device_id)
             assert device is not None
-            assignment = tx.assignment(device_id)
             if by_device:
                 _check_device_event(tx, device, assignment, state, tx.now())
             result, finished = self._move(tx, device, assignment, seq, (state, detail))
@@ -1112,60 +1173,46 @@ class TrackerDB:
         Raises:
             DeploymentRefused: a device does not exist or is in the middle of an update.
         """
-        results: list[dict[str, Any]] = []
         requested = list(dict.fromkeys(device_ids))
         with self.store.transaction() as tx:
             now = tx.now()
             # device rows are locked in ascending id order in every transaction (PostgreSQL:
-            # two deployments, or a deployment and a campaign tick, cannot deadlock)
+            # two deployments, or a deployment and a campaign tick, cannot deadlock), all of
+            # them before any is read: one statement per table and batch of ids, not seven
+            # per device (issue #12)
+            rows = tx.assign_rows(tx.lock_devices([i for i in requested if len(i) <= 36]))
+            events: list[dict[str, Any]] = []
             for device_id in sorted(requested):
-                device = tx.device(device_id) if len(device_id) <= 36 else None
-                if device is None:
+                row = rows.get(device_id)
+                if row is None:
                     raise DeploymentRefused(f"no device {device_id[:40]!r}", unknown=True)
-                seq = tx.lock_device(device_id)
-                tx.refresh(device)
-                assignment = tx.assignment(device_id)
-                if assignment is not None and assignment.done is None \
-                        and assignment.campaign_id is not None:
+                if row.release is not None and row.done is None \
+                        and row.campaign_id is not None:
                     raise DeploymentRefused(f"device {device_id} has a pending assignment of "
-                                            f"campaign {assignment.campaign_id}; cancel the "
+                                            f"campaign {row.campaign_id}; cancel the "
                                             "campaign or wait until the device finishes")
-                window = open_health_window(tx, device, assignment, now)
-                if window is not None:
-                    ends = window.confirmed + timedelta(seconds=window.window)
+                if in_health_window(row, now):
+                    assert row.health_confirmed is not None and row.health_window is not None
+                    ends = row.health_confirmed + timedelta(seconds=row.health_window)
                     raise DeploymentRefused(
                         f"device {device_id} is inside the health window of release "
-                        f"{window.release} until {iso(ends)} ({window.status}); its agent "
+                        f"{row.release} until {iso(ends)} ({row.health_status}); its agent "
                         "takes no new update before it ends: deploy again then")
-                event: dict[str, Any] | None = None
-                if "notified" in TRANSITIONS.get(device.state, frozenset()):
-                    row = DeviceEvent(device_id=device_id, seq=seq, state="notified",
-                                      previous=device.state, detail=f"release {release}",
-                                      timestamp=now)
-                    tx.add(row)
-                    device.state = "notified"
-                    device.state_changed = now
-                    tx.flush()
-                    event = _event_json(row)
-                elif device.state == "notified":
-                    device.history_count -= 1  # no event: give the sequence number back
-                else:
+                if "notified" in TRANSITIONS.get(row.state, frozenset()):
+                    events.append({"device_id": device_id, "seq": row.history_count + 1,
+                                   "state": "notified", "previous": row.state,
+                                   "detail": f"release {release}", "timestamp": now})
+                elif row.state != "notified":
                     raise DeploymentRefused(f"device {device_id} is in the middle of an update "
-                                            f"(state {device.state}); deploy again once it "
+                                            f"(state {row.state}); deploy again once it "
                                             "reports succeeded, failed or rolled-back")
-                if assignment is None:
-                    tx.add(Assignment(device_id=device_id, release=release,
-                                      envelope_url=envelope_url, created=now))
-                else:
-                    assignment.release, assignment.envelope_url = release, envelope_url
-                    assignment.created, assignment.done = now, None
-                    assignment.campaign_id, assignment.action = None, "install"
-                    assignment.reported = assignment.rollback = None
-                results.append({"id": device_id, "event": event})
-            tx.announce(r["id"] for r in results)
-        order = {device_id: i for i, device_id in enumerate(requested)}
-        results.sort(key=lambda r: order[r["id"]])
-        return results
+            store_assignments(tx, self.quotas.max_events, now, events, [
+                new_assignment(i, release, envelope_url, now) for i in sorted(requested)])
+            tx.announce(sorted(requested))
+        added = {e["device_id"]: {"kind": "event", "seq": e["seq"], "state": e["state"],
+                                  "previous": e["previous"], "detail": e["detail"],
+                                  "timestamp": iso(now)} for e in events}
+        return [{"id": i, "event": added.get(i)} for i in requested]
 
     def pending_update(self, device_id: str) -> dict[str, Any] | None:
         """The device's assignment not yet done, ``{"release", "envelope_url", "action",
@@ -1490,9 +1537,8 @@ def _check_report(tx: Tx, device_id: str, release: str, *, nonce: bytes | None =
                   ) -> Assignment:
     """The device's current assignment, if the report ``add_report`` got is the one it
     expects (see there); called after ``lock_device``, so the rows read are current."""
-    device = tx.device(device_id)
+    device, assignment = tx.device_and_assignment(device_id)  # one statement
     assert device is not None
-    assignment = tx.assignment(device_id)
     if nonce is not None or require_nonce:
         _check_nonce(tx, device_id, assignment, nonce, lifetime)
     if assignment is None or assignment.done is not None:

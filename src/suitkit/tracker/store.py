@@ -11,6 +11,8 @@ statement or holds a session.
 Locks (PostgreSQL; SQLite serialises writers anyway): ``Tx.lock_device`` takes the device's row
 (``UPDATE devices SET history_count = history_count + 1``) and returns the next sequence number
 of its history, so two concurrent events cannot both move a device from the same state;
+``Tx.lock_devices`` takes the rows of many devices in ascending id order (a deployment, a
+campaign's wave: ``SELECT .. ORDER BY id FOR UPDATE``, one statement per 500 ids);
 ``Tx.lock_campaign`` takes a campaign's row. A full disk is ``StorageFullError``, any other
 database failure ``StorageError``, with the driver's one-line message.
 
@@ -38,6 +40,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
+from typing import cast as typed
 
 from alembic import command
 from alembic.config import Config
@@ -47,6 +50,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Table,
     Text,
     and_,
     bindparam,
@@ -56,6 +60,7 @@ from sqlalchemy import (
     event,
     exists,
     func,
+    insert,
     inspect,
     literal,
     make_url,
@@ -90,6 +95,7 @@ __all__ = [
     "DEVICE_SORTS",
     "INITIAL_REVISION",
     "NOTICE_CHANNEL",
+    "AssignRow",
     "CheckinRow",
     "DeviceQuery",
     "NoticeConnection",
@@ -384,6 +390,41 @@ _CREDENTIAL_READ = (select(_DEVICES.c.credential_hash, _DEVICES.c.last_seen)
                     .where(_DEVICES.c.id == bindparam("device_id")))
 
 
+class AssignRow(NamedTuple):
+    """What giving a device an assignment needs of it (``Tx.assign_rows``): its state and
+    history count, its assignment (``release`` ``None``: none) and the health row of that
+    assignment's release (``health_status`` ``None``: none), read in one statement per
+    ``_IN_BATCH`` devices."""
+
+    id: str
+    state: str | None
+    history_count: int
+    release: str | None
+    envelope_url: str | None
+    action: str | None
+    done: datetime | None
+    campaign_id: str | None
+    reported: int | None
+    health_status: str | None
+    health_confirmed: datetime | None
+    health_window: float | None
+
+
+_EVENTS = typed(Table, DeviceEvent.__table__)
+_HEALTH = DeviceHealth.__table__
+_DEVICE_TABLE = typed(Table, Device.__table__)  # typed for update(); the same as _DEVICES
+_ASSIGNMENT_TABLE = typed(Table, Assignment.__table__)
+_ASSIGN_READ = (
+    select(_DEVICES.c.id, _DEVICES.c.state, _DEVICES.c.history_count, _ASSIGNMENTS.c.release,
+           _ASSIGNMENTS.c.envelope_url, _ASSIGNMENTS.c.action, _ASSIGNMENTS.c.done,
+           _ASSIGNMENTS.c.campaign_id, _ASSIGNMENTS.c.reported, _HEALTH.c.status,
+           _HEALTH.c.confirmed, _HEALTH.c.window)
+    .select_from(_DEVICES.outerjoin(_ASSIGNMENTS, _ASSIGNMENTS.c.device_id == _DEVICES.c.id)
+                 .outerjoin(_HEALTH, (_HEALTH.c.device_id == _DEVICES.c.id)
+                            & (_HEALTH.c.release == _ASSIGNMENTS.c.release)))
+    .where(_DEVICES.c.id.in_(bindparam("ids", expanding=True))))
+
+
 class Tx:
     """One open transaction (``Store.transaction``): the queries, on rows of ``tracker.model``.
     Changes to the rows it returns are written at the end of the transaction."""
@@ -446,6 +487,16 @@ class Tx:
     def assignment(self, device_id: str) -> Assignment | None:
         return self._session.get(Assignment, device_id)
 
+    def device_and_assignment(self, device_id: str
+                              ) -> tuple[Device | None, Assignment | None]:
+        """The device and its assignment in one statement (an event's or a report's read,
+        after ``lock_device``: what the lock holds)."""
+        row = self._session.execute(
+            select(Device, Assignment)
+            .outerjoin(Assignment, Assignment.device_id == Device.id)
+            .where(Device.id == device_id)).first()
+        return (None, None) if row is None else (row[0], row[1])
+
     def token(self, token_id: str) -> ApiToken | None:
         return self._session.get(ApiToken, token_id)
 
@@ -507,6 +558,117 @@ class Tx:
         """Lock the device's row for this transaction, taking no sequence number."""
         self._session.execute(update(Device).where(Device.id == device_id)
                               .values(history_count=Device.history_count))
+
+    def lock_devices(self, device_ids: Collection[str]) -> list[str]:
+        """Lock the rows of these devices for this transaction in ascending id order, the lock
+        order of every transaction that takes several (PostgreSQL: two deployments, or a
+        deployment and a campaign tick, cannot deadlock); the ids found, in that order. One
+        statement per ``_IN_BATCH`` ids, taking no sequence number (``assign_rows`` reads
+        the rows after it, so that what it reads is what the locks hold)."""
+        ids = sorted(set(device_ids))
+        found: list[str] = []
+        postgres = self._session.get_bind().dialect.name == "postgresql"
+        for start in range(0, len(ids), _IN_BATCH):
+            batch = ids[start:start + _IN_BATCH]
+            if postgres:  # FOR UPDATE after the sort: the rows are locked in id order
+                found.extend(self._session.scalars(
+                    select(_DEVICES.c.id).where(_DEVICES.c.id.in_(batch))
+                    .order_by(_DEVICES.c.id).with_for_update()))
+            else:  # SQLite: the first write takes the database's one write lock
+                hold = (update(_DEVICE_TABLE).where(_DEVICE_TABLE.c.id.in_(batch))
+                        .values(history_count=_DEVICE_TABLE.c.history_count))
+                if self._session.get_bind().dialect.update_returning:
+                    found.extend(self._session.scalars(hold.returning(_DEVICES.c.id)))
+                else:
+                    self._session.execute(hold)
+                    found.extend(self._session.scalars(
+                        select(_DEVICES.c.id).where(_DEVICES.c.id.in_(batch))))
+        return sorted(found)
+
+    def assign_rows(self, device_ids: Sequence[str]) -> dict[str, AssignRow]:
+        """What an assignment needs of each of these devices (``AssignRow``), by id: one
+        statement per ``_IN_BATCH`` ids (lock them first: ``lock_devices``)."""
+        rows: dict[str, AssignRow] = {}
+        for start in range(0, len(device_ids), _IN_BATCH):
+            for row in self._session.execute(
+                    _ASSIGN_READ, {"ids": list(device_ids[start:start + _IN_BATCH])}):
+                rows[row[0]] = AssignRow._make(row)
+        return rows
+
+    def move_devices(self, device_ids: Sequence[str], state: str, now: datetime) -> None:
+        """Each of these devices (locked) takes one history number and moves to ``state`` at
+        ``now``: one statement per ``_IN_BATCH`` ids (a device's new number is the
+        ``history_count`` read under its lock, plus one)."""
+        for start in range(0, len(device_ids), _IN_BATCH):
+            self._session.execute(
+                update(_DEVICE_TABLE)
+                .where(_DEVICE_TABLE.c.id.in_(device_ids[start:start + _IN_BATCH]))
+                .values(history_count=_DEVICE_TABLE.c.history_count + 1, state=state,
+                        state_changed=now))
+
+    def insert_events(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert device events (``device_id``, ``seq``, ``state``, ``previous``, ``detail``,
+        ``timestamp``): one multi-row INSERT per ``_IN_BATCH`` events."""
+        for start in range(0, len(rows), _IN_BATCH):
+            self._session.execute(insert(_EVENTS).values(list(rows[start:start + _IN_BATCH])))
+
+    def upsert_assignments(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Write these devices' assignments (every column of ``model.Assignment`` given, the
+        same columns in each row), inserted or replacing the device's one: one statement per
+        ``_IN_BATCH`` rows."""
+        if not rows:
+            return
+        dialect = self._session.get_bind().dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert  # noqa: PLC0415
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment] # noqa: PLC0415
+        columns = [c for c in rows[0] if c != "device_id"]
+        for start in range(0, len(rows), _IN_BATCH):
+            statement = upsert(_ASSIGNMENT_TABLE).values(list(rows[start:start + _IN_BATCH]))
+            self._session.execute(statement.on_conflict_do_update(
+                index_elements=[_ASSIGNMENT_TABLE.c.device_id],
+                set_={c: statement.excluded[c] for c in columns}))
+
+    def stage_assignments(self, device_ids: Sequence[str], now: datetime) -> None:
+        """These devices' assignments become done downloads (``action`` ``download``, done
+        ``now``): one statement per ``_IN_BATCH`` ids."""
+        for start in range(0, len(device_ids), _IN_BATCH):
+            self._session.execute(
+                update(_ASSIGNMENT_TABLE)
+                .where(_ASSIGNMENT_TABLE.c.device_id.in_(device_ids[start:start + _IN_BATCH]))
+                .values(action="download", done=now))
+
+    def delete_assignments(self, device_ids: Sequence[str]) -> None:
+        """Delete these devices' assignments: one statement per ``_IN_BATCH`` ids."""
+        for start in range(0, len(device_ids), _IN_BATCH):
+            self._session.execute(delete(_ASSIGNMENT_TABLE).where(
+                _ASSIGNMENT_TABLE.c.device_id.in_(device_ids[start:start + _IN_BATCH])))
+
+    def restart_assignments(self, nonces: Mapping[str, str], action: str, now: datetime
+                            ) -> None:
+        """These devices' assignments start a new update: ``action``, pending, made ``now``,
+        each with its new nonce (``nonces``: device id to nonce); one statement executed for
+        all (executemany)."""
+        if not nonces:
+            return
+        statement = (update(_ASSIGNMENT_TABLE)
+                     .where(_ASSIGNMENT_TABLE.c.device_id == bindparam("b_device"))
+                     .values(action=action, done=None, created=now,
+                             nonce=bindparam("b_nonce")))
+        self._session.connection().execute(statement, [
+            {"b_device": d, "b_nonce": n} for d, n in nonces.items()])
+
+    def keep_newest_events_of(self, device_ids: Sequence[str], keep: int) -> None:
+        """``keep_newest_events`` of each of these devices, one statement per ``_IN_BATCH``
+        ids (the events ranked per device, newest first, and those beyond ``keep`` deleted)."""
+        for start in range(0, len(device_ids), _IN_BATCH):
+            ranked = (select(_EVENTS.c.id, func.row_number().over(
+                partition_by=_EVENTS.c.device_id, order_by=_EVENTS.c.seq.desc()).label("n"))
+                .where(_EVENTS.c.device_id.in_(device_ids[start:start + _IN_BATCH]))
+                .subquery())
+            self._session.execute(delete(_EVENTS).where(
+                _EVENTS.c.id.in_(select(ranked.c.id).where(ranked.c.n > keep))))
 
     def device_state(self, device_id: str) -> str | None:
         return self._session.scalar(select(Device.state).where(Device.id == device_id))
@@ -917,6 +1079,34 @@ class Tx:
             CampaignMember.campaign_id == campaign_id, CampaignMember.state == "pending",
             CampaignMember.wave <= up_to_wave)
             .order_by(CampaignMember.updated, CampaignMember.position).limit(limit)))
+
+    def update_members(self, campaign_id: str, device_ids: Sequence[str],
+                       values: Mapping[str, Any]) -> None:
+        """Set ``values`` (columns of ``model.CampaignMember``) on these members of the
+        campaign: one statement per ``_IN_BATCH`` ids (a wave's members, not one each)."""
+        members = typed(Table, CampaignMember.__table__)
+        for start in range(0, len(device_ids), _IN_BATCH):
+            self._session.execute(
+                update(members).where(members.c.campaign_id == campaign_id,
+                                      members.c.device_id.in_(
+                                          device_ids[start:start + _IN_BATCH]))
+                .values(**values))
+
+    def update_members_each(self, campaign_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Set the values of each row (``device_id`` and columns of ``model.CampaignMember``,
+        the same columns in each) on that member of the campaign: one statement executed for
+        all (executemany)."""
+        if not rows:
+            return
+        members = typed(Table, CampaignMember.__table__)
+        columns = [c for c in rows[0] if c != "device_id"]
+        statement = (update(members)
+                     .where(members.c.campaign_id == campaign_id,
+                            members.c.device_id == bindparam("b_device"))
+                     .values({c: bindparam(f"b_{c}") for c in columns}))
+        self._session.connection().execute(statement, [
+            {f"b_{k}" if k != "device_id" else "b_device": v for k, v in row.items()}
+            for row in rows])
 
     def member_counts(self, campaign_id: str) -> dict[int, dict[str, int]]:
         """How many members per wave and state."""
