@@ -35,9 +35,19 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from suitkit.errors import StorageError
+from suitkit.problems import problem_responses
 from suitkit.tracker.auth import Authenticator, Principal, Refused, Role
 from suitkit.tracker.campaigns import MAX_DELTAS, MODES, CampaignEngine, CampaignSpec, DeltaOffer
 from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.schemas import (
+    CampaignBody,
+    CampaignDetail,
+    CampaignPage,
+    PauseBody,
+    Tags,
+    TagsBody,
+    json_body,
+)
 from suitkit.tracker.service import CampaignRefused, TrackerDB
 from suitkit.tracker.web import (
     MAX_DIGEST_BYTES,
@@ -220,7 +230,13 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
     async def audit(who: Principal, action: str, target: str, detail: str = "") -> None:
         await call(db.record_audit, who.name, who.role, action, target, detail)
 
-    @router.post(_CAMPAIGNS, status_code=201)
+    @router.post(_CAMPAIGNS, status_code=201, response_model=CampaignDetail,
+                 summary="Create a campaign in draft (operator, admin)",
+                 responses=problem_responses(
+                     400, 404, 409, 413, 415, 422, 507, s404="a target device is unknown",
+                     s422="the release (or a delta's) is not on the firmware server, or "
+                          "envelope_url is not its envelope"),
+                 openapi_extra=json_body(CampaignBody))
     async def create(request: Request) -> Response:
         """Create a campaign in draft (operator, admin)."""
         who = await auth.require(request, *_STAFF)
@@ -236,7 +252,9 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
                     f"release {spec.release}, target {doc['target']}, mode {spec.mode}")
         return JSONResponse(doc, status_code=201)
 
-    @router.get(_CAMPAIGNS, openapi_extra=PAGE_PARAMETERS)
+    @router.get(_CAMPAIGNS, openapi_extra=PAGE_PARAMETERS, response_model=CampaignPage,
+                summary="List campaigns, newest first (admin, operator, author)",
+                responses=problem_responses(400))
     async def list_campaigns(request: Request) -> Response:
         """A page of campaigns, newest first (admin, operator, author); ``next`` is the
         cursor for ``?after=`` (``null``: the end)."""
@@ -247,7 +265,9 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         return paged("campaigns", page,
                       lambda k: encode_cursor("campaigns", k[0].isoformat(), k[1]))
 
-    @router.get(f"{_CAMPAIGNS}/{{campaign_id}}")
+    @router.get(f"{_CAMPAIGNS}/{{campaign_id}}", response_model=CampaignDetail,
+                summary="A campaign: status, counts, members, log (admin, operator, author)",
+                responses=problem_responses(400, 404))
     async def get(request: Request, campaign_id: str, offset: int = 0, limit: int = 100
                   ) -> Response:
         """A campaign's status, counts, a page of members and its log."""
@@ -259,7 +279,19 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
     def action(name: str) -> None:
         method = getattr(engine, name)
 
-        @router.post(f"{_CAMPAIGNS}/{{campaign_id}}/{name}", name=f"campaign_{name}")
+        @router.post(f"{_CAMPAIGNS}/{{campaign_id}}/{name}", name=f"campaign_{name}",
+                     summary=f"{name.capitalize()} the campaign (operator, admin)",
+                     response_model=CampaignDetail,
+                     responses=problem_responses(
+                         *((400, 404, 409, 413, 415, 507) if name == "pause"
+                           else (400, 404, 409, 507)),
+                         *((422,) if name in ("approve", "start") else ()),
+                         s403="the credential's role may not do this (or, to approve: it "
+                              "created the campaign; four-eyes)",
+                         s409=f"the campaign's status does not allow {name}",
+                         s422="the campaign's release is no longer on the firmware server"),
+                     openapi_extra=json_body(PauseBody, required=False)
+                     if name == "pause" else None)
         async def act(request: Request, campaign_id: str) -> Response:
             who = await auth.require(request, *_STAFF)
             if name in ("approve", "start") and config.releases is not None:
@@ -284,7 +316,10 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
     for name in ("approve", "start", "pause", "resume", "cancel", "trigger"):
         action(name)
 
-    @router.put("/api/v1/devices/{device_id}/tags")
+    @router.put("/api/v1/devices/{device_id}/tags", response_model=Tags,
+                summary="Replace a device's tags (admin, operator)",
+                responses=problem_responses(400, 404, 413, 415, 507),
+                openapi_extra=json_body(TagsBody))
     async def put_tags(request: Request, device_id: str) -> Response:
         """Replace the device's tags (admin, operator)."""
         who = await auth.require(request, "admin", "operator")
