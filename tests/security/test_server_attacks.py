@@ -146,7 +146,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 def assert_refused(response: httpx.Response, status: int, fragment: str, site: Site) -> str:
     """A one-line JSON error with ``status`` containing ``fragment``; no traceback, no path."""
     assert response.status_code == status, (response.status_code, response.text[:300])
-    assert response.headers["content-type"] == "application/json", response.headers
+    assert response.headers["content-type"] == "application/problem+json", response.headers
     error = response.json()["error"]
     assert fragment in error, error
     assert_clean(error, site)

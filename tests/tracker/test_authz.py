@@ -204,7 +204,6 @@ PUBLIC: frozenset[tuple[str, str]] = frozenset({
     ("GET", "/envelopes/{digest}"), ("HEAD", "/envelopes/{digest}"),
     ("GET", "/openapi.json"), ("HEAD", "/openapi.json"),
     ("GET", "/docs"), ("HEAD", "/docs"),
-    ("GET", "/docs/oauth2-redirect"), ("HEAD", "/docs/oauth2-redirect"),
     ("GET", "/redoc"), ("HEAD", "/redoc"),
 })
 

@@ -148,7 +148,7 @@ class ServerConfig:
     ``limits``: decoding limits for envelopes (``max_envelope_bytes`` bounds the envelope part).
     ``routers``: more routes to serve, such as the status tracker's (the CLI wires them in, so
     the firmware server does not import other roles; design.md §2). They share this app's
-    JSON errors: raise Starlette's ``HTTPException``.
+    errors (problem details, ``suitkit.problems``): raise Starlette's ``HTTPException``.
     ``authorizer``: who may upload and read release metadata (``Authorizer``), built by the CLI
     from the status tracker's API tokens; ``None``: only ``upload_token``, public metadata.
     ``max_requests``: requests in progress at once, not counting the ones that left the count
@@ -1002,7 +1002,7 @@ class _Downloads:
     route, the dependencies and the request count: a download is the server's most frequent
     request, and its checks need none of them (public, a digest checked, a stat; whole-file
     bodies go by sendfile, server/guard.py; with ``accel_redirect`` no body at all). Errors
-    are the routes' (``UploadRefused``: one JSON line); a download is counted by
+    are the routes' (``UploadRefused``: problem details); a download is counted by
     ``max_downloads``, an accel answer by nothing (it holds nothing once answered)."""
 
     def __init__(self, app: ASGIApp, download: Callable[[Scope, str, str], Response]) -> None:
@@ -1089,7 +1089,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         # the client closed its connection before its request was read: nothing to answer
         _log.info("%s: the client went away before sending its whole request",
                   _where(request))
-        return Response(status_code=400)
+        return _error(400, "the client went away before sending its whole request")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -1288,7 +1288,6 @@ def _documented(app: FastAPI) -> None:
     app.mount(_DOCS_ASSETS, StaticFiles(packages=[("fastapi_offline", "static")]),
               name="docs-assets")
 
-    @app.get("/docs", include_in_schema=False)
     async def swagger(request: Request) -> HTMLResponse:
         root = str(request.scope.get("root_path", ""))
         return _own_assets(get_swagger_ui_html(
@@ -1298,13 +1297,16 @@ def _documented(app: FastAPI) -> None:
             swagger_favicon_url=f"{root}{_DOCS_ASSETS}/favicon.png",
             oauth2_redirect_url=None))
 
-    @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         root = str(request.scope.get("root_path", ""))
         return _own_assets(get_redoc_html(
             openapi_url=f"{root}/openapi.json", title=f"{app.title}: ReDoc",
             redoc_js_url=f"{root}{_DOCS_ASSETS}/redoc.standalone.js",
             redoc_favicon_url=f"{root}{_DOCS_ASSETS}/favicon.png", with_google_fonts=False))
+
+    # plain routes, as FastAPI's own docs routes are (GET and HEAD)
+    app.add_route("/docs", swagger, include_in_schema=False)
+    app.add_route("/redoc", redoc, include_in_schema=False)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

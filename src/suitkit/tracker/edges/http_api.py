@@ -3,8 +3,9 @@
 
 ``create_api_router(config, tracker, auth)`` returns a FastAPI ``APIRouter``;
 ``edges.create_router`` mounts it with the campaign routes, and the CLI mounts that on the
-firmware server's application (``ServerConfig.routers``), so errors are the server's JSON
-``{"error": ...}``. Every call is authenticated with ``Authorization: Bearer <token>`` and
+firmware server's application (``ServerConfig.routers``), so errors are the server's
+problem details (``suitkit.problems``); the bodies and answers are typed in ``/openapi.json``
+by ``tracker.schemas``. Every call is authenticated with ``Authorization: Bearer <token>`` and
 checked by ``auth.Authenticator`` (roles admin, author, operator, device; the bootstrap admin
 token, API tokens ``tok_<id>.<secret>``, device credentials ``<device-id>.<secret>``): 401 for
 a missing, wrong, expired or revoked credential, 403 for a role that may not call the route.
