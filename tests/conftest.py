@@ -41,3 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupted)
     contract_kit.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    contract_kit.stop()

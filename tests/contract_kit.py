@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,12 @@ def start() -> None:
         return create_app(config)
 
     background.create_app = checked  # type: ignore[assignment]
+
+
+def stop() -> None:
+    """Remove the session's log (``pytest_unconfigure``)."""
+    while _log:
+        shutil.rmtree(_log.pop().parent, ignore_errors=True)
 
 
 def _suite(item: pytest.Item) -> str | None:
