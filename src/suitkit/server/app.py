@@ -1244,10 +1244,11 @@ def create_app(config: ServerConfig) -> FastAPI:
         return None
 
     # outermost: request ids, metrics and health cover every route, the limit's 503s too
-    app.add_middleware(Observed, metrics=config.metrics or Metrics(),
-                       checks=(data_writable, *config.readiness))
+    metrics = config.metrics or Metrics()
+    app.add_middleware(Observed, metrics=metrics, checks=(data_writable, *config.readiness))
     if config.contract_log is not None:  # outermost: it sees every answer as sent
-        app.add_middleware(ContractCheck, openapi=app.openapi, log=config.contract_log)
+        app.add_middleware(ContractCheck, openapi=app.openapi, log=config.contract_log,
+                           other_ports=metrics.ports)
     return app
 
 

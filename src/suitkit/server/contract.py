@@ -12,9 +12,12 @@ environment variable ``SUITKIT_TEST_CONTRACT_LOG``, read by the CLI); the test s
 tracker, the server and the end-to-end flows turn it on and fail a test whose servers wrote a
 line (tests/conftest.py).
 
-Not checked: bodies over ``MAX_CHECKED`` bytes, streams (``text/event-stream``), binary bodies
-(their media type is), answers to HEAD, the answers of the hawkBit DDI routes (hawkBit's
-contract: ``FOREIGN_TAGS``; their errors are). Needs ``jsonschema_rs`` (the ``test`` extra): a
+Not checked: the probes ``/healthz`` and ``/readyz`` (a 503 of ``/readyz`` is a report of
+what is not ready, for an orchestrator, not an error of the API), the API's routes on the
+metrics listener (``other_ports``: it answers 404 to all but ``/metrics``), bodies over
+``MAX_CHECKED`` bytes, streams (``text/event-stream``), binary bodies (their media type is),
+answers to HEAD, the answers of the hawkBit DDI routes (hawkBit's contract:
+``FOREIGN_TAGS``; their errors are). Needs ``jsonschema_rs`` (the ``test`` extra): a
 test-time tool, never on in production.
 """
 
@@ -37,6 +40,7 @@ FOREIGN_TAGS = frozenset({"hawkBit DDI"})
 """Operations whose contract is another project's (their tag in ``/openapi.json``): only
 their errors are checked (problem details, as every error of the app)."""
 
+_PROBES = frozenset({"/healthz", "/readyz"})
 MAX_CHECKED = 4 * 1024 * 1024
 """Bytes of a body the check keeps; a longer body has only its status and type checked."""
 _JSON = re.compile(r"application/(?:[a-z0-9.+-]+\+)?json")
@@ -46,10 +50,12 @@ class ContractCheck:
     """ASGI middleware: each response checked against ``openapi()``; what contradicts it is
     appended to ``log`` (one JSON object a line: method, path, status, problem)."""
 
-    def __init__(self, app: ASGIApp, openapi: Callable[[], dict[str, Any]], log: Path) -> None:
+    def __init__(self, app: ASGIApp, openapi: Callable[[], dict[str, Any]], log: Path, *,
+                 other_ports: frozenset[int] = frozenset()) -> None:
         self.app = app
         self.openapi = openapi
         self.log = log
+        self.other_ports = other_ports
         self._lock = threading.Lock()
         self._routes: list[tuple[re.Pattern[str], str]] | None = None
         self._validators: dict[tuple[str, str, str, str], Any] = {}
@@ -75,25 +81,28 @@ class ContractCheck:
             await send(message)
 
         await self.app(scope, receive, watching)
-        if seen["status"]:
+        if seen["status"] and scope["path"] not in _PROBES:
+            server = scope.get("server")
             problems = self.problems(scope["method"], scope["path"], seen["status"],
                                      seen["type"], bytes(seen["body"]) if seen["whole"]
-                                     else None)
+                                     else None,
+                                     api=not server or server[1] not in self.other_ports)
             if problems:
                 self._write(scope["method"], scope["path"], seen["status"], problems)
 
     # ---- the checks
 
     def problems(self, method: str, path: str, status: int, media: str,
-                 body: bytes | None) -> list[str]:
-        """What in this answer contradicts the document (``[]``: nothing)."""
+                 body: bytes | None, *, api: bool = True) -> list[str]:
+        """What in this answer contradicts the document (``[]``: nothing); ``api=False``: a
+        listener that serves no API (the metrics port): its errors are checked alone."""
         if method == "HEAD":
             return []
         base = media.split(";", maxsplit=1)[0].strip().lower()
         found: list[str] = []
         if status >= 400 and status != 416 and base != PROBLEM_MEDIA_TYPE:
             found.append(f"an error that is not {PROBLEM_MEDIA_TYPE}: {base or 'no type'}")
-        template = self._template(path)
+        template = self._template(path) if api else None
         operation = (self.openapi()["paths"].get(template, {}).get(method.lower())
                      if template is not None else None)
         if operation is None or FOREIGN_TAGS & set(operation.get("tags", ())):

@@ -242,7 +242,7 @@ class Observed:
         elif path == "/metrics":
             server = scope.get("server")
             if not server or server[1] not in self.metrics.ports:
-                status, body = 404, _NOT_FOUND
+                status, body, media = 404, _NOT_FOUND, _PROBLEM
             else:
                 body = await run_in_threadpool(self.metrics.exposition)
                 media = CONTENT_TYPE_LATEST.encode()
