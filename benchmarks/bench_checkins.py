@@ -4,11 +4,11 @@ and several worker processes.
 A check-in is what the device agent does on each poll (``suitkit.device.agent``). Two ways are
 measured against the same server:
 
-- **checkin**, the one request of issue #12: ``POST /api/v1/devices/{id}/checkin`` with the
+- **checkin**, the one request of issue #12: ``POST /device/v1/{id}/checkin`` with the
   device's inventory digest (its inventory was stored by a first check-in before the
   measurement; nothing changed since, as on almost every poll of a real fleet);
-- **pair**, the old way (kept for agents that predate it): ``PUT /api/v1/devices/{id}/inventory``
-  (identity, two components, hardware facts; unchanged) then ``GET /api/v1/devices/{id}/update``.
+- **pair**, the old way (kept for agents that predate it): ``PUT /device/v1/{id}/inventory``
+  (identity, two components, hardware facts; unchanged) then ``GET /device/v1/{id}/update``.
 
 Either answers the release for a quarter of the devices (a pending deployment) and nothing for
 the rest, with the device's own bearer credential.
@@ -211,7 +211,7 @@ KINDS = ("noop", "whoami", "pair", "checkin")
 async def one(client: httpx.AsyncClient, device_id: str, token: str, kind: str) -> None:
     """One operation of ``kind``; every answer's status is checked."""
     headers = {"Authorization": f"Bearer {token}"}
-    path = f"/api/v1/devices/{device_id}"
+    path = f"/device/v1/{device_id}"  # the device API (issue #17)
     if kind == "noop":
         response = await client.get("/bench/noop")
         assert response.status_code == 200, response.text

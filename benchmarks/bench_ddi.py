@@ -2,7 +2,7 @@
 
 A DDI controller (SWUpdate, RAUC, ``suitkit device run --protocol ddi``) polls
 ``GET /DEFAULT/controller/v1/{id}`` with ``Authorization: TargetToken <credential>`` every
-``config.polling.sleep``; suitkit's agent polls ``GET /api/v1/devices/{id}/update`` with a
+``config.polling.sleep``; suitkit's agent polls ``GET /device/v1/{id}/update`` with a
 bearer credential. Both are measured on one server process (``suitkit serve``'s application
 with the tracker and the DDI edge, ``cli.notices.tracker_routes``, uvicorn, one worker, a
 child process, SQLite on /tmp), for devices with nothing assigned (the common poll) and with a
@@ -130,7 +130,7 @@ def main() -> None:
                     f"/DEFAULT/controller/v1/{idle_id}",
                     {"Authorization": f"TargetToken {idle_id}.{idle_secret}"}, 200),
                 "suitkit poll, nothing assigned": (
-                    f"/api/v1/devices/{idle_id}/update",
+                    f"/device/v1/{idle_id}/update",
                     {"Authorization": f"Bearer {idle_id}.{idle_secret}"}, 204),
                 "DDI base poll, deployment pending": (
                     f"/DEFAULT/controller/v1/{busy_id}",

@@ -230,9 +230,11 @@ def main() -> None:
                         help="the servers without their access log (--log-level warning)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    # Ctrl-C or SIGINT stops the runs cleanly (servers, PostgreSQL), also when the benchmark
-    # was started in the background, where the shell hands it SIGINT ignored
+    # Ctrl-C, SIGINT or SIGTERM (`timeout`, `kill`) stops the runs cleanly (servers, nginx,
+    # PostgreSQL), also when the benchmark was started in the background, where the shell
+    # hands it SIGINT ignored
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, {platform.system()} {platform.release()}; load "
           f"average {os.getloadavg()[0]:.1f} at the start")

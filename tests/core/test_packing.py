@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import lzma
 import random
+import re
 
 import pytest
 import zstandard
@@ -129,3 +130,92 @@ def test_random_bytes_never_raise_anything_but_decode_error(data: bytes) -> None
     for codec in packing.Codec:
         with contextlib.suppress(DecodeError):
             b"".join(packing.decompress([data], codec, max_output=4096))
+
+
+# ---------------------------------------------------------------------------- in place
+
+
+def _edit(rng: random.Random, old: bytes, grow: int) -> bytes:
+    """``old`` with bytes flipped and ``grow`` bytes inserted (or removed) in the middle."""
+    data = bytearray(old)
+    for _ in range(5):
+        data[rng.randrange(len(data))] ^= 0xA5
+    at = len(data) // 3
+    if grow >= 0:
+        data[at:at] = rng.randbytes(grow)
+    else:
+        del data[at:at - grow]
+    return bytes(data)
+
+
+def _rewrite_in_place(patch: bytes, old: bytes, size: int, unit: int, order: int) -> bytes:
+    """What the bootloader does: one sector at a time, in the patch's order, each computed
+    from the slot as it is by then (earlier sectors already hold the new image)."""
+    slot = bytearray(old) + bytearray(b"\xff" * (size + unit))
+    count = -(-size // unit)
+    sectors = range(count) if order == packing.Order.ASCENDING else range(count - 1, -1, -1)
+    for j in sectors:
+        out = packing.apply_delta_window([patch], lambda o, n: bytes(slot[o:o + n]),
+                                         source_size=len(old), start=j * unit,
+                                         end=(j + 1) * unit)
+        slot[j * unit:j * unit + len(out)] = out
+    return bytes(slot[:size])
+
+
+@pytest.mark.parametrize(("grow", "order"), [(700, packing.Order.DESCENDING),
+                                             (-700, packing.Order.ASCENDING),
+                                             (0, packing.Order.ASCENDING)])
+def test_an_in_place_patch_rebuilds_the_image_over_its_own_precursor(
+        grow: int, order: packing.Order) -> None:
+    """docs/delta.md §9: growth moves bytes up (rewritten from the top), shrinking moves them
+    down (from the bottom); either way no sector is read after it was rewritten."""
+    rng = random.Random(grow)
+    old = rng.randbytes(30_000)
+    new = _edit(rng, old, grow)
+    patch, chosen, literal = packing.make_inplace_delta(old, new, 4096)
+    assert chosen is order
+    assert literal <= max(grow, 0) + 100  # the inserted bytes; bsdiff's copies are kept
+    assert len(packing.compress(patch, packing.Codec.ZSTD)) < 2000
+    rebuilt = b"".join(packing.apply_delta([patch], lambda o, n: old[o:o + n],
+                                           source_size=len(old), max_output=len(new),
+                                           inplace=(4096, chosen)))
+    assert rebuilt == new
+    assert _rewrite_in_place(patch, old, len(new), 4096, chosen) == new
+
+
+def test_an_ordinary_patch_is_refused_as_an_in_place_one() -> None:
+    """bsdiff's matching reads the bytes an insertion moved from the sector below: applied in
+    place (ascending), those would be overwritten already. The device checks every record."""
+    rng = random.Random(3)
+    old = rng.randbytes(20_000)
+    new = _edit(rng, old, 500)
+    ordinary = packing.make_delta(old, new)
+    with pytest.raises(DecodeError, match=r"not an in-place patch: output bytes .* ascending "
+                       r"rewrite of 4096-byte sectors"):
+        b"".join(packing.apply_delta([ordinary], lambda o, n: old[o:o + n],
+                                     source_size=len(old), max_output=len(new),
+                                     inplace=(4096, packing.Order.ASCENDING)))
+    # And the rewrite that trusted it would build something else.
+    assert _rewrite_in_place(ordinary, old, len(new), 4096, packing.Order.ASCENDING) != new
+
+
+def test_the_in_place_member_of_delta_info_is_checked() -> None:
+    inplace = packing.InplaceInfo(4096, 1, 3, Digest(-16, bytes(32)), 812)
+    info = packing.DeltaInfo(1, Digest(-16, bytes(range(32))), 9000, inplace)
+    assert packing.DeltaInfo.decode(info.encode()) == info
+    from suitkit.core import cbor
+
+    def with_member(**changes: object) -> bytes:
+        doc = inplace.to_map()
+        for key, value in changes.items():
+            doc[int(key[1:])] = value
+        return cbor.encode({1: 1, 2: [-16, bytes(32)], 3: 9000, 4: doc})
+
+    for changes, message in [({"_1": 4000}, "unit: expected a power of two"),
+                             ({"_1": 256}, "unit: expected a power of two"),
+                             ({"_2": 2}, "order: expected 0"),
+                             ({"_3": 2}, "codec: expected 0"),
+                             ({"_5": 0}, "patch-size: expected a positive"),
+                             ({"_6": 1}, "unknown member 6")]:
+        with pytest.raises(DecodeError, match=re.escape(message)):
+            packing.DeltaInfo.decode(with_member(**changes))

@@ -17,7 +17,7 @@ from suitkit.author.anchors import Edits, initial_document, next_document, rotat
 from suitkit.core import cbor, codec, crypto
 from suitkit.core.anchors import AnchorKey, AnchorsDocument, parse_document
 from suitkit.core.sign import sign_envelope
-from suitkit.device.anchors import STORE, encode_store, read_store
+from suitkit.device.anchors import STORE, StoredAnchors, encode_store, read_store
 from suitkit.device.config import create_device
 from suitkit.device.consumer import slot_record
 from suitkit.device.wiring import open_device
@@ -73,6 +73,11 @@ def provisioned(tmp_path: Path, keys: Keys, shape: str = "mcu", name: str = "dev
     boot(folder)
     confirm(folder)
     return folder
+
+
+def stored_anchors(folder: Path) -> StoredAnchors | None:
+    """The device's anchor store, wherever its shape keeps it (flash shapes: in the flash)."""
+    return open_device(folder).config.stored_anchors()
 
 
 def revocation(keys: Keys) -> AnchorsDocument:
@@ -160,7 +165,7 @@ def test_device_that_missed_two_rotations_catches_up_in_order(tmp_path: Path,
     outcome = install(folder, signed(v3, keys.spare_root, chain=(r2, r1)))
     assert outcome.installed, outcome.reason
     assert "version 3 (after version 1, version 2)" in outcome.reason
-    stored = read_store(folder)
+    stored = stored_anchors(folder)
     assert stored is not None and stored.raw == v3.encode()
     # a device already at version 1 skips what it has
     other = provisioned(tmp_path, keys, name="other")
@@ -178,7 +183,7 @@ def test_rotation_not_signed_by_root_refused(tmp_path: Path, keys: Keys) -> None
     outcome = install(folder, signed(revocation(keys), keys.leaked))  # the leaked author key
     assert not outcome.installed
     assert "needs signatures of 1 key(s) of role 'root', it has 0" in outcome.reason
-    assert read_store(folder) is None
+    assert stored_anchors(folder) is None
 
 
 def test_root_threshold(tmp_path: Path, keys: Keys) -> None:
@@ -245,7 +250,7 @@ def test_bad_rotation_documents_refused(tmp_path: Path, keys: Keys, make: object
     outcome = install(folder, _raw_rotation(doc, keys.root))
     assert not outcome.installed
     assert expected in outcome.reason, outcome.reason
-    assert read_store(folder) is None
+    assert stored_anchors(folder) is None
     assert {s for s, _ in running(boot(folder)).values()} == {1}
 
 
@@ -299,7 +304,7 @@ def test_document_decoding_is_strict() -> None:
 
 
 def test_damaged_store_fails_closed(tmp_path: Path, keys: Keys) -> None:
-    folder = provisioned(tmp_path, keys)
+    folder = provisioned(tmp_path, keys, "linux")  # the file store (flash shapes: flash)
     assert install(folder, signed(revocation(keys), keys.root)).installed
     data = (folder / STORE).read_bytes()
     (folder / STORE).write_bytes(data[:-1] + bytes([data[-1] ^ 1]))

@@ -97,3 +97,13 @@ def test_capability_gaps_name_what_an_envelope_uses_beyond_the_report(tmp_path: 
     signed, _ = ed.release(3)
     assert capability_gaps(cap, codec.decode_envelope(signed)) == (
         "algorithm ed25519 (-19) is not one the device supports",)
+
+
+def test_an_mcu_device_with_a_stage0_reports_its_bootloader_too(tmp_path: Path) -> None:
+    """issue #16 (docs/selfupdate.md): its stage-1 bootloader is a component it updates."""
+    author = Author.create(tmp_path / "author", "ES256")
+    folder = tmp_path / "dev"
+    create_device(folder, vendor_id=VENDOR, class_id=CLASS, trust_anchors=[author.anchor],
+                  stage1=True)
+    cap = capability_report(open_device(folder))
+    assert [c.parts for c in cap.components] == [(b"\x00",), (b"suitkit", b"bootloader")]

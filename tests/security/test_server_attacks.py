@@ -542,7 +542,7 @@ def test_query_parameters_out_of_range(site: Site) -> None:
         assert_refused(response, 400, "offset", site)
     response = site.client.get("/api/v1/audit", params={"limit": "many"},
                                headers=site.as_("admin"))
-    assert_refused(response, 400, "query limit", site)
+    assert_refused(response, 400, "limit: expected a whole number from 1 to 1000", site)
     cancelled = site.client.post(f"/api/v1/campaigns/{campaign}/cancel",
                                  headers=site.as_("operator"))
     assert cancelled.status_code == 200, cancelled.text

@@ -131,7 +131,10 @@ def test_every_kind_of_error_is_problem_details(served: Served) -> None:
     assert httpx.get(f"{served.url}/api/v1/whoami", timeout=WAIT).headers[
         "www-authenticate"] == "Bearer"
     # a request validation error is a 400 naming the parameter (FastAPI's 422 is gone)
-    _problem(client.get("/api/v1/audit", params={"limit": "many"}), 400, "query limit")
+    _problem(client.get("/api/v1/campaigns/c/progress", params={"points": "many"}), 400,
+             "query points")
+    _problem(client.get("/api/v1/audit", params={"limit": "many"}), 400, "limit")
+    _problem(client.get("/api/v1/audit", params={"sort": "x"}), 400, "not a query parameter")
     _problem(client.get("/api/v1/devices", params={"limit": "0"}), 400, "limit")
     _problem(client.get("/api/v1/devices/no-such-device"), 404, "no device")
     _problem(client.post("/api/v1/devices", content=b"x" * 70_000,
@@ -257,3 +260,59 @@ def test_the_typed_document_is_built_once(tmp_path: Path) -> None:
         assert app.openapi() is app.openapi()
     finally:
         wiring.close()
+
+
+def test_lists_and_the_device_api_are_documented(served: Served) -> None:
+    """Every list documents its paging (limit, after, total) and filters, and answers ``next``
+    and an optional ``total``; the device API under /device/v1 is typed as its deprecated twin
+    under /api/v1/devices/{id} is (issue #17)."""
+    spec = served.spec
+    schemas = spec["components"]["schemas"]
+    wrong = []
+    for method, path, operation in _operations(spec):
+        where = f"{method} {path}"
+        ok = operation["responses"].get("200", {}).get("content", {}).get("application/json")
+        ref = (ok or {}).get("schema", {}).get("$ref", "")
+        answer = schemas.get(ref.rsplit("/", 1)[-1], {}) if ref else {}
+        if "next" in answer.get("properties", {}):
+            names = {p["name"] for p in operation.get("parameters", ())}
+            if not {"limit", "after"} <= names:
+                wrong.append(f"{where}: a list without limit/after documented: {names}")
+            if "next" not in answer.get("required", ()):
+                wrong.append(f"{where}: next is not always in the answer")
+            if "total" in answer.get("required", ()):
+                wrong.append(f"{where}: total is in the answer without ?total=true")
+            if "total" not in answer["properties"] and path != "/api/v1/classes":
+                wrong.append(f"{where}: no total")
+        if path.startswith("/device/v1/"):
+            twin = spec["paths"].get(path.replace("/device/v1/", "/api/v1/devices/"), {})
+            legacy = twin.get(method.lower())
+            if legacy is None:
+                wrong.append(f"{where}: no deprecated twin under /api/v1/devices")
+                continue
+            if not legacy.get("deprecated") or operation.get("deprecated"):
+                wrong.append(f"{where}: the old path is not the deprecated one")
+            if legacy["responses"] != operation["responses"]:
+                wrong.append(f"{where}: answers otherwise than its twin")
+            if not {"400", "401", "403"} <= set(operation["responses"]):
+                wrong.append(f"{where}: 400, 401 and 403 are not declared")
+    assert not wrong, "\n".join(wrong)
+    paths = spec["paths"]
+    filters = {p["name"]: p for p in paths["/api/v1/devices"]["get"]["parameters"]}
+    assert {"state", "class", "tag", "version", "sort", "total"} <= set(filters), filters
+    assert filters["state"]["schema"]["type"] == "array"
+    assert {p["name"] for p in paths["/api/v1/campaigns/{campaign_id}/members"]["get"][
+        "parameters"]} >= {"state", "total"}
+    assert "/device/v1/{device_id}/checkin" in paths
+    device = schemas["Device"]["properties"]
+    assert {"class_name", "vendor_name", "version"} <= set(device)
+    assert "release_version" in schemas["Campaign"]["properties"]
+    assert {"version", "notes"} <= set(schemas["Release"]["properties"])
+    upload = paths["/api/v1/releases"]["post"]["requestBody"]["content"]
+    assert {"version", "notes"} <= set(upload["multipart/form-data"]["schema"]["properties"])
+    for path, model in (("/api/v1/fleet", "Fleet"), ("/api/v1/classes", "ClassPage"),
+                        ("/api/v1/campaigns/{campaign_id}/progress", "CampaignProgress")):
+        assert paths[path]["get"]["responses"]["200"]["content"]["application/json"][
+            "schema"]["$ref"].endswith(f"/{model}"), path
+    assert "requestBody" in paths["/api/v1/campaigns/preview"]["post"]
+    assert "requestBody" in paths["/api/v1/classes/{class_id}"]["put"]

@@ -125,3 +125,47 @@ def test_compressed_and_delta_releases_through_the_firmware_server(tmp_path: Pat
         status = json.loads(run("device", "status", device, "--json"))
         assert status["components"][0]["running"]["digest"] == hashlib.sha256(v2).hexdigest()
 
+
+
+def test_an_in_place_release_through_the_firmware_server(tmp_path: Path) -> None:
+    """docs/delta.md §9: the server checks an in-place delta as devices will (the patch as
+    signed, then decoded with its own codec and applied in its order to the stored precursor),
+    and a single-slot device installs it from there."""
+    run("keygen", "--out", tmp_path / "author.key")
+    run("pubkey", tmp_path / "author.key", "--out", tmp_path / "author.pub")
+    token = tmp_path / "upload.token"
+    token.write_text("packed-release-token\n")
+    v1 = firmware("v1", 60_000)
+    v2 = v1[:20_000] + b"new code" + firmware("lib", 700) + v1[20_000:]
+    (tmp_path / "v1.bin").write_bytes(v1)
+    (tmp_path / "v2.bin").write_bytes(v2)
+    device = tmp_path / "device"
+    run("device", "init", device, "--vendor-domain", VENDOR_DOMAIN, "--class-name", CLASS_NAME,
+        "--trust-anchor", tmp_path / "author.pub", "--shape", "mcu-inplace")
+    argv = ["--data", str(tmp_path / "data"), "--author-anchor", str(tmp_path / "author.pub"),
+            "--upload-token-file", str(token)]
+    with serving(argv, timeout=30) as server:
+        upload = ("--server", server.url, "--token-file", token)
+        describe(tmp_path, "v1", 1, "v1.bin", server.url)
+        plain, _ = signed(tmp_path, "v1")
+        run("upload", plain, f"0={tmp_path / 'v1.bin'}", *upload)
+        assert "installed app (sequence number 1)" in run("device", "install", device, plain)
+        run("device", "boot", device)
+        run("device", "confirm", device)
+
+        describe(tmp_path, "v2", 2, "v2.bin", server.url,
+                 extra="    delta-from: v1.bin\n    in-place: 4096\n    compress: zstd\n")
+        envelope, out = signed(tmp_path, "v2")
+        patch = tmp_path / "v2.suit.image-0.skd1.zst"
+        assert f"upload it as 0={patch}" in out
+        data = patch.read_bytes()
+        assert len(data) < len(v2) // 20
+        (tmp_path / "bad.zst").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+        refused = run_failing("upload", envelope, f"0={tmp_path / 'bad.zst'}", *upload)
+        assert "SKD1 in-place delta" in refused.stderr, refused.stderr
+        assert "(sequence number 2) stored" in run("upload", envelope, f"0={patch}", *upload)
+        assert "installed app (sequence number 2)" in run("device", "install", device, envelope)
+        assert "booted app #2: on trial" in run("device", "boot", device)
+        status = json.loads(run("device", "status", device, "--json"))
+        assert status["components"][0]["running"]["digest"] == hashlib.sha256(v2).hexdigest()
+        assert status["shape"] == "mcu-inplace"

@@ -21,11 +21,13 @@ import pytest
 from suitkit.bootloader import boot, fsslots
 from suitkit.bootloader.boot import FlashBootloader
 from suitkit.bootloader.decide import BootState, Decision, Pending, decide, pending_of
+from suitkit.bootloader.inplace import InplaceBootloader
 from suitkit.sim.powercut import REAL_SCENARIOS, LostWrites, run_real_scenario
 
 from helpers import run_cli
 
-MINIMUM_EVENTS = {"mcu": 100, "secure-split": 190, "dual-cpu": 200, "linux": 36}
+MINIMUM_EVENTS = {"mcu": 100, "secure-split": 190, "dual-cpu": 200, "linux": 36,
+                  "mcu-inplace": 100}
 """Events of a clean run must be at least this many, so a silently shortened scenario fails.
 (linux: 38-39 since the records and a small update's slot files are written in place, issue
 #16: one overwrite and one fsync step each instead of write, fsync, rename, fsync-dir.)"""
@@ -45,7 +47,8 @@ def test_real_path_sampled_cut_points_recover(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["real-dual-cpu-integrated", "real-linux-detached",
-                                  "real-secure-split-detached", "real-dual-cpu-revert"])
+                                  "real-secure-split-detached", "real-dual-cpu-revert",
+                                  "real-mcu-inplace-delta"])
 def test_real_path_a_second_cut_during_recovery_recovers(name: str) -> None:
     result = run_real_scenario(name, sample=2, second=3, seed=5)
     assert result.failures == []
@@ -83,6 +86,27 @@ def test_the_harness_catches_a_half_marked_set_taken_for_a_pending_update(
     # very update, taken as installed and never booted.
     assert any("an update is already pending" in f or "the update to release 3 booted" in f
                for f in result.failures), result.failures
+
+
+def test_the_in_place_scenario_cuts_the_rewrite_of_every_sector() -> None:
+    """real-mcu-inplace-delta (docs/delta.md §9): its clean run rewrites the slot in place
+    (scratch, then the sector, three sectors per update), and the cuts that fall in a rewrite
+    end on the new release once the boot finishes it."""
+    result = run_real_scenario("real-mcu-inplace-delta", points=range(42, 54), seed=2)
+    assert result.failures == []
+    assert result.cut_points_tried == 12
+    assert result.outcomes.get("new", 0) >= 8
+
+
+def test_the_harness_catches_an_in_place_rewrite_that_forgets_its_journal(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A rewrite resumed from its first step: the sectors rewritten before the cut are read as
+    # if they still held the precursor, and the result does not verify (no image to go back to).
+    monkeypatch.setattr(InplaceBootloader, "_progress", lambda self: 0)
+    result = run_real_scenario("real-mcu-inplace-delta", points=range(42, 54), seed=2)
+    assert result.failures
+    assert any("NoBootableImage" in f and "flash fault" in f for f in result.failures), \
+        result.failures[:2]
 
 
 def test_the_lost_writes_model_catches_a_missing_fsync(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,8 @@ from suitkit.sim.local import local_server
 from suitkit.sim.scenario import build_releases
 from suitkit.sim.swarm import Swarm
 
-DEVICE = "/api/v1/devices/{device_id}"
+DEVICE = "/device/v1/{device_id}"  # the device API (issue #17)
+LEGACY = "/api/v1/devices/{device_id}"  # its deprecated twin, and the device's own record
 
 
 def tracker_requests(metrics_url: str) -> Counter[tuple[str, str]]:
@@ -39,15 +40,17 @@ def tracker_requests(metrics_url: str) -> Counter[tuple[str, str]]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             route = sample.labels.get("route", "")
-            if sample.name == "suitkit_http_requests_total" and route.startswith(DEVICE):
-                counts[sample.labels["method"], route.removeprefix(DEVICE)] += int(sample.value)
+            if sample.name == "suitkit_http_requests_total" and route.startswith(
+                    (DEVICE, LEGACY)):
+                suffix = route.removeprefix(DEVICE).removeprefix(LEGACY)
+                counts[sample.labels["method"], suffix] += int(sample.value)
     return counts
 
 
 def digest_is_stored(url: str, device_id: str, credential: str, digest: str) -> bool:
     """Whether the tracker has ``digest`` as the device's inventory digest (a check-in that
     names it is not asked for the inventory)."""
-    answer = httpx.post(f"{url}/api/v1/devices/{device_id}/checkin", timeout=30,
+    answer = httpx.post(f"{url}/device/v1/{device_id}/checkin", timeout=30,
                         headers={"Authorization": f"Bearer {credential}"},
                         json={"inventory_digest": digest})
     assert answer.status_code == 200, answer.text
@@ -158,7 +161,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         # a tracker older than the check-in: the route does not exist
-        location ~ "^/api/v1/devices/[^/]+/checkin$" {{ return 404; }}
+        location ~ "^/(api/v1/devices|device/v1)/[^/]+/checkin$" {{ return 404; }}
         location / {{
             proxy_pass {upstream};
             proxy_http_version 1.1;

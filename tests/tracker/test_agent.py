@@ -430,12 +430,31 @@ def test_a_poll_is_one_check_in_request(world: World) -> None:
     assert shown["components"][0]["sequence"] == 41 and shown["state"] == "succeeded"
 
 
+def test_the_agent_calls_the_device_api_under_its_own_prefix(world: World) -> None:
+    """Issue #17: every call the agent makes in an update goes to /device/v1/{id}/...; none
+    to the operator API."""
+    folder, dev = world.device()
+    paths: list[str] = []
+    with httpx.Client(base_url=world.url, timeout=30, headers=auth(dev["token"]),
+                      event_hooks={"request": [lambda r: paths.append(r.url.path)]}) as client:
+        assert run_once(folder, world.url, dev["token"], fetcher=HttpFetcher(),
+                        client=client).outcome == "up-to-date"
+        release = world.release(43)
+        assert world.deploy(release, [dev["id"]]).status_code == 201
+        done = run_once(folder, world.url, dev["token"], fetcher=HttpFetcher(), client=client)
+        assert done.outcome == "succeeded", done.steps
+    tracker = [p for p in paths if not p.startswith(("/envelopes/", "/firmware/"))]
+    assert tracker and all(p.startswith(f"/device/v1/{dev['id']}/") for p in tracker), tracker
+    assert {p.rsplit("/", 1)[1] for p in tracker} >= {"checkin", "events", "reports"}
+
+
 def test_an_agent_falls_back_to_the_old_pair_on_a_tracker_without_check_in(
         tmp_path: Path) -> None:
     author = Author.create(tmp_path / "author")
     router = create_router(TrackerConfig(f"sqlite:///{tmp_path / 'tracker.db'}", ADMIN))
-    router.routes[:] = [r for r in router.routes
-                        if not getattr(r, "path", "").endswith("/checkin")]  # an old tracker
+    router.routes[:] = [r for r in router.routes  # an old tracker: no device API either
+                        if not getattr(r, "path", "").endswith("/checkin")
+                        and not getattr(r, "path", "").startswith("/device/v1/")]
     config = ServerConfig(data_dir=tmp_path / "data", upload_token=UPLOAD, routers=(router,),
                           anchors=TrustAnchors.of(author.key.public_key()))
     with running_server(config) as url, httpx.Client(base_url=url, timeout=30) as client:
@@ -449,7 +468,9 @@ def test_an_agent_falls_back_to_the_old_pair_on_a_tracker_without_check_in(
         with recording_client(url, dev["token"], seen) as agent:
             result = run_once(folder, url, dev["token"], fetcher=HttpFetcher(), client=agent)
         assert result.outcome == "succeeded", result.steps
-        assert seen[:4] == ["POST checkin", "PUT inventory", "GET update", f"GET {dev['id']}"]
-        assert seen.count("POST checkin") == 1  # not asked again in the same run
+        # the device API's prefix once, then the old routes (issue #17)
+        assert seen[:5] == ["POST checkin", "POST checkin", "PUT inventory", "GET update",
+                            f"GET {dev['id']}"]
+        assert seen.count("POST checkin") == 2  # not asked again in the same run
         shown = client.get(f"/api/v1/devices/{dev['id']}", headers=auth(ADMIN)).json()
         assert shown["components"][0]["sequence"] == 2 and shown["state"] == "succeeded"

@@ -166,6 +166,10 @@ EXPECTED: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/whoami"): Rule(roles("admin", "author", "operator", "device",
                                           "other_device")),
     ("GET", "/api/v1/audit"): Rule(roles("admin", "operator")),
+    # the class registry (issue #17; tests/tracker/test_names.py has its behaviour)
+    ("GET", "/api/v1/classes"): Rule(roles("admin", "operator", "author")),
+    ("PUT", "/api/v1/classes/{class_id}"): Rule(roles("admin", "operator"), lambda w: {
+        "json": {"class_name": "walked", "vendor_id": str(VENDOR)}}),
     # campaigns (tests/tracker/test_campaign_api.py has their behaviour; here: who may call.
     # An unknown campaign id: 404 once the caller is through the role check)
     ("POST", "/api/v1/campaigns"): Rule(roles("admin", "operator"), lambda w: {"json": {
@@ -174,6 +178,8 @@ EXPECTED: dict[tuple[str, str], Rule] = {
         "target": {"devices": [w.device_a]}}}),
     ("GET", "/api/v1/campaigns"): Rule(roles("admin", "operator", "author")),
     ("GET", CAMPAIGN): Rule(roles("admin", "operator", "author"), ok=frozenset({404})),
+    ("GET", f"{CAMPAIGN}/members"): Rule(roles("admin", "operator", "author"),
+                                         ok=frozenset({404})),
     **{("POST", f"{CAMPAIGN}/{action}"): Rule(roles("admin", "operator"), ok=frozenset({404}))
        for action in ("approve", "start", "pause", "resume", "cancel", "trigger")},
     ("PUT", f"{DEVICE}/tags"): Rule(roles("admin", "operator"),
@@ -196,6 +202,15 @@ EXPECTED: dict[tuple[str, str], Rule] = {
     ("GET", f"{DDI}/softwaremodules/{{action}}/artifacts/{{filename}}"): Rule(
         roles("device"), ddi_action, frozenset({200, 404})),
 }
+
+# the device API (issue #17): the routes a device calls, under their own prefix, for the same
+# callers as their deprecated twins under /api/v1/devices (which keep answering)
+DEVICE_API = "/device/v1/{device_id}"
+EXPECTED.update({(method, DEVICE_API + suffix): EXPECTED[(method, DEVICE + suffix)]
+                 for method, suffix in (("POST", "/checkin"), ("GET", "/update"),
+                                        ("PUT", "/inventory"), ("POST", "/events"),
+                                        ("POST", "/reports"), ("POST", "/health"),
+                                        ("GET", "/notifications"))})
 
 # Deliberately public: content-addressed immutable downloads (the device verifies everything
 # it fetches; CDN-cacheable) and the API's own documentation.
@@ -258,7 +273,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Ser
             w.values.update(device_id=device_a, release_id=release["id"],
                             campaign_id="00000000-0000-4000-8000-000000000000",
                             digest=hashlib.sha256(envelope).hexdigest(), tenant="DEFAULT",
-                            controller_id=device_a, action="1", filename="x.MD5SUM")
+                            controller_id=device_a, action="1", filename="x.MD5SUM",
+                            class_id="9b1f3c5e-2a4d-4e6f-8a0b-1c2d3e4f5a6b")
             # device A starts with an assignment, so its own events and redeploys succeed
             assert client.post("/api/v1/deployments", headers=bearer(BOOTSTRAP),
                                **deployment_body(w)).status_code == 201

@@ -246,3 +246,41 @@ def test_real_agents_install_a_campaign_wave_by_wave(world: World) -> None:
     times = doc["members"][0]["times"]
     assert list(times) == ["notified", "downloading", "downloaded", "installing", "rebooting",
                            "succeeded"]
+
+
+def test_retry_preview_progress_and_the_fleet_over_http(world: World) -> None:
+    devices = [world.register(["retry-api"]) for _ in range(3)]
+    preview = world.post("/preview", "alice", {"target": {"tags": ["retry-api"]},
+                                              "waves": [34, 100]})
+    assert preview.status_code == 200, preview.text
+    assert preview.json() == {"devices": 3, "waves": [2, 1]}
+    bad = world.post("/preview", "alice", {"target": {}})
+    assert bad.status_code == 400 and "target: give at least one" in bad.json()["error"]
+    assert world.post("/preview", "ann", {"target": {"tags": ["x"]}}).status_code == 403
+    cid = world.started(body("retry-api", failure_threshold=0.2))["id"]
+    early = world.post(f"/{cid}/retry", "bob")
+    assert early.status_code == 409 and "no failed devices" in early.json()["error"]
+    first = devices[0]
+    for state in ("downloading", "failed"):
+        world.client.post(f"/api/v1/devices/{first['id']}/events", headers=auth(first["token"]),
+                          json={"state": state}).raise_for_status()
+    world.until(cid, lambda d: d["status"] == "paused")
+    retried = world.post(f"/{cid}/retry", "bob")
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["counts"].get("pending") == 1
+    assert world.post(f"/{cid}/resume", "bob").status_code == 200
+    again = world.client.get(f"/api/v1/devices/{first['id']}/update",
+                             headers=auth(first["token"]))
+    assert again.status_code == 200 and again.json()["campaign"] == cid
+    entries = world.client.get("/api/v1/audit", headers=auth(ADMIN)).json()["entries"]
+    assert ("bob", "campaign.retry") in [(e["actor"], e["action"]) for e in entries
+                                         if e["target"] == f"campaign {cid}"]
+    progress = world.client.get(f"/api/v1/campaigns/{cid}/progress?points=10",
+                                headers=auth(world.tokens["ann"]))
+    assert progress.status_code == 200 and len(progress.json()["series"]) == 11
+    assert progress.json()["devices"] == 3
+    assert world.client.get(f"/api/v1/campaigns/{cid}/progress?points=0",
+                            headers=auth(ADMIN)).status_code == 400
+    fleet = world.client.get("/api/v1/fleet", headers=auth(world.tokens["alice"]))
+    assert fleet.status_code == 200 and fleet.json()["tags"]["retry-api"] == 3
+    assert world.client.get("/api/v1/fleet", headers=auth(world.tokens["ann"])).status_code == 403

@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 
-from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec
+from pg import BACKENDS, backend_url
+from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec, wave_sizes
 from suitkit.tracker.service import (
     CampaignRefused,
+    ComponentEntry,
     DeploymentRefused,
     Inventory,
     NotAssigned,
@@ -552,3 +554,191 @@ def test_concurrent_ticks_assign_each_member_once(world: World) -> None:
     for device_id in members(world.engine.get(doc["id"], limit=1000)):
         states = [h["state"] for h in world.db.history(device_id)]
         assert states == ["notified"]
+
+
+# ------------------------------------------------------------ retry, preview, progress
+
+
+def test_retry_gives_the_failed_devices_another_assignment(world: World) -> None:
+    ids = world.devices(4)
+    doc = world.engine.start(world.campaign(failure_threshold=0.2)["id"], "carol")
+    cid = doc["id"]
+    for device_id in ids[:3]:
+        world.succeed(device_id)
+    world.fail(ids[3])
+    world.engine.tick()
+    assert world.engine.get(cid)["status"] == "paused"  # 1 of 4 > 20 %
+    world.clock.now += timedelta(minutes=1)
+    doc = world.engine.retry(cid, "dave")
+    assert doc["status"] == "paused" and doc["counts"] == {"succeeded": 3, "pending": 1}
+    (member,) = [m for m in doc["members"] if m["device_id"] == ids[3]]
+    assert member["detail"] == "retry by dave (was failed)" and "retried" in member["times"]
+    assert doc["log"][-1]["action"] == "retry" and doc["log"][-1]["actor"] == "dave"
+    assert world.db.pending_update(ids[3]) is None  # paused: nothing until resumed
+    doc = world.engine.resume(cid, "dave")
+    assert notified(world, cid) == [ids[3]]
+    assert world.db.pending_update(ids[3]) is not None
+    world.succeed(ids[3])
+    world.engine.tick()
+    doc = world.engine.get(cid)
+    assert doc["status"] == "completed" and doc["counts"] == {"succeeded": 4}
+
+
+def test_a_retried_device_that_fails_again_is_a_new_failure(world: World) -> None:
+    ids = world.devices(4)
+    cid = world.engine.start(world.campaign(failure_threshold=0.3)["id"], "carol")["id"]
+    world.succeed(ids[0])
+    world.fail(ids[1])
+    world.engine.tick()  # 1 of 2 finished failed: paused
+    world.engine.resume(cid, "dave")  # that failure acknowledged
+    world.engine.retry(cid, "dave")  # and given another go: no longer acknowledged
+    assert world.engine.get(cid)["status"] == "running"
+    assert ids[1] in notified(world, cid)
+    world.fail(ids[1])
+    world.engine.tick()
+    doc = world.engine.get(cid)
+    assert doc["status"] == "paused"
+    assert doc["pause_reason"].startswith("failure threshold crossed: 1 of 2 finished")
+
+
+def test_retry_is_refused_without_failures_or_in_the_wrong_status(world: World) -> None:
+    ids = world.devices(2)
+    draft = world.campaign(approve=None)
+    with pytest.raises(CampaignRefused, match="campaign is draft; only running or paused "
+                                              "campaigns can be retried"):
+        world.engine.retry(draft["id"], "dave")
+    cid = world.engine.start(world.campaign(failure_threshold=1.0)["id"], "carol")["id"]
+    with pytest.raises(CampaignRefused, match="no failed devices to retry"):
+        world.engine.retry(cid, "dave")
+    world.succeed(ids[0])
+    world.fail(ids[1])
+    world.engine.tick()  # the wave finished below the success threshold: paused
+    assert world.engine.get(cid)["status"] == "paused"
+    world.engine.cancel(cid, "dave")
+    with pytest.raises(CampaignRefused, match="campaign is cancelled"):
+        world.engine.retry(cid, "dave")
+
+
+def test_a_device_reset_by_an_operator_can_be_retried(world: World) -> None:
+    (device_id,) = world.devices(1)
+    cid = world.engine.start(world.campaign()["id"], "carol")["id"]
+    world.db.add_event(device_id, "downloading", "")
+    world.db.add_event(device_id, "failed", "reset by dave: stuck")  # the reset route's event
+    world.engine.tick()
+    world.engine.retry(cid, "dave")
+    world.engine.resume(cid, "dave")
+    assert notified(world, cid) == [device_id]
+    world.succeed(device_id)
+    world.engine.tick()
+    assert world.engine.get(cid)["status"] == "completed"
+
+
+def test_the_preview_splits_waves_as_the_start_does(world: World) -> None:
+    world.devices(10)
+    world.devices(3, cls=OTHER)
+    for count in (1, 2, 3, 7, 10, 13):
+        for waves in ((100,), (10, 50, 100), (1, 2, 100), (33.3, 66.6, 100)):
+            assert sum(wave_sizes(count, waves)) == count
+    spec = CampaignSpec(name="p", release="", envelope_url="", vendor_id=VENDOR,
+                        class_id=CLASS, waves=(10, 50, 100))
+    assert world.engine.preview(spec) == {"devices": 10, "waves": [1, 4, 5]}
+    other = CampaignSpec(name="p", release="", envelope_url="", class_id=OTHER,
+                         waves=(1, 2, 100))
+    assert world.engine.preview(other) == {"devices": 3, "waves": [1, 0, 2]}
+    doc = world.engine.start(world.campaign(class_id=OTHER, waves=(1, 2, 100))["id"], "carol")
+    assert [w["devices"] for w in doc["waves_detail"]] == [1, 0, 2]
+    with pytest.raises(CampaignRefused, match="waves: expected increasing"):
+        world.engine.preview(CampaignSpec(name="p", release="", envelope_url="",
+                                          vendor_id=VENDOR, waves=(50, 10)))
+
+
+def test_progress_is_a_series_of_successes_and_failures_over_time(world: World) -> None:
+    ids = world.devices(3)
+    cid = world.campaign(failure_threshold=1.0)["id"]
+    assert world.engine.progress(cid)["series"] == []
+    start = world.clock.now
+    world.engine.start(cid, "carol")
+    world.clock.now = start + timedelta(seconds=10)
+    world.succeed(ids[0])
+    world.clock.now = start + timedelta(seconds=20)
+    world.fail(ids[1])
+    world.clock.now = start + timedelta(seconds=40)
+    doc = world.engine.progress(cid, points=4)
+    assert doc["devices"] == 3 and doc["started"] == start.isoformat()
+    assert [(p["done"], p["failed"]) for p in doc["series"]] == [
+        (0, 0), (1, 0), (1, 1), (1, 1), (1, 1)]
+    assert doc["series"][-1]["time"] == (start + timedelta(seconds=40)).isoformat()
+    with pytest.raises(CampaignRefused, match="no campaign"):
+        world.engine.progress("nope")
+
+
+def test_the_fleet_summary_counts_states_classes_tags_and_versions(world: World) -> None:
+    ids = world.devices(3)
+    world.devices(1, cls=OTHER)
+    world.engine.set_tags(ids[0], ["lab", "eu"])
+    world.engine.set_tags(ids[1], ["eu"])
+    world.db.set_inventory(ids[2], Inventory(VENDOR, CLASS, (
+        ComponentEntry(("00",), 4, None, (1, 2, 0)),), {}))
+    summary = world.db.fleet_summary()
+    assert summary["devices"] == 4 and summary["states"] == {"no state yet": 4}
+    assert summary["classes"] == [{"vendor_id": VENDOR, "class_id": CLASS, "devices": 3},
+                                  {"vendor_id": VENDOR, "class_id": OTHER, "devices": 1}]
+    assert summary["tags"] == {"eu": 2, "lab": 1}
+    assert summary["versions"] == [{"component": ["00"], "sequence": 4, "version": [1, 2, 0],
+                                    "devices": 1}]
+
+
+def test_the_fleet_summary_is_bounded(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = world.devices(3)
+    world.devices(1, cls=OTHER)
+    world.engine.set_tags(ids[0], ["a", "b"])
+    world.engine.set_tags(ids[1], ["b"])
+    for i, device_id in enumerate(ids):  # devices name their own components
+        world.db.set_inventory(device_id, Inventory(VENDOR, CLASS, (
+            ComponentEntry(("00",), 1, None), ComponentEntry((f"{i:02x}", "ff"), 9, None)), {}))
+    monkeypatch.setattr("suitkit.tracker.service._SUMMARY_ROWS", 1)
+    monkeypatch.setattr("suitkit.tracker.service._SUMMARY_TAGS", 1)
+    summary = world.db.fleet_summary()
+    assert summary["classes"] == [{"vendor_id": VENDOR, "class_id": CLASS, "devices": 3}]
+    assert summary["tags"] == {"b": 2}
+    assert summary["versions"] == [{"component": ["00"], "sequence": 1, "version": None,
+                                    "devices": 3}]
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return backend_url(request, tmp_path)
+
+
+def test_the_summary_and_progress_queries_on_both_databases(database: str) -> None:
+    """The grouped queries behind ``fleet_summary`` (JSON columns grouped by their text) and
+    ``progress`` on SQLite and PostgreSQL."""
+    clock = Clock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+    db = open_db(database, clock=clock)
+    try:
+        engine = CampaignEngine(db)
+        ids = []
+        for i in range(3):
+            device_id, _ = db.register(f"d{i}")
+            db.set_inventory(device_id, Inventory(VENDOR, CLASS, (
+                ComponentEntry(("00",), 2, None, (2, 0)),), {}))
+            ids.append(device_id)
+        engine.set_tags(ids[0], ["eu"])
+        summary = db.fleet_summary()
+        assert summary["versions"] == [{"component": ["00"], "sequence": 2, "version": [2, 0],
+                                        "devices": 3}]
+        assert summary["tags"] == {"eu": 1} and summary["classes"][0]["devices"] == 3
+        cid = engine.create(CampaignSpec(name="c", release=RELEASE, envelope_url=URL,
+                                         class_id=CLASS, failure_threshold=1.0), "alice")["id"]
+        engine.approve(cid, "bob")
+        engine.start(cid, "bob")
+        clock.now += timedelta(seconds=10)
+        for state in [*INSTALL, "succeeded"]:
+            db.add_event(ids[0], state, "")
+        clock.now += timedelta(seconds=10)
+        series = engine.progress(cid, points=2)["series"]
+        assert [(p["done"], p["failed"]) for p in series] == [(0, 0), (1, 0), (1, 0)]
+        assert engine.preview(CampaignSpec(name="p", release="", envelope_url="",
+                                           tags=("eu",))) == {"devices": 1, "waves": [1]}
+    finally:
+        db.engine.dispose()

@@ -20,7 +20,7 @@ from device.device_kit import image_bytes
 from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec
 from suitkit.tracker.edges.ddi import UNREPORTED, _cancelled_id, _types, action_id
 from suitkit.tracker.service import AssignmentView, UpdateView, open_db
-from tracker.ddi_kit import DdiWorld, ddi_world, feedback
+from tracker.ddi_kit import DdiWorld, admin, ddi_world, feedback
 
 
 @pytest.fixture(scope="module")
@@ -316,3 +316,21 @@ def test_every_artifact_s_md5sum_link_answers_even_for_a_long_image_name(
                                headers=device.headers)
         assert md5.status_code == 200, md5.text
         assert md5.text == f"{artifact['hashes']['md5']}  {artifact['filename']}\n"
+
+
+def test_a_release_with_a_version_is_the_chunk_s_version(world: DdiWorld) -> None:
+    """hawkBit's software module version is the release's version (issue #17) when it has
+    one (the sequence number otherwise, above)."""
+    world.releases += 1
+    image = image_bytes("ddi-version", 800)
+    envelope = world.author.envelope(world.releases,
+                                     [world.author.component("versioned.bin", image)])
+    uploaded = world.client.post("/api/v1/releases", headers=admin(), data={"version": "4.2.0"},
+                                 files=[("envelope", ("e.suit", envelope,
+                                                      "application/suit-envelope+cose"))])
+    assert uploaded.status_code == 201, uploaded.text
+    device = world.register()
+    world.deploy(uploaded.json(), device)
+    links = world.poll(device)["_links"]
+    doc = world.client.get(links["deploymentBase"]["href"], headers=device.headers).json()
+    assert doc["deployment"]["chunks"][0]["version"] == "4.2.0"

@@ -324,3 +324,48 @@ def test_device_run_usage_errors_and_one_hybrid_run(tracker: Tracker, client: ht
                                    "--max-runs", "1"])
     assert ran.exit_code == 0, ran.output
     assert "up-to-date: no update assigned" in ran.output
+
+
+def test_the_devices_http_sources_use_the_device_api_and_fall_back_on_an_old_tracker(
+        tracker: Tracker, client: httpx.Client, tmp_path: Path) -> None:
+    """Issue #17: the sources ask ``/device/v1/{id}/notifications``; a tracker that predates
+    that prefix (404) is asked at ``/api/v1/devices/{id}/notifications`` from then on."""
+    from suitkit.cli.notices import tracker_routes
+    from suitkit.server.app import ServerConfig
+    from suitkit.server.background import running_server
+    from suitkit.tracker.config import TrackerConfig
+
+    dev = register(client)
+    current = LongPollSource(tracker.url, dev["token"], dev["id"])
+    assert current.url == f"{tracker.url}/device/v1/{dev['id']}/notifications"
+    wiring = tracker_routes(TrackerConfig(f"sqlite:///{tmp_path / 'old.db'}", ADMIN),
+                            heartbeat=0.2)
+    try:
+        for router in wiring.routers:  # an old tracker: no device API
+            router.routes[:] = [r for r in router.routes
+                                if not getattr(r, "path", "").startswith("/device/v1/")]
+        config = ServerConfig(data_dir=tmp_path / "data", routers=wiring.routers,
+                              anchors=TrustAnchors.of(Author.create(tmp_path / "a").key
+                                                      .public_key()))
+        with running_server(config) as url, httpx.Client(base_url=url, timeout=15) as old:
+            for kind in (SseSource, LongPollSource):
+                dev = register(old)
+                assert old.get(f"/device/v1/{dev['id']}/notifications",
+                               headers=auth(dev["token"])).status_code == 404
+                source = kind(url, dev["token"], dev["id"], backoff=0.1, max_backoff=0.5)
+                source.start()
+                try:
+                    wait_until(lambda s=source: s.connections > 0, 20,
+                               f"{source.name} connection to the old tracker")
+                    assert "/api/v1/devices/" in source.url
+                    deploy(old, dev["id"])
+                    for _ in range(3):
+                        notice = source.get(10)
+                        assert notice is not None, source.name
+                        if notice["release"] is not None:
+                            break
+                    assert notice["release"] == RELEASE
+                finally:
+                    source.close()
+    finally:
+        wiring.close()

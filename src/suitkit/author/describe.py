@@ -88,7 +88,7 @@ _COMPONENT_KEYS = {
     "id", "image", "image-digest", "image-size", "uri", "integrated", "vendor-id",
     "vendor-domain", "class-id", "class-name", "invoke", "text", "encrypt",
     "version", "minimum-battery", "update-priority", "wait", "metadata", "compress",
-    "delta-from",
+    "delta-from", "in-place",
 }
 _SEVERABLE_NAMES = {
     "text": ManifestKey.TEXT,
@@ -376,6 +376,8 @@ def _packing(raw: Mapping[str, Any], image: bytes | None, base: Path, path: str,
     precursor)."""
     name = raw.get("compress", default)
     delta_from = raw.get("delta-from")
+    if raw.get("in-place") is not None and delta_from is None:
+        raise DecodeError(f"{path}.in-place", "in-place needs delta-from (the precursor)")
     if name in (None, False) and delta_from is None:
         return Parameters(), None, "", None
     if image is None:
@@ -390,6 +392,8 @@ def _packing(raw: Mapping[str, Any], image: bytes | None, base: Path, path: str,
             raise DecodeError(f"{path}.delta-from", f"cannot read the precursor image "
                               f"{old_path}: {e.strerror or e}") from None
         precursor = (Digest(CoseAlg.SHA256, hashlib.sha256(old).digest()), len(old))
+        if raw.get("in-place") is not None:
+            return _inplace(raw, old, image, precursor, path=path, name=name)
         extra[packing.DELTA_INFO] = packing.DeltaInfo(
             packing.DeltaFormat.SKD1, precursor[0], precursor[1]).encode()
         payload, suffix = packing.make_delta(old, image), ".skd1"
@@ -405,6 +409,43 @@ def _packing(raw: Mapping[str, Any], image: bytes | None, base: Path, path: str,
         suffix += {packing.Codec.ZLIB: ".zz", packing.Codec.ZSTD: ".zst",
                    packing.Codec.XZ: ".xz", packing.Codec.BZIP2: ".bz2"}[codec]
     return Parameters.from_items(extra), payload, suffix, precursor
+
+
+_SUFFIXES = {packing.Codec.ZLIB: ".zz", packing.Codec.ZSTD: ".zst", packing.Codec.XZ: ".xz",
+             packing.Codec.BZIP2: ".bz2"}
+
+
+def _inplace(raw: Mapping[str, Any], old: bytes, image: bytes, precursor: tuple[Digest, int],
+             *, path: str, name: object) -> tuple[Parameters, bytes, str, tuple[Digest, int]]:
+    """``in-place: SECTOR`` with ``delta-from:``: an in-place patch (docs/delta.md §9), its
+    codec (``compress:``, default zstd; ``none``) and digest in delta-info's member 4, no
+    compression-info (the device stages the patch as it travels)."""
+    unit = raw.get("in-place")
+    if isinstance(unit, bool) or not isinstance(unit, int):
+        raise DecodeError(f"{path}.in-place", f"expected the device's sector size in bytes, "
+                          f"got {unit!r}")
+    if unit <= 0 or unit & (unit - 1) or not 512 <= unit <= 65536:
+        raise DecodeError(f"{path}.in-place", f"the sector size must be a power of two from "
+                          f"512 to 65536, got {unit}")
+    patch, order, _literal = packing.make_inplace_delta(old, image, unit)
+    suffix = ".skd1"
+    codec = 0
+    if name in (None, "zstd"):
+        codec, patch = packing.Codec.ZSTD, packing.compress(patch, packing.Codec.ZSTD)
+    elif name == "best":
+        codec, patch = packing.compress_best(patch)
+    elif name not in (False, "none"):
+        if not isinstance(name, str):
+            raise DecodeError(f"{path}.compress", "expected zlib, zstd, xz, bzip2, best or none")
+        codec = packing.codec_named(name, path=f"{path}.compress")
+        patch = packing.compress(patch, codec)
+    if codec:
+        suffix += _SUFFIXES[packing.Codec(codec)]
+    inplace = packing.InplaceInfo(unit, int(order), int(codec),
+                                  Digest(CoseAlg.SHA256, hashlib.sha256(patch).digest()),
+                                  len(patch))
+    info = packing.DeltaInfo(packing.DeltaFormat.SKD1, precursor[0], precursor[1], inplace)
+    return Parameters.from_items({packing.DELTA_INFO: info.encode()}), patch, suffix, precursor
 
 
 def _shared(components: list[_Component], many: bool, use_before: int | None,

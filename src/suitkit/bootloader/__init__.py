@@ -15,6 +15,7 @@ A decision table plus a flash model that fails on purpose (design rule 8)::
     boot.py             FlashBootloader: boot(), confirm(), and the slot store
     profiles.py         RFC 9019 §5 device shapes: mcu, secure-split, dual-cpu
     stage0.py           the bootloader updating itself: an immutable stage 0, two stage-1 copies
+    records.py          a record in two flash copies, replaced atomically (the trust anchors)
     fsslots.py          FsBootloader: A/B directories with an atomic switch (Linux-class)
     api.py              the API both bootloaders share (SlotStore, Bootloader, BootResult)
     powercut.py         the exhaustive power-cut harness

@@ -475,6 +475,7 @@ class FlashSlotWriter:
         limits: Limits,
         on_finish: Callable[[], None] | None = None,
         resume_at: int = 0,
+        defer_header: bool = False,
     ) -> None:
         if len(manifest) > limits.max_manifest_bytes:
             raise StorageError(
@@ -502,6 +503,8 @@ class FlashSlotWriter:
         self._finished = False
         self._resume_at = min(max(resume_at, 0), image_size)
         self._start = 0
+        self._defer_header = defer_header
+        """``finish`` leaves the header (the slot's commit) to :meth:`program_header`."""
 
     @property
     def offset(self) -> int:
@@ -579,10 +582,30 @@ class FlashSlotWriter:
             )
         if self._buffer:
             self._flush(len(self._buffer))
-        self._program(0, self._header.encode())
+        if not self._defer_header:
+            self._program(0, self._header.encode())
         self._finished = True
         if self._on_finish is not None:
             self._on_finish()
+
+    @property
+    def manifest(self) -> bytes:
+        return self._manifest
+
+    @property
+    def finished(self) -> bool:
+        """Every image byte is programmed (the header too, unless deferred)."""
+        return self._finished
+
+    def program_header(self) -> None:
+        """Program the header of a slot finished with ``defer_header``: its commit.
+
+        Raises:
+            StorageError: the image is not finished.
+        """
+        if not self._finished:
+            raise StorageError("the header is programmed after the whole image")
+        self._program(0, self._header.encode())
 
     def close(self) -> None:
         """Let go of the slot without finishing it (what is programmed stays, for a resume)."""

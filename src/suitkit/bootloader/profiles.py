@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from suitkit.bootloader.boot import FlashBootloader
 from suitkit.bootloader.flash import Flash, PowerSupply
 from suitkit.bootloader.layout import Allocator, BootLayout, ImageSlots, Region
+from suitkit.bootloader.records import RecordArea
 from suitkit.bootloader.stage0 import Stage0, Stage1Layout, stage1_layout_fits
 from suitkit.bootloader.verifier import ImageVerifier
 
@@ -38,6 +39,9 @@ COUNTER_BYTES = 256
 """One counter region per image (2048 values)."""
 STAGE1_SECTORS = 2
 """Size of each stage-1 copy (``make_mcu(stage1=...)``) in sectors."""
+ANCHOR_SECTORS = 5
+"""Size of each copy of the trust-anchor area (``anchors=True``) in sectors: a 16 KiB
+document and the recorded manifests (docs/keys.md "Storage")."""
 
 
 @dataclass
@@ -52,6 +56,9 @@ class Device:
     stage0: Stage0 | None = None
     """The immutable first stage choosing between two stage-1 copies (``make_mcu(stage1=)``),
     or ``None``: the bootloader is not updatable (as MCUboot)."""
+    anchors: RecordArea | None = None
+    """The trust-anchor area (``anchors=True``): two copies at the end of the first flash,
+    after everything else, so a flash saved without it is a prefix of one with it."""
 
     def restore_power(self) -> None:
         self.supply.restore()
@@ -70,6 +77,16 @@ class Device:
         return self.supply.ops
 
 
+def _anchor_area(flashes: Mapping[str, Flash], flash: str) -> RecordArea:
+    """The last ``2 * ANCHOR_SECTORS`` sectors of ``flash``: the trust-anchor area."""
+    dev = flashes[flash]
+    sectors = dev.sectors[-2 * ANCHOR_SECTORS:]
+    first, second = sectors[:ANCHOR_SECTORS], sectors[ANCHOR_SECTORS:]
+    return RecordArea(flashes, (Region(flash, first[0].offset, sum(x.size for x in first)),
+                                Region(flash, second[0].offset, sum(x.size for x in second))),
+                      name="trust anchors")
+
+
 def _counters(alloc: Allocator, flash: str, n: int) -> list[Region]:
     alloc.align(flash)
     return [alloc.bytes(flash, COUNTER_BYTES) for _ in range(n)]
@@ -82,15 +99,17 @@ def make_mcu(
     seed: int = 0,
     chunk: int = 1024,
     stage1: ImageVerifier | None = None,
+    anchors: bool = False,
 ) -> Device:
     """RFC 9019 §5.1: one image, swap through a scratch sector, on one internal flash.
 
     ``stage1``: stage 0's verifier of stage-1 images: the bootloader is then updatable, two
     stage-1 copies and their flags (``bootloader.stage0``) sit after the scratch sector and a
-    stage-1 counter after the application's.
+    stage-1 counter after the application's. ``anchors``: a trust-anchor area at the end.
     """
     supply = PowerSupply()
-    extra = 0 if stage1 is None else 2 * (STAGE1_SECTORS + 1)
+    extra = (0 if stage1 is None else 2 * (STAGE1_SECTORS + 1)) + (
+        2 * ANCHOR_SECTORS if anchors else 0)
     flash = Flash(
         "internal",
         [SECTOR] * (2 * image_sectors + 5 + extra),
@@ -124,6 +143,8 @@ def make_mcu(
         stage1_layout = Stage1Layout(copies, flags, stage1_counter)
         stage1_layout_fits(stage1_layout, layout.regions())
         device.stage0 = Stage0(stage1_layout, flashes, stage1, chunk=chunk)
+    if anchors:
+        device.anchors = _anchor_area(flashes, "internal")
     return device
 
 
@@ -133,12 +154,14 @@ def make_secure_split(
     image_sectors: int = 2,
     seed: int = 0,
     chunk: int = 1024,
+    anchors: bool = False,
 ) -> Device:
-    """RFC 9019 §5.2: a secure and a normal image on one flash, one atomic boot set."""
+    """RFC 9019 §5.2: a secure and a normal image on one flash, one atomic boot set
+    (``anchors``: a trust-anchor area at the end)."""
     supply = PowerSupply()
     flash = Flash(
         "internal",
-        [SECTOR] * (4 * image_sectors + 5),
+        [SECTOR] * (4 * image_sectors + 5 + (2 * ANCHOR_SECTORS if anchors else 0)),
         write_align=8,
         page_size=1024,
         supply=supply,
@@ -169,6 +192,7 @@ def make_secure_split(
         flashes,
         layout,
         FlashBootloader(layout, flashes, verifier, chunk=chunk),
+        anchors=_anchor_area(flashes, "internal") if anchors else None,
     )
 
 
@@ -178,12 +202,15 @@ def make_dual_cpu(
     image_sectors: int = 2,
     seed: int = 0,
     chunk: int = 1024,
+    anchors: bool = False,
 ) -> Device:
-    """RFC 9019 §5.5: main CPU and co-processor flashes on one supply, one atomic boot set."""
+    """RFC 9019 §5.5: main CPU and co-processor flashes on one supply, one atomic boot set
+    (``anchors``: a trust-anchor area at the end of the main CPU's flash)."""
     supply = PowerSupply()
     main = Flash(
         "main",
-        [4 * SECTOR] + [SECTOR] * (4 * image_sectors + 5),
+        [4 * SECTOR] + [SECTOR] * (4 * image_sectors + 5 + (2 * ANCHOR_SECTORS if anchors
+                                                             else 0)),
         write_align=8,
         page_size=1024,
         supply=supply,
@@ -218,7 +245,12 @@ def make_dual_cpu(
         scratch=scratch,
     )
     return Device(
-        "dual-cpu", supply, flashes, layout, FlashBootloader(layout, flashes, verifier, chunk=chunk)
+        "dual-cpu",
+        supply,
+        flashes,
+        layout,
+        FlashBootloader(layout, flashes, verifier, chunk=chunk),
+        anchors=_anchor_area(flashes, "main") if anchors else None,
     )
 
 
@@ -236,9 +268,10 @@ def make_device(
     seed: int = 0,
     chunk: int = 1024,
     stage1: ImageVerifier | None = None,
+    anchors: bool = False,
 ) -> Device:
     """Build a device of one of :data:`SHAPES` with its default sizes (``stage1``: an
-    updatable bootloader, ``make_mcu``; mcu only).
+    updatable bootloader, ``make_mcu``; mcu only; ``anchors``: a trust-anchor area).
 
     Raises:
         KeyError: unknown shape.
@@ -247,8 +280,9 @@ def make_device(
     if shape not in SHAPES:
         raise KeyError(f"unknown device shape {shape!r}; known: {sorted(SHAPES)}")
     if stage1 is None:
-        return SHAPES[shape](verifier, seed=seed, chunk=chunk)
+        extra = {"anchors": True} if anchors else {}  # shapes without an area take no option
+        return SHAPES[shape](verifier, seed=seed, chunk=chunk, **extra)
     if shape != "mcu":
         raise ValueError(f"an updatable bootloader (stage1) is built for the mcu shape only, "
                          f"not {shape!r}")
-    return make_mcu(verifier, seed=seed, chunk=chunk, stage1=stage1)
+    return make_mcu(verifier, seed=seed, chunk=chunk, stage1=stage1, anchors=anchors)

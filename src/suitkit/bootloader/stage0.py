@@ -236,6 +236,7 @@ class Stage0:
             NoBootableImage: neither copy verifies (or both are failed trials).
             PowerCut: the power failed (the next boot decides again).
         """
+        self.running = None  # a boot starts over: what ran before is gone
         copies = self.observe()
         index, step, notes = choose(copies, self.counter.read())
         if index is None:
@@ -271,9 +272,11 @@ class Stage0:
 
     # -- stage 1 updating itself -----------------------------------------------------------
 
-    def stage(self, *, manifest: bytes, image_size: int) -> FlashSlotWriter:
+    def stage(self, *, manifest: bytes, image_size: int,
+              defer_header: bool = False) -> FlashSlotWriter:
         """Start writing a new stage 1 into the copy that does not run; ``finish()`` programs
-        its header, the commit: the next boot tries it.
+        its header, the commit: the next boot tries it. ``defer_header``: ``finish()`` leaves
+        the header to ``program_header()`` (a consumer checks the copy first).
 
         Raises:
             PolicyError: nothing was booted yet, or the running copy is on trial (confirm it
@@ -289,7 +292,8 @@ class Stage0:
         region = self.layout.copies[other]
         writer = FlashSlotWriter(self.flashes[region.flash], region, manifest=manifest,
                                  image_size=image_size, unit=self._unit(other),
-                                 chunk=self.chunk, limits=self.limits)
+                                 chunk=self.chunk, limits=self.limits,
+                                 defer_header=defer_header)
         writer.begin()  # erases the copy's first sector (its header) first: it stops verifying
         flags = self.layout.flags[other]
         flash = self.flashes[flags.flash]
@@ -303,18 +307,74 @@ class Stage0:
         Raises:
             StorageError: it does not fit. PolicyError: it does not verify.
         """
-        region = self.layout.copies[0]
-        writer = FlashSlotWriter(self.flashes[region.flash], region, manifest=manifest,
-                                 image_size=len(image), unit=self._unit(0), chunk=self.chunk,
-                                 limits=self.limits)
-        writer.begin()
+        writer = self.factory_writer(manifest=manifest, image_size=len(image))
         writer.write(image)
         writer.finish()
+        self.commit_factory(writer)
+
+    def blank(self) -> bool:
+        """Neither copy holds a stage 1 that verifies and nothing was started: the factory
+        state, before the first stage 1 is programmed."""
+        return self.running is None and all(
+            c.check.verdict is Verdict.BAD for c in self.observe())
+
+    def factory_writer(self, *, manifest: bytes, image_size: int) -> FlashSlotWriter:
+        """Start the factory programming of copy 0 (its header is programmed by
+        :meth:`commit_factory`, with the flags of a confirmed copy).
+
+        Raises:
+            PolicyError: a stage 1 is there already. StorageError: it does not fit.
+        """
+        if not self.blank():
+            raise PolicyError("a stage-1 bootloader is programmed already: update it (boot "
+                              "first), factory programming is for a blank device")
+        for flags in self.layout.flags:
+            flash = self.flashes[flags.flash]
+            if not flash.is_erased(flags.offset, flags.size):
+                flash.erase(flags.offset)
+        region = self.layout.copies[0]
+        writer = FlashSlotWriter(self.flashes[region.flash], region, manifest=manifest,
+                                 image_size=image_size, unit=self._unit(0), chunk=self.chunk,
+                                 limits=self.limits, defer_header=True)
+        writer.begin()
+        return writer
+
+    def commit_factory(self, writer: FlashSlotWriter) -> None:
+        """The factory copy's header, its flags (tried, confirmed) and the counter.
+
+        Raises:
+            PolicyError: it does not verify. StorageError: the image is not finished.
+        """
+        writer.program_header()
         for flag in (_TRIED, _IMAGE_OK):
             self._set_flag(0, flag)
         self.running = 0
-        self.confirm()
-        self.running = None
+        try:
+            self.confirm()
+        finally:
+            self.running = None
+
+    def staged_manifest(self) -> bytes | None:
+        """The manifest of the new stage 1 waiting for the next boot (:meth:`pending`), or
+        ``None``."""
+        if not self.pending() or self.running is None:
+            return None
+        other = 1 - self.running
+        region = self.layout.copies[other]
+        return open_slot(self.flashes[region.flash], region, unit=self._unit(other),
+                         limits=self.limits)[0]
+
+    def pending(self) -> bool:
+        """A new stage 1 waits for the next boot: the copy that does not run verifies, was
+        never tried, and is newer than the running one (stage 0 tries it next)."""
+        if self.running is None:
+            return False
+        other = 1 - self.running
+        check = self.check(other)
+        mine = self.check(self.running).info
+        return (check.verdict is Verdict.GOOD and check.info is not None
+                and not self._flag(other, _TRIED)
+                and (mine is None or check.info.sequence_number > mine.sequence_number))
 
     # -- internals -------------------------------------------------------------------------
 

@@ -90,3 +90,37 @@ def as_reader(image: bytes | ImageReader) -> ImageReader:
     if isinstance(image, bytes | bytearray | memoryview):
         return BytesReader(bytes(image))
     return image
+
+
+@dataclass(frozen=True, slots=True)
+class PatchPlan:
+    """What a verified in-place patch rebuilds, and how (``bootloader.inplace``)."""
+
+    info: ImageInfo
+    """The new image's sequence number and the digest its manifest commits to."""
+    image_size: int
+    """The new image's size (the manifest's image-size)."""
+    source_size: int
+    """The precursor's size (the image the patch rewrites)."""
+    unit: int
+    """The sector size the patch is ordered for."""
+    order: int
+    """0: lowest sector first; 1: highest first (``core.packing.Order``)."""
+    codec: int
+    """The codec of the stored patch (0: none; ``core.packing.Codec``)."""
+
+
+@runtime_checkable
+class PatchVerifier(Protocol):
+    """Authenticates a staged in-place patch against its stored manifest (docs/delta.md §9).
+
+    ``verify_patch`` checks the manifest as :meth:`ImageVerifier.verify` does, that
+    ``delta_info`` is a suitkit-delta-info value the manifest signs with an in-place member,
+    and that the patch has exactly the size and digest it gives. With ``precursor``, it also
+    checks the precursor's size and digest (RFC 9124 REQ.SEC.AUTH.PRECURSOR) and applies the
+    patch once without writing (a dry run), checking the output against the image digest.
+    Raises a :class:`~suitkit.errors.SuitError` otherwise.
+    """
+
+    def verify_patch(self, manifest: bytes, delta_info: bytes, patch: ImageReader,
+                     precursor: ImageReader | None) -> PatchPlan: ...

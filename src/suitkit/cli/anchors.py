@@ -36,8 +36,8 @@ from suitkit.core.anchors import (
 )
 from suitkit.core.model import ComponentIdentifier
 from suitkit.core.sign import sign_envelope
-from suitkit.device.anchors import read_store
 from suitkit.device.config import CONFIG, load_config
+from suitkit.device.wiring import open_device
 from suitkit.errors import DecodeError, SuitError
 from suitkit.fileio import atomic_write
 
@@ -246,7 +246,8 @@ def describe_source(source: Path) -> dict[str, Any]:
     if source.is_dir():
         if not (source / CONFIG).exists():
             raise DecodeError(str(source), "not a device folder (no device.json)")
-        stored = read_store(source)
+        # flash shapes keep the anchors in their flash (docs/keys.md "Storage")
+        stored = open_device(source).config.stored_anchors()
         if stored is not None:
             doc = _document_json(stored.document, f"device {source}")
             doc["recorded"] = len(stored.recorded)

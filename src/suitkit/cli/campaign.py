@@ -17,7 +17,14 @@ from rich.table import Table
 
 from suitkit.cli.common import EXIT_USAGE, JsonOption, fail, handles_errors, new_app, out
 from suitkit.cli.common import print_json as _print_json
-from suitkit.cli.operator import ApiClient, ServerOption, TimeoutOption, TokenFileOption
+from suitkit.cli.operator import (
+    ApiClient,
+    ServerOption,
+    TimeoutOption,
+    TokenFileOption,
+    class_label,
+    release_label,
+)
 
 __all__ = ["campaign_app"]
 
@@ -169,9 +176,13 @@ def status(campaign_id: IdArgument, server: ServerOption, token_file: TokenFileO
         _print_json(doc)
         return
     out.print(_status_line(doc), markup=False)
-    out.print(f"  release {doc.get('release')} ({doc.get('mode')}); created by "
+    out.print(f"  release {release_label(doc.get('release_version'), doc.get('release'))} "
+              f"({doc.get('mode')}); created by "
               f"{doc.get('created_by')}, approved by {doc.get('approved_by') or '-'}",
               markup=False)
+    target = doc.get("target") or {}
+    if target.get("class_id"):
+        out.print(f"  target class {class_label(target)}", markup=False)
     waves = doc.get("waves_detail") or []
     out.print(f"  wave {doc.get('current_wave')} of {len(waves)}; {doc.get('devices')} devices: "
               + (", ".join(f"{n} {s}" for s, n in sorted((doc.get("counts") or {}).items()))
@@ -202,18 +213,31 @@ def status(campaign_id: IdArgument, server: ServerOption, token_file: TokenFileO
 @campaign_app.command("list")
 @handles_errors
 def list_campaigns(server: ServerOption, token_file: TokenFileOption,
+                   state: Annotated[list[str] | None, typer.Option(
+                       "--state", help="Only campaigns in this state (draft, approved, "
+                                       "running, paused, completed, cancelled); repeatable: "
+                                       "any.")] = None,
+                   total: Annotated[bool, typer.Option(
+                       "--total", help="Print how many match (with --json: {campaigns, "
+                                       "total}).")] = False,
                    as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
-    """Every campaign, newest first."""
+    """Every campaign, newest first (``--state``: filtered by the server)."""
     client = ApiClient.from_options(server, token_file, timeout)
-    campaigns = client.pages(_PATH, "campaigns")  # every page
+    campaigns, count = client.pages_total(  # every page
+        _PATH, "campaigns", params={"state": list(state)} if state else None, total=total)
     if as_json:
-        _print_json(campaigns)
+        _print_json({"campaigns": campaigns, "total": count} if total else campaigns)
         return
-    table = Table("id", "name", "status", "mode", "wave", "devices", show_edge=False)
+    table = Table("id", "name", "release", "status", "mode", "wave", "devices",
+                  show_edge=False)
     for c in campaigns:
-        table.add_row(c["id"], c["name"], c["status"], c["mode"],
-                      f"{c['current_wave']}/{len(c['waves'])}", str(c["devices"]))
+        table.add_row(c["id"], c["name"], release_label(c.get("release_version"),
+                                                        c.get("release")),
+                      c["status"], c["mode"], f"{c['current_wave']}/{len(c['waves'])}",
+                      str(c["devices"]))
     out.print(table)
+    if total:
+        out.print(f"{count} campaign(s) match", markup=False)
 
 
 @campaign_app.command("tags")

@@ -23,21 +23,29 @@ from suitkit.cli.common import (
     EXIT_FAILED,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    JsonOption,
     err,
     fail,
     handles_errors,
     new_app,
     out,
+    print_json,
     read_input,
     writing,
 )
 from suitkit.core import codec, jsonform
 from suitkit.core.report import Report
-from suitkit.device.config import SHAPE_COMPONENTS, HealthConfig, create_device
+from suitkit.device.config import BOOTLOADER_ID, SHAPE_COMPONENTS, HealthConfig, create_device
 from suitkit.device.consumer import running_version
 from suitkit.device.fetch import FileFetcher, HttpFetcher, RoutingFetcher
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
-from suitkit.device.wiring import OpenDevice, SlotDependencies, open_device
+from suitkit.device.wiring import (
+    OpenDevice,
+    SlotDependencies,
+    Stage1Bootloader,
+    open_device,
+    stage1_status,
+)
 from suitkit.errors import StorageError, SuitError
 from suitkit.limits import Limits
 from suitkit.sim.powercut import REAL_SCENARIOS, run_real_scenario
@@ -87,8 +95,9 @@ def init(
     class_name: Annotated[str | None, typer.Option(
         "--class-name", help="Instead of --class-id: the class name, as in a description "
         "file (UUID5 under the vendor ID).")] = None,
-    shape: Annotated[str, typer.Option("--shape", help="mcu, secure-split, dual-cpu or linux.")
-                     ] = "mcu",
+    shape: Annotated[str, typer.Option(
+        "--shape", help="mcu, secure-split, dual-cpu, linux or mcu-inplace (one slot, "
+        "patched in place: docs/delta.md §9).")] = "mcu",
     device_id: Annotated[str | None, typer.Option("--device-id", help="Device UUID "
                                                   "(default: random).")] = None,
     decryption_key: Annotated[list[Path] | None, typer.Option(
@@ -123,9 +132,16 @@ def init(
     unpack: Annotated[str | None, typer.Option(
         "--unpack", help="The packed payloads it accepts, comma-separated: zlib, zstd, xz, "
         "bzip2, delta (default: all; none: refuses them; docs/delta.md).")] = None,
+    stage1: Annotated[Path | None, typer.Option(
+        "--stage1", metavar="ENVELOPE", help="mcu: an immutable stage 0 and two stage-1 "
+        "bootloader copies; ENVELOPE is the signed manifest of the factory stage 1, component "
+        "['suitkit', 'bootloader'] (payload integrated or beside it), installed into copy 0 "
+        "(docs/selfupdate.md).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Create a device: identity, trust anchors, empty slots (component i is h'0i')."""
     health = _health(health_window, health_interval, health_command, health_url, max_crashes)
+    factory = _stage1_envelope(stage1) if stage1 is not None else None
     if shape not in SHAPE_COMPONENTS:
         fail(f"--shape must be one of {', '.join(SHAPE_COMPONENTS)}, got {shape!r}", EXIT_USAGE)
     anchors: list[Path | tuple[str, Path]] = []
@@ -145,16 +161,45 @@ def init(
                 images=image, scopes=scopes, dependency_roles=dependency_role or (),
                 unpack=None if unpack is None else [
                     n.strip() for n in unpack.split(",") if n.strip() and n.strip() != "none"],
-                agent=agent)
-            open_device(directory).save()
+                agent=agent, stage1=stage1 is not None)
+            opened = open_device(directory)
+            if stage1 is not None and factory is not None:
+                fetcher = RoutingFetcher(HttpFetcher(), FileFetcher(stage1.parent))
+                outcome = opened.consumer(fetcher).install(factory)
+                if not outcome.installed:
+                    fail(f"--stage1 {stage1}: the factory stage 1 was not installed: "
+                         f"{outcome.reason}", EXIT_FAILED)
+            opened.save()
     except BaseException:
         if new_folder:  # no half-made device left behind (a full disk, an interrupt)
             shutil.rmtree(directory, ignore_errors=True)
         raise
+    if as_json:
+        print_json({"directory": str(directory), "shape": shape,
+                    "device_id": str(config.device_id), "vendor_id": str(vendor),
+                    "class_id": str(klass),
+                    "components": [{"image": c.image, "id": [p.hex() for p in c.suit_id]}
+                                   for c in config.components]})
+        return
     components = ", ".join(f"{c.image}=[{', '.join(_part(p) for p in c.suit_id)}]"
                            for c in config.components)
     out.print(f"created {shape} device in {directory} (device id {config.device_id}; "
               f"components {components})", markup=False)
+
+
+def _stage1_envelope(path: Path) -> bytes:
+    """The factory stage-1 envelope of ``--stage1``: a manifest for the bootloader only."""
+    data = read_input(path, "--stage1 envelope")
+    try:
+        components = codec.decode_envelope(data).manifest.common.components
+    except SuitError as e:
+        fail(f"--stage1 {path}: {e}", EXIT_USAGE)
+    if tuple(components) != (BOOTLOADER_ID,):
+        fail(f"--stage1 {path}: expected a manifest for the bootloader ['suitkit', "
+             f"'bootloader'] alone, it addresses "
+             f"{', '.join('[' + ', '.join(_part(p) for p in c) + ']' for c in components)}",
+             EXIT_USAGE)
+    return data
 
 
 def _part(part: bytes) -> str:
@@ -225,6 +270,7 @@ def install(
     firmware_dir: Annotated[Path | None, typer.Option(
         "--firmware-dir", help="Where file URIs and relative paths are read from "
         "(default: the envelope's folder).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Verify and process an update; it is pending until the next boot.
 
@@ -237,13 +283,17 @@ def install(
         outcome = opened.consumer(fetcher).install(data)
         opened.save()
     report = _report_json(outcome.report)
+    if as_json:  # the outcome, failed or not; exit 1 as without --json
+        print_json({"envelope": str(envelope), "installed": outcome.installed,
+                    "waiting": outcome.waiting, "reason": outcome.reason, "report": report})
     if outcome.waiting:  # update-management §5.6: nothing staged; install it again later
         fail(f"not installed yet: {outcome.reason}", EXIT_FAILED)
-    if report is not None:
+    if report is not None and not as_json:
         out.print("SUIT report: " + json.dumps(report), markup=False)
     if not outcome.installed:
         fail(outcome.reason, EXIT_FAILED)
-    out.print(outcome.reason, markup=False)
+    if not as_json:
+        out.print(outcome.reason, markup=False)
 
 
 @app.command()
@@ -252,6 +302,7 @@ def uninstall(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
     envelope: Annotated[Path, typer.Argument(metavar="ENVELOPE", help="Signed envelope with "
                                              "a suit-uninstall section.")],
+    as_json: JsonOption = False,
 ) -> None:
     """Run a manifest's suit-uninstall (trust-domains §6): the dependency manifests it unlinks
     leave the device's store at the next boot (Linux-class devices).
@@ -264,26 +315,57 @@ def uninstall(
         outcome = opened.consumer().uninstall(data)
         opened.save()
     report = _report_json(outcome.report)
-    if report is not None:
+    if as_json:  # the outcome, failed or not; exit 1 as without --json
+        print_json({"envelope": str(envelope), "uninstalled": outcome.installed,
+                    "reason": outcome.reason, "report": report})
+    elif report is not None:
         out.print("SUIT report: " + json.dumps(report), markup=False)
     if not outcome.installed:
         fail(outcome.reason, EXIT_FAILED)
-    out.print(outcome.reason, markup=False)
+    if not as_json:
+        out.print(outcome.reason, markup=False)
 
 
-def _boot(opened: OpenDevice) -> bool:
-    """Boot, then run the Invocation Procedure; False when the application did not start."""
+def _boot(opened: OpenDevice, boots: list[dict[str, Any]] | None = None) -> bool:
+    """Boot, then run the Invocation Procedure; False when the application did not start.
+    ``boots``: collect what happened there (``--json``) instead of printing it."""
     result = opened.bootloader.boot()
+    stage1: dict[str, Any] | None = None
+    if isinstance(opened.bootloader, Stage1Bootloader) and opened.bootloader.last is not None:
+        started = opened.bootloader.last
+        stage1 = {"sequence_number": started.sequence_number, "copy": started.copy,
+                  "trial": started.trial, "notes": list(started.notes)}
+        for note in started.notes if boots is None else ():
+            out.print(f"stage 0: {note}", markup=False)
+        if boots is None:
+            out.print(f"stage 0 started stage-1 bootloader #{started.sequence_number} (copy "
+                      f"{started.copy}): " + ("on trial (confirm the device, or the next "
+                                              "boot falls back to the other copy)"
+                                              if started.trial else "confirmed"),
+                      markup=False)
     images = ", ".join(f"{i.name} #{i.sequence_number}" for i in result.images)
     steps = " -> ".join(d.action.name.lower().replace("_", "-") for d in result.steps)
     state = "on trial (confirm it, or the next boot reverts)" if result.trial else "confirmed"
-    out.print(f"booted {images}: {state} [{steps}]", markup=False)
+    doc: dict[str, Any] = {
+        "images": [{"name": i.name, "sequence_number": i.sequence_number}
+                   for i in result.images],
+        "trial": result.trial,
+        "steps": [d.action.name.lower().replace("_", "-") for d in result.steps],
+        "started": [], "invocation_failures": []}
+    if stage1 is not None:
+        doc["stage1"] = stage1
+    if boots is None:
+        out.print(f"booted {images}: {state} [{steps}]", markup=False)
+    else:
+        boots.append(doc)
     config = opened.config
     launcher: Launcher = (
         ProcessLauncher(config.app_command, config.directory / "app.pid")
         if config.app_command else RecordingLauncher())
     invoked = invoke_running(config, opened.bootloader, launcher, extensions=opened.extensions)
-    for line in invoked.started:
+    doc["started"] = list(invoked.started)
+    doc["invocation_failures"] = [r.reason for r in invoked.results if not r.succeeded]
+    for line in invoked.started if boots is None else ():
         out.print(line, markup=False)
     for r in invoked.results:
         if not r.succeeded:
@@ -326,6 +408,7 @@ def facts(
         "(smaller is more urgent).")] = None,
     unset: Annotated[list[str] | None, typer.Option(
         "--unset", help="Remove a fact: " + ", ".join(_FACT_OPTIONS) + ".")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Set the facts update management reads (battery, power, network, time zone, clock, other
     devices, consent; docs/device.md "Update management") and print them. Without options:
@@ -361,6 +444,9 @@ def facts(
     parsed = parse_facts(doc, "suitkit device facts")  # every value checked, named if wrong
     with writing(f"device folder {directory}"):
         save_facts(directory, parsed)
+    if as_json:
+        print_json({"file": str(directory / FACTS), "facts": json.loads(parsed.to_json())})
+        return
     out.print(f"{directory / FACTS}:", markup=False)
     out.print(parsed.to_json().decode().rstrip(), markup=False)
 
@@ -371,6 +457,7 @@ def boot(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
     fail_boot: Annotated[bool, typer.Option("--fail", help="The new image never confirms: "
                                             "it dies and the device boots again.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """One boot: verify, start a pending update on trial or revert an unconfirmed one, run.
 
@@ -379,16 +466,21 @@ def boot(
     confirmed).
     """
     opened = open_device(directory)
+    boots: list[dict[str, Any]] | None = [] if as_json else None
     with writing(f"device folder {directory}"):
         try:
-            started = _boot(opened)
+            started = _boot(opened, boots)
             if fail_boot:
-                out.print("the new image failed before it confirmed; rebooting", markup=False)
-                started = _boot(opened)
+                if boots is None:
+                    out.print("the new image failed before it confirmed; rebooting",
+                              markup=False)
+                started = _boot(opened, boots)
         except NoBootableImage as e:
             fail(f"nothing to boot: {e}", EXIT_FAILED)
         finally:
             opened.save()
+    if boots is not None:
+        print_json({"boots": boots, "started": started})
     if not started:
         raise typer.Exit(EXIT_FAILED)
 
@@ -578,6 +670,7 @@ def health_command(
     max_crashes: MaxCrashesOption = 0,
     off: Annotated[bool, typer.Option("--off", help="No health window: confirm a new "
                                       "image as soon as it started.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Set how the agent watches the application after an update (docs/operations.md,
     "Health-gated rollouts"), or turn it off."""
@@ -589,6 +682,10 @@ def health_command(
         fail("give --health-window (and the checks), or --off", EXIT_USAGE)
     with writing(f"device folder {directory}"):
         set_health(directory, health)
+    if as_json:
+        print_json({"directory": str(directory),
+                    "health": None if health is None else health.to_json()})
+        return
     shown = "off" if health is None else json.dumps(health.to_json())
     out.print(f"health window: {shown}", markup=False)
 
@@ -652,6 +749,7 @@ def register(
     tls_key: Annotated[Path | None, typer.Option(
         "--tls-key", envvar="SUITKIT_TLS_KEY", help="PEM private key of --tls-cert, unless "
         "that file holds it too.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Enrol the device with a status tracker: register it (and its report key), write its
     credential (shown by the tracker only once) for `device run --credential-file`, and send
@@ -671,14 +769,18 @@ def register(
     except TrackerError as e:
         fail(f"registration refused: {e}", EXIT_FAILED)
     atomic_write(out_file, credential.encode() + b"\n", mode=0o600)
+    if as_json:  # never the secret: it is in the file only
+        print_json({"device_id": credential.partition(".")[0], "credential_file": str(out_file),
+                    "server": server})
+        return
     out.print(f"registered device {credential.partition('.')[0]}; credential in {out_file}",
               markup=False)
 
 
 @app.command()
 @handles_errors
-def confirm(directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")]
-            ) -> None:
+def confirm(directory: Annotated[Path, typer.Argument(metavar="DIR", help="Device folder.")],
+            as_json: JsonOption = False) -> None:
     """The running images are healthy: keep them and raise the anti-rollback counters."""
     opened = open_device(directory)
     with writing(f"device folder {directory}"):
@@ -686,7 +788,11 @@ def confirm(directory: Annotated[Path, typer.Argument(metavar="DIR", help="Devic
             opened.bootloader.confirm()
         finally:
             opened.save()
-    out.print(f"confirmed; counters {opened.bootloader.read_counters()}", markup=False)
+    counters = opened.bootloader.read_counters()
+    if as_json:
+        print_json({"confirmed": True, "counters": dict(counters)})
+        return
+    out.print(f"confirmed; counters {counters}", markup=False)
 
 
 @app.command()
@@ -710,6 +816,14 @@ def status(
             what += " version " + ".".join(str(v) for v in running["version"])
         out.print(f"  {c['image']} {c['id']}: {what}; counter {c['counter']}", markup=False)
     out.print(f"  pending update: {doc['pending']}; on trial: {doc['trial']}", markup=False)
+    stage1 = doc.get("stage1")
+    if stage1 is not None:
+        now = stage1["running"]
+        trial = ", on trial" if now and now["trial"] else ""
+        what = (f"#{now['sequence-number']} (copy {now['copy']}{trial})" if now
+                else "not started yet (boot)")
+        out.print(f"  stage-1 bootloader: {what}; a new one pending: {stage1['pending']}; "
+                  f"counter {stage1['counter']}", markup=False)
 
 
 def device_status(opened: OpenDevice) -> dict[str, Any]:
@@ -745,7 +859,14 @@ def device_status(opened: OpenDevice) -> dict[str, Any]:
         "phase": state.phase.name.lower(),
         "anchors-version": opened.config.anchors_version(),  # docs/keys.md
         **_dependencies_status(opened),
+        **_stage1_status(opened),
     }
+
+
+def _stage1_status(opened: OpenDevice) -> dict[str, Any]:
+    """The stage-1 bootloader of a device with a stage 0 (docs/selfupdate.md)."""
+    found = stage1_status(opened.bootloader)
+    return {} if found is None else {"stage1": found}
 
 
 def _dependencies_status(opened: OpenDevice) -> dict[str, Any]:

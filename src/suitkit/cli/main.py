@@ -42,7 +42,7 @@ from suitkit.cli.common import (
 from suitkit.cli.demo import app as demo_app
 from suitkit.cli.deploy import deploy
 from suitkit.cli.device import app as device_app
-from suitkit.cli.operator import devices_app, token_app
+from suitkit.cli.operator import classes_app, devices_app, releases_app, token_app
 from suitkit.cli.server import app as server_app
 from suitkit.cli.sim import app as sim_app
 from suitkit.core import cbor, codec, cose, crypto, jsonform, packing
@@ -319,11 +319,22 @@ def delta(
     compress: Annotated[str, typer.Option(
         "--compress", help="Compress the patch: zlib, zstd, xz, bzip2, best (the smallest; "
         "the default) or none.")] = "best",
+    in_place: Annotated[int | None, typer.Option(
+        "--in-place", metavar="SECTOR", help="Make the patch for in-place application on a "
+        "single-slot device with SECTOR-byte sectors (docs/delta.md §9).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Make an SKD1 delta patch that rebuilds NEW from OLD on a device (docs/delta.md)."""
     old_bytes, new_bytes = read_input(old, "precursor image"), read_input(new, "new image")
-    patch = packing.make_delta(old_bytes, new_bytes)
+    placed: dict[str, object] | None = None
+    if in_place is None:
+        patch = packing.make_delta(old_bytes, new_bytes)
+    else:
+        if in_place <= 0 or in_place & (in_place - 1) or not 512 <= in_place <= 65536:
+            raise DecodeError("--in-place", f"the sector size must be a power of two from 512 "
+                              f"to 65536, got {in_place}")
+        patch, order, literal = packing.make_inplace_delta(old_bytes, new_bytes, in_place)
+        placed = {"sector": in_place, "order": order.name.lower(), "literal_bytes": literal}
     raw = len(patch)
     how = "not compressed"
     if compress.lower() == "best":
@@ -333,12 +344,19 @@ def delta(
         codec_ = packing.codec_named(compress, path="--compress")
         patch, how = packing.compress(patch, codec_), codec_.name.lower()
     atomic_write(out_path, patch)
-    _result(as_json, {"patch": str(out_path), "bytes": len(patch), "compression": how,
-                      "uncompressed_bytes": raw, "new_image_bytes": len(new_bytes),
-                      "precursor_sha256": hashlib.sha256(old_bytes).hexdigest()},
+    doc: dict[str, object] = {
+        "patch": str(out_path), "bytes": len(patch), "compression": how,
+        "uncompressed_bytes": raw, "new_image_bytes": len(new_bytes),
+        "precursor_sha256": hashlib.sha256(old_bytes).hexdigest()}
+    where = ""
+    if placed is not None:
+        doc["in_place"] = placed
+        where = (f"; in place: {placed['sector']}-byte sectors, {placed['order']}, "
+                 f"{placed['literal_bytes']} bytes literal; and in-place: {placed['sector']}")
+    _result(as_json, doc,
             f"wrote delta {out_path} ({len(patch)} bytes, {how}; {raw} before compression; "
             f"{len(patch) / max(1, len(new_bytes)):.2%} of the new image); describe it with "
-            f"delta-from: {old.name} (docs/delta.md)")
+            f"delta-from: {old.name}{where} (docs/delta.md)")
 
 
 @app.command()
@@ -510,6 +528,8 @@ app.add_typer(demo_app)  # suitkit demo (cli/demo.py)
 app.add_typer(sim_app, name="sim")  # suitkit sim fleet (cli/sim.py)
 app.add_typer(token_app, name="token")  # suitkit token ... (cli/operator.py)
 app.add_typer(devices_app, name="devices")  # suitkit devices ... (cli/operator.py)
+app.add_typer(releases_app, name="releases")  # suitkit releases list (cli/operator.py)
+app.add_typer(classes_app, name="classes")  # suitkit classes list|name (cli/operator.py)
 app.add_typer(campaign_app, name="campaign")  # suitkit campaign ... (cli/campaign.py)
 app.add_typer(anchors_app, name="anchors")  # suitkit anchors ... (cli/anchors.py)
 app.command("deploy")(deploy)  # suitkit deploy (cli/deploy.py)

@@ -85,9 +85,13 @@ class DatabaseReleases:
             previous = _record(stored) if stored is not None else None
             kept: ReleaseRecord = store_release(previous, record)
             return kept.to_json()
+        from suitkit.tracker.classes import ClassNames  # noqa: PLC0415
+
+        names = [ClassNames(c.vendor_id, c.class_id, c.vendor_name, c.class_name,
+                            c.vendor_domain) for c in record.classes]
         with self._lock:
             doc, created = self.db.put_release(record.release_id, record.sequence_number,
-                                               record.envelope, decide)
+                                               record.envelope, decide, names=names)
         return _record(doc), created
 
     def get_release(self, release_id: str) -> Any:
@@ -200,7 +204,8 @@ def release_artifacts(data: Path, *, cache: int = 4096, records: Any = None
                 else f"component-{position}.bin"
             names.add(name)
             files.append(artifact(name, "image", blob))
-        return ReleaseArtifacts(record.release_id, record.sequence_number, tuple(files))
+        return ReleaseArtifacts(record.release_id, record.sequence_number, tuple(files),
+                                record.version)
 
     return lookup
 
@@ -208,7 +213,7 @@ def release_artifacts(data: Path, *, cache: int = 4096, records: Any = None
 PUSH_REFUSED = ("push notices (server-sent events, long-polls) need a server with --workers 1 "
                 "or a PostgreSQL database: a deployment made in one worker process does not "
                 "reach a stream held by another on SQLite; poll with POST "
-                "/api/v1/devices/{id}/checkin")
+                "/device/v1/{id}/checkin")
 """The 501 of the notices route under ``serve --workers N`` (docs/server.md)."""
 
 
@@ -228,6 +233,9 @@ def push_refused() -> Any:
     async def notifications(device_id: str) -> JSONResponse:
         return problem_response(501, PUSH_REFUSED)
 
+    from suitkit.tracker.web import serve_device_api  # noqa: PLC0415
+
+    serve_device_api(router, {("GET", "/notifications")})  # the device API's prefix too
     return router
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -53,13 +53,19 @@ from suitkit.device.tls import ClientTls, network_reason
 from suitkit.errors import KeyMaterialError
 from suitkit.fileio import atomic_write, fsync_dir
 
-__all__ = ["ApiClient", "ServerOption", "TimeoutOption", "TokenFileOption", "devices_app",
-           "token_app"]
+__all__ = ["ApiClient", "ServerOption", "TimeoutOption", "TokenFileOption", "class_label",
+           "classes_app", "devices_app", "release_label", "releases_app", "token_app"]
 
 token_app = new_app(help="API tokens of the status tracker (admin): create, list, revoke.",
                     no_args_is_help=True)
 devices_app = new_app(help="Devices known to the status tracker (admin, operator).",
                       no_args_is_help=True)
+releases_app = new_app(help="Releases the firmware server holds, by version (admin, author, "
+                       "operator).", no_args_is_help=True)
+classes_app = new_app(help="Device classes by name: list them, name one (admin, operator).",
+                      no_args_is_help=True)
+VerboseOption = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Show the ids (class, release) beside the names.")]
 
 ServerOption = Annotated[str, typer.Option(
     "--server", envvar="SUITKIT_SERVER", help="Server URL, e.g. http://127.0.0.1:8080.")]
@@ -103,8 +109,8 @@ class ApiClient:
                    context if context is not None else True)
 
     def request(self, method: str, path: str, *, body: Any = None,
-                params: dict[str, str] | None = None, ok: Iterable[int] = (200, 201, 204)
-                ) -> Any:
+                params: Mapping[str, str | list[str]] | None = None,
+                ok: Iterable[int] = (200, 201, 204)) -> Any:
         """The decoded JSON answer (``None`` for an empty one) of ``method path``."""
         url = f"{self.server}{path}"
         try:
@@ -126,24 +132,36 @@ class ApiClient:
         return self.request("GET", path, **kwargs)
 
     def pages(self, path: str, key: str, *, limit: int | None = None,
-              params: dict[str, str] | None = None) -> list[Any]:
+              params: Mapping[str, str | list[str]] | None = None) -> list[Any]:
         """Every item of the paged list ``key`` at ``path``, following ``next`` page after
         page; only the first ``limit`` items when given."""
+        return self.pages_total(path, key, limit=limit, params=params)[0]
+
+    def pages_total(self, path: str, key: str, *, limit: int | None = None,
+                    params: Mapping[str, str | list[str]] | None = None,
+                    total: bool = False) -> tuple[list[Any], int | None]:
+        """``pages``, and with ``total`` the list's ``total`` as the server counts it (the
+        first page's ``?total=true``; filters applied)."""
         items: list[Any] = []
         after: str | None = None
+        count: int | None = None
         while limit is None or len(items) < limit:
-            query = dict(params or {})
+            query: dict[str, str | list[str]] = dict(params or {})
+            if total and count is None:
+                query["total"] = "true"
             query["limit"] = str(min(_PAGE, limit - len(items)) if limit is not None else _PAGE)
             if after is not None:
                 query["after"] = after
             doc = self.get(path, params=query)
             items += _field(doc, key, list)
+            if total and count is None:
+                count = _field(doc, "total", int)
             after = doc.get("next")
             if after is None:
                 break
             if not isinstance(after, str):
                 fail("unexpected answer from the server: 'next' is not a cursor", EXIT_USAGE)
-        return items if limit is None else items[:limit]
+        return (items if limit is None else items[:limit]), count
 
     def post(self, path: str, body: Any, **kwargs: Any) -> Any:
         return self.request("POST", path, body=body, **kwargs)
@@ -263,8 +281,8 @@ def token_create(
 def token_list(server: ServerOption, token_file: TokenFileOption, as_json: JsonOption = False,
                timeout: TimeoutOption = 30.0) -> None:
     """List API tokens (admin); never their secrets."""
-    tokens = _field(ApiClient.from_options(server, token_file, timeout).get("/api/v1/tokens"),
-                    "tokens", list)
+    tokens = ApiClient.from_options(server, token_file, timeout).pages("/api/v1/tokens",
+                                                                       "tokens")
     if as_json:
         print_json(tokens)
         return
@@ -299,19 +317,73 @@ def token_revoke(token_id: Annotated[str, typer.Argument(metavar="ID", help="Tok
 
 @devices_app.command("list")
 @handles_errors
-def devices_list(server: ServerOption, token_file: TokenFileOption, limit: LimitOption = None,
-                 as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
-    """List devices, oldest first (admin, operator)."""
-    devices = ApiClient.from_options(server, token_file, timeout).pages(
-        "/api/v1/devices", "devices", limit=limit)
+def devices_list(
+        server: ServerOption, token_file: TokenFileOption, limit: LimitOption = None,
+        state: Annotated[list[str] | None, typer.Option(
+            "--state", help="Only devices in this update state (failed, succeeded, ...; none: "
+                            "never updated); repeat it or give a comma list: any of them.")
+        ] = None,
+        class_id: Annotated[list[str] | None, typer.Option(
+            "--class", help="Only devices of this class id (UUID); repeatable: any.")] = None,
+        tag: Annotated[list[str] | None, typer.Option(
+            "--tag", help="Only devices with this tag; repeatable: every one.")] = None,
+        version: Annotated[list[str] | None, typer.Option(
+            "--version", help="Only devices with a component at this version (1.2.0); "
+                              "repeatable: any.")] = None,
+        seen_before: Annotated[str | None, typer.Option(
+            "--last-seen-before", help="Only devices last seen before this RFC 3339 time "
+                                       "(2026-01-31T12:00:00Z).")] = None,
+        seen_after: Annotated[str | None, typer.Option(
+            "--last-seen-after", help="Only devices last seen at or after this RFC 3339 "
+                                      "time.")] = None,
+        sort: Annotated[str | None, typer.Option(
+            "--sort", help="Order by created (default), name, state or last_seen; '-' before "
+                           "it: descending (--sort -last_seen).")] = None,
+        total: Annotated[bool, typer.Option(
+            "--total", help="Print how many devices match (with --json: {devices, total}).")
+        ] = False,
+        as_json: JsonOption = False, verbose: VerboseOption = False,
+        timeout: TimeoutOption = 30.0) -> None:
+    """List devices, oldest first, with their class's name and the version they run (admin,
+    operator), filtered and sorted by the server."""
+    params: dict[str, str | list[str]] = {}
+    for name, values in (("state", state), ("class", class_id), ("tag", tag),
+                         ("version", version)):
+        if values:
+            params[name] = list(values)
+    for name, value in (("last_seen_before", seen_before), ("last_seen_after", seen_after),
+                        ("sort", sort)):
+        if value is not None:
+            params[name] = value
+    devices, count = ApiClient.from_options(server, token_file, timeout).pages_total(
+        "/api/v1/devices", "devices", limit=limit, params=params, total=total)
     if as_json:
-        print_json(devices)
+        print_json({"devices": devices, "total": count} if total else devices)
         return
-    table = Table(Column("id", no_wrap=True), "name", "state", "last seen", "class")
+    columns = ["name", "state", "version", "last seen", "class"]
+    table = Table(Column("id", no_wrap=True), *columns,
+                  *([Column("class id", no_wrap=True)] if verbose else []))
     for d in devices:
-        _row(table, str(d.get("id")), str(d.get("name")), str(d.get("state") or "-"),
-                      _short(d.get("last_seen")), str(d.get("class_id") or "-"))
+        cells = [str(d.get("id")), str(d.get("name")), str(d.get("state") or "-"),
+                 str(d.get("version") or "-"), _short(d.get("last_seen")), class_label(d)]
+        _row(table, *cells, *([str(d.get("class_id") or "-")] if verbose else []))
     out.print(table)
+    if total:
+        out.print(f"{count} device(s) match", markup=False)
+
+
+def class_label(doc: dict[str, Any]) -> str:
+    """How a class is shown to people: ``vendor / class`` names, else its id, else ``-``."""
+    vendor, klass = doc.get("vendor_name"), doc.get("class_name")
+    if klass:
+        return f"{vendor} / {klass}" if vendor else str(klass)
+    return str(doc.get("class_id") or "-")
+
+
+def release_label(version: object, release_id: object) -> str:
+    """A release for people: its version and a short id, else the id."""
+    short = str(release_id or "-")[:12]
+    return f"{version} ({short})" if version else str(release_id or "-")
 
 
 @devices_app.command("show")
@@ -336,6 +408,8 @@ def devices_show(device_id: Annotated[str, typer.Argument(metavar="ID", help="De
         print_json({**device, "history": history})
         return
     tree = Tree(Text(f"device {device.get('id')} ({device.get('name')})"))
+    tree.add(Text(f"class: {class_label(device)}"))
+    tree.add(Text(f"version: {device.get('version') or '-'}"))
     for key in ("state", "state_changed", "last_seen", "vendor_id", "class_id", "created"):
         value = device.get(key)
         tree.add(Text(f"{key}: {value if value is not None else '-'}"))
@@ -389,6 +463,15 @@ def _capability_tree(node: Tree, doc: dict[str, Any]) -> None:
             node.add(Text(f"{name.replace('_', ' ')}: {', '.join(map(str, doc[name]))}"))
     for path, numbers in (doc.get("extensions") or {}).items():
         node.add(Text(f"[{path}]: {numbers}"))
+
+
+def _class_id(class_id: str) -> str:
+    import uuid  # noqa: PLC0415
+
+    try:
+        return str(uuid.UUID(class_id))
+    except ValueError:
+        fail(f"expected a class id (a UUID), got {class_id[:40]!r}", EXIT_USAGE)
 
 
 def _device_id(device_id: str) -> str:
@@ -479,7 +562,7 @@ def devices_recipient_key(
             "--recipient.")],
         index: Annotated[int, typer.Option("--index", min=0, help="Which of the device's "
                                            "keys (0: the first).")] = 0,
-        timeout: TimeoutOption = 30.0) -> None:
+        timeout: TimeoutOption = 30.0, as_json: JsonOption = False) -> None:
     """Write a device's published ECDH-ES public key to a file (admin, operator)."""
     import base64  # noqa: PLC0415
 
@@ -498,6 +581,10 @@ def devices_recipient_key(
     except (ValueError, SuitError) as e:
         fail(f"device {device_id}'s recipient key {index} does not load: {e}", EXIT_FAILED)
     write_recipient_key(out_file, key)
+    if as_json:
+        print_json({"device_id": device_id, "index": index, "key": str(out_file),
+                    "keys": len(keys)})
+        return
     out.print(f"recipient key {index} of device {device_id} written to {out_file}",
               markup=False)
 
@@ -511,7 +598,7 @@ def devices_report_key(
             metavar="PUB", help="The public key the device signs its reports with.")] = None,
         remove: Annotated[bool, typer.Option("--remove", help="Unregister the device's report "
                                              "key.")] = False,
-        timeout: TimeoutOption = 30.0) -> None:
+        timeout: TimeoutOption = 30.0, as_json: JsonOption = False) -> None:
     """Register the key a device signs its SUIT reports with (admin; report §8)."""
     if (key_file is None) == (not remove):
         fail("give the device's public key file, or --remove", EXIT_USAGE)
@@ -524,6 +611,9 @@ def devices_report_key(
     ApiClient.from_options(server, token_file, timeout).request(
         "PUT", f"/api/v1/devices/{_device_id(device_id)}/report-key",
         body={"report_key": text})
+    if as_json:
+        print_json({"device_id": device_id, "report_key": text is not None})
+        return
     out.print(f"device {device_id}: report key {'registered' if text else 'removed'}",
               markup=False)
 
@@ -546,3 +636,87 @@ def devices_reset(device_id: Annotated[str, typer.Argument(metavar="ID", help="D
         return
     detail = event.get("detail") if isinstance(event, dict) else None
     out.print(f"device {device_id}: update ended as failed ({detail})", markup=False)
+
+
+# ------------------------------------------------------------------------------ releases
+
+
+@releases_app.command("list")
+@handles_errors
+def releases_list(server: ServerOption, token_file: TokenFileOption,
+                  as_json: JsonOption = False, verbose: VerboseOption = False,
+                  timeout: TimeoutOption = 30.0) -> None:
+    """Every release by sequence number: version, notes' first line, class (admin, author,
+    operator)."""
+    client = ApiClient.from_options(server, token_file, timeout)
+    releases = _field(client.get("/api/v1/releases"), "releases", list)
+    if as_json:
+        print_json(releases)
+        return
+    named = {c.get("class_id"): class_label(c) for c in client.pages("/api/v1/classes",
+                                                                     "classes")}
+    table = Table("version", "sequence", "class", "notes",
+                  *([Column("id", no_wrap=True)] if verbose else []))
+    for r in releases:
+        manifest = r.get("manifest") or {}
+        classes = manifest.get("class_ids") or []
+        notes = str(r.get("notes") or "").splitlines()
+        cells = [str(r.get("version") or "-"), str(r.get("sequence_number")),
+                 ", ".join(named.get(c, c) for c in classes) or "-",
+                 notes[0][:60] if notes else "-"]
+        _row(table, *cells, *([str(r.get("id"))] if verbose else []))
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------ classes
+
+
+@classes_app.command("list")
+@handles_errors
+def classes_list(server: ServerOption, token_file: TokenFileOption, limit: LimitOption = None,
+                 as_json: JsonOption = False, verbose: VerboseOption = False,
+                 timeout: TimeoutOption = 30.0) -> None:
+    """Every device class a device has or the registry names, with its names and device
+    count (admin, operator, author)."""
+    classes = ApiClient.from_options(server, token_file, timeout).pages(
+        "/api/v1/classes", "classes", limit=limit)
+    if as_json:
+        print_json(classes)
+        return
+    table = Table("vendor", "class", "devices", "from",
+                  *([Column("class id", no_wrap=True)] if verbose else []))
+    for c in classes:
+        cells = [str(c.get("vendor_name") or "-"), str(c.get("class_name") or c.get("class_id")),
+                 str(c.get("devices")), str(c.get("source") or "-")]
+        _row(table, *cells, *([str(c.get("class_id"))] if verbose else []))
+    out.print(table)
+
+
+@classes_app.command("name")
+@handles_errors
+def classes_name(
+        class_id: Annotated[str, typer.Argument(metavar="CLASS-ID", help="Class UUID.")],
+        server: ServerOption, token_file: TokenFileOption,
+        class_name: Annotated[str | None, typer.Option("--class-name", help="The class's "
+                                                       "name.")] = None,
+        vendor_name: Annotated[str | None, typer.Option("--vendor-name", help="The vendor's "
+                                                        "name.")] = None,
+        vendor_domain: Annotated[str | None, typer.Option(
+            "--vendor-domain", help="The vendor's domain: the names must then derive the "
+            "ids (UUID5, manifest §8.4.8.1-2).")] = None,
+        vendor_id: Annotated[str | None, typer.Option(
+            "--vendor-id", help="Vendor UUID, for a class no device has yet.")] = None,
+        as_json: JsonOption = False, timeout: TimeoutOption = 30.0) -> None:
+    """Name a device class (admin, operator; audited); a later release's text no longer
+    renames it."""
+    if class_name is None and vendor_name is None:
+        fail("give --class-name, --vendor-name or both", EXIT_USAGE)
+    body = {k: v for k, v in (("class_name", class_name), ("vendor_name", vendor_name),
+                              ("vendor_domain", vendor_domain), ("vendor_id", vendor_id))
+            if v is not None}
+    doc = ApiClient.from_options(server, token_file, timeout).request(
+        "PUT", f"/api/v1/classes/{_class_id(class_id)}", body=body)
+    if as_json:
+        print_json(doc)
+        return
+    out.print(f"class {class_id}: {class_label(doc)}", markup=False)

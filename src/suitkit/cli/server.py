@@ -952,11 +952,27 @@ def upload(
         metavar="[IMAGE...]", help="Detached images: PATH (matched by digest) or N=PATH "
         "(for component index N).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 60.0,
+    version: Annotated[str | None, typer.Option(
+        "--version", help="The release's version (e.g. 1.4.0), when the manifest's text has "
+        "no component-version (up to 64 characters).")] = None,
+    notes: Annotated[str | None, typer.Option(
+        "--notes", help="Release notes (up to 4096 characters); @FILE reads them from a "
+        "file.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Upload a release (envelope and detached images) to a firmware server; the files are
     streamed from disk (never held in memory), with a progress bar on a terminal."""
     token = read_token(token_file)
+    fields: dict[str, str] = {}
+    if version is not None:
+        fields["version"] = version
+    if notes is not None:
+        if notes.startswith("@"):
+            try:
+                notes = Path(notes[1:]).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                fail(f"--notes {notes}: cannot read: {e}", EXIT_USAGE)
+        fields["notes"] = notes
     parts = [("envelope", envelope, "envelope", "application/suit-envelope+cose")]
     for spec in images or []:
         index, sep, name = spec.partition("=")
@@ -987,7 +1003,7 @@ def upload(
         try:
             with progress:
                 response = httpx.post(f"{url}/api/v1/releases", files=files,  # type: ignore[arg-type]
-                                      timeout=timeout,
+                                      data=fields, timeout=timeout,
                                       headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as e:
             fail(f"cannot reach {url} to upload: {type(e).__name__}: {e}", EXIT_UNREACHABLE)
@@ -1002,7 +1018,8 @@ def upload(
     if as_json:
         print_json({**doc, "stored": response.status_code == 201})
         return
-    out.print(f"release {doc['id']} (sequence number {doc['sequence_number']}) {state}",
+    named = f"version {doc['version']}, " if doc.get("version") else ""
+    out.print(f"release {doc['id']} ({named}sequence number {doc['sequence_number']}) {state}",
               markup=False)
     out.print(f"  envelope: {url}{doc['envelope']['url']}", markup=False)
     for component in doc["components"]:

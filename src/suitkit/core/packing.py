@@ -34,8 +34,16 @@ target-size bytes are out. uvarint is LEB128 (at most 9 bytes), svarint its zigz
 Applying reads the patch once, front to back, and the source at random: a device keeps only a
 piece of each in RAM.
 
+In-place deltas (docs/delta.md §9): delta-info's optional member 4 says that the patch may be
+applied over its own precursor, one flash sector at a time, in a given order, so that no write
+destroys source bytes still to be read; it also carries the digest and size of the patch as
+it travels (so the device can stage it and authenticate it again before the first destructive
+write) and the patch's codec (compression-info is not set with it: the staged bytes are the
+compressed ones). ``make_inplace_delta`` makes such a patch; ``apply_delta(inplace=...)``
+refuses one that breaks the rule; ``apply_delta_window`` rebuilds one sector of the output.
+
 Not here: where the precursor comes from (the processor hands a reader over the component's
-content), in-place patching of a single slot.
+content), the sector-by-sector rewrite and its journal (``bootloader.inplace``).
 """
 
 from __future__ import annotations
@@ -47,10 +55,11 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol, runtime_checkable
 
 import zstandard
 
-from suitkit.core import cbor
+from suitkit.core import cbor, crypto
 from suitkit.core.model import Digest
 from suitkit.core.processor import (
     CustomParameter,
@@ -69,13 +78,18 @@ __all__ = [
     "CompressionInfo",
     "DeltaFormat",
     "DeltaInfo",
+    "InplaceComponent",
+    "InplaceInfo",
+    "Order",
     "add_bytes",
     "apply_delta",
+    "apply_delta_window",
     "codec_named",
     "compress",
     "compress_best",
     "decompress",
     "make_delta",
+    "make_inplace_delta",
     "packed_bound",
     "packing_parameters",
 ]
@@ -158,6 +172,69 @@ class CompressionInfo:
         return cls(algorithm)
 
 
+class Order(IntEnum):
+    """The order an in-place patch rewrites the slot's sectors in."""
+
+    ASCENDING = 0
+    """Lowest sector first: the output of sector j reads source bytes of sectors >= j only."""
+    DESCENDING = 1
+    """Highest sector first: the output of sector j reads source bytes of sectors <= j only."""
+
+
+INPLACE_UNITS = range(9, 17)
+"""An in-place patch's sector size is a power of two from 512 bytes to 64 KiB."""
+
+
+@dataclass(frozen=True, slots=True)
+class InplaceInfo:
+    """Member 4 of suitkit-delta-info: the patch may be applied in place (docs/delta.md §9)."""
+
+    unit: int
+    """The sector size the patch is ordered for (bytes, a power of two)."""
+    order: int
+    """``Order``: which sector is rewritten first."""
+    codec: int
+    """The codec of the patch as it travels and is stored (0: none; else a ``Codec``)."""
+    patch_digest: Digest
+    """The digest of the patch as it travels (after decryption, before decompression)."""
+    patch_size: int
+
+    def to_map(self) -> dict[int, object]:
+        return {1: self.unit, 2: self.order, 3: self.codec,
+                4: [self.patch_digest.algorithm, self.patch_digest.value], 5: self.patch_size}
+
+    @classmethod
+    def from_map(cls, doc: object, path: str) -> InplaceInfo:
+        if not isinstance(doc, dict):
+            raise DecodeError(path, "expected a map")
+        for key in doc:
+            if key not in (1, 2, 3, 4, 5):
+                raise DecodeError(path, f"unknown member {key!r}")
+        for key in (1, 2, 3, 4, 5):
+            if key not in doc:
+                raise DecodeError(path, f"member {key} is missing")
+        unit, order, codec_, digest, size = (doc[k] for k in (1, 2, 3, 4, 5))
+        if isinstance(unit, bool) or not isinstance(unit, int) or unit <= 0 \
+                or unit & (unit - 1) or unit.bit_length() - 1 not in INPLACE_UNITS:
+            raise DecodeError(f"{path}.unit", f"expected a power of two from 512 to 65536, "
+                              f"got {unit!r}")
+        if isinstance(order, bool) or order not in (0, 1):
+            raise DecodeError(f"{path}.order", f"expected 0 (ascending) or 1 (descending), "
+                              f"got {order!r}")
+        if isinstance(codec_, bool) or not isinstance(codec_, int) \
+                or (codec_ != 0 and codec_ not in Codec.__members__.values()):
+            raise DecodeError(f"{path}.codec", f"expected 0 (none) or a codec "
+                              f"({', '.join(f'{int(c)}' for c in Codec)}), got {codec_!r}")
+        if (not isinstance(digest, list | tuple) or len(digest) != 2
+                or isinstance(digest[0], bool) or not isinstance(digest[0], int)
+                or not isinstance(digest[1], bytes) or not 16 <= len(digest[1]) <= 64):
+            raise DecodeError(f"{path}.patch-digest", "expected [algorithm-id, digest bytes]")
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise DecodeError(f"{path}.patch-size", f"expected a positive integer, got "
+                              f"{size!r}")
+        return cls(unit, int(order), int(codec_), Digest(digest[0], digest[1]), size)
+
+
 @dataclass(frozen=True, slots=True)
 class DeltaInfo:
     """The value of suitkit-delta-info: the patch format and the precursor it applies to."""
@@ -165,11 +242,16 @@ class DeltaInfo:
     format: int
     precursor_digest: Digest
     precursor_size: int
+    inplace: InplaceInfo | None = None
+    """Member 4: the patch may be applied in place, and how (docs/delta.md §9)."""
 
     def encode(self) -> bytes:
-        return cbor.encode({1: self.format, 2: [self.precursor_digest.algorithm,
-                                                self.precursor_digest.value],
-                            3: self.precursor_size})
+        doc: dict[int, object] = {1: self.format, 2: [self.precursor_digest.algorithm,
+                                                      self.precursor_digest.value],
+                                  3: self.precursor_size}
+        if self.inplace is not None:
+            doc[4] = self.inplace.to_map()
+        return cbor.encode(doc)
 
     @classmethod
     def decode(cls, value: object, *, path: str = "delta-info") -> DeltaInfo:
@@ -178,7 +260,7 @@ class DeltaInfo:
         Raises:
             DecodeError: not a bstr-wrapped map of a known format, a digest and a size.
         """
-        doc = _info_map(value, path, required=(1, 2, 3), allowed=(1, 2, 3))
+        doc = _info_map(value, path, required=(1, 2, 3), allowed=(1, 2, 3, 4))
         fmt, digest, size = doc[1], doc[2], doc[3]
         if isinstance(fmt, bool) or not isinstance(fmt, int) \
                 or fmt not in DeltaFormat.__members__.values():
@@ -192,7 +274,8 @@ class DeltaInfo:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise DecodeError(f"{path}.precursor-size", f"expected an unsigned integer, got "
                               f"{size!r}")
-        return cls(int(fmt), Digest(digest[0], digest[1]), size)
+        inplace = InplaceInfo.from_map(doc[4], f"{path}.in-place") if 4 in doc else None
+        return cls(int(fmt), Digest(digest[0], digest[1]), size, inplace)
 
 
 def _info_map(value: object, path: str, *, required: tuple[int, ...],
@@ -202,7 +285,7 @@ def _info_map(value: object, path: str, *, required: tuple[int, ...],
                           f"{type(value).__name__}")
     if len(value) > 256:
         raise DecodeError(path, f"{len(value)} bytes; at most 256 expected")
-    doc = cbor.decode(value, path=path, max_depth=3)
+    doc = cbor.decode(value, path=path, max_depth=4)
     if not isinstance(doc, dict):
         raise DecodeError(path, "expected a map")
     for key in doc:
@@ -451,14 +534,19 @@ def make_delta(old: bytes, new: bytes) -> bytes:
 
 
 def apply_delta(patch: Iterable[bytes], read_source: Callable[[int, int], bytes], *,
-                source_size: int, max_output: int,
-                what: str = "patch") -> Iterator[bytes]:
+                source_size: int, max_output: int, what: str = "patch",
+                inplace: tuple[int, int] | None = None) -> Iterator[bytes]:
     """Rebuild the target from an SKD1 ``patch`` (streamed) and the source (read at random
     with ``read_source(offset, length)``): pieces of at most ``PIECE`` bytes.
 
+    ``inplace``: ``(unit, order)`` of an in-place patch: every diff run must read only source
+    bytes that the in-place rewrite (``Order``, sectors of ``unit`` bytes) has not overwritten
+    by the time it writes that output byte (docs/delta.md §9).
+
     Raises:
         DecodeError: a malformed or truncated patch, a patch for another source size, a source
-            read outside the source, more output than ``max_output``, bytes after the end.
+            read outside the source, more output than ``max_output``, bytes after the end, or
+            (``inplace``) a read of a source byte already overwritten.
     """
     source = _Source(patch)
     if source.exact(4, "the magic number") != _MAGIC:
@@ -482,6 +570,8 @@ def apply_delta(patch: Iterable[bytes], read_source: Callable[[int, int], bytes]
         if diff_len and (position < 0 or position + diff_len > source_size):
             raise DecodeError(what, f"a record reads source bytes {position} to "
                               f"{position + diff_len}, outside the {source_size}-byte source")
+        if inplace is not None and diff_len:
+            _check_inplace(produced, position, diff_len, inplace, what)
         left = diff_len
         while left:
             n = min(left, PIECE)
@@ -504,6 +594,189 @@ def apply_delta(patch: Iterable[bytes], read_source: Callable[[int, int], bytes]
         raise DecodeError(what, f"bytes after the last record (the patch ended at "
                           f"{source.consumed - 1} bytes)")
 
+
+def _inplace_ok(out: int, src: int, n: int, unit: int, order: int) -> bool:
+    """Whether output bytes ``out..out+n`` may read source bytes ``src..src+n`` in place: each
+    source byte lies in a sector the rewrite has not reached before the output byte's own."""
+    shift = src - out
+    first, last = out // unit, (out + n - 1) // unit
+    if order == Order.ASCENDING:
+        # the sector of src+i must be >= the sector of out+i
+        return shift >= 0 or (first == last and out % unit >= -shift)
+    return shift <= 0 or (first == last and (out + n - 1) % unit < unit - shift)
+
+
+def _check_inplace(out: int, src: int, n: int, inplace: tuple[int, int], what: str) -> None:
+    unit, order = inplace
+    if not _inplace_ok(out, src, n, unit, order):
+        direction = "ascending" if order == Order.ASCENDING else "descending"
+        raise DecodeError(what, f"not an in-place patch: output bytes {out} to {out + n} read "
+                          f"source bytes {src} to {src + n}, which a {direction} rewrite of "
+                          f"{unit}-byte sectors has overwritten by then")
+
+
+def apply_delta_window(patch: Iterable[bytes], read_source: Callable[[int, int], bytes], *,
+                       source_size: int, start: int, end: int, what: str = "patch") -> bytes:
+    """Output bytes ``start..end`` of an SKD1 patch (fewer at the target's end), reading only
+    the source bytes those need: the bootloader rebuilds one sector of an in-place patch at a
+    time, while the sectors it rewrote already hold the new image (docs/delta.md §9).
+
+    Raises:
+        DecodeError: as :func:`apply_delta` (the patch is checked up to ``end`` only).
+    """
+    source = _Source(patch)
+    if source.exact(4, "the magic number") != _MAGIC:
+        raise DecodeError(what, "not an SKD1 patch (the first bytes are not 'SKD1')")
+    declared_source = _read_uvarint(source, "source-size")
+    target = _read_uvarint(source, "target-size")
+    if declared_source != source_size:
+        raise DecodeError(what, f"made for a source of {declared_source} bytes; the "
+                          f"precursor has {source_size}")
+    end = min(end, target)
+    out = bytearray()
+    position = produced = 0
+    while produced < end:
+        diff_len = _read_uvarint(source, "diff-len")
+        extra_len = _read_uvarint(source, "extra-len")
+        seek = _read_svarint(source, "seek")
+        if produced + diff_len + extra_len > target:
+            raise DecodeError(what, f"a record at output byte {produced} writes past the "
+                              f"target-size {target}")
+        if diff_len and (position < 0 or position + diff_len > source_size):
+            raise DecodeError(what, f"a record reads source bytes {position} to "
+                              f"{position + diff_len}, outside the {source_size}-byte source")
+        for kind, length in (("diff", diff_len), ("extra", extra_len)):
+            at = produced
+            left = length
+            while left:
+                n = min(left, PIECE)
+                data = source.exact(n, f"{kind} bytes")
+                lo, hi = max(at, start), min(at + n, end)
+                if lo < hi:
+                    piece = data[lo - at:hi - at]
+                    if kind == "diff":
+                        src = position + (lo - produced)
+                        old = read_source(src, hi - lo)
+                        if len(old) != hi - lo:
+                            raise DecodeError(what, f"the precursor gave {len(old)} bytes at "
+                                              f"{src}, {hi - lo} were asked")
+                        piece = add_bytes(old, piece)
+                    out += piece
+                at += n
+                left -= n
+            if kind == "diff":
+                position += diff_len
+                produced += diff_len
+        produced += extra_len
+        position += seek
+    return bytes(out)
+
+
+_NEGATE = bytes((-b) & 0xFF for b in range(256))
+
+
+def make_inplace_delta(old: bytes, new: bytes, unit: int) -> tuple[bytes, Order, int]:
+    """An SKD1 patch that rebuilds ``new`` from ``old`` **in place**, one ``unit``-byte sector
+    at a time (docs/delta.md §9), with the order that needs fewer literal bytes; returns the
+    patch, the order and how many bytes had to go literal (bsdiff's copies that would read a
+    source byte the rewrite has overwritten by then)."""
+    import bsdiff4.core  # noqa: PLC0415 - author side only
+
+    if unit <= 0 or unit & (unit - 1) or unit.bit_length() - 1 not in INPLACE_UNITS:
+        raise DecodeError("in-place", f"the sector size must be a power of two from 512 to "
+                          f"65536, got {unit}")
+    control, _diff, _extra = bsdiff4.core.diff(old, new)
+    segments: list[tuple[int, int, int | None]] = []  # (output, length, source or literal)
+    out = pos = 0
+    for i in range(0, len(control), 24):
+        x = bsdiff4.core.decode_int64(control[i:i + 8])
+        y = bsdiff4.core.decode_int64(control[i + 8:i + 16])
+        z = bsdiff4.core.decode_int64(control[i + 16:i + 24])
+        if x:
+            inside = pos >= 0 and pos + x <= len(old)
+            segments.append((out, x, pos if inside else None))
+        if y:
+            segments.append((out + x, y, None))
+        out += x + y
+        pos += x + z
+    best: tuple[int, Order, list[tuple[int, int, int | None]]] | None = None
+    for order in Order:
+        kept = _inplace_segments(segments, unit, order)
+        literal = sum(n for _o, n, src in kept if src is None)
+        if best is None or literal < best[0]:
+            best = (literal, order, kept)
+    assert best is not None
+    literal, order, kept = best
+    return _encode_segments(kept, old, new), order, literal
+
+
+def _inplace_segments(segments: list[tuple[int, int, int | None]], unit: int,
+                      order: Order) -> list[tuple[int, int, int | None]]:
+    """Cut copies at sector boundaries; what would read an overwritten byte goes literal."""
+    pieces: list[tuple[int, int, int | None]] = []
+    for out, n, src in segments:
+        if src is None:
+            pieces.append((out, n, None))
+            continue
+        at = out
+        while at < out + n:
+            sector = at // unit
+            stop = min(out + n, (sector + 1) * unit)
+            s0, s1 = src + (at - out), src + (stop - out)
+            if order == Order.ASCENDING:
+                floor = sector * unit  # sources below this sector are rewritten already
+                bad = max(0, min(s1, floor) - s0)
+                if bad:
+                    pieces.append((at, bad, None))
+                if stop - at - bad:
+                    pieces.append((at + bad, stop - at - bad, s0 + bad))
+            else:
+                ceiling = (sector + 1) * unit  # sources above this sector are rewritten
+                good = max(0, min(s1, ceiling) - s0)
+                if good:
+                    pieces.append((at, good, s0))
+                if stop - at - good:
+                    pieces.append((at + good, stop - at - good, None))
+            at = stop
+    merged: list[tuple[int, int, int | None]] = []
+    for out, n, src in pieces:
+        if merged:
+            p_out, p_n, p_src = merged[-1]
+            if (src is None and p_src is None) or (
+                    src is not None and p_src is not None and p_src + p_n == src):
+                merged[-1] = (p_out, p_n + n, p_src)
+                continue
+        merged.append((out, n, src))
+    return merged
+
+
+def _encode_segments(segments: list[tuple[int, int, int | None]], old: bytes,
+                     new: bytes) -> bytes:
+    """SKD1 records for a list of copies (with a source offset) and literals, in output order."""
+    records: list[tuple[int, int, bytes]] = []  # (source, diff length, extra bytes) ...
+    diffs: list[bytes] = []
+    for out, n, src in segments:
+        if src is None:
+            if not records:
+                records.append((0, 0, b""))
+                diffs.append(b"")
+            s_, d_, e_ = records[-1]
+            records[-1] = (s_, d_, e_ + new[out:out + n])
+        else:
+            records.append((src, n, b""))
+            diffs.append(add_bytes(new[out:out + n], old[src:src + n].translate(_NEGATE)))
+    parts = [_MAGIC, _uvarint(len(old)), _uvarint(len(new))]
+    position = 0
+    if records and records[0][0] != 0:
+        parts += [_uvarint(0), _uvarint(0), _svarint(records[0][0])]
+        position = records[0][0]
+    for k, ((src, n, extra), diff) in enumerate(zip(records, diffs, strict=True)):
+        after = src + n
+        following = records[k + 1][0] if k + 1 < len(records) else after
+        parts += [_uvarint(n), _uvarint(len(extra)), _svarint(following - after), diff, extra]
+        position = following
+    del position
+    return b"".join(parts)
 
 
 # ---------------------------------------------------------------------------- the device side
@@ -574,9 +847,72 @@ def _unpack_delta(call: UnpackCall) -> Unpacker:
             f"{info.precursor_digest.value.hex()[:16]}... the delta was made for "
             "(REQ.SEC.AUTH.PRECURSOR)")
     bound = call.max_output
+    stager = component if isinstance(component, InplaceComponent) else None
+    if stager is not None and not stager.expect_patch(
+            call.value if isinstance(call.value, bytes) else b"", info):
+        stager = None
+    inplace = info.inplace
+    if inplace is None:
+        def run(chunks: Iterable[bytes]) -> Iterator[bytes]:
+            return apply_delta(chunks, component.read_at, source_size=size, max_output=bound,
+                               what="delta")
 
-    def run(chunks: Iterable[bytes]) -> Iterator[bytes]:
-        return apply_delta(chunks, component.read_at, source_size=size, max_output=bound,
-                           what="delta")
+        return Unpacker(packed_bound(bound), run)
+    if inplace.patch_size > packed_bound(bound):
+        raise DecodeError("delta-info.in-place.patch-size", f"{inplace.patch_size} bytes is "
+                          f"more than a patch of a {bound}-byte image may take")
+    unit_order = (inplace.unit, inplace.order)
 
-    return Unpacker(packed_bound(bound), run)
+    def run_inplace(chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """The patch as it travels: staged (an in-place device), checked against its signed
+        digest and size, decoded and applied (a dry run on an in-place device: the processor
+        checks the output against image-digest, nothing of the slot is written)."""
+        hasher = crypto.new_hasher(inplace.patch_digest.algorithm)
+        received = 0
+
+        def raw() -> Iterator[bytes]:
+            nonlocal received
+            for chunk in chunks:
+                received += len(chunk)
+                if received > inplace.patch_size:
+                    raise AuthenticationError(f"the patch is longer than the "
+                                              f"{inplace.patch_size} bytes its delta-info "
+                                              "signs; refused")
+                hasher.update(chunk)
+                if stager is not None:
+                    stager.write_patch(chunk)
+                yield chunk
+            if received != inplace.patch_size:
+                raise AuthenticationError(f"the patch is {received} bytes, its delta-info "
+                                          f"signs {inplace.patch_size}")
+            if not hmac.compare_digest(hasher.digest(), inplace.patch_digest.value):
+                raise AuthenticationError("the patch's digest is not the one its delta-info "
+                                          "signs; refused")
+
+        source = raw()
+        stream: Iterable[bytes] = source
+        if inplace.codec:
+            stream = decompress(source, inplace.codec, max_output=packed_bound(bound),
+                                what=f"{Codec(inplace.codec).name.lower()} patch")
+        yield from apply_delta(stream, component.read_at, source_size=size, max_output=bound,
+                               what="delta", inplace=unit_order)
+        for _ in source:  # the rest of the patch (none, for a good one) is checked too
+            pass
+
+    return Unpacker(inplace.patch_size, run_inplace)
+
+
+@runtime_checkable
+class InplaceComponent(Protocol):
+    """A component that stages an in-place patch itself (a single-slot device: the patch is
+    kept whole, then applied in place by the bootloader; docs/delta.md §9)."""
+
+    def expect_patch(self, value: bytes, info: DeltaInfo) -> bool:
+        """Told before anything is written that the fetch carries a delta (``value``: the
+        delta-info as signed). True: this component stages the patch (``write_patch``), and
+        refuses a delta that is not made for in-place application (raise ``PolicyError``)."""
+        ...
+
+    def write_patch(self, data: bytes) -> None:
+        """The next bytes of the patch as it travels."""
+        ...

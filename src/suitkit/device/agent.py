@@ -5,7 +5,8 @@ client-initiated (poll), server-initiated (push) and hybrid modes.
 ``tracker-id``, written by ``register`` or at the first run the tracker accepted, must be the
 credential's device: a folder never reports in another device's name) and:
 
-1. ``POST /api/v1/devices/{id}/checkin`` (one request per poll): the digest of its inventory
+1. ``POST /device/v1/{id}/checkin`` (one request per poll; the device API's prefix, and
+   ``/api/v1/devices/{id}/...`` for a tracker that predates it): the digest of its inventory
    (vendor and class IDs, per component the running sequence number, image digest and version:
    what the bootloader verified, as ``device status`` shows; the device's capability report,
    draft-ietf-suit-report §6, and its ECDH-ES public keys; ``inventory_digest``, SHA-256 of
@@ -93,15 +94,21 @@ from suitkit.core.report import (
     sign_report,
 )
 from suitkit.core.verify import verify_envelope
-from suitkit.device.anchors import read_store
 from suitkit.device.capabilities import capability_report
-from suitkit.device.config import HealthConfig, bind_tracker_id, check_tracker_id, load_config
+from suitkit.device.config import (
+    BOOTLOADER_ID,
+    HealthConfig,
+    bind_tracker_id,
+    check_tracker_id,
+    load_config,
+)
 from suitkit.device.consumer import PayloadFetcher, running_version, split_slot_record
 from suitkit.device.fetch import CoapFetcher, HttpFetcher
 from suitkit.device.health import Watch, close_watch, load_watch, open_watch
 from suitkit.device.health import check as check_health
 from suitkit.device.invoke import Launcher, ProcessLauncher, RecordingLauncher, invoke_running
 from suitkit.device.listen import (
+    DEVICE_API,
     CoapSource,
     LongPollSource,
     MqttSource,
@@ -118,7 +125,7 @@ from suitkit.device.selfupdate import (
     slot_phase,
 )
 from suitkit.device.tls import network_reason
-from suitkit.device.wiring import OpenDevice, open_device
+from suitkit.device.wiring import OpenDevice, Stage1Bootloader, open_device, stage1_status
 from suitkit.errors import DecodeError, FetchError, PolicyError, StorageError, SuitError
 from suitkit.fileio import atomic_write
 from suitkit.limits import Limits
@@ -235,6 +242,13 @@ def inventory_of(opened: OpenDevice, *, versions: bool = True) -> dict[str, Any]
                 entry["version"] = list(version)
         components.append(entry)
     components.append(anchors_entry(opened))
+    stage1 = stage1_status(opened.bootloader)  # mcu with a stage 0: the stage-1 bootloader
+    if stage1 is not None:
+        loader: dict[str, Any] = {"id": [p.hex() for p in BOOTLOADER_ID]}
+        running = stage1["running"]
+        if isinstance(running, dict):
+            loader.update(sequence=running["sequence-number"], digest=running["digest"])
+        components.append(loader)
     hardware: dict[str, Any] = {"shape": opened.config.shape}
     if has_agent(opened):  # the code that runs now: which agent came up (docs/selfupdate.md)
         hardware[AGENT_VERSION_FACT] = f"suitkit {__version__}"[:_MAX_FACT]
@@ -270,7 +284,7 @@ def anchors_entry(opened: OpenDevice) -> dict[str, Any]:
     document (none for the anchors device init wrote, version 0)."""
     entry: dict[str, Any] = {"id": [p.hex() for p in ANCHORS_COMPONENT]}
     try:
-        stored = read_store(opened.config.directory)
+        stored = opened.config.stored_anchors()
     except SuitError:
         return entry  # damaged: the install's error to report (no version claimed)
     entry["sequence"] = 0
@@ -306,7 +320,11 @@ class _Tracker:
 
     def __init__(self, client: httpx.Client, device_id: str) -> None:
         self.client = client
-        self.base = f"/api/v1/devices/{device_id}"
+        self.base = f"{DEVICE_API}/{device_id}"
+        """The device API (``/device/v1/{id}``); the deprecated ``/api/v1/devices/{id}`` of
+        a tracker that predates it (a 404 there, ``_call``) for the rest of the run."""
+        self.legacy = f"/api/v1/devices/{device_id}"
+        self.prefix_known = False
         self.versions = True
         """Send each component's ``version`` (update-management §4.4; the tracker keeps it
         since migration 0011_reports)."""
@@ -344,10 +362,18 @@ class _Tracker:
         job = self.update() if pending else None
         return job, self.state() if job is not None else None
 
-    def _call(self, method: str, path: str, expected: tuple[int, ...], **kwargs: Any
-              ) -> httpx.Response:
+    def _call(self, method: str, path: str, expected: tuple[int, ...], *,
+              base: str | None = None, **kwargs: Any) -> httpx.Response:
         try:
-            response = self.client.request(method, self.base + path, **kwargs)
+            response = self.client.request(method, (base or self.base) + path, **kwargs)
+            if not self.prefix_known and response.status_code in _OLD_SERVER \
+                    and self.base != self.legacy and base is None:
+                # no device API under its own prefix (a tracker has every route of it or
+                # none): a tracker older than it, whose routes under /api/v1/devices answer
+                # the same calls, for the rest of the run
+                self.base = self.legacy
+                response = self.client.request(method, self.base + path, **kwargs)
+            self.prefix_known = self.prefix_known or response.status_code < 300
         except httpx.HTTPError as e:
             raise TrackerUnreachable(f"{method} {path or '/'}: {network_reason(e)}") from None
         if response.status_code not in expected:
@@ -381,8 +407,9 @@ class _Tracker:
         return Assigned.of(doc, "GET /update")
 
     def state(self) -> str | None:
-        """The update state the tracker has for the device."""
-        response = self._call("GET", "", (200,))
+        """The update state the tracker has for the device (its record: in the operator API,
+        ``GET /api/v1/devices/{id}``, which the device may read; the device API has none)."""
+        response = self._call("GET", "", (200,), base=self.legacy)
         try:
             state = response.json().get("state")
         except (ValueError, AttributeError):
@@ -915,7 +942,10 @@ def _trial(opened: OpenDevice) -> tuple[bool, int | None]:
     first = observation.primary[0] if observation.primary else None
     sequence = (first.info.sequence_number
                 if first is not None and first.info is not None else None)
-    return state.phase.name.lower() in ("trial", "tried"), sequence
+    # a new stage-1 bootloader on trial is confirmed with the device (docs/selfupdate.md)
+    stage1 = isinstance(opened.bootloader, Stage1Bootloader) and \
+        opened.bootloader.stage1_on_trial()
+    return state.phase.name.lower() in ("trial", "tried") or stage1, sequence
 
 
 def _restart(opened: OpenDevice) -> str:

@@ -17,6 +17,13 @@ fewer). A folder without the file has the anchors ``device init`` wrote (``devic
 
 Reads are cached by the file's identity (inode, size, modification time), so the bootloader's
 verifier, which asks at every slot it checks, parses the file once per change.
+
+On the flash shapes (``mcu``, ``secure-split``, ``dual-cpu``) the same bytes live in a flash
+area instead of the file (an :class:`AnchorMedium`, ``device.wiring``: two copies written in
+turn, ``bootloader.records``): ``read_store`` and ``write_store`` take it as ``medium``. A
+folder made before the area existed keeps its file until the first open copies it into the
+area (``migrate_file``); while the area is empty the file (if any) is still what is read, so a
+damaged file is refused there too.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from suitkit.core import cbor
 from suitkit.core.anchors import AnchorsDocument, parse_document
@@ -35,7 +43,8 @@ from suitkit.core.verify import TrustAnchors
 from suitkit.errors import DecodeError, KeyMaterialError, SuitError
 from suitkit.fileio import atomic_write
 
-__all__ = ["STORE", "StoredAnchors", "read_store", "write_store"]
+__all__ = ["STORE", "AnchorMedium", "StoredAnchors", "migrate_file", "read_store",
+           "write_store"]
 
 STORE = "anchors.cbor"
 FORMAT = 1
@@ -58,17 +67,51 @@ class StoredAnchors:
         return self.anchors
 
 
+class AnchorMedium(Protocol):
+    """Where a device keeps its anchor store's bytes other than ``anchors.cbor`` (a flash
+    area): replaced as a whole, atomically and power-safely."""
+
+    @property
+    def where(self) -> str:
+        """What it is, for messages (e.g. ``DEV: flash area of the trust anchors``)."""
+        ...
+
+    def load(self) -> bytes | None:
+        """The stored bytes; ``None``: none stored yet.
+
+        Raises:
+            StorageError: damaged or unreadable.
+        """
+        ...
+
+    def save(self, data: bytes) -> None:
+        """Replace the stored bytes (the old ones or the new ones after a power cut).
+
+        Raises:
+            StorageError: it cannot be written (the old bytes are kept).
+        """
+        ...
+
+
 _cache: dict[str, tuple[tuple[int, int, int, int], StoredAnchors]] = {}
 _cache_lock = threading.Lock()
 _CACHE_MAX = 256
 
 
-def read_store(directory: Path) -> StoredAnchors | None:
+_medium_cache: dict[str, tuple[bytes, StoredAnchors]] = {}
+
+
+def read_store(directory: Path, medium: AnchorMedium | None = None) -> StoredAnchors | None:
     """The device's stored anchors, checked; ``None``: none stored (device init's, version 0).
+    ``medium``: the device keeps them there (a flash area), the file only until migrated.
 
     Raises:
         KeyMaterialError: the store is damaged or unreadable (naming the file and what is wrong).
     """
+    if medium is not None:
+        stored = _read_medium(medium)
+        if stored is not None:
+            return stored
     path = directory / STORE
     try:
         st = os.stat(path)
@@ -101,6 +144,53 @@ def read_store(directory: Path) -> StoredAnchors | None:
     return stored
 
 
+def _read_medium(medium: AnchorMedium) -> StoredAnchors | None:
+    try:
+        data = medium.load()
+    except SuitError as e:
+        raise KeyMaterialError(f"{medium.where}: damaged trust-anchor store, refused (the "
+                               f"device trusts no older anchors in its place): {e}") from None
+    if data is None:
+        return None
+    digest = hashlib.sha256(data).digest()
+    with _cache_lock:
+        hit = _medium_cache.get(medium.where)
+    if hit is not None and hit[0] == digest:
+        return hit[1]
+    try:
+        stored = _parse(data, medium.where)
+    except SuitError as e:
+        raise KeyMaterialError(f"{medium.where}: damaged trust-anchor store, refused (the "
+                               f"device trusts no older anchors in its place): {e}") from None
+    with _cache_lock:
+        if len(_medium_cache) >= _CACHE_MAX:
+            _medium_cache.clear()
+        _medium_cache[medium.where] = (digest, stored)
+    return stored
+
+
+def migrate_file(directory: Path, medium: AnchorMedium) -> bool:
+    """Copy a folder's ``anchors.cbor`` into ``medium`` when the medium holds none yet (a
+    folder made before the flash area); returns whether it did. The file stays until the
+    caller has made the medium durable (``OpenDevice.save`` removes it then); while it stays,
+    the medium is what is read.
+
+    Raises:
+        KeyMaterialError: the file is damaged (it is kept, and refused at every read).
+        StorageError: the medium cannot be written.
+    """
+    try:
+        if medium.load() is not None:
+            return False
+    except SuitError:
+        return False  # a damaged area is refused at every read, never replaced by the file
+    stored = read_store(directory)
+    if stored is None:
+        return False
+    medium.save(encode_store(stored.raw, stored.recorded))
+    return True
+
+
 def _parse(data: bytes, where: str) -> StoredAnchors:
     doc = cbor.decode(data, path=where, max_depth=4)
     if not isinstance(doc, dict) or set(doc) != {"format", "body", "sha256"} \
@@ -128,9 +218,11 @@ def encode_store(raw_document: bytes, recorded: Iterable[bytes]) -> bytes:
 
 
 def write_store(directory: Path, raw_document: bytes, recorded: Iterable[bytes], *,
-                crash: Callable[[str], None] | None = None) -> StoredAnchors:
+                crash: Callable[[str], None] | None = None,
+                medium: AnchorMedium | None = None) -> StoredAnchors:
     """Replace the device's anchors with ``raw_document`` (checked again here) and the
-    ``recorded`` manifest digests, atomically and durably.
+    ``recorded`` manifest digests, atomically and durably (``medium``: there, not in the
+    file).
 
     Raises:
         DecodeError, PolicyError: not a usable document; too many recorded manifests.
@@ -141,8 +233,11 @@ def write_store(directory: Path, raw_document: bytes, recorded: Iterable[bytes],
         raise DecodeError(STORE, f"{len(recorded)} recorded manifests; at most {MAX_RECORDED}")
     document = parse_document(raw_document)
     data = encode_store(raw_document, recorded)
-    if crash is not None:
-        crash(f"anchors {STORE}")
-    atomic_write(directory / STORE, data)
+    if medium is not None:
+        medium.save(data)
+    else:
+        if crash is not None:
+            crash(f"anchors {STORE}")
+        atomic_write(directory / STORE, data)
     return StoredAnchors(document, raw_document, recorded,
                          document.trust_anchors(recorded=recorded))

@@ -34,6 +34,7 @@ from suitkit.core.numbers import (
 )
 from suitkit.core.processor import supported_commands, supported_parameters
 from suitkit.core.report import CapabilityReport, ComponentCapability
+from suitkit.device.config import BOOTLOADER_ID
 from suitkit.device.wiring import OpenDevice
 from suitkit.errors import SuitError
 
@@ -74,7 +75,9 @@ def capability_report(opened: OpenDevice) -> CapabilityReport:
         algorithms.update(crypto.AEAD_ALGORITHMS)
         algorithms.update(_CTR)
     return CapabilityReport(
-        components=tuple(ComponentCapability(spec.suit_id) for spec in config.components),
+        components=tuple(ComponentCapability(spec.suit_id) for spec in config.components)
+        # a device with a stage 0 updates its stage-1 bootloader too (docs/selfupdate.md)
+        + ((ComponentCapability(BOOTLOADER_ID),) if config.stage1 else ()),
         commands=supported_commands(opened.extensions),
         parameters=tuple(sorted(parameters)),
         algorithms=tuple(sorted(algorithms)) or (int(CoseAlg.SHA256),),

@@ -29,7 +29,7 @@ from suitkit.core import cbor, crypto
 from suitkit.core.model import ComponentIdentifier
 from suitkit.core.numbers import CoseAlg
 from suitkit.core.verify import ANCHORS_COMPONENT, ROOT_ROLE, TrustAnchor, TrustAnchors
-from suitkit.device.anchors import read_store
+from suitkit.device.anchors import AnchorMedium, StoredAnchors, read_store
 from suitkit.device.tls import ClientTls
 from suitkit.errors import DecodeError, KeyMaterialError, PolicyError, SuitError
 from suitkit.fileio import atomic_write
@@ -37,6 +37,8 @@ from suitkit.fileio import atomic_write
 __all__ = [
     "AGENT_ID",
     "AGENT_IMAGE",
+    "BOOTLOADER_ID",
+    "BOOTLOADER_IMAGE",
     "REPORT_KEY",
     "SHAPE_COMPONENTS",
     "UNPACK_ALL",
@@ -60,8 +62,11 @@ SHAPE_COMPONENTS: dict[str, tuple[str, ...]] = {
     "secure-split": ("secure", "nonsecure"),
     "dual-cpu": ("main", "coproc"),
     "linux": ("app",),
+    "mcu-inplace": ("app",),
 }
-"""The images of each shape's boot set; component i is SUIT component ``[h'0i']``."""
+"""The images of each shape's boot set; component i is SUIT component ``[h'0i']``.
+``mcu-inplace``: one slot, no room for a second copy; updates are in-place deltas
+(docs/delta.md §9)."""
 
 AGENT_ID: ComponentIdentifier = (b"suitkit", b"agent")
 """The SUIT component identifier of the device agent (``device.selfupdate``; Linux-class
@@ -69,10 +74,17 @@ devices made with ``agent=True``)."""
 AGENT_IMAGE = "agent"
 """The agent's image name in the slot directories."""
 
+BOOTLOADER_ID: ComponentIdentifier = (b"suitkit", b"bootloader")
+"""The SUIT component identifier of the stage-1 bootloader of an mcu device made with a
+stage 0 (``stage1=True``; ``bootloader.stage0.STAGE1_ID``, docs/selfupdate.md)."""
+BOOTLOADER_IMAGE = "bootloader"
+"""The stage-1 bootloader's image name (outside the boot set: stage 0 switches it)."""
+
 UNPACK_ALL = ("zlib", "zstd", "xz", "bzip2", "delta")
 """Every kind of packed payload a device can accept (``DeviceConfig.unpack``)."""
 
-IMAGE_SECTORS: dict[str, int] = {"mcu": 80, "secure-split": 40, "dual-cpu": 40, "linux": 0}
+IMAGE_SECTORS: dict[str, int] = {"mcu": 80, "secure-split": 40, "dual-cpu": 40, "linux": 0,
+                                 "mcu-inplace": 80}
 """Default slot size of each simulated flash shape in 4 KiB sectors (mcu: 320 KiB; the
 two-image shapes 160 KiB each, so that one 4 KiB trailer sector can log a whole set's swap)."""
 
@@ -202,6 +214,12 @@ class DeviceConfig:
     unpack: tuple[str, ...] = UNPACK_ALL
     """The packed payloads the device accepts (docs/delta.md): compression codecs (zlib,
     zstd, xz, bzip2) and ``delta`` (SKD1 patches); a manifest asking for another is refused."""
+    stage1: bool = False
+    """mcu devices only: an immutable stage 0 runs one of two stage-1 bootloader copies, and
+    the stage 1 is a component (``BOOTLOADER_ID``) updated by SUIT manifests."""
+    anchor_medium: AnchorMedium | None = field(default=None, compare=False, repr=False)
+    """Where the device keeps its anchor store instead of ``anchors.cbor`` (flash shapes: a
+    flash area, set by ``device.wiring.open_device``); not part of ``device.json``."""
 
     def client_tls(self) -> ClientTls:
         """``tls`` with relative paths resolved against the device folder."""
@@ -210,11 +228,23 @@ class DeviceConfig:
         return ClientTls(at(self.tls.ca), at(self.tls.cert), at(self.tls.key))
 
     def component(self, suit_id: ComponentIdentifier) -> ComponentSpec | None:
-        """The component with this SUIT identifier, or ``None``."""
+        """The component with this SUIT identifier, or ``None`` (the stage-1 bootloader of a
+        device with a stage 0 is one, outside the boot set ``components``)."""
         for spec in self.components:
             if spec.suit_id == suit_id:
                 return spec
+        if self.stage1 and suit_id == BOOTLOADER_ID:
+            return ComponentSpec(BOOTLOADER_ID, BOOTLOADER_IMAGE)
         return None
+
+    def stored_anchors(self) -> StoredAnchors | None:
+        """The anchor store (``device.anchors``), from the flash area on flash shapes opened
+        by ``open_device``; ``None``: device init's anchors, version 0.
+
+        Raises:
+            KeyMaterialError: the store is damaged.
+        """
+        return read_store(self.directory, self.anchor_medium)
 
     def trust_anchors(self) -> TrustAnchors:
         """The trust anchors and signer policy of the device.
@@ -222,7 +252,7 @@ class DeviceConfig:
         Raises:
             KeyMaterialError: none, or one is unreadable.
         """
-        stored = read_store(self.directory)
+        stored = self.stored_anchors()
         if stored is not None:  # rotated at least once: device.json's anchors are history
             return stored.trust_anchors()
         if not self.anchors:
@@ -245,7 +275,7 @@ class DeviceConfig:
         Raises:
             KeyMaterialError: the stored anchors are damaged.
         """
-        stored = read_store(self.directory)
+        stored = self.stored_anchors()
         return 0 if stored is None else stored.document.version
 
     def dependency_anchors(self) -> TrustAnchors:
@@ -363,6 +393,8 @@ class DeviceConfig:
             doc["dependency-roles"] = list(self.dependency_roles)
         if self.unpack != UNPACK_ALL:
             doc["unpack"] = list(self.unpack)
+        if self.stage1:
+            doc["stage1"] = True
         return json.dumps(doc, indent=2).encode() + b"\n"
 
 
@@ -427,7 +459,8 @@ def load_config(directory: Path) -> DeviceConfig:
                     else None),
             tls=_tls(doc.get("tls")),
             dependency_roles=_roles(doc.get("dependency-roles", [])),
-            unpack=_unpack(doc.get("unpack", list(UNPACK_ALL))))
+            unpack=_unpack(doc.get("unpack", list(UNPACK_ALL))),
+            stage1=_stage1(doc.get("stage1", False), shape))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DecodeError(str(path), f"malformed: {e}") from None
 
@@ -451,6 +484,13 @@ def _image_name(name: str) -> str:
         raise DecodeError("--image", f"image name {name[:40]!r} must be 1 to 32 letters, "
                           "digits, - or _, starting with a letter or digit")
     return name
+
+
+def _stage1(value: object, shape: str) -> bool:
+    if not isinstance(value, bool) or (value and shape != "mcu"):
+        raise ValueError(f"stage1 must be true or false (true on the mcu shape only), got "
+                         f"{str(value)[:40]!r}")
+    return value
 
 
 def _tls(doc: object) -> ClientTls:
@@ -551,7 +591,8 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
                   scopes: Sequence[Sequence[ComponentIdentifier] | None] | None = None,
                   dependency_roles: Sequence[str] = (),
                   unpack: Sequence[str] | None = None,
-                  agent: bool = False) -> DeviceConfig:
+                  agent: bool = False,
+                  stage1: bool = False) -> DeviceConfig:
     """Create a device folder: ``device.json``, ``anchors/`` and ``keys/``.
 
     ``trust_anchors``: key files, or ``(role, file)`` pairs (a plain file is an ``author``).
@@ -567,6 +608,8 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
     image ``agent``), updated like the application (``device.selfupdate``).
 
     ``unpack``: the packed payloads it accepts (default: every kind, ``UNPACK_ALL``).
+    ``stage1``: mcu devices only: an immutable stage 0 and two stage-1 bootloader copies; the
+    stage 1 is component ``BOOTLOADER_ID`` (its factory copy is installed like an update).
 
     Raises:
         DecodeError: the folder already holds a device, a key file is unreadable, or a
@@ -579,11 +622,17 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         raise DecodeError(str(directory), "already holds a device")
     if app_command is not None and shape != "linux":
         raise DecodeError("--app-command", "only Linux-class devices start an application")
+    if stage1 and shape != "mcu":
+        raise DecodeError("--stage1", f"only the mcu shape has a stage 0 and an updatable "
+                          f"bootloader (docs/selfupdate.md), not {shape}")
     if agent and shape != "linux":
         raise DecodeError("--agent", "only Linux-class devices run an updatable agent (MCU "
                           "shapes update their bootloader: docs/bootloader.md)")
     if not trust_anchors:
         raise DecodeError("--trust-anchor", "a device needs at least one trust anchor")
+    if shape == "mcu-inplace" and unpack is not None and "delta" not in unpack:
+        raise DecodeError("--unpack", "an mcu-inplace device installs in-place deltas only "
+                          "(docs/delta.md §10): keep delta in --unpack")
     if health is not None:
         try:
             health.check()
@@ -640,7 +689,8 @@ def create_device(directory: Path, *, vendor_id: uuid.UUID, class_id: uuid.UUID,
         + ((ComponentSpec(AGENT_ID, AGENT_IMAGE),) if agent else ()),
         anchors=specs, required_roles=tuple(required_roles), app_command=app_command,
         health=health, tls=tls or ClientTls(), dependency_roles=tuple(dependency_roles),
-        unpack=UNPACK_ALL if unpack is None else check_unpack(unpack, path="--unpack"))
+        unpack=UNPACK_ALL if unpack is None else check_unpack(unpack, path="--unpack"),
+        stage1=stage1)
     (directory / "anchors").mkdir(parents=True, exist_ok=True)
     (directory / "keys").mkdir(exist_ok=True)
     for spec, (_, path) in zip(specs, pairs, strict=True):

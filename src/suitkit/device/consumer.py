@@ -36,6 +36,13 @@ with the digests of the slot manifests that verify now (``_apply_anchors``), so 
 image whose signer it revokes keeps booting. Earlier rotations an envelope carries are
 installed first, in order (``_catch_up``).
 
+The stage-1 bootloader (docs/selfupdate.md): on an mcu device made with a stage 0, a manifest
+for ``['suitkit', 'bootloader']`` (``config.BOOTLOADER_ID``, addressing nothing else; refused
+on a device without a stage 0) writes the boot store's image ``bootloader``, which the store
+maps to the stage-1 copy that does not run; ``check_staged`` and ``mark_pending`` then check
+and commit that copy alone (the boot set is not re-staged). At a rotation the stage-1 copies'
+manifests are recorded with the slots' (the store's ``updaters``).
+
 The boot store is any object with the shape of ``suitkit.bootloader.api.SlotStore`` plus
 ``running`` and ``read_counters``; this module does not import the bootloader (the roles stay
 apart; ``device.wiring`` connects them).
@@ -74,6 +81,7 @@ from suitkit.core.model import (
     TryEach,
 )
 from suitkit.core.numbers import CoseAlg, ManifestKey, ReportReason
+from suitkit.core.packing import DeltaInfo
 from suitkit.core.processor import (
     NO_EXTENSIONS,
     ComponentIdentity,
@@ -99,8 +107,8 @@ from suitkit.core.verify import (
     verify_decoded,
     verify_envelope,
 )
-from suitkit.device.anchors import read_store, write_store
-from suitkit.device.config import ComponentSpec, DeviceConfig
+from suitkit.device.anchors import write_store
+from suitkit.device.config import BOOTLOADER_ID, BOOTLOADER_IMAGE, ComponentSpec, DeviceConfig
 from suitkit.device.facts import ConsentHook, DeviceFacts, ask_consent, evaluate_wait, load_facts
 from suitkit.errors import (
     AuthenticationError,
@@ -187,6 +195,24 @@ class BootStore(Protocol):
     def staged(self, component: str) -> bytes | None: ...
 
 
+@runtime_checkable
+class PatchStore(Protocol):
+    """A boot store that applies deltas in place (a single-slot MCU, docs/delta.md §9): an
+    update stages the patch as fetched, not the image."""
+
+    def open_patch(self, component: str, *, manifest: bytes, delta_info: bytes,
+                   patch_size: int, image_size: int) -> PatchSlotWriter: ...
+
+
+class PatchSlotWriter(SlotWriterLike, Protocol):
+    def write_patch(self, data: bytes) -> None: ...
+
+
+@runtime_checkable
+class PatchWriterLike(Protocol):
+    def write_patch(self, data: bytes) -> None: ...
+
+
 class PayloadFetcher(Protocol):
     def fetch(self, uri: str, *, max_bytes: int, offset: int = 0,
               arguments: bytes | None = None) -> Iterator[bytes]: ...
@@ -235,6 +261,18 @@ def _transformed(envelope: Envelope) -> bool:
             [p for p in c.argument.values() if isinstance(p, Parameters)]
             if isinstance(c.argument, FrozenDict) else [])
         if any(p.encryption_info is not None or any(k < 0 for k in p.extra) for p in params):
+            return True
+    return False
+
+
+def signs_parameter(envelope: Envelope, number: int, value: object) -> bool:
+    """Whether a command sequence of the manifest sets custom parameter ``number`` to
+    ``value`` (the in-place bootloader's check that a staged delta-info is a signed one)."""
+    for c in _all_commands(envelope):
+        params = [c.argument] if isinstance(c.argument, Parameters) else (
+            [p for p in c.argument.values() if isinstance(p, Parameters)]
+            if isinstance(c.argument, FrozenDict) else [])
+        if any(p.extra.get(number) == value for p in params):
             return True
     return False
 
@@ -534,6 +572,16 @@ class _Writer:
             self._run.journal_save(self._image, durable)
             self._journaled = durable
 
+    @property
+    def stages_patch(self) -> bool:
+        return isinstance(self._slot, PatchWriterLike)
+
+    def write_patch(self, data: bytes) -> None:
+        """The next bytes of an in-place patch as fetched (``PatchStore``)."""
+        if not isinstance(self._slot, PatchWriterLike):
+            raise StorageError(f"{self._image}: this slot stages no patch")
+        self._slot.write_patch(data)
+
     def replay(self, chunk_size: int) -> Iterator[bytes]:
         """The bytes kept in the slot from an interrupted download, for the fetcher to yield
         instead of downloading them again."""
@@ -571,6 +619,8 @@ class _SlotComponent:
         self._spec = spec
         self.staged: _Staged | None = None
         self._writer_manifest: Envelope | None = None
+        self._patch: tuple[bytes, int] | None = None
+        """The delta-info and patch size of an in-place patch the next writer stages."""
 
     def writing_for(self, verified: VerifiedManifest) -> None:
         """``ManifestAwareComponent``: the manifest about to write this image (the root or a
@@ -627,6 +677,25 @@ class _SlotComponent:
         return running_version(self._run.store, self._spec.image, self._run.anchors,
                                self._run.limits, self._run.dependency_anchors)
 
+    def expect_patch(self, value: bytes, info: DeltaInfo) -> bool:
+        """``packing.InplaceComponent``: a store that patches in place stages the patch the
+        fetch carries (``write_patch``); it takes in-place deltas only."""
+        store = self._run.store
+        if not isinstance(store, PatchStore):
+            return False
+        if info.inplace is None:
+            raise PolicyError(f"{self._spec.image}: this device has one slot and patches it "
+                              "in place: the delta must be made for in-place application "
+                              "(delta-info member 4, docs/delta.md §9)")
+        self._patch = (value, info.inplace.patch_size)
+        return True
+
+    def write_patch(self, data: bytes) -> None:
+        writer = self._run.active
+        if writer is None or not writer.stages_patch:
+            raise StorageError(f"{self._spec.image}: no patch is being staged")
+        writer.write_patch(data)
+
     def open_writer(self, max_size: int, *,
                     metadata: Mapping[int, object] | None) -> _Writer:
         run = self._run
@@ -642,10 +711,19 @@ class _SlotComponent:
                 raise StorageError(f"{self._spec.image}: {e}") from None
         else:
             run.metadata.pop(self._spec.image, None)
-        slot = run.store.open_inactive(self._spec.image,
-                                       manifest=run.record(self._spec, self._writer_manifest),
-                                       image_size=max_size,
-                                       resume_at=run.resume.pop(self._spec.image, 0))
+        patch, self._patch = self._patch, None
+        slot: SlotWriterLike
+        if patch is not None and isinstance(run.store, PatchStore):
+            slot = run.store.open_patch(self._spec.image,
+                                        manifest=run.record(self._spec, self._writer_manifest),
+                                        delta_info=patch[0], patch_size=patch[1],
+                                        image_size=max_size)
+        else:
+            slot = run.store.open_inactive(self._spec.image,
+                                           manifest=run.record(self._spec,
+                                                               self._writer_manifest),
+                                           image_size=max_size,
+                                           resume_at=run.resume.pop(self._spec.image, 0))
 
         def committed(staged: _Staged) -> None:
             self.staged = staged
@@ -705,7 +783,7 @@ class _AnchorsComponent:
     def _current(self) -> bytes | None:
         if self._run.anchors_document is not None:  # staged by this manifest (image-match)
             return self._run.anchors_document
-        stored = read_store(self._run.config.directory)
+        stored = self._run.config.stored_anchors()
         return stored.raw if stored is not None else None
 
     def size(self) -> int | None:
@@ -1060,6 +1138,7 @@ class Consumer:
             full = self.config.trust_anchors()
             anchors = dataclasses.replace(full, recorded=frozenset())
             verified = verify_decoded(envelope, anchors, limits=self.limits)
+            self._check_bootloader(verified)
             self._check_rollback(verified)
             if self._already_pending(envelope):
                 # The same update again (the agent retrying after a crash or a kill that fell
@@ -1117,6 +1196,18 @@ class Consumer:
             # Checked before anything is marked: a failed install leaves no request behind.
             return InstallOutcome(False, "failed: the manifest installed no image",
                                   sequence, result.report, result)
+        if run.written == [BOOTLOADER_IMAGE]:
+            # docs/selfupdate.md: the stage-1 copy that does not run holds it, checked as
+            # stage 0 will check it; marking it pending programs its header (the commit). The
+            # boot set is left alone (nothing is re-staged).
+            try:
+                self.store.check_staged()
+                self.store.mark_pending()
+            except SuitError as e:
+                return InstallOutcome(False, f"failed: {e}", sequence, result.report, result)
+            return InstallOutcome(True, f"installed the stage-1 bootloader (sequence number "
+                                  f"{sequence}); stage 0 tries it at the next boot", sequence,
+                                  result.report, result, tuple(run.written))
         try:
             self._restage_untouched(run)
             self._stage_metadata(run)
@@ -1194,12 +1285,14 @@ class Consumer:
         verify now (a revoked signer's running image keeps booting). One atomic write."""
         try:
             new = parse_document(raw)
-            stored = read_store(self.config.directory)
+            stored = self.config.stored_anchors()
             current = stored.document if stored is not None else AnchorsDocument(0, 0, ())
             check_successor(current, new)
             old = self.config.trust_anchors()
             recorded = set()
-            for name in self.store.components:
+            # the stage-1 bootloader's copies too: stage 0 verifies them with these anchors
+            updaters = getattr(self.store, "updaters", ())
+            for name in (*self.store.components, *updaters):
                 for record in (self._slot_manifest(name, running=True),
                                self._slot_manifest(name, running=False)):
                     if record is None:
@@ -1210,7 +1303,8 @@ class Consumer:
                     except SuitError:
                         continue  # the bootloader refuses it today: nothing to keep
                     recorded.add(verified.digest.value)
-            write_store(self.config.directory, raw, recorded, crash=self.crash)
+            write_store(self.config.directory, raw, recorded, crash=self.crash,
+                        medium=self.config.anchor_medium)
         except SuitError as e:
             return InstallOutcome(False, f"failed: trust anchors not updated: {e}", sequence,
                                   result.report, result)
@@ -1363,6 +1457,27 @@ class Consumer:
             if found is None or found.image_digest is None or found.image_size is None:
                 raise PolicyError(f"the shared sequence sets no image-digest and image-size for "
                                   f"{spec.image}; the bootloader could not check it at boot")
+
+    def _check_bootloader(self, verified: VerifiedManifest) -> None:
+        """A manifest for the stage-1 bootloader (docs/selfupdate.md) needs a device with a
+        stage 0, and addresses nothing else (stage 0 switches it alone, the bootloader the
+        boot set).
+
+        Raises:
+            PolicyError: refused, naming why.
+        """
+        components = addressed_components(verified.manifest)
+        if BOOTLOADER_ID not in components:
+            return
+        if not self.config.stage1:
+            raise PolicyError(f"this device ({self.config.shape} shape) has no stage 0, so its "
+                              f"bootloader {_cid_text(BOOTLOADER_ID)} cannot be updated "
+                              "(an mcu device made with device init --stage1 can; "
+                              "docs/selfupdate.md)")
+        if tuple(components) != (BOOTLOADER_ID,):
+            raise PolicyError(f"a manifest that updates the bootloader {_cid_text(BOOTLOADER_ID)} "
+                              "must address nothing else (stage 0 switches it alone); it "
+                              f"addresses {', '.join(_cid_text(c) for c in components)}")
 
     def _already_pending(self, envelope: Envelope) -> bool:
         """Whether the pending update is this envelope: every image of the boot set it names

@@ -6,7 +6,7 @@ jittered backoff after a network cut or a server restart) and hands every notice
 ``get(timeout)``. A notice is the tracker's JSON ``{"release", "envelope_url", ..., "serial"}``;
 it is untrusted (it only says where to look: the device verifies the envelope).
 
-- ``SseSource``: ``GET /api/v1/devices/{id}/notifications`` with ``Accept: text/event-stream``
+- ``SseSource``: ``GET /device/v1/{id}/notifications`` with ``Accept: text/event-stream``
   (the server sends the current notice first, then changes and heartbeats);
 - ``LongPollSource``: the same URL with ``?wait=N&after=<last serial>``, again and again (the
   first request, ``after=0``, answers the current notice at once);
@@ -30,10 +30,13 @@ from typing import Any
 
 import httpx
 
-__all__ = ["CoapSource", "LongPollSource", "MqttSource", "NoticeSource", "SseSource",
-           "backoff_delay", "parse_notice"]
+__all__ = ["DEVICE_API", "CoapSource", "LongPollSource", "MqttSource", "NoticeSource",
+           "SseSource", "backoff_delay", "parse_notice"]
 
 _MAX_NOTICE_BYTES = 16 * 1024
+DEVICE_API = "/device/v1"
+"""The tracker's device API: ``/device/v1/{id}/...`` (the tracker's ``web.DEVICE_API``; the
+roles do not import each other)."""
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
@@ -127,11 +130,21 @@ class _HttpSource(NoticeSource):
     def __init__(self, server_url: str, credential: str, device_id: str, *,
                  tls: ssl.SSLContext | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.url = f"{server_url.rstrip('/')}/api/v1/devices/{device_id}/notifications"
+        base = server_url.rstrip("/")
+        self.url = f"{base}{DEVICE_API}/{device_id}/notifications"
+        self.legacy_url = f"{base}/api/v1/devices/{device_id}/notifications"
+        """Where a tracker older than the device API's prefix serves the notices: used from
+        the first 404 of ``url`` on."""
         self.headers = {"Authorization": f"Bearer {credential}"}
         self.verify: ssl.SSLContext | bool = tls if tls is not None else True
         """The device's TLS context (CA bundle, client certificate), or the defaults."""
         self._client: httpx.Client | None = None
+
+    def _older_server(self, status: int) -> None:
+        """A 404 of the device API: the tracker predates its prefix; the next session asks
+        the deprecated route (``/api/v1/devices/{id}/notifications``)."""
+        if status == 404 and self.url != self.legacy_url:
+            self.url = self.legacy_url
 
     def _interrupt(self) -> None:
         client = self._client
@@ -160,6 +173,7 @@ class SseSource(_HttpSource):
             headers = {**self.headers, "Accept": "text/event-stream"}
             with client.stream("GET", self.url, headers=headers) as response:
                 if response.status_code != 200:
+                    self._older_server(response.status_code)
                     raise ConnectionError(f"HTTP {response.status_code}")
                 self.connections += 1
                 self._state("connected")
@@ -212,6 +226,7 @@ class LongPollSource(_HttpSource):
                     received = True
                     continue
                 if response.status_code != 200:
+                    self._older_server(response.status_code)
                     raise ConnectionError(f"HTTP {response.status_code}")
                 notice = parse_notice(response.content)
                 if notice is None:

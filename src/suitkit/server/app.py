@@ -50,13 +50,16 @@ the status tracker (mounted from outside through ``ServerConfig.routers``), CoAP
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import json
 import logging
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from stat import S_ISREG
@@ -110,12 +113,17 @@ from suitkit.server.contract import ContractCheck
 from suitkit.server.observe import Metrics, Observed, ReadinessCheck
 from suitkit.server.schemas import Release, ReleaseList
 from suitkit.server.store import (
+    MAX_NOTES,
+    MAX_VERSION_TEXT,
     BlobStore,
+    ClassText,
     ComponentRecord,
     ReleaseConflict,
     ReleaseRecord,
     ReleaseRecords,
     is_digest,
+    is_release_id,
+    store_release,
 )
 
 __all__ = ["ENVELOPE_MEDIA_TYPE", "IMMUTABLE", "LEAVE_REQUEST_LIMIT", "Authorizer",
@@ -399,6 +407,9 @@ class _Expected:
     packings: tuple[_Packing, ...] = ()
     """How the manifest's fetches of this component pack its image (compressed, a delta):
     an uploaded image may be any of them (core.packing)."""
+    vendor_id: UUID | None = None
+    class_id: UUID | None = None
+    """The vendor and class IDs the shared sequence sets for it (UUIDs only), if any."""
 
     def label(self) -> str:
         return f"component {self.index} [{', '.join(p.hex() for p in self.identifier)}]"
@@ -433,6 +444,9 @@ def expected_images(verified: VerifiedManifest, *,
                                     p.image_size if p else None, dependency=True,
                                     uri=p.uri if p else None))
             continue
+        vendor = p.vendor_identifier if p is not None else None
+        vendor_id = vendor if isinstance(vendor, UUID) else None
+        class_id = p.class_identifier if p is not None else None
         encryption = None
         if p is not None and p.encryption_info is not None:
             # The ciphertext cannot be hashed against the plaintext's image-digest without the
@@ -445,7 +459,8 @@ def expected_images(verified: VerifiedManifest, *,
         result.append(_Expected(index, cid, p.image_digest if p else None,
                                 p.image_size if p else None, encryption,
                                 packings=tuple(sorted(packings.get(index, ()), key=repr))
-                                if packings.get(index, {PLAIN}) != {PLAIN} else ()))
+                                if packings.get(index, {PLAIN}) != {PLAIN} else (),
+                                vendor_id=vendor_id, class_id=class_id))
     return result
 
 
@@ -492,6 +507,16 @@ def _unpacks_to(expected: _Expected, chunks: Chunks, store: BlobStore | None) ->
                 stream = packing.decompress(stream, declared.compression.algorithm,
                                             max_output=packing.packed_bound(expected.size)
                                             if declared.delta is not None else expected.size)
+            inplace = declared.delta.inplace if declared.delta is not None else None
+            if inplace is not None:
+                # docs/delta.md §9: the patch as it travels is signed (digest, size) and names
+                # its own codec; devices stage it as it is.
+                if not _is_patch(inplace, chunks):
+                    continue
+                stream = chunks()  # from the start again
+                if inplace.codec:
+                    stream = packing.decompress(stream, inplace.codec,
+                                                max_output=packing.packed_bound(expected.size))
             if declared.delta is not None:
                 precursor = _precursor(store, declared.delta)
                 if precursor is None:
@@ -499,7 +524,8 @@ def _unpacks_to(expected: _Expected, chunks: Chunks, store: BlobStore | None) ->
                 with precursor:
                     stream = packing.apply_delta(
                         stream, _reader_at(precursor),
-                        source_size=declared.delta.precursor_size, max_output=expected.size)
+                        source_size=declared.delta.precursor_size, max_output=expected.size,
+                        inplace=None if inplace is None else (inplace.unit, inplace.order))
                     if _is(expected, stream):
                         return True
                 continue
@@ -508,6 +534,19 @@ def _unpacks_to(expected: _Expected, chunks: Chunks, store: BlobStore | None) ->
         except DecodeError:
             continue
     return False
+
+
+def _is_patch(inplace: packing.InplaceInfo, chunks: Chunks) -> bool:
+    """Whether the upload is the in-place patch its delta-info signs (size and digest)."""
+    hasher = crypto.new_hasher(inplace.patch_digest.algorithm)
+    size = 0
+    for piece in chunks():
+        size += len(piece)
+        if size > inplace.patch_size:
+            return False
+        hasher.update(piece)
+    return size == inplace.patch_size and hmac.compare_digest(hasher.digest(),
+                                                              inplace.patch_digest.value)
 
 
 def _is(expected: _Expected, stream: Iterator[bytes]) -> bool:
@@ -559,7 +598,7 @@ def _packed_refusal(expected: _Expected, name: str, store: BlobStore | None) -> 
 def _packing_label(declared: _Packing) -> str:
     parts = []
     if declared.delta is not None:
-        parts.append("SKD1 delta")
+        parts.append("SKD1 delta" if declared.delta.inplace is None else "SKD1 in-place delta")
     if declared.compression is not None:
         parts.append(packing.Codec(declared.compression.algorithm).name.lower())
     return " + ".join(parts)
@@ -649,8 +688,66 @@ def _check_chain_link(config: ServerConfig, key: str, payload: bytes) -> None:
         raise UploadRefused(422, f"integrated payload {key!r}: not a trust-anchor rotation")
 
 
+@dataclass(frozen=True, slots=True)
+class ReleaseText:
+    """What an uploader says of a release beside its envelope and images (issue #17): its
+    ``version`` (when the manifest's text gives none) and ``notes``; checked by ``_parts``."""
+
+    version: str | None = None
+    notes: str | None = None
+
+
+def _text_of(verified: VerifiedManifest) -> Mapping[ComponentIdentifier, Mapping[int, str]]:
+    """The component texts of the manifest's text section (manifest §8.4.4), in the first
+    English language it has (else its first): ``{}`` without one (severed, or none)."""
+    if verified.text is None or not verified.text.languages:
+        return {}
+    languages = verified.text.languages
+    chosen = next((t for lang, t in languages.items() if str(lang).lower().startswith("en")),
+                  next(iter(languages.values())))
+    return chosen.components
+
+
+def _bounded(text: str | None, limit: int) -> str | None:
+    """``text`` if it is short, printable, single-line text (a name), else ``None``."""
+    if text is None or not 0 < len(text) <= limit or not text.isprintable() \
+            or text != text.strip():
+        return None
+    return text
+
+
+def _release_text(verified: VerifiedManifest, expected: list[_Expected], given: ReleaseText
+                  ) -> tuple[str | None, tuple[ClassText, ...]]:
+    """The release's version (the first component-version of the manifest's text, else the
+    uploader's; both must agree when both are given) and the class names its text gives."""
+    texts = _text_of(verified)
+    version = None
+    classes: dict[str, ClassText] = {}
+    for e in expected:
+        text = texts.get(e.identifier, {})
+        mine = text.get(ComponentTextKey.COMPONENT_VERSION)
+        if version is None and mine is not None:
+            if _bounded(mine, MAX_VERSION_TEXT) is None:
+                raise UploadRefused(422, f"{e.label()}: the manifest text's component-version "
+                                         f"must be 1 to {MAX_VERSION_TEXT} printable "
+                                         f"characters, got {mine[:40]!r}")
+            version = mine
+        names = [_bounded(text.get(key), limit) for key, limit in (
+            (ComponentTextKey.VENDOR_NAME, 128), (ComponentTextKey.MODEL_NAME, 128),
+            (ComponentTextKey.VENDOR_DOMAIN, 253))]
+        if e.vendor_id is not None and e.class_id is not None and any(names) \
+                and str(e.class_id) not in classes:
+            classes[str(e.class_id)] = ClassText(str(e.vendor_id), str(e.class_id), *names)
+    if version is not None and given.version is not None and given.version != version:
+        raise UploadRefused(422, f"version {given.version!r} was given, but the manifest's "
+                                 f"text says component-version {version!r}: leave it out or "
+                                 "give the same")
+    return version or given.version, tuple(classes.values())
+
+
 def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
-            images: list[_Image]) -> tuple[int, ReleaseRecord]:
+            images: list[_Image], given: ReleaseText = ReleaseText()
+            ) -> tuple[int, ReleaseRecord]:
     """Verify, check and store one upload; (HTTP status, release record)."""
     try:
         verified = verify_envelope(envelope, config.anchors, limits=config.limits)
@@ -668,6 +765,7 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     dependencies = _dependencies(store, records, config, verified,
                                  [e for e in every if e.dependency])
     expected = [e for e in every if not e.dependency]
+    version, classes = _release_text(verified, expected, given)
 
     blobs: dict[int, str] = {}
     checked: list[tuple[_Expected, _Image]] = []
@@ -714,6 +812,11 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     previous = records.get_release(release_id)  # early refusal; add_release decides for good
     if previous is not None and previous.envelope != envelope_sha:
         raise UploadRefused(409, str(ReleaseConflict(previous)))
+    if previous is not None:
+        try:  # a version or notes that conflict are refused before any blob is stored
+            store_release(previous, replace(previous, version=version, notes=given.notes))
+        except ReleaseConflict as e:
+            raise UploadRefused(409, str(e)) from None
     stored = {c.index: c.blob for c in previous.components} if previous is not None else {}
     for target, image in checked:
         # refused before it is stored: other bytes for a stored (encrypted, so only
@@ -743,7 +846,7 @@ def _accept(store: BlobStore, config: ServerConfig, envelope: bytes,
     try:
         record, created = records.add_release(ReleaseRecord(
             release_id, verified.manifest.sequence_number, envelope_blob, components,
-            integrated_blobs))
+            integrated_blobs, version, given.notes, classes))
     except ReleaseConflict as e:  # another upload of this release won meanwhile
         raise UploadRefused(409, str(e)) from None
     return (201 if created else 200), record
@@ -839,6 +942,8 @@ def _release_json(record: ReleaseRecord, manifest: dict[str, Any] | None = None
     return {
         "id": record.release_id,
         "sequence_number": record.sequence_number,
+        "version": record.version,
+        "notes": record.notes,
         "envelope": {"sha256": record.envelope, "url": f"/envelopes/{record.envelope}"},
         "components": [
             {**c.to_json(), "url": f"/firmware/{c.blob}" if c.blob else None}
@@ -1035,6 +1140,61 @@ def _file_size(file: BinaryIO) -> int:
     return size
 
 
+_RELEASE_PAGE = (500, 1000)  # default and most releases a page holds (the tracker's lists')
+_RELEASE_LIST_PARAMETERS: dict[str, Any] = {"parameters": [
+    {"name": "limit", "in": "query", "required": False,
+     "description": f"items per page, 1 to {_RELEASE_PAGE[1]}",
+     "schema": {"type": "integer", "minimum": 1, "maximum": _RELEASE_PAGE[1],
+                "default": _RELEASE_PAGE[0]}},
+    {"name": "after", "in": "query", "required": False,
+     "description": "the cursor 'next' of the page before (opaque)", "schema": {"type": "string"}},
+    {"name": "total", "in": "query", "required": False,
+     "description": "true: the answer's 'total' counts every release",
+     "schema": {"type": "boolean", "default": False}}]}
+
+
+def _release_cursor(record: ReleaseRecord) -> str:
+    text = json.dumps(["releases", record.sequence_number, record.release_id],
+                      separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _release_page(request: Request) -> tuple[int, tuple[int, str] | None, bool]:
+    """``GET /api/v1/releases``'s ``limit``, the key in its ``after`` cursor and ``total``;
+    an unknown parameter or a bad value is 400 naming it (as the tracker's lists)."""
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name not in ("limit", "after", "total"):
+            raise UploadRefused(400, f"{name[:40]!r}: not a query parameter of this list; "
+                                     "expected after, limit, total")
+        if name in seen:
+            raise UploadRefused(400, f"{name}: given more than once; expected one value")
+        seen.add(name)
+    limit, text = _RELEASE_PAGE[0], request.query_params.get("limit")
+    if text is not None:
+        digits = text.strip()
+        limit = int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 8 else 0
+        if not 1 <= limit <= _RELEASE_PAGE[1]:
+            raise UploadRefused(400, f"limit: expected a whole number from 1 to "
+                                     f"{_RELEASE_PAGE[1]}, got {text[:20]!r}")
+    total_text = request.query_params.get("total", "false").strip().lower()
+    if total_text not in ("true", "1", "yes", "false", "0", "no"):
+        raise UploadRefused(400, f"total: expected true or false, got {total_text[:20]!r}")
+    cursor = request.query_params.get("after")
+    if cursor is None:
+        return limit, None, total_text in ("true", "1", "yes")
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(cursor[:200] + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        doc = None
+    if (len(cursor) > 200 or not isinstance(doc, list) or len(doc) != 3
+            or doc[0] != "releases" or type(doc[1]) is not int or type(doc[2]) is not str
+            or not is_release_id(doc[2])):
+        raise UploadRefused(400, f"after: expected the cursor 'next' of a previous page of "
+                                 f"this list, got {cursor[:40]!r}")
+    return limit, (doc[1], doc[2]), total_text in ("true", "1", "yes")
+
+
 def create_app(config: ServerConfig) -> FastAPI:
     """The firmware server application for ``config`` (see the module docstring)."""
     store = BlobStore(config.data_dir)
@@ -1117,7 +1277,8 @@ def create_app(config: ServerConfig) -> FastAPI:
                                                   "stored already")},
               openapi_extra=_UPLOAD_BODY)
     async def upload(request: Request) -> Response:
-        """Upload a release: multipart parts ``envelope`` and ``image`` / ``image-<N>``."""
+        """Upload a release: multipart parts ``envelope`` and ``image`` / ``image-<N>``;
+        text fields ``version`` and ``notes`` optional."""
         await _authorize(request, config, "upload")
         length = request.headers.get("content-length")
         if length is not None and (not (length.isascii() and length.isdigit())
@@ -1140,9 +1301,9 @@ def create_app(config: ServerConfig) -> FastAPI:
                 raise UploadRefused(413, f"request body is larger than the "
                                          f"{config.max_upload_bytes} bytes allowed") from None
             try:
-                envelope, images = _parts(form.multi_items(), config)
+                envelope, images, given = _parts(form.multi_items(), config)
                 status, record = await run_in_threadpool(_accept, store, config, envelope,
-                                                         images)
+                                                         images, given)
             except StorageFullError:
                 raise UploadRefused(507, "the server's storage is full: nothing of the upload "
                                          "was kept; try again once space is freed") from None
@@ -1156,13 +1317,24 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.get("/api/v1/releases", dependencies=bearer, response_model=ReleaseList,
              summary="List releases (admin, author, operator)",
-             responses=problem_responses(401, 403))
+             responses=problem_responses(400, 401, 403),
+             openapi_extra=_RELEASE_LIST_PARAMETERS)
     async def list_releases(request: Request) -> Response:
-        """All releases, by sequence number."""
+        """A page of releases, by sequence number then id: ``{releases, next}`` (``next``:
+        the cursor for ``?after=``, ``null`` at the end), ``total`` with ``?total=true`` (the
+        tracker's lists' one style)."""
         await _authorize(request, config, "read")
-        found = await run_in_threadpool(release_records.releases)
-        docs = await run_in_threadpool(lambda: [described(r) for r in found])
-        return JSONResponse({"releases": docs})
+        limit, after, total = _release_page(request)
+        every = await run_in_threadpool(release_records.releases)
+        found = every if after is None else [
+            r for r in every if (r.sequence_number, r.release_id) > after]
+        page = found[:limit]
+        docs = await run_in_threadpool(lambda: [described(r) for r in page])
+        doc: dict[str, Any] = {"releases": docs, "next": _release_cursor(page[-1])
+                               if len(found) > limit else None}
+        if total:
+            doc["total"] = len(every)
+        return JSONResponse(doc)
 
     @app.get("/api/v1/releases/{release_id}", dependencies=bearer, response_model=Release,
              summary="One release (admin, author, operator)",
@@ -1260,7 +1432,11 @@ _UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
                          "description": f"the signed SUIT envelope ({ENVELOPE_MEDIA_TYPE})"},
             "image": {"type": "array", "items": {"type": "string", "format": "binary"},
                       "description": "detached images, each matched to the component whose "
-                                     "image-digest it has"}},
+                                     "image-digest it has"},
+            "version": {"type": "string", "minLength": 1, "maxLength": MAX_VERSION_TEXT,
+                        "description": "the release's version: printable text on one line"},
+            "notes": {"type": "string", "minLength": 1, "maxLength": MAX_NOTES,
+                      "description": "release notes: printable text, line breaks allowed"}},
         "patternProperties": {"^image-[0-9]{1,4}$": {
             "type": "string", "format": "binary",
             "description": "the detached image of component index N"}},
@@ -1358,13 +1534,36 @@ def _typed_openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
+def _text_field(name: str, value: str, limit: int, *, lines: bool) -> str:
+    """A form's ``version`` or ``notes``: 1 to ``limit`` characters of printable text (notes
+    may have line breaks and tabs); 400 naming the field otherwise."""
+    if not 0 < len(value) <= limit:
+        raise UploadRefused(400, f"form field {name!r}: expected 1 to {limit} characters, got "
+                                 f"{len(value)}")
+    allowed = value.replace("\r\n", "\n").replace("\n", "").replace("\t", "") if lines \
+        else value
+    if not allowed.isprintable() or (not lines and value != value.strip()):
+        shape = "" if lines else " on one line, without leading or trailing spaces"
+        raise UploadRefused(400, f"form field {name!r}: expected printable text{shape}, got "
+                                 f"{value[:40]!r}")
+    return value
+
+
 def _parts(items: list[tuple[str, UploadFile | str]], config: ServerConfig
-           ) -> tuple[bytes, list[_Image]]:
+           ) -> tuple[bytes, list[_Image], ReleaseText]:
     envelope: bytes | None = None
     images: list[_Image] = []
+    texts: dict[str, str] = {}
     for name, value in items:
         if not isinstance(value, UploadFile):
-            raise UploadRefused(400, f"form field {name[:40]!r} must be a file part")
+            if name not in ("version", "notes"):
+                raise UploadRefused(400, f"form field {name[:40]!r} must be a file part "
+                                         "(the text fields are 'version' and 'notes')")
+            if name in texts:
+                raise UploadRefused(400, f"more than one {name!r} field")
+            texts[name] = _text_field(name, value, MAX_VERSION_TEXT if name == "version"
+                                      else MAX_NOTES, lines=name == "notes")
+            continue
         if name == "envelope":
             if envelope is not None:
                 raise UploadRefused(400, "more than one 'envelope' part")
@@ -1383,5 +1582,5 @@ def _parts(items: list[tuple[str, UploadFile | str]], config: ServerConfig
         images.append(_Image(label, index, value.file, _file_size(value.file)))
     if envelope is None:
         raise UploadRefused(400, "missing the 'envelope' part")
-    return envelope, images
+    return envelope, images, ReleaseText(texts.get("version"), texts.get("notes"))
 

@@ -64,6 +64,9 @@ class Release(_Answer):
 
     id: str = Field(description="the manifest digest in hex")
     sequence_number: int = Field(ge=0)
+    version: str | None = Field(default=None, description="the release's version (the upload's "
+                                                          "form field; null: none given)")
+    notes: str | None = Field(default=None, description="its release notes (null: none)")
     envelope: BlobLink
     components: list[ReleaseComponent]
     integrated: dict[str, BlobLink]
@@ -73,5 +76,5 @@ class Release(_Answer):
 
 class ReleaseList(_Answer):
     releases: list[Release]
+    next: str | None
     total: int | None = None
-    next: str | None = None

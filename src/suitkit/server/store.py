@@ -55,7 +55,10 @@ from suitkit.errors import StorageError
 from suitkit.fileio import atomic_write, fsync_dir, storage_error
 
 __all__ = [
+    "MAX_NOTES",
+    "MAX_VERSION_TEXT",
     "BlobStore",
+    "ClassText",
     "ComponentRecord",
     "ReleaseConflict",
     "ReleaseRecord",
@@ -111,30 +114,73 @@ class ComponentRecord:
                    doc["digest"], doc["size"], doc["blob"], bool(doc.get("dependency", False)))
 
 
+MAX_VERSION_TEXT = 64
+"""The longest release version (``ReleaseRecord.version``)."""
+MAX_NOTES = 4096
+"""The longest release notes (``ReleaseRecord.notes``), in characters."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClassText:
+    """The names a manifest's text gives the class of a component (manifest §8.4.4
+    vendor-name, model-name, vendor-domain) with the vendor and class IDs its shared sequence
+    sets for that component (UUID text)."""
+
+    vendor_id: str
+    class_id: str
+    vendor_name: str | None
+    class_name: str | None
+    vendor_domain: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"vendor_id": self.vendor_id, "class_id": self.class_id,
+                "vendor_name": self.vendor_name, "class_name": self.class_name,
+                "vendor_domain": self.vendor_domain}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ClassText:
+        return cls(str(doc["vendor_id"]), str(doc["class_id"]), doc.get("vendor_name"),
+                   doc.get("class_name"), doc.get("vendor_domain"))
+
+
 @dataclass(frozen=True, slots=True)
 class ReleaseRecord:
     """A stored release: the manifest digest (its id), sequence number, the envelope blob and
-    its components. ``integrated`` maps integrated payload keys (``"#app.bin"``) to blobs."""
+    its components. ``integrated`` maps integrated payload keys (``"#app.bin"``) to blobs.
+    ``version`` (the manifest text's component-version, else the uploader's; at most
+    ``MAX_VERSION_TEXT``) and ``notes`` (the uploader's, at most ``MAX_NOTES``) name it for
+    people; ``classes``: the class names its manifest text gives (issue #17)."""
 
     release_id: str
     sequence_number: int
     envelope: str
     components: tuple[ComponentRecord, ...]
     integrated: dict[str, str]
+    version: str | None = None
+    notes: str | None = None
+    classes: tuple[ClassText, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form stored in ``releases/<id>.json``."""
-        return {"id": self.release_id, "sequence_number": self.sequence_number,
-                "envelope": self.envelope,
-                "components": [c.to_json() for c in self.components],
-                "integrated": dict(self.integrated)}
+        doc = {"id": self.release_id, "sequence_number": self.sequence_number,
+               "envelope": self.envelope,
+               "components": [c.to_json() for c in self.components],
+               "integrated": dict(self.integrated),
+               "version": self.version, "notes": self.notes}
+        if self.classes:
+            doc["classes"] = [c.to_json() for c in self.classes]
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ReleaseRecord:
-        """Inverse of ``to_json``."""
+        """Inverse of ``to_json`` (a record from before versions and notes has neither)."""
+        version, notes = doc.get("version"), doc.get("notes")
         return cls(str(doc["id"]), int(doc["sequence_number"]), str(doc["envelope"]),
                    tuple(ComponentRecord.from_json(c) for c in doc["components"]),
-                   {str(k): str(v) for k, v in doc["integrated"].items()})
+                   {str(k): str(v) for k, v in doc["integrated"].items()},
+                   str(version) if version is not None else None,
+                   str(notes) if notes is not None else None,
+                   tuple(ClassText.from_json(c) for c in doc.get("classes", ())))
 
 
 class ReleaseConflict(StorageError):
@@ -169,13 +215,21 @@ def store_release(previous: ReleaseRecord | None, record: ReleaseRecord) -> Rele
     stored image is never replaced by another).
 
     Raises:
-        ReleaseConflict: ``previous`` has a different envelope, or another image for a
-            component that has one.
+        ReleaseConflict: ``previous`` has a different envelope, another image for a
+            component that has one, or another version or notes than the stored ones (each
+            is set once).
     """
     if previous is None:
         return record
     if previous.envelope != record.envelope:
         raise ReleaseConflict(previous)
+    for what, stored_text, given in (("version", previous.version, record.version),
+                                     ("notes", previous.notes, record.notes)):
+        if stored_text is not None and given is not None and stored_text != given:
+            raise ReleaseConflict(previous, (
+                f"release {previous.release_id} already has {what} "
+                f"{_shown(stored_text)}; another ({_shown(given)}) is refused (a release's "
+                f"{what} is set once)"))
     stored = {c.index: c.blob for c in previous.components}
     for c in record.components:
         # An encrypted image is only size-checked (its digest is the plaintext's): another
@@ -193,7 +247,13 @@ def _merged(previous: ReleaseRecord, new: ReleaseRecord) -> ReleaseRecord:
     blobs = {c.index: c.blob for c in previous.components}
     components = tuple(replace(c, blob=c.blob or blobs.get(c.index)) for c in new.components)
     return replace(new, components=components,
-                   integrated={**previous.integrated, **new.integrated})
+                   integrated={**previous.integrated, **new.integrated},
+                   version=new.version or previous.version, notes=new.notes or previous.notes,
+                   classes=new.classes or previous.classes)
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
 class BlobStore:

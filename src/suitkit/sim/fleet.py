@@ -9,7 +9,7 @@ Each device is a real device folder (``device.config``/``device.wiring``: simula
 ``mcu``, ``secure-split`` and ``dual-cpu``, A/B slot directories for ``linux``) registered with
 the status tracker. It waits for work in its operating mode (RFC 9019 §2.3):
 
-- ``poll`` (client-initiated): ``GET /api/v1/devices/{id}/update`` every ``poll_interval``
+- ``poll`` (client-initiated): ``GET /device/v1/{id}/update`` every ``poll_interval``
   seconds (with jitter);
 - ``push`` (server-initiated): a server-sent-event stream on ``.../notifications``; the
   agent acts on the pushed notice itself (``run_once(assigned=notice)``);
@@ -444,7 +444,7 @@ class Fleet:
     async def _poll(self, device: SimDevice) -> None:
         assert self._client is not None
         await self._sleep(self._rng.uniform(0, self.poll_interval))
-        path = f"/api/v1/devices/{device.tracker_id}/update"
+        path = f"/device/v1/{device.tracker_id}/update"
         while not await self._sleep(0):
             if device.plan.protocol == "ddi":  # the agent's own DDI base poll is the poll
                 if device.errors < MAX_ERRORS and not device.done:
@@ -472,7 +472,7 @@ class Fleet:
 
     async def _push(self, device: SimDevice) -> None:
         assert self._client is not None
-        path = f"/api/v1/devices/{device.tracker_id}/notifications"
+        path = f"/device/v1/{device.tracker_id}/notifications"
         headers = {**self._auth(device), "Accept": "text/event-stream"}
         backoff = 0.2
         while True:
@@ -508,7 +508,7 @@ class Fleet:
 
     async def _hybrid(self, device: SimDevice) -> None:
         assert self._client is not None
-        path = f"/api/v1/devices/{device.tracker_id}/notifications"
+        path = f"/device/v1/{device.tracker_id}/notifications"
         after: int | None = None
         backoff = 0.2
         while True:

@@ -14,7 +14,14 @@ revokes the author key of the running release; the updates are signed by the new
 checks add: the stored anchors are the old ones or exactly the new ones at every boot, the
 rotation tried again after a cut installs, and a release of the revoked key is refused.
 ``real-linux-agent`` is a Linux-class device whose agent is a component updated with the
-application (``device.selfupdate``).
+application (``device.selfupdate``). ``real-mcu-bootloader`` is an mcu device with a stage 0
+(``device init --stage1``): the body updates the stage-1 bootloader through the consumer
+(component ``['suitkit', 'bootloader']``: the other copy written, checked, its header
+programmed), boots it on trial and confirms it, then updates the application; its checks add
+the stage 1's: at every boot an authentic stage 1 of a release that was installed, never
+below a confirmed one, one trial per install, its counter never down and equal to the running
+stage 1 once steady; the interrupted stage-1 install tried again installs, and a later one
+still goes through.
 
 For each scenario (per RFC 9019 §5 shape: payload integrated, detached, a revert, or a
 rotation first; and the agent's) it:
@@ -74,11 +81,17 @@ from suitkit.bootloader.api import BootResult, NoBootableImage
 from suitkit.bootloader.flash import PowerCut, PowerSupply
 from suitkit.core import codec, crypto
 from suitkit.core.sign import sign_envelope
-from suitkit.device.anchors import read_store
-from suitkit.device.config import AGENT_ID, AGENT_IMAGE, SHAPE_COMPONENTS, create_device
+from suitkit.device.config import (
+    AGENT_ID,
+    AGENT_IMAGE,
+    BOOTLOADER_ID,
+    BOOTLOADER_IMAGE,
+    SHAPE_COMPONENTS,
+    create_device,
+)
 from suitkit.device.consumer import InstallOutcome
 from suitkit.device.fetch import FileFetcher
-from suitkit.device.wiring import OpenDevice, open_device
+from suitkit.device.wiring import OpenDevice, Stage1Bootloader, open_device
 from suitkit.errors import SuitError
 
 __all__ = ["REAL_SCENARIOS", "RealCutResult", "RealScenario", "run_real_scenario"]
@@ -117,6 +130,9 @@ class RealScenario:
     agent: bool = False
     """The device agent is a component too (``device.selfupdate``): every release updates the
     application and the agent."""
+    stage1: bool = False
+    """An mcu with a stage 0: the body updates the stage-1 bootloader first
+    (docs/selfupdate.md)."""
 
     @property
     def description(self) -> str:
@@ -127,17 +143,26 @@ class RealScenario:
         rotation = ("a trust-anchor rotation revoking the running release's signer, boot; "
                     if self.anchors else "")
         what = " (application and agent)" if self.agent else ""
+        if self.stage1:
+            rotation = ("Consumer.install of a stage-1 bootloader (stage 0), boot on trial, "
+                        "confirm, boot; ")
         return (f"{self.shape}: {rotation}Consumer.install of a signed envelope{what}, payload "
                 f"{payload}; {first}; a second update installed, booted and confirmed")
 
+
+SINGLE_SLOT = frozenset({"mcu-inplace"})
+"""Shapes with one slot, updated by in-place deltas only (docs/delta.md §9)."""
 
 REAL_SCENARIOS: dict[str, RealScenario] = {
     **{f"real-{shape}-{kind}": RealScenario(f"real-{shape}-{kind}", shape,
                                             kind in ("detached", "delta"), kind == "revert",
                                             kind == "anchors", kind == "delta")
-       for shape in SHAPE_COMPONENTS
+       for shape in SHAPE_COMPONENTS if shape not in SINGLE_SLOT
        for kind in ("integrated", "detached", "revert", "anchors", "delta")},
     "real-linux-agent": RealScenario("real-linux-agent", "linux", True, agent=True),
+    "real-mcu-inplace-delta": RealScenario("real-mcu-inplace-delta", "mcu-inplace", True,
+                                           delta=True),
+    "real-mcu-bootloader": RealScenario("real-mcu-bootloader", "mcu", False, stage1=True),
 }
 
 
@@ -167,7 +192,8 @@ class Releases:
     """Signed envelopes of every release for one shape, the images in a firmware folder."""
 
     def __init__(self, folder: Path, shape: str, *, detached: bool, seed: int,
-                 anchors: bool = False, delta: bool = False, agent: bool = False) -> None:
+                 anchors: bool = False, delta: bool = False, agent: bool = False,
+                 stage1: bool = False) -> None:
         self.folder = folder
         self.components = SHAPE_COMPONENTS[shape] + ((AGENT_IMAGE,) if agent else ())
         self.key = crypto.generate_private_key("ES256")
@@ -197,53 +223,111 @@ class Releases:
             self.rotation_document = document.encode()
         self.digests: dict[int, dict[str, bytes]] = {}
         self.envelopes: dict[int, bytes] = {}
+        self.inplace = shape in SINGLE_SLOT
+        """A single-slot shape: every update is an in-place delta from what runs, so each
+        release is made from each release it may be installed over (``envelope``)."""
+        self.variants: dict[tuple[int, int], bytes] = {}
+        """``(release, precursor)``: the in-place delta of the release from the precursor."""
+        sizes = INPLACE_SIZES if self.inplace else SIZES
+        delta_from = INPLACE_DELTA_FROM if self.inplace else DELTA_FROM
         for seq in LABELS:
-            comps: list[dict[str, Any]] = []
-            digests = {}
+            images: dict[str, bytes] = {}
             for index, name in enumerate(self.components):
                 rng = random.Random(f"{shape}/{name}/{seq}/{seed}")  # noqa: S311 (test data)
-                size = SIZES[seq] + 300 * index
-                precursor = DELTA_FROM.get(seq) if delta else None
-                if precursor is None:
+                size = sizes[seq] + 300 * index
+                source = delta_from.get(seq, ()) if delta else ()
+                if not source:
                     image = rng.randbytes(size)
                 else:  # the release before, edited: what a delta is made for
-                    image = _edited((folder / f"{name}-{precursor}.bin").read_bytes(), size, rng)
-                file = f"{name}-{seq}.bin"
-                (folder / file).write_bytes(image)
-                cid = ([f"0x{p.hex()}" for p in AGENT_ID] if name == AGENT_IMAGE and agent
-                       else [f"0x{index:02x}"])
-                comp: dict[str, Any] = {"id": cid, "image": file}
-                if detached:
-                    comp["uri"] = f"{file}.payload" if delta else file
+                    image = _edited((folder / f"{name}-{source[0]}.bin").read_bytes(), size,
+                                    rng)
+                (folder / f"{name}-{seq}.bin").write_bytes(image)
+                images[name] = image
+            self.digests[seq] = {name: hashlib.sha256(image).digest()
+                                 for name, image in images.items()}
+            for precursor in (delta_from.get(seq, ()) if delta else ()) or (None,):
+                data, envelope = self._release(seq, precursor, detached=detached,
+                                               delta=delta, agent=agent,
+                                               signer=new_key if seq in (NEW, NEXT, LATER)
+                                               else self.key)
+                if precursor is None or precursor == delta_from[seq][0]:
+                    self.envelopes[seq] = data
                 if precursor is not None:
-                    comp["delta-from"] = f"{name}-{precursor}.bin"
-                    comp["compress"] = "zstd"
-                comps.append(comp)
-                digests[name] = hashlib.sha256(image).digest()
-            description = parse_description(
-                {"sequence-number": seq, "vendor-domain": VENDOR_DOMAIN,
-                 "class-name": CLASS_NAME, "components": comps}, base=folder)
-            for index, (_suffix, payload) in description.packed.items():
-                (folder / f"{self.components[index]}-{seq}.bin.payload").write_bytes(payload)
-            if delta:
-                for index, name in enumerate(self.components):
-                    if index not in description.packed:
-                        (folder / f"{name}-{seq}.bin.payload").write_bytes(
-                            (folder / f"{name}-{seq}.bin").read_bytes())
-            envelope = codec.build_envelope(description.manifest,
-                                            sever_members=description.sever,
-                                            integrated=description.integrated)
-            signer = new_key if seq in (NEW, NEXT, LATER) else self.key
-            self.envelopes[seq] = codec.encode_envelope(sign_envelope(envelope,
-                                                                      signer.signer()))
-            self.digests[seq] = digests
+                    self.variants[(seq, precursor)] = data
             if anchors and seq == LATER:
                 self.attack = codec.encode_envelope(sign_envelope(envelope, self.key.signer()))
+        self.stage1: dict[int, bytes] = {}
+        """``stage1``: the stage-1 bootloader's signed envelope of each release."""
+        self.stage1_digests: dict[int, bytes] = {}
+        for seq in LABELS if stage1 else ():
+            image = random.Random(f"stage1/{seq}/{seed}").randbytes(2000 + 211 * seq)  # noqa: S311
+            (folder / f"stage1-{seq}.bin").write_bytes(image)
+            description = parse_description(
+                {"sequence-number": seq, "vendor-domain": VENDOR_DOMAIN,
+                 "class-name": CLASS_NAME,
+                 "components": [{"id": [f"0x{p.hex()}" for p in BOOTLOADER_ID],
+                                 "image": f"stage1-{seq}.bin"}]}, base=folder)
+            envelope = codec.build_envelope(description.manifest,
+                                            integrated=description.integrated)
+            self.stage1[seq] = codec.encode_envelope(sign_envelope(envelope,
+                                                                   self.key.signer()))
+            self.stage1_digests[seq] = hashlib.sha256(image).digest()
+
+    def _release(self, seq: int, precursor: int | None, *, detached: bool, delta: bool,
+                 agent: bool, signer: Any) -> tuple[bytes, Any]:
+        """One signed envelope of release ``seq`` (a delta from ``precursor``, if given)."""
+        folder = self.folder
+        comps: list[dict[str, Any]] = []
+        tag = f"-from-{precursor}" if self.inplace and precursor is not None else ""
+        for index, name in enumerate(self.components):
+            file = f"{name}-{seq}.bin"
+            cid = ([f"0x{p.hex()}" for p in AGENT_ID] if name == AGENT_IMAGE and agent
+                   else [f"0x{index:02x}"])
+            comp: dict[str, Any] = {"id": cid, "image": file}
+            if detached:
+                comp["uri"] = f"{file}{tag}.payload" if delta else file
+            if precursor is not None:
+                comp["delta-from"] = f"{name}-{precursor}.bin"
+                comp["compress"] = "zstd"
+                if self.inplace:
+                    comp["in-place"] = INPLACE_SECTOR
+            comps.append(comp)
+        description = parse_description(
+            {"sequence-number": seq, "vendor-domain": VENDOR_DOMAIN,
+             "class-name": CLASS_NAME, "components": comps}, base=folder)
+        for index, (_suffix, payload) in description.packed.items():
+            (folder / f"{self.components[index]}-{seq}.bin{tag}.payload").write_bytes(payload)
+        if delta:
+            for index, name in enumerate(self.components):
+                if index not in description.packed:
+                    (folder / f"{name}-{seq}.bin{tag}.payload").write_bytes(
+                        (folder / f"{name}-{seq}.bin").read_bytes())
+        envelope = codec.build_envelope(description.manifest,
+                                        sever_members=description.sever,
+                                        integrated=description.integrated)
+        return codec.encode_envelope(sign_envelope(envelope, signer.signer())), envelope
+
+    def envelope(self, seq: int, running: int | None) -> bytes:
+        """Release ``seq`` as installed over ``running`` (the in-place delta from it, on a
+        single-slot shape, when one was made)."""
+        if self.inplace and running is not None:
+            found = self.variants.get((seq, running))
+            if found is not None:
+                return found
+        return self.envelopes[seq]
 
 
-DELTA_FROM = {NEW: OLD, NEXT: NEW}
+DELTA_FROM: dict[int, tuple[int, ...]] = {NEW: (OLD,), NEXT: (NEW,)}
 """In delta scenarios, the update under test and the second one are deltas from the release
 the device runs before each (after recovery, LATER, a full image, must install whatever runs)."""
+INPLACE_DELTA_FROM: dict[int, tuple[int, ...]] = {OLD: (BASE,), NEW: (OLD,), NEXT: (NEW,),
+                                                  LATER: (NEXT, NEW)}
+"""A single-slot shape installs in-place deltas only (its first image, BASE, is programmed
+into the blank device): LATER is made from each release the device may run after recovery."""
+INPLACE_SIZES = {BASE: 9000, OLD: 9400, NEW: 9900, NEXT: 9500, LATER: 10100}
+"""Images of about three sectors (the slot), so the rewrite moves every sector; edits of a
+few hundred bytes, so each patch fits the one-sector patch area."""
+INPLACE_SECTOR = 4096
 
 
 def _edited(previous: bytes, size: int, rng: random.Random) -> bytes:
@@ -436,6 +520,18 @@ class Board:
         """The highest release whose confirm returned."""
         self.counters: dict[str, int] = {}
         self.trials: dict[int, int] = {}
+        self.running: int | None = None
+        """The release the last boot ran (what an in-place delta is installed over)."""
+        # the stage-1 bootloader (``stage1`` scenarios)
+        self.s1_confirmed: set[int] = set()
+        """Stage-1 releases the device confirmed (or called confirm on)."""
+        self.s1_floor = 0
+        self.s1_counter = 0
+        self.s1_trials: dict[int, int] = {}
+        self.s1_running: int | None = None
+        """The stage-1 release the last boot started, and whether on trial."""
+        self.s1_trial = False
+        self.s1_interrupted: int | None = None
 
     # -- commands -------------------------------------------------------------------------
 
@@ -491,7 +587,7 @@ class Board:
     def install(self, seq: int) -> InstallOutcome:
         with self.command() as opened:
             consumer = replace(opened.consumer(self.fetcher), journal_every=JOURNAL_EVERY)
-            outcome = consumer.install(self.releases.envelopes[seq])
+            outcome = consumer.install(self.releases.envelope(seq, self.running))
         if outcome.installed:
             # A new install (the agent's retry after a cut undid a confirm, so the release
             # was reverted) earns a new trial: the bootloader gives each install one.
@@ -499,10 +595,46 @@ class Board:
         return outcome
 
     def boot(self) -> BootResult:
+        self.s1_running, self.s1_trial = None, False
         with self.command() as opened:
             result = opened.bootloader.boot()
+            started = (opened.bootloader.last
+                       if isinstance(opened.bootloader, Stage1Bootloader) else None)
+            counter = opened.bootloader.read_counters().get(BOOTLOADER_IMAGE)
+        if started is not None and counter is not None:
+            self.check_stage1(started.sequence_number, started.digest, started.trial, counter)
         self.check_boot(result)
         return result
+
+    def install_stage1(self, seq: int) -> InstallOutcome:
+        """Install release ``seq`` of the stage-1 bootloader through the consumer."""
+        with self.command() as opened:
+            outcome = opened.consumer(self.fetcher).install(self.releases.stage1[seq])
+        if outcome.installed:
+            self.s1_trials.pop(seq, None)  # each install earns one trial
+        return outcome
+
+    def check_stage1(self, seq: int, digest: bytes, trial: bool, counter: int) -> None:
+        """Stage 0 started an authentic stage 1, never below a confirmed one, tried once."""
+        if seq not in LABELS or digest != self.releases.stage1_digests.get(seq):
+            raise Broken(f"stage 0 started a stage 1 (#{seq}) the author never signed")
+        if seq < self.s1_floor:
+            raise Broken(f"stage-1 release {seq} runs although stage-1 release "
+                         f"{self.s1_floor} was confirmed")
+        if trial:
+            self.s1_trials[seq] = self.s1_trials.get(seq, 0) + 1
+            if self.s1_trials[seq] > 1:
+                raise Broken(f"stage-1 release {seq} started on trial a second time")
+        elif seq not in self.s1_confirmed:
+            raise Broken(f"stage-1 release {seq} runs confirmed although the device never "
+                         "confirmed it")
+        if counter < self.s1_counter:
+            raise Broken(f"stage-1 counter went down from {self.s1_counter} to {counter}")
+        if counter > seq or (trial and counter >= seq):
+            raise Broken(f"stage-1 counter {counter} with stage-1 release {seq} "
+                         f"{'on trial' if trial else 'running'}")
+        self.s1_counter = counter
+        self.s1_running, self.s1_trial = seq, trial
 
     def rotate(self) -> InstallOutcome:
         """Install the trust-anchor rotation (``anchors`` scenarios)."""
@@ -513,7 +645,7 @@ class Board:
     def anchors_version(self) -> int:
         """0 or 1, and the stored anchors are the old ones or exactly the new ones."""
         try:
-            stored = read_store(self.folder)
+            stored = open_device(self.folder).config.stored_anchors()
         except SuitError as e:
             raise Broken(f"the trust anchors are unreadable: {e}") from None
         if stored is None:
@@ -543,9 +675,15 @@ class Board:
 
     def confirm(self, seq: int) -> None:
         self.confirmed.add(seq)
+        stage1 = self.s1_running if self.s1_trial else None
+        if stage1 is not None:
+            self.s1_confirmed.add(stage1)  # the device is healthy: the new stage 1 booted it
         with self.command() as opened:
             opened.bootloader.confirm()
         self.floor = max(self.floor, seq)
+        if stage1 is not None:
+            self.s1_floor = max(self.s1_floor, stage1)
+            self.s1_trial = False
 
     def read_counters(self) -> dict[str, int]:
         return open_device(self.folder).bootloader.read_counters()
@@ -567,9 +705,11 @@ class Board:
 
     def check_boot(self, result: BootResult) -> None:
         seq = self.release(result)
+        self.running = seq
         if self.releases.rotation is not None:
             self.anchors_version()
-        counters = self.read_counters()
+        counters = {name: value for name, value in self.read_counters().items()
+                    if name != BOOTLOADER_IMAGE}  # the stage 1's: check_stage1
         for name, value in counters.items():
             if value < self.counters.get(name, 0):
                 raise Broken(f"{name}: counter went down from {self.counters[name]} to {value}")
@@ -581,7 +721,9 @@ class Board:
         self.counters = counters
         if result.trial:
             self.trials[seq] = self.trials.get(seq, 0) + 1
-            if self.trials[seq] > 1:
+            # A single slot keeps nothing to go back to: a release stays on trial until it
+            # is confirmed (docs/delta.md §9), so a cut confirm gives it another trial boot.
+            if self.trials[seq] > 1 and not self.releases.inplace:
                 raise Broken(f"release {seq} booted on trial a second time")
         elif seq not in self.confirmed:
             raise Broken(f"release {seq} runs steady although the application never confirmed "
@@ -594,21 +736,52 @@ class Board:
         for _ in range(MAX_RECOVERY_BOOTS):
             result = self.boot()
             seq = self.release(result)
-            if not result.trial:
+            if not result.trial and not self.s1_trial:
                 break
             self.confirm(seq)
         else:
             raise Broken(f"still on trial after {MAX_RECOVERY_BOOTS} boots")
         writes = self.events - self.saves
+        stage1 = self.s1_running
         again = self.boot()
-        if again.trial or self.release(again) != seq:
-            raise Broken(f"not steady: release {seq}, then {again.sequence_numbers}")
+        if again.trial or self.release(again) != seq or self.s1_trial \
+                or self.s1_running != stage1:
+            raise Broken(f"not steady: release {seq}, then {again.sequence_numbers} (stage 1 "
+                         f"{stage1}, then {self.s1_running})")
         if self.events - self.saves != writes:
             raise Broken(f"a steady boot wrote ({self.events - self.saves - writes} flash "
                          "operations or file steps)")
-        if self.read_counters() != dict.fromkeys(self.releases.components, seq):
-            raise Broken(f"counters {self.read_counters()} != the running release {seq}")
+        expected = dict.fromkeys(self.releases.components, seq)
+        if stage1 is not None:
+            expected[BOOTLOADER_IMAGE] = stage1
+        if self.read_counters() != expected:
+            raise Broken(f"counters {self.read_counters()} != the running release {seq}"
+                         + (f" and stage 1 {stage1}" if stage1 is not None else ""))
         return seq
+
+    def finish_stage1(self) -> None:
+        """After a cut: the interrupted stage-1 install, tried again, installs when what runs
+        is older (the agent's retry)."""
+        wanted = self.s1_interrupted
+        self.s1_interrupted = None
+        if wanted is not None and self.s1_running is not None and wanted > self.s1_running:
+            self.update_stage1(wanted)
+
+    def update_stage1(self, seq: int) -> None:
+        """Install a stage 1, boot it on trial, confirm, boot: every step must work."""
+        outcome = self.install_stage1(seq)
+        if not outcome.installed:
+            raise Broken(f"the stage-1 update to release {seq} did not install: "
+                         f"{outcome.reason}")
+        result = self.boot()
+        if self.s1_running != seq or not self.s1_trial:
+            raise Broken(f"the stage-1 update to release {seq} started stage 1 "
+                         f"{self.s1_running} (trial {self.s1_trial})")
+        self.confirm(self.release(result))
+        self.settle()
+        if self.s1_running != seq:
+            raise Broken(f"stage-1 release {seq} did not stay after its confirm")
+
 
     def update(self, seq: int) -> None:
         """Install, boot on trial, confirm, boot: every step must work."""
@@ -638,6 +811,17 @@ def _body(board: Board, interrupted: list[int], *, revert: bool = False) -> None
             raise Broken(f"a clean install of the rotation failed: {outcome.reason}")
         if board.release(board.boot()) != OLD:
             raise Broken("the running release did not boot after the rotation")
+    if board.releases.stage1:
+        board.s1_interrupted = NEW
+        outcome = board.install_stage1(NEW)
+        if not outcome.installed:
+            raise Broken(f"a clean install of stage-1 release {NEW} failed: {outcome.reason}")
+        board.s1_interrupted = None
+        board.boot()
+        if board.s1_running != NEW or not board.s1_trial:
+            raise Broken(f"stage-1 release {NEW} did not start on trial")
+        board.confirm(OLD)
+        board.boot()
     for seq in (NEW, NEXT):
         interrupted[:] = [seq]
         outcome = board.install(seq)
@@ -663,6 +847,7 @@ def _recover(board: Board, interrupted: list[int]) -> None:
     cut falls."""
     seq = board.settle()
     board.finish_rotation()
+    board.finish_stage1()
     if interrupted and interrupted[0] > seq:
         board.update(interrupted[0])
 
@@ -675,9 +860,17 @@ def _provision(folder: Path, releases: Releases, shape: str, seed: int, *,
         anchors = [("root", releases.root_anchor), ("author", releases.anchor)]
     create_device(folder, vendor_id=vendor, class_id=uuid.uuid5(vendor, CLASS_NAME),
                   trust_anchors=anchors, shape=shape,
-                  device_id=uuid.UUID(int=seed), image_sectors=IMAGE_SECTORS, agent=agent)
+                  device_id=uuid.UUID(int=seed), image_sectors=IMAGE_SECTORS, agent=agent,
+                  stage1=bool(releases.stage1))
     board = Board(folder, releases, shape, seed)
     open_device(folder).save()
+    if releases.inplace:
+        board.confirmed.add(BASE)  # programmed into the blank device: it runs as it is
+    if releases.stage1:  # the factory stage 1, then an earlier stage-1 update, confirmed
+        outcome = board.install_stage1(BASE)
+        if not outcome.installed:
+            raise Broken(f"provisioning stage-1 release {BASE}: {outcome.reason}")
+        board.s1_confirmed.add(BASE)
     for seq in (BASE, OLD):
         outcome = board.install(seq)
         if not outcome.installed:
@@ -685,6 +878,8 @@ def _provision(folder: Path, releases: Releases, shape: str, seed: int, *,
         board.boot()
         board.confirm(seq)
     board.settle()
+    if releases.stage1:
+        board.update_stage1(OLD)
 
 
 def _choose(total: int, sample: int | None, seed: int) -> list[int]:
@@ -719,7 +914,7 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
         root = Path(tmp)
         releases = Releases(root / "firmware", scenario.shape, detached=scenario.detached,
                             seed=seed, anchors=scenario.anchors, delta=scenario.delta,
-                            agent=scenario.agent)
+                            agent=scenario.agent, stage1=scenario.stage1)
         golden = root / "golden"
         _provision(golden, releases, scenario.shape, seed, agent=scenario.agent)
 
@@ -731,6 +926,10 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
             board = Board(folder, releases, scenario.shape, seed)
             board.counters = board.read_counters()
             board.confirmed, board.floor = {BASE, OLD}, OLD
+            board.running = OLD
+            if scenario.stage1:
+                board.s1_confirmed, board.s1_floor = {BASE, OLD}, OLD
+                board.s1_counter = OLD
             return board
 
         def cut(board: Board, steps: Callable[[], object], n: int, salt: str) -> str:
@@ -788,11 +987,17 @@ def run_real_scenario(name: str, *, sample: int | None = None, seed: int = 0,
                             board, partial(_recover, board, list(interrupted)), m,
                             f"{n}/{m}")
                     seq = board.settle()
-                    outcomes[LABELS[seq]] = outcomes.get(LABELS[seq], 0) + 1
+                    label = LABELS[seq]
+                    if scenario.stage1 and board.s1_running is not None:
+                        label += f", stage 1 {LABELS.get(board.s1_running, '?')}"
+                    outcomes[label] = outcomes.get(label, 0) + 1
                     board.finish_rotation()
+                    board.finish_stage1()
                     if interrupted and interrupted[0] > seq:
                         board.update(interrupted[0])  # the agent tries the install again
                     board.update(LATER)
+                    if scenario.stage1:
+                        board.update_stage1(LATER)  # the bootloader is still updatable
                 except (Broken, SuitError, NoBootableImage, PowerCut, Cut, AssertionError,
                         OSError) as e:
                     result.failures.append(f"cut at event {n} [{what}]: {type(e).__name__}: "

@@ -3,7 +3,7 @@
 ``hold_in_process(url, devices, transport)`` starts a child process (its own event loop and
 open-file limit, so that the process measuring the server does not share its interpreter
 lock) that opens one notification connection per device
-(``GET /api/v1/devices/{id}/notifications``, RFC 9019 §2.3's server-initiated mode):
+(``GET /device/v1/{id}/notifications``, RFC 9019 §2.3's server-initiated mode):
 
 - ``sse``: ``Accept: text/event-stream``; a connection is held once the status line (200) and
   the device's current notice arrived; each later ``event: notice`` is a change;
@@ -93,7 +93,7 @@ class _Conn(asyncio.Protocol):
         self.answered = asyncio.get_running_loop().create_future()
 
     def request(self, after: int | None = None) -> bytes:
-        path = f"/api/v1/devices/{self.device_id}/notifications"
+        path = f"/device/v1/{self.device_id}/notifications"
         accept = ""
         if self.hold.transport == "sse":
             accept = "Accept: text/event-stream\r\n"

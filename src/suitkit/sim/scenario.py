@@ -359,8 +359,10 @@ def _summarize(console: Console, devices: list[SimDevice], plans: list[DevicePla
         category = classify(device.outcome, device.reason)
         reason = short_reason(device.reason) if category in ("rejected", "failed") else \
             device.reason
+        version = None
         try:
-            tracker_state = console.device(device.tracker_id).get("state")
+            shown = console.device(device.tracker_id)
+            tracker_state, version = shown.get("state"), shown.get("version")
         except SuitError as e:
             tracker_state = f"unknown ({e})"
         sequence = running_sequence(device.folder)
@@ -388,6 +390,7 @@ def _summarize(console: Console, devices: list[SimDevice], plans: list[DevicePla
             "reason": reason, "detail": device.reason, "expected": plan.expect,
             "expected_reason": plan.expect_reason, "as_expected": as_expected,
             "running_sequence": sequence, "tracker_state": tracker_state,
+            "tracker_version": version,
             "attempts": device.attempts, "faults_met": faults_met,
             "notes": device.notes[-5:]})
     counts = Counter(r["outcome"] for r in rows)

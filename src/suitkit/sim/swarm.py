@@ -12,7 +12,7 @@ every device is a coroutine of one event loop. What the server sees is what the 
 
    - ``poll``: a check-in every ``poll_interval`` seconds (jittered; ``None``: the
      ``poll_after`` the tracker's last answer suggested). ``Swarm.check_in`` is the one place
-     where the per-poll request is made: ``POST /api/v1/devices/{id}/checkin`` with the digest
+     where the per-poll request is made: ``POST /device/v1/{id}/checkin`` with the digest
      of the device's inventory (``device.agent.inventory_digest``), the inventory itself only
      when the answer asks for it (``send_inventory``); the answer is the pending release or
      ``{"release": null}``, with the update state the tracker has for the device. Against a
@@ -460,7 +460,9 @@ class Swarm:
                        *, doc: dict[str, Any] | None = None, expected: tuple[int, ...] = (200,)
                        ) -> Answer:
         body = json.dumps(doc, separators=(",", ":")).encode() if doc is not None else None
-        return await self._call(device, kind, method, f"/api/v1/devices/{device.id}{suffix}",
+        # the device API's prefix (its own record, asked of old trackers only, has none)
+        base = f"/device/v1/{device.id}" if suffix else f"/api/v1/devices/{device.id}"
+        return await self._call(device, kind, method, f"{base}{suffix}",
                                 body=body, expected=expected,
                                 content_type="application/json" if body is not None else None)
 
@@ -490,7 +492,7 @@ class Swarm:
         ``{"release": ..., "envelope_url": ..., "state": ...}`` (``"release": null``: nothing
         to do); ``None`` when an old server has nothing (204) or took the inventory.
 
-        ``POST /api/v1/devices/{id}/checkin`` with the inventory's digest (and the inventory
+        ``POST /device/v1/{id}/checkin`` with the inventory's digest (and the inventory
         with it when ``inventory``, or asked again with it when the answer says
         ``send_inventory``); its ``poll_after`` is kept on the device. On a server that
         answers it 404 or 405 (no check-in), ``GET .../update`` now and from then on; those
@@ -632,7 +634,7 @@ class Swarm:
         if done < _STEPS.index("rebooting"):
             try:
                 await self._call(device, "reports", "POST",
-                                 f"/api/v1/devices/{device.id}/reports", body=report,
+                                 f"/device/v1/{device.id}/reports", body=report,
                                  content_type=_REPORT_MEDIA_TYPE, expected=(201,))
             except _Retry as e:
                 device.state = f"the tracker missed the report: {e}"
@@ -722,7 +724,7 @@ class Swarm:
 
     async def _sse(self, device: LightDevice) -> None:
         held = Held(self._pools[device.server])
-        path = f"/api/v1/devices/{device.id}/notifications"
+        path = f"/device/v1/{device.id}/notifications"
         backoff = 0.5
         try:
             while True:
@@ -750,7 +752,7 @@ class Swarm:
 
     async def _long_poll(self, device: LightDevice, *, hybrid: bool) -> None:
         held = Held(self._pools[device.server])
-        path = f"/api/v1/devices/{device.id}/notifications"
+        path = f"/device/v1/{device.id}/notifications"
         after: int | None = None
         backoff = 0.5
         try:

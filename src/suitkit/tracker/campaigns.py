@@ -30,12 +30,13 @@ Docs: docs/tracker.md, "Campaigns".
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import math
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -72,6 +73,7 @@ __all__ = [
     "CampaignSpec",
     "DeltaOffer",
     "check_tags",
+    "wave_sizes",
 ]
 
 Mode = Literal["download-only", "install-now", "install-on-trigger"]
@@ -196,6 +198,24 @@ def check_tags(tags: Sequence[str], where: str) -> None:
         if not isinstance(tag, str) or not _TAG.fullmatch(tag):
             _invalid(f"{where}: {str(tag)[:70]!r} is not a tag (1 to 64 characters of "
                      "A-Z a-z 0-9 . _ : -, starting with a letter or digit)")
+
+
+def _wave_cuts(count: int, waves: Sequence[float]) -> list[int]:
+    """Where each wave of ``count`` members ends (positions ``cut[k-1]`` to ``cut[k]``)."""
+    # at least one device by the first boundary: an empty open wave never advances
+    return [max(1, math.ceil(pct / 100 * count - _EPSILON)) for pct in waves]
+
+
+def wave_sizes(count: int, waves: Sequence[float]) -> list[int]:
+    """How many of ``count`` devices each wave gets when the campaign starts (what
+    ``CampaignEngine.start`` splits; ``[]`` for no device)."""
+    if count <= 0:
+        return []
+    sizes, before = [], 0
+    for cut in _wave_cuts(count, waves):
+        sizes.append(max(0, min(cut, count) - before))
+        before = max(before, min(cut, count))
+    return sizes
 
 
 def _percent(value: float) -> str:
@@ -328,9 +348,7 @@ class CampaignEngine:
             now = tx.now()
             ordered = sorted(device_ids, key=lambda d: hashlib.sha256(
                 f"{campaign.id}{d}".encode()).digest())
-            # at least one device by the first boundary: an empty open wave never advances
-            cuts = [max(1, math.ceil(pct / 100 * len(ordered) - _EPSILON))
-                    for pct in campaign.waves]
+            cuts = _wave_cuts(len(ordered), campaign.waves)
             for position, device_id in enumerate(ordered):
                 wave = next(k for k, cut in enumerate(cuts) if position < cut)
                 tx.add(CampaignMember(campaign_id=campaign.id, device_id=device_id,
@@ -400,6 +418,81 @@ class CampaignEngine:
         elif _effective_action(campaign) == (
                 "download" if campaign.mode == "download-only" else "install"):
             self._stop(tx, campaign, "completed", shortfall, now)
+
+    def retry(self, campaign_id: str, actor: str) -> dict[str, Any]:
+        """Give the members that failed (``failed``, ``rolled-back``) of a running or paused
+        campaign another go: they become ``pending`` again and the next tick assigns them
+        (a paused campaign: once resumed), each when its device is free. The failures retried
+        are no longer acknowledged: one that fails again counts as a new failure for the
+        failure threshold. Refused (``conflict``) when no member failed."""
+        with self.db.store.transaction() as tx:
+            campaign = self._locked(tx, campaign_id)
+            self._expect(campaign, ("running", "paused"), "retried")
+            now = tx.now()
+            failed = tx.members_in(campaign.id, _FAILED)
+            if not failed:
+                raise CampaignRefused("conflict", "the campaign has no failed devices to retry "
+                                      "(none is failed or rolled-back)")
+            for member in failed:
+                member.detail = f"retry by {actor[:128]} (was {member.state})"
+                member.state, member.updated = "pending", now
+                member.times = {**member.times, "retried": iso(now) or ""}
+                member.health = member.unhealthy = member.confirmed = None
+            campaign.failures_acknowledged = max(
+                0, campaign.failures_acknowledged - len(failed))
+            campaign.updated = now
+            self._log(tx, campaign_id, actor, "retry",
+                      f"{len(failed)} failed device(s) to be assigned again")
+        self.tick(only=campaign_id)
+        return self.get(campaign_id)
+
+    def preview(self, spec: CampaignSpec) -> dict[str, Any]:
+        """How many devices ``spec``'s target matches now and how many each of its waves would
+        get if the campaign started now (the split ``start`` makes): ``{"devices": n,
+        "waves": [n1, ...]}``. Raises ``CampaignRefused`` (``invalid``) for a bad spec."""
+        spec.check()
+        target: dict[str, Any] = {"vendor_id": spec.vendor_id, "class_id": spec.class_id,
+                                  "tags": list(spec.tags)}
+        if spec.devices is not None:
+            target["devices"] = list(dict.fromkeys(spec.devices))
+        with self.db.store.transaction() as tx:
+            count = len(self._resolve(tx, target))
+        return {"devices": count, "waves": wave_sizes(count, spec.waves)}
+
+    def progress(self, campaign_id: str, *, points: int = 60) -> dict[str, Any]:
+        """The campaign's outcome over time, from the moment each member reached its current
+        state: ``points + 1`` evenly spaced samples from its start to its end (or now) of how
+        many members had succeeded (``downloaded`` in a download phase) and failed by then.
+        A member retried counts once, by its last outcome. ``series`` is empty before the
+        start."""
+        points = max(1, min(points, 500))
+        with self.db.store.transaction() as tx:
+            campaign = tx.campaign(campaign_id) if len(campaign_id) <= 36 else None
+            if campaign is None:
+                raise CampaignRefused("unknown", f"no campaign {campaign_id[:40]!r}")
+            successes = _success_states(campaign)
+            rows = tx.member_outcomes(campaign.id, (*successes, *_FAILED))
+            start, end = campaign.started, campaign.finished or tx.now()
+            total = campaign.member_count
+        doc: dict[str, Any] = {"started": iso(start), "until": iso(end), "devices": total,
+                               "series": []}
+        if start is None:
+            return doc
+        done_at: list[datetime] = []
+        failed_at: list[datetime] = []
+        for state, times in rows:
+            moment = _moment_of(times.get(state))
+            if moment is not None:
+                (failed_at if state in _FAILED else done_at).append(moment)
+        done_at.sort()
+        failed_at.sort()
+        end = max(end, start, *done_at[-1:], *failed_at[-1:])
+        span = end - start
+        for i in range(points + 1):
+            at = start + span * i / points
+            doc["series"].append({"time": iso(at), "done": bisect.bisect_right(done_at, at),
+                                  "failed": bisect.bisect_right(failed_at, at)})
+        return doc
 
     def cancel(self, campaign_id: str, actor: str) -> dict[str, Any]:
         """Final: members not started lose their assignment (state ``cancelled``; a device
@@ -673,6 +766,7 @@ class CampaignEngine:
             if campaign is None:
                 raise CampaignRefused("unknown", f"no campaign {campaign_id[:40]!r}")
             doc = _campaign_json(campaign)
+            _name_campaigns(tx, [doc])
             by_wave = self._counts_by_wave(tx, campaign.id)
             counts: dict[str, int] = {}
             waves = []
@@ -688,9 +782,7 @@ class CampaignEngine:
             doc["waves_detail"] = waves
             members = tx.members(campaign.id, offset=max(0, offset),
                                  limit=max(0, min(limit, 1000)))
-            doc["members"] = [{"device_id": m.device_id, "wave": m.wave + 1, "state": m.state,
-                               "times": m.times, "detail": m.detail, "health": m.health}
-                              for m in members]
+            doc["members"] = [_member_json(m) for m in members]
             if campaign.health_window is not None:
                 _, confirmed, unhealthy = tx.health_counts(campaign.id, tx.now())
                 doc["health"] = {"confirmed": confirmed, "unhealthy": unhealthy}
@@ -704,14 +796,33 @@ class CampaignEngine:
         """Every campaign (no members), newest first."""
         return self.campaigns_page(limit=None).items
 
-    def campaigns_page(self, *, limit: int | None = 500,
-                       after: tuple[datetime, str] | None = None) -> Page:
-        """At most ``limit`` campaigns (``None``: all), newest first (``created`` descending,
-        then ``id``), after the key ``after`` (``Page.next`` of the page before)."""
+    def members_page(self, campaign_id: str, *, limit: int = 500, after: int = -1,
+                     states: Collection[str] = (), total: bool = False) -> Page:
+        """At most ``limit`` of the campaign's members (``MEMBER_STATES``: only those in
+        ``states`` when given), by position, after the position ``after`` (``Page.next`` of
+        the page before, ``(position,)``); ``total``: count them all."""
         with self.db.store.transaction() as tx:
-            rows = tx.campaigns(limit=None if limit is None else limit + 1, after=after)
+            campaign = tx.campaign(campaign_id) if len(campaign_id) <= 36 else None
+            if campaign is None:
+                raise CampaignRefused("unknown", f"no campaign {campaign_id[:40]!r}")
+            rows = tx.members_after(campaign.id, after=after, limit=limit + 1, states=states)
+            items = [((m.position,), _member_json(m)) for m in rows]
+            count = tx.count_members(campaign.id, states) if total else None
+            return page_of(items, limit, count)
+
+    def campaigns_page(self, *, limit: int | None = 500,
+                       after: tuple[datetime, str] | None = None,
+                       statuses: Collection[str] = (), total: bool = False) -> Page:
+        """At most ``limit`` campaigns (``None``: all), newest first (``created`` descending,
+        then ``id``), after the key ``after`` (``Page.next`` of the page before); only those
+        in ``statuses`` (``CAMPAIGN_STATUSES``) when given; ``total``: count them all."""
+        with self.db.store.transaction() as tx:
+            rows = tx.campaigns(limit=None if limit is None else limit + 1, after=after,
+                                statuses=statuses)
             items = [((c.created, c.id), _campaign_json(c)) for c in rows]
-            return page_of(items, limit if limit is not None else len(items))
+            count = tx.count_campaigns(statuses) if total else None
+            _name_campaigns(tx, [doc for _, doc in items])
+            return page_of(items, limit if limit is not None else len(items), count)
 
     # ---- helpers
 
@@ -773,6 +884,16 @@ class CampaignEngine:
         return tx.member_ids_in(campaign_id, NOT_STARTED)
 
 
+def _moment_of(text: object) -> datetime | None:
+    """A member's state time (``iso`` text) as a naive UTC datetime; ``None`` if unreadable."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return utc_naive(datetime.fromisoformat(text))
+    except ValueError:
+        return None
+
+
 def _release_for(tx: Tx, campaign: Campaign, device_id: str) -> tuple[str, str]:
     """(release, envelope URL) for one member: the delta whose precursor the device's inventory
     says one of its components runs, else the full release (docs/delta.md)."""
@@ -783,6 +904,28 @@ def _release_for(tx: Tx, campaign: Campaign, device_id: str) -> tuple[str, str]:
         if offer.get("precursor") in running:
             return str(offer["release"]), str(offer["envelope_url"])
     return campaign.release, campaign.envelope_url
+
+
+def _member_json(member: CampaignMember) -> dict[str, Any]:
+    return {"device_id": member.device_id, "wave": member.wave + 1, "state": member.state,
+            "times": member.times, "detail": member.detail, "health": member.health}
+
+
+def _name_campaigns(tx: Tx, docs: list[dict[str, Any]]) -> None:
+    """Speak in names (issue #17): the target's ``class_name`` and ``vendor_name`` (when it
+    names a class; ``None``: the registry has no name) and the release's ``release_version``."""
+    classes = tx.device_classes_of([d["target"]["class_id"] for d in docs
+                                    if d["target"].get("class_id")])
+    releases = tx.releases_of([d["release"] for d in docs])
+    for doc in docs:
+        if doc["target"].get("class_id"):
+            row = classes.get(doc["target"]["class_id"])
+            doc["target"] = {**doc["target"],
+                             "class_name": row.class_name if row is not None else None,
+                             "vendor_name": row.vendor_name if row is not None else None}
+        release = releases.get(doc["release"])
+        doc["release_version"] = (release.record or {}).get("version") \
+            if release is not None else None
 
 
 def _campaign_json(campaign: Campaign) -> dict[str, Any]:

@@ -51,6 +51,8 @@ class ReleaseArtifacts:
     release: str
     sequence_number: int
     artifacts: tuple[Artifact, ...]
+    version: str | None = None
+    """The release's version (issue #17), if it has one."""
 
 
 ArtifactLookup = Callable[[str], ReleaseArtifacts | None]

@@ -37,12 +37,14 @@ __all__ = [
     "FINAL_STATES",
     "HEALTH_STATUSES",
     "MAX_CAPABILITY_BYTES",
+    "MAX_CLASS_NAME",
     "MAX_HEALTH_ROWS",
     "MAX_INVENTORY_DIGEST",
     "MAX_RECIPIENT_KEYS",
     "MAX_RECIPIENT_KEY_TEXT",
     "MAX_REPORT_KEY_TEXT",
     "MAX_TOKEN_ID",
+    "MAX_VENDOR_DOMAIN",
     "MAX_VERSION_PARTS",
     "NONCE_BYTES",
     "REPORT_STATES",
@@ -58,6 +60,7 @@ __all__ = [
     "CampaignLog",
     "CampaignMember",
     "Device",
+    "DeviceClass",
     "DeviceEvent",
     "DeviceHealth",
     "DeviceNotice",
@@ -160,7 +163,12 @@ class Device(Base):
     """The public key the device signs its reports with (PEM; report §8), given when it was
     registered; ``None``: its reports cannot be signed."""
 
-    __table_args__ = (Index("ix_devices_created_id", "created", "id"),)  # the list's pages
+    __table_args__ = (Index("ix_devices_created_id", "created", "id"),  # the list's pages
+                      # its filters and sorts (migration 0012_lists)
+                      Index("ix_devices_state_created_id", "state", "created", "id"),
+                      Index("ix_devices_class_id_created_id", "class_id", "created", "id"),
+                      Index("ix_devices_last_seen_id", "last_seen", "id"),
+                      Index("ix_devices_name_id", "name", "id"))
 
 
 class InstalledComponent(Base):
@@ -314,6 +322,34 @@ class Release(Base):
     created: Mapped[datetime] = mapped_column(DateTime)
 
 
+MAX_CLASS_NAME = 128
+"""The longest vendor or class name of the class registry (``DeviceClass``)."""
+MAX_VENDOR_DOMAIN = 253
+"""The longest vendor domain name (a DNS name: RFC 1035's 253 characters)."""
+
+
+class DeviceClass(Base):
+    """A device class by name (issue #17): the vendor and class names of a class ID, from a
+    release's manifest text (vendor-name, model-name, vendor-domain: manifest §8.4.4) or set
+    by an operator. When the vendor domain is known the IDs are checked against the
+    derivation the manifest recommends (§8.4.8.1-2: vendor ID = UUID5(DNS, domain), class ID
+    = UUID5(vendor ID, class name)). An operator's names are kept over a manifest's."""
+
+    __tablename__ = "device_classes"
+
+    class_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    vendor_id: Mapped[str] = mapped_column(String(36))
+    vendor_name: Mapped[str | None] = mapped_column(String(MAX_CLASS_NAME), default=None)
+    class_name: Mapped[str | None] = mapped_column(String(MAX_CLASS_NAME), default=None)
+    vendor_domain: Mapped[str | None] = mapped_column(String(MAX_VENDOR_DOMAIN), default=None)
+    source: Mapped[str] = mapped_column(String(16))
+    """``manifest`` (from a release's text: a later release's text replaces it) or
+    ``operator`` (``PUT /api/v1/classes/{id}``: a manifest no longer changes it)."""
+    updated: Mapped[datetime] = mapped_column(DateTime)
+    updated_by: Mapped[str] = mapped_column(String(128))
+    """Who set the names: an operator's name, or ``release <id>``."""
+
+
 class ApiToken(Base):
     """An API token (admin, author or operator): only the hash of its secret is stored."""
 
@@ -393,6 +429,8 @@ class CampaignMember(Base):
     """One device of a started campaign: its wave, state and a timestamp per state."""
 
     __tablename__ = "campaign_members"
+    __table_args__ = (  # its members' pages (migration 0012_lists)
+        Index("ix_campaign_members_campaign_id_position", "campaign_id", "position"),)
 
     campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"),
                                              primary_key=True)

@@ -23,10 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from suitkit.tracker.campaigns import MAX_DELTAS, MODES
 from suitkit.tracker.model import (
     HEALTH_STATUSES,
+    MAX_CLASS_NAME,
     MAX_INVENTORY_DIGEST,
     MAX_RECIPIENT_KEY_TEXT,
     MAX_RECIPIENT_KEYS,
     MAX_REPORT_KEY_TEXT,
+    MAX_VENDOR_DOMAIN,
     MAX_VERSION_PARTS,
     STATES,
     TOKEN_ROLES,
@@ -40,13 +42,14 @@ from suitkit.tracker.service import (
 )
 
 __all__ = [
-    "AuditEntry", "AuditLog", "Campaign", "CampaignBody", "CampaignDetail", "CampaignPage",
-    "CapabilitiesAnswer", "CheckinAnswer", "CheckinBody", "ComponentBody", "Deployment",
-    "DeploymentBody", "Device", "DeviceCreated", "DevicePage", "DeviceRegistration",
-    "EventBody", "HealthAnswer", "HealthBody", "HealthList", "HealthState", "History",
-    "HistoryEntry", "InventoryBody", "Notice", "PauseBody", "PendingUpdate", "ReportKeyAnswer",
-    "ReportKeyBody", "ResetBody", "StoredReport", "Tags", "TagsBody", "Token", "TokenBody",
-    "TokenCreated", "TokenList", "Whoami", "json_body",
+    "AuditEntry", "AuditLog", "Campaign", "CampaignBody", "CampaignDetail", "CampaignMembers",
+    "CampaignPage", "CampaignPreview", "CampaignPreviewBody", "CampaignProgress",
+    "CapabilitiesAnswer", "CheckinAnswer", "CheckinBody", "ClassBody", "ClassPage",
+    "ComponentBody", "Deployment", "DeploymentBody", "Device", "DeviceClass", "DeviceCreated",
+    "DevicePage", "DeviceRegistration", "EventBody", "Fleet", "HealthAnswer", "HealthBody",
+    "HealthList", "HealthState", "History", "HistoryEntry", "InventoryBody", "Notice", "PauseBody",
+    "PendingUpdate", "ReportKeyAnswer", "ReportKeyBody", "ResetBody", "StoredReport", "Tags",
+    "TagsBody", "Token", "TokenBody", "TokenCreated", "TokenList", "Whoami", "json_body",
 ]
 
 _HEX = "^(?:[0-9a-fA-F]{2})*$"
@@ -219,6 +222,25 @@ class CampaignBody(_Body):
     deltas: list[DeltaBody] = Field(default_factory=list, max_length=MAX_DELTAS)
 
 
+class CampaignPreviewBody(CampaignBody):
+    """``POST /api/v1/campaigns/preview``: a campaign's body, ``release`` optional."""
+
+    release: str | None = Field(default=None, pattern=_DIGEST,  # type: ignore[assignment]
+                                max_length=128)
+
+
+class ClassBody(_Body):
+    """``PUT /api/v1/classes/{class_id}``: ``vendor_name``, ``class_name`` or both."""
+
+    vendor_id: str | None = Field(default=None, pattern=_UUID,
+                                  description="left out: the registry's or a device's")
+    vendor_name: str | None = Field(default=None, min_length=1, max_length=MAX_CLASS_NAME)
+    class_name: str | None = Field(default=None, min_length=1, max_length=MAX_CLASS_NAME)
+    vendor_domain: str | None = Field(
+        default=None, min_length=1, max_length=MAX_VENDOR_DOMAIN,
+        description="known: the names must derive the IDs (UUID5, §8.4.8.1-2), 422 otherwise")
+
+
 class PauseBody(_Body):
     """``POST /api/v1/campaigns/{id}/pause`` (optional)."""
 
@@ -285,6 +307,12 @@ class Device(_Answer):
     tags: list[str]
     recipient_keys: list[str]
     report_key: bool
+    vendor_name: str | None = Field(default=None, description="the registry's name of its "
+                                                               "vendor (null: not known)")
+    class_name: str | None = Field(default=None, description="the registry's name of its "
+                                                             "class (null: not known)")
+    version: str | None = Field(default=None, description="the version it runs: its release's "
+                                                          "or its components' (null: none)")
     components: list[InstalledComponent] | None = None
     anchors: Anchors | None = None
     capabilities: dict[str, Any] | None = None
@@ -414,6 +442,8 @@ class TokenCreated(Token):
 
 class TokenList(_Answer):
     tokens: list[Token]
+    next: str | None
+    total: int | None = None
 
 
 class Whoami(_Answer):
@@ -435,14 +465,20 @@ class AuditEntry(_Answer):
 
 class AuditLog(_Answer):
     entries: list[AuditEntry]
+    next: str | None
+    total: int | None = None
 
 
 class Campaign(_Answer):
     id: str
     name: str
     release: str
+    release_version: str | None = Field(default=None, description="the release's version "
+                                                                  "(null: it has none)")
     envelope_url: str
-    target: dict[str, Any]
+    target: dict[str, Any] = Field(description="vendor_id, class_id, tags, devices; with "
+                                               "class_name and vendor_name when it names a "
+                                               "class")
     waves: list[float]
     success_threshold: float
     failure_threshold: float
@@ -487,6 +523,70 @@ class CampaignDetail(Campaign):
 
 class CampaignPage(_Answer):
     campaigns: list[Campaign]
+    next: str | None
+    total: int | None = None
+
+
+class CampaignMembers(_Answer):
+    id: str
+    members: list[CampaignMember]
+    next: str | None
+    total: int | None = None
+
+
+class CampaignPreview(_Answer):
+    devices: int = Field(description="devices the target matches now")
+    waves: list[int] = Field(description="devices each wave would get if it started now")
+
+
+class ProgressPoint(_Answer):
+    time: str | None
+    done: int
+    failed: int
+
+
+class CampaignProgress(_Answer):
+    started: str | None
+    until: str | None
+    devices: int
+    series: list[ProgressPoint] = Field(description="empty before the start")
+
+
+class FleetClass(_Answer):
+    vendor_id: str | None
+    class_id: str | None
+    devices: int
+
+
+class FleetVersion(_Answer):
+    component: list[str]
+    sequence: int | None
+    version: list[int] | None
+    devices: int
+
+
+class Fleet(_Answer):
+    """The fleet in counts (``GET /api/v1/fleet``)."""
+
+    devices: int
+    states: dict[str, int]
+    classes: list[FleetClass]
+    tags: dict[str, int]
+    versions: list[FleetVersion]
+
+
+class DeviceClass(_Answer):
+    vendor_id: str | None
+    class_id: str
+    vendor_name: str | None
+    class_name: str | None
+    vendor_domain: str | None
+    source: str | None = Field(description="manifest or operator (null: not named)")
+    devices: int
+
+
+class ClassPage(_Answer):
+    classes: list[DeviceClass]
     next: str | None
     total: int | None = None
 

@@ -44,7 +44,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -52,6 +52,15 @@ from typing import Any, Literal
 
 from suitkit.core.report import capability_json, decode_capability_report
 from suitkit.errors import DecodeError, StorageError
+from suitkit.tracker.classes import (
+    ClassNames,
+    ClassRefused,
+    check_names,
+    class_json,
+    learn,
+    name_devices,
+    store_names,
+)
 from suitkit.tracker.model import (
     DEVICE_STATES,
     FINAL_STATES,
@@ -76,9 +85,19 @@ from suitkit.tracker.model import (
     Release,
 )
 from suitkit.tracker.quotas import Quotas
-from suitkit.tracker.store import CheckinRow, PoolOptions, Store, Tx, naive, open_store
+from suitkit.tracker.store import (
+    DEVICE_SORTS,
+    CheckinRow,
+    DeviceQuery,
+    PoolOptions,
+    Store,
+    Tx,
+    naive,
+    open_store,
+)
 
 __all__ = [
+    "DEVICE_SORTS",
     "MAX_FACTS",
     "MAX_HEALTH_RECORDS",
     "MAX_HEALTH_WINDOW",
@@ -88,8 +107,11 @@ __all__ = [
     "AssignmentView",
     "CampaignRefused",
     "CheckIn",
+    "ClassNames",
+    "ClassRefused",
     "ComponentEntry",
     "DeploymentRefused",
+    "DeviceQuery",
     "FleetCounts",
     "HealthRecord",
     "HealthReport",
@@ -134,6 +156,11 @@ _DUMMY_HASH = f"{_SHA256}${'00' * 32}"
 NOT_STARTED = frozenset({"notified", "downloaded"})
 """The states of a campaign member (and its device) that has not started its assignment."""
 _WINDOW = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)")
+_SUMMARY_TAGS = 500
+"""At most this many tags in ``TrackerDB.fleet_summary`` (the most used)."""
+_SUMMARY_ROWS = 1000
+"""At most this many classes and component versions in ``TrackerDB.fleet_summary`` (those of
+the most devices): devices name their own components, so the list is theirs to grow."""
 
 
 # --------------------------------------------------------------------------------- credentials
@@ -180,14 +207,17 @@ class Page:
 
     items: list[dict[str, Any]]
     next: tuple[Any, ...] | None
+    total: int | None = None
+    """How many items the whole list holds (its filters applied), when it was asked for."""
 
 
-def page_of(rows: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], limit: int) -> Page:
+def page_of(rows: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], limit: int,
+            total: int | None = None) -> Page:
     """The first ``limit`` of ``rows`` (sort key, item), fetched ``limit + 1`` at most: one
     more row than the page tells whether a next page exists."""
     shown = list(rows[:limit])
     more = len(rows) > limit and bool(shown)
-    return Page([doc for _, doc in shown], shown[-1][0] if more else None)
+    return Page([doc for _, doc in shown], shown[-1][0] if more else None, total)
 
 
 class DeploymentRefused(Exception):
@@ -568,6 +598,39 @@ class TrackerDB:
                 {state or "registered": n for state, n in tx.device_state_counts().items()},
                 tx.campaign_status_counts(), tx.recent_member_counts(campaigns))
 
+    def fleet_summary(self) -> dict[str, Any]:
+        """The fleet in counts, for an operator's overview and for picking a campaign's target
+        (one transaction, grouped in SQL but for tags): ``devices``; ``states`` (devices per
+        update state, ``no state yet`` for none); ``classes`` (devices per vendor and class ID,
+        most first); ``tags`` (devices per tag, the ``_SUMMARY_TAGS`` most used);
+        ``versions`` (devices per installed component, sequence number and version, from the
+        inventories); classes and versions at most ``_SUMMARY_ROWS`` each (of the most
+        devices)."""
+        with self.store.transaction() as tx:
+            states = tx.device_state_counts()
+            classes = tx.class_counts()
+            tag_lists = tx.tag_lists()
+            versions = tx.component_counts()
+        tags: dict[str, int] = {}
+        for listed in tag_lists:
+            for tag in set(listed or ()):
+                tags[tag] = tags.get(tag, 0) + 1
+        return {
+            "devices": sum(states.values()),
+            "states": {state or "no state yet": n for state, n in sorted(
+                states.items(), key=lambda x: (-x[1], x[0] or ""))},
+            "classes": [{"vendor_id": vendor, "class_id": klass, "devices": n}
+                        for (vendor, klass), n in sorted(
+                            classes.items(), key=lambda x: (-x[1], x[0][0] or "",
+                                                            x[0][1] or ""))[:_SUMMARY_ROWS]],
+            "tags": dict(sorted(tags.items(), key=lambda x: (-x[1], x[0]))[:_SUMMARY_TAGS]),
+            "versions": [{"component": ident, "sequence": int(seq) if seq is not None else None,
+                          "version": version, "devices": n}
+                         for ident, seq, version, n in sorted(
+                             sorted(versions, key=lambda x: -x[3])[:_SUMMARY_ROWS],
+                             key=lambda x: (x[0], int(x[1] or -1), x[2] or []))],
+        }
+
     def now(self) -> datetime:
         """The current time as stored (naive UTC)."""
         return self.store.now()
@@ -664,18 +727,25 @@ class TrackerDB:
         return self.devices_page(components=components, limit=None).items
 
     def devices_page(self, *, components: bool = False, limit: int | None = 500,
-                     after: tuple[datetime, str] | None = None) -> Page:
-        """At most ``limit`` devices (``None``: all), oldest first (by ``created``, then
-        ``id``: unique, indexed), after the key ``after`` (``Page.next`` of the page before).
-        A device registered meanwhile sorts after every older one: no device is shown twice
-        or skipped."""
+                     after: tuple[Any, str] | None = None,
+                     query: DeviceQuery | None = None, total: bool = False) -> Page:
+        """At most ``limit`` devices (``None``: all) of ``query`` (default: every device,
+        oldest first: by ``created``, then ``id``: unique, indexed), after the key ``after``
+        (``Page.next`` of the page before: the sort key's value and the id). A device
+        registered meanwhile sorts after every older one: no device is shown twice or
+        skipped. ``total``: ``Page.total`` counts every device of ``query``, in the same
+        transaction."""
+        query = query if query is not None else DeviceQuery()
         with self.store.transaction() as tx:
-            rows = tx.devices(limit=None if limit is None else limit + 1, after=after)
+            rows = tx.devices(limit=None if limit is None else limit + 1, after=after,
+                              query=query)
             installed = tx.components_of([d.id for d in rows]) if components else None
-            items = [((d.created, d.id),
+            items = [((getattr(d, query.sort), d.id),
                       _device_json(d, None if installed is None else installed.get(d.id, [])))
                      for d in rows]
-            return page_of(items, limit if limit is not None else len(items))
+            count = tx.count_devices(query) if total else None
+            name_devices(tx, [doc for _, doc in items], installed)
+            return page_of(items, limit if limit is not None else len(items), count)
 
     def device(self, device_id: str) -> dict[str, Any] | None:
         """One device with its components, or ``None``."""
@@ -683,7 +753,9 @@ class TrackerDB:
             device = tx.device(device_id)
             if device is None:
                 return None
-            doc = _device_json(device, tx.components(device_id))
+            installed = tx.components(device_id)
+            doc = _device_json(device, installed)
+            name_devices(tx, [doc], {device_id: installed})
             doc["capabilities"] = _capabilities_json(device.capabilities)
             doc["health"] = [_health_json(h) for h in tx.health_rows(device_id,
                                                                      MAX_HEALTH_ROWS)]
@@ -1204,19 +1276,28 @@ class TrackerDB:
         return self.history_page(device_id, limit=None).items
 
     def history_page(self, device_id: str, *, limit: int | None = 500, after: int = 0,
-                     newest: bool = False) -> Page:
+                     newest: bool = False, kinds: Collection[str] = (),
+                     total: bool = False) -> Page:
         """At most ``limit`` items of the device's history (``None``: all) with ``seq`` above
         ``after``, in order; each table is read only for one page (ORDER BY seq, LIMIT, on
         the ``(device_id, seq)`` index). ``Page.next`` is ``(seq,)`` of the last item.
-        ``newest``: newest first, with ``seq`` below ``after`` (0: from the newest)."""
+        ``newest``: newest first, with ``seq`` below ``after`` (0: from the newest).
+        ``kinds``: only ``event`` or ``report`` items (empty: both); ``total``: count them."""
+        events = not kinds or "event" in kinds
+        reports = not kinds or "report" in kinds
         with self.store.transaction() as tx:
             fetch = None if limit is None else limit + 1
-            items = [((e.seq,), _event_json(e))
-                     for e in tx.events(device_id, after=after, limit=fetch, newest=newest)]
-            items += [((r.seq,), _report_json(r))
-                      for r in tx.reports(device_id, after=after, limit=fetch, newest=newest)]
+            items: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+            if events:
+                items += [((e.seq,), _event_json(e)) for e in tx.events(
+                    device_id, after=after, limit=fetch, newest=newest)]
+            if reports:
+                items += [((r.seq,), _report_json(r)) for r in tx.reports(
+                    device_id, after=after, limit=fetch, newest=newest)]
             items.sort(key=lambda item: item[0], reverse=newest)
-            return page_of(items, limit if limit is not None else len(items))
+            count = (tx.count_history(device_id, events=events, reports=reports)
+                     if total else None)
+            return page_of(items, limit if limit is not None else len(items), count)
 
     def report_bytes(self, device_id: str) -> list[bytes]:
         """The raw reports of a device, oldest first."""
@@ -1226,15 +1307,18 @@ class TrackerDB:
     # ---- releases (the firmware server's, recorded here: every replica sees the same)
 
     def put_release(self, release_id: str, sequence_number: int, envelope: str,
-                    decide: Callable[[dict[str, Any] | None], dict[str, Any]]
-                    ) -> tuple[dict[str, Any], bool]:
+                    decide: Callable[[dict[str, Any] | None], dict[str, Any]], *,
+                    names: Sequence[ClassNames] = ()) -> tuple[dict[str, Any], bool]:
         """Record a release in one transaction, under the lock of its id: ``decide(stored)``
         gets the stored record (``None``: none yet) and returns the record to keep, or raises
         (the firmware server's rule: the same envelope again merges its images, another
-        envelope is a conflict); (the record kept, whether it is new)."""
+        envelope is a conflict); (the record kept, whether it is new). ``names``: the class
+        names its manifest text gives, registered in the same transaction
+        (``classes.learn``)."""
         with self.store.transaction() as tx:
             row = tx.lock_release(release_id)
             record = decide(dict(row.record) if row is not None else None)
+            learn(tx, names, release_id)
             if row is None:
                 tx.add(Release(id=release_id, sequence_number=sequence_number,
                                envelope=envelope, record=record, created=tx.now()))
@@ -1253,6 +1337,46 @@ class TrackerDB:
         """Every stored release record, by sequence number then id."""
         with self.store.transaction() as tx:
             return [dict(row.record) for row in tx.releases()]
+
+    # ---- the class registry (issue #17; tracker.classes)
+
+    def classes_page(self, *, limit: int = 500, after: str | None = None) -> Page:
+        """At most ``limit`` classes by class id after ``after``: every class the registry
+        names or a device has, with its names (``None``: not known) and how many devices
+        have it."""
+        with self.store.transaction() as tx:
+            ids = tx.class_ids_page(after=after, limit=limit + 1)
+            rows = tx.device_classes_of([c for c, _ in ids])
+            counts = tx.class_device_counts([c for c, _ in ids])
+            items = [((c,), class_json(rows.get(c), c, v, counts.get(c, 0))) for c, v in ids]
+            return page_of(items, limit)
+
+    def set_class(self, class_id: str, *, vendor_id: str | None, vendor_name: str | None,
+                  class_name: str | None, vendor_domain: str | None, by: str
+                  ) -> dict[str, Any]:
+        """An operator names a class (``source`` ``operator``: later releases' texts no longer
+        rename it). The vendor id, when not given, is the registry's or a device's of that
+        class; the names must agree with the IDs when the vendor domain is known
+        (``classes.check_names``). Raises ``ClassRefused``."""
+        with self.store.transaction() as tx:
+            row = tx.lock_device_class(class_id)
+            known = None
+            if vendor_id is None:
+                known = row.vendor_id if row is not None else tx.vendor_of_class(class_id)
+            if vendor_id is not None and row is not None and row.vendor_id != vendor_id:
+                raise ClassRefused("mismatch", f"class {class_id} belongs to vendor "
+                                               f"{row.vendor_id}, not {vendor_id}")
+            vendor = vendor_id or known
+            if vendor is None:
+                raise ClassRefused("invalid", f"vendor_id: class {class_id} is not known "
+                                              "to the tracker yet; give its vendor id")
+            if vendor_domain is None and row is not None and row.vendor_id == vendor:
+                vendor_domain = row.vendor_domain  # known: later names are checked too
+            names = check_names(ClassNames(vendor, class_id, vendor_name, class_name,
+                                           vendor_domain))
+            stored = store_names(tx, names, source="operator", by=by)
+            return class_json(stored, class_id, vendor,
+                              tx.class_device_counts([class_id]).get(class_id, 0))
 
     # ---- API tokens
 
@@ -1289,8 +1413,16 @@ class TrackerDB:
 
     def tokens(self) -> list[dict[str, Any]]:
         """Every API token (never a secret or its hash), oldest first."""
+        return self.tokens_page(limit=None).items
+
+    def tokens_page(self, *, limit: int | None = 500,
+                    after: tuple[datetime, str] | None = None, total: bool = False) -> Page:
+        """At most ``limit`` API tokens, oldest first (``created``, ``id``), after ``after``."""
         with self.store.transaction() as tx:
-            return [_token_json(t) for t in tx.tokens()]
+            rows = tx.tokens(limit=None if limit is None else limit + 1, after=after)
+            items = [((t.created, t.id), _token_json(t)) for t in rows]
+            count = tx.count_tokens() if total else None
+            return page_of(items, limit if limit is not None else len(items), count)
 
     def token(self, token_id: str) -> dict[str, Any] | None:
         with self.store.transaction() as tx:
@@ -1319,10 +1451,19 @@ class TrackerDB:
 
     def audit_log(self, limit: int = 200) -> list[dict[str, Any]]:
         """The latest ``limit`` audit entries, newest first."""
+        return self.audit_page(limit=limit).items
+
+    def audit_page(self, *, limit: int = 500, before: int | None = None,
+                   total: bool = False) -> Page:
+        """At most ``limit`` audit entries, newest first, with ``id`` below ``before`` (the
+        ``Page.next`` of the page before, ``(id,)``)."""
         with self.store.transaction() as tx:
-            return [{"id": e.id, "timestamp": iso(e.timestamp), "actor": e.actor,
-                     "role": e.role, "action": e.action, "target": e.target,
-                     "detail": e.detail} for e in tx.audit_entries(limit)]
+            items = [((e.id,), {"id": e.id, "timestamp": iso(e.timestamp), "actor": e.actor,
+                                "role": e.role, "action": e.action, "target": e.target,
+                                "detail": e.detail})
+                     for e in tx.audit_entries(limit + 1, before=before)]
+            count = tx.count_audit() if total else None
+            return page_of(items, limit, count)
 
 
 def _check_device_event(tx: Tx, device: Device, assignment: Assignment | None,

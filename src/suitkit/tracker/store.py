@@ -44,19 +44,26 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.util.exc import CommandError
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
+    Text,
+    and_,
     bindparam,
+    cast,
     create_engine,
     delete,
     event,
+    exists,
     func,
     inspect,
+    literal,
     make_url,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, defer, sessionmaker
 
@@ -70,6 +77,7 @@ from suitkit.tracker.model import (
     CampaignLog,
     CampaignMember,
     Device,
+    DeviceClass,
     DeviceEvent,
     DeviceHealth,
     DeviceNotice,
@@ -79,9 +87,11 @@ from suitkit.tracker.model import (
 )
 
 __all__ = [
+    "DEVICE_SORTS",
     "INITIAL_REVISION",
     "NOTICE_CHANNEL",
     "CheckinRow",
+    "DeviceQuery",
     "NoticeConnection",
     "NoticeListener",
     "PoolOptions",
@@ -103,6 +113,36 @@ NOTICE_CHANNEL = "suitkit_notices"
 _NOTIFY_BYTES = 7000  # PostgreSQL refuses a payload of 8000 bytes or more
 NoticeListener = Callable[[Mapping[str, int]], None]
 """Called after a commit with ``{device id: serial}`` of the devices it announced."""
+
+
+DEVICE_SORTS = ("created", "name", "state", "last_seen")
+"""The keys the devices' list sorts by (``DeviceQuery.sort``); each is followed by ``id``, so
+that the order is total and a page's last key is a cursor (keyset pagination)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceQuery:
+    """Which devices a list shows and in which order (``Tx.devices``, ``Tx.count_devices``):
+    each filter given narrows the list (SQL ``WHERE``); within one filter, any of its values.
+
+    ``states``: the update state (``None`` in it: a device that never had one); ``class_ids``;
+    ``tags``: devices that carry every one of them; ``versions``: devices with an installed
+    component that reports one of these versions (update-management §4.4 ``[+int]``);
+    ``seen_before`` / ``seen_after`` (naive UTC): ``last_seen`` before / at or after it (a
+    device never seen matches neither); ``sort`` one of ``DEVICE_SORTS``, ``descending``
+    reverses it. A missing key (``state``, ``last_seen`` not set) sorts before every value."""
+
+    states: tuple[str | None, ...] = ()
+    class_ids: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    versions: tuple[tuple[int, ...], ...] = ()
+    seen_before: datetime | None = None
+    seen_after: datetime | None = None
+    sort: str = "created"
+    descending: bool = False
+
+
+ALL_DEVICES = DeviceQuery()
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,19 +511,64 @@ class Tx:
     def device_state(self, device_id: str) -> str | None:
         return self._session.scalar(select(Device.state).where(Device.id == device_id))
 
-    def devices(self, *, limit: int | None, after: tuple[datetime, str] | None
-                ) -> list[Device]:
-        """At most ``limit`` devices (``None``: all) by (``created``, ``id``) after ``after``."""
-        query = select(Device).order_by(Device.created, Device.id)
+    def devices(self, *, limit: int | None, after: tuple[Any, str] | None,
+                query: DeviceQuery = ALL_DEVICES) -> list[Device]:
+        """At most ``limit`` devices (``None``: all) of ``query``, in its order (its sort key,
+        then ``id``), after the key ``after`` (the sort key's value and the id of the last
+        device of the page before)."""
+        column = _SORT_COLUMNS[query.sort]
+        statement = select(Device).where(*self._device_filters(query))
+        if query.descending:
+            statement = statement.order_by(column.desc().nulls_last(), Device.id.desc())
+        else:
+            statement = statement.order_by(column.asc().nulls_first(), Device.id)
         if after is not None:
-            created, last_id = after
-            # (created, id) > key, written so that the index gives a range (an OR alone
-            # makes SQLite scan the whole index)
-            query = query.where(Device.created >= created,
-                                or_(Device.created > created, Device.id > last_id))
+            statement = statement.where(_after_key(column, after, query.descending,
+                                                   nullable=query.sort in _NULLABLE_SORTS))
         if limit is not None:
-            query = query.limit(limit)
-        return list(self._session.scalars(query))
+            statement = statement.limit(limit)
+        return list(self._session.scalars(statement))
+
+    def count_devices(self, query: DeviceQuery = ALL_DEVICES) -> int:
+        """How many devices ``query`` selects (one ``COUNT``, the same filters)."""
+        return int(self._session.scalar(
+            select(func.count()).select_from(Device).where(*self._device_filters(query))) or 0)
+
+    def _device_filters(self, query: DeviceQuery) -> list[ColumnElement[bool]]:
+        postgres = self._session.get_bind().dialect.name == "postgresql"
+        where: list[ColumnElement[bool]] = []
+        if query.states:
+            named = [state for state in query.states if state is not None]
+            either = [Device.state.in_(named)] if named else []
+            if None in query.states:
+                either.append(Device.state.is_(None))
+            where.append(or_(*either))
+        if query.class_ids:
+            where.append(Device.class_id.in_(query.class_ids))
+        for tag in query.tags:
+            if postgres:
+                where.append(cast(Device.tags, JSONB).contains(
+                    cast(literal(json.dumps([tag])), JSONB)))
+            else:
+                each = func.json_each(Device.tags).table_valued("value")
+                where.append(exists(select(literal(1)).select_from(each)
+                                    .where(each.c.value == tag)))
+        if query.versions:
+            texts = [json.dumps(list(v), separators=(",", ":")) for v in query.versions]
+            version: ColumnElement[Any]
+            if postgres:
+                version = cast(InstalledComponent.version, JSONB)
+                wanted = [cast(literal(text), JSONB) for text in texts]
+                match = or_(*(version == w for w in wanted))
+            else:
+                match = func.json(InstalledComponent.version).in_(texts)
+            where.append(Device.id.in_(select(InstalledComponent.device_id).where(
+                InstalledComponent.version.is_not(None), match)))
+        if query.seen_before is not None:
+            where.append(Device.last_seen < query.seen_before)
+        if query.seen_after is not None:
+            where.append(Device.last_seen >= query.seen_after)
+        return where
 
     def matching_devices(self, *, ids: Collection[str] | None, vendor_id: str | None,
                          class_id: str | None) -> list[Device]:
@@ -608,17 +693,129 @@ class Tx:
         return list(self._session.scalars(select(Release)
                                           .order_by(Release.sequence_number, Release.id)))
 
+    # ---- the class registry (issue #17)
+
+    def device_class(self, class_id: str) -> DeviceClass | None:
+        return self._session.get(DeviceClass, class_id)
+
+    def lock_device_class(self, class_id: str) -> DeviceClass | None:
+        """The class's registry row, if any, after taking the lock of that class id for this
+        transaction (PostgreSQL: an advisory lock, so two writers of one new class, on two
+        replicas, write one after the other; SQLite has one writer at a time)."""
+        if self._session.get_bind().dialect.name == "postgresql":
+            self._session.execute(select(func.pg_advisory_xact_lock(
+                func.hashtext(f"suitkit-class:{class_id}"))))
+        return self._session.get(DeviceClass, class_id, populate_existing=True)
+
+    def device_classes_of(self, class_ids: Collection[str]) -> dict[str, DeviceClass]:
+        """The registry rows of these class ids, by class id."""
+        found: dict[str, DeviceClass] = {}
+        wanted = sorted({c for c in class_ids if c})
+        for start in range(0, len(wanted), _IN_BATCH):
+            for row in self._session.scalars(select(DeviceClass).where(
+                    DeviceClass.class_id.in_(wanted[start:start + _IN_BATCH]))):
+                found[row.class_id] = row
+        return found
+
+    def class_ids_page(self, *, after: str | None, limit: int) -> list[tuple[str, str | None]]:
+        """At most ``limit`` (class id, vendor id) the registry or a device names, by class
+        id, above ``after``: the registry's vendor id, else a device's (the smallest)."""
+        registry = select(DeviceClass.class_id, DeviceClass.vendor_id)
+        seen = (select(Device.class_id, func.min(Device.vendor_id))
+                .where(Device.class_id.is_not(None)).group_by(Device.class_id))
+        if after is not None:
+            registry = registry.where(DeviceClass.class_id > after)
+            seen = seen.where(Device.class_id > after)
+        merged: dict[str, str | None] = {}
+        for class_id, vendor_id in self._session.execute(
+                seen.order_by(Device.class_id).limit(limit)):
+            if class_id is not None:
+                merged[class_id] = vendor_id
+        for class_id, vendor_id in self._session.execute(
+                registry.order_by(DeviceClass.class_id).limit(limit)):
+            merged[class_id] = vendor_id
+        return sorted(merged.items())[:limit]
+
+    def vendor_of_class(self, class_id: str) -> str | None:
+        """The vendor id of a device of this class (the smallest), if any."""
+        vendor: str | None = self._session.scalar(
+            select(func.min(Device.vendor_id)).where(Device.class_id == class_id))
+        return vendor
+
+    def class_device_counts(self, class_ids: Collection[str]) -> dict[str, int]:
+        """How many devices have each of these class ids (a class without any: absent)."""
+        counts: dict[str, int] = {}
+        wanted = sorted(set(class_ids))
+        for start in range(0, len(wanted), _IN_BATCH):
+            for class_id, n in self._session.execute(
+                    select(Device.class_id, func.count()).where(
+                        Device.class_id.in_(wanted[start:start + _IN_BATCH]))
+                    .group_by(Device.class_id)):
+                if class_id is not None:
+                    counts[class_id] = int(n)
+        return counts
+
+    def releases_of(self, release_ids: Collection[str]) -> dict[str, Release]:
+        """The release rows of these ids, by id."""
+        found: dict[str, Release] = {}
+        wanted = sorted(set(release_ids))
+        for start in range(0, len(wanted), _IN_BATCH):
+            for row in self._session.scalars(select(Release).where(
+                    Release.id.in_(wanted[start:start + _IN_BATCH]))):
+                found[row.id] = row
+        return found
+
+    def assignments_of(self, device_ids: Collection[str]) -> dict[str, Assignment]:
+        """The assignments of these devices, by device id."""
+        found: dict[str, Assignment] = {}
+        wanted = sorted(set(device_ids))
+        for start in range(0, len(wanted), _IN_BATCH):
+            for row in self._session.scalars(select(Assignment).where(
+                    Assignment.device_id.in_(wanted[start:start + _IN_BATCH]))):
+                found[row.device_id] = row
+        return found
+
     # ---- tokens and audit
 
-    def tokens(self) -> list[ApiToken]:
-        """Every API token, oldest first."""
-        return list(self._session.scalars(select(ApiToken)
-                                          .order_by(ApiToken.created, ApiToken.id)))
+    def tokens(self, *, limit: int | None = None,
+               after: tuple[datetime, str] | None = None) -> list[ApiToken]:
+        """At most ``limit`` API tokens (``None``: all), oldest first (``created``, ``id``),
+        after the key ``after``."""
+        query = select(ApiToken).order_by(ApiToken.created, ApiToken.id)
+        if after is not None:
+            created, last_id = after
+            query = query.where(ApiToken.created >= created,
+                                or_(ApiToken.created > created, ApiToken.id > last_id))
+        if limit is not None:
+            query = query.limit(limit)
+        return list(self._session.scalars(query))
 
-    def audit_entries(self, limit: int) -> list[AuditEntry]:
-        """The latest ``limit`` audit entries, newest first."""
-        return list(self._session.scalars(select(AuditEntry)
-                                          .order_by(AuditEntry.id.desc()).limit(max(0, limit))))
+    def count_tokens(self) -> int:
+        return int(self._session.scalar(select(func.count()).select_from(ApiToken)) or 0)
+
+    def audit_entries(self, limit: int, *, before: int | None = None) -> list[AuditEntry]:
+        """The latest ``limit`` audit entries, newest first (by ``id``), with ``id`` below
+        ``before`` when given (the next page)."""
+        query = select(AuditEntry).order_by(AuditEntry.id.desc())
+        if before is not None:
+            query = query.where(AuditEntry.id < before)
+        return list(self._session.scalars(query.limit(max(0, limit))))
+
+    def count_audit(self) -> int:
+        return int(self._session.scalar(select(func.count()).select_from(AuditEntry)) or 0)
+
+    def count_history(self, device_id: str, *, events: bool = True, reports: bool = True
+                      ) -> int:
+        """How many events and reports (each when asked) the device's history holds."""
+        total = 0
+        if events:
+            total += int(self._session.scalar(select(func.count()).select_from(DeviceEvent)
+                                              .where(DeviceEvent.device_id == device_id)) or 0)
+        if reports:
+            total += int(self._session.scalar(select(func.count()).select_from(DeviceReport)
+                                              .where(DeviceReport.device_id == device_id))
+                         or 0)
+        return total
 
     # ---- campaigns
 
@@ -653,11 +850,13 @@ class Tx:
             query = query.where(Campaign.id == only)
         return list(self._session.scalars(query.order_by(Campaign.created)))
 
-    def campaigns(self, *, limit: int | None, after: tuple[datetime, str] | None
-                  ) -> list[Campaign]:
+    def campaigns(self, *, limit: int | None, after: tuple[datetime, str] | None,
+                  statuses: Collection[str] = ()) -> list[Campaign]:
         """At most ``limit`` campaigns (``None``: all), newest first (``created`` descending,
-        then ``id``), after the key ``after``."""
+        then ``id``), after the key ``after``; only those in ``statuses`` when given."""
         query = select(Campaign).order_by(Campaign.created.desc(), Campaign.id)
+        if statuses:
+            query = query.where(Campaign.status.in_(statuses))
         if after is not None:
             created, last_id = after
             query = query.where(Campaign.created <= created,
@@ -666,11 +865,36 @@ class Tx:
             query = query.limit(limit)
         return list(self._session.scalars(query))
 
+    def count_campaigns(self, statuses: Collection[str] = ()) -> int:
+        """How many campaigns there are (in ``statuses`` when given): one ``COUNT``."""
+        query = select(func.count()).select_from(Campaign)
+        if statuses:
+            query = query.where(Campaign.status.in_(statuses))
+        return int(self._session.scalar(query) or 0)
+
     def members(self, campaign_id: str, *, offset: int, limit: int) -> list[CampaignMember]:
         """A page of the campaign's members, by position."""
         return list(self._session.scalars(
             select(CampaignMember).where(CampaignMember.campaign_id == campaign_id)
             .order_by(CampaignMember.position).offset(offset).limit(limit)))
+
+    def members_after(self, campaign_id: str, *, after: int, limit: int,
+                      states: Collection[str] = ()) -> list[CampaignMember]:
+        """At most ``limit`` of the campaign's members with ``position`` above ``after``, by
+        position (keyset); only those in ``states`` when given."""
+        query = select(CampaignMember).where(CampaignMember.campaign_id == campaign_id,
+                                             CampaignMember.position > after)
+        if states:
+            query = query.where(CampaignMember.state.in_(states))
+        return list(self._session.scalars(query.order_by(CampaignMember.position)
+                                          .limit(limit)))
+
+    def count_members(self, campaign_id: str, states: Collection[str] = ()) -> int:
+        query = select(func.count()).select_from(CampaignMember).where(
+            CampaignMember.campaign_id == campaign_id)
+        if states:
+            query = query.where(CampaignMember.state.in_(states))
+        return int(self._session.scalar(query) or 0)
 
     def members_in(self, campaign_id: str, states: Collection[str]) -> list[CampaignMember]:
         """The campaign's members in one of ``states``, by device id (the lock order)."""
@@ -762,6 +986,65 @@ class Tx:
         return list(self._session.scalars(select(CampaignLog)
                                           .where(CampaignLog.campaign_id == campaign_id)
                                           .order_by(CampaignLog.id)))
+
+    def member_outcomes(self, campaign_id: str, states: Collection[str]
+                        ) -> list[tuple[str, dict[str, str]]]:
+        """``(state, times)`` of the campaign's members in one of ``states`` (its progress
+        over time: ``CampaignEngine.progress``)."""
+        rows = self._session.execute(
+            select(CampaignMember.state, CampaignMember.times)
+            .where(CampaignMember.campaign_id == campaign_id,
+                   CampaignMember.state.in_(tuple(states))))
+        return [(state, times if isinstance(times, dict) else {}) for state, times in rows]
+
+    def class_counts(self) -> dict[tuple[str | None, str | None], int]:
+        """How many devices per (vendor ID, class ID) (``None``: not reported yet)."""
+        rows = self._session.execute(select(Device.vendor_id, Device.class_id, func.count())
+                                     .group_by(Device.vendor_id, Device.class_id))
+        return {(vendor, klass): n for vendor, klass, n in rows}
+
+    def tag_lists(self) -> list[list[str] | None]:
+        """Every device's tags (counted by the caller: JSON lists do not group in SQL)."""
+        return list(self._session.scalars(select(Device.tags)))
+
+    def component_counts(self) -> list[tuple[list[str], str | None, list[int] | None, int]]:
+        """How many devices run each (component id, sequence number, version), from the
+        installed components of every device's inventory."""
+        c = InstalledComponent
+        # JSON columns grouped by their text (PostgreSQL's json has no equality)
+        ident, version = cast(c.component_id, Text), cast(c.version, Text)
+        rows = self._session.execute(
+            select(ident, c.sequence_number, version, func.count(func.distinct(c.device_id)))
+            .group_by(ident, c.sequence_number, version))
+        found = []
+        for ident_text, seq, version_text, n in rows:
+            parts = json.loads(ident_text) if ident_text else []
+            numbers = json.loads(version_text) if version_text else None
+            found.append(([str(p) for p in parts] if isinstance(parts, list) else [],
+                          seq, [int(v) for v in numbers] if isinstance(numbers, list) else None,
+                          int(n)))
+        return found
+
+
+_SORT_COLUMNS: Mapping[str, Any] = {"created": Device.created, "name": Device.name,
+                                    "state": Device.state, "last_seen": Device.last_seen}
+_NULLABLE_SORTS = frozenset({"state", "last_seen"})
+
+
+def _after_key(column: Any, after: tuple[Any, str], descending: bool, *, nullable: bool
+               ) -> ColumnElement[bool]:
+    """``(column, id)`` after ``after`` in the order ``Tx.devices`` sorts by: a missing value
+    (``NULL``) before every value ascending, after every value descending. Written as a range
+    first (``column >= value AND ...``) so that an index on ``(column, id)`` gives it."""
+    value, last_id = after
+    if value is None:
+        if descending:  # the NULLs come last: only those with a smaller id are left
+            return and_(column.is_(None), Device.id < last_id)
+        return or_(and_(column.is_(None), Device.id > last_id), column.is_not(None))
+    if descending:
+        before = and_(column <= value, or_(column < value, Device.id < last_id))
+        return or_(before, column.is_(None)) if nullable else before
+    return and_(column >= value, or_(column > value, Device.id > last_id))
 
 
 def _payloads(origin: str, serials: Mapping[str, int]) -> Iterator[str]:

@@ -15,17 +15,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping
 from contextlib import asynccontextmanager, suppress
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute, Route, compile_path
 
 from suitkit.errors import StorageError, StorageFullError
 from suitkit.tracker.auth import Refused
@@ -33,19 +36,59 @@ from suitkit.tracker.config import TrackerConfig
 from suitkit.tracker.notices import MAX_ID, is_record_id
 from suitkit.tracker.service import Page
 
-__all__ = ["DEFAULT_PAGE", "MAX_DEVICE_ID", "MAX_DIGEST_BYTES", "MAX_PAGE", "PAGE_PARAMETERS",
-           "check_path_ids", "created_id_key", "decode_cursor", "encode_cursor",
-           "envelope_url_of", "hex_member", "in_background", "json_object",
-           "only_members", "page_params", "paged", "read_body", "release_envelope_url",
-           "storage_refused", "text_member", "uuid_member"]
+__all__ = [
+    "DEFAULT_PAGE",
+    "DEVICE_API",
+    "LEGACY_DEVICE_API",
+    "MAX_DEVICE_ID",
+    "MAX_DIGEST_BYTES",
+    "MAX_FILTER_VALUES",
+    "MAX_PAGE",
+    "PAGE_PARAMETERS",
+    "PAGE_QUERY",
+    "check_path_ids",
+    "check_query",
+    "created_id_key",
+    "decode_cursor",
+    "encode_cursor",
+    "envelope_url_of",
+    "flag_param",
+    "hex_member",
+    "in_background",
+    "json_object",
+    "list_param",
+    "list_parameters",
+    "moment_param",
+    "only_members",
+    "page_params",
+    "paged",
+    "query_parameter",
+    "read_body",
+    "release_envelope_url",
+    "serve_device_api",
+    "storage_refused",
+    "text_member",
+    "uuid_member",
+    "want_total",
+]
 
+DEVICE_API = "/device/v1"
+"""The device API's prefix: every route a device calls is ``/device/v1/{device_id}/...``
+(check-in, update, inventory, events, reports, health, notifications), apart from the operator
+API under ``/api/v1``, so that a proxy can expose the one without the other."""
+LEGACY_DEVICE_API = "/api/v1/devices"
+"""Where the device routes were before ``DEVICE_API``: still served (agents in the field),
+marked deprecated in OpenAPI."""
 MAX_DIGEST_BYTES = 64
 MAX_DEVICE_ID = 36
 DEFAULT_PAGE = 500
 MAX_PAGE = 1000
 _MAX_JSON_BYTES = 64 * 1024
 _MAX_URL = 2048
-_MAX_CURSOR = 200
+_MAX_CURSOR = 400
+MAX_FILTER_VALUES = 20
+"""Values one filter of a list takes (``?state=a,b&state=c``: 3); more is refused (400)."""
+_MAX_QUERY_VALUE = 200
 
 
 # ============================================================================ errors and bodies
@@ -269,9 +312,11 @@ def encode_cursor(kind: str, *key: Any) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> list[Any]:
-    """The key in a cursor of ``encode_cursor(kind, ...)`` whose items have ``types``;
-    ``Refused`` (400) for anything else."""
+def decode_cursor(cursor: str, kind: str, types: tuple[type | tuple[type, ...], ...]
+                  ) -> list[Any]:
+    """The key in a cursor of ``encode_cursor(kind, ...)`` whose items have ``types`` (a
+    tuple of types: any of them, e.g. ``(str, type(None))``); ``Refused`` (400) for anything
+    else."""
     bad = Refused(400, f"after: expected the cursor 'next' of a previous page of this list, "
                        f"got {cursor[:40]!r}")
     if len(cursor) > _MAX_CURSOR:
@@ -282,7 +327,8 @@ def decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> list[Any]:
     except (ValueError, binascii.Error, _BadJson, RecursionError):
         raise bad from None
     if (not isinstance(doc, list) or len(doc) != len(types) + 1 or doc[0] != kind
-            or not all(type(v) is t for v, t in zip(doc[1:], types, strict=True))):
+            or not all(type(v) in (t if isinstance(t, tuple) else (t,))
+                       for v, t in zip(doc[1:], types, strict=True))):
         raise bad
     if any(isinstance(v, str) and ("\x00" in v or not _is_utf8(v)) for v in doc[1:]):
         raise bad
@@ -300,8 +346,103 @@ PAGE_PARAMETERS: dict[str, Any] = {"parameters": [
 """``openapi_extra`` of a paged route (``page_params`` reads the two parameters itself, so
 that a bad one gets a message with the range and what was seen)."""
 
+PAGE_QUERY = frozenset({"limit", "after", "total"})
+"""The query parameters every list takes (``check_query``'s ``allowed`` adds the filters)."""
 
-def page_params(request: Request, kind: str, types: tuple[type, ...]
+
+def query_parameter(name: str, description: str, schema: dict[str, Any], *,
+                    repeatable: bool = False) -> dict[str, Any]:
+    """One query parameter of a route's OpenAPI ``parameters``; ``repeatable``: an array
+    (``?state=a&state=b``, or ``?state=a,b``), at most ``MAX_FILTER_VALUES`` values."""
+    if repeatable:
+        schema = {"type": "array", "items": schema, "maxItems": MAX_FILTER_VALUES}
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema, **({"style": "form", "explode": True} if repeatable else {})}
+
+
+def list_parameters(*filters: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` of a list: ``limit``, ``after``, ``total`` and the ``filters``
+    (``query_parameter``)."""
+    return {"parameters": [*PAGE_PARAMETERS["parameters"], query_parameter(
+        "total", "true: the answer's 'total' counts every item of the list (its filters "
+                 "applied), in one COUNT", {"type": "boolean", "default": False}), *filters]}
+
+
+def check_query(request: Request, allowed: Collection[str],
+                repeatable: Collection[str] = ()) -> None:
+    """Refuse (400, naming it) a query parameter the route does not take, and one given twice
+    that is not ``repeatable``: a filter the server ignored would answer a list that looks
+    filtered and is not."""
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name not in allowed:
+            raise Refused(400, f"{name[:40]!r}: not a query parameter of this list; expected "
+                               f"{', '.join(sorted(allowed))}")
+        if name in seen and name not in repeatable:
+            raise Refused(400, f"{name}: given more than once; expected one value")
+        seen.add(name)
+
+
+def list_param(request: Request, name: str, allowed: Collection[str] | None = None
+               ) -> list[str]:
+    """The values of a filter: the parameter repeated and/or comma-separated, each stripped,
+    at most ``MAX_FILTER_VALUES``; each one of ``allowed`` when given (400 otherwise)."""
+    values: list[str] = []
+    for given in request.query_params.getlist(name):
+        for part in given.split(","):
+            value = part.strip()
+            if not value or len(value) > _MAX_QUERY_VALUE or "\x00" in value:
+                raise Refused(400, f"{name}: expected a value of 1 to {_MAX_QUERY_VALUE} "
+                                   f"characters, got {value[:40]!r}")
+            if allowed is not None and value not in allowed:
+                raise Refused(400, f"{name}: expected one of {', '.join(allowed)}, got "
+                                   f"{value[:40]!r}")
+            values.append(value)
+            if len(values) > MAX_FILTER_VALUES:
+                raise Refused(400, f"{name}: at most {MAX_FILTER_VALUES} values")
+    return list(dict.fromkeys(values))
+
+
+def flag_param(request: Request, name: str) -> bool:
+    """A boolean query parameter: true/false (also 1/0, yes/no); absent: false."""
+    text = request.query_params.get(name)
+    if text is None:
+        return False
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise Refused(400, f"{name}: expected true or false, got {text[:20]!r}")
+
+
+def want_total(request: Request) -> bool:
+    """``?total=true``: the answer carries ``total``."""
+    return flag_param(request, "total")
+
+
+def moment_param(request: Request, name: str) -> datetime | None:
+    """An RFC 3339 date-time with its offset (``2026-01-31T12:00:00Z``), as naive UTC (how
+    the database keeps times); ``None`` when absent; 400 otherwise."""
+    text = request.query_params.get(name)
+    if text is None:
+        return None
+    value = text.strip()
+    try:
+        moment = datetime.fromisoformat(value) if "T" in value.upper() else None
+    except ValueError:
+        moment = None
+    try:
+        utc = moment.astimezone(UTC) if moment is not None and moment.tzinfo else None
+    except OverflowError:  # year 1 or 9999 moved across midnight by its offset
+        utc = None
+    if utc is None:
+        raise Refused(400, f"{name}: expected an RFC 3339 date-time with its offset, such as "
+                           f"2026-01-31T12:00:00Z, got {text[:40]!r}")
+    return utc.replace(tzinfo=None)
+
+
+def page_params(request: Request, kind: str, types: tuple[type | tuple[type, ...], ...]
                 ) -> tuple[int, list[Any] | None, str]:
     """The query's ``limit`` (1 to ``MAX_PAGE``, default ``DEFAULT_PAGE``), the key in its
     ``after`` cursor (``None`` for the first page) and the cursor as given; 400 otherwise."""
@@ -317,14 +458,15 @@ def page_params(request: Request, kind: str, types: tuple[type, ...]
     return limit, None if after is None else decode_cursor(after, kind, types), after or ""
 
 
-def created_id_key(key: list[Any] | None, cursor: str) -> tuple[datetime, str] | None:
+def created_id_key(key: list[Any] | None, cursor: str, *, max_id: int = MAX_DEVICE_ID
+                   ) -> tuple[datetime, str] | None:
     if key is None:
         return None
     try:
         created = datetime.fromisoformat(key[0])
     except ValueError:
         created = None
-    if created is None or created.tzinfo is not None or len(key[1]) > MAX_DEVICE_ID:
+    if created is None or created.tzinfo is not None or len(key[1]) > max_id:
         raise Refused(400, f"after: expected the cursor 'next' of a previous page of this "
                            f"list, got {cursor[:40]!r}")
     return created, key[1]
@@ -332,9 +474,45 @@ def created_id_key(key: list[Any] | None, cursor: str) -> tuple[datetime, str] |
 
 def paged(key: str, page: Page, cursor: Callable[[tuple[Any, ...]], str],
            **extra: Any) -> JSONResponse:
-    return JSONResponse({**extra, key: page.items,
-                         "next": cursor(page.next) if page.next is not None else None})
+    """The one shape of a list's answer: ``{key: [...], "next": cursor or null}``, and
+    ``"total": n`` when it was asked for (``Page.total``)."""
+    doc = {**extra, key: page.items,
+           "next": cursor(page.next) if page.next is not None else None}
+    if page.total is not None:
+        doc["total"] = page.total
+    return JSONResponse(doc)
 
+
+
+# ============================================================================ the device API
+
+
+def serve_device_api(router: APIRouter, routes: Collection[tuple[str, str]]
+                     ) -> dict[str, BaseRoute]:
+    """Serve each route of ``router`` at ``LEGACY_DEVICE_API/{device_id}<suffix>`` with one
+    of the ``routes`` (method, suffix) at ``DEVICE_API/{device_id}<suffix>`` too, the same
+    endpoint, its OpenAPI entry in the tag "device API"; the legacy one is marked
+    ``deprecated``. Called before the router is mounted (mounting copies its routes). Returns
+    the new routes by ``"METHOD suffix"`` (a plain route names itself in the scope)."""
+    added: dict[str, BaseRoute] = {}
+    legacy = f"{LEGACY_DEVICE_API}/{{device_id}}"
+    for route in list(router.routes):
+        if not isinstance(route, Route) or not route.path.startswith(legacy):
+            continue
+        suffix = route.path.removeprefix(legacy)
+        for method in sorted(route.methods or ()):
+            if (method, suffix) not in routes:
+                continue
+            clone = copy.copy(route)
+            clone.path = f"{DEVICE_API}/{{device_id}}{suffix}"
+            clone.path_regex, clone.path_format, clone.param_convertors = compile_path(
+                clone.path)
+            if isinstance(route, APIRoute) and isinstance(clone, APIRoute):
+                route.deprecated = True
+                clone.tags = ["device API"]
+            router.routes.append(clone)
+            added.setdefault(f"{method} {suffix}", clone)
+    return added
 
 
 # ============================================================================ lifespans

@@ -43,9 +43,23 @@ const byId = (id) => document.getElementById(id);
 
 function table(headers, rows, empty = "none") {
   if (!rows.length) return h("p", { class: "empty" }, empty);
-  return h("table", {},
+  // the wrapper scrolls sideways on its own: a wide table never widens the page (phones)
+  return h("div", { class: "table-wrap" }, h("table", {},
     h("thead", {}, h("tr", {}, headers.map((x) => h("th", { scope: "col" }, x)))),
-    h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", {}, c))))));
+    h("tbody", {}, rows.map((cells) => h("tr", {}, cells.map((c) => h("td", {}, c)))))));
+}
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+/** An SVG element: attributes as given (presentation attributes, never style), text as text. */
+function sv(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null) continue;
+    if (key === "class") el.setAttribute("class", value);
+    else el.setAttribute(key, String(value));
+  }
+  return add(el, ...children);
 }
 
 function definitions(pairs) {
@@ -79,6 +93,56 @@ function when(iso) {
   return h("time", { datetime: iso, title: iso }, ago);
 }
 
+/** A release as an operator names it: its version (and sequence number), else its sequence
+ * number, with the start of its manifest digest. */
+function releaseLabel(r) {
+  if (!r) return "—";
+  const seq = r.sequence_number ?? r.sequence;
+  const id = typeof r.id === "string" ? ` · ${r.id.slice(0, 12)}…` : "";
+  if (typeof r.version === "string" && r.version) {
+    return `version ${r.version}${seq !== undefined && seq !== null ? ` (sequence ${seq})` : ""}${id}`;
+  }
+  return `sequence ${seq ?? "?"}${id}`;
+}
+
+/** Class names from GET /api/v1/classes when the server has it (else ids are shown). */
+let classNames = null;
+async function loadClassNames() {
+  if (classNames) return classNames;
+  const names = new Map();
+  try {
+    // asked only of a server that has the route (a 404 would be a console error)
+    const doc = (await apiPaths()).has("/api/v1/classes") ? await api("/api/v1/classes") : null;
+    for (const c of Array.isArray(doc?.classes) ? doc.classes : []) {
+      if (c && c.class_id && c.class_name) names.set(c.class_id, String(c.class_name));
+    }
+  } catch (e) {
+    if (e.status === 401) throw e; // 404: a server without names; ids it is
+  }
+  classNames = names;
+  return names;
+}
+
+function classLabel(d) {
+  if (!d) return "—";
+  const name = d.class_name || classNames?.get(d.class_id);
+  if (name) return h("span", { title: d.class_id || "" }, name);
+  return d.class_id ? short(d.class_id, 8) : "unknown";
+}
+
+/** A component id for people: parts that are printable ASCII shown as text, others as hex. */
+function componentLabel(parts) {
+  if (!Array.isArray(parts)) return String(parts);
+  return parts.map((p) => {
+    const text = typeof p === "string" && /^([0-9a-f]{2})+$/.test(p)
+      ? p.match(/../g).map((x) => String.fromCharCode(parseInt(x, 16))).join("") : "";
+    return /^[\x21-\x7e]+$/.test(text) ? text : p;
+  }).join("/");
+}
+
+/** The trust anchors' component (docs/keys.md): a key set, not a firmware version. */
+const ANCHORS = "737569746b6974/616e63686f7273";
+
 const componentName = (parts) => (Array.isArray(parts) ? parts.join("/") : String(parts));
 const stateBadge = (state) => h("span", { class: `state state-${String(state || "none")
   .replace(/[^a-z-]/g, "")}` }, state || "no state yet");
@@ -92,16 +156,17 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, { method = "GET", body, token } = {}) {
+async function api(path, { method = "GET", body, token, form } = {}) {
   const secret = token ?? sessionStorage.getItem(TOKEN_KEY);
-  const headers = { Accept: "application/json" };
+  const headers = { Accept: "application/json, application/problem+json" };
   if (secret) headers.Authorization = `Bearer ${secret}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
     response = await fetch(path, {
       method, headers, cache: "no-store", credentials: "omit", redirect: "error",
-      body: body === undefined ? undefined : JSON.stringify(body),
+      // a FormData body (an upload) sets its own multipart Content-Type
+      body: form !== undefined ? form : body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (e) {
     throw new ApiError(0, `cannot reach the server (${e.message})`);
@@ -111,12 +176,29 @@ async function api(path, { method = "GET", body, token } = {}) {
     try { doc = await response.json(); } catch { doc = null; }
   }
   if (!response.ok) {
+    // the API's one line: ``error`` (problem details keep it; else their detail or title)
     const message = doc && typeof doc.error === "string" ? doc.error
-      : `HTTP ${response.status} ${response.statusText}`;
+      : doc && typeof doc.detail === "string" ? doc.detail
+        : doc && typeof doc.title === "string" ? doc.title
+          : `HTTP ${response.status} ${response.statusText}`;
     if (response.status === 401 && token === undefined) signedOut(`Signed out: ${message}`);
     throw new ApiError(response.status, message);
   }
   return doc;
+}
+
+/** The API's paths, from its OpenAPI document (read once): what this server can do. */
+let paths = null;
+async function apiPaths() {
+  if (paths) return paths;
+  try {
+    const response = await fetch("/openapi.json", { cache: "no-store", credentials: "omit" });
+    const doc = response.ok ? await response.json() : null;
+    paths = new Set(Object.keys(doc?.paths || {}));
+  } catch {
+    paths = new Set();
+  }
+  return paths;
 }
 
 // Every item of a paged list (GET ?limit=&after=): follows `next` page after page and
@@ -264,6 +346,9 @@ async function tick() {
 
 /** Run ``update`` now and every POLL_MS while the view is shown and the tab visible. */
 function goLive(update, error) {
+  // a view that awaited something while the operator went elsewhere is no longer shown (its
+  // error line left the page with it): it must not take the live updates from the new one
+  if (!error.isConnected) return Promise.resolve();
   stopLive();
   live = { update, error };
   return tick();
@@ -292,7 +377,14 @@ function route() {
   let name = "overview";
   let run;
   let m;
-  if ((m = /^#\/devices\/([^/]+)$/.exec(hash))) {
+  if (hash === "#/new-campaign" || (m = /^#\/new-campaign\/([^/]+)$/.exec(hash))) {
+    name = "new-campaign";
+    const release = m ? param(m) : null;
+    run = () => newCampaignView(view, release);
+  } else if (hash === "#/audit") {
+    name = "audit";
+    run = () => auditView(view);
+  } else if ((m = /^#\/devices\/([^/]+)$/.exec(hash))) {
     name = "device";
     run = () => deviceView(view, param(m));
   } else if ((m = /^#\/campaigns\/([^/]+)$/.exec(hash))) {
@@ -308,7 +400,8 @@ function route() {
     run = () => overviewView(view);
   }
   view.dataset.view = name;
-  const section = { device: "overview", campaign: "campaigns" }[name] || name;
+  const section = { device: "overview", campaign: "campaigns", "new-campaign": "campaigns" }[name]
+    || name;
   for (const a of document.querySelectorAll("[data-nav]")) {
     if (a.dataset.nav === section) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
@@ -350,46 +443,235 @@ function deviceMatches(d, query) {
 async function overviewView(view) {
   const error = errorLine();
   const counts = h("div", { class: "cards" });
+  const charts = h("div", { class: "cards charts" });
+  const states = h("select", { class: "filter narrow", "aria-label": "devices in state" },
+    h("option", { value: "" }, "every state"));
   const filter = h("input", { type: "search", class: "filter", "aria-label": "filter devices",
     placeholder: "filter by name, id, class or state" });
   const rows = h("div");
+  const selected = new Set();
+  const tagInput = h("input", { type: "text", class: "input narrow", "aria-label": "tag",
+    placeholder: "tag, e.g. lab", data: { testid: "bulk-tag" } });
+  const tagButton = h("button", { type: "button", data: { action: "tag-selected" } },
+    "Tag selected");
+  const tagLine = h("p", { class: "hint", role: "status" });
   let latest = [];
+  let total = null;
+  let releases = [];
+  releaseList().then((r) => { releases = r; }).catch(() => {});
+
   function drawRows() {
     const query = filter.value.trim().toLowerCase();
-    const shown = query ? latest.filter((d) => deviceMatches(d, query)) : latest;
+    const state = states.value;
+    const shown = latest.filter((d) => (!state || (d.state || "no state yet") === state)
+      && (!query || deviceMatches(d, query)));
     fill(rows, table(
-      ["name", "id", "class", "state", "changed", "last seen"],
-      shown.slice(0, MAX_ROWS).map((d) => [deviceLink(d.id, d.name || d.id), short(d.id, 8),
-        short(d.class_id, 8), stateBadge(d.state), when(d.state_changed), when(d.last_seen)]),
-      query ? "No device matches." : "No devices registered yet."),
-    shown.length > MAX_ROWS ? h("p", { class: "hint" },
-      `Showing ${MAX_ROWS} of ${shown.length} devices; filter to narrow.`) : null);
+      ["", "name", "id", "class", "state", "tags", "changed", "last seen"],
+      shown.slice(0, MAX_ROWS).map((d) => [
+        h("input", { type: "checkbox", "aria-label": `select ${d.name || d.id}`,
+          checked: selected.has(d.id), data: { select: d.id },
+          onchange: (e) => { if (e.target.checked) selected.add(d.id); else selected.delete(d.id); } }),
+        deviceLink(d.id, d.name || d.id), short(d.id, 8), classLabel(d), stateBadge(d.state),
+        (d.tags || []).join(", "), when(d.state_changed), when(d.last_seen)]),
+      query || state ? "No device matches." : "No devices registered yet."),
+    total !== null && total > shown.length && !query ? h("p", { class: "hint" },
+      `Showing ${Math.min(shown.length, MAX_ROWS)} of ${total} devices; pick a state or `
+      + "filter to narrow.") : null);
   }
   filter.addEventListener("input", drawRows);
-  add(view, h("h1", {}, "Fleet"), error, counts,
-    h("section", { class: "devices" }, h("h2", {}, "Devices"), filter, rows));
-  await goLive(async () => {
-    const doc = await apiAll("/api/v1/devices?components=true", "devices");
-    const devices = Array.isArray(doc?.devices) ? doc.devices : [];
-    const versions = new Map();
-    for (const d of devices) {
-      for (const c of Array.isArray(d.components) ? d.components : []) {
-        const key = componentName(c.id);
-        if (!versions.has(key)) versions.set(key, []);
-        versions.get(key).push(c.sequence === null ? "unknown" : `sequence ${c.sequence}`);
-      }
+  states.addEventListener("change", () => tick());
+  tagButton.addEventListener("click", async () => {
+    const tag = tagInput.value.trim();
+    if (!tag || !selected.size) {
+      tagLine.textContent = "Select devices and give a tag.";
+      return;
     }
+    tagButton.disabled = true;
+    try {
+      for (const d of latest.filter((x) => selected.has(x.id))) {
+        const tags = [...new Set([...(d.tags || []), tag])];
+        await api(`/api/v1/devices/${encodeURIComponent(d.id)}/tags`,
+          { method: "PUT", body: { tags } });
+      }
+      tagLine.textContent = `Tagged ${selected.size} device(s) ${tag}.`;
+      selected.clear();
+      tagInput.value = "";
+    } catch (e) {
+      if (e.status !== 401) tagLine.textContent = `tag refused: ${e.message}`;
+    } finally {
+      tagButton.disabled = false;
+    }
+    tick();
+  });
+  add(view, h("h1", {}, "Fleet"), error, counts, charts, registerForm(),
+    h("section", { class: "devices" }, h("h2", {}, "Devices"),
+      h("div", { class: "toolbar" }, states, filter),
+      h("div", { class: "toolbar" }, tagInput, tagButton), tagLine, rows));
+  await loadClassNames();
+  await goLive(async () => {
+    const summary = await api("/api/v1/fleet");
+    const page = await devicePage(states.value);
+    latest = page.devices;
+    total = page.total;
+    const wanted = states.value;
+    fill(states, h("option", { value: "" }, "every state"),
+      Object.entries(summary?.states || {}).map(([k, n]) => h("option",
+        { value: k, selected: k === wanted }, `${k} (${n})`)));
+    const classes = (summary?.classes || []).map((c) => [
+      c.class_name || classNames?.get(c.class_id) || c.class_id || "unknown", c.devices]);
     fill(counts,
       h("section", { class: "card total" }, h("h2", {}, "Devices"),
-        h("p", { class: "big", data: { testid: "device-total" } }, devices.length)),
-      countTable("By state", "state", countBy(devices, (d) => d.state || "no state yet"), "state"),
-      countTable("By class", "class id", countBy(devices, (d) => d.class_id || "unknown"),
-        "class"),
-      [...versions.entries()].sort().map(([name, seqs]) => countTable(
-        `Component ${name}`, "installed", countBy(seqs, (x) => x), `component-${name}`)));
-    latest = devices;
+        h("p", { class: "big", data: { testid: "device-total" } }, summary?.devices ?? 0)),
+      countTable("By state", "state", Object.entries(summary?.states || {}), "state"),
+      countTable("By class", "class", classes, "class"),
+      versionTables(summary?.versions || [], releases));
+    fill(charts, h("section", { class: "card chart", data: { chart: "versions" } },
+      h("h2", {}, "Versions across the fleet"),
+      barChart(versionBars(summary?.versions || [], releases), "devices")));
     drawRows();
   }, error);
+}
+
+/** One page of devices: the server filters by state when it can (``state=``, ``total=true``:
+ * the lists API), else this page filters the devices it reads. */
+let listFeatures = null; // null: not known yet; true: the server filters and counts
+async function devicePage(state) {
+  const base = "/api/v1/devices?components=true";
+  if (listFeatures !== false) {
+    const wanted = state && state !== "no state yet" ? `&state=${encodeURIComponent(state)}` : "";
+    try {
+      const doc = await api(`${base}&limit=${MAX_ROWS}&total=true${wanted}`);
+      if (typeof doc?.total === "number") {
+        listFeatures = true;
+        return { devices: Array.isArray(doc.devices) ? doc.devices : [], total: doc.total };
+      }
+      listFeatures = false;
+      if (!state) return { devices: doc?.devices || [], total: null };
+    } catch (e) {
+      if (e.status !== 400) throw e;
+      listFeatures = false; // a server without the parameters
+    }
+  }
+  if (!state) {
+    const doc = await api(`${base}&limit=${MAX_ROWS}`);
+    return { devices: Array.isArray(doc?.devices) ? doc.devices : [], total: null };
+  }
+  const doc = await apiAll(base, "devices");
+  return { devices: doc.devices.filter((d) => (d.state || "no state yet") === state),
+    total: null };
+}
+
+let releaseCache = null;
+async function releaseList(fresh = false) {
+  if (releaseCache && !fresh) return releaseCache;
+  const doc = await api("/api/v1/releases");
+  releaseCache = Array.isArray(doc?.releases) ? doc.releases : [];
+  return releaseCache;
+}
+
+function versionName(v, releases) {
+  const seq = v.sequence === null || v.sequence === undefined ? null : v.sequence;
+  const r = seq === null ? null : releases.find((x) => x.sequence_number === seq && x.version);
+  const version = Array.isArray(v.version) && v.version.length ? v.version.join(".")
+    : r ? r.version : null;
+  if (seq === null) return version ? `version ${version}` : "unknown";
+  return version ? `version ${version} (sequence ${seq})` : `sequence ${seq}`;
+}
+
+function versionTables(versions, releases) {
+  const by = new Map();
+  for (const v of versions) {
+    const key = componentName(v.component);
+    if (!by.has(key)) by.set(key, []);
+    by.get(key).push([versionName(v, releases), v.devices]);
+  }
+  return [...by.entries()].sort().map(([name, entries]) => countTable(
+    name === ANCHORS ? "Trust anchors" : `Component ${componentLabel(name.split("/"))}`,
+    "installed", entries.sort((a, b) => b[1] - a[1]), `component-${name}`));
+}
+
+function versionBars(all, releases) {
+  const versions = all.filter((v) => componentName(v.component) !== ANCHORS);
+  const many = new Set(versions.map((v) => componentName(v.component))).size > 1;
+  return versions.map((v) => [`${many ? `${componentLabel(v.component)}: ` : ""}`
+    + versionName(v, releases), v.devices]).sort((a, b) => b[1] - a[1]).slice(0, 12);
+}
+
+function registerForm() {
+  const name = h("input", { type: "text", name: "name", required: true, maxlength: 128,
+    class: "input narrow", "aria-label": "device name", placeholder: "device name" });
+  const out = h("div", { class: "credential", role: "status" });
+  const form = h("form", { class: "toolbar", data: { form: "register" } }, name,
+    h("button", { type: "submit" }, "Register"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    fill(out);
+    try {
+      const doc = await api("/api/v1/devices", { method: "POST",
+        body: { name: name.value.trim() } });
+      fill(out, h("p", {}, `Registered ${name.value.trim()} (`, deviceLink(doc.id, doc.id),
+        "). Its credential, shown this once: give it to the device (suitkit device register "
+        + "or --credential-file); the server keeps only its hash."),
+      h("p", {}, h("code", { class: "wrap", data: { testid: "credential" } }, doc.token)),
+      h("button", { type: "button", onclick: () => fill(out) }, "Done, hide it"));
+      name.value = "";
+      tick();
+    } catch (e) {
+      if (e.status !== 401) fill(out, h("p", { class: "error" }, `register refused: ${e.message}`));
+    }
+  });
+  return h("details", { class: "card register" }, h("summary", {}, "Register a device"),
+    form, out);
+}
+
+// ------------------------------------------------------------------------------- charts
+
+/** Horizontal bars of ``[label, count]`` as inline SVG (no library; CSP-safe: attributes). */
+function barChart(entries, unit) {
+  if (!entries.length) return h("p", { class: "empty" }, "Nothing reported yet.");
+  const most = Math.max(1, ...entries.map(([, n]) => n));
+  const row = 26;
+  const chart = sv("svg", { viewBox: `0 0 320 ${entries.length * row}`, class: "chart-svg",
+    role: "img", "aria-label": entries.map(([k, n]) => `${k}: ${n} ${unit}`).join("; ") });
+  entries.forEach(([label, n], i) => {
+    const y = i * row;
+    add(chart, sv("g", {},
+      sv("text", { x: 0, y: y + 11, class: "chart-label" }, String(label)),
+      sv("rect", { x: 0, y: y + 14, height: 8, rx: 2, class: "chart-bar",
+        width: Math.max(2, Math.round((260 * n) / most)) }),
+      sv("text", { x: Math.max(2, Math.round((260 * n) / most)) + 6, y: y + 22,
+        class: "chart-value" }, String(n))));
+  });
+  return chart;
+}
+
+/** Succeeded and failed devices over time (``GET .../progress``) as two step lines. */
+function progressChart(doc) {
+  const series = Array.isArray(doc?.series) ? doc.series : [];
+  if (series.length < 2) return h("p", { class: "empty" }, "Not started yet.");
+  const total = Math.max(1, doc.devices || 0, ...series.map((p) => p.done + p.failed));
+  const w = 320;
+  const top = 8;
+  const ht = 110;
+  const x = (i) => 30 + ((w - 40) * i) / (series.length - 1);
+  const y = (n) => top + ht - (ht * n) / total;
+  const line = (key) => series.map((p, i) => `${x(i).toFixed(1)},${y(p[key]).toFixed(1)}`)
+    .join(" ");
+  const last = series[series.length - 1];
+  const time = (iso) => new Date(iso).toLocaleTimeString();
+  return sv("svg", { viewBox: `0 0 ${w} 150`, class: "chart-svg", role: "img",
+    "aria-label": `${last.done} succeeded and ${last.failed} failed of ${doc.devices} `
+      + `devices between ${time(series[0].time)} and ${time(last.time)}` },
+  sv("line", { x1: 30, y1: y(0), x2: w - 10, y2: y(0), class: "chart-axis" }),
+  sv("line", { x1: 30, y1: y(total), x2: w - 10, y2: y(total), class: "chart-grid" }),
+  sv("text", { x: 26, y: y(total) + 4, class: "chart-value", "text-anchor": "end" },
+    String(total)),
+  sv("text", { x: 26, y: y(0) + 4, class: "chart-value", "text-anchor": "end" }, "0"),
+  sv("polyline", { points: line("done"), class: "chart-line ok" }),
+  sv("polyline", { points: line("failed"), class: "chart-line bad" }),
+  sv("text", { x: 30, y: 145, class: "chart-value" }, time(series[0].time)),
+  sv("text", { x: w - 10, y: 145, class: "chart-value", "text-anchor": "end" },
+    time(last.time)));
 }
 
 // ------------------------------------------------------------------------------- firmware
@@ -425,20 +707,73 @@ function manifestFacts(m) {
   ];
 }
 
+function uploadForm(done) {
+  const envelope = h("input", { type: "file", name: "envelope", required: true,
+    accept: ".suit,.cbor,.cose,application/cbor", "aria-label": "signed envelope" });
+  const images = h("input", { type: "file", name: "images", multiple: true,
+    "aria-label": "detached images" });
+  const out = h("p", { role: "status", data: { testid: "upload-result" } });
+  const button = h("button", { type: "submit" }, "Upload");
+  const form = h("form", { class: "upload", data: { form: "upload" } },
+    h("label", {}, "Signed envelope ", envelope),
+    h("label", {}, "Detached images (if the manifest has any) ", images), button);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!envelope.files.length) {
+      out.textContent = "Pick the signed envelope (suitkit sign … --out FILE).";
+      return;
+    }
+    const body = new FormData();
+    body.append("envelope", envelope.files[0]);
+    for (const f of images.files) body.append("image", f);
+    button.disabled = true;
+    out.className = "";
+    out.textContent = "Uploading…";
+    try {
+      const r = await api("/api/v1/releases", { method: "POST", form: body });
+      out.textContent = `Uploaded ${releaseLabel(r)}: the server verified its signatures`
+        + (images.files.length ? ` and ${images.files.length} image(s)` : "") + ".";
+      form.reset();
+      await done(r);
+    } catch (e) {
+      if (e.status !== 401) {
+        out.className = "error";
+        out.textContent = `upload refused: ${e.message}`;
+      }
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return h("details", { class: "card", open: true }, h("summary", {}, "Upload a release"),
+    h("p", { class: "hint" }, "An admin or author token uploads; the server keeps the release "
+      + "only if its signatures verify against its author trust anchors."), form, out);
+}
+
 async function firmwareView(view) {
   const error = errorLine();
-  add(view, h("h1", {}, "Firmware"), error);
-  const doc = await api("/api/v1/releases");
-  const releases = (Array.isArray(doc?.releases) ? doc.releases : [])
-    .slice().sort((a, b) => (b.sequence_number ?? 0) - (a.sequence_number ?? 0));
-  if (!releases.length) {
-    add(view, h("p", { class: "empty" }, "No releases uploaded yet (suitkit upload)."));
-    return;
+  const list = h("div");
+  add(view, h("h1", {}, "Firmware"), error,
+    uploadForm(async () => draw(await releaseList(true))), list);
+  draw(await releaseList(true));
+
+  function draw(all) {
+    const releases = all.slice()
+      .sort((a, b) => (b.sequence_number ?? 0) - (a.sequence_number ?? 0));
+    fill(list, releases.length ? releases.map(releaseCard)
+      : h("p", { class: "empty" }, "No releases uploaded yet."));
   }
-  for (const r of releases) {
+}
+
+function releaseCard(r) {
+  {
     const integrated = Object.entries(r.integrated || {});
-    add(view, h("section", { class: "card release", data: { release: r.id } },
-      h("h2", {}, `Sequence number ${r.sequence_number}`),
+    return h("section", { class: "card release", data: { release: r.id } },
+      h("h2", {}, typeof r.version === "string" && r.version
+        ? `Version ${r.version} (sequence number ${r.sequence_number})`
+        : `Sequence number ${r.sequence_number}`),
+      typeof r.notes === "string" && r.notes ? h("p", { class: "notes" }, r.notes) : null,
+      h("p", {}, h("a", { href: `#/new-campaign/${encodeURIComponent(r.id)}`,
+        data: { action: "new-campaign" } }, "New campaign with this release")),
       definitions([
         ["release (manifest digest)", h("span", { class: "mono wrap" }, r.id)],
         ["envelope", blobLink(r.envelope?.url, r.envelope?.sha256 || "envelope")],
@@ -451,7 +786,7 @@ async function firmwareView(view) {
           componentName(c.identifier)), c.size === null ? "—" : `${c.size} bytes`,
           short(c.digest, 16), c.url ? blobLink(c.url, "download") : "not stored"])),
       integrated.length ? [h("h3", {}, "Integrated payloads"), table(["key", "blob"],
-        integrated.map(([k, v]) => [k, blobLink(v?.url, short(v?.sha256, 16))]))] : null));
+        integrated.map(([k, v]) => [k, blobLink(v?.url, short(v?.sha256, 16))]))] : null);
   }
 }
 
@@ -460,14 +795,18 @@ async function firmwareView(view) {
 /** Which actions a campaign offers in its status (the API has the last word). */
 function actionsFor(c) {
   const trigger = c.mode === "install-on-trigger" && !c.triggered ? ["trigger"] : [];
+  const failed = (c.counts?.failed || 0) + (c.counts?.["rolled-back"] || 0);
+  const retry = failed > 0 ? ["retry"] : [];
   switch (c.status) {
     case "draft": return ["approve", "cancel"];
     case "approved": return ["start", "cancel"];
-    case "running": return ["pause", ...trigger, "cancel"];
-    case "paused": return ["resume", ...trigger, "cancel"];
+    case "running": return ["pause", ...trigger, ...retry, "cancel"];
+    case "paused": return ["resume", ...trigger, ...retry, "cancel"];
     default: return [];
   }
 }
+
+const ACTION_LABELS = { retry: "Retry failed devices" };
 
 /** Whether the campaign is in its download phase (success means "downloaded"). */
 const downloadPhase = (c) => c.mode === "download-only"
@@ -495,7 +834,7 @@ function targetText(t) {
   if (!t || typeof t !== "object") return "—";
   const parts = [];
   if (t.vendor_id) parts.push(`vendor ${t.vendor_id}`);
-  if (t.class_id) parts.push(`class ${t.class_id}`);
+  if (t.class_id) parts.push(`class ${classNames?.get(t.class_id) || t.class_id}`);
   if (Array.isArray(t.tags) && t.tags.length) parts.push(`tags ${t.tags.join(", ")}`);
   if (Array.isArray(t.devices)) parts.push(`${t.devices.length} listed device(s)`);
   return parts.join(" · ") || "every device";
@@ -506,9 +845,14 @@ const wavesText = (w) => (Array.isArray(w) ? w.map((x) => `${x} %`).join(" → "
 async function campaignsView(view) {
   const error = errorLine();
   const body = h("div");
-  add(view, h("h1", {}, "Campaigns"), error, body);
+  add(view, h("h1", {}, "Campaigns"),
+    h("p", {}, h("a", { href: "#/new-campaign", class: "button",
+      data: { action: "new-campaign" } }, "New campaign")), error, body);
+  const releases = new Map();
+  releaseList().then((list) => { for (const r of list) releases.set(r.id, r); })
+    .catch(() => {});
   await goLive(async () => {
-    const doc = await apiAll("/api/v1/campaigns", "campaigns");
+    const doc = await api("/api/v1/campaigns?limit=200");
     const items = Array.isArray(doc?.campaigns) ? doc.campaigns : [];
     fill(body, table(
       ["campaign", "status", "mode", "release", "wave", "devices", "created by", "approved by",
@@ -516,11 +860,13 @@ async function campaignsView(view) {
       items.map((c) => [campaignLink(c.id, c.name || c.id),
         h("span", { class: `status status-${String(c.status).replace(/[^a-z]/g, "")}` },
           c.status),
-        c.mode, short(c.release, 12),
+        c.mode, releases.has(c.release) ? releaseLabel(releases.get(c.release))
+          : short(c.release, 12),
         c.status === "draft" || c.status === "approved" ? "—"
           : `${c.current_wave} of ${Array.isArray(c.waves) ? c.waves.length : "?"}`,
         String(c.devices ?? 0), c.created_by ?? "—", c.approved_by ?? "—", when(c.created)]),
-      "No campaigns yet (POST /api/v1/campaigns)."));
+      "No campaigns yet."),
+    doc?.next ? h("p", { class: "hint" }, `The ${items.length} newest campaigns.`) : null);
   }, error);
 }
 
@@ -530,11 +876,15 @@ async function campaignView(view, id) {
   const head = h("div");
   const buttons = h("div", { class: "actions" });
   const summary = h("div", { class: "cards" });
+  const chart = h("section", { class: "card chart", data: { chart: "progress" } });
   const waves = h("section");
   const members = h("section");
   const log = h("section");
   add(view, h("p", {}, h("a", { href: "#/campaigns" }, "← campaigns")), head, buttons, error,
-    summary, waves, members, log);
+    summary, chart, waves, members, log);
+  const releases = new Map();
+  releaseList().then((list) => { for (const r of list) releases.set(r.id, r); })
+    .catch(() => {});
   const names = new Map();
   apiAll("/api/v1/devices", "devices").then((doc) => {
     for (const d of doc?.devices || []) names.set(d.id, d.name);
@@ -564,16 +914,21 @@ async function campaignView(view, id) {
       ["status", h("span", { class: "status", data: { testid: "status" } }, c.status)],
       ["paused because", c.status === "paused" && c.pause_reason ? c.pause_reason : undefined],
       ["mode", c.mode],
-      ["release", h("span", { class: "mono wrap" }, c.release)],
+      ["release", releases.has(c.release) ? [releaseLabel(releases.get(c.release)), " ",
+        h("span", { class: "mono wrap hint" }, c.release)]
+        : h("span", { class: "mono wrap" }, c.release)],
       ["envelope", h("span", { class: "mono wrap" }, c.envelope_url)],
       ["target", targetText(c.target)],
       ["waves", `${wavesText(c.waves)} (now wave ${c.current_wave})`],
-      ["thresholds", `success ≥ ${Math.round((c.success_threshold ?? 0) * 100)} % per wave, `
-        + `pause at ≥ ${Math.round((c.failure_threshold ?? 0) * 100)} % failed`],
+      // the engine's rules: a wave needs at least this share of successes; the campaign
+      // pauses when more than this share of its finished devices failed
+      ["thresholds", h("span", { data: { testid: "thresholds" } },
+        `success ≥ ${percent(c.success_threshold)} per wave, `
+        + `pause at > ${percent(c.failure_threshold)} failed`)],
       ["health gate", c.health_window ? h("span", { data: { testid: "health-gate" } },
         `window ${c.health_window} s after confirming`
         + (c.unhealthy_threshold !== null && c.unhealthy_threshold !== undefined
-          ? `, pause above ${Math.round(c.unhealthy_threshold * 1000) / 10} % unhealthy` : "")
+          ? `, pause at > ${percent(c.unhealthy_threshold)} unhealthy` : "")
         + (c.health ? ` · now ${c.health.unhealthy} unhealthy of ${c.health.confirmed} `
           + "confirmed" : "")) : undefined],
       ["schedule", c.start_after || c.window ? `${c.start_after ? `after ${c.start_after}` : ""}`
@@ -588,7 +943,7 @@ async function campaignView(view, id) {
       shown = actions;
       fill(buttons, actionsFor(c).map((a) => h("button", {
         type: "button", class: a === "cancel" ? "danger" : null, data: { action: a },
-        onclick: () => act(a) }, a[0].toUpperCase() + a.slice(1))));
+        onclick: () => act(a) }, ACTION_LABELS[a] || a[0].toUpperCase() + a.slice(1))));
     }
     const states = Object.entries(c.counts || {}).sort((a, b) => b[1] - a[1]);
     fill(summary,
@@ -622,7 +977,192 @@ async function campaignView(view, id) {
       entries.map((e) => [when(e.timestamp), e.actor, e.action, e.detail || ""]))] : null);
   }
 
-  await goLive(async () => render(await api(path)), error);
+  await goLive(async () => {
+    const c = await api(path);
+    render(c);
+    if (c.started) {
+      const doc = await api(`${path}/progress?points=60`);
+      fill(chart, h("h2", {}, "Progress over time"), progressChart(doc),
+        h("p", { class: "hint legend" }, h("span", { class: "key ok" }), " succeeded ",
+          h("span", { class: "key bad" }), " failed"));
+    } else {
+      fill(chart, h("h2", {}, "Progress over time"), h("p", { class: "empty" },
+        "Not started yet."));
+    }
+  }, error);
+}
+
+/** A fraction as the engine's percentage (0.2 → "20 %", 0.025 → "2.5 %"). */
+function percent(x) {
+  return `${Math.round((typeof x === "number" ? x : 0) * 1000) / 10} %`;
+}
+
+// ------------------------------------------------------------------------------- new campaign
+
+function field(label, control, hint) {
+  return h("label", { class: "field" }, h("span", {}, label), control,
+    hint ? h("small", { class: "hint" }, hint) : null);
+}
+
+async function newCampaignView(view, releaseId) {
+  const error = errorLine();
+  add(view, h("p", {}, h("a", { href: "#/campaigns" }, "← campaigns")),
+    h("h1", {}, "New campaign"), error);
+  const [releases, summary, devices] = await Promise.all([
+    releaseList(true), api("/api/v1/fleet"),
+    api(`/api/v1/devices?limit=${MAX_ROWS}`), loadClassNames()]);
+  if (!error.isConnected) return; // the operator went elsewhere meanwhile
+  if (!releases.length) {
+    add(view, h("p", { class: "empty" }, "Upload a release first (",
+      h("a", { href: "#/firmware" }, "Firmware"), ")."));
+    return;
+  }
+  const sorted = releases.slice()
+    .sort((a, b) => (b.sequence_number ?? 0) - (a.sequence_number ?? 0));
+  const name = h("input", { type: "text", name: "name", maxlength: 128, required: true });
+  const release = h("select", { name: "release" }, sorted.map((r) => h("option",
+    { value: r.id, selected: r.id === releaseId }, releaseLabel(r))));
+  const kind = h("select", { name: "target-kind" },
+    h("option", { value: "class" }, "a device class"),
+    h("option", { value: "tags" }, "devices with tags"),
+    h("option", { value: "devices" }, "chosen devices"));
+  const klass = h("select", { name: "class" }, (summary?.classes || [])
+    .filter((c) => c.class_id).map((c) => h("option", { value: `${c.vendor_id}|${c.class_id}` },
+      `${c.class_name || classNames?.get(c.class_id) || c.class_id} (${c.devices} devices)`)));
+  const tags = h("select", { name: "tags", multiple: true, size: 4 },
+    Object.entries(summary?.tags || {}).map(([t, n]) => h("option", { value: t },
+      `${t} (${n} devices)`)));
+  const chosen = h("select", { name: "devices", multiple: true, size: 6 },
+    (devices?.devices || []).map((d) => h("option", { value: d.id }, d.name || d.id)));
+  const waves = h("input", { type: "text", name: "waves", value: "100", inputmode: "decimal" });
+  const success = h("input", { type: "number", name: "success", min: 0, max: 100, step: "any",
+    value: 100 });
+  const failure = h("input", { type: "number", name: "failure", min: 0, max: 100, step: "any",
+    value: 20 });
+  const mode = h("select", { name: "mode" }, ["install-now", "download-only",
+    "install-on-trigger"].map((m) => h("option", { value: m }, m)));
+  const preview = h("p", { class: "preview", role: "status", data: { testid: "preview" } });
+  const targets = {
+    class: field("Class", klass), tags: field("Tags (all of them)", tags),
+    devices: field("Devices", chosen, `the first ${MAX_ROWS} devices; Ctrl/⌘-click for more`),
+  };
+  const button = h("button", { type: "submit" }, "Create (as a draft)");
+  const form = h("form", { class: "campaign-form", data: { form: "campaign" } },
+    field("Name", name), field("Release", release), field("Target", kind),
+    Object.values(targets),
+    field("Waves (% of the devices, cumulative)", waves, "e.g. 10, 50, 100: the last is 100"),
+    field("Success needed per wave (%)", success, "a wave opens the next one when at least "
+      + "this share of its devices succeeded"),
+    field("Pause when more than this share failed (%)", failure,
+      "of the finished devices; the engine pauses at >, not at ="),
+    field("Mode", mode), preview, button);
+  add(view, form);
+
+  function body() {
+    const doc = {
+      name: name.value.trim(), release: release.value,
+      waves: waves.value.split(/[\s,]+/).filter(Boolean).map(Number),
+      success_threshold: Number(success.value) / 100,
+      failure_threshold: Number(failure.value) / 100, mode: mode.value,
+    };
+    if (kind.value === "class") {
+      const [vendor, cls] = (klass.value || "|").split("|");
+      doc.target = { ...(vendor && vendor !== "null" ? { vendor_id: vendor } : {}),
+        ...(cls ? { class_id: cls } : {}) };
+    } else if (kind.value === "tags") {
+      doc.target = { tags: [...tags.selectedOptions].map((o) => o.value) };
+    } else {
+      doc.target = { devices: [...chosen.selectedOptions].map((o) => o.value) };
+    }
+    return doc;
+  }
+
+  let asked = 0;
+  async function showPreview() {
+    for (const [k, el] of Object.entries(targets)) el.hidden = k !== kind.value;
+    const mine = ++asked;
+    const doc = body();
+    delete doc.name;
+    const missing = !Object.keys(doc.target).length ? "Pick a class."
+      : doc.target.tags && !doc.target.tags.length ? "Pick at least one tag."
+        : doc.target.devices && !doc.target.devices.length ? "Pick at least one device."
+          : !doc.waves.length || doc.waves.some((w) => !Number.isFinite(w))
+            ? "Give the waves as percentages, e.g. 10, 50, 100." : null;
+    if (missing) { // said here: the server would only refuse it
+      preview.className = "preview hint";
+      preview.textContent = missing;
+      return;
+    }
+    try {
+      const p = await api("/api/v1/campaigns/preview", { method: "POST", body: doc });
+      if (mine !== asked) return;
+      preview.className = "preview";
+      fill(preview, `${p.devices} device${p.devices === 1 ? "" : "s"} match now`,
+        p.waves.length ? `: ${p.waves.map((n, i) => `wave ${i + 1} (${doc.waves[i]} %) gets `
+          + `${n}`).join(", ")}` : "", ".");
+    } catch (e) {
+      if (mine !== asked || e.status === 401) return;
+      preview.className = "preview error";
+      preview.textContent = `preview: ${e.message}`;
+    }
+  }
+  let pending = null;
+  form.addEventListener("input", () => {
+    clearTimeout(pending);
+    pending = setTimeout(showPreview, 250);
+  });
+  form.addEventListener("change", () => {
+    clearTimeout(pending);
+    pending = setTimeout(showPreview, 50);
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    button.disabled = true;
+    try {
+      const made = await api("/api/v1/campaigns", { method: "POST", body: body() });
+      location.hash = `#/campaigns/${encodeURIComponent(made.id)}`;
+    } catch (e) {
+      if (e.status !== 401) error.textContent = `create refused: ${e.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  await showPreview();
+}
+
+// ------------------------------------------------------------------------------- audit
+
+async function auditView(view) {
+  const error = errorLine();
+  const body = h("div");
+  let limit = 100;
+  const more = h("button", { type: "button", data: { action: "more" } }, "Show older entries");
+  const filter = h("input", { type: "search", class: "filter", "aria-label": "filter the log",
+    placeholder: "filter by who, action, target or detail" });
+  let latest = [];
+  function draw() {
+    const query = filter.value.trim().toLowerCase();
+    const shown = query ? latest.filter((e) => [e.actor, e.role, e.action, e.target, e.detail]
+      .some((x) => String(x ?? "").toLowerCase().includes(query))) : latest;
+    fill(body, table(["when", "who", "action", "target", "detail"], shown.map((e) => [
+      when(e.timestamp), [e.actor, " ", h("span", { class: "role" }, e.role)],
+      h("span", { data: { audit: e.action } }, e.action), e.target, e.detail || ""]),
+    query ? "No entry matches." : "Nothing audited yet."));
+    more.hidden = latest.length < limit || limit >= 1000;
+  }
+  filter.addEventListener("input", draw);
+  more.addEventListener("click", () => {
+    limit = Math.min(1000, limit + 100);
+    tick();
+  });
+  add(view, h("h1", {}, "Audit log"), h("p", { class: "hint" }, "Every change made through "
+    + "the API, newest first: who (token name and role), what and on what."), filter, error,
+  body, h("div", { class: "actions" }, more));
+  await goLive(async () => {
+    const doc = await api(`/api/v1/audit?limit=${limit}`);
+    latest = Array.isArray(doc?.entries) ? doc.entries : [];
+    draw();
+  }, error);
 }
 
 // ------------------------------------------------------------------------------- device
@@ -698,14 +1238,69 @@ function capabilityView(cap) {
     ]))];
 }
 
+/** The device states from which an operator may end the update (``POST .../reset``). */
+const IN_PROGRESS = new Set(["notified", "downloading", "downloaded", "installing", "waiting",
+  "rebooting"]);
+
 async function deviceView(view, id) {
   const base = `/api/v1/devices/${encodeURIComponent(id)}`;
   const error = errorLine();
   const facts = h("div");
   const timeline = h("section");
-  add(view, h("p", {}, h("a", { href: "#/" }, "← fleet")), error, facts, timeline);
+  // the controls are made once (a redraw every poll would take the focus away)
+  const tags = h("input", { type: "text", class: "input narrow", "aria-label": "tags",
+    data: { testid: "tags" }, placeholder: "tags, comma-separated" });
+  const tagLine = h("span", { class: "hint", role: "status" });
+  const saveTags = h("button", { type: "button", data: { action: "save-tags" } }, "Save tags");
+  const reason = h("input", { type: "text", class: "input narrow", maxlength: 200,
+    "aria-label": "reason for the reset", placeholder: "why (e.g. device lost)" });
+  const reset = h("button", { type: "button", class: "danger", data: { action: "reset" } },
+    "Reset stuck update");
+  const resetBox = h("div", { class: "toolbar", hidden: true }, reason, reset);
+  add(view, h("p", {}, h("a", { href: "#/" }, "← fleet")), error, facts,
+    h("section", { class: "card controls" }, h("h2", {}, "Operate"),
+      h("div", { class: "toolbar" }, tags, saveTags, tagLine),
+      h("p", { class: "hint", data: { testid: "reset-hint" } }, "A device that stopped in "
+        + "the middle of an update holds its campaign's wave: end that update as failed (the "
+        + "campaign can then retry it)."), resetBox),
+    timeline);
+  await loadClassNames();
+  saveTags.addEventListener("click", async () => {
+    const wanted = tags.value.split(",").map((t) => t.trim()).filter(Boolean);
+    try {
+      const doc = await api(`${base}/tags`, { method: "PUT", body: { tags: wanted } });
+      tagLine.textContent = `saved: ${doc.tags.join(", ") || "no tags"}`;
+      delete tags.dataset.edited;
+    } catch (e) {
+      if (e.status !== 401) tagLine.textContent = `tags refused: ${e.message}`;
+    }
+  });
+  tags.addEventListener("input", () => { tags.dataset.edited = "yes"; });
+  reset.addEventListener("click", async () => {
+    if (!window.confirm("End this device's update as failed? Its next report of this update "
+      + "is refused; it starts over at its next assignment.")) return;
+    reset.disabled = true;
+    try {
+      await api(`${base}/reset`, { method: "POST", body: { reason: reason.value.trim() } });
+      reason.value = "";
+      error.textContent = "";
+      delete error.dataset.sticky;
+    } catch (e) {
+      if (e.status !== 401) {
+        error.textContent = `reset refused: ${e.message}`;
+        error.dataset.sticky = "yes";
+      }
+    } finally {
+      reset.disabled = false;
+    }
+    tick();
+  });
   await goLive(async () => {
     const [d, hist] = await Promise.all([api(base), apiAll(`${base}/history`, "history")]);
+    if (!tags.dataset.edited && document.activeElement !== tags) {
+      tags.value = (d.tags || []).join(", ");
+    }
+    resetBox.hidden = !IN_PROGRESS.has(d.state);
     const hw = Object.entries(d.hardware || {});
     fill(facts,
       h("h1", {}, d.name || d.id),
@@ -715,8 +1310,13 @@ async function deviceView(view, id) {
         ["state changed", when(d.state_changed)],
         ["last seen", when(d.last_seen)],
         ["registered", when(d.created)],
-        ["vendor id", d.vendor_id ? h("span", { class: "mono" }, d.vendor_id) : null],
-        ["class id", d.class_id ? h("span", { class: "mono" }, d.class_id) : null],
+        ["vendor", d.vendor_name ? [d.vendor_name, " ", h("span", { class: "mono hint" },
+          d.vendor_id)] : d.vendor_id ? h("span", { class: "mono" }, d.vendor_id) : null],
+        ["class", d.class_name || classNames?.get(d.class_id)
+          ? [d.class_name || classNames.get(d.class_id), " ",
+            h("span", { class: "mono hint" }, d.class_id)]
+          : d.class_id ? h("span", { class: "mono" }, d.class_id) : null],
+        ["tags", (d.tags || []).join(", ") || "none"],
         ["inventory updated", when(d.inventory_updated)],
       ]),
       h("h2", {}, "Installed components"),

@@ -10,9 +10,18 @@ Routes (docs/tracker.md, "Campaigns", has the bodies):
   newest first; ``next`` is the cursor of the following page (``null``: the end).
 - ``GET /api/v1/campaigns/{id}?offset=&limit=`` (admin, operator, author): status, counts per
   state and per wave, a page of members, the campaign's log.
-- ``POST /api/v1/campaigns/{id}/approve|start|pause|resume|cancel|trigger`` (operator, admin);
-  approval is refused (403) to the principal who created the campaign (four-eyes).
+- ``GET /api/v1/campaigns/{id}/members?limit=&after=&state=&total=`` (admin, operator,
+  author): its members by position, in the lists' one style (``web.paged``).
+- ``POST /api/v1/campaigns/{id}/approve|start|pause|resume|cancel|trigger|retry`` (operator,
+  admin); approval is refused (403) to the principal who created the campaign (four-eyes);
+  ``retry`` gives the failed members of a running or paused campaign another assignment.
+- ``POST /api/v1/campaigns/preview`` (operator, admin): the devices a target matches and the
+  devices per wave, as ``start`` would split them (nothing stored).
+- ``GET /api/v1/campaigns/{id}/progress?points=`` (admin, operator, author): devices
+  succeeded and failed over time.
 - ``PUT /api/v1/devices/{id}/tags`` (admin, operator): the device's tags.
+- ``GET /api/v1/fleet`` (admin, operator): devices per state, class, tag and installed
+  version (the dashboard's overview and target picker).
 
 Every operator action is written to the audit log (``TrackerDB.record_audit``) with who did
 it. The router's lifespan runs ``CampaignEngine.tick`` every ``tick_seconds`` in a worker
@@ -37,12 +46,25 @@ from starlette.concurrency import run_in_threadpool
 from suitkit.errors import StorageError
 from suitkit.problems import problem_responses
 from suitkit.tracker.auth import Authenticator, Principal, Refused, Role
-from suitkit.tracker.campaigns import MAX_DELTAS, MODES, CampaignEngine, CampaignSpec, DeltaOffer
+from suitkit.tracker.campaigns import (
+    CAMPAIGN_STATUSES,
+    MAX_DELTAS,
+    MEMBER_STATES,
+    MODES,
+    CampaignEngine,
+    CampaignSpec,
+    DeltaOffer,
+)
 from suitkit.tracker.config import TrackerConfig
 from suitkit.tracker.schemas import (
     CampaignBody,
     CampaignDetail,
+    CampaignMembers,
     CampaignPage,
+    CampaignPreview,
+    CampaignPreviewBody,
+    CampaignProgress,
+    Fleet,
     PauseBody,
     Tags,
     TagsBody,
@@ -51,20 +73,25 @@ from suitkit.tracker.schemas import (
 from suitkit.tracker.service import CampaignRefused, TrackerDB
 from suitkit.tracker.web import (
     MAX_DIGEST_BYTES,
-    PAGE_PARAMETERS,
+    PAGE_QUERY,
+    check_query,
     created_id_key,
     encode_cursor,
     envelope_url_of,
     hex_member,
     in_background,
     json_object,
+    list_param,
+    list_parameters,
     only_members,
     page_params,
     paged,
+    query_parameter,
     release_envelope_url,
     storage_refused,
     text_member,
     uuid_member,
+    want_total,
 )
 
 __all__ = ["create_campaign_router"]
@@ -107,14 +134,16 @@ def _moment(value: object, where: str) -> datetime | None:
         raise Refused(400, f"{where}: {text[:40]!r} is out of range in UTC") from None
 
 
-def _spec(doc: Mapping[str, Any]) -> CampaignSpec:
+def _spec(doc: Mapping[str, Any], *, need_release: bool = True) -> CampaignSpec:
     """The campaign a request asks for; ``envelope_url`` is ``""`` when left out (the route
-    derives it: ``release_envelope_url``)."""
+    derives it: ``release_envelope_url``); ``release`` may be left out with ``need_release``
+    false (a preview)."""
     only_members(doc, {"name", "release", "envelope_url", "target", "waves", "success_threshold",
                 "failure_threshold", "mode", "start_after", "window", "unhealthy_threshold",
                 "health_window", "deltas"}, "campaign")
-    release = hex_member(doc.get("release"), "release", MAX_DIGEST_BYTES)
-    if not release:
+    release = (hex_member(doc.get("release"), "release", MAX_DIGEST_BYTES)
+               if need_release or doc.get("release") is not None else "")
+    if not release and need_release:
         raise Refused(400, "release: expected the manifest digest in hex")
     url = envelope_url_of(doc.get("envelope_url"), ("http", "https"))
     target = doc.get("target")
@@ -138,7 +167,7 @@ def _spec(doc: Mapping[str, Any]) -> CampaignSpec:
     window = doc.get("window")
     return CampaignSpec(
         name=text_member(doc.get("name", ""), "name", _MAX_NAME),
-        release=release, envelope_url=url or "",
+        release=release or "", envelope_url=url or "",
         vendor_id=uuid_member(target.get("vendor_id"), "target.vendor_id"),
         class_id=uuid_member(target.get("class_id"), "target.class_id"),
         tags=tuple(text_member(t, f"target.tags[{i}]", 64) for i, t in enumerate(tags)),
@@ -252,16 +281,35 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
                     f"release {spec.release}, target {doc['target']}, mode {spec.mode}")
         return JSONResponse(doc, status_code=201)
 
-    @router.get(_CAMPAIGNS, openapi_extra=PAGE_PARAMETERS, response_model=CampaignPage,
+    @router.post(f"{_CAMPAIGNS}/preview", response_model=CampaignPreview,
+                 summary="Preview a campaign's target and waves (admin, operator)",
+                 responses=problem_responses(400, 404, 413, 415, 507),
+                 openapi_extra=json_body(CampaignPreviewBody))
+    async def preview(request: Request) -> Response:
+        """How many devices a campaign's target matches now and how many each of its waves
+        would get if it started now (operator, admin); the body of a campaign, ``release``
+        optional. Nothing is stored."""
+        await auth.require(request, *_STAFF)
+        spec = _spec(await json_object(request), need_release=False)
+        return JSONResponse(await call(engine.preview, spec))
+
+    @router.get(_CAMPAIGNS, response_model=CampaignPage,
                 summary="List campaigns, newest first (admin, operator, author)",
-                responses=problem_responses(400))
+                responses=problem_responses(400),
+                openapi_extra=list_parameters(query_parameter(
+                    "state", "campaigns in any of these states",
+                    {"type": "string", "enum": list(CAMPAIGN_STATUSES)}, repeatable=True)))
     async def list_campaigns(request: Request) -> Response:
-        """A page of campaigns, newest first (admin, operator, author); ``next`` is the
-        cursor for ``?after=`` (``null``: the end)."""
+        """A page of campaigns, newest first (admin, operator, author); ``?state=running``:
+        only those (repeatable); ``?total=true``: with ``total``. ``next`` is the cursor for
+        ``?after=`` (``null``: the end)."""
         await auth.require(request, *_READERS)
+        check_query(request, PAGE_QUERY | {"state"}, {"state"})
+        statuses = list_param(request, "state", CAMPAIGN_STATUSES)
         limit, key, after = page_params(request, "campaigns", (str, str))
         start = created_id_key(key, after)
-        page = await call(engine.campaigns_page, limit=limit, after=start)
+        page = await call(engine.campaigns_page, limit=limit, after=start, statuses=statuses,
+                          total=want_total(request))
         return paged("campaigns", page,
                       lambda k: encode_cursor("campaigns", k[0].isoformat(), k[1]))
 
@@ -275,6 +323,39 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         if not 0 <= offset < 1 << 63 or not 0 <= limit <= 1000:  # SQL OFFSET is 64-bit
             raise Refused(400, "offset must be ≥ 0 and limit between 0 and 1000")
         return JSONResponse(await call(engine.get, campaign_id, offset=offset, limit=limit))
+
+    @router.get(f"{_CAMPAIGNS}/{{campaign_id}}/progress", response_model=CampaignProgress,
+                summary="A campaign's outcomes over time (admin, operator, author)",
+                responses=problem_responses(400, 404))
+    async def progress(request: Request, campaign_id: str, points: int = 60) -> Response:
+        """Devices succeeded and failed over time, ``points`` + 1 samples from the start to
+        the end or now (admin, operator, author)."""
+        await auth.require(request, *_READERS)
+        if not 1 <= points <= 500:
+            raise Refused(400, f"points: expected 1 to 500, got {points}")
+        return JSONResponse(await call(engine.progress, campaign_id, points=points))
+
+    @router.get(f"{_CAMPAIGNS}/{{campaign_id}}/members", response_model=CampaignMembers,
+                summary="A page of a campaign's members (admin, operator, author)",
+                responses=problem_responses(400, 404),
+                openapi_extra=list_parameters(query_parameter(
+                    "state", "members in any of these states",
+                    {"type": "string", "enum": list(MEMBER_STATES)}, repeatable=True)))
+    async def members(request: Request, campaign_id: str) -> Response:
+        """A page of the campaign's members by position (admin, operator, author);
+        ``?state=failed``: only those (repeatable); ``?total=true``: with ``total``."""
+        await auth.require(request, *_READERS)
+        check_query(request, PAGE_QUERY | {"state"}, {"state"})
+        states = list_param(request, "state", MEMBER_STATES)
+        limit, key, after = page_params(request, f"members:{campaign_id}", (int,))
+        if key is not None and not 0 <= key[0] < 1 << 31:
+            raise Refused(400, f"after: expected the cursor 'next' of a previous page of "
+                               f"this list, got {after[:40]!r}")
+        page = await call(engine.members_page, campaign_id, limit=limit,
+                          after=key[0] if key is not None else -1, states=states,
+                          total=want_total(request))
+        return paged("members", page,
+                     lambda k: encode_cursor(f"members:{campaign_id}", k[0]), id=campaign_id)
 
     def action(name: str) -> None:
         method = getattr(engine, name)
@@ -313,7 +394,7 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
 
         act.__doc__ = f"{name.capitalize()} the campaign (operator, admin)."
 
-    for name in ("approve", "start", "pause", "resume", "cancel", "trigger"):
+    for name in ("approve", "start", "pause", "resume", "cancel", "trigger", "retry"):
         action(name)
 
     @router.put("/api/v1/devices/{device_id}/tags", response_model=Tags,
@@ -332,5 +413,14 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         stored = await call(engine.set_tags, device_id, texts)
         await audit(who, "device.tags", f"device {device_id}", ", ".join(stored))
         return JSONResponse({"id": device_id, "tags": stored})
+
+    @router.get("/api/v1/fleet", response_model=Fleet,
+                summary="The fleet in counts (admin, operator)")
+    async def fleet(request: Request) -> Response:
+        """The fleet in counts: devices per state, per vendor and class ID, per tag and per
+        installed component version (admin, operator): what an overview and a campaign's
+        target picker show, without listing every device."""
+        await auth.require(request, "admin", "operator")
+        return JSONResponse(await call(db.fleet_summary))
 
     return router

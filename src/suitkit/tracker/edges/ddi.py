@@ -315,7 +315,8 @@ def create_ddi_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         metadata = [{"key": "suit-release", "value": release.release}]
         if assignment.nonce is not None:  # for the device's SUIT report (report §4)
             metadata.append({"key": "suit-nonce", "value": assignment.nonce})
-        chunk = {"part": "os", "version": str(release.sequence_number),
+        # the software module's version: the release's, else its sequence number
+        chunk = {"part": "os", "version": release.version or str(release.sequence_number),
                  "name": f"suit-{release.release[:16]}", "artifacts": items,
                  "metadata": metadata}
         body: dict[str, Any] = {"id": str(action), "deployment": {

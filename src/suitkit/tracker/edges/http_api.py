@@ -53,6 +53,9 @@ Lists come in pages (keyset pagination, ``page_params``): ``limit`` 1 to 1000 (d
   (``TrackerDB.check_in``: one read; no write when nothing changed). A plain Starlette route
   with its body checked by hand (``checkin``): the request every device sends at every poll
   does without FastAPI's dependency resolution.
+- ``GET /api/v1/classes?limit=&after=`` (admin, operator, author): device classes by name;
+  ``PUT /api/v1/classes/{class_id}`` (admin, operator; audited): name one (``tracker.classes``:
+  422 when the names contradict the IDs' derivation from the vendor domain).
 - ``POST/GET /api/v1/tokens``, ``DELETE /api/v1/tokens/{id}`` (admin): API tokens;
   ``GET /api/v1/whoami`` (anyone authenticated); ``GET /api/v1/audit`` (admin, operator).
 
@@ -76,10 +79,11 @@ import asyncio
 import base64
 import functools
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -118,6 +122,7 @@ from suitkit.tracker.auth import (
     Principal,
     Refused,
 )
+from suitkit.tracker.campaigns import check_tags
 from suitkit.tracker.config import TrackerConfig
 from suitkit.tracker.model import (
     HEALTH_STATUSES,
@@ -126,6 +131,8 @@ from suitkit.tracker.model import (
     MAX_RECIPIENT_KEY_TEXT,
     MAX_RECIPIENT_KEYS,
     MAX_REPORT_KEY_TEXT,
+    MAX_TOKEN_ID,
+    MAX_VENDOR_DOMAIN,
     MAX_VERSION_PARTS,
     STATES,
     TOKEN_ROLES,
@@ -136,9 +143,12 @@ from suitkit.tracker.schemas import (
     CapabilitiesAnswer,
     CheckinAnswer,
     CheckinBody,
+    ClassBody,
+    ClassPage,
     Deployment,
     DeploymentBody,
     Device,
+    DeviceClass,
     DeviceCreated,
     DevicePage,
     DeviceRegistration,
@@ -161,10 +171,14 @@ from suitkit.tracker.schemas import (
     json_body,
 )
 from suitkit.tracker.service import (
+    DEVICE_SORTS,
     MAX_HEALTH_RECORDS,
     MAX_HEALTH_WINDOW,
+    CampaignRefused,
+    ClassRefused,
     ComponentEntry,
     DeploymentRefused,
+    DeviceQuery,
     HealthRecord,
     HealthReport,
     IdentityRefused,
@@ -174,27 +188,38 @@ from suitkit.tracker.service import (
     TransitionRefused,
 )
 from suitkit.tracker.web import (
+    DEVICE_API,
     MAX_DEVICE_ID,
     MAX_DIGEST_BYTES,
     PAGE_PARAMETERS,
+    PAGE_QUERY,
     check_path_ids,
+    check_query,
     created_id_key,
     encode_cursor,
     envelope_url_of,
+    flag_param,
     hex_member,
     in_background,
     json_object,
+    list_param,
+    list_parameters,
+    moment_param,
     only_members,
     page_params,
     paged,
+    query_parameter,
     read_body,
     release_envelope_url,
+    serve_device_api,
     storage_refused,
     text_member,
     uuid_member,
+    want_total,
 )
 
-__all__ = ["REPORT_MEDIA_TYPE", "create_api_router", "retention", "summarize_report"]
+__all__ = ["DEVICE_ROUTES", "REPORT_MEDIA_TYPE", "create_api_router", "retention",
+           "summarize_report"]
 
 REPORT_MEDIA_TYPE = "application/suit-report+cbor"
 _REPORT_TYPES = frozenset({REPORT_MEDIA_TYPE, "application/octet-stream"})
@@ -207,6 +232,10 @@ _MAX_HARDWARE_TEXT = 256
 _UINT64 = (1 << 64) - 1
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _MAX_DEPLOY_DEVICES = 1000
+DEVICE_ROUTES = frozenset({("POST", "/checkin"), ("GET", "/update"), ("PUT", "/inventory"),
+                           ("POST", "/events"), ("POST", "/reports"), ("POST", "/health")})
+"""The routes a device calls, served under ``web.DEVICE_API`` too (``serve_device_api``);
+the push edge adds ``GET /notifications``."""
 _DEVICES = "/api/v1/devices"
 _MAX_SEQ = (1 << 31) - 1  # the seq columns are 32-bit integers
 _CHECKIN_THREADS = 4
@@ -455,6 +484,111 @@ def _deployment(doc: Mapping[str, Any]) -> tuple[str, str | None, list[str]]:
     return release, url, ids
 
 
+# ============================================================================ list queries
+
+
+_DEVICE_LIST_QUERY = PAGE_QUERY | {"components", "state", "class", "tag", "version",
+                                   "last_seen_before", "last_seen_after", "sort"}
+_DEVICE_LIST_REPEATABLE = {"state", "class", "tag", "version"}
+_NO_STATE = "none"
+_HISTORY_KINDS = ("event", "report")
+_SORTS = tuple(f"{sign}{key}" for key in DEVICE_SORTS for sign in ("", "-"))
+_DEVICE_LIST_PARAMETERS = list_parameters(
+    query_parameter("components", "true: each device with its installed components",
+                    {"type": "boolean", "default": False}),
+    query_parameter("state", f"devices in any of these update states ('{_NO_STATE}': never "
+                             "updated); repeat it or separate values by commas",
+                    {"type": "string", "enum": [*STATES, _NO_STATE]}, repeatable=True),
+    query_parameter("class", "devices of any of these class ids (UUID)",
+                    {"type": "string", "format": "uuid"}, repeatable=True),
+    query_parameter("tag", "devices that carry every one of these tags",
+                    {"type": "string"}, repeatable=True),
+    query_parameter("version", "devices with an installed component that reports any of "
+                               "these versions, dotted integers such as 1.2.0 (the "
+                               "inventory's version, update-management §4.4)",
+                    {"type": "string", "pattern": r"^-?[0-9]+(\.-?[0-9]+)*$"},
+                    repeatable=True),
+    query_parameter("last_seen_before", "devices last seen before this RFC 3339 date-time "
+                                        "(a device never seen is left out)",
+                    {"type": "string", "format": "date-time"}),
+    query_parameter("last_seen_after", "devices last seen at or after this RFC 3339 "
+                                       "date-time", {"type": "string", "format": "date-time"}),
+    query_parameter("sort", "the order: a key, '-' before it for descending; ties by id; a "
+                            "device without the key (never seen, never updated) comes first "
+                            "ascending, last descending",
+                    {"type": "string", "enum": list(_SORTS), "default": "created"}))
+
+
+def _class_id(value: str) -> str:
+    """A ``class`` filter's value: a class id (UUID). Hook: a class name (the class-names
+    table) would be resolved here to its id."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise Refused(400, f"class: expected a class id (a UUID such as "
+                           f"'fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe'), got {value[:40]!r}"
+                      ) from None
+
+
+def _version(value: str) -> tuple[int, ...]:
+    parts = value.split(".")
+    if len(parts) > MAX_VERSION_PARTS or not all(
+            p.removeprefix("-").isascii() and p.removeprefix("-").isdigit()
+            and len(p) <= 20 for p in parts):
+        raise Refused(400, f"version: expected 1 to {MAX_VERSION_PARTS} dotted integers such "
+                           f"as 1.2.0, got {value[:40]!r}")
+    numbers = tuple(int(p) for p in parts)
+    if any(not _INT64[0] <= n <= _INT64[1] for n in numbers):
+        raise Refused(400, f"version: {value[:40]!r} holds a number beyond 64 bits")
+    return numbers
+
+
+def _device_query(request: Request) -> tuple[DeviceQuery, bool]:
+    """The devices list's filters and sort (400 naming a bad one) and ``components``."""
+    states = list_param(request, "state", (*STATES, _NO_STATE))
+    tags = list_param(request, "tag")
+    try:
+        check_tags(tags, "tag")
+    except CampaignRefused as e:
+        raise Refused(400, str(e)) from None
+    sort = request.query_params.get("sort", "created").strip()
+    if sort not in _SORTS:
+        raise Refused(400, f"sort: expected one of {', '.join(_SORTS)}, got {sort[:40]!r}")
+    before = moment_param(request, "last_seen_before")
+    after = moment_param(request, "last_seen_after")
+    query = DeviceQuery(
+        states=tuple(None if s == _NO_STATE else s for s in states),
+        class_ids=tuple(_class_id(c) for c in list_param(request, "class")),
+        tags=tuple(tags),
+        versions=tuple(_version(v) for v in list_param(request, "version")),
+        seen_before=before, seen_after=after,
+        sort=sort.removeprefix("-"), descending=sort.startswith("-"))
+    return query, flag_param(request, "components")
+
+
+def _sort_key(sort: str, key: list[Any] | None, cursor: str) -> tuple[Any, str] | None:
+    """The key in a cursor of a devices list sorted by ``sort`` (not ``created``)."""
+    if key is None:
+        return None
+    value, last_id = key
+    if len(last_id) > MAX_DEVICE_ID or (isinstance(value, str) and len(value) > _MAX_NAME):
+        value = _BAD
+    elif sort == "last_seen" and value is not None:
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            value = _BAD
+        if value is not _BAD and value.tzinfo is not None:
+            value = _BAD
+    if value is _BAD:
+        raise Refused(400, f"after: expected the cursor 'next' of a previous page of this "
+                           f"list, got {cursor[:40]!r}")
+    return value, last_id
+
+
+_BAD: Any = object()
+
+
 # ============================================================================ router
 
 
@@ -500,6 +634,7 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
     """The suitkit JSON API's routes over ``tracker``, checked by ``auth``
     (``edges.create_router`` mounts them with the campaign routes)."""
     limiter = RateLimiter(config.quotas)
+    device_routes: dict[str, Any] = {}  # the device API's routes (serve_device_api)
     checkins: list[ThreadPoolExecutor] = []  # the check-ins' threads, while the app runs
     retaining = retention(tracker, config.quotas)
 
@@ -574,17 +709,35 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
 
     @router.get(_DEVICES, summary="List devices (admin, operator)",
                 response_model=DevicePage, responses=problem_responses(400),
-                openapi_extra=PAGE_PARAMETERS)
-    async def list_devices(request: Request, components: bool = False) -> Response:
-        """A page of devices, oldest first (admin, operator); ``?components=true``: with
-        installed components. ``next`` is the cursor for ``?after=`` (``null``: the end)."""
+                openapi_extra=_DEVICE_LIST_PARAMETERS)
+    async def list_devices(request: Request) -> Response:
+        """A page of devices (admin, operator), oldest first unless ``sort`` says otherwise,
+        filtered by ``state``, ``class``, ``tag``, ``version``, ``last_seen_before`` and
+        ``last_seen_after`` (in SQL: ``TrackerDB.devices_page``); ``?components=true``: with
+        installed components; ``?total=true``: with ``total``. ``next`` is the cursor for
+        ``?after=`` (``null``: the end); it holds the sort key, and a cursor of one sort is
+        refused by another."""
         await auth.require(request, "admin", "operator")
-        limit, key, after = page_params(request, "devices", (str, str))
-        start = created_id_key(key, after)
-        page = await storage(functools.partial(tracker.devices_page, components=components,
-                                               limit=limit, after=start))
-        return paged("devices", page,
-                      lambda k: encode_cursor("devices", k[0].isoformat(), k[1]))
+        check_query(request, _DEVICE_LIST_QUERY, _DEVICE_LIST_REPEATABLE)
+        query, components = _device_query(request)
+        kind = "devices" if query.sort == "created" and not query.descending else (
+            f"devices:{'-' if query.descending else ''}{query.sort}")
+        if query.sort == "created":  # the cursor of the first version: ["devices", iso, id]
+            limit, key, after = page_params(request, kind, (str, str))
+            start: tuple[Any, str] | None = created_id_key(key, after)
+        else:
+            value_type = (str, type(None)) if query.sort in ("state", "last_seen") else str
+            limit, key, after = page_params(request, kind, (value_type, str))
+            start = _sort_key(query.sort, key, after)
+        page = await storage(functools.partial(
+            tracker.devices_page, components=components, limit=limit, after=start,
+            query=query, total=want_total(request)))
+
+        def cursor(k: tuple[Any, ...]) -> str:
+            value = k[0].isoformat() if isinstance(k[0], datetime) else k[0]
+            return encode_cursor(kind, value, k[1])
+
+        return paged("devices", page, cursor)
 
     @router.get(f"{_DEVICES}/{{device_id}}",
                 summary="One device with its inventory (admin, operator, the device)",
@@ -622,7 +775,9 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         every update: a plain Starlette route as the check-in (no FastAPI dependency
         resolution), the credential check and the event each one call in the check-in's
         worker threads (not anyio's thread hop)."""
-        request.scope["route"] = event_route  # the route template, for metrics and logs
+        # the route template, for metrics and logs
+        request.scope["route"] = device_routes.get("POST /events", event_route) \
+            if request.url.path.startswith(DEVICE_API) else event_route
         check_path_ids(request)
         device_id: str = request.path_params["device_id"]
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -820,17 +975,21 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
     @router.get(f"{_DEVICES}/{{device_id}}/history",
                 summary="A device's events and reports (admin, operator, the device)",
                 response_model=History, responses=problem_responses(400, 404),
-                openapi_extra={"parameters": [
-                    *PAGE_PARAMETERS["parameters"],
-                    {"name": "order", "in": "query", "required": False,
-                     "description": "oldest first (default) or newest first",
-                     "schema": {"type": "string", "enum": ["oldest", "newest"],
-                                "default": "oldest"}}]})
+                openapi_extra=list_parameters(
+                    query_parameter("order", "oldest first (default) or newest first",
+                                    {"type": "string", "enum": ["oldest", "newest"],
+                                     "default": "oldest"}),
+                    query_parameter("kind", "only events or only reports",
+                                    {"type": "string", "enum": list(_HISTORY_KINDS)},
+                                    repeatable=True)))
     async def history(request: Request, device_id: str) -> Response:
         """A page of the device's events and report summaries, in order (by ``seq``; admin,
-        operator, or the device itself); ``?order=newest``: newest first. ``next`` is the
-        cursor for ``?after=`` (a cursor of one order is refused by the other)."""
+        operator, or the device itself); ``?order=newest``: newest first; ``?kind=event`` or
+        ``report``: only those. ``next`` is the cursor for ``?after=`` (a cursor of one order
+        is refused by the other)."""
         await device_or_staff(request, device_id)
+        check_query(request, PAGE_QUERY | {"order", "kind"}, {"kind"})
+        kinds = list_param(request, "kind", _HISTORY_KINDS)
         order = request.query_params.get("order", "oldest")
         if order not in ("oldest", "newest"):
             raise Refused(400, f"order: expected oldest or newest, got {order[:20]!r}")
@@ -841,7 +1000,8 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
                                f"this list, got {after[:40]!r}")
         page = await storage(functools.partial(tracker.history_page, device_id, limit=limit,
                                                after=key[0] if key is not None else 0,
-                                               newest=order == "newest"))
+                                               newest=order == "newest", kinds=kinds,
+                                               total=want_total(request)))
         return paged("history", page, lambda k: encode_cursor(kind, k[0]), id=device_id)
 
     @router.post(f"{_DEVICES}/{{device_id}}/health",
@@ -892,7 +1052,8 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         one call of the service in a worker thread (``TrackerDB.check_in``)."""
         # a plain route does not name itself in the scope as FastAPI's do: the metrics and
         # the access log's route template come from there (they said "unmatched")
-        request.scope["route"] = checkin_route
+        request.scope["route"] = device_routes.get("POST /checkin", checkin_route) \
+            if request.url.path.startswith(DEVICE_API) else checkin_route
         check_path_ids(request)
         device_id: str = request.path_params["device_id"]
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -967,6 +1128,7 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
                             status_code=201)
 
     _token_routes(router, config, tracker, auth)
+    device_routes.update(serve_device_api(router, DEVICE_ROUTES))
     return router
 
 
@@ -1017,11 +1179,19 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
                             status_code=201, headers={"Cache-Control": "no-store"})
 
     @router.get("/api/v1/tokens", tags=["tokens"], summary="List API tokens (admin)",
-                response_model=TokenList)
+                response_model=TokenList, responses=problem_responses(400),
+                openapi_extra=list_parameters())
     async def list_tokens(request: Request) -> Response:
-        """Every API token: id, name, role, dates; never a secret or its hash."""
+        """A page of API tokens, oldest first: id, name, role, dates; never a secret or its
+        hash."""
         await auth.require(request, "admin")
-        return JSONResponse({"tokens": await storage(tracker.tokens)})
+        check_query(request, PAGE_QUERY)
+        limit, key, after = page_params(request, "tokens", (str, str))
+        start = created_id_key(key, after, max_id=MAX_TOKEN_ID)
+        page = await storage(functools.partial(tracker.tokens_page, limit=limit, after=start,
+                                               total=want_total(request)))
+        return paged("tokens", page,
+                     lambda k: encode_cursor("tokens", k[0].isoformat(), k[1]))
 
     @router.delete("/api/v1/tokens/{token_id}", status_code=204, tags=["tokens"],
                    summary="Revoke an API token (admin)", response_class=Response,
@@ -1044,14 +1214,67 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
         return JSONResponse({"role": who.role, "name": who.name, "token_id": who.token_id,
                              "device_id": who.device_id})
 
+    @router.get("/api/v1/classes", tags=["classes"], openapi_extra=PAGE_PARAMETERS,
+                summary="Device classes by name (admin, operator, author)",
+                response_model=ClassPage, responses=problem_responses(400))
+    async def list_classes(request: Request) -> Response:
+        """A page of device classes by class id: every class a device has or the registry
+        names, with its vendor and class names (``null``: not known) and its device count."""
+        await auth.require(request, "admin", "operator", "author")
+        check_query(request, {"limit", "after"})
+        limit, key, _ = page_params(request, "classes", (str,))
+        start = uuid_member(key[0], "after") if key is not None else None
+        page = await storage(functools.partial(tracker.classes_page, limit=limit,
+                                               after=start))
+        return paged("classes", page, lambda k: encode_cursor("classes", k[0]))
+
+    @router.put("/api/v1/classes/{class_id}", tags=["classes"],
+                summary="Name a device class (admin, operator)", response_model=DeviceClass,
+                responses=problem_responses(
+                    *_BODY_ERRORS, 422, 507,
+                    s422="the names do not derive the class's IDs (UUID5, §8.4.8.1-2), or "
+                         "the class belongs to another vendor"),
+                openapi_extra=json_body(ClassBody))
+    async def put_class(request: Request, class_id: str) -> Response:
+        """Set a class's vendor and class names (admin, operator; audited). With the vendor
+        domain known (``vendor_domain``, or a vendor name that is the domain) the names must
+        derive the IDs as the manifest recommends (§8.4.8.1-2): 422 otherwise."""
+        who = await auth.require(request, "admin", "operator")
+        cid = uuid_member(class_id, "class_id in the path") or ""
+        doc = await json_object(request)
+        only_members(doc, {"vendor_id", "vendor_name", "class_name", "vendor_domain"},
+                     "class")
+        texts = {name: text_member(doc[name], name, MAX_VENDOR_DOMAIN)
+                 if doc.get(name) is not None else None
+                 for name in ("vendor_name", "class_name", "vendor_domain")}
+        if texts["vendor_name"] is None and texts["class_name"] is None:
+            raise Refused(400, "class: give vendor_name, class_name or both")
+        try:
+            named = await storage(functools.partial(
+                tracker.set_class, cid, vendor_id=uuid_member(doc.get("vendor_id"),
+                                                               "vendor_id"),
+                by=who.name, **texts))
+        except ClassRefused as e:
+            raise Refused(422 if e.kind == "mismatch" else 400, str(e)) from None
+        await audit_entry(who, "class.name", cid, f"vendor {named['vendor_name']!r}, class "
+                                            f"{named['class_name']!r}")
+        return JSONResponse(named)
+
     @router.get("/api/v1/audit", tags=["audit"], summary="The audit log (admin, operator)",
-                response_model=AuditLog, responses=problem_responses(400))
-    async def audit_log(request: Request, limit: int = 200) -> Response:
-        """The latest audit entries, newest first (``limit`` 1 to 1000)."""
+                response_model=AuditLog, responses=problem_responses(400),
+                openapi_extra=list_parameters())
+    async def audit_log(request: Request) -> Response:
+        """A page of the audit log, newest first (``entries``, ``next``)."""
         await auth.require(request, "admin", "operator")
-        if not 1 <= limit <= 1000:
-            raise Refused(400, f"limit: expected 1 to 1000, got {limit}")
-        return JSONResponse({"entries": await storage(tracker.audit_log, limit)})
+        check_query(request, PAGE_QUERY)
+        limit, key, after = page_params(request, "audit", (int,))
+        if key is not None and not 0 < key[0] <= _INT64[1]:
+            raise Refused(400, f"after: expected the cursor 'next' of a previous page of "
+                               f"this list, got {after[:40]!r}")
+        page = await storage(functools.partial(
+            tracker.audit_page, limit=limit, before=key[0] if key is not None else None,
+            total=want_total(request)))
+        return paged("entries", page, lambda k: encode_cursor("audit", k[0]))
 
     async def audit_entry(who: Principal, action: str, target: str, detail: str = "") -> None:
         await storage(tracker.record_audit, who.name, who.role, action, target, detail)

@@ -9,7 +9,7 @@ other).
 - ``suitkit_notices_total``: update notices made (one per device whose assignment changed);
 - ``suitkit_push_clients{transport}``: devices connected for push (``sse``, ``longpoll``).
 
-Requests, check-ins (``/api/v1/devices/{device_id}/update``), latency and bytes are the
+Requests, check-ins (``/device/v1/{device_id}/checkin``), latency and bytes are the
 server's own series. A database that does not answer leaves the fleet's families out of that
 scrape (logged at most once a minute); the in-process counts are still there.
 

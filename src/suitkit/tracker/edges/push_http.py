@@ -2,7 +2,8 @@
 
 ``create_push_router(db, hub)`` adds one route, for the device itself (device credential only):
 
-``GET /api/v1/devices/{id}/notifications``
+``GET /device/v1/{id}/notifications`` (the device API, ``web.DEVICE_API``; the deprecated
+``GET /api/v1/devices/{id}/notifications`` still answers the same)
 
 - with ``Accept: text/event-stream``: a server-sent-event stream. The device's current notice
   comes first, then one ``event: notice`` per change (``id:`` is the notice's serial, ``data:``
@@ -47,11 +48,12 @@ from suitkit.problems import problem_responses
 from suitkit.tracker.auth import Authenticator
 from suitkit.tracker.notices import NotificationHub
 from suitkit.tracker.schemas import Notice
+from suitkit.tracker.web import LEGACY_DEVICE_API, serve_device_api
 
 __all__ = ["EVENT_STREAM", "PushClients", "create_push_router", "sse_event"]
 
 EVENT_STREAM = "text/event-stream"
-_DEVICES = "/api/v1/devices"
+_DEVICES = LEGACY_DEVICE_API  # and web.DEVICE_API (serve_device_api)
 _DEFAULT_WAIT = 30.0
 LEAVE_REQUEST_LIMIT = "suitkit.leave_request_limit"
 """The firmware server's scope key (server/app.py ``LEAVE_REQUEST_LIMIT``; same string, the
@@ -233,6 +235,7 @@ def create_push_router(auth: Authenticator, hub: NotificationHub, *, heartbeat: 
             return Response(status_code=204, headers={"Cache-Control": "no-store"})
         return JSONResponse(notice, headers={"Cache-Control": "no-store"})
 
+    serve_device_api(router, {("GET", "/notifications")})
     return router
 
 
