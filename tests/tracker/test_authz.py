@@ -181,7 +181,12 @@ EXPECTED: dict[tuple[str, str], Rule] = {
     ("GET", f"{CAMPAIGN}/members"): Rule(roles("admin", "operator", "author"),
                                          ok=frozenset({404})),
     **{("POST", f"{CAMPAIGN}/{action}"): Rule(roles("admin", "operator"), ok=frozenset({404}))
-       for action in ("approve", "start", "pause", "resume", "cancel", "trigger")},
+       for action in ("approve", "start", "pause", "resume", "cancel", "trigger", "retry")},
+    ("POST", "/api/v1/campaigns/preview"): Rule(roles("admin", "operator"), lambda w: {
+        "json": {"target": {"tags": ["walked"]}}}),
+    ("GET", f"{CAMPAIGN}/progress"): Rule(roles("admin", "operator", "author"),
+                                          ok=frozenset({404})),
+    ("GET", "/api/v1/fleet"): Rule(roles("admin", "operator")),
     ("PUT", f"{DEVICE}/tags"): Rule(roles("admin", "operator"),
                                     lambda w: {"json": {"tags": ["walked"]}}),
     # hawkBit DDI (tests/tracker/test_ddi.py has their behaviour): the controller alone, with
