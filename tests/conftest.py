@@ -8,6 +8,8 @@ from types import FrameType
 import pytest
 from hypothesis import settings
 
+import contract_kit
+from contract_kit import response_contract  # noqa: F401 - answers checked (tests/contract_kit.py)
 from pg import postgres  # noqa: F401 - the session's throwaway PostgreSQL (tests/pg.py)
 
 # Property tests check behaviour, not speed (figures live in benchmarks/): on a machine shared
@@ -38,3 +40,8 @@ def pytest_configure(config: pytest.Config) -> None:
     the tests started are stopped by their pids (with SIGTERM's default, none of them were)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupted)
+    contract_kit.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    contract_kit.stop()

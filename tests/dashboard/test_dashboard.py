@@ -384,8 +384,8 @@ def test_the_firmware_list_shows_the_release(page: Page, fleet: Fleet, artifacts
     login(page, fleet.operator_a)
     page.click("nav >> text=Firmware")
     release = page.locator(f"[data-release='{fleet.release['id']}']")
-    # the release's manifest text gives its version: shown first, the sequence number beside it
-    expect(release.locator("h2")).to_have_text(re.compile(r"sequence number 3\b", re.I))
+    # named by its version (the manifest's component-version text) and its sequence number
+    expect(release.locator("h2")).to_have_text("Version 3.0.0 (sequence number 3)")
     expect(release).to_contain_text(fleet.release["id"])
     component = fleet.release["components"][0]
     expect(release.locator("tbody tr").first).to_contain_text(f"{component['size']} bytes")

@@ -60,7 +60,7 @@ class Unchanged:
 
 def refused(response: httpx.Response, status: int, fragment: str) -> str:
     assert response.status_code == status, (response.status_code, response.text[:300])
-    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-type"] == "application/problem+json"
     error = str(response.json()["error"])
     assert fragment in error, error
     assert "\n" not in error and "Traceback" not in error and "site-packages" not in error

@@ -113,7 +113,8 @@ def test_an_unexpected_exception_is_one_500_logged_once_with_its_traceback(
     with caplog.at_level(logging.INFO), running_server(config) as url:
         answer = httpx.get(f"{url}/boom", headers={"X-Request-Id": "boom-1"}, timeout=30)
     assert answer.status_code == 500
-    assert answer.json() == {"error": "internal server error"}
+    assert answer.json()["error"] == answer.json()["detail"] == "internal server error"
+    assert answer.headers["content-type"] == "application/problem+json"
     assert answer.headers["x-request-id"] == "boom-1"
     assert answer.headers["connection"] == "close"
     assert seen == ["boom-1"]  # the route ran with the request's id in its context

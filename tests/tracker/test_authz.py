@@ -182,10 +182,10 @@ EXPECTED: dict[tuple[str, str], Rule] = {
                                          ok=frozenset({404})),
     **{("POST", f"{CAMPAIGN}/{action}"): Rule(roles("admin", "operator"), ok=frozenset({404}))
        for action in ("approve", "start", "pause", "resume", "cancel", "trigger", "retry")},
+    ("POST", "/api/v1/campaigns/preview"): Rule(roles("admin", "operator"), lambda w: {
+        "json": {"target": {"tags": ["walked"]}}}),
     ("GET", f"{CAMPAIGN}/progress"): Rule(roles("admin", "operator", "author"),
                                           ok=frozenset({404})),
-    ("POST", "/api/v1/campaigns/preview"): Rule(roles("admin", "operator"), lambda w: {
-        "json": {"name": "walked", "target": {"devices": [w.device_a]}}}),
     ("GET", "/api/v1/fleet"): Rule(roles("admin", "operator")),
     ("PUT", f"{DEVICE}/tags"): Rule(roles("admin", "operator"),
                                     lambda w: {"json": {"tags": ["walked"]}}),
@@ -224,7 +224,6 @@ PUBLIC: frozenset[tuple[str, str]] = frozenset({
     ("GET", "/envelopes/{digest}"), ("HEAD", "/envelopes/{digest}"),
     ("GET", "/openapi.json"), ("HEAD", "/openapi.json"),
     ("GET", "/docs"), ("HEAD", "/docs"),
-    ("GET", "/docs/oauth2-redirect"), ("HEAD", "/docs/oauth2-redirect"),
     ("GET", "/redoc"), ("HEAD", "/redoc"),
 })
 

@@ -223,12 +223,15 @@ def push_refused() -> Any:
     from fastapi import APIRouter  # noqa: PLC0415
     from fastapi.responses import JSONResponse  # noqa: PLC0415
 
+    from suitkit.problems import problem_response, problem_responses  # noqa: PLC0415
+
     router = APIRouter()
 
     @router.get("/api/v1/devices/{device_id}/notifications",
-                summary="Push notices: off on a server with several worker processes (501)")
+                summary="Push notices: off on a server with several worker processes (501)",
+                responses=problem_responses(501, s501=PUSH_REFUSED))
     async def notifications(device_id: str) -> JSONResponse:
-        return JSONResponse({"error": PUSH_REFUSED}, status_code=501)
+        return problem_response(501, PUSH_REFUSED)
 
     from suitkit.tracker.web import serve_device_api  # noqa: PLC0415
 

@@ -334,6 +334,16 @@ def show_config(ctx: typer.Context, config: Path | None, *, as_json: bool = Fals
     return settings.render(keys, resolved)
 
 
+CONTRACT_LOG_ENV = "SUITKIT_TEST_CONTRACT_LOG"
+"""Test runs: the file where the server writes what in its answers contradicts its
+``/openapi.json`` (``server.contract``); not a serve option: nothing for an operator."""
+
+
+def _contract_log() -> Path | None:
+    value = os.environ.get(CONTRACT_LOG_ENV)
+    return Path(value) if value else None
+
+
 def _serve(o: ServeOptions) -> None:
     """Run the server with options ``o`` (see ``serve``)."""
     if o.data is None:
@@ -524,7 +534,8 @@ def _serve(o: ServeOptions) -> None:
                                   metrics=Metrics(ports=frozenset(
                                       {o.metrics_port} if o.metrics_port else ()),
                                       collectors=wiring.collectors() if wiring else ()),
-                                  readiness=(wiring.database_ready,) if wiring else ())
+                                  readiness=(wiring.database_ready,) if wiring else (),
+                                  contract_log=_contract_log())
             application = create_app(config)
             if coap_port is not None:
                 from suitkit.server.coap import CoapServer, create_coap_site  # noqa: PLC0415

@@ -68,12 +68,15 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from suitkit.core import codec, cose, crypto, packing, processor
@@ -105,7 +108,10 @@ from suitkit.errors import (
     SuitError,
 )
 from suitkit.limits import Limits
+from suitkit.problems import Problem, problem_response, problem_responses
+from suitkit.server.contract import ContractCheck
 from suitkit.server.observe import Metrics, Observed, ReadinessCheck
+from suitkit.server.schemas import Release, ReleaseList
 from suitkit.server.store import (
     MAX_NOTES,
     MAX_VERSION_TEXT,
@@ -150,7 +156,7 @@ class ServerConfig:
     ``limits``: decoding limits for envelopes (``max_envelope_bytes`` bounds the envelope part).
     ``routers``: more routes to serve, such as the status tracker's (the CLI wires them in, so
     the firmware server does not import other roles; design.md §2). They share this app's
-    JSON errors: raise Starlette's ``HTTPException``.
+    errors (problem details, ``suitkit.problems``): raise Starlette's ``HTTPException``.
     ``authorizer``: who may upload and read release metadata (``Authorizer``), built by the CLI
     from the status tracker's API tokens; ``None``: only ``upload_token``, public metadata.
     ``max_requests``: requests in progress at once, not counting the ones that left the count
@@ -183,6 +189,9 @@ class ServerConfig:
     accel_redirect: str | None = None
     metrics: Metrics | None = None
     readiness: tuple[ReadinessCheck, ...] = ()
+    contract_log: Path | None = None
+    """Test runs only: check every answer against ``/openapi.json`` and append what
+    contradicts it to this file (``server.contract.ContractCheck``); ``None``: no check."""
 
     def __post_init__(self) -> None:
         if self.accel_redirect is not None:
@@ -980,7 +989,8 @@ class _CountedFile(FileResponse):
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None
            ) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=dict(headers or {}))
+    """Every error of the app, as RFC 9457 problem details (``suitkit.problems``)."""
+    return problem_response(status, message, headers)
 
 
 _ACTIONS = {"upload": "upload releases (admin or author)",
@@ -1097,7 +1107,7 @@ class _Downloads:
     route, the dependencies and the request count: a download is the server's most frequent
     request, and its checks need none of them (public, a digest checked, a stat; whole-file
     bodies go by sendfile, server/guard.py; with ``accel_redirect`` no body at all). Errors
-    are the routes' (``UploadRefused``: one JSON line); a download is counted by
+    are the routes' (``UploadRefused``: problem details); a download is counted by
     ``max_downloads``, an accel answer by nothing (it holds nothing once answered)."""
 
     def __init__(self, app: ASGIApp, download: Callable[[Scope, str, str], Response]) -> None:
@@ -1206,7 +1216,10 @@ def create_app(config: ServerConfig) -> FastAPI:
         return _release_json(record, summaries[record.envelope])
 
     app = FastAPI(title="suitkit firmware server", version="1",
-                  description="Content-addressed SUIT envelopes and firmware images.")
+                  description="Content-addressed SUIT envelopes and firmware images. Every "
+                              "error is RFC 9457 problem details (application/problem+json; "
+                              "docs/server.md, Errors).",
+                  docs_url=None, redoc_url=None)  # _documented: served from the package
     # documents the bearer scheme in OpenAPI; the checks are _authorize's and the routers' own
     bearer = [Depends(HTTPBearer(auto_error=False, description=(
         "An API token tok_<id>.<secret>, the status tracker's bootstrap admin token, a device "
@@ -1236,7 +1249,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         # the client closed its connection before its request was read: nothing to answer
         _log.info("%s: the client went away before sending its whole request",
                   _where(request))
-        return Response(status_code=400)
+        return _error(400, "the client went away before sending its whole request")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -1256,7 +1269,13 @@ def create_app(config: ServerConfig) -> FastAPI:
         return response
 
     @app.post("/api/v1/releases", status_code=201, dependencies=bearer,
-              summary="Upload a release (admin, author)")
+              summary="Upload a release (admin, author)", response_model=Release,
+              responses={200: {"model": Release, "description": "this release was uploaded "
+                               "before with the same envelope: nothing changed"},
+                         **problem_responses(400, 401, 403, 409, 413, 415, 422, 507,
+                                             s409="another envelope of this manifest is "
+                                                  "stored already")},
+              openapi_extra=_UPLOAD_BODY)
     async def upload(request: Request) -> Response:
         """Upload a release: multipart parts ``envelope`` and ``image`` / ``image-<N>``;
         text fields ``version`` and ``notes`` optional."""
@@ -1296,8 +1315,9 @@ def create_app(config: ServerConfig) -> FastAPI:
             uploading[0] -= 1
         return JSONResponse(await run_in_threadpool(described, record), status_code=status)
 
-    @app.get("/api/v1/releases", dependencies=bearer,
+    @app.get("/api/v1/releases", dependencies=bearer, response_model=ReleaseList,
              summary="List releases (admin, author, operator)",
+             responses=problem_responses(400, 401, 403),
              openapi_extra=_RELEASE_LIST_PARAMETERS)
     async def list_releases(request: Request) -> Response:
         """A page of releases, by sequence number then id: ``{releases, next}`` (``next``:
@@ -1316,8 +1336,9 @@ def create_app(config: ServerConfig) -> FastAPI:
             doc["total"] = len(every)
         return JSONResponse(doc)
 
-    @app.get("/api/v1/releases/{release_id}", dependencies=bearer,
-             summary="One release (admin, author, operator)")
+    @app.get("/api/v1/releases/{release_id}", dependencies=bearer, response_model=Release,
+             summary="One release (admin, author, operator)",
+             responses=problem_responses(400, 401, 403, 404))
     async def get_release(request: Request, release_id: str) -> Response:
         """One release by id (the manifest digest in hex)."""
         await _authorize(request, config, "read")
@@ -1366,13 +1387,15 @@ def create_app(config: ServerConfig) -> FastAPI:
         response.chunk_size = _DOWNLOAD_CHUNK
         return response
 
-    @app.get("/firmware/{digest}", summary="Download a firmware image by SHA-256 (public)")
+    @app.get("/firmware/{digest}", summary="Download a firmware image by SHA-256 (public)",
+             response_class=Response, responses=_download_responses("application/octet-stream"))
     @app.head("/firmware/{digest}", include_in_schema=False)
     async def firmware(request: Request, digest: str) -> Response:
         """A firmware image (or any blob) by SHA-256; Range, If-Range, ETag."""
         return download(request.scope, digest, "application/octet-stream")
 
-    @app.get("/envelopes/{digest}", summary="Download a SUIT envelope by SHA-256 (public)")
+    @app.get("/envelopes/{digest}", summary="Download a SUIT envelope by SHA-256 (public)",
+             response_class=Response, responses=_download_responses(ENVELOPE_MEDIA_TYPE))
     @app.head("/envelopes/{digest}", include_in_schema=False)
     async def envelopes(request: Request, digest: str) -> Response:
         """A SUIT envelope by the SHA-256 of its bytes; Range, If-Range, ETag."""
@@ -1380,6 +1403,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     for router in config.routers:  # every mounted route is authenticated: say so in OpenAPI
         app.include_router(router, dependencies=bearer)
+    _documented(app)
     if config.max_requests is not None:
         app.add_middleware(_RequestLimit, limit=config.max_requests)
     app.add_middleware(_Downloads, download=download)  # outside the count: see _Downloads
@@ -1392,9 +1416,122 @@ def create_app(config: ServerConfig) -> FastAPI:
         return None
 
     # outermost: request ids, metrics and health cover every route, the limit's 503s too
-    app.add_middleware(Observed, metrics=config.metrics or Metrics(),
-                       checks=(data_writable, *config.readiness))
+    metrics = config.metrics or Metrics()
+    app.add_middleware(Observed, metrics=metrics, checks=(data_writable, *config.readiness))
+    if config.contract_log is not None:  # outermost: it sees every answer as sent
+        app.add_middleware(ContractCheck, openapi=app.openapi, log=config.contract_log,
+                           other_ports=metrics.ports)
     return app
+
+
+_UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": ["envelope"],
+        "properties": {
+            "envelope": {"type": "string", "format": "binary",
+                         "description": f"the signed SUIT envelope ({ENVELOPE_MEDIA_TYPE})"},
+            "image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": "detached images, each matched to the component whose "
+                                     "image-digest it has"},
+            "version": {"type": "string", "minLength": 1, "maxLength": MAX_VERSION_TEXT,
+                        "description": "the release's version: printable text on one line"},
+            "notes": {"type": "string", "minLength": 1, "maxLength": MAX_NOTES,
+                      "description": "release notes: printable text, line breaks allowed"}},
+        "patternProperties": {"^image-[0-9]{1,4}$": {
+            "type": "string", "format": "binary",
+            "description": "the detached image of component index N"}},
+        "additionalProperties": False}}}}}
+
+
+def _download_responses(media_type: str) -> dict[int | str, dict[str, Any]]:
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        200: {"description": "the whole blob (ETag: its SHA-256, immutable)",
+              "content": {media_type: binary}},
+        206: {"description": "the byte range asked for (Range, If-Range)",
+              "content": {media_type: binary}},
+        416: {"description": "a Range beyond the blob (no body; Content-Range says its size)"},
+        **problem_responses(400, 404, s400="not a SHA-256 digest")}
+
+
+_DOCS_ASSETS = "/docs/assets"
+
+
+def _documented(app: FastAPI) -> None:
+    """``/openapi.json`` typed (``_typed_openapi``), and Swagger UI at ``/docs`` and ReDoc at
+    ``/redoc`` with their scripts served from the package (``fastapi_offline``'s copy of
+    swagger-ui-dist and redoc, MIT), never from a CDN: the pages work on a closed network and
+    load nothing from elsewhere."""
+    app.mount(_DOCS_ASSETS, StaticFiles(packages=[("fastapi_offline", "static")]),
+              name="docs-assets")
+
+    async def swagger(request: Request) -> HTMLResponse:
+        root = str(request.scope.get("root_path", ""))
+        return _own_assets(get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json", title=f"{app.title}: Swagger UI",
+            swagger_js_url=f"{root}{_DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{_DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{_DOCS_ASSETS}/favicon.png",
+            oauth2_redirect_url=None))
+
+    async def redoc(request: Request) -> HTMLResponse:
+        root = str(request.scope.get("root_path", ""))
+        return _own_assets(get_redoc_html(
+            openapi_url=f"{root}/openapi.json", title=f"{app.title}: ReDoc",
+            redoc_js_url=f"{root}{_DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{_DOCS_ASSETS}/favicon.png", with_google_fonts=False))
+
+    # plain routes, as FastAPI's own docs routes are (GET and HEAD)
+    app.add_route("/docs", swagger, include_in_schema=False)
+    app.add_route("/redoc", redoc, include_in_schema=False)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _typed_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_DOCS_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
+                "'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
+                "worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'")
+"""What the docs pages may load: from this server only (ReDoc's footer shows its maker's
+logo from the maker's CDN; the browser does not fetch it, and ReDoc hides the image)."""
+
+
+def _own_assets(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = _DOCS_POLICY
+    return page
+
+
+_VALIDATION_REF = "#/components/schemas/HTTPValidationError"
+_EVERY_ROUTE = problem_responses(500, 503, s503="over the cap of requests in progress; "
+                                                "retry after Retry-After seconds")
+
+
+def _typed_openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document with the errors the app really sends: the 422 FastAPI declares
+    for its parameter validation becomes a 400 (``invalid``, the handler, answers 400 problem
+    details), every operation may answer 500 and 503 (``_RequestLimit``), and ``Problem`` is
+    the schema of every error."""
+    schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                         routes=app.routes)
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            declared = responses.get("422", {})
+            media = declared.get("content", {}).get("application/json", {})
+            if media.get("schema", {}).get("$ref") == _VALIDATION_REF:
+                del responses["422"]
+                responses.setdefault("400", problem_responses(400)[400])
+            for status, response in _EVERY_ROUTE.items():
+                responses.setdefault(str(status), response)
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    return schema
 
 
 def _text_field(name: str, value: str, limit: int, *, lines: bool) -> str:

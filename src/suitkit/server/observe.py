@@ -7,7 +7,7 @@ server's routes and every router mounted on it, the status tracker's included):
   ``[A-Za-z0-9._:-]`` (anything else could forge log lines), else a new random one; it is in
   the response's ``X-Request-Id`` header and in ``request_id()`` (a context variable) for
   every log line the request causes, in worker threads too (Starlette copies the context);
-- **an unexpected exception** is answered 500 ``{"error": "internal server error"}`` with
+- **an unexpected exception** is answered 500 (problem details, ``suitkit.problems``) with
   ``Connection: close`` and logged once, with its traceback, on ``suitkit.server``: uvicorn does
   not log it again;
 - **metrics** (``Metrics``, a prometheus-client registry of its own per app): requests by
@@ -39,6 +39,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from suitkit.problems import PROBLEM_MEDIA_TYPE, problem_bytes
 
 __all__ = ["HEALTH_PATHS", "Gauges", "Metrics", "Observed", "ReadinessCheck", "request_id"]
 
@@ -204,10 +206,10 @@ class Observed:
                            path[:200])
             if not state["started"]:
                 await send_with_id({"type": "http.response.start", "status": 500,
-                                    "headers": [(b"content-type", b"application/json"),
+                                    "headers": [(b"content-type", _PROBLEM),
                                                 (b"connection", b"close")]})
                 await send_with_id({"type": "http.response.body",
-                                    "body": b'{"error":"internal server error"}'})
+                                    "body": problem_bytes(500, "internal server error")})
         finally:
             self._observe(scope, state, time.perf_counter() - started)
 
@@ -240,7 +242,7 @@ class Observed:
         elif path == "/metrics":
             server = scope.get("server")
             if not server or server[1] not in self.metrics.ports:
-                status, body = 404, _NOT_FOUND
+                status, body, media = 404, _NOT_FOUND, _PROBLEM
             else:
                 body = await run_in_threadpool(self.metrics.exposition)
                 media = CONTENT_TYPE_LATEST.encode()
@@ -272,12 +274,13 @@ class _Named:
     path: str
 
 
-_NOT_FOUND = b'{"error":"not found"}'
+_PROBLEM = PROBLEM_MEDIA_TYPE.encode()
+_NOT_FOUND = problem_bytes(404, "not found")
 
 
 async def _not_found(send: Send) -> None:
     await send({"type": "http.response.start", "status": 404,
-                "headers": [(b"content-type", b"application/json")]})
+                "headers": [(b"content-type", _PROBLEM)]})
     await send({"type": "http.response.body", "body": _NOT_FOUND})
 
 

@@ -12,7 +12,8 @@ Every call carries ``Authorization: Bearer <token>``, one of:
 ``Authenticator.principal`` answers 401 (with ``WWW-Authenticate: Bearer``) for a missing,
 unknown, wrong, expired or revoked token; ``require``, ``require_device`` and
 ``require_device_or`` answer 403 naming who may call. Errors are ``Refused`` (a Starlette
-``HTTPException``) so the firmware server's handler turns them into ``{"error": ...}``.
+``HTTPException``) so the firmware server's handler turns them into problem details
+(``suitkit.problems``: ``type``, ``title``, ``status``, ``detail`` and ``error``).
 
 Roles: ``admin`` does everything; ``author`` uploads releases and cannot deploy; ``operator``
 approves and deploys and cannot upload; ``device`` reaches only its own records.
@@ -50,7 +51,7 @@ _READ: tuple[Role, ...] = ("admin", "author", "operator")
 
 
 class Refused(HTTPException):
-    """A refused request; the firmware server's handler turns it into ``{"error": ...}``."""
+    """A refused request; the firmware server's handler turns it into problem details."""
 
     def __init__(self, status: int, message: str) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None

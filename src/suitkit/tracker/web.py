@@ -2,7 +2,7 @@
 request bodies, member checks, the keyset pages' cursors and parameters, release URLs, and the
 lifespan helper that runs a router's background loop.
 
-Every check answers with ``auth.Refused`` (the server's JSON ``{"error": ...}``): 400 naming
+Every check answers with ``auth.Refused`` (the server's problem details): 400 naming
 the member and what was expected, 413 for a body over its limit, 415 for a body that is not
 JSON, 422 for a release the firmware server does not hold, 507 when the disk is full
 (``storage_refused``). Edges import this module, never each other.

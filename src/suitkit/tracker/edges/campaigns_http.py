@@ -44,6 +44,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from suitkit.errors import StorageError
+from suitkit.problems import problem_responses
 from suitkit.tracker.auth import Authenticator, Principal, Refused, Role
 from suitkit.tracker.campaigns import (
     CAMPAIGN_STATUSES,
@@ -55,6 +56,20 @@ from suitkit.tracker.campaigns import (
     DeltaOffer,
 )
 from suitkit.tracker.config import TrackerConfig
+from suitkit.tracker.schemas import (
+    CampaignBody,
+    CampaignDetail,
+    CampaignMembers,
+    CampaignPage,
+    CampaignPreview,
+    CampaignPreviewBody,
+    CampaignProgress,
+    Fleet,
+    PauseBody,
+    Tags,
+    TagsBody,
+    json_body,
+)
 from suitkit.tracker.service import CampaignRefused, TrackerDB
 from suitkit.tracker.web import (
     MAX_DIGEST_BYTES,
@@ -244,7 +259,13 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
     async def audit(who: Principal, action: str, target: str, detail: str = "") -> None:
         await call(db.record_audit, who.name, who.role, action, target, detail)
 
-    @router.post(_CAMPAIGNS, status_code=201)
+    @router.post(_CAMPAIGNS, status_code=201, response_model=CampaignDetail,
+                 summary="Create a campaign in draft (operator, admin)",
+                 responses=problem_responses(
+                     400, 404, 409, 413, 415, 422, 507, s404="a target device is unknown",
+                     s422="the release (or a delta's) is not on the firmware server, or "
+                          "envelope_url is not its envelope"),
+                 openapi_extra=json_body(CampaignBody))
     async def create(request: Request) -> Response:
         """Create a campaign in draft (operator, admin)."""
         who = await auth.require(request, *_STAFF)
@@ -260,7 +281,10 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
                     f"release {spec.release}, target {doc['target']}, mode {spec.mode}")
         return JSONResponse(doc, status_code=201)
 
-    @router.post(f"{_CAMPAIGNS}/preview")
+    @router.post(f"{_CAMPAIGNS}/preview", response_model=CampaignPreview,
+                 summary="Preview a campaign's target and waves (admin, operator)",
+                 responses=problem_responses(400, 404, 413, 415, 507),
+                 openapi_extra=json_body(CampaignPreviewBody))
     async def preview(request: Request) -> Response:
         """How many devices a campaign's target matches now and how many each of its waves
         would get if it started now (operator, admin); the body of a campaign, ``release``
@@ -269,10 +293,12 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         spec = _spec(await json_object(request), need_release=False)
         return JSONResponse(await call(engine.preview, spec))
 
-    @router.get(_CAMPAIGNS, openapi_extra=list_parameters(query_parameter(
-        "state", "campaigns in any of these states", {"type": "string",
-                                                       "enum": list(CAMPAIGN_STATUSES)},
-        repeatable=True)))
+    @router.get(_CAMPAIGNS, response_model=CampaignPage,
+                summary="List campaigns, newest first (admin, operator, author)",
+                responses=problem_responses(400),
+                openapi_extra=list_parameters(query_parameter(
+                    "state", "campaigns in any of these states",
+                    {"type": "string", "enum": list(CAMPAIGN_STATUSES)}, repeatable=True)))
     async def list_campaigns(request: Request) -> Response:
         """A page of campaigns, newest first (admin, operator, author); ``?state=running``:
         only those (repeatable); ``?total=true``: with ``total``. ``next`` is the cursor for
@@ -287,7 +313,9 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         return paged("campaigns", page,
                       lambda k: encode_cursor("campaigns", k[0].isoformat(), k[1]))
 
-    @router.get(f"{_CAMPAIGNS}/{{campaign_id}}")
+    @router.get(f"{_CAMPAIGNS}/{{campaign_id}}", response_model=CampaignDetail,
+                summary="A campaign: status, counts, members, log (admin, operator, author)",
+                responses=problem_responses(400, 404))
     async def get(request: Request, campaign_id: str, offset: int = 0, limit: int = 100
                   ) -> Response:
         """A campaign's status, counts, a page of members and its log."""
@@ -296,7 +324,9 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
             raise Refused(400, "offset must be ≥ 0 and limit between 0 and 1000")
         return JSONResponse(await call(engine.get, campaign_id, offset=offset, limit=limit))
 
-    @router.get(f"{_CAMPAIGNS}/{{campaign_id}}/progress")
+    @router.get(f"{_CAMPAIGNS}/{{campaign_id}}/progress", response_model=CampaignProgress,
+                summary="A campaign's outcomes over time (admin, operator, author)",
+                responses=problem_responses(400, 404))
     async def progress(request: Request, campaign_id: str, points: int = 60) -> Response:
         """Devices succeeded and failed over time, ``points`` + 1 samples from the start to
         the end or now (admin, operator, author)."""
@@ -305,7 +335,9 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
             raise Refused(400, f"points: expected 1 to 500, got {points}")
         return JSONResponse(await call(engine.progress, campaign_id, points=points))
 
-    @router.get(f"{_CAMPAIGNS}/{{campaign_id}}/members",
+    @router.get(f"{_CAMPAIGNS}/{{campaign_id}}/members", response_model=CampaignMembers,
+                summary="A page of a campaign's members (admin, operator, author)",
+                responses=problem_responses(400, 404),
                 openapi_extra=list_parameters(query_parameter(
                     "state", "members in any of these states",
                     {"type": "string", "enum": list(MEMBER_STATES)}, repeatable=True)))
@@ -328,7 +360,19 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
     def action(name: str) -> None:
         method = getattr(engine, name)
 
-        @router.post(f"{_CAMPAIGNS}/{{campaign_id}}/{name}", name=f"campaign_{name}")
+        @router.post(f"{_CAMPAIGNS}/{{campaign_id}}/{name}", name=f"campaign_{name}",
+                     summary=f"{name.capitalize()} the campaign (operator, admin)",
+                     response_model=CampaignDetail,
+                     responses=problem_responses(
+                         *((400, 404, 409, 413, 415, 507) if name == "pause"
+                           else (400, 404, 409, 507)),
+                         *((422,) if name in ("approve", "start") else ()),
+                         s403="the credential's role may not do this (or, to approve: it "
+                              "created the campaign; four-eyes)",
+                         s409=f"the campaign's status does not allow {name}",
+                         s422="the campaign's release is no longer on the firmware server"),
+                     openapi_extra=json_body(PauseBody, required=False)
+                     if name == "pause" else None)
         async def act(request: Request, campaign_id: str) -> Response:
             who = await auth.require(request, *_STAFF)
             if name in ("approve", "start") and config.releases is not None:
@@ -353,7 +397,10 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
     for name in ("approve", "start", "pause", "resume", "cancel", "trigger", "retry"):
         action(name)
 
-    @router.put("/api/v1/devices/{device_id}/tags")
+    @router.put("/api/v1/devices/{device_id}/tags", response_model=Tags,
+                summary="Replace a device's tags (admin, operator)",
+                responses=problem_responses(400, 404, 413, 415, 507),
+                openapi_extra=json_body(TagsBody))
     async def put_tags(request: Request, device_id: str) -> Response:
         """Replace the device's tags (admin, operator)."""
         who = await auth.require(request, "admin", "operator")
@@ -367,7 +414,8 @@ def create_campaign_router(config: TrackerConfig, db: TrackerDB, auth: Authentic
         await audit(who, "device.tags", f"device {device_id}", ", ".join(stored))
         return JSONResponse({"id": device_id, "tags": stored})
 
-    @router.get("/api/v1/fleet")
+    @router.get("/api/v1/fleet", response_model=Fleet,
+                summary="The fleet in counts (admin, operator)")
     async def fleet(request: Request) -> Response:
         """The fleet in counts: devices per state, per vendor and class ID, per tag and per
         installed component version (admin, operator): what an overview and a campaign's

@@ -3,8 +3,9 @@
 
 ``create_api_router(config, tracker, auth)`` returns a FastAPI ``APIRouter``;
 ``edges.create_router`` mounts it with the campaign routes, and the CLI mounts that on the
-firmware server's application (``ServerConfig.routers``), so errors are the server's JSON
-``{"error": ...}``. Every call is authenticated with ``Authorization: Bearer <token>`` and
+firmware server's application (``ServerConfig.routers``), so errors are the server's
+problem details (``suitkit.problems``); the bodies and answers are typed in ``/openapi.json``
+by ``tracker.schemas``. Every call is authenticated with ``Authorization: Bearer <token>`` and
 checked by ``auth.Authenticator`` (roles admin, author, operator, device; the bootstrap admin
 token, API tokens ``tok_<id>.<secret>``, device credentials ``<device-id>.<secret>``): 401 for
 a missing, wrong, expired or revoked credential, 403 for a role that may not call the route.
@@ -112,6 +113,7 @@ from suitkit.errors import (
     SuitError,
 )
 from suitkit.limits import Limits
+from suitkit.problems import problem_responses
 from suitkit.tracker.auth import (
     BOOTSTRAP_ADMIN,
     TOKEN_PREFIX,
@@ -136,6 +138,38 @@ from suitkit.tracker.model import (
     TOKEN_ROLES,
 )
 from suitkit.tracker.quotas import Quotas, RateLimiter, retry_after
+from suitkit.tracker.schemas import (
+    AuditLog,
+    CapabilitiesAnswer,
+    CheckinAnswer,
+    CheckinBody,
+    ClassBody,
+    ClassPage,
+    Deployment,
+    DeploymentBody,
+    Device,
+    DeviceClass,
+    DeviceCreated,
+    DevicePage,
+    DeviceRegistration,
+    Event,
+    EventBody,
+    HealthAnswer,
+    HealthBody,
+    HealthList,
+    History,
+    InventoryBody,
+    PendingUpdate,
+    ReportKeyAnswer,
+    ReportKeyBody,
+    ResetBody,
+    StoredReport,
+    TokenBody,
+    TokenCreated,
+    TokenList,
+    Whoami,
+    json_body,
+)
 from suitkit.tracker.service import (
     DEVICE_SORTS,
     MAX_HEALTH_RECORDS,
@@ -588,19 +622,11 @@ def retention(tracker: TrackerDB, quotas: Quotas
     return retaining
 
 
-_AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing, unknown, wrong, expired or revoked credential"},
-    403: {"description": "the credential's role may not do this"},
-}
+_AUTH_RESPONSES = problem_responses(401, 403)
 _MAX_EXPIRY_DAYS = 366
 _DEFAULT_EXPIRY_DAYS = 90
-
-
-def _json_body(properties: dict[str, Any]) -> dict[str, Any]:
-    """``openapi_extra`` for a JSON object body (the routes parse bodies themselves)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"type": "object", "properties": properties,
-                   "additionalProperties": False}}}}}
+_BODY_ERRORS = (400, 413, 415)
+"""What every route that reads a JSON body may answer (``web.json_object``)."""
 
 
 def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authenticator
@@ -659,10 +685,8 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
                 e, "the tracker could not store or read its database") from None
 
     @router.post(_DEVICES, status_code=201, summary="Register a device (admin)",
-                 openapi_extra=_json_body({"name": {"type": "string"},
-                                           "vendor_id": {"type": "string"},
-                                           "class_id": {"type": "string"},
-                                           "report_key": {"type": "string"}}))
+                 response_model=DeviceCreated, responses=problem_responses(*_BODY_ERRORS, 507),
+                 openapi_extra=json_body(DeviceRegistration))
     async def register(request: Request) -> Response:
         """Register a device (admin); the answer holds its secret, shown this once."""
         who = await admin(request)
@@ -684,6 +708,7 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
                             headers={"Cache-Control": "no-store"})
 
     @router.get(_DEVICES, summary="List devices (admin, operator)",
+                response_model=DevicePage, responses=problem_responses(400),
                 openapi_extra=_DEVICE_LIST_PARAMETERS)
     async def list_devices(request: Request) -> Response:
         """A page of devices (admin, operator), oldest first unless ``sort`` says otherwise,
@@ -715,7 +740,8 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         return paged("devices", page, cursor)
 
     @router.get(f"{_DEVICES}/{{device_id}}",
-                summary="One device with its inventory (admin, operator, the device)")
+                summary="One device with its inventory (admin, operator, the device)",
+                response_model=Device, responses=problem_responses(400, 404))
     async def get_device(request: Request, device_id: str) -> Response:
         """One device with its inventory (admin, operator, or the device itself)."""
         await device_or_staff(request, device_id)
@@ -726,10 +752,11 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
 
     @router.put(f"{_DEVICES}/{{device_id}}/inventory",
                 summary="Replace the device's inventory (the device itself)",
-                openapi_extra=_json_body({"vendor_id": {"type": "string"},
-                                          "class_id": {"type": "string"},
-                                          "components": {"type": "array"},
-                                          "hardware": {"type": "object"}}))
+                response_model=Device,
+                responses=problem_responses(
+                    *_BODY_ERRORS, 409, 429, 507,
+                    s409="the vendor or class ID contradicts the registration"),
+                openapi_extra=json_body(InventoryBody))
     async def put_inventory(request: Request, device_id: str) -> Response:
         """Replace the device's inventory (the device only)."""
         await device_itself(request, device_id)
@@ -785,13 +812,19 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
     event_route = router.routes[-1]
     # once more as a FastAPI route, for the OpenAPI document only (the plain one answers)
     router.post(event_path, status_code=201, include_in_schema=True,
-                summary="Report a new update state (the device itself)",
-                openapi_extra=_json_body({"state": {"type": "string", "enum": list(STATES)},
-                                          "detail": {"type": "string"}}))(post_event)
+                summary="Report a new update state (the device itself)", response_model=Event,
+                responses=problem_responses(
+                    *_BODY_ERRORS, 409, 429, 507,
+                    s409="not a transition of the device's current update"),
+                openapi_extra=json_body(EventBody))(post_event)
 
     @router.post(f"{_DEVICES}/{{device_id}}/reset", status_code=201,
                  summary="End a device's stuck update as failed (admin, operator)",
-                 openapi_extra=_json_body({"reason": {"type": "string"}}))
+                 response_model=Event,
+                 responses=problem_responses(
+                     *_BODY_ERRORS, 404, 409, 507,
+                     s409="the device is not in the middle of an update"),
+                 openapi_extra=json_body(ResetBody))
     async def reset(request: Request, device_id: str) -> Response:
         """A device that stopped reporting in the middle of an update (lost, broken, wiped)
         holds its assignment and its campaign's wave. An operator ends that update as
@@ -817,8 +850,16 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
 
     @router.post(f"{_DEVICES}/{{device_id}}/reports", status_code=201,
                  summary="Send a SUIT report in CBOR (the device itself)",
+                 response_model=StoredReport,
+                 responses=problem_responses(
+                     400, 403, 409, 413, 415, 429, 507,
+                     s403="the credential's role may not do this, or the report's signature "
+                          "does not verify (or the device must sign and did not)",
+                     s409="not the report of the device's current update (late, replayed, a "
+                          "wrong nonce)"),
                  openapi_extra={"requestBody": {"required": True, "content": {
-                     REPORT_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}})
+                     media: {"schema": {"type": "string", "format": "binary"}}
+                     for media in (REPORT_MEDIA_TYPE, SIGNED_REPORT_MEDIA_TYPE)}}})
     async def post_report(request: Request, device_id: str) -> Response:
         """Store a SUIT report (CBOR, or signed: COSE_Sign1 / COSE_Mac0 around it, report §8)
         after strict decoding and, when signed, the check of its signature with the device's
@@ -883,7 +924,12 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
         return JSONResponse(stored, status_code=201)
 
     @router.get(f"{_DEVICES}/{{device_id}}/capabilities",
-                summary="A device's capability report (admin, operator, author, the device)")
+                summary="A device's capability report (admin, operator, author, the device)",
+                response_model=CapabilitiesAnswer,
+                responses={200: {"content": {"application/cbor": {"schema": {
+                    "type": "string", "format": "binary"}}}, "description": (
+                        "the capability report as JSON, or with ?format=cbor as sent")},
+                    **problem_responses(400, 404)})
     async def get_capabilities(request: Request, device_id: str,
                                format: str = "json") -> Response:
         """The SUIT_Capability_Report the device sent last (report §6): as JSON, or with
@@ -908,7 +954,9 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
 
     @router.put(f"{_DEVICES}/{{device_id}}/report-key",
                 summary="Register the key a device signs its reports with (admin)",
-                openapi_extra=_json_body({"report_key": {"type": ["string", "null"]}}))
+                response_model=ReportKeyAnswer,
+                responses=problem_responses(*_BODY_ERRORS, 404, 507),
+                openapi_extra=json_body(ReportKeyBody))
     async def put_report_key(request: Request, device_id: str) -> Response:
         """Register (``report_key``: a public key in PEM) or remove (``null``) the key the
         device's signed reports are checked with (admin; report §8)."""
@@ -926,6 +974,7 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
 
     @router.get(f"{_DEVICES}/{{device_id}}/history",
                 summary="A device's events and reports (admin, operator, the device)",
+                response_model=History, responses=problem_responses(400, 404),
                 openapi_extra=list_parameters(
                     query_parameter("order", "oldest first (default) or newest first",
                                     {"type": "string", "enum": ["oldest", "newest"],
@@ -957,12 +1006,11 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
 
     @router.post(f"{_DEVICES}/{{device_id}}/health",
                  summary="Report the health of the release it confirmed (the device itself)",
-                 openapi_extra=_json_body({
-                     "release": {"type": "string"},
-                     "status": {"type": "string", "enum": list(HEALTH_STATUSES)},
-                     "window": {"type": "number"}, "checks": {"type": "integer"},
-                     "failures": {"type": "integer"}, "crashes": {"type": "integer"},
-                     "records": {"type": "array"}, "detail": {"type": "string"}}))
+                 response_model=HealthAnswer,
+                 responses=problem_responses(
+                     *_BODY_ERRORS, 409, 429, 507,
+                     s409="not the release the device confirmed last"),
+                 openapi_extra=json_body(HealthBody))
     async def post_health(request: Request, device_id: str) -> Response:
         """Keep what the device says of the health of the release it confirmed (the device
         only); ``rollback``: the tracker tells it to roll that release back."""
@@ -979,14 +1027,17 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
 
     @router.get(f"{_DEVICES}/{{device_id}}/health",
                 summary="What a device said of its releases' health (admin, operator, the "
-                        "device)")
+                        "device)",
+                response_model=HealthList, responses=problem_responses(400, 404))
     async def get_health(request: Request, device_id: str) -> Response:
         """The device's latest health reports, the newest first."""
         await device_or_staff(request, device_id)
         return JSONResponse({"health": await storage(tracker.health, device_id)})
 
     @router.get(f"{_DEVICES}/{{device_id}}/update",
-                summary="The release assigned to the device, or 204 (the device itself)")
+                summary="The release assigned to the device, or 204 (the device itself)",
+                response_model=PendingUpdate,
+                responses={204: {"description": "nothing to do"}, **problem_responses(400)})
     async def get_update(request: Request, device_id: str) -> Response:
         """The release assigned to the device, or 204 (the device only)."""
         await device_itself(request, device_id)
@@ -1045,15 +1096,21 @@ def create_api_router(config: TrackerConfig, tracker: TrackerDB, auth: Authentic
     # routes); the plain route above comes first, so it is the one that answers
     router.post(checkin_path, include_in_schema=True,
                 summary="Check in: the pending release, or nothing to do (the device itself)",
-                openapi_extra=_json_body({"inventory_digest": {"type": "string"},
-                                          "inventory": {"type": "object"}}))(checkin)
+                response_model=CheckinAnswer,
+                responses=problem_responses(
+                    *_BODY_ERRORS, 409, 429, 507,
+                    s409="the inventory's vendor or class ID contradicts the registration"),
+                openapi_extra=json_body(CheckinBody))(checkin)
 
     @router.post("/api/v1/deployments", status_code=201,
                  summary="Deploy a release to devices (admin, operator)",
-                 openapi_extra=_json_body({"release": {"type": "string"},
-                                           "envelope_url": {"type": "string"},
-                                           "devices": {"type": "array",
-                                                       "items": {"type": "string"}}}))
+                 response_model=Deployment,
+                 responses=problem_responses(
+                     *_BODY_ERRORS, 404, 409, 422, 507, s404="no such device",
+                     s409="a device is in the middle of an update or in its health window",
+                     s422="the release is not on the firmware server, or envelope_url is not "
+                          "its envelope"),
+                 openapi_extra=json_body(DeploymentBody))
     async def deploy(request: Request) -> Response:
         """Assign a release to devices; each is notified (admin, operator; not author)."""
         who = await auth.require(request, "admin", "operator")
@@ -1088,12 +1145,9 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
 
     @router.post("/api/v1/tokens", status_code=201, tags=["tokens"],
                  summary="Create an API token (admin); its secret is shown once",
-                 openapi_extra=_json_body({
-                     "name": {"type": "string"},
-                     "role": {"type": "string", "enum": list(TOKEN_ROLES)},
-                     "expires_in_days": {"type": "integer", "minimum": 1,
-                                         "maximum": _MAX_EXPIRY_DAYS,
-                                         "default": _DEFAULT_EXPIRY_DAYS}}))
+                 response_model=TokenCreated,
+                 responses=problem_responses(*_BODY_ERRORS, 507),
+                 openapi_extra=json_body(TokenBody))
     async def create_token(request: Request) -> Response:
         """Create an API token with a role (admin, author or operator) and an expiry (default
         90 days, at most a year). The answer holds ``token`` once; only its hash is kept."""
@@ -1125,6 +1179,7 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
                             status_code=201, headers={"Cache-Control": "no-store"})
 
     @router.get("/api/v1/tokens", tags=["tokens"], summary="List API tokens (admin)",
+                response_model=TokenList, responses=problem_responses(400),
                 openapi_extra=list_parameters())
     async def list_tokens(request: Request) -> Response:
         """A page of API tokens, oldest first: id, name, role, dates; never a secret or its
@@ -1139,7 +1194,8 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
                      lambda k: encode_cursor("tokens", k[0].isoformat(), k[1]))
 
     @router.delete("/api/v1/tokens/{token_id}", status_code=204, tags=["tokens"],
-                   summary="Revoke an API token (admin)")
+                   summary="Revoke an API token (admin)", response_class=Response,
+                   responses=problem_responses(400, 404))
     async def revoke_token(request: Request, token_id: str) -> Response:
         """Revoke the token: from now on it gets 401 "has been revoked"."""
         who = await auth.require(request, "admin")
@@ -1150,7 +1206,8 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
         return Response(status_code=204)
 
     @router.get("/api/v1/whoami", tags=["tokens"],
-                summary="Who the credential belongs to (any credential)")
+                summary="Who the credential belongs to (any credential)",
+                response_model=Whoami)
     async def whoami(request: Request) -> Response:
         """The caller's role and name (and token or device id)."""
         who = await auth.principal(request)
@@ -1158,7 +1215,8 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
                              "device_id": who.device_id})
 
     @router.get("/api/v1/classes", tags=["classes"], openapi_extra=PAGE_PARAMETERS,
-                summary="Device classes by name (admin, operator, author)")
+                summary="Device classes by name (admin, operator, author)",
+                response_model=ClassPage, responses=problem_responses(400))
     async def list_classes(request: Request) -> Response:
         """A page of device classes by class id: every class a device has or the registry
         names, with its vendor and class names (``null``: not known) and its device count."""
@@ -1171,11 +1229,12 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
         return paged("classes", page, lambda k: encode_cursor("classes", k[0]))
 
     @router.put("/api/v1/classes/{class_id}", tags=["classes"],
-                summary="Name a device class (admin, operator)",
-                openapi_extra=_json_body({"vendor_id": {"type": "string"},
-                                          "vendor_name": {"type": "string"},
-                                          "class_name": {"type": "string"},
-                                          "vendor_domain": {"type": "string"}}))
+                summary="Name a device class (admin, operator)", response_model=DeviceClass,
+                responses=problem_responses(
+                    *_BODY_ERRORS, 422, 507,
+                    s422="the names do not derive the class's IDs (UUID5, §8.4.8.1-2), or "
+                         "the class belongs to another vendor"),
+                openapi_extra=json_body(ClassBody))
     async def put_class(request: Request, class_id: str) -> Response:
         """Set a class's vendor and class names (admin, operator; audited). With the vendor
         domain known (``vendor_domain``, or a vendor name that is the domain) the names must
@@ -1202,6 +1261,7 @@ def _token_routes(router: APIRouter, config: TrackerConfig, tracker: TrackerDB,
         return JSONResponse(named)
 
     @router.get("/api/v1/audit", tags=["audit"], summary="The audit log (admin, operator)",
+                response_model=AuditLog, responses=problem_responses(400),
                 openapi_extra=list_parameters())
     async def audit_log(request: Request) -> Response:
         """A page of the audit log, newest first (``entries``, ``next``)."""

@@ -44,8 +44,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from suitkit.errors import StorageError
+from suitkit.problems import problem_responses
 from suitkit.tracker.auth import Authenticator
 from suitkit.tracker.notices import NotificationHub
+from suitkit.tracker.schemas import Notice
 from suitkit.tracker.web import LEGACY_DEVICE_API, serve_device_api
 
 __all__ = ["EVENT_STREAM", "PushClients", "create_push_router", "sse_event"]
@@ -180,7 +182,25 @@ def create_push_router(auth: Authenticator, hub: NotificationHub, *, heartbeat: 
             elif not hub.closed:
                 yield b": heartbeat\n\n"
 
-    @router.get(f"{_DEVICES}/{{device_id}}/notifications")
+    @router.get(f"{_DEVICES}/{{device_id}}/notifications", response_model=Notice,
+                summary="Update notices: a server-sent-event stream or a long-poll (the "
+                        "device itself)",
+                responses={
+                    200: {"description": "the notice as JSON (long-poll), or with Accept: "
+                                         "text/event-stream a stream of notices",
+                          "content": {EVENT_STREAM: {"schema": {"type": "string"}}}},
+                    204: {"description": "nothing happened within the wait"},
+                    **problem_responses(400, 401, 403, 429, 503,
+                                        s429="the device's push streams are at their cap",
+                                        s503="all push streams are in use, or the server "
+                                             "is busy")},
+                openapi_extra={"parameters": [
+                    {"name": "wait", "in": "query", "required": False,
+                     "description": "long-poll: seconds to wait for a notice",
+                     "schema": {"type": "number", "minimum": 0}},
+                    {"name": "after", "in": "query", "required": False,
+                     "description": "long-poll: the serial of the last notice seen",
+                     "schema": {"type": "integer", "minimum": 0}}]})
     async def notifications(request: Request, device_id: str) -> Response:
         """The device's update notices: SSE stream or long-poll (the device only)."""
         await auth.require_device(request, device_id)
