@@ -181,7 +181,11 @@ async function api(path, { method = "GET", body, token, form } = {}) {
       : doc && typeof doc.detail === "string" ? doc.detail
         : doc && typeof doc.title === "string" ? doc.title
           : `HTTP ${response.status} ${response.statusText}`;
-    if (response.status === 401 && token === undefined) signedOut(`Signed out: ${message}`);
+    // only the session's own token being refused signs it out: a request still on its way
+    // when the operator signed out (no token) or signed in as someone else must not sign
+    // out the session that followed
+    if (response.status === 401 && token === undefined && secret
+        && sessionStorage.getItem(TOKEN_KEY) === secret) signedOut(`Signed out: ${message}`);
     throw new ApiError(response.status, message);
   }
   return doc;
@@ -286,13 +290,18 @@ function showApp() {
 }
 
 async function resume() {
-  if (!sessionStorage.getItem(TOKEN_KEY)) {
+  const kept = sessionStorage.getItem(TOKEN_KEY);
+  if (!kept) {
     signedOut("");
     return;
   }
   try {
-    me = await whoami(undefined);
+    const who = await whoami(undefined);
+    // signed out or in as someone else meanwhile: that session is the one on screen
+    if (sessionStorage.getItem(TOKEN_KEY) !== kept) return;
+    me = who;
   } catch (e) {
+    if (sessionStorage.getItem(TOKEN_KEY) !== kept) return;
     if (e.status === 0 || e.status >= 500) showLogin(`${loginError(e)}; reload to try again.`);
     else if (e.status !== 401) signedOut(loginError(e));
     return;
