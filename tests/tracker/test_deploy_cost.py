@@ -8,41 +8,18 @@ on each backend; what a deployment stores and refuses stays what it was."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 
-from pg import BACKENDS, backend_url
 from suitkit.tracker.campaigns import CampaignEngine, CampaignSpec
-from suitkit.tracker.quotas import Quotas
-from suitkit.tracker.service import DeploymentRefused, TrackerDB, open_db
+from suitkit.tracker.service import DeploymentRefused, TrackerDB
+from tracker.test_event_cost import db as db  # noqa: PLC0414 - the fixture (the events quota of 6)
+from tracker.test_event_cost import statements
 
 OLD = "ab" * 32
 NEW = "cd" * 32
 STEPS = ("downloading", "downloaded", "installing", "rebooting", "succeeded")
-
-
-@pytest.fixture(params=BACKENDS)
-def db(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[TrackerDB]:
-    tracker = open_db(backend_url(request, tmp_path), quotas=Quotas(max_events=6))
-    try:
-        yield tracker
-    finally:
-        tracker.engine.dispose()
-
-
-def statements(db: TrackerDB) -> list[str]:
-    """The SQL statements sent from now on (appended as they go)."""
-    seen: list[str] = []
-
-    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(" ".join(statement.split()))
-
-    event.listen(db.engine, "before_cursor_execute", note)
-    return seen
 
 
 def url(release: str) -> str:

@@ -549,27 +549,14 @@ def apply_delta(patch: Iterable[bytes], read_source: Callable[[int, int], bytes]
             (``inplace``) a read of a source byte already overwritten.
     """
     source = _Source(patch)
-    if source.exact(4, "the magic number") != _MAGIC:
-        raise DecodeError(what, "not an SKD1 patch (the first bytes are not 'SKD1')")
-    declared_source = _read_uvarint(source, "source-size")
-    target = _read_uvarint(source, "target-size")
-    if declared_source != source_size:
-        raise DecodeError(what, f"made for a source of {declared_source} bytes; the "
-                          f"precursor has {source_size}")
+    target = _patch_header(source, source_size, what)
     if target > max_output:
         raise DecodeError(what, f"rebuilds {target} bytes, more than the {max_output} bytes "
                           "image-size allows; refused")
     position = produced = 0
     while produced < target:
-        diff_len = _read_uvarint(source, "diff-len")
-        extra_len = _read_uvarint(source, "extra-len")
-        seek = _read_svarint(source, "seek")
-        if produced + diff_len + extra_len > target:
-            raise DecodeError(what, f"a record at output byte {produced} writes past the "
-                              f"target-size {target}")
-        if diff_len and (position < 0 or position + diff_len > source_size):
-            raise DecodeError(what, f"a record reads source bytes {position} to "
-                              f"{position + diff_len}, outside the {source_size}-byte source")
+        diff_len, extra_len, seek = _patch_record(source, produced, position, target=target,
+                                                  source_size=source_size, what=what)
         if inplace is not None and diff_len:
             _check_inplace(produced, position, diff_len, inplace, what)
         left = diff_len
@@ -593,6 +580,34 @@ def apply_delta(patch: Iterable[bytes], read_source: Callable[[int, int], bytes]
     if source.take(1):
         raise DecodeError(what, f"bytes after the last record (the patch ended at "
                           f"{source.consumed - 1} bytes)")
+
+
+def _patch_header(source: _Source, source_size: int, what: str) -> int:
+    """Check an SKD1 patch's magic number and source size; its target size."""
+    if source.exact(4, "the magic number") != _MAGIC:
+        raise DecodeError(what, "not an SKD1 patch (the first bytes are not 'SKD1')")
+    declared_source = _read_uvarint(source, "source-size")
+    target = _read_uvarint(source, "target-size")
+    if declared_source != source_size:
+        raise DecodeError(what, f"made for a source of {declared_source} bytes; the "
+                          f"precursor has {source_size}")
+    return target
+
+
+def _patch_record(source: _Source, produced: int, position: int, *, target: int,
+                  source_size: int, what: str) -> tuple[int, int, int]:
+    """The next record's ``(diff-len, extra-len, seek)``, checked against the target size and
+    the source's bounds."""
+    diff_len = _read_uvarint(source, "diff-len")
+    extra_len = _read_uvarint(source, "extra-len")
+    seek = _read_svarint(source, "seek")
+    if produced + diff_len + extra_len > target:
+        raise DecodeError(what, f"a record at output byte {produced} writes past the "
+                          f"target-size {target}")
+    if diff_len and (position < 0 or position + diff_len > source_size):
+        raise DecodeError(what, f"a record reads source bytes {position} to "
+                          f"{position + diff_len}, outside the {source_size}-byte source")
+    return diff_len, extra_len, seek
 
 
 def _inplace_ok(out: int, src: int, n: int, unit: int, order: int) -> bool:
@@ -625,26 +640,13 @@ def apply_delta_window(patch: Iterable[bytes], read_source: Callable[[int, int],
         DecodeError: as :func:`apply_delta` (the patch is checked up to ``end`` only).
     """
     source = _Source(patch)
-    if source.exact(4, "the magic number") != _MAGIC:
-        raise DecodeError(what, "not an SKD1 patch (the first bytes are not 'SKD1')")
-    declared_source = _read_uvarint(source, "source-size")
-    target = _read_uvarint(source, "target-size")
-    if declared_source != source_size:
-        raise DecodeError(what, f"made for a source of {declared_source} bytes; the "
-                          f"precursor has {source_size}")
+    target = _patch_header(source, source_size, what)
     end = min(end, target)
     out = bytearray()
     position = produced = 0
     while produced < end:
-        diff_len = _read_uvarint(source, "diff-len")
-        extra_len = _read_uvarint(source, "extra-len")
-        seek = _read_svarint(source, "seek")
-        if produced + diff_len + extra_len > target:
-            raise DecodeError(what, f"a record at output byte {produced} writes past the "
-                              f"target-size {target}")
-        if diff_len and (position < 0 or position + diff_len > source_size):
-            raise DecodeError(what, f"a record reads source bytes {position} to "
-                              f"{position + diff_len}, outside the {source_size}-byte source")
+        diff_len, extra_len, seek = _patch_record(source, produced, position, target=target,
+                                                  source_size=source_size, what=what)
         for kind, length in (("diff", diff_len), ("extra", extra_len)):
             at = produced
             left = length
